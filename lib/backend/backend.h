@@ -1,0 +1,161 @@
+// The op interface the model is written against. The CPU backend (lib/backend/cpu) is the reference;
+// other backends (CUDA) implement the same ops and are tested against it on random inputs.
+//
+// Conventions (all ops):
+//  - Tensors are dense and row-major; pointers point into memory owned by this backend.
+//  - Shapes are given as ints: B batch, S sequence, H heads, D head size, E/C feature width.
+//  - Forward ops overwrite their outputs.
+//  - Backward ops OVERWRITE input gradients (dx) and ACCUMULATE (+=) into parameter gradients
+//    (dweight, dbias, dgamma, dtable), so parameter gradients can be summed over uses and micro-batches.
+//  - Randomness comes from Philox streams (lib/core/philox.h) keyed by the global example index, so a
+//    result does not depend on the batch split across ranks.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "lib/core/philox.h"
+
+namespace electra {
+
+enum class DeviceKind { kCpu, kCuda };
+
+enum class Activation { kNone, kGelu, kRelu, kTanh };
+Activation parse_activation(const std::string& name);  // "none"|"linear"|"gelu"|"relu"|"tanh"
+std::string to_string(Activation activation);
+
+enum class Transpose { kNo, kYes };
+
+// Where the random numbers of one dropout site come from: element i of a [rows_per_example x ...]
+// tensor block belongs to example first_example + i / elements_per_example and takes offset
+// i % elements_per_example of stream (seed, kDropout, step, example, lane).
+struct DropoutKey {
+  uint64_t seed = 0;
+  uint64_t step = 0;
+  uint32_t lane = 0;  // distinct per dropout site (network, layer, position in the layer)
+  uint64_t first_example = 0;
+  uint64_t elements_per_example = 1;
+};
+
+template <typename T>
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual DeviceKind device() const = 0;
+  virtual std::string name() const = 0;
+
+  // ---- memory ----
+  // Aligned, uninitialised storage for n elements; freed with deallocate.
+  virtual T* allocate(size_t n) = 0;
+  virtual void deallocate(T* p) = 0;
+  virtual int32_t* allocate_ints(size_t n) = 0;
+  virtual void deallocate_ints(int32_t* p) = 0;
+  virtual uint8_t* allocate_bytes(size_t n) = 0;
+  virtual void deallocate_bytes(uint8_t* p) = 0;
+  virtual void copy_to_host(T* host, const T* src, size_t n) = 0;
+  virtual void copy_from_host(T* dst, const T* host, size_t n) = 0;
+  virtual void copy_ints_from_host(int32_t* dst, const int32_t* host, size_t n) = 0;
+  virtual void copy_ints_to_host(int32_t* host, const int32_t* src, size_t n) = 0;
+  virtual void fill(T* x, size_t n, T value) = 0;
+  virtual void copy(T* dst, const T* src, size_t n) = 0;
+  virtual void synchronize() = 0;
+
+  // ---- matrix products ----
+  // C[m,n] = alpha * op(A)[m,k] * op(B)[k,n] + beta * C, row-major with leading dimensions.
+  virtual void gemm(Transpose trans_a, Transpose trans_b, int m, int n, int k, T alpha, const T* a, int lda,
+                    const T* b, int ldb, T beta, T* c, int ldc) = 0;
+  // The same for `batch` independent products whose operands are stride_* elements apart.
+  virtual void gemm_strided_batched(Transpose trans_a, Transpose trans_b, int m, int n, int k, T alpha, const T* a,
+                                    int lda, long long stride_a, const T* b, int ldb, long long stride_b, T beta,
+                                    T* c, int ldc, long long stride_c, int batch) = 0;
+
+  // ---- linear layers (weights stored [out, in] as in PyTorch / Hugging Face) ----
+  // y[rows,out] = x[rows,in] * W^T + bias (bias may be null).
+  virtual void linear_forward(T* y, const T* x, const T* weight, const T* bias, int rows, int in, int out) = 0;
+  // dx = dy * W (skipped when dx is null); dW += dy^T * x; dbias += sum_rows(dy) (skipped when null).
+  virtual void linear_backward(T* dx, T* dweight, T* dbias, const T* dy, const T* x, const T* weight, int rows,
+                               int in, int out) = 0;
+
+  // ---- elementwise ----
+  virtual void activation_forward(Activation act, T* y, const T* x, size_t n) = 0;
+  // dx = dy * act'(x); x is the activation's input.
+  virtual void activation_backward(Activation act, T* dx, const T* dy, const T* x, size_t n) = 0;
+  // out = a + b (out may alias a or b).
+  virtual void add(T* out, const T* a, const T* b, size_t n) = 0;
+  // y += x
+  virtual void accumulate(T* y, const T* x, size_t n) = 0;
+  virtual void scale(T* x, size_t n, T alpha) = 0;
+  // y = x * keep / (1 - p) with keep ~ Bernoulli(1 - p) from the key; keep mask saved (1 byte/element).
+  // p == 0 copies and sets all keep bits.
+  virtual void dropout_forward(T* y, uint8_t* keep, const T* x, size_t n, float p, const DropoutKey& key) = 0;
+  // dx = dy * keep / (1 - p)
+  virtual void dropout_backward(T* dx, const T* dy, const uint8_t* keep, size_t n, float p) = 0;
+
+  // ---- normalisation ----
+  // y = (x - mean) * rstd * gamma + beta over the last dimension; mean and rstd [rows] saved for backward.
+  virtual void layernorm_forward(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* beta, int rows,
+                                 int cols, T eps) = 0;
+  virtual void layernorm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* mean, const T* rstd,
+                                  const T* gamma, int rows, int cols) = 0;
+
+  // ---- embeddings ----
+  // out[b,s,:] = word[ids[b,s]] + position[s] + type[type_ids[b,s]]; width E.
+  virtual void embedding_forward(T* out, const int32_t* ids, const int32_t* type_ids, const T* word_table,
+                                 const T* position_table, const T* type_table, int B, int S, int E) = 0;
+  // Scatter-add of dout into the three tables.
+  virtual void embedding_backward(T* dword, T* dposition, T* dtype, const T* dout, const int32_t* ids,
+                                  const int32_t* type_ids, int B, int S, int E) = 0;
+  // out[b,p,:] = x[b, positions[b,p], :]   (x [B,S,C], out [B,P,C])
+  virtual void gather_rows(T* out, const T* x, const int32_t* positions, int B, int S, int P, int C) = 0;
+  // dx[b, positions[b,p], :] += dout[b,p,:]  (dx is accumulated; duplicates add up)
+  virtual void scatter_add_rows(T* dx, const T* dout, const int32_t* positions, int B, int S, int P, int C) = 0;
+
+  // ---- attention ----
+  // qkv [B,S,3,H,D] (query, key, value of each token side by side, as the fused projection writes them);
+  // mask [B,S] (1 = attend, 0 = padding key). probs [B,H,S,S] = softmax(q k^T / sqrt(D) over unmasked
+  // keys), saved for backward; dropout on probs with keep mask [B,H,S,S]; context [B,S,H,D].
+  virtual void attention_forward(T* context, T* probs, uint8_t* keep, const T* qkv, const int32_t* mask, int B,
+                                 int S, int H, int D, float dropout, const DropoutKey& key) = 0;
+  // dqkv [B,S,3,H,D] overwritten. scratch: at least B*H*S*S elements.
+  virtual void attention_backward(T* dqkv, T* scratch, const T* dcontext, const T* qkv, const T* probs,
+                                  const uint8_t* keep, const int32_t* mask, int B, int S, int H, int D,
+                                  float dropout) = 0;
+
+  // ---- losses and sampling ----
+  // Per row r of logits [rows,V]: loss[r] = logsumexp(logits[r]) - logits[r, labels[r]];
+  // dlogits[r] = (softmax(logits[r]) - onehot(labels[r])) * grad_scale[r]  (dlogits may be null, and
+  // may alias logits). argmax[r] written when non-null.
+  virtual void softmax_cross_entropy(T* loss, T* dlogits, int32_t* argmax, const T* logits, const int32_t* labels,
+                                     const T* grad_scale, int rows, int V) = 0;
+  // y[r] = log_softmax(x[r]) (y may alias x).
+  virtual void log_softmax(T* y, const T* x, int rows, int V) = 0;
+  // Per element: loss[i] = BCE-with-logits(logit[i], label[i]); dlogit[i] = (sigmoid(logit) - label) *
+  // grad_scale[i]; dlogit may be null.
+  virtual void sigmoid_cross_entropy(T* loss, T* dlogit, const T* logit, const int32_t* label, const T* grad_scale,
+                                     size_t n) = 0;
+  // Gumbel-max sampling of one token per row of logits [rows,V] at temperature t:
+  // sample = argmax(logits / t + gumbel), gumbel from stream (seed, kSampling, step,
+  // first_example + r / rows_per_example) at offset (r % rows_per_example) * V + v. With disallow (non-null),
+  // logit[disallow[r]] is lowered by 1000 first, so that token is never drawn.
+  virtual void gumbel_sample(int32_t* samples, const T* logits, const int32_t* disallow, int rows, int V,
+                             float temperature, uint64_t seed, uint64_t step, uint64_t first_example,
+                             int rows_per_example) = 0;
+
+  // ---- reductions and optimizer ----
+  // Sum of squares in double, summed in a fixed order (deterministic).
+  virtual double sum_squares(const T* x, size_t n) = 0;
+  // Decoupled AdamW (Loshchilov & Hutter) at step t (1-based), g = grads * grad_scale (clipping factor):
+  // m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2; p -= lr * (m_hat / (sqrt(v_hat) + eps) + wd * p), where
+  // m_hat, v_hat are bias-corrected when bias_correction is set (PyTorch AdamW) and m, v otherwise
+  // (google-research/electra's AdamWeightDecayOptimizer).
+  virtual void adamw_step(T* params, const T* grads, T* m, T* v, size_t n, float lr, float beta1, float beta2,
+                          float eps, float weight_decay, long long t, float grad_scale, bool bias_correction) = 0;
+};
+
+// The CPU backend for float and double (double is used by the finite-difference gradient checks).
+template <typename T>
+std::unique_ptr<Backend<T>> make_cpu_backend();
+
+}  // namespace electra

@@ -1,0 +1,113 @@
+#include "lib/core/config.h"
+
+#include <algorithm>
+#include <fstream>
+
+namespace electra {
+namespace {
+
+bool compatible(const nlohmann::json& old_value, const nlohmann::json& new_value) {
+  if (old_value.is_null() || new_value.is_null()) return true;  // null: "unset", any type may replace it
+  if (old_value.is_number() && new_value.is_number()) {
+    // An integer key must stay integral ("train.steps=1.5" is a mistake).
+    return !(old_value.is_number_integer() && new_value.is_number_float());
+  }
+  return old_value.type() == new_value.type();
+}
+
+void merge_into(nlohmann::json& target, const nlohmann::json& source, const std::string& prefix,
+                const std::string& origin) {
+  for (const auto& [key, value] : source.items()) {
+    const std::string dotted = prefix.empty() ? key : prefix + "." + key;
+    if (!target.contains(key)) fail(origin, ": unknown config key '", dotted, "'");
+    nlohmann::json& slot = target[key];
+    if (slot.is_object() && value.is_object()) {
+      merge_into(slot, value, dotted, origin);
+    } else if (slot.is_object() != value.is_object() || !compatible(slot, value)) {
+      fail(origin, ": config key '", dotted, "' expects ", slot.type_name(), ", got ", value.dump());
+    } else {
+      slot = value;
+    }
+  }
+}
+
+void collect_keys(const nlohmann::json& node, const std::string& prefix, std::vector<std::string>& out) {
+  if (!node.is_object()) {
+    out.push_back(prefix);
+    return;
+  }
+  for (const auto& [key, value] : node.items()) collect_keys(value, prefix.empty() ? key : prefix + "." + key, out);
+}
+
+}  // namespace
+
+nlohmann::json::json_pointer dotted_to_pointer(std::string_view dotted_key) {
+  if (dotted_key.empty()) fail("empty config key");
+  std::string pointer = "/";
+  for (char c : dotted_key) {
+    if (c == '.') {
+      pointer += '/';
+    } else if (c == '/') {
+      pointer += "~1";
+    } else if (c == '~') {
+      pointer += "~0";
+    } else {
+      pointer += c;
+    }
+  }
+  return nlohmann::json::json_pointer(pointer);
+}
+
+void Config::merge_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) fail("cannot open config file ", path);
+  nlohmann::json parsed;
+  try {
+    parsed = nlohmann::json::parse(in, nullptr, true, /*ignore_comments=*/true);
+  } catch (const nlohmann::json::parse_error& e) {
+    fail("config file ", path, ": ", e.what());
+  }
+  if (!parsed.is_object()) fail("config file ", path, ": top level must be a JSON object");
+  merge(parsed, "config file " + path);
+}
+
+void Config::merge(const nlohmann::json& overrides, const std::string& origin) {
+  merge_into(root_, overrides, "", origin);
+}
+
+void Config::set(std::string_view assignment) {
+  const auto eq = assignment.find('=');
+  if (eq == std::string_view::npos || eq == 0) fail("--set expects key=value, got '", assignment, "'");
+  const std::string_view key = assignment.substr(0, eq);
+  const std::string text(assignment.substr(eq + 1));
+  nlohmann::json value = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
+  if (value.is_discarded()) value = text;
+  set(key, value);
+}
+
+void Config::set(std::string_view dotted_key, const nlohmann::json& value) {
+  const auto pointer = dotted_to_pointer(dotted_key);
+  if (!root_.contains(pointer)) fail("unknown config key '", dotted_key, "'");
+  nlohmann::json& slot = root_[pointer];
+  if (slot.is_object() || !compatible(slot, value)) {
+    fail("config key '", dotted_key, "' expects ", slot.type_name(), ", got ", value.dump());
+  }
+  slot = value;
+}
+
+bool Config::has(std::string_view dotted_key) const { return root_.contains(dotted_to_pointer(dotted_key)); }
+
+const nlohmann::json& Config::at(std::string_view dotted_key) const {
+  const auto pointer = dotted_to_pointer(dotted_key);
+  if (!root_.contains(pointer)) fail("missing config key '", dotted_key, "'");
+  return root_.at(pointer);
+}
+
+std::vector<std::string> Config::keys() const {
+  std::vector<std::string> out;
+  collect_keys(root_, "", out);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+}  // namespace electra

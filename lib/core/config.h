@@ -1,0 +1,56 @@
+// Configuration as a JSON tree addressed by stable dotted keys ("train.steps", "model.hidden_size").
+// A Config starts from a schema of defaults; files and --set overrides may only change keys the schema
+// has, so a typo is an error that names the key instead of a silently ignored setting.
+#pragma once
+
+#include <nlohmann/json.hpp>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "lib/core/error.h"
+
+namespace electra {
+
+class Config {
+ public:
+  Config() = default;
+  explicit Config(nlohmann::json defaults) : root_(std::move(defaults)) {}
+
+  // Merges a JSON file over the current values; unknown keys and type changes are errors naming the
+  // file and key.
+  void merge_file(const std::string& path);
+  // Merges a JSON object over the current values (same rules; `origin` names it in errors).
+  void merge(const nlohmann::json& overrides, const std::string& origin);
+  // "key=value": value is parsed as JSON when it parses (numbers, true/false, arrays), else taken as a
+  // string. The key must exist.
+  void set(std::string_view assignment);
+  void set(std::string_view dotted_key, const nlohmann::json& value);
+
+  bool has(std::string_view dotted_key) const;
+  const nlohmann::json& at(std::string_view dotted_key) const;
+
+  template <typename T>
+  T get(std::string_view dotted_key) const {
+    const nlohmann::json& node = at(dotted_key);
+    try {
+      return node.get<T>();
+    } catch (const nlohmann::json::exception&) {
+      fail("config key '", dotted_key, "': value ", node.dump(), " has the wrong type");
+    }
+  }
+
+  const nlohmann::json& json() const { return root_; }
+  std::string dump(int indent = 2) const { return root_.dump(indent); }
+
+  // All leaf keys in dotted form, sorted.
+  std::vector<std::string> keys() const;
+
+ private:
+  nlohmann::json root_ = nlohmann::json::object();
+};
+
+// Splits "a.b.c" into a JSON pointer "/a/b/c".
+nlohmann::json::json_pointer dotted_to_pointer(std::string_view dotted_key);
+
+}  // namespace electra

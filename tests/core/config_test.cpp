@@ -1,0 +1,74 @@
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <fstream>
+
+#include "lib/core/config.h"
+
+namespace electra {
+namespace {
+
+Config make_config() {
+  return Config(nlohmann::json::parse(R"({"train": {"steps": 10, "seed": 1, "name": "run"},
+                                          "optim": {"lr": 0.0005}, "data": {"dir": null}})"));
+}
+
+TEST(Config, SetParsesValuesByType) {
+  Config config = make_config();
+  config.set("train.steps=200");
+  config.set("optim.lr=1e-3");
+  config.set("train.name=my run");
+  config.set("optim.lr=2");  // an integer is a fine float
+  config.set("data.dir=/tmp/shards");
+  EXPECT_EQ(config.get<int>("train.steps"), 200);
+  EXPECT_DOUBLE_EQ(config.get<double>("optim.lr"), 2.0);
+  EXPECT_EQ(config.get<std::string>("train.name"), "my run");
+  EXPECT_EQ(config.get<std::string>("data.dir"), "/tmp/shards");
+}
+
+TEST(Config, RejectsUnknownKeysAndWrongTypesNamingTheKey) {
+  Config config = make_config();
+  try {
+    config.set("train.stpes=5");
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("train.stpes"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(config.set("train.steps=1.5"), Error);
+  EXPECT_THROW(config.set("train.steps=abc"), Error);
+  EXPECT_THROW(config.set("train=3"), Error);
+  EXPECT_THROW(config.set("novalue"), Error);
+  EXPECT_EQ(config.get<int>("train.steps"), 10);
+}
+
+TEST(Config, MergesFilesAndNamesTheFileInErrors) {
+  const std::string path = ::testing::TempDir() + "/config_test.json";
+  {
+    std::ofstream out(path);
+    out << R"({"train": {"steps": 42}, // comment allowed
+               "optim": {"lr": 0.1}})";
+  }
+  Config config = make_config();
+  config.merge_file(path);
+  EXPECT_EQ(config.get<int>("train.steps"), 42);
+  EXPECT_EQ(config.get<int>("train.seed"), 1);
+  {
+    std::ofstream out(path);
+    out << R"({"train": {"bogus": 1}})";
+  }
+  try {
+    config.merge_file(path);
+    FAIL();
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find(path), std::string::npos) << what;
+    EXPECT_NE(what.find("train.bogus"), std::string::npos) << what;
+  }
+  std::remove(path.c_str());
+  EXPECT_THROW(config.merge_file("/nonexistent/config.json"), Error);
+  EXPECT_EQ(config.keys(), (std::vector<std::string>{"data.dir", "optim.lr", "train.name", "train.seed",
+                                                     "train.steps"}));
+}
+
+}  // namespace
+}  // namespace electra
