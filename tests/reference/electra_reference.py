@@ -282,9 +282,9 @@ class ElectraPretrainerRef(nn.Module):
 
     def forward(self, inputs, seed, step, global_row_offset, sampled_ids=None, normalizers=None, sampler=None):
         """Returns a dict of outputs and losses. sampled_ids [B,P] replaces the model's own samples when
-        given (the own samples are still returned as 'own_sampled_ids'). sampler(lm_logits [B,P,V] float64
-        numpy, disallow or None) -> [B,P] ids replaces the Philox sampler (the step benchmark uses torch's
-        RNG)."""
+        given (the own samples are still returned as 'own_sampled_ids'). sampler(lm_outputs [B,P,V]
+        detached tensor, disallow [B,P] numpy or None) -> [B,P] ids replaces the Philox sampler (the step
+        benchmark uses torch's RNG)."""
         cfg = self.cfg
         normalizers = normalizers or {}
         ids, mask, types = inputs["input_word_ids"], inputs["input_mask"], inputs["input_type_ids"]
@@ -301,7 +301,8 @@ class ElectraPretrainerRef(nn.Module):
             own = gumbel_max_sample(lm_np, disallow, cfg["temperature"], seed, step, global_row_offset)
         else:
             own = sampler(lm_outputs.detach(), disallow)
-        own = torch.as_tensor(np.asarray(own), dtype=torch.long, device=ids.device)
+        own = own.long() if isinstance(own, torch.Tensor) else torch.as_tensor(np.asarray(own), dtype=torch.long)
+        own = own.to(ids.device)
         samples = own if sampled_ids is None else sampled_ids.long()
 
         real = weights > 0
