@@ -1,0 +1,155 @@
+// Multi-head scaled dot-product attention on the fused qkv layout [B,S,3,H,D]. One (batch, head) pair
+// at a time: its query/key/value are strided views into qkv (leading dimension 3*H*D), so the products
+// are plain GEMMs with no repacking; pairs run in parallel on OpenMP with OpenBLAS single-threaded.
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "lib/backend/cpu/detail.h"
+#include "lib/backend/cpu/kernels.h"
+#include "lib/core/error.h"
+
+namespace electra::cpu {
+namespace {
+
+void check_attention_shape(int B, int S, int H, int D, float dropout, const char* op) {
+  ELECTRA_CHECK(B >= 0 && S > 0 && H > 0 && D > 0, op, ": bad shape B=", B, " S=", S, " H=", H, " D=", D);
+  ELECTRA_CHECK(dropout >= 0.0f && dropout < 1.0f, op, ": dropout ", dropout, " outside [0, 1)");
+}
+
+// Masked softmax of one row of scores in place: keys with mask 0 get exactly 0; no valid key -> all 0.
+template <typename T>
+void masked_softmax_row(T* row, const int32_t* mask, int S) {
+  T max_score = -std::numeric_limits<T>::infinity();
+  for (int j = 0; j < S; ++j) {
+    if (mask == nullptr || mask[j] != 0) max_score = std::max(max_score, row[j]);
+  }
+  if (max_score == -std::numeric_limits<T>::infinity()) {
+    std::fill(row, row + S, T(0));
+    return;
+  }
+  T sum = 0;
+  for (int j = 0; j < S; ++j) {
+    const T e = mask == nullptr || mask[j] != 0 ? std::exp(row[j] - max_score) : T(0);
+    row[j] = e;
+    sum += e;
+  }
+  const T inv = T(1) / sum;
+#pragma omp simd
+  for (int j = 0; j < S; ++j) row[j] *= inv;
+}
+
+}  // namespace
+
+template <typename T>
+void attention_forward(T* context, T* probs, uint8_t* keep, const T* qkv, const int32_t* mask, int B, int S, int H,
+                       int D, float dropout, const DropoutKey& key) {
+  check_attention_shape(B, S, H, D, dropout, "attention_forward");
+  ELECTRA_CHECK(dropout == 0.0f || keep != nullptr, "attention_forward: keep mask is null with dropout ", dropout);
+  ELECTRA_CHECK(dropout == 0.0f || key.elements_per_example > 0, "attention_forward: elements_per_example is 0");
+  const int ld_qkv = 3 * H * D, ld_ctx = H * D;
+  const T score_scale = T(1) / std::sqrt(T(D));
+  const T keep_scale = dropout > 0.0f ? T(1) / (T(1) - T(dropout)) : T(1);
+  const size_t SS = static_cast<size_t>(S) * S;
+  const int pairs = B * H;
+
+  detail::BlasSingleThreaded single;
+#pragma omp parallel for schedule(static)
+  for (int bh = 0; bh < pairs; ++bh) {
+    const int b = bh / H, h = bh % H;
+    const T* q = qkv + static_cast<size_t>(b) * S * ld_qkv + h * D;
+    const T* k = q + H * D;
+    const T* v = q + 2 * H * D;
+    const int32_t* mask_b = mask != nullptr ? mask + static_cast<size_t>(b) * S : nullptr;
+    T* p = probs + bh * SS;
+    // scores = q k^T / sqrt(D)
+    gemm(Transpose::kNo, Transpose::kYes, S, S, D, score_scale, q, ld_qkv, k, ld_qkv, T(0), p, S);
+    for (int i = 0; i < S; ++i) masked_softmax_row(p + static_cast<size_t>(i) * S, mask_b, S);
+
+    const T* attend = p;
+    if (dropout > 0.0f) {
+      uint8_t* kb = keep + bh * SS;
+      dropout_keep_mask(kb, bh * SS, SS, dropout, key);
+      T* dropped = detail::thread_scratch<T>(SS);
+#pragma omp simd
+      for (size_t e = 0; e < SS; ++e) dropped[e] = p[e] * (kb[e] ? keep_scale : T(0));
+      attend = dropped;
+    } else if (keep != nullptr) {
+      std::fill(keep + bh * SS, keep + (bh + 1) * SS, uint8_t{1});
+    }
+    // context[b,:,h,:] = attend v
+    T* ctx = context + static_cast<size_t>(b) * S * ld_ctx + h * D;
+    gemm(Transpose::kNo, Transpose::kNo, S, D, S, T(1), attend, S, v, ld_qkv, T(0), ctx, ld_ctx);
+  }
+}
+
+template <typename T>
+void attention_backward(T* dqkv, T* scratch, const T* dcontext, const T* qkv, const T* probs, const uint8_t* keep,
+                        const int32_t* mask, int B, int S, int H, int D, float dropout) {
+  check_attention_shape(B, S, H, D, dropout, "attention_backward");
+  ELECTRA_CHECK(dropout == 0.0f || keep != nullptr, "attention_backward: keep mask is null with dropout ", dropout);
+  (void)mask;  // masked keys have probability 0, so their score gradients vanish through probs alone
+  const int ld_qkv = 3 * H * D, ld_ctx = H * D;
+  const T score_scale = T(1) / std::sqrt(T(D));
+  const T keep_scale = dropout > 0.0f ? T(1) / (T(1) - T(dropout)) : T(1);
+  const size_t SS = static_cast<size_t>(S) * S;
+  const int pairs = B * H;
+
+  detail::BlasSingleThreaded single;
+#pragma omp parallel for schedule(static)
+  for (int bh = 0; bh < pairs; ++bh) {
+    const int b = bh / H, h = bh % H;
+    const size_t qkv_off = static_cast<size_t>(b) * S * ld_qkv + h * D;
+    const T* q = qkv + qkv_off;
+    const T* k = q + H * D;
+    const T* v = q + 2 * H * D;
+    T* dq = dqkv + qkv_off;
+    T* dk = dq + H * D;
+    T* dv = dq + 2 * H * D;
+    const T* p = probs + bh * SS;
+    const T* dctx = dcontext + static_cast<size_t>(b) * S * ld_ctx + h * D;
+    T* ds = scratch + bh * SS;
+
+    const T* attend = p;
+    const uint8_t* kb = dropout > 0.0f ? keep + bh * SS : nullptr;
+    if (kb != nullptr) {
+      T* dropped = detail::thread_scratch<T>(SS);
+#pragma omp simd
+      for (size_t e = 0; e < SS; ++e) dropped[e] = p[e] * (kb[e] ? keep_scale : T(0));
+      attend = dropped;
+    }
+    // dv = attend^T dctx
+    gemm(Transpose::kYes, Transpose::kNo, S, D, S, T(1), attend, S, dctx, ld_ctx, T(0), dv, ld_qkv);
+    // d(attend) = dctx v^T
+    gemm(Transpose::kNo, Transpose::kYes, S, S, D, T(1), dctx, ld_ctx, v, ld_qkv, T(0), ds, S);
+    // Through dropout, then softmax: ds = p * (dp - sum_j p dp), times the score scale.
+    for (int i = 0; i < S; ++i) {
+      T* dsr = ds + static_cast<size_t>(i) * S;
+      const T* pr = p + static_cast<size_t>(i) * S;
+      if (kb != nullptr) {
+        const uint8_t* kr = kb + static_cast<size_t>(i) * S;
+#pragma omp simd
+        for (int j = 0; j < S; ++j) dsr[j] *= kr[j] ? keep_scale : T(0);
+      }
+      T dot = 0;
+#pragma omp simd reduction(+ : dot)
+      for (int j = 0; j < S; ++j) dot += pr[j] * dsr[j];
+#pragma omp simd
+      for (int j = 0; j < S; ++j) dsr[j] = pr[j] * (dsr[j] - dot) * score_scale;
+    }
+    // dq = ds k; dk = ds^T q
+    gemm(Transpose::kNo, Transpose::kNo, S, D, S, T(1), ds, S, k, ld_qkv, T(0), dq, ld_qkv);
+    gemm(Transpose::kYes, Transpose::kNo, S, D, S, T(1), ds, S, q, ld_qkv, T(0), dk, ld_qkv);
+  }
+}
+
+#define ELECTRA_INSTANTIATE(T)                                                                                  \
+  template void attention_forward<T>(T*, T*, uint8_t*, const T*, const int32_t*, int, int, int, int, float,   \
+                                     const DropoutKey&);                                                      \
+  template void attention_backward<T>(T*, T*, const T*, const T*, const T*, const uint8_t*, const int32_t*, int, \
+                                      int, int, int, float);
+ELECTRA_INSTANTIATE(float)
+ELECTRA_INSTANTIATE(double)
+#undef ELECTRA_INSTANTIATE
+
+}  // namespace electra::cpu

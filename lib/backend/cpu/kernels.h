@@ -1,0 +1,136 @@
+// CPU kernels behind make_cpu_backend<T>() (T = float or double). Each function is the reference
+// implementation of the Backend<T> op of the same name (lib/backend/backend.h has the contracts:
+// shapes, which outputs are overwritten and which gradients accumulate). Kept as free functions so
+// tests, benchmarks and the CUDA tests can call them without a Backend object. All pointers are host
+// memory owned by the caller.
+//
+// Determinism promise: for the same inputs every kernel returns bitwise identical outputs, whatever
+// the OpenMP thread count (OMP_NUM_THREADS) and however a batch is split into calls (for the random
+// ops, given first_example). Reductions across rows (dbias, dgamma/dbeta, embedding tables,
+// sum_squares) use fixed partitions that do not depend on the thread count. GEMMs are OpenBLAS's;
+// OpenBLAS splits the M and N dimensions across its threads, never K, so its results do not depend on
+// its thread count either (checked by tests/backend for the shapes we use).
+//
+// Threading: loops run on OpenMP. Where a parallel region calls BLAS (attention, batched GEMM),
+// OpenBLAS (the pthread build on Debian) is switched to one thread for the region so the two thread
+// pools do not oversubscribe the cores.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "lib/backend/backend.h"
+
+namespace electra::cpu {
+
+// ---- matrix products (blas.cpp) ----
+template <typename T>
+void gemm(Transpose trans_a, Transpose trans_b, int m, int n, int k, T alpha, const T* a, int lda, const T* b,
+          int ldb, T beta, T* c, int ldc);
+template <typename T>
+void gemm_strided_batched(Transpose trans_a, Transpose trans_b, int m, int n, int k, T alpha, const T* a, int lda,
+                          long long stride_a, const T* b, int ldb, long long stride_b, T beta, T* c, int ldc,
+                          long long stride_c, int batch);
+template <typename T>
+void linear_forward(T* y, const T* x, const T* weight, const T* bias, int rows, int in, int out);
+template <typename T>
+void linear_backward(T* dx, T* dweight, T* dbias, const T* dy, const T* x, const T* weight, int rows, int in,
+                     int out);
+// dbias[c] += sum_r dy[r, c] for dy [rows, cols], rows summed in order 0..rows-1 for every column.
+template <typename T>
+void column_sums_accumulate(T* dbias, const T* dy, int rows, int cols);
+
+// ---- elementwise (elementwise.cpp) ----
+template <typename T>
+void fill(T* x, size_t n, T value);
+template <typename T>
+void activation_forward(Activation act, T* y, const T* x, size_t n);
+template <typename T>
+void activation_backward(Activation act, T* dx, const T* dy, const T* x, size_t n);
+template <typename T>
+void add(T* out, const T* a, const T* b, size_t n);
+template <typename T>
+void accumulate(T* y, const T* x, size_t n);
+template <typename T>
+void scale(T* x, size_t n, T alpha);
+// keep[i] = uniform >= p for element i of the tensor described by key (see DropoutKey); y = x * keep / (1-p).
+// p must be in [0, 1). y may alias x.
+template <typename T>
+void dropout_forward(T* y, uint8_t* keep, const T* x, size_t n, float p, const DropoutKey& key);
+template <typename T>
+void dropout_backward(T* dx, const T* dy, const uint8_t* keep, size_t n, float p);
+// Only the keep mask of elements [begin, begin + count) of a dropout site: keep[j] is element begin + j.
+// Used by dropout_forward and attention; exposed for tests.
+void dropout_keep_mask(uint8_t* keep, size_t begin, size_t count, float p, const DropoutKey& key);
+
+// ---- normalisation (layernorm.cpp) ----
+// Biased variance, eps inside the square root (PyTorch): rstd = 1 / sqrt(var + eps).
+template <typename T>
+void layernorm_forward(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* beta, int rows, int cols, T eps);
+// dx overwritten (may be null), dgamma/dbeta accumulated (each may be null). Row sums for dgamma/dbeta
+// are formed over fixed blocks of rows and added in block order.
+template <typename T>
+void layernorm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* mean, const T* rstd,
+                        const T* gamma, int rows, int cols);
+
+// ---- embeddings (embedding.cpp) ----
+// position_table / type_table may be null (that term is left out); type_ids may be null (type 0).
+// Ids must be non-negative (checked) and inside their tables (not checked: the sizes are not passed).
+template <typename T>
+void embedding_forward(T* out, const int32_t* ids, const int32_t* type_ids, const T* word_table,
+                       const T* position_table, const T* type_table, int B, int S, int E);
+// Each of dword / dposition / dtype may be null (skipped). Tokens are added in order (b, s) for every
+// table row: deterministic, and parallel over column blocks so there are no races.
+template <typename T>
+void embedding_backward(T* dword, T* dposition, T* dtype, const T* dout, const int32_t* ids,
+                        const int32_t* type_ids, int B, int S, int E);
+// Positions must lie in [0, S) (checked).
+template <typename T>
+void gather_rows(T* out, const T* x, const int32_t* positions, int B, int S, int P, int C);
+template <typename T>
+void scatter_add_rows(T* dx, const T* dout, const int32_t* positions, int B, int S, int P, int C);
+
+// ---- attention (attention.cpp) ----
+// As Backend<T>::attention_forward. Keys with mask 0 get probability exactly 0; a query row whose keys
+// are all masked gets all-zero probabilities (and context 0). A null mask attends to every key.
+// With dropout == 0, keep may be null
+// (when given, it is set to all ones). The keep mask uses DropoutKey element indices of the
+// [B,H,S,S] probability tensor: element ((b*H + h)*S + i)*S + j.
+template <typename T>
+void attention_forward(T* context, T* probs, uint8_t* keep, const T* qkv, const int32_t* mask, int B, int S, int H,
+                       int D, float dropout, const DropoutKey& key);
+// scratch: at least B*H*S*S elements (holds d(scores)). keep may be null when dropout == 0.
+template <typename T>
+void attention_backward(T* dqkv, T* scratch, const T* dcontext, const T* qkv, const T* probs, const uint8_t* keep,
+                        const int32_t* mask, int B, int S, int H, int D, float dropout);
+
+// ---- losses and sampling (losses.cpp) ----
+// labels must lie in [0, V) (checked). grad_scale may be null (1 for every row). loss may be null.
+template <typename T>
+void softmax_cross_entropy(T* loss, T* dlogits, int32_t* argmax, const T* logits, const int32_t* labels,
+                           const T* grad_scale, int rows, int V);
+template <typename T>
+void log_softmax(T* y, const T* x, int rows, int V);
+// loss = max(x,0) - x*y + log1p(exp(-|x|)); grad_scale may be null (1); loss may be null.
+template <typename T>
+void sigmoid_cross_entropy(T* loss, T* dlogit, const T* logit, const int32_t* label, const T* grad_scale, size_t n);
+// Exactly what is computed, in double, for row r and token v:
+//   z = double(logits[r,v]) - (disallow && v == disallow[r] ? 1000 : 0)
+//   score = z / double(temperature) + PhiloxStream(seed, kSampling, step, first_example + r / rows_per_example)
+//                                        .gumbel((r % rows_per_example) * V + v)
+//   samples[r] = the smallest v with the largest score.
+// temperature must be > 0; a disallow entry outside [0, V) disallows nothing.
+template <typename T>
+void gumbel_sample(int32_t* samples, const T* logits, const int32_t* disallow, int rows, int V, float temperature,
+                   uint64_t seed, uint64_t step, uint64_t first_example, int rows_per_example);
+
+// ---- reductions and optimizer (optimizer.cpp) ----
+// Squares summed in double within fixed chunks of kSumSquaresChunk elements, chunk sums added in order.
+inline constexpr size_t kSumSquaresChunk = 16384;
+template <typename T>
+double sum_squares(const T* x, size_t n);
+template <typename T>
+void adamw_step(T* params, const T* grads, T* m, T* v, size_t n, float lr, float beta1, float beta2, float eps,
+                float weight_decay, long long t, float grad_scale, bool bias_correction);
+
+}  // namespace electra::cpu
