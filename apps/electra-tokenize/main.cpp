@@ -1,0 +1,102 @@
+// electra-tokenize: BERT WordPiece tokenization of text, one output line per input line (space-separated
+// ids, or the word pieces with --tokens). Reads stdin (or --input), writes stdout; warnings go to stderr.
+#include <CLI/CLI.hpp>
+#include <charconv>
+#include <cstdio>
+#include <iostream>
+
+#include "data_pipeline/tokenizer/bert_tokenizer.h"
+#include "data_pipeline/tokenizer/text_files.h"
+#include "lib/core/error.h"
+#include "lib/core/log.h"
+
+namespace {
+
+// Buffered stdout without iostream formatting overhead.
+class Output {
+ public:
+  ~Output() { flush(); }
+  void put(std::string_view s) {
+    if (buffer_.size() + s.size() > kFlushAt) flush();
+    buffer_.append(s);
+  }
+  void put(char c) { buffer_.push_back(c); }
+  void put(int32_t v) {
+    char tmp[16];
+    const auto r = std::to_chars(tmp, tmp + sizeof(tmp), v);
+    buffer_.append(tmp, r.ptr);
+  }
+  void end_line() {
+    buffer_.push_back('\n');
+    if (buffer_.size() > kFlushAt) flush();
+  }
+  void flush() {
+    if (!buffer_.empty() && std::fwrite(buffer_.data(), 1, buffer_.size(), stdout) != buffer_.size()) {
+      electra::fail("stdout: write failed");
+    }
+    buffer_.clear();
+  }
+
+ private:
+  static constexpr size_t kFlushAt = 1 << 20;
+  std::string buffer_;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"Tokenizes text with a BERT WordPiece vocabulary: one output line per input line."};
+  std::string vocab_path, input = "-";
+  bool no_lower_case = false, tokens = false;
+  app.add_option("--vocab", vocab_path, "vocab.txt (one token per line)")->required();
+  app.add_option("--input", input, "text file (default: stdin)");
+  app.add_flag("--no-lower-case", no_lower_case, "keep case and accents (cased vocabularies)");
+  app.add_flag("--tokens", tokens, "print word pieces instead of ids");
+  CLI11_PARSE(app, argc, argv);
+
+  electra::log::init({});
+  try {
+    const electra::text::Vocab vocab = electra::text::Vocab::load(vocab_path);
+    electra::text::TokenizerOptions options;
+    options.lower_case = !no_lower_case;
+    const electra::text::BertTokenizer tokenizer(vocab, options);
+
+    electra::text::LineReader reader(input);
+    Output out;
+    std::vector<int32_t> ids;
+    std::string_view line;
+    electra::text::TokenizeStats total;
+    uint64_t bad_lines = 0;
+    constexpr uint64_t kMaxWarnings = 20;
+    while (reader.next(line)) {
+      electra::text::TokenizeStats stats;
+      ids.clear();
+      tokenizer.encode_append(line, ids, &stats);
+      if (stats.invalid_utf8 > 0 && ++bad_lines <= kMaxWarnings) {
+        ELECTRA_LOG(warning) << reader.name() << ":" << reader.line_number() << ": " << stats.invalid_utf8
+                             << " invalid UTF-8 sequence(s) replaced and dropped";
+      }
+      total += stats;
+      for (size_t i = 0; i < ids.size(); ++i) {
+        if (i > 0) out.put(' ');
+        if (tokens) {
+          out.put(std::string_view(vocab.token(ids[i])));
+        } else {
+          out.put(ids[i]);
+        }
+      }
+      out.end_line();
+    }
+    out.flush();
+    if (bad_lines > kMaxWarnings) {
+      ELECTRA_LOG(warning) << reader.name() << ": " << bad_lines << " lines had invalid UTF-8 (" << total.invalid_utf8
+                           << " sequences); only the first " << kMaxWarnings << " were named";
+    }
+    ELECTRA_LOG(debug) << reader.line_number() << " lines, " << total.words << " words, " << total.unknown_tokens
+                       << " [UNK]";
+  } catch (const electra::Error& e) {
+    std::cerr << "electra-tokenize: error: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}
