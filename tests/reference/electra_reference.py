@@ -22,7 +22,8 @@ Usage: electra_reference.py CASE.h5 EXPECTED.h5 [--use-sampled-ids]
   CASE.h5: /params/<name>, /inputs/{input_word_ids, input_mask, input_type_ids, masked_lm_positions,
            masked_lm_ids, masked_lm_weights[, next_sentence_labels][, sampled_ids]}, attributes config
            (JSON of the model section), seed, step, global_row_offset
-           [, mlm_normalizer, disc_normalizer, sentence_normalizer: global denominators].
+           [, masked_lm_weight_sum, input_mask_count, examples: the global normalisers; the MLM and RTD
+           losses are then divided by these + 1e-6 and the NSP loss by `examples`].
   EXPECTED.h5: /outputs/{lm_outputs, sentence_outputs, disc_logits, disc_label, sampled_ids,
            corrupted_ids}, attributes total_loss, mlm_loss, disc_loss, sentence_loss,
            own_sampled_ids_mismatches; /grads/<name> for every parameter; /own_sampled_ids.
@@ -70,6 +71,10 @@ def model_config(section):
             cfg["generator"].update(value)
         else:
             cfg[key] = value
+    # The C++ holds these as float; use the same values (0.8f is not 0.8).
+    for key in ("hidden_dropout", "attention_dropout", "initializer_range", "layer_norm_eps",
+                "mlm_initializer_stddev", "temperature", "disc_loss_weight"):
+        cfg[key] = float(np.float32(cfg[key]))
     return cfg
 
 
@@ -281,7 +286,10 @@ class ElectraPretrainerRef(nn.Module):
         return lm_outputs, sentence_outputs
 
     def forward(self, inputs, seed, step, global_row_offset, sampled_ids=None, normalizers=None, sampler=None):
-        """Returns a dict of outputs and losses. sampled_ids [B,P] replaces the model's own samples when
+        """Returns a dict of outputs and losses.
+
+        normalizers: {'mlm', 'disc', 'sentence'} denominators that replace this batch's own
+        (sum(w) + 1e-6, sum(mask) + 1e-6, rows). sampled_ids [B,P] replaces the model's own samples when
         given (the own samples are still returned as 'own_sampled_ids'). sampler(lm_outputs [B,P,V]
         detached tensor, disallow [B,P] numpy or None) -> [B,P] ids replaces the Philox sampler (the step
         benchmark uses torch's RNG)."""
@@ -388,8 +396,13 @@ def run_case(case_path, expected_path, use_sampled_ids):
             if "sampled_ids" not in f["inputs"]:
                 sys.exit("electra_reference: --use-sampled-ids but the case has no /inputs/sampled_ids")
             given_samples = torch.as_tensor(np.asarray(f["inputs"]["sampled_ids"]))
-        normalizers = {k: float(_attr(f, k + "_normalizer")) for k in ("mlm", "disc", "sentence")
-                       if _attr(f, k + "_normalizer") is not None}
+        # Global denominators (lib/model/pretrainer.h GlobalNormalizers): losses are divided by these
+        # (+1e-6 for the MLM and RTD sums) instead of this slice's own sums.
+        normalizers = {}
+        for key, attr, eps in (("mlm", "masked_lm_weight_sum", 1e-6), ("disc", "input_mask_count", 1e-6),
+                               ("sentence", "examples", 0.0)):
+            if _attr(f, attr) is not None:
+                normalizers[key] = float(_attr(f, attr)) + eps
 
     model = ElectraPretrainerRef(cfg).double()
     model.eval()  # dropout off
