@@ -1,0 +1,63 @@
+// A thread that ends the job when the training loop stops making progress (a rank stuck in a
+// collective because another rank died silently, a hung device, a dead file system), instead of
+// letting the job sit until the scheduler's time limit.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <thread>
+
+namespace electra::dist {
+
+class Communicator;
+
+class Watchdog {
+ public:
+  // Called once, from the watchdog thread, with a message naming the rank, the last step and the
+  // silence. The production action aborts the job; tests pass a callback that records the call.
+  using Action = std::function<void(const std::string& message)>;
+
+  // Logs the message and MPI_Aborts the job (exit code `code`).
+  static Action abort_action(const Communicator& comm, int code = 3);
+
+  // Starts the thread; the clock starts now (the first heartbeat is due within step_timeout_s).
+  Watchdog(double step_timeout_s, int rank, Action action);
+  ~Watchdog();  // stop()
+  Watchdog(const Watchdog&) = delete;
+  Watchdog& operator=(const Watchdog&) = delete;
+
+  // The loop is alive; `step` is the step just finished (reported if the watchdog fires later).
+  void heartbeat(int64_t step);
+  // Suspends the deadline (e.g. around a checkpoint save that may take longer than a step);
+  // resume() restarts the clock.
+  void pause();
+  void resume();
+  // Changes the timeout; the clock restarts.
+  void set_timeout(double step_timeout_s);
+  // Stops and joins the thread; no action after it returns. Idempotent.
+  void stop();
+
+  bool fired() const;
+
+ private:
+  void run();
+
+  using Clock = std::chrono::steady_clock;
+  mutable std::mutex mutex_;
+  std::condition_variable wake_;
+  Clock::duration timeout_;
+  Clock::time_point last_beat_;
+  int64_t last_step_ = -1;
+  int rank_;
+  bool paused_ = false;
+  bool stopping_ = false;
+  bool fired_ = false;
+  Action action_;
+  std::thread thread_;
+};
+
+}  // namespace electra::dist

@@ -1,0 +1,78 @@
+#include "lib/train/atomic_file.h"
+
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <fcntl.h>
+#include <unistd.h>
+
+#include "lib/core/error.h"
+
+namespace electra::train {
+namespace {
+
+std::string errno_text() { return std::strerror(errno); }
+
+void fsync_path(const std::filesystem::path& path, int flags, const char* what) {
+  const int fd = ::open(path.c_str(), flags | O_CLOEXEC);
+  if (fd < 0) fail("cannot open ", what, " ", path.string(), " to fsync it: ", errno_text());
+  if (::fsync(fd) != 0) {
+    const std::string text = errno_text();
+    ::close(fd);
+    fail("fsync of ", what, " ", path.string(), " failed: ", text);
+  }
+  ::close(fd);
+}
+
+}  // namespace
+
+void fsync_file(const std::filesystem::path& path) { fsync_path(path, O_RDONLY, "file"); }
+
+void fsync_directory(const std::filesystem::path& dir) {
+  fsync_path(dir.empty() ? std::filesystem::path(".") : dir, O_RDONLY | O_DIRECTORY, "directory");
+}
+
+void commit_file(const std::filesystem::path& temp, const std::filesystem::path& final_path) {
+  fsync_file(temp);
+  if (std::rename(temp.c_str(), final_path.c_str()) != 0) {
+    fail("cannot rename ", temp.string(), " to ", final_path.string(), ": ", errno_text());
+  }
+  fsync_directory(final_path.parent_path());
+}
+
+std::filesystem::path temp_path_for(const std::filesystem::path& final_path) {
+  // Appended piecewise: GCC 12 reports a false -Wrestrict on "." + name + ".tmp".
+  std::string name = ".";
+  name += final_path.filename().string();
+  name += ".tmp";
+  return final_path.parent_path() / name;
+}
+
+void write_file_atomically(const std::filesystem::path& path, std::string_view contents) {
+  const auto temp = temp_path_for(path);
+  const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) fail("cannot create ", temp.string(), ": ", errno_text());
+  size_t written = 0;
+  while (written < contents.size()) {
+    const ssize_t n = ::write(fd, contents.data() + written, contents.size() - written);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) {
+      const std::string text = errno_text();
+      ::close(fd);
+      fail("cannot write ", temp.string(), ": ", text);
+    }
+    written += static_cast<size_t>(n);
+  }
+  if (::fsync(fd) != 0) {
+    const std::string text = errno_text();
+    ::close(fd);
+    fail("fsync of ", temp.string(), " failed: ", text);
+  }
+  ::close(fd);
+  if (std::rename(temp.c_str(), path.c_str()) != 0) {
+    fail("cannot rename ", temp.string(), " to ", path.string(), ": ", errno_text());
+  }
+  fsync_directory(path.parent_path());
+}
+
+}  // namespace electra::train

@@ -1,0 +1,22 @@
+// Durable, all-or-nothing file replacement: write a temporary name in the same directory, fsync it,
+// rename it over the final name, fsync the directory. After a crash at any point a reader finds either
+// the old file or the complete new one under the final name, never a prefix.
+#pragma once
+
+#include <filesystem>
+#include <string_view>
+
+namespace electra::train {
+
+// fsync of a file's data and metadata (opens it read-only; Linux flushes the inode's dirty pages).
+void fsync_file(const std::filesystem::path& path);
+// fsync of a directory, making renames and creations in it durable.
+void fsync_directory(const std::filesystem::path& dir);
+// fsync(temp), rename(temp -> final), fsync(final's directory). Both must be in the same directory.
+void commit_file(const std::filesystem::path& temp, const std::filesystem::path& final_path);
+// "<dir>/.<name>.tmp": the temporary name for `final_path` (hidden, never matches a final-name pattern).
+std::filesystem::path temp_path_for(const std::filesystem::path& final_path);
+// Writes `contents` to temp_path_for(path) and commits it.
+void write_file_atomically(const std::filesystem::path& path, std::string_view contents);
+
+}  // namespace electra::train

@@ -1,0 +1,55 @@
+// TensorBoard event files written without TensorFlow: TFRecord framing around hand-encoded Event
+// protobufs (tensorflow/core/util/event.proto, summary.proto), scalars as Summary.Value.simple_value.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "lib/train/metrics.h"
+
+namespace electra::train {
+
+namespace tfevents {
+// TFRecord: u64 length (little-endian), masked CRC-32C of those 8 bytes, data, masked CRC-32C of data.
+std::string encode_record(std::string_view data);
+// Event{wall_time = 1 (double), file_version = 3 (string)}: the first record of every file.
+std::string encode_file_version_event(double wall_time);
+// Event{wall_time, step = 2, summary = 5 {value = 1 repeated {tag = 1, simple_value = 2 (float)}}}.
+std::string encode_scalars_event(double wall_time, int64_t step, std::span<const std::pair<std::string, float>> values);
+// Event{wall_time, step, session_log = 6 {status = 1: START}}: TensorBoard drops the events of this run
+// directory with a step >= `step` read before it (the steps a crashed run logged after its checkpoint).
+std::string encode_session_start_event(double wall_time, int64_t step);
+}  // namespace tfevents
+
+class TensorBoardWriter {
+ public:
+  // Creates `dir` and a new file events.out.tfevents.<unix time>.<host>.<pid> in it, starting with the
+  // file_version event. With `resume_step`, a session START at resume_step + 1 follows, so TensorBoard
+  // forgets what an earlier run logged after that checkpoint.
+  explicit TensorBoardWriter(const std::filesystem::path& dir, std::optional<int64_t> resume_step = std::nullopt);
+  ~TensorBoardWriter();
+  TensorBoardWriter(const TensorBoardWriter&) = delete;
+  TensorBoardWriter& operator=(const TensorBoardWriter&) = delete;
+
+  // Each call writes one event (one write(), visible to TensorBoard immediately).
+  void add_scalar(const std::string& tag, int64_t step, float value);
+  void add_scalars(int64_t step, std::span<const std::pair<std::string, float>> values);
+  // The metrics' set fields as "<prefix><name>" scalars, in one event.
+  void add_step_metrics(const StepMetrics& metrics, const std::string& prefix = "train/");
+
+  const std::filesystem::path& file() const { return file_; }
+
+ private:
+  void append(const std::string& record);
+
+  std::filesystem::path file_;
+  int fd_ = -1;
+};
+
+}  // namespace electra::train

@@ -1,0 +1,606 @@
+#include "lib/train/trainer.h"
+
+#include <omp.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <fstream>
+#include <iomanip>
+#include <memory>
+#include <sstream>
+#include <thread>
+
+#include "data_pipeline/loader/loader.h"
+#include "lib/backend/backend.h"
+#include "lib/core/error.h"
+#include "lib/core/log.h"
+#include "lib/dist/gradient_reducer.h"
+#include "lib/dist/signals.h"
+#include "lib/dist/watchdog.h"
+#include "lib/model/config.h"
+#include "lib/model/pretrainer.h"
+#include "lib/optim/adamw.h"
+#include "lib/train/atomic_file.h"
+#include "lib/train/checkpoint.h"
+#include "lib/train/checkpoint_manager.h"
+#include "lib/train/metrics.h"
+#include "lib/train/tensorboard.h"
+
+extern "C" void openblas_set_num_threads(int num_threads);
+
+namespace electra::train {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+namespace fs = std::filesystem;
+
+double seconds_since(Clock::time_point start) {
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+std::string format_duration(double seconds) {
+  if (!std::isfinite(seconds) || seconds < 0) return "?";
+  const long long s = static_cast<long long>(seconds + 0.5);
+  std::ostringstream out;
+  out << s / 3600 << ":" << std::setw(2) << std::setfill('0') << (s / 60) % 60 << ":" << std::setw(2)
+      << std::setfill('0') << s % 60;
+  return out.str();
+}
+
+// Per-rank threads: the machine's cores shared among the ranks on this node, unless set.
+int choose_threads(const Config& config, const dist::Communicator& comm) {
+  const int configured = config.get<int>("train.threads");
+  if (configured > 0) return configured;
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  return std::max(1, cores / std::max(1, comm.local_size()));
+}
+
+// GFLOP/s of one large fp32 GEMM on this rank: the denominator of MFU when train.peak_gflops is 0.
+double measure_gemm_gflops(Backend<float>& backend) {
+  const int n = 1024;
+  std::vector<float> host(static_cast<size_t>(n) * n, 0.5f);
+  float* a = backend.allocate(host.size());
+  float* c = backend.allocate(host.size());
+  backend.copy_from_host(a, host.data(), host.size());
+  double best = 0;
+  for (int rep = 0; rep < 3; ++rep) {
+    const auto start = Clock::now();
+    backend.gemm(Transpose::kNo, Transpose::kYes, n, n, n, 1.0f, a, n, a, n, 0.0f, c, n);
+    backend.synchronize();
+    best = std::max(best, 2.0 * n * n * n / seconds_since(start) / 1e9);
+  }
+  backend.deallocate(a);
+  backend.deallocate(c);
+  return best;
+}
+
+TensorLayout checkpoint_layout(const ParameterLayout& layout) {
+  TensorLayout out;
+  out.reserve(layout.views().size());
+  for (const ParameterView& view : layout.views()) {
+    out.push_back(NamedTensor{view.name, std::vector<int64_t>(view.shape.begin(), view.shape.end()), view.offset,
+                              view.size});
+  }
+  return out;
+}
+
+// Counts of one step summed over micro-batches, then over ranks (fixed order: see kMetricNames).
+enum Metric {
+  kTotalLoss,
+  kMlmLoss,
+  kDiscLoss,
+  kSentenceLoss,
+  kMlmCorrect,
+  kMlmWeight,
+  kDiscCorrect,
+  kDiscTokens,
+  kDiscFake,
+  kTokens,
+  kNumMetrics
+};
+
+}  // namespace
+
+nlohmann::json default_run_config() {
+  nlohmann::json config;
+  config["model"] = model_preset("small");
+  config["optim"] = to_json(OptimizerConfig{});
+  config["data"] = {
+      {"dir", ""},             // shards directory (manifest.json) or NVIDIA BERT HDF5 directory
+      {"vocab", ""},           // vocab.txt; default: the shards directory's copy
+      {"seq_length", 128},     // must equal the shards' max_seq_length
+      {"mask_prob", 0.15},     // masked fraction (masked positions: model.num_token_predictions at most)
+      {"shuffle", true},       // a new seeded permutation each epoch
+      {"prefetch_batches", 4}, // batches assembled ahead by the loader thread
+      {"cache_mb", 1024},      // decompressed shard-chunk cache per rank
+      {"verify_checksums", false},
+  };
+  config["train"] = {
+      {"steps", 1000000},         // T: optimizer steps (the learning rate decays to 0 at T)
+      {"batch_size", 128},        // global batch (examples per step over all ranks)
+      {"micro_batch_size", 0},    // examples per forward/backward on a rank (0: the whole slice)
+      {"log_every", 100},
+      {"checkpoint_every", 1000},
+      {"keep_last", 3},           // checkpoints kept (at least 2)
+      {"keep_every", 0},          // also keep every step that is a multiple of this (0: none)
+      {"seed", 1},                // initialisation, dropout, masking, sampling, shuffling
+      {"max_skipped_steps", 10},  // consecutive non-finite steps tolerated before stopping
+      {"step_timeout", 1800.0},   // seconds one step may take before the watchdog aborts the job
+      {"threads", 0},             // CPU threads per rank (0: cores / ranks on the node)
+      {"peak_gflops", 0.0},       // per-rank peak for MFU (0: measured with one large GEMM)
+      {"tensorboard", true},      // RUN_DIR/tensorboard event files
+  };
+  config["debug"] = {
+      // Fault injection for the distributed tests: a non-finite loss gradient on one rank at one step, or
+      // an exception thrown on one rank at one step. -1: off.
+      {"nan_step", -1},
+      {"nan_rank", -1},
+      {"throw_step", -1},
+      {"throw_rank", -1},
+  };
+  return config;
+}
+
+Config resolve_config(const TrainOptions& options) {
+  Config config(default_run_config());
+  if (!options.config_path.empty()) config.merge_file(options.config_path);
+  if (!options.data_dir.empty()) config.set("data.dir", nlohmann::json(options.data_dir));
+  for (const std::string& assignment : options.sets) config.set(assignment);
+  return config;
+}
+
+std::optional<std::string> first_difference(const nlohmann::json& expected, const nlohmann::json& actual,
+                                            const std::string& prefix) {
+  if (expected.is_object() && actual.is_object()) {
+    for (const auto& [key, value] : expected.items()) {
+      const std::string path = prefix.empty() ? key : prefix + "." + key;
+      if (!actual.contains(key)) return path + ": checkpoint " + value.dump() + ", run has no such key";
+      if (auto diff = first_difference(value, actual.at(key), path)) return diff;
+    }
+    for (const auto& [key, value] : actual.items()) {
+      if (!expected.contains(key)) {
+        return (prefix.empty() ? key : prefix + "." + key) + ": checkpoint has no such key, run " + value.dump();
+      }
+    }
+    return std::nullopt;
+  }
+  const bool both_numbers = expected.is_number() && actual.is_number();
+  if (both_numbers ? expected.get<double>() != actual.get<double>() : expected != actual) {
+    return prefix + ": checkpoint " + expected.dump() + ", run " + actual.dump();
+  }
+  return std::nullopt;
+}
+
+namespace {
+
+// Everything a rank holds during a run. Built in setup(), which reports bad input before training.
+class Trainer {
+ public:
+  Trainer(const dist::Communicator& comm, const TrainOptions& options) : comm_(comm), options_(options) {}
+
+  // Returns an error message instead of throwing, so every rank can agree on failure before anyone
+  // starts a collective of the training loop.
+  std::optional<std::string> setup();
+  int train();
+
+ private:
+  void resume_from(const fs::path& path);
+  void save_checkpoint();
+  bool train_step(double* metrics);
+  void log_step(const double* metrics, double step_seconds, double lr, double grad_norm);
+
+  const dist::Communicator& comm_;
+  TrainOptions options_;
+  Config config_;
+  fs::path run_dir_;
+  std::unique_ptr<Backend<float>> backend_;
+  std::unique_ptr<data::Loader> loader_;
+  PretrainerConfig model_config_;
+  OptimizerConfig optim_config_;
+  std::unique_ptr<ElectraPretrainer<float>> model_;
+  std::unique_ptr<AdamW<float>> optimizer_;
+  std::unique_ptr<dist::GradientReducer> reducer_;
+  std::unique_ptr<CheckpointManager> checkpoints_;
+  std::unique_ptr<MetricsWriter> metrics_;
+  std::unique_ptr<TensorBoardWriter> tensorboard_;
+  TensorLayout ckpt_layout_;
+
+  int64_t total_steps_ = 0;
+  int global_batch_ = 0;
+  int local_rows_ = 0;
+  int micro_rows_ = 0;
+  int seq_length_ = 0;
+  uint64_t seed_ = 1;
+  int log_every_ = 1;
+  int checkpoint_every_ = 0;
+  int max_skipped_ = 10;
+  double peak_gflops_ = 0;
+  double flops_per_step_ = 0;
+
+  int64_t step_ = 0;  // completed optimizer steps
+  int64_t tokens_seen_ = 0;
+  int64_t skipped_total_ = 0;
+  int64_t skipped_in_a_row_ = 0;
+  int64_t last_checkpoint_step_ = -1;
+  double last_lr_ = 0, last_grad_norm_ = 0;
+};
+
+std::optional<std::string> Trainer::setup() {
+  try {
+    config_ = resolve_config(options_);
+    if (options_.output_dir.empty()) fail("--output RUN_DIR is required");
+    run_dir_ = options_.output_dir;
+    if (options_.device != "cpu") {
+      fail("--device ", options_.device, ": this build trains on the CPU only (the CUDA backend is not built yet)");
+    }
+    const std::string data_dir = config_.get<std::string>("data.dir");
+    if (data_dir.empty()) fail("no data: pass --data SHARDS_DIR or set data.dir");
+
+    total_steps_ = config_.get<int64_t>("train.steps");
+    global_batch_ = config_.get<int>("train.batch_size");
+    seq_length_ = config_.get<int>("data.seq_length");
+    seed_ = config_.get<uint64_t>("train.seed");
+    log_every_ = std::max(1, config_.get<int>("train.log_every"));
+    checkpoint_every_ = config_.get<int>("train.checkpoint_every");
+    max_skipped_ = config_.get<int>("train.max_skipped_steps");
+    if (total_steps_ <= 0) fail("config key 'train.steps' must be positive, got ", total_steps_);
+    if (global_batch_ <= 0 || global_batch_ % comm_.world_size() != 0) {
+      fail("config key 'train.batch_size' (", global_batch_, ") must be a positive multiple of the number of ranks (",
+           comm_.world_size(), ")");
+    }
+    local_rows_ = global_batch_ / comm_.world_size();
+    const int micro = config_.get<int>("train.micro_batch_size");
+    micro_rows_ = micro > 0 ? micro : local_rows_;
+    if (local_rows_ % micro_rows_ != 0) {
+      fail("config key 'train.micro_batch_size' (", micro_rows_, ") must divide the per-rank batch (", local_rows_,
+           " = train.batch_size / ranks)");
+    }
+
+    const int threads = choose_threads(config_, comm_);
+    omp_set_num_threads(threads);
+    openblas_set_num_threads(threads);
+
+    // The model section: the data's vocabulary decides vocab_size.
+    data::LoaderOptions loader_options;
+    loader_options.data_dir = data_dir;
+    loader_options.vocab_path = config_.get<std::string>("data.vocab");
+    loader_options.global_batch_size = global_batch_;
+    loader_options.seq_length = seq_length_;
+    loader_options.mask_prob = config_.get<float>("data.mask_prob");
+    loader_options.max_predictions = config_.get<int>("model.num_token_predictions");
+    loader_options.seed = seed_;
+    loader_options.rank = comm_.rank();
+    loader_options.world_size = comm_.world_size();
+    loader_options.prefetch_batches = config_.get<int>("data.prefetch_batches");
+    loader_options.shuffle = config_.get<bool>("data.shuffle");
+    loader_options.cache_bytes = static_cast<uint64_t>(config_.get<int64_t>("data.cache_mb")) << 20;
+    loader_options.verify_checksums = config_.get<bool>("data.verify_checksums");
+    loader_ = std::make_unique<data::Loader>(loader_options);
+    config_.set("model.vocab_size", nlohmann::json(static_cast<int64_t>(loader_->vocab().size())));
+
+    model_config_ = pretrainer_config_from_json(config_.at("model"));
+    optim_config_ = optimizer_config_from_json(config_.at("optim"), total_steps_);
+    if (seq_length_ > model_config_.discriminator.max_position_embeddings) {
+      fail("config key 'data.seq_length' (", seq_length_, ") exceeds model.max_position_embeddings (",
+           model_config_.discriminator.max_position_embeddings, ")");
+    }
+    backend_ = make_cpu_backend<float>();
+    model_ = std::make_unique<ElectraPretrainer<float>>(model_config_, *backend_);
+    optimizer_ = std::make_unique<AdamW<float>>(optim_config_, model_->layout(), *backend_);
+    model_->init_parameters(seed_);
+    ckpt_layout_ = checkpoint_layout(model_->layout());
+    flops_per_step_ = model_flops_per_step(model_config_, global_batch_, seq_length_);
+    const double configured_peak = config_.get<double>("train.peak_gflops");
+    peak_gflops_ = configured_peak > 0 ? configured_peak : measure_gemm_gflops(*backend_);
+
+    checkpoints_ = std::make_unique<CheckpointManager>(run_dir_ / "checkpoints", config_.get<int>("train.keep_last"),
+                                                       config_.get<int64_t>("train.keep_every"));
+    std::optional<fs::path> resume_path;
+    if (options_.resume == "auto") {
+      if (auto latest = checkpoints_->latest_complete()) resume_path = latest->path;
+    } else if (options_.resume != "none" && !options_.resume.empty()) {
+      resume_path = options_.resume;
+    } else if (!checkpoints_->list().empty()) {
+      fail("run directory ", run_dir_.string(), " already has checkpoints; use --resume auto to continue it or ",
+           "another --output (nothing was overwritten)");
+    }
+    if (resume_path) resume_from(*resume_path);
+    return std::nullopt;
+  } catch (const std::exception& e) {
+    return std::string(e.what());
+  }
+}
+
+void Trainer::resume_from(const fs::path& path) {
+  CheckpointFile file = CheckpointFile::open(path);
+  const nlohmann::json& saved = file.config();
+  if (!saved.contains("model")) fail("checkpoint ", path.string(), " has no model configuration");
+  if (auto diff = first_difference(saved.at("model"), config_.at("model"), "model")) {
+    fail("checkpoint ", path.string(), " was trained with another model configuration: ", *diff);
+  }
+  std::vector<float> host(model_->layout().total_size());
+  file.read_into(Section::kParams, ckpt_layout_, host);
+  model_->parameters_from_host(host);
+  const bool has_moments = file.has_section(Section::kAdamM) && file.has_section(Section::kAdamV);
+  if (has_moments) {
+    file.read_into(Section::kAdamM, ckpt_layout_, host);
+    backend_->copy_from_host(optimizer_->first_moment(), host.data(), host.size());
+    file.read_into(Section::kAdamV, ckpt_layout_, host);
+    backend_->copy_from_host(optimizer_->second_moment(), host.data(), host.size());
+  }
+  const nlohmann::json& state = file.state();
+  step_ = state.at("step").get<int64_t>();
+  tokens_seen_ = state.value("tokens_seen", int64_t{0});
+  skipped_total_ = state.value("skipped_steps", int64_t{0});
+  const uint64_t saved_seed = state.value("seed", seed_);
+  if (saved_seed != seed_) {
+    ELECTRA_LOG(warning) << "checkpoint seed " << saved_seed << " differs from train.seed " << seed_
+                         << ": masking, dropout and sampling continue with train.seed";
+  }
+  const int saved_batch = saved.contains("train") ? saved["train"].value("batch_size", global_batch_) : global_batch_;
+  if (saved_batch != global_batch_) {
+    ELECTRA_LOG(warning) << "checkpoint global batch " << saved_batch << " differs from train.batch_size "
+                         << global_batch_ << ": the data order continues, but not exactly as before";
+  }
+  loader_->restore(data::LoaderState::from_json(file.loader()));
+  last_checkpoint_step_ = step_;
+  ELECTRA_LOG(info) << "resumed from " << path.string() << " at step " << step_
+                    << (has_moments ? "" : " (no optimizer moments in the file: they start at zero)");
+}
+
+void Trainer::save_checkpoint() {
+  if (last_checkpoint_step_ == step_) return;
+  // Loader state is global and identical on every rank, so rank 0 writes it alone.
+  if (comm_.is_root()) {
+    const size_t n = model_->layout().total_size();
+    std::vector<float> params = model_->parameters_to_host();
+    std::vector<float> m(n), v(n);
+    backend_->copy_to_host(m.data(), optimizer_->first_moment(), n);
+    backend_->copy_to_host(v.data(), optimizer_->second_moment(), n);
+    CheckpointContent content;
+    content.layout = ckpt_layout_;
+    content.params = params;
+    content.adam_m = m;
+    content.adam_v = v;
+    content.state = {{"step", step_},
+                     {"tokens_seen", tokens_seen_},
+                     {"seed", seed_},
+                     {"loss_scale", 1.0},
+                     {"skipped_steps", skipped_total_},
+                     {"world_size", comm_.world_size()}};
+    content.loader = loader_->state().to_json();
+    content.config = config_.json();
+    const auto start = Clock::now();
+    const fs::path path = checkpoints_->save(content);
+    ELECTRA_LOG(info) << "checkpoint " << path.string() << " (" << std::fixed << std::setprecision(2)
+                      << seconds_since(start) << " s)";
+  }
+  // Nobody runs ahead of a checkpoint that is still being written: a stop right after must find it.
+  comm_.barrier();
+  last_checkpoint_step_ = step_;
+}
+
+// One optimizer step, top to bottom. Returns false when the step was skipped (non-finite somewhere).
+// `metrics` receives this rank's kNumMetrics sums.
+bool Trainer::train_step(double* metrics) {
+  Batch batch = loader_->next();
+
+  // Global loss denominators: the gradient summed over ranks is then the global batch's gradient.
+  double counts[3] = {0, 0, static_cast<double>(batch.rows)};
+  for (float w : batch.masked_lm_weights) counts[0] += w;
+  for (int32_t m : batch.input_mask) counts[1] += m;
+  comm_.allreduce_sum(std::span<double>(counts, 3));
+  StepContext context;
+  context.seed = seed_;
+  context.step = static_cast<uint64_t>(step_);
+  context.training = true;
+  context.global = GlobalNormalizers{counts[0], counts[1], counts[2]};
+  context.copy_outputs = false;
+
+  std::fill(metrics, metrics + kNumMetrics, 0.0);
+  model_->zero_gradients();
+  for (int begin = 0; begin < batch.rows; begin += micro_rows_) {
+    const bool whole = micro_rows_ == batch.rows;
+    Batch micro = whole ? Batch{} : data::slice_rows(batch, begin, begin + micro_rows_);
+    const PretrainerOutputs<float>& out = model_->forward(whole ? batch : micro, context);
+    model_->backward();
+    const PretrainerLosses& l = out.losses;
+    metrics[kTotalLoss] += l.total_loss;
+    metrics[kMlmLoss] += l.mlm_loss;
+    metrics[kDiscLoss] += l.disc_loss;
+    metrics[kSentenceLoss] += l.sentence_loss;
+    metrics[kMlmCorrect] += l.mlm_correct_sum;
+    metrics[kMlmWeight] += l.mlm_weight_sum;
+    metrics[kDiscCorrect] += l.disc_correct_sum;
+    metrics[kDiscTokens] += l.disc_token_count;
+    metrics[kDiscFake] += l.disc_fake_count;
+  }
+  metrics[kTokens] = static_cast<double>(batch.rows) * batch.seq_length;
+
+  const size_t n = model_->layout().total_size();
+  const int64_t nan_step = config_.get<int64_t>("debug.nan_step");
+  if (nan_step == step_ && config_.get<int>("debug.nan_rank") == comm_.rank()) {
+    const float nan = std::numeric_limits<float>::quiet_NaN();
+    backend_->fill(model_->gradients(), 1, nan);
+  }
+  const int64_t throw_step = config_.get<int64_t>("debug.throw_step");
+  if (throw_step == step_ && config_.get<int>("debug.throw_rank") == comm_.rank()) {
+    fail("debug.throw_step: injected failure on rank ", comm_.rank(), " at step ", step_);
+  }
+
+  // Every rank must know whether anyone went non-finite before anyone updates.
+  const bool locally_finite = std::isfinite(metrics[kTotalLoss]) && std::isfinite(backend_->sum_squares(model_->gradients(), n));
+  if (!comm_.agree_all(locally_finite)) {
+    const std::vector<std::string> flags = comm_.gather_strings(locally_finite ? "" : std::to_string(comm_.rank()));
+    if (comm_.is_root()) {
+      std::string ranks;
+      for (const std::string& f : flags) {
+        if (!f.empty()) ranks += (ranks.empty() ? "" : ",") + f;
+      }
+      ELECTRA_LOG(warning) << "step " << step_ + 1 << ": non-finite loss or gradient on rank(s) " << ranks
+                           << "; all ranks skip the update";
+    }
+    return false;
+  }
+
+  reducer_->reduce_all();
+  const double grad_norm = optimizer_->gradient_norm(model_->gradients());
+  const OptimizerStepStats stats = optimizer_->step_with_norm(model_->parameters(), model_->gradients(), step_, grad_norm);
+  last_lr_ = stats.lr;
+  last_grad_norm_ = grad_norm;
+  return true;
+}
+
+void Trainer::log_step(const double* metrics, double step_seconds, double lr, double grad_norm) {
+  StepMetrics m;
+  m.step = step_;
+  m.loss = metrics[kTotalLoss];
+  m.gen_loss = metrics[kMlmLoss];
+  m.disc_loss = metrics[kDiscLoss];
+  m.mlm_accuracy = metrics[kMlmWeight] > 0 ? metrics[kMlmCorrect] / metrics[kMlmWeight] : 0.0;
+  m.disc_accuracy = metrics[kDiscTokens] > 0 ? metrics[kDiscCorrect] / metrics[kDiscTokens] : 0.0;
+  m.lr = lr;
+  m.grad_norm = grad_norm;
+  m.tokens_per_s = metrics[kTokens] / step_seconds;
+  const double mfu = flops_per_step_ / step_seconds / (peak_gflops_ * 1e9 * comm_.world_size());
+  m.extra = {{"replaced_fraction", metrics[kDiscTokens] > 0 ? metrics[kDiscFake] / metrics[kDiscTokens] : 0.0},
+             {"step_seconds", step_seconds},
+             {"mfu", mfu}};
+  if (metrics[kSentenceLoss] != 0) m.extra["sentence_loss"] = metrics[kSentenceLoss];
+  const double eta = step_seconds * static_cast<double>(total_steps_ - step_);
+  std::ostringstream line;
+  line << std::fixed << "step " << step_ << "/" << total_steps_ << " | loss " << std::setprecision(4) << m.loss
+       << " | gen " << m.gen_loss << " | disc " << m.disc_loss << " | mlm_acc " << std::setprecision(3)
+       << m.mlm_accuracy << " | disc_acc " << m.disc_accuracy << " | lr " << std::scientific << std::setprecision(2)
+       << lr << std::fixed << " | gnorm " << std::setprecision(3) << grad_norm << " | " << std::setprecision(0)
+       << m.tokens_per_s << " tok/s | MFU " << std::setprecision(1) << 100.0 * mfu << "% | ETA "
+       << format_duration(eta);
+  ELECTRA_LOG(info) << line.str();
+  metrics_->write(m);
+  if (tensorboard_) tensorboard_->add_step_metrics(m);
+}
+
+int Trainer::train() {
+  const auto run_start = Clock::now();
+  const bool root = comm_.is_root();
+  if (root) {
+    fs::create_directories(run_dir_);
+    write_file_atomically(run_dir_ / "config.json", config_.dump(2) + "\n");
+    metrics_ = std::make_unique<MetricsWriter>(run_dir_, step_ > 0 ? std::optional<int64_t>(step_) : std::nullopt);
+    if (config_.get<bool>("train.tensorboard")) {
+      tensorboard_ = std::make_unique<TensorBoardWriter>(run_dir_ / "tensorboard",
+                                                         step_ > 0 ? std::optional<int64_t>(step_) : std::nullopt);
+    }
+    ELECTRA_LOG(info) << "resolved config:\n" << config_.dump(2);
+    ELECTRA_LOG(info) << "model: " << model_->layout().total_size() << " parameters; " << comm_.world_size()
+                      << " rank(s) x " << local_rows_ << " rows (micro-batch " << micro_rows_ << "), seq "
+                      << seq_length_ << "; " << loader_->num_examples() << " examples, "
+                      << loader_->batches_per_epoch() << " steps per epoch; peak " << std::fixed
+                      << std::setprecision(1) << peak_gflops_ << " GFLOP/s per rank";
+  }
+
+  // Identical start on every rank: a checksum of the parameters must agree.
+  {
+    const size_t n = model_->layout().total_size();
+    const double checksum = backend_->sum_squares(model_->parameters(), n);
+    if (comm_.allreduce_max(checksum) != comm_.allreduce_min(checksum)) {
+      fail("ranks start from different parameters (checksum ", checksum, " on rank ", comm_.rank(), ")");
+    }
+  }
+
+  dist::GradientReducerOptions reduce_options;
+  reduce_options.op = dist::ReduceOp::kSum;  // losses are already normalised by global counts
+  reducer_ = std::make_unique<dist::GradientReducer>(
+      comm_, std::span<float>(model_->gradients(), model_->layout().total_size()), reduce_options);
+
+  dist::install_stop_signals();
+  dist::Watchdog watchdog(config_.get<double>("train.step_timeout"), comm_.rank(), dist::Watchdog::abort_action(comm_));
+
+  int64_t steps_this_run = 0;
+  double window[kNumMetrics] = {};
+  int window_steps = 0;
+  auto window_start = Clock::now();
+  while (step_ < total_steps_) {
+    // Step boundary: everyone agrees on whether to stop before anyone starts the next step.
+    const bool out_of_time = options_.max_time_s > 0 && seconds_since(run_start) >= options_.max_time_s;
+    const bool enough = options_.stop_after > 0 && steps_this_run >= options_.stop_after;
+    if (comm_.agree_any(dist::stop_requested() || out_of_time || enough)) {
+      if (root) {
+        const int sig = dist::stop_signal();
+        ELECTRA_LOG(warning) << "stopping at step " << step_ << " ("
+                             << (sig ? dist::signal_name(sig) : out_of_time ? "--max-time" : "--stop-after or a signal on another rank")
+                             << "); writing a checkpoint, then exiting with code " << kExitStopped;
+      }
+      watchdog.pause();
+      save_checkpoint();
+      return kExitStopped;
+    }
+
+    double metrics[kNumMetrics];
+    const bool applied = train_step(metrics);
+    ++step_;
+    ++steps_this_run;
+    tokens_seen_ += static_cast<int64_t>(global_batch_) * seq_length_;
+    watchdog.heartbeat(step_);
+    if (!applied) {
+      ++skipped_total_;
+      if (++skipped_in_a_row_ > max_skipped_) {
+        if (root) {
+          ELECTRA_LOG(error) << skipped_in_a_row_ << " consecutive non-finite steps (train.max_skipped_steps = "
+                             << max_skipped_ << "): stopping without saving the damaged state";
+        }
+        return kExitTooManySkips;
+      }
+      window_start = Clock::now();
+      continue;
+    }
+    skipped_in_a_row_ = 0;
+    for (int i = 0; i < kNumMetrics; ++i) window[i] += metrics[i];
+    ++window_steps;
+
+    if (step_ % log_every_ == 0 || step_ == total_steps_) {
+      comm_.allreduce_sum(std::span<double>(window, kNumMetrics));
+      // Losses are per-step global values already (summed over ranks); average them over the window.
+      double averaged[kNumMetrics];
+      for (int i = 0; i < kNumMetrics; ++i) averaged[i] = window[i];
+      for (int i : {kTotalLoss, kMlmLoss, kDiscLoss, kSentenceLoss}) averaged[i] /= window_steps;
+      averaged[kTokens] = window[kTokens] / window_steps;
+      const double step_seconds = seconds_since(window_start) / window_steps;
+      if (root) log_step(averaged, step_seconds, last_lr_, last_grad_norm_);
+      std::fill(window, window + kNumMetrics, 0.0);
+      window_steps = 0;
+      window_start = Clock::now();
+    }
+    if ((checkpoint_every_ > 0 && step_ % checkpoint_every_ == 0) || step_ == total_steps_) {
+      watchdog.pause();
+      save_checkpoint();
+      watchdog.resume();
+      window_start = Clock::now();
+    }
+  }
+  watchdog.stop();
+  if (root) {
+    ELECTRA_LOG(info) << "done: " << step_ << " steps, " << tokens_seen_ << " tokens, " << skipped_total_
+                      << " skipped, " << format_duration(seconds_since(run_start)) << " wall";
+  }
+  return kExitDone;
+}
+
+}  // namespace
+
+int run_training(const dist::Communicator& comm, const TrainOptions& options) {
+  Trainer trainer(comm, options);
+  std::optional<std::string> error = trainer.setup();
+  if (!comm.agree_all(!error.has_value())) {
+    if (error) {
+      ELECTRA_LOG(error) << *error;
+    }
+    return kExitBadInput;
+  }
+  return trainer.train();
+}
+
+}  // namespace electra::train

@@ -1,0 +1,61 @@
+// electra-train's body: one rank's view of a data-parallel ELECTRA pre-training run.
+//
+// Every rank holds the whole model. Each step, rank r takes its slice of the global batch from the
+// loader, runs generator and discriminator forward/backward (optionally in micro-batches), the
+// gradients are summed over ranks (losses are normalised by global counts, so the sum is exactly the
+// gradient of the global batch), and every rank applies the same clipped AdamW update. Decisions that
+// one rank could make alone (stop signal, time limit, non-finite loss) are agreed at step boundaries,
+// so all ranks stop, skip and checkpoint at the same step. The step itself reads top to bottom in
+// Trainer::train_step (trainer.cpp).
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "lib/core/config.h"
+#include "lib/dist/communicator.h"
+
+namespace electra::train {
+
+// Process exit codes of electra-train (documented in the README).
+enum ExitCode : int {
+  kExitDone = 0,          // trained to train.steps; final checkpoint written
+  kExitFailure = 1,       // an unexpected error (the job was aborted on all ranks)
+  kExitBadInput = 2,      // bad flags, config, data or checkpoint, reported before training started
+  kExitStopped = 3,       // stopped by SIGTERM/SIGUSR1, --max-time or --stop-after; checkpoint written,
+                          // `--resume auto` continues exactly
+  kExitTooManySkips = 4,  // more than train.max_skipped_steps consecutive non-finite steps
+};
+
+// The full run configuration schema with its defaults (ELECTRA-small). A config file and --set may only
+// change keys that exist here.
+nlohmann::json default_run_config();
+
+struct TrainOptions {
+  std::string config_path;         // a jobs/configs/*.json preset or any file; empty: defaults only
+  std::vector<std::string> sets;   // "key=value" overrides, applied after the file
+  std::string data_dir;            // overrides data.dir when non-empty
+  std::string output_dir;          // RUN_DIR
+  std::string resume = "auto";     // "auto" (newest complete checkpoint, else fresh), "none", or a path
+  std::string device = "cpu";      // "cpu" | "cuda"
+  double max_time_s = 0;           // > 0: stop (checkpoint, exit 3) before this much wall time has passed
+  int64_t stop_after = 0;          // > 0: stop (checkpoint, exit 3) after this many steps of this run
+};
+
+// Resolves the configuration: defaults <- file <- --data <- --set. Fails naming the file or key.
+Config resolve_config(const TrainOptions& options);
+
+// Runs training on this rank; collective over `comm`. Returns an ExitCode. Errors found before the first
+// step are reported (by every rank that sees them, rank 0 at least) and return kExitBadInput on all
+// ranks; errors during training throw (the caller aborts the job, see dist::run_rank_main).
+int run_training(const dist::Communicator& comm, const TrainOptions& options);
+
+// "model.num_layers: checkpoint 12, run 4" for the first difference between two JSON trees, or nullopt.
+std::optional<std::string> first_difference(const nlohmann::json& expected, const nlohmann::json& actual,
+                                            const std::string& prefix = "");
+
+}  // namespace electra::train
