@@ -1,0 +1,56 @@
+// electra-train: data-parallel ELECTRA pre-training under mpirun or srun (see README: exit codes).
+#include <CLI/CLI.hpp>
+#include <filesystem>
+#include <iostream>
+
+#include "lib/core/log.h"
+#include "lib/dist/communicator.h"
+#include "lib/dist/rank_main.h"
+#include "lib/train/trainer.h"
+
+int main(int argc, char** argv) {
+  electra::train::TrainOptions options;
+  bool list_keys = false;
+  CLI::App app{"electra-train: pre-train an ELECTRA generator + discriminator on HDF5 shards (MPI data parallel)"};
+  app.add_option("--config", options.config_path, "run config JSON (e.g. jobs/configs/small.json)");
+  app.add_option("--data", options.data_dir, "shards directory (manifest.json) or NVIDIA BERT HDF5 directory");
+  app.add_option("--output", options.output_dir, "run directory: checkpoints, logs, metrics.jsonl, tensorboard/");
+  app.add_option("--set", options.sets, "override a config key: --set train.steps=1000 (repeatable)");
+  app.add_option("--resume", options.resume, "auto (newest complete checkpoint, else fresh) | none | PATH")
+      ->capture_default_str();
+  app.add_option("--device", options.device, "cpu | cuda")->capture_default_str();
+  app.add_option("--max-time", options.max_time_s,
+                 "seconds of wall time after which the run checkpoints and exits with code 3");
+  app.add_option("--stop-after", options.stop_after, "steps of this run after which it checkpoints and exits with code 3");
+  app.add_flag("--print-config", list_keys, "print the resolved config and exit");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : electra::train::kExitBadInput;
+  }
+  if (list_keys) {
+    try {
+      std::cout << electra::train::resolve_config(options).dump(2) << "\n";
+      return 0;
+    } catch (const std::exception& e) {
+      std::cerr << "electra-train: " << e.what() << "\n";
+      return electra::train::kExitBadInput;
+    }
+  }
+
+  electra::dist::Communicator comm = electra::dist::Communicator::init(argc, argv);
+  electra::log::LogOptions log_options;
+  log_options.rank = comm.rank();
+  log_options.world_size = comm.world_size();
+  if (!options.output_dir.empty()) {
+    std::error_code ignored;
+    std::filesystem::create_directories(std::filesystem::path(options.output_dir) / "logs", ignored);
+    log_options.file = (std::filesystem::path(options.output_dir) / "logs" /
+                        ("rank_" + std::to_string(comm.rank()) + ".log"))
+                           .string();
+  }
+  electra::log::init(log_options);
+  const int code = electra::dist::run_rank_main(comm, [&] { return electra::train::run_training(comm, options); });
+  electra::log::shutdown();
+  return code;
+}
