@@ -1,0 +1,196 @@
+#include "data_pipeline/loader/loader.h"
+
+#include <algorithm>
+#include <optional>
+
+#include "data_pipeline/loader/permutation.h"
+#include "data_pipeline/preprocess/h5.h"
+#include "lib/core/error.h"
+#include "lib/core/log.h"
+
+namespace electra::data {
+
+nlohmann::json LoaderState::to_json() const { return {{"epoch", epoch}, {"cursor", cursor}}; }
+
+LoaderState LoaderState::from_json(const nlohmann::json& j) {
+  try {
+    return LoaderState{j.at("epoch").get<uint64_t>(), j.at("cursor").get<uint64_t>()};
+  } catch (const nlohmann::json::exception& e) {
+    fail("loader state ", j.dump(), ": ", e.what());
+  }
+}
+
+Loader::Loader(LoaderOptions options) : options_(std::move(options)) {
+  const LoaderOptions& o = options_;
+  if (o.global_batch_size <= 0) fail("loader: global_batch_size must be positive, got ", o.global_batch_size);
+  if (o.world_size <= 0 || o.rank < 0 || o.rank >= o.world_size)
+    fail("loader: rank ", o.rank, " is outside world size ", o.world_size);
+  if (o.global_batch_size % o.world_size != 0)
+    fail("loader: global batch size ", o.global_batch_size, " does not divide by the world size ", o.world_size);
+  if (o.seq_length <= 0) fail("loader: seq_length must be positive, got ", o.seq_length);
+  if (!(o.mask_prob > 0.0f && o.mask_prob < 1.0f)) fail("loader: mask_prob must be in (0, 1), got ", o.mask_prob);
+  if (o.prefetch_batches < 1) fail("loader: prefetch_batches must be at least 1");
+
+  DatasetOptions d;
+  d.data_dir = o.data_dir;
+  d.vocab_path = o.vocab_path;
+  d.seq_length = o.seq_length;
+  d.cache_bytes = o.cache_bytes;
+  d.verify_checksums = o.verify_checksums;
+  dataset_ = std::make_unique<ShardDataset>(d);
+  num_examples_ = dataset_->num_examples();
+  if (num_examples_ < static_cast<uint64_t>(o.global_batch_size))
+    fail(o.data_dir, ": ", num_examples_, " examples are fewer than one global batch of ", o.global_batch_size);
+  batches_per_epoch_ = static_cast<int>(std::min<uint64_t>(num_examples_ / static_cast<uint64_t>(o.global_batch_size),
+                                                           static_cast<uint64_t>(INT32_MAX)));
+  rows_per_rank_ = o.global_batch_size / o.world_size;
+
+  const text::Vocab& vocab = dataset_->vocab();
+  masking_.mask_prob = o.mask_prob;
+  masking_.max_predictions =
+      o.max_predictions >= 0 ? o.max_predictions : static_cast<int>((o.mask_prob + 0.005f) * o.seq_length);
+  masking_.seed = o.seed;
+  masking_.mask_id = vocab.mask_id();
+  masking_.cls_id = vocab.cls_id();
+  masking_.sep_id = vocab.sep_id();
+  masking_.pad_id = vocab.pad_id();
+  if (masking_.mask_id < 0 || masking_.cls_id < 0 || masking_.sep_id < 0 || masking_.pad_id < 0)
+    fail(o.data_dir, ": the vocabulary lacks one of [MASK], [CLS], [SEP], [PAD]");
+  if (masking_.max_predictions > o.seq_length)
+    fail("loader: max_predictions ", masking_.max_predictions, " exceeds seq_length ", o.seq_length);
+  start(state_);
+}
+
+Loader::~Loader() { stop(); }
+
+void Loader::start(LoaderState from) {
+  stopping_ = false;
+  thread_ = std::thread([this, from] { produce(from); });
+}
+
+void Loader::stop() {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    stopping_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+  queue_.clear();
+}
+
+void Loader::restore(const LoaderState& state) {
+  if (state.cursor > num_examples_)
+    fail("loader: state cursor ", state.cursor, " is past the ", num_examples_, " examples of ", options_.data_dir);
+  stop();
+  state_ = state;
+  start(state_);
+}
+
+electra::Batch Loader::make_batch(const LoaderState& at) {
+  const int B = rows_per_rank_, S = options_.seq_length, P = masking_.max_predictions;
+  electra::Batch batch;
+  batch.rows = B;
+  batch.seq_length = S;
+  batch.num_predictions = P;
+  batch.input_word_ids.resize(static_cast<size_t>(B) * S);
+  batch.input_mask.assign(static_cast<size_t>(B) * S, 0);
+  batch.input_type_ids.resize(static_cast<size_t>(B) * S);
+  batch.masked_lm_positions.resize(static_cast<size_t>(B) * P);
+  batch.masked_lm_ids.resize(static_cast<size_t>(B) * P);
+  batch.masked_lm_weights.resize(static_cast<size_t>(B) * P);
+  if (dataset_->has_next_sentence_labels()) batch.next_sentence_labels.resize(static_cast<size_t>(B));
+  batch.global_row_offset = static_cast<uint64_t>(options_.rank) * static_cast<uint64_t>(B);
+  batch.global_batch_rows = options_.global_batch_size;
+  batch.example_index.resize(static_cast<size_t>(B));
+
+  std::optional<FeistelPermutation> permutation;
+  if (options_.shuffle) permutation.emplace(num_examples_, options_.seed, at.epoch);
+  std::vector<int32_t> original(static_cast<size_t>(S));
+  for (int i = 0; i < B; ++i) {
+    const uint64_t position = at.cursor + batch.global_row_offset + static_cast<uint64_t>(i);
+    const uint64_t example = permutation ? (*permutation)(position) : position;
+    batch.example_index[static_cast<size_t>(i)] = example;
+    const size_t row = static_cast<size_t>(i) * S;
+    int length = 0;
+    int32_t nsp = -1;
+    dataset_->read(example, original.data(), batch.input_type_ids.data() + row, &length, &nsp);
+    std::fill_n(batch.input_mask.data() + row, length, 1);
+    if (!batch.next_sentence_labels.empty()) batch.next_sentence_labels[static_cast<size_t>(i)] = nsp;
+    const size_t prow = static_cast<size_t>(i) * P;
+    mask_example(original.data(), length, S, masking_, at.epoch, example, batch.input_word_ids.data() + row,
+                 batch.masked_lm_positions.data() + prow, batch.masked_lm_ids.data() + prow,
+                 batch.masked_lm_weights.data() + prow);
+  }
+  return batch;
+}
+
+void Loader::produce(LoaderState at) {
+  h5::quiet_errors();
+  const uint64_t G = static_cast<uint64_t>(options_.global_batch_size);
+  for (;;) {
+    {
+      std::unique_lock<std::mutex> lock(mutex_);
+      cv_.wait(lock, [&] { return stopping_ || static_cast<int>(queue_.size()) < options_.prefetch_batches; });
+      if (stopping_) return;
+    }
+    Item item;
+    try {
+      if (at.cursor + G > num_examples_) {  // drop the epoch's tail: a batch never mixes epochs
+        ++at.epoch;
+        at.cursor = 0;
+      }
+      item.batch = make_batch(at);
+      at.cursor += G;
+      item.after = at;
+    } catch (...) {
+      item.error = std::current_exception();
+    }
+    const bool failed = item.error != nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      queue_.push_back(std::move(item));
+    }
+    cv_.notify_all();
+    if (failed) return;
+  }
+}
+
+electra::Batch Loader::next() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  cv_.wait(lock, [&] { return !queue_.empty(); });
+  if (queue_.front().error) std::rethrow_exception(queue_.front().error);  // stays queued: later calls fail too
+  Item item = std::move(queue_.front());
+  queue_.pop_front();
+  lock.unlock();
+  cv_.notify_all();
+  state_ = item.after;
+  return std::move(item.batch);
+}
+
+electra::Batch slice_rows(const electra::Batch& batch, int begin, int end) {
+  if (begin < 0 || end > batch.rows || begin > end)
+    fail("slice_rows: rows [", begin, ", ", end, ") outside a batch of ", batch.rows);
+  electra::Batch out;
+  const size_t S = static_cast<size_t>(batch.seq_length), P = static_cast<size_t>(batch.num_predictions);
+  const size_t b = static_cast<size_t>(begin), e = static_cast<size_t>(end);
+  out.rows = end - begin;
+  out.seq_length = batch.seq_length;
+  out.num_predictions = batch.num_predictions;
+  auto cut = [&](const auto& v, size_t width) {
+    using V = std::decay_t<decltype(v)>;
+    return V(v.begin() + static_cast<std::ptrdiff_t>(b * width), v.begin() + static_cast<std::ptrdiff_t>(e * width));
+  };
+  out.input_word_ids = cut(batch.input_word_ids, S);
+  out.input_mask = cut(batch.input_mask, S);
+  out.input_type_ids = cut(batch.input_type_ids, S);
+  out.masked_lm_positions = cut(batch.masked_lm_positions, P);
+  out.masked_lm_ids = cut(batch.masked_lm_ids, P);
+  out.masked_lm_weights = cut(batch.masked_lm_weights, P);
+  if (!batch.next_sentence_labels.empty()) out.next_sentence_labels = cut(batch.next_sentence_labels, 1);
+  if (!batch.example_index.empty()) out.example_index = cut(batch.example_index, 1);
+  out.global_row_offset = batch.global_row_offset + b;
+  out.global_batch_rows = batch.global_batch_rows;
+  return out;
+}
+
+}  // namespace electra::data

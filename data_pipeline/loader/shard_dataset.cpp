@@ -1,0 +1,389 @@
+#include "data_pipeline/loader/shard_dataset.h"
+
+#include <algorithm>
+#include <filesystem>
+
+#include "data_pipeline/preprocess/file_util.h"
+#include "data_pipeline/preprocess/manifest.h"
+#include "data_pipeline/preprocess/shard_writer.h"
+#include "lib/core/error.h"
+#include "lib/core/log.h"
+
+namespace electra::data {
+namespace fs = std::filesystem;
+
+namespace {
+constexpr const char* kNvInputIds = "input_ids";
+constexpr const char* kNvInputMask = "input_mask";
+constexpr const char* kNvSegmentIds = "segment_ids";
+constexpr const char* kNvPositions = "masked_lm_positions";
+constexpr const char* kNvMaskedIds = "masked_lm_ids";
+constexpr const char* kNvNsp = "next_sentence_labels";
+constexpr int kDefaultBlockRows = 256;
+}  // namespace
+
+struct ShardDataset::Shard {
+  std::string path;
+  uint64_t rows = 0;
+  uint64_t block_rows = kDefaultBlockRows;  // rows read (and cached) together: the HDF5 chunk height
+  bool ids_uint16 = false;
+  int predictions = 0;  // NVIDIA: masked_lm_positions width
+  h5::Handle file;
+  std::vector<h5::Handle> datasets;  // electra: ids, segments, lengths; NVIDIA: the six above in order
+};
+
+struct ShardDataset::Chunk {
+  uint64_t rows = 0;
+  std::vector<uint16_t> ids16;
+  std::vector<int32_t> ids32;
+  std::vector<uint8_t> segments;
+  std::vector<uint16_t> lengths;
+  std::vector<int8_t> nsp;
+  uint64_t bytes() const {
+    return ids16.size() * 2 + ids32.size() * 4 + segments.size() + lengths.size() * 2 + nsp.size() + sizeof(Chunk);
+  }
+};
+
+namespace {
+
+std::string where(const std::string& path, const char* dataset) { return path + ": dataset '" + dataset + "'"; }
+
+h5::Handle open_dataset(hid_t file, const std::string& path, const char* name) {
+  if (!h5::has_dataset(file, name)) fail(path, ": missing dataset '", name, "'");
+  return h5::Handle(h5::check(H5Dopen2(file, name, H5P_DEFAULT), where(path, name) + ": cannot open"));
+}
+
+// Element class and size of a dataset.
+void expect_integer(hid_t dataset, const std::string& path, const char* name) {
+  h5::Handle type(h5::check(H5Dget_type(dataset), where(path, name) + ": type"));
+  if (H5Tget_class(type) != H5T_INTEGER)
+    fail(where(path, name), ": element type is ", h5::describe_type(dataset), ", expected an integer type");
+}
+
+void expect_type(hid_t dataset, const std::string& path, const char* name, bool is_signed, size_t bytes) {
+  h5::Handle type(h5::check(H5Dget_type(dataset), where(path, name) + ": type"));
+  const bool ok = H5Tget_class(type) == H5T_INTEGER && H5Tget_size(type) == bytes &&
+                  (H5Tget_sign(type) != H5T_SGN_NONE) == is_signed;
+  if (!ok)
+    fail(where(path, name), ": element type is ", h5::describe_type(dataset), ", expected ",
+         is_signed ? "int" : "uint", bytes * 8);
+}
+
+void expect_dims(hid_t dataset, const std::string& path, const char* name, const std::vector<hsize_t>& expected) {
+  const std::vector<hsize_t> d = h5::dims(dataset);
+  if (d != expected) {
+    auto text = [](const std::vector<hsize_t>& v) {
+      std::string s = "[";
+      for (size_t i = 0; i < v.size(); ++i) s += (i ? ", " : "") + std::to_string(v[i]);
+      return s + "]";
+    };
+    fail(where(path, name), ": shape ", text(d), ", expected ", text(expected));
+  }
+}
+
+uint64_t chunk_height(hid_t dataset) {
+  h5::Handle dcpl(h5::check(H5Dget_create_plist(dataset), "H5Dget_create_plist"));
+  if (H5Pget_layout(dcpl) != H5D_CHUNKED) return kDefaultBlockRows;
+  hsize_t chunk[2] = {0, 0};
+  if (H5Pget_chunk(dcpl, 2, chunk) < 1 || chunk[0] == 0) return kDefaultBlockRows;
+  return chunk[0];
+}
+
+// Reads rows [first, first + rows) of a 1-D or 2-D dataset into `out` (converted to mem_type).
+void read_rows(hid_t dataset, hid_t mem_type, uint64_t first, uint64_t rows, uint64_t width, int rank, void* out,
+               const std::string& what) {
+  h5::Handle file_space(h5::check(H5Dget_space(dataset), what + ": H5Dget_space"));
+  hsize_t start[2] = {first, 0};
+  hsize_t count[2] = {rows, width};
+  h5::check(H5Sselect_hyperslab(file_space, H5S_SELECT_SET, start, nullptr, count, nullptr), what + ": hyperslab");
+  h5::Handle mem_space(h5::check(H5Screate_simple(rank, count, nullptr), what + ": memory space"));
+  h5::check(H5Dread(dataset, mem_type, mem_space, file_space, H5P_DEFAULT, out),
+            what + ": read of rows " + std::to_string(first) + ".." + std::to_string(first + rows - 1) + " failed");
+}
+
+}  // namespace
+
+ShardDataset::ShardDataset(const DatasetOptions& options) : options_(options) {
+  h5::quiet_errors();
+  if (options_.seq_length <= 0) fail("seq_length must be positive");
+  if (!fs::is_directory(options_.data_dir)) fail(options_.data_dir, ": data directory does not exist");
+  const std::string manifest = (fs::path(options_.data_dir) / kManifestName).string();
+  if (fs::exists(manifest)) {
+    format_ = Format::kElectra;
+    open_electra(manifest);
+  } else {
+    format_ = Format::kNvidia;
+    open_nvidia();
+  }
+  shard_begin_.push_back(0);
+  for (const auto& s : shards_) shard_begin_.push_back(shard_begin_.back() + s->rows);
+  num_examples_ = shard_begin_.back();
+  if (num_examples_ == 0) fail(options_.data_dir, ": the data holds no examples");
+  if (options_.cache_bytes == 0) options_.cache_bytes = 1;
+  if (options_.max_open_files < 1) options_.max_open_files = 1;
+}
+
+ShardDataset::~ShardDataset() = default;
+
+void ShardDataset::open_electra(const std::string& manifest_path) {
+  const Manifest manifest = Manifest::load(manifest_path);
+  if (manifest.max_seq_length != options_.seq_length)
+    fail(manifest_path, ": the data has max_seq_length ", manifest.max_seq_length, " but seq_length ",
+         options_.seq_length, " was requested");
+  seq_length_ = manifest.max_seq_length;
+  const std::string vocab_path =
+      options_.vocab_path.empty() ? (fs::path(options_.data_dir) / kVocabFileName).string() : options_.vocab_path;
+  vocab_ = text::Vocab::load(vocab_path);
+  if (vocab_->hash() != manifest.vocab_hash || vocab_->size() != manifest.vocab_size)
+    fail(vocab_path, ": vocabulary mismatch: its hash/size ", vocab_->hash(), "/", vocab_->size(), " differ from ",
+         manifest_path, " (", manifest.vocab_hash, "/", manifest.vocab_size, ")");
+  for (const ShardInfo& info : manifest.shards) {
+    auto shard = std::make_unique<Shard>();
+    shard->path = (fs::path(options_.data_dir) / info.file).string();
+    if (!fs::exists(shard->path)) fail(shard->path, ": shard listed in ", manifest_path, " does not exist");
+    if (options_.verify_checksums) {
+      const uint32_t crc = file_crc32(shard->path);
+      if (crc != info.crc32)
+        fail(shard->path, ": CRC-32 ", crc32_hex(crc), " differs from the manifest's ", crc32_hex(info.crc32),
+             " (corrupt or replaced file)");
+    }
+    validate_electra_shard(*shard, info.rows, manifest.vocab_hash, manifest.vocab_size);
+    shards_.push_back(std::move(shard));
+  }
+  ELECTRA_LOG(info) << "loader: " << options_.data_dir << ": " << shards_.size() << " electra-mpi shards, "
+                    << manifest.total_rows << " examples, seq " << seq_length_ << ", vocab " << vocab_->size();
+}
+
+void ShardDataset::validate_electra_shard(Shard& shard, uint64_t expected_rows, uint64_t vocab_hash,
+                                          uint64_t vocab_size) {
+  const std::string& path = shard.path;
+  h5::Handle file = h5::open_read_only(path);
+  const int64_t version = h5::read_attribute_i64(file, "format_version", path);
+  if (version != kShardFormatVersion)
+    fail(path, ": format_version ", version, " is not supported (expected ", kShardFormatVersion, ")");
+  const int64_t max_len = h5::read_attribute_i64(file, "max_seq_length", path);
+  if (max_len != seq_length_)
+    fail(path, ": attribute max_seq_length is ", max_len, ", the manifest says ", seq_length_);
+  const uint64_t hash = h5::read_attribute_u64(file, "vocab_hash", path);
+  const uint64_t size = h5::read_attribute_u64(file, "vocab_size", path);
+  if (hash != vocab_hash || size != vocab_size)
+    fail(path, ": vocabulary mismatch: attributes vocab_hash/vocab_size ", hash, "/", size, " differ from the manifest's ",
+         vocab_hash, "/", vocab_size);
+  shard.ids_uint16 = shard_ids_are_uint16(vocab_size);
+  const hsize_t rows = expected_rows, width = static_cast<hsize_t>(seq_length_);
+  h5::Handle ids = open_dataset(file, path, kInputIds);
+  expect_type(ids, path, kInputIds, !shard.ids_uint16, shard.ids_uint16 ? 2 : 4);
+  h5::Handle segments = open_dataset(file, path, kSegmentIds);
+  expect_type(segments, path, kSegmentIds, false, 1);
+  h5::Handle lengths = open_dataset(file, path, kLengths);
+  expect_type(lengths, path, kLengths, false, 2);
+  expect_dims(ids, path, kInputIds, {rows, width});
+  expect_dims(segments, path, kSegmentIds, {rows, width});
+  expect_dims(lengths, path, kLengths, {rows});
+  shard.rows = expected_rows;
+  shard.block_rows = chunk_height(ids);
+}
+
+void ShardDataset::open_nvidia() {
+  if (options_.vocab_path.empty())
+    fail(options_.data_dir, ": no manifest.json, so this is read as NVIDIA BERT HDF5 shards, which need vocab_path");
+  vocab_ = text::Vocab::load(options_.vocab_path);
+  std::vector<std::string> files;
+  for (const fs::directory_entry& e : fs::directory_iterator(options_.data_dir)) {
+    const std::string ext = e.path().extension().string();
+    if (e.is_regular_file() && (ext == ".hdf5" || ext == ".h5") && e.path().filename().string()[0] != '.')
+      files.push_back(e.path().string());
+  }
+  std::sort(files.begin(), files.end());
+  if (files.empty())
+    fail(options_.data_dir, ": neither manifest.json (electra-mpi shards) nor *.hdf5/*.h5 files (NVIDIA shards)");
+  seq_length_ = options_.seq_length;
+  for (const std::string& path : files) {
+    auto shard = std::make_unique<Shard>();
+    shard->path = path;
+    validate_nvidia_shard(*shard);
+    shards_.push_back(std::move(shard));
+  }
+  uint64_t total = 0;
+  for (const auto& s : shards_) total += s->rows;
+  ELECTRA_LOG(info) << "loader: " << options_.data_dir << ": " << shards_.size() << " NVIDIA BERT shards, " << total
+                    << " examples, seq " << seq_length_ << ", vocab " << vocab_->size();
+}
+
+void ShardDataset::validate_nvidia_shard(Shard& shard) {
+  const std::string& path = shard.path;
+  h5::Handle file = h5::open_read_only(path);
+  const char* names[] = {kNvInputIds, kNvInputMask, kNvSegmentIds, kNvPositions, kNvMaskedIds, kNvNsp};
+  std::vector<h5::Handle> ds;
+  for (const char* name : names) {
+    ds.push_back(open_dataset(file, path, name));
+    expect_integer(ds.back(), path, name);
+  }
+  const std::vector<hsize_t> d = h5::dims(ds[0]);
+  if (d.size() != 2) fail(where(path, kNvInputIds), ": expected 2 dimensions, found ", d.size());
+  if (d[1] != static_cast<hsize_t>(seq_length_))
+    fail(where(path, kNvInputIds), ": the data has sequence length ", d[1], " but seq_length ", seq_length_,
+         " was requested");
+  const hsize_t rows = d[0];
+  expect_dims(ds[1], path, kNvInputMask, {rows, d[1]});
+  expect_dims(ds[2], path, kNvSegmentIds, {rows, d[1]});
+  const std::vector<hsize_t> p = h5::dims(ds[3]);
+  if (p.size() != 2 || p[0] != rows) fail(where(path, kNvPositions), ": expected shape [", rows, ", P]");
+  expect_dims(ds[4], path, kNvMaskedIds, p);
+  expect_dims(ds[5], path, kNvNsp, {rows});
+  shard.rows = rows;
+  shard.predictions = static_cast<int>(p[1]);
+  shard.block_rows = chunk_height(ds[0]);
+}
+
+ShardDataset::Shard& ShardDataset::open_shard(size_t shard_index) {
+  Shard& shard = *shards_[shard_index];
+  if (shard.file.valid()) {
+    open_lru_.remove(shard_index);
+    open_lru_.push_front(shard_index);
+    return shard;
+  }
+  while (static_cast<int>(open_lru_.size()) >= options_.max_open_files) {
+    Shard& victim = *shards_[open_lru_.back()];
+    victim.datasets.clear();
+    victim.file.reset();
+    open_lru_.pop_back();
+  }
+  shard.file = h5::open_read_only(shard.path);
+  if (format_ == Format::kElectra) {
+    for (const char* name : {kInputIds, kSegmentIds, kLengths}) shard.datasets.push_back(open_dataset(shard.file, shard.path, name));
+  } else {
+    for (const char* name : {kNvInputIds, kNvInputMask, kNvSegmentIds, kNvPositions, kNvMaskedIds, kNvNsp})
+      shard.datasets.push_back(open_dataset(shard.file, shard.path, name));
+  }
+  open_lru_.push_front(shard_index);
+  return shard;
+}
+
+std::shared_ptr<const ShardDataset::Chunk> ShardDataset::load_chunk(size_t shard_index, uint64_t chunk_index) {
+  const ChunkKey key = (static_cast<uint64_t>(shard_index) << 40) | chunk_index;
+  if (auto it = cache_.find(key); it != cache_.end()) {
+    ++stats_.hits;
+    chunk_lru_.splice(chunk_lru_.begin(), chunk_lru_, it->second.lru);
+    return it->second.chunk;
+  }
+  ++stats_.misses;
+  Shard& shard = open_shard(shard_index);
+  const uint64_t first = chunk_index * shard.block_rows;
+  const uint64_t rows = std::min(shard.block_rows, shard.rows - first);
+  const uint64_t L = static_cast<uint64_t>(seq_length_);
+  const int64_t vocab_size = static_cast<int64_t>(vocab_->size());
+  auto chunk = std::make_shared<Chunk>();
+  chunk->rows = rows;
+  const std::string& path = shard.path;
+
+  if (format_ == Format::kElectra) {
+    if (shard.ids_uint16) {
+      chunk->ids16.resize(rows * L);
+      read_rows(shard.datasets[0], H5T_NATIVE_UINT16, first, rows, L, 2, chunk->ids16.data(), where(path, kInputIds));
+    } else {
+      chunk->ids32.resize(rows * L);
+      read_rows(shard.datasets[0], H5T_NATIVE_INT32, first, rows, L, 2, chunk->ids32.data(), where(path, kInputIds));
+    }
+    chunk->segments.resize(rows * L);
+    read_rows(shard.datasets[1], H5T_NATIVE_UINT8, first, rows, L, 2, chunk->segments.data(), where(path, kSegmentIds));
+    chunk->lengths.resize(rows);
+    read_rows(shard.datasets[2], H5T_NATIVE_UINT16, first, rows, 1, 1, chunk->lengths.data(), where(path, kLengths));
+    for (uint64_t r = 0; r < rows; ++r) {
+      if (chunk->lengths[r] > L || chunk->lengths[r] < 2)
+        fail(where(path, kLengths), ": row ", first + r, " has length ", chunk->lengths[r], " outside [2, ", L, "]");
+      for (uint64_t c = 0; c < L; ++c) {
+        const int64_t id = shard.ids_uint16 ? chunk->ids16[r * L + c] : chunk->ids32[r * L + c];
+        if (id < 0 || id >= vocab_size)
+          fail(where(path, kInputIds), ": row ", first + r, " holds token id ", id, " outside the vocabulary of ",
+               vocab_size);
+      }
+    }
+  } else {
+    const int P = shard.predictions;
+    std::vector<int32_t> mask(rows * L), segments(rows * L), positions(rows * static_cast<uint64_t>(P)),
+        masked(rows * static_cast<uint64_t>(P)), nsp(rows);
+    chunk->ids32.resize(rows * L);
+    read_rows(shard.datasets[0], H5T_NATIVE_INT32, first, rows, L, 2, chunk->ids32.data(), where(path, kNvInputIds));
+    read_rows(shard.datasets[1], H5T_NATIVE_INT32, first, rows, L, 2, mask.data(), where(path, kNvInputMask));
+    read_rows(shard.datasets[2], H5T_NATIVE_INT32, first, rows, L, 2, segments.data(), where(path, kNvSegmentIds));
+    if (P > 0) {
+      read_rows(shard.datasets[3], H5T_NATIVE_INT32, first, rows, static_cast<uint64_t>(P), 2, positions.data(),
+                where(path, kNvPositions));
+      read_rows(shard.datasets[4], H5T_NATIVE_INT32, first, rows, static_cast<uint64_t>(P), 2, masked.data(),
+                where(path, kNvMaskedIds));
+    }
+    read_rows(shard.datasets[5], H5T_NATIVE_INT32, first, rows, 1, 1, nsp.data(), where(path, kNvNsp));
+    chunk->segments.resize(rows * L);
+    chunk->lengths.resize(rows);
+    chunk->nsp.resize(rows);
+    const int32_t pad = vocab_->pad_id();
+    for (uint64_t r = 0; r < rows; ++r) {
+      int32_t* ids = chunk->ids32.data() + r * L;
+      uint64_t length = 0;
+      for (uint64_t c = 0; c < L; ++c) length += mask[r * L + c] != 0 ? 1 : 0;
+      for (uint64_t c = 0; c < length; ++c)
+        if (mask[r * L + c] == 0)
+          fail(where(path, kNvInputMask), ": row ", first + r, " is not a prefix of ones followed by zeros");
+      for (int j = 0; j < P; ++j) {
+        const int32_t pos = positions[r * static_cast<uint64_t>(P) + static_cast<uint64_t>(j)];
+        if (pos == 0) break;  // NVIDIA pads masked_lm_positions with 0 ([CLS] is never masked)
+        if (pos < 0 || static_cast<uint64_t>(pos) >= length)
+          fail(where(path, kNvPositions), ": row ", first + r, " has position ", pos, " outside the ", length,
+               " real tokens");
+        ids[pos] = masked[r * static_cast<uint64_t>(P) + static_cast<uint64_t>(j)];
+      }
+      for (uint64_t c = 0; c < L; ++c) {
+        if (c >= length) ids[c] = pad;
+        if (ids[c] < 0 || ids[c] >= vocab_size)
+          fail(where(path, c >= length ? kNvInputIds : kNvMaskedIds), ": row ", first + r, " holds token id ", ids[c],
+               " outside the vocabulary of ", vocab_size);
+        const int32_t seg = c < length ? segments[r * L + c] : 0;
+        if (seg < 0 || seg > 1) fail(where(path, kNvSegmentIds), ": row ", first + r, " has segment id ", seg);
+        chunk->segments[r * L + c] = static_cast<uint8_t>(seg);
+      }
+      chunk->lengths[r] = static_cast<uint16_t>(length);
+      chunk->nsp[r] = static_cast<int8_t>(nsp[r]);
+    }
+  }
+
+  const uint64_t bytes = chunk->bytes();
+  while (!chunk_lru_.empty() && cache_used_ + bytes > options_.cache_bytes) {
+    auto victim = cache_.find(chunk_lru_.back());
+    cache_used_ -= victim->second.chunk->bytes();
+    cache_.erase(victim);
+    chunk_lru_.pop_back();
+  }
+  chunk_lru_.push_front(key);
+  cache_.emplace(key, CacheEntry{chunk, chunk_lru_.begin()});
+  cache_used_ += bytes;
+  return chunk;
+}
+
+void ShardDataset::read(uint64_t index, int32_t* ids, int32_t* segments, int* length, int32_t* next_sentence_label) {
+  ELECTRA_CHECK(index < num_examples_, "example index ", index, " out of range ", num_examples_);
+  const size_t s = static_cast<size_t>(std::upper_bound(shard_begin_.begin(), shard_begin_.end(), index) -
+                                       shard_begin_.begin() - 1);
+  const uint64_t row = index - shard_begin_[s];
+  const uint64_t block = shards_[s]->block_rows;
+  const std::shared_ptr<const Chunk> chunk = load_chunk(s, row / block);
+  const uint64_t r = row % block;
+  const uint64_t L = static_cast<uint64_t>(seq_length_);
+  if (!chunk->ids16.empty()) {
+    for (uint64_t c = 0; c < L; ++c) ids[c] = chunk->ids16[r * L + c];
+  } else {
+    std::copy_n(chunk->ids32.data() + r * L, L, ids);
+  }
+  for (uint64_t c = 0; c < L; ++c) segments[c] = chunk->segments[r * L + c];
+  *length = chunk->lengths[r];
+  *next_sentence_label = chunk->nsp.empty() ? -1 : chunk->nsp[r];
+}
+
+ShardDataset::CacheStats ShardDataset::cache_stats() const {
+  CacheStats s = stats_;
+  s.bytes = cache_used_;
+  s.chunks = cache_.size();
+  return s;
+}
+
+}  // namespace electra::data

@@ -1,0 +1,91 @@
+// Random access to the examples of a data directory, in one of two layouts:
+//   - electra-mpi shards (manifest.json + shard-*.h5, see data_pipeline/preprocess/shard_writer.h);
+//   - NVIDIA DeepLearningExamples BERT shards (no manifest; *.hdf5 / *.h5 files with input_ids,
+//     input_mask, segment_ids, masked_lm_positions, masked_lm_ids, next_sentence_labels). Their static
+//     masking is undone (masked_lm_ids written back at masked_lm_positions up to the first 0 position)
+//     so that the loader can mask dynamically.
+// Everything is validated when the dataset is opened: every shard's datasets, element types, shapes,
+// attributes and row counts, so a bad file fails the job at start-up with its name, not hours later.
+// Reading goes through an LRU cache of decompressed HDF5 chunks (rows are stored in chunks of e.g. 256
+// rows; a random row read costs one chunk decompression unless the chunk is cached). Not thread-safe:
+// one thread (the loader's prefetch thread) reads.
+#pragma once
+
+#include <cstdint>
+#include <list>
+#include <memory>
+#include <optional>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "data_pipeline/preprocess/h5.h"
+#include "data_pipeline/tokenizer/vocab.h"
+
+namespace electra::data {
+
+struct DatasetOptions {
+  std::string data_dir;
+  std::string vocab_path;  // electra-mpi: optional (default <data_dir>/vocab.txt); NVIDIA: required
+  int seq_length = 128;    // must equal the data's sequence length
+  uint64_t cache_bytes = uint64_t{1} << 30;  // decompressed chunks kept (LRU)
+  int max_open_files = 64;
+  bool verify_checksums = false;  // electra-mpi: compare each shard's CRC-32 with the manifest at open
+};
+
+class ShardDataset {
+ public:
+  enum class Format { kElectra, kNvidia };
+
+  explicit ShardDataset(const DatasetOptions& options);
+  ~ShardDataset();
+  ShardDataset(const ShardDataset&) = delete;
+  ShardDataset& operator=(const ShardDataset&) = delete;
+
+  Format format() const { return format_; }
+  uint64_t num_examples() const { return num_examples_; }
+  int seq_length() const { return seq_length_; }
+  size_t num_shards() const { return shards_.size(); }
+  const text::Vocab& vocab() const { return *vocab_; }
+  bool has_next_sentence_labels() const { return format_ == Format::kNvidia; }
+
+  // Example `index` (< num_examples()): the original tokens (seq_length, [PAD] after the real ones),
+  // segment ids, number of real tokens and next-sentence label (-1 when the data has none).
+  void read(uint64_t index, int32_t* ids, int32_t* segments, int* length, int32_t* next_sentence_label);
+
+  struct CacheStats {
+    uint64_t hits = 0, misses = 0, bytes = 0, chunks = 0;
+  };
+  CacheStats cache_stats() const;
+
+ private:
+  struct Shard;
+  struct Chunk;
+  void open_electra(const std::string& manifest_path);
+  void open_nvidia();
+  void validate_electra_shard(Shard& shard, uint64_t expected_rows, uint64_t vocab_hash, uint64_t vocab_size);
+  void validate_nvidia_shard(Shard& shard);
+  Shard& open_shard(size_t shard_index);
+  std::shared_ptr<const Chunk> load_chunk(size_t shard_index, uint64_t chunk_index);
+
+  DatasetOptions options_;
+  Format format_ = Format::kElectra;
+  std::optional<text::Vocab> vocab_;
+  int seq_length_ = 0;
+  uint64_t num_examples_ = 0;
+  std::vector<std::unique_ptr<Shard>> shards_;
+  std::vector<uint64_t> shard_begin_;  // first example index of each shard (plus the total at the end)
+  std::list<size_t> open_lru_;         // shards with open files, most recent first
+
+  using ChunkKey = uint64_t;
+  struct CacheEntry {
+    std::shared_ptr<const Chunk> chunk;
+    std::list<ChunkKey>::iterator lru;
+  };
+  std::list<ChunkKey> chunk_lru_;  // most recent first
+  std::unordered_map<ChunkKey, CacheEntry> cache_;
+  uint64_t cache_used_ = 0;
+  CacheStats stats_;
+};
+
+}  // namespace electra::data

@@ -1,0 +1,85 @@
+#include "data_pipeline/preprocess/manifest.h"
+
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "data_pipeline/preprocess/file_util.h"
+#include "lib/core/error.h"
+
+namespace electra::data {
+
+nlohmann::json Manifest::to_json() const {
+  nlohmann::json shard_list = nlohmann::json::array();
+  for (const ShardInfo& s : shards)
+    shard_list.push_back({{"file", s.file}, {"rows", s.rows}, {"crc32", crc32_hex(s.crc32)}, {"rank", s.rank}});
+  return {{"format", "electra-mpi shards"},
+          {"format_version", format_version},
+          {"shards", shard_list},
+          {"total_rows", total_rows},
+          {"vocab_hash", vocab_hash},
+          {"vocab_size", vocab_size},
+          {"max_seq_length", max_seq_length},
+          {"tokenizer", {{"lower_case", lower_case}}},
+          {"seed", seed},
+          {"command_line", command_line},
+          {"stats", stats}};
+}
+
+Manifest Manifest::from_json(const nlohmann::json& j, const std::string& where) {
+  Manifest m;
+  auto field = [&](const char* key) -> const nlohmann::json& {
+    if (!j.is_object() || !j.contains(key)) fail(where, ": missing key '", key, "'");
+    return j.at(key);
+  };
+  try {
+    m.format_version = field("format_version").get<int>();
+    if (m.format_version != kShardFormatVersion)
+      fail(where, ": format_version ", m.format_version, " is not supported (expected ", kShardFormatVersion, ")");
+    m.total_rows = field("total_rows").get<uint64_t>();
+    m.vocab_hash = field("vocab_hash").get<uint64_t>();
+    m.vocab_size = field("vocab_size").get<uint64_t>();
+    m.max_seq_length = field("max_seq_length").get<int>();
+    m.lower_case = field("tokenizer").at("lower_case").get<bool>();
+    m.seed = field("seed").get<uint64_t>();
+    m.command_line = j.value("command_line", std::string());
+    m.stats = j.value("stats", nlohmann::json::object());
+    uint64_t sum = 0;
+    for (const nlohmann::json& s : field("shards")) {
+      ShardInfo info;
+      info.file = s.at("file").get<std::string>();
+      info.rows = s.at("rows").get<uint64_t>();
+      const std::string crc = s.at("crc32").get<std::string>();
+      info.crc32 = static_cast<uint32_t>(std::stoul(crc, nullptr, 16));
+      info.rank = s.value("rank", 0);
+      if (info.file.empty() || std::filesystem::path(info.file).is_absolute() || info.file.find("..") != std::string::npos)
+        fail(where, ": shard file name '", info.file, "' must be relative to the data directory");
+      sum += info.rows;
+      m.shards.push_back(std::move(info));
+    }
+    if (sum != m.total_rows) fail(where, ": total_rows ", m.total_rows, " but the shards add up to ", sum);
+  } catch (const nlohmann::json::exception& e) {
+    fail(where, ": malformed manifest: ", e.what());
+  } catch (const std::invalid_argument&) {
+    fail(where, ": malformed crc32 value");
+  }
+  return m;
+}
+
+Manifest Manifest::load(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) fail(path, ": cannot open manifest");
+  nlohmann::json j;
+  try {
+    in >> j;
+  } catch (const nlohmann::json::exception& e) {
+    fail(path, ": not valid JSON: ", e.what());
+  }
+  return from_json(j, path);
+}
+
+void Manifest::save(const std::string& dir) const {
+  write_file_atomic((std::filesystem::path(dir) / kManifestName).string(), to_json().dump(2) + "\n");
+}
+
+}  // namespace electra::data

@@ -1,0 +1,37 @@
+// manifest.json: the table of contents of a preprocessed data directory. Written last (atomically) by
+// rank 0 of electra-preprocess; the loader trusts nothing it does not list.
+#pragma once
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "data_pipeline/preprocess/shard_writer.h"
+
+namespace electra::data {
+
+inline constexpr const char* kManifestName = "manifest.json";
+inline constexpr const char* kVocabFileName = "vocab.txt";
+
+struct Manifest {
+  int format_version = kShardFormatVersion;
+  std::vector<ShardInfo> shards;  // in a fixed order (rank, then shard index); files relative to the dir
+  uint64_t total_rows = 0;
+  uint64_t vocab_hash = 0;
+  uint64_t vocab_size = 0;
+  int max_seq_length = 0;
+  bool lower_case = true;
+  uint64_t seed = 0;
+  std::string command_line;
+  nlohmann::json stats = nlohmann::json::object();  // counts reported by electra-preprocess
+
+  nlohmann::json to_json() const;
+  // Parses and checks the fields; `where` names the file in errors.
+  static Manifest from_json(const nlohmann::json& j, const std::string& where);
+  static Manifest load(const std::string& path);
+  // Writes <dir>/manifest.json atomically.
+  void save(const std::string& dir) const;
+};
+
+}  // namespace electra::data

@@ -1,0 +1,445 @@
+#include "data_pipeline/preprocess/preprocess.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <memory>
+#include <optional>
+
+#include "data_pipeline/preprocess/example_builder.h"
+#include "data_pipeline/preprocess/file_util.h"
+#include "data_pipeline/tokenizer/bert_tokenizer.h"
+#include "lib/core/error.h"
+#include "lib/core/log.h"
+#include "lib/core/philox.h"
+
+namespace electra::data {
+namespace fs = std::filesystem;
+
+// ---------------------------------------------------------------------------------------------------
+// Input listing and assignment
+
+std::vector<InputFile> list_input_files(const std::vector<std::string>& inputs) {
+  std::vector<InputFile> files;
+  for (const std::string& input : inputs) {
+    std::error_code ec;
+    const fs::file_status status = fs::status(input, ec);
+    if (ec || !fs::exists(status)) fail(input, ": input does not exist");
+    if (fs::is_directory(status)) {
+      for (fs::recursive_directory_iterator it(input, fs::directory_options::follow_directory_symlink, ec), end;
+           it != end; it.increment(ec)) {
+        if (ec) fail(input, ": cannot list directory: ", ec.message());
+        if (it->is_regular_file()) files.push_back({it->path().string(), static_cast<uint64_t>(it->file_size())});
+      }
+      if (ec) fail(input, ": cannot list directory: ", ec.message());
+    } else if (fs::is_regular_file(status)) {
+      files.push_back({input, static_cast<uint64_t>(fs::file_size(input))});
+    } else {
+      fail(input, ": not a regular file or directory");
+    }
+  }
+  std::sort(files.begin(), files.end(), [](const InputFile& a, const InputFile& b) { return a.path < b.path; });
+  files.erase(std::unique(files.begin(), files.end(),
+                          [](const InputFile& a, const InputFile& b) { return a.path == b.path; }),
+              files.end());
+  if (files.empty()) fail("no input files found under the given --input paths");
+  return files;
+}
+
+std::vector<int> assign_files_to_ranks(const std::vector<InputFile>& files, int world_size) {
+  ELECTRA_CHECK(world_size >= 1, "world size must be positive");
+  std::vector<size_t> order(files.size());
+  for (size_t i = 0; i < order.size(); ++i) order[i] = i;
+  std::stable_sort(order.begin(), order.end(), [&](size_t a, size_t b) { return files[a].size > files[b].size; });
+  std::vector<uint64_t> load(static_cast<size_t>(world_size), 0);
+  std::vector<int> owner(files.size(), 0);
+  for (const size_t i : order) {
+    const auto least = std::min_element(load.begin(), load.end());  // first minimum: lowest rank
+    owner[i] = static_cast<int>(least - load.begin());
+    *least += files[i].size + 1;  // +1: empty files still spread out
+  }
+  return owner;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Stats
+
+void PreprocessStats::add(const PreprocessStats& o) {
+  files += o.files;
+  bytes += o.bytes;
+  lines += o.lines;
+  examples += o.examples;
+  tokens += o.tokens;
+  invalid_utf8 += o.invalid_utf8;
+  unknown_tokens += o.unknown_tokens;
+  words += o.words;
+  seconds = std::max(seconds, o.seconds);
+}
+
+nlohmann::json PreprocessStats::to_json() const {
+  return {{"files", files},       {"bytes", bytes},       {"lines", lines},
+          {"examples", examples}, {"tokens", tokens},     {"invalid_utf8", invalid_utf8},
+          {"unknown_tokens", unknown_tokens}, {"words", words}, {"seconds", seconds}};
+}
+
+PreprocessStats PreprocessStats::from_json(const nlohmann::json& j) {
+  PreprocessStats s;
+  s.files = j.at("files").get<uint64_t>();
+  s.bytes = j.at("bytes").get<uint64_t>();
+  s.lines = j.at("lines").get<uint64_t>();
+  s.examples = j.at("examples").get<uint64_t>();
+  s.tokens = j.at("tokens").get<uint64_t>();
+  s.invalid_utf8 = j.at("invalid_utf8").get<uint64_t>();
+  s.unknown_tokens = j.at("unknown_tokens").get<uint64_t>();
+  s.words = j.at("words").get<uint64_t>();
+  s.seconds = j.at("seconds").get<double>();
+  return s;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Per-rank processing
+
+namespace {
+
+// Reads a file line by line through a fixed buffer (bounded memory whatever the file size; a single
+// line longer than the buffer grows it).
+class LineReader {
+ public:
+  explicit LineReader(const std::string& path) : path_(path), file_(std::fopen(path.c_str(), "rb")) {
+    if (file_ == nullptr) fail(path, ": cannot open: ", std::strerror(errno));
+    buffer_.resize(1 << 20);
+  }
+  ~LineReader() {
+    if (file_ != nullptr) std::fclose(file_);
+  }
+  LineReader(const LineReader&) = delete;
+  LineReader& operator=(const LineReader&) = delete;
+
+  // The next line without its '\n'; false at end of file.
+  bool next(std::string_view& line) {
+    for (;;) {
+      const char* start = buffer_.data() + begin_;
+      const void* nl = std::memchr(start, '\n', end_ - begin_);
+      if (nl != nullptr) {
+        const size_t len = static_cast<size_t>(static_cast<const char*>(nl) - start);
+        line = std::string_view(start, len);
+        begin_ += len + 1;
+        return true;
+      }
+      if (eof_) {
+        if (begin_ == end_) return false;
+        line = std::string_view(start, end_ - begin_);
+        begin_ = end_;
+        return true;
+      }
+      // Move the partial line to the front and refill.
+      std::memmove(buffer_.data(), start, end_ - begin_);
+      end_ -= begin_;
+      begin_ = 0;
+      if (end_ == buffer_.size()) buffer_.resize(buffer_.size() * 2);
+      const size_t got = std::fread(buffer_.data() + end_, 1, buffer_.size() - end_, file_);
+      if (got == 0) {
+        if (std::ferror(file_)) fail(path_, ": read error");
+        eof_ = true;
+      }
+      end_ += got;
+    }
+  }
+
+ private:
+  std::string path_;
+  std::FILE* file_;
+  std::vector<char> buffer_;
+  size_t begin_ = 0, end_ = 0;
+  bool eof_ = false;
+};
+
+// Python's str.strip(): ASCII whitespace and the Unicode spaces (U+0085, U+00A0, U+1680, U+2000..U+200A,
+// U+2028, U+2029, U+202F, U+205F, U+3000) and the separators U+001C..U+001F.
+size_t space_prefix(std::string_view s) {
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  const size_t n = s.size();
+  if (n == 0) return 0;
+  if (p[0] == ' ' || (p[0] >= 0x09 && p[0] <= 0x0d) || (p[0] >= 0x1c && p[0] <= 0x1f)) return 1;
+  if (n >= 2 && p[0] == 0xc2 && (p[1] == 0x85 || p[1] == 0xa0)) return 2;
+  if (n >= 3) {
+    if (p[0] == 0xe1 && p[1] == 0x9a && p[2] == 0x80) return 3;
+    if (p[0] == 0xe2 && p[1] == 0x80 && (p[2] <= 0x8a || p[2] == 0xa8 || p[2] == 0xa9 || p[2] == 0xaf)) return 3;
+    if (p[0] == 0xe2 && p[1] == 0x81 && p[2] == 0x9f) return 3;
+    if (p[0] == 0xe3 && p[1] == 0x80 && p[2] == 0x80) return 3;
+  }
+  return 0;
+}
+
+bool is_blank(std::string_view line) {
+  while (!line.empty()) {
+    const size_t k = space_prefix(line);
+    if (k == 0) return false;
+    line.remove_prefix(k);
+  }
+  return true;
+}
+
+std::string shard_name(int rank, int index) {
+  char name[64];
+  std::snprintf(name, sizeof name, "shard-r%04d-%05d.h5", rank, index);
+  return name;
+}
+
+}  // namespace
+
+RankResult preprocess_rank(const PreprocessOptions& options, const text::Vocab& vocab,
+                           const std::vector<InputFile>& files, const std::vector<int>& owner, int rank) {
+  ELECTRA_CHECK(owner.size() == files.size(), "owner list does not match the file list");
+  if (options.rows_per_shard == 0) fail("--rows-per-shard must be positive");
+  SpecialTokenIds special{vocab.pad_id(), vocab.cls_id(), vocab.sep_id()};
+  if (special.pad < 0 || special.cls < 0 || special.sep < 0)
+    fail(options.vocab_path, ": the vocabulary lacks [PAD], [CLS] or [SEP]");
+
+  text::TokenizerOptions tokenizer_options;
+  tokenizer_options.lower_case = options.lower_case;
+  const text::BertTokenizer tokenizer(vocab, tokenizer_options);
+  ShardWriterOptions writer_options;
+  writer_options.max_seq_length = options.max_seq_length;
+  writer_options.vocab_size = vocab.size();
+  writer_options.vocab_hash = vocab.hash();
+  writer_options.chunk_rows = options.chunk_rows;
+  writer_options.deflate_level = options.deflate_level;
+
+  RankResult result;
+  std::unique_ptr<ShardWriter> writer;
+  int shard_index = 0;
+  auto finish_shard = [&] {
+    if (writer && writer->rows() > 0) {
+      ShardInfo info = writer->finish();
+      info.rank = rank;
+      result.shards.push_back(info);
+      ++shard_index;
+    }
+    writer.reset();
+  };
+
+  using Clock = std::chrono::steady_clock;
+  const auto start = Clock::now();
+  auto last_report = start;
+  uint64_t files_total = 0, bytes_total = 0;
+  for (size_t i = 0; i < files.size(); ++i) {
+    if (owner[i] == rank) {
+      ++files_total;
+      bytes_total += files[i].size;
+    }
+  }
+  auto report = [&](bool final_line) {
+    const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    const double mb = static_cast<double>(result.stats.bytes) / 1e6;
+    ELECTRA_LOG(info) << (final_line ? "preprocess done: " : "preprocess: ") << result.stats.files << "/"
+                      << files_total << " files, " << mb << "/" << static_cast<double>(bytes_total) / 1e6
+                      << " MB, " << (seconds > 0 ? mb / seconds : 0.0) << " MB/s, " << result.stats.examples
+                      << " examples written, " << result.shards.size() << " shards";
+  };
+
+  Example example;
+  std::vector<int32_t> tokens;
+  text::TokenizeStats tstats;
+  for (size_t i = 0; i < files.size(); ++i) {
+    if (owner[i] != rank) continue;
+    const std::string& path = files[i].path;
+    try {
+      ExampleBuilder builder(options.max_seq_length, special,
+                             PhiloxSequence(options.seed, RandomPurpose::kPreprocess, 0, i));
+      auto emit = [&] {
+        if (!writer) {
+          writer = std::make_unique<ShardWriter>(
+              (fs::path(options.output_dir) / shard_name(rank, shard_index)).string(), writer_options);
+        }
+        writer->add(example.input_ids.data(), example.segment_ids.data(), example.length);
+        ++result.stats.examples;
+        result.stats.tokens += static_cast<uint64_t>(example.length);
+        if (writer->rows() >= options.rows_per_shard) finish_shard();
+      };
+      LineReader reader(path);
+      std::string_view line;
+      while (reader.next(line)) {
+        ++result.stats.lines;
+        result.stats.bytes += line.size() + 1;
+        bool done;
+        if (is_blank(line)) {
+          done = builder.add_blank_line(example);
+        } else {
+          tokens.clear();
+          tokenizer.encode_append(line, tokens, &tstats);
+          done = builder.add_sentence(tokens, example);
+        }
+        if (done) emit();
+        if (options.progress_interval_s > 0 &&
+            std::chrono::duration<double>(Clock::now() - last_report).count() >= options.progress_interval_s) {
+          last_report = Clock::now();
+          report(false);
+        }
+      }
+      if (builder.flush(example)) emit();
+      ++result.stats.files;
+    } catch (const Error& e) {
+      const std::string what = e.what();
+      if (what.find(path) != std::string::npos) throw;
+      fail(path, ": ", what);
+    }
+  }
+  finish_shard();
+  result.stats.bytes = std::min(result.stats.bytes, bytes_total);  // a missing final newline
+  result.stats.invalid_utf8 = tstats.invalid_utf8;
+  result.stats.unknown_tokens = tstats.unknown_tokens;
+  result.stats.words = tstats.words;
+  result.stats.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+  report(true);
+  return result;
+}
+
+// ---------------------------------------------------------------------------------------------------
+// MPI driver
+
+namespace {
+
+std::string broadcast_string(std::string value, int root, MPI_Comm comm) {
+  unsigned long long size = value.size();
+  MPI_Bcast(&size, 1, MPI_UNSIGNED_LONG_LONG, root, comm);
+  value.resize(size);
+  if (size > 0) MPI_Bcast(value.data(), static_cast<int>(size), MPI_CHAR, root, comm);
+  return value;
+}
+
+// Rank 0 receives every rank's string (others get an empty vector).
+std::vector<std::string> gather_strings(const std::string& value, MPI_Comm comm) {
+  int rank = 0, size = 1;
+  MPI_Comm_rank(comm, &rank);
+  MPI_Comm_size(comm, &size);
+  int length = static_cast<int>(value.size());
+  std::vector<int> lengths(static_cast<size_t>(size));
+  MPI_Gather(&length, 1, MPI_INT, lengths.data(), 1, MPI_INT, 0, comm);
+  std::vector<int> displs(static_cast<size_t>(size), 0);
+  std::vector<char> all;
+  if (rank == 0) {
+    for (int r = 1; r < size; ++r) displs[static_cast<size_t>(r)] = displs[static_cast<size_t>(r - 1)] + lengths[static_cast<size_t>(r - 1)];
+    all.resize(static_cast<size_t>(displs.back() + lengths.back()));
+  }
+  MPI_Gatherv(value.data(), length, MPI_CHAR, all.data(), lengths.data(), displs.data(), MPI_CHAR, 0, comm);
+  std::vector<std::string> out;
+  if (rank == 0) {
+    for (int r = 0; r < size; ++r)
+      out.emplace_back(all.data() + displs[static_cast<size_t>(r)], static_cast<size_t>(lengths[static_cast<size_t>(r)]));
+  }
+  return out;
+}
+
+// Removes what a previous run left in the output directory (its manifest first, so that no reader
+// trusts old shards while new ones are written) and stale temporary files.
+void clear_output_directory(const std::string& dir) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) fail(dir, ": cannot create output directory: ", ec.message());
+  fs::remove(fs::path(dir) / kManifestName, ec);
+  for (const fs::directory_entry& entry : fs::directory_iterator(dir)) {
+    const std::string name = entry.path().filename().string();
+    const bool shard = name.rfind("shard-r", 0) == 0 && entry.path().extension() == ".h5";
+    const bool temp = name.rfind(".shard-r", 0) == 0 || name == std::string(".") + kManifestName + ".tmp";
+    if (entry.is_regular_file() && (shard || temp)) fs::remove(entry.path());
+  }
+  fsync_directory(dir);
+}
+
+}  // namespace
+
+Manifest run_preprocess(const PreprocessOptions& options, MPI_Comm comm) {
+  int rank = 0, world = 1;
+  MPI_Comm_rank(comm, &rank);
+  MPI_Comm_size(comm, &world);
+
+  // 1. Rank 0 lists the inputs and prepares the output directory; everyone gets the list (or the error).
+  nlohmann::json plan;
+  if (rank == 0) {
+    try {
+      if (options.output_dir.empty()) fail("--output is required");
+      if (options.max_seq_length < 5 || options.max_seq_length > 65535)
+        fail("--max-seq-length ", options.max_seq_length, " is outside [5, 65535]");
+      const std::vector<InputFile> files = list_input_files(options.inputs);
+      clear_output_directory(options.output_dir);
+      plan["files"] = nlohmann::json::array();
+      for (const InputFile& f : files) plan["files"].push_back({f.path, f.size});
+    } catch (const Error& e) {
+      plan = {{"error", e.what()}};
+    }
+  }
+  plan = nlohmann::json::parse(broadcast_string(rank == 0 ? plan.dump() : std::string(), 0, comm));
+  if (plan.contains("error")) fail(plan["error"].get<std::string>());
+  std::vector<InputFile> files;
+  for (const auto& f : plan["files"]) files.push_back({f[0].get<std::string>(), f[1].get<uint64_t>()});
+  const std::vector<int> owner = assign_files_to_ranks(files, world);
+  if (rank == 0)
+    ELECTRA_LOG(info) << "preprocess: " << files.size() << " input files over " << world << " rank(s) into "
+                      << options.output_dir;
+
+  // 2. Every rank does its share; failures are carried to rank 0 instead of leaving others waiting.
+  nlohmann::json mine;
+  uint64_t vocab_hash = 0, vocab_size = 0;
+  try {
+    const text::Vocab vocab = text::Vocab::load(options.vocab_path);
+    vocab_hash = vocab.hash();
+    vocab_size = vocab.size();
+    RankResult result = preprocess_rank(options, vocab, files, owner, rank);
+    mine["shards"] = nlohmann::json::array();
+    for (const ShardInfo& s : result.shards) mine["shards"].push_back({s.file, s.rows, s.crc32});
+    mine["stats"] = result.stats.to_json();
+  } catch (const std::exception& e) {
+    mine = {{"error", std::string("rank ") + std::to_string(rank) + ": " + e.what()}};
+  }
+  const std::vector<std::string> gathered = gather_strings(mine.dump(), comm);
+
+  // 3. Rank 0 writes vocab.txt and the manifest (last), then tells everyone the outcome.
+  std::string outcome;
+  if (rank == 0) {
+    try {
+      std::string errors;
+      Manifest manifest;
+      PreprocessStats total;
+      for (int r = 0; r < world; ++r) {
+        const nlohmann::json j = nlohmann::json::parse(gathered[static_cast<size_t>(r)]);
+        if (j.contains("error")) {
+          errors += (errors.empty() ? "" : "; ") + j["error"].get<std::string>();
+          continue;
+        }
+        for (const auto& s : j["shards"]) {
+          ShardInfo info{s[0].get<std::string>(), s[1].get<uint64_t>(), s[2].get<uint32_t>(), r};
+          manifest.total_rows += info.rows;
+          manifest.shards.push_back(info);
+        }
+        total.add(PreprocessStats::from_json(j["stats"]));
+      }
+      if (!errors.empty()) fail(errors);
+      manifest.vocab_hash = vocab_hash;
+      manifest.vocab_size = vocab_size;
+      manifest.max_seq_length = options.max_seq_length;
+      manifest.lower_case = options.lower_case;
+      manifest.seed = options.seed;
+      manifest.command_line = options.command_line;
+      manifest.stats = total.to_json();
+      manifest.stats["ranks"] = world;
+      copy_file_atomic(options.vocab_path, (fs::path(options.output_dir) / kVocabFileName).string());
+      manifest.save(options.output_dir);
+      ELECTRA_LOG(info) << "preprocess: wrote " << manifest.shards.size() << " shards, " << manifest.total_rows
+                        << " examples, " << total.tokens << " tokens from " << total.bytes / 1e6 << " MB in "
+                        << total.seconds << " s (" << (total.seconds > 0 ? total.bytes / 1e6 / total.seconds : 0.0)
+                        << " MB/s overall, " << world << " rank(s)); invalid UTF-8: " << total.invalid_utf8
+                        << ", unknown tokens: " << total.unknown_tokens << " of " << total.words << " words";
+      outcome = manifest.to_json().dump();
+    } catch (const std::exception& e) {
+      outcome = nlohmann::json{{"error", e.what()}}.dump();
+    }
+  }
+  const nlohmann::json result = nlohmann::json::parse(broadcast_string(outcome, 0, comm));
+  if (result.contains("error")) fail(result["error"].get<std::string>());
+  return Manifest::from_json(result, (fs::path(options.output_dir) / kManifestName).string());
+}
+
+}  // namespace electra::data

@@ -1,0 +1,305 @@
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <map>
+#include <set>
+
+#include "data_pipeline/loader/loader.h"
+#include "data_pipeline/loader/permutation.h"
+#include "lib/core/error.h"
+#include "tests/data/test_util.h"
+
+namespace electra::data {
+namespace {
+namespace fs = std::filesystem;
+using testing::TempDir;
+
+constexpr int kSeq = 48;
+
+// Three shards of 701 + 500 + 300 = 1501 synthetic examples, chunks of 64 rows.
+struct Fixture {
+  TempDir tmp{"loader"};
+  text::Vocab vocab = testing::corpus_vocab();
+  std::string dir = tmp / "data";
+  Fixture() { testing::write_synthetic_dataset(dir, vocab, {701, 500, 300}, kSeq, 64); }
+
+  LoaderOptions options(int global_batch, int rank = 0, int world = 1) const {
+    LoaderOptions o;
+    o.data_dir = dir;
+    o.global_batch_size = global_batch;
+    o.seq_length = kSeq;
+    o.seed = 11;
+    o.rank = rank;
+    o.world_size = world;
+    return o;
+  }
+};
+
+Fixture& fixture() {
+  static Fixture f;
+  return f;
+}
+
+// The original tokens of row i of a batch: input_word_ids with the masked positions put back.
+std::vector<int32_t> unmasked_row(const Batch& b, int i) {
+  std::vector<int32_t> ids(b.input_word_ids.begin() + i * b.seq_length,
+                           b.input_word_ids.begin() + (i + 1) * b.seq_length);
+  for (int k = 0; k < b.num_predictions; ++k) {
+    const size_t p = static_cast<size_t>(i) * b.num_predictions + k;
+    if (b.masked_lm_weights[p] > 0) ids[static_cast<size_t>(b.masked_lm_positions[p])] = b.masked_lm_ids[p];
+  }
+  return ids;
+}
+
+void expect_same_batch(const Batch& a, const Batch& b) {
+  EXPECT_EQ(a.rows, b.rows);
+  EXPECT_EQ(a.example_index, b.example_index);
+  EXPECT_EQ(a.input_word_ids, b.input_word_ids);
+  EXPECT_EQ(a.input_mask, b.input_mask);
+  EXPECT_EQ(a.input_type_ids, b.input_type_ids);
+  EXPECT_EQ(a.masked_lm_positions, b.masked_lm_positions);
+  EXPECT_EQ(a.masked_lm_ids, b.masked_lm_ids);
+  EXPECT_EQ(a.masked_lm_weights, b.masked_lm_weights);
+  EXPECT_EQ(a.global_row_offset, b.global_row_offset);
+  EXPECT_EQ(a.global_batch_rows, b.global_batch_rows);
+}
+
+TEST(Permutation, IsABijectionAndDependsOnSeedAndEpoch) {
+  for (uint64_t n : {1ull, 2ull, 3ull, 17ull, 1000ull, 4097ull, 65536ull}) {
+    FeistelPermutation p(n, 5, 0);
+    std::vector<char> seen(n, 0);
+    for (uint64_t i = 0; i < n; ++i) {
+      const uint64_t x = p(i);
+      ASSERT_LT(x, n);
+      ASSERT_FALSE(seen[x]) << "n=" << n << " duplicate " << x;
+      seen[x] = 1;
+    }
+  }
+  auto order = [](uint64_t seed, uint64_t epoch) {
+    FeistelPermutation p(1000, seed, epoch);
+    std::vector<uint64_t> v;
+    for (uint64_t i = 0; i < 1000; ++i) v.push_back(p(i));
+    return v;
+  };
+  EXPECT_EQ(order(5, 0), order(5, 0));
+  EXPECT_NE(order(5, 0), order(5, 1));
+  EXPECT_NE(order(5, 0), order(6, 0));
+  // Well mixed: few fixed points and neighbours far apart on average.
+  const std::vector<uint64_t> v = order(5, 0);
+  int fixed = 0;
+  double distance = 0;
+  for (size_t i = 0; i < v.size(); ++i) {
+    fixed += v[i] == i;
+    if (i) distance += std::abs(static_cast<double>(v[i]) - static_cast<double>(v[i - 1]));
+  }
+  EXPECT_LT(fixed, 10);
+  EXPECT_GT(distance / 999, 200);
+  // Huge domains work in O(1) memory.
+  FeistelPermutation big(300'000'000'000ull, 1, 0);
+  EXPECT_LT(big(123'456'789'012ull), 300'000'000'000ull);
+}
+
+TEST(Loader, ReadsEveryRowExactlyWithoutShuffle) {
+  LoaderOptions o = fixture().options(50);
+  o.shuffle = false;
+  Loader loader(o);
+  EXPECT_EQ(loader.num_examples(), 1501u);
+  EXPECT_EQ(loader.batches_per_epoch(), 30);
+  EXPECT_EQ(loader.max_predictions(), static_cast<int>((0.15f + 0.005f) * kSeq));
+  for (int k = 0; k < 30; ++k) {
+    const Batch b = loader.next();
+    ASSERT_EQ(b.rows, 50);
+    for (int i = 0; i < b.rows; ++i) {
+      const uint64_t example = static_cast<uint64_t>(k) * 50 + static_cast<uint64_t>(i);
+      ASSERT_EQ(b.example_index[static_cast<size_t>(i)], example);
+      const testing::Row want = testing::synthetic_row(example, kSeq, fixture().vocab.size());
+      ASSERT_EQ(unmasked_row(b, i), want.ids) << "example " << example;
+      for (int c = 0; c < kSeq; ++c) {
+        ASSERT_EQ(b.input_type_ids[static_cast<size_t>(i * kSeq + c)], want.segments[static_cast<size_t>(c)]);
+        ASSERT_EQ(b.input_mask[static_cast<size_t>(i * kSeq + c)], c < want.length ? 1 : 0);
+      }
+    }
+  }
+  EXPECT_EQ(loader.state(), (LoaderState{0, 1500}));
+  EXPECT_EQ(loader.next().example_index.front(), 0u);  // epoch 1 starts over; the tail row 1500 is dropped
+  EXPECT_EQ(loader.state(), (LoaderState{1, 50}));
+}
+
+// The union of an epoch's rows over W ranks is every example exactly once (but the dropped tail).
+void check_epoch_coverage(int world) {
+  const int G = 12;
+  std::vector<std::unique_ptr<Loader>> ranks;
+  for (int r = 0; r < world; ++r) ranks.push_back(std::make_unique<Loader>(fixture().options(G, r, world)));
+  Loader single(fixture().options(G));
+  for (int epoch = 0; epoch < 2; ++epoch) {
+    std::vector<int> seen(1501, 0);
+    for (int k = 0; k < ranks[0]->batches_per_epoch(); ++k) {
+      const Batch whole = single.next();
+      for (int r = 0; r < world; ++r) {
+        const Batch b = ranks[static_cast<size_t>(r)]->next();
+        ASSERT_EQ(b.rows, G / world);
+        ASSERT_EQ(b.global_row_offset, static_cast<uint64_t>(r * G / world));
+        ASSERT_EQ(b.global_batch_rows, G);
+        for (uint64_t e : b.example_index) ++seen[e];
+        // The rank's slice is exactly that part of the single-rank batch, masking included.
+        expect_same_batch(b, slice_rows(whole, r * G / world, (r + 1) * G / world));
+      }
+    }
+    EXPECT_EQ(std::count(seen.begin(), seen.end(), 1), 1500) << "world " << world << " epoch " << epoch;
+    EXPECT_EQ(std::count(seen.begin(), seen.end(), 0), 1);
+  }
+}
+
+TEST(Loader, EpochCoversEveryExampleOnceOneRank) { check_epoch_coverage(1); }
+TEST(Loader, EpochCoversEveryExampleOnceTwoRanks) { check_epoch_coverage(2); }
+TEST(Loader, EpochCoversEveryExampleOnceThreeRanks) { check_epoch_coverage(3); }
+
+TEST(Loader, RestoreContinuesExactlyAcrossEpochsAndWorldSizes) {
+  const int G = 60;  // 25 batches per epoch
+  Loader reference(fixture().options(G));
+  std::vector<Batch> expected;
+  LoaderState saved;
+  for (int k = 0; k < 60; ++k) {
+    if (k == 23) saved = reference.state();
+    expected.push_back(reference.next());
+  }
+  EXPECT_EQ(saved, (LoaderState{0, 23 * 60}));
+  const LoaderState round_trip = LoaderState::from_json(nlohmann::json::parse(saved.to_json().dump()));
+  EXPECT_EQ(round_trip, saved);
+
+  // Same world size, through the epoch boundary (batch 25 starts epoch 1).
+  Loader resumed(fixture().options(G));
+  resumed.next();  // some progress that restore() discards
+  resumed.restore(round_trip);
+  for (int k = 23; k < 30; ++k) expect_same_batch(resumed.next(), expected[static_cast<size_t>(k)]);
+  EXPECT_EQ(resumed.state(), (LoaderState{1, 5 * 60}));
+
+  // Three ranks resuming a one-rank run.
+  std::vector<std::unique_ptr<Loader>> ranks;
+  for (int r = 0; r < 3; ++r) {
+    ranks.push_back(std::make_unique<Loader>(fixture().options(G, r, 3)));
+    ranks.back()->restore(round_trip);
+  }
+  for (int k = 23; k < 28; ++k)
+    for (int r = 0; r < 3; ++r)
+      expect_same_batch(ranks[static_cast<size_t>(r)]->next(), slice_rows(expected[static_cast<size_t>(k)], r * 20, (r + 1) * 20));
+
+  // A state saved in epoch 1 resumes there.
+  Loader late(fixture().options(G));
+  late.restore(LoaderState{1, 10 * 60});
+  expect_same_batch(late.next(), expected[35]);
+}
+
+TEST(Loader, MaskingStatistics) {
+  LoaderOptions o = fixture().options(100);
+  o.max_predictions = 20;
+  Loader loader(o);
+  const text::Vocab& v = fixture().vocab;
+  uint64_t candidates = 0, predicted = 0, masked = 0, kept = 0;
+  for (int k = 0; k < 45; ++k) {
+    const Batch b = loader.next();
+    ASSERT_EQ(b.num_predictions, 20);
+    for (int i = 0; i < b.rows; ++i) {
+      const std::vector<int32_t> original = unmasked_row(b, i);
+      int real = 0, n = 0;
+      for (int c = 0; c < kSeq; ++c) {
+        const int32_t t = original[static_cast<size_t>(c)];
+        if (b.input_mask[static_cast<size_t>(i * kSeq + c)] &&
+            t != v.cls_id() && t != v.sep_id() && t != v.mask_id() && t != v.pad_id())
+          ++real;
+      }
+      std::set<int32_t> positions;
+      for (int p = 0; p < 20; ++p) {
+        const size_t q = static_cast<size_t>(i * 20 + p);
+        if (b.masked_lm_weights[q] == 0.0f) {
+          EXPECT_EQ(b.masked_lm_positions[q], 0);
+          EXPECT_EQ(b.masked_lm_ids[q], 0);
+          continue;
+        }
+        ASSERT_EQ(b.masked_lm_weights[q], 1.0f);
+        ++n;
+        const int32_t pos = b.masked_lm_positions[q];
+        ASSERT_TRUE(positions.insert(pos).second) << "duplicate position";
+        ASSERT_EQ(b.input_mask[static_cast<size_t>(i * kSeq + pos)], 1) << "padding masked";
+        const int32_t t = b.masked_lm_ids[q];
+        ASSERT_TRUE(t != v.cls_id() && t != v.sep_id() && t != v.pad_id() && t != v.mask_id()) << "special masked";
+        const int32_t shown = b.input_word_ids[static_cast<size_t>(i * kSeq + pos)];
+        if (shown == v.mask_id()) {
+          ++masked;
+        } else {
+          ASSERT_EQ(shown, t);
+          ++kept;
+        }
+      }
+      const int want = std::min(real, std::max(1, std::min(20, static_cast<int>(std::nearbyint(real * 0.15f)))));
+      ASSERT_EQ(n, want) << "real tokens " << real;
+      // Weights are a prefix: predictions first, padding after, positions ascending.
+      for (int p = 1; p < n; ++p) ASSERT_LT(b.masked_lm_positions[static_cast<size_t>(i * 20 + p - 1)],
+                                            b.masked_lm_positions[static_cast<size_t>(i * 20 + p)]);
+      candidates += static_cast<uint64_t>(real);
+      predicted += static_cast<uint64_t>(n);
+    }
+  }
+  EXPECT_NEAR(static_cast<double>(predicted) / static_cast<double>(candidates), 0.15, 0.01);
+  EXPECT_NEAR(static_cast<double>(masked) / static_cast<double>(predicted), 0.85, 0.015);
+  EXPECT_GT(kept, 0u);
+}
+
+TEST(Loader, MaskingIsKeyedByEpochAndExample) {
+  LoaderOptions o = fixture().options(1501);
+  o.shuffle = false;
+  Loader loader(o);
+  const Batch e0 = loader.next();
+  const Batch e1 = loader.next();
+  ASSERT_EQ(e0.example_index, e1.example_index);
+  EXPECT_NE(e0.masked_lm_positions, e1.masked_lm_positions) << "epochs should mask differently";
+  LoaderOptions o2 = o;
+  o2.seed = 12;
+  Loader other(o2);
+  EXPECT_NE(other.next().masked_lm_positions, e0.masked_lm_positions);
+}
+
+TEST(Loader, SliceRowsMakesMicroBatches) {
+  Loader loader(fixture().options(12, 1, 2));
+  const Batch b = loader.next();
+  const Batch a = slice_rows(b, 0, 4), c = slice_rows(b, 4, 6);
+  EXPECT_EQ(a.rows, 4);
+  EXPECT_EQ(c.rows, 2);
+  EXPECT_EQ(a.global_row_offset, 6u);
+  EXPECT_EQ(c.global_row_offset, 10u);
+  EXPECT_EQ(c.global_batch_rows, 12);
+  EXPECT_EQ(c.example_index, std::vector<uint64_t>(b.example_index.begin() + 4, b.example_index.end()));
+  std::vector<int32_t> joined = a.input_word_ids;
+  joined.insert(joined.end(), c.input_word_ids.begin(), c.input_word_ids.end());
+  EXPECT_EQ(joined, b.input_word_ids);
+  EXPECT_EQ(std::vector<float>(b.masked_lm_weights.begin() + 4 * b.num_predictions, b.masked_lm_weights.end()),
+            c.masked_lm_weights);
+  EXPECT_THROW(slice_rows(b, 3, 7), Error);
+}
+
+TEST(Loader, SmallCacheGivesTheSameBatches) {
+  LoaderOptions big = fixture().options(24);
+  LoaderOptions small = big;
+  small.cache_bytes = 1;  // every read decompresses its chunk again
+  Loader a(big), b(small);
+  for (int k = 0; k < 20; ++k) expect_same_batch(a.next(), b.next());
+  EXPECT_GT(b.dataset().cache_stats().misses, a.dataset().cache_stats().misses);
+}
+
+TEST(Loader, RejectsBadOptions) {
+  EXPECT_THROW(Loader(fixture().options(10, 0, 3)), Error);  // 10 does not divide by 3
+  EXPECT_THROW(Loader(fixture().options(2000)), Error);      // more than the data
+  LoaderOptions o = fixture().options(12);
+  o.seq_length = 64;
+  try {
+    Loader loader(o);
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("max_seq_length 48"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("manifest.json"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace electra::data

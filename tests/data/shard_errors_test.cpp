@@ -1,0 +1,161 @@
+// Start-up validation and read-time errors: each names the file (and the dataset).
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "data_pipeline/loader/loader.h"
+#include "data_pipeline/preprocess/h5.h"
+#include "lib/core/error.h"
+#include "tests/data/test_util.h"
+
+namespace electra::data {
+namespace {
+namespace fs = std::filesystem;
+using testing::TempDir;
+
+constexpr int kSeq = 32;
+
+struct Broken {
+  TempDir tmp{"broken"};
+  text::Vocab vocab = testing::corpus_vocab();
+  std::string dir = tmp / "data";
+  std::string shard = dir + "/shard-1.h5";
+  Broken() { testing::write_synthetic_dataset(dir, vocab, {100, 90, 80}, kSeq, 16); }
+  LoaderOptions options() const {
+    LoaderOptions o;
+    o.data_dir = dir;
+    o.global_batch_size = 10;
+    o.seq_length = kSeq;
+    return o;
+  }
+};
+
+// The message of the error Loader's constructor throws ("" when none).
+std::string construction_error(const LoaderOptions& o) {
+  try {
+    Loader loader(o);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+void expect_mentions(const std::string& message, std::initializer_list<std::string> parts) {
+  EXPECT_FALSE(message.empty()) << "no error";
+  for (const std::string& part : parts) EXPECT_NE(message.find(part), std::string::npos) << message << "\nlacks: " << part;
+}
+
+TEST(ShardErrors, IntactDataLoads) {
+  Broken b;
+  EXPECT_EQ(construction_error(b.options()), "");
+}
+
+TEST(ShardErrors, TruncatedShard) {
+  Broken b;
+  fs::resize_file(b.shard, fs::file_size(b.shard) / 2);
+  expect_mentions(construction_error(b.options()), {b.shard, "truncated"});
+}
+
+TEST(ShardErrors, NotHdf5) {
+  Broken b;
+  std::ofstream(b.shard, std::ios::trunc) << "not an hdf5 file";
+  expect_mentions(construction_error(b.options()), {b.shard});
+}
+
+TEST(ShardErrors, MissingShardFile) {
+  Broken b;
+  fs::remove(b.shard);
+  expect_mentions(construction_error(b.options()), {b.shard, "does not exist"});
+}
+
+TEST(ShardErrors, MissingDataset) {
+  Broken b;
+  {
+    h5::Handle f(H5Fopen(b.shard.c_str(), H5F_ACC_RDWR, H5P_DEFAULT));
+    ASSERT_GE(H5Ldelete(f, "lengths", H5P_DEFAULT), 0);
+  }
+  expect_mentions(construction_error(b.options()), {b.shard, "lengths", "missing"});
+}
+
+TEST(ShardErrors, WrongDtype) {
+  Broken b;
+  {
+    h5::Handle f(H5Fopen(b.shard.c_str(), H5F_ACC_RDWR, H5P_DEFAULT));
+    ASSERT_GE(H5Ldelete(f, "segment_ids", H5P_DEFAULT), 0);
+    hsize_t dims[2] = {90, kSeq};
+    h5::Handle space(H5Screate_simple(2, dims, nullptr));
+    h5::Handle ds(H5Dcreate2(f, "segment_ids", H5T_STD_I32LE, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+    ASSERT_TRUE(ds.valid());
+  }
+  expect_mentions(construction_error(b.options()), {b.shard, "segment_ids", "int32", "uint8"});
+}
+
+TEST(ShardErrors, WrongShape) {
+  Broken b;
+  std::ifstream in(b.dir + "/manifest.json");
+  nlohmann::json m = nlohmann::json::parse(in);
+  m["shards"][1]["rows"] = 91;
+  m["total_rows"] = 271;
+  std::ofstream(b.dir + "/manifest.json", std::ios::trunc) << m.dump();
+  expect_mentions(construction_error(b.options()), {b.shard, "input_ids", "[90, 32]", "[91, 32]"});
+}
+
+TEST(ShardErrors, VocabularyMismatch) {
+  Broken b;
+  std::vector<std::string> tokens = b.vocab.tokens();
+  tokens.push_back("another");
+  text::Vocab::from_tokens(tokens).save(b.tmp / "other-vocab.txt");
+  LoaderOptions o = b.options();
+  o.vocab_path = b.tmp / "other-vocab.txt";
+  expect_mentions(construction_error(o), {"other-vocab.txt", "vocabulary mismatch", "manifest.json"});
+  // A shard written with another vocabulary than the manifest's.
+  {
+    h5::Handle f(H5Fopen(b.shard.c_str(), H5F_ACC_RDWR, H5P_DEFAULT));
+    h5::write_attribute_u64(f, "vocab_hash", 12345);
+  }
+  expect_mentions(construction_error(b.options()), {b.shard, "vocab_hash", "12345"});
+}
+
+TEST(ShardErrors, ChecksumMismatchWhenVerifying) {
+  Broken b;
+  {
+    std::fstream f(b.shard, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(fs::file_size(b.shard) / 2));
+    char c = 0;
+    f.read(&c, 1);
+    c = static_cast<char>(c ^ 0x5a);
+    f.seekp(static_cast<std::streamoff>(fs::file_size(b.shard) / 2));
+    f.write(&c, 1);
+  }
+  LoaderOptions o = b.options();
+  o.verify_checksums = true;
+  expect_mentions(construction_error(o), {b.shard, "CRC-32"});
+}
+
+TEST(ShardErrors, BadRowFailsNextWithFileAndDataset) {
+  Broken b;
+  {
+    h5::Handle f(H5Fopen(b.shard.c_str(), H5F_ACC_RDWR, H5P_DEFAULT));
+    h5::Handle ds(H5Dopen2(f, "lengths", H5P_DEFAULT));
+    h5::Handle space(H5Dget_space(ds));
+    hsize_t start = 5, count = 1;
+    H5Sselect_hyperslab(space, H5S_SELECT_SET, &start, nullptr, &count, nullptr);
+    h5::Handle mem(H5Screate_simple(1, &count, nullptr));
+    const uint16_t bad = 999;
+    ASSERT_GE(H5Dwrite(ds, H5T_NATIVE_UINT16, mem, space, H5P_DEFAULT, &bad), 0);
+  }
+  LoaderOptions o = b.options();
+  o.global_batch_size = 270;
+  Loader loader(o);  // shapes and attributes are fine: validation passes
+  try {
+    loader.next();
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    expect_mentions(e.what(), {b.shard, "lengths", "999"});
+  }
+  EXPECT_THROW(loader.next(), Error);  // stays failed
+}
+
+}  // namespace
+}  // namespace electra::data
