@@ -43,6 +43,15 @@ void drop_lines_after(const std::filesystem::path& path, int64_t resume_step) {
   write_file_atomically(path, kept);
 }
 
+bool ends_in_torn_line(const std::filesystem::path& path) {
+  std::ifstream in(path, std::ios::binary | std::ios::ate);
+  if (!in || in.tellg() <= 0) return false;
+  in.seekg(-1, std::ios::end);
+  char last = '\n';
+  in.get(last);
+  return last != '\n';
+}
+
 }  // namespace
 
 nlohmann::json StepMetrics::to_json() const {
@@ -73,7 +82,11 @@ std::vector<std::pair<std::string, double>> StepMetrics::scalars() const {
 MetricsWriter::MetricsWriter(const std::filesystem::path& run_dir, std::optional<int64_t> resume_step)
     : path_(run_dir / "metrics.jsonl") {
   std::filesystem::create_directories(run_dir);
-  if (resume_step) drop_lines_after(path_, *resume_step);
+  if (resume_step) {
+    drop_lines_after(path_, *resume_step);
+  } else if (ends_in_torn_line(path_)) {
+    drop_lines_after(path_, std::numeric_limits<int64_t>::max());  // else the next line would be glued on
+  }
   fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
   if (fd_ < 0) fail("cannot open ", path_.string(), " for appending: ", std::strerror(errno));
 }

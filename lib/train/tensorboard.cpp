@@ -93,7 +93,7 @@ std::string encode_session_start_event(double wall_time, int64_t step) {
   std::string event;
   put_double(event, 1, wall_time);
   put_int64(event, 2, step);
-  put_bytes(event, 6, session_log);
+  put_bytes(event, 7, session_log);
   return event;
 }
 

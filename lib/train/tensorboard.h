@@ -22,7 +22,7 @@ std::string encode_record(std::string_view data);
 std::string encode_file_version_event(double wall_time);
 // Event{wall_time, step = 2, summary = 5 {value = 1 repeated {tag = 1, simple_value = 2 (float)}}}.
 std::string encode_scalars_event(double wall_time, int64_t step, std::span<const std::pair<std::string, float>> values);
-// Event{wall_time, step, session_log = 6 {status = 1: START}}: TensorBoard drops the events of this run
+// Event{wall_time, step, session_log = 7 {status = 1: START}}: TensorBoard drops the events of this run
 // directory with a step >= `step` read before it (the steps a crashed run logged after its checkpoint).
 std::string encode_session_start_event(double wall_time, int64_t step);
 }  // namespace tfevents
