@@ -1,4 +1,6 @@
 // electra-train: data-parallel ELECTRA pre-training under mpirun or srun (see README: exit codes).
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
 #include <filesystem>
 #include <iostream>
@@ -50,6 +52,10 @@ int main(int argc, char** argv) {
                            .string();
   }
   electra::log::init(log_options);
+  char host[256] = {};
+  gethostname(host, sizeof(host) - 1);
+  ELECTRA_LOG(info) << "rank " << comm.rank() << " of " << comm.world_size() << " (local " << comm.local_rank()
+                    << ") on " << host << ", pid " << getpid();
   const int code = electra::dist::run_rank_main(comm, [&] { return electra::train::run_training(comm, options); });
   electra::log::shutdown();
   return code;

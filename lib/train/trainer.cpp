@@ -77,6 +77,15 @@ double measure_gemm_gflops(Backend<float>& backend) {
   return best;
 }
 
+// FNV-1a over the parameter bytes: equal on every rank exactly when the parameters are bitwise equal.
+int64_t parameter_fingerprint(const ElectraPretrainer<float>& model) {
+  const std::vector<float> host = model.parameters_to_host();
+  const auto* bytes = reinterpret_cast<const unsigned char*>(host.data());
+  uint64_t hash = 1469598103934665603ull;
+  for (size_t i = 0; i < host.size() * sizeof(float); ++i) hash = (hash ^ bytes[i]) * 1099511628211ull;
+  return static_cast<int64_t>(hash >> 1);
+}
+
 TensorLayout checkpoint_layout(const ParameterLayout& layout) {
   TensorLayout out;
   out.reserve(layout.views().size());
@@ -189,6 +198,7 @@ class Trainer {
  private:
   void resume_from(const fs::path& path);
   void save_checkpoint();
+  void check_parameters_agree(const char* when);
   bool train_step(double* metrics);
   void log_step(const double* metrics, double step_seconds, double lr, double grad_norm);
 
@@ -351,8 +361,19 @@ void Trainer::resume_from(const fs::path& path) {
                     << (has_moments ? "" : " (no optimizer moments in the file: they start at zero)");
 }
 
+void Trainer::check_parameters_agree(const char* when) {
+  const int64_t fingerprint = parameter_fingerprint(*model_);
+  if (comm_.allreduce_max(fingerprint) != comm_.allreduce_min(fingerprint)) {
+    fail("ranks hold different parameters ", when, " (step ", step_, ", fingerprint ", fingerprint, " on rank ",
+         comm_.rank(), ")");
+  }
+}
+
 void Trainer::save_checkpoint() {
   if (last_checkpoint_step_ == step_) return;
+  // Data parallelism is only right while every rank holds the same weights; a checkpoint is the moment
+  // to prove it (one allreduce of a hash).
+  check_parameters_agree("at a checkpoint");
   // Loader state is global and identical on every rank, so rank 0 writes it alone.
   if (comm_.is_root()) {
     const size_t n = model_->layout().total_size();
@@ -502,14 +523,7 @@ int Trainer::train() {
                       << std::setprecision(1) << peak_gflops_ << " GFLOP/s per rank";
   }
 
-  // Identical start on every rank: a checksum of the parameters must agree.
-  {
-    const size_t n = model_->layout().total_size();
-    const double checksum = backend_->sum_squares(model_->parameters(), n);
-    if (comm_.allreduce_max(checksum) != comm_.allreduce_min(checksum)) {
-      fail("ranks start from different parameters (checksum ", checksum, " on rank ", comm_.rank(), ")");
-    }
-  }
+  check_parameters_agree("at start");
 
   dist::GradientReducerOptions reduce_options;
   reduce_options.op = dist::ReduceOp::kSum;  // losses are already normalised by global counts
