@@ -2,8 +2,10 @@
 
 #include <chrono>
 #include <climits>
+#include <exception>
 
 #include "lib/core/error.h"
+#include "lib/core/log.h"
 
 namespace electra::dist {
 namespace {
@@ -31,8 +33,17 @@ GradientReducer::GradientReducer(const Communicator& comm, std::span<float> buff
 }
 
 GradientReducer::~GradientReducer() {
-  // A step abandoned by an exception: the job is being aborted anyway, but do not leave MPI writing
-  // into a buffer that may be freed next. Completing is the only safe option for collectives.
+  size_t in_flight = 0;
+  for (const MPI_Request& request : requests_) in_flight += request != MPI_REQUEST_NULL;
+  if (in_flight == 0) return;
+  if (std::uncaught_exceptions() > 0) {
+    // Unwinding towards run_rank_main's abort: waiting could hang if the other ranks never issue the
+    // matching collectives, and requests of collectives cannot be cancelled. Leave them to MPI_Abort.
+    ELECTRA_LOG(error) << "GradientReducer destroyed by an exception with " << in_flight
+                       << " reductions in flight; the job must be aborted";
+    return;
+  }
+  // A step abandoned without an error: complete it, so MPI never writes into a freed buffer.
   for (MPI_Request& request : requests_) {
     if (request != MPI_REQUEST_NULL) MPI_Wait(&request, MPI_STATUS_IGNORE);
   }

@@ -2,15 +2,18 @@
 //   ok                 every rank meets in a barrier and exits 0
 //   throw <rank>       <rank> throws inside run_rank_main while the others wait in a barrier
 //   watchdog <rank>    <rank> stops heartbeating (a hung step) while the others wait in a barrier
+//   throw_reducing <rank>  <rank> throws with a bucket reduction in flight that no other rank matches
 #include <chrono>
 #include <cstdlib>
 #include <iostream>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include "lib/core/error.h"
 #include "lib/core/log.h"
 #include "lib/dist/communicator.h"
+#include "lib/dist/gradient_reducer.h"
 #include "lib/dist/rank_main.h"
 #include "lib/dist/watchdog.h"
 
@@ -39,6 +42,17 @@ int main(int argc, char** argv) {
       comm.barrier();  // never completes: the target rank does not arrive
       return 0;
     }
+    if (mode == "throw_reducing") {
+      std::vector<float> grads(4000, 1.0f);
+      dist::GradientReducer reducer(comm, grads, {.bucket_bytes = 1000 * sizeof(float)});
+      if (comm.rank() == target) {
+        reducer.begin();
+        reducer.mark_ready(3000, 1000);  // launches the last bucket: the others never will
+        fail("injected failure on rank ", comm.rank(), " during backward");
+      }
+      comm.barrier();
+      return 0;
+    }
     if (mode == "watchdog") {
       // Only the hung rank has a short timeout, so the message must come from it.
       dist::Watchdog watchdog(comm.rank() == target ? 1.0 : 60.0, comm.rank(), dist::Watchdog::abort_action(comm));
@@ -47,6 +61,6 @@ int main(int argc, char** argv) {
       comm.barrier();
       return 0;
     }
-    fail("usage: dist_abort_helper ok | throw <rank> | watchdog <rank>");
+    fail("usage: dist_abort_helper ok | throw <rank> | throw_reducing <rank> | watchdog <rank>");
   });
 }
