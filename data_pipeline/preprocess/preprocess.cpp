@@ -273,7 +273,7 @@ RankResult preprocess_rank(const PreprocessOptions& options, const text::Vocab& 
           done = builder.add_sentence(tokens, example);
         }
         if (done) emit();
-        if (options.progress_interval_s > 0 &&
+        if (options.progress_interval_s > 0 && (result.stats.lines & 1023) == 0 &&
             std::chrono::duration<double>(Clock::now() - last_report).count() >= options.progress_interval_s) {
           last_report = Clock::now();
           report(false);
