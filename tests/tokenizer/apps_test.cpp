@@ -1,0 +1,125 @@
+// The programs: electra-vocab writes a vocabulary of the requested size atomically; electra-tokenize
+// prints one line per input line, the same ids as the library, and names lines with invalid UTF-8.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+
+#include "data_pipeline/tokenizer/bert_tokenizer.h"
+#include "tests/tokenizer/edge_lines.h"
+#include "tests/tokenizer/test_util.h"
+
+namespace electra::text {
+namespace {
+
+using testing::shell_quote;
+using testing::TempDir;
+
+// "caf ##e" -> "cafe"
+std::string merge_pieces(std::string s) {
+  for (size_t at; (at = s.find(" ##")) != std::string::npos;) s.erase(at, 3);
+  return s;
+}
+
+std::string bin(const std::string& name) { return testing::build_dir() + "/bin/" + name; }
+
+class Apps : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    for (const char* name : {"electra-vocab", "electra-tokenize"}) {
+      ASSERT_TRUE(std::filesystem::exists(bin(name))) << bin(name) << " is not built";
+    }
+    // A small corpus spread over a nested directory.
+    std::filesystem::create_directories(dir_.path() / "corpus" / "sub");
+    std::string a, b;
+    for (int i = 0; i < 300; ++i) {
+      a += "The quick brown fox jumps over the lazy dog number ";
+      a += std::to_string(i);
+      a += ".\n";
+      b += "Caf\u00e9 na\u00efve r\u00e9sum\u00e9 \u4e2d\u6587 tokenization, unaffable playing played plays!\n";
+    }
+    testing::write_file(dir_.file("corpus/a.txt"), a);
+    testing::write_file(dir_.file("corpus/sub/b.txt"), b + testing::join_lines(testing::edge_lines()));
+  }
+  TempDir dir_;
+};
+
+TEST_F(Apps, VocabTrainerWritesTheRequestedSize) {
+  const std::string out = dir_.file("vocab.txt");
+  ASSERT_EQ(testing::run(shell_quote(bin("electra-vocab")) + " --input " + shell_quote(dir_.file("corpus")) +
+                         " --vocab-size 150 --min-frequency 1 --output " + shell_quote(out) + " 2>" +
+                         shell_quote(dir_.file("log.txt"))),
+            0);
+  const Vocab v = Vocab::load(out);
+  EXPECT_EQ(v.size(), 150u);
+  EXPECT_EQ(v.mask_id(), 4);
+  const std::string log = testing::read_file(dir_.file("log.txt"));
+  EXPECT_NE(log.find("MB/s"), std::string::npos) << log;
+  for (const auto& entry : std::filesystem::directory_iterator(dir_.path())) {
+    EXPECT_EQ(entry.path().string().find(".tmp"), std::string::npos) << entry.path();
+  }
+}
+
+TEST_F(Apps, VocabTrainerFailsOnMissingInput) {
+  const std::string out = dir_.file("vocab.txt");
+  const std::string err = dir_.file("err.txt");
+  EXPECT_NE(testing::run(shell_quote(bin("electra-vocab")) + " --input " + shell_quote(dir_.file("nope")) +
+                         " --vocab-size 100 --output " + shell_quote(out) + " 2>" + shell_quote(err)),
+            0);
+  EXPECT_NE(testing::read_file(err).find("nope"), std::string::npos);
+  EXPECT_FALSE(std::filesystem::exists(out));
+}
+
+TEST_F(Apps, TokenizePrintsOneLinePerInputLine) {
+  const std::string vocab_path = dir_.file("vocab.txt");
+  ASSERT_EQ(testing::run(shell_quote(bin("electra-vocab")) + " --input " + shell_quote(dir_.file("corpus")) +
+                         " --vocab-size 200 --min-frequency 1 --output " + shell_quote(vocab_path) + " 2>/dev/null"),
+            0);
+  // Line 3 has invalid UTF-8, line 2 is empty, the last line has no '\n'.
+  const std::vector<std::string> lines = {"The lazy fox.", "", "Caf\xc3\xa9 \xff na\xc3\xafve", "\u4e2d\u6587 unaffable"};
+  const std::string input = dir_.file("in.txt");
+  testing::write_file(input, lines[0] + "\n" + lines[1] + "\n" + lines[2] + "\n" + lines[3]);
+  const std::string ids_out = dir_.file("ids.txt"), tok_out = dir_.file("tokens.txt"), err = dir_.file("err.txt");
+  ASSERT_EQ(testing::run(shell_quote(bin("electra-tokenize")) + " --vocab " + shell_quote(vocab_path) + " < " +
+                         shell_quote(input) + " > " + shell_quote(ids_out) + " 2>" + shell_quote(err)),
+            0);
+  ASSERT_EQ(testing::run(shell_quote(bin("electra-tokenize")) + " --vocab " + shell_quote(vocab_path) +
+                         " --tokens --input " + shell_quote(input) + " > " + shell_quote(tok_out) + " 2>/dev/null"),
+            0);
+  const std::string warnings = testing::read_file(err);
+  EXPECT_NE(warnings.find("stdin:3"), std::string::npos) << warnings;
+  EXPECT_EQ(warnings.find("stdin:1"), std::string::npos) << warnings;
+
+  const Vocab vocab = Vocab::load(vocab_path);
+  const BertTokenizer tok(vocab, TokenizerOptions{});
+  std::vector<std::string> expected_ids, expected_tokens;
+  for (const auto& line : lines) {
+    std::string ids, pieces;
+    for (int32_t id : tok.encode(line)) {
+      if (!ids.empty()) ids += ' ';
+      ids += std::to_string(id);
+      if (!pieces.empty()) pieces += ' ';
+      pieces += vocab.token(id);
+    }
+    expected_ids.push_back(ids);
+    expected_tokens.push_back(pieces);
+  }
+  EXPECT_EQ(testing::split_lines(testing::read_file(ids_out)), expected_ids);
+  EXPECT_EQ(testing::split_lines(testing::read_file(tok_out)), expected_tokens);
+  EXPECT_EQ(merge_pieces(expected_tokens[2]), "cafe naive");
+}
+
+TEST_F(Apps, TokenizeCasedKeepsCase) {
+  const std::string vocab_path = dir_.file("vocab.txt");
+  ASSERT_EQ(testing::run(shell_quote(bin("electra-vocab")) + " --input " + shell_quote(dir_.file("corpus")) +
+                         " --vocab-size 200 --min-frequency 1 --no-lower-case --output " + shell_quote(vocab_path) +
+                         " 2>/dev/null"),
+            0);
+  const std::string out = dir_.file("out.txt");
+  ASSERT_EQ(testing::run("printf 'Caf\\303\\251 The\\n' | " + shell_quote(bin("electra-tokenize")) + " --vocab " +
+                         shell_quote(vocab_path) + " --no-lower-case --tokens > " + shell_quote(out)),
+            0);
+  EXPECT_EQ(merge_pieces(testing::read_file(out)), "Caf\u00e9 The\n");
+}
+
+}  // namespace
+}  // namespace electra::text
