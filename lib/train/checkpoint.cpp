@@ -86,6 +86,16 @@ void check_status(herr_t status, const std::filesystem::path& path, const std::s
   if (status < 0) fail("checkpoint ", path.string(), ": ", what, hdf5_reason());
 }
 
+// File access without HDF5's flock(): one writer per file (temporary name + rename) makes it
+// unnecessary, and on parallel file systems without flock support it makes every open fail.
+Handle file_access(const std::filesystem::path& path) {
+  Handle fapl = checked(H5Pcreate(H5P_FILE_ACCESS), H5Pclose, path, "H5Pcreate");
+#if H5_VERSION_GE(1, 10, 7)
+  check_status(H5Pset_file_locking(fapl.get(), false, true), path, "H5Pset_file_locking");
+#endif
+  return fapl;
+}
+
 // ---- writing ----
 
 void write_string_attribute(hid_t object, const char* name, const std::string& value, const std::filesystem::path& path) {
@@ -279,7 +289,7 @@ void write_checkpoint(const std::filesystem::path& path, const CheckpointContent
   QuietErrors quiet;
   const std::filesystem::path temp = temp_path_for(path);
   {
-    Handle file = checked(H5Fcreate(temp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), H5Fclose, temp,
+    Handle file = checked(H5Fcreate(temp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, file_access(temp).get()), H5Fclose, temp,
                           "cannot create the file");
     write_string_attribute(file.get(), "format", kFormat, temp);
     write_scalar_attribute(file.get(), "format_version", H5T_NATIVE_INT32, int32_t{kCheckpointFormatVersion}, temp);
@@ -315,7 +325,7 @@ CheckpointFile CheckpointFile::open(const std::filesystem::path& path) {
   if (!std::filesystem::is_regular_file(path)) fail("checkpoint ", path.string(), ": no such file");
   CheckpointFile result;  // closes the file if a check below throws
   result.path_ = path;
-  result.file_ = checked(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose, path,
+  result.file_ = checked(H5Fopen(path.c_str(), H5F_ACC_RDONLY, file_access(path).get()), H5Fclose, path,
                          "cannot open as HDF5 (truncated, corrupt or not HDF5)")
                      .release();
   const hid_t id = result.file_;
