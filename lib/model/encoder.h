@@ -1,0 +1,43 @@
+// One ELECTRA encoder network (generator or discriminator): embeddings (+ projection) followed by
+// num_layers transformer layers. Activations are planned once per (B, S) and reused.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "lib/model/config.h"
+#include "lib/model/embeddings.h"
+#include "lib/model/transformer_layer.h"
+
+namespace electra {
+
+template <typename T>
+class Encoder {
+ public:
+  // `network` selects the dropout lanes (generator and discriminator never share a mask).
+  Encoder(const EncoderConfig& config, const EncoderSlots& slots, Network network);
+
+  void plan(Backend<T>& be, int B, int S);
+  int planned_rows() const { return B_; }
+  int planned_seq() const { return S_; }
+
+  // ids, type_ids, mask: device [B,S] ints, valid until backward. Output [B*S, hidden].
+  void forward(Backend<T>& be, const T* params, const int32_t* ids, const int32_t* type_ids, const int32_t* mask,
+               const DropoutContext& dropout);
+  const T* output() const;
+
+  // dout [B*S, hidden] (not modified): accumulates the gradients of every layer and the embeddings.
+  void backward(Backend<T>& be, const T* params, T* grads, const T* dout);
+
+  const EncoderConfig& config() const { return config_; }
+
+ private:
+  EncoderConfig config_;
+  Embeddings<T> embeddings_;
+  std::vector<TransformerLayer<T>> layers_;
+  LayerScratch<T> scratch_;
+  DeviceBuffer<T> grad_a_, grad_b_;  // [B*S, hidden] gradients flowing between layers
+  int B_ = 0, S_ = 0;
+};
+
+}  // namespace electra

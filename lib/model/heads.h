@@ -1,0 +1,81 @@
+// The pre-training heads on top of the encoders.
+//  MlmHead (generator, HF ElectraGeneratorPredictions + generator_lm_head, TF Model Garden MaskedLM):
+//    h = LayerNorm(act(gather(x, positions) Wd^T + bd)); logits = h word_embeddings^T + lm_bias.
+//  ClassificationHead (generator sentence head, TF Model Garden ClassificationHead):
+//    logits = tanh(x[:, 0] Wd^T + bd) Wo^T + bo.
+//  DiscriminatorHead (HF ElectraDiscriminatorPredictions): logit = act(x Wd^T + bd) Wp^T + bp.
+// Each keeps pointers to its inputs for backward; backward accumulates parameter gradients.
+#pragma once
+
+#include <cstdint>
+
+#include "lib/model/device_buffer.h"
+#include "lib/model/parameter_layout.h"
+
+namespace electra {
+
+template <typename T>
+class MlmHead {
+ public:
+  // hidden = generator width, E = embedding width (the tied table's).
+  MlmHead(const MlmHeadSlots& slots, int hidden, int embedding_size, Activation act, float layer_norm_eps);
+  void plan(Backend<T>& be, int B, int S, int P);
+  // x [B,S,hidden]; positions device [B,P] in [0,S). logits [B*P, V].
+  void forward(Backend<T>& be, const T* params, const T* x, const int32_t* positions);
+  const T* logits() const { return logits_.data(); }
+  T* logits() { return logits_.data(); }
+  // dlogits [B*P, V]; dx [B,S,hidden] is ACCUMULATED (scatter-add at the positions).
+  void backward(Backend<T>& be, const T* params, T* grads, const T* dlogits, T* dx);
+
+ private:
+  MlmHeadSlots slots_;
+  int hidden_, E_;
+  Activation act_;
+  T eps_;
+  int B_ = 0, S_ = 0, P_ = 0;
+  const int32_t* positions_ = nullptr;
+  DeviceBuffer<T> gathered_, pre_, act_out_, normed_, mean_, rstd_, logits_;
+  DeviceBuffer<T> d_normed_, d_act_, d_pre_, d_gathered_;
+};
+
+template <typename T>
+class ClassificationHead {
+ public:
+  ClassificationHead(const ClassificationHeadSlots& slots, int hidden, int num_classes);
+  void plan(Backend<T>& be, int B, int S);
+  // x [B,S,hidden]; uses position 0 ([CLS]). logits [B, num_classes].
+  void forward(Backend<T>& be, const T* params, const T* x);
+  const T* logits() const { return logits_.data(); }
+  // dlogits [B, num_classes]; dx [B,S,hidden] ACCUMULATED at position 0.
+  void backward(Backend<T>& be, const T* params, T* grads, const T* dlogits, T* dx);
+
+ private:
+  ClassificationHeadSlots slots_;
+  int hidden_, classes_;
+  int B_ = 0, S_ = 0;
+  bool ran_ = false;
+  DeviceBuffer<T, int32_t> zeros_;  // [B] position 0 of every row
+  DeviceBuffer<T> cls_, pre_, pooled_, logits_, d_pooled_, d_pre_, d_cls_;
+};
+
+template <typename T>
+class DiscriminatorHead {
+ public:
+  DiscriminatorHead(const DiscriminatorHeadSlots& slots, int hidden, Activation act);
+  void plan(Backend<T>& be, int rows);
+  // x [rows, hidden] (kept by pointer). logits [rows].
+  void forward(Backend<T>& be, const T* params, const T* x);
+  const T* logits() const { return logits_.data(); }
+  // dlogits [rows]; dx [rows, hidden] OVERWRITTEN.
+  void backward(Backend<T>& be, const T* params, T* grads, const T* dlogits, T* dx);
+
+ private:
+  DiscriminatorHeadSlots slots_;
+  int hidden_;
+  Activation act_;
+  int rows_ = 0;
+  const T* x_ = nullptr;
+  DeviceBuffer<T> pre_, act_out_, logits_, d_act_, d_pre_;
+};
+
+}  // namespace electra

@@ -1,0 +1,442 @@
+// The whole ELECTRA pre-training step, readable top to bottom: forward() then backward().
+#include "lib/model/pretrainer.h"
+
+#include <algorithm>
+#include <cmath>
+#include <numbers>
+
+#include "lib/core/error.h"
+#include "lib/core/philox.h"
+#include "lib/model/encoder.h"
+#include "lib/model/heads.h"
+
+namespace electra {
+
+namespace {
+
+constexpr double kLossEps = 1e-6;  // as google-research/electra: sum / (count + 1e-6)
+constexpr size_t kMaxPlans = 3;    // activation plans kept (training shape, eval shape, a last partial batch)
+
+uint32_t fnv1a(const std::string& s) {
+  uint32_t h = 2166136261u;
+  for (unsigned char c : s) {
+    h ^= c;
+    h *= 16777619u;
+  }
+  return h;
+}
+
+// Standard normal redrawn until |z| <= 2 (TF's truncated_normal), from Box-Muller on Philox uniforms.
+double truncated_normal(PhiloxSequence& rng) {
+  while (true) {
+    const double u1 = rng.next_uniform_open(), u2 = rng.next_uniform_open();
+    const double z = std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * std::numbers::pi * u2);
+    if (std::abs(z) <= 2.0) return z;
+  }
+}
+
+}  // namespace
+
+std::string generator_hf_name(const std::string& name) {
+  auto starts = [&](const char* prefix) { return name.rfind(prefix, 0) == 0; };
+  if (starts("generator.")) return "electra." + name.substr(10);
+  if (starts("electra.embeddings.") || starts("generator_predictions.") || starts("generator_lm_head.")) return name;
+  return "";
+}
+
+// Everything one (B, S, P) shape needs: the networks' activations, device copies of the batch, the loss
+// buffers and host staging vectors. Allocated once per shape.
+template <typename T>
+struct ElectraPretrainer<T>::Plan {
+  int B, S, P;
+  Encoder<T> generator, discriminator;
+  MlmHead<T> mlm;
+  ClassificationHead<T> sentence;
+  DiscriminatorHead<T> disc_head;
+  DeviceBuffer<T, int32_t> ids, type_ids, mask, positions, mlm_labels, samples, mlm_argmax, corrupted, disc_label,
+      nsp_labels, nsp_argmax;
+  DeviceBuffer<T> mlm_scale, mlm_loss, d_mlm_logits, lm_outputs, disc_scale, disc_loss, d_disc_logits, nsp_scale,
+      nsp_loss, d_nsp_logits, d_gen_seq, d_disc_seq;
+  bool has_sentence = false;
+  bool ran = false;
+  // Host staging, sized once.
+  std::vector<int32_t> h_original, h_mlm_argmax, h_nsp_argmax;
+  std::vector<T> h_mlm_scale, h_mlm_loss, h_disc_scale, h_disc_loss, h_nsp_scale, h_nsp_loss, h_nsp_logits;
+
+  Plan(ElectraPretrainer& m, int B_, int S_, int P_)
+      : B(B_), S(S_), P(P_),
+        generator(m.config_.generator, m.layout_.slots.generator, Network::kGenerator),
+        discriminator(m.config_.discriminator, m.layout_.slots.discriminator, Network::kDiscriminator),
+        mlm(m.layout_.slots.mlm_head, m.config_.generator.hidden_size, m.config_.embedding_size(),
+            m.config_.mlm_activation, m.config_.generator.layer_norm_eps),
+        sentence(m.layout_.slots.classification_head, m.config_.generator.hidden_size, m.config_.num_classes),
+        disc_head(m.layout_.slots.discriminator_head, m.config_.discriminator.hidden_size, m.config_.mlm_activation) {
+    Backend<T>& be = m.backend_;
+    const size_t N = static_cast<size_t>(B) * S, M = static_cast<size_t>(B) * P;
+    const size_t V = m.config_.vocab_size, C = m.config_.num_classes;
+    generator.plan(be, B, S);
+    discriminator.plan(be, B, S);
+    mlm.plan(be, B, S, P);
+    sentence.plan(be, B, S);
+    disc_head.plan(be, static_cast<int>(N));
+    for (auto* b : {&ids, &type_ids, &mask, &corrupted, &disc_label}) b->reset(be, N);
+    for (auto* b : {&positions, &mlm_labels, &samples, &mlm_argmax}) b->reset(be, M);
+    nsp_labels.reset(be, B);
+    nsp_argmax.reset(be, B);
+    mlm_scale.reset(be, M);
+    mlm_loss.reset(be, M);
+    d_mlm_logits.reset(be, M * V);
+    if (m.config_.output_type == OutputType::kPredictions) lm_outputs.reset(be, M * V);
+    disc_scale.reset(be, N);
+    disc_loss.reset(be, N);
+    d_disc_logits.reset(be, N);
+    nsp_scale.reset(be, B);
+    nsp_loss.reset(be, B);
+    d_nsp_logits.reset(be, B * C);
+    d_gen_seq.reset(be, N * m.config_.generator.hidden_size);
+    d_disc_seq.reset(be, N * m.config_.discriminator.hidden_size);
+    h_original.resize(N);
+    h_mlm_argmax.resize(M);
+    h_nsp_argmax.resize(B);
+    h_mlm_scale.resize(M);
+    h_mlm_loss.resize(M);
+    h_disc_scale.resize(N);
+    h_disc_loss.resize(N);
+    h_nsp_scale.resize(B);
+    h_nsp_loss.resize(B);
+    h_nsp_logits.resize(B * C);
+  }
+};
+
+template <typename T>
+ElectraPretrainer<T>::ElectraPretrainer(const PretrainerConfig& config, Backend<T>& backend)
+    : config_(config), backend_(backend), layout_(build_pretrainer_layout(config)) {
+  const size_t n = layout_.layout.total_size();
+  params_.reset(backend_, n);
+  grads_.reset(backend_, n);
+  backend_.fill(params_.data(), n, T(0));
+  backend_.fill(grads_.data(), n, T(0));
+}
+
+template <typename T>
+ElectraPretrainer<T>::~ElectraPretrainer() = default;
+
+template <typename T>
+void ElectraPretrainer<T>::init_parameters(uint64_t seed) {
+  std::vector<T> host;
+  for (const ParameterView& v : layout_.layout.views()) {
+    host.assign(v.size, T(0));
+    PhiloxSequence rng(seed, RandomPurpose::kInit, 0, 0, fnv1a(v.name));
+    switch (v.init) {
+      case ParamInit::kZeros: break;
+      case ParamInit::kOnes: std::fill(host.begin(), host.end(), T(1)); break;
+      case ParamInit::kEncoder: {
+        const double stddev = config_.discriminator.initializer_range;
+        for (T& x : host) x = static_cast<T>(stddev * truncated_normal(rng));
+        break;
+      }
+      case ParamInit::kHead: {
+        if (config_.mlm_initializer == MlmInitializer::kTruncatedNormal) {
+          const double stddev = config_.mlm_initializer_stddev;
+          for (T& x : host) x = static_cast<T>(stddev * truncated_normal(rng));
+        } else {
+          // Glorot uniform on a [out, in] weight.
+          const double fan_out = v.shape.at(0), fan_in = v.shape.size() > 1 ? v.shape[1] : 1;
+          const double limit = std::sqrt(6.0 / (fan_in + fan_out));
+          for (T& x : host) x = static_cast<T>((2.0 * rng.next_uniform_open() - 1.0) * limit);
+        }
+        break;
+      }
+    }
+    backend_.copy_from_host(params_.data() + v.offset, host.data(), v.size);
+  }
+}
+
+template <typename T>
+void ElectraPretrainer<T>::zero_gradients() {
+  backend_.fill(grads_.data(), grads_.size(), T(0));
+}
+
+template <typename T>
+std::vector<T> ElectraPretrainer<T>::parameters_to_host() const {
+  std::vector<T> host(params_.size());
+  backend_.copy_to_host(host.data(), params_.data(), host.size());
+  return host;
+}
+
+template <typename T>
+void ElectraPretrainer<T>::parameters_from_host(const std::vector<T>& host) {
+  if (host.size() != params_.size()) {
+    fail("parameters_from_host: got ", host.size(), " values, the layout has ", params_.size());
+  }
+  backend_.copy_from_host(params_.data(), host.data(), host.size());
+}
+
+template <typename T>
+std::vector<T> ElectraPretrainer<T>::gradients_to_host() const {
+  std::vector<T> host(grads_.size());
+  backend_.copy_to_host(host.data(), grads_.data(), host.size());
+  return host;
+}
+
+template <typename T>
+std::vector<NamedTensor<T>> ElectraPretrainer<T>::checkpoint_items() {
+  std::vector<NamedTensor<T>> items;
+  items.reserve(layout_.layout.views().size());
+  for (const ParameterView& v : layout_.layout.views()) items.push_back({&v, params_.data() + v.offset});
+  return items;
+}
+
+template <typename T>
+typename ElectraPretrainer<T>::Plan& ElectraPretrainer<T>::plan_for(int B, int S, int P) {
+  for (size_t i = 0; i < plans_.size(); ++i) {
+    if (plans_[i]->B == B && plans_[i]->S == S && plans_[i]->P == P) {
+      std::rotate(plans_.begin(), plans_.begin() + i, plans_.begin() + i + 1);
+      return *plans_.front();
+    }
+  }
+  if (plans_.size() >= kMaxPlans) {
+    if (last_ == plans_.back().get()) last_ = nullptr;
+    plans_.pop_back();
+  }
+  plans_.insert(plans_.begin(), std::make_unique<Plan>(*this, B, S, P));
+  return *plans_.front();
+}
+
+template <typename T>
+void ElectraPretrainer<T>::check_batch(const Batch& b) const {
+  const int B = b.rows, S = b.seq_length, P = b.num_predictions;
+  if (B <= 0 || S <= 0) fail("batch: rows (", B, ") and seq_length (", S, ") must be positive");
+  if (P <= 0) fail("batch: num_predictions must be positive, got ", P);
+  const size_t N = static_cast<size_t>(B) * S, M = static_cast<size_t>(B) * P;
+  auto size_is = [](const char* name, size_t got, size_t want) {
+    if (got != want) fail("batch tensor ", name, " has ", got, " elements, expected ", want);
+  };
+  size_is("input_word_ids", b.input_word_ids.size(), N);
+  size_is("input_mask", b.input_mask.size(), N);
+  size_is("input_type_ids", b.input_type_ids.size(), N);
+  size_is("masked_lm_positions", b.masked_lm_positions.size(), M);
+  size_is("masked_lm_ids", b.masked_lm_ids.size(), M);
+  size_is("masked_lm_weights", b.masked_lm_weights.size(), M);
+  if (!b.next_sentence_labels.empty()) size_is("next_sentence_labels", b.next_sentence_labels.size(), B);
+  const EncoderConfig& e = config_.discriminator;
+  if (S > e.max_position_embeddings) {
+    fail("batch: position id ", S - 1, " >= max_position_embeddings (", e.max_position_embeddings,
+         "): seq_length ", S, " is too long");
+  }
+  const int V = config_.vocab_size;
+  for (size_t i = 0; i < N; ++i) {
+    if (b.input_word_ids[i] < 0 || b.input_word_ids[i] >= V) {
+      fail("batch tensor input_word_ids: id ", b.input_word_ids[i], " at [", i / S, ",", i % S, "] is outside [0, ",
+           V, ")");
+    }
+    if (b.input_type_ids[i] < 0 || b.input_type_ids[i] >= e.type_vocab_size) {
+      fail("batch tensor input_type_ids: id ", b.input_type_ids[i], " at [", i / S, ",", i % S,
+           "] is outside [0, type_vocab_size ", e.type_vocab_size, ")");
+    }
+    if (b.input_mask[i] != 0 && b.input_mask[i] != 1) {
+      fail("batch tensor input_mask: value ", b.input_mask[i], " at [", i / S, ",", i % S, "] is not 0 or 1");
+    }
+  }
+  for (size_t i = 0; i < M; ++i) {
+    if (b.masked_lm_positions[i] < 0 || b.masked_lm_positions[i] >= S) {
+      fail("batch tensor masked_lm_positions: position ", b.masked_lm_positions[i], " at [", i / P, ",", i % P,
+           "] is outside [0, ", S, ")");
+    }
+    if (b.masked_lm_ids[i] < 0 || b.masked_lm_ids[i] >= V) {
+      fail("batch tensor masked_lm_ids: id ", b.masked_lm_ids[i], " at [", i / P, ",", i % P, "] is outside [0, ", V,
+           ")");
+    }
+    if (!(b.masked_lm_weights[i] >= 0.0f) || !std::isfinite(b.masked_lm_weights[i])) {
+      fail("batch tensor masked_lm_weights: weight ", b.masked_lm_weights[i], " at [", i / P, ",", i % P,
+           "] must be finite and >= 0");
+    }
+  }
+  for (size_t i = 0; i < b.next_sentence_labels.size(); ++i) {
+    if (b.next_sentence_labels[i] < 0 || b.next_sentence_labels[i] >= config_.num_classes) {
+      fail("batch tensor next_sentence_labels: label ", b.next_sentence_labels[i], " at [", i,
+           "] is outside [0, num_classes ", config_.num_classes, ")");
+    }
+  }
+}
+
+template <typename T>
+const PretrainerOutputs<T>& ElectraPretrainer<T>::forward(const Batch& batch, const StepContext& ctx) {
+  check_batch(batch);
+  const int B = batch.rows, S = batch.seq_length, P = batch.num_predictions;
+  const int N = B * S, M = B * P, V = config_.vocab_size, NC = config_.num_classes;
+  Plan& plan = plan_for(B, S, P);
+  last_ = &plan;
+  Backend<T>& be = backend_;
+  const T* params = params_.data();
+  PretrainerOutputs<T>& out = outputs_;
+  out.rows = B;
+  out.seq_length = S;
+  out.num_predictions = P;
+  out.num_classes = NC;
+  out.vocab_size = V;
+  PretrainerLosses& L = out.losses;
+  L = PretrainerLosses{};
+
+  be.copy_ints_from_host(plan.ids.data(), batch.input_word_ids.data(), N);
+  be.copy_ints_from_host(plan.type_ids.data(), batch.input_type_ids.data(), N);
+  be.copy_ints_from_host(plan.mask.data(), batch.input_mask.data(), N);
+  be.copy_ints_from_host(plan.positions.data(), batch.masked_lm_positions.data(), M);
+  be.copy_ints_from_host(plan.mlm_labels.data(), batch.masked_lm_ids.data(), M);
+  const DropoutContext dropout{ctx.training, ctx.seed, ctx.step, batch.global_row_offset};
+
+  // Loss denominators: this slice's own sums, or the global ones.
+  for (int i = 0; i < M; ++i) L.mlm_weight_sum += batch.masked_lm_weights[i];
+  for (int i = 0; i < N; ++i) L.disc_token_count += batch.input_mask[i];
+  L.has_sentence = !batch.next_sentence_labels.empty();
+  double mlm_norm = L.mlm_weight_sum, disc_norm = L.disc_token_count, nsp_norm = B;
+  if (ctx.global) {
+    mlm_norm = ctx.global->masked_lm_weight_sum;
+    disc_norm = ctx.global->input_mask_count;
+    nsp_norm = ctx.global->examples;
+    if (L.has_sentence && !(nsp_norm > 0)) fail("forward: GlobalNormalizers.examples must be > 0 with NSP labels");
+  }
+
+  // ---- generator ----
+  plan.generator.forward(be, params, plan.ids.data(), plan.type_ids.data(), plan.mask.data(), dropout);
+  const T* gen_out = plan.generator.output();
+  plan.mlm.forward(be, params, gen_out, plan.positions.data());
+  plan.sentence.forward(be, params, gen_out);
+
+  // MLM loss sum(w * CE) / (sum(w) + 1e-6); its gradient w.r.t. the logits is ready for backward.
+  for (int i = 0; i < M; ++i) {
+    plan.h_mlm_scale[i] = static_cast<T>(batch.masked_lm_weights[i] / (mlm_norm + kLossEps));
+  }
+  be.copy_from_host(plan.mlm_scale.data(), plan.h_mlm_scale.data(), M);
+  be.softmax_cross_entropy(plan.mlm_loss.data(), plan.d_mlm_logits.data(), plan.mlm_argmax.data(), plan.mlm.logits(),
+                           plan.mlm_labels.data(), plan.mlm_scale.data(), M, V);
+
+  // lm_outputs: the logits, or their log-softmax with output_type predictions.
+  const T* lm_outputs = plan.mlm.logits();
+  if (config_.output_type == OutputType::kPredictions) {
+    be.log_softmax(plan.lm_outputs.data(), plan.mlm.logits(), M, V);
+    lm_outputs = plan.lm_outputs.data();
+  }
+
+  // ---- sampling (no gradient): Gumbel-max over lm_outputs (as TF Model Garden) per masked position,
+  // keyed by the global example ----
+  be.gumbel_sample(plan.samples.data(), lm_outputs, config_.disallow_correct ? plan.mlm_labels.data() : nullptr, M, V,
+                   config_.temperature, ctx.seed, ctx.step, batch.global_row_offset, P);
+  out.sampled_ids.resize(M);
+  be.copy_ints_to_host(out.sampled_ids.data(), plan.samples.data(), M);
+
+  // Original ids: the generator input with the masked positions restored; corrupted: the samples there.
+  std::copy(batch.input_word_ids.begin(), batch.input_word_ids.end(), plan.h_original.begin());
+  for (int b = 0; b < B; ++b) {
+    for (int p = 0; p < P; ++p) {
+      const int i = b * P + p;
+      if (batch.masked_lm_weights[i] > 0) plan.h_original[b * S + batch.masked_lm_positions[i]] = batch.masked_lm_ids[i];
+    }
+  }
+  out.corrupted_ids = plan.h_original;
+  for (int b = 0; b < B; ++b) {
+    for (int p = 0; p < P; ++p) {
+      const int i = b * P + p;
+      if (batch.masked_lm_weights[i] > 0) out.corrupted_ids[b * S + batch.masked_lm_positions[i]] = out.sampled_ids[i];
+    }
+  }
+  out.disc_label.resize(N);
+  for (int i = 0; i < N; ++i) {
+    // A sample equal to the original token is real (label 0), as in ELECTRA.
+    out.disc_label[i] = batch.input_mask[i] != 0 && out.corrupted_ids[i] != plan.h_original[i] ? 1 : 0;
+    L.disc_fake_count += out.disc_label[i];
+  }
+  be.copy_ints_from_host(plan.corrupted.data(), out.corrupted_ids.data(), N);
+  be.copy_ints_from_host(plan.disc_label.data(), out.disc_label.data(), N);
+
+  // ---- discriminator ----
+  plan.discriminator.forward(be, params, plan.corrupted.data(), plan.type_ids.data(), plan.mask.data(), dropout);
+  plan.disc_head.forward(be, params, plan.discriminator.output());
+  // RTD loss sum(mask * BCE) / (sum(mask) + 1e-6), weighted by disc_loss_weight in the total.
+  for (int i = 0; i < N; ++i) {
+    plan.h_disc_scale[i] = static_cast<T>(config_.disc_loss_weight * batch.input_mask[i] / (disc_norm + kLossEps));
+  }
+  be.copy_from_host(plan.disc_scale.data(), plan.h_disc_scale.data(), N);
+  be.sigmoid_cross_entropy(plan.disc_loss.data(), plan.d_disc_logits.data(), plan.disc_head.logits(),
+                           plan.disc_label.data(), plan.disc_scale.data(), N);
+
+  // ---- sentence loss (only with NSP labels): mean CE over examples ----
+  if (L.has_sentence) {
+    be.copy_ints_from_host(plan.nsp_labels.data(), batch.next_sentence_labels.data(), B);
+    std::fill(plan.h_nsp_scale.begin(), plan.h_nsp_scale.end(), static_cast<T>(1.0 / nsp_norm));
+    be.copy_from_host(plan.nsp_scale.data(), plan.h_nsp_scale.data(), B);
+    be.softmax_cross_entropy(plan.nsp_loss.data(), plan.d_nsp_logits.data(), plan.nsp_argmax.data(),
+                             plan.sentence.logits(), plan.nsp_labels.data(), plan.nsp_scale.data(), B, NC);
+  }
+  plan.has_sentence = L.has_sentence;
+  plan.ran = true;
+
+  // ---- losses and metrics on the host (double sums in a fixed order) ----
+  be.copy_to_host(plan.h_mlm_loss.data(), plan.mlm_loss.data(), M);
+  be.copy_ints_to_host(plan.h_mlm_argmax.data(), plan.mlm_argmax.data(), M);
+  for (int i = 0; i < M; ++i) {
+    const double w = batch.masked_lm_weights[i];
+    L.mlm_loss_sum += w * static_cast<double>(plan.h_mlm_loss[i]);
+    if (plan.h_mlm_argmax[i] == batch.masked_lm_ids[i]) L.mlm_correct_sum += w;
+  }
+  out.disc_logits.resize(N);
+  be.copy_to_host(out.disc_logits.data(), plan.disc_head.logits(), N);
+  be.copy_to_host(plan.h_disc_loss.data(), plan.disc_loss.data(), N);
+  for (int i = 0; i < N; ++i) {
+    if (batch.input_mask[i] == 0) continue;
+    L.disc_loss_sum += static_cast<double>(plan.h_disc_loss[i]);
+    if ((out.disc_logits[i] > 0) == (out.disc_label[i] == 1)) L.disc_correct_sum += 1.0;
+  }
+  out.sentence_outputs.resize(static_cast<size_t>(B) * NC);
+  be.copy_to_host(out.sentence_outputs.data(), plan.sentence.logits(), out.sentence_outputs.size());
+  if (L.has_sentence) {
+    be.copy_to_host(plan.h_nsp_loss.data(), plan.nsp_loss.data(), B);
+    be.copy_ints_to_host(plan.h_nsp_argmax.data(), plan.nsp_argmax.data(), B);
+    for (int b = 0; b < B; ++b) {
+      L.sentence_loss_sum += static_cast<double>(plan.h_nsp_loss[b]);
+      if (plan.h_nsp_argmax[b] == batch.next_sentence_labels[b]) L.sentence_correct_sum += 1.0;
+    }
+    L.sentence_count = B;
+    L.sentence_loss = L.sentence_loss_sum / nsp_norm;
+    L.sentence_accuracy = L.sentence_correct_sum / B;
+  }
+  L.mlm_loss = L.mlm_loss_sum / (mlm_norm + kLossEps);
+  L.disc_loss = L.disc_loss_sum / (disc_norm + kLossEps);
+  L.total_loss = L.mlm_loss + config_.disc_loss_weight * L.disc_loss + L.sentence_loss;
+  L.mlm_accuracy = L.mlm_weight_sum > 0 ? L.mlm_correct_sum / L.mlm_weight_sum : 0.0;
+  L.disc_accuracy = L.disc_token_count > 0 ? L.disc_correct_sum / L.disc_token_count : 0.0;
+
+  if (ctx.copy_outputs) {
+    out.lm_outputs.resize(static_cast<size_t>(M) * V);
+    be.copy_to_host(out.lm_outputs.data(), lm_outputs, out.lm_outputs.size());
+  } else {
+    out.lm_outputs.clear();
+  }
+  return out;
+}
+
+template <typename T>
+void ElectraPretrainer<T>::backward() {
+  if (last_ == nullptr || !last_->ran) fail("ElectraPretrainer::backward called without a preceding forward");
+  Plan& plan = *last_;
+  Backend<T>& be = backend_;
+  const T* params = params_.data();
+  T* grads = grads_.data();
+
+  // Discriminator: head -> encoder -> (shared) embeddings.
+  plan.disc_head.backward(be, params, grads, plan.d_disc_logits.data(), plan.d_disc_seq.data());
+  plan.discriminator.backward(be, params, grads, plan.d_disc_seq.data());
+
+  // Generator: both heads add into d(sequence output), then encoder -> embeddings. The tied LM head
+  // adds into the word embedding gradient.
+  be.fill(plan.d_gen_seq.data(), plan.d_gen_seq.size(), T(0));
+  plan.mlm.backward(be, params, grads, plan.d_mlm_logits.data(), plan.d_gen_seq.data());
+  if (plan.has_sentence) plan.sentence.backward(be, params, grads, plan.d_nsp_logits.data(), plan.d_gen_seq.data());
+  plan.generator.backward(be, params, grads, plan.d_gen_seq.data());
+  plan.ran = false;  // a second backward would add the same gradient twice
+}
+
+template class ElectraPretrainer<float>;
+template class ElectraPretrainer<double>;
+
+}  // namespace electra

@@ -1,0 +1,155 @@
+// ElectraPretrainer: generator + discriminator with shared embeddings, as TF Model Garden's
+// tfm.nlp.models.ElectraPretrainer, written llm.c style (explicit forward/backward, flat buffers).
+//
+// One step, top to bottom (pretrainer.cpp):
+//   generator encoder over input_word_ids
+//   MLM head at masked_lm_positions -> lm logits [B,P,V]; sentence head on [CLS] -> [B,num_classes]
+//   Gumbel-max samples from the lm logits (no gradient), keyed by (seed, step, global example)
+//   corrupted ids = original ids with the samples at masked positions (weight > 0)
+//   disc_label = input_mask * (corrupted != original)
+//   discriminator encoder over the corrupted ids -> head -> disc_logits [B,S]
+//   loss = mlm + disc_loss_weight * rtd (+ sentence when next_sentence_labels are given)
+// backward() then accumulates d(loss)/d(parameters) into the flat gradient buffer.
+//
+// Memory: parameters and gradients live in two backend buffers of layout().total_size() elements
+// (see parameter_layout.h); activations are allocated once per (rows, seq, predictions) shape and
+// reused. The Backend passed to the constructor must outlive the pretrainer.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "lib/core/batch.h"
+#include "lib/model/config.h"
+#include "lib/model/device_buffer.h"
+#include "lib/model/parameter_layout.h"
+
+namespace electra {
+
+// Global denominators of the losses for one optimizer step. When given, every loss is divided by these
+// (+1e-6) instead of this slice's own sums, so that summing gradients (and losses) over ranks and
+// micro-batches gives exactly the gradient (and loss) of the whole global batch.
+struct GlobalNormalizers {
+  double masked_lm_weight_sum = 0.0;  // sum of masked_lm_weights over the global batch
+  double input_mask_count = 0.0;      // number of input_mask == 1 tokens over the global batch
+  double examples = 0.0;              // examples in the global batch (sentence loss; needed only with NSP labels)
+};
+
+struct StepContext {
+  uint64_t seed = 0;      // run seed: keys dropout and sampling (with step and global example)
+  uint64_t step = 0;      // optimizer step
+  bool training = true;   // dropout on/off
+  std::optional<GlobalNormalizers> global;
+  bool copy_outputs = true;  // copy lm_outputs / sentence_outputs / disc_logits to the host
+};
+
+// Losses, metrics and the raw sums behind them (sums are over this slice; add them over ranks and
+// divide to get exact global metrics).
+struct PretrainerLosses {
+  double mlm_loss = 0.0;       // mlm_loss_sum / (normaliser + 1e-6)
+  double disc_loss = 0.0;      // disc_loss_sum / (normaliser + 1e-6), unweighted
+  double sentence_loss = 0.0;  // sentence_loss_sum / normaliser (0 without NSP labels)
+  double total_loss = 0.0;     // mlm + disc_loss_weight * disc (+ sentence)
+  double mlm_accuracy = 0.0;   // mlm_correct_sum / mlm_weight_sum (local)
+  double disc_accuracy = 0.0;  // disc_correct_sum / disc_token_count (local)
+  double sentence_accuracy = 0.0;
+  bool has_sentence = false;
+
+  double mlm_loss_sum = 0.0;      // sum w * CE
+  double mlm_weight_sum = 0.0;    // sum w
+  double mlm_correct_sum = 0.0;   // sum w * [argmax(logits) == masked_lm_ids]
+  double disc_loss_sum = 0.0;     // sum input_mask * BCE
+  double disc_token_count = 0.0;  // sum input_mask
+  double disc_correct_sum = 0.0;  // sum input_mask * [(logit > 0) == disc_label]
+  double disc_fake_count = 0.0;   // sum disc_label (replaced tokens)
+  double sentence_loss_sum = 0.0;
+  double sentence_correct_sum = 0.0;
+  double sentence_count = 0.0;
+};
+
+// What forward returns, in host memory, row-major.
+template <typename T>
+struct PretrainerOutputs {
+  int rows = 0, seq_length = 0, num_predictions = 0, num_classes = 0, vocab_size = 0;
+  std::vector<T> lm_outputs;          // [B,P,V] logits, or log-probabilities with output_type predictions
+  std::vector<T> sentence_outputs;    // [B,num_classes] logits
+  std::vector<T> disc_logits;         // [B,S]
+  std::vector<int32_t> disc_label;    // [B,S] 1 = replaced token
+  std::vector<int32_t> sampled_ids;   // [B,P] generator samples (also at padded predictions)
+  std::vector<int32_t> corrupted_ids; // [B,S] the discriminator's input
+  PretrainerLosses losses;
+};
+
+// A parameter tensor to save: its layout entry and where its elements are (device memory).
+template <typename T>
+struct NamedTensor {
+  const ParameterView* view = nullptr;
+  T* data = nullptr;
+};
+
+template <typename T>
+class ElectraPretrainer {
+ public:
+  ElectraPretrainer(const PretrainerConfig& config, Backend<T>& backend);
+  ~ElectraPretrainer();
+  ElectraPretrainer(const ElectraPretrainer&) = delete;
+  ElectraPretrainer& operator=(const ElectraPretrainer&) = delete;
+
+  const PretrainerConfig& config() const { return config_; }
+  const ParameterLayout& layout() const { return layout_.layout; }
+  const PretrainerSlots& slots() const { return layout_.slots; }
+  Backend<T>& backend() { return backend_; }
+
+  // Device buffers of layout().total_size() elements.
+  T* parameters() { return params_.data(); }
+  const T* parameters() const { return params_.data(); }
+  T* gradients() { return grads_.data(); }
+  const T* gradients() const { return grads_.data(); }
+
+  // Encoder weights and embedding tables ~ truncated normal(0, initializer_range) (redrawn beyond two
+  // stddev), head weights by mlm_initializer, biases 0, LayerNorm 1/0. Every number comes from Philox
+  // (purpose kInit, lane = hash of the tensor name), so all ranks initialise identically and a tensor's
+  // values do not depend on which other tensors exist.
+  void init_parameters(uint64_t seed);
+  void zero_gradients();
+  // Whole flat buffers to / from the host (layout order).
+  std::vector<T> parameters_to_host() const;
+  void parameters_from_host(const std::vector<T>& host);
+  std::vector<T> gradients_to_host() const;
+
+  // Every parameter tensor (discriminator encoder, generator encoder, shared embeddings and all heads),
+  // in layout order, with its device pointer: what a checkpoint saves. AdamW moments share the layout.
+  std::vector<NamedTensor<T>> checkpoint_items();
+
+  // Runs the step's forward pass and computes the losses. Checks the batch (sizes, ids < vocab, type ids
+  // < type_vocab_size, S <= max_position_embeddings, positions < S, labels < num_classes) and fails naming
+  // the tensor. The gradient of the loss w.r.t. the logits is prepared here; call backward() next to
+  // accumulate parameter gradients. The returned reference stays valid until the next forward.
+  const PretrainerOutputs<T>& forward(const Batch& batch, const StepContext& context);
+  // Accumulates (+=) the gradient of the last forward's total loss into gradients().
+  void backward();
+
+ private:
+  struct Plan;
+  Plan& plan_for(int B, int S, int P);
+  void check_batch(const Batch& batch) const;
+
+  PretrainerConfig config_;
+  Backend<T>& backend_;
+  PretrainerLayout layout_;
+  DeviceBuffer<T> params_, grads_;
+  std::vector<std::unique_ptr<Plan>> plans_;  // most recently used first
+  Plan* last_ = nullptr;                      // plan of the last forward (for backward)
+  PretrainerOutputs<T> outputs_;
+};
+
+// Hugging Face ElectraForMaskedLM name of a layout tensor: generator.X -> electra.X; the shared
+// embeddings and generator_predictions.* / generator_lm_head.bias keep their names; "" for tensors that
+// are not part of ElectraForMaskedLM (discriminator, sentence head). Its generator_lm_head.weight is the
+// word embedding table.
+std::string generator_hf_name(const std::string& layout_name);
+
+}  // namespace electra

@@ -1,0 +1,135 @@
+#include "lib/model/transformer_layer.h"
+
+#include "lib/core/error.h"
+
+namespace electra {
+
+template <typename T>
+void LayerScratch<T>::plan(Backend<T>& be, int B, int S, int hidden, int ffn, int heads) {
+  const size_t N = static_cast<size_t>(B) * S;
+  tmp.reset(be, N * hidden);
+  d_res1.reset(be, N * hidden);
+  d_res2.reset(be, N * hidden);
+  d_ln1.reset(be, N * hidden);
+  d_context.reset(be, N * hidden);
+  d_inter_act.reset(be, N * ffn);
+  d_inter_pre.reset(be, N * ffn);
+  d_qkv.reset(be, N * 3 * hidden);
+  attention.reset(be, static_cast<size_t>(B) * heads * S * S);
+}
+
+template <typename T>
+TransformerLayer<T>::TransformerLayer(const TransformerLayerSlots& slots, const TransformerLayerShape& shape,
+                                      Network network, int layer_index)
+    : slots_(slots), shape_(shape), network_(network), layer_(layer_index) {
+  if (shape.hidden % shape.num_heads != 0) {
+    fail("transformer layer ", layer_index, ": hidden size ", shape.hidden, " not divisible by ", shape.num_heads,
+         " heads");
+  }
+}
+
+template <typename T>
+void TransformerLayer<T>::plan(Backend<T>& be, int B, int S) {
+  B_ = B;
+  S_ = S;
+  const size_t N = static_cast<size_t>(B) * S;
+  const size_t C = shape_.hidden, F = shape_.intermediate;
+  const size_t probs = static_cast<size_t>(B) * shape_.num_heads * S * S;
+  qkv_.reset(be, N * 3 * C);
+  probs_.reset(be, probs);
+  keep_attention_.reset(be, probs);
+  context_.reset(be, N * C);
+  keep1_.reset(be, N * C);
+  res1_.reset(be, N * C);
+  ln1_.reset(be, N * C);
+  mean1_.reset(be, N);
+  rstd1_.reset(be, N);
+  inter_pre_.reset(be, N * F);
+  inter_act_.reset(be, N * F);
+  keep2_.reset(be, N * C);
+  res2_.reset(be, N * C);
+  out_.reset(be, N * C);
+  mean2_.reset(be, N);
+  rstd2_.reset(be, N);
+}
+
+template <typename T>
+void TransformerLayer<T>::forward(Backend<T>& be, const T* params, const T* x, const int32_t* mask,
+                                  const DropoutContext& dropout, LayerScratch<T>& scratch) {
+  ELECTRA_CHECK(B_ > 0, "transformer layer ", layer_, ": forward before plan");
+  x_ = x;
+  mask_ = mask;
+  const int N = B_ * S_, C = shape_.hidden, F = shape_.intermediate, H = shape_.num_heads, D = C / H;
+  const size_t nc = static_cast<size_t>(N) * C;
+  const TransformerLayerSlots& p = slots_;
+  hidden_rate_ = dropout.rate(shape_.hidden_dropout);
+  attention_rate_ = dropout.rate(shape_.attention_dropout);
+  const uint64_t per_example = static_cast<uint64_t>(S_) * C;
+  const T eps = static_cast<T>(shape_.layer_norm_eps);
+
+  // Self-attention block.
+  be.linear_forward(qkv_.data(), x, params + p.qkv.weight, params + p.qkv.bias, N, C, 3 * C);
+  be.attention_forward(context_.data(), probs_.data(), keep_attention_.data(), qkv_.data(), mask, B_, S_, H, D,
+                       attention_rate_,
+                       dropout.key(dropout_lane(network_, layer_, DropoutSlot::kAttentionProbs),
+                                   static_cast<uint64_t>(H) * S_ * S_));
+  be.linear_forward(scratch.tmp.data(), context_.data(), params + p.attention_output.weight,
+                    params + p.attention_output.bias, N, C, C);
+  be.dropout_forward(res1_.data(), keep1_.data(), scratch.tmp.data(), nc, hidden_rate_,
+                     dropout.key(dropout_lane(network_, layer_, DropoutSlot::kAttentionOutput), per_example));
+  be.add(res1_.data(), res1_.data(), x, nc);
+  be.layernorm_forward(ln1_.data(), mean1_.data(), rstd1_.data(), res1_.data(), params + p.attention_norm.gamma,
+                       params + p.attention_norm.beta, N, C, eps);
+
+  // Feed-forward block.
+  be.linear_forward(inter_pre_.data(), ln1_.data(), params + p.intermediate.weight, params + p.intermediate.bias, N,
+                    C, F);
+  be.activation_forward(shape_.act, inter_act_.data(), inter_pre_.data(), static_cast<size_t>(N) * F);
+  be.linear_forward(scratch.tmp.data(), inter_act_.data(), params + p.output.weight, params + p.output.bias, N, F, C);
+  be.dropout_forward(res2_.data(), keep2_.data(), scratch.tmp.data(), nc, hidden_rate_,
+                     dropout.key(dropout_lane(network_, layer_, DropoutSlot::kFfnOutput), per_example));
+  be.add(res2_.data(), res2_.data(), ln1_.data(), nc);
+  be.layernorm_forward(out_.data(), mean2_.data(), rstd2_.data(), res2_.data(), params + p.output_norm.gamma,
+                       params + p.output_norm.beta, N, C, eps);
+}
+
+template <typename T>
+void TransformerLayer<T>::backward(Backend<T>& be, const T* params, T* grads, const T* dout, T* dx,
+                                   LayerScratch<T>& s) {
+  ELECTRA_CHECK(x_ != nullptr, "transformer layer ", layer_, ": backward before forward");
+  const int N = B_ * S_, C = shape_.hidden, F = shape_.intermediate, H = shape_.num_heads, D = C / H;
+  const size_t nc = static_cast<size_t>(N) * C;
+  const TransformerLayerSlots& p = slots_;
+
+  // Feed-forward block, output LayerNorm first.
+  be.layernorm_backward(s.d_res2.data(), grads + p.output_norm.gamma, grads + p.output_norm.beta, dout, res2_.data(),
+                        mean2_.data(), rstd2_.data(), params + p.output_norm.gamma, N, C);
+  be.dropout_backward(s.tmp.data(), s.d_res2.data(), keep2_.data(), nc, hidden_rate_);
+  be.linear_backward(s.d_inter_act.data(), grads + p.output.weight, grads + p.output.bias, s.tmp.data(),
+                     inter_act_.data(), params + p.output.weight, N, F, C);
+  be.activation_backward(shape_.act, s.d_inter_pre.data(), s.d_inter_act.data(), inter_pre_.data(),
+                         static_cast<size_t>(N) * F);
+  be.linear_backward(s.d_ln1.data(), grads + p.intermediate.weight, grads + p.intermediate.bias, s.d_inter_pre.data(),
+                     ln1_.data(), params + p.intermediate.weight, N, C, F);
+  be.accumulate(s.d_ln1.data(), s.d_res2.data(), nc);  // residual path around the FFN
+
+  // Self-attention block.
+  be.layernorm_backward(s.d_res1.data(), grads + p.attention_norm.gamma, grads + p.attention_norm.beta,
+                        s.d_ln1.data(), res1_.data(), mean1_.data(), rstd1_.data(), params + p.attention_norm.gamma, N,
+                        C);
+  be.dropout_backward(s.tmp.data(), s.d_res1.data(), keep1_.data(), nc, hidden_rate_);
+  be.linear_backward(s.d_context.data(), grads + p.attention_output.weight, grads + p.attention_output.bias,
+                     s.tmp.data(), context_.data(), params + p.attention_output.weight, N, C, C);
+  be.attention_backward(s.d_qkv.data(), s.attention.data(), s.d_context.data(), qkv_.data(), probs_.data(),
+                        keep_attention_.data(), mask_, B_, S_, H, D, attention_rate_);
+  be.linear_backward(dx, grads + p.qkv.weight, grads + p.qkv.bias, s.d_qkv.data(), x_, params + p.qkv.weight, N, C,
+                     3 * C);
+  be.accumulate(dx, s.d_res1.data(), nc);  // residual path around attention
+}
+
+template struct LayerScratch<float>;
+template struct LayerScratch<double>;
+template class TransformerLayer<float>;
+template class TransformerLayer<double>;
+
+}  // namespace electra

@@ -1,0 +1,70 @@
+// One post-LN BERT/ELECTRA transformer layer:
+//   qkv = x Wqkv^T + b          (fused query/key/value projection, [B,S,3,H,D])
+//   ctx = attention(qkv, input_mask, attention dropout)
+//   a   = LayerNorm(x + dropout(ctx Wo^T + bo))
+//   y   = LayerNorm(a + dropout(gelu(a Wi^T + bi) Wout^T + bout))
+// The layer owns the activations its backward needs; scratch that is dead between layers is shared
+// through LayerScratch (one per encoder).
+#pragma once
+
+#include <cstdint>
+
+#include "lib/model/device_buffer.h"
+#include "lib/model/dropout_site.h"
+#include "lib/model/parameter_layout.h"
+
+namespace electra {
+
+// Buffers used only inside one layer's forward or backward, shared by all layers of an encoder.
+template <typename T>
+struct LayerScratch {
+  void plan(Backend<T>& be, int B, int S, int hidden, int ffn, int heads);
+  DeviceBuffer<T> tmp;                  // [N, C] pre-dropout dense outputs; dropout gradients
+  DeviceBuffer<T> d_res1, d_res2, d_ln1, d_context;  // [N, C]
+  DeviceBuffer<T> d_inter_act, d_inter_pre;          // [N, F]
+  DeviceBuffer<T> d_qkv;                             // [N, 3C]
+  DeviceBuffer<T> attention;                         // [B, H, S, S] attention_backward scratch
+};
+
+struct TransformerLayerShape {
+  int hidden = 0;        // C
+  int num_heads = 0;     // H (C % H == 0)
+  int intermediate = 0;  // F
+  Activation act = Activation::kGelu;
+  float hidden_dropout = 0.0f;
+  float attention_dropout = 0.0f;
+  float layer_norm_eps = 1e-12f;
+};
+
+template <typename T>
+class TransformerLayer {
+ public:
+  // lane_network/layer_index pick the dropout lanes of this layer's three sites.
+  TransformerLayer(const TransformerLayerSlots& slots, const TransformerLayerShape& shape, Network network,
+                   int layer_index);
+
+  void plan(Backend<T>& be, int B, int S);
+
+  // x [B*S, C] (kept by pointer for backward), mask [B,S] device ints (1 = attend). Output [B*S, C].
+  void forward(Backend<T>& be, const T* params, const T* x, const int32_t* mask, const DropoutContext& dropout,
+               LayerScratch<T>& scratch);
+  const T* output() const { return out_.data(); }
+
+  // dout [B*S, C] -> dx [B*S, C] (overwritten; must not alias dout); parameter gradients accumulate.
+  void backward(Backend<T>& be, const T* params, T* grads, const T* dout, T* dx, LayerScratch<T>& scratch);
+
+ private:
+  TransformerLayerSlots slots_;
+  TransformerLayerShape shape_;
+  Network network_;
+  int layer_;
+  int B_ = 0, S_ = 0;
+  float hidden_rate_ = 0.0f, attention_rate_ = 0.0f;  // the rates the last forward used
+  const T* x_ = nullptr;
+  const int32_t* mask_ = nullptr;
+  DeviceBuffer<T> qkv_, probs_, context_, res1_, ln1_, mean1_, rstd1_, inter_pre_, inter_act_, res2_, out_, mean2_,
+      rstd2_;
+  DeviceBuffer<T, uint8_t> keep_attention_, keep1_, keep2_;
+};
+
+}  // namespace electra
