@@ -8,12 +8,12 @@
 namespace electra::test {
 namespace {
 
-class Gradients : public ::testing::Test {
+class BackendGradients : public ::testing::Test {
  protected:
   std::unique_ptr<Backend<double>> be = make_cpu_backend<double>();
 };
 
-TEST_F(Gradients, Linear) {
+TEST_F(BackendGradients, Linear) {
   const int rows = 5, in = 4, out = 3;
   auto x = random_values(rows * in, 1), w = random_values(out * in, 2), b = random_values(out, 3);
   const auto R = random_values(rows * out, 4);
@@ -29,7 +29,7 @@ TEST_F(Gradients, Linear) {
   EXPECT_TRUE(gradient_matches(db, numeric_gradient(b, loss)));
 }
 
-TEST_F(Gradients, Activations) {
+TEST_F(BackendGradients, Activations) {
   const size_t n = 40;
   auto x = random_values(n, 1, -3.0, 3.0);
   for (auto& v : x) {
@@ -47,7 +47,7 @@ TEST_F(Gradients, Activations) {
   }
 }
 
-TEST_F(Gradients, Dropout) {
+TEST_F(BackendGradients, Dropout) {
   const size_t n = 64;
   auto x = random_values(n, 1);
   const auto R = random_values(n, 2);
@@ -63,7 +63,7 @@ TEST_F(Gradients, Dropout) {
   EXPECT_TRUE(gradient_matches(dx, numeric_gradient(x, loss)));
 }
 
-TEST_F(Gradients, LayerNorm) {
+TEST_F(BackendGradients, LayerNorm) {
   const int rows = 4, cols = 7;
   auto x = random_values(rows * cols, 1, -2.0, 2.0), gamma = random_values(cols, 2), beta = random_values(cols, 3);
   const auto R = random_values(rows * cols, 4);
@@ -81,7 +81,7 @@ TEST_F(Gradients, LayerNorm) {
   EXPECT_TRUE(gradient_matches(db, numeric_gradient(beta, loss)));
 }
 
-TEST_F(Gradients, Embeddings) {
+TEST_F(BackendGradients, Embeddings) {
   const int B = 2, S = 5, E = 3, vocab = 4, types = 2;
   auto word = random_values(vocab * E, 1), pos = random_values(S * E, 2), type = random_values(types * E, 3);
   const auto ids = random_ints(B * S, 4, 0, vocab), tids = random_ints(B * S, 5, 0, types);
@@ -98,7 +98,7 @@ TEST_F(Gradients, Embeddings) {
   EXPECT_TRUE(gradient_matches(dt, numeric_gradient(type, loss)));
 }
 
-TEST_F(Gradients, GatherRows) {
+TEST_F(BackendGradients, GatherRows) {
   const int B = 2, S = 6, P = 3, C = 2;
   auto x = random_values(B * S * C, 1);
   std::vector<int32_t> positions = {1, 4, 1, 0, 5, 2};  // a repeated position in example 0
@@ -115,7 +115,7 @@ TEST_F(Gradients, GatherRows) {
 
 // Attention with padding keys, one fully padded example and dropout; the key fixes the keep mask, so
 // every forward in the difference stencil drops the same probabilities.
-TEST_F(Gradients, AttentionWithMaskAndDropout) {
+TEST_F(BackendGradients, AttentionWithMaskAndDropout) {
   const int B = 3, S = 5, H = 2, D = 3;
   for (float p : {0.0f, 0.3f}) {
     auto qkv = random_values(B * S * 3 * H * D, 1, -1.5, 1.5);
@@ -139,7 +139,7 @@ TEST_F(Gradients, AttentionWithMaskAndDropout) {
   }
 }
 
-TEST_F(Gradients, SoftmaxCrossEntropy) {
+TEST_F(BackendGradients, SoftmaxCrossEntropy) {
   const int rows = 4, V = 6;
   auto logits = random_values(rows * V, 1, -3.0, 3.0);
   const auto labels = random_ints(rows, 2, 0, V);
@@ -155,7 +155,7 @@ TEST_F(Gradients, SoftmaxCrossEntropy) {
   EXPECT_TRUE(gradient_matches(dl, numeric_gradient(logits, loss)));
 }
 
-TEST_F(Gradients, SigmoidCrossEntropy) {
+TEST_F(BackendGradients, SigmoidCrossEntropy) {
   const size_t n = 30;
   auto logits = random_values(n, 1, -6.0, 6.0);
   const auto labels = random_ints(n, 2, 0, 2);
@@ -172,7 +172,7 @@ TEST_F(Gradients, SigmoidCrossEntropy) {
 
 // A chain of ops (linear -> gelu -> layernorm -> linear -> softmax CE) back to its input: the pieces
 // compose, and accumulate-vs-overwrite semantics are right when a gradient flows through several ops.
-TEST_F(Gradients, SmallNetworkEndToEnd) {
+TEST_F(BackendGradients, SmallNetworkEndToEnd) {
   const int rows = 3, in = 4, hidden = 5, V = 6;
   auto x = random_values(rows * in, 1), w1 = random_values(hidden * in, 2), b1 = random_values(hidden, 3);
   auto gamma = random_values(hidden, 4, 0.5, 1.5), beta = random_values(hidden, 5);

@@ -11,14 +11,14 @@ namespace electra::test {
 namespace {
 
 template <typename T>
-class CpuOps : public ::testing::Test {
+class BackendOps : public ::testing::Test {
  protected:
   std::unique_ptr<Backend<T>> be = make_cpu_backend<T>();
 };
 using Types = ::testing::Types<float, double>;
-TYPED_TEST_SUITE(CpuOps, Types);
+TYPED_TEST_SUITE(BackendOps, Types);
 
-TEST(Activation, ParseAndPrint) {
+TEST(BackendActivation, ParseAndPrint) {
   EXPECT_EQ(parse_activation("gelu"), Activation::kGelu);
   EXPECT_EQ(parse_activation("relu"), Activation::kRelu);
   EXPECT_EQ(parse_activation("tanh"), Activation::kTanh);
@@ -30,7 +30,7 @@ TEST(Activation, ParseAndPrint) {
   }
 }
 
-TYPED_TEST(CpuOps, MemoryIsAlignedAndCopiesRoundTrip) {
+TYPED_TEST(BackendOps, MemoryIsAlignedAndCopiesRoundTrip) {
   using T = TypeParam;
   auto& be = *this->be;
   EXPECT_EQ(be.device(), DeviceKind::kCpu);
@@ -64,7 +64,7 @@ TYPED_TEST(CpuOps, MemoryIsAlignedAndCopiesRoundTrip) {
   be.deallocate_bytes(bytes);
 }
 
-TYPED_TEST(CpuOps, GemmAllTransposesWithLeadingDimensions) {
+TYPED_TEST(BackendOps, GemmAllTransposesWithLeadingDimensions) {
   using T = TypeParam;
   const int m = 7, n = 9, k = 11;
   for (bool ta : {false, true}) {
@@ -83,7 +83,7 @@ TYPED_TEST(CpuOps, GemmAllTransposesWithLeadingDimensions) {
   }
 }
 
-TYPED_TEST(CpuOps, GemmBetaZeroIgnoresGarbage) {
+TYPED_TEST(BackendOps, GemmBetaZeroIgnoresGarbage) {
   using T = TypeParam;
   const int m = 4, n = 5, k = 3;
   const auto a = random_values(m * k, 1), b = random_values(k * n, 2);
@@ -98,7 +98,7 @@ TYPED_TEST(CpuOps, GemmBetaZeroIgnoresGarbage) {
                Error);
 }
 
-TYPED_TEST(CpuOps, GemmStridedBatchedSmallAndLarge) {
+TYPED_TEST(BackendOps, GemmStridedBatchedSmallAndLarge) {
   using T = TypeParam;
   // Small products take the parallel-over-batch path, the large one OpenBLAS's own threads.
   for (int size : {6, 260}) {
@@ -118,7 +118,7 @@ TYPED_TEST(CpuOps, GemmStridedBatchedSmallAndLarge) {
   }
 }
 
-TYPED_TEST(CpuOps, LinearForwardAndBackward) {
+TYPED_TEST(BackendOps, LinearForwardAndBackward) {
   using T = TypeParam;
   const int rows = 37, in = 19, out = 70;  // out > 64: more than one column block for dbias
   const auto x = random_values(rows * in, 1), w = random_values(out * in, 2), bias = random_values(out, 3);
@@ -164,7 +164,7 @@ TYPED_TEST(CpuOps, LinearForwardAndBackward) {
   EXPECT_TRUE(close_to_reference(dwt2, dw));
 }
 
-TYPED_TEST(CpuOps, ActivationsForwardAndBackward) {
+TYPED_TEST(BackendOps, ActivationsForwardAndBackward) {
   using T = TypeParam;
   const size_t n = 70001;  // above the parallel threshold, odd tail
   const auto x = random_values(n, 1, -6.0, 6.0), dy = random_values(n, 2);
@@ -183,7 +183,7 @@ TYPED_TEST(CpuOps, ActivationsForwardAndBackward) {
   }
 }
 
-TYPED_TEST(CpuOps, AddAccumulateScale) {
+TYPED_TEST(BackendOps, AddAccumulateScale) {
   using T = TypeParam;
   const size_t n = 40000;
   const auto a = random_values(n, 1), b = random_values(n, 2);
@@ -204,7 +204,7 @@ TYPED_TEST(CpuOps, AddAccumulateScale) {
   EXPECT_TRUE(close_to_reference(at, sum));
 }
 
-TYPED_TEST(CpuOps, DropoutMatchesKeyContract) {
+TYPED_TEST(BackendOps, DropoutMatchesKeyContract) {
   using T = TypeParam;
   const size_t n = 50000;
   const float p = 0.3f;
@@ -225,7 +225,7 @@ TYPED_TEST(CpuOps, DropoutMatchesKeyContract) {
   EXPECT_TRUE(close_to_reference(dx, dx_ref));
 }
 
-TYPED_TEST(CpuOps, LayerNormForwardAndBackward) {
+TYPED_TEST(BackendOps, LayerNormForwardAndBackward) {
   using T = TypeParam;
   const int rows = 75, cols = 33;  // rows not a multiple of the 32-row block
   const double eps = 1e-5;
@@ -279,7 +279,7 @@ TYPED_TEST(CpuOps, LayerNormForwardAndBackward) {
   EXPECT_EQ(dx_only, dxt);
 }
 
-TYPED_TEST(CpuOps, EmbeddingsForwardAndBackward) {
+TYPED_TEST(BackendOps, EmbeddingsForwardAndBackward) {
   using T = TypeParam;
   const int B = 3, S = 6, E = 70, vocab = 5, types = 2;  // few ids: many duplicates in the scatter-add
   const auto word = random_values(vocab * E, 1), pos = random_values(S * E, 2), type = random_values(types * E, 3);
@@ -313,7 +313,7 @@ TYPED_TEST(CpuOps, EmbeddingsForwardAndBackward) {
                Error);
 }
 
-TYPED_TEST(CpuOps, GatherAndScatterRows) {
+TYPED_TEST(BackendOps, GatherAndScatterRows) {
   using T = TypeParam;
   const int B = 3, S = 8, P = 4, C = 5;
   const auto x = random_values(B * S * C, 1), dout = random_values(B * P * C, 2);
@@ -340,7 +340,7 @@ TYPED_TEST(CpuOps, GatherAndScatterRows) {
 }
 
 // Attention against the naive loops, with padding, a fully padded example and dropout.
-TYPED_TEST(CpuOps, AttentionForwardAndBackward) {
+TYPED_TEST(BackendOps, AttentionForwardAndBackward) {
   using T = TypeParam;
   const int B = 3, S = 7, H = 2, D = 4;
   for (float p : {0.0f, 0.25f}) {
@@ -409,7 +409,7 @@ TYPED_TEST(CpuOps, AttentionForwardAndBackward) {
   }
 }
 
-TYPED_TEST(CpuOps, SoftmaxCrossEntropyAndLogSoftmax) {
+TYPED_TEST(BackendOps, SoftmaxCrossEntropyAndLogSoftmax) {
   using T = TypeParam;
   const int rows = 9, V = 1031;
   auto logits = random_values(rows * V, 1, -8.0, 8.0);
@@ -452,7 +452,7 @@ TYPED_TEST(CpuOps, SoftmaxCrossEntropyAndLogSoftmax) {
                Error);
 }
 
-TYPED_TEST(CpuOps, SigmoidCrossEntropyIsStable) {
+TYPED_TEST(BackendOps, SigmoidCrossEntropyIsStable) {
   using T = TypeParam;
   const size_t n = 1000;
   auto logits = random_values(n, 1, -20.0, 20.0);
@@ -474,35 +474,36 @@ TYPED_TEST(CpuOps, SigmoidCrossEntropyIsStable) {
   EXPECT_TRUE(close_to_reference(dlt, dl));
 }
 
-TYPED_TEST(CpuOps, GumbelSampleMatchesDefinition) {
+TYPED_TEST(BackendOps, GumbelSampleMatchesDefinition) {
   using T = TypeParam;
   const int rows = 23, V = 301, rows_per_example = 4;
   const uint64_t seed = 77, step = 5, first = 1000;
-  const float temperature = 0.7f;
   const auto logits = random_values(rows * V, 1, -3.0, 3.0);
   const auto lt = cast<T>(logits);
   std::vector<int32_t> disallow = random_ints(rows, 2, 0, V);
   disallow[3] = -1;  // disallows nothing
-  std::vector<int32_t> expected(rows);
-  for (int r = 0; r < rows; ++r) {
-    const PhiloxStream stream(seed, RandomPurpose::kSampling, step, first + r / rows_per_example);
-    double best = -std::numeric_limits<double>::infinity();
-    for (int v = 0; v < V; ++v) {
-      const double z = static_cast<double>(lt[r * V + v]) - (v == disallow[r] ? 1000.0 : 0.0);
-      const double score = z / static_cast<double>(temperature) + stream.gumbel((r % rows_per_example) * V + v);
-      if (score > best) {
-        best = score;
-        expected[r] = v;
+  for (float temperature : {0.7f, 1.0f}) {
+    std::vector<int32_t> expected(rows);
+    for (int r = 0; r < rows; ++r) {
+      const PhiloxStream stream(seed, RandomPurpose::kSampling, step, first + r / rows_per_example);
+      double best = -std::numeric_limits<double>::infinity();
+      for (int v = 0; v < V; ++v) {
+        const double z = static_cast<double>(lt[r * V + v]) - (v == disallow[r] ? 1000.0 : 0.0);
+        const double score = z / static_cast<double>(temperature) + stream.gumbel((r % rows_per_example) * V + v);
+        if (score > best) {
+          best = score;
+          expected[r] = v;
+        }
       }
     }
+    std::vector<int32_t> samples(rows, -1);
+    this->be->gumbel_sample(samples.data(), lt.data(), disallow.data(), rows, V, temperature, seed, step, first,
+                            rows_per_example);
+    EXPECT_EQ(samples, expected) << "temperature " << temperature;
   }
-  std::vector<int32_t> samples(rows, -1);
-  this->be->gumbel_sample(samples.data(), lt.data(), disallow.data(), rows, V, temperature, seed, step, first,
-                          rows_per_example);
-  EXPECT_EQ(samples, expected);
 }
 
-TYPED_TEST(CpuOps, SumSquares) {
+TYPED_TEST(BackendOps, SumSquares) {
   using T = TypeParam;
   for (size_t n : {size_t{0}, size_t{1}, size_t{16383}, size_t{100003}}) {
     const auto x = cast<T>(random_values(n, n + 1));
@@ -513,7 +514,7 @@ TYPED_TEST(CpuOps, SumSquares) {
 }
 
 // AdamW against the update written out by hand, a few steps, both bias-correction modes.
-TYPED_TEST(CpuOps, AdamWMatchesFormula) {
+TYPED_TEST(BackendOps, AdamWMatchesFormula) {
   using T = TypeParam;
   const size_t n = 50000;
   const float lr = 1e-2f, b1 = 0.9f, b2 = 0.999f, eps = 1e-6f, wd = 0.01f, gscale = 0.5f;

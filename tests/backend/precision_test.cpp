@@ -91,7 +91,7 @@ Outputs run_layer(Backend<T>& be) {
   return out;
 }
 
-TEST(FloatVsDouble, OneLayerForwardBackward) {
+TEST(BackendFloatVsDouble, OneLayerForwardBackward) {
   auto f = make_cpu_backend<float>();
   auto d = make_cpu_backend<double>();
   const Outputs of = run_layer(*f), od = run_layer(*d);

@@ -35,7 +35,7 @@ class ThreadCounts {
   int omp_, blas_;
 };
 
-TEST(Dropout, KeepFractionIsOneMinusP) {
+TEST(BackendDropout, KeepFractionIsOneMinusP) {
   auto be = make_cpu_backend<float>();
   const size_t n = 1 << 20;
   std::vector<float> x(n, 1.0f), y(n);
@@ -52,7 +52,7 @@ TEST(Dropout, KeepFractionIsOneMinusP) {
   }
 }
 
-TEST(Dropout, DifferentLanesStepsAndExamplesGiveDifferentMasks) {
+TEST(BackendDropout, DifferentLanesStepsAndExamplesGiveDifferentMasks) {
   auto be = make_cpu_backend<float>();
   const size_t n = 4096;
   std::vector<float> x(n, 1.0f), y(n);
@@ -78,7 +78,7 @@ TEST(Dropout, DifferentLanesStepsAndExamplesGiveDifferentMasks) {
   EXPECT_EQ(mask(base), m0);
 }
 
-TEST(Dropout, ZeroProbabilityIsIdentity) {
+TEST(BackendDropout, ZeroProbabilityIsIdentity) {
   auto be = make_cpu_backend<double>();
   const auto x = random_values(1000, 1);
   std::vector<double> y(1000), dx(1000);
@@ -90,7 +90,7 @@ TEST(Dropout, ZeroProbabilityIsIdentity) {
   EXPECT_TRUE(bitwise_equal(dx, x));
 }
 
-TEST(Dropout, SplitIndependence) {
+TEST(BackendDropout, SplitIndependence) {
   auto be = make_cpu_backend<float>();
   const size_t per = 1000, examples = 37, n = per * examples;
   const auto x = cast<float>(random_values(n, 1));
@@ -109,7 +109,7 @@ TEST(Dropout, SplitIndependence) {
   EXPECT_TRUE(bitwise_equal(y, y_split));
 }
 
-TEST(Attention, DropoutSplitIndependence) {
+TEST(BackendAttention, DropoutSplitIndependence) {
   auto be = make_cpu_backend<float>();
   const int B = 5, S = 16, H = 2, D = 8, k = 2;
   const auto qkv = cast<float>(random_values(B * S * 3 * H * D, 1));
@@ -133,7 +133,7 @@ TEST(Attention, DropoutSplitIndependence) {
 
 // Empirical frequencies of Gumbel-max samples against softmax(logits / t): every row has the same
 // logits, and many rows share an example (rows_per_example), so each draw uses its own offsets.
-TEST(GumbelSample, FrequenciesMatchSoftmax) {
+TEST(BackendGumbelSample, FrequenciesMatchSoftmax) {
   auto be = make_cpu_backend<float>();
   const int V = 5, rows = 40000, per = 8;
   const std::vector<double> base = {1.0, -0.5, 0.3, 2.0, 0.0};
@@ -173,7 +173,7 @@ TEST(GumbelSample, FrequenciesMatchSoftmax) {
   }
 }
 
-TEST(GumbelSample, DisallowedTokenNeverDrawnEvenWhenItDominates) {
+TEST(BackendGumbelSample, DisallowedTokenNeverDrawnEvenWhenItDominates) {
   auto be = make_cpu_backend<float>();
   const int V = 50, rows = 2000;
   std::vector<float> logits(rows * V, 0.0f);
@@ -186,7 +186,7 @@ TEST(GumbelSample, DisallowedTokenNeverDrawnEvenWhenItDominates) {
   for (int r = 0; r < rows; ++r) ASSERT_NE(samples[r], disallow[r]) << "row " << r;
 }
 
-TEST(GumbelSample, SplitIndependence) {
+TEST(BackendGumbelSample, SplitIndependence) {
   auto be = make_cpu_backend<float>();
   const int V = 1000, per = 3, examples = 11, rows = per * examples, k = 4;
   const auto logits = cast<float>(random_values(static_cast<size_t>(rows) * V, 1, -2.0, 2.0));
@@ -241,7 +241,7 @@ std::vector<std::vector<T>> run_everything(Backend<T>& be, double* sumsq) {
   return outs;
 }
 
-TEST(Determinism, IndependentOfThreadCounts) {
+TEST(BackendDeterminism, IndependentOfThreadCounts) {
   ThreadCounts threads;
   auto be = make_cpu_backend<float>();
   threads.set(1, 1);
@@ -259,7 +259,7 @@ TEST(Determinism, IndependentOfThreadCounts) {
   }
 }
 
-TEST(Determinism, SumSquaresDoubleIndependentOfThreads) {
+TEST(BackendDeterminism, SumSquaresDoubleIndependentOfThreads) {
   ThreadCounts threads;
   auto be = make_cpu_backend<double>();
   const auto x = random_values(3'000'017, 1, -1e3, 1e3);

@@ -4,39 +4,74 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "lib/backend/cpu/detail.h"
 #include "lib/backend/cpu/kernels.h"
+#include "lib/backend/cpu/vmath.h"
 #include "lib/core/error.h"
 
 namespace electra::cpu {
 namespace {
+
+thread_local std::vector<int32_t> all_ones;  // the mask used when none is given
 
 void check_attention_shape(int B, int S, int H, int D, float dropout, const char* op) {
   ELECTRA_CHECK(B >= 0 && S > 0 && H > 0 && D > 0, op, ": bad shape B=", B, " S=", S, " H=", H, " D=", D);
   ELECTRA_CHECK(dropout >= 0.0f && dropout < 1.0f, op, ": dropout ", dropout, " outside [0, 1)");
 }
 
-// Masked softmax of one row of scores in place: keys with mask 0 get exactly 0; no valid key -> all 0.
+// Masked softmax of rows [S] in place: keys with mask 0 get exactly 0; no valid key -> all 0.
 template <typename T>
-void masked_softmax_row(T* row, const int32_t* mask, int S) {
-  T max_score = -std::numeric_limits<T>::infinity();
-  for (int j = 0; j < S; ++j) {
-    if (mask == nullptr || mask[j] != 0) max_score = std::max(max_score, row[j]);
-  }
-  if (max_score == -std::numeric_limits<T>::infinity()) {
-    std::fill(row, row + S, T(0));
-    return;
-  }
-  T sum = 0;
-  for (int j = 0; j < S; ++j) {
-    const T e = mask == nullptr || mask[j] != 0 ? std::exp(row[j] - max_score) : T(0);
-    row[j] = e;
-    sum += e;
-  }
-  const T inv = T(1) / sum;
+ELECTRA_CPU_CLONES void masked_softmax_rows(T* p, const int32_t* mask, int rows, int S) {
+  constexpr T kNegInf = -std::numeric_limits<T>::infinity();
+  for (int i = 0; i < rows; ++i) {
+    T* row = p + static_cast<size_t>(i) * S;
+    T max_score = kNegInf;
+#pragma omp simd reduction(max : max_score)
+    for (int j = 0; j < S; ++j) max_score = std::max(max_score, mask[j] != 0 ? row[j] : kNegInf);
+    if (max_score == kNegInf) {
+      std::fill(row, row + S, T(0));
+      continue;
+    }
+    T sum = 0;
+#pragma omp simd reduction(+ : sum)
+    for (int j = 0; j < S; ++j) {
+      const T e = mask[j] != 0 ? vmath::exp_t(row[j] - max_score) : T(0);
+      row[j] = e;
+      sum += e;
+    }
+    const T inv = T(1) / sum;
 #pragma omp simd
-  for (int j = 0; j < S; ++j) row[j] *= inv;
+    for (int j = 0; j < S; ++j) row[j] *= inv;
+  }
+}
+
+// Backward through dropout (keep may be null) and softmax, rows [S] in place:
+// ds = p * (dp - sum_j p dp) * score_scale, with dp = d(attend) * keep / (1 - p).
+template <typename T>
+ELECTRA_CPU_CLONES void softmax_backward_rows(T* ds, const T* p, const uint8_t* keep, T keep_scale, T score_scale,
+                                              int rows, int S) {
+  for (int i = 0; i < rows; ++i) {
+    T* dsr = ds + static_cast<size_t>(i) * S;
+    const T* pr = p + static_cast<size_t>(i) * S;
+    if (keep != nullptr) {
+      const uint8_t* kr = keep + static_cast<size_t>(i) * S;
+#pragma omp simd
+      for (int j = 0; j < S; ++j) dsr[j] *= kr[j] ? keep_scale : T(0);
+    }
+    T dot = 0;
+#pragma omp simd reduction(+ : dot)
+    for (int j = 0; j < S; ++j) dot += pr[j] * dsr[j];
+#pragma omp simd
+    for (int j = 0; j < S; ++j) dsr[j] = pr[j] * (dsr[j] - dot) * score_scale;
+  }
+}
+
+template <typename T>
+ELECTRA_CPU_CLONES void apply_keep(T* out, const T* p, const uint8_t* keep, T keep_scale, size_t n) {
+#pragma omp simd
+  for (size_t e = 0; e < n; ++e) out[e] = p[e] * (keep[e] ? keep_scale : T(0));
 }
 
 }  // namespace
@@ -52,6 +87,10 @@ void attention_forward(T* context, T* probs, uint8_t* keep, const T* qkv, const 
   const T keep_scale = dropout > 0.0f ? T(1) / (T(1) - T(dropout)) : T(1);
   const size_t SS = static_cast<size_t>(S) * S;
   const int pairs = B * H;
+  // Without a mask every key is valid.
+  std::vector<int32_t>& ones = all_ones;
+  if (mask == nullptr && ones.size() < static_cast<size_t>(S)) ones.assign(S, 1);
+  const int32_t* all_valid = ones.data();
 
   detail::BlasSingleThreaded single;
 #pragma omp parallel for schedule(static)
@@ -60,19 +99,18 @@ void attention_forward(T* context, T* probs, uint8_t* keep, const T* qkv, const 
     const T* q = qkv + static_cast<size_t>(b) * S * ld_qkv + h * D;
     const T* k = q + H * D;
     const T* v = q + 2 * H * D;
-    const int32_t* mask_b = mask != nullptr ? mask + static_cast<size_t>(b) * S : nullptr;
+    const int32_t* mask_b = mask != nullptr ? mask + static_cast<size_t>(b) * S : all_valid;
     T* p = probs + bh * SS;
     // scores = q k^T / sqrt(D)
     gemm(Transpose::kNo, Transpose::kYes, S, S, D, score_scale, q, ld_qkv, k, ld_qkv, T(0), p, S);
-    for (int i = 0; i < S; ++i) masked_softmax_row(p + static_cast<size_t>(i) * S, mask_b, S);
+    masked_softmax_rows(p, mask_b, S, S);
 
     const T* attend = p;
     if (dropout > 0.0f) {
       uint8_t* kb = keep + bh * SS;
       dropout_keep_mask(kb, bh * SS, SS, dropout, key);
       T* dropped = detail::thread_scratch<T>(SS);
-#pragma omp simd
-      for (size_t e = 0; e < SS; ++e) dropped[e] = p[e] * (kb[e] ? keep_scale : T(0));
+      apply_keep(dropped, p, kb, keep_scale, SS);
       attend = dropped;
     } else if (keep != nullptr) {
       std::fill(keep + bh * SS, keep + (bh + 1) * SS, uint8_t{1});
@@ -114,29 +152,15 @@ void attention_backward(T* dqkv, T* scratch, const T* dcontext, const T* qkv, co
     const uint8_t* kb = dropout > 0.0f ? keep + bh * SS : nullptr;
     if (kb != nullptr) {
       T* dropped = detail::thread_scratch<T>(SS);
-#pragma omp simd
-      for (size_t e = 0; e < SS; ++e) dropped[e] = p[e] * (kb[e] ? keep_scale : T(0));
+      apply_keep(dropped, p, kb, keep_scale, SS);
       attend = dropped;
     }
     // dv = attend^T dctx
     gemm(Transpose::kYes, Transpose::kNo, S, D, S, T(1), attend, S, dctx, ld_ctx, T(0), dv, ld_qkv);
     // d(attend) = dctx v^T
     gemm(Transpose::kNo, Transpose::kYes, S, S, D, T(1), dctx, ld_ctx, v, ld_qkv, T(0), ds, S);
-    // Through dropout, then softmax: ds = p * (dp - sum_j p dp), times the score scale.
-    for (int i = 0; i < S; ++i) {
-      T* dsr = ds + static_cast<size_t>(i) * S;
-      const T* pr = p + static_cast<size_t>(i) * S;
-      if (kb != nullptr) {
-        const uint8_t* kr = kb + static_cast<size_t>(i) * S;
-#pragma omp simd
-        for (int j = 0; j < S; ++j) dsr[j] *= kr[j] ? keep_scale : T(0);
-      }
-      T dot = 0;
-#pragma omp simd reduction(+ : dot)
-      for (int j = 0; j < S; ++j) dot += pr[j] * dsr[j];
-#pragma omp simd
-      for (int j = 0; j < S; ++j) dsr[j] = pr[j] * (dsr[j] - dot) * score_scale;
-    }
+    // Through dropout, then softmax.
+    softmax_backward_rows(ds, p, kb, keep_scale, score_scale, S, S);
     // dq = ds k; dk = ds^T q
     gemm(Transpose::kNo, Transpose::kNo, S, D, S, T(1), ds, S, k, ld_qkv, T(0), dq, ld_qkv);
     gemm(Transpose::kYes, Transpose::kNo, S, D, S, T(1), ds, S, q, ld_qkv, T(0), dk, ld_qkv);

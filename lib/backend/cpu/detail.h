@@ -1,5 +1,5 @@
-// Helpers shared by the CPU kernels (not part of the backend interface): per-thread scratch memory,
-// OpenBLAS thread control, batched Philox blocks.
+// Helpers shared by the CPU kernels (not part of the backend interface): ISA clones of hot loops,
+// per-thread scratch memory, OpenBLAS thread control, batched Philox words, fixed-chunk parallel loops.
 #pragma once
 
 #include <cstddef>
@@ -7,6 +7,15 @@
 #include <vector>
 
 #include "lib/core/philox.h"
+
+// Hot float loops are compiled three times (AVX-512, AVX2, baseline x86-64) and the best one for the
+// running CPU is picked at load time (GNU ifunc), so one binary is fast here and still runs anywhere.
+// Use it on leaf functions (no OpenMP parallel region inside: outlined regions are not cloned).
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define ELECTRA_CPU_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define ELECTRA_CPU_CLONES
+#endif
 
 namespace electra::cpu::detail {
 
@@ -34,21 +43,32 @@ class BlasSingleThreaded {
   int saved_;
 };
 
-// Philox blocks first_block .. first_block + count - 1 of a stream, one 32-bit word per array
-// (w0[j] = stream.at(4 * (first_block + j)), w1 = ... + 1, ...). Written so the compiler vectorises
-// across blocks; the values equal PhiloxStream::at exactly.
-inline void philox_blocks(uint32_t* w0, uint32_t* w1, uint32_t* w2, uint32_t* w3, const PhiloxStream& stream,
-                          uint64_t first_block, int count) {
+// Philox words of blocks first_block .. first_block + count - 1 of a stream, in stream order:
+// words[i] = stream.at(4 * first_block + i) for i < 4 * count. Written so the compiler vectorises across
+// blocks (inline it into an ELECTRA_CPU_CLONES function to get AVX-512 / AVX2 code).
+inline void philox_words(uint32_t* words, const PhiloxStream& stream, uint64_t first_block, int count) {
   const uint32_t lane = stream.lane, example = stream.example, step = stream.step;
   const uint32_t key0 = stream.key0, key1 = stream.key1;
   const uint32_t base = static_cast<uint32_t>(first_block);  // PhiloxStream::at truncates the same way
 #pragma omp simd
   for (int j = 0; j < count; ++j) {
     const Philox4x32 r = philox4x32_10(base + static_cast<uint32_t>(j), lane, example, step, key0, key1);
-    w0[j] = r.v[0];
-    w1[j] = r.v[1];
-    w2[j] = r.v[2];
-    w3[j] = r.v[3];
+    words[4 * j] = r.v[0];
+    words[4 * j + 1] = r.v[1];
+    words[4 * j + 2] = r.v[2];
+    words[4 * j + 3] = r.v[3];
+  }
+}
+
+// Splits [0, n) into fixed chunks and runs f(begin, end) on each, in parallel when n > min_parallel.
+// The chunking is fixed, so results never depend on the thread count.
+template <typename F>
+void parallel_chunks(size_t n, size_t chunk, size_t min_parallel, F&& f) {
+  const size_t chunks = (n + chunk - 1) / chunk;
+#pragma omp parallel for schedule(static) if (n > min_parallel)
+  for (size_t c = 0; c < chunks; ++c) {
+    const size_t begin = c * chunk;
+    f(begin, begin + chunk < n ? begin + chunk : n);
   }
 }
 

@@ -5,6 +5,7 @@
 
 #include "lib/backend/cpu/detail.h"
 #include "lib/backend/cpu/kernels.h"
+#include "lib/backend/cpu/vmath.h"
 #include "lib/core/error.h"
 
 namespace electra::cpu {
@@ -12,43 +13,59 @@ namespace {
 
 // Below this many elements a parallel region costs more than it saves.
 constexpr size_t kParallelMin = 1 << 15;
+// Work unit of the parallel elementwise loops (elements).
+constexpr size_t kChunk = 8192;
 
-template <typename T>
-constexpr T kInvSqrt2 = T(0.70710678118654752440);
-template <typename T>
-constexpr T kInvSqrt2Pi = T(0.39894228040143267794);
-
-// Exact GELU (erf form), as BERT / Hugging Face "gelu".
-template <typename T>
-inline T gelu(T x) {
-  return T(0.5) * x * (T(1) + std::erf(x * kInvSqrt2<T>));
-}
+// Exact GELU (erf form, as BERT / Hugging Face "gelu"), x Phi(x) with Phi(x) = erfc(-x / sqrt 2) / 2:
+// the erfc form keeps relative accuracy for negative x, where 1 + erf(x / sqrt 2) cancels.
+inline float gelu(float x) { return vmath::gelu_f(x); }
+inline double gelu(double x) { return 0.5 * x * std::erfc(-0.70710678118654752440 * x); }
 // d/dx [x Phi(x)] = Phi(x) + x phi(x)
+inline float gelu_grad(float x) { return vmath::gelu_grad_f(x); }
+inline double gelu_grad(double x) {
+  return 0.5 * std::erfc(-0.70710678118654752440 * x) + x * 0.39894228040143267794 * std::exp(-0.5 * x * x);
+}
+
 template <typename T>
-inline T gelu_grad(T x) {
-  const T cdf = T(0.5) * (T(1) + std::erf(x * kInvSqrt2<T>));
-  const T pdf = kInvSqrt2Pi<T> * std::exp(T(-0.5) * x * x);
-  return cdf + x * pdf;
+ELECTRA_CPU_CLONES void gelu_forward_chunk(T* y, const T* x, size_t n) {
+#pragma omp simd
+  for (size_t i = 0; i < n; ++i) y[i] = gelu(x[i]);
+}
+template <typename T>
+ELECTRA_CPU_CLONES void gelu_backward_chunk(T* dx, const T* dy, const T* x, size_t n) {
+#pragma omp simd
+  for (size_t i = 0; i < n; ++i) dx[i] = dy[i] * gelu_grad(x[i]);
 }
 
 // keep for offsets [offset, offset + count) of one example's stream.
-void keep_run(uint8_t* keep, const PhiloxStream& stream, uint64_t offset, uint64_t count, float p) {
-  constexpr int kBatch = 64;
-  uint32_t w[4][kBatch];
+ELECTRA_CPU_CLONES void keep_run(uint8_t* keep, const PhiloxStream& stream, uint64_t offset, uint64_t count,
+                                 float p) {
+  constexpr int kBlocks = 64;
+  alignas(64) uint32_t words[4 * kBlocks];
   const uint64_t end = offset + count;
   uint64_t o = offset;
   while (o < end) {
     const uint64_t first_block = o >> 2;
-    const uint64_t last_block = std::min((end + 3) >> 2, first_block + kBatch);  // exclusive
-    detail::philox_blocks(w[0], w[1], w[2], w[3], stream, first_block, static_cast<int>(last_block - first_block));
+    const uint64_t last_block = std::min((end + 3) >> 2, first_block + kBlocks);  // exclusive
+    detail::philox_words(words, stream, first_block, static_cast<int>(last_block - first_block));
     const uint64_t stop = std::min(end, last_block * 4);
-    for (; o < stop; ++o) {
-      const uint32_t word = w[o & 3][(o >> 2) - first_block];
+    const uint32_t* w = words + (o - first_block * 4);  // the word of offset o
+    uint8_t* k = keep + (o - offset);
+    const int len = static_cast<int>(stop - o);
+#pragma omp simd
+    for (int i = 0; i < len; ++i) {
       // Same arithmetic as PhiloxStream::uniform.
-      const float u = static_cast<float>(word >> 8) * (1.0f / 16777216.0f);
-      keep[o - offset] = u >= p ? 1 : 0;
+      k[i] = static_cast<float>(w[i] >> 8) * (1.0f / 16777216.0f) >= p ? 1 : 0;
     }
+    o = stop;
   }
+}
+
+// y = x * keep * keep_scale (y may alias x).
+template <typename T>
+ELECTRA_CPU_CLONES void apply_keep(T* y, const T* x, const uint8_t* keep, T keep_scale, size_t n) {
+#pragma omp simd
+  for (size_t i = 0; i < n; ++i) y[i] = x[i] * (keep[i] ? keep_scale : T(0));
 }
 
 void check_dropout_p(float p, const char* op) {
@@ -84,8 +101,7 @@ void activation_forward(Activation act, T* y, const T* x, size_t n) {
       if (y != x) std::memmove(y, x, n * sizeof(T));
       return;
     case Activation::kGelu:
-#pragma omp parallel for simd schedule(static) if (n > kParallelMin / 8)
-      for (size_t i = 0; i < n; ++i) y[i] = gelu(x[i]);
+      detail::parallel_chunks(n, kChunk, kChunk, [&](size_t b, size_t e) { gelu_forward_chunk(y + b, x + b, e - b); });
       return;
     case Activation::kRelu:
 #pragma omp parallel for simd schedule(static) if (n > kParallelMin)
@@ -106,8 +122,8 @@ void activation_backward(Activation act, T* dx, const T* dy, const T* x, size_t 
       if (dx != dy) std::memmove(dx, dy, n * sizeof(T));
       return;
     case Activation::kGelu:
-#pragma omp parallel for simd schedule(static) if (n > kParallelMin / 8)
-      for (size_t i = 0; i < n; ++i) dx[i] = dy[i] * gelu_grad(x[i]);
+      detail::parallel_chunks(n, kChunk, kChunk,
+                              [&](size_t b, size_t e) { gelu_backward_chunk(dx + b, dy + b, x + b, e - b); });
       return;
     case Activation::kRelu:
 #pragma omp parallel for simd schedule(static) if (n > kParallelMin)
@@ -154,15 +170,10 @@ void dropout_forward(T* y, uint8_t* keep, const T* x, size_t n, float p, const D
   ELECTRA_CHECK(key.elements_per_example > 0, "dropout_forward: elements_per_example must be positive");
   const T keep_scale = T(1) / (T(1) - T(p));
   // Chunks only decide who computes what: every keep bit is a function of its element index.
-  constexpr size_t kChunk = 8192;
-  const size_t chunks = (n + kChunk - 1) / kChunk;
-#pragma omp parallel for schedule(static) if (n > kParallelMin / 4)
-  for (size_t c = 0; c < chunks; ++c) {
-    const size_t begin = c * kChunk, len = std::min(kChunk, n - begin);
-    dropout_keep_mask(keep + begin, begin, len, p, key);
-#pragma omp simd
-    for (size_t i = begin; i < begin + len; ++i) y[i] = x[i] * (keep[i] ? keep_scale : T(0));
-  }
+  detail::parallel_chunks(n, kChunk, kChunk, [&](size_t b, size_t e) {
+    dropout_keep_mask(keep + b, b, e - b, p, key);
+    apply_keep(y + b, x + b, keep + b, keep_scale, e - b);
+  });
 }
 
 template <typename T>
@@ -173,8 +184,8 @@ void dropout_backward(T* dx, const T* dy, const uint8_t* keep, size_t n, float p
     return;
   }
   const T keep_scale = T(1) / (T(1) - T(p));
-#pragma omp parallel for simd schedule(static) if (n > kParallelMin)
-  for (size_t i = 0; i < n; ++i) dx[i] = dy[i] * (keep[i] ? keep_scale : T(0));
+  detail::parallel_chunks(n, kChunk, kParallelMin,
+                          [&](size_t b, size_t e) { apply_keep(dx + b, dy + b, keep + b, keep_scale, e - b); });
 }
 
 #define ELECTRA_INSTANTIATE(T)                                                               \

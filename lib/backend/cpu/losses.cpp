@@ -5,6 +5,7 @@
 
 #include "lib/backend/cpu/detail.h"
 #include "lib/backend/cpu/kernels.h"
+#include "lib/backend/cpu/vmath.h"
 #include "lib/core/error.h"
 
 namespace electra::cpu {
@@ -16,6 +17,88 @@ T row_max(const T* x, int V) {
 #pragma omp simd reduction(max : m)
   for (int j = 0; j < V; ++j) m = std::max(m, x[j]);
   return m;
+}
+
+// First index holding mx: blocks are tested with a vectorised any-equal before the scalar search.
+template <typename T>
+int first_index_of(const T* x, int V, T mx) {
+  constexpr int kBlock = 256;
+  for (int b0 = 0; b0 < V; b0 += kBlock) {
+    const int b1 = std::min(V, b0 + kBlock);
+    int found = 0;
+#pragma omp simd reduction(| : found)
+    for (int j = b0; j < b1; ++j) found |= x[j] == mx ? 1 : 0;
+    if (found) {
+      for (int j = b0; j < b1; ++j) {
+        if (x[j] == mx) return j;
+      }
+    }
+  }
+  return 0;  // all NaN
+}
+
+template <typename T>
+ELECTRA_CPU_CLONES void softmax_cross_entropy_row(T* loss, T* d, int32_t* argmax, const T* x, int label, T gs,
+                                                  int V) {
+  const T x_label = x[label];  // read before d (which may alias x) is written
+  const T mx = row_max(x, V);
+  if (argmax != nullptr) *argmax = first_index_of(x, V, mx);
+  T sum = 0;
+  if (d != nullptr) {
+#pragma omp simd reduction(+ : sum)
+    for (int j = 0; j < V; ++j) {
+      const T e = vmath::exp_t(x[j] - mx);
+      d[j] = e;
+      sum += e;
+    }
+  } else {
+#pragma omp simd reduction(+ : sum)
+    for (int j = 0; j < V; ++j) sum += vmath::exp_t(x[j] - mx);
+  }
+  if (loss != nullptr) *loss = mx + std::log(sum) - x_label;
+  if (d != nullptr) {
+    const T f = gs / sum;
+#pragma omp simd
+    for (int j = 0; j < V; ++j) d[j] *= f;
+    d[label] -= gs;
+  }
+}
+
+template <typename T>
+ELECTRA_CPU_CLONES void log_softmax_row(T* y, const T* x, int V) {
+  const T mx = row_max(x, V);
+  T sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int j = 0; j < V; ++j) sum += vmath::exp_t(x[j] - mx);
+  const T lse = mx + std::log(sum);
+#pragma omp simd
+  for (int j = 0; j < V; ++j) y[j] = x[j] - lse;
+}
+
+// Gumbel-max scores of `count` (<= 128) tokens of one row whose first token has stream offset n0;
+// gumbel(n) takes words 2n and 2n+1 of the stream, i.e. Philox block n / 2.
+template <typename T>
+ELECTRA_CPU_CLONES void gumbel_scores(double* score, const PhiloxStream& stream, uint64_t n0, const T* x, int count,
+                                      int banned, double temperature) {
+  alignas(64) uint32_t block_words[2 * 128 + 4];
+  const uint64_t first_block = n0 >> 1, last_block = ((n0 + count - 1) >> 1) + 1;
+  detail::philox_words(block_words, stream, first_block, static_cast<int>(last_block - first_block));
+  const uint32_t* words = block_words + (2 * n0 - 4 * first_block);
+#pragma omp simd
+  for (int i = 0; i < count; ++i) {
+    // Same arithmetic as PhiloxStream::uniform_open / gumbel (vmath::log_d for log).
+    const uint64_t hi = words[2 * i], lo = words[2 * i + 1];
+    const int64_t bits = static_cast<int64_t>(((hi << 32) | lo) >> 11);
+    const double u = (static_cast<double>(bits) + 0.5) * (1.0 / 9007199254740992.0);
+    const double g = -vmath::log_d(-vmath::log_d(u));
+    // The largest bits round u to 1, where -log(-log(1)) = +inf. Added rather than selected: a select
+    // would let the compiler branch around the logs and stop vectorisation.
+    const double top = bits == (int64_t{1} << 53) - 1 ? std::numeric_limits<double>::infinity() : 0.0;
+    const double penalty = i == banned ? 1000.0 : 0.0;
+    const double z = static_cast<double>(x[i]) - penalty;
+    // z / 1 == z exactly: skip the division at the usual temperature.
+    score[i] = ((temperature == 1.0 ? z : z / temperature) + g) + top;
+  }
 }
 
 }  // namespace
@@ -30,36 +113,10 @@ void softmax_cross_entropy(T* loss, T* dlogits, int32_t* argmax, const T* logits
   }
 #pragma omp parallel for schedule(static) if (static_cast<long long>(rows) * V > 16384)
   for (int r = 0; r < rows; ++r) {
-    const T* x = logits + static_cast<size_t>(r) * V;
-    T* d = dlogits != nullptr ? dlogits + static_cast<size_t>(r) * V : nullptr;
-    const int label = labels[r];
-    const T x_label = x[label];  // read before d (which may alias x) is written
-    const T mx = row_max(x, V);
-    if (argmax != nullptr) {
-      int first = 0;
-      while (first < V - 1 && !(x[first] == mx)) ++first;
-      argmax[r] = first;
-    }
-    T sum = 0;
-    if (d != nullptr) {
-#pragma omp simd reduction(+ : sum)
-      for (int j = 0; j < V; ++j) {
-        const T e = std::exp(x[j] - mx);
-        d[j] = e;
-        sum += e;
-      }
-    } else {
-#pragma omp simd reduction(+ : sum)
-      for (int j = 0; j < V; ++j) sum += std::exp(x[j] - mx);
-    }
-    if (loss != nullptr) loss[r] = mx + std::log(sum) - x_label;
-    if (d != nullptr) {
-      const T gs = grad_scale != nullptr ? grad_scale[r] : T(1);
-      const T f = gs / sum;
-#pragma omp simd
-      for (int j = 0; j < V; ++j) d[j] *= f;
-      d[label] -= gs;
-    }
+    const size_t off = static_cast<size_t>(r) * V;
+    softmax_cross_entropy_row(loss != nullptr ? loss + r : nullptr, dlogits != nullptr ? dlogits + off : nullptr,
+                              argmax != nullptr ? argmax + r : nullptr, logits + off, labels[r],
+                              grad_scale != nullptr ? grad_scale[r] : T(1), V);
   }
 }
 
@@ -67,17 +124,7 @@ template <typename T>
 void log_softmax(T* y, const T* x, int rows, int V) {
   ELECTRA_CHECK(rows >= 0 && V > 0, "log_softmax: bad shape rows=", rows, " V=", V);
 #pragma omp parallel for schedule(static) if (static_cast<long long>(rows) * V > 16384)
-  for (int r = 0; r < rows; ++r) {
-    const T* xr = x + static_cast<size_t>(r) * V;
-    T* yr = y + static_cast<size_t>(r) * V;
-    const T mx = row_max(xr, V);
-    T sum = 0;
-#pragma omp simd reduction(+ : sum)
-    for (int j = 0; j < V; ++j) sum += std::exp(xr[j] - mx);
-    const T lse = mx + std::log(sum);
-#pragma omp simd
-    for (int j = 0; j < V; ++j) yr[j] = xr[j] - lse;
-  }
+  for (int r = 0; r < rows; ++r) log_softmax_row(y + static_cast<size_t>(r) * V, x + static_cast<size_t>(r) * V, V);
 }
 
 template <typename T>
@@ -107,29 +154,17 @@ void gumbel_sample(int32_t* samples, const T* logits, const int32_t* disallow, i
     const PhiloxStream stream(seed, RandomPurpose::kSampling, step, first_example + r / rows_per_example);
     const uint64_t base = static_cast<uint64_t>(r % rows_per_example) * V;
     const int banned = disallow != nullptr ? disallow[r] : -1;
-    // gumbel(n) takes words 2n and 2n+1 of the stream: block n/2, words 0,1 (n even) or 2,3 (n odd).
-    constexpr int kBlocks = 64;
-    uint32_t w[4][kBlocks];
+    constexpr int kTokens = 128;
+    alignas(64) double score[kTokens];
     double best = -std::numeric_limits<double>::infinity();
     int best_v = 0;
-    for (int v0 = 0; v0 < V; v0 += 2 * kBlocks - 1) {
-      const int v1 = std::min(V, v0 + 2 * kBlocks - 1);  // at most kBlocks blocks, whatever the parity
-      const uint64_t first_block = (base + v0) >> 1;
-      const uint64_t last_block = ((base + v1 - 1) >> 1) + 1;
-      detail::philox_blocks(w[0], w[1], w[2], w[3], stream, first_block, static_cast<int>(last_block - first_block));
-      for (int v = v0; v < v1; ++v) {
-        const uint64_t n = base + v;
-        const uint64_t j = (n >> 1) - first_block;
-        const uint64_t hi = w[(n & 1) * 2][j], lo = w[(n & 1) * 2 + 1][j];
-        // Same arithmetic as PhiloxStream::uniform_open / gumbel.
-        const uint64_t bits = ((hi << 32) | lo) >> 11;
-        const double u = (static_cast<double>(bits) + 0.5) * (1.0 / 9007199254740992.0);
-        const double g = -std::log(-std::log(u));
-        const double z = static_cast<double>(x[v]) - (v == banned ? 1000.0 : 0.0);
-        const double score = z / t + g;
-        if (score > best) {
-          best = score;
-          best_v = v;
+    for (int v0 = 0; v0 < V; v0 += kTokens) {
+      const int count = std::min(kTokens, V - v0);
+      gumbel_scores(score, stream, base + v0, x + v0, count, banned - v0, t);
+      for (int i = 0; i < count; ++i) {
+        if (score[i] > best) {
+          best = score[i];
+          best_v = v0 + i;
         }
       }
     }

@@ -7,6 +7,41 @@
 #include "lib/core/error.h"
 
 namespace electra::cpu {
+namespace {
+
+template <typename T>
+ELECTRA_CPU_CLONES double sum_squares_chunk(const T* x, size_t n) {
+  double s = 0.0;
+#pragma omp simd reduction(+ : s)
+  for (size_t i = 0; i < n; ++i) {
+    const double v = static_cast<double>(x[i]);
+    s += v * v;
+  }
+  return s;
+}
+
+struct AdamScalars {
+  double lr, beta1, beta2, one_minus_beta1, one_minus_beta2, eps, weight_decay, grad_scale, inv_bc1, inv_bc2;
+};
+
+template <typename T>
+ELECTRA_CPU_CLONES void adamw_chunk(T* params, const T* grads, T* m, T* v, size_t n, const AdamScalars& a) {
+  const T b1 = T(a.beta1), b2 = T(a.beta2), one_minus_b1 = T(a.one_minus_beta1), one_minus_b2 = T(a.one_minus_beta2);
+  const T step = T(a.lr), e = T(a.eps), wd = T(a.weight_decay), gs = T(a.grad_scale);
+  const T inv_bc1 = T(a.inv_bc1), inv_bc2 = T(a.inv_bc2);
+#pragma omp simd
+  for (size_t i = 0; i < n; ++i) {
+    const T g = grads[i] * gs;
+    const T mi = b1 * m[i] + one_minus_b1 * g;
+    const T vi = b2 * v[i] + one_minus_b2 * g * g;
+    m[i] = mi;
+    v[i] = vi;
+    const T m_hat = mi * inv_bc1, v_hat = vi * inv_bc2;
+    params[i] -= step * (m_hat / (std::sqrt(v_hat) + e) + wd * params[i]);
+  }
+}
+
+}  // namespace
 
 template <typename T>
 double sum_squares(const T* x, size_t n) {
@@ -18,13 +53,7 @@ double sum_squares(const T* x, size_t n) {
 #pragma omp parallel for schedule(static) if (chunks > 1)
   for (size_t c = 0; c < chunks; ++c) {
     const size_t begin = c * kSumSquaresChunk, end = std::min(n, begin + kSumSquaresChunk);
-    double s = 0.0;
-#pragma omp simd reduction(+ : s)
-    for (size_t i = begin; i < end; ++i) {
-      const double v = static_cast<double>(x[i]);
-      s += v * v;
-    }
-    partial[c] = s;
+    partial[c] = sum_squares_chunk(x + begin, end - begin);
   }
   double total = 0.0;
   for (size_t c = 0; c < chunks; ++c) total += partial[c];
@@ -38,19 +67,20 @@ void adamw_step(T* params, const T* grads, T* m, T* v, size_t n, float lr, float
   // Bias corrections in double (beta^t for large t), applied as multipliers.
   const double bc1 = bias_correction ? 1.0 - std::pow(static_cast<double>(beta1), static_cast<double>(t)) : 1.0;
   const double bc2 = bias_correction ? 1.0 - std::pow(static_cast<double>(beta2), static_cast<double>(t)) : 1.0;
-  const T inv_bc1 = static_cast<T>(1.0 / bc1), inv_bc2 = static_cast<T>(1.0 / bc2);
-  const T b1 = beta1, b2 = beta2, one_minus_b1 = T(1) - T(beta1), one_minus_b2 = T(1) - T(beta2);
-  const T step = lr, e = eps, wd = weight_decay, gs = grad_scale;
-#pragma omp parallel for simd schedule(static) if (n > 32768)
-  for (size_t i = 0; i < n; ++i) {
-    const T g = grads[i] * gs;
-    const T mi = b1 * m[i] + one_minus_b1 * g;
-    const T vi = b2 * v[i] + one_minus_b2 * g * g;
-    m[i] = mi;
-    v[i] = vi;
-    const T m_hat = mi * inv_bc1, v_hat = vi * inv_bc2;
-    params[i] -= step * (m_hat / (std::sqrt(v_hat) + e) + wd * params[i]);
-  }
+  // The scalars are rounded to T exactly as a T-only formula would hold them (1 - beta in T).
+  const AdamScalars scalars{lr,
+                            beta1,
+                            beta2,
+                            static_cast<double>(T(1) - T(beta1)),
+                            static_cast<double>(T(1) - T(beta2)),
+                            eps,
+                            weight_decay,
+                            grad_scale,
+                            1.0 / bc1,
+                            1.0 / bc2};
+  detail::parallel_chunks(n, 16384, 32768, [&](size_t b, size_t e) {
+    adamw_chunk(params + b, grads + b, m + b, v + b, e - b, scalars);
+  });
 }
 
 #define ELECTRA_INSTANTIATE(T)                               \
