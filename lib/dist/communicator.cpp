@@ -94,8 +94,7 @@ void Communicator::setup_topology() {
   check_mpi(MPI_Comm_rank(comm_, &rank_), "MPI_Comm_rank");
   check_mpi(MPI_Comm_size(comm_, &world_size_), "MPI_Comm_size");
   MPI_Comm local = MPI_COMM_NULL;
-  check_mpi(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &local),
-            "MPI_Comm_split_type");
+  check_mpi(MPI_Comm_split_type(comm_, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL, &local), "MPI_Comm_split_type");
   check_mpi(MPI_Comm_rank(local, &local_rank_), "MPI_Comm_rank");
   check_mpi(MPI_Comm_size(local, &local_size_), "MPI_Comm_size");
   MPI_Comm_free(&local);
@@ -132,9 +131,7 @@ void Communicator::release() noexcept {
 }
 
 void Communicator::allreduce_sum(std::span<float> data) const { allreduce_in_place(comm_, data, MPI_FLOAT, MPI_SUM); }
-void Communicator::allreduce_sum(std::span<double> data) const {
-  allreduce_in_place(comm_, data, MPI_DOUBLE, MPI_SUM);
-}
+void Communicator::allreduce_sum(std::span<double> data) const { allreduce_in_place(comm_, data, MPI_DOUBLE, MPI_SUM); }
 void Communicator::allreduce_sum(std::span<int64_t> data) const {
   allreduce_in_place(comm_, data, MPI_INT64_T, MPI_SUM);
 }

@@ -84,8 +84,8 @@ class GradientReducer {
   std::span<float> buffer_;
   GradientReducerOptions options_;
   std::vector<Bucket> buckets_;
-  std::vector<size_t> launch_order_;  // bucket indices in launch order
-  size_t next_launch_ = 0;            // position in launch_order_
+  std::vector<size_t> launch_order_;   // bucket indices in launch order
+  size_t next_launch_ = 0;             // position in launch_order_
   std::vector<MPI_Request> requests_;  // one per bucket, MPI_REQUEST_NULL when not in flight
   std::map<size_t, size_t> marked_;    // offset -> end of ranges marked this step (overlap check)
   bool in_step_ = false;

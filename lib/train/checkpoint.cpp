@@ -98,7 +98,8 @@ Handle file_access(const std::filesystem::path& path) {
 
 // ---- writing ----
 
-void write_string_attribute(hid_t object, const char* name, const std::string& value, const std::filesystem::path& path) {
+void write_string_attribute(hid_t object, const char* name, const std::string& value,
+                            const std::filesystem::path& path) {
   Handle type = checked(H5Tcopy(H5T_C_S1), H5Tclose, path, "H5Tcopy");
   check_status(H5Tset_size(type.get(), std::max<size_t>(1, value.size())), path, "H5Tset_size");
   check_status(H5Tset_strpad(type.get(), H5T_STR_NULLPAD), path, "H5Tset_strpad");
@@ -119,19 +120,19 @@ void write_scalar_attribute(hid_t object, const char* name, hid_t type, T value,
 }
 
 // A JSON document as a scalar fixed-length UTF-8 string dataset.
-Handle write_json_dataset(hid_t file, const char* name, const nlohmann::json& value, const std::filesystem::path& path) {
+Handle write_json_dataset(hid_t file, const char* name, const nlohmann::json& value,
+                          const std::filesystem::path& path) {
   const std::string text = value.dump();
   Handle type = checked(H5Tcopy(H5T_C_S1), H5Tclose, path, "H5Tcopy");
   check_status(H5Tset_size(type.get(), std::max<size_t>(1, text.size())), path, "H5Tset_size");
   check_status(H5Tset_strpad(type.get(), H5T_STR_NULLPAD), path, "H5Tset_strpad");
   check_status(H5Tset_cset(type.get(), H5T_CSET_UTF8), path, "H5Tset_cset");
   Handle space = checked(H5Screate(H5S_SCALAR), H5Sclose, path, "H5Screate");
-  Handle dataset =
-      checked(H5Dcreate2(file, name, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Dclose, path,
-              std::string("cannot create /") + name);
+  Handle dataset = checked(H5Dcreate2(file, name, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
+                           H5Dclose, path, std::string("cannot create /") + name);
   std::string padded = text.empty() ? std::string(1, '\0') : text;
   check_status(H5Dwrite(dataset.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, padded.data()), path,
-        std::string("cannot write /") + name);
+               std::string("cannot write /") + name);
   return dataset;
 }
 
@@ -143,16 +144,16 @@ void write_section(hid_t file, Section section, std::span<const NamedTensor> lay
   for (const NamedTensor& tensor : layout) {
     const std::string where = "/" + group_name + "/" + tensor.name;
     std::vector<hsize_t> dims(tensor.shape.begin(), tensor.shape.end());
-    Handle space = checked(dims.empty() ? H5Screate(H5S_SCALAR) : H5Screate_simple(static_cast<int>(dims.size()),
-                                                                                     dims.data(), nullptr),
-                           H5Sclose, path, "cannot make the dataspace of " + where);
+    Handle space = checked(
+        dims.empty() ? H5Screate(H5S_SCALAR) : H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr),
+        H5Sclose, path, "cannot make the dataspace of " + where);
     Handle dataset = checked(H5Dcreate2(group.get(), tensor.name.c_str(), H5T_IEEE_F32LE, space.get(), H5P_DEFAULT,
                                         H5P_DEFAULT, H5P_DEFAULT),
                              H5Dclose, path, "cannot create " + where);
     const float* begin = data.data() + tensor.offset;
     if (tensor.size > 0) {
       check_status(H5Dwrite(dataset.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, begin), path,
-            "cannot write " + where);
+                   "cannot write " + where);
     }
     const uint32_t crc = crc32c(begin, tensor.size * sizeof(float));
     write_scalar_attribute(dataset.get(), "crc32c", H5T_NATIVE_UINT32, crc, path);
@@ -190,7 +191,7 @@ nlohmann::json read_json_dataset(hid_t file, const char* name, const std::filesy
   }
   std::string text(H5Tget_size(type.get()), '\0');
   check_status(H5Dread(dataset.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, text.data()), path,
-        std::string("cannot read /") + name);
+               std::string("cannot read /") + name);
   text.resize(text.find_last_not_of('\0') + 1);
   try {
     return nlohmann::json::parse(text);
@@ -215,7 +216,8 @@ int64_t element_count(const std::vector<int64_t>& shape) {
 }
 
 // Reads `where` (a float32 dataset of `count` elements) into `out` and verifies its checksum.
-void read_dataset(hid_t dataset, float* out, size_t count, const std::filesystem::path& path, const std::string& where) {
+void read_dataset(hid_t dataset, float* out, size_t count, const std::filesystem::path& path,
+                  const std::string& where) {
   Handle type = checked(H5Dget_type(dataset), H5Tclose, path, "H5Dget_type");
   if (H5Tget_class(type.get()) != H5T_FLOAT || H5Tget_size(type.get()) != sizeof(float)) {
     fail("checkpoint ", path.string(), ": ", where, " is not float32");
@@ -243,9 +245,12 @@ std::string shape_string(const std::vector<int64_t>& shape) {
 
 const char* section_name(Section section) {
   switch (section) {
-    case Section::kParams: return "params";
-    case Section::kAdamM: return "adam_m";
-    case Section::kAdamV: return "adam_v";
+    case Section::kParams:
+      return "params";
+    case Section::kAdamM:
+      return "adam_m";
+    case Section::kAdamV:
+      return "adam_v";
   }
   return "?";
 }
@@ -260,11 +265,13 @@ void validate_layout(std::span<const NamedTensor> layout, size_t buffer_size) {
     if (!names.insert(tensor.name).second) fail("tensor layout: duplicate tensor name '", tensor.name, "'");
     int64_t count = 1;
     for (int64_t d : tensor.shape) {
-      if (d < 0) fail("tensor layout: tensor '", tensor.name, "' has a negative dimension in ", shape_string(tensor.shape));
+      if (d < 0)
+        fail("tensor layout: tensor '", tensor.name, "' has a negative dimension in ", shape_string(tensor.shape));
       count *= d;
     }
     if (static_cast<size_t>(count) != tensor.size) {
-      fail("tensor layout: tensor '", tensor.name, "' has size ", tensor.size, " but shape ", shape_string(tensor.shape));
+      fail("tensor layout: tensor '", tensor.name, "' has size ", tensor.size, " but shape ",
+           shape_string(tensor.shape));
     }
     if (tensor.offset > buffer_size || tensor.size > buffer_size - tensor.offset) {
       fail("tensor layout: tensor '", tensor.name, "' [", tensor.offset, ", ", tensor.offset + tensor.size,
@@ -391,23 +398,24 @@ std::vector<StoredTensor> CheckpointFile::tensors(Section section) const {
   QuietErrors quiet;
   const std::string group_name = section_name(section);
   if (!has_section(section)) fail("checkpoint ", path_.string(), ": no /", group_name, " group");
-  Handle group = checked(H5Gopen2(file_, group_name.c_str(), H5P_DEFAULT), H5Gclose, path_, "cannot open /" + group_name);
+  Handle group =
+      checked(H5Gopen2(file_, group_name.c_str(), H5P_DEFAULT), H5Gclose, path_, "cannot open /" + group_name);
   std::vector<std::string> names;
   hsize_t index = 0;
   check_status(H5Literate(
-            group.get(), H5_INDEX_NAME, H5_ITER_INC, &index,
-            [](hid_t, const char* name, const H5L_info_t*, void* out) -> herr_t {
-              static_cast<std::vector<std::string>*>(out)->emplace_back(name);
-              return 0;
-            },
-            &names),
-        path_, "cannot list /" + group_name);
+                   group.get(), H5_INDEX_NAME, H5_ITER_INC, &index,
+                   [](hid_t, const char* name, const H5L_info_t*, void* out) -> herr_t {
+                     static_cast<std::vector<std::string>*>(out)->emplace_back(name);
+                     return 0;
+                   },
+                   &names),
+               path_, "cannot list /" + group_name);
   std::vector<StoredTensor> result;
   result.reserve(names.size());
   for (const std::string& name : names) {
     const std::string where = "/" + group_name + "/" + name;
-    Handle dataset = checked(H5Dopen2(group.get(), name.c_str(), H5P_DEFAULT), H5Dclose, path_,
-                             where + " is not a dataset");
+    Handle dataset =
+        checked(H5Dopen2(group.get(), name.c_str(), H5P_DEFAULT), H5Dclose, path_, where + " is not a dataset");
     result.push_back(StoredTensor{name, dataset_shape(dataset.get(), path_, where)});
   }
   return result;
@@ -441,11 +449,12 @@ void CheckpointFile::read_into(Section section, std::span<const NamedTensor> lay
   }
 
   QuietErrors quiet;
-  Handle group = checked(H5Gopen2(file_, group_name.c_str(), H5P_DEFAULT), H5Gclose, path_, "cannot open /" + group_name);
+  Handle group =
+      checked(H5Gopen2(file_, group_name.c_str(), H5P_DEFAULT), H5Gclose, path_, "cannot open /" + group_name);
   for (const NamedTensor& tensor : layout) {
     const std::string where = "/" + group_name + "/" + tensor.name;
-    Handle dataset = checked(H5Dopen2(group.get(), tensor.name.c_str(), H5P_DEFAULT), H5Dclose, path_,
-                             "cannot open " + where);
+    Handle dataset =
+        checked(H5Dopen2(group.get(), tensor.name.c_str(), H5P_DEFAULT), H5Dclose, path_, "cannot open " + where);
     read_dataset(dataset.get(), buffer.data() + tensor.offset, tensor.size, path_, where);
   }
 }

@@ -125,8 +125,8 @@ std::filesystem::path CheckpointManager::save(const CheckpointContent& content) 
 void CheckpointManager::prune() {
   const std::vector<CheckpointEntry> entries = list();
   std::set<std::filesystem::path> keep;
-  for (size_t i = entries.size() > static_cast<size_t>(keep_last_) ? entries.size() - keep_last_ : 0; i < entries.size();
-       ++i) {
+  for (size_t i = entries.size() > static_cast<size_t>(keep_last_) ? entries.size() - keep_last_ : 0;
+       i < entries.size(); ++i) {
     keep.insert(entries[i].path);
   }
   if (auto pointer = latest_pointer()) keep.insert(pointer->path);

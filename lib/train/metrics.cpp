@@ -1,11 +1,12 @@
 #include "lib/train/metrics.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <cerrno>
 #include <cmath>
 #include <cstring>
-#include <fcntl.h>
 #include <fstream>
-#include <unistd.h>
 
 #include "lib/core/error.h"
 #include "lib/train/atomic_file.h"
@@ -15,9 +16,14 @@ namespace {
 
 // The named fields in output order.
 std::vector<std::pair<const char*, double>> named_fields(const StepMetrics& m) {
-  return {{"loss", m.loss},         {"gen_loss", m.gen_loss},         {"disc_loss", m.disc_loss},
-          {"mlm_accuracy", m.mlm_accuracy}, {"disc_accuracy", m.disc_accuracy}, {"lr", m.lr},
-          {"grad_norm", m.grad_norm}, {"tokens_per_s", m.tokens_per_s}};
+  return {{"loss", m.loss},
+          {"gen_loss", m.gen_loss},
+          {"disc_loss", m.disc_loss},
+          {"mlm_accuracy", m.mlm_accuracy},
+          {"disc_accuracy", m.disc_accuracy},
+          {"lr", m.lr},
+          {"grad_norm", m.grad_norm},
+          {"tokens_per_s", m.tokens_per_s}};
 }
 
 // Keeps lines whose "step" is <= resume_step; drops unparsable (torn) lines.
@@ -30,7 +36,8 @@ void drop_lines_after(const std::filesystem::path& path, int64_t resume_step) {
     if (line.empty()) continue;
     try {
       const auto record = nlohmann::json::parse(line);
-      if (record.contains("step") && record["step"].is_number_integer() && record["step"].get<int64_t>() > resume_step) {
+      if (record.contains("step") && record["step"].is_number_integer() &&
+          record["step"].get<int64_t>() > resume_step) {
         continue;
       }
     } catch (const nlohmann::json::exception&) {

@@ -1,10 +1,11 @@
 #include "lib/train/tensorboard.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <cerrno>
 #include <chrono>
 #include <cstring>
-#include <fcntl.h>
-#include <unistd.h>
 
 #include "lib/core/error.h"
 #include "lib/train/crc32c.h"
@@ -71,7 +72,8 @@ std::string encode_file_version_event(double wall_time) {
   return event;
 }
 
-std::string encode_scalars_event(double wall_time, int64_t step, std::span<const std::pair<std::string, float>> values) {
+std::string encode_scalars_event(double wall_time, int64_t step,
+                                 std::span<const std::pair<std::string, float>> values) {
   std::string summary;
   for (const auto& [tag, value] : values) {
     std::string entry;

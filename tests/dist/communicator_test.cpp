@@ -128,7 +128,8 @@ TEST(Communicator, BroadcastFromEveryRoot) {
 TEST(Communicator, GatherStringsInRankOrder) {
   const Communicator& comm = world();
   // Rank 0's string is empty, the others grow: lengths differ per rank.
-  const std::string mine = comm.rank() == 0 ? "" : "rank-" + std::to_string(comm.rank()) + std::string(comm.rank() * 3, 'x');
+  const std::string mine =
+      comm.rank() == 0 ? "" : "rank-" + std::to_string(comm.rank()) + std::string(comm.rank() * 3, 'x');
   for (int root : {0, comm.world_size() - 1}) {
     const std::vector<std::string> all = comm.gather_strings(mine, root);
     if (comm.rank() == root) {

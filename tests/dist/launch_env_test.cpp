@@ -82,8 +82,8 @@ TEST(LaunchEnvFromEnvironment, ReadsVariables) {
   EXPECT_EQ(env.slurm_localid, "2");
   EXPECT_EQ(env.ompi_local_rank, "1");
   EXPECT_TRUE(env.skip_slurm_check);
-  for (const char* name : {"SLURM_NTASKS", "SLURM_JOB_ID", "SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK",
-                           "ELECTRA_SKIP_SLURM_CHECK"}) {
+  for (const char* name :
+       {"SLURM_NTASKS", "SLURM_JOB_ID", "SLURM_LOCALID", "OMPI_COMM_WORLD_LOCAL_RANK", "ELECTRA_SKIP_SLURM_CHECK"}) {
     unsetenv(name);
   }
   const LaunchEnv empty = read_launch_env();

@@ -27,8 +27,11 @@ std::vector<float> random_bits(size_t count, uint32_t seed) {
     const uint32_t bits = rng();
     std::memcpy(&x, &bits, sizeof(x));
   }
-  const float specials[] = {-0.0f, std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(),
-                            std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::denorm_min(),
+  const float specials[] = {-0.0f,
+                            std::numeric_limits<float>::infinity(),
+                            -std::numeric_limits<float>::infinity(),
+                            std::numeric_limits<float>::quiet_NaN(),
+                            std::numeric_limits<float>::denorm_min(),
                             std::numeric_limits<float>::max()};
   for (size_t i = 0; i < std::size(specials) && i < count; ++i) data[i] = specials[i];
   uint32_t payload_nan = 0x7FC12345u;
@@ -49,8 +52,10 @@ struct Saved {
     c.params = params;
     c.adam_m = m;
     c.adam_v = v;
-    c.state = {{"step", 1200}, {"tokens_seen", int64_t{1} << 40}, {"seed", 42}, {"loss_scale", 65536.0},
-               {"skipped_steps", 3}, {"finite", true}, {"note", "warm"}};
+    c.state = {{"step", 1200},       {"tokens_seen", int64_t{1} << 40},
+               {"seed", 42},         {"loss_scale", 65536.0},
+               {"skipped_steps", 3}, {"finite", true},
+               {"note", "warm"}};
     c.loader = {{"rank_0", {{"epoch", 1}, {"cursor", 4096}}}, {"rank_1", {{"epoch", 1}, {"cursor", 4100}}}};
     c.config = {{"model", {{"hidden_size", 256}}}, {"train", {{"lr", 5e-4}}}};
     return c;

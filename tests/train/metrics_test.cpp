@@ -49,7 +49,9 @@ TEST(MetricsWriter, OneParsableObjectPerLine) {
     partial.step = 4;
     partial.loss = 7.0;
     partial.grad_norm = std::numeric_limits<double>::infinity();
-    partial.extra = {{"loss_scale", 32768}, {"skipped", true}, {"phase", "warmup"},
+    partial.extra = {{"loss_scale", 32768},
+                     {"skipped", true},
+                     {"phase", "warmup"},
                      {"nan_extra", std::numeric_limits<double>::quiet_NaN()}};
     writer.write(partial);
     // Flushed per line: visible before the writer is closed.

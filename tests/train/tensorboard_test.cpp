@@ -32,8 +32,8 @@ TEST(TfEvents, ScalarEventBytes) {
   const std::pair<std::string, float> values[] = {{"a", 2.0f}};
   // Value {tag "a" (0x0a 01 'a'), simple_value 2.0f (0x15, 00 00 00 40)} inside Summary.value (0x0a, 8),
   // inside Event.summary (0x2a, 10), after wall_time (0x09 ...) and step 3 (0x10 03).
-  const std::string expected = bytes({0x09, 0, 0, 0, 0, 0, 0, 0xF8, 0x3F, 0x10, 0x03, 0x2A, 10, 0x0A, 8, 0x0A, 1, 'a',
-                                      0x15, 0x00, 0x00, 0x00, 0x40});
+  const std::string expected = bytes(
+      {0x09, 0, 0, 0, 0, 0, 0, 0xF8, 0x3F, 0x10, 0x03, 0x2A, 10, 0x0A, 8, 0x0A, 1, 'a', 0x15, 0x00, 0x00, 0x00, 0x40});
   EXPECT_EQ(tfevents::encode_scalars_event(1.5, 3, values), expected);
 }
 
