@@ -58,6 +58,12 @@ Loader::Loader(LoaderOptions options) : options_(std::move(options)) {
     fail(o.data_dir, ": the vocabulary lacks one of [MASK], [CLS], [SEP], [PAD]");
   if (masking_.max_predictions > o.seq_length)
     fail("loader: max_predictions ", masking_.max_predictions, " exceeds seq_length ", o.seq_length);
+#ifndef H5_HAVE_THREADSAFE
+  // The prefetch thread calls HDF5; a library built without --enable-threadsafe must not be used from
+  // another thread (e.g. checkpoint writing) at the same time.
+  ELECTRA_LOG(warning) << "loader: this HDF5 library is not thread-safe; do not call HDF5 from other threads "
+                          "while the loader runs";
+#endif
   start(state_);
 }
 

@@ -79,19 +79,6 @@ struct Emitter {
   }
 };
 
-// An all-ASCII chunk (already lowercased when asked): split on punctuation, nothing else to do.
-void emit_ascii_chunk(const char* data, size_t len, Emitter& emit) {
-  size_t start = 0;
-  for (size_t i = 0; i < len; ++i) {
-    if (kAsciiClass[static_cast<unsigned char>(data[i])] == kPunctByte) {
-      if (i > start) emit(data + start, i - start, static_cast<uint32_t>(i - start));
-      emit(data + i, 1, 1);
-      start = i + 1;
-    }
-  }
-  if (len > start) emit(data + start, len - start, static_cast<uint32_t>(len - start));
-}
-
 // A chunk with non-ASCII characters (valid UTF-8): normalize, lowercase, strip accents, split on punctuation.
 void emit_unicode_chunk(const char* data, size_t len, const TokenizerOptions& options, Scratch& s, Emitter& emit) {
   std::u32string& cps = s.cps;
@@ -162,7 +149,7 @@ void BasicTokenizer::split(std::string_view text, WordCallback callback, void* c
   auto flush = [&] {
     if (chunk_len == 0) return;
     if (chunk_ascii) {
-      emit_ascii_chunk(chunk, chunk_len, emit);
+      emit(chunk, chunk_len, static_cast<uint32_t>(chunk_len));  // punctuation was split off already
     } else {
       emit_unicode_chunk(chunk, chunk_len, options_, s, emit);
     }
@@ -172,16 +159,35 @@ void BasicTokenizer::split(std::string_view text, WordCallback callback, void* c
 
   const auto* p = reinterpret_cast<const unsigned char*>(text.data());
   const auto* const end = p + text.size();
+  const bool strip = options_.strips_accents();
   while (p < end) {
     const unsigned b = *p;
     if (b < 0x80) {
       const uint8_t cls = kAsciiClass[b];
-      ++p;
-      if (cls == kWordByte || cls == kPunctByte) {
+      if (cls == kWordByte) {
         chunk[chunk_len++] = lower[b];
       } else if (cls == kSpaceByte) {
         flush();
+      } else if (cls == kPunctByte) {
+        // Split right away when nothing after it can change it: accent stripping works per character,
+        // and otherwise only a following non-ASCII character could compose with it under NFC
+        // ("=" + U+0338 -> U+2260). Dropped control bytes in between do not count.
+        bool safe = strip;
+        if (!safe && chunk_ascii) {
+          const unsigned char* q = p + 1;
+          while (q < end && *q < 0x80 && kAsciiClass[*q] == kDropByte) ++q;
+          safe = q == end || *q < 0x80;
+        }
+        if (safe && chunk_ascii) {
+          if (chunk_len > 0) emit(chunk, chunk_len, static_cast<uint32_t>(chunk_len));
+          chunk_len = 0;
+          emit(reinterpret_cast<const char*>(p), 1, 1);
+        } else {
+          chunk[chunk_len++] = static_cast<char>(b);
+          chunk_ascii = false;  // the slow path splits it after normalization
+        }
       }  // kDropByte: removed, the chunk continues
+      ++p;
       continue;
     }
     const unicode::Decoded d = unicode::decode_utf8(p, end);

@@ -8,9 +8,71 @@
 namespace electra::text {
 namespace {
 
-uint64_t slot_of(uint64_t hash, uint64_t mask) { return (hash * 0x9E3779B97F4A7C15ull >> 17) & mask; }
-
 bool is_continuation_byte(char c) { return (static_cast<unsigned char>(c) & 0xC0) == 0x80; }
+
+uint64_t load64(const char* p) {
+  uint64_t v;
+  std::memcpy(&v, p, 8);
+  return v;
+}
+uint64_t load32(const char* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+uint64_t mix(uint64_t a, uint64_t b) {
+  const __uint128_t r = static_cast<__uint128_t>(a) * b;
+  return static_cast<uint64_t>(r) ^ static_cast<uint64_t>(r >> 64);
+}
+
+// A word-at-a-time hash for the piece tables (wyhash-style reads: never past the key, no loops for keys
+// of up to 16 bytes). Internal only: Vocab::hash() is the stable, documented FNV-1a.
+uint64_t piece_hash(const char* p, size_t n) {
+  constexpr uint64_t k0 = 0xa0761d6478bd642full, k1 = 0xe7037ed1a0b428dbull, k2 = 0x8ebc6af09c88c6e3ull;
+  uint64_t a, b;
+  if (n <= 16) {
+    if (n >= 4) {
+      a = (load32(p) << 32) | load32(p + ((n >> 3) << 2));
+      b = (load32(p + n - 4) << 32) | load32(p + n - 4 - ((n >> 3) << 2));
+    } else if (n > 0) {
+      a = (static_cast<uint64_t>(static_cast<unsigned char>(p[0])) << 16) |
+          (static_cast<uint64_t>(static_cast<unsigned char>(p[n >> 1])) << 8) | static_cast<unsigned char>(p[n - 1]);
+      b = 0;
+    } else {
+      a = b = 0;
+    }
+  } else {
+    uint64_t seed = k0;
+    size_t i = n;
+    const char* q = p;
+    while (i > 16) {
+      seed = mix(load64(q) ^ k1, load64(q + 8) ^ seed);
+      q += 16;
+      i -= 16;
+    }
+    a = load64(p + n - 16) ^ seed;
+    b = load64(p + n - 8);
+  }
+  return mix(k1 ^ n, mix(a ^ k1, b ^ k2));
+}
+
+uint64_t slot_of(uint64_t hash, uint64_t mask) { return hash & mask; }
+
+// Equality of short keys without a call to memcmp.
+bool same_bytes(const char* a, const char* b, size_t n) {
+  while (n >= 8) {
+    if (load64(a) != load64(b)) return false;
+    a += 8;
+    b += 8;
+    n -= 8;
+  }
+  if (n >= 4) return load32(a) == load32(b) && load32(a + n - 4) == load32(b + n - 4);
+  for (size_t i = 0; i < n; ++i) {
+    if (a[i] != b[i]) return false;
+  }
+  return true;
+}
 
 }  // namespace
 
@@ -22,7 +84,7 @@ void BertTokenizer::PieceTable::build(const std::vector<std::pair<std::string_vi
   arena_.clear();
   max_key_bytes_ = 0;
   for (const auto& [key, id] : entries) {
-    const uint64_t hash = fnv1a64(key);
+    const uint64_t hash = piece_hash(key.data(), key.size());
     uint64_t slot = slot_of(hash, mask_);
     while (slots_[slot].id >= 0) slot = (slot + 1) & mask_;  // keys are unique (Vocab checks)
     slots_[slot] = Slot{hash, static_cast<uint32_t>(arena_.size()), static_cast<uint32_t>(key.size()), id};
@@ -31,12 +93,13 @@ void BertTokenizer::PieceTable::build(const std::vector<std::pair<std::string_vi
   }
 }
 
-int32_t BertTokenizer::PieceTable::find(const char* key, size_t len, uint64_t hash) const {
+int32_t BertTokenizer::PieceTable::find(const char* key, size_t len) const {
+  const uint64_t hash = piece_hash(key, len);
   uint64_t slot = slot_of(hash, mask_);
   while (true) {
     const Slot& s = slots_[slot];
     if (s.id < 0) return -1;
-    if (s.hash == hash && s.len == len && std::memcmp(arena_.data() + s.offset, key, len) == 0) return s.id;
+    if (s.hash == hash && s.len == len && same_bytes(arena_.data() + s.offset, key, len)) return s.id;
     slot = (slot + 1) & mask_;
   }
 }
@@ -64,31 +127,15 @@ bool BertTokenizer::wordpiece(std::string_view word, uint32_t chars, std::vector
   const size_t n = word.size();
   const bool ascii = n == chars;
   const size_t mark = out.size();
-  // hashes[k] = FNV-1a of word[start, start + k): every candidate's hash in one pass per start.
-  uint64_t stack_hashes[257];
-  std::vector<uint64_t> heap_hashes;
-  uint64_t* hashes = stack_hashes;
   size_t start = 0;
   while (start < n) {
     const PieceTable& table = start == 0 ? initial_ : continuation_;
-    const size_t limit = std::min(n, start + table.max_key_bytes());
-    const size_t need = limit - start + 1;
-    if (need > 257) {
-      if (heap_hashes.size() < need) heap_hashes.resize(need);
-      hashes = heap_hashes.data();
-    } else {
-      hashes = stack_hashes;
-    }
-    uint64_t h = kFnvOffset;
-    for (size_t i = start; i < limit; ++i) {
-      h = (h ^ static_cast<unsigned char>(word[i])) * kFnvPrime;
-      hashes[i - start + 1] = h;
-    }
+    // Longest candidate first; most words are found whole on the first probe.
     int32_t found = -1;
-    size_t end = limit;
+    size_t end = std::min(n, start + table.max_key_bytes());
     for (; end > start; --end) {
       if (!ascii && end < n && is_continuation_byte(word[end])) continue;  // not a character boundary
-      found = table.find(word.data() + start, end - start, hashes[end - start]);
+      found = table.find(word.data() + start, end - start);
       if (found >= 0) break;
     }
     if (found < 0) {

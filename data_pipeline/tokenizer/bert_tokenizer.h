@@ -47,8 +47,8 @@ class BertTokenizer {
   class PieceTable {
    public:
     void build(const std::vector<std::pair<std::string_view, int32_t>>& entries);
-    // `hash` must be fnv1a64(key).
-    int32_t find(const char* key, size_t len, uint64_t hash) const;
+    // Id of the key, -1 when absent.
+    int32_t find(const char* key, size_t len) const;
     size_t max_key_bytes() const { return max_key_bytes_; }
 
    private:

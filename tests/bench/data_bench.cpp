@@ -3,10 +3,11 @@
 //     shards) in MB of input text per second. Corpus: $ELECTRA_BENCH_CORPUS or the Python docs
 //     (/usr/share/doc/python3.11/html/_sources); vocabulary: $ELECTRA_BENCH_VOCAB or one trained here
 //     (30,522 tokens) from the corpus before timing.
-//   BM_Loader/<cache MiB>: batches/s of Loader::next() at global batch 128, seq 128 on the shards
+//   BM_Loader/<cache MiB>/<chunk rows>: batches/s of Loader::next() at global batch 128, seq 128 on the shards
 //     written above (one rank, shuffled; the consumer does nothing, so this is the prefetch thread's
 //     rate). Cache 1024 MiB holds the whole data set once warm; 4 MiB forces a chunk decompression per
-//     row most of the time, as on a corpus much larger than memory.
+//     row most of the time, as on a corpus much larger than memory; shards are written with the
+//     given HDF5 chunk height (electra-preprocess --chunk-rows).
 // Run: build/bench/data_bench [--benchmark_filter=...]
 #include <benchmark/benchmark.h>
 
@@ -100,9 +101,12 @@ void BM_Loader(benchmark::State& state) {
     state.SkipWithError(data().error.c_str());
     return;
   }
-  if (!fs::exists(data().shards + "/manifest.json")) {
+  const int chunk_rows = static_cast<int>(state.range(1));
+  const std::string shards = data().shards + "-" + std::to_string(chunk_rows);
+  if (!fs::exists(shards + "/manifest.json")) {
     // run_preprocess needs MPI; one rank's shards + manifest are written by hand here instead.
-    const data::PreprocessOptions o = preprocess_options(data().shards);
+    data::PreprocessOptions o = preprocess_options(shards);
+    o.chunk_rows = chunk_rows;
     fs::create_directories(o.output_dir);
     const std::vector<data::InputFile> files = data::list_input_files(o.inputs);
     const text::Vocab vocab = text::Vocab::load(o.vocab_path);
@@ -117,7 +121,7 @@ void BM_Loader(benchmark::State& state) {
     m.save(o.output_dir);
   }
   data::LoaderOptions o;
-  o.data_dir = data().shards;
+  o.data_dir = shards;
   o.global_batch_size = 128;
   o.seq_length = 128;
   o.cache_bytes = static_cast<uint64_t>(state.range(0)) << 20;
@@ -129,7 +133,7 @@ void BM_Loader(benchmark::State& state) {
   state.counters["hit_rate"] = static_cast<double>(cache.hits) / static_cast<double>(cache.hits + cache.misses);
   state.counters["examples"] = static_cast<double>(loader.num_examples());
 }
-BENCHMARK(BM_Loader)->Arg(1024)->Arg(4)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(3.0);
+BENCHMARK(BM_Loader)->Args({1024, 256})->Args({4, 256})->Args({4, 64})->Args({4, 16})->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(3.0);
 
 }  // namespace
 
