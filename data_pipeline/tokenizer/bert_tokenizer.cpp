@@ -87,8 +87,16 @@ void BertTokenizer::PieceTable::build(const std::vector<std::pair<std::string_vi
     const uint64_t hash = piece_hash(key.data(), key.size());
     uint64_t slot = slot_of(hash, mask_);
     while (slots_[slot].id >= 0) slot = (slot + 1) & mask_;  // keys are unique (Vocab checks)
-    slots_[slot] = Slot{hash, static_cast<uint32_t>(arena_.size()), static_cast<uint32_t>(key.size()), id};
-    arena_.append(key);
+    Slot& s = slots_[slot];
+    s.hash = hash;
+    s.id = id;
+    s.len = static_cast<uint32_t>(key.size());
+    if (key.size() <= kInline) {
+      std::memcpy(s.inline_key, key.data(), key.size());
+    } else {
+      s.offset = static_cast<uint32_t>(arena_.size());
+      arena_.append(key);
+    }
     max_key_bytes_ = std::max(max_key_bytes_, key.size());
   }
 }
@@ -99,7 +107,10 @@ int32_t BertTokenizer::PieceTable::find(const char* key, size_t len) const {
   while (true) {
     const Slot& s = slots_[slot];
     if (s.id < 0) return -1;
-    if (s.hash == hash && s.len == len && same_bytes(arena_.data() + s.offset, key, len)) return s.id;
+    if (s.hash == hash && s.len == len &&
+        same_bytes(len <= kInline ? s.inline_key : arena_.data() + s.offset, key, len)) {
+      return s.id;
+    }
     slot = (slot + 1) & mask_;
   }
 }

@@ -52,11 +52,15 @@ class BertTokenizer {
     size_t max_key_bytes() const { return max_key_bytes_; }
 
    private:
+    // Keys of up to 16 bytes (nearly all) live in the slot itself, so a hit touches one cache line;
+    // longer keys live in the arena at `offset`.
+    static constexpr size_t kInline = 16;
     struct Slot {
       uint64_t hash = 0;
-      uint32_t offset = 0;
-      uint32_t len = 0;
       int32_t id = -1;
+      uint32_t len = 0;
+      char inline_key[kInline] = {};
+      uint32_t offset = 0;
     };
     std::vector<Slot> slots_;
     std::string arena_;
