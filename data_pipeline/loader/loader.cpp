@@ -1,6 +1,7 @@
 #include "data_pipeline/loader/loader.h"
 
 #include <algorithm>
+#include <functional>
 #include <optional>
 
 #include "data_pipeline/loader/permutation.h"
@@ -9,6 +10,87 @@
 #include "lib/core/log.h"
 
 namespace electra::data {
+
+// A fixed set of threads that run the parts of one job together with the calling thread.
+class Loader::WorkerPool {
+ public:
+  explicit WorkerPool(int threads) {
+    for (int t = 1; t < threads; ++t) workers_.emplace_back([this] { work(); });
+  }
+  ~WorkerPool() {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      stopping_ = true;
+    }
+    cv_.notify_all();
+    for (std::thread& t : workers_) t.join();
+  }
+  // Runs fn(part) for every part in [0, parts); rethrows the first exception of any part.
+  void run(int parts, const std::function<void(int)>& fn) {
+    uint64_t generation;
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      fn_ = &fn;
+      parts_ = parts;
+      next_ = 0;
+      done_ = 0;
+      error_ = nullptr;
+      generation = ++generation_;
+    }
+    cv_.notify_all();
+    drain(generation);
+    std::unique_lock<std::mutex> lock(mutex_);
+    done_cv_.wait(lock, [&] { return done_ == parts_; });
+    fn_ = nullptr;
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  // Claims and runs parts of job `generation` until none is left (parts are claimed under the lock, so a
+  // thread late from an earlier job never touches a newer one).
+  void drain(uint64_t generation) {
+    for (;;) {
+      int part;
+      const std::function<void(int)>* fn;
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (generation_ != generation || next_ >= parts_) return;
+        part = next_++;
+        fn = fn_;
+      }
+      std::exception_ptr error;
+      try {
+        (*fn)(part);
+      } catch (...) {
+        error = std::current_exception();
+      }
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (error && !error_) error_ = error;
+      if (++done_ == parts_) done_cv_.notify_all();
+    }
+  }
+  void work() {
+    uint64_t seen = 0;
+    for (;;) {
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        cv_.wait(lock, [&] { return stopping_ || generation_ != seen; });
+        if (stopping_) return;
+        seen = generation_;
+      }
+      drain(seen);
+    }
+  }
+
+  std::vector<std::thread> workers_;
+  std::mutex mutex_;
+  std::condition_variable cv_, done_cv_;
+  const std::function<void(int)>* fn_ = nullptr;
+  int parts_ = 0, done_ = 0, next_ = 0;
+  uint64_t generation_ = 0;
+  bool stopping_ = false;
+  std::exception_ptr error_;
+};
 
 nlohmann::json LoaderState::to_json() const { return {{"epoch", epoch}, {"cursor", cursor}}; }
 
@@ -30,6 +112,7 @@ Loader::Loader(LoaderOptions options) : options_(std::move(options)) {
   if (o.seq_length <= 0) fail("loader: seq_length must be positive, got ", o.seq_length);
   if (!(o.mask_prob > 0.0f && o.mask_prob < 1.0f)) fail("loader: mask_prob must be in (0, 1), got ", o.mask_prob);
   if (o.prefetch_batches < 1) fail("loader: prefetch_batches must be at least 1");
+  if (o.reader_threads < 1) fail("loader: reader_threads must be at least 1");
 
   DatasetOptions d;
   d.data_dir = o.data_dir;
@@ -64,6 +147,7 @@ Loader::Loader(LoaderOptions options) : options_(std::move(options)) {
   ELECTRA_LOG(warning) << "loader: this HDF5 library is not thread-safe; do not call HDF5 from other threads "
                           "while the loader runs";
 #endif
+  pool_ = std::make_unique<WorkerPool>(o.reader_threads);
   start(state_);
 }
 
@@ -111,22 +195,27 @@ electra::Batch Loader::make_batch(const LoaderState& at) {
 
   std::optional<FeistelPermutation> permutation;
   if (options_.shuffle) permutation.emplace(num_examples_, options_.seed, at.epoch);
-  std::vector<int32_t> original(static_cast<size_t>(S));
-  for (int i = 0; i < B; ++i) {
-    const uint64_t position = at.cursor + batch.global_row_offset + static_cast<uint64_t>(i);
-    const uint64_t example = permutation ? (*permutation)(position) : position;
-    batch.example_index[static_cast<size_t>(i)] = example;
-    const size_t row = static_cast<size_t>(i) * S;
-    int length = 0;
-    int32_t nsp = -1;
-    dataset_->read(example, original.data(), batch.input_type_ids.data() + row, &length, &nsp);
-    std::fill_n(batch.input_mask.data() + row, length, 1);
-    if (!batch.next_sentence_labels.empty()) batch.next_sentence_labels[static_cast<size_t>(i)] = nsp;
-    const size_t prow = static_cast<size_t>(i) * P;
-    mask_example(original.data(), length, S, masking_, at.epoch, example, batch.input_word_ids.data() + row,
-                 batch.masked_lm_positions.data() + prow, batch.masked_lm_ids.data() + prow,
-                 batch.masked_lm_weights.data() + prow);
-  }
+  // Rows are independent (each a pure function of its example and the epoch), so any split over
+  // threads gives the same batch.
+  const int parts = std::min(B, options_.reader_threads * 4);
+  pool_->run(parts, [&](int part) {
+    std::vector<int32_t> original(static_cast<size_t>(S));
+    for (int i = part * B / parts; i < (part + 1) * B / parts; ++i) {
+      const uint64_t position = at.cursor + batch.global_row_offset + static_cast<uint64_t>(i);
+      const uint64_t example = permutation ? (*permutation)(position) : position;
+      batch.example_index[static_cast<size_t>(i)] = example;
+      const size_t row = static_cast<size_t>(i) * S;
+      int length = 0;
+      int32_t nsp = -1;
+      dataset_->read(example, original.data(), batch.input_type_ids.data() + row, &length, &nsp);
+      std::fill_n(batch.input_mask.data() + row, length, 1);
+      if (!batch.next_sentence_labels.empty()) batch.next_sentence_labels[static_cast<size_t>(i)] = nsp;
+      const size_t prow = static_cast<size_t>(i) * P;
+      mask_example(original.data(), length, S, masking_, at.epoch, example, batch.input_word_ids.data() + row,
+                   batch.masked_lm_positions.data() + prow, batch.masked_lm_ids.data() + prow,
+                   batch.masked_lm_weights.data() + prow);
+    }
+  });
   return batch;
 }
 

@@ -14,7 +14,8 @@
 // index), independent of rank count and batch split.
 //
 // Prefetch. A background thread reads and masks the next `prefetch_batches` batches into a bounded
-// queue; next() only waits when the thread is behind. An exception in the thread is rethrown by next().
+// queue (the rows of a batch spread over `reader_threads` threads); next() only waits when the thread
+// is behind. An exception in the thread is rethrown by next() (and by every later call).
 #pragma once
 
 #include <condition_variable>
@@ -47,6 +48,7 @@ struct LoaderOptions {
   int prefetch_batches = 4;
   bool shuffle = true;
   uint64_t cache_bytes = uint64_t{1} << 30;  // decompressed-chunk cache of the shard reader
+  int reader_threads = 2;                    // threads that read, inflate and mask one batch together
   bool verify_checksums = false;             // CRC-32 of every shard against the manifest at start-up
 };
 
@@ -90,8 +92,11 @@ class Loader {
   void produce(LoaderState from);
   electra::Batch make_batch(const LoaderState& at);
 
+  class WorkerPool;
+
   LoaderOptions options_;
   std::unique_ptr<ShardDataset> dataset_;
+  std::unique_ptr<WorkerPool> pool_;
   MaskingOptions masking_;
   uint64_t num_examples_ = 0;
   int batches_per_epoch_ = 0;

@@ -1,6 +1,10 @@
 #include "data_pipeline/loader/shard_dataset.h"
 
+#include <zlib.h>
+
 #include <algorithm>
+#include <bit>
+#include <cstring>
 #include <filesystem>
 
 #include "data_pipeline/preprocess/file_util.h"
@@ -22,12 +26,24 @@ constexpr const char* kNvNsp = "next_sentence_labels";
 constexpr int kDefaultBlockRows = 256;
 }  // namespace
 
+namespace {
+// How the HDF5 filter pipeline of one dataset was applied: positions of the shuffle and deflate
+// filters (-1: absent) and the element size; chunks are [block_rows, width].
+struct RawCodec {
+  int shuffle_index = -1, deflate_index = -1;
+  size_t element_size = 1;
+  uint64_t width = 1;
+};
+}  // namespace
+
 struct ShardDataset::Shard {
   std::string path;
   uint64_t rows = 0;
   uint64_t block_rows = kDefaultBlockRows;  // rows read (and cached) together: the HDF5 chunk height
   bool ids_uint16 = false;
   int predictions = 0;  // NVIDIA: masked_lm_positions width
+  // electra-mpi shards whose chunks we can inflate ourselves (ids, segments, lengths), else empty.
+  std::vector<RawCodec> codecs;
   h5::Handle file;
   std::vector<h5::Handle> datasets;  // electra: ids, segments, lengths; NVIDIA: the six above in order
 };
@@ -87,6 +103,59 @@ uint64_t chunk_height(hid_t dataset) {
   hsize_t chunk[2] = {0, 0};
   if (H5Pget_chunk(dcpl, 2, chunk) < 1 || chunk[0] == 0) return kDefaultBlockRows;
   return chunk[0];
+}
+
+// The codec of a dataset whose chunks are whole [block_rows, width] row blocks filtered by at most
+// shuffle then deflate (what ShardWriter writes); nullopt for anything else (read through H5Dread).
+std::optional<RawCodec> raw_codec(hid_t dataset, uint64_t block_rows, uint64_t width, size_t element_size) {
+  if constexpr (std::endian::native != std::endian::little) return std::nullopt;  // files are little-endian
+  h5::Handle dcpl(h5::check(H5Dget_create_plist(dataset), "H5Dget_create_plist"));
+  if (H5Pget_layout(dcpl) != H5D_CHUNKED) return std::nullopt;
+  const int rank = static_cast<int>(h5::dims(dataset).size());
+  hsize_t chunk[2] = {0, 0};
+  if (H5Pget_chunk(dcpl, 2, chunk) != rank || chunk[0] != block_rows || (rank == 2 && chunk[1] != width))
+    return std::nullopt;
+  RawCodec codec;
+  codec.element_size = element_size;
+  codec.width = width;
+  const int n = H5Pget_nfilters(dcpl);
+  for (int i = 0; i < n; ++i) {
+    unsigned flags = 0;
+    size_t cd_count = 0;
+    const H5Z_filter_t id = H5Pget_filter2(dcpl, static_cast<unsigned>(i), &flags, &cd_count, nullptr, 0, nullptr, nullptr);
+    if (id == H5Z_FILTER_SHUFFLE && codec.shuffle_index < 0 && codec.deflate_index < 0) {
+      codec.shuffle_index = i;
+    } else if (id == H5Z_FILTER_DEFLATE && codec.deflate_index < 0) {
+      codec.deflate_index = i;
+    } else {
+      return std::nullopt;
+    }
+  }
+  return codec;
+}
+
+// Undoes the filters of one raw chunk: inflate, then unshuffle. `expected` is the chunk's full size.
+std::vector<uint8_t> decode_raw_chunk(std::vector<uint8_t> raw, uint32_t skipped, const RawCodec& codec,
+                                      size_t expected, const std::string& what) {
+  if (codec.deflate_index >= 0 && (skipped & (1u << codec.deflate_index)) == 0) {
+    std::vector<uint8_t> out(expected);
+    uLongf size = static_cast<uLongf>(expected);
+    const int rc = uncompress(out.data(), &size, raw.data(), static_cast<uLong>(raw.size()));
+    if (rc != Z_OK || size != expected) fail(what, ": corrupt compressed chunk (zlib error ", rc, ")");
+    raw.swap(out);
+  }
+  if (raw.size() != expected) fail(what, ": chunk holds ", raw.size(), " bytes, expected ", expected);
+  const size_t e = codec.element_size;
+  if (codec.shuffle_index >= 0 && (skipped & (1u << codec.shuffle_index)) == 0 && e > 1) {
+    std::vector<uint8_t> out(expected);
+    const size_t n = expected / e;
+    for (size_t b = 0; b < e; ++b) {
+      const uint8_t* plane = raw.data() + b * n;
+      for (size_t i = 0; i < n; ++i) out[i * e + b] = plane[i];
+    }
+    raw.swap(out);
+  }
+  return raw;
 }
 
 // Reads rows [first, first + rows) of a 1-D or 2-D dataset into `out` (converted to mem_type).
@@ -182,6 +251,10 @@ void ShardDataset::validate_electra_shard(Shard& shard, uint64_t expected_rows, 
   expect_dims(lengths, path, kLengths, {rows});
   shard.rows = expected_rows;
   shard.block_rows = chunk_height(ids);
+  const auto c_ids = raw_codec(ids, shard.block_rows, width, shard.ids_uint16 ? 2 : 4);
+  const auto c_segments = raw_codec(segments, shard.block_rows, width, 1);
+  const auto c_lengths = raw_codec(lengths, shard.block_rows, 1, 2);
+  if (c_ids && c_segments && c_lengths) shard.codecs = {*c_ids, *c_segments, *c_lengths};
 }
 
 void ShardDataset::open_nvidia() {
@@ -260,23 +333,13 @@ ShardDataset::Shard& ShardDataset::open_shard(size_t shard_index) {
   return shard;
 }
 
-std::shared_ptr<const ShardDataset::Chunk> ShardDataset::load_chunk(size_t shard_index, uint64_t chunk_index) {
-  const ChunkKey key = (static_cast<uint64_t>(shard_index) << 40) | chunk_index;
-  if (auto it = cache_.find(key); it != cache_.end()) {
-    ++stats_.hits;
-    chunk_lru_.splice(chunk_lru_.begin(), chunk_lru_, it->second.lru);
-    return it->second.chunk;
-  }
-  ++stats_.misses;
-  Shard& shard = open_shard(shard_index);
-  const uint64_t first = chunk_index * shard.block_rows;
-  const uint64_t rows = std::min(shard.block_rows, shard.rows - first);
+// Reads and decodes one block of rows through HDF5's own filter pipeline (NVIDIA shards, or shards
+// with filters we do not decode ourselves). Called with mutex_ held.
+std::shared_ptr<ShardDataset::Chunk> ShardDataset::read_chunk_hdf5(Shard& shard, uint64_t first, uint64_t rows) {
   const uint64_t L = static_cast<uint64_t>(seq_length_);
-  const int64_t vocab_size = static_cast<int64_t>(vocab_->size());
   auto chunk = std::make_shared<Chunk>();
   chunk->rows = rows;
   const std::string& path = shard.path;
-
   if (format_ == Format::kElectra) {
     if (shard.ids_uint16) {
       chunk->ids16.resize(rows * L);
@@ -289,64 +352,139 @@ std::shared_ptr<const ShardDataset::Chunk> ShardDataset::load_chunk(size_t shard
     read_rows(shard.datasets[1], H5T_NATIVE_UINT8, first, rows, L, 2, chunk->segments.data(), where(path, kSegmentIds));
     chunk->lengths.resize(rows);
     read_rows(shard.datasets[2], H5T_NATIVE_UINT16, first, rows, 1, 1, chunk->lengths.data(), where(path, kLengths));
-    for (uint64_t r = 0; r < rows; ++r) {
-      if (chunk->lengths[r] > L || chunk->lengths[r] < 2)
-        fail(where(path, kLengths), ": row ", first + r, " has length ", chunk->lengths[r], " outside [2, ", L, "]");
-      for (uint64_t c = 0; c < L; ++c) {
-        const int64_t id = shard.ids_uint16 ? chunk->ids16[r * L + c] : chunk->ids32[r * L + c];
-        if (id < 0 || id >= vocab_size)
-          fail(where(path, kInputIds), ": row ", first + r, " holds token id ", id, " outside the vocabulary of ",
-               vocab_size);
-      }
+    return chunk;
+  }
+
+  const int64_t vocab_size = static_cast<int64_t>(vocab_->size());
+  const int P = shard.predictions;
+  std::vector<int32_t> mask(rows * L), segments(rows * L), positions(rows * static_cast<uint64_t>(P)),
+      masked(rows * static_cast<uint64_t>(P)), nsp(rows);
+  chunk->ids32.resize(rows * L);
+  read_rows(shard.datasets[0], H5T_NATIVE_INT32, first, rows, L, 2, chunk->ids32.data(), where(path, kNvInputIds));
+  read_rows(shard.datasets[1], H5T_NATIVE_INT32, first, rows, L, 2, mask.data(), where(path, kNvInputMask));
+  read_rows(shard.datasets[2], H5T_NATIVE_INT32, first, rows, L, 2, segments.data(), where(path, kNvSegmentIds));
+  if (P > 0) {
+    read_rows(shard.datasets[3], H5T_NATIVE_INT32, first, rows, static_cast<uint64_t>(P), 2, positions.data(),
+              where(path, kNvPositions));
+    read_rows(shard.datasets[4], H5T_NATIVE_INT32, first, rows, static_cast<uint64_t>(P), 2, masked.data(),
+              where(path, kNvMaskedIds));
+  }
+  read_rows(shard.datasets[5], H5T_NATIVE_INT32, first, rows, 1, 1, nsp.data(), where(path, kNvNsp));
+  chunk->segments.resize(rows * L);
+  chunk->lengths.resize(rows);
+  chunk->nsp.resize(rows);
+  const int32_t pad = vocab_->pad_id();
+  for (uint64_t r = 0; r < rows; ++r) {
+    int32_t* ids = chunk->ids32.data() + r * L;
+    uint64_t length = 0;
+    for (uint64_t c = 0; c < L; ++c) length += mask[r * L + c] != 0 ? 1 : 0;
+    for (uint64_t c = 0; c < length; ++c)
+      if (mask[r * L + c] == 0)
+        fail(where(path, kNvInputMask), ": row ", first + r, " is not a prefix of ones followed by zeros");
+    for (int j = 0; j < P; ++j) {
+      const int32_t pos = positions[r * static_cast<uint64_t>(P) + static_cast<uint64_t>(j)];
+      if (pos == 0) break;  // NVIDIA pads masked_lm_positions with 0 ([CLS] is never masked)
+      if (pos < 0 || static_cast<uint64_t>(pos) >= length)
+        fail(where(path, kNvPositions), ": row ", first + r, " has position ", pos, " outside the ", length,
+             " real tokens");
+      ids[pos] = masked[r * static_cast<uint64_t>(P) + static_cast<uint64_t>(j)];
     }
-  } else {
-    const int P = shard.predictions;
-    std::vector<int32_t> mask(rows * L), segments(rows * L), positions(rows * static_cast<uint64_t>(P)),
-        masked(rows * static_cast<uint64_t>(P)), nsp(rows);
-    chunk->ids32.resize(rows * L);
-    read_rows(shard.datasets[0], H5T_NATIVE_INT32, first, rows, L, 2, chunk->ids32.data(), where(path, kNvInputIds));
-    read_rows(shard.datasets[1], H5T_NATIVE_INT32, first, rows, L, 2, mask.data(), where(path, kNvInputMask));
-    read_rows(shard.datasets[2], H5T_NATIVE_INT32, first, rows, L, 2, segments.data(), where(path, kNvSegmentIds));
-    if (P > 0) {
-      read_rows(shard.datasets[3], H5T_NATIVE_INT32, first, rows, static_cast<uint64_t>(P), 2, positions.data(),
-                where(path, kNvPositions));
-      read_rows(shard.datasets[4], H5T_NATIVE_INT32, first, rows, static_cast<uint64_t>(P), 2, masked.data(),
-                where(path, kNvMaskedIds));
+    for (uint64_t c = 0; c < L; ++c) {
+      if (c >= length) ids[c] = pad;
+      if (ids[c] < 0 || ids[c] >= vocab_size)
+        fail(where(path, c >= length ? kNvInputIds : kNvMaskedIds), ": row ", first + r, " holds token id ", ids[c],
+             " outside the vocabulary of ", vocab_size);
+      const int32_t seg = c < length ? segments[r * L + c] : 0;
+      if (seg < 0 || seg > 1) fail(where(path, kNvSegmentIds), ": row ", first + r, " has segment id ", seg);
+      chunk->segments[r * L + c] = static_cast<uint8_t>(seg);
     }
-    read_rows(shard.datasets[5], H5T_NATIVE_INT32, first, rows, 1, 1, nsp.data(), where(path, kNvNsp));
-    chunk->segments.resize(rows * L);
-    chunk->lengths.resize(rows);
-    chunk->nsp.resize(rows);
-    const int32_t pad = vocab_->pad_id();
-    for (uint64_t r = 0; r < rows; ++r) {
-      int32_t* ids = chunk->ids32.data() + r * L;
-      uint64_t length = 0;
-      for (uint64_t c = 0; c < L; ++c) length += mask[r * L + c] != 0 ? 1 : 0;
-      for (uint64_t c = 0; c < length; ++c)
-        if (mask[r * L + c] == 0)
-          fail(where(path, kNvInputMask), ": row ", first + r, " is not a prefix of ones followed by zeros");
-      for (int j = 0; j < P; ++j) {
-        const int32_t pos = positions[r * static_cast<uint64_t>(P) + static_cast<uint64_t>(j)];
-        if (pos == 0) break;  // NVIDIA pads masked_lm_positions with 0 ([CLS] is never masked)
-        if (pos < 0 || static_cast<uint64_t>(pos) >= length)
-          fail(where(path, kNvPositions), ": row ", first + r, " has position ", pos, " outside the ", length,
-               " real tokens");
-        ids[pos] = masked[r * static_cast<uint64_t>(P) + static_cast<uint64_t>(j)];
+    chunk->lengths[r] = static_cast<uint16_t>(length);
+    chunk->nsp[r] = static_cast<int8_t>(nsp[r]);
+  }
+  return chunk;
+}
+
+void ShardDataset::check_electra_chunk(const Shard& shard, const Chunk& chunk, uint64_t first) const {
+  const uint64_t L = static_cast<uint64_t>(seq_length_);
+  const int64_t vocab_size = static_cast<int64_t>(vocab_->size());
+  for (uint64_t r = 0; r < chunk.rows; ++r) {
+    if (chunk.lengths[r] > L || chunk.lengths[r] < 2)
+      fail(where(shard.path, kLengths), ": row ", first + r, " has length ", chunk.lengths[r], " outside [2, ", L, "]");
+    for (uint64_t c = 0; c < L; ++c) {
+      const int64_t id = shard.ids_uint16 ? chunk.ids16[r * L + c] : chunk.ids32[r * L + c];
+      if (id < 0 || id >= vocab_size)
+        fail(where(shard.path, kInputIds), ": row ", first + r, " holds token id ", id, " outside the vocabulary of ",
+             vocab_size);
+    }
+  }
+}
+
+// Compressed bytes of one chunk of each dataset, fetched under the lock and decoded outside it.
+struct ShardDataset::RawChunk {
+  std::vector<uint8_t> bytes[3];
+  uint32_t skipped[3] = {0, 0, 0};
+};
+
+std::shared_ptr<const ShardDataset::Chunk> ShardDataset::load_chunk(size_t shard_index, uint64_t chunk_index) {
+  h5::quiet_errors();  // this thread's HDF5 error stack
+  const ChunkKey key = (static_cast<uint64_t>(shard_index) << 40) | chunk_index;
+  Shard& shard = *shards_[shard_index];
+  const uint64_t first = chunk_index * shard.block_rows;
+  const uint64_t rows = std::min(shard.block_rows, shard.rows - first);
+  std::shared_ptr<Chunk> chunk;
+  RawChunk raw;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (auto it = cache_.find(key); it != cache_.end()) {  // another thread loaded it meanwhile
+      ++stats_.hits;
+      return it->second.chunk;
+    }
+    ++stats_.misses;
+    open_shard(shard_index);
+    if (shard.codecs.empty()) {
+      chunk = read_chunk_hdf5(shard, first, rows);
+    } else {
+      const char* names[3] = {kInputIds, kSegmentIds, kLengths};
+      for (int d = 0; d < 3; ++d) {
+        const hsize_t offset[2] = {first, 0};
+        hsize_t size = 0;
+        const std::string what = where(shard.path, names[d]) + ": chunk at row " + std::to_string(first);
+        h5::check(H5Dget_chunk_storage_size(shard.datasets[static_cast<size_t>(d)], offset, &size), what);
+        if (size == 0) fail(what, ": chunk not stored");
+        raw.bytes[d].resize(size);
+        h5::check(H5Dread_chunk(shard.datasets[static_cast<size_t>(d)], H5P_DEFAULT, offset, &raw.skipped[d],
+                                raw.bytes[d].data()),
+                  what + ": H5Dread_chunk");
       }
-      for (uint64_t c = 0; c < L; ++c) {
-        if (c >= length) ids[c] = pad;
-        if (ids[c] < 0 || ids[c] >= vocab_size)
-          fail(where(path, c >= length ? kNvInputIds : kNvMaskedIds), ": row ", first + r, " holds token id ", ids[c],
-               " outside the vocabulary of ", vocab_size);
-        const int32_t seg = c < length ? segments[r * L + c] : 0;
-        if (seg < 0 || seg > 1) fail(where(path, kNvSegmentIds), ": row ", first + r, " has segment id ", seg);
-        chunk->segments[r * L + c] = static_cast<uint8_t>(seg);
-      }
-      chunk->lengths[r] = static_cast<uint16_t>(length);
-      chunk->nsp[r] = static_cast<int8_t>(nsp[r]);
     }
   }
 
+  if (!chunk) {  // inflate + unshuffle in parallel with other readers
+    const uint64_t L = static_cast<uint64_t>(seq_length_), block = shard.block_rows;
+    const char* names[3] = {kInputIds, kSegmentIds, kLengths};
+    std::vector<uint8_t> plain[3];
+    for (int d = 0; d < 3; ++d) {
+      const RawCodec& codec = shard.codecs[static_cast<size_t>(d)];
+      plain[d] = decode_raw_chunk(std::move(raw.bytes[d]), raw.skipped[d], codec, block * codec.width * codec.element_size,
+                                  where(shard.path, names[d]) + ": chunk at row " + std::to_string(first));
+    }
+    chunk = std::make_shared<Chunk>();
+    chunk->rows = rows;
+    if (shard.ids_uint16) {
+      chunk->ids16.resize(rows * L);
+      std::memcpy(chunk->ids16.data(), plain[0].data(), rows * L * 2);
+    } else {
+      chunk->ids32.resize(rows * L);
+      std::memcpy(chunk->ids32.data(), plain[0].data(), rows * L * 4);
+    }
+    chunk->segments.assign(plain[1].begin(), plain[1].begin() + static_cast<std::ptrdiff_t>(rows * L));
+    chunk->lengths.resize(rows);
+    std::memcpy(chunk->lengths.data(), plain[2].data(), rows * 2);
+  }
+  if (format_ == Format::kElectra) check_electra_chunk(shard, *chunk, first);
+
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (auto it = cache_.find(key); it != cache_.end()) return it->second.chunk;  // decoded twice: keep the first
   const uint64_t bytes = chunk->bytes();
   while (!chunk_lru_.empty() && cache_used_ + bytes > options_.cache_bytes) {
     auto victim = cache_.find(chunk_lru_.back());
@@ -366,7 +504,17 @@ void ShardDataset::read(uint64_t index, int32_t* ids, int32_t* segments, int* le
                                        shard_begin_.begin() - 1);
   const uint64_t row = index - shard_begin_[s];
   const uint64_t block = shards_[s]->block_rows;
-  const std::shared_ptr<const Chunk> chunk = load_chunk(s, row / block);
+  const ChunkKey key = (static_cast<uint64_t>(s) << 40) | (row / block);
+  std::shared_ptr<const Chunk> chunk;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (auto it = cache_.find(key); it != cache_.end()) {
+      ++stats_.hits;
+      chunk_lru_.splice(chunk_lru_.begin(), chunk_lru_, it->second.lru);
+      chunk = it->second.chunk;
+    }
+  }
+  if (!chunk) chunk = load_chunk(s, row / block);
   const uint64_t r = row % block;
   const uint64_t L = static_cast<uint64_t>(seq_length_);
   if (!chunk->ids16.empty()) {
@@ -380,6 +528,7 @@ void ShardDataset::read(uint64_t index, int32_t* ids, int32_t* segments, int* le
 }
 
 ShardDataset::CacheStats ShardDataset::cache_stats() const {
+  std::lock_guard<std::mutex> lock(mutex_);
   CacheStats s = stats_;
   s.bytes = cache_used_;
   s.chunks = cache_.size();

@@ -6,14 +6,18 @@
 //     so that the loader can mask dynamically.
 // Everything is validated when the dataset is opened: every shard's datasets, element types, shapes,
 // attributes and row counts, so a bad file fails the job at start-up with its name, not hours later.
-// Reading goes through an LRU cache of decompressed HDF5 chunks (rows are stored in chunks of e.g. 256
-// rows; a random row read costs one chunk decompression unless the chunk is cached). Not thread-safe:
-// one thread (the loader's prefetch thread) reads.
+// Reading goes through an LRU cache of decompressed HDF5 chunks (rows are stored in chunks of e.g. 64
+// rows; a random row read costs one chunk decompression unless the chunk is cached). read() is
+// thread-safe: HDF5 calls and the cache are serialised by a mutex, but for electra-mpi shards the
+// compressed chunk bytes are fetched with H5Dread_chunk and inflated (zlib + HDF5 shuffle) outside it,
+// so several reader threads decompress in parallel (HDF5's own filter pipeline runs under its global
+// lock in thread-safe builds).
 #pragma once
 
 #include <cstdint>
 #include <list>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
 #include <unordered_map>
@@ -49,7 +53,7 @@ class ShardDataset {
   const text::Vocab& vocab() const { return *vocab_; }
   bool has_next_sentence_labels() const { return format_ == Format::kNvidia; }
 
-  // Example `index` (< num_examples()): the original tokens (seq_length, [PAD] after the real ones),
+  // Example `index` (< num_examples()), thread-safe: the original tokens (seq_length, [PAD] after the real ones),
   // segment ids, number of real tokens and next-sentence label (-1 when the data has none).
   void read(uint64_t index, int32_t* ids, int32_t* segments, int* length, int32_t* next_sentence_label);
 
@@ -65,8 +69,11 @@ class ShardDataset {
   void open_nvidia();
   void validate_electra_shard(Shard& shard, uint64_t expected_rows, uint64_t vocab_hash, uint64_t vocab_size);
   void validate_nvidia_shard(Shard& shard);
+  struct RawChunk;
   Shard& open_shard(size_t shard_index);
   std::shared_ptr<const Chunk> load_chunk(size_t shard_index, uint64_t chunk_index);
+  std::shared_ptr<Chunk> read_chunk_hdf5(Shard& shard, uint64_t first, uint64_t rows);
+  void check_electra_chunk(const Shard& shard, const Chunk& chunk, uint64_t first) const;
 
   DatasetOptions options_;
   Format format_ = Format::kElectra;
@@ -75,6 +82,7 @@ class ShardDataset {
   uint64_t num_examples_ = 0;
   std::vector<std::unique_ptr<Shard>> shards_;
   std::vector<uint64_t> shard_begin_;  // first example index of each shard (plus the total at the end)
+  mutable std::mutex mutex_;           // guards HDF5 calls, open files and the cache
   std::list<size_t> open_lru_;         // shards with open files, most recent first
 
   using ChunkKey = uint64_t;

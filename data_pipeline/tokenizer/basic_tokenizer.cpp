@@ -221,6 +221,8 @@ void BasicTokenizer::split(std::string_view text, WordCallback callback, void* c
     }
   }
   flush();
+  // Give back the memory of an unusually long line instead of keeping it for the thread's lifetime.
+  if (s.chunk.size() > (16u << 20)) std::string().swap(s.chunk);
   if (stats) {
     stats->invalid_utf8 += invalid;
     stats->words += emit.words;

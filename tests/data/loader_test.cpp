@@ -4,9 +4,11 @@
 #include <filesystem>
 #include <map>
 #include <set>
+#include <tuple>
 
 #include "data_pipeline/loader/loader.h"
 #include "data_pipeline/loader/permutation.h"
+#include "data_pipeline/preprocess/h5.h"
 #include "lib/core/error.h"
 #include "tests/data/test_util.h"
 
@@ -285,6 +287,78 @@ TEST(Loader, SmallCacheGivesTheSameBatches) {
   Loader a(big), b(small);
   for (int k = 0; k < 20; ++k) expect_same_batch(a.next(), b.next());
   EXPECT_GT(b.dataset().cache_stats().misses, a.dataset().cache_stats().misses);
+}
+
+TEST(Loader, ReaderThreadCountDoesNotChangeBatches) {
+  LoaderOptions one = fixture().options(60);
+  one.reader_threads = 1;
+  LoaderOptions four = one;
+  four.reader_threads = 4;
+  four.cache_bytes = 200'000;  // a few chunks: threads decode concurrently and evict each other's
+  Loader a(one), b(four);
+  for (int k = 0; k < 60; ++k) expect_same_batch(a.next(), b.next());
+}
+
+// Int32 token ids (vocabulary > 65,536) and shards without chunking or compression (read through
+// HDF5's own pipeline instead of the raw-chunk path) give the rows that were written.
+TEST(Loader, Int32IdsAndContiguousShardsReadBack) {
+  TempDir tmp("loader-int32");
+  const text::Vocab big = testing::corpus_vocab(70000);
+  const std::string chunked = tmp / "chunked";
+  testing::write_synthetic_dataset(chunked, big, {150, 77}, kSeq, 32);
+  const std::string contiguous = tmp / "contiguous";
+  fs::create_directories(contiguous);
+  {
+    // The same rows as the second shard above, as contiguous datasets.
+    const hsize_t n = 77, L = kSeq;
+    std::vector<int32_t> ids;
+    std::vector<uint8_t> seg;
+    std::vector<uint16_t> len;
+    for (uint64_t i = 150; i < 227; ++i) {
+      const testing::Row r = testing::synthetic_row(i, kSeq, big.size());
+      ids.insert(ids.end(), r.ids.begin(), r.ids.end());
+      seg.insert(seg.end(), r.segments.begin(), r.segments.end());
+      len.push_back(static_cast<uint16_t>(r.length));
+    }
+    const std::string path = contiguous + "/plain.h5";
+    h5::Handle f(H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT));
+    hsize_t d2[2] = {n, L}, d1[1] = {n};
+    h5::Handle s2(H5Screate_simple(2, d2, nullptr)), s1(H5Screate_simple(1, d1, nullptr));
+    h5::Handle a(H5Dcreate2(f, "input_ids", H5T_STD_I32LE, s2, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+    h5::Handle b(H5Dcreate2(f, "segment_ids", H5T_STD_U8LE, s2, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+    h5::Handle c(H5Dcreate2(f, "lengths", H5T_STD_U16LE, s1, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT));
+    ASSERT_GE(H5Dwrite(a, H5T_NATIVE_INT32, H5S_ALL, H5S_ALL, H5P_DEFAULT, ids.data()), 0);
+    ASSERT_GE(H5Dwrite(b, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, seg.data()), 0);
+    ASSERT_GE(H5Dwrite(c, H5T_NATIVE_UINT16, H5S_ALL, H5S_ALL, H5P_DEFAULT, len.data()), 0);
+    h5::write_attribute_i64(f, "format_version", 1);
+    h5::write_attribute_i64(f, "max_seq_length", kSeq);
+    h5::write_attribute_u64(f, "vocab_size", big.size());
+    h5::write_attribute_u64(f, "vocab_hash", big.hash());
+    Manifest m;
+    m.shards.push_back({"plain.h5", n, 0, 0});
+    m.total_rows = n;
+    m.vocab_hash = big.hash();
+    m.vocab_size = big.size();
+    m.max_seq_length = kSeq;
+    m.save(contiguous);
+    big.save(contiguous + "/vocab.txt");
+  }
+  for (const auto& [dir, first, count] : {std::tuple{chunked, 0, 227}, std::tuple{contiguous, 150, 77}}) {
+    LoaderOptions o;
+    o.data_dir = dir;
+    o.global_batch_size = count;
+    o.seq_length = kSeq;
+    o.shuffle = false;
+    Loader loader(o);
+    const Batch b = loader.next();
+    bool above_uint16 = false;
+    for (int i = 0; i < count; ++i) {
+      const testing::Row want = testing::synthetic_row(static_cast<uint64_t>(first + i), kSeq, big.size());
+      ASSERT_EQ(unmasked_row(b, i), want.ids) << dir << " row " << i;
+      for (int32_t id : want.ids) above_uint16 |= id > 65535;
+    }
+    EXPECT_TRUE(above_uint16);
+  }
 }
 
 TEST(Loader, RejectsBadOptions) {

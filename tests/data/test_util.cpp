@@ -130,7 +130,7 @@ Row synthetic_row(uint64_t i, int seq_length, size_t vocab_size) {
   row.ids[0] = 2;                          // [CLS]
   row.ids[static_cast<size_t>(row.length - 1)] = 3;  // [SEP]
   for (int c = 1; c < row.length - 1; ++c)
-    row.ids[static_cast<size_t>(c)] = static_cast<int32_t>(5 + (i * 131 + static_cast<uint64_t>(c) * 17) % (vocab_size - 5));
+    row.ids[static_cast<size_t>(c)] = static_cast<int32_t>(5 + (i * 7919 + static_cast<uint64_t>(c) * 1031) % (vocab_size - 5));
   for (int c = row.length / 2; c < row.length; ++c) row.segments[static_cast<size_t>(c)] = 1;
   return row;
 }

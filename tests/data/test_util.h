@@ -58,7 +58,7 @@ std::vector<Row> read_shard_rows(const std::string& path);
 std::vector<Row> read_all_rows(const std::string& dir);
 
 // Synthetic example i: length 4 + (i * 37) % (seq - 4) real tokens, [CLS] t.. [SEP] with tokens
-// 5 + (i * 131 + c * 17) % (vocab_size - 5), segment 1 on the second half.
+// 5 + (i * 7919 + c * 1031) % (vocab_size - 5), segment 1 on the second half.
 Row synthetic_row(uint64_t i, int seq_length, size_t vocab_size);
 // Writes shards with the given row counts (examples numbered consecutively across shards), vocab.txt
 // and manifest.json into `dir`.
