@@ -541,12 +541,18 @@ int Trainer::train() {
     // Step boundary: everyone agrees on whether to stop before anyone starts the next step.
     const bool out_of_time = options_.max_time_s > 0 && seconds_since(run_start) >= options_.max_time_s;
     const bool enough = options_.stop_after > 0 && steps_this_run >= options_.stop_after;
-    if (comm_.agree_any(dist::stop_requested() || out_of_time || enough)) {
+    const int signal = dist::stop_signal();
+    if (comm_.agree_any(signal != 0 || out_of_time || enough)) {
+      // Say who asked: the signal may have reached one rank only.
+      const std::string reason = signal ? dist::signal_name(signal) : out_of_time ? "--max-time" : enough ? "--stop-after" : "";
+      const std::vector<std::string> reasons = comm_.gather_strings(reason);
       if (root) {
-        const int sig = dist::stop_signal();
-        ELECTRA_LOG(warning) << "stopping at step " << step_ << " ("
-                             << (sig ? dist::signal_name(sig) : out_of_time ? "--max-time" : "--stop-after or a signal on another rank")
-                             << "); writing a checkpoint, then exiting with code " << kExitStopped;
+        std::string who;
+        for (size_t r = 0; r < reasons.size(); ++r) {
+          if (!reasons[r].empty()) who += (who.empty() ? "" : ", ") + ("rank " + std::to_string(r) + ": " + reasons[r]);
+        }
+        ELECTRA_LOG(warning) << "stopping at step " << step_ << " (" << who << "); writing a checkpoint, then exiting with code "
+                             << kExitStopped;
       }
       watchdog.pause();
       save_checkpoint();

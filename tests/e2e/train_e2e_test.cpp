@@ -1,0 +1,303 @@
+// electra-train as users run it: real programs under mpirun on a small preprocessed corpus.
+// Each training run is a few seconds (a very small model, 12-example global batches, seq 32).
+#include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "lib/core/philox.h"
+#include "lib/train/checkpoint.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+fs::path g_root;  // temp dir with corpus, vocab, shards; run dirs below it
+
+std::string bin(const std::string& program) {
+  const char* build = std::getenv("ELECTRA_BUILD_DIR");
+  return (fs::path(build ? build : "build") / "bin" / program).string();
+}
+
+std::string mpirun(int np) {
+  return std::string(ELECTRA_MPIEXEC) + " -np " + std::to_string(np) +
+         " --oversubscribe --allow-run-as-root -x OMP_NUM_THREADS=1 ";
+}
+
+// Runs a shell command with output to `log`; returns the exit code (or 128 + signal).
+int run(const std::string& command, const fs::path& log) {
+  const std::string full = command + " > '" + log.string() + "' 2>&1";
+  const int status = std::system(full.c_str());
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  return 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+}
+
+std::string read_text(const fs::path& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+std::vector<nlohmann::json> read_metrics(const fs::path& run_dir) {
+  std::vector<nlohmann::json> lines;
+  std::ifstream in(run_dir / "metrics.jsonl");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (!line.empty()) lines.push_back(nlohmann::json::parse(line));
+  }
+  return lines;
+}
+
+// The settings every run shares: a very small model on the test shards, one log line per step.
+std::string train_command(int np, const fs::path& run_dir, const std::string& extra = "") {
+  std::ostringstream cmd;
+  cmd << mpirun(np) << bin("electra-train") << " --config jobs/configs/tiny.json --data " << (g_root / "shards")
+      << " --output " << run_dir
+      << " --set model.embedding_size=16 --set model.hidden_size=32 --set model.num_layers=2"
+         " --set model.num_heads=2 --set model.intermediate_size=64 --set model.generator.hidden_size=16"
+         " --set model.generator.num_layers=2 --set model.generator.num_heads=1"
+         " --set model.generator.intermediate_size=32 --set model.num_token_predictions=5"
+         " --set data.seq_length=32 --set train.batch_size=12 --set train.steps=12 --set train.log_every=1"
+         " --set train.checkpoint_every=4 --set optim.warmup_steps=2 --set train.peak_gflops=50"
+         " --set data.prefetch_batches=2 "
+      << extra;
+  return cmd.str();
+}
+
+std::string log_of(const fs::path& log) { return "\n--- " + log.string() + " ---\n" + read_text(log); }
+
+void expect_same_trajectory(const std::vector<nlohmann::json>& a, const std::vector<nlohmann::json>& b,
+                            double rel_tol, const std::string& what) {
+  ASSERT_EQ(a.size(), b.size()) << what;
+  for (size_t i = 0; i < a.size(); ++i) {
+    ASSERT_EQ(a[i]["step"], b[i]["step"]) << what;
+    for (const char* key : {"loss", "gen_loss", "disc_loss", "mlm_accuracy", "disc_accuracy", "grad_norm"}) {
+      const double x = a[i][key].get<double>(), y = b[i][key].get<double>();
+      if (rel_tol == 0) {
+        EXPECT_EQ(x, y) << what << ": " << key << " at step " << a[i]["step"];
+      } else {
+        EXPECT_NEAR(x, y, rel_tol * std::max(1.0, std::abs(x))) << what << ": " << key << " at step " << a[i]["step"];
+      }
+    }
+  }
+}
+
+class TrainE2E : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    g_root = fs::path(::testing::TempDir()) / ("electra_e2e_" + std::to_string(getpid()));
+    fs::remove_all(g_root);
+    fs::create_directories(g_root / "corpus");
+    // A corpus of pseudo-sentences over a small vocabulary, in the BERT layout (blank line = new document).
+    const std::vector<std::string> words = {"the",   "model", "learns", "to",    "detect", "replaced", "tokens",
+                                            "in",    "text",  "while",  "a",     "small",  "generator", "fills",
+                                            "masked", "words", "with",  "plausible", "guesses", "and", "every",
+                                            "rank",  "reads", "its",    "slice", "of",     "batch",   "data"};
+    electra::PhiloxSequence random(7, electra::RandomPurpose::kTest, 0, 0);
+    for (int file = 0; file < 4; ++file) {
+      std::ofstream out(g_root / "corpus" / ("part" + std::to_string(file) + ".txt"));
+      for (int doc = 0; doc < 40; ++doc) {
+        for (int sentence = 0; sentence < 6; ++sentence) {
+          const int length = 4 + static_cast<int>(random.next_below(10));
+          for (int w = 0; w < length; ++w) out << (w ? " " : "") << words[random.next_below(words.size())];
+          out << ".\n";
+        }
+        out << "\n";
+      }
+    }
+    const fs::path log = g_root / "prepare.log";
+    ASSERT_EQ(run(bin("electra-vocab") + " --input " + (g_root / "corpus").string() + " --vocab-size 120 --output " +
+                      (g_root / "vocab.txt").string(),
+                  log),
+              0)
+        << log_of(log);
+    ASSERT_EQ(run(mpirun(2) + bin("electra-preprocess") + " --input " + (g_root / "corpus").string() + " --vocab " +
+                      (g_root / "vocab.txt").string() + " --output " + (g_root / "shards").string() +
+                      " --max-seq-length 32",
+                  log),
+              0)
+        << log_of(log);
+  }
+  static void TearDownTestSuite() { fs::remove_all(g_root); }
+
+  fs::path run_dir(const std::string& name) {
+    const fs::path dir = g_root / name;
+    fs::remove_all(dir);
+    return dir;
+  }
+};
+
+TEST_F(TrainE2E, OneTwoAndThreeRanksFollowTheSameLossTrajectory) {
+  std::vector<std::vector<nlohmann::json>> runs;
+  for (int np : {1, 2, 3}) {
+    const fs::path dir = run_dir("ranks" + std::to_string(np));
+    const fs::path log = g_root / ("ranks" + std::to_string(np) + ".log");
+    ASSERT_EQ(run(train_command(np, dir), log), 0) << log_of(log);
+    runs.push_back(read_metrics(dir));
+    ASSERT_EQ(runs.back().size(), 12u) << log_of(log);
+  }
+  // Same global batch, same random numbers (keyed by position in the global batch): only the float
+  // summation order of the gradient allreduce differs.
+  expect_same_trajectory(runs[0], runs[1], 1e-4, "1 vs 2 ranks");
+  expect_same_trajectory(runs[0], runs[2], 1e-4, "1 vs 3 ranks");
+  // And it learns something: the loss after 12 steps is below the first step's.
+  EXPECT_LT(runs[0].back()["loss"].get<double>(), runs[0].front()["loss"].get<double>());
+}
+
+TEST_F(TrainE2E, ResumeIsBitwiseExactOnTheSameWorldSize) {
+  const fs::path straight = run_dir("straight");
+  const fs::path log = g_root / "straight.log";
+  ASSERT_EQ(run(train_command(2, straight), log), 0) << log_of(log);
+
+  const fs::path resumed = run_dir("resumed");
+  const fs::path log1 = g_root / "resumed1.log", log2 = g_root / "resumed2.log";
+  ASSERT_EQ(run(train_command(2, resumed, "--stop-after 6"), log1), 3) << log_of(log1);
+  ASSERT_EQ(read_metrics(resumed).size(), 6u);
+  ASSERT_EQ(run(train_command(2, resumed, "--resume auto"), log2), 0) << log_of(log2);
+  EXPECT_NE(read_text(log2).find("resumed from"), std::string::npos) << log_of(log2);
+  expect_same_trajectory(read_metrics(straight), read_metrics(resumed), 0.0, "straight vs stopped+resumed");
+
+  // The final weights and optimizer moments are bitwise identical.
+  const auto a = electra::train::CheckpointFile::open(straight / "checkpoints" / "ckpt-00000012.h5");
+  const auto b = electra::train::CheckpointFile::open(resumed / "checkpoints" / "ckpt-00000012.h5");
+  for (auto section : {electra::train::Section::kParams, electra::train::Section::kAdamM,
+                       electra::train::Section::kAdamV}) {
+    const auto tensors = a.tensors(section);
+    ASSERT_EQ(tensors.size(), b.tensors(section).size());
+    for (const auto& t : tensors) {
+      EXPECT_EQ(a.read_tensor(section, t.name), b.read_tensor(section, t.name)) << t.name;
+    }
+  }
+  EXPECT_EQ(a.loader(), b.loader());
+}
+
+TEST_F(TrainE2E, ResumeWithAnotherRankCountContinuesTheSameRun) {
+  const fs::path straight = run_dir("straight2");
+  const fs::path log = g_root / "straight2.log";
+  ASSERT_EQ(run(train_command(2, straight), log), 0) << log_of(log);
+  const fs::path moved = run_dir("moved");
+  const fs::path log1 = g_root / "moved1.log", log2 = g_root / "moved2.log";
+  ASSERT_EQ(run(train_command(2, moved, "--stop-after 5"), log1), 3) << log_of(log1);
+  ASSERT_EQ(run(train_command(3, moved, "--resume auto"), log2), 0) << log_of(log2);
+  expect_same_trajectory(read_metrics(straight), read_metrics(moved), 1e-4, "2 ranks vs 2 then 3 ranks");
+}
+
+TEST_F(TrainE2E, SigusrOnOneRankStopsAllRanksWithACheckpoint) {
+  const fs::path dir = run_dir("signal");
+  const fs::path log = g_root / "signal.log";
+  const std::string command = train_command(2, dir, "--set train.steps=100000 --set train.checkpoint_every=0") +
+                              " > '" + log.string() + "' 2>&1";
+  const pid_t child = fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  // Wait until training runs, then signal rank 1 only (its pid is in its own log).
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  pid_t rank1 = 0;
+  while (std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    if (read_metrics(dir).size() < 3) continue;
+    std::smatch match;
+    const std::string rank_log = read_text(dir / "logs" / "rank_1.log");
+    if (std::regex_search(rank_log, match, std::regex("pid (\\d+)"))) {
+      rank1 = static_cast<pid_t>(std::stol(match[1]));
+      break;
+    }
+  }
+  ASSERT_GT(rank1, 0) << log_of(log);
+  ASSERT_EQ(kill(rank1, SIGUSR1), 0);
+  int status = 0;
+  ASSERT_EQ(waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status)) << log_of(log);
+  EXPECT_EQ(WEXITSTATUS(status), 3) << log_of(log);
+  EXPECT_NE(read_text(log).find("rank 1: SIGUSR1"), std::string::npos) << log_of(log);
+  const auto metrics = read_metrics(dir);
+  ASSERT_FALSE(metrics.empty());
+  const int64_t stopped_at = metrics.back()["step"].get<int64_t>();
+  char name[32];
+  std::snprintf(name, sizeof(name), "ckpt-%08lld.h5", static_cast<long long>(stopped_at));
+  ASSERT_TRUE(fs::exists(dir / "checkpoints" / name)) << log_of(log);
+
+  // The run continues from there.
+  const fs::path log2 = g_root / "signal2.log";
+  ASSERT_EQ(run(train_command(2, dir, "--set train.steps=100000 --set train.checkpoint_every=0 --stop-after 2"), log2),
+            3)
+      << log_of(log2);
+  const auto after = read_metrics(dir);
+  EXPECT_EQ(after.back()["step"].get<int64_t>(), stopped_at + 2) << log_of(log2);
+}
+
+TEST_F(TrainE2E, NonFiniteGradientOnOneRankIsSkippedByAllRanks) {
+  const fs::path dir = run_dir("nan");
+  const fs::path log = g_root / "nan.log";
+  // Steps are numbered from 1 in logs: debug.nan_step=3 poisons the 4th step.
+  ASSERT_EQ(run(train_command(2, dir, "--set debug.nan_step=3 --set debug.nan_rank=1 --set train.steps=8"), log), 0)
+      << log_of(log);
+  EXPECT_NE(read_text(log).find("non-finite loss or gradient on rank(s) 1"), std::string::npos) << log_of(log);
+  std::vector<int64_t> steps;
+  for (const auto& m : read_metrics(dir)) steps.push_back(m["step"].get<int64_t>());
+  EXPECT_EQ(steps, (std::vector<int64_t>{1, 2, 3, 5, 6, 7, 8}));
+  // The checkpoint at step 8 passed the all-ranks parameter agreement check (exit 0 above) and is finite.
+  const auto ckpt = electra::train::CheckpointFile::open(dir / "checkpoints" / "ckpt-00000008.h5");
+  for (const auto& t : ckpt.tensors(electra::train::Section::kParams)) {
+    for (float x : ckpt.read_tensor(electra::train::Section::kParams, t.name)) ASSERT_TRUE(std::isfinite(x)) << t.name;
+  }
+  EXPECT_EQ(ckpt.state()["skipped_steps"].get<int64_t>(), 1);
+
+  const fs::path dir2 = run_dir("nan_stop");
+  const fs::path log2 = g_root / "nan_stop.log";
+  EXPECT_EQ(run(train_command(2, dir2, "--set debug.nan_step=2 --set debug.nan_rank=0 --set train.max_skipped_steps=0"),
+                log2),
+            4)
+      << log_of(log2);
+}
+
+TEST_F(TrainE2E, ARankThatThrowsEndsTheJobWithinSeconds) {
+  const fs::path dir = run_dir("throw");
+  const fs::path log = g_root / "throw.log";
+  const auto start = std::chrono::steady_clock::now();
+  const int code = run("timeout 120 " + train_command(2, dir, "--set debug.throw_step=3 --set debug.throw_rank=1 "
+                                                              "--set train.steps=100000"),
+                       log);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_NE(code, 0) << log_of(log);
+  EXPECT_NE(code, 124) << "timed out: the job hung" << log_of(log);
+  EXPECT_LT(seconds, 60.0);
+  EXPECT_NE(read_text(log).find("injected failure on rank 1"), std::string::npos) << log_of(log);
+}
+
+TEST_F(TrainE2E, BadInputIsReportedBeforeTrainingAndOverwritesNothing) {
+  const fs::path dir = run_dir("bad");
+  const fs::path log = g_root / "bad.log";
+  EXPECT_EQ(run(train_command(2, dir, "--set train.stpes=5"), log), 2);
+  EXPECT_NE(read_text(log).find("train.stpes"), std::string::npos) << log_of(log);
+  EXPECT_EQ(run(train_command(1, dir, "--set train.batch_size=0"), log), 2) << log_of(log);
+  EXPECT_EQ(run(train_command(1, dir, "--set data.dir=" + (g_root / "missing").string()), log), 2) << log_of(log);
+  EXPECT_NE(read_text(log).find("missing"), std::string::npos) << log_of(log);
+
+  // A finished run: --resume none refuses to overwrite it; another model config cannot resume it.
+  ASSERT_EQ(run(train_command(1, dir, "--set train.steps=4"), log), 0) << log_of(log);
+  const auto before = fs::last_write_time(dir / "checkpoints" / "ckpt-00000004.h5");
+  EXPECT_EQ(run(train_command(1, dir, "--set train.steps=8 --resume none"), log), 2) << log_of(log);
+  EXPECT_NE(read_text(log).find("already has checkpoints"), std::string::npos) << log_of(log);
+  EXPECT_EQ(run(train_command(1, dir, "--set train.steps=8 --set model.num_layers=3"), log), 2) << log_of(log);
+  EXPECT_NE(read_text(log).find("model.num_layers"), std::string::npos) << log_of(log);
+  EXPECT_EQ(fs::last_write_time(dir / "checkpoints" / "ckpt-00000004.h5"), before);
+}
+
+}  // namespace
