@@ -26,9 +26,16 @@ if [ ! -f "$work/shards/manifest.json" ]; then
   "${mpirun_cmd[@]}" "$bin/electra-preprocess" --input "$corpus" --vocab "$work/vocab.txt" \
     --output "$work/shards" --max-seq-length 128
 fi
-steps_args=()
-[ -z "${STEPS:-}" ] || steps_args=(--set "train.steps=$STEPS")
-"${mpirun_cmd[@]}" "$bin/electra-train" --config "$root/jobs/configs/tiny.json" --data "$work/shards" \
-  --output "$run" --resume auto "${steps_args[@]}" "$@"
-"$bin/electra-export" --checkpoint "$run" --output "$run/export"
+train=("${mpirun_cmd[@]}" "$bin/electra-train" --config "$root/jobs/configs/tiny.json" --data "$work/shards"
+       --output "$run" --resume auto)
+[ -z "${STEPS:-}" ] || train+=(--set "train.steps=$STEPS")
+# First half, then stop as a preempted job would (exit code 3 = checkpoint written), then resume to the end.
+half=$(( ${STEPS:-200} / 2 ))  # 200: train.steps of jobs/configs/tiny.json
+set +e
+"${train[@]}" --stop-after "$half" "$@"
+code=$?
+set -e
+[ $code -eq 0 ] || [ $code -eq 3 ] || { echo "electra-train failed with exit code $code" >&2; exit $code; }
+"${train[@]}" "$@"
+"$bin/electra-export" --checkpoint "$run" --output "$run/export" --force
 echo "done: run in $run, Hugging Face export in $run/export/{discriminator,generator}"
