@@ -133,8 +133,8 @@ TEST_F(BackendGradients, AttentionWithMaskAndDropout) {
     };
     loss();
     std::vector<double> dqkv(qkv.size()), scratch(B * H * S * S);
-    be->attention_backward(dqkv.data(), scratch.data(), R.data(), qkv.data(), probs.data(), keep.data(), mask.data(),
-                           B, S, H, D, p);
+    be->attention_backward(dqkv.data(), scratch.data(), R.data(), qkv.data(), probs.data(), keep.data(), mask.data(), B,
+                           S, H, D, p);
     EXPECT_TRUE(gradient_matches(dqkv, numeric_gradient(qkv, loss))) << "dropout " << p;
   }
 }

@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 
 #include <cstring>
+#include <tuple>
 
 #include "lib/backend/backend.h"
 #include "lib/core/error.h"
@@ -66,19 +67,21 @@ TYPED_TEST(BackendOps, MemoryIsAlignedAndCopiesRoundTrip) {
 
 TYPED_TEST(BackendOps, GemmAllTransposesWithLeadingDimensions) {
   using T = TypeParam;
-  const int m = 7, n = 9, k = 11;
-  for (bool ta : {false, true}) {
-    for (bool tb : {false, true}) {
-      const int lda = (ta ? m : k) + 3, ldb = (tb ? k : n) + 2, ldc = n + 5;
-      const auto a = random_values(static_cast<size_t>(ta ? k : m) * lda, 1);
-      const auto b = random_values(static_cast<size_t>(tb ? n : k) * ldb, 2);
-      auto c = random_values(static_cast<size_t>(m) * ldc, 3);
-      auto ct = cast<T>(c);
-      const auto at = cast<T>(a), bt = cast<T>(b);
-      this->be->gemm(ta ? Transpose::kYes : Transpose::kNo, tb ? Transpose::kYes : Transpose::kNo, m, n, k, T(0.75),
-                     at.data(), lda, bt.data(), ldb, T(-0.5), ct.data(), ldc);
-      ref::gemm(ta, tb, m, n, k, 0.75, a, lda, b, ldb, -0.5, c, ldc);
-      EXPECT_TRUE(close_to_reference(ct, c)) << "ta=" << ta << " tb=" << tb;
+  // One small product (a single BLAS call) and two split over threads, by columns and by rows.
+  for (auto [m, n, k] : {std::tuple{7, 9, 11}, std::tuple{70, 90, 400}, std::tuple{90, 70, 400}}) {
+    for (bool ta : {false, true}) {
+      for (bool tb : {false, true}) {
+        const int lda = (ta ? m : k) + 3, ldb = (tb ? k : n) + 2, ldc = n + 5;
+        const auto a = random_values(static_cast<size_t>(ta ? k : m) * lda, 1);
+        const auto b = random_values(static_cast<size_t>(tb ? n : k) * ldb, 2);
+        auto c = random_values(static_cast<size_t>(m) * ldc, 3);
+        auto ct = cast<T>(c);
+        const auto at = cast<T>(a), bt = cast<T>(b);
+        this->be->gemm(ta ? Transpose::kYes : Transpose::kNo, tb ? Transpose::kYes : Transpose::kNo, m, n, k, T(0.75),
+                       at.data(), lda, bt.data(), ldb, T(-0.5), ct.data(), ldc);
+        ref::gemm(ta, tb, m, n, k, 0.75, a, lda, b, ldb, -0.5, c, ldc);
+        EXPECT_TRUE(close_to_reference(ct, c)) << "ta=" << ta << " tb=" << tb << " m=" << m;
+      }
     }
   }
 }
@@ -93,17 +96,20 @@ TYPED_TEST(BackendOps, GemmBetaZeroIgnoresGarbage) {
                  ct.data(), n);
   ref::gemm(false, false, m, n, k, 1.0, a, k, b, n, 0.0, c, n);
   EXPECT_TRUE(close_to_reference(ct, c));
-  EXPECT_THROW(this->be->gemm(Transpose::kNo, Transpose::kNo, m, n, k, T(1), nullptr, k - 1, nullptr, n, T(0),
-                              ct.data(), n),
-               Error);
+  EXPECT_THROW(
+      this->be->gemm(Transpose::kNo, Transpose::kNo, m, n, k, T(1), nullptr, k - 1, nullptr, n, T(0), ct.data(), n),
+      Error);
 }
 
 TYPED_TEST(BackendOps, GemmStridedBatchedSmallAndLarge) {
   using T = TypeParam;
-  // Small products take the parallel-over-batch path, the large one OpenBLAS's own threads.
-  for (int size : {6, 260}) {
-    const int m = size, n = size / 2 + 1, k = size + 1, batch = 5;
-    const int lda = m, ldb = k, ldc = n;  // A transposed: stored [k, m]
+  // Small products run one per thread; the large one (>= 64 MFLOP) is split over the threads instead.
+  struct Shape {
+    int m, n, k, batch;
+  };
+  for (const Shape& sh : {Shape{6, 4, 7, 5}, Shape{260, 131, 261, 3}, Shape{400, 300, 300, 2}}) {
+    const int m = sh.m, n = sh.n, k = sh.k, batch = sh.batch;
+    const int lda = m, ldb = k, ldc = n;  // A and B transposed: stored [k, m] and [n, k]
     const long long sa = static_cast<long long>(k) * lda + 7, sb = static_cast<long long>(n) * ldb + 3,
                     sc = static_cast<long long>(m) * ldc + 1;
     const auto a = random_values(sa * batch, 4), b = random_values(sb * batch, 5);
@@ -114,7 +120,7 @@ TYPED_TEST(BackendOps, GemmStridedBatchedSmallAndLarge) {
     for (int i = 0; i < batch; ++i) {
       ref::gemm(true, true, m, n, k, 1.5, a, lda, b, ldb, 0.25, c, ldc, i * sa, i * sb, i * sc);
     }
-    EXPECT_TRUE(close_to_reference(ct, c)) << "size " << size;
+    EXPECT_TRUE(close_to_reference(ct, c)) << "m " << m;
   }
 }
 
@@ -274,8 +280,8 @@ TYPED_TEST(BackendOps, LayerNormForwardAndBackward) {
   EXPECT_TRUE(close_to_reference(dbt, db));
   // Null outputs are skipped.
   std::vector<T> dx_only(rows * cols);
-  this->be->layernorm_backward(dx_only.data(), nullptr, nullptr, cast<T>(dy).data(), xt.data(),
-                               cast<T>(r.mean).data(), cast<T>(r.rstd).data(), cast<T>(gamma).data(), rows, cols);
+  this->be->layernorm_backward(dx_only.data(), nullptr, nullptr, cast<T>(dy).data(), xt.data(), cast<T>(r.mean).data(),
+                               cast<T>(r.rstd).data(), cast<T>(gamma).data(), rows, cols);
   EXPECT_EQ(dx_only, dxt);
 }
 
@@ -301,8 +307,8 @@ TYPED_TEST(BackendOps, EmbeddingsForwardAndBackward) {
   this->be->embedding_forward(outt.data(), ids.data(), tids.data(), cast<T>(word).data(), cast<T>(pos).data(),
                               cast<T>(type).data(), B, S, E);
   EXPECT_TRUE(close_to_reference(outt, out));
-  this->be->embedding_backward(dwt.data(), dpt.data(), dtt.data(), cast<T>(dout).data(), ids.data(), tids.data(), B,
-                               S, E);
+  this->be->embedding_backward(dwt.data(), dpt.data(), dtt.data(), cast<T>(dout).data(), ids.data(), tids.data(), B, S,
+                               E);
   EXPECT_TRUE(close_to_reference(dwt, dw));
   EXPECT_TRUE(close_to_reference(dpt, dp));
   EXPECT_TRUE(close_to_reference(dtt, dt));

@@ -59,8 +59,8 @@ Outputs run_layer(Backend<T>& be) {
                         gamma.data(), rows, F);
   be.activation_backward(Activation::kGelu, dh.data(), da.data(), h.data(), h.size());
   be.linear_backward(dctx.data(), dw1.data(), db1.data(), dh.data(), ctx.data(), w1.data(), rows, E, F);
-  be.attention_backward(dqkv.data(), scratch.data(), dctx.data(), qkv.data(), probs.data(), keep.data(), mask.data(),
-                        B, S, H, D, 0.1f);
+  be.attention_backward(dqkv.data(), scratch.data(), dctx.data(), qkv.data(), probs.data(), keep.data(), mask.data(), B,
+                        S, H, D, 0.1f);
   be.linear_backward(dx.data(), dw_qkv.data(), db_qkv.data(), dqkv.data(), x.data(), w_qkv.data(), rows, E, 3 * E);
   out["dlogits"] = to_double(dlogits);
   out["dw_out"] = to_double(dw_out);

@@ -236,6 +236,14 @@ std::vector<std::vector<T>> run_everything(Backend<T>& be, double* sumsq) {
   be.softmax_cross_entropy(loss.data(), dlogits.data(), nullptr, logits.data(), labels.data(), nullptr, 64, V);
   be.gumbel_sample(samples.data(), logits.data(), labels.data(), 64, V, 1.0f, 5, 6, 7, 2);
   outs.insert(outs.end(), {loss, dlogits, std::vector<T>(samples.begin(), samples.end())});
+  // GEMMs large enough to be split over threads, by rows and by columns, with ragged pieces.
+  const auto ga = cast<T>(random_values(300 * 64, 9)), gb = cast<T>(random_values(600 * 64, 10));
+  std::vector<T> rows_split(300 * 200), cols_split(48 * 600), dw_split(200 * 64, T(0));
+  be.linear_forward(rows_split.data(), ga.data(), gb.data(), nullptr, 300, 64, 200);
+  be.gemm(Transpose::kNo, Transpose::kYes, 48, 600, 64, T(1), ga.data(), 64, gb.data(), 64, T(0), cols_split.data(),
+          600);
+  be.linear_backward(nullptr, dw_split.data(), nullptr, rows_split.data(), ga.data(), gb.data(), 300, 64, 200);
+  outs.insert(outs.end(), {rows_split, cols_split, dw_split});
   const auto big = cast<T>(random_values(1'000'003, 8));
   *sumsq = be.sum_squares(big.data(), big.size());
   return outs;

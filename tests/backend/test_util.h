@@ -117,14 +117,16 @@ namespace ref {
 
 // C = alpha op(A) op(B) + beta C, row-major with leading dimensions.
 inline void gemm(bool ta, bool tb, int m, int n, int k, double alpha, const std::vector<double>& a, int lda,
-                 const std::vector<double>& b, int ldb, double beta, std::vector<double>& c, int ldc,
-                 size_t a_off = 0, size_t b_off = 0, size_t c_off = 0) {
+                 const std::vector<double>& b, int ldb, double beta, std::vector<double>& c, int ldc, size_t a_off = 0,
+                 size_t b_off = 0, size_t c_off = 0) {
   for (int i = 0; i < m; ++i) {
     for (int j = 0; j < n; ++j) {
       double s = 0.0;
       for (int p = 0; p < k; ++p) {
-        const double av = ta ? a[a_off + static_cast<size_t>(p) * lda + i] : a[a_off + static_cast<size_t>(i) * lda + p];
-        const double bv = tb ? b[b_off + static_cast<size_t>(j) * ldb + p] : b[b_off + static_cast<size_t>(p) * ldb + j];
+        const double av =
+            ta ? a[a_off + static_cast<size_t>(p) * lda + i] : a[a_off + static_cast<size_t>(i) * lda + p];
+        const double bv =
+            tb ? b[b_off + static_cast<size_t>(j) * ldb + p] : b[b_off + static_cast<size_t>(p) * ldb + j];
         s += av * bv;
       }
       double& cv = c[c_off + static_cast<size_t>(i) * ldc + j];

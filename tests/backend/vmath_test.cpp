@@ -1,10 +1,11 @@
 // Accuracy of the vectorisable float math (lib/backend/cpu/vmath.h) against double libm, on dense grids.
+#include "lib/backend/cpu/vmath.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <limits>
 
-#include "lib/backend/cpu/vmath.h"
 #include "tests/backend/test_util.h"
 
 namespace electra::test {
@@ -30,7 +31,9 @@ double worst_relative(F f, G g, double lo, double hi, int n, double* where) {
 
 TEST(BackendVmath, ExpFloat) {
   double where = 0;
-  EXPECT_LT(worst_relative(exp_f, [](double x) { return std::exp(x); }, -87.3, 88.3, 2'000'000, &where), 2e-7)
+  EXPECT_LT(worst_relative(
+                exp_f, [](double x) { return std::exp(x); }, -87.3, 88.3, 2'000'000, &where),
+            2e-7)
       << "at " << where;
   EXPECT_EQ(exp_f(0.0f), 1.0f);
   EXPECT_EQ(exp_f(-100.0f), 0.0f);
@@ -42,9 +45,13 @@ TEST(BackendVmath, ExpFloat) {
 // error grows like z^2 * 2^-24; there the values are tiny and only absolute error matters.
 TEST(BackendVmath, ErfcAndGelu) {
   double where = 0;
-  EXPECT_LT(worst_relative(erfc_f, [](double x) { return std::erfc(x); }, -6.0, 3.5, 1'000'000, &where), 2e-6)
+  EXPECT_LT(worst_relative(
+                erfc_f, [](double x) { return std::erfc(x); }, -6.0, 3.5, 1'000'000, &where),
+            2e-6)
       << "at " << where;
-  EXPECT_LT(worst_relative(erfc_f, [](double x) { return std::erfc(x); }, 3.5, 9.0, 1'000'000, &where), 1e-5)
+  EXPECT_LT(worst_relative(
+                erfc_f, [](double x) { return std::erfc(x); }, 3.5, 9.0, 1'000'000, &where),
+            1e-5)
       << "at " << where;
   auto gelu = [](double x) { return 0.5 * x * std::erfc(-x / std::sqrt(2.0)); };
   auto cdf = [](double x) { return 0.5 * std::erfc(-x / std::sqrt(2.0)); };

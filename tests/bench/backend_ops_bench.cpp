@@ -52,14 +52,14 @@ void BM_Gemm(benchmark::State& state) {
 // Forward x W^T (N,T), backward dx = dy W (N,N), dW = dy^T x (T,N) of the main ELECTRA layers.
 BENCHMARK(BM_Gemm)
     ->ArgNames({"m", "n", "k", "ta", "tb"})
-    ->Args({4096, 768, 256, 0, 1})     // small: fused QKV projection
-    ->Args({4096, 1024, 256, 0, 1})    // small: FFN in
-    ->Args({4096, 256, 1024, 0, 1})    // small: FFN out
-    ->Args({4096, 256, 1024, 0, 0})    // small: FFN in, dx
-    ->Args({1024, 256, 4096, 1, 0})    // small: FFN in, dW
-    ->Args({608, 30522, 128, 0, 1})    // small: generator vocabulary logits (tied embeddings)
-    ->Args({4096, 3072, 768, 0, 1})    // base: FFN in
-    ->Args({4096, 768, 3072, 0, 1})    // base: FFN out
+    ->Args({4096, 768, 256, 0, 1})   // small: fused QKV projection
+    ->Args({4096, 1024, 256, 0, 1})  // small: FFN in
+    ->Args({4096, 256, 1024, 0, 1})  // small: FFN out
+    ->Args({4096, 256, 1024, 0, 0})  // small: FFN in, dx
+    ->Args({1024, 256, 4096, 1, 0})  // small: FFN in, dW
+    ->Args({608, 30522, 128, 0, 1})  // small: generator vocabulary logits (tied embeddings)
+    ->Args({4096, 3072, 768, 0, 1})  // base: FFN in
+    ->Args({4096, 768, 3072, 0, 1})  // base: FFN out
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 
@@ -76,8 +76,8 @@ void BM_Attention(benchmark::State& state) {
   const size_t probs_n = static_cast<size_t>(B) * H * S * S;
   std::vector<float> ctx(dctx.size()), probs(probs_n), scratch(probs_n), dqkv(qkv.size());
   std::vector<uint8_t> keep(probs_n);
-  const DropoutKey key{.seed = 1, .step = 1, .lane = 1, .first_example = 0,
-                       .elements_per_example = static_cast<uint64_t>(H) * S * S};
+  const DropoutKey key{
+      .seed = 1, .step = 1, .lane = 1, .first_example = 0, .elements_per_example = static_cast<uint64_t>(H) * S * S};
   const bool backward = state.range(5) != 0;
   for (auto _ : state) {
     cpu().attention_forward(ctx.data(), probs.data(), keep.data(), qkv.data(), mask.data(), B, S, H, D, p, key);
@@ -146,8 +146,12 @@ void activation_bench(benchmark::State& state, Activation act) {
 }
 void BM_Gelu(benchmark::State& state) { activation_bench(state, Activation::kGelu); }
 void BM_Tanh(benchmark::State& state) { activation_bench(state, Activation::kTanh); }
-BENCHMARK(BM_Gelu)->ArgNames({"n", "bwd"})->Args({4096 * 1024, 0})->Args({4096 * 1024, 1})->UseRealTime()->Unit(
-    benchmark::kMicrosecond);
+BENCHMARK(BM_Gelu)
+    ->ArgNames({"n", "bwd"})
+    ->Args({4096 * 1024, 0})
+    ->Args({4096 * 1024, 1})
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Tanh)->ArgNames({"n", "bwd"})->Args({4096 * 256, 0})->UseRealTime()->Unit(benchmark::kMicrosecond);
 
 void BM_Dropout(benchmark::State& state) {
@@ -172,14 +176,17 @@ void BM_SoftmaxCrossEntropy(benchmark::State& state) {
   std::vector<float> loss(rows), dlogits(logits.size());
   std::vector<int32_t> argmax(rows);
   for (auto _ : state) {
-    cpu().softmax_cross_entropy(loss.data(), dlogits.data(), argmax.data(), logits.data(), labels.data(), nullptr,
-                                rows, V);
+    cpu().softmax_cross_entropy(loss.data(), dlogits.data(), argmax.data(), logits.data(), labels.data(), nullptr, rows,
+                                V);
     benchmark::ClobberMemory();
   }
   state.SetItemsProcessed(state.iterations() * static_cast<int64_t>(rows) * V);
 }
-BENCHMARK(BM_SoftmaxCrossEntropy)->ArgNames({"rows", "V"})->Args({608, 30522})->UseRealTime()->Unit(
-    benchmark::kMillisecond);
+BENCHMARK(BM_SoftmaxCrossEntropy)
+    ->ArgNames({"rows", "V"})
+    ->Args({608, 30522})
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
 
 // Generator sampling of replacements: rows x V Gumbel-max draws.
 void BM_GumbelSample(benchmark::State& state) {

@@ -167,11 +167,11 @@ void attention_backward(T* dqkv, T* scratch, const T* dcontext, const T* qkv, co
   }
 }
 
-#define ELECTRA_INSTANTIATE(T)                                                                                  \
-  template void attention_forward<T>(T*, T*, uint8_t*, const T*, const int32_t*, int, int, int, int, float,   \
-                                     const DropoutKey&);                                                      \
-  template void attention_backward<T>(T*, T*, const T*, const T*, const T*, const uint8_t*, const int32_t*, int, \
-                                      int, int, int, float);
+#define ELECTRA_INSTANTIATE(T)                                                                                        \
+  template void attention_forward<T>(T*, T*, uint8_t*, const T*, const int32_t*, int, int, int, int, float,           \
+                                     const DropoutKey&);                                                              \
+  template void attention_backward<T>(T*, T*, const T*, const T*, const T*, const uint8_t*, const int32_t*, int, int, \
+                                      int, int, float);
 ELECTRA_INSTANTIATE(float)
 ELECTRA_INSTANTIATE(double)
 #undef ELECTRA_INSTANTIATE

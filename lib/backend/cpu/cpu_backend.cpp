@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "lib/backend/backend.h"
+#include "lib/backend/cpu/detail.h"
 #include "lib/backend/cpu/kernels.h"
 #include "lib/core/error.h"
 
@@ -114,8 +115,8 @@ class CpuBackend final : public Backend<T> {
                          const T* position_table, const T* type_table, int B, int S, int E) override {
     cpu::embedding_forward(out, ids, type_ids, word_table, position_table, type_table, B, S, E);
   }
-  void embedding_backward(T* dword, T* dposition, T* dtype, const T* dout, const int32_t* ids,
-                          const int32_t* type_ids, int B, int S, int E) override {
+  void embedding_backward(T* dword, T* dposition, T* dtype, const T* dout, const int32_t* ids, const int32_t* type_ids,
+                          int B, int S, int E) override {
     cpu::embedding_backward(dword, dposition, dtype, dout, ids, type_ids, B, S, E);
   }
   void gather_rows(T* out, const T* x, const int32_t* positions, int B, int S, int P, int C) override {
@@ -164,6 +165,9 @@ class CpuBackend final : public Backend<T> {
 
 template <typename T>
 std::unique_ptr<Backend<T>> make_cpu_backend() {
+  // The kernels thread with OpenMP (OMP_NUM_THREADS) and split GEMMs themselves; OpenBLAS stays on
+  // one thread so the two pools never compete (see kernels.h).
+  cpu::detail::set_blas_single_threaded();
   return std::make_unique<CpuBackend<T>>();
 }
 

@@ -29,6 +29,9 @@ T* thread_scratch(size_t n) {
   return buffer.data();
 }
 
+// Switches OpenBLAS to one thread for the rest of the process (make_cpu_backend does).
+void set_blas_single_threaded();
+
 // Runs OpenBLAS single-threaded for the lifetime of the object. Create it outside an OpenMP parallel
 // region whose threads call BLAS: the pthread OpenBLAS would otherwise start its own threads from every
 // OpenMP thread and oversubscribe the cores.

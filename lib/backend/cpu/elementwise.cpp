@@ -38,8 +38,7 @@ ELECTRA_CPU_CLONES void gelu_backward_chunk(T* dx, const T* dy, const T* x, size
 }
 
 // keep for offsets [offset, offset + count) of one example's stream.
-ELECTRA_CPU_CLONES void keep_run(uint8_t* keep, const PhiloxStream& stream, uint64_t offset, uint64_t count,
-                                 float p) {
+ELECTRA_CPU_CLONES void keep_run(uint8_t* keep, const PhiloxStream& stream, uint64_t offset, uint64_t count, float p) {
   constexpr int kBlocks = 64;
   alignas(64) uint32_t words[4 * kBlocks];
   const uint64_t end = offset + count;
@@ -188,13 +187,13 @@ void dropout_backward(T* dx, const T* dy, const uint8_t* keep, size_t n, float p
                           [&](size_t b, size_t e) { apply_keep(dx + b, dy + b, keep + b, keep_scale, e - b); });
 }
 
-#define ELECTRA_INSTANTIATE(T)                                                               \
-  template void fill<T>(T*, size_t, T);                                                      \
-  template void activation_forward<T>(Activation, T*, const T*, size_t);                     \
-  template void activation_backward<T>(Activation, T*, const T*, const T*, size_t);          \
-  template void add<T>(T*, const T*, const T*, size_t);                                      \
-  template void accumulate<T>(T*, const T*, size_t);                                         \
-  template void scale<T>(T*, size_t, T);                                                     \
+#define ELECTRA_INSTANTIATE(T)                                                                \
+  template void fill<T>(T*, size_t, T);                                                       \
+  template void activation_forward<T>(Activation, T*, const T*, size_t);                      \
+  template void activation_backward<T>(Activation, T*, const T*, const T*, size_t);           \
+  template void add<T>(T*, const T*, const T*, size_t);                                       \
+  template void accumulate<T>(T*, const T*, size_t);                                          \
+  template void scale<T>(T*, size_t, T);                                                      \
   template void dropout_forward<T>(T*, uint8_t*, const T*, size_t, float, const DropoutKey&); \
   template void dropout_backward<T>(T*, const T*, const uint8_t*, size_t, float);
 ELECTRA_INSTANTIATE(float)

@@ -15,8 +15,8 @@ void check_non_negative(const int32_t* ids, size_t n, const char* what) {
 
 void check_positions(const int32_t* positions, int B, int P, int S, const char* op) {
   for (size_t i = 0; i < static_cast<size_t>(B) * P; ++i) {
-    ELECTRA_CHECK(positions[i] >= 0 && positions[i] < S, op, ": positions[", i, "] = ", positions[i],
-                  " outside [0, ", S, ")");
+    ELECTRA_CHECK(positions[i] >= 0 && positions[i] < S, op, ": positions[", i, "] = ", positions[i], " outside [0, ",
+                  S, ")");
   }
 }
 
@@ -111,7 +111,7 @@ void scatter_add_rows(T* dx, const T* dout, const int32_t* positions, int B, int
   check_positions(positions, B, P, S, "scatter_add_rows");
   // Different examples never share rows of dx, so examples run in parallel; inside an example the
   // predictions are added in order (duplicates add up deterministically).
-#pragma omp parallel for schedule(static) if (static_cast<size_t>(B) * P * C > 16384)
+#pragma omp parallel for schedule(static) if (static_cast <size_t>(B) * P * C > 16384)
   for (int b = 0; b < B; ++b) {
     for (int p = 0; p < P; ++p) {
       const size_t i = static_cast<size_t>(b) * P + p;
@@ -123,11 +123,10 @@ void scatter_add_rows(T* dx, const T* dout, const int32_t* positions, int B, int
   }
 }
 
-#define ELECTRA_INSTANTIATE(T)                                                                                 \
-  template void embedding_forward<T>(T*, const int32_t*, const int32_t*, const T*, const T*, const T*, int, int, \
-                                     int);                                                                     \
-  template void embedding_backward<T>(T*, T*, T*, const T*, const int32_t*, const int32_t*, int, int, int);    \
-  template void gather_rows<T>(T*, const T*, const int32_t*, int, int, int, int);                             \
+#define ELECTRA_INSTANTIATE(T)                                                                                         \
+  template void embedding_forward<T>(T*, const int32_t*, const int32_t*, const T*, const T*, const T*, int, int, int); \
+  template void embedding_backward<T>(T*, T*, T*, const T*, const int32_t*, const int32_t*, int, int, int);            \
+  template void gather_rows<T>(T*, const T*, const int32_t*, int, int, int, int);                                      \
   template void scatter_add_rows<T>(T*, const T*, const int32_t*, int, int, int, int);
 ELECTRA_INSTANTIATE(float)
 ELECTRA_INSTANTIATE(double)

@@ -7,13 +7,17 @@
 // Determinism promise: for the same inputs every kernel returns bitwise identical outputs, whatever
 // the OpenMP thread count (OMP_NUM_THREADS) and however a batch is split into calls (for the random
 // ops, given first_example). Reductions across rows (dbias, dgamma/dbeta, embedding tables,
-// sum_squares) use fixed partitions that do not depend on the thread count. GEMMs are OpenBLAS's;
-// OpenBLAS splits the M and N dimensions across its threads, never K, so its results do not depend on
-// its thread count either (checked by tests/backend for the shapes we use).
+// sum_squares) use fixed partitions that do not depend on the thread count. A GEMM is split over
+// threads by rows or columns of C only, never along K, so every element of C is the same K-long dot
+// product from the same OpenBLAS kernel whatever the split (tests/backend checks 1, 2 and 3 threads).
+// Not promised: equal bits on different CPUs (OpenBLAS kernels, and the AVX-512 / AVX2 / baseline
+// clones of our own loops, sum in different orders and may fuse multiply-adds).
 //
-// Threading: loops run on OpenMP. Where a parallel region calls BLAS (attention, batched GEMM),
-// OpenBLAS (the pthread build on Debian) is switched to one thread for the region so the two thread
-// pools do not oversubscribe the cores.
+// Threading: OpenMP (OMP_NUM_THREADS) is the only thread pool. GEMMs are split over the OpenMP
+// threads, each piece a single-threaded OpenBLAS call; make_cpu_backend switches OpenBLAS (the pthread
+// build on Debian) to one thread, and kernels that call BLAS inside their own parallel regions
+// (attention, batched GEMM) force one thread for the region even if someone changed it. Two pools
+// would oversubscribe the cores: OpenBLAS's threads spin after each call while the OpenMP loops run.
 #pragma once
 
 #include <cstddef>
@@ -25,8 +29,8 @@ namespace electra::cpu {
 
 // ---- matrix products (blas.cpp) ----
 template <typename T>
-void gemm(Transpose trans_a, Transpose trans_b, int m, int n, int k, T alpha, const T* a, int lda, const T* b,
-          int ldb, T beta, T* c, int ldc);
+void gemm(Transpose trans_a, Transpose trans_b, int m, int n, int k, T alpha, const T* a, int lda, const T* b, int ldb,
+          T beta, T* c, int ldc);
 template <typename T>
 void gemm_strided_batched(Transpose trans_a, Transpose trans_b, int m, int n, int k, T alpha, const T* a, int lda,
                           long long stride_a, const T* b, int ldb, long long stride_b, T beta, T* c, int ldc,
@@ -34,8 +38,7 @@ void gemm_strided_batched(Transpose trans_a, Transpose trans_b, int m, int n, in
 template <typename T>
 void linear_forward(T* y, const T* x, const T* weight, const T* bias, int rows, int in, int out);
 template <typename T>
-void linear_backward(T* dx, T* dweight, T* dbias, const T* dy, const T* x, const T* weight, int rows, int in,
-                     int out);
+void linear_backward(T* dx, T* dweight, T* dbias, const T* dy, const T* x, const T* weight, int rows, int in, int out);
 // dbias[c] += sum_r dy[r, c] for dy [rows, cols], rows summed in order 0..rows-1 for every column.
 template <typename T>
 void column_sums_accumulate(T* dbias, const T* dy, int rows, int cols);
@@ -82,8 +85,8 @@ void embedding_forward(T* out, const int32_t* ids, const int32_t* type_ids, cons
 // Each of dword / dposition / dtype may be null (skipped). Tokens are added in order (b, s) for every
 // table row: deterministic, and parallel over column blocks so there are no races.
 template <typename T>
-void embedding_backward(T* dword, T* dposition, T* dtype, const T* dout, const int32_t* ids,
-                        const int32_t* type_ids, int B, int S, int E);
+void embedding_backward(T* dword, T* dposition, T* dtype, const T* dout, const int32_t* ids, const int32_t* type_ids,
+                        int B, int S, int E);
 // Positions must lie in [0, S) (checked).
 template <typename T>
 void gather_rows(T* out, const T* x, const int32_t* positions, int B, int S, int P, int C);

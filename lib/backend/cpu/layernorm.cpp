@@ -83,11 +83,10 @@ ELECTRA_CPU_CLONES void layernorm_backward_rows(T* dx, T* pg, T* pb, const T* dy
 }  // namespace
 
 template <typename T>
-void layernorm_forward(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* beta, int rows, int cols,
-                       T eps) {
+void layernorm_forward(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* beta, int rows, int cols, T eps) {
   ELECTRA_CHECK(rows >= 0 && cols > 0, "layernorm_forward: bad shape rows=", rows, " cols=", cols);
   const int blocks = (rows + kRowBlock - 1) / kRowBlock;
-#pragma omp parallel for schedule(static) if (static_cast<long long>(rows) * cols > 16384)
+#pragma omp parallel for schedule(static) if (static_cast <long long>(rows) * cols > 16384)
   for (int blk = 0; blk < blocks; ++blk) {
     layernorm_rows(y, mean, rstd, x, gamma, beta, blk * kRowBlock, std::min(rows, (blk + 1) * kRowBlock), cols, eps);
   }
@@ -127,8 +126,8 @@ void layernorm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, con
   }
 }
 
-#define ELECTRA_INSTANTIATE(T)                                                                                   \
-  template void layernorm_forward<T>(T*, T*, T*, const T*, const T*, const T*, int, int, T);                    \
+#define ELECTRA_INSTANTIATE(T)                                                               \
+  template void layernorm_forward<T>(T*, T*, T*, const T*, const T*, const T*, int, int, T); \
   template void layernorm_backward<T>(T*, T*, T*, const T*, const T*, const T*, const T*, const T*, int, int);
 ELECTRA_INSTANTIATE(float)
 ELECTRA_INSTANTIATE(double)

@@ -38,8 +38,7 @@ int first_index_of(const T* x, int V, T mx) {
 }
 
 template <typename T>
-ELECTRA_CPU_CLONES void softmax_cross_entropy_row(T* loss, T* d, int32_t* argmax, const T* x, int label, T gs,
-                                                  int V) {
+ELECTRA_CPU_CLONES void softmax_cross_entropy_row(T* loss, T* d, int32_t* argmax, const T* x, int label, T gs, int V) {
   const T x_label = x[label];  // read before d (which may alias x) is written
   const T mx = row_max(x, V);
   if (argmax != nullptr) *argmax = first_index_of(x, V, mx);
@@ -111,7 +110,7 @@ void softmax_cross_entropy(T* loss, T* dlogits, int32_t* argmax, const T* logits
     ELECTRA_CHECK(labels[r] >= 0 && labels[r] < V, "softmax_cross_entropy: labels[", r, "] = ", labels[r],
                   " outside [0, ", V, ")");
   }
-#pragma omp parallel for schedule(static) if (static_cast<long long>(rows) * V > 16384)
+#pragma omp parallel for schedule(static) if (static_cast <long long>(rows) * V > 16384)
   for (int r = 0; r < rows; ++r) {
     const size_t off = static_cast<size_t>(r) * V;
     softmax_cross_entropy_row(loss != nullptr ? loss + r : nullptr, dlogits != nullptr ? dlogits + off : nullptr,
@@ -123,7 +122,7 @@ void softmax_cross_entropy(T* loss, T* dlogits, int32_t* argmax, const T* logits
 template <typename T>
 void log_softmax(T* y, const T* x, int rows, int V) {
   ELECTRA_CHECK(rows >= 0 && V > 0, "log_softmax: bad shape rows=", rows, " V=", V);
-#pragma omp parallel for schedule(static) if (static_cast<long long>(rows) * V > 16384)
+#pragma omp parallel for schedule(static) if (static_cast <long long>(rows) * V > 16384)
   for (int r = 0; r < rows; ++r) log_softmax_row(y + static_cast<size_t>(r) * V, x + static_cast<size_t>(r) * V, V);
 }
 
@@ -148,7 +147,7 @@ void gumbel_sample(int32_t* samples, const T* logits, const int32_t* disallow, i
   ELECTRA_CHECK(rows_per_example > 0, "gumbel_sample: rows_per_example must be positive");
   ELECTRA_CHECK(temperature > 0.0f, "gumbel_sample: temperature ", temperature, " must be positive");
   const double t = temperature;
-#pragma omp parallel for schedule(static) if (static_cast<long long>(rows) * V > 4096)
+#pragma omp parallel for schedule(static) if (static_cast <long long>(rows) * V > 4096)
   for (int r = 0; r < rows; ++r) {
     const T* x = logits + static_cast<size_t>(r) * V;
     const PhiloxStream stream(seed, RandomPurpose::kSampling, step, first_example + r / rows_per_example);
@@ -172,10 +171,10 @@ void gumbel_sample(int32_t* samples, const T* logits, const int32_t* disallow, i
   }
 }
 
-#define ELECTRA_INSTANTIATE(T)                                                                                     \
-  template void softmax_cross_entropy<T>(T*, T*, int32_t*, const T*, const int32_t*, const T*, int, int);          \
-  template void log_softmax<T>(T*, const T*, int, int);                                                            \
-  template void sigmoid_cross_entropy<T>(T*, T*, const T*, const int32_t*, const T*, size_t);                      \
+#define ELECTRA_INSTANTIATE(T)                                                                                      \
+  template void softmax_cross_entropy<T>(T*, T*, int32_t*, const T*, const int32_t*, const T*, int, int);           \
+  template void log_softmax<T>(T*, const T*, int, int);                                                             \
+  template void sigmoid_cross_entropy<T>(T*, T*, const T*, const int32_t*, const T*, size_t);                       \
   template void gumbel_sample<T>(int32_t*, const T*, const int32_t*, int, int, float, uint64_t, uint64_t, uint64_t, \
                                  int);
 ELECTRA_INSTANTIATE(float)

@@ -78,13 +78,12 @@ void adamw_step(T* params, const T* grads, T* m, T* v, size_t n, float lr, float
                             grad_scale,
                             1.0 / bc1,
                             1.0 / bc2};
-  detail::parallel_chunks(n, 16384, 32768, [&](size_t b, size_t e) {
-    adamw_chunk(params + b, grads + b, m + b, v + b, e - b, scalars);
-  });
+  detail::parallel_chunks(
+      n, 16384, 32768, [&](size_t b, size_t e) { adamw_chunk(params + b, grads + b, m + b, v + b, e - b, scalars); });
 }
 
-#define ELECTRA_INSTANTIATE(T)                               \
-  template double sum_squares<T>(const T*, size_t);          \
+#define ELECTRA_INSTANTIATE(T)                      \
+  template double sum_squares<T>(const T*, size_t); \
   template void adamw_step<T>(T*, const T*, T*, T*, size_t, float, float, float, float, float, long long, float, bool);
 ELECTRA_INSTANTIATE(float)
 ELECTRA_INSTANTIATE(double)

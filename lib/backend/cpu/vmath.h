@@ -80,8 +80,9 @@ ELECTRA_VMATH_INLINE double log_d(double x) {
   const double s = f / (2.0 + f);
   const double z = s * s, w = z * z;
   const double t1 = w * (3.999999999940941908e-01 + w * (2.222219843214978396e-01 + w * 1.531383769920937332e-01));
-  const double t2 = z * (6.666666666666735130e-01 +
-                         w * (2.857142874366239149e-01 + w * (1.818357216161805012e-01 + w * 1.479819860511658591e-01)));
+  const double t2 =
+      z * (6.666666666666735130e-01 +
+           w * (2.857142874366239149e-01 + w * (1.818357216161805012e-01 + w * 1.479819860511658591e-01)));
   const double r = t2 + t1;
   const double hfsq = 0.5 * f * f;
   const double dk = static_cast<double>(k);
