@@ -26,6 +26,16 @@ std::string to_string(MlmInitializer init) {
   return init == MlmInitializer::kGlorotUniform ? "glorot_uniform" : "truncated_normal";
 }
 
+void PretrainerConfig::share_discriminator_settings() {
+  const EncoderConfig g = generator;
+  generator = discriminator;
+  generator.hidden_size = g.hidden_size;
+  generator.num_layers = g.num_layers;
+  generator.num_heads = g.num_heads;
+  generator.intermediate_size = g.intermediate_size;
+  vocab_size = discriminator.vocab_size;
+}
+
 namespace {
 
 const std::set<std::string> kTopKeys = {
@@ -126,11 +136,7 @@ PretrainerConfig pretrainer_config_from_json(const nlohmann::json& model) {
   read(model, p, "initializer_range", d.initializer_range);
   read(model, p, "layer_norm_eps", d.layer_norm_eps);
 
-  EncoderConfig g = d;  // shared settings
-  g.hidden_size = 64;
-  g.num_layers = 12;
-  g.num_heads = 1;
-  g.intermediate_size = 256;
+  EncoderConfig& g = c.generator;
   if (model.contains("generator")) {
     const nlohmann::json& gen = model.at("generator");
     if (!gen.is_object()) fail("config key 'model.generator' must be a JSON object");
@@ -143,8 +149,7 @@ PretrainerConfig pretrainer_config_from_json(const nlohmann::json& model) {
     read(gen, gp, "num_heads", g.num_heads);
     read(gen, gp, "intermediate_size", g.intermediate_size);
   }
-  c.generator = g;
-  c.vocab_size = d.vocab_size;
+  c.share_discriminator_settings();
 
   read(model, p, "num_classes", c.num_classes);
   read(model, p, "num_token_predictions", c.num_token_predictions);
@@ -219,7 +224,6 @@ nlohmann::json model_preset(const std::string& name, int vocab_size) {
   EncoderConfig& d = c.discriminator;
   EncoderConfig& g = c.generator;
   auto set_gen = [&](int hidden, int layers, int heads, int ffn) {
-    g = d;
     g.hidden_size = hidden;
     g.num_layers = layers;
     g.num_heads = heads;
@@ -260,11 +264,8 @@ nlohmann::json model_preset(const std::string& name, int vocab_size) {
   } else {
     fail("unknown model preset '", name, "' (expected tiny|small|base|large)");
   }
-  if (vocab_size > 0) {
-    d.vocab_size = vocab_size;
-    g.vocab_size = vocab_size;
-    c.vocab_size = vocab_size;
-  }
+  if (vocab_size > 0) d.vocab_size = vocab_size;
+  c.share_discriminator_settings();
   validate(c);
   return to_json(c);
 }

@@ -70,7 +70,9 @@ std::string to_string(MlmInitializer init);
 
 // The arguments of TF Model Garden's tfm.nlp.models.ElectraPretrainer plus ELECTRA's loss settings.
 struct PretrainerConfig {
-  EncoderConfig generator;      // hidden/layers/heads/FFN of its own; the rest equals the discriminator's
+  // The generator has its own hidden/layers/heads/FFN (defaults: ELECTRA-small's 64/12/1/256); every
+  // other field must equal the discriminator's (share_discriminator_settings copies them).
+  EncoderConfig generator{.hidden_size = 64, .num_heads = 1, .intermediate_size = 256};
   EncoderConfig discriminator;
   int vocab_size = 30522;
   int num_classes = 2;
@@ -84,6 +86,12 @@ struct PretrainerConfig {
   float disc_loss_weight = 50.0f;
 
   int embedding_size() const { return discriminator.embedding_size; }
+
+  // Copies what both networks share (vocab_size, embedding_size, max_position_embeddings,
+  // type_vocab_size, dropouts, initializer_range, layer_norm_eps, hidden_act) from the discriminator
+  // into the generator and vocab_size, so a config built in code only sets the discriminator plus the
+  // generator's hidden_size/num_layers/num_heads/intermediate_size.
+  void share_discriminator_settings();
 };
 
 // Parses the `model` section (keys above). Unknown keys, wrong types and invalid values (hidden size not

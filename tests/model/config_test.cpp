@@ -36,6 +36,23 @@ TEST(ModelConfig, DefaultsAreElectraSmall) {
   EXPECT_FALSE(c.disallow_correct);
 }
 
+TEST(ModelConfig, ShareDiscriminatorSettings) {
+  PretrainerConfig c;
+  c.discriminator.vocab_size = 99;
+  c.discriminator.embedding_size = 32;
+  c.discriminator.hidden_dropout = 0.3f;
+  c.generator.hidden_size = 16;
+  EXPECT_THROW(validate(c), Error);  // the generator still has the old vocabulary
+  c.share_discriminator_settings();
+  EXPECT_NO_THROW(validate(c));
+  EXPECT_EQ(c.vocab_size, 99);
+  EXPECT_EQ(c.generator.vocab_size, 99);
+  EXPECT_EQ(c.generator.embedding_size, 32);
+  EXPECT_FLOAT_EQ(c.generator.hidden_dropout, 0.3f);
+  EXPECT_EQ(c.generator.hidden_size, 16);  // its own width is kept
+  EXPECT_EQ(c.generator.num_heads, 1);
+}
+
 TEST(ModelConfig, JsonRoundTrip) {
   nlohmann::json j = model_preset("base", 1000);
   j["mlm_activation"] = "tanh";
@@ -121,7 +138,7 @@ TEST(ModelConfig, FlopsCountedByHand) {
 
 // The discriminator's names are exactly Hugging Face ElectraForPreTraining's state_dict keys (from
 // transformers' modeling_electra: position_ids / token_type_ids are non-persistent buffers).
-TEST(ParameterLayout, DiscriminatorNamesAreHuggingFaceKeys) {
+TEST(ModelLayout, DiscriminatorNamesAreHuggingFaceKeys) {
   const PretrainerConfig c = pretrainer_config_from_json(model_preset("small"));
   const PretrainerLayout pl = build_pretrainer_layout(c);
   std::map<std::string, std::vector<int>> expected = {
@@ -166,7 +183,7 @@ TEST(ParameterLayout, DiscriminatorNamesAreHuggingFaceKeys) {
   EXPECT_EQ(params, 13549057u);  // ElectraForPreTraining at ELECTRA-small size (HF reports 13.5M)
 }
 
-TEST(ParameterLayout, WeightDecayFlagsAndContiguousQkv) {
+TEST(ModelLayout, WeightDecayFlagsAndContiguousQkv) {
   const PretrainerLayout pl = build_pretrainer_layout(pretrainer_config_from_json(model_preset("tiny", 50)));
   const std::regex no_decay(R"(.*(LayerNorm\.(weight|bias)|\.bias)$)");
   size_t offset = 0;

@@ -109,10 +109,10 @@ void check_embeddings(int E, int hidden) {
   for (size_t i = static_cast<size_t>(S) * E; i < pos.size; ++i) ASSERT_EQ(grads[pos.offset + i], 0.0);
 }
 
-TEST(LayerGrad, EmbeddingsWithProjection) { check_embeddings(8, 12); }
-TEST(LayerGrad, EmbeddingsWithoutProjection) { check_embeddings(8, 8); }
+TEST(ModelLayerGrad, EmbeddingsWithProjection) { check_embeddings(8, 12); }
+TEST(ModelLayerGrad, EmbeddingsWithoutProjection) { check_embeddings(8, 8); }
 
-TEST(LayerGrad, TransformerLayerWithPadding) {
+TEST(ModelLayerGrad, TransformerLayerWithPadding) {
   Fixture fx;
   Backend<double>& be = *fx.be;
   EncoderConfig c = test::tiny_config().discriminator;
@@ -159,7 +159,7 @@ TEST(LayerGrad, TransformerLayerWithPadding) {
   EXPECT_TRUE(fd_ok(finite_difference(x, dx, all_indices(x.size()), loss), kTol, "layer input"));
 }
 
-TEST(LayerGrad, EncoderTwoLayers) {
+TEST(ModelLayerGrad, EncoderTwoLayers) {
   Fixture fx;
   Backend<double>& be = *fx.be;
   const PretrainerConfig pc = test::tiny_config();
@@ -249,10 +249,10 @@ void check_mlm_head(Activation act) {
   EXPECT_TRUE(fd_ok(finite_difference(x, dx, all_indices(x.size()), loss), kTol, "MLM head input"));
 }
 
-TEST(LayerGrad, MlmHeadGelu) { check_mlm_head(Activation::kGelu); }
-TEST(LayerGrad, MlmHeadTanh) { check_mlm_head(Activation::kTanh); }
+TEST(ModelLayerGrad, MlmHeadGelu) { check_mlm_head(Activation::kGelu); }
+TEST(ModelLayerGrad, MlmHeadTanh) { check_mlm_head(Activation::kTanh); }
 
-TEST(LayerGrad, ClassificationHead) {
+TEST(ModelLayerGrad, ClassificationHead) {
   HeadCase h;
   Backend<double>& be = *h.fx.be;
   const int B = 3, S = 4, Cg = h.config.generator.hidden_size, NC = h.config.num_classes;
@@ -283,7 +283,7 @@ TEST(LayerGrad, ClassificationHead) {
   }
 }
 
-TEST(LayerGrad, DiscriminatorHead) {
+TEST(ModelLayerGrad, DiscriminatorHead) {
   HeadCase h;
   Backend<double>& be = *h.fx.be;
   const int rows = 7, Cd = h.config.discriminator.hidden_size;

@@ -33,11 +33,11 @@ inline PretrainerConfig tiny_config() {
   d.hidden_dropout = 0.1f;
   d.attention_dropout = 0.1f;
   d.initializer_range = 0.2f;  // larger than 0.02 so FD checks see non-trivial nonlinearity
-  c.generator = d;
   c.generator.hidden_size = 6;
+  c.generator.num_layers = 2;
   c.generator.num_heads = 2;
   c.generator.intermediate_size = 10;
-  c.vocab_size = 30;
+  c.share_discriminator_settings();
   c.num_classes = 3;
   c.num_token_predictions = 3;
   c.mlm_initializer_stddev = 0.2f;

@@ -16,7 +16,7 @@
 namespace electra {
 namespace {
 
-TEST(Overfit, TinyModelMemorisesOneBatch) {
+TEST(ModelOverfit, TinyModelMemorisesOneBatch) {
   auto be = make_cpu_backend<float>();
   PretrainerConfig c = pretrainer_config_from_json(model_preset("tiny", 40));
   c.discriminator.num_layers = c.generator.num_layers = 1;
@@ -54,7 +54,7 @@ TEST(Overfit, TinyModelMemorisesOneBatch) {
 }
 
 // Slow on 2 cores (tens of seconds), so it runs only when asked: ELECTRA_TIMING=1.
-TEST(Timing, SmallForwardBackwardBatch32Seq128) {
+TEST(ModelTiming, SmallForwardBackwardBatch32Seq128) {
   if (std::getenv("ELECTRA_TIMING") == nullptr) GTEST_SKIP() << "set ELECTRA_TIMING=1 to time ELECTRA-small";
   auto be = make_cpu_backend<float>();
   const PretrainerConfig c = pretrainer_config_from_json(model_preset("small"));

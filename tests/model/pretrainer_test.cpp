@@ -34,7 +34,7 @@ double rel_norm_diff(const std::vector<double>& a, const std::vector<double>& b,
 
 // ---- TF Model Garden electra_pretrainer_test ----
 
-TEST(Pretrainer, ModelGardenOutputShapes) {
+TEST(ModelPretrainer, ModelGardenOutputShapes) {
   auto be = make_cpu_backend<float>();
   PretrainerConfig c;
   EncoderConfig& d = c.discriminator;
@@ -45,9 +45,11 @@ TEST(Pretrainer, ModelGardenOutputShapes) {
   d.num_heads = 2;
   d.intermediate_size = 32;
   d.max_position_embeddings = 512;
-  c.generator = d;
   c.generator.hidden_size = 8;
-  c.vocab_size = 100;
+  c.generator.num_layers = 2;
+  c.generator.num_heads = 2;
+  c.generator.intermediate_size = 32;
+  c.share_discriminator_settings();
   c.num_classes = 3;
   c.num_token_predictions = 2;
   c.disallow_correct = true;
@@ -86,7 +88,7 @@ Batch batch_with_targets(int B, int S, int P, int V, const std::vector<int>& tar
   return b;
 }
 
-TEST(Pretrainer, DisallowCorrectNeverSamplesTheOriginal) {
+TEST(ModelPretrainer, DisallowCorrectNeverSamplesTheOriginal) {
   auto be = make_cpu_backend<float>();
   for (bool disallow : {false, true}) {
     PretrainerConfig c = test::tiny_config();
@@ -109,7 +111,7 @@ TEST(Pretrainer, DisallowCorrectNeverSamplesTheOriginal) {
   }
 }
 
-TEST(Pretrainer, DisallowCorrectOnRandomWeightsOverManyRows) {
+TEST(ModelPretrainer, DisallowCorrectOnRandomWeightsOverManyRows) {
   auto be = make_cpu_backend<float>();
   PretrainerConfig c = test::tiny_config();
   c.disallow_correct = true;
@@ -128,7 +130,7 @@ TEST(Pretrainer, DisallowCorrectOnRandomWeightsOverManyRows) {
   }
 }
 
-TEST(Pretrainer, DiscLabelMarksOnlyRealReplacedTokens) {
+TEST(ModelPretrainer, DiscLabelMarksOnlyRealReplacedTokens) {
   auto be = make_cpu_backend<float>();
   const PretrainerConfig c = test::tiny_config();  // disallow_correct off
   ElectraPretrainer<float> model(c, *be);
@@ -177,7 +179,7 @@ TEST(Pretrainer, DiscLabelMarksOnlyRealReplacedTokens) {
 
 // ---- precision, determinism, batch splitting ----
 
-TEST(Pretrainer, FloatAgreesWithDouble) {
+TEST(ModelPretrainer, FloatAgreesWithDouble) {
   auto bf = make_cpu_backend<float>();
   auto bd = make_cpu_backend<double>();
   const PretrainerConfig c = test::tiny_config();
@@ -214,7 +216,7 @@ TEST(Pretrainer, FloatAgreesWithDouble) {
   }
 }
 
-TEST(Pretrainer, ForwardBackwardIsDeterministic) {
+TEST(ModelPretrainer, ForwardBackwardIsDeterministic) {
   auto be = make_cpu_backend<float>();
   const PretrainerConfig c = test::tiny_config();
   ElectraPretrainer<float> model(c, *be);
@@ -239,7 +241,7 @@ TEST(Pretrainer, ForwardBackwardIsDeterministic) {
   EXPECT_EQ(g1, g2);
 }
 
-TEST(Pretrainer, BackwardAccumulatesIntoGradients) {
+TEST(ModelPretrainer, BackwardAccumulatesIntoGradients) {
   auto be = make_cpu_backend<double>();
   const PretrainerConfig c = test::tiny_config();
   ElectraPretrainer<double> model(c, *be);
@@ -258,7 +260,7 @@ TEST(Pretrainer, BackwardAccumulatesIntoGradients) {
   for (size_t i = 0; i < once.size(); ++i) ASSERT_NEAR(twice[i], 2 * once[i], 1e-12 * (1 + std::abs(once[i])));
 }
 
-TEST(Pretrainer, SplitBatchGradientsSumToFullBatch) {
+TEST(ModelPretrainer, SplitBatchGradientsSumToFullBatch) {
   auto be = make_cpu_backend<double>();
   const PretrainerConfig c = test::tiny_config();
   ElectraPretrainer<double> model(c, *be);
@@ -309,7 +311,7 @@ TEST(Pretrainer, SplitBatchGradientsSumToFullBatch) {
   }
 }
 
-TEST(Pretrainer, LocalNormalisersEqualGlobalOnesForOneSlice) {
+TEST(ModelPretrainer, LocalNormalisersEqualGlobalOnesForOneSlice) {
   auto be = make_cpu_backend<double>();
   const PretrainerConfig c = test::tiny_config();
   ElectraPretrainer<double> model(c, *be);
@@ -334,7 +336,7 @@ TEST(Pretrainer, LocalNormalisersEqualGlobalOnesForOneSlice) {
 
 // ---- outputs, dropout, initialisation ----
 
-TEST(Pretrainer, PredictionsOutputIsLogSoftmaxOfLogits) {
+TEST(ModelPretrainer, PredictionsOutputIsLogSoftmaxOfLogits) {
   auto be = make_cpu_backend<double>();
   PretrainerConfig c = test::tiny_config();
   ElectraPretrainer<double> logits_model(c, *be);
@@ -358,7 +360,7 @@ TEST(Pretrainer, PredictionsOutputIsLogSoftmaxOfLogits) {
   EXPECT_NEAR(a.losses.mlm_loss, b.losses.mlm_loss, 1e-12);
 }
 
-TEST(Pretrainer, DropoutDependsOnTrainingStepAndSeed) {
+TEST(ModelPretrainer, DropoutDependsOnTrainingStepAndSeed) {
   auto be = make_cpu_backend<float>();
   const PretrainerConfig c = test::tiny_config();
   ElectraPretrainer<float> model(c, *be);
@@ -378,7 +380,7 @@ TEST(Pretrainer, DropoutDependsOnTrainingStepAndSeed) {
   EXPECT_EQ(sentence(true, 1, 1), sentence(true, 1, 1));
 }
 
-TEST(Pretrainer, DropoutLanesAreDistinctPerSite) {
+TEST(ModelPretrainer, DropoutLanesAreDistinctPerSite) {
   std::set<uint32_t> lanes;
   int sites = 0;
   for (Network n : {Network::kGenerator, Network::kDiscriminator}) {
@@ -394,7 +396,7 @@ TEST(Pretrainer, DropoutLanesAreDistinctPerSite) {
   EXPECT_EQ(lanes.size(), static_cast<size_t>(sites));
 }
 
-TEST(Pretrainer, InitialisationFollowsTheInitialisers) {
+TEST(ModelPretrainer, InitialisationFollowsTheInitialisers) {
   auto be = make_cpu_backend<double>();
   PretrainerConfig c = test::tiny_config();
   c.discriminator.initializer_range = 0.02f;
@@ -441,7 +443,7 @@ TEST(Pretrainer, InitialisationFollowsTheInitialisers) {
   EXPECT_EQ(model.layout().find("electra.encoder.layer.1.output.dense.weight").init, ParamInit::kEncoder);
 }
 
-TEST(Pretrainer, CheckpointItemsCoverEveryParameter) {
+TEST(ModelPretrainer, CheckpointItemsCoverEveryParameter) {
   auto be = make_cpu_backend<float>();
   const PretrainerConfig c = test::tiny_config();
   ElectraPretrainer<float> model(c, *be);
@@ -462,7 +464,7 @@ TEST(Pretrainer, CheckpointItemsCoverEveryParameter) {
 
 // ---- input checks ----
 
-TEST(Pretrainer, BadBatchesFailNamingTheTensor) {
+TEST(ModelPretrainer, BadBatchesFailNamingTheTensor) {
   auto be = make_cpu_backend<float>();
   const PretrainerConfig c = test::tiny_config();
   ElectraPretrainer<float> model(c, *be);
@@ -500,7 +502,7 @@ TEST(Pretrainer, BadBatchesFailNamingTheTensor) {
   EXPECT_NO_THROW(model.forward(good, ctx));
 }
 
-TEST(Pretrainer, GeneratorExportNames) {
+TEST(ModelPretrainer, GeneratorExportNames) {
   EXPECT_EQ(generator_hf_name("generator.encoder.layer.3.attention.self.query.weight"),
             "electra.encoder.layer.3.attention.self.query.weight");
   EXPECT_EQ(generator_hf_name("generator.embeddings_project.bias"), "electra.embeddings_project.bias");

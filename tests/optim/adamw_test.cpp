@@ -78,10 +78,10 @@ void check_against_reference(bool bias_correction) {
   }
 }
 
-TEST(AdamW, MatchesHandComputationWithoutBiasCorrection) { check_against_reference(false); }
-TEST(AdamW, MatchesHandComputationWithBiasCorrection) { check_against_reference(true); }
+TEST(OptimAdamW, MatchesHandComputationWithoutBiasCorrection) { check_against_reference(false); }
+TEST(OptimAdamW, MatchesHandComputationWithBiasCorrection) { check_against_reference(true); }
 
-TEST(AdamW, FirstStepByHand) {
+TEST(OptimAdamW, FirstStepByHand) {
   // One element, g = 2, no decay, no bias correction: m = 0.2, v = 0.004, p -= lr * 0.2 / (sqrt(0.004) + eps).
   auto be = make_cpu_backend<double>();
   ParameterLayout l;
@@ -104,7 +104,7 @@ TEST(AdamW, FirstStepByHand) {
   EXPECT_NEAR(out, 1.0 - 0.01 * 0.2 / (std::sqrt(0.004) + 1e-6), 1e-6);
 }
 
-TEST(Schedule, WarmupThenPolynomialDecay) {
+TEST(OptimSchedule, WarmupThenPolynomialDecay) {
   OptimizerConfig c;
   c.lr = 5e-4;
   c.warmup_steps = 100;
@@ -122,7 +122,7 @@ TEST(Schedule, WarmupThenPolynomialDecay) {
   EXPECT_NEAR(learning_rate(c, 0), 5e-4, 1e-15);
 }
 
-TEST(Clipping, ScalesTheGlobalNormToClipNorm) {
+TEST(OptimClipping, ScalesTheGlobalNormToClipNorm) {
   EXPECT_DOUBLE_EQ(clip_factor(10.0, 1.0), 0.1);
   EXPECT_DOUBLE_EQ(clip_factor(0.5, 1.0), 1.0);
   EXPECT_DOUBLE_EQ(clip_factor(10.0, 0.0), 1.0);
@@ -158,7 +158,7 @@ TEST(Clipping, ScalesTheGlobalNormToClipNorm) {
   EXPECT_EQ(after, g);
 }
 
-TEST(AdamW, NoWeightDecayOnLayerNormAndBiases) {
+TEST(OptimAdamW, NoWeightDecayOnLayerNormAndBiases) {
   auto be = make_cpu_backend<double>();
   PretrainerConfig pc = pretrainer_config_from_json(model_preset("tiny", 20));
   pc.discriminator.num_layers = pc.generator.num_layers = 1;
@@ -188,7 +188,7 @@ TEST(AdamW, NoWeightDecayOnLayerNormAndBiases) {
   EXPECT_GT(kept, 5);
 }
 
-TEST(OptimizerConfig, FromJson) {
+TEST(OptimConfig, FromJson) {
   const OptimizerConfig c = optimizer_config_from_json(
       {{"lr", 2e-4}, {"warmup_steps", 500}, {"bias_correction", true}, {"clip_norm", 0.5}}, 1000);
   EXPECT_DOUBLE_EQ(c.lr, 2e-4);
