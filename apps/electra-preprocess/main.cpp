@@ -10,8 +10,9 @@
 #include "lib/core/log.h"
 
 int main(int argc, char** argv) {
-  CLI::App app{"Packs BERT-layout text (one sentence per line, blank line between documents) into "
-               "ELECTRA pre-training shards."};
+  CLI::App app{
+      "Packs BERT-layout text (one sentence per line, blank line between documents) into "
+      "ELECTRA pre-training shards."};
   electra::data::PreprocessOptions options;
   bool no_lower_case = false;
   app.add_option("--input", options.inputs, "text files or directories (recursed)")->required();

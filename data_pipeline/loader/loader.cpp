@@ -124,8 +124,8 @@ Loader::Loader(LoaderOptions options) : options_(std::move(options)) {
   num_examples_ = dataset_->num_examples();
   if (num_examples_ < static_cast<uint64_t>(o.global_batch_size))
     fail(o.data_dir, ": ", num_examples_, " examples are fewer than one global batch of ", o.global_batch_size);
-  batches_per_epoch_ = static_cast<int>(std::min<uint64_t>(num_examples_ / static_cast<uint64_t>(o.global_batch_size),
-                                                           static_cast<uint64_t>(INT32_MAX)));
+  batches_per_epoch_ = static_cast<int>(
+      std::min<uint64_t>(num_examples_ / static_cast<uint64_t>(o.global_batch_size), static_cast<uint64_t>(INT32_MAX)));
   rows_per_rank_ = o.global_batch_size / o.world_size;
 
   const text::Vocab& vocab = dataset_->vocab();

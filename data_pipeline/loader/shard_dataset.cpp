@@ -81,8 +81,8 @@ void expect_type(hid_t dataset, const std::string& path, const char* name, bool 
   const bool ok = H5Tget_class(type) == H5T_INTEGER && H5Tget_size(type) == bytes &&
                   (H5Tget_sign(type) != H5T_SGN_NONE) == is_signed;
   if (!ok)
-    fail(where(path, name), ": element type is ", h5::describe_type(dataset), ", expected ",
-         is_signed ? "int" : "uint", bytes * 8);
+    fail(where(path, name), ": element type is ", h5::describe_type(dataset), ", expected ", is_signed ? "int" : "uint",
+         bytes * 8);
 }
 
 void expect_dims(hid_t dataset, const std::string& path, const char* name, const std::vector<hsize_t>& expected) {
@@ -122,7 +122,8 @@ std::optional<RawCodec> raw_codec(hid_t dataset, uint64_t block_rows, uint64_t w
   for (int i = 0; i < n; ++i) {
     unsigned flags = 0;
     size_t cd_count = 0;
-    const H5Z_filter_t id = H5Pget_filter2(dcpl, static_cast<unsigned>(i), &flags, &cd_count, nullptr, 0, nullptr, nullptr);
+    const H5Z_filter_t id =
+        H5Pget_filter2(dcpl, static_cast<unsigned>(i), &flags, &cd_count, nullptr, 0, nullptr, nullptr);
     if (id == H5Z_FILTER_SHUFFLE && codec.shuffle_index < 0 && codec.deflate_index < 0) {
       codec.shuffle_index = i;
     } else if (id == H5Z_FILTER_DEFLATE && codec.deflate_index < 0) {
@@ -236,8 +237,8 @@ void ShardDataset::validate_electra_shard(Shard& shard, uint64_t expected_rows, 
   const uint64_t hash = h5::read_attribute_u64(file, "vocab_hash", path);
   const uint64_t size = h5::read_attribute_u64(file, "vocab_size", path);
   if (hash != vocab_hash || size != vocab_size)
-    fail(path, ": vocabulary mismatch: attributes vocab_hash/vocab_size ", hash, "/", size, " differ from the manifest's ",
-         vocab_hash, "/", vocab_size);
+    fail(path, ": vocabulary mismatch: attributes vocab_hash/vocab_size ", hash, "/", size,
+         " differ from the manifest's ", vocab_hash, "/", vocab_size);
   shard.ids_uint16 = shard_ids_are_uint16(vocab_size);
   const hsize_t rows = expected_rows, width = static_cast<hsize_t>(seq_length_);
   h5::Handle ids = open_dataset(file, path, kInputIds);
@@ -324,7 +325,8 @@ ShardDataset::Shard& ShardDataset::open_shard(size_t shard_index) {
   }
   shard.file = h5::open_read_only(shard.path);
   if (format_ == Format::kElectra) {
-    for (const char* name : {kInputIds, kSegmentIds, kLengths}) shard.datasets.push_back(open_dataset(shard.file, shard.path, name));
+    for (const char* name : {kInputIds, kSegmentIds, kLengths})
+      shard.datasets.push_back(open_dataset(shard.file, shard.path, name));
   } else {
     for (const char* name : {kNvInputIds, kNvInputMask, kNvSegmentIds, kNvPositions, kNvMaskedIds, kNvNsp})
       shard.datasets.push_back(open_dataset(shard.file, shard.path, name));
@@ -465,8 +467,9 @@ std::shared_ptr<const ShardDataset::Chunk> ShardDataset::load_chunk(size_t shard
     std::vector<uint8_t> plain[3];
     for (int d = 0; d < 3; ++d) {
       const RawCodec& codec = shard.codecs[static_cast<size_t>(d)];
-      plain[d] = decode_raw_chunk(std::move(raw.bytes[d]), raw.skipped[d], codec, block * codec.width * codec.element_size,
-                                  where(shard.path, names[d]) + ": chunk at row " + std::to_string(first));
+      plain[d] =
+          decode_raw_chunk(std::move(raw.bytes[d]), raw.skipped[d], codec, block * codec.width * codec.element_size,
+                           where(shard.path, names[d]) + ": chunk at row " + std::to_string(first));
     }
     chunk = std::make_shared<Chunk>();
     chunk->rows = rows;
@@ -500,8 +503,8 @@ std::shared_ptr<const ShardDataset::Chunk> ShardDataset::load_chunk(size_t shard
 
 void ShardDataset::read(uint64_t index, int32_t* ids, int32_t* segments, int* length, int32_t* next_sentence_label) {
   ELECTRA_CHECK(index < num_examples_, "example index ", index, " out of range ", num_examples_);
-  const size_t s = static_cast<size_t>(std::upper_bound(shard_begin_.begin(), shard_begin_.end(), index) -
-                                       shard_begin_.begin() - 1);
+  const size_t s =
+      static_cast<size_t>(std::upper_bound(shard_begin_.begin(), shard_begin_.end(), index) - shard_begin_.begin() - 1);
   const uint64_t row = index - shard_begin_[s];
   const uint64_t block = shards_[s]->block_rows;
   const ChunkKey key = (static_cast<uint64_t>(s) << 40) | (row / block);

@@ -30,8 +30,8 @@ namespace electra::data {
 
 struct DatasetOptions {
   std::string data_dir;
-  std::string vocab_path;  // electra-mpi: optional (default <data_dir>/vocab.txt); NVIDIA: required
-  int seq_length = 128;    // must equal the data's sequence length
+  std::string vocab_path;                    // electra-mpi: optional (default <data_dir>/vocab.txt); NVIDIA: required
+  int seq_length = 128;                      // must equal the data's sequence length
   uint64_t cache_bytes = uint64_t{1} << 30;  // decompressed chunks kept (LRU)
   int max_open_files = 64;
   bool verify_checksums = false;  // electra-mpi: compare each shard's CRC-32 with the manifest at open

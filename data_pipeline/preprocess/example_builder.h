@@ -19,9 +19,9 @@
 namespace electra::data {
 
 struct Example {
-  std::vector<int32_t> input_ids;   // max_seq_length entries, [PAD] after `length`
-  std::vector<uint8_t> segment_ids; // max_seq_length entries, 0 after `length`
-  int length = 0;                   // real tokens including [CLS]/[SEP]
+  std::vector<int32_t> input_ids;    // max_seq_length entries, [PAD] after `length`
+  std::vector<uint8_t> segment_ids;  // max_seq_length entries, 0 after `length`
+  int length = 0;                    // real tokens including [CLS]/[SEP]
 };
 
 struct SpecialTokenIds {

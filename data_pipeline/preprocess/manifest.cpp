@@ -52,7 +52,8 @@ Manifest Manifest::from_json(const nlohmann::json& j, const std::string& where) 
       const std::string crc = s.at("crc32").get<std::string>();
       info.crc32 = static_cast<uint32_t>(std::stoul(crc, nullptr, 16));
       info.rank = s.value("rank", 0);
-      if (info.file.empty() || std::filesystem::path(info.file).is_absolute() || info.file.find("..") != std::string::npos)
+      if (info.file.empty() || std::filesystem::path(info.file).is_absolute() ||
+          info.file.find("..") != std::string::npos)
         fail(where, ": shard file name '", info.file, "' must be relative to the data directory");
       sum += info.rows;
       m.shards.push_back(std::move(info));

@@ -41,9 +41,9 @@ std::vector<InputFile> list_input_files(const std::vector<std::string>& inputs) 
     }
   }
   std::sort(files.begin(), files.end(), [](const InputFile& a, const InputFile& b) { return a.path < b.path; });
-  files.erase(std::unique(files.begin(), files.end(),
-                          [](const InputFile& a, const InputFile& b) { return a.path == b.path; }),
-              files.end());
+  files.erase(
+      std::unique(files.begin(), files.end(), [](const InputFile& a, const InputFile& b) { return a.path == b.path; }),
+      files.end());
   if (files.empty()) fail("no input files found under the given --input paths");
   return files;
 }
@@ -79,9 +79,15 @@ void PreprocessStats::add(const PreprocessStats& o) {
 }
 
 nlohmann::json PreprocessStats::to_json() const {
-  return {{"files", files},       {"bytes", bytes},       {"lines", lines},
-          {"examples", examples}, {"tokens", tokens},     {"invalid_utf8", invalid_utf8},
-          {"unknown_tokens", unknown_tokens}, {"words", words}, {"seconds", seconds}};
+  return {{"files", files},
+          {"bytes", bytes},
+          {"lines", lines},
+          {"examples", examples},
+          {"tokens", tokens},
+          {"invalid_utf8", invalid_utf8},
+          {"unknown_tokens", unknown_tokens},
+          {"words", words},
+          {"seconds", seconds}};
 }
 
 PreprocessStats PreprocessStats::from_json(const nlohmann::json& j) {
@@ -234,9 +240,9 @@ RankResult preprocess_rank(const PreprocessOptions& options, const text::Vocab& 
   auto report = [&](bool final_line) {
     const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
     const double mb = static_cast<double>(result.stats.bytes) / 1e6;
-    ELECTRA_LOG(info) << (final_line ? "preprocess done: " : "preprocess: ") << result.stats.files << "/"
-                      << files_total << " files, " << mb << "/" << static_cast<double>(bytes_total) / 1e6
-                      << " MB, " << (seconds > 0 ? mb / seconds : 0.0) << " MB/s, " << result.stats.examples
+    ELECTRA_LOG(info) << (final_line ? "preprocess done: " : "preprocess: ") << result.stats.files << "/" << files_total
+                      << " files, " << mb << "/" << static_cast<double>(bytes_total) / 1e6 << " MB, "
+                      << (seconds > 0 ? mb / seconds : 0.0) << " MB/s, " << result.stats.examples
                       << " examples written, " << result.shards.size() << " shards";
   };
 
@@ -321,14 +327,16 @@ std::vector<std::string> gather_strings(const std::string& value, MPI_Comm comm)
   std::vector<int> displs(static_cast<size_t>(size), 0);
   std::vector<char> all;
   if (rank == 0) {
-    for (int r = 1; r < size; ++r) displs[static_cast<size_t>(r)] = displs[static_cast<size_t>(r - 1)] + lengths[static_cast<size_t>(r - 1)];
+    for (int r = 1; r < size; ++r)
+      displs[static_cast<size_t>(r)] = displs[static_cast<size_t>(r - 1)] + lengths[static_cast<size_t>(r - 1)];
     all.resize(static_cast<size_t>(displs.back() + lengths.back()));
   }
   MPI_Gatherv(value.data(), length, MPI_CHAR, all.data(), lengths.data(), displs.data(), MPI_CHAR, 0, comm);
   std::vector<std::string> out;
   if (rank == 0) {
     for (int r = 0; r < size; ++r)
-      out.emplace_back(all.data() + displs[static_cast<size_t>(r)], static_cast<size_t>(lengths[static_cast<size_t>(r)]));
+      out.emplace_back(all.data() + displs[static_cast<size_t>(r)],
+                       static_cast<size_t>(lengths[static_cast<size_t>(r)]));
   }
   return out;
 }

@@ -29,8 +29,8 @@ struct PreprocessOptions {
   uint64_t rows_per_shard = 65536;
   int chunk_rows = 64;  // rows per HDF5 chunk (see ShardWriterOptions)
   int deflate_level = 4;
-  std::string command_line;          // recorded in the manifest
-  double progress_interval_s = 10.0; // seconds between progress lines (<= 0: none)
+  std::string command_line;           // recorded in the manifest
+  double progress_interval_s = 10.0;  // seconds between progress lines (<= 0: none)
 };
 
 struct InputFile {

@@ -46,15 +46,15 @@ ShardWriter::ShardWriter(std::string path, ShardWriterOptions options)
   if (options_.chunk_rows < 1) fail(path_, ": chunk_rows must be positive");
   if (options_.deflate_level < 0 || options_.deflate_level > 9) fail(path_, ": deflate level must be in [0, 9]");
   h5::quiet_errors();
-  file_ = h5::Handle(h5::check(H5Fcreate(tmp_path_.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT),
-                               tmp_path_ + ": cannot create"));
+  file_ = h5::Handle(
+      h5::check(H5Fcreate(tmp_path_.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), tmp_path_ + ": cannot create"));
   const hsize_t width = static_cast<hsize_t>(options_.max_seq_length);
   ids_ = create_rows_dataset(file_, kInputIds, uint16_ids_ ? H5T_STD_U16LE : H5T_STD_I32LE, 2, width,
                              options_.chunk_rows, options_.deflate_level, tmp_path_);
   segments_ = create_rows_dataset(file_, kSegmentIds, H5T_STD_U8LE, 2, width, options_.chunk_rows,
                                   options_.deflate_level, tmp_path_);
-  lengths_ = create_rows_dataset(file_, kLengths, H5T_STD_U16LE, 1, 1, options_.chunk_rows, options_.deflate_level,
-                                 tmp_path_);
+  lengths_ =
+      create_rows_dataset(file_, kLengths, H5T_STD_U16LE, 1, 1, options_.chunk_rows, options_.deflate_level, tmp_path_);
   const size_t cells = static_cast<size_t>(options_.chunk_rows) * width;
   if (uint16_ids_) {
     buf_ids16_.resize(cells);

@@ -29,7 +29,7 @@ struct ShardWriterOptions {
   // Rows per HDF5 chunk: the unit the loader decompresses for a random read. 64 rows read about 3x
   // faster than 256 with a cold cache (tests/bench/data_bench.cpp) for ~8% larger files.
   int chunk_rows = 64;
-  int deflate_level = 4;   // zlib level 1..9
+  int deflate_level = 4;  // zlib level 1..9
 };
 
 // What a finished shard looks like, as the manifest lists it.

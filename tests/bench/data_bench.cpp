@@ -3,11 +3,11 @@
 //     shards) in MB of input text per second. Corpus: $ELECTRA_BENCH_CORPUS or the Python docs
 //     (/usr/share/doc/python3.11/html/_sources); vocabulary: $ELECTRA_BENCH_VOCAB or one trained here
 //     (30,522 tokens) from the corpus before timing.
-//   BM_Loader/<cache MiB>/<chunk rows>: batches/s of Loader::next() at global batch 128, seq 128 on the shards
+//   BM_Loader/cache_mib/chunk_rows/threads: batches/s of Loader::next() at global batch 128, seq 128 on the shards
 //     written above (one rank, shuffled; the consumer does nothing, so this is the prefetch thread's
 //     rate). Cache 1024 MiB holds the whole data set once warm; 4 MiB forces a chunk decompression per
 //     row most of the time, as on a corpus much larger than memory; shards are written with the
-//     given HDF5 chunk height (electra-preprocess --chunk-rows).
+//     given HDF5 chunk height (electra-preprocess --chunk-rows); `threads` is LoaderOptions::reader_threads.
 // Run: build/bench/data_bench [--benchmark_filter=...]
 #include <benchmark/benchmark.h>
 
@@ -125,15 +125,27 @@ void BM_Loader(benchmark::State& state) {
   o.global_batch_size = 128;
   o.seq_length = 128;
   o.cache_bytes = static_cast<uint64_t>(state.range(0)) << 20;
+  o.reader_threads = static_cast<int>(state.range(2));
   data::Loader loader(o);
   for (int i = 0; i < 100; ++i) loader.next();  // warm: 12,800 random rows touch every chunk once
   for (auto _ : state) benchmark::DoNotOptimize(loader.next());
-  state.counters["batches/s"] = benchmark::Counter(static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
+  state.counters["batches/s"] =
+      benchmark::Counter(static_cast<double>(state.iterations()), benchmark::Counter::kIsRate);
   const auto cache = loader.dataset().cache_stats();
   state.counters["hit_rate"] = static_cast<double>(cache.hits) / static_cast<double>(cache.hits + cache.misses);
   state.counters["examples"] = static_cast<double>(loader.num_examples());
 }
-BENCHMARK(BM_Loader)->Args({1024, 256})->Args({4, 256})->Args({4, 64})->Args({4, 16})->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(3.0);
+BENCHMARK(BM_Loader)
+    ->ArgNames({"cache_mib", "chunk_rows", "threads"})
+    ->Args({1024, 64, 1})
+    ->Args({4, 256, 1})
+    ->Args({4, 64, 1})
+    ->Args({4, 16, 1})
+    ->Args({4, 64, 2})
+    ->Args({4, 64, 4})
+    ->Unit(benchmark::kMillisecond)
+    ->UseRealTime()
+    ->MinTime(3.0);
 
 }  // namespace
 

@@ -71,10 +71,10 @@ TEST_F(App, PlainAndUnderMpirunGiveTheSameRows) {
 
 TEST_F(App, ErrorsNameTheFileAndExitNonZero) {
   std::string output;
-  EXPECT_NE(run(app() + " --input " + (tmp / "nope.txt") + " --vocab " + (tmp / "vocab.txt") + " --output " +
-                    (tmp / "out"),
-                &output),
-            0);
+  EXPECT_NE(
+      run(app() + " --input " + (tmp / "nope.txt") + " --vocab " + (tmp / "vocab.txt") + " --output " + (tmp / "out"),
+          &output),
+      0);
   EXPECT_NE(output.find(tmp / "nope.txt"), std::string::npos) << output;
   EXPECT_FALSE(fs::exists(tmp / "out/manifest.json"));
   EXPECT_NE(run(app() + " --vocab " + (tmp / "vocab.txt"), &output), 0);  // --input and --output missing

@@ -78,7 +78,8 @@ TEST(DataMpi, PreprocessManifestCompleteAndRowsMatchOneRank) {
     EXPECT_TRUE(fs::exists(tmp / ("many/" + s.file))) << s.file;
   }
   EXPECT_EQ(total, manifest.total_rows);
-  for (int r = 0; r < world(); ++r) EXPECT_GT(ranks_seen[static_cast<size_t>(r)], 0) << "rank " << r << " wrote no shard";
+  for (int r = 0; r < world(); ++r)
+    EXPECT_GT(ranks_seen[static_cast<size_t>(r)], 0) << "rank " << r << " wrote no shard";
 
   if (rank() == 0) {
     EXPECT_EQ(Manifest::load(tmp / "many/manifest.json").to_json(), manifest.to_json());

@@ -1,8 +1,8 @@
+#include "data_pipeline/preprocess/example_builder.h"
+
 #include <gtest/gtest.h>
 
 #include <map>
-
-#include "data_pipeline/preprocess/example_builder.h"
 
 namespace electra::data {
 namespace {

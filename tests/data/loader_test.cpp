@@ -1,3 +1,5 @@
+#include "data_pipeline/loader/loader.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -6,7 +8,6 @@
 #include <set>
 #include <tuple>
 
-#include "data_pipeline/loader/loader.h"
 #include "data_pipeline/loader/permutation.h"
 #include "data_pipeline/preprocess/h5.h"
 #include "lib/core/error.h"
@@ -185,7 +186,8 @@ TEST(Loader, RestoreContinuesExactlyAcrossEpochsAndWorldSizes) {
   }
   for (int k = 23; k < 28; ++k)
     for (int r = 0; r < 3; ++r)
-      expect_same_batch(ranks[static_cast<size_t>(r)]->next(), slice_rows(expected[static_cast<size_t>(k)], r * 20, (r + 1) * 20));
+      expect_same_batch(ranks[static_cast<size_t>(r)]->next(),
+                        slice_rows(expected[static_cast<size_t>(k)], r * 20, (r + 1) * 20));
 
   // A state saved in epoch 1 resumes there.
   Loader late(fixture().options(G));
@@ -207,8 +209,8 @@ TEST(Loader, MaskingStatistics) {
       int real = 0, n = 0;
       for (int c = 0; c < kSeq; ++c) {
         const int32_t t = original[static_cast<size_t>(c)];
-        if (b.input_mask[static_cast<size_t>(i * kSeq + c)] &&
-            t != v.cls_id() && t != v.sep_id() && t != v.mask_id() && t != v.pad_id())
+        if (b.input_mask[static_cast<size_t>(i * kSeq + c)] && t != v.cls_id() && t != v.sep_id() && t != v.mask_id() &&
+            t != v.pad_id())
           ++real;
       }
       std::set<int32_t> positions;
@@ -237,8 +239,9 @@ TEST(Loader, MaskingStatistics) {
       const int want = std::min(real, std::max(1, std::min(20, static_cast<int>(std::nearbyint(real * 0.15f)))));
       ASSERT_EQ(n, want) << "real tokens " << real;
       // Weights are a prefix: predictions first, padding after, positions ascending.
-      for (int p = 1; p < n; ++p) ASSERT_LT(b.masked_lm_positions[static_cast<size_t>(i * 20 + p - 1)],
-                                            b.masked_lm_positions[static_cast<size_t>(i * 20 + p)]);
+      for (int p = 1; p < n; ++p)
+        ASSERT_LT(b.masked_lm_positions[static_cast<size_t>(i * 20 + p - 1)],
+                  b.masked_lm_positions[static_cast<size_t>(i * 20 + p)]);
       candidates += static_cast<uint64_t>(real);
       predicted += static_cast<uint64_t>(n);
     }

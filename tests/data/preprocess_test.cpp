@@ -1,3 +1,5 @@
+#include "data_pipeline/preprocess/preprocess.h"
+
 #include <gtest/gtest.h>
 #include <mpi.h>
 
@@ -8,7 +10,6 @@
 
 #include "data_pipeline/preprocess/file_util.h"
 #include "data_pipeline/preprocess/h5.h"
-#include "data_pipeline/preprocess/preprocess.h"
 #include "data_pipeline/tokenizer/bert_tokenizer.h"
 #include "lib/core/error.h"
 #include "tests/data/test_util.h"

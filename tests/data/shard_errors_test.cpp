@@ -43,7 +43,8 @@ std::string construction_error(const LoaderOptions& o) {
 
 void expect_mentions(const std::string& message, std::initializer_list<std::string> parts) {
   EXPECT_FALSE(message.empty()) << "no error";
-  for (const std::string& part : parts) EXPECT_NE(message.find(part), std::string::npos) << message << "\nlacks: " << part;
+  for (const std::string& part : parts)
+    EXPECT_NE(message.find(part), std::string::npos) << message << "\nlacks: " << part;
 }
 
 TEST(ShardErrors, IntactDataLoads) {

@@ -104,8 +104,10 @@ std::vector<Row> read_shard_rows(const std::string& path) {
   }
   std::vector<Row> rows(n);
   for (size_t r = 0; r < n; ++r) {
-    rows[r].ids.assign(all_ids.begin() + static_cast<std::ptrdiff_t>(r * L), all_ids.begin() + static_cast<std::ptrdiff_t>((r + 1) * L));
-    rows[r].segments.assign(all_seg.begin() + static_cast<std::ptrdiff_t>(r * L), all_seg.begin() + static_cast<std::ptrdiff_t>((r + 1) * L));
+    rows[r].ids.assign(all_ids.begin() + static_cast<std::ptrdiff_t>(r * L),
+                       all_ids.begin() + static_cast<std::ptrdiff_t>((r + 1) * L));
+    rows[r].segments.assign(all_seg.begin() + static_cast<std::ptrdiff_t>(r * L),
+                            all_seg.begin() + static_cast<std::ptrdiff_t>((r + 1) * L));
     rows[r].length = all_len[r];
   }
   return rows;
@@ -127,10 +129,11 @@ Row synthetic_row(uint64_t i, int seq_length, size_t vocab_size) {
   row.length = static_cast<int>(4 + (i * 37) % (L - 4));
   row.ids.assign(L, 0);
   row.segments.assign(L, 0);
-  row.ids[0] = 2;                          // [CLS]
+  row.ids[0] = 2;                                    // [CLS]
   row.ids[static_cast<size_t>(row.length - 1)] = 3;  // [SEP]
   for (int c = 1; c < row.length - 1; ++c)
-    row.ids[static_cast<size_t>(c)] = static_cast<int32_t>(5 + (i * 7919 + static_cast<uint64_t>(c) * 1031) % (vocab_size - 5));
+    row.ids[static_cast<size_t>(c)] =
+        static_cast<int32_t>(5 + (i * 7919 + static_cast<uint64_t>(c) * 1031) % (vocab_size - 5));
   for (int c = row.length / 2; c < row.length; ++c) row.segments[static_cast<size_t>(c)] = 1;
   return row;
 }
