@@ -19,8 +19,7 @@ int main(int argc, char** argv) {
   app.add_option("--vocab-size", options.vocab_size, "number of tokens, special tokens included")->required();
   app.add_option("--output", output, "vocab.txt to write (atomically)")->required();
   app.add_flag("--no-lower-case", no_lower_case, "keep case and accents (cased vocabulary)");
-  app.add_option("--min-frequency", options.min_frequency, "never merge pairs seen fewer times")
-      ->capture_default_str();
+  app.add_option("--min-frequency", options.min_frequency, "never merge pairs seen fewer times")->capture_default_str();
   app.add_option("--limit-alphabet", options.limit_alphabet, "keep only the A most frequent characters (0: all)")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
@@ -45,10 +44,9 @@ int main(int argc, char** argv) {
     const electra::text::Vocab vocab = electra::text::train_wordpiece_vocab(counter, options, &report, output);
     vocab.save(output);
     const double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    ELECTRA_LOG(info) << "wrote " << output << ": " << vocab.size() << " tokens (alphabet " << report.alphabet
-                      << ", " << report.merges << " merges, " << report.dropped_chars
-                      << " rare characters left out), hash " << std::hex << vocab.hash() << std::dec << ", "
-                      << total_s << " s";
+    ELECTRA_LOG(info) << "wrote " << output << ": " << vocab.size() << " tokens (alphabet " << report.alphabet << ", "
+                      << report.merges << " merges, " << report.dropped_chars << " rare characters left out), hash "
+                      << std::hex << vocab.hash() << std::dec << ", " << total_s << " s";
   } catch (const electra::Error& e) {
     std::cerr << "electra-vocab: error: " << e.what() << "\n";
     return 1;

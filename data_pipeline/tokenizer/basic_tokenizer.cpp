@@ -231,7 +231,8 @@ void BasicTokenizer::split(std::string_view text, WordCallback callback, void* c
 
 std::vector<std::string> BasicTokenizer::words(std::string_view text, TokenizeStats* stats) const {
   std::vector<std::string> out;
-  for_each_word(text, [&](std::string_view word, uint32_t) { out.emplace_back(word); }, stats);
+  for_each_word(
+      text, [&](std::string_view word, uint32_t) { out.emplace_back(word); }, stats);
   return out;
 }
 

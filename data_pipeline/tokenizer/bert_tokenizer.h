@@ -71,7 +71,7 @@ class BertTokenizer {
   const Vocab* vocab_;
   BasicTokenizer basic_;
   int32_t unk_id_;
-  int32_t pad_id_;  // -1 when the vocab has no [PAD]
+  int32_t pad_id_;           // -1 when the vocab has no [PAD]
   PieceTable initial_;       // every token, matched at the start of a word
   PieceTable continuation_;  // "##x" tokens keyed by "x", matched inside a word
 };

@@ -104,9 +104,9 @@ void nfc(std::u32string& cps, std::u32string& scratch) {
   decompose_into(cps, scratch);
   static_assert(sizeof(utf8proc_int32_t) == sizeof(char32_t));
   // STABLE makes utf8proc honour the composition exclusions (without it U+2ADD U+0338 recomposes to U+2ADC).
-  const utf8proc_ssize_t n = utf8proc_normalize_utf32(reinterpret_cast<utf8proc_int32_t*>(scratch.data()),
-                                                      static_cast<utf8proc_ssize_t>(scratch.size()),
-                                                      static_cast<utf8proc_option_t>(UTF8PROC_COMPOSE | UTF8PROC_STABLE));
+  const utf8proc_ssize_t n = utf8proc_normalize_utf32(
+      reinterpret_cast<utf8proc_int32_t*>(scratch.data()), static_cast<utf8proc_ssize_t>(scratch.size()),
+      static_cast<utf8proc_option_t>(UTF8PROC_COMPOSE | UTF8PROC_STABLE));
   scratch.resize(static_cast<size_t>(n));
   cps.swap(scratch);
 }

@@ -11,9 +11,9 @@ namespace electra::text::unicode {
 inline constexpr char32_t kReplacement = 0xFFFD;
 
 struct Decoded {
-  char32_t cp;    // kReplacement for an invalid sequence
-  uint32_t len;   // bytes consumed, >= 1
-  bool invalid;   // true when the bytes were not well-formed UTF-8
+  char32_t cp;   // kReplacement for an invalid sequence
+  uint32_t len;  // bytes consumed, >= 1
+  bool invalid;  // true when the bytes were not well-formed UTF-8
 };
 
 // Decodes the code point at p (p < end). An invalid sequence consumes only its maximal subpart (the

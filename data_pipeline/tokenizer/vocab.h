@@ -57,7 +57,7 @@ class Vocab {
 
   std::vector<std::string> tokens_;
   std::string origin_;
-  bool from_file_ = false;  // errors then name line numbers
+  bool from_file_ = false;      // errors then name line numbers
   std::vector<int32_t> slots_;  // open addressing over tokens_: id, or -1 for an empty slot
   uint64_t slot_mask_ = 0;
   uint64_t hash_ = 0;

@@ -43,8 +43,8 @@ void WordCounter::add_file(const std::string& path, uint64_t log_every_bytes) {
     if (reader.bytes_read() >= next_log) {
       const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       ELECTRA_LOG(info) << "counting " << path << ": " << reader.bytes_read() / 1e6 << " MB, " << total_words_
-                        << " words, " << table_.size() << " distinct, "
-                        << (s > 0 ? reader.bytes_read() / 1e6 / s : 0.0) << " MB/s";
+                        << " words, " << table_.size() << " distinct, " << (s > 0 ? reader.bytes_read() / 1e6 / s : 0.0)
+                        << " MB/s";
       next_log += log_every_bytes;
     }
   }
@@ -126,8 +126,9 @@ Vocab train_wordpiece_vocab(const WordCounter& words, const VocabTrainerOptions&
     budget += cost;
   }
   if (fits < keep) {
-    ELECTRA_LOG(warning) << "vocab trainer: only " << fits << " of " << keep << " characters (and their ## forms) fit in "
-                         << options.vocab_size << " tokens; the rarest are left out";
+    ELECTRA_LOG(warning) << "vocab trainer: only " << fits << " of " << keep
+                         << " characters (and their ## forms) fit in " << options.vocab_size
+                         << " tokens; the rarest are left out";
     keep = fits;
   }
   rep.alphabet = keep;

@@ -70,9 +70,9 @@ class WordCounter {
 };
 
 struct VocabTrainerReport {
-  size_t alphabet = 0;         // characters kept
-  size_t dropped_chars = 0;    // characters left out by limit_alphabet or the size budget
-  size_t merges = 0;           // merges performed (some may re-create an existing token)
+  size_t alphabet = 0;                    // characters kept
+  size_t dropped_chars = 0;               // characters left out by limit_alphabet or the size budget
+  size_t merges = 0;                      // merges performed (some may re-create an existing token)
   uint64_t words_with_unknown_chars = 0;  // occurrences of words that use a dropped character
 };
 

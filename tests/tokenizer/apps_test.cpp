@@ -75,7 +75,8 @@ TEST_F(Apps, TokenizePrintsOneLinePerInputLine) {
                          " --vocab-size 200 --min-frequency 1 --output " + shell_quote(vocab_path) + " 2>/dev/null"),
             0);
   // Line 3 has invalid UTF-8, line 2 is empty, the last line has no '\n'.
-  const std::vector<std::string> lines = {"The lazy fox.", "", "Caf\xc3\xa9 \xff na\xc3\xafve", "\u4e2d\u6587 unaffable"};
+  const std::vector<std::string> lines = {"The lazy fox.", "", "Caf\xc3\xa9 \xff na\xc3\xafve",
+                                          "\u4e2d\u6587 unaffable"};
   const std::string input = dir_.file("in.txt");
   testing::write_file(input, lines[0] + "\n" + lines[1] + "\n" + lines[2] + "\n" + lines[3]);
   const std::string ids_out = dir_.file("ids.txt"), tok_out = dir_.file("tokens.txt"), err = dir_.file("err.txt");

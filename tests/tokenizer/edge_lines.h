@@ -27,8 +27,14 @@ inline std::vector<std::string> edge_lines() {
       "compat \uf900 \uf901\uf902 \U0002f800 ext-B \U00020000x",
       "\uff21\uff42\uff43\uff11\uff12\uff13 full-width",
       "emoji \U0001f600\U0001f44d\U0001f3fd family \U0001f468\u200d\U0001f469\u200d\U0001f467",
-      std::string("control\x01" "chars\x7f" "here\u200b zero\u200cwidth\ufeff" "bom nul") + '\0' + "x",
-      "tabs\tand\rreturns\u00a0nbsp\u3000ideographic\u2028line\u2029para\xc2\x85" "nel\x0b\x0c" "vt",
+      std::string("control\x01"
+                  "chars\x7f"
+                  "here\u200b zero\u200cwidth\ufeff"
+                  "bom nul") +
+          '\0' + "x",
+      "tabs\tand\rreturns\u00a0nbsp\u3000ideographic\u2028line\u2029para\xc2\x85"
+      "nel\x0b\x0c"
+      "vt",
       "quotes \u201csmart\u201d \u2018single\u2019 \u00abguillemets\u00bb \u2014 dashes \u2013 \u2039\u203a "
       "\u00bfqu\u00e9? \u00a1s\u00ed!",
       "math \u2260 \u2264 =\u0338 <\u0338 x\u00b2 \u00bd \u2211 \u1fefa",
@@ -44,12 +50,22 @@ inline std::vector<std::string> edge_lines() {
       "long " + repeat("a", 201) + " and " + repeat("b", 150) + " then " + repeat("c", 200) + " end",
       "accented " + repeat("\u00e9", 200) + " kept, " + repeat("\u00e9", 201) + " too long",
       // Invalid UTF-8: the bytes are dropped and the text after them is intact.
-      "abc\xff" "def ghi",
-      "truncated \xe2\x82" "next word",
-      "overlong \xc0\xaf" "x \xe0\x80\xaf" "y",
-      "surrogate \xed\xa0\x80" "z \xed\xbf\xbf" "w",
-      "lone \x80\x80" "cont \xbf" "end",
-      "four-byte cut \xf0\x9f\x98" "z \xf4\x90\x80\x80" "above",
+      "abc\xff"
+      "def ghi",
+      "truncated \xe2\x82"
+      "next word",
+      "overlong \xc0\xaf"
+      "x \xe0\x80\xaf"
+      "y",
+      "surrogate \xed\xa0\x80"
+      "z \xed\xbf\xbf"
+      "w",
+      "lone \x80\x80"
+      "cont \xbf"
+      "end",
+      "four-byte cut \xf0\x9f\x98"
+      "z \xf4\x90\x80\x80"
+      "above",
       "ends with a cut \xe4\xb8",
   };
 }

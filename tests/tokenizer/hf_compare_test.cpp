@@ -88,10 +88,10 @@ void expect_same_lines(const std::vector<std::string>& inputs, const std::vector
   auto item = [](const std::vector<std::string>& v, size_t i) {
     return i < v.size() ? escape(v[i]) + " (" + code_points(v[i]) + ")" : std::string("<end>");
   };
-  ADD_FAILURE() << what << ": " << differing << " of " << inputs.size() << " lines differ; first is line "
-                << first + 1 << ":\n  input:     " << escape(inputs[first]) << "\n  ours:      "
-                << escape(ours[first]) << "\n  reference: " << escape(reference[first]) << "\n  first difference at item "
-                << at << ": ours " << item(a, at) << " vs reference " << item(b, at);
+  ADD_FAILURE() << what << ": " << differing << " of " << inputs.size() << " lines differ; first is line " << first + 1
+                << ":\n  input:     " << escape(inputs[first]) << "\n  ours:      " << escape(ours[first])
+                << "\n  reference: " << escape(reference[first]) << "\n  first difference at item " << at << ": ours "
+                << item(a, at) << " vs reference " << item(b, at);
 }
 
 std::vector<std::string> our_words(const BasicTokenizer& basic, const std::vector<std::string>& lines) {

@@ -25,10 +25,11 @@ Words words(std::string_view text, TokenizerOptions options = lower(), TokenizeS
 }
 
 Vocab small_vocab() {
-  return Vocab::from_tokens({"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "hello", "world", ",", "!", ".", "un",
-                             "##aff", "##able", "play", "##ing", "##ed", "a", "##a", "\u00e9", "##\u00e9", "\u4e2d",
-                             "\u6587", "h\u00e9llo", "H\u00e9llo", "Hello", "##s", "the"},
-                            "small_vocab");
+  return Vocab::from_tokens(
+      {"[PAD]",  "[UNK]",    "[CLS]",  "[SEP]",  "[MASK]",     "hello",      "world", ",",   "!",
+       ".",      "un",       "##aff",  "##able", "play",       "##ing",      "##ed",  "a",   "##a",
+       "\u00e9", "##\u00e9", "\u4e2d", "\u6587", "h\u00e9llo", "H\u00e9llo", "Hello", "##s", "the"},
+      "small_vocab");
 }
 
 TEST(BasicTokenizer, AccentsStrippedWhenLowercasing) {
@@ -64,7 +65,8 @@ TEST(BasicTokenizer, LowercasingIsPerCharacterFullMapping) {
 }
 
 TEST(BasicTokenizer, CjkIdeographsAreSingleWords) {
-  EXPECT_EQ(words("ab\u4e2d\u6587cd \u3400x\U00020000"), (Words{"ab", "\u4e2d", "\u6587", "cd", "\u3400", "x", "\U00020000"}));
+  EXPECT_EQ(words("ab\u4e2d\u6587cd \u3400x\U00020000"),
+            (Words{"ab", "\u4e2d", "\u6587", "cd", "\u3400", "x", "\U00020000"}));
   // Hiragana, Katakana and Hangul are not in the ranges.
   EXPECT_EQ(words("\u3072\u3089\u30ab\ud55c\uad6d", cased()), (Words{"\u3072\u3089\u30ab\ud55c\uad6d"}));
   // Accent stripping's NFD turns Hangul syllables into jamo (as in BERT's uncased models).
@@ -106,7 +108,9 @@ TEST(BasicTokenizer, ControlCharactersAreDropped) {
   with_nul += "cd";
   EXPECT_EQ(words(with_nul), (Words{"abcd"}));
   // Cf (zero-width space, BOM), private use, U+FFFD and U+0085 (Cc) are dropped too.
-  EXPECT_EQ(words("a\u200bb\ufeffc\ue000d\ufffde\xc2\x85" "f"), (Words{"abcdef"}));
+  EXPECT_EQ(words("a\u200bb\ufeffc\ue000d\ufffde\xc2\x85"
+                  "f"),
+            (Words{"abcdef"}));
 }
 
 TEST(BasicTokenizer, WhitespaceSeparatesWords) {
@@ -114,7 +118,10 @@ TEST(BasicTokenizer, WhitespaceSeparatesWords) {
             (Words{"a", "b", "c", "d", "e", "f", "g", "h", "i", "j"}));
   EXPECT_EQ(words("  \t leading and trailing \n "), (Words{"leading", "and", "trailing"}));
   // \v and \f are control characters in BERT (dropped, not whitespace).
-  EXPECT_EQ(words("a\x0b" "b\x0c" "c"), (Words{"abc"}));
+  EXPECT_EQ(words("a\x0b"
+                  "b\x0c"
+                  "c"),
+            (Words{"abc"}));
 }
 
 TEST(BasicTokenizer, EmptyInputsGiveNoWords) {
@@ -132,16 +139,45 @@ struct InvalidCase {
 
 TEST(BasicTokenizer, InvalidUtf8IsReplacedCountedAndDoesNotShiftText) {
   const std::vector<InvalidCase> cases = {
-      {"abc\xff" "def ghi", {"abcdef", "ghi"}, 1},
-      {"truncated \xe2\x82" "next word", {"truncated", "next", "word"}, 1},
+      {"abc\xff"
+       "def ghi",
+       {"abcdef", "ghi"},
+       1},
+      {"truncated \xe2\x82"
+       "next word",
+       {"truncated", "next", "word"},
+       1},
       {"truncated \xe2\x82 next", {"truncated", "next"}, 1},
-      {"overlong \xc0\xaf" "x", {"overlong", "x"}, 2},
-      {"overlong3 \xe0\x80\xaf" "y", {"overlong3", "y"}, 3},
-      {"surrogate \xed\xa0\x80" "z \xed\xbf\xbf" "w", {"surrogate", "z", "w"}, 6},
-      {"lone \x80\x80" "cont \xbf" "end", {"lone", "cont", "end"}, 3},
-      {"cut4 \xf0\x9f\x98" "z", {"cut4", "z"}, 1},
-      {"big \xf4\x90\x80\x80" "above", {"big", "above"}, 4},
-      {"f5 \xf5\x80" "x", {"f5", "x"}, 2},
+      {"overlong \xc0\xaf"
+       "x",
+       {"overlong", "x"},
+       2},
+      {"overlong3 \xe0\x80\xaf"
+       "y",
+       {"overlong3", "y"},
+       3},
+      {"surrogate \xed\xa0\x80"
+       "z \xed\xbf\xbf"
+       "w",
+       {"surrogate", "z", "w"},
+       6},
+      {"lone \x80\x80"
+       "cont \xbf"
+       "end",
+       {"lone", "cont", "end"},
+       3},
+      {"cut4 \xf0\x9f\x98"
+       "z",
+       {"cut4", "z"},
+       1},
+      {"big \xf4\x90\x80\x80"
+       "above",
+       {"big", "above"},
+       4},
+      {"f5 \xf5\x80"
+       "x",
+       {"f5", "x"},
+       2},
       {"ends with a cut \xe4\xb8", {"ends", "with", "a", "cut"}, 1},
       {"\xc3", {}, 1},
       // A cut sequence right before a valid multi-byte character keeps that character.

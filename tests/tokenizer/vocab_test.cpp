@@ -1,9 +1,10 @@
 // Vocab files: loading, errors that name the file and line, the documented hash, atomic saving.
+#include "data_pipeline/tokenizer/vocab.h"
+
 #include <gtest/gtest.h>
 
 #include <filesystem>
 
-#include "data_pipeline/tokenizer/vocab.h"
 #include "lib/core/error.h"
 #include "tests/tokenizer/test_util.h"
 

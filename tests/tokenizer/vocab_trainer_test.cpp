@@ -1,11 +1,12 @@
 // The WordPiece vocabulary trainer: merge order on a worked example, size and layout guarantees, [UNK]
 // rate on its own training text, options.
+#include "data_pipeline/tokenizer/vocab_trainer.h"
+
 #include <gtest/gtest.h>
 
 #include <set>
 
 #include "data_pipeline/tokenizer/bert_tokenizer.h"
-#include "data_pipeline/tokenizer/vocab_trainer.h"
 #include "lib/core/philox.h"
 #include "tests/tokenizer/edge_lines.h"
 #include "tests/tokenizer/test_util.h"
@@ -17,8 +18,9 @@ const std::vector<std::string> kSpecials = {"[PAD]", "[UNK]", "[CLS]", "[SEP]", 
 
 // A corpus with a Zipf-like word distribution over a mixed-script alphabet, reproducible (Philox).
 std::string synthetic_corpus(size_t lines) {
-  const std::vector<std::string> syllables = {"ka", "ru", "mi", "to", "sen", "la", "\u00e9", "do", "qu", "\u00df",
-                                              "\u03b1\u03b2", "\u0434\u0430", "in", "ng", "th", "\u00f1o", "ra"};
+  const std::vector<std::string> syllables = {"ka", "ru",      "mi",     "to",           "sen",          "la", "\u00e9",
+                                              "do", "qu",      "\u00df", "\u03b1\u03b2", "\u0434\u0430", "in", "ng",
+                                              "th", "\u00f1o", "ra"};
   PhiloxSequence rng(11, RandomPurpose::kTest, 0, 0);
   std::vector<std::string> lexicon;
   for (int w = 0; w < 3000; ++w) {
@@ -80,9 +82,8 @@ TEST(VocabTrainer, MergesMostFrequentPairsInOrder) {
   VocabTrainerReport report;
   const Vocab v = train_wordpiece_vocab(counter, options, &report);
   const std::vector<std::string> expected = {
-      "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]",
-      "b", "g", "h", "n", "p", "s", "u",  // alphabet by code point
-      "##g", "##n", "##s", "##u",         // characters seen inside words
+      "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "b", "g", "h", "n", "p", "s", "u",  // alphabet by code point
+      "##g", "##n", "##s", "##u",                                                       // characters seen inside words
       // ##u+##g 20, ##u+##n 16, h+##ug 15, p+##un 12, then a tie at 5 (p+##ug before hug+##s: smaller ids), bun 4
       "##ug", "##un", "hug", "pun", "pug", "hugs", "bun"};
   EXPECT_EQ(v.tokens(), expected);
@@ -170,7 +171,8 @@ TEST(VocabTrainer, TooSmallForTheAlphabetKeepsTheFrequentCharacters) {
   VocabTrainerOptions options;
   options.vocab_size = 9;  // 5 specials + a ##a b ##b
   const Vocab v = train_wordpiece_vocab(counter, options);
-  EXPECT_EQ(v.tokens(), (std::vector<std::string>{"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "##a", "##b"}));
+  EXPECT_EQ(v.tokens(),
+            (std::vector<std::string>{"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "a", "b", "##a", "##b"}));
 }
 
 TEST(VocabTrainer, CountsWordsAfterBasicTokenization) {
