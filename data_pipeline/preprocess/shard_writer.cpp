@@ -45,9 +45,10 @@ ShardWriter::ShardWriter(std::string path, ShardWriterOptions options)
     fail(path_, ": max_seq_length ", options_.max_seq_length, " is outside [2, 65535]");
   if (options_.chunk_rows < 1) fail(path_, ": chunk_rows must be positive");
   if (options_.deflate_level < 0 || options_.deflate_level > 9) fail(path_, ": deflate level must be in [0, 9]");
-  h5::quiet_errors();
+  // No file locking: Lustre and some NFS mounts refuse the locks (the temporary name is private anyway).
+  const h5::Handle fapl = h5::fapl_no_locking();
   file_ = h5::Handle(
-      h5::check(H5Fcreate(tmp_path_.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT), tmp_path_ + ": cannot create"));
+      h5::check(H5Fcreate(tmp_path_.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl), tmp_path_ + ": cannot create"));
   const hsize_t width = static_cast<hsize_t>(options_.max_seq_length);
   ids_ = create_rows_dataset(file_, kInputIds, uint16_ids_ ? H5T_STD_U16LE : H5T_STD_I32LE, 2, width,
                              options_.chunk_rows, options_.deflate_level, tmp_path_);

@@ -263,6 +263,40 @@ TEST(Preprocess, SameRowsWhateverTheRankCount) {
   EXPECT_TRUE(one != other);
 }
 
+TEST(ShardWriter, AbandonedOrFailedWriterLeavesNothing) {
+  TempDir tmp("writer");
+  ShardWriterOptions o;
+  o.max_seq_length = 8;
+  o.vocab_size = 100;
+  o.chunk_rows = 2;
+  const std::vector<int32_t> ids = {2, 10, 11, 3, 0, 0, 0, 0};
+  const std::vector<uint8_t> seg(8, 0);
+  {
+    ShardWriter writer(tmp / "a.h5", o);
+    for (int i = 0; i < 5; ++i) writer.add(ids.data(), seg.data(), 4);
+    EXPECT_TRUE(fs::exists(tmp / ".a.h5.tmp"));
+  }  // never finished (an error elsewhere)
+  {
+    ShardWriter writer(tmp / "b.h5", o);
+    writer.add(ids.data(), seg.data(), 4);
+    const std::vector<int32_t> bad = {2, 100, 3, 0, 0, 0, 0, 0};
+    try {
+      writer.add(bad.data(), seg.data(), 3);
+      FAIL() << "no error";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("b.h5"), std::string::npos) << e.what();
+    }
+  }
+  EXPECT_TRUE(fs::is_empty(tmp.path()));
+  ShardWriter writer(tmp / "c.h5", o);
+  for (int i = 0; i < 5; ++i) writer.add(ids.data(), seg.data(), 4);
+  const ShardInfo info = writer.finish();
+  EXPECT_EQ(info.rows, 5u);
+  EXPECT_EQ(info.file, "c.h5");
+  EXPECT_EQ(testing::read_shard_rows(tmp / "c.h5").size(), 5u);
+  EXPECT_FALSE(fs::exists(tmp / ".c.h5.tmp"));
+}
+
 TEST(Preprocess, FilesAreBalancedBySize) {
   std::vector<InputFile> files = {{"a", 100}, {"b", 10}, {"c", 60}, {"d", 50}, {"e", 40}, {"f", 1}};
   const std::vector<int> owner = assign_files_to_ranks(files, 2);
