@@ -139,6 +139,9 @@ class Backend {
   // sample = argmax(logits / t + gumbel), gumbel from stream (seed, kSampling, step,
   // first_example + r / rows_per_example) at offset (r % rows_per_example) * V + v. With disallow (non-null),
   // logit[disallow[r]] is lowered by 1000 first, so that token is never drawn.
+  // Precisely (the CPU reference, lib/backend/cpu/kernels.h): score = (double(logit) - 1000 * [v ==
+  // disallow[r]]) / double(t) + gumbel, in double; the lowest v with the largest score wins; a disallow
+  // entry outside [0, V) disallows nothing.
   virtual void gumbel_sample(int32_t* samples, const T* logits, const int32_t* disallow, int rows, int V,
                              float temperature, uint64_t seed, uint64_t step, uint64_t first_example,
                              int rows_per_example) = 0;
@@ -155,6 +158,8 @@ class Backend {
 };
 
 // The CPU backend for float and double (double is used by the finite-difference gradient checks).
+// Threads with OpenMP only (OMP_NUM_THREADS; it switches OpenBLAS to one thread); bitwise deterministic
+// for any thread count; one host thread at a time. Details: lib/backend/cpu/kernels.h.
 template <typename T>
 std::unique_ptr<Backend<T>> make_cpu_backend();
 

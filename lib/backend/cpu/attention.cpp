@@ -109,7 +109,7 @@ void attention_forward(T* context, T* probs, uint8_t* keep, const T* qkv, const 
     if (dropout > 0.0f) {
       uint8_t* kb = keep + bh * SS;
       dropout_keep_mask(kb, bh * SS, SS, dropout, key);
-      T* dropped = detail::thread_scratch<T>(SS);
+      T* dropped = detail::thread_scratch<T, detail::kScratchAttention>(SS);
       apply_keep(dropped, p, kb, keep_scale, SS);
       attend = dropped;
     } else if (keep != nullptr) {
@@ -151,7 +151,7 @@ void attention_backward(T* dqkv, T* scratch, const T* dcontext, const T* qkv, co
     const T* attend = p;
     const uint8_t* kb = dropout > 0.0f ? keep + bh * SS : nullptr;
     if (kb != nullptr) {
-      T* dropped = detail::thread_scratch<T>(SS);
+      T* dropped = detail::thread_scratch<T, detail::kScratchAttention>(SS);
       apply_keep(dropped, p, kb, keep_scale, SS);
       attend = dropped;
     }

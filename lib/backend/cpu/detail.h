@@ -20,9 +20,10 @@
 namespace electra::cpu::detail {
 
 // Per-thread scratch that grows once and is then reused, so ops do not allocate in the steady state.
-// Slot separates buffers a kernel needs at the same time. The pointer stays valid until the same
+// Each user has its own slot, so no two live buffers alias. The pointer stays valid until the same
 // thread asks the same (T, Slot) for more elements.
-template <typename T, int Slot = 0>
+enum ScratchSlot : int { kScratchAttention = 1, kScratchLayerNorm = 2, kScratchSumSquares = 3 };
+template <typename T, int Slot>
 T* thread_scratch(size_t n) {
   thread_local std::vector<T> buffer;
   if (buffer.size() < n) buffer.resize(n);

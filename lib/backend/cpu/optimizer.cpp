@@ -49,7 +49,7 @@ double sum_squares(const T* x, size_t n) {
   if (chunks == 0) return 0.0;
   // One partial per chunk (the calling thread's scratch), then a serial sum in chunk order: the
   // result does not depend on which thread summed which chunk.
-  double* partial = detail::thread_scratch<double>(chunks);
+  double* partial = detail::thread_scratch<double, detail::kScratchSumSquares>(chunks);
 #pragma omp parallel for schedule(static) if (chunks > 1)
   for (size_t c = 0; c < chunks; ++c) {
     const size_t begin = c * kSumSquaresChunk, end = std::min(n, begin + kSumSquaresChunk);
