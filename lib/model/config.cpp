@@ -38,13 +38,28 @@ void PretrainerConfig::share_discriminator_settings() {
 
 namespace {
 
-const std::set<std::string> kTopKeys = {
-    "vocab_size",        "embedding_size",  "hidden_size",           "num_layers",
-    "num_heads",         "intermediate_size", "max_position_embeddings", "type_vocab_size",
-    "hidden_dropout",    "attention_dropout", "initializer_range",     "layer_norm_eps",
-    "generator",         "num_classes",     "num_token_predictions", "mlm_activation",
-    "mlm_initializer",   "mlm_initializer_stddev", "output_type",     "disallow_correct",
-    "temperature",       "disc_loss_weight"};
+const std::set<std::string> kTopKeys = {"vocab_size",
+                                        "embedding_size",
+                                        "hidden_size",
+                                        "num_layers",
+                                        "num_heads",
+                                        "intermediate_size",
+                                        "max_position_embeddings",
+                                        "type_vocab_size",
+                                        "hidden_dropout",
+                                        "attention_dropout",
+                                        "initializer_range",
+                                        "layer_norm_eps",
+                                        "generator",
+                                        "num_classes",
+                                        "num_token_predictions",
+                                        "mlm_activation",
+                                        "mlm_initializer",
+                                        "mlm_initializer_stddev",
+                                        "output_type",
+                                        "disallow_correct",
+                                        "temperature",
+                                        "disc_loss_weight"};
 const std::set<std::string> kGeneratorKeys = {"hidden_size", "num_layers", "num_heads", "intermediate_size"};
 
 // Reads node[key] into out when present; the error names the dotted key.
@@ -105,8 +120,9 @@ void validate(const PretrainerConfig& c) {
   // The embeddings exist once, so everything they depend on must agree.
   if (g.vocab_size != d.vocab_size || c.vocab_size != d.vocab_size || g.embedding_size != d.embedding_size ||
       g.max_position_embeddings != d.max_position_embeddings || g.type_vocab_size != d.type_vocab_size) {
-    fail("config key 'model.vocab_size'/'model.embedding_size': generator and discriminator share the embeddings, "
-         "so their vocab_size, embedding_size, max_position_embeddings and type_vocab_size must be equal");
+    fail(
+        "config key 'model.vocab_size'/'model.embedding_size': generator and discriminator share the embeddings, "
+        "so their vocab_size, embedding_size, max_position_embeddings and type_vocab_size must be equal");
   }
   check_positive(c.num_classes, "model.num_classes");
   check_positive(c.num_token_predictions, "model.num_token_predictions");
@@ -288,9 +304,9 @@ double model_flops_per_step(const PretrainerConfig& c, long long batch, long lon
   const double Cg = c.generator.hidden_size, Cd = c.discriminator.hidden_size;
   const double M = B * c.num_token_predictions;
   double forward = encoder(c.generator) + encoder(c.discriminator);
-  forward += 2.0 * M * Cg * E + 2.0 * M * E * V;                    // MLM dense + tied vocabulary projection
-  forward += 2.0 * B * Cg * Cg + 2.0 * B * Cg * c.num_classes;      // sentence head
-  forward += 2.0 * N * Cd * Cd + 2.0 * N * Cd;                      // discriminator head
+  forward += 2.0 * M * Cg * E + 2.0 * M * E * V;                // MLM dense + tied vocabulary projection
+  forward += 2.0 * B * Cg * Cg + 2.0 * B * Cg * c.num_classes;  // sentence head
+  forward += 2.0 * N * Cd * Cd + 2.0 * N * Cd;                  // discriminator head
   return 3.0 * forward;
 }
 

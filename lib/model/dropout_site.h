@@ -12,7 +12,7 @@ namespace electra {
 
 // The per-step part of every dropout key.
 struct DropoutContext {
-  bool training = false;       // false: every dropout is the identity
+  bool training = false;  // false: every dropout is the identity
   uint64_t seed = 0;
   uint64_t step = 0;
   uint64_t first_example = 0;  // global index of row 0 of this batch slice (Batch::global_row_offset)
@@ -28,8 +28,7 @@ enum class DropoutSlot : uint32_t { kEmbeddings = 0, kAttentionProbs = 1, kAtten
 
 // Lane of a site: network in bits 16.., layer + 1 in bits 4..15 (0 = embeddings), slot in bits 0..3.
 inline uint32_t dropout_lane(Network network, int layer, DropoutSlot slot) {
-  return (static_cast<uint32_t>(network) << 16) | (static_cast<uint32_t>(layer + 1) << 4) |
-         static_cast<uint32_t>(slot);
+  return (static_cast<uint32_t>(network) << 16) | (static_cast<uint32_t>(layer + 1) << 4) | static_cast<uint32_t>(slot);
 }
 
 }  // namespace electra

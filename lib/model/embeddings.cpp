@@ -7,11 +7,15 @@ namespace electra {
 template <typename T>
 Embeddings<T>::Embeddings(const EmbeddingSlots& slots, int embedding_size, int hidden_size, float dropout, float eps,
                           uint32_t dropout_lane)
-    : slots_(slots), E_(embedding_size), hidden_(hidden_size), dropout_(dropout), eps_(static_cast<T>(eps)),
+    : slots_(slots),
+      E_(embedding_size),
+      hidden_(hidden_size),
+      dropout_(dropout),
+      eps_(static_cast<T>(eps)),
       lane_(dropout_lane) {
   if (slots_.has_project != (E_ != hidden_)) {
-    fail("embeddings: embeddings_project must exist exactly when embedding_size (", E_, ") != hidden_size (",
-         hidden_, ")");
+    fail("embeddings: embeddings_project must exist exactly when embedding_size (", E_, ") != hidden_size (", hidden_,
+         ")");
   }
 }
 
@@ -40,8 +44,8 @@ void Embeddings<T>::forward(Backend<T>& be, const T* params, const int32_t* ids,
   type_ids_ = type_ids;
   const int N = B_ * S_;
   const size_t n = static_cast<size_t>(N) * E_;
-  be.embedding_forward(sum_.data(), ids, type_ids, params + slots_.word, params + slots_.position,
-                       params + slots_.type, B_, S_, E_);
+  be.embedding_forward(sum_.data(), ids, type_ids, params + slots_.word, params + slots_.position, params + slots_.type,
+                       B_, S_, E_);
   be.layernorm_forward(normed_.data(), mean_.data(), rstd_.data(), sum_.data(), params + slots_.layer_norm.gamma,
                        params + slots_.layer_norm.beta, N, E_, eps_);
   used_rate_ = dropout.rate(dropout_);
@@ -61,8 +65,8 @@ void Embeddings<T>::backward(Backend<T>& be, const T* params, T* grads, const T*
   const T* d = dout;
   if (slots_.has_project) {
     const LinearSlots& p = slots_.project;
-    be.linear_backward(d_dropped_.data(), grads + p.weight, grads + p.bias, dout, dropped_.data(), params + p.weight,
-                       N, E_, hidden_);
+    be.linear_backward(d_dropped_.data(), grads + p.weight, grads + p.bias, dout, dropped_.data(), params + p.weight, N,
+                       E_, hidden_);
     d = d_dropped_.data();
   }
   be.dropout_backward(d_normed_.data(), d, keep_.data(), n, used_rate_);

@@ -37,8 +37,8 @@ void MlmHead<T>::forward(Backend<T>& be, const T* params, const T* x, const int3
   positions_ = positions;
   const int M = B_ * P_, V = slots_.vocab_size;
   be.gather_rows(gathered_.data(), x, positions, B_, S_, P_, hidden_);
-  be.linear_forward(pre_.data(), gathered_.data(), params + slots_.dense.weight, params + slots_.dense.bias, M,
-                    hidden_, E_);
+  be.linear_forward(pre_.data(), gathered_.data(), params + slots_.dense.weight, params + slots_.dense.bias, M, hidden_,
+                    E_);
   be.activation_forward(act_, act_out_.data(), pre_.data(), static_cast<size_t>(M) * E_);
   be.layernorm_forward(normed_.data(), mean_.data(), rstd_.data(), act_out_.data(), params + slots_.layer_norm.gamma,
                        params + slots_.layer_norm.beta, M, E_, eps_);
@@ -91,8 +91,8 @@ void ClassificationHead<T>::forward(Backend<T>& be, const T* params, const T* x)
   be.linear_forward(pre_.data(), cls_.data(), params + slots_.dense.weight, params + slots_.dense.bias, B_, hidden_,
                     hidden_);
   be.activation_forward(Activation::kTanh, pooled_.data(), pre_.data(), static_cast<size_t>(B_) * hidden_);
-  be.linear_forward(logits_.data(), pooled_.data(), params + slots_.out_proj.weight, params + slots_.out_proj.bias,
-                    B_, hidden_, classes_);
+  be.linear_forward(logits_.data(), pooled_.data(), params + slots_.out_proj.weight, params + slots_.out_proj.bias, B_,
+                    hidden_, classes_);
 }
 
 template <typename T>
@@ -102,8 +102,8 @@ void ClassificationHead<T>::backward(Backend<T>& be, const T* params, T* grads, 
                      pooled_.data(), params + slots_.out_proj.weight, B_, hidden_, classes_);
   be.activation_backward(Activation::kTanh, d_pre_.data(), d_pooled_.data(), pre_.data(),
                          static_cast<size_t>(B_) * hidden_);
-  be.linear_backward(d_cls_.data(), grads + slots_.dense.weight, grads + slots_.dense.bias, d_pre_.data(),
-                     cls_.data(), params + slots_.dense.weight, B_, hidden_, hidden_);
+  be.linear_backward(d_cls_.data(), grads + slots_.dense.weight, grads + slots_.dense.bias, d_pre_.data(), cls_.data(),
+                     params + slots_.dense.weight, B_, hidden_, hidden_);
   be.scatter_add_rows(dx, d_cls_.data(), zeros_.data(), B_, S_, 1, hidden_);
 }
 
@@ -130,8 +130,8 @@ void DiscriminatorHead<T>::forward(Backend<T>& be, const T* params, const T* x) 
   x_ = x;
   be.linear_forward(pre_.data(), x, params + slots_.dense.weight, params + slots_.dense.bias, rows_, hidden_, hidden_);
   be.activation_forward(act_, act_out_.data(), pre_.data(), static_cast<size_t>(rows_) * hidden_);
-  be.linear_forward(logits_.data(), act_out_.data(), params + slots_.prediction.weight,
-                    params + slots_.prediction.bias, rows_, hidden_, 1);
+  be.linear_forward(logits_.data(), act_out_.data(), params + slots_.prediction.weight, params + slots_.prediction.bias,
+                    rows_, hidden_, 1);
 }
 
 template <typename T>

@@ -6,9 +6,12 @@ namespace electra {
 
 std::string to_string(Network network) {
   switch (network) {
-    case Network::kShared: return "shared";
-    case Network::kGenerator: return "generator";
-    case Network::kDiscriminator: return "discriminator";
+    case Network::kShared:
+      return "shared";
+    case Network::kGenerator:
+      return "generator";
+    case Network::kDiscriminator:
+      return "discriminator";
   }
   return "?";
 }
@@ -63,8 +66,8 @@ EmbeddingSlots add_shared_embeddings(ParameterLayout& layout, const EncoderConfi
                       ParamInit::kEncoder);
   s.position = layout.add("electra.embeddings.position_embeddings.weight", {c.max_position_embeddings, E}, true,
                           Network::kShared, ParamInit::kEncoder);
-  s.type = layout.add("electra.embeddings.token_type_embeddings.weight", {c.type_vocab_size, E}, true,
-                      Network::kShared, ParamInit::kEncoder);
+  s.type = layout.add("electra.embeddings.token_type_embeddings.weight", {c.type_vocab_size, E}, true, Network::kShared,
+                      ParamInit::kEncoder);
   s.layer_norm = add_layer_norm(layout, "electra.embeddings.LayerNorm", E, Network::kShared);
   return s;
 }
@@ -115,18 +118,16 @@ PretrainerLayout build_pretrainer_layout(const PretrainerConfig& config) {
   s.mlm_head.word = shared.word;
   s.mlm_head.output_bias = layout.add("generator_lm_head.bias", {V}, false, Network::kGenerator, ParamInit::kZeros);
   s.mlm_head.vocab_size = V;
-  s.classification_head.dense = add_linear(layout, "generator_classification_head.dense", Cg, Cg, Network::kGenerator,
-                                              ParamInit::kHead);
-  s.classification_head.out_proj =
-      add_linear(layout, "generator_classification_head.out_proj", config.num_classes, Cg, Network::kGenerator,
-                 ParamInit::kHead);
+  s.classification_head.dense =
+      add_linear(layout, "generator_classification_head.dense", Cg, Cg, Network::kGenerator, ParamInit::kHead);
+  s.classification_head.out_proj = add_linear(layout, "generator_classification_head.out_proj", config.num_classes, Cg,
+                                              Network::kGenerator, ParamInit::kHead);
 
   s.discriminator = add_encoder(layout, config.discriminator, "electra", Network::kDiscriminator, shared);
-  s.discriminator_head.dense = add_linear(layout, "discriminator_predictions.dense", Cd, Cd, Network::kDiscriminator,
-                                             ParamInit::kHead);
-  s.discriminator_head.prediction =
-      add_linear(layout, "discriminator_predictions.dense_prediction", 1, Cd, Network::kDiscriminator,
-                 ParamInit::kHead);
+  s.discriminator_head.dense =
+      add_linear(layout, "discriminator_predictions.dense", Cd, Cd, Network::kDiscriminator, ParamInit::kHead);
+  s.discriminator_head.prediction = add_linear(layout, "discriminator_predictions.dense_prediction", 1, Cd,
+                                               Network::kDiscriminator, ParamInit::kHead);
   return out;
 }
 

@@ -88,8 +88,8 @@ struct TransformerLayerSlots {
   LinearSlots qkv;               // query, key, value weights side by side: [3*hidden, hidden]
   LinearSlots attention_output;  // [hidden, hidden]
   LayerNormSlots attention_norm;
-  LinearSlots intermediate;      // [ffn, hidden]
-  LinearSlots output;            // [hidden, ffn]
+  LinearSlots intermediate;  // [ffn, hidden]
+  LinearSlots output;        // [hidden, ffn]
   LayerNormSlots output_norm;
 };
 
@@ -99,10 +99,10 @@ struct EncoderSlots {
 };
 
 struct MlmHeadSlots {
-  LinearSlots dense;         // generator_predictions.dense [E, gen_hidden]
-  LayerNormSlots layer_norm; // generator_predictions.LayerNorm [E]
-  size_t word = 0;           // tied output weight = word embeddings [V, E]
-  size_t output_bias = 0;    // generator_lm_head.bias [V]
+  LinearSlots dense;          // generator_predictions.dense [E, gen_hidden]
+  LayerNormSlots layer_norm;  // generator_predictions.LayerNorm [E]
+  size_t word = 0;            // tied output weight = word embeddings [V, E]
+  size_t output_bias = 0;     // generator_lm_head.bias [V]
   int vocab_size = 0;
 };
 

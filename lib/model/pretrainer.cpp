@@ -64,7 +64,9 @@ struct ElectraPretrainer<T>::Plan {
   std::vector<T> h_mlm_scale, h_mlm_loss, h_disc_scale, h_disc_loss, h_nsp_scale, h_nsp_loss, h_nsp_logits;
 
   Plan(ElectraPretrainer& m, int B_, int S_, int P_)
-      : B(B_), S(S_), P(P_),
+      : B(B_),
+        S(S_),
+        P(P_),
         generator(m.config_.generator, m.layout_.slots.generator, Network::kGenerator),
         discriminator(m.config_.discriminator, m.layout_.slots.discriminator, Network::kDiscriminator),
         mlm(m.layout_.slots.mlm_head, m.config_.generator.hidden_size, m.config_.embedding_size(),
@@ -128,8 +130,11 @@ void ElectraPretrainer<T>::init_parameters(uint64_t seed) {
     host.assign(v.size, T(0));
     PhiloxSequence rng(seed, RandomPurpose::kInit, 0, 0, fnv1a(v.name));
     switch (v.init) {
-      case ParamInit::kZeros: break;
-      case ParamInit::kOnes: std::fill(host.begin(), host.end(), T(1)); break;
+      case ParamInit::kZeros:
+        break;
+      case ParamInit::kOnes:
+        std::fill(host.begin(), host.end(), T(1));
+        break;
       case ParamInit::kEncoder: {
         const double stddev = config_.discriminator.initializer_range;
         for (T& x : host) x = static_cast<T>(stddev * truncated_normal(rng));
@@ -221,14 +226,14 @@ void ElectraPretrainer<T>::check_batch(const Batch& b) const {
   if (!b.next_sentence_labels.empty()) size_is("next_sentence_labels", b.next_sentence_labels.size(), B);
   const EncoderConfig& e = config_.discriminator;
   if (S > e.max_position_embeddings) {
-    fail("batch: position id ", S - 1, " >= max_position_embeddings (", e.max_position_embeddings,
-         "): seq_length ", S, " is too long");
+    fail("batch: position id ", S - 1, " >= max_position_embeddings (", e.max_position_embeddings, "): seq_length ", S,
+         " is too long");
   }
   const int V = config_.vocab_size;
   for (size_t i = 0; i < N; ++i) {
     if (b.input_word_ids[i] < 0 || b.input_word_ids[i] >= V) {
-      fail("batch tensor input_word_ids: id ", b.input_word_ids[i], " at [", i / S, ",", i % S, "] is outside [0, ",
-           V, ")");
+      fail("batch tensor input_word_ids: id ", b.input_word_ids[i], " at [", i / S, ",", i % S, "] is outside [0, ", V,
+           ")");
     }
     if (b.input_type_ids[i] < 0 || b.input_type_ids[i] >= e.type_vocab_size) {
       fail("batch tensor input_type_ids: id ", b.input_type_ids[i], " at [", i / S, ",", i % S,
@@ -330,7 +335,8 @@ const PretrainerOutputs<T>& ElectraPretrainer<T>::forward(const Batch& batch, co
   for (int b = 0; b < B; ++b) {
     for (int p = 0; p < P; ++p) {
       const int i = b * P + p;
-      if (batch.masked_lm_weights[i] > 0) plan.h_original[b * S + batch.masked_lm_positions[i]] = batch.masked_lm_ids[i];
+      if (batch.masked_lm_weights[i] > 0)
+        plan.h_original[b * S + batch.masked_lm_positions[i]] = batch.masked_lm_ids[i];
     }
   }
   out.corrupted_ids = plan.h_original;

@@ -39,9 +39,9 @@ struct GlobalNormalizers {
 };
 
 struct StepContext {
-  uint64_t seed = 0;      // run seed: keys dropout and sampling (with step and global example)
-  uint64_t step = 0;      // optimizer step
-  bool training = true;   // dropout on/off
+  uint64_t seed = 0;     // run seed: keys dropout and sampling (with step and global example)
+  uint64_t step = 0;     // optimizer step
+  bool training = true;  // dropout on/off
   std::optional<GlobalNormalizers> global;
   bool copy_outputs = true;  // copy lm_outputs / sentence_outputs / disc_logits to the host
 };
@@ -74,12 +74,12 @@ struct PretrainerLosses {
 template <typename T>
 struct PretrainerOutputs {
   int rows = 0, seq_length = 0, num_predictions = 0, num_classes = 0, vocab_size = 0;
-  std::vector<T> lm_outputs;          // [B,P,V] logits, or log-probabilities with output_type predictions
-  std::vector<T> sentence_outputs;    // [B,num_classes] logits
-  std::vector<T> disc_logits;         // [B,S]
-  std::vector<int32_t> disc_label;    // [B,S] 1 = replaced token
-  std::vector<int32_t> sampled_ids;   // [B,P] generator samples (also at padded predictions)
-  std::vector<int32_t> corrupted_ids; // [B,S] the discriminator's input
+  std::vector<T> lm_outputs;           // [B,P,V] logits, or log-probabilities with output_type predictions
+  std::vector<T> sentence_outputs;     // [B,num_classes] logits
+  std::vector<T> disc_logits;          // [B,S]
+  std::vector<int32_t> disc_label;     // [B,S] 1 = replaced token
+  std::vector<int32_t> sampled_ids;    // [B,P] generator samples (also at padded predictions)
+  std::vector<int32_t> corrupted_ids;  // [B,S] the discriminator's input
   PretrainerLosses losses;
 };
 

@@ -69,10 +69,9 @@ void TransformerLayer<T>::forward(Backend<T>& be, const T* params, const T* x, c
 
   // Self-attention block.
   be.linear_forward(qkv_.data(), x, params + p.qkv.weight, params + p.qkv.bias, N, C, 3 * C);
-  be.attention_forward(context_.data(), probs_.data(), keep_attention_.data(), qkv_.data(), mask, B_, S_, H, D,
-                       attention_rate_,
-                       dropout.key(dropout_lane(network_, layer_, DropoutSlot::kAttentionProbs),
-                                   static_cast<uint64_t>(H) * S_ * S_));
+  be.attention_forward(
+      context_.data(), probs_.data(), keep_attention_.data(), qkv_.data(), mask, B_, S_, H, D, attention_rate_,
+      dropout.key(dropout_lane(network_, layer_, DropoutSlot::kAttentionProbs), static_cast<uint64_t>(H) * S_ * S_));
   be.linear_forward(scratch.tmp.data(), context_.data(), params + p.attention_output.weight,
                     params + p.attention_output.bias, N, C, C);
   be.dropout_forward(res1_.data(), keep1_.data(), scratch.tmp.data(), nc, hidden_rate_,
@@ -82,8 +81,8 @@ void TransformerLayer<T>::forward(Backend<T>& be, const T* params, const T* x, c
                        params + p.attention_norm.beta, N, C, eps);
 
   // Feed-forward block.
-  be.linear_forward(inter_pre_.data(), ln1_.data(), params + p.intermediate.weight, params + p.intermediate.bias, N,
-                    C, F);
+  be.linear_forward(inter_pre_.data(), ln1_.data(), params + p.intermediate.weight, params + p.intermediate.bias, N, C,
+                    F);
   be.activation_forward(shape_.act, inter_act_.data(), inter_pre_.data(), static_cast<size_t>(N) * F);
   be.linear_forward(scratch.tmp.data(), inter_act_.data(), params + p.output.weight, params + p.output.bias, N, F, C);
   be.dropout_forward(res2_.data(), keep2_.data(), scratch.tmp.data(), nc, hidden_rate_,
@@ -114,9 +113,8 @@ void TransformerLayer<T>::backward(Backend<T>& be, const T* params, T* grads, co
   be.accumulate(s.d_ln1.data(), s.d_res2.data(), nc);  // residual path around the FFN
 
   // Self-attention block.
-  be.layernorm_backward(s.d_res1.data(), grads + p.attention_norm.gamma, grads + p.attention_norm.beta,
-                        s.d_ln1.data(), res1_.data(), mean1_.data(), rstd1_.data(), params + p.attention_norm.gamma, N,
-                        C);
+  be.layernorm_backward(s.d_res1.data(), grads + p.attention_norm.gamma, grads + p.attention_norm.beta, s.d_ln1.data(),
+                        res1_.data(), mean1_.data(), rstd1_.data(), params + p.attention_norm.gamma, N, C);
   be.dropout_backward(s.tmp.data(), s.d_res1.data(), keep1_.data(), nc, hidden_rate_);
   be.linear_backward(s.d_context.data(), grads + p.attention_output.weight, grads + p.attention_output.bias,
                      s.tmp.data(), context_.data(), params + p.attention_output.weight, N, C, C);

@@ -19,7 +19,7 @@ namespace electra {
 template <typename T>
 struct LayerScratch {
   void plan(Backend<T>& be, int B, int S, int hidden, int ffn, int heads);
-  DeviceBuffer<T> tmp;                  // [N, C] pre-dropout dense outputs; dropout gradients
+  DeviceBuffer<T> tmp;                               // [N, C] pre-dropout dense outputs; dropout gradients
   DeviceBuffer<T> d_res1, d_res2, d_ln1, d_context;  // [N, C]
   DeviceBuffer<T> d_inter_act, d_inter_pre;          // [N, F]
   DeviceBuffer<T> d_qkv;                             // [N, 3C]

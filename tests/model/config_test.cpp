@@ -1,11 +1,12 @@
 // Model config: JSON round trip, presets, errors that name the key, FLOP count, parameter names.
+#include "lib/model/config.h"
+
 #include <gtest/gtest.h>
 
 #include <map>
 #include <regex>
 
 #include "lib/core/error.h"
-#include "lib/model/config.h"
 #include "lib/model/parameter_layout.h"
 
 namespace electra {
@@ -125,8 +126,8 @@ TEST(ModelConfig, FlopsCountedByHand) {
   };
   const double gen = enc(64, 256, 2) - 2 * N * E * 64;  // generator width == E: no projection
   const double disc = enc(128, 512, 2);
-  const double heads = 2 * B * P * 64 * E + 2 * B * P * E * V + 2 * B * 64 * 64 + 2 * B * 64 * NC +
-                       2 * N * 128 * 128 + 2 * N * 128;
+  const double heads =
+      2 * B * P * 64 * E + 2 * B * P * E * V + 2 * B * 64 * 64 + 2 * B * 64 * NC + 2 * N * 128 * 128 + 2 * N * 128;
   EXPECT_DOUBLE_EQ(model_flops_per_step(c, 2, 10), 3 * (gen + disc + heads));
   // ELECTRA-small at seq 128: about 3 * 2 * 14M params per token is the usual ballpark (~1.3e10 per
   // sequence with attention); the exact count must be in that range.

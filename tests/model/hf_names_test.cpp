@@ -2,7 +2,6 @@
 // and ElectraForMaskedLM (generator, after export renaming) built from the same ElectraConfig.
 // Runs when ELECTRA_PYTHON points to a Python with transformers (CTest sets it to .venv/bin/python).
 #include <gtest/gtest.h>
-
 #include <unistd.h>
 
 #include <cstdio>

@@ -127,8 +127,8 @@ TEST(ModelLayerGrad, TransformerLayerWithPadding) {
   DeviceBuffer<double, int32_t> d_mask(be, N);
   be.copy_ints_from_host(d_mask.data(), mask.data(), N);
 
-  TransformerLayerShape shape{C, c.num_heads, c.intermediate_size, Activation::kGelu, c.hidden_dropout,
-                              c.attention_dropout, c.layer_norm_eps};
+  TransformerLayerShape shape{
+      C, c.num_heads, c.intermediate_size, Activation::kGelu, c.hidden_dropout, c.attention_dropout, c.layer_norm_eps};
   TransformerLayer<double> layer(enc.layers[0], shape, Network::kDiscriminator, 0);
   layer.plan(be, B, S);
   LayerScratch<double> scratch;
@@ -243,8 +243,8 @@ void check_mlm_head(Activation act) {
   be.fill(d_dx.data(), x.size(), 0.0);  // MLM head backward accumulates into dx
   head.backward(be, h.d_params.data(), h.d_grads.data(), d_R.data(), d_dx.data());
   const std::vector<double> grads = h.grads(), dx = test::to_host(be, d_dx.data(), x.size());
-  const auto idx = view_indices(h.pl.layout, {"generator_predictions.", "generator_lm_head.",
-                                              "electra.embeddings.word_embeddings."});
+  const auto idx = view_indices(
+      h.pl.layout, {"generator_predictions.", "generator_lm_head.", "electra.embeddings.word_embeddings."});
   EXPECT_TRUE(fd_ok(finite_difference(h.params, grads, idx, loss), kTol, "MLM head parameters"));
   EXPECT_TRUE(fd_ok(finite_difference(x, dx, all_indices(x.size()), loss), kTol, "MLM head input"));
 }
@@ -273,9 +273,9 @@ TEST(ModelLayerGrad, ClassificationHead) {
   be.fill(d_dx.data(), x.size(), 0.0);
   head.backward(be, h.d_params.data(), h.d_grads.data(), d_R.data(), d_dx.data());
   const std::vector<double> grads = h.grads(), dx = test::to_host(be, d_dx.data(), x.size());
-  EXPECT_TRUE(fd_ok(finite_difference(h.params, grads, view_indices(h.pl.layout, {"generator_classification_head."}),
-                                      loss),
-                    kTol, "classification head parameters"));
+  EXPECT_TRUE(
+      fd_ok(finite_difference(h.params, grads, view_indices(h.pl.layout, {"generator_classification_head."}), loss),
+            kTol, "classification head parameters"));
   EXPECT_TRUE(fd_ok(finite_difference(x, dx, all_indices(x.size()), loss), kTol, "classification head input"));
   // Only position 0 of each row feeds the head.
   for (int b = 0; b < B; ++b) {

@@ -181,9 +181,9 @@ inline std::vector<size_t> all_indices(size_t n) {
 inline ::testing::AssertionResult fd_ok(const FdResult& r, double tol, const std::string& what) {
   if (r.checked == 0) return ::testing::AssertionFailure() << what << ": nothing checked";
   if (r.norm_rel <= tol && r.max_rel <= tol) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << what << ": norm rel " << r.norm_rel << ", worst entry " << r.worst
-                                       << " fd " << r.worst_fd << " analytic " << r.worst_an << " (rel "
-                                       << r.max_rel << ") over " << r.checked << " entries";
+  return ::testing::AssertionFailure() << what << ": norm rel " << r.norm_rel << ", worst entry " << r.worst << " fd "
+                                       << r.worst_fd << " analytic " << r.worst_an << " (rel " << r.max_rel << ") over "
+                                       << r.checked << " entries";
 }
 
 }  // namespace electra::test

@@ -1,6 +1,8 @@
 // ElectraPretrainer behaviour: TF Model Garden's electra_pretrainer_test shapes, sampling rules
 // (disallow_correct, disc_label), float vs double, determinism, batch splitting with global
 // normalisers, gradient accumulation, output types, initialisation and input checks.
+#include "lib/model/pretrainer.h"
+
 #include <gtest/gtest.h>
 
 #include <chrono>
@@ -10,7 +12,6 @@
 
 #include "lib/core/error.h"
 #include "lib/model/dropout_site.h"
-#include "lib/model/pretrainer.h"
 #include "tests/model/model_test_util.h"
 
 namespace electra {
@@ -60,10 +61,10 @@ TEST(ModelPretrainer, ModelGardenOutputShapes) {
   StepContext ctx;
   ctx.seed = 3;
   const auto& out = model.forward(batch, ctx);
-  EXPECT_EQ(out.lm_outputs.size(), static_cast<size_t>(B * P * 100));       // [B,2,100]
-  EXPECT_EQ(out.sentence_outputs.size(), static_cast<size_t>(B * 3));       // [B,3]
-  EXPECT_EQ(out.disc_logits.size(), static_cast<size_t>(B * S));            // [B,512]
-  EXPECT_EQ(out.disc_label.size(), static_cast<size_t>(B * S));             // [B,512]
+  EXPECT_EQ(out.lm_outputs.size(), static_cast<size_t>(B * P * 100));  // [B,2,100]
+  EXPECT_EQ(out.sentence_outputs.size(), static_cast<size_t>(B * 3));  // [B,3]
+  EXPECT_EQ(out.disc_logits.size(), static_cast<size_t>(B * S));       // [B,512]
+  EXPECT_EQ(out.disc_label.size(), static_cast<size_t>(B * S));        // [B,512]
   EXPECT_EQ(out.sampled_ids.size(), static_cast<size_t>(B * P));
   EXPECT_EQ(out.rows, B);
   EXPECT_EQ(out.seq_length, S);
@@ -417,8 +418,12 @@ TEST(ModelPretrainer, InitialisationFollowsTheInitialisers) {
     for (size_t i = 0; i < v.size; ++i) {
       const double x = p[v.offset + i];
       switch (v.init) {
-        case ParamInit::kZeros: ASSERT_EQ(x, 0.0) << v.name; break;
-        case ParamInit::kOnes: ASSERT_EQ(x, 1.0) << v.name; break;
+        case ParamInit::kZeros:
+          ASSERT_EQ(x, 0.0) << v.name;
+          break;
+        case ParamInit::kOnes:
+          ASSERT_EQ(x, 1.0) << v.name;
+          break;
         case ParamInit::kEncoder:
           ASSERT_LE(std::abs(x), 2 * 0.02 + 1e-9) << v.name;
           sum += x;

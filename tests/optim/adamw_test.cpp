@@ -1,5 +1,7 @@
 // AdamW against a hand computation, the learning-rate schedule, global-norm clipping and the
 // weight-decay exclusions.
+#include "lib/optim/adamw.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -8,7 +10,6 @@
 #include "lib/core/error.h"
 #include "lib/model/device_buffer.h"
 #include "lib/model/parameter_layout.h"
-#include "lib/optim/adamw.h"
 
 namespace electra {
 namespace {
@@ -178,8 +179,8 @@ TEST(OptimAdamW, NoWeightDecayOnLayerNormAndBiases) {
   be->copy_to_host(out.data(), p.data(), n);
   int decayed = 0, kept = 0;
   for (const ParameterView& v : pl.layout.views()) {
-    const bool no_decay = v.name.find("LayerNorm") != std::string::npos ||
-                          v.name.compare(v.name.size() - 5, 5, ".bias") == 0;
+    const bool no_decay =
+        v.name.find("LayerNorm") != std::string::npos || v.name.compare(v.name.size() - 5, 5, ".bias") == 0;
     const double expected = no_decay ? 2.0 : 2.0 - 0.1 * 0.01 * 2.0;
     for (size_t i = 0; i < v.size; ++i) ASSERT_NEAR(out[v.offset + i], expected, 1e-9) << v.name;
     (no_decay ? kept : decayed)++;
