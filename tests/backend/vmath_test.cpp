@@ -77,6 +77,18 @@ TEST(BackendVmath, ErfcAndGelu) {
   EXPECT_EQ(gelu_f(30.0f), 30.0f);
 }
 
+TEST(BackendVmath, TanhFloat) {
+  double where = 0;
+  auto tanh_d = [](double x) { return std::tanh(x); };
+  EXPECT_LT(worst_relative(tanh_f, tanh_d, -0.7, -1e-6, 500'000, &where), 3e-7) << "at " << where;
+  EXPECT_LT(worst_relative(tanh_f, tanh_d, 1e-6, 0.7, 500'000, &where), 3e-7) << "at " << where;
+  EXPECT_LT(worst_relative(tanh_f, tanh_d, 0.5, 20.0, 1'000'000, &where), 3e-7) << "at " << where;
+  EXPECT_LT(worst_relative(tanh_f, tanh_d, -20.0, -0.5, 1'000'000, &where), 3e-7) << "at " << where;
+  EXPECT_EQ(tanh_f(0.0f), 0.0f);
+  EXPECT_EQ(tanh_f(100.0f), 1.0f);
+  EXPECT_EQ(tanh_f(-100.0f), -1.0f);
+}
+
 TEST(BackendVmath, LogDouble) {
   // Within 1 ulp of libm over many decades and the ranges Gumbel sampling uses ((0, 1] and (0, 38)).
   PhiloxSequence rng(1, RandomPurpose::kTest, 0, 0);

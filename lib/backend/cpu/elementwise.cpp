@@ -26,6 +26,23 @@ inline double gelu_grad(double x) {
   return 0.5 * std::erfc(-0.70710678118654752440 * x) + x * 0.39894228040143267794 * std::exp(-0.5 * x * x);
 }
 
+inline float tanh_t(float x) { return vmath::tanh_f(x); }
+inline double tanh_t(double x) { return std::tanh(x); }
+
+template <typename T>
+ELECTRA_CPU_CLONES void tanh_forward_chunk(T* y, const T* x, size_t n) {
+#pragma omp simd
+  for (size_t i = 0; i < n; ++i) y[i] = tanh_t(x[i]);
+}
+template <typename T>
+ELECTRA_CPU_CLONES void tanh_backward_chunk(T* dx, const T* dy, const T* x, size_t n) {
+#pragma omp simd
+  for (size_t i = 0; i < n; ++i) {
+    const T t = tanh_t(x[i]);
+    dx[i] = dy[i] * (T(1) - t * t);
+  }
+}
+
 template <typename T>
 ELECTRA_CPU_CLONES void gelu_forward_chunk(T* y, const T* x, size_t n) {
 #pragma omp simd
@@ -107,8 +124,7 @@ void activation_forward(Activation act, T* y, const T* x, size_t n) {
       for (size_t i = 0; i < n; ++i) y[i] = x[i] > T(0) ? x[i] : T(0);
       return;
     case Activation::kTanh:
-#pragma omp parallel for simd schedule(static) if (n > kParallelMin / 8)
-      for (size_t i = 0; i < n; ++i) y[i] = std::tanh(x[i]);
+      detail::parallel_chunks(n, kChunk, kChunk, [&](size_t b, size_t e) { tanh_forward_chunk(y + b, x + b, e - b); });
       return;
   }
   fail("activation_forward: unknown activation");
@@ -129,11 +145,8 @@ void activation_backward(Activation act, T* dx, const T* dy, const T* x, size_t 
       for (size_t i = 0; i < n; ++i) dx[i] = x[i] > T(0) ? dy[i] : T(0);
       return;
     case Activation::kTanh:
-#pragma omp parallel for simd schedule(static) if (n > kParallelMin / 8)
-      for (size_t i = 0; i < n; ++i) {
-        const T t = std::tanh(x[i]);
-        dx[i] = dy[i] * (T(1) - t * t);
-      }
+      detail::parallel_chunks(n, kChunk, kChunk,
+                              [&](size_t b, size_t e) { tanh_backward_chunk(dx + b, dy + b, x + b, e - b); });
       return;
   }
   fail("activation_backward: unknown activation");

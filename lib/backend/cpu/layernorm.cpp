@@ -99,7 +99,9 @@ void layernorm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, con
   const int blocks = (rows + kRowBlock - 1) / kRowBlock;
   const bool param_grads = dgamma != nullptr || dbeta != nullptr;
   // partial[blk] = [dgamma part (cols), dbeta part (cols)]; taken by the calling thread, shared below.
-  T* partial = param_grads ? detail::thread_scratch<T, detail::kScratchLayerNorm>(static_cast<size_t>(blocks) * 2 * cols) : nullptr;
+  T* partial = param_grads
+                   ? detail::thread_scratch<T, detail::kScratchLayerNorm>(static_cast<size_t>(blocks) * 2 * cols)
+                   : nullptr;
   const bool parallel = static_cast<long long>(rows) * cols > 16384;
 
 #pragma omp parallel if (parallel)

@@ -5,6 +5,7 @@
 //   erfc_f  relative error < 2e-6 up to erfc = 1e-6 (Numerical Recipes' erfcc, fractional error 1.2e-7,
 //           plus the float rounding of its exp argument ~ -z^2, which grows like z^2 2^-24 in the tail)
 //   gelu_f, gelu_grad_f  relative error < 3e-6 for x >= -5, absolute error < 1e-11 below
+//   tanh_f  relative error < 3e-7
 //   log_d   double log for normal positive inputs, < 1 ulp (fdlibm's polynomial)
 // The double kernels keep calling std:: functions (they are the finite-difference reference).
 #pragma once
@@ -67,6 +68,20 @@ ELECTRA_VMATH_INLINE float normal_cdf_f(float x) { return 0.5f * erfc_f(-0.70710
 ELECTRA_VMATH_INLINE float gelu_f(float x) { return x * normal_cdf_f(x); }
 ELECTRA_VMATH_INLINE float gelu_grad_f(float x) {
   return normal_cdf_f(x) + x * 0.39894228040143268f * exp_f(-0.5f * x * x);
+}
+
+// Cephes tanhf: odd polynomial below |x| = 0.625, 1 - 2 / (exp(2|x|) + 1) above (no cancellation there).
+ELECTRA_VMATH_INLINE float tanh_f(float x) {
+  const float z = std::fabs(x);
+  const float big = 1.0f - 2.0f / (exp_f(2.0f * z) + 1.0f);
+  const float x2 = x * x;
+  float p = -5.70498872745e-3f;
+  p = p * x2 + 2.06390887954e-2f;
+  p = p * x2 - 5.37397155531e-2f;
+  p = p * x2 + 1.33314422036e-1f;
+  p = p * x2 - 3.33332819422e-1f;
+  const float small = p * x2 * x + x;
+  return z > 0.625f ? std::copysign(big, x) : small;
 }
 
 // Natural log of a positive normal double (fdlibm e_log.c, without its tables or branches):
