@@ -1,0 +1,35 @@
+// electra-export: a training checkpoint -> Hugging Face directories (discriminator/ and generator/).
+// Exit codes: 0 written, 1 error (message on stderr), 2 bad flags.
+#include <CLI/CLI.hpp>
+#include <iostream>
+
+#include "lib/core/log.h"
+#include "lib/interop/hf_export.h"
+#include "lib/interop/model_source.h"
+
+int main(int argc, char** argv) {
+  std::string checkpoint, output, vocab;
+  electra::interop::ExportOptions options;
+  CLI::App app{"electra-export: write a checkpoint as Hugging Face ElectraForPreTraining (discriminator/) and "
+               "ElectraForMaskedLM (generator/) directories"};
+  app.add_option("--checkpoint", checkpoint, "RUN_DIR (its newest complete checkpoint) or CHECKPOINT.h5")->required();
+  app.add_option("--output", output, "output directory (must be empty or missing unless --force)")->required();
+  app.add_option("--vocab", vocab, "vocab.txt (default: the run's data.vocab or data.dir/vocab.txt)");
+  app.add_flag("--force", options.force, "write into a non-empty output directory");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+  electra::log::init({});
+  try {
+    const electra::interop::PretrainerBundle model = electra::interop::load_checkpoint_bundle(checkpoint, vocab);
+    const auto files = electra::interop::export_hf(model, output, options);
+    std::cout << "exported " << model.source << " to " << output << " (" << files.size() << " files, vocab "
+              << model.vocab.size() << ", lower_case " << (model.tokenizer.lower_case ? "true" : "false") << ")\n";
+    return 0;
+  } catch (const std::exception& e) {
+    std::cerr << "electra-export: " << e.what() << "\n";
+    return 1;
+  }
+}

@@ -1,0 +1,53 @@
+// electra-score: one JSON line per input line with the discriminator's replaced-token probabilities
+// (and, with --fill-mask, the generator's top-k tokens for each [MASK]).
+// Exit codes: 0 done, 1 error (message on stderr), 2 bad flags.
+#include <CLI/CLI.hpp>
+#include <iostream>
+#include <string>
+
+#include "lib/core/log.h"
+#include "lib/interop/model_source.h"
+#include "lib/interop/scorer.h"
+
+int main(int argc, char** argv) {
+  std::string model_path, vocab;
+  bool no_lower_case = false;
+  electra::interop::ScoreOptions options;
+  CLI::App app{"electra-score: score lines of stdin with an ELECTRA discriminator (and fill [MASK]s with the "
+               "generator)"};
+  app.add_option("--model", model_path, "export DIR (discriminator/ + generator/), RUN_DIR or CHECKPOINT.h5")
+      ->required();
+  app.add_option("--vocab", vocab, "vocab.txt (default: the model's)");
+  app.add_flag("--no-lower-case", no_lower_case, "keep case (default: as the model's tokenizer settings say)");
+  app.add_flag("--fill-mask", options.fill_mask, "also print the generator's top-k tokens for each [MASK]");
+  app.add_option("--top-k", options.top_k, "candidates per [MASK]")->capture_default_str()->check(CLI::PositiveNumber);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+  electra::log::LogOptions log_options;
+  log_options.console_level = boost::log::trivial::warning;  // stdout carries the JSON lines only
+  electra::log::init(log_options);
+  try {
+    electra::interop::PretrainerBundle model = electra::interop::load_pretrainer_bundle(model_path, vocab);
+    if (no_lower_case) {
+      model.tokenizer.lower_case = false;
+      model.tokenizer.strip_accents.reset();  // cased: accents kept, as BERT does
+    }
+    electra::interop::Scorer scorer(std::move(model));
+    std::string line;
+    while (std::getline(std::cin, line)) {
+      if (!line.empty() && line.back() == '\r') line.pop_back();
+      const auto scored = scorer.score(line, options);
+      std::cout << electra::interop::to_json(scored, options.fill_mask)
+                       .dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace)
+                << "\n";
+    }
+    std::cout.flush();
+    return 0;
+  } catch (const std::exception& e) {
+    std::cerr << "electra-score: " << e.what() << "\n";
+    return 1;
+  }
+}

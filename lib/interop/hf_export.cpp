@@ -1,0 +1,74 @@
+#include "lib/interop/hf_export.h"
+
+#include "lib/core/error.h"
+#include "lib/interop/hf_format.h"
+#include "lib/interop/safetensors.h"
+#include "lib/model/parameter_layout.h"
+#include "lib/train/atomic_file.h"
+
+namespace electra::interop {
+
+namespace fs = std::filesystem;
+
+std::vector<fs::path> export_hf(const PretrainerBundle& model, const fs::path& out_dir, const ExportOptions& options) {
+  if (fs::exists(out_dir)) {
+    if (!fs::is_directory(out_dir)) fail("output ", out_dir.string(), " exists and is not a directory");
+    if (!fs::is_empty(out_dir) && !options.force) {
+      fail("output directory ", out_dir.string(), " is not empty; pass --force to write into it");
+    }
+  }
+  const PretrainerLayout layout = build_pretrainer_layout(model.config);
+  if (model.params.size() != layout.layout.total_size()) {
+    fail("export: ", model.source, " has ", model.params.size(), " parameters, its config's layout needs ",
+         layout.layout.total_size());
+  }
+  if (static_cast<int64_t>(model.vocab.size()) != model.config.vocab_size) {
+    fail("export: vocabulary ", model.vocab.origin(), " has ", model.vocab.size(), " tokens, the model ",
+         model.config.vocab_size);
+  }
+  // Everything that can fail on the inputs is checked before the first file is written.
+  // The special tokens the tokenizer files name must exist (each lookup fails naming the vocab file).
+  const int pad_id = model.vocab.pad_id();
+  model.vocab.unk_id();
+  model.vocab.cls_id();
+  model.vocab.sep_id();
+  model.vocab.mask_id();
+  const nlohmann::json configs[2] = {hf_model_config(model.config, HfModel::kDiscriminator, pad_id),
+                                     hf_model_config(model.config, HfModel::kGenerator, pad_id)};
+
+  std::string vocab_text;
+  for (const std::string& token : model.vocab.tokens()) {
+    if (token.find_first_of("\r\n") != std::string::npos) fail("export: a vocabulary token contains a line break");
+    vocab_text += token;
+    vocab_text += '\n';
+  }
+  const std::string tokenizer_config =
+      hf_tokenizer_config(model.tokenizer, model.config.discriminator.max_position_embeddings).dump(2) + "\n";
+  const std::string special_tokens = hf_special_tokens_map().dump(2) + "\n";
+
+  std::vector<fs::path> written;
+  for (HfModel which : {HfModel::kDiscriminator, HfModel::kGenerator}) {
+    const fs::path dir = out_dir / hf_subdir(which);
+    fs::create_directories(dir);
+    std::vector<SafetensorsTensorRef> tensors;
+    for (const HfTensor& t : hf_tensors(layout.layout, which)) {
+      tensors.push_back({t.hf_name, std::vector<int64_t>(t.view->shape.begin(), t.view->shape.end()),
+                         std::span<const float>(model.params.data() + t.view->offset, t.view->size)});
+    }
+    write_safetensors(dir / kHfWeightsFile, std::move(tensors));
+    written.push_back(dir / kHfWeightsFile);
+    const std::pair<const char*, std::string> files[] = {
+        {"config.json", configs[which == HfModel::kDiscriminator ? 0 : 1].dump(2) + "\n"},
+        {"vocab.txt", vocab_text},
+        {"tokenizer_config.json", tokenizer_config},
+        {"special_tokens_map.json", special_tokens},
+    };
+    for (const auto& [name, contents] : files) {
+      train::write_file_atomically(dir / name, contents);
+      written.push_back(dir / name);
+    }
+  }
+  return written;
+}
+
+}  // namespace electra::interop

@@ -1,0 +1,129 @@
+#include "lib/interop/model_source.h"
+
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "lib/core/error.h"
+#include "lib/core/log.h"
+#include "lib/interop/hf_import.h"
+#include "lib/model/parameter_layout.h"
+#include "lib/train/checkpoint.h"
+#include "lib/train/checkpoint_manager.h"
+
+namespace electra::interop {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// A string value at a dotted path of the run config, "" when absent or not a string.
+std::string config_string(const nlohmann::json& config, const char* section, const char* key) {
+  if (!config.contains(section) || !config.at(section).is_object()) return "";
+  const nlohmann::json& s = config.at(section);
+  return s.contains(key) && s.at(key).is_string() ? s.at(key).get<std::string>() : "";
+}
+
+train::TensorLayout checkpoint_layout(const ParameterLayout& layout) {
+  train::TensorLayout out;
+  for (const ParameterView& v : layout.views()) {
+    out.push_back(train::NamedTensor{v.name, std::vector<int64_t>(v.shape.begin(), v.shape.end()), v.offset, v.size});
+  }
+  return out;
+}
+
+}  // namespace
+
+fs::path resolve_checkpoint(const fs::path& path) {
+  if (fs::is_directory(path)) {
+    const fs::path dir = path / "checkpoints";
+    if (!fs::is_directory(dir)) {
+      fail(path.string(), " is a directory without checkpoints/ (expected a run directory or a checkpoint file)");
+    }
+    const auto latest = train::CheckpointManager(dir).latest_complete();
+    if (!latest) fail("run directory ", path.string(), " has no complete checkpoint in ", dir.string());
+    return latest->path;
+  }
+  if (!fs::exists(path)) fail("checkpoint ", path.string(), " does not exist");
+  return path;
+}
+
+PretrainerBundle load_checkpoint_bundle(const fs::path& run_dir_or_file, const std::string& vocab_path) {
+  const fs::path path = resolve_checkpoint(run_dir_or_file);
+  const train::CheckpointFile file = train::CheckpointFile::open(path);
+  const nlohmann::json& config = file.config();
+  if (!config.is_object() || !config.contains("model")) {
+    fail("checkpoint ", path.string(), " has no model section in its config");
+  }
+  PretrainerBundle bundle;
+  try {
+    bundle.config = pretrainer_config_from_json(config.at("model"));
+  } catch (const Error& e) {
+    fail("checkpoint ", path.string(), ": ", e.what());
+  }
+  const PretrainerLayout layout = build_pretrainer_layout(bundle.config);
+  bundle.params.assign(layout.layout.total_size(), 0.0f);
+  file.read_into(train::Section::kParams, checkpoint_layout(layout.layout), bundle.params);
+
+  // The vocabulary the run was trained with.
+  const std::string data_dir = config_string(config, "data", "dir");
+  fs::path vocab = vocab_path;
+  if (vocab.empty()) vocab = config_string(config, "data", "vocab");
+  if (vocab.empty() && !data_dir.empty()) vocab = fs::path(data_dir) / "vocab.txt";
+  if (vocab.empty()) {
+    fail("checkpoint ", path.string(), ": its config names no data directory or vocabulary; pass --vocab vocab.txt");
+  }
+  if (!fs::exists(vocab)) {
+    fail("vocabulary ", vocab.string(), " (from ", vocab_path.empty() ? "the checkpoint's config" : "--vocab",
+         ") does not exist; pass --vocab vocab.txt");
+  }
+  bundle.vocab = text::Vocab::load(vocab.string());
+  if (static_cast<int64_t>(bundle.vocab.size()) != bundle.config.vocab_size) {
+    fail("vocabulary ", vocab.string(), " has ", bundle.vocab.size(), " tokens, but checkpoint ", path.string(),
+         " has model.vocab_size ", bundle.config.vocab_size);
+  }
+
+  // Lower-casing as the shards were made (electra-preprocess's manifest), else BERT's uncased default.
+  bundle.tokenizer.lower_case = true;
+  const fs::path manifest = data_dir.empty() ? fs::path() : fs::path(data_dir) / "manifest.json";
+  if (!manifest.empty() && fs::exists(manifest)) {
+    std::ifstream in(manifest);
+    try {
+      const nlohmann::json m = nlohmann::json::parse(in);
+      bundle.tokenizer.lower_case = m.at("tokenizer").at("lower_case").get<bool>();
+    } catch (const nlohmann::json::exception& e) {
+      fail("manifest ", manifest.string(), ": cannot read tokenizer.lower_case: ", e.what());
+    }
+  } else {
+    ELECTRA_LOG(info) << "no manifest.json next to the training data: assuming lower_case = true";
+  }
+  bundle.source = "checkpoint " + path.string() + " (step " + std::to_string(file.step()) + ")";
+  return bundle;
+}
+
+bool is_hf_export_dir(const fs::path& dir) {
+  return fs::is_directory(dir / "discriminator") && fs::is_directory(dir / "generator");
+}
+
+PretrainerBundle load_pretrainer_bundle(const fs::path& path, const std::string& vocab_path) {
+  if (!is_hf_export_dir(path)) return load_checkpoint_bundle(path, vocab_path);
+  HfPretrainer hf = load_hf_pretrainer(path / "discriminator", path / "generator");
+  PretrainerBundle bundle;
+  bundle.config = hf.config;
+  bundle.params = std::move(hf.params);
+  bundle.tokenizer = hf.tokenizer;
+  if (!vocab_path.empty()) {
+    bundle.vocab = text::Vocab::load(vocab_path);
+  } else if (hf.vocab) {
+    bundle.vocab = *hf.vocab;
+  } else {
+    fail("export directory ", path.string(), " has no vocab.txt; pass --vocab vocab.txt");
+  }
+  if (static_cast<int64_t>(bundle.vocab.size()) != bundle.config.vocab_size) {
+    fail("vocabulary ", bundle.vocab.origin(), " has ", bundle.vocab.size(), " tokens, but ", path.string(),
+         " has vocab_size ", bundle.config.vocab_size);
+  }
+  bundle.source = "Hugging Face export " + path.string();
+  return bundle;
+}
+
+}  // namespace electra::interop

@@ -1,0 +1,43 @@
+// Where a trained pretrainer comes from: a training checkpoint (a run directory's newest complete one, or
+// a file), or a Hugging Face export directory (DIR/discriminator + DIR/generator, as electra-export
+// writes them). Either way the result is the same bundle: the model config, the flat parameters in our
+// layout, the vocabulary and the tokenizer settings.
+#pragma once
+
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "data_pipeline/tokenizer/tokenizer_options.h"
+#include "data_pipeline/tokenizer/vocab.h"
+#include "lib/model/config.h"
+
+namespace electra::interop {
+
+struct PretrainerBundle {
+  PretrainerConfig config;
+  std::vector<float> params;          // build_pretrainer_layout(config) order, float32
+  text::Vocab vocab;                  // vocab.size() == config.vocab_size
+  text::TokenizerOptions tokenizer;   // lower_case (and strip_accents) the data was made with
+  std::string source;                 // what it was loaded from, for messages
+};
+
+// RUN_DIR (a directory with checkpoints/): its newest complete checkpoint (CheckpointManager::
+// latest_complete); a file: itself. Fails naming the path when there is none.
+std::filesystem::path resolve_checkpoint(const std::filesystem::path& run_dir_or_file);
+
+// Loads a checkpoint (RUN_DIR or file). The model config is the checkpoint's `model` section. The
+// vocabulary is `vocab_path` when non-empty, else the run config's data.vocab, else data.dir/vocab.txt;
+// lower_case comes from data.dir/manifest.json (tokenizer.lower_case) when it exists, else true.
+// Fails naming the file when the vocabulary cannot be found or its size differs from model.vocab_size.
+PretrainerBundle load_checkpoint_bundle(const std::filesystem::path& run_dir_or_file,
+                                        const std::string& vocab_path = "");
+
+// True when `dir` has discriminator/ and generator/ subdirectories (an electra-export output).
+bool is_hf_export_dir(const std::filesystem::path& dir);
+
+// An export directory (load_hf_pretrainer on DIR/discriminator and DIR/generator, vocabulary from
+// there unless `vocab_path` is given), else a run directory or checkpoint file.
+PretrainerBundle load_pretrainer_bundle(const std::filesystem::path& path, const std::string& vocab_path = "");
+
+}  // namespace electra::interop

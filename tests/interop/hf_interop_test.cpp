@@ -1,0 +1,407 @@
+// Export to / import from Hugging Face directories: the real client (transformers) loads what
+// electra-export writes and computes the same logits and token ids; export -> import -> export is
+// byte-identical; import rejects inconsistent directories naming the tensor or key; --init-from's
+// library half copies exactly the Hugging Face tensors.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <set>
+
+#include "lib/core/error.h"
+#include "lib/interop/hf_export.h"
+#include "lib/interop/hf_format.h"
+#include "lib/interop/hf_import.h"
+#include "lib/interop/model_source.h"
+#include "lib/interop/safetensors.h"
+#include "lib/interop/scorer.h"
+#include "tests/interop/interop_test_util.h"
+
+namespace electra::interop {
+namespace {
+
+using namespace testing;
+
+std::string source_dir() { return ELECTRA_SOURCE_DIR; }
+
+// max |a - b| / max |b| over the positions where `keep` is true.
+double relative_error(const std::vector<float>& ours, const std::vector<double>& ref, const std::vector<bool>& keep) {
+  double diff = 0, scale = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    if (!keep[i]) continue;
+    diff = std::max(diff, std::abs(static_cast<double>(ours[i]) - ref[i]));
+    scale = std::max(scale, std::abs(ref[i]));
+  }
+  return diff / std::max(scale, 1e-30);
+}
+
+std::vector<fs::path> files_under(const fs::path& dir) {
+  std::vector<fs::path> out;
+  for (const auto& e : fs::recursive_directory_iterator(dir)) {
+    if (e.is_regular_file()) out.push_back(fs::relative(e.path(), dir));
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+void export_with_program(const TinyRun& run, const fs::path& out, const std::string& extra = "") {
+  const std::string exe = program("electra-export");
+  const CommandResult r = run_command(shell_quote(exe) + " --checkpoint " + shell_quote(run.run_dir.string()) +
+                                      " --output " + shell_quote(out.string()) + " " + extra);
+  ASSERT_EQ(r.status, 0) << r.out;
+}
+
+TEST(HfInterop, TransformersLoadsExportAndComputesOurLogits) {
+  std::string why;
+  const std::string python = python_with_transformers(&why);
+  if (python.empty()) GTEST_SKIP() << why;
+  TempDir tmp;
+  const TinyRun run = make_tiny_run(tmp.path());
+  const fs::path out = tmp.path() / "hf";
+  ASSERT_NO_FATAL_FAILURE(export_with_program(run, out));
+
+  // Two rows: one with segment B tokens, one with trailing padding.
+  const int B = 2, S = 12;
+  const std::vector<int32_t> ids = {2, 5, 6, 7, 8, 9, 10, 3, 11, 5, 12, 3,  //
+                                    2, 17, 15, 18, 16, 4, 21, 3, 0, 0, 0, 0};
+  const std::vector<int32_t> mask = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,  //
+                                     1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0};
+  const std::vector<int32_t> type_ids = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1,  //
+                                         0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
+  const std::vector<std::string> lines = {"The quick brown fox jumps over the lazy dog.", "Hello, WORLD!",
+                                          "a [MASK] b", "hello[MASK]world and [mask] then", "cats sat on a mat",
+                                          "  jumping\tover , unknownword !"};
+  auto to_rows = [&](const std::vector<int32_t>& v) {
+    nlohmann::json rows = nlohmann::json::array();
+    for (int b = 0; b < B; ++b) rows.push_back(std::vector<int32_t>(v.begin() + b * S, v.begin() + (b + 1) * S));
+    return rows;
+  };
+  const fs::path input = tmp.path() / "input.json", output = tmp.path() / "output.json";
+  std::ofstream(input) << nlohmann::json{
+      {"ids", to_rows(ids)}, {"mask", to_rows(mask)}, {"type_ids", to_rows(type_ids)}, {"lines", lines}}.dump();
+  const CommandResult r = run_command(shell_quote(python) + " " +
+                                      shell_quote(source_dir() + "/tests/interop/hf_load.py") + " " +
+                                      shell_quote(out.string()) + " " + shell_quote(input.string()) + " " +
+                                      shell_quote(output.string()) + " 2>&1");
+  ASSERT_EQ(r.status, 0) << r.out;
+  const nlohmann::json hf = nlohmann::json::parse(read_bytes(output));
+
+  const OwnOutputs own = own_forward(run.config, run.params, B, S, ids, mask, type_ids);
+  const int V = run.config.vocab_size;
+  std::vector<double> hf_disc, hf_gen;
+  std::vector<bool> keep_disc, keep_gen;
+  for (int b = 0; b < B; ++b) {
+    for (int s = 0; s < S; ++s) {
+      hf_disc.push_back(hf["disc_logits"][b][s].get<double>());
+      keep_disc.push_back(mask[b * S + s] == 1);
+      for (int v = 0; v < V; ++v) {
+        hf_gen.push_back(hf["gen_logits"][b][s][v].get<double>());
+        keep_gen.push_back(mask[b * S + s] == 1);
+      }
+    }
+  }
+  ASSERT_EQ(own.disc_logits.size(), hf_disc.size());
+  ASSERT_EQ(own.gen_logits.size(), hf_gen.size());
+  EXPECT_LE(relative_error(own.disc_logits, hf_disc, keep_disc), 1e-4);
+  EXPECT_LE(relative_error(own.gen_logits, hf_gen, keep_gen), 1e-4);
+  // The comparison has teeth: the outputs are not all alike.
+  EXPECT_GT(std::abs(hf_disc[0] - hf_disc[1]), 1e-3);
+
+  // Same ids as BertTokenizer(vocab.txt, do_lower_case) and ElectraTokenizer.from_pretrained, with
+  // literal [MASK] kept whole.
+  EXPECT_TRUE(hf["do_lower_case"].get<bool>());
+  Scorer scorer(load_pretrainer_bundle(out));
+  for (size_t i = 0; i < lines.size(); ++i) {
+    const std::vector<int32_t> ours = scorer.encode(lines[i]);
+    EXPECT_EQ(ours, hf["tokenizer_ids"]["bert"][i].get<std::vector<int32_t>>()) << lines[i];
+    EXPECT_EQ(ours, hf["tokenizer_ids"]["electra"][i].get<std::vector<int32_t>>()) << lines[i];
+  }
+  EXPECT_EQ(scorer.encode("a [MASK] b"), (std::vector<int32_t>{2, 19, 4, 20, 3}));
+}
+
+TEST(HfInterop, ExportImportExportIsByteIdentical) {
+  TempDir tmp;
+  const TinyRun run = make_tiny_run(tmp.path(), /*lower_case=*/false);
+  const fs::path first = tmp.path() / "first", second = tmp.path() / "second";
+  ASSERT_NO_FATAL_FAILURE(export_with_program(run, first));
+
+  const PretrainerBundle imported = load_pretrainer_bundle(first);
+  EXPECT_EQ(hf_config_difference(run.config, imported.config), std::nullopt);
+  EXPECT_FALSE(imported.tokenizer.lower_case);
+  EXPECT_EQ(imported.vocab.tokens(), run.vocab.tokens());
+  // Every tensor Hugging Face holds comes back bit-exactly; the sentence head is not exported.
+  const PretrainerLayout layout = build_pretrainer_layout(run.config);
+  for (const ParameterView& v : layout.layout.views()) {
+    const bool sentence_head = v.name.rfind("generator_classification_head.", 0) == 0;
+    for (size_t i = 0; i < v.size; ++i) {
+      const float want = sentence_head ? 0.0f : run.params[v.offset + i];
+      ASSERT_EQ(imported.params[v.offset + i], want) << v.name << "[" << i << "]";
+    }
+  }
+  const HfPretrainer hf = load_hf_pretrainer(first / "discriminator", first / "generator");
+  EXPECT_EQ(hf.not_loaded, (std::vector<std::string>{"generator_classification_head.dense.weight",
+                                                      "generator_classification_head.dense.bias",
+                                                      "generator_classification_head.out_proj.weight",
+                                                      "generator_classification_head.out_proj.bias"}));
+  EXPECT_EQ(hf.shared_embeddings_max_abs_diff, 0.0);
+
+  export_hf(imported, second);
+  const std::vector<fs::path> files = files_under(first);
+  EXPECT_EQ(files, files_under(second));
+  EXPECT_EQ(files.size(), 10u);
+  for (const fs::path& f : files) EXPECT_EQ(read_bytes(first / f), read_bytes(second / f)) << f;
+
+  // The files say what Hugging Face needs.
+  const nlohmann::json disc = nlohmann::json::parse(read_bytes(first / "discriminator/config.json"));
+  const nlohmann::json gen = nlohmann::json::parse(read_bytes(first / "generator/config.json"));
+  EXPECT_EQ(disc["architectures"][0], "ElectraForPreTraining");
+  EXPECT_EQ(gen["architectures"][0], "ElectraForMaskedLM");
+  EXPECT_EQ(disc["hidden_size"], 32);
+  EXPECT_EQ(gen["hidden_size"], 16);
+  EXPECT_EQ(disc["embedding_size"], 16);
+  EXPECT_EQ(disc["layer_norm_eps"].get<double>(), 1e-12);
+  EXPECT_EQ(disc["pad_token_id"], 0);
+  const nlohmann::json tok = nlohmann::json::parse(read_bytes(first / "generator/tokenizer_config.json"));
+  EXPECT_EQ(tok["do_lower_case"], false);
+  EXPECT_EQ(tok["tokenizer_class"], "ElectraTokenizer");
+  const SafetensorsFile g = SafetensorsFile::load(first / "generator/model.safetensors");
+  EXPECT_TRUE(g.contains("generator_lm_head.weight"));
+  EXPECT_TRUE(g.contains("electra.encoder.layer.1.output.LayerNorm.bias"));
+  EXPECT_FALSE(g.contains("electra.embeddings_project.weight"));  // generator hidden == E
+  EXPECT_FALSE(g.contains("discriminator_predictions.dense.weight"));
+  EXPECT_FALSE(g.contains("generator_classification_head.dense.weight"));
+  EXPECT_EQ(g.read_floats("generator_lm_head.weight"), g.read_floats("electra.embeddings.word_embeddings.weight"));
+  const SafetensorsFile d = SafetensorsFile::load(first / "discriminator/model.safetensors");
+  EXPECT_TRUE(d.contains("electra.embeddings_project.weight"));
+  EXPECT_FALSE(d.contains("generator_predictions.dense.weight"));
+}
+
+TEST(HfInterop, ExportRefusesNonEmptyDirectoryWithoutForce) {
+  TempDir tmp;
+  const TinyRun run = make_tiny_run(tmp.path());
+  const fs::path out = tmp.path() / "out";
+  fs::create_directories(out);
+  write_bytes(out / "keep.txt", "mine");
+  const std::string cmd = shell_quote(program("electra-export")) + " --checkpoint " +
+                          shell_quote(run.checkpoint.string()) + " --output " + shell_quote(out.string());
+  const CommandResult refused = run_command(cmd + " 2>&1");
+  EXPECT_NE(refused.status, 0);
+  EXPECT_NE(refused.out.find("not empty"), std::string::npos) << refused.out;
+  EXPECT_FALSE(fs::exists(out / "discriminator"));
+  const CommandResult forced = run_command(cmd + " --force 2>&1");
+  EXPECT_EQ(forced.status, 0) << forced.out;
+  EXPECT_TRUE(fs::exists(out / "generator/model.safetensors"));
+  EXPECT_EQ(read_bytes(out / "keep.txt"), "mine");
+
+  // No vocabulary to be found: a clear error, nothing written.
+  const CommandResult no_vocab =
+      run_command(shell_quote(program("electra-export")) + " --checkpoint " + shell_quote(run.checkpoint.string()) +
+                  " --output " + shell_quote((tmp.path() / "x").string()) + " --vocab /nonexistent/vocab.txt 2>&1");
+  EXPECT_NE(no_vocab.status, 0);
+  EXPECT_NE(no_vocab.out.find("/nonexistent/vocab.txt"), std::string::npos) << no_vocab.out;
+  EXPECT_FALSE(fs::exists(tmp.path() / "x"));
+}
+
+// Rewrites one directory's model.safetensors with `edit` applied to its tensors.
+void rewrite_weights(const fs::path& dir,
+                     const std::function<void(std::map<std::string, std::pair<std::vector<int64_t>,
+                                                                        std::vector<float>>>&)>& edit) {
+  const SafetensorsFile file = SafetensorsFile::load(dir / "model.safetensors");
+  std::map<std::string, std::pair<std::vector<int64_t>, std::vector<float>>> tensors;
+  for (const SafetensorsEntry& e : file.entries()) tensors[e.name] = {e.shape, file.read_floats(e.name)};
+  edit(tensors);
+  std::vector<SafetensorsTensorRef> refs;
+  for (const auto& [name, t] : tensors) refs.push_back({name, t.first, t.second});
+  write_safetensors(dir / "model.safetensors", refs);
+}
+
+void expect_import_error(const fs::path& export_dir, const std::string& needle) {
+  try {
+    load_hf_pretrainer(export_dir / "discriminator", export_dir / "generator");
+    ADD_FAILURE() << "import succeeded; expected an error containing '" << needle << "'";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+  }
+}
+
+TEST(HfInterop, ImportRejectsInconsistentDirectoriesNamingTheProblem) {
+  TempDir tmp;
+  const TinyRun run = make_tiny_run(tmp.path());
+  const fs::path good = tmp.path() / "good";
+  const PretrainerBundle bundle = load_checkpoint_bundle(run.run_dir);
+  export_hf(bundle, good);
+  int n = 0;
+  auto fresh = [&] {
+    const fs::path dir = tmp.path() / ("case" + std::to_string(n++));
+    fs::copy(good, dir, fs::copy_options::recursive);
+    return dir;
+  };
+
+  fs::path dir = fresh();
+  rewrite_weights(dir / "discriminator", [](auto& t) { t.erase("electra.encoder.layer.1.attention.self.key.bias"); });
+  expect_import_error(dir, "missing tensor 'electra.encoder.layer.1.attention.self.key.bias'");
+
+  dir = fresh();
+  rewrite_weights(dir / "generator", [](auto& t) { t["generator_predictions.extra.weight"] = {{2}, {1.0f, 2.0f}}; });
+  expect_import_error(dir, "unexpected tensor 'generator_predictions.extra.weight'");
+
+  dir = fresh();
+  rewrite_weights(dir / "discriminator", [](auto& t) {
+    auto& w = t["discriminator_predictions.dense.weight"];
+    w.first = {16, 64};
+  });
+  expect_import_error(dir, "tensor 'discriminator_predictions.dense.weight' has shape [16, 64]");
+
+  // HF's non-persistent buffers in old files are skipped; the tied LM head may be left out.
+  dir = fresh();
+  rewrite_weights(dir / "generator", [](auto& t) { t.erase("generator_lm_head.weight"); });
+  write_bytes(dir / "generator/pytorch_model.bin", "ignored");
+  EXPECT_NO_THROW(load_hf_pretrainer(dir / "discriminator", dir / "generator"));
+
+  // A generator whose copy of the shared embeddings differs: the discriminator's wins.
+  dir = fresh();
+  rewrite_weights(dir / "generator", [](auto& t) { t["electra.embeddings.LayerNorm.bias"].second[3] += 0.5f; });
+  const HfPretrainer differ = load_hf_pretrainer(dir / "discriminator", dir / "generator");
+  EXPECT_NEAR(differ.shared_embeddings_max_abs_diff, 0.5, 1e-6);
+  const ParameterView& ln = build_pretrainer_layout(differ.config).layout.find("electra.embeddings.LayerNorm.bias");
+  const ParameterView& ln_run = build_pretrainer_layout(run.config).layout.find("electra.embeddings.LayerNorm.bias");
+  EXPECT_EQ(differ.params[ln.offset + 3], run.params[ln_run.offset + 3]);
+
+  auto edit_config = [&](const fs::path& d, const char* key, const nlohmann::json& value) {
+    nlohmann::json c = nlohmann::json::parse(read_bytes(d / "config.json"));
+    c[key] = value;
+    write_bytes(d / "config.json", c.dump(2));
+  };
+  dir = fresh();
+  edit_config(dir / "generator", "vocab_size", 99);
+  expect_import_error(dir, "key 'vocab_size' is 99");
+  dir = fresh();
+  edit_config(dir / "discriminator", "hidden_act", "relu");
+  expect_import_error(dir, "key 'hidden_act' is 'relu'");
+  dir = fresh();
+  edit_config(dir / "discriminator", "num_hidden_layers", 3);
+  expect_import_error(dir, "missing tensor 'electra.encoder.layer.2.");
+  dir = fresh();
+  fs::remove(dir / "discriminator/model.safetensors");
+  write_bytes(dir / "discriminator/pytorch_model.bin", "x");
+  expect_import_error(dir, "only pytorch_model.bin");
+  dir = fresh();
+  write_bytes(dir / "generator/vocab.txt", "[PAD]\n[UNK]\n");
+  expect_import_error(dir, "differs from");
+  dir = fresh();
+  {
+    // A truncated weights file is reported, not crashed on.
+    const std::string bytes = read_bytes(dir / "discriminator/model.safetensors");
+    write_bytes(dir / "discriminator/model.safetensors", bytes.substr(0, bytes.size() / 2));
+  }
+  expect_import_error(dir, "model.safetensors");
+}
+
+TEST(HfInterop, ImportReadsShardedAndHalfPrecisionFiles) {
+  TempDir tmp;
+  const TinyRun run = make_tiny_run(tmp.path());
+  const fs::path dir = tmp.path() / "hf";
+  export_hf(load_checkpoint_bundle(run.checkpoint), dir);
+  // Split the discriminator into two shards with an index, the generator's encoder stored as BF16.
+  const fs::path d = dir / "discriminator";
+  const SafetensorsFile whole = SafetensorsFile::load(d / "model.safetensors");
+  std::vector<std::vector<float>> keep;
+  std::vector<SafetensorsTensorRef> first, second;
+  nlohmann::json weight_map;
+  for (const SafetensorsEntry& e : whole.entries()) {
+    keep.push_back(whole.read_floats(e.name));
+    const bool in_first = e.name.find("layer.1") == std::string::npos;
+    (in_first ? first : second).push_back({e.name, e.shape, keep.back()});
+    weight_map[e.name] = in_first ? "model-00001-of-00002.safetensors" : "model-00002-of-00002.safetensors";
+  }
+  write_safetensors(d / "model-00001-of-00002.safetensors", first);
+  write_safetensors(d / "model-00002-of-00002.safetensors", second);
+  write_bytes(d / "model.safetensors.index.json", nlohmann::json{{"weight_map", weight_map}}.dump());
+  fs::remove(d / "model.safetensors");
+
+  const fs::path g = dir / "generator";
+  const SafetensorsFile gen = SafetensorsFile::load(g / "model.safetensors");
+  nlohmann::json header = {{"__metadata__", {{"format", "pt"}}}};
+  std::string data;
+  for (const SafetensorsEntry& e : gen.entries()) {
+    const std::vector<float> values = gen.read_floats(e.name);
+    const uint64_t begin = data.size();
+    for (float v : values) {
+      uint32_t bits;
+      std::memcpy(&bits, &v, 4);
+      const uint16_t top = static_cast<uint16_t>(bits >> 16);  // truncation: exact in the check below
+      data.append(reinterpret_cast<const char*>(&top), 2);
+    }
+    header[e.name] = {{"dtype", "BF16"}, {"shape", e.shape}, {"data_offsets", {begin, data.size()}}};
+  }
+  std::string json = header.dump();
+  std::string file(8, '\0');
+  const uint64_t len = json.size();
+  std::memcpy(file.data(), &len, 8);
+  write_bytes(g / "model.safetensors", file + json + data);
+
+  const HfPretrainer hf = load_hf_pretrainer(d, g);
+  const PretrainerLayout layout = build_pretrainer_layout(hf.config);
+  for (const ParameterView& v : layout.layout.views()) {
+    if (v.name.rfind("generator_classification_head.", 0) == 0) continue;
+    for (size_t i = 0; i < v.size; ++i) {
+      float want = run.params[v.offset + i];
+      if (v.network == Network::kGenerator) {
+        uint32_t bits;
+        std::memcpy(&bits, &want, 4);
+        bits &= 0xffff0000u;
+        std::memcpy(&want, &bits, 4);
+      }
+      ASSERT_EQ(hf.params[v.offset + i], want) << v.name;
+    }
+  }
+  // The BF16 copy of the shared embeddings differs from the discriminator's F32 one, which is kept.
+  EXPECT_GT(hf.shared_embeddings_max_abs_diff, 0.0);
+}
+
+TEST(HfInterop, InitFromHfChecksConfigAndVocabAndCopiesTensors) {
+  TempDir tmp;
+  const TinyRun run = make_tiny_run(tmp.path());
+  const fs::path dir = tmp.path() / "hf";
+  export_hf(load_checkpoint_bundle(run.run_dir), dir);
+
+  // A run with the same structure but its own sentence-head size and training settings.
+  PretrainerConfig config = run.config;
+  config.num_classes = 3;
+  config.num_token_predictions = 9;
+  config.discriminator.hidden_dropout = 0.0f;
+  const PretrainerLayout layout = build_pretrainer_layout(config);
+  std::vector<float> params = random_params(config, 99);
+  const std::vector<float> before = params;
+  const std::string summary = init_from_hf(dir, config, run.vocab, params);
+  EXPECT_NE(summary.find("keep their initialisation"), std::string::npos) << summary;
+  const PretrainerLayout run_layout = build_pretrainer_layout(run.config);
+  for (const ParameterView& v : layout.layout.views()) {
+    const bool head = v.name.rfind("generator_classification_head.", 0) == 0;
+    const ParameterView* src = head ? nullptr : &run_layout.layout.find(v.name);
+    for (size_t i = 0; i < v.size; ++i) {
+      ASSERT_EQ(params[v.offset + i], head ? before[v.offset + i] : run.params[src->offset + i]) << v.name;
+    }
+  }
+
+  PretrainerConfig other = run.config;
+  other.generator.num_layers = 3;
+  std::vector<float> other_params(build_pretrainer_layout(other).layout.total_size());
+  try {
+    init_from_hf(dir, other, run.vocab, other_params);
+    ADD_FAILURE() << "accepted a run with another generator depth";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("model.generator.num_layers: run 3, Hugging Face 2"), std::string::npos)
+        << e.what();
+  }
+  std::vector<std::string> tokens = tiny_vocab_tokens();
+  std::swap(tokens[5], tokens[6]);
+  EXPECT_THROW(init_from_hf(dir, config, text::Vocab::from_tokens(tokens), params), Error);
+  EXPECT_THROW(init_from_hf(tmp.path() / "nowhere", config, run.vocab, params), Error);
+}
+
+}  // namespace
+}  // namespace electra::interop

@@ -1,0 +1,158 @@
+// electra-score on an exported random model: one JSON line per input line, one probability per token,
+// equal to the sigmoid of the model's own discriminator logits; --fill-mask gives k candidates per
+// [MASK] sorted by probability, equal to the softmax of the generator's logits there.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "lib/interop/hf_export.h"
+#include "lib/interop/model_source.h"
+#include "lib/interop/scorer.h"
+#include "tests/interop/interop_test_util.h"
+
+namespace electra::interop {
+namespace {
+
+using namespace testing;
+
+std::vector<nlohmann::json> json_lines(const std::string& out) {
+  std::vector<nlohmann::json> lines;
+  size_t pos = 0;
+  while (pos < out.size()) {
+    size_t nl = out.find('\n', pos);
+    if (nl == std::string::npos) nl = out.size();
+    lines.push_back(nlohmann::json::parse(out.substr(pos, nl - pos)));  // throws (fails the test) when not JSON
+    pos = nl + 1;
+  }
+  return lines;
+}
+
+CommandResult score(const fs::path& model, const fs::path& input, const std::string& flags) {
+  return run_command(shell_quote(program("electra-score")) + " --model " + shell_quote(model.string()) + " " + flags +
+                     " < " + shell_quote(input.string()));
+}
+
+class ScoreTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    ASSERT_TRUE(fs::exists(program("electra-score"))) << program("electra-score");
+    run_ = make_tiny_run(tmp_.path());
+    export_dir_ = tmp_.path() / "hf";
+    export_hf(load_checkpoint_bundle(run_.run_dir), export_dir_);
+  }
+  TempDir tmp_;
+  TinyRun run_;
+  fs::path export_dir_;
+};
+
+TEST_F(ScoreTest, ReplacedProbIsSigmoidOfDiscriminatorLogits) {
+  std::string long_line = std::string(200, 'a');
+  for (int i = 0; i < 60; ++i) long_line += " the";
+  const std::vector<std::string> lines = {"The quick brown fox jumps over the lazy dog.", "", "hello [MASK] world !",
+                                          long_line};
+  const fs::path input = tmp_.path() / "in.txt";
+  std::string text;
+  for (const auto& l : lines) text += l + "\n";
+  write_bytes(input, text);
+  const CommandResult r = score(export_dir_, input, "");
+  ASSERT_EQ(r.status, 0) << r.out;
+  const std::vector<nlohmann::json> out = json_lines(r.out);
+  ASSERT_EQ(out.size(), lines.size());
+
+  Scorer reference(load_checkpoint_bundle(run_.checkpoint));
+  for (size_t i = 0; i < lines.size(); ++i) {
+    const nlohmann::json& j = out[i];
+    ASSERT_TRUE(j.contains("tokens") && j.contains("ids") && j.contains("replaced_prob")) << j.dump();
+    EXPECT_FALSE(j.contains("masks"));
+    const auto ids = j["ids"].get<std::vector<int32_t>>();
+    const auto tokens = j["tokens"].get<std::vector<std::string>>();
+    const auto probs = j["replaced_prob"].get<std::vector<double>>();
+    EXPECT_EQ(ids, reference.encode(lines[i]));
+    ASSERT_EQ(tokens.size(), ids.size());
+    ASSERT_EQ(probs.size(), ids.size());
+    EXPECT_EQ(tokens.front(), "[CLS]");
+    EXPECT_EQ(tokens.back(), "[SEP]");
+    for (size_t t = 0; t < ids.size(); ++t) EXPECT_EQ(tokens[t], run_.vocab.token(ids[t]));
+
+    // The checkpoint's own pretrainer on the same ids (independent of the export files).
+    const int S = static_cast<int>(ids.size());
+    const OwnOutputs own = own_forward(run_.config, run_.params, 1, S, ids, std::vector<int32_t>(S, 1),
+                                       std::vector<int32_t>(S, 0));
+    for (int t = 0; t < S; ++t) {
+      EXPECT_GT(probs[t], 0.0);
+      EXPECT_LT(probs[t], 1.0);
+      const double want = 1.0 / (1.0 + std::exp(-static_cast<double>(own.disc_logits[t])));
+      EXPECT_NEAR(probs[t], want, 1e-12 + 1e-9 * want) << "line " << i << " token " << t;
+    }
+  }
+  EXPECT_EQ(out[1]["ids"], nlohmann::json({2, 3}));  // an empty line is [CLS] [SEP]
+  EXPECT_EQ(out[3]["ids"].size(), 40u);              // truncated to max_position_embeddings
+  EXPECT_EQ(out[2]["tokens"], nlohmann::json({"[CLS]", "hello", "[MASK]", "world", "!", "[SEP]"}));
+
+  // A run directory scores the same as its export.
+  const CommandResult from_run = score(run_.run_dir, input, "");
+  ASSERT_EQ(from_run.status, 0);
+  EXPECT_EQ(from_run.out, r.out);
+}
+
+TEST_F(ScoreTest, FillMaskGivesTopKSortedByProbability) {
+  const fs::path input = tmp_.path() / "in.txt";
+  write_bytes(input, "the [MASK] fox [MASK] over\nno masks here\n");
+  const CommandResult r = score(export_dir_, input, "--fill-mask --top-k 3");
+  ASSERT_EQ(r.status, 0) << r.out;
+  const std::vector<nlohmann::json> out = json_lines(r.out);
+  ASSERT_EQ(out.size(), 2u);
+  const nlohmann::json& masks = out[0]["masks"];
+  ASSERT_EQ(masks.size(), 2u);
+  EXPECT_EQ(masks[0]["position"], 2);
+  EXPECT_EQ(masks[1]["position"], 4);
+  EXPECT_EQ(out[1]["masks"], nlohmann::json::array());
+
+  const auto ids = out[0]["ids"].get<std::vector<int32_t>>();
+  const int S = static_cast<int>(ids.size()), V = run_.config.vocab_size;
+  const OwnOutputs own =
+      own_forward(run_.config, run_.params, 1, S, ids, std::vector<int32_t>(S, 1), std::vector<int32_t>(S, 0));
+  for (const nlohmann::json& m : masks) {
+    const int pos = m["position"].get<int>();
+    const nlohmann::json& preds = m["predictions"];
+    ASSERT_EQ(preds.size(), 3u);
+    // Softmax of the generator's logits at this position.
+    const float* row = own.gen_logits.data() + static_cast<size_t>(pos) * V;
+    double top = row[0], sum = 0;
+    for (int v = 0; v < V; ++v) top = std::max(top, static_cast<double>(row[v]));
+    std::vector<double> p(V);
+    for (int v = 0; v < V; ++v) sum += p[v] = std::exp(row[v] - top);
+    for (double& x : p) x /= sum;
+    std::vector<double> sorted = p;
+    std::sort(sorted.rbegin(), sorted.rend());
+    for (size_t k = 0; k < preds.size(); ++k) {
+      const int id = preds[k]["id"].get<int>();
+      const double prob = preds[k]["prob"].get<double>();
+      EXPECT_EQ(preds[k]["token"], run_.vocab.token(id));
+      EXPECT_NEAR(prob, p[id], 1e-9);
+      EXPECT_NEAR(prob, sorted[k], 1e-9);  // the k-th largest
+      if (k > 0) {
+        EXPECT_GE(preds[k - 1]["prob"].get<double>(), prob);
+      }
+    }
+  }
+}
+
+TEST_F(ScoreTest, LowerCasingFollowsTheModelUnlessTurnedOff) {
+  const fs::path input = tmp_.path() / "in.txt";
+  write_bytes(input, "Hello HELLO\n");
+  const CommandResult lower = score(export_dir_, input, "");
+  const CommandResult cased = score(export_dir_, input, "--no-lower-case");
+  ASSERT_EQ(lower.status, 0);
+  ASSERT_EQ(cased.status, 0);
+  EXPECT_EQ(json_lines(lower.out)[0]["tokens"], nlohmann::json({"[CLS]", "hello", "hello", "[SEP]"}));
+  EXPECT_EQ(json_lines(cased.out)[0]["tokens"], nlohmann::json({"[CLS]", "Hello", "[UNK]", "[SEP]"}));
+
+  const CommandResult bad = run_command(shell_quote(program("electra-score")) + " --model " +
+                                        shell_quote((tmp_.path() / "missing").string()) + " < /dev/null 2>&1");
+  EXPECT_NE(bad.status, 0);
+  EXPECT_NE(bad.out.find("missing"), std::string::npos) << bad.out;
+}
+
+}  // namespace
+}  // namespace electra::interop
