@@ -121,7 +121,8 @@ void column_sums_accumulate(T* dbias, const T* dy, int rows, int cols) {
   // depend on how blocks are spread over threads.
   constexpr int kBlock = 64;
   const int blocks = (cols + kBlock - 1) / kBlock;
-#pragma omp parallel for schedule(static) if (static_cast <long long>(rows) * cols > 16384)
+  const bool parallel = static_cast<long long>(rows) * cols > 16384;  // else not worth a thread team
+#pragma omp parallel for schedule(static) if (parallel)
   for (int blk = 0; blk < blocks; ++blk) {
     const int c0 = blk * kBlock, width = std::min(kBlock, cols - c0);
     T acc[kBlock] = {};
@@ -141,7 +142,8 @@ void linear_forward(T* y, const T* x, const T* weight, const T* bias, int rows, 
   T beta = T(0);
   if (bias != nullptr) {
     // Start from the bias so the GEMM adds onto it (one pass over y instead of two).
-#pragma omp parallel for schedule(static) if (static_cast <long long>(rows) * out > 16384)
+    const bool parallel = static_cast<long long>(rows) * out > 16384;  // else not worth a thread team
+#pragma omp parallel for schedule(static) if (parallel)
     for (int r = 0; r < rows; ++r) {
       T* row = y + static_cast<size_t>(r) * out;
 #pragma omp simd

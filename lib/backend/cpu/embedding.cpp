@@ -111,7 +111,8 @@ void scatter_add_rows(T* dx, const T* dout, const int32_t* positions, int B, int
   check_positions(positions, B, P, S, "scatter_add_rows");
   // Different examples never share rows of dx, so examples run in parallel; inside an example the
   // predictions are added in order (duplicates add up deterministically).
-#pragma omp parallel for schedule(static) if (static_cast <size_t>(B) * P * C > 16384)
+  const bool parallel = static_cast<size_t>(B) * P * C > 16384;  // else not worth a thread team
+#pragma omp parallel for schedule(static) if (parallel)
   for (int b = 0; b < B; ++b) {
     for (int p = 0; p < P; ++p) {
       const size_t i = static_cast<size_t>(b) * P + p;

@@ -86,7 +86,8 @@ template <typename T>
 void layernorm_forward(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* beta, int rows, int cols, T eps) {
   ELECTRA_CHECK(rows >= 0 && cols > 0, "layernorm_forward: bad shape rows=", rows, " cols=", cols);
   const int blocks = (rows + kRowBlock - 1) / kRowBlock;
-#pragma omp parallel for schedule(static) if (static_cast <long long>(rows) * cols > 16384)
+  const bool parallel = static_cast<long long>(rows) * cols > 16384;  // else not worth a thread team
+#pragma omp parallel for schedule(static) if (parallel)
   for (int blk = 0; blk < blocks; ++blk) {
     layernorm_rows(y, mean, rstd, x, gamma, beta, blk * kRowBlock, std::min(rows, (blk + 1) * kRowBlock), cols, eps);
   }

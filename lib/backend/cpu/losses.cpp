@@ -110,7 +110,8 @@ void softmax_cross_entropy(T* loss, T* dlogits, int32_t* argmax, const T* logits
     ELECTRA_CHECK(labels[r] >= 0 && labels[r] < V, "softmax_cross_entropy: labels[", r, "] = ", labels[r],
                   " outside [0, ", V, ")");
   }
-#pragma omp parallel for schedule(static) if (static_cast <long long>(rows) * V > 16384)
+  const bool parallel = static_cast<long long>(rows) * V > 16384;  // else not worth a thread team
+#pragma omp parallel for schedule(static) if (parallel)
   for (int r = 0; r < rows; ++r) {
     const size_t off = static_cast<size_t>(r) * V;
     softmax_cross_entropy_row(loss != nullptr ? loss + r : nullptr, dlogits != nullptr ? dlogits + off : nullptr,
@@ -122,7 +123,8 @@ void softmax_cross_entropy(T* loss, T* dlogits, int32_t* argmax, const T* logits
 template <typename T>
 void log_softmax(T* y, const T* x, int rows, int V) {
   ELECTRA_CHECK(rows >= 0 && V > 0, "log_softmax: bad shape rows=", rows, " V=", V);
-#pragma omp parallel for schedule(static) if (static_cast <long long>(rows) * V > 16384)
+  const bool parallel = static_cast<long long>(rows) * V > 16384;  // else not worth a thread team
+#pragma omp parallel for schedule(static) if (parallel)
   for (int r = 0; r < rows; ++r) log_softmax_row(y + static_cast<size_t>(r) * V, x + static_cast<size_t>(r) * V, V);
 }
 
@@ -147,7 +149,8 @@ void gumbel_sample(int32_t* samples, const T* logits, const int32_t* disallow, i
   ELECTRA_CHECK(rows_per_example > 0, "gumbel_sample: rows_per_example must be positive");
   ELECTRA_CHECK(temperature > 0.0f, "gumbel_sample: temperature ", temperature, " must be positive");
   const double t = temperature;
-#pragma omp parallel for schedule(static) if (static_cast <long long>(rows) * V > 4096)
+  const bool parallel = static_cast<long long>(rows) * V > 4096;  // else not worth a thread team
+#pragma omp parallel for schedule(static) if (parallel)
   for (int r = 0; r < rows; ++r) {
     const T* x = logits + static_cast<size_t>(r) * V;
     const PhiloxStream stream(seed, RandomPurpose::kSampling, step, first_example + r / rows_per_example);
