@@ -24,6 +24,9 @@ int main(int argc, char** argv) {
   app.add_option("--max-time", options.max_time_s,
                  "seconds of wall time after which the run checkpoints and exits with code 3");
   app.add_option("--stop-after", options.stop_after, "steps of this run after which it checkpoints and exits with code 3");
+  app.add_option("--init-from", options.init_from,
+                 "start a fresh run from Hugging Face weights: DIR with discriminator/ and generator/ "
+                 "(electra-export's layout); the model config must match");
   app.add_flag("--print-config", list_keys, "print the resolved config and exit");
   try {
     app.parse(argc, argv);

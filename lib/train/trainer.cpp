@@ -20,6 +20,7 @@
 #include "lib/dist/gradient_reducer.h"
 #include "lib/dist/signals.h"
 #include "lib/dist/watchdog.h"
+#include "lib/interop/hf_import.h"
 #include "lib/model/config.h"
 #include "lib/model/pretrainer.h"
 #include "lib/optim/adamw.h"
@@ -317,7 +318,16 @@ std::optional<std::string> Trainer::setup() {
       fail("run directory ", run_dir_.string(), " already has checkpoints; use --resume auto to continue it or ",
            "another --output (nothing was overwritten)");
     }
-    if (resume_path) resume_from(*resume_path);
+    if (resume_path) {
+      resume_from(*resume_path);
+      if (!options_.init_from.empty()) ELECTRA_LOG(info) << "--init-from ignored: resuming " << resume_path->string();
+    } else if (!options_.init_from.empty()) {
+      // Hugging Face weights over the fresh initialisation; fails naming the config key or tensor that
+      // does not fit. The generator's sentence head, which HF has no place for, keeps its initial values.
+      std::vector<float> host = model_->parameters_to_host();
+      ELECTRA_LOG(info) << interop::init_from_hf(options_.init_from, model_config_, loader_->vocab(), host);
+      model_->parameters_from_host(host);
+    }
     return std::nullopt;
   } catch (const std::exception& e) {
     return std::string(e.what());

@@ -44,6 +44,8 @@ struct TrainOptions {
   std::string device = "cpu";      // "cpu" | "cuda"
   double max_time_s = 0;           // > 0: stop (checkpoint, exit 3) before this much wall time has passed
   int64_t stop_after = 0;          // > 0: stop (checkpoint, exit 3) after this many steps of this run
+  std::string init_from;           // Hugging Face DIR (discriminator/ + generator/, as electra-export writes):
+                                   // initial weights of a fresh run (ignored when a checkpoint is resumed)
 };
 
 // Resolves the configuration: defaults <- file <- --data <- --set. Fails naming the file or key.
