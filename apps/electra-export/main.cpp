@@ -10,8 +10,9 @@
 int main(int argc, char** argv) {
   std::string checkpoint, output, vocab;
   electra::interop::ExportOptions options;
-  CLI::App app{"electra-export: write a checkpoint as Hugging Face ElectraForPreTraining (discriminator/) and "
-               "ElectraForMaskedLM (generator/) directories"};
+  CLI::App app{
+      "electra-export: write a checkpoint as Hugging Face ElectraForPreTraining (discriminator/) and "
+      "ElectraForMaskedLM (generator/) directories"};
   app.add_option("--checkpoint", checkpoint, "RUN_DIR (its newest complete checkpoint) or CHECKPOINT.h5")->required();
   app.add_option("--output", output, "output directory (must be empty or missing unless --force)")->required();
   app.add_option("--vocab", vocab, "vocab.txt (default: the run's data.vocab or data.dir/vocab.txt)");

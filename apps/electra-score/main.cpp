@@ -13,8 +13,9 @@ int main(int argc, char** argv) {
   std::string model_path, vocab;
   bool no_lower_case = false;
   electra::interop::ScoreOptions options;
-  CLI::App app{"electra-score: score lines of stdin with an ELECTRA discriminator (and fill [MASK]s with the "
-               "generator)"};
+  CLI::App app{
+      "electra-score: score lines of stdin with an ELECTRA discriminator (and fill [MASK]s with the "
+      "generator)"};
   app.add_option("--model", model_path, "export DIR (discriminator/ + generator/), RUN_DIR or CHECKPOINT.h5")
       ->required();
   app.add_option("--vocab", vocab, "vocab.txt (default: the model's)");

@@ -71,7 +71,8 @@ struct HfDir {
       }
       for (const std::string& f : names) weight_files.push_back(dir / f);
     } else if (fs::exists(dir / "pytorch_model.bin")) {
-      fail(dir.string(), ": only pytorch_model.bin found; this reader takes model.safetensors (convert it with "
+      fail(dir.string(),
+           ": only pytorch_model.bin found; this reader takes model.safetensors (convert it with "
            "transformers: model.save_pretrained(dir, safe_serialization=True))");
     } else {
       fail(dir.string(), ": no ", kHfWeightsFile, " or ", kHfWeightsIndexFile);
@@ -141,8 +142,8 @@ HfPretrainer load_hf_pretrainer(const fs::path& discriminator_dir, const fs::pat
   same("layer_norm_eps", d.layer_norm_eps, g.layer_norm_eps);
   if (g.hidden_dropout != d.hidden_dropout || g.attention_dropout != d.attention_dropout ||
       g.initializer_range != d.initializer_range) {
-    ELECTRA_LOG(warning) << gen.config_path << ": dropout rates / initializer_range differ from "
-                         << disc.config_path << "; the discriminator's are used for both networks";
+    ELECTRA_LOG(warning) << gen.config_path << ": dropout rates / initializer_range differ from " << disc.config_path
+                         << "; the discriminator's are used for both networks";
   }
 
   HfPretrainer out;
@@ -217,11 +218,20 @@ HfPretrainer load_hf_pretrainer(const fs::path& discriminator_dir, const fs::pat
 
 std::optional<std::string> hf_config_difference(const PretrainerConfig& run, const PretrainerConfig& hf) {
   const nlohmann::json a = to_json(run), b = to_json(hf);
-  static const char* const kKeys[] = {
-      "vocab_size",        "embedding_size",          "hidden_size",     "num_layers",
-      "num_heads",         "intermediate_size",       "max_position_embeddings", "type_vocab_size",
-      "layer_norm_eps",    "mlm_activation",          "generator/hidden_size",   "generator/num_layers",
-      "generator/num_heads", "generator/intermediate_size"};
+  static const char* const kKeys[] = {"vocab_size",
+                                      "embedding_size",
+                                      "hidden_size",
+                                      "num_layers",
+                                      "num_heads",
+                                      "intermediate_size",
+                                      "max_position_embeddings",
+                                      "type_vocab_size",
+                                      "layer_norm_eps",
+                                      "mlm_activation",
+                                      "generator/hidden_size",
+                                      "generator/num_layers",
+                                      "generator/num_heads",
+                                      "generator/intermediate_size"};
   for (const char* key : kKeys) {
     std::string pointer = "/";
     pointer += key;
@@ -242,7 +252,8 @@ std::optional<std::string> hf_config_difference(const PretrainerConfig& run, con
 std::string init_from_hf(const fs::path& dir, const PretrainerConfig& run_config, const text::Vocab& data_vocab,
                          std::vector<float>& params) {
   if (!is_hf_export_dir(dir)) {
-    fail("--init-from ", dir.string(), ": expected a directory with discriminator/ and generator/ (electra-export's "
+    fail("--init-from ", dir.string(),
+         ": expected a directory with discriminator/ and generator/ (electra-export's "
          "layout)");
   }
   HfPretrainer hf = load_hf_pretrainer(dir / "discriminator", dir / "generator", &run_config);

@@ -28,11 +28,11 @@ struct HfPretrainer {
   // num_token_predictions, mlm_initializer*, output_type, disallow_correct, temperature, disc_loss_weight)
   // come from `base` (or our defaults).
   PretrainerConfig config;
-  std::vector<float> params;            // build_pretrainer_layout(config) order
-  std::vector<std::string> not_loaded;  // layout tensors HF has no place for (the generator's sentence
-                                        // head); 0 in params
-  std::optional<text::Vocab> vocab;     // discriminator/vocab.txt, else generator/vocab.txt
-  text::TokenizerOptions tokenizer;     // from tokenizer_config.json (BertTokenizer defaults when absent)
+  std::vector<float> params;                  // build_pretrainer_layout(config) order
+  std::vector<std::string> not_loaded;        // layout tensors HF has no place for (the generator's sentence
+                                              // head); 0 in params
+  std::optional<text::Vocab> vocab;           // discriminator/vocab.txt, else generator/vocab.txt
+  text::TokenizerOptions tokenizer;           // from tokenizer_config.json (BertTokenizer defaults when absent)
   double shared_embeddings_max_abs_diff = 0;  // generator copy vs discriminator copy
 };
 

@@ -87,11 +87,19 @@ PretrainerBundle load_checkpoint_bundle(const fs::path& run_dir_or_file, const s
   const fs::path manifest = data_dir.empty() ? fs::path() : fs::path(data_dir) / "manifest.json";
   if (!manifest.empty() && fs::exists(manifest)) {
     std::ifstream in(manifest);
+    nlohmann::json m;
     try {
-      const nlohmann::json m = nlohmann::json::parse(in);
+      m = nlohmann::json::parse(in);
       bundle.tokenizer.lower_case = m.at("tokenizer").at("lower_case").get<bool>();
     } catch (const nlohmann::json::exception& e) {
       fail("manifest ", manifest.string(), ": cannot read tokenizer.lower_case: ", e.what());
+    }
+    // The shards record which vocabulary made them: a different file would relabel every id.
+    if (m.contains("vocab_hash") && m.at("vocab_hash").is_number_unsigned() &&
+        m.at("vocab_hash").get<uint64_t>() != bundle.vocab.hash()) {
+      fail("vocabulary ", vocab.string(), " is not the one the training data was made with (", manifest.string(),
+           " records vocab_hash ", m.at("vocab_hash").get<uint64_t>(), ", the file hashes to ", bundle.vocab.hash(),
+           ")");
     }
   } else {
     ELECTRA_LOG(info) << "no manifest.json next to the training data: assuming lower_case = true";

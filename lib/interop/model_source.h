@@ -16,10 +16,10 @@ namespace electra::interop {
 
 struct PretrainerBundle {
   PretrainerConfig config;
-  std::vector<float> params;          // build_pretrainer_layout(config) order, float32
-  text::Vocab vocab;                  // vocab.size() == config.vocab_size
-  text::TokenizerOptions tokenizer;   // lower_case (and strip_accents) the data was made with
-  std::string source;                 // what it was loaded from, for messages
+  std::vector<float> params;         // build_pretrainer_layout(config) order, float32
+  text::Vocab vocab;                 // vocab.size() == config.vocab_size
+  text::TokenizerOptions tokenizer;  // lower_case (and strip_accents) the data was made with
+  std::string source;                // what it was loaded from, for messages
 };
 
 // RUN_DIR (a directory with checkpoints/): its newest complete checkpoint (CheckpointManager::
@@ -29,7 +29,8 @@ std::filesystem::path resolve_checkpoint(const std::filesystem::path& run_dir_or
 // Loads a checkpoint (RUN_DIR or file). The model config is the checkpoint's `model` section. The
 // vocabulary is `vocab_path` when non-empty, else the run config's data.vocab, else data.dir/vocab.txt;
 // lower_case comes from data.dir/manifest.json (tokenizer.lower_case) when it exists, else true.
-// Fails naming the file when the vocabulary cannot be found or its size differs from model.vocab_size.
+// Fails naming the file when the vocabulary cannot be found, its size differs from model.vocab_size, or
+// the manifest's vocab_hash says the shards were made with another vocabulary.
 PretrainerBundle load_checkpoint_bundle(const std::filesystem::path& run_dir_or_file,
                                         const std::string& vocab_path = "");
 

@@ -18,7 +18,7 @@ static_assert(std::endian::native == std::endian::little, "safetensors data is l
 namespace {
 
 constexpr uint64_t kMaxHeaderBytes = 100'000'000;  // safetensors' own limit (MAX_HEADER_SIZE)
-constexpr int kMaxJsonDepth = 4;                    // {name: {shape: [..]}} is 3 levels deep
+constexpr int kMaxJsonDepth = 4;                   // {name: {shape: [..]}} is 3 levels deep
 
 struct DtypeName {
   SafetensorsDtype dtype;
@@ -188,8 +188,8 @@ SafetensorsFile SafetensorsFile::parse(std::string bytes, std::string origin) {
     }
     if (overflow || nbytes != entry.end - entry.begin) {
       fail(where, ": ", what, " of dtype ", to_string(entry.dtype), " and shape ", shape.dump(), " needs ",
-           overflow ? std::string("more than 2^64") : std::to_string(nbytes), " bytes, but data_offsets [",
-           entry.begin, ", ", entry.end, "] hold ", entry.end - entry.begin);
+           overflow ? std::string("more than 2^64") : std::to_string(nbytes), " bytes, but data_offsets [", entry.begin,
+           ", ", entry.end, "] hold ", entry.end - entry.begin);
     }
     file.entries_.push_back(std::move(entry));
   }
@@ -243,7 +243,9 @@ std::vector<float> SafetensorsFile::read_floats(std::string_view name) const {
   std::vector<float> out(n);
   const char* p = data.data();
   switch (e->dtype) {
-    case SafetensorsDtype::kF32: std::memcpy(out.data(), p, n * 4); break;
+    case SafetensorsDtype::kF32:
+      std::memcpy(out.data(), p, n * 4);
+      break;
     case SafetensorsDtype::kF64:
       for (size_t i = 0; i < n; ++i) {
         double v;

@@ -32,7 +32,23 @@
 
 namespace electra::interop {
 
-enum class SafetensorsDtype { kBool, kU8, kI8, kI16, kU16, kF16, kBF16, kI32, kU32, kF32, kF64, kI64, kU64, kF8E4M3, kF8E5M2 };
+enum class SafetensorsDtype {
+  kBool,
+  kU8,
+  kI8,
+  kI16,
+  kU16,
+  kF16,
+  kBF16,
+  kI32,
+  kU32,
+  kF32,
+  kF64,
+  kI64,
+  kU64,
+  kF8E4M3,
+  kF8E5M2
+};
 
 // "F32" -> kF32 etc.; nullopt for a name the format does not define.
 std::optional<SafetensorsDtype> parse_safetensors_dtype(std::string_view name);

@@ -121,9 +121,8 @@ ScoredLine Scorer::score_ids(const std::vector<int32_t>& ids, const ScoreOptions
       for (double& p : probs) p /= sum;
       std::iota(order.begin(), order.end(), 0);
       const int k = std::min(options.top_k, V);
-      std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
-        return probs[a] != probs[b] ? probs[a] > probs[b] : a < b;
-      });
+      std::partial_sort(order.begin(), order.begin() + k, order.end(),
+                        [&](int32_t a, int32_t b) { return probs[a] != probs[b] ? probs[a] > probs[b] : a < b; });
       MaskFill fill;
       fill.position = mask_positions[m];
       for (int i = 0; i < k; ++i) fill.candidates.push_back({model_.vocab.token(order[i]), order[i], probs[order[i]]});

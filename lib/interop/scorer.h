@@ -43,11 +43,11 @@ struct MaskFill {
 };
 
 struct ScoredLine {
-  std::vector<std::string> tokens;   // [CLS] pieces... [SEP]
+  std::vector<std::string> tokens;  // [CLS] pieces... [SEP]
   std::vector<int32_t> ids;
-  std::vector<float> disc_logits;    // one per token
+  std::vector<float> disc_logits;     // one per token
   std::vector<double> replaced_prob;  // sigmoid(disc_logits)
-  std::vector<MaskFill> masks;       // with fill_mask: one per [MASK], in order
+  std::vector<MaskFill> masks;        // with fill_mask: one per [MASK], in order
 };
 
 struct ScoreOptions {

@@ -65,14 +65,17 @@ TEST(HfInterop, TransformersLoadsExportAndComputesOurLogits) {
 
   // Two rows: one with segment B tokens, one with trailing padding.
   const int B = 2, S = 12;
-  const std::vector<int32_t> ids = {2, 5, 6, 7, 8, 9, 10, 3, 11, 5, 12, 3,  //
-                                    2, 17, 15, 18, 16, 4, 21, 3, 0, 0, 0, 0};
+  const std::vector<int32_t> ids = {2, 5,  6,  7,  8,  9, 10, 3, 11, 5, 12, 3,  //
+                                    2, 17, 15, 18, 16, 4, 21, 3, 0,  0, 0,  0};
   const std::vector<int32_t> mask = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,  //
                                      1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0};
   const std::vector<int32_t> type_ids = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1,  //
                                          0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0};
-  const std::vector<std::string> lines = {"The quick brown fox jumps over the lazy dog.", "Hello, WORLD!",
-                                          "a [MASK] b", "hello[MASK]world and [mask] then", "cats sat on a mat",
+  const std::vector<std::string> lines = {"The quick brown fox jumps over the lazy dog.",
+                                          "Hello, WORLD!",
+                                          "a [MASK] b",
+                                          "hello[MASK]world and [mask] then",
+                                          "cats sat on a mat",
                                           "  jumping\tover , unknownword !"};
   auto to_rows = [&](const std::vector<int32_t>& v) {
     nlohmann::json rows = nlohmann::json::array();
@@ -81,11 +84,14 @@ TEST(HfInterop, TransformersLoadsExportAndComputesOurLogits) {
   };
   const fs::path input = tmp.path() / "input.json", output = tmp.path() / "output.json";
   std::ofstream(input) << nlohmann::json{
-      {"ids", to_rows(ids)}, {"mask", to_rows(mask)}, {"type_ids", to_rows(type_ids)}, {"lines", lines}}.dump();
-  const CommandResult r = run_command(shell_quote(python) + " " +
-                                      shell_quote(source_dir() + "/tests/interop/hf_load.py") + " " +
-                                      shell_quote(out.string()) + " " + shell_quote(input.string()) + " " +
-                                      shell_quote(output.string()) + " 2>&1");
+      {"ids", to_rows(ids)},
+      {"mask", to_rows(mask)},
+      {"type_ids", to_rows(type_ids)},
+      {"lines", lines}}.dump();
+  const CommandResult r =
+      run_command(shell_quote(python) + " " + shell_quote(source_dir() + "/tests/interop/hf_load.py") + " " +
+                  shell_quote(out.string()) + " " + shell_quote(input.string()) + " " + shell_quote(output.string()) +
+                  " " + shell_quote((tmp.path() / "saved").string()) + " 2>&1");
   ASSERT_EQ(r.status, 0) << r.out;
   const nlohmann::json hf = nlohmann::json::parse(read_bytes(output));
 
@@ -120,6 +126,21 @@ TEST(HfInterop, TransformersLoadsExportAndComputesOurLogits) {
     EXPECT_EQ(ours, hf["tokenizer_ids"]["electra"][i].get<std::vector<int32_t>>()) << lines[i];
   }
   EXPECT_EQ(scorer.encode("a [MASK] b"), (std::vector<int32_t>{2, 19, 4, 20, 3}));
+
+  // What Hugging Face's own save_pretrained writes (as for Google's converted checkpoints) imports to
+  // the same weights, vocabulary and tokenizer settings.
+  const fs::path saved = tmp.path() / "saved";
+  EXPECT_FALSE(SafetensorsFile::load(saved / "generator/model.safetensors").contains("generator_lm_head.weight"));
+  const HfPretrainer back = load_hf_pretrainer(saved / "discriminator", saved / "generator");
+  EXPECT_EQ(hf_config_difference(run.config, back.config), std::nullopt);
+  ASSERT_TRUE(back.vocab.has_value());
+  EXPECT_EQ(back.vocab->tokens(), run.vocab.tokens());
+  EXPECT_TRUE(back.tokenizer.lower_case);
+  const PretrainerLayout layout = build_pretrainer_layout(run.config);
+  for (const ParameterView& v : layout.layout.views()) {
+    if (v.name.rfind("generator_classification_head.", 0) == 0) continue;
+    for (size_t i = 0; i < v.size; ++i) ASSERT_EQ(back.params[v.offset + i], run.params[v.offset + i]) << v.name;
+  }
 }
 
 TEST(HfInterop, ExportImportExportIsByteIdentical) {
@@ -142,10 +163,10 @@ TEST(HfInterop, ExportImportExportIsByteIdentical) {
     }
   }
   const HfPretrainer hf = load_hf_pretrainer(first / "discriminator", first / "generator");
-  EXPECT_EQ(hf.not_loaded, (std::vector<std::string>{"generator_classification_head.dense.weight",
-                                                      "generator_classification_head.dense.bias",
-                                                      "generator_classification_head.out_proj.weight",
-                                                      "generator_classification_head.out_proj.bias"}));
+  EXPECT_EQ(hf.not_loaded,
+            (std::vector<std::string>{
+                "generator_classification_head.dense.weight", "generator_classification_head.dense.bias",
+                "generator_classification_head.out_proj.weight", "generator_classification_head.out_proj.bias"}));
   EXPECT_EQ(hf.shared_embeddings_max_abs_diff, 0.0);
 
   export_hf(imported, second);
@@ -203,12 +224,24 @@ TEST(HfInterop, ExportRefusesNonEmptyDirectoryWithoutForce) {
   EXPECT_NE(no_vocab.status, 0);
   EXPECT_NE(no_vocab.out.find("/nonexistent/vocab.txt"), std::string::npos) << no_vocab.out;
   EXPECT_FALSE(fs::exists(tmp.path() / "x"));
+
+  // A vocabulary of the right size that the shards were not made with.
+  std::vector<std::string> tokens = tiny_vocab_tokens();
+  std::swap(tokens[5], tokens[6]);
+  text::Vocab::from_tokens(tokens).save((tmp.path() / "other_vocab.txt").string());
+  const CommandResult other =
+      run_command(shell_quote(program("electra-export")) + " --checkpoint " + shell_quote(run.run_dir.string()) +
+                  " --output " + shell_quote((tmp.path() / "y").string()) + " --vocab " +
+                  shell_quote((tmp.path() / "other_vocab.txt").string()) + " 2>&1");
+  EXPECT_NE(other.status, 0);
+  EXPECT_NE(other.out.find("is not the one the training data was made with"), std::string::npos) << other.out;
+  EXPECT_FALSE(fs::exists(tmp.path() / "y"));
 }
 
 // Rewrites one directory's model.safetensors with `edit` applied to its tensors.
-void rewrite_weights(const fs::path& dir,
-                     const std::function<void(std::map<std::string, std::pair<std::vector<int64_t>,
-                                                                        std::vector<float>>>&)>& edit) {
+void rewrite_weights(
+    const fs::path& dir,
+    const std::function<void(std::map<std::string, std::pair<std::vector<int64_t>, std::vector<float>>>&)>& edit) {
   const SafetensorsFile file = SafetensorsFile::load(dir / "model.safetensors");
   std::map<std::string, std::pair<std::vector<int64_t>, std::vector<float>>> tensors;
   for (const SafetensorsEntry& e : file.entries()) tensors[e.name] = {e.shape, file.read_floats(e.name)};

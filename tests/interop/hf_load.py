@@ -1,10 +1,14 @@
 """Loads electra-export's directories with Hugging Face transformers and writes what they compute.
 
-usage: hf_load.py EXPORT_DIR INPUT.json OUTPUT.json
+usage: hf_load.py EXPORT_DIR INPUT.json OUTPUT.json [SAVE_DIR]
 
 INPUT.json: {"ids": [[...], ...], "mask": [[...], ...], "type_ids": [[...], ...], "lines": ["text", ...]}
 OUTPUT.json: {"disc_logits": [B][S], "gen_logits": [B][S][V],
               "tokenizer_ids": {"bert": [[...]], "electra": [[...]]}, "do_lower_case": bool}
+
+With SAVE_DIR, the loaded models and tokenizer are written back with Hugging Face's own save_pretrained
+to SAVE_DIR/discriminator and SAVE_DIR/generator (the form of Google's checkpoints as converted by HF:
+the tied generator_lm_head.weight left out, HF's header order and metadata), for the import test.
 
 Exits non-zero (with a message) when from_pretrained reports missing, unexpected or mismatched keys.
 """
@@ -27,6 +31,7 @@ def load(cls, path):
 
 def main():
     export_dir, input_path, output_path = sys.argv[1:4]
+    save_dir = sys.argv[4] if len(sys.argv) > 4 else None
     with open(input_path) as f:
         inputs = json.load(f)
     disc_dir = os.path.join(export_dir, "discriminator")
@@ -58,6 +63,10 @@ def main():
     }
     with open(output_path, "w") as f:
         json.dump(out, f)
+    if save_dir:
+        for name, model in (("discriminator", disc), ("generator", gen)):
+            model.save_pretrained(os.path.join(save_dir, name), safe_serialization=True)
+            electra.save_pretrained(os.path.join(save_dir, name))
 
 
 if __name__ == "__main__":

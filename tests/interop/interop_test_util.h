@@ -88,10 +88,10 @@ inline std::string program(const std::string& name) {
 }
 
 inline std::vector<std::string> tiny_vocab_tokens() {
-  return {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the",  "quick", "brown", "fox",   "jump", "##s",
-          "over",  "lazy",  "dog",   ".",     ",",      "!",    "hello", "world", "a",     "b",    "##ing",
-          "run",   "cat",   "sat",   "on",    "mat",    "and",  "then",  "it",    "was",   "good", "[",
-          "]",     "mask",  "##ed",  "Hello", "##ly",   "is",   "of",    "to",    "in"};
+  return {"[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "quick", "brown", "fox", "jump", "##s",
+          "over",  "lazy",  "dog",   ".",     ",",      "!",   "hello", "world", "a",   "b",    "##ing",
+          "run",   "cat",   "sat",   "on",    "mat",    "and", "then",  "it",    "was", "good", "[",
+          "]",     "mask",  "##ed",  "Hello", "##ly",   "is",  "of",    "to",    "in"};
 }
 
 // A tiny pretrainer with random parameters (every tensor, biases and LayerNorm included, is perturbed,
@@ -135,8 +135,11 @@ inline TinyRun make_tiny_run(const fs::path& root, bool lower_case = true, uint6
   run.vocab = text::Vocab::from_tokens(tiny_vocab_tokens());
   run.vocab.save((run.data_dir / "vocab.txt").string());
   run.vocab = text::Vocab::load((run.data_dir / "vocab.txt").string());
-  std::ofstream((run.data_dir / "manifest.json").string())
-      << nlohmann::json{{"format", "electra-mpi shards"}, {"tokenizer", {{"lower_case", lower_case}}}}.dump();
+  std::ofstream((run.data_dir / "manifest.json").string()) << nlohmann::json{
+      {"format", "electra-mpi shards"},
+      {"tokenizer", {{"lower_case", lower_case}}},
+      {"vocab_hash", run.vocab.hash()},
+      {"vocab_size", run.vocab.size()}}.dump();
   run.config = tiny_config(static_cast<int>(run.vocab.size()));
   run.model_json = to_json(run.config);
   run.params = random_params(run.config, seed);

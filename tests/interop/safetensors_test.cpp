@@ -82,7 +82,8 @@ TEST(Safetensors, RoundTripSortedDeterministicAndPadded) {
   EXPECT_THROW(file.read_floats("nope"), Error);
 
   TempDir dir;
-  write_safetensors(dir.path() / "m.safetensors", {{"layer.a", {2, 3}, v.a}, {"layer.b", {4}, v.b}, {"scalar", {}, v.c}});
+  write_safetensors(dir.path() / "m.safetensors",
+                    {{"layer.a", {2, 3}, v.a}, {"layer.b", {4}, v.b}, {"scalar", {}, v.c}});
   EXPECT_EQ(testing::read_bytes(dir.path() / "m.safetensors"), bytes);
   EXPECT_FALSE(std::filesystem::exists(dir.path() / ".m.safetensors.tmp"));
   EXPECT_EQ(SafetensorsFile::load(dir.path() / "m.safetensors").read_floats("layer.b"), v.b);
@@ -152,7 +153,7 @@ TEST(Safetensors, RejectsMalformedFiles) {
   expect_rejected("", "too short");
   expect_rejected(good.substr(0, 5), "too short");
   expect_rejected(good.substr(0, 8 + header_len / 2), "past the end of the file");  // truncated in the header
-  expect_rejected(good.substr(0, good.size() - 4), "past the data buffer");        // truncated in the data
+  expect_rejected(good.substr(0, good.size() - 4), "past the data buffer");         // truncated in the data
   std::string huge = good;
   const uint64_t absurd = 1ull << 62;
   std::memcpy(huge.data(), &absurd, 8);
@@ -215,8 +216,8 @@ TEST(Safetensors, FuzzedFilesNeverCrash) {
       const uint32_t edits = 1 + rng.next_below(4);
       for (uint32_t e = 0; e < edits; ++e) {
         // Mostly inside the length prefix and header, where the parser does its work.
-        const uint32_t limit = rng.next_below(4) == 0 ? static_cast<uint32_t>(bytes.size())
-                                                      : static_cast<uint32_t>(8 + header_len);
+        const uint32_t limit =
+            rng.next_below(4) == 0 ? static_cast<uint32_t>(bytes.size()) : static_cast<uint32_t>(8 + header_len);
         const uint32_t at = rng.next_below(limit);
         if (kind == 1) {
           bytes[at] = static_cast<char>(bytes[at] ^ (1u << rng.next_below(8)));

@@ -76,8 +76,8 @@ TEST_F(ScoreTest, ReplacedProbIsSigmoidOfDiscriminatorLogits) {
 
     // The checkpoint's own pretrainer on the same ids (independent of the export files).
     const int S = static_cast<int>(ids.size());
-    const OwnOutputs own = own_forward(run_.config, run_.params, 1, S, ids, std::vector<int32_t>(S, 1),
-                                       std::vector<int32_t>(S, 0));
+    const OwnOutputs own =
+        own_forward(run_.config, run_.params, 1, S, ids, std::vector<int32_t>(S, 1), std::vector<int32_t>(S, 0));
     for (int t = 0; t < S; ++t) {
       EXPECT_GT(probs[t], 0.0);
       EXPECT_LT(probs[t], 1.0);

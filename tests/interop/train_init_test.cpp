@@ -15,9 +15,9 @@ using namespace testing;
 
 std::string train_command(const fs::path& root, const fs::path& run_dir, const std::string& extra) {
   std::ostringstream cmd;
-  cmd << shell_quote(program("electra-train")) << " --config " << shell_quote(std::string(ELECTRA_SOURCE_DIR) +
-                                                                             "/jobs/configs/tiny.json")
-      << " --data " << shell_quote((root / "shards").string()) << " --output " << shell_quote(run_dir.string())
+  cmd << shell_quote(program("electra-train")) << " --config "
+      << shell_quote(std::string(ELECTRA_SOURCE_DIR) + "/jobs/configs/tiny.json") << " --data "
+      << shell_quote((root / "shards").string()) << " --output " << shell_quote(run_dir.string())
       << " --set model.embedding_size=16 --set model.hidden_size=32 --set model.num_layers=2"
          " --set model.num_heads=2 --set model.intermediate_size=64 --set model.generator.hidden_size=16"
          " --set model.generator.num_layers=2 --set model.generator.num_heads=1"
@@ -33,9 +33,9 @@ TEST(TrainInitFrom, StartsFromExportedWeightsAndChecksTheConfig) {
   const fs::path root = tmp.path();
   fs::create_directories(root / "corpus");
   {
-    const std::vector<std::string> words = {"the",   "model", "learns", "to",   "detect", "replaced", "tokens",
-                                            "in",    "text",  "while",  "a",    "small",  "generator", "fills",
-                                            "masked", "words"};
+    const std::vector<std::string> words = {"the",       "model", "learns", "to",    "detect", "replaced",
+                                            "tokens",    "in",    "text",   "while", "a",      "small",
+                                            "generator", "fills", "masked", "words"};
     PhiloxSequence rng(3, RandomPurpose::kTest, 0, 0);
     std::ofstream out(root / "corpus" / "a.txt");
     for (int doc = 0; doc < 30; ++doc) {
@@ -47,8 +47,9 @@ TEST(TrainInitFrom, StartsFromExportedWeightsAndChecksTheConfig) {
       out << "\n";
     }
   }
-  CommandResult r = run_command(shell_quote(program("electra-vocab")) + " --input " + shell_quote((root / "corpus").string()) +
-                                " --vocab-size 100 --output " + shell_quote((root / "vocab.txt").string()) + " 2>&1");
+  CommandResult r =
+      run_command(shell_quote(program("electra-vocab")) + " --input " + shell_quote((root / "corpus").string()) +
+                  " --vocab-size 100 --output " + shell_quote((root / "vocab.txt").string()) + " 2>&1");
   ASSERT_EQ(r.status, 0) << r.out;
   r = run_command(shell_quote(program("electra-preprocess")) + " --input " + shell_quote((root / "corpus").string()) +
                   " --vocab " + shell_quote((root / "vocab.txt").string()) + " --output " +
@@ -77,7 +78,8 @@ TEST(TrainInitFrom, StartsFromExportedWeightsAndChecksTheConfig) {
     EXPECT_EQ(read_bytes(root / "hf_a" / f), read_bytes(root / "hf_b" / f)) << f;
   }
   // Without --init-from the same run starts elsewhere (the comparison above has teeth).
-  r = run_command(train_command(root, root / "c", "--set train.steps=1 --set train.checkpoint_every=1 --set optim.lr=0"));
+  r = run_command(
+      train_command(root, root / "c", "--set train.steps=1 --set train.checkpoint_every=1 --set optim.lr=0"));
   ASSERT_EQ(r.status, 0) << r.out;
   r = export_run(root / "c", root / "hf_c");
   ASSERT_EQ(r.status, 0) << r.out;
@@ -85,9 +87,9 @@ TEST(TrainInitFrom, StartsFromExportedWeightsAndChecksTheConfig) {
             read_bytes(root / "hf_c/discriminator/model.safetensors"));
 
   // Another depth: refused before training (exit 2), naming the key; nothing trained.
-  r = run_command(train_command(root, root / "d",
-                                "--set train.steps=1 --set model.num_layers=3 --init-from " +
-                                    shell_quote((root / "hf_a").string())));
+  r = run_command(train_command(
+      root, root / "d",
+      "--set train.steps=1 --set model.num_layers=3 --init-from " + shell_quote((root / "hf_a").string())));
   EXPECT_EQ(r.status, 2) << r.out;
   EXPECT_NE(r.out.find("model.num_layers: run 3, Hugging Face 2"), std::string::npos) << r.out;
   EXPECT_FALSE(fs::exists(root / "d" / "checkpoints" / "ckpt-00000001.h5"));
