@@ -27,11 +27,23 @@ endfunction()
 # electra_test(NAME SOURCES ... DEPS ... [LABELS ...] [TIMEOUT s]): a GoogleTest binary, one CTest entry
 # per test case (gtest_discover_tests).
 include(GoogleTest)
+
+# main() for electra_test binaries (tests/support/test_main.cpp), built once.
+function(electra_test_main_library)
+  if(NOT TARGET electra_test_main)
+    add_library(electra_test_main STATIC ${PROJECT_SOURCE_DIR}/tests/support/test_main.cpp)
+    electra_target_defaults(electra_test_main)
+    target_link_libraries(electra_test_main PUBLIC GTest::gtest PRIVATE OpenMP::OpenMP_CXX BLAS::BLAS)
+    target_compile_definitions(electra_test_main PRIVATE ELECTRA_TEST_PYTHON="${ELECTRA_PYTHON}"
+                               ELECTRA_TEST_BUILD_DIR="${PROJECT_BINARY_DIR}")
+  endif()
+endfunction()
 function(electra_test name)
   cmake_parse_arguments(ARG "" "TIMEOUT" "SOURCES;DEPS;LABELS" ${ARGN})
+  electra_test_main_library()
   add_executable(${name} ${ARG_SOURCES})
   electra_target_defaults(${name})
-  target_link_libraries(${name} PRIVATE ${ARG_DEPS} GTest::gtest GTest::gtest_main)
+  target_link_libraries(${name} PRIVATE ${ARG_DEPS} electra_test_main)
   set_target_properties(${name} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR}/tests)
   if(NOT ARG_TIMEOUT)
     set(ARG_TIMEOUT 300)
@@ -39,10 +51,12 @@ function(electra_test name)
   if(NOT ARG_LABELS)
     set(ARG_LABELS unit)
   endif()
+  # One label only: gtest_discover_tests splits list-valued PROPERTIES into separate arguments. The
+  # environment the tests need comes from tests/support/test_main.cpp for the same reason.
+  list(GET ARG_LABELS 0 _label)
   gtest_discover_tests(${name}
     WORKING_DIRECTORY ${PROJECT_SOURCE_DIR}
-    PROPERTIES LABELS "${ARG_LABELS}" TIMEOUT ${ARG_TIMEOUT}
-               ENVIRONMENT "ELECTRA_PYTHON=${ELECTRA_PYTHON};ELECTRA_BUILD_DIR=${PROJECT_BINARY_DIR};OMP_NUM_THREADS=2;ELECTRA_SKIP_SLURM_CHECK=1"
+    PROPERTIES LABELS ${_label} TIMEOUT ${ARG_TIMEOUT} ENVIRONMENT OMP_WAIT_POLICY=passive
     DISCOVERY_TIMEOUT 60)
 endfunction()
 

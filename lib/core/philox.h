@@ -70,11 +70,12 @@ struct PhiloxStream {
   }
   // Uniform in [0, 1) with 24 random bits (exactly representable as float).
   ELECTRA_HD float uniform(uint64_t n) const { return static_cast<float>(at(n) >> 8) * (1.0f / 16777216.0f); }
-  // Uniform in (0, 1) with 53 random bits, never 0 or 1: safe for log().
+  // Uniform in (0, 1) with 52 random bits: (bits + 0.5) / 2^52 is exact and at most 1 - 2^-53, so it is
+  // never 0 or 1 and safe for log().
   ELECTRA_HD double uniform_open(uint64_t n) const {
     const uint64_t hi = at(2 * n), lo = at(2 * n + 1);
-    const uint64_t bits = ((hi << 32) | lo) >> 11;
-    return (static_cast<double>(bits) + 0.5) * (1.0 / 9007199254740992.0);
+    const uint64_t bits = ((hi << 32) | lo) >> 12;
+    return (static_cast<double>(bits) + 0.5) * (1.0 / 4503599627370496.0);
   }
   // Gumbel(0, 1) noise for Gumbel-max sampling.
   ELECTRA_HD double gumbel(uint64_t n) const { return -::log(-::log(uniform_open(n))); }

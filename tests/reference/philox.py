@@ -84,13 +84,13 @@ class PhiloxStream:
         return (self.at(n) >> np.uint64(8)).astype(np.float32) * np.float32(1.0 / 16777216.0)
 
     def uniform_open(self, n):
-        """Uniform in (0, 1) with 53 bits, float64: ((hi << 32 | lo) >> 11 + 0.5) / 2^53."""
+        """Uniform in (0, 1) with 52 bits, float64: ((hi << 32 | lo) >> 12 + 0.5) / 2^52."""
         n = np.asarray(n, dtype=np.uint64)
         hi = self.at(np.uint64(2) * n)
         lo = self.at(np.uint64(2) * n + np.uint64(1))
-        bits = ((hi << np.uint64(32)) | lo) >> np.uint64(11)
-        # float64 conversion of a 53-bit integer is exact; the + 0.5 rounds exactly as the C++ double add.
-        return (bits.astype(np.float64) + 0.5) * (1.0 / 9007199254740992.0)
+        bits = ((hi << np.uint64(32)) | lo) >> np.uint64(12)
+        # float64 conversion of a 52-bit integer is exact, and so is the + 0.5.
+        return (bits.astype(np.float64) + 0.5) * (1.0 / 4503599627370496.0)
 
     def gumbel(self, n):
         u = np.atleast_1d(self.uniform_open(n))

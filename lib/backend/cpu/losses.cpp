@@ -87,16 +87,13 @@ ELECTRA_CPU_CLONES void gumbel_scores(double* score, const PhiloxStream& stream,
   for (int i = 0; i < count; ++i) {
     // Same arithmetic as PhiloxStream::uniform_open / gumbel (vmath::log_d for log).
     const uint64_t hi = words[2 * i], lo = words[2 * i + 1];
-    const int64_t bits = static_cast<int64_t>(((hi << 32) | lo) >> 11);
-    const double u = (static_cast<double>(bits) + 0.5) * (1.0 / 9007199254740992.0);
+    const int64_t bits = static_cast<int64_t>(((hi << 32) | lo) >> 12);
+    const double u = (static_cast<double>(bits) + 0.5) * (1.0 / 4503599627370496.0);
     const double g = -vmath::log_d(-vmath::log_d(u));
-    // The largest bits round u to 1, where -log(-log(1)) = +inf. Added rather than selected: a select
-    // would let the compiler branch around the logs and stop vectorisation.
-    const double top = bits == (int64_t{1} << 53) - 1 ? std::numeric_limits<double>::infinity() : 0.0;
     const double penalty = i == banned ? 1000.0 : 0.0;
     const double z = static_cast<double>(x[i]) - penalty;
     // z / 1 == z exactly: skip the division at the usual temperature.
-    score[i] = ((temperature == 1.0 ? z : z / temperature) + g) + top;
+    score[i] = (temperature == 1.0 ? z : z / temperature) + g;
   }
 }
 
