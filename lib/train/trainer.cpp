@@ -150,6 +150,9 @@ nlohmann::json default_run_config() {
       {"nan_rank", -1},
       {"throw_step", -1},
       {"throw_rank", -1},
+      // A rank that stops making progress at one step (the watchdog's case). -1: off.
+      {"hang_step", -1},
+      {"hang_rank", -1},
   };
   return config;
 }
@@ -456,6 +459,10 @@ bool Trainer::train_step(double* metrics) {
   if (nan_step == step_ && config_.get<int>("debug.nan_rank") == comm_.rank()) {
     const float nan = std::numeric_limits<float>::quiet_NaN();
     backend_->fill(model_->gradients(), 1, nan);
+  }
+  if (config_.get<int64_t>("debug.hang_step") == step_ && config_.get<int>("debug.hang_rank") == comm_.rank()) {
+    ELECTRA_LOG(warning) << "debug.hang_step: rank " << comm_.rank() << " stops making progress at step " << step_;
+    std::this_thread::sleep_for(std::chrono::hours(1));
   }
   const int64_t throw_step = config_.get<int64_t>("debug.throw_step");
   if (throw_step == step_ && config_.get<int>("debug.throw_rank") == comm_.rank()) {

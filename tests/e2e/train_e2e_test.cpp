@@ -153,6 +153,11 @@ TEST_F(TrainE2E, OneTwoAndThreeRanksFollowTheSameLossTrajectory) {
   // summation order of the gradient allreduce differs.
   expect_same_trajectory(runs[0], runs[1], 1e-4, "1 vs 2 ranks");
   expect_same_trajectory(runs[0], runs[2], 1e-4, "1 vs 3 ranks");
+  // Gradient accumulation over micro-batches is the same global batch again.
+  const fs::path micro = run_dir("micro");
+  const fs::path micro_log = g_root / "micro.log";
+  ASSERT_EQ(run(train_command(2, micro, "--set train.micro_batch_size=2"), micro_log), 0) << log_of(micro_log);
+  expect_same_trajectory(runs[0], read_metrics(micro), 1e-4, "1 rank vs 2 ranks x 3 micro-batches");
   // And it learns something: the loss after 12 steps is below the first step's.
   EXPECT_LT(runs[0].back()["loss"].get<double>(), runs[0].front()["loss"].get<double>());
 }
@@ -279,6 +284,33 @@ TEST_F(TrainE2E, ARankThatThrowsEndsTheJobWithinSeconds) {
   EXPECT_NE(code, 124) << "timed out: the job hung" << log_of(log);
   EXPECT_LT(seconds, 60.0);
   EXPECT_NE(read_text(log).find("injected failure on rank 1"), std::string::npos) << log_of(log);
+}
+
+TEST_F(TrainE2E, AStuckRankIsAbortedByTheWatchdog) {
+  const fs::path dir = run_dir("hang");
+  const fs::path log = g_root / "hang.log";
+  const auto start = std::chrono::steady_clock::now();
+  const int code = run("timeout 120 " + train_command(2, dir, "--set debug.hang_step=2 --set debug.hang_rank=0 "
+                                                              "--set train.step_timeout=3 --set train.steps=100000"),
+                       log);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_NE(code, 0) << log_of(log);
+  EXPECT_NE(code, 124) << "timed out: the job hung" << log_of(log);
+  EXPECT_LT(seconds, 60.0);
+  EXPECT_NE(read_text(log).find("watchdog"), std::string::npos) << log_of(log);
+}
+
+TEST_F(TrainE2E, MaxTimeStopsWithACheckpoint) {
+  const fs::path dir = run_dir("maxtime");
+  const fs::path log = g_root / "maxtime.log";
+  ASSERT_EQ(run(train_command(2, dir, "--set train.steps=100000 --set train.checkpoint_every=0 --max-time 2"), log), 3)
+      << log_of(log);
+  EXPECT_NE(read_text(log).find("--max-time"), std::string::npos) << log_of(log);
+  const auto metrics = read_metrics(dir);
+  ASSERT_FALSE(metrics.empty()) << log_of(log);
+  char name[32];
+  std::snprintf(name, sizeof(name), "ckpt-%08lld.h5", static_cast<long long>(metrics.back()["step"].get<int64_t>()));
+  EXPECT_TRUE(fs::exists(dir / "checkpoints" / name)) << log_of(log);
 }
 
 TEST_F(TrainE2E, BadInputIsReportedBeforeTrainingAndOverwritesNothing) {
