@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Text -> HDF5 shards on one machine: electra-preprocess on NP MPI ranks under mpirun (the ranks split
+# the input files; each writes its own shards, rank 0 the manifest).
+#
+#   INPUT=corpus/ VOCAB=vocab.txt OUTPUT=shards/ NP=4 jobs/local/preprocess.sh [--rows-per-shard 65536 ...]
+#
+# Arguments are passed to electra-preprocess after the ones this script sets. Environment:
+#   INPUT           text files or directories, separated by spaces                           (required)
+#   VOCAB           vocab.txt (make one with build/bin/electra-vocab)                        (required)
+#   OUTPUT          output directory for shards + manifest.json                              (required)
+#   MAX_SEQ_LENGTH  tokens per example                                                    (default 128)
+#   NP              MPI ranks                                               (default: number of cores)
+#   MPIRUN_ARGS     more mpirun arguments, split on spaces
+#   ELECTRA_BIN     directory of electra-preprocess                   (default <repository>/build/bin)
+# Exit status: electra-preprocess's (0 done, non-zero failed with a message).
+set -uo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+bin=${ELECTRA_BIN:-$root/build/bin}
+preprocess=$bin/electra-preprocess
+log() { echo "preprocess.sh: $(date '+%F %T'): $*"; }
+die() { log "error: $*" >&2; exit 2; }
+
+[ -x "$preprocess" ] || die "$preprocess not found: build first (jobs/setup.sh) or set ELECTRA_BIN"
+[ -n "${INPUT:-}" ] || die "set INPUT to the text files or directories"
+[ -n "${VOCAB:-}" ] || die "set VOCAB to vocab.txt"
+[ -n "${OUTPUT:-}" ] || die "set OUTPUT to the shards directory"
+command -v mpirun > /dev/null || die "mpirun not found (Debian: openmpi-bin)"
+np=${NP:-$(nproc)}
+
+launch=(mpirun -np "$np" -x OMP_NUM_THREADS=1)
+[ "$(id -u)" -ne 0 ] || launch+=(--allow-run-as-root)
+[ "$np" -le "$(nproc)" ] || launch+=(--oversubscribe)
+if [ -n "${MPIRUN_ARGS:-}" ]; then
+  read -r -a more <<< "$MPIRUN_ARGS"
+  launch+=("${more[@]}")
+fi
+read -r -a inputs <<< "$INPUT"
+args=(--input "${inputs[@]}" --vocab "$VOCAB" --output "$OUTPUT" --max-seq-length "${MAX_SEQ_LENGTH:-128}" "$@")
+
+printf -v shown ' %q' "${launch[@]}" "$preprocess" "${args[@]}"
+log "running:$shown"
+"${launch[@]}" "$preprocess" "${args[@]}"
+code=$?
+[ "$code" -eq 0 ] && log "shards written to $OUTPUT" || log "electra-preprocess exited with $code"
+exit "$code"

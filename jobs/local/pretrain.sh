@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# ELECTRA pre-training on one machine: electra-train on NP MPI ranks under mpirun, resumed from the newest
+# checkpoint in RUN_DIR when there is one (--resume auto).
+#
+#   DATA=shards/ RUN_DIR=runs/small NP=4 jobs/local/pretrain.sh [--set train.steps=10000 --max-time 3600 ...]
+#
+# Arguments are passed to electra-train after the ones this script sets, so they win (a later --set of
+# the same key overrides an earlier one). Environment:
+#   DATA         shards directory (manifest.json) or NVIDIA BERT HDF5 directory            (required)
+#   RUN_DIR      run directory: checkpoints, logs, metrics.jsonl               (default runs/pretrain)
+#   CONFIG       run config JSON                                     (default jobs/configs/small.json)
+#   NP           MPI ranks                                                                (default 2)
+#   THREADS      CPU threads per rank (OMP_NUM_THREADS, train.threads)  (default: cores / ranks)
+#   DEVICE       cpu | cuda                                                             (default cpu)
+#   MPIRUN_ARGS  more mpirun arguments, split on spaces (e.g. "--bind-to none")
+#   ELECTRA_BIN  directory of electra-train                           (default <repository>/build/bin)
+#
+# Stopping: SIGTERM or SIGUSR1 sent to this script (kill, a batch system) is passed to mpirun as SIGUSR1,
+# which mpirun forwards to every rank (Open MPI forwards SIGUSR1/SIGUSR2; a SIGTERM would make mpirun
+# kill the ranks instead). The ranks agree on a step, write a checkpoint and exit 3; running the script
+# again continues exactly from there. Exit status: electra-train's (0 done, 1 failed, 2 bad input,
+# 3 stopped with a checkpoint, 4 too many non-finite steps; see README).
+set -uo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+bin=${ELECTRA_BIN:-$root/build/bin}
+train=$bin/electra-train
+log() { echo "pretrain.sh: $(date '+%F %T'): $*"; }
+die() { log "error: $*" >&2; exit 2; }
+
+[ -x "$train" ] || die "$train not found: build first (jobs/setup.sh) or set ELECTRA_BIN"
+[ -n "${DATA:-}" ] || die "set DATA to the shards directory"
+command -v mpirun > /dev/null || die "mpirun not found (Debian: openmpi-bin)"
+np=${NP:-2}
+config=${CONFIG:-$root/jobs/configs/small.json}
+run_dir=${RUN_DIR:-$root/runs/pretrain}
+
+launch=(mpirun -np "$np")
+[ "$(id -u)" -ne 0 ] || launch+=(--allow-run-as-root)
+# More ranks than cores is allowed (slow, but useful for testing).
+[ "$np" -le "$(nproc)" ] || launch+=(--oversubscribe)
+args=(--config "$config" --data "$DATA" --output "$run_dir" --resume auto --device "${DEVICE:-cpu}")
+if [ -n "${THREADS:-}" ]; then
+  export OMP_NUM_THREADS=$THREADS
+  args+=(--set "train.threads=$THREADS")
+fi
+[ -z "${OMP_NUM_THREADS:-}" ] || launch+=(-x OMP_NUM_THREADS)
+# Open MPI binds each rank to one core (2 ranks or fewer) or one socket by default, which would pin a
+# rank's threads to one core; MPIRUN_ARGS="--map-by slot:PE=4 --bind-to core" pins 4 cores per rank.
+if [ -n "${MPIRUN_ARGS:-}" ]; then
+  read -r -a more <<< "$MPIRUN_ARGS"
+  launch+=("${more[@]}")
+else
+  launch+=(--bind-to none)
+fi
+args+=("$@")
+
+mpirun_pid=
+stop_pending=0
+forward() {
+  log "received SIG$1; asking the ranks to checkpoint and stop (SIGUSR1 via mpirun)"
+  if [ -n "$mpirun_pid" ]; then kill -USR1 "$mpirun_pid" 2>/dev/null || true; else stop_pending=1; fi
+}
+trap 'forward TERM' TERM
+trap 'forward USR1' USR1
+
+printf -v shown ' %q' "${launch[@]}" "$train" "${args[@]}"
+log "running:$shown"
+[ "$stop_pending" = 0 ] || exit 3
+"${launch[@]}" "$train" "${args[@]}" &
+mpirun_pid=$!
+# `wait` returns early (status > 128) whenever a trapped signal arrives; wait again until mpirun ends.
+while :; do
+  wait "$mpirun_pid"
+  code=$?
+  kill -0 "$mpirun_pid" 2>/dev/null || break
+done
+case "$code" in
+  0) log "training finished: $run_dir" ;;
+  3) log "stopped with a checkpoint; run the same command again to continue from $run_dir" ;;
+  *) log "electra-train exited with $code; see $run_dir/logs" ;;
+esac
+exit "$code"

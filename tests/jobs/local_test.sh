@@ -1,0 +1,129 @@
+#!/usr/bin/env bash
+# The one-machine recipes, as users run them:
+#   0. jobs/local/preprocess.sh makes shards on 2 ranks from a small generated corpus;
+#   a. jobs/local/pretrain.sh trains a very small model to N steps on 2 ranks;
+#   b. the same, but the script gets SIGTERM mid-training: it passes SIGUSR1 to mpirun, which forwards
+#      it to the ranks; they checkpoint and the script exits 3; running it again resumes and finishes,
+#      with the loss at every step equal to run (a)'s, bit for bit;
+#   c. a missing DATA is reported with exit code 2.
+# Usage: tests/jobs/local_test.sh [BUILD_DIR]   (default $ELECTRA_BUILD_DIR, else build/)
+set -uo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+build=${1:-${ELECTRA_BUILD_DIR:-$root/build}}
+export ELECTRA_BIN=$build/bin
+steps=300
+
+say() { echo "local_test: $(date +%T): $*"; }
+fail() {
+  say "FAILED: $*"
+  local f
+  for f in "$tmp"/*.log; do
+    [ -f "$f" ] && { echo "----- tail of $f -----"; tail -n 30 "$f"; }
+  done
+  exit 1
+}
+for program in electra-train electra-preprocess electra-vocab; do
+  [ -x "$ELECTRA_BIN/$program" ] || { say "FAILED: $ELECTRA_BIN/$program is missing"; exit 1; }
+done
+command -v mpirun > /dev/null || { say "SKIPPED: mpirun not found"; exit 77; }
+command -v python3 > /dev/null || { say "SKIPPED: python3 not found"; exit 77; }
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/electra-local.XXXXXX") || exit 1
+pids=()
+cleanup() {
+  local pid
+  for pid in "${pids[@]}"; do kill -USR1 "$pid" 2> /dev/null; done
+  for pid in "${pids[@]}"; do wait "$pid" 2> /dev/null; done
+  rm -rf "$tmp"
+}
+trap cleanup EXIT
+
+mkdir -p "$tmp/corpus"
+python3 - "$tmp/corpus" << 'EOF' || fail "corpus generation failed"
+import random, sys
+words = ("the model learns to detect replaced tokens in text while a small generator fills masked words "
+         "with plausible guesses and every rank reads its slice of batch data").split()
+rng = random.Random(7)
+for part in range(4):
+    with open(f"{sys.argv[1]}/part{part}.txt", "w") as out:
+        for _ in range(40):
+            for _ in range(6):
+                out.write(" ".join(rng.choice(words) for _ in range(rng.randint(4, 13))) + ".\n")
+            out.write("\n")
+EOF
+"$ELECTRA_BIN/electra-vocab" --input "$tmp/corpus" --vocab-size 120 --output "$tmp/vocab.txt" > "$tmp/vocab.log" 2>&1 ||
+  fail "electra-vocab failed"
+
+# 0. shards
+INPUT=$tmp/corpus VOCAB=$tmp/vocab.txt OUTPUT=$tmp/shards NP=2 MAX_SEQ_LENGTH=32 \
+  "$root/jobs/local/preprocess.sh" > "$tmp/preprocess.log" 2>&1 || fail "preprocess.sh failed"
+grep -q "running: mpirun -np 2" "$tmp/preprocess.log" || fail "preprocess.sh did not print its mpirun line"
+[ -f "$tmp/shards/manifest.json" ] || fail "no manifest.json after preprocess.sh"
+say "0. preprocess.sh: $(ls "$tmp"/shards/*.h5 | wc -l) shards"
+
+# The small-model settings of tests/e2e/train_e2e_test.cpp.
+args=(--set model.embedding_size=16 --set model.hidden_size=32 --set model.num_layers=2
+  --set model.num_heads=2 --set model.intermediate_size=64 --set model.generator.hidden_size=16
+  --set model.generator.num_layers=2 --set model.generator.num_heads=1
+  --set model.generator.intermediate_size=32 --set model.num_token_predictions=5
+  --set data.seq_length=32 --set train.batch_size=12 --set train.log_every=1
+  --set optim.warmup_steps=2 --set train.peak_gflops=50 --set data.prefetch_batches=2
+  --set "train.steps=$steps" --set train.checkpoint_every=100)
+pretrain() {  # run_dir log: runs (exec) the script in the foreground of the calling (sub)shell
+  exec env DATA="$tmp/shards" RUN_DIR="$1" NP=2 THREADS=1 CONFIG="$root/jobs/configs/tiny.json" \
+    "$root/jobs/local/pretrain.sh" "${args[@]}" > "$2" 2>&1
+}
+metric_lines() {
+  local n=0
+  [ ! -f "$1/metrics.jsonl" ] || n=$(grep -c . "$1/metrics.jsonl")
+  echo "$n"
+}
+trajectory() {
+  python3 -c '
+import json, sys
+for line in open(sys.argv[1]):
+    if line.strip():
+        m = json.loads(line)
+        print(m["step"], *(repr(m[k]) for k in ("loss", "gen_loss", "disc_loss", "mlm_accuracy", "disc_accuracy", "grad_norm")))
+' "$1/metrics.jsonl"
+}
+
+# a. straight
+(pretrain "$tmp/run_a" "$tmp/train_a.log")
+code=$?
+[ $code = 0 ] || fail "run a: pretrain.sh exited $code"
+[ "$(metric_lines "$tmp/run_a")" = $steps ] || fail "run a: $(metric_lines "$tmp/run_a") metrics lines, expected $steps"
+say "a. pretrain.sh: $steps steps"
+
+# b. SIGTERM to the script mid-training, then run it again
+(pretrain "$tmp/run_b" "$tmp/train_b1.log") &
+pid=$!  # the script's pid: the subshell execs it
+pids+=("$pid")
+deadline=$((SECONDS + 120))
+until [ "$(metric_lines "$tmp/run_b")" -ge 20 ]; do
+  kill -0 "$pid" 2> /dev/null || fail "run b: pretrain.sh ended before step 20"
+  [ $SECONDS -lt $deadline ] || fail "run b: no step 20 within 120 s"
+  sleep 0.05
+done
+kill -TERM "$pid" || fail "kill -TERM $pid failed"
+wait "$pid"
+code=$?
+pids=()
+[ $code = 3 ] || fail "run b: pretrain.sh exited $code after SIGTERM, expected 3"
+stop_line=$(grep -m1 "stopping at step" "$tmp/train_b1.log") || fail "run b: no 'stopping at step' line"
+grep -q SIGUSR1 <<< "$stop_line" || fail "run b: the ranks did not get the forwarded SIGUSR1: $stop_line"
+stopped_at=$(grep -oE 'stopping at step [0-9]+' <<< "$stop_line" | grep -oE '[0-9]+$')
+[ "$stopped_at" -lt $steps ] || fail "run b stopped at $stopped_at, not before the end"
+(pretrain "$tmp/run_b" "$tmp/train_b2.log")
+code=$?
+[ $code = 0 ] || fail "run b: pretrain.sh exited $code when run again"
+grep -q "resumed from .*ckpt-0*$stopped_at.h5" "$tmp/train_b2.log" || fail "run b: did not resume from step $stopped_at"
+diff <(trajectory "$tmp/run_a") <(trajectory "$tmp/run_b") > "$tmp/trajectory.log" ||
+  fail "run b's losses differ from run a's"
+say "b. pretrain.sh: SIGTERM -> stopped at step $stopped_at (exit 3), resumed, equal to run a at all $steps steps"
+
+# c. bad input
+env -u DATA "$root/jobs/local/pretrain.sh" > "$tmp/bad.log" 2>&1
+code=$?
+[ $code = 2 ] || fail "pretrain.sh without DATA exited $code, expected 2"
+say "c. pretrain.sh without DATA: exit 2"
+say "PASSED"
