@@ -234,6 +234,10 @@ class Trainer {
   double peak_gflops_ = 0;
   double flops_per_step_ = 0;
 
+  struct Faults {
+    int64_t nan_step = -1, hang_step = -1, throw_step = -1;
+  } faults_;
+
   int64_t step_ = 0;  // completed optimizer steps
   int64_t tokens_seen_ = 0;
   int64_t skipped_total_ = 0;
@@ -260,6 +264,11 @@ std::optional<std::string> Trainer::setup() {
     log_every_ = std::max(1, config_.get<int>("train.log_every"));
     checkpoint_every_ = config_.get<int>("train.checkpoint_every");
     max_skipped_ = config_.get<int>("train.max_skipped_steps");
+    auto fault_step = [&](const char* what) {
+      const std::string prefix = std::string("debug.") + what;
+      return config_.get<int>(prefix + "_rank") == comm_.rank() ? config_.get<int64_t>(prefix + "_step") : int64_t{-1};
+    };
+    faults_ = Faults{fault_step("nan"), fault_step("hang"), fault_step("throw")};
     if (total_steps_ <= 0) fail("config key 'train.steps' must be positive, got ", total_steps_);
     if (global_batch_ <= 0 || global_batch_ % comm_.world_size() != 0) {
       fail("config key 'train.batch_size' (", global_batch_, ") must be a positive multiple of the number of ranks (",
@@ -455,17 +464,16 @@ bool Trainer::train_step(double* metrics) {
   metrics[kTokens] = static_cast<double>(batch.rows) * batch.seq_length;
 
   const size_t n = model_->layout().total_size();
-  const int64_t nan_step = config_.get<int64_t>("debug.nan_step");
-  if (nan_step == step_ && config_.get<int>("debug.nan_rank") == comm_.rank()) {
+  // Fault injection (debug.*), resolved once in setup(): the step at which this rank misbehaves, or -1.
+  if (step_ == faults_.nan_step) {
     const float nan = std::numeric_limits<float>::quiet_NaN();
     backend_->fill(model_->gradients(), 1, nan);
   }
-  if (config_.get<int64_t>("debug.hang_step") == step_ && config_.get<int>("debug.hang_rank") == comm_.rank()) {
+  if (step_ == faults_.hang_step) {
     ELECTRA_LOG(warning) << "debug.hang_step: rank " << comm_.rank() << " stops making progress at step " << step_;
     std::this_thread::sleep_for(std::chrono::hours(1));
   }
-  const int64_t throw_step = config_.get<int64_t>("debug.throw_step");
-  if (throw_step == step_ && config_.get<int>("debug.throw_rank") == comm_.rank()) {
+  if (step_ == faults_.throw_step) {
     fail("debug.throw_step: injected failure on rank ", comm_.rank(), " at step ", step_);
   }
 
@@ -582,7 +590,11 @@ int Trainer::train() {
     ++steps_this_run;
     tokens_seen_ += static_cast<int64_t>(global_batch_) * seq_length_;
     watchdog.heartbeat(step_);
-    if (!applied) {
+    if (applied) {
+      skipped_in_a_row_ = 0;
+      for (int i = 0; i < kNumMetrics; ++i) window[i] += metrics[i];
+      ++window_steps;
+    } else {
       ++skipped_total_;
       if (++skipped_in_a_row_ > max_skipped_) {
         if (root) {
@@ -591,14 +603,10 @@ int Trainer::train() {
         }
         return kExitTooManySkips;
       }
-      window_start = Clock::now();
-      continue;
     }
-    skipped_in_a_row_ = 0;
-    for (int i = 0; i < kNumMetrics; ++i) window[i] += metrics[i];
-    ++window_steps;
 
-    if (step_ % log_every_ == 0 || step_ == total_steps_) {
+    // A window of only skipped steps has nothing to report (all ranks know window_steps).
+    if ((step_ % log_every_ == 0 || step_ == total_steps_) && window_steps > 0) {
       comm_.allreduce_sum(std::span<double>(window, kNumMetrics));
       // Losses are per-step global values already (summed over ranks); average them over the window.
       double averaged[kNumMetrics];
