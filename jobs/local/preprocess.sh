@@ -41,5 +41,5 @@ printf -v shown ' %q' "${launch[@]}" "$preprocess" "${args[@]}"
 log "running:$shown"
 "${launch[@]}" "$preprocess" "${args[@]}"
 code=$?
-[ "$code" -eq 0 ] && log "shards written to $OUTPUT" || log "electra-preprocess exited with $code"
+if [ "$code" -eq 0 ]; then log "shards written to $OUTPUT"; else log "electra-preprocess exited with $code"; fi
 exit "$code"

@@ -16,8 +16,8 @@
 #   ELECTRA_BIN  directory of electra-train                           (default <repository>/build/bin)
 #
 # Stopping: SIGTERM or SIGUSR1 sent to this script (kill, a batch system) is passed to mpirun as SIGUSR1,
-# which mpirun forwards to every rank (Open MPI forwards SIGUSR1/SIGUSR2; a SIGTERM would make mpirun
-# kill the ranks instead). The ranks agree on a step, write a checkpoint and exit 3; running the script
+# which mpirun forwards to every rank (Open MPI forwards SIGUSR1/SIGUSR2; on a SIGTERM of its own mpirun
+# terminates the ranks itself and exits 1). The ranks agree on a step, write a checkpoint and exit 3; running the script
 # again continues exactly from there. Exit status: electra-train's (0 done, 1 failed, 2 bad input,
 # 3 stopped with a checkpoint, 4 too many non-finite steps; see README).
 set -uo pipefail

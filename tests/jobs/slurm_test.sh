@@ -84,7 +84,7 @@ ours() {
     grep -qzxF "SLURM_CONF=$SLURM_CONF" "\$env" 2> /dev/null && echo "\$pid"
   done
 }
-SLURM_CONF=$SLURM_CONF timeout 10 scancel --quiet --user="\$(id -un)" > /dev/null 2>&1
+SLURM_CONF=$SLURM_CONF timeout 5 scancel --quiet --user="\$(id -un)" > /dev/null 2>&1
 for sig in TERM TERM KILL; do
   pids=\$(ours)
   [ -n "\$pids" ] || break
