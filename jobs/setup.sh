@@ -36,6 +36,8 @@ packages=(
   python3 python3-venv python3-pip python3-torch python3-h5py python3-numpy python3-matplotlib
   python3-doc
 )
+# A one-node Slurm cluster for tests/jobs/slurm_test.sh; a site's own Slurm is left alone.
+command -v sbatch >/dev/null || packages+=(slurmctld slurmd slurm-client munge)
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
