@@ -8,6 +8,7 @@
 #include "data_pipeline/preprocess/preprocess.h"
 #include "lib/core/error.h"
 #include "lib/core/log.h"
+#include "lib/dist/launch_env.h"
 
 int main(int argc, char** argv) {
   CLI::App app{
@@ -42,6 +43,8 @@ int main(int argc, char** argv) {
 
   int status = 0;
   try {
+    // Under Slurm without PMIx every task would be a world of 1 writing the same shards over each other.
+    electra::dist::check_slurm_world_size(world, electra::dist::read_launch_env());
     // Collective: every rank either returns the manifest or throws the same error.
     electra::data::run_preprocess(options, MPI_COMM_WORLD);
   } catch (const std::exception& e) {
