@@ -1,0 +1,187 @@
+// electra-eval: held-out pre-training metrics of a checkpoint (google-research/electra's metric_fn)
+// under mpirun or alone: ranks split every global batch; counts are reduced exactly.
+// Exit codes: 0 done, 1 unexpected error (the job was aborted on all ranks), 2 bad flags or input.
+#include <omp.h>
+
+#include <CLI/CLI.hpp>
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <iomanip>
+#include <iostream>
+#include <memory>
+#include <optional>
+#include <sstream>
+#include <string>
+#include <thread>
+
+#include "lib/backend/backend.h"
+#include "lib/core/error.h"
+#include "lib/core/log.h"
+#include "lib/dist/communicator.h"
+#include "lib/dist/rank_main.h"
+#include "lib/eval/evaluate.h"
+#include "lib/interop/model_source.h"
+#include "lib/model/pretrainer.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+
+struct Flags {
+  std::string checkpoint, data_dir, vocab;
+  int64_t max_batches = 0;
+  int batch_size = 128;
+  int seq_length = 0;
+  float mask_prob = 0.15f;
+  uint64_t seed = 1;
+  int auc_bins = 10000;
+  int64_t exact_auc_max_tokens = int64_t{1} << 24;
+  int threads = 0;
+  bool json = false;
+};
+
+// What every rank holds once the inputs are known to be good.
+struct Setup {
+  std::string source;
+  std::unique_ptr<electra::Backend<float>> backend;
+  std::unique_ptr<electra::ElectraPretrainer<float>> model;
+  std::unique_ptr<electra::data::Loader> loader;
+};
+
+void setup(const Flags& flags, const electra::dist::Communicator& comm, Setup& s) {
+  const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  omp_set_num_threads(flags.threads > 0 ? flags.threads : std::max(1, cores / std::max(1, comm.local_size())));
+
+  // The vocabulary the data was made with (its copy in the shards directory) unless --vocab is given;
+  // the model's loader checks it against the checkpoint's model.vocab_size and training manifest.
+  std::string vocab = flags.vocab;
+  if (vocab.empty() && fs::exists(fs::path(flags.data_dir) / "vocab.txt")) {
+    vocab = (fs::path(flags.data_dir) / "vocab.txt").string();
+  }
+  electra::interop::PretrainerBundle bundle = electra::interop::load_pretrainer_bundle(flags.checkpoint, vocab);
+  s.source = bundle.source;
+  s.loader = electra::eval::make_eval_loader(flags.data_dir, flags.batch_size, flags.seq_length, flags.mask_prob,
+                                             bundle.config.num_token_predictions, flags.seed, comm, flags.vocab);
+  if (s.loader->vocab().hash() != bundle.vocab.hash()) {
+    electra::fail("the data's vocabulary ", s.loader->vocab().origin(), " is not the model's (",
+                  bundle.vocab.origin(), "): token ids would mean different words");
+  }
+  s.backend = electra::make_cpu_backend<float>();
+  s.model = std::make_unique<electra::ElectraPretrainer<float>>(bundle.config, *s.backend);
+  s.model->parameters_from_host(bundle.params);
+}
+
+std::string fixed(double value, int precision) {
+  std::ostringstream out;
+  out << std::fixed << std::setprecision(precision) << value;
+  return out.str();
+}
+
+void print_table(const electra::eval::EvalMetrics& m, const Flags& flags, const Setup& s, int ranks) {
+  std::cout << "electra-eval: " << s.source << "\n"
+            << "data: " << flags.data_dir << ": " << m.sums.batches << " batches x " << flags.batch_size
+            << " examples, " << m.sums.masked << " masked positions, " << m.sums.tokens << " tokens; " << ranks
+            << " rank(s), seed " << flags.seed << ", " << fixed(m.seconds, 1) << " s\n\n";
+  std::cout << std::left << std::setw(30) << "metric" << "value\n";
+  for (const auto& [name, value] : m.scalars()) {
+    std::cout << std::left << std::setw(30) << name << fixed(value, 6);
+    if (name == "disc_auc" && m.auc_method == "exact") std::cout << "  (exact)";
+    if (name == "disc_auc" && m.auc_method != "exact") {
+      char bound[80];
+      std::snprintf(bound, sizeof(bound), "  (histogram of %d bins: within %.1e of exact)", m.auc_bins,
+                    m.disc_auc_error_bound);
+      std::cout << bound;
+    }
+    std::cout << "\n";
+  }
+  std::cout.flush();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Flags flags;
+  CLI::App app{
+      "electra-eval: held-out masked-LM and replaced-token-detection metrics of an ELECTRA checkpoint "
+      "(run under mpirun to split the batches over ranks)"};
+  app.add_option("--checkpoint", flags.checkpoint, "RUN_DIR (newest complete checkpoint), CHECKPOINT.h5 or export DIR")
+      ->required();
+  app.add_option("--data", flags.data_dir, "held-out shards directory (manifest.json) or NVIDIA BERT HDF5 directory")
+      ->required();
+  app.add_option("--max-batches", flags.max_batches, "global batches to evaluate (0: all, one pass)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--batch-size", flags.batch_size, "global batch (a multiple of the number of ranks)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--seed", flags.seed, "keys masking and the generator's sampling")->capture_default_str();
+  app.add_option("--seq-length", flags.seq_length, "the shards' sequence length (0: from manifest.json)")
+      ->capture_default_str();
+  app.add_option("--mask-prob", flags.mask_prob, "masked fraction of tokens")->capture_default_str();
+  app.add_option("--vocab", flags.vocab, "vocab.txt (default: the data's copy, else the model's)");
+  app.add_option("--auc-bins", flags.auc_bins, "histogram bins of disc_auc")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--exact-auc-max-tokens", flags.exact_auc_max_tokens,
+                 "exact disc_auc (scores gathered to rank 0) up to this many tokens, histograms beyond (0: always)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  app.add_option("--threads", flags.threads, "CPU threads per rank (0: cores / ranks on the node)")
+      ->capture_default_str();
+  app.add_flag("--json", flags.json, "print one JSON object instead of the table");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+
+  electra::dist::Communicator comm = electra::dist::Communicator::init(argc, argv);
+  electra::log::LogOptions log_options;
+  log_options.rank = comm.rank();
+  log_options.world_size = comm.world_size();
+  log_options.console_level = boost::log::trivial::warning;  // stdout carries the table / JSON only
+  electra::log::init(log_options);
+
+  // Bad input is reported before any collective of the evaluation, and every rank exits with 2.
+  Setup s;
+  std::optional<std::string> error;
+  try {
+    setup(flags, comm, s);
+  } catch (const std::exception& e) {
+    error = e.what();
+  }
+  if (!comm.agree_all(!error.has_value())) {
+    if (error) std::cerr << "electra-eval: " << *error << "\n";
+    electra::log::shutdown();
+    return 2;
+  }
+
+  electra::eval::EvalOptions options;
+  options.max_batches = flags.max_batches;
+  options.seed = flags.seed;
+  options.auc_bins = flags.auc_bins;
+  options.exact_auc_max_tokens = flags.exact_auc_max_tokens;
+  const int code = electra::dist::run_rank_main(comm, [&] {
+    const electra::eval::EvalMetrics metrics = electra::eval::evaluate(*s.model, *s.loader, comm, options);
+    if (comm.is_root()) {
+      if (flags.json) {
+        nlohmann::ordered_json j = metrics.to_json();
+        j["model"] = s.source;
+        j["data"] = flags.data_dir;
+        j["batch_size"] = flags.batch_size;
+        j["seed"] = flags.seed;
+        j["ranks"] = comm.world_size();
+        std::cout << j.dump() << std::endl;
+      } else {
+        print_table(metrics, flags, s, comm.world_size());
+      }
+    }
+    return 0;
+  });
+  s.loader.reset();
+  s.model.reset();
+  s.backend.reset();
+  electra::log::shutdown();
+  return code;
+}

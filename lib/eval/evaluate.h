@@ -1,0 +1,52 @@
+// Held-out evaluation of an ELECTRA pretrainer, as google-research/electra's run_pretraining.py
+// evaluates (metric_fn): masked-LM accuracy and loss, accuracy of the generator's sampled tokens, and
+// the discriminator's loss, ROC AUC, accuracy, precision and recall (eval_metrics.h).
+//
+// Data parallel: every rank holds the whole model and takes its slice of each global batch from its
+// loader (make_eval_loader: no shuffling, so every evaluation sees the same examples with the same
+// masks). Dropout is off; the generator still samples replacements, keyed as in training by
+// (seed, step = batch index, global row). Counts and the AUC histogram are summed over ranks with an
+// int64 allreduce (exact), the two loss sums with a double allreduce, and the exact AUC is computed on
+// rank 0 from every rank's scores and broadcast (eval_metrics.h); every rank returns the same metrics. Results do not depend on the number of ranks (beyond the loss sums' summation order and
+// any float differences of the forward pass between slice shapes).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "data_pipeline/loader/loader.h"
+#include "lib/dist/communicator.h"
+#include "lib/eval/eval_metrics.h"
+#include "lib/model/pretrainer.h"
+
+namespace electra::eval {
+
+struct EvalOptions {
+  int64_t max_batches = 0;  // global batches to evaluate; 0 or more than an epoch: one epoch of the loader
+  uint64_t seed = 1;        // keys the generator's sampling (masking is keyed by the loader's seed)
+  int auc_bins = 10000;     // histogram bins of the AUC (see eval_metrics.h for the error bound)
+  // The AUC is exact (scores gathered to rank 0) up to this many real tokens in the whole evaluation,
+  // from histograms beyond (0: always histograms). 2^24 tokens: at most 192 MiB gathered.
+  int64_t exact_auc_max_tokens = int64_t{1} << 24;
+  bool rewind = true;       // restart the loader at (epoch 0, cursor 0) first: repeated calls see the same data
+};
+
+// A loader for held-out shards: shuffle off, `global_batch_size` examples per global batch split over
+// the ranks of `comm`, masking keyed by `seed`. `max_predictions` is the model's num_token_predictions;
+// `seq_length` must equal the shards' max_seq_length (0: read it from DATA_DIR/manifest.json).
+std::unique_ptr<data::Loader> make_eval_loader(const std::string& data_dir, int global_batch_size, int seq_length,
+                                               float mask_prob, int max_predictions, uint64_t seed,
+                                               const dist::Communicator& comm, const std::string& vocab_path = "");
+
+// The shards' max_seq_length from DATA_DIR/manifest.json; 0 when there is no manifest (NVIDIA shards).
+int manifest_seq_length(const std::string& data_dir);
+
+// Evaluates `model` on min(max_batches, loader.batches_per_epoch()) global batches of `loader`.
+// Collective over `comm`: every rank calls it with the same options and a loader built with the same
+// options for its own rank. Only forward passes: the model's gradients are left as they are, the
+// parameters untouched. Fails when the model's vocabulary size differs from the data's.
+EvalMetrics evaluate(ElectraPretrainer<float>& model, data::Loader& loader, const dist::Communicator& comm,
+                     const EvalOptions& options = {});
+
+}  // namespace electra::eval
