@@ -1,0 +1,55 @@
+// The CUDA backend: Backend<float> on one NVIDIA GPU. GEMMs through cuBLAS, everything else in our own
+// kernels (lib/backend/cuda/*.cu), tested op by op against the CPU backend (tests/cuda). Plain C++: this
+// header includes no CUDA header, so programs and tests use it without nvcc.
+//
+// Behaviour, beyond backend.h's contracts:
+//  - Memory is plain cudaMalloc (no managed memory); one CUDA stream per backend, the cuBLAS handle bound
+//    to it. Ops are asynchronous on that stream: they return once enqueued. copy_to_host,
+//    copy_ints_to_host, sum_squares and synchronize wait for the stream; copy_from_host /
+//    copy_ints_from_host return once the host buffer has been read (it may be reused at once).
+//  - Bad indices are found on the device: an op that meets a negative embedding id, a position outside
+//    [0, S) or a label outside [0, V) skips that element and the next waiting call throws electra::Error
+//    naming the problem (the CPU backend throws before running the op).
+//  - Results are bitwise reproducible from run to run on the same GPU model with the same build: no
+//    floating-point atomics; every reduction (bias / LayerNorm / embedding gradients, sum of squares,
+//    softmax rows) has a fixed order, and cuBLAS is deterministic on one stream. Against the CPU backend:
+//    dropout keep masks and Gumbel samples (for equal logits) are bitwise equal; embedding_forward,
+//    gather_rows, scatter_add_rows and the position-table gradient are bitwise equal; the rest agree to
+//    float rounding (different summation orders and fused multiply-adds).
+//  - The calling thread's current CUDA device is switched to the backend's device by every call.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "lib/backend/backend.h"
+
+namespace electra {
+
+struct CudaBackendOptions {
+  // GEMMs with TF32 tensor cores (CUBLAS_COMPUTE_32F_FAST_TF32): several times faster on Ampere and
+  // Hopper, but products keep 10 mantissa bits, so results no longer match the CPU backend to fp32
+  // tolerances. Off by default.
+  bool tf32 = false;
+};
+
+// CUDA devices this process can use; 0 when there is no driver, no GPU or any other error. Never throws.
+int cuda_device_count() noexcept;
+
+// Why no CUDA device can be used (no driver, driver too old for this build, no GPU, ...), or "" when
+// cuda_device_count() > 0. Never throws.
+std::string cuda_unavailable_reason() noexcept;
+
+// Backend<float> on GPU `device` (0-based, as CUDA numbers the visible devices). Throws electra::Error
+// with a message saying what is missing: no driver, a driver older than this build's CUDA runtime, no
+// GPU, a device index out of range, or a GPU older than compute capability 8.0 (this build has code for
+// 8.0 and 9.0 and PTX for newer chips).
+std::unique_ptr<Backend<float>> make_cuda_backend(int device = 0, const CudaBackendOptions& options = {});
+
+// Byte copies that Backend<T> does not offer (dropout keep masks), for tests and tools. `backend` must
+// come from make_cuda_backend; both wait for the copy to finish.
+void cuda_copy_bytes_to_host(Backend<float>& backend, void* host, const void* device, size_t bytes);
+void cuda_copy_bytes_from_host(Backend<float>& backend, void* device, const void* host, size_t bytes);
+
+}  // namespace electra

@@ -1,0 +1,221 @@
+// Embedding lookups and their deterministic scatter-add gradients (segment_sum.h has the design), row
+// gathers and scatter-adds for the heads.
+#include <cub/device/device_radix_sort.cuh>
+
+#include "lib/backend/cuda/device_util.cuh"
+#include "lib/backend/cuda/kernels.h"
+#include "lib/backend/cuda/segment_sum.h"
+
+namespace electra::cuda {
+namespace {
+
+constexpr int kColumnsPerBlock = 128;  // threads (columns) per block of the segment passes
+
+__global__ void embedding_forward_kernel(float* out, const int32_t* ids, const int32_t* type_ids,
+                                         const float* word_table, const float* position_table,
+                                         const float* type_table, int S, int E, size_t n, unsigned* errors) {
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<size_t>(blockDim.x) * gridDim.x) {
+    const size_t t = i / E;
+    const int c = static_cast<int>(i - t * E);
+    const int id = ids[t];
+    const int type = type_ids != nullptr ? type_ids[t] : 0;
+    if (id < 0 || type < 0) {
+      report(errors, kErrorNegativeId);
+      out[i] = 0.0f;
+      continue;
+    }
+    // Summed in the order word + position + type, as the CPU backend (and Hugging Face).
+    float v = word_table[static_cast<size_t>(id) * E + c];
+    if (position_table != nullptr) v = v + position_table[(t % S) * E + c];
+    if (type_table != nullptr) v = v + type_table[static_cast<size_t>(type) * E + c];
+    out[i] = v;
+  }
+}
+
+__global__ void iota_kernel(int32_t* x, int n) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) x[i] = i;
+}
+
+__global__ void zero_ints_kernel(int32_t* x, int n) {
+  for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) x[i] = 0;
+}
+
+__global__ void chunk_pass_kernel(float* table, float* head, float* tail, const float* rows, const int32_t* keys,
+                                  const int32_t* perm, int n, int E, unsigned* errors) {
+  const int q = blockIdx.x, c = blockIdx.y * kColumnsPerBlock + threadIdx.x;
+  if (c >= E) return;
+  if (segments::chunk_pass(table, head, tail, rows, keys, perm, n, E, q, c) && c == 0) report(errors, kErrorNegativeId);
+}
+
+__global__ void cross_pass_kernel(float* table, const float* head, const float* tail, const int32_t* keys, int n,
+                                  int E) {
+  const int q = blockIdx.x, c = blockIdx.y * kColumnsPerBlock + threadIdx.x;
+  if (c >= E) return;
+  segments::cross_pass(table, head, tail, keys, n, E, q, c);
+}
+
+__global__ void position_sum_kernel(float* dposition, const float* dout, int B, int S, int E) {
+  const size_t n = static_cast<size_t>(S) * E;
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<size_t>(blockDim.x) * gridDim.x) {
+    segments::position_sum(dposition, dout, B, S, E, static_cast<int>(i / E), static_cast<int>(i % E));
+  }
+}
+
+__global__ void gather_rows_kernel(float* out, const float* x, const int32_t* positions, int S, int P, int C, size_t n,
+                                   unsigned* errors) {
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<size_t>(blockDim.x) * gridDim.x) {
+    const size_t row = i / C;  // b * P + p
+    const int c = static_cast<int>(i - row * C);
+    const int pos = positions[row];
+    if (pos < 0 || pos >= S) {
+      report(errors, kErrorPosition);
+      out[i] = 0.0f;
+      continue;
+    }
+    out[i] = x[((row / P) * S + pos) * C + c];
+  }
+}
+
+// One thread per (b, c) adds the example's predictions in order: duplicates add up as on the CPU.
+__global__ void scatter_add_rows_kernel(float* dx, const float* dout, const int32_t* positions, int S, int P, int C,
+                                        size_t n, unsigned* errors) {
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<size_t>(blockDim.x) * gridDim.x) {
+    const size_t b = i / C;
+    const int c = static_cast<int>(i - b * C);
+    for (int p = 0; p < P; ++p) {
+      const size_t row = b * P + p;
+      const int pos = positions[row];
+      if (pos < 0 || pos >= S) {
+        if (c == 0) report(errors, kErrorPosition);
+        continue;
+      }
+      dx[(b * S + pos) * C + c] += dout[row * C + c];
+    }
+  }
+}
+
+// Workspace layout of embedding_backward (each piece 256-byte aligned).
+struct BackwardWorkspace {
+  int32_t *sorted_keys, *perm, *iota, *zeros;
+  float *head, *tail;
+  void* sort_temp;
+  size_t sort_temp_bytes;
+  size_t total;
+};
+
+size_t align256(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+size_t sort_temp_bytes(int tokens) {
+  size_t bytes = 0;
+  ELECTRA_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, bytes, static_cast<const int32_t*>(nullptr),
+                                                     static_cast<int32_t*>(nullptr),
+                                                     static_cast<const int32_t*>(nullptr),
+                                                     static_cast<int32_t*>(nullptr), tokens));
+  return bytes;
+}
+
+BackwardWorkspace carve(void* base, int tokens, int E) {
+  BackwardWorkspace w{};
+  char* p = static_cast<char*>(base);
+  size_t used = 0;
+  auto take = [&](size_t bytes) {
+    char* at = p == nullptr ? nullptr : p + used;
+    used += align256(bytes);
+    return at;
+  };
+  const size_t ints = static_cast<size_t>(tokens) * sizeof(int32_t);
+  const size_t partial = static_cast<size_t>(segments::chunk_count(tokens)) * E * sizeof(float);
+  w.sorted_keys = reinterpret_cast<int32_t*>(take(ints));
+  w.perm = reinterpret_cast<int32_t*>(take(ints));
+  w.iota = reinterpret_cast<int32_t*>(take(ints));
+  w.zeros = reinterpret_cast<int32_t*>(take(ints));
+  w.head = reinterpret_cast<float*>(take(partial));
+  w.tail = reinterpret_cast<float*>(take(partial));
+  w.sort_temp_bytes = sort_temp_bytes(tokens);
+  w.sort_temp = take(w.sort_temp_bytes);
+  w.total = used;
+  return w;
+}
+
+// table[keys[t]] += rows[t] for t < n (keys null: all 0), deterministically.
+void sorted_scatter_add(const Stream& s, float* table, const float* rows, const int32_t* keys, int n, int E,
+                        const BackwardWorkspace& w) {
+  const int32_t* sorted_keys = w.zeros;
+  const int32_t* perm = w.iota;
+  if (keys != nullptr) {
+    size_t temp_bytes = w.sort_temp_bytes;
+    // Radix sort is stable: tokens of one key keep their order.
+    ELECTRA_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(w.sort_temp, temp_bytes, keys, w.sorted_keys, w.iota, w.perm, n,
+                                                       0, static_cast<int>(sizeof(int32_t) * 8), s.stream));
+    sorted_keys = w.sorted_keys;
+    perm = w.perm;
+  }
+  const dim3 grid(segments::chunk_count(n), (E + kColumnsPerBlock - 1) / kColumnsPerBlock);
+  chunk_pass_kernel<<<grid, kColumnsPerBlock, 0, s.stream>>>(table, w.head, w.tail, rows, sorted_keys, perm, n, E,
+                                                            s.errors);
+  ELECTRA_CUDA_CHECK_LAUNCH("chunk_pass_kernel");
+  cross_pass_kernel<<<grid, kColumnsPerBlock, 0, s.stream>>>(table, w.head, w.tail, sorted_keys, n, E);
+  ELECTRA_CUDA_CHECK_LAUNCH("cross_pass_kernel");
+}
+
+}  // namespace
+
+void embedding_forward(const Stream& s, float* out, const int32_t* ids, const int32_t* type_ids,
+                       const float* word_table, const float* position_table, const float* type_table, int B, int S,
+                       int E) {
+  const size_t n = static_cast<size_t>(B) * S * E;
+  if (n == 0) return;
+  embedding_forward_kernel<<<grid_for(n, s), kBlock, 0, s.stream>>>(out, ids, type_ids, word_table, position_table,
+                                                                     type_table, S, E, n, s.errors);
+  ELECTRA_CUDA_CHECK_LAUNCH("embedding_forward_kernel");
+}
+
+size_t embedding_backward_workspace(int tokens, int E) { return carve(nullptr, tokens, E).total; }
+
+void embedding_backward(const Stream& s, float* dword, float* dposition, float* dtype, const float* dout,
+                        const int32_t* ids, const int32_t* type_ids, int B, int S, int E, void* workspace,
+                        size_t workspace_bytes) {
+  const int tokens = B * S;
+  if (tokens == 0) return;
+  if (dword != nullptr || dtype != nullptr) {
+    const BackwardWorkspace w = carve(workspace, tokens, E);
+    ELECTRA_CHECK(w.total <= workspace_bytes, "embedding_backward: workspace of ", workspace_bytes, " bytes, need ",
+                  w.total);
+    iota_kernel<<<grid_for(tokens, s), kBlock, 0, s.stream>>>(w.iota, tokens);
+    ELECTRA_CUDA_CHECK_LAUNCH("iota_kernel");
+    if (dword != nullptr) sorted_scatter_add(s, dword, dout, ids, tokens, E, w);
+    if (dtype != nullptr) {
+      if (type_ids == nullptr) {  // every token has type 0: already sorted
+        zero_ints_kernel<<<grid_for(tokens, s), kBlock, 0, s.stream>>>(w.zeros, tokens);
+        ELECTRA_CUDA_CHECK_LAUNCH("zero_ints_kernel");
+      }
+      sorted_scatter_add(s, dtype, dout, type_ids, tokens, E, w);
+    }
+  }
+  if (dposition != nullptr) {
+    const size_t n = static_cast<size_t>(S) * E;
+    position_sum_kernel<<<grid_for(n, s), kBlock, 0, s.stream>>>(dposition, dout, B, S, E);
+    ELECTRA_CUDA_CHECK_LAUNCH("position_sum_kernel");
+  }
+}
+
+void gather_rows(const Stream& s, float* out, const float* x, const int32_t* positions, int B, int S, int P, int C) {
+  const size_t n = static_cast<size_t>(B) * P * C;
+  if (n == 0) return;
+  gather_rows_kernel<<<grid_for(n, s), kBlock, 0, s.stream>>>(out, x, positions, S, P, C, n, s.errors);
+  ELECTRA_CUDA_CHECK_LAUNCH("gather_rows_kernel");
+}
+
+void scatter_add_rows(const Stream& s, float* dx, const float* dout, const int32_t* positions, int B, int S, int P,
+                      int C) {
+  const size_t n = static_cast<size_t>(B) * C;
+  if (n == 0 || P == 0) return;
+  scatter_add_rows_kernel<<<grid_for(n, s), kBlock, 0, s.stream>>>(dx, dout, positions, S, P, C, n, s.errors);
+  ELECTRA_CUDA_CHECK_LAUNCH("scatter_add_rows_kernel");
+}
+
+}  // namespace electra::cuda

@@ -1,0 +1,98 @@
+// Launchers of the CUDA kernels behind make_cuda_backend (host functions; the kernels are in the .cu
+// files named below). Internal to lib/backend/cuda: cuda_backend.cpp checks shapes and arguments and
+// calls these; each enqueues its kernels on the given stream and returns without waiting.
+// Shapes, aliasing and accumulate-vs-overwrite rules are backend.h's; pointers are device memory.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <cstddef>
+#include <cstdint>
+
+#include "lib/backend/backend.h"
+#include "lib/backend/cuda/elementwise_math.h"
+
+namespace electra::cuda {
+
+// Bits of the device error word. A kernel that meets an index it must not use skips that element and
+// sets its bit; the backend turns the word into an electra::Error at its next blocking call.
+enum DeviceError : unsigned {
+  kErrorNegativeId = 1u,  // embedding ids / type ids / embedding_backward keys < 0
+  kErrorPosition = 2u,    // gather_rows / scatter_add_rows position outside [0, S)
+  kErrorLabel = 4u,       // softmax_cross_entropy label outside [0, V)
+};
+
+struct Stream {
+  cudaStream_t stream = nullptr;
+  unsigned* errors = nullptr;  // device word of DeviceError bits
+  int sms = 1;                 // multiprocessors (grid sizes of grid-stride loops)
+};
+
+// ---- elementwise.cu ----
+void fill(const Stream& s, float* x, size_t n, float value);
+void activation_forward(const Stream& s, Activation act, float* y, const float* x, size_t n);
+void activation_backward(const Stream& s, Activation act, float* dx, const float* dy, const float* x, size_t n);
+void add(const Stream& s, float* out, const float* a, const float* b, size_t n);
+void accumulate(const Stream& s, float* y, const float* x, size_t n);
+void scale(const Stream& s, float* x, size_t n, float alpha);
+// p in (0, 1); keep non-null. y may alias x.
+void dropout_forward(const Stream& s, float* y, uint8_t* keep, const float* x, size_t n, float p, const DropoutKey& key);
+// dx = dy * keep * keep_scale
+void dropout_backward(const Stream& s, float* dx, const float* dy, const uint8_t* keep, size_t n, float keep_scale);
+// y[r, :] = bias for rows r (the start of linear_forward).
+void broadcast_rows(const Stream& s, float* y, const float* bias, int rows, int cols);
+void sigmoid_cross_entropy(const Stream& s, float* loss, float* dlogit, const float* logit, const int32_t* label,
+                           const float* grad_scale, size_t n);
+void adamw_step(const Stream& s, float* params, const float* grads, float* m, float* v, size_t n,
+                const math::AdamParams& a);
+// Sum of squares in double: per chunk of kSumSquaresChunk elements (as the CPU backend), then the chunk
+// sums with a fixed tree. partials: sum_squares_partials(n) doubles; *result is device memory.
+inline constexpr size_t kSumSquaresChunk = 16384;
+size_t sum_squares_partials(size_t n);
+void sum_squares(const Stream& s, double* result, double* partials, const float* x, size_t n);
+
+// ---- reductions.cu ----
+// Column sums over rows are formed per block of kPartialRows rows (fixed tree inside a block), then the
+// block sums are added with a fixed tree: deterministic, no atomics. partials: column_partials(rows, cols)
+// floats.
+inline constexpr int kPartialRows = 128;
+size_t column_partials(int rows, int cols);
+// out[c] += sum_r x[r, c]
+void column_sums_accumulate(const Stream& s, float* out, const float* x, int rows, int cols, float* partials);
+void layernorm_forward(const Stream& s, float* y, float* mean, float* rstd, const float* x, const float* gamma,
+                       const float* beta, int rows, int cols, float eps);
+// partials: 2 * column_partials(rows, cols) floats (used when dgamma or dbeta is non-null).
+void layernorm_backward(const Stream& s, float* dx, float* dgamma, float* dbeta, const float* dy, const float* x,
+                        const float* mean, const float* rstd, const float* gamma, int rows, int cols, float* partials);
+void softmax_cross_entropy(const Stream& s, float* loss, float* dlogits, int32_t* argmax, const float* logits,
+                           const int32_t* labels, const float* grad_scale, int rows, int V);
+void log_softmax(const Stream& s, float* y, const float* x, int rows, int V);
+void gumbel_sample(const Stream& s, int32_t* samples, const float* logits, const int32_t* disallow, int rows, int V,
+                   float temperature, uint64_t seed, uint64_t step, uint64_t first_example, int rows_per_example);
+// Attention, one head h at a time. probs and keep are the whole [B,H,S,S] tensors (keep may be null when
+// dropout == 0); `dropped` is [B,S,S] for head h (probs * keep / (1 - p)), null when dropout == 0.
+// On entry probs holds head h's scaled scores; on return its masked softmax.
+void attention_softmax_forward(const Stream& s, float* probs, uint8_t* keep, float* dropped, const int32_t* mask,
+                               int B, int H, int S, int h, float dropout, const DropoutKey& key);
+// dropped [B,S,S] = probs * keep * keep_scale for head h.
+void attention_apply_keep(const Stream& s, float* dropped, const float* probs, const uint8_t* keep, int B, int H,
+                          int S, int h, float keep_scale);
+// ds (the [B,H,S,S] scratch, head h) holds d(attend); on return d(scores):
+// ds = p * (dp - sum_j p dp) * score_scale with dp = ds * keep * keep_scale (keep may be null: no dropout).
+void attention_softmax_backward(const Stream& s, float* ds, const float* probs, const uint8_t* keep, int B, int H,
+                                int S, int h, float keep_scale, float score_scale);
+
+// ---- embedding.cu ----
+void embedding_forward(const Stream& s, float* out, const int32_t* ids, const int32_t* type_ids,
+                       const float* word_table, const float* position_table, const float* type_table, int B, int S,
+                       int E);
+// Bytes of workspace embedding_backward needs for B*S tokens of width E.
+size_t embedding_backward_workspace(int tokens, int E);
+void embedding_backward(const Stream& s, float* dword, float* dposition, float* dtype, const float* dout,
+                        const int32_t* ids, const int32_t* type_ids, int B, int S, int E, void* workspace,
+                        size_t workspace_bytes);
+void gather_rows(const Stream& s, float* out, const float* x, const int32_t* positions, int B, int S, int P, int C);
+void scatter_add_rows(const Stream& s, float* dx, const float* dout, const int32_t* positions, int B, int S, int P,
+                      int C);
+
+}  // namespace electra::cuda

@@ -1,0 +1,432 @@
+// Kernels that reduce along rows or columns: column sums (bias gradients), LayerNorm forward/backward,
+// softmax cross-entropy, log-softmax, Gumbel-max sampling, and attention's masked softmax.
+//
+// Shapes: "warp per row" kernels (LayerNorm, attention rows: widths up to a few thousand) run 8 rows per
+// 256-thread block; "block per row" kernels (vocabulary-wide rows: cross-entropy, log-softmax, sampling)
+// run one row per 256-thread block. Column sums are two fixed-shape passes (see kernels.h).
+#include <climits>
+
+#include "lib/backend/cuda/device_util.cuh"
+#include "lib/backend/cuda/elementwise_math.h"
+#include "lib/backend/cuda/kernels.h"
+
+namespace electra::cuda {
+namespace {
+
+constexpr int kRowsPerBlock = kBlock / kWarp;  // warp-per-row kernels
+constexpr int kColumnTile = 32;                // columns per block of the column-sum passes
+constexpr int kRowLanes = 8;                   // threads along rows in those blocks
+
+int partial_blocks(int rows) { return (rows + kPartialRows - 1) / kPartialRows; }
+
+// ---- column sums ----
+
+// partials[blockIdx.y, c] = sum of x[r, c] over rows r of row block blockIdx.y.
+__global__ void column_partials_kernel(float* partials, const float* x, int rows, int cols) {
+  __shared__ float smem[kRowLanes][kColumnTile + 1];
+  const int c = blockIdx.x * kColumnTile + threadIdx.x;
+  const int r0 = blockIdx.y * kPartialRows;
+  const int r1 = r0 + kPartialRows < rows ? r0 + kPartialRows : rows;
+  float acc = 0.0f;
+  if (c < cols) {
+    for (int r = r0 + threadIdx.y; r < r1; r += kRowLanes) acc += x[static_cast<size_t>(r) * cols + c];
+  }
+  smem[threadIdx.y][threadIdx.x] = acc;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < cols) {
+    float total = smem[0][threadIdx.x];
+    for (int i = 1; i < kRowLanes; ++i) total += smem[i][threadIdx.x];
+    partials[static_cast<size_t>(blockIdx.y) * cols + c] = total;
+  }
+}
+
+// The LayerNorm parameter-gradient partials: dgamma (dy * xhat) and dbeta (dy).
+__global__ void layernorm_param_partials_kernel(float* partial_gamma, float* partial_beta, const float* dy,
+                                                const float* x, const float* mean, const float* rstd, int rows,
+                                                int cols) {
+  __shared__ float sg[kRowLanes][kColumnTile + 1];
+  __shared__ float sb[kRowLanes][kColumnTile + 1];
+  const int c = blockIdx.x * kColumnTile + threadIdx.x;
+  const int r0 = blockIdx.y * kPartialRows;
+  const int r1 = r0 + kPartialRows < rows ? r0 + kPartialRows : rows;
+  float g = 0.0f, b = 0.0f;
+  if (c < cols) {
+    for (int r = r0 + threadIdx.y; r < r1; r += kRowLanes) {
+      const size_t i = static_cast<size_t>(r) * cols + c;
+      const float d = dy[i];
+      g += d * (x[i] - mean[r]) * rstd[r];
+      b += d;
+    }
+  }
+  sg[threadIdx.y][threadIdx.x] = g;
+  sb[threadIdx.y][threadIdx.x] = b;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < cols) {
+    float tg = sg[0][threadIdx.x], tb = sb[0][threadIdx.x];
+    for (int i = 1; i < kRowLanes; ++i) {
+      tg += sg[i][threadIdx.x];
+      tb += sb[i][threadIdx.x];
+    }
+    const size_t slot = static_cast<size_t>(blockIdx.y) * cols + c;
+    partial_gamma[slot] = tg;
+    partial_beta[slot] = tb;
+  }
+}
+
+// out[c] += sum over the `blocks` partial rows of column c.
+__global__ void add_partials_kernel(float* out, const float* partials, int blocks, int cols) {
+  __shared__ float smem[kRowLanes][kColumnTile + 1];
+  const int c = blockIdx.x * kColumnTile + threadIdx.x;
+  float acc = 0.0f;
+  if (c < cols) {
+    for (int p = threadIdx.y; p < blocks; p += kRowLanes) acc += partials[static_cast<size_t>(p) * cols + c];
+  }
+  smem[threadIdx.y][threadIdx.x] = acc;
+  __syncthreads();
+  if (threadIdx.y == 0 && c < cols) {
+    float total = smem[0][threadIdx.x];
+    for (int i = 1; i < kRowLanes; ++i) total += smem[i][threadIdx.x];
+    out[c] += total;
+  }
+}
+
+void add_partials(const Stream& s, float* out, const float* partials, int blocks, int cols) {
+  const dim3 block(kColumnTile, kRowLanes);
+  add_partials_kernel<<<(cols + kColumnTile - 1) / kColumnTile, block, 0, s.stream>>>(out, partials, blocks, cols);
+  ELECTRA_CUDA_CHECK_LAUNCH("add_partials_kernel");
+}
+
+dim3 partials_grid(int rows, int cols) {
+  const int blocks = partial_blocks(rows);
+  ELECTRA_CHECK(blocks <= 65535, "column sums: ", rows, " rows is more than this kernel's grid covers");
+  return dim3((cols + kColumnTile - 1) / kColumnTile, blocks);
+}
+
+// ---- LayerNorm ----
+
+__global__ void layernorm_forward_kernel(float* y, float* mean, float* rstd, const float* x, const float* gamma,
+                                         const float* beta, int rows, int cols, float eps) {
+  const int row = blockIdx.x * kRowsPerBlock + threadIdx.x / kWarp;
+  const int lane = threadIdx.x % kWarp;
+  if (row >= rows) return;  // whole warps only
+  const float* xr = x + static_cast<size_t>(row) * cols;
+  float* yr = y + static_cast<size_t>(row) * cols;
+  // Two passes (mean, then centred squares), as the CPU backend.
+  float sum = 0.0f;
+  for (int c = lane; c < cols; c += kWarp) sum += xr[c];
+  sum = warp_reduce(sum, SumOp{});
+  const float mu = sum / static_cast<float>(cols);
+  float sq = 0.0f;
+  for (int c = lane; c < cols; c += kWarp) {
+    const float d = xr[c] - mu;
+    sq += d * d;
+  }
+  sq = warp_reduce(sq, SumOp{});
+  const float rs = 1.0f / sqrtf(sq / static_cast<float>(cols) + eps);
+  if (lane == 0) {
+    if (mean != nullptr) mean[row] = mu;
+    if (rstd != nullptr) rstd[row] = rs;
+  }
+  for (int c = lane; c < cols; c += kWarp) {
+    const float v = (xr[c] - mu) * rs * gamma[c];
+    yr[c] = beta != nullptr ? v + beta[c] : v;
+  }
+}
+
+// dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * gamma
+__global__ void layernorm_dx_kernel(float* dx, const float* dy, const float* x, const float* mean, const float* rstd,
+                                    const float* gamma, int rows, int cols) {
+  const int row = blockIdx.x * kRowsPerBlock + threadIdx.x / kWarp;
+  const int lane = threadIdx.x % kWarp;
+  if (row >= rows) return;
+  const size_t off = static_cast<size_t>(row) * cols;
+  const float* xr = x + off;
+  const float* dyr = dy + off;
+  const float mu = mean[row], rs = rstd[row];
+  float sum_g = 0.0f, sum_gx = 0.0f;
+  for (int c = lane; c < cols; c += kWarp) {
+    const float g = dyr[c] * gamma[c];
+    sum_g += g;
+    sum_gx += g * (xr[c] - mu) * rs;
+  }
+  sum_g = warp_reduce(sum_g, SumOp{});
+  sum_gx = warp_reduce(sum_gx, SumOp{});
+  const float mean_g = sum_g / static_cast<float>(cols), mean_gx = sum_gx / static_cast<float>(cols);
+  float* dxr = dx + off;
+  for (int c = lane; c < cols; c += kWarp) {
+    const float xhat = (xr[c] - mu) * rs;
+    dxr[c] = rs * (dyr[c] * gamma[c] - mean_g - xhat * mean_gx);
+  }
+}
+
+// ---- vocabulary-wide rows ----
+
+__global__ void softmax_cross_entropy_kernel(float* loss, float* dlogits, int32_t* argmax, const float* logits,
+                                             const int32_t* labels, const float* grad_scale, int V,
+                                             unsigned* errors) {
+  __shared__ float fsmem[32];
+  __shared__ int ismem[32];
+  const int r = blockIdx.x;
+  const int label = labels[r];
+  if (label < 0 || label >= V) {  // uniform over the block
+    if (threadIdx.x == 0) report(errors, kErrorLabel);
+    return;
+  }
+  const float* x = logits + static_cast<size_t>(r) * V;
+  float* d = dlogits != nullptr ? dlogits + static_cast<size_t>(r) * V : nullptr;  // may alias x
+  // Read before any thread writes d; every later pass has each thread touch only its own j.
+  const float x_label = x[label];
+  float mx = -INFINITY;
+  for (int j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, x[j]);
+  mx = block_reduce(mx, MaxOp{}, fsmem);
+  if (argmax != nullptr) {
+    int first = INT_MAX;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+      if (x[j] == mx) {
+        first = j;
+        break;
+      }
+    }
+    first = block_reduce(first, MinOp{}, ismem);
+    if (threadIdx.x == 0) argmax[r] = first == INT_MAX ? 0 : first;
+  }
+  float sum = 0.0f;
+  for (int j = threadIdx.x; j < V; j += blockDim.x) sum += math::exp_f(x[j] - mx);
+  sum = block_reduce(sum, SumOp{}, fsmem);
+  if (loss != nullptr && threadIdx.x == 0) loss[r] = mx + logf(sum) - x_label;
+  if (d != nullptr) {
+    const float gs = grad_scale != nullptr ? grad_scale[r] : 1.0f;
+    const float f = gs / sum;
+    for (int j = threadIdx.x; j < V; j += blockDim.x) {
+      float v = math::exp_f(x[j] - mx) * f;
+      if (j == label) v -= gs;
+      d[j] = v;
+    }
+  }
+}
+
+__global__ void log_softmax_kernel(float* y, const float* x, int V) {
+  __shared__ float smem[32];
+  const size_t off = static_cast<size_t>(blockIdx.x) * V;
+  const float* xr = x + off;
+  float* yr = y + off;  // may alias xr: each thread touches only its own j
+  float mx = -INFINITY;
+  for (int j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, xr[j]);
+  mx = block_reduce(mx, MaxOp{}, smem);
+  float sum = 0.0f;
+  for (int j = threadIdx.x; j < V; j += blockDim.x) sum += math::exp_f(xr[j] - mx);
+  sum = block_reduce(sum, SumOp{}, smem);
+  const float lse = mx + logf(sum);
+  for (int j = threadIdx.x; j < V; j += blockDim.x) yr[j] = xr[j] - lse;
+}
+
+__global__ void gumbel_sample_kernel(int32_t* samples, const float* logits, const int32_t* disallow, int V,
+                                     double temperature, uint64_t seed, uint64_t step, uint64_t first_example,
+                                     int rows_per_example) {
+  __shared__ double score_smem[32];
+  __shared__ int index_smem[32];
+  const int r = blockIdx.x;
+  const float* x = logits + static_cast<size_t>(r) * V;
+  const PhiloxStream stream(seed, RandomPurpose::kSampling, step, first_example + r / rows_per_example);
+  const uint64_t base = static_cast<uint64_t>(r % rows_per_example) * V;
+  const int banned = disallow != nullptr ? disallow[r] : -1;
+  math::ArgmaxPair best{-INFINITY, math::ArgmaxPair::kNoIndex};
+  for (int v = threadIdx.x; v < V; v += blockDim.x) {
+    const double score = math::gumbel_score(stream, base + v, x[v], v == banned, temperature);
+    if (score > best.score) best = math::ArgmaxPair{score, v};
+  }
+  // Warp butterfly, then warps in order.
+  for (int m = kWarp / 2; m > 0; m >>= 1) {
+    const math::ArgmaxPair other{__shfl_xor_sync(0xffffffffu, best.score, m),
+                                 __shfl_xor_sync(0xffffffffu, best.index, m)};
+    best = math::argmax_combine(best, other);
+  }
+  const int lane = threadIdx.x % kWarp, warp = threadIdx.x / kWarp;
+  if (lane == 0) {
+    score_smem[warp] = best.score;
+    index_smem[warp] = best.index;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    math::ArgmaxPair total{score_smem[0], index_smem[0]};
+    for (int w = 1; w < static_cast<int>(blockDim.x) / kWarp; ++w) {
+      total = math::argmax_combine(total, math::ArgmaxPair{score_smem[w], index_smem[w]});
+    }
+    samples[r] = total.index == math::ArgmaxPair::kNoIndex ? 0 : total.index;
+  }
+}
+
+// ---- attention rows (one warp per query row of head h) ----
+// Lane ownership: lane l handles keys j = 128 t + 4 l + u (u < 4), the same in every pass, so a lane
+// only reads back what it wrote, and each group of four keys shares one Philox block for dropout.
+#define ELECTRA_ATTENTION_KEYS(j, S, lane)                                   \
+  for (int j##0 = 4 * (lane); j##0 < (S); j##0 += 4 * kWarp)                 \
+    for (int j = j##0; j < j##0 + 4 && j < (S); ++j)
+
+__global__ void attention_softmax_forward_kernel(float* probs, uint8_t* keep, float* dropped, const int32_t* mask,
+                                                 int B, int H, int S, int h, float dropout, DropoutKey key,
+                                                 float keep_scale) {
+  const int row = blockIdx.x * kRowsPerBlock + threadIdx.x / kWarp;  // b * S + i
+  const int lane = threadIdx.x % kWarp;
+  if (row >= B * S) return;
+  const int b = row / S, i = row % S;
+  const size_t base = ((static_cast<size_t>(b) * H + h) * S + i) * S;  // element (b, h, i, 0)
+  float* p = probs + base;
+  const int32_t* m = mask != nullptr ? mask + static_cast<size_t>(b) * S : nullptr;
+  float mx = -INFINITY;
+  ELECTRA_ATTENTION_KEYS(j, S, lane) {
+    if (m == nullptr || m[j] != 0) mx = fmaxf(mx, p[j]);
+  }
+  mx = warp_reduce(mx, MaxOp{});
+  if (mx == -INFINITY) {  // no valid key: all-zero probabilities
+    ELECTRA_ATTENTION_KEYS(j, S, lane) p[j] = 0.0f;
+  } else {
+    float sum = 0.0f;
+    ELECTRA_ATTENTION_KEYS(j, S, lane) {
+      const float e = (m == nullptr || m[j] != 0) ? math::exp_f(p[j] - mx) : 0.0f;
+      p[j] = e;
+      sum += e;
+    }
+    sum = warp_reduce(sum, SumOp{});
+    const float inv = 1.0f / sum;
+    ELECTRA_ATTENTION_KEYS(j, S, lane) p[j] *= inv;
+  }
+  if (dropout > 0.0f) {
+    float* out = dropped + (static_cast<size_t>(b) * S + i) * S;
+    for (int j0 = 4 * lane; j0 < S; j0 += 4 * kWarp) {
+      const int count = S - j0 < 4 ? S - j0 : 4;
+      uint8_t bits[4];
+      math::dropout_keep_group(bits, key, base + j0, count, dropout);
+      for (int u = 0; u < count; ++u) {
+        keep[base + j0 + u] = bits[u];
+        out[j0 + u] = p[j0 + u] * (bits[u] ? keep_scale : 0.0f);
+      }
+    }
+  } else if (keep != nullptr) {
+    ELECTRA_ATTENTION_KEYS(j, S, lane) keep[base + j] = 1;
+  }
+}
+
+__global__ void attention_apply_keep_kernel(float* dropped, const float* probs, const uint8_t* keep, int B, int H,
+                                            int S, int h, float keep_scale) {
+  const size_t SS = static_cast<size_t>(S) * S, n = static_cast<size_t>(B) * SS;
+  for (size_t e = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; e < n;
+       e += static_cast<size_t>(blockDim.x) * gridDim.x) {
+    const size_t b = e / SS, src = (b * H + h) * SS + (e - b * SS);
+    dropped[e] = probs[src] * (keep[src] ? keep_scale : 0.0f);
+  }
+}
+
+__global__ void attention_softmax_backward_kernel(float* ds, const float* probs, const uint8_t* keep, int B, int H,
+                                                  int S, int h, float keep_scale, float score_scale) {
+  const int row = blockIdx.x * kRowsPerBlock + threadIdx.x / kWarp;
+  const int lane = threadIdx.x % kWarp;
+  if (row >= B * S) return;
+  const int b = row / S, i = row % S;
+  const size_t base = ((static_cast<size_t>(b) * H + h) * S + i) * S;
+  float* d = ds + base;
+  const float* p = probs + base;
+  const uint8_t* k = keep != nullptr ? keep + base : nullptr;
+  float dot = 0.0f;
+  ELECTRA_ATTENTION_KEYS(j, S, lane) {
+    float v = d[j];
+    if (k != nullptr) v *= k[j] ? keep_scale : 0.0f;
+    d[j] = v;
+    dot += p[j] * v;
+  }
+  dot = warp_reduce(dot, SumOp{});
+  ELECTRA_ATTENTION_KEYS(j, S, lane) d[j] = p[j] * (d[j] - dot) * score_scale;
+}
+
+#undef ELECTRA_ATTENTION_KEYS
+
+unsigned warp_rows_grid(long long rows) { return static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock); }
+
+}  // namespace
+
+size_t column_partials(int rows, int cols) { return static_cast<size_t>(partial_blocks(rows)) * cols; }
+
+void column_sums_accumulate(const Stream& s, float* out, const float* x, int rows, int cols, float* partials) {
+  if (rows <= 0 || cols <= 0) return;
+  column_partials_kernel<<<partials_grid(rows, cols), dim3(kColumnTile, kRowLanes), 0, s.stream>>>(partials, x, rows,
+                                                                                                   cols);
+  ELECTRA_CUDA_CHECK_LAUNCH("column_partials_kernel");
+  add_partials(s, out, partials, partial_blocks(rows), cols);
+}
+
+void layernorm_forward(const Stream& s, float* y, float* mean, float* rstd, const float* x, const float* gamma,
+                       const float* beta, int rows, int cols, float eps) {
+  if (rows <= 0) return;
+  layernorm_forward_kernel<<<warp_rows_grid(rows), kBlock, 0, s.stream>>>(y, mean, rstd, x, gamma, beta, rows, cols,
+                                                                          eps);
+  ELECTRA_CUDA_CHECK_LAUNCH("layernorm_forward_kernel");
+}
+
+void layernorm_backward(const Stream& s, float* dx, float* dgamma, float* dbeta, const float* dy, const float* x,
+                        const float* mean, const float* rstd, const float* gamma, int rows, int cols,
+                        float* partials) {
+  if (rows <= 0) return;
+  if (dx != nullptr) {
+    layernorm_dx_kernel<<<warp_rows_grid(rows), kBlock, 0, s.stream>>>(dx, dy, x, mean, rstd, gamma, rows, cols);
+    ELECTRA_CUDA_CHECK_LAUNCH("layernorm_dx_kernel");
+  }
+  if (dgamma == nullptr && dbeta == nullptr) return;
+  float* partial_gamma = partials;
+  float* partial_beta = partials + column_partials(rows, cols);
+  layernorm_param_partials_kernel<<<partials_grid(rows, cols), dim3(kColumnTile, kRowLanes), 0, s.stream>>>(
+      partial_gamma, partial_beta, dy, x, mean, rstd, rows, cols);
+  ELECTRA_CUDA_CHECK_LAUNCH("layernorm_param_partials_kernel");
+  if (dgamma != nullptr) add_partials(s, dgamma, partial_gamma, partial_blocks(rows), cols);
+  if (dbeta != nullptr) add_partials(s, dbeta, partial_beta, partial_blocks(rows), cols);
+}
+
+void softmax_cross_entropy(const Stream& s, float* loss, float* dlogits, int32_t* argmax, const float* logits,
+                           const int32_t* labels, const float* grad_scale, int rows, int V) {
+  if (rows <= 0) return;
+  softmax_cross_entropy_kernel<<<rows, kBlock, 0, s.stream>>>(loss, dlogits, argmax, logits, labels, grad_scale, V,
+                                                              s.errors);
+  ELECTRA_CUDA_CHECK_LAUNCH("softmax_cross_entropy_kernel");
+}
+
+void log_softmax(const Stream& s, float* y, const float* x, int rows, int V) {
+  if (rows <= 0) return;
+  log_softmax_kernel<<<rows, kBlock, 0, s.stream>>>(y, x, V);
+  ELECTRA_CUDA_CHECK_LAUNCH("log_softmax_kernel");
+}
+
+void gumbel_sample(const Stream& s, int32_t* samples, const float* logits, const int32_t* disallow, int rows, int V,
+                   float temperature, uint64_t seed, uint64_t step, uint64_t first_example, int rows_per_example) {
+  if (rows <= 0) return;
+  gumbel_sample_kernel<<<rows, kBlock, 0, s.stream>>>(samples, logits, disallow, V, static_cast<double>(temperature),
+                                                      seed, step, first_example, rows_per_example);
+  ELECTRA_CUDA_CHECK_LAUNCH("gumbel_sample_kernel");
+}
+
+void attention_softmax_forward(const Stream& s, float* probs, uint8_t* keep, float* dropped, const int32_t* mask,
+                               int B, int H, int S, int h, float dropout, const DropoutKey& key) {
+  const long long rows = static_cast<long long>(B) * S;
+  if (rows <= 0) return;
+  const float keep_scale = dropout > 0.0f ? 1.0f / (1.0f - dropout) : 1.0f;
+  attention_softmax_forward_kernel<<<warp_rows_grid(rows), kBlock, 0, s.stream>>>(probs, keep, dropped, mask, B, H, S,
+                                                                                  h, dropout, key, keep_scale);
+  ELECTRA_CUDA_CHECK_LAUNCH("attention_softmax_forward_kernel");
+}
+
+void attention_apply_keep(const Stream& s, float* dropped, const float* probs, const uint8_t* keep, int B, int H,
+                          int S, int h, float keep_scale) {
+  const size_t n = static_cast<size_t>(B) * S * S;
+  if (n == 0) return;
+  attention_apply_keep_kernel<<<grid_for(n, s), kBlock, 0, s.stream>>>(dropped, probs, keep, B, H, S, h, keep_scale);
+  ELECTRA_CUDA_CHECK_LAUNCH("attention_apply_keep_kernel");
+}
+
+void attention_softmax_backward(const Stream& s, float* ds, const float* probs, const uint8_t* keep, int B, int H,
+                                int S, int h, float keep_scale, float score_scale) {
+  const long long rows = static_cast<long long>(B) * S;
+  if (rows <= 0) return;
+  attention_softmax_backward_kernel<<<warp_rows_grid(rows), kBlock, 0, s.stream>>>(ds, probs, keep, B, H, S, h,
+                                                                                   keep_scale, score_scale);
+  ELECTRA_CUDA_CHECK_LAUNCH("attention_softmax_backward_kernel");
+}
+
+}  // namespace electra::cuda
