@@ -20,6 +20,7 @@
 #include "lib/dist/gradient_reducer.h"
 #include "lib/dist/signals.h"
 #include "lib/dist/watchdog.h"
+#include "lib/eval/evaluate.h"
 #include "lib/interop/hf_import.h"
 #include "lib/model/config.h"
 #include "lib/model/pretrainer.h"
@@ -127,6 +128,7 @@ nlohmann::json default_run_config() {
       {"prefetch_batches", 4}, // batches assembled ahead by the loader thread
       {"cache_mb", 1024},      // decompressed shard-chunk cache per rank
       {"verify_checksums", false},
+      {"eval_dir", ""},        // held-out shards for train.eval_every ("": no evaluation)
   };
   config["train"] = {
       {"steps", 1000000},         // T: optimizer steps (the learning rate decays to 0 at T)
@@ -142,6 +144,8 @@ nlohmann::json default_run_config() {
       {"threads", 0},             // CPU threads per rank (0: cores / ranks on the node)
       {"peak_gflops", 0.0},       // per-rank peak for MFU (0: measured with one large GEMM)
       {"tensorboard", true},      // RUN_DIR/tensorboard event files
+      {"eval_every", 0},          // evaluate on data.eval_dir every this many steps and at the end (0: off)
+      {"eval_batches", 100},      // global batches (of train.batch_size) per evaluation (0: all of data.eval_dir)
   };
   config["debug"] = {
       // Fault injection for the distributed tests: a non-finite loss gradient on one rank at one step, or
@@ -205,6 +209,7 @@ class Trainer {
   void check_parameters_agree(const char* when);
   bool train_step(double* metrics);
   void log_step(const double* metrics, double step_seconds, double lr, double grad_norm);
+  void run_eval();
 
   const dist::Communicator& comm_;
   TrainOptions options_;
@@ -220,6 +225,7 @@ class Trainer {
   std::unique_ptr<CheckpointManager> checkpoints_;
   std::unique_ptr<MetricsWriter> metrics_;
   std::unique_ptr<TensorBoardWriter> tensorboard_;
+  std::unique_ptr<data::Loader> eval_loader_;  // held-out shards (train.eval_every, data.eval_dir)
   TensorLayout ckpt_layout_;
 
   int64_t total_steps_ = 0;
@@ -230,6 +236,7 @@ class Trainer {
   uint64_t seed_ = 1;
   int log_every_ = 1;
   int checkpoint_every_ = 0;
+  int eval_every_ = 0;
   int max_skipped_ = 10;
   double peak_gflops_ = 0;
   double flops_per_step_ = 0;
@@ -305,6 +312,19 @@ std::optional<std::string> Trainer::setup() {
     config_.set("model.vocab_size", nlohmann::json(static_cast<int64_t>(loader_->vocab().size())));
 
     model_config_ = pretrainer_config_from_json(config_.at("model"));
+    const std::string eval_dir = config_.get<std::string>("data.eval_dir");
+    if (config_.get<int>("train.eval_every") > 0 && !eval_dir.empty()) {
+      eval_every_ = config_.get<int>("train.eval_every");
+      eval_loader_ = eval::make_eval_loader(eval_dir, global_batch_, seq_length_, loader_options.mask_prob,
+                                            loader_options.max_predictions, seed_, comm_,
+                                            config_.get<std::string>("data.vocab"));
+      if (eval_loader_->vocab().hash() != loader_->vocab().hash()) {
+        fail("config key 'data.eval_dir': ", eval_dir, " was made with another vocabulary (",
+             eval_loader_->vocab().origin(), ") than data.dir (", loader_->vocab().origin(), ")");
+      }
+    } else if (config_.get<int>("train.eval_every") > 0 || !eval_dir.empty()) {
+      ELECTRA_LOG(warning) << "held-out evaluation is off: it needs both train.eval_every > 0 and data.eval_dir";
+    }
     optim_config_ = optimizer_config_from_json(config_.at("optim"), total_steps_);
     if (seq_length_ > model_config_.discriminator.max_position_embeddings) {
       fail("config key 'data.seq_length' (", seq_length_, ") exceeds model.max_position_embeddings (",
@@ -529,6 +549,31 @@ void Trainer::log_step(const double* metrics, double step_seconds, double lr, do
   if (tensorboard_) tensorboard_->add_step_metrics(m);
 }
 
+// Held-out metrics (lib/eval) of the current weights: every rank evaluates its slice of the same
+// batches; rank 0 logs them and writes them to metrics.jsonl and TensorBoard as "eval/<name>".
+void Trainer::run_eval() {
+  eval::EvalOptions options;
+  options.max_batches = config_.get<int64_t>("train.eval_batches");
+  options.seed = seed_;
+  const eval::EvalMetrics m = eval::evaluate(*model_, *eval_loader_, comm_, options);
+  if (!comm_.is_root()) return;
+  nlohmann::json record = {{"step", step_}};
+  std::vector<std::pair<std::string, float>> scalars;
+  std::ostringstream line;
+  line << std::fixed << std::setprecision(4) << "eval step " << step_;
+  for (const auto& [name, value] : m.scalars("eval/")) {
+    record[name] = std::isfinite(value) ? nlohmann::json(value) : nlohmann::json(nullptr);
+    scalars.emplace_back(name, static_cast<float>(value));
+    line << " | " << name.substr(5) << " " << value;
+  }
+  record["eval/examples"] = m.sums.examples;
+  record["eval/seconds"] = m.seconds;
+  line << " | " << m.sums.examples << " examples, " << std::setprecision(1) << m.seconds << " s";
+  ELECTRA_LOG(info) << line.str();
+  metrics_->write(record);
+  if (tensorboard_) tensorboard_->add_scalars(step_, scalars);
+}
+
 int Trainer::train() {
   const auto run_start = Clock::now();
   const bool root = comm_.is_root();
@@ -617,6 +662,12 @@ int Trainer::train() {
       if (root) log_step(averaged, step_seconds, last_lr_, last_grad_norm_);
       std::fill(window, window + kNumMetrics, 0.0);
       window_steps = 0;
+      window_start = Clock::now();
+    }
+    if (eval_loader_ && (step_ % eval_every_ == 0 || step_ == total_steps_)) {
+      watchdog.pause();
+      run_eval();
+      watchdog.resume();
       window_start = Clock::now();
     }
     if ((checkpoint_every_ > 0 && step_ % checkpoint_every_ == 0) || step_ == total_steps_) {
