@@ -1,0 +1,272 @@
+// The CUDA kernels' per-element arithmetic (lib/backend/cuda/elementwise_math.h) and the embedding
+// gradient's segment passes (segment_sum.h), run on the CPU against the CPU backend. Needs no GPU: these
+// are the same functions the kernels call, so a wrong formula, Philox key or segment rule fails here.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstring>
+#include <numeric>
+
+#include "lib/backend/backend.h"
+#include "lib/backend/cpu/vmath.h"
+#include "lib/backend/cuda/elementwise_math.h"
+#include "lib/backend/cuda/segment_sum.h"
+#include "tests/backend/test_util.h"
+
+namespace electra::test {
+namespace {
+
+namespace m = electra::cuda::math;
+
+template <typename T>
+bool same_bits(T a, T b) {
+  return std::memcmp(&a, &b, sizeof(T)) == 0;
+}
+
+// Same expressions as vmath.h, compiled in the same unit: bitwise equal (no fused multiply-adds in the
+// baseline x86-64 code of this test).
+TEST(CudaMath, FloatApproximationsAreVmathsBitForBit) {
+  namespace v = electra::cpu::vmath;
+  size_t checked = 0;
+  for (int i = 0; i <= 400000; ++i) {
+    const float x = static_cast<float>(-95.0 + 190.0 * i / 400000.0);
+    ASSERT_TRUE(same_bits(m::exp_f(x), v::exp_f(x))) << "exp_f(" << x << ")";
+    ASSERT_TRUE(same_bits(m::erfc_f(x), v::erfc_f(x))) << "erfc_f(" << x << ")";
+    ASSERT_TRUE(same_bits(m::gelu_f(x), v::gelu_f(x))) << "gelu_f(" << x << ")";
+    ASSERT_TRUE(same_bits(m::gelu_grad_f(x), v::gelu_grad_f(x))) << "gelu_grad_f(" << x << ")";
+    ASSERT_TRUE(same_bits(m::tanh_f(x), v::tanh_f(x))) << "tanh_f(" << x << ")";
+    ++checked;
+  }
+  PhiloxSequence rng(3, RandomPurpose::kTest, 0, 0);
+  for (int i = 0; i < 200000; ++i) {
+    const double u = rng.next_uniform_open();
+    const double x = i % 2 == 0 ? u : std::exp(-700.0 + 1400.0 * u);
+    ASSERT_TRUE(same_bits(m::log_d(x), v::log_d(x))) << "log_d(" << x << ")";
+  }
+  EXPECT_EQ(checked, 400001u);
+}
+
+TEST(CudaMath, ActivationsMatchCpuBackend) {
+  auto cpu = make_cpu_backend<float>();
+  const size_t n = 200001;
+  std::vector<float> x(n), dy = cast<float>(random_values(n, 2));
+  for (size_t i = 0; i < n; ++i) x[i] = static_cast<float>(-12.0 + 24.0 * static_cast<double>(i) / (n - 1));
+  for (Activation act : {Activation::kNone, Activation::kGelu, Activation::kRelu, Activation::kTanh}) {
+    std::vector<float> y(n), dx(n);
+    cpu->activation_forward(act, y.data(), x.data(), n);
+    cpu->activation_backward(act, dx.data(), dy.data(), x.data(), n);
+    std::vector<double> want_y(n), want_dx(n);
+    std::vector<float> got_y(n), got_dx(n);
+    for (size_t i = 0; i < n; ++i) {
+      got_y[i] = m::activation(act, x[i]);
+      got_dx[i] = m::activation_backward(act, dy[i], x[i]);
+      want_y[i] = y[i];
+      want_dx[i] = dx[i];
+    }
+    // The CPU backend may run fused multiply-adds (AVX2/AVX-512 clones): a few ulps apart, no more.
+    EXPECT_TRUE(all_near(got_y, want_y, 1e-6, 1e-7)) << to_string(act);
+    EXPECT_TRUE(all_near(got_dx, want_dx, 1e-6, 1e-7)) << to_string(act);
+  }
+}
+
+// The keep bits of the dropout kernel (groups of four elements) and of the attention kernel (groups of
+// four keys of a query row) against the CPU backend's masks.
+TEST(CudaMath, DropoutKeepBitsMatchCpuBackend) {
+  auto cpu = make_cpu_backend<float>();
+  const size_t n = 10007;
+  const std::vector<float> x(n, 1.0f);
+  for (uint64_t per : {1ull, 3ull, 4ull, 1001ull, 4096ull, 20000ull}) {
+    for (float p : {0.1f, 0.5f}) {
+      const DropoutKey key{.seed = 77, .step = 3, .lane = 5, .first_example = 11, .elements_per_example = per};
+      std::vector<float> y(n);
+      std::vector<uint8_t> want(n), got(n);
+      cpu->dropout_forward(y.data(), want.data(), x.data(), n, p, key);
+      for (size_t i0 = 0; i0 < n; i0 += 4) {
+        m::dropout_keep_group(got.data() + i0, key, i0, static_cast<int>(std::min<size_t>(4, n - i0)), p);
+      }
+      ASSERT_EQ(got, want) << "elements_per_example " << per << " p " << p;
+    }
+  }
+  // Attention: rows of S keys (S not a multiple of 4), groups starting at 4 * lane of each row.
+  const int B = 2, H = 3, S = 13, D = 4;
+  const auto qkv = cast<float>(random_values(static_cast<size_t>(B) * S * 3 * H * D, 3));
+  const DropoutKey key{.seed = 5, .step = 2, .lane = 9, .first_example = 40, .elements_per_example = H * S * S};
+  std::vector<float> ctx(B * S * H * D), probs(B * H * S * S);
+  std::vector<uint8_t> want(probs.size()), got(probs.size());
+  cpu->attention_forward(ctx.data(), probs.data(), want.data(), qkv.data(), nullptr, B, S, H, D, 0.2f, key);
+  for (int row = 0; row < B * H * S; ++row) {
+    const size_t base = static_cast<size_t>(row) * S;
+    for (int j0 = 0; j0 < S; j0 += 4) m::dropout_keep_group(got.data() + base + j0, key, base + j0, std::min(4, S - j0), 0.2f);
+  }
+  EXPECT_EQ(got, want);
+}
+
+// The sampling kernel's scores and its (score, smallest index) reduction give the CPU backend's samples.
+TEST(CudaMath, GumbelSamplesMatchCpuBackend) {
+  auto cpu = make_cpu_backend<float>();
+  for (int V : {777, 30522}) {
+    const int rows = 24, per = 4;
+    const auto logits = cast<float>(random_values(static_cast<size_t>(rows) * V, 4, -3.0, 3.0));
+    const auto disallow = random_ints(rows, 5, 0, V);
+    for (float t : {1.0f, 0.7f}) {
+      for (bool with_disallow : {false, true}) {
+        std::vector<int32_t> want(rows);
+        cpu->gumbel_sample(want.data(), logits.data(), with_disallow ? disallow.data() : nullptr, rows, V, t, 21, 6, 9,
+                           per);
+        for (int r = 0; r < rows; ++r) {
+          const PhiloxStream stream(21, RandomPurpose::kSampling, 6, 9 + r / per);
+          const uint64_t base = static_cast<uint64_t>(r % per) * V;
+          m::ArgmaxPair best{-INFINITY, m::ArgmaxPair::kNoIndex};
+          for (int v = 0; v < V; ++v) {
+            const bool banned = with_disallow && v == disallow[r];
+            const double score = m::gumbel_score(stream, base + v, logits[static_cast<size_t>(r) * V + v], banned, t);
+            best = m::argmax_combine(best, m::ArgmaxPair{score, v});
+            if (v < 3) {
+              // The noise itself is PhiloxStream::gumbel's, to a few ulps (libm log vs fdlibm's).
+              const double z = static_cast<double>(logits[static_cast<size_t>(r) * V + v]) - (banned ? 1000.0 : 0.0);
+              const double expected = (t == 1.0f ? z : z / t) + stream.gumbel(base + v);
+              ASSERT_NEAR(score, expected, 1e-14 * std::max(1.0, std::abs(expected)));
+            }
+          }
+          ASSERT_EQ(best.index == m::ArgmaxPair::kNoIndex ? 0 : best.index, want[r])
+              << "V " << V << " row " << r << " t " << t << " disallow " << with_disallow;
+        }
+      }
+    }
+  }
+  // Ties go to the smallest index, NaN never wins, nothing above -inf gives the CPU's 0.
+  EXPECT_EQ(m::argmax_combine({1.0, 7}, {1.0, 3}).index, 3);
+  EXPECT_EQ(m::argmax_combine({1.0, 3}, {1.0, 7}).index, 3);
+  EXPECT_EQ(m::argmax_combine({1.0, 3}, {NAN, 1}).index, 3);
+  EXPECT_EQ(m::argmax_combine({-INFINITY, m::ArgmaxPair::kNoIndex}, {2.0, 9}).index, 9);
+}
+
+TEST(CudaMath, SigmoidCrossEntropyMatchesCpuBackend) {
+  auto cpu = make_cpu_backend<float>();
+  const size_t n = 1001;
+  const auto logit = cast<float>(random_values(n, 6, -30.0, 30.0));
+  const auto label = random_ints(n, 7, 0, 2);
+  const auto scale = cast<float>(random_values(n, 8, 0.0, 2.0));
+  std::vector<float> loss(n), dlogit(n);
+  cpu->sigmoid_cross_entropy(loss.data(), dlogit.data(), logit.data(), label.data(), scale.data(), n);
+  std::vector<float> got_loss(n), got_d(n);
+  for (size_t i = 0; i < n; ++i) {
+    m::sigmoid_cross_entropy(logit[i], static_cast<float>(label[i]), scale[i], &got_loss[i], &got_d[i]);
+  }
+  EXPECT_TRUE(all_near(got_loss, to_double(loss), 1e-6, 1e-7));
+  EXPECT_TRUE(all_near(got_d, to_double(dlogit), 1e-6, 1e-7));
+}
+
+TEST(CudaMath, AdamwMatchesCpuBackend) {
+  auto cpu = make_cpu_backend<float>();
+  const size_t n = 5000;
+  for (bool bias_correction : {true, false}) {
+    auto params = cast<float>(random_values(n, 9)), m_cpu = std::vector<float>(n, 0.0f), v_cpu = m_cpu;
+    auto p_got = params, m_got = m_cpu, v_got = v_cpu;
+    for (long long t = 1; t <= 3; ++t) {
+      const auto grads = cast<float>(random_values(n, 10 + t, -2.0, 2.0));
+      cpu->adamw_step(params.data(), grads.data(), m_cpu.data(), v_cpu.data(), n, 1e-3f, 0.9f, 0.999f, 1e-6f, 0.01f, t,
+                      0.5f, bias_correction);
+      const m::AdamParams a = m::adam_params(1e-3f, 0.9f, 0.999f, 1e-6f, 0.01f, t, 0.5f, bias_correction);
+      for (size_t i = 0; i < n; ++i) m::adamw_update(p_got[i], grads[i], m_got[i], v_got[i], a);
+    }
+    EXPECT_TRUE(all_near(p_got, to_double(params), 1e-6, 1e-9)) << "bias_correction " << bias_correction;
+    // m cancels (b1 m + (1 - b1) g with g of either sign): an absolute term at the scale of |m|.
+    EXPECT_TRUE(all_near(m_got, to_double(m_cpu), 1e-6, 1e-6 * max_abs(to_double(m_cpu))));
+    EXPECT_TRUE(all_near(v_got, to_double(v_cpu), 1e-6, 1e-12));
+  }
+}
+
+// embedding_backward's segment passes, run exactly as the kernels run them (every (chunk, column) of
+// pass 1, then of pass 2), against the CPU backend's scatter-add.
+TEST(CudaMath, SegmentSumsMatchCpuEmbeddingBackward) {
+  namespace seg = electra::cuda::segments;
+  auto cpu = make_cpu_backend<float>();
+  const int B = 8, S = 40, E = 5, V = 12, tokens = B * S;
+  // Long runs of a few ids (crossing many chunks) and short ones.
+  auto ids = random_ints(tokens, 11, 0, V);
+  const auto coin = random_ints(tokens, 12, 0, 10);
+  for (int t = 0; t < tokens; ++t) {
+    if (coin[t] < 5) ids[t] = 3;
+    if (coin[t] == 5) ids[t] = 7;
+  }
+  const auto type_ids = random_ints(tokens, 13, 0, 2);
+  const auto dout = cast<float>(random_values(static_cast<size_t>(tokens) * E, 14));
+  const auto word0 = cast<float>(random_values(static_cast<size_t>(V) * E, 15));
+  const auto pos0 = cast<float>(random_values(static_cast<size_t>(S) * E, 16));
+  const auto type0 = cast<float>(random_values(2 * E, 17));
+  auto word = word0, pos = pos0, type = type0;
+  cpu->embedding_backward(word.data(), pos.data(), type.data(), dout.data(), ids.data(), type_ids.data(), B, S, E);
+
+  auto segment_add = [&](std::vector<float>& table, const std::vector<int32_t>& keys) {
+    std::vector<int32_t> perm(tokens);
+    std::iota(perm.begin(), perm.end(), 0);
+    std::stable_sort(perm.begin(), perm.end(), [&](int a, int b) { return keys[a] < keys[b]; });
+    std::vector<int32_t> sorted(tokens);
+    for (int k = 0; k < tokens; ++k) sorted[k] = keys[perm[k]];
+    const int chunks = seg::chunk_count(tokens);
+    std::vector<float> head(static_cast<size_t>(chunks) * E, NAN), tail(head);
+    bool negative = false;
+    for (int q = 0; q < chunks; ++q) {
+      for (int c = 0; c < E; ++c) {
+        negative |= seg::chunk_pass(table.data(), head.data(), tail.data(), dout.data(), sorted.data(), perm.data(),
+                                    tokens, E, q, c);
+      }
+    }
+    for (int q = 0; q < chunks; ++q) {
+      for (int c = 0; c < E; ++c) seg::cross_pass(table.data(), head.data(), tail.data(), sorted.data(), tokens, E, q, c);
+    }
+    return negative;
+  };
+  // Bound: both sides sum at most `tokens` + 1 terms: |error| <= 2 (n + 1) 2^-24 sum |terms|.
+  auto expect_close = [&](const std::vector<float>& got, const std::vector<float>& want, const std::vector<float>& init,
+                          const std::vector<int32_t>& keys, const char* what) {
+    std::vector<double> abs_sum(init.size());
+    for (size_t i = 0; i < init.size(); ++i) abs_sum[i] = std::abs(init[i]);
+    for (int t = 0; t < tokens; ++t) {
+      for (int c = 0; c < E; ++c) abs_sum[static_cast<size_t>(keys[t]) * E + c] += std::abs(dout[static_cast<size_t>(t) * E + c]);
+    }
+    for (size_t i = 0; i < got.size(); ++i) {
+      const double bound = 2.0 * (tokens + 1) * std::ldexp(1.0, -24) * abs_sum[i];
+      ASSERT_LE(std::abs(static_cast<double>(got[i]) - want[i]), bound) << what << " element " << i;
+    }
+  };
+  auto got_word = word0;
+  EXPECT_FALSE(segment_add(got_word, ids));
+  expect_close(got_word, word, word0, ids, "word table");
+  // Rows whose tokens all fall inside one chunk of the sorted order are summed in the CPU's order:
+  // bitwise equal. Sorted positions of key k are [first[k], first[k] + count[k]).
+  int single_chunk_rows = 0;
+  for (int k = 0, first = 0; k < V; ++k) {
+    const int count = static_cast<int>(std::count(ids.begin(), ids.end(), k));
+    if (count > 0 && first / seg::kChunk == (first + count - 1) / seg::kChunk) {
+      ++single_chunk_rows;
+      EXPECT_EQ(std::memcmp(got_word.data() + k * E, word.data() + k * E, E * sizeof(float)), 0) << "row " << k;
+    }
+    first += count;
+  }
+  EXPECT_GT(single_chunk_rows, 3);
+  auto got_type = type0;
+  EXPECT_FALSE(segment_add(got_type, type_ids));
+  expect_close(got_type, type, type0, type_ids, "type table");
+  // Without type ids every token is type 0: one run over all chunks.
+  auto type_zero = type0, want_zero = type0;
+  cpu->embedding_backward(nullptr, nullptr, want_zero.data(), dout.data(), ids.data(), nullptr, B, S, E);
+  const std::vector<int32_t> zeros(tokens, 0);
+  EXPECT_FALSE(segment_add(type_zero, zeros));
+  expect_close(type_zero, want_zero, type0, zeros, "type table without type ids");
+  // Positions: the CPU's order exactly.
+  auto got_pos = pos0;
+  for (int s = 0; s < S; ++s) {
+    for (int c = 0; c < E; ++c) seg::position_sum(got_pos.data(), dout.data(), B, S, E, s, c);
+  }
+  EXPECT_EQ(std::memcmp(got_pos.data(), pos.data(), pos.size() * sizeof(float)), 0);
+  // A negative key is reported.
+  auto bad = ids;
+  bad[17] = -2;
+  auto scratch = word0;
+  EXPECT_TRUE(segment_add(scratch, bad));
+}
+
+}  // namespace
+}  // namespace electra::test
