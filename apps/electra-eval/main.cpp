@@ -64,8 +64,8 @@ void setup(const Flags& flags, const electra::dist::Communicator& comm, Setup& s
   s.loader = electra::eval::make_eval_loader(flags.data_dir, flags.batch_size, flags.seq_length, flags.mask_prob,
                                              bundle.config.num_token_predictions, flags.seed, comm, flags.vocab);
   if (s.loader->vocab().hash() != bundle.vocab.hash()) {
-    electra::fail("the data's vocabulary ", s.loader->vocab().origin(), " is not the model's (",
-                  bundle.vocab.origin(), "): token ids would mean different words");
+    electra::fail("the data's vocabulary ", s.loader->vocab().origin(), " is not the model's (", bundle.vocab.origin(),
+                  "): token ids would mean different words");
   }
   s.backend = electra::make_cpu_backend<float>();
   s.model = std::make_unique<electra::ElectraPretrainer<float>>(bundle.config, *s.backend);
@@ -83,7 +83,8 @@ void print_table(const electra::eval::EvalMetrics& m, const Flags& flags, const 
             << "data: " << flags.data_dir << ": " << m.sums.batches << " batches x " << flags.batch_size
             << " examples, " << m.sums.masked << " masked positions, " << m.sums.tokens << " tokens; " << ranks
             << " rank(s), seed " << flags.seed << ", " << fixed(m.seconds, 1) << " s\n\n";
-  std::cout << std::left << std::setw(30) << "metric" << "value\n";
+  std::cout << std::left << std::setw(30) << "metric"
+            << "value\n";
   for (const auto& [name, value] : m.scalars()) {
     std::cout << std::left << std::setw(30) << name << fixed(value, 6);
     if (name == "disc_auc" && m.auc_method == "exact") std::cout << "  (exact)";

@@ -2,8 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
-#include <limits>
 #include <cstring>
+#include <limits>
 #include <numeric>
 #include <type_traits>
 
@@ -113,7 +113,8 @@ double auc_exact(std::span<const double> scores, std::span<const int32_t> labels
 }
 
 std::vector<ScoreCount> compress_scores(std::span<const float> scores, std::span<const uint8_t> labels) {
-  if (scores.size() != labels.size()) fail("compress_scores: ", scores.size(), " scores but ", labels.size(), " labels");
+  if (scores.size() != labels.size())
+    fail("compress_scores: ", scores.size(), " scores but ", labels.size(), " labels");
   std::vector<std::pair<float, uint8_t>> pairs(scores.size());
   for (size_t i = 0; i < scores.size(); ++i) {
     if (std::isnan(scores[i])) fail("compress_scores: score ", i, " is NaN");
@@ -157,15 +158,16 @@ std::string pack_scores(const std::vector<ScoreCount>& runs) {
 }
 
 void unpack_scores(const std::string& bytes, std::vector<ScoreCount>& append_to) {
-  if (bytes.size() % sizeof(ScoreCount) != 0) fail("unpack_scores: ", bytes.size(), " bytes is not a whole number of runs");
+  if (bytes.size() % sizeof(ScoreCount) != 0)
+    fail("unpack_scores: ", bytes.size(), " bytes is not a whole number of runs");
   const size_t old = append_to.size();
   append_to.resize(old + bytes.size() / sizeof(ScoreCount));
   if (!bytes.empty()) std::memcpy(append_to.data() + old, bytes.data(), bytes.size());
 }
 
 std::vector<int64_t> EvalSums::counts() const {
-  return {batches,    examples,      masked,         mlm_correct,    sampled_correct,
-          tokens,     true_positive, false_positive, false_negative, true_negative};
+  return {batches, examples,      masked,         mlm_correct,    sampled_correct,
+          tokens,  true_positive, false_positive, false_negative, true_negative};
 }
 
 void EvalSums::set_counts(std::span<const int64_t> c) {

@@ -90,18 +90,18 @@ void unpack_scores(const std::string& bytes, std::vector<ScoreCount>& append_to)
 // Integer counts and loss sums over evaluated batches; add() them, reduce them over ranks, then
 // finalize(). The counts are over real tokens (input_mask = 1) and real predictions (weight 1).
 struct EvalSums {
-  int64_t batches = 0;           // global batches
-  int64_t examples = 0;          // rows
-  int64_t masked = 0;            // masked positions with weight 1
-  int64_t mlm_correct = 0;       // argmax of the generator's logits == original token
-  int64_t sampled_correct = 0;   // the generator's sample == original token
-  int64_t tokens = 0;            // real tokens seen by the discriminator
-  int64_t true_positive = 0;     // predicted replaced (logit > 0), replaced
-  int64_t false_positive = 0;    // predicted replaced, original
-  int64_t false_negative = 0;    // predicted original, replaced
-  int64_t true_negative = 0;     // predicted original, original
-  double mlm_loss_sum = 0.0;     // sum over masked positions of the generator's cross-entropy
-  double disc_loss_sum = 0.0;    // sum over real tokens of the discriminator's sigmoid cross-entropy
+  int64_t batches = 0;          // global batches
+  int64_t examples = 0;         // rows
+  int64_t masked = 0;           // masked positions with weight 1
+  int64_t mlm_correct = 0;      // argmax of the generator's logits == original token
+  int64_t sampled_correct = 0;  // the generator's sample == original token
+  int64_t tokens = 0;           // real tokens seen by the discriminator
+  int64_t true_positive = 0;    // predicted replaced (logit > 0), replaced
+  int64_t false_positive = 0;   // predicted replaced, original
+  int64_t false_negative = 0;   // predicted original, replaced
+  int64_t true_negative = 0;    // predicted original, original
+  double mlm_loss_sum = 0.0;    // sum over masked positions of the generator's cross-entropy
+  double disc_loss_sum = 0.0;   // sum over real tokens of the discriminator's sigmoid cross-entropy
 
   static constexpr int kNumCounts = 10;
   // The integer fields in declaration order (batches .. true_negative), for a reduction.
@@ -121,9 +121,9 @@ struct EvalMetrics {
   double disc_precision = 0.0;              // TP / (TP + FP); 0 when nothing is predicted replaced
   double disc_recall = 0.0;                 // TP / (TP + FN); 0 when nothing was replaced
   // Context.
-  double disc_auc_error_bound = 0.0;  // |disc_auc - exact AUC| <= this (0 for the exact method)
+  double disc_auc_error_bound = 0.0;     // |disc_auc - exact AUC| <= this (0 for the exact method)
   std::string auc_method = "histogram";  // "exact" | "histogram"
-  double replaced_fraction = 0.0;     // (TP + FN) / tokens
+  double replaced_fraction = 0.0;        // (TP + FN) / tokens
   int auc_bins = 0;
   EvalSums sums;
   double seconds = 0.0;  // wall time of the evaluation (rank 0's view)

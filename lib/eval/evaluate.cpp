@@ -169,7 +169,8 @@ EvalMetrics evaluate(ElectraPretrainer<float>& model, data::Loader& loader, cons
   }
   metrics.seconds = comm.allreduce_max(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   if (histogram.nonfinite() > 0 && comm.is_root()) {
-    ELECTRA_LOG(warning) << "evaluate: " << histogram.nonfinite() << " non-finite discriminator logits; disc_auc is NaN";
+    ELECTRA_LOG(warning) << "evaluate: " << histogram.nonfinite()
+                         << " non-finite discriminator logits; disc_auc is NaN";
   }
   return metrics;
 }

@@ -7,8 +7,9 @@
 // masks). Dropout is off; the generator still samples replacements, keyed as in training by
 // (seed, step = batch index, global row). Counts and the AUC histogram are summed over ranks with an
 // int64 allreduce (exact), the two loss sums with a double allreduce, and the exact AUC is computed on
-// rank 0 from every rank's scores and broadcast (eval_metrics.h); every rank returns the same metrics. Results do not depend on the number of ranks (beyond the loss sums' summation order and
-// any float differences of the forward pass between slice shapes).
+// rank 0 from every rank's scores and broadcast (eval_metrics.h); every rank returns the same metrics. Results do not
+// depend on the number of ranks (beyond the loss sums' summation order and any float differences of the forward pass
+// between slice shapes).
 #pragma once
 
 #include <cstdint>
@@ -29,7 +30,7 @@ struct EvalOptions {
   // The AUC is exact (scores gathered to rank 0) up to this many real tokens in the whole evaluation,
   // from histograms beyond (0: always histograms). 2^24 tokens: at most 192 MiB gathered.
   int64_t exact_auc_max_tokens = int64_t{1} << 24;
-  bool rewind = true;       // restart the loader at (epoch 0, cursor 0) first: repeated calls see the same data
+  bool rewind = true;  // restart the loader at (epoch 0, cursor 0) first: repeated calls see the same data
 };
 
 // A loader for held-out shards: shuffle off, `global_batch_size` examples per global batch split over

@@ -1,0 +1,333 @@
+// electra-eval, electra-train's held-out evaluation and jobs/plot_metrics.py as users run them: a tiny
+// model trained for a few seconds on a generated corpus, evaluated on held-out shards under mpirun.
+#include <gtest/gtest.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "lib/core/philox.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+fs::path g_root;  // corpus, vocab, shards, runs
+
+std::string bin(const std::string& program) {
+  const char* build = std::getenv("ELECTRA_BUILD_DIR");
+  return (fs::path(build ? build : "build") / "bin" / program).string();
+}
+
+std::string mpirun(int np) {
+  return std::string(ELECTRA_MPIEXEC) + " -np " + std::to_string(np) +
+         " --oversubscribe --allow-run-as-root -x OMP_NUM_THREADS=1 ";
+}
+
+int run(const std::string& command, const fs::path& log) {
+  const std::string full = command + " > '" + log.string() + "' 2>&1";
+  const int status = std::system(full.c_str());
+  if (WIFEXITED(status)) return WEXITSTATUS(status);
+  return 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+}
+
+std::string read_text(const fs::path& path) {
+  std::ifstream in(path);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+std::string log_of(const fs::path& log) { return "\n--- " + log.string() + " ---\n" + read_text(log); }
+
+std::vector<nlohmann::json> read_metrics(const fs::path& run_dir) {
+  std::vector<nlohmann::json> lines;
+  std::ifstream in(run_dir / "metrics.jsonl");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (!line.empty()) lines.push_back(nlohmann::json::parse(line));
+  }
+  return lines;
+}
+
+// The small model of tests/e2e/train_e2e_test.cpp, 12-example global batches of 32 tokens.
+const char* kSmallModel =
+    " --config jobs/configs/tiny.json --set model.embedding_size=16 --set model.hidden_size=32"
+    " --set model.num_layers=2 --set model.num_heads=2 --set model.intermediate_size=64"
+    " --set model.generator.hidden_size=16 --set model.generator.num_layers=2 --set model.generator.num_heads=1"
+    " --set model.generator.intermediate_size=32 --set model.num_token_predictions=5 --set data.seq_length=32"
+    " --set train.batch_size=12 --set train.log_every=1 --set optim.warmup_steps=2 --set train.peak_gflops=50"
+    " --set data.prefetch_batches=2 --set train.steps=40 --set train.checkpoint_every=20 ";
+
+std::string train_command(int np, const fs::path& run_dir, const std::string& extra = "") {
+  return mpirun(np) + bin("electra-train") + kSmallModel + " --data " + (g_root / "shards").string() + " --output " +
+         run_dir.string() + " " + extra;
+}
+
+// electra-eval --json on the held-out shards; the parsed object (the last line of stdout).
+nlohmann::json evaluate(int np, const std::string& checkpoint, const std::string& extra = "") {
+  const fs::path log = g_root / ("eval_np" + std::to_string(np) + ".log");
+  const std::string command = mpirun(np) + bin("electra-eval") + " --checkpoint " + checkpoint + " --data " +
+                              (g_root / "heldout").string() + " --batch-size 12 --json " + extra;
+  const int code = run(command, log);
+  EXPECT_EQ(code, 0) << command << log_of(log);
+  const std::string text = read_text(log);
+  const size_t start = text.rfind("{\"masked_lm_accuracy\"");
+  if (code != 0 || start == std::string::npos) {
+    ADD_FAILURE() << "no JSON from " << command << log_of(log);
+    return nlohmann::json::object();
+  }
+  return nlohmann::json::parse(text.substr(start, text.find('\n', start) - start));
+}
+
+const std::vector<std::string> kMetrics = {"masked_lm_accuracy", "masked_lm_loss", "sampled_masked_lm_accuracy",
+                                           "disc_loss",          "disc_auc",       "disc_accuracy",
+                                           "disc_precision",     "disc_recall"};
+const std::vector<std::string> kCounts = {"batches", "examples", "masked_positions", "tokens", "replaced_tokens"};
+
+// Counts equal; metrics within `rel_tol` relative (ratios of equal counts are then equal exactly too).
+void expect_same_metrics(const nlohmann::json& a, const nlohmann::json& b, double rel_tol, const std::string& what,
+                         const std::string& prefix_b = "") {
+  for (const std::string& key : kMetrics) {
+    ASSERT_TRUE(a.contains(key) && b.contains(prefix_b + key)) << what << ": " << key;
+    const double x = a[key].get<double>(), y = b[prefix_b + key].get<double>();
+    if (rel_tol == 0) {
+      EXPECT_EQ(x, y) << what << ": " << key;
+    } else {
+      EXPECT_NEAR(x, y, rel_tol * std::max(1e-12, std::abs(x))) << what << ": " << key;
+    }
+  }
+}
+
+class EvalE2E : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    g_root = fs::path(::testing::TempDir()) / ("electra_eval_e2e_" + std::to_string(getpid()));
+    fs::remove_all(g_root);
+    // Pseudo-sentences over a small vocabulary: 4 training files and 1 held-out file (other documents).
+    const std::vector<std::string> words = {"the",    "model", "learns", "to",        "detect",  "replaced",  "tokens",
+                                            "in",     "text",  "while",  "a",         "small",   "generator", "fills",
+                                            "masked", "words", "with",   "plausible", "guesses", "and",       "every",
+                                            "rank",   "reads", "its",    "slice",     "of",      "batch",     "data"};
+    electra::PhiloxSequence random(7, electra::RandomPurpose::kTest, 0, 0);
+    for (const char* dir : {"corpus", "heldout_text"}) {
+      fs::create_directories(g_root / dir);
+      for (int file = 0; file < (std::string(dir) == "corpus" ? 4 : 1); ++file) {
+        std::ofstream out(g_root / dir / ("part" + std::to_string(file) + ".txt"));
+        for (int doc = 0; doc < 40; ++doc) {
+          for (int sentence = 0; sentence < 6; ++sentence) {
+            const int length = 4 + static_cast<int>(random.next_below(10));
+            for (int w = 0; w < length; ++w) out << (w ? " " : "") << words[random.next_below(words.size())];
+            out << ".\n";
+          }
+          out << "\n";
+        }
+      }
+    }
+    const fs::path log = g_root / "prepare.log";
+    ASSERT_EQ(run(bin("electra-vocab") + " --input " + (g_root / "corpus").string() + " --vocab-size 120 --output " +
+                      (g_root / "vocab.txt").string(),
+                  log),
+              0)
+        << log_of(log);
+    for (const auto& [text, shards] : {std::pair{"corpus", "shards"}, std::pair{"heldout_text", "heldout"}}) {
+      ASSERT_EQ(
+          run(mpirun(2) + bin("electra-preprocess") + " --input " + (g_root / text).string() + " --vocab " +
+                  (g_root / "vocab.txt").string() + " --output " + (g_root / shards).string() + " --max-seq-length 32",
+              log),
+          0)
+          << log_of(log);
+    }
+    // One run with held-out evaluation every 20 steps, one without (otherwise the same).
+    const fs::path train_log = g_root / "train.log";
+    ASSERT_EQ(run(train_command(2, g_root / "trained",
+                                "--set train.eval_every=20 --set train.eval_batches=0 --set data.eval_dir=" +
+                                    (g_root / "heldout").string()),
+                  train_log),
+              0)
+        << log_of(train_log);
+    ASSERT_EQ(run(train_command(2, g_root / "plain"), train_log), 0) << log_of(train_log);
+  }
+  static void TearDownTestSuite() { fs::remove_all(g_root); }
+
+  static std::string checkpoint(int step) {
+    char name[32];
+    std::snprintf(name, sizeof(name), "ckpt-%08d.h5", step);
+    return (g_root / "trained" / "checkpoints" / name).string();
+  }
+};
+
+TEST_F(EvalE2E, TrainedModelGivesFiniteMetricsAndBeatsChance) {
+  const nlohmann::json m = evaluate(1, (g_root / "trained").string());
+  ASSERT_FALSE(m.empty());
+  for (const std::string& key : kMetrics) {
+    ASSERT_TRUE(m[key].is_number()) << key << ": " << m.dump();
+    EXPECT_TRUE(std::isfinite(m[key].get<double>())) << key;
+  }
+  for (const char* key : {"masked_lm_accuracy", "sampled_masked_lm_accuracy", "disc_accuracy", "disc_precision",
+                          "disc_recall", "disc_auc"}) {
+    EXPECT_GE(m[key].get<double>(), 0.0) << key;
+    EXPECT_LE(m[key].get<double>(), 1.0) << key;
+  }
+  EXPECT_GT(m["disc_auc"].get<double>(), 0.5) << m.dump();
+  EXPECT_GT(m["masked_lm_loss"].get<double>(), 0.0);
+  EXPECT_GT(m["disc_loss"].get<double>(), 0.0);
+  EXPECT_EQ(m["disc_auc_method"], "exact");
+  EXPECT_EQ(m["disc_auc_error_bound"].get<double>(), 0.0);
+  // One pass over the held-out examples in whole global batches of 12; ~15% of tokens masked.
+  const int64_t examples = m["examples"].get<int64_t>();
+  EXPECT_EQ(examples, 12 * m["batches"].get<int64_t>());
+  EXPECT_GT(m["batches"].get<int64_t>(), 3);
+  const double tokens = m["tokens"].get<double>();
+  EXPECT_GT(tokens, examples * 5.0);
+  EXPECT_LE(tokens, examples * 32.0);
+  EXPECT_NEAR(m["masked_positions"].get<double>() / tokens, 0.15, 0.05);
+  EXPECT_GT(m["replaced_tokens"].get<int64_t>(), 0);
+  EXPECT_LE(m["replaced_tokens"].get<int64_t>(), m["masked_positions"].get<int64_t>());
+  EXPECT_NE(m["model"].get<std::string>().find("ckpt-00000040.h5"), std::string::npos) << "newest checkpoint";
+
+  // The table names every metric.
+  const fs::path log = g_root / "table.log";
+  ASSERT_EQ(run(bin("electra-eval") + " --checkpoint " + checkpoint(40) + " --data " + (g_root / "heldout").string() +
+                    " --batch-size 12 --max-batches 2",
+                log),
+            0)
+      << log_of(log);
+  const std::string table = read_text(log);
+  for (const std::string& key : kMetrics) EXPECT_NE(table.find(key), std::string::npos) << key << log_of(log);
+  EXPECT_NE(table.find("2 batches x 12 examples"), std::string::npos) << log_of(log);
+}
+
+TEST_F(EvalE2E, OneTwoAndThreeRanksGiveTheSameNumbers) {
+  const nlohmann::json one = evaluate(1, checkpoint(40));
+  for (int np : {2, 3}) {
+    const nlohmann::json many = evaluate(np, checkpoint(40));
+    ASSERT_FALSE(many.empty());
+    EXPECT_EQ(many["ranks"], np);
+    for (const std::string& key : kCounts) EXPECT_EQ(one[key], many[key]) << key << " with " << np << " ranks";
+    // Counts and the exact AUC are reduced exactly; the loss sums within summation order.
+    expect_same_metrics(one, many, 1e-6, "1 vs " + std::to_string(np) + " ranks");
+    EXPECT_EQ(one["disc_auc"], many["disc_auc"]);
+    EXPECT_EQ(one["disc_accuracy"], many["disc_accuracy"]);
+    EXPECT_EQ(one["masked_lm_accuracy"], many["masked_lm_accuracy"]);
+  }
+  // The histogram AUC: the same on 1 and 2 ranks, and within its stated bound of the exact one.
+  const nlohmann::json h1 = evaluate(1, checkpoint(40), "--exact-auc-max-tokens 0");
+  const nlohmann::json h2 = evaluate(2, checkpoint(40), "--exact-auc-max-tokens 0");
+  EXPECT_EQ(h1["disc_auc_method"], "histogram");
+  EXPECT_EQ(h1["disc_auc"], h2["disc_auc"]);
+  EXPECT_EQ(h1["disc_auc_error_bound"], h2["disc_auc_error_bound"]);
+  EXPECT_LE(std::abs(h1["disc_auc"].get<double>() - one["disc_auc"].get<double>()),
+            h1["disc_auc_error_bound"].get<double>() + 1e-15);
+  // Coarse bins: a visible error, still within the bound.
+  const nlohmann::json coarse = evaluate(2, checkpoint(40), "--exact-auc-max-tokens 0 --auc-bins 3");
+  EXPECT_GT(coarse["disc_auc_error_bound"].get<double>(), 1e-3);
+  EXPECT_LE(std::abs(coarse["disc_auc"].get<double>() - one["disc_auc"].get<double>()),
+            coarse["disc_auc_error_bound"].get<double>() + 1e-15);
+}
+
+TEST_F(EvalE2E, SeedKeysMaskingAndSamplingReproducibly) {
+  const nlohmann::json a = evaluate(2, checkpoint(40), "--seed 5");
+  const nlohmann::json b = evaluate(2, checkpoint(40), "--seed 5");
+  expect_same_metrics(a, b, 0.0, "the same seed twice");
+  const nlohmann::json c = evaluate(2, checkpoint(40), "--seed 6");
+  EXPECT_NE(a["masked_lm_loss"], c["masked_lm_loss"]) << "another seed masks other tokens";
+}
+
+TEST_F(EvalE2E, TrainerEvaluationEqualsElectraEvalAndLeavesTrainingAlone) {
+  std::vector<nlohmann::json> train_lines, eval_lines;
+  for (const nlohmann::json& line : read_metrics(g_root / "trained")) {
+    (line.contains("eval/disc_auc") ? eval_lines : train_lines).push_back(line);
+  }
+  ASSERT_EQ(eval_lines.size(), 2u);
+  EXPECT_EQ(eval_lines[0]["step"], 20);
+  EXPECT_EQ(eval_lines[1]["step"], 40);
+  // electra-train evaluated its in-memory weights with train.seed (1) on batches of train.batch_size:
+  // electra-eval on the checkpoints of those steps gives the same numbers.
+  for (const nlohmann::json& line : eval_lines) {
+    const int step = line["step"].get<int>();
+    const nlohmann::json m = evaluate(1, checkpoint(step), "--seed 1");
+    expect_same_metrics(m, line, 1e-9, "electra-train vs electra-eval at step " + std::to_string(step), "eval/");
+    EXPECT_EQ(line["eval/examples"], m["examples"]);
+  }
+  // Evaluating changes nothing about training: the same losses, bitwise, as the run without it.
+  const std::vector<nlohmann::json> plain = read_metrics(g_root / "plain");
+  ASSERT_EQ(plain.size(), train_lines.size());
+  for (size_t i = 0; i < plain.size(); ++i) {
+    for (const char* key : {"loss", "gen_loss", "disc_loss", "mlm_accuracy", "disc_accuracy", "grad_norm"}) {
+      EXPECT_EQ(plain[i][key], train_lines[i][key]) << key << " at step " << plain[i]["step"];
+    }
+  }
+  // TensorBoard got the eval/ scalars too.
+  bool found = false;
+  for (const auto& entry : fs::directory_iterator(g_root / "trained" / "tensorboard")) {
+    if (read_text(entry.path()).find("eval/disc_auc") != std::string::npos) found = true;
+  }
+  EXPECT_TRUE(found);
+}
+
+TEST_F(EvalE2E, ExportDirectoryEvaluatesLikeItsCheckpoint) {
+  const fs::path log = g_root / "export.log";
+  ASSERT_EQ(
+      run(bin("electra-export") + " --checkpoint " + checkpoint(40) + " --output " + (g_root / "export").string(), log),
+      0)
+      << log_of(log);
+  const nlohmann::json from_export = evaluate(1, (g_root / "export").string());
+  ASSERT_FALSE(from_export.empty());
+  EXPECT_NE(from_export["model"].get<std::string>().find("Hugging Face export"), std::string::npos);
+  // The same float32 weights (the export drops only the unused sentence head): the same numbers.
+  const nlohmann::json from_checkpoint = evaluate(1, checkpoint(40));
+  expect_same_metrics(from_checkpoint, from_export, 0.0, "export vs checkpoint");
+  for (const std::string& key : kCounts) EXPECT_EQ(from_checkpoint[key], from_export[key]) << key;
+}
+
+TEST_F(EvalE2E, BadInputExitsWithTwoNamingTheProblem) {
+  const fs::path log = g_root / "bad.log";
+  const std::string base = bin("electra-eval") + " --checkpoint " + checkpoint(40);
+  EXPECT_EQ(run(base + " --data " + (g_root / "missing").string(), log), 2) << log_of(log);
+  EXPECT_NE(read_text(log).find("missing"), std::string::npos) << log_of(log);
+  EXPECT_EQ(run(mpirun(2) + base + " --data " + (g_root / "heldout").string() + " --batch-size 5", log), 2)
+      << log_of(log);
+  EXPECT_NE(read_text(log).find("world size"), std::string::npos) << log_of(log);
+  EXPECT_EQ(run(bin("electra-eval") + " --checkpoint " + (g_root / "nowhere").string() + " --data " +
+                    (g_root / "heldout").string(),
+                log),
+            2)
+      << log_of(log);
+  EXPECT_NE(read_text(log).find("nowhere"), std::string::npos) << log_of(log);
+  EXPECT_EQ(run(base + " --data " + (g_root / "heldout").string() + " --batch-size 100000", log), 2) << log_of(log);
+  EXPECT_NE(read_text(log).find("fewer than one global batch"), std::string::npos) << log_of(log);
+  EXPECT_EQ(run(base, log), 2) << "--data is required" << log_of(log);
+}
+
+TEST_F(EvalE2E, PlotScriptDrawsAPngOfTwoRuns) {
+  const char* python = std::getenv("ELECTRA_PYTHON");
+  const std::string py = python && *python && fs::exists(python) ? python : "python3";
+  const fs::path log = g_root / "plot.log";
+  if (run(py + " -c 'import matplotlib'", log) != 0) GTEST_SKIP() << "matplotlib is missing for " << py;
+  // A third run directory whose metrics.jsonl ends in a torn line (a killed run): skipped with a warning.
+  fs::create_directories(g_root / "torn");
+  fs::copy_file(g_root / "plain" / "metrics.jsonl", g_root / "torn" / "metrics.jsonl");
+  std::ofstream(g_root / "torn" / "metrics.jsonl", std::ios::app) << "{\"step\": 41, \"loss\": 1";
+  const fs::path png = g_root / "plots" / "curves.png";
+  ASSERT_EQ(run(py + " jobs/plot_metrics.py " + (g_root / "trained").string() + " " + (g_root / "plain").string() +
+                    " " + (g_root / "torn").string() + " --output " + png.string(),
+                log),
+            0)
+      << log_of(log);
+  ASSERT_TRUE(fs::exists(png)) << log_of(log);
+  EXPECT_GT(fs::file_size(png), 20000u);
+  EXPECT_EQ(read_text(png).substr(0, 8), std::string("\x89PNG\r\n\x1a\n", 8));
+  EXPECT_NE(read_text(log).find("skipping"), std::string::npos) << log_of(log);
+  EXPECT_EQ(run(py + " jobs/plot_metrics.py " + (g_root / "missing").string() + " --output " + png.string(), log), 2)
+      << log_of(log);
+}
+
+}  // namespace
