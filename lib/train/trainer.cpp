@@ -322,7 +322,7 @@ std::optional<std::string> Trainer::setup() {
         fail("config key 'data.eval_dir': ", eval_dir, " was made with another vocabulary (",
              eval_loader_->vocab().origin(), ") than data.dir (", loader_->vocab().origin(), ")");
       }
-    } else if (config_.get<int>("train.eval_every") > 0 || !eval_dir.empty()) {
+    } else if ((config_.get<int>("train.eval_every") > 0 || !eval_dir.empty()) && comm_.is_root()) {
       ELECTRA_LOG(warning) << "held-out evaluation is off: it needs both train.eval_every > 0 and data.eval_dir";
     }
     optim_config_ = optimizer_config_from_json(config_.at("optim"), total_steps_);
