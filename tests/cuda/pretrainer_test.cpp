@@ -97,10 +97,16 @@ void expect_same_step(const PretrainerConfig& config, const Batch& batch) {
   }
   EXPECT_LE(std::sqrt(diff2 / ref2), 1e-4);
   EXPECT_NEAR(g.stats.grad_norm, c.stats.grad_norm, 1e-4 * c.stats.grad_norm);
-  // After one AdamW step.
+  // After one AdamW step. Adam's first update is about lr * sign(g), so a gradient that is rounding noise
+  // on both backends (the key biases' gradient is 0 in exact arithmetic: softmax ignores a shift of all
+  // scores) moves its parameter by +-lr at random: compare only where the gradient is clearly nonzero.
+  size_t checked = 0;
   for (size_t i = 0; i < c.params.size(); ++i) {
+    if (std::abs(c.grads[i]) < 1e-3 * scale) continue;
     ASSERT_NEAR(g.params[i], c.params[i], 1e-5 + 1e-4 * std::abs(c.params[i])) << "parameter " << i;
+    ++checked;
   }
+  EXPECT_GT(checked, c.params.size() / 20);
   ASSERT_EQ(g.second.sampled_ids, c.second.sampled_ids);
   EXPECT_NEAR(g.second.losses.total_loss, c.second.losses.total_loss, 1e-4 * std::abs(c.second.losses.total_loss));
 }

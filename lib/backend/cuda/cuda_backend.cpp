@@ -461,10 +461,11 @@ class CudaBackend final : public Backend<float> {
     }
     return p;
   }
-  // Never throws (called from destructors); cudaFree waits for work that may still use p.
+  // Never throws (called from destructors). Work still queued may use p: wait for the stream first.
   void raw_free(void* p) {
     if (p == nullptr) return;
     cudaSetDevice(device_);
+    cudaStreamSynchronize(stream_.stream);
     if (cudaFree(p) != cudaSuccess) cudaGetLastError();
   }
 

@@ -10,9 +10,10 @@
 //  - Bad indices are found on the device: an op that meets a negative embedding id, a position outside
 //    [0, S) or a label outside [0, V) skips that element and the next waiting call throws electra::Error
 //    naming the problem (the CPU backend throws before running the op).
-//  - Results are bitwise reproducible from run to run on the same GPU model with the same build: no
-//    floating-point atomics; every reduction (bias / LayerNorm / embedding gradients, sum of squares,
-//    softmax rows) has a fixed order, and cuBLAS is deterministic on one stream. Against the CPU backend:
+//  - Results are bitwise reproducible from run to run on the same GPU model (same SM count) with the same
+//    build and CUDA libraries: no floating-point atomics; every reduction (bias / LayerNorm / embedding
+//    gradients, sum of squares, softmax rows) has a fixed order, and cuBLAS is deterministic on one
+//    stream. Against the CPU backend:
 //    dropout keep masks and Gumbel samples (for equal logits) are bitwise equal; embedding_forward,
 //    gather_rows, scatter_add_rows and the position-table gradient are bitwise equal; the rest agree to
 //    float rounding (different summation orders and fused multiply-adds).
