@@ -1,6 +1,8 @@
 // The CUDA kernels' per-element arithmetic (lib/backend/cuda/elementwise_math.h) and the embedding
 // gradient's segment passes (segment_sum.h), run on the CPU against the CPU backend. Needs no GPU: these
 // are the same functions the kernels call, so a wrong formula, Philox key or segment rule fails here.
+#include "lib/backend/cuda/elementwise_math.h"
+
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -9,7 +11,6 @@
 
 #include "lib/backend/backend.h"
 #include "lib/backend/cpu/vmath.h"
-#include "lib/backend/cuda/elementwise_math.h"
 #include "lib/backend/cuda/segment_sum.h"
 #include "tests/backend/test_util.h"
 
@@ -96,7 +97,8 @@ TEST(CudaMath, DropoutKeepBitsMatchCpuBackend) {
   cpu->attention_forward(ctx.data(), probs.data(), want.data(), qkv.data(), nullptr, B, S, H, D, 0.2f, key);
   for (int row = 0; row < B * H * S; ++row) {
     const size_t base = static_cast<size_t>(row) * S;
-    for (int j0 = 0; j0 < S; j0 += 4) m::dropout_keep_group(got.data() + base + j0, key, base + j0, std::min(4, S - j0), 0.2f);
+    for (int j0 = 0; j0 < S; j0 += 4)
+      m::dropout_keep_group(got.data() + base + j0, key, base + j0, std::min(4, S - j0), 0.2f);
   }
   EXPECT_EQ(got, want);
 }
@@ -214,7 +216,8 @@ TEST(CudaMath, SegmentSumsMatchCpuEmbeddingBackward) {
       }
     }
     for (int q = 0; q < chunks; ++q) {
-      for (int c = 0; c < E; ++c) seg::cross_pass(table.data(), head.data(), tail.data(), sorted.data(), tokens, E, q, c);
+      for (int c = 0; c < E; ++c)
+        seg::cross_pass(table.data(), head.data(), tail.data(), sorted.data(), tokens, E, q, c);
     }
     return negative;
   };
@@ -224,7 +227,8 @@ TEST(CudaMath, SegmentSumsMatchCpuEmbeddingBackward) {
     std::vector<double> abs_sum(init.size());
     for (size_t i = 0; i < init.size(); ++i) abs_sum[i] = std::abs(init[i]);
     for (int t = 0; t < tokens; ++t) {
-      for (int c = 0; c < E; ++c) abs_sum[static_cast<size_t>(keys[t]) * E + c] += std::abs(dout[static_cast<size_t>(t) * E + c]);
+      for (int c = 0; c < E; ++c)
+        abs_sum[static_cast<size_t>(keys[t]) * E + c] += std::abs(dout[static_cast<size_t>(t) * E + c]);
     }
     for (size_t i = 0; i < got.size(); ++i) {
       const double bound = 2.0 * (tokens + 1) * std::ldexp(1.0, -24) * abs_sum[i];

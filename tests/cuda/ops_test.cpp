@@ -72,8 +72,8 @@ bool bitwise_equal(const std::vector<T>& a, const std::vector<T>& b) {
     const double err = std::abs(static_cast<double>(got[i]) - want[i]);
     const double bound = 2.0 * n * kU * abs_sum[i] + 1e-30;
     if (!(err <= bound)) {
-      return ::testing::AssertionFailure() << "element " << i << ": gpu " << got[i] << " cpu " << want[i] << " error "
-                                           << err << " > bound " << bound;
+      return ::testing::AssertionFailure()
+             << "element " << i << ": gpu " << got[i] << " cpu " << want[i] << " error " << err << " > bound " << bound;
     }
   }
   return ::testing::AssertionSuccess();
@@ -88,8 +88,10 @@ std::vector<double> gemm_abs(bool ta, bool tb, int m, int n, int k, double alpha
     for (int j = 0; j < n; ++j) {
       double s = 0.0;
       for (int p = 0; p < k; ++p) {
-        const double av = ta ? a[a_off + static_cast<size_t>(p) * lda + i] : a[a_off + static_cast<size_t>(i) * lda + p];
-        const double bv = tb ? b[b_off + static_cast<size_t>(j) * ldb + p] : b[b_off + static_cast<size_t>(p) * ldb + j];
+        const double av =
+            ta ? a[a_off + static_cast<size_t>(p) * lda + i] : a[a_off + static_cast<size_t>(i) * lda + p];
+        const double bv =
+            tb ? b[b_off + static_cast<size_t>(j) * ldb + p] : b[b_off + static_cast<size_t>(p) * ldb + j];
         s += std::abs(av * bv);
       }
       const size_t ci = c_off + static_cast<size_t>(i) * ldc + j;
@@ -182,12 +184,11 @@ TEST_F(CudaOps, GemmBetaZeroIgnoresGarbageAndChecksArguments) {
   cpu->gemm(Transpose::kNo, Transpose::kNo, m, n, k, 1.0f, a.data(), k, b.data(), n, 0.0f, want.data(), n);
   auto da = up(a), db = up(b), dc = up(nan);
   gpu->gemm(Transpose::kNo, Transpose::kNo, m, n, k, 1.0f, da.data(), k, db.data(), n, 0.0f, dc.data(), n);
-  EXPECT_TRUE(within_sum_bound(down(dc), want,
-                               gemm_abs(false, false, m, n, k, 1.0, a, k, b, n, 0.0, std::vector<float>(m * n, 0), n),
-                               k));
-  EXPECT_THROW(gpu->gemm(Transpose::kNo, Transpose::kNo, m, n, k, 1.0f, da.data(), k - 1, db.data(), n, 0.0f,
-                         dc.data(), n),
-               Error);
+  EXPECT_TRUE(within_sum_bound(
+      down(dc), want, gemm_abs(false, false, m, n, k, 1.0, a, k, b, n, 0.0, std::vector<float>(m * n, 0), n), k));
+  EXPECT_THROW(
+      gpu->gemm(Transpose::kNo, Transpose::kNo, m, n, k, 1.0f, da.data(), k - 1, db.data(), n, 0.0f, dc.data(), n),
+      Error);
 }
 
 TEST_F(CudaOps, GemmStridedBatched) {
@@ -539,14 +540,14 @@ TEST_F(CudaOps, AttentionForwardBackward) {
       for (int s = S - 10; s < S; ++s) mask[1 * S + s] = 0;  // padding
       for (int s = 0; s < S; ++s) mask[2 * S + s] = 0;       // nothing to attend to
     }
-    const DropoutKey key{.seed = 4, .step = 7, .lane = 2, .first_example = 30,
-                         .elements_per_example = static_cast<uint64_t>(H) * S * S};
+    const DropoutKey key{
+        .seed = 4, .step = 7, .lane = 2, .first_example = 30, .elements_per_example = static_cast<uint64_t>(H) * S * S};
     std::vector<float> ctx(nctx), probs(np), dqkv(nqkv), scratch(np);
     std::vector<uint8_t> keep(np);
     const int32_t* m = ac.masked ? mask.data() : nullptr;
     cpu->attention_forward(ctx.data(), probs.data(), keep.data(), qkv.data(), m, B, S, H, D, ac.dropout, key);
-    cpu->attention_backward(dqkv.data(), scratch.data(), dctx.data(), qkv.data(), probs.data(), keep.data(), m, B, S,
-                            H, D, ac.dropout);
+    cpu->attention_backward(dqkv.data(), scratch.data(), dctx.data(), qkv.data(), probs.data(), keep.data(), m, B, S, H,
+                            D, ac.dropout);
     auto gqkv = up(qkv);
     auto gdctx = up(dctx);
     auto gmask = up(mask);
@@ -644,8 +645,8 @@ TEST_F(CudaOps, GumbelSamplesAreTheCpus) {
         cpu->gumbel_sample(want.data(), logits.data(), with_disallow ? disallow.data() : nullptr, rows, V, t, 21, 6, 9,
                            per);
         DeviceBuffer<float, int32_t> got(*gpu, rows);
-        gpu->gumbel_sample(got.data(), glogits.data(), with_disallow ? gdisallow.data() : nullptr, rows, V, t, 21, 6,
-                           9, per);
+        gpu->gumbel_sample(got.data(), glogits.data(), with_disallow ? gdisallow.data() : nullptr, rows, V, t, 21, 6, 9,
+                           per);
         EXPECT_EQ(down(got), want) << "V " << V << " t " << t << " disallow " << with_disallow;
       }
     }

@@ -1,12 +1,13 @@
 // A whole ELECTRA pre-training step (lib/model + lib/optim) on the CUDA backend against the CPU backend:
 // same parameters, same batch, same seeds. Dropout masks and Gumbel samples are the same on both
 // backends, so the two steps take the same path and differ by float rounding only. Skips without a GPU.
+#include "lib/model/pretrainer.h"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
 
 #include "lib/backend/cuda/cuda_backend.h"
-#include "lib/model/pretrainer.h"
 #include "lib/optim/adamw.h"
 #include "tests/model/model_test_util.h"
 

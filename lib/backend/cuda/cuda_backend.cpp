@@ -16,14 +16,14 @@
 #include "lib/backend/cuda/kernels.h"
 #include "lib/core/error.h"
 
-#define ELECTRA_CUBLAS_CHECK(call)                                                                          \
-  do {                                                                                                      \
-    const cublasStatus_t electra_cublas_status_ = (call);                                                   \
-    if (electra_cublas_status_ != CUBLAS_STATUS_SUCCESS) {                                                  \
-      ::electra::fail("cuBLAS error: ", #call, " failed at ", __FILE__, ":", __LINE__, ": ",                \
-                      cublasGetStatusName(electra_cublas_status_), " (",                                    \
-                      cublasGetStatusString(electra_cublas_status_), ")");                                  \
-    }                                                                                                       \
+#define ELECTRA_CUBLAS_CHECK(call)                                                           \
+  do {                                                                                       \
+    const cublasStatus_t electra_cublas_status_ = (call);                                    \
+    if (electra_cublas_status_ != CUBLAS_STATUS_SUCCESS) {                                   \
+      ::electra::fail("cuBLAS error: ", #call, " failed at ", __FILE__, ":", __LINE__, ": ", \
+                      cublasGetStatusName(electra_cublas_status_), " (",                     \
+                      cublasGetStatusString(electra_cublas_status_), ")");                   \
+    }                                                                                        \
   } while (0)
 
 namespace electra {
@@ -45,7 +45,8 @@ std::string explain(cudaError_t error, int count) {
            " needs a driver of the same major version)";
   }
   if (error == cudaErrorNoDevice || (error == cudaSuccess && count == 0)) {
-    return "no CUDA GPU is visible (driver CUDA " + cuda_version(driver) + "; check nvidia-smi and CUDA_VISIBLE_DEVICES)";
+    return "no CUDA GPU is visible (driver CUDA " + cuda_version(driver) +
+           "; check nvidia-smi and CUDA_VISIBLE_DEVICES)";
   }
   if (error != cudaSuccess) {
     return std::string("cudaGetDeviceCount failed: ") + cudaGetErrorName(error) + " (" + cudaGetErrorString(error) +
@@ -328,8 +329,8 @@ class CudaBackend final : public Backend<float> {
       // context[b, :, h, :] = attend v
       const float* attend = dropout > 0.0f ? dropped : p;
       const long long attend_batch = dropout > 0.0f ? SS : H * SS;
-      gemm_strided_batched(Transpose::kNo, Transpose::kNo, S, D, S, 1.0f, attend, S, attend_batch, v, ld_qkv,
-                           qkv_batch, 0.0f, context + static_cast<size_t>(h) * D, ld_ctx, ctx_batch, B);
+      gemm_strided_batched(Transpose::kNo, Transpose::kNo, S, D, S, 1.0f, attend, S, attend_batch, v, ld_qkv, qkv_batch,
+                           0.0f, context + static_cast<size_t>(h) * D, ld_ctx, ctx_batch, B);
     }
   }
   void attention_backward(float* dqkv, float* scratch, const float* dcontext, const float* qkv, const float* probs,
@@ -374,8 +375,8 @@ class CudaBackend final : public Backend<float> {
       // Through dropout, then softmax.
       cuda::attention_softmax_backward(stream_, scratch, probs, k_mask, B, H, S, h, keep_scale, score_scale);
       // dq = ds k; dk = ds^T q
-      gemm_strided_batched(Transpose::kNo, Transpose::kNo, S, D, S, 1.0f, ds, S, H * SS, k, ld_qkv, qkv_batch, 0.0f,
-                           dq, ld_qkv, qkv_batch, B);
+      gemm_strided_batched(Transpose::kNo, Transpose::kNo, S, D, S, 1.0f, ds, S, H * SS, k, ld_qkv, qkv_batch, 0.0f, dq,
+                           ld_qkv, qkv_batch, B);
       gemm_strided_batched(Transpose::kYes, Transpose::kNo, S, D, S, 1.0f, ds, S, H * SS, q, ld_qkv, qkv_batch, 0.0f,
                            dk, ld_qkv, qkv_batch, B);
     }
@@ -398,9 +399,8 @@ class CudaBackend final : public Backend<float> {
     activate();
     cuda::sigmoid_cross_entropy(stream_, loss, dlogit, logit, label, grad_scale, n);
   }
-  void gumbel_sample(int32_t* samples, const float* logits, const int32_t* disallow, int rows, int V,
-                     float temperature, uint64_t seed, uint64_t step, uint64_t first_example,
-                     int rows_per_example) override {
+  void gumbel_sample(int32_t* samples, const float* logits, const int32_t* disallow, int rows, int V, float temperature,
+                     uint64_t seed, uint64_t step, uint64_t first_example, int rows_per_example) override {
     ELECTRA_CHECK(rows >= 0 && V > 0, "gumbel_sample: bad shape rows=", rows, " V=", V);
     ELECTRA_CHECK(rows_per_example > 0, "gumbel_sample: rows_per_example must be positive");
     ELECTRA_CHECK(temperature > 0.0f, "gumbel_sample: temperature ", temperature, " must be positive");
@@ -456,8 +456,8 @@ class CudaBackend final : public Backend<float> {
       cudaGetLastError();  // clear it: out of memory is not sticky
       size_t free_bytes = 0, total_bytes = 0;
       cudaMemGetInfo(&free_bytes, &total_bytes);
-      fail("CUDA error: cudaMalloc of ", bytes, " bytes on device ", device_, " (", gpu_name_, ") failed: ",
-           cudaGetErrorName(error), " (", free_bytes >> 20, " MiB free of ", total_bytes >> 20, " MiB)");
+      fail("CUDA error: cudaMalloc of ", bytes, " bytes on device ", device_, " (", gpu_name_,
+           ") failed: ", cudaGetErrorName(error), " (", free_bytes >> 20, " MiB free of ", total_bytes >> 20, " MiB)");
     }
     return p;
   }
@@ -563,8 +563,8 @@ std::unique_ptr<Backend<float>> make_cuda_backend(int device, const CudaBackendO
     fail("CUDA backend unavailable: ", explain(error, count));
   }
   if (device < 0 || device >= count) {
-    fail("CUDA device ", device, " does not exist: ", count, " device", count == 1 ? " is" : "s are",
-         " visible (0..", count - 1, ")");
+    fail("CUDA device ", device, " does not exist: ", count, " device", count == 1 ? " is" : "s are", " visible (0..",
+         count - 1, ")");
   }
   return std::make_unique<CudaBackend>(device, options);
 }

@@ -24,12 +24,12 @@ inline void check_launch(const char* kernel, const char* file, int line) {
 
 }  // namespace electra::cuda
 
-#define ELECTRA_CUDA_CHECK(call)                                                                   \
-  do {                                                                                             \
-    const cudaError_t electra_cuda_error_ = (call);                                                \
-    if (electra_cuda_error_ != cudaSuccess) {                                                      \
-      ::electra::cuda::fail_cuda(#call, __FILE__, __LINE__, electra_cuda_error_);                  \
-    }                                                                                              \
+#define ELECTRA_CUDA_CHECK(call)                                                  \
+  do {                                                                            \
+    const cudaError_t electra_cuda_error_ = (call);                               \
+    if (electra_cuda_error_ != cudaSuccess) {                                     \
+      ::electra::cuda::fail_cuda(#call, __FILE__, __LINE__, electra_cuda_error_); \
+    }                                                                             \
   } while (0)
 
 #define ELECTRA_CUDA_CHECK_LAUNCH(kernel) ::electra::cuda::check_launch(kernel, __FILE__, __LINE__)

@@ -8,12 +8,11 @@ namespace electra::cuda {
 namespace {
 
 // Grid-stride loop over [0, n).
-#define ELECTRA_GRID_LOOP(i, n) \
-  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < (n); i += static_cast<size_t>(blockDim.x) * gridDim.x)
+#define ELECTRA_GRID_LOOP(i, n)                                                        \
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < (n); \
+       i += static_cast<size_t>(blockDim.x) * gridDim.x)
 
-__global__ void fill_kernel(float* x, size_t n, float value) {
-  ELECTRA_GRID_LOOP(i, n) x[i] = value;
-}
+__global__ void fill_kernel(float* x, size_t n, float value) { ELECTRA_GRID_LOOP(i, n) x[i] = value; }
 
 __global__ void activation_forward_kernel(Activation act, float* y, const float* x, size_t n) {
   ELECTRA_GRID_LOOP(i, n) y[i] = math::activation(act, x[i]);
@@ -27,13 +26,9 @@ __global__ void add_kernel(float* out, const float* a, const float* b, size_t n)
   ELECTRA_GRID_LOOP(i, n) out[i] = a[i] + b[i];
 }
 
-__global__ void accumulate_kernel(float* y, const float* x, size_t n) {
-  ELECTRA_GRID_LOOP(i, n) y[i] += x[i];
-}
+__global__ void accumulate_kernel(float* y, const float* x, size_t n) { ELECTRA_GRID_LOOP(i, n) y[i] += x[i]; }
 
-__global__ void scale_kernel(float* x, size_t n, float alpha) {
-  ELECTRA_GRID_LOOP(i, n) x[i] *= alpha;
-}
+__global__ void scale_kernel(float* x, size_t n, float alpha) { ELECTRA_GRID_LOOP(i, n) x[i] *= alpha; }
 
 // One thread per group of four elements: one index division and (usually) one Philox block per group.
 __global__ void dropout_forward_kernel(float* y, uint8_t* keep, const float* x, size_t n, float p, DropoutKey key,

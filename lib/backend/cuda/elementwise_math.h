@@ -131,10 +131,10 @@ ELECTRA_HD inline double log_d(double x) {
   const double z = dmul(s, s), w = dmul(z, z);
   const double t1 = dmul(
       w, dadd(3.999999999940941908e-01, dmul(w, dadd(2.222219843214978396e-01, dmul(w, 1.531383769920937332e-01)))));
-  const double t2 = dmul(
-      z, dadd(6.666666666666735130e-01,
-              dmul(w, dadd(2.857142874366239149e-01,
-                           dmul(w, dadd(1.818357216161805012e-01, dmul(w, 1.479819860511658591e-01)))))));
+  const double t2 =
+      dmul(z, dadd(6.666666666666735130e-01,
+                   dmul(w, dadd(2.857142874366239149e-01,
+                                dmul(w, dadd(1.818357216161805012e-01, dmul(w, 1.479819860511658591e-01)))))));
   const double r = dadd(t2, t1);
   const double hfsq = dmul(dmul(0.5, f), f);
   const double dk = static_cast<double>(k);

@@ -12,8 +12,8 @@ namespace {
 constexpr int kColumnsPerBlock = 128;  // threads (columns) per block of the segment passes
 
 __global__ void embedding_forward_kernel(float* out, const int32_t* ids, const int32_t* type_ids,
-                                         const float* word_table, const float* position_table,
-                                         const float* type_table, int S, int E, size_t n, unsigned* errors) {
+                                         const float* word_table, const float* position_table, const float* type_table,
+                                         int S, int E, size_t n, unsigned* errors) {
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<size_t>(blockDim.x) * gridDim.x) {
     const size_t t = i / E;
@@ -111,10 +111,9 @@ size_t align256(size_t bytes) { return (bytes + 255) / 256 * 256; }
 
 size_t sort_temp_bytes(int tokens) {
   size_t bytes = 0;
-  ELECTRA_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, bytes, static_cast<const int32_t*>(nullptr),
-                                                     static_cast<int32_t*>(nullptr),
-                                                     static_cast<const int32_t*>(nullptr),
-                                                     static_cast<int32_t*>(nullptr), tokens));
+  ELECTRA_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(
+      nullptr, bytes, static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr),
+      static_cast<const int32_t*>(nullptr), static_cast<int32_t*>(nullptr), tokens));
   return bytes;
 }
 
@@ -156,7 +155,7 @@ void sorted_scatter_add(const Stream& s, float* table, const float* rows, const 
   }
   const dim3 grid(segments::chunk_count(n), (E + kColumnsPerBlock - 1) / kColumnsPerBlock);
   chunk_pass_kernel<<<grid, kColumnsPerBlock, 0, s.stream>>>(table, w.head, w.tail, rows, sorted_keys, perm, n, E,
-                                                            s.errors);
+                                                             s.errors);
   ELECTRA_CUDA_CHECK_LAUNCH("chunk_pass_kernel");
   cross_pass_kernel<<<grid, kColumnsPerBlock, 0, s.stream>>>(table, w.head, w.tail, sorted_keys, n, E);
   ELECTRA_CUDA_CHECK_LAUNCH("cross_pass_kernel");
@@ -170,7 +169,7 @@ void embedding_forward(const Stream& s, float* out, const int32_t* ids, const in
   const size_t n = static_cast<size_t>(B) * S * E;
   if (n == 0) return;
   embedding_forward_kernel<<<grid_for(n, s), kBlock, 0, s.stream>>>(out, ids, type_ids, word_table, position_table,
-                                                                     type_table, S, E, n, s.errors);
+                                                                    type_table, S, E, n, s.errors);
   ELECTRA_CUDA_CHECK_LAUNCH("embedding_forward_kernel");
 }
 

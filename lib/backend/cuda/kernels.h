@@ -36,7 +36,8 @@ void add(const Stream& s, float* out, const float* a, const float* b, size_t n);
 void accumulate(const Stream& s, float* y, const float* x, size_t n);
 void scale(const Stream& s, float* x, size_t n, float alpha);
 // p in (0, 1); keep non-null. y may alias x.
-void dropout_forward(const Stream& s, float* y, uint8_t* keep, const float* x, size_t n, float p, const DropoutKey& key);
+void dropout_forward(const Stream& s, float* y, uint8_t* keep, const float* x, size_t n, float p,
+                     const DropoutKey& key);
 // dx = dy * keep * keep_scale
 void dropout_backward(const Stream& s, float* dx, const float* dy, const uint8_t* keep, size_t n, float keep_scale);
 // y[r, :] = bias for rows r (the start of linear_forward).
@@ -72,11 +73,11 @@ void gumbel_sample(const Stream& s, int32_t* samples, const float* logits, const
 // Attention, one head h at a time. probs and keep are the whole [B,H,S,S] tensors (keep may be null when
 // dropout == 0); `dropped` is [B,S,S] for head h (probs * keep / (1 - p)), null when dropout == 0.
 // On entry probs holds head h's scaled scores; on return its masked softmax.
-void attention_softmax_forward(const Stream& s, float* probs, uint8_t* keep, float* dropped, const int32_t* mask,
-                               int B, int H, int S, int h, float dropout, const DropoutKey& key);
+void attention_softmax_forward(const Stream& s, float* probs, uint8_t* keep, float* dropped, const int32_t* mask, int B,
+                               int H, int S, int h, float dropout, const DropoutKey& key);
 // dropped [B,S,S] = probs * keep * keep_scale for head h.
-void attention_apply_keep(const Stream& s, float* dropped, const float* probs, const uint8_t* keep, int B, int H,
-                          int S, int h, float keep_scale);
+void attention_apply_keep(const Stream& s, float* dropped, const float* probs, const uint8_t* keep, int B, int H, int S,
+                          int h, float keep_scale);
 // ds (the [B,H,S,S] scratch, head h) holds d(attend); on return d(scores):
 // ds = p * (dp - sum_j p dp) * score_scale with dp = ds * keep * keep_scale (keep may be null: no dropout).
 void attention_softmax_backward(const Stream& s, float* ds, const float* probs, const uint8_t* keep, int B, int H,

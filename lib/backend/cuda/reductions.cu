@@ -162,8 +162,7 @@ __global__ void layernorm_dx_kernel(float* dx, const float* dy, const float* x, 
 // ---- vocabulary-wide rows ----
 
 __global__ void softmax_cross_entropy_kernel(float* loss, float* dlogits, int32_t* argmax, const float* logits,
-                                             const int32_t* labels, const float* grad_scale, int V,
-                                             unsigned* errors) {
+                                             const int32_t* labels, const float* grad_scale, int V, unsigned* errors) {
   __shared__ float fsmem[32];
   __shared__ int ismem[32];
   const int r = blockIdx.x;
@@ -259,8 +258,8 @@ __global__ void gumbel_sample_kernel(int32_t* samples, const float* logits, cons
 // ---- attention rows (one warp per query row of head h) ----
 // Lane ownership: lane l handles keys j = 128 t + 4 l + u (u < 4), the same in every pass, so a lane
 // only reads back what it wrote, and each group of four keys shares one Philox block for dropout.
-#define ELECTRA_ATTENTION_KEYS(j, S, lane)                                   \
-  for (int j##0 = 4 * (lane); j##0 < (S); j##0 += 4 * kWarp)                 \
+#define ELECTRA_ATTENTION_KEYS(j, S, lane)                   \
+  for (int j##0 = 4 * (lane); j##0 < (S); j##0 += 4 * kWarp) \
     for (int j = j##0; j < j##0 + 4 && j < (S); ++j)
 
 __global__ void attention_softmax_forward_kernel(float* probs, uint8_t* keep, float* dropped, const int32_t* mask,
@@ -363,8 +362,7 @@ void layernorm_forward(const Stream& s, float* y, float* mean, float* rstd, cons
 }
 
 void layernorm_backward(const Stream& s, float* dx, float* dgamma, float* dbeta, const float* dy, const float* x,
-                        const float* mean, const float* rstd, const float* gamma, int rows, int cols,
-                        float* partials) {
+                        const float* mean, const float* rstd, const float* gamma, int rows, int cols, float* partials) {
   if (rows <= 0) return;
   if (dx != nullptr) {
     layernorm_dx_kernel<<<warp_rows_grid(rows), kBlock, 0, s.stream>>>(dx, dy, x, mean, rstd, gamma, rows, cols);
@@ -402,8 +400,8 @@ void gumbel_sample(const Stream& s, int32_t* samples, const float* logits, const
   ELECTRA_CUDA_CHECK_LAUNCH("gumbel_sample_kernel");
 }
 
-void attention_softmax_forward(const Stream& s, float* probs, uint8_t* keep, float* dropped, const int32_t* mask,
-                               int B, int H, int S, int h, float dropout, const DropoutKey& key) {
+void attention_softmax_forward(const Stream& s, float* probs, uint8_t* keep, float* dropped, const int32_t* mask, int B,
+                               int H, int S, int h, float dropout, const DropoutKey& key) {
   const long long rows = static_cast<long long>(B) * S;
   if (rows <= 0) return;
   const float keep_scale = dropout > 0.0f ? 1.0f / (1.0f - dropout) : 1.0f;
@@ -412,8 +410,8 @@ void attention_softmax_forward(const Stream& s, float* probs, uint8_t* keep, flo
   ELECTRA_CUDA_CHECK_LAUNCH("attention_softmax_forward_kernel");
 }
 
-void attention_apply_keep(const Stream& s, float* dropped, const float* probs, const uint8_t* keep, int B, int H,
-                          int S, int h, float keep_scale) {
+void attention_apply_keep(const Stream& s, float* dropped, const float* probs, const uint8_t* keep, int B, int H, int S,
+                          int h, float keep_scale) {
   const size_t n = static_cast<size_t>(B) * S * S;
   if (n == 0) return;
   attention_apply_keep_kernel<<<grid_for(n, s), kBlock, 0, s.stream>>>(dropped, probs, keep, B, H, S, h, keep_scale);

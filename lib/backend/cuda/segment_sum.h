@@ -67,8 +67,8 @@ ELECTRA_HD inline bool chunk_pass(float* table, float* head, float* tail, const 
 
 // Pass 2 for chunk q, column c: if a run starts in chunk q and goes on past it, add the heads of the
 // following chunks it covers onto its tail, in chunk order, and store the row.
-ELECTRA_HD inline void cross_pass(float* table, const float* head, const float* tail, const int32_t* keys, int n,
-                                  int E, int q, int c) {
+ELECTRA_HD inline void cross_pass(float* table, const float* head, const float* tail, const int32_t* keys, int n, int E,
+                                  int q, int c) {
   const int begin = q * kChunk;
   const int end = begin + kChunk < n ? begin + kChunk : n;
   if (end >= n || keys[end] != keys[end - 1]) return;  // the last run ends in this chunk
