@@ -17,67 +17,29 @@
 #include <thread>
 #include <vector>
 
-#include "lib/core/philox.h"
 #include "lib/train/checkpoint.h"
+#include "tests/support/programs.h"
 
 namespace fs = std::filesystem;
 
 namespace {
 
+using electra::test::bin;
+using electra::test::log_of;
+using electra::test::mpirun;
+using electra::test::read_metrics;
+using electra::test::read_text;
+using electra::test::run;
+
 fs::path g_root;  // temp dir with corpus, vocab, shards; run dirs below it
-
-std::string bin(const std::string& program) {
-  const char* build = std::getenv("ELECTRA_BUILD_DIR");
-  return (fs::path(build ? build : "build") / "bin" / program).string();
-}
-
-std::string mpirun(int np) {
-  return std::string(ELECTRA_MPIEXEC) + " -np " + std::to_string(np) +
-         " --oversubscribe --allow-run-as-root -x OMP_NUM_THREADS=1 ";
-}
-
-// Runs a shell command with output to `log`; returns the exit code (or 128 + signal).
-int run(const std::string& command, const fs::path& log) {
-  const std::string full = command + " > '" + log.string() + "' 2>&1";
-  const int status = std::system(full.c_str());
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  return 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
-}
-
-std::string read_text(const fs::path& path) {
-  std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
-std::vector<nlohmann::json> read_metrics(const fs::path& run_dir) {
-  std::vector<nlohmann::json> lines;
-  std::ifstream in(run_dir / "metrics.jsonl");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (!line.empty()) lines.push_back(nlohmann::json::parse(line));
-  }
-  return lines;
-}
 
 // The settings every run shares: a very small model on the test shards, one log line per step.
 std::string train_command(int np, const fs::path& run_dir, const std::string& extra = "") {
   std::ostringstream cmd;
-  cmd << mpirun(np) << bin("electra-train") << " --config jobs/configs/tiny.json --data " << (g_root / "shards")
-      << " --output " << run_dir
-      << " --set model.embedding_size=16 --set model.hidden_size=32 --set model.num_layers=2"
-         " --set model.num_heads=2 --set model.intermediate_size=64 --set model.generator.hidden_size=16"
-         " --set model.generator.num_layers=2 --set model.generator.num_heads=1"
-         " --set model.generator.intermediate_size=32 --set model.num_token_predictions=5"
-         " --set data.seq_length=32 --set train.batch_size=12 --set train.steps=12 --set train.log_every=1"
-         " --set train.checkpoint_every=4 --set optim.warmup_steps=2 --set train.peak_gflops=50"
-         " --set data.prefetch_batches=2 "
-      << extra;
+  cmd << mpirun(np) << bin("electra-train") << electra::test::kSmallModelFlags << " --data " << (g_root / "shards")
+      << " --output " << run_dir << " --set train.steps=12 --set train.checkpoint_every=4 " << extra;
   return cmd.str();
 }
-
-std::string log_of(const fs::path& log) { return "\n--- " + log.string() + " ---\n" + read_text(log); }
 
 void expect_same_trajectory(const std::vector<nlohmann::json>& a, const std::vector<nlohmann::json>& b,
                             double rel_tol, const std::string& what) {
@@ -100,24 +62,7 @@ class TrainE2E : public ::testing::Test {
   static void SetUpTestSuite() {
     g_root = fs::path(::testing::TempDir()) / ("electra_e2e_" + std::to_string(getpid()));
     fs::remove_all(g_root);
-    fs::create_directories(g_root / "corpus");
-    // A corpus of pseudo-sentences over a small vocabulary, in the BERT layout (blank line = new document).
-    const std::vector<std::string> words = {"the",   "model", "learns", "to",    "detect", "replaced", "tokens",
-                                            "in",    "text",  "while",  "a",     "small",  "generator", "fills",
-                                            "masked", "words", "with",  "plausible", "guesses", "and", "every",
-                                            "rank",  "reads", "its",    "slice", "of",     "batch",   "data"};
-    electra::PhiloxSequence random(7, electra::RandomPurpose::kTest, 0, 0);
-    for (int file = 0; file < 4; ++file) {
-      std::ofstream out(g_root / "corpus" / ("part" + std::to_string(file) + ".txt"));
-      for (int doc = 0; doc < 40; ++doc) {
-        for (int sentence = 0; sentence < 6; ++sentence) {
-          const int length = 4 + static_cast<int>(random.next_below(10));
-          for (int w = 0; w < length; ++w) out << (w ? " " : "") << words[random.next_below(words.size())];
-          out << ".\n";
-        }
-        out << "\n";
-      }
-    }
+    electra::test::write_generated_corpus(g_root / "corpus", 4, 40, 7);
     const fs::path log = g_root / "prepare.log";
     ASSERT_EQ(run(bin("electra-vocab") + " --input " + (g_root / "corpus").string() + " --vocab-size 120 --output " +
                       (g_root / "vocab.txt").string(),

@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 
-#include "lib/core/philox.h"
+#include "tests/support/programs.h"
 
 namespace fs = std::filesystem;
 
@@ -21,50 +21,15 @@ namespace {
 
 fs::path g_root;  // corpus, vocab, shards, runs
 
-std::string bin(const std::string& program) {
-  const char* build = std::getenv("ELECTRA_BUILD_DIR");
-  return (fs::path(build ? build : "build") / "bin" / program).string();
-}
+using electra::test::bin;
+using electra::test::log_of;
+using electra::test::mpirun;
+using electra::test::read_metrics;
+using electra::test::read_text;
+using electra::test::run;
 
-std::string mpirun(int np) {
-  return std::string(ELECTRA_MPIEXEC) + " -np " + std::to_string(np) +
-         " --oversubscribe --allow-run-as-root -x OMP_NUM_THREADS=1 ";
-}
-
-int run(const std::string& command, const fs::path& log) {
-  const std::string full = command + " > '" + log.string() + "' 2>&1";
-  const int status = std::system(full.c_str());
-  if (WIFEXITED(status)) return WEXITSTATUS(status);
-  return 128 + (WIFSIGNALED(status) ? WTERMSIG(status) : 0);
-}
-
-std::string read_text(const fs::path& path) {
-  std::ifstream in(path);
-  std::stringstream text;
-  text << in.rdbuf();
-  return text.str();
-}
-
-std::string log_of(const fs::path& log) { return "\n--- " + log.string() + " ---\n" + read_text(log); }
-
-std::vector<nlohmann::json> read_metrics(const fs::path& run_dir) {
-  std::vector<nlohmann::json> lines;
-  std::ifstream in(run_dir / "metrics.jsonl");
-  std::string line;
-  while (std::getline(in, line)) {
-    if (!line.empty()) lines.push_back(nlohmann::json::parse(line));
-  }
-  return lines;
-}
-
-// The small model of tests/e2e/train_e2e_test.cpp, 12-example global batches of 32 tokens.
-const char* kSmallModel =
-    " --config jobs/configs/tiny.json --set model.embedding_size=16 --set model.hidden_size=32"
-    " --set model.num_layers=2 --set model.num_heads=2 --set model.intermediate_size=64"
-    " --set model.generator.hidden_size=16 --set model.generator.num_layers=2 --set model.generator.num_heads=1"
-    " --set model.generator.intermediate_size=32 --set model.num_token_predictions=5 --set data.seq_length=32"
-    " --set train.batch_size=12 --set train.log_every=1 --set optim.warmup_steps=2 --set train.peak_gflops=50"
-    " --set data.prefetch_batches=2 --set train.steps=40 --set train.checkpoint_every=20 ";
+const std::string kSmallModel =
+    std::string(electra::test::kSmallModelFlags) + " --set train.steps=40 --set train.checkpoint_every=20 ";
 
 std::string train_command(int np, const fs::path& run_dir, const std::string& extra = "") {
   return mpirun(np) + bin("electra-train") + kSmallModel + " --data " + (g_root / "shards").string() + " --output " +
@@ -112,25 +77,8 @@ class EvalE2E : public ::testing::Test {
     g_root = fs::path(::testing::TempDir()) / ("electra_eval_e2e_" + std::to_string(getpid()));
     fs::remove_all(g_root);
     // Pseudo-sentences over a small vocabulary: 4 training files and 1 held-out file (other documents).
-    const std::vector<std::string> words = {"the",    "model", "learns", "to",        "detect",  "replaced",  "tokens",
-                                            "in",     "text",  "while",  "a",         "small",   "generator", "fills",
-                                            "masked", "words", "with",   "plausible", "guesses", "and",       "every",
-                                            "rank",   "reads", "its",    "slice",     "of",      "batch",     "data"};
-    electra::PhiloxSequence random(7, electra::RandomPurpose::kTest, 0, 0);
-    for (const char* dir : {"corpus", "heldout_text"}) {
-      fs::create_directories(g_root / dir);
-      for (int file = 0; file < (std::string(dir) == "corpus" ? 4 : 1); ++file) {
-        std::ofstream out(g_root / dir / ("part" + std::to_string(file) + ".txt"));
-        for (int doc = 0; doc < 40; ++doc) {
-          for (int sentence = 0; sentence < 6; ++sentence) {
-            const int length = 4 + static_cast<int>(random.next_below(10));
-            for (int w = 0; w < length; ++w) out << (w ? " " : "") << words[random.next_below(words.size())];
-            out << ".\n";
-          }
-          out << "\n";
-        }
-      }
-    }
+    electra::test::write_generated_corpus(g_root / "corpus", 4, 40, 7);
+    electra::test::write_generated_corpus(g_root / "heldout_text", 1, 40, 8);
     const fs::path log = g_root / "prepare.log";
     ASSERT_EQ(run(bin("electra-vocab") + " --input " + (g_root / "corpus").string() + " --vocab-size 120 --output " +
                       (g_root / "vocab.txt").string(),
