@@ -21,6 +21,7 @@ TransformerLayerShape layer_shape(const EncoderConfig& c) {
 template <typename T>
 Encoder<T>::Encoder(const EncoderConfig& config, const EncoderSlots& slots, Network network)
     : config_(config),
+      slots_(slots),
       embeddings_(slots.embeddings, config.embedding_size, config.hidden_size, config.hidden_dropout,
                   config.layer_norm_eps, dropout_lane(network, -1, DropoutSlot::kEmbeddings)) {
   if (static_cast<int>(slots.layers.size()) != config.num_layers) {
@@ -60,15 +61,25 @@ const T* Encoder<T>::output() const {
 }
 
 template <typename T>
-void Encoder<T>::backward(Backend<T>& be, const T* params, T* grads, const T* dout) {
+void Encoder<T>::backward(Backend<T>& be, const T* params, T* grads, const T* dout,
+                          const std::function<void(size_t, size_t)>& ready) {
   const T* d = dout;
   T* next = grad_a_.data();
   for (int i = static_cast<int>(layers_.size()) - 1; i >= 0; --i) {
     layers_[i].backward(be, params, grads, d, next, scratch_);
+    if (ready) {
+      // A layer's tensors are contiguous: qkv weight first, output LayerNorm beta last.
+      const TransformerLayerSlots& l = slots_.layers[i];
+      ready(l.qkv.weight, l.output_norm.beta + l.output_norm.width - l.qkv.weight);
+    }
     d = next;
     next = (next == grad_a_.data()) ? grad_b_.data() : grad_a_.data();
   }
   embeddings_.backward(be, params, grads, d);
+  if (ready && slots_.embeddings.has_project) {
+    const LinearSlots& p = slots_.embeddings.project;
+    ready(p.weight, p.bias + p.out - p.weight);
+  }
 }
 
 template class Encoder<float>;

@@ -2,7 +2,9 @@
 // num_layers transformer layers. Activations are planned once per (B, S) and reused.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "lib/model/config.h"
@@ -27,12 +29,17 @@ class Encoder {
   const T* output() const;
 
   // dout [B*S, hidden] (not modified): accumulates the gradients of every layer and the embeddings.
-  void backward(Backend<T>& be, const T* params, T* grads, const T* dout);
+  // `ready` (may be empty) gets each layer's parameter range [offset, offset + count) as soon as that
+  // layer's backward is done (last layer first), then the embeddings projection's. The shared
+  // embedding tables are not reported: the other network also adds into them.
+  void backward(Backend<T>& be, const T* params, T* grads, const T* dout,
+                const std::function<void(size_t, size_t)>& ready = {});
 
   const EncoderConfig& config() const { return config_; }
 
  private:
   EncoderConfig config_;
+  EncoderSlots slots_;
   Embeddings<T> embeddings_;
   std::vector<TransformerLayer<T>> layers_;
   LayerScratch<T> scratch_;

@@ -1,8 +1,11 @@
 // The whole ELECTRA pre-training step, readable top to bottom: forward() then backward().
 #include "lib/model/pretrainer.h"
 
+#include <omp.h>
+
 #include <algorithm>
 #include <cmath>
+#include <exception>
 #include <numbers>
 
 #include "lib/core/error.h"
@@ -37,6 +40,26 @@ double truncated_normal(PhiloxSequence& rng) {
 
 }  // namespace
 
+const char* to_string(StepPhase phase) {
+  switch (phase) {
+    case StepPhase::kGeneratorForward:
+      return "generator_forward";
+    case StepPhase::kSampling:
+      return "sampling";
+    case StepPhase::kDiscriminatorForward:
+      return "discriminator_forward";
+    case StepPhase::kForwardDone:
+      return "forward_done";
+    case StepPhase::kDiscriminatorBackward:
+      return "discriminator_backward";
+    case StepPhase::kGeneratorBackward:
+      return "generator_backward";
+    case StepPhase::kBackwardDone:
+      return "backward_done";
+  }
+  return "?";
+}
+
 std::string generator_hf_name(const std::string& name) {
   auto starts = [&](const char* prefix) { return name.rfind(prefix, 0) == 0; };
   if (starts("generator.")) return "electra." + name.substr(10);
@@ -49,24 +72,27 @@ std::string generator_hf_name(const std::string& name) {
 template <typename T>
 struct ElectraPretrainer<T>::Plan {
   int B, S, P;
+  int chunk;  // which chunk of a forward this plan serves (see set_parallel_chunks)
   Encoder<T> generator, discriminator;
   MlmHead<T> mlm;
   ClassificationHead<T> sentence;
   DiscriminatorHead<T> disc_head;
   DeviceBuffer<T, int32_t> ids, type_ids, mask, positions, mlm_labels, samples, mlm_argmax, corrupted, disc_label,
       nsp_labels, nsp_argmax;
-  DeviceBuffer<T> mlm_scale, mlm_loss, d_mlm_logits, lm_outputs, disc_scale, disc_loss, d_disc_logits, nsp_scale,
-      nsp_loss, d_nsp_logits, d_gen_seq, d_disc_seq;
+  DeviceBuffer<T> mlm_scale, mlm_loss, lm_outputs, disc_scale, disc_loss, d_disc_logits, nsp_scale, nsp_loss,
+      d_nsp_logits, d_gen_seq, d_disc_seq;
   bool has_sentence = false;
   bool ran = false;
+  ChunkSums sums;  // this chunk's loss and metric sums of the last forward
   // Host staging, sized once.
   std::vector<int32_t> h_original, h_mlm_argmax, h_nsp_argmax;
   std::vector<T> h_mlm_scale, h_mlm_loss, h_disc_scale, h_disc_loss, h_nsp_scale, h_nsp_loss, h_nsp_logits;
 
-  Plan(ElectraPretrainer& m, int B_, int S_, int P_)
+  Plan(ElectraPretrainer& m, int B_, int S_, int P_, int chunk_)
       : B(B_),
         S(S_),
         P(P_),
+        chunk(chunk_),
         generator(m.config_.generator, m.layout_.slots.generator, Network::kGenerator),
         discriminator(m.config_.discriminator, m.layout_.slots.discriminator, Network::kDiscriminator),
         mlm(m.layout_.slots.mlm_head, m.config_.generator.hidden_size, m.config_.embedding_size(),
@@ -87,7 +113,6 @@ struct ElectraPretrainer<T>::Plan {
     nsp_argmax.reset(be, B);
     mlm_scale.reset(be, M);
     mlm_loss.reset(be, M);
-    d_mlm_logits.reset(be, M * V);
     if (m.config_.output_type == OutputType::kPredictions) lm_outputs.reset(be, M * V);
     disc_scale.reset(be, N);
     disc_loss.reset(be, N);
@@ -193,19 +218,32 @@ std::vector<NamedTensor<T>> ElectraPretrainer<T>::checkpoint_items() {
 }
 
 template <typename T>
-typename ElectraPretrainer<T>::Plan& ElectraPretrainer<T>::plan_for(int B, int S, int P) {
+typename ElectraPretrainer<T>::Plan& ElectraPretrainer<T>::plan_for(int B, int S, int P, int chunk) {
   for (size_t i = 0; i < plans_.size(); ++i) {
-    if (plans_[i]->B == B && plans_[i]->S == S && plans_[i]->P == P) {
+    const Plan& p = *plans_[i];
+    if (p.B == B && p.S == S && p.P == P && p.chunk == chunk) {
       std::rotate(plans_.begin(), plans_.begin() + i, plans_.begin() + i + 1);
       return *plans_.front();
     }
   }
-  if (plans_.size() >= kMaxPlans) {
-    if (last_ == plans_.back().get()) last_ = nullptr;
+  // Every chunk of the current forward was requested just before and sits at the front, so with room
+  // for kMaxPlans shapes per chunk the eviction never takes one of them.
+  if (plans_.size() >= kMaxPlans * static_cast<size_t>(std::max(1, chunks_))) {
+    const Plan* evicted = plans_.back().get();
+    if (std::find(last_.begin(), last_.end(), evicted) != last_.end()) last_.clear();
     plans_.pop_back();
   }
-  plans_.insert(plans_.begin(), std::make_unique<Plan>(*this, B, S, P));
+  plans_.insert(plans_.begin(), std::make_unique<Plan>(*this, B, S, P, chunk));
   return *plans_.front();
+}
+
+template <typename T>
+void ElectraPretrainer<T>::set_parallel_chunks(int chunks) {
+  if (chunks < 1) fail("set_parallel_chunks: chunks must be >= 1, got ", chunks);
+  if (chunks > 1 && backend_.device() != DeviceKind::kCpu) {
+    fail("set_parallel_chunks: parallel chunks are a CPU execution strategy (backend ", backend_.name(), ")");
+  }
+  chunks_ = chunks;
 }
 
 template <typename T>
@@ -265,15 +303,51 @@ void ElectraPretrainer<T>::check_batch(const Batch& b) const {
   }
 }
 
+namespace {
+
+// Runs body(k) for k in [0, chunks): concurrently on OpenMP threads (one chunk per thread at a time,
+// whose ops then run single-threaded) when there are several, else inline. An exception thrown by a
+// chunk is rethrown here after the region (it must not cross the OpenMP region's boundary).
+template <typename F>
+void for_each_chunk(int chunks, F&& body) {
+  if (chunks == 1) {
+    body(0);
+    return;
+  }
+  std::vector<std::exception_ptr> errors(chunks);
+  const int threads = std::max(1, std::min(chunks, omp_get_max_threads()));
+#pragma omp parallel for num_threads(threads) schedule(static, 1)
+  for (int k = 0; k < chunks; ++k) {
+    try {
+      omp_set_num_threads(1);  // this thread's ops run single-threaded (the setting ends with the region)
+      body(k);
+    } catch (...) {
+      errors[k] = std::current_exception();
+    }
+  }
+  for (const std::exception_ptr& e : errors) {
+    if (e) std::rethrow_exception(e);
+  }
+}
+
+}  // namespace
+
 template <typename T>
 const PretrainerOutputs<T>& ElectraPretrainer<T>::forward(const Batch& batch, const StepContext& ctx) {
   check_batch(batch);
+  hooks_ = ctx.hooks;
+  const auto phase = [this](StepPhase p) {
+    if (hooks_.on_phase) hooks_.on_phase(p);
+  };
+  phase(StepPhase::kGeneratorForward);
   const int B = batch.rows, S = batch.seq_length, P = batch.num_predictions;
   const int N = B * S, M = B * P, V = config_.vocab_size, NC = config_.num_classes;
-  Plan& plan = plan_for(B, S, P);
-  last_ = &plan;
-  Backend<T>& be = backend_;
-  const T* params = params_.data();
+  // Chunk k holds rows [B * k / K, B * (k + 1) / K).
+  const int K = std::min(chunks_, B);
+  const auto row0 = [&](int k) { return static_cast<int>(static_cast<long long>(B) * k / K); };
+  last_.clear();
+  for (int k = 0; k < K; ++k) last_.push_back(&plan_for(row0(k + 1) - row0(k), S, P, k));
+  for (Plan* plan : last_) plan->ran = false;
   PretrainerOutputs<T>& out = outputs_;
   out.rows = B;
   out.seq_length = S;
@@ -282,164 +356,291 @@ const PretrainerOutputs<T>& ElectraPretrainer<T>::forward(const Batch& batch, co
   out.vocab_size = V;
   PretrainerLosses& L = out.losses;
   L = PretrainerLosses{};
-
-  be.copy_ints_from_host(plan.ids.data(), batch.input_word_ids.data(), N);
-  be.copy_ints_from_host(plan.type_ids.data(), batch.input_type_ids.data(), N);
-  be.copy_ints_from_host(plan.mask.data(), batch.input_mask.data(), N);
-  be.copy_ints_from_host(plan.positions.data(), batch.masked_lm_positions.data(), M);
-  be.copy_ints_from_host(plan.mlm_labels.data(), batch.masked_lm_ids.data(), M);
-  const DropoutContext dropout{ctx.training, ctx.seed, ctx.step, batch.global_row_offset};
+  out.sampled_ids.resize(M);
+  out.corrupted_ids.resize(N);
+  out.disc_label.resize(N);
+  out.disc_logits.resize(N);
+  out.sentence_outputs.resize(static_cast<size_t>(B) * NC);
+  if (ctx.copy_outputs) {
+    out.lm_outputs.resize(static_cast<size_t>(M) * V);
+  } else {
+    out.lm_outputs.clear();
+  }
 
   // Loss denominators: this slice's own sums, or the global ones.
   for (int i = 0; i < M; ++i) L.mlm_weight_sum += batch.masked_lm_weights[i];
   for (int i = 0; i < N; ++i) L.disc_token_count += batch.input_mask[i];
   L.has_sentence = !batch.next_sentence_labels.empty();
-  double mlm_norm = L.mlm_weight_sum, disc_norm = L.disc_token_count, nsp_norm = B;
+  Normalizers norms{L.mlm_weight_sum, L.disc_token_count, static_cast<double>(B)};
   if (ctx.global) {
-    mlm_norm = ctx.global->masked_lm_weight_sum;
-    disc_norm = ctx.global->input_mask_count;
-    nsp_norm = ctx.global->examples;
-    if (L.has_sentence && !(nsp_norm > 0)) fail("forward: GlobalNormalizers.examples must be > 0 with NSP labels");
+    norms.mlm = ctx.global->masked_lm_weight_sum;
+    norms.disc = ctx.global->input_mask_count;
+    norms.nsp = ctx.global->examples;
+    if (L.has_sentence && !(norms.nsp > 0)) fail("forward: GlobalNormalizers.examples must be > 0 with NSP labels");
   }
 
-  // ---- generator ----
+  // The three stages, each over all chunks (concurrently when there are several).
+  for_each_chunk(K, [&](int k) { forward_generator(*last_[k], batch, row0(k), ctx); });
+  phase(StepPhase::kSampling);
+  for_each_chunk(K, [&](int k) { forward_sampling(*last_[k], batch, row0(k), ctx, norms); });
+  phase(StepPhase::kDiscriminatorForward);
+  for_each_chunk(K, [&](int k) { forward_discriminator(*last_[k], batch, row0(k), ctx, norms); });
+
+  // Sums over chunks in chunk order.
+  for (const Plan* plan : last_) {
+    L.disc_fake_count += plan->sums.disc_fake_count;
+    L.mlm_loss_sum += plan->sums.mlm_loss_sum;
+    L.mlm_correct_sum += plan->sums.mlm_correct_sum;
+    L.disc_loss_sum += plan->sums.disc_loss_sum;
+    L.disc_correct_sum += plan->sums.disc_correct_sum;
+    L.sentence_loss_sum += plan->sums.sentence_loss_sum;
+    L.sentence_correct_sum += plan->sums.sentence_correct_sum;
+  }
+  if (L.has_sentence) {
+    L.sentence_count = B;
+    L.sentence_loss = L.sentence_loss_sum / norms.nsp;
+    L.sentence_accuracy = L.sentence_correct_sum / B;
+  }
+  L.mlm_loss = L.mlm_loss_sum / (norms.mlm + kLossEps);
+  L.disc_loss = L.disc_loss_sum / (norms.disc + kLossEps);
+  L.total_loss = L.mlm_loss + config_.disc_loss_weight * L.disc_loss + L.sentence_loss;
+  L.mlm_accuracy = L.mlm_weight_sum > 0 ? L.mlm_correct_sum / L.mlm_weight_sum : 0.0;
+  L.disc_accuracy = L.disc_token_count > 0 ? L.disc_correct_sum / L.disc_token_count : 0.0;
+  phase(StepPhase::kForwardDone);
+  return out;
+}
+
+// Generator over rows [r0, r0 + plan.B) of the batch: encoder and heads.
+template <typename T>
+void ElectraPretrainer<T>::forward_generator(Plan& plan, const Batch& batch, int r0, const StepContext& ctx) {
+  const int B = plan.B, S = plan.S, P = plan.P;
+  const int N = B * S, M = B * P, V = config_.vocab_size;
+  const size_t n0 = static_cast<size_t>(r0) * S, m0 = static_cast<size_t>(r0) * P;
+  Backend<T>& be = backend_;
+  const T* params = params_.data();
+  plan.sums = ChunkSums{};
+  be.copy_ints_from_host(plan.ids.data(), batch.input_word_ids.data() + n0, N);
+  be.copy_ints_from_host(plan.type_ids.data(), batch.input_type_ids.data() + n0, N);
+  be.copy_ints_from_host(plan.mask.data(), batch.input_mask.data() + n0, N);
+  be.copy_ints_from_host(plan.positions.data(), batch.masked_lm_positions.data() + m0, M);
+  be.copy_ints_from_host(plan.mlm_labels.data(), batch.masked_lm_ids.data() + m0, M);
+  const DropoutContext dropout{ctx.training, ctx.seed, ctx.step, batch.global_row_offset + r0};
+
   plan.generator.forward(be, params, plan.ids.data(), plan.type_ids.data(), plan.mask.data(), dropout);
   const T* gen_out = plan.generator.output();
   plan.mlm.forward(be, params, gen_out, plan.positions.data());
   plan.sentence.forward(be, params, gen_out);
 
-  // MLM loss sum(w * CE) / (sum(w) + 1e-6); its gradient w.r.t. the logits is ready for backward.
+  // lm_outputs: the logits, or their log-softmax with output_type predictions. The MLM loss is taken
+  // after sampling (forward_sampling), in place of the logits.
+  if (config_.output_type == OutputType::kPredictions) be.log_softmax(plan.lm_outputs.data(), plan.mlm.logits(), M, V);
+}
+
+template <typename T>
+const T* ElectraPretrainer<T>::lm_outputs_of(Plan& plan) {
+  return config_.output_type == OutputType::kPredictions ? plan.lm_outputs.data() : plan.mlm.logits();
+}
+
+// Sampling (no gradient) for rows [r0, r0 + plan.B): Gumbel-max over lm_outputs (as TF Model Garden) per
+// masked position, keyed by the global example; then the MLM loss; the corrupted ids and the
+// discriminator's labels.
+template <typename T>
+void ElectraPretrainer<T>::forward_sampling(Plan& plan, const Batch& batch, int r0, const StepContext& ctx,
+                                            const Normalizers& norms) {
+  const int B = plan.B, S = plan.S, P = plan.P;
+  const int N = B * S, M = B * P, V = config_.vocab_size;
+  const size_t n0 = static_cast<size_t>(r0) * S, m0 = static_cast<size_t>(r0) * P;
+  Backend<T>& be = backend_;
+  PretrainerOutputs<T>& out = outputs_;
+  be.gumbel_sample(plan.samples.data(), lm_outputs_of(plan),
+                   config_.disallow_correct ? plan.mlm_labels.data() : nullptr, M, V, config_.temperature, ctx.seed,
+                   ctx.step, batch.global_row_offset + r0, P);
+  int32_t* sampled = out.sampled_ids.data() + m0;
+  be.copy_ints_to_host(sampled, plan.samples.data(), M);
+  if (ctx.copy_outputs) {
+    be.copy_to_host(out.lm_outputs.data() + m0 * V, lm_outputs_of(plan), static_cast<size_t>(M) * V);
+  }
+
+  // MLM loss sum(w * CE) / (sum(w) + 1e-6). Its gradient w.r.t. the logits overwrites the logits (read
+  // for the last time above), ready for backward: one [B*P, V] buffer instead of two.
   for (int i = 0; i < M; ++i) {
-    plan.h_mlm_scale[i] = static_cast<T>(batch.masked_lm_weights[i] / (mlm_norm + kLossEps));
+    plan.h_mlm_scale[i] = static_cast<T>(batch.masked_lm_weights[m0 + i] / (norms.mlm + kLossEps));
   }
   be.copy_from_host(plan.mlm_scale.data(), plan.h_mlm_scale.data(), M);
-  be.softmax_cross_entropy(plan.mlm_loss.data(), plan.d_mlm_logits.data(), plan.mlm_argmax.data(), plan.mlm.logits(),
+  be.softmax_cross_entropy(plan.mlm_loss.data(), plan.mlm.logits(), plan.mlm_argmax.data(), plan.mlm.logits(),
                            plan.mlm_labels.data(), plan.mlm_scale.data(), M, V);
 
-  // lm_outputs: the logits, or their log-softmax with output_type predictions.
-  const T* lm_outputs = plan.mlm.logits();
-  if (config_.output_type == OutputType::kPredictions) {
-    be.log_softmax(plan.lm_outputs.data(), plan.mlm.logits(), M, V);
-    lm_outputs = plan.lm_outputs.data();
-  }
-
-  // ---- sampling (no gradient): Gumbel-max over lm_outputs (as TF Model Garden) per masked position,
-  // keyed by the global example ----
-  be.gumbel_sample(plan.samples.data(), lm_outputs, config_.disallow_correct ? plan.mlm_labels.data() : nullptr, M, V,
-                   config_.temperature, ctx.seed, ctx.step, batch.global_row_offset, P);
-  out.sampled_ids.resize(M);
-  be.copy_ints_to_host(out.sampled_ids.data(), plan.samples.data(), M);
-
   // Original ids: the generator input with the masked positions restored; corrupted: the samples there.
-  std::copy(batch.input_word_ids.begin(), batch.input_word_ids.end(), plan.h_original.begin());
+  const int32_t* ids = batch.input_word_ids.data() + n0;
+  const int32_t* positions = batch.masked_lm_positions.data() + m0;
+  const int32_t* labels = batch.masked_lm_ids.data() + m0;
+  const float* weights = batch.masked_lm_weights.data() + m0;
+  const int32_t* input_mask = batch.input_mask.data() + n0;
+  std::copy(ids, ids + N, plan.h_original.begin());
   for (int b = 0; b < B; ++b) {
     for (int p = 0; p < P; ++p) {
       const int i = b * P + p;
-      if (batch.masked_lm_weights[i] > 0)
-        plan.h_original[b * S + batch.masked_lm_positions[i]] = batch.masked_lm_ids[i];
+      if (weights[i] > 0) plan.h_original[b * S + positions[i]] = labels[i];
     }
   }
-  out.corrupted_ids = plan.h_original;
+  int32_t* corrupted = out.corrupted_ids.data() + n0;
+  std::copy(plan.h_original.begin(), plan.h_original.end(), corrupted);
   for (int b = 0; b < B; ++b) {
     for (int p = 0; p < P; ++p) {
       const int i = b * P + p;
-      if (batch.masked_lm_weights[i] > 0) out.corrupted_ids[b * S + batch.masked_lm_positions[i]] = out.sampled_ids[i];
+      if (weights[i] > 0) corrupted[b * S + positions[i]] = sampled[i];
     }
   }
-  out.disc_label.resize(N);
+  int32_t* disc_label = out.disc_label.data() + n0;
   for (int i = 0; i < N; ++i) {
     // A sample equal to the original token is real (label 0), as in ELECTRA.
-    out.disc_label[i] = batch.input_mask[i] != 0 && out.corrupted_ids[i] != plan.h_original[i] ? 1 : 0;
-    L.disc_fake_count += out.disc_label[i];
+    disc_label[i] = input_mask[i] != 0 && corrupted[i] != plan.h_original[i] ? 1 : 0;
+    plan.sums.disc_fake_count += disc_label[i];
   }
-  be.copy_ints_from_host(plan.corrupted.data(), out.corrupted_ids.data(), N);
-  be.copy_ints_from_host(plan.disc_label.data(), out.disc_label.data(), N);
+  be.copy_ints_from_host(plan.corrupted.data(), corrupted, N);
+  be.copy_ints_from_host(plan.disc_label.data(), disc_label, N);
+}
 
-  // ---- discriminator ----
+// Discriminator over rows [r0, r0 + plan.B): encoder, head, RTD loss (and the sentence loss), then this
+// chunk's loss and metric sums on the host and its rows of the outputs.
+template <typename T>
+void ElectraPretrainer<T>::forward_discriminator(Plan& plan, const Batch& batch, int r0, const StepContext& ctx,
+                                                 const Normalizers& norms) {
+  const int B = plan.B, S = plan.S, P = plan.P;
+  const int N = B * S, M = B * P, NC = config_.num_classes;
+  const size_t n0 = static_cast<size_t>(r0) * S, m0 = static_cast<size_t>(r0) * P;
+  Backend<T>& be = backend_;
+  const T* params = params_.data();
+  PretrainerOutputs<T>& out = outputs_;
+  const int32_t* input_mask = batch.input_mask.data() + n0;
+  const DropoutContext dropout{ctx.training, ctx.seed, ctx.step, batch.global_row_offset + r0};
+
   plan.discriminator.forward(be, params, plan.corrupted.data(), plan.type_ids.data(), plan.mask.data(), dropout);
   plan.disc_head.forward(be, params, plan.discriminator.output());
   // RTD loss sum(mask * BCE) / (sum(mask) + 1e-6), weighted by disc_loss_weight in the total.
   for (int i = 0; i < N; ++i) {
-    plan.h_disc_scale[i] = static_cast<T>(config_.disc_loss_weight * batch.input_mask[i] / (disc_norm + kLossEps));
+    plan.h_disc_scale[i] = static_cast<T>(config_.disc_loss_weight * input_mask[i] / (norms.disc + kLossEps));
   }
   be.copy_from_host(plan.disc_scale.data(), plan.h_disc_scale.data(), N);
   be.sigmoid_cross_entropy(plan.disc_loss.data(), plan.d_disc_logits.data(), plan.disc_head.logits(),
                            plan.disc_label.data(), plan.disc_scale.data(), N);
 
   // ---- sentence loss (only with NSP labels): mean CE over examples ----
-  if (L.has_sentence) {
-    be.copy_ints_from_host(plan.nsp_labels.data(), batch.next_sentence_labels.data(), B);
-    std::fill(plan.h_nsp_scale.begin(), plan.h_nsp_scale.end(), static_cast<T>(1.0 / nsp_norm));
+  plan.has_sentence = !batch.next_sentence_labels.empty();
+  if (plan.has_sentence) {
+    be.copy_ints_from_host(plan.nsp_labels.data(), batch.next_sentence_labels.data() + r0, B);
+    std::fill(plan.h_nsp_scale.begin(), plan.h_nsp_scale.end(), static_cast<T>(1.0 / norms.nsp));
     be.copy_from_host(plan.nsp_scale.data(), plan.h_nsp_scale.data(), B);
     be.softmax_cross_entropy(plan.nsp_loss.data(), plan.d_nsp_logits.data(), plan.nsp_argmax.data(),
                              plan.sentence.logits(), plan.nsp_labels.data(), plan.nsp_scale.data(), B, NC);
   }
-  plan.has_sentence = L.has_sentence;
   plan.ran = true;
 
   // ---- losses and metrics on the host (double sums in a fixed order) ----
+  ChunkSums& sums = plan.sums;
   be.copy_to_host(plan.h_mlm_loss.data(), plan.mlm_loss.data(), M);
   be.copy_ints_to_host(plan.h_mlm_argmax.data(), plan.mlm_argmax.data(), M);
   for (int i = 0; i < M; ++i) {
-    const double w = batch.masked_lm_weights[i];
-    L.mlm_loss_sum += w * static_cast<double>(plan.h_mlm_loss[i]);
-    if (plan.h_mlm_argmax[i] == batch.masked_lm_ids[i]) L.mlm_correct_sum += w;
+    const double w = batch.masked_lm_weights[m0 + i];
+    sums.mlm_loss_sum += w * static_cast<double>(plan.h_mlm_loss[i]);
+    if (plan.h_mlm_argmax[i] == batch.masked_lm_ids[m0 + i]) sums.mlm_correct_sum += w;
   }
-  out.disc_logits.resize(N);
-  be.copy_to_host(out.disc_logits.data(), plan.disc_head.logits(), N);
+  T* disc_logits = out.disc_logits.data() + n0;
+  const int32_t* disc_label = out.disc_label.data() + n0;
+  be.copy_to_host(disc_logits, plan.disc_head.logits(), N);
   be.copy_to_host(plan.h_disc_loss.data(), plan.disc_loss.data(), N);
   for (int i = 0; i < N; ++i) {
-    if (batch.input_mask[i] == 0) continue;
-    L.disc_loss_sum += static_cast<double>(plan.h_disc_loss[i]);
-    if ((out.disc_logits[i] > 0) == (out.disc_label[i] == 1)) L.disc_correct_sum += 1.0;
+    if (input_mask[i] == 0) continue;
+    sums.disc_loss_sum += static_cast<double>(plan.h_disc_loss[i]);
+    if ((disc_logits[i] > 0) == (disc_label[i] == 1)) sums.disc_correct_sum += 1.0;
   }
-  out.sentence_outputs.resize(static_cast<size_t>(B) * NC);
-  be.copy_to_host(out.sentence_outputs.data(), plan.sentence.logits(), out.sentence_outputs.size());
-  if (L.has_sentence) {
+  be.copy_to_host(out.sentence_outputs.data() + static_cast<size_t>(r0) * NC, plan.sentence.logits(),
+                  static_cast<size_t>(B) * NC);
+  if (plan.has_sentence) {
     be.copy_to_host(plan.h_nsp_loss.data(), plan.nsp_loss.data(), B);
     be.copy_ints_to_host(plan.h_nsp_argmax.data(), plan.nsp_argmax.data(), B);
     for (int b = 0; b < B; ++b) {
-      L.sentence_loss_sum += static_cast<double>(plan.h_nsp_loss[b]);
-      if (plan.h_nsp_argmax[b] == batch.next_sentence_labels[b]) L.sentence_correct_sum += 1.0;
+      sums.sentence_loss_sum += static_cast<double>(plan.h_nsp_loss[b]);
+      if (plan.h_nsp_argmax[b] == batch.next_sentence_labels[r0 + b]) sums.sentence_correct_sum += 1.0;
     }
-    L.sentence_count = B;
-    L.sentence_loss = L.sentence_loss_sum / nsp_norm;
-    L.sentence_accuracy = L.sentence_correct_sum / B;
   }
-  L.mlm_loss = L.mlm_loss_sum / (mlm_norm + kLossEps);
-  L.disc_loss = L.disc_loss_sum / (disc_norm + kLossEps);
-  L.total_loss = L.mlm_loss + config_.disc_loss_weight * L.disc_loss + L.sentence_loss;
-  L.mlm_accuracy = L.mlm_weight_sum > 0 ? L.mlm_correct_sum / L.mlm_weight_sum : 0.0;
-  L.disc_accuracy = L.disc_token_count > 0 ? L.disc_correct_sum / L.disc_token_count : 0.0;
-
-  if (ctx.copy_outputs) {
-    out.lm_outputs.resize(static_cast<size_t>(M) * V);
-    be.copy_to_host(out.lm_outputs.data(), lm_outputs, out.lm_outputs.size());
-  } else {
-    out.lm_outputs.clear();
-  }
-  return out;
 }
 
 template <typename T>
 void ElectraPretrainer<T>::backward() {
-  if (last_ == nullptr || !last_->ran) fail("ElectraPretrainer::backward called without a preceding forward");
-  Plan& plan = *last_;
+  if (last_.empty() || !std::all_of(last_.begin(), last_.end(), [](const Plan* p) { return p->ran; })) {
+    fail("ElectraPretrainer::backward called without a preceding forward");
+  }
+  const auto phase = [this](StepPhase p) {
+    if (hooks_.on_phase) hooks_.on_phase(p);
+  };
+  const int K = static_cast<int>(last_.size());
+  const size_t n = grads_.size();
+  // Chunk 0 accumulates into the gradient buffer, chunk k > 0 into its own zeroed buffer; they are added
+  // in chunk order at the end. One chunk reports finished ranges as it goes (see StepHooks).
+  if (K > 1 && extra_grads_.size() < static_cast<size_t>(K - 1)) extra_grads_.resize(K - 1);
+  for (int k = 1; k < K; ++k) {
+    if (extra_grads_[k - 1].size() != n) extra_grads_[k - 1].reset(backend_, n);
+  }
+  const auto grads_of = [&](int k) { return k == 0 ? grads_.data() : extra_grads_[k - 1].data(); };
+  static const std::function<void(size_t, size_t)> kNoHook;
+  const std::function<void(size_t, size_t)>& ready = K == 1 ? hooks_.on_gradients_ready : kNoHook;
+
+  phase(StepPhase::kDiscriminatorBackward);
+  for_each_chunk(K, [&](int k) {
+    if (k > 0) backend_.fill(grads_of(k), n, T(0));
+    backward_discriminator(*last_[k], grads_of(k), ready);
+  });
+  phase(StepPhase::kGeneratorBackward);
+  for_each_chunk(K, [&](int k) { backward_generator(*last_[k], grads_of(k), ready); });
+  for (int k = 1; k < K; ++k) backend_.accumulate(grads_.data(), extra_grads_[k - 1].data(), n);
+  if (K > 1 && hooks_.on_gradients_ready) hooks_.on_gradients_ready(0, n);
+  for (Plan* plan : last_) plan->ran = false;  // a second backward would add the same gradient twice
+  phase(StepPhase::kBackwardDone);
+}
+
+// Discriminator: head -> encoder -> its embeddings projection (the shared tables get their part).
+template <typename T>
+void ElectraPretrainer<T>::backward_discriminator(Plan& plan, T* grads,
+                                                  const std::function<void(size_t, size_t)>& ready) {
   Backend<T>& be = backend_;
   const T* params = params_.data();
-  T* grads = grads_.data();
-
-  // Discriminator: head -> encoder -> (shared) embeddings.
+  const PretrainerSlots& sl = layout_.slots;
   plan.disc_head.backward(be, params, grads, plan.d_disc_logits.data(), plan.d_disc_seq.data());
-  plan.discriminator.backward(be, params, grads, plan.d_disc_seq.data());
+  if (ready) {
+    const DiscriminatorHeadSlots& h = sl.discriminator_head;
+    ready(h.dense.weight, h.prediction.bias + h.prediction.out - h.dense.weight);
+  }
+  plan.discriminator.backward(be, params, grads, plan.d_disc_seq.data(), ready);
+}
 
-  // Generator: both heads add into d(sequence output), then encoder -> embeddings. The tied LM head
-  // adds into the word embedding gradient.
+// Generator: both heads add into d(sequence output), then encoder -> embeddings. The tied LM head adds
+// into the word embedding gradient.
+template <typename T>
+void ElectraPretrainer<T>::backward_generator(Plan& plan, T* grads, const std::function<void(size_t, size_t)>& ready) {
+  Backend<T>& be = backend_;
+  const T* params = params_.data();
+  const PretrainerSlots& sl = layout_.slots;
+  const ClassificationHeadSlots& ch = sl.classification_head;
+  const auto sentence_ready = [&] {
+    if (ready) ready(ch.dense.weight, ch.out_proj.bias + ch.out_proj.out - ch.dense.weight);
+  };
+  if (!plan.has_sentence) sentence_ready();  // no NSP labels: the sentence head's gradient stays as it is
   be.fill(plan.d_gen_seq.data(), plan.d_gen_seq.size(), T(0));
-  plan.mlm.backward(be, params, grads, plan.d_mlm_logits.data(), plan.d_gen_seq.data());
-  if (plan.has_sentence) plan.sentence.backward(be, params, grads, plan.d_nsp_logits.data(), plan.d_gen_seq.data());
-  plan.generator.backward(be, params, grads, plan.d_gen_seq.data());
-  plan.ran = false;  // a second backward would add the same gradient twice
+  plan.mlm.backward(be, params, grads, plan.mlm.logits(), plan.d_gen_seq.data());  // d(logits), see forward
+  if (ready) {
+    const MlmHeadSlots& m = sl.mlm_head;  // dense, LayerNorm, lm bias (the tied table is shared)
+    ready(m.dense.weight, m.output_bias + m.vocab_size - m.dense.weight);
+  }
+  if (plan.has_sentence) {
+    plan.sentence.backward(be, params, grads, plan.d_nsp_logits.data(), plan.d_gen_seq.data());
+    sentence_ready();
+  }
+  plan.generator.backward(be, params, grads, plan.d_gen_seq.data(), ready);
+  if (ready) {
+    const EmbeddingSlots& e = sl.generator.embeddings;  // the shared tables and LayerNorm, at offset 0
+    ready(0, e.layer_norm.beta + e.layer_norm.width);
+  }
 }
 
 template class ElectraPretrainer<float>;

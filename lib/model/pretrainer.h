@@ -16,7 +16,9 @@
 // reused. The Backend passed to the constructor must outlive the pretrainer.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -38,12 +40,40 @@ struct GlobalNormalizers {
   double examples = 0.0;              // examples in the global batch (sentence loss; needed only with NSP labels)
 };
 
+// Where a step is, for profilers (electra-bench --breakdown). Marked in this order: forward marks
+// kGeneratorForward .. kForwardDone, backward kDiscriminatorBackward .. kBackwardDone.
+enum class StepPhase {
+  kGeneratorForward,      // generator encoder, MLM and sentence heads
+  kSampling,              // Gumbel-max replacements, MLM loss, corrupted ids and labels
+  kDiscriminatorForward,  // discriminator encoder and head, RTD loss, metrics on the host
+  kForwardDone,
+  kDiscriminatorBackward,  // discriminator head, encoder, its embeddings projection
+  kGeneratorBackward,      // MLM / sentence heads, generator encoder, shared embeddings
+  kBackwardDone,
+};
+const char* to_string(StepPhase phase);
+
+// Optional callbacks into one step; empty functions cost nothing.
+struct StepHooks {
+  // Called when a phase begins (and with kForwardDone / kBackwardDone when forward / backward
+  // return). Device backends run asynchronously: synchronize inside the callback to time phases.
+  std::function<void(StepPhase)> on_phase;
+  // Called by backward() with [offset, offset + count) of the flat gradient buffer each time a range's
+  // gradient is final for this backward (a layer, a head, finally the shared embeddings): every element
+  // exactly once per backward, ranges never overlapping, mostly from the end of the buffer to its start
+  // (backward runs the discriminator first). Lets a caller start the gradient allreduce of finished
+  // layers while backward goes on (dist::GradientReducer::mark_ready). With several micro-batches per
+  // optimizer step set it on the last micro-batch's context only: earlier backwards are not final.
+  std::function<void(size_t offset, size_t count)> on_gradients_ready;
+};
+
 struct StepContext {
   uint64_t seed = 0;     // run seed: keys dropout and sampling (with step and global example)
   uint64_t step = 0;     // optimizer step
   bool training = true;  // dropout on/off
   std::optional<GlobalNormalizers> global;
   bool copy_outputs = true;  // copy lm_outputs / sentence_outputs / disc_logits to the host
+  StepHooks hooks;           // used by this forward and the backward that follows it
 };
 
 // Losses, metrics and the raw sums behind them (sums are over this slice; add them over ranks and
@@ -132,17 +162,49 @@ class ElectraPretrainer {
   // Accumulates (+=) the gradient of the last forward's total loss into gradients().
   void backward();
 
+  // CPU execution strategy. With chunks = K > 1, forward and backward cut the batch into K contiguous
+  // row slices (min(K, rows)) and run them concurrently, one per OpenMP thread, each slice's ops
+  // single-threaded on its own activations; chunk k > 0 accumulates its parameter gradients into a
+  // buffer of its own (K - 1 extra gradient buffers), added to gradients() in chunk order at the end of
+  // backward. A step then synchronises its threads a handful of times instead of once per op, which
+  // keeps both cores busy on small layers and on a machine shared with other work. Randomness is keyed
+  // by global example, so only the summation order of weight gradients and loss sums changes with K
+  // (as with micro-batches); for a fixed K results do not depend on the number of threads. With K > 1,
+  // StepHooks::on_gradients_ready is called once, for the whole buffer, after the chunks are added.
+  // Default 1: the whole batch at once, every op multi-threaded. Fails for K > 1 on non-CPU backends.
+  void set_parallel_chunks(int chunks);
+  int parallel_chunks() const { return chunks_; }
+
  private:
   struct Plan;
-  Plan& plan_for(int B, int S, int P);
+  // This forward's loss and metric sums of one chunk (added over chunks in chunk order).
+  struct ChunkSums {
+    double mlm_loss_sum = 0.0, mlm_correct_sum = 0.0, disc_loss_sum = 0.0, disc_correct_sum = 0.0,
+           disc_fake_count = 0.0, sentence_loss_sum = 0.0, sentence_correct_sum = 0.0;
+  };
+  // The loss denominators of this forward (the slice's own or the global ones).
+  struct Normalizers {
+    double mlm = 0.0, disc = 0.0, nsp = 0.0;
+  };
+  Plan& plan_for(int B, int S, int P, int chunk);
   void check_batch(const Batch& batch) const;
+  // The stages of forward and backward for the rows [r0, r0 + plan.B) of the batch (one chunk).
+  void forward_generator(Plan& plan, const Batch& batch, int r0, const StepContext& ctx);
+  void forward_sampling(Plan& plan, const Batch& batch, int r0, const StepContext& ctx, const Normalizers& norms);
+  void forward_discriminator(Plan& plan, const Batch& batch, int r0, const StepContext& ctx, const Normalizers& norms);
+  void backward_discriminator(Plan& plan, T* grads, const std::function<void(size_t, size_t)>& ready);
+  void backward_generator(Plan& plan, T* grads, const std::function<void(size_t, size_t)>& ready);
+  const T* lm_outputs_of(Plan& plan);
 
   PretrainerConfig config_;
   Backend<T>& backend_;
   PretrainerLayout layout_;
   DeviceBuffer<T> params_, grads_;
   std::vector<std::unique_ptr<Plan>> plans_;  // most recently used first
-  Plan* last_ = nullptr;                      // plan of the last forward (for backward)
+  std::vector<Plan*> last_;                   // the last forward's plans, one per chunk (for backward)
+  StepHooks hooks_;                           // the last forward's hooks (for backward)
+  int chunks_ = 1;                            // set_parallel_chunks
+  std::vector<DeviceBuffer<T>> extra_grads_;  // gradient buffers of chunks 1..K-1
   PretrainerOutputs<T> outputs_;
 };
 

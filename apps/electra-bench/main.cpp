@@ -1,0 +1,60 @@
+// electra-bench: times full ELECTRA pre-training steps on synthetic batches (docs/performance.md).
+//   electra-bench --config small --batch 32 --seq 128 --steps 10 --breakdown
+//   mpirun -np 2 electra-bench --config small --batch 32      (reports the gradient allreduce per step)
+#include <CLI/CLI.hpp>
+#include <iostream>
+
+#include "apps/electra-bench/step_bench.h"
+#include "lib/core/log.h"
+#include "lib/dist/communicator.h"
+#include "lib/dist/rank_main.h"
+
+int main(int argc, char** argv) {
+  electra::bench::StepBenchOptions o;
+  bool json = false, no_overlap = false;
+  CLI::App app{"electra-bench: ELECTRA pre-training step throughput on synthetic batches (CPU backend)"};
+  app.add_option("--config", o.config, "tiny|small|base|large or a JSON file (run config or model section)")
+      ->capture_default_str();
+  app.add_option("--batch", o.batch, "global batch (split over MPI ranks)")->capture_default_str();
+  app.add_option("--seq", o.seq, "sequence length (default: the file's data.seq_length, 128; 512 for base/large)");
+  app.add_option("--steps", o.steps, "timed steps")->capture_default_str();
+  app.add_option("--warmup", o.warmup, "untimed steps first")->capture_default_str();
+  app.add_option("--threads", o.threads, "OpenMP threads per rank (default: cores / ranks on the node)");
+  app.add_option("--chunks", o.chunks,
+                 "batch slices run concurrently, one per thread (ElectraPretrainer::set_parallel_chunks); "
+                 "default: the thread count; 1: every op multi-threaded instead");
+  app.add_option("--vocab", o.vocab, "vocabulary size (default: the config's, 30522 for the presets)");
+  app.add_option("--device", o.device, "cpu | cuda")->capture_default_str();
+  app.add_option("--dropout", o.dropout, "hidden and attention dropout (default: the config's, 0.1)");
+  app.add_option("--seed", o.seed, "seed of parameters, data, dropout and sampling")->capture_default_str();
+  app.add_option("--peak-gemm", o.peak_gemm_size, "n of the n^3 sgemm that measures the peak")->capture_default_str();
+  app.add_flag("--breakdown", o.breakdown, "time each phase of the step");
+  app.add_flag("--no-overlap", no_overlap, "allreduce after backward instead of overlapping it (MPI only)");
+  app.add_flag("--json", json, "print one JSON line instead of text");
+  CLI11_PARSE(app, argc, argv);
+  o.overlap = !no_overlap;
+  if (o.device == "cuda") {
+    std::cerr << "electra-bench: --device cuda: this build has no CUDA backend yet (lib/backend/cuda is not built); "
+                 "only the CPU backend can be measured\n";
+    return 2;
+  }
+
+  electra::dist::Communicator comm = electra::dist::Communicator::init(argc, argv);
+  electra::log::LogOptions log_options;
+  log_options.rank = comm.rank();
+  log_options.world_size = comm.world_size();
+  electra::log::init(log_options);
+  const int code = electra::dist::run_rank_main(comm, [&] {
+    const electra::bench::StepBenchResult result = electra::bench::run_step_bench(o, comm);
+    if (comm.is_root()) {
+      if (json) {
+        std::cout << electra::bench::to_json(result).dump() << std::endl;
+      } else {
+        std::cout << electra::bench::format_text(result) << std::flush;
+      }
+    }
+    return 0;
+  });
+  electra::log::shutdown();
+  return code;
+}

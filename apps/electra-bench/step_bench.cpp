@@ -1,0 +1,436 @@
+#include "apps/electra-bench/step_bench.h"
+
+#include <omp.h>
+#include <sys/resource.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <fstream>
+#include <iomanip>
+#include <memory>
+#include <numeric>
+#include <random>
+#include <sstream>
+#include <thread>
+
+#include "lib/backend/backend.h"
+#include "lib/core/batch.h"
+#include "lib/core/error.h"
+#include "lib/dist/gradient_reducer.h"
+#include "lib/model/pretrainer.h"
+#include "lib/optim/adamw.h"
+
+namespace electra::bench {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double seconds(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0.0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+double mean(const std::vector<double>& v) {
+  return v.empty() ? 0.0 : std::accumulate(v.begin(), v.end(), 0.0) / static_cast<double>(v.size());
+}
+
+double cpu_seconds() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_utime.tv_sec + u.ru_stime.tv_sec) +
+         1e-6 * static_cast<double>(u.ru_utime.tv_usec + u.ru_stime.tv_usec);
+}
+
+double peak_rss_mib() {
+  rusage u{};
+  getrusage(RUSAGE_SELF, &u);
+  return static_cast<double>(u.ru_maxrss) / 1024.0;  // Linux: KiB
+}
+
+// BERT uncased special ids (ids below 1000 are [unused] / specials in that vocabulary).
+constexpr int32_t kCls = 101, kSep = 102, kMask = 103;
+
+// One rank's slice of a synthetic global batch: full-length rows of random tokens, [CLS] ... [SEP],
+// two segments; P distinct masked positions per row (never [CLS]/[SEP]), 85% of them [MASK] and 15%
+// left as they are (ELECTRA's masking), all with weight 1.
+Batch synthetic_batch(std::mt19937_64& rng, int global_rows, int rank, int ranks, int S, int P, int V) {
+  const int rows = global_rows / ranks;
+  Batch b;
+  b.rows = rows;
+  b.seq_length = S;
+  b.num_predictions = P;
+  b.global_row_offset = static_cast<uint64_t>(rank) * rows;
+  b.global_batch_rows = global_rows;
+  const size_t N = static_cast<size_t>(rows) * S, M = static_cast<size_t>(rows) * P;
+  b.input_word_ids.resize(N);
+  b.input_mask.assign(N, 1);
+  b.input_type_ids.resize(N);
+  b.masked_lm_positions.resize(M);
+  b.masked_lm_ids.resize(M);
+  b.masked_lm_weights.assign(M, 1.0f);
+  const int lo = std::min(1000, V / 2);
+  std::uniform_int_distribution<int32_t> token(lo, V - 1);
+  std::uniform_real_distribution<double> unit(0.0, 1.0);
+  // Every rank draws the whole global batch and keeps its rows, so the batch does not depend on ranks.
+  std::vector<int> candidates(S - 2);
+  for (int g = 0; g < global_rows; ++g) {
+    std::vector<int32_t> ids(S), positions;
+    for (int s = 0; s < S; ++s) ids[s] = token(rng);
+    ids[0] = kCls;
+    ids[S - 1] = kSep;
+    std::iota(candidates.begin(), candidates.end(), 1);
+    for (int p = 0; p < P; ++p) {
+      std::uniform_int_distribution<int> pick(p, S - 3);
+      std::swap(candidates[p], candidates[pick(rng)]);
+    }
+    positions.assign(candidates.begin(), candidates.begin() + P);
+    std::sort(positions.begin(), positions.end());
+    std::vector<int32_t> labels(P), masked_ids = ids;
+    for (int p = 0; p < P; ++p) {
+      labels[p] = ids[positions[p]];
+      if (unit(rng) < 0.85) masked_ids[positions[p]] = kMask;
+    }
+    const int r = g - rank * rows;
+    if (r < 0 || r >= rows) continue;
+    for (int s = 0; s < S; ++s) {
+      b.input_word_ids[static_cast<size_t>(r) * S + s] = masked_ids[s];
+      b.input_type_ids[static_cast<size_t>(r) * S + s] = s < S / 2 ? 0 : 1;
+    }
+    for (int p = 0; p < P; ++p) {
+      b.masked_lm_positions[static_cast<size_t>(r) * P + p] = positions[p];
+      b.masked_lm_ids[static_cast<size_t>(r) * P + p] = labels[p];
+    }
+  }
+  return b;
+}
+
+nlohmann::json read_json_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) fail("--config ", path, ": cannot open (expected tiny|small|base|large or a JSON file)");
+  try {
+    return nlohmann::json::parse(in, nullptr, true, /*ignore_comments=*/true);
+  } catch (const nlohmann::json::exception& e) {
+    fail("--config ", path, ": not valid JSON: ", e.what());
+  }
+}
+
+// Records the start of each phase of a step; the time of a phase runs to the next mark.
+class PhaseClock {
+ public:
+  explicit PhaseClock(Backend<float>& backend) : backend_(backend) {}
+  void start_step() { marks_.clear(); }
+  void mark(const std::string& name) {
+    backend_.synchronize();
+    marks_.emplace_back(name, Clock::now());
+  }
+  // Adds this step's phase durations (the last mark closes the step).
+  void finish_step(std::vector<std::pair<std::string, std::vector<double>>>& table) const {
+    for (size_t i = 0; i + 1 < marks_.size(); ++i) {
+      const std::string& name = marks_[i].first;
+      auto it = std::find_if(table.begin(), table.end(), [&](const auto& e) { return e.first == name; });
+      if (it == table.end()) {
+        table.emplace_back(name, std::vector<double>{});
+        it = std::prev(table.end());
+      }
+      // A phase may run more than once per step: add into this step's entry.
+      const double d = seconds(marks_[i].second, marks_[i + 1].second);
+      if (it->second.size() < steps_seen_ + 1) it->second.resize(steps_seen_ + 1, 0.0);
+      it->second[steps_seen_] += d;
+    }
+  }
+  void next_step() { ++steps_seen_; }
+
+ private:
+  Backend<float>& backend_;
+  std::vector<std::pair<std::string, Clock::time_point>> marks_;
+  size_t steps_seen_ = 0;
+};
+
+}  // namespace
+
+PretrainerConfig resolve_model(const std::string& config, int vocab, int* default_seq) {
+  nlohmann::json model;
+  int seq = 128;
+  if (config == "tiny" || config == "small" || config == "base" || config == "large") {
+    model = model_preset(config, vocab);
+    if (config == "base" || config == "large") seq = 512;
+  } else {
+    const nlohmann::json file = read_json_file(config);
+    model = file.contains("model") ? file.at("model") : file;
+    if (file.contains("data") && file.at("data").contains("seq_length")) seq = file.at("data").at("seq_length");
+    if (vocab > 0) model["vocab_size"] = vocab;
+  }
+  if (default_seq != nullptr) *default_seq = seq;
+  return pretrainer_config_from_json(model);
+}
+
+double measure_sgemm_gflops(Backend<float>& backend, int n, int reps) {
+  const size_t nn = static_cast<size_t>(n) * n;
+  std::vector<float> host(nn);
+  for (size_t i = 0; i < nn; ++i) host[i] = static_cast<float>((i * 7919) % 1000) * 1e-3f - 0.5f;
+  float* a = backend.allocate(nn);
+  float* b = backend.allocate(nn);
+  float* c = backend.allocate(nn);
+  backend.copy_from_host(a, host.data(), nn);
+  backend.copy_from_host(b, host.data(), nn);
+  double best = 0.0;
+  for (int rep = 0; rep < reps + 1; ++rep) {  // the first call warms up (page faults, packing buffers)
+    backend.synchronize();
+    const auto start = Clock::now();
+    backend.gemm(Transpose::kNo, Transpose::kNo, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
+    backend.synchronize();
+    if (rep > 0) best = std::max(best, 2.0 * n * n * static_cast<double>(n) / seconds(start, Clock::now()) / 1e9);
+  }
+  backend.deallocate(a);
+  backend.deallocate(b);
+  backend.deallocate(c);
+  return best;
+}
+
+StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicator& comm) {
+  if (o.device == "cuda") {
+    fail(
+        "--device cuda: this build has no CUDA backend yet (lib/backend/cuda is not built); electra-bench "
+        "measures the CPU backend only");
+  }
+  if (o.device != "cpu") fail("--device ", o.device, ": expected cpu or cuda");
+  if (o.steps <= 0 || o.warmup < 0) fail("--steps must be positive and --warmup >= 0");
+  const int ranks = comm.world_size();
+  if (o.batch <= 0 || o.batch % ranks != 0) {
+    fail("--batch ", o.batch, " must be a positive multiple of the number of ranks (", ranks, ")");
+  }
+
+  StepBenchResult r;
+  r.config_name = o.config;
+  int default_seq = 128;
+  PretrainerConfig model = resolve_model(o.config, o.vocab, &default_seq);
+  const int S = o.seq > 0 ? o.seq : default_seq;
+  const int P = static_cast<int>((0.15 + 0.005) * S);  // google-research/electra: int((mask_prob + 0.005) * L)
+  if (P <= 0 || P > S - 2) fail("--seq ", S, " is too short for ", P, " masked positions");
+  model.num_token_predictions = P;
+  if (o.dropout >= 0.0f) {
+    model.discriminator.hidden_dropout = model.discriminator.attention_dropout = o.dropout;
+    model.generator.hidden_dropout = model.generator.attention_dropout = o.dropout;
+  }
+  validate(model);
+
+  const int threads = o.threads > 0 ? o.threads
+                                    : std::max(1, static_cast<int>(std::max(1u, std::thread::hardware_concurrency())) /
+                                                      std::max(1, comm.local_size()));
+  omp_set_num_threads(threads);
+  std::unique_ptr<Backend<float>> backend = make_cpu_backend<float>();
+
+  ElectraPretrainer<float> net(model, *backend);
+  net.init_parameters(o.seed);
+  const int chunks = o.chunks > 0 ? o.chunks : threads;
+  net.set_parallel_chunks(chunks);
+  OptimizerConfig optim;
+  optim.warmup_steps = 0;  // a non-zero learning rate from the first step
+  optim.total_steps = 1000000;
+  AdamW<float> optimizer(optim, net.layout(), *backend);
+  const size_t n_params = net.layout().total_size();
+
+  std::unique_ptr<dist::GradientReducer> reducer;
+  if (ranks > 1) {
+    dist::GradientReducerOptions ro;
+    ro.op = dist::ReduceOp::kSum;  // losses are normalised by global counts, as electra-train does
+    reducer = std::make_unique<dist::GradientReducer>(comm, std::span<float>(net.gradients(), n_params), ro);
+  }
+
+  // A few distinct batches, cycled.
+  std::mt19937_64 rng(o.seed);
+  const int total = o.warmup + o.steps;
+  std::vector<Batch> batches;
+  for (int i = 0; i < std::min(total, 4); ++i) {
+    batches.push_back(synthetic_batch(rng, o.batch, comm.rank(), ranks, S, P, model.vocab_size));
+  }
+  // Every row is full and has P predictions of weight 1: the global counts are known.
+  const GlobalNormalizers global{static_cast<double>(o.batch) * P, static_cast<double>(o.batch) * S,
+                                 static_cast<double>(o.batch)};
+
+  PhaseClock clock(*backend);
+  std::vector<std::pair<std::string, std::vector<double>>> phase_table;
+  std::vector<double> step_times, reduce_times;
+  double reduce_in_hooks = 0.0;
+  double cpu_start = 0.0;
+  comm.barrier();
+  for (int i = 0; i < total; ++i) {
+    const bool timed = i >= o.warmup;
+    if (i == o.warmup) {
+      comm.barrier();
+      cpu_start = cpu_seconds();
+    }
+    StepContext ctx;
+    ctx.seed = o.seed;
+    ctx.step = static_cast<uint64_t>(i);
+    ctx.training = true;
+    ctx.global = global;
+    ctx.copy_outputs = false;
+    if (o.breakdown) {
+      clock.start_step();
+      ctx.hooks.on_phase = [&](StepPhase p) {
+        if (p != StepPhase::kForwardDone && p != StepPhase::kBackwardDone) clock.mark(to_string(p));
+        if (p == StepPhase::kForwardDone) clock.mark("other");
+      };
+    }
+    reduce_in_hooks = 0.0;
+    if (reducer && o.overlap) {
+      ctx.hooks.on_gradients_ready = [&](size_t offset, size_t count) {
+        const auto t0 = Clock::now();
+        reducer->mark_ready(offset, count);
+        reduce_in_hooks += seconds(t0, Clock::now());
+      };
+    }
+    backend->synchronize();
+    const auto start = Clock::now();
+    if (o.breakdown) clock.mark("zero_gradients");
+    net.zero_gradients();
+    if (reducer && o.overlap) reducer->begin();
+    const PretrainerOutputs<float>& out = net.forward(batches[i % batches.size()], ctx);
+    if (i == 0) r.first_loss = out.losses.total_loss;
+    r.last_loss = out.losses.total_loss;
+    net.backward();
+    double reduce_s = 0.0;
+    if (reducer) {
+      if (o.breakdown) clock.mark("allreduce");
+      backend->synchronize();
+      const auto t0 = Clock::now();
+      if (o.overlap) {
+        reducer->wait_all();
+      } else {
+        reducer->reduce_all();
+      }
+      reduce_s = seconds(t0, Clock::now()) + reduce_in_hooks;
+    }
+    if (o.breakdown) clock.mark("optimizer");
+    const double norm = optimizer.gradient_norm(net.gradients());
+    optimizer.step_with_norm(net.parameters(), net.gradients(), static_cast<long long>(i), norm);
+    backend->synchronize();
+    if (o.breakdown) clock.mark("end");
+    const double local = seconds(start, Clock::now());
+    const double slowest = ranks > 1 ? comm.allreduce_max(local) : local;
+    if (timed) {
+      step_times.push_back(slowest);
+      reduce_times.push_back(reduce_s);
+      if (o.breakdown) {
+        clock.finish_step(phase_table);
+        clock.next_step();
+      }
+    }
+  }
+  const double cpu_used = cpu_seconds() - cpu_start;
+  r.peak_rss_mib = ranks > 1 ? comm.allreduce_max(peak_rss_mib()) : peak_rss_mib();
+  r.cpu_s_per_step = (ranks > 1 ? comm.allreduce_sum(cpu_used) : cpu_used) / o.steps;
+
+  comm.barrier();  // every rank measures the peak at once, as they share the cores during training
+  const double peak = measure_sgemm_gflops(*backend, o.peak_gemm_size);
+  r.peak_gflops_per_rank = ranks > 1 ? comm.allreduce_min(peak) : peak;
+
+  r.backend = backend->name();
+  r.model = model;
+  r.batch = o.batch;
+  r.seq = S;
+  r.predictions = P;
+  r.ranks = ranks;
+  r.threads = threads;
+  r.chunks = chunks;
+  r.steps = o.steps;
+  r.warmup = o.warmup;
+  r.parameters = n_params;
+  r.overlap = o.overlap;
+  r.median_step_s = median(step_times);
+  r.min_step_s = *std::min_element(step_times.begin(), step_times.end());
+  r.max_step_s = *std::max_element(step_times.begin(), step_times.end());
+  r.tokens_per_s = static_cast<double>(o.batch) * S / r.median_step_s;
+  r.flops_per_step = model_flops_per_step(model, o.batch, S);
+  r.model_gflops = r.flops_per_step / r.median_step_s / 1e9;
+  r.peak_fraction = r.model_gflops / (r.peak_gflops_per_rank * ranks);
+  r.allreduce_s = median(reduce_times);
+  r.allreduce_share = r.allreduce_s / r.median_step_s;
+  for (const auto& [name, times] : phase_table) {
+    if (name == "end") continue;
+    r.phases.push_back(PhaseTime{name, median(times), mean(times)});
+  }
+  return r;
+}
+
+std::string format_text(const StepBenchResult& r) {
+  const EncoderConfig& d = r.model.discriminator;
+  const EncoderConfig& g = r.model.generator;
+  std::ostringstream s;
+  s << std::fixed;
+  s << "electra-bench: " << r.config_name << " (discriminator " << d.num_layers << "x" << d.hidden_size << ", "
+    << d.num_heads << " heads, FFN " << d.intermediate_size << "; generator " << g.num_layers << "x" << g.hidden_size
+    << "; E " << r.model.embedding_size() << ", V " << r.model.vocab_size << "), " << std::setprecision(2)
+    << r.parameters / 1e6 << "M parameters\n";
+  s << "  batch " << r.batch << " x seq " << r.seq << ", " << r.predictions << " predictions per row; " << r.ranks
+    << " rank(s) x " << r.threads << " thread(s), " << r.chunks << " parallel chunk(s), " << r.backend << "\n";
+  s << std::setprecision(1);
+  s << "  step        median " << 1e3 * r.median_step_s << " ms (min " << 1e3 * r.min_step_s << ", max "
+    << 1e3 * r.max_step_s << ") over " << r.steps << " steps after " << r.warmup << " warm-up; CPU "
+    << 1e3 * r.cpu_s_per_step << " ms per step\n";
+  s << "  throughput  " << std::setprecision(0) << r.tokens_per_s << " tokens/s, " << std::setprecision(1)
+    << r.model_gflops << " model GFLOP/s (" << std::setprecision(2) << r.flops_per_step / 1e9 << " GFLOP per step)\n";
+  s << "  GEMM peak   " << std::setprecision(1) << r.peak_gflops_per_rank << " GFLOP/s per rank (sgemm, " << r.threads
+    << " thread(s)): " << 100.0 * r.peak_fraction << "% of peak\n";
+  s << "  peak RSS    " << std::setprecision(0) << r.peak_rss_mib << " MiB" << (r.ranks > 1 ? " (largest rank)" : "")
+    << "\n";
+  if (r.ranks > 1) {
+    s << "  allreduce   " << std::setprecision(1) << 1e3 * r.allreduce_s << " ms per step ("
+      << 100.0 * r.allreduce_share << "% of the step; " << (r.overlap ? "overlapped with backward" : "after backward")
+      << ")\n";
+  }
+  s << "  loss        " << std::setprecision(4) << r.first_loss << " -> " << r.last_loss << "\n";
+  if (!r.phases.empty()) {
+    s << "  phases (rank 0, median ms per step, % of the median step):\n";
+    double sum = 0.0;
+    for (const PhaseTime& p : r.phases) {
+      s << "    " << std::left << std::setw(24) << p.name << std::right << std::setw(9) << std::setprecision(1)
+        << 1e3 * p.median_s << std::setw(7) << 100.0 * p.median_s / r.median_step_s << "%\n";
+      sum += p.median_s;
+    }
+    s << "    " << std::left << std::setw(24) << "(sum of medians)" << std::right << std::setw(9) << 1e3 * sum << "\n";
+  }
+  return s.str();
+}
+
+nlohmann::json to_json(const StepBenchResult& r) {
+  nlohmann::json phases = nlohmann::json::object();
+  for (const PhaseTime& p : r.phases) phases[p.name] = {{"median_s", p.median_s}, {"mean_s", p.mean_s}};
+  return nlohmann::json{{"impl", "electra-mpi"},
+                        {"backend", r.backend},
+                        {"config", r.config_name},
+                        {"batch", r.batch},
+                        {"seq", r.seq},
+                        {"predictions", r.predictions},
+                        {"vocab", r.model.vocab_size},
+                        {"ranks", r.ranks},
+                        {"threads", r.threads},
+                        {"chunks", r.chunks},
+                        {"params", r.parameters},
+                        {"steps", r.steps},
+                        {"warmup", r.warmup},
+                        {"overlap", r.overlap},
+                        {"median_step_s", r.median_step_s},
+                        {"min_step_s", r.min_step_s},
+                        {"max_step_s", r.max_step_s},
+                        {"cpu_s_per_step", r.cpu_s_per_step},
+                        {"tokens_per_s", r.tokens_per_s},
+                        {"flops_per_step", r.flops_per_step},
+                        {"model_gflops_per_s", r.model_gflops},
+                        {"peak_gflops_per_rank", r.peak_gflops_per_rank},
+                        {"peak_fraction", r.peak_fraction},
+                        {"peak_rss_mib", r.peak_rss_mib},
+                        {"allreduce_s", r.allreduce_s},
+                        {"allreduce_share", r.allreduce_share},
+                        {"first_loss", r.first_loss},
+                        {"last_loss", r.last_loss},
+                        {"phases", phases}};
+}
+
+}  // namespace electra::bench

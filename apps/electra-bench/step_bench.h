@@ -1,0 +1,79 @@
+// electra-bench's body: times full ELECTRA pre-training steps (generator and discriminator forward and
+// backward with dropout on, Gumbel sampling, gradient allreduce across MPI ranks, global-norm clipping
+// and AdamW) on synthetic batches, and reports what docs/performance.md tabulates: median step time,
+// tokens/s, model GFLOP/s (model_flops_per_step), the fraction of a measured sgemm peak, peak RSS, and
+// optionally the time per phase of the step.
+//
+// The library (electra_step_bench) holds the logic; apps/electra-bench/main.cpp only parses flags.
+#pragma once
+
+#include <cstdint>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "lib/dist/communicator.h"
+#include "lib/model/config.h"
+
+namespace electra::bench {
+
+struct StepBenchOptions {
+  std::string config = "small";  // tiny|small|base|large or a JSON file (a run config or a model section)
+  int batch = 32;                // global batch (split evenly over the ranks)
+  int seq = 0;                   // 0: the file's data.seq_length, else 128 (512 for base/large)
+  int steps = 10;                // timed steps
+  int warmup = 3;                // untimed steps first (plans, page faults, caches)
+  int threads = 0;               // OpenMP threads per rank; 0: cores / ranks on the node
+  int chunks = 0;                // ElectraPretrainer::set_parallel_chunks; 0: the thread count
+  int vocab = 0;                 // vocabulary size; 0: the config's (30522 for the presets)
+  std::string device = "cpu";    // cpu | cuda
+  bool breakdown = false;        // time each phase of the step
+  bool overlap = true;           // start each bucket's allreduce during backward (else after it)
+  float dropout = -1.0f;         // < 0: the config's (0.1)
+  uint64_t seed = 1;
+  int peak_gemm_size = 2048;  // n of the n x n x n sgemm that measures the peak
+};
+
+// Time of one phase of the step: the median over the timed steps, and the mean.
+struct PhaseTime {
+  std::string name;
+  double median_s = 0.0;
+  double mean_s = 0.0;
+};
+
+struct StepBenchResult {
+  // What ran.
+  std::string config_name, backend;
+  PretrainerConfig model;
+  int batch = 0, seq = 0, predictions = 0, ranks = 1, threads = 1, chunks = 1, steps = 0, warmup = 0;
+  size_t parameters = 0;
+  bool overlap = true;
+  // Per step (the slowest rank's time at each step; medians over the timed steps).
+  double median_step_s = 0.0, min_step_s = 0.0, max_step_s = 0.0;
+  double cpu_s_per_step = 0.0;  // process CPU time (user + system) per timed step, summed over ranks
+  double tokens_per_s = 0.0;
+  double flops_per_step = 0.0;  // model_flops_per_step
+  double model_gflops = 0.0;    // flops_per_step / median step
+  double peak_gflops_per_rank = 0.0;
+  double peak_fraction = 0.0;    // model_gflops / (peak_gflops_per_rank * ranks)
+  double peak_rss_mib = 0.0;     // the largest ru_maxrss over ranks, before the peak GEMM
+  double allreduce_s = 0.0;      // median per step: time spent in the reducer (launch, poll, wait)
+  double allreduce_share = 0.0;  // allreduce_s / median step
+  double first_loss = 0.0, last_loss = 0.0;
+  std::vector<PhaseTime> phases;  // with --breakdown (rank 0's)
+};
+
+// Collective over `comm`: every rank runs the same steps on its slice of each global batch.
+StepBenchResult run_step_bench(const StepBenchOptions& options, const dist::Communicator& comm);
+
+std::string format_text(const StepBenchResult& result);
+nlohmann::json to_json(const StepBenchResult& result);
+
+// The model section and default sequence length of `config` (preset name or file); `vocab` > 0
+// replaces the vocabulary size.
+PretrainerConfig resolve_model(const std::string& config, int vocab, int* default_seq);
+
+// GFLOP/s of one n x n x n sgemm through `backend` with the current thread count (best of `reps`).
+double measure_sgemm_gflops(Backend<float>& backend, int n, int reps = 3);
+
+}  // namespace electra::bench

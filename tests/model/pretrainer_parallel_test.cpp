@@ -1,0 +1,232 @@
+// ElectraPretrainer's execution hooks and parallel chunks: set_parallel_chunks gives the whole batch's
+// results (up to summation order) independently of the thread count; StepHooks report phases in order
+// and every gradient range exactly once, when it is final.
+#include <gtest/gtest.h>
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "lib/core/error.h"
+#include "lib/model/pretrainer.h"
+#include "tests/model/model_test_util.h"
+
+namespace electra {
+namespace {
+
+// Restores the OpenMP thread count at the end of a test.
+class ThreadCount {
+ public:
+  ThreadCount() : saved_(omp_get_max_threads()) {}
+  ~ThreadCount() { omp_set_num_threads(saved_); }
+
+ private:
+  int saved_;
+};
+
+template <typename T>
+struct StepResult {
+  PretrainerOutputs<T> out;
+  std::vector<T> grads;
+};
+
+template <typename T>
+StepResult<T> run_step(ElectraPretrainer<T>& model, const Batch& batch, const StepContext& ctx) {
+  model.zero_gradients();
+  StepResult<T> r{model.forward(batch, ctx), {}};
+  model.backward();
+  r.grads = model.gradients_to_host();
+  return r;
+}
+
+StepContext training_context() {
+  StepContext ctx;
+  ctx.seed = 31;
+  ctx.step = 4;
+  ctx.training = true;
+  return ctx;
+}
+
+TEST(ModelPretrainer, ParallelChunksMatchTheWholeBatch) {
+  ThreadCount restore;
+  omp_set_num_threads(2);
+  auto be = make_cpu_backend<double>();
+  const PretrainerConfig c = test::tiny_config();
+  ElectraPretrainer<double> model(c, *be);
+  model.init_parameters(32);
+  Batch batch = test::random_batch(5, 8, 3, c.vocab_size, 33, /*with_nsp=*/true, c.num_classes);
+  batch.global_row_offset = 10;
+  const StepContext ctx = training_context();
+  const StepResult<double> whole = run_step(model, batch, ctx);
+  double gmax = 0;
+  for (double g : whole.grads) gmax = std::max(gmax, std::abs(g));
+  ASSERT_GT(gmax, 0);
+  for (int chunks : {2, 3, 9}) {  // 9 > rows: one row per chunk
+    model.set_parallel_chunks(chunks);
+    const StepResult<double> split = run_step(model, batch, ctx);
+    // Randomness is keyed by global example: samples, labels and corrupted ids are exactly the same.
+    EXPECT_EQ(split.out.sampled_ids, whole.out.sampled_ids) << chunks;
+    EXPECT_EQ(split.out.corrupted_ids, whole.out.corrupted_ids) << chunks;
+    EXPECT_EQ(split.out.disc_label, whole.out.disc_label) << chunks;
+    ASSERT_EQ(split.out.lm_outputs.size(), whole.out.lm_outputs.size());
+    for (size_t i = 0; i < whole.out.lm_outputs.size(); ++i) {
+      ASSERT_NEAR(split.out.lm_outputs[i], whole.out.lm_outputs[i], 1e-12) << chunks;
+    }
+    for (size_t i = 0; i < whole.out.disc_logits.size(); ++i) {
+      ASSERT_NEAR(split.out.disc_logits[i], whole.out.disc_logits[i], 1e-12) << chunks;
+    }
+    for (size_t i = 0; i < whole.out.sentence_outputs.size(); ++i) {
+      ASSERT_NEAR(split.out.sentence_outputs[i], whole.out.sentence_outputs[i], 1e-12) << chunks;
+    }
+    const PretrainerLosses &a = split.out.losses, &b = whole.out.losses;
+    EXPECT_NEAR(a.total_loss, b.total_loss, 1e-10 * std::abs(b.total_loss));
+    EXPECT_NEAR(a.mlm_loss, b.mlm_loss, 1e-10 * std::abs(b.mlm_loss));
+    EXPECT_NEAR(a.disc_loss, b.disc_loss, 1e-10 * std::abs(b.disc_loss));
+    EXPECT_NEAR(a.sentence_loss, b.sentence_loss, 1e-10 * std::abs(b.sentence_loss));
+    EXPECT_EQ(a.mlm_correct_sum, b.mlm_correct_sum);
+    EXPECT_EQ(a.disc_correct_sum, b.disc_correct_sum);
+    EXPECT_EQ(a.disc_fake_count, b.disc_fake_count);
+    EXPECT_EQ(a.sentence_correct_sum, b.sentence_correct_sum);
+    for (size_t i = 0; i < whole.grads.size(); ++i) {
+      ASSERT_NEAR(split.grads[i], whole.grads[i], 1e-10 * (std::abs(whole.grads[i]) + 1e-3 * gmax))
+          << "chunks " << chunks << ", parameter element " << i;
+    }
+  }
+}
+
+TEST(ModelPretrainer, ParallelChunksDoNotDependOnTheThreadCount) {
+  ThreadCount restore;
+  auto be = make_cpu_backend<float>();
+  const PretrainerConfig c = test::tiny_config();
+  ElectraPretrainer<float> model(c, *be);
+  model.init_parameters(34);
+  model.set_parallel_chunks(2);
+  const Batch batch = test::random_batch(6, 8, 3, c.vocab_size, 35, true, c.num_classes);
+  const StepContext ctx = training_context();
+  omp_set_num_threads(1);
+  const StepResult<float> one = run_step(model, batch, ctx);
+  omp_set_num_threads(2);
+  const StepResult<float> two = run_step(model, batch, ctx);
+  omp_set_num_threads(3);
+  const StepResult<float> three = run_step(model, batch, ctx);
+  for (const StepResult<float>* r : {&two, &three}) {
+    EXPECT_EQ(r->grads, one.grads);
+    EXPECT_EQ(r->out.lm_outputs, one.out.lm_outputs);
+    EXPECT_EQ(r->out.disc_logits, one.out.disc_logits);
+    EXPECT_EQ(r->out.losses.total_loss, one.out.losses.total_loss);
+  }
+}
+
+TEST(ModelPretrainer, ParallelChunksAccumulateAndRejectBadSettings) {
+  ThreadCount restore;
+  omp_set_num_threads(2);
+  auto be = make_cpu_backend<double>();
+  const PretrainerConfig c = test::tiny_config();
+  ElectraPretrainer<double> model(c, *be);
+  model.init_parameters(36);
+  EXPECT_THROW(model.set_parallel_chunks(0), Error);
+  model.set_parallel_chunks(2);
+  EXPECT_EQ(model.parallel_chunks(), 2);
+  const Batch batch = test::random_batch(4, 8, 3, c.vocab_size, 37);
+  const StepContext ctx = training_context();
+  model.zero_gradients();
+  model.forward(batch, ctx);
+  model.backward();
+  const std::vector<double> once = model.gradients_to_host();
+  EXPECT_THROW(model.backward(), Error);  // the same forward may not be back-propagated twice
+  model.forward(batch, ctx);
+  model.backward();
+  const std::vector<double> twice = model.gradients_to_host();
+  for (size_t i = 0; i < once.size(); ++i) ASSERT_NEAR(twice[i], 2 * once[i], 1e-12 * (1 + std::abs(once[i])));
+  // A bad batch fails before any chunk runs, naming the tensor.
+  Batch bad = batch;
+  bad.input_word_ids[5] = c.vocab_size;
+  EXPECT_THROW(model.forward(bad, ctx), Error);
+}
+
+// Ranges reported by on_gradients_ready, with the gradient values they held when reported.
+struct ReadyLog {
+  std::vector<std::pair<size_t, size_t>> ranges;
+  std::vector<std::vector<float>> values;
+};
+
+ReadyLog run_with_ready_hook(ElectraPretrainer<float>& model, const Batch& batch) {
+  ReadyLog log;
+  StepContext ctx = training_context();
+  ctx.hooks.on_gradients_ready = [&](size_t offset, size_t count) {
+    log.ranges.emplace_back(offset, count);
+    std::vector<float> v(count);
+    model.backend().copy_to_host(v.data(), model.gradients() + offset, count);
+    log.values.push_back(std::move(v));
+  };
+  model.zero_gradients();
+  model.forward(batch, ctx);
+  model.backward();
+  return log;
+}
+
+TEST(ModelPretrainer, GradientReadyHookReportsEveryRangeOnceWhenFinal) {
+  ThreadCount restore;
+  omp_set_num_threads(2);
+  auto be = make_cpu_backend<float>();
+  const PretrainerConfig c = test::tiny_config();
+  ElectraPretrainer<float> model(c, *be);
+  model.init_parameters(38);
+  const size_t total = model.layout().total_size();
+  for (bool nsp : {false, true}) {
+    const Batch batch = test::random_batch(4, 8, 3, c.vocab_size, 39, nsp, c.num_classes);
+    const ReadyLog log = run_with_ready_hook(model, batch);
+    const std::vector<float> final_grads = model.gradients_to_host();
+    // Every element exactly once.
+    std::vector<int> covered(total, 0);
+    for (const auto& [offset, count] : log.ranges) {
+      ASSERT_LE(offset + count, total);
+      for (size_t i = offset; i < offset + count; ++i) ++covered[i];
+    }
+    for (size_t i = 0; i < total; ++i) ASSERT_EQ(covered[i], 1) << "element " << i << " (nsp " << nsp << ")";
+    // Final when reported.
+    for (size_t r = 0; r < log.ranges.size(); ++r) {
+      const auto [offset, count] = log.ranges[r];
+      for (size_t i = 0; i < count; ++i) {
+        ASSERT_EQ(log.values[r][i], final_grads[offset + i]) << "range " << r << " element " << offset + i;
+      }
+    }
+    // Backward runs the discriminator first: its last layer is the first range, the shared embeddings
+    // (offset 0) the last.
+    EXPECT_GT(log.ranges.front().first, log.ranges.back().first);
+    EXPECT_EQ(log.ranges.back().first, 0u);
+  }
+  // With parallel chunks the buffer is final only after the chunks are added: one report.
+  model.set_parallel_chunks(2);
+  const ReadyLog log = run_with_ready_hook(model, test::random_batch(4, 8, 3, c.vocab_size, 40));
+  ASSERT_EQ(log.ranges.size(), 1u);
+  EXPECT_EQ(log.ranges[0], std::make_pair(size_t{0}, total));
+  EXPECT_EQ(log.values[0], model.gradients_to_host());
+}
+
+TEST(ModelPretrainer, PhaseHookMarksTheStepInOrder) {
+  auto be = make_cpu_backend<float>();
+  const PretrainerConfig c = test::tiny_config();
+  ElectraPretrainer<float> model(c, *be);
+  model.init_parameters(41);
+  const Batch batch = test::random_batch(4, 8, 3, c.vocab_size, 42);
+  for (int chunks : {1, 2}) {
+    model.set_parallel_chunks(chunks);
+    std::vector<std::string> seen;
+    StepContext ctx = training_context();
+    ctx.hooks.on_phase = [&](StepPhase p) { seen.push_back(to_string(p)); };
+    model.zero_gradients();
+    model.forward(batch, ctx);
+    model.backward();
+    const std::vector<std::string> expected = {
+        "generator_forward",      "sampling",           "discriminator_forward", "forward_done",
+        "discriminator_backward", "generator_backward", "backward_done"};
+    EXPECT_EQ(seen, expected) << "chunks " << chunks;
+  }
+}
+
+}  // namespace
+}  // namespace electra
