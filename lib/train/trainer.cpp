@@ -15,6 +15,9 @@
 
 #include "data_pipeline/loader/loader.h"
 #include "lib/backend/backend.h"
+#if defined(ELECTRA_HAVE_CUDA)
+#include "lib/backend/cuda/cuda_backend.h"
+#endif
 #include "lib/core/error.h"
 #include "lib/core/log.h"
 #include "lib/dist/gradient_reducer.h"
@@ -204,6 +207,7 @@ class Trainer {
   int train();
 
  private:
+  std::unique_ptr<Backend<float>> make_backend() const;
   void resume_from(const fs::path& path);
   void save_checkpoint();
   void check_parameters_agree(const char* when);
@@ -227,6 +231,7 @@ class Trainer {
   std::unique_ptr<TensorBoardWriter> tensorboard_;
   std::unique_ptr<data::Loader> eval_loader_;  // held-out shards (train.eval_every, data.eval_dir)
   TensorLayout ckpt_layout_;
+  std::vector<float> host_gradients_;  // staging for the allreduce when gradients live on a GPU
 
   int64_t total_steps_ = 0;
   int global_batch_ = 0;
@@ -258,9 +263,7 @@ std::optional<std::string> Trainer::setup() {
     config_ = resolve_config(options_);
     if (options_.output_dir.empty()) fail("--output RUN_DIR is required");
     run_dir_ = options_.output_dir;
-    if (options_.device != "cpu") {
-      fail("--device ", options_.device, ": this build trains on the CPU only (the CUDA backend is not built yet)");
-    }
+    if (options_.device != "cpu" && options_.device != "cuda") fail("--device must be cpu or cuda, got '", options_.device, "'");
     const std::string data_dir = config_.get<std::string>("data.dir");
     if (data_dir.empty()) fail("no data: pass --data SHARDS_DIR or set data.dir");
 
@@ -330,7 +333,7 @@ std::optional<std::string> Trainer::setup() {
       fail("config key 'data.seq_length' (", seq_length_, ") exceeds model.max_position_embeddings (",
            model_config_.discriminator.max_position_embeddings, ")");
     }
-    backend_ = make_cpu_backend<float>();
+    backend_ = make_backend();
     model_ = std::make_unique<ElectraPretrainer<float>>(model_config_, *backend_);
     optimizer_ = std::make_unique<AdamW<float>>(optim_config_, model_->layout(), *backend_);
     model_->init_parameters(seed_);
@@ -364,6 +367,18 @@ std::optional<std::string> Trainer::setup() {
   } catch (const std::exception& e) {
     return std::string(e.what());
   }
+}
+
+// The rank's device: the CPU, or GPU local_rank % visible GPUs (one rank per GPU is the intended layout).
+std::unique_ptr<Backend<float>> Trainer::make_backend() const {
+  if (options_.device == "cpu") return make_cpu_backend<float>();
+#if defined(ELECTRA_HAVE_CUDA)
+  const int gpus = cuda_device_count();
+  if (gpus == 0) fail("--device cuda: ", cuda_unavailable_reason());
+  return make_cuda_backend(comm_.local_rank() % gpus);
+#else
+  fail("--device cuda: this build has no CUDA backend (configure with -DELECTRA_CUDA=ON where nvcc is installed)");
+#endif
 }
 
 void Trainer::resume_from(const fs::path& path) {
@@ -512,7 +527,13 @@ bool Trainer::train_step(double* metrics) {
     return false;
   }
 
-  reducer_->reduce_all();
+  if (host_gradients_.empty()) {
+    reducer_->reduce_all();
+  } else {
+    backend_->copy_to_host(host_gradients_.data(), model_->gradients(), n);
+    reducer_->reduce_all();
+    backend_->copy_from_host(model_->gradients(), host_gradients_.data(), n);
+  }
   const double grad_norm = optimizer_->gradient_norm(model_->gradients());
   const OptimizerStepStats stats = optimizer_->step_with_norm(model_->parameters(), model_->gradients(), step_, grad_norm);
   last_lr_ = stats.lr;
@@ -597,8 +618,12 @@ int Trainer::train() {
 
   dist::GradientReducerOptions reduce_options;
   reduce_options.op = dist::ReduceOp::kSum;  // losses are already normalised by global counts
+  const size_t n = model_->layout().total_size();
+  // MPI reads host memory: device gradients go through a host copy (CUDA-aware MPI / NCCL would avoid it).
+  if (backend_->device() != DeviceKind::kCpu) host_gradients_.resize(n);
   reducer_ = std::make_unique<dist::GradientReducer>(
-      comm_, std::span<float>(model_->gradients(), model_->layout().total_size()), reduce_options);
+      comm_, std::span<float>(host_gradients_.empty() ? model_->gradients() : host_gradients_.data(), n),
+      reduce_options);
 
   dist::install_stop_signals();
   dist::Watchdog watchdog(config_.get<double>("train.step_timeout"), comm_.rank(), dist::Watchdog::abort_action(comm_));
