@@ -480,8 +480,24 @@ bool Trainer::train_step(double* metrics) {
 
   std::fill(metrics, metrics + kNumMetrics, 0.0);
   model_->zero_gradients();
+  const size_t n = model_->layout().total_size();
+  float* gradients = model_->gradients();
+  bool gradients_finite = true;
+  reducer_->begin();
+  // The last micro-batch's backward reports each range of the gradient buffer as it becomes final: the
+  // range is checked for NaN/Inf, then its allreduce starts while backward goes on with earlier layers.
+  StepHooks last_micro_batch;
+  last_micro_batch.on_gradients_ready = [&](size_t offset, size_t count) {
+    if (offset == 0 && step_ == faults_.nan_step) {
+      backend_->fill(gradients, 1, std::numeric_limits<float>::quiet_NaN());  // debug.nan_step
+    }
+    gradients_finite = gradients_finite && std::isfinite(backend_->sum_squares(gradients + offset, count));
+    if (!host_gradients_.empty()) backend_->copy_to_host(host_gradients_.data() + offset, gradients + offset, count);
+    reducer_->mark_ready(offset, count);
+  };
   for (int begin = 0; begin < batch.rows; begin += micro_rows_) {
     const bool whole = micro_rows_ == batch.rows;
+    if (begin + micro_rows_ == batch.rows) context.hooks = last_micro_batch;
     Batch micro = whole ? Batch{} : data::slice_rows(batch, begin, begin + micro_rows_);
     const PretrainerOutputs<float>& out = model_->forward(whole ? batch : micro, context);
     model_->backward();
@@ -498,12 +514,7 @@ bool Trainer::train_step(double* metrics) {
   }
   metrics[kTokens] = static_cast<double>(batch.rows) * batch.seq_length;
 
-  const size_t n = model_->layout().total_size();
   // Fault injection (debug.*), resolved once in setup(): the step at which this rank misbehaves, or -1.
-  if (step_ == faults_.nan_step) {
-    const float nan = std::numeric_limits<float>::quiet_NaN();
-    backend_->fill(model_->gradients(), 1, nan);
-  }
   if (step_ == faults_.hang_step) {
     ELECTRA_LOG(warning) << "debug.hang_step: rank " << comm_.rank() << " stops making progress at step " << step_;
     std::this_thread::sleep_for(std::chrono::hours(1));
@@ -512,8 +523,11 @@ bool Trainer::train_step(double* metrics) {
     fail("debug.throw_step: injected failure on rank ", comm_.rank(), " at step ", step_);
   }
 
+  reducer_->wait_all();
+  if (!host_gradients_.empty()) backend_->copy_from_host(gradients, host_gradients_.data(), n);
+
   // Every rank must know whether anyone went non-finite before anyone updates.
-  const bool locally_finite = std::isfinite(metrics[kTotalLoss]) && std::isfinite(backend_->sum_squares(model_->gradients(), n));
+  const bool locally_finite = std::isfinite(metrics[kTotalLoss]) && gradients_finite;
   if (!comm_.agree_all(locally_finite)) {
     const std::vector<std::string> flags = comm_.gather_strings(locally_finite ? "" : std::to_string(comm_.rank()));
     if (comm_.is_root()) {
@@ -527,13 +541,6 @@ bool Trainer::train_step(double* metrics) {
     return false;
   }
 
-  if (host_gradients_.empty()) {
-    reducer_->reduce_all();
-  } else {
-    backend_->copy_to_host(host_gradients_.data(), model_->gradients(), n);
-    reducer_->reduce_all();
-    backend_->copy_from_host(model_->gradients(), host_gradients_.data(), n);
-  }
   const double grad_norm = optimizer_->gradient_norm(model_->gradients());
   const OptimizerStepStats stats = optimizer_->step_with_norm(model_->parameters(), model_->gradients(), step_, grad_norm);
   last_lr_ = stats.lr;
