@@ -145,6 +145,7 @@ nlohmann::json default_run_config() {
       {"max_skipped_steps", 10},  // consecutive non-finite steps tolerated before stopping
       {"step_timeout", 1800.0},   // seconds one step may take before the watchdog aborts the job
       {"threads", 0},             // CPU threads per rank (0: cores / ranks on the node)
+      {"parallel_chunks", 0},     // CPU: batch slices run concurrently, one per thread (0: = threads; 1: off)
       {"peak_gflops", 0.0},       // per-rank peak for MFU (0: measured with one large GEMM)
       {"tensorboard", true},      // RUN_DIR/tensorboard event files
       {"eval_every", 0},          // evaluate on data.eval_dir every this many steps and at the end (0: off)
@@ -237,6 +238,7 @@ class Trainer {
   int global_batch_ = 0;
   int local_rows_ = 0;
   int micro_rows_ = 0;
+  int parallel_chunks_ = 1;
   int seq_length_ = 0;
   uint64_t seed_ = 1;
   int log_every_ = 1;
@@ -335,6 +337,12 @@ std::optional<std::string> Trainer::setup() {
     }
     backend_ = make_backend();
     model_ = std::make_unique<ElectraPretrainer<float>>(model_config_, *backend_);
+    // On the CPU, whole row slices per thread beat splitting every op across threads (electra-bench,
+    // docs/performance.md); the gradient allreduce then starts after backward instead of during it.
+    const int configured_chunks = config_.get<int>("train.parallel_chunks");
+    parallel_chunks_ = backend_->device() != DeviceKind::kCpu ? 1 : configured_chunks > 0 ? configured_chunks : threads;
+    parallel_chunks_ = std::min(parallel_chunks_, micro_rows_);
+    if (parallel_chunks_ > 1) model_->set_parallel_chunks(parallel_chunks_);
     optimizer_ = std::make_unique<AdamW<float>>(optim_config_, model_->layout(), *backend_);
     model_->init_parameters(seed_);
     ckpt_layout_ = checkpoint_layout(model_->layout());
@@ -615,7 +623,8 @@ int Trainer::train() {
     }
     ELECTRA_LOG(info) << "resolved config:\n" << config_.dump(2);
     ELECTRA_LOG(info) << "model: " << model_->layout().total_size() << " parameters; " << comm_.world_size()
-                      << " rank(s) x " << local_rows_ << " rows (micro-batch " << micro_rows_ << "), seq "
+                      << " rank(s) x " << local_rows_ << " rows (micro-batch " << micro_rows_ << ", "
+                      << parallel_chunks_ << " parallel chunk(s)), seq "
                       << seq_length_ << "; " << loader_->num_examples() << " examples, "
                       << loader_->batches_per_epoch() << " steps per epoch; peak " << std::fixed
                       << std::setprecision(1) << peak_gflops_ << " GFLOP/s per rank";
