@@ -1,0 +1,22 @@
+# electra-bench smoke tests (the program is apps/electra-bench; docs/performance.md has the numbers).
+# They check that the step benchmark runs end to end and reports what the performance table needs; they
+# measure nothing. CTest runs them (label bench_smoke).
+if(TARGET electra-bench)
+  add_test(NAME BenchSmoke.ElectraBenchTinyJson
+    COMMAND $<TARGET_FILE:electra-bench> --config tiny --batch 4 --seq 32 --steps 2 --warmup 1 --threads 2
+            --peak-gemm 256 --breakdown --json)
+  set_tests_properties(BenchSmoke.ElectraBenchTinyJson PROPERTIES LABELS bench_smoke TIMEOUT 120
+    PASS_REGULAR_EXPRESSION "\"chunks\":2.*\"impl\":\"electra-mpi\".*\"model_gflops_per_s\":[0-9].*\"peak_rss_mib\":[0-9].*\"generator_forward\"")
+  add_test(NAME BenchSmoke.ElectraBenchTwoRanks
+    COMMAND ${MPIEXEC_EXECUTABLE} ${MPIEXEC_NUMPROC_FLAG} 2 --oversubscribe --allow-run-as-root --bind-to none
+            $<TARGET_FILE:electra-bench> --config tiny --batch 4 --seq 32 --steps 2 --warmup 1 --threads 1
+            --peak-gemm 256)
+  set_tests_properties(BenchSmoke.ElectraBenchTwoRanks PROPERTIES LABELS bench_smoke TIMEOUT 120
+    ENVIRONMENT "OMPI_MCA_rmaps_base_oversubscribe=1;ELECTRA_SKIP_SLURM_CHECK=1"
+    PASS_REGULAR_EXPRESSION "2 rank\\(s\\) x 1 thread.*allreduce +[0-9.]+ ms per step \\([0-9.]+% of the step; overlapped")
+  # No CUDA backend in this build: a clear message and exit code 2, not a crash.
+  add_test(NAME BenchSmoke.ElectraBenchCudaIsRefusedClearly
+    COMMAND sh -c "\"$0\" --device cuda; echo \"exit=$?\"" $<TARGET_FILE:electra-bench>)
+  set_tests_properties(BenchSmoke.ElectraBenchCudaIsRefusedClearly PROPERTIES LABELS bench_smoke TIMEOUT 60
+    PASS_REGULAR_EXPRESSION "no CUDA backend.*exit=2")
+endif()
