@@ -64,19 +64,19 @@ class Backend {
 
   // ---- matrix products ----
   // C[m,n] = alpha * op(A)[m,k] * op(B)[k,n] + beta * C, row-major with leading dimensions.
-  virtual void gemm(Transpose trans_a, Transpose trans_b, int m, int n, int k, T alpha, const T* a, int lda,
-                    const T* b, int ldb, T beta, T* c, int ldc) = 0;
+  virtual void gemm(Transpose trans_a, Transpose trans_b, int m, int n, int k, T alpha, const T* a, int lda, const T* b,
+                    int ldb, T beta, T* c, int ldc) = 0;
   // The same for `batch` independent products whose operands are stride_* elements apart.
   virtual void gemm_strided_batched(Transpose trans_a, Transpose trans_b, int m, int n, int k, T alpha, const T* a,
-                                    int lda, long long stride_a, const T* b, int ldb, long long stride_b, T beta,
-                                    T* c, int ldc, long long stride_c, int batch) = 0;
+                                    int lda, long long stride_a, const T* b, int ldb, long long stride_b, T beta, T* c,
+                                    int ldc, long long stride_c, int batch) = 0;
 
   // ---- linear layers (weights stored [out, in] as in PyTorch / Hugging Face) ----
   // y[rows,out] = x[rows,in] * W^T + bias (bias may be null).
   virtual void linear_forward(T* y, const T* x, const T* weight, const T* bias, int rows, int in, int out) = 0;
   // dx = dy * W (skipped when dx is null); dW += dy^T * x; dbias += sum_rows(dy) (skipped when null).
-  virtual void linear_backward(T* dx, T* dweight, T* dbias, const T* dy, const T* x, const T* weight, int rows,
-                               int in, int out) = 0;
+  virtual void linear_backward(T* dx, T* dweight, T* dbias, const T* dy, const T* x, const T* weight, int rows, int in,
+                               int out) = 0;
 
   // ---- elementwise ----
   virtual void activation_forward(Activation act, T* y, const T* x, size_t n) = 0;
@@ -95,8 +95,8 @@ class Backend {
 
   // ---- normalisation ----
   // y = (x - mean) * rstd * gamma + beta over the last dimension; mean and rstd [rows] saved for backward.
-  virtual void layernorm_forward(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* beta, int rows,
-                                 int cols, T eps) = 0;
+  virtual void layernorm_forward(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* beta, int rows, int cols,
+                                 T eps) = 0;
   virtual void layernorm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* mean, const T* rstd,
                                   const T* gamma, int rows, int cols) = 0;
 
@@ -116,8 +116,8 @@ class Backend {
   // qkv [B,S,3,H,D] (query, key, value of each token side by side, as the fused projection writes them);
   // mask [B,S] (1 = attend, 0 = padding key). probs [B,H,S,S] = softmax(q k^T / sqrt(D) over unmasked
   // keys), saved for backward; dropout on probs with keep mask [B,H,S,S]; context [B,S,H,D].
-  virtual void attention_forward(T* context, T* probs, uint8_t* keep, const T* qkv, const int32_t* mask, int B,
-                                 int S, int H, int D, float dropout, const DropoutKey& key) = 0;
+  virtual void attention_forward(T* context, T* probs, uint8_t* keep, const T* qkv, const int32_t* mask, int B, int S,
+                                 int H, int D, float dropout, const DropoutKey& key) = 0;
   // dqkv [B,S,3,H,D] overwritten. scratch: at least B*H*S*S elements.
   virtual void attention_backward(T* dqkv, T* scratch, const T* dcontext, const T* qkv, const T* probs,
                                   const uint8_t* keep, const int32_t* mask, int B, int S, int H, int D,
@@ -155,6 +155,25 @@ class Backend {
   // (google-research/electra's AdamWeightDecayOptimizer).
   virtual void adamw_step(T* params, const T* grads, T* m, T* v, size_t n, float lr, float beta1, float beta2,
                           float eps, float weight_decay, long long t, float grad_scale, bool bias_correction) = 0;
+  // adamw_step over several runs of the same buffers in one call: run r updates elements
+  // [runs[r].offset, runs[r].offset + runs[r].size) with weight decay runs[r].weight_decay; the result is
+  // exactly that of one adamw_step per run. (The CPU backend does it in one parallel region instead of one
+  // per run: a parameter layout has hundreds of runs, as weights and biases alternate.) `runs` is host
+  // memory.
+  struct AdamWRun {
+    size_t offset = 0;
+    size_t size = 0;
+    float weight_decay = 0.0f;
+  };
+  virtual void adamw_step_runs(T* params, const T* grads, T* m, T* v, const AdamWRun* runs, size_t num_runs, float lr,
+                               float beta1, float beta2, float eps, long long t, float grad_scale,
+                               bool bias_correction) {
+    for (size_t r = 0; r < num_runs; ++r) {
+      const size_t o = runs[r].offset;
+      adamw_step(params + o, grads + o, m + o, v + o, runs[r].size, lr, beta1, beta2, eps, runs[r].weight_decay, t,
+                 grad_scale, bias_correction);
+    }
+  }
 };
 
 // The CPU backend for float and double (double is used by the finite-difference gradient checks).

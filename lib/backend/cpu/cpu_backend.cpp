@@ -154,6 +154,11 @@ class CpuBackend final : public Backend<T> {
                   float weight_decay, long long t, float grad_scale, bool bias_correction) override {
     cpu::adamw_step(params, grads, m, v, n, lr, beta1, beta2, eps, weight_decay, t, grad_scale, bias_correction);
   }
+  void adamw_step_runs(T* params, const T* grads, T* m, T* v, const typename Backend<T>::AdamWRun* runs,
+                       size_t num_runs, float lr, float beta1, float beta2, float eps, long long t, float grad_scale,
+                       bool bias_correction) override {
+    cpu::adamw_step_runs(params, grads, m, v, runs, num_runs, lr, beta1, beta2, eps, t, grad_scale, bias_correction);
+  }
 
  private:
   static void copy_bytes(void* dst, const void* src, size_t bytes) {

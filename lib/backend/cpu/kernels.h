@@ -135,5 +135,11 @@ double sum_squares(const T* x, size_t n);
 template <typename T>
 void adamw_step(T* params, const T* grads, T* m, T* v, size_t n, float lr, float beta1, float beta2, float eps,
                 float weight_decay, long long t, float grad_scale, bool bias_correction);
+// adamw_step over runs (Backend<T>::AdamWRun), bitwise equal to one adamw_step per run, in one parallel
+// region over fixed 16384-element pieces of the runs.
+template <typename T>
+void adamw_step_runs(T* params, const T* grads, T* m, T* v, const typename Backend<T>::AdamWRun* runs, size_t num_runs,
+                     float lr, float beta1, float beta2, float eps, long long t, float grad_scale,
+                     bool bias_correction);
 
 }  // namespace electra::cpu

@@ -1,6 +1,7 @@
 // Sum of squares (for the global gradient norm) and the AdamW update over flat buffers.
 #include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "lib/backend/cpu/detail.h"
 #include "lib/backend/cpu/kernels.h"
@@ -60,31 +61,74 @@ double sum_squares(const T* x, size_t n) {
   return total;
 }
 
+namespace {
+
+constexpr size_t kAdamChunk = 16384;  // elements per parallel work unit
+
 template <typename T>
-void adamw_step(T* params, const T* grads, T* m, T* v, size_t n, float lr, float beta1, float beta2, float eps,
-                float weight_decay, long long t, float grad_scale, bool bias_correction) {
+AdamScalars adam_scalars(float lr, float beta1, float beta2, float eps, float weight_decay, long long t,
+                         float grad_scale, bool bias_correction) {
   ELECTRA_CHECK(t >= 1, "adamw_step: step ", t, " must be >= 1");
   // Bias corrections in double (beta^t for large t), applied as multipliers.
   const double bc1 = bias_correction ? 1.0 - std::pow(static_cast<double>(beta1), static_cast<double>(t)) : 1.0;
   const double bc2 = bias_correction ? 1.0 - std::pow(static_cast<double>(beta2), static_cast<double>(t)) : 1.0;
   // The scalars are rounded to T exactly as a T-only formula would hold them (1 - beta in T).
-  const AdamScalars scalars{lr,
-                            beta1,
-                            beta2,
-                            static_cast<double>(T(1) - T(beta1)),
-                            static_cast<double>(T(1) - T(beta2)),
-                            eps,
-                            weight_decay,
-                            grad_scale,
-                            1.0 / bc1,
-                            1.0 / bc2};
-  detail::parallel_chunks(
-      n, 16384, 32768, [&](size_t b, size_t e) { adamw_chunk(params + b, grads + b, m + b, v + b, e - b, scalars); });
+  return AdamScalars{lr,
+                     beta1,
+                     beta2,
+                     static_cast<double>(T(1) - T(beta1)),
+                     static_cast<double>(T(1) - T(beta2)),
+                     eps,
+                     weight_decay,
+                     grad_scale,
+                     1.0 / bc1,
+                     1.0 / bc2};
 }
 
-#define ELECTRA_INSTANTIATE(T)                      \
-  template double sum_squares<T>(const T*, size_t); \
-  template void adamw_step<T>(T*, const T*, T*, T*, size_t, float, float, float, float, float, long long, float, bool);
+}  // namespace
+
+template <typename T>
+void adamw_step(T* params, const T* grads, T* m, T* v, size_t n, float lr, float beta1, float beta2, float eps,
+                float weight_decay, long long t, float grad_scale, bool bias_correction) {
+  const AdamScalars scalars = adam_scalars<T>(lr, beta1, beta2, eps, weight_decay, t, grad_scale, bias_correction);
+  detail::parallel_chunks(n, kAdamChunk, 2 * kAdamChunk, [&](size_t b, size_t e) {
+    adamw_chunk(params + b, grads + b, m + b, v + b, e - b, scalars);
+  });
+}
+
+template <typename T>
+void adamw_step_runs(T* params, const T* grads, T* m, T* v, const typename Backend<T>::AdamWRun* runs, size_t num_runs,
+                     float lr, float beta1, float beta2, float eps, long long t, float grad_scale,
+                     bool bias_correction) {
+  // Every run cut into pieces of at most kAdamChunk elements; one parallel loop over all pieces. The
+  // update is elementwise, so how the pieces are spread over threads cannot change a bit.
+  struct Piece {
+    size_t begin, count, run;
+  };
+  std::vector<Piece> pieces;
+  std::vector<AdamScalars> scalars(num_runs);
+  size_t total = 0;
+  for (size_t r = 0; r < num_runs; ++r) {
+    scalars[r] = adam_scalars<T>(lr, beta1, beta2, eps, runs[r].weight_decay, t, grad_scale, bias_correction);
+    for (size_t b = 0; b < runs[r].size; b += kAdamChunk) {
+      pieces.push_back({runs[r].offset + b, std::min(kAdamChunk, runs[r].size - b), r});
+    }
+    total += runs[r].size;
+  }
+  const long long n = static_cast<long long>(pieces.size());
+#pragma omp parallel for schedule(static) if (total > 2 * kAdamChunk)
+  for (long long i = 0; i < n; ++i) {
+    const Piece& p = pieces[i];
+    adamw_chunk(params + p.begin, grads + p.begin, m + p.begin, v + p.begin, p.count, scalars[p.run]);
+  }
+}
+
+#define ELECTRA_INSTANTIATE(T)                                                                                       \
+  template double sum_squares<T>(const T*, size_t);                                                                  \
+  template void adamw_step<T>(T*, const T*, T*, T*, size_t, float, float, float, float, float, long long, float,     \
+                              bool);                                                                                 \
+  template void adamw_step_runs<T>(T*, const T*, T*, T*, const typename Backend<T>::AdamWRun*, size_t, float, float, \
+                                   float, float, long long, float, bool);
 ELECTRA_INSTANTIATE(float)
 ELECTRA_INSTANTIATE(double)
 #undef ELECTRA_INSTANTIATE
