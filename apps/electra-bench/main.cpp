@@ -34,9 +34,11 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   o.overlap = !no_overlap;
   if (o.device == "cuda") {
-    std::cerr << "electra-bench: --device cuda: this build has no CUDA backend yet (lib/backend/cuda is not built); "
-                 "only the CPU backend can be measured\n";
-    return 2;
+    const std::string why = electra::bench::cuda_unavailable_reason();
+    if (!why.empty()) {
+      std::cerr << "electra-bench: --device cuda: " << why << "\n";
+      return 2;
+    }
   }
 
   electra::dist::Communicator comm = electra::dist::Communicator::init(argc, argv);

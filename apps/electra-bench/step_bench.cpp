@@ -21,6 +21,10 @@
 #include "lib/model/pretrainer.h"
 #include "lib/optim/adamw.h"
 
+#ifdef ELECTRA_BENCH_HAVE_CUDA
+#include "lib/backend/cuda/cuda_backend.h"
+#endif
+
 namespace electra::bench {
 namespace {
 
@@ -153,6 +157,15 @@ class PhaseClock {
 
 }  // namespace
 
+std::string cuda_unavailable_reason() {
+#ifdef ELECTRA_BENCH_HAVE_CUDA
+  return cuda_device_count() > 0 ? "" : electra::cuda_unavailable_reason();
+#else
+  return "this build has no CUDA backend (configure with -DELECTRA_CUDA=ON where nvcc, cuDNN and NCCL are "
+         "installed); only the CPU backend can be measured";
+#endif
+}
+
 PretrainerConfig resolve_model(const std::string& config, int vocab, int* default_seq) {
   nlohmann::json model;
   int seq = 128;
@@ -193,12 +206,14 @@ double measure_sgemm_gflops(Backend<float>& backend, int n, int reps) {
 }
 
 StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicator& comm) {
-  if (o.device == "cuda") {
-    fail(
-        "--device cuda: this build has no CUDA backend yet (lib/backend/cuda is not built); electra-bench "
-        "measures the CPU backend only");
+  if (o.device != "cpu" && o.device != "cuda") fail("--device ", o.device, ": expected cpu or cuda");
+  const bool cuda = o.device == "cuda";
+  if (cuda) {
+    const std::string why = cuda_unavailable_reason();
+    if (!why.empty()) fail("--device cuda: ", why);
+    // GradientReducer hands host pointers to MPI; device gradients would need NCCL or CUDA-aware MPI.
+    if (comm.world_size() > 1) fail("--device cuda: one rank only (the device-gradient allreduce is not wired)");
   }
-  if (o.device != "cpu") fail("--device ", o.device, ": expected cpu or cuda");
   if (o.steps <= 0 || o.warmup < 0) fail("--steps must be positive and --warmup >= 0");
   const int ranks = comm.world_size();
   if (o.batch <= 0 || o.batch % ranks != 0) {
@@ -223,11 +238,15 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
                                     : std::max(1, static_cast<int>(std::max(1u, std::thread::hardware_concurrency())) /
                                                       std::max(1, comm.local_size()));
   omp_set_num_threads(threads);
-  std::unique_ptr<Backend<float>> backend = make_cpu_backend<float>();
+  std::unique_ptr<Backend<float>> backend;
+#ifdef ELECTRA_BENCH_HAVE_CUDA
+  if (cuda) backend = make_cuda_backend(comm.local_rank() % cuda_device_count());
+#endif
+  if (!backend) backend = make_cpu_backend<float>();
 
   ElectraPretrainer<float> net(model, *backend);
   net.init_parameters(o.seed);
-  const int chunks = o.chunks > 0 ? o.chunks : threads;
+  const int chunks = cuda ? 1 : o.chunks > 0 ? o.chunks : threads;  // chunks are a CPU strategy
   net.set_parallel_chunks(chunks);
   OptimizerConfig optim;
   optim.warmup_steps = 0;  // a non-zero learning rate from the first step

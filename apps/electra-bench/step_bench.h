@@ -69,6 +69,9 @@ StepBenchResult run_step_bench(const StepBenchOptions& options, const dist::Comm
 std::string format_text(const StepBenchResult& result);
 nlohmann::json to_json(const StepBenchResult& result);
 
+// "" when `--device cuda` can run here, else why not (this build has no CUDA backend, or no usable GPU).
+std::string cuda_unavailable_reason();
+
 // The model section and default sequence length of `config` (preset name or file); `vocab` > 0
 // replaces the vocabulary size.
 PretrainerConfig resolve_model(const std::string& config, int vocab, int* default_seq);

@@ -45,6 +45,7 @@ void TransformerLayer<T>::plan(Backend<T>& be, int B, int S) {
   mean1_.reset(be, N);
   rstd1_.reset(be, N);
   inter_pre_.reset(be, N * F);
+  inter_act_.reset(be, N * F);
   keep2_.reset(be, N * C);
   res2_.reset(be, N * C);
   out_.reset(be, N * C);
@@ -82,11 +83,11 @@ void TransformerLayer<T>::forward(Backend<T>& be, const T* params, const T* x, c
   // Feed-forward block.
   be.linear_forward(inter_pre_.data(), ln1_.data(), params + p.intermediate.weight, params + p.intermediate.bias, N, C,
                     F);
-  // act(inter_pre) is not kept: backward recomputes it (one elementwise pass instead of N x F floats
-  // per layer held from forward to backward). d_inter_act is free during forward.
-  T* inter_act = scratch.d_inter_act.data();
-  be.activation_forward(shape_.act, inter_act, inter_pre_.data(), static_cast<size_t>(N) * F);
-  be.linear_forward(scratch.tmp.data(), inter_act, params + p.output.weight, params + p.output.bias, N, F, C);
+  // act(inter_pre) is kept for the output dense's weight gradient. (Recomputing it in backward instead
+  // saves N x F floats per layer, 240 MB for ELECTRA-small at batch 32, for ~1.5% of the step:
+  // docs/performance.md.)
+  be.activation_forward(shape_.act, inter_act_.data(), inter_pre_.data(), static_cast<size_t>(N) * F);
+  be.linear_forward(scratch.tmp.data(), inter_act_.data(), params + p.output.weight, params + p.output.bias, N, F, C);
   be.dropout_forward(res2_.data(), keep2_.data(), scratch.tmp.data(), nc, hidden_rate_,
                      dropout.key(dropout_lane(network_, layer_, DropoutSlot::kFfnOutput), per_example));
   be.add(res2_.data(), res2_.data(), ln1_.data(), nc);
@@ -106,11 +107,8 @@ void TransformerLayer<T>::backward(Backend<T>& be, const T* params, T* grads, co
   be.layernorm_backward(s.d_res2.data(), grads + p.output_norm.gamma, grads + p.output_norm.beta, dout, res2_.data(),
                         mean2_.data(), rstd2_.data(), params + p.output_norm.gamma, N, C);
   be.dropout_backward(s.tmp.data(), s.d_res2.data(), keep2_.data(), nc, hidden_rate_);
-  // act(inter_pre) again (as forward computed it) into d_inter_pre, which activation_backward overwrites
-  // once the output dense no longer needs it.
-  be.activation_forward(shape_.act, s.d_inter_pre.data(), inter_pre_.data(), static_cast<size_t>(N) * F);
   be.linear_backward(s.d_inter_act.data(), grads + p.output.weight, grads + p.output.bias, s.tmp.data(),
-                     s.d_inter_pre.data(), params + p.output.weight, N, F, C);
+                     inter_act_.data(), params + p.output.weight, N, F, C);
   be.activation_backward(shape_.act, s.d_inter_pre.data(), s.d_inter_act.data(), inter_pre_.data(),
                          static_cast<size_t>(N) * F);
   be.linear_backward(s.d_ln1.data(), grads + p.intermediate.weight, grads + p.intermediate.bias, s.d_inter_pre.data(),

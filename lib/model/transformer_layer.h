@@ -21,7 +21,7 @@ struct LayerScratch {
   void plan(Backend<T>& be, int B, int S, int hidden, int ffn, int heads);
   DeviceBuffer<T> tmp;                               // [N, C] pre-dropout dense outputs; dropout gradients
   DeviceBuffer<T> d_res1, d_res2, d_ln1, d_context;  // [N, C]
-  DeviceBuffer<T> d_inter_act, d_inter_pre;          // [N, F]; also act(inter_pre) (forward, backward)
+  DeviceBuffer<T> d_inter_act, d_inter_pre;          // [N, F]
   DeviceBuffer<T> d_qkv;                             // [N, 3C]
   DeviceBuffer<T> attention;                         // [B, H, S, S] attention_backward scratch
 };
@@ -62,7 +62,8 @@ class TransformerLayer {
   float hidden_rate_ = 0.0f, attention_rate_ = 0.0f;  // the rates the last forward used
   const T* x_ = nullptr;
   const int32_t* mask_ = nullptr;
-  DeviceBuffer<T> qkv_, probs_, context_, res1_, ln1_, mean1_, rstd1_, inter_pre_, res2_, out_, mean2_, rstd2_;
+  DeviceBuffer<T> qkv_, probs_, context_, res1_, ln1_, mean1_, rstd1_, inter_pre_, inter_act_, res2_, out_, mean2_,
+      rstd2_;
   DeviceBuffer<T, uint8_t> keep_attention_, keep1_, keep2_;
 };
 
