@@ -29,6 +29,8 @@ int main(int argc, char** argv) {
   app.add_option("--seed", o.seed, "seed of parameters, data, dropout and sampling")->capture_default_str();
   app.add_option("--peak-gemm", o.peak_gemm_size, "n of the n^3 sgemm that measures the peak")->capture_default_str();
   app.add_flag("--breakdown", o.breakdown, "time each phase of the step");
+  app.add_flag("--recompute-ffn", o.recompute_ffn,
+               "recompute each layer's FFN activation in backward instead of keeping it (less memory)");
   app.add_flag("--no-overlap", no_overlap, "allreduce after backward instead of overlapping it (MPI only)");
   app.add_flag("--json", json, "print one JSON line instead of text");
   CLI11_PARSE(app, argc, argv);

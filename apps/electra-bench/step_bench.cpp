@@ -248,6 +248,7 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
   net.init_parameters(o.seed);
   const int chunks = cuda ? 1 : o.chunks > 0 ? o.chunks : threads;  // chunks are a CPU strategy
   net.set_parallel_chunks(chunks);
+  net.set_recompute_ffn_activations(o.recompute_ffn);
   OptimizerConfig optim;
   optim.warmup_steps = 0;  // a non-zero learning rate from the first step
   optim.total_steps = 1000000;
@@ -362,6 +363,7 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
   r.warmup = o.warmup;
   r.parameters = n_params;
   r.overlap = o.overlap;
+  r.recompute_ffn = o.recompute_ffn;
   r.median_step_s = median(step_times);
   r.min_step_s = *std::min_element(step_times.begin(), step_times.end());
   r.max_step_s = *std::max_element(step_times.begin(), step_times.end());
@@ -435,6 +437,7 @@ nlohmann::json to_json(const StepBenchResult& r) {
                         {"steps", r.steps},
                         {"warmup", r.warmup},
                         {"overlap", r.overlap},
+                        {"recompute_ffn", r.recompute_ffn},
                         {"median_step_s", r.median_step_s},
                         {"min_step_s", r.min_step_s},
                         {"max_step_s", r.max_step_s},

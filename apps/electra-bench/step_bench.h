@@ -29,6 +29,7 @@ struct StepBenchOptions {
   std::string device = "cpu";    // cpu | cuda
   bool breakdown = false;        // time each phase of the step
   bool overlap = true;           // start each bucket's allreduce during backward (else after it)
+  bool recompute_ffn = false;    // ElectraPretrainer::set_recompute_ffn_activations
   float dropout = -1.0f;         // < 0: the config's (0.1)
   uint64_t seed = 1;
   int peak_gemm_size = 2048;  // n of the n x n x n sgemm that measures the peak
@@ -47,7 +48,7 @@ struct StepBenchResult {
   PretrainerConfig model;
   int batch = 0, seq = 0, predictions = 0, ranks = 1, threads = 1, chunks = 1, steps = 0, warmup = 0;
   size_t parameters = 0;
-  bool overlap = true;
+  bool overlap = true, recompute_ffn = false;
   // Per step (the slowest rank's time at each step; medians over the timed steps).
   double median_step_s = 0.0, min_step_s = 0.0, max_step_s = 0.0;
   double cpu_s_per_step = 0.0;  // process CPU time (user + system) per timed step, summed over ranks

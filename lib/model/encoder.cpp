@@ -32,11 +32,11 @@ Encoder<T>::Encoder(const EncoderConfig& config, const EncoderSlots& slots, Netw
 }
 
 template <typename T>
-void Encoder<T>::plan(Backend<T>& be, int B, int S) {
+void Encoder<T>::plan(Backend<T>& be, int B, int S, bool recompute_ffn) {
   B_ = B;
   S_ = S;
   embeddings_.plan(be, B, S);
-  for (auto& layer : layers_) layer.plan(be, B, S);
+  for (auto& layer : layers_) layer.plan(be, B, S, recompute_ffn);
   scratch_.plan(be, B, S, config_.hidden_size, config_.intermediate_size, config_.num_heads);
   const size_t n = static_cast<size_t>(B) * S * config_.hidden_size;
   grad_a_.reset(be, n);

@@ -102,8 +102,8 @@ struct ElectraPretrainer<T>::Plan {
     Backend<T>& be = m.backend_;
     const size_t N = static_cast<size_t>(B) * S, M = static_cast<size_t>(B) * P;
     const size_t V = m.config_.vocab_size, C = m.config_.num_classes;
-    generator.plan(be, B, S);
-    discriminator.plan(be, B, S);
+    generator.plan(be, B, S, m.recompute_ffn_);
+    discriminator.plan(be, B, S, m.recompute_ffn_);
     mlm.plan(be, B, S, P);
     sentence.plan(be, B, S);
     disc_head.plan(be, static_cast<int>(N));
@@ -235,6 +235,15 @@ typename ElectraPretrainer<T>::Plan& ElectraPretrainer<T>::plan_for(int B, int S
   }
   plans_.insert(plans_.begin(), std::make_unique<Plan>(*this, B, S, P, chunk));
   return *plans_.front();
+}
+
+template <typename T>
+void ElectraPretrainer<T>::set_recompute_ffn_activations(bool on) {
+  if (on == recompute_ffn_) return;
+  recompute_ffn_ = on;
+  // Plans hold the layers' activations: plan again at the next forward (a pending backward is lost).
+  last_.clear();
+  plans_.clear();
 }
 
 template <typename T>

@@ -29,9 +29,10 @@ TransformerLayer<T>::TransformerLayer(const TransformerLayerSlots& slots, const 
 }
 
 template <typename T>
-void TransformerLayer<T>::plan(Backend<T>& be, int B, int S) {
+void TransformerLayer<T>::plan(Backend<T>& be, int B, int S, bool recompute_activation) {
   B_ = B;
   S_ = S;
+  recompute_act_ = recompute_activation;
   const size_t N = static_cast<size_t>(B) * S;
   const size_t C = shape_.hidden, F = shape_.intermediate;
   const size_t probs = static_cast<size_t>(B) * shape_.num_heads * S * S;
@@ -45,7 +46,7 @@ void TransformerLayer<T>::plan(Backend<T>& be, int B, int S) {
   mean1_.reset(be, N);
   rstd1_.reset(be, N);
   inter_pre_.reset(be, N * F);
-  inter_act_.reset(be, N * F);
+  inter_act_.reset(be, recompute_activation ? 0 : N * F);
   keep2_.reset(be, N * C);
   res2_.reset(be, N * C);
   out_.reset(be, N * C);
@@ -83,11 +84,12 @@ void TransformerLayer<T>::forward(Backend<T>& be, const T* params, const T* x, c
   // Feed-forward block.
   be.linear_forward(inter_pre_.data(), ln1_.data(), params + p.intermediate.weight, params + p.intermediate.bias, N, C,
                     F);
-  // act(inter_pre) is kept for the output dense's weight gradient. (Recomputing it in backward instead
-  // saves N x F floats per layer, 240 MB for ELECTRA-small at batch 32, for ~1.5% of the step:
-  // docs/performance.md.)
-  be.activation_forward(shape_.act, inter_act_.data(), inter_pre_.data(), static_cast<size_t>(N) * F);
-  be.linear_forward(scratch.tmp.data(), inter_act_.data(), params + p.output.weight, params + p.output.bias, N, F, C);
+  // act(inter_pre) is kept for the output dense's weight gradient, or (recompute_act_) computed again in
+  // backward: d_inter_act is free during forward. Keeping it costs N x F floats per layer (240 MB for
+  // ELECTRA-small at batch 32), recomputing ~1% of the step (docs/performance.md).
+  T* inter_act = recompute_act_ ? scratch.d_inter_act.data() : inter_act_.data();
+  be.activation_forward(shape_.act, inter_act, inter_pre_.data(), static_cast<size_t>(N) * F);
+  be.linear_forward(scratch.tmp.data(), inter_act, params + p.output.weight, params + p.output.bias, N, F, C);
   be.dropout_forward(res2_.data(), keep2_.data(), scratch.tmp.data(), nc, hidden_rate_,
                      dropout.key(dropout_lane(network_, layer_, DropoutSlot::kFfnOutput), per_example));
   be.add(res2_.data(), res2_.data(), ln1_.data(), nc);
@@ -107,8 +109,15 @@ void TransformerLayer<T>::backward(Backend<T>& be, const T* params, T* grads, co
   be.layernorm_backward(s.d_res2.data(), grads + p.output_norm.gamma, grads + p.output_norm.beta, dout, res2_.data(),
                         mean2_.data(), rstd2_.data(), params + p.output_norm.gamma, N, C);
   be.dropout_backward(s.tmp.data(), s.d_res2.data(), keep2_.data(), nc, hidden_rate_);
-  be.linear_backward(s.d_inter_act.data(), grads + p.output.weight, grads + p.output.bias, s.tmp.data(),
-                     inter_act_.data(), params + p.output.weight, N, F, C);
+  const T* inter_act = inter_act_.data();
+  if (recompute_act_) {
+    // act(inter_pre) again, exactly as forward computed it, into d_inter_pre (activation_backward
+    // overwrites it below, once the output dense no longer needs it).
+    be.activation_forward(shape_.act, s.d_inter_pre.data(), inter_pre_.data(), static_cast<size_t>(N) * F);
+    inter_act = s.d_inter_pre.data();
+  }
+  be.linear_backward(s.d_inter_act.data(), grads + p.output.weight, grads + p.output.bias, s.tmp.data(), inter_act,
+                     params + p.output.weight, N, F, C);
   be.activation_backward(shape_.act, s.d_inter_pre.data(), s.d_inter_act.data(), inter_pre_.data(),
                          static_cast<size_t>(N) * F);
   be.linear_backward(s.d_ln1.data(), grads + p.intermediate.weight, grads + p.intermediate.bias, s.d_inter_pre.data(),

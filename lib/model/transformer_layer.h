@@ -43,7 +43,9 @@ class TransformerLayer {
   TransformerLayer(const TransformerLayerSlots& slots, const TransformerLayerShape& shape, Network network,
                    int layer_index);
 
-  void plan(Backend<T>& be, int B, int S);
+  // recompute_activation: do not keep act(x W1 + b1) from forward to backward (N x F values) but compute
+  // it again in backward; the same numbers, less memory, one more activation pass.
+  void plan(Backend<T>& be, int B, int S, bool recompute_activation = false);
 
   // x [B*S, C] (kept by pointer for backward), mask [B,S] device ints (1 = attend). Output [B*S, C].
   void forward(Backend<T>& be, const T* params, const T* x, const int32_t* mask, const DropoutContext& dropout,
@@ -59,6 +61,7 @@ class TransformerLayer {
   Network network_;
   int layer_;
   int B_ = 0, S_ = 0;
+  bool recompute_act_ = false;
   float hidden_rate_ = 0.0f, attention_rate_ = 0.0f;  // the rates the last forward used
   const T* x_ = nullptr;
   const int32_t* mask_ = nullptr;

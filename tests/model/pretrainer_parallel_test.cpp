@@ -1,6 +1,6 @@
-// ElectraPretrainer's execution hooks and parallel chunks: set_parallel_chunks gives the whole batch's
-// results (up to summation order) independently of the thread count; StepHooks report phases in order
-// and every gradient range exactly once, when it is final.
+// ElectraPretrainer's execution options and hooks: set_parallel_chunks gives the whole batch's results
+// (up to summation order) independently of the thread count; set_recompute_ffn_activations changes no
+// bit; StepHooks report phases in order and every gradient range exactly once, when it is final.
 #include <gtest/gtest.h>
 #include <omp.h>
 
@@ -145,6 +145,37 @@ TEST(ModelPretrainer, ParallelChunksAccumulateAndRejectBadSettings) {
   Batch bad = batch;
   bad.input_word_ids[5] = c.vocab_size;
   EXPECT_THROW(model.forward(bad, ctx), Error);
+}
+
+TEST(ModelPretrainer, RecomputedFfnActivationsGiveTheSameBits) {
+  ThreadCount restore;
+  omp_set_num_threads(2);
+  auto be = make_cpu_backend<float>();
+  const PretrainerConfig c = test::tiny_config();
+  ElectraPretrainer<float> model(c, *be);
+  model.init_parameters(43);
+  const Batch batch = test::random_batch(4, 8, 3, c.vocab_size, 44, true, c.num_classes);
+  const StepContext ctx = training_context();
+  const StepResult<float> kept = run_step(model, batch, ctx);
+  for (int chunks : {1, 2}) {
+    model.set_parallel_chunks(chunks);
+    model.set_recompute_ffn_activations(true);
+    EXPECT_TRUE(model.recompute_ffn_activations());
+    const StepResult<float> recomputed = run_step(model, batch, ctx);
+    model.set_recompute_ffn_activations(false);
+    const StepResult<float> kept_again = run_step(model, batch, ctx);
+    EXPECT_EQ(recomputed.grads, kept_again.grads) << "chunks " << chunks;
+    EXPECT_EQ(recomputed.out.lm_outputs, kept_again.out.lm_outputs);
+    EXPECT_EQ(recomputed.out.disc_logits, kept_again.out.disc_logits);
+    EXPECT_EQ(recomputed.out.losses.total_loss, kept_again.out.losses.total_loss);
+    if (chunks == 1) {
+      EXPECT_EQ(recomputed.grads, kept.grads);
+    }
+  }
+  // Switching re-plans: a backward of the forward before the switch is refused.
+  model.forward(batch, ctx);
+  model.set_recompute_ffn_activations(true);
+  EXPECT_THROW(model.backward(), Error);
 }
 
 // Ranges reported by on_gradients_ready, with the gradient values they held when reported.
