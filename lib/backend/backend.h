@@ -39,6 +39,10 @@ struct DropoutKey {
   uint64_t elements_per_example = 1;
 };
 
+// Throws electra::Error: backend `name` has no fused attention for this shape.
+[[noreturn]] void fail_fused_attention_unsupported(const std::string& name, int B, int S, int H, int D,
+                                                   float dropout);
+
 template <typename T>
 class Backend {
  public:
@@ -123,6 +127,26 @@ class Backend {
                                   const uint8_t* keep, const int32_t* mask, int B, int S, int H, int D,
                                   float dropout) = 0;
 
+  // ---- fused (memory-efficient) attention ----
+  // The same function as attention_forward / attention_backward, but nothing of size [B,H,S,S] is kept
+  // between forward and backward: forward saves stats [B,H,S] (per query row, the log-sum-exp of the
+  // masked, scaled scores q.k/sqrt(D)), and backward recomputes the probabilities from qkv and stats. The
+  // CPU backend and the CUDA backend's own kernels draw exactly attention_forward's dropout keep bits
+  // from `key` (forward and backward regenerate them), so they agree with the materialised path to
+  // rounding. A library implementation with its own random numbers (cuDNN SDPA in the CUDA backend's
+  // bf16/fp16 modes) documents its dropout in its own header. Scratch is the backend's own.
+  // fused_attention_supported says whether these ops serve this shape; when false they fail.
+  virtual bool fused_attention_supported(int B, int S, int H, int D, float dropout) const {
+    (void)B, (void)S, (void)H, (void)D, (void)dropout;
+    return false;
+  }
+  virtual void fused_attention_forward(T* context, T* stats, const T* qkv, const int32_t* mask, int B, int S, int H,
+                                       int D, float dropout, const DropoutKey& key);
+  // dqkv [B,S,3,H,D] overwritten; context and stats are forward's outputs for the same qkv, mask and key.
+  virtual void fused_attention_backward(T* dqkv, const T* dcontext, const T* qkv, const T* context, const T* stats,
+                                        const int32_t* mask, int B, int S, int H, int D, float dropout,
+                                        const DropoutKey& key);
+
   // ---- losses and sampling ----
   // Per row r of logits [rows,V]: loss[r] = logsumexp(logits[r]) - logits[r, labels[r]];
   // dlogits[r] = (softmax(logits[r]) - onehot(labels[r])) * grad_scale[r]  (dlogits may be null, and
@@ -175,6 +199,17 @@ class Backend {
     }
   }
 };
+
+template <typename T>
+void Backend<T>::fused_attention_forward(T*, T*, const T*, const int32_t*, int B, int S, int H, int D, float dropout,
+                                         const DropoutKey&) {
+  fail_fused_attention_unsupported(name(), B, S, H, D, dropout);
+}
+template <typename T>
+void Backend<T>::fused_attention_backward(T*, const T*, const T*, const T*, const T*, const int32_t*, int B, int S,
+                                          int H, int D, float dropout, const DropoutKey&) {
+  fail_fused_attention_unsupported(name(), B, S, H, D, dropout);
+}
 
 // The CPU backend for float and double (double is used by the finite-difference gradient checks).
 // Threads with OpenMP only (OMP_NUM_THREADS; it switches OpenBLAS to one thread); bitwise deterministic

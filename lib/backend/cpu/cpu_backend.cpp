@@ -31,6 +31,11 @@ std::string to_string(Activation activation) {
   fail("to_string: unknown activation ", static_cast<int>(activation));
 }
 
+void fail_fused_attention_unsupported(const std::string& name, int B, int S, int H, int D, float dropout) {
+  fail("backend ", name, " has no fused attention for B=", B, " S=", S, " H=", H, " D=", D, " dropout=", dropout,
+       " (use the materialised attention_forward / attention_backward)");
+}
+
 namespace {
 
 // Cache-line (and AVX-512 vector) aligned; aligned_alloc wants a size that is a multiple of the alignment.

@@ -78,7 +78,8 @@ void check_attention_shape(int B, int S, int H, int D, float dropout, const char
 
 class CudaBackend final : public Backend<float> {
  public:
-  CudaBackend(int device, const CudaBackendOptions& options) : device_(device), tf32_(options.tf32) {
+  CudaBackend(int device, const CudaBackendOptions& options)
+      : device_(device), precision_(options.tf32 ? CudaPrecision::kTf32 : options.precision) {
     ELECTRA_CUDA_CHECK(cudaSetDevice(device_));
     cudaDeviceProp prop{};
     ELECTRA_CUDA_CHECK(cudaGetDeviceProperties(&prop, device_));
@@ -96,8 +97,23 @@ class CudaBackend final : public Backend<float> {
     *host_errors_ = 0;
     ELECTRA_CUBLAS_CHECK(cublasCreate(&cublas_));
     ELECTRA_CUBLAS_CHECK(cublasSetStream(cublas_, stream_.stream));
-    ELECTRA_CUBLAS_CHECK(cublasSetMathMode(cublas_, tf32_ ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH));
-    compute_ = tf32_ ? CUBLAS_COMPUTE_32F_FAST_TF32 : CUBLAS_COMPUTE_32F;
+    // Tensor-core modes: inputs are rounded inside cuBLAS (fp32 storage, fp32 accumulation).
+    switch (precision_) {
+      case CudaPrecision::kFp32:
+        compute_ = CUBLAS_COMPUTE_32F;
+        break;
+      case CudaPrecision::kTf32:
+        compute_ = CUBLAS_COMPUTE_32F_FAST_TF32;
+        break;
+      case CudaPrecision::kBf16:
+        compute_ = CUBLAS_COMPUTE_32F_FAST_16BF;
+        break;
+      case CudaPrecision::kFp16:
+        compute_ = CUBLAS_COMPUTE_32F_FAST_16F;
+        break;
+    }
+    ELECTRA_CUBLAS_CHECK(cublasSetMathMode(
+        cublas_, precision_ == CudaPrecision::kFp32 ? CUBLAS_DEFAULT_MATH : CUBLAS_TF32_TENSOR_OP_MATH));
     ELECTRA_CUDA_CHECK(cudaStreamSynchronize(stream_.stream));
   }
 
@@ -117,7 +133,12 @@ class CudaBackend final : public Backend<float> {
   CudaBackend& operator=(const CudaBackend&) = delete;
 
   DeviceKind device() const override { return DeviceKind::kCuda; }
-  std::string name() const override { return tf32_ ? "cuda-float-tf32" : "cuda-float"; }
+  std::string name() const override {
+    return precision_ == CudaPrecision::kFp32 ? "cuda-float" : "cuda-float-" + to_string(precision_);
+  }
+  cudaStream_t stream() const { return stream_.stream; }
+  int device_index() const { return device_; }
+  CudaPrecision precision() const { return precision_; }
 
   // ---- memory ----
   float* allocate(size_t n) override { return static_cast<float*>(raw_allocate(n * sizeof(float))); }
@@ -516,7 +537,7 @@ class CudaBackend final : public Backend<float> {
   }
 
   int device_;
-  bool tf32_;
+  CudaPrecision precision_;
   std::string gpu_name_;
   cuda::Stream stream_;
   cublasHandle_t cublas_ = nullptr;
@@ -568,6 +589,32 @@ std::unique_ptr<Backend<float>> make_cuda_backend(int device, const CudaBackendO
   }
   return std::make_unique<CudaBackend>(device, options);
 }
+
+CudaPrecision parse_cuda_precision(const std::string& name) {
+  if (name == "fp32") return CudaPrecision::kFp32;
+  if (name == "tf32") return CudaPrecision::kTf32;
+  if (name == "bf16") return CudaPrecision::kBf16;
+  if (name == "fp16") return CudaPrecision::kFp16;
+  fail("unknown CUDA precision '", name, "' (expected fp32, tf32, bf16 or fp16)");
+}
+
+std::string to_string(CudaPrecision precision) {
+  switch (precision) {
+    case CudaPrecision::kFp32:
+      return "fp32";
+    case CudaPrecision::kTf32:
+      return "tf32";
+    case CudaPrecision::kBf16:
+      return "bf16";
+    case CudaPrecision::kFp16:
+      return "fp16";
+  }
+  fail("to_string: unknown CUDA precision ", static_cast<int>(precision));
+}
+
+void* cuda_stream_of(Backend<float>& backend) { return as_cuda(backend).stream(); }
+int cuda_device_of(Backend<float>& backend) { return as_cuda(backend).device_index(); }
+CudaPrecision cuda_precision_of(Backend<float>& backend) { return as_cuda(backend).precision(); }
 
 void cuda_copy_bytes_to_host(Backend<float>& backend, void* host, const void* device, size_t bytes) {
   as_cuda(backend).to_host(host, device, bytes);

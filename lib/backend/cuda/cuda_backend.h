@@ -28,10 +28,21 @@
 
 namespace electra {
 
+// The arithmetic of GEMMs and attention. Parameters, gradients, optimizer moments and the activations
+// kept between ops are float32 in every mode; the modes differ in what the tensor cores compute with.
+enum class CudaPrecision {
+  kFp32,  // exact float32 GEMMs (CUBLAS_COMPUTE_32F): matches the CPU backend to fp32 tolerances
+  kTf32,  // TF32 tensor cores (10 mantissa bits in products), fp32 accumulation
+  kBf16,  // bf16 tensor cores (GEMM inputs rounded to bf16), fp32 accumulation; cuDNN SDPA attention
+  kFp16,  // fp16 tensor cores, fp32 accumulation; cuDNN SDPA attention; needs loss scaling in training
+};
+// "fp32" | "tf32" | "bf16" | "fp16"; fails naming the accepted values.
+CudaPrecision parse_cuda_precision(const std::string& name);
+std::string to_string(CudaPrecision precision);
+
 struct CudaBackendOptions {
-  // GEMMs with TF32 tensor cores (CUBLAS_COMPUTE_32F_FAST_TF32): several times faster on Ampere and
-  // Hopper, but products keep 10 mantissa bits, so results no longer match the CPU backend to fp32
-  // tolerances. Off by default.
+  CudaPrecision precision = CudaPrecision::kFp32;
+  // Deprecated spelling of precision = kTf32 (kept for callers of the first version).
   bool tf32 = false;
 };
 
@@ -47,6 +58,14 @@ std::string cuda_unavailable_reason() noexcept;
 // GPU, a device index out of range, or a GPU older than compute capability 8.0 (this build has code for
 // 8.0 and 9.0 and PTX for newer chips).
 std::unique_ptr<Backend<float>> make_cuda_backend(int device = 0, const CudaBackendOptions& options = {});
+
+// The CUDA stream (a cudaStream_t, as void* so that this header needs no CUDA header) on which `backend`
+// enqueues all its work, for libraries that must order their work after it (NCCL). `backend` must come
+// from make_cuda_backend.
+void* cuda_stream_of(Backend<float>& backend);
+// The backend's GPU (CUDA's 0-based index among the visible devices) and its precision mode.
+int cuda_device_of(Backend<float>& backend);
+CudaPrecision cuda_precision_of(Backend<float>& backend);
 
 // Byte copies that Backend<T> does not offer (dropout keep masks), for tests and tools. `backend` must
 // come from make_cuda_backend; both wait for the copy to finish.
