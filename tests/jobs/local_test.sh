@@ -10,6 +10,8 @@
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 build=${1:-${ELECTRA_BUILD_DIR:-$root/build}}
+# shellcheck source=tests/jobs/common.sh
+source "$root/tests/jobs/common.sh"
 export ELECTRA_BIN=$build/bin
 steps=300
 
@@ -37,19 +39,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-mkdir -p "$tmp/corpus"
-python3 - "$tmp/corpus" << 'EOF' || fail "corpus generation failed"
-import random, sys
-words = ("the model learns to detect replaced tokens in text while a small generator fills masked words "
-         "with plausible guesses and every rank reads its slice of batch data").split()
-rng = random.Random(7)
-for part in range(4):
-    with open(f"{sys.argv[1]}/part{part}.txt", "w") as out:
-        for _ in range(40):
-            for _ in range(6):
-                out.write(" ".join(rng.choice(words) for _ in range(rng.randint(4, 13))) + ".\n")
-            out.write("\n")
-EOF
+make_corpus "$tmp/corpus" || fail "corpus generation failed"
 "$ELECTRA_BIN/electra-vocab" --input "$tmp/corpus" --vocab-size 120 --output "$tmp/vocab.txt" > "$tmp/vocab.log" 2>&1 ||
   fail "electra-vocab failed"
 
@@ -60,31 +50,10 @@ grep -q "running: mpirun -np 2" "$tmp/preprocess.log" || fail "preprocess.sh did
 [ -f "$tmp/shards/manifest.json" ] || fail "no manifest.json after preprocess.sh"
 say "0. preprocess.sh: $(ls "$tmp"/shards/*.h5 | wc -l) shards"
 
-# The small-model settings of tests/e2e/train_e2e_test.cpp.
-args=(--set model.embedding_size=16 --set model.hidden_size=32 --set model.num_layers=2
-  --set model.num_heads=2 --set model.intermediate_size=64 --set model.generator.hidden_size=16
-  --set model.generator.num_layers=2 --set model.generator.num_heads=1
-  --set model.generator.intermediate_size=32 --set model.num_token_predictions=5
-  --set data.seq_length=32 --set train.batch_size=12 --set train.log_every=1
-  --set optim.warmup_steps=2 --set train.peak_gflops=50 --set data.prefetch_batches=2
-  --set "train.steps=$steps" --set train.checkpoint_every=100)
+args=("${small_model_args[@]}" --set "train.steps=$steps" --set train.checkpoint_every=100)
 pretrain() {  # run_dir log: runs (exec) the script in the foreground of the calling (sub)shell
   exec env DATA="$tmp/shards" RUN_DIR="$1" NP=2 THREADS=1 CONFIG="$root/jobs/configs/tiny.json" \
     "$root/jobs/local/pretrain.sh" "${args[@]}" > "$2" 2>&1
-}
-metric_lines() {
-  local n=0
-  [ ! -f "$1/metrics.jsonl" ] || n=$(grep -c . "$1/metrics.jsonl")
-  echo "$n"
-}
-trajectory() {
-  python3 -c '
-import json, sys
-for line in open(sys.argv[1]):
-    if line.strip():
-        m = json.loads(line)
-        print(m["step"], *(repr(m[k]) for k in ("loss", "gen_loss", "disc_loss", "mlm_accuracy", "disc_accuracy", "grad_norm")))
-' "$1/metrics.jsonl"
 }
 
 # a. straight

@@ -17,6 +17,8 @@
 # ELECTRA_TEST_KEEP_TMP=1 keeps the cluster's directory (logs, job output, runs) after the test.
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+# shellcheck source=tests/jobs/common.sh
+source "$root/tests/jobs/common.sh"
 build=$(cd "${1:-${ELECTRA_BUILD_DIR:-$root/build}}" 2>/dev/null && pwd) || build=${1:-${ELECTRA_BUILD_DIR:-$root/build}}
 bin=$build/bin
 steps=600
@@ -222,38 +224,10 @@ wait_job() {
   done
   echo TIMEOUT
 }
-metric_lines() {
-  local n=0
-  [ ! -f "$1/metrics.jsonl" ] || n=$(grep -c . "$1/metrics.jsonl")
-  echo "$n"
-}
-# One line per metrics.jsonl line: step and the losses, accuracies and gradient norm, exactly as written
-# (run b is compared with run a by `diff`: the values must be bitwise equal).
-trajectory() {
-  python3 -c '
-import json, sys
-for line in open(sys.argv[1]):
-    if line.strip():
-        m = json.loads(line)
-        print(m["step"], *(repr(m[k]) for k in ("loss", "gen_loss", "disc_loss", "mlm_accuracy", "disc_accuracy", "grad_norm")))
-' "$1/metrics.jsonl"
-}
 
 # --- 0. corpus, vocabulary, shards (preprocess.sbatch) ----------------------------------------------
 data=$tmp/data
-mkdir -p "$data/corpus"
-python3 - "$data/corpus" << 'EOF' || fail "corpus generation failed"
-import random, sys
-words = ("the model learns to detect replaced tokens in text while a small generator fills masked words "
-         "with plausible guesses and every rank reads its slice of batch data").split()
-rng = random.Random(7)
-for part in range(4):
-    with open(f"{sys.argv[1]}/part{part}.txt", "w") as out:
-        for _ in range(40):
-            for _ in range(6):
-                out.write(" ".join(rng.choice(words) for _ in range(rng.randint(4, 13))) + ".\n")
-            out.write("\n")
-EOF
+make_corpus "$data/corpus" || fail "corpus generation failed"
 "$bin/electra-vocab" --input "$data/corpus" --vocab-size 120 --output "$data/vocab.txt" > "$tmp/log/vocab.log" 2>&1 ||
   fail "electra-vocab failed: $(tail -5 "$tmp/log/vocab.log")"
 cd "$root" || fail "cd $root"
@@ -272,12 +246,7 @@ say "0. preprocess.sbatch: job $job COMPLETED, $(ls "$data"/shards/*.h5 | wc -l)
 # --- training jobs ---------------------------------------------------------------------------------
 # The small-model settings of tests/e2e/train_e2e_test.cpp, as script arguments; train.steps and
 # checkpoint_every through EXTRA_ARGS (both ways of passing arguments are used).
-model_args=(--set model.embedding_size=16 --set model.hidden_size=32 --set model.num_layers=2
-  --set model.num_heads=2 --set model.intermediate_size=64 --set model.generator.hidden_size=16
-  --set model.generator.num_layers=2 --set model.generator.num_heads=1
-  --set model.generator.intermediate_size=32 --set model.num_token_predictions=5
-  --set data.seq_length=32 --set train.batch_size=12 --set train.log_every=1
-  --set optim.warmup_steps=2 --set train.peak_gflops=50 --set data.prefetch_batches=2)
+model_args=("${small_model_args[@]}")
 submit_train() {  # run_dir output_file steps: prints the job id
   DATA=$data/shards RUN_DIR=$1 CONFIG=$root/jobs/configs/tiny.json \
     EXTRA_ARGS="--set train.steps=$3 --set train.checkpoint_every=100" \
