@@ -532,6 +532,11 @@ class CudaBackend final : public Backend<float> {
     if (errors & cuda::kErrorNegativeId) what += " a negative embedding id or type id;";
     if (errors & cuda::kErrorPosition) what += " a gather/scatter position outside [0, S);";
     if (errors & cuda::kErrorLabel) what += " a softmax_cross_entropy label outside [0, V);";
+    if (errors & cuda::kErrorAttentionMask) {
+      what +=
+          " an attention mask row that is not right padding (ones, then zeros, at least one 1), which cuDNN"
+          " SDPA cannot express;";
+    }
     fail("cuda backend: an op since the last synchronisation got invalid input:", what,
          " those elements were skipped and the results are wrong (the CPU backend rejects such input up front)");
   }

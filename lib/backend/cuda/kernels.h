@@ -17,9 +17,10 @@ namespace electra::cuda {
 // Bits of the device error word. A kernel that meets an index it must not use skips that element and
 // sets its bit; the backend turns the word into an electra::Error at its next blocking call.
 enum DeviceError : unsigned {
-  kErrorNegativeId = 1u,  // embedding ids / type ids / embedding_backward keys < 0
-  kErrorPosition = 2u,    // gather_rows / scatter_add_rows position outside [0, S)
-  kErrorLabel = 4u,       // softmax_cross_entropy label outside [0, V)
+  kErrorNegativeId = 1u,     // embedding ids / type ids / embedding_backward keys < 0
+  kErrorPosition = 2u,       // gather_rows / scatter_add_rows position outside [0, S)
+  kErrorLabel = 4u,          // softmax_cross_entropy label outside [0, V)
+  kErrorAttentionMask = 8u,  // cuDNN SDPA: a mask row that is not ones-then-zeros with at least one 1
 };
 
 struct Stream {
