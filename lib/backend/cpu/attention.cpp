@@ -22,8 +22,10 @@ void check_attention_shape(int B, int S, int H, int D, float dropout, const char
 }
 
 // Masked softmax of rows [S] in place: keys with mask 0 get exactly 0; no valid key -> all 0.
+// lse (may be null): per row, max + log(sum of exp(score - max)) over valid keys, +infinity for a row
+// with no valid key (so that exp(score - lse) is 0 for every key when the row is recomputed).
 template <typename T>
-ELECTRA_CPU_CLONES void masked_softmax_rows(T* p, const int32_t* mask, int rows, int S) {
+ELECTRA_CPU_CLONES void masked_softmax_rows(T* p, T* lse, const int32_t* mask, int rows, int S) {
   constexpr T kNegInf = -std::numeric_limits<T>::infinity();
   for (int i = 0; i < rows; ++i) {
     T* row = p + static_cast<size_t>(i) * S;
@@ -32,6 +34,7 @@ ELECTRA_CPU_CLONES void masked_softmax_rows(T* p, const int32_t* mask, int rows,
     for (int j = 0; j < S; ++j) max_score = std::max(max_score, mask[j] != 0 ? row[j] : kNegInf);
     if (max_score == kNegInf) {
       std::fill(row, row + S, T(0));
+      if (lse != nullptr) lse[i] = std::numeric_limits<T>::infinity();
       continue;
     }
     T sum = 0;
@@ -44,6 +47,24 @@ ELECTRA_CPU_CLONES void masked_softmax_rows(T* p, const int32_t* mask, int rows,
     const T inv = T(1) / sum;
 #pragma omp simd
     for (int j = 0; j < S; ++j) row[j] *= inv;
+    // In double, so the float statistic is the correctly rounded log-sum-exp of the float scores.
+    if (lse != nullptr) lse[i] = static_cast<T>(static_cast<double>(max_score) + std::log(static_cast<double>(sum)));
+  }
+}
+
+// The probabilities of rows [S] again from their scores (in place) and forward's log-sum-exp:
+// p = exp(score - lse) for valid keys, exactly 0 for masked keys (and for rows with lse = +infinity).
+template <typename T>
+ELECTRA_CPU_CLONES void recompute_probability_rows(T* p, const T* lse, const int32_t* mask, int rows, int S) {
+  for (int i = 0; i < rows; ++i) {
+    T* row = p + static_cast<size_t>(i) * S;
+    const T row_lse = lse[i];
+    if (!(row_lse < std::numeric_limits<T>::infinity())) {
+      std::fill(row, row + S, T(0));
+      continue;
+    }
+#pragma omp simd
+    for (int j = 0; j < S; ++j) row[j] = mask[j] != 0 ? vmath::exp_t(row[j] - row_lse) : T(0);
   }
 }
 
@@ -74,6 +95,13 @@ ELECTRA_CPU_CLONES void apply_keep(T* out, const T* p, const uint8_t* keep, T ke
   for (size_t e = 0; e < n; ++e) out[e] = p[e] * (keep[e] ? keep_scale : T(0));
 }
 
+// S ones: the mask row used when no mask is given (the calling thread's, grown on demand).
+const int32_t* all_valid_keys(int S) {
+  std::vector<int32_t>& ones = all_ones;
+  if (ones.size() < static_cast<size_t>(S)) ones.assign(S, 1);
+  return ones.data();
+}
+
 }  // namespace
 
 template <typename T>
@@ -88,9 +116,7 @@ void attention_forward(T* context, T* probs, uint8_t* keep, const T* qkv, const 
   const size_t SS = static_cast<size_t>(S) * S;
   const int pairs = B * H;
   // Without a mask every key is valid.
-  std::vector<int32_t>& ones = all_ones;
-  if (mask == nullptr && ones.size() < static_cast<size_t>(S)) ones.assign(S, 1);
-  const int32_t* all_valid = ones.data();
+  const int32_t* all_valid = all_valid_keys(S);
 
   detail::BlasSingleThreaded single;
 #pragma omp parallel for schedule(static)
@@ -103,7 +129,7 @@ void attention_forward(T* context, T* probs, uint8_t* keep, const T* qkv, const 
     T* p = probs + bh * SS;
     // scores = q k^T / sqrt(D)
     gemm(Transpose::kNo, Transpose::kYes, S, S, D, score_scale, q, ld_qkv, k, ld_qkv, T(0), p, S);
-    masked_softmax_rows(p, mask_b, S, S);
+    masked_softmax_rows(p, static_cast<T*>(nullptr), mask_b, S, S);
 
     const T* attend = p;
     if (dropout > 0.0f) {
@@ -167,11 +193,104 @@ void attention_backward(T* dqkv, T* scratch, const T* dcontext, const T* qkv, co
   }
 }
 
-#define ELECTRA_INSTANTIATE(T)                                                                                        \
-  template void attention_forward<T>(T*, T*, uint8_t*, const T*, const int32_t*, int, int, int, int, float,           \
-                                     const DropoutKey&);                                                              \
-  template void attention_backward<T>(T*, T*, const T*, const T*, const T*, const uint8_t*, const int32_t*, int, int, \
-                                      int, int, float);
+// Fused attention: one (batch, head) pair per OpenMP iteration with O(S*S) per-thread scratch. The
+// scores come from the same GEMM and the probabilities from the same softmax code as attention_forward,
+// and the keep bits from the same dropout_keep_mask indices, so forward's context equals the
+// materialised one; backward recomputes the probabilities from the scores and the saved log-sum-exp.
+template <typename T>
+void fused_attention_forward(T* context, T* stats, const T* qkv, const int32_t* mask, int B, int S, int H, int D,
+                             float dropout, const DropoutKey& key) {
+  check_attention_shape(B, S, H, D, dropout, "fused_attention_forward");
+  ELECTRA_CHECK(dropout == 0.0f || key.elements_per_example > 0, "fused_attention_forward: elements_per_example is 0");
+  const int ld_qkv = 3 * H * D, ld_ctx = H * D;
+  const T score_scale = T(1) / std::sqrt(T(D));
+  const T keep_scale = dropout > 0.0f ? T(1) / (T(1) - T(dropout)) : T(1);
+  const size_t SS = static_cast<size_t>(S) * S;
+  const int pairs = B * H;
+  const int32_t* all_valid = all_valid_keys(S);
+
+  detail::BlasSingleThreaded single;
+#pragma omp parallel for schedule(static)
+  for (int bh = 0; bh < pairs; ++bh) {
+    const int b = bh / H, h = bh % H;
+    const T* q = qkv + static_cast<size_t>(b) * S * ld_qkv + h * D;
+    const T* k = q + H * D;
+    const T* v = q + 2 * H * D;
+    const int32_t* mask_b = mask != nullptr ? mask + static_cast<size_t>(b) * S : all_valid;
+    T* p = detail::thread_scratch<T, detail::kScratchAttention>(SS);
+    gemm(Transpose::kNo, Transpose::kYes, S, S, D, score_scale, q, ld_qkv, k, ld_qkv, T(0), p, S);
+    masked_softmax_rows(p, stats + static_cast<size_t>(bh) * S, mask_b, S, S);
+    if (dropout > 0.0f) {
+      uint8_t* kb = detail::thread_scratch<uint8_t, detail::kScratchAttentionKeep>(SS);
+      dropout_keep_mask(kb, bh * SS, SS, dropout, key);
+      apply_keep(p, p, kb, keep_scale, SS);
+    }
+    T* ctx = context + static_cast<size_t>(b) * S * ld_ctx + h * D;
+    gemm(Transpose::kNo, Transpose::kNo, S, D, S, T(1), p, S, v, ld_qkv, T(0), ctx, ld_ctx);
+  }
+}
+
+template <typename T>
+void fused_attention_backward(T* dqkv, const T* dcontext, const T* qkv, const T* context, const T* stats,
+                              const int32_t* mask, int B, int S, int H, int D, float dropout, const DropoutKey& key) {
+  check_attention_shape(B, S, H, D, dropout, "fused_attention_backward");
+  ELECTRA_CHECK(dropout == 0.0f || key.elements_per_example > 0, "fused_attention_backward: elements_per_example is 0");
+  (void)context;  // only the probabilities' log-sum-exp is needed here
+  const int ld_qkv = 3 * H * D, ld_ctx = H * D;
+  const T score_scale = T(1) / std::sqrt(T(D));
+  const T keep_scale = dropout > 0.0f ? T(1) / (T(1) - T(dropout)) : T(1);
+  const size_t SS = static_cast<size_t>(S) * S;
+  const int pairs = B * H;
+  const int32_t* all_valid = all_valid_keys(S);
+
+  detail::BlasSingleThreaded single;
+#pragma omp parallel for schedule(static)
+  for (int bh = 0; bh < pairs; ++bh) {
+    const int b = bh / H, h = bh % H;
+    const size_t qkv_off = static_cast<size_t>(b) * S * ld_qkv + h * D;
+    const T* q = qkv + qkv_off;
+    const T* k = q + H * D;
+    const T* v = q + 2 * H * D;
+    T* dq = dqkv + qkv_off;
+    T* dk = dq + H * D;
+    T* dv = dq + 2 * H * D;
+    const T* dctx = dcontext + static_cast<size_t>(b) * S * ld_ctx + h * D;
+    const int32_t* mask_b = mask != nullptr ? mask + static_cast<size_t>(b) * S : all_valid;
+    T* p = detail::thread_scratch<T, detail::kScratchAttention>(SS);
+    T* ds = detail::thread_scratch<T, detail::kScratchAttentionGrad>(SS);
+
+    // The probabilities again: forward's scores, then exp(score - lse).
+    gemm(Transpose::kNo, Transpose::kYes, S, S, D, score_scale, q, ld_qkv, k, ld_qkv, T(0), p, S);
+    recompute_probability_rows(p, stats + static_cast<size_t>(bh) * S, mask_b, S, S);
+    const T* attend = p;
+    const uint8_t* kb = nullptr;
+    if (dropout > 0.0f) {
+      uint8_t* bits = detail::thread_scratch<uint8_t, detail::kScratchAttentionKeep>(SS);
+      dropout_keep_mask(bits, bh * SS, SS, dropout, key);
+      kb = bits;
+      apply_keep(ds, p, kb, keep_scale, SS);  // ds holds the dropped probabilities until d(attend) below
+      attend = ds;
+    }
+    // dv = attend^T dctx
+    gemm(Transpose::kYes, Transpose::kNo, S, D, S, T(1), attend, S, dctx, ld_ctx, T(0), dv, ld_qkv);
+    // d(attend) = dctx v^T, then through dropout and softmax.
+    gemm(Transpose::kNo, Transpose::kYes, S, S, D, T(1), dctx, ld_ctx, v, ld_qkv, T(0), ds, S);
+    softmax_backward_rows(ds, p, kb, keep_scale, score_scale, S, S);
+    // dq = ds k; dk = ds^T q
+    gemm(Transpose::kNo, Transpose::kNo, S, D, S, T(1), ds, S, k, ld_qkv, T(0), dq, ld_qkv);
+    gemm(Transpose::kYes, Transpose::kNo, S, D, S, T(1), ds, S, q, ld_qkv, T(0), dk, ld_qkv);
+  }
+}
+
+#define ELECTRA_INSTANTIATE(T)                                                                                         \
+  template void attention_forward<T>(T*, T*, uint8_t*, const T*, const int32_t*, int, int, int, int, float,            \
+                                     const DropoutKey&);                                                               \
+  template void attention_backward<T>(T*, T*, const T*, const T*, const T*, const uint8_t*, const int32_t*, int, int,  \
+                                      int, int, float);                                                                \
+  template void fused_attention_forward<T>(T*, T*, const T*, const int32_t*, int, int, int, int, float,                \
+                                           const DropoutKey&);                                                         \
+  template void fused_attention_backward<T>(T*, const T*, const T*, const T*, const T*, const int32_t*, int, int, int, \
+                                            int, float, const DropoutKey&);
 ELECTRA_INSTANTIATE(float)
 ELECTRA_INSTANTIATE(double)
 #undef ELECTRA_INSTANTIATE

@@ -139,6 +139,20 @@ class CpuBackend final : public Backend<T> {
                           const int32_t* mask, int B, int S, int H, int D, float dropout) override {
     cpu::attention_backward(dqkv, scratch, dcontext, qkv, probs, keep, mask, B, S, H, D, dropout);
   }
+  // Every valid shape: the CPU kernels keep O(S*S) scratch per thread (materialised attention is faster
+  // here, so models use it on the CPU unless told otherwise).
+  bool fused_attention_supported(int B, int S, int H, int D, float dropout) const override {
+    return B >= 0 && S > 0 && H > 0 && D > 0 && dropout >= 0.0f && dropout < 1.0f;
+  }
+  void fused_attention_forward(T* context, T* stats, const T* qkv, const int32_t* mask, int B, int S, int H, int D,
+                               float dropout, const DropoutKey& key) override {
+    cpu::fused_attention_forward(context, stats, qkv, mask, B, S, H, D, dropout, key);
+  }
+  void fused_attention_backward(T* dqkv, const T* dcontext, const T* qkv, const T* context, const T* stats,
+                                const int32_t* mask, int B, int S, int H, int D, float dropout,
+                                const DropoutKey& key) override {
+    cpu::fused_attention_backward(dqkv, dcontext, qkv, context, stats, mask, B, S, H, D, dropout, key);
+  }
 
   void softmax_cross_entropy(T* loss, T* dlogits, int32_t* argmax, const T* logits, const int32_t* labels,
                              const T* grad_scale, int rows, int V) override {

@@ -22,7 +22,13 @@ namespace electra::cpu::detail {
 // Per-thread scratch that grows once and is then reused, so ops do not allocate in the steady state.
 // Each user has its own slot, so no two live buffers alias. The pointer stays valid until the same
 // thread asks the same (T, Slot) for more elements.
-enum ScratchSlot : int { kScratchAttention = 1, kScratchLayerNorm = 2, kScratchSumSquares = 3 };
+enum ScratchSlot : int {
+  kScratchAttention = 1,
+  kScratchLayerNorm = 2,
+  kScratchSumSquares = 3,
+  kScratchAttentionGrad = 4,  // fused attention backward: d(scores) next to the recomputed probabilities
+  kScratchAttentionKeep = 5,  // fused attention: the regenerated dropout keep bits of one (batch, head)
+};
 template <typename T, int Slot>
 T* thread_scratch(size_t n) {
   thread_local std::vector<T> buffer;

@@ -106,6 +106,20 @@ void attention_forward(T* context, T* probs, uint8_t* keep, const T* qkv, const 
 template <typename T>
 void attention_backward(T* dqkv, T* scratch, const T* dcontext, const T* qkv, const T* probs, const uint8_t* keep,
                         const int32_t* mask, int B, int S, int H, int D, float dropout);
+// As Backend<T>::fused_attention_forward / fused_attention_backward: per (batch, head) pair O(S*S)
+// per-thread scratch, nothing [B,H,S,S]. stats [B,H,S]: max + log(sum exp(score - max)) over the row's
+// valid keys (the sum taken in T as the softmax does, the log in double), +infinity for a row whose keys
+// are all masked (its probabilities recompute to 0). Forward's context equals attention_forward's (same
+// GEMMs, softmax code and keep bits: element ((b*H + h)*S + i)*S + j of the key, regenerated in backward);
+// backward recomputes p = exp(score - stats) and agrees with attention_backward to rounding. A null mask
+// attends to every key. context is not read by this backward (it is part of the interface for libraries
+// that need it).
+template <typename T>
+void fused_attention_forward(T* context, T* stats, const T* qkv, const int32_t* mask, int B, int S, int H, int D,
+                             float dropout, const DropoutKey& key);
+template <typename T>
+void fused_attention_backward(T* dqkv, const T* dcontext, const T* qkv, const T* context, const T* stats,
+                              const int32_t* mask, int B, int S, int H, int D, float dropout, const DropoutKey& key);
 
 // ---- losses and sampling (losses.cpp) ----
 // labels must lie in [0, V) (checked). grad_scale may be null (1 for every row). loss may be null.
