@@ -473,7 +473,7 @@ void ElectraPretrainer<T>::forward_sampling(Plan& plan, const Batch& batch, int 
   // MLM loss sum(w * CE) / (sum(w) + 1e-6). Its gradient w.r.t. the logits overwrites the logits (read
   // for the last time above), ready for backward: one [B*P, V] buffer instead of two.
   for (int i = 0; i < M; ++i) {
-    plan.h_mlm_scale[i] = static_cast<T>(batch.masked_lm_weights[m0 + i] / (norms.mlm + kLossEps));
+    plan.h_mlm_scale[i] = static_cast<T>(batch.masked_lm_weights[m0 + i] / (norms.mlm + kLossEps) * ctx.loss_scale);
   }
   be.copy_from_host(plan.mlm_scale.data(), plan.h_mlm_scale.data(), M);
   be.softmax_cross_entropy(plan.mlm_loss.data(), plan.mlm.logits(), plan.mlm_argmax.data(), plan.mlm.logits(),
@@ -528,7 +528,8 @@ void ElectraPretrainer<T>::forward_discriminator(Plan& plan, const Batch& batch,
   plan.disc_head.forward(be, params, plan.discriminator.output());
   // RTD loss sum(mask * BCE) / (sum(mask) + 1e-6), weighted by disc_loss_weight in the total.
   for (int i = 0; i < N; ++i) {
-    plan.h_disc_scale[i] = static_cast<T>(config_.disc_loss_weight * input_mask[i] / (norms.disc + kLossEps));
+    plan.h_disc_scale[i] =
+        static_cast<T>(config_.disc_loss_weight * input_mask[i] / (norms.disc + kLossEps) * ctx.loss_scale);
   }
   be.copy_from_host(plan.disc_scale.data(), plan.h_disc_scale.data(), N);
   be.sigmoid_cross_entropy(plan.disc_loss.data(), plan.d_disc_logits.data(), plan.disc_head.logits(),
@@ -538,7 +539,7 @@ void ElectraPretrainer<T>::forward_discriminator(Plan& plan, const Batch& batch,
   plan.has_sentence = !batch.next_sentence_labels.empty();
   if (plan.has_sentence) {
     be.copy_ints_from_host(plan.nsp_labels.data(), batch.next_sentence_labels.data() + r0, B);
-    std::fill(plan.h_nsp_scale.begin(), plan.h_nsp_scale.end(), static_cast<T>(1.0 / norms.nsp));
+    std::fill(plan.h_nsp_scale.begin(), plan.h_nsp_scale.end(), static_cast<T>(ctx.loss_scale / norms.nsp));
     be.copy_from_host(plan.nsp_scale.data(), plan.h_nsp_scale.data(), B);
     be.softmax_cross_entropy(plan.nsp_loss.data(), plan.d_nsp_logits.data(), plan.nsp_argmax.data(),
                              plan.sentence.logits(), plan.nsp_labels.data(), plan.nsp_scale.data(), B, NC);

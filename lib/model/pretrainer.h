@@ -74,6 +74,10 @@ struct StepContext {
   std::optional<GlobalNormalizers> global;
   bool copy_outputs = true;  // copy lm_outputs / sentence_outputs / disc_logits to the host
   StepHooks hooks;           // used by this forward and the backward that follows it
+  // Loss scaling (lib/optim/loss_scaler.h): backward computes the gradient of loss_scale * loss (the
+  // loss gradient seeds are multiplied by it); reported losses are unscaled. With a power of two the
+  // gradients are exactly loss_scale times those of scale 1 (barring overflow).
+  float loss_scale = 1.0f;
 };
 
 // Losses, metrics and the raw sums behind them (sums are over this slice; add them over ranks and

@@ -27,8 +27,8 @@ void read(const nlohmann::json& node, const char* key, V& out) {
 }  // namespace
 
 OptimizerConfig optimizer_config_from_json(const nlohmann::json& optim, long long total_steps) {
-  static const std::set<std::string> keys = {"lr",  "warmup_steps", "decay_power", "beta1",          "beta2",
-                                             "eps", "weight_decay", "clip_norm",   "bias_correction"};
+  static const std::set<std::string> keys = {"lr",  "warmup_steps", "decay_power", "beta1",           "beta2",
+                                             "eps", "weight_decay", "clip_norm",   "bias_correction", "loss_scale"};
   if (!optim.is_object()) fail("config section 'optim' must be a JSON object");
   for (const auto& [key, value] : optim.items()) {
     if (!keys.count(key)) fail("unknown config key 'optim.", key, "'");
@@ -43,6 +43,7 @@ OptimizerConfig optimizer_config_from_json(const nlohmann::json& optim, long lon
   read(optim, "weight_decay", c.weight_decay);
   read(optim, "clip_norm", c.clip_norm);
   read(optim, "bias_correction", c.bias_correction);
+  if (optim.contains("loss_scale")) c.loss_scale = loss_scale_config_from_json(optim.at("loss_scale"));
   c.total_steps = total_steps;
   if (!(c.lr >= 0)) fail("config key 'optim.lr' must be >= 0, got ", c.lr);
   if (c.warmup_steps < 0) fail("config key 'optim.warmup_steps' must be >= 0, got ", c.warmup_steps);
@@ -65,7 +66,8 @@ nlohmann::json to_json(const OptimizerConfig& c) {
                         {"eps", c.eps},
                         {"weight_decay", c.weight_decay},
                         {"clip_norm", c.clip_norm},
-                        {"bias_correction", c.bias_correction}};
+                        {"bias_correction", c.bias_correction},
+                        {"loss_scale", to_json(c.loss_scale)}};
 }
 
 double learning_rate(const OptimizerConfig& c, long long step) {
@@ -114,7 +116,10 @@ OptimizerStepStats AdamW<T>::step(T* params, const T* grads, long long step) {
 }
 
 template <typename T>
-OptimizerStepStats AdamW<T>::step_with_norm(T* params, const T* grads, long long step, double grad_norm) {
+OptimizerStepStats AdamW<T>::step_with_norm(T* params, const T* grads, long long step, double grad_norm,
+                                            double loss_scale) {
+  ELECTRA_CHECK(loss_scale > 0 && std::isfinite(loss_scale), "AdamW::step_with_norm: loss scale ", loss_scale,
+                " must be positive and finite");
   OptimizerStepStats stats;
   stats.lr = learning_rate(config_, step);
   stats.grad_norm = grad_norm;
@@ -127,7 +132,7 @@ OptimizerStepStats AdamW<T>::step_with_norm(T* params, const T* grads, long long
   for (const Run& r : runs_) runs.push_back({r.offset, r.size, r.decay ? static_cast<float>(c.weight_decay) : 0.0f});
   backend_.adamw_step_runs(params, grads, m_.data(), v_.data(), runs.data(), runs.size(), static_cast<float>(stats.lr),
                            static_cast<float>(c.beta1), static_cast<float>(c.beta2), static_cast<float>(c.eps),
-                           step + 1, static_cast<float>(stats.clip_factor), c.bias_correction);
+                           step + 1, static_cast<float>(stats.clip_factor / loss_scale), c.bias_correction);
   return stats;
 }
 

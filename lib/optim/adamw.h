@@ -10,6 +10,7 @@
 //   weight_decay     float 0.01    decoupled; not applied to LayerNorm parameters and biases
 //   clip_norm        float 1.0     global gradient norm bound (<= 0: no clipping)
 //   bias_correction  bool  false   true: PyTorch AdamW's bias-corrected moments
+//   loss_scale       object        loss scaling (mode, init, backoff, growth_interval): loss_scaler.h
 // The number of training steps T comes from the train section (train.steps) and is passed separately.
 #pragma once
 
@@ -19,6 +20,7 @@
 #include "lib/backend/backend.h"
 #include "lib/model/device_buffer.h"
 #include "lib/model/parameter_layout.h"
+#include "lib/optim/loss_scaler.h"
 
 namespace electra {
 
@@ -33,6 +35,7 @@ struct OptimizerConfig {
   double weight_decay = 0.01;
   double clip_norm = 1.0;
   bool bias_correction = false;
+  LossScaleConfig loss_scale;  // used by the trainer (LossScaler); AdamW itself takes the scale per step
 };
 
 // Parses the `optim` section (keys above); unknown keys, wrong types and invalid values fail naming the
@@ -65,8 +68,11 @@ class AdamW {
   // optimizer steps: the learning rate is learning_rate(step) and Adam's t = step + 1. Gradients are
   // clipped to clip_norm by scaling (passed to the backend as grad_scale, grads are not modified).
   OptimizerStepStats step(T* params, const T* grads, long long step);
-  // The same with a norm computed by the caller (e.g. after a NaN check).
-  OptimizerStepStats step_with_norm(T* params, const T* grads, long long step, double grad_norm);
+  // The same with a norm computed by the caller (e.g. after a NaN check). With loss scaling, `grads` hold
+  // loss_scale * the true gradients and `grad_norm` is the norm of the TRUE (unscaled) gradients: clipping
+  // is decided on it, and the backend's grad_scale is clip_factor / loss_scale.
+  OptimizerStepStats step_with_norm(T* params, const T* grads, long long step, double grad_norm,
+                                    double loss_scale = 1.0);
 
   // First and second moments (device, layout order): what a checkpoint saves as adam_m / adam_v.
   T* first_moment() { return m_.data(); }
