@@ -14,17 +14,35 @@
 #include <cmath>
 #include <cstdint>
 
+#include <math.h>
+
 // Always inlined: a call inside a `#pragma omp simd` loop would stop it from vectorising.
 #if defined(__GNUC__)
 #define ELECTRA_VMATH_INLINE [[gnu::always_inline]] inline
 #else
 #define ELECTRA_VMATH_INLINE inline
 #endif
+// The float functions below are also the CUDA kernels' (lib/backend/cuda/elementwise_math.h uses them), so
+// both backends share one expression tree: __host__ __device__ under nvcc.
+#if defined(__CUDACC__)
+#define ELECTRA_VMATH_HD __host__ __device__ __forceinline__
+#else
+#define ELECTRA_VMATH_HD ELECTRA_VMATH_INLINE
+#endif
 
 namespace electra::cpu::vmath {
 
+// The float whose bits are `bits` (std::bit_cast is not a device function).
+ELECTRA_VMATH_HD float float_from_bits(int32_t bits) {
+#if defined(__CUDA_ARCH__)
+  return __int_as_float(bits);
+#else
+  return std::bit_cast<float>(bits);
+#endif
+}
+
 // Cephes expf: n = round(x / ln 2), r = x - n ln 2 (in two parts), degree-6 polynomial, scale by 2^n.
-ELECTRA_VMATH_INLINE float exp_f(float x) {
+ELECTRA_VMATH_HD float exp_f(float x) {
   constexpr float kLo = -87.3f, kHi = 88.3f;  // 2^n stays a normal float for n in [-126, 127]
   const float xc = x < kLo ? kLo : (x > kHi ? kHi : x);
   // Round to nearest by the 1.5 * 2^23 trick (no rounding instruction needed).
@@ -39,13 +57,13 @@ ELECTRA_VMATH_INLINE float exp_f(float x) {
   y = y * r + 1.6666665459e-1f;
   y = y * r + 5.0000001201e-1f;
   y = y * r2 + r + 1.0f;
-  const float scale = std::bit_cast<float>((static_cast<int32_t>(n) + 127) << 23);
+  const float scale = float_from_bits((static_cast<int32_t>(n) + 127) << 23);
   return x < kLo ? 0.0f : y * scale;
 }
 
 // Complementary error function (Numerical Recipes erfcc: Chebyshev fit of erfc(z) exp(z^2)).
-ELECTRA_VMATH_INLINE float erfc_f(float x) {
-  const float z = std::fabs(x);
+ELECTRA_VMATH_HD float erfc_f(float x) {
+  const float z = fabsf(x);
   const float t = 1.0f / (1.0f + 0.5f * z);
   float p = 0.17087277f;
   p = p * t - 0.82215223f;
@@ -62,17 +80,17 @@ ELECTRA_VMATH_INLINE float erfc_f(float x) {
 }
 
 // Standard normal CDF: Phi(x) = erfc(-x / sqrt 2) / 2; accurate in the left tail (no 1 + erf cancellation).
-ELECTRA_VMATH_INLINE float normal_cdf_f(float x) { return 0.5f * erfc_f(-0.70710678118654752f * x); }
+ELECTRA_VMATH_HD float normal_cdf_f(float x) { return 0.5f * erfc_f(-0.70710678118654752f * x); }
 
 // Exact (erf-form) GELU and its derivative Phi(x) + x phi(x).
-ELECTRA_VMATH_INLINE float gelu_f(float x) { return x * normal_cdf_f(x); }
-ELECTRA_VMATH_INLINE float gelu_grad_f(float x) {
+ELECTRA_VMATH_HD float gelu_f(float x) { return x * normal_cdf_f(x); }
+ELECTRA_VMATH_HD float gelu_grad_f(float x) {
   return normal_cdf_f(x) + x * 0.39894228040143268f * exp_f(-0.5f * x * x);
 }
 
 // Cephes tanhf: odd polynomial below |x| = 0.625, 1 - 2 / (exp(2|x|) + 1) above (no cancellation there).
-ELECTRA_VMATH_INLINE float tanh_f(float x) {
-  const float z = std::fabs(x);
+ELECTRA_VMATH_HD float tanh_f(float x) {
+  const float z = fabsf(x);
   const float big = 1.0f - 2.0f / (exp_f(2.0f * z) + 1.0f);
   const float x2 = x * x;
   float p = -5.70498872745e-3f;
@@ -81,7 +99,7 @@ ELECTRA_VMATH_INLINE float tanh_f(float x) {
   p = p * x2 + 1.33314422036e-1f;
   p = p * x2 - 3.33332819422e-1f;
   const float small = p * x2 * x + x;
-  return z > 0.625f ? std::copysign(big, x) : small;
+  return z > 0.625f ? copysignf(big, x) : small;
 }
 
 // Natural log of a positive normal double (fdlibm e_log.c, without its tables or branches):

@@ -2,9 +2,9 @@
 // same code runs in the kernels and in CPU tests (tests/cuda/elementwise_math_test.cpp checks it against
 // the CPU backend without a GPU). Plain C++: includable without nvcc.
 //
-// The float approximations are the CPU backend's own (lib/backend/cpu/vmath.h: Cephes expf and tanhf,
-// Numerical Recipes erfc, fdlibm's log), expression for expression, so both backends share their
-// approximation errors and differ only by rounding (nvcc and GCC fuse multiply-adds in different places).
+// The float approximations ARE the CPU backend's (lib/backend/cpu/vmath.h: Cephes expf and tanhf, Numerical
+// Recipes erfc), so both backends share their approximation errors and differ only by rounding (nvcc and
+// GCC fuse multiply-adds in different places). The double log is fdlibm's, as vmath::log_d.
 // The double log behind Gumbel sampling is evaluated without fused multiply-adds (explicit _rn intrinsics
 // in device code), so a GPU draws exactly the noise of the CPU backend's baseline code path.
 #pragma once
@@ -15,6 +15,7 @@
 #include <cstdint>
 
 #include "lib/backend/backend.h"
+#include "lib/backend/cpu/vmath.h"
 #include "lib/core/philox.h"  // ELECTRA_HD
 
 namespace electra::cuda::math {
@@ -64,61 +65,14 @@ ELECTRA_HD inline double dsub(double a, double b) {
 #endif
 }
 
-// ---- float approximations (vmath.h's) ----
-ELECTRA_HD inline float exp_f(float x) {
-  constexpr float kLo = -87.3f, kHi = 88.3f;
-  const float xc = x < kLo ? kLo : (x > kHi ? kHi : x);
-  const float n = (xc * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
-  float r = xc - n * 0.693359375f;
-  r = r - n * -2.12194440e-4f;
-  const float r2 = r * r;
-  float y = 1.9875691500e-4f;
-  y = y * r + 1.3981999507e-3f;
-  y = y * r + 8.3334519073e-3f;
-  y = y * r + 4.1665795894e-2f;
-  y = y * r + 1.6666665459e-1f;
-  y = y * r + 5.0000001201e-1f;
-  y = y * r2 + r + 1.0f;
-  const float scale = float_from_bits((static_cast<int32_t>(n) + 127) << 23);
-  return x < kLo ? 0.0f : y * scale;
-}
-
-ELECTRA_HD inline float erfc_f(float x) {
-  const float z = fabsf(x);
-  const float t = 1.0f / (1.0f + 0.5f * z);
-  float p = 0.17087277f;
-  p = p * t - 0.82215223f;
-  p = p * t + 1.48851587f;
-  p = p * t - 1.13520398f;
-  p = p * t + 0.27886807f;
-  p = p * t - 0.18628806f;
-  p = p * t + 0.09678418f;
-  p = p * t + 0.37409196f;
-  p = p * t + 1.00002368f;
-  p = p * t - 1.26551223f;
-  const float ans = t * exp_f(p - z * z);
-  return x >= 0.0f ? ans : 2.0f - ans;
-}
-
-ELECTRA_HD inline float normal_cdf_f(float x) { return 0.5f * erfc_f(-0.70710678118654752f * x); }
-// Exact (erf-form) GELU, x Phi(x), and its derivative Phi(x) + x phi(x).
-ELECTRA_HD inline float gelu_f(float x) { return x * normal_cdf_f(x); }
-ELECTRA_HD inline float gelu_grad_f(float x) {
-  return normal_cdf_f(x) + x * 0.39894228040143268f * exp_f(-0.5f * x * x);
-}
-
-ELECTRA_HD inline float tanh_f(float x) {
-  const float z = fabsf(x);
-  const float big = 1.0f - 2.0f / (exp_f(2.0f * z) + 1.0f);
-  const float x2 = x * x;
-  float p = -5.70498872745e-3f;
-  p = p * x2 + 2.06390887954e-2f;
-  p = p * x2 - 5.37397155531e-2f;
-  p = p * x2 + 1.33314422036e-1f;
-  p = p * x2 - 3.33332819422e-1f;
-  const float small = p * x2 * x + x;
-  return z > 0.625f ? copysignf(big, x) : small;
-}
+// ---- float approximations: the CPU backend's own functions (lib/backend/cpu/vmath.h, __host__ __device__
+// under nvcc), so both backends evaluate the same expressions ----
+using cpu::vmath::erfc_f;
+using cpu::vmath::exp_f;
+using cpu::vmath::gelu_f;
+using cpu::vmath::gelu_grad_f;
+using cpu::vmath::normal_cdf_f;
+using cpu::vmath::tanh_f;
 
 // Natural log of a positive normal double: vmath::log_d's expression tree, every operation rounded.
 ELECTRA_HD inline double log_d(double x) {
