@@ -9,12 +9,15 @@
 #include <bit>
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <string>
 
+#include "lib/backend/cuda/arena.h"
 #include "lib/backend/cuda/cuda_check.h"
 #include "lib/backend/cuda/elementwise_math.h"
 #include "lib/backend/cuda/kernels.h"
 #include "lib/core/error.h"
+#include "lib/core/log.h"
 
 #define ELECTRA_CUBLAS_CHECK(call)                                                           \
   do {                                                                                       \
@@ -114,6 +117,7 @@ class CudaBackend final : public Backend<float> {
     }
     ELECTRA_CUBLAS_CHECK(cublasSetMathMode(
         cublas_, precision_ == CudaPrecision::kFp32 ? CUBLAS_DEFAULT_MATH : CUBLAS_TF32_TENSOR_OP_MATH));
+    create_arena(options);
     ELECTRA_CUDA_CHECK(cudaStreamSynchronize(stream_.stream));
   }
 
@@ -122,7 +126,7 @@ class CudaBackend final : public Backend<float> {
     cudaSetDevice(device_);
     if (stream_.stream != nullptr) cudaStreamSynchronize(stream_.stream);
     if (cublas_ != nullptr) cublasDestroy(cublas_);
-    if (workspace_ != nullptr) cudaFree(workspace_);
+    if (arena_memory_ != nullptr) cudaFree(arena_memory_);  // the workspace and every buffer live in it
     if (stream_.errors != nullptr) cudaFree(stream_.errors);
     if (host_errors_ != nullptr) cudaFreeHost(host_errors_);
     if (host_double_ != nullptr) cudaFreeHost(host_double_);
@@ -139,6 +143,10 @@ class CudaBackend final : public Backend<float> {
   cudaStream_t stream() const { return stream_.stream; }
   int device_index() const { return device_; }
   CudaPrecision precision() const { return precision_; }
+  CudaMemoryStats memory_stats() const {
+    const cuda::ArenaStats a = arena_->stats();
+    return CudaMemoryStats{a.capacity, a.in_use, a.peak, a.largest_free_block, a.blocks};
+  }
 
   // ---- memory ----
   float* allocate(size_t n) override { return static_cast<float*>(raw_allocate(n * sizeof(float))); }
@@ -468,26 +476,46 @@ class CudaBackend final : public Backend<float> {
     if (current != device_) ELECTRA_CUDA_CHECK(cudaSetDevice(device_));
   }
 
-  void* raw_allocate(size_t bytes) {
-    if (bytes == 0) return nullptr;
-    activate();
-    void* p = nullptr;
-    const cudaError_t error = cudaMalloc(&p, bytes);
+  // The one cudaMalloc behind every allocation: options.arena_bytes, else memory_fraction of what is free
+  // now (after the stream, the error word and cuBLAS took theirs).
+  void create_arena(const CudaBackendOptions& options) {
+    size_t bytes = options.arena_bytes;
+    size_t free_bytes = 0, total_bytes = 0;
+    ELECTRA_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    if (bytes == 0) {
+      ELECTRA_CHECK(options.memory_fraction > 0.0 && options.memory_fraction <= 1.0, "CUDA backend: memory fraction ",
+                    options.memory_fraction, " outside (0, 1] (", options.arena_size_hint, ")");
+      bytes = static_cast<size_t>(static_cast<double>(free_bytes) * options.memory_fraction);
+    }
+    bytes = bytes / cuda::Arena::kAlignment * cuda::Arena::kAlignment;
+    ELECTRA_CHECK(bytes > 0, "CUDA backend: device memory arena of 0 bytes on device ", device_, " (", free_bytes >> 20,
+                  " MiB free; ", options.arena_size_hint, ")");
+    const cudaError_t error = cudaMalloc(&arena_memory_, bytes);
     if (error != cudaSuccess) {
       cudaGetLastError();  // clear it: out of memory is not sticky
-      size_t free_bytes = 0, total_bytes = 0;
-      cudaMemGetInfo(&free_bytes, &total_bytes);
-      fail("CUDA error: cudaMalloc of ", bytes, " bytes on device ", device_, " (", gpu_name_,
-           ") failed: ", cudaGetErrorName(error), " (", free_bytes >> 20, " MiB free of ", total_bytes >> 20, " MiB)");
+      arena_memory_ = nullptr;
+      fail("CUDA error: cudaMalloc of the device memory arena (", cuda::format_bytes(bytes), ") on device ", device_,
+           " (", gpu_name_, ") failed: ", cudaGetErrorName(error), " (", free_bytes >> 20, " MiB free of ",
+           total_bytes >> 20, " MiB; set ", options.arena_size_hint, ")");
     }
-    return p;
+    arena_ = std::make_unique<cuda::Arena>(reinterpret_cast<uintptr_t>(arena_memory_), bytes, options.arena_size_hint);
   }
-  // Never throws (called from destructors). Work still queued may use p: wait for the stream first.
+
+  void* raw_allocate(size_t bytes) {
+    if (bytes == 0) return nullptr;
+    return reinterpret_cast<void*>(arena_->allocate(bytes));
+  }
+  // Never throws (called from destructors): a bad free is logged. Work still queued (on this stream or one
+  // ordered after it) may read p: wait for the stream before the block can be handed out again.
   void raw_free(void* p) {
     if (p == nullptr) return;
     cudaSetDevice(device_);
     cudaStreamSynchronize(stream_.stream);
-    if (cudaFree(p) != cudaSuccess) cudaGetLastError();
+    try {
+      arena_->deallocate(reinterpret_cast<uintptr_t>(p));
+    } catch (const std::exception& e) {
+      ELECTRA_LOG(error) << "cuda backend deallocate: " << e.what();
+    }
   }
 
   void device_copy(void* dst, const void* src, size_t bytes) {
@@ -510,7 +538,7 @@ class CudaBackend final : public Backend<float> {
     if (bytes > workspace_bytes_) {
       const size_t grown = std::max(bytes, workspace_bytes_ + workspace_bytes_ / 2);
       ELECTRA_CUDA_CHECK(cudaStreamSynchronize(stream_.stream));  // the old buffer may be in use
-      if (workspace_ != nullptr) ELECTRA_CUDA_CHECK(cudaFree(workspace_));
+      if (workspace_ != nullptr) arena_->deallocate(reinterpret_cast<uintptr_t>(workspace_));
       workspace_ = nullptr;
       workspace_bytes_ = 0;
       workspace_ = raw_allocate(grown);
@@ -549,7 +577,9 @@ class CudaBackend final : public Backend<float> {
   cublasComputeType_t compute_ = CUBLAS_COMPUTE_32F;
   unsigned* host_errors_ = nullptr;  // pinned
   double* host_double_ = nullptr;    // pinned
-  void* workspace_ = nullptr;
+  void* arena_memory_ = nullptr;     // the arena's cudaMalloc
+  std::unique_ptr<cuda::Arena> arena_;
+  void* workspace_ = nullptr;  // an arena block
   size_t workspace_bytes_ = 0;
 };
 
@@ -620,6 +650,7 @@ std::string to_string(CudaPrecision precision) {
 void* cuda_stream_of(Backend<float>& backend) { return as_cuda(backend).stream(); }
 int cuda_device_of(Backend<float>& backend) { return as_cuda(backend).device_index(); }
 CudaPrecision cuda_precision_of(Backend<float>& backend) { return as_cuda(backend).precision(); }
+CudaMemoryStats cuda_memory_stats(Backend<float>& backend) { return as_cuda(backend).memory_stats(); }
 
 void cuda_copy_bytes_to_host(Backend<float>& backend, void* host, const void* device, size_t bytes) {
   as_cuda(backend).to_host(host, device, bytes);

@@ -3,9 +3,12 @@
 // header includes no CUDA header, so programs and tests use it without nvcc.
 //
 // Behaviour, beyond backend.h's contracts:
-//  - Memory is plain cudaMalloc (no managed memory); one CUDA stream per backend, the cuBLAS handle bound
-//    to it. Ops are asynchronous on that stream: they return once enqueued. copy_to_host,
-//    copy_ints_to_host, sum_squares and synchronize wait for the stream; copy_from_host /
+//  - Memory is one plain cudaMalloc (no managed memory) made at construction and handed out by an
+//    arena (CudaBackendOptions::arena_bytes / memory_fraction): allocate never calls cudaMalloc and
+//    fails with the arena's numbers when it is full; deallocate waits for the stream first (work on
+//    other streams, e.g. NCCL ordered after cuda_stream_of, may still read the block). One CUDA stream
+//    per backend, the cuBLAS handle bound to it. Ops are asynchronous on that stream: they return once enqueued.
+//    copy_to_host, copy_ints_to_host, sum_squares and synchronize wait for the stream; copy_from_host /
 //    copy_ints_from_host return once the host buffer has been read (it may be reused at once).
 //  - Bad indices are found on the device: an op that meets a negative embedding id, a position outside
 //    [0, S) or a label outside [0, V) skips that element and the next waiting call throws electra::Error
@@ -44,6 +47,22 @@ struct CudaBackendOptions {
   CudaPrecision precision = CudaPrecision::kFp32;
   // Deprecated spelling of precision = kTf32 (kept for callers of the first version).
   bool tf32 = false;
+  // Device memory: every allocate* is served from one cudaMalloc'd arena (lib/backend/cuda/arena.h) of
+  // arena_bytes, or, when 0, memory_fraction (in (0, 1]) of the memory cudaMemGetInfo reports free once
+  // the stream and cuBLAS exist. The rest stays free for the libraries' own workspaces (cuBLAS, cuDNN,
+  // NCCL allocate outside the arena).
+  size_t arena_bytes = 0;
+  double memory_fraction = 0.9;
+  // Ends the arena's out-of-memory messages: what the user sets to change its size.
+  std::string arena_size_hint = "CudaBackendOptions::arena_bytes or memory_fraction";
+};
+
+// The arena's use in bytes: its size, what live allocations hold (rounded to 256 bytes each) and the
+// most they ever held; largest_free_block is the largest allocation that can succeed now.
+struct CudaMemoryStats {
+  size_t capacity = 0, in_use = 0, peak = 0;
+  size_t largest_free_block = 0;
+  size_t blocks = 0;  // live allocations
 };
 
 // CUDA devices this process can use; 0 when there is no driver, no GPU or any other error. Never throws.
@@ -66,6 +85,8 @@ void* cuda_stream_of(Backend<float>& backend);
 // The backend's GPU (CUDA's 0-based index among the visible devices) and its precision mode.
 int cuda_device_of(Backend<float>& backend);
 CudaPrecision cuda_precision_of(Backend<float>& backend);
+// The backend's device-memory arena use (see CudaBackendOptions::arena_bytes).
+CudaMemoryStats cuda_memory_stats(Backend<float>& backend);
 
 // Byte copies that Backend<T> does not offer (dropout keep masks), for tests and tools. `backend` must
 // come from make_cuda_backend; both wait for the copy to finish.
