@@ -32,12 +32,16 @@ Encoder<T>::Encoder(const EncoderConfig& config, const EncoderSlots& slots, Netw
 }
 
 template <typename T>
-void Encoder<T>::plan(Backend<T>& be, int B, int S, bool recompute_ffn) {
+void Encoder<T>::plan(Backend<T>& be, int B, int S, bool recompute_ffn, AttentionImpl attention) {
   B_ = B;
   S_ = S;
   embeddings_.plan(be, B, S);
-  for (auto& layer : layers_) layer.plan(be, B, S, recompute_ffn);
-  scratch_.plan(be, B, S, config_.hidden_size, config_.intermediate_size, config_.num_heads);
+  bool materialized_attention = false;
+  for (auto& layer : layers_) {
+    layer.plan(be, B, S, recompute_ffn, attention);
+    materialized_attention = materialized_attention || !layer.fused_attention();
+  }
+  scratch_.plan(be, B, S, config_.hidden_size, config_.intermediate_size, config_.num_heads, materialized_attention);
   const size_t n = static_cast<size_t>(B) * S * config_.hidden_size;
   grad_a_.reset(be, n);
   grad_b_.reset(be, n);

@@ -19,8 +19,8 @@ class Encoder {
   // `network` selects the dropout lanes (generator and discriminator never share a mask).
   Encoder(const EncoderConfig& config, const EncoderSlots& slots, Network network);
 
-  // recompute_ffn: TransformerLayer::plan's recompute_activation for every layer.
-  void plan(Backend<T>& be, int B, int S, bool recompute_ffn = false);
+  // recompute_ffn / attention: TransformerLayer::plan's recompute_activation / attention for every layer.
+  void plan(Backend<T>& be, int B, int S, bool recompute_ffn = false, AttentionImpl attention = AttentionImpl::kAuto);
   int planned_rows() const { return B_; }
   int planned_seq() const { return S_; }
 

@@ -102,8 +102,8 @@ struct ElectraPretrainer<T>::Plan {
     Backend<T>& be = m.backend_;
     const size_t N = static_cast<size_t>(B) * S, M = static_cast<size_t>(B) * P;
     const size_t V = m.config_.vocab_size, C = m.config_.num_classes;
-    generator.plan(be, B, S, m.recompute_ffn_);
-    discriminator.plan(be, B, S, m.recompute_ffn_);
+    generator.plan(be, B, S, m.recompute_ffn_, m.attention_impl_);
+    discriminator.plan(be, B, S, m.recompute_ffn_, m.attention_impl_);
     mlm.plan(be, B, S, P);
     sentence.plan(be, B, S);
     disc_head.plan(be, static_cast<int>(N));
@@ -242,6 +242,15 @@ void ElectraPretrainer<T>::set_recompute_ffn_activations(bool on) {
   if (on == recompute_ffn_) return;
   recompute_ffn_ = on;
   // Plans hold the layers' activations: plan again at the next forward (a pending backward is lost).
+  last_.clear();
+  plans_.clear();
+}
+
+template <typename T>
+void ElectraPretrainer<T>::set_attention_impl(AttentionImpl impl) {
+  if (impl == attention_impl_) return;
+  attention_impl_ = impl;
+  // As set_recompute_ffn_activations: the plans hold the attention buffers.
   last_.clear();
   plans_.clear();
 }

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "lib/core/batch.h"
+#include "lib/model/attention_impl.h"
 #include "lib/model/config.h"
 #include "lib/model/device_buffer.h"
 #include "lib/model/parameter_layout.h"
@@ -186,6 +187,14 @@ class ElectraPretrainer {
   void set_recompute_ffn_activations(bool on);
   bool recompute_ffn_activations() const { return recompute_ffn_; }
 
+  // Memory for time in attention (attention_impl.h): kFused keeps [B,H,S] statistics per layer instead
+  // of the [B,H,S,S] probabilities and keep bytes (5 bytes per element in float) and recomputes the
+  // probabilities in backward; the same losses and gradients to rounding (same dropout bits). Default
+  // kAuto: fused on non-CPU backends that support the shape, materialised on the CPU (faster there).
+  // kFused where the backend has no fused attention fails at the next forward. Takes effect then.
+  void set_attention_impl(AttentionImpl impl);
+  AttentionImpl attention_impl() const { return attention_impl_; }
+
  private:
   struct Plan;
   // This forward's loss and metric sums of one chunk (added over chunks in chunk order).
@@ -218,6 +227,9 @@ class ElectraPretrainer {
   bool recompute_ffn_ = false;                // set_recompute_ffn_activations
   std::vector<DeviceBuffer<T>> extra_grads_;  // gradient buffers of chunks 1..K-1
   PretrainerOutputs<T> outputs_;
+
+  // set_attention_impl
+  AttentionImpl attention_impl_ = AttentionImpl::kAuto;
 };
 
 // Hugging Face ElectraForMaskedLM name of a layout tensor: generator.X -> electra.X; the shared

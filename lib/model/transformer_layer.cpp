@@ -5,7 +5,7 @@
 namespace electra {
 
 template <typename T>
-void LayerScratch<T>::plan(Backend<T>& be, int B, int S, int hidden, int ffn, int heads) {
+void LayerScratch<T>::plan(Backend<T>& be, int B, int S, int hidden, int ffn, int heads, bool materialized_attention) {
   const size_t N = static_cast<size_t>(B) * S;
   tmp.reset(be, N * hidden);
   d_res1.reset(be, N * hidden);
@@ -15,7 +15,7 @@ void LayerScratch<T>::plan(Backend<T>& be, int B, int S, int hidden, int ffn, in
   d_inter_act.reset(be, N * ffn);
   d_inter_pre.reset(be, N * ffn);
   d_qkv.reset(be, N * 3 * hidden);
-  attention.reset(be, static_cast<size_t>(B) * heads * S * S);
+  attention.reset(be, materialized_attention ? static_cast<size_t>(B) * heads * S * S : 0);
 }
 
 template <typename T>
@@ -29,16 +29,20 @@ TransformerLayer<T>::TransformerLayer(const TransformerLayerSlots& slots, const 
 }
 
 template <typename T>
-void TransformerLayer<T>::plan(Backend<T>& be, int B, int S, bool recompute_activation) {
+void TransformerLayer<T>::plan(Backend<T>& be, int B, int S, bool recompute_activation, AttentionImpl attention) {
   B_ = B;
   S_ = S;
   recompute_act_ = recompute_activation;
+  const int H = shape_.num_heads, D = shape_.hidden / H;
+  fused_attention_ = use_fused_attention(be, attention, B, S, H, D, shape_.attention_dropout);
   const size_t N = static_cast<size_t>(B) * S;
   const size_t C = shape_.hidden, F = shape_.intermediate;
-  const size_t probs = static_cast<size_t>(B) * shape_.num_heads * S * S;
+  // Fused: [B,H,S] statistics instead of the [B,H,S,S] probabilities and keep bits.
+  const size_t probs = fused_attention_ ? 0 : static_cast<size_t>(B) * H * S * S;
   qkv_.reset(be, N * 3 * C);
   probs_.reset(be, probs);
   keep_attention_.reset(be, probs);
+  attention_stats_.reset(be, fused_attention_ ? static_cast<size_t>(B) * H * S : 0);
   context_.reset(be, N * C);
   keep1_.reset(be, N * C);
   res1_.reset(be, N * C);
@@ -70,9 +74,15 @@ void TransformerLayer<T>::forward(Backend<T>& be, const T* params, const T* x, c
 
   // Self-attention block.
   be.linear_forward(qkv_.data(), x, params + p.qkv.weight, params + p.qkv.bias, N, C, 3 * C);
-  be.attention_forward(
-      context_.data(), probs_.data(), keep_attention_.data(), qkv_.data(), mask, B_, S_, H, D, attention_rate_,
-      dropout.key(dropout_lane(network_, layer_, DropoutSlot::kAttentionProbs), static_cast<uint64_t>(H) * S_ * S_));
+  attention_key_ =
+      dropout.key(dropout_lane(network_, layer_, DropoutSlot::kAttentionProbs), static_cast<uint64_t>(H) * S_ * S_);
+  if (fused_attention_) {
+    be.fused_attention_forward(context_.data(), attention_stats_.data(), qkv_.data(), mask, B_, S_, H, D,
+                               attention_rate_, attention_key_);
+  } else {
+    be.attention_forward(context_.data(), probs_.data(), keep_attention_.data(), qkv_.data(), mask, B_, S_, H, D,
+                         attention_rate_, attention_key_);
+  }
   be.linear_forward(scratch.tmp.data(), context_.data(), params + p.attention_output.weight,
                     params + p.attention_output.bias, N, C, C);
   be.dropout_forward(res1_.data(), keep1_.data(), scratch.tmp.data(), nc, hidden_rate_,
@@ -130,8 +140,13 @@ void TransformerLayer<T>::backward(Backend<T>& be, const T* params, T* grads, co
   be.dropout_backward(s.tmp.data(), s.d_res1.data(), keep1_.data(), nc, hidden_rate_);
   be.linear_backward(s.d_context.data(), grads + p.attention_output.weight, grads + p.attention_output.bias,
                      s.tmp.data(), context_.data(), params + p.attention_output.weight, N, C, C);
-  be.attention_backward(s.d_qkv.data(), s.attention.data(), s.d_context.data(), qkv_.data(), probs_.data(),
-                        keep_attention_.data(), mask_, B_, S_, H, D, attention_rate_);
+  if (fused_attention_) {
+    be.fused_attention_backward(s.d_qkv.data(), s.d_context.data(), qkv_.data(), context_.data(),
+                                attention_stats_.data(), mask_, B_, S_, H, D, attention_rate_, attention_key_);
+  } else {
+    be.attention_backward(s.d_qkv.data(), s.attention.data(), s.d_context.data(), qkv_.data(), probs_.data(),
+                          keep_attention_.data(), mask_, B_, S_, H, D, attention_rate_);
+  }
   be.linear_backward(dx, grads + p.qkv.weight, grads + p.qkv.bias, s.d_qkv.data(), x_, params + p.qkv.weight, N, C,
                      3 * C);
   be.accumulate(dx, s.d_res1.data(), nc);  // residual path around attention

@@ -4,11 +4,13 @@
 //   a   = LayerNorm(x + dropout(ctx Wo^T + bo))
 //   y   = LayerNorm(a + dropout(gelu(a Wi^T + bi) Wout^T + bout))
 // The layer owns the activations its backward needs; scratch that is dead between layers is shared
-// through LayerScratch (one per encoder).
+// through LayerScratch (one per encoder). Attention is materialised (probabilities and keep bits
+// [B,H,S,S] kept for backward) or fused ([B,H,S] log-sum-exp kept), as planned (attention_impl.h).
 #pragma once
 
 #include <cstdint>
 
+#include "lib/model/attention_impl.h"
 #include "lib/model/device_buffer.h"
 #include "lib/model/dropout_site.h"
 #include "lib/model/parameter_layout.h"
@@ -18,12 +20,13 @@ namespace electra {
 // Buffers used only inside one layer's forward or backward, shared by all layers of an encoder.
 template <typename T>
 struct LayerScratch {
-  void plan(Backend<T>& be, int B, int S, int hidden, int ffn, int heads);
+  // materialized_attention: whether any layer runs attention_backward (needs `attention`).
+  void plan(Backend<T>& be, int B, int S, int hidden, int ffn, int heads, bool materialized_attention = true);
   DeviceBuffer<T> tmp;                               // [N, C] pre-dropout dense outputs; dropout gradients
   DeviceBuffer<T> d_res1, d_res2, d_ln1, d_context;  // [N, C]
   DeviceBuffer<T> d_inter_act, d_inter_pre;          // [N, F]
   DeviceBuffer<T> d_qkv;                             // [N, 3C]
-  DeviceBuffer<T> attention;                         // [B, H, S, S] attention_backward scratch
+  DeviceBuffer<T> attention;                         // [B, H, S, S] attention_backward scratch (or empty)
 };
 
 struct TransformerLayerShape {
@@ -45,7 +48,11 @@ class TransformerLayer {
 
   // recompute_activation: do not keep act(x W1 + b1) from forward to backward (N x F values) but compute
   // it again in backward; the same numbers, less memory, one more activation pass.
-  void plan(Backend<T>& be, int B, int S, bool recompute_activation = false);
+  // attention: materialised or fused attention (use_fused_attention decides kAuto for this backend and
+  // shape, with the layer's attention dropout rate).
+  void plan(Backend<T>& be, int B, int S, bool recompute_activation = false,
+            AttentionImpl attention = AttentionImpl::kAuto);
+  bool fused_attention() const { return fused_attention_; }
 
   // x [B*S, C] (kept by pointer for backward), mask [B,S] device ints (1 = attend). Output [B*S, C].
   void forward(Backend<T>& be, const T* params, const T* x, const int32_t* mask, const DropoutContext& dropout,
@@ -62,11 +69,13 @@ class TransformerLayer {
   int layer_;
   int B_ = 0, S_ = 0;
   bool recompute_act_ = false;
+  bool fused_attention_ = false;
+  DropoutKey attention_key_;  // the last forward's attention dropout key (fused backward regenerates the bits)
   float hidden_rate_ = 0.0f, attention_rate_ = 0.0f;  // the rates the last forward used
   const T* x_ = nullptr;
   const int32_t* mask_ = nullptr;
-  DeviceBuffer<T> qkv_, probs_, context_, res1_, ln1_, mean1_, rstd1_, inter_pre_, inter_act_, res2_, out_, mean2_,
-      rstd2_;
+  DeviceBuffer<T> qkv_, probs_, attention_stats_, context_, res1_, ln1_, mean1_, rstd1_, inter_pre_, inter_act_, res2_,
+      out_, mean2_, rstd2_;
   DeviceBuffer<T, uint8_t> keep_attention_, keep1_, keep2_;
 };
 
