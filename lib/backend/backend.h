@@ -40,8 +40,7 @@ struct DropoutKey {
 };
 
 // Throws electra::Error: backend `name` has no fused attention for this shape.
-[[noreturn]] void fail_fused_attention_unsupported(const std::string& name, int B, int S, int H, int D,
-                                                   float dropout);
+[[noreturn]] void fail_fused_attention_unsupported(const std::string& name, int B, int S, int H, int D, float dropout);
 
 template <typename T>
 class Backend {
@@ -169,6 +168,17 @@ class Backend {
   virtual void gumbel_sample(int32_t* samples, const T* logits, const int32_t* disallow, int rows, int V,
                              float temperature, uint64_t seed, uint64_t step, uint64_t first_example,
                              int rows_per_example) = 0;
+  // ELECTRA's replaced-token input and labels. original_ids, input_mask, corrupted, disc_label [B,S];
+  // positions, weights, samples [B,P]. original_ids are the real tokens (the generator's input with the
+  // masked positions restored). Per row b:
+  //   corrupted[b,:] = original_ids[b,:]; then for p = 0..P-1 in order, where weights[b,p] > 0:
+  //     corrupted[b, positions[b,p]] = samples[b,p]   (so a later duplicate position wins)
+  //   disc_label[b,s] = input_mask[b,s] != 0 && corrupted[b,s] != original_ids[b,s]   (1 or 0)
+  // Positions of predictions with weight <= 0 are ignored; weighted ones must be in [0, S). Both outputs
+  // overwritten; no input may alias an output.
+  virtual void replace_masked_tokens(int32_t* corrupted, int32_t* disc_label, const int32_t* original_ids,
+                                     const int32_t* input_mask, const int32_t* positions, const T* weights,
+                                     const int32_t* samples, int B, int S, int P) = 0;
 
   // ---- reductions and optimizer ----
   // Sum of squares in double, summed in a fixed order (deterministic).

@@ -77,16 +77,17 @@ struct ElectraPretrainer<T>::Plan {
   MlmHead<T> mlm;
   ClassificationHead<T> sentence;
   DiscriminatorHead<T> disc_head;
-  DeviceBuffer<T, int32_t> ids, type_ids, mask, positions, mlm_labels, samples, mlm_argmax, corrupted, disc_label,
-      nsp_labels, nsp_argmax;
-  DeviceBuffer<T> mlm_scale, mlm_loss, lm_outputs, disc_scale, disc_loss, d_disc_logits, nsp_scale, nsp_loss,
-      d_nsp_logits, d_gen_seq, d_disc_seq;
+  DeviceBuffer<T, int32_t> ids, type_ids, mask, positions, mlm_labels, samples, mlm_argmax, original, corrupted,
+      disc_label, nsp_labels, nsp_argmax;
+  DeviceBuffer<T> mlm_weights, mlm_scale, mlm_loss, lm_outputs, disc_scale, disc_loss, d_disc_logits, nsp_scale,
+      nsp_loss, d_nsp_logits, d_gen_seq, d_disc_seq;
   bool has_sentence = false;
   bool ran = false;
   ChunkSums sums;  // this chunk's loss and metric sums of the last forward
   // Host staging, sized once.
   std::vector<int32_t> h_original, h_mlm_argmax, h_nsp_argmax;
-  std::vector<T> h_mlm_scale, h_mlm_loss, h_disc_scale, h_disc_loss, h_nsp_scale, h_nsp_loss, h_nsp_logits;
+  std::vector<T> h_mlm_weights, h_mlm_scale, h_mlm_loss, h_disc_scale, h_disc_loss, h_nsp_scale, h_nsp_loss,
+      h_nsp_logits;
 
   Plan(ElectraPretrainer& m, int B_, int S_, int P_, int chunk_)
       : B(B_),
@@ -107,10 +108,11 @@ struct ElectraPretrainer<T>::Plan {
     mlm.plan(be, B, S, P);
     sentence.plan(be, B, S);
     disc_head.plan(be, static_cast<int>(N));
-    for (auto* b : {&ids, &type_ids, &mask, &corrupted, &disc_label}) b->reset(be, N);
+    for (auto* b : {&ids, &type_ids, &mask, &original, &corrupted, &disc_label}) b->reset(be, N);
     for (auto* b : {&positions, &mlm_labels, &samples, &mlm_argmax}) b->reset(be, M);
     nsp_labels.reset(be, B);
     nsp_argmax.reset(be, B);
+    mlm_weights.reset(be, M);
     mlm_scale.reset(be, M);
     mlm_loss.reset(be, M);
     if (m.config_.output_type == OutputType::kPredictions) lm_outputs.reset(be, M * V);
@@ -125,6 +127,7 @@ struct ElectraPretrainer<T>::Plan {
     h_original.resize(N);
     h_mlm_argmax.resize(M);
     h_nsp_argmax.resize(B);
+    h_mlm_weights.resize(M);
     h_mlm_scale.resize(M);
     h_mlm_loss.resize(M);
     h_disc_scale.resize(N);
@@ -375,7 +378,7 @@ const PretrainerOutputs<T>& ElectraPretrainer<T>::forward(const Batch& batch, co
   PretrainerLosses& L = out.losses;
   L = PretrainerLosses{};
   out.sampled_ids.resize(M);
-  out.corrupted_ids.resize(N);
+  out.corrupted_ids.resize(ctx.copy_outputs ? N : 0);
   out.disc_label.resize(N);
   out.disc_logits.resize(N);
   out.sentence_outputs.resize(static_cast<size_t>(B) * NC);
@@ -473,8 +476,6 @@ void ElectraPretrainer<T>::forward_sampling(Plan& plan, const Batch& batch, int 
   be.gumbel_sample(plan.samples.data(), lm_outputs_of(plan),
                    config_.disallow_correct ? plan.mlm_labels.data() : nullptr, M, V, config_.temperature, ctx.seed,
                    ctx.step, batch.global_row_offset + r0, P);
-  int32_t* sampled = out.sampled_ids.data() + m0;
-  be.copy_ints_to_host(sampled, plan.samples.data(), M);
   if (ctx.copy_outputs) {
     be.copy_to_host(out.lm_outputs.data() + m0 * V, lm_outputs_of(plan), static_cast<size_t>(M) * V);
   }
@@ -488,12 +489,13 @@ void ElectraPretrainer<T>::forward_sampling(Plan& plan, const Batch& batch, int 
   be.softmax_cross_entropy(plan.mlm_loss.data(), plan.mlm.logits(), plan.mlm_argmax.data(), plan.mlm.logits(),
                            plan.mlm_labels.data(), plan.mlm_scale.data(), M, V);
 
-  // Original ids: the generator input with the masked positions restored; corrupted: the samples there.
+  // Original ids: the generator input with the masked positions restored (from the batch alone, so no
+  // wait for the device). The corrupted ids (the samples there) and the labels are made on the device,
+  // straight from the samples; the host gets them in forward_discriminator, with the other outputs.
   const int32_t* ids = batch.input_word_ids.data() + n0;
   const int32_t* positions = batch.masked_lm_positions.data() + m0;
   const int32_t* labels = batch.masked_lm_ids.data() + m0;
   const float* weights = batch.masked_lm_weights.data() + m0;
-  const int32_t* input_mask = batch.input_mask.data() + n0;
   std::copy(ids, ids + N, plan.h_original.begin());
   for (int b = 0; b < B; ++b) {
     for (int p = 0; p < P; ++p) {
@@ -501,22 +503,11 @@ void ElectraPretrainer<T>::forward_sampling(Plan& plan, const Batch& batch, int 
       if (weights[i] > 0) plan.h_original[b * S + positions[i]] = labels[i];
     }
   }
-  int32_t* corrupted = out.corrupted_ids.data() + n0;
-  std::copy(plan.h_original.begin(), plan.h_original.end(), corrupted);
-  for (int b = 0; b < B; ++b) {
-    for (int p = 0; p < P; ++p) {
-      const int i = b * P + p;
-      if (weights[i] > 0) corrupted[b * S + positions[i]] = sampled[i];
-    }
-  }
-  int32_t* disc_label = out.disc_label.data() + n0;
-  for (int i = 0; i < N; ++i) {
-    // A sample equal to the original token is real (label 0), as in ELECTRA.
-    disc_label[i] = input_mask[i] != 0 && corrupted[i] != plan.h_original[i] ? 1 : 0;
-    plan.sums.disc_fake_count += disc_label[i];
-  }
-  be.copy_ints_from_host(plan.corrupted.data(), corrupted, N);
-  be.copy_ints_from_host(plan.disc_label.data(), disc_label, N);
+  std::copy(weights, weights + M, plan.h_mlm_weights.begin());
+  be.copy_ints_from_host(plan.original.data(), plan.h_original.data(), N);
+  be.copy_from_host(plan.mlm_weights.data(), plan.h_mlm_weights.data(), M);
+  be.replace_masked_tokens(plan.corrupted.data(), plan.disc_label.data(), plan.original.data(), plan.mask.data(),
+                           plan.positions.data(), plan.mlm_weights.data(), plan.samples.data(), B, S, P);
 }
 
 // Discriminator over rows [r0, r0 + plan.B): encoder, head, RTD loss (and the sentence loss), then this
@@ -564,8 +555,13 @@ void ElectraPretrainer<T>::forward_discriminator(Plan& plan, const Batch& batch,
     sums.mlm_loss_sum += w * static_cast<double>(plan.h_mlm_loss[i]);
     if (plan.h_mlm_argmax[i] == batch.masked_lm_ids[m0 + i]) sums.mlm_correct_sum += w;
   }
+  // The sampling stage's outputs (made on the device): labels for the metrics, samples for the caller.
+  int32_t* disc_label = out.disc_label.data() + n0;
+  be.copy_ints_to_host(disc_label, plan.disc_label.data(), N);
+  be.copy_ints_to_host(out.sampled_ids.data() + m0, plan.samples.data(), M);
+  if (ctx.copy_outputs) be.copy_ints_to_host(out.corrupted_ids.data() + n0, plan.corrupted.data(), N);
+  for (int i = 0; i < N; ++i) sums.disc_fake_count += disc_label[i];
   T* disc_logits = out.disc_logits.data() + n0;
-  const int32_t* disc_label = out.disc_label.data() + n0;
   be.copy_to_host(disc_logits, plan.disc_head.logits(), N);
   be.copy_to_host(plan.h_disc_loss.data(), plan.disc_loss.data(), N);
   for (int i = 0; i < N; ++i) {

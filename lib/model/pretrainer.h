@@ -73,8 +73,10 @@ struct StepContext {
   uint64_t step = 0;     // optimizer step
   bool training = true;  // dropout on/off
   std::optional<GlobalNormalizers> global;
-  bool copy_outputs = true;  // copy lm_outputs / sentence_outputs / disc_logits to the host
-  StepHooks hooks;           // used by this forward and the backward that follows it
+  // Also copy lm_outputs and corrupted_ids to the host (left empty otherwise); sampled_ids, disc_label,
+  // disc_logits, sentence_outputs and the losses always come back.
+  bool copy_outputs = true;
+  StepHooks hooks;  // used by this forward and the backward that follows it
   // Loss scaling (lib/optim/loss_scaler.h): backward computes the gradient of loss_scale * loss (the
   // loss gradient seeds are multiplied by it); reported losses are unscaled. With a power of two the
   // gradients are exactly loss_scale times those of scale 1 (barring overflow).
@@ -114,7 +116,7 @@ struct PretrainerOutputs {
   std::vector<T> disc_logits;          // [B,S]
   std::vector<int32_t> disc_label;     // [B,S] 1 = replaced token
   std::vector<int32_t> sampled_ids;    // [B,P] generator samples (also at padded predictions)
-  std::vector<int32_t> corrupted_ids;  // [B,S] the discriminator's input
+  std::vector<int32_t> corrupted_ids;  // [B,S] the discriminator's input (with copy_outputs)
   PretrainerLosses losses;
 };
 

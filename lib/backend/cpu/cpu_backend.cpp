@@ -167,6 +167,11 @@ class CpuBackend final : public Backend<T> {
                      uint64_t seed, uint64_t step, uint64_t first_example, int rows_per_example) override {
     cpu::gumbel_sample(samples, logits, disallow, rows, V, temperature, seed, step, first_example, rows_per_example);
   }
+  void replace_masked_tokens(int32_t* corrupted, int32_t* disc_label, const int32_t* original_ids,
+                             const int32_t* input_mask, const int32_t* positions, const T* weights,
+                             const int32_t* samples, int B, int S, int P) override {
+    cpu::replace_masked_tokens(corrupted, disc_label, original_ids, input_mask, positions, weights, samples, B, S, P);
+  }
 
   double sum_squares(const T* x, size_t n) override { return cpu::sum_squares(x, n); }
   void adamw_step(T* params, const T* grads, T* m, T* v, size_t n, float lr, float beta1, float beta2, float eps,

@@ -140,6 +140,12 @@ void sigmoid_cross_entropy(T* loss, T* dlogit, const T* logit, const int32_t* la
 template <typename T>
 void gumbel_sample(int32_t* samples, const T* logits, const int32_t* disallow, int rows, int V, float temperature,
                    uint64_t seed, uint64_t step, uint64_t first_example, int rows_per_example);
+// The scatter of backend.h's contract, row by row, predictions in order (tokens.cpp). Fails naming the
+// row, prediction and position when a weighted position is outside [0, S).
+template <typename T>
+void replace_masked_tokens(int32_t* corrupted, int32_t* disc_label, const int32_t* original_ids,
+                           const int32_t* input_mask, const int32_t* positions, const T* weights,
+                           const int32_t* samples, int B, int S, int P);
 
 // ---- reductions and optimizer (optimizer.cpp) ----
 // Squares summed in double within fixed chunks of kSumSquaresChunk elements, chunk sums added in order.

@@ -438,6 +438,15 @@ class CudaBackend final : public Backend<float> {
                         rows_per_example);
   }
 
+  void replace_masked_tokens(int32_t* corrupted, int32_t* disc_label, const int32_t* original_ids,
+                             const int32_t* input_mask, const int32_t* positions, const float* weights,
+                             const int32_t* samples, int B, int S, int P) override {
+    ELECTRA_CHECK(B >= 0 && S > 0 && P >= 0, "replace_masked_tokens: bad shape B=", B, " S=", S, " P=", P);
+    activate();
+    cuda::replace_masked_tokens(stream_, corrupted, disc_label, original_ids, input_mask, positions, weights, samples,
+                                B, S, P);
+  }
+
   // ---- reductions and optimizer ----
   double sum_squares(const float* x, size_t n) override {
     activate();

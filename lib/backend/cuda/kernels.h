@@ -97,4 +97,10 @@ void gather_rows(const Stream& s, float* out, const float* x, const int32_t* pos
 void scatter_add_rows(const Stream& s, float* dx, const float* dout, const int32_t* positions, int B, int S, int P,
                       int C);
 
+// ---- tokens.cu ----
+// backend.h's replace_masked_tokens; a weighted position outside [0, S) sets kErrorPosition.
+void replace_masked_tokens(const Stream& s, int32_t* corrupted, int32_t* disc_label, const int32_t* original_ids,
+                           const int32_t* input_mask, const int32_t* positions, const float* weights,
+                           const int32_t* samples, int B, int S, int P);
+
 }  // namespace electra::cuda
