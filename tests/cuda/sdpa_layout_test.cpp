@@ -85,6 +85,15 @@ TEST(CudaSdpaLayout, ContextAndStatsViews) {
   }
 }
 
+TEST(CudaSdpaLayout, KvLengthsStartAligned) {
+  for (int B = 1; B <= 40; ++B) {
+    const size_t at = cuda::sdpa::kv_lengths_offset(B);
+    EXPECT_GE(at, static_cast<size_t>(B));                  // after the q lengths
+    EXPECT_LT(at, static_cast<size_t>(B) + 4);              // no more padding than needed
+    EXPECT_EQ(at * sizeof(int32_t) % 16, 0u) << "B=" << B;  // cuDNN's 16-byte alignment
+  }
+}
+
 std::tuple<int, bool> length_of(const std::vector<int32_t>& row) {
   bool ok = true;
   const int n = cuda::sdpa::key_length(row.data(), static_cast<int>(row.size()), &ok);

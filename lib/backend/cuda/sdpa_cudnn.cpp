@@ -451,8 +451,7 @@ void CudnnSdpa::forward(float* context, float* stats, const float* qkv, const in
   const size_t stats_n = static_cast<size_t>(B) * H * S;
   const size_t half = 2;  // bytes of a bf16/fp16 element
 
-  // Lengths: q at the start, kv 16-byte aligned after it.
-  const size_t kv_at = (static_cast<size_t>(B) + 3) / 4 * 4;
+  const size_t kv_at = sdpa::kv_lengths_offset(B);
   auto* lengths = static_cast<int32_t*>(grow(lengths_, 2 * kv_at * sizeof(int32_t)));
   auto* qkv_h = static_cast<char*>(grow(qkv_half_, qkv_n * half));
   auto* out_h = static_cast<char*>(grow(out_half_, ctx_n * half));
@@ -494,7 +493,7 @@ void CudnnSdpa::backward(float* dqkv, const float* dcontext, const float* qkv, c
   const size_t stats_n = static_cast<size_t>(B) * H * S;
   const size_t half = 2;
 
-  const size_t kv_at = (static_cast<size_t>(B) + 3) / 4 * 4;
+  const size_t kv_at = sdpa::kv_lengths_offset(B);
   auto* lengths = static_cast<int32_t*>(grow(lengths_, 2 * kv_at * sizeof(int32_t)));
   auto* qkv_h = static_cast<char*>(grow(qkv_half_, qkv_n * half));
   auto* out_h = static_cast<char*>(grow(out_half_, ctx_n * half));

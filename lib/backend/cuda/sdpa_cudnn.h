@@ -67,6 +67,9 @@ TensorView context_view(int B, int S, int H, int D);
 TensorView stats_view(int B, int S, int H);
 // Per-sequence lengths, int32 [B] as [B,1,1,1].
 TensorView sequence_lengths_view(int B);
+// One buffer holds both length arrays: q lengths at 0, kv lengths from this element on (16-byte aligned,
+// as cuDNN wants every tensor).
+inline size_t kv_lengths_offset(int B) { return (static_cast<size_t>(B) + 3) / 4 * 4; }
 
 inline constexpr int kMaxHeadSize = 128;     // cuDNN's fp16/bf16 SDPA limit on Ampere (Hopper allows 256)
 inline constexpr int kHeadSizeMultiple = 8;  // 16-byte rows of bf16/fp16
