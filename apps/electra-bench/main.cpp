@@ -31,6 +31,11 @@ int main(int argc, char** argv) {
   app.add_flag("--breakdown", o.breakdown, "time each phase of the step");
   app.add_flag("--recompute-ffn", o.recompute_ffn,
                "recompute each layer's FFN activation in backward instead of keeping it (less memory)");
+  app.add_option("--attention", o.attention,
+                 "auto | materialized | fused (fused keeps [B,H,S] per layer instead of [B,H,S,S]; auto: fused "
+                 "except on the CPU)")
+      ->check(CLI::IsMember({"auto", "materialized", "fused"}))
+      ->capture_default_str();
   app.add_flag("--no-overlap", no_overlap, "allreduce after backward instead of overlapping it (MPI only)");
   app.add_flag("--json", json, "print one JSON line instead of text");
   CLI11_PARSE(app, argc, argv);

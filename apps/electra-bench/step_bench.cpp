@@ -249,6 +249,7 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
   const int chunks = cuda ? 1 : o.chunks > 0 ? o.chunks : threads;  // chunks are a CPU strategy
   net.set_parallel_chunks(chunks);
   net.set_recompute_ffn_activations(o.recompute_ffn);
+  net.set_attention_impl(parse_attention_impl(o.attention, "--attention"));
   OptimizerConfig optim;
   optim.warmup_steps = 0;  // a non-zero learning rate from the first step
   optim.total_steps = 1000000;
@@ -364,6 +365,7 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
   r.parameters = n_params;
   r.overlap = o.overlap;
   r.recompute_ffn = o.recompute_ffn;
+  r.attention = o.attention;
   r.median_step_s = median(step_times);
   r.min_step_s = *std::min_element(step_times.begin(), step_times.end());
   r.max_step_s = *std::max_element(step_times.begin(), step_times.end());
@@ -390,7 +392,8 @@ std::string format_text(const StepBenchResult& r) {
     << "; E " << r.model.embedding_size() << ", V " << r.model.vocab_size << "), " << std::setprecision(2)
     << r.parameters / 1e6 << "M parameters\n";
   s << "  batch " << r.batch << " x seq " << r.seq << ", " << r.predictions << " predictions per row; " << r.ranks
-    << " rank(s) x " << r.threads << " thread(s), " << r.chunks << " parallel chunk(s), " << r.backend << "\n";
+    << " rank(s) x " << r.threads << " thread(s), " << r.chunks << " parallel chunk(s), " << r.backend << ", attention "
+    << r.attention << "\n";
   s << std::setprecision(1);
   s << "  step        median " << 1e3 * r.median_step_s << " ms (min " << 1e3 * r.min_step_s << ", max "
     << 1e3 * r.max_step_s << ") over " << r.steps << " steps after " << r.warmup << " warm-up; CPU "
@@ -438,6 +441,7 @@ nlohmann::json to_json(const StepBenchResult& r) {
                         {"warmup", r.warmup},
                         {"overlap", r.overlap},
                         {"recompute_ffn", r.recompute_ffn},
+                        {"attention", r.attention},
                         {"median_step_s", r.median_step_s},
                         {"min_step_s", r.min_step_s},
                         {"max_step_s", r.max_step_s},

@@ -33,6 +33,8 @@ struct StepBenchOptions {
   float dropout = -1.0f;         // < 0: the config's (0.1)
   uint64_t seed = 1;
   int peak_gemm_size = 2048;  // n of the n x n x n sgemm that measures the peak
+  // ElectraPretrainer::set_attention_impl: auto | materialized | fused
+  std::string attention = "auto";
 };
 
 // Time of one phase of the step: the median over the timed steps, and the mean.
@@ -49,6 +51,7 @@ struct StepBenchResult {
   int batch = 0, seq = 0, predictions = 0, ranks = 1, threads = 1, chunks = 1, steps = 0, warmup = 0;
   size_t parameters = 0;
   bool overlap = true, recompute_ffn = false;
+  std::string attention = "auto";  // the --attention asked for (auto: fused except on the CPU)
   // Per step (the slowest rank's time at each step; medians over the timed steps).
   double median_step_s = 0.0, min_step_s = 0.0, max_step_s = 0.0;
   double cpu_s_per_step = 0.0;  // process CPU time (user + system) per timed step, summed over ranks

@@ -143,6 +143,7 @@ nlohmann::json default_run_config() {
       {"keep_every", 0},          // also keep every step that is a multiple of this (0: none)
       {"seed", 1},                // initialisation, dropout, masking, sampling, shuffling
       {"max_skipped_steps", 10},  // consecutive non-finite steps tolerated before stopping
+      {"attention", "auto"},      // materialized | fused (keeps [B,H,S], not [B,H,S,S]) | auto: fused off the CPU
       {"step_timeout", 1800.0},   // seconds one step may take before the watchdog aborts the job
       {"threads", 0},             // CPU threads per rank (0: cores / ranks on the node)
       {"parallel_chunks", 0},     // CPU: batch slices run concurrently, one per thread (0: = threads; 1: off)
@@ -239,6 +240,7 @@ class Trainer {
   int local_rows_ = 0;
   int micro_rows_ = 0;
   int parallel_chunks_ = 1;
+  AttentionImpl attention_impl_ = AttentionImpl::kAuto;  // train.attention
   int seq_length_ = 0;
   uint64_t seed_ = 1;
   int log_every_ = 1;
@@ -289,6 +291,7 @@ std::optional<std::string> Trainer::setup() {
     local_rows_ = global_batch_ / comm_.world_size();
     const int micro = config_.get<int>("train.micro_batch_size");
     micro_rows_ = micro > 0 ? micro : local_rows_;
+    attention_impl_ = parse_attention_impl(config_.get<std::string>("train.attention"), "config key 'train.attention'");
     if (local_rows_ % micro_rows_ != 0) {
       fail("config key 'train.micro_batch_size' (", micro_rows_, ") must divide the per-rank batch (", local_rows_,
            " = train.batch_size / ranks)");
@@ -337,6 +340,7 @@ std::optional<std::string> Trainer::setup() {
     }
     backend_ = make_backend();
     model_ = std::make_unique<ElectraPretrainer<float>>(model_config_, *backend_);
+    model_->set_attention_impl(attention_impl_);
     // On the CPU, whole row slices per thread beat splitting every op across threads (electra-bench,
     // docs/performance.md); the gradient allreduce then starts after backward instead of during it.
     const int configured_chunks = config_.get<int>("train.parallel_chunks");
