@@ -211,27 +211,37 @@ CudnnSdpa::CudnnSdpa(cudaStream_t stream, CudaPrecision precision, unsigned* dev
   ELECTRA_CUDA_CHECK(cudaGetDevice(&device_));
   ELECTRA_CUDA_CHECK(cudaDeviceGetAttribute(&compute_major_, cudaDevAttrComputeCapabilityMajor, device_));
   ELECTRA_CUDA_CHECK(cudaDeviceGetAttribute(&sms_, cudaDevAttrMultiProcessorCount, device_));
-  if (device_errors_ == nullptr) {
-    ELECTRA_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&own_errors_), sizeof(unsigned)));
-    ELECTRA_CUDA_CHECK(cudaMemsetAsync(own_errors_, 0, sizeof(unsigned), stream_));
-    device_errors_ = own_errors_;
+  try {
+    if (device_errors_ == nullptr) {
+      ELECTRA_CUDA_CHECK(cudaMalloc(reinterpret_cast<void**>(&own_errors_), sizeof(unsigned)));
+      ELECTRA_CUDA_CHECK(cudaMemsetAsync(own_errors_, 0, sizeof(unsigned), stream_));
+      device_errors_ = own_errors_;
+    }
+    cudnnHandle_t handle = nullptr;
+    ELECTRA_CUDNN_CHECK(cudnnCreate(&handle));
+    handle_ = handle;
+    ELECTRA_CUDNN_CHECK(cudnnSetStream(handle_, stream_));
+  } catch (...) {
+    release();
+    throw;
   }
-  cudnnHandle_t handle = nullptr;
-  ELECTRA_CUDNN_CHECK(cudnnCreate(&handle));
-  handle_ = handle;
-  ELECTRA_CUDNN_CHECK(cudnnSetStream(handle_, stream_));
 }
 
-CudnnSdpa::~CudnnSdpa() {
+CudnnSdpa::~CudnnSdpa() { release(); }
+
+void CudnnSdpa::release() noexcept {
   // No throwing: release everything once queued work that may use the buffers is done.
   cudaSetDevice(device_);
   if (stream_ != nullptr) cudaStreamSynchronize(stream_);
   plans_.clear();
   for (Scratch* s : {&qkv_half_, &out_half_, &dout_half_, &dqkv_half_, &lengths_, &stats_copy_, &workspace_}) {
     if (s->data != nullptr) cudaFree(s->data);
+    *s = Scratch{};
   }
   if (own_errors_ != nullptr) cudaFree(own_errors_);
+  own_errors_ = nullptr;
   if (handle_ != nullptr) cudnnDestroy(handle_);
+  handle_ = nullptr;
 }
 
 void CudnnSdpa::activate() {

@@ -17,14 +17,16 @@
 // backend's next waiting call turns into an electra::Error (results of that call are wrong). A null mask
 // attends to every key. dK and dV of padding keys are exactly 0, as on the CPU.
 //
-// Accuracy: inputs rounded to bf16/fp16, fp32 accumulation and softmax inside cuDNN; expect relative
-// errors around 1e-2 (bf16) against the fp32 CPU backend. Engines that cuDNN marks non-deterministic
-// are used only when no deterministic engine serves the shape (logged once per shape).
+// Accuracy: inputs rounded to bf16/fp16, fp32 accumulation and softmax inside cuDNN; tested to 1e-2
+// norm-wise relative error against the fp32 CPU backend (tests/cuda/sdpa_test.cpp). Engines that cuDNN
+// marks non-deterministic are used only when no deterministic engine serves the shape (logged once).
 //
 // Plans (operation graph, heuristics CUDNN_HEUR_MODE_A with a fallback mode, execution plan, workspace
 // size) are built once per (B, S, H, D, precision, direction) and cached; the workspace and the half
-// buffers grow and are never shrunk. All work is enqueued on the stream given at construction; nothing
-// here waits for the stream except buffer growth (the old buffer may still be in use) and check_errors().
+// buffers grow and are never shrunk. Memory (cudaMalloc, outside the backend's arena, like cuBLAS's and
+// cuDNN's own): 16 bytes per element of [B,S,H,D] for the half copies, plus cuDNN's workspace. All work
+// is enqueued on the stream given at construction; nothing here waits for the stream except buffer
+// growth (the old buffer may still be in use) and check_errors().
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -165,6 +167,7 @@ class CudnnSdpa {
   std::unique_ptr<Plan> build_plan(const sdpa::PlanKey& key, std::string* why);
   void* grow(Scratch& scratch, size_t bytes);
   void activate();
+  void release() noexcept;
   void check_call(const char* op, int B, int S, int H, int D, float dropout);
   Stream stream_struct() const;
   // Stats go through an aligned copy when the caller's pointer is not 16-byte aligned (cuDNN's rule).
