@@ -1,0 +1,76 @@
+// dist.gradient_transport as electra-train users meet it: the key is in the schema with "auto", and
+// values that cannot work on the CPU (or do not exist) are bad input (exit 2) naming the key, on every
+// rank, before any data is read.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <string>
+
+#include "tests/support/programs.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+using electra::test::bin;
+using electra::test::log_of;
+using electra::test::mpirun;
+using electra::test::read_text;
+using electra::test::run;
+
+class TransportConfig : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::path(::testing::TempDir()) / ("electra_transport_" + std::to_string(getpid()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  // electra-train on the CPU with one --set; the data directory does not exist (never reached).
+  std::string train(const std::string& transport, const std::string& launcher = "") const {
+    return launcher + bin("electra-train") + " --device cpu --data " + (dir_ / "no-shards").string() + " --output " +
+           (dir_ / "run").string() + " --set dist.gradient_transport=" + transport;
+  }
+
+  fs::path dir_;
+};
+
+TEST_F(TransportConfig, TheSchemaHasTheKeyWithAuto) {
+  const fs::path log = dir_ / "print.log";
+  ASSERT_EQ(run(bin("electra-train") + " --print-config", log), 0) << log_of(log);
+  const std::string text = read_text(log);
+  const nlohmann::json config = nlohmann::json::parse(text.substr(text.find('{')));
+  EXPECT_EQ(config.at("dist").at("gradient_transport"), "auto") << text;
+}
+
+TEST_F(TransportConfig, DeviceTransportsOnTheCpuAreBadInputNamingTheKey) {
+  for (const std::string transport : {"nccl", "cuda_aware_mpi"}) {
+    const fs::path log = dir_ / (transport + ".log");
+    EXPECT_EQ(run(train(transport), log), 2) << log_of(log);
+    const std::string text = read_text(log);
+    EXPECT_NE(text.find("dist.gradient_transport' = " + transport), std::string::npos) << log_of(log);
+    EXPECT_NE(text.find("--device cuda"), std::string::npos) << log_of(log);
+    EXPECT_FALSE(fs::exists(dir_ / "run" / "checkpoints")) << "nothing may be written";
+  }
+}
+
+TEST_F(TransportConfig, UnknownTransportIsBadInputOnEveryRank) {
+  const fs::path log = dir_ / "unknown.log";
+  EXPECT_EQ(run(train("gloo", mpirun(2)), log), 2) << log_of(log);
+  EXPECT_NE(read_text(log).find("dist.gradient_transport': unknown transport 'gloo'"), std::string::npos)
+      << log_of(log);
+}
+
+TEST_F(TransportConfig, HostAndAutoGetPastTheTransportCheck) {
+  for (const std::string transport : {"host", "auto"}) {
+    const fs::path log = dir_ / (transport + ".log");
+    EXPECT_EQ(run(train(transport), log), 2) << "the missing data is what fails" << log_of(log);
+    EXPECT_EQ(read_text(log).find("gradient_transport"), std::string::npos) << log_of(log);
+    EXPECT_NE(read_text(log).find("no-shards"), std::string::npos) << log_of(log);
+  }
+}
+
+}  // namespace
