@@ -21,10 +21,6 @@
 #include "lib/core/error.h"
 #include "lib/core/log.h"
 #include "lib/dist/gradient_reducer.h"
-#include "lib/dist/gradient_transport.h"
-#if defined(ELECTRA_HAVE_NCCL)
-#include "lib/dist/nccl_reducer.h"
-#endif
 #include "lib/dist/signals.h"
 #include "lib/dist/watchdog.h"
 #include "lib/eval/evaluate.h"
@@ -32,6 +28,7 @@
 #include "lib/model/config.h"
 #include "lib/model/pretrainer.h"
 #include "lib/optim/adamw.h"
+#include "lib/optim/loss_scaler.h"
 #include "lib/train/atomic_file.h"
 #include "lib/train/checkpoint.h"
 #include "lib/train/checkpoint_manager.h"
@@ -67,7 +64,8 @@ int choose_threads(const Config& config, const dist::Communicator& comm) {
   return std::max(1, cores / std::max(1, comm.local_size()));
 }
 
-// GFLOP/s of one large fp32 GEMM on this rank: the denominator of MFU when train.peak_gflops is 0.
+// GFLOP/s of one large GEMM on this rank: the denominator of MFU when train.peak_gflops is 0. It runs in
+// the backend's precision (train.precision: a tensor-core mode measures that mode's dense peak).
 double measure_gemm_gflops(Backend<float>& backend) {
   const int n = 1024;
   std::vector<float> host(static_cast<size_t>(n) * n, 0.5f);
@@ -104,6 +102,13 @@ TensorLayout checkpoint_layout(const ParameterLayout& layout) {
   }
   return out;
 }
+
+// What became of one optimizer step.
+enum class StepResult {
+  kApplied,
+  kOverflow,  // loss scaling: the scaled gradients overflowed, the scale was lowered (an expected event)
+  kSkipped,   // a non-finite loss or gradient: counts toward train.max_skipped_steps
+};
 
 // Counts of one step summed over micro-batches, then over ranks (fixed order: see kMetricNames).
 enum Metric {
@@ -151,15 +156,11 @@ nlohmann::json default_run_config() {
       {"step_timeout", 1800.0},   // seconds one step may take before the watchdog aborts the job
       {"threads", 0},             // CPU threads per rank (0: cores / ranks on the node)
       {"parallel_chunks", 0},     // CPU: batch slices run concurrently, one per thread (0: = threads; 1: off)
-      {"peak_gflops", 0.0},       // per-rank peak for MFU (0: measured with one large GEMM)
+      {"peak_gflops", 0.0},       // per-rank peak for MFU (0: measured with one large GEMM in train.precision)
+      {"precision", "fp32"},      // GEMM/attention arithmetic: fp32 | tf32 | bf16 | fp16 (the last three: cuda only)
       {"tensorboard", true},      // RUN_DIR/tensorboard event files
       {"eval_every", 0},          // evaluate on data.eval_dir every this many steps and at the end (0: off)
       {"eval_batches", 100},      // global batches (of train.batch_size) per evaluation (0: all of data.eval_dir)
-  };
-  config["dist"] = {
-      // auto (nccl on --device cuda with one GPU per rank, else host) | host (MPI on host memory; device
-      // gradients are copied) | nccl | cuda_aware_mpi (MPI on device memory; needs a CUDA-aware MPI)
-      {"gradient_transport", "auto"},
   };
   config["debug"] = {
       // Fault injection for the distributed tests: a non-finite loss gradient on one rank at one step, or
@@ -222,10 +223,9 @@ class Trainer {
   void resume_from(const fs::path& path);
   void save_checkpoint();
   void check_parameters_agree(const char* when);
-  bool train_step(double* metrics);
+  StepResult train_step(double* metrics);
   void log_step(const double* metrics, double step_seconds, double lr, double grad_norm);
   void run_eval();
-  std::unique_ptr<dist::BucketedReducer> make_reducer();
 
   const dist::Communicator& comm_;
   TrainOptions options_;
@@ -237,11 +237,9 @@ class Trainer {
   OptimizerConfig optim_config_;
   std::unique_ptr<ElectraPretrainer<float>> model_;
   std::unique_ptr<AdamW<float>> optimizer_;
-#if defined(ELECTRA_HAVE_NCCL)
-  std::unique_ptr<dist::NcclCommunicator> nccl_;  // dist.gradient_transport = nccl (outlives reducer_)
-#endif
-  dist::GradientTransport transport_ = dist::GradientTransport::kHost;  // dist.gradient_transport, resolved
-  std::unique_ptr<dist::BucketedReducer> reducer_;
+  std::unique_ptr<LossScaler> loss_scaler_;  // optim.loss_scale (dynamic by default with fp16)
+  std::string precision_ = "fp32";           // train.precision
+  std::unique_ptr<dist::GradientReducer> reducer_;
   std::unique_ptr<CheckpointManager> checkpoints_;
   std::unique_ptr<MetricsWriter> metrics_;
   std::unique_ptr<TensorBoardWriter> tensorboard_;
@@ -282,10 +280,6 @@ std::optional<std::string> Trainer::setup() {
     if (options_.output_dir.empty()) fail("--output RUN_DIR is required");
     run_dir_ = options_.output_dir;
     if (options_.device != "cpu" && options_.device != "cuda") fail("--device must be cpu or cuda, got '", options_.device, "'");
-    // Before the data: a transport that cannot work is a config error whatever the data (GPU cases below).
-    const dist::GradientTransport configured_transport =
-        dist::parse_gradient_transport(config_.get<std::string>(dist::kGradientTransportKey));
-    if (options_.device == "cpu") transport_ = dist::resolve_gradient_transport(configured_transport, {.gpu = false});
     const std::string data_dir = config_.get<std::string>("data.dir");
     if (data_dir.empty()) fail("no data: pass --data SHARDS_DIR or set data.dir");
 
@@ -352,25 +346,19 @@ std::optional<std::string> Trainer::setup() {
       ELECTRA_LOG(warning) << "held-out evaluation is off: it needs both train.eval_every > 0 and data.eval_dir";
     }
     optim_config_ = optimizer_config_from_json(config_.at("optim"), total_steps_);
+    precision_ = config_.get<std::string>("train.precision");
+    if (precision_ != "fp32" && precision_ != "tf32" && precision_ != "bf16" && precision_ != "fp16") {
+      fail("config key 'train.precision' must be fp32, tf32, bf16 or fp16, got '", precision_, "'");
+    }
+    if (options_.device == "cpu" && precision_ != "fp32") {
+      fail("config key 'train.precision' = '", precision_, "' needs --device cuda (the CPU backend computes in fp32)");
+    }
+    loss_scaler_ = std::make_unique<LossScaler>(optim_config_.loss_scale, precision_ == "fp16");
     if (seq_length_ > model_config_.discriminator.max_position_embeddings) {
       fail("config key 'data.seq_length' (", seq_length_, ") exceeds model.max_position_embeddings (",
            model_config_.discriminator.max_position_embeddings, ")");
     }
     backend_ = make_backend();
-#if defined(ELECTRA_HAVE_CUDA)
-    if (backend_->device() == DeviceKind::kCuda) {
-      transport_ = dist::resolve_gradient_transport(
-          configured_transport,
-          {.gpu = true, .ranks_on_node = comm_.local_size(), .gpus_on_node = cuda_device_count()});
-    }
-#endif
-    if (transport_ == dist::GradientTransport::kCudaAwareMpi) {
-      const dist::CudaAwareMpiSupport support = dist::query_cuda_aware_mpi();
-      if (!support.available) {
-        fail("config key '", dist::kGradientTransportKey, "' = cuda_aware_mpi: ", support.reason,
-             "; use 'nccl' or 'host'");
-      }
-    }
     model_ = std::make_unique<ElectraPretrainer<float>>(model_config_, *backend_);
     model_->set_attention_impl(attention_impl_);
     // On the CPU, whole row slices per thread beat splitting every op across threads (electra-bench,
@@ -419,7 +407,9 @@ std::unique_ptr<Backend<float>> Trainer::make_backend() const {
 #if defined(ELECTRA_HAVE_CUDA)
   const int gpus = cuda_device_count();
   if (gpus == 0) fail("--device cuda: ", cuda_unavailable_reason());
-  return make_cuda_backend(comm_.local_rank() % gpus);
+  CudaBackendOptions cuda_options;
+  cuda_options.precision = parse_cuda_precision(precision_);
+  return make_cuda_backend(comm_.local_rank() % gpus, cuda_options);
 #else
   fail("--device cuda: this build has no CUDA backend (configure with -DELECTRA_CUDA=ON where nvcc is installed)");
 #endif
@@ -446,6 +436,10 @@ void Trainer::resume_from(const fs::path& path) {
   step_ = state.at("step").get<int64_t>();
   tokens_seen_ = state.value("tokens_seen", int64_t{0});
   skipped_total_ = state.value("skipped_steps", int64_t{0});
+  if (loss_scaler_->restore(state)) {
+    ELECTRA_LOG(info) << "loss scale " << loss_scaler_->scale() << " (" << loss_scaler_->good_steps()
+                      << " finite steps since its last change) from the checkpoint";
+  }
   const uint64_t saved_seed = state.value("seed", seed_);
   if (saved_seed != seed_) {
     ELECTRA_LOG(warning) << "checkpoint seed " << saved_seed << " differs from train.seed " << seed_
@@ -490,9 +484,9 @@ void Trainer::save_checkpoint() {
     content.state = {{"step", step_},
                      {"tokens_seen", tokens_seen_},
                      {"seed", seed_},
-                     {"loss_scale", 1.0},
                      {"skipped_steps", skipped_total_},
                      {"world_size", comm_.world_size()}};
+    content.state.update(loss_scaler_->state());  // loss_scale, loss_scale_mode, loss_scale_good_steps
     content.loader = loader_->state().to_json();
     content.config = config_.json();
     const auto start = Clock::now();
@@ -507,7 +501,7 @@ void Trainer::save_checkpoint() {
 
 // One optimizer step, top to bottom. Returns false when the step was skipped (non-finite somewhere).
 // `metrics` receives this rank's kNumMetrics sums.
-bool Trainer::train_step(double* metrics) {
+StepResult Trainer::train_step(double* metrics) {
   Batch batch = loader_->next();
 
   // Global loss denominators: the gradient summed over ranks is then the global batch's gradient.
@@ -521,6 +515,8 @@ bool Trainer::train_step(double* metrics) {
   context.training = true;
   context.global = GlobalNormalizers{counts[0], counts[1], counts[2]};
   context.copy_outputs = false;
+  const double loss_scale = loss_scaler_->scale();
+  context.loss_scale = static_cast<float>(loss_scale);  // powers of two (or at least >= 1): exact in float
 
   std::fill(metrics, metrics + kNumMetrics, 0.0);
   model_->zero_gradients();
@@ -571,8 +567,20 @@ bool Trainer::train_step(double* metrics) {
   if (!host_gradients_.empty()) backend_->copy_from_host(gradients, host_gradients_.data(), n);
 
   // Every rank must know whether anyone went non-finite before anyone updates.
-  const bool locally_finite = std::isfinite(metrics[kTotalLoss]) && gradients_finite;
+  const bool loss_finite = std::isfinite(metrics[kTotalLoss]);
+  const bool locally_finite = loss_finite && gradients_finite;
   if (!comm_.agree_all(locally_finite)) {
+    // Loss scaling: finite losses everywhere but non-finite (scaled) gradients are an overflow: the scale
+    // goes down and the step is skipped, an expected event. A non-finite loss leaves the scale alone.
+    const bool losses_finite = comm_.agree_all(loss_finite);
+    const LossScaleOutcome outcome = losses_finite ? loss_scaler_->update(false) : LossScaleOutcome::kNonFinite;
+    if (outcome == LossScaleOutcome::kOverflow) {
+      if (comm_.is_root()) {
+        ELECTRA_LOG(info) << "step " << step_ + 1 << ": gradients overflowed at loss scale " << loss_scale
+                          << "; update skipped, loss scale now " << loss_scaler_->scale();
+      }
+      return StepResult::kOverflow;
+    }
     const std::vector<std::string> flags = comm_.gather_strings(locally_finite ? "" : std::to_string(comm_.rank()));
     if (comm_.is_root()) {
       std::string ranks;
@@ -582,14 +590,17 @@ bool Trainer::train_step(double* metrics) {
       ELECTRA_LOG(warning) << "step " << step_ + 1 << ": non-finite loss or gradient on rank(s) " << ranks
                            << "; all ranks skip the update";
     }
-    return false;
+    return StepResult::kSkipped;
   }
 
-  const double grad_norm = optimizer_->gradient_norm(model_->gradients());
-  const OptimizerStepStats stats = optimizer_->step_with_norm(model_->parameters(), model_->gradients(), step_, grad_norm);
+  // Clipping is decided on the true gradient norm; AdamW divides the loss scale out of the update.
+  const double grad_norm = optimizer_->gradient_norm(model_->gradients()) / loss_scale;
+  const OptimizerStepStats stats =
+      optimizer_->step_with_norm(model_->parameters(), model_->gradients(), step_, grad_norm, loss_scale);
+  loss_scaler_->update(true);
   last_lr_ = stats.lr;
   last_grad_norm_ = grad_norm;
-  return true;
+  return StepResult::kApplied;
 }
 
 void Trainer::log_step(const double* metrics, double step_seconds, double lr, double grad_norm) {
@@ -606,7 +617,8 @@ void Trainer::log_step(const double* metrics, double step_seconds, double lr, do
   const double mfu = flops_per_step_ / step_seconds / (peak_gflops_ * 1e9 * comm_.world_size());
   m.extra = {{"replaced_fraction", metrics[kDiscTokens] > 0 ? metrics[kDiscFake] / metrics[kDiscTokens] : 0.0},
              {"step_seconds", step_seconds},
-             {"mfu", mfu}};
+             {"mfu", mfu},
+             {"loss_scale", loss_scaler_->scale()}};  // the scale after the step (what the next one uses)
   if (metrics[kSentenceLoss] != 0) m.extra["sentence_loss"] = metrics[kSentenceLoss];
   const double eta = step_seconds * static_cast<double>(total_steps_ - step_);
   std::ostringstream line;
@@ -616,6 +628,7 @@ void Trainer::log_step(const double* metrics, double step_seconds, double lr, do
        << lr << std::fixed << " | gnorm " << std::setprecision(3) << grad_norm << " | " << std::setprecision(0)
        << m.tokens_per_s << " tok/s | MFU " << std::setprecision(1) << 100.0 * mfu << "% | ETA "
        << format_duration(eta);
+  if (loss_scaler_->enabled()) line << " | loss scale " << std::setprecision(0) << loss_scaler_->scale();
   ELECTRA_LOG(info) << line.str();
   metrics_->write(m);
   if (tensorboard_) tensorboard_->add_step_metrics(m);
@@ -646,48 +659,6 @@ void Trainer::run_eval() {
   if (tensorboard_) tensorboard_->add_scalars(step_, scalars);
 }
 
-// The gradient allreduce of dist.gradient_transport (resolved in setup()). Collective.
-std::unique_ptr<dist::BucketedReducer> Trainer::make_reducer() {
-  // "auto" is resolved per rank: ranks of unlike nodes must still pick the same collectives.
-  const auto chosen = static_cast<int64_t>(transport_);
-  if (comm_.allreduce_min(chosen) != comm_.allreduce_max(chosen)) {
-    fail("config key '", dist::kGradientTransportKey, "': the ranks resolved different transports (rank ", comm_.rank(),
-         ": ", dist::to_string(transport_), "); set it explicitly");
-  }
-  if (comm_.is_root()) {
-    ELECTRA_LOG(info) << "gradient allreduce: " << dist::to_string(transport_) << " (" << dist::kGradientTransportKey
-                      << " = " << config_.get<std::string>(dist::kGradientTransportKey) << ")";
-  }
-  dist::GradientReducerOptions options;
-  options.op = dist::ReduceOp::kSum;  // losses are already normalised by global counts
-  const size_t n = model_->layout().total_size();
-  switch (transport_) {
-    case dist::GradientTransport::kNccl: {
-#if defined(ELECTRA_HAVE_NCCL)
-      nccl_ = std::make_unique<dist::NcclCommunicator>(comm_, cuda_device_of(*backend_));
-      // Half the step timeout: a hung NCCL is reported by name before the watchdog aborts the job.
-      dist::NcclWaitOptions wait;
-      wait.timeout_seconds = config_.get<double>("train.step_timeout") / 2;
-      return std::make_unique<dist::NcclReducer>(*nccl_, *backend_, model_->gradients(), n, options, wait);
-#else
-      fail("config key '", dist::kGradientTransportKey,
-           "' = nccl: this build has no NCCL (configure with -DELECTRA_CUDA=ON)");
-#endif
-    }
-    case dist::GradientTransport::kCudaAwareMpi:
-      // MPI reads the device buffer itself: the backward kernels that wrote a bucket must be finished first.
-      return std::make_unique<dist::GradientReducer>(comm_, std::span<float>(model_->gradients(), n), options,
-                                                     [this] { backend_->synchronize(); });
-    case dist::GradientTransport::kHost:
-    case dist::GradientTransport::kAuto:
-      break;
-  }
-  // MPI reads host memory: device gradients go through a host copy.
-  if (backend_->device() != DeviceKind::kCpu) host_gradients_.resize(n);
-  return std::make_unique<dist::GradientReducer>(
-      comm_, std::span<float>(host_gradients_.empty() ? model_->gradients() : host_gradients_.data(), n), options);
-}
-
 int Trainer::train() {
   const auto run_start = Clock::now();
   const bool root = comm_.is_root();
@@ -706,11 +677,22 @@ int Trainer::train() {
                       << seq_length_ << "; " << loader_->num_examples() << " examples, "
                       << loader_->batches_per_epoch() << " steps per epoch; peak " << std::fixed
                       << std::setprecision(1) << peak_gflops_ << " GFLOP/s per rank";
+    std::ostringstream scaling;
+    scaling << to_string(loss_scaler_->mode());
+    if (loss_scaler_->enabled()) scaling << ", scale " << std::fixed << std::setprecision(0) << loss_scaler_->scale();
+    ELECTRA_LOG(info) << "precision " << precision_ << "; loss scaling " << scaling.str();
   }
 
   check_parameters_agree("at start");
 
-  reducer_ = make_reducer();
+  dist::GradientReducerOptions reduce_options;
+  reduce_options.op = dist::ReduceOp::kSum;  // losses are already normalised by global counts
+  const size_t n = model_->layout().total_size();
+  // MPI reads host memory: device gradients go through a host copy (CUDA-aware MPI / NCCL would avoid it).
+  if (backend_->device() != DeviceKind::kCpu) host_gradients_.resize(n);
+  reducer_ = std::make_unique<dist::GradientReducer>(
+      comm_, std::span<float>(host_gradients_.empty() ? model_->gradients() : host_gradients_.data(), n),
+      reduce_options);
 
   dist::install_stop_signals();
   dist::Watchdog watchdog(config_.get<double>("train.step_timeout"), comm_.rank(), dist::Watchdog::abort_action(comm_));
@@ -742,18 +724,19 @@ int Trainer::train() {
     }
 
     double metrics[kNumMetrics];
-    const bool applied = train_step(metrics);
+    const StepResult result = train_step(metrics);
     ++step_;
     ++steps_this_run;
     tokens_seen_ += static_cast<int64_t>(global_batch_) * seq_length_;
     watchdog.heartbeat(step_);
-    if (applied) {
+    if (result == StepResult::kApplied) {
       skipped_in_a_row_ = 0;
       for (int i = 0; i < kNumMetrics; ++i) window[i] += metrics[i];
       ++window_steps;
     } else {
       ++skipped_total_;
-      if (++skipped_in_a_row_ > max_skipped_) {
+      // Overflow skips of dynamic loss scaling are expected and do not count toward max_skipped_steps.
+      if (result == StepResult::kSkipped && ++skipped_in_a_row_ > max_skipped_) {
         if (root) {
           ELECTRA_LOG(error) << skipped_in_a_row_ << " consecutive non-finite steps (train.max_skipped_steps = "
                              << max_skipped_ << "): stopping without saving the damaged state";

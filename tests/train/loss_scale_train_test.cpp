@@ -1,0 +1,199 @@
+// Loss scaling in electra-train runs on the CPU (optim.loss_scale.*): a fixed power-of-two scale trains
+// bitwise like no scale; an injected non-finite gradient (debug.nan_step) is an overflow that halves a
+// dynamic scale and skips the step without counting toward train.max_skipped_steps; a stop and resume
+// with a dynamic scale continues bitwise exactly, scale and good-step counter included.
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <nlohmann/json.hpp>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "lib/train/checkpoint.h"
+#include "tests/support/programs.h"
+
+namespace fs = std::filesystem;
+
+namespace {
+
+using electra::test::bin;
+using electra::test::log_of;
+using electra::test::mpirun;
+using electra::test::read_metrics;
+using electra::test::read_text;
+using electra::test::run;
+using electra::train::CheckpointFile;
+using electra::train::Section;
+
+fs::path g_root;  // corpus, vocab, shards; run dirs below it
+
+std::string train_command(int np, const fs::path& run_dir, const std::string& extra) {
+  std::ostringstream cmd;
+  cmd << mpirun(np) << bin("electra-train") << electra::test::kSmallModelFlags << " --data " << (g_root / "shards")
+      << " --output " << run_dir << " --set train.steps=8 --set train.checkpoint_every=4 " << extra;
+  return cmd.str();
+}
+
+// Losses and gradient norms bitwise equal, step by step.
+void expect_bitwise_same_trajectory(const std::vector<nlohmann::json>& a, const std::vector<nlohmann::json>& b,
+                                    const std::string& what) {
+  ASSERT_EQ(a.size(), b.size()) << what;
+  for (size_t i = 0; i < a.size(); ++i) {
+    ASSERT_EQ(a[i]["step"], b[i]["step"]) << what;
+    for (const char* key : {"loss", "gen_loss", "disc_loss", "mlm_accuracy", "disc_accuracy", "grad_norm"}) {
+      EXPECT_EQ(a[i][key].get<double>(), b[i][key].get<double>()) << what << ": " << key << " at step " << a[i]["step"];
+    }
+  }
+}
+
+void expect_same_checkpoint_tensors(const fs::path& a_path, const fs::path& b_path) {
+  const CheckpointFile a = CheckpointFile::open(a_path);
+  const CheckpointFile b = CheckpointFile::open(b_path);
+  for (Section section : {Section::kParams, Section::kAdamM, Section::kAdamV}) {
+    const auto tensors = a.tensors(section);
+    ASSERT_EQ(tensors.size(), b.tensors(section).size());
+    for (const auto& t : tensors) {
+      EXPECT_EQ(a.read_tensor(section, t.name), b.read_tensor(section, t.name)) << t.name;
+    }
+  }
+}
+
+std::vector<double> loss_scales(const std::vector<nlohmann::json>& metrics) {
+  std::vector<double> out;
+  for (const auto& m : metrics) out.push_back(m.at("loss_scale").get<double>());
+  return out;
+}
+
+std::vector<int64_t> steps(const std::vector<nlohmann::json>& metrics) {
+  std::vector<int64_t> out;
+  for (const auto& m : metrics) out.push_back(m.at("step").get<int64_t>());
+  return out;
+}
+
+class LossScaleTraining : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    g_root = fs::path(::testing::TempDir()) / ("electra_loss_scale_" + std::to_string(getpid()));
+    fs::remove_all(g_root);
+    electra::test::write_generated_corpus(g_root / "corpus", 2, 30, 11);
+    const fs::path log = g_root / "prepare.log";
+    ASSERT_EQ(run(bin("electra-vocab") + " --input " + (g_root / "corpus").string() + " --vocab-size 120 --output " +
+                      (g_root / "vocab.txt").string(),
+                  log),
+              0)
+        << log_of(log);
+    ASSERT_EQ(
+        run(mpirun(1) + bin("electra-preprocess") + " --input " + (g_root / "corpus").string() + " --vocab " +
+                (g_root / "vocab.txt").string() + " --output " + (g_root / "shards").string() + " --max-seq-length 32",
+            log),
+        0)
+        << log_of(log);
+  }
+  static void TearDownTestSuite() { fs::remove_all(g_root); }
+
+  fs::path run_dir(const std::string& name) {
+    const fs::path dir = g_root / name;
+    fs::remove_all(dir);
+    return dir;
+  }
+};
+
+TEST_F(LossScaleTraining, FixedPowerOfTwoScaleTrainsBitwiseLikeNoScale) {
+  const fs::path plain = run_dir("plain"), scaled = run_dir("scaled");
+  const fs::path log_plain = g_root / "plain.log", log_scaled = g_root / "scaled.log";
+  ASSERT_EQ(run(train_command(1, plain, ""), log_plain), 0) << log_of(log_plain);
+  ASSERT_EQ(
+      run(train_command(1, scaled, "--set optim.loss_scale.mode=fixed --set optim.loss_scale.init=1024"), log_scaled),
+      0)
+      << log_of(log_scaled);
+  const auto a = read_metrics(plain), b = read_metrics(scaled);
+  ASSERT_EQ(a.size(), 8u) << log_of(log_plain);
+  expect_bitwise_same_trajectory(a, b, "no scale vs fixed 1024");
+  EXPECT_EQ(loss_scales(a), std::vector<double>(8, 1.0));
+  EXPECT_EQ(loss_scales(b), std::vector<double>(8, 1024.0));
+  EXPECT_NE(read_text(log_scaled).find("loss scale 1024"), std::string::npos) << log_of(log_scaled);
+  expect_same_checkpoint_tensors(plain / "checkpoints" / "ckpt-00000008.h5",
+                                 scaled / "checkpoints" / "ckpt-00000008.h5");
+}
+
+TEST_F(LossScaleTraining, OverflowHalvesTheDynamicScaleAndSkipsWithoutCountingAsAFailure) {
+  // Two ranks, the non-finite gradient on rank 1 only, no tolerance for failed steps: the overflow must
+  // neither end the run nor let the ranks disagree. Steps are numbered from 1: nan_step=3 is the 4th.
+  const fs::path dir = run_dir("overflow");
+  const fs::path log = g_root / "overflow.log";
+  const std::string dynamic =
+      "--set optim.loss_scale.mode=dynamic --set optim.loss_scale.init=1024 --set optim.loss_scale.growth_interval=2 "
+      "--set train.max_skipped_steps=0 --set debug.nan_step=3 --set debug.nan_rank=1";
+  ASSERT_EQ(run(train_command(2, dir, dynamic), log), 0) << log_of(log);
+  const auto metrics = read_metrics(dir);
+  EXPECT_EQ(steps(metrics), (std::vector<int64_t>{1, 2, 3, 5, 6, 7, 8})) << log_of(log);
+  // The scale after each logged step: doubled after every 2 finite steps in a row, halved at step 4.
+  EXPECT_EQ(loss_scales(metrics), (std::vector<double>{1024, 2048, 2048, 1024, 2048, 2048, 4096})) << log_of(log);
+  EXPECT_NE(read_text(log).find("step 4: gradients overflowed at loss scale 2048"), std::string::npos) << log_of(log);
+  const CheckpointFile ckpt = CheckpointFile::open(dir / "checkpoints" / "ckpt-00000008.h5");
+  EXPECT_EQ(ckpt.state()["loss_scale"].get<double>(), 4096.0);
+  EXPECT_EQ(ckpt.state()["loss_scale_mode"], "dynamic");
+  EXPECT_EQ(ckpt.state()["loss_scale_good_steps"].get<int64_t>(), 0);
+  EXPECT_EQ(ckpt.state()["skipped_steps"].get<int64_t>(), 1);
+  for (const auto& t : ckpt.tensors(Section::kParams)) {
+    for (float x : ckpt.read_tensor(Section::kParams, t.name)) ASSERT_TRUE(std::isfinite(x)) << t.name;
+  }
+
+  // The same fault with a fixed scale is a failed step: max_skipped_steps=0 ends the run (exit 4).
+  const fs::path fixed = run_dir("overflow_fixed");
+  const fs::path log_fixed = g_root / "overflow_fixed.log";
+  EXPECT_EQ(run(train_command(2, fixed,
+                              "--set optim.loss_scale.mode=fixed --set optim.loss_scale.init=1024 "
+                              "--set train.max_skipped_steps=0 --set debug.nan_step=3 --set debug.nan_rank=1"),
+                log_fixed),
+            4)
+      << log_of(log_fixed);
+}
+
+TEST_F(LossScaleTraining, ResumeWithADynamicScaleIsBitwiseExact) {
+  // The scale drops at step 3 and regrows every 3 finite steps; the stop after step 5 falls between
+  // two changes, so the resumed run must carry both the scale and the good-step counter.
+  const std::string dynamic =
+      "--set optim.loss_scale.mode=dynamic --set optim.loss_scale.init=1024 --set optim.loss_scale.growth_interval=3 "
+      "--set debug.nan_step=2 --set debug.nan_rank=0 --set train.steps=10";
+  const fs::path straight = run_dir("straight");
+  const fs::path log = g_root / "straight.log";
+  ASSERT_EQ(run(train_command(1, straight, dynamic), log), 0) << log_of(log);
+
+  const fs::path resumed = run_dir("resumed");
+  const fs::path log1 = g_root / "resumed1.log", log2 = g_root / "resumed2.log";
+  ASSERT_EQ(run(train_command(1, resumed, dynamic + " --stop-after 5"), log1), 3) << log_of(log1);
+  const CheckpointFile stopped = CheckpointFile::open(resumed / "checkpoints" / "ckpt-00000005.h5");
+  EXPECT_EQ(stopped.state()["loss_scale"].get<double>(), 512.0);
+  EXPECT_EQ(stopped.state()["loss_scale_good_steps"].get<int64_t>(), 2);
+  ASSERT_EQ(run(train_command(1, resumed, dynamic + " --resume auto"), log2), 0) << log_of(log2);
+  EXPECT_NE(read_text(log2).find("loss scale 512 (2 finite steps"), std::string::npos) << log_of(log2);
+
+  const auto a = read_metrics(straight), b = read_metrics(resumed);
+  expect_bitwise_same_trajectory(a, b, "straight vs stopped+resumed");
+  EXPECT_EQ(loss_scales(a), loss_scales(b));
+  EXPECT_EQ(loss_scales(a), (std::vector<double>{1024, 1024, 512, 512, 1024, 1024, 1024, 2048, 2048}));
+  expect_same_checkpoint_tensors(straight / "checkpoints" / "ckpt-00000010.h5",
+                                 resumed / "checkpoints" / "ckpt-00000010.h5");
+  const CheckpointFile end_a = CheckpointFile::open(straight / "checkpoints" / "ckpt-00000010.h5");
+  const CheckpointFile end_b = CheckpointFile::open(resumed / "checkpoints" / "ckpt-00000010.h5");
+  EXPECT_EQ(end_a.state()["loss_scale"], end_b.state()["loss_scale"]);
+  EXPECT_EQ(end_a.state()["loss_scale_good_steps"], end_b.state()["loss_scale_good_steps"]);
+}
+
+TEST_F(LossScaleTraining, TensorCorePrecisionsAreRefusedOnTheCpu) {
+  for (const char* precision : {"bf16", "fp16", "tf32", "fp64"}) {
+    const fs::path dir = run_dir(std::string("precision_") + precision);
+    const fs::path log = g_root / (std::string("precision_") + precision + ".log");
+    EXPECT_EQ(run(train_command(1, dir, std::string("--set train.precision=") + precision), log), 2) << log_of(log);
+    EXPECT_NE(read_text(log).find("train.precision"), std::string::npos) << log_of(log);
+  }
+  const fs::path dir = run_dir("precision_fp32");
+  const fs::path log = g_root / "precision_fp32.log";
+  EXPECT_EQ(run(train_command(1, dir, "--set train.precision=fp32 --set train.steps=1"), log), 0) << log_of(log);
+  EXPECT_NE(read_text(log).find("precision fp32; loss scaling off"), std::string::npos) << log_of(log);
+}
+
+}  // namespace
