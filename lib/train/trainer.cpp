@@ -21,6 +21,10 @@
 #include "lib/core/error.h"
 #include "lib/core/log.h"
 #include "lib/dist/gradient_reducer.h"
+#include "lib/dist/gradient_transport.h"
+#if defined(ELECTRA_HAVE_NCCL)
+#include "lib/dist/nccl_reducer.h"
+#endif
 #include "lib/dist/signals.h"
 #include "lib/dist/watchdog.h"
 #include "lib/eval/evaluate.h"
@@ -162,6 +166,11 @@ nlohmann::json default_run_config() {
       {"eval_every", 0},          // evaluate on data.eval_dir every this many steps and at the end (0: off)
       {"eval_batches", 100},      // global batches (of train.batch_size) per evaluation (0: all of data.eval_dir)
   };
+  config["dist"] = {
+      // auto (nccl on --device cuda with one GPU per rank, else host) | host (MPI on host memory; device
+      // gradients are copied) | nccl | cuda_aware_mpi (MPI on device memory; needs a CUDA-aware MPI)
+      {"gradient_transport", "auto"},
+  };
   config["debug"] = {
       // Fault injection for the distributed tests: a non-finite loss gradient on one rank at one step, or
       // an exception thrown on one rank at one step. -1: off.
@@ -226,6 +235,7 @@ class Trainer {
   StepResult train_step(double* metrics);
   void log_step(const double* metrics, double step_seconds, double lr, double grad_norm);
   void run_eval();
+  std::unique_ptr<dist::BucketedReducer> make_reducer();
 
   const dist::Communicator& comm_;
   TrainOptions options_;
@@ -239,7 +249,11 @@ class Trainer {
   std::unique_ptr<AdamW<float>> optimizer_;
   std::unique_ptr<LossScaler> loss_scaler_;  // optim.loss_scale (dynamic by default with fp16)
   std::string precision_ = "fp32";           // train.precision
-  std::unique_ptr<dist::GradientReducer> reducer_;
+#if defined(ELECTRA_HAVE_NCCL)
+  std::unique_ptr<dist::NcclCommunicator> nccl_;  // dist.gradient_transport = nccl (outlives reducer_)
+#endif
+  dist::GradientTransport transport_ = dist::GradientTransport::kHost;  // dist.gradient_transport, resolved
+  std::unique_ptr<dist::BucketedReducer> reducer_;
   std::unique_ptr<CheckpointManager> checkpoints_;
   std::unique_ptr<MetricsWriter> metrics_;
   std::unique_ptr<TensorBoardWriter> tensorboard_;
@@ -280,6 +294,10 @@ std::optional<std::string> Trainer::setup() {
     if (options_.output_dir.empty()) fail("--output RUN_DIR is required");
     run_dir_ = options_.output_dir;
     if (options_.device != "cpu" && options_.device != "cuda") fail("--device must be cpu or cuda, got '", options_.device, "'");
+    // Before the data: a transport that cannot work is a config error whatever the data (GPU cases below).
+    const dist::GradientTransport configured_transport =
+        dist::parse_gradient_transport(config_.get<std::string>(dist::kGradientTransportKey));
+    if (options_.device == "cpu") transport_ = dist::resolve_gradient_transport(configured_transport, {.gpu = false});
     const std::string data_dir = config_.get<std::string>("data.dir");
     if (data_dir.empty()) fail("no data: pass --data SHARDS_DIR or set data.dir");
 
@@ -359,6 +377,20 @@ std::optional<std::string> Trainer::setup() {
            model_config_.discriminator.max_position_embeddings, ")");
     }
     backend_ = make_backend();
+#if defined(ELECTRA_HAVE_CUDA)
+    if (backend_->device() == DeviceKind::kCuda) {
+      transport_ = dist::resolve_gradient_transport(
+          configured_transport,
+          {.gpu = true, .ranks_on_node = comm_.local_size(), .gpus_on_node = cuda_device_count()});
+    }
+#endif
+    if (transport_ == dist::GradientTransport::kCudaAwareMpi) {
+      const dist::CudaAwareMpiSupport support = dist::query_cuda_aware_mpi();
+      if (!support.available) {
+        fail("config key '", dist::kGradientTransportKey, "' = cuda_aware_mpi: ", support.reason,
+             "; use 'nccl' or 'host'");
+      }
+    }
     model_ = std::make_unique<ElectraPretrainer<float>>(model_config_, *backend_);
     model_->set_attention_impl(attention_impl_);
     // On the CPU, whole row slices per thread beat splitting every op across threads (electra-bench,
@@ -659,6 +691,48 @@ void Trainer::run_eval() {
   if (tensorboard_) tensorboard_->add_scalars(step_, scalars);
 }
 
+// The gradient allreduce of dist.gradient_transport (resolved in setup()). Collective.
+std::unique_ptr<dist::BucketedReducer> Trainer::make_reducer() {
+  // "auto" is resolved per rank: ranks of unlike nodes must still pick the same collectives.
+  const auto chosen = static_cast<int64_t>(transport_);
+  if (comm_.allreduce_min(chosen) != comm_.allreduce_max(chosen)) {
+    fail("config key '", dist::kGradientTransportKey, "': the ranks resolved different transports (rank ", comm_.rank(),
+         ": ", dist::to_string(transport_), "); set it explicitly");
+  }
+  if (comm_.is_root()) {
+    ELECTRA_LOG(info) << "gradient allreduce: " << dist::to_string(transport_) << " (" << dist::kGradientTransportKey
+                      << " = " << config_.get<std::string>(dist::kGradientTransportKey) << ")";
+  }
+  dist::GradientReducerOptions options;
+  options.op = dist::ReduceOp::kSum;  // losses are already normalised by global counts
+  const size_t n = model_->layout().total_size();
+  switch (transport_) {
+    case dist::GradientTransport::kNccl: {
+#if defined(ELECTRA_HAVE_NCCL)
+      nccl_ = std::make_unique<dist::NcclCommunicator>(comm_, cuda_device_of(*backend_));
+      // Half the step timeout: a hung NCCL is reported by name before the watchdog aborts the job.
+      dist::NcclWaitOptions wait;
+      wait.timeout_seconds = config_.get<double>("train.step_timeout") / 2;
+      return std::make_unique<dist::NcclReducer>(*nccl_, *backend_, model_->gradients(), n, options, wait);
+#else
+      fail("config key '", dist::kGradientTransportKey,
+           "' = nccl: this build has no NCCL (configure with -DELECTRA_CUDA=ON)");
+#endif
+    }
+    case dist::GradientTransport::kCudaAwareMpi:
+      // MPI reads the device buffer itself: the backward kernels that wrote a bucket must be finished first.
+      return std::make_unique<dist::GradientReducer>(comm_, std::span<float>(model_->gradients(), n), options,
+                                                     [this] { backend_->synchronize(); });
+    case dist::GradientTransport::kHost:
+    case dist::GradientTransport::kAuto:
+      break;
+  }
+  // MPI reads host memory: device gradients go through a host copy.
+  if (backend_->device() != DeviceKind::kCpu) host_gradients_.resize(n);
+  return std::make_unique<dist::GradientReducer>(
+      comm_, std::span<float>(host_gradients_.empty() ? model_->gradients() : host_gradients_.data(), n), options);
+}
+
 int Trainer::train() {
   const auto run_start = Clock::now();
   const bool root = comm_.is_root();
@@ -685,14 +759,7 @@ int Trainer::train() {
 
   check_parameters_agree("at start");
 
-  dist::GradientReducerOptions reduce_options;
-  reduce_options.op = dist::ReduceOp::kSum;  // losses are already normalised by global counts
-  const size_t n = model_->layout().total_size();
-  // MPI reads host memory: device gradients go through a host copy (CUDA-aware MPI / NCCL would avoid it).
-  if (backend_->device() != DeviceKind::kCpu) host_gradients_.resize(n);
-  reducer_ = std::make_unique<dist::GradientReducer>(
-      comm_, std::span<float>(host_gradients_.empty() ? model_->gradients() : host_gradients_.data(), n),
-      reduce_options);
+  reducer_ = make_reducer();
 
   dist::install_stop_signals();
   dist::Watchdog watchdog(config_.get<double>("train.step_timeout"), comm_.rank(), dist::Watchdog::abort_action(comm_));
