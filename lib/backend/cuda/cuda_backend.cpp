@@ -16,6 +16,7 @@
 #include "lib/backend/cuda/cuda_check.h"
 #include "lib/backend/cuda/elementwise_math.h"
 #include "lib/backend/cuda/kernels.h"
+#include "lib/backend/cuda/sdpa_cudnn.h"
 #include "lib/core/error.h"
 #include "lib/core/log.h"
 
@@ -125,6 +126,7 @@ class CudaBackend final : public Backend<float> {
     // No throwing here: report nothing, release everything.
     cudaSetDevice(device_);
     if (stream_.stream != nullptr) cudaStreamSynchronize(stream_.stream);
+    sdpa_.reset();  // its cuDNN handle is bound to the stream
     if (cublas_ != nullptr) cublasDestroy(cublas_);
     if (arena_memory_ != nullptr) cudaFree(arena_memory_);  // the workspace and every buffer live in it
     if (stream_.errors != nullptr) cudaFree(stream_.errors);
@@ -411,6 +413,89 @@ class CudaBackend final : public Backend<float> {
     }
   }
 
+  // ---- fused attention ----
+  // Our kernels serve every valid shape: per head, the scores of all B examples go into a [B,S,S] slice of
+  // the workspace (the only quadratic memory, shared by every layer), the row kernels of
+  // attention_fused.cu turn them into probabilities (and stats), and the dropout keep bits are drawn
+  // again from the key, exactly attention_forward's. In the bf16/fp16 modes cuDNN SDPA takes the calls
+  // it supports instead (dropout 0; sdpa_cudnn.h).
+  bool fused_attention_supported(int B, int S, int H, int D, float dropout) const override {
+    return B >= 0 && S > 0 && H > 0 && D > 0 && dropout >= 0.0f && dropout < 1.0f;
+  }
+  void fused_attention_forward(float* context, float* stats, const float* qkv, const int32_t* mask, int B, int S, int H,
+                               int D, float dropout, const DropoutKey& key) override {
+    check_attention_shape(B, S, H, D, dropout, "fused_attention_forward");
+    ELECTRA_CHECK(dropout == 0.0f || key.elements_per_example > 0,
+                  "fused_attention_forward: elements_per_example is 0");
+    if (B == 0) return;
+    activate();
+    if (cuda::CudnnSdpa* sdpa = sdpa_for(B, S, H, D, dropout)) {
+      sdpa->forward(context, stats, qkv, mask, B, S, H, D, dropout, key);
+      return;
+    }
+    const int ld_qkv = 3 * H * D, ld_ctx = H * D;
+    const long long SS = static_cast<long long>(S) * S;
+    const long long qkv_batch = static_cast<long long>(S) * ld_qkv, ctx_batch = static_cast<long long>(S) * ld_ctx;
+    const float score_scale = 1.0f / std::sqrt(static_cast<float>(D));
+    float* p = workspace<float>(static_cast<size_t>(B) * SS);  // head h's [B,S,S]
+    for (int h = 0; h < H; ++h) {
+      const float* q = qkv + static_cast<size_t>(h) * D;
+      const float* k = q + static_cast<size_t>(H) * D;
+      const float* v = q + 2 * static_cast<size_t>(H) * D;
+      gemm_strided_batched(Transpose::kNo, Transpose::kYes, S, S, D, score_scale, q, ld_qkv, qkv_batch, k, ld_qkv,
+                           qkv_batch, 0.0f, p, S, SS, B);
+      cuda::fused_attention_softmax_forward(stream_, p, stats, mask, B, H, S, h, dropout, key);
+      gemm_strided_batched(Transpose::kNo, Transpose::kNo, S, D, S, 1.0f, p, S, SS, v, ld_qkv, qkv_batch, 0.0f,
+                           context + static_cast<size_t>(h) * D, ld_ctx, ctx_batch, B);
+    }
+  }
+  void fused_attention_backward(float* dqkv, const float* dcontext, const float* qkv, const float* context,
+                                const float* stats, const int32_t* mask, int B, int S, int H, int D, float dropout,
+                                const DropoutKey& key) override {
+    check_attention_shape(B, S, H, D, dropout, "fused_attention_backward");
+    ELECTRA_CHECK(dropout == 0.0f || key.elements_per_example > 0,
+                  "fused_attention_backward: elements_per_example is 0");
+    if (B == 0) return;
+    activate();
+    if (cuda::CudnnSdpa* sdpa = sdpa_for(B, S, H, D, dropout)) {
+      sdpa->backward(dqkv, dcontext, qkv, context, stats, mask, B, S, H, D, dropout, key);
+      return;
+    }
+    const int ld_qkv = 3 * H * D, ld_ctx = H * D;
+    const long long SS = static_cast<long long>(S) * S;
+    const long long qkv_batch = static_cast<long long>(S) * ld_qkv, ctx_batch = static_cast<long long>(S) * ld_ctx;
+    const float score_scale = 1.0f / std::sqrt(static_cast<float>(D));
+    // Head h's probabilities, and its dropped probabilities then d(scores): two [B,S,S] slices.
+    float* p = workspace<float>(2 * static_cast<size_t>(B) * SS);
+    float* ds = p + static_cast<size_t>(B) * SS;
+    for (int h = 0; h < H; ++h) {
+      const size_t off = static_cast<size_t>(h) * D, HD = static_cast<size_t>(H) * D;
+      const float* q = qkv + off;
+      const float* k = q + HD;
+      const float* v = q + 2 * HD;
+      float* dq = dqkv + off;
+      float* dk = dq + HD;
+      float* dv = dq + 2 * HD;
+      const float* dctx = dcontext + off;
+      gemm_strided_batched(Transpose::kNo, Transpose::kYes, S, S, D, score_scale, q, ld_qkv, qkv_batch, k, ld_qkv,
+                           qkv_batch, 0.0f, p, S, SS, B);
+      cuda::fused_attention_recompute(stream_, p, dropout > 0.0f ? ds : nullptr, stats, mask, B, H, S, h, dropout, key);
+      // dv = attend^T dctx
+      const float* attend = dropout > 0.0f ? ds : p;
+      gemm_strided_batched(Transpose::kYes, Transpose::kNo, S, D, S, 1.0f, attend, S, SS, dctx, ld_ctx, ctx_batch, 0.0f,
+                           dv, ld_qkv, qkv_batch, B);
+      // d(attend) = dctx v^T, then through dropout and softmax.
+      gemm_strided_batched(Transpose::kNo, Transpose::kYes, S, S, D, 1.0f, dctx, ld_ctx, ctx_batch, v, ld_qkv,
+                           qkv_batch, 0.0f, ds, S, SS, B);
+      cuda::fused_attention_softmax_backward(stream_, ds, p, B, H, S, h, dropout, key, score_scale);
+      // dq = ds k; dk = ds^T q
+      gemm_strided_batched(Transpose::kNo, Transpose::kNo, S, D, S, 1.0f, ds, S, SS, k, ld_qkv, qkv_batch, 0.0f, dq,
+                           ld_qkv, qkv_batch, B);
+      gemm_strided_batched(Transpose::kYes, Transpose::kNo, S, D, S, 1.0f, ds, S, SS, q, ld_qkv, qkv_batch, 0.0f, dk,
+                           ld_qkv, qkv_batch, B);
+    }
+  }
+
   // ---- losses and sampling ----
   void softmax_cross_entropy(float* loss, float* dlogits, int32_t* argmax, const float* logits, const int32_t* labels,
                              const float* grad_scale, int rows, int V) override {
@@ -539,6 +624,14 @@ class CudaBackend final : public Backend<float> {
     }
   }
 
+  // cuDNN SDPA when the precision mode is bf16/fp16 and it serves this call, else null (our kernels).
+  // Forward and backward ask with the same arguments and get the same answer (CudnnSdpa caches it).
+  cuda::CudnnSdpa* sdpa_for(int B, int S, int H, int D, float dropout) {
+    if (precision_ != CudaPrecision::kBf16 && precision_ != CudaPrecision::kFp16) return nullptr;
+    if (!sdpa_) sdpa_ = std::make_unique<cuda::CudnnSdpa>(stream_.stream, precision_, stream_.errors);
+    return sdpa_->supported(B, S, H, D, dropout) ? sdpa_.get() : nullptr;
+  }
+
   // Device scratch of at least n elements of E, valid until the next call that asks for workspace. Ops
   // run in stream order, so one op's scratch is free again once the next op is enqueued behind it.
   template <typename E>
@@ -590,6 +683,7 @@ class CudaBackend final : public Backend<float> {
   std::unique_ptr<cuda::Arena> arena_;
   void* workspace_ = nullptr;  // an arena block
   size_t workspace_bytes_ = 0;
+  std::unique_ptr<cuda::CudnnSdpa> sdpa_;  // bf16/fp16 modes: created by the first fused attention call
 };
 
 CudaBackend& as_cuda(Backend<float>& backend) {

@@ -84,6 +84,22 @@ void attention_apply_keep(const Stream& s, float* dropped, const float* probs, c
 void attention_softmax_backward(const Stream& s, float* ds, const float* probs, const uint8_t* keep, int B, int H,
                                 int S, int h, float keep_scale, float score_scale);
 
+// ---- attention_fused.cu: the row kernels of the own fused attention ----
+// One head h at a time on a [B,S,S] slice (not the whole [B,H,S,S]); keep bits are regenerated from the
+// key at the [B,H,S,S] element indices attention_forward uses, never stored. stats [B,H,S] (backend.h).
+// probs holds head h's scaled scores; on return its probabilities times keep / (1 - dropout); stats
+// of head h written.
+void fused_attention_softmax_forward(const Stream& s, float* probs, float* stats, const int32_t* mask, int B, int H,
+                                     int S, int h, float dropout, const DropoutKey& key);
+// probs holds head h's scaled scores; on return exp(score - stats) (0 for masked keys); dropped (may be
+// null) gets the probabilities times keep / (1 - dropout).
+void fused_attention_recompute(const Stream& s, float* probs, float* dropped, const float* stats, const int32_t* mask,
+                               int B, int H, int S, int h, float dropout, const DropoutKey& key);
+// ds holds d(dropped probabilities) of head h; on return d(scores) = p * (dp - sum_j p dp) * score_scale
+// with dp = ds * keep / (1 - dropout).
+void fused_attention_softmax_backward(const Stream& s, float* ds, const float* probs, int B, int H, int S, int h,
+                                      float dropout, const DropoutKey& key, float score_scale);
+
 // ---- embedding.cu ----
 void embedding_forward(const Stream& s, float* out, const int32_t* ids, const int32_t* type_ids,
                        const float* word_table, const float* position_table, const float* type_table, int B, int S,
