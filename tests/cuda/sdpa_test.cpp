@@ -149,6 +149,10 @@ TEST_P(CudaSdpa, MatchesCpuAtHeadSize128) { compare(2, 64, 2, 128, {50, 64}, 41)
 TEST_P(CudaSdpa, SupportRules) {
   cuda::CudnnSdpa sdpa(stream, GetParam());
   EXPECT_TRUE(sdpa.supported(2, 128, 4, 64, 0.0f));
+  EXPECT_TRUE(sdpa.forward_supported(2, 128, 4, 64, 0.0f));
+  EXPECT_TRUE(sdpa.backward_supported(2, 128, 4, 64, 0.0f));
+  EXPECT_FALSE(sdpa.forward_supported(2, 128, 4, 64, 0.1f));
+  EXPECT_FALSE(sdpa.backward_supported(2, 128, 4, 64, 0.1f));
   EXPECT_FALSE(sdpa.supported(2, 128, 4, 64, 0.1f));  // no dropout in the unified SDPA operation
   EXPECT_FALSE(sdpa.supported(2, 128, 4, 60, 0.0f));  // head size not a multiple of 8
   EXPECT_FALSE(sdpa.supported(2, 128, 4, 256, 0.0f));

@@ -427,35 +427,42 @@ const CudnnSdpa::PlanEntry& CudnnSdpa::plan_entry(const sdpa::PlanKey& key) {
   return plans_.emplace(key, std::move(entry)).first->second;
 }
 
-bool CudnnSdpa::supported(int B, int S, int H, int D, float dropout) noexcept {
+bool CudnnSdpa::direction_supported(bool backward, int B, int S, int H, int D, float dropout) noexcept {
   try {
     if (!sdpa::unsupported_reason(precision_, compute_major_, B, S, H, D, dropout).empty()) return false;
-    return plan_entry({B, S, H, D, precision_, false}).plan != nullptr &&
-           plan_entry({B, S, H, D, precision_, true}).plan != nullptr;
+    return plan_entry({B, S, H, D, precision_, backward}).plan != nullptr;
   } catch (...) {
     return false;
   }
 }
 
-void CudnnSdpa::check_call(const char* op, int B, int S, int H, int D, float dropout) {
+bool CudnnSdpa::forward_supported(int B, int S, int H, int D, float dropout) noexcept {
+  return direction_supported(false, B, S, H, D, dropout);
+}
+
+bool CudnnSdpa::backward_supported(int B, int S, int H, int D, float dropout) noexcept {
+  return direction_supported(true, B, S, H, D, dropout);
+}
+
+bool CudnnSdpa::supported(int B, int S, int H, int D, float dropout) noexcept {
+  return forward_supported(B, S, H, D, dropout) && backward_supported(B, S, H, D, dropout);
+}
+
+const CudnnSdpa::Plan& CudnnSdpa::plan_for(const char* op, bool backward, int B, int S, int H, int D, float dropout) {
   std::string why = sdpa::unsupported_reason(precision_, compute_major_, B, S, H, D, dropout);
   if (why.empty()) {
-    for (const bool backward : {false, true}) {
-      const PlanEntry& entry = plan_entry({B, S, H, D, precision_, backward});
-      if (entry.plan == nullptr && why.empty()) why = entry.why;
-    }
+    const PlanEntry& entry = plan_entry({B, S, H, D, precision_, backward});
+    if (entry.plan != nullptr) return *entry.plan;
+    why = entry.why;
   }
-  if (!why.empty()) {
-    fail(op, ": cuDNN SDPA does not serve B=", B, " S=", S, " H=", H, " D=", D, " dropout=", dropout, ": ", why);
-  }
+  fail(op, ": cuDNN SDPA does not serve B=", B, " S=", S, " H=", H, " D=", D, " dropout=", dropout, ": ", why);
 }
 
 void CudnnSdpa::forward(float* context, float* stats, const float* qkv, const int32_t* mask, int B, int S, int H, int D,
                         float dropout, const DropoutKey& key) {
   (void)key;  // no dropout
-  check_call("CudnnSdpa::forward", B, S, H, D, dropout);
+  const Plan& plan = plan_for("CudnnSdpa::forward", false, B, S, H, D, dropout);
   activate();
-  const Plan& plan = *plan_entry({B, S, H, D, precision_, false}).plan;
   const Stream s = stream_struct();
   const size_t qkv_n = 3 * static_cast<size_t>(B) * S * H * D, ctx_n = qkv_n / 3;
   const size_t stats_n = static_cast<size_t>(B) * H * S;
@@ -495,9 +502,8 @@ void CudnnSdpa::forward(float* context, float* stats, const float* qkv, const in
 void CudnnSdpa::backward(float* dqkv, const float* dcontext, const float* qkv, const float* context, const float* stats,
                          const int32_t* mask, int B, int S, int H, int D, float dropout, const DropoutKey& key) {
   (void)key;  // no dropout
-  check_call("CudnnSdpa::backward", B, S, H, D, dropout);
+  const Plan& plan = plan_for("CudnnSdpa::backward", true, B, S, H, D, dropout);
   activate();
-  const Plan& plan = *plan_entry({B, S, H, D, precision_, true}).plan;
   const Stream s = stream_struct();
   const size_t qkv_n = 3 * static_cast<size_t>(B) * S * H * D, ctx_n = qkv_n / 3;
   const size_t stats_n = static_cast<size_t>(B) * H * S;

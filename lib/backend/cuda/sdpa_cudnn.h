@@ -139,9 +139,14 @@ class CudnnSdpa {
   // per shape; the answer and the plans are cached). Never throws; a "no" is logged once with cuDNN's
   // reason.
   bool supported(int B, int S, int H, int D, float dropout) noexcept;
+  // The same for one direction. forward's stats are the plain natural-log log-sum-exp, so a caller may
+  // pair a cuDNN forward with its own fused backward (or the reverse) when cuDNN serves only one.
+  bool forward_supported(int B, int S, int H, int D, float dropout) noexcept;
+  bool backward_supported(int B, int S, int H, int D, float dropout) noexcept;
 
-  // Backend<float>::fused_attention_forward / _backward (backend.h) for shapes supported() accepts (fails
-  // naming the shape and cuDNN's reason otherwise). `key` is unused: no dropout.
+  // Backend<float>::fused_attention_forward / _backward (backend.h) for shapes forward_supported() /
+  // backward_supported() accept (fail naming the shape and cuDNN's reason otherwise). `key` is unused: no
+  // dropout.
   void forward(float* context, float* stats, const float* qkv, const int32_t* mask, int B, int S, int H, int D,
                float dropout, const DropoutKey& key);
   void backward(float* dqkv, const float* dcontext, const float* qkv, const float* context, const float* stats,
@@ -168,7 +173,9 @@ class CudnnSdpa {
   void* grow(Scratch& scratch, size_t bytes);
   void activate();
   void release() noexcept;
-  void check_call(const char* op, int B, int S, int H, int D, float dropout);
+  bool direction_supported(bool backward, int B, int S, int H, int D, float dropout) noexcept;
+  // The plan of this call; fails naming op, the shape and why cuDNN does not serve it.
+  const Plan& plan_for(const char* op, bool backward, int B, int S, int H, int D, float dropout);
   Stream stream_struct() const;
   // Stats go through an aligned copy when the caller's pointer is not 16-byte aligned (cuDNN's rule).
   float* aligned_stats(float* stats, size_t n);
