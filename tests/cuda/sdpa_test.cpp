@@ -89,7 +89,8 @@ class CudaSdpa : public ::testing::TestWithParam<CudaPrecision> {
     SCOPED_TRACE(testing::Message() << "B=" << B << " S=" << S << " H=" << H << " D=" << D << " "
                                     << to_string(GetParam()));
     cuda::CudnnSdpa sdpa(stream, GetParam());
-    ASSERT_TRUE(sdpa.supported(B, S, H, D, 0.0f));
+    ASSERT_TRUE(sdpa.supported(B, S, H, D, 0.0f)) << "forward: " << sdpa.why_unsupported(false, B, S, H, D, 0.0f)
+                                                  << "; backward: " << sdpa.why_unsupported(true, B, S, H, D, 0.0f);
     const size_t qkv_n = 3ull * B * S * H * D, ctx_n = qkv_n / 3, stats_n = static_cast<size_t>(B) * H * S;
     const std::vector<float> qkv = cast<float>(random_values(qkv_n, seed, -2.0, 2.0));
     const std::vector<float> dcontext = cast<float>(random_values(ctx_n, seed + 1));
@@ -148,7 +149,9 @@ TEST_P(CudaSdpa, MatchesCpuAtHeadSize128) { compare(2, 64, 2, 128, {50, 64}, 41)
 
 TEST_P(CudaSdpa, SupportRules) {
   cuda::CudnnSdpa sdpa(stream, GetParam());
-  EXPECT_TRUE(sdpa.supported(2, 128, 4, 64, 0.0f));
+  EXPECT_TRUE(sdpa.supported(2, 128, 4, 64, 0.0f)) << sdpa.why_unsupported(true, 2, 128, 4, 64, 0.0f);
+  EXPECT_EQ(sdpa.why_unsupported(false, 2, 128, 4, 64, 0.0f), "");
+  EXPECT_NE(sdpa.why_unsupported(false, 2, 128, 4, 64, 0.1f).find("dropout"), std::string::npos);
   EXPECT_TRUE(sdpa.forward_supported(2, 128, 4, 64, 0.0f));
   EXPECT_TRUE(sdpa.backward_supported(2, 128, 4, 64, 0.0f));
   EXPECT_FALSE(sdpa.forward_supported(2, 128, 4, 64, 0.1f));
@@ -169,7 +172,7 @@ TEST_P(CudaSdpa, SupportRules) {
 TEST_P(CudaSdpa, FlagsMasksThatAreNotRightPadding) {
   const int B = 2, S = 16, H = 1, D = 16;
   cuda::CudnnSdpa sdpa(stream, GetParam());  // with its own error word, read by check_errors
-  ASSERT_TRUE(sdpa.supported(B, S, H, D, 0.0f));
+  ASSERT_TRUE(sdpa.forward_supported(B, S, H, D, 0.0f)) << sdpa.why_unsupported(false, B, S, H, D, 0.0f);
   DeviceBuffer<float> qkv = up(cast<float>(random_values(3ull * B * S * H * D, 5)));
   DeviceBuffer<float> context(*gpu, static_cast<size_t>(B) * S * H * D), stats(*gpu, static_cast<size_t>(B) * H * S);
   std::vector<int32_t> good(B * S, 1), holed(B * S, 1);

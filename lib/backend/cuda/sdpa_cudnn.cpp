@@ -444,6 +444,16 @@ bool CudnnSdpa::backward_supported(int B, int S, int H, int D, float dropout) no
   return direction_supported(true, B, S, H, D, dropout);
 }
 
+std::string CudnnSdpa::why_unsupported(bool backward, int B, int S, int H, int D, float dropout) noexcept {
+  try {
+    std::string why = sdpa::unsupported_reason(precision_, compute_major_, B, S, H, D, dropout);
+    if (!why.empty()) return why;
+    return plan_entry({B, S, H, D, precision_, backward}).why;
+  } catch (...) {
+    return "unknown (an exception while asking)";
+  }
+}
+
 bool CudnnSdpa::supported(int B, int S, int H, int D, float dropout) noexcept {
   return forward_supported(B, S, H, D, dropout) && backward_supported(B, S, H, D, dropout);
 }

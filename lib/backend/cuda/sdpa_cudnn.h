@@ -143,6 +143,8 @@ class CudnnSdpa {
   // pair a cuDNN forward with its own fused backward (or the reverse) when cuDNN serves only one.
   bool forward_supported(int B, int S, int H, int D, float dropout) noexcept;
   bool backward_supported(int B, int S, int H, int D, float dropout) noexcept;
+  // Why a direction is not served: the broken rule or cuDNN's own message ("" when it is served).
+  std::string why_unsupported(bool backward, int B, int S, int H, int D, float dropout) noexcept;
 
   // Backend<float>::fused_attention_forward / _backward (backend.h) for shapes forward_supported() /
   // backward_supported() accept (fail naming the shape and cuDNN's reason otherwise). `key` is unused: no
