@@ -1,9 +1,13 @@
 #include "lib/dist/gradient_transport.h"
 
 #include <mpi.h>
+#include <unistd.h>
 #if __has_include(<mpi-ext.h>)
 #include <mpi-ext.h>
 #endif
+
+#include <cstdio>
+#include <map>
 
 #include "lib/core/error.h"
 
@@ -33,10 +37,9 @@ std::string to_string(GradientTransport transport) {
 }
 
 GradientTransport resolve_gradient_transport(GradientTransport configured, const TransportSituation& situation) {
-  const bool own_gpu = situation.gpus_on_node >= situation.ranks_on_node;
   switch (configured) {
     case GradientTransport::kAuto:
-      return situation.gpu && own_gpu ? GradientTransport::kNccl : GradientTransport::kHost;
+      return situation.gpu && situation.shared_gpu.empty() ? GradientTransport::kNccl : GradientTransport::kHost;
     case GradientTransport::kHost:
       return GradientTransport::kHost;
     case GradientTransport::kNccl:
@@ -45,14 +48,33 @@ GradientTransport resolve_gradient_transport(GradientTransport configured, const
         fail("config key '", kGradientTransportKey, "' = ", to_string(configured),
              " reduces device buffers and needs --device cuda; on the CPU use 'host' or 'auto'");
       }
-      if (configured == GradientTransport::kNccl && !own_gpu) {
-        fail("config key '", kGradientTransportKey, "' = nccl needs one GPU per rank, but ", situation.ranks_on_node,
-             " ranks on this node share ", situation.gpus_on_node,
-             " GPU(s) (NCCL refuses two ranks on one GPU); use 'host' or fewer ranks per node");
+      if (configured == GradientTransport::kNccl && !situation.shared_gpu.empty()) {
+        fail("config key '", kGradientTransportKey, "' = nccl needs one GPU per rank, but ", situation.shared_gpu,
+             " (NCCL refuses two ranks on one GPU); use 'host' or one rank per GPU");
       }
       return configured;
   }
   return GradientTransport::kHost;
+}
+
+std::string describe_shared_gpu(const std::vector<std::string>& gpu_ids) {
+  std::map<std::string, size_t> first_rank;
+  for (size_t rank = 0; rank < gpu_ids.size(); ++rank) {
+    const auto [it, inserted] = first_rank.emplace(gpu_ids[rank], rank);
+    if (!inserted) {
+      return "ranks " + std::to_string(it->second) + " and " + std::to_string(rank) + " share GPU " + gpu_ids[rank];
+    }
+  }
+  return "";
+}
+
+std::string find_shared_gpus(const Communicator& comm, const std::string& pci_bus_id) {
+  char host[256] = {};
+  if (gethostname(host, sizeof(host) - 1) != 0) std::snprintf(host, sizeof(host), "?");
+  const std::vector<std::string> ids = comm.gather_strings(pci_bus_id + " on " + host);
+  std::string shared = comm.is_root() ? describe_shared_gpu(ids) : "";
+  comm.broadcast(shared);
+  return shared;
 }
 
 CudaAwareMpiSupport query_cuda_aware_mpi() noexcept {

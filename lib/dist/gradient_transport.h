@@ -7,6 +7,9 @@
 #pragma once
 
 #include <string>
+#include <vector>
+
+#include "lib/dist/communicator.h"
 
 namespace electra::dist {
 
@@ -18,17 +21,25 @@ enum class GradientTransport { kAuto, kHost, kNccl, kCudaAwareMpi };
 GradientTransport parse_gradient_transport(const std::string& name);
 std::string to_string(GradientTransport transport);
 
-// What the choice depends on, as seen by one rank.
+// What the choice depends on.
 struct TransportSituation {
-  bool gpu = false;       // the rank trains on a GPU (--device cuda)
-  int ranks_on_node = 1;  // ranks sharing this node (Communicator::local_size)
-  int gpus_on_node = 0;   // CUDA devices visible to this rank
+  bool gpu = false;        // the ranks train on GPUs (--device cuda)
+  std::string shared_gpu;  // "" when every rank has its own GPU, else which ranks share one (find_shared_gpus)
 };
 
 // The transport to use (never kAuto). Fails naming the key when nccl or cuda_aware_mpi is asked for on
-// the CPU, and when nccl is asked for with more ranks than GPUs on the node (NCCL refuses two ranks on one
-// GPU). Whether MPI is CUDA-aware is not checked here: see query_cuda_aware_mpi.
+// the CPU, and when nccl is asked for while ranks share a GPU (NCCL refuses two ranks on one GPU).
+// Whether MPI is CUDA-aware is not checked here: see query_cuda_aware_mpi.
 GradientTransport resolve_gradient_transport(GradientTransport configured, const TransportSituation& situation);
+
+// "" when the ids are distinct, else "ranks 0 and 2 share GPU <id>" for the first repeated id.
+// `gpu_ids[r]` names rank r's GPU uniquely across the job (node name and PCI bus id).
+std::string describe_shared_gpu(const std::vector<std::string>& gpu_ids);
+
+// Collective: describe_shared_gpu over every rank's "<host name> <pci_bus_id>", the same on every rank.
+// A rank's visible device numbers say nothing here: with one GPU per task (srun --gpus-per-task) every
+// rank sees its own GPU as device 0.
+std::string find_shared_gpus(const Communicator& comm, const std::string& pci_bus_id);
 
 struct CudaAwareMpiSupport {
   bool available = false;

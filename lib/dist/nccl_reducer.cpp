@@ -116,6 +116,12 @@ void NcclCommunicator::abort() noexcept {
   comm_ = nullptr;
 }
 
+std::string cuda_pci_bus_id(int device) {
+  char bus_id[64] = {};
+  NCCL_REDUCER_CUDA_CHECK("cuda_pci_bus_id", cudaDeviceGetPCIBusId(bus_id, sizeof(bus_id), device));
+  return bus_id;
+}
+
 // ---- NcclReducer ----
 
 struct NcclReducer::CudaObjects {

@@ -13,6 +13,7 @@
 
 #include <cstddef>
 #include <memory>
+#include <string>
 
 #include "lib/backend/backend.h"
 #include "lib/dist/bucketed_reducer.h"
@@ -53,6 +54,10 @@ class NcclCommunicator {
   int rank_ = 0;
   int world_size_ = 1;
 };
+
+// The PCI bus id of CUDA device `device` ("0000:3b:00.0"): names a GPU across processes whatever
+// CUDA_VISIBLE_DEVICES says (for find_shared_gpus, gradient_transport.h).
+std::string cuda_pci_bus_id(int device);
 
 struct NcclWaitOptions {
   // Longest host wait for one step's reductions before NCCL is declared hung (communicator aborted, the

@@ -252,7 +252,8 @@ class Trainer {
 #if defined(ELECTRA_HAVE_NCCL)
   std::unique_ptr<dist::NcclCommunicator> nccl_;  // dist.gradient_transport = nccl (outlives reducer_)
 #endif
-  dist::GradientTransport transport_ = dist::GradientTransport::kHost;  // dist.gradient_transport, resolved
+  dist::GradientTransport configured_transport_ = dist::GradientTransport::kAuto;  // dist.gradient_transport
+  dist::GradientTransport transport_ = dist::GradientTransport::kHost;             // what it resolved to
   std::unique_ptr<dist::BucketedReducer> reducer_;
   std::unique_ptr<CheckpointManager> checkpoints_;
   std::unique_ptr<MetricsWriter> metrics_;
@@ -295,9 +296,10 @@ std::optional<std::string> Trainer::setup() {
     run_dir_ = options_.output_dir;
     if (options_.device != "cpu" && options_.device != "cuda") fail("--device must be cpu or cuda, got '", options_.device, "'");
     // Before the data: a transport that cannot work is a config error whatever the data (GPU cases below).
-    const dist::GradientTransport configured_transport =
-        dist::parse_gradient_transport(config_.get<std::string>(dist::kGradientTransportKey));
-    if (options_.device == "cpu") transport_ = dist::resolve_gradient_transport(configured_transport, {.gpu = false});
+    // On GPUs this is provisional: make_reducer() checks that no two ranks share a GPU (a collective).
+    configured_transport_ = dist::parse_gradient_transport(config_.get<std::string>(dist::kGradientTransportKey));
+    transport_ =
+        dist::resolve_gradient_transport(configured_transport_, {.gpu = options_.device == "cuda", .shared_gpu = ""});
     const std::string data_dir = config_.get<std::string>("data.dir");
     if (data_dir.empty()) fail("no data: pass --data SHARDS_DIR or set data.dir");
 
@@ -377,13 +379,6 @@ std::optional<std::string> Trainer::setup() {
            model_config_.discriminator.max_position_embeddings, ")");
     }
     backend_ = make_backend();
-#if defined(ELECTRA_HAVE_CUDA)
-    if (backend_->device() == DeviceKind::kCuda) {
-      transport_ = dist::resolve_gradient_transport(
-          configured_transport,
-          {.gpu = true, .ranks_on_node = comm_.local_size(), .gpus_on_node = cuda_device_count()});
-    }
-#endif
     if (transport_ == dist::GradientTransport::kCudaAwareMpi) {
       const dist::CudaAwareMpiSupport support = dist::query_cuda_aware_mpi();
       if (!support.available) {
@@ -693,6 +688,14 @@ void Trainer::run_eval() {
 
 // The gradient allreduce of dist.gradient_transport (resolved in setup()). Collective.
 std::unique_ptr<dist::BucketedReducer> Trainer::make_reducer() {
+#if defined(ELECTRA_HAVE_NCCL)
+  // NCCL refuses two ranks on one GPU; auto then falls back to the host path, an explicit nccl fails.
+  if (transport_ == dist::GradientTransport::kNccl) {
+    const std::string shared = dist::find_shared_gpus(comm_, dist::cuda_pci_bus_id(cuda_device_of(*backend_)));
+    transport_ = dist::resolve_gradient_transport(configured_transport_, {.gpu = true, .shared_gpu = shared});
+    if (!shared.empty() && comm_.is_root()) ELECTRA_LOG(warning) << shared << ": NCCL cannot be used";
+  }
+#endif
   // "auto" is resolved per rank: ranks of unlike nodes must still pick the same collectives.
   const auto chosen = static_cast<int64_t>(transport_);
   if (comm_.allreduce_min(chosen) != comm_.allreduce_max(chosen)) {

@@ -23,5 +23,18 @@ TEST(CudaAwareMpi, QueryIsCoherentOnEveryRank) {
   EXPECT_TRUE(yes == 0 || yes == world().world_size()) << yes << " ranks say CUDA-aware";
 }
 
+// The description is made on rank 0 and broadcast: every rank gets the same answer.
+TEST(SharedGpus, FoundAcrossRanksTheSameEverywhere) {
+  const Communicator& comm = world();
+  EXPECT_EQ(find_shared_gpus(comm, "bus-" + std::to_string(comm.rank())), "");
+  const std::string shared = find_shared_gpus(comm, "bus-" + std::to_string(comm.rank() / 2));
+  if (comm.world_size() == 1) {
+    EXPECT_EQ(shared, "");
+  } else {
+    EXPECT_EQ(shared.find("ranks 0 and 1 share GPU bus-0 on "), 0u) << shared;
+  }
+  EXPECT_TRUE(testing::identical_on_all_ranks(std::span<const char>(shared.data(), shared.size())));
+}
+
 }  // namespace
 }  // namespace electra::dist

@@ -37,32 +37,43 @@ TEST(GradientTransport, ParsesEveryNameAndRejectsOthersNamingTheKey) {
 }
 
 TEST(GradientTransport, AutoIsNcclOnOwnGpusAndHostOtherwise) {
-  EXPECT_EQ(resolve_gradient_transport(GradientTransport::kAuto, {.gpu = false, .ranks_on_node = 2, .gpus_on_node = 4}),
+  const std::string shared = "ranks 0 and 1 share GPU 0000:3b:00.0 on a";
+  EXPECT_EQ(resolve_gradient_transport(GradientTransport::kAuto, {.gpu = false, .shared_gpu = ""}),
             GradientTransport::kHost);
-  EXPECT_EQ(resolve_gradient_transport(GradientTransport::kAuto, {.gpu = true, .ranks_on_node = 4, .gpus_on_node = 4}),
-            GradientTransport::kNccl);
-  EXPECT_EQ(resolve_gradient_transport(GradientTransport::kAuto, {.gpu = true, .ranks_on_node = 1, .gpus_on_node = 8}),
+  EXPECT_EQ(resolve_gradient_transport(GradientTransport::kAuto, {.gpu = true, .shared_gpu = ""}),
             GradientTransport::kNccl);
   // NCCL refuses two ranks on one GPU: auto falls back to the host path.
-  EXPECT_EQ(resolve_gradient_transport(GradientTransport::kAuto, {.gpu = true, .ranks_on_node = 2, .gpus_on_node = 1}),
+  EXPECT_EQ(resolve_gradient_transport(GradientTransport::kAuto, {.gpu = true, .shared_gpu = shared}),
             GradientTransport::kHost);
-  EXPECT_EQ(resolve_gradient_transport(GradientTransport::kHost, {.gpu = true, .ranks_on_node = 1, .gpus_on_node = 1}),
+  EXPECT_EQ(resolve_gradient_transport(GradientTransport::kHost, {.gpu = true, .shared_gpu = ""}),
             GradientTransport::kHost);
-  EXPECT_EQ(resolve_gradient_transport(GradientTransport::kCudaAwareMpi,
-                                       {.gpu = true, .ranks_on_node = 3, .gpus_on_node = 1}),
+  EXPECT_EQ(resolve_gradient_transport(GradientTransport::kHost, {.gpu = false, .shared_gpu = ""}),
+            GradientTransport::kHost);
+  EXPECT_EQ(resolve_gradient_transport(GradientTransport::kNccl, {.gpu = true, .shared_gpu = ""}),
+            GradientTransport::kNccl);
+  EXPECT_EQ(resolve_gradient_transport(GradientTransport::kCudaAwareMpi, {.gpu = true, .shared_gpu = shared}),
             GradientTransport::kCudaAwareMpi);
 }
 
 TEST(GradientTransport, DeviceTransportsOnTheCpuOrSharedGpusFailNamingTheKey) {
   for (GradientTransport t : {GradientTransport::kNccl, GradientTransport::kCudaAwareMpi}) {
-    const std::string message = error_of(t, {.gpu = false, .ranks_on_node = 1, .gpus_on_node = 1});
+    const std::string message = error_of(t, {.gpu = false, .shared_gpu = ""});
     EXPECT_NE(message.find("dist.gradient_transport"), std::string::npos) << message;
     EXPECT_NE(message.find(to_string(t)), std::string::npos) << message;
     EXPECT_NE(message.find("--device cuda"), std::string::npos) << message;
   }
-  const std::string shared = error_of(GradientTransport::kNccl, {.gpu = true, .ranks_on_node = 3, .gpus_on_node = 2});
-  EXPECT_NE(shared.find("dist.gradient_transport"), std::string::npos) << shared;
-  EXPECT_NE(shared.find("3 ranks on this node share 2 GPU(s)"), std::string::npos) << shared;
+  const std::string message =
+      error_of(GradientTransport::kNccl, {.gpu = true, .shared_gpu = "ranks 0 and 1 share GPU 0000:3b:00.0 on a"});
+  EXPECT_NE(message.find("dist.gradient_transport"), std::string::npos) << message;
+  EXPECT_NE(message.find("ranks 0 and 1 share GPU 0000:3b:00.0 on a"), std::string::npos) << message;
+}
+
+TEST(GradientTransport, DescribesTheFirstSharedGpu) {
+  EXPECT_EQ(describe_shared_gpu({}), "");
+  EXPECT_EQ(describe_shared_gpu({"0000:3b:00.0 on a"}), "");
+  // The same bus id on two nodes is two GPUs.
+  EXPECT_EQ(describe_shared_gpu({"0000:3b:00.0 on a", "0000:3b:00.0 on b", "0000:5e:00.0 on a"}), "");
+  EXPECT_EQ(describe_shared_gpu({"x on a", "y on a", "z on a", "y on a", "x on a"}), "ranks 1 and 3 share GPU y on a");
 }
 
 }  // namespace
