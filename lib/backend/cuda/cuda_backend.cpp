@@ -16,6 +16,7 @@
 #include "lib/backend/cuda/cuda_check.h"
 #include "lib/backend/cuda/elementwise_math.h"
 #include "lib/backend/cuda/kernels.h"
+#include "lib/backend/cuda/lt_matmul.h"
 #include "lib/backend/cuda/sdpa_cudnn.h"
 #include "lib/core/error.h"
 #include "lib/core/log.h"
@@ -118,6 +119,7 @@ class CudaBackend final : public Backend<float> {
     }
     ELECTRA_CUBLAS_CHECK(cublasSetMathMode(
         cublas_, precision_ == CudaPrecision::kFp32 ? CUBLAS_DEFAULT_MATH : CUBLAS_TF32_TENSOR_OP_MATH));
+    lt_ = std::make_unique<cuda::LtMatmul>(compute_, stream_.stream, device_);  // same compute type as cuBLAS
     create_arena(options);
     ELECTRA_CUDA_CHECK(cudaStreamSynchronize(stream_.stream));
   }
@@ -127,6 +129,7 @@ class CudaBackend final : public Backend<float> {
     cudaSetDevice(device_);
     if (stream_.stream != nullptr) cudaStreamSynchronize(stream_.stream);
     sdpa_.reset();  // its cuDNN handle is bound to the stream
+    lt_.reset();  // its workspace and descriptors
     if (cublas_ != nullptr) cublasDestroy(cublas_);
     if (arena_memory_ != nullptr) cudaFree(arena_memory_);  // the workspace and every buffer live in it
     if (stream_.errors != nullptr) cudaFree(stream_.errors);
@@ -207,12 +210,18 @@ class CudaBackend final : public Backend<float> {
     ELECTRA_CHECK(rows >= 0 && in > 0 && out > 0, "linear_forward: bad shape rows=", rows, " in=", in, " out=", out);
     if (rows == 0) return;
     activate();
+    // Column-major (cuBLAS) view: y^T [out, rows] = W [out, in] x^T [in, rows]; W is stored as W^T
+    // [in, out] there, hence op(A) = T. The bias is the BIAS epilogue (one vector per row of y^T).
+    // The activation that usually follows is not fused: see lt_matmul.h (erf GELU, not tanh).
+    if (lt_->matmul(CUBLAS_OP_T, CUBLAS_OP_N, out, rows, in, 1.0f, weight, in, x, in, 0.0f, y, out, bias)) return;
+    // No cuBLASLt algorithm for this shape with the epilogue: start from the bias and add the GEMM onto
+    // it, as the CPU backend does.
     float beta = 0.0f;
     if (bias != nullptr) {
-      // Start from the bias so the GEMM adds onto it, as the CPU backend.
       cuda::broadcast_rows(stream_, y, bias, rows, out);
       beta = 1.0f;
     }
+    if (lt_->matmul(CUBLAS_OP_T, CUBLAS_OP_N, out, rows, in, 1.0f, weight, in, x, in, beta, y, out, nullptr)) return;
     gemm(Transpose::kNo, Transpose::kYes, rows, out, in, 1.0f, x, in, weight, in, beta, y, out);
   }
   void linear_backward(float* dx, float* dweight, float* dbias, const float* dy, const float* x, const float* weight,
@@ -220,10 +229,21 @@ class CudaBackend final : public Backend<float> {
     ELECTRA_CHECK(rows >= 0 && in > 0 && out > 0, "linear_backward: bad shape rows=", rows, " in=", in, " out=", out);
     if (rows == 0) return;
     activate();
-    if (dx != nullptr) gemm(Transpose::kNo, Transpose::kNo, rows, in, out, 1.0f, dy, out, weight, in, 0.0f, dx, in);
-    if (dweight != nullptr) {
+    // dx^T [in, rows] = W^T [in, out] dy^T [out, rows] (column-major; W^T is W's storage).
+    if (dx != nullptr && !lt_->matmul(CUBLAS_OP_N, CUBLAS_OP_N, in, rows, out, 1.0f, weight, in, dy, out, 0.0f, dx, in,
+                                      nullptr)) {
+      gemm(Transpose::kNo, Transpose::kNo, rows, in, out, 1.0f, dy, out, weight, in, 0.0f, dx, in);
+    }
+    // dW^T [in, out] += x^T [in, rows] dy [rows, out] (beta = 1: parameter gradients accumulate).
+    if (dweight != nullptr && !lt_->matmul(CUBLAS_OP_N, CUBLAS_OP_T, in, out, rows, 1.0f, x, in, dy, out, 1.0f,
+                                           dweight, in, nullptr)) {
       gemm(Transpose::kYes, Transpose::kNo, out, in, rows, 1.0f, dy, out, x, in, 1.0f, dweight, in);
     }
+    // The bias gradient stays our column-sum kernel rather than the BGRADB epilogue of the dW GEMM: the
+    // epilogue overwrites its output (our contract accumulates, so it would need a scratch vector and an
+    // extra kernel), in bf16/fp16 modes it would sum dy rounded to 16 bits, and its summation order is
+    // not documented; the kernel sums fp32 dy in a fixed order (bitwise reproducible) for one extra read
+    // of dy, small next to the GEMM's.
     if (dbias != nullptr) {
       float* partials = workspace<float>(cuda::column_partials(rows, out));
       cuda::column_sums_accumulate(stream_, dbias, dy, rows, out, partials);
@@ -677,6 +697,7 @@ class CudaBackend final : public Backend<float> {
   cuda::Stream stream_;
   cublasHandle_t cublas_ = nullptr;
   cublasComputeType_t compute_ = CUBLAS_COMPUTE_32F;
+  std::unique_ptr<cuda::LtMatmul> lt_;  // linear layers: cuBLASLt with the bias epilogue
   unsigned* host_errors_ = nullptr;  // pinned
   double* host_double_ = nullptr;    // pinned
   void* arena_memory_ = nullptr;     // the arena's cudaMalloc
