@@ -4,8 +4,12 @@
 // Skips without a GPU.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstring>
+#include <memory>
+#include <string>
 #include <vector>
 
 #include "lib/backend/backend.h"
@@ -85,7 +89,8 @@ class CudaSdpa : public ::testing::TestWithParam<CudaPrecision> {
 
   // Forward and backward on both backends; checks the three outputs norm-wise and the padding keys'
   // gradients exactly.
-  void compare(int B, int S, int H, int D, const std::vector<int>& lengths, uint64_t seed) {
+  // stats_offset > 0 puts stats off cuDNN's 16-byte alignment (the class stages it through a copy).
+  void compare(int B, int S, int H, int D, const std::vector<int>& lengths, uint64_t seed, size_t stats_offset = 0) {
     SCOPED_TRACE(testing::Message() << "B=" << B << " S=" << S << " H=" << H << " D=" << D << " "
                                     << to_string(GetParam()));
     cuda::CudnnSdpa sdpa(stream, GetParam());
@@ -110,12 +115,15 @@ class CudaSdpa : public ::testing::TestWithParam<CudaPrecision> {
     // GPU: cuDNN.
     DeviceBuffer<float> d_qkv = up(qkv), d_dcontext = up(dcontext);
     DeviceBuffer<float, int32_t> d_mask = up(mask);
-    DeviceBuffer<float> d_context(*gpu, ctx_n), d_stats(*gpu, stats_n), d_dqkv(*gpu, qkv_n);
-    sdpa.forward(d_context.data(), d_stats.data(), d_qkv.data(), d_mask.data(), B, S, H, D, 0.0f, key);
-    sdpa.backward(d_dqkv.data(), d_dcontext.data(), d_qkv.data(), d_context.data(), d_stats.data(), d_mask.data(), B, S,
-                  H, D, 0.0f, key);
+    DeviceBuffer<float> d_context(*gpu, ctx_n), d_stats_buffer(*gpu, stats_n + stats_offset), d_dqkv(*gpu, qkv_n);
+    float* d_stats = d_stats_buffer.data() + stats_offset;
+    sdpa.forward(d_context.data(), d_stats, d_qkv.data(), d_mask.data(), B, S, H, D, 0.0f, key);
+    sdpa.backward(d_dqkv.data(), d_dcontext.data(), d_qkv.data(), d_context.data(), d_stats, d_mask.data(), B, S, H, D,
+                  0.0f, key);
     EXPECT_NO_THROW(sdpa.check_errors());  // the masks are right padding
-    const std::vector<float> context = down(d_context), stats = down(d_stats), dqkv = down(d_dqkv);
+    const std::vector<float> context = down(d_context), dqkv = down(d_dqkv);
+    std::vector<float> stats = down(d_stats_buffer);
+    stats.erase(stats.begin(), stats.begin() + static_cast<std::ptrdiff_t>(stats_offset));
 
     EXPECT_LE(normwise_error(context, to_double(context_ref)), 1e-2);
     EXPECT_LE(normwise_error(stats, stats_ref), 1e-2);
@@ -129,8 +137,8 @@ class CudaSdpa : public ::testing::TestWithParam<CudaPrecision> {
 
     // Same inputs, same plan: the same bits.
     DeviceBuffer<float> d_dqkv2(*gpu, qkv_n);
-    sdpa.backward(d_dqkv2.data(), d_dcontext.data(), d_qkv.data(), d_context.data(), d_stats.data(), d_mask.data(), B,
-                  S, H, D, 0.0f, key);
+    sdpa.backward(d_dqkv2.data(), d_dcontext.data(), d_qkv.data(), d_context.data(), d_stats, d_mask.data(), B, S, H, D,
+                  0.0f, key);
     const std::vector<float> dqkv2 = down(d_dqkv2);
     EXPECT_EQ(std::memcmp(dqkv.data(), dqkv2.data(), qkv_n * sizeof(float)), 0) << "backward is not reproducible";
   }
@@ -142,6 +150,8 @@ class CudaSdpa : public ::testing::TestWithParam<CudaPrecision> {
 TEST_P(CudaSdpa, MatchesCpuWithoutPadding) { compare(2, 32, 2, 32, {32, 32}, 11); }
 
 TEST_P(CudaSdpa, MatchesCpuWithPadding) { compare(3, 77, 4, 64, {77, 40, 1}, 21); }
+
+TEST_P(CudaSdpa, MatchesCpuWithUnalignedStats) { compare(2, 48, 2, 32, {48, 30}, 51, /*stats_offset=*/1); }
 
 TEST_P(CudaSdpa, MatchesCpuAtElectraSmallShape) { compare(4, 128, 4, 64, {128, 100, 17, 64}, 31); }
 
