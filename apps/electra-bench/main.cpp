@@ -36,10 +36,20 @@ int main(int argc, char** argv) {
                  "except on the CPU)")
       ->check(CLI::IsMember({"auto", "materialized", "fused"}))
       ->capture_default_str();
+  app.add_option("--precision", o.precision,
+                 "GEMM/attention arithmetic: fp32 | tf32 | bf16 | fp16 (tensor-core modes need --device cuda; the "
+                 "peak GEMM runs in the same mode; fp16 uses dynamic loss scaling)")
+      ->check(CLI::IsMember({"fp32", "tf32", "bf16", "fp16"}))
+      ->capture_default_str();
   app.add_flag("--no-overlap", no_overlap, "allreduce after backward instead of overlapping it (MPI only)");
   app.add_flag("--json", json, "print one JSON line instead of text");
   CLI11_PARSE(app, argc, argv);
   o.overlap = !no_overlap;
+  if (o.precision != "fp32" && o.device != "cuda") {
+    std::cerr << "electra-bench: --precision " << o.precision
+              << " needs --device cuda (the CPU backend computes in fp32)\n";
+    return 2;
+  }
   if (o.device == "cuda") {
     const std::string why = electra::bench::cuda_unavailable_reason();
     if (!why.empty()) {

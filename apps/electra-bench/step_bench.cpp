@@ -20,6 +20,7 @@
 #include "lib/dist/gradient_reducer.h"
 #include "lib/model/pretrainer.h"
 #include "lib/optim/adamw.h"
+#include "lib/optim/loss_scaler.h"
 
 #ifdef ELECTRA_BENCH_HAVE_CUDA
 #include "lib/backend/cuda/cuda_backend.h"
@@ -214,6 +215,12 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
     // GradientReducer hands host pointers to MPI; device gradients would need NCCL or CUDA-aware MPI.
     if (comm.world_size() > 1) fail("--device cuda: one rank only (the device-gradient allreduce is not wired)");
   }
+  if (o.precision != "fp32" && o.precision != "tf32" && o.precision != "bf16" && o.precision != "fp16") {
+    fail("--precision ", o.precision, ": expected fp32, tf32, bf16 or fp16");
+  }
+  if (!cuda && o.precision != "fp32") {
+    fail("--precision ", o.precision, " needs --device cuda (the CPU backend computes in fp32)");
+  }
   if (o.steps <= 0 || o.warmup < 0) fail("--steps must be positive and --warmup >= 0");
   const int ranks = comm.world_size();
   if (o.batch <= 0 || o.batch % ranks != 0) {
@@ -240,7 +247,11 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
   omp_set_num_threads(threads);
   std::unique_ptr<Backend<float>> backend;
 #ifdef ELECTRA_BENCH_HAVE_CUDA
-  if (cuda) backend = make_cuda_backend(comm.local_rank() % cuda_device_count());
+  if (cuda) {
+    CudaBackendOptions cuda_options;
+    cuda_options.precision = parse_cuda_precision(o.precision);
+    backend = make_cuda_backend(comm.local_rank() % cuda_device_count(), cuda_options);
+  }
 #endif
   if (!backend) backend = make_cpu_backend<float>();
 
@@ -254,6 +265,7 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
   optim.warmup_steps = 0;  // a non-zero learning rate from the first step
   optim.total_steps = 1000000;
   AdamW<float> optimizer(optim, net.layout(), *backend);
+  LossScaler loss_scaler(LossScaleConfig{}, o.precision == "fp16");  // dynamic for fp16, else off
   const size_t n_params = net.layout().total_size();
 
   std::unique_ptr<dist::GradientReducer> reducer;
@@ -292,6 +304,8 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
     ctx.training = true;
     ctx.global = global;
     ctx.copy_outputs = false;
+    const double loss_scale = loss_scaler.scale();
+    ctx.loss_scale = static_cast<float>(loss_scale);
     if (o.breakdown) {
       clock.start_step();
       ctx.hooks.on_phase = [&](StepPhase p) {
@@ -329,8 +343,11 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
       reduce_s = seconds(t0, Clock::now()) + reduce_in_hooks;
     }
     if (o.breakdown) clock.mark("optimizer");
-    const double norm = optimizer.gradient_norm(net.gradients());
-    optimizer.step_with_norm(net.parameters(), net.gradients(), static_cast<long long>(i), norm);
+    const double norm = optimizer.gradient_norm(net.gradients()) / loss_scale;
+    // As electra-train: an overflow of the scaled gradients skips the update and lowers the scale.
+    if (loss_scaler.update(std::isfinite(norm)) == LossScaleOutcome::kApply) {
+      optimizer.step_with_norm(net.parameters(), net.gradients(), static_cast<long long>(i), norm, loss_scale);
+    }
     backend->synchronize();
     if (o.breakdown) clock.mark("end");
     const double local = seconds(start, Clock::now());
@@ -366,6 +383,8 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
   r.overlap = o.overlap;
   r.recompute_ffn = o.recompute_ffn;
   r.attention = o.attention;
+  r.precision = o.precision;
+  r.loss_scale = loss_scaler.scale();
   r.median_step_s = median(step_times);
   r.min_step_s = *std::min_element(step_times.begin(), step_times.end());
   r.max_step_s = *std::max_element(step_times.begin(), step_times.end());
@@ -392,16 +411,16 @@ std::string format_text(const StepBenchResult& r) {
     << "; E " << r.model.embedding_size() << ", V " << r.model.vocab_size << "), " << std::setprecision(2)
     << r.parameters / 1e6 << "M parameters\n";
   s << "  batch " << r.batch << " x seq " << r.seq << ", " << r.predictions << " predictions per row; " << r.ranks
-    << " rank(s) x " << r.threads << " thread(s), " << r.chunks << " parallel chunk(s), " << r.backend << ", attention "
-    << r.attention << "\n";
+    << " rank(s) x " << r.threads << " thread(s), " << r.chunks << " parallel chunk(s), " << r.backend << ", precision "
+    << r.precision << ", attention " << r.attention << "\n";
   s << std::setprecision(1);
   s << "  step        median " << 1e3 * r.median_step_s << " ms (min " << 1e3 * r.min_step_s << ", max "
     << 1e3 * r.max_step_s << ") over " << r.steps << " steps after " << r.warmup << " warm-up; CPU "
     << 1e3 * r.cpu_s_per_step << " ms per step\n";
   s << "  throughput  " << std::setprecision(0) << r.tokens_per_s << " tokens/s, " << std::setprecision(1)
     << r.model_gflops << " model GFLOP/s (" << std::setprecision(2) << r.flops_per_step / 1e9 << " GFLOP per step)\n";
-  s << "  GEMM peak   " << std::setprecision(1) << r.peak_gflops_per_rank << " GFLOP/s per rank (sgemm, " << r.threads
-    << " thread(s)): " << 100.0 * r.peak_fraction << "% of peak\n";
+  s << "  GEMM peak   " << std::setprecision(1) << r.peak_gflops_per_rank << " GFLOP/s per rank (" << r.precision
+    << " GEMM, " << r.threads << " thread(s)): " << 100.0 * r.peak_fraction << "% of peak\n";
   s << "  peak RSS    " << std::setprecision(0) << r.peak_rss_mib << " MiB" << (r.ranks > 1 ? " (largest rank)" : "")
     << "\n";
   if (r.ranks > 1) {
@@ -442,6 +461,8 @@ nlohmann::json to_json(const StepBenchResult& r) {
                         {"overlap", r.overlap},
                         {"recompute_ffn", r.recompute_ffn},
                         {"attention", r.attention},
+                        {"precision", r.precision},
+                        {"loss_scale", r.loss_scale},
                         {"median_step_s", r.median_step_s},
                         {"min_step_s", r.min_step_s},
                         {"max_step_s", r.max_step_s},

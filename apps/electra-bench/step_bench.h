@@ -35,6 +35,10 @@ struct StepBenchOptions {
   int peak_gemm_size = 2048;  // n of the n x n x n sgemm that measures the peak
   // ElectraPretrainer::set_attention_impl: auto | materialized | fused
   std::string attention = "auto";
+  // GEMM/attention arithmetic: fp32 | tf32 | bf16 | fp16 (the last three: --device cuda). The peak GEMM
+  // runs in the same mode, so the peak fraction is against that mode's dense peak. fp16 trains with
+  // dynamic loss scaling, as electra-train does.
+  std::string precision = "fp32";
 };
 
 // Time of one phase of the step: the median over the timed steps, and the mean.
@@ -52,6 +56,8 @@ struct StepBenchResult {
   size_t parameters = 0;
   bool overlap = true, recompute_ffn = false;
   std::string attention = "auto";  // the --attention asked for (auto: fused except on the CPU)
+  std::string precision = "fp32";  // the --precision
+  double loss_scale = 1.0;         // the loss scale after the last step (fp16: dynamic)
   // Per step (the slowest rank's time at each step; medians over the timed steps).
   double median_step_s = 0.0, min_step_s = 0.0, max_step_s = 0.0;
   double cpu_s_per_step = 0.0;  // process CPU time (user + system) per timed step, summed over ranks
@@ -80,7 +86,8 @@ std::string cuda_unavailable_reason();
 // replaces the vocabulary size.
 PretrainerConfig resolve_model(const std::string& config, int vocab, int* default_seq);
 
-// GFLOP/s of one n x n x n sgemm through `backend` with the current thread count (best of `reps`).
+// GFLOP/s of one n x n x n GEMM through `backend` (in its precision) with the current thread count (best
+// of `reps`).
 double measure_sgemm_gflops(Backend<float>& backend, int n, int reps = 3);
 
 }  // namespace electra::bench

@@ -14,6 +14,16 @@ if(TARGET electra-bench)
   set_tests_properties(BenchSmoke.ElectraBenchTwoRanks PROPERTIES LABELS bench_smoke TIMEOUT 120
     ENVIRONMENT "OMPI_MCA_rmaps_base_oversubscribe=1;ELECTRA_SKIP_SLURM_CHECK=1"
     PASS_REGULAR_EXPRESSION "2 rank\\(s\\) x 1 thread.*allreduce +[0-9.]+ ms per step \\([0-9.]+% of the step; overlapped")
+  # Tensor-core precisions are a CUDA matter: refused on the CPU with exit code 2; fp32 is reported.
+  add_test(NAME BenchSmoke.ElectraBenchPrecisionNeedsCuda
+    COMMAND sh -c "\"$0\" --precision bf16; echo \"exit=$?\"" $<TARGET_FILE:electra-bench>)
+  set_tests_properties(BenchSmoke.ElectraBenchPrecisionNeedsCuda PROPERTIES LABELS bench_smoke TIMEOUT 60
+    PASS_REGULAR_EXPRESSION "--precision bf16 needs --device cuda.*exit=2")
+  add_test(NAME BenchSmoke.ElectraBenchReportsPrecision
+    COMMAND $<TARGET_FILE:electra-bench> --config tiny --batch 2 --seq 32 --steps 1 --warmup 0 --threads 1
+            --peak-gemm 64 --precision fp32)
+  set_tests_properties(BenchSmoke.ElectraBenchReportsPrecision PROPERTIES LABELS bench_smoke TIMEOUT 120
+    PASS_REGULAR_EXPRESSION "cpu-float, precision fp32.*GEMM peak +[0-9.]+ GFLOP/s per rank \\(fp32 GEMM")
   # No CUDA backend in this build: a clear message and exit code 2, not a crash.
   if(NOT TARGET electra_backend_cuda)
     add_test(NAME BenchSmoke.ElectraBenchCudaIsRefusedClearly
