@@ -23,6 +23,7 @@
 #include "lib/eval/evaluate.h"
 #include "lib/interop/model_source.h"
 #include "lib/model/pretrainer.h"
+#include "lib/train/device.h"
 
 namespace {
 
@@ -39,6 +40,8 @@ struct Flags {
   int64_t exact_auc_max_tokens = int64_t{1} << 24;
   int threads = 0;
   bool json = false;
+  std::string device = "cpu";
+  electra::DeviceOptions device_options;
 };
 
 // What every rank holds once the inputs are known to be good.
@@ -52,6 +55,8 @@ struct Setup {
 void setup(const Flags& flags, const electra::dist::Communicator& comm, Setup& s) {
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   omp_set_num_threads(flags.threads > 0 ? flags.threads : std::max(1, cores / std::max(1, comm.local_size())));
+  // The device first: a missing GPU is reported before anything is read.
+  s.backend = electra::make_rank_backend(flags.device, comm.local_rank(), flags.device_options);
 
   // The vocabulary the data was made with (its copy in the shards directory) unless --vocab is given;
   // the model's loader checks it against the checkpoint's model.vocab_size and training manifest.
@@ -67,7 +72,6 @@ void setup(const Flags& flags, const electra::dist::Communicator& comm, Setup& s
     electra::fail("the data's vocabulary ", s.loader->vocab().origin(), " is not the model's (", bundle.vocab.origin(),
                   "): token ids would mean different words");
   }
-  s.backend = electra::make_cpu_backend<float>();
   s.model = std::make_unique<electra::ElectraPretrainer<float>>(bundle.config, *s.backend);
   s.model->parameters_from_host(bundle.params);
 }
@@ -131,6 +135,18 @@ int main(int argc, char** argv) {
   app.add_option("--threads", flags.threads, "CPU threads per rank (0: cores / ranks on the node)")
       ->capture_default_str();
   app.add_flag("--json", flags.json, "print one JSON object instead of the table");
+  app.add_option("--device", flags.device, "cpu | cuda (GPU local rank % visible GPUs)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--precision", flags.device_options.precision, "cuda: fp32 | tf32 | bf16 | fp16 GEMM/attention")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"fp32", "tf32", "bf16", "fp16"}));
+  app.add_option("--memory-fraction", flags.device_options.memory_fraction,
+                 "cuda: device-memory arena as a fraction of the free GPU memory")
+      ->capture_default_str();
+  app.add_option("--arena-bytes", flags.device_options.arena_bytes,
+                 "cuda: device-memory arena size (0: use the fraction)")
+      ->capture_default_str();
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -3,16 +3,21 @@
 // Exit codes: 0 done, 1 error (message on stderr), 2 bad flags.
 #include <CLI/CLI.hpp>
 #include <iostream>
+#include <memory>
 #include <string>
 
+#include "lib/backend/backend.h"
 #include "lib/core/log.h"
 #include "lib/interop/model_source.h"
 #include "lib/interop/scorer.h"
+#include "lib/train/device.h"
 
 int main(int argc, char** argv) {
   std::string model_path, vocab;
   bool no_lower_case = false;
   electra::interop::ScoreOptions options;
+  std::string device = "cpu";
+  electra::DeviceOptions device_options;
   CLI::App app{
       "electra-score: score lines of stdin with an ELECTRA discriminator (and fill [MASK]s with the "
       "generator)"};
@@ -22,6 +27,15 @@ int main(int argc, char** argv) {
   app.add_flag("--no-lower-case", no_lower_case, "keep case (default: as the model's tokenizer settings say)");
   app.add_flag("--fill-mask", options.fill_mask, "also print the generator's top-k tokens for each [MASK]");
   app.add_option("--top-k", options.top_k, "candidates per [MASK]")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--device", device, "cpu | cuda (GPU 0, or the local rank's under mpirun)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--precision", device_options.precision, "cuda: fp32 | tf32 | bf16 | fp16 GEMM/attention")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"fp32", "tf32", "bf16", "fp16"}));
+  app.add_option("--memory-fraction", device_options.memory_fraction,
+                 "cuda: device-memory arena as a fraction of the free GPU memory")
+      ->capture_default_str();
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -31,12 +45,15 @@ int main(int argc, char** argv) {
   log_options.console_level = boost::log::trivial::warning;  // stdout carries the JSON lines only
   electra::log::init(log_options);
   try {
+    // The device first: a missing GPU is reported before the model is read.
+    std::unique_ptr<electra::Backend<float>> backend =
+        electra::make_rank_backend(device, electra::local_rank_from_environment(), device_options);
     electra::interop::PretrainerBundle model = electra::interop::load_pretrainer_bundle(model_path, vocab);
     if (no_lower_case) {
       model.tokenizer.lower_case = false;
       model.tokenizer.strip_accents.reset();  // cased: accents kept, as BERT does
     }
-    electra::interop::Scorer scorer(std::move(model));
+    electra::interop::Scorer scorer(std::move(model), std::move(backend));
     std::string line;
     while (std::getline(std::cin, line)) {
       if (!line.empty() && line.back() == '\r') line.pop_back();

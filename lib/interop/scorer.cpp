@@ -43,7 +43,10 @@ std::vector<int32_t> encode_keeping_special_tokens(const text::BertTokenizer& to
   return ids;
 }
 
-Scorer::Scorer(PretrainerBundle model) : model_(std::move(model)) {
+Scorer::Scorer(PretrainerBundle model) : Scorer(std::move(model), make_cpu_backend<float>()) {}
+
+Scorer::Scorer(PretrainerBundle model, std::unique_ptr<Backend<float>> backend) : model_(std::move(model)) {
+  ELECTRA_CHECK(backend != nullptr, "scorer: no backend");
   if (static_cast<int64_t>(model_.vocab.size()) != model_.config.vocab_size) {
     fail("scorer: vocabulary ", model_.vocab.origin(), " has ", model_.vocab.size(), " tokens, the model (",
          model_.source, ") ", model_.config.vocab_size);
@@ -52,7 +55,7 @@ Scorer::Scorer(PretrainerBundle model) : model_(std::move(model)) {
   model_.vocab.sep_id();
   model_.vocab.mask_id();
   tokenizer_ = std::make_unique<text::BertTokenizer>(model_.vocab, model_.tokenizer);
-  backend_ = make_cpu_backend<float>();
+  backend_ = std::move(backend);
   net_ = std::make_unique<ElectraPretrainer<float>>(model_.config, *backend_);
   net_->parameters_from_host(model_.params);
 }

@@ -57,8 +57,10 @@ struct ScoreOptions {
 
 class Scorer {
  public:
-  // Takes the model; fails when the vocabulary does not fit it or lacks [CLS]/[SEP]/[MASK]/[UNK].
+  // Takes the model; fails when the vocabulary does not fit it or lacks [CLS]/[SEP]/[MASK]/[UNK]. Runs on
+  // `backend` (electra-score --device), the CPU backend by default.
   explicit Scorer(PretrainerBundle model);
+  Scorer(PretrainerBundle model, std::unique_ptr<Backend<float>> backend);
   ~Scorer();
   Scorer(const Scorer&) = delete;
   Scorer& operator=(const Scorer&) = delete;

@@ -36,6 +36,7 @@
 #include "lib/train/atomic_file.h"
 #include "lib/train/checkpoint.h"
 #include "lib/train/checkpoint_manager.h"
+#include "lib/train/device.h"
 #include "lib/train/metrics.h"
 #include "lib/train/tensorboard.h"
 
@@ -166,6 +167,10 @@ nlohmann::json default_run_config() {
       {"eval_every", 0},          // evaluate on data.eval_dir every this many steps and at the end (0: off)
       {"eval_batches", 100},      // global batches (of train.batch_size) per evaluation (0: all of data.eval_dir)
   };
+  config["device"] = {
+      {"memory_fraction", 0.9},  // cuda: device-memory arena = this fraction of the free GPU memory at start
+      {"arena_bytes", 0},        // cuda: the arena's size in bytes instead (0: use memory_fraction)
+  };
   config["dist"] = {
       // auto (nccl on --device cuda with one GPU per rank, else host) | host (MPI on host memory; device
       // gradients are copied) | nccl | cuda_aware_mpi (MPI on device memory; needs a CUDA-aware MPI)
@@ -229,6 +234,7 @@ class Trainer {
 
  private:
   std::unique_ptr<Backend<float>> make_backend() const;
+  void log_device_memory(const char* when);
   void resume_from(const fs::path& path);
   void save_checkpoint();
   void check_parameters_agree(const char* when);
@@ -249,6 +255,7 @@ class Trainer {
   std::unique_ptr<AdamW<float>> optimizer_;
   std::unique_ptr<LossScaler> loss_scaler_;  // optim.loss_scale (dynamic by default with fp16)
   std::string precision_ = "fp32";           // train.precision
+  DeviceOptions device_options_;             // train.precision, device.*
 #if defined(ELECTRA_HAVE_NCCL)
   std::unique_ptr<dist::NcclCommunicator> nccl_;  // dist.gradient_transport = nccl (outlives reducer_)
 #endif
@@ -374,6 +381,19 @@ std::optional<std::string> Trainer::setup() {
       fail("config key 'train.precision' = '", precision_, "' needs --device cuda (the CPU backend computes in fp32)");
     }
     loss_scaler_ = std::make_unique<LossScaler>(optim_config_.loss_scale, precision_ == "fp16");
+    device_options_.precision = precision_;
+    device_options_.memory_fraction = config_.get<double>("device.memory_fraction");
+    if (!(device_options_.memory_fraction > 0.0 && device_options_.memory_fraction <= 1.0)) {
+      fail("config key 'device.memory_fraction' must be in (0, 1], got ", device_options_.memory_fraction);
+    }
+    const int64_t arena_bytes = config_.get<int64_t>("device.arena_bytes");
+    if (arena_bytes < 0) {
+      fail("config key 'device.arena_bytes' must be >= 0 (0: use device.memory_fraction), got ", arena_bytes);
+    }
+    device_options_.arena_bytes = static_cast<size_t>(arena_bytes);
+    device_options_.arena_size_hint =
+        "config key device.arena_bytes (bytes) or device.memory_fraction (of the free GPU memory; now " +
+        std::to_string(device_options_.memory_fraction) + ")";
     if (seq_length_ > model_config_.discriminator.max_position_embeddings) {
       fail("config key 'data.seq_length' (", seq_length_, ") exceeds model.max_position_embeddings (",
            model_config_.discriminator.max_position_embeddings, ")");
@@ -430,16 +450,13 @@ std::optional<std::string> Trainer::setup() {
 
 // The rank's device: the CPU, or GPU local_rank % visible GPUs (one rank per GPU is the intended layout).
 std::unique_ptr<Backend<float>> Trainer::make_backend() const {
-  if (options_.device == "cpu") return make_cpu_backend<float>();
-#if defined(ELECTRA_HAVE_CUDA)
-  const int gpus = cuda_device_count();
-  if (gpus == 0) fail("--device cuda: ", cuda_unavailable_reason());
-  CudaBackendOptions cuda_options;
-  cuda_options.precision = parse_cuda_precision(precision_);
-  return make_cuda_backend(comm_.local_rank() % gpus, cuda_options);
-#else
-  fail("--device cuda: this build has no CUDA backend (configure with -DELECTRA_CUDA=ON where nvcc is installed)");
-#endif
+  return make_rank_backend(options_.device, comm_.local_rank(), device_options_);
+}
+
+// Every rank, GPU only: the device-memory arena's size, use and peak.
+void Trainer::log_device_memory(const char* when) {
+  const std::string summary = device_memory_summary(*backend_);
+  if (!summary.empty()) ELECTRA_LOG(info) << summary << " (" << when << ")";
 }
 
 void Trainer::resume_from(const fs::path& path) {
@@ -524,6 +541,7 @@ void Trainer::save_checkpoint() {
   // Nobody runs ahead of a checkpoint that is still being written: a stop right after must find it.
   comm_.barrier();
   last_checkpoint_step_ = step_;
+  log_device_memory("at a checkpoint");
 }
 
 // One optimizer step, top to bottom. Returns false when the step was skipped (non-finite somewhere).
@@ -761,6 +779,7 @@ int Trainer::train() {
   }
 
   check_parameters_agree("at start");
+  log_device_memory("at start");
 
   reducer_ = make_reducer();
 
@@ -843,6 +862,7 @@ int Trainer::train() {
     }
   }
   watchdog.stop();
+  log_device_memory("at the end");
   if (root) {
     ELECTRA_LOG(info) << "done: " << step_ << " steps, " << tokens_seen_ << " tokens, " << skipped_total_
                       << " skipped, " << format_duration(seconds_since(run_start)) << " wall";

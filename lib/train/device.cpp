@@ -1,0 +1,78 @@
+#include "lib/train/device.h"
+
+#include <algorithm>
+#include <cstdlib>
+
+#if defined(ELECTRA_HAVE_CUDA)
+#include "lib/backend/cuda/arena.h"
+#include "lib/backend/cuda/cuda_backend.h"
+#endif
+#include "lib/core/error.h"
+
+namespace electra {
+
+bool cuda_backend_built() {
+#if defined(ELECTRA_HAVE_CUDA)
+  return true;
+#else
+  return false;
+#endif
+}
+
+void check_device_name(const std::string& device, const std::string& what) {
+  if (device != "cpu" && device != "cuda") fail(what, " must be cpu or cuda, got '", device, "'");
+}
+
+std::unique_ptr<Backend<float>> make_rank_backend(const std::string& device, int local_rank,
+                                                  const DeviceOptions& options) {
+  check_device_name(device, "--device");
+  const std::string& p = options.precision;
+  if (p != "fp32" && p != "tf32" && p != "bf16" && p != "fp16") {
+    fail("precision must be fp32, tf32, bf16 or fp16, got '", p, "'");
+  }
+  if (device == "cpu") {
+    if (p != "fp32") fail("precision ", p, " needs --device cuda (the CPU backend computes in fp32)");
+    return make_cpu_backend<float>();
+  }
+  if (options.arena_bytes == 0 && !(options.memory_fraction > 0.0 && options.memory_fraction <= 1.0)) {
+    fail("memory fraction ", options.memory_fraction, " outside (0, 1] (", options.arena_size_hint, ")");
+  }
+#if defined(ELECTRA_HAVE_CUDA)
+  const int gpus = cuda_device_count();
+  if (gpus == 0) fail("--device cuda: ", cuda_unavailable_reason());
+  CudaBackendOptions cuda;
+  cuda.precision = parse_cuda_precision(p);
+  cuda.arena_bytes = options.arena_bytes;
+  cuda.memory_fraction = options.memory_fraction;
+  cuda.arena_size_hint = options.arena_size_hint;
+  return make_cuda_backend(std::max(0, local_rank) % gpus, cuda);
+#else
+  (void)local_rank;
+  fail("--device cuda: this build has no CUDA backend (configure with -DELECTRA_CUDA=ON where nvcc is installed)");
+#endif
+}
+
+int local_rank_from_environment() {
+  for (const char* name : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"}) {
+    const char* value = std::getenv(name);
+    if (value == nullptr || *value == '\0') continue;
+    char* end = nullptr;
+    const long rank = std::strtol(value, &end, 10);
+    if (*end == '\0' && rank >= 0 && rank < (1L << 20)) return static_cast<int>(rank);
+  }
+  return 0;
+}
+
+std::string device_memory_summary(Backend<float>& backend) {
+  if (backend.device() != DeviceKind::kCuda) return "";
+#if defined(ELECTRA_HAVE_CUDA)
+  const CudaMemoryStats s = cuda_memory_stats(backend);
+  return "GPU " + std::to_string(cuda_device_of(backend)) + " (" + backend.name() + "): device memory arena " +
+         cuda::format_bytes(s.capacity) + ", in use " + cuda::format_bytes(s.in_use) + ", peak " +
+         cuda::format_bytes(s.peak);
+#else
+  return "";
+#endif
+}
+
+}  // namespace electra

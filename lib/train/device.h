@@ -1,0 +1,44 @@
+// The rank's compute device for every program (electra-train, electra-eval, electra-score,
+// electra-bench): the CPU backend, or the CUDA backend on GPU local_rank % visible GPUs (one rank per GPU
+// is the intended layout; several ranks on one GPU share it).
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <string>
+
+#include "lib/backend/backend.h"
+
+namespace electra {
+
+struct DeviceOptions {
+  // GEMM/attention arithmetic: fp32 | tf32 | bf16 | fp16 (CudaPrecision); the CPU backend takes fp32 only.
+  std::string precision = "fp32";
+  // CUDA device-memory arena (CudaBackendOptions): arena_bytes, or memory_fraction of the free memory when 0.
+  size_t arena_bytes = 0;
+  double memory_fraction = 0.9;
+  // What a user sets to change the arena size, for the arena's out-of-memory message.
+  std::string arena_size_hint = "--arena-bytes or --memory-fraction";
+};
+
+// Whether this build has the CUDA backend (configured with ELECTRA_CUDA where nvcc is installed).
+bool cuda_backend_built();
+
+// Fails unless `device` is "cpu" or "cuda"; `what` names the flag or key in the message.
+void check_device_name(const std::string& device, const std::string& what);
+
+// The backend of a rank on `device` ("cpu" | "cuda"). Throws electra::Error naming the flag: an unknown
+// device or precision, a precision other than fp32 on the CPU, memory_fraction outside (0, 1], and for
+// cuda why no GPU can be used (no driver, no GPU, a build without the CUDA backend).
+std::unique_ptr<Backend<float>> make_rank_backend(const std::string& device, int local_rank,
+                                                  const DeviceOptions& options = {});
+
+// The node-local rank of a process that does not start MPI (electra-score): the launcher's variable
+// (OMPI_COMM_WORLD_LOCAL_RANK, MPI_LOCALRANKID, SLURM_LOCALID), else 0.
+int local_rank_from_environment();
+
+// One line for logs: "" on the CPU; on a GPU the arena's size, use and peak, e.g.
+// "GPU 0 (cuda-float): device memory arena 70.1 GiB, in use 3.2 GiB, peak 4.0 GiB".
+std::string device_memory_summary(Backend<float>& backend);
+
+}  // namespace electra
