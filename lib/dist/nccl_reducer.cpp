@@ -64,7 +64,7 @@ NcclCommunicator::NcclCommunicator(const Communicator& comm, int device)
   NCCL_REDUCER_NCCL_CHECK(kCommunicator, nullptr, ncclCommInitRank(&created, world_size_, id, rank_));
   comm_ = created;
   int version = 0;
-  ncclGetVersion(&version);
+  NCCL_REDUCER_NCCL_CHECK(kCommunicator, comm_, ncclGetVersion(&version));
   ELECTRA_LOG(info) << "NCCL " << version << " communicator: rank " << rank_ << " of " << world_size_
                     << " on CUDA device " << device_;
 }
@@ -221,13 +221,14 @@ void NcclReducer::wait_all() {
   NCCL_REDUCER_CUDA_CHECK(kReducer, cudaSetDevice(cuda_->device));
   NCCL_REDUCER_CUDA_CHECK(kReducer, cudaEventRecord(cuda_->done, cuda_->communication));
   NCCL_REDUCER_CUDA_CHECK(kReducer, cudaStreamWaitEvent(cuda_->compute, cuda_->done, 0));
-  const auto start = Clock::now();
+  double waited = 0;
   if (wait_.block_host) {
+    const auto start = Clock::now();
     wait_on_host("wait_all");
+    waited = std::chrono::duration<double>(Clock::now() - start).count();
   } else {
     host_check_pending_ = true;
   }
-  const double waited = std::chrono::duration<double>(Clock::now() - start).count();
   stats_.last_wait_seconds = waited;
   stats_.wait_seconds += waited;
   ++stats_.steps;
