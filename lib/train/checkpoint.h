@@ -3,7 +3,8 @@
 // Layout (format_version 1):
 //   /params/<name>, /adam_m/<name>, /adam_v/<name>   float32 datasets, the shape of each named view,
 //                                                    attribute crc32c (uint32) of the raw bytes
-//   /state    JSON string (scalar dataset): step, tokens_seen, seed, loss_scale, skipped steps...;
+//   /state    JSON string (scalar dataset): step, tokens_seen, seed, skipped steps, loss_scale,
+//             loss_scale_mode and loss_scale_good_steps (LossScaler::state; older files: loss_scale 1 only)...;
 //             its top-level numbers are repeated as typed attributes of the dataset for h5py users
 //   /loader   JSON string: the loader state (global cursor, or per-rank states "rank_<r>")
 //   /config   JSON string: the run configuration
