@@ -255,6 +255,45 @@ TEST_F(EvalE2E, BadInputExitsWithTwoNamingTheProblem) {
   EXPECT_EQ(run(base, log), 2) << "--data is required" << log_of(log);
 }
 
+// electra-train's device.* keys fail naming the key; --device cuda without a usable GPU fails before
+// training, naming what is missing (exit 2 like every set-up error).
+TEST_F(EvalE2E, TrainerDeviceKeysAreCheckedAndCudaNamesWhatIsMissing) {
+  const fs::path log = g_root / "device_keys.log";
+  const fs::path dir = g_root / "device_keys";
+  EXPECT_EQ(run(train_command(1, dir, "--set device.memory_fraction=1.5"), log), 2) << log_of(log);
+  EXPECT_NE(read_text(log).find("config key 'device.memory_fraction' must be in (0, 1], got 1.5"), std::string::npos)
+      << log_of(log);
+  EXPECT_EQ(run(train_command(1, dir, "--set device.arena_bytes=-1"), log), 2) << log_of(log);
+  EXPECT_NE(read_text(log).find("config key 'device.arena_bytes' must be >= 0"), std::string::npos) << log_of(log);
+  const int code = run(train_command(1, dir, "--device cuda --set train.steps=1"), log);
+  if (read_text(log).find("--device cuda: ") != std::string::npos) {
+    EXPECT_EQ(code, 2) << log_of(log);
+    EXPECT_FALSE(fs::exists(dir / "checkpoints" / "ckpt-00000001.h5"));
+  } else {
+    EXPECT_EQ(code, 0) << "a GPU is visible, so the run should train" << log_of(log);
+  }
+}
+
+// electra-eval --device cuda gives the CPU's metrics to float rounding (the same random numbers on both
+// backends; a Gumbel sample may flip on a near tie, hence a tolerance). Skips where no GPU can be used.
+TEST_F(EvalE2E, CudaEvaluationMatchesCpu) {
+  const fs::path log = g_root / "eval_cuda.log";
+  const std::string base = bin("electra-eval") + " --checkpoint " + checkpoint(40) + " --data " +
+                           (g_root / "heldout").string() + " --batch-size 12 --json";
+  if (run(base + " --device cuda", log) != 0) {
+    const std::string text = read_text(log);
+    if (text.find("--device cuda: ") != std::string::npos) GTEST_SKIP() << text;
+    FAIL() << log_of(log);
+  }
+  const std::string text = read_text(log);
+  const size_t start = text.rfind("{\"masked_lm_accuracy\"");
+  ASSERT_NE(start, std::string::npos) << log_of(log);
+  const nlohmann::json gpu = nlohmann::json::parse(text.substr(start, text.find('\n', start) - start));
+  const nlohmann::json cpu = evaluate(1, checkpoint(40));
+  for (const char* key : {"batches", "examples", "masked_positions", "tokens"}) EXPECT_EQ(gpu[key], cpu[key]) << key;
+  expect_same_metrics(cpu, gpu, 2e-2, "cpu vs cuda");
+}
+
 TEST_F(EvalE2E, PlotScriptDrawsAPngOfTwoRuns) {
   const char* python = std::getenv("ELECTRA_PYTHON");
   const std::string py = python && *python && fs::exists(python) ? python : "python3";
