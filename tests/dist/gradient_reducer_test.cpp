@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <functional>
 #include <numeric>
 #include <random>
 #include <utility>
@@ -159,6 +160,43 @@ TEST(GradientReducer, RejectsMisuse) {
       EXPECT_NE(std::string(error.what()).find("[0, 50) has 15 of 50"), std::string::npos) << error.what();
     }
   }
+}
+
+// The CUDA-aware MPI path (a device buffer handed to MPI) run on host memory: the hook runs before every
+// group of launches, after the marks that completed them, and the result is the blocking allreduce's.
+TEST(GradientReducer, DeviceBufferPathSynchronizesBeforeEachLaunch) {
+  const Communicator& comm = world();
+  const size_t count = 5003;
+  std::vector<float> grads = exact_values(count, comm.rank());
+  std::vector<float> expected = grads;
+  comm.allreduce_sum(std::span<float>(expected));
+  int hook_calls = 0;
+  GradientReducer reducer(comm, grads, {.bucket_bytes = 500 * sizeof(float), .op = ReduceOp::kSum},
+                          [&] { ++hook_calls; });
+  reducer.begin();
+  // Bucket by bucket in launch order (descending): each mark completes exactly one bucket.
+  for (size_t b = reducer.num_buckets(); b-- > 0;) {
+    const auto [offset, size] = reducer.bucket_range(b);
+    const int before = hook_calls;
+    const int64_t launched = reducer.stats().buckets_launched;
+    reducer.mark_ready(offset, size);
+    EXPECT_EQ(hook_calls, before + 1) << "bucket " << b;
+    EXPECT_EQ(reducer.stats().buckets_launched, launched + 1) << "bucket " << b;
+  }
+  reducer.wait_all();
+  EXPECT_EQ(std::memcmp(grads.data(), expected.data(), count * sizeof(float)), 0);
+  // A mark that completes no bucket does not synchronise.
+  reducer.begin();
+  const int before = hook_calls;
+  reducer.mark_ready(0, 10);
+  EXPECT_EQ(hook_calls, before);
+  reducer.mark_ready(10, count - 10);
+  EXPECT_EQ(hook_calls, before + 1) << "one synchronisation for all the buckets one mark completes";
+  reducer.wait_all();
+
+  EXPECT_THROW(GradientReducer(comm, grads, {.op = ReduceOp::kAverage}, [] {}), Error)
+      << "kAverage would scale device memory on the host";
+  EXPECT_THROW(GradientReducer(comm, grads, {.op = ReduceOp::kSum}, std::function<void()>()), Error);
 }
 
 }  // namespace

@@ -17,6 +17,7 @@
 #include "lib/backend/cuda/cuda_backend.h"
 #include "lib/core/error.h"
 #include "lib/dist/gradient_reducer.h"
+#include "lib/dist/gradient_transport.h"
 #include "tests/dist/mpi_test_common.h"
 
 namespace electra::dist {
@@ -210,6 +211,28 @@ TEST_F(CudaNcclReducer, RejectsMisuseAndHostBackends) {
   auto cpu = make_cpu_backend<float>();
   EXPECT_THROW(NcclReducer(*nccl, *cpu, device.data(), 100), Error);
   EXPECT_THROW(NcclReducer(*nccl, *backend, device.data(), 100, {.bucket_bytes = 2}), Error);
+}
+
+// dist.gradient_transport = cuda_aware_mpi: GradientReducer handed device memory, synchronising the
+// backend before each launch. Needs a GPU and an MPI that is CUDA-aware (Debian's Open MPI is not).
+TEST(CudaAwareMpiReducer, EqualsTheHostReducerOnDeviceMemory) {
+  const CudaAwareMpiSupport support = query_cuda_aware_mpi();
+  if (!world().agree_all(cuda_device_count() > 0 && support.available)) {
+    GTEST_SKIP() << (cuda_device_count() == 0 ? "no usable CUDA GPU: " + cuda_unavailable_reason() : support.reason);
+  }
+  auto backend = make_cuda_backend(world().local_rank() % cuda_device_count());
+  const size_t count = 20011;
+  const std::vector<float> mine = exact_values(count, 77u + static_cast<unsigned>(world().rank()));
+  std::vector<float> expected = mine;
+  world().allreduce_sum(std::span<float>(expected));
+  GpuFloats device(*backend, mine);
+  const GradientReducerOptions options{.bucket_bytes = 2048 * sizeof(float), .op = ReduceOp::kSum};
+  GradientReducer reducer(world(), std::span<float>(device.data(), count), options, [&] { backend->synchronize(); });
+  reducer.begin();
+  mark_shuffled(reducer, uneven_ranges(count), 5u + static_cast<unsigned>(world().rank()));
+  reducer.wait_all();
+  const std::vector<float> got = device.to_host();
+  EXPECT_EQ(std::memcmp(got.data(), expected.data(), count * sizeof(float)), 0);
 }
 
 }  // namespace
