@@ -21,6 +21,7 @@
 #include "lib/model/pretrainer.h"
 #include "lib/optim/adamw.h"
 #include "lib/optim/loss_scaler.h"
+#include "lib/train/device.h"
 
 #ifdef ELECTRA_BENCH_HAVE_CUDA
 #include "lib/backend/cuda/cuda_backend.h"
@@ -245,15 +246,9 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
                                     : std::max(1, static_cast<int>(std::max(1u, std::thread::hardware_concurrency())) /
                                                       std::max(1, comm.local_size()));
   omp_set_num_threads(threads);
-  std::unique_ptr<Backend<float>> backend;
-#ifdef ELECTRA_BENCH_HAVE_CUDA
-  if (cuda) {
-    CudaBackendOptions cuda_options;
-    cuda_options.precision = parse_cuda_precision(o.precision);
-    backend = make_cuda_backend(comm.local_rank() % cuda_device_count(), cuda_options);
-  }
-#endif
-  if (!backend) backend = make_cpu_backend<float>();
+  DeviceOptions device_options;
+  device_options.precision = o.precision;
+  const std::unique_ptr<Backend<float>> backend = make_rank_backend(o.device, comm.local_rank(), device_options);
 
   ElectraPretrainer<float> net(model, *backend);
   net.init_parameters(o.seed);
