@@ -10,6 +10,7 @@
 
 #include "lib/backend/backend.h"
 #include "lib/backend/cuda/cuda_backend.h"
+#include "lib/model/attention_impl.h"
 #include "lib/model/device_buffer.h"
 #include "tests/backend/test_util.h"
 
@@ -70,6 +71,7 @@ class CudaFusedAttention : public ::testing::Test {
 TEST_F(CudaFusedAttention, OwnKernelsMatchTheCpuInFp32) {
   auto gpu = make_cuda_backend(0);
   ASSERT_TRUE(gpu->fused_attention_supported(4, 150, 3, 16, 0.1f));
+  EXPECT_TRUE(use_fused_attention(*gpu, AttentionImpl::kAuto, 4, 150, 3, 16, 0.1f));  // kAuto's choice on a GPU
   const int B = 4, S = 150, H = 3, D = 16;
   const auto qkv = cast<float>(random_values(static_cast<size_t>(B) * S * 3 * H * D, 31, -2.0, 2.0));
   const auto dctx = cast<float>(random_values(static_cast<size_t>(B) * S * H * D, 32));

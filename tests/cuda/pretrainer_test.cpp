@@ -1,6 +1,7 @@
 // A whole ELECTRA pre-training step (lib/model + lib/optim) on the CUDA backend against the CPU backend:
 // same parameters, same batch, same seeds. Dropout masks and Gumbel samples are the same on both
 // backends, so the two steps take the same path and differ by float rounding only. Skips without a GPU.
+// The CUDA side runs attention as kAuto picks it there (fused) and, in one test, materialised.
 #include "lib/model/pretrainer.h"
 
 #include <gtest/gtest.h>
@@ -20,8 +21,10 @@ struct StepResult {
   OptimizerStepStats stats;
 };
 
-StepResult run_step(Backend<float>& be, const PretrainerConfig& config, const Batch& batch) {
+StepResult run_step(Backend<float>& be, const PretrainerConfig& config, const Batch& batch,
+                    AttentionImpl attention = AttentionImpl::kAuto) {
   ElectraPretrainer<float> model(config, be);
+  model.set_attention_impl(attention);
   model.init_parameters(123);
   OptimizerConfig oc;
   oc.lr = 1e-3;
@@ -65,11 +68,12 @@ PretrainerConfig small_config() {
   return c;
 }
 
-void expect_same_step(const PretrainerConfig& config, const Batch& batch) {
+void expect_same_step(const PretrainerConfig& config, const Batch& batch,
+                      AttentionImpl gpu_attention = AttentionImpl::kAuto) {
   if (cuda_device_count() == 0) GTEST_SKIP() << "no usable CUDA GPU: " << cuda_unavailable_reason();
   auto gpu = make_cuda_backend(0);
   auto cpu = make_cpu_backend<float>();
-  const StepResult g = run_step(*gpu, config, batch), c = run_step(*cpu, config, batch);
+  const StepResult g = run_step(*gpu, config, batch, gpu_attention), c = run_step(*cpu, config, batch);
 
   // Same random choices: samples, hence the discriminator's input and labels.
   ASSERT_EQ(g.first.sampled_ids, c.first.sampled_ids);
@@ -117,6 +121,11 @@ TEST(CudaPretrainer, TinyStepMatchesCpu) { expect_same_step(tiny_config(), rando
 TEST(CudaPretrainer, SmallStepMatchesCpu) {
   const PretrainerConfig c = small_config();
   expect_same_step(c, random_batch(6, 48, 7, c.vocab_size, 9));
+}
+
+TEST(CudaPretrainer, SmallStepWithMaterialisedAttentionMatchesCpu) {
+  const PretrainerConfig c = small_config();
+  expect_same_step(c, random_batch(6, 48, 7, c.vocab_size, 9), AttentionImpl::kMaterialized);
 }
 
 }  // namespace
