@@ -248,7 +248,8 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
   omp_set_num_threads(threads);
   DeviceOptions device_options;
   device_options.precision = o.precision;
-  const std::unique_ptr<Backend<float>> backend = make_rank_backend(o.device, comm.local_rank(), device_options);
+  const std::unique_ptr<Backend<float>> backend =
+      make_rank_backend(o.device, comm.local_rank(), device_options, comm.local_size());
 
   ElectraPretrainer<float> net(model, *backend);
   net.init_parameters(o.seed);

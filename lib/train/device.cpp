@@ -23,8 +23,16 @@ void check_device_name(const std::string& device, const std::string& what) {
   if (device != "cpu" && device != "cuda") fail(what, " must be cpu or cuda, got '", device, "'");
 }
 
+int ranks_sharing_gpu(int local_rank, int local_size, int gpus) {
+  if (gpus <= 0 || local_size <= 0) return 1;
+  const int gpu = std::max(0, local_rank) % gpus;
+  int sharing = 0;
+  for (int r = 0; r < local_size; ++r) sharing += r % gpus == gpu ? 1 : 0;
+  return std::max(1, sharing);
+}
+
 std::unique_ptr<Backend<float>> make_rank_backend(const std::string& device, int local_rank,
-                                                  const DeviceOptions& options) {
+                                                  const DeviceOptions& options, int local_size) {
   check_device_name(device, "--device");
   const std::string& p = options.precision;
   if (p != "fp32" && p != "tf32" && p != "bf16" && p != "fp16") {
@@ -43,11 +51,11 @@ std::unique_ptr<Backend<float>> make_rank_backend(const std::string& device, int
   CudaBackendOptions cuda;
   cuda.precision = parse_cuda_precision(p);
   cuda.arena_bytes = options.arena_bytes;
-  cuda.memory_fraction = options.memory_fraction;
+  cuda.memory_fraction = options.memory_fraction / ranks_sharing_gpu(local_rank, local_size, gpus);
   cuda.arena_size_hint = options.arena_size_hint;
   return make_cuda_backend(std::max(0, local_rank) % gpus, cuda);
 #else
-  (void)local_rank;
+  (void)local_rank, (void)local_size;
   fail("--device cuda: this build has no CUDA backend (configure with -DELECTRA_CUDA=ON where nvcc is installed)");
 #endif
 }

@@ -29,9 +29,15 @@ void check_device_name(const std::string& device, const std::string& what);
 
 // The backend of a rank on `device` ("cpu" | "cuda"). Throws electra::Error naming the flag: an unknown
 // device or precision, a precision other than fp32 on the CPU, memory_fraction outside (0, 1], and for
-// cuda why no GPU can be used (no driver, no GPU, a build without the CUDA backend).
+// cuda why no GPU can be used (no driver, no GPU, a build without the CUDA backend). local_size is the
+// number of ranks on the node: when k of them share this rank's GPU, each arena sized by memory_fraction
+// takes memory_fraction / k of the free memory (ranks start at the same time and would otherwise all
+// ask for the same 90%).
 std::unique_ptr<Backend<float>> make_rank_backend(const std::string& device, int local_rank,
-                                                  const DeviceOptions& options = {});
+                                                  const DeviceOptions& options = {}, int local_size = 1);
+
+// How many of `local_size` node-local ranks (rank r on GPU r % gpus) share local_rank's GPU.
+int ranks_sharing_gpu(int local_rank, int local_size, int gpus);
 
 // The node-local rank of a process that does not start MPI (electra-score): the launcher's variable
 // (OMPI_COMM_WORLD_LOCAL_RANK, MPI_LOCALRANKID, SLURM_LOCALID), else 0.

@@ -450,7 +450,7 @@ std::optional<std::string> Trainer::setup() {
 
 // The rank's device: the CPU, or GPU local_rank % visible GPUs (one rank per GPU is the intended layout).
 std::unique_ptr<Backend<float>> Trainer::make_backend() const {
-  return make_rank_backend(options_.device, comm_.local_rank(), device_options_);
+  return make_rank_backend(options_.device, comm_.local_rank(), device_options_, comm_.local_size());
 }
 
 // Every rank, GPU only: the device-memory arena's size, use and peak.

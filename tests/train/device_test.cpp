@@ -1,0 +1,83 @@
+// lib/train/device.h on this machine: the CPU backend, the checks that run before any GPU is touched,
+// GPU sharing between node-local ranks, the launcher's local rank; --device cuda without a usable GPU
+// names what is missing (skipped where a GPU is usable).
+#include "lib/train/device.h"
+
+#include <gtest/gtest.h>
+
+#include <cstdlib>
+#include <string>
+
+#include "lib/core/error.h"
+
+namespace electra {
+namespace {
+
+std::string error_of(const std::string& device, const DeviceOptions& options) {
+  try {
+    make_rank_backend(device, 0, options);
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Device, CpuBackendAndItsChecks) {
+  auto cpu = make_rank_backend("cpu", 3);
+  ASSERT_NE(cpu, nullptr);
+  EXPECT_EQ(cpu->device(), DeviceKind::kCpu);
+  EXPECT_EQ(device_memory_summary(*cpu), "");
+  DeviceOptions bf16;
+  bf16.precision = "bf16";
+  EXPECT_NE(error_of("cpu", bf16).find("precision bf16 needs --device cuda"), std::string::npos);
+  DeviceOptions fp8;
+  fp8.precision = "fp8";
+  EXPECT_NE(error_of("cuda", fp8).find("precision must be fp32, tf32, bf16 or fp16, got 'fp8'"), std::string::npos);
+  EXPECT_NE(error_of("tpu", {}).find("--device must be cpu or cuda, got 'tpu'"), std::string::npos);
+  DeviceOptions fraction;
+  fraction.memory_fraction = 0.0;
+  fraction.arena_size_hint = "key x.y";
+  const std::string what = error_of("cuda", fraction);
+  EXPECT_NE(what.find("memory fraction 0 outside (0, 1] (key x.y)"), std::string::npos) << what;
+  EXPECT_NO_THROW(check_device_name("cuda", "--device"));
+  EXPECT_THROW(check_device_name("CPU", "--device"), Error);
+}
+
+TEST(Device, CudaWithoutAGpuNamesWhatIsMissing) {
+  std::string what;
+  try {
+    make_rank_backend("cuda", 0);
+  } catch (const Error& e) {
+    what = e.what();
+  }
+  if (what.empty()) GTEST_SKIP() << "a GPU is usable here";
+  EXPECT_EQ(what.rfind("--device cuda: ", 0), 0u) << what;
+  EXPECT_TRUE(what.find("driver") != std::string::npos || what.find("no CUDA GPU") != std::string::npos ||
+              what.find("this build has no CUDA backend") != std::string::npos)
+      << what;
+}
+
+TEST(Device, RanksSharingAGpu) {
+  EXPECT_EQ(ranks_sharing_gpu(0, 1, 1), 1);
+  EXPECT_EQ(ranks_sharing_gpu(0, 4, 4), 1);
+  EXPECT_EQ(ranks_sharing_gpu(1, 4, 2), 2);  // ranks 1 and 3 on GPU 1
+  EXPECT_EQ(ranks_sharing_gpu(0, 3, 2), 2);  // ranks 0 and 2 on GPU 0
+  EXPECT_EQ(ranks_sharing_gpu(1, 3, 2), 1);  // rank 1 alone on GPU 1
+  EXPECT_EQ(ranks_sharing_gpu(2, 3, 1), 3);
+  EXPECT_EQ(ranks_sharing_gpu(0, 0, 0), 1);
+}
+
+TEST(Device, LocalRankFromTheLauncher) {
+  for (const char* name : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"}) unsetenv(name);
+  EXPECT_EQ(local_rank_from_environment(), 0);
+  setenv("SLURM_LOCALID", "3", 1);
+  EXPECT_EQ(local_rank_from_environment(), 3);
+  setenv("OMPI_COMM_WORLD_LOCAL_RANK", "5", 1);  // Open MPI's variable first
+  EXPECT_EQ(local_rank_from_environment(), 5);
+  setenv("OMPI_COMM_WORLD_LOCAL_RANK", "x", 1);  // not a number: the next one
+  EXPECT_EQ(local_rank_from_environment(), 3);
+  for (const char* name : {"OMPI_COMM_WORLD_LOCAL_RANK", "MPI_LOCALRANKID", "SLURM_LOCALID"}) unsetenv(name);
+}
+
+}  // namespace
+}  // namespace electra
