@@ -134,7 +134,7 @@ TEST_P(CudaLinearPrecision, ForwardAndBackwardMatchTheCpu) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(AllModes, CudaLinearPrecision,
+INSTANTIATE_TEST_SUITE_P(CudaModes, CudaLinearPrecision,
                          ::testing::Values(CudaPrecision::kFp32, CudaPrecision::kTf32, CudaPrecision::kBf16,
                                            CudaPrecision::kFp16),
                          [](const ::testing::TestParamInfo<CudaPrecision>& info) { return to_string(info.param); });
