@@ -112,7 +112,7 @@ nlohmann::json LossScaler::state() const {
 
 bool LossScaler::restore(const nlohmann::json& state) {
   if (!dynamic() || !state.is_object() || !state.contains("loss_scale") || !state.contains("loss_scale_good_steps") ||
-      state.value("loss_scale_mode", std::string()) != "dynamic") {
+      !state.contains("loss_scale_mode") || state.at("loss_scale_mode") != "dynamic") {
     return false;
   }
   const nlohmann::json& scale = state.at("loss_scale");

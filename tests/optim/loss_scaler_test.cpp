@@ -137,6 +137,7 @@ TEST(LossScaler, OldOrOtherStatesKeepTheDefaults) {
   LossScaler f(fixed, false);
   EXPECT_FALSE(f.restore({{"loss_scale", 512.0}, {"loss_scale_mode", "dynamic"}, {"loss_scale_good_steps", 7}}));
   EXPECT_EQ(f.scale(), 8.0);
+  EXPECT_FALSE(s.restore({{"loss_scale", 512.0}, {"loss_scale_mode", 3}, {"loss_scale_good_steps", 7}}));
   // Out-of-range saved scales are clamped.
   EXPECT_TRUE(s.restore({{"loss_scale", 1e30}, {"loss_scale_mode", "dynamic"}, {"loss_scale_good_steps", 1}}));
   EXPECT_EQ(s.scale(), LossScaleConfig::kMaxScale);
