@@ -4,6 +4,7 @@
 
 #include "lib/backend/cuda/cuda_check.h"
 #include "lib/core/error.h"
+#include "lib/core/log.h"
 
 // A failed cuBLASLt call throws electra::Error naming the call, the file and line, and the status.
 #define ELECTRA_CUBLASLT_CHECK(call)                                                                                \
@@ -162,8 +163,22 @@ bool LtMatmul::matmul(cublasOperation_t trans_a, cublasOperation_t trans_b, int 
                                                           sizeof(bias_pointer)));
   }
   ensure_workspace(plan.workspace_bytes);
-  ELECTRA_CUBLASLT_CHECK(cublasLtMatmul(handle_, plan.desc, &alpha, a, plan.a, b, plan.b, &beta, d, plan.d, d, plan.d,
-                                        &plan.algo, workspace_, workspace_bytes_, stream_));
+  const cublasStatus_t status = cublasLtMatmul(handle_, plan.desc, &alpha, a, plan.a, b, plan.b, &beta, d, plan.d, d,
+                                               plan.d, &plan.algo, workspace_, workspace_bytes_, stream_);
+  // An algorithm the heuristic offered but the first launch refuses (nothing was enqueued): use the
+  // caller's plain path for this shape from now on rather than failing the run.
+  if (!plan.launched && status == CUBLAS_STATUS_NOT_SUPPORTED) {
+    ELECTRA_LOG(warning) << "cuBLASLt refused its own algorithm for m=" << m << " n=" << n << " k=" << k
+                         << (bias != nullptr ? " with the bias epilogue" : "") << "; using cuBLAS for this shape";
+    plan.supported = false;
+    return false;
+  }
+  if (status != CUBLAS_STATUS_SUCCESS) {
+    fail("cuBLASLt error: cublasLtMatmul failed for m=", m, " n=", n, " k=", k,
+         bias != nullptr ? " (bias epilogue)" : "", ": ", cublasLtGetStatusName(status), " (",
+         cublasLtGetStatusString(status), ")");
+  }
+  plan.launched = true;
   return true;
 }
 

@@ -8,7 +8,8 @@
 // Per shape (operations, sizes, leading dimensions, bias or not, pointer alignments) the matmul
 // descriptor, the three layouts and the heuristic's algorithm are made once and cached: the same shape
 // always runs the same algorithm, so results are reproducible from run to run. When cuBLASLt offers no
-// algorithm for a shape, matmul() returns false and the caller uses its plain path (cached as well).
+// algorithm for a shape, or its first launch reports CUBLAS_STATUS_NOT_SUPPORTED, matmul() returns false
+// and the caller uses its plain path (remembered per shape).
 #pragma once
 
 #include <cublasLt.h>
@@ -50,6 +51,7 @@ class LtMatmul {
   using Key = std::array<int64_t, 13>;
   struct Plan {
     bool supported = false;
+    bool launched = false;  // has run at least once
     cublasLtMatmulDesc_t desc = nullptr;
     cublasLtMatrixLayout_t a = nullptr, b = nullptr, d = nullptr;
     cublasLtMatmulAlgo_t algo{};
