@@ -29,10 +29,11 @@ status=0
 { nvidia-smi || echo "nvidia-smi not found"; nvcc --version || true; } 2>&1 | tee "$logs/gpu.txt"
 
 if [[ -n "$bundle" ]]; then
-  # cuBLAS is not in the bundle: the CUDA toolkit's, else the one pip's nvidia-cublas package installed.
+  # cuBLAS, cuDNN and NCCL are not in the bundle (too large to carry): the CUDA toolkit's, else those that
+  # pip's nvidia-cublas / nvidia-cudnn-cu13 / nvidia-nccl-cu13 packages installed.
   extra=""
   if command -v python3 >/dev/null; then
-    extra=$(python3 -c 'import glob, os, site; print(":".join(sorted(set(os.path.dirname(p) for d in site.getsitepackages() for p in glob.glob(d + "/nvidia/*/lib/libcublas*.so*")))))' 2>/dev/null || true)
+    extra=$(python3 -c 'import glob, os, site; print(":".join(sorted(set(os.path.dirname(p) for d in site.getsitepackages() for lib in ("libcublas", "libcudnn", "libnccl") for p in glob.glob(d + "/nvidia/*/lib/" + lib + "*.so*")))))' 2>/dev/null || true)
   fi
   export LD_LIBRARY_PATH="$bundle/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}:/usr/local/cuda/lib64${extra:+:$extra}"
   tests="$bundle/bin/cuda_backend_tests"
