@@ -129,7 +129,7 @@ class CudaBackend final : public Backend<float> {
     cudaSetDevice(device_);
     if (stream_.stream != nullptr) cudaStreamSynchronize(stream_.stream);
     sdpa_.reset();  // its cuDNN handle is bound to the stream
-    lt_.reset();  // its workspace and descriptors
+    lt_.reset();    // its workspace and descriptors
     if (cublas_ != nullptr) cublasDestroy(cublas_);
     if (arena_memory_ != nullptr) cudaFree(arena_memory_);  // the workspace and every buffer live in it
     if (stream_.errors != nullptr) cudaFree(stream_.errors);
@@ -230,13 +230,13 @@ class CudaBackend final : public Backend<float> {
     if (rows == 0) return;
     activate();
     // dx^T [in, rows] = W^T [in, out] dy^T [out, rows] (column-major; W^T is W's storage).
-    if (dx != nullptr && !lt_->matmul(CUBLAS_OP_N, CUBLAS_OP_N, in, rows, out, 1.0f, weight, in, dy, out, 0.0f, dx, in,
-                                      nullptr)) {
+    if (dx != nullptr &&
+        !lt_->matmul(CUBLAS_OP_N, CUBLAS_OP_N, in, rows, out, 1.0f, weight, in, dy, out, 0.0f, dx, in, nullptr)) {
       gemm(Transpose::kNo, Transpose::kNo, rows, in, out, 1.0f, dy, out, weight, in, 0.0f, dx, in);
     }
     // dW^T [in, out] += x^T [in, rows] dy [rows, out] (beta = 1: parameter gradients accumulate).
-    if (dweight != nullptr && !lt_->matmul(CUBLAS_OP_N, CUBLAS_OP_T, in, out, rows, 1.0f, x, in, dy, out, 1.0f,
-                                           dweight, in, nullptr)) {
+    if (dweight != nullptr &&
+        !lt_->matmul(CUBLAS_OP_N, CUBLAS_OP_T, in, out, rows, 1.0f, x, in, dy, out, 1.0f, dweight, in, nullptr)) {
       gemm(Transpose::kYes, Transpose::kNo, out, in, rows, 1.0f, dy, out, x, in, 1.0f, dweight, in);
     }
     // The bias gradient stays our column-sum kernel rather than the BGRADB epilogue of the dW GEMM: the
@@ -591,23 +591,31 @@ class CudaBackend final : public Backend<float> {
   }
 
   // The one cudaMalloc behind every allocation: options.arena_bytes, else memory_fraction of what is free
-  // now (after the stream, the error word and cuBLAS took theirs).
+  // now (after the stream, the error word and the libraries' handles took theirs). Processes that share
+  // the GPU and start together all see the same free memory; when the fraction no longer fits, the free
+  // memory is read again and the request halved, a few times, before giving up.
   void create_arena(const CudaBackendOptions& options) {
-    size_t bytes = options.arena_bytes;
-    size_t free_bytes = 0, total_bytes = 0;
-    ELECTRA_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
-    if (bytes == 0) {
-      ELECTRA_CHECK(options.memory_fraction > 0.0 && options.memory_fraction <= 1.0, "CUDA backend: memory fraction ",
-                    options.memory_fraction, " outside (0, 1] (", options.arena_size_hint, ")");
-      bytes = static_cast<size_t>(static_cast<double>(free_bytes) * options.memory_fraction);
-    }
-    bytes = bytes / cuda::Arena::kAlignment * cuda::Arena::kAlignment;
-    ELECTRA_CHECK(bytes > 0, "CUDA backend: device memory arena of 0 bytes on device ", device_, " (", free_bytes >> 20,
-                  " MiB free; ", options.arena_size_hint, ")");
-    const cudaError_t error = cudaMalloc(&arena_memory_, bytes);
-    if (error != cudaSuccess) {
+    const bool by_fraction = options.arena_bytes == 0;
+    ELECTRA_CHECK(!by_fraction || (options.memory_fraction > 0.0 && options.memory_fraction <= 1.0),
+                  "CUDA backend: memory fraction ", options.memory_fraction, " outside (0, 1] (",
+                  options.arena_size_hint, ")");
+    constexpr int kAttempts = 4;
+    size_t bytes = 0, free_bytes = 0, total_bytes = 0;
+    cudaError_t error = cudaSuccess;
+    for (int attempt = 0; attempt < (by_fraction ? kAttempts : 1); ++attempt) {
+      ELECTRA_CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+      bytes = by_fraction ? static_cast<size_t>(static_cast<double>(free_bytes) * options.memory_fraction /
+                                                static_cast<double>(1 << attempt))
+                          : options.arena_bytes;
+      bytes = bytes / cuda::Arena::kAlignment * cuda::Arena::kAlignment;
+      ELECTRA_CHECK(bytes > 0, "CUDA backend: device memory arena of 0 bytes on device ", device_, " (",
+                    free_bytes >> 20, " MiB free; ", options.arena_size_hint, ")");
+      error = cudaMalloc(&arena_memory_, bytes);
+      if (error == cudaSuccess) break;
       cudaGetLastError();  // clear it: out of memory is not sticky
       arena_memory_ = nullptr;
+    }
+    if (error != cudaSuccess) {
       fail("CUDA error: cudaMalloc of the device memory arena (", cuda::format_bytes(bytes), ") on device ", device_,
            " (", gpu_name_, ") failed: ", cudaGetErrorName(error), " (", free_bytes >> 20, " MiB free of ",
            total_bytes >> 20, " MiB; set ", options.arena_size_hint, ")");
@@ -698,9 +706,9 @@ class CudaBackend final : public Backend<float> {
   cublasHandle_t cublas_ = nullptr;
   cublasComputeType_t compute_ = CUBLAS_COMPUTE_32F;
   std::unique_ptr<cuda::LtMatmul> lt_;  // linear layers: cuBLASLt with the bias epilogue
-  unsigned* host_errors_ = nullptr;  // pinned
-  double* host_double_ = nullptr;    // pinned
-  void* arena_memory_ = nullptr;     // the arena's cudaMalloc
+  unsigned* host_errors_ = nullptr;     // pinned
+  double* host_double_ = nullptr;       // pinned
+  void* arena_memory_ = nullptr;        // the arena's cudaMalloc
   std::unique_ptr<cuda::Arena> arena_;
   void* workspace_ = nullptr;  // an arena block
   size_t workspace_bytes_ = 0;

@@ -49,8 +49,9 @@ struct CudaBackendOptions {
   bool tf32 = false;
   // Device memory: every allocate* is served from one cudaMalloc'd arena (lib/backend/cuda/arena.h) of
   // arena_bytes, or, when 0, memory_fraction (in (0, 1]) of the memory cudaMemGetInfo reports free once
-  // the stream and cuBLAS exist. The rest stays free for the libraries' own workspaces (cuBLAS, cuDNN,
-  // NCCL allocate outside the arena).
+  // the stream and cuBLAS exist (read again and halved, up to 3 times, when another process took memory
+  // meanwhile). The rest stays free for the libraries' own workspaces (cuBLAS, cuDNN, NCCL allocate
+  // outside the arena).
   size_t arena_bytes = 0;
   double memory_fraction = 0.9;
   // Ends the arena's out-of-memory messages: what the user sets to change its size.
