@@ -3,11 +3,13 @@
 // (elements or rows) for the rest. Wall-clock time (the ops are multi-threaded).
 //   build-*/bench/backend_bench --benchmark_filter=Gemm
 #include <benchmark/benchmark.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <vector>
 
 #include "lib/backend/backend.h"
+#include "lib/backend/cpu/kernels.h"
 #include "lib/core/philox.h"
 
 namespace electra {
@@ -104,6 +106,45 @@ BENCHMARK(BM_Attention)
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 
+// One (batch, head) product of attention on one thread, operands strided inside a [S, 3, H, D] qkv
+// buffer as attention reads them. args: S, D, product (0: scores Q K^T [S,S,D]; 1: context P V
+// [S,D,S]; 2: dV = P^T dC [S,D,S]), kernel (0: OpenBLAS through cpu::gemm; 1: cpu::attention_gemm).
+void BM_AttentionGemm(benchmark::State& state) {
+  const int S = state.range(0), D = state.range(1), product = state.range(2);
+  const bool own = state.range(3) != 0;
+  constexpr int H = 4;
+  const int ld_qkv = 3 * H * D;
+  const auto qkv = random_floats(static_cast<size_t>(S) * ld_qkv, 1);
+  const auto square = random_floats(static_cast<size_t>(S) * S, 2);
+  std::vector<float> out(static_cast<size_t>(S) * S);
+  const float* q = qkv.data();
+  const float* k = q + H * D;
+  const int saved_threads = omp_get_max_threads();
+  omp_set_num_threads(1);  // cpu::gemm would split the S = 512 products over threads
+  auto run = [&](Transpose ta, Transpose tb, int m, int n, int kk, const float* a, int lda, const float* b, int ldb,
+                 int ldc) {
+    if (own) {
+      cpu::attention_gemm(ta, tb, m, n, kk, 0.125f, a, lda, b, ldb, out.data(), ldc);
+    } else {
+      cpu::gemm(ta, tb, m, n, kk, 0.125f, a, lda, b, ldb, 0.0f, out.data(), ldc);
+    }
+  };
+  for (auto _ : state) {
+    if (product == 0) run(Transpose::kNo, Transpose::kYes, S, S, D, q, ld_qkv, k, ld_qkv, S);
+    if (product == 1) run(Transpose::kNo, Transpose::kNo, S, D, S, square.data(), S, k, ld_qkv, D);
+    if (product == 2) run(Transpose::kYes, Transpose::kNo, S, D, S, square.data(), S, k, ld_qkv, D);
+    benchmark::ClobberMemory();
+  }
+  omp_set_num_threads(saved_threads);
+  flops_counter(state, 2.0 * S * S * D);
+  state.SetLabel(own ? (cpu::attention_gemm_uses_own_kernel() ? "own AVX-512" : "own (OpenBLAS fallback)")
+                     : "OpenBLAS");
+}
+BENCHMARK(BM_AttentionGemm)
+    ->ArgNames({"S", "D", "product", "own"})
+    ->ArgsProduct({{128, 512}, {64}, {0, 1, 2}, {0, 1}})
+    ->Unit(benchmark::kMicrosecond);
+
 // args: rows, cols, backward
 void BM_LayerNorm(benchmark::State& state) {
   const int rows = state.range(0), cols = state.range(1);
@@ -198,9 +239,9 @@ void BM_SoftmaxCrossEntropy(benchmark::State& state) {
 }
 BENCHMARK(BM_SoftmaxCrossEntropy)
     ->ArgNames({"rows", "V", "in_place"})
-    ->Args({608, 30522, 0})   // small: 32 rows x 19 predictions
+    ->Args({608, 30522, 0})  // small: 32 rows x 19 predictions
     ->Args({608, 30522, 1})
-    ->Args({632, 30522, 1})   // base: 8 rows x 79 predictions
+    ->Args({632, 30522, 1})  // base: 8 rows x 79 predictions
     ->UseRealTime()
     ->Unit(benchmark::kMillisecond);
 

@@ -1,6 +1,7 @@
 // Multi-head scaled dot-product attention on the fused qkv layout [B,S,3,H,D]. One (batch, head) pair
 // at a time: its query/key/value are strided views into qkv (leading dimension 3*H*D), so the products
-// are plain GEMMs with no repacking; pairs run in parallel on OpenMP with OpenBLAS single-threaded.
+// are plain GEMMs with no repacking; pairs run in parallel on OpenMP, each product on its thread through
+// attention_gemm (small_gemm.cpp: an own AVX-512 kernel in float, OpenBLAS single-threaded otherwise).
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -128,7 +129,7 @@ void attention_forward(T* context, T* probs, uint8_t* keep, const T* qkv, const 
     const int32_t* mask_b = mask != nullptr ? mask + static_cast<size_t>(b) * S : all_valid;
     T* p = probs + bh * SS;
     // scores = q k^T / sqrt(D)
-    gemm(Transpose::kNo, Transpose::kYes, S, S, D, score_scale, q, ld_qkv, k, ld_qkv, T(0), p, S);
+    attention_gemm(Transpose::kNo, Transpose::kYes, S, S, D, score_scale, q, ld_qkv, k, ld_qkv, p, S);
     masked_softmax_rows(p, static_cast<T*>(nullptr), mask_b, S, S);
 
     const T* attend = p;
@@ -143,7 +144,7 @@ void attention_forward(T* context, T* probs, uint8_t* keep, const T* qkv, const 
     }
     // context[b,:,h,:] = attend v
     T* ctx = context + static_cast<size_t>(b) * S * ld_ctx + h * D;
-    gemm(Transpose::kNo, Transpose::kNo, S, D, S, T(1), attend, S, v, ld_qkv, T(0), ctx, ld_ctx);
+    attention_gemm(Transpose::kNo, Transpose::kNo, S, D, S, T(1), attend, S, v, ld_qkv, ctx, ld_ctx);
   }
 }
 
@@ -182,14 +183,14 @@ void attention_backward(T* dqkv, T* scratch, const T* dcontext, const T* qkv, co
       attend = dropped;
     }
     // dv = attend^T dctx
-    gemm(Transpose::kYes, Transpose::kNo, S, D, S, T(1), attend, S, dctx, ld_ctx, T(0), dv, ld_qkv);
+    attention_gemm(Transpose::kYes, Transpose::kNo, S, D, S, T(1), attend, S, dctx, ld_ctx, dv, ld_qkv);
     // d(attend) = dctx v^T
-    gemm(Transpose::kNo, Transpose::kYes, S, S, D, T(1), dctx, ld_ctx, v, ld_qkv, T(0), ds, S);
+    attention_gemm(Transpose::kNo, Transpose::kYes, S, S, D, T(1), dctx, ld_ctx, v, ld_qkv, ds, S);
     // Through dropout, then softmax.
     softmax_backward_rows(ds, p, kb, keep_scale, score_scale, S, S);
     // dq = ds k; dk = ds^T q
-    gemm(Transpose::kNo, Transpose::kNo, S, D, S, T(1), ds, S, k, ld_qkv, T(0), dq, ld_qkv);
-    gemm(Transpose::kYes, Transpose::kNo, S, D, S, T(1), ds, S, q, ld_qkv, T(0), dk, ld_qkv);
+    attention_gemm(Transpose::kNo, Transpose::kNo, S, D, S, T(1), ds, S, k, ld_qkv, dq, ld_qkv);
+    attention_gemm(Transpose::kYes, Transpose::kNo, S, D, S, T(1), ds, S, q, ld_qkv, dk, ld_qkv);
   }
 }
 
@@ -218,7 +219,7 @@ void fused_attention_forward(T* context, T* stats, const T* qkv, const int32_t* 
     const T* v = q + 2 * H * D;
     const int32_t* mask_b = mask != nullptr ? mask + static_cast<size_t>(b) * S : all_valid;
     T* p = detail::thread_scratch<T, detail::kScratchAttention>(SS);
-    gemm(Transpose::kNo, Transpose::kYes, S, S, D, score_scale, q, ld_qkv, k, ld_qkv, T(0), p, S);
+    attention_gemm(Transpose::kNo, Transpose::kYes, S, S, D, score_scale, q, ld_qkv, k, ld_qkv, p, S);
     masked_softmax_rows(p, stats + static_cast<size_t>(bh) * S, mask_b, S, S);
     if (dropout > 0.0f) {
       uint8_t* kb = detail::thread_scratch<uint8_t, detail::kScratchAttentionKeep>(SS);
@@ -226,7 +227,7 @@ void fused_attention_forward(T* context, T* stats, const T* qkv, const int32_t* 
       apply_keep(p, p, kb, keep_scale, SS);
     }
     T* ctx = context + static_cast<size_t>(b) * S * ld_ctx + h * D;
-    gemm(Transpose::kNo, Transpose::kNo, S, D, S, T(1), p, S, v, ld_qkv, T(0), ctx, ld_ctx);
+    attention_gemm(Transpose::kNo, Transpose::kNo, S, D, S, T(1), p, S, v, ld_qkv, ctx, ld_ctx);
   }
 }
 
@@ -260,7 +261,7 @@ void fused_attention_backward(T* dqkv, const T* dcontext, const T* qkv, const T*
     T* ds = detail::thread_scratch<T, detail::kScratchAttentionGrad>(SS);
 
     // The probabilities again: forward's scores, then exp(score - lse).
-    gemm(Transpose::kNo, Transpose::kYes, S, S, D, score_scale, q, ld_qkv, k, ld_qkv, T(0), p, S);
+    attention_gemm(Transpose::kNo, Transpose::kYes, S, S, D, score_scale, q, ld_qkv, k, ld_qkv, p, S);
     recompute_probability_rows(p, stats + static_cast<size_t>(bh) * S, mask_b, S, S);
     const T* attend = p;
     const uint8_t* kb = nullptr;
@@ -272,13 +273,13 @@ void fused_attention_backward(T* dqkv, const T* dcontext, const T* qkv, const T*
       attend = ds;
     }
     // dv = attend^T dctx
-    gemm(Transpose::kYes, Transpose::kNo, S, D, S, T(1), attend, S, dctx, ld_ctx, T(0), dv, ld_qkv);
+    attention_gemm(Transpose::kYes, Transpose::kNo, S, D, S, T(1), attend, S, dctx, ld_ctx, dv, ld_qkv);
     // d(attend) = dctx v^T, then through dropout and softmax.
-    gemm(Transpose::kNo, Transpose::kYes, S, S, D, T(1), dctx, ld_ctx, v, ld_qkv, T(0), ds, S);
+    attention_gemm(Transpose::kNo, Transpose::kYes, S, S, D, T(1), dctx, ld_ctx, v, ld_qkv, ds, S);
     softmax_backward_rows(ds, p, kb, keep_scale, score_scale, S, S);
     // dq = ds k; dk = ds^T q
-    gemm(Transpose::kNo, Transpose::kNo, S, D, S, T(1), ds, S, k, ld_qkv, T(0), dq, ld_qkv);
-    gemm(Transpose::kYes, Transpose::kNo, S, D, S, T(1), ds, S, q, ld_qkv, T(0), dk, ld_qkv);
+    attention_gemm(Transpose::kNo, Transpose::kNo, S, D, S, T(1), ds, S, k, ld_qkv, dq, ld_qkv);
+    attention_gemm(Transpose::kYes, Transpose::kNo, S, D, S, T(1), ds, S, q, ld_qkv, dk, ld_qkv);
   }
 }
 

@@ -28,6 +28,7 @@ enum ScratchSlot : int {
   kScratchSumSquares = 3,
   kScratchAttentionGrad = 4,  // fused attention backward: d(scores) next to the recomputed probabilities
   kScratchAttentionKeep = 5,  // fused attention: the regenerated dropout keep bits of one (batch, head)
+  kScratchAttentionPack = 6,  // attention_gemm: the transposed right operand of A B^T
 };
 template <typename T, int Slot>
 T* thread_scratch(size_t n) {

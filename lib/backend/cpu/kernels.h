@@ -42,6 +42,15 @@ void linear_backward(T* dx, T* dweight, T* dbias, const T* dy, const T* x, const
 // dbias[c] += sum_r dy[r, c] for dy [rows, cols], rows summed in order 0..rows-1 for every column.
 template <typename T>
 void column_sums_accumulate(T* dbias, const T* dy, int rows, int cols);
+// C[m,n] = alpha * op(A) op(B), C overwritten (beta 0), on the calling thread only: the per-(batch, head)
+// products of attention (small_gemm.cpp). float: an own register-tiled AVX-512 kernel when the CPU has
+// it (each element one K-long chain of fused multiply-adds in order, then times alpha; A^T B^T goes to
+// OpenBLAS), else OpenBLAS; double: OpenBLAS (gemm).
+template <typename T>
+void attention_gemm(Transpose trans_a, Transpose trans_b, int m, int n, int k, T alpha, const T* a, int lda, const T* b,
+                    int ldb, T* c, int ldc);
+// Whether attention_gemm<float> runs the own kernel on this CPU (tests and benchmarks report it).
+bool attention_gemm_uses_own_kernel();
 
 // ---- elementwise (elementwise.cpp) ----
 template <typename T>
