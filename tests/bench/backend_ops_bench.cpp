@@ -201,6 +201,14 @@ BENCHMARK(BM_Gelu)
     ->UseRealTime()
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Tanh)->ArgNames({"n", "bwd"})->Args({4096 * 256, 0})->UseRealTime()->Unit(benchmark::kMicrosecond);
+// ReLU: the same memory passes as GELU with almost no arithmetic, so GELU - ReLU is GELU's arithmetic.
+void BM_Relu(benchmark::State& state) { activation_bench(state, Activation::kRelu); }
+BENCHMARK(BM_Relu)
+    ->ArgNames({"n", "bwd"})
+    ->Args({4096 * 1024, 0})
+    ->Args({4096 * 1024, 1})
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
 
 void BM_Dropout(benchmark::State& state) {
   const size_t n = state.range(0);

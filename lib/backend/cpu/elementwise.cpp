@@ -142,7 +142,12 @@ void activation_backward(Activation act, T* dx, const T* dy, const T* x, size_t 
       return;
     case Activation::kRelu:
 #pragma omp parallel for simd schedule(static) if (n > kParallelMin)
-      for (size_t i = 0; i < n; ++i) dx[i] = x[i] > T(0) ? dy[i] : T(0);
+      for (size_t i = 0; i < n; ++i) {
+        // dy read unconditionally: a conditional read compiled to a branch per element (20 ms for 4M
+        // random signs instead of ~1).
+        const T g = dy[i];
+        dx[i] = x[i] > T(0) ? g : T(0);
+      }
       return;
     case Activation::kTanh:
       detail::parallel_chunks(n, kChunk, kChunk,
