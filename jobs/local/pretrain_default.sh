@@ -5,10 +5,12 @@
 # checkpoints, resume from the last checkpoint, and export Hugging Face directories.
 #
 # Environment overrides: CORPUS (file or directory), WORK (default data/default), RUN (default
-# runs/default), NP (ranks, default 2), STEPS (default from jobs/configs/tiny.json), VOCAB_SIZE (8000).
+# runs/default), NP (ranks, default 2), STEPS (default from jobs/configs/tiny.json), VOCAB_SIZE (8000),
+# MPIRUN_ARGS (more mpirun arguments, split on spaces; default "--bind-to none", as in pretrain.sh),
+# ELECTRA_BIN (directory of the programs, default <repository>/build/bin).
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-bin="$root/build/bin"
+bin=${ELECTRA_BIN:-$root/build/bin}
 corpus=${CORPUS:-$(ls -d /usr/share/doc/python3*/html/_sources 2>/dev/null | head -1)}
 work=${WORK:-$root/data/default}
 run=${RUN:-$root/runs/default}
@@ -16,6 +18,11 @@ np=${NP:-2}
 vocab_size=${VOCAB_SIZE:-8000}
 mpirun_cmd=(mpirun -np "$np" --oversubscribe)
 [ "$(id -u)" -ne 0 ] || mpirun_cmd+=(--allow-run-as-root)
+# Open MPI binds each rank to one core when there are 2 ranks or fewer: with NP=1 electra-train's two
+# threads (cores / ranks) would share one core (half the speed on an idle machine), and on a busy
+# machine a bound rank cannot move off a core that other work holds (docs/performance.md).
+read -r -a more_mpirun_args <<< "${MPIRUN_ARGS:---bind-to none}"
+mpirun_cmd+=("${more_mpirun_args[@]}")
 [ -n "$corpus" ] && [ -e "$corpus" ] || { echo "no corpus: install python3-doc or set CORPUS" >&2; exit 2; }
 
 mkdir -p "$work"
