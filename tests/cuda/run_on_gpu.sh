@@ -45,6 +45,10 @@ else
   { cmake -S . -B build-gpu "${generator[@]}" -DELECTRA_CUDA=ON -DCMAKE_BUILD_TYPE=Release &&
     targets=(cuda_backend_tests) &&
     { cmake --build build-gpu --target help | grep -q electra-bench && targets+=(electra-bench) || true; } &&
+    # The GPU tests that drive electra-train (their targets depend on the programs).
+    for t in cuda_train_precision_tests cuda_checkpoint_move_tests; do
+      { cmake --build build-gpu --target help | grep -q "$t" && targets+=("$t") || true; }
+    done &&
     cmake --build build-gpu --target "${targets[@]}" -j "$(nproc)"; } 2>&1 | tee "$logs/build.txt"
   if [[ ${PIPESTATUS[0]} -ne 0 ]]; then
     echo "build failed (log: $logs/build.txt)"
