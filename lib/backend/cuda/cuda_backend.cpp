@@ -85,6 +85,17 @@ class CudaBackend final : public Backend<float> {
  public:
   CudaBackend(int device, const CudaBackendOptions& options)
       : device_(device), precision_(options.tf32 ? CudaPrecision::kTf32 : options.precision) {
+    try {
+      initialize(options);
+    } catch (...) {
+      release();  // no destructor runs after a throwing constructor: free what was created (e.g. arena OOM)
+      throw;
+    }
+  }
+  ~CudaBackend() override { release(); }
+
+ private:
+  void initialize(const CudaBackendOptions& options) {
     ELECTRA_CUDA_CHECK(cudaSetDevice(device_));
     cudaDeviceProp prop{};
     ELECTRA_CUDA_CHECK(cudaGetDeviceProperties(&prop, device_));
@@ -124,8 +135,8 @@ class CudaBackend final : public Backend<float> {
     ELECTRA_CUDA_CHECK(cudaStreamSynchronize(stream_.stream));
   }
 
-  ~CudaBackend() override {
-    // No throwing here: report nothing, release everything.
+  // No throwing here: report nothing, release everything.
+  void release() noexcept {
     cudaSetDevice(device_);
     if (stream_.stream != nullptr) cudaStreamSynchronize(stream_.stream);
     sdpa_.reset();  // its cuDNN handle is bound to the stream
@@ -138,6 +149,7 @@ class CudaBackend final : public Backend<float> {
     if (stream_.stream != nullptr) cudaStreamDestroy(stream_.stream);
   }
 
+ public:
   CudaBackend(const CudaBackend&) = delete;
   CudaBackend& operator=(const CudaBackend&) = delete;
 
@@ -671,8 +683,15 @@ class CudaBackend final : public Backend<float> {
       if (workspace_ != nullptr) arena_->deallocate(reinterpret_cast<uintptr_t>(workspace_));
       workspace_ = nullptr;
       workspace_bytes_ = 0;
-      workspace_ = raw_allocate(grown);
-      workspace_bytes_ = grown;
+      // The headroom must not cost an out-of-memory that the exact size would avoid in a full arena.
+      size_t size = grown;
+      try {
+        workspace_ = raw_allocate(grown);
+      } catch (const Error&) {
+        workspace_ = raw_allocate(bytes);
+        size = bytes;
+      }
+      workspace_bytes_ = size;
     }
     return static_cast<E*>(workspace_);
   }
