@@ -566,7 +566,9 @@ void CudnnSdpa::check_errors() {
   unsigned errors = 0;
   ELECTRA_CUDA_CHECK(cudaMemcpy(&errors, own_errors_, sizeof(unsigned), cudaMemcpyDeviceToHost));
   if (errors == 0) return;
-  ELECTRA_CUDA_CHECK(cudaMemset(own_errors_, 0, sizeof(unsigned)));
+  // On our stream: the legacy stream's cudaMemset is not ordered before later kernels on a non-blocking
+  // stream, so it could wipe a flag they set.
+  ELECTRA_CUDA_CHECK(cudaMemsetAsync(own_errors_, 0, sizeof(unsigned), stream_));
   fail(
       "CudnnSdpa: an attention mask row since the last check was not right padding (ones, then zeros, at least "
       "one 1); cuDNN SDPA cannot express it and those results are wrong");
