@@ -13,7 +13,8 @@
 #include "lib/core/error.h"
 #include "lib/core/log.h"
 
-static_assert(NCCL_VERSION_CODE >= NCCL_VERSION(2, 10, 0), "ncclAvg and ncclGetLastError need NCCL 2.10 or newer");
+static_assert(NCCL_VERSION_CODE >= NCCL_VERSION(2, 14, 0),
+              "ncclCommFinalize and ncclInProgress need NCCL 2.14 or newer (ncclAvg 2.10, ncclGetLastError 2.13)");
 
 namespace electra::dist {
 namespace {
