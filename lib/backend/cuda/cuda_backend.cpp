@@ -668,7 +668,16 @@ class CudaBackend final : public Backend<float> {
   // Forward and backward ask with the same arguments and get the same answer (CudnnSdpa caches it).
   cuda::CudnnSdpa* sdpa_for(int B, int S, int H, int D, float dropout) {
     if (precision_ != CudaPrecision::kBf16 && precision_ != CudaPrecision::kFp16) return nullptr;
-    if (!sdpa_) sdpa_ = std::make_unique<cuda::CudnnSdpa>(stream_.stream, precision_, stream_.errors);
+    if (!sdpa_ && !sdpa_unavailable_) {
+      // A cuDNN that cannot start here (sub-libraries, versions) serves nothing: our kernels take every call.
+      try {
+        sdpa_ = std::make_unique<cuda::CudnnSdpa>(stream_.stream, precision_, stream_.errors);
+      } catch (const Error& error) {
+        sdpa_unavailable_ = true;
+        ELECTRA_LOG(warning) << "cuDNN SDPA unavailable, attention uses the backend's own kernels: " << error.what();
+      }
+    }
+    if (!sdpa_) return nullptr;
     return sdpa_->supported(B, S, H, D, dropout) ? sdpa_.get() : nullptr;
   }
 
@@ -732,6 +741,7 @@ class CudaBackend final : public Backend<float> {
   void* workspace_ = nullptr;  // an arena block
   size_t workspace_bytes_ = 0;
   std::unique_ptr<cuda::CudnnSdpa> sdpa_;  // bf16/fp16 modes: created by the first fused attention call
+  bool sdpa_unavailable_ = false;          // creating it failed once: not tried again
 };
 
 CudaBackend& as_cuda(Backend<float>& backend) {
