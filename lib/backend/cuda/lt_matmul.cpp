@@ -30,7 +30,12 @@ LtMatmul::LtMatmul(cublasComputeType_t compute, cudaStream_t stream, int device)
     : compute_(compute), stream_(stream), device_(device) {
   ELECTRA_CUBLASLT_CHECK(cublasLtCreate(&handle_));
   // Up front, before the backend sizes its memory arena from what is free.
-  ensure_workspace(kWorkspaceBytes);
+  try {
+    ensure_workspace(kWorkspaceBytes);
+  } catch (...) {
+    cublasLtDestroy(handle_);  // no destructor runs after a throwing constructor
+    throw;
+  }
 }
 
 LtMatmul::~LtMatmul() {
