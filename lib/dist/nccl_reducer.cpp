@@ -58,11 +58,17 @@ constexpr const char* kReducer = "NcclReducer";
 NcclCommunicator::NcclCommunicator(const Communicator& comm, int device)
     : device_(device), rank_(comm.rank()), world_size_(comm.world_size()) {
   NCCL_REDUCER_CUDA_CHECK(kCommunicator, cudaSetDevice(device_));
-  ncclUniqueId id{};
-  if (comm.is_root()) NCCL_REDUCER_NCCL_CHECK(kCommunicator, nullptr, ncclGetUniqueId(&id));
-  comm.broadcast(&id, sizeof(id), 0);
+  // The root's result travels with the id: a root that fails must not leave the others in the broadcast.
+  struct {
+    ncclUniqueId id;
+    ncclResult_t result;
+  } bootstrap{};
+  if (comm.is_root()) bootstrap.result = ncclGetUniqueId(&bootstrap.id);
+  comm.broadcast(&bootstrap, sizeof(bootstrap), 0);
+  if (bootstrap.result != ncclSuccess)
+    fail_nccl(kCommunicator, "ncclGetUniqueId (on rank 0)", bootstrap.result, nullptr);
   ncclComm_t created = nullptr;
-  NCCL_REDUCER_NCCL_CHECK(kCommunicator, nullptr, ncclCommInitRank(&created, world_size_, id, rank_));
+  NCCL_REDUCER_NCCL_CHECK(kCommunicator, nullptr, ncclCommInitRank(&created, world_size_, bootstrap.id, rank_));
   comm_ = created;
   int version = 0;
   NCCL_REDUCER_NCCL_CHECK(kCommunicator, comm_, ncclGetVersion(&version));
