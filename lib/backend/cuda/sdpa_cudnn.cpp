@@ -418,6 +418,9 @@ const CudnnSdpa::PlanEntry& CudnnSdpa::plan_entry(const sdpa::PlanKey& key) {
     entry.why = error.what();
     ELECTRA_LOG(warning) << "cuDNN SDPA: building the " << sdpa::to_string(key) << " plan failed: " << entry.why;
   }
+  // Engines cuDNN tried and rejected may leave a non-sticky CUDA error behind; the next kernel launch check
+  // would blame our kernel for it. (A sticky error stays and is reported by the next call.)
+  cudaGetLastError();
   if (entry.plan == nullptr) {
     ELECTRA_LOG(info) << "cuDNN SDPA does not serve " << sdpa::to_string(key) << ": " << entry.why;
   } else if (!entry.plan->deterministic) {
