@@ -249,7 +249,7 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
   DeviceOptions device_options;
   device_options.precision = o.precision;
   const std::unique_ptr<Backend<float>> backend =
-      make_rank_backend(o.device, comm.local_rank(), device_options, comm.local_size());
+      make_rank_backend(o.device, comm, device_options);
 
   ElectraPretrainer<float> net(model, *backend);
   net.init_parameters(o.seed);

@@ -56,7 +56,7 @@ void setup(const Flags& flags, const electra::dist::Communicator& comm, Setup& s
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   omp_set_num_threads(flags.threads > 0 ? flags.threads : std::max(1, cores / std::max(1, comm.local_size())));
   // The device first: a missing GPU is reported before anything is read.
-  s.backend = electra::make_rank_backend(flags.device, comm.local_rank(), flags.device_options, comm.local_size());
+  s.backend = electra::make_rank_backend(flags.device, comm, flags.device_options);
 
   // The vocabulary the data was made with (its copy in the shards directory) unless --vocab is given;
   // the model's loader checks it against the checkpoint's model.vocab_size and training manifest.

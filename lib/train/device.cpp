@@ -1,7 +1,11 @@
 #include "lib/train/device.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdlib>
+#include <map>
+#include <sstream>
 
 #if defined(ELECTRA_HAVE_CUDA)
 #include "lib/backend/cuda/arena.h"
@@ -51,13 +55,58 @@ std::unique_ptr<Backend<float>> make_rank_backend(const std::string& device, int
   CudaBackendOptions cuda;
   cuda.precision = parse_cuda_precision(p);
   cuda.arena_bytes = options.arena_bytes;
-  cuda.memory_fraction = options.memory_fraction / ranks_sharing_gpu(local_rank, local_size, gpus);
+  const int sharing = options.ranks_on_gpu > 0 ? options.ranks_on_gpu : ranks_sharing_gpu(local_rank, local_size, gpus);
+  cuda.memory_fraction = options.memory_fraction / sharing;
   cuda.arena_size_hint = options.arena_size_hint;
   return make_cuda_backend(std::max(0, local_rank) % gpus, cuda);
 #else
   (void)local_rank, (void)local_size;
   fail("--device cuda: this build has no CUDA backend (configure with -DELECTRA_CUDA=ON where nvcc is installed)");
 #endif
+}
+
+std::vector<int> ranks_per_gpu_id(const std::vector<std::string>& gpu_ids) {
+  std::map<std::string, int> users;
+  for (const std::string& id : gpu_ids) {
+    if (!id.empty()) ++users[id];
+  }
+  std::vector<int> counts;
+  counts.reserve(gpu_ids.size());
+  for (const std::string& id : gpu_ids) counts.push_back(id.empty() ? 1 : users[id]);
+  return counts;
+}
+
+int count_ranks_on_my_gpu(const dist::Communicator& comm) {
+  // This rank's GPU as "<host> <PCI bus id>" ("" without one).
+  std::string id;
+#if defined(ELECTRA_HAVE_CUDA)
+  const int gpus = cuda_device_count();
+  if (gpus > 0) {
+    const std::string bus = cuda_device_pci_bus_id(std::max(0, comm.local_rank()) % gpus);
+    char host[256] = {};
+    if (!bus.empty() && gethostname(host, sizeof(host) - 1) == 0) id = std::string(host) + " " + bus;
+  }
+#endif
+  const std::vector<std::string> ids = comm.gather_strings(id);
+  std::string counts;
+  if (comm.is_root()) {
+    std::ostringstream out;
+    for (int c : ranks_per_gpu_id(ids)) out << c << ' ';
+    counts = out.str();
+  }
+  comm.broadcast(counts);
+  std::istringstream in(counts);
+  int mine = 1;
+  for (int r = 0; r <= comm.rank(); ++r) in >> mine;
+  return std::max(1, mine);
+}
+
+std::unique_ptr<Backend<float>> make_rank_backend(const std::string& device, const dist::Communicator& comm,
+                                                  const DeviceOptions& options) {
+  check_device_name(device, "--device");
+  DeviceOptions counted = options;
+  if (device == "cuda" && counted.ranks_on_gpu == 0) counted.ranks_on_gpu = count_ranks_on_my_gpu(comm);
+  return make_rank_backend(device, comm.local_rank(), counted, comm.local_size());
 }
 
 int local_rank_from_environment() {

@@ -6,8 +6,10 @@
 #include <cstddef>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "lib/backend/backend.h"
+#include "lib/dist/communicator.h"
 
 namespace electra {
 
@@ -19,6 +21,9 @@ struct DeviceOptions {
   double memory_fraction = 0.9;
   // What a user sets to change the arena size, for the arena's out-of-memory message.
   std::string arena_size_hint = "--arena-bytes or --memory-fraction";
+  // How many ranks use this rank's GPU (memory_fraction is split among them); 0 = estimate it from the
+  // node-local ranks (ranks_sharing_gpu). The Communicator overload of make_rank_backend counts them.
+  int ranks_on_gpu = 0;
 };
 
 // Whether this build has the CUDA backend (configured with ELECTRA_CUDA where nvcc is installed).
@@ -36,7 +41,23 @@ void check_device_name(const std::string& device, const std::string& what);
 std::unique_ptr<Backend<float>> make_rank_backend(const std::string& device, int local_rank,
                                                   const DeviceOptions& options = {}, int local_size = 1);
 
-// How many of `local_size` node-local ranks (rank r on GPU r % gpus) share local_rank's GPU.
+// Collective over `comm`: make_rank_backend(device, comm.local_rank(), options, comm.local_size()) with
+// options.ranks_on_gpu counted from every rank's host name and GPU PCI bus id, so that ranks which each
+// see only their own GPU (srun --gpus-per-task, per-rank CUDA_VISIBLE_DEVICES) take the whole
+// memory_fraction, and ranks that really share one split it. Every rank of comm must call it.
+std::unique_ptr<Backend<float>> make_rank_backend(const std::string& device, const dist::Communicator& comm,
+                                                  const DeviceOptions& options = {});
+
+// Collective over `comm` (call it where every rank is sure to arrive): how many ranks use this rank's
+// GPU (local_rank % visible GPUs), by host name and PCI bus id; 1 when this rank has no usable GPU.
+int count_ranks_on_my_gpu(const dist::Communicator& comm);
+
+// For each of the gathered "<gpu id>" strings (one per rank, "" = no GPU), how many ranks name the same
+// non-empty id (1 for ""): the sharing count behind the Communicator overload.
+std::vector<int> ranks_per_gpu_id(const std::vector<std::string>& gpu_ids);
+
+// Estimate without communication: how many of `local_size` node-local ranks (rank r on GPU r % gpus)
+// share local_rank's GPU, assuming every local rank sees the same GPUs.
 int ranks_sharing_gpu(int local_rank, int local_size, int gpus);
 
 // The node-local rank of a process that does not start MPI (electra-score): the launcher's variable

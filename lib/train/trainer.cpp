@@ -230,6 +230,8 @@ class Trainer {
   // Returns an error message instead of throwing, so every rank can agree on failure before anyone
   // starts a collective of the training loop.
   std::optional<std::string> setup();
+  // How many ranks use this rank's GPU (count_ranks_on_my_gpu, a collective run before setup()).
+  void set_ranks_on_gpu(int ranks) { ranks_on_gpu_ = ranks; }
   int train();
 
  private:
@@ -256,6 +258,7 @@ class Trainer {
   std::unique_ptr<LossScaler> loss_scaler_;  // optim.loss_scale (dynamic by default with fp16)
   std::string precision_ = "fp32";           // train.precision
   DeviceOptions device_options_;             // train.precision, device.*
+  int ranks_on_gpu_ = 0;                     // set_ranks_on_gpu (0: estimated from the local ranks)
 #if defined(ELECTRA_HAVE_NCCL)
   std::unique_ptr<dist::NcclCommunicator> nccl_;  // dist.gradient_transport = nccl (outlives reducer_)
 #endif
@@ -391,6 +394,7 @@ std::optional<std::string> Trainer::setup() {
       fail("config key 'device.arena_bytes' must be >= 0 (0: use device.memory_fraction), got ", arena_bytes);
     }
     device_options_.arena_bytes = static_cast<size_t>(arena_bytes);
+    device_options_.ranks_on_gpu = ranks_on_gpu_;
     device_options_.arena_size_hint =
         "config key device.arena_bytes (bytes) or device.memory_fraction (of the free GPU memory; now " +
         std::to_string(device_options_.memory_fraction) + ")";
@@ -874,6 +878,8 @@ int Trainer::train() {
 
 int run_training(const dist::Communicator& comm, const TrainOptions& options) {
   Trainer trainer(comm, options);
+  // Before setup, which may fail on one rank only: a collective every rank reaches.
+  if (options.device == "cuda") trainer.set_ranks_on_gpu(count_ranks_on_my_gpu(comm));
   std::optional<std::string> error = trainer.setup();
   if (!comm.agree_all(!error.has_value())) {
     if (error) {

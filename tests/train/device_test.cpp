@@ -7,6 +7,7 @@
 
 #include <cstdlib>
 #include <string>
+#include <vector>
 
 #include "lib/core/error.h"
 
@@ -65,6 +66,15 @@ TEST(Device, RanksSharingAGpu) {
   EXPECT_EQ(ranks_sharing_gpu(1, 3, 2), 1);  // rank 1 alone on GPU 1
   EXPECT_EQ(ranks_sharing_gpu(2, 3, 1), 3);
   EXPECT_EQ(ranks_sharing_gpu(0, 0, 0), 1);
+}
+
+// The collective count compares host name + PCI bus id: ranks that each see "their" GPU 0 (srun
+// --gpus-per-task) share nothing; ranks on one physical GPU split it; ranks without a GPU count 1.
+TEST(Device, RanksPerGpuIdComparesPhysicalGpus) {
+  EXPECT_EQ(ranks_per_gpu_id({"n1 0000:41:00.0", "n1 0000:42:00.0", "n1 0000:43:00.0"}), (std::vector<int>{1, 1, 1}));
+  EXPECT_EQ(ranks_per_gpu_id({"n1 0000:41:00.0", "n1 0000:41:00.0", "n2 0000:41:00.0", "", ""}),
+            (std::vector<int>{2, 2, 1, 1, 1}));
+  EXPECT_TRUE(ranks_per_gpu_id({}).empty());
 }
 
 TEST(Device, LocalRankFromTheLauncher) {

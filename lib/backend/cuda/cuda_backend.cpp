@@ -772,6 +772,15 @@ std::string cuda_unavailable_reason() noexcept {
   }
 }
 
+std::string cuda_device_pci_bus_id(int device) noexcept {
+  char bus_id[64] = {};
+  if (cudaDeviceGetPCIBusId(bus_id, sizeof(bus_id), device) != cudaSuccess) {
+    cudaGetLastError();
+    return "";
+  }
+  return bus_id;
+}
+
 std::unique_ptr<Backend<float>> make_cuda_backend(int device, const CudaBackendOptions& options) {
   int count = 0;
   const cudaError_t error = cudaGetDeviceCount(&count);

@@ -73,6 +73,11 @@ int cuda_device_count() noexcept;
 // cuda_device_count() > 0. Never throws.
 std::string cuda_unavailable_reason() noexcept;
 
+// The PCI bus id of visible device `device` ("0000:41:00.0"), or "" when it cannot be read. Never throws.
+// Ranks compare these (with the host name) to find out which of them share a GPU: visible device numbers
+// say nothing when each rank sees only its own GPU (srun --gpus-per-task).
+std::string cuda_device_pci_bus_id(int device) noexcept;
+
 // Backend<float> on GPU `device` (0-based, as CUDA numbers the visible devices). Throws electra::Error
 // with a message saying what is missing: no driver, a driver older than this build's CUDA runtime, no
 // GPU, a device index out of range, or a GPU older than compute capability 8.0 (this build has code for

@@ -144,6 +144,10 @@ LtMatmul::Plan LtMatmul::make_plan(const Key& key, const float* bias) {
 bool LtMatmul::matmul(cublasOperation_t trans_a, cublasOperation_t trans_b, int m, int n, int k, float alpha,
                       const float* a, int lda, const float* b, int ldb, float beta, float* d, int ldd,
                       const float* bias) {
+  // A bias view into the flat parameter buffer is often only 4-byte aligned; cuBLASLt's bias epilogue is
+  // documented only for aligned vectors and older releases fault on misaligned ones (an error that would
+  // poison the context), so those take the caller's plain path (GEMM + bias kernel).
+  if (bias != nullptr && pointer_alignment(bias) < 16) return false;
   const Key key = {trans_a,
                    trans_b,
                    m,
