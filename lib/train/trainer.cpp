@@ -10,6 +10,7 @@
 #include <fstream>
 #include <iomanip>
 #include <memory>
+#include <optional>
 #include <sstream>
 #include <thread>
 
@@ -572,6 +573,10 @@ StepResult Trainer::train_step(double* metrics) {
   const size_t n = model_->layout().total_size();
   float* gradients = model_->gradients();
   bool gradients_finite = true;
+  // Each rank checks its own gradient ranges for NaN/Inf as they become final (so the log can name the
+  // rank), except when the allreduce runs on the device (NCCL, CUDA-aware MPI): there every check would
+  // stall the GPU once per bucket, so the reduced gradient's norm decides instead (the same on every rank).
+  const bool check_ranges = backend_->device() == DeviceKind::kCpu || !host_gradients_.empty();
   reducer_->begin();
   // The last micro-batch's backward reports each range of the gradient buffer as it becomes final: the
   // range is checked for NaN/Inf, then its allreduce starts while backward goes on with earlier layers.
@@ -580,7 +585,9 @@ StepResult Trainer::train_step(double* metrics) {
     if (offset == 0 && step_ == faults_.nan_step) {
       backend_->fill(gradients, 1, std::numeric_limits<float>::quiet_NaN());  // debug.nan_step
     }
-    gradients_finite = gradients_finite && std::isfinite(backend_->sum_squares(gradients + offset, count));
+    if (check_ranges) {
+      gradients_finite = gradients_finite && std::isfinite(backend_->sum_squares(gradients + offset, count));
+    }
     if (!host_gradients_.empty()) backend_->copy_to_host(host_gradients_.data() + offset, gradients + offset, count);
     reducer_->mark_ready(offset, count);
   };
@@ -614,6 +621,11 @@ StepResult Trainer::train_step(double* metrics) {
 
   reducer_->wait_all();
   if (!host_gradients_.empty()) backend_->copy_from_host(gradients, host_gradients_.data(), n);
+  std::optional<double> reduced_norm;  // the (scaled) norm of the reduced gradient, when computed already
+  if (!check_ranges) {
+    reduced_norm = optimizer_->gradient_norm(model_->gradients());
+    gradients_finite = std::isfinite(*reduced_norm);
+  }
 
   // Every rank must know whether anyone went non-finite before anyone updates.
   const bool loss_finite = std::isfinite(metrics[kTotalLoss]);
@@ -637,13 +649,14 @@ StepResult Trainer::train_step(double* metrics) {
         if (!f.empty()) ranks += (ranks.empty() ? "" : ",") + f;
       }
       ELECTRA_LOG(warning) << "step " << step_ + 1 << ": non-finite loss or gradient on rank(s) " << ranks
+                           << (check_ranges ? "" : " (gradients checked after the device allreduce)")
                            << "; all ranks skip the update";
     }
     return StepResult::kSkipped;
   }
 
   // Clipping is decided on the true gradient norm; AdamW divides the loss scale out of the update.
-  const double grad_norm = optimizer_->gradient_norm(model_->gradients()) / loss_scale;
+  const double grad_norm = (reduced_norm ? *reduced_norm : optimizer_->gradient_norm(model_->gradients())) / loss_scale;
   const OptimizerStepStats stats =
       optimizer_->step_with_norm(model_->parameters(), model_->gradients(), step_, grad_norm, loss_scale);
   loss_scaler_->update(true);
