@@ -1,6 +1,7 @@
 #include "lib/train/trainer.h"
 
 #include <omp.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -39,6 +40,7 @@
 #include "lib/train/checkpoint_manager.h"
 #include "lib/train/device.h"
 #include "lib/train/metrics.h"
+#include "lib/train/step_profile.h"
 #include "lib/train/tensorboard.h"
 
 extern "C" void openblas_set_num_threads(int num_threads);
@@ -68,6 +70,14 @@ int choose_threads(const Config& config, const dist::Communicator& comm) {
   if (configured > 0) return configured;
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   return std::max(1, cores / std::max(1, comm.local_size()));
+}
+
+// CPUs this process may run on (0: unknown). mpirun binds each rank to one core by default (2 ranks or
+// fewer), and threads bound to fewer CPUs than there are threads take turns on them.
+int allowed_cpu_count() {
+  cpu_set_t cpus;
+  CPU_ZERO(&cpus);
+  return sched_getaffinity(0, sizeof(cpus), &cpus) == 0 ? CPU_COUNT(&cpus) : 0;
 }
 
 // GFLOP/s of one large GEMM on this rank: the denominator of MFU when train.peak_gflops is 0. It runs in
@@ -165,6 +175,7 @@ nlohmann::json default_run_config() {
       {"peak_gflops", 0.0},       // per-rank peak for MFU (0: measured with one large GEMM in train.precision)
       {"precision", "fp32"},      // GEMM/attention arithmetic: fp32 | tf32 | bf16 | fp16 (the last three: cuda only)
       {"tensorboard", true},      // RUN_DIR/tensorboard event files
+      {"profile", false},         // log where each window's wall time went (phases, CPU time per step)
       {"eval_every", 0},          // evaluate on data.eval_dir every this many steps and at the end (0: off)
       {"eval_batches", 100},      // global batches (of train.batch_size) per evaluation (0: all of data.eval_dir)
   };
@@ -244,6 +255,7 @@ class Trainer {
   StepResult train_step(double* metrics);
   void log_step(const double* metrics, double step_seconds, double lr, double grad_norm);
   void run_eval();
+  void log_profile();
   std::unique_ptr<dist::BucketedReducer> make_reducer();
 
   const dist::Communicator& comm_;
@@ -298,6 +310,8 @@ class Trainer {
   int64_t skipped_in_a_row_ = 0;
   int64_t last_checkpoint_step_ = -1;
   double last_lr_ = 0, last_grad_norm_ = 0;
+  std::optional<StepProfile> profile_;  // train.profile
+  StepProfile* profile() { return profile_ ? &*profile_ : nullptr; }
 };
 
 std::optional<std::string> Trainer::setup() {
@@ -321,6 +335,7 @@ std::optional<std::string> Trainer::setup() {
     log_every_ = std::max(1, config_.get<int>("train.log_every"));
     checkpoint_every_ = config_.get<int>("train.checkpoint_every");
     max_skipped_ = config_.get<int>("train.max_skipped_steps");
+    if (config_.get<bool>("train.profile")) profile_.emplace();
     auto fault_step = [&](const char* what) {
       const std::string prefix = std::string("debug.") + what;
       return config_.get<int>(prefix + "_rank") == comm_.rank() ? config_.get<int64_t>(prefix + "_step") : int64_t{-1};
@@ -343,6 +358,12 @@ std::optional<std::string> Trainer::setup() {
     const int threads = choose_threads(config_, comm_);
     omp_set_num_threads(threads);
     openblas_set_num_threads(threads);
+    if (const int allowed = allowed_cpu_count(); allowed > 0 && threads > allowed) {
+      ELECTRA_LOG(warning) << "rank " << comm_.rank() << ": " << threads << " threads (train.threads) may run on only "
+                           << allowed << " CPU(s) and will take turns on them (mpirun binds ranks to cores by "
+                           << "default): run mpirun with --bind-to none, or --map-by slot:PE=" << threads
+                           << " --bind-to core";
+    }
 
     // The model section: the data's vocabulary decides vocab_size.
     data::LoaderOptions loader_options;
@@ -552,13 +573,19 @@ void Trainer::save_checkpoint() {
 // One optimizer step, top to bottom. Returns false when the step was skipped (non-finite somewhere).
 // `metrics` receives this rank's kNumMetrics sums.
 StepResult Trainer::train_step(double* metrics) {
+  StepProfile* const prof = profile();
+  std::optional<ScopedPhase> loading(std::in_place, prof, TrainPhase::kLoader);
   Batch batch = loader_->next();
+  loading.reset();
 
   // Global loss denominators: the gradient summed over ranks is then the global batch's gradient.
   double counts[3] = {0, 0, static_cast<double>(batch.rows)};
   for (float w : batch.masked_lm_weights) counts[0] += w;
   for (int32_t m : batch.input_mask) counts[1] += m;
-  comm_.allreduce_sum(std::span<double>(counts, 3));
+  {
+    ScopedPhase phase(prof, TrainPhase::kCounts);
+    comm_.allreduce_sum(std::span<double>(counts, 3));
+  }
   StepContext context;
   context.seed = seed_;
   context.step = static_cast<uint64_t>(step_);
@@ -581,7 +608,9 @@ StepResult Trainer::train_step(double* metrics) {
   // The last micro-batch's backward reports each range of the gradient buffer as it becomes final: the
   // range is checked for NaN/Inf, then its allreduce starts while backward goes on with earlier layers.
   StepHooks last_micro_batch;
+  double hook_seconds = 0;  // train.profile: the hook's share of backward, reported on its own
   last_micro_batch.on_gradients_ready = [&](size_t offset, size_t count) {
+    const auto hook_start = prof ? Clock::now() : Clock::time_point{};
     if (offset == 0 && step_ == faults_.nan_step) {
       backend_->fill(gradients, 1, std::numeric_limits<float>::quiet_NaN());  // debug.nan_step
     }
@@ -590,7 +619,9 @@ StepResult Trainer::train_step(double* metrics) {
     }
     if (!host_gradients_.empty()) backend_->copy_to_host(host_gradients_.data() + offset, gradients + offset, count);
     reducer_->mark_ready(offset, count);
+    if (prof) hook_seconds += seconds_since(hook_start);
   };
+  const auto compute_start = prof ? Clock::now() : Clock::time_point{};
   for (int begin = 0; begin < batch.rows; begin += micro_rows_) {
     const bool whole = micro_rows_ == batch.rows;
     if (begin + micro_rows_ == batch.rows) context.hooks = last_micro_batch;
@@ -609,6 +640,10 @@ StepResult Trainer::train_step(double* metrics) {
     metrics[kDiscFake] += l.disc_fake_count;
   }
   metrics[kTokens] = static_cast<double>(batch.rows) * batch.seq_length;
+  if (prof) {
+    prof->add(TrainPhase::kForwardBackward, seconds_since(compute_start) - hook_seconds);
+    prof->add(TrainPhase::kGradientHook, hook_seconds);
+  }
 
   // Fault injection (debug.*), resolved once in setup(): the step at which this rank misbehaves, or -1.
   if (step_ == faults_.hang_step) {
@@ -619,7 +654,10 @@ StepResult Trainer::train_step(double* metrics) {
     fail("debug.throw_step: injected failure on rank ", comm_.rank(), " at step ", step_);
   }
 
-  reducer_->wait_all();
+  {
+    ScopedPhase phase(prof, TrainPhase::kAllreduceWait);
+    reducer_->wait_all();
+  }
   if (!host_gradients_.empty()) backend_->copy_from_host(gradients, host_gradients_.data(), n);
   std::optional<double> reduced_norm;  // the (scaled) norm of the reduced gradient, when computed already
   if (!check_ranges) {
@@ -630,7 +668,10 @@ StepResult Trainer::train_step(double* metrics) {
   // Every rank must know whether anyone went non-finite before anyone updates.
   const bool loss_finite = std::isfinite(metrics[kTotalLoss]);
   const bool locally_finite = loss_finite && gradients_finite;
-  if (!comm_.agree_all(locally_finite)) {
+  std::optional<ScopedPhase> finite_check(std::in_place, prof, TrainPhase::kFiniteCheck);
+  const bool all_finite = comm_.agree_all(locally_finite);
+  finite_check.reset();
+  if (!all_finite) {
     // Loss scaling: finite losses everywhere but non-finite (scaled) gradients are an overflow: the scale
     // goes down and the step is skipped, an expected event. A non-finite loss leaves the scale alone.
     const bool losses_finite = comm_.agree_all(loss_finite);
@@ -655,6 +696,7 @@ StepResult Trainer::train_step(double* metrics) {
     return StepResult::kSkipped;
   }
 
+  ScopedPhase optimizing(prof, TrainPhase::kOptimizer);
   // Clipping is decided on the true gradient norm; AdamW divides the loss scale out of the update.
   const double grad_norm = (reduced_norm ? *reduced_norm : optimizer_->gradient_norm(model_->gradients())) / loss_scale;
   const OptimizerStepStats stats =
@@ -694,6 +736,16 @@ void Trainer::log_step(const double* metrics, double step_seconds, double lr, do
   ELECTRA_LOG(info) << line.str();
   metrics_->write(m);
   if (tensorboard_) tensorboard_->add_step_metrics(m);
+}
+
+// train.profile: the window's phases summed over ranks (one allreduce), logged by rank 0. Collective.
+void Trainer::log_profile() {
+  std::vector<double> values = profile_->window_values();
+  comm_.allreduce_sum(std::span<double>(values));
+  if (comm_.is_root()) {
+    ELECTRA_LOG(info) << StepProfile::format(values, comm_.world_size(), step_ - profile_->steps() + 1, step_);
+  }
+  profile_->start_window();
 }
 
 // Held-out metrics (lib/eval) of the current weights: every rank evaluates its slice of the same
@@ -807,12 +859,16 @@ int Trainer::train() {
   double window[kNumMetrics] = {};
   int window_steps = 0;
   auto window_start = Clock::now();
+  if (profile_) profile_->start_window();
   while (step_ < total_steps_) {
     // Step boundary: everyone agrees on whether to stop before anyone starts the next step.
     const bool out_of_time = options_.max_time_s > 0 && seconds_since(run_start) >= options_.max_time_s;
     const bool enough = options_.stop_after > 0 && steps_this_run >= options_.stop_after;
     const int signal = dist::stop_signal();
-    if (comm_.agree_any(signal != 0 || out_of_time || enough)) {
+    std::optional<ScopedPhase> stop_check(std::in_place, profile(), TrainPhase::kStopCheck);
+    const bool stop = comm_.agree_any(signal != 0 || out_of_time || enough);
+    stop_check.reset();
+    if (stop) {
       // Say who asked: the signal may have reached one rank only.
       const std::string reason = signal ? dist::signal_name(signal) : out_of_time ? "--max-time" : enough ? "--stop-after" : "";
       const std::vector<std::string> reasons = comm_.gather_strings(reason);
@@ -830,7 +886,9 @@ int Trainer::train() {
     }
 
     double metrics[kNumMetrics];
+    const auto step_start = Clock::now();
     const StepResult result = train_step(metrics);
+    if (profile_) profile_->count_step(seconds_since(step_start));
     ++step_;
     ++steps_this_run;
     tokens_seen_ += static_cast<int64_t>(global_batch_) * seq_length_;
@@ -853,6 +911,7 @@ int Trainer::train() {
 
     // A window of only skipped steps has nothing to report (all ranks know window_steps).
     if ((step_ % log_every_ == 0 || step_ == total_steps_) && window_steps > 0) {
+      ScopedPhase phase(profile(), TrainPhase::kLogging);
       comm_.allreduce_sum(std::span<double>(window, kNumMetrics));
       // Losses are per-step global values already (summed over ranks); average them over the window.
       double averaged[kNumMetrics];
@@ -867,16 +926,19 @@ int Trainer::train() {
     }
     if (eval_loader_ && (step_ % eval_every_ == 0 || step_ == total_steps_)) {
       watchdog.pause();
+      ScopedPhase phase(profile(), TrainPhase::kEval);
       run_eval();
       watchdog.resume();
       window_start = Clock::now();
     }
     if ((checkpoint_every_ > 0 && step_ % checkpoint_every_ == 0) || step_ == total_steps_) {
       watchdog.pause();
+      ScopedPhase phase(profile(), TrainPhase::kCheckpoint);
       save_checkpoint();
       watchdog.resume();
       window_start = Clock::now();
     }
+    if (profile_ && (step_ % log_every_ == 0 || step_ == total_steps_)) log_profile();
   }
   watchdog.stop();
   log_device_memory("at the end");
