@@ -32,3 +32,11 @@ if(TARGET electra-bench)
       PASS_REGULAR_EXPRESSION "no CUDA backend.*exit=2")
   endif()
 endif()
+# The Hugging Face baseline (tests/bench/hf_electra_step.py, the step to beat on a GPU) runs end to end on
+# the CPU with the pinned transformers.
+add_test(NAME BenchSmoke.HfElectraStepTiny
+  COMMAND ${ELECTRA_PYTHON} ${CMAKE_CURRENT_LIST_DIR}/hf_electra_step.py --config tiny --batch 4 --seq 32
+          --steps 2 --warmup 1 --threads 1 --json
+  WORKING_DIRECTORY ${PROJECT_SOURCE_DIR})
+set_tests_properties(BenchSmoke.HfElectraStepTiny PROPERTIES LABELS bench_smoke TIMEOUT 300
+  PASS_REGULAR_EXPRESSION "\"impl\": \"hf-transformers-eager\".*\"tokens_per_s\": [0-9]")

@@ -101,5 +101,20 @@ else
   echo "electra-bench not built: no benchmark" | tee "$logs/bench.txt"
 fi
 
+# The baseline on the same card: Hugging Face transformers + PyTorch eager, bf16 autocast (the python3
+# that has torch with CUDA; the GPU image's own).
+baseline=tests/bench/hf_electra_step.py
+if python3 -c 'import torch, transformers; assert torch.cuda.is_available()' 2>/dev/null; then
+  for args in "--config small --batch 128 --seq 128 --amp bf16" "--config base --batch 128 --seq 128 --amp bf16" \
+              "--config base --batch 128 --seq 128 --amp bf16 --sdpa --dropout 0"; do
+    echo "== hf_electra_step.py --device cuda $args" | tee -a "$logs/bench.txt"
+    # shellcheck disable=SC2086
+    python3 "$baseline" --device cuda $args 2>&1 | tail -6 | tee -a "$logs/bench.txt" ||
+      echo "hf_electra_step.py failed: $args" | tee -a "$logs/bench.txt"
+  done
+else
+  echo "no python3 with torch (CUDA) and transformers: no PyTorch baseline" | tee -a "$logs/bench.txt"
+fi
+
 [[ $status -eq 0 ]] && echo "run_on_gpu: all CUDA tests passed" || echo "run_on_gpu: FAILURES (logs in $logs)"
 exit $status
