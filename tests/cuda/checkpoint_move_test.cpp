@@ -9,7 +9,6 @@
 #include <cmath>
 #include <filesystem>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -21,7 +20,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-using electra::test::bin;
 using electra::test::log_of;
 using electra::test::mpirun;
 using electra::test::read_metrics;
@@ -31,24 +29,16 @@ using electra::test::run;
 fs::path g_root;
 
 std::string train_command(const fs::path& run_dir, const std::string& device, const std::string& extra) {
-  std::ostringstream cmd;
-  cmd << mpirun(1) << bin("electra-train") << electra::test::kSmallModelFlags << " --data " << (g_root / "shards")
-      << " --output " << run_dir << " --device " << device << " --set train.steps=5 --set train.checkpoint_every=5 "
-      << extra;
-  return cmd.str();
+  return electra::test::small_train_command(
+      mpirun(1), g_root / "shards", run_dir,
+      "--device " + device + " --set train.steps=5 --set train.checkpoint_every=5 " + extra);
 }
 
-// Step metrics of two runs agree to rel_tol (relative, at least absolute rel_tol near 0).
+// Step metrics of two runs agree to rel_tol (relative, at least absolute rel_tol near 0); the accuracies
+// are left out (one flipped prediction moves them by a whole example).
 void expect_close_trajectories(const std::vector<nlohmann::json>& a, const std::vector<nlohmann::json>& b,
                                double rel_tol, const std::string& what) {
-  ASSERT_EQ(a.size(), b.size()) << what;
-  for (size_t i = 0; i < a.size(); ++i) {
-    ASSERT_EQ(a[i]["step"], b[i]["step"]) << what;
-    for (const char* key : {"loss", "gen_loss", "disc_loss", "grad_norm"}) {
-      const double x = a[i][key].get<double>(), y = b[i][key].get<double>();
-      EXPECT_NEAR(x, y, rel_tol * std::max(1.0, std::abs(x))) << what << ": " << key << " at step " << a[i]["step"];
-    }
-  }
+  electra::test::expect_same_trajectory(a, b, rel_tol, what, {"loss", "gen_loss", "disc_loss", "grad_norm"});
 }
 
 // The final parameters and Adam moments of two runs agree elementwise to abs_tol + rel_tol * |x|.
@@ -74,21 +64,9 @@ class CudaCheckpointMove : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     if (electra::cuda_device_count() == 0) return;
-    g_root = fs::path(::testing::TempDir()) / ("electra_ckpt_move_" + std::to_string(getpid()));
-    fs::remove_all(g_root);
+    g_root = electra::test::fresh_temp_dir("electra_ckpt_move");
     electra::test::write_generated_corpus(g_root / "corpus", 2, 40, 11);
-    const fs::path log = g_root / "prepare.log";
-    ASSERT_EQ(run(bin("electra-vocab") + " --input " + (g_root / "corpus").string() + " --vocab-size 120 --output " +
-                      (g_root / "vocab.txt").string(),
-                  log),
-              0)
-        << log_of(log);
-    ASSERT_EQ(
-        run(mpirun(1) + bin("electra-preprocess") + " --input " + (g_root / "corpus").string() + " --vocab " +
-                (g_root / "vocab.txt").string() + " --output " + (g_root / "shards").string() + " --max-seq-length 32",
-            log),
-        0)
-        << log_of(log);
+    ASSERT_NO_FATAL_FAILURE(electra::test::prepare_shards(g_root, mpirun(1)));
   }
   static void TearDownTestSuite() {
     if (!g_root.empty()) fs::remove_all(g_root);

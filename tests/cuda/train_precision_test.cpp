@@ -8,7 +8,6 @@
 #include <cmath>
 #include <filesystem>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -19,7 +18,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-using electra::test::bin;
 using electra::test::log_of;
 using electra::test::mpirun;
 using electra::test::read_metrics;
@@ -30,32 +28,18 @@ fs::path g_root;
 constexpr int kSteps = 8;
 
 std::string train_command(const fs::path& run_dir, const std::string& precision, const std::string& extra = "") {
-  std::ostringstream cmd;
-  cmd << mpirun(1) << bin("electra-train") << electra::test::kSmallModelFlags << " --data " << (g_root / "shards")
-      << " --output " << run_dir << " --device cuda --set train.precision=" << precision
-      << " --set train.steps=" << kSteps << " --set train.checkpoint_every=0 " << extra;
-  return cmd.str();
+  return electra::test::small_train_command(mpirun(1), g_root / "shards", run_dir,
+                                            "--device cuda --set train.precision=" + precision + " --set train.steps=" +
+                                                std::to_string(kSteps) + " --set train.checkpoint_every=0 " + extra);
 }
 
 class CudaTrainPrecision : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     if (electra::cuda_device_count() == 0) return;
-    g_root = fs::path(::testing::TempDir()) / ("electra_cuda_precision_" + std::to_string(getpid()));
-    fs::remove_all(g_root);
+    g_root = electra::test::fresh_temp_dir("electra_cuda_precision");
     electra::test::write_generated_corpus(g_root / "corpus", 2, 30, 5);
-    const fs::path log = g_root / "prepare.log";
-    ASSERT_EQ(run(bin("electra-vocab") + " --input " + (g_root / "corpus").string() + " --vocab-size 120 --output " +
-                      (g_root / "vocab.txt").string(),
-                  log),
-              0)
-        << log_of(log);
-    ASSERT_EQ(
-        run(mpirun(1) + bin("electra-preprocess") + " --input " + (g_root / "corpus").string() + " --vocab " +
-                (g_root / "vocab.txt").string() + " --output " + (g_root / "shards").string() + " --max-seq-length 32",
-            log),
-        0)
-        << log_of(log);
+    ASSERT_NO_FATAL_FAILURE(electra::test::prepare_shards(g_root, mpirun(1)));
   }
   static void TearDownTestSuite() {
     if (!g_root.empty()) fs::remove_all(g_root);

@@ -29,11 +29,7 @@ using electra::test::run;
 
 class TransportConfig : public ::testing::Test {
  protected:
-  void SetUp() override {
-    dir_ = fs::path(::testing::TempDir()) / ("electra_transport_" + std::to_string(getpid()));
-    fs::remove_all(dir_);
-    fs::create_directories(dir_);
-  }
+  void SetUp() override { dir_ = electra::test::fresh_temp_dir("electra_transport"); }
   void TearDown() override { fs::remove_all(dir_); }
 
   // electra-train on the CPU with one --set; the data directory does not exist (never reached).
@@ -87,23 +83,13 @@ TEST_F(TransportConfig, OnOneGpuNcclAndHostStagingTrainTheSameTrajectoryBitwise)
   GTEST_SKIP() << "this build has no CUDA backend";
 #endif
   electra::test::write_generated_corpus(dir_ / "corpus", 2, 30, 11);
-  const fs::path prepare = dir_ / "prepare.log";
-  ASSERT_EQ(run(bin("electra-vocab") + " --input " + (dir_ / "corpus").string() + " --vocab-size 120 --output " +
-                    (dir_ / "vocab.txt").string(),
-                prepare),
-            0)
-      << log_of(prepare);
-  ASSERT_EQ(run(bin("electra-preprocess") + " --input " + (dir_ / "corpus").string() + " --vocab " +
-                    (dir_ / "vocab.txt").string() + " --output " + (dir_ / "shards").string() + " --max-seq-length 32",
-                prepare),
-            0)
-      << log_of(prepare);
+  ASSERT_NO_FATAL_FAILURE(electra::test::prepare_shards(dir_, ""));
   std::vector<std::vector<nlohmann::json>> runs;
   for (const std::string transport : {"host", "nccl"}) {
     const fs::path log = dir_ / (transport + ".log");
-    const std::string command = bin("electra-train") + electra::test::kSmallModelFlags + " --device cuda --data " +
-                                (dir_ / "shards").string() + " --output " + (dir_ / transport).string() +
-                                " --set train.steps=6 --set dist.gradient_transport=" + transport;
+    const std::string command = electra::test::small_train_command(
+        "", dir_ / "shards", dir_ / transport,
+        "--device cuda --set train.steps=6 --set dist.gradient_transport=" + transport);
     ASSERT_EQ(run(command, log), 0) << log_of(log);
     EXPECT_NE(read_text(log).find("gradient allreduce: " + transport), std::string::npos) << log_of(log);
     runs.push_back(read_metrics(dir_ / transport));

@@ -12,7 +12,6 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <regex>
-#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -24,7 +23,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-using electra::test::bin;
+using electra::test::expect_same_trajectory;
 using electra::test::log_of;
 using electra::test::mpirun;
 using electra::test::read_metrics;
@@ -35,54 +34,20 @@ fs::path g_root;  // temp dir with corpus, vocab, shards; run dirs below it
 
 // The settings every run shares: a very small model on the test shards, one log line per step.
 std::string train_command(int np, const fs::path& run_dir, const std::string& extra = "") {
-  std::ostringstream cmd;
-  cmd << mpirun(np) << bin("electra-train") << electra::test::kSmallModelFlags << " --data " << (g_root / "shards")
-      << " --output " << run_dir << " --set train.steps=12 --set train.checkpoint_every=4 " << extra;
-  return cmd.str();
-}
-
-void expect_same_trajectory(const std::vector<nlohmann::json>& a, const std::vector<nlohmann::json>& b,
-                            double rel_tol, const std::string& what) {
-  ASSERT_EQ(a.size(), b.size()) << what;
-  for (size_t i = 0; i < a.size(); ++i) {
-    ASSERT_EQ(a[i]["step"], b[i]["step"]) << what;
-    for (const char* key : {"loss", "gen_loss", "disc_loss", "mlm_accuracy", "disc_accuracy", "grad_norm"}) {
-      const double x = a[i][key].get<double>(), y = b[i][key].get<double>();
-      if (rel_tol == 0) {
-        EXPECT_EQ(x, y) << what << ": " << key << " at step " << a[i]["step"];
-      } else {
-        EXPECT_NEAR(x, y, rel_tol * std::max(1.0, std::abs(x))) << what << ": " << key << " at step " << a[i]["step"];
-      }
-    }
-  }
+  return electra::test::small_train_command(mpirun(np), g_root / "shards", run_dir,
+                                            "--set train.steps=12 --set train.checkpoint_every=4 " + extra);
 }
 
 class TrainE2E : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    g_root = fs::path(::testing::TempDir()) / ("electra_e2e_" + std::to_string(getpid()));
-    fs::remove_all(g_root);
+    g_root = electra::test::fresh_temp_dir("electra_e2e");
     electra::test::write_generated_corpus(g_root / "corpus", 4, 40, 7);
-    const fs::path log = g_root / "prepare.log";
-    ASSERT_EQ(run(bin("electra-vocab") + " --input " + (g_root / "corpus").string() + " --vocab-size 120 --output " +
-                      (g_root / "vocab.txt").string(),
-                  log),
-              0)
-        << log_of(log);
-    ASSERT_EQ(run(mpirun(2) + bin("electra-preprocess") + " --input " + (g_root / "corpus").string() + " --vocab " +
-                      (g_root / "vocab.txt").string() + " --output " + (g_root / "shards").string() +
-                      " --max-seq-length 32",
-                  log),
-              0)
-        << log_of(log);
+    ASSERT_NO_FATAL_FAILURE(electra::test::prepare_shards(g_root, mpirun(2)));
   }
   static void TearDownTestSuite() { fs::remove_all(g_root); }
 
-  fs::path run_dir(const std::string& name) {
-    const fs::path dir = g_root / name;
-    fs::remove_all(dir);
-    return dir;
-  }
+  fs::path run_dir(const std::string& name) { return electra::test::cleared(g_root / name); }
 };
 
 TEST_F(TrainE2E, OneTwoAndThreeRanksFollowTheSameLossTrajectory) {
@@ -123,8 +88,8 @@ TEST_F(TrainE2E, ResumeIsBitwiseExactOnTheSameWorldSize) {
   // The final weights and optimizer moments are bitwise identical.
   const auto a = electra::train::CheckpointFile::open(straight / "checkpoints" / "ckpt-00000012.h5");
   const auto b = electra::train::CheckpointFile::open(resumed / "checkpoints" / "ckpt-00000012.h5");
-  for (auto section : {electra::train::Section::kParams, electra::train::Section::kAdamM,
-                       electra::train::Section::kAdamV}) {
+  for (auto section :
+       {electra::train::Section::kParams, electra::train::Section::kAdamM, electra::train::Section::kAdamV}) {
     const auto tensors = a.tensors(section);
     ASSERT_EQ(tensors.size(), b.tensors(section).size());
     for (const auto& t : tensors) {
@@ -221,8 +186,9 @@ TEST_F(TrainE2E, ARankThatThrowsEndsTheJobWithinSeconds) {
   const fs::path dir = run_dir("throw");
   const fs::path log = g_root / "throw.log";
   const auto start = std::chrono::steady_clock::now();
-  const int code = run("timeout 120 " + train_command(2, dir, "--set debug.throw_step=3 --set debug.throw_rank=1 "
-                                                              "--set train.steps=100000"),
+  const int code = run("timeout 120 " + train_command(2, dir,
+                                                      "--set debug.throw_step=3 --set debug.throw_rank=1 "
+                                                      "--set train.steps=100000"),
                        log);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   EXPECT_NE(code, 0) << log_of(log);
@@ -235,8 +201,9 @@ TEST_F(TrainE2E, AStuckRankIsAbortedByTheWatchdog) {
   const fs::path dir = run_dir("hang");
   const fs::path log = g_root / "hang.log";
   const auto start = std::chrono::steady_clock::now();
-  const int code = run("timeout 120 " + train_command(2, dir, "--set debug.hang_step=2 --set debug.hang_rank=0 "
-                                                              "--set train.step_timeout=3 --set train.steps=100000"),
+  const int code = run("timeout 120 " + train_command(2, dir,
+                                                      "--set debug.hang_step=2 --set debug.hang_rank=0 "
+                                                      "--set train.step_timeout=3 --set train.steps=100000"),
                        log);
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   EXPECT_NE(code, 0) << log_of(log);

@@ -28,12 +28,9 @@ using electra::test::read_metrics;
 using electra::test::read_text;
 using electra::test::run;
 
-const std::string kSmallModel =
-    std::string(electra::test::kSmallModelFlags) + " --set train.steps=40 --set train.checkpoint_every=20 ";
-
 std::string train_command(int np, const fs::path& run_dir, const std::string& extra = "") {
-  return mpirun(np) + bin("electra-train") + kSmallModel + " --data " + (g_root / "shards").string() + " --output " +
-         run_dir.string() + " " + extra;
+  return electra::test::small_train_command(mpirun(np), g_root / "shards", run_dir,
+                                            "--set train.steps=40 --set train.checkpoint_every=20 " + extra);
 }
 
 // electra-eval --json on the held-out shards; the parsed object (the last line of stdout).
@@ -74,25 +71,12 @@ void expect_same_metrics(const nlohmann::json& a, const nlohmann::json& b, doubl
 class EvalE2E : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    g_root = fs::path(::testing::TempDir()) / ("electra_eval_e2e_" + std::to_string(getpid()));
-    fs::remove_all(g_root);
+    g_root = electra::test::fresh_temp_dir("electra_eval_e2e");
     // Pseudo-sentences over a small vocabulary: 4 training files and 1 held-out file (other documents).
     electra::test::write_generated_corpus(g_root / "corpus", 4, 40, 7);
     electra::test::write_generated_corpus(g_root / "heldout_text", 1, 40, 8);
-    const fs::path log = g_root / "prepare.log";
-    ASSERT_EQ(run(bin("electra-vocab") + " --input " + (g_root / "corpus").string() + " --vocab-size 120 --output " +
-                      (g_root / "vocab.txt").string(),
-                  log),
-              0)
-        << log_of(log);
-    for (const auto& [text, shards] : {std::pair{"corpus", "shards"}, std::pair{"heldout_text", "heldout"}}) {
-      ASSERT_EQ(
-          run(mpirun(2) + bin("electra-preprocess") + " --input " + (g_root / text).string() + " --vocab " +
-                  (g_root / "vocab.txt").string() + " --output " + (g_root / shards).string() + " --max-seq-length 32",
-              log),
-          0)
-          << log_of(log);
-    }
+    ASSERT_NO_FATAL_FAILURE(electra::test::prepare_shards(g_root, mpirun(2)));
+    ASSERT_NO_FATAL_FAILURE(electra::test::preprocess(g_root, "heldout_text", "heldout", mpirun(2)));
     // One run with held-out evaluation every 20 steps, one without (otherwise the same).
     const fs::path train_log = g_root / "train.log";
     ASSERT_EQ(run(train_command(2, g_root / "trained",

@@ -1,9 +1,14 @@
 // Helpers for tests that drive the programs as users do (build/bin/electra-*, under mpirun), shared by
-// tests/e2e and tests/eval. Binaries that include this define ELECTRA_MPIEXEC (the mpirun path).
+// the end-to-end tests (tests/e2e, tests/eval, tests/train, tests/dist, tests/cuda). Binaries that include
+// this define ELECTRA_MPIEXEC (the mpirun path).
 #pragma once
 
+#include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -73,9 +78,9 @@ inline constexpr const char* kSmallModelFlags =
 // (one sentence per line, a blank line between documents); deterministic for a given seed.
 inline void write_generated_corpus(const std::filesystem::path& dir, int files, int docs_per_file, uint64_t seed) {
   static const std::vector<std::string> words = {
-      "the",    "model", "learns", "to",        "detect",  "replaced", "tokens", "in",    "text",  "while",
-      "a",      "small", "generator", "fills",  "masked",  "words",    "with",   "plausible", "guesses", "and",
-      "every",  "rank",  "reads",  "its",       "slice",   "of",       "batch",  "data"};
+      "the",   "model", "learns",    "to",    "detect", "replaced", "tokens", "in",        "text",    "while",
+      "a",     "small", "generator", "fills", "masked", "words",    "with",   "plausible", "guesses", "and",
+      "every", "rank",  "reads",     "its",   "slice",  "of",       "batch",  "data"};
   std::filesystem::create_directories(dir);
   PhiloxSequence random(seed, RandomPurpose::kTest, 0, 0);
   for (int file = 0; file < files; ++file) {
@@ -89,6 +94,76 @@ inline void write_generated_corpus(const std::filesystem::path& dir, int files, 
         out << ".\n";
       }
       out << "\n";
+    }
+  }
+}
+
+// An empty directory <gtest temp dir>/<name>_<pid>: the process id keeps concurrent ctest processes apart.
+inline std::filesystem::path fresh_temp_dir(const std::string& name) {
+  const std::filesystem::path dir =
+      std::filesystem::path(::testing::TempDir()) / (name + "_" + std::to_string(getpid()));
+  std::filesystem::remove_all(dir);
+  std::filesystem::create_directories(dir);
+  return dir;
+}
+
+// `dir` after removing what an earlier run left there (a run directory the test writes afresh).
+inline std::filesystem::path cleared(const std::filesystem::path& dir) {
+  std::filesystem::remove_all(dir);
+  return dir;
+}
+
+// electra-preprocess of ROOT/<text_dir> with ROOT/vocab.txt into ROOT/<shards_dir>, sequences of 32 tokens,
+// started by `launcher` ("" or mpirun(n)); the log is ROOT/prepare.log. A failure is fatal: call it inside
+// ASSERT_NO_FATAL_FAILURE.
+inline void preprocess(const std::filesystem::path& root, const std::string& text_dir, const std::string& shards_dir,
+                       const std::string& launcher) {
+  const std::filesystem::path log = root / "prepare.log";
+  ASSERT_EQ(
+      run(launcher + bin("electra-preprocess") + " --input " + (root / text_dir).string() + " --vocab " +
+              (root / "vocab.txt").string() + " --output " + (root / shards_dir).string() + " --max-seq-length 32",
+          log),
+      0)
+      << log_of(log);
+}
+
+// The training data of the end-to-end tests from the text in ROOT/corpus (see write_generated_corpus): a
+// 120-word vocabulary ROOT/vocab.txt (electra-vocab), then the shards ROOT/shards (preprocess above, started
+// by `launcher`). A failure is fatal: call it inside ASSERT_NO_FATAL_FAILURE.
+inline void prepare_shards(const std::filesystem::path& root, const std::string& launcher) {
+  const std::filesystem::path log = root / "prepare.log";
+  ASSERT_EQ(run(bin("electra-vocab") + " --input " + (root / "corpus").string() + " --vocab-size 120 --output " +
+                    (root / "vocab.txt").string(),
+                log),
+            0)
+      << log_of(log);
+  preprocess(root, "corpus", "shards", launcher);
+}
+
+// electra-train on the small model (kSmallModelFlags) reading `shards`, writing `run_dir`, started by
+// `launcher` ("" or mpirun(n)); `settings` come last so that a test's own --set overrides an earlier one.
+inline std::string small_train_command(const std::string& launcher, const std::filesystem::path& shards,
+                                       const std::filesystem::path& run_dir, const std::string& settings) {
+  return launcher + bin("electra-train") + kSmallModelFlags + " --data '" + shards.string() + "' --output '" +
+         run_dir.string() + "' " + settings;
+}
+
+// The step metrics of two runs line up step by step; each of `keys` is equal (rel_tol 0) or within
+// rel_tol relative (absolute rel_tol near 0).
+inline void expect_same_trajectory(const std::vector<nlohmann::json>& a, const std::vector<nlohmann::json>& b,
+                                   double rel_tol, const std::string& what,
+                                   const std::vector<std::string>& keys = {
+                                       "loss", "gen_loss", "disc_loss", "mlm_accuracy", "disc_accuracy", "grad_norm"}) {
+  ASSERT_EQ(a.size(), b.size()) << what;
+  for (size_t i = 0; i < a.size(); ++i) {
+    ASSERT_EQ(a[i]["step"], b[i]["step"]) << what;
+    for (const std::string& key : keys) {
+      const double x = a[i][key].get<double>(), y = b[i][key].get<double>();
+      if (rel_tol == 0) {
+        EXPECT_EQ(x, y) << what << ": " << key << " at step " << a[i]["step"];
+      } else {
+        EXPECT_NEAR(x, y, rel_tol * std::max(1.0, std::abs(x))) << what << ": " << key << " at step " << a[i]["step"];
+      }
     }
   }
 }

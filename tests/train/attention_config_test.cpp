@@ -28,9 +28,7 @@ TEST(TrainAttentionKey, DefaultIsAuto) {
 }
 
 TEST(TrainAttentionKey, BadValuesAreRefusedNamingTheKey) {
-  const fs::path root = fs::path(::testing::TempDir()) / ("electra_attention_key_" + std::to_string(getpid()));
-  fs::remove_all(root);
-  fs::create_directories(root);
+  const fs::path root = test::fresh_temp_dir("electra_attention_key");
   const fs::path log = root / "train.log";
   auto train = [&](const std::string& value) {
     return run(bin("electra-train") + " --data '" + (root / "no-shards").string() + "' --output '" +

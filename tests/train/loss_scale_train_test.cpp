@@ -7,7 +7,6 @@
 
 #include <filesystem>
 #include <nlohmann/json.hpp>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -18,7 +17,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-using electra::test::bin;
+using electra::test::expect_same_trajectory;
 using electra::test::log_of;
 using electra::test::mpirun;
 using electra::test::read_metrics;
@@ -30,22 +29,8 @@ using electra::train::Section;
 fs::path g_root;  // corpus, vocab, shards; run dirs below it
 
 std::string train_command(int np, const fs::path& run_dir, const std::string& extra) {
-  std::ostringstream cmd;
-  cmd << mpirun(np) << bin("electra-train") << electra::test::kSmallModelFlags << " --data " << (g_root / "shards")
-      << " --output " << run_dir << " --set train.steps=8 --set train.checkpoint_every=4 " << extra;
-  return cmd.str();
-}
-
-// Losses and gradient norms bitwise equal, step by step.
-void expect_bitwise_same_trajectory(const std::vector<nlohmann::json>& a, const std::vector<nlohmann::json>& b,
-                                    const std::string& what) {
-  ASSERT_EQ(a.size(), b.size()) << what;
-  for (size_t i = 0; i < a.size(); ++i) {
-    ASSERT_EQ(a[i]["step"], b[i]["step"]) << what;
-    for (const char* key : {"loss", "gen_loss", "disc_loss", "mlm_accuracy", "disc_accuracy", "grad_norm"}) {
-      EXPECT_EQ(a[i][key].get<double>(), b[i][key].get<double>()) << what << ": " << key << " at step " << a[i]["step"];
-    }
-  }
+  return electra::test::small_train_command(mpirun(np), g_root / "shards", run_dir,
+                                            "--set train.steps=8 --set train.checkpoint_every=4 " + extra);
 }
 
 void expect_same_checkpoint_tensors(const fs::path& a_path, const fs::path& b_path) {
@@ -75,29 +60,13 @@ std::vector<int64_t> steps(const std::vector<nlohmann::json>& metrics) {
 class LossScaleTraining : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    g_root = fs::path(::testing::TempDir()) / ("electra_loss_scale_" + std::to_string(getpid()));
-    fs::remove_all(g_root);
+    g_root = electra::test::fresh_temp_dir("electra_loss_scale");
     electra::test::write_generated_corpus(g_root / "corpus", 2, 30, 11);
-    const fs::path log = g_root / "prepare.log";
-    ASSERT_EQ(run(bin("electra-vocab") + " --input " + (g_root / "corpus").string() + " --vocab-size 120 --output " +
-                      (g_root / "vocab.txt").string(),
-                  log),
-              0)
-        << log_of(log);
-    ASSERT_EQ(
-        run(mpirun(1) + bin("electra-preprocess") + " --input " + (g_root / "corpus").string() + " --vocab " +
-                (g_root / "vocab.txt").string() + " --output " + (g_root / "shards").string() + " --max-seq-length 32",
-            log),
-        0)
-        << log_of(log);
+    ASSERT_NO_FATAL_FAILURE(electra::test::prepare_shards(g_root, mpirun(1)));
   }
   static void TearDownTestSuite() { fs::remove_all(g_root); }
 
-  fs::path run_dir(const std::string& name) {
-    const fs::path dir = g_root / name;
-    fs::remove_all(dir);
-    return dir;
-  }
+  fs::path run_dir(const std::string& name) { return electra::test::cleared(g_root / name); }
 };
 
 TEST_F(LossScaleTraining, FixedPowerOfTwoScaleTrainsBitwiseLikeNoScale) {
@@ -110,7 +79,7 @@ TEST_F(LossScaleTraining, FixedPowerOfTwoScaleTrainsBitwiseLikeNoScale) {
       << log_of(log_scaled);
   const auto a = read_metrics(plain), b = read_metrics(scaled);
   ASSERT_EQ(a.size(), 8u) << log_of(log_plain);
-  expect_bitwise_same_trajectory(a, b, "no scale vs fixed 1024");
+  expect_same_trajectory(a, b, 0.0, "no scale vs fixed 1024");
   EXPECT_EQ(loss_scales(a), std::vector<double>(8, 1.0));
   EXPECT_EQ(loss_scales(b), std::vector<double>(8, 1024.0));
   EXPECT_NE(read_text(log_scaled).find("loss scale 1024"), std::string::npos) << log_of(log_scaled);
@@ -172,7 +141,7 @@ TEST_F(LossScaleTraining, ResumeWithADynamicScaleIsBitwiseExact) {
   EXPECT_NE(read_text(log2).find("loss scale 512 (2 finite steps"), std::string::npos) << log_of(log2);
 
   const auto a = read_metrics(straight), b = read_metrics(resumed);
-  expect_bitwise_same_trajectory(a, b, "straight vs stopped+resumed");
+  expect_same_trajectory(a, b, 0.0, "straight vs stopped+resumed");
   EXPECT_EQ(loss_scales(a), loss_scales(b));
   EXPECT_EQ(loss_scales(a), (std::vector<double>{1024, 1024, 512, 512, 1024, 1024, 1024, 2048, 2048}));
   expect_same_checkpoint_tensors(straight / "checkpoints" / "ckpt-00000010.h5",

@@ -17,7 +17,6 @@ namespace fs = std::filesystem;
 
 namespace {
 
-using electra::test::bin;
 using electra::test::log_of;
 using electra::test::mpirun;
 using electra::test::read_metrics;
@@ -27,10 +26,8 @@ using electra::test::run;
 fs::path g_root;  // corpus, vocab, shards; run dirs below it
 
 std::string train_command(const std::string& launcher, const fs::path& run_dir, const std::string& extra) {
-  std::ostringstream cmd;
-  cmd << launcher << bin("electra-train") << electra::test::kSmallModelFlags << " --data " << (g_root / "shards")
-      << " --output " << run_dir << " --set train.steps=6 --set train.checkpoint_every=3 " << extra;
-  return cmd.str();
+  return electra::test::small_train_command(launcher, g_root / "shards", run_dir,
+                                            "--set train.steps=6 --set train.checkpoint_every=3 " + extra);
 }
 
 int count_of(const std::string& text, const std::string& what) {
@@ -48,29 +45,13 @@ int allowed_cpus() {
 class TrainProfile : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    g_root = fs::path(::testing::TempDir()) / ("electra_train_profile_" + std::to_string(getpid()));
-    fs::remove_all(g_root);
+    g_root = electra::test::fresh_temp_dir("electra_train_profile");
     electra::test::write_generated_corpus(g_root / "corpus", 2, 30, 17);
-    const fs::path log = g_root / "prepare.log";
-    ASSERT_EQ(run(bin("electra-vocab") + " --input " + (g_root / "corpus").string() + " --vocab-size 120 --output " +
-                      (g_root / "vocab.txt").string(),
-                  log),
-              0)
-        << log_of(log);
-    ASSERT_EQ(
-        run(mpirun(1) + bin("electra-preprocess") + " --input " + (g_root / "corpus").string() + " --vocab " +
-                (g_root / "vocab.txt").string() + " --output " + (g_root / "shards").string() + " --max-seq-length 32",
-            log),
-        0)
-        << log_of(log);
+    ASSERT_NO_FATAL_FAILURE(electra::test::prepare_shards(g_root, mpirun(1)));
   }
   static void TearDownTestSuite() { fs::remove_all(g_root); }
 
-  fs::path run_dir(const std::string& name) {
-    const fs::path dir = g_root / name;
-    fs::remove_all(dir);
-    return dir;
-  }
+  fs::path run_dir(const std::string& name) { return electra::test::cleared(g_root / name); }
 };
 
 TEST_F(TrainProfile, LogsOnePhaseLinePerWindowAndTrainsBitwiseAsWithout) {
