@@ -166,6 +166,22 @@ void check_or_decline(cudnnStatus_t status, const char* call) {
   fail_cudnn(call, __FILE__, __LINE__, status);
 }
 
+// Runs `plan` on `handle` with graph tensor uids[i] at pointers[i]; the arrays' common length is the count.
+template <size_t N>
+void execute_plan(cudnnHandle_t handle, cudnnBackendDescriptor_t plan, const int64_t (&uids)[N], void* (&pointers)[N],
+                  void* workspace) {
+  const int64_t count = static_cast<int64_t>(N);
+  Descriptor pack(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR);
+  ELECTRA_CUDNN_CHECK(
+      cudnnBackendSetAttribute(pack.get(), CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, count, uids));
+  ELECTRA_CUDNN_CHECK(cudnnBackendSetAttribute(pack.get(), CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR,
+                                               count, pointers));
+  ELECTRA_CUDNN_CHECK(
+      cudnnBackendSetAttribute(pack.get(), CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &workspace));
+  ELECTRA_CUDNN_CHECK(cudnnBackendFinalize(pack.get()));
+  ELECTRA_CUDNN_CHECK(cudnnBackendExecute(handle, plan, pack.get()));
+}
+
 // Whether cuDNN marks the engine behind `config` non-deterministic (false when it cannot say).
 bool nondeterministic(cudnnBackendDescriptor_t config) {
   Descriptor engine(CUDNN_BACKEND_ENGINE_DESCRIPTOR);
@@ -496,15 +512,7 @@ void CudnnSdpa::forward(float* context, float* stats, const float* qkv, const in
   const int64_t uids[] = {kUidQ, kUidK, kUidV, kUidO, kUidStats, kUidScale, kUidSeqLenQ, kUidSeqLenKv};
   void* pointers[] = {qkv_h,   qkv_h + hd_bytes, qkv_h + 2 * hd_bytes, out_h, stats_out,
                       &scale_, lengths,          lengths + kv_at};
-  Descriptor pack(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR);
-  ELECTRA_CUDNN_CHECK(
-      cudnnBackendSetAttribute(pack.get(), CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, 8, uids));
-  ELECTRA_CUDNN_CHECK(
-      cudnnBackendSetAttribute(pack.get(), CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, 8, pointers));
-  ELECTRA_CUDNN_CHECK(
-      cudnnBackendSetAttribute(pack.get(), CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &workspace));
-  ELECTRA_CUDNN_CHECK(cudnnBackendFinalize(pack.get()));
-  ELECTRA_CUDNN_CHECK(cudnnBackendExecute(handle_, plan.plan, pack.get()));
+  execute_plan(handle_, plan.plan, uids, pointers, workspace);
 
   sdpa::from_half(s, context, out_h, ctx_n, precision_);
   if (stats_out != stats) {
@@ -548,15 +556,7 @@ void CudnnSdpa::backward(float* dqkv, const float* dcontext, const float* qkv, c
   void* pointers[] = {
       qkv_h,  qkv_h + hd_bytes,  qkv_h + 2 * hd_bytes, out_h, dout_h, stats_in, &scale_, lengths, lengths + kv_at,
       dqkv_h, dqkv_h + hd_bytes, dqkv_h + 2 * hd_bytes};
-  Descriptor pack(CUDNN_BACKEND_VARIANT_PACK_DESCRIPTOR);
-  ELECTRA_CUDNN_CHECK(
-      cudnnBackendSetAttribute(pack.get(), CUDNN_ATTR_VARIANT_PACK_UNIQUE_IDS, CUDNN_TYPE_INT64, 12, uids));
-  ELECTRA_CUDNN_CHECK(
-      cudnnBackendSetAttribute(pack.get(), CUDNN_ATTR_VARIANT_PACK_DATA_POINTERS, CUDNN_TYPE_VOID_PTR, 12, pointers));
-  ELECTRA_CUDNN_CHECK(
-      cudnnBackendSetAttribute(pack.get(), CUDNN_ATTR_VARIANT_PACK_WORKSPACE, CUDNN_TYPE_VOID_PTR, 1, &workspace));
-  ELECTRA_CUDNN_CHECK(cudnnBackendFinalize(pack.get()));
-  ELECTRA_CUDNN_CHECK(cudnnBackendExecute(handle_, plan.plan, pack.get()));
+  execute_plan(handle_, plan.plan, uids, pointers, workspace);
 
   // Padding keys' dK/dV may be left unwritten by cuDNN; the conversion sets them to 0.
   sdpa::dqkv_from_half(s, dqkv, dqkv_h, lengths + kv_at, B, S, H, D, precision_);
