@@ -6,7 +6,6 @@
 #include <unistd.h>
 
 #include <chrono>
-#include <cmath>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -17,6 +16,7 @@
 #include <vector>
 
 #include "lib/train/checkpoint.h"
+#include "tests/support/checkpoints.h"
 #include "tests/support/programs.h"
 
 namespace fs = std::filesystem;
@@ -85,18 +85,11 @@ TEST_F(TrainE2E, ResumeIsBitwiseExactOnTheSameWorldSize) {
   EXPECT_NE(read_text(log2).find("resumed from"), std::string::npos) << log_of(log2);
   expect_same_trajectory(read_metrics(straight), read_metrics(resumed), 0.0, "straight vs stopped+resumed");
 
-  // The final weights and optimizer moments are bitwise identical.
-  const auto a = electra::train::CheckpointFile::open(straight / "checkpoints" / "ckpt-00000012.h5");
-  const auto b = electra::train::CheckpointFile::open(resumed / "checkpoints" / "ckpt-00000012.h5");
-  for (auto section :
-       {electra::train::Section::kParams, electra::train::Section::kAdamM, electra::train::Section::kAdamV}) {
-    const auto tensors = a.tensors(section);
-    ASSERT_EQ(tensors.size(), b.tensors(section).size());
-    for (const auto& t : tensors) {
-      EXPECT_EQ(a.read_tensor(section, t.name), b.read_tensor(section, t.name)) << t.name;
-    }
-  }
-  EXPECT_EQ(a.loader(), b.loader());
+  // The final weights and optimizer moments are bitwise identical, and so is the loader position.
+  const fs::path final_name = fs::path("checkpoints") / "ckpt-00000012.h5";
+  ASSERT_NO_FATAL_FAILURE(electra::test::expect_same_checkpoint_tensors(straight / final_name, resumed / final_name));
+  EXPECT_EQ(electra::train::CheckpointFile::open(straight / final_name).loader(),
+            electra::train::CheckpointFile::open(resumed / final_name).loader());
 }
 
 TEST_F(TrainE2E, ResumeWithAnotherRankCountContinuesTheSameRun) {
@@ -169,9 +162,7 @@ TEST_F(TrainE2E, NonFiniteGradientOnOneRankIsSkippedByAllRanks) {
   EXPECT_EQ(steps, (std::vector<int64_t>{1, 2, 3, 5, 6, 7, 8}));
   // The checkpoint at step 8 passed the all-ranks parameter agreement check (exit 0 above) and is finite.
   const auto ckpt = electra::train::CheckpointFile::open(dir / "checkpoints" / "ckpt-00000008.h5");
-  for (const auto& t : ckpt.tensors(electra::train::Section::kParams)) {
-    for (float x : ckpt.read_tensor(electra::train::Section::kParams, t.name)) ASSERT_TRUE(std::isfinite(x)) << t.name;
-  }
+  ASSERT_NO_FATAL_FAILURE(electra::test::assert_finite_params(ckpt));
   EXPECT_EQ(ckpt.state()["skipped_steps"].get<int64_t>(), 1);
 
   const fs::path dir2 = run_dir("nan_stop");

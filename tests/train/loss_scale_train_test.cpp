@@ -11,12 +11,14 @@
 #include <vector>
 
 #include "lib/train/checkpoint.h"
+#include "tests/support/checkpoints.h"
 #include "tests/support/programs.h"
 
 namespace fs = std::filesystem;
 
 namespace {
 
+using electra::test::expect_same_checkpoint_tensors;
 using electra::test::expect_same_trajectory;
 using electra::test::log_of;
 using electra::test::mpirun;
@@ -24,25 +26,12 @@ using electra::test::read_metrics;
 using electra::test::read_text;
 using electra::test::run;
 using electra::train::CheckpointFile;
-using electra::train::Section;
 
 fs::path g_root;  // corpus, vocab, shards; run dirs below it
 
 std::string train_command(int np, const fs::path& run_dir, const std::string& extra) {
   return electra::test::small_train_command(mpirun(np), g_root / "shards", run_dir,
                                             "--set train.steps=8 --set train.checkpoint_every=4 " + extra);
-}
-
-void expect_same_checkpoint_tensors(const fs::path& a_path, const fs::path& b_path) {
-  const CheckpointFile a = CheckpointFile::open(a_path);
-  const CheckpointFile b = CheckpointFile::open(b_path);
-  for (Section section : {Section::kParams, Section::kAdamM, Section::kAdamV}) {
-    const auto tensors = a.tensors(section);
-    ASSERT_EQ(tensors.size(), b.tensors(section).size());
-    for (const auto& t : tensors) {
-      EXPECT_EQ(a.read_tensor(section, t.name), b.read_tensor(section, t.name)) << t.name;
-    }
-  }
 }
 
 std::vector<double> loss_scales(const std::vector<nlohmann::json>& metrics) {
@@ -106,9 +95,7 @@ TEST_F(LossScaleTraining, OverflowHalvesTheDynamicScaleAndSkipsWithoutCountingAs
   EXPECT_EQ(ckpt.state()["loss_scale_mode"], "dynamic");
   EXPECT_EQ(ckpt.state()["loss_scale_good_steps"].get<int64_t>(), 0);
   EXPECT_EQ(ckpt.state()["skipped_steps"].get<int64_t>(), 1);
-  for (const auto& t : ckpt.tensors(Section::kParams)) {
-    for (float x : ckpt.read_tensor(Section::kParams, t.name)) ASSERT_TRUE(std::isfinite(x)) << t.name;
-  }
+  ASSERT_NO_FATAL_FAILURE(electra::test::assert_finite_params(ckpt));
 
   // The same fault with a fixed scale is a failed step: max_skipped_steps=0 ends the run (exit 4).
   const fs::path fixed = run_dir("overflow_fixed");
