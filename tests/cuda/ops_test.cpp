@@ -155,6 +155,16 @@ TEST(CudaBackendErrors, MissingDeviceIsNamed) {
   }
 }
 
+// The deprecated tf32 flag may not silently override another precision (checked before any GPU is needed).
+TEST(CudaBackendErrors, Tf32FlagContradictingPrecisionIsRefused) {
+  try {
+    make_cuda_backend(0, CudaBackendOptions{.precision = CudaPrecision::kBf16, .tf32 = true});
+    FAIL() << "tf32 = true with precision bf16 was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("contradicts precision bf16"), std::string::npos) << e.what();
+  }
+}
+
 // ---- matrix products ----
 
 TEST_F(CudaOps, GemmAllTransposesWithLeadingDimensions) {
