@@ -17,21 +17,6 @@
 namespace electra {
 namespace {
 
-template <typename T>
-struct Step {
-  PretrainerOutputs<T> out;
-  std::vector<T> grads;
-};
-
-template <typename T>
-Step<T> run_step(ElectraPretrainer<T>& model, const Batch& batch, const StepContext& ctx) {
-  model.zero_gradients();
-  Step<T> r{model.forward(batch, ctx), {}};
-  model.backward();
-  r.grads = model.gradients_to_host();
-  return r;
-}
-
 // test::random_batch with its last row all padding except [CLS] (and no predictions there).
 Batch batch_with_cls_only_row(int B, int S, int P, const PretrainerConfig& c, uint64_t seed) {
   Batch b = test::random_batch(B, S, P, c.vocab_size, seed, /*with_nsp=*/true, c.num_classes);
@@ -75,10 +60,10 @@ TYPED_TEST(AttentionImplStep, FusedStepEqualsMaterialisedStep) {
   for (int chunks : {1, 2}) {
     model.set_parallel_chunks(chunks);
     model.set_attention_impl(AttentionImpl::kMaterialized);
-    const Step<T> mat = run_step(model, batch, ctx);
+    const test::StepResult<T> mat = test::run_step(model, batch, ctx);
     model.set_attention_impl(AttentionImpl::kFused);
     EXPECT_EQ(model.attention_impl(), AttentionImpl::kFused);
-    const Step<T> fused = run_step(model, batch, ctx);
+    const test::StepResult<T> fused = test::run_step(model, batch, ctx);
 
     // The generator's samples follow from its logits: equal samples show the logits agree.
     EXPECT_EQ(fused.out.sampled_ids, mat.out.sampled_ids) << "chunks " << chunks;
@@ -115,13 +100,13 @@ TEST(AttentionImpl, SwitchingModesIsReproducible) {
   const Batch batch = batch_with_cls_only_row(4, 8, 3, c, 45);
   const StepContext ctx = training_context();
   model.set_attention_impl(AttentionImpl::kFused);
-  const Step<float> fused1 = run_step(model, batch, ctx);
+  const test::StepResult<float> fused1 = test::run_step(model, batch, ctx);
   model.set_attention_impl(AttentionImpl::kAuto);  // materialised on the CPU
-  const Step<float> auto1 = run_step(model, batch, ctx);
+  const test::StepResult<float> auto1 = test::run_step(model, batch, ctx);
   model.set_attention_impl(AttentionImpl::kMaterialized);
-  const Step<float> mat1 = run_step(model, batch, ctx);
+  const test::StepResult<float> mat1 = test::run_step(model, batch, ctx);
   model.set_attention_impl(AttentionImpl::kFused);
-  const Step<float> fused2 = run_step(model, batch, ctx);
+  const test::StepResult<float> fused2 = test::run_step(model, batch, ctx);
   EXPECT_EQ(fused1.grads, fused2.grads);
   EXPECT_EQ(fused1.out.losses.total_loss, fused2.out.losses.total_loss);
   EXPECT_EQ(auto1.grads, mat1.grads);

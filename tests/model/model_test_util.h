@@ -1,5 +1,5 @@
-// Helpers shared by the model tests: tiny configs, random batches, host<->device copies and a central
-// finite-difference gradient checker.
+// Helpers shared by the model tests: tiny configs, random batches, host<->device copies, one whole step's
+// outputs and gradients, and a central finite-difference gradient checker.
 #pragma once
 
 #include <gtest/gtest.h>
@@ -14,6 +14,7 @@
 #include "lib/core/batch.h"
 #include "lib/core/philox.h"
 #include "lib/model/config.h"
+#include "lib/model/pretrainer.h"
 
 namespace electra::test {
 
@@ -42,6 +43,22 @@ inline PretrainerConfig tiny_config() {
   c.num_token_predictions = 3;
   c.mlm_initializer_stddev = 0.2f;
   return c;
+}
+
+// One forward + backward from zeroed gradients: the outputs and the gradient buffer on the host.
+template <typename T>
+struct StepResult {
+  PretrainerOutputs<T> out;
+  std::vector<T> grads;
+};
+
+template <typename T>
+StepResult<T> run_step(ElectraPretrainer<T>& model, const Batch& batch, const StepContext& ctx) {
+  model.zero_gradients();
+  StepResult<T> r{model.forward(batch, ctx), {}};
+  model.backward();
+  r.grads = model.gradients_to_host();
+  return r;
 }
 
 // Uniform in [lo, hi) from a Philox test stream.

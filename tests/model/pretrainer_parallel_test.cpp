@@ -27,21 +27,6 @@ class ThreadCount {
   int saved_;
 };
 
-template <typename T>
-struct StepResult {
-  PretrainerOutputs<T> out;
-  std::vector<T> grads;
-};
-
-template <typename T>
-StepResult<T> run_step(ElectraPretrainer<T>& model, const Batch& batch, const StepContext& ctx) {
-  model.zero_gradients();
-  StepResult<T> r{model.forward(batch, ctx), {}};
-  model.backward();
-  r.grads = model.gradients_to_host();
-  return r;
-}
-
 StepContext training_context() {
   StepContext ctx;
   ctx.seed = 31;
@@ -60,13 +45,13 @@ TEST(ModelPretrainer, ParallelChunksMatchTheWholeBatch) {
   Batch batch = test::random_batch(5, 8, 3, c.vocab_size, 33, /*with_nsp=*/true, c.num_classes);
   batch.global_row_offset = 10;
   const StepContext ctx = training_context();
-  const StepResult<double> whole = run_step(model, batch, ctx);
+  const test::StepResult<double> whole = test::run_step(model, batch, ctx);
   double gmax = 0;
   for (double g : whole.grads) gmax = std::max(gmax, std::abs(g));
   ASSERT_GT(gmax, 0);
   for (int chunks : {2, 3, 9}) {  // 9 > rows: one row per chunk
     model.set_parallel_chunks(chunks);
-    const StepResult<double> split = run_step(model, batch, ctx);
+    const test::StepResult<double> split = test::run_step(model, batch, ctx);
     // Randomness is keyed by global example: samples, labels and corrupted ids are exactly the same.
     EXPECT_EQ(split.out.sampled_ids, whole.out.sampled_ids) << chunks;
     EXPECT_EQ(split.out.corrupted_ids, whole.out.corrupted_ids) << chunks;
@@ -107,12 +92,12 @@ TEST(ModelPretrainer, ParallelChunksDoNotDependOnTheThreadCount) {
   const Batch batch = test::random_batch(6, 8, 3, c.vocab_size, 35, true, c.num_classes);
   const StepContext ctx = training_context();
   omp_set_num_threads(1);
-  const StepResult<float> one = run_step(model, batch, ctx);
+  const test::StepResult<float> one = test::run_step(model, batch, ctx);
   omp_set_num_threads(2);
-  const StepResult<float> two = run_step(model, batch, ctx);
+  const test::StepResult<float> two = test::run_step(model, batch, ctx);
   omp_set_num_threads(3);
-  const StepResult<float> three = run_step(model, batch, ctx);
-  for (const StepResult<float>* r : {&two, &three}) {
+  const test::StepResult<float> three = test::run_step(model, batch, ctx);
+  for (const test::StepResult<float>* r : {&two, &three}) {
     EXPECT_EQ(r->grads, one.grads);
     EXPECT_EQ(r->out.lm_outputs, one.out.lm_outputs);
     EXPECT_EQ(r->out.disc_logits, one.out.disc_logits);
@@ -156,14 +141,14 @@ TEST(ModelPretrainer, RecomputedFfnActivationsGiveTheSameBits) {
   model.init_parameters(43);
   const Batch batch = test::random_batch(4, 8, 3, c.vocab_size, 44, true, c.num_classes);
   const StepContext ctx = training_context();
-  const StepResult<float> kept = run_step(model, batch, ctx);
+  const test::StepResult<float> kept = test::run_step(model, batch, ctx);
   for (int chunks : {1, 2}) {
     model.set_parallel_chunks(chunks);
     model.set_recompute_ffn_activations(true);
     EXPECT_TRUE(model.recompute_ffn_activations());
-    const StepResult<float> recomputed = run_step(model, batch, ctx);
+    const test::StepResult<float> recomputed = test::run_step(model, batch, ctx);
     model.set_recompute_ffn_activations(false);
-    const StepResult<float> kept_again = run_step(model, batch, ctx);
+    const test::StepResult<float> kept_again = test::run_step(model, batch, ctx);
     EXPECT_EQ(recomputed.grads, kept_again.grads) << "chunks " << chunks;
     EXPECT_EQ(recomputed.out.lm_outputs, kept_again.out.lm_outputs);
     EXPECT_EQ(recomputed.out.disc_logits, kept_again.out.disc_logits);
