@@ -15,10 +15,27 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <type_traits>
 
+#include "lib/core/bfloat16.h"
 #include "lib/core/philox.h"
 
 namespace electra {
+
+// Backend<T>'s T is the storage type of activations (and of the weight copies GEMMs read). Wide<T> is the
+// type of everything that must keep more precision: parameter gradients, normalisation statistics,
+// losses and their weights, scalars. T itself for float and double; float for bfloat16 (bf16 mixed
+// precision: bf16 activations and weight copies, fp32 master weights, gradients and statistics).
+template <typename T>
+struct WideOf {
+  using type = T;
+};
+template <>
+struct WideOf<bfloat16> {
+  using type = float;
+};
+template <typename T>
+using Wide = typename WideOf<T>::type;
 
 enum class DeviceKind { kCpu, kCuda };
 
@@ -41,10 +58,13 @@ struct DropoutKey {
 
 // Throws electra::Error: backend `name` has no fused attention for this shape.
 [[noreturn]] void fail_fused_attention_unsupported(const std::string& name, int B, int S, int H, int D, float dropout);
+// Throws electra::Error: backend `name` (narrow storage) does not override wide()/widen()/narrow().
+[[noreturn]] void fail_no_wide_backend(const std::string& name);
 
 template <typename T>
 class Backend {
  public:
+  using W = Wide<T>;
   virtual ~Backend() = default;
   virtual DeviceKind device() const = 0;
   virtual std::string name() const = 0;
@@ -65,20 +85,31 @@ class Backend {
   virtual void copy(T* dst, const T* src, size_t n) = 0;
   virtual void synchronize() = 0;
 
+  // ---- the wide type (bf16 mixed precision) ----
+  // The backend of this device's Wide<T> buffers: the same memory and the same stream (work on the two
+  // is ordered as enqueued), so buffers allocated by wide() may be passed to this backend's W* arguments.
+  // *this when T is already wide.
+  virtual Backend<W>& wide();
+  // dst[i] = W(src[i]) (exact) and dst[i] = T(src[i]) rounded to nearest-even: the weight copies and the
+  // outputs. Plain copies when T is wide.
+  virtual void widen(W* dst, const T* src, size_t n);
+  virtual void narrow(T* dst, const W* src, size_t n);
+
   // ---- matrix products ----
   // C[m,n] = alpha * op(A)[m,k] * op(B)[k,n] + beta * C, row-major with leading dimensions.
-  virtual void gemm(Transpose trans_a, Transpose trans_b, int m, int n, int k, T alpha, const T* a, int lda, const T* b,
-                    int ldb, T beta, T* c, int ldc) = 0;
+  virtual void gemm(Transpose trans_a, Transpose trans_b, int m, int n, int k, W alpha, const T* a, int lda, const T* b,
+                    int ldb, W beta, T* c, int ldc) = 0;
   // The same for `batch` independent products whose operands are stride_* elements apart.
-  virtual void gemm_strided_batched(Transpose trans_a, Transpose trans_b, int m, int n, int k, T alpha, const T* a,
-                                    int lda, long long stride_a, const T* b, int ldb, long long stride_b, T beta, T* c,
+  virtual void gemm_strided_batched(Transpose trans_a, Transpose trans_b, int m, int n, int k, W alpha, const T* a,
+                                    int lda, long long stride_a, const T* b, int ldb, long long stride_b, W beta, T* c,
                                     int ldc, long long stride_c, int batch) = 0;
 
   // ---- linear layers (weights stored [out, in] as in PyTorch / Hugging Face) ----
   // y[rows,out] = x[rows,in] * W^T + bias (bias may be null).
   virtual void linear_forward(T* y, const T* x, const T* weight, const T* bias, int rows, int in, int out) = 0;
   // dx = dy * W (skipped when dx is null); dW += dy^T * x; dbias += sum_rows(dy) (skipped when null).
-  virtual void linear_backward(T* dx, T* dweight, T* dbias, const T* dy, const T* x, const T* weight, int rows, int in,
+  // The parameter gradients are wide: dW is accumulated in W (for bfloat16: the fp32 sum of bf16 products).
+  virtual void linear_backward(T* dx, W* dweight, W* dbias, const T* dy, const T* x, const T* weight, int rows, int in,
                                int out) = 0;
 
   // ---- elementwise ----
@@ -89,7 +120,7 @@ class Backend {
   virtual void add(T* out, const T* a, const T* b, size_t n) = 0;
   // y += x
   virtual void accumulate(T* y, const T* x, size_t n) = 0;
-  virtual void scale(T* x, size_t n, T alpha) = 0;
+  virtual void scale(T* x, size_t n, W alpha) = 0;
   // y = x * keep / (1 - p) with keep ~ Bernoulli(1 - p) from the key; keep mask saved (1 byte/element).
   // p == 0 copies and sets all keep bits.
   virtual void dropout_forward(T* y, uint8_t* keep, const T* x, size_t n, float p, const DropoutKey& key) = 0;
@@ -98,9 +129,9 @@ class Backend {
 
   // ---- normalisation ----
   // y = (x - mean) * rstd * gamma + beta over the last dimension; mean and rstd [rows] saved for backward.
-  virtual void layernorm_forward(T* y, T* mean, T* rstd, const T* x, const T* gamma, const T* beta, int rows, int cols,
-                                 T eps) = 0;
-  virtual void layernorm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, const T* mean, const T* rstd,
+  virtual void layernorm_forward(T* y, W* mean, W* rstd, const T* x, const T* gamma, const T* beta, int rows, int cols,
+                                 W eps) = 0;
+  virtual void layernorm_backward(T* dx, W* dgamma, W* dbeta, const T* dy, const T* x, const W* mean, const W* rstd,
                                   const T* gamma, int rows, int cols) = 0;
 
   // ---- embeddings ----
@@ -108,7 +139,7 @@ class Backend {
   virtual void embedding_forward(T* out, const int32_t* ids, const int32_t* type_ids, const T* word_table,
                                  const T* position_table, const T* type_table, int B, int S, int E) = 0;
   // Scatter-add of dout into the three tables.
-  virtual void embedding_backward(T* dword, T* dposition, T* dtype, const T* dout, const int32_t* ids,
+  virtual void embedding_backward(W* dword, W* dposition, W* dtype, const T* dout, const int32_t* ids,
                                   const int32_t* type_ids, int B, int S, int E) = 0;
   // out[b,p,:] = x[b, positions[b,p], :]   (x [B,S,C], out [B,P,C])
   virtual void gather_rows(T* out, const T* x, const int32_t* positions, int B, int S, int P, int C) = 0;
@@ -139,10 +170,10 @@ class Backend {
     (void)B, (void)S, (void)H, (void)D, (void)dropout;
     return false;
   }
-  virtual void fused_attention_forward(T* context, T* stats, const T* qkv, const int32_t* mask, int B, int S, int H,
+  virtual void fused_attention_forward(T* context, W* stats, const T* qkv, const int32_t* mask, int B, int S, int H,
                                        int D, float dropout, const DropoutKey& key);
   // dqkv [B,S,3,H,D] overwritten; context and stats are forward's outputs for the same qkv, mask and key.
-  virtual void fused_attention_backward(T* dqkv, const T* dcontext, const T* qkv, const T* context, const T* stats,
+  virtual void fused_attention_backward(T* dqkv, const T* dcontext, const T* qkv, const T* context, const W* stats,
                                         const int32_t* mask, int B, int S, int H, int D, float dropout,
                                         const DropoutKey& key);
 
@@ -150,13 +181,13 @@ class Backend {
   // Per row r of logits [rows,V]: loss[r] = logsumexp(logits[r]) - logits[r, labels[r]];
   // dlogits[r] = (softmax(logits[r]) - onehot(labels[r])) * grad_scale[r]  (dlogits may be null, and
   // may alias logits). argmax[r] written when non-null.
-  virtual void softmax_cross_entropy(T* loss, T* dlogits, int32_t* argmax, const T* logits, const int32_t* labels,
-                                     const T* grad_scale, int rows, int V) = 0;
+  virtual void softmax_cross_entropy(W* loss, T* dlogits, int32_t* argmax, const T* logits, const int32_t* labels,
+                                     const W* grad_scale, int rows, int V) = 0;
   // y[r] = log_softmax(x[r]) (y may alias x).
   virtual void log_softmax(T* y, const T* x, int rows, int V) = 0;
   // Per element: loss[i] = BCE-with-logits(logit[i], label[i]); dlogit[i] = (sigmoid(logit) - label) *
   // grad_scale[i]; dlogit may be null.
-  virtual void sigmoid_cross_entropy(T* loss, T* dlogit, const T* logit, const int32_t* label, const T* grad_scale,
+  virtual void sigmoid_cross_entropy(W* loss, T* dlogit, const T* logit, const int32_t* label, const W* grad_scale,
                                      size_t n) = 0;
   // Gumbel-max sampling of one token per row of logits [rows,V] at temperature t:
   // sample = argmax(logits / t + gumbel), gumbel from stream (seed, kSampling, step,
@@ -177,10 +208,12 @@ class Backend {
   // Positions of predictions with weight <= 0 are ignored; weighted ones must be in [0, S). Both outputs
   // overwritten; no input may alias an output.
   virtual void replace_masked_tokens(int32_t* corrupted, int32_t* disc_label, const int32_t* original_ids,
-                                     const int32_t* input_mask, const int32_t* positions, const T* weights,
+                                     const int32_t* input_mask, const int32_t* positions, const W* weights,
                                      const int32_t* samples, int B, int S, int P) = 0;
 
   // ---- reductions and optimizer ----
+  // (Gradients, master weights and moments are wide, so the trainer runs these on wide(); a backend with
+  // a narrow T may fail them.)
   // Sum of squares in double, summed in a fixed order (deterministic).
   virtual double sum_squares(const T* x, size_t n) = 0;
   // Decoupled AdamW (Loshchilov & Hutter) at step t (1-based), g = grads * grad_scale (clipping factor):
@@ -211,12 +244,39 @@ class Backend {
 };
 
 template <typename T>
-void Backend<T>::fused_attention_forward(T*, T*, const T*, const int32_t*, int B, int S, int H, int D, float dropout,
+Backend<Wide<T>>& Backend<T>::wide() {
+  if constexpr (std::is_same_v<T, Wide<T>>) {
+    return *this;
+  } else {
+    fail_no_wide_backend(name());
+  }
+}
+template <typename T>
+void Backend<T>::widen(W* dst, const T* src, size_t n) {
+  if constexpr (std::is_same_v<T, Wide<T>>) {
+    copy(dst, src, n);
+  } else {
+    (void)dst, (void)src, (void)n;
+    fail_no_wide_backend(name());
+  }
+}
+template <typename T>
+void Backend<T>::narrow(T* dst, const W* src, size_t n) {
+  if constexpr (std::is_same_v<T, Wide<T>>) {
+    copy(dst, src, n);
+  } else {
+    (void)dst, (void)src, (void)n;
+    fail_no_wide_backend(name());
+  }
+}
+
+template <typename T>
+void Backend<T>::fused_attention_forward(T*, W*, const T*, const int32_t*, int B, int S, int H, int D, float dropout,
                                          const DropoutKey&) {
   fail_fused_attention_unsupported(name(), B, S, H, D, dropout);
 }
 template <typename T>
-void Backend<T>::fused_attention_backward(T*, const T*, const T*, const T*, const T*, const int32_t*, int B, int S,
+void Backend<T>::fused_attention_backward(T*, const T*, const T*, const T*, const W*, const int32_t*, int B, int S,
                                           int H, int D, float dropout, const DropoutKey&) {
   fail_fused_attention_unsupported(name(), B, S, H, D, dropout);
 }

@@ -36,6 +36,10 @@ void fail_fused_attention_unsupported(const std::string& name, int B, int S, int
        " (use the materialised attention_forward / attention_backward)");
 }
 
+void fail_no_wide_backend(const std::string& name) {
+  fail("backend ", name, " stores a narrow type but has no wide() backend, widen or narrow");
+}
+
 namespace {
 
 // Cache-line (and AVX-512 vector) aligned; aligned_alloc wants a size that is a multiple of the alignment.
