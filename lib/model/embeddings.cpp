@@ -11,7 +11,7 @@ Embeddings<T>::Embeddings(const EmbeddingSlots& slots, int embedding_size, int h
       E_(embedding_size),
       hidden_(hidden_size),
       dropout_(dropout),
-      eps_(static_cast<T>(eps)),
+      eps_(static_cast<W>(eps)),
       lane_(dropout_lane) {
   if (slots_.has_project != (E_ != hidden_)) {
     fail("embeddings: embeddings_project must exist exactly when embedding_size (", E_, ") != hidden_size (", hidden_,
@@ -26,8 +26,8 @@ void Embeddings<T>::plan(Backend<T>& be, int B, int S) {
   const size_t n = static_cast<size_t>(B) * S;
   sum_.reset(be, n * E_);
   normed_.reset(be, n * E_);
-  mean_.reset(be, n);
-  rstd_.reset(be, n);
+  mean_.reset(be.wide(), n);
+  rstd_.reset(be.wide(), n);
   dropped_.reset(be, n * E_);
   keep_.reset(be, n * E_);
   projected_.reset(be, slots_.has_project ? n * hidden_ : 0);
@@ -58,7 +58,7 @@ void Embeddings<T>::forward(Backend<T>& be, const T* params, const int32_t* ids,
 }
 
 template <typename T>
-void Embeddings<T>::backward(Backend<T>& be, const T* params, T* grads, const T* dout) {
+void Embeddings<T>::backward(Backend<T>& be, const T* params, W* grads, const T* dout) {
   ELECTRA_CHECK(ids_ != nullptr, "embeddings: backward before forward");
   const int N = B_ * S_;
   const size_t n = static_cast<size_t>(N) * E_;
@@ -79,5 +79,6 @@ void Embeddings<T>::backward(Backend<T>& be, const T* params, T* grads, const T*
 
 template class Embeddings<float>;
 template class Embeddings<double>;
+template class Embeddings<bfloat16>;
 
 }  // namespace electra

@@ -15,6 +15,8 @@ namespace electra {
 template <typename T>
 class Embeddings {
  public:
+  using W = Wide<T>;
+
   // E = embedding width, hidden = output width (== E when there is no projection).
   Embeddings(const EmbeddingSlots& slots, int embedding_size, int hidden_size, float dropout, float eps,
              uint32_t dropout_lane);
@@ -29,8 +31,8 @@ class Embeddings {
   const T* output() const { return slots_.has_project ? projected_.data() : dropped_.data(); }
 
   // dout [B*S, hidden]: accumulates into the word/position/type tables, the LayerNorm and the projection
-  // in grads (same offsets as params).
-  void backward(Backend<T>& be, const T* params, T* grads, const T* dout);
+  // in grads (same offsets as params; wide, see backend.h).
+  void backward(Backend<T>& be, const T* params, W* grads, const T* dout);
 
   int rows() const { return B_ * S_; }
   int width() const { return hidden_; }
@@ -39,13 +41,14 @@ class Embeddings {
   EmbeddingSlots slots_;
   int E_, hidden_;
   float dropout_;
-  T eps_;
+  W eps_;
   uint32_t lane_;
   int B_ = 0, S_ = 0;
   float used_rate_ = 0.0f;
   const int32_t* ids_ = nullptr;
   const int32_t* type_ids_ = nullptr;
-  DeviceBuffer<T> sum_, normed_, mean_, rstd_, dropped_, projected_;
+  DeviceBuffer<T> sum_, normed_, dropped_, projected_;
+  DeviceBuffer<W> mean_, rstd_;  // LayerNorm statistics (allocated from be.wide())
   DeviceBuffer<T, uint8_t> keep_;
   DeviceBuffer<T> d_dropped_, d_normed_, d_sum_;  // backward scratch
 };

@@ -65,7 +65,7 @@ const T* Encoder<T>::output() const {
 }
 
 template <typename T>
-void Encoder<T>::backward(Backend<T>& be, const T* params, T* grads, const T* dout,
+void Encoder<T>::backward(Backend<T>& be, const T* params, W* grads, const T* dout,
                           const std::function<void(size_t, size_t)>& ready) {
   const T* d = dout;
   T* next = grad_a_.data();
@@ -88,5 +88,6 @@ void Encoder<T>::backward(Backend<T>& be, const T* params, T* grads, const T* do
 
 template class Encoder<float>;
 template class Encoder<double>;
+template class Encoder<bfloat16>;
 
 }  // namespace electra

@@ -16,6 +16,8 @@ namespace electra {
 template <typename T>
 class Encoder {
  public:
+  using W = Wide<T>;
+
   // `network` selects the dropout lanes (generator and discriminator never share a mask).
   Encoder(const EncoderConfig& config, const EncoderSlots& slots, Network network);
 
@@ -33,7 +35,7 @@ class Encoder {
   // `ready` (may be empty) gets each layer's parameter range [offset, offset + count) as soon as that
   // layer's backward is done (last layer first), then the embeddings projection's. The shared
   // embedding tables are not reported: the other network also adds into them.
-  void backward(Backend<T>& be, const T* params, T* grads, const T* dout,
+  void backward(Backend<T>& be, const T* params, W* grads, const T* dout,
                 const std::function<void(size_t, size_t)>& ready = {});
 
   const EncoderConfig& config() const { return config_; }

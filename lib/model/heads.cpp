@@ -10,7 +10,7 @@ namespace electra {
 
 template <typename T>
 MlmHead<T>::MlmHead(const MlmHeadSlots& slots, int hidden, int embedding_size, Activation act, float layer_norm_eps)
-    : slots_(slots), hidden_(hidden), E_(embedding_size), act_(act), eps_(static_cast<T>(layer_norm_eps)) {}
+    : slots_(slots), hidden_(hidden), E_(embedding_size), act_(act), eps_(static_cast<W>(layer_norm_eps)) {}
 
 template <typename T>
 void MlmHead<T>::plan(Backend<T>& be, int B, int S, int P) {
@@ -22,8 +22,8 @@ void MlmHead<T>::plan(Backend<T>& be, int B, int S, int P) {
   pre_.reset(be, M * E_);
   act_out_.reset(be, M * E_);
   normed_.reset(be, M * E_);
-  mean_.reset(be, M);
-  rstd_.reset(be, M);
+  mean_.reset(be.wide(), M);
+  rstd_.reset(be.wide(), M);
   logits_.reset(be, M * slots_.vocab_size);
   d_normed_.reset(be, M * E_);
   d_act_.reset(be, M * E_);
@@ -47,7 +47,7 @@ void MlmHead<T>::forward(Backend<T>& be, const T* params, const T* x, const int3
 }
 
 template <typename T>
-void MlmHead<T>::backward(Backend<T>& be, const T* params, T* grads, const T* dlogits, T* dx) {
+void MlmHead<T>::backward(Backend<T>& be, const T* params, W* grads, const T* dlogits, T* dx) {
   ELECTRA_CHECK(positions_ != nullptr, "MLM head: backward before forward");
   const int M = B_ * P_, V = slots_.vocab_size;
   be.linear_backward(d_normed_.data(), grads + slots_.word, grads + slots_.output_bias, dlogits, normed_.data(),
@@ -96,7 +96,7 @@ void ClassificationHead<T>::forward(Backend<T>& be, const T* params, const T* x)
 }
 
 template <typename T>
-void ClassificationHead<T>::backward(Backend<T>& be, const T* params, T* grads, const T* dlogits, T* dx) {
+void ClassificationHead<T>::backward(Backend<T>& be, const T* params, W* grads, const T* dlogits, T* dx) {
   ELECTRA_CHECK(ran_, "classification head: backward before forward");
   be.linear_backward(d_pooled_.data(), grads + slots_.out_proj.weight, grads + slots_.out_proj.bias, dlogits,
                      pooled_.data(), params + slots_.out_proj.weight, B_, hidden_, classes_);
@@ -135,7 +135,7 @@ void DiscriminatorHead<T>::forward(Backend<T>& be, const T* params, const T* x) 
 }
 
 template <typename T>
-void DiscriminatorHead<T>::backward(Backend<T>& be, const T* params, T* grads, const T* dlogits, T* dx) {
+void DiscriminatorHead<T>::backward(Backend<T>& be, const T* params, W* grads, const T* dlogits, T* dx) {
   ELECTRA_CHECK(x_ != nullptr, "discriminator head: backward before forward");
   be.linear_backward(d_act_.data(), grads + slots_.prediction.weight, grads + slots_.prediction.bias, dlogits,
                      act_out_.data(), params + slots_.prediction.weight, rows_, hidden_, 1);
@@ -146,9 +146,12 @@ void DiscriminatorHead<T>::backward(Backend<T>& be, const T* params, T* grads, c
 
 template class MlmHead<float>;
 template class MlmHead<double>;
+template class MlmHead<bfloat16>;
 template class ClassificationHead<float>;
 template class ClassificationHead<double>;
+template class ClassificationHead<bfloat16>;
 template class DiscriminatorHead<float>;
 template class DiscriminatorHead<double>;
+template class DiscriminatorHead<bfloat16>;
 
 }  // namespace electra

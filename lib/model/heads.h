@@ -14,9 +14,12 @@
 
 namespace electra {
 
+// Parameter gradients (grads) are wide (backend.h); so are the LayerNorm statistics.
 template <typename T>
 class MlmHead {
  public:
+  using W = Wide<T>;
+
   // hidden = generator width, E = embedding width (the tied table's).
   MlmHead(const MlmHeadSlots& slots, int hidden, int embedding_size, Activation act, float layer_norm_eps);
   void plan(Backend<T>& be, int B, int S, int P);
@@ -25,29 +28,32 @@ class MlmHead {
   const T* logits() const { return logits_.data(); }
   T* logits() { return logits_.data(); }
   // dlogits [B*P, V]; dx [B,S,hidden] is ACCUMULATED (scatter-add at the positions).
-  void backward(Backend<T>& be, const T* params, T* grads, const T* dlogits, T* dx);
+  void backward(Backend<T>& be, const T* params, W* grads, const T* dlogits, T* dx);
 
  private:
   MlmHeadSlots slots_;
   int hidden_, E_;
   Activation act_;
-  T eps_;
+  W eps_;
   int B_ = 0, S_ = 0, P_ = 0;
   const int32_t* positions_ = nullptr;
-  DeviceBuffer<T> gathered_, pre_, act_out_, normed_, mean_, rstd_, logits_;
+  DeviceBuffer<T> gathered_, pre_, act_out_, normed_, logits_;
+  DeviceBuffer<W> mean_, rstd_;
   DeviceBuffer<T> d_normed_, d_act_, d_pre_, d_gathered_;
 };
 
 template <typename T>
 class ClassificationHead {
  public:
+  using W = Wide<T>;
+
   ClassificationHead(const ClassificationHeadSlots& slots, int hidden, int num_classes);
   void plan(Backend<T>& be, int B, int S);
   // x [B,S,hidden]; uses position 0 ([CLS]). logits [B, num_classes].
   void forward(Backend<T>& be, const T* params, const T* x);
   const T* logits() const { return logits_.data(); }
   // dlogits [B, num_classes]; dx [B,S,hidden] ACCUMULATED at position 0.
-  void backward(Backend<T>& be, const T* params, T* grads, const T* dlogits, T* dx);
+  void backward(Backend<T>& be, const T* params, W* grads, const T* dlogits, T* dx);
 
  private:
   ClassificationHeadSlots slots_;
@@ -61,13 +67,15 @@ class ClassificationHead {
 template <typename T>
 class DiscriminatorHead {
  public:
+  using W = Wide<T>;
+
   DiscriminatorHead(const DiscriminatorHeadSlots& slots, int hidden, Activation act);
   void plan(Backend<T>& be, int rows);
   // x [rows, hidden] (kept by pointer). logits [rows].
   void forward(Backend<T>& be, const T* params, const T* x);
   const T* logits() const { return logits_.data(); }
   // dlogits [rows]; dx [rows, hidden] OVERWRITTEN.
-  void backward(Backend<T>& be, const T* params, T* grads, const T* dlogits, T* dx);
+  void backward(Backend<T>& be, const T* params, W* grads, const T* dlogits, T* dx);
 
  private:
   DiscriminatorHeadSlots slots_;

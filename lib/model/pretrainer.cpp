@@ -7,6 +7,8 @@
 #include <cmath>
 #include <exception>
 #include <numbers>
+#include <type_traits>
+#include <utility>
 
 #include "lib/core/error.h"
 #include "lib/core/philox.h"
@@ -35,6 +37,25 @@ double truncated_normal(PhiloxSequence& rng) {
     const double u1 = rng.next_uniform_open(), u2 = rng.next_uniform_open();
     const double z = std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * std::numbers::pi * u2);
     if (std::abs(z) <= 2.0) return z;
+  }
+}
+
+template <typename T>
+Backend<T>& non_null(const std::unique_ptr<Backend<T>>& backend) {
+  if (!backend) fail("ElectraPretrainer: the owned backend is null");
+  return *backend;
+}
+
+// n device values of T to host memory as Wide<T> (through `staging` when T is narrower).
+template <typename T>
+void copy_to_host_wide(Backend<T>& be, Wide<T>* host, const T* src, size_t n, std::vector<T>& staging) {
+  if constexpr (std::is_same_v<T, Wide<T>>) {
+    (void)staging;
+    be.copy_to_host(host, src, n);
+  } else {
+    staging.resize(n);
+    be.copy_to_host(staging.data(), src, n);
+    for (size_t i = 0; i < n; ++i) host[i] = static_cast<Wide<T>>(staging[i]);
   }
 }
 
@@ -68,7 +89,8 @@ std::string generator_hf_name(const std::string& name) {
 }
 
 // Everything one (B, S, P) shape needs: the networks' activations, device copies of the batch, the loss
-// buffers and host staging vectors. Allocated once per shape.
+// buffers and host staging vectors. Allocated once per shape. Losses, their weights and gradient scales
+// are wide (allocated from the backend's wide()); logits and their gradients are activations (T).
 template <typename T>
 struct ElectraPretrainer<T>::Plan {
   int B, S, P;
@@ -79,15 +101,15 @@ struct ElectraPretrainer<T>::Plan {
   DiscriminatorHead<T> disc_head;
   DeviceBuffer<T, int32_t> ids, type_ids, mask, positions, mlm_labels, samples, mlm_argmax, original, corrupted,
       disc_label, nsp_labels, nsp_argmax;
-  DeviceBuffer<T> mlm_weights, mlm_scale, mlm_loss, lm_outputs, disc_scale, disc_loss, d_disc_logits, nsp_scale,
-      nsp_loss, d_nsp_logits, d_gen_seq, d_disc_seq;
+  DeviceBuffer<W> mlm_weights, mlm_scale, mlm_loss, disc_scale, disc_loss, nsp_scale, nsp_loss;
+  DeviceBuffer<T> lm_outputs, d_disc_logits, d_nsp_logits, d_gen_seq, d_disc_seq;
   bool has_sentence = false;
   bool ran = false;
   ChunkSums sums;  // this chunk's loss and metric sums of the last forward
   // Host staging, sized once.
   std::vector<int32_t> h_original, h_mlm_argmax, h_nsp_argmax;
-  std::vector<T> h_mlm_weights, h_mlm_scale, h_mlm_loss, h_disc_scale, h_disc_loss, h_nsp_scale, h_nsp_loss,
-      h_nsp_logits;
+  std::vector<W> h_mlm_weights, h_mlm_scale, h_mlm_loss, h_disc_scale, h_disc_loss, h_nsp_scale, h_nsp_loss;
+  std::vector<T> h_narrow;  // T != W: outputs on their way to the host (copy_to_host_wide)
 
   Plan(ElectraPretrainer& m, int B_, int S_, int P_, int chunk_)
       : B(B_),
@@ -101,6 +123,7 @@ struct ElectraPretrainer<T>::Plan {
         sentence(m.layout_.slots.classification_head, m.config_.generator.hidden_size, m.config_.num_classes),
         disc_head(m.layout_.slots.discriminator_head, m.config_.discriminator.hidden_size, m.config_.mlm_activation) {
     Backend<T>& be = m.backend_;
+    Backend<W>& wide = be.wide();
     const size_t N = static_cast<size_t>(B) * S, M = static_cast<size_t>(B) * P;
     const size_t V = m.config_.vocab_size, C = m.config_.num_classes;
     generator.plan(be, B, S, m.recompute_ffn_, m.attention_impl_);
@@ -112,15 +135,15 @@ struct ElectraPretrainer<T>::Plan {
     for (auto* b : {&positions, &mlm_labels, &samples, &mlm_argmax}) b->reset(be, M);
     nsp_labels.reset(be, B);
     nsp_argmax.reset(be, B);
-    mlm_weights.reset(be, M);
-    mlm_scale.reset(be, M);
-    mlm_loss.reset(be, M);
+    mlm_weights.reset(wide, M);
+    mlm_scale.reset(wide, M);
+    mlm_loss.reset(wide, M);
     if (m.config_.output_type == OutputType::kPredictions) lm_outputs.reset(be, M * V);
-    disc_scale.reset(be, N);
-    disc_loss.reset(be, N);
+    disc_scale.reset(wide, N);
+    disc_loss.reset(wide, N);
     d_disc_logits.reset(be, N);
-    nsp_scale.reset(be, B);
-    nsp_loss.reset(be, B);
+    nsp_scale.reset(wide, B);
+    nsp_loss.reset(wide, B);
     d_nsp_logits.reset(be, B * C);
     d_gen_seq.reset(be, N * m.config_.generator.hidden_size);
     d_disc_seq.reset(be, N * m.config_.discriminator.hidden_size);
@@ -134,7 +157,6 @@ struct ElectraPretrainer<T>::Plan {
     h_disc_loss.resize(N);
     h_nsp_scale.resize(B);
     h_nsp_loss.resize(B);
-    h_nsp_logits.resize(B * C);
   }
 };
 
@@ -142,79 +164,104 @@ template <typename T>
 ElectraPretrainer<T>::ElectraPretrainer(const PretrainerConfig& config, Backend<T>& backend)
     : config_(config), backend_(backend), layout_(build_pretrainer_layout(config)) {
   const size_t n = layout_.layout.total_size();
-  params_.reset(backend_, n);
-  grads_.reset(backend_, n);
-  backend_.fill(params_.data(), n, T(0));
-  backend_.fill(grads_.data(), n, T(0));
+  Backend<W>& wide = backend_.wide();
+  params_.reset(wide, n);
+  grads_.reset(wide, n);
+  wide.fill(params_.data(), n, W(0));
+  wide.fill(grads_.data(), n, W(0));
+  if constexpr (!std::is_same_v<T, W>) weights_.reset(backend_, n);  // filled by every forward
+}
+
+template <typename T>
+ElectraPretrainer<T>::ElectraPretrainer(const PretrainerConfig& config, std::unique_ptr<Backend<T>> owned_backend)
+    : ElectraPretrainer(config, non_null(owned_backend)) {
+  owned_backend_ = std::move(owned_backend);
 }
 
 template <typename T>
 ElectraPretrainer<T>::~ElectraPretrainer() = default;
 
 template <typename T>
+std::string ElectraPretrainer<T>::storage_name() const {
+  if constexpr (std::is_same_v<T, float>) return "fp32";
+  if constexpr (std::is_same_v<T, double>) return "fp64";
+  if constexpr (std::is_same_v<T, bfloat16>) return "bf16";
+}
+
+template <typename T>
+const T* ElectraPretrainer<T>::weights() const {
+  if constexpr (std::is_same_v<T, W>) {
+    return params_.data();
+  } else {
+    return weights_.data();
+  }
+}
+
+template <typename T>
 void ElectraPretrainer<T>::init_parameters(uint64_t seed) {
-  std::vector<T> host;
+  // Drawn as W: the master values are the same for every storage type with the same W.
+  std::vector<W> host;
   for (const ParameterView& v : layout_.layout.views()) {
-    host.assign(v.size, T(0));
+    host.assign(v.size, W(0));
     PhiloxSequence rng(seed, RandomPurpose::kInit, 0, 0, fnv1a(v.name));
     switch (v.init) {
       case ParamInit::kZeros:
         break;
       case ParamInit::kOnes:
-        std::fill(host.begin(), host.end(), T(1));
+        std::fill(host.begin(), host.end(), W(1));
         break;
       case ParamInit::kEncoder: {
         const double stddev = config_.discriminator.initializer_range;
-        for (T& x : host) x = static_cast<T>(stddev * truncated_normal(rng));
+        for (W& x : host) x = static_cast<W>(stddev * truncated_normal(rng));
         break;
       }
       case ParamInit::kHead: {
         if (config_.mlm_initializer == MlmInitializer::kTruncatedNormal) {
           const double stddev = config_.mlm_initializer_stddev;
-          for (T& x : host) x = static_cast<T>(stddev * truncated_normal(rng));
+          for (W& x : host) x = static_cast<W>(stddev * truncated_normal(rng));
         } else {
           // Glorot uniform on a [out, in] weight.
           const double fan_out = v.shape.at(0), fan_in = v.shape.size() > 1 ? v.shape[1] : 1;
           const double limit = std::sqrt(6.0 / (fan_in + fan_out));
-          for (T& x : host) x = static_cast<T>((2.0 * rng.next_uniform_open() - 1.0) * limit);
+          for (W& x : host) x = static_cast<W>((2.0 * rng.next_uniform_open() - 1.0) * limit);
         }
         break;
       }
     }
-    backend_.copy_from_host(params_.data() + v.offset, host.data(), v.size);
+    backend_.wide().copy_from_host(params_.data() + v.offset, host.data(), v.size);
   }
 }
 
 template <typename T>
 void ElectraPretrainer<T>::zero_gradients() {
-  backend_.fill(grads_.data(), grads_.size(), T(0));
+  backend_.wide().fill(grads_.data(), grads_.size(), W(0));
 }
 
 template <typename T>
-std::vector<T> ElectraPretrainer<T>::parameters_to_host() const {
-  std::vector<T> host(params_.size());
-  backend_.copy_to_host(host.data(), params_.data(), host.size());
+std::vector<Wide<T>> ElectraPretrainer<T>::parameters_to_host() const {
+  std::vector<W> host(params_.size());
+  backend_.wide().copy_to_host(host.data(), params_.data(), host.size());
   return host;
 }
 
 template <typename T>
-void ElectraPretrainer<T>::parameters_from_host(const std::vector<T>& host) {
+void ElectraPretrainer<T>::parameters_from_host(const std::vector<W>& host) {
   if (host.size() != params_.size()) {
     fail("parameters_from_host: got ", host.size(), " values, the layout has ", params_.size());
   }
-  backend_.copy_from_host(params_.data(), host.data(), host.size());
+  backend_.wide().copy_from_host(params_.data(), host.data(), host.size());
 }
 
 template <typename T>
-std::vector<T> ElectraPretrainer<T>::gradients_to_host() const {
-  std::vector<T> host(grads_.size());
-  backend_.copy_to_host(host.data(), grads_.data(), host.size());
+std::vector<Wide<T>> ElectraPretrainer<T>::gradients_to_host() const {
+  std::vector<W> host(grads_.size());
+  backend_.wide().copy_to_host(host.data(), grads_.data(), host.size());
   return host;
 }
 
 template <typename T>
-std::vector<NamedTensor<T>> ElectraPretrainer<T>::checkpoint_items() {
-  std::vector<NamedTensor<T>> items;
+std::vector<NamedTensor<Wide<T>>> ElectraPretrainer<T>::checkpoint_items() {
+  std::vector<NamedTensor<W>> items;
   items.reserve(layout_.layout.views().size());
   for (const ParameterView& v : layout_.layout.views()) items.push_back({&v, params_.data() + v.offset});
   return items;
@@ -354,7 +401,7 @@ void for_each_chunk(int chunks, F&& body) {
 }  // namespace
 
 template <typename T>
-const PretrainerOutputs<T>& ElectraPretrainer<T>::forward(const Batch& batch, const StepContext& ctx) {
+const PretrainerOutputs<Wide<T>>& ElectraPretrainer<T>::forward(const Batch& batch, const StepContext& ctx) {
   check_batch(batch);
   hooks_ = ctx.hooks;
   const auto phase = [this](StepPhase p) {
@@ -369,7 +416,7 @@ const PretrainerOutputs<T>& ElectraPretrainer<T>::forward(const Batch& batch, co
   last_.clear();
   for (int k = 0; k < K; ++k) last_.push_back(&plan_for(row0(k + 1) - row0(k), S, P, k));
   for (Plan* plan : last_) plan->ran = false;
-  PretrainerOutputs<T>& out = outputs_;
+  PretrainerOutputs<W>& out = outputs_;
   out.rows = B;
   out.seq_length = S;
   out.num_predictions = P;
@@ -399,6 +446,9 @@ const PretrainerOutputs<T>& ElectraPretrainer<T>::forward(const Batch& batch, co
     norms.nsp = ctx.global->examples;
     if (L.has_sentence && !(norms.nsp > 0)) fail("forward: GlobalNormalizers.examples must be > 0 with NSP labels");
   }
+
+  // The parameters may have changed since the last forward (an optimizer step, a load).
+  if constexpr (!std::is_same_v<T, W>) backend_.narrow(weights_.data(), params_.data(), params_.size());
 
   // The three stages, each over all chunks (concurrently when there are several).
   for_each_chunk(K, [&](int k) { forward_generator(*last_[k], batch, row0(k), ctx); });
@@ -438,7 +488,7 @@ void ElectraPretrainer<T>::forward_generator(Plan& plan, const Batch& batch, int
   const int N = B * S, M = B * P, V = config_.vocab_size;
   const size_t n0 = static_cast<size_t>(r0) * S, m0 = static_cast<size_t>(r0) * P;
   Backend<T>& be = backend_;
-  const T* params = params_.data();
+  const T* params = weights();
   plan.sums = ChunkSums{};
   be.copy_ints_from_host(plan.ids.data(), batch.input_word_ids.data() + n0, N);
   be.copy_ints_from_host(plan.type_ids.data(), batch.input_type_ids.data() + n0, N);
@@ -472,20 +522,21 @@ void ElectraPretrainer<T>::forward_sampling(Plan& plan, const Batch& batch, int 
   const int N = B * S, M = B * P, V = config_.vocab_size;
   const size_t n0 = static_cast<size_t>(r0) * S, m0 = static_cast<size_t>(r0) * P;
   Backend<T>& be = backend_;
-  PretrainerOutputs<T>& out = outputs_;
+  PretrainerOutputs<W>& out = outputs_;
   be.gumbel_sample(plan.samples.data(), lm_outputs_of(plan),
                    config_.disallow_correct ? plan.mlm_labels.data() : nullptr, M, V, config_.temperature, ctx.seed,
                    ctx.step, batch.global_row_offset + r0, P);
   if (ctx.copy_outputs) {
-    be.copy_to_host(out.lm_outputs.data() + m0 * V, lm_outputs_of(plan), static_cast<size_t>(M) * V);
+    copy_to_host_wide(be, out.lm_outputs.data() + m0 * V, lm_outputs_of(plan), static_cast<size_t>(M) * V,
+                      plan.h_narrow);
   }
 
   // MLM loss sum(w * CE) / (sum(w) + 1e-6). Its gradient w.r.t. the logits overwrites the logits (read
   // for the last time above), ready for backward: one [B*P, V] buffer instead of two.
   for (int i = 0; i < M; ++i) {
-    plan.h_mlm_scale[i] = static_cast<T>(batch.masked_lm_weights[m0 + i] / (norms.mlm + kLossEps) * ctx.loss_scale);
+    plan.h_mlm_scale[i] = static_cast<W>(batch.masked_lm_weights[m0 + i] / (norms.mlm + kLossEps) * ctx.loss_scale);
   }
-  be.copy_from_host(plan.mlm_scale.data(), plan.h_mlm_scale.data(), M);
+  be.wide().copy_from_host(plan.mlm_scale.data(), plan.h_mlm_scale.data(), M);
   be.softmax_cross_entropy(plan.mlm_loss.data(), plan.mlm.logits(), plan.mlm_argmax.data(), plan.mlm.logits(),
                            plan.mlm_labels.data(), plan.mlm_scale.data(), M, V);
 
@@ -505,7 +556,7 @@ void ElectraPretrainer<T>::forward_sampling(Plan& plan, const Batch& batch, int 
   }
   std::copy(weights, weights + M, plan.h_mlm_weights.begin());
   be.copy_ints_from_host(plan.original.data(), plan.h_original.data(), N);
-  be.copy_from_host(plan.mlm_weights.data(), plan.h_mlm_weights.data(), M);
+  be.wide().copy_from_host(plan.mlm_weights.data(), plan.h_mlm_weights.data(), M);
   be.replace_masked_tokens(plan.corrupted.data(), plan.disc_label.data(), plan.original.data(), plan.mask.data(),
                            plan.positions.data(), plan.mlm_weights.data(), plan.samples.data(), B, S, P);
 }
@@ -519,8 +570,8 @@ void ElectraPretrainer<T>::forward_discriminator(Plan& plan, const Batch& batch,
   const int N = B * S, M = B * P, NC = config_.num_classes;
   const size_t n0 = static_cast<size_t>(r0) * S, m0 = static_cast<size_t>(r0) * P;
   Backend<T>& be = backend_;
-  const T* params = params_.data();
-  PretrainerOutputs<T>& out = outputs_;
+  const T* params = weights();
+  PretrainerOutputs<W>& out = outputs_;
   const int32_t* input_mask = batch.input_mask.data() + n0;
   const DropoutContext dropout{ctx.training, ctx.seed, ctx.step, batch.global_row_offset + r0};
 
@@ -529,9 +580,9 @@ void ElectraPretrainer<T>::forward_discriminator(Plan& plan, const Batch& batch,
   // RTD loss sum(mask * BCE) / (sum(mask) + 1e-6), weighted by disc_loss_weight in the total.
   for (int i = 0; i < N; ++i) {
     plan.h_disc_scale[i] =
-        static_cast<T>(config_.disc_loss_weight * input_mask[i] / (norms.disc + kLossEps) * ctx.loss_scale);
+        static_cast<W>(config_.disc_loss_weight * input_mask[i] / (norms.disc + kLossEps) * ctx.loss_scale);
   }
-  be.copy_from_host(plan.disc_scale.data(), plan.h_disc_scale.data(), N);
+  be.wide().copy_from_host(plan.disc_scale.data(), plan.h_disc_scale.data(), N);
   be.sigmoid_cross_entropy(plan.disc_loss.data(), plan.d_disc_logits.data(), plan.disc_head.logits(),
                            plan.disc_label.data(), plan.disc_scale.data(), N);
 
@@ -539,8 +590,8 @@ void ElectraPretrainer<T>::forward_discriminator(Plan& plan, const Batch& batch,
   plan.has_sentence = !batch.next_sentence_labels.empty();
   if (plan.has_sentence) {
     be.copy_ints_from_host(plan.nsp_labels.data(), batch.next_sentence_labels.data() + r0, B);
-    std::fill(plan.h_nsp_scale.begin(), plan.h_nsp_scale.end(), static_cast<T>(ctx.loss_scale / norms.nsp));
-    be.copy_from_host(plan.nsp_scale.data(), plan.h_nsp_scale.data(), B);
+    std::fill(plan.h_nsp_scale.begin(), plan.h_nsp_scale.end(), static_cast<W>(ctx.loss_scale / norms.nsp));
+    be.wide().copy_from_host(plan.nsp_scale.data(), plan.h_nsp_scale.data(), B);
     be.softmax_cross_entropy(plan.nsp_loss.data(), plan.d_nsp_logits.data(), plan.nsp_argmax.data(),
                              plan.sentence.logits(), plan.nsp_labels.data(), plan.nsp_scale.data(), B, NC);
   }
@@ -548,7 +599,7 @@ void ElectraPretrainer<T>::forward_discriminator(Plan& plan, const Batch& batch,
 
   // ---- losses and metrics on the host (double sums in a fixed order) ----
   ChunkSums& sums = plan.sums;
-  be.copy_to_host(plan.h_mlm_loss.data(), plan.mlm_loss.data(), M);
+  be.wide().copy_to_host(plan.h_mlm_loss.data(), plan.mlm_loss.data(), M);
   be.copy_ints_to_host(plan.h_mlm_argmax.data(), plan.mlm_argmax.data(), M);
   for (int i = 0; i < M; ++i) {
     const double w = batch.masked_lm_weights[m0 + i];
@@ -561,18 +612,18 @@ void ElectraPretrainer<T>::forward_discriminator(Plan& plan, const Batch& batch,
   be.copy_ints_to_host(out.sampled_ids.data() + m0, plan.samples.data(), M);
   if (ctx.copy_outputs) be.copy_ints_to_host(out.corrupted_ids.data() + n0, plan.corrupted.data(), N);
   for (int i = 0; i < N; ++i) sums.disc_fake_count += disc_label[i];
-  T* disc_logits = out.disc_logits.data() + n0;
-  be.copy_to_host(disc_logits, plan.disc_head.logits(), N);
-  be.copy_to_host(plan.h_disc_loss.data(), plan.disc_loss.data(), N);
+  W* disc_logits = out.disc_logits.data() + n0;
+  copy_to_host_wide(be, disc_logits, plan.disc_head.logits(), N, plan.h_narrow);
+  be.wide().copy_to_host(plan.h_disc_loss.data(), plan.disc_loss.data(), N);
   for (int i = 0; i < N; ++i) {
     if (input_mask[i] == 0) continue;
     sums.disc_loss_sum += static_cast<double>(plan.h_disc_loss[i]);
     if ((disc_logits[i] > 0) == (disc_label[i] == 1)) sums.disc_correct_sum += 1.0;
   }
-  be.copy_to_host(out.sentence_outputs.data() + static_cast<size_t>(r0) * NC, plan.sentence.logits(),
-                  static_cast<size_t>(B) * NC);
+  copy_to_host_wide(be, out.sentence_outputs.data() + static_cast<size_t>(r0) * NC, plan.sentence.logits(),
+                    static_cast<size_t>(B) * NC, plan.h_narrow);
   if (plan.has_sentence) {
-    be.copy_to_host(plan.h_nsp_loss.data(), plan.nsp_loss.data(), B);
+    be.wide().copy_to_host(plan.h_nsp_loss.data(), plan.nsp_loss.data(), B);
     be.copy_ints_to_host(plan.h_nsp_argmax.data(), plan.nsp_argmax.data(), B);
     for (int b = 0; b < B; ++b) {
       sums.sentence_loss_sum += static_cast<double>(plan.h_nsp_loss[b]);
@@ -594,8 +645,9 @@ void ElectraPretrainer<T>::backward() {
   // Chunk 0 accumulates into the gradient buffer, chunk k > 0 into its own zeroed buffer; they are added
   // in chunk order at the end. One chunk reports finished ranges as it goes (see StepHooks).
   if (K > 1 && extra_grads_.size() < static_cast<size_t>(K - 1)) extra_grads_.resize(K - 1);
+  Backend<W>& wide = backend_.wide();
   for (int k = 1; k < K; ++k) {
-    if (extra_grads_[k - 1].size() != n) extra_grads_[k - 1].reset(backend_, n);
+    if (extra_grads_[k - 1].size() != n) extra_grads_[k - 1].reset(wide, n);
   }
   const auto grads_of = [&](int k) { return k == 0 ? grads_.data() : extra_grads_[k - 1].data(); };
   static const std::function<void(size_t, size_t)> kNoHook;
@@ -603,12 +655,12 @@ void ElectraPretrainer<T>::backward() {
 
   phase(StepPhase::kDiscriminatorBackward);
   for_each_chunk(K, [&](int k) {
-    if (k > 0) backend_.fill(grads_of(k), n, T(0));
+    if (k > 0) wide.fill(grads_of(k), n, W(0));
     backward_discriminator(*last_[k], grads_of(k), ready);
   });
   phase(StepPhase::kGeneratorBackward);
   for_each_chunk(K, [&](int k) { backward_generator(*last_[k], grads_of(k), ready); });
-  for (int k = 1; k < K; ++k) backend_.accumulate(grads_.data(), extra_grads_[k - 1].data(), n);
+  for (int k = 1; k < K; ++k) wide.accumulate(grads_.data(), extra_grads_[k - 1].data(), n);
   if (K > 1 && hooks_.on_gradients_ready) hooks_.on_gradients_ready(0, n);
   for (Plan* plan : last_) plan->ran = false;  // a second backward would add the same gradient twice
   phase(StepPhase::kBackwardDone);
@@ -616,10 +668,10 @@ void ElectraPretrainer<T>::backward() {
 
 // Discriminator: head -> encoder -> its embeddings projection (the shared tables get their part).
 template <typename T>
-void ElectraPretrainer<T>::backward_discriminator(Plan& plan, T* grads,
+void ElectraPretrainer<T>::backward_discriminator(Plan& plan, W* grads,
                                                   const std::function<void(size_t, size_t)>& ready) {
   Backend<T>& be = backend_;
-  const T* params = params_.data();
+  const T* params = weights();
   const PretrainerSlots& sl = layout_.slots;
   plan.disc_head.backward(be, params, grads, plan.d_disc_logits.data(), plan.d_disc_seq.data());
   if (ready) {
@@ -632,9 +684,9 @@ void ElectraPretrainer<T>::backward_discriminator(Plan& plan, T* grads,
 // Generator: both heads add into d(sequence output), then encoder -> embeddings. The tied LM head adds
 // into the word embedding gradient.
 template <typename T>
-void ElectraPretrainer<T>::backward_generator(Plan& plan, T* grads, const std::function<void(size_t, size_t)>& ready) {
+void ElectraPretrainer<T>::backward_generator(Plan& plan, W* grads, const std::function<void(size_t, size_t)>& ready) {
   Backend<T>& be = backend_;
-  const T* params = params_.data();
+  const T* params = weights();
   const PretrainerSlots& sl = layout_.slots;
   const ClassificationHeadSlots& ch = sl.classification_head;
   const auto sentence_ready = [&] {
@@ -660,5 +712,6 @@ void ElectraPretrainer<T>::backward_generator(Plan& plan, T* grads, const std::f
 
 template class ElectraPretrainer<float>;
 template class ElectraPretrainer<double>;
+template class ElectraPretrainer<bfloat16>;
 
 }  // namespace electra

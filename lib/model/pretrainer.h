@@ -11,9 +11,9 @@
 //   loss = mlm + disc_loss_weight * rtd (+ sentence when next_sentence_labels are given)
 // backward() then accumulates d(loss)/d(parameters) into the flat gradient buffer.
 //
-// Memory: parameters and gradients live in two backend buffers of layout().total_size() elements
-// (see parameter_layout.h); activations are allocated once per (rows, seq, predictions) shape and
-// reused. The Backend passed to the constructor must outlive the pretrainer.
+// Memory: parameters and gradients live in two wide buffers of layout().total_size() elements (see
+// parameter_layout.h), plus, with bf16 storage, a bf16 copy of the parameters that the ops read;
+// activations (T) are allocated once per (rows, seq, predictions) shape and reused.
 #pragma once
 
 #include <cstddef>
@@ -127,47 +127,96 @@ struct NamedTensor {
   T* data = nullptr;
 };
 
-template <typename T>
-class ElectraPretrainer {
+// What the trainer, evaluation and the tools see of a pre-training model, whatever its storage type:
+// P (= Wide<T> of the model's T: float or double) is the type of the master parameters, gradients and
+// outputs. ElectraPretrainer<T> documents each function.
+template <typename P>
+class PretrainerModel {
  public:
+  virtual ~PretrainerModel() = default;
+
+  virtual const PretrainerConfig& config() const = 0;
+  virtual const ParameterLayout& layout() const = 0;
+  virtual const PretrainerSlots& slots() const = 0;
+  // Where parameters() and gradients() live (the optimizer, clipping and allreduce run on it): the model
+  // backend's wide() (the backend itself for fp32 / fp64 storage).
+  virtual Backend<P>& parameter_backend() = 0;
+  // The activation storage type for logs: "fp32", "fp64" or "bf16".
+  virtual std::string storage_name() const = 0;
+
+  virtual P* parameters() = 0;
+  virtual const P* parameters() const = 0;
+  virtual P* gradients() = 0;
+  virtual const P* gradients() const = 0;
+  virtual void init_parameters(uint64_t seed) = 0;
+  virtual void zero_gradients() = 0;
+  virtual std::vector<P> parameters_to_host() const = 0;
+  virtual void parameters_from_host(const std::vector<P>& host) = 0;
+  virtual std::vector<P> gradients_to_host() const = 0;
+  virtual std::vector<NamedTensor<P>> checkpoint_items() = 0;
+
+  virtual const PretrainerOutputs<P>& forward(const Batch& batch, const StepContext& context) = 0;
+  virtual void backward() = 0;
+
+  virtual void set_parallel_chunks(int chunks) = 0;
+  virtual int parallel_chunks() const = 0;
+  virtual void set_recompute_ffn_activations(bool on) = 0;
+  virtual bool recompute_ffn_activations() const = 0;
+  virtual void set_attention_impl(AttentionImpl impl) = 0;
+  virtual AttentionImpl attention_impl() const = 0;
+};
+
+// T is the storage type of activations (float, double, or bfloat16 for bf16 mixed precision); W =
+// Wide<T> that of the master parameters, gradients, normalisation statistics, losses and outputs. For
+// T != W the ops read a T copy of the parameters, refreshed (narrowed) at the start of every forward.
+template <typename T>
+class ElectraPretrainer final : public PretrainerModel<Wide<T>> {
+ public:
+  using W = Wide<T>;
+
+  // `backend` must outlive the pretrainer; the second form owns it.
   ElectraPretrainer(const PretrainerConfig& config, Backend<T>& backend);
-  ~ElectraPretrainer();
+  ElectraPretrainer(const PretrainerConfig& config, std::unique_ptr<Backend<T>> owned_backend);
+  ~ElectraPretrainer() override;
   ElectraPretrainer(const ElectraPretrainer&) = delete;
   ElectraPretrainer& operator=(const ElectraPretrainer&) = delete;
 
-  const PretrainerConfig& config() const { return config_; }
-  const ParameterLayout& layout() const { return layout_.layout; }
-  const PretrainerSlots& slots() const { return layout_.slots; }
+  const PretrainerConfig& config() const override { return config_; }
+  const ParameterLayout& layout() const override { return layout_.layout; }
+  const PretrainerSlots& slots() const override { return layout_.slots; }
   Backend<T>& backend() { return backend_; }
+  Backend<W>& parameter_backend() override { return backend_.wide(); }
+  std::string storage_name() const override;
 
-  // Device buffers of layout().total_size() elements.
-  T* parameters() { return params_.data(); }
-  const T* parameters() const { return params_.data(); }
-  T* gradients() { return grads_.data(); }
-  const T* gradients() const { return grads_.data(); }
+  // Device buffers of layout().total_size() elements, allocated from parameter_backend(): the master
+  // parameters and their gradients.
+  W* parameters() override { return params_.data(); }
+  const W* parameters() const override { return params_.data(); }
+  W* gradients() override { return grads_.data(); }
+  const W* gradients() const override { return grads_.data(); }
 
   // Encoder weights and embedding tables ~ truncated normal(0, initializer_range) (redrawn beyond two
   // stddev), head weights by mlm_initializer, biases 0, LayerNorm 1/0. Every number comes from Philox
   // (purpose kInit, lane = hash of the tensor name), so all ranks initialise identically and a tensor's
   // values do not depend on which other tensors exist.
-  void init_parameters(uint64_t seed);
-  void zero_gradients();
+  void init_parameters(uint64_t seed) override;
+  void zero_gradients() override;
   // Whole flat buffers to / from the host (layout order).
-  std::vector<T> parameters_to_host() const;
-  void parameters_from_host(const std::vector<T>& host);
-  std::vector<T> gradients_to_host() const;
+  std::vector<W> parameters_to_host() const override;
+  void parameters_from_host(const std::vector<W>& host) override;
+  std::vector<W> gradients_to_host() const override;
 
   // Every parameter tensor (discriminator encoder, generator encoder, shared embeddings and all heads),
   // in layout order, with its device pointer: what a checkpoint saves. AdamW moments share the layout.
-  std::vector<NamedTensor<T>> checkpoint_items();
+  std::vector<NamedTensor<W>> checkpoint_items() override;
 
   // Runs the step's forward pass and computes the losses. Checks the batch (sizes, ids < vocab, type ids
   // < type_vocab_size, S <= max_position_embeddings, positions < S, labels < num_classes) and fails naming
   // the tensor. The gradient of the loss w.r.t. the logits is prepared here; call backward() next to
   // accumulate parameter gradients. The returned reference stays valid until the next forward.
-  const PretrainerOutputs<T>& forward(const Batch& batch, const StepContext& context);
+  const PretrainerOutputs<W>& forward(const Batch& batch, const StepContext& context) override;
   // Accumulates (+=) the gradient of the last forward's total loss into gradients().
-  void backward();
+  void backward() override;
 
   // CPU execution strategy. With chunks = K > 1, forward and backward cut the batch into K contiguous
   // row slices (min(K, rows)) and run them concurrently, one per OpenMP thread, each slice's ops
@@ -179,23 +228,23 @@ class ElectraPretrainer {
   // (as with micro-batches); for a fixed K results do not depend on the number of threads. With K > 1,
   // StepHooks::on_gradients_ready is called once, for the whole buffer, after the chunks are added.
   // Default 1: the whole batch at once, every op multi-threaded. Fails for K > 1 on non-CPU backends.
-  void set_parallel_chunks(int chunks);
-  int parallel_chunks() const { return chunks_; }
+  void set_parallel_chunks(int chunks) override;
+  int parallel_chunks() const override { return chunks_; }
 
   // Memory for time: with `on`, every transformer layer computes its FFN activation act(x W1 + b1) again
   // in backward instead of keeping it from forward: the same numbers (bitwise), N x F fewer values held
   // per layer (240 MB for ELECTRA-small at batch 32 x 128, 0.8 GB for base at 8 x 512), one more
   // activation pass per layer (~1% of a small step). Default off. Takes effect at the next forward.
-  void set_recompute_ffn_activations(bool on);
-  bool recompute_ffn_activations() const { return recompute_ffn_; }
+  void set_recompute_ffn_activations(bool on) override;
+  bool recompute_ffn_activations() const override { return recompute_ffn_; }
 
   // Memory for time in attention (attention_impl.h): kFused keeps [B,H,S] statistics per layer instead
   // of the [B,H,S,S] probabilities and keep bytes (5 bytes per element in float) and recomputes the
   // probabilities in backward; the same losses and gradients to rounding (same dropout bits). Default
   // kAuto: fused on non-CPU backends that support the shape, materialised on the CPU (faster there).
   // kFused where the backend has no fused attention fails at the next forward. Takes effect then.
-  void set_attention_impl(AttentionImpl impl);
-  AttentionImpl attention_impl() const { return attention_impl_; }
+  void set_attention_impl(AttentionImpl impl) override;
+  AttentionImpl attention_impl() const override { return attention_impl_; }
 
  private:
   struct Plan;
@@ -214,21 +263,25 @@ class ElectraPretrainer {
   void forward_generator(Plan& plan, const Batch& batch, int r0, const StepContext& ctx);
   void forward_sampling(Plan& plan, const Batch& batch, int r0, const StepContext& ctx, const Normalizers& norms);
   void forward_discriminator(Plan& plan, const Batch& batch, int r0, const StepContext& ctx, const Normalizers& norms);
-  void backward_discriminator(Plan& plan, T* grads, const std::function<void(size_t, size_t)>& ready);
-  void backward_generator(Plan& plan, T* grads, const std::function<void(size_t, size_t)>& ready);
+  void backward_discriminator(Plan& plan, W* grads, const std::function<void(size_t, size_t)>& ready);
+  void backward_generator(Plan& plan, W* grads, const std::function<void(size_t, size_t)>& ready);
   const T* lm_outputs_of(Plan& plan);
+  // The parameters the ops read: the narrowed copy for T != W, the master parameters otherwise.
+  const T* weights() const;
 
+  std::unique_ptr<Backend<T>> owned_backend_;  // first: destroyed after every buffer allocated from it
   PretrainerConfig config_;
   Backend<T>& backend_;
   PretrainerLayout layout_;
-  DeviceBuffer<T> params_, grads_;
+  DeviceBuffer<W> params_, grads_;
+  DeviceBuffer<T> weights_;                   // T != W only: params_ rounded to T, refreshed at every forward
   std::vector<std::unique_ptr<Plan>> plans_;  // most recently used first
   std::vector<Plan*> last_;                   // the last forward's plans, one per chunk (for backward)
   StepHooks hooks_;                           // the last forward's hooks (for backward)
   int chunks_ = 1;                            // set_parallel_chunks
   bool recompute_ffn_ = false;                // set_recompute_ffn_activations
-  std::vector<DeviceBuffer<T>> extra_grads_;  // gradient buffers of chunks 1..K-1
-  PretrainerOutputs<T> outputs_;
+  std::vector<DeviceBuffer<W>> extra_grads_;  // gradient buffers of chunks 1..K-1
+  PretrainerOutputs<W> outputs_;
 
   // set_attention_impl
   AttentionImpl attention_impl_ = AttentionImpl::kAuto;

@@ -42,20 +42,20 @@ void TransformerLayer<T>::plan(Backend<T>& be, int B, int S, bool recompute_acti
   qkv_.reset(be, N * 3 * C);
   probs_.reset(be, probs);
   keep_attention_.reset(be, probs);
-  attention_stats_.reset(be, fused_attention_ ? static_cast<size_t>(B) * H * S : 0);
+  attention_stats_.reset(be.wide(), fused_attention_ ? static_cast<size_t>(B) * H * S : 0);
   context_.reset(be, N * C);
   keep1_.reset(be, N * C);
   res1_.reset(be, N * C);
   ln1_.reset(be, N * C);
-  mean1_.reset(be, N);
-  rstd1_.reset(be, N);
+  mean1_.reset(be.wide(), N);
+  rstd1_.reset(be.wide(), N);
   inter_pre_.reset(be, N * F);
   inter_act_.reset(be, recompute_activation ? 0 : N * F);
   keep2_.reset(be, N * C);
   res2_.reset(be, N * C);
   out_.reset(be, N * C);
-  mean2_.reset(be, N);
-  rstd2_.reset(be, N);
+  mean2_.reset(be.wide(), N);
+  rstd2_.reset(be.wide(), N);
 }
 
 template <typename T>
@@ -70,7 +70,7 @@ void TransformerLayer<T>::forward(Backend<T>& be, const T* params, const T* x, c
   hidden_rate_ = dropout.rate(shape_.hidden_dropout);
   attention_rate_ = dropout.rate(shape_.attention_dropout);
   const uint64_t per_example = static_cast<uint64_t>(S_) * C;
-  const T eps = static_cast<T>(shape_.layer_norm_eps);
+  const W eps = static_cast<W>(shape_.layer_norm_eps);
 
   // Self-attention block.
   be.linear_forward(qkv_.data(), x, params + p.qkv.weight, params + p.qkv.bias, N, C, 3 * C);
@@ -108,7 +108,7 @@ void TransformerLayer<T>::forward(Backend<T>& be, const T* params, const T* x, c
 }
 
 template <typename T>
-void TransformerLayer<T>::backward(Backend<T>& be, const T* params, T* grads, const T* dout, T* dx,
+void TransformerLayer<T>::backward(Backend<T>& be, const T* params, W* grads, const T* dout, T* dx,
                                    LayerScratch<T>& s) {
   ELECTRA_CHECK(x_ != nullptr, "transformer layer ", layer_, ": backward before forward");
   const int N = B_ * S_, C = shape_.hidden, F = shape_.intermediate, H = shape_.num_heads, D = C / H;
@@ -154,7 +154,9 @@ void TransformerLayer<T>::backward(Backend<T>& be, const T* params, T* grads, co
 
 template struct LayerScratch<float>;
 template struct LayerScratch<double>;
+template struct LayerScratch<bfloat16>;
 template class TransformerLayer<float>;
 template class TransformerLayer<double>;
+template class TransformerLayer<bfloat16>;
 
 }  // namespace electra

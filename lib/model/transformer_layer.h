@@ -42,6 +42,8 @@ struct TransformerLayerShape {
 template <typename T>
 class TransformerLayer {
  public:
+  using W = Wide<T>;
+
   // lane_network/layer_index pick the dropout lanes of this layer's three sites.
   TransformerLayer(const TransformerLayerSlots& slots, const TransformerLayerShape& shape, Network network,
                    int layer_index);
@@ -59,8 +61,8 @@ class TransformerLayer {
                LayerScratch<T>& scratch);
   const T* output() const { return out_.data(); }
 
-  // dout [B*S, C] -> dx [B*S, C] (overwritten; must not alias dout); parameter gradients accumulate.
-  void backward(Backend<T>& be, const T* params, T* grads, const T* dout, T* dx, LayerScratch<T>& scratch);
+  // dout [B*S, C] -> dx [B*S, C] (overwritten; must not alias dout); parameter gradients (wide) accumulate.
+  void backward(Backend<T>& be, const T* params, W* grads, const T* dout, T* dx, LayerScratch<T>& scratch);
 
  private:
   TransformerLayerSlots slots_;
@@ -74,8 +76,8 @@ class TransformerLayer {
   float hidden_rate_ = 0.0f, attention_rate_ = 0.0f;  // the rates the last forward used
   const T* x_ = nullptr;
   const int32_t* mask_ = nullptr;
-  DeviceBuffer<T> qkv_, probs_, attention_stats_, context_, res1_, ln1_, mean1_, rstd1_, inter_pre_, inter_act_, res2_,
-      out_, mean2_, rstd2_;
+  DeviceBuffer<T> qkv_, probs_, context_, res1_, ln1_, inter_pre_, inter_act_, res2_, out_;
+  DeviceBuffer<W> attention_stats_, mean1_, rstd1_, mean2_, rstd2_;  // statistics (allocated from be.wide())
   DeviceBuffer<T, uint8_t> keep_attention_, keep1_, keep2_;
 };
 
