@@ -287,4 +287,11 @@ void Backend<T>::fused_attention_backward(T*, const T*, const T*, const T*, cons
 template <typename T>
 std::unique_ptr<Backend<T>> make_cpu_backend();
 
+// The CPU reference of bf16 storage (name "cpu-bf16"): every op widens its bfloat16 inputs to float, runs
+// the float CPU kernel (W arguments passed as they are, so gradients accumulate in float) and rounds its
+// bfloat16 outputs to nearest-even; so its results are bitwise the float backend's on the widened inputs.
+// `wide` must be a CPU backend (fails otherwise) and outlive the result; wide() returns it. adamw_step
+// fails (the optimizer runs on wide()). Float scratch is kept between calls: one host thread at a time.
+std::unique_ptr<Backend<bfloat16>> make_cpu_bf16_backend(Backend<float>& wide);
+
 }  // namespace electra

@@ -40,18 +40,19 @@ void fail_no_wide_backend(const std::string& name) {
   fail("backend ", name, " stores a narrow type but has no wide() backend, widen or narrow");
 }
 
-namespace {
-
-// Cache-line (and AVX-512 vector) aligned; aligned_alloc wants a size that is a multiple of the alignment.
-constexpr size_t kAlignment = 64;
-
-void* aligned_allocate(size_t bytes) {
+void* cpu::detail::aligned_allocate(size_t bytes) {
+  // aligned_alloc wants a size that is a multiple of the alignment.
+  constexpr size_t kAlignment = 64;
   if (bytes == 0) return nullptr;
   const size_t rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
   void* p = std::aligned_alloc(kAlignment, rounded);
   if (p == nullptr) fail("cpu backend: out of memory allocating ", bytes, " bytes");
   return p;
 }
+
+namespace {
+
+using cpu::detail::aligned_allocate;
 
 template <typename T>
 class CpuBackend final : public Backend<T> {

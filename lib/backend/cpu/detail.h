@@ -40,6 +40,10 @@ T* thread_scratch(size_t n) {
 // Switches OpenBLAS to one thread for the rest of the process (make_cpu_backend does).
 void set_blas_single_threaded();
 
+// Host memory of `bytes` bytes aligned to 64 (a cache line, an AVX-512 vector), freed with std::free;
+// nullptr for 0 bytes. Fails naming the size when out of memory. The CPU backends' allocate*.
+void* aligned_allocate(size_t bytes);
+
 // Runs OpenBLAS single-threaded for the lifetime of the object. Create it outside an OpenMP parallel
 // region whose threads call BLAS: the pthread OpenBLAS would otherwise start its own threads from every
 // OpenMP thread and oversubscribe the cores.
