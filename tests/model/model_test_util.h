@@ -45,17 +45,18 @@ inline PretrainerConfig tiny_config() {
   return c;
 }
 
-// One forward + backward from zeroed gradients: the outputs and the gradient buffer on the host.
-template <typename T>
+// One forward + backward from zeroed gradients: the outputs and the gradient buffer on the host (P =
+// Wide<T>: float for bf16 storage).
+template <typename P>
 struct StepResult {
-  PretrainerOutputs<T> out;
-  std::vector<T> grads;
+  PretrainerOutputs<P> out;
+  std::vector<P> grads;
 };
 
 template <typename T>
-StepResult<T> run_step(ElectraPretrainer<T>& model, const Batch& batch, const StepContext& ctx) {
+StepResult<Wide<T>> run_step(ElectraPretrainer<T>& model, const Batch& batch, const StepContext& ctx) {
   model.zero_gradients();
-  StepResult<T> r{model.forward(batch, ctx), {}};
+  StepResult<Wide<T>> r{model.forward(batch, ctx), {}};
   model.backward();
   r.grads = model.gradients_to_host();
   return r;
