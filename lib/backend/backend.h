@@ -291,7 +291,8 @@ std::unique_ptr<Backend<T>> make_cpu_backend();
 // the float CPU kernel (W arguments passed as they are, so gradients accumulate in float) and rounds its
 // bfloat16 outputs to nearest-even; so its results are bitwise the float backend's on the widened inputs.
 // `wide` must be a CPU backend (fails otherwise) and outlive the result; wide() returns it. adamw_step
-// fails (the optimizer runs on wide()). Float scratch is kept between calls: one host thread at a time.
+// fails (the optimizer runs on wide()). Its float scratch is per host thread, so several threads may call it
+// at once as they call the float backend (the model's parallel chunks).
 std::unique_ptr<Backend<bfloat16>> make_cpu_bf16_backend(Backend<float>& wide);
 
 }  // namespace electra

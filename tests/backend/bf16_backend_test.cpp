@@ -834,6 +834,37 @@ TEST_F(Bf16Backend, SameBitsForAnyThreadCount) {
   omp_set_num_threads(saved_threads);
 }
 
+// The model's parallel chunks call one backend from several OpenMP threads at once (each thread's ops then
+// single-threaded): the float scratch must not be shared between threads.
+TEST_F(Bf16Backend, ConcurrentCallsFromSeveralThreads) {
+  constexpr int kThreads = 2;
+  const int rows = 200, in = 64, out = 96;
+  const auto w = random_bf16(out * in, 1), bias = random_bf16(out, 2);
+  Dev<bfloat16> wb(*bf, w.narrow), biasb(*bf, bias.narrow);
+  std::vector<Bf16Values> inputs;
+  for (int t = 0; t < kThreads; ++t) inputs.push_back(random_bf16(rows * in, 10 + t, -2.0, 2.0));
+  std::vector<std::vector<bfloat16>> sequential;
+  for (int t = 0; t < kThreads; ++t) {
+    Dev<bfloat16> x(*bf, inputs[t].narrow), y(*bf, rows * out, bfloat16(0.0f));
+    bf->linear_forward(y.get(), x.get(), wb.get(), biasb.get(), rows, in, out);
+    bf->activation_forward(Activation::kGelu, y.get(), y.get(), static_cast<size_t>(rows) * out);
+    sequential.push_back(y.host());
+  }
+  std::vector<int> mismatches(kThreads, 0);
+#pragma omp parallel for num_threads(kThreads) schedule(static, 1)
+  for (int t = 0; t < kThreads; ++t) {
+    omp_set_num_threads(1);
+    for (int repeat = 0; repeat < 200; ++repeat) {
+      Dev<bfloat16> x(*bf, inputs[t].narrow), y(*bf, rows * out, bfloat16(0.0f));
+      bf->linear_forward(y.get(), x.get(), wb.get(), biasb.get(), rows, in, out);
+      bf->activation_forward(Activation::kGelu, y.get(), y.get(), static_cast<size_t>(rows) * out);
+      const auto result = y.host();
+      if (std::memcmp(result.data(), sequential[t].data(), result.size() * sizeof(bfloat16)) != 0) ++mismatches[t];
+    }
+  }
+  EXPECT_EQ(mismatches, std::vector<int>(kThreads, 0));
+}
+
 // ---- bf16 vs fp32: the reference stays close to fp32 on arbitrary inputs ----
 
 // rel 1e-2 of each element, plus 1e-2 of the largest magnitude (cancellation makes small elements noisy).

@@ -62,6 +62,30 @@ size_t rows_used(const int32_t* ids, size_t n) {
   return largest < 0 ? 0 : static_cast<size_t>(largest) + 1;
 }
 
+// Float room for argument `slot` of the running op (an op gives each argument its own slot, so no two share
+// memory); never null (a null argument means "absent" to the kernels). Per host thread, as the float
+// kernels' scratch is: the model's parallel chunks call one backend from several OpenMP threads at once.
+// Grown on demand and kept: no allocation in the steady state.
+constexpr int kArgumentSlots = 5;
+float* argument_scratch(int slot, size_t n) {
+  struct FreeDeleter {
+    void operator()(float* p) const { std::free(p); }
+  };
+  struct Buffer {
+    std::unique_ptr<float, FreeDeleter> data;
+    size_t capacity = 0;
+  };
+  thread_local std::array<Buffer, kArgumentSlots> buffers;
+  n = std::max<size_t>(n, 1);
+  Buffer& buffer = buffers.at(static_cast<size_t>(slot));
+  if (buffer.capacity < n) {
+    buffer.data.reset();  // free before allocating: the old contents are not needed
+    buffer.data.reset(static_cast<float*>(cpu::detail::aligned_allocate(n * sizeof(float))));
+    buffer.capacity = n;
+  }
+  return buffer.data.get();
+}
+
 class CpuBf16Backend final : public Backend<bfloat16> {
  public:
   using T = bfloat16;
@@ -337,27 +361,7 @@ class CpuBf16Backend final : public Backend<bfloat16> {
   }
 
  private:
-  // Float scratch buffers, one per argument position of an op (an op uses slots 0..kSlots-1, each for one
-  // argument, so no two arguments share memory). Grown on demand and kept: no allocation in the steady state.
-  static constexpr int kSlots = 5;
-  struct FreeDeleter {
-    void operator()(float* p) const { std::free(p); }
-  };
-  struct ScratchBuffer {
-    std::unique_ptr<float, FreeDeleter> data;
-    size_t capacity = 0;
-  };
-
-  float* scratch(int slot, size_t n) {
-    n = std::max<size_t>(n, 1);  // never null: a null input or output means "absent" to the kernels
-    ScratchBuffer& buffer = scratch_[slot];
-    if (buffer.capacity < n) {
-      buffer.data.reset();  // free before allocating: the old contents are not needed
-      buffer.data.reset(static_cast<float*>(cpu::detail::aligned_allocate(n * sizeof(float))));
-      buffer.capacity = n;
-    }
-    return buffer.data.get();
-  }
+  static float* scratch(int slot, size_t n) { return argument_scratch(slot, n); }
   // The widened copy of an input (null stays null: the kernels read null as "absent").
   const float* in(int slot, const T* src, size_t n) {
     if (src == nullptr) return nullptr;
@@ -381,7 +385,6 @@ class CpuBf16Backend final : public Backend<bfloat16> {
   }
 
   Backend<float>& wide_;
-  std::array<ScratchBuffer, kSlots> scratch_;
 };
 
 }  // namespace
