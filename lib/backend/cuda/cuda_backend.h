@@ -85,6 +85,17 @@ std::string cuda_device_pci_bus_id(int device) noexcept;
 // 8.0 and 9.0 and PTX for newer chips).
 std::unique_ptr<Backend<float>> make_cuda_backend(int device = 0, const CudaBackendOptions& options = {});
 
+// Backend<bfloat16> (bf16 mixed-precision storage) on the device of `cuda_backend`, which must come from
+// make_cuda_backend with precision bf16 (the bf16 GEMMs and attention run on bf16 tensor cores) and outlive
+// the result; fails otherwise, naming the backend or its precision. It shares that backend's device memory
+// arena, stream, error word, cuBLAS/cuBLASLt handles and workspace, so the ops of both are ordered on the
+// one stream; wide() returns it; name() is "cuda-bf16". Activations and weight copies are bf16, arithmetic
+// is fp32 (bf16 GEMM operands with fp32 accumulation; weight gradients accumulate in fp32); each op
+// matches the CPU reference (make_cpu_bf16_backend: widen, float op, narrow) to bf16 rounding, and dropout
+// keep masks and Gumbel samples bitwise. Attention widens to fp32 and runs the float backend's op. The
+// optimizer ops (adamw_step*) fail: they run on wide(). cuda_stream_of etc. take wide().
+std::unique_ptr<Backend<bfloat16>> make_cuda_bf16_backend(Backend<float>& cuda_backend);
+
 // The CUDA stream (a cudaStream_t, as void* so that this header needs no CUDA header) on which `backend`
 // enqueues all its work, for libraries that must order their work after it (NCCL). `backend` must come
 // from make_cuda_backend.

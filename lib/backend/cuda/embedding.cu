@@ -1,19 +1,24 @@
 // Embedding lookups and their deterministic scatter-add gradients (segment_sum.h has the design), row
-// gathers and scatter-adds for the heads.
+// gathers and scatter-adds for the heads. Storage-typed kernels take D = float or __nv_bfloat16
+// (storage.cuh; the segment passes take float or electra::bfloat16 rows); launchers are instantiated for
+// float and electra::bfloat16 at the end of the file.
 #include <cub/device/device_radix_sort.cuh>
+#include <type_traits>
 
 #include "lib/backend/cuda/device_util.cuh"
 #include "lib/backend/cuda/kernels.h"
 #include "lib/backend/cuda/segment_sum.h"
+#include "lib/backend/cuda/storage.cuh"
 
 namespace electra::cuda {
 namespace {
 
 constexpr int kColumnsPerBlock = 128;  // threads (columns) per block of the segment passes
 
-__global__ void embedding_forward_kernel(float* out, const int32_t* ids, const int32_t* type_ids,
-                                         const float* word_table, const float* position_table, const float* type_table,
-                                         int S, int E, size_t n, unsigned* errors) {
+template <typename D>
+__global__ void embedding_forward_kernel(D* out, const int32_t* ids, const int32_t* type_ids, const D* word_table,
+                                         const D* position_table, const D* type_table, int S, int E, size_t n,
+                                         unsigned* errors) {
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<size_t>(blockDim.x) * gridDim.x) {
     const size_t t = i / E;
@@ -22,14 +27,14 @@ __global__ void embedding_forward_kernel(float* out, const int32_t* ids, const i
     const int type = type_ids != nullptr ? type_ids[t] : 0;
     if (id < 0 || type < 0) {
       report(errors, kErrorNegativeId);
-      out[i] = 0.0f;
+      out[i] = from_float<D>(0.0f);
       continue;
     }
     // Summed in the order word + position + type, as the CPU backend (and Hugging Face).
-    float v = word_table[static_cast<size_t>(id) * E + c];
-    if (position_table != nullptr) v = v + position_table[(t % S) * E + c];
-    if (type_table != nullptr) v = v + type_table[static_cast<size_t>(type) * E + c];
-    out[i] = v;
+    float v = to_float(word_table[static_cast<size_t>(id) * E + c]);
+    if (position_table != nullptr) v = v + to_float(position_table[(t % S) * E + c]);
+    if (type_table != nullptr) v = v + to_float(type_table[static_cast<size_t>(type) * E + c]);
+    out[i] = from_float<D>(v);
   }
 }
 
@@ -41,7 +46,8 @@ __global__ void zero_ints_kernel(int32_t* x, int n) {
   for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += blockDim.x * gridDim.x) x[i] = 0;
 }
 
-__global__ void chunk_pass_kernel(float* table, float* head, float* tail, const float* rows, const int32_t* keys,
+template <typename Row>
+__global__ void chunk_pass_kernel(float* table, float* head, float* tail, const Row* rows, const int32_t* keys,
                                   const int32_t* perm, int n, int E, unsigned* errors) {
   const int q = blockIdx.x, c = blockIdx.y * kColumnsPerBlock + threadIdx.x;
   if (c >= E) return;
@@ -55,7 +61,8 @@ __global__ void cross_pass_kernel(float* table, const float* head, const float* 
   segments::cross_pass(table, head, tail, keys, n, E, q, c);
 }
 
-__global__ void position_sum_kernel(float* dposition, const float* dout, int B, int S, int E) {
+template <typename Row>
+__global__ void position_sum_kernel(float* dposition, const Row* dout, int B, int S, int E) {
   const size_t n = static_cast<size_t>(S) * E;
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<size_t>(blockDim.x) * gridDim.x) {
@@ -63,7 +70,8 @@ __global__ void position_sum_kernel(float* dposition, const float* dout, int B, 
   }
 }
 
-__global__ void gather_rows_kernel(float* out, const float* x, const int32_t* positions, int S, int P, int C, size_t n,
+template <typename D>
+__global__ void gather_rows_kernel(D* out, const D* x, const int32_t* positions, int S, int P, int C, size_t n,
                                    unsigned* errors) {
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<size_t>(blockDim.x) * gridDim.x) {
@@ -72,7 +80,7 @@ __global__ void gather_rows_kernel(float* out, const float* x, const int32_t* po
     const int pos = positions[row];
     if (pos < 0 || pos >= S) {
       report(errors, kErrorPosition);
-      out[i] = 0.0f;
+      out[i] = from_float<D>(0.0f);
       continue;
     }
     out[i] = x[((row / P) * S + pos) * C + c];
@@ -80,20 +88,35 @@ __global__ void gather_rows_kernel(float* out, const float* x, const int32_t* po
 }
 
 // One thread per (b, c) adds the example's predictions in order: duplicates add up as on the CPU.
-__global__ void scatter_add_rows_kernel(float* dx, const float* dout, const int32_t* positions, int S, int P, int C,
-                                        size_t n, unsigned* errors) {
+// float: straight into dx. bf16: a destination is rounded once, after its old value and all its
+// predictions were summed in float (the first prediction of a position sums the later ones too).
+template <typename D>
+__global__ void scatter_add_rows_kernel(D* dx, const D* dout, const int32_t* positions, int S, int P, int C, size_t n,
+                                        unsigned* errors) {
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<size_t>(blockDim.x) * gridDim.x) {
     const size_t b = i / C;
     const int c = static_cast<int>(i - b * C);
+    const int32_t* pos_row = positions + b * P;
     for (int p = 0; p < P; ++p) {
       const size_t row = b * P + p;
-      const int pos = positions[row];
+      const int pos = pos_row[p];
       if (pos < 0 || pos >= S) {
         if (c == 0) report(errors, kErrorPosition);
         continue;
       }
-      dx[(b * S + pos) * C + c] += dout[row * C + c];
+      if constexpr (std::is_same_v<D, float>) {
+        dx[(b * S + pos) * C + c] += dout[row * C + c];
+      } else {
+        bool seen = false;
+        for (int q = 0; q < p && !seen; ++q) seen = pos_row[q] == pos;
+        if (seen) continue;
+        float acc = to_float(dx[(b * S + pos) * C + c]);
+        for (int q = p; q < P; ++q) {
+          if (pos_row[q] == pos) acc += to_float(dout[(b * P + q) * C + c]);
+        }
+        dx[(b * S + pos) * C + c] = from_float<D>(acc);
+      }
     }
   }
 }
@@ -141,7 +164,8 @@ BackwardWorkspace carve(void* base, int tokens, int E) {
 }
 
 // table[keys[t]] += rows[t] for t < n (keys null: all 0), deterministically.
-void sorted_scatter_add(const Stream& s, float* table, const float* rows, const int32_t* keys, int n, int E,
+template <typename Row>
+void sorted_scatter_add(const Stream& s, float* table, const Row* rows, const int32_t* keys, int n, int E,
                         const BackwardWorkspace& w) {
   const int32_t* sorted_keys = w.zeros;
   const int32_t* perm = w.iota;
@@ -163,19 +187,21 @@ void sorted_scatter_add(const Stream& s, float* table, const float* rows, const 
 
 }  // namespace
 
-void embedding_forward(const Stream& s, float* out, const int32_t* ids, const int32_t* type_ids,
-                       const float* word_table, const float* position_table, const float* type_table, int B, int S,
-                       int E) {
+template <typename T>
+void embedding_forward(const Stream& s, T* out, const int32_t* ids, const int32_t* type_ids, const T* word_table,
+                       const T* position_table, const T* type_table, int B, int S, int E) {
   const size_t n = static_cast<size_t>(B) * S * E;
   if (n == 0) return;
-  embedding_forward_kernel<<<grid_for(n, s), kBlock, 0, s.stream>>>(out, ids, type_ids, word_table, position_table,
-                                                                    type_table, S, E, n, s.errors);
+  embedding_forward_kernel<<<grid_for(n, s), kBlock, 0, s.stream>>>(device_ptr(out), ids, type_ids,
+                                                                    device_ptr(word_table), device_ptr(position_table),
+                                                                    device_ptr(type_table), S, E, n, s.errors);
   ELECTRA_CUDA_CHECK_LAUNCH("embedding_forward_kernel");
 }
 
 size_t embedding_backward_workspace(int tokens, int E) { return carve(nullptr, tokens, E).total; }
 
-void embedding_backward(const Stream& s, float* dword, float* dposition, float* dtype, const float* dout,
+template <typename T>
+void embedding_backward(const Stream& s, float* dword, float* dposition, float* dtype, const T* dout,
                         const int32_t* ids, const int32_t* type_ids, int B, int S, int E, void* workspace,
                         size_t workspace_bytes) {
   const int tokens = B * S;
@@ -202,19 +228,33 @@ void embedding_backward(const Stream& s, float* dword, float* dposition, float* 
   }
 }
 
-void gather_rows(const Stream& s, float* out, const float* x, const int32_t* positions, int B, int S, int P, int C) {
+template <typename T>
+void gather_rows(const Stream& s, T* out, const T* x, const int32_t* positions, int B, int S, int P, int C) {
   const size_t n = static_cast<size_t>(B) * P * C;
   if (n == 0) return;
-  gather_rows_kernel<<<grid_for(n, s), kBlock, 0, s.stream>>>(out, x, positions, S, P, C, n, s.errors);
+  gather_rows_kernel<<<grid_for(n, s), kBlock, 0, s.stream>>>(device_ptr(out), device_ptr(x), positions, S, P, C, n,
+                                                              s.errors);
   ELECTRA_CUDA_CHECK_LAUNCH("gather_rows_kernel");
 }
 
-void scatter_add_rows(const Stream& s, float* dx, const float* dout, const int32_t* positions, int B, int S, int P,
-                      int C) {
+template <typename T>
+void scatter_add_rows(const Stream& s, T* dx, const T* dout, const int32_t* positions, int B, int S, int P, int C) {
   const size_t n = static_cast<size_t>(B) * C;
   if (n == 0 || P == 0) return;
-  scatter_add_rows_kernel<<<grid_for(n, s), kBlock, 0, s.stream>>>(dx, dout, positions, S, P, C, n, s.errors);
+  scatter_add_rows_kernel<<<grid_for(n, s), kBlock, 0, s.stream>>>(device_ptr(dx), device_ptr(dout), positions, S, P, C,
+                                                                   n, s.errors);
   ELECTRA_CUDA_CHECK_LAUNCH("scatter_add_rows_kernel");
 }
+
+#define ELECTRA_INSTANTIATE_EMBEDDING(T)                                                                               \
+  template void embedding_forward<T>(const Stream&, T*, const int32_t*, const int32_t*, const T*, const T*, const T*,  \
+                                     int, int, int);                                                                   \
+  template void embedding_backward<T>(const Stream&, float*, float*, float*, const T*, const int32_t*, const int32_t*, \
+                                      int, int, int, void*, size_t);                                                   \
+  template void gather_rows<T>(const Stream&, T*, const T*, const int32_t*, int, int, int, int);                       \
+  template void scatter_add_rows<T>(const Stream&, T*, const T*, const int32_t*, int, int, int, int);
+ELECTRA_INSTANTIATE_EMBEDDING(float)
+ELECTRA_INSTANTIATE_EMBEDDING(bfloat16)
+#undef ELECTRA_INSTANTIATE_EMBEDDING
 
 }  // namespace electra::cuda

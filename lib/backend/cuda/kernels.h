@@ -1,7 +1,10 @@
-// Launchers of the CUDA kernels behind make_cuda_backend (host functions; the kernels are in the .cu
-// files named below). Internal to lib/backend/cuda: cuda_backend.cpp checks shapes and arguments and
-// calls these; each enqueues its kernels on the given stream and returns without waiting.
+// Launchers of the CUDA kernels behind make_cuda_backend and make_cuda_bf16_backend (host functions; the
+// kernels are in the .cu files named below). Internal to lib/backend/cuda: the backends check shapes and
+// arguments and call these; each enqueues its kernels on the given stream and returns without waiting.
 // Shapes, aliasing and accumulate-vs-overwrite rules are backend.h's; pointers are device memory.
+// Launchers templated on T (the storage type) exist for T = float and T = bfloat16 (explicitly
+// instantiated in the .cu files): T elements are widened to float, computed in float and stored rounded
+// to nearest-even; gradients of parameters, statistics, losses and scalars are float for both (Wide<T>).
 #pragma once
 
 #include <cuda_runtime_api.h>
@@ -30,20 +33,33 @@ struct Stream {
 };
 
 // ---- elementwise.cu ----
-void fill(const Stream& s, float* x, size_t n, float value);
-void activation_forward(const Stream& s, Activation act, float* y, const float* x, size_t n);
-void activation_backward(const Stream& s, Activation act, float* dx, const float* dy, const float* x, size_t n);
-void add(const Stream& s, float* out, const float* a, const float* b, size_t n);
-void accumulate(const Stream& s, float* y, const float* x, size_t n);
-void scale(const Stream& s, float* x, size_t n, float alpha);
+template <typename T>
+void fill(const Stream& s, T* x, size_t n, T value);
+// dst[i] = float(src[i]) (exact); dst[i] = bfloat16(src[i]) rounded to nearest-even.
+void widen(const Stream& s, float* dst, const bfloat16* src, size_t n);
+void narrow(const Stream& s, bfloat16* dst, const float* src, size_t n);
+template <typename T>
+void activation_forward(const Stream& s, Activation act, T* y, const T* x, size_t n);
+template <typename T>
+void activation_backward(const Stream& s, Activation act, T* dx, const T* dy, const T* x, size_t n);
+template <typename T>
+void add(const Stream& s, T* out, const T* a, const T* b, size_t n);
+// y = y + x, one rounding per element.
+template <typename T>
+void accumulate(const Stream& s, T* y, const T* x, size_t n);
+template <typename T>
+void scale(const Stream& s, T* x, size_t n, float alpha);
 // p in (0, 1); keep non-null. y may alias x.
-void dropout_forward(const Stream& s, float* y, uint8_t* keep, const float* x, size_t n, float p,
-                     const DropoutKey& key);
+template <typename T>
+void dropout_forward(const Stream& s, T* y, uint8_t* keep, const T* x, size_t n, float p, const DropoutKey& key);
 // dx = dy * keep * keep_scale
-void dropout_backward(const Stream& s, float* dx, const float* dy, const uint8_t* keep, size_t n, float keep_scale);
+template <typename T>
+void dropout_backward(const Stream& s, T* dx, const T* dy, const uint8_t* keep, size_t n, float keep_scale);
 // y[r, :] = bias for rows r (the start of linear_forward).
-void broadcast_rows(const Stream& s, float* y, const float* bias, int rows, int cols);
-void sigmoid_cross_entropy(const Stream& s, float* loss, float* dlogit, const float* logit, const int32_t* label,
+template <typename T>
+void broadcast_rows(const Stream& s, T* y, const T* bias, int rows, int cols);
+template <typename T>
+void sigmoid_cross_entropy(const Stream& s, float* loss, T* dlogit, const T* logit, const int32_t* label,
                            const float* grad_scale, size_t n);
 void adamw_step(const Stream& s, float* params, const float* grads, float* m, float* v, size_t n,
                 const math::AdamParams& a);
@@ -51,7 +67,8 @@ void adamw_step(const Stream& s, float* params, const float* grads, float* m, fl
 // sums with a fixed tree. partials: sum_squares_partials(n) doubles; *result is device memory.
 inline constexpr size_t kSumSquaresChunk = 16384;
 size_t sum_squares_partials(size_t n);
-void sum_squares(const Stream& s, double* result, double* partials, const float* x, size_t n);
+template <typename T>
+void sum_squares(const Stream& s, double* result, double* partials, const T* x, size_t n);
 
 // ---- reductions.cu ----
 // Column sums over rows are formed per block of kPartialRows rows (fixed tree inside a block), then the
@@ -59,17 +76,24 @@ void sum_squares(const Stream& s, double* result, double* partials, const float*
 // floats.
 inline constexpr int kPartialRows = 128;
 size_t column_partials(int rows, int cols);
-// out[c] += sum_r x[r, c]
-void column_sums_accumulate(const Stream& s, float* out, const float* x, int rows, int cols, float* partials);
-void layernorm_forward(const Stream& s, float* y, float* mean, float* rstd, const float* x, const float* gamma,
-                       const float* beta, int rows, int cols, float eps);
+// out[c] += sum_r x[r, c] (the sums in float)
+template <typename T>
+void column_sums_accumulate(const Stream& s, float* out, const T* x, int rows, int cols, float* partials);
+template <typename T>
+void layernorm_forward(const Stream& s, T* y, float* mean, float* rstd, const T* x, const T* gamma, const T* beta,
+                       int rows, int cols, float eps);
 // partials: 2 * column_partials(rows, cols) floats (used when dgamma or dbeta is non-null).
-void layernorm_backward(const Stream& s, float* dx, float* dgamma, float* dbeta, const float* dy, const float* x,
-                        const float* mean, const float* rstd, const float* gamma, int rows, int cols, float* partials);
-void softmax_cross_entropy(const Stream& s, float* loss, float* dlogits, int32_t* argmax, const float* logits,
+template <typename T>
+void layernorm_backward(const Stream& s, T* dx, float* dgamma, float* dbeta, const T* dy, const T* x, const float* mean,
+                        const float* rstd, const T* gamma, int rows, int cols, float* partials);
+template <typename T>
+void softmax_cross_entropy(const Stream& s, float* loss, T* dlogits, int32_t* argmax, const T* logits,
                            const int32_t* labels, const float* grad_scale, int rows, int V);
-void log_softmax(const Stream& s, float* y, const float* x, int rows, int V);
-void gumbel_sample(const Stream& s, int32_t* samples, const float* logits, const int32_t* disallow, int rows, int V,
+template <typename T>
+void log_softmax(const Stream& s, T* y, const T* x, int rows, int V);
+// The logits are widened to float per element, so bf16 logits draw exactly the samples of their float values.
+template <typename T>
+void gumbel_sample(const Stream& s, int32_t* samples, const T* logits, const int32_t* disallow, int rows, int V,
                    float temperature, uint64_t seed, uint64_t step, uint64_t first_example, int rows_per_example);
 // Attention, one head h at a time. probs and keep are the whole [B,H,S,S] tensors (keep may be null when
 // dropout == 0); `dropped` is [B,S,S] for head h (probs * keep / (1 - p)), null when dropout == 0.
@@ -101,17 +125,22 @@ void fused_attention_softmax_backward(const Stream& s, float* ds, const float* p
                                       float dropout, const DropoutKey& key, float score_scale);
 
 // ---- embedding.cu ----
-void embedding_forward(const Stream& s, float* out, const int32_t* ids, const int32_t* type_ids,
-                       const float* word_table, const float* position_table, const float* type_table, int B, int S,
-                       int E);
+template <typename T>
+void embedding_forward(const Stream& s, T* out, const int32_t* ids, const int32_t* type_ids, const T* word_table,
+                       const T* position_table, const T* type_table, int B, int S, int E);
 // Bytes of workspace embedding_backward needs for B*S tokens of width E.
 size_t embedding_backward_workspace(int tokens, int E);
-void embedding_backward(const Stream& s, float* dword, float* dposition, float* dtype, const float* dout,
+// The table gradients are float for both storage types (dout is widened per element).
+template <typename T>
+void embedding_backward(const Stream& s, float* dword, float* dposition, float* dtype, const T* dout,
                         const int32_t* ids, const int32_t* type_ids, int B, int S, int E, void* workspace,
                         size_t workspace_bytes);
-void gather_rows(const Stream& s, float* out, const float* x, const int32_t* positions, int B, int S, int P, int C);
-void scatter_add_rows(const Stream& s, float* dx, const float* dout, const int32_t* positions, int B, int S, int P,
-                      int C);
+template <typename T>
+void gather_rows(const Stream& s, T* out, const T* x, const int32_t* positions, int B, int S, int P, int C);
+// For bfloat16 each destination row is rounded once: its old value plus all its predictions, summed in
+// float in prediction order (the float op on the widened dx, then narrowed).
+template <typename T>
+void scatter_add_rows(const Stream& s, T* dx, const T* dout, const int32_t* positions, int B, int S, int P, int C);
 
 // ---- tokens.cu ----
 // backend.h's replace_masked_tokens; a weighted position outside [0, S) sets kErrorPosition.

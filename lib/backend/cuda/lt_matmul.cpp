@@ -74,18 +74,20 @@ void LtMatmul::ensure_workspace(size_t bytes) {
   workspace_bytes_ = bytes;
 }
 
-LtMatmul::Plan LtMatmul::make_plan(const Key& key, const float* bias) {
+LtMatmul::Plan LtMatmul::make_plan(const Key& key, const void* bias) {
   const int32_t trans_a = static_cast<int32_t>(key[0]), trans_b = static_cast<int32_t>(key[1]);
   const int64_t m = key[2], n = key[3], k = key[4], lda = key[5], ldb = key[6], ldd = key[7];
+  const auto ab_type = static_cast<cudaDataType_t>(key[13]), cd_type = static_cast<cudaDataType_t>(key[14]);
+  const auto compute = static_cast<cublasComputeType_t>(key[15]);
   Plan plan;
-  ELECTRA_CUBLASLT_CHECK(cublasLtMatmulDescCreate(&plan.desc, compute_, CUDA_R_32F));
+  ELECTRA_CUBLASLT_CHECK(cublasLtMatmulDescCreate(&plan.desc, compute, CUDA_R_32F));
   ELECTRA_CUBLASLT_CHECK(
       cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSA, &trans_a, sizeof(trans_a)));
   ELECTRA_CUBLASLT_CHECK(
       cublasLtMatmulDescSetAttribute(plan.desc, CUBLASLT_MATMUL_DESC_TRANSB, &trans_b, sizeof(trans_b)));
   if (bias != nullptr) {
     const uint32_t epilogue = CUBLASLT_EPILOGUE_BIAS;
-    const int32_t bias_type = CUDA_R_32F;
+    const int32_t bias_type = cd_type;  // cuBLASLt: the bias has D's type
     // The heuristic reads the pointer's alignment from here; matmul() sets each call's own pointer.
     const void* bias_pointer = bias;
     ELECTRA_CUBLASLT_CHECK(
@@ -97,11 +99,9 @@ LtMatmul::Plan LtMatmul::make_plan(const Key& key, const float* bias) {
   }
   // Layouts describe the stored matrices: op(A) [m,k] is A [k,m] when transposed.
   const bool a_transposed = trans_a != CUBLAS_OP_N, b_transposed = trans_b != CUBLAS_OP_N;
-  ELECTRA_CUBLASLT_CHECK(
-      cublasLtMatrixLayoutCreate(&plan.a, CUDA_R_32F, a_transposed ? k : m, a_transposed ? m : k, lda));
-  ELECTRA_CUBLASLT_CHECK(
-      cublasLtMatrixLayoutCreate(&plan.b, CUDA_R_32F, b_transposed ? n : k, b_transposed ? k : n, ldb));
-  ELECTRA_CUBLASLT_CHECK(cublasLtMatrixLayoutCreate(&plan.d, CUDA_R_32F, m, n, ldd));
+  ELECTRA_CUBLASLT_CHECK(cublasLtMatrixLayoutCreate(&plan.a, ab_type, a_transposed ? k : m, a_transposed ? m : k, lda));
+  ELECTRA_CUBLASLT_CHECK(cublasLtMatrixLayoutCreate(&plan.b, ab_type, b_transposed ? n : k, b_transposed ? k : n, ldb));
+  ELECTRA_CUBLASLT_CHECK(cublasLtMatrixLayoutCreate(&plan.d, cd_type, m, n, ldd));
 
   cublasLtMatmulPreference_t preference = nullptr;
   ELECTRA_CUBLASLT_CHECK(cublasLtMatmulPreferenceCreate(&preference));
@@ -141,9 +141,9 @@ LtMatmul::Plan LtMatmul::make_plan(const Key& key, const float* bias) {
   return plan;
 }
 
-bool LtMatmul::matmul(cublasOperation_t trans_a, cublasOperation_t trans_b, int m, int n, int k, float alpha,
-                      const float* a, int lda, const float* b, int ldb, float beta, float* d, int ldd,
-                      const float* bias) {
+bool LtMatmul::matmul(const LtTypes& types, cublasOperation_t trans_a, cublasOperation_t trans_b, int m, int n, int k,
+                      float alpha, const void* a, int lda, const void* b, int ldb, float beta, void* d, int ldd,
+                      const void* bias) {
   // A bias view into the flat parameter buffer is often only 4-byte aligned; cuBLASLt's bias epilogue is
   // documented only for aligned vectors and older releases fault on misaligned ones (an error that would
   // poison the context), so those take the caller's plain path (GEMM + bias kernel).
@@ -160,7 +160,10 @@ bool LtMatmul::matmul(cublasOperation_t trans_a, cublasOperation_t trans_b, int 
                    pointer_alignment(a),
                    pointer_alignment(b),
                    pointer_alignment(d),
-                   bias != nullptr ? pointer_alignment(bias) : 0};
+                   bias != nullptr ? pointer_alignment(bias) : 0,
+                   types.ab,
+                   types.cd,
+                   types.compute};
   auto it = plans_.find(key);
   // (A plan that fails half-made leaks its descriptors: the error ends the run anyway.)
   if (it == plans_.end()) it = plans_.emplace(key, make_plan(key, bias)).first;

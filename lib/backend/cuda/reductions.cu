@@ -4,11 +4,15 @@
 // Shapes: "warp per row" kernels (LayerNorm, attention rows: widths up to a few thousand) run 8 rows per
 // 256-thread block; "block per row" kernels (vocabulary-wide rows: cross-entropy, log-softmax, sampling)
 // run one row per 256-thread block. Column sums are two fixed-shape passes (see kernels.h).
+// Storage-typed kernels take D = float or __nv_bfloat16 (storage.cuh): elements are read as float, all
+// arithmetic is float, and stores round to nearest-even; the launchers are instantiated for float and
+// electra::bfloat16 at the end of the file.
 #include <climits>
 
 #include "lib/backend/cuda/device_util.cuh"
 #include "lib/backend/cuda/elementwise_math.h"
 #include "lib/backend/cuda/kernels.h"
+#include "lib/backend/cuda/storage.cuh"
 
 namespace electra::cuda {
 namespace {
@@ -22,14 +26,15 @@ int partial_blocks(int rows) { return (rows + kPartialRows - 1) / kPartialRows; 
 // ---- column sums ----
 
 // partials[blockIdx.y, c] = sum of x[r, c] over rows r of row block blockIdx.y.
-__global__ void column_partials_kernel(float* partials, const float* x, int rows, int cols) {
+template <typename D>
+__global__ void column_partials_kernel(float* partials, const D* x, int rows, int cols) {
   __shared__ float smem[kRowLanes][kColumnTile + 1];
   const int c = blockIdx.x * kColumnTile + threadIdx.x;
   const int r0 = blockIdx.y * kPartialRows;
   const int r1 = r0 + kPartialRows < rows ? r0 + kPartialRows : rows;
   float acc = 0.0f;
   if (c < cols) {
-    for (int r = r0 + threadIdx.y; r < r1; r += kRowLanes) acc += x[static_cast<size_t>(r) * cols + c];
+    for (int r = r0 + threadIdx.y; r < r1; r += kRowLanes) acc += to_float(x[static_cast<size_t>(r) * cols + c]);
   }
   smem[threadIdx.y][threadIdx.x] = acc;
   __syncthreads();
@@ -41,9 +46,9 @@ __global__ void column_partials_kernel(float* partials, const float* x, int rows
 }
 
 // The LayerNorm parameter-gradient partials: dgamma (dy * xhat) and dbeta (dy).
-__global__ void layernorm_param_partials_kernel(float* partial_gamma, float* partial_beta, const float* dy,
-                                                const float* x, const float* mean, const float* rstd, int rows,
-                                                int cols) {
+template <typename D>
+__global__ void layernorm_param_partials_kernel(float* partial_gamma, float* partial_beta, const D* dy, const D* x,
+                                                const float* mean, const float* rstd, int rows, int cols) {
   __shared__ float sg[kRowLanes][kColumnTile + 1];
   __shared__ float sb[kRowLanes][kColumnTile + 1];
   const int c = blockIdx.x * kColumnTile + threadIdx.x;
@@ -53,8 +58,8 @@ __global__ void layernorm_param_partials_kernel(float* partial_gamma, float* par
   if (c < cols) {
     for (int r = r0 + threadIdx.y; r < r1; r += kRowLanes) {
       const size_t i = static_cast<size_t>(r) * cols + c;
-      const float d = dy[i];
-      g += d * (x[i] - mean[r]) * rstd[r];
+      const float d = to_float(dy[i]);
+      g += d * (to_float(x[i]) - mean[r]) * rstd[r];
       b += d;
     }
   }
@@ -104,21 +109,22 @@ dim3 partials_grid(int rows, int cols) {
 
 // ---- LayerNorm ----
 
-__global__ void layernorm_forward_kernel(float* y, float* mean, float* rstd, const float* x, const float* gamma,
-                                         const float* beta, int rows, int cols, float eps) {
+template <typename D>
+__global__ void layernorm_forward_kernel(D* y, float* mean, float* rstd, const D* x, const D* gamma, const D* beta,
+                                         int rows, int cols, float eps) {
   const int row = blockIdx.x * kRowsPerBlock + threadIdx.x / kWarp;
   const int lane = threadIdx.x % kWarp;
   if (row >= rows) return;  // whole warps only
-  const float* xr = x + static_cast<size_t>(row) * cols;
-  float* yr = y + static_cast<size_t>(row) * cols;
+  const D* xr = x + static_cast<size_t>(row) * cols;
+  D* yr = y + static_cast<size_t>(row) * cols;
   // Two passes (mean, then centred squares), as the CPU backend.
   float sum = 0.0f;
-  for (int c = lane; c < cols; c += kWarp) sum += xr[c];
+  for (int c = lane; c < cols; c += kWarp) sum += to_float(xr[c]);
   sum = warp_reduce(sum, SumOp{});
   const float mu = sum / static_cast<float>(cols);
   float sq = 0.0f;
   for (int c = lane; c < cols; c += kWarp) {
-    const float d = xr[c] - mu;
+    const float d = to_float(xr[c]) - mu;
     sq += d * d;
   }
   sq = warp_reduce(sq, SumOp{});
@@ -128,40 +134,42 @@ __global__ void layernorm_forward_kernel(float* y, float* mean, float* rstd, con
     if (rstd != nullptr) rstd[row] = rs;
   }
   for (int c = lane; c < cols; c += kWarp) {
-    const float v = (xr[c] - mu) * rs * gamma[c];
-    yr[c] = beta != nullptr ? v + beta[c] : v;
+    const float v = (to_float(xr[c]) - mu) * rs * to_float(gamma[c]);
+    yr[c] = from_float<D>(beta != nullptr ? v + to_float(beta[c]) : v);
   }
 }
 
 // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * gamma
-__global__ void layernorm_dx_kernel(float* dx, const float* dy, const float* x, const float* mean, const float* rstd,
-                                    const float* gamma, int rows, int cols) {
+template <typename D>
+__global__ void layernorm_dx_kernel(D* dx, const D* dy, const D* x, const float* mean, const float* rstd,
+                                    const D* gamma, int rows, int cols) {
   const int row = blockIdx.x * kRowsPerBlock + threadIdx.x / kWarp;
   const int lane = threadIdx.x % kWarp;
   if (row >= rows) return;
   const size_t off = static_cast<size_t>(row) * cols;
-  const float* xr = x + off;
-  const float* dyr = dy + off;
+  const D* xr = x + off;
+  const D* dyr = dy + off;
   const float mu = mean[row], rs = rstd[row];
   float sum_g = 0.0f, sum_gx = 0.0f;
   for (int c = lane; c < cols; c += kWarp) {
-    const float g = dyr[c] * gamma[c];
+    const float g = to_float(dyr[c]) * to_float(gamma[c]);
     sum_g += g;
-    sum_gx += g * (xr[c] - mu) * rs;
+    sum_gx += g * (to_float(xr[c]) - mu) * rs;
   }
   sum_g = warp_reduce(sum_g, SumOp{});
   sum_gx = warp_reduce(sum_gx, SumOp{});
   const float mean_g = sum_g / static_cast<float>(cols), mean_gx = sum_gx / static_cast<float>(cols);
-  float* dxr = dx + off;
+  D* dxr = dx + off;
   for (int c = lane; c < cols; c += kWarp) {
-    const float xhat = (xr[c] - mu) * rs;
-    dxr[c] = rs * (dyr[c] * gamma[c] - mean_g - xhat * mean_gx);
+    const float xhat = (to_float(xr[c]) - mu) * rs;
+    dxr[c] = from_float<D>(rs * (to_float(dyr[c]) * to_float(gamma[c]) - mean_g - xhat * mean_gx));
   }
 }
 
 // ---- vocabulary-wide rows ----
 
-__global__ void softmax_cross_entropy_kernel(float* loss, float* dlogits, int32_t* argmax, const float* logits,
+template <typename D>
+__global__ void softmax_cross_entropy_kernel(float* loss, D* dlogits, int32_t* argmax, const D* logits,
                                              const int32_t* labels, const float* grad_scale, int V, unsigned* errors) {
   __shared__ float fsmem[32];
   __shared__ int ismem[32];
@@ -171,17 +179,17 @@ __global__ void softmax_cross_entropy_kernel(float* loss, float* dlogits, int32_
     if (threadIdx.x == 0) report(errors, kErrorLabel);
     return;
   }
-  const float* x = logits + static_cast<size_t>(r) * V;
-  float* d = dlogits != nullptr ? dlogits + static_cast<size_t>(r) * V : nullptr;  // may alias x
+  const D* x = logits + static_cast<size_t>(r) * V;
+  D* d = dlogits != nullptr ? dlogits + static_cast<size_t>(r) * V : nullptr;  // may alias x
   // Read before any thread writes d; every later pass has each thread touch only its own j.
-  const float x_label = x[label];
+  const float x_label = to_float(x[label]);
   float mx = -INFINITY;
-  for (int j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, x[j]);
+  for (int j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, to_float(x[j]));
   mx = block_reduce(mx, MaxOp{}, fsmem);
   if (argmax != nullptr) {
     int first = INT_MAX;
     for (int j = threadIdx.x; j < V; j += blockDim.x) {
-      if (x[j] == mx) {
+      if (to_float(x[j]) == mx) {
         first = j;
         break;
       }
@@ -190,48 +198,50 @@ __global__ void softmax_cross_entropy_kernel(float* loss, float* dlogits, int32_
     if (threadIdx.x == 0) argmax[r] = first == INT_MAX ? 0 : first;
   }
   float sum = 0.0f;
-  for (int j = threadIdx.x; j < V; j += blockDim.x) sum += math::exp_f(x[j] - mx);
+  for (int j = threadIdx.x; j < V; j += blockDim.x) sum += math::exp_f(to_float(x[j]) - mx);
   sum = block_reduce(sum, SumOp{}, fsmem);
   if (loss != nullptr && threadIdx.x == 0) loss[r] = mx + logf(sum) - x_label;
   if (d != nullptr) {
     const float gs = grad_scale != nullptr ? grad_scale[r] : 1.0f;
     const float f = gs / sum;
     for (int j = threadIdx.x; j < V; j += blockDim.x) {
-      float v = math::exp_f(x[j] - mx) * f;
+      float v = math::exp_f(to_float(x[j]) - mx) * f;
       if (j == label) v -= gs;
-      d[j] = v;
+      d[j] = from_float<D>(v);
     }
   }
 }
 
-__global__ void log_softmax_kernel(float* y, const float* x, int V) {
+template <typename D>
+__global__ void log_softmax_kernel(D* y, const D* x, int V) {
   __shared__ float smem[32];
   const size_t off = static_cast<size_t>(blockIdx.x) * V;
-  const float* xr = x + off;
-  float* yr = y + off;  // may alias xr: each thread touches only its own j
+  const D* xr = x + off;
+  D* yr = y + off;  // may alias xr: each thread touches only its own j
   float mx = -INFINITY;
-  for (int j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, xr[j]);
+  for (int j = threadIdx.x; j < V; j += blockDim.x) mx = fmaxf(mx, to_float(xr[j]));
   mx = block_reduce(mx, MaxOp{}, smem);
   float sum = 0.0f;
-  for (int j = threadIdx.x; j < V; j += blockDim.x) sum += math::exp_f(xr[j] - mx);
+  for (int j = threadIdx.x; j < V; j += blockDim.x) sum += math::exp_f(to_float(xr[j]) - mx);
   sum = block_reduce(sum, SumOp{}, smem);
   const float lse = mx + logf(sum);
-  for (int j = threadIdx.x; j < V; j += blockDim.x) yr[j] = xr[j] - lse;
+  for (int j = threadIdx.x; j < V; j += blockDim.x) yr[j] = from_float<D>(to_float(xr[j]) - lse);
 }
 
-__global__ void gumbel_sample_kernel(int32_t* samples, const float* logits, const int32_t* disallow, int V,
+template <typename D>
+__global__ void gumbel_sample_kernel(int32_t* samples, const D* logits, const int32_t* disallow, int V,
                                      double temperature, uint64_t seed, uint64_t step, uint64_t first_example,
                                      int rows_per_example) {
   __shared__ double score_smem[32];
   __shared__ int index_smem[32];
   const int r = blockIdx.x;
-  const float* x = logits + static_cast<size_t>(r) * V;
+  const D* x = logits + static_cast<size_t>(r) * V;
   const PhiloxStream stream(seed, RandomPurpose::kSampling, step, first_example + r / rows_per_example);
   const uint64_t base = static_cast<uint64_t>(r % rows_per_example) * V;
   const int banned = disallow != nullptr ? disallow[r] : -1;
   math::ArgmaxPair best{-INFINITY, math::ArgmaxPair::kNoIndex};
   for (int v = threadIdx.x; v < V; v += blockDim.x) {
-    const double score = math::gumbel_score(stream, base + v, x[v], v == banned, temperature);
+    const double score = math::gumbel_score(stream, base + v, to_float(x[v]), v == banned, temperature);
     if (score > best.score) best = math::ArgmaxPair{score, v};
   }
   // Warp butterfly, then warps in order.
@@ -345,58 +355,66 @@ unsigned warp_rows_grid(long long rows) { return static_cast<unsigned>((rows + k
 
 size_t column_partials(int rows, int cols) { return static_cast<size_t>(partial_blocks(rows)) * cols; }
 
-void column_sums_accumulate(const Stream& s, float* out, const float* x, int rows, int cols, float* partials) {
+template <typename T>
+void column_sums_accumulate(const Stream& s, float* out, const T* x, int rows, int cols, float* partials) {
   if (rows <= 0 || cols <= 0) return;
-  column_partials_kernel<<<partials_grid(rows, cols), dim3(kColumnTile, kRowLanes), 0, s.stream>>>(partials, x, rows,
-                                                                                                   cols);
+  column_partials_kernel<<<partials_grid(rows, cols), dim3(kColumnTile, kRowLanes), 0, s.stream>>>(
+      partials, device_ptr(x), rows, cols);
   ELECTRA_CUDA_CHECK_LAUNCH("column_partials_kernel");
   add_partials(s, out, partials, partial_blocks(rows), cols);
 }
 
-void layernorm_forward(const Stream& s, float* y, float* mean, float* rstd, const float* x, const float* gamma,
-                       const float* beta, int rows, int cols, float eps) {
+template <typename T>
+void layernorm_forward(const Stream& s, T* y, float* mean, float* rstd, const T* x, const T* gamma, const T* beta,
+                       int rows, int cols, float eps) {
   if (rows <= 0) return;
-  layernorm_forward_kernel<<<warp_rows_grid(rows), kBlock, 0, s.stream>>>(y, mean, rstd, x, gamma, beta, rows, cols,
-                                                                          eps);
+  layernorm_forward_kernel<<<warp_rows_grid(rows), kBlock, 0, s.stream>>>(
+      device_ptr(y), mean, rstd, device_ptr(x), device_ptr(gamma), device_ptr(beta), rows, cols, eps);
   ELECTRA_CUDA_CHECK_LAUNCH("layernorm_forward_kernel");
 }
 
-void layernorm_backward(const Stream& s, float* dx, float* dgamma, float* dbeta, const float* dy, const float* x,
-                        const float* mean, const float* rstd, const float* gamma, int rows, int cols, float* partials) {
+template <typename T>
+void layernorm_backward(const Stream& s, T* dx, float* dgamma, float* dbeta, const T* dy, const T* x, const float* mean,
+                        const float* rstd, const T* gamma, int rows, int cols, float* partials) {
   if (rows <= 0) return;
   if (dx != nullptr) {
-    layernorm_dx_kernel<<<warp_rows_grid(rows), kBlock, 0, s.stream>>>(dx, dy, x, mean, rstd, gamma, rows, cols);
+    layernorm_dx_kernel<<<warp_rows_grid(rows), kBlock, 0, s.stream>>>(device_ptr(dx), device_ptr(dy), device_ptr(x),
+                                                                       mean, rstd, device_ptr(gamma), rows, cols);
     ELECTRA_CUDA_CHECK_LAUNCH("layernorm_dx_kernel");
   }
   if (dgamma == nullptr && dbeta == nullptr) return;
   float* partial_gamma = partials;
   float* partial_beta = partials + column_partials(rows, cols);
   layernorm_param_partials_kernel<<<partials_grid(rows, cols), dim3(kColumnTile, kRowLanes), 0, s.stream>>>(
-      partial_gamma, partial_beta, dy, x, mean, rstd, rows, cols);
+      partial_gamma, partial_beta, device_ptr(dy), device_ptr(x), mean, rstd, rows, cols);
   ELECTRA_CUDA_CHECK_LAUNCH("layernorm_param_partials_kernel");
   if (dgamma != nullptr) add_partials(s, dgamma, partial_gamma, partial_blocks(rows), cols);
   if (dbeta != nullptr) add_partials(s, dbeta, partial_beta, partial_blocks(rows), cols);
 }
 
-void softmax_cross_entropy(const Stream& s, float* loss, float* dlogits, int32_t* argmax, const float* logits,
+template <typename T>
+void softmax_cross_entropy(const Stream& s, float* loss, T* dlogits, int32_t* argmax, const T* logits,
                            const int32_t* labels, const float* grad_scale, int rows, int V) {
   if (rows <= 0) return;
-  softmax_cross_entropy_kernel<<<rows, kBlock, 0, s.stream>>>(loss, dlogits, argmax, logits, labels, grad_scale, V,
-                                                              s.errors);
+  softmax_cross_entropy_kernel<<<rows, kBlock, 0, s.stream>>>(loss, device_ptr(dlogits), argmax, device_ptr(logits),
+                                                              labels, grad_scale, V, s.errors);
   ELECTRA_CUDA_CHECK_LAUNCH("softmax_cross_entropy_kernel");
 }
 
-void log_softmax(const Stream& s, float* y, const float* x, int rows, int V) {
+template <typename T>
+void log_softmax(const Stream& s, T* y, const T* x, int rows, int V) {
   if (rows <= 0) return;
-  log_softmax_kernel<<<rows, kBlock, 0, s.stream>>>(y, x, V);
+  log_softmax_kernel<<<rows, kBlock, 0, s.stream>>>(device_ptr(y), device_ptr(x), V);
   ELECTRA_CUDA_CHECK_LAUNCH("log_softmax_kernel");
 }
 
-void gumbel_sample(const Stream& s, int32_t* samples, const float* logits, const int32_t* disallow, int rows, int V,
+template <typename T>
+void gumbel_sample(const Stream& s, int32_t* samples, const T* logits, const int32_t* disallow, int rows, int V,
                    float temperature, uint64_t seed, uint64_t step, uint64_t first_example, int rows_per_example) {
   if (rows <= 0) return;
-  gumbel_sample_kernel<<<rows, kBlock, 0, s.stream>>>(samples, logits, disallow, V, static_cast<double>(temperature),
-                                                      seed, step, first_example, rows_per_example);
+  gumbel_sample_kernel<<<rows, kBlock, 0, s.stream>>>(samples, device_ptr(logits), disallow, V,
+                                                      static_cast<double>(temperature), seed, step, first_example,
+                                                      rows_per_example);
   ELECTRA_CUDA_CHECK_LAUNCH("gumbel_sample_kernel");
 }
 
@@ -426,5 +444,20 @@ void attention_softmax_backward(const Stream& s, float* ds, const float* probs, 
                                                                                    keep_scale, score_scale);
   ELECTRA_CUDA_CHECK_LAUNCH("attention_softmax_backward_kernel");
 }
+
+#define ELECTRA_INSTANTIATE_REDUCTIONS(T)                                                                             \
+  template void column_sums_accumulate<T>(const Stream&, float*, const T*, int, int, float*);                         \
+  template void layernorm_forward<T>(const Stream&, T*, float*, float*, const T*, const T*, const T*, int, int,       \
+                                     float);                                                                          \
+  template void layernorm_backward<T>(const Stream&, T*, float*, float*, const T*, const T*, const float*,            \
+                                      const float*, const T*, int, int, float*);                                      \
+  template void softmax_cross_entropy<T>(const Stream&, float*, T*, int32_t*, const T*, const int32_t*, const float*, \
+                                         int, int);                                                                   \
+  template void log_softmax<T>(const Stream&, T*, const T*, int, int);                                                \
+  template void gumbel_sample<T>(const Stream&, int32_t*, const T*, const int32_t*, int, int, float, uint64_t,        \
+                                 uint64_t, uint64_t, int);
+ELECTRA_INSTANTIATE_REDUCTIONS(float)
+ELECTRA_INSTANTIATE_REDUCTIONS(bfloat16)
+#undef ELECTRA_INSTANTIATE_REDUCTIONS
 
 }  // namespace electra::cuda

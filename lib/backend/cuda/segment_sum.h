@@ -15,11 +15,14 @@
 //
 // Both passes are written once, here, as __host__ __device__ functions of (chunk q, column c) with no
 // communication between threads, so tests/cuda runs them on the CPU exactly as the kernels run them.
+// The rows are float or bfloat16 (the bf16 storage backend's dout; each is widened exactly); the table
+// and the partial sums are float.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 
+#include "lib/core/bfloat16.h"
 #include "lib/core/philox.h"  // ELECTRA_HD
 
 namespace electra::cuda::segments {
@@ -28,10 +31,14 @@ inline constexpr int kChunk = 32;
 
 ELECTRA_HD inline int chunk_count(int n) { return (n + kChunk - 1) / kChunk; }
 
+ELECTRA_HD inline float row_value(float v) { return v; }
+ELECTRA_HD inline float row_value(bfloat16 v) { return static_cast<float>(v); }
+
 // Pass 1 for chunk q, column c: complete runs go straight into table; the chunk's first run, when it
 // began in an earlier chunk, into head[q]; its last run, when it began here and goes on, into tail[q]
 // (head and tail are [chunks, E]). Returns true when a negative key was seen (that run is skipped).
-ELECTRA_HD inline bool chunk_pass(float* table, float* head, float* tail, const float* rows, const int32_t* keys,
+template <typename Row>
+ELECTRA_HD inline bool chunk_pass(float* table, float* head, float* tail, const Row* rows, const int32_t* keys,
                                   const int32_t* perm, int n, int E, int q, int c) {
   const int begin = q * kChunk;
   const int end = begin + kChunk < n ? begin + kChunk : n;
@@ -51,7 +58,7 @@ ELECTRA_HD inline bool chunk_pass(float* table, float* head, float* tail, const 
       const bool is_tail = !is_head && run_end == end && continues_after;
       float* target = table + static_cast<size_t>(key) * E + c;
       float acc = is_head ? 0.0f : *target;
-      for (int k = j; k < run_end; ++k) acc += rows[static_cast<size_t>(perm[k]) * E + c];
+      for (int k = j; k < run_end; ++k) acc += row_value(rows[static_cast<size_t>(perm[k]) * E + c]);
       if (is_head) {
         head[slot] = acc;
       } else if (is_tail) {
@@ -85,10 +92,11 @@ ELECTRA_HD inline void cross_pass(float* table, const float* head, const float* 
 }
 
 // dposition[s, c] += sum over b of dout[b, s, c], b in order (the CPU backend's order: bitwise equal).
-ELECTRA_HD inline void position_sum(float* dposition, const float* dout, int B, int S, int E, int s, int c) {
+template <typename Row>
+ELECTRA_HD inline void position_sum(float* dposition, const Row* dout, int B, int S, int E, int s, int c) {
   float* target = dposition + static_cast<size_t>(s) * E + c;
   float acc = *target;
-  for (int b = 0; b < B; ++b) acc += dout[(static_cast<size_t>(b) * S + s) * E + c];
+  for (int b = 0; b < B; ++b) acc += row_value(dout[(static_cast<size_t>(b) * S + s) * E + c]);
   *target = acc;
 }
 
