@@ -349,14 +349,18 @@ TEST_F(Bf16Backend, GemmAllTransposesLeadingDimensionsAndBeta) {
 TEST_F(Bf16Backend, GemmStridedBatched) {
   struct Shape {
     int m, n, k, batch;
-    bool packed;  // C without gaps (one contiguous narrow)
+    bool packed;     // C without gaps (one contiguous narrow)
+    bool broadcast;  // one A for every batch (stride 0)
   };
-  for (const Shape& sh : {Shape{6, 4, 7, 5, false}, Shape{33, 17, 20, 3, true}, Shape{70, 50, 40, 2, false}}) {
+  for (const Shape& sh : {Shape{6, 4, 7, 5, false, false}, Shape{33, 17, 20, 3, true, false},
+                          Shape{70, 50, 40, 2, false, false}, Shape{9, 8, 5, 4, true, true}}) {
     const int m = sh.m, n = sh.n, k = sh.k, batch = sh.batch;
     const int lda = m, ldb = k, ldc = n;  // A and B transposed: stored [k, m] and [n, k]
-    const long long sa = static_cast<long long>(k) * lda + 7, sb = static_cast<long long>(n) * ldb + 3,
+    const long long sa = sh.broadcast ? 0 : static_cast<long long>(k) * lda + 7,
+                    sb = static_cast<long long>(n) * ldb + 3,
                     sc = static_cast<long long>(m) * ldc + (sh.packed ? 0 : 1);
-    const auto a = random_bf16(sa * batch, 4), b = random_bf16(sb * batch, 5), c = random_bf16(sc * batch, 6);
+    const auto a = random_bf16(sh.broadcast ? k * lda : sa * batch, 4), b = random_bf16(sb * batch, 5);
+    const auto c = random_bf16(sc * batch, 6);
     Dev<bfloat16> ab(*bf, a.narrow), bb(*bf, b.narrow), cb(*bf, c.narrow);
     Dev<float> af(*fp, a.wide), bff(*fp, b.wide), cf(*fp, c.wide);
     bf->gemm_strided_batched(Transpose::kYes, Transpose::kYes, m, n, k, 1.5f, ab.get(), lda, sa, bb.get(), ldb, sb,
