@@ -107,7 +107,8 @@ struct PretrainerLosses {
   double sentence_count = 0.0;
 };
 
-// What forward returns, in host memory, row-major.
+// What forward returns, in host memory, row-major. T is the model's wide type (bf16 activations such as
+// the logits come back widened, exactly).
 template <typename T>
 struct PretrainerOutputs {
   int rows = 0, seq_length = 0, num_predictions = 0, num_classes = 0, vocab_size = 0;
@@ -174,7 +175,8 @@ class ElectraPretrainer final : public PretrainerModel<Wide<T>> {
  public:
   using W = Wide<T>;
 
-  // `backend` must outlive the pretrainer; the second form owns it.
+  // `backend` must outlive the pretrainer; the second form owns it. Either way its wide() (for bf16 storage
+  // a separate float backend, e.g. the one make_cpu_bf16_backend was given) must outlive the pretrainer.
   ElectraPretrainer(const PretrainerConfig& config, Backend<T>& backend);
   ElectraPretrainer(const PretrainerConfig& config, std::unique_ptr<Backend<T>> owned_backend);
   ~ElectraPretrainer() override;
