@@ -66,7 +66,7 @@ else
   tests=build-gpu/tests/cuda_backend_tests
   bench=build-gpu/bin/electra-bench
   # Every test that needs a GPU (they skip themselves elsewhere): the CUDA backend and its host-side
-  # parts, cuDNN SDPA, cuBLASLt precisions, electra-train --device cuda in every precision, checkpoints
+  # parts, the bf16 storage backend (CudaBf16Ops), cuDNN SDPA, cuBLASLt precisions, electra-train --device cuda in every precision, checkpoints
   # moved between GPU and CPU, electra-eval on the GPU, the NCCL reducer and the gradient transports.
   ctest --test-dir build-gpu -R "Cuda|Nccl|TransportConfig|EvalE2E|nccl" --output-on-failure 2>&1 |
     tee "$logs/cuda_tests.txt" || status=1
@@ -75,7 +75,7 @@ fi
 if [[ $sanitize -eq 1 ]]; then
   if command -v compute-sanitizer >/dev/null; then
     for tool in memcheck racecheck; do
-      compute-sanitizer --tool "$tool" --error-exitcode 9 "$tests" --gtest_filter='CudaOps.*:-CudaOps.Tf32*' \
+      compute-sanitizer --tool "$tool" --error-exitcode 9 "$tests" --gtest_filter='CudaOps.*:CudaBf16Ops.*:-CudaOps.Tf32*' \
         > "$logs/sanitizer_$tool.txt" 2>&1 || { echo "compute-sanitizer $tool found problems"; status=1; }
       tail -3 "$logs/sanitizer_$tool.txt"
     done
