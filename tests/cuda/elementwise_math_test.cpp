@@ -272,5 +272,77 @@ TEST(CudaMath, SegmentSumsMatchCpuEmbeddingBackward) {
   EXPECT_TRUE(segment_add(scratch, bad));
 }
 
+// The same passes on bf16 rows (the CUDA bf16 backend's dout; fp32 tables) against the CPU bf16
+// reference's embedding_backward: rows of one chunk and the position table bitwise, the rest within the
+// fp32 summation bound.
+TEST(CudaMath, SegmentSumsOfBf16RowsMatchCpuBf16EmbeddingBackward) {
+  namespace seg = electra::cuda::segments;
+  auto cpu_float = make_cpu_backend<float>();
+  auto cpu = make_cpu_bf16_backend(*cpu_float);
+  const int B = 6, S = 40, E = 4, V = 9, tokens = B * S;
+  auto ids = random_ints(tokens, 21, 0, V);
+  const auto coin = random_ints(tokens, 22, 0, 10);
+  for (int t = 0; t < tokens; ++t) {
+    if (coin[t] < 5) ids[t] = 2;  // one long run crossing many chunks
+  }
+  const auto wide_dout = random_values(static_cast<size_t>(tokens) * E, 23);
+  std::vector<bfloat16> dout(wide_dout.size());
+  for (size_t i = 0; i < dout.size(); ++i) dout[i] = bfloat16(static_cast<float>(wide_dout[i]));
+  const auto word0 = cast<float>(random_values(static_cast<size_t>(V) * E, 24));
+  const auto pos0 = cast<float>(random_values(static_cast<size_t>(S) * E, 25));
+  auto word = word0, pos = pos0;
+  cpu->embedding_backward(word.data(), pos.data(), nullptr, dout.data(), ids.data(), nullptr, B, S, E);
+
+  std::vector<int32_t> perm(tokens);
+  std::iota(perm.begin(), perm.end(), 0);
+  std::stable_sort(perm.begin(), perm.end(), [&](int a, int b) { return ids[a] < ids[b]; });
+  std::vector<int32_t> sorted(tokens);
+  for (int k = 0; k < tokens; ++k) sorted[k] = ids[perm[k]];
+  const int chunks = seg::chunk_count(tokens);
+  std::vector<float> head(static_cast<size_t>(chunks) * E, NAN), tail(head);
+  auto got = word0;
+  for (int q = 0; q < chunks; ++q) {
+    for (int c = 0; c < E; ++c) {
+      EXPECT_FALSE(seg::chunk_pass(got.data(), head.data(), tail.data(), dout.data(), sorted.data(), perm.data(),
+                                   tokens, E, q, c));
+    }
+  }
+  for (int q = 0; q < chunks; ++q) {
+    for (int c = 0; c < E; ++c) seg::cross_pass(got.data(), head.data(), tail.data(), sorted.data(), tokens, E, q, c);
+  }
+  std::vector<double> abs_sum(word0.size());
+  for (size_t i = 0; i < word0.size(); ++i) abs_sum[i] = std::abs(word0[i]);
+  for (int t = 0; t < tokens; ++t) {
+    for (int c = 0; c < E; ++c) {
+      abs_sum[static_cast<size_t>(ids[t]) * E + c] +=
+          std::abs(static_cast<float>(dout[static_cast<size_t>(t) * E + c]));
+    }
+  }
+  int single_chunk_rows = 0;
+  for (int k = 0, first = 0; k < V; ++k) {
+    const int count = static_cast<int>(std::count(ids.begin(), ids.end(), k));
+    const bool one_chunk = count > 0 && first / seg::kChunk == (first + count - 1) / seg::kChunk;
+    single_chunk_rows += one_chunk ? 1 : 0;
+    for (int c = 0; c < E; ++c) {
+      const size_t i = static_cast<size_t>(k) * E + c;
+      if (one_chunk) {
+        EXPECT_EQ(std::memcmp(&got[i], &word[i], sizeof(float)), 0) << "row " << k;
+      } else {
+        EXPECT_LE(std::abs(static_cast<double>(got[i]) - word[i]),
+                  2.0 * (tokens + 1) * std::ldexp(1.0, -24) * abs_sum[i])
+            << "row " << k;
+      }
+    }
+    first += count;
+  }
+  EXPECT_GT(single_chunk_rows, 2);
+  EXPECT_GT(std::count(ids.begin(), ids.end(), 2), 2 * seg::kChunk);  // the crossing run is there
+  auto got_pos = pos0;
+  for (int s = 0; s < S; ++s) {
+    for (int c = 0; c < E; ++c) seg::position_sum(got_pos.data(), dout.data(), B, S, E, s, c);
+  }
+  EXPECT_EQ(std::memcmp(got_pos.data(), pos.data(), pos.size() * sizeof(float)), 0);
+}
+
 }  // namespace
 }  // namespace electra::test
