@@ -41,6 +41,11 @@ int main(int argc, char** argv) {
                  "peak GEMM runs in the same mode; fp16 uses dynamic loss scaling)")
       ->check(CLI::IsMember({"fp32", "tf32", "bf16", "fp16"}))
       ->capture_default_str();
+  app.add_option("--storage", o.storage,
+                 "activations and weight copies: fp32 | bf16 | auto (bf16 with --precision bf16; bf16 mixed "
+                 "precision keeps fp32 master weights, gradients and statistics)")
+      ->check(CLI::IsMember({"auto", "fp32", "bf16"}))
+      ->capture_default_str();
   app.add_flag("--no-overlap", no_overlap, "allreduce after backward instead of overlapping it (MPI only)");
   app.add_flag("--json", json, "print one JSON line instead of text");
   CLI11_PARSE(app, argc, argv);

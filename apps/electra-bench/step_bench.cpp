@@ -222,6 +222,7 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
   if (!cuda && o.precision != "fp32") {
     fail("--precision ", o.precision, " needs --device cuda (the CPU backend computes in fp32)");
   }
+  const std::string storage = resolve_storage(o.storage, o.device, o.precision, "--storage");
   if (o.steps <= 0 || o.warmup < 0) fail("--steps must be positive and --warmup >= 0");
   const int ranks = comm.world_size();
   if (o.batch <= 0 || o.batch % ranks != 0) {
@@ -248,10 +249,10 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
   omp_set_num_threads(threads);
   DeviceOptions device_options;
   device_options.precision = o.precision;
-  const std::unique_ptr<Backend<float>> backend =
-      make_rank_backend(o.device, comm, device_options);
+  const std::unique_ptr<Backend<float>> backend = make_rank_backend(o.device, comm, device_options);
 
-  ElectraPretrainer<float> net(model, *backend);
+  const std::unique_ptr<PretrainerModel<float>> owned_net = make_rank_model(model, *backend, storage);
+  PretrainerModel<float>& net = *owned_net;
   net.init_parameters(o.seed);
   const int chunks = cuda ? 1 : o.chunks > 0 ? o.chunks : threads;  // chunks are a CPU strategy
   net.set_parallel_chunks(chunks);
@@ -380,6 +381,7 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
   r.recompute_ffn = o.recompute_ffn;
   r.attention = o.attention;
   r.precision = o.precision;
+  r.storage = storage;
   r.loss_scale = loss_scaler.scale();
   r.median_step_s = median(step_times);
   r.min_step_s = *std::min_element(step_times.begin(), step_times.end());
@@ -408,7 +410,7 @@ std::string format_text(const StepBenchResult& r) {
     << r.parameters / 1e6 << "M parameters\n";
   s << "  batch " << r.batch << " x seq " << r.seq << ", " << r.predictions << " predictions per row; " << r.ranks
     << " rank(s) x " << r.threads << " thread(s), " << r.chunks << " parallel chunk(s), " << r.backend << ", precision "
-    << r.precision << ", attention " << r.attention << "\n";
+    << r.precision << ", storage " << r.storage << ", attention " << r.attention << "\n";
   s << std::setprecision(1);
   s << "  step        median " << 1e3 * r.median_step_s << " ms (min " << 1e3 * r.min_step_s << ", max "
     << 1e3 * r.max_step_s << ") over " << r.steps << " steps after " << r.warmup << " warm-up; CPU "
@@ -458,6 +460,7 @@ nlohmann::json to_json(const StepBenchResult& r) {
                         {"recompute_ffn", r.recompute_ffn},
                         {"attention", r.attention},
                         {"precision", r.precision},
+                        {"storage", r.storage},
                         {"loss_scale", r.loss_scale},
                         {"median_step_s", r.median_step_s},
                         {"min_step_s", r.min_step_s},

@@ -39,6 +39,8 @@ struct StepBenchOptions {
   // runs in the same mode, so the peak fraction is against that mode's dense peak. fp16 trains with
   // dynamic loss scaling, as electra-train does.
   std::string precision = "fp32";
+  // Activations and weight copies: auto | fp32 | bf16 (auto: bf16 with precision bf16), as train.storage.
+  std::string storage = "auto";
 };
 
 // Time of one phase of the step: the median over the timed steps, and the mean.
@@ -57,6 +59,7 @@ struct StepBenchResult {
   bool overlap = true, recompute_ffn = false;
   std::string attention = "auto";  // the --attention asked for (auto: fused except on the CPU)
   std::string precision = "fp32";  // the --precision
+  std::string storage = "fp32";    // the --storage, resolved
   double loss_scale = 1.0;         // the loss scale after the last step (fp16: dynamic)
   // Per step (the slowest rank's time at each step; medians over the timed steps).
   double median_step_s = 0.0, min_step_s = 0.0, max_step_s = 0.0;

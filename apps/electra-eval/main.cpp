@@ -41,6 +41,7 @@ struct Flags {
   int threads = 0;
   bool json = false;
   std::string device = "cpu";
+  std::string storage = "auto";
   electra::DeviceOptions device_options;
 };
 
@@ -48,7 +49,7 @@ struct Flags {
 struct Setup {
   std::string source;
   std::unique_ptr<electra::Backend<float>> backend;
-  std::unique_ptr<electra::ElectraPretrainer<float>> model;
+  std::unique_ptr<electra::PretrainerModel<float>> model;
   std::unique_ptr<electra::data::Loader> loader;
 };
 
@@ -56,6 +57,8 @@ void setup(const Flags& flags, const electra::dist::Communicator& comm, Setup& s
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   omp_set_num_threads(flags.threads > 0 ? flags.threads : std::max(1, cores / std::max(1, comm.local_size())));
   // The device first: a missing GPU is reported before anything is read.
+  const std::string storage =
+      electra::resolve_storage(flags.storage, flags.device, flags.device_options.precision, "--storage");
   s.backend = electra::make_rank_backend(flags.device, comm, flags.device_options);
 
   // The vocabulary the data was made with (its copy in the shards directory) unless --vocab is given;
@@ -72,7 +75,7 @@ void setup(const Flags& flags, const electra::dist::Communicator& comm, Setup& s
     electra::fail("the data's vocabulary ", s.loader->vocab().origin(), " is not the model's (", bundle.vocab.origin(),
                   "): token ids would mean different words");
   }
-  s.model = std::make_unique<electra::ElectraPretrainer<float>>(bundle.config, *s.backend);
+  s.model = electra::make_rank_model(bundle.config, *s.backend, storage);
   s.model->parameters_from_host(bundle.params);
 }
 
@@ -141,6 +144,10 @@ int main(int argc, char** argv) {
   app.add_option("--precision", flags.device_options.precision, "cuda: fp32 | tf32 | bf16 | fp16 GEMM/attention")
       ->capture_default_str()
       ->check(CLI::IsMember({"fp32", "tf32", "bf16", "fp16"}));
+  app.add_option("--storage", flags.storage,
+                 "activations and weight copies: fp32 | bf16 | auto (bf16 with --precision bf16)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "fp32", "bf16"}));
   app.add_option("--memory-fraction", flags.device_options.memory_fraction,
                  "cuda: device-memory arena as a fraction of the free GPU memory")
       ->capture_default_str();

@@ -117,7 +117,7 @@ double gather_exact_auc(const ScoreStore& store, const dist::Communicator& comm)
 
 }  // namespace
 
-EvalMetrics evaluate(ElectraPretrainer<float>& model, data::Loader& loader, const dist::Communicator& comm,
+EvalMetrics evaluate(PretrainerModel<float>& model, data::Loader& loader, const dist::Communicator& comm,
                      const EvalOptions& options) {
   const auto start = std::chrono::steady_clock::now();
   if (static_cast<size_t>(model.config().vocab_size) != loader.vocab().size()) {

@@ -47,7 +47,7 @@ int manifest_seq_length(const std::string& data_dir);
 // Collective over `comm`: every rank calls it with the same options and a loader built with the same
 // options for its own rank. Only forward passes: the model's gradients are left as they are, the
 // parameters untouched. Fails when the model's vocabulary size differs from the data's.
-EvalMetrics evaluate(ElectraPretrainer<float>& model, data::Loader& loader, const dist::Communicator& comm,
+EvalMetrics evaluate(PretrainerModel<float>& model, data::Loader& loader, const dist::Communicator& comm,
                      const EvalOptions& options = {});
 
 }  // namespace electra::eval

@@ -65,6 +65,35 @@ std::unique_ptr<Backend<float>> make_rank_backend(const std::string& device, int
 #endif
 }
 
+std::string resolve_storage(const std::string& storage, const std::string& device, const std::string& precision,
+                            const std::string& what) {
+  if (storage != "auto" && storage != "fp32" && storage != "bf16") {
+    fail(what, " must be auto, fp32 or bf16, got '", storage, "'");
+  }
+  const std::string resolved = storage == "auto" ? (precision == "bf16" ? "bf16" : "fp32") : storage;
+  if (resolved == "bf16" && device == "cuda" && precision != "bf16") {
+    fail(what, " = bf16 on a GPU computes its GEMMs on bf16 tensor cores: it needs precision bf16, not ", precision,
+         " (or storage fp32)");
+  }
+  return resolved;
+}
+
+std::unique_ptr<Backend<bfloat16>> make_bf16_backend(Backend<float>& wide) {
+  if (wide.device() == DeviceKind::kCpu) return make_cpu_bf16_backend(wide);
+#if defined(ELECTRA_HAVE_CUDA)
+  return make_cuda_bf16_backend(wide);
+#else
+  fail("bf16 storage: backend ", wide.name(), " is neither the CPU nor a CUDA backend of this build");
+#endif
+}
+
+std::unique_ptr<PretrainerModel<float>> make_rank_model(const PretrainerConfig& config, Backend<float>& backend,
+                                                        const std::string& storage) {
+  if (storage == "fp32") return std::make_unique<ElectraPretrainer<float>>(config, backend);
+  ELECTRA_CHECK(storage == "bf16", "make_rank_model: storage must be fp32 or bf16, got '", storage, "'");
+  return std::make_unique<ElectraPretrainer<bfloat16>>(config, make_bf16_backend(backend));
+}
+
 std::vector<int> ranks_per_gpu_id(const std::vector<std::string>& gpu_ids) {
   std::map<std::string, int> users;
   for (const std::string& id : gpu_ids) {

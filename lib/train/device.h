@@ -10,6 +10,7 @@
 
 #include "lib/backend/backend.h"
 #include "lib/dist/communicator.h"
+#include "lib/model/pretrainer.h"
 
 namespace electra {
 
@@ -63,6 +64,25 @@ int ranks_sharing_gpu(int local_rank, int local_size, int gpus);
 // The node-local rank of a process that does not start MPI (electra-score): the launcher's variable
 // (OMPI_COMM_WORLD_LOCAL_RANK, MPI_LOCALRANKID, SLURM_LOCALID), else 0.
 int local_rank_from_environment();
+
+// What activations and weight copies are stored in (train.storage, --storage): "fp32", or "bf16" (bf16
+// mixed precision: bf16 activations and weight copies; fp32 master weights, gradients, AdamW moments,
+// normalisation statistics and losses; fp32 arithmetic). "auto" is bf16 when precision is bf16, else fp32.
+// Returns "fp32" or "bf16"; fails naming `what` for an unknown value or a contradiction: bf16 storage on
+// a GPU needs precision bf16 (its GEMMs run on bf16 tensor cores); on the CPU it goes with fp32 (float
+// arithmetic on bf16-rounded values: the reference of the GPU's bf16 mode, slower than fp32 storage).
+std::string resolve_storage(const std::string& storage, const std::string& device, const std::string& precision,
+                            const std::string& what);
+
+// A Backend<bfloat16> on the device of `wide` that shares its memory and stream (wide() returns it): the
+// CPU reference adaptor, or the CUDA bf16 backend (`wide` made with precision bf16). `wide` must outlive it.
+std::unique_ptr<Backend<bfloat16>> make_bf16_backend(Backend<float>& wide);
+
+// The rank's model on `backend` with `storage` ("fp32" | "bf16", from resolve_storage): an
+// ElectraPretrainer<float>, or an ElectraPretrainer<bfloat16> over make_bf16_backend(backend) (which it
+// owns). Parameters, gradients and checkpoints are fp32 either way, so runs move between the two.
+std::unique_ptr<PretrainerModel<float>> make_rank_model(const PretrainerConfig& config, Backend<float>& backend,
+                                                        const std::string& storage);
 
 // One line for logs: "" on the CPU; on a GPU the arena's size, use and peak, e.g.
 // "GPU 0 (cuda-float): device memory arena 70.1 GiB, in use 3.2 GiB, peak 4.0 GiB".

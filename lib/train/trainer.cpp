@@ -51,9 +51,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 namespace fs = std::filesystem;
 
-double seconds_since(Clock::time_point start) {
-  return std::chrono::duration<double>(Clock::now() - start).count();
-}
+double seconds_since(Clock::time_point start) { return std::chrono::duration<double>(Clock::now() - start).count(); }
 
 std::string format_duration(double seconds) {
   if (!std::isfinite(seconds) || seconds < 0) return "?";
@@ -101,7 +99,7 @@ double measure_gemm_gflops(Backend<float>& backend) {
 }
 
 // FNV-1a over the parameter bytes: equal on every rank exactly when the parameters are bitwise equal.
-int64_t parameter_fingerprint(const ElectraPretrainer<float>& model) {
+int64_t parameter_fingerprint(const PretrainerModel<float>& model) {
   const std::vector<float> host = model.parameters_to_host();
   const auto* bytes = reinterpret_cast<const unsigned char*>(host.data());
   uint64_t hash = 1469598103934665603ull;
@@ -113,8 +111,8 @@ TensorLayout checkpoint_layout(const ParameterLayout& layout) {
   TensorLayout out;
   out.reserve(layout.views().size());
   for (const ParameterView& view : layout.views()) {
-    out.push_back(NamedTensor{view.name, std::vector<int64_t>(view.shape.begin(), view.shape.end()), view.offset,
-                              view.size});
+    out.push_back(
+        NamedTensor{view.name, std::vector<int64_t>(view.shape.begin(), view.shape.end()), view.offset, view.size});
   }
   return out;
 }
@@ -148,20 +146,20 @@ nlohmann::json default_run_config() {
   config["model"] = model_preset("small");
   config["optim"] = to_json(OptimizerConfig{});
   config["data"] = {
-      {"dir", ""},             // shards directory (manifest.json) or NVIDIA BERT HDF5 directory
-      {"vocab", ""},           // vocab.txt; default: the shards directory's copy
-      {"seq_length", 128},     // must equal the shards' max_seq_length
-      {"mask_prob", 0.15},     // masked fraction (masked positions: model.num_token_predictions at most)
-      {"shuffle", true},       // a new seeded permutation each epoch
-      {"prefetch_batches", 4}, // batches assembled ahead by the loader thread
-      {"cache_mb", 1024},      // decompressed shard-chunk cache per rank
+      {"dir", ""},              // shards directory (manifest.json) or NVIDIA BERT HDF5 directory
+      {"vocab", ""},            // vocab.txt; default: the shards directory's copy
+      {"seq_length", 128},      // must equal the shards' max_seq_length
+      {"mask_prob", 0.15},      // masked fraction (masked positions: model.num_token_predictions at most)
+      {"shuffle", true},        // a new seeded permutation each epoch
+      {"prefetch_batches", 4},  // batches assembled ahead by the loader thread
+      {"cache_mb", 1024},       // decompressed shard-chunk cache per rank
       {"verify_checksums", false},
-      {"eval_dir", ""},        // held-out shards for train.eval_every ("": no evaluation)
+      {"eval_dir", ""},  // held-out shards for train.eval_every ("": no evaluation)
   };
   config["train"] = {
-      {"steps", 1000000},         // T: optimizer steps (the learning rate decays to 0 at T)
-      {"batch_size", 128},        // global batch (examples per step over all ranks)
-      {"micro_batch_size", 0},    // examples per forward/backward on a rank (0: the whole slice)
+      {"steps", 1000000},       // T: optimizer steps (the learning rate decays to 0 at T)
+      {"batch_size", 128},      // global batch (examples per step over all ranks)
+      {"micro_batch_size", 0},  // examples per forward/backward on a rank (0: the whole slice)
       {"log_every", 100},
       {"checkpoint_every", 1000},
       {"keep_last", 3},           // checkpoints kept (at least 2)
@@ -174,6 +172,7 @@ nlohmann::json default_run_config() {
       {"parallel_chunks", 0},     // CPU: batch slices run concurrently, one per thread (0: = threads; 1: off)
       {"peak_gflops", 0.0},       // per-rank peak for MFU (0: measured with one large GEMM in train.precision)
       {"precision", "fp32"},      // GEMM/attention arithmetic: fp32 | tf32 | bf16 | fp16 (the last three: cuda only)
+      {"storage", "auto"},        // activations + weight copies: fp32 | bf16 | auto (bf16 with precision bf16)
       {"tensorboard", true},      // RUN_DIR/tensorboard event files
       {"profile", false},         // log where each window's wall time went (phases, CPU time per step)
       {"eval_every", 0},          // evaluate on data.eval_dir every this many steps and at the end (0: off)
@@ -266,10 +265,11 @@ class Trainer {
   std::unique_ptr<data::Loader> loader_;
   PretrainerConfig model_config_;
   OptimizerConfig optim_config_;
-  std::unique_ptr<ElectraPretrainer<float>> model_;
+  std::unique_ptr<PretrainerModel<float>> model_;  // ElectraPretrainer<float> or <bfloat16> (train.storage)
   std::unique_ptr<AdamW<float>> optimizer_;
   std::unique_ptr<LossScaler> loss_scaler_;  // optim.loss_scale (dynamic by default with fp16)
   std::string precision_ = "fp32";           // train.precision
+  std::string storage_ = "fp32";             // train.storage, resolved
   DeviceOptions device_options_;             // train.precision, device.*
   int ranks_on_gpu_ = 0;                     // set_ranks_on_gpu (0: estimated from the local ranks)
 #if defined(ELECTRA_HAVE_NCCL)
@@ -319,7 +319,8 @@ std::optional<std::string> Trainer::setup() {
     config_ = resolve_config(options_);
     if (options_.output_dir.empty()) fail("--output RUN_DIR is required");
     run_dir_ = options_.output_dir;
-    if (options_.device != "cpu" && options_.device != "cuda") fail("--device must be cpu or cuda, got '", options_.device, "'");
+    if (options_.device != "cpu" && options_.device != "cuda")
+      fail("--device must be cpu or cuda, got '", options_.device, "'");
     // Before the data: a transport that cannot work is a config error whatever the data (GPU cases below).
     // On GPUs this is provisional: make_reducer() checks that no two ranks share a GPU (a collective).
     configured_transport_ = dist::parse_gradient_transport(config_.get<std::string>(dist::kGradientTransportKey));
@@ -387,9 +388,9 @@ std::optional<std::string> Trainer::setup() {
     const std::string eval_dir = config_.get<std::string>("data.eval_dir");
     if (config_.get<int>("train.eval_every") > 0 && !eval_dir.empty()) {
       eval_every_ = config_.get<int>("train.eval_every");
-      eval_loader_ = eval::make_eval_loader(eval_dir, global_batch_, seq_length_, loader_options.mask_prob,
-                                            loader_options.max_predictions, seed_, comm_,
-                                            config_.get<std::string>("data.vocab"));
+      eval_loader_ =
+          eval::make_eval_loader(eval_dir, global_batch_, seq_length_, loader_options.mask_prob,
+                                 loader_options.max_predictions, seed_, comm_, config_.get<std::string>("data.vocab"));
       if (eval_loader_->vocab().hash() != loader_->vocab().hash()) {
         fail("config key 'data.eval_dir': ", eval_dir, " was made with another vocabulary (",
              eval_loader_->vocab().origin(), ") than data.dir (", loader_->vocab().origin(), ")");
@@ -405,6 +406,8 @@ std::optional<std::string> Trainer::setup() {
     if (options_.device == "cpu" && precision_ != "fp32") {
       fail("config key 'train.precision' = '", precision_, "' needs --device cuda (the CPU backend computes in fp32)");
     }
+    storage_ = resolve_storage(config_.get<std::string>("train.storage"), options_.device, precision_,
+                               "config key 'train.storage'");
     loss_scaler_ = std::make_unique<LossScaler>(optim_config_.loss_scale, precision_ == "fp16");
     device_options_.precision = precision_;
     device_options_.memory_fraction = config_.get<double>("device.memory_fraction");
@@ -432,7 +435,7 @@ std::optional<std::string> Trainer::setup() {
              "; use 'nccl' or 'host'");
       }
     }
-    model_ = std::make_unique<ElectraPretrainer<float>>(model_config_, *backend_);
+    model_ = make_rank_model(model_config_, *backend_, storage_);
     model_->set_attention_impl(attention_impl_);
     // On the CPU, whole row slices per thread beat splitting every op across threads (electra-bench,
     // docs/performance.md); the gradient allreduce then starts after backward instead of during it.
@@ -837,14 +840,14 @@ int Trainer::train() {
     ELECTRA_LOG(info) << "resolved config:\n" << config_.dump(2);
     ELECTRA_LOG(info) << "model: " << model_->layout().total_size() << " parameters; " << comm_.world_size()
                       << " rank(s) x " << local_rows_ << " rows (micro-batch " << micro_rows_ << ", "
-                      << parallel_chunks_ << " parallel chunk(s)), seq "
-                      << seq_length_ << "; " << loader_->num_examples() << " examples, "
-                      << loader_->batches_per_epoch() << " steps per epoch; peak " << std::fixed
-                      << std::setprecision(1) << peak_gflops_ << " GFLOP/s per rank";
+                      << parallel_chunks_ << " parallel chunk(s)), seq " << seq_length_ << "; "
+                      << loader_->num_examples() << " examples, " << loader_->batches_per_epoch()
+                      << " steps per epoch; peak " << std::fixed << std::setprecision(1) << peak_gflops_
+                      << " GFLOP/s per rank";
     std::ostringstream scaling;
     scaling << to_string(loss_scaler_->mode());
     if (loss_scaler_->enabled()) scaling << ", scale " << std::fixed << std::setprecision(0) << loss_scaler_->scale();
-    ELECTRA_LOG(info) << "precision " << precision_ << "; loss scaling " << scaling.str();
+    ELECTRA_LOG(info) << "precision " << precision_ << ", storage " << storage_ << "; loss scaling " << scaling.str();
   }
 
   check_parameters_agree("at start");
@@ -870,15 +873,18 @@ int Trainer::train() {
     stop_check.reset();
     if (stop) {
       // Say who asked: the signal may have reached one rank only.
-      const std::string reason = signal ? dist::signal_name(signal) : out_of_time ? "--max-time" : enough ? "--stop-after" : "";
+      const std::string reason = signal        ? dist::signal_name(signal)
+                                 : out_of_time ? "--max-time"
+                                 : enough      ? "--stop-after"
+                                               : "";
       const std::vector<std::string> reasons = comm_.gather_strings(reason);
       if (root) {
         std::string who;
         for (size_t r = 0; r < reasons.size(); ++r) {
           if (!reasons[r].empty()) who += (who.empty() ? "" : ", ") + ("rank " + std::to_string(r) + ": " + reasons[r]);
         }
-        ELECTRA_LOG(warning) << "stopping at step " << step_ << " (" << who << "); writing a checkpoint, then exiting with code "
-                             << kExitStopped;
+        ELECTRA_LOG(warning) << "stopping at step " << step_ << " (" << who
+                             << "); writing a checkpoint, then exiting with code " << kExitStopped;
       }
       watchdog.pause();
       save_checkpoint();
@@ -902,8 +908,9 @@ int Trainer::train() {
       // Overflow skips of dynamic loss scaling are expected and do not count toward max_skipped_steps.
       if (result == StepResult::kSkipped && ++skipped_in_a_row_ > max_skipped_) {
         if (root) {
-          ELECTRA_LOG(error) << skipped_in_a_row_ << " consecutive non-finite steps (train.max_skipped_steps = "
-                             << max_skipped_ << "): stopping without saving the damaged state";
+          ELECTRA_LOG(error) << skipped_in_a_row_
+                             << " consecutive non-finite steps (train.max_skipped_steps = " << max_skipped_
+                             << "): stopping without saving the damaged state";
         }
         return kExitTooManySkips;
       }

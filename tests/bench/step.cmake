@@ -23,7 +23,13 @@ if(TARGET electra-bench)
     COMMAND $<TARGET_FILE:electra-bench> --config tiny --batch 2 --seq 32 --steps 1 --warmup 0 --threads 1
             --peak-gemm 64 --precision fp32)
   set_tests_properties(BenchSmoke.ElectraBenchReportsPrecision PROPERTIES LABELS bench_smoke TIMEOUT 120
-    PASS_REGULAR_EXPRESSION "cpu-float, precision fp32.*GEMM peak +[0-9.]+ GFLOP/s per rank \\(fp32 GEMM")
+    PASS_REGULAR_EXPRESSION "cpu-float, precision fp32, storage fp32.*GEMM peak +[0-9.]+ GFLOP/s per rank \\(fp32 GEMM")
+  # bf16 storage runs on the CPU through the reference backend (fp32 arithmetic on bf16 values).
+  add_test(NAME BenchSmoke.ElectraBenchBf16StorageJson
+    COMMAND $<TARGET_FILE:electra-bench> --config tiny --batch 2 --seq 32 --steps 1 --warmup 0 --threads 1
+            --peak-gemm 64 --storage bf16 --json)
+  set_tests_properties(BenchSmoke.ElectraBenchBf16StorageJson PROPERTIES LABELS bench_smoke TIMEOUT 120
+    PASS_REGULAR_EXPRESSION "\"storage\":\"bf16\".*\"tokens_per_s\":[0-9]")
   # No CUDA backend in this build: a clear message and exit code 2, not a crash.
   if(NOT TARGET electra_backend_cuda)
     add_test(NAME BenchSmoke.ElectraBenchCudaIsRefusedClearly

@@ -260,6 +260,27 @@ TEST_F(EvalE2E, TrainerDeviceKeysAreCheckedAndCudaNamesWhatIsMissing) {
 
 // electra-eval --device cuda gives the CPU's metrics to float rounding (the same random numbers on both
 // backends; a Gumbel sample may flip on a near tie, hence a tolerance). Skips where no GPU can be used.
+// bf16 storage (the CPU reference backend) rounds activations and weight copies: the same counts, metrics
+// to bf16 tolerance (sampled replacements may differ at a few positions).
+TEST_F(EvalE2E, Bf16StorageEvaluatesCloseToFp32) {
+  const nlohmann::json fp32 = evaluate(1, checkpoint(40), "--storage fp32");
+  const nlohmann::json bf16 = evaluate(1, checkpoint(40), "--storage bf16");
+  ASSERT_FALSE(fp32.empty() || bf16.empty());
+  for (const char* key : {"batches", "examples", "masked_positions", "tokens"}) EXPECT_EQ(fp32[key], bf16[key]) << key;
+  for (const char* key : {"masked_lm_loss", "disc_loss", "disc_auc", "disc_accuracy"}) {
+    const double x = fp32[key].get<double>(), y = bf16[key].get<double>();
+    EXPECT_NEAR(x, y, 5e-2 * std::abs(x)) << key;
+  }
+  EXPECT_NE(fp32["masked_lm_loss"], bf16["masked_lm_loss"]) << "--storage bf16 was not used";
+  // A bad value is a flag error (exit 2).
+  const fs::path log = g_root / "eval_storage.log";
+  EXPECT_EQ(run(bin("electra-eval") + " --checkpoint " + checkpoint(40) + " --data " + (g_root / "heldout").string() +
+                    " --storage fp16",
+                log),
+            2)
+      << log_of(log);
+}
+
 TEST_F(EvalE2E, CudaEvaluationMatchesCpu) {
   const fs::path log = g_root / "eval_cuda.log";
   const std::string base = bin("electra-eval") + " --checkpoint " + checkpoint(40) + " --data " +
@@ -276,6 +297,19 @@ TEST_F(EvalE2E, CudaEvaluationMatchesCpu) {
   const nlohmann::json cpu = evaluate(1, checkpoint(40));
   for (const char* key : {"batches", "examples", "masked_positions", "tokens"}) EXPECT_EQ(gpu[key], cpu[key]) << key;
   expect_same_metrics(cpu, gpu, 2e-2, "cpu vs cuda");
+  // bf16 mixed precision on the GPU (storage auto = bf16) against the CPU's bf16 reference.
+  ASSERT_EQ(run(base + " --device cuda --precision bf16", log), 0) << log_of(log);
+  const std::string text16 = read_text(log);
+  const size_t start16 = text16.rfind("{\"masked_lm_accuracy\"");
+  ASSERT_NE(start16, std::string::npos) << log_of(log);
+  const nlohmann::json gpu16 = nlohmann::json::parse(text16.substr(start16, text16.find('\n', start16) - start16));
+  const nlohmann::json cpu16 = evaluate(1, checkpoint(40), "--storage bf16");
+  for (const char* key : {"batches", "examples", "masked_positions", "tokens"}) {
+    EXPECT_EQ(gpu16[key], cpu16[key]) << key;
+  }
+  for (const char* key : {"masked_lm_loss", "disc_loss", "disc_auc"}) {
+    EXPECT_NEAR(gpu16[key].get<double>(), cpu16[key].get<double>(), 5e-2 * std::abs(cpu16[key].get<double>())) << key;
+  }
 }
 
 TEST_F(EvalE2E, PlotScriptDrawsAPngOfTwoRuns) {

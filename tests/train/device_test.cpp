@@ -58,6 +58,45 @@ TEST(Device, CudaWithoutAGpuNamesWhatIsMissing) {
       << what;
 }
 
+std::string storage_error(const std::string& storage, const std::string& device, const std::string& precision) {
+  try {
+    resolve_storage(storage, device, precision, "--storage");
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(Device, StorageFollowsPrecisionAndRefusesContradictions) {
+  EXPECT_EQ(resolve_storage("auto", "cpu", "fp32", "k"), "fp32");
+  EXPECT_EQ(resolve_storage("auto", "cuda", "bf16", "k"), "bf16");
+  EXPECT_EQ(resolve_storage("auto", "cuda", "tf32", "k"), "fp32");
+  EXPECT_EQ(resolve_storage("auto", "cuda", "fp16", "k"), "fp32");
+  EXPECT_EQ(resolve_storage("fp32", "cuda", "bf16", "k"), "fp32");
+  EXPECT_EQ(resolve_storage("bf16", "cpu", "fp32", "k"), "bf16");  // the CPU reference of the GPU's bf16 mode
+  EXPECT_EQ(resolve_storage("bf16", "cuda", "bf16", "k"), "bf16");
+  EXPECT_NE(storage_error("fp16", "cpu", "fp32").find("--storage must be auto, fp32 or bf16, got 'fp16'"),
+            std::string::npos);
+  const std::string gpu = storage_error("bf16", "cuda", "tf32");
+  EXPECT_NE(gpu.find("--storage = bf16 on a GPU"), std::string::npos) << gpu;
+  EXPECT_NE(gpu.find("needs precision bf16, not tf32"), std::string::npos) << gpu;
+}
+
+TEST(Device, RankModelOfEachStorageOnTheCpu) {
+  auto cpu = make_rank_backend("cpu", 0);
+  PretrainerConfig config = pretrainer_config_from_json(model_preset("tiny", 50));
+  const auto fp32 = make_rank_model(config, *cpu, "fp32");
+  const auto bf16 = make_rank_model(config, *cpu, "bf16");
+  EXPECT_EQ(fp32->storage_name(), "fp32");
+  EXPECT_EQ(bf16->storage_name(), "bf16");
+  // The same fp32 parameters either way (checkpoints are one format), in the given backend's memory.
+  EXPECT_EQ(&bf16->parameter_backend(), cpu.get());
+  fp32->init_parameters(3);
+  bf16->init_parameters(3);
+  EXPECT_EQ(fp32->parameters_to_host(), bf16->parameters_to_host());
+  EXPECT_THROW(make_rank_model(config, *cpu, "fp16"), Error);
+}
+
 TEST(Device, RanksSharingAGpu) {
   EXPECT_EQ(ranks_sharing_gpu(0, 1, 1), 1);
   EXPECT_EQ(ranks_sharing_gpu(0, 4, 4), 1);

@@ -149,7 +149,7 @@ TEST_F(LossScaleTraining, TensorCorePrecisionsAreRefusedOnTheCpu) {
   const fs::path dir = run_dir("precision_fp32");
   const fs::path log = g_root / "precision_fp32.log";
   EXPECT_EQ(run(train_command(1, dir, "--set train.precision=fp32 --set train.steps=1"), log), 0) << log_of(log);
-  EXPECT_NE(read_text(log).find("precision fp32; loss scaling off"), std::string::npos) << log_of(log);
+  EXPECT_NE(read_text(log).find("precision fp32, storage fp32; loss scaling off"), std::string::npos) << log_of(log);
 }
 
 }  // namespace
