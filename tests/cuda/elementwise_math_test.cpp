@@ -11,6 +11,7 @@
 
 #include "lib/backend/backend.h"
 #include "lib/backend/cpu/vmath.h"
+#include "lib/backend/cuda/scatter_rows_math.h"
 #include "lib/backend/cuda/segment_sum.h"
 #include "tests/backend/test_util.h"
 
@@ -342,6 +343,58 @@ TEST(CudaMath, SegmentSumsOfBf16RowsMatchCpuBf16EmbeddingBackward) {
     for (int c = 0; c < E; ++c) seg::position_sum(got_pos.data(), dout.data(), B, S, E, s, c);
   }
   EXPECT_EQ(std::memcmp(got_pos.data(), pos.data(), pos.size() * sizeof(float)), 0);
+}
+
+// scatter_add_rows' per-thread function of the bf16 kernel, on bf16 rows, against the CPU bf16
+// reference (one rounding per destination row: bitwise), and on float rows against the CPU float op.
+TEST(CudaMath, ScatterAddColumnMatchesCpuReferences) {
+  namespace rows = electra::cuda::rows;
+  auto cpu_float = make_cpu_backend<float>();
+  auto cpu = make_cpu_bf16_backend(*cpu_float);
+  const int B = 3, S = 12, P = 7, C = 5;
+  auto positions = random_ints(B * P, 31, 0, S);
+  positions[1] = positions[0];  // duplicates, also not adjacent
+  positions[4] = positions[0];
+  positions[P + 2] = positions[P + 6];
+  const auto wide_dx = random_values(static_cast<size_t>(B) * S * C, 32);
+  const auto wide_dout = random_values(static_cast<size_t>(B) * P * C, 33, -1e-2, 1e-2);  // small: roundings matter
+  std::vector<bfloat16> dx(wide_dx.size()), dout(wide_dout.size());
+  for (size_t i = 0; i < dx.size(); ++i) dx[i] = bfloat16(static_cast<float>(wide_dx[i]));
+  for (size_t i = 0; i < dout.size(); ++i) dout[i] = bfloat16(static_cast<float>(wide_dout[i]));
+  auto want = dx;
+  cpu->scatter_add_rows(want.data(), dout.data(), positions.data(), B, S, P, C);
+  auto got = dx;
+  for (int b = 0; b < B; ++b) {
+    for (int c = 0; c < C; ++c) {
+      EXPECT_FALSE(rows::scatter_add_column(got.data(), dout.data(), positions.data(), S, P, C, b, c));
+    }
+  }
+  EXPECT_EQ(std::memcmp(got.data(), want.data(), got.size() * sizeof(bfloat16)), 0);
+  // Rounding after every prediction would differ for the duplicated rows: the test can tell.
+  auto stepwise = dx;
+  for (int b = 0; b < B; ++b) {
+    for (int p = 0; p < P; ++p) {
+      for (int c = 0; c < C; ++c) {
+        bfloat16& target = stepwise[(static_cast<size_t>(b) * S + positions[b * P + p]) * C + c];
+        target =
+            bfloat16(static_cast<float>(target) + static_cast<float>(dout[(static_cast<size_t>(b) * P + p) * C + c]));
+      }
+    }
+  }
+  EXPECT_NE(std::memcmp(stepwise.data(), want.data(), want.size() * sizeof(bfloat16)), 0);
+  // float rows: the CPU float op exactly.
+  const auto fdx = cast<float>(wide_dx), fdout = cast<float>(wide_dout);
+  auto fwant = fdx, fgot = fdx;
+  cpu_float->scatter_add_rows(fwant.data(), fdout.data(), positions.data(), B, S, P, C);
+  for (int b = 0; b < B; ++b) {
+    for (int c = 0; c < C; ++c) rows::scatter_add_column(fgot.data(), fdout.data(), positions.data(), S, P, C, b, c);
+  }
+  EXPECT_EQ(std::memcmp(fgot.data(), fwant.data(), fgot.size() * sizeof(float)), 0);
+  // A position outside [0, S) is skipped and reported.
+  auto bad = positions;
+  bad[3] = S;
+  auto scratch = dx;
+  EXPECT_TRUE(rows::scatter_add_column(scratch.data(), dout.data(), bad.data(), S, P, C, 0, 0));
 }
 
 }  // namespace

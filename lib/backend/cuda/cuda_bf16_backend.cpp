@@ -388,6 +388,7 @@ class CudaBf16Backend final : public Backend<bfloat16> {
   class Scratch {
    public:
     Scratch(CudaBf16Backend& owner, std::initializer_list<size_t> sizes) {
+      ELECTRA_CHECK(sizes.size() <= kMaxPieces, "cuda-bf16 scratch: ", sizes.size(), " pieces, at most ", kMaxPieces);
       size_t bytes = 0;
       for (const size_t n : sizes) bytes += aligned(n * sizeof(float));
       char* base = static_cast<char*>(owner.scratch(bytes));
@@ -400,8 +401,9 @@ class CudaBf16Backend final : public Backend<bfloat16> {
     float* operator[](size_t i) const { return pieces_[i]; }
 
    private:
+    static constexpr size_t kMaxPieces = 8;
     static size_t aligned(size_t bytes) { return (bytes + 255) / 256 * 256; }
-    float* pieces_[8] = {};
+    float* pieces_[kMaxPieces] = {};
     size_t count_ = 0;
   };
 

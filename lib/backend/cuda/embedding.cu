@@ -7,6 +7,7 @@
 
 #include "lib/backend/cuda/device_util.cuh"
 #include "lib/backend/cuda/kernels.h"
+#include "lib/backend/cuda/scatter_rows_math.h"
 #include "lib/backend/cuda/segment_sum.h"
 #include "lib/backend/cuda/storage.cuh"
 
@@ -88,35 +89,26 @@ __global__ void gather_rows_kernel(D* out, const D* x, const int32_t* positions,
 }
 
 // One thread per (b, c) adds the example's predictions in order: duplicates add up as on the CPU.
-// float: straight into dx. bf16: a destination is rounded once, after its old value and all its
-// predictions were summed in float (the first prediction of a position sums the later ones too).
-template <typename D>
-__global__ void scatter_add_rows_kernel(D* dx, const D* dout, const int32_t* positions, int S, int P, int C, size_t n,
+// float: straight into dx. bf16: scatter_rows_math.h (each destination rounded once).
+template <typename T>
+__global__ void scatter_add_rows_kernel(T* dx, const T* dout, const int32_t* positions, int S, int P, int C, size_t n,
                                         unsigned* errors) {
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<size_t>(blockDim.x) * gridDim.x) {
     const size_t b = i / C;
     const int c = static_cast<int>(i - b * C);
-    const int32_t* pos_row = positions + b * P;
-    for (int p = 0; p < P; ++p) {
-      const size_t row = b * P + p;
-      const int pos = pos_row[p];
-      if (pos < 0 || pos >= S) {
-        if (c == 0) report(errors, kErrorPosition);
-        continue;
-      }
-      if constexpr (std::is_same_v<D, float>) {
-        dx[(b * S + pos) * C + c] += dout[row * C + c];
-      } else {
-        bool seen = false;
-        for (int q = 0; q < p && !seen; ++q) seen = pos_row[q] == pos;
-        if (seen) continue;
-        float acc = to_float(dx[(b * S + pos) * C + c]);
-        for (int q = p; q < P; ++q) {
-          if (pos_row[q] == pos) acc += to_float(dout[(b * P + q) * C + c]);
+    if constexpr (std::is_same_v<T, float>) {
+      for (int p = 0; p < P; ++p) {
+        const size_t row = b * P + p;
+        const int pos = positions[row];
+        if (pos < 0 || pos >= S) {
+          if (c == 0) report(errors, kErrorPosition);
+          continue;
         }
-        dx[(b * S + pos) * C + c] = from_float<D>(acc);
+        dx[(b * S + pos) * C + c] += dout[row * C + c];
       }
+    } else {
+      if (rows::scatter_add_column(dx, dout, positions, S, P, C, b, c) && c == 0) report(errors, kErrorPosition);
     }
   }
 }
@@ -241,8 +233,7 @@ template <typename T>
 void scatter_add_rows(const Stream& s, T* dx, const T* dout, const int32_t* positions, int B, int S, int P, int C) {
   const size_t n = static_cast<size_t>(B) * C;
   if (n == 0 || P == 0) return;
-  scatter_add_rows_kernel<<<grid_for(n, s), kBlock, 0, s.stream>>>(device_ptr(dx), device_ptr(dout), positions, S, P, C,
-                                                                   n, s.errors);
+  scatter_add_rows_kernel<<<grid_for(n, s), kBlock, 0, s.stream>>>(dx, dout, positions, S, P, C, n, s.errors);
   ELECTRA_CUDA_CHECK_LAUNCH("scatter_add_rows_kernel");
 }
 
