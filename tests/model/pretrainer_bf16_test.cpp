@@ -9,6 +9,7 @@
 #include <cstdio>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "lib/core/error.h"
@@ -203,6 +204,34 @@ TEST(ModelBf16Storage, RecomputeAndFusedAttention) {
   const double err = rel_l2(fused.grads, base.grads, 0, base.grads.size());
   std::printf("fused vs materialised attention: gradient relative L2 error %.3e\n", err);
   EXPECT_LT(err, 5e-2);
+}
+
+// The gradient-ready hook reports every element of the (wide) gradient buffer once, when it is final.
+TEST(ModelBf16Storage, GradientReadyHookReportsFinalWideGradients) {
+  const PretrainerConfig c = test::tiny_config();
+  Bf16Model bf(c);
+  bf->init_parameters(72);
+  const size_t total = bf->layout().total_size();
+  std::vector<std::pair<size_t, size_t>> ranges;
+  std::vector<std::vector<float>> values;  // each range's gradient when it was reported
+  StepContext ctx = training_context();
+  ctx.hooks.on_gradients_ready = [&](size_t offset, size_t count) {
+    ranges.emplace_back(offset, count);
+    values.emplace_back(count);
+    bf->parameter_backend().copy_to_host(values.back().data(), bf->gradients() + offset, count);
+  };
+  const test::StepResult<float> r =
+      test::run_step(*bf, test::random_batch(4, 8, 3, c.vocab_size, 73, true, c.num_classes), ctx);
+  std::vector<int> covered(total, 0);
+  for (size_t k = 0; k < ranges.size(); ++k) {
+    const auto [offset, count] = ranges[k];
+    ASSERT_LE(offset + count, total);
+    for (size_t i = 0; i < count; ++i) {
+      ++covered[offset + i];
+      ASSERT_EQ(values[k][i], r.grads[offset + i]) << "range " << k << " element " << offset + i;
+    }
+  }
+  for (size_t i = 0; i < total; ++i) ASSERT_EQ(covered[i], 1) << "element " << i;
 }
 
 // The bf16 weight copy is refreshed at every forward: after parameters_from_host or an AdamW step on the
