@@ -398,6 +398,45 @@ void for_each_chunk(int chunks, F&& body) {
   }
 }
 
+// [offset, offset + count) of the flat gradient buffer.
+using GradientRange = std::pair<size_t, size_t>;
+
+// `ranges` sorted by offset, touching ones merged, empty ones dropped. Fails when a range passes `total`
+// or two overlap: backward reports each element at most once.
+std::vector<GradientRange> merged_ranges(std::vector<GradientRange> ranges, size_t total) {
+  std::sort(ranges.begin(), ranges.end());
+  std::vector<GradientRange> merged;
+  for (const auto& [offset, count] : ranges) {
+    ELECTRA_CHECK(offset <= total && count <= total - offset, "backward: gradient range [", offset, ", ",
+                  offset + count, ") passes the end of the buffer (", total, " elements)");
+    if (count == 0) continue;
+    if (!merged.empty()) {
+      const size_t end = merged.back().first + merged.back().second;
+      ELECTRA_CHECK(offset >= end, "backward: gradient range [", offset, ", ", offset + count, ") overlaps [",
+                    merged.back().first, ", ", end, ")");
+      if (offset == end) {
+        merged.back().second += count;
+        continue;
+      }
+    }
+    merged.emplace_back(offset, count);
+  }
+  return merged;
+}
+
+// The parts of [0, total) outside `merged` (sorted and disjoint), from the end of the buffer to its start.
+std::vector<GradientRange> gaps_from_the_end(const std::vector<GradientRange>& merged, size_t total) {
+  std::vector<GradientRange> gaps;
+  size_t end = total;
+  for (auto it = merged.rbegin(); it != merged.rend(); ++it) {
+    const size_t range_end = it->first + it->second;
+    if (range_end < end) gaps.emplace_back(range_end, end - range_end);
+    end = it->first;
+  }
+  if (end > 0) gaps.emplace_back(0, end);
+  return gaps;
+}
+
 }  // namespace
 
 template <typename T>
@@ -642,26 +681,51 @@ void ElectraPretrainer<T>::backward() {
   };
   const int K = static_cast<int>(last_.size());
   const size_t n = grads_.size();
-  // Chunk 0 accumulates into the gradient buffer, chunk k > 0 into its own zeroed buffer; they are added
-  // in chunk order at the end. One chunk reports finished ranges as it goes (see StepHooks).
+  // Chunk 0 accumulates into the gradient buffer, chunk k > 0 into its own zeroed buffer, added into it in
+  // chunk order (each element: chunk 0's value + chunk 1's + ...). With one chunk, ranges are reported as
+  // backward finishes them (see StepHooks). With several, a range is final once every chunk's part is
+  // added: the discriminator region finishes the same ranges in every chunk (chunk 0 records them; the
+  // shared embeddings are not among them), so they are added and reported between the two regions, and
+  // their allreduce overlaps the generator's backward; the rest is added and reported after it.
   if (K > 1 && extra_grads_.size() < static_cast<size_t>(K - 1)) extra_grads_.resize(K - 1);
   Backend<W>& wide = backend_.wide();
   for (int k = 1; k < K; ++k) {
     if (extra_grads_[k - 1].size() != n) extra_grads_[k - 1].reset(wide, n);
   }
   const auto grads_of = [&](int k) { return k == 0 ? grads_.data() : extra_grads_[k - 1].data(); };
-  static const std::function<void(size_t, size_t)> kNoHook;
-  const std::function<void(size_t, size_t)>& ready = K == 1 ? hooks_.on_gradients_ready : kNoHook;
+  const auto add_chunks = [&](size_t offset, size_t count) {
+    for (int k = 1; k < K; ++k) wide.accumulate(grads_.data() + offset, extra_grads_[k - 1].data() + offset, count);
+  };
+  using Ready = std::function<void(size_t, size_t)>;
+  static const Ready kNoHook;
+  const Ready& hook = hooks_.on_gradients_ready;
+  const bool report_after_regions = K > 1 && static_cast<bool>(hook);
+  std::vector<GradientRange> discriminator_ranges;  // as chunk 0 reported them, in order
+  const Ready record = [&](size_t offset, size_t count) { discriminator_ranges.emplace_back(offset, count); };
+  const Ready& discriminator_ready = K == 1 ? hook : report_after_regions ? record : kNoHook;
+  const Ready& generator_ready = K == 1 ? hook : kNoHook;
 
   phase(StepPhase::kDiscriminatorBackward);
   for_each_chunk(K, [&](int k) {
     if (k > 0) wide.fill(grads_of(k), n, W(0));
-    backward_discriminator(*last_[k], grads_of(k), ready);
+    backward_discriminator(*last_[k], grads_of(k), k == 0 ? discriminator_ready : kNoHook);
   });
+  std::vector<GradientRange> discriminator_merged;
+  if (report_after_regions) {
+    discriminator_merged = merged_ranges(discriminator_ranges, n);
+    for (const auto& [offset, count] : discriminator_merged) add_chunks(offset, count);
+    for (const auto& [offset, count] : discriminator_ranges) hook(offset, count);
+  }
   phase(StepPhase::kGeneratorBackward);
-  for_each_chunk(K, [&](int k) { backward_generator(*last_[k], grads_of(k), ready); });
-  for (int k = 1; k < K; ++k) wide.accumulate(grads_.data(), extra_grads_[k - 1].data(), n);
-  if (K > 1 && hooks_.on_gradients_ready) hooks_.on_gradients_ready(0, n);
+  for_each_chunk(K, [&](int k) { backward_generator(*last_[k], grads_of(k), generator_ready); });
+  if (report_after_regions) {
+    for (const auto& [offset, count] : gaps_from_the_end(discriminator_merged, n)) {
+      add_chunks(offset, count);
+      hook(offset, count);
+    }
+  } else {
+    add_chunks(0, n);  // no hook: the whole buffers at once (nothing to add with one chunk)
+  }
   for (Plan* plan : last_) plan->ran = false;  // a second backward would add the same gradient twice
   phase(StepPhase::kBackwardDone);
 }

@@ -63,8 +63,11 @@ struct StepHooks {
   // gradient is final for this backward (a layer, a head, finally the shared embeddings): every element
   // exactly once per backward, ranges never overlapping, mostly from the end of the buffer to its start
   // (backward runs the discriminator first). Lets a caller start the gradient allreduce of finished
-  // layers while backward goes on (dist::GradientReducer::mark_ready). With several micro-batches per
-  // optimizer step set it on the last micro-batch's context only: earlier backwards are not final.
+  // layers while backward goes on (dist::GradientReducer::mark_ready). With parallel chunks
+  // (set_parallel_chunks) the discriminator's ranges come together, once its backward is over in every
+  // chunk and before kGeneratorBackward begins, and the rest (generator, heads, shared embeddings) after
+  // the generator's backward; always from the calling thread. With several micro-batches per optimizer
+  // step set it on the last micro-batch's context only: earlier backwards are not final.
   std::function<void(size_t offset, size_t count)> on_gradients_ready;
 };
 
@@ -224,11 +227,14 @@ class ElectraPretrainer final : public PretrainerModel<Wide<T>> {
   // row slices (min(K, rows)) and run them concurrently, one per OpenMP thread, each slice's ops
   // single-threaded on its own activations; chunk k > 0 accumulates its parameter gradients into a
   // buffer of its own (K - 1 extra gradient buffers), added to gradients() in chunk order at the end of
-  // backward. A step then synchronises its threads a handful of times instead of once per op, which
-  // keeps both cores busy on small layers and on a machine shared with other work. Randomness is keyed
-  // by global example, so only the summation order of weight gradients and loss sums changes with K
-  // (as with micro-batches); for a fixed K results do not depend on the number of threads. With K > 1,
-  // StepHooks::on_gradients_ready is called once, for the whole buffer, after the chunks are added.
+  // backward (with StepHooks::on_gradients_ready set, the discriminator's ranges already once every
+  // chunk's discriminator backward is done). A step then synchronises its threads a handful of times
+  // instead of once per op, which keeps both cores busy on small layers and on a machine shared with
+  // other work. Randomness is keyed by global example, so only the summation order of weight gradients
+  // and loss sums changes with K (as with micro-batches); for a fixed K results do not depend on the
+  // number of threads, nor on whether the hook is set. With K > 1 the hook gets the discriminator's
+  // ranges between its backward and the generator's, so their allreduce overlaps the generator's
+  // backward, and the remaining ranges at the end (see StepHooks).
   // Default 1: the whole batch at once, every op multi-threaded. Fails for K > 1 on non-CPU backends.
   void set_parallel_chunks(int chunks) override;
   int parallel_chunks() const override { return chunks_; }

@@ -1,6 +1,7 @@
 // ElectraPretrainer's execution options and hooks: set_parallel_chunks gives the whole batch's results
 // (up to summation order) independently of the thread count; set_recompute_ffn_activations changes no
-// bit; StepHooks report phases in order and every gradient range exactly once, when it is final.
+// bit; StepHooks report phases in order and every gradient range exactly once, when it is final (with
+// parallel chunks: the discriminator's before the generator's backward, without changing a bit).
 #include <gtest/gtest.h>
 #include <omp.h>
 
@@ -215,12 +216,142 @@ TEST(ModelPretrainer, GradientReadyHookReportsEveryRangeOnceWhenFinal) {
     EXPECT_GT(log.ranges.front().first, log.ranges.back().first);
     EXPECT_EQ(log.ranges.back().first, 0u);
   }
-  // With parallel chunks the buffer is final only after the chunks are added: one report.
-  model.set_parallel_chunks(2);
-  const ReadyLog log = run_with_ready_hook(model, test::random_batch(4, 8, 3, c.vocab_size, 40));
-  ASSERT_EQ(log.ranges.size(), 1u);
-  EXPECT_EQ(log.ranges[0], std::make_pair(size_t{0}, total));
-  EXPECT_EQ(log.values[0], model.gradients_to_host());
+}
+
+// What backward reported, in order: each phase as it began and each on_gradients_ready range, with the
+// values the range held when it was reported.
+template <typename P>
+struct HookEvents {
+  std::vector<std::string> phases;  // "" where a range was reported
+  std::vector<std::pair<size_t, size_t>> ranges;
+  std::vector<std::vector<P>> values;
+  std::vector<size_t> range_event;  // index in `phases` of each range's report
+};
+
+template <typename T>
+HookEvents<Wide<T>> run_with_hooks(ElectraPretrainer<T>& model, const Batch& batch, std::vector<Wide<T>>& grads,
+                                   PretrainerLosses& losses) {
+  HookEvents<Wide<T>> events;
+  StepContext ctx = training_context();
+  ctx.hooks.on_phase = [&](StepPhase p) { events.phases.push_back(to_string(p)); };
+  ctx.hooks.on_gradients_ready = [&](size_t offset, size_t count) {
+    events.range_event.push_back(events.phases.size());
+    events.phases.push_back("");
+    events.ranges.emplace_back(offset, count);
+    std::vector<Wide<T>> v(count);
+    model.parameter_backend().copy_to_host(v.data(), model.gradients() + offset, count);
+    events.values.push_back(std::move(v));
+  };
+  const test::StepResult<Wide<T>> r = test::run_step(model, batch, ctx);
+  grads = r.grads;
+  losses = r.out.losses;
+  return events;
+}
+
+// The ranges reported between the discriminator_backward and generator_backward phase marks.
+template <typename P>
+std::vector<std::pair<size_t, size_t>> ranges_between(const HookEvents<P>& e, const std::string& from,
+                                                      const std::string& to) {
+  const auto at = [&](const std::string& name) {
+    const auto it = std::find(e.phases.begin(), e.phases.end(), name);
+    EXPECT_NE(it, e.phases.end()) << name;
+    return static_cast<size_t>(it - e.phases.begin());
+  };
+  const size_t begin = at(from), end = at(to);
+  std::vector<std::pair<size_t, size_t>> out;
+  for (size_t r = 0; r < e.ranges.size(); ++r) {
+    if (e.range_event[r] > begin && e.range_event[r] < end) out.push_back(e.ranges[r]);
+  }
+  return out;
+}
+
+// With K parallel chunks the hook reports the discriminator's ranges (exactly those, in the order the
+// one-chunk backward reports them) before the generator's backward begins, the rest after it; every
+// element once, each range final when reported; and the gradients and losses are bitwise those of the
+// same K without the hook (which adds the chunks' buffers at the end, in one pass, as before the hook
+// reported anything early).
+template <typename T>
+void check_chunked_gradient_reports(ElectraPretrainer<T>& model, const Batch& batch, const std::string& what) {
+  using P = Wide<T>;
+  const size_t total = model.layout().total_size();
+  model.set_parallel_chunks(1);
+  std::vector<P> grads_one;
+  PretrainerLosses losses_one;
+  const HookEvents<P> one = run_with_hooks(model, batch, grads_one, losses_one);
+  ASSERT_FALSE(one.ranges.empty()) << what;
+  const auto discriminator_ranges = ranges_between(one, "discriminator_backward", "generator_backward");
+  ASSERT_FALSE(discriminator_ranges.empty()) << what;
+  for (const auto& [offset, count] : discriminator_ranges) {
+    ASSERT_GT(offset, 0u) << what << ": the shared embeddings (offset 0) are not final after the discriminator";
+  }
+
+  for (int chunks : {2, 3}) {
+    const std::string label = what + ", " + std::to_string(chunks) + " chunks";
+    model.set_parallel_chunks(chunks);
+    const test::StepResult<P> plain = test::run_step(model, batch, training_context());
+    std::vector<P> grads;
+    PretrainerLosses losses;
+    const HookEvents<P> e = run_with_hooks(model, batch, grads, losses);
+
+    // Bitwise the same with and without the hook.
+    ASSERT_EQ(grads.size(), total);
+    for (size_t i = 0; i < total; ++i) ASSERT_EQ(grads[i], plain.grads[i]) << label << ": element " << i;
+    EXPECT_EQ(losses.total_loss, plain.out.losses.total_loss) << label;
+    EXPECT_EQ(losses.mlm_loss_sum, plain.out.losses.mlm_loss_sum) << label;
+    EXPECT_EQ(losses.disc_loss_sum, plain.out.losses.disc_loss_sum) << label;
+
+    // Every element exactly once, each range final when reported.
+    std::vector<int> covered(total, 0);
+    for (size_t r = 0; r < e.ranges.size(); ++r) {
+      const auto [offset, count] = e.ranges[r];
+      ASSERT_LE(offset + count, total) << label;
+      for (size_t i = 0; i < count; ++i) {
+        ++covered[offset + i];
+        ASSERT_EQ(e.values[r][i], grads[offset + i]) << label << ": range " << r << " element " << offset + i;
+      }
+    }
+    for (size_t i = 0; i < total; ++i) ASSERT_EQ(covered[i], 1) << label << ": element " << i;
+
+    // The discriminator's ranges come before the generator's backward begins, the rest after it and
+    // before backward returns, from the end of the buffer to its start.
+    EXPECT_EQ(ranges_between(e, "discriminator_backward", "generator_backward"), discriminator_ranges) << label;
+    const auto rest = ranges_between(e, "generator_backward", "backward_done");
+    ASSERT_FALSE(rest.empty()) << label;
+    EXPECT_EQ(discriminator_ranges.size() + rest.size(), e.ranges.size()) << label << ": a range outside backward";
+    for (size_t r = 1; r < rest.size(); ++r) EXPECT_GT(rest[r - 1].first, rest[r].first) << label;
+    EXPECT_EQ(rest.back().first, 0u) << label;
+  }
+}
+
+TEST(ModelPretrainer, ParallelChunksReportTheDiscriminatorBeforeTheGeneratorBackward) {
+  ThreadCount restore;
+  const PretrainerConfig c = test::tiny_config();
+  for (int threads : {1, 2}) {  // one thread runs the chunks one after the other
+    omp_set_num_threads(threads);
+    const std::string t = std::to_string(threads) + " thread(s)";
+    for (bool nsp : {false, true}) {
+      const Batch batch = test::random_batch(5, 8, 3, c.vocab_size, 46, nsp, c.num_classes);
+      const std::string n = nsp ? ", NSP" : "";
+      {
+        auto be = make_cpu_backend<float>();
+        ElectraPretrainer<float> model(c, *be);
+        model.init_parameters(47);
+        ASSERT_NO_FATAL_FAILURE(check_chunked_gradient_reports(model, batch, "float, " + t + n));
+      }
+      {
+        auto be = make_cpu_backend<double>();
+        ElectraPretrainer<double> model(c, *be);
+        model.init_parameters(47);
+        ASSERT_NO_FATAL_FAILURE(check_chunked_gradient_reports(model, batch, "double, " + t + n));
+      }
+      {
+        auto wide = make_cpu_backend<float>();
+        ElectraPretrainer<bfloat16> model(c, make_cpu_bf16_backend(*wide));
+        model.init_parameters(47);
+        ASSERT_NO_FATAL_FAILURE(check_chunked_gradient_reports(model, batch, "bf16 storage, " + t + n));
+      }
+    }
+  }
 }
 
 TEST(ModelPretrainer, PhaseHookMarksTheStepInOrder) {
