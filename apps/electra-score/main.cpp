@@ -18,6 +18,7 @@ int main(int argc, char** argv) {
   electra::interop::ScoreOptions options;
   std::string device = "cpu";
   electra::DeviceOptions device_options;
+  std::string storage = "auto";
   CLI::App app{
       "electra-score: score lines of stdin with an ELECTRA discriminator (and fill [MASK]s with the "
       "generator)"};
@@ -33,6 +34,9 @@ int main(int argc, char** argv) {
   app.add_option("--precision", device_options.precision, "cuda: fp32 | tf32 | bf16 | fp16 GEMM/attention")
       ->capture_default_str()
       ->check(CLI::IsMember({"fp32", "tf32", "bf16", "fp16"}));
+  app.add_option("--storage", storage, "activations and weight copies: fp32 | bf16 | auto (bf16 with --precision bf16)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "fp32", "bf16"}));
   app.add_option("--memory-fraction", device_options.memory_fraction,
                  "cuda: device-memory arena as a fraction of the free GPU memory")
       ->capture_default_str();
@@ -46,6 +50,7 @@ int main(int argc, char** argv) {
   electra::log::init(log_options);
   try {
     // The device first: a missing GPU is reported before the model is read.
+    const std::string resolved = electra::resolve_storage(storage, device, device_options.precision, "--storage");
     std::unique_ptr<electra::Backend<float>> backend =
         electra::make_rank_backend(device, electra::local_rank_from_environment(), device_options);
     electra::interop::PretrainerBundle model = electra::interop::load_pretrainer_bundle(model_path, vocab);
@@ -53,7 +58,10 @@ int main(int argc, char** argv) {
       model.tokenizer.lower_case = false;
       model.tokenizer.strip_accents.reset();  // cased: accents kept, as BERT does
     }
-    electra::interop::Scorer scorer(std::move(model), std::move(backend));
+    electra::interop::Scorer scorer(std::move(model), std::move(backend),
+                                    [&](const electra::PretrainerConfig& config, electra::Backend<float>& be) {
+                                      return electra::make_rank_model(config, be, resolved);
+                                    });
     std::string line;
     while (std::getline(std::cin, line)) {
       if (!line.empty() && line.back() == '\r') line.pop_back();

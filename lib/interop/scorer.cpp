@@ -45,7 +45,8 @@ std::vector<int32_t> encode_keeping_special_tokens(const text::BertTokenizer& to
 
 Scorer::Scorer(PretrainerBundle model) : Scorer(std::move(model), make_cpu_backend<float>()) {}
 
-Scorer::Scorer(PretrainerBundle model, std::unique_ptr<Backend<float>> backend) : model_(std::move(model)) {
+Scorer::Scorer(PretrainerBundle model, std::unique_ptr<Backend<float>> backend, const ModelFactory& make_model)
+    : model_(std::move(model)) {
   ELECTRA_CHECK(backend != nullptr, "scorer: no backend");
   if (static_cast<int64_t>(model_.vocab.size()) != model_.config.vocab_size) {
     fail("scorer: vocabulary ", model_.vocab.origin(), " has ", model_.vocab.size(), " tokens, the model (",
@@ -56,7 +57,12 @@ Scorer::Scorer(PretrainerBundle model, std::unique_ptr<Backend<float>> backend) 
   model_.vocab.mask_id();
   tokenizer_ = std::make_unique<text::BertTokenizer>(model_.vocab, model_.tokenizer);
   backend_ = std::move(backend);
-  net_ = std::make_unique<ElectraPretrainer<float>>(model_.config, *backend_);
+  if (make_model) {
+    net_ = make_model(model_.config, *backend_);
+  } else {
+    net_ = std::make_unique<ElectraPretrainer<float>>(model_.config, *backend_);
+  }
+  ELECTRA_CHECK(net_ != nullptr, "scorer: the model factory returned no model");
   net_->parameters_from_host(model_.params);
 }
 

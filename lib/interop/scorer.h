@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -20,8 +21,9 @@
 namespace electra {
 template <typename T>
 class Backend;
-template <typename T>
-class ElectraPretrainer;
+template <typename P>
+class PretrainerModel;
+struct PretrainerConfig;
 }  // namespace electra
 
 namespace electra::interop {
@@ -59,8 +61,12 @@ class Scorer {
  public:
   // Takes the model; fails when the vocabulary does not fit it or lacks [CLS]/[SEP]/[MASK]/[UNK]. Runs on
   // `backend` (electra-score --device), the CPU backend by default.
+  // make_model builds the network on the backend (electra-score --storage: lib/train/device.h's
+  // make_rank_model); by default an fp32-storage ElectraPretrainer<float>.
+  using ModelFactory =
+      std::function<std::unique_ptr<PretrainerModel<float>>(const PretrainerConfig& config, Backend<float>& backend)>;
   explicit Scorer(PretrainerBundle model);
-  Scorer(PretrainerBundle model, std::unique_ptr<Backend<float>> backend);
+  Scorer(PretrainerBundle model, std::unique_ptr<Backend<float>> backend, const ModelFactory& make_model = {});
   ~Scorer();
   Scorer(const Scorer&) = delete;
   Scorer& operator=(const Scorer&) = delete;
@@ -76,7 +82,7 @@ class Scorer {
   PretrainerBundle model_;
   std::unique_ptr<text::BertTokenizer> tokenizer_;
   std::unique_ptr<Backend<float>> backend_;
-  std::unique_ptr<ElectraPretrainer<float>> net_;
+  std::unique_ptr<PretrainerModel<float>> net_;
 };
 
 // {"tokens": [...], "ids": [...], "replaced_prob": [...]} (in this key order) plus, with fill_mask,

@@ -138,6 +138,28 @@ TEST_F(ScoreTest, FillMaskGivesTopKSortedByProbability) {
   }
 }
 
+// --storage bf16: the same tokens, probabilities to bf16 tolerance (the CPU bf16 reference backend).
+TEST_F(ScoreTest, Bf16StorageScoresCloseToFp32) {
+  const fs::path input = tmp_.path() / "in.txt";
+  write_bytes(input, "The quick brown fox jumps over the lazy dog.\nhello [MASK] world !\n");
+  const CommandResult fp32 = score(export_dir_, input, "--storage fp32 --fill-mask");
+  const CommandResult bf16 = score(export_dir_, input, "--storage bf16 --fill-mask");
+  ASSERT_EQ(fp32.status, 0) << fp32.out;
+  ASSERT_EQ(bf16.status, 0) << bf16.out;
+  EXPECT_NE(fp32.out, bf16.out) << "--storage bf16 was not used";
+  const auto a = json_lines(fp32.out), b = json_lines(bf16.out);
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_EQ(a[i]["ids"], b[i]["ids"]);
+    const auto pa = a[i]["replaced_prob"].get<std::vector<double>>(),
+               pb = b[i]["replaced_prob"].get<std::vector<double>>();
+    ASSERT_EQ(pa.size(), pb.size());
+    for (size_t t = 0; t < pa.size(); ++t) EXPECT_NEAR(pa[t], pb[t], 2e-2) << "line " << i << " token " << t;
+  }
+  const CommandResult bad = score(export_dir_, input, "--storage fp16 2>&1");
+  EXPECT_NE(bad.status, 0);
+}
+
 TEST_F(ScoreTest, LowerCasingFollowsTheModelUnlessTurnedOff) {
   const fs::path input = tmp_.path() / "in.txt";
   write_bytes(input, "Hello HELLO\n");
