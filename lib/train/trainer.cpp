@@ -17,16 +17,9 @@
 
 #include "data_pipeline/loader/loader.h"
 #include "lib/backend/backend.h"
-#if defined(ELECTRA_HAVE_CUDA)
-#include "lib/backend/cuda/cuda_backend.h"
-#endif
 #include "lib/core/error.h"
 #include "lib/core/log.h"
-#include "lib/dist/gradient_reducer.h"
 #include "lib/dist/gradient_transport.h"
-#if defined(ELECTRA_HAVE_NCCL)
-#include "lib/dist/nccl_reducer.h"
-#endif
 #include "lib/dist/signals.h"
 #include "lib/dist/watchdog.h"
 #include "lib/eval/evaluate.h"
@@ -39,6 +32,7 @@
 #include "lib/train/checkpoint.h"
 #include "lib/train/checkpoint_manager.h"
 #include "lib/train/device.h"
+#include "lib/train/gradient_allreduce.h"
 #include "lib/train/metrics.h"
 #include "lib/train/step_profile.h"
 #include "lib/train/tensorboard.h"
@@ -255,7 +249,7 @@ class Trainer {
   void log_step(const double* metrics, double step_seconds, double lr, double grad_norm);
   void run_eval();
   void log_profile();
-  std::unique_ptr<dist::BucketedReducer> make_reducer();
+  std::unique_ptr<GradientAllreduce> make_reducer();
 
   const dist::Communicator& comm_;
   TrainOptions options_;
@@ -272,18 +266,14 @@ class Trainer {
   std::string storage_ = "fp32";             // train.storage, resolved
   DeviceOptions device_options_;             // train.precision, device.*
   int ranks_on_gpu_ = 0;                     // set_ranks_on_gpu (0: estimated from the local ranks)
-#if defined(ELECTRA_HAVE_NCCL)
-  std::unique_ptr<dist::NcclCommunicator> nccl_;  // dist.gradient_transport = nccl (outlives reducer_)
-#endif
   dist::GradientTransport configured_transport_ = dist::GradientTransport::kAuto;  // dist.gradient_transport
   dist::GradientTransport transport_ = dist::GradientTransport::kHost;             // what it resolved to
-  std::unique_ptr<dist::BucketedReducer> reducer_;
+  std::unique_ptr<GradientAllreduce> reducer_;  // stages device gradients through the host when needed
   std::unique_ptr<CheckpointManager> checkpoints_;
   std::unique_ptr<MetricsWriter> metrics_;
   std::unique_ptr<TensorBoardWriter> tensorboard_;
   std::unique_ptr<data::Loader> eval_loader_;  // held-out shards (train.eval_every, data.eval_dir)
   TensorLayout ckpt_layout_;
-  std::vector<float> host_gradients_;  // staging for the allreduce when gradients live on a GPU
 
   int64_t total_steps_ = 0;
   int global_batch_ = 0;
@@ -428,13 +418,7 @@ std::optional<std::string> Trainer::setup() {
            model_config_.discriminator.max_position_embeddings, ")");
     }
     backend_ = make_backend();
-    if (transport_ == dist::GradientTransport::kCudaAwareMpi) {
-      const dist::CudaAwareMpiSupport support = dist::query_cuda_aware_mpi();
-      if (!support.available) {
-        fail("config key '", dist::kGradientTransportKey, "' = cuda_aware_mpi: ", support.reason,
-             "; use 'nccl' or 'host'");
-      }
-    }
+    check_gradient_transport_available(transport_, std::string("config key '") + dist::kGradientTransportKey + "'");
     model_ = make_rank_model(model_config_, *backend_, storage_);
     model_->set_attention_impl(attention_impl_);
     // On the CPU, whole row slices per thread beat splitting every op across threads (electra-bench,
@@ -600,13 +584,12 @@ StepResult Trainer::train_step(double* metrics) {
 
   std::fill(metrics, metrics + kNumMetrics, 0.0);
   model_->zero_gradients();
-  const size_t n = model_->layout().total_size();
   float* gradients = model_->gradients();
   bool gradients_finite = true;
   // Each rank checks its own gradient ranges for NaN/Inf as they become final (so the log can name the
   // rank), except when the allreduce runs on the device (NCCL, CUDA-aware MPI): there every check would
   // stall the GPU once per bucket, so the reduced gradient's norm decides instead (the same on every rank).
-  const bool check_ranges = backend_->device() == DeviceKind::kCpu || !host_gradients_.empty();
+  const bool check_ranges = backend_->device() == DeviceKind::kCpu || reducer_->stages_through_host();
   reducer_->begin();
   // The last micro-batch's backward reports each range of the gradient buffer as it becomes final: the
   // range is checked for NaN/Inf, then its allreduce starts while backward goes on with earlier layers.
@@ -620,8 +603,7 @@ StepResult Trainer::train_step(double* metrics) {
     if (check_ranges) {
       gradients_finite = gradients_finite && std::isfinite(backend_->sum_squares(gradients + offset, count));
     }
-    if (!host_gradients_.empty()) backend_->copy_to_host(host_gradients_.data() + offset, gradients + offset, count);
-    reducer_->mark_ready(offset, count);
+    reducer_->mark_ready(offset, count);  // copies the range to the host first when staging
     if (prof) hook_seconds += seconds_since(hook_start);
   };
   const auto compute_start = prof ? Clock::now() : Clock::time_point{};
@@ -659,9 +641,8 @@ StepResult Trainer::train_step(double* metrics) {
 
   {
     ScopedPhase phase(prof, TrainPhase::kAllreduceWait);
-    reducer_->wait_all();
+    reducer_->wait_all();  // and copies staged gradients back to the device
   }
-  if (!host_gradients_.empty()) backend_->copy_from_host(gradients, host_gradients_.data(), n);
   std::optional<double> reduced_norm;  // the (scaled) norm of the reduced gradient, when computed already
   if (!check_ranges) {
     reduced_norm = optimizer_->gradient_norm(model_->gradients());
@@ -777,53 +758,17 @@ void Trainer::run_eval() {
 }
 
 // The gradient allreduce of dist.gradient_transport (resolved in setup()). Collective.
-std::unique_ptr<dist::BucketedReducer> Trainer::make_reducer() {
-#if defined(ELECTRA_HAVE_NCCL)
-  // NCCL refuses two ranks on one GPU; auto then falls back to the host path, an explicit nccl fails.
-  if (transport_ == dist::GradientTransport::kNccl) {
-    const std::string shared = dist::find_shared_gpus(comm_, dist::cuda_pci_bus_id(cuda_device_of(*backend_)));
-    transport_ = dist::resolve_gradient_transport(configured_transport_, {.gpu = true, .shared_gpu = shared});
-    if (!shared.empty() && comm_.is_root()) ELECTRA_LOG(warning) << shared << ": NCCL cannot be used";
-  }
-#endif
-  // "auto" is resolved per rank: ranks of unlike nodes must still pick the same collectives.
-  const auto chosen = static_cast<int64_t>(transport_);
-  if (comm_.allreduce_min(chosen) != comm_.allreduce_max(chosen)) {
-    fail("config key '", dist::kGradientTransportKey, "': the ranks resolved different transports (rank ", comm_.rank(),
-         ": ", dist::to_string(transport_), "); set it explicitly");
-  }
-  if (comm_.is_root()) {
-    ELECTRA_LOG(info) << "gradient allreduce: " << dist::to_string(transport_) << " (" << dist::kGradientTransportKey
-                      << " = " << config_.get<std::string>(dist::kGradientTransportKey) << ")";
-  }
-  dist::GradientReducerOptions options;
-  options.op = dist::ReduceOp::kSum;  // losses are already normalised by global counts
-  const size_t n = model_->layout().total_size();
-  switch (transport_) {
-    case dist::GradientTransport::kNccl: {
-#if defined(ELECTRA_HAVE_NCCL)
-      nccl_ = std::make_unique<dist::NcclCommunicator>(comm_, cuda_device_of(*backend_));
-      // Half the step timeout: a hung NCCL is reported by name before the watchdog aborts the job.
-      dist::NcclWaitOptions wait;
-      wait.timeout_seconds = config_.get<double>("train.step_timeout") / 2;
-      return std::make_unique<dist::NcclReducer>(*nccl_, *backend_, model_->gradients(), n, options, wait);
-#else
-      fail("config key '", dist::kGradientTransportKey,
-           "' = nccl: this build has no NCCL (configure with -DELECTRA_CUDA=ON)");
-#endif
-    }
-    case dist::GradientTransport::kCudaAwareMpi:
-      // MPI reads the device buffer itself: the backward kernels that wrote a bucket must be finished first.
-      return std::make_unique<dist::GradientReducer>(comm_, std::span<float>(model_->gradients(), n), options,
-                                                     [this] { backend_->synchronize(); });
-    case dist::GradientTransport::kHost:
-    case dist::GradientTransport::kAuto:
-      break;
-  }
-  // MPI reads host memory: device gradients go through a host copy.
-  if (backend_->device() != DeviceKind::kCpu) host_gradients_.resize(n);
-  return std::make_unique<dist::GradientReducer>(
-      comm_, std::span<float>(host_gradients_.empty() ? model_->gradients() : host_gradients_.data(), n), options);
+std::unique_ptr<GradientAllreduce> Trainer::make_reducer() {
+  GradientAllreduceOptions options;
+  options.reducer.op = dist::ReduceOp::kSum;  // losses are already normalised by global counts
+  options.asked =
+      std::string(dist::kGradientTransportKey) + " = " + config_.get<std::string>(dist::kGradientTransportKey);
+  // Half the step timeout: a hung NCCL is reported by name before the watchdog aborts the job.
+  options.nccl_timeout_seconds = config_.get<double>("train.step_timeout") / 2;
+  auto allreduce = std::make_unique<GradientAllreduce>(comm_, configured_transport_, transport_, *backend_,
+                                                       model_->gradients(), model_->layout().total_size(), options);
+  transport_ = allreduce->transport();
+  return allreduce;
 }
 
 int Trainer::train() {
