@@ -17,11 +17,11 @@
 #include "lib/backend/backend.h"
 #include "lib/core/batch.h"
 #include "lib/core/error.h"
-#include "lib/dist/gradient_reducer.h"
 #include "lib/model/pretrainer.h"
 #include "lib/optim/adamw.h"
 #include "lib/optim/loss_scaler.h"
 #include "lib/train/device.h"
+#include "lib/train/gradient_allreduce.h"
 
 #ifdef ELECTRA_BENCH_HAVE_CUDA
 #include "lib/backend/cuda/cuda_backend.h"
@@ -168,6 +168,15 @@ std::string cuda_unavailable_reason() {
 #endif
 }
 
+dist::GradientTransport resolve_transport(const std::string& transport, const std::string& device) {
+  try {
+    return dist::resolve_gradient_transport(dist::parse_gradient_transport(transport),
+                                            {.gpu = device == "cuda", .shared_gpu = ""});
+  } catch (const Error& e) {
+    fail("--transport: ", e.what());
+  }
+}
+
 PretrainerConfig resolve_model(const std::string& config, int vocab, int* default_seq) {
   nlohmann::json model;
   int seq = 128;
@@ -213,9 +222,9 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
   if (cuda) {
     const std::string why = cuda_unavailable_reason();
     if (!why.empty()) fail("--device cuda: ", why);
-    // GradientReducer hands host pointers to MPI; device gradients would need NCCL or CUDA-aware MPI.
-    if (comm.world_size() > 1) fail("--device cuda: one rank only (the device-gradient allreduce is not wired)");
   }
+  const dist::GradientTransport transport = resolve_transport(o.transport, o.device);
+  check_gradient_transport_available(transport, "--transport");
   if (o.precision != "fp32" && o.precision != "tf32" && o.precision != "bf16" && o.precision != "fp16") {
     fail("--precision ", o.precision, ": expected fp32, tf32, bf16 or fp16");
   }
@@ -265,11 +274,16 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
   LossScaler loss_scaler(LossScaleConfig{}, o.precision == "fp16");  // dynamic for fp16, else off
   const size_t n_params = net.layout().total_size();
 
-  std::unique_ptr<dist::GradientReducer> reducer;
-  if (ranks > 1) {
-    dist::GradientReducerOptions ro;
-    ro.op = dist::ReduceOp::kSum;  // losses are normalised by global counts, as electra-train does
-    reducer = std::make_unique<dist::GradientReducer>(comm, std::span<float>(net.gradients(), n_params), ro);
+  // electra-train's allreduce (gradient_allreduce.h): NCCL on the device buffer, or host staging when ranks
+  // share a GPU. One rank needs none, unless a transport is named (NCCL over one GPU, for a smoke test).
+  std::unique_ptr<GradientAllreduce> reducer;
+  if (ranks > 1 || o.transport != "auto") {
+    GradientAllreduceOptions ro;
+    ro.reducer.op = dist::ReduceOp::kSum;  // losses are normalised by global counts, as electra-train does
+    ro.setting = "--transport";
+    ro.asked = "--transport " + o.transport;
+    reducer = std::make_unique<GradientAllreduce>(comm, dist::parse_gradient_transport(o.transport), transport,
+                                                  *backend, net.gradients(), n_params, ro);
   }
 
   // A few distinct batches, cycled.
@@ -382,6 +396,7 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
   r.attention = o.attention;
   r.precision = o.precision;
   r.storage = storage;
+  r.transport = reducer ? dist::to_string(reducer->transport()) : "none";
   r.loss_scale = loss_scaler.scale();
   r.median_step_s = median(step_times);
   r.min_step_s = *std::min_element(step_times.begin(), step_times.end());
@@ -421,10 +436,10 @@ std::string format_text(const StepBenchResult& r) {
     << " GEMM, " << r.threads << " thread(s)): " << 100.0 * r.peak_fraction << "% of peak\n";
   s << "  peak RSS    " << std::setprecision(0) << r.peak_rss_mib << " MiB" << (r.ranks > 1 ? " (largest rank)" : "")
     << "\n";
-  if (r.ranks > 1) {
+  if (r.transport != "none") {
     s << "  allreduce   " << std::setprecision(1) << 1e3 * r.allreduce_s << " ms per step ("
       << 100.0 * r.allreduce_share << "% of the step; " << (r.overlap ? "overlapped with backward" : "after backward")
-      << ")\n";
+      << "; transport " << r.transport << ")\n";
   }
   s << "  loss        " << std::setprecision(4) << r.first_loss << " -> " << r.last_loss << "\n";
   if (!r.phases.empty()) {
@@ -461,6 +476,7 @@ nlohmann::json to_json(const StepBenchResult& r) {
                         {"attention", r.attention},
                         {"precision", r.precision},
                         {"storage", r.storage},
+                        {"transport", r.transport},
                         {"loss_scale", r.loss_scale},
                         {"median_step_s", r.median_step_s},
                         {"min_step_s", r.min_step_s},

@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "lib/dist/communicator.h"
+#include "lib/dist/gradient_transport.h"
 #include "lib/model/config.h"
 
 namespace electra::bench {
@@ -41,6 +42,10 @@ struct StepBenchOptions {
   std::string precision = "fp32";
   // Activations and weight copies: auto | fp32 | bf16 (auto: bf16 with precision bf16), as train.storage.
   std::string storage = "auto";
+  // Gradient allreduce: auto | host | nccl | cuda_aware_mpi, as electra-train's dist.gradient_transport
+  // (auto: nccl on GPUs when every rank has its own, else host). With one rank, auto measures no allreduce;
+  // an explicit transport runs it anyway (NCCL over one GPU, for a smoke test).
+  std::string transport = "auto";
 };
 
 // Time of one phase of the step: the median over the timed steps, and the mean.
@@ -60,6 +65,7 @@ struct StepBenchResult {
   std::string attention = "auto";  // the --attention asked for (auto: fused except on the CPU)
   std::string precision = "fp32";  // the --precision
   std::string storage = "fp32";    // the --storage, resolved
+  std::string transport = "none";  // the --transport, resolved; "none" without an allreduce (one rank, auto)
   double loss_scale = 1.0;         // the loss scale after the last step (fp16: dynamic)
   // Per step (the slowest rank's time at each step; medians over the timed steps).
   double median_step_s = 0.0, min_step_s = 0.0, max_step_s = 0.0;
@@ -84,6 +90,12 @@ nlohmann::json to_json(const StepBenchResult& result);
 
 // "" when `--device cuda` can run here, else why not (this build has no CUDA backend, or no usable GPU).
 std::string cuda_unavailable_reason();
+
+// The --transport on `device` ("cpu" | "cuda") through electra-train's parse and resolve functions
+// (lib/dist/gradient_transport.h), before anyone knows whether ranks share a GPU (the allreduce checks that
+// itself). Fails with their message, prefixed with "--transport: ": an unknown name, or nccl /
+// cuda_aware_mpi on the CPU.
+dist::GradientTransport resolve_transport(const std::string& transport, const std::string& device);
 
 // The model section and default sequence length of `config` (preset name or file); `vocab` > 0
 // replaces the vocabulary size.

@@ -6,14 +6,28 @@ if(TARGET electra-bench)
     COMMAND $<TARGET_FILE:electra-bench> --config tiny --batch 4 --seq 32 --steps 2 --warmup 1 --threads 2
             --peak-gemm 256 --breakdown --json)
   set_tests_properties(BenchSmoke.ElectraBenchTinyJson PROPERTIES LABELS bench_smoke TIMEOUT 120
-    PASS_REGULAR_EXPRESSION "\"chunks\":2.*\"impl\":\"electra-mpi\".*\"model_gflops_per_s\":[0-9].*\"peak_rss_mib\":[0-9].*\"generator_forward\"")
+    PASS_REGULAR_EXPRESSION "\"chunks\":2.*\"impl\":\"electra-mpi\".*\"model_gflops_per_s\":[0-9].*\"peak_rss_mib\":[0-9].*\"generator_forward\".*\"transport\":\"none\"")
   add_test(NAME BenchSmoke.ElectraBenchTwoRanks
     COMMAND ${MPIEXEC_EXECUTABLE} ${MPIEXEC_NUMPROC_FLAG} 2 --oversubscribe --allow-run-as-root --bind-to none
             $<TARGET_FILE:electra-bench> --config tiny --batch 4 --seq 32 --steps 2 --warmup 1 --threads 1
             --peak-gemm 256)
   set_tests_properties(BenchSmoke.ElectraBenchTwoRanks PROPERTIES LABELS bench_smoke TIMEOUT 120
     ENVIRONMENT "OMPI_MCA_rmaps_base_oversubscribe=1;ELECTRA_SKIP_SLURM_CHECK=1"
-    PASS_REGULAR_EXPRESSION "2 rank\\(s\\) x 1 thread.*allreduce +[0-9.]+ ms per step \\([0-9.]+% of the step; overlapped")
+    PASS_REGULAR_EXPRESSION "2 rank\\(s\\) x 1 thread.*allreduce +[0-9.]+ ms per step \\([0-9.]+% of the step; overlapped with backward; transport host\\)")
+  # --transport (electra-train's dist.gradient_transport): the device transports are refused on the CPU with
+  # exit code 2 and the trainer's message; host runs on two CPU ranks, after backward here.
+  add_test(NAME BenchSmoke.ElectraBenchDeviceTransportsNeedCuda
+    COMMAND sh -c "\"$0\" --transport nccl; echo \"exit=$?\"; \"$0\" --transport cuda_aware_mpi; echo \"exit=$?\""
+            $<TARGET_FILE:electra-bench>)
+  set_tests_properties(BenchSmoke.ElectraBenchDeviceTransportsNeedCuda PROPERTIES LABELS bench_smoke TIMEOUT 60
+    PASS_REGULAR_EXPRESSION "--transport: config key 'dist.gradient_transport' = nccl reduces device buffers and needs --device cuda.*exit=2.*--transport: config key 'dist.gradient_transport' = cuda_aware_mpi reduces device buffers and needs --device cuda.*exit=2")
+  add_test(NAME BenchSmoke.ElectraBenchTwoRanksHostTransport
+    COMMAND ${MPIEXEC_EXECUTABLE} ${MPIEXEC_NUMPROC_FLAG} 2 --oversubscribe --allow-run-as-root --bind-to none
+            $<TARGET_FILE:electra-bench> --config tiny --batch 4 --seq 32 --steps 2 --warmup 1 --threads 1
+            --peak-gemm 256 --transport host --no-overlap --json)
+  set_tests_properties(BenchSmoke.ElectraBenchTwoRanksHostTransport PROPERTIES LABELS bench_smoke TIMEOUT 120
+    ENVIRONMENT "OMPI_MCA_rmaps_base_oversubscribe=1;ELECTRA_SKIP_SLURM_CHECK=1"
+    PASS_REGULAR_EXPRESSION "\"allreduce_s\":[0-9].*\"overlap\":false.*\"ranks\":2.*\"transport\":\"host\"")
   # Tensor-core precisions are a CUDA matter: refused on the CPU with exit code 2; fp32 is reported.
   add_test(NAME BenchSmoke.ElectraBenchPrecisionNeedsCuda
     COMMAND sh -c "\"$0\" --precision bf16; echo \"exit=$?\"" $<TARGET_FILE:electra-bench>)
@@ -30,6 +44,14 @@ if(TARGET electra-bench)
             --peak-gemm 64 --storage bf16 --json)
   set_tests_properties(BenchSmoke.ElectraBenchBf16StorageJson PROPERTIES LABELS bench_smoke TIMEOUT 120
     PASS_REGULAR_EXPRESSION "\"storage\":\"bf16\".*\"tokens_per_s\":[0-9]")
+  # On GPUs (skips without one; picked up by tests/cuda/run_on_gpu.sh's -R "...|Nccl|..."): nccl on one GPU
+  # per rank (two ranks with two GPUs, else one), overlapped and not, against host staging, bitwise.
+  if(TARGET electra_backend_cuda)
+    add_test(NAME BenchSmoke.ElectraBenchCudaNccl
+      COMMAND ${CMAKE_CURRENT_LIST_DIR}/gpu_transport_smoke.sh ${MPIEXEC_EXECUTABLE} $<TARGET_FILE:electra-bench>)
+    set_tests_properties(BenchSmoke.ElectraBenchCudaNccl PROPERTIES LABELS "bench_smoke;cuda" TIMEOUT 300
+      SKIP_RETURN_CODE 77 ENVIRONMENT "OMPI_MCA_rmaps_base_oversubscribe=1;ELECTRA_SKIP_SLURM_CHECK=1")
+  endif()
   # No CUDA backend in this build: a clear message and exit code 2, not a crash.
   if(NOT TARGET electra_backend_cuda)
     add_test(NAME BenchSmoke.ElectraBenchCudaIsRefusedClearly

@@ -67,7 +67,8 @@ else
   bench=build-gpu/bin/electra-bench
   # Every test that needs a GPU (they skip themselves elsewhere): the CUDA backend and its host-side
   # parts, the bf16 storage backend (CudaBf16Ops), cuDNN SDPA, cuBLASLt precisions, electra-train --device cuda in every precision, checkpoints
-  # moved between GPU and CPU, electra-eval on the GPU, the NCCL reducer and the gradient transports.
+  # moved between GPU and CPU, electra-eval on the GPU, the NCCL reducer and the gradient transports
+  # (electra-train's, and electra-bench's: BenchSmoke.ElectraBenchCudaNccl).
   ctest --test-dir build-gpu -R "Cuda|Nccl|TransportConfig|EvalE2E|nccl" --output-on-failure 2>&1 |
     tee "$logs/cuda_tests.txt" || status=1
 fi
@@ -99,6 +100,20 @@ if [[ -x "$bench" ]]; then
     # shellcheck disable=SC2086
     "$bench" $args 2>&1 | tee -a "$logs/bench.txt" || echo "electra-bench failed: $args" | tee -a "$logs/bench.txt"
   done
+  # Two GPUs: one rank per GPU, gradients summed on the device with NCCL (overlapped with backward), and
+  # staged through host memory for comparison; the allreduce line says what the transport costs.
+  gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
+  if [[ "${gpus:-0}" -ge 2 ]] && command -v mpirun >/dev/null; then
+    for transport in nccl host; do
+      args="--device cuda --config small --batch 128 --seq 128 --steps 20 --warmup 5 --precision bf16 --transport $transport"
+      echo "== mpirun -np 2 electra-bench $args" | tee -a "$logs/bench.txt"
+      # shellcheck disable=SC2086
+      mpirun -np 2 --allow-run-as-root --bind-to none -x ELECTRA_SKIP_SLURM_CHECK=1 "$bench" $args 2>&1 |
+        tee -a "$logs/bench.txt" || echo "electra-bench failed: mpirun -np 2 $args" | tee -a "$logs/bench.txt"
+    done
+  else
+    echo "fewer than 2 GPUs (or no mpirun): no 2-GPU NCCL benchmark" | tee -a "$logs/bench.txt"
+  fi
 else
   echo "electra-bench not built: no benchmark" | tee "$logs/bench.txt"
 fi
