@@ -30,31 +30,21 @@ using electra::test::read_metrics;
 using electra::test::read_text;
 using electra::test::run;
 
-fs::path g_root;  // temp dir with corpus, vocab, shards; run dirs below it
-
-// The settings every run shares: a very small model on the test shards, one log line per step.
-std::string train_command(int np, const fs::path& run_dir, const std::string& extra = "") {
-  return electra::test::small_train_command(mpirun(np), g_root / "shards", run_dir,
-                                            "--set train.steps=12 --set train.checkpoint_every=4 " + extra);
-}
-
-class TrainE2E : public ::testing::Test {
+class TrainE2E : public electra::test::TrainingDataSuite<TrainE2E> {
  protected:
-  static void SetUpTestSuite() {
-    g_root = electra::test::fresh_temp_dir("electra_e2e");
-    electra::test::write_generated_corpus(g_root / "corpus", 4, 40, 7);
-    ASSERT_NO_FATAL_FAILURE(electra::test::prepare_shards(g_root, mpirun(2)));
+  static void SetUpTestSuite() { ASSERT_NO_FATAL_FAILURE(make_training_data("electra_e2e", 4, 40, 7, mpirun(2))); }
+  // The settings every run shares: a very small model on the test shards, one log line per step.
+  static std::string train_command(int np, const fs::path& run_dir, const std::string& extra = "") {
+    return electra::test::small_train_command(mpirun(np), root() / "shards", run_dir,
+                                              "--set train.steps=12 --set train.checkpoint_every=4 " + extra);
   }
-  static void TearDownTestSuite() { fs::remove_all(g_root); }
-
-  fs::path run_dir(const std::string& name) { return electra::test::cleared(g_root / name); }
 };
 
 TEST_F(TrainE2E, OneTwoAndThreeRanksFollowTheSameLossTrajectory) {
   std::vector<std::vector<nlohmann::json>> runs;
   for (int np : {1, 2, 3}) {
     const fs::path dir = run_dir("ranks" + std::to_string(np));
-    const fs::path log = g_root / ("ranks" + std::to_string(np) + ".log");
+    const fs::path log = root() / ("ranks" + std::to_string(np) + ".log");
     ASSERT_EQ(run(train_command(np, dir), log), 0) << log_of(log);
     runs.push_back(read_metrics(dir));
     ASSERT_EQ(runs.back().size(), 12u) << log_of(log);
@@ -65,7 +55,7 @@ TEST_F(TrainE2E, OneTwoAndThreeRanksFollowTheSameLossTrajectory) {
   expect_same_trajectory(runs[0], runs[2], 1e-4, "1 vs 3 ranks");
   // Gradient accumulation over micro-batches is the same global batch again.
   const fs::path micro = run_dir("micro");
-  const fs::path micro_log = g_root / "micro.log";
+  const fs::path micro_log = root() / "micro.log";
   ASSERT_EQ(run(train_command(2, micro, "--set train.micro_batch_size=2"), micro_log), 0) << log_of(micro_log);
   expect_same_trajectory(runs[0], read_metrics(micro), 1e-4, "1 rank vs 2 ranks x 3 micro-batches");
   // And it learns something: the loss after 12 steps is below the first step's.
@@ -74,11 +64,11 @@ TEST_F(TrainE2E, OneTwoAndThreeRanksFollowTheSameLossTrajectory) {
 
 TEST_F(TrainE2E, ResumeIsBitwiseExactOnTheSameWorldSize) {
   const fs::path straight = run_dir("straight");
-  const fs::path log = g_root / "straight.log";
+  const fs::path log = root() / "straight.log";
   ASSERT_EQ(run(train_command(2, straight), log), 0) << log_of(log);
 
   const fs::path resumed = run_dir("resumed");
-  const fs::path log1 = g_root / "resumed1.log", log2 = g_root / "resumed2.log";
+  const fs::path log1 = root() / "resumed1.log", log2 = root() / "resumed2.log";
   ASSERT_EQ(run(train_command(2, resumed, "--stop-after 6"), log1), 3) << log_of(log1);
   ASSERT_EQ(read_metrics(resumed).size(), 6u);
   ASSERT_EQ(run(train_command(2, resumed, "--resume auto"), log2), 0) << log_of(log2);
@@ -94,10 +84,10 @@ TEST_F(TrainE2E, ResumeIsBitwiseExactOnTheSameWorldSize) {
 
 TEST_F(TrainE2E, ResumeWithAnotherRankCountContinuesTheSameRun) {
   const fs::path straight = run_dir("straight2");
-  const fs::path log = g_root / "straight2.log";
+  const fs::path log = root() / "straight2.log";
   ASSERT_EQ(run(train_command(2, straight), log), 0) << log_of(log);
   const fs::path moved = run_dir("moved");
-  const fs::path log1 = g_root / "moved1.log", log2 = g_root / "moved2.log";
+  const fs::path log1 = root() / "moved1.log", log2 = root() / "moved2.log";
   ASSERT_EQ(run(train_command(2, moved, "--stop-after 5"), log1), 3) << log_of(log1);
   ASSERT_EQ(run(train_command(3, moved, "--resume auto"), log2), 0) << log_of(log2);
   expect_same_trajectory(read_metrics(straight), read_metrics(moved), 1e-4, "2 ranks vs 2 then 3 ranks");
@@ -105,7 +95,7 @@ TEST_F(TrainE2E, ResumeWithAnotherRankCountContinuesTheSameRun) {
 
 TEST_F(TrainE2E, SigusrOnOneRankStopsAllRanksWithACheckpoint) {
   const fs::path dir = run_dir("signal");
-  const fs::path log = g_root / "signal.log";
+  const fs::path log = root() / "signal.log";
   const std::string command = train_command(2, dir, "--set train.steps=100000 --set train.checkpoint_every=0") +
                               " > '" + log.string() + "' 2>&1";
   const pid_t child = fork();
@@ -142,7 +132,7 @@ TEST_F(TrainE2E, SigusrOnOneRankStopsAllRanksWithACheckpoint) {
   ASSERT_TRUE(fs::exists(dir / "checkpoints" / name)) << log_of(log);
 
   // The run continues from there.
-  const fs::path log2 = g_root / "signal2.log";
+  const fs::path log2 = root() / "signal2.log";
   ASSERT_EQ(run(train_command(2, dir, "--set train.steps=100000 --set train.checkpoint_every=0 --stop-after 2"), log2),
             3)
       << log_of(log2);
@@ -152,7 +142,7 @@ TEST_F(TrainE2E, SigusrOnOneRankStopsAllRanksWithACheckpoint) {
 
 TEST_F(TrainE2E, NonFiniteGradientOnOneRankIsSkippedByAllRanks) {
   const fs::path dir = run_dir("nan");
-  const fs::path log = g_root / "nan.log";
+  const fs::path log = root() / "nan.log";
   // Steps are numbered from 1 in logs: debug.nan_step=3 poisons the 4th step.
   ASSERT_EQ(run(train_command(2, dir, "--set debug.nan_step=3 --set debug.nan_rank=1 --set train.steps=8"), log), 0)
       << log_of(log);
@@ -166,7 +156,7 @@ TEST_F(TrainE2E, NonFiniteGradientOnOneRankIsSkippedByAllRanks) {
   EXPECT_EQ(ckpt.state()["skipped_steps"].get<int64_t>(), 1);
 
   const fs::path dir2 = run_dir("nan_stop");
-  const fs::path log2 = g_root / "nan_stop.log";
+  const fs::path log2 = root() / "nan_stop.log";
   EXPECT_EQ(run(train_command(2, dir2, "--set debug.nan_step=2 --set debug.nan_rank=0 --set train.max_skipped_steps=0"),
                 log2),
             4)
@@ -175,7 +165,7 @@ TEST_F(TrainE2E, NonFiniteGradientOnOneRankIsSkippedByAllRanks) {
 
 TEST_F(TrainE2E, ARankThatThrowsEndsTheJobWithinSeconds) {
   const fs::path dir = run_dir("throw");
-  const fs::path log = g_root / "throw.log";
+  const fs::path log = root() / "throw.log";
   const auto start = std::chrono::steady_clock::now();
   const int code = run("timeout 120 " + train_command(2, dir,
                                                       "--set debug.throw_step=3 --set debug.throw_rank=1 "
@@ -190,7 +180,7 @@ TEST_F(TrainE2E, ARankThatThrowsEndsTheJobWithinSeconds) {
 
 TEST_F(TrainE2E, AStuckRankIsAbortedByTheWatchdog) {
   const fs::path dir = run_dir("hang");
-  const fs::path log = g_root / "hang.log";
+  const fs::path log = root() / "hang.log";
   const auto start = std::chrono::steady_clock::now();
   const int code = run("timeout 120 " + train_command(2, dir,
                                                       "--set debug.hang_step=2 --set debug.hang_rank=0 "
@@ -205,7 +195,7 @@ TEST_F(TrainE2E, AStuckRankIsAbortedByTheWatchdog) {
 
 TEST_F(TrainE2E, MaxTimeStopsWithACheckpoint) {
   const fs::path dir = run_dir("maxtime");
-  const fs::path log = g_root / "maxtime.log";
+  const fs::path log = root() / "maxtime.log";
   ASSERT_EQ(run(train_command(2, dir, "--set train.steps=100000 --set train.checkpoint_every=0 --max-time 2"), log), 3)
       << log_of(log);
   EXPECT_NE(read_text(log).find("--max-time"), std::string::npos) << log_of(log);
@@ -218,11 +208,11 @@ TEST_F(TrainE2E, MaxTimeStopsWithACheckpoint) {
 
 TEST_F(TrainE2E, BadInputIsReportedBeforeTrainingAndOverwritesNothing) {
   const fs::path dir = run_dir("bad");
-  const fs::path log = g_root / "bad.log";
+  const fs::path log = root() / "bad.log";
   EXPECT_EQ(run(train_command(2, dir, "--set train.stpes=5"), log), 2);
   EXPECT_NE(read_text(log).find("train.stpes"), std::string::npos) << log_of(log);
   EXPECT_EQ(run(train_command(1, dir, "--set train.batch_size=0"), log), 2) << log_of(log);
-  EXPECT_EQ(run(train_command(1, dir, "--set data.dir=" + (g_root / "missing").string()), log), 2) << log_of(log);
+  EXPECT_EQ(run(train_command(1, dir, "--set data.dir=" + (root() / "missing").string()), log), 2) << log_of(log);
   EXPECT_NE(read_text(log).find("missing"), std::string::npos) << log_of(log);
 
   // A finished run: --resume none refuses to overwrite it; another model config cannot resume it.

@@ -140,6 +140,32 @@ inline void prepare_shards(const std::filesystem::path& root, const std::string&
   preprocess(root, "corpus", "shards", launcher);
 }
 
+// Base of a test suite whose tests train on one set of generated shards, made once for the suite:
+//   class MySuite : public TrainingDataSuite<MySuite> {
+//     static void SetUpTestSuite() { ASSERT_NO_FATAL_FAILURE(make_training_data("name", 2, 30, 17, mpirun(1))); }
+//   };
+// root() holds the corpus, vocab.txt, shards/ and the tests' run directories and logs; it is removed after
+// the suite. Suite (the derived class) keeps each suite's root apart.
+template <typename Suite>
+class TrainingDataSuite : public ::testing::Test {
+ protected:
+  static std::filesystem::path& root() {
+    static std::filesystem::path path;
+    return path;
+  }
+  // root() = a fresh temp dir `name`; write_generated_corpus(files, docs_per_file, seed) into root()/corpus;
+  // prepare_shards started by `launcher`. Fatal on failure: call it inside ASSERT_NO_FATAL_FAILURE.
+  static void make_training_data(const std::string& name, int files, int docs_per_file, uint64_t seed,
+                                 const std::string& launcher) {
+    root() = fresh_temp_dir(name);
+    write_generated_corpus(root() / "corpus", files, docs_per_file, seed);
+    prepare_shards(root(), launcher);
+  }
+  static void TearDownTestSuite() { std::filesystem::remove_all(root()); }
+  // An emptied root()/name for a run.
+  static std::filesystem::path run_dir(const std::string& name) { return cleared(root() / name); }
+};
+
 // electra-train on the small model (kSmallModelFlags) reading `shards`, writing `run_dir`, started by
 // `launcher` ("" or mpirun(n)); `settings` come last so that a test's own --set overrides an earlier one.
 inline std::string small_train_command(const std::string& launcher, const std::filesystem::path& shards,

@@ -27,13 +27,6 @@ using electra::test::read_text;
 using electra::test::run;
 using electra::train::CheckpointFile;
 
-fs::path g_root;  // corpus, vocab, shards; run dirs below it
-
-std::string train_command(int np, const fs::path& run_dir, const std::string& extra) {
-  return electra::test::small_train_command(mpirun(np), g_root / "shards", run_dir,
-                                            "--set train.steps=8 --set train.checkpoint_every=4 " + extra);
-}
-
 std::vector<double> loss_scales(const std::vector<nlohmann::json>& metrics) {
   std::vector<double> out;
   for (const auto& m : metrics) out.push_back(m.at("loss_scale").get<double>());
@@ -46,21 +39,20 @@ std::vector<int64_t> steps(const std::vector<nlohmann::json>& metrics) {
   return out;
 }
 
-class LossScaleTraining : public ::testing::Test {
+class LossScaleTraining : public electra::test::TrainingDataSuite<LossScaleTraining> {
  protected:
   static void SetUpTestSuite() {
-    g_root = electra::test::fresh_temp_dir("electra_loss_scale");
-    electra::test::write_generated_corpus(g_root / "corpus", 2, 30, 11);
-    ASSERT_NO_FATAL_FAILURE(electra::test::prepare_shards(g_root, mpirun(1)));
+    ASSERT_NO_FATAL_FAILURE(make_training_data("electra_loss_scale", 2, 30, 11, mpirun(1)));
   }
-  static void TearDownTestSuite() { fs::remove_all(g_root); }
-
-  fs::path run_dir(const std::string& name) { return electra::test::cleared(g_root / name); }
+  static std::string train_command(int np, const fs::path& run_dir, const std::string& extra) {
+    return electra::test::small_train_command(mpirun(np), root() / "shards", run_dir,
+                                              "--set train.steps=8 --set train.checkpoint_every=4 " + extra);
+  }
 };
 
 TEST_F(LossScaleTraining, FixedPowerOfTwoScaleTrainsBitwiseLikeNoScale) {
   const fs::path plain = run_dir("plain"), scaled = run_dir("scaled");
-  const fs::path log_plain = g_root / "plain.log", log_scaled = g_root / "scaled.log";
+  const fs::path log_plain = root() / "plain.log", log_scaled = root() / "scaled.log";
   ASSERT_EQ(run(train_command(1, plain, ""), log_plain), 0) << log_of(log_plain);
   ASSERT_EQ(
       run(train_command(1, scaled, "--set optim.loss_scale.mode=fixed --set optim.loss_scale.init=1024"), log_scaled),
@@ -80,7 +72,7 @@ TEST_F(LossScaleTraining, OverflowHalvesTheDynamicScaleAndSkipsWithoutCountingAs
   // Two ranks, the non-finite gradient on rank 1 only, no tolerance for failed steps: the overflow must
   // neither end the run nor let the ranks disagree. Steps are numbered from 1: nan_step=3 is the 4th.
   const fs::path dir = run_dir("overflow");
-  const fs::path log = g_root / "overflow.log";
+  const fs::path log = root() / "overflow.log";
   const std::string dynamic =
       "--set optim.loss_scale.mode=dynamic --set optim.loss_scale.init=1024 --set optim.loss_scale.growth_interval=2 "
       "--set train.max_skipped_steps=0 --set debug.nan_step=3 --set debug.nan_rank=1";
@@ -99,7 +91,7 @@ TEST_F(LossScaleTraining, OverflowHalvesTheDynamicScaleAndSkipsWithoutCountingAs
 
   // The same fault with a fixed scale is a failed step: max_skipped_steps=0 ends the run (exit 4).
   const fs::path fixed = run_dir("overflow_fixed");
-  const fs::path log_fixed = g_root / "overflow_fixed.log";
+  const fs::path log_fixed = root() / "overflow_fixed.log";
   EXPECT_EQ(run(train_command(2, fixed,
                               "--set optim.loss_scale.mode=fixed --set optim.loss_scale.init=1024 "
                               "--set train.max_skipped_steps=0 --set debug.nan_step=3 --set debug.nan_rank=1"),
@@ -115,11 +107,11 @@ TEST_F(LossScaleTraining, ResumeWithADynamicScaleIsBitwiseExact) {
       "--set optim.loss_scale.mode=dynamic --set optim.loss_scale.init=1024 --set optim.loss_scale.growth_interval=3 "
       "--set debug.nan_step=2 --set debug.nan_rank=0 --set train.steps=10";
   const fs::path straight = run_dir("straight");
-  const fs::path log = g_root / "straight.log";
+  const fs::path log = root() / "straight.log";
   ASSERT_EQ(run(train_command(1, straight, dynamic), log), 0) << log_of(log);
 
   const fs::path resumed = run_dir("resumed");
-  const fs::path log1 = g_root / "resumed1.log", log2 = g_root / "resumed2.log";
+  const fs::path log1 = root() / "resumed1.log", log2 = root() / "resumed2.log";
   ASSERT_EQ(run(train_command(1, resumed, dynamic + " --stop-after 5"), log1), 3) << log_of(log1);
   const CheckpointFile stopped = CheckpointFile::open(resumed / "checkpoints" / "ckpt-00000005.h5");
   EXPECT_EQ(stopped.state()["loss_scale"].get<double>(), 512.0);
@@ -142,12 +134,12 @@ TEST_F(LossScaleTraining, ResumeWithADynamicScaleIsBitwiseExact) {
 TEST_F(LossScaleTraining, TensorCorePrecisionsAreRefusedOnTheCpu) {
   for (const char* precision : {"bf16", "fp16", "tf32", "fp64"}) {
     const fs::path dir = run_dir(std::string("precision_") + precision);
-    const fs::path log = g_root / (std::string("precision_") + precision + ".log");
+    const fs::path log = root() / (std::string("precision_") + precision + ".log");
     EXPECT_EQ(run(train_command(1, dir, std::string("--set train.precision=") + precision), log), 2) << log_of(log);
     EXPECT_NE(read_text(log).find("train.precision"), std::string::npos) << log_of(log);
   }
   const fs::path dir = run_dir("precision_fp32");
-  const fs::path log = g_root / "precision_fp32.log";
+  const fs::path log = root() / "precision_fp32.log";
   EXPECT_EQ(run(train_command(1, dir, "--set train.precision=fp32 --set train.steps=1"), log), 0) << log_of(log);
   EXPECT_NE(read_text(log).find("precision fp32, storage fp32; loss scaling off"), std::string::npos) << log_of(log);
 }

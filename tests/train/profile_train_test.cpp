@@ -23,13 +23,6 @@ using electra::test::read_metrics;
 using electra::test::read_text;
 using electra::test::run;
 
-fs::path g_root;  // corpus, vocab, shards; run dirs below it
-
-std::string train_command(const std::string& launcher, const fs::path& run_dir, const std::string& extra) {
-  return electra::test::small_train_command(launcher, g_root / "shards", run_dir,
-                                            "--set train.steps=6 --set train.checkpoint_every=3 " + extra);
-}
-
 int count_of(const std::string& text, const std::string& what) {
   int count = 0;
   for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++count;
@@ -42,21 +35,20 @@ int allowed_cpus() {
   return sched_getaffinity(0, sizeof(cpus), &cpus) == 0 ? CPU_COUNT(&cpus) : 0;
 }
 
-class TrainProfile : public ::testing::Test {
+class TrainProfile : public electra::test::TrainingDataSuite<TrainProfile> {
  protected:
   static void SetUpTestSuite() {
-    g_root = electra::test::fresh_temp_dir("electra_train_profile");
-    electra::test::write_generated_corpus(g_root / "corpus", 2, 30, 17);
-    ASSERT_NO_FATAL_FAILURE(electra::test::prepare_shards(g_root, mpirun(1)));
+    ASSERT_NO_FATAL_FAILURE(make_training_data("electra_train_profile", 2, 30, 17, mpirun(1)));
   }
-  static void TearDownTestSuite() { fs::remove_all(g_root); }
-
-  fs::path run_dir(const std::string& name) { return electra::test::cleared(g_root / name); }
+  static std::string train_command(const std::string& launcher, const fs::path& run_dir, const std::string& extra) {
+    return electra::test::small_train_command(launcher, root() / "shards", run_dir,
+                                              "--set train.steps=6 --set train.checkpoint_every=3 " + extra);
+  }
 };
 
 TEST_F(TrainProfile, LogsOnePhaseLinePerWindowAndTrainsBitwiseAsWithout) {
   const fs::path plain = run_dir("plain"), profiled = run_dir("profiled");
-  const fs::path log_plain = g_root / "plain.log", log_profiled = g_root / "profiled.log";
+  const fs::path log_plain = root() / "plain.log", log_profiled = root() / "profiled.log";
   ASSERT_EQ(run(train_command(mpirun(2), plain, "--set train.log_every=2"), log_plain), 0) << log_of(log_plain);
   ASSERT_EQ(run(train_command(mpirun(2), profiled, "--set train.log_every=2 --set train.profile=true"), log_profiled),
             0)
@@ -94,7 +86,7 @@ TEST_F(TrainProfile, WarnsWhenTheThreadsMayRunOnFewerCpus) {
   const std::string one_cpu = "taskset -c 0 " + mpirun(1) + "--bind-to none ";
   const std::string unbound = mpirun(1) + "--bind-to none ";
   const fs::path bound_dir = run_dir("bound"), free_dir = run_dir("unbound");
-  const fs::path bound_log = g_root / "bound.log", free_log = g_root / "unbound.log";
+  const fs::path bound_log = root() / "bound.log", free_log = root() / "unbound.log";
   const std::string two_threads = "--set train.threads=2 --set train.steps=1";
   ASSERT_EQ(run(train_command(one_cpu, bound_dir, two_threads), bound_log), 0) << log_of(bound_log);
   ASSERT_EQ(run(train_command(unbound, free_dir, two_threads), free_log), 0) << log_of(free_log);

@@ -25,28 +25,18 @@ using electra::test::read_metrics;
 using electra::test::read_text;
 using electra::test::run;
 
-fs::path g_root;  // corpus, vocab, shards; run dirs below it
-
-std::string train_command(int np, const fs::path& run_dir, const std::string& extra) {
-  return electra::test::small_train_command(mpirun(np), g_root / "shards", run_dir,
-                                            "--set train.steps=8 --set train.checkpoint_every=4 " + extra);
-}
-
-class StorageTraining : public ::testing::Test {
+class StorageTraining : public electra::test::TrainingDataSuite<StorageTraining> {
  protected:
-  static void SetUpTestSuite() {
-    g_root = electra::test::fresh_temp_dir("electra_storage");
-    electra::test::write_generated_corpus(g_root / "corpus", 2, 30, 17);
-    ASSERT_NO_FATAL_FAILURE(electra::test::prepare_shards(g_root, mpirun(1)));
+  static void SetUpTestSuite() { ASSERT_NO_FATAL_FAILURE(make_training_data("electra_storage", 2, 30, 17, mpirun(1))); }
+  static std::string train_command(int np, const fs::path& run_dir, const std::string& extra) {
+    return electra::test::small_train_command(mpirun(np), root() / "shards", run_dir,
+                                              "--set train.steps=8 --set train.checkpoint_every=4 " + extra);
   }
-  static void TearDownTestSuite() { fs::remove_all(g_root); }
-
-  fs::path run_dir(const std::string& name) { return electra::test::cleared(g_root / name); }
 };
 
 TEST_F(StorageTraining, Bf16FollowsFp32AndResumesBitwise) {
   const fs::path fp32 = run_dir("fp32"), bf16 = run_dir("bf16"), resumed = run_dir("bf16_resumed");
-  const fs::path log_fp32 = g_root / "fp32.log", log_bf16 = g_root / "bf16.log";
+  const fs::path log_fp32 = root() / "fp32.log", log_bf16 = root() / "bf16.log";
   ASSERT_EQ(run(train_command(2, fp32, ""), log_fp32), 0) << log_of(log_fp32);
   ASSERT_EQ(run(train_command(2, bf16, "--set train.storage=bf16"), log_bf16), 0) << log_of(log_bf16);
   EXPECT_NE(read_text(log_fp32).find("precision fp32, storage fp32"), std::string::npos) << log_of(log_fp32);
@@ -60,7 +50,7 @@ TEST_F(StorageTraining, Bf16FollowsFp32AndResumesBitwise) {
   EXPECT_TRUE(any_difference) << "bf16 storage gave fp32's losses bitwise: was it used?";
 
   // Stop after step 4, resume: the same every-step metrics and final tensors, bitwise.
-  const fs::path log1 = g_root / "resumed1.log", log2 = g_root / "resumed2.log";
+  const fs::path log1 = root() / "resumed1.log", log2 = root() / "resumed2.log";
   ASSERT_EQ(run(train_command(2, resumed, "--set train.storage=bf16 --stop-after 4"), log1), 3) << log_of(log1);
   ASSERT_EQ(run(train_command(2, resumed, "--set train.storage=bf16 --resume auto"), log2), 0) << log_of(log2);
   expect_same_trajectory(b, read_metrics(resumed), 0.0, "bf16 straight vs stopped+resumed");
@@ -74,7 +64,7 @@ TEST_F(StorageTraining, CheckpointsMoveBetweenStorages) {
   for (const auto& [first, second] : {std::pair{"bf16", "fp32"}, std::pair{"fp32", "bf16"}}) {
     const std::string name = std::string(first) + "_to_" + second;
     const fs::path straight = run_dir(name + "_straight"), moved = run_dir(name);
-    const fs::path log0 = g_root / (name + "0.log"), log1 = g_root / (name + "1.log"), log2 = g_root / (name + "2.log");
+    const fs::path log0 = root() / (name + "0.log"), log1 = root() / (name + "1.log"), log2 = root() / (name + "2.log");
     ASSERT_EQ(run(train_command(1, straight, std::string("--set train.storage=") + second), log0), 0) << log_of(log0);
     ASSERT_EQ(run(train_command(1, moved, std::string("--set train.storage=") + first + " --stop-after 4"), log1), 3)
         << log_of(log1);
@@ -94,7 +84,7 @@ TEST_F(StorageTraining, CheckpointsMoveBetweenStorages) {
 
 TEST_F(StorageTraining, BadValuesAndContradictionsAreRefusedNamingTheKey) {
   const fs::path dir = run_dir("bad");
-  const fs::path log = g_root / "bad.log";
+  const fs::path log = root() / "bad.log";
   EXPECT_EQ(run(train_command(1, dir, "--set train.storage=fp16"), log), 2) << log_of(log);
   EXPECT_NE(read_text(log).find("train.storage"), std::string::npos) << log_of(log);
   EXPECT_NE(read_text(log).find("fp16"), std::string::npos) << log_of(log);
