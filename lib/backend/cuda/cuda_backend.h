@@ -92,7 +92,9 @@ std::unique_ptr<Backend<float>> make_cuda_backend(int device = 0, const CudaBack
 // one stream; wide() returns it; name() is "cuda-bf16". Activations and weight copies are bf16, arithmetic
 // is fp32 (bf16 GEMM operands with fp32 accumulation; weight gradients accumulate in fp32); each op
 // matches the CPU reference (make_cpu_bf16_backend: widen, float op, narrow) to bf16 rounding, and dropout
-// keep masks and Gumbel samples bitwise. Attention widens to fp32 and runs the float backend's op. The
+// keep masks and Gumbel samples bitwise. Attention runs on the bf16 tensors (cuDNN SDPA in place for the
+// fused calls it serves, else our kernels with fp32 scores per head), rounding the probabilities / score
+// gradients it feeds to its GEMMs to bf16 where the reference keeps them fp32 (cuda_bf16_backend.cpp). The
 // optimizer ops (adamw_step*) fail: they run on wide(). cuda_stream_of etc. take wide().
 std::unique_ptr<Backend<bfloat16>> make_cuda_bf16_backend(Backend<float>& cuda_backend);
 

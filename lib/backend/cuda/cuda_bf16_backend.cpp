@@ -1,16 +1,25 @@
 // Backend<bfloat16> on a CUDA device (make_cuda_bf16_backend, cuda_backend.h): bf16 storage, fp32
 // arithmetic, fp32 ("wide") gradients, statistics, losses and scalars. It owns no device resources of its
-// own except a conversion scratch buffer: memory, stream, error word, cuBLAS/cuBLASLt handles and
-// workspace are the float CUDA backend's (cuda_backend_impl.h), so the ops of both are ordered on one
-// stream and wide() is that backend. The reference is the CPU adaptor (make_cpu_bf16_backend): widen the
-// bf16 inputs, run the float op, round the bf16 outputs to nearest-even; the kernels do the same per
-// element (kernels.h), and the GEMMs read bf16 on tensor cores with fp32 accumulation.
+// own: memory, stream, error word, cuBLAS/cuBLASLt handles, workspace and cuDNN SDPA are the float CUDA
+// backend's (cuda_backend_impl.h), so the ops of both are ordered on one stream and wide() is that
+// backend. The reference is the CPU adaptor (make_cpu_bf16_backend): widen the bf16 inputs, run the float
+// op, round the bf16 outputs to nearest-even; the kernels do the same per element (kernels.h), and the
+// GEMMs read bf16 on tensor cores with fp32 accumulation.
+//
+// Attention is native bf16 (nothing of [B,H,S,S] or [B,S,3,H,D] is widened into fp32): cuDNN SDPA reads
+// and writes the bf16 tensors in place for the fused calls it serves (dropout 0), and our kernels take
+// the rest one head at a time with fp32 scores in a [B,S,S] workspace slice. Where the reference keeps
+// the probabilities (dropped or not) and the score gradients in fp32 between its GEMMs, these kernels
+// round them to bf16 as the operands of the P.V, P^T.dO and dS GEMMs (as cuDNN does inside): one
+// rounding of each product's operand more than the reference, within the bf16 tolerance the tests use
+// (norm-wise 1e-2; tests/cuda/bf16_backend_test.cpp, emulated on the CPU by
+// tests/cuda/attention_bf16_emulation_test.cpp). Scores, softmax, stats and keep bits are the float
+// path's.
 #include <cublas_v2.h>
 #include <cuda_runtime_api.h>
 
 #include <cmath>
 #include <cstdint>
-#include <initializer_list>
 #include <memory>
 #include <string>
 
@@ -25,9 +34,6 @@ namespace electra::cuda {
 class CudaBf16Backend final : public Backend<bfloat16> {
  public:
   explicit CudaBf16Backend(CudaBackend& wide) : f_(wide) {}
-  ~CudaBf16Backend() override {
-    if (scratch_ != nullptr) f_.raw_free(scratch_);  // waits for the stream; never throws
-  }
   CudaBf16Backend(const CudaBf16Backend&) = delete;
   CudaBf16Backend& operator=(const CudaBf16Backend&) = delete;
 
@@ -245,69 +251,165 @@ class CudaBf16Backend final : public Backend<bfloat16> {
     cuda::scatter_add_rows(s(), dx, dout, positions, B, S, P, C);
   }
 
-  // ---- attention ----
-  // First version: the bf16 tensors are widened into fp32 scratch, the float backend's op runs (its own
-  // kernels, or cuDNN SDPA for the fused calls it serves, as in its bf16 precision mode) and the bf16
-  // outputs are narrowed; the arithmetic is the reference's. Native bf16 attention kernels, or handing
-  // cuDNN the bf16 qkv directly (it converts fp32 qkv to bf16 itself, sdpa_convert.cu), would save these
-  // conversions and the fp32 copies.
+  // ---- attention: bf16 q/k/v, context, probabilities and gradients in place, fp32 scores and stats ----
+  // Nothing is widened: the fused calls cuDNN SDPA serves (dropout 0, sdpa_cudnn.h) read and write the
+  // bf16 tensors directly; every other call runs our kernels one head at a time, as the float backend
+  // does: bf16 q.k^T into fp32 scores ([B,S,S], the workspace), the float path's row kernels (or their
+  // bf16-probability twins, attention_bf16.cu) with its keep bits, and the probabilities or score
+  // gradients rounded to bf16 for the GEMMs that follow. That rounding is the one difference from the
+  // reference (widen, float op, narrow), which keeps them fp32: see the file comment.
   void attention_forward(bfloat16* context, bfloat16* probs, uint8_t* keep, const bfloat16* qkv, const int32_t* mask,
                          int B, int S, int H, int D, float dropout, const DropoutKey& key) override {
     check_attention_shape(B, S, H, D, dropout, "attention_forward");
+    ELECTRA_CHECK(dropout == 0.0f || keep != nullptr, "attention_forward: keep mask is null with dropout ", dropout);
+    ELECTRA_CHECK(dropout == 0.0f || key.elements_per_example > 0, "attention_forward: elements_per_example is 0");
     if (B == 0) return;
-    const size_t tokens = static_cast<size_t>(B) * S, hd = static_cast<size_t>(H) * D;
-    const size_t probs_n = static_cast<size_t>(B) * H * S * S;
-    Scratch scratch(*this, {3 * tokens * hd, tokens * hd, probs_n});
-    float *qkv_f = scratch[0], *context_f = scratch[1], *probs_f = scratch[2];
-    widen(qkv_f, qkv, 3 * tokens * hd);
-    f_.attention_forward(context_f, probs_f, keep, qkv_f, mask, B, S, H, D, dropout, key);
-    narrow(context, context_f, tokens * hd);
-    narrow(probs, probs_f, probs_n);
+    f_.activate();
+    const HeadLayout a(B, S, H, D);
+    // Head h's fp32 scores, then (with dropout) its dropped probabilities in bf16.
+    char* ws = f_.workspace<char>(aligned(a.bss * sizeof(float)) + (dropout > 0.0f ? aligned(a.bss * 2) : 0));
+    float* scores = reinterpret_cast<float*>(ws);
+    bfloat16* dropped = dropout > 0.0f ? reinterpret_cast<bfloat16*>(ws + aligned(a.bss * sizeof(float))) : nullptr;
+    for (int h = 0; h < H; ++h) {
+      const bfloat16* q = qkv + a.head(h);
+      const bfloat16* k = q + a.hd;
+      const bfloat16* v = q + 2 * a.hd;
+      gemm_batched(Transpose::kNo, Transpose::kYes, S, S, D, a.score_scale, q, a.ld_qkv, a.qkv_batch, k, a.ld_qkv,
+                   a.qkv_batch, scores, CUDA_R_32F, S, a.ss, B);
+      cuda::bf16_attention_softmax_forward(s(), scores, probs, keep, dropped, mask, B, H, S, h, dropout, key);
+      // context[b, :, h, :] = attend v, attend the bf16 probabilities (head h of probs) or dropped ones.
+      const bfloat16* attend = dropout > 0.0f ? dropped : probs + h * a.ss;
+      const long long attend_batch = dropout > 0.0f ? a.ss : H * a.ss;
+      gemm_batched(Transpose::kNo, Transpose::kNo, S, D, S, 1.0f, attend, S, attend_batch, v, a.ld_qkv, a.qkv_batch,
+                   context + a.head(h), CUDA_R_16BF, a.ld_ctx, a.ctx_batch, B);
+    }
   }
-  void attention_backward(bfloat16* dqkv, bfloat16* scratch_bf16, const bfloat16* dcontext, const bfloat16* qkv,
+  void attention_backward(bfloat16* dqkv, bfloat16* scratch, const bfloat16* dcontext, const bfloat16* qkv,
                           const bfloat16* probs, const uint8_t* keep, const int32_t* mask, int B, int S, int H, int D,
                           float dropout) override {
-    (void)scratch_bf16;  // the float op needs fp32 scratch: ours
     check_attention_shape(B, S, H, D, dropout, "attention_backward");
+    ELECTRA_CHECK(dropout == 0.0f || keep != nullptr, "attention_backward: keep mask is null with dropout ", dropout);
+    ELECTRA_CHECK(scratch != nullptr, "attention_backward: scratch is null");
+    (void)mask;  // masked keys have probability 0, so their score gradients vanish through probs alone
     if (B == 0) return;
-    const size_t tokens = static_cast<size_t>(B) * S, hd = static_cast<size_t>(H) * D;
-    const size_t probs_n = static_cast<size_t>(B) * H * S * S;
-    Scratch scratch(*this, {3 * tokens * hd, tokens * hd, probs_n, probs_n, 3 * tokens * hd});
-    float *qkv_f = scratch[0], *dcontext_f = scratch[1], *probs_f = scratch[2], *ds_f = scratch[3],
-          *dqkv_f = scratch[4];
-    widen(qkv_f, qkv, 3 * tokens * hd);
-    widen(dcontext_f, dcontext, tokens * hd);
-    widen(probs_f, probs, probs_n);
-    f_.attention_backward(dqkv_f, ds_f, dcontext_f, qkv_f, probs_f, keep, mask, B, S, H, D, dropout);
-    narrow(dqkv, dqkv_f, 3 * tokens * hd);
+    f_.activate();
+    const HeadLayout a(B, S, H, D);
+    const float keep_scale = dropout > 0.0f ? 1.0f / (1.0f - dropout) : 1.0f;
+    const uint8_t* k_mask = dropout > 0.0f ? keep : nullptr;
+    // Head h's fp32 d(attend), then (with dropout) its dropped probabilities in bf16; its bf16 d(scores)
+    // go into the first [B,S,S] of the caller's scratch.
+    char* ws = f_.workspace<char>(aligned(a.bss * sizeof(float)) + (dropout > 0.0f ? aligned(a.bss * 2) : 0));
+    float* dattend = reinterpret_cast<float*>(ws);
+    bfloat16* dropped = dropout > 0.0f ? reinterpret_cast<bfloat16*>(ws + aligned(a.bss * sizeof(float))) : nullptr;
+    bfloat16* ds = scratch;
+    for (int h = 0; h < H; ++h) {
+      const bfloat16* q = qkv + a.head(h);
+      const bfloat16* k = q + a.hd;
+      const bfloat16* v = q + 2 * a.hd;
+      bfloat16* dq = dqkv + a.head(h);
+      bfloat16* dk = dq + a.hd;
+      bfloat16* dv = dq + 2 * a.hd;
+      const bfloat16* dctx = dcontext + a.head(h);
+      const bfloat16* attend = probs + h * a.ss;
+      long long attend_batch = H * a.ss;
+      if (dropout > 0.0f) {
+        cuda::bf16_attention_apply_keep(s(), dropped, probs, keep, B, H, S, h, keep_scale);
+        attend = dropped;
+        attend_batch = a.ss;
+      }
+      // dv = attend^T dctx
+      gemm_batched(Transpose::kYes, Transpose::kNo, S, D, S, 1.0f, attend, S, attend_batch, dctx, a.ld_ctx, a.ctx_batch,
+                   dv, CUDA_R_16BF, a.ld_qkv, a.qkv_batch, B);
+      // d(attend) = dctx v^T in fp32, then through dropout and softmax into bf16 d(scores).
+      gemm_batched(Transpose::kNo, Transpose::kYes, S, S, D, 1.0f, dctx, a.ld_ctx, a.ctx_batch, v, a.ld_qkv,
+                   a.qkv_batch, dattend, CUDA_R_32F, S, a.ss, B);
+      cuda::bf16_attention_softmax_backward(s(), ds, dattend, probs, k_mask, B, H, S, h, keep_scale, a.score_scale);
+      // dq = ds k; dk = ds^T q
+      gemm_batched(Transpose::kNo, Transpose::kNo, S, D, S, 1.0f, ds, S, a.ss, k, a.ld_qkv, a.qkv_batch, dq,
+                   CUDA_R_16BF, a.ld_qkv, a.qkv_batch, B);
+      gemm_batched(Transpose::kYes, Transpose::kNo, S, D, S, 1.0f, ds, S, a.ss, q, a.ld_qkv, a.qkv_batch, dk,
+                   CUDA_R_16BF, a.ld_qkv, a.qkv_batch, B);
+    }
   }
+  // Every valid shape, as the float backend: cuDNN SDPA where it serves, our kernels elsewhere.
   bool fused_attention_supported(int B, int S, int H, int D, float dropout) const override {
     return f_.fused_attention_supported(B, S, H, D, dropout);
   }
   void fused_attention_forward(bfloat16* context, float* stats, const bfloat16* qkv, const int32_t* mask, int B, int S,
                                int H, int D, float dropout, const DropoutKey& key) override {
     check_attention_shape(B, S, H, D, dropout, "fused_attention_forward");
+    ELECTRA_CHECK(dropout == 0.0f || key.elements_per_example > 0,
+                  "fused_attention_forward: elements_per_example is 0");
     if (B == 0) return;
-    const size_t tokens = static_cast<size_t>(B) * S, hd = static_cast<size_t>(H) * D;
-    Scratch scratch(*this, {3 * tokens * hd, tokens * hd});
-    float *qkv_f = scratch[0], *context_f = scratch[1];
-    widen(qkv_f, qkv, 3 * tokens * hd);
-    f_.fused_attention_forward(context_f, stats, qkv_f, mask, B, S, H, D, dropout, key);
-    narrow(context, context_f, tokens * hd);
+    f_.activate();
+    // The float backend's choice (same arguments, same cached answer in forward and backward).
+    if (cuda::CudnnSdpa* sdpa = f_.sdpa_for(B, S, H, D, dropout)) {
+      sdpa->forward_bf16(context, stats, qkv, mask, B, S, H, D, dropout, key);
+      return;
+    }
+    const HeadLayout a(B, S, H, D);
+    // Head h's fp32 scores (then dropped probabilities) and their bf16 copy for the P.V GEMM.
+    char* ws = f_.workspace<char>(aligned(a.bss * sizeof(float)) + aligned(a.bss * 2));
+    float* p = reinterpret_cast<float*>(ws);
+    bfloat16* attend = reinterpret_cast<bfloat16*>(ws + aligned(a.bss * sizeof(float)));
+    for (int h = 0; h < H; ++h) {
+      const bfloat16* q = qkv + a.head(h);
+      const bfloat16* k = q + a.hd;
+      const bfloat16* v = q + 2 * a.hd;
+      gemm_batched(Transpose::kNo, Transpose::kYes, S, S, D, a.score_scale, q, a.ld_qkv, a.qkv_batch, k, a.ld_qkv,
+                   a.qkv_batch, p, CUDA_R_32F, S, a.ss, B);
+      cuda::fused_attention_softmax_forward(s(), p, stats, mask, B, H, S, h, dropout, key);
+      cuda::narrow(s(), attend, p, a.bss);
+      gemm_batched(Transpose::kNo, Transpose::kNo, S, D, S, 1.0f, attend, S, a.ss, v, a.ld_qkv, a.qkv_batch,
+                   context + a.head(h), CUDA_R_16BF, a.ld_ctx, a.ctx_batch, B);
+    }
   }
   void fused_attention_backward(bfloat16* dqkv, const bfloat16* dcontext, const bfloat16* qkv, const bfloat16* context,
                                 const float* stats, const int32_t* mask, int B, int S, int H, int D, float dropout,
                                 const DropoutKey& key) override {
     check_attention_shape(B, S, H, D, dropout, "fused_attention_backward");
+    ELECTRA_CHECK(dropout == 0.0f || key.elements_per_example > 0,
+                  "fused_attention_backward: elements_per_example is 0");
     if (B == 0) return;
-    const size_t tokens = static_cast<size_t>(B) * S, hd = static_cast<size_t>(H) * D;
-    Scratch scratch(*this, {3 * tokens * hd, tokens * hd, tokens * hd, 3 * tokens * hd});
-    float *qkv_f = scratch[0], *dcontext_f = scratch[1], *context_f = scratch[2], *dqkv_f = scratch[3];
-    widen(qkv_f, qkv, 3 * tokens * hd);
-    widen(dcontext_f, dcontext, tokens * hd);
-    widen(context_f, context, tokens * hd);
-    f_.fused_attention_backward(dqkv_f, dcontext_f, qkv_f, context_f, stats, mask, B, S, H, D, dropout, key);
-    narrow(dqkv, dqkv_f, 3 * tokens * hd);
+    f_.activate();
+    if (cuda::CudnnSdpa* sdpa = f_.sdpa_for(B, S, H, D, dropout)) {
+      sdpa->backward_bf16(dqkv, dcontext, qkv, context, stats, mask, B, S, H, D, dropout, key);
+      return;
+    }
+    const HeadLayout a(B, S, H, D);
+    // Head h's fp32 probabilities and dropped probabilities then d(scores), and a bf16 slice for the
+    // GEMM operand made of either.
+    const size_t fp32_slice = aligned(a.bss * sizeof(float));
+    char* ws = f_.workspace<char>(2 * fp32_slice + aligned(a.bss * 2));
+    float* p = reinterpret_cast<float*>(ws);
+    float* ds = reinterpret_cast<float*>(ws + fp32_slice);
+    bfloat16* operand = reinterpret_cast<bfloat16*>(ws + 2 * fp32_slice);
+    for (int h = 0; h < H; ++h) {
+      const bfloat16* q = qkv + a.head(h);
+      const bfloat16* k = q + a.hd;
+      const bfloat16* v = q + 2 * a.hd;
+      bfloat16* dq = dqkv + a.head(h);
+      bfloat16* dk = dq + a.hd;
+      bfloat16* dv = dq + 2 * a.hd;
+      const bfloat16* dctx = dcontext + a.head(h);
+      gemm_batched(Transpose::kNo, Transpose::kYes, S, S, D, a.score_scale, q, a.ld_qkv, a.qkv_batch, k, a.ld_qkv,
+                   a.qkv_batch, p, CUDA_R_32F, S, a.ss, B);
+      cuda::fused_attention_recompute(s(), p, dropout > 0.0f ? ds : nullptr, stats, mask, B, H, S, h, dropout, key);
+      // dv = attend^T dctx
+      cuda::narrow(s(), operand, dropout > 0.0f ? ds : p, a.bss);
+      gemm_batched(Transpose::kYes, Transpose::kNo, S, D, S, 1.0f, operand, S, a.ss, dctx, a.ld_ctx, a.ctx_batch, dv,
+                   CUDA_R_16BF, a.ld_qkv, a.qkv_batch, B);
+      // d(attend) = dctx v^T in fp32, then through dropout and softmax.
+      gemm_batched(Transpose::kNo, Transpose::kYes, S, S, D, 1.0f, dctx, a.ld_ctx, a.ctx_batch, v, a.ld_qkv,
+                   a.qkv_batch, ds, CUDA_R_32F, S, a.ss, B);
+      cuda::fused_attention_softmax_backward(s(), ds, p, B, H, S, h, dropout, key, a.score_scale);
+      // dq = ds k; dk = ds^T q (the operand slice is free again: dv's GEMM is before this in the stream)
+      cuda::narrow(s(), operand, ds, a.bss);
+      gemm_batched(Transpose::kNo, Transpose::kNo, S, D, S, 1.0f, operand, S, a.ss, k, a.ld_qkv, a.qkv_batch, dq,
+                   CUDA_R_16BF, a.ld_qkv, a.qkv_batch, B);
+      gemm_batched(Transpose::kYes, Transpose::kNo, S, D, S, 1.0f, operand, S, a.ss, q, a.ld_qkv, a.qkv_batch, dk,
+                   CUDA_R_16BF, a.ld_qkv, a.qkv_batch, B);
+    }
   }
 
   // ---- losses and sampling: bf16 logits and logit gradients, fp32 losses and grad scales ----
@@ -383,47 +485,43 @@ class CudaBf16Backend final : public Backend<bfloat16> {
                                       CUBLAS_GEMM_DEFAULT));
   }
 
-  // fp32 conversion buffers of one attention call, carved from this backend's scratch (not the float
-  // backend's workspace, which the float op it calls uses itself). Valid until the next Scratch.
-  class Scratch {
-   public:
-    Scratch(CudaBf16Backend& owner, std::initializer_list<size_t> sizes) {
-      ELECTRA_CHECK(sizes.size() <= kMaxPieces, "cuda-bf16 scratch: ", sizes.size(), " pieces, at most ", kMaxPieces);
-      size_t bytes = 0;
-      for (const size_t n : sizes) bytes += aligned(n * sizeof(float));
-      char* base = static_cast<char*>(owner.scratch(bytes));
-      size_t offset = 0;
-      for (const size_t n : sizes) {
-        pieces_[count_++] = reinterpret_cast<float*>(base + offset);
-        offset += aligned(n * sizeof(float));
-      }
-    }
-    float* operator[](size_t i) const { return pieces_[i]; }
-
-   private:
-    static constexpr size_t kMaxPieces = 8;
-    static size_t aligned(size_t bytes) { return (bytes + 255) / 256 * 256; }
-    float* pieces_[kMaxPieces] = {};
-    size_t count_ = 0;
-  };
-
-  // Grows (never shrinks) the scratch buffer; growing waits for the stream, as the old one may be in use.
-  void* scratch(size_t bytes) {
-    if (bytes > scratch_bytes_) {
-      f_.activate();
-      ELECTRA_CUDA_CHECK(cudaStreamSynchronize(stream()));
-      if (scratch_ != nullptr) f_.raw_free(scratch_);
-      scratch_ = nullptr;
-      scratch_bytes_ = 0;
-      scratch_ = f_.raw_allocate(bytes);
-      scratch_bytes_ = bytes;
-    }
-    return scratch_;
+  // cublasGemmStridedBatchedEx on bf16 A and B, C of c_type (bf16, or fp32 attention scores), beta 0.
+  void gemm_batched(Transpose ta, Transpose tb, int m, int n, int k, float alpha, const bfloat16* a, int lda,
+                    long long stride_a, const bfloat16* b, int ldb, long long stride_b, void* c, cudaDataType_t c_type,
+                    int ldc, long long stride_c, int batch) {
+    const float beta = 0.0f;
+    // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
+    ELECTRA_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+        f_.cublas_, to_cublas(tb), to_cublas(ta), n, m, k, &alpha, b, CUDA_R_16BF, ldb, stride_b, a, CUDA_R_16BF, lda,
+        stride_a, &beta, c, c_type, ldc, stride_c, batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   }
 
-  CudaBackend& f_;  // the float backend whose device, stream, arena and handles these ops use
-  void* scratch_ = nullptr;
-  size_t scratch_bytes_ = 0;
+  // The strided views of one head of qkv [B,S,3,H,D] and context [B,S,H,D] (the float backend's), and the
+  // size of a head's [B,S,S] slice.
+  struct HeadLayout {
+    HeadLayout(int B, int S, int H, int D)
+        : hd(static_cast<size_t>(H) * D),
+          ld_qkv(3 * H * D),
+          ld_ctx(H * D),
+          ss(static_cast<long long>(S) * S),
+          bss(static_cast<size_t>(B) * S * S),
+          qkv_batch(static_cast<long long>(S) * 3 * H * D),
+          ctx_batch(static_cast<long long>(S) * H * D),
+          score_scale(1.0f / std::sqrt(static_cast<float>(D))),
+          head_size(D) {}
+    size_t head(int h) const { return static_cast<size_t>(h) * head_size; }  // offset of head h in a token's row
+    size_t hd;
+    int ld_qkv, ld_ctx;
+    long long ss;
+    size_t bss;
+    long long qkv_batch, ctx_batch;
+    float score_scale;
+    int head_size;
+  };
+  // Slices carved from the float backend's workspace start 256-byte aligned.
+  static size_t aligned(size_t bytes) { return (bytes + 255) / 256 * 256; }
+
+  CudaBackend& f_;  // the float backend whose device, stream, arena, workspace and handles these ops use
 };
 
 }  // namespace electra::cuda

@@ -124,6 +124,26 @@ void fused_attention_recompute(const Stream& s, float* probs, float* dropped, co
 void fused_attention_softmax_backward(const Stream& s, float* ds, const float* probs, int B, int H, int S, int h,
                                       float dropout, const DropoutKey& key, float score_scale);
 
+// ---- attention_bf16.cu: the rows of the bf16 storage backend's materialised attention ----
+// attention_softmax_forward / _backward above with bf16 storage, one head h at a time: the scores and
+// d(attend) are fp32 [B,S,S] slices (bf16 GEMM operands, fp32 accumulation), probs [B,H,S,S] is bf16, and
+// the operands of the GEMMs that follow (attend, ds: [B,S,S]) are rounded to bf16. Same arithmetic and
+// keep bits as the float kernels.
+// scores holds head h's scaled scores; on return its probabilities (fp32); probs (head h) gets them
+// rounded; keep (may be null when dropout == 0) the keep bits; attend (null when dropout == 0) the
+// probabilities times keep / (1 - dropout), rounded.
+void bf16_attention_softmax_forward(const Stream& s, float* scores, bfloat16* probs, uint8_t* keep, bfloat16* attend,
+                                    const int32_t* mask, int B, int H, int S, int h, float dropout,
+                                    const DropoutKey& key);
+// attend [B,S,S] = probs (head h) * keep * keep_scale, rounded.
+void bf16_attention_apply_keep(const Stream& s, bfloat16* attend, const bfloat16* probs, const uint8_t* keep, int B,
+                               int H, int S, int h, float keep_scale);
+// dp holds d(attend) of head h; on return dp * keep * keep_scale (keep may be null: no dropout), and ds
+// [B,S,S] = p * (dp - sum_j p dp) * score_scale rounded, p the probabilities of head h.
+void bf16_attention_softmax_backward(const Stream& s, bfloat16* ds, float* dp, const bfloat16* probs,
+                                     const uint8_t* keep, int B, int H, int S, int h, float keep_scale,
+                                     float score_scale);
+
 // ---- embedding.cu ----
 template <typename T>
 void embedding_forward(const Stream& s, T* out, const int32_t* ids, const int32_t* type_ids, const T* word_table,

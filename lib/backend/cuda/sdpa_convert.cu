@@ -1,5 +1,6 @@
-// The small kernels around cuDNN SDPA (sdpa_cudnn.h): sequence lengths from the mask, and conversions
-// between the backend's fp32 storage and the bf16/fp16 copies cuDNN reads and writes.
+// The small kernels around cuDNN SDPA (sdpa_cudnn.h): sequence lengths from the mask, conversions
+// between the backend's fp32 storage and the bf16/fp16 copies cuDNN reads and writes, and the padding-key
+// gradients of a bf16-storage dqkv that cuDNN wrote in place.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -63,6 +64,15 @@ __global__ void dqkv_from_half_kernel(float* dqkv, const Half* dqkv_half, const 
   }
 }
 
+// Grid-stride over the whole [B,S,3,H,D] buffer, writing only the padding keys' elements.
+__global__ void zero_padding_key_gradients_kernel(__nv_bfloat16* dqkv, const int32_t* kv_lengths, size_t n, int S,
+                                                  int H, int D) {
+  for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<size_t>(gridDim.x) * blockDim.x) {
+    if (is_padding_key_gradient(i, S, H, D, kv_lengths)) dqkv[i] = __float2bfloat16_rn(0.0f);
+  }
+}
+
 }  // namespace
 
 void sequence_lengths(const Stream& s, int32_t* q_lengths, int32_t* kv_lengths, const int32_t* mask, int B, int S) {
@@ -104,6 +114,15 @@ void dqkv_from_half(const Stream& s, float* dqkv, const void* dqkv_half, const i
                                                                    kv_lengths, n, S, H, D);
   }
   ELECTRA_CUDA_CHECK_LAUNCH("dqkv_from_half_kernel");
+}
+
+void zero_padding_key_gradients(const Stream& s, bfloat16* dqkv, const int32_t* kv_lengths, int B, int S, int H,
+                                int D) {
+  const size_t n = 3 * static_cast<size_t>(B) * S * H * D;
+  if (n == 0) return;
+  zero_padding_key_gradients_kernel<<<grid_for(n, s), kBlock, 0, s.stream>>>(reinterpret_cast<__nv_bfloat16*>(dqkv),
+                                                                             kv_lengths, n, S, H, D);
+  ELECTRA_CUDA_CHECK_LAUNCH("zero_padding_key_gradients_kernel");
 }
 
 }  // namespace electra::cuda::sdpa

@@ -291,6 +291,29 @@ float* CudnnSdpa::aligned_stats(float* stats, size_t n) {
   return static_cast<float*>(grow(stats_copy_, n * sizeof(float)));
 }
 
+const void* CudnnSdpa::aligned_input(const void* data, size_t bytes, Scratch& staging) {
+  if (reinterpret_cast<uintptr_t>(data) % kAlignment == 0) return data;
+  void* copy = grow(staging, bytes);
+  ELECTRA_CUDA_CHECK(cudaMemcpyAsync(copy, data, bytes, cudaMemcpyDeviceToDevice, stream_));
+  return copy;
+}
+
+void* CudnnSdpa::aligned_output(void* data, size_t bytes, Scratch& staging) {
+  if (reinterpret_cast<uintptr_t>(data) % kAlignment == 0) return data;
+  return grow(staging, bytes);
+}
+
+void CudnnSdpa::copy_back(void* data, const void* used, size_t bytes) {
+  if (data != used) ELECTRA_CUDA_CHECK(cudaMemcpyAsync(data, used, bytes, cudaMemcpyDeviceToDevice, stream_));
+}
+
+int32_t* CudnnSdpa::sequence_lengths_for(const int32_t* mask, int B, int S) {
+  const size_t kv_at = sdpa::kv_lengths_offset(B);
+  auto* lengths = static_cast<int32_t*>(grow(lengths_, 2 * kv_at * sizeof(int32_t)));
+  sdpa::sequence_lengths(stream_struct(), lengths, lengths + kv_at, mask, B, S);
+  return lengths;
+}
+
 std::unique_ptr<CudnnSdpa::Plan> CudnnSdpa::build_plan(const sdpa::PlanKey& key, std::string* why) {
   auto plan = std::make_unique<Plan>();
   std::vector<Descriptor>& keep = plan->keep;
@@ -560,6 +583,72 @@ void CudnnSdpa::backward(float* dqkv, const float* dcontext, const float* qkv, c
 
   // Padding keys' dK/dV may be left unwritten by cuDNN; the conversion sets them to 0.
   sdpa::dqkv_from_half(s, dqkv, dqkv_h, lengths + kv_at, B, S, H, D, precision_);
+}
+
+void CudnnSdpa::forward_bf16(bfloat16* context, float* stats, const bfloat16* qkv, const int32_t* mask, int B, int S,
+                             int H, int D, float dropout, const DropoutKey& key) {
+  (void)key;  // no dropout
+  ELECTRA_CHECK(precision_ == CudaPrecision::kBf16, "CudnnSdpa::forward_bf16: precision ", to_string(precision_),
+                " (bf16 storage needs the bf16 graph)");
+  const Plan& plan = plan_for("CudnnSdpa::forward_bf16", false, B, S, H, D, dropout);
+  activate();
+  const size_t bf16 = sizeof(bfloat16);
+  const size_t qkv_bytes = 3 * static_cast<size_t>(B) * S * H * D * bf16, ctx_bytes = qkv_bytes / 3;
+  const size_t stats_n = static_cast<size_t>(B) * H * S;
+
+  int32_t* lengths = sequence_lengths_for(mask, B, S);
+  // Q, K and V are views into the caller's qkv; the head offsets H*D*2 bytes keep 16-byte alignment (D % 8 == 0).
+  const char* qkv_in = static_cast<const char*>(aligned_input(qkv, qkv_bytes, qkv_half_));
+  void* out = aligned_output(context, ctx_bytes, out_half_);
+  void* workspace = plan.workspace_bytes > 0 ? grow(workspace_, plan.workspace_bytes) : nullptr;
+  float* stats_out = aligned_stats(stats, stats_n);
+
+  scale_ = 1.0f / std::sqrt(static_cast<float>(D));
+  const int64_t hd_bytes = static_cast<int64_t>(H) * D * bf16;
+  const int64_t uids[] = {kUidQ, kUidK, kUidV, kUidO, kUidStats, kUidScale, kUidSeqLenQ, kUidSeqLenKv};
+  char* q = const_cast<char*>(qkv_in);  // cuDNN only reads it; the variant pack takes void*
+  void* pointers[] = {q,         q + hd_bytes, q + 2 * hd_bytes, out,
+                      stats_out, &scale_,      lengths,          lengths + sdpa::kv_lengths_offset(B)};
+  execute_plan(handle_, plan.plan, uids, pointers, workspace);
+
+  copy_back(context, out, ctx_bytes);
+  copy_back(stats, stats_out, stats_n * sizeof(float));
+}
+
+void CudnnSdpa::backward_bf16(bfloat16* dqkv, const bfloat16* dcontext, const bfloat16* qkv, const bfloat16* context,
+                              const float* stats, const int32_t* mask, int B, int S, int H, int D, float dropout,
+                              const DropoutKey& key) {
+  (void)key;  // no dropout
+  ELECTRA_CHECK(precision_ == CudaPrecision::kBf16, "CudnnSdpa::backward_bf16: precision ", to_string(precision_),
+                " (bf16 storage needs the bf16 graph)");
+  const Plan& plan = plan_for("CudnnSdpa::backward_bf16", true, B, S, H, D, dropout);
+  activate();
+  const size_t bf16 = sizeof(bfloat16);
+  const size_t qkv_bytes = 3 * static_cast<size_t>(B) * S * H * D * bf16, ctx_bytes = qkv_bytes / 3;
+  const size_t stats_n = static_cast<size_t>(B) * H * S;
+
+  int32_t* lengths = sequence_lengths_for(mask, B, S);
+  int32_t* kv_lengths = lengths + sdpa::kv_lengths_offset(B);
+  // cuDNN only reads the inputs; the variant pack takes void*.
+  char* q = static_cast<char*>(const_cast<void*>(aligned_input(qkv, qkv_bytes, qkv_half_)));
+  void* o = const_cast<void*>(aligned_input(context, ctx_bytes, out_half_));
+  void* d_o = const_cast<void*>(aligned_input(dcontext, ctx_bytes, dout_half_));
+  void* stats_in = const_cast<void*>(aligned_input(stats, stats_n * sizeof(float), stats_copy_));
+  // dQ, dK and dV are views into dqkv (the same packed layout as qkv), written in place.
+  char* dq = static_cast<char*>(aligned_output(dqkv, qkv_bytes, dqkv_half_));
+  void* workspace = plan.workspace_bytes > 0 ? grow(workspace_, plan.workspace_bytes) : nullptr;
+
+  scale_ = 1.0f / std::sqrt(static_cast<float>(D));
+  const int64_t hd_bytes = static_cast<int64_t>(H) * D * bf16;
+  const int64_t uids[] = {kUidQ,     kUidK,       kUidV,        kUidO,  kUidDo, kUidStats,
+                          kUidScale, kUidSeqLenQ, kUidSeqLenKv, kUidDq, kUidDk, kUidDv};
+  void* pointers[] = {q,       q + hd_bytes, q + 2 * hd_bytes, o,  d_o,           stats_in,
+                      &scale_, lengths,      kv_lengths,       dq, dq + hd_bytes, dq + 2 * hd_bytes};
+  execute_plan(handle_, plan.plan, uids, pointers, workspace);
+
+  // Padding keys' dK/dV may be left unwritten by cuDNN: 0, as the fp32-storage path's conversion writes them.
+  sdpa::zero_padding_key_gradients(stream_struct(), reinterpret_cast<bfloat16*>(dq), kv_lengths, B, S, H, D);
+  copy_back(dqkv, dq, qkv_bytes);
 }
 
 void CudnnSdpa::check_errors() {

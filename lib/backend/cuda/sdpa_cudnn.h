@@ -4,9 +4,13 @@
 //
 // What it computes: Backend<float>::fused_attention_forward / fused_attention_backward (backend.h) with
 // dropout 0 (the unified SDPA operation of cuDNN 9.19 has no dropout attribute; supported() says no to
-// dropout > 0, and the caller uses its own kernels then). Storage stays fp32: qkv is converted into a
-// bf16/fp16 copy, Q, K and V are strided [B,H,S,D] views of that packed [B,S,3,H,D] copy (no transposes),
-// and O, dO, dQ, dK, dV are strided views of [B,S,H,D] / [B,S,3,H,D] half buffers converted back to fp32.
+// dropout > 0, and the caller uses its own kernels then). With fp32 storage (forward / backward) qkv is
+// converted into a bf16/fp16 copy, Q, K and V are strided [B,H,S,D] views of that packed [B,S,3,H,D] copy
+// (no transposes), and O, dO, dQ, dK, dV are strided views of [B,S,H,D] / [B,S,3,H,D] half buffers
+// converted back to fp32. With bf16 storage (forward_bf16 / backward_bf16, the bf16 backend's entry) the
+// same views lie over the caller's own bf16 qkv, context, dcontext and dqkv: no conversion, no copy (a
+// tensor whose address is not 16-byte aligned goes through an aligned copy); the tensors, their types and
+// strides are the fp32-storage path's half copies', so both entries share one cached plan per shape.
 // The scale is 1/sqrt(D); stats are fp32 [B,H,S], the natural-log log-sum-exp of each query row's masked,
 // scaled scores, written and read in the caller's buffer.
 //
@@ -24,7 +28,8 @@
 // Plans (operation graph, heuristics CUDNN_HEUR_MODE_A with a fallback mode, execution plan, workspace
 // size) are built once per (B, S, H, D, precision, direction) and cached; the workspace and the half
 // buffers grow and are never shrunk. Memory (cudaMalloc, outside the backend's arena, like cuBLAS's and
-// cuDNN's own): 16 bytes per element of [B,S,H,D] for the half copies, plus cuDNN's workspace. All work
+// cuDNN's own): 16 bytes per element of [B,S,H,D] for the half copies (bf16 storage: none, unless a
+// tensor is misaligned), plus cuDNN's workspace. All work
 // is enqueued on the stream given at construction; nothing here waits for the stream except buffer
 // growth (the old buffer may still be in use) and check_errors().
 #pragma once
@@ -121,6 +126,9 @@ void from_half(const Stream& s, float* out, const void* in, size_t n, CudaPrecis
 // dqkv [B,S,3,H,D] fp32 from its half copy, with the gradients of padding keys set to 0.
 void dqkv_from_half(const Stream& s, float* dqkv, const void* dqkv_half, const int32_t* kv_lengths, int B, int S, int H,
                     int D, CudaPrecision precision);
+// In a bf16 dqkv [B,S,3,H,D] that cuDNN wrote: the gradients of padding keys set to 0 (cuDNN may leave
+// them unwritten), the rest untouched.
+void zero_padding_key_gradients(const Stream& s, bfloat16* dqkv, const int32_t* kv_lengths, int B, int S, int H, int D);
 
 }  // namespace sdpa
 
@@ -153,6 +161,14 @@ class CudnnSdpa {
                float dropout, const DropoutKey& key);
   void backward(float* dqkv, const float* dcontext, const float* qkv, const float* context, const float* stats,
                 const int32_t* mask, int B, int S, int H, int D, float dropout, const DropoutKey& key);
+  // The same on bf16 storage (Backend<bfloat16>'s fused_attention_*; precision must be kBf16): cuDNN reads
+  // qkv, context and dcontext and writes context and dqkv where they are (stats stay fp32), so the results
+  // are the fp32-storage entries' on the widened inputs, narrowed.
+  void forward_bf16(bfloat16* context, float* stats, const bfloat16* qkv, const int32_t* mask, int B, int S, int H,
+                    int D, float dropout, const DropoutKey& key);
+  void backward_bf16(bfloat16* dqkv, const bfloat16* dcontext, const bfloat16* qkv, const bfloat16* context,
+                     const float* stats, const int32_t* mask, int B, int S, int H, int D, float dropout,
+                     const DropoutKey& key);
 
   // Waits for the stream; throws when a mask since the last check was not right padding. Only reads the
   // word this object owns (no device_errors given); with the backend's word, the backend reports.
@@ -181,6 +197,13 @@ class CudnnSdpa {
   Stream stream_struct() const;
   // Stats go through an aligned copy when the caller's pointer is not 16-byte aligned (cuDNN's rule).
   float* aligned_stats(float* stats, size_t n);
+  // A caller's tensor of `bytes` as cuDNN may read it: `data` itself when 16-byte aligned, else a copy
+  // into `staging`. An output goes through `staging` likewise; copy_back moves it to the caller after.
+  const void* aligned_input(const void* data, size_t bytes, Scratch& staging);
+  void* aligned_output(void* data, size_t bytes, Scratch& staging);
+  void copy_back(void* data, const void* used, size_t bytes);
+  // The sequence-length buffer filled from the mask (q lengths, then kv lengths at kv_lengths_offset(B)).
+  int32_t* sequence_lengths_for(const int32_t* mask, int B, int S);
 
   cudaStream_t stream_ = nullptr;
   CudaPrecision precision_;
