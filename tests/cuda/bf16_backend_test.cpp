@@ -527,6 +527,42 @@ TEST_F(CudaBf16Ops, FusedAttentionForwardBackward) {
   }
 }
 
+// cuDNN SDPA reads and writes the caller's bf16 tensors in place when they are 16-byte aligned, and goes
+// through aligned copies when they are not: tensors one element (2 bytes) off give the same bits.
+TEST_F(CudaBf16Ops, FusedAttentionOnMisalignedTensorsIsTheAlignedResult) {
+  const int B = 3, S = 64, H = 2, D = 32;
+  ASSERT_TRUE(gpu->fused_attention_supported(B, S, H, D, 0.0f));
+  const size_t nqkv = static_cast<size_t>(B) * S * 3 * H * D, nctx = nqkv / 3, nstats = static_cast<size_t>(B) * H * S;
+  const Bf16 qkv = to_bf16(random_values(nqkv, 11, -2.0, 2.0)), dctx = to_bf16(random_values(nctx, 12));
+  auto mask = up(right_padded_mask(B, S));
+  struct Result {
+    Bf16 ctx, dqkv;
+    std::vector<float> stats;
+  };
+  auto run = [&](size_t offset) {
+    // Every tensor `offset` elements into its buffer (stats: the same number of floats).
+    DeviceBuffer<bfloat16> gqkv(*gpu, nqkv + offset), gdctx(*gpu, nctx + offset), gctx(*gpu, nctx + offset),
+        gdqkv(*gpu, nqkv + offset);
+    DeviceBuffer<float> gstats(*gpu_float, nstats + offset);
+    gpu->copy_from_host(gqkv.data() + offset, qkv.data(), nqkv);
+    gpu->copy_from_host(gdctx.data() + offset, dctx.data(), nctx);
+    const DropoutKey key{};
+    gpu->fused_attention_forward(gctx.data() + offset, gstats.data() + offset, gqkv.data() + offset, mask.data(), B, S,
+                                 H, D, 0.0f, key);
+    gpu->fused_attention_backward(gdqkv.data() + offset, gdctx.data() + offset, gqkv.data() + offset,
+                                  gctx.data() + offset, gstats.data() + offset, mask.data(), B, S, H, D, 0.0f, key);
+    Result r{Bf16(nctx), Bf16(nqkv), std::vector<float>(nstats)};
+    gpu->copy_to_host(r.ctx.data(), gctx.data() + offset, nctx);
+    gpu->copy_to_host(r.dqkv.data(), gdqkv.data() + offset, nqkv);
+    gpu_float->copy_to_host(r.stats.data(), gstats.data() + offset, nstats);
+    return r;
+  };
+  const Result aligned = run(0), misaligned = run(1);
+  EXPECT_TRUE(bitwise(misaligned.ctx, aligned.ctx));
+  EXPECT_TRUE(bitwise(misaligned.stats, aligned.stats));
+  EXPECT_TRUE(bitwise(misaligned.dqkv, aligned.dqkv));
+}
+
 // Native bf16 attention: nothing is widened, so no call takes an fp32 [B,H,S,S] tensor (or an fp32 copy
 // of qkv) from the arena; what they take is the workspace of one head's [B,S,S] slices (at most two fp32
 // and one bf16, grown with the workspace's 1.5x headroom). The widening version took 4 bytes per element
