@@ -134,6 +134,25 @@ class Backend {
   virtual void layernorm_backward(T* dx, W* dgamma, W* dbeta, const T* dy, const T* x, const W* mean, const W* rstd,
                                   const T* gamma, int rows, int cols) = 0;
 
+  // ---- fused post-LN residual block (the end of each transformer sub-block) ----
+  // The defaults ARE the op sequences below, so a backend without its own version gives bitwise the
+  // unfused results; a GPU fuses them into one pass over [rows, cols] (and promises the same values).
+  // res = residual + dropout(x) (dropout_forward's keep bits from `key`, element i = r * cols + c);
+  // y = LayerNorm(res) with mean/rstd [rows] saved:
+  //   dropout_forward(res, keep, x); add(res, res, residual); layernorm_forward(y, mean, rstd, res, ...)
+  // res may alias x; no other output may alias an input or another output.
+  virtual void dropout_add_layernorm_forward(T* y, T* res, uint8_t* keep, W* mean, W* rstd, const T* x,
+                                             const T* residual, const T* gamma, const T* beta, int rows, int cols,
+                                             float p, const DropoutKey& key, W eps);
+  // Its backward: d_res = LayerNorm backward of dy (dgamma/dbeta accumulate), dx = dropout backward of
+  // d_res (skipped when dx is null; keep may be null when p == 0):
+  //   layernorm_backward(d_res, dgamma, dbeta, dy, res, ...); dropout_backward(dx, d_res, keep)
+  // d_res is what flows down the residual path, dx what flows into the dropped branch. No output may
+  // alias an input or another output.
+  virtual void layernorm_dropout_backward(T* d_res, T* dx, W* dgamma, W* dbeta, const T* dy, const T* res,
+                                          const W* mean, const W* rstd, const T* gamma, const uint8_t* keep, int rows,
+                                          int cols, float p);
+
   // ---- embeddings ----
   // out[b,s,:] = word[ids[b,s]] + position[s] + type[type_ids[b,s]]; width E.
   virtual void embedding_forward(T* out, const int32_t* ids, const int32_t* type_ids, const T* word_table,
@@ -268,6 +287,25 @@ void Backend<T>::narrow(T* dst, const W* src, size_t n) {
     (void)dst, (void)src, (void)n;
     fail_no_wide_backend(name());
   }
+}
+
+template <typename T>
+void Backend<T>::dropout_add_layernorm_forward(T* y, T* res, uint8_t* keep, W* mean, W* rstd, const T* x,
+                                               const T* residual, const T* gamma, const T* beta, int rows, int cols,
+                                               float p, const DropoutKey& key, W eps) {
+  // A bad shape does nothing here and is reported by layernorm_forward.
+  const size_t n = rows > 0 && cols > 0 ? static_cast<size_t>(rows) * static_cast<size_t>(cols) : 0;
+  dropout_forward(res, keep, x, n, p, key);
+  add(res, res, residual, n);
+  layernorm_forward(y, mean, rstd, res, gamma, beta, rows, cols, eps);
+}
+template <typename T>
+void Backend<T>::layernorm_dropout_backward(T* d_res, T* dx, W* dgamma, W* dbeta, const T* dy, const T* res,
+                                            const W* mean, const W* rstd, const T* gamma, const uint8_t* keep, int rows,
+                                            int cols, float p) {
+  layernorm_backward(d_res, dgamma, dbeta, dy, res, mean, rstd, gamma, rows, cols);
+  const size_t n = rows > 0 && cols > 0 ? static_cast<size_t>(rows) * static_cast<size_t>(cols) : 0;
+  if (dx != nullptr) dropout_backward(dx, d_res, keep, n, p);
 }
 
 template <typename T>

@@ -65,7 +65,6 @@ void TransformerLayer<T>::forward(Backend<T>& be, const T* params, const T* x, c
   x_ = x;
   mask_ = mask;
   const int N = B_ * S_, C = shape_.hidden, F = shape_.intermediate, H = shape_.num_heads, D = C / H;
-  const size_t nc = static_cast<size_t>(N) * C;
   const TransformerLayerSlots& p = slots_;
   hidden_rate_ = dropout.rate(shape_.hidden_dropout);
   attention_rate_ = dropout.rate(shape_.attention_dropout);
@@ -85,11 +84,11 @@ void TransformerLayer<T>::forward(Backend<T>& be, const T* params, const T* x, c
   }
   be.linear_forward(scratch.tmp.data(), context_.data(), params + p.attention_output.weight,
                     params + p.attention_output.bias, N, C, C);
-  be.dropout_forward(res1_.data(), keep1_.data(), scratch.tmp.data(), nc, hidden_rate_,
-                     dropout.key(dropout_lane(network_, layer_, DropoutSlot::kAttentionOutput), per_example));
-  be.add(res1_.data(), res1_.data(), x, nc);
-  be.layernorm_forward(ln1_.data(), mean1_.data(), rstd1_.data(), res1_.data(), params + p.attention_norm.gamma,
-                       params + p.attention_norm.beta, N, C, eps);
+  // res1 = x + dropout(tmp); ln1 = LayerNorm(res1): one pass on a GPU.
+  be.dropout_add_layernorm_forward(
+      ln1_.data(), res1_.data(), keep1_.data(), mean1_.data(), rstd1_.data(), scratch.tmp.data(), x,
+      params + p.attention_norm.gamma, params + p.attention_norm.beta, N, C, hidden_rate_,
+      dropout.key(dropout_lane(network_, layer_, DropoutSlot::kAttentionOutput), per_example), eps);
 
   // Feed-forward block.
   be.linear_forward(inter_pre_.data(), ln1_.data(), params + p.intermediate.weight, params + p.intermediate.bias, N, C,
@@ -100,11 +99,10 @@ void TransformerLayer<T>::forward(Backend<T>& be, const T* params, const T* x, c
   T* inter_act = recompute_act_ ? scratch.d_inter_act.data() : inter_act_.data();
   be.activation_forward(shape_.act, inter_act, inter_pre_.data(), static_cast<size_t>(N) * F);
   be.linear_forward(scratch.tmp.data(), inter_act, params + p.output.weight, params + p.output.bias, N, F, C);
-  be.dropout_forward(res2_.data(), keep2_.data(), scratch.tmp.data(), nc, hidden_rate_,
-                     dropout.key(dropout_lane(network_, layer_, DropoutSlot::kFfnOutput), per_example));
-  be.add(res2_.data(), res2_.data(), ln1_.data(), nc);
-  be.layernorm_forward(out_.data(), mean2_.data(), rstd2_.data(), res2_.data(), params + p.output_norm.gamma,
-                       params + p.output_norm.beta, N, C, eps);
+  be.dropout_add_layernorm_forward(
+      out_.data(), res2_.data(), keep2_.data(), mean2_.data(), rstd2_.data(), scratch.tmp.data(), ln1_.data(),
+      params + p.output_norm.gamma, params + p.output_norm.beta, N, C, hidden_rate_,
+      dropout.key(dropout_lane(network_, layer_, DropoutSlot::kFfnOutput), per_example), eps);
 }
 
 template <typename T>
@@ -116,9 +114,10 @@ void TransformerLayer<T>::backward(Backend<T>& be, const T* params, W* grads, co
   const TransformerLayerSlots& p = slots_;
 
   // Feed-forward block, output LayerNorm first.
-  be.layernorm_backward(s.d_res2.data(), grads + p.output_norm.gamma, grads + p.output_norm.beta, dout, res2_.data(),
-                        mean2_.data(), rstd2_.data(), params + p.output_norm.gamma, N, C);
-  be.dropout_backward(s.tmp.data(), s.d_res2.data(), keep2_.data(), nc, hidden_rate_);
+  // d_res2 flows down the residual path, tmp into the dropped FFN output.
+  be.layernorm_dropout_backward(s.d_res2.data(), s.tmp.data(), grads + p.output_norm.gamma, grads + p.output_norm.beta,
+                                dout, res2_.data(), mean2_.data(), rstd2_.data(), params + p.output_norm.gamma,
+                                keep2_.data(), N, C, hidden_rate_);
   const T* inter_act = inter_act_.data();
   if (recompute_act_) {
     // act(inter_pre) again, exactly as forward computed it, into d_inter_pre (activation_backward
@@ -135,9 +134,9 @@ void TransformerLayer<T>::backward(Backend<T>& be, const T* params, W* grads, co
   be.accumulate(s.d_ln1.data(), s.d_res2.data(), nc);  // residual path around the FFN
 
   // Self-attention block.
-  be.layernorm_backward(s.d_res1.data(), grads + p.attention_norm.gamma, grads + p.attention_norm.beta, s.d_ln1.data(),
-                        res1_.data(), mean1_.data(), rstd1_.data(), params + p.attention_norm.gamma, N, C);
-  be.dropout_backward(s.tmp.data(), s.d_res1.data(), keep1_.data(), nc, hidden_rate_);
+  be.layernorm_dropout_backward(s.d_res1.data(), s.tmp.data(), grads + p.attention_norm.gamma,
+                                grads + p.attention_norm.beta, s.d_ln1.data(), res1_.data(), mean1_.data(),
+                                rstd1_.data(), params + p.attention_norm.gamma, keep1_.data(), N, C, hidden_rate_);
   be.linear_backward(s.d_context.data(), grads + p.attention_output.weight, grads + p.attention_output.bias,
                      s.tmp.data(), context_.data(), params + p.attention_output.weight, N, C, C);
   if (fused_attention_) {
