@@ -51,6 +51,16 @@ inline void check_dropout_p(float p, const char* op) {
   ELECTRA_CHECK(p >= 0.0f && p < 1.0f, op, ": dropout probability ", p, " outside [0, 1)");
 }
 
+// The fused post-LN residual block's arguments (backend.h); key is null for the backward.
+inline void check_residual_layernorm_args(int rows, int cols, float p, const uint8_t* keep, const DropoutKey* key,
+                                          const char* op) {
+  ELECTRA_CHECK(rows >= 0 && cols > 0, op, ": bad shape rows=", rows, " cols=", cols);
+  check_dropout_p(p, op);
+  ELECTRA_CHECK(p == 0.0f || keep != nullptr, op, ": keep mask is null with dropout ", p);
+  ELECTRA_CHECK(p == 0.0f || key == nullptr || key->elements_per_example > 0, op,
+                ": elements_per_example must be positive");
+}
+
 inline void check_attention_shape(int B, int S, int H, int D, float dropout, const char* op) {
   ELECTRA_CHECK(B >= 0 && S > 0 && H > 0 && D > 0, op, ": bad shape B=", B, " S=", S, " H=", H, " D=", D);
   ELECTRA_CHECK(dropout >= 0.0f && dropout < 1.0f, op, ": dropout ", dropout, " outside [0, 1)");
@@ -308,6 +318,27 @@ class CudaBackend final : public Backend<float> {
     float* partials = nullptr;
     if (dgamma != nullptr || dbeta != nullptr) partials = workspace<float>(2 * cuda::column_partials(rows, cols));
     cuda::layernorm_backward(stream_, dx, dgamma, dbeta, dy, x, mean, rstd, gamma, rows, cols, partials);
+  }
+  // One kernel each way (layernorm_fused.cu), bitwise the op sequence of the defaults.
+  void dropout_add_layernorm_forward(float* y, float* res, uint8_t* keep, float* mean, float* rstd, const float* x,
+                                     const float* residual, const float* gamma, const float* beta, int rows, int cols,
+                                     float p, const DropoutKey& key, float eps) override {
+    check_residual_layernorm_args(rows, cols, p, keep, &key, "dropout_add_layernorm_forward");
+    if (rows == 0) return;
+    activate();
+    cuda::dropout_add_layernorm_forward(stream_, y, res, keep, mean, rstd, x, residual, gamma, beta, rows, cols, p, key,
+                                        eps);
+  }
+  void layernorm_dropout_backward(float* d_res, float* dx, float* dgamma, float* dbeta, const float* dy,
+                                  const float* res, const float* mean, const float* rstd, const float* gamma,
+                                  const uint8_t* keep, int rows, int cols, float p) override {
+    check_residual_layernorm_args(rows, cols, p, keep, nullptr, "layernorm_dropout_backward");
+    if (rows == 0) return;
+    activate();
+    float* partials = nullptr;
+    if (dgamma != nullptr || dbeta != nullptr) partials = workspace<float>(2 * cuda::column_partials(rows, cols));
+    cuda::layernorm_dropout_backward(stream_, d_res, dx, dgamma, dbeta, dy, res, mean, rstd, gamma, keep, rows, cols, p,
+                                     partials);
   }
 
   // ---- embeddings ----

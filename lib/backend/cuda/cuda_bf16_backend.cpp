@@ -216,6 +216,28 @@ class CudaBf16Backend final : public Backend<bfloat16> {
     if (dgamma != nullptr || dbeta != nullptr) partials = f_.workspace<float>(2 * cuda::column_partials(rows, cols));
     cuda::layernorm_backward(s(), dx, dgamma, dbeta, dy, x, mean, rstd, gamma, rows, cols, partials);
   }
+  // One kernel each way (layernorm_fused.cu), rounding to bf16 where the op sequence stores: bitwise it.
+  void dropout_add_layernorm_forward(bfloat16* y, bfloat16* res, uint8_t* keep, float* mean, float* rstd,
+                                     const bfloat16* x, const bfloat16* residual, const bfloat16* gamma,
+                                     const bfloat16* beta, int rows, int cols, float p, const DropoutKey& key,
+                                     float eps) override {
+    check_residual_layernorm_args(rows, cols, p, keep, &key, "dropout_add_layernorm_forward");
+    if (rows == 0) return;
+    f_.activate();
+    cuda::dropout_add_layernorm_forward(s(), y, res, keep, mean, rstd, x, residual, gamma, beta, rows, cols, p, key,
+                                        eps);
+  }
+  void layernorm_dropout_backward(bfloat16* d_res, bfloat16* dx, float* dgamma, float* dbeta, const bfloat16* dy,
+                                  const bfloat16* res, const float* mean, const float* rstd, const bfloat16* gamma,
+                                  const uint8_t* keep, int rows, int cols, float p) override {
+    check_residual_layernorm_args(rows, cols, p, keep, nullptr, "layernorm_dropout_backward");
+    if (rows == 0) return;
+    f_.activate();
+    float* partials = nullptr;
+    if (dgamma != nullptr || dbeta != nullptr) partials = f_.workspace<float>(2 * cuda::column_partials(rows, cols));
+    cuda::layernorm_dropout_backward(s(), d_res, dx, dgamma, dbeta, dy, res, mean, rstd, gamma, keep, rows, cols, p,
+                                     partials);
+  }
 
   // ---- embeddings: bf16 tables and activations, fp32 table gradients ----
   void embedding_forward(bfloat16* out, const int32_t* ids, const int32_t* type_ids, const bfloat16* word_table,

@@ -168,4 +168,19 @@ void replace_masked_tokens(const Stream& s, int32_t* corrupted, int32_t* disc_la
                            const int32_t* input_mask, const int32_t* positions, const float* weights,
                            const int32_t* samples, int B, int S, int P);
 
+// ---- layernorm_fused.cu: the fused post-LN residual block ----
+// backend.h's dropout_add_layernorm_forward / layernorm_dropout_backward, one warp per row, bitwise the
+// unfused kernels' results (dropout_forward, add, layernorm_forward; layernorm_backward, dropout_backward).
+// p in [0, 1); keep non-null when p > 0 (may be null when p == 0). res may alias x.
+template <typename T>
+void dropout_add_layernorm_forward(const Stream& s, T* y, T* res, uint8_t* keep, float* mean, float* rstd, const T* x,
+                                   const T* residual, const T* gamma, const T* beta, int rows, int cols, float p,
+                                   const DropoutKey& key, float eps);
+// dx may be null; keep is ignored when p == 0. partials: 2 * column_partials(rows, cols) floats (used when
+// dgamma or dbeta is non-null).
+template <typename T>
+void layernorm_dropout_backward(const Stream& s, T* d_res, T* dx, float* dgamma, float* dbeta, const T* dy, const T* x,
+                                const float* mean, const float* rstd, const T* gamma, const uint8_t* keep, int rows,
+                                int cols, float p, float* partials);
+
 }  // namespace electra::cuda
