@@ -280,6 +280,7 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
   if (ranks > 1 || o.transport != "auto") {
     GradientAllreduceOptions ro;
     ro.reducer.op = dist::ReduceOp::kSum;  // losses are normalised by global counts, as electra-train does
+    ro.reducer.boundaries = {net.layout().first_element_of(Network::kDiscriminator)};  // as electra-train
     ro.setting = "--transport";
     ro.asked = "--transport " + o.transport;
     reducer = std::make_unique<GradientAllreduce>(comm, dist::parse_gradient_transport(o.transport), transport,
@@ -329,6 +330,11 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
       ctx.hooks.on_gradients_ready = [&](size_t offset, size_t count) {
         const auto t0 = Clock::now();
         reducer->mark_ready(offset, count);
+        reduce_in_hooks += seconds(t0, Clock::now());
+      };
+      ctx.hooks.on_progress = [&] {
+        const auto t0 = Clock::now();
+        reducer->progress();
         reduce_in_hooks += seconds(t0, Clock::now());
       };
     }

@@ -13,11 +13,19 @@ size_t bucket_elements(size_t bucket_bytes, size_t element_bytes, const std::str
   return elements;
 }
 
-BucketPlan::BucketPlan(size_t total_elements, size_t elements_per_bucket, LaunchOrder order, std::string owner)
+BucketPlan::BucketPlan(size_t total_elements, size_t elements_per_bucket, LaunchOrder order, std::string owner,
+                       std::vector<size_t> boundaries)
     : total_(total_elements), per_bucket_(elements_per_bucket), owner_(std::move(owner)) {
   if (per_bucket_ == 0) fail(owner_, ": a bucket of 0 elements cannot cover a buffer of ", total_);
-  for (size_t offset = 0; offset < total_; offset += per_bucket_) {
-    buckets_.push_back(Bucket{offset, std::min(per_bucket_, total_ - offset)});
+  boundaries.push_back(total_);
+  std::sort(boundaries.begin(), boundaries.end());
+  size_t segment_begin = 0;
+  for (const size_t segment_end : boundaries) {
+    if (segment_end <= segment_begin || segment_end > total_) continue;
+    for (size_t offset = segment_begin; offset < segment_end; offset += per_bucket_) {
+      buckets_.push_back(Bucket{offset, std::min(per_bucket_, segment_end - offset)});
+    }
+    segment_begin = segment_end;
   }
   for (size_t i = 0; i < buckets_.size(); ++i) {
     launch_order_.push_back(order == LaunchOrder::kAscending ? i : buckets_.size() - 1 - i);
@@ -54,7 +62,12 @@ void BucketPlan::mark(size_t offset, size_t count) {
   }
   marked_.emplace(offset, end);
 
-  for (size_t b = offset / per_bucket_; b < buckets_.size() && buckets_[b].offset < end; ++b) {
+  // The first bucket touched: the last one starting at or before `offset` (buckets are not all of one
+  // size when boundaries cut them; the first starts at 0).
+  const auto after = std::upper_bound(buckets_.begin(), buckets_.end(), offset,
+                                      [](size_t value, const Bucket& bucket) { return value < bucket.offset; });
+  for (size_t b = static_cast<size_t>(std::distance(buckets_.begin(), after)) - 1;
+       b < buckets_.size() && buckets_[b].offset < end; ++b) {
     Bucket& bucket = buckets_[b];
     const size_t lo = std::max(offset, bucket.offset);
     const size_t hi = std::min(end, bucket.offset + bucket.count);

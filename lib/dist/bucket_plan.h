@@ -26,7 +26,11 @@ class BucketPlan {
  public:
   // Cuts [0, total_elements) into buckets of `elements_per_bucket` (the last one shorter). `owner` names
   // the reducer in error messages ("GradientReducer" gives "GradientReducer::mark_ready: ...").
-  BucketPlan(size_t total_elements, size_t elements_per_bucket, LaunchOrder order, std::string owner);
+  // `boundaries`: offsets that no bucket straddles (a bucket ends at each, then the cutting restarts), so
+  // that a part of the buffer backward finishes early (the discriminator's gradients) is launched as soon
+  // as it is final; offsets 0, total_elements and beyond, and duplicates, change nothing.
+  BucketPlan(size_t total_elements, size_t elements_per_bucket, LaunchOrder order, std::string owner,
+             std::vector<size_t> boundaries = {});
 
   size_t total_elements() const { return total_; }
   size_t num_buckets() const { return buckets_.size(); }

@@ -10,6 +10,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "lib/dist/bucket_plan.h"
 
@@ -21,6 +22,9 @@ struct GradientReducerOptions {
   size_t bucket_bytes = size_t{16} << 20;
   ReduceOp op = ReduceOp::kAverage;
   LaunchOrder order = LaunchOrder::kDescending;
+  // Buffer offsets no bucket straddles (BucketPlan): where the discriminator's gradients begin, so that
+  // its buckets launch as soon as its backward is done. Must be the same on every rank.
+  std::vector<size_t> boundaries = {};
 };
 
 struct GradientReducerStats {
@@ -43,6 +47,11 @@ class BucketedReducer {
   virtual void wait_all() = 0;
   // The blocking path: begin(), mark everything, wait_all().
   virtual void reduce_all() = 0;
+  // Lets the collectives in flight advance without blocking; cheap, callable any time. MPI progresses
+  // non-blocking collectives only inside MPI calls, so a caller with a long stretch of computation and
+  // nothing to mark (the generator's backward after the discriminator's ranges were marked) calls this
+  // now and then. NCCL progresses on its own: nothing to do.
+  virtual void progress() {}
 
   virtual size_t num_buckets() const = 0;
   // [offset, offset + count) of bucket i in buffer elements.

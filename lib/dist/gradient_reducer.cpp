@@ -31,7 +31,7 @@ GradientReducer::GradientReducer(const Communicator& comm, std::span<float> buff
     : comm_(comm),
       buffer_(buffer),
       options_(options),
-      plan_(buffer.size(), floats_per_bucket(options), options.order, kOwner) {
+      plan_(buffer.size(), floats_per_bucket(options), options.order, kOwner, options.boundaries) {
   requests_.assign(plan_.num_buckets(), MPI_REQUEST_NULL);
   finished_.assign(plan_.num_buckets(), false);
 }

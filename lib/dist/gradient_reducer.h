@@ -50,6 +50,8 @@ class GradientReducer : public BucketedReducer {
   // every rank must mark the whole buffer, otherwise the collectives would not match.
   void wait_all() override;
   void reduce_all() override;
+  // Tests the requests in flight (MPI_Test), finishing those that completed.
+  void progress() override { poll(); }
 
   size_t num_buckets() const override { return plan_.num_buckets(); }
   std::pair<size_t, size_t> bucket_range(size_t i) const override { return plan_.bucket_range(i); }

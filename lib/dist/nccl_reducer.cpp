@@ -146,7 +146,8 @@ NcclReducer::NcclReducer(NcclCommunicator& nccl, Backend<float>& backend, float*
       count_(count),
       options_(options),
       wait_(wait),
-      plan_(count, bucket_elements(options.bucket_bytes, sizeof(float), kReducer), options.order, kReducer),
+      plan_(count, bucket_elements(options.bucket_bytes, sizeof(float), kReducer), options.order, kReducer,
+            options.boundaries),
       cuda_(std::make_unique<CudaObjects>()) {
   if (backend.device() != DeviceKind::kCuda) fail(kReducer, ": needs a CUDA backend, got '", backend.name(), "'");
   if (count_ > 0 && buffer_ == nullptr) fail(kReducer, ": null device buffer for ", count_, " floats");

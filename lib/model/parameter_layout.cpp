@@ -1,5 +1,7 @@
 #include "lib/model/parameter_layout.h"
 
+#include <algorithm>
+
 #include "lib/core/error.h"
 
 namespace electra {
@@ -101,6 +103,14 @@ EncoderSlots add_encoder(ParameterLayout& layout, const EncoderConfig& c, const 
     s.layers.push_back(l);
   }
   return s;
+}
+
+size_t ParameterLayout::first_element_of(Network network) const {
+  size_t first = total_;
+  for (const ParameterView& view : views_) {
+    if (view.network == network) first = std::min(first, view.offset);
+  }
+  return first;
 }
 
 PretrainerLayout build_pretrainer_layout(const PretrainerConfig& config) {

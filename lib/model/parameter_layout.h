@@ -53,6 +53,10 @@ class ParameterLayout {
   const ParameterView& find(const std::string& name) const;
   bool contains(const std::string& name) const { return index_.count(name) != 0; }
   size_t total_size() const { return total_; }
+  // The first element of the first view of `network`; total_size() when it has none. For a pretrainer
+  // layout and the discriminator: where the gradients its backward finishes first begin (a bucket
+  // boundary of the gradient allreduce).
+  size_t first_element_of(Network network) const;
 
  private:
   std::vector<ParameterView> views_;

@@ -703,7 +703,10 @@ void ElectraPretrainer<T>::backward() {
   std::vector<GradientRange> discriminator_ranges;  // as chunk 0 reported them, in order
   const Ready record = [&](size_t offset, size_t count) { discriminator_ranges.emplace_back(offset, count); };
   const Ready& discriminator_ready = K == 1 ? hook : report_after_regions ? record : kNoHook;
-  const Ready& generator_ready = K == 1 ? hook : kNoHook;
+  // Chunk 0 runs on the calling thread (for_each_chunk's static schedule): between its generator layers
+  // it lets the caller progress the discriminator's allreduce (StepHooks::on_progress).
+  const Ready progress = [this](size_t, size_t) { hooks_.on_progress(); };
+  const Ready& generator_ready = K == 1 ? hook : report_after_regions && hooks_.on_progress ? progress : kNoHook;
 
   phase(StepPhase::kDiscriminatorBackward);
   for_each_chunk(K, [&](int k) {
@@ -717,7 +720,7 @@ void ElectraPretrainer<T>::backward() {
     for (const auto& [offset, count] : discriminator_ranges) hook(offset, count);
   }
   phase(StepPhase::kGeneratorBackward);
-  for_each_chunk(K, [&](int k) { backward_generator(*last_[k], grads_of(k), generator_ready); });
+  for_each_chunk(K, [&](int k) { backward_generator(*last_[k], grads_of(k), k == 0 ? generator_ready : kNoHook); });
   if (report_after_regions) {
     for (const auto& [offset, count] : gaps_from_the_end(discriminator_merged, n)) {
       add_chunks(offset, count);

@@ -69,6 +69,12 @@ struct StepHooks {
   // the generator's backward; always from the calling thread. With several micro-batches per optimizer
   // step set it on the last micro-batch's context only: earlier backwards are not final.
   std::function<void(size_t offset, size_t count)> on_gradients_ready;
+  // With parallel chunks and on_gradients_ready set: called from the calling thread after each layer of
+  // the generator's backward (by the chunk that runs on it), while the other chunks compute. MPI moves
+  // non-blocking collectives forward only inside MPI calls, so this is where a caller lets the
+  // discriminator's allreduce progress (dist::BucketedReducer::progress). With one chunk,
+  // on_gradients_ready itself is called between layers and this is not called.
+  std::function<void()> on_progress;
 };
 
 struct StepContext {

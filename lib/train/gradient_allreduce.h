@@ -64,6 +64,8 @@ class GradientAllreduce {
   // over ranks. reduce_all() is the blocking path after backward.
   void begin();
   void mark_ready(size_t offset, size_t count);
+  // dist::BucketedReducer::progress: lets the collectives in flight advance (StepHooks::on_progress).
+  void progress() { reducer_->progress(); }
   void wait_all();
   void reduce_all();
 

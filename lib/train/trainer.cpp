@@ -606,6 +606,11 @@ StepResult Trainer::train_step(double* metrics) {
     reducer_->mark_ready(offset, count);  // copies the range to the host first when staging
     if (prof) hook_seconds += seconds_since(hook_start);
   };
+  last_micro_batch.on_progress = [&] {
+    const auto hook_start = prof ? Clock::now() : Clock::time_point{};
+    reducer_->progress();
+    if (prof) hook_seconds += seconds_since(hook_start);
+  };
   const auto compute_start = prof ? Clock::now() : Clock::time_point{};
   for (int begin = 0; begin < batch.rows; begin += micro_rows_) {
     const bool whole = micro_rows_ == batch.rows;
@@ -761,6 +766,8 @@ void Trainer::run_eval() {
 std::unique_ptr<GradientAllreduce> Trainer::make_reducer() {
   GradientAllreduceOptions options;
   options.reducer.op = dist::ReduceOp::kSum;  // losses are already normalised by global counts
+  // The discriminator's gradients are final first (its backward runs first): buckets of their own.
+  options.reducer.boundaries = {model_->layout().first_element_of(Network::kDiscriminator)};
   options.asked =
       std::string(dist::kGradientTransportKey) + " = " + config_.get<std::string>(dist::kGradientTransportKey);
   // Half the step timeout: a hung NCCL is reported by name before the watchdog aborts the job.

@@ -55,6 +55,33 @@ TEST(BucketPlan, CutsTheBufferIntoFixedBuckets) {
   EXPECT_THROW(BucketPlan(10, 0, LaunchOrder::kAscending, "Test"), Error);
 }
 
+// A boundary ends a bucket and restarts the cutting: the part after it (the discriminator's gradients)
+// fills buckets of its own, launched first in descending order as soon as that part is marked.
+TEST(BucketPlan, BoundariesAreNeverStraddled) {
+  BucketPlan plan(1000, 400, LaunchOrder::kDescending, "Test", {450, 1000, 0, 450, 5000});
+  ASSERT_EQ(plan.num_buckets(), 4u);
+  EXPECT_EQ(plan.bucket_range(0), (std::pair<size_t, size_t>{0, 400}));
+  EXPECT_EQ(plan.bucket_range(1), (std::pair<size_t, size_t>{400, 50}));
+  EXPECT_EQ(plan.bucket_range(2), (std::pair<size_t, size_t>{450, 400}));
+  EXPECT_EQ(plan.bucket_range(3), (std::pair<size_t, size_t>{850, 150}));
+  plan.begin();
+  plan.mark(860, 140);  // inside the last bucket, beyond offset / bucket size
+  plan.mark(450, 410);  // together with the above: the part after the boundary is final
+  EXPECT_EQ(plan.next_launch(), std::optional<size_t>(3));
+  EXPECT_EQ(plan.next_launch(), std::optional<size_t>(2));
+  EXPECT_EQ(plan.next_launch(), std::nullopt);
+  plan.mark(0, 450);
+  EXPECT_EQ(plan.next_launch(), std::optional<size_t>(1));
+  EXPECT_EQ(plan.next_launch(), std::optional<size_t>(0));
+  plan.check_complete("test");
+  // Without the boundary the bucket [400, 800) waits for the part before 450.
+  BucketPlan plain(1000, 400, LaunchOrder::kDescending, "Test");
+  plain.begin();
+  plain.mark(450, 550);
+  EXPECT_EQ(plain.next_launch(), std::optional<size_t>(2));
+  EXPECT_EQ(plain.next_launch(), std::nullopt);
+}
+
 TEST(BucketPlan, BucketElementsFromBytes) {
   EXPECT_EQ(bucket_elements(size_t{16} << 20, sizeof(float), "Test"), size_t{4} << 20);
   EXPECT_EQ(bucket_elements(7, sizeof(float), "Test"), 1u);

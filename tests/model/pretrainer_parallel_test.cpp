@@ -9,6 +9,7 @@
 #include <cmath>
 #include <map>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "lib/core/error.h"
@@ -352,6 +353,77 @@ TEST(ModelPretrainer, ParallelChunksReportTheDiscriminatorBeforeTheGeneratorBack
       }
     }
   }
+}
+
+// With chunks, the progress hook (where the trainer lets MPI advance the discriminator's allreduce) runs
+// on the calling thread during the generator's backward, once per generator layer at least, and neither
+// with one chunk (on_gradients_ready is called between layers there) nor without a gradient hook.
+TEST(ModelPretrainer, ParallelChunksCallTheProgressHookOnTheCallingThreadDuringTheGeneratorBackward) {
+  ThreadCount restore;
+  omp_set_num_threads(2);
+  auto be = make_cpu_backend<float>();
+  const PretrainerConfig c = test::tiny_config();
+  ElectraPretrainer<float> model(c, *be);
+  model.init_parameters(51);
+  const Batch batch = test::random_batch(4, 8, 3, c.vocab_size, 52);
+  const std::thread::id caller = std::this_thread::get_id();
+  for (int chunks : {1, 2, 3}) {
+    for (bool with_ready_hook : {true, false}) {
+      model.set_parallel_chunks(chunks);
+      StepContext ctx = training_context();
+      std::string phase;
+      int calls = 0, outside_generator_backward = 0, other_thread = 0;
+      ctx.hooks.on_phase = [&](StepPhase p) { phase = to_string(p); };
+      if (with_ready_hook) ctx.hooks.on_gradients_ready = [](size_t, size_t) {};
+      ctx.hooks.on_progress = [&] {
+        ++calls;
+        outside_generator_backward += phase != "generator_backward";
+        other_thread += std::this_thread::get_id() != caller;
+      };
+      model.zero_gradients();
+      model.forward(batch, ctx);
+      model.backward();
+      const std::string what = std::to_string(chunks) + " chunk(s), ready hook " + (with_ready_hook ? "on" : "off");
+      if (chunks == 1 || !with_ready_hook) {
+        EXPECT_EQ(calls, 0) << what;
+      } else {
+        EXPECT_GE(calls, c.generator.num_layers) << what;
+        EXPECT_EQ(outside_generator_backward, 0) << what;
+        EXPECT_EQ(other_thread, 0) << what;
+      }
+    }
+  }
+}
+
+// The gradient allreduce puts a bucket boundary at layout().first_element_of(kDiscriminator): the ranges
+// the discriminator's backward finishes are exactly [that element, end of buffer).
+TEST(ModelPretrainer, DiscriminatorGradientsAreTheBufferTailFromItsFirstElement) {
+  auto be = make_cpu_backend<float>();
+  const PretrainerConfig c = test::tiny_config();
+  ElectraPretrainer<float> model(c, *be);
+  model.init_parameters(53);
+  const size_t n = model.layout().total_size(), first = model.layout().first_element_of(Network::kDiscriminator);
+  ASSERT_GT(first, 0u);
+  ASSERT_LT(first, n);
+  EXPECT_EQ(model.layout().first_element_of(Network::kShared), 0u);  // the shared embeddings come first
+  EXPECT_LT(model.layout().first_element_of(Network::kGenerator), first);
+  StepContext ctx = training_context();
+  bool generator_started = false;
+  std::vector<std::pair<size_t, size_t>> discriminator_ranges;
+  ctx.hooks.on_phase = [&](StepPhase p) { generator_started |= p == StepPhase::kGeneratorBackward; };
+  ctx.hooks.on_gradients_ready = [&](size_t offset, size_t count) {
+    if (!generator_started) discriminator_ranges.emplace_back(offset, count);
+  };
+  model.zero_gradients();
+  model.forward(test::random_batch(3, 8, 3, c.vocab_size, 54), ctx);
+  model.backward();
+  std::sort(discriminator_ranges.begin(), discriminator_ranges.end());
+  size_t next = first;
+  for (const auto& [offset, count] : discriminator_ranges) {
+    EXPECT_EQ(offset, next);
+    next = offset + count;
+  }
+  EXPECT_EQ(next, n);
 }
 
 TEST(ModelPretrainer, PhaseHookMarksTheStepInOrder) {
