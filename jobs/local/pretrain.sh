@@ -12,6 +12,8 @@
 #   NP           MPI ranks                                                                (default 2)
 #   THREADS      CPU threads per rank (OMP_NUM_THREADS, train.threads)  (default: cores / ranks)
 #   DEVICE       cpu | cuda                                                             (default cpu)
+#   PRECISION    train.precision: fp32 | tf32 | bf16 | fp16 (default: bf16 with DEVICE=cuda, i.e. bf16
+#                mixed precision with fp32 master weights; the config's on the CPU)
 #   MPIRUN_ARGS  more mpirun arguments, split on spaces (e.g. "--bind-to none")
 #   ELECTRA_BIN  directory of electra-train                           (default <repository>/build/bin)
 #
@@ -39,6 +41,8 @@ launch=(mpirun -np "$np")
 # More ranks than cores is allowed (slow, but useful for testing).
 [ "$np" -le "$(nproc)" ] || launch+=(--oversubscribe)
 args=(--config "$config" --data "$DATA" --output "$run_dir" --resume auto --device "${DEVICE:-cpu}")
+precision=${PRECISION:-$([ "${DEVICE:-cpu}" = cuda ] && echo bf16 || true)}
+[ -z "$precision" ] || args+=(--set "train.precision=$precision")
 if [ -n "${THREADS:-}" ]; then
   export OMP_NUM_THREADS=$THREADS
   args+=(--set "train.threads=$THREADS")
