@@ -321,7 +321,8 @@ void Backend<T>::fused_attention_backward(T*, const T*, const T*, const T*, cons
 
 // The CPU backend for float and double (double is used by the finite-difference gradient checks).
 // Threads with OpenMP only (OMP_NUM_THREADS; it switches OpenBLAS to one thread); bitwise deterministic
-// for any thread count; one host thread at a time. Details: lib/backend/cpu/kernels.h.
+// for any thread count. It keeps no state between calls, so several host threads may call it at once on
+// disjoint buffers (the model's parallel chunks do). Details: lib/backend/cpu/kernels.h.
 template <typename T>
 std::unique_ptr<Backend<T>> make_cpu_backend();
 
