@@ -1,12 +1,13 @@
 // The row kernels of the bf16 storage backend's materialised attention (cuda_bf16_backend.cpp runs the
 // GEMMs, one head at a time, with bf16 operands and fp32 scores in a [B,S,S] slice of the workspace).
-// Each is its float twin of reductions.cu (attention_softmax_forward / _backward) with the same lane
-// ownership, arithmetic (attention_fused_math.h) and keep-bit indices, reading bf16 probabilities and
+// Each is its float twin of reductions.cu (attention_softmax_forward / _backward) with the same row code
+// (attention_rows.cuh), arithmetic (attention_fused_math.h) and keep-bit indices, reading bf16 probabilities and
 // writing bf16 where the float kernel writes fp32: the probabilities output, and the [B,S,S] operands of
 // the next GEMM (dropped probabilities, score gradients), rounded to nearest-even once.
 #include <cuda_bf16.h>
 
 #include "lib/backend/cuda/attention_fused_math.h"
+#include "lib/backend/cuda/attention_rows.cuh"
 #include "lib/backend/cuda/device_util.cuh"
 #include "lib/backend/cuda/kernels.h"
 #include "lib/backend/cuda/storage.cuh"
@@ -15,10 +16,6 @@ namespace electra::cuda {
 namespace {
 
 constexpr int kRowsPerBlock = kBlock / kWarp;
-
-#define ELECTRA_BF16_KEYS(j, S, lane)                        \
-  for (int j##0 = 4 * (lane); j##0 < (S); j##0 += 4 * kWarp) \
-    for (int j = j##0; j < j##0 + 4 && j < (S); ++j)
 
 // scores [B,S,S]: head h's scaled scores, on return its fp32 probabilities; probs / keep [B,H,S,S];
 // attend [B,S,S] (dropout > 0 only).
@@ -32,39 +29,10 @@ __global__ void bf16_softmax_forward_kernel(float* scores, __nv_bfloat16* probs,
   const size_t base = math::attention_keep_index(b, H, h, S, i, 0);  // element (b, h, i, 0)
   float* p = scores + static_cast<size_t>(row) * S;
   const int32_t* m = mask != nullptr ? mask + static_cast<size_t>(b) * S : nullptr;
-  float mx = -INFINITY;
-  ELECTRA_BF16_KEYS(j, S, lane) {
-    if (m == nullptr || m[j] != 0) mx = fmaxf(mx, p[j]);
-  }
-  mx = warp_reduce(mx, MaxOp{});
-  if (mx == -INFINITY) {  // no valid key: all-zero probabilities
-    ELECTRA_BF16_KEYS(j, S, lane) p[j] = 0.0f;
-  } else {
-    float sum = 0.0f;
-    ELECTRA_BF16_KEYS(j, S, lane) {
-      const float e = (m == nullptr || m[j] != 0) ? math::exp_f(p[j] - mx) : 0.0f;
-      p[j] = e;
-      sum += e;
-    }
-    sum = warp_reduce(sum, SumOp{});
-    const float inv = 1.0f / sum;
-    ELECTRA_BF16_KEYS(j, S, lane) p[j] *= inv;
-  }
-  ELECTRA_BF16_KEYS(j, S, lane) probs[base + j] = __float2bfloat16_rn(p[j]);
-  if (dropout > 0.0f) {
-    __nv_bfloat16* out = attend + static_cast<size_t>(row) * S;
-    for (int j0 = 4 * lane; j0 < S; j0 += 4 * kWarp) {
-      const int count = S - j0 < 4 ? S - j0 : 4;
-      uint8_t bits[4];
-      math::dropout_keep_group(bits, key, base + j0, count, dropout);
-      for (int u = 0; u < count; ++u) {
-        keep[base + j0 + u] = bits[u];
-        out[j0 + u] = __float2bfloat16_rn(math::dropped_probability(p[j0 + u], bits[u], keep_scale));
-      }
-    }
-  } else if (keep != nullptr) {
-    ELECTRA_BF16_KEYS(j, S, lane) keep[base + j] = 1;
-  }
+  warp_masked_softmax_row(p, m, S, lane);
+  ELECTRA_ATTENTION_KEYS(j, S, lane) probs[base + j] = __float2bfloat16_rn(p[j]);
+  __nv_bfloat16* out = dropout > 0.0f ? attend + static_cast<size_t>(row) * S : nullptr;
+  warp_dropout_row(out, keep, p, key, base, S, lane, dropout, keep_scale);
 }
 
 __global__ void bf16_apply_keep_kernel(__nv_bfloat16* attend, const __nv_bfloat16* probs, const uint8_t* keep, int B,
@@ -89,20 +57,12 @@ __global__ void bf16_softmax_backward_kernel(__nv_bfloat16* ds, float* dp, const
   float* d = dp + static_cast<size_t>(row) * S;
   const __nv_bfloat16* p = probs + base;
   const uint8_t* k = keep != nullptr ? keep + base : nullptr;
-  float dot = 0.0f;
-  ELECTRA_BF16_KEYS(j, S, lane) {
-    const float v = k != nullptr ? math::dropped_probability(d[j], k[j], keep_scale) : d[j];
-    d[j] = v;
-    dot += __bfloat162float(p[j]) * v;
-  }
-  dot = warp_reduce(dot, SumOp{});
+  const float dot = warp_dropout_gradient_dot(d, p, k, S, lane, keep_scale);
   __nv_bfloat16* out = ds + static_cast<size_t>(row) * S;
-  ELECTRA_BF16_KEYS(j, S, lane) {
+  ELECTRA_ATTENTION_KEYS(j, S, lane) {
     out[j] = __float2bfloat16_rn(math::score_gradient(__bfloat162float(p[j]), d[j], dot, score_scale));
   }
 }
-
-#undef ELECTRA_BF16_KEYS
 
 unsigned row_blocks(long long rows) { return static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock); }
 

@@ -2,8 +2,10 @@
 // at a time, into a [B,S,S] slice of its workspace). One warp per query row (b, i) of head h; lane l
 // handles keys j = 128 t + 4 l + u (u < 4) in every pass, so a lane reads back only what it wrote and
 // each group of four keys shares one Philox block for the dropout keep bits, which are regenerated from
-// the key (never stored). Per-element arithmetic: attention_fused_math.h (tested on the CPU).
+// the key (never stored). Softmax row: attention_rows.cuh; per-element arithmetic: attention_fused_math.h
+// (tested on the CPU).
 #include "lib/backend/cuda/attention_fused_math.h"
+#include "lib/backend/cuda/attention_rows.cuh"
 #include "lib/backend/cuda/device_util.cuh"
 #include "lib/backend/cuda/kernels.h"
 
@@ -11,10 +13,6 @@ namespace electra::cuda {
 namespace {
 
 constexpr int kRowsPerBlock = kBlock / kWarp;
-
-#define ELECTRA_FUSED_KEYS(j, S, lane)                       \
-  for (int j##0 = 4 * (lane); j##0 < (S); j##0 += 4 * kWarp) \
-    for (int j = j##0; j < j##0 + 4 && j < (S); ++j)
 
 // Keep bits of keys j0 .. j0 + count - 1 of query row (b, h, i); all ones without dropout.
 __device__ inline void row_keep_bits(uint8_t* bits, const DropoutKey& key, float dropout, int b, int H, int h, int S,
@@ -36,25 +34,8 @@ __global__ void fused_softmax_forward_kernel(float* p, float* stats, const int32
   const int b = static_cast<int>(row / S), i = static_cast<int>(row % S);
   float* pr = p + static_cast<size_t>(row) * S;
   const int32_t* m = mask != nullptr ? mask + static_cast<size_t>(b) * S : nullptr;
-  float mx = -INFINITY;
-  ELECTRA_FUSED_KEYS(j, S, lane) {
-    if (m == nullptr || m[j] != 0) mx = fmaxf(mx, pr[j]);
-  }
-  mx = warp_reduce(mx, MaxOp{});
-  float sum = 0.0f;
-  if (mx == -INFINITY) {  // no valid key: all-zero probabilities
-    ELECTRA_FUSED_KEYS(j, S, lane) pr[j] = 0.0f;
-  } else {
-    ELECTRA_FUSED_KEYS(j, S, lane) {
-      const float e = (m == nullptr || m[j] != 0) ? math::exp_f(pr[j] - mx) : 0.0f;
-      pr[j] = e;
-      sum += e;
-    }
-    sum = warp_reduce(sum, SumOp{});
-    const float inv = 1.0f / sum;
-    ELECTRA_FUSED_KEYS(j, S, lane) pr[j] *= inv;
-  }
-  if (lane == 0) stats[(static_cast<size_t>(b) * H + h) * S + i] = math::row_log_sum_exp(mx, sum);
+  const SoftmaxRowStats row_stats = warp_masked_softmax_row(pr, m, S, lane);
+  if (lane == 0) stats[(static_cast<size_t>(b) * H + h) * S + i] = math::row_log_sum_exp(row_stats.max, row_stats.sum);
   if (dropout > 0.0f) {
     for (int j0 = 4 * lane; j0 < S; j0 += 4 * kWarp) {
       const int count = S - j0 < 4 ? S - j0 : 4;
@@ -112,10 +93,8 @@ __global__ void fused_softmax_backward_kernel(float* ds, const float* p, int B, 
     }
   }
   dot = warp_reduce(dot, SumOp{});
-  ELECTRA_FUSED_KEYS(j, S, lane) d[j] = math::score_gradient(pr[j], d[j], dot, score_scale);
+  ELECTRA_ATTENTION_KEYS(j, S, lane) d[j] = math::score_gradient(pr[j], d[j], dot, score_scale);
 }
-
-#undef ELECTRA_FUSED_KEYS
 
 unsigned row_blocks(long long rows) { return static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock); }
 float keep_scale_of(float dropout) { return dropout > 0.0f ? 1.0f / (1.0f - dropout) : 1.0f; }

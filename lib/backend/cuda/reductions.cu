@@ -9,6 +9,7 @@
 // electra::bfloat16 at the end of the file.
 #include <climits>
 
+#include "lib/backend/cuda/attention_rows.cuh"
 #include "lib/backend/cuda/device_util.cuh"
 #include "lib/backend/cuda/elementwise_math.h"
 #include "lib/backend/cuda/kernels.h"
@@ -265,12 +266,7 @@ __global__ void gumbel_sample_kernel(int32_t* samples, const D* logits, const in
   }
 }
 
-// ---- attention rows (one warp per query row of head h) ----
-// Lane ownership: lane l handles keys j = 128 t + 4 l + u (u < 4), the same in every pass, so a lane
-// only reads back what it wrote, and each group of four keys shares one Philox block for dropout.
-#define ELECTRA_ATTENTION_KEYS(j, S, lane)                   \
-  for (int j##0 = 4 * (lane); j##0 < (S); j##0 += 4 * kWarp) \
-    for (int j = j##0; j < j##0 + 4 && j < (S); ++j)
+// ---- attention rows (one warp per query row of head h; attention_rows.cuh) ----
 
 __global__ void attention_softmax_forward_kernel(float* probs, uint8_t* keep, float* dropped, const int32_t* mask,
                                                  int B, int H, int S, int h, float dropout, DropoutKey key,
@@ -282,38 +278,9 @@ __global__ void attention_softmax_forward_kernel(float* probs, uint8_t* keep, fl
   const size_t base = ((static_cast<size_t>(b) * H + h) * S + i) * S;  // element (b, h, i, 0)
   float* p = probs + base;
   const int32_t* m = mask != nullptr ? mask + static_cast<size_t>(b) * S : nullptr;
-  float mx = -INFINITY;
-  ELECTRA_ATTENTION_KEYS(j, S, lane) {
-    if (m == nullptr || m[j] != 0) mx = fmaxf(mx, p[j]);
-  }
-  mx = warp_reduce(mx, MaxOp{});
-  if (mx == -INFINITY) {  // no valid key: all-zero probabilities
-    ELECTRA_ATTENTION_KEYS(j, S, lane) p[j] = 0.0f;
-  } else {
-    float sum = 0.0f;
-    ELECTRA_ATTENTION_KEYS(j, S, lane) {
-      const float e = (m == nullptr || m[j] != 0) ? math::exp_f(p[j] - mx) : 0.0f;
-      p[j] = e;
-      sum += e;
-    }
-    sum = warp_reduce(sum, SumOp{});
-    const float inv = 1.0f / sum;
-    ELECTRA_ATTENTION_KEYS(j, S, lane) p[j] *= inv;
-  }
-  if (dropout > 0.0f) {
-    float* out = dropped + (static_cast<size_t>(b) * S + i) * S;
-    for (int j0 = 4 * lane; j0 < S; j0 += 4 * kWarp) {
-      const int count = S - j0 < 4 ? S - j0 : 4;
-      uint8_t bits[4];
-      math::dropout_keep_group(bits, key, base + j0, count, dropout);
-      for (int u = 0; u < count; ++u) {
-        keep[base + j0 + u] = bits[u];
-        out[j0 + u] = p[j0 + u] * (bits[u] ? keep_scale : 0.0f);
-      }
-    }
-  } else if (keep != nullptr) {
-    ELECTRA_ATTENTION_KEYS(j, S, lane) keep[base + j] = 1;
-  }
+  warp_masked_softmax_row(p, m, S, lane);
+  float* out = dropout > 0.0f ? dropped + (static_cast<size_t>(b) * S + i) * S : nullptr;
+  warp_dropout_row(out, keep, p, key, base, S, lane, dropout, keep_scale);
 }
 
 __global__ void attention_apply_keep_kernel(float* dropped, const float* probs, const uint8_t* keep, int B, int H,
@@ -336,18 +303,9 @@ __global__ void attention_softmax_backward_kernel(float* ds, const float* probs,
   float* d = ds + base;
   const float* p = probs + base;
   const uint8_t* k = keep != nullptr ? keep + base : nullptr;
-  float dot = 0.0f;
-  ELECTRA_ATTENTION_KEYS(j, S, lane) {
-    float v = d[j];
-    if (k != nullptr) v *= k[j] ? keep_scale : 0.0f;
-    d[j] = v;
-    dot += p[j] * v;
-  }
-  dot = warp_reduce(dot, SumOp{});
-  ELECTRA_ATTENTION_KEYS(j, S, lane) d[j] = p[j] * (d[j] - dot) * score_scale;
+  const float dot = warp_dropout_gradient_dot(d, p, k, S, lane, keep_scale);
+  ELECTRA_ATTENTION_KEYS(j, S, lane) d[j] = math::score_gradient(p[j], d[j], dot, score_scale);
 }
-
-#undef ELECTRA_ATTENTION_KEYS
 
 unsigned warp_rows_grid(long long rows) { return static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock); }
 
