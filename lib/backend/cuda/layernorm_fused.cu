@@ -8,14 +8,15 @@
 // column partials, unchanged.
 //
 // Bitwise the unfused CUDA ops: lane l owns columns l, l + 32, ... in the order layernorm_forward_kernel /
-// layernorm_dx_kernel sum them, with the same warp butterflies and the same expressions
-// (layernorm_fused_math.h); each product and sum is rounded to the storage type where the sequence
-// stores it (dropped x, res, d_res); keep bits are a function of the element index alone
+// layernorm_dx_kernel sum them, with the same warp butterflies and the same row code and expressions
+// (layernorm_rows.cuh, layernorm_fused_math.h); each product and sum is rounded to the storage type
+// where the sequence stores it (dropped x, res, d_res); keep bits are a function of the element index alone
 // (math::dropout_keep_group), drawn four per Philox block as dropout_forward_kernel draws them.
 #include "lib/backend/cuda/device_util.cuh"
 #include "lib/backend/cuda/elementwise_math.h"
 #include "lib/backend/cuda/kernels.h"
 #include "lib/backend/cuda/layernorm_fused_math.h"
+#include "lib/backend/cuda/layernorm_rows.cuh"
 #include "lib/backend/cuda/storage.cuh"
 
 namespace electra::cuda {
@@ -106,13 +107,10 @@ __global__ void dropout_add_layernorm_forward_kernel(D* y, D* res, uint8_t* keep
         sq += d * d;
       }
     }
+    sq = warp_reduce(sq, SumOp{});
   } else {
-    for (int c = lane; c < cols; c += kWarp) {
-      const float d = to_float(rr[c]) - mu;
-      sq += d * d;
-    }
+    sq = warp_centred_squares(rr, mu, cols, lane);
   }
-  sq = warp_reduce(sq, SumOp{});
   const float rs = math::layernorm_rstd(sq, cols, eps);
   if (lane == 0) {
     if (mean != nullptr) mean[row] = mu;
@@ -123,16 +121,10 @@ __global__ void dropout_add_layernorm_forward_kernel(D* y, D* res, uint8_t* keep
     for (int j = 0; j < kCached; ++j) {
       if (j >= lane_columns) break;
       const int c = lane + kWarp * j;
-      if (c < cols) {
-        const float v = math::layernorm_scaled(cached[j], mu, rs, to_float(gamma[c]));
-        yr[c] = from_float<D>(beta != nullptr ? v + to_float(beta[c]) : v);
-      }
+      if (c < cols) yr[c] = layernorm_output(cached[j], mu, rs, gamma, beta, c);
     }
   } else {
-    for (int c = lane; c < cols; c += kWarp) {
-      const float v = math::layernorm_scaled(to_float(rr[c]), mu, rs, to_float(gamma[c]));
-      yr[c] = from_float<D>(beta != nullptr ? v + to_float(beta[c]) : v);
-    }
+    for (int c = lane; c < cols; c += kWarp) yr[c] = layernorm_output(to_float(rr[c]), mu, rs, gamma, beta, c);
   }
 }
 
@@ -149,22 +141,12 @@ __global__ void layernorm_dropout_backward_kernel(D* d_res, D* dx, const D* dy, 
   const D* xr = x + off;
   const D* dyr = dy + off;
   const float mu = mean[row], rs = rstd[row];
-  float sum_g = 0.0f, sum_gx = 0.0f;
-  for (int c = lane; c < cols; c += kWarp) {
-    const float g = to_float(dyr[c]) * to_float(gamma[c]);
-    sum_g += g;
-    sum_gx += g * (to_float(xr[c]) - mu) * rs;
-  }
-  sum_g = warp_reduce(sum_g, SumOp{});
-  sum_gx = warp_reduce(sum_gx, SumOp{});
-  const float mean_g = sum_g / static_cast<float>(cols), mean_gx = sum_gx / static_cast<float>(cols);
+  const LayerNormGradientMeans means = warp_layernorm_gradient_means(dyr, xr, gamma, mu, rs, cols, lane);
   D* dr = d_res + off;
   D* dxr = dx != nullptr ? dx + off : nullptr;
   const uint8_t* kr = keep != nullptr ? keep + off : nullptr;
   for (int c = lane; c < cols; c += kWarp) {
-    const float xhat = (to_float(xr[c]) - mu) * rs;
-    const D g =
-        from_float<D>(math::layernorm_input_gradient(to_float(dyr[c]), to_float(gamma[c]), xhat, rs, mean_g, mean_gx));
+    const D g = from_float<D>(layernorm_input_gradient_at(dyr, xr, gamma, mu, rs, means, c));
     dr[c] = g;
     if (dxr != nullptr) dxr[c] = kr != nullptr ? from_float<D>(math::dropped(to_float(g), kr[c], keep_scale)) : g;
   }

@@ -13,6 +13,7 @@
 #include "lib/backend/cuda/device_util.cuh"
 #include "lib/backend/cuda/elementwise_math.h"
 #include "lib/backend/cuda/kernels.h"
+#include "lib/backend/cuda/layernorm_rows.cuh"
 #include "lib/backend/cuda/storage.cuh"
 
 namespace electra::cuda {
@@ -122,22 +123,13 @@ __global__ void layernorm_forward_kernel(D* y, float* mean, float* rstd, const D
   float sum = 0.0f;
   for (int c = lane; c < cols; c += kWarp) sum += to_float(xr[c]);
   sum = warp_reduce(sum, SumOp{});
-  const float mu = sum / static_cast<float>(cols);
-  float sq = 0.0f;
-  for (int c = lane; c < cols; c += kWarp) {
-    const float d = to_float(xr[c]) - mu;
-    sq += d * d;
-  }
-  sq = warp_reduce(sq, SumOp{});
-  const float rs = 1.0f / sqrtf(sq / static_cast<float>(cols) + eps);
+  const float mu = math::layernorm_mean(sum, cols);
+  const float rs = math::layernorm_rstd(warp_centred_squares(xr, mu, cols, lane), cols, eps);
   if (lane == 0) {
     if (mean != nullptr) mean[row] = mu;
     if (rstd != nullptr) rstd[row] = rs;
   }
-  for (int c = lane; c < cols; c += kWarp) {
-    const float v = (to_float(xr[c]) - mu) * rs * to_float(gamma[c]);
-    yr[c] = from_float<D>(beta != nullptr ? v + to_float(beta[c]) : v);
-  }
+  for (int c = lane; c < cols; c += kWarp) yr[c] = layernorm_output(to_float(xr[c]), mu, rs, gamma, beta, c);
 }
 
 // dx = rstd * (g - mean(g) - xhat * mean(g * xhat)), g = dy * gamma
@@ -151,19 +143,10 @@ __global__ void layernorm_dx_kernel(D* dx, const D* dy, const D* x, const float*
   const D* xr = x + off;
   const D* dyr = dy + off;
   const float mu = mean[row], rs = rstd[row];
-  float sum_g = 0.0f, sum_gx = 0.0f;
-  for (int c = lane; c < cols; c += kWarp) {
-    const float g = to_float(dyr[c]) * to_float(gamma[c]);
-    sum_g += g;
-    sum_gx += g * (to_float(xr[c]) - mu) * rs;
-  }
-  sum_g = warp_reduce(sum_g, SumOp{});
-  sum_gx = warp_reduce(sum_gx, SumOp{});
-  const float mean_g = sum_g / static_cast<float>(cols), mean_gx = sum_gx / static_cast<float>(cols);
+  const LayerNormGradientMeans means = warp_layernorm_gradient_means(dyr, xr, gamma, mu, rs, cols, lane);
   D* dxr = dx + off;
   for (int c = lane; c < cols; c += kWarp) {
-    const float xhat = (to_float(xr[c]) - mu) * rs;
-    dxr[c] = from_float<D>(rs * (to_float(dyr[c]) * to_float(gamma[c]) - mean_g - xhat * mean_gx));
+    dxr[c] = from_float<D>(layernorm_input_gradient_at(dyr, xr, gamma, mu, rs, means, c));
   }
 }
 
