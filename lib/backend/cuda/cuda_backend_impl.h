@@ -65,6 +65,50 @@ inline void check_attention_shape(int B, int S, int H, int D, float dropout, con
   ELECTRA_CHECK(B >= 0 && S > 0 && H > 0 && D > 0, op, ": bad shape B=", B, " S=", S, " H=", H, " D=", D);
   ELECTRA_CHECK(dropout >= 0.0f && dropout < 1.0f, op, ": dropout ", dropout, " outside [0, 1)");
 }
+// With dropout, the materialised attention stores (forward) and reads (backward) the keep mask.
+inline void check_attention_keep(const uint8_t* keep, float dropout, const char* op) {
+  ELECTRA_CHECK(dropout == 0.0f || keep != nullptr, op, ": keep mask is null with dropout ", dropout);
+}
+// With dropout, keep bits are drawn by element index: the key must know an example's element count.
+inline void check_attention_key(const DropoutKey& key, float dropout, const char* op) {
+  ELECTRA_CHECK(dropout == 0.0f || key.elements_per_example > 0, op, ": elements_per_example is 0");
+}
+
+// Head h's query, key and value in qkv [B,S,3,H,D], or their gradients in dqkv.
+template <typename T>
+struct HeadQkv {
+  T* q;
+  T* k;
+  T* v;
+};
+
+// The strided views of one head of qkv [B,S,3,H,D] and context [B,S,H,D] that the per-head GEMMs of the
+// attention ops use, and the size of a head's [B,S,S] slice.
+struct HeadLayout {
+  HeadLayout(int B, int S, int H, int D)
+      : hd(static_cast<size_t>(H) * D),
+        ld_qkv(3 * H * D),
+        ld_ctx(H * D),
+        ss(static_cast<long long>(S) * S),
+        bss(static_cast<size_t>(B) * S * S),
+        qkv_batch(static_cast<long long>(S) * 3 * H * D),
+        ctx_batch(static_cast<long long>(S) * H * D),
+        score_scale(1.0f / std::sqrt(static_cast<float>(D))),
+        head_size(D) {}
+  size_t head(int h) const { return static_cast<size_t>(h) * head_size; }  // offset of head h in a token's row
+  template <typename T>
+  HeadQkv<T> qkv(T* base, int h) const {
+    T* q = base + head(h);
+    return HeadQkv<T>{q, q + hd, q + 2 * hd};
+  }
+  size_t hd;
+  int ld_qkv, ld_ctx;
+  long long ss;
+  size_t bss;
+  long long qkv_batch, ctx_batch;
+  float score_scale;
+  int head_size;
+};
 
 class CudaBackend final : public Backend<float> {
   // Shares this backend's stream, error word, arena, workspace and cuBLAS/cuBLASLt handles.
@@ -315,8 +359,7 @@ class CudaBackend final : public Backend<float> {
     ELECTRA_CHECK(rows >= 0 && cols > 0, "layernorm_backward: bad shape rows=", rows, " cols=", cols);
     if (rows == 0) return;
     activate();
-    float* partials = nullptr;
-    if (dgamma != nullptr || dbeta != nullptr) partials = workspace<float>(2 * cuda::column_partials(rows, cols));
+    float* partials = layernorm_partials(dgamma, dbeta, rows, cols);
     cuda::layernorm_backward(stream_, dx, dgamma, dbeta, dy, x, mean, rstd, gamma, rows, cols, partials);
   }
   // One kernel each way (layernorm_fused.cu), bitwise the op sequence of the defaults.
@@ -335,8 +378,7 @@ class CudaBackend final : public Backend<float> {
     check_residual_layernorm_args(rows, cols, p, keep, nullptr, "layernorm_dropout_backward");
     if (rows == 0) return;
     activate();
-    float* partials = nullptr;
-    if (dgamma != nullptr || dbeta != nullptr) partials = workspace<float>(2 * cuda::column_partials(rows, cols));
+    float* partials = layernorm_partials(dgamma, dbeta, rows, cols);
     cuda::layernorm_dropout_backward(stream_, d_res, dx, dgamma, dbeta, dy, res, mean, rstd, gamma, keep, rows, cols, p,
                                      partials);
   }
@@ -380,77 +422,64 @@ class CudaBackend final : public Backend<float> {
   void attention_forward(float* context, float* probs, uint8_t* keep, const float* qkv, const int32_t* mask, int B,
                          int S, int H, int D, float dropout, const DropoutKey& key) override {
     check_attention_shape(B, S, H, D, dropout, "attention_forward");
-    ELECTRA_CHECK(dropout == 0.0f || keep != nullptr, "attention_forward: keep mask is null with dropout ", dropout);
-    ELECTRA_CHECK(dropout == 0.0f || key.elements_per_example > 0, "attention_forward: elements_per_example is 0");
+    check_attention_keep(keep, dropout, "attention_forward");
+    check_attention_key(key, dropout, "attention_forward");
     if (B == 0) return;
     activate();
-    const int ld_qkv = 3 * H * D, ld_ctx = H * D;
-    const long long SS = static_cast<long long>(S) * S;
-    const long long qkv_batch = static_cast<long long>(S) * ld_qkv, ctx_batch = static_cast<long long>(S) * ld_ctx;
-    const float score_scale = 1.0f / std::sqrt(static_cast<float>(D));
-    float* dropped = dropout > 0.0f ? workspace<float>(static_cast<size_t>(B) * SS) : nullptr;
+    const HeadLayout a(B, S, H, D);
+    float* dropped = dropout > 0.0f ? workspace<float>(a.bss) : nullptr;
     for (int h = 0; h < H; ++h) {
-      const float* q = qkv + static_cast<size_t>(h) * D;
-      const float* k = q + static_cast<size_t>(H) * D;
-      const float* v = q + 2 * static_cast<size_t>(H) * D;
-      float* p = probs + h * SS;
+      const auto [q, k, v] = a.qkv(qkv, h);
+      float* p = probs + h * a.ss;
       // scores = q k^T / sqrt(D), into head h of probs
-      gemm_strided_batched(Transpose::kNo, Transpose::kYes, S, S, D, score_scale, q, ld_qkv, qkv_batch, k, ld_qkv,
-                           qkv_batch, 0.0f, p, S, H * SS, B);
+      gemm_strided_batched(Transpose::kNo, Transpose::kYes, S, S, D, a.score_scale, q, a.ld_qkv, a.qkv_batch, k,
+                           a.ld_qkv, a.qkv_batch, 0.0f, p, S, H * a.ss, B);
       cuda::attention_softmax_forward(stream_, probs, keep, dropped, mask, B, H, S, h, dropout, key);
       // context[b, :, h, :] = attend v
       const float* attend = dropout > 0.0f ? dropped : p;
-      const long long attend_batch = dropout > 0.0f ? SS : H * SS;
-      gemm_strided_batched(Transpose::kNo, Transpose::kNo, S, D, S, 1.0f, attend, S, attend_batch, v, ld_qkv, qkv_batch,
-                           0.0f, context + static_cast<size_t>(h) * D, ld_ctx, ctx_batch, B);
+      const long long attend_batch = dropout > 0.0f ? a.ss : H * a.ss;
+      gemm_strided_batched(Transpose::kNo, Transpose::kNo, S, D, S, 1.0f, attend, S, attend_batch, v, a.ld_qkv,
+                           a.qkv_batch, 0.0f, context + a.head(h), a.ld_ctx, a.ctx_batch, B);
     }
   }
   void attention_backward(float* dqkv, float* scratch, const float* dcontext, const float* qkv, const float* probs,
                           const uint8_t* keep, const int32_t* mask, int B, int S, int H, int D,
                           float dropout) override {
     check_attention_shape(B, S, H, D, dropout, "attention_backward");
-    ELECTRA_CHECK(dropout == 0.0f || keep != nullptr, "attention_backward: keep mask is null with dropout ", dropout);
+    check_attention_keep(keep, dropout, "attention_backward");
     (void)mask;  // masked keys have probability 0, so their score gradients vanish through probs alone
     if (B == 0) return;
     activate();
-    const int ld_qkv = 3 * H * D, ld_ctx = H * D;
-    const long long SS = static_cast<long long>(S) * S;
-    const long long qkv_batch = static_cast<long long>(S) * ld_qkv, ctx_batch = static_cast<long long>(S) * ld_ctx;
-    const float score_scale = 1.0f / std::sqrt(static_cast<float>(D));
+    const HeadLayout a(B, S, H, D);
     const float keep_scale = dropout > 0.0f ? 1.0f / (1.0f - dropout) : 1.0f;
     const uint8_t* k_mask = dropout > 0.0f ? keep : nullptr;
-    float* dropped = dropout > 0.0f ? workspace<float>(static_cast<size_t>(B) * SS) : nullptr;
+    float* dropped = dropout > 0.0f ? workspace<float>(a.bss) : nullptr;
     for (int h = 0; h < H; ++h) {
-      const size_t off = static_cast<size_t>(h) * D, HD = static_cast<size_t>(H) * D;
-      const float* q = qkv + off;
-      const float* k = q + HD;
-      const float* v = q + 2 * HD;
-      float* dq = dqkv + off;
-      float* dk = dq + HD;
-      float* dv = dq + 2 * HD;
-      const float* p = probs + h * SS;
-      const float* dctx = dcontext + off;
-      float* ds = scratch + h * SS;
+      const auto [q, k, v] = a.qkv(qkv, h);
+      const auto [dq, dk, dv] = a.qkv(dqkv, h);
+      const float* p = probs + h * a.ss;
+      const float* dctx = dcontext + a.head(h);
+      float* ds = scratch + h * a.ss;
       const float* attend = p;
-      long long attend_batch = H * SS;
+      long long attend_batch = H * a.ss;
       if (dropout > 0.0f) {
         cuda::attention_apply_keep(stream_, dropped, probs, keep, B, H, S, h, keep_scale);
         attend = dropped;
-        attend_batch = SS;
+        attend_batch = a.ss;
       }
       // dv = attend^T dctx
-      gemm_strided_batched(Transpose::kYes, Transpose::kNo, S, D, S, 1.0f, attend, S, attend_batch, dctx, ld_ctx,
-                           ctx_batch, 0.0f, dv, ld_qkv, qkv_batch, B);
+      gemm_strided_batched(Transpose::kYes, Transpose::kNo, S, D, S, 1.0f, attend, S, attend_batch, dctx, a.ld_ctx,
+                           a.ctx_batch, 0.0f, dv, a.ld_qkv, a.qkv_batch, B);
       // d(attend) = dctx v^T
-      gemm_strided_batched(Transpose::kNo, Transpose::kYes, S, S, D, 1.0f, dctx, ld_ctx, ctx_batch, v, ld_qkv,
-                           qkv_batch, 0.0f, ds, S, H * SS, B);
+      gemm_strided_batched(Transpose::kNo, Transpose::kYes, S, S, D, 1.0f, dctx, a.ld_ctx, a.ctx_batch, v, a.ld_qkv,
+                           a.qkv_batch, 0.0f, ds, S, H * a.ss, B);
       // Through dropout, then softmax.
-      cuda::attention_softmax_backward(stream_, scratch, probs, k_mask, B, H, S, h, keep_scale, score_scale);
+      cuda::attention_softmax_backward(stream_, scratch, probs, k_mask, B, H, S, h, keep_scale, a.score_scale);
       // dq = ds k; dk = ds^T q
-      gemm_strided_batched(Transpose::kNo, Transpose::kNo, S, D, S, 1.0f, ds, S, H * SS, k, ld_qkv, qkv_batch, 0.0f, dq,
-                           ld_qkv, qkv_batch, B);
-      gemm_strided_batched(Transpose::kYes, Transpose::kNo, S, D, S, 1.0f, ds, S, H * SS, q, ld_qkv, qkv_batch, 0.0f,
-                           dk, ld_qkv, qkv_batch, B);
+      gemm_strided_batched(Transpose::kNo, Transpose::kNo, S, D, S, 1.0f, ds, S, H * a.ss, k, a.ld_qkv, a.qkv_batch,
+                           0.0f, dq, a.ld_qkv, a.qkv_batch, B);
+      gemm_strided_batched(Transpose::kYes, Transpose::kNo, S, D, S, 1.0f, ds, S, H * a.ss, q, a.ld_qkv, a.qkv_batch,
+                           0.0f, dk, a.ld_qkv, a.qkv_batch, B);
     }
   }
 
@@ -466,74 +495,59 @@ class CudaBackend final : public Backend<float> {
   void fused_attention_forward(float* context, float* stats, const float* qkv, const int32_t* mask, int B, int S, int H,
                                int D, float dropout, const DropoutKey& key) override {
     check_attention_shape(B, S, H, D, dropout, "fused_attention_forward");
-    ELECTRA_CHECK(dropout == 0.0f || key.elements_per_example > 0,
-                  "fused_attention_forward: elements_per_example is 0");
+    check_attention_key(key, dropout, "fused_attention_forward");
     if (B == 0) return;
     activate();
     if (cuda::CudnnSdpa* sdpa = sdpa_for(B, S, H, D, dropout)) {
       sdpa->forward(context, stats, qkv, mask, B, S, H, D, dropout, key);
       return;
     }
-    const int ld_qkv = 3 * H * D, ld_ctx = H * D;
-    const long long SS = static_cast<long long>(S) * S;
-    const long long qkv_batch = static_cast<long long>(S) * ld_qkv, ctx_batch = static_cast<long long>(S) * ld_ctx;
-    const float score_scale = 1.0f / std::sqrt(static_cast<float>(D));
-    float* p = workspace<float>(static_cast<size_t>(B) * SS);  // head h's [B,S,S]
+    const HeadLayout a(B, S, H, D);
+    float* p = workspace<float>(a.bss);  // head h's [B,S,S]
     for (int h = 0; h < H; ++h) {
-      const float* q = qkv + static_cast<size_t>(h) * D;
-      const float* k = q + static_cast<size_t>(H) * D;
-      const float* v = q + 2 * static_cast<size_t>(H) * D;
-      gemm_strided_batched(Transpose::kNo, Transpose::kYes, S, S, D, score_scale, q, ld_qkv, qkv_batch, k, ld_qkv,
-                           qkv_batch, 0.0f, p, S, SS, B);
+      const auto [q, k, v] = a.qkv(qkv, h);
+      gemm_strided_batched(Transpose::kNo, Transpose::kYes, S, S, D, a.score_scale, q, a.ld_qkv, a.qkv_batch, k,
+                           a.ld_qkv, a.qkv_batch, 0.0f, p, S, a.ss, B);
       cuda::fused_attention_softmax_forward(stream_, p, stats, mask, B, H, S, h, dropout, key);
-      gemm_strided_batched(Transpose::kNo, Transpose::kNo, S, D, S, 1.0f, p, S, SS, v, ld_qkv, qkv_batch, 0.0f,
-                           context + static_cast<size_t>(h) * D, ld_ctx, ctx_batch, B);
+      gemm_strided_batched(Transpose::kNo, Transpose::kNo, S, D, S, 1.0f, p, S, a.ss, v, a.ld_qkv, a.qkv_batch, 0.0f,
+                           context + a.head(h), a.ld_ctx, a.ctx_batch, B);
     }
   }
   void fused_attention_backward(float* dqkv, const float* dcontext, const float* qkv, const float* context,
                                 const float* stats, const int32_t* mask, int B, int S, int H, int D, float dropout,
                                 const DropoutKey& key) override {
     check_attention_shape(B, S, H, D, dropout, "fused_attention_backward");
-    ELECTRA_CHECK(dropout == 0.0f || key.elements_per_example > 0,
-                  "fused_attention_backward: elements_per_example is 0");
+    check_attention_key(key, dropout, "fused_attention_backward");
     if (B == 0) return;
     activate();
     if (cuda::CudnnSdpa* sdpa = sdpa_for(B, S, H, D, dropout)) {
       sdpa->backward(dqkv, dcontext, qkv, context, stats, mask, B, S, H, D, dropout, key);
       return;
     }
-    const int ld_qkv = 3 * H * D, ld_ctx = H * D;
-    const long long SS = static_cast<long long>(S) * S;
-    const long long qkv_batch = static_cast<long long>(S) * ld_qkv, ctx_batch = static_cast<long long>(S) * ld_ctx;
-    const float score_scale = 1.0f / std::sqrt(static_cast<float>(D));
+    const HeadLayout a(B, S, H, D);
     // Head h's probabilities, and its dropped probabilities then d(scores): two [B,S,S] slices.
-    float* p = workspace<float>(2 * static_cast<size_t>(B) * SS);
-    float* ds = p + static_cast<size_t>(B) * SS;
+    float* p = workspace<float>(2 * a.bss);
+    float* ds = p + a.bss;
     for (int h = 0; h < H; ++h) {
-      const size_t off = static_cast<size_t>(h) * D, HD = static_cast<size_t>(H) * D;
-      const float* q = qkv + off;
-      const float* k = q + HD;
-      const float* v = q + 2 * HD;
-      float* dq = dqkv + off;
-      float* dk = dq + HD;
-      float* dv = dq + 2 * HD;
-      const float* dctx = dcontext + off;
-      gemm_strided_batched(Transpose::kNo, Transpose::kYes, S, S, D, score_scale, q, ld_qkv, qkv_batch, k, ld_qkv,
-                           qkv_batch, 0.0f, p, S, SS, B);
+      const auto [q, k, v] = a.qkv(qkv, h);
+      const auto [dq, dk, dv] = a.qkv(dqkv, h);
+      const float* dctx = dcontext + a.head(h);
+      gemm_strided_batched(Transpose::kNo, Transpose::kYes, S, S, D, a.score_scale, q, a.ld_qkv, a.qkv_batch, k,
+                           a.ld_qkv, a.qkv_batch, 0.0f, p, S, a.ss, B);
       cuda::fused_attention_recompute(stream_, p, dropout > 0.0f ? ds : nullptr, stats, mask, B, H, S, h, dropout, key);
       // dv = attend^T dctx
       const float* attend = dropout > 0.0f ? ds : p;
-      gemm_strided_batched(Transpose::kYes, Transpose::kNo, S, D, S, 1.0f, attend, S, SS, dctx, ld_ctx, ctx_batch, 0.0f,
-                           dv, ld_qkv, qkv_batch, B);
+      gemm_strided_batched(Transpose::kYes, Transpose::kNo, S, D, S, 1.0f, attend, S, a.ss, dctx, a.ld_ctx, a.ctx_batch,
+                           0.0f, dv, a.ld_qkv, a.qkv_batch, B);
       // d(attend) = dctx v^T, then through dropout and softmax.
-      gemm_strided_batched(Transpose::kNo, Transpose::kYes, S, S, D, 1.0f, dctx, ld_ctx, ctx_batch, v, ld_qkv,
-                           qkv_batch, 0.0f, ds, S, SS, B);
-      cuda::fused_attention_softmax_backward(stream_, ds, p, B, H, S, h, dropout, key, score_scale);
+      gemm_strided_batched(Transpose::kNo, Transpose::kYes, S, S, D, 1.0f, dctx, a.ld_ctx, a.ctx_batch, v, a.ld_qkv,
+                           a.qkv_batch, 0.0f, ds, S, a.ss, B);
+      cuda::fused_attention_softmax_backward(stream_, ds, p, B, H, S, h, dropout, key, a.score_scale);
       // dq = ds k; dk = ds^T q
-      gemm_strided_batched(Transpose::kNo, Transpose::kNo, S, D, S, 1.0f, ds, S, SS, k, ld_qkv, qkv_batch, 0.0f, dq,
-                           ld_qkv, qkv_batch, B);
-      gemm_strided_batched(Transpose::kYes, Transpose::kNo, S, D, S, 1.0f, ds, S, SS, q, ld_qkv, qkv_batch, 0.0f, dk,
-                           ld_qkv, qkv_batch, B);
+      gemm_strided_batched(Transpose::kNo, Transpose::kNo, S, D, S, 1.0f, ds, S, a.ss, k, a.ld_qkv, a.qkv_batch, 0.0f,
+                           dq, a.ld_qkv, a.qkv_batch, B);
+      gemm_strided_batched(Transpose::kYes, Transpose::kNo, S, D, S, 1.0f, ds, S, a.ss, q, a.ld_qkv, a.qkv_batch, 0.0f,
+                           dk, a.ld_qkv, a.qkv_batch, B);
     }
   }
 
@@ -712,6 +726,12 @@ class CudaBackend final : public Backend<float> {
       workspace_bytes_ = size;
     }
     return static_cast<E*>(workspace_);
+  }
+  // The LayerNorm backward's dgamma/dbeta column partials (two sets) in the workspace; null when neither
+  // parameter gradient is wanted.
+  float* layernorm_partials(const float* dgamma, const float* dbeta, int rows, int cols) {
+    if (dgamma == nullptr && dbeta == nullptr) return nullptr;
+    return workspace<float>(2 * cuda::column_partials(rows, cols));
   }
 
   // Waits for the stream, then reports what the kernels flagged since the last wait.

@@ -212,8 +212,7 @@ class CudaBf16Backend final : public Backend<bfloat16> {
     ELECTRA_CHECK(rows >= 0 && cols > 0, "layernorm_backward: bad shape rows=", rows, " cols=", cols);
     if (rows == 0) return;
     f_.activate();
-    float* partials = nullptr;
-    if (dgamma != nullptr || dbeta != nullptr) partials = f_.workspace<float>(2 * cuda::column_partials(rows, cols));
+    float* partials = f_.layernorm_partials(dgamma, dbeta, rows, cols);
     cuda::layernorm_backward(s(), dx, dgamma, dbeta, dy, x, mean, rstd, gamma, rows, cols, partials);
   }
   // One kernel each way (layernorm_fused.cu), rounding to bf16 where the op sequence stores: bitwise it.
@@ -233,8 +232,7 @@ class CudaBf16Backend final : public Backend<bfloat16> {
     check_residual_layernorm_args(rows, cols, p, keep, nullptr, "layernorm_dropout_backward");
     if (rows == 0) return;
     f_.activate();
-    float* partials = nullptr;
-    if (dgamma != nullptr || dbeta != nullptr) partials = f_.workspace<float>(2 * cuda::column_partials(rows, cols));
+    float* partials = f_.layernorm_partials(dgamma, dbeta, rows, cols);
     cuda::layernorm_dropout_backward(s(), d_res, dx, dgamma, dbeta, dy, res, mean, rstd, gamma, keep, rows, cols, p,
                                      partials);
   }
@@ -283,19 +281,15 @@ class CudaBf16Backend final : public Backend<bfloat16> {
   void attention_forward(bfloat16* context, bfloat16* probs, uint8_t* keep, const bfloat16* qkv, const int32_t* mask,
                          int B, int S, int H, int D, float dropout, const DropoutKey& key) override {
     check_attention_shape(B, S, H, D, dropout, "attention_forward");
-    ELECTRA_CHECK(dropout == 0.0f || keep != nullptr, "attention_forward: keep mask is null with dropout ", dropout);
-    ELECTRA_CHECK(dropout == 0.0f || key.elements_per_example > 0, "attention_forward: elements_per_example is 0");
+    check_attention_keep(keep, dropout, "attention_forward");
+    check_attention_key(key, dropout, "attention_forward");
     if (B == 0) return;
     f_.activate();
     const HeadLayout a(B, S, H, D);
     // Head h's fp32 scores, then (with dropout) its dropped probabilities in bf16.
-    char* ws = f_.workspace<char>(aligned(a.bss * sizeof(float)) + (dropout > 0.0f ? aligned(a.bss * 2) : 0));
-    float* scores = reinterpret_cast<float*>(ws);
-    bfloat16* dropped = dropout > 0.0f ? reinterpret_cast<bfloat16*>(ws + aligned(a.bss * sizeof(float))) : nullptr;
+    const auto [scores, dropped] = fp32_and_dropped_slices(a, dropout);
     for (int h = 0; h < H; ++h) {
-      const bfloat16* q = qkv + a.head(h);
-      const bfloat16* k = q + a.hd;
-      const bfloat16* v = q + 2 * a.hd;
+      const auto [q, k, v] = a.qkv(qkv, h);
       gemm_batched(Transpose::kNo, Transpose::kYes, S, S, D, a.score_scale, q, a.ld_qkv, a.qkv_batch, k, a.ld_qkv,
                    a.qkv_batch, scores, CUDA_R_32F, S, a.ss, B);
       cuda::bf16_attention_softmax_forward(s(), scores, probs, keep, dropped, mask, B, H, S, h, dropout, key);
@@ -310,7 +304,7 @@ class CudaBf16Backend final : public Backend<bfloat16> {
                           const bfloat16* probs, const uint8_t* keep, const int32_t* mask, int B, int S, int H, int D,
                           float dropout) override {
     check_attention_shape(B, S, H, D, dropout, "attention_backward");
-    ELECTRA_CHECK(dropout == 0.0f || keep != nullptr, "attention_backward: keep mask is null with dropout ", dropout);
+    check_attention_keep(keep, dropout, "attention_backward");
     ELECTRA_CHECK(scratch != nullptr, "attention_backward: scratch is null");
     (void)mask;  // masked keys have probability 0, so their score gradients vanish through probs alone
     if (B == 0) return;
@@ -320,17 +314,11 @@ class CudaBf16Backend final : public Backend<bfloat16> {
     const uint8_t* k_mask = dropout > 0.0f ? keep : nullptr;
     // Head h's fp32 d(attend), then (with dropout) its dropped probabilities in bf16; its bf16 d(scores)
     // go into the first [B,S,S] of the caller's scratch.
-    char* ws = f_.workspace<char>(aligned(a.bss * sizeof(float)) + (dropout > 0.0f ? aligned(a.bss * 2) : 0));
-    float* dattend = reinterpret_cast<float*>(ws);
-    bfloat16* dropped = dropout > 0.0f ? reinterpret_cast<bfloat16*>(ws + aligned(a.bss * sizeof(float))) : nullptr;
+    const auto [dattend, dropped] = fp32_and_dropped_slices(a, dropout);
     bfloat16* ds = scratch;
     for (int h = 0; h < H; ++h) {
-      const bfloat16* q = qkv + a.head(h);
-      const bfloat16* k = q + a.hd;
-      const bfloat16* v = q + 2 * a.hd;
-      bfloat16* dq = dqkv + a.head(h);
-      bfloat16* dk = dq + a.hd;
-      bfloat16* dv = dq + 2 * a.hd;
+      const auto [q, k, v] = a.qkv(qkv, h);
+      const auto [dq, dk, dv] = a.qkv(dqkv, h);
       const bfloat16* dctx = dcontext + a.head(h);
       const bfloat16* attend = probs + h * a.ss;
       long long attend_batch = H * a.ss;
@@ -360,8 +348,7 @@ class CudaBf16Backend final : public Backend<bfloat16> {
   void fused_attention_forward(bfloat16* context, float* stats, const bfloat16* qkv, const int32_t* mask, int B, int S,
                                int H, int D, float dropout, const DropoutKey& key) override {
     check_attention_shape(B, S, H, D, dropout, "fused_attention_forward");
-    ELECTRA_CHECK(dropout == 0.0f || key.elements_per_example > 0,
-                  "fused_attention_forward: elements_per_example is 0");
+    check_attention_key(key, dropout, "fused_attention_forward");
     if (B == 0) return;
     f_.activate();
     // The float backend's choice (same arguments, same cached answer in forward and backward).
@@ -375,9 +362,7 @@ class CudaBf16Backend final : public Backend<bfloat16> {
     float* p = reinterpret_cast<float*>(ws);
     bfloat16* attend = reinterpret_cast<bfloat16*>(ws + aligned(a.bss * sizeof(float)));
     for (int h = 0; h < H; ++h) {
-      const bfloat16* q = qkv + a.head(h);
-      const bfloat16* k = q + a.hd;
-      const bfloat16* v = q + 2 * a.hd;
+      const auto [q, k, v] = a.qkv(qkv, h);
       gemm_batched(Transpose::kNo, Transpose::kYes, S, S, D, a.score_scale, q, a.ld_qkv, a.qkv_batch, k, a.ld_qkv,
                    a.qkv_batch, p, CUDA_R_32F, S, a.ss, B);
       cuda::fused_attention_softmax_forward(s(), p, stats, mask, B, H, S, h, dropout, key);
@@ -390,8 +375,7 @@ class CudaBf16Backend final : public Backend<bfloat16> {
                                 const float* stats, const int32_t* mask, int B, int S, int H, int D, float dropout,
                                 const DropoutKey& key) override {
     check_attention_shape(B, S, H, D, dropout, "fused_attention_backward");
-    ELECTRA_CHECK(dropout == 0.0f || key.elements_per_example > 0,
-                  "fused_attention_backward: elements_per_example is 0");
+    check_attention_key(key, dropout, "fused_attention_backward");
     if (B == 0) return;
     f_.activate();
     if (cuda::CudnnSdpa* sdpa = f_.sdpa_for(B, S, H, D, dropout)) {
@@ -407,12 +391,8 @@ class CudaBf16Backend final : public Backend<bfloat16> {
     float* ds = reinterpret_cast<float*>(ws + fp32_slice);
     bfloat16* operand = reinterpret_cast<bfloat16*>(ws + 2 * fp32_slice);
     for (int h = 0; h < H; ++h) {
-      const bfloat16* q = qkv + a.head(h);
-      const bfloat16* k = q + a.hd;
-      const bfloat16* v = q + 2 * a.hd;
-      bfloat16* dq = dqkv + a.head(h);
-      bfloat16* dk = dq + a.hd;
-      bfloat16* dv = dq + 2 * a.hd;
+      const auto [q, k, v] = a.qkv(qkv, h);
+      const auto [dq, dk, dv] = a.qkv(dqkv, h);
       const bfloat16* dctx = dcontext + a.head(h);
       gemm_batched(Transpose::kNo, Transpose::kYes, S, S, D, a.score_scale, q, a.ld_qkv, a.qkv_batch, k, a.ld_qkv,
                    a.qkv_batch, p, CUDA_R_32F, S, a.ss, B);
@@ -518,30 +498,19 @@ class CudaBf16Backend final : public Backend<bfloat16> {
         stride_a, &beta, c, c_type, ldc, stride_c, batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   }
 
-  // The strided views of one head of qkv [B,S,3,H,D] and context [B,S,H,D] (the float backend's), and the
-  // size of a head's [B,S,S] slice.
-  struct HeadLayout {
-    HeadLayout(int B, int S, int H, int D)
-        : hd(static_cast<size_t>(H) * D),
-          ld_qkv(3 * H * D),
-          ld_ctx(H * D),
-          ss(static_cast<long long>(S) * S),
-          bss(static_cast<size_t>(B) * S * S),
-          qkv_batch(static_cast<long long>(S) * 3 * H * D),
-          ctx_batch(static_cast<long long>(S) * H * D),
-          score_scale(1.0f / std::sqrt(static_cast<float>(D))),
-          head_size(D) {}
-    size_t head(int h) const { return static_cast<size_t>(h) * head_size; }  // offset of head h in a token's row
-    size_t hd;
-    int ld_qkv, ld_ctx;
-    long long ss;
-    size_t bss;
-    long long qkv_batch, ctx_batch;
-    float score_scale;
-    int head_size;
-  };
   // Slices carved from the float backend's workspace start 256-byte aligned.
   static size_t aligned(size_t bytes) { return (bytes + 255) / 256 * 256; }
+  // A head's fp32 [B,S,S] slice of the workspace and, with dropout, a bf16 one after it for its dropped
+  // probabilities (null without dropout).
+  struct Fp32AndDropped {
+    float* fp32;
+    bfloat16* dropped;
+  };
+  Fp32AndDropped fp32_and_dropped_slices(const HeadLayout& a, float dropout) {
+    char* ws = f_.workspace<char>(aligned(a.bss * sizeof(float)) + (dropout > 0.0f ? aligned(a.bss * 2) : 0));
+    bfloat16* dropped = dropout > 0.0f ? reinterpret_cast<bfloat16*>(ws + aligned(a.bss * sizeof(float))) : nullptr;
+    return Fp32AndDropped{reinterpret_cast<float*>(ws), dropped};
+  }
 
   CudaBackend& f_;  // the float backend whose device, stream, arena, workspace and handles these ops use
 };
