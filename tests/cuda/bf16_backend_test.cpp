@@ -29,6 +29,7 @@
 #include "lib/core/error.h"
 #include "lib/model/device_buffer.h"
 #include "tests/backend/test_util.h"
+#include "tests/cuda/ops_fixture.h"
 
 namespace electra::test {
 namespace {
@@ -45,31 +46,7 @@ constexpr double kSumTol = 1e-4;
 // emulation needs about 1.2e-3 of max|want|, so 5e-3 leaves room for the GPU's summation orders.
 constexpr double kOperandFloor = 5e-3;
 
-Bf16 to_bf16(const std::vector<double>& x) {
-  Bf16 out(x.size());
-  for (size_t i = 0; i < x.size(); ++i) out[i] = bfloat16(static_cast<float>(x[i]));
-  return out;
-}
-double value_of(bfloat16 x) { return static_cast<float>(x); }
-double value_of(float x) { return x; }
-template <typename E>
-std::vector<double> values(const std::vector<E>& x) {
-  std::vector<double> out(x.size());
-  for (size_t i = 0; i < x.size(); ++i) out[i] = value_of(x[i]);
-  return out;
-}
-
-template <typename E>
-::testing::AssertionResult bitwise(const std::vector<E>& got, const std::vector<E>& want) {
-  if (got.size() != want.size()) return ::testing::AssertionFailure() << "sizes " << got.size() << " " << want.size();
-  for (size_t i = 0; i < got.size(); ++i) {
-    if (std::memcmp(&got[i], &want[i], sizeof(E)) != 0) {
-      return ::testing::AssertionFailure()
-             << "element " << i << ": gpu " << value_of(got[i]) << " cpu " << value_of(want[i]);
-    }
-  }
-  return ::testing::AssertionSuccess();
-}
+Bf16 to_bf16(const std::vector<double>& x) { return storage_values<bfloat16>(x); }
 
 // |got - want| <= rtol |want| + floor * max|want| per element.
 template <typename A, typename B>
@@ -106,7 +83,7 @@ TEST(CudaBf16Backend, RefusesABackendThatIsNotCuda) {
   }
 }
 
-class CudaBf16Ops : public ::testing::Test {
+class CudaBf16Ops : public CudaOpsFixture<bfloat16> {
  protected:
   void SetUp() override {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no usable CUDA GPU: " << cuda_unavailable_reason();
@@ -117,45 +94,19 @@ class CudaBf16Ops : public ::testing::Test {
     cpu = make_cpu_bf16_backend(*cpu_float);
   }
 
-  DeviceBuffer<bfloat16> up(const Bf16& h) {
-    DeviceBuffer<bfloat16> d(*gpu, h.size());
-    gpu->copy_from_host(d.data(), h.data(), h.size());
-    return d;
-  }
+  // The fixture's copies, and fp32 ("wide") buffers on the float backend.
+  using CudaOpsFixture<bfloat16>::up;
+  using CudaOpsFixture<bfloat16>::down;
   DeviceBuffer<float> up(const std::vector<float>& h) {
     DeviceBuffer<float> d(*gpu_float, h.size());
     gpu_float->copy_from_host(d.data(), h.data(), h.size());
     return d;
-  }
-  DeviceBuffer<bfloat16, int32_t> up(const std::vector<int32_t>& h) {
-    DeviceBuffer<bfloat16, int32_t> d(*gpu, h.size());
-    gpu->copy_ints_from_host(d.data(), h.data(), h.size());
-    return d;
-  }
-  DeviceBuffer<bfloat16, uint8_t> bytes(size_t n) { return DeviceBuffer<bfloat16, uint8_t>(*gpu, n); }
-  Bf16 down(const DeviceBuffer<bfloat16>& d) {
-    Bf16 h(d.size());
-    gpu->copy_to_host(h.data(), d.data(), h.size());
-    return h;
   }
   std::vector<float> down(const DeviceBuffer<float>& d) {
     std::vector<float> h(d.size());
     gpu_float->copy_to_host(h.data(), d.data(), h.size());
     return h;
   }
-  std::vector<int32_t> down(const DeviceBuffer<bfloat16, int32_t>& d) {
-    std::vector<int32_t> h(d.size());
-    gpu->copy_ints_to_host(h.data(), d.data(), h.size());
-    return h;
-  }
-  std::vector<uint8_t> down(const DeviceBuffer<bfloat16, uint8_t>& d) {
-    std::vector<uint8_t> h(d.size());
-    cuda_copy_bytes_to_host(*gpu_float, h.data(), d.data(), h.size());
-    return h;
-  }
-
-  std::unique_ptr<Backend<float>> gpu_float, cpu_float;
-  std::unique_ptr<Backend<bfloat16>> gpu, cpu;
 };
 
 // ---- construction, memory, conversions ----
@@ -282,25 +233,7 @@ TEST_F(CudaBf16Ops, LinearForwardBackwardAccumulatesInFloat) {
 // ---- elementwise ----
 
 TEST_F(CudaBf16Ops, ActivationsForwardBackward) {
-  const size_t n = 100003;
-  const auto x = to_bf16(random_values(n, 1, -6.0, 6.0)), dy = to_bf16(random_values(n, 2));
-  auto gx = up(x);
-  auto gdy = up(dy);
-  for (Activation act : {Activation::kNone, Activation::kGelu, Activation::kRelu, Activation::kTanh}) {
-    Bf16 y(n), dx(n);
-    cpu->activation_forward(act, y.data(), x.data(), n);
-    cpu->activation_backward(act, dx.data(), dy.data(), x.data(), n);
-    DeviceBuffer<bfloat16> gy(*gpu, n), gdx(*gpu, n);
-    gpu->activation_forward(act, gy.data(), gx.data(), n);
-    gpu->activation_backward(act, gdx.data(), gdy.data(), gx.data(), n);
-    EXPECT_TRUE(close(down(gy), y)) << to_string(act);
-    EXPECT_TRUE(close(down(gdx), dx)) << to_string(act);
-  }
-  auto inplace = up(x);
-  gpu->activation_forward(Activation::kGelu, inplace.data(), inplace.data(), n);
-  Bf16 y(n);
-  cpu->activation_forward(Activation::kGelu, y.data(), x.data(), n);
-  EXPECT_TRUE(close(down(inplace), y));
+  expect_activations_are_the_cpus([](const Bf16& got, const Bf16& want) { return close(got, want); });
 }
 
 TEST_F(CudaBf16Ops, AddAccumulateScaleRoundOnce) {
@@ -327,36 +260,7 @@ TEST_F(CudaBf16Ops, AddAccumulateScaleRoundOnce) {
   EXPECT_TRUE(bitwise(down(gscaled), scaled));
 }
 
-TEST_F(CudaBf16Ops, DropoutKeepMasksAreTheCpus) {
-  const size_t n = 10007;  // not a multiple of 4
-  const auto x = to_bf16(random_values(n, 1)), dy = to_bf16(random_values(n, 2));
-  for (uint64_t per : {1ull, 1001ull, 20000ull}) {
-    for (float p : {0.1f, 0.5f}) {
-      const DropoutKey key{.seed = 9, .step = 4, .lane = 3, .first_example = 5, .elements_per_example = per};
-      Bf16 y(n), dx(n);
-      std::vector<uint8_t> keep(n);
-      cpu->dropout_forward(y.data(), keep.data(), x.data(), n, p, key);
-      cpu->dropout_backward(dx.data(), dy.data(), keep.data(), n, p);
-      auto gx = up(x);
-      auto gdy = up(dy);
-      DeviceBuffer<bfloat16> gy(*gpu, n), gdx(*gpu, n);
-      auto gkeep = bytes(n);
-      gpu->dropout_forward(gy.data(), gkeep.data(), gx.data(), n, p, key);
-      gpu->dropout_backward(gdx.data(), gdy.data(), gkeep.data(), n, p);
-      EXPECT_EQ(down(gkeep), keep) << "per " << per << " p " << p;
-      EXPECT_TRUE(bitwise(down(gy), y));
-      EXPECT_TRUE(bitwise(down(gdx), dx));
-      gpu->dropout_forward(gx.data(), gkeep.data(), gx.data(), n, p, key);  // in place
-      EXPECT_TRUE(bitwise(down(gx), y));
-    }
-  }
-  auto gx = up(x);
-  DeviceBuffer<bfloat16> gy(*gpu, n);
-  auto gkeep = bytes(n);
-  gpu->dropout_forward(gy.data(), gkeep.data(), gx.data(), n, 0.0f, DropoutKey{});
-  EXPECT_TRUE(bitwise(down(gy), x));
-  EXPECT_EQ(down(gkeep), std::vector<uint8_t>(n, 1));
-}
+TEST_F(CudaBf16Ops, DropoutKeepMasksAreTheCpus) { expect_dropout_is_the_cpus(); }
 
 // ---- normalisation ----
 
@@ -651,26 +555,7 @@ TEST_F(CudaBf16Ops, SigmoidCrossEntropy) {
   EXPECT_TRUE(close(down(gdlogit), dlogit));
 }
 
-TEST_F(CudaBf16Ops, GumbelSamplesAreTheCpus) {
-  for (int V : {777, 30522}) {
-    const int rows = 24, per = 4;
-    const auto logits = to_bf16(random_values(static_cast<size_t>(rows) * V, 1, -3.0, 3.0));
-    const auto disallow = random_ints(rows, 2, 0, V);
-    auto glogits = up(logits);
-    auto gdisallow = up(disallow);
-    for (float t : {1.0f, 0.7f}) {
-      for (bool with_disallow : {false, true}) {
-        std::vector<int32_t> want(rows);
-        cpu->gumbel_sample(want.data(), logits.data(), with_disallow ? disallow.data() : nullptr, rows, V, t, 21, 6, 9,
-                           per);
-        DeviceBuffer<bfloat16, int32_t> got(*gpu, rows);
-        gpu->gumbel_sample(got.data(), glogits.data(), with_disallow ? gdisallow.data() : nullptr, rows, V, t, 21, 6, 9,
-                           per);
-        EXPECT_EQ(down(got), want) << "V " << V << " t " << t << " disallow " << with_disallow;
-      }
-    }
-  }
-}
+TEST_F(CudaBf16Ops, GumbelSamplesAreTheCpus) { expect_gumbel_samples_are_the_cpus(); }
 
 TEST_F(CudaBf16Ops, ReplaceMaskedTokensIsTheCpus) {
   const int B = 4, S = 30, P = 6;

@@ -15,48 +15,20 @@
 #include "lib/core/error.h"
 #include "lib/model/device_buffer.h"
 #include "tests/backend/test_util.h"
+#include "tests/cuda/ops_fixture.h"
 
 namespace electra::test {
 namespace {
 
 constexpr double kU = 1.0 / (1 << 24);  // float unit roundoff
 
-class CudaOps : public ::testing::Test {
+class CudaOps : public CudaOpsFixture<float> {
  protected:
   void SetUp() override {
     if (cuda_device_count() == 0) GTEST_SKIP() << "no usable CUDA GPU: " << cuda_unavailable_reason();
     gpu = make_cuda_backend(0);
     cpu = make_cpu_backend<float>();
   }
-
-  DeviceBuffer<float> up(const std::vector<float>& h) {
-    DeviceBuffer<float> d(*gpu, h.size());
-    gpu->copy_from_host(d.data(), h.data(), h.size());
-    return d;
-  }
-  DeviceBuffer<float, int32_t> up(const std::vector<int32_t>& h) {
-    DeviceBuffer<float, int32_t> d(*gpu, h.size());
-    gpu->copy_ints_from_host(d.data(), h.data(), h.size());
-    return d;
-  }
-  DeviceBuffer<float, uint8_t> bytes(size_t n) { return DeviceBuffer<float, uint8_t>(*gpu, n); }
-  std::vector<float> down(const DeviceBuffer<float>& d) {
-    std::vector<float> h(d.size());
-    gpu->copy_to_host(h.data(), d.data(), h.size());
-    return h;
-  }
-  std::vector<int32_t> down(const DeviceBuffer<float, int32_t>& d) {
-    std::vector<int32_t> h(d.size());
-    gpu->copy_ints_to_host(h.data(), d.data(), h.size());
-    return h;
-  }
-  std::vector<uint8_t> down(const DeviceBuffer<float, uint8_t>& d) {
-    std::vector<uint8_t> h(d.size());
-    cuda_copy_bytes_to_host(*gpu, h.data(), d.data(), h.size());
-    return h;
-  }
-
-  std::unique_ptr<Backend<float>> gpu, cpu;
 };
 
 template <typename T>
@@ -289,27 +261,10 @@ TEST_F(CudaOps, LinearForwardBackwardAccumulates) {
 // ---- elementwise ----
 
 TEST_F(CudaOps, ActivationsForwardBackward) {
-  const size_t n = 100003;
-  const auto x = cast<float>(random_values(n, 1, -6.0, 6.0)), dy = cast<float>(random_values(n, 2));
-  auto gx = up(x);
-  auto gdy = up(dy);
-  for (Activation act : {Activation::kNone, Activation::kGelu, Activation::kRelu, Activation::kTanh}) {
-    std::vector<float> y(n), dx(n);
-    cpu->activation_forward(act, y.data(), x.data(), n);
-    cpu->activation_backward(act, dx.data(), dy.data(), x.data(), n);
-    DeviceBuffer<float> gy(*gpu, n), gdx(*gpu, n);
-    gpu->activation_forward(act, gy.data(), gx.data(), n);
-    gpu->activation_backward(act, gdx.data(), gdy.data(), gx.data(), n);
-    // Same approximations on both sides; 1 - tanh^2 cancels near saturation, hence the absolute term.
-    EXPECT_TRUE(all_near(down(gy), to_double(y), 1e-5, 1e-6)) << to_string(act);
-    EXPECT_TRUE(all_near(down(gdx), to_double(dx), 1e-5, 1e-6)) << to_string(act);
-  }
-  // In place.
-  auto inplace = up(x);
-  gpu->activation_forward(Activation::kGelu, inplace.data(), inplace.data(), n);
-  std::vector<float> y(n);
-  cpu->activation_forward(Activation::kGelu, y.data(), x.data(), n);
-  EXPECT_TRUE(all_near(down(inplace), to_double(y), 1e-5, 1e-6));
+  // Same approximations on both sides; 1 - tanh^2 cancels near saturation, hence the absolute term.
+  expect_activations_are_the_cpus([](const std::vector<float>& got, const std::vector<float>& want) {
+    return all_near(got, to_double(want), 1e-5, 1e-6);
+  });
 }
 
 TEST_F(CudaOps, AddAccumulateScaleAreExact) {
@@ -335,35 +290,10 @@ TEST_F(CudaOps, AddAccumulateScaleAreExact) {
 }
 
 TEST_F(CudaOps, DropoutKeepMasksAreTheCpus) {
-  const size_t n = 10007;  // not a multiple of 4
-  const auto x = cast<float>(random_values(n, 1)), dy = cast<float>(random_values(n, 2));
-  for (uint64_t per : {1ull, 1001ull, 20000ull}) {
-    for (float p : {0.1f, 0.5f}) {
-      const DropoutKey key{.seed = 9, .step = 4, .lane = 3, .first_example = 5, .elements_per_example = per};
-      std::vector<float> y(n), dx(n);
-      std::vector<uint8_t> keep(n);
-      cpu->dropout_forward(y.data(), keep.data(), x.data(), n, p, key);
-      cpu->dropout_backward(dx.data(), dy.data(), keep.data(), n, p);
-      auto gx = up(x);
-      auto gdy = up(dy);
-      DeviceBuffer<float> gy(*gpu, n), gdx(*gpu, n);
-      auto gkeep = bytes(n);
-      gpu->dropout_forward(gy.data(), gkeep.data(), gx.data(), n, p, key);
-      gpu->dropout_backward(gdx.data(), gdy.data(), gkeep.data(), n, p);
-      EXPECT_EQ(down(gkeep), keep) << "per " << per << " p " << p;
-      EXPECT_TRUE(bitwise_equal(down(gy), y));
-      EXPECT_TRUE(bitwise_equal(down(gdx), dx));
-      gpu->dropout_forward(gx.data(), gkeep.data(), gx.data(), n, p, key);  // in place
-      EXPECT_TRUE(bitwise_equal(down(gx), y));
-    }
-  }
-  // p = 0 copies and sets every keep bit.
-  auto gx = up(x);
-  DeviceBuffer<float> gy(*gpu, n);
+  expect_dropout_is_the_cpus();
+  const size_t n = 10007;
+  DeviceBuffer<float> gx(*gpu, n), gy(*gpu, n);
   auto gkeep = bytes(n);
-  gpu->dropout_forward(gy.data(), gkeep.data(), gx.data(), n, 0.0f, DropoutKey{});
-  EXPECT_TRUE(bitwise_equal(down(gy), x));
-  EXPECT_EQ(down(gkeep), std::vector<uint8_t>(n, 1));
   EXPECT_THROW(gpu->dropout_forward(gy.data(), gkeep.data(), gx.data(), n, 1.0f, DropoutKey{}), Error);
 }
 
@@ -642,26 +572,7 @@ TEST_F(CudaOps, SigmoidCrossEntropy) {
   EXPECT_TRUE(all_near(down(gd), to_double(d), 1e-6, 1e-7));
 }
 
-TEST_F(CudaOps, GumbelSamplesAreTheCpus) {
-  for (int V : {777, 30522}) {
-    const int rows = 24, per = 4;
-    const auto logits = cast<float>(random_values(static_cast<size_t>(rows) * V, 1, -3.0, 3.0));
-    const auto disallow = random_ints(rows, 2, 0, V);
-    auto glogits = up(logits);
-    auto gdisallow = up(disallow);
-    for (float t : {1.0f, 0.7f}) {
-      for (bool with_disallow : {false, true}) {
-        std::vector<int32_t> want(rows);
-        cpu->gumbel_sample(want.data(), logits.data(), with_disallow ? disallow.data() : nullptr, rows, V, t, 21, 6, 9,
-                           per);
-        DeviceBuffer<float, int32_t> got(*gpu, rows);
-        gpu->gumbel_sample(got.data(), glogits.data(), with_disallow ? gdisallow.data() : nullptr, rows, V, t, 21, 6, 9,
-                           per);
-        EXPECT_EQ(down(got), want) << "V " << V << " t " << t << " disallow " << with_disallow;
-      }
-    }
-  }
-}
+TEST_F(CudaOps, GumbelSamplesAreTheCpus) { expect_gumbel_samples_are_the_cpus(); }
 
 // ---- reductions and optimizer ----
 
