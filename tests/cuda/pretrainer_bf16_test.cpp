@@ -15,7 +15,7 @@
 
 #include "lib/backend/cuda/cuda_backend.h"
 #include "lib/model/pretrainer.h"
-#include "lib/optim/adamw.h"
+#include "tests/cuda/pretrainer_step.h"
 #include "tests/model/model_test_util.h"
 
 namespace electra::test {
@@ -43,58 +43,6 @@ Bf16Backends cpu_bf16_backends() {
   return b;
 }
 
-struct Bf16Step {
-  PretrainerOutputs<float> first, second;  // forward before and after one AdamW step
-  std::vector<float> grads, params;
-  OptimizerStepStats stats;
-};
-
-Bf16Step run_bf16_step(Backend<bfloat16>& be, const PretrainerConfig& config, const Batch& batch,
-                       AttentionImpl attention = AttentionImpl::kAuto) {
-  ElectraPretrainer<bfloat16> model(config, be);
-  model.set_attention_impl(attention);
-  model.init_parameters(123);
-  OptimizerConfig oc;
-  oc.lr = 1e-3;
-  oc.warmup_steps = 0;
-  oc.total_steps = 100;
-  AdamW<float> adam(oc, model.layout(), model.parameter_backend());
-  StepContext ctx;
-  ctx.seed = 77;
-  ctx.step = 3;
-  Bf16Step r;
-  model.zero_gradients();
-  r.first = model.forward(batch, ctx);
-  model.backward();
-  r.grads = model.gradients_to_host();
-  r.stats = adam.step(model.parameters(), model.gradients(), 3);
-  r.params = model.parameters_to_host();
-  ctx.step = 4;
-  r.second = model.forward(batch, ctx);  // reads the bf16 copy of the updated master weights
-  return r;
-}
-
-// As pretrainer_test.cpp's small_config(): rows wider than a warp, 4 heads, a 500-token vocabulary.
-PretrainerConfig small_config() {
-  PretrainerConfig c;
-  EncoderConfig& d = c.discriminator;
-  d.vocab_size = 500;
-  d.embedding_size = 32;
-  d.hidden_size = 64;
-  d.num_layers = 2;
-  d.num_heads = 4;
-  d.intermediate_size = 128;
-  d.max_position_embeddings = 64;
-  c.generator.hidden_size = 32;
-  c.generator.num_layers = 2;
-  c.generator.num_heads = 2;
-  c.generator.intermediate_size = 64;
-  c.share_discriminator_settings();
-  c.num_token_predictions = 7;
-  c.disallow_correct = true;
-  return c;
-}
-
 size_t count_different(const std::vector<int32_t>& a, const std::vector<int32_t>& b) {
   size_t n = a.size() == b.size() ? 0 : std::max(a.size(), b.size());
   for (size_t i = 0; i < std::min(a.size(), b.size()); ++i) n += a[i] != b[i];
@@ -118,8 +66,8 @@ void expect_same_bf16_step(const PretrainerConfig& config, const Batch& batch,
                            AttentionImpl gpu_attention = AttentionImpl::kAuto) {
   if (cuda_device_count() == 0) GTEST_SKIP() << "no usable CUDA GPU: " << cuda_unavailable_reason();
   Bf16Backends gpu = cuda_bf16_backends(), cpu = cpu_bf16_backends();
-  const Bf16Step g = run_bf16_step(*gpu.narrow, config, batch, gpu_attention);
-  const Bf16Step c = run_bf16_step(*cpu.narrow, config, batch);
+  const AdamStepResult g = run_adam_step(*gpu.narrow, config, batch, gpu_attention);
+  const AdamStepResult c = run_adam_step(*cpu.narrow, config, batch);
 
   const size_t flipped = count_different(g.first.sampled_ids, c.first.sampled_ids);
   std::printf("cuda-bf16 vs cpu-bf16: %zu of %zu samples differ\n", flipped, c.first.sampled_ids.size());
@@ -203,7 +151,7 @@ TEST(CudaBf16Pretrainer, StepIsBitwiseReproducible) {
   const PretrainerConfig c = small_config();
   const Batch batch = random_batch(6, 48, 7, c.vocab_size, 10);
   Bf16Backends gpu = cuda_bf16_backends();
-  const Bf16Step a = run_bf16_step(*gpu.narrow, c, batch), b = run_bf16_step(*gpu.narrow, c, batch);
+  const AdamStepResult a = run_adam_step(*gpu.narrow, c, batch), b = run_adam_step(*gpu.narrow, c, batch);
   EXPECT_EQ(a.first.losses.total_loss, b.first.losses.total_loss);
   EXPECT_EQ(a.first.sampled_ids, b.first.sampled_ids);
   EXPECT_EQ(a.grads, b.grads);

@@ -9,71 +9,18 @@
 #include <cmath>
 
 #include "lib/backend/cuda/cuda_backend.h"
-#include "lib/optim/adamw.h"
+#include "tests/cuda/pretrainer_step.h"
 #include "tests/model/model_test_util.h"
 
 namespace electra::test {
 namespace {
-
-struct StepResult {
-  PretrainerOutputs<float> first, second;  // forward before and after one AdamW step
-  std::vector<float> grads, params;
-  OptimizerStepStats stats;
-};
-
-StepResult run_step(Backend<float>& be, const PretrainerConfig& config, const Batch& batch,
-                    AttentionImpl attention = AttentionImpl::kAuto) {
-  ElectraPretrainer<float> model(config, be);
-  model.set_attention_impl(attention);
-  model.init_parameters(123);
-  OptimizerConfig oc;
-  oc.lr = 1e-3;
-  oc.warmup_steps = 0;
-  oc.total_steps = 100;
-  AdamW<float> adam(oc, model.layout(), be);
-  StepContext ctx;
-  ctx.seed = 77;
-  ctx.step = 3;
-  StepResult r;
-  model.zero_gradients();
-  r.first = model.forward(batch, ctx);
-  model.backward();
-  r.grads = model.gradients_to_host();
-  r.stats = adam.step(model.parameters(), model.gradients(), 3);
-  r.params = model.parameters_to_host();
-  ctx.step = 4;
-  r.second = model.forward(batch, ctx);
-  return r;
-}
-
-// A model a little larger than tiny_config(): several chunks of sorted tokens in the embedding
-// gradient, rows wider than a warp, 4 heads.
-PretrainerConfig small_config() {
-  PretrainerConfig c;
-  EncoderConfig& d = c.discriminator;
-  d.vocab_size = 500;
-  d.embedding_size = 32;
-  d.hidden_size = 64;
-  d.num_layers = 2;
-  d.num_heads = 4;
-  d.intermediate_size = 128;
-  d.max_position_embeddings = 64;
-  c.generator.hidden_size = 32;
-  c.generator.num_layers = 2;
-  c.generator.num_heads = 2;
-  c.generator.intermediate_size = 64;
-  c.share_discriminator_settings();
-  c.num_token_predictions = 7;
-  c.disallow_correct = true;
-  return c;
-}
 
 void expect_same_step(const PretrainerConfig& config, const Batch& batch,
                       AttentionImpl gpu_attention = AttentionImpl::kAuto) {
   if (cuda_device_count() == 0) GTEST_SKIP() << "no usable CUDA GPU: " << cuda_unavailable_reason();
   auto gpu = make_cuda_backend(0);
   auto cpu = make_cpu_backend<float>();
-  const StepResult g = run_step(*gpu, config, batch, gpu_attention), c = run_step(*cpu, config, batch);
+  const AdamStepResult g = run_adam_step(*gpu, config, batch, gpu_attention), c = run_adam_step(*cpu, config, batch);
 
   // Same random choices: samples, hence the discriminator's input and labels.
   ASSERT_EQ(g.first.sampled_ids, c.first.sampled_ids);

@@ -45,6 +45,28 @@ inline PretrainerConfig tiny_config() {
   return c;
 }
 
+// A model a little larger than tiny_config(): several chunks of sorted tokens in the embedding gradient,
+// rows wider than a warp, 4 heads, a 500-token vocabulary.
+inline PretrainerConfig small_config() {
+  PretrainerConfig c;
+  EncoderConfig& d = c.discriminator;
+  d.vocab_size = 500;
+  d.embedding_size = 32;
+  d.hidden_size = 64;
+  d.num_layers = 2;
+  d.num_heads = 4;
+  d.intermediate_size = 128;
+  d.max_position_embeddings = 64;
+  c.generator.hidden_size = 32;
+  c.generator.num_layers = 2;
+  c.generator.num_heads = 2;
+  c.generator.intermediate_size = 64;
+  c.share_discriminator_settings();
+  c.num_token_predictions = 7;
+  c.disallow_correct = true;
+  return c;
+}
+
 // One forward + backward from zeroed gradients: the outputs and the gradient buffer on the host (P =
 // Wide<T>: float for bf16 storage).
 template <typename P>
