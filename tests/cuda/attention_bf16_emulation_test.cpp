@@ -16,6 +16,7 @@
 #include "lib/backend/cuda/attention_fused_math.h"
 #include "lib/core/bfloat16.h"
 #include "tests/backend/test_util.h"
+#include "tests/cuda/attention_masks.h"
 
 namespace electra::test {
 namespace {
@@ -287,16 +288,6 @@ double normwise_error(const std::vector<double>& g, const std::vector<double>& w
     norm += w[i] * w[i];
   }
   return std::sqrt(diff) / std::max(1e-300, std::sqrt(norm));
-}
-
-// Right-padded masks (lengths S, S - 9, 1, ...), as bf16_backend_test.cpp.
-std::vector<int32_t> right_padded_mask(int B, int S) {
-  std::vector<int32_t> mask(static_cast<size_t>(B) * S, 0);
-  for (int b = 0; b < B; ++b) {
-    const int length = b == 0 ? S : (b == 1 ? S - 9 : 1);
-    for (int s = 0; s < length; ++s) mask[static_cast<size_t>(b) * S + s] = 1;
-  }
-  return mask;
 }
 
 struct Case {

@@ -29,6 +29,7 @@
 #include "lib/core/error.h"
 #include "lib/model/device_buffer.h"
 #include "tests/backend/test_util.h"
+#include "tests/cuda/attention_masks.h"
 #include "tests/cuda/ops_fixture.h"
 
 namespace electra::test {
@@ -347,16 +348,6 @@ struct AttentionCase {
   int B, S, H, D;
   float dropout;
 };
-
-// Right-padded masks (lengths S, S - 9, 1, ...), which both our kernels and cuDNN SDPA serve.
-std::vector<int32_t> right_padded_mask(int B, int S) {
-  std::vector<int32_t> mask(static_cast<size_t>(B) * S, 0);
-  for (int b = 0; b < B; ++b) {
-    const int length = b == 0 ? S : (b == 1 ? S - 9 : 1);
-    for (int s = 0; s < length; ++s) mask[static_cast<size_t>(b) * S + s] = 1;
-  }
-  return mask;
-}
 
 TEST_F(CudaBf16Ops, AttentionForwardBackward) {
   for (const AttentionCase& ac : {AttentionCase{3, 37, 2, 16, 0.0f}, AttentionCase{3, 37, 2, 16, 0.1f}}) {
