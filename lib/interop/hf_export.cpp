@@ -45,6 +45,12 @@ std::vector<fs::path> export_hf(const PretrainerBundle& model, const fs::path& o
   const std::string tokenizer_config =
       hf_tokenizer_config(model.tokenizer, model.config.discriminator.max_position_embeddings).dump(2) + "\n";
   const std::string special_tokens = hf_special_tokens_map().dump(2) + "\n";
+  std::string tokenizer_json;
+  try {
+    tokenizer_json = hf_tokenizer_json(model.tokenizer, model.vocab).dump(2) + "\n";
+  } catch (const nlohmann::json::exception& e) {  // a token that is not valid UTF-8
+    fail("export: cannot write tokenizer.json for vocabulary ", model.vocab.origin(), ": ", e.what());
+  }
 
   std::vector<fs::path> written;
   for (HfModel which : {HfModel::kDiscriminator, HfModel::kGenerator}) {
@@ -62,6 +68,7 @@ std::vector<fs::path> export_hf(const PretrainerBundle& model, const fs::path& o
         {"vocab.txt", vocab_text},
         {"tokenizer_config.json", tokenizer_config},
         {"special_tokens_map.json", special_tokens},
+        {"tokenizer.json", tokenizer_json},
     };
     for (const auto& [name, contents] : files) {
       train::write_file_atomically(dir / name, contents);

@@ -1,6 +1,6 @@
 // Export to Hugging Face directories (what electra-export does):
 //   OUT/discriminator/  ElectraForPreTraining      model.safetensors config.json vocab.txt
-//   OUT/generator/      ElectraForMaskedLM         tokenizer_config.json special_tokens_map.json
+//   OUT/generator/      ElectraForMaskedLM         tokenizer_config.json special_tokens_map.json tokenizer.json
 // model.safetensors holds float32 tensors under the state-dict names of hf_format.h, sorted, so the same
 // model always gives the same bytes. Every file is written atomically (temporary name, fsync, rename).
 #pragma once

@@ -2,7 +2,6 @@
 
 #include <charconv>
 
-#include "data_pipeline/tokenizer/vocab.h"
 #include "lib/core/error.h"
 #include "lib/model/pretrainer.h"
 
@@ -161,9 +160,19 @@ EncoderConfig encoder_from_hf_config(const nlohmann::json& j, const std::string&
   return e;
 }
 
+namespace {
+
+// strip_accents as tokenizer_config.json and tokenizer.json both write it. null: follows lowercase, as ours
+// does by default; the same value in both files, else BertTokenizerFast rebuilds the normalizer on load.
+nlohmann::json hf_strip_accents(const text::TokenizerOptions& options) {
+  if (options.strips_accents() == options.lower_case) return nullptr;
+  return options.strips_accents();
+}
+
+}  // namespace
+
 nlohmann::json hf_tokenizer_config(const text::TokenizerOptions& options, int model_max_length) {
-  nlohmann::json strip = nullptr;  // null: follows do_lower_case, as ours does by default
-  if (options.strips_accents() != options.lower_case) strip = options.strips_accents();
+  const nlohmann::json strip = hf_strip_accents(options);
   return {
       {"clean_up_tokenization_spaces", true},
       {"cls_token", std::string(text::kClsToken)},
@@ -186,6 +195,64 @@ nlohmann::json hf_special_tokens_map() {
       {"cls_token", std::string(text::kClsToken)}, {"mask_token", std::string(text::kMaskToken)},
       {"pad_token", std::string(text::kPadToken)}, {"sep_token", std::string(text::kSepToken)},
       {"unk_token", std::string(text::kUnkToken)},
+  };
+}
+
+nlohmann::ordered_json hf_tokenizer_json(const text::TokenizerOptions& options, const text::Vocab& vocab) {
+  using ordered = nlohmann::ordered_json;
+  ordered added_tokens = ordered::array();
+  for (std::string_view token :
+       {text::kPadToken, text::kUnkToken, text::kClsToken, text::kSepToken, text::kMaskToken}) {
+    // normalized: false matches the literal token in the raw text, as the Scorer does.
+    added_tokens.push_back(ordered{{"id", vocab.id(token)},
+                                   {"content", std::string(token)},
+                                   {"single_word", false},
+                                   {"lstrip", false},
+                                   {"rstrip", false},
+                                   {"normalized", false},
+                                   {"special", true}});
+  }
+  auto special = [](std::string_view token, int type_id) {
+    return ordered{{"SpecialToken", ordered{{"id", std::string(token)}, {"type_id", type_id}}}};
+  };
+  auto sequence = [](const char* which, int type_id) {
+    return ordered{{"Sequence", ordered{{"id", which}, {"type_id", type_id}}}};
+  };
+  auto template_token = [&](std::string_view token) {
+    return ordered{{"id", std::string(token)}, {"ids", {vocab.id(token)}}, {"tokens", {std::string(token)}}};
+  };
+  ordered post_processor = {
+      {"type", "TemplateProcessing"},
+      {"single", {special(text::kClsToken, 0), sequence("A", 0), special(text::kSepToken, 0)}},
+      {"pair",
+       {special(text::kClsToken, 0), sequence("A", 0), special(text::kSepToken, 0), sequence("B", 1),
+        special(text::kSepToken, 1)}},
+      {"special_tokens",
+       {{std::string(text::kClsToken), template_token(text::kClsToken)},
+        {std::string(text::kSepToken), template_token(text::kSepToken)}}},
+  };
+  ordered vocab_ids = ordered::object();
+  for (size_t id = 0; id < vocab.tokens().size(); ++id) vocab_ids[vocab.tokens()[id]] = id;
+  return {
+      {"version", "1.0"},
+      {"truncation", nullptr},
+      {"padding", nullptr},
+      {"added_tokens", std::move(added_tokens)},
+      {"normalizer",
+       {{"type", "BertNormalizer"},
+        {"clean_text", true},
+        {"handle_chinese_chars", options.tokenize_chinese_chars},
+        {"strip_accents", hf_strip_accents(options)},
+        {"lowercase", options.lower_case}}},
+      {"pre_tokenizer", {{"type", "BertPreTokenizer"}}},
+      {"post_processor", std::move(post_processor)},
+      {"decoder", {{"type", "WordPiece"}, {"prefix", "##"}, {"cleanup", true}}},
+      {"model",
+       {{"type", "WordPiece"},
+        {"unk_token", std::string(text::kUnkToken)},
+        {"continuing_subword_prefix", "##"},
+        {"max_input_chars_per_word", options.max_input_chars_per_word},
+        {"vocab", std::move(vocab_ids)}}},
   };
 }
 

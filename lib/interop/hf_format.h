@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "data_pipeline/tokenizer/tokenizer_options.h"
+#include "data_pipeline/tokenizer/vocab.h"
 #include "lib/model/config.h"
 #include "lib/model/parameter_layout.h"
 
@@ -55,6 +56,11 @@ EncoderConfig encoder_from_hf_config(const nlohmann::json& config, const std::st
 // tokenizer_config.json and special_tokens_map.json of a BERT WordPiece tokenizer.
 nlohmann::json hf_tokenizer_config(const text::TokenizerOptions& options, int model_max_length);
 nlohmann::json hf_special_tokens_map();
+// tokenizer.json (the `tokenizers` library format, as BertTokenizerFast saves it) of the same tokenizer:
+// BertNormalizer, BertPreTokenizer, WordPiece with our max_input_chars_per_word (HF's default is 100),
+// [CLS] A [SEP] (B [SEP]) and the special tokens as added tokens. AutoTokenizer's fast tokenizer
+// reads it instead of vocab.txt; keys in the order the library writes them.
+nlohmann::ordered_json hf_tokenizer_json(const text::TokenizerOptions& options, const text::Vocab& vocab);
 // lower_case / strip_accents from tokenizer_config.json (do_lower_case default true, as BertTokenizer).
 text::TokenizerOptions tokenizer_options_from_hf(const nlohmann::json& tokenizer_config, const std::string& origin);
 

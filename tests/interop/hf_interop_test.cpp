@@ -11,6 +11,7 @@
 #include <map>
 #include <set>
 
+#include "data_pipeline/tokenizer/bert_tokenizer.h"
 #include "lib/core/error.h"
 #include "lib/interop/hf_export.h"
 #include "lib/interop/hf_format.h"
@@ -143,6 +144,97 @@ TEST(HfInterop, TransformersLoadsExportAndComputesOurLogits) {
   }
 }
 
+// Lines where tokenizers part ways: accents and case, CJK and other scripts, punctuation, control, zero-width
+// and replacement characters, a word over Hugging Face's default limit of 100 characters and one over
+// ours (200), literal special tokens, empty and blank lines.
+std::vector<std::string> tricky_lines() {
+  std::vector<std::string> lines = nlohmann::json::parse(R"([
+    "H\u00e9llo W\u00d6RLD, the caf\u00e9 and the \u00c7at!",
+    "the \u732b sat\u5728\u4e2d mat \u3042\u3044 \uac00 \ud840\udc00x",
+    "hello,world!!...(a)b [mask] \u00bfok? \u2014 \"quick\"-brown's $5 ^_^ ~",
+    "hello\u0001world\tthe\r\ndog\u0000cat\u200bsat\u00a0on\u007fa\ufffdb\u0085it\u2028was",
+    "a [MASK] b hello[MASK]world [CLS] x [SEP] [PAD][UNK] [MASK",
+    "",
+    "   \t  ",
+    "It was GOOD. Hello HELLO hello",
+    "\u1e9b\u0323 \ufb01 \u00df \u0130 the\u0301 A\u030a"
+  ])");
+  lines.push_back("jump" + std::string(146, 's'));  // 150 characters: pieces for us, [UNK] at HF's default 100
+  lines.push_back("jump" + std::string(246, 's'));  // 250 characters: [UNK] for us too
+  return lines;
+}
+
+// AutoTokenizer (the fast tokenizer, built from the exported tokenizer.json) gives our ids exactly,
+// with our 200-character word limit; the slow ElectraTokenizer still loads and differs only where its
+// hard-coded limit of 100 characters applies.
+TEST(HfInterop, FastTokenizerFromTokenizerJsonGivesOurIds) {
+  std::string why;
+  const std::string python = python_with_transformers(&why);
+  if (python.empty()) GTEST_SKIP() << why;
+  TempDir tmp;
+  const TinyRun run = make_tiny_run(tmp.path());
+  PretrainerBundle bundle = load_checkpoint_bundle(run.run_dir);
+  const std::vector<std::string> lines = tricky_lines();
+  const size_t word150 = lines.size() - 2;
+  const std::vector<std::string> pair = {"Hello, the dog!", "jumps over [MASK] mat"};
+  const fs::path input = tmp.path() / "input.json";
+  std::ofstream(input) << nlohmann::json{{"lines", lines}, {"pair", pair}}.dump();
+
+  text::TokenizerOptions cased;
+  cased.lower_case = false;
+  text::TokenizerOptions lower_keeping_accents_no_cjk;
+  lower_keeping_accents_no_cjk.strip_accents = false;
+  lower_keeping_accents_no_cjk.tokenize_chinese_chars = false;
+  const std::pair<const char*, text::TokenizerOptions> variants[] = {
+      {"uncased", text::TokenizerOptions{}},
+      {"cased", cased},
+      {"lower_keeping_accents_no_cjk", lower_keeping_accents_no_cjk}};
+  for (const auto& [name, options] : variants) {
+    SCOPED_TRACE(name);
+    bundle.tokenizer = options;
+    const fs::path out = tmp.path() / name;
+    export_hf(bundle, out);
+    const fs::path output = tmp.path() / (std::string(name) + ".json");
+    const CommandResult r =
+        run_command(shell_quote(python) + " " + shell_quote(source_dir() + "/tests/interop/hf_tokenize.py") + " " +
+                    shell_quote((out / "discriminator").string()) + " " + shell_quote(input.string()) + " " +
+                    shell_quote(output.string()) + " 2>&1");
+    ASSERT_EQ(r.status, 0) << r.out;
+    const nlohmann::json hf = nlohmann::json::parse(read_bytes(output));
+    EXPECT_EQ(hf["fast_class"], "ElectraTokenizerFast");
+    EXPECT_EQ(hf["slow_class"], "ElectraTokenizer");
+    EXPECT_EQ(hf["max_input_chars_per_word"], 200);
+
+    const text::BertTokenizer tokenizer(bundle.vocab, options);
+    auto ours = [&](const std::string& line) {
+      std::vector<int32_t> ids = {bundle.vocab.cls_id()};
+      for (int32_t id : encode_keeping_special_tokens(tokenizer, line)) ids.push_back(id);
+      ids.push_back(bundle.vocab.sep_id());
+      return ids;
+    };
+    for (size_t i = 0; i < lines.size(); ++i) {
+      const std::vector<int32_t> want = ours(lines[i]);
+      EXPECT_EQ(hf["fast"][i].get<std::vector<int32_t>>(), want) << "fast, line " << i << ": " << lines[i];
+      EXPECT_EQ(hf["raw"][i].get<std::vector<int32_t>>(), want) << "tokenizer.json, line " << i << ": " << lines[i];
+      if (i == word150) {
+        EXPECT_EQ(want.size(), 149u);  // jump + 146 x ##s + [CLS] [SEP]: not [UNK] for us
+        EXPECT_EQ(hf["slow"][i].get<std::vector<int32_t>>(),
+                  (std::vector<int32_t>{bundle.vocab.cls_id(), bundle.vocab.unk_id(), bundle.vocab.sep_id()}));
+      } else {
+        EXPECT_EQ(hf["slow"][i].get<std::vector<int32_t>>(), want) << "slow, line " << i << ": " << lines[i];
+      }
+    }
+    // [CLS] A [SEP] B [SEP] with segment ids 0 then 1.
+    std::vector<int32_t> pair_ids = ours(pair[0]);
+    const std::vector<int32_t> second = ours(pair[1]);
+    std::vector<int32_t> pair_types(pair_ids.size(), 0);
+    pair_ids.insert(pair_ids.end(), second.begin() + 1, second.end());
+    pair_types.resize(pair_ids.size(), 1);
+    EXPECT_EQ(hf["pair_ids"].get<std::vector<int32_t>>(), pair_ids);
+    EXPECT_EQ(hf["pair_type_ids"].get<std::vector<int32_t>>(), pair_types);
+  }
+}
+
 TEST(HfInterop, ExportImportExportIsByteIdentical) {
   TempDir tmp;
   const TinyRun run = make_tiny_run(tmp.path(), /*lower_case=*/false);
@@ -172,7 +264,7 @@ TEST(HfInterop, ExportImportExportIsByteIdentical) {
   export_hf(imported, second);
   const std::vector<fs::path> files = files_under(first);
   EXPECT_EQ(files, files_under(second));
-  EXPECT_EQ(files.size(), 10u);
+  EXPECT_EQ(files.size(), 12u);
   for (const fs::path& f : files) EXPECT_EQ(read_bytes(first / f), read_bytes(second / f)) << f;
 
   // The files say what Hugging Face needs.
@@ -188,6 +280,14 @@ TEST(HfInterop, ExportImportExportIsByteIdentical) {
   const nlohmann::json tok = nlohmann::json::parse(read_bytes(first / "generator/tokenizer_config.json"));
   EXPECT_EQ(tok["do_lower_case"], false);
   EXPECT_EQ(tok["tokenizer_class"], "ElectraTokenizer");
+  const nlohmann::json tok_json = nlohmann::json::parse(read_bytes(first / "generator/tokenizer.json"));
+  EXPECT_EQ(tok_json["model"]["max_input_chars_per_word"], 200);
+  EXPECT_EQ(tok_json["model"]["vocab"].size(), run.vocab.size());
+  EXPECT_EQ(tok_json["model"]["vocab"]["##ing"], run.vocab.id("##ing"));
+  EXPECT_EQ(tok_json["normalizer"]["lowercase"], false);
+  EXPECT_EQ(tok_json["normalizer"]["strip_accents"], nullptr);  // follows lowercase, as in tokenizer_config.json
+  EXPECT_EQ(tok_json["added_tokens"][4]["content"], "[MASK]");
+  EXPECT_EQ(tok_json["added_tokens"][4]["id"], run.vocab.mask_id());
   const SafetensorsFile g = SafetensorsFile::load(first / "generator/model.safetensors");
   EXPECT_TRUE(g.contains("generator_lm_head.weight"));
   EXPECT_TRUE(g.contains("electra.encoder.layer.1.output.LayerNorm.bias"));
