@@ -204,6 +204,7 @@ TEST(HfInterop, FastTokenizerFromTokenizerJsonGivesOurIds) {
     EXPECT_EQ(hf["fast_class"], "ElectraTokenizerFast");
     EXPECT_EQ(hf["slow_class"], "ElectraTokenizer");
     EXPECT_EQ(hf["max_input_chars_per_word"], 200);
+    EXPECT_EQ(hf["differs_from_bert_tokenizer_fast"], nlohmann::json::array());
 
     const text::BertTokenizer tokenizer(bundle.vocab, options);
     auto ours = [&](const std::string& line) {
