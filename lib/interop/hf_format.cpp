@@ -274,4 +274,16 @@ text::TokenizerOptions tokenizer_options_from_hf(const nlohmann::json& j, const 
   return options;
 }
 
+void read_word_limit_from_hf_tokenizer_json(const nlohmann::json& j, const std::string& origin,
+                                            text::TokenizerOptions& options) {
+  if (!j.is_object() || !j.contains("model") || !j.at("model").is_object()) return;
+  const nlohmann::json& model = j.at("model");
+  if (!model.contains("max_input_chars_per_word")) return;
+  const nlohmann::json& limit = model.at("max_input_chars_per_word");
+  if (!limit.is_number_unsigned() || limit.get<uint64_t>() == 0 || limit.get<uint64_t>() > (uint64_t{1} << 31)) {
+    fail(origin, ": key 'model.max_input_chars_per_word' must be a positive integer, got ", limit.dump());
+  }
+  options.max_input_chars_per_word = static_cast<uint32_t>(limit.get<uint64_t>());
+}
+
 }  // namespace electra::interop

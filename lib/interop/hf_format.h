@@ -63,6 +63,10 @@ nlohmann::json hf_special_tokens_map();
 nlohmann::ordered_json hf_tokenizer_json(const text::TokenizerOptions& options, const text::Vocab& vocab);
 // lower_case / strip_accents from tokenizer_config.json (do_lower_case default true, as BertTokenizer).
 text::TokenizerOptions tokenizer_options_from_hf(const nlohmann::json& tokenizer_config, const std::string& origin);
+// The WordPiece word limit of a tokenizer.json (model.max_input_chars_per_word, what HF's fast tokenizer
+// applies), into `options`; a file without it leaves options as they are; a bad value fails naming origin.
+void read_word_limit_from_hf_tokenizer_json(const nlohmann::json& tokenizer_json, const std::string& origin,
+                                            text::TokenizerOptions& options);
 
 // A float as the shortest decimal that reads back as the same float (0.1f -> 0.1), for JSON.
 double json_float(float value);

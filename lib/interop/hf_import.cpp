@@ -210,6 +210,10 @@ HfPretrainer load_hf_pretrainer(const fs::path& discriminator_dir, const fs::pat
     const fs::path tc = dir / "tokenizer_config.json";
     if (fs::exists(tc)) {
       out.tokenizer = tokenizer_options_from_hf(read_json(tc), tc.string());
+      // HF's fast tokenizer applies tokenizer.json's word limit (Google's converted models: 100; our
+      // exports: ours); without the file our default (google-research/bert's 200) stays.
+      const fs::path tj = dir / "tokenizer.json";
+      if (fs::exists(tj)) read_word_limit_from_hf_tokenizer_json(read_json(tj), tj.string(), out.tokenizer);
       break;
     }
   }

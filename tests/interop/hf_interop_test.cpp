@@ -432,6 +432,25 @@ TEST(HfInterop, ImportRejectsInconsistentDirectoriesNamingTheProblem) {
     write_bytes(dir / "discriminator/model.safetensors", bytes.substr(0, bytes.size() / 2));
   }
   expect_import_error(dir, "model.safetensors");
+
+  // The word limit comes from tokenizer.json when there is one (what HF's fast tokenizer applies: 100 in
+  // Google's converted models), else our default; a bad value is named.
+  EXPECT_EQ(load_hf_pretrainer(good / "discriminator", good / "generator").tokenizer.max_input_chars_per_word, 200u);
+  auto edit_word_limit = [&](const fs::path& d, const nlohmann::json& value) {
+    nlohmann::json t = nlohmann::json::parse(read_bytes(d / "tokenizer.json"));
+    t["model"]["max_input_chars_per_word"] = value;
+    write_bytes(d / "tokenizer.json", t.dump());
+  };
+  dir = fresh();
+  edit_word_limit(dir / "discriminator", 100);
+  EXPECT_EQ(load_hf_pretrainer(dir / "discriminator", dir / "generator").tokenizer.max_input_chars_per_word, 100u);
+  dir = fresh();
+  fs::remove(dir / "discriminator/tokenizer.json");
+  fs::remove(dir / "generator/tokenizer.json");
+  EXPECT_EQ(load_hf_pretrainer(dir / "discriminator", dir / "generator").tokenizer.max_input_chars_per_word, 200u);
+  dir = fresh();
+  edit_word_limit(dir / "discriminator", -5);
+  expect_import_error(dir, "model.max_input_chars_per_word");
 }
 
 TEST(HfInterop, ImportReadsShardedAndHalfPrecisionFiles) {
