@@ -22,6 +22,10 @@ int main(int argc, char** argv) {
   app.add_option("--max-seq-length", options.max_seq_length, "tokens per example, [CLS]/[SEP] included")
       ->capture_default_str();
   app.add_flag("--no-lower-case", no_lower_case, "keep case and accents (cased vocabulary)");
+  app.add_option("--blanks-separate-docs", options.blanks_separate_docs,
+                 "true: a blank line ends a document (BERT layout); false: a document is a file, blank lines "
+                 "are skipped (text whose blank lines separate paragraphs: reStructuredText, Markdown)")
+      ->capture_default_str();
   app.add_option("--seed", options.seed, "seed of the example builder's randomness")->capture_default_str();
   app.add_option("--rows-per-shard", options.rows_per_shard, "examples per shard file")->capture_default_str();
   app.add_option("--chunk-rows", options.chunk_rows, "rows per HDF5 chunk")->capture_default_str();

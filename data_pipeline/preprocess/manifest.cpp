@@ -21,6 +21,7 @@ nlohmann::json Manifest::to_json() const {
           {"vocab_size", vocab_size},
           {"max_seq_length", max_seq_length},
           {"tokenizer", {{"lower_case", lower_case}}},
+          {"blanks_separate_docs", blanks_separate_docs},
           {"seed", seed},
           {"command_line", command_line},
           {"stats", stats}};
@@ -41,6 +42,7 @@ Manifest Manifest::from_json(const nlohmann::json& j, const std::string& where) 
     m.vocab_size = field("vocab_size").get<uint64_t>();
     m.max_seq_length = field("max_seq_length").get<int>();
     m.lower_case = field("tokenizer").at("lower_case").get<bool>();
+    m.blanks_separate_docs = j.value("blanks_separate_docs", true);
     m.seed = field("seed").get<uint64_t>();
     m.command_line = j.value("command_line", std::string());
     m.stats = j.value("stats", nlohmann::json::object());

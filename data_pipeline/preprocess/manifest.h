@@ -22,6 +22,7 @@ struct Manifest {
   uint64_t vocab_size = 0;
   int max_seq_length = 0;
   bool lower_case = true;
+  bool blanks_separate_docs = true;  // PreprocessOptions::blanks_separate_docs (absent in older manifests: true)
   uint64_t seed = 0;
   std::string command_line;
   nlohmann::json stats = nlohmann::json::object();  // counts reported by electra-preprocess

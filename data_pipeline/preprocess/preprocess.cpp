@@ -272,7 +272,7 @@ RankResult preprocess_rank(const PreprocessOptions& options, const text::Vocab& 
         result.stats.bytes += line.size() + 1;
         bool done;
         if (is_blank(line)) {
-          done = builder.add_blank_line(example);
+          done = options.blanks_separate_docs && builder.add_blank_line(example);
         } else {
           tokens.clear();
           tokenizer.encode_append(line, tokens, &tstats);
@@ -429,6 +429,7 @@ Manifest run_preprocess(const PreprocessOptions& options, MPI_Comm comm) {
       manifest.vocab_size = vocab_size;
       manifest.max_seq_length = options.max_seq_length;
       manifest.lower_case = options.lower_case;
+      manifest.blanks_separate_docs = options.blanks_separate_docs;
       manifest.seed = options.seed;
       manifest.command_line = options.command_line;
       manifest.stats = total.to_json();
@@ -436,9 +437,16 @@ Manifest run_preprocess(const PreprocessOptions& options, MPI_Comm comm) {
       copy_file_atomic(options.vocab_path, (fs::path(options.output_dir) / kVocabFileName).string());
       manifest.save(options.output_dir);
       ELECTRA_LOG(info) << "preprocess: wrote " << manifest.shards.size() << " shards, " << manifest.total_rows
-                        << " examples, " << total.tokens << " tokens from " << total.bytes / 1e6 << " MB in "
-                        << total.seconds << " s (" << (total.seconds > 0 ? total.bytes / 1e6 / total.seconds : 0.0)
-                        << " MB/s overall, " << world << " rank(s)); invalid UTF-8: " << total.invalid_utf8
+                        << " examples, " << total.tokens << " tokens ("
+                        << (manifest.total_rows > 0
+                                ? 100.0 * static_cast<double>(total.tokens) /
+                                      (static_cast<double>(manifest.total_rows) * options.max_seq_length)
+                                : 0.0)
+                        << "% of the sequence slots; blank lines "
+                        << (options.blanks_separate_docs ? "separate documents" : "skipped, a document per file")
+                        << ") from " << total.bytes / 1e6 << " MB in " << total.seconds << " s ("
+                        << (total.seconds > 0 ? total.bytes / 1e6 / total.seconds : 0.0) << " MB/s overall, " << world
+                        << " rank(s)); invalid UTF-8: " << total.invalid_utf8
                         << ", unknown tokens: " << total.unknown_tokens << " of " << total.words << " words";
       outcome = manifest.to_json().dump();
     } catch (const std::exception& e) {

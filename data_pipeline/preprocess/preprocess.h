@@ -25,6 +25,10 @@ struct PreprocessOptions {
   std::string output_dir;
   int max_seq_length = 128;
   bool lower_case = true;
+  // true (the BERT layout): a blank line ends a document. false (google-research/electra's
+  // --blanks-separate-docs=False, for text whose blank lines separate paragraphs, such as
+  // reStructuredText or Markdown): a document is a whole file and blank lines are skipped.
+  bool blanks_separate_docs = true;
   uint64_t seed = 1;
   uint64_t rows_per_shard = 65536;
   int chunk_rows = 64;  // rows per HDF5 chunk (see ShardWriterOptions)

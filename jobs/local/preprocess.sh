@@ -9,6 +9,9 @@
 #   VOCAB           vocab.txt (make one with build/bin/electra-vocab)                        (required)
 #   OUTPUT          output directory for shards + manifest.json                              (required)
 #   MAX_SEQ_LENGTH  tokens per example                                                    (default 128)
+#   BLANKS_SEPARATE_DOCS  true: a blank line ends a document (BERT layout); false: a document is a file,
+#                   blank lines are skipped (reStructuredText, Markdown: blank lines separate paragraphs)
+#                                                                                           (default true)
 #   NP              MPI ranks                                               (default: number of cores)
 #   MPIRUN_ARGS     more mpirun arguments, split on spaces
 #   ELECTRA_BIN     directory of electra-preprocess                   (default <repository>/build/bin)
@@ -35,7 +38,8 @@ if [ -n "${MPIRUN_ARGS:-}" ]; then
   launch+=("${more[@]}")
 fi
 read -r -a inputs <<< "$INPUT"
-args=(--input "${inputs[@]}" --vocab "$VOCAB" --output "$OUTPUT" --max-seq-length "${MAX_SEQ_LENGTH:-128}" "$@")
+args=(--input "${inputs[@]}" --vocab "$VOCAB" --output "$OUTPUT" --max-seq-length "${MAX_SEQ_LENGTH:-128}"
+      --blanks-separate-docs "${BLANKS_SEPARATE_DOCS:-true}" "$@")
 
 printf -v shown ' %q' "${launch[@]}" "$preprocess" "${args[@]}"
 log "running:$shown"

@@ -137,6 +137,47 @@ TEST(Preprocess, RoundTripReproducesTheText) {
   EXPECT_EQ(manifest.stats.at("files").get<uint64_t>(), files.size());
 }
 
+// reStructuredText-like text: short paragraphs separated by blank lines. --blanks-separate-docs true (the
+// BERT layout) makes each paragraph a document and so a short example of its own; false (google-research/
+// electra's choice for such text) makes each file one document, packed into fewer, fuller rows.
+TEST(Preprocess, BlankLinesSeparateDocumentsOrOnlyParagraphs) {
+  TempDir tmp("pre-blanks");
+  const testing::CorpusOptions corpus{
+      .files = 3, .docs_per_file = 4, .max_sentences = 2, .max_words = 5, .seed = 11, .messy = false};
+  const std::vector<std::string> files = testing::write_corpus(tmp / "corpus", corpus);
+  const text::Vocab vocab = testing::corpus_vocab();
+  vocab.save(tmp / "vocab.txt");
+  const PreprocessOptions by_paragraph = options_for(tmp / "corpus", tmp / "vocab.txt", tmp / "paragraphs");
+  PreprocessOptions by_file = options_for(tmp / "corpus", tmp / "vocab.txt", tmp / "files");
+  by_file.blanks_separate_docs = false;
+  EXPECT_TRUE(preprocess_single(by_paragraph).blanks_separate_docs);
+  EXPECT_FALSE(preprocess_single(by_file).blanks_separate_docs);
+  EXPECT_TRUE(Manifest::load((fs::path(tmp / "paragraphs") / kManifestName).string()).blanks_separate_docs);
+  EXPECT_FALSE(Manifest::load((fs::path(tmp / "files") / kManifestName).string()).blanks_separate_docs);
+
+  const std::vector<Row> paragraph_rows = testing::read_all_rows(tmp / "paragraphs");
+  const std::vector<Row> file_rows = testing::read_all_rows(tmp / "files");
+  const text::BertTokenizer tokenizer(vocab, text::TokenizerOptions{});
+  // Every token comes back in order either way (no document is longer than a row, so nothing is trimmed).
+  std::string text;
+  const std::vector<int32_t> expected = expected_tokens(files, tokenizer, &text);
+  EXPECT_EQ(row_tokens(paragraph_rows, vocab), expected);
+  EXPECT_EQ(row_tokens(file_rows, vocab), expected);
+
+  EXPECT_EQ(paragraph_rows.size(), 12u);  // 3 files x 4 paragraphs: an example each
+  EXPECT_GE(file_rows.size(), files.size());
+  EXPECT_LT(file_rows.size(), paragraph_rows.size());
+  // A document per file: every file boundary is a row boundary (no row mixes two files).
+  std::vector<size_t> row_ends, file_ends;
+  for (const Row& r : file_rows)
+    row_ends.push_back((row_ends.empty() ? 0 : row_ends.back()) + row_tokens({r}, vocab).size());
+  for (const std::string& f : files) {
+    std::string ignored;
+    file_ends.push_back((file_ends.empty() ? 0 : file_ends.back()) + expected_tokens({f}, tokenizer, &ignored).size());
+  }
+  for (size_t end : file_ends) EXPECT_NE(std::find(row_ends.begin(), row_ends.end(), end), row_ends.end()) << end;
+}
+
 TEST(Preprocess, ShardLayoutAttributesAndManifest) {
   TempDir tmp("pre-layout");
   testing::write_corpus(tmp / "corpus", {});
