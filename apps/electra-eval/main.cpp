@@ -95,6 +95,10 @@ void print_table(const electra::eval::EvalMetrics& m, const Flags& flags, const 
   for (const auto& [name, value] : m.scalars()) {
     std::cout << std::left << std::setw(30) << name << fixed(value, 6);
     if (name == "disc_auc" && m.auc_method == "exact") std::cout << "  (exact)";
+    if (name == "disc_gain") {
+      std::cout << "  (nats per token over the prior's " << fixed(electra::eval::binary_entropy(m.replaced_fraction), 4)
+                << (value < 0.005 ? "; under 0.005: it learned next to nothing beyond the base rate)" : ")");
+    }
     if (name == "disc_auc" && m.auc_method != "exact") {
       char bound[80];
       std::snprintf(bound, sizeof(bound), "  (histogram of %d bins: within %.1e of exact)", m.auc_bins,

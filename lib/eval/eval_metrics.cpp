@@ -208,6 +208,7 @@ EvalMetrics finalize(const EvalSums& s, const ScoreHistogram& histogram) {
   m.disc_precision = safe_ratio(s.true_positive, s.true_positive + s.false_positive);
   m.disc_recall = safe_ratio(s.true_positive, s.true_positive + s.false_negative);
   m.replaced_fraction = safe_ratio(s.true_positive + s.false_negative, s.tokens);
+  m.disc_gain = s.tokens > 0 ? discriminator_gain(m.disc_loss, m.replaced_fraction) : 0.0;
   return m;
 }
 
@@ -216,6 +217,7 @@ std::vector<std::pair<std::string, double>> EvalMetrics::scalars(const std::stri
           {prefix + "masked_lm_loss", masked_lm_loss},
           {prefix + "sampled_masked_lm_accuracy", sampled_masked_lm_accuracy},
           {prefix + "disc_loss", disc_loss},
+          {prefix + "disc_gain", disc_gain},
           {prefix + "disc_auc", disc_auc},
           {prefix + "disc_accuracy", disc_accuracy},
           {prefix + "disc_precision", disc_precision},
@@ -236,6 +238,15 @@ nlohmann::ordered_json EvalMetrics::to_json() const {
   j["auc_bins"] = auc_bins;
   j["seconds"] = seconds;
   return j;
+}
+
+double binary_entropy(double p) {
+  auto term = [](double q) { return q > 0.0 ? -q * std::log(q) : 0.0; };
+  return term(p) + term(1.0 - p);
+}
+
+double discriminator_gain(double disc_loss, double replaced_fraction) {
+  return binary_entropy(replaced_fraction) - disc_loss;
 }
 
 double sigmoid(double logit) { return 1.0 / (1.0 + std::exp(-logit)); }

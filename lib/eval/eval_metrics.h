@@ -116,6 +116,7 @@ struct EvalMetrics {
   double masked_lm_loss = 0.0;              // mlm_loss_sum / masked (mean over masked positions)
   double sampled_masked_lm_accuracy = 0.0;  // sampled_correct / masked
   double disc_loss = 0.0;                   // disc_loss_sum / tokens (mean over real tokens, as training's)
+  double disc_gain = 0.0;                   // discriminator_gain(disc_loss, replaced_fraction): > 0 = learned
   double disc_auc = 0.0;                    // see above
   double disc_accuracy = 0.0;               // (TP + TN) / tokens
   double disc_precision = 0.0;              // TP / (TP + FP); 0 when nothing is predicted replaced
@@ -139,6 +140,16 @@ struct EvalMetrics {
 // disc_auc_error_bound afterwards for the exact one). Ratios with a zero denominator are 0, except the
 // AUC (NaN).
 EvalMetrics finalize(const EvalSums& sums, const ScoreHistogram& histogram);
+
+// The binary entropy -p ln p - (1 - p) ln(1 - p) in nats (0 at p = 0 and p = 1).
+double binary_entropy(double p);
+// The discriminator's gain over its prior, in nats per token: binary_entropy(replaced_fraction) - disc_loss.
+// A discriminator that learned only the base rate (every token replaced with probability replaced_fraction,
+// whatever the input) has a loss equal to that entropy, so a gain of 0, while its accuracy equals
+// 1 - replaced_fraction and looks high. Separating replaced tokens from originals is what makes it
+// positive; it is the measure of a collapsed or dead discriminator (electra-train's training line, its
+// collapse warning, electra-eval).
+double discriminator_gain(double disc_loss, double replaced_fraction);
 
 // 1 / (1 + exp(-x)) in double (the score of a discriminator logit).
 double sigmoid(double logit);

@@ -31,6 +31,7 @@
 #include "lib/train/atomic_file.h"
 #include "lib/train/checkpoint.h"
 #include "lib/train/checkpoint_manager.h"
+#include "lib/train/collapse_check.h"
 #include "lib/train/device.h"
 #include "lib/train/gradient_allreduce.h"
 #include "lib/train/metrics.h"
@@ -171,6 +172,10 @@ nlohmann::json default_run_config() {
       {"profile", false},         // log where each window's wall time went (phases, CPU time per step)
       {"eval_every", 0},          // evaluate on data.eval_dir every this many steps and at the end (0: off)
       {"eval_batches", 100},      // global batches (of train.batch_size) per evaluation (0: all of data.eval_dir)
+      // Warn when the discriminator's gain over its prior (nats per token: the binary entropy of the replaced
+      // fraction minus disc_loss) stays under min_gain for `windows` log windows in a row after warm-up
+      // (collapse_check.h). windows = 0: off.
+      {"collapse_warning", {{"min_gain", 0.005}, {"windows", 5}}},
   };
   config["device"] = {
       {"memory_fraction", 0.9},  // cuda: device-memory arena = this fraction of the free GPU memory at start
@@ -247,6 +252,7 @@ class Trainer {
   void check_parameters_agree(const char* when);
   StepResult train_step(double* metrics);
   void log_step(const double* metrics, double step_seconds, double lr, double grad_norm);
+  void warn_collapse(const StepMetrics& window);
   void run_eval();
   void log_profile();
   std::unique_ptr<GradientAllreduce> make_reducer();
@@ -300,7 +306,8 @@ class Trainer {
   int64_t skipped_in_a_row_ = 0;
   int64_t last_checkpoint_step_ = -1;
   double last_lr_ = 0, last_grad_norm_ = 0;
-  std::optional<StepProfile> profile_;  // train.profile
+  std::optional<CollapseCheck> collapse_check_;  // train.collapse_warning.*
+  std::optional<StepProfile> profile_;           // train.profile
   StepProfile* profile() { return profile_ ? &*profile_ : nullptr; }
 };
 
@@ -389,6 +396,17 @@ std::optional<std::string> Trainer::setup() {
       ELECTRA_LOG(warning) << "held-out evaluation is off: it needs both train.eval_every > 0 and data.eval_dir";
     }
     optim_config_ = optimizer_config_from_json(config_.at("optim"), total_steps_);
+    CollapseCheckOptions collapse;
+    collapse.min_gain = config_.get<double>("train.collapse_warning.min_gain");
+    collapse.windows = config_.get<int>("train.collapse_warning.windows");
+    collapse.warmup_steps = optim_config_.warmup_steps;
+    if (!std::isfinite(collapse.min_gain)) {
+      fail("config key 'train.collapse_warning.min_gain' must be a finite number of nats, got ", collapse.min_gain);
+    }
+    if (collapse.windows < 0) {
+      fail("config key 'train.collapse_warning.windows' must be >= 0 (0: off), got ", collapse.windows);
+    }
+    collapse_check_.emplace(collapse);
     precision_ = config_.get<std::string>("train.precision");
     if (precision_ != "fp32" && precision_ != "tf32" && precision_ != "bf16" && precision_ != "fp16") {
       fail("config key 'train.precision' must be fp32, tf32, bf16 or fp16, got '", precision_, "'");
@@ -708,7 +726,11 @@ void Trainer::log_step(const double* metrics, double step_seconds, double lr, do
   m.grad_norm = grad_norm;
   m.tokens_per_s = metrics[kTokens] / step_seconds;
   const double mfu = flops_per_step_ / step_seconds / (peak_gflops_ * 1e9 * comm_.world_size());
-  m.extra = {{"replaced_fraction", metrics[kDiscTokens] > 0 ? metrics[kDiscFake] / metrics[kDiscTokens] : 0.0},
+  const double replaced_fraction = metrics[kDiscTokens] > 0 ? metrics[kDiscFake] / metrics[kDiscTokens] : 0.0;
+  const double disc_gain = eval::discriminator_gain(m.disc_loss, replaced_fraction);
+  m.extra = {{"replaced_fraction", replaced_fraction},
+             {"disc_prior_entropy", eval::binary_entropy(replaced_fraction)},
+             {"disc_gain", disc_gain},
              {"step_seconds", step_seconds},
              {"mfu", mfu},
              {"loss_scale", loss_scaler_->scale()}};  // the scale after the step (what the next one uses)
@@ -716,15 +738,39 @@ void Trainer::log_step(const double* metrics, double step_seconds, double lr, do
   const double eta = step_seconds * static_cast<double>(total_steps_ - step_);
   std::ostringstream line;
   line << std::fixed << "step " << step_ << "/" << total_steps_ << " | loss " << std::setprecision(4) << m.loss
-       << " | gen " << m.gen_loss << " | disc " << m.disc_loss << " | mlm_acc " << std::setprecision(3)
-       << m.mlm_accuracy << " | disc_acc " << m.disc_accuracy << " | lr " << std::scientific << std::setprecision(2)
-       << lr << std::fixed << " | gnorm " << std::setprecision(3) << grad_norm << " | " << std::setprecision(0)
-       << m.tokens_per_s << " tok/s | MFU " << std::setprecision(1) << 100.0 * mfu << "% | ETA "
-       << format_duration(eta);
+       << " | gen " << m.gen_loss << " | disc " << m.disc_loss << " | disc_gain " << std::showpos << disc_gain
+       << std::noshowpos << " | mlm_acc " << std::setprecision(3) << m.mlm_accuracy << " | disc_acc " << m.disc_accuracy
+       << " | lr " << std::scientific << std::setprecision(2) << lr << std::fixed << " | gnorm " << std::setprecision(3)
+       << grad_norm << " | " << std::setprecision(0) << m.tokens_per_s << " tok/s | MFU " << std::setprecision(1)
+       << 100.0 * mfu << "% | ETA " << format_duration(eta);
   if (loss_scaler_->enabled()) line << " | loss scale " << std::setprecision(0) << loss_scaler_->scale();
   ELECTRA_LOG(info) << line.str();
   metrics_->write(m);
   if (tensorboard_) tensorboard_->add_step_metrics(m);
+  if (collapse_check_->observe(step_, disc_gain)) warn_collapse(m);
+}
+
+// Rank 0: the discriminator has learned nothing beyond the base rate for several log windows.
+void Trainer::warn_collapse(const StepMetrics& window) {
+  const CollapseCheckOptions& o = collapse_check_->options();
+  const double prior = window.extra.at("disc_prior_entropy").get<double>();
+  std::ostringstream text;
+  text << std::fixed << std::setprecision(4) << "the discriminator is not learning: for " << o.windows
+       << " log windows (steps " << collapse_check_->streak_start_step() << "-" << step_
+       << ") its gain over the prior (binary entropy of the replaced fraction, " << prior << " nats, minus disc_loss "
+       << window.disc_loss << ") stayed under train.collapse_warning.min_gain = " << o.min_gain << " nats; disc_acc "
+       << std::setprecision(3) << window.disc_accuracy
+       << " is only the base rate. It predicts the prior for every token (a collapsed or dead discriminator). "
+       << "Likely causes: a learning rate too high for the warm-up (optim.lr = " << std::defaultfloat
+       << optim_config_.lr << ", optim.warmup_steps = " << optim_config_.warmup_steps
+       << ": lower the first or lengthen the second), Adam's early steps without bias correction "
+          "(optim.bias_correction = "
+       << (optim_config_.bias_correction ? "true" : "false")
+       << "; true for short runs), or a generator too strong or too weak for the discriminator (model.generator.* "
+       << "hidden_size " << model_config_.generator.hidden_size << " against the discriminator's "
+       << model_config_.discriminator.hidden_size << "; ELECTRA uses 1/4 to 1/2). Set train.collapse_warning.windows=0 "
+       << "to silence this check.";
+  ELECTRA_LOG(warning) << text.str();
 }
 
 // train.profile: the window's phases summed over ranks (one allreduce), logged by rank 0. Collective.

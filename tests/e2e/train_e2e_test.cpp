@@ -214,6 +214,10 @@ TEST_F(TrainE2E, BadInputIsReportedBeforeTrainingAndOverwritesNothing) {
   EXPECT_EQ(run(train_command(1, dir, "--set train.batch_size=0"), log), 2) << log_of(log);
   EXPECT_EQ(run(train_command(1, dir, "--set data.dir=" + (root() / "missing").string()), log), 2) << log_of(log);
   EXPECT_NE(read_text(log).find("missing"), std::string::npos) << log_of(log);
+  EXPECT_EQ(run(train_command(1, dir, "--set train.collapse_warning.windows=-1"), log), 2) << log_of(log);
+  EXPECT_NE(read_text(log).find("train.collapse_warning.windows"), std::string::npos) << log_of(log);
+  EXPECT_EQ(run(train_command(1, dir, "--set train.collapse_warning.min_gain=nan"), log), 2) << log_of(log);
+  EXPECT_NE(read_text(log).find("train.collapse_warning.min_gain"), std::string::npos) << log_of(log);
 
   // A finished run: --resume none refuses to overwrite it; another model config cannot resume it.
   ASSERT_EQ(run(train_command(1, dir, "--set train.steps=4"), log), 0) << log_of(log);

@@ -14,7 +14,9 @@ namespace {
 using electra::eval::auc_error_bound;
 using electra::eval::auc_exact;
 using electra::eval::auc_from_histogram;
+using electra::eval::binary_entropy;
 using electra::eval::compress_scores;
+using electra::eval::discriminator_gain;
 using electra::eval::EvalSums;
 using electra::eval::finalize;
 using electra::eval::ScoreCount;
@@ -157,6 +159,27 @@ TEST(EvalMetrics, AucEdgeCases) {
   EXPECT_DOUBLE_EQ(auc_error_bound(h), 0.5 / 6.0);
 }
 
+TEST(EvalMetrics, BinaryEntropyInNats) {
+  EXPECT_EQ(binary_entropy(0.0), 0.0);
+  EXPECT_EQ(binary_entropy(1.0), 0.0);
+  EXPECT_DOUBLE_EQ(binary_entropy(0.5), std::log(2.0));
+  // Symmetric in p and 1 - p.
+  EXPECT_NEAR(binary_entropy(0.111), -(0.111 * std::log(0.111) + 0.889 * std::log(0.889)), 1e-15);
+  EXPECT_DOUBLE_EQ(binary_entropy(0.2), binary_entropy(0.8));
+}
+
+TEST(EvalMetrics, DiscriminatorGainIsZeroForThePriorAndPositiveOnlyBeyondIt) {
+  // A discriminator that predicts the base rate p for every token has loss H(p): gain 0.
+  for (double p : {0.05, 0.111, 0.15, 0.5}) {
+    const double prior_loss = -(p * std::log(p) + (1 - p) * std::log(1 - p));
+    EXPECT_NEAR(discriminator_gain(prior_loss, p), 0.0, 1e-15) << p;
+  }
+  EXPECT_NEAR(discriminator_gain(0.33, 0.141), binary_entropy(0.141) - 0.33, 1e-15);
+  EXPECT_GT(discriminator_gain(0.33, 0.141), 0.07);
+  // Worse than the prior (an untrained discriminator: ln 2 per token): negative.
+  EXPECT_LT(discriminator_gain(std::log(2.0), 0.141), -0.2);
+}
+
 TEST(EvalMetrics, FinalizeComputesTheRatiosOfGoogleElectrasMetricFn) {
   EvalSums s;
   s.batches = 2;
@@ -183,6 +206,7 @@ TEST(EvalMetrics, FinalizeComputesTheRatiosOfGoogleElectrasMetricFn) {
   EXPECT_DOUBLE_EQ(m.disc_precision, 0.75);  // 3 / (3 + 1)
   EXPECT_DOUBLE_EQ(m.disc_recall, 0.6);      // 3 / (3 + 2)
   EXPECT_DOUBLE_EQ(m.replaced_fraction, 0.5);
+  EXPECT_DOUBLE_EQ(m.disc_gain, std::log(2.0) - 0.5);  // H(0.5) = ln 2 nats, minus the mean loss
   // Positives 0.9 0.8 0.7 0.3 0.2 vs negatives 0.6 0.25 0.15 0.1 0.05: 3 x 5 + 4 + 3 (0.25 shares bin 2
   // with 0.2: a half) -> (15 + 4 + 3 + 0.5) / 25; exact would be 22 / 25.
   EXPECT_DOUBLE_EQ(m.disc_auc, 22.5 / 25.0);
