@@ -276,7 +276,7 @@ nlohmann::json model_preset(const std::string& name, int vocab_size) {
     d.num_heads = 16;
     d.intermediate_size = 4096;
     set_gen(256, 24, 4, 1024);
-    c.num_token_predictions = 79;
+    c.num_token_predictions = 130;  // mask_prob 0.25 for large: int((0.25 + 0.005) * 512)
   } else {
     fail("unknown model preset '", name, "' (expected tiny|small|base|large)");
   }

@@ -105,7 +105,7 @@ void validate(const PretrainerConfig& config);
 
 // Preset `model` sections, equal to the model sections of jobs/configs/*.json: "tiny" (smoke tests:
 // E 64, hidden 128, 2 layers, 2 heads, FFN 512; generator 64, 2 layers, 1 head, FFN 256), "small",
-// "base", "large" (google-research/electra; generator 1/4 width, same depth).
+// "base", "large" (google-research/electra; generator 1/4 width (base: 1/3), same depth; large masks 25%).
 // vocab_size replaces the preset's (30522) when > 0; tiny takes it from the data's vocabulary.
 nlohmann::json model_preset(const std::string& name, int vocab_size = 0);
 

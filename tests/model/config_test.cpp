@@ -82,7 +82,7 @@ TEST(ModelConfig, PresetsMatchGoogleResearchElectra) {
   };
   for (const Expect& e : {Expect{"small", 128, 256, 12, 4, 1024, 64, 1, 256, 19},
                           Expect{"base", 768, 768, 12, 12, 3072, 256, 4, 1024, 79},
-                          Expect{"large", 1024, 1024, 24, 16, 4096, 256, 4, 1024, 79},
+                          Expect{"large", 1024, 1024, 24, 16, 4096, 256, 4, 1024, 130},
                           Expect{"tiny", 64, 128, 2, 2, 512, 64, 1, 256, 19}}) {
     const PretrainerConfig c = pretrainer_config_from_json(model_preset(e.name));
     EXPECT_EQ(c.embedding_size(), e.E) << e.name;

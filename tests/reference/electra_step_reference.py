@@ -46,7 +46,7 @@ PRESETS = {
     "large": {"embedding_size": 1024, "hidden_size": 1024, "num_layers": 24, "num_heads": 16,
               "intermediate_size": 4096,
               "generator": {"hidden_size": 256, "num_layers": 24, "num_heads": 4, "intermediate_size": 1024},
-              "num_token_predictions": 79},
+              "num_token_predictions": 130},
 }
 DEFAULT_SEQ = {"tiny": 128, "small": 128, "base": 512, "large": 512}
 
