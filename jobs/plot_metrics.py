@@ -5,7 +5,8 @@
 
 Reads RUN_DIR/metrics.jsonl (one JSON object per logged step, as electra-train writes it) and draws,
 against the optimizer step, one line per run: the total loss, the generator (masked-LM) loss, the
-discriminator loss, the accuracies (masked-LM solid, discriminator dashed) and tokens/s. Held-out
+discriminator loss beside the entropy of its prior (dashed: a collapsed discriminator's loss lies on it),
+the accuracies (masked-LM solid, discriminator dashed) and tokens/s. Held-out
 evaluations (lines with "eval/..." keys, from train.eval_every) are drawn with markers: eval/masked_lm_loss
 on the generator panel, eval/disc_loss on the discriminator panel, eval/masked_lm_accuracy and
 eval/disc_accuracy on the accuracy panel, and eval/disc_auc in a sixth panel.
@@ -25,7 +26,9 @@ TRAIN_PANELS = [
     # (title, [(key, label suffix, line style)], y label)
     ("total loss", [("loss", "", "-")], "loss"),
     ("generator (masked LM) loss", [("gen_loss", "", "-")], "cross-entropy"),
-    ("discriminator loss", [("disc_loss", "", "-")], "sigmoid cross-entropy"),
+    # The prior's entropy (dashed): a discriminator that learned only the base rate has its loss on it.
+    ("discriminator loss and its prior", [("disc_loss", "", "-"), ("disc_prior_entropy", " prior", "--")],
+     "sigmoid cross-entropy (nats)"),
     ("accuracy", [("mlm_accuracy", " mlm", "-"), ("disc_accuracy", " disc", "--")], "accuracy"),
     ("throughput", [("tokens_per_s", "", "-")], "tokens / s"),
 ]

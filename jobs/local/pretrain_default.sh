@@ -1,13 +1,18 @@
 #!/usr/bin/env bash
-# The bundled default, end to end on one machine: train a WordPiece vocabulary on a real corpus (the
+# The bundled default, end to end on one machine: hold out whole files of a real corpus (the
 # reStructuredText sources of the Python documentation from Debian's python3-doc, ~11 MB of English),
-# preprocess it into HDF5 shards on 2 MPI ranks, pre-train a tiny ELECTRA on 2 MPI ranks with
-# checkpoints, resume from the last checkpoint, and export Hugging Face directories.
+# train a WordPiece vocabulary on the rest, preprocess both parts into HDF5 shards on 2 MPI ranks,
+# pre-train a tiny ELECTRA on 2 MPI ranks with checkpoints, stop, resume from the last checkpoint, export
+# Hugging Face directories, and evaluate the model on the held-out shards (electra-eval): the
+# discriminator's AUC and its gain over the prior say whether it learned (README, "The bundled default").
 #
-# Environment overrides: CORPUS (file or directory), WORK (default data/default), RUN (default
-# runs/default), NP (ranks, default 2), STEPS (default from jobs/configs/tiny.json), VOCAB_SIZE (8000),
-# MPIRUN_ARGS (more mpirun arguments, split on spaces; default "--bind-to none", as in pretrain.sh),
-# ELECTRA_BIN (directory of the programs, default <repository>/build/bin).
+# Environment overrides: CORPUS (directory, or one file: then nothing is held out), WORK (default
+# data/default), RUN (default runs/default), NP (ranks, default 2), STEPS (default from
+# jobs/configs/tiny.json), VOCAB_SIZE (8000), HOLDOUT_EVERY (every Nth file of the sorted list is held
+# out, default 20), BLANKS_SEPARATE_DOCS (electra-preprocess --blanks-separate-docs; default false: a
+# blank line in reStructuredText separates paragraphs, not documents), MPIRUN_ARGS (more mpirun
+# arguments, split on spaces; default "--bind-to none", as in pretrain.sh), ELECTRA_BIN (directory of the
+# programs, default <repository>/build/bin). Arguments are passed to electra-train.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 bin=${ELECTRA_BIN:-$root/build/bin}
@@ -16,6 +21,10 @@ work=${WORK:-$root/data/default}
 run=${RUN:-$root/runs/default}
 np=${NP:-2}
 vocab_size=${VOCAB_SIZE:-8000}
+holdout_every=${HOLDOUT_EVERY:-20}
+blanks=${BLANKS_SEPARATE_DOCS:-false}
+config=$root/jobs/configs/tiny.json
+say() { echo "pretrain_default: $*"; }
 mpirun_cmd=(mpirun -np "$np" --oversubscribe)
 [ "$(id -u)" -ne 0 ] || mpirun_cmd+=(--allow-run-as-root)
 # Open MPI binds each rank to one core when there are 2 ranks or fewer: with NP=1 electra-train's two
@@ -24,25 +33,81 @@ mpirun_cmd=(mpirun -np "$np" --oversubscribe)
 read -r -a more_mpirun_args <<< "${MPIRUN_ARGS:---bind-to none}"
 mpirun_cmd+=("${more_mpirun_args[@]}")
 [ -n "$corpus" ] && [ -e "$corpus" ] || { echo "no corpus: install python3-doc or set CORPUS" >&2; exit 2; }
+[[ "$holdout_every" =~ ^[0-9]+$ ]] && [ "$holdout_every" -ge 2 ] ||
+  { echo "HOLDOUT_EVERY must be an integer >= 2, got '$holdout_every'" >&2; exit 2; }
+[ "$blanks" = true ] || [ "$blanks" = false ] ||
+  { echo "BLANKS_SEPARATE_DOCS must be true or false, got '$blanks'" >&2; exit 2; }
 
+# What the data in WORK is made from. When it changes (or WORK predates this recipe), the split, the
+# vocabulary and the shards are made again; a run of other data is never resumed.
+recipe="corpus=$(realpath "$corpus") vocab_size=$vocab_size holdout_every=$holdout_every blanks_separate_docs=$blanks seq=128 layout=2"
 mkdir -p "$work"
+if [ "$(cat "$work/recipe.txt" 2> /dev/null)" != "$recipe" ]; then
+  [ ! -e "$work/vocab.txt" ] || say "data in $work was made by another recipe: making it again"
+  rm -rf "$work/split" "$work/shards" "$work/heldout_shards" "$work/vocab.txt" "$work/recipe.txt"
+fi
+if [ -d "$run/checkpoints" ] && [ "$(cat "$run/recipe.txt" 2> /dev/null)" != "$recipe" ]; then
+  echo "$run holds a run made from other data (or by an older recipe): remove it or set RUN" >&2
+  exit 2
+fi
+
+# Whole files are held out: every HOLDOUT_EVERY-th file of the sorted list, starting with the
+# (HOLDOUT_EVERY/2)-th, so that the held-out text comes from across the corpus.
+if [ ! -d "$work/split" ]; then
+  mkdir -p "$work/split.tmp/train" "$work/split.tmp/heldout"
+  i=0
+  while IFS= read -r -d '' file; do
+    part=train
+    [ ! -d "$corpus" ] || [ $((i % holdout_every)) -ne $((holdout_every / 2)) ] || part=heldout
+    name=${file#"$corpus"}
+    name=${name#/}
+    name=${name//\//__}
+    ln -s "$(realpath "$file")" "$work/split.tmp/$part/${name:-$(basename "$file")}"
+    i=$((i + 1))
+  done < <(find -L "$corpus" -type f -print0 | LC_ALL=C sort -z)
+  mv "$work/split.tmp" "$work/split"
+fi
+heldout_files=$(find "$work/split/heldout" -type l | wc -l)
+say "$(find "$work/split/train" -type l | wc -l) training files, $heldout_files held out ($work/split)"
+
 if [ ! -f "$work/vocab.txt" ]; then
-  "$bin/electra-vocab" --input "$corpus" --vocab-size "$vocab_size" --output "$work/vocab.txt"
+  "$bin/electra-vocab" --input "$work/split/train" --vocab-size "$vocab_size" --output "$work/vocab.txt"
 fi
-if [ ! -f "$work/shards/manifest.json" ]; then
-  "${mpirun_cmd[@]}" "$bin/electra-preprocess" --input "$corpus" --vocab "$work/vocab.txt" \
-    --output "$work/shards" --max-seq-length 128
+preprocess() {  # input_dir output_dir
+  [ -f "$2/manifest.json" ] || "${mpirun_cmd[@]}" "$bin/electra-preprocess" --input "$1" --vocab "$work/vocab.txt" \
+    --output "$2" --max-seq-length 128 --blanks-separate-docs "$blanks"
+}
+preprocess "$work/split/train" "$work/shards"
+eval_data=$work/shards
+if [ "$heldout_files" -gt 0 ]; then
+  preprocess "$work/split/heldout" "$work/heldout_shards"
+  eval_data=$work/heldout_shards
+else
+  say "CORPUS is one file: nothing is held out, so the evaluation below is on the training shards"
 fi
-train=("${mpirun_cmd[@]}" "$bin/electra-train" --config "$root/jobs/configs/tiny.json" --data "$work/shards"
-       --output "$run" --resume auto)
+echo "$recipe" > "$work/recipe.txt"
+
+mkdir -p "$run"
+echo "$recipe" > "$run/recipe.txt"
+train=("${mpirun_cmd[@]}" "$bin/electra-train" --config "$config" --data "$work/shards" --output "$run" --resume auto)
 [ -z "${STEPS:-}" ] || train+=(--set "train.steps=$STEPS")
+steps=${STEPS:-$(sed -n 's/.*"steps": *\([0-9]*\).*/\1/p' "$config")}
 # First half, then stop as a preempted job would (exit code 3 = checkpoint written), then resume to the end.
-half=$(( ${STEPS:-200} / 2 ))  # 200: train.steps of jobs/configs/tiny.json
 set +e
-"${train[@]}" --stop-after "$half" "$@"
+"${train[@]}" --stop-after $((steps / 2)) "$@"
 code=$?
 set -e
 [ $code -eq 0 ] || [ $code -eq 3 ] || { echo "electra-train failed with exit code $code" >&2; exit $code; }
 "${train[@]}" "$@"
 "$bin/electra-export" --checkpoint "$run" --output "$run/export" --force
-echo "done: run in $run, Hugging Face export in $run/export/{discriminator,generator}"
+"${mpirun_cmd[@]}" "$bin/electra-eval" --checkpoint "$run" --data "$eval_data" --json > "$run/eval.json"
+python3 - "$run/eval.json" "$eval_data" << 'PY'
+import json, sys
+m = json.load(open(sys.argv[1]))
+print(f"electra-eval on {sys.argv[2]} ({m['examples']} examples, {m['tokens']} tokens):")
+for key in ("disc_auc", "disc_gain", "disc_loss", "disc_accuracy", "replaced_fraction", "masked_lm_accuracy",
+            "masked_lm_loss", "sampled_masked_lm_accuracy"):
+    note = " nats per token over the prior (> 0: the discriminator learned)" if key == "disc_gain" else ""
+    print(f"  {key:28s} {m[key]:.4f}{note}")
+PY
+echo "done: run in $run, Hugging Face export in $run/export/{discriminator,generator}, held-out metrics in $run/eval.json"

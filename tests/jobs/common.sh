@@ -1,5 +1,16 @@
 # Shared by local_test.sh and slurm_test.sh (sourced): the generated corpus, the small-model settings and
-# the metrics readers, so both recipes train the same model on the same data.
+# the metrics readers, so both recipes train the same model on the same data; default_test.sh uses say/fail.
+
+# say / fail for a script that sets test_name; fail prints the tail of every $tmp/*.log and exits 1.
+say() { echo "$test_name: $(date +%T): $*"; }
+fail() {
+  say "FAILED: $*"
+  local f
+  for f in "$tmp"/*.log; do
+    [ -f "$f" ] && { echo "----- tail of $f -----"; tail -n 40 "$f"; }
+  done
+  exit 1
+}
 
 # make_corpus DIR: four small text files of generated sentences (documents separated by blank lines).
 make_corpus() {

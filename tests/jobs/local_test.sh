@@ -15,15 +15,7 @@ source "$root/tests/jobs/common.sh"
 export ELECTRA_BIN=$build/bin
 steps=300
 
-say() { echo "local_test: $(date +%T): $*"; }
-fail() {
-  say "FAILED: $*"
-  local f
-  for f in "$tmp"/*.log; do
-    [ -f "$f" ] && { echo "----- tail of $f -----"; tail -n 30 "$f"; }
-  done
-  exit 1
-}
+test_name=local_test
 for program in electra-train electra-preprocess electra-vocab; do
   [ -x "$ELECTRA_BIN/$program" ] || { say "FAILED: $ELECTRA_BIN/$program is missing"; exit 1; }
 done
