@@ -1,5 +1,7 @@
 // electra-preprocess: text files -> HDF5 shards + manifest.json (see data_pipeline/preprocess/preprocess.h).
 // Runs plain (one rank) or under mpirun/srun; every rank writes its own shards, rank 0 the manifest.
+// Exit codes: 0 written, 1 error while processing (message on stderr), 2 bad flags, inputs or output
+// directory (a non-empty one without --force), refused before anything was written.
 #include <mpi.h>
 
 #include <CLI/CLI.hpp>
@@ -18,7 +20,12 @@ int main(int argc, char** argv) {
   bool no_lower_case = false;
   app.add_option("--input", options.inputs, "text files or directories (recursed)")->required();
   app.add_option("--vocab", options.vocab_path, "vocab.txt")->required();
-  app.add_option("--output", options.output_dir, "output directory (shards, manifest.json, vocab.txt)")->required();
+  app.add_option("--output", options.output_dir,
+                 "output directory (shards, manifest.json, vocab.txt); must be empty or missing unless --force")
+      ->required();
+  app.add_flag("--force", options.force,
+               "replace what electra-preprocess wrote in a non-empty --output (manifest.json, the shards it lists, "
+               "vocab.txt); other files are left alone");
   app.add_option("--max-seq-length", options.max_seq_length, "tokens per example, [CLS]/[SEP] included")
       ->capture_default_str();
   app.add_flag("--no-lower-case", no_lower_case, "keep case and accents (cased vocabulary)");
@@ -32,7 +39,11 @@ int main(int argc, char** argv) {
   app.add_option("--deflate-level", options.deflate_level, "zlib level 0..9")->capture_default_str();
   app.add_option("--progress-interval", options.progress_interval_s, "seconds between progress lines")
       ->capture_default_str();
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
   options.lower_case = !no_lower_case;
   for (int i = 0; i < argc; ++i) options.command_line += (i ? " " : "") + std::string(argv[i]);
 
@@ -51,6 +62,9 @@ int main(int argc, char** argv) {
     electra::dist::check_slurm_world_size(world, electra::dist::read_launch_env());
     // Collective: every rank either returns the manifest or throws the same error.
     electra::data::run_preprocess(options, MPI_COMM_WORLD);
+  } catch (const electra::data::BadInputError& e) {
+    if (rank == 0) std::cerr << "electra-preprocess: error: " << e.what() << "\n";
+    status = 2;
   } catch (const std::exception& e) {
     if (rank == 0) std::cerr << "electra-preprocess: error: " << e.what() << "\n";
     status = 1;

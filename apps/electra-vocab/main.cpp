@@ -1,7 +1,10 @@
 // electra-vocab: trains a WordPiece vocabulary (BPE-style merges, as Hugging Face's WordPieceTrainer;
 // see data_pipeline/tokenizer/vocab_trainer.h) from raw text files or directories, streaming line by line.
+// Exit codes: 0 written, 1 error while reading or writing (message on stderr), 2 bad flags, a missing
+// input, an input without words, or an existing --output without --force (nothing written).
 #include <CLI/CLI.hpp>
 #include <chrono>
+#include <filesystem>
 #include <iostream>
 
 #include "data_pipeline/tokenizer/text_files.h"
@@ -15,22 +18,47 @@ int main(int argc, char** argv) {
   std::string output;
   electra::text::VocabTrainerOptions options;
   bool no_lower_case = false;
+  bool force = false;
   app.add_option("--input", inputs, "text files or directories (recursed)")->required();
   app.add_option("--vocab-size", options.vocab_size, "number of tokens, special tokens included")->required();
-  app.add_option("--output", output, "vocab.txt to write (atomically)")->required();
+  app.add_option("--output", output, "vocab.txt to write (atomically); must not exist unless --force")->required();
+  app.add_flag("--force", force, "replace an existing --output");
   app.add_flag("--no-lower-case", no_lower_case, "keep case and accents (cased vocabulary)");
   app.add_option("--min-frequency", options.min_frequency, "never merge pairs seen fewer times")->capture_default_str();
   app.add_option("--limit-alphabet", options.limit_alphabet, "keep only the A most frequent characters (0: all)")
       ->capture_default_str();
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
 
   electra::log::init({});
+  std::string inputs_named;  // for messages: the --input paths as given
+  for (const std::string& input : inputs) inputs_named += (inputs_named.empty() ? "" : ", ") + input;
+  // Bad input: refused before anything is read or written.
+  std::vector<std::string> files;
+  try {
+    std::error_code ec;
+    if (std::filesystem::exists(output, ec) && !force) {
+      electra::fail(output, ": --output already exists; pass --force to replace it");
+    }
+    files = electra::text::list_text_files(inputs);
+  } catch (const electra::Error& e) {
+    std::cerr << "electra-vocab: error: " << e.what() << "\n";
+    return 2;
+  }
+
   try {
     options.tokenizer.lower_case = !no_lower_case;
     const auto t0 = std::chrono::steady_clock::now();
-    const std::vector<std::string> files = electra::text::list_text_files(inputs);
     electra::text::WordCounter counter(options.tokenizer);
     for (const std::string& file : files) counter.add_file(file);
+    if (counter.total_words() == 0) {
+      std::cerr << "electra-vocab: error: --input " << inputs_named << ": no words in " << files.size() << " files ("
+                << counter.bytes() << " bytes); a vocabulary needs text to train on\n";
+      return 2;
+    }
     const double count_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     ELECTRA_LOG(info) << "counted " << files.size() << " files, " << counter.bytes() / 1e6 << " MB, "
                       << counter.total_words() << " words (" << counter.table().size() << " distinct) in " << count_s
@@ -47,7 +75,7 @@ int main(int argc, char** argv) {
     ELECTRA_LOG(info) << "wrote " << output << ": " << vocab.size() << " tokens (alphabet " << report.alphabet << ", "
                       << report.merges << " merges, " << report.dropped_chars << " rare characters left out), hash "
                       << std::hex << vocab.hash() << std::dec << ", " << total_s << " s";
-  } catch (const electra::Error& e) {
+  } catch (const std::exception& e) {
     std::cerr << "electra-vocab: error: " << e.what() << "\n";
     return 1;
   }

@@ -7,6 +7,7 @@
 #include <filesystem>
 #include <memory>
 #include <optional>
+#include <set>
 
 #include "data_pipeline/preprocess/example_builder.h"
 #include "data_pipeline/preprocess/file_util.h"
@@ -341,30 +342,97 @@ std::vector<std::string> gather_strings(const std::string& value, MPI_Comm comm)
   return out;
 }
 
-// Removes what a previous run left in the output directory (its manifest first, so that no reader
-// trusts old shards while new ones are written) and stale temporary files.
-void clear_output_directory(const std::string& dir) {
+// "shard-rRRRR-NNNNN.h5": the name of a shard electra-preprocess writes (shard_name), with no directory part.
+bool is_shard_name(const std::string& name) {
+  return name.rfind("shard-r", 0) == 0 && name.ends_with(".h5") && name.find('/') == std::string::npos;
+}
+
+// ".<name>.tmp" for a shard, manifest.json or vocab.txt: the temporary files electra-preprocess writes
+// (temp_path_for); a run that stopped may have left them.
+bool is_own_temp_name(const std::string& name) {
+  if (name.size() < 6 || name.front() != '.' || !name.ends_with(".tmp")) return false;
+  const std::string target = name.substr(1, name.size() - 5);
+  return is_shard_name(target) || target == kManifestName || target == kVocabFileName;
+}
+
+// The shard files listed by <dir>/manifest.json: what a finished run wrote there. Empty when there is no
+// manifest or it cannot be read (a warning says so).
+std::set<std::string> shards_listed_in_manifest(const fs::path& dir) {
+  std::set<std::string> listed;
+  const fs::path manifest_path = dir / kManifestName;
   std::error_code ec;
-  fs::create_directories(dir, ec);
-  if (ec) fail(dir, ": cannot create output directory: ", ec.message());
-  fs::remove(fs::path(dir) / kManifestName, ec);
-  for (const fs::directory_entry& entry : fs::directory_iterator(dir)) {
-    const std::string name = entry.path().filename().string();
-    const bool shard = name.rfind("shard-r", 0) == 0 && entry.path().extension() == ".h5";
-    const bool temp = name.rfind(".shard-r", 0) == 0 || name == std::string(".") + kManifestName + ".tmp";
-    if (entry.is_regular_file() && (shard || temp)) fs::remove(entry.path());
+  if (!fs::exists(manifest_path, ec)) return listed;
+  try {
+    for (const ShardInfo& info : Manifest::load(manifest_path.string()).shards) {
+      if (is_shard_name(info.file)) listed.insert(info.file);
+    }
+  } catch (const Error& e) {
+    ELECTRA_LOG(warning) << "--force: " << e.what() << "; it is replaced, and no shard counts as written by it";
   }
-  fsync_directory(dir);
+  return listed;
 }
 
 }  // namespace
+
+void prepare_output_directory(const std::string& dir, bool force) {
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) throw BadInputError(dir + ": cannot create output directory: " + ec.message());
+  if (!fs::is_directory(dir, ec)) throw BadInputError(dir + ": --output is not a directory");
+
+  std::vector<std::string> names;
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec))
+    names.push_back(it->path().filename().string());
+  if (ec) throw BadInputError(dir + ": cannot list output directory: " + ec.message());
+  if (names.empty()) return;
+  std::sort(names.begin(), names.end());
+  if (!force) {
+    throw BadInputError(detail::concat(
+        dir, ": output directory is not empty (", names.size(), " entries, such as ", names.front(),
+        "); pass --force to replace what electra-preprocess wrote there (manifest.json, the shards it lists, "
+        "vocab.txt), or choose an empty or new --output"));
+  }
+
+  // --force: a shard file the manifest does not list may be another program's, so nothing is removed.
+  const std::set<std::string> listed = shards_listed_in_manifest(dir);
+  std::vector<std::string> unlisted;
+  for (const std::string& name : names) {
+    const bool regular_file = fs::is_regular_file(fs::path(dir) / name, ec);
+    if (is_shard_name(name) && !(listed.count(name) > 0 && regular_file)) unlisted.push_back(name);
+  }
+  if (!unlisted.empty()) {
+    throw BadInputError(detail::concat(
+        (fs::path(dir) / unlisted.front()).string(), unlisted.size() > 1 ? " (and " : "",
+        unlisted.size() > 1 ? std::to_string(unlisted.size() - 1) + " more shard files)" : std::string(),
+        " is not listed in ", (fs::path(dir) / kManifestName).string(),
+        ", so it was not written by a finished electra-preprocess run into this directory; --force replaces "
+        "only such files: remove it yourself or choose another --output"));
+  }
+
+  const fs::path manifest_path = fs::path(dir) / kManifestName;
+  fs::remove(manifest_path, ec);  // first: no reader trusts the old shards from here on
+  if (ec) fail(manifest_path.string(), ": cannot remove: ", ec.message());
+  size_t removed_shards = 0;
+  for (const std::string& name : names) {
+    if (listed.count(name) == 0 && !is_own_temp_name(name)) continue;
+    const fs::path path = fs::path(dir) / name;
+    if (!fs::is_regular_file(path, ec)) continue;
+    fs::remove(path, ec);
+    if (ec) fail(path.string(), ": cannot remove: ", ec.message());
+    removed_shards += listed.count(name);
+  }
+  fsync_directory(dir);
+  ELECTRA_LOG(info) << "--force: replacing " << dir << ": removed the old manifest.json (if any) and " << removed_shards
+                    << " shards it listed; vocab.txt is replaced at the end, other files are left alone";
+}
 
 Manifest run_preprocess(const PreprocessOptions& options, MPI_Comm comm) {
   int rank = 0, world = 1;
   MPI_Comm_rank(comm, &rank);
   MPI_Comm_size(comm, &world);
 
-  // 1. Rank 0 lists the inputs and prepares the output directory; everyone gets the list (or the error).
+  // 1. Rank 0 checks the arguments, lists the inputs and prepares the output directory (or refuses it);
+  //    everyone gets the list, or the same BadInputError before any rank has written anything.
   nlohmann::json plan;
   if (rank == 0) {
     try {
@@ -372,7 +440,7 @@ Manifest run_preprocess(const PreprocessOptions& options, MPI_Comm comm) {
       if (options.max_seq_length < 5 || options.max_seq_length > 65535)
         fail("--max-seq-length ", options.max_seq_length, " is outside [5, 65535]");
       const std::vector<InputFile> files = list_input_files(options.inputs);
-      clear_output_directory(options.output_dir);
+      prepare_output_directory(options.output_dir, options.force);
       plan["files"] = nlohmann::json::array();
       for (const InputFile& f : files) plan["files"].push_back({f.path, f.size});
     } catch (const Error& e) {
@@ -380,7 +448,7 @@ Manifest run_preprocess(const PreprocessOptions& options, MPI_Comm comm) {
     }
   }
   plan = nlohmann::json::parse(broadcast_string(rank == 0 ? plan.dump() : std::string(), 0, comm));
-  if (plan.contains("error")) fail(plan["error"].get<std::string>());
+  if (plan.contains("error")) throw BadInputError(plan["error"].get<std::string>());
   std::vector<InputFile> files;
   for (const auto& f : plan["files"]) files.push_back({f[0].get<std::string>(), f[1].get<uint64_t>()});
   const std::vector<int> owner = assign_files_to_ranks(files, world);

@@ -5,6 +5,11 @@
 // global order and writes its own shards; the example builder of file i draws its random numbers from
 // Philox(seed, kPreprocess, 0, i), so the set of rows is the same for any number of ranks (only the
 // shard they land in differs). Rank 0 gathers the shard lists and writes manifest.json last.
+//
+// The output directory must be missing or empty unless PreprocessOptions::force; with force, only what
+// electra-preprocess owns there is replaced (manifest.json, the shards it lists, vocab.txt, its temporary
+// files), and a shard-r*.h5 that manifest.json does not list is refused. Rank 0 decides before any rank
+// writes, and every rank throws the same BadInputError when it refuses.
 #pragma once
 
 #include <mpi.h>
@@ -16,13 +21,24 @@
 
 #include "data_pipeline/preprocess/manifest.h"
 #include "data_pipeline/tokenizer/vocab.h"
+#include "lib/core/error.h"
 
 namespace electra::data {
+
+// The arguments, the inputs or the output directory were refused before any rank wrote anything
+// (electra-preprocess exits with 2).
+class BadInputError : public Error {
+ public:
+  using Error::Error;
+};
 
 struct PreprocessOptions {
   std::vector<std::string> inputs;  // files or directories (recursed)
   std::string vocab_path;
   std::string output_dir;
+  // false: refuse an output directory that is not empty. true: replace electra-preprocess's own files in it
+  // (manifest.json, the shards it lists, vocab.txt, temporary files) and leave everything else alone.
+  bool force = false;
   int max_seq_length = 128;
   bool lower_case = true;
   // true (the BERT layout): a blank line ends a document. false (google-research/electra's
@@ -75,8 +91,15 @@ struct RankResult {
 RankResult preprocess_rank(const PreprocessOptions& options, const text::Vocab& vocab,
                            const std::vector<InputFile>& files, const std::vector<int>& owner, int rank);
 
+// Makes `dir` ready for a run (see the top of this file): creates it when missing; refuses a non-empty
+// one unless `force`; with `force` removes manifest.json first (so that no reader trusts old shards while
+// new ones are written), then the shards it listed and the program's temporary files. Refusals are
+// BadInputError naming the path; nothing is removed then.
+void prepare_output_directory(const std::string& dir, bool force);
+
 // The whole program on every rank of `comm` (collective). Returns the manifest on every rank once rank
-// 0 has written it. Any rank's failure is an electra::Error on every rank (no hang, no manifest).
+// 0 has written it. Any rank's failure is an electra::Error on every rank (no hang, no manifest); a
+// refusal of the arguments, inputs or output directory is a BadInputError on every rank.
 Manifest run_preprocess(const PreprocessOptions& options, MPI_Comm comm);
 
 }  // namespace electra::data

@@ -7,7 +7,8 @@
 # Arguments are passed to electra-preprocess after the ones this script sets. Environment:
 #   INPUT           text files or directories, separated by spaces                           (required)
 #   VOCAB           vocab.txt (make one with build/bin/electra-vocab)                        (required)
-#   OUTPUT          output directory for shards + manifest.json                              (required)
+#   OUTPUT          output directory for shards + manifest.json; must be empty or missing, unless
+#                   --force is passed (replaces what electra-preprocess wrote there)          (required)
 #   MAX_SEQ_LENGTH  tokens per example                                                    (default 128)
 #   BLANKS_SEPARATE_DOCS  true: a blank line ends a document (BERT layout); false: a document is a file,
 #                   blank lines are skipped (reStructuredText, Markdown: blank lines separate paragraphs)
@@ -15,7 +16,8 @@
 #   NP              MPI ranks                                               (default: number of cores)
 #   MPIRUN_ARGS     more mpirun arguments, split on spaces
 #   ELECTRA_BIN     directory of electra-preprocess                   (default <repository>/build/bin)
-# Exit status: electra-preprocess's (0 done, non-zero failed with a message).
+# Exit status: electra-preprocess's (0 done, 2 bad arguments or a non-empty OUTPUT without --force,
+# 1 failed while processing; a message says why).
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 bin=${ELECTRA_BIN:-$root/build/bin}

@@ -73,9 +73,13 @@ say "$(find "$work/split/train" -type l | wc -l) training files, $heldout_files 
 if [ ! -f "$work/vocab.txt" ]; then
   "$bin/electra-vocab" --input "$work/split/train" --vocab-size "$vocab_size" --output "$work/vocab.txt"
 fi
+# A shards directory without manifest.json is what an interrupted run of this script left: this script's
+# own, so it is made again from scratch.
 preprocess() {  # input_dir output_dir
-  [ -f "$2/manifest.json" ] || "${mpirun_cmd[@]}" "$bin/electra-preprocess" --input "$1" --vocab "$work/vocab.txt" \
-    --output "$2" --max-seq-length 128 --blanks-separate-docs "$blanks"
+  [ ! -f "$2/manifest.json" ] || return 0
+  rm -rf "$2"
+  "${mpirun_cmd[@]}" "$bin/electra-preprocess" --input "$1" --vocab "$work/vocab.txt" --output "$2" \
+    --max-seq-length 128 --blanks-separate-docs "$blanks"
 }
 preprocess "$work/split/train" "$work/shards"
 eval_data=$work/shards

@@ -1,4 +1,5 @@
-// The electra-preprocess program end to end: plain, under mpirun -np 2, and failing.
+// The electra-preprocess program end to end: plain, under mpirun -np 2, failing, and refusing or
+// replacing (--force) an existing output directory.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
@@ -39,9 +40,9 @@ class App : public ::testing::Test {
     testing::write_corpus(tmp / "corpus", co);
     testing::corpus_vocab().save(tmp / "vocab.txt");
   }
-  std::string args(const std::string& out) const {
+  std::string args(const std::string& out, int rows_per_shard = 16) const {
     return " --input " + (tmp / "corpus") + " --vocab " + (tmp / "vocab.txt") + " --output " + (tmp / out) +
-           " --max-seq-length 40 --seed 5 --rows-per-shard 16";
+           " --max-seq-length 40 --seed 5 --rows-per-shard " + std::to_string(rows_per_shard);
   }
   TempDir tmp{"app"};
 };
@@ -71,13 +72,101 @@ TEST_F(App, PlainAndUnderMpirunGiveTheSameRows) {
 
 TEST_F(App, ErrorsNameTheFileAndExitNonZero) {
   std::string output;
-  EXPECT_NE(
+  EXPECT_EQ(
       run(app() + " --input " + (tmp / "nope.txt") + " --vocab " + (tmp / "vocab.txt") + " --output " + (tmp / "out"),
           &output),
-      0);
+      2);
   EXPECT_NE(output.find(tmp / "nope.txt"), std::string::npos) << output;
   EXPECT_FALSE(fs::exists(tmp / "out/manifest.json"));
-  EXPECT_NE(run(app() + " --vocab " + (tmp / "vocab.txt"), &output), 0);  // --input and --output missing
+  EXPECT_EQ(run(app() + " --vocab " + (tmp / "vocab.txt"), &output), 2);  // --input and --output missing
+  // An error while processing (the vocabulary cannot be read) is 1.
+  EXPECT_EQ(run(app() + " --input " + (tmp / "corpus") + " --vocab " + (tmp / "nope-vocab.txt") + " --output " +
+                    (tmp / "out"),
+                &output),
+            1)
+      << output;
+}
+
+// The shard files in `dir`, sorted.
+std::vector<std::string> shard_files(const std::string& dir) {
+  std::vector<std::string> names;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    const std::string name = entry.path().filename().string();
+    if (name.rfind("shard-r", 0) == 0) names.push_back(name);
+  }
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+// The shard files `manifest` lists, sorted.
+std::vector<std::string> listed_files(const Manifest& manifest) {
+  std::vector<std::string> names;
+  for (const ShardInfo& s : manifest.shards) names.push_back(s.file);
+  std::sort(names.begin(), names.end());
+  return names;
+}
+
+std::string read_text(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+TEST_F(App, ExistingOutputIsRefusedWithoutForceOnEveryRank) {
+  std::string output;
+  ASSERT_EQ(run(app() + args("out"), &output), 0) << output;
+  const std::string manifest_before = read_text(tmp / "out/manifest.json");
+  const std::vector<std::string> shards_before = shard_files(tmp / "out");
+  ASSERT_FALSE(shards_before.empty());
+
+  const std::string mpirun = "mpirun -np 2 --oversubscribe --allow-run-as-root " + app();
+  for (const std::string& launcher : {app(), mpirun}) {
+    EXPECT_EQ(run(launcher + args("out", 8), &output), 2) << launcher << "\n" << output;
+    EXPECT_NE(output.find(tmp / "out"), std::string::npos) << output;
+    EXPECT_NE(output.find("--force"), std::string::npos) << output;
+    EXPECT_EQ(read_text(tmp / "out/manifest.json"), manifest_before);
+    EXPECT_EQ(shard_files(tmp / "out"), shards_before);
+  }
+
+  // Any other file makes the directory non-empty too: nothing is written next to it.
+  fs::create_directories(tmp / "other");
+  std::ofstream(tmp / "other/notes.txt") << "mine\n";
+  EXPECT_EQ(run(app() + args("other"), &output), 2) << output;
+  EXPECT_NE(output.find(tmp / "other"), std::string::npos) << output;
+  EXPECT_FALSE(fs::exists(tmp / "other/manifest.json"));
+}
+
+TEST_F(App, ForceReplacesOnlyWhatThePreviousRunWrote) {
+  std::string output;
+  ASSERT_EQ(run(app() + args("out", 8), &output), 0) << output;
+  const size_t many = shard_files(tmp / "out").size();
+  std::ofstream(tmp / "out/notes.txt") << "mine\n";
+  std::ofstream(tmp / "out/data.h5") << "not a shard of ours\n";
+  std::ofstream(tmp / "out/.shard-r0001-00003.h5.tmp") << "left by a run that stopped\n";
+
+  // Fewer, larger shards under mpirun -np 2: the old shards the manifest listed are gone, the rest stays.
+  const std::string mpirun = "mpirun -np 2 --oversubscribe --allow-run-as-root " + app();
+  ASSERT_EQ(run(mpirun + args("out", 32) + " --force", &output), 0) << output;
+  const Manifest replaced = Manifest::load(tmp / "out/manifest.json");
+  EXPECT_EQ(replaced.stats.at("ranks"), 2);
+  EXPECT_LT(replaced.shards.size(), many);
+  EXPECT_EQ(shard_files(tmp / "out"), listed_files(replaced));
+  EXPECT_EQ(read_text(tmp / "out/notes.txt"), "mine\n");
+  EXPECT_EQ(read_text(tmp / "out/data.h5"), "not a shard of ours\n");
+  EXPECT_FALSE(fs::exists(tmp / "out/.shard-r0001-00003.h5.tmp"));
+  EXPECT_EQ(read_text(tmp / "out/vocab.txt"), read_text(tmp / "vocab.txt"));
+  std::vector<testing::Row> rows = testing::read_all_rows(tmp / "out");
+  EXPECT_EQ(rows.size(), replaced.total_rows);
+
+  // A shard file the manifest does not list is not ours to delete: refused even with --force, nothing removed.
+  std::ofstream(tmp / "out/shard-r0007-00000.h5") << "someone else's\n";
+  const std::string manifest_before = read_text(tmp / "out/manifest.json");
+  EXPECT_EQ(run(app() + args("out") + " --force", &output), 2) << output;
+  EXPECT_NE(output.find(tmp / "out/shard-r0007-00000.h5"), std::string::npos) << output;
+  EXPECT_EQ(read_text(tmp / "out/shard-r0007-00000.h5"), "someone else's\n");
+  EXPECT_EQ(read_text(tmp / "out/manifest.json"), manifest_before);
+  for (const std::string& name : listed_files(replaced)) EXPECT_TRUE(fs::exists(tmp / ("out/" + name))) << name;
 }
 
 }  // namespace

@@ -1,4 +1,5 @@
-// The programs: electra-vocab writes a vocabulary of the requested size atomically; electra-tokenize
+// The programs: electra-vocab writes a vocabulary of the requested size atomically, refuses an existing
+// output without --force and an input without words (exit 2); electra-tokenize
 // prints one line per input line, the same ids as the library, and names lines with invalid UTF-8.
 #include <gtest/gtest.h>
 
@@ -62,11 +63,48 @@ TEST_F(Apps, VocabTrainerWritesTheRequestedSize) {
 TEST_F(Apps, VocabTrainerFailsOnMissingInput) {
   const std::string out = dir_.file("vocab.txt");
   const std::string err = dir_.file("err.txt");
-  EXPECT_NE(testing::run(shell_quote(bin("electra-vocab")) + " --input " + shell_quote(dir_.file("nope")) +
+  EXPECT_EQ(testing::run(shell_quote(bin("electra-vocab")) + " --input " + shell_quote(dir_.file("nope")) +
                          " --vocab-size 100 --output " + shell_quote(out) + " 2>" + shell_quote(err)),
-            0);
+            2);
   EXPECT_NE(testing::read_file(err).find("nope"), std::string::npos);
   EXPECT_FALSE(std::filesystem::exists(out));
+}
+
+TEST_F(Apps, VocabTrainerRefusesAnExistingOutputUnlessForced) {
+  const std::string out = dir_.file("vocab.txt");
+  const std::string err = dir_.file("err.txt");
+  const std::string train = shell_quote(bin("electra-vocab")) + " --input " + shell_quote(dir_.file("corpus")) +
+                            " --min-frequency 1 --output " + shell_quote(out);
+  ASSERT_EQ(testing::run(train + " --vocab-size 150 2>/dev/null"), 0);
+  const std::string first = testing::read_file(out);
+
+  EXPECT_EQ(testing::run(train + " --vocab-size 120 2>" + shell_quote(err)), 2);
+  const std::string message = testing::read_file(err);
+  EXPECT_NE(message.find(out), std::string::npos) << message;
+  EXPECT_NE(message.find("--force"), std::string::npos) << message;
+  EXPECT_EQ(testing::read_file(out), first);
+
+  ASSERT_EQ(testing::run(train + " --vocab-size 120 --force 2>/dev/null"), 0);
+  EXPECT_EQ(Vocab::load(out).size(), 120u);
+}
+
+TEST_F(Apps, VocabTrainerRefusesAnInputWithoutWords) {
+  const std::string out = dir_.file("vocab.txt");
+  const std::string err = dir_.file("err.txt");
+  std::filesystem::create_directories(dir_.path() / "empty_dir");
+  testing::write_file(dir_.file("empty.txt"), "");
+  testing::write_file(dir_.file("blank.txt"), "\n  \n\t\n");
+  for (const char* input : {"empty.txt", "blank.txt", "empty_dir"}) {
+    EXPECT_EQ(testing::run(shell_quote(bin("electra-vocab")) + " --input " + shell_quote(dir_.file(input)) +
+                           " --vocab-size 100 --output " + shell_quote(out) + " 2>" + shell_quote(err)),
+              2)
+        << input;
+    const std::string message = testing::read_file(err);
+    EXPECT_NE(message.find(dir_.file(input)), std::string::npos) << message;
+    const bool is_directory = std::string(input) == "empty_dir";  // "directory has no files"
+    EXPECT_NE(message.find(is_directory ? "no files" : "no words"), std::string::npos) << message;
+    EXPECT_FALSE(std::filesystem::exists(out)) << input;
+  }
 }
 
 TEST_F(Apps, TokenizePrintsOneLinePerInputLine) {
