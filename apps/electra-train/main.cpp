@@ -8,11 +8,17 @@
 #include "lib/core/log.h"
 #include "lib/dist/communicator.h"
 #include "lib/dist/rank_main.h"
+#include "lib/dist/signals.h"
 #include "lib/train/trainer.h"
 
 int main(int argc, char** argv) {
+  // First of all: a stop signal (SIGUSR1/SIGTERM) that arrives while the ranks set up must not kill them
+  // (the default action); the trainer sees it at its first step boundary and stops with a checkpoint.
+  electra::dist::install_stop_signals();
   electra::train::TrainOptions options;
   bool list_keys = false;
+  double max_time_s = 0;
+  int64_t stop_after = 0;
   CLI::App app{"electra-train: pre-train an ELECTRA generator + discriminator on HDF5 shards (MPI data parallel)"};
   app.add_option("--config", options.config_path, "run config JSON (e.g. jobs/configs/small.json)");
   app.add_option("--data", options.data_dir, "shards directory (manifest.json) or NVIDIA BERT HDF5 directory");
@@ -21,9 +27,10 @@ int main(int argc, char** argv) {
   app.add_option("--resume", options.resume, "auto (newest complete checkpoint, else fresh) | none | PATH")
       ->capture_default_str();
   app.add_option("--device", options.device, "cpu | cuda")->capture_default_str();
-  app.add_option("--max-time", options.max_time_s,
-                 "seconds of wall time after which the run checkpoints and exits with code 3");
-  app.add_option("--stop-after", options.stop_after, "steps of this run after which it checkpoints and exits with code 3");
+  CLI::Option* max_time_option = app.add_option(
+      "--max-time", max_time_s, "seconds of wall time (> 0) after which the run checkpoints and exits with code 3");
+  CLI::Option* stop_after_option = app.add_option(
+      "--stop-after", stop_after, "steps of this run (> 0) after which it checkpoints and exits with code 3");
   app.add_option("--init-from", options.init_from,
                  "start a fresh run from Hugging Face weights: DIR with discriminator/ and generator/ "
                  "(electra-export's layout); the model config must match");
@@ -33,6 +40,9 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : electra::train::kExitBadInput;
   }
+  // Given or not matters: a value <= 0 is an error (checked in set-up), not "no limit".
+  if (*max_time_option) options.max_time_s = max_time_s;
+  if (*stop_after_option) options.stop_after = stop_after;
   if (list_keys) {
     try {
       std::cout << electra::train::resolve_config(options).dump(2) << "\n";
@@ -50,9 +60,9 @@ int main(int argc, char** argv) {
   if (!options.output_dir.empty()) {
     std::error_code ignored;
     std::filesystem::create_directories(std::filesystem::path(options.output_dir) / "logs", ignored);
-    log_options.file = (std::filesystem::path(options.output_dir) / "logs" /
-                        ("rank_" + std::to_string(comm.rank()) + ".log"))
-                           .string();
+    log_options.file =
+        (std::filesystem::path(options.output_dir) / "logs" / ("rank_" + std::to_string(comm.rank()) + ".log"))
+            .string();
   }
   electra::log::init(log_options);
   char host[256] = {};

@@ -20,8 +20,9 @@
 # Stopping: SIGTERM or SIGUSR1 sent to this script (kill, a batch system) is passed to mpirun as SIGUSR1,
 # which mpirun forwards to every rank (Open MPI forwards SIGUSR1/SIGUSR2; on a SIGTERM of its own mpirun
 # terminates the ranks itself and exits 1). The ranks agree on a step, write a checkpoint and exit 3; running the script
-# again continues exactly from there. Exit status: electra-train's (0 done, 1 failed, 2 bad input,
-# 3 stopped with a checkpoint, 4 too many non-finite steps; see README).
+# again continues exactly from there (also when the stop came during set-up). Exit status: electra-train's
+# (0 done, 1 failed, 2 bad input, 3 stopped with a checkpoint, 4 too many non-finite steps, 5 the watchdog
+# aborted a hung step: running the script again resumes from the last checkpoint; see README).
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 bin=${ELECTRA_BIN:-$root/build/bin}
@@ -81,6 +82,7 @@ done
 case "$code" in
   0) log "training finished: $run_dir" ;;
   3) log "stopped with a checkpoint; run the same command again to continue from $run_dir" ;;
+  5) log "the watchdog aborted a hung step (see $run_dir/logs); run the same command again to resume from the last checkpoint in $run_dir" ;;
   *) log "electra-train exited with $code; see $run_dir/logs" ;;
 esac
 exit "$code"

@@ -15,6 +15,14 @@ bool compatible(const nlohmann::json& old_value, const nlohmann::json& new_value
   return old_value.type() == new_value.type();
 }
 
+// What a key's default says it takes, for errors: "an integer" for integral defaults (JSON calls every
+// number "number", which reads wrong for "train.steps=3.7"), else the JSON type name.
+std::string expected_kind(const nlohmann::json& slot) {
+  if (slot.is_number_integer()) return "an integer";
+  if (slot.is_number()) return "a number";
+  return slot.type_name();
+}
+
 void merge_into(nlohmann::json& target, const nlohmann::json& source, const std::string& prefix,
                 const std::string& origin) {
   for (const auto& [key, value] : source.items()) {
@@ -24,7 +32,7 @@ void merge_into(nlohmann::json& target, const nlohmann::json& source, const std:
     if (slot.is_object() && value.is_object()) {
       merge_into(slot, value, dotted, origin);
     } else if (slot.is_object() != value.is_object() || !compatible(slot, value)) {
-      fail(origin, ": config key '", dotted, "' expects ", slot.type_name(), ", got ", value.dump());
+      fail(origin, ": config key '", dotted, "' expects ", expected_kind(slot), ", got ", value.dump());
     } else {
       slot = value;
     }
@@ -90,7 +98,7 @@ void Config::set(std::string_view dotted_key, const nlohmann::json& value) {
   if (!root_.contains(pointer)) fail("unknown config key '", dotted_key, "'");
   nlohmann::json& slot = root_[pointer];
   if (slot.is_object() || !compatible(slot, value)) {
-    fail("config key '", dotted_key, "' expects ", slot.type_name(), ", got ", value.dump());
+    fail("config key '", dotted_key, "' expects ", expected_kind(slot), ", got ", value.dump());
   }
   slot = value;
 }

@@ -21,8 +21,9 @@ class Watchdog {
   // silence. The production action aborts the job; tests pass a callback that records the call.
   using Action = std::function<void(const std::string& message)>;
 
-  // Logs the message and MPI_Aborts the job (exit code `code`).
-  static Action abort_action(const Communicator& comm, int code = 3);
+  // Logs the message and MPI_Aborts the job with exit code `code` (electra-train: kExitWatchdog, 5; a
+  // code of its own, so that job scripts can tell a hang from a clean stop).
+  static Action abort_action(const Communicator& comm, int code);
 
   // Starts the thread; the clock starts now (the first heartbeat is due within step_timeout_s).
   Watchdog(double step_timeout_s, int rank, Action action);

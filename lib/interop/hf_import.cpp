@@ -254,7 +254,7 @@ std::optional<std::string> hf_config_difference(const PretrainerConfig& run, con
 }
 
 std::string init_from_hf(const fs::path& dir, const PretrainerConfig& run_config, const text::Vocab& data_vocab,
-                         std::vector<float>& params) {
+                         std::optional<bool> data_lower_case, std::vector<float>& params) {
   if (!is_hf_export_dir(dir)) {
     fail("--init-from ", dir.string(),
          ": expected a directory with discriminator/ and generator/ (electra-export's "
@@ -265,8 +265,16 @@ std::string init_from_hf(const fs::path& dir, const PretrainerConfig& run_config
     fail("--init-from ", dir.string(), ": the run's model config differs from the Hugging Face config: ", *diff);
   }
   if (hf.vocab && hf.vocab->tokens() != data_vocab.tokens()) {
-    fail("--init-from ", dir.string(), ": its vocabulary ", hf.vocab->origin(), " (", hf.vocab->size(),
-         " tokens) differs from the training data's ", data_vocab.origin(), " (", data_vocab.size(), " tokens)");
+    fail("--init-from ", dir.string(), ": its vocabulary ", hf.vocab->origin(), " (vocab_hash ", hf.vocab->hash(), ", ",
+         hf.vocab->size(), " tokens) differs from the training data's ", data_vocab.origin(), " (vocab_hash ",
+         data_vocab.hash(), ", ", data_vocab.size(), " tokens)");
+  }
+  const bool has_tokenizer_config = fs::exists(dir / "discriminator" / "tokenizer_config.json") ||
+                                    fs::exists(dir / "generator" / "tokenizer_config.json");
+  if (has_tokenizer_config && data_lower_case && hf.tokenizer.lower_case != *data_lower_case) {
+    fail("--init-from ", dir.string(), ": its tokenizer_config.json has do_lower_case ",
+         hf.tokenizer.lower_case ? "true" : "false", ", but the training data was tokenized with lower_case ",
+         *data_lower_case ? "true" : "false");
   }
   const PretrainerLayout run_layout = build_pretrainer_layout(run_config);
   const PretrainerLayout hf_layout = build_pretrainer_layout(hf.config);

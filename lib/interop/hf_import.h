@@ -52,11 +52,13 @@ HfPretrainer load_hf_pretrainer(const std::filesystem::path& discriminator_dir,
 std::optional<std::string> hf_config_difference(const PretrainerConfig& run, const PretrainerConfig& hf);
 
 // electra-train --init-from DIR: loads DIR/discriminator + DIR/generator, checks the run's model config
-// (hf_config_difference, fails naming the key) and, when DIR has a vocab.txt, that it equals the
-// training data's vocabulary; then overwrites every tensor of `params` (the run's flat buffer, layout
-// order) that Hugging Face holds. The generator's sentence head keeps its values. Returns a summary
-// line for the log.
+// (hf_config_difference, fails naming the key), when DIR has a vocab.txt that it equals the training
+// data's vocabulary (fails naming both hashes), and when both are known that the tokenizer's lower_case
+// (tokenizer_config.json) equals the data's (`data_lower_case`, from the shards' manifest); then
+// overwrites every tensor of `params` (the run's flat buffer, layout order) that Hugging Face holds. The
+// generator's sentence head keeps its values. Returns a summary line for the log.
 std::string init_from_hf(const std::filesystem::path& dir, const PretrainerConfig& run_config,
-                         const text::Vocab& data_vocab, std::vector<float>& params);
+                         const text::Vocab& data_vocab, std::optional<bool> data_lower_case,
+                         std::vector<float>& params);
 
 }  // namespace electra::interop

@@ -5,9 +5,11 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <iomanip>
 #include <memory>
@@ -100,6 +102,35 @@ int64_t parameter_fingerprint(const PretrainerModel<float>& model) {
   uint64_t hash = 1469598103934665603ull;
   for (size_t i = 0; i < host.size() * sizeof(float); ++i) hash = (hash ^ bytes[i]) * 1099511628211ull;
   return static_cast<int64_t>(hash >> 1);
+}
+
+// --output must be a directory this process can create or write into: checked at set-up, creating
+// nothing (the directory itself when it exists, else its nearest existing ancestor).
+void check_output_writable(const fs::path& run_dir) {
+  std::error_code error;
+  fs::path probe = fs::absolute(run_dir, error);
+  if (error) fail("--output ", run_dir.string(), ": ", error.message());
+  while (!fs::exists(probe, error) && probe != probe.parent_path()) probe = probe.parent_path();
+  if (!fs::is_directory(probe, error)) {
+    fail("--output ", run_dir.string(), " cannot be created: ", probe.string(), " is not a directory");
+  }
+  if (access(probe.c_str(), W_OK | X_OK) != 0) {
+    fail("--output ", run_dir.string(), " is not writable: cannot write into ", probe.string(), " (",
+         std::strerror(errno), ")");
+  }
+}
+
+// tokenizer.lower_case of the shards (electra-preprocess's manifest.json in the data directory); nullopt for
+// data without a manifest (NVIDIA BERT shards), whose tokenizer options are unknown.
+std::optional<bool> data_lower_case(const fs::path& data_dir) {
+  const fs::path manifest = data_dir / "manifest.json";
+  if (!fs::is_regular_file(manifest)) return std::nullopt;
+  std::ifstream in(manifest);
+  try {
+    return nlohmann::json::parse(in).at("tokenizer").at("lower_case").get<bool>();
+  } catch (const nlohmann::json::exception& e) {
+    fail("manifest ", manifest.string(), ": cannot read tokenizer.lower_case: ", e.what());
+  }
 }
 
 TensorLayout checkpoint_layout(const ParameterLayout& layout) {
@@ -248,6 +279,7 @@ class Trainer {
   std::unique_ptr<Backend<float>> make_backend() const;
   void log_device_memory(const char* when);
   void resume_from(const fs::path& path);
+  void check_vocabulary(const CheckpointFile& file);
   void save_checkpoint();
   void check_parameters_agree(const char* when);
   StepResult train_step(double* metrics);
@@ -279,6 +311,7 @@ class Trainer {
   std::unique_ptr<MetricsWriter> metrics_;
   std::unique_ptr<TensorBoardWriter> tensorboard_;
   std::unique_ptr<data::Loader> eval_loader_;  // held-out shards (train.eval_every, data.eval_dir)
+  std::optional<bool> lower_case_;             // the shards' tokenizer.lower_case (unknown without a manifest)
   TensorLayout ckpt_layout_;
 
   int64_t total_steps_ = 0;
@@ -316,6 +349,22 @@ std::optional<std::string> Trainer::setup() {
     config_ = resolve_config(options_);
     if (options_.output_dir.empty()) fail("--output RUN_DIR is required");
     run_dir_ = options_.output_dir;
+    // Everything that can be checked without the data is checked before anything is read or written.
+    check_output_writable(run_dir_);
+    if (options_.max_time_s && !(*options_.max_time_s > 0)) {
+      fail("--max-time must be a positive number of seconds, got ", *options_.max_time_s);
+    }
+    if (options_.stop_after && *options_.stop_after <= 0) {
+      fail("--stop-after must be a positive number of steps, got ", *options_.stop_after);
+    }
+    const double step_timeout = config_.get<double>("train.step_timeout");
+    if (!(step_timeout > 0) || !std::isfinite(step_timeout)) {
+      fail("config key 'train.step_timeout' must be a positive number of seconds, got ", step_timeout);
+    }
+    if (config_.get<int64_t>("train.eval_batches") < 0) {
+      fail("config key 'train.eval_batches' must be >= 0 (0: all of data.eval_dir), got ",
+           config_.get<int64_t>("train.eval_batches"));
+    }
     if (options_.device != "cpu" && options_.device != "cuda")
       fail("--device must be cpu or cuda, got '", options_.device, "'");
     // Before the data: a transport that cannot work is a config error whatever the data (GPU cases below).
@@ -380,6 +429,7 @@ std::optional<std::string> Trainer::setup() {
     loader_options.verify_checksums = config_.get<bool>("data.verify_checksums");
     loader_ = std::make_unique<data::Loader>(loader_options);
     config_.set("model.vocab_size", nlohmann::json(static_cast<int64_t>(loader_->vocab().size())));
+    lower_case_ = data_lower_case(data_dir);
 
     model_config_ = pretrainer_config_from_json(config_.at("model"));
     const std::string eval_dir = config_.get<std::string>("data.eval_dir");
@@ -456,7 +506,17 @@ std::optional<std::string> Trainer::setup() {
                                                        config_.get<int64_t>("train.keep_every"));
     std::optional<fs::path> resume_path;
     if (options_.resume == "auto") {
-      if (auto latest = checkpoints_->latest_complete()) resume_path = latest->path;
+      if (auto latest = checkpoints_->latest_complete()) {
+        resume_path = latest->path;
+      } else if (const std::vector<CheckpointEntry> damaged = checkpoints_->list(); !damaged.empty()) {
+        // Starting afresh would write over the run's metrics and checkpoints as if they were not there.
+        fail("run directory ", run_dir_.string(), " has ", damaged.size(), " checkpoint(s) (",
+             damaged.front().path.filename().string(), damaged.size() > 1 ? " ... " : "",
+             damaged.size() > 1 ? damaged.back().path.filename().string() : "",
+             ") but none is complete and readable (the log names what is wrong with each): nothing to resume "
+             "from. Move them aside to start this run afresh, resume a file with --resume PATH, or use another "
+             "--output (nothing was overwritten)");
+      }
     } else if (options_.resume != "none" && !options_.resume.empty()) {
       resume_path = options_.resume;
     } else if (!checkpoints_->list().empty()) {
@@ -470,7 +530,8 @@ std::optional<std::string> Trainer::setup() {
       // Hugging Face weights over the fresh initialisation; fails naming the config key or tensor that
       // does not fit. The generator's sentence head, which HF has no place for, keeps its initial values.
       std::vector<float> host = model_->parameters_to_host();
-      ELECTRA_LOG(info) << interop::init_from_hf(options_.init_from, model_config_, loader_->vocab(), host);
+      ELECTRA_LOG(info) << interop::init_from_hf(options_.init_from, model_config_, loader_->vocab(), lower_case_,
+                                                 host);
       model_->parameters_from_host(host);
     }
     return std::nullopt;
@@ -494,6 +555,7 @@ void Trainer::resume_from(const fs::path& path) {
   CheckpointFile file = CheckpointFile::open(path);
   const nlohmann::json& saved = file.config();
   if (!saved.contains("model")) fail("checkpoint ", path.string(), " has no model configuration");
+  check_vocabulary(file);
   if (auto diff = first_difference(saved.at("model"), config_.at("model"), "model")) {
     fail("checkpoint ", path.string(), " was trained with another model configuration: ", *diff);
   }
@@ -531,6 +593,43 @@ void Trainer::resume_from(const fs::path& path) {
                     << (has_moments ? "" : " (no optimizer moments in the file: they start at zero)");
 }
 
+// The checkpoint's record of the vocabulary and tokenizer options it was trained with (state "vocab" and
+// "tokenizer") against the training data's: another vocabulary of the same size would pass every shape
+// check and silently relabel every token id.
+void Trainer::check_vocabulary(const CheckpointFile& file) {
+  const nlohmann::json& state = file.state();
+  const text::Vocab& vocab = loader_->vocab();
+  if (!state.contains("vocab")) {
+    if (comm_.is_root()) {
+      ELECTRA_LOG(warning) << "checkpoint " << file.path().string()
+                           << " records no vocabulary (written by an older electra-train): cannot check that the "
+                           << "training data's " << vocab.origin() << " (vocab_hash " << vocab.hash()
+                           << ") is the one it was trained with";
+    }
+    return;
+  }
+  uint64_t saved_hash = 0, saved_size = 0;
+  try {
+    saved_hash = state.at("vocab").at("hash").get<uint64_t>();
+    saved_size = state.at("vocab").at("size").get<uint64_t>();
+  } catch (const nlohmann::json::exception& e) {
+    fail("checkpoint ", file.path().string(),
+         ": cannot read its vocabulary record (state vocab.hash, vocab.size): ", e.what());
+  }
+  if (saved_hash != vocab.hash() || saved_size != vocab.size()) {
+    fail("checkpoint ", file.path().string(), " was trained with another vocabulary (vocab_hash ", saved_hash, ", ",
+         saved_size, " tokens) than the training data's ", vocab.origin(), " (vocab_hash ", vocab.hash(), ", ",
+         vocab.size(), " tokens): token ids would mean different words");
+  }
+  const nlohmann::json saved_lower =
+      state.contains("tokenizer") ? state.at("tokenizer").value("lower_case", nlohmann::json()) : nlohmann::json();
+  if (saved_lower.is_boolean() && lower_case_ && saved_lower.get<bool>() != *lower_case_) {
+    fail("checkpoint ", file.path().string(),
+         " was trained on text tokenized with tokenizer.lower_case = ", saved_lower.dump(),
+         ", but the training data's manifest says ", *lower_case_ ? "true" : "false");
+  }
+}
+
 void Trainer::check_parameters_agree(const char* when) {
   const int64_t fingerprint = parameter_fingerprint(*model_);
   if (comm_.allreduce_max(fingerprint) != comm_.allreduce_min(fingerprint)) {
@@ -562,6 +661,9 @@ void Trainer::save_checkpoint() {
                      {"skipped_steps", skipped_total_},
                      {"world_size", comm_.world_size()}};
     content.state.update(loss_scaler_->state());  // loss_scale, loss_scale_mode, loss_scale_good_steps
+    // What the token ids mean: checked on resume (check_vocabulary).
+    content.state["vocab"] = {{"hash", loader_->vocab().hash()}, {"size", loader_->vocab().size()}};
+    content.state["tokenizer"] = {{"lower_case", lower_case_ ? nlohmann::json(*lower_case_) : nlohmann::json()}};
     content.loader = loader_->state().to_json();
     content.config = config_.json();
     const auto start = Clock::now();
@@ -853,8 +955,8 @@ int Trainer::train() {
 
   reducer_ = make_reducer();
 
-  dist::install_stop_signals();
-  dist::Watchdog watchdog(config_.get<double>("train.step_timeout"), comm_.rank(), dist::Watchdog::abort_action(comm_));
+  dist::Watchdog watchdog(config_.get<double>("train.step_timeout"), comm_.rank(),
+                          dist::Watchdog::abort_action(comm_, kExitWatchdog));
 
   int64_t steps_this_run = 0;
   double window[kNumMetrics] = {};
@@ -863,8 +965,8 @@ int Trainer::train() {
   if (profile_) profile_->start_window();
   while (step_ < total_steps_) {
     // Step boundary: everyone agrees on whether to stop before anyone starts the next step.
-    const bool out_of_time = options_.max_time_s > 0 && seconds_since(run_start) >= options_.max_time_s;
-    const bool enough = options_.stop_after > 0 && steps_this_run >= options_.stop_after;
+    const bool out_of_time = options_.max_time_s && seconds_since(run_start) >= *options_.max_time_s;
+    const bool enough = options_.stop_after && steps_this_run >= *options_.stop_after;
     const int signal = dist::stop_signal();
     std::optional<ScopedPhase> stop_check(std::in_place, profile(), TrainPhase::kStopCheck);
     const bool stop = comm_.agree_any(signal != 0 || out_of_time || enough);
@@ -881,8 +983,9 @@ int Trainer::train() {
         for (size_t r = 0; r < reasons.size(); ++r) {
           if (!reasons[r].empty()) who += (who.empty() ? "" : ", ") + ("rank " + std::to_string(r) + ": " + reasons[r]);
         }
-        ELECTRA_LOG(warning) << "stopping at step " << step_ << " (" << who
-                             << "); writing a checkpoint, then exiting with code " << kExitStopped;
+        ELECTRA_LOG(warning) << "stopping at step " << step_ << " (" << who << ")"
+                             << (steps_this_run == 0 ? ", before the first step of this run" : "")
+                             << "; writing a checkpoint, then exiting with code " << kExitStopped;
       }
       watchdog.pause();
       save_checkpoint();
@@ -957,6 +1060,9 @@ int Trainer::train() {
 }  // namespace
 
 int run_training(const dist::Communicator& comm, const TrainOptions& options) {
+  // Before the set-up (data, model, checkpoint), which may take minutes: a stop signal during it is kept
+  // and honoured at the first step boundary (a checkpoint of the start state, exit 3).
+  dist::install_stop_signals();
   Trainer trainer(comm, options);
   // Before setup, which may fail on one rank only: a collective every rank reaches.
   if (options.device == "cuda") trainer.set_ranks_on_gpu(count_ranks_on_my_gpu(comm));

@@ -26,9 +26,11 @@ enum ExitCode : int {
   kExitDone = 0,          // trained to train.steps; final checkpoint written
   kExitFailure = 1,       // an unexpected error (the job was aborted on all ranks)
   kExitBadInput = 2,      // bad flags, config, data or checkpoint, reported before training started
-  kExitStopped = 3,       // stopped by SIGTERM/SIGUSR1, --max-time or --stop-after; checkpoint written,
-                          // `--resume auto` continues exactly
+  kExitStopped = 3,       // stopped by SIGTERM/SIGUSR1 (also during set-up, before the first step), --max-time
+                          // or --stop-after; checkpoint written, `--resume auto` continues exactly
   kExitTooManySkips = 4,  // more than train.max_skipped_steps consecutive non-finite steps
+  kExitWatchdog = 5,      // a rank made no progress for train.step_timeout: the watchdog aborted the job; the
+                          // last complete checkpoint stands (`--resume auto` continues from it)
 };
 
 // The full run configuration schema with its defaults (ELECTRA-small). A config file and --set may only
@@ -36,16 +38,18 @@ enum ExitCode : int {
 nlohmann::json default_run_config();
 
 struct TrainOptions {
-  std::string config_path;         // a jobs/configs/*.json preset or any file; empty: defaults only
-  std::vector<std::string> sets;   // "key=value" overrides, applied after the file
-  std::string data_dir;            // overrides data.dir when non-empty
-  std::string output_dir;          // RUN_DIR
-  std::string resume = "auto";     // "auto" (newest complete checkpoint, else fresh), "none", or a path
-  std::string device = "cpu";      // "cpu" | "cuda"
-  double max_time_s = 0;           // > 0: stop (checkpoint, exit 3) before this much wall time has passed
-  int64_t stop_after = 0;          // > 0: stop (checkpoint, exit 3) after this many steps of this run
-  std::string init_from;           // Hugging Face DIR (discriminator/ + generator/, as electra-export writes):
-                                   // initial weights of a fresh run (ignored when a checkpoint is resumed)
+  std::string config_path;            // a jobs/configs/*.json preset or any file; empty: defaults only
+  std::vector<std::string> sets;      // "key=value" overrides, applied after the file
+  std::string data_dir;               // overrides data.dir when non-empty
+  std::string output_dir;             // RUN_DIR
+  std::string resume = "auto";        // "auto" (newest complete checkpoint, else fresh), "none", or a path
+  std::string device = "cpu";         // "cpu" | "cuda"
+  std::optional<double> max_time_s;   // --max-time: stop (checkpoint, exit 3) before this much wall time has
+                                      // passed; must be > 0 when given
+  std::optional<int64_t> stop_after;  // --stop-after: stop (checkpoint, exit 3) after this many steps of this
+                                      // run; must be > 0 when given
+  std::string init_from;              // Hugging Face DIR (discriminator/ + generator/, as electra-export writes):
+                                      // initial weights of a fresh run (ignored when a checkpoint is resumed)
 };
 
 // Resolves the configuration: defaults <- file <- --data <- --set. Fails naming the file or key.

@@ -1,9 +1,9 @@
+#include "lib/core/config.h"
+
 #include <gtest/gtest.h>
 
 #include <cstdio>
 #include <fstream>
-
-#include "lib/core/config.h"
 
 namespace electra {
 namespace {
@@ -34,7 +34,20 @@ TEST(Config, RejectsUnknownKeysAndWrongTypesNamingTheKey) {
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("train.stpes"), std::string::npos) << e.what();
   }
-  EXPECT_THROW(config.set("train.steps=1.5"), Error);
+  try {
+    config.set("train.steps=3.7");
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("config key 'train.steps' expects an integer, got 3.7"), std::string::npos)
+        << e.what();
+  }
+  try {
+    config.merge(nlohmann::json::parse(R"({"train": {"seed": 2.5}})"), "config file x.json");
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("config key 'train.seed' expects an integer, got 2.5"), std::string::npos)
+        << e.what();
+  }
   EXPECT_THROW(config.set("train.steps=abc"), Error);
   EXPECT_THROW(config.set("train=3"), Error);
   EXPECT_THROW(config.set("novalue"), Error);
@@ -66,8 +79,8 @@ TEST(Config, MergesFilesAndNamesTheFileInErrors) {
   }
   std::remove(path.c_str());
   EXPECT_THROW(config.merge_file("/nonexistent/config.json"), Error);
-  EXPECT_EQ(config.keys(), (std::vector<std::string>{"data.dir", "optim.lr", "train.name", "train.seed",
-                                                     "train.steps"}));
+  EXPECT_EQ(config.keys(),
+            (std::vector<std::string>{"data.dir", "optim.lr", "train.name", "train.seed", "train.steps"}));
 }
 
 }  // namespace

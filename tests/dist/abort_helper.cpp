@@ -55,7 +55,7 @@ int main(int argc, char** argv) {
     }
     if (mode == "watchdog") {
       // Only the hung rank has a short timeout, so the message must come from it.
-      dist::Watchdog watchdog(comm.rank() == target ? 1.0 : 60.0, comm.rank(), dist::Watchdog::abort_action(comm));
+      dist::Watchdog watchdog(comm.rank() == target ? 1.0 : 60.0, comm.rank(), dist::Watchdog::abort_action(comm, 5));
       for (int64_t step = 1; step <= 3; ++step) watchdog.heartbeat(step);
       if (comm.rank() == target) std::this_thread::sleep_for(std::chrono::seconds(120));  // a hung step
       comm.barrier();

@@ -529,7 +529,7 @@ TEST(HfInterop, InitFromHfChecksConfigAndVocabAndCopiesTensors) {
   const PretrainerLayout layout = build_pretrainer_layout(config);
   std::vector<float> params = random_params(config, 99);
   const std::vector<float> before = params;
-  const std::string summary = init_from_hf(dir, config, run.vocab, params);
+  const std::string summary = init_from_hf(dir, config, run.vocab, std::nullopt, params);
   EXPECT_NE(summary.find("keep their initialisation"), std::string::npos) << summary;
   const PretrainerLayout run_layout = build_pretrainer_layout(run.config);
   for (const ParameterView& v : layout.layout.views()) {
@@ -544,7 +544,7 @@ TEST(HfInterop, InitFromHfChecksConfigAndVocabAndCopiesTensors) {
   other.generator.num_layers = 3;
   std::vector<float> other_params(build_pretrainer_layout(other).layout.total_size());
   try {
-    init_from_hf(dir, other, run.vocab, other_params);
+    init_from_hf(dir, other, run.vocab, std::nullopt, other_params);
     ADD_FAILURE() << "accepted a run with another generator depth";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("model.generator.num_layers: run 3, Hugging Face 2"), std::string::npos)
@@ -552,8 +552,8 @@ TEST(HfInterop, InitFromHfChecksConfigAndVocabAndCopiesTensors) {
   }
   std::vector<std::string> tokens = tiny_vocab_tokens();
   std::swap(tokens[5], tokens[6]);
-  EXPECT_THROW(init_from_hf(dir, config, text::Vocab::from_tokens(tokens), params), Error);
-  EXPECT_THROW(init_from_hf(tmp.path() / "nowhere", config, run.vocab, params), Error);
+  EXPECT_THROW(init_from_hf(dir, config, text::Vocab::from_tokens(tokens), std::nullopt, params), Error);
+  EXPECT_THROW(init_from_hf(tmp.path() / "nowhere", config, run.vocab, std::nullopt, params), Error);
 }
 
 }  // namespace

@@ -1,11 +1,17 @@
 // electra-train --init-from: a run exported by electra-export starts another run with exactly its
 // weights (checked with lr 0: the next checkpoint exports to the same bytes), and a run whose model
-// config differs is refused before training, naming the key.
+// config differs is refused before training, naming the key; checkpoints and exports made with another
+// vocabulary of the same size are refused too (TrainVocabularyRecord).
 #include <gtest/gtest.h>
 
+#include <fstream>
+#include <nlohmann/json.hpp>
 #include <sstream>
+#include <utility>
+#include <vector>
 
 #include "lib/core/philox.h"
+#include "lib/train/checkpoint.h"
 #include "tests/interop/interop_test_util.h"
 
 namespace electra::interop {
@@ -28,9 +34,8 @@ std::string train_command(const fs::path& root, const fs::path& run_dir, const s
   return cmd.str();
 }
 
-TEST(TrainInitFrom, StartsFromExportedWeightsAndChecksTheConfig) {
-  TempDir tmp;
-  const fs::path root = tmp.path();
+// ROOT/corpus (generated), ROOT/vocab.txt (electra-vocab --vocab-size 100) and ROOT/shards (electra-preprocess).
+void prepare_shards(const fs::path& root) {
   fs::create_directories(root / "corpus");
   {
     const std::vector<std::string> words = {"the",       "model", "learns", "to",    "detect", "replaced",
@@ -55,6 +60,13 @@ TEST(TrainInitFrom, StartsFromExportedWeightsAndChecksTheConfig) {
                   " --vocab " + shell_quote((root / "vocab.txt").string()) + " --output " +
                   shell_quote((root / "shards").string()) + " --max-seq-length 32 2>&1");
   ASSERT_EQ(r.status, 0) << r.out;
+}
+
+TEST(TrainInitFrom, StartsFromExportedWeightsAndChecksTheConfig) {
+  TempDir tmp;
+  const fs::path root = tmp.path();
+  ASSERT_NO_FATAL_FAILURE(prepare_shards(root));
+  CommandResult r;
 
   // Run A trains two steps and is exported.
   r = run_command(train_command(root, root / "a", "--set train.steps=2 --set train.checkpoint_every=2"));
@@ -93,6 +105,121 @@ TEST(TrainInitFrom, StartsFromExportedWeightsAndChecksTheConfig) {
   EXPECT_EQ(r.status, 2) << r.out;
   EXPECT_NE(r.out.find("model.num_layers: run 3, Hugging Face 2"), std::string::npos) << r.out;
   EXPECT_FALSE(fs::exists(root / "d" / "checkpoints" / "ckpt-00000001.h5"));
+}
+
+// ROOT/shards_swapped: the same corpus tokenized with ROOT/vocab.txt's last two tokens swapped, another
+// vocabulary of the same size (so every shape check passes). Returns the two manifests' vocab_hash.
+std::pair<uint64_t, uint64_t> prepare_swapped_shards(const fs::path& root) {
+  std::vector<std::string> lines;
+  {
+    std::ifstream in(root / "vocab.txt");
+    for (std::string line; std::getline(in, line);) lines.push_back(line);
+  }
+  std::swap(lines[lines.size() - 1], lines[lines.size() - 2]);
+  fs::create_directories(root / "swapped");
+  {
+    std::ofstream out(root / "swapped" / "vocab.txt");
+    for (const std::string& line : lines) out << line << "\n";
+  }
+  const CommandResult r =
+      run_command(shell_quote(program("electra-preprocess")) + " --input " + shell_quote((root / "corpus").string()) +
+                  " --vocab " + shell_quote((root / "swapped" / "vocab.txt").string()) + " --output " +
+                  shell_quote((root / "shards_swapped").string()) + " --max-seq-length 32 2>&1");
+  EXPECT_EQ(r.status, 0) << r.out;
+  auto hash = [](const fs::path& manifest) {
+    std::ifstream in(manifest);
+    return nlohmann::json::parse(in).at("vocab_hash").get<uint64_t>();
+  };
+  return {hash(root / "shards" / "manifest.json"), hash(root / "shards_swapped" / "manifest.json")};
+}
+
+// Rewrites a checkpoint as an electra-train from before the vocabulary record wrote it (no state "vocab"
+// or "tokenizer").
+void drop_vocabulary_record(const fs::path& path) {
+  std::vector<std::vector<float>> sections;
+  train::TensorLayout layout;
+  nlohmann::json state, loader, config;
+  {
+    const train::CheckpointFile file = train::CheckpointFile::open(path);
+    size_t offset = 0;
+    for (const train::StoredTensor& t : file.tensors(train::Section::kParams)) {
+      size_t size = 1;
+      for (int64_t d : t.shape) size *= static_cast<size_t>(d);
+      layout.push_back({t.name, t.shape, offset, size});
+      offset += size;
+    }
+    for (train::Section section : {train::Section::kParams, train::Section::kAdamM, train::Section::kAdamV}) {
+      sections.emplace_back(offset);
+      file.read_into(section, layout, sections.back());
+    }
+    state = file.state();
+    loader = file.loader();
+    config = file.config();
+  }
+  state.erase("vocab");
+  state.erase("tokenizer");
+  train::CheckpointContent content;
+  content.layout = layout;
+  content.params = sections[0];
+  content.adam_m = sections[1];
+  content.adam_v = sections[2];
+  content.state = state;
+  content.loader = loader;
+  content.config = config;
+  train::write_checkpoint(path, content);
+}
+
+// Checkpoints record the vocabulary (hash, size) and the shards' lower_case: resuming, or starting
+// --init-from an export, on shards made with another vocabulary of the same size is refused before
+// training (exit 2) naming both hashes; a checkpoint without the record resumes with a warning.
+TEST(TrainVocabularyRecord, AnotherVocabularyOfTheSameSizeIsRefused) {
+  TempDir tmp;
+  const fs::path root = tmp.path();
+  ASSERT_NO_FATAL_FAILURE(prepare_shards(root));
+  const auto [hash, swapped_hash] = prepare_swapped_shards(root);
+  ASSERT_NE(hash, swapped_hash);
+  const std::string swapped_data = " --set data.dir=" + shell_quote((root / "shards_swapped").string());
+
+  CommandResult r = run_command(train_command(root, root / "a", "--set train.steps=2 --set train.checkpoint_every=2"));
+  ASSERT_EQ(r.status, 0) << r.out;
+  const fs::path ckpt = root / "a" / "checkpoints" / "ckpt-00000002.h5";
+  {
+    const train::CheckpointFile file = train::CheckpointFile::open(ckpt);
+    EXPECT_EQ(file.state().at("vocab").at("hash").get<uint64_t>(), hash);
+    std::ifstream manifest(root / "shards" / "manifest.json");
+    EXPECT_EQ(file.state().at("vocab").at("size"), nlohmann::json::parse(manifest).at("vocab_size"));
+    EXPECT_EQ(file.state().at("tokenizer").at("lower_case"), true);
+  }
+  const std::string config_before = read_bytes(root / "a" / "config.json");
+  const std::string ckpt_before = read_bytes(ckpt);
+
+  // Resume on the other shards: refused, naming both hashes; nothing written.
+  r = run_command(train_command(root, root / "a", "--set train.steps=4" + swapped_data));
+  EXPECT_EQ(r.status, 2) << r.out;
+  EXPECT_NE(r.out.find("another vocabulary (vocab_hash " + std::to_string(hash)), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("(vocab_hash " + std::to_string(swapped_hash)), std::string::npos) << r.out;
+  EXPECT_EQ(read_bytes(root / "a" / "config.json"), config_before);
+  EXPECT_EQ(read_bytes(ckpt), ckpt_before);
+  EXPECT_FALSE(fs::exists(root / "a" / "checkpoints" / "ckpt-00000004.h5"));
+
+  // --init-from an export (its vocab.txt) on the other shards: refused the same way.
+  r = run_command(shell_quote(program("electra-export")) + " --checkpoint " + shell_quote((root / "a").string()) +
+                  " --output " + shell_quote((root / "hf_a").string()) + " 2>&1");
+  ASSERT_EQ(r.status, 0) << r.out;
+  r = run_command(
+      train_command(root, root / "b",
+                    "--set train.steps=1" + swapped_data + " --init-from " + shell_quote((root / "hf_a").string())));
+  EXPECT_EQ(r.status, 2) << r.out;
+  EXPECT_NE(r.out.find("(vocab_hash " + std::to_string(hash)), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("(vocab_hash " + std::to_string(swapped_hash)), std::string::npos) << r.out;
+  EXPECT_FALSE(fs::exists(root / "b" / "checkpoints"));
+
+  // A checkpoint from before the record still resumes (on its own shards), with a warning.
+  drop_vocabulary_record(ckpt);
+  r = run_command(train_command(root, root / "a", "--set train.steps=3"));
+  EXPECT_EQ(r.status, 0) << r.out;
+  EXPECT_NE(r.out.find("records no vocabulary"), std::string::npos) << r.out;
+  EXPECT_TRUE(fs::exists(root / "a" / "checkpoints" / "ckpt-00000003.h5"));
 }
 
 }  // namespace

@@ -5,7 +5,8 @@
 #   b. the same, but the script gets SIGTERM mid-training: it passes SIGUSR1 to mpirun, which forwards
 #      it to the ranks; they checkpoint and the script exits 3; running it again resumes and finishes,
 #      with the loss at every step equal to run (a)'s, bit for bit;
-#   c. a missing DATA is reported with exit code 2.
+#   c. a missing DATA is reported with exit code 2;
+#   d. a hung rank is aborted by the watchdog: exit 5, not reported as a stop with a checkpoint.
 # Usage: tests/jobs/local_test.sh [BUILD_DIR]   (default $ELECTRA_BUILD_DIR, else build/)
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -87,4 +88,15 @@ env -u DATA "$root/jobs/local/pretrain.sh" > "$tmp/bad.log" 2>&1
 code=$?
 [ $code = 2 ] || fail "pretrain.sh without DATA exited $code, expected 2"
 say "c. pretrain.sh without DATA: exit 2"
+
+# d. a hung rank: the watchdog aborts the job with its own code (5), which the script does not report as a
+# stop with a checkpoint
+(exec env DATA="$tmp/shards" RUN_DIR="$tmp/run_d" NP=2 THREADS=1 CONFIG="$root/jobs/configs/tiny.json" \
+  "$root/jobs/local/pretrain.sh" "${small_model_args[@]}" --set train.steps=100 --set debug.hang_step=2 \
+  --set debug.hang_rank=0 --set train.step_timeout=3 > "$tmp/train_d.log" 2>&1)
+code=$?
+[ $code = 5 ] || fail "run d: pretrain.sh exited $code after a hang, expected 5 (the watchdog)"
+grep -q "the watchdog aborted a hung step" "$tmp/train_d.log" || fail "run d: no watchdog line from pretrain.sh"
+! grep -q "stopped with a checkpoint" "$tmp/train_d.log" || fail "run d: a hang was reported as a stop"
+say "d. pretrain.sh with a hung rank: exit 5 (watchdog)"
 say "PASSED"
