@@ -58,8 +58,8 @@ int main(int argc, char** argv) {
   log_options.rank = comm.rank();
   log_options.world_size = comm.world_size();
   if (!options.output_dir.empty()) {
-    std::error_code ignored;
-    std::filesystem::create_directories(std::filesystem::path(options.output_dir) / "logs", ignored);
+    // Created once the set-up has succeeded (run_training): a run refused with exit 2 writes nothing.
+    log_options.defer_file = true;
     log_options.file =
         (std::filesystem::path(options.output_dir) / "logs" / ("rank_" + std::to_string(comm.rank()) + ".log"))
             .string();

@@ -9,8 +9,10 @@
 #include <boost/log/support/date_time.hpp>
 #include <boost/log/utility/setup/common_attributes.hpp>
 #include <boost/smart_ptr/make_shared_object.hpp>
+#include <filesystem>
 #include <fstream>
 #include <iostream>
+#include <sstream>
 
 namespace electra::log {
 namespace {
@@ -22,6 +24,19 @@ BOOST_LOG_ATTRIBUTE_KEYWORD(severity_kw, "Severity", Severity)
 BOOST_LOG_ATTRIBUTE_KEYWORD(rank_kw, "Rank", int)
 
 int g_rank = 0;
+
+using TextSink = sinks::synchronous_sink<sinks::text_ostream_backend>;
+
+// LogOptions::defer_file: the records held in memory, and where they go.
+struct DeferredFile {
+  boost::shared_ptr<TextSink> sink;
+  boost::shared_ptr<std::ostringstream> records;
+  std::string path;
+  Severity level = boost::log::trivial::debug;
+};
+DeferredFile g_deferred;
+
+boost::shared_ptr<TextSink> make_sink(boost::shared_ptr<std::ostream> stream, Severity level);
 
 auto make_formatter() {
   return expr::stream << "[" << expr::format_date_time<boost::posix_time::ptime>("TimeStamp", "%Y-%m-%d %H:%M:%S")
@@ -48,34 +63,62 @@ void init(const LogOptions& options) {
   }
   core->add_global_attribute("Rank", boost::log::attributes::constant<int>(options.rank));
 
-  using TextSink = sinks::synchronous_sink<sinks::text_ostream_backend>;
-  auto console = boost::make_shared<TextSink>();
-  console->locked_backend()->add_stream(boost::shared_ptr<std::ostream>(&std::clog, boost::null_deleter()));
-  console->locked_backend()->auto_flush(true);
-  console->set_formatter(make_formatter());
+  g_deferred = DeferredFile{};
   const Severity console_level = options.rank == 0 ? options.console_level : boost::log::trivial::warning;
-  console->set_filter(severity_kw >= console_level);
-  core->add_sink(console);
+  core->add_sink(make_sink(boost::shared_ptr<std::ostream>(&std::clog, boost::null_deleter()), console_level));
 
-  if (!options.file.empty()) {
-    auto file_sink = boost::make_shared<TextSink>();
-    auto stream = boost::make_shared<std::ofstream>(options.file, std::ios::app);
-    if (!*stream) {
-      std::cerr << "warning: cannot open log file " << options.file << "\n";
-    } else {
-      file_sink->locked_backend()->add_stream(stream);
-      file_sink->locked_backend()->auto_flush(true);
-      file_sink->set_formatter(make_formatter());
-      file_sink->set_filter(severity_kw >= options.file_level);
-      core->add_sink(file_sink);
-    }
+  if (options.file.empty()) return;
+  if (options.defer_file) {
+    g_deferred.records = boost::make_shared<std::ostringstream>();
+    g_deferred.sink = make_sink(g_deferred.records, options.file_level);
+    g_deferred.path = options.file;
+    g_deferred.level = options.file_level;
+    core->add_sink(g_deferred.sink);
+    return;
+  }
+  auto stream = boost::make_shared<std::ofstream>(options.file, std::ios::app);
+  if (!*stream) {
+    std::cerr << "warning: cannot open log file " << options.file << "\n";
+  } else {
+    core->add_sink(make_sink(stream, options.file_level));
   }
 }
 
+void open_deferred_file() {
+  if (!g_deferred.sink) return;
+  auto core = boost::log::core::get();
+  core->remove_sink(g_deferred.sink);
+  g_deferred.sink->flush();
+  std::error_code ignored;
+  std::filesystem::create_directories(std::filesystem::path(g_deferred.path).parent_path(), ignored);
+  auto stream = boost::make_shared<std::ofstream>(g_deferred.path, std::ios::app);
+  if (!*stream) {
+    std::cerr << "warning: cannot open log file " << g_deferred.path << "\n";
+  } else {
+    *stream << g_deferred.records->str() << std::flush;
+    core->add_sink(make_sink(stream, g_deferred.level));
+  }
+  g_deferred = DeferredFile{};
+}
+
 void shutdown() {
+  g_deferred = DeferredFile{};
   auto core = boost::log::core::get();
   core->flush();
   core->remove_all_sinks();
 }
+
+namespace {
+
+boost::shared_ptr<TextSink> make_sink(boost::shared_ptr<std::ostream> stream, Severity level) {
+  auto sink = boost::make_shared<TextSink>();
+  sink->locked_backend()->add_stream(stream);
+  sink->locked_backend()->auto_flush(true);
+  sink->set_formatter(make_formatter());
+  sink->set_filter(severity_kw >= level);
+  return sink;
+}
+
+}  // namespace
 
 }  // namespace electra::log

@@ -2,8 +2,8 @@
 // every rank can also write its own file (RUN_DIR/logs/rank_<r>.log).
 #pragma once
 
-#include <boost/log/sources/severity_logger.hpp>
 #include <boost/log/sources/record_ostream.hpp>
+#include <boost/log/sources/severity_logger.hpp>
 #include <boost/log/trivial.hpp>
 #include <string>
 
@@ -19,11 +19,17 @@ struct LogOptions {
   // Optional per-rank file (all levels >= file_level); empty: none.
   std::string file;
   Severity file_level = boost::log::trivial::debug;
+  // Hold the file's records in memory until open_deferred_file() creates the file (and its directory) and
+  // writes them first: a program that fails its checks leaves no file behind.
+  bool defer_file = false;
 };
 
 // Sets up sinks; safe to call again (replaces the previous sinks), e.g. once the run directory is known.
 void init(const LogOptions& options);
-// Removes all sinks and flushes files.
+// With LogOptions::defer_file: creates the file's directory and the file, writes the records held so far,
+// and logs straight to the file from here on. Does nothing without a deferred file.
+void open_deferred_file();
+// Removes all sinks and flushes files (records of a deferred file never opened are dropped).
 void shutdown();
 int rank();
 

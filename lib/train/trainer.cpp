@@ -1073,6 +1073,7 @@ int run_training(const dist::Communicator& comm, const TrainOptions& options) {
     }
     return kExitBadInput;
   }
+  log::open_deferred_file();  // RUN_DIR/logs/rank_<r>.log, with the set-up's records
   return trainer.train();
 }
 

@@ -217,6 +217,7 @@ TEST_F(TrainE2E, BadInputIsReportedBeforeTrainingAndOverwritesNothing) {
   EXPECT_NE(read_text(log).find("train.collapse_warning.windows"), std::string::npos) << log_of(log);
   EXPECT_EQ(run(train_command(1, dir, "--set train.collapse_warning.min_gain=nan"), log), 2) << log_of(log);
   EXPECT_NE(read_text(log).find("train.collapse_warning.min_gain"), std::string::npos) << log_of(log);
+  EXPECT_FALSE(fs::exists(dir)) << "a run refused with exit 2 wrote " << dir;
 
   // A finished run: --resume none refuses to overwrite it; another model config cannot resume it.
   ASSERT_EQ(run(train_command(1, dir, "--set train.steps=4"), log), 0) << log_of(log);
@@ -226,6 +227,28 @@ TEST_F(TrainE2E, BadInputIsReportedBeforeTrainingAndOverwritesNothing) {
   EXPECT_EQ(run(train_command(1, dir, "--set train.steps=8 --set model.num_layers=3"), log), 2) << log_of(log);
   EXPECT_NE(read_text(log).find("model.num_layers"), std::string::npos) << log_of(log);
   EXPECT_EQ(fs::last_write_time(dir / "checkpoints" / "ckpt-00000004.h5"), before);
+}
+
+// The pid of the electra-train rank `rank` whose command line names run_dir (found in /proc by its
+// OMPI_COMM_WORLD_RANK), once its SIGUSR1 handler is installed (SIGUSR1's bit of SigCgt in /proc/PID/status);
+// 0 until then.
+pid_t rank_catching_sigusr1(const fs::path& run_dir, int rank) {
+  std::error_code ignored;
+  for (const auto& entry : fs::directory_iterator("/proc", ignored)) {
+    const std::string name = entry.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    const std::string cmdline = read_text(entry.path() / "cmdline");
+    if (cmdline.find("electra-train") == std::string::npos || cmdline.find(run_dir.string()) == std::string::npos)
+      continue;
+    const std::string environment = read_text(entry.path() / "environ");
+    if (environment.find(std::string("OMPI_COMM_WORLD_RANK=") + std::to_string(rank) + '\0') == std::string::npos)
+      continue;
+    std::smatch caught;
+    const std::string status = read_text(entry.path() / "status");
+    if (!std::regex_search(status, caught, std::regex("SigCgt:\\s*([0-9a-f]+)"))) continue;
+    if ((std::stoull(caught[1], nullptr, 16) >> (SIGUSR1 - 1)) & 1) return static_cast<pid_t>(std::stol(name));
+  }
+  return 0;
 }
 
 // Every checkpoint of a run unreadable: --resume auto used to start afresh and append steps 1..N to
@@ -261,14 +284,12 @@ TEST_F(TrainE2E, ASignalDuringSetUpStopsWithACheckpointBeforeTheFirstStep) {
     execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
     _exit(127);
   }
-  // Signal rank 1 as soon as it has logged its pid (before its set-up).
+  // Signal rank 1 as soon as it catches SIGUSR1 (before its set-up; its log file does not exist yet).
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
   pid_t rank1 = 0;
   while (std::chrono::steady_clock::now() < deadline && rank1 == 0) {
     std::this_thread::sleep_for(std::chrono::milliseconds(2));
-    std::smatch match;
-    const std::string rank_log = read_text(dir / "logs" / "rank_1.log");
-    if (std::regex_search(rank_log, match, std::regex("pid (\\d+)"))) rank1 = static_cast<pid_t>(std::stol(match[1]));
+    rank1 = rank_catching_sigusr1(dir, 1);
   }
   ASSERT_GT(rank1, 0) << log_of(log);
   ASSERT_EQ(kill(rank1, SIGUSR1), 0);
