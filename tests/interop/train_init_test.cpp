@@ -214,6 +214,17 @@ TEST(TrainVocabularyRecord, AnotherVocabularyOfTheSameSizeIsRefused) {
   EXPECT_NE(r.out.find("(vocab_hash " + std::to_string(swapped_hash)), std::string::npos) << r.out;
   EXPECT_FALSE(fs::exists(root / "b" / "checkpoints"));
 
+  // The same vocabulary, but shards made without lower-casing: refused, naming the tokenizer option.
+  r = run_command(shell_quote(program("electra-preprocess")) + " --input " + shell_quote((root / "corpus").string()) +
+                  " --vocab " + shell_quote((root / "vocab.txt").string()) + " --output " +
+                  shell_quote((root / "shards_cased").string()) + " --max-seq-length 32 --no-lower-case 2>&1");
+  ASSERT_EQ(r.status, 0) << r.out;
+  r = run_command(train_command(root, root / "a",
+                                "--set train.steps=4 --set data.dir=" + shell_quote((root / "shards_cased").string())));
+  EXPECT_EQ(r.status, 2) << r.out;
+  EXPECT_NE(r.out.find("tokenizer.lower_case = true"), std::string::npos) << r.out;
+  EXPECT_EQ(read_bytes(ckpt), ckpt_before);
+
   // A checkpoint from before the record still resumes (on its own shards), with a warning.
   drop_vocabulary_record(ckpt);
   r = run_command(train_command(root, root / "a", "--set train.steps=3"));
