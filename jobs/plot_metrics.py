@@ -30,7 +30,7 @@ TRAIN_PANELS = [
     ("discriminator loss and its prior", [("disc_loss", "", "-"), ("disc_prior_entropy", " prior", "--")],
      "sigmoid cross-entropy (nats)"),
     ("accuracy", [("mlm_accuracy", " mlm", "-"), ("disc_accuracy", " disc", "--")], "accuracy"),
-    ("throughput", [("tokens_per_s", "", "-")], "tokens / s"),
+    ("throughput (real tokens)", [("tokens_per_s", "", "-")], "real (non-pad) tokens / s"),
 ]
 # Held-out keys drawn on the panels above (by panel index), and the AUC panel.
 EVAL_ON_PANEL = {

@@ -89,7 +89,8 @@ void print_table(const electra::eval::EvalMetrics& m, const Flags& flags, const 
   std::cout << "electra-eval: " << s.source << "\n"
             << "data: " << flags.data_dir << ": " << m.sums.batches << " batches x " << flags.batch_size
             << " examples, " << m.sums.masked << " masked positions, " << m.sums.tokens << " tokens; " << ranks
-            << " rank(s), seed " << flags.seed << ", " << fixed(m.seconds, 1) << " s\n\n";
+            << " rank(s), seed " << flags.seed << ", " << fixed(m.seconds, 1) << " s ("
+            << fixed(m.seconds > 0 ? static_cast<double>(m.sums.tokens) / m.seconds : 0.0, 0) << " real tokens/s)\n\n";
   std::cout << std::left << std::setw(30) << "metric"
             << "value\n";
   for (const auto& [name, value] : m.scalars()) {

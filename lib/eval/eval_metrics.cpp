@@ -237,6 +237,7 @@ nlohmann::ordered_json EvalMetrics::to_json() const {
   j["replaced_tokens"] = sums.true_positive + sums.false_negative;
   j["auc_bins"] = auc_bins;
   j["seconds"] = seconds;
+  j["tokens_per_s"] = seconds > 0 ? static_cast<double>(sums.tokens) / seconds : 0.0;  // real (non-pad) tokens
   return j;
 }
 

@@ -130,7 +130,8 @@ struct EvalMetrics {
   double seconds = 0.0;  // wall time of the evaluation (rank 0's view)
 
   // One flat object: the metrics above (non-finite values as null), then disc_auc_error_bound,
-  // disc_auc_method, batches, examples, masked_positions, tokens, replaced_tokens, auc_bins, seconds.
+  // disc_auc_method, batches, examples, masked_positions, tokens, replaced_tokens, auc_bins, seconds, tokens_per_s
+  // (real tokens: tokens / seconds).
   nlohmann::ordered_json to_json() const;
   // (prefix + name, value) of the metrics and replaced_fraction, for logs and TensorBoard.
   std::vector<std::pair<std::string, double>> scalars(const std::string& prefix = "") const;

@@ -283,7 +283,7 @@ class Trainer {
   void save_checkpoint();
   void check_parameters_agree(const char* when);
   StepResult train_step(double* metrics);
-  void log_step(const double* metrics, double step_seconds, double lr, double grad_norm);
+  void log_step(const double* metrics, int steps, double step_seconds, double lr, double grad_norm);
   void warn_collapse(const StepMetrics& window);
   void run_eval();
   void log_profile();
@@ -816,7 +816,8 @@ StepResult Trainer::train_step(double* metrics) {
   return StepResult::kApplied;
 }
 
-void Trainer::log_step(const double* metrics, double step_seconds, double lr, double grad_norm) {
+// `metrics`: the window's sums over steps and ranks, losses and kTokens averaged over its `steps`.
+void Trainer::log_step(const double* metrics, int steps, double step_seconds, double lr, double grad_norm) {
   StepMetrics m;
   m.step = step_;
   m.loss = metrics[kTotalLoss];
@@ -826,13 +827,18 @@ void Trainer::log_step(const double* metrics, double step_seconds, double lr, do
   m.disc_accuracy = metrics[kDiscTokens] > 0 ? metrics[kDiscCorrect] / metrics[kDiscTokens] : 0.0;
   m.lr = lr;
   m.grad_norm = grad_norm;
-  m.tokens_per_s = metrics[kTokens] / step_seconds;
+  // Real (non-pad) tokens: what the model learns from. The slots (rows x seq_length) are what it computes on,
+  // and MFU counts the FLOPs of those.
+  m.tokens_per_s = metrics[kDiscTokens] / steps / step_seconds;
+  const double slots_per_s = metrics[kTokens] / step_seconds;
   const double mfu = flops_per_step_ / step_seconds / (peak_gflops_ * 1e9 * comm_.world_size());
   const double replaced_fraction = metrics[kDiscTokens] > 0 ? metrics[kDiscFake] / metrics[kDiscTokens] : 0.0;
   const double disc_gain = eval::discriminator_gain(m.disc_loss, replaced_fraction);
   m.extra = {{"replaced_fraction", replaced_fraction},
              {"disc_prior_entropy", eval::binary_entropy(replaced_fraction)},
              {"disc_gain", disc_gain},
+             {"slot_tokens_per_s", slots_per_s},
+             {"real_token_fraction", m.tokens_per_s / slots_per_s},
              {"step_seconds", step_seconds},
              {"mfu", mfu},
              {"loss_scale", loss_scaler_->scale()}};  // the scale after the step (what the next one uses)
@@ -843,7 +849,8 @@ void Trainer::log_step(const double* metrics, double step_seconds, double lr, do
        << " | gen " << m.gen_loss << " | disc " << m.disc_loss << " | disc_gain " << std::showpos << disc_gain
        << std::noshowpos << " | mlm_acc " << std::setprecision(3) << m.mlm_accuracy << " | disc_acc " << m.disc_accuracy
        << " | lr " << std::scientific << std::setprecision(2) << lr << std::fixed << " | gnorm " << std::setprecision(3)
-       << grad_norm << " | " << std::setprecision(0) << m.tokens_per_s << " tok/s | MFU " << std::setprecision(1)
+       << grad_norm << " | " << std::setprecision(0) << m.tokens_per_s << " tok/s ("
+       << 100.0 * m.tokens_per_s / slots_per_s << "% of " << slots_per_s << " slots/s) | MFU " << std::setprecision(1)
        << 100.0 * mfu << "% | ETA " << format_duration(eta);
   if (loss_scaler_->enabled()) line << " | loss scale " << std::setprecision(0) << loss_scaler_->scale();
   ELECTRA_LOG(info) << line.str();
@@ -1027,7 +1034,7 @@ int Trainer::train() {
       for (int i : {kTotalLoss, kMlmLoss, kDiscLoss, kSentenceLoss}) averaged[i] /= window_steps;
       averaged[kTokens] = window[kTokens] / window_steps;
       const double step_seconds = seconds_since(window_start) / window_steps;
-      if (root) log_step(averaged, step_seconds, last_lr_, last_grad_norm_);
+      if (root) log_step(averaged, window_steps, step_seconds, last_lr_, last_grad_norm_);
       std::fill(window, window + kNumMetrics, 0.0);
       window_steps = 0;
       window_start = Clock::now();
