@@ -14,6 +14,7 @@
 #include <iomanip>
 #include <memory>
 #include <optional>
+#include <span>
 #include <sstream>
 #include <thread>
 
@@ -149,6 +150,10 @@ enum class StepResult {
   kOverflow,  // loss scaling: the scaled gradients overflowed, the scale was lowered (an expected event)
   kSkipped,   // a non-finite loss or gradient: counts toward train.max_skipped_steps
 };
+
+// Bins of the training line's running disc_auc: pairs in one bin count as ties, so the AUC of a collapsed
+// discriminator (scores differing in the sixth decimal) is 0.5, not float noise.
+constexpr int kRunningAucBins = 1000;
 
 // Counts of one step summed over micro-batches, then over ranks (fixed order: see kMetricNames).
 enum Metric {
@@ -340,7 +345,10 @@ class Trainer {
   int64_t last_checkpoint_step_ = -1;
   double last_lr_ = 0, last_grad_norm_ = 0;
   std::optional<CollapseCheck> collapse_check_;  // train.collapse_warning.*
-  std::optional<StepProfile> profile_;           // train.profile
+  // The discriminator's scores on real tokens, by class: this step's, and the log window's applied steps'
+  // (summed over ranks at log time: the window's running disc_auc).
+  eval::ScoreHistogram step_scores_{kRunningAucBins}, window_scores_{kRunningAucBins};
+  std::optional<StepProfile> profile_;  // train.profile
   StepProfile* profile() { return profile_ ? &*profile_ : nullptr; }
 };
 
@@ -703,6 +711,7 @@ StepResult Trainer::train_step(double* metrics) {
   context.loss_scale = static_cast<float>(loss_scale);  // powers of two (or at least >= 1): exact in float
 
   std::fill(metrics, metrics + kNumMetrics, 0.0);
+  step_scores_.clear();
   model_->zero_gradients();
   float* gradients = model_->gradients();
   bool gradients_finite = true;
@@ -736,8 +745,12 @@ StepResult Trainer::train_step(double* metrics) {
     const bool whole = micro_rows_ == batch.rows;
     if (begin + micro_rows_ == batch.rows) context.hooks = last_micro_batch;
     Batch micro = whole ? Batch{} : data::slice_rows(batch, begin, begin + micro_rows_);
-    const PretrainerOutputs<float>& out = model_->forward(whole ? batch : micro, context);
+    const Batch& rows = whole ? batch : micro;
+    const PretrainerOutputs<float>& out = model_->forward(rows, context);
     model_->backward();
+    for (size_t i = 0; i < rows.input_mask.size(); ++i) {
+      if (rows.input_mask[i]) step_scores_.add(eval::sigmoid(out.disc_logits[i]), out.disc_label[i] == 1);
+    }
     const PretrainerLosses& l = out.losses;
     metrics[kTotalLoss] += l.total_loss;
     metrics[kMlmLoss] += l.mlm_loss;
@@ -834,9 +847,11 @@ void Trainer::log_step(const double* metrics, int steps, double step_seconds, do
   const double mfu = flops_per_step_ / step_seconds / (peak_gflops_ * 1e9 * comm_.world_size());
   const double replaced_fraction = metrics[kDiscTokens] > 0 ? metrics[kDiscFake] / metrics[kDiscTokens] : 0.0;
   const double disc_gain = eval::discriminator_gain(m.disc_loss, replaced_fraction);
+  const double disc_auc = eval::auc_from_histogram(window_scores_);  // NaN without both classes
   m.extra = {{"replaced_fraction", replaced_fraction},
              {"disc_prior_entropy", eval::binary_entropy(replaced_fraction)},
              {"disc_gain", disc_gain},
+             {"disc_auc", std::isfinite(disc_auc) ? nlohmann::json(disc_auc) : nlohmann::json(nullptr)},
              {"slot_tokens_per_s", slots_per_s},
              {"real_token_fraction", m.tokens_per_s / slots_per_s},
              {"step_seconds", step_seconds},
@@ -847,11 +862,11 @@ void Trainer::log_step(const double* metrics, int steps, double step_seconds, do
   std::ostringstream line;
   line << std::fixed << "step " << step_ << "/" << total_steps_ << " | loss " << std::setprecision(4) << m.loss
        << " | gen " << m.gen_loss << " | disc " << m.disc_loss << " | disc_gain " << std::showpos << disc_gain
-       << std::noshowpos << " | mlm_acc " << std::setprecision(3) << m.mlm_accuracy << " | disc_acc " << m.disc_accuracy
-       << " | lr " << std::scientific << std::setprecision(2) << lr << std::fixed << " | gnorm " << std::setprecision(3)
-       << grad_norm << " | " << std::setprecision(0) << m.tokens_per_s << " tok/s ("
-       << 100.0 * m.tokens_per_s / slots_per_s << "% of " << slots_per_s << " slots/s) | MFU " << std::setprecision(1)
-       << 100.0 * mfu << "% | ETA " << format_duration(eta);
+       << std::noshowpos << " | disc_auc " << std::setprecision(3) << disc_auc << " | mlm_acc " << m.mlm_accuracy
+       << " | disc_acc " << m.disc_accuracy << " | lr " << std::scientific << std::setprecision(2) << lr << std::fixed
+       << " | gnorm " << std::setprecision(3) << grad_norm << " | " << std::setprecision(0) << m.tokens_per_s
+       << " tok/s (" << 100.0 * m.tokens_per_s / slots_per_s << "% of " << slots_per_s << " slots/s) | MFU "
+       << std::setprecision(1) << 100.0 * mfu << "% | ETA " << format_duration(eta);
   if (loss_scaler_->enabled()) line << " | loss scale " << std::setprecision(0) << loss_scaler_->scale();
   ELECTRA_LOG(info) << line.str();
   metrics_->write(m);
@@ -1010,6 +1025,9 @@ int Trainer::train() {
     if (result == StepResult::kApplied) {
       skipped_in_a_row_ = 0;
       for (int i = 0; i < kNumMetrics; ++i) window[i] += metrics[i];
+      const std::span<const int64_t> step_counts = step_scores_.counts();
+      const std::span<int64_t> window_counts = window_scores_.counts();
+      for (size_t i = 0; i < window_counts.size(); ++i) window_counts[i] += step_counts[i];
       ++window_steps;
     } else {
       ++skipped_total_;
@@ -1028,6 +1046,7 @@ int Trainer::train() {
     if ((step_ % log_every_ == 0 || step_ == total_steps_) && window_steps > 0) {
       ScopedPhase phase(profile(), TrainPhase::kLogging);
       comm_.allreduce_sum(std::span<double>(window, kNumMetrics));
+      comm_.allreduce_sum(window_scores_.counts());
       // Losses are per-step global values already (summed over ranks); average them over the window.
       double averaged[kNumMetrics];
       for (int i = 0; i < kNumMetrics; ++i) averaged[i] = window[i];
@@ -1036,6 +1055,7 @@ int Trainer::train() {
       const double step_seconds = seconds_since(window_start) / window_steps;
       if (root) log_step(averaged, window_steps, step_seconds, last_lr_, last_grad_norm_);
       std::fill(window, window + kNumMetrics, 0.0);
+      window_scores_.clear();
       window_steps = 0;
       window_start = Clock::now();
     }

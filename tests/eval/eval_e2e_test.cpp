@@ -210,6 +210,12 @@ TEST_F(EvalE2E, TrainerEvaluationEqualsElectraEvalAndLeavesTrainingAlone) {
     const double prior = electra::eval::binary_entropy(line["replaced_fraction"].get<double>());
     EXPECT_NEAR(line["disc_prior_entropy"].get<double>(), prior, 1e-12);
     EXPECT_NEAR(line["disc_gain"].get<double>(), prior - line["disc_loss"].get<double>(), 1e-12);
+    // The window's running AUC (histogram of the training scores): a probability, or null without both classes.
+    ASSERT_TRUE(line.contains("disc_auc")) << line.dump();
+    if (!line["disc_auc"].is_null()) {
+      EXPECT_GE(line["disc_auc"].get<double>(), 0.0);
+      EXPECT_LE(line["disc_auc"].get<double>(), 1.0);
+    }
   }
   // TensorBoard got the eval/ scalars and the gains too.
   bool found = false, gain_found = false;

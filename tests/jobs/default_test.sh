@@ -50,6 +50,9 @@ at_least "$auc" $min_auc || fail "held-out disc_auc $auc < $min_auc: the discrim
 at_least "$gain" $min_gain || fail "held-out disc_gain $gain < $min_gain nats: the discriminator did not learn"
 at_least "$mlm" $min_mlm_accuracy || fail "held-out masked_lm_accuracy $mlm < $min_mlm_accuracy"
 grep -q "disc_gain +" "$tmp/default.log" || fail "the training line shows no disc_gain"
+# The training line's running AUC of the last window (0.69 at step 400; a collapsed run's stays at 0.50).
+last_auc=$(tail -n 1 "$tmp/run/metrics.jsonl" | python3 -c 'import json, sys; print(json.load(sys.stdin)["disc_auc"])')
+at_least "$last_auc" 0.62 || fail "the training line's disc_auc ends at $last_auc"
 ! grep -q "the discriminator is not learning" "$tmp/default.log" || fail "the collapse warning fired on the default"
 
 # b. the old recipe collapses, and the warning says so
@@ -62,7 +65,9 @@ warning=$(grep -m1 "the discriminator is not learning" "$tmp/collapse.log") || f
 for key in optim.lr optim.warmup_steps optim.bias_correction model.generator; do
   grep -q "$key" <<< "$warning" || fail "the warning does not name $key: $warning"
 done
-say "b. collapsing recipe: ${warning#*] }"
+collapsed_auc=$(tail -n 1 "$tmp/collapse/metrics.jsonl" | python3 -c 'import json, sys; print(json.load(sys.stdin)["disc_auc"])')
+at_least 0.56 "$collapsed_auc" || fail "the collapsed run's training disc_auc is $collapsed_auc, not ~0.5"
+say "b. collapsing recipe (training disc_auc $collapsed_auc): ${warning#*] }"
 
 # c. fine-tuning: pre-trained against random initialisation, same recipe
 "$python" "$root/tests/jobs/make_doc_sections_task.py" --corpus "$corpus" --classes 6 \
