@@ -30,6 +30,24 @@ using electra::test::read_metrics;
 using electra::test::read_text;
 using electra::test::run;
 
+// `command` run by /bin/sh in a child process, its output into `log`; the child's pid (-1: fork failed).
+pid_t start_in_background(const std::string& command, const fs::path& log) {
+  const std::string redirected = command + " > '" + log.string() + "' 2>&1";
+  const pid_t child = fork();
+  if (child == 0) {
+    execl("/bin/sh", "sh", "-c", redirected.c_str(), static_cast<char*>(nullptr));
+    _exit(127);
+  }
+  return child;
+}
+
+// The exit code of a child started above, once it ends (-1: killed by a signal or not our child).
+int exit_code_of(pid_t child) {
+  int status = 0;
+  if (waitpid(child, &status, 0) != child || !WIFEXITED(status)) return -1;
+  return WEXITSTATUS(status);
+}
+
 class TrainE2E : public electra::test::TrainingDataSuite<TrainE2E> {
  protected:
   static void SetUpTestSuite() { ASSERT_NO_FATAL_FAILURE(make_training_data("electra_e2e", 4, 40, 7, mpirun(2))); }
@@ -96,14 +114,9 @@ TEST_F(TrainE2E, ResumeWithAnotherRankCountContinuesTheSameRun) {
 TEST_F(TrainE2E, SigusrOnOneRankStopsAllRanksWithACheckpoint) {
   const fs::path dir = run_dir("signal");
   const fs::path log = root() / "signal.log";
-  const std::string command = train_command(2, dir, "--set train.steps=100000 --set train.checkpoint_every=0") +
-                              " > '" + log.string() + "' 2>&1";
-  const pid_t child = fork();
+  const pid_t child =
+      start_in_background(train_command(2, dir, "--set train.steps=100000 --set train.checkpoint_every=0"), log);
   ASSERT_GE(child, 0);
-  if (child == 0) {
-    execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
-    _exit(127);
-  }
   // Wait until training runs, then signal rank 1 only (its pid is in its own log).
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
   pid_t rank1 = 0;
@@ -119,10 +132,7 @@ TEST_F(TrainE2E, SigusrOnOneRankStopsAllRanksWithACheckpoint) {
   }
   ASSERT_GT(rank1, 0) << log_of(log);
   ASSERT_EQ(kill(rank1, SIGUSR1), 0);
-  int status = 0;
-  ASSERT_EQ(waitpid(child, &status, 0), child);
-  ASSERT_TRUE(WIFEXITED(status)) << log_of(log);
-  EXPECT_EQ(WEXITSTATUS(status), 3) << log_of(log);
+  EXPECT_EQ(exit_code_of(child), 3) << log_of(log);
   EXPECT_NE(read_text(log).find("rank 1: SIGUSR1"), std::string::npos) << log_of(log);
   const auto metrics = read_metrics(dir);
   ASSERT_FALSE(metrics.empty());
@@ -276,14 +286,9 @@ TEST_F(TrainE2E, ResumeAutoRefusesARunWhoseCheckpointsAreAllDamaged) {
 TEST_F(TrainE2E, ASignalDuringSetUpStopsWithACheckpointBeforeTheFirstStep) {
   const fs::path dir = run_dir("early_signal");
   const fs::path log = root() / "early_signal.log";
-  const std::string command = train_command(2, dir, "--set train.steps=100000 --set data.verify_checksums=true") +
-                              " > '" + log.string() + "' 2>&1";
-  const pid_t child = fork();
+  const pid_t child =
+      start_in_background(train_command(2, dir, "--set train.steps=100000 --set data.verify_checksums=true"), log);
   ASSERT_GE(child, 0);
-  if (child == 0) {
-    execl("/bin/sh", "sh", "-c", command.c_str(), static_cast<char*>(nullptr));
-    _exit(127);
-  }
   // Signal rank 1 as soon as it catches SIGUSR1 (before its set-up; its log file does not exist yet).
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
   pid_t rank1 = 0;
@@ -293,10 +298,7 @@ TEST_F(TrainE2E, ASignalDuringSetUpStopsWithACheckpointBeforeTheFirstStep) {
   }
   ASSERT_GT(rank1, 0) << log_of(log);
   ASSERT_EQ(kill(rank1, SIGUSR1), 0);
-  int status = 0;
-  ASSERT_EQ(waitpid(child, &status, 0), child);
-  ASSERT_TRUE(WIFEXITED(status)) << log_of(log);
-  ASSERT_EQ(WEXITSTATUS(status), 3) << log_of(log);
+  ASSERT_EQ(exit_code_of(child), 3) << log_of(log);
   EXPECT_NE(read_text(log).find("rank 1: SIGUSR1), before the first step"), std::string::npos) << log_of(log);
   EXPECT_TRUE(fs::exists(dir / "checkpoints" / "ckpt-00000000.h5")) << log_of(log);
   EXPECT_TRUE(read_metrics(dir).empty());
