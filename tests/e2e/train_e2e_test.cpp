@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <regex>
 #include <string>
@@ -46,6 +47,41 @@ int exit_code_of(pid_t child) {
   int status = 0;
   if (waitpid(child, &status, 0) != child || !WIFEXITED(status)) return -1;
   return WEXITSTATUS(status);
+}
+
+// The pid of the electra-train rank `rank` whose command line names run_dir (found in /proc by its
+// OMPI_COMM_WORLD_RANK), once its SIGUSR1 handler is installed (SIGUSR1's bit of SigCgt in /proc/PID/status);
+// 0 until then.
+pid_t rank_catching_sigusr1(const fs::path& run_dir, int rank) {
+  std::error_code ignored;
+  for (const auto& entry : fs::directory_iterator("/proc", ignored)) {
+    const std::string name = entry.path().filename().string();
+    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
+    const std::string cmdline = read_text(entry.path() / "cmdline");
+    if (cmdline.find("electra-train") == std::string::npos || cmdline.find(run_dir.string()) == std::string::npos)
+      continue;
+    const std::string environment = read_text(entry.path() / "environ");
+    if (environment.find(std::string("OMPI_COMM_WORLD_RANK=") + std::to_string(rank) + '\0') == std::string::npos)
+      continue;
+    std::smatch caught;
+    const std::string status = read_text(entry.path() / "status");
+    if (!std::regex_search(status, caught, std::regex("SigCgt:\\s*([0-9a-f]+)"))) continue;
+    if ((std::stoull(caught[1], nullptr, 16) >> (SIGUSR1 - 1)) & 1) return static_cast<pid_t>(std::stol(name));
+  }
+  return 0;
+}
+
+// Polls every `poll` until `ready()` holds and rank `rank` of the run in run_dir catches SIGUSR1; its pid,
+// or 0 after 120 s.
+pid_t wait_for_rank(const fs::path& run_dir, int rank, std::chrono::milliseconds poll,
+                    const std::function<bool()>& ready) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(poll);
+    if (!ready()) continue;
+    if (const pid_t pid = rank_catching_sigusr1(run_dir, rank)) return pid;
+  }
+  return 0;
 }
 
 class TrainE2E : public electra::test::TrainingDataSuite<TrainE2E> {
@@ -117,19 +153,9 @@ TEST_F(TrainE2E, SigusrOnOneRankStopsAllRanksWithACheckpoint) {
   const pid_t child =
       start_in_background(train_command(2, dir, "--set train.steps=100000 --set train.checkpoint_every=0"), log);
   ASSERT_GE(child, 0);
-  // Wait until training runs, then signal rank 1 only (its pid is in its own log).
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-  pid_t rank1 = 0;
-  while (std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
-    if (read_metrics(dir).size() < 3) continue;
-    std::smatch match;
-    const std::string rank_log = read_text(dir / "logs" / "rank_1.log");
-    if (std::regex_search(rank_log, match, std::regex("pid (\\d+)"))) {
-      rank1 = static_cast<pid_t>(std::stol(match[1]));
-      break;
-    }
-  }
+  // Wait until training runs, then signal rank 1 only.
+  const pid_t rank1 =
+      wait_for_rank(dir, 1, std::chrono::milliseconds(200), [&] { return read_metrics(dir).size() >= 3; });
   ASSERT_GT(rank1, 0) << log_of(log);
   ASSERT_EQ(kill(rank1, SIGUSR1), 0);
   EXPECT_EQ(exit_code_of(child), 3) << log_of(log);
@@ -239,28 +265,6 @@ TEST_F(TrainE2E, BadInputIsReportedBeforeTrainingAndOverwritesNothing) {
   EXPECT_EQ(fs::last_write_time(dir / "checkpoints" / "ckpt-00000004.h5"), before);
 }
 
-// The pid of the electra-train rank `rank` whose command line names run_dir (found in /proc by its
-// OMPI_COMM_WORLD_RANK), once its SIGUSR1 handler is installed (SIGUSR1's bit of SigCgt in /proc/PID/status);
-// 0 until then.
-pid_t rank_catching_sigusr1(const fs::path& run_dir, int rank) {
-  std::error_code ignored;
-  for (const auto& entry : fs::directory_iterator("/proc", ignored)) {
-    const std::string name = entry.path().filename().string();
-    if (name.find_first_not_of("0123456789") != std::string::npos) continue;
-    const std::string cmdline = read_text(entry.path() / "cmdline");
-    if (cmdline.find("electra-train") == std::string::npos || cmdline.find(run_dir.string()) == std::string::npos)
-      continue;
-    const std::string environment = read_text(entry.path() / "environ");
-    if (environment.find(std::string("OMPI_COMM_WORLD_RANK=") + std::to_string(rank) + '\0') == std::string::npos)
-      continue;
-    std::smatch caught;
-    const std::string status = read_text(entry.path() / "status");
-    if (!std::regex_search(status, caught, std::regex("SigCgt:\\s*([0-9a-f]+)"))) continue;
-    if ((std::stoull(caught[1], nullptr, 16) >> (SIGUSR1 - 1)) & 1) return static_cast<pid_t>(std::stol(name));
-  }
-  return 0;
-}
-
 // Every checkpoint of a run unreadable: --resume auto used to start afresh and append steps 1..N to
 // metrics.jsonl a second time. It refuses (exit 2) and leaves the run as it was.
 TEST_F(TrainE2E, ResumeAutoRefusesARunWhoseCheckpointsAreAllDamaged) {
@@ -290,12 +294,7 @@ TEST_F(TrainE2E, ASignalDuringSetUpStopsWithACheckpointBeforeTheFirstStep) {
       start_in_background(train_command(2, dir, "--set train.steps=100000 --set data.verify_checksums=true"), log);
   ASSERT_GE(child, 0);
   // Signal rank 1 as soon as it catches SIGUSR1 (before its set-up; its log file does not exist yet).
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-  pid_t rank1 = 0;
-  while (std::chrono::steady_clock::now() < deadline && rank1 == 0) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(2));
-    rank1 = rank_catching_sigusr1(dir, 1);
-  }
+  const pid_t rank1 = wait_for_rank(dir, 1, std::chrono::milliseconds(2), [] { return true; });
   ASSERT_GT(rank1, 0) << log_of(log);
   ASSERT_EQ(kill(rank1, SIGUSR1), 0);
   ASSERT_EQ(exit_code_of(child), 3) << log_of(log);

@@ -33,8 +33,9 @@ command -v mpirun > /dev/null || { say "SKIPPED: mpirun not found"; exit 77; }
 "$python" -c "import transformers, torch" 2> /dev/null || { say "SKIPPED: $python lacks transformers/torch"; exit 77; }
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/electra-default.XXXXXX") || exit 1
 trap 'rm -rf "$tmp"' EXIT
-# json_value FILE KEY: a number of a JSON object file
+# json_value FILE KEY: a value of a JSON object file; last_metric RUN_DIR KEY: of its last metrics.jsonl line
 json_value() { python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))[sys.argv[2]])' "$1" "$2"; }
+last_metric() { tail -n 1 "$1/metrics.jsonl" > "$tmp/last_metric.json" && json_value "$tmp/last_metric.json" "$2"; }
 at_least() { python3 -c 'import sys; sys.exit(0 if float(sys.argv[1]) >= float(sys.argv[2]) else 1)' "$1" "$2"; }
 
 # a. the bundled default
@@ -51,7 +52,7 @@ at_least "$gain" $min_gain || fail "held-out disc_gain $gain < $min_gain nats: t
 at_least "$mlm" $min_mlm_accuracy || fail "held-out masked_lm_accuracy $mlm < $min_mlm_accuracy"
 grep -q "disc_gain +" "$tmp/default.log" || fail "the training line shows no disc_gain"
 # The training line's running AUC of the last window (0.69 at step 400; a collapsed run's stays at 0.50).
-last_auc=$(tail -n 1 "$tmp/run/metrics.jsonl" | python3 -c 'import json, sys; print(json.load(sys.stdin)["disc_auc"])')
+last_auc=$(last_metric "$tmp/run" disc_auc)
 at_least "$last_auc" 0.62 || fail "the training line's disc_auc ends at $last_auc"
 ! grep -q "the discriminator is not learning" "$tmp/default.log" || fail "the collapse warning fired on the default"
 
@@ -65,7 +66,7 @@ warning=$(grep -m1 "the discriminator is not learning" "$tmp/collapse.log") || f
 for key in optim.lr optim.warmup_steps optim.bias_correction model.generator; do
   grep -q "$key" <<< "$warning" || fail "the warning does not name $key: $warning"
 done
-collapsed_auc=$(tail -n 1 "$tmp/collapse/metrics.jsonl" | python3 -c 'import json, sys; print(json.load(sys.stdin)["disc_auc"])')
+collapsed_auc=$(last_metric "$tmp/collapse" disc_auc)
 at_least 0.56 "$collapsed_auc" || fail "the collapsed run's training disc_auc is $collapsed_auc, not ~0.5"
 say "b. collapsing recipe (training disc_auc $collapsed_auc): ${warning#*] }"
 
