@@ -30,11 +30,13 @@ packages=(
   libboost-log-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libopenblas-dev
+  libdnnl-dev
   libutf8proc-dev
   libcli11-dev
   nlohmann-json3-dev
   python3 python3-venv python3-pip python3-torch python3-h5py python3-numpy python3-matplotlib
   python3-doc
+  iproute2  # ip netns: the hosts of tests/jobs/multihost_test.sh
 )
 # A one-node Slurm cluster for tests/jobs/slurm_test.sh; a site's own Slurm is left alone.
 command -v sbatch >/dev/null || packages+=(slurmctld slurmd slurm-client munge)

@@ -58,9 +58,9 @@ int main(int argc, char** argv) {
   app.add_flag("--json", json, "print one JSON line instead of text");
   CLI11_PARSE(app, argc, argv);
   o.overlap = !no_overlap;
-  if (o.precision != "fp32" && o.device != "cuda") {
+  if (o.precision != "fp32" && o.precision != "bf16" && o.device != "cuda") {
     std::cerr << "electra-bench: --precision " << o.precision
-              << " needs --device cuda (the CPU backend computes in fp32)\n";
+              << " needs --device cuda (the CPU computes in fp32, or bf16 with bf16 storage)\n";
     return 2;
   }
   if (o.device == "cuda") {

@@ -193,29 +193,6 @@ PretrainerConfig resolve_model(const std::string& config, int vocab, int* defaul
   return pretrainer_config_from_json(model);
 }
 
-double measure_sgemm_gflops(Backend<float>& backend, int n, int reps) {
-  const size_t nn = static_cast<size_t>(n) * n;
-  std::vector<float> host(nn);
-  for (size_t i = 0; i < nn; ++i) host[i] = static_cast<float>((i * 7919) % 1000) * 1e-3f - 0.5f;
-  float* a = backend.allocate(nn);
-  float* b = backend.allocate(nn);
-  float* c = backend.allocate(nn);
-  backend.copy_from_host(a, host.data(), nn);
-  backend.copy_from_host(b, host.data(), nn);
-  double best = 0.0;
-  for (int rep = 0; rep < reps + 1; ++rep) {  // the first call warms up (page faults, packing buffers)
-    backend.synchronize();
-    const auto start = Clock::now();
-    backend.gemm(Transpose::kNo, Transpose::kNo, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
-    backend.synchronize();
-    if (rep > 0) best = std::max(best, 2.0 * n * n * static_cast<double>(n) / seconds(start, Clock::now()) / 1e9);
-  }
-  backend.deallocate(a);
-  backend.deallocate(b);
-  backend.deallocate(c);
-  return best;
-}
-
 StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicator& comm) {
   if (o.device != "cpu" && o.device != "cuda") fail("--device ", o.device, ": expected cpu or cuda");
   const bool cuda = o.device == "cuda";
@@ -225,12 +202,7 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
   }
   const dist::GradientTransport transport = resolve_transport(o.transport, o.device);
   check_gradient_transport_available(transport, "--transport");
-  if (o.precision != "fp32" && o.precision != "tf32" && o.precision != "bf16" && o.precision != "fp16") {
-    fail("--precision ", o.precision, ": expected fp32, tf32, bf16 or fp16");
-  }
-  if (!cuda && o.precision != "fp32") {
-    fail("--precision ", o.precision, " needs --device cuda (the CPU backend computes in fp32)");
-  }
+  check_precision(o.precision, o.device, "--precision");
   const std::string storage = resolve_storage(o.storage, o.device, o.precision, "--storage");
   if (o.steps <= 0 || o.warmup < 0) fail("--steps must be positive and --warmup >= 0");
   const int ranks = comm.world_size();
@@ -383,10 +355,10 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
   r.cpu_s_per_step = (ranks > 1 ? comm.allreduce_sum(cpu_used) : cpu_used) / o.steps;
 
   comm.barrier();  // every rank measures the peak at once, as they share the cores during training
-  const double peak = measure_sgemm_gflops(*backend, o.peak_gemm_size);
+  const double peak = measure_gemm_gflops(*backend, storage, o.peak_gemm_size);
   r.peak_gflops_per_rank = ranks > 1 ? comm.allreduce_min(peak) : peak;
 
-  r.backend = backend->name();
+  r.backend = owned_net->backend_name();
   r.model = model;
   r.batch = o.batch;
   r.seq = S;
@@ -438,8 +410,9 @@ std::string format_text(const StepBenchResult& r) {
     << 1e3 * r.cpu_s_per_step << " ms per step\n";
   s << "  throughput  " << std::setprecision(0) << r.tokens_per_s << " tokens/s, " << std::setprecision(1)
     << r.model_gflops << " model GFLOP/s (" << std::setprecision(2) << r.flops_per_step / 1e9 << " GFLOP per step)\n";
-  s << "  GEMM peak   " << std::setprecision(1) << r.peak_gflops_per_rank << " GFLOP/s per rank (" << r.precision
-    << " GEMM, " << r.threads << " thread(s)): " << 100.0 * r.peak_fraction << "% of peak\n";
+  s << "  GEMM peak   " << std::setprecision(1) << r.peak_gflops_per_rank << " GFLOP/s per rank ("
+    << (r.storage == "bf16" ? std::string("bf16") : r.precision) << " GEMM, " << r.threads
+    << " thread(s)): " << 100.0 * r.peak_fraction << "% of peak\n";
   s << "  peak RSS    " << std::setprecision(0) << r.peak_rss_mib << " MiB" << (r.ranks > 1 ? " (largest rank)" : "")
     << "\n";
   if (r.transport != "none") {

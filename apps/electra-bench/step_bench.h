@@ -101,8 +101,4 @@ dist::GradientTransport resolve_transport(const std::string& transport, const st
 // replaces the vocabulary size.
 PretrainerConfig resolve_model(const std::string& config, int vocab, int* default_seq);
 
-// GFLOP/s of one n x n x n GEMM through `backend` (in its precision) with the current thread count (best
-// of `reps`).
-double measure_sgemm_gflops(Backend<float>& backend, int n, int reps = 3);
-
 }  // namespace electra::bench

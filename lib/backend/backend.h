@@ -60,6 +60,8 @@ struct DropoutKey {
 [[noreturn]] void fail_fused_attention_unsupported(const std::string& name, int B, int S, int H, int D, float dropout);
 // Throws electra::Error: backend `name` (narrow storage) does not override wide()/widen()/narrow().
 [[noreturn]] void fail_no_wide_backend(const std::string& name);
+// Throws electra::Error: backend `name` does not implement `op`.
+[[noreturn]] void fail_op_unsupported(const std::string& name, const std::string& op);
 
 template <typename T>
 class Backend {
@@ -260,6 +262,26 @@ class Backend {
                  grad_scale, bias_correction);
     }
   }
+  // LAMB (You et al., "Large Batch Optimization for Deep Learning") as tfa.optimizers.LAMB, the optimizer of
+  // NVIDIA DeepLearningExamples' ELECTRA, at step t (1-based), over runs of the same buffers: one run per
+  // parameter tensor, as the trust ratio is per tensor. Per element, with g = grads * grad_scale:
+  //   m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;  u = m_hat / (sqrt(v_hat) + eps) + wd * p,
+  // m_hat = m / (1 - b1^t), v_hat = v / (1 - b2^t) (always bias-corrected, as tfa's LAMB); then per run
+  //   r = ||p|| / ||u|| over the run's elements (1 when either norm is 0, or when the run's adapt is false),
+  //   p -= lr * r * u,
+  // with ||p|| taken before the update. The norms are sums of squares in double in a fixed order, so the
+  // result does not depend on the thread count. `runs` is host memory; runs must not overlap; elements
+  // outside every run are untouched; num_runs = 0 does nothing. The default fails naming the backend: a
+  // backend without LAMB refuses optim.name = lamb (Lamb makes an empty call at construction to say so
+  // before training).
+  struct LambRun {
+    size_t offset = 0;
+    size_t size = 0;
+    float weight_decay = 0.0f;
+    bool adapt = true;  // false: trust ratio 1 (LayerNorm parameters and biases in NVIDIA's recipe)
+  };
+  virtual void lamb_step_runs(T* params, const T* grads, T* m, T* v, const LambRun* runs, size_t num_runs, float lr,
+                              float beta1, float beta2, float eps, long long t, float grad_scale);
 };
 
 template <typename T>
@@ -309,6 +331,12 @@ void Backend<T>::layernorm_dropout_backward(T* d_res, T* dx, W* dgamma, W* dbeta
 }
 
 template <typename T>
+void Backend<T>::lamb_step_runs(T*, const T*, T*, T*, const LambRun*, size_t, float, float, float, float, long long,
+                                float) {
+  fail_op_unsupported(name(), "lamb_step_runs (optim.name = lamb)");
+}
+
+template <typename T>
 void Backend<T>::fused_attention_forward(T*, W*, const T*, const int32_t*, int B, int S, int H, int D, float dropout,
                                          const DropoutKey&) {
   fail_fused_attention_unsupported(name(), B, S, H, D, dropout);
@@ -333,5 +361,12 @@ std::unique_ptr<Backend<T>> make_cpu_backend();
 // fails (the optimizer runs on wide()). Its float scratch is per host thread, so several threads may call it
 // at once as they call the float backend (the model's parallel chunks).
 std::unique_ptr<Backend<bfloat16>> make_cpu_bf16_backend(Backend<float>& wide);
+
+// The fast CPU bf16 backend (name "cpu-bf16-onednn", lib/backend/cpu/onednn_bf16_backend.cpp): matrix
+// products in oneDNN on the CPU's bf16 instructions (AMX, AVX512_BF16) with float accumulation, the other
+// ops on bfloat16 directly; results agree with make_cpu_bf16_backend to bf16 rounding. On a CPU without
+// bf16 instructions its products are the reference's. Fails when this build has no oneDNN;
+// cpu::cpu_bf16_support() (lib/backend/cpu/onednn_matmul.h) says what the machine offers. `wide` as above.
+std::unique_ptr<Backend<bfloat16>> make_onednn_bf16_backend(Backend<float>& wide);
 
 }  // namespace electra

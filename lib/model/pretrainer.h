@@ -153,6 +153,8 @@ class PretrainerModel {
   virtual Backend<P>& parameter_backend() = 0;
   // The activation storage type for logs: "fp32", "fp64" or "bf16".
   virtual std::string storage_name() const = 0;
+  // The backend the ops run on, for logs ("cpu-float", "cpu-bf16-onednn", ...).
+  virtual std::string backend_name() const = 0;
 
   virtual P* parameters() = 0;
   virtual const P* parameters() const = 0;
@@ -198,6 +200,7 @@ class ElectraPretrainer final : public PretrainerModel<Wide<T>> {
   Backend<T>& backend() { return backend_; }
   Backend<W>& parameter_backend() override { return backend_.wide(); }
   std::string storage_name() const override;
+  std::string backend_name() const override { return backend_.name(); }
 
   // Device buffers of layout().total_size() elements, allocated from parameter_backend(): the master
   // parameters and their gradients.

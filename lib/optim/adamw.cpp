@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <set>
+#include <string>
 
 #include "lib/core/error.h"
 
@@ -14,7 +15,9 @@ template <typename V>
 void read(const nlohmann::json& node, const char* key, V& out) {
   if (!node.contains(key)) return;
   const nlohmann::json& value = node.at(key);
-  if constexpr (std::is_same_v<V, bool>) {
+  if constexpr (std::is_same_v<V, std::string>) {
+    if (!value.is_string()) fail("config key 'optim.", key, "': expected a string, got ", value.dump());
+  } else if constexpr (std::is_same_v<V, bool>) {
     if (!value.is_boolean()) fail("config key 'optim.", key, "': expected true/false, got ", value.dump());
   } else if constexpr (std::is_integral_v<V>) {
     if (!value.is_number_integer()) fail("config key 'optim.", key, "': expected an integer, got ", value.dump());
@@ -27,13 +30,15 @@ void read(const nlohmann::json& node, const char* key, V& out) {
 }  // namespace
 
 OptimizerConfig optimizer_config_from_json(const nlohmann::json& optim, long long total_steps) {
-  static const std::set<std::string> keys = {"lr",  "warmup_steps", "decay_power", "beta1",           "beta2",
-                                             "eps", "weight_decay", "clip_norm",   "bias_correction", "loss_scale"};
+  static const std::set<std::string> keys = {"name",      "lr",  "warmup_steps", "decay_power", "beta1",
+                                             "beta2",     "eps", "weight_decay", "clip_norm",   "bias_correction",
+                                             "loss_scale"};
   if (!optim.is_object()) fail("config section 'optim' must be a JSON object");
   for (const auto& [key, value] : optim.items()) {
     if (!keys.count(key)) fail("unknown config key 'optim.", key, "'");
   }
   OptimizerConfig c;
+  read(optim, "name", c.name);
   read(optim, "lr", c.lr);
   read(optim, "warmup_steps", c.warmup_steps);
   read(optim, "decay_power", c.decay_power);
@@ -45,6 +50,7 @@ OptimizerConfig optimizer_config_from_json(const nlohmann::json& optim, long lon
   read(optim, "bias_correction", c.bias_correction);
   if (optim.contains("loss_scale")) c.loss_scale = loss_scale_config_from_json(optim.at("loss_scale"));
   c.total_steps = total_steps;
+  if (c.name != "adamw" && c.name != "lamb") fail("config key 'optim.name' must be adamw or lamb, got '", c.name, "'");
   if (!(c.lr >= 0)) fail("config key 'optim.lr' must be >= 0, got ", c.lr);
   if (c.warmup_steps < 0) fail("config key 'optim.warmup_steps' must be >= 0, got ", c.warmup_steps);
   if (!(c.decay_power >= 0)) fail("config key 'optim.decay_power' must be >= 0, got ", c.decay_power);
@@ -58,7 +64,8 @@ OptimizerConfig optimizer_config_from_json(const nlohmann::json& optim, long lon
 }
 
 nlohmann::json to_json(const OptimizerConfig& c) {
-  return nlohmann::json{{"lr", c.lr},
+  return nlohmann::json{{"name", c.name},
+                        {"lr", c.lr},
                         {"warmup_steps", c.warmup_steps},
                         {"decay_power", c.decay_power},
                         {"beta1", c.beta1},
@@ -84,8 +91,43 @@ double clip_factor(double grad_norm, double clip_norm) {
 }
 
 template <typename T>
+MomentOptimizer<T>::MomentOptimizer(const OptimizerConfig& config, Backend<T>& backend, size_t size)
+    : config_(config), backend_(backend), size_(size) {
+  m_.reset(backend_, size_);
+  v_.reset(backend_, size_);
+  reset_moments();
+}
+
+template <typename T>
+void MomentOptimizer<T>::reset_moments() {
+  backend_.fill(m_.data(), size_, T(0));
+  backend_.fill(v_.data(), size_, T(0));
+}
+
+template <typename T>
+double MomentOptimizer<T>::gradient_norm(const T* grads) {
+  return std::sqrt(backend_.sum_squares(grads, size_));
+}
+
+template <typename T>
+OptimizerStepStats MomentOptimizer<T>::step(T* params, const T* grads, long long step) {
+  return this->step_with_norm(params, grads, step, gradient_norm(grads));
+}
+
+template <typename T>
+OptimizerStepStats MomentOptimizer<T>::step_stats(long long step, double grad_norm, double loss_scale) const {
+  ELECTRA_CHECK(loss_scale > 0 && std::isfinite(loss_scale), this->name(), " step: loss scale ", loss_scale,
+                " must be positive and finite");
+  OptimizerStepStats stats;
+  stats.lr = learning_rate(config_, step);
+  stats.grad_norm = grad_norm;
+  stats.clip_factor = clip_factor(grad_norm, config_.clip_norm);
+  return stats;
+}
+
+template <typename T>
 AdamW<T>::AdamW(const OptimizerConfig& config, const ParameterLayout& layout, Backend<T>& backend)
-    : config_(config), backend_(backend), size_(layout.total_size()) {
+    : MomentOptimizer<T>(config, backend, layout.total_size()) {
   for (const ParameterView& v : layout.views()) {
     const bool decay = v.weight_decay && config.weight_decay > 0;
     if (!runs_.empty() && runs_.back().decay == decay && runs_.back().offset + runs_.back().size == v.offset) {
@@ -94,48 +136,27 @@ AdamW<T>::AdamW(const OptimizerConfig& config, const ParameterLayout& layout, Ba
       runs_.push_back({v.offset, v.size, decay});
     }
   }
-  m_.reset(backend_, size_);
-  v_.reset(backend_, size_);
-  reset_moments();
-}
-
-template <typename T>
-void AdamW<T>::reset_moments() {
-  backend_.fill(m_.data(), size_, T(0));
-  backend_.fill(v_.data(), size_, T(0));
-}
-
-template <typename T>
-double AdamW<T>::gradient_norm(const T* grads) {
-  return std::sqrt(backend_.sum_squares(grads, size_));
-}
-
-template <typename T>
-OptimizerStepStats AdamW<T>::step(T* params, const T* grads, long long step) {
-  return step_with_norm(params, grads, step, gradient_norm(grads));
 }
 
 template <typename T>
 OptimizerStepStats AdamW<T>::step_with_norm(T* params, const T* grads, long long step, double grad_norm,
                                             double loss_scale) {
-  ELECTRA_CHECK(loss_scale > 0 && std::isfinite(loss_scale), "AdamW::step_with_norm: loss scale ", loss_scale,
-                " must be positive and finite");
-  OptimizerStepStats stats;
-  stats.lr = learning_rate(config_, step);
-  stats.grad_norm = grad_norm;
-  stats.clip_factor = clip_factor(grad_norm, config_.clip_norm);
-  const OptimizerConfig& c = config_;
+  const OptimizerStepStats stats = this->step_stats(step, grad_norm, loss_scale);
+  const OptimizerConfig& c = this->config_;
   // One call for all runs (weights and biases alternate: hundreds of runs), the same numbers as one
   // adamw_step per run; the CPU backend then uses one parallel region instead of one per run.
   std::vector<typename Backend<T>::AdamWRun> runs;
   runs.reserve(runs_.size());
   for (const Run& r : runs_) runs.push_back({r.offset, r.size, r.decay ? static_cast<float>(c.weight_decay) : 0.0f});
-  backend_.adamw_step_runs(params, grads, m_.data(), v_.data(), runs.data(), runs.size(), static_cast<float>(stats.lr),
-                           static_cast<float>(c.beta1), static_cast<float>(c.beta2), static_cast<float>(c.eps),
-                           step + 1, static_cast<float>(stats.clip_factor / loss_scale), c.bias_correction);
+  this->backend_.adamw_step_runs(params, grads, this->m_.data(), this->v_.data(), runs.data(), runs.size(),
+                                 static_cast<float>(stats.lr), static_cast<float>(c.beta1), static_cast<float>(c.beta2),
+                                 static_cast<float>(c.eps), step + 1,
+                                 static_cast<float>(stats.clip_factor / loss_scale), c.bias_correction);
   return stats;
 }
 
+template class MomentOptimizer<float>;
+template class MomentOptimizer<double>;
 template class AdamW<float>;
 template class AdamW<double>;
 

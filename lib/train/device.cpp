@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <map>
 #include <sstream>
@@ -11,7 +12,9 @@
 #include "lib/backend/cuda/arena.h"
 #include "lib/backend/cuda/cuda_backend.h"
 #endif
+#include "lib/backend/cpu/onednn_matmul.h"
 #include "lib/core/error.h"
+#include "lib/core/log.h"
 
 namespace electra {
 
@@ -35,17 +38,23 @@ int ranks_sharing_gpu(int local_rank, int local_size, int gpus) {
   return std::max(1, sharing);
 }
 
+void check_precision(const std::string& precision, const std::string& device, const std::string& what) {
+  const std::string& p = precision;
+  if (p != "fp32" && p != "tf32" && p != "bf16" && p != "fp16") {
+    fail(what, " must be fp32, tf32, bf16 or fp16, got '", p, "'");
+  }
+  if (device == "cpu" && p != "fp32" && p != "bf16") {
+    fail(what, " ", p, " needs --device cuda (the CPU computes in fp32, or bf16 with bf16 storage)");
+  }
+}
+
 std::unique_ptr<Backend<float>> make_rank_backend(const std::string& device, int local_rank,
                                                   const DeviceOptions& options, int local_size) {
   check_device_name(device, "--device");
   const std::string& p = options.precision;
-  if (p != "fp32" && p != "tf32" && p != "bf16" && p != "fp16") {
-    fail("precision must be fp32, tf32, bf16 or fp16, got '", p, "'");
-  }
-  if (device == "cpu") {
-    if (p != "fp32") fail("precision ", p, " needs --device cuda (the CPU backend computes in fp32)");
-    return make_cpu_backend<float>();
-  }
+  check_precision(p, device, "precision");
+  // The CPU's bf16 products are its bf16 storage backend's (make_bf16_backend); the float backend is fp32.
+  if (device == "cpu") return make_cpu_backend<float>();
   if (options.arena_bytes == 0 && !(options.memory_fraction > 0.0 && options.memory_fraction <= 1.0)) {
     fail("memory fraction ", options.memory_fraction, " outside (0, 1] (", options.arena_size_hint, ")");
   }
@@ -75,16 +84,82 @@ std::string resolve_storage(const std::string& storage, const std::string& devic
     fail(what, " = bf16 on a GPU computes its GEMMs on bf16 tensor cores: it needs precision bf16, not ", precision,
          " (or storage fp32)");
   }
+  if (storage == "auto" && resolved == "bf16" && device == "cpu" && !cpu::cpu_bf16_support().native) {
+    // Emulated bf16 products are slower than fp32 ones: precision bf16 asks for speed, so it gets fp32.
+    static bool said = false;
+    if (!said) {
+      said = true;
+      ELECTRA_LOG(warning) << "precision bf16 on the CPU: " << cpu::cpu_bf16_support().summary()
+                           << "; computing in fp32 instead (set " << what << "=bf16 to store bf16 anyway)";
+    }
+    return "fp32";
+  }
+  if (resolved == "fp32" && device == "cpu" && precision == "bf16") {
+    fail(what, " = fp32 contradicts precision bf16 on the CPU: its bf16 products are those of bf16 storage (set ", what,
+         " to bf16 or auto, or precision to fp32)");
+  }
   return resolved;
 }
 
 std::unique_ptr<Backend<bfloat16>> make_bf16_backend(Backend<float>& wide) {
-  if (wide.device() == DeviceKind::kCpu) return make_cpu_bf16_backend(wide);
+  if (wide.device() == DeviceKind::kCpu) {
+    const cpu::CpuBf16Support support = cpu::cpu_bf16_support();
+    static bool said = false;  // once per process, not per model
+    if (!said) {
+      said = true;
+      if (!support.onednn_built) {
+        ELECTRA_LOG(warning) << "bf16 storage on the CPU: this build has no oneDNN (libdnnl-dev), so it runs the "
+                                "slow reference backend (widen, fp32 kernel, round)";
+      } else if (!support.native) {
+        ELECTRA_LOG(warning) << "bf16 storage on the CPU: " << support.summary()
+                             << "; without avx512_bf16 or amx_bf16 the products run in fp32 on widened operands, so "
+                                "expect fp32 speed at best (train.storage=fp32 is the faster choice here)";
+      } else {
+        ELECTRA_LOG(info) << "bf16 storage on the CPU: " << support.summary();
+      }
+    }
+    return support.onednn_built ? make_onednn_bf16_backend(wide) : make_cpu_bf16_backend(wide);
+  }
 #if defined(ELECTRA_HAVE_CUDA)
   return make_cuda_bf16_backend(wide);
 #else
   fail("bf16 storage: backend ", wide.name(), " is neither the CPU nor a CUDA backend of this build");
 #endif
+}
+
+namespace {
+template <typename T>
+double best_square_gemm_gflops(Backend<T>& backend, int n, int reps) {
+  const size_t nn = static_cast<size_t>(n) * n;
+  std::vector<T> host(nn);
+  for (size_t i = 0; i < nn; ++i) host[i] = T(static_cast<float>((i * 7919) % 1000) * 1e-3f - 0.5f);
+  T* a = backend.allocate(nn);
+  T* b = backend.allocate(nn);
+  T* c = backend.allocate(nn);
+  backend.copy_from_host(a, host.data(), nn);
+  backend.copy_from_host(b, host.data(), nn);
+  double best = 0.0;
+  for (int rep = 0; rep < reps + 1; ++rep) {  // the first call warms up (page faults, packing, primitives)
+    backend.synchronize();
+    const auto start = std::chrono::steady_clock::now();
+    backend.gemm(Transpose::kNo, Transpose::kNo, n, n, n, 1.0f, a, n, b, n, 0.0f, c, n);
+    backend.synchronize();
+    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    if (rep > 0) best = std::max(best, 2.0 * n * n * static_cast<double>(n) / s / 1e9);
+  }
+  backend.deallocate(a);
+  backend.deallocate(b);
+  backend.deallocate(c);
+  return best;
+}
+}  // namespace
+
+double measure_gemm_gflops(Backend<float>& wide, const std::string& storage, int n, int reps) {
+  if (storage == "bf16") {
+    const std::unique_ptr<Backend<bfloat16>> bf16 = make_bf16_backend(wide);
+    return best_square_gemm_gflops(*bf16, n, reps);
+  }
+  return best_square_gemm_gflops(wide, n, reps);
 }
 
 std::unique_ptr<PretrainerModel<float>> make_rank_model(const PretrainerConfig& config, Backend<float>& backend,

@@ -65,18 +65,33 @@ int ranks_sharing_gpu(int local_rank, int local_size, int gpus);
 // (OMPI_COMM_WORLD_LOCAL_RANK, MPI_LOCALRANKID, SLURM_LOCALID), else 0.
 int local_rank_from_environment();
 
+// Fails naming `what` (a flag or "config key 'train.precision'") unless `device` computes in `precision`:
+// fp32, tf32, bf16 or fp16 on cuda (tensor-core inputs, fp32 accumulation); fp32 or bf16 on the CPU (bf16:
+// products on the CPU's bf16 instructions through oneDNN, which is bf16 storage).
+void check_precision(const std::string& precision, const std::string& device, const std::string& what);
+
 // What activations and weight copies are stored in (train.storage, --storage): "fp32", or "bf16" (bf16
 // mixed precision: bf16 activations and weight copies; fp32 master weights, gradients, AdamW moments,
-// normalisation statistics and losses; fp32 arithmetic). "auto" is bf16 when precision is bf16, else fp32.
-// Returns "fp32" or "bf16"; fails naming `what` for an unknown value or a contradiction: bf16 storage on
-// a GPU needs precision bf16 (its GEMMs run on bf16 tensor cores); on the CPU it goes with fp32 (float
-// arithmetic on bf16-rounded values: the reference of the GPU's bf16 mode, slower than fp32 storage).
+// normalisation statistics and losses; bf16 products with fp32 accumulation). "auto" is bf16 when
+// precision is bf16, else fp32. Returns "fp32" or "bf16"; fails naming `what` for an unknown value or a
+// contradiction: bf16 storage on a GPU needs precision bf16 (its GEMMs run on bf16 tensor cores), and
+// precision bf16 on the CPU needs bf16 storage (the bf16 products are the bf16 backend's). On the CPU bf16
+// storage with precision fp32 is allowed and is the same computation. On a CPU without bf16 instructions
+// (cpu::cpu_bf16_support().native false) "auto" with precision bf16 is fp32, with a warning once: bf16
+// products would be emulated, slower than fp32 (an explicit "bf16" is honoured).
 std::string resolve_storage(const std::string& storage, const std::string& device, const std::string& precision,
                             const std::string& what);
 
-// A Backend<bfloat16> on the device of `wide` that shares its memory and stream (wide() returns it): the
-// CPU reference adaptor, or the CUDA bf16 backend (`wide` made with precision bf16). `wide` must outlive it.
+// A Backend<bfloat16> on the device of `wide` that shares its memory and stream (wide() returns it): on
+// the CPU the fast oneDNN backend (make_onednn_bf16_backend) where this build has oneDNN, else the
+// reference adaptor, saying once per process what the CPU offers; on a GPU the CUDA bf16 backend (`wide`
+// made with precision bf16). `wide` must outlive it.
 std::unique_ptr<Backend<bfloat16>> make_bf16_backend(Backend<float>& wide);
+
+// GFLOP/s of the best of `reps` square n x n x n GEMMs (after one warm-up) in the arithmetic the model
+// computes in: `wide`'s precision for storage "fp32", the bf16 backend's for "bf16". The denominator of
+// MFU and of the benchmark's peak fraction.
+double measure_gemm_gflops(Backend<float>& wide, const std::string& storage, int n = 1024, int reps = 3);
 
 // The rank's model on `backend` with `storage` ("fp32" | "bf16", from resolve_storage): an
 // ElectraPretrainer<float>, or an ElectraPretrainer<bfloat16> over make_bf16_backend(backend) (which it

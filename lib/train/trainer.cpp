@@ -31,6 +31,7 @@
 #include "lib/model/pretrainer.h"
 #include "lib/optim/adamw.h"
 #include "lib/optim/loss_scaler.h"
+#include "lib/optim/optimizer.h"
 #include "lib/train/atomic_file.h"
 #include "lib/train/checkpoint.h"
 #include "lib/train/checkpoint_manager.h"
@@ -74,26 +75,6 @@ int allowed_cpu_count() {
   cpu_set_t cpus;
   CPU_ZERO(&cpus);
   return sched_getaffinity(0, sizeof(cpus), &cpus) == 0 ? CPU_COUNT(&cpus) : 0;
-}
-
-// GFLOP/s of one large GEMM on this rank: the denominator of MFU when train.peak_gflops is 0. It runs in
-// the backend's precision (train.precision: a tensor-core mode measures that mode's dense peak).
-double measure_gemm_gflops(Backend<float>& backend) {
-  const int n = 1024;
-  std::vector<float> host(static_cast<size_t>(n) * n, 0.5f);
-  float* a = backend.allocate(host.size());
-  float* c = backend.allocate(host.size());
-  backend.copy_from_host(a, host.data(), host.size());
-  double best = 0;
-  for (int rep = 0; rep < 3; ++rep) {
-    const auto start = Clock::now();
-    backend.gemm(Transpose::kNo, Transpose::kYes, n, n, n, 1.0f, a, n, a, n, 0.0f, c, n);
-    backend.synchronize();
-    best = std::max(best, 2.0 * n * n * n / seconds_since(start) / 1e9);
-  }
-  backend.deallocate(a);
-  backend.deallocate(c);
-  return best;
 }
 
 // FNV-1a over the parameter bytes: equal on every rank exactly when the parameters are bitwise equal.
@@ -202,7 +183,7 @@ nlohmann::json default_run_config() {
       {"threads", 0},             // CPU threads per rank (0: cores / ranks on the node)
       {"parallel_chunks", 0},     // CPU: batch slices run concurrently, one per thread (0: = threads; 1: off)
       {"peak_gflops", 0.0},       // per-rank peak for MFU (0: measured with one large GEMM in train.precision)
-      {"precision", "fp32"},      // GEMM/attention arithmetic: fp32 | tf32 | bf16 | fp16 (the last three: cuda only)
+      {"precision", "fp32"},      // GEMM/attention arithmetic: fp32 | tf32 | bf16 | fp16 (cpu: fp32 | bf16)
       {"storage", "auto"},        // activations + weight copies: fp32 | bf16 | auto (bf16 with precision bf16)
       {"tensorboard", true},      // RUN_DIR/tensorboard event files
       {"profile", false},         // log where each window's wall time went (phases, CPU time per step)
@@ -303,12 +284,12 @@ class Trainer {
   PretrainerConfig model_config_;
   OptimizerConfig optim_config_;
   std::unique_ptr<PretrainerModel<float>> model_;  // ElectraPretrainer<float> or <bfloat16> (train.storage)
-  std::unique_ptr<AdamW<float>> optimizer_;
-  std::unique_ptr<LossScaler> loss_scaler_;  // optim.loss_scale (dynamic by default with fp16)
-  std::string precision_ = "fp32";           // train.precision
-  std::string storage_ = "fp32";             // train.storage, resolved
-  DeviceOptions device_options_;             // train.precision, device.*
-  int ranks_on_gpu_ = 0;                     // set_ranks_on_gpu (0: estimated from the local ranks)
+  std::unique_ptr<Optimizer<float>> optimizer_;    // optim.name: AdamW or Lamb
+  std::unique_ptr<LossScaler> loss_scaler_;        // optim.loss_scale (dynamic by default with fp16)
+  std::string precision_ = "fp32";                 // train.precision
+  std::string storage_ = "fp32";                   // train.storage, resolved
+  DeviceOptions device_options_;                   // train.precision, device.*
+  int ranks_on_gpu_ = 0;                           // set_ranks_on_gpu (0: estimated from the local ranks)
   dist::GradientTransport configured_transport_ = dist::GradientTransport::kAuto;  // dist.gradient_transport
   dist::GradientTransport transport_ = dist::GradientTransport::kHost;             // what it resolved to
   std::unique_ptr<GradientAllreduce> reducer_;  // stages device gradients through the host when needed
@@ -466,12 +447,7 @@ std::optional<std::string> Trainer::setup() {
     }
     collapse_check_.emplace(collapse);
     precision_ = config_.get<std::string>("train.precision");
-    if (precision_ != "fp32" && precision_ != "tf32" && precision_ != "bf16" && precision_ != "fp16") {
-      fail("config key 'train.precision' must be fp32, tf32, bf16 or fp16, got '", precision_, "'");
-    }
-    if (options_.device == "cpu" && precision_ != "fp32") {
-      fail("config key 'train.precision' = '", precision_, "' needs --device cuda (the CPU backend computes in fp32)");
-    }
+    check_precision(precision_, options_.device, "config key 'train.precision' =");
     storage_ = resolve_storage(config_.get<std::string>("train.storage"), options_.device, precision_,
                                "config key 'train.storage'");
     loss_scaler_ = std::make_unique<LossScaler>(optim_config_.loss_scale, precision_ == "fp16");
@@ -503,12 +479,12 @@ std::optional<std::string> Trainer::setup() {
     parallel_chunks_ = backend_->device() != DeviceKind::kCpu ? 1 : configured_chunks > 0 ? configured_chunks : threads;
     parallel_chunks_ = std::min(parallel_chunks_, micro_rows_);
     if (parallel_chunks_ > 1) model_->set_parallel_chunks(parallel_chunks_);
-    optimizer_ = std::make_unique<AdamW<float>>(optim_config_, model_->layout(), *backend_);
+    optimizer_ = make_optimizer<float>(optim_config_, model_->layout(), *backend_);
     model_->init_parameters(seed_);
     ckpt_layout_ = checkpoint_layout(model_->layout());
     flops_per_step_ = model_flops_per_step(model_config_, global_batch_, seq_length_);
     const double configured_peak = config_.get<double>("train.peak_gflops");
-    peak_gflops_ = configured_peak > 0 ? configured_peak : measure_gemm_gflops(*backend_);
+    peak_gflops_ = configured_peak > 0 ? configured_peak : measure_gemm_gflops(*backend_, storage_);
 
     checkpoints_ = std::make_unique<CheckpointManager>(run_dir_ / "checkpoints", config_.get<int>("train.keep_last"),
                                                        config_.get<int64_t>("train.keep_every"));
@@ -566,6 +542,15 @@ void Trainer::resume_from(const fs::path& path) {
   check_vocabulary(file);
   if (auto diff = first_difference(saved.at("model"), config_.at("model"), "model")) {
     fail("checkpoint ", path.string(), " was trained with another model configuration: ", *diff);
+  }
+  // The moments are the optimizer's own state: AdamW's and LAMB's mean different updates. A checkpoint from
+  // before the record is AdamW's (the only optimizer then).
+  const std::string saved_optimizer = file.state().value("optimizer", std::string("adamw"));
+  if (saved_optimizer != optimizer_->name()) {
+    fail("checkpoint ", path.string(), " was written by optimizer ", saved_optimizer,
+         " but config key 'optim.name' is ", optimizer_->name(),
+         ": its moments belong to the other optimizer. Resume with --set optim.name=", saved_optimizer,
+         ", or start a new run (another --output)");
   }
   std::vector<float> host(model_->layout().total_size());
   file.read_into(Section::kParams, ckpt_layout_, host);
@@ -667,8 +652,9 @@ void Trainer::save_checkpoint() {
                      {"tokens_seen", tokens_seen_},
                      {"seed", seed_},
                      {"skipped_steps", skipped_total_},
-                     {"world_size", comm_.world_size()}};
-    content.state.update(loss_scaler_->state());  // loss_scale, loss_scale_mode, loss_scale_good_steps
+                     {"world_size", comm_.world_size()},
+                     {"optimizer", optimizer_->name()}};  // optim.name: checked on resume
+    content.state.update(loss_scaler_->state());          // loss_scale, loss_scale_mode, loss_scale_good_steps
     // What the token ids mean: checked on resume (check_vocabulary).
     content.state["vocab"] = {{"hash", loader_->vocab().hash()}, {"size", loader_->vocab().size()}};
     content.state["tokenizer"] = {{"lower_case", lower_case_ ? nlohmann::json(*lower_case_) : nlohmann::json()}};
@@ -819,7 +805,7 @@ StepResult Trainer::train_step(double* metrics) {
   }
 
   ScopedPhase optimizing(prof, TrainPhase::kOptimizer);
-  // Clipping is decided on the true gradient norm; AdamW divides the loss scale out of the update.
+  // Clipping is decided on the true gradient norm; the optimizer divides the loss scale out of the update.
   const double grad_norm = (reduced_norm ? *reduced_norm : optimizer_->gradient_norm(model_->gradients())) / loss_scale;
   const OptimizerStepStats stats =
       optimizer_->step_with_norm(model_->parameters(), model_->gradients(), step_, grad_norm, loss_scale);
@@ -887,10 +873,12 @@ void Trainer::warn_collapse(const StepMetrics& window) {
        << " is only the base rate. It predicts the prior for every token (a collapsed or dead discriminator). "
        << "Likely causes: a learning rate too high for the warm-up (optim.lr = " << std::defaultfloat
        << optim_config_.lr << ", optim.warmup_steps = " << optim_config_.warmup_steps
-       << ": lower the first or lengthen the second), Adam's early steps without bias correction "
-          "(optim.bias_correction = "
-       << (optim_config_.bias_correction ? "true" : "false")
-       << "; true for short runs), or a generator too strong or too weak for the discriminator (model.generator.* "
+       << ": lower the first or lengthen the second), ";
+  if (optim_config_.name == "adamw") {  // LAMB always corrects
+    text << "Adam's early steps without bias correction (optim.bias_correction = "
+         << (optim_config_.bias_correction ? "true" : "false") << "; true for short runs), ";
+  }
+  text << "or a generator too strong or too weak for the discriminator (model.generator.* "
        << "hidden_size " << model_config_.generator.hidden_size << " against the discriminator's "
        << model_config_.discriminator.hidden_size << "; ELECTRA uses 1/4 to 1/2). Set train.collapse_warning.windows=0 "
        << "to silence this check.";
@@ -965,11 +953,12 @@ int Trainer::train() {
                       << parallel_chunks_ << " parallel chunk(s)), seq " << seq_length_ << "; "
                       << loader_->num_examples() << " examples, " << loader_->batches_per_epoch()
                       << " steps per epoch; peak " << std::fixed << std::setprecision(1) << peak_gflops_
-                      << " GFLOP/s per rank";
+                      << " GFLOP/s per rank; optimizer " << optimizer_->name() << " (optim.name)";
     std::ostringstream scaling;
     scaling << to_string(loss_scaler_->mode());
     if (loss_scaler_->enabled()) scaling << ", scale " << std::fixed << std::setprecision(0) << loss_scaler_->scale();
-    ELECTRA_LOG(info) << "precision " << precision_ << ", storage " << storage_ << "; loss scaling " << scaling.str();
+    ELECTRA_LOG(info) << "precision " << precision_ << ", storage " << storage_ << " (backend "
+                      << model_->backend_name() << "); loss scaling " << scaling.str();
   }
 
   check_parameters_agree("at start");

@@ -3,10 +3,10 @@
 // Every rank holds the whole model. Each step, rank r takes its slice of the global batch from the
 // loader, runs generator and discriminator forward/backward (optionally in micro-batches), the
 // gradients are summed over ranks (losses are normalised by global counts, so the sum is exactly the
-// gradient of the global batch), and every rank applies the same clipped AdamW update. Decisions that
-// one rank could make alone (stop signal, time limit, non-finite loss) are agreed at step boundaries,
-// so all ranks stop, skip and checkpoint at the same step. The step itself reads top to bottom in
-// Trainer::train_step (trainer.cpp).
+// gradient of the global batch), and every rank applies the same clipped update (AdamW, or LAMB with
+// optim.name = lamb). Decisions that one rank could make alone (stop signal, time limit, non-finite
+// loss) are agreed at step boundaries, so all ranks stop, skip and checkpoint at the same step. The step
+// itself reads top to bottom in Trainer::train_step (trainer.cpp).
 #pragma once
 
 #include <cstdint>

@@ -28,17 +28,29 @@ if(TARGET electra-bench)
   set_tests_properties(BenchSmoke.ElectraBenchTwoRanksHostTransport PROPERTIES LABELS bench_smoke TIMEOUT 120
     ENVIRONMENT "OMPI_MCA_rmaps_base_oversubscribe=1;ELECTRA_SKIP_SLURM_CHECK=1"
     PASS_REGULAR_EXPRESSION "\"allreduce_s\":[0-9].*\"overlap\":false.*\"ranks\":2.*\"transport\":\"host\"")
-  # Tensor-core precisions are a CUDA matter: refused on the CPU with exit code 2; fp32 is reported.
+  # TF32 and fp16 are tensor-core precisions: refused on the CPU with exit code 2 (bf16 is the CPU's
+  # bf16 storage); fp32 is reported.
   add_test(NAME BenchSmoke.ElectraBenchPrecisionNeedsCuda
-    COMMAND sh -c "\"$0\" --precision bf16; echo \"exit=$?\"" $<TARGET_FILE:electra-bench>)
+    COMMAND sh -c "\"$0\" --precision tf32; echo \"exit=$?\"" $<TARGET_FILE:electra-bench>)
   set_tests_properties(BenchSmoke.ElectraBenchPrecisionNeedsCuda PROPERTIES LABELS bench_smoke TIMEOUT 60
-    PASS_REGULAR_EXPRESSION "--precision bf16 needs --device cuda.*exit=2")
+    PASS_REGULAR_EXPRESSION "--precision tf32 needs --device cuda.*exit=2")
   add_test(NAME BenchSmoke.ElectraBenchReportsPrecision
     COMMAND $<TARGET_FILE:electra-bench> --config tiny --batch 2 --seq 32 --steps 1 --warmup 0 --threads 1
             --peak-gemm 64 --precision fp32)
   set_tests_properties(BenchSmoke.ElectraBenchReportsPrecision PROPERTIES LABELS bench_smoke TIMEOUT 120
     PASS_REGULAR_EXPRESSION "cpu-float, precision fp32, storage fp32.*GEMM peak +[0-9.]+ GFLOP/s per rank \\(fp32 GEMM")
-  # bf16 storage runs on the CPU through the reference backend (fp32 arithmetic on bf16 values).
+  # Precision bf16 on the CPU: bf16 storage on oneDNN where the CPU has bf16 instructions; held to an ISA
+  # without them (ONEDNN_MAX_CPU_ISA) it says so, naming the flags it looked for, and computes in fp32.
+  if(ELECTRA_ONEDNN)
+    add_test(NAME BenchSmoke.Bf16WithoutBf16Isa
+      COMMAND ${CMAKE_COMMAND} -E env ONEDNN_MAX_CPU_ISA=AVX512_CORE DNNL_MAX_CPU_ISA=AVX512_CORE
+              $<TARGET_FILE:electra-bench> --config tiny --batch 2 --seq 32 --steps 1 --warmup 0 --threads 1
+              --peak-gemm 64 --precision bf16)
+    set_tests_properties(BenchSmoke.Bf16WithoutBf16Isa PROPERTIES LABELS bench_smoke TIMEOUT 120
+      PASS_REGULAR_EXPRESSION
+      "no avx512_bf16 or amx_bf16 in effect.*computing in fp32 instead.*precision bf16, storage fp32")
+  endif()
+  # bf16 storage on the CPU (the oneDNN backend where the build has it; the reference otherwise).
   add_test(NAME BenchSmoke.ElectraBenchBf16StorageJson
     COMMAND $<TARGET_FILE:electra-bench> --config tiny --batch 2 --seq 32 --steps 1 --warmup 0 --threads 1
             --peak-gemm 64 --storage bf16 --json)

@@ -53,9 +53,9 @@ TEST(EvalDevice, CudaWithoutAGpuFailsWithTheReason) {
 }
 
 TEST(EvalDevice, TensorCorePrecisionNeedsCuda) {
-  const Result r = eval_with("--device cpu --precision bf16");
+  const Result r = eval_with("--device cpu --precision tf32");
   EXPECT_EQ(r.code, 2) << r.output;
-  EXPECT_NE(r.output.find("precision bf16 needs --device cuda"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("precision tf32 needs --device cuda"), std::string::npos) << r.output;
 }
 
 TEST(EvalDevice, UnknownDeviceOrPrecisionIsAFlagError) {

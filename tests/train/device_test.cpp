@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "lib/backend/cpu/onednn_matmul.h"
 #include "lib/core/error.h"
 
 namespace electra {
@@ -28,9 +29,12 @@ TEST(Device, CpuBackendAndItsChecks) {
   ASSERT_NE(cpu, nullptr);
   EXPECT_EQ(cpu->device(), DeviceKind::kCpu);
   EXPECT_EQ(device_memory_summary(*cpu), "");
-  DeviceOptions bf16;
+  DeviceOptions tf32;
+  tf32.precision = "tf32";
+  EXPECT_NE(error_of("cpu", tf32).find("precision tf32 needs --device cuda"), std::string::npos);
+  DeviceOptions bf16;  // the CPU's bf16 products (with bf16 storage)
   bf16.precision = "bf16";
-  EXPECT_NE(error_of("cpu", bf16).find("precision bf16 needs --device cuda"), std::string::npos);
+  EXPECT_EQ(make_rank_backend("cpu", 0, bf16)->device(), DeviceKind::kCpu);
   DeviceOptions fp8;
   fp8.precision = "fp8";
   EXPECT_NE(error_of("cuda", fp8).find("precision must be fp32, tf32, bf16 or fp16, got 'fp8'"), std::string::npos);
@@ -74,6 +78,12 @@ TEST(Device, StorageFollowsPrecisionAndRefusesContradictions) {
   EXPECT_EQ(resolve_storage("auto", "cuda", "fp16", "k"), "fp32");
   EXPECT_EQ(resolve_storage("fp32", "cuda", "bf16", "k"), "fp32");
   EXPECT_EQ(resolve_storage("bf16", "cpu", "fp32", "k"), "bf16");  // the CPU reference of the GPU's bf16 mode
+  // Precision bf16 on the CPU: bf16 storage where the CPU has bf16 instructions, fp32 where they would be
+  // emulated (ONEDNN_MAX_CPU_ISA=AVX512_CORE shows the second on any CPU: BenchSmoke.Bf16WithoutBf16Isa).
+  EXPECT_EQ(resolve_storage("auto", "cpu", "bf16", "k"), cpu::cpu_bf16_support().native ? "bf16" : "fp32");
+  EXPECT_EQ(resolve_storage("bf16", "cpu", "bf16", "k"), "bf16");
+  EXPECT_NE(storage_error("fp32", "cpu", "bf16").find("--storage = fp32 contradicts precision bf16"),
+            std::string::npos);
   EXPECT_EQ(resolve_storage("bf16", "cuda", "bf16", "k"), "bf16");
   EXPECT_NE(storage_error("fp16", "cpu", "fp32").find("--storage must be auto, fp32 or bf16, got 'fp16'"),
             std::string::npos);

@@ -1,7 +1,8 @@
-// bf16 storage (train.storage) in electra-train on the CPU, where the bf16 backend is the reference
-// adaptor: a run with bf16 activations and weight copies follows the fp32 run to bf16 tolerance, stops and
-// resumes bitwise exactly on 2 ranks, and its checkpoints (fp32 master weights, the one format) resume
-// with fp32 storage and back. The key's bad values and contradictions are refused naming it.
+// bf16 storage (train.storage) in electra-train on the CPU (the oneDNN bf16 backend where the build has
+// it, else the reference adaptor): a run with bf16 activations and weight copies follows the fp32 run to
+// bf16 tolerance, stops and resumes bitwise exactly on 2 ranks, and its checkpoints (fp32 master weights,
+// the one format) resume with fp32 storage and back. The key's bad values and contradictions are refused
+// naming it.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -88,9 +89,13 @@ TEST_F(StorageTraining, BadValuesAndContradictionsAreRefusedNamingTheKey) {
   EXPECT_EQ(run(train_command(1, dir, "--set train.storage=fp16"), log), 2) << log_of(log);
   EXPECT_NE(read_text(log).find("train.storage"), std::string::npos) << log_of(log);
   EXPECT_NE(read_text(log).find("fp16"), std::string::npos) << log_of(log);
-  // auto follows train.precision, which the CPU refuses for bf16: the precision key is named.
-  EXPECT_EQ(run(train_command(1, dir, "--set train.precision=bf16"), log), 2) << log_of(log);
+  // The CPU computes in fp32 or bf16: tensor-core precisions are refused naming the precision key.
+  EXPECT_EQ(run(train_command(1, dir, "--set train.precision=fp16"), log), 2) << log_of(log);
   EXPECT_NE(read_text(log).find("train.precision"), std::string::npos) << log_of(log);
+  // Precision bf16 on the CPU is bf16 storage: fp32 storage contradicts it, and the storage key is named.
+  EXPECT_EQ(run(train_command(1, dir, "--set train.precision=bf16 --set train.storage=fp32"), log), 2) << log_of(log);
+  EXPECT_NE(read_text(log).find("train.storage"), std::string::npos) << log_of(log);
+  EXPECT_NE(read_text(log).find("contradicts precision bf16"), std::string::npos) << log_of(log);
 }
 
 }  // namespace

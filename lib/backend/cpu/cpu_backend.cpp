@@ -40,6 +40,10 @@ void fail_no_wide_backend(const std::string& name) {
   fail("backend ", name, " stores a narrow type but has no wide() backend, widen or narrow");
 }
 
+void fail_op_unsupported(const std::string& name, const std::string& op) {
+  fail("backend ", name, " does not implement ", op);
+}
+
 void* cpu::detail::aligned_allocate(size_t bytes) {
   // aligned_alloc wants a size that is a multiple of the alignment.
   constexpr size_t kAlignment = 64;
@@ -187,6 +191,10 @@ class CpuBackend final : public Backend<T> {
                        size_t num_runs, float lr, float beta1, float beta2, float eps, long long t, float grad_scale,
                        bool bias_correction) override {
     cpu::adamw_step_runs(params, grads, m, v, runs, num_runs, lr, beta1, beta2, eps, t, grad_scale, bias_correction);
+  }
+  void lamb_step_runs(T* params, const T* grads, T* m, T* v, const typename Backend<T>::LambRun* runs, size_t num_runs,
+                      float lr, float beta1, float beta2, float eps, long long t, float grad_scale) override {
+    cpu::lamb_step_runs(params, grads, m, v, runs, num_runs, lr, beta1, beta2, eps, t, grad_scale);
   }
 
  private:

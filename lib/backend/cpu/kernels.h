@@ -170,5 +170,11 @@ template <typename T>
 void adamw_step_runs(T* params, const T* grads, T* m, T* v, const typename Backend<T>::AdamWRun* runs, size_t num_runs,
                      float lr, float beta1, float beta2, float eps, long long t, float grad_scale,
                      bool bias_correction);
+// Backend<T>::lamb_step_runs: the runs cut into the same fixed 16384-element pieces; a parallel pass updates
+// the moments and sums each piece's squares of p and u in double, the pieces of a run are added in order,
+// and a second parallel pass recomputes u from the stored moments and applies it.
+template <typename T>
+void lamb_step_runs(T* params, const T* grads, T* m, T* v, const typename Backend<T>::LambRun* runs, size_t num_runs,
+                    float lr, float beta1, float beta2, float eps, long long t, float grad_scale);
 
 }  // namespace electra::cpu

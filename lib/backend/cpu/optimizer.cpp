@@ -1,4 +1,4 @@
-// Sum of squares (for the global gradient norm) and the AdamW update over flat buffers.
+// Sum of squares (for the global gradient norm) and the AdamW and LAMB updates over flat buffers.
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -123,12 +123,103 @@ void adamw_step_runs(T* params, const T* grads, T* m, T* v, const typename Backe
   }
 }
 
+namespace {
+
+// LAMB's update direction u of one element from its new moments (m, v) and parameter p: the same expression
+// in both passes of lamb_step_runs, so the pass that applies u recomputes the u whose norm was taken.
+template <typename T>
+inline T lamb_direction(T m, T v, T p, T inv_bc1, T inv_bc2, T eps, T wd) {
+  return (m * inv_bc1) / (std::sqrt(v * inv_bc2) + eps) + wd * p;
+}
+
+// First pass over one piece: new moments, and the piece's sums of p^2 and u^2 in double.
+template <typename T>
+ELECTRA_CPU_CLONES void lamb_moments_chunk(const T* params, const T* grads, T* m, T* v, size_t n, const AdamScalars& a,
+                                           double* p_squares, double* u_squares) {
+  const T b1 = T(a.beta1), b2 = T(a.beta2), one_minus_b1 = T(a.one_minus_beta1), one_minus_b2 = T(a.one_minus_beta2);
+  const T e = T(a.eps), wd = T(a.weight_decay), gs = T(a.grad_scale), inv_bc1 = T(a.inv_bc1), inv_bc2 = T(a.inv_bc2);
+  double sp = 0.0, su = 0.0;
+#pragma omp simd reduction(+ : sp, su)
+  for (size_t i = 0; i < n; ++i) {
+    const T g = grads[i] * gs;
+    const T mi = b1 * m[i] + one_minus_b1 * g;
+    const T vi = b2 * v[i] + one_minus_b2 * g * g;
+    m[i] = mi;
+    v[i] = vi;
+    const double p = static_cast<double>(params[i]);
+    const double u = static_cast<double>(lamb_direction(mi, vi, params[i], inv_bc1, inv_bc2, e, wd));
+    sp += p * p;
+    su += u * u;
+  }
+  *p_squares = sp;
+  *u_squares = su;
+}
+
+// Second pass over one piece: p -= step * u, step = lr * the run's trust ratio.
+template <typename T>
+ELECTRA_CPU_CLONES void lamb_apply_chunk(T* params, const T* m, const T* v, size_t n, const AdamScalars& a, T step) {
+  const T e = T(a.eps), wd = T(a.weight_decay), inv_bc1 = T(a.inv_bc1), inv_bc2 = T(a.inv_bc2);
+#pragma omp simd
+  for (size_t i = 0; i < n; ++i) params[i] -= step * lamb_direction(m[i], v[i], params[i], inv_bc1, inv_bc2, e, wd);
+}
+
+}  // namespace
+
+template <typename T>
+void lamb_step_runs(T* params, const T* grads, T* m, T* v, const typename Backend<T>::LambRun* runs, size_t num_runs,
+                    float lr, float beta1, float beta2, float eps, long long t, float grad_scale) {
+  if (num_runs == 0) return;
+  ELECTRA_CHECK(t >= 1, "lamb_step_runs: step ", t, " must be >= 1");
+  // Pieces of at most kAdamChunk elements that start at their run's first element: the same pieces, hence
+  // the same partial sums, whatever the thread count.
+  struct Piece {
+    size_t begin, count, run;
+  };
+  std::vector<Piece> pieces;
+  std::vector<AdamScalars> scalars(num_runs);
+  size_t total = 0;
+  for (size_t r = 0; r < num_runs; ++r) {
+    scalars[r] = adam_scalars<T>(lr, beta1, beta2, eps, runs[r].weight_decay, t, grad_scale, /*bias_correction=*/true);
+    for (size_t b = 0; b < runs[r].size; b += kAdamChunk) {
+      pieces.push_back({runs[r].offset + b, std::min(kAdamChunk, runs[r].size - b), r});
+    }
+    total += runs[r].size;
+  }
+  const long long n = static_cast<long long>(pieces.size());
+  std::vector<double> p_squares(pieces.size()), u_squares(pieces.size());
+#pragma omp parallel for schedule(static) if (total > 2 * kAdamChunk)
+  for (long long i = 0; i < n; ++i) {
+    const Piece& p = pieces[i];
+    lamb_moments_chunk(params + p.begin, grads + p.begin, m + p.begin, v + p.begin, p.count, scalars[p.run],
+                       &p_squares[i], &u_squares[i]);
+  }
+  // Each run's norms: its pieces' sums added in order (pieces are in run order).
+  std::vector<double> run_p(num_runs, 0.0), run_u(num_runs, 0.0);
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    run_p[pieces[i].run] += p_squares[i];
+    run_u[pieces[i].run] += u_squares[i];
+  }
+  std::vector<T> steps(num_runs);
+  for (size_t r = 0; r < num_runs; ++r) {
+    const double p_norm = std::sqrt(run_p[r]), u_norm = std::sqrt(run_u[r]);
+    const double ratio = runs[r].adapt && p_norm > 0 && u_norm > 0 ? p_norm / u_norm : 1.0;
+    steps[r] = static_cast<T>(static_cast<double>(lr) * ratio);
+  }
+#pragma omp parallel for schedule(static) if (total > 2 * kAdamChunk)
+  for (long long i = 0; i < n; ++i) {
+    const Piece& p = pieces[i];
+    lamb_apply_chunk(params + p.begin, m + p.begin, v + p.begin, p.count, scalars[p.run], steps[p.run]);
+  }
+}
+
 #define ELECTRA_INSTANTIATE(T)                                                                                       \
   template double sum_squares<T>(const T*, size_t);                                                                  \
   template void adamw_step<T>(T*, const T*, T*, T*, size_t, float, float, float, float, float, long long, float,     \
                               bool);                                                                                 \
   template void adamw_step_runs<T>(T*, const T*, T*, T*, const typename Backend<T>::AdamWRun*, size_t, float, float, \
-                                   float, float, long long, float, bool);
+                                   float, float, long long, float, bool);                                            \
+  template void lamb_step_runs<T>(T*, const T*, T*, T*, const typename Backend<T>::LambRun*, size_t, float, float,   \
+                                  float, float, long long, float);
 ELECTRA_INSTANTIATE(float)
 ELECTRA_INSTANTIATE(double)
 #undef ELECTRA_INSTANTIATE
