@@ -36,7 +36,7 @@ packages=(
   nlohmann-json3-dev
   python3 python3-venv python3-pip python3-torch python3-h5py python3-numpy python3-matplotlib
   python3-doc
-  iproute2  # ip netns: the hosts of tests/jobs/multihost_test.sh
+  iproute2  # ip netns, tc: the hosts of tests/jobs/netns_hosts.sh (multihost test, bandwidth bench)
 )
 # A one-node Slurm cluster for tests/jobs/slurm_test.sh; a site's own Slurm is left alone.
 command -v sbatch >/dev/null || packages+=(slurmctld slurmd slurm-client munge)

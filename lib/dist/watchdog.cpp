@@ -4,6 +4,7 @@
 #include <cstdlib>
 #include <iomanip>
 #include <sstream>
+#include <utility>
 
 #include "lib/core/error.h"
 #include "lib/core/log.h"
@@ -58,12 +59,13 @@ void Watchdog::resume() {
   wake_.notify_all();
 }
 
-void Watchdog::set_timeout(double step_timeout_s) {
+void Watchdog::set_timeout(double step_timeout_s, std::string phase) {
   const auto timeout = to_duration(step_timeout_s);
   {
     std::lock_guard lock(mutex_);
     timeout_ = timeout;
     last_beat_ = Clock::now();
+    phase_ = std::move(phase);
   }
   wake_.notify_all();
 }
@@ -101,6 +103,7 @@ void Watchdog::run() {
     message << "watchdog: rank " << rank_ << " made no progress for " << std::fixed << std::setprecision(1) << silent
             << " s (timeout " << std::chrono::duration<double>(timeout_).count() << " s); last completed step "
             << last_step_;
+    if (!phase_.empty()) message << "; in " << phase_;
     lock.unlock();
     action_(message.str());
     return;

@@ -37,8 +37,9 @@ class Watchdog {
   // resume() restarts the clock.
   void pause();
   void resume();
-  // Changes the timeout; the clock restarts.
-  void set_timeout(double step_timeout_s);
+  // Changes the timeout; the clock restarts. `phase` (e.g. "the checkpoint after step 40") is named in the
+  // message if the watchdog fires before the next set_timeout or heartbeat.
+  void set_timeout(double step_timeout_s, std::string phase = "");
   // Stops and joins the thread; no action after it returns. Idempotent.
   void stop();
 
@@ -53,6 +54,7 @@ class Watchdog {
   Clock::duration timeout_;
   Clock::time_point last_beat_;
   int64_t last_step_ = -1;
+  std::string phase_;
   int rank_;
   bool paused_ = false;
   bool stopping_ = false;

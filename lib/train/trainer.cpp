@@ -180,15 +180,18 @@ nlohmann::json default_run_config() {
       {"max_skipped_steps", 10},  // consecutive non-finite steps tolerated before stopping
       {"attention", "auto"},      // materialized | fused (keeps [B,H,S], not [B,H,S,S]) | auto: fused off the CPU
       {"step_timeout", 1800.0},   // seconds one step may take before the watchdog aborts the job
-      {"threads", 0},             // CPU threads per rank (0: cores / ranks on the node)
-      {"parallel_chunks", 0},     // CPU: batch slices run concurrently, one per thread (0: = threads; 1: off)
-      {"peak_gflops", 0.0},       // per-rank peak for MFU (0: measured with one large GEMM in train.precision)
-      {"precision", "fp32"},      // GEMM/attention arithmetic: fp32 | tf32 | bf16 | fp16 (cpu: fp32 | bf16)
-      {"storage", "auto"},        // activations + weight copies: fp32 | bf16 | auto (bf16 with precision bf16)
-      {"tensorboard", true},      // RUN_DIR/tensorboard event files
-      {"profile", false},         // log where each window's wall time went (phases, CPU time per step)
-      {"eval_every", 0},          // evaluate on data.eval_dir every this many steps and at the end (0: off)
-      {"eval_batches", 100},      // global batches (of train.batch_size) per evaluation (0: all of data.eval_dir)
+      // seconds a checkpoint save or an evaluation may take before the watchdog aborts the job (their
+      // collectives can hang as a step's can; a save may take longer than a step)
+      {"checkpoint_timeout", 3600.0},
+      {"threads", 0},          // CPU threads per rank (0: cores / ranks on the node)
+      {"parallel_chunks", 0},  // CPU: batch slices run concurrently, one per thread (0: = threads; 1: off)
+      {"peak_gflops", 0.0},    // per-rank peak for MFU (0: measured with one large GEMM in train.precision)
+      {"precision", "fp32"},   // GEMM/attention arithmetic: fp32 | tf32 | bf16 | fp16 (cpu: fp32 | bf16)
+      {"storage", "auto"},     // activations + weight copies: fp32 | bf16 | auto (bf16 with precision bf16)
+      {"tensorboard", true},   // RUN_DIR/tensorboard event files
+      {"profile", false},      // log where each window's wall time went (phases, CPU time per step)
+      {"eval_every", 0},       // evaluate on data.eval_dir every this many steps and at the end (0: off)
+      {"eval_batches", 100},   // global batches (of train.batch_size) per evaluation (0: all of data.eval_dir)
       // Warn when the discriminator's gain over its prior (nats per token: the binary entropy of the replaced
       // fraction minus disc_loss) stays under min_gain for `windows` log windows in a row after warm-up
       // (collapse_check.h). windows = 0: off.
@@ -213,6 +216,9 @@ nlohmann::json default_run_config() {
       // A rank that stops making progress at one step (the watchdog's case). -1: off.
       {"hang_step", -1},
       {"hang_rank", -1},
+      // The same inside the checkpoint save after that step (before its collectives).
+      {"hang_checkpoint_step", -1},
+      {"hang_checkpoint_rank", -1},
   };
   return config;
 }
@@ -316,7 +322,7 @@ class Trainer {
   double flops_per_step_ = 0;
 
   struct Faults {
-    int64_t nan_step = -1, hang_step = -1, throw_step = -1;
+    int64_t nan_step = -1, hang_step = -1, throw_step = -1, hang_checkpoint_step = -1;
   } faults_;
 
   int64_t step_ = 0;  // completed optimizer steps
@@ -346,9 +352,11 @@ std::optional<std::string> Trainer::setup() {
     if (options_.stop_after && *options_.stop_after <= 0) {
       fail("--stop-after must be a positive number of steps, got ", *options_.stop_after);
     }
-    const double step_timeout = config_.get<double>("train.step_timeout");
-    if (!(step_timeout > 0) || !std::isfinite(step_timeout)) {
-      fail("config key 'train.step_timeout' must be a positive number of seconds, got ", step_timeout);
+    for (const char* key : {"train.step_timeout", "train.checkpoint_timeout"}) {
+      const double timeout = config_.get<double>(key);
+      if (!(timeout > 0) || !std::isfinite(timeout)) {
+        fail("config key '", key, "' must be a positive number of seconds, got ", timeout);
+      }
     }
     if (config_.get<int64_t>("train.eval_batches") < 0) {
       fail("config key 'train.eval_batches' must be >= 0 (0: all of data.eval_dir), got ",
@@ -376,7 +384,7 @@ std::optional<std::string> Trainer::setup() {
       const std::string prefix = std::string("debug.") + what;
       return config_.get<int>(prefix + "_rank") == comm_.rank() ? config_.get<int64_t>(prefix + "_step") : int64_t{-1};
     };
-    faults_ = Faults{fault_step("nan"), fault_step("hang"), fault_step("throw")};
+    faults_ = Faults{fault_step("nan"), fault_step("hang"), fault_step("throw"), fault_step("hang_checkpoint")};
     if (total_steps_ <= 0) fail("config key 'train.steps' must be positive, got ", total_steps_);
     if (global_batch_ <= 0 || global_batch_ % comm_.world_size() != 0) {
       fail("config key 'train.batch_size' (", global_batch_, ") must be a positive multiple of the number of ranks (",
@@ -635,6 +643,11 @@ void Trainer::save_checkpoint() {
   if (last_checkpoint_step_ == step_) return;
   // Data parallelism is only right while every rank holds the same weights; a checkpoint is the moment
   // to prove it (one allreduce of a hash).
+  if (step_ == faults_.hang_checkpoint_step) {
+    ELECTRA_LOG(warning) << "debug.hang_checkpoint_step: rank " << comm_.rank()
+                         << " stops making progress in the checkpoint after step " << step_;
+    std::this_thread::sleep_for(std::chrono::hours(1));
+  }
   check_parameters_agree("at a checkpoint");
   // Loader state is global and identical on every rank, so rank 0 writes it alone.
   if (comm_.is_root()) {
@@ -966,8 +979,14 @@ int Trainer::train() {
 
   reducer_ = make_reducer();
 
-  dist::Watchdog watchdog(config_.get<double>("train.step_timeout"), comm_.rank(),
-                          dist::Watchdog::abort_action(comm_, kExitWatchdog));
+  const double step_timeout = config_.get<double>("train.step_timeout");
+  const double checkpoint_timeout = config_.get<double>("train.checkpoint_timeout");
+  dist::Watchdog watchdog(step_timeout, comm_.rank(), dist::Watchdog::abort_action(comm_, kExitWatchdog));
+  // Checkpoints and evaluations get their own deadline, not none: their collectives hang as a step's do.
+  const auto longer_phase = [&](const std::string& phase) {
+    watchdog.set_timeout(checkpoint_timeout,
+                         phase + " after step " + std::to_string(step_) + " (train.checkpoint_timeout)");
+  };
 
   int64_t steps_this_run = 0;
   double window[kNumMetrics] = {};
@@ -998,7 +1017,7 @@ int Trainer::train() {
                              << (steps_this_run == 0 ? ", before the first step of this run" : "")
                              << "; writing a checkpoint, then exiting with code " << kExitStopped;
       }
-      watchdog.pause();
+      longer_phase("the stop checkpoint");
       save_checkpoint();
       return kExitStopped;
     }
@@ -1049,17 +1068,17 @@ int Trainer::train() {
       window_start = Clock::now();
     }
     if (eval_loader_ && (step_ % eval_every_ == 0 || step_ == total_steps_)) {
-      watchdog.pause();
+      longer_phase("the evaluation");
       ScopedPhase phase(profile(), TrainPhase::kEval);
       run_eval();
-      watchdog.resume();
+      watchdog.set_timeout(step_timeout);
       window_start = Clock::now();
     }
     if ((checkpoint_every_ > 0 && step_ % checkpoint_every_ == 0) || step_ == total_steps_) {
-      watchdog.pause();
+      longer_phase("the checkpoint");
       ScopedPhase phase(profile(), TrainPhase::kCheckpoint);
       save_checkpoint();
-      watchdog.resume();
+      watchdog.set_timeout(step_timeout);
       window_start = Clock::now();
     }
     if (profile_ && (step_ % log_every_ == 0 || step_ == total_steps_)) log_profile();

@@ -98,6 +98,23 @@ TEST(Watchdog, SetTimeoutAppliesToTheRunningClock) {
   EXPECT_TRUE(recorder.wait_for_call(5000ms)) << "the new, shorter timeout must wake the thread";
 }
 
+// A phase with its own deadline (electra-train's checkpoints and evaluations) is named when it hangs; a
+// later set_timeout without one forgets it.
+TEST(Watchdog, NamesThePhaseThatHung) {
+  Recorder recorder;
+  Watchdog watchdog(60.0, 3, recorder.action());
+  watchdog.heartbeat(40);
+  watchdog.set_timeout(30.0, "the checkpoint after step 40");
+  watchdog.set_timeout(60.0);
+  watchdog.set_timeout(0.1, "the evaluation after step 40");
+  ASSERT_TRUE(recorder.wait_for_call(5000ms));
+  std::lock_guard lock(recorder.mutex);
+  EXPECT_NE(recorder.message.find("rank 3"), std::string::npos) << recorder.message;
+  EXPECT_NE(recorder.message.find("last completed step 40; in the evaluation after step 40"), std::string::npos)
+      << recorder.message;
+  EXPECT_EQ(recorder.message.find("checkpoint"), std::string::npos) << recorder.message;
+}
+
 TEST(Watchdog, RejectsBadArguments) {
   Recorder recorder;
   EXPECT_THROW(Watchdog(0.0, 0, recorder.action()), Error);

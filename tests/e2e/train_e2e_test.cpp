@@ -228,6 +228,25 @@ TEST_F(TrainE2E, AStuckRankIsAbortedByTheWatchdog) {
   EXPECT_NE(read_text(log).find("watchdog"), std::string::npos) << log_of(log);
 }
 
+// A rank that hangs inside a checkpoint save (the others wait in its collectives) is caught by the
+// checkpoint's own deadline, not missed because the step deadline is off during the save.
+TEST_F(TrainE2E, AStuckCheckpointIsAbortedByTheWatchdog) {
+  const fs::path dir = run_dir("hang_checkpoint");
+  const fs::path log = root() / "hang_checkpoint.log";
+  const auto start = std::chrono::steady_clock::now();
+  const int code =
+      run("timeout 120 " + train_command(2, dir,
+                                         "--set debug.hang_checkpoint_step=4 "
+                                         "--set debug.hang_checkpoint_rank=1 --set train.checkpoint_every=4 "
+                                         "--set train.checkpoint_timeout=3 --set train.steps=100000"),
+          log);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  EXPECT_EQ(code, 5) << log_of(log);
+  EXPECT_LT(seconds, 60.0);
+  EXPECT_NE(read_text(log).find("in the checkpoint after step 4 (train.checkpoint_timeout)"), std::string::npos)
+      << log_of(log);
+}
+
 TEST_F(TrainE2E, MaxTimeStopsWithACheckpoint) {
   const fs::path dir = run_dir("maxtime");
   const fs::path log = root() / "maxtime.log";
@@ -327,6 +346,8 @@ TEST_F(TrainE2E, BadSettingsAreRefusedBeforeAnythingIsWritten) {
   } cases[] = {
       {"--set train.step_timeout=0", "config key 'train.step_timeout' must be a positive number of seconds, got 0"},
       {"--set train.step_timeout=-5", "config key 'train.step_timeout' must be a positive number of seconds, got -5"},
+      {"--set train.checkpoint_timeout=0",
+       "config key 'train.checkpoint_timeout' must be a positive number of seconds, got 0"},
       {"--max-time 0", "--max-time must be a positive number of seconds, got 0"},
       {"--stop-after 0", "--stop-after must be a positive number of steps, got 0"},
       {"--set train.steps=3.7", "config key 'train.steps' expects an integer, got 3.7"},

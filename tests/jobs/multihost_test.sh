@@ -1,9 +1,7 @@
 #!/usr/bin/env bash
 # Two hosts on one machine: network namespaces joined by a veth pair (10.77.0.1 and 10.77.0.2, interface
-# emh0 in each, nothing in the root namespace), one rank per host, Open MPI over TCP only:
-#   mpirun runs in host a; it starts host b's daemon through a plm_rsh_agent that does what ssh would
-#   (`ip netns exec HOST env -i ... sh -c COMMAND`, with host b's own TMPDIR); `--mca btl tcp,self` and
-#   `btl_tcp_if_include emh0`, so every gradient crosses the veth link.
+# emh0 in each, nothing in the root namespace), one rank per host, Open MPI over TCP only, so every gradient
+# crosses the veth link (the hosts, the rsh agent and mpirun's options: tests/jobs/netns_hosts.sh).
 #   0. electra-preprocess across the hosts: the same shards (rows, examples, tokens) as on one host;
 #   a. electra-train across the hosts, stopped with a checkpoint (--stop-after, exit 3) and resumed:
 #      the losses at every step equal, bit for bit, a 2-rank run on one host (shared memory), and the
@@ -14,9 +12,9 @@
 #      host; with the link back, --resume auto continues from the last checkpoint to the same losses;
 #   d. host b's rank is killed (SIGKILL): mpirun ends the job within $bound s naming the rank, its host
 #      and the signal; resumed, the same losses again.
-# Open MPI notices a dead link between its daemons only through TCP keepalive (default: 300 s idle, then
-# 9 probes 20 s apart); without it an abort (the watchdog's, exit 5) waits on a message to the
-# unreachable daemon for TCP's retransmission timeout, many minutes. The test sets 1 s / 1 s / 3 probes.
+# Open MPI notices a dead link between its daemons only through TCP keepalive; netns_hosts.sh's mpirun sets
+# 1 s / 1 s / 3 probes (the default, 300 s idle then 9 probes 20 s apart, would leave an abort waiting
+# many minutes on the unreachable daemon).
 # Usage: tests/jobs/multihost_test.sh [BUILD_DIR]   (default $ELECTRA_BUILD_DIR, else build/)
 # Exit 77 (skipped) where network namespaces cannot be made (no iproute2, no root / CAP_NET_ADMIN), or
 # without mpirun or python3. Every namespace it made is deleted on exit, also on failure.
@@ -25,98 +23,31 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 build=${1:-${ELECTRA_BUILD_DIR:-$root/build}}
 # shellcheck source=tests/jobs/common.sh
 source "$root/tests/jobs/common.sh"
+# shellcheck source=tests/jobs/netns_hosts.sh
+source "$root/tests/jobs/netns_hosts.sh"
 bin=$build/bin
 steps=200 checkpoint_every=10 stop_after=60 cut_after=25
 bound=30  # seconds from a cut link or a killed rank to mpirun's exit (measured here: 4-6 s)
-subnet=10.77.0 ifname=emh0
-ns_a=emh$$a ns_b=emh$$b  # unique per run: parallel runs do not clash
 
 test_name=multihost_test
 for program in electra-train electra-preprocess electra-vocab electra-eval; do
   [ -x "$bin/$program" ] || { say "FAILED: $bin/$program is missing"; exit 1; }
 done
-command -v mpirun > /dev/null || { say "SKIPPED: mpirun not found"; exit 77; }
+netns_require
 command -v python3 > /dev/null || { say "SKIPPED: python3 not found"; exit 77; }
-command -v ip > /dev/null || { say "SKIPPED: ip not found (Debian: iproute2; jobs/setup.sh installs it)"; exit 77; }
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/electra-mh.XXXXXX") || exit 1
-made_ns=()
-mpirun_pid=
 cleanup() {
-  local ns pid
-  [ -z "$mpirun_pid" ] || kill -KILL "$mpirun_pid" 2> /dev/null
-  # Whatever still runs inside our namespaces is ours (ranks, daemons, the agent's shells).
-  for ns in "${made_ns[@]}"; do
-    for pid in $(ip netns pids "$ns" 2> /dev/null); do kill -KILL "$pid" 2> /dev/null; done
-  done
-  [ -z "$mpirun_pid" ] || wait "$mpirun_pid" 2> /dev/null
-  ip link delete "${ns_a}0" 2> /dev/null  # a veth left in the root namespace by a failed set-up
-  for ns in "${made_ns[@]}"; do ip netns delete "$ns" 2> /dev/null || say "warning: could not delete netns $ns"; done
+  netns_hosts_cleanup
   rm -rf "$tmp"
 }
 trap cleanup EXIT
 trap 'exit 143' TERM INT  # through cleanup
 
-# A run killed without its cleanup (SIGKILL, e.g. a CTest timeout) leaves its namespaces behind; those of
-# runs whose process is gone are deleted here, with what still runs in them (this test's ranks and daemons).
-for ns in $(ip netns list 2> /dev/null | grep -oE '^emh[0-9]+[ab]\b'); do
-  pid=${ns#emh}
-  pid=${pid%?}
-  [ "$pid" = $$ ] || ! kill -0 "$pid" 2> /dev/null || continue
-  for p in $(ip netns pids "$ns" 2> /dev/null); do kill -KILL "$p" 2> /dev/null; done
-  ip netns delete "$ns" 2> /dev/null && say "deleted $ns, left by an earlier run"
-done
-
-# --- the hosts ------------------------------------------------------------------------------------------
-# make_hosts: namespaces a and b, a veth pair between them named $ifname on both sides, loopback up.
-make_hosts() {
-  local err
-  err=$(ip netns add "$ns_a" 2>&1) || { say "SKIPPED: cannot make a network namespace (ip netns add: $err)"; exit 77; }
-  made_ns+=("$ns_a")
-  ip netns add "$ns_b" || fail "ip netns add $ns_b failed"
-  made_ns+=("$ns_b")
-  ip netns exec "$ns_a" true || { say "SKIPPED: ip netns exec does not work here"; exit 77; }
-  err=$(ip link add "${ns_a}0" type veth peer name "${ns_b}0" 2>&1) || { say "SKIPPED: cannot make a veth pair: $err"; exit 77; }
-  local ns host=1
-  for ns in "$ns_a" "$ns_b"; do
-    { ip link set "${ns}0" netns "$ns" && ip -n "$ns" link set "${ns}0" name "$ifname" &&
-      ip -n "$ns" addr add "$subnet.$host/24" dev "$ifname" && ip -n "$ns" link set lo up &&
-      ip -n "$ns" link set "$ifname" up; } || fail "wiring $ns to the veth pair failed"
-    host=$((host + 1))
-  done
-  mkdir -p "$tmp/host_a" "$tmp/host_b"
-  # What ssh would do: run the command on the host, with a fresh environment and the host's own /tmp.
-  cat > "$tmp/netns_agent.sh" << EOF
-#!/bin/sh
-# plm_rsh_agent for the test's hosts: netns_agent.sh [options] HOST COMMAND...
-while [ \$# -gt 0 ]; do case "\$1" in -*) shift ;; *) break ;; esac; done
-host=\$1; shift
-case "\$host" in
-  $subnet.1) ns=$ns_a; t=$tmp/host_a ;;
-  $subnet.2) ns=$ns_b; t=$tmp/host_b ;;
-  *) echo "netns_agent.sh: unknown host \$host" >&2; exit 255 ;;
-esac
-exec ip netns exec "\$ns" env -i PATH="\$PATH" HOME="\${HOME:-/}" \${LD_LIBRARY_PATH:+LD_LIBRARY_PATH="\$LD_LIBRARY_PATH"} TMPDIR="\$t" /bin/sh -c "\$*"
-EOF
-  chmod +x "$tmp/netns_agent.sh"
-}
-
-root_flag=()
-[ "$(id -u)" -ne 0 ] || root_flag=(--allow-run-as-root)
-# Two hosts, one rank each, TCP only over $ifname; mpirun itself runs in host a.
-multihost=(ip netns exec "$ns_a" env TMPDIR="$tmp/host_a" mpirun "${root_flag[@]}" -np 2
-  --host "$subnet.1:1,$subnet.2:1" --mca plm_rsh_agent "$tmp/netns_agent.sh" --mca plm_rsh_no_tree_spawn 1
-  --mca btl "tcp,self" --mca btl_tcp_if_include "$ifname" --mca oob_tcp_if_include "$ifname"
-  --mca oob_tcp_keepalive_time 1 --mca oob_tcp_keepalive_intvl 1 --mca oob_tcp_keepalive_probes 3
-  -x OMP_NUM_THREADS=1 --bind-to none)
-onehost=(mpirun "${root_flag[@]}" -np 2 -x OMP_NUM_THREADS=1 --bind-to none)
-[ "$(nproc)" -ge 2 ] || onehost+=(--oversubscribe)
+netns_reap_stale
 
 train_args=(--config "$root/jobs/configs/tiny.json" --data "$tmp/shards" --resume auto "${small_model_args[@]}"
   --set "train.steps=$steps" --set "train.checkpoint_every=$checkpoint_every" --set train.threads=1
   --set train.step_timeout=20)
-
-# tx_bytes NS: bytes sent on $ifname in namespace NS
-tx_bytes() { ip netns exec "$1" cat "/sys/class/net/$ifname/statistics/tx_bytes"; }
 
 # same_eval A.json B.json: equal electra-eval numbers (timings and the model's path aside)
 same_eval() {
