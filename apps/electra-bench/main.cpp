@@ -2,6 +2,7 @@
 //   electra-bench --config small --batch 32 --seq 128 --steps 10 --breakdown
 //   mpirun -np 2 electra-bench --config small --batch 32      (reports the gradient allreduce per step)
 //   mpirun -np 2 electra-bench --device cuda --precision bf16   (one GPU per rank: gradients summed with NCCL)
+//   electra-bench --config tiny --lengths-from data/default/shards   (rows as long as that corpus's examples)
 #include <CLI/CLI.hpp>
 #include <iostream>
 
@@ -54,6 +55,10 @@ int main(int argc, char** argv) {
                  "nccl | cuda_aware_mpi; with one rank auto runs none, a named transport runs anyway")
       ->check(CLI::IsMember({"auto", "host", "nccl", "cuda_aware_mpi"}))
       ->capture_default_str();
+  app.add_option("--lengths-from", o.lengths_from,
+                 "shards directory (electra-preprocess output) whose examples' lengths the rows take: a sample drawn "
+                 "with --seed, real tokens then padding (input_mask 0); tokens/s counts real tokens, slot tokens/s "
+                 "all rows x seq (all computed). Default: full rows");
   app.add_flag("--no-overlap", no_overlap, "allreduce after backward instead of overlapping it with backward");
   app.add_flag("--json", json, "print one JSON line instead of text");
   CLI11_PARSE(app, argc, argv);
@@ -75,6 +80,18 @@ int main(int argc, char** argv) {
   } catch (const electra::Error& e) {
     std::cerr << "electra-bench: " << e.what() << "\n";
     return 2;
+  }
+
+  if (!o.lengths_from.empty()) {     // before MPI: a bad directory is a usage error (exit 2), on every rank
+    electra::log::LogOptions quiet;  // the loader's "opened" line would go to stdout, before the JSON
+    quiet.console_level = boost::log::trivial::warning;
+    electra::log::init(quiet);
+    try {
+      electra::bench::load_row_lengths(o, electra::bench::resolve_seq(o), electra::bench::row_length_sample_size(o));
+    } catch (const electra::Error& e) {
+      std::cerr << "electra-bench: " << e.what() << "\n";
+      return 2;
+    }
   }
 
   electra::dist::Communicator comm = electra::dist::Communicator::init(argc, argv);

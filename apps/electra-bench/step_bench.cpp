@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <iomanip>
 #include <memory>
@@ -14,6 +15,7 @@
 #include <sstream>
 #include <thread>
 
+#include "data_pipeline/loader/shard_dataset.h"
 #include "lib/backend/backend.h"
 #include "lib/core/batch.h"
 #include "lib/core/error.h"
@@ -61,10 +63,20 @@ double peak_rss_mib() {
 // BERT uncased special ids (ids below 1000 are [unused] / specials in that vocabulary).
 constexpr int32_t kCls = 101, kSep = 102, kMask = 103;
 
-// One rank's slice of a synthetic global batch: full-length rows of random tokens, [CLS] ... [SEP],
-// two segments; P distinct masked positions per row (never [CLS]/[SEP]), 85% of them [MASK] and 15%
-// left as they are (ELECTRA's masking), all with weight 1.
-Batch synthetic_batch(std::mt19937_64& rng, int global_rows, int rank, int ranks, int S, int P, int V) {
+// Masked positions of a row of `length` real tokens ([CLS] and [SEP] included) with at most P: the loader's
+// rule (masking.h), max(1, min(P, round((length - 2) * 0.15))), never more than there are candidates.
+int row_predictions(int length, int P) {
+  return std::min({P, length - 2, std::max(1, static_cast<int>(std::nearbyint(0.15 * (length - 2))))});
+}
+
+// One rank's slice of a synthetic global batch: rows of random tokens, [CLS] ... [SEP], two segments.
+// Without `lengths` every row is full and has P distinct masked positions (never [CLS]/[SEP]), all with
+// weight 1. With `lengths` (one per global row, [CLS] and [SEP] included) row g has lengths[g] real tokens
+// and [PAD] (input_mask 0) after them, and max(1, min(P, round((lengths[g] - 2) * 0.15))) masked positions
+// among its real tokens, padded to P with position 0, weight 0 (the loader's rule, masking.h). 85% of the
+// masked positions become [MASK], 15% are left as they are (ELECTRA's masking).
+Batch synthetic_batch(std::mt19937_64& rng, int global_rows, int rank, int ranks, int S, int P, int V,
+                      const int* lengths) {
   const int rows = global_rows / ranks;
   Batch b;
   b.rows = rows;
@@ -73,43 +85,48 @@ Batch synthetic_batch(std::mt19937_64& rng, int global_rows, int rank, int ranks
   b.global_row_offset = static_cast<uint64_t>(rank) * rows;
   b.global_batch_rows = global_rows;
   const size_t N = static_cast<size_t>(rows) * S, M = static_cast<size_t>(rows) * P;
-  b.input_word_ids.resize(N);
-  b.input_mask.assign(N, 1);
-  b.input_type_ids.resize(N);
-  b.masked_lm_positions.resize(M);
-  b.masked_lm_ids.resize(M);
-  b.masked_lm_weights.assign(M, 1.0f);
+  b.input_word_ids.assign(N, 0);
+  b.input_mask.assign(N, 0);
+  b.input_type_ids.assign(N, 0);
+  b.masked_lm_positions.assign(M, 0);
+  b.masked_lm_ids.assign(M, 0);
+  b.masked_lm_weights.assign(M, 0.0f);
   const int lo = std::min(1000, V / 2);
   std::uniform_int_distribution<int32_t> token(lo, V - 1);
   std::uniform_real_distribution<double> unit(0.0, 1.0);
   // Every rank draws the whole global batch and keeps its rows, so the batch does not depend on ranks.
-  std::vector<int> candidates(S - 2);
+  std::vector<int> candidates;
   for (int g = 0; g < global_rows; ++g) {
-    std::vector<int32_t> ids(S), positions;
-    for (int s = 0; s < S; ++s) ids[s] = token(rng);
+    const int L = lengths != nullptr ? std::clamp(lengths[g], 2, S) : S;
+    const int n = lengths == nullptr ? P : row_predictions(L, P);
+    std::vector<int32_t> ids(L), positions;
+    for (int s = 0; s < L; ++s) ids[s] = token(rng);
     ids[0] = kCls;
-    ids[S - 1] = kSep;
+    ids[L - 1] = kSep;
+    candidates.resize(L - 2);
     std::iota(candidates.begin(), candidates.end(), 1);
-    for (int p = 0; p < P; ++p) {
-      std::uniform_int_distribution<int> pick(p, S - 3);
+    for (int p = 0; p < n; ++p) {
+      std::uniform_int_distribution<int> pick(p, L - 3);
       std::swap(candidates[p], candidates[pick(rng)]);
     }
-    positions.assign(candidates.begin(), candidates.begin() + P);
+    positions.assign(candidates.begin(), candidates.begin() + n);
     std::sort(positions.begin(), positions.end());
-    std::vector<int32_t> labels(P), masked_ids = ids;
-    for (int p = 0; p < P; ++p) {
+    std::vector<int32_t> labels(n), masked_ids = ids;
+    for (int p = 0; p < n; ++p) {
       labels[p] = ids[positions[p]];
       if (unit(rng) < 0.85) masked_ids[positions[p]] = kMask;
     }
     const int r = g - rank * rows;
     if (r < 0 || r >= rows) continue;
-    for (int s = 0; s < S; ++s) {
+    for (int s = 0; s < L; ++s) {
       b.input_word_ids[static_cast<size_t>(r) * S + s] = masked_ids[s];
-      b.input_type_ids[static_cast<size_t>(r) * S + s] = s < S / 2 ? 0 : 1;
+      b.input_mask[static_cast<size_t>(r) * S + s] = 1;
+      b.input_type_ids[static_cast<size_t>(r) * S + s] = s < (lengths != nullptr ? L : S) / 2 ? 0 : 1;
     }
-    for (int p = 0; p < P; ++p) {
+    for (int p = 0; p < n; ++p) {
       b.masked_lm_positions[static_cast<size_t>(r) * P + p] = positions[p];
       b.masked_lm_ids[static_cast<size_t>(r) * P + p] = labels[p];
+      b.masked_lm_weights[static_cast<size_t>(r) * P + p] = 1.0f;
     }
   }
   return b;
@@ -193,6 +210,63 @@ PretrainerConfig resolve_model(const std::string& config, int vocab, int* defaul
   return pretrainer_config_from_json(model);
 }
 
+namespace {
+
+// Distinct synthetic batches, cycled over the steps: more with --lengths-from, so that the real-token count
+// is averaged over more rows of the corpus.
+int distinct_batches(const StepBenchOptions& o) {
+  return std::max(1, std::min(o.warmup + o.steps, o.lengths_from.empty() ? 4 : 16));
+}
+
+}  // namespace
+
+int resolve_seq(const StepBenchOptions& o) {
+  int default_seq = 128;
+  resolve_model(o.config, o.vocab, &default_seq);
+  return o.seq > 0 ? o.seq : default_seq;
+}
+
+size_t row_length_sample_size(const StepBenchOptions& o) {
+  return static_cast<size_t>(distinct_batches(o)) * static_cast<size_t>(std::max(0, o.batch));
+}
+
+void load_row_lengths(StepBenchOptions& o, int seq, size_t count) {
+  const std::string& dir = o.lengths_from;
+  if (!std::filesystem::is_directory(dir)) {
+    fail("--lengths-from ", dir,
+         ": not a directory (expected shards: manifest.json and shard-*.h5 from electra-preprocess, or NVIDIA "
+         "BERT HDF5 files with vocab.txt)");
+  }
+  try {
+    data::DatasetOptions d;
+    d.data_dir = dir;
+    d.seq_length = seq;
+    d.cache_bytes = uint64_t{64} << 20;
+    if (!std::filesystem::exists(std::filesystem::path(dir) / "manifest.json")) {
+      d.vocab_path = (std::filesystem::path(dir) / "vocab.txt").string();  // NVIDIA shards
+    }
+    data::ShardDataset dataset(d);
+    const uint64_t n = dataset.num_examples();
+    // Uniform draws of example indices, read in index order (chunk locality), kept in draw order.
+    std::mt19937_64 rng(o.seed ^ 0x6c656e67746873ULL);  // "lengths": its own stream, apart from the batches'
+    std::uniform_int_distribution<uint64_t> pick(0, n - 1);
+    std::vector<std::pair<uint64_t, size_t>> draws(count);
+    for (size_t i = 0; i < count; ++i) draws[i] = {pick(rng), i};
+    std::sort(draws.begin(), draws.end());
+    std::vector<int32_t> ids(static_cast<size_t>(seq)), segments(static_cast<size_t>(seq));
+    o.row_lengths.assign(count, 0);
+    for (const auto& [index, slot] : draws) {
+      int length = 0;
+      int32_t next_sentence = -1;
+      dataset.read(index, ids.data(), segments.data(), &length, &next_sentence);
+      o.row_lengths[slot] = length;
+    }
+    o.corpus_examples = n;
+  } catch (const Error& e) {
+    fail("--lengths-from ", dir, ": ", e.what());
+  }
+}
+
 StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicator& comm) {
   if (o.device != "cpu" && o.device != "cuda") fail("--device ", o.device, ": expected cpu or cuda");
   const bool cuda = o.device == "cuda";
@@ -259,20 +333,46 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
                                                   *backend, net.gradients(), n_params, ro);
   }
 
-  // A few distinct batches, cycled.
+  // A few distinct batches, cycled. With --lengths-from the rows take the sampled corpus lengths in turn.
+  std::vector<int> lengths = o.row_lengths;
+  uint64_t corpus_examples = o.corpus_examples;
+  const int n_batches = distinct_batches(o);
+  if (!o.lengths_from.empty() && lengths.size() < static_cast<size_t>(n_batches) * o.batch) {
+    StepBenchOptions with_lengths = o;
+    load_row_lengths(with_lengths, S, row_length_sample_size(o));
+    lengths = std::move(with_lengths.row_lengths);
+    corpus_examples = with_lengths.corpus_examples;
+  }
   std::mt19937_64 rng(o.seed);
   const int total = o.warmup + o.steps;
   std::vector<Batch> batches;
-  for (int i = 0; i < std::min(total, 4); ++i) {
-    batches.push_back(synthetic_batch(rng, o.batch, comm.rank(), ranks, S, P, model.vocab_size));
+  std::vector<GlobalNormalizers> globals;
+  std::vector<double> real_tokens, trimmed_slots;  // per batch, global
+  for (int i = 0; i < n_batches; ++i) {
+    const int* row_lengths = lengths.empty() ? nullptr : lengths.data() + static_cast<size_t>(i) * o.batch;
+    batches.push_back(synthetic_batch(rng, o.batch, comm.rank(), ranks, S, P, model.vocab_size, row_lengths));
+    // The global counts, as the loader's allreduce would give them: every rank knows every row's length.
+    double real = 0.0, predictions = 0.0, trimmed = 0.0;
+    const int rows = o.batch / ranks;
+    for (int q = 0; q < ranks; ++q) {
+      int longest = 0;
+      for (int g = q * rows; g < (q + 1) * rows; ++g) {
+        const int L = row_lengths != nullptr ? std::clamp(row_lengths[g], 2, S) : S;
+        real += L;
+        predictions += row_lengths == nullptr ? P : row_predictions(L, P);
+        longest = std::max(longest, L);
+      }
+      trimmed += static_cast<double>(rows) * std::min(S, (longest + 7) / 8 * 8);
+    }
+    globals.push_back(GlobalNormalizers{predictions, real, static_cast<double>(o.batch)});
+    real_tokens.push_back(real);
+    trimmed_slots.push_back(trimmed);
   }
-  // Every row is full and has P predictions of weight 1: the global counts are known.
-  const GlobalNormalizers global{static_cast<double>(o.batch) * P, static_cast<double>(o.batch) * S,
-                                 static_cast<double>(o.batch)};
 
   PhaseClock clock(*backend);
   std::vector<std::pair<std::string, std::vector<double>>> phase_table;
   std::vector<double> step_times, reduce_times;
+  double timed_real_tokens = 0.0, timed_trimmed_slots = 0.0;
   double reduce_in_hooks = 0.0;
   double cpu_start = 0.0;
   comm.barrier();
@@ -286,7 +386,7 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
     ctx.seed = o.seed;
     ctx.step = static_cast<uint64_t>(i);
     ctx.training = true;
-    ctx.global = global;
+    ctx.global = globals[i % batches.size()];
     ctx.copy_outputs = false;
     const double loss_scale = loss_scaler.scale();
     ctx.loss_scale = static_cast<float>(loss_scale);
@@ -343,6 +443,8 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
     const double slowest = ranks > 1 ? comm.allreduce_max(local) : local;
     if (timed) {
       step_times.push_back(slowest);
+      timed_real_tokens += real_tokens[i % batches.size()];
+      timed_trimmed_slots += trimmed_slots[i % batches.size()];
       reduce_times.push_back(reduce_s);
       if (o.breakdown) {
         clock.finish_step(phase_table);
@@ -379,7 +481,13 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
   r.median_step_s = median(step_times);
   r.min_step_s = *std::min_element(step_times.begin(), step_times.end());
   r.max_step_s = *std::max_element(step_times.begin(), step_times.end());
-  r.tokens_per_s = static_cast<double>(o.batch) * S / r.median_step_s;
+  const double slots = static_cast<double>(o.batch) * S;  // per step, all computed
+  r.slot_tokens_per_s = slots / r.median_step_s;
+  r.real_token_fraction = timed_real_tokens / (slots * o.steps);
+  r.tokens_per_s = r.real_token_fraction * r.slot_tokens_per_s;
+  r.trimmed_slot_fraction = timed_trimmed_slots / (slots * o.steps);
+  r.lengths_from = o.lengths_from;
+  r.corpus_examples = corpus_examples;
   r.flops_per_step = model_flops_per_step(model, o.batch, S);
   r.model_gflops = r.flops_per_step / r.median_step_s / 1e9;
   r.peak_fraction = r.model_gflops / (r.peak_gflops_per_rank * ranks);
@@ -408,8 +516,20 @@ std::string format_text(const StepBenchResult& r) {
   s << "  step        median " << 1e3 * r.median_step_s << " ms (min " << 1e3 * r.min_step_s << ", max "
     << 1e3 * r.max_step_s << ") over " << r.steps << " steps after " << r.warmup << " warm-up; CPU "
     << 1e3 * r.cpu_s_per_step << " ms per step\n";
-  s << "  throughput  " << std::setprecision(0) << r.tokens_per_s << " tokens/s, " << std::setprecision(1)
-    << r.model_gflops << " model GFLOP/s (" << std::setprecision(2) << r.flops_per_step / 1e9 << " GFLOP per step)\n";
+  if (!r.lengths_from.empty()) {
+    s << "  lengths     of " << r.corpus_examples << " examples of " << r.lengths_from << ": real tokens fill "
+      << std::setprecision(1) << 100.0 * r.real_token_fraction << "% of the slots; trimmed to each rank's longest row "
+      << "(a multiple of 8) a step would compute " << 100.0 * r.trimmed_slot_fraction
+      << "% of them (not implemented: every slot is computed)\n";
+  }
+  s << "  throughput  " << std::setprecision(0) << r.tokens_per_s << " tokens/s";
+  if (r.lengths_from.empty()) {
+    s << " (every slot a real token)";
+  } else {
+    s << " real (non-pad), " << r.slot_tokens_per_s << " slot tokens/s";
+  }
+  s << ", " << std::setprecision(1) << r.model_gflops << " model GFLOP/s on all slots (" << std::setprecision(2)
+    << r.flops_per_step / 1e9 << " GFLOP per step)\n";
   s << "  GEMM peak   " << std::setprecision(1) << r.peak_gflops_per_rank << " GFLOP/s per rank ("
     << (r.storage == "bf16" ? std::string("bf16") : r.precision) << " GEMM, " << r.threads
     << " thread(s)): " << 100.0 * r.peak_fraction << "% of peak\n";
@@ -462,6 +582,11 @@ nlohmann::json to_json(const StepBenchResult& r) {
                         {"max_step_s", r.max_step_s},
                         {"cpu_s_per_step", r.cpu_s_per_step},
                         {"tokens_per_s", r.tokens_per_s},
+                        {"slot_tokens_per_s", r.slot_tokens_per_s},
+                        {"real_token_fraction", r.real_token_fraction},
+                        {"trimmed_slot_fraction", r.trimmed_slot_fraction},
+                        {"lengths_from", r.lengths_from},
+                        {"corpus_examples", r.corpus_examples},
                         {"flops_per_step", r.flops_per_step},
                         {"model_gflops_per_s", r.model_gflops},
                         {"peak_gflops_per_rank", r.peak_gflops_per_rank},

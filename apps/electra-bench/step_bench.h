@@ -46,6 +46,13 @@ struct StepBenchOptions {
   // (auto: nccl on GPUs when every rank has its own, else host). With one rank, auto measures no allreduce;
   // an explicit transport runs it anyway (NCCL over one GPU, for a smoke test).
   std::string transport = "auto";
+  // Row lengths: "" for full rows (every slot a real token); else a shards directory (electra-mpi, or NVIDIA
+  // BERT HDF5 with vocab.txt beside them) whose examples' lengths the rows take: a sample of its examples
+  // drawn with the seed, each row real tokens then [PAD] (input_mask 0). load_row_lengths fills the sample;
+  // run_step_bench calls it when row_lengths is empty.
+  std::string lengths_from;
+  std::vector<int> row_lengths;  // lengths of the sampled examples, [CLS] and [SEP] included
+  uint64_t corpus_examples = 0;  // examples in lengths_from
 };
 
 // Time of one phase of the step: the median over the timed steps, and the mean.
@@ -70,8 +77,16 @@ struct StepBenchResult {
   // Per step (the slowest rank's time at each step; medians over the timed steps).
   double median_step_s = 0.0, min_step_s = 0.0, max_step_s = 0.0;
   double cpu_s_per_step = 0.0;  // process CPU time (user + system) per timed step, summed over ranks
-  double tokens_per_s = 0.0;
-  double flops_per_step = 0.0;  // model_flops_per_step
+  // Tokens: real (input_mask 1) tokens per second, what the model learns from; slot tokens (rows x seq, padding
+  // included) per second, what it computes on (every slot is computed: no step trims its batch yet).
+  double tokens_per_s = 0.0, slot_tokens_per_s = 0.0;
+  double real_token_fraction = 1.0;  // real tokens / slots over the timed steps
+  // Slots a step would compute if each rank trimmed its rows to their longest (rounded up to a multiple of
+  // 8), over the slots computed now (1: every slot is computed). What trimming would save; not implemented.
+  double trimmed_slot_fraction = 1.0;
+  std::string lengths_from;  // --lengths-from ("" for full rows)
+  uint64_t corpus_examples = 0;
+  double flops_per_step = 0.0;  // model_flops_per_step over all slots: the FLOPs computed, padding included
   double model_gflops = 0.0;    // flops_per_step / median step
   double peak_gflops_per_rank = 0.0;
   double peak_fraction = 0.0;    // model_gflops / (peak_gflops_per_rank * ranks)
@@ -81,6 +96,17 @@ struct StepBenchResult {
   double first_loss = 0.0, last_loss = 0.0;
   std::vector<PhaseTime> phases;  // with --breakdown (rank 0's)
 };
+
+// Samples `count` example lengths of the shards in `options.lengths_from` into options.row_lengths (uniform
+// over its examples, with options.seed), for rows of `seq` slots. Fails, naming --lengths-from and the path,
+// when it is not a readable shards directory of that sequence length.
+void load_row_lengths(StepBenchOptions& options, int seq, size_t count);
+
+// The sequence length a run of `options` uses (--seq, else the config's).
+int resolve_seq(const StepBenchOptions& options);
+
+// Examples load_row_lengths samples for run_step_bench: enough for every row of the distinct batches.
+size_t row_length_sample_size(const StepBenchOptions& options);
 
 // Collective over `comm`: every rank runs the same steps on its slice of each global batch.
 StepBenchResult run_step_bench(const StepBenchOptions& options, const dist::Communicator& comm);

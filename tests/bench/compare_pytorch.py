@@ -7,8 +7,8 @@ threads) and storage modes (--ours-storage, passed on as electra-bench --storage
 interpreter (--torch-python) x mode (--torch-modes: eager-fp32, eager-bf16 = bf16 autocast, sdpa-* =
 F.scaled_dot_product_attention, compile-* = torch.compile; see electra_step_reference.py) x thread count,
 so a change in the machine's load hits all alike. Records the load average before every run. Prints one
-row per configuration with the median over rounds of tokens/s, model GFLOP/s, fraction of the sgemm peak
-(ours; PyTorch's runs use our measured peak at the same thread count), peak RSS, compile time (PyTorch's
+row per configuration with the median over rounds of tokens/s, model GFLOP/s, fraction of the GEMM peak in
+the run's precision (ours; PyTorch's runs use our measured fp32 or bf16 peak at the same thread count), peak RSS, compile time (PyTorch's
 warm-up time beyond its median step: give torch.compile modes --warmup >= 2; it is not in tokens/s),
 our best tokens/s over the row's, and for each PyTorch the ratio of our best to its best mode. The
 header names the CPU and whether it has avx512_bf16 / amx_bf16. A configuration that fails (a mode this
@@ -190,13 +190,14 @@ def main():
                 rnd, label, result["tokens_per_s"], result["peak_rss_mib"], before, result["load_after"], extra),
                 flush=True)
 
-    # Our sgemm peak per thread count (PyTorch's runs are compared with our peak at the same threads).
+    # Our GEMM peak per thread count and precision (electra-bench measures it in its storage's arithmetic):
+    # PyTorch's runs are compared with our peak at the same threads, bf16 for its bf16 autocast modes.
     peaks = {}
     for label, rs in runs.items():
         for r in rs:
             if "peak_gflops_per_rank" in r and r.get("ranks", 1) == 1:
-                peaks.setdefault(r["threads"], []).append(r["peak_gflops_per_rank"])
-    peak = {t: statistics.median(v) for t, v in peaks.items()}
+                peaks.setdefault((r["threads"], r.get("storage", "fp32")), []).append(r["peak_gflops_per_rank"])
+    peak = {key: statistics.median(v) for key, v in peaks.items()}
 
     rows, best = [], {}  # best[kind] = (tokens/s, peak RSS, label)
     for label, mode, (ranks, threads), _, _, kind in jobs:
@@ -212,7 +213,8 @@ def main():
         if "peak_gflops_per_rank" in rs[0]:
             frac = statistics.median(r["peak_fraction"] for r in rs)
         else:
-            frac = gfl / peak[threads] if threads in peak else float("nan")
+            key = (threads, "bf16" if "bf16" in mode else "fp32")
+            frac = gfl / peak[key] if key in peak else float("nan")
         if kind not in best or tps > best[kind][0]:
             best[kind] = (tps, rss, label)
         rows.append((label, mode, ranks, threads, (tps, gfl, frac, rss, comp, ld, len(rs))))
@@ -221,7 +223,7 @@ def main():
     print("ELECTRA %s, batch %d x seq %d, median of %d rounds of %d timed steps after %d warm-up; CPU: %s" % (
         args.config, args.batch, args.seq, args.rounds, args.steps, args.warmup, cpu))
     print()
-    print("| implementation | mode | ranks x threads | tokens/s | model GFLOP/s | fraction of sgemm peak | "
+    print("| implementation | mode | ranks x threads | tokens/s | model GFLOP/s | fraction of GEMM peak | "
           "peak RSS MiB | compile s | load (median) | best ours / this |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     ours = best.get("ours")

@@ -56,6 +56,21 @@ if(TARGET electra-bench)
             --peak-gemm 64 --storage bf16 --json)
   set_tests_properties(BenchSmoke.ElectraBenchBf16StorageJson PROPERTIES LABELS bench_smoke TIMEOUT 120
     PASS_REGULAR_EXPRESSION "\"storage\":\"bf16\".*\"tokens_per_s\":[0-9]")
+  # --lengths-from: rows as long as a corpus's examples (shards of short documents made in the test), the rest
+  # padding; tokens/s counts the real tokens, below the slot tokens/s. A path that is not a shards directory
+  # is a usage error: exit code 2, naming the path.
+  if(TARGET electra-preprocess)
+    add_test(NAME BenchSmoke.ElectraBenchLengthsFrom
+      COMMAND sh ${CMAKE_CURRENT_LIST_DIR}/lengths_smoke.sh $<TARGET_FILE:electra-preprocess>
+              $<TARGET_FILE:electra-bench>)
+    set_tests_properties(BenchSmoke.ElectraBenchLengthsFrom PROPERTIES LABELS bench_smoke TIMEOUT 120
+      PASS_REGULAR_EXPRESSION "\"lengths_from\":\"[^\"]+/shards\".*PASS: real_token_fraction")
+  endif()
+  add_test(NAME BenchSmoke.ElectraBenchLengthsFromBadPath
+    COMMAND sh -c "\"$0\" --config tiny --lengths-from /nonexistent/electra-shards; echo \"exit=$?\""
+            $<TARGET_FILE:electra-bench>)
+  set_tests_properties(BenchSmoke.ElectraBenchLengthsFromBadPath PROPERTIES LABELS bench_smoke TIMEOUT 60
+    PASS_REGULAR_EXPRESSION "--lengths-from /nonexistent/electra-shards: not a directory.*exit=2")
   # On GPUs (skips without one; picked up by tests/cuda/run_on_gpu.sh's -R "...|Nccl|..."): nccl on one GPU
   # per rank (two ranks with two GPUs, else one), overlapped and not, against host staging, bitwise.
   if(TARGET electra_backend_cuda)
