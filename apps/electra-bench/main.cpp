@@ -11,6 +11,7 @@
 #include "lib/core/log.h"
 #include "lib/dist/communicator.h"
 #include "lib/dist/rank_main.h"
+#include "lib/train/device.h"
 
 int main(int argc, char** argv) {
   electra::bench::StepBenchOptions o;
@@ -40,8 +41,8 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"auto", "materialized", "fused"}))
       ->capture_default_str();
   app.add_option("--precision", o.precision,
-                 "GEMM/attention arithmetic: fp32 | tf32 | bf16 | fp16 (tensor-core modes need --device cuda; the "
-                 "peak GEMM runs in the same mode; fp16 uses dynamic loss scaling)")
+                 "GEMM/attention arithmetic: fp32 | tf32 | bf16 | fp16 (the CPU: fp32 | bf16, bf16 being bf16 storage; "
+                 "the peak GEMM runs in the same mode; fp16 uses dynamic loss scaling)")
       ->check(CLI::IsMember({"fp32", "tf32", "bf16", "fp16"}))
       ->capture_default_str();
   app.add_option("--storage", o.storage,
@@ -63,9 +64,10 @@ int main(int argc, char** argv) {
   app.add_flag("--json", json, "print one JSON line instead of text");
   CLI11_PARSE(app, argc, argv);
   o.overlap = !no_overlap;
-  if (o.precision != "fp32" && o.precision != "bf16" && o.device != "cuda") {
-    std::cerr << "electra-bench: --precision " << o.precision
-              << " needs --device cuda (the CPU computes in fp32, or bf16 with bf16 storage)\n";
+  try {  // before MPI starts, as the other flag errors
+    electra::check_precision(o.precision, o.device, "--precision");
+  } catch (const electra::Error& e) {
+    std::cerr << "electra-bench: " << e.what() << "\n";
     return 2;
   }
   if (o.device == "cuda") {

@@ -18,9 +18,8 @@
 #   (--mca coll_libnbc_iallreduce_algorithm 1: reduce-scatter then allgather, both directions at once).
 # Usage: tests/bench/multihost_bandwidth.sh [BUILD_DIR]   (default $ELECTRA_BUILD_DIR, else build/)
 # Environment: CONFIGS (default "small base"), RATES_MBIT (default "10000 1000"), RING_RATES_MBIT (default
-#   "1000"; "" for none), OUT (results; default
-#   BUILD_DIR/bench/multihost_bandwidth), BENCH_ARGS_small / BENCH_ARGS_base (the per-config electra-bench
-#   arguments below). Needs root or CAP_NET_ADMIN, iproute2 (ip, tc), mpirun, python3; exit 77 without.
+#   "1000"; "" for none), OUT (results; default BUILD_DIR/bench/multihost_bandwidth), BENCH_ARGS_small and
+#   BENCH_ARGS_base (the per-config electra-bench arguments below; about 8 minutes for both configs here). Needs root or CAP_NET_ADMIN, iproute2 (ip, tc), mpirun, python3; exit 77 without.
 #   Every namespace it made is deleted on exit, also on failure or Ctrl-C.
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -133,10 +132,9 @@ for config in $configs; do
   for overlap in on off; do run "$config" onehost $overlap; done
   shape 0
   for overlap in on off; do run "$config" unshaped $overlap; done
-  for mbit in $rates; do
-    shape "$mbit"
-    for overlap in on off; do run "$config" "$mbit" $overlap; done
-    case " $ring_rates " in *" $mbit "*) for overlap in on off; do run "$config" "$mbit" $overlap ring; done ;; esac
+  for mbit in $rates; do  # shaped afresh for every run: the tbf counters in each JSON are that run's
+    for overlap in on off; do shape "$mbit" && run "$config" "$mbit" $overlap; done
+    case " $ring_rates " in *" $mbit "*) for overlap in on off; do shape "$mbit" && run "$config" "$mbit" $overlap ring; done ;; esac
   done
   shape 0
 done

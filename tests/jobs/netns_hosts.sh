@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034,SC2154  # sourced: sets arrays for the caller, reads its $tmp
 # Two "hosts" on one machine, sourced by tests/jobs/multihost_test.sh and tests/bench/multihost_bandwidth.sh:
 # network namespaces a and b joined by a veth pair ($subnet.1 and $subnet.2, interface $ifname in each,
 # nothing in the root namespace), and mpirun across them, one rank per host, Open MPI over TCP only:
@@ -46,7 +47,7 @@ netns_hosts_cleanup() {
 # runs whose process is gone are deleted here, with what still runs in them (that run's ranks and daemons).
 netns_reap_stale() {
   local ns pid p
-  for ns in $(ip netns list 2> /dev/null | grep -oE "^$netns_prefix[0-9]+[ab]\b"); do
+  for ns in $(ip netns list 2> /dev/null | grep -oE "^${netns_prefix}[0-9]+[ab]\b"); do
     pid=${ns#"$netns_prefix"}
     pid=${pid%?}
     [ "$pid" = $$ ] || ! kill -0 "$pid" 2> /dev/null || continue
