@@ -18,8 +18,9 @@
 // Determinism: for one problem and one thread count the bits are the same every run. Across thread counts
 // they are not promised: where oneDNN splits K over threads (brgemm, when M x N has too few blocks for
 // the threads: dW 256x256 with K 4096 at 8 threads, 64x64 with K 8192 at 2) or gemm:jit changes its
-// partition, sums are added in another order. tests/backend/onednn_matmul_test.cpp checks that ELECTRA-
-// small's linear layers give the same bits at 1 and 2 threads and prints the rest.
+// partition, sums are added in another order (tests/backend/onednn_matmul_test.cpp prints a survey). A call
+// from inside an OpenMP parallel region runs on its thread alone, so the model's parallel chunks give the
+// same bits for any thread count.
 #pragma once
 
 #include <cstddef>
