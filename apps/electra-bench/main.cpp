@@ -60,6 +60,9 @@ int main(int argc, char** argv) {
                  "shards directory (electra-preprocess output) whose examples' lengths the rows take: a sample drawn "
                  "with --seed, real tokens then padding (input_mask 0); tokens/s counts real tokens, slot tokens/s "
                  "all rows x seq (all computed). Default: full rows");
+  app.add_option("--optimizer", o.optimizer, "adamw | lamb, as electra-train's optim.name")
+      ->check(CLI::IsMember({"adamw", "lamb"}))
+      ->capture_default_str();
   app.add_flag("--no-overlap", no_overlap, "allreduce after backward instead of overlapping it with backward");
   app.add_flag("--json", json, "print one JSON line instead of text");
   CLI11_PARSE(app, argc, argv);

@@ -22,6 +22,7 @@
 #include "lib/model/pretrainer.h"
 #include "lib/optim/adamw.h"
 #include "lib/optim/loss_scaler.h"
+#include "lib/optim/optimizer.h"
 #include "lib/train/device.h"
 #include "lib/train/gradient_allreduce.h"
 
@@ -314,9 +315,11 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
   net.set_recompute_ffn_activations(o.recompute_ffn);
   net.set_attention_impl(parse_attention_impl(o.attention, "--attention"));
   OptimizerConfig optim;
+  optim.name = o.optimizer;
   optim.warmup_steps = 0;  // a non-zero learning rate from the first step
   optim.total_steps = 1000000;
-  AdamW<float> optimizer(optim, net.layout(), *backend);
+  const std::unique_ptr<Optimizer<float>> owned_optimizer = make_optimizer(optim, net.layout(), *backend);
+  Optimizer<float>& optimizer = *owned_optimizer;
   LossScaler loss_scaler(LossScaleConfig{}, o.precision == "fp16");  // dynamic for fp16, else off
   const size_t n_params = net.layout().total_size();
 
@@ -476,6 +479,7 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
   r.attention = o.attention;
   r.precision = o.precision;
   r.storage = storage;
+  r.optimizer = o.optimizer;
   r.transport = reducer ? dist::to_string(reducer->transport()) : "none";
   r.loss_scale = loss_scaler.scale();
   r.median_step_s = median(step_times);
@@ -511,7 +515,8 @@ std::string format_text(const StepBenchResult& r) {
     << r.parameters / 1e6 << "M parameters\n";
   s << "  batch " << r.batch << " x seq " << r.seq << ", " << r.predictions << " predictions per row; " << r.ranks
     << " rank(s) x " << r.threads << " thread(s), " << r.chunks << " parallel chunk(s), " << r.backend << ", precision "
-    << r.precision << ", storage " << r.storage << ", attention " << r.attention << "\n";
+    << r.precision << ", storage " << r.storage << ", attention " << r.attention << ", optimizer " << r.optimizer
+    << "\n";
   s << std::setprecision(1);
   s << "  step        median " << 1e3 * r.median_step_s << " ms (min " << 1e3 * r.min_step_s << ", max "
     << 1e3 * r.max_step_s << ") over " << r.steps << " steps after " << r.warmup << " warm-up; CPU "
@@ -575,6 +580,7 @@ nlohmann::json to_json(const StepBenchResult& r) {
                         {"attention", r.attention},
                         {"precision", r.precision},
                         {"storage", r.storage},
+                        {"optimizer", r.optimizer},
                         {"transport", r.transport},
                         {"loss_scale", r.loss_scale},
                         {"median_step_s", r.median_step_s},

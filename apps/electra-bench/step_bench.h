@@ -46,6 +46,8 @@ struct StepBenchOptions {
   // (auto: nccl on GPUs when every rank has its own, else host). With one rank, auto measures no allreduce;
   // an explicit transport runs it anyway (NCCL over one GPU, for a smoke test).
   std::string transport = "auto";
+  // The optimizer, as electra-train's optim.name: adamw | lamb.
+  std::string optimizer = "adamw";
   // Row lengths: "" for full rows (every slot a real token); else a shards directory (electra-mpi, or NVIDIA
   // BERT HDF5 with vocab.txt beside them) whose examples' lengths the rows take: a sample of its examples
   // drawn with the seed, each row real tokens then [PAD] (input_mask 0). load_row_lengths fills the sample;
@@ -69,11 +71,12 @@ struct StepBenchResult {
   int batch = 0, seq = 0, predictions = 0, ranks = 1, threads = 1, chunks = 1, steps = 0, warmup = 0;
   size_t parameters = 0;
   bool overlap = true, recompute_ffn = false;
-  std::string attention = "auto";  // the --attention asked for (auto: fused except on the CPU)
-  std::string precision = "fp32";  // the --precision
-  std::string storage = "fp32";    // the --storage, resolved
-  std::string transport = "none";  // the --transport, resolved; "none" without an allreduce (one rank, auto)
-  double loss_scale = 1.0;         // the loss scale after the last step (fp16: dynamic)
+  std::string attention = "auto";   // the --attention asked for (auto: fused except on the CPU)
+  std::string precision = "fp32";   // the --precision
+  std::string storage = "fp32";     // the --storage, resolved
+  std::string optimizer = "adamw";  // --optimizer
+  std::string transport = "none";   // the --transport, resolved; "none" without an allreduce (one rank, auto)
+  double loss_scale = 1.0;          // the loss scale after the last step (fp16: dynamic)
   // Per step (the slowest rank's time at each step; medians over the timed steps).
   double median_step_s = 0.0, min_step_s = 0.0, max_step_s = 0.0;
   double cpu_s_per_step = 0.0;  // process CPU time (user + system) per timed step, summed over ranks

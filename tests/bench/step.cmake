@@ -50,6 +50,12 @@ if(TARGET electra-bench)
       PASS_REGULAR_EXPRESSION
       "no avx512_bf16 or amx_bf16 in effect.*computing in fp32 instead.*precision bf16, storage fp32")
   endif()
+  # LAMB (optim.name) in the benchmark's step.
+  add_test(NAME BenchSmoke.ElectraBenchLamb
+    COMMAND $<TARGET_FILE:electra-bench> --config tiny --batch 2 --seq 32 --steps 2 --warmup 0 --threads 1
+            --peak-gemm 64 --optimizer lamb --json)
+  set_tests_properties(BenchSmoke.ElectraBenchLamb PROPERTIES LABELS bench_smoke TIMEOUT 120
+    PASS_REGULAR_EXPRESSION "\"optimizer\":\"lamb\".*\"tokens_per_s\":[0-9]")
   # bf16 storage on the CPU (the oneDNN backend where the build has it; the reference otherwise).
   add_test(NAME BenchSmoke.ElectraBenchBf16StorageJson
     COMMAND $<TARGET_FILE:electra-bench> --config tiny --batch 2 --seq 32 --steps 1 --warmup 0 --threads 1
