@@ -518,6 +518,24 @@ ELECTRA_CPU_CLONES void gather_row(T* dst, const T* src, int C) {
 // Row tiles for the float loss kernels: rows [r0, r0 + rows_per_tile * ...) of a [rows, V] tensor.
 int loss_tile_rows(int V) { return std::max(1, kLossTile / V); }
 
+// Runs f(r0, r1, w) over row tiles of a [rows, V] bfloat16 tensor x, w being the tile's rows widened into
+// this thread's float tile (at the reference's alignment, so the float kernel's vector loops split alike);
+// f may overwrite w. In parallel over tiles when the tensor is large.
+template <typename F>
+void for_each_widened_tile(const T* x, int rows, int V, F&& f) {
+  const int per_tile = loss_tile_rows(V);
+  const int tiles = (rows + per_tile - 1) / per_tile;
+  const bool parallel = static_cast<long long>(rows) * V > kRowsParallelMin;
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int t = 0; t < tiles; ++t) {
+    const int r0 = t * per_tile, r1 = std::min(rows, r0 + per_tile);
+    const size_t begin = static_cast<size_t>(r0) * V, count = static_cast<size_t>(r1 - r0) * V;
+    float* w = at_reference_alignment(scratch<kTileA>(count + 15), begin);
+    widen_chunk(w, x + begin, count);
+    f(r0, r1, w);
+  }
+}
+
 // losses.cpp's gumbel_scores on bfloat16 logits: the same double arithmetic, without contraction.
 ELECTRA_CPU_CLONES ELECTRA_NO_FP_CONTRACT void gumbel_scores(double* score, const PhiloxStream& stream, uint64_t n0,
                                                              const T* x, int count, int banned, double temperature) {
@@ -843,37 +861,21 @@ void softmax_cross_entropy(float* loss, T* dlogits, int32_t* argmax, const T* lo
     ELECTRA_CHECK(labels[r] >= 0 && labels[r] < V, "softmax_cross_entropy: labels[", r, "] = ", labels[r],
                   " outside [0, ", V, ")");
   }
-  const int per_tile = loss_tile_rows(V);
-  const int tiles = (rows + per_tile - 1) / per_tile;
-  const bool parallel = static_cast<long long>(rows) * V > kRowsParallelMin;
-#pragma omp parallel for schedule(static) if (parallel)
-  for (int t = 0; t < tiles; ++t) {
-    const int r0 = t * per_tile, r1 = std::min(rows, r0 + per_tile);
-    const size_t begin = static_cast<size_t>(r0) * V, count = static_cast<size_t>(r1 - r0) * V;
-    float* w = at_reference_alignment(scratch<kTileA>(count + 15), begin);
-    widen_chunk(w, logits + begin, count);
+  for_each_widened_tile(logits, rows, V, [&](int r0, int r1, float* w) {
     // The float kernel turns the widened logits into dlogits in place (it allows the alias).
     cpu::softmax_cross_entropy<float>(loss != nullptr ? loss + r0 : nullptr, dlogits != nullptr ? w : nullptr,
                                       argmax != nullptr ? argmax + r0 : nullptr, w, labels + r0,
                                       grad_scale != nullptr ? grad_scale + r0 : nullptr, r1 - r0, V);
-    if (dlogits != nullptr) narrow_chunk(dlogits + begin, w, count);
-  }
+    if (dlogits != nullptr) narrow_chunk(dlogits + static_cast<size_t>(r0) * V, w, static_cast<size_t>(r1 - r0) * V);
+  });
 }
 
 void log_softmax(T* y, const T* x, int rows, int V) {
   ELECTRA_CHECK(rows >= 0 && V > 0, "log_softmax: bad shape rows=", rows, " V=", V);
-  const int per_tile = loss_tile_rows(V);
-  const int tiles = (rows + per_tile - 1) / per_tile;
-  const bool parallel = static_cast<long long>(rows) * V > kRowsParallelMin;
-#pragma omp parallel for schedule(static) if (parallel)
-  for (int t = 0; t < tiles; ++t) {
-    const int r0 = t * per_tile, r1 = std::min(rows, r0 + per_tile);
-    const size_t begin = static_cast<size_t>(r0) * V, count = static_cast<size_t>(r1 - r0) * V;
-    float* w = at_reference_alignment(scratch<kTileA>(count + 15), begin);
-    widen_chunk(w, x + begin, count);
+  for_each_widened_tile(x, rows, V, [&](int r0, int r1, float* w) {
     cpu::log_softmax<float>(w, w, r1 - r0, V);
-    narrow_chunk(y + begin, w, count);
-  }
+    narrow_chunk(y + static_cast<size_t>(r0) * V, w, static_cast<size_t>(r1 - r0) * V);
+  });
 }
 
 void sigmoid_cross_entropy(float* loss, T* dlogit, const T* logit, const int32_t* label, const float* grad_scale,
