@@ -24,8 +24,9 @@ function(electra_app name)
   set_target_properties(${name} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR}/bin)
 endfunction()
 
-# electra_test(NAME SOURCES ... DEPS ... [LABELS ...] [TIMEOUT s]): a GoogleTest binary, one CTest entry
-# per test case (gtest_discover_tests).
+# electra_test(NAME SOURCES ... DEPS ... [LABELS ...] [TIMEOUT s] [NO_DISCOVERY]): a GoogleTest binary, one
+# CTest entry per test case (gtest_discover_tests); with NO_DISCOVERY the caller adds its own entries (a binary
+# of many short tests, whose process start-ups would cost more than the tests).
 include(GoogleTest)
 
 # main() for electra_test binaries (tests/support/test_main.cpp), built once.
@@ -39,12 +40,15 @@ function(electra_test_main_library)
   endif()
 endfunction()
 function(electra_test name)
-  cmake_parse_arguments(ARG "" "TIMEOUT" "SOURCES;DEPS;LABELS" ${ARGN})
+  cmake_parse_arguments(ARG "NO_DISCOVERY" "TIMEOUT" "SOURCES;DEPS;LABELS" ${ARGN})
   electra_test_main_library()
   add_executable(${name} ${ARG_SOURCES})
   electra_target_defaults(${name})
   target_link_libraries(${name} PRIVATE ${ARG_DEPS} electra_test_main)
   set_target_properties(${name} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${PROJECT_BINARY_DIR}/tests)
+  if(ARG_NO_DISCOVERY)
+    return()
+  endif()
   if(NOT ARG_TIMEOUT)
     set(ARG_TIMEOUT 300)
   endif()

@@ -15,7 +15,7 @@
 
 int main(int argc, char** argv) {
   electra::bench::StepBenchOptions o;
-  bool json = false, no_overlap = false;
+  bool json = false, no_overlap = false, no_trim = false;
   CLI::App app{"electra-bench: ELECTRA pre-training step throughput on synthetic batches (CPU or CUDA backend)"};
   app.add_option("--config", o.config, "tiny|small|base|large or a JSON file (run config or model section)")
       ->capture_default_str();
@@ -59,14 +59,18 @@ int main(int argc, char** argv) {
   app.add_option("--lengths-from", o.lengths_from,
                  "shards directory (electra-preprocess output) whose examples' lengths the rows take: a sample drawn "
                  "with --seed, real tokens then padding (input_mask 0); tokens/s counts real tokens, slot tokens/s "
-                 "all rows x seq (all computed). Default: full rows");
+                 "all rows x seq (computed on each rank's longest row unless --no-trim-padding). Default: full rows");
   app.add_option("--optimizer", o.optimizer, "adamw | lamb, as electra-train's optim.name")
       ->check(CLI::IsMember({"adamw", "lamb"}))
       ->capture_default_str();
   app.add_flag("--no-overlap", no_overlap, "allreduce after backward instead of overlapping it with backward");
+  app.add_flag("--no-trim-padding", no_trim,
+               "compute every slot; by default each rank's batch computes on its longest row (rounded up to 8), as "
+               "electra-train's data.trim_padding (matters only with --lengths-from)");
   app.add_flag("--json", json, "print one JSON line instead of text");
   CLI11_PARSE(app, argc, argv);
   o.overlap = !no_overlap;
+  o.trim_padding = !no_trim;
   try {  // before MPI starts, as the other flag errors
     electra::check_precision(o.precision, o.device, "--precision");
   } catch (const electra::Error& e) {

@@ -12,6 +12,7 @@
 #include <memory>
 #include <numeric>
 #include <random>
+#include <span>
 #include <sstream>
 #include <thread>
 
@@ -24,7 +25,7 @@
 #include "lib/optim/loss_scaler.h"
 #include "lib/optim/optimizer.h"
 #include "lib/train/device.h"
-#include "lib/train/gradient_allreduce.h"
+#include "lib/train/rank_reducer.h"
 
 #ifdef ELECTRA_BENCH_HAVE_CUDA
 #include "lib/backend/cuda/cuda_backend.h"
@@ -323,17 +324,20 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
   LossScaler loss_scaler(LossScaleConfig{}, o.precision == "fp16");  // dynamic for fp16, else off
   const size_t n_params = net.layout().total_size();
 
-  // electra-train's allreduce (gradient_allreduce.h): NCCL on the device buffer, or host staging when ranks
+  // electra-train's allreduce (rank_reducer.h): NCCL on the device buffer, or host staging when ranks
   // share a GPU. One rank needs none, unless a transport is named (NCCL over one GPU, for a smoke test).
-  std::unique_ptr<GradientAllreduce> reducer;
+  std::unique_ptr<dist::GradientReducer> reducer;
+  std::string transport_name = "none";
   if (ranks > 1 || o.transport != "auto") {
-    GradientAllreduceOptions ro;
+    RankReducerOptions ro;
     ro.reducer.op = dist::ReduceOp::kSum;  // losses are normalised by global counts, as electra-train does
     ro.reducer.boundaries = {net.layout().first_element_of(Network::kDiscriminator)};  // as electra-train
     ro.setting = "--transport";
     ro.asked = "--transport " + o.transport;
-    reducer = std::make_unique<GradientAllreduce>(comm, dist::parse_gradient_transport(o.transport), transport,
-                                                  *backend, net.gradients(), n_params, ro);
+    RankReducer made = make_rank_reducer(comm, dist::parse_gradient_transport(o.transport), transport, *backend,
+                                         net.gradients(), n_params, ro);
+    transport_name = dist::to_string(made.transport);
+    reducer = std::move(made.reducer);
   }
 
   // A few distinct batches, cycled. With --lengths-from the rows take the sampled corpus lengths in turn.
@@ -350,32 +354,36 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
   const int total = o.warmup + o.steps;
   std::vector<Batch> batches;
   std::vector<GlobalNormalizers> globals;
-  std::vector<double> real_tokens, trimmed_slots;  // per batch, global
+  std::vector<double> real_tokens;  // per batch, global
+  std::vector<int> computed_seq;    // per batch, this rank's: the trimmed length, or S
+  // Per batch, summed over ranks: slots trimmed to each rank's longest row, slots computed, FLOPs computed.
+  std::vector<double> shape_sums;
   for (int i = 0; i < n_batches; ++i) {
     const int* row_lengths = lengths.empty() ? nullptr : lengths.data() + static_cast<size_t>(i) * o.batch;
     batches.push_back(synthetic_batch(rng, o.batch, comm.rank(), ranks, S, P, model.vocab_size, row_lengths));
     // The global counts, as the loader's allreduce would give them: every rank knows every row's length.
-    double real = 0.0, predictions = 0.0, trimmed = 0.0;
-    const int rows = o.batch / ranks;
-    for (int q = 0; q < ranks; ++q) {
-      int longest = 0;
-      for (int g = q * rows; g < (q + 1) * rows; ++g) {
-        const int L = row_lengths != nullptr ? std::clamp(row_lengths[g], 2, S) : S;
-        real += L;
-        predictions += row_lengths == nullptr ? P : row_predictions(L, P);
-        longest = std::max(longest, L);
-      }
-      trimmed += static_cast<double>(rows) * std::min(S, (longest + 7) / 8 * 8);
+    double real = 0.0, predictions = 0.0;
+    for (int g = 0; g < o.batch; ++g) {
+      const int L = row_lengths != nullptr ? std::clamp(row_lengths[g], 2, S) : S;
+      real += L;
+      predictions += row_lengths == nullptr ? P : row_predictions(L, P);
     }
     globals.push_back(GlobalNormalizers{predictions, real, static_cast<double>(o.batch)});
     real_tokens.push_back(real);
-    trimmed_slots.push_back(trimmed);
+    const Batch& b = batches.back();
+    const int needed = needed_seq_length(b, 0, b.rows);
+    computed_seq.push_back(o.trim_padding ? needed : S);
+    shape_sums.push_back(static_cast<double>(b.rows) * needed);
+    shape_sums.push_back(static_cast<double>(b.rows) * computed_seq.back());
+    shape_sums.push_back(model_flops_per_step(model, b.rows, computed_seq.back()));
   }
+  if (ranks > 1) comm.allreduce_sum(std::span<double>(shape_sums));
+  Batch trimmed;  // the step's trimmed batch, as electra-train's: its vectors keep their capacity
 
   PhaseClock clock(*backend);
   std::vector<std::pair<std::string, std::vector<double>>> phase_table;
   std::vector<double> step_times, reduce_times;
-  double timed_real_tokens = 0.0, timed_trimmed_slots = 0.0;
+  double timed_real_tokens = 0.0, timed_trimmed_slots = 0.0, timed_computed_slots = 0.0, timed_flops = 0.0;
   double reduce_in_hooks = 0.0;
   double cpu_start = 0.0;
   comm.barrier();
@@ -418,7 +426,10 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
     if (o.breakdown) clock.mark("zero_gradients");
     net.zero_gradients();
     if (reducer && o.overlap) reducer->begin();
-    const PretrainerOutputs<float>& out = net.forward(batches[i % batches.size()], ctx);
+    const Batch& whole = batches[i % batches.size()];
+    const int seq = computed_seq[i % batches.size()];
+    if (seq < S) copy_rows(whole, 0, whole.rows, seq, trimmed);
+    const PretrainerOutputs<float>& out = net.forward(seq < S ? trimmed : whole, ctx);
     if (i == 0) r.first_loss = out.losses.total_loss;
     r.last_loss = out.losses.total_loss;
     net.backward();
@@ -446,8 +457,11 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
     const double slowest = ranks > 1 ? comm.allreduce_max(local) : local;
     if (timed) {
       step_times.push_back(slowest);
-      timed_real_tokens += real_tokens[i % batches.size()];
-      timed_trimmed_slots += trimmed_slots[i % batches.size()];
+      const size_t k = i % batches.size();
+      timed_real_tokens += real_tokens[k];
+      timed_trimmed_slots += shape_sums[3 * k];
+      timed_computed_slots += shape_sums[3 * k + 1];
+      timed_flops += shape_sums[3 * k + 2];
       reduce_times.push_back(reduce_s);
       if (o.breakdown) {
         clock.finish_step(phase_table);
@@ -476,25 +490,30 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
   r.parameters = n_params;
   r.overlap = o.overlap;
   r.recompute_ffn = o.recompute_ffn;
+  r.trim_padding = o.trim_padding;
   r.attention = o.attention;
   r.precision = o.precision;
   r.storage = storage;
   r.optimizer = o.optimizer;
-  r.transport = reducer ? dist::to_string(reducer->transport()) : "none";
+  r.transport = transport_name;
   r.loss_scale = loss_scaler.scale();
   r.median_step_s = median(step_times);
   r.min_step_s = *std::min_element(step_times.begin(), step_times.end());
   r.max_step_s = *std::max_element(step_times.begin(), step_times.end());
-  const double slots = static_cast<double>(o.batch) * S;  // per step, all computed
+  const double slots = static_cast<double>(o.batch) * S;  // per step
   r.slot_tokens_per_s = slots / r.median_step_s;
   r.real_token_fraction = timed_real_tokens / (slots * o.steps);
   r.tokens_per_s = r.real_token_fraction * r.slot_tokens_per_s;
   r.trimmed_slot_fraction = timed_trimmed_slots / (slots * o.steps);
+  r.computed_slot_fraction = timed_computed_slots / (slots * o.steps);
   r.lengths_from = o.lengths_from;
   r.corpus_examples = corpus_examples;
-  r.flops_per_step = model_flops_per_step(model, o.batch, S);
+  r.flops_per_step = timed_flops / o.steps;
+  r.slot_flops_per_step = model_flops_per_step(model, o.batch, S);
   r.model_gflops = r.flops_per_step / r.median_step_s / 1e9;
+  r.slot_gflops = r.slot_flops_per_step / r.median_step_s / 1e9;
   r.peak_fraction = r.model_gflops / (r.peak_gflops_per_rank * ranks);
+  r.slot_peak_fraction = r.slot_gflops / (r.peak_gflops_per_rank * ranks);
   r.allreduce_s = median(reduce_times);
   r.allreduce_share = r.allreduce_s / r.median_step_s;
   for (const auto& [name, times] : phase_table) {
@@ -524,8 +543,8 @@ std::string format_text(const StepBenchResult& r) {
   if (!r.lengths_from.empty()) {
     s << "  lengths     of " << r.corpus_examples << " examples of " << r.lengths_from << ": real tokens fill "
       << std::setprecision(1) << 100.0 * r.real_token_fraction << "% of the slots; trimmed to each rank's longest row "
-      << "(a multiple of 8) a step would compute " << 100.0 * r.trimmed_slot_fraction
-      << "% of them (not implemented: every slot is computed)\n";
+      << "(a multiple of 8) a step computes " << 100.0 * r.trimmed_slot_fraction << "% of them"
+      << (r.trim_padding ? "" : " (--no-trim-padding: every slot is computed)") << "\n";
   }
   s << "  throughput  " << std::setprecision(0) << r.tokens_per_s << " tokens/s";
   if (r.lengths_from.empty()) {
@@ -533,11 +552,19 @@ std::string format_text(const StepBenchResult& r) {
   } else {
     s << " real (non-pad), " << r.slot_tokens_per_s << " slot tokens/s";
   }
-  s << ", " << std::setprecision(1) << r.model_gflops << " model GFLOP/s on all slots (" << std::setprecision(2)
-    << r.flops_per_step / 1e9 << " GFLOP per step)\n";
+  s << ", " << std::setprecision(1) << r.model_gflops << " model GFLOP/s computed (" << std::setprecision(2)
+    << r.flops_per_step / 1e9 << " GFLOP per step";
+  if (r.computed_slot_fraction < 1.0) {
+    s << " on " << std::setprecision(1) << 100.0 * r.computed_slot_fraction
+      << "% of the slots; all slots: " << std::setprecision(2) << r.slot_flops_per_step / 1e9 << " GFLOP, "
+      << std::setprecision(1) << r.slot_gflops << " GFLOP/s";
+  }
+  s << ")\n";
   s << "  GEMM peak   " << std::setprecision(1) << r.peak_gflops_per_rank << " GFLOP/s per rank ("
     << (r.storage == "bf16" ? std::string("bf16") : r.precision) << " GEMM, " << r.threads
-    << " thread(s)): " << 100.0 * r.peak_fraction << "% of peak\n";
+    << " thread(s)): " << 100.0 * r.peak_fraction << "% of peak";
+  if (r.computed_slot_fraction < 1.0) s << " (" << 100.0 * r.slot_peak_fraction << "% counting every slot)";
+  s << "\n";
   s << "  peak RSS    " << std::setprecision(0) << r.peak_rss_mib << " MiB" << (r.ranks > 1 ? " (largest rank)" : "")
     << "\n";
   if (r.transport != "none") {
@@ -577,6 +604,7 @@ nlohmann::json to_json(const StepBenchResult& r) {
                         {"warmup", r.warmup},
                         {"overlap", r.overlap},
                         {"recompute_ffn", r.recompute_ffn},
+                        {"trim_padding", r.trim_padding},
                         {"attention", r.attention},
                         {"precision", r.precision},
                         {"storage", r.storage},
@@ -591,12 +619,16 @@ nlohmann::json to_json(const StepBenchResult& r) {
                         {"slot_tokens_per_s", r.slot_tokens_per_s},
                         {"real_token_fraction", r.real_token_fraction},
                         {"trimmed_slot_fraction", r.trimmed_slot_fraction},
+                        {"computed_slot_fraction", r.computed_slot_fraction},
                         {"lengths_from", r.lengths_from},
                         {"corpus_examples", r.corpus_examples},
                         {"flops_per_step", r.flops_per_step},
+                        {"slot_flops_per_step", r.slot_flops_per_step},
                         {"model_gflops_per_s", r.model_gflops},
+                        {"slot_gflops_per_s", r.slot_gflops},
                         {"peak_gflops_per_rank", r.peak_gflops_per_rank},
                         {"peak_fraction", r.peak_fraction},
+                        {"slot_peak_fraction", r.slot_peak_fraction},
                         {"peak_rss_mib", r.peak_rss_mib},
                         {"allreduce_s", r.allreduce_s},
                         {"allreduce_share", r.allreduce_share},

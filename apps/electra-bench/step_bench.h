@@ -1,8 +1,8 @@
 // electra-bench's body: times full ELECTRA pre-training steps (generator and discriminator forward and
 // backward with dropout on, Gumbel sampling, gradient allreduce across MPI ranks, global-norm clipping
 // and AdamW) on synthetic batches, and reports what docs/performance.md tabulates: median step time,
-// tokens/s, model GFLOP/s (model_flops_per_step), the fraction of a measured sgemm peak, peak RSS, and
-// optionally the time per phase of the step.
+// tokens/s, model GFLOP/s (model_flops_per_step of the shapes computed), the fraction of a measured sgemm
+// peak, peak RSS, and optionally the time per phase of the step.
 //
 // The library (electra_step_bench) holds the logic; apps/electra-bench/main.cpp only parses flags.
 #pragma once
@@ -55,6 +55,9 @@ struct StepBenchOptions {
   std::string lengths_from;
   std::vector<int> row_lengths;  // lengths of the sampled examples, [CLS] and [SEP] included
   uint64_t corpus_examples = 0;  // examples in lengths_from
+  // Each rank's batch computes on its longest row (rounded up to a multiple of 8), as electra-train's
+  // data.trim_padding does (copy_rows in the timed step); false: on every slot. Full rows are never trimmed.
+  bool trim_padding = true;
 };
 
 // Time of one phase of the step: the median over the timed steps, and the mean.
@@ -70,7 +73,7 @@ struct StepBenchResult {
   PretrainerConfig model;
   int batch = 0, seq = 0, predictions = 0, ranks = 1, threads = 1, chunks = 1, steps = 0, warmup = 0;
   size_t parameters = 0;
-  bool overlap = true, recompute_ffn = false;
+  bool overlap = true, recompute_ffn = false, trim_padding = true;
   std::string attention = "auto";   // the --attention asked for (auto: fused except on the CPU)
   std::string precision = "fp32";   // the --precision
   std::string storage = "fp32";     // the --storage, resolved
@@ -81,21 +84,25 @@ struct StepBenchResult {
   double median_step_s = 0.0, min_step_s = 0.0, max_step_s = 0.0;
   double cpu_s_per_step = 0.0;  // process CPU time (user + system) per timed step, summed over ranks
   // Tokens: real (input_mask 1) tokens per second, what the model learns from; slot tokens (rows x seq, padding
-  // included) per second, what it computes on (every slot is computed: no step trims its batch yet).
+  // included) per second, what the data holds (the steps compute computed_slot_fraction of them).
   double tokens_per_s = 0.0, slot_tokens_per_s = 0.0;
   double real_token_fraction = 1.0;  // real tokens / slots over the timed steps
-  // Slots a step would compute if each rank trimmed its rows to their longest (rounded up to a multiple of
-  // 8), over the slots computed now (1: every slot is computed). What trimming would save; not implemented.
+  // Slots a step computes with each rank's rows trimmed to their longest (rounded up to a multiple of 8),
+  // over all slots: what trimming saves, whether or not it ran.
   double trimmed_slot_fraction = 1.0;
-  std::string lengths_from;  // --lengths-from ("" for full rows)
+  double computed_slot_fraction = 1.0;  // slots the timed steps computed on / all slots (trimmed_slot_fraction or 1)
+  std::string lengths_from;             // --lengths-from ("" for full rows)
   uint64_t corpus_examples = 0;
-  double flops_per_step = 0.0;  // model_flops_per_step over all slots: the FLOPs computed, padding included
-  double model_gflops = 0.0;    // flops_per_step / median step
+  double flops_per_step = 0.0;       // model_flops_per_step of the shapes computed (mean over the timed steps)
+  double slot_flops_per_step = 0.0;  // model_flops_per_step over all slots, padding included
+  double model_gflops = 0.0;         // flops_per_step / median step: the FLOPs actually computed
+  double slot_gflops = 0.0;          // slot_flops_per_step / median step (padding counted as work)
   double peak_gflops_per_rank = 0.0;
-  double peak_fraction = 0.0;    // model_gflops / (peak_gflops_per_rank * ranks)
-  double peak_rss_mib = 0.0;     // the largest ru_maxrss over ranks, before the peak GEMM
-  double allreduce_s = 0.0;      // median per step: time spent in the reducer (launch, poll, wait)
-  double allreduce_share = 0.0;  // allreduce_s / median step
+  double peak_fraction = 0.0;       // model_gflops / (peak_gflops_per_rank * ranks)
+  double slot_peak_fraction = 0.0;  // slot_gflops / (peak_gflops_per_rank * ranks)
+  double peak_rss_mib = 0.0;        // the largest ru_maxrss over ranks, before the peak GEMM
+  double allreduce_s = 0.0;         // median per step: time spent in the reducer (launch, poll, wait)
+  double allreduce_share = 0.0;     // allreduce_s / median step
   double first_loss = 0.0, last_loss = 0.0;
   std::vector<PhaseTime> phases;  // with --breakdown (rank 0's)
 };

@@ -40,6 +40,7 @@ struct Flags {
   int64_t exact_auc_max_tokens = int64_t{1} << 24;
   int threads = 0;
   bool json = false;
+  bool trim_padding = true;  // data.trim_padding
   std::string device = "cpu";
   std::string storage = "auto";
   electra::DeviceOptions device_options;
@@ -143,6 +144,10 @@ int main(int argc, char** argv) {
   app.add_option("--threads", flags.threads, "CPU threads per rank (0: cores / ranks on the node)")
       ->capture_default_str();
   app.add_flag("--json", flags.json, "print one JSON object instead of the table");
+  app.add_option("--trim-padding", flags.trim_padding,
+                 "compute each batch on its longest row (rounded up to 8), as electra-train's data.trim_padding: the "
+                 "same metrics to float rounding")
+      ->capture_default_str();
   app.add_option("--device", flags.device, "cpu | cuda (GPU local rank % visible GPUs)")
       ->capture_default_str()
       ->check(CLI::IsMember({"cpu", "cuda"}));
@@ -191,6 +196,7 @@ int main(int argc, char** argv) {
   options.seed = flags.seed;
   options.auc_bins = flags.auc_bins;
   options.exact_auc_max_tokens = flags.exact_auc_max_tokens;
+  options.trim_padding = flags.trim_padding;
   const int code = electra::dist::run_rank_main(comm, [&] {
     const electra::eval::EvalMetrics metrics = electra::eval::evaluate(*s.model, *s.loader, comm, options);
     if (comm.is_root()) {

@@ -48,13 +48,25 @@ enum class Transpose { kNo, kYes };
 // Where the random numbers of one dropout site come from: element i of a [rows_per_example x ...]
 // tensor block belongs to example first_example + i / elements_per_example and takes offset
 // i % elements_per_example of stream (seed, kDropout, step, example, lane).
+//
+// Attention probabilities [B,H,S,S] are indexed as if their rows were key_seq_length long: element
+// (b, h, q, k) is element ((b*H + h)*Sk + q)*Sk + k with Sk = key_seq_length (0: the call's S), and
+// elements_per_example is then H*Sk*Sk. A batch trimmed from Sk slots to S < Sk (Batch::slot_seq_length)
+// so draws, for every element it keeps, the bits of the untrimmed batch. Sk = S (or 0) is the plain index.
+// Other ops ignore key_seq_length: their per-example offsets (position * width + feature) do not depend on S.
 struct DropoutKey {
   uint64_t seed = 0;
   uint64_t step = 0;
   uint32_t lane = 0;  // distinct per dropout site (network, layer, position in the layer)
   uint64_t first_example = 0;
   uint64_t elements_per_example = 1;
+  int key_seq_length = 0;  // attention ops only: Sk >= S, see above
 };
+
+// Sk of an attention call over S keys (DropoutKey::key_seq_length, or S when 0).
+constexpr int attention_key_seq(const DropoutKey& key, int S) {
+  return key.key_seq_length > 0 ? key.key_seq_length : S;
+}
 
 // Throws electra::Error: backend `name` has no fused attention for this shape.
 [[noreturn]] void fail_fused_attention_unsupported(const std::string& name, int B, int S, int H, int D, float dropout);

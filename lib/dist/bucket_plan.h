@@ -1,6 +1,6 @@
 // The transport-independent half of a bucketed gradient allreduce: how a flat buffer is cut into
 // buckets, which ranges of it backward has declared final this step, and the fixed order in which
-// complete buckets may be launched. GradientReducer (host MPI) and the device reducers (NCCL, CUDA-aware
+// complete buckets may be launched. MpiReducer (host MPI) and the device reducers (NCCL, CUDA-aware
 // MPI) share it, so every transport issues the same collectives in the same order on every rank,
 // whatever order a rank's tensors finish in. Plain C++: it never touches the buffer.
 #pragma once
@@ -25,7 +25,7 @@ size_t bucket_elements(size_t bucket_bytes, size_t element_bytes, const std::str
 class BucketPlan {
  public:
   // Cuts [0, total_elements) into buckets of `elements_per_bucket` (the last one shorter). `owner` names
-  // the reducer in error messages ("GradientReducer" gives "GradientReducer::mark_ready: ...").
+  // the reducer in error messages ("MpiReducer" gives "MpiReducer::mark_ready: ...").
   // `boundaries`: offsets that no bucket straddles (a bucket ends at each, then the cutting restarts), so
   // that a part of the buffer backward finishes early (the discriminator's gradients) is launched as soon
   // as it is final; offsets 0, total_elements and beyond, and duplicates, change nothing.

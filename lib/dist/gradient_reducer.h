@@ -1,75 +1,62 @@
-// Allreduce of the flat gradient buffer in fixed buckets over MPI, launched as backward finishes them.
+// What the training step needs from a gradient allreduce, whatever carries it: host MPI
+// (MpiReducer), NCCL over a device buffer (NcclReducer, lib/dist/nccl_reducer.h) or CUDA-aware MPI
+// over a device buffer (MpiReducer with a before_launch hook). All of them cut the buffer into the
+// same buckets (BucketPlan) and launch complete buckets in the same fixed order.
 //
-// The buffer is cut into contiguous buckets of `bucket_bytes` (the last one shorter; BucketPlan).
-// Backward calls mark_ready(offset, count) for each gradient tensor it has finished; a bucket whose whole
-// range has been marked is ready, and ready buckets are launched as MPI_Iallreduce strictly in the fixed
-// launch order (highest offset first by default, because backward produces the last layers first). So
-// every rank issues the same collectives in the same order whatever order its tensors finish in, and each
-// bucket's result is bitwise the same on every rank. wait_all() completes everything before the
-// optimizer reads the buffer.
-//
-// Open MPI progresses non-blocking collectives only inside MPI calls, so mark_ready() also polls the
-// requests in flight (MPI_Testsome): that is what lets communication overlap the rest of backward.
-//
-// With CUDA-aware MPI the buffer may be device memory: pass a before_launch hook that makes the bucket's
-// values visible to MPI (the backend's synchronize()), and ReduceOp::kSum (kAverage scales on the host).
+// A step is begin(), mark_ready(offset, count) for every range of the buffer as backward finishes it
+// (any order, no overlaps), then wait_all(): afterwards the buffer holds the sum (or average) over ranks,
+// bitwise the same on every rank.
 #pragma once
-
-#include <mpi.h>
 
 #include <cstddef>
 #include <cstdint>
-#include <functional>
-#include <span>
 #include <vector>
 
-#include "lib/dist/bucketed_reducer.h"
-#include "lib/dist/communicator.h"
+#include "lib/dist/bucket_plan.h"
 
 namespace electra::dist {
 
-class GradientReducer : public BucketedReducer {
+enum class ReduceOp { kSum, kAverage };
+
+struct GradientReducerOptions {
+  size_t bucket_bytes = size_t{16} << 20;
+  ReduceOp op = ReduceOp::kAverage;
+  LaunchOrder order = LaunchOrder::kDescending;
+  // Buffer offsets no bucket straddles (BucketPlan): where the discriminator's gradients begin, so that
+  // its buckets launch as soon as its backward is done. Must be the same on every rank.
+  std::vector<size_t> boundaries = {};
+};
+
+struct GradientReducerStats {
+  int64_t steps = 0;             // completed wait_all() calls
+  int64_t buckets_launched = 0;  // collectives issued (MPI_Iallreduce / ncclAllReduce)
+  double wait_seconds = 0;       // time blocked in wait_all(), summed over steps
+  double last_wait_seconds = 0;  // the last wait_all()
+};
+
+class GradientReducer {
  public:
-  // `buffer` must stay valid and unmoved for the reducer's lifetime; it is read and written only
-  // between begin() and wait_all(). Construction does no communication.
-  GradientReducer(const Communicator& comm, std::span<float> buffer, GradientReducerOptions options = {});
-  // Device memory through CUDA-aware MPI: `before_launch` runs before each group of MPI_Iallreduce calls
-  // (it must wait until the marked values are written); the buffer is never dereferenced on the host, so
-  // options.op must be kSum (fails otherwise).
-  GradientReducer(const Communicator& comm, std::span<float> device_buffer, GradientReducerOptions options,
-                  std::function<void()> before_launch);
-  ~GradientReducer() override;
-  GradientReducer(const GradientReducer&) = delete;
-  GradientReducer& operator=(const GradientReducer&) = delete;
+  virtual ~GradientReducer() = default;
 
-  void begin() override;
-  // Ranges must not overlap earlier marks of the same step (fails naming the range). Launches newly
-  // startable buckets and polls those in flight.
-  void mark_ready(size_t offset, size_t count) override;
-  // Blocks until every bucket is reduced (averaged if asked). Fails if some range was never marked:
-  // every rank must mark the whole buffer, otherwise the collectives would not match.
-  void wait_all() override;
-  void reduce_all() override;
-  // Tests the requests in flight (MPI_Test), finishing those that completed.
-  void progress() override { poll(); }
+  // Starts a step: no range marked, no bucket launched. Fails if the previous step was not waited for.
+  virtual void begin() = 0;
+  // Declares [offset, offset + count) final for this step (fails on overlaps, naming the ranges) and
+  // launches the buckets that became startable in the fixed order.
+  virtual void mark_ready(size_t offset, size_t count) = 0;
+  // Completes every bucket. Fails if some range was never marked.
+  virtual void wait_all() = 0;
+  // The blocking path: begin(), mark everything, wait_all().
+  virtual void reduce_all() = 0;
+  // Lets the collectives in flight advance without blocking; cheap, callable any time. MPI progresses
+  // non-blocking collectives only inside MPI calls, so a caller with a long stretch of computation and
+  // nothing to mark (the generator's backward after the discriminator's ranges were marked) calls this
+  // now and then. NCCL progresses on its own: nothing to do.
+  virtual void progress() {}
 
-  size_t num_buckets() const override { return plan_.num_buckets(); }
-  std::pair<size_t, size_t> bucket_range(size_t i) const override { return plan_.bucket_range(i); }
-  const GradientReducerStats& stats() const override { return stats_; }
-
- private:
-  void launch_ready();
-  void poll();
-  void finish(size_t bucket);
-
-  const Communicator& comm_;
-  std::span<float> buffer_;
-  GradientReducerOptions options_;
-  std::function<void()> before_launch_;  // set for device buffers (CUDA-aware MPI)
-  BucketPlan plan_;
-  std::vector<MPI_Request> requests_;  // one per bucket, MPI_REQUEST_NULL when not in flight
-  std::vector<bool> finished_;         // per bucket: reduced (and scaled) this step
-  GradientReducerStats stats_;
+  virtual size_t num_buckets() const = 0;
+  // [offset, offset + count) of bucket i in buffer elements.
+  virtual std::pair<size_t, size_t> bucket_range(size_t i) const = 0;
+  virtual const GradientReducerStats& stats() const = 0;
 };
 
 }  // namespace electra::dist

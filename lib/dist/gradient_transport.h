@@ -1,7 +1,7 @@
 // Which transport averages the gradients (config key dist.gradient_transport), decided once at start:
-//   host            GradientReducer on a host buffer (device gradients are copied to the host and back)
+//   host            MpiReducer on a host buffer (device gradients are copied to the host and back)
 //   nccl            NcclReducer on the device buffer (lib/dist/nccl_reducer.h); needs one GPU per rank
-//   cuda_aware_mpi  GradientReducer on the device buffer; needs an MPI built with CUDA support
+//   cuda_aware_mpi  MpiReducer on the device buffer; needs an MPI built with CUDA support
 //   auto            nccl on GPUs when every rank has its own GPU, else host
 // Plain C++ (no CUDA): the decision is tested on the CPU.
 #pragma once

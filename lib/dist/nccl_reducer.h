@@ -1,5 +1,5 @@
 // Gradient averaging of a DEVICE buffer with NCCL, for --device cuda: the same buckets, launch order and
-// interface as GradientReducer (BucketPlan, BucketedReducer), with ncclAllReduce on a dedicated
+// interface as MpiReducer (BucketPlan, GradientReducer), with ncclAllReduce on a dedicated
 // communication stream instead of MPI_Iallreduce on host memory. Built with the CUDA backend only
 // (target electra_dist_cuda); plain C++ header, no CUDA or NCCL header needed by callers.
 //
@@ -16,8 +16,8 @@
 #include <string>
 
 #include "lib/backend/backend.h"
-#include "lib/dist/bucketed_reducer.h"
 #include "lib/dist/communicator.h"
+#include "lib/dist/gradient_reducer.h"
 
 struct ncclComm;  // NCCL's opaque communicator (ncclComm_t is ncclComm*)
 
@@ -69,7 +69,7 @@ struct NcclWaitOptions {
   bool block_host = true;
 };
 
-class NcclReducer : public BucketedReducer {
+class NcclReducer : public GradientReducer {
  public:
   // `device_buffer` holds `count` floats on the GPU of `backend` (a CUDA backend, same device as `nccl`)
   // and must outlive the reducer. Creates the communication stream and its events; no communication.

@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "data_pipeline/preprocess/manifest.h"
+#include "lib/core/batch.h"
 #include "lib/core/error.h"
 #include "lib/core/log.h"
 
@@ -141,10 +142,14 @@ EvalMetrics evaluate(PretrainerModel<float>& model, data::Loader& loader, const 
   context.seed = options.seed;
   context.training = false;      // dropout off
   context.copy_outputs = false;  // the LM logits are not needed; logits, labels and samples always come back
+  Batch trimmed;                 // reused: its vectors keep their capacity
   for (int64_t k = 0; k < batches; ++k) {
     const Batch batch = loader.next();
     context.step = static_cast<uint64_t>(k);  // sampling keyed by (seed, batch, global row), as in training
-    accumulate(batch, model.forward(batch, context), sums, histogram, store);
+    const int seq = options.trim_padding ? needed_seq_length(batch, 0, batch.rows) : batch.seq_length;
+    if (seq < batch.seq_length) copy_rows(batch, 0, batch.rows, seq, trimmed);
+    const Batch& rows = seq < batch.seq_length ? trimmed : batch;
+    accumulate(rows, model.forward(rows, context), sums, histogram, store);
   }
   if (comm.is_root()) sums.batches = batches;
 

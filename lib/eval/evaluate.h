@@ -31,6 +31,9 @@ struct EvalOptions {
   // from histograms beyond (0: always histograms). 2^24 tokens: at most 192 MiB gathered.
   int64_t exact_auc_max_tokens = int64_t{1} << 24;
   bool rewind = true;  // restart the loader at (epoch 0, cursor 0) first: repeated calls see the same data
+  // Each rank's slice computes on its longest row (rounded up to a multiple of 8), not on every slot
+  // (data.trim_padding, lib/core/batch.h): the same metrics to float rounding.
+  bool trim_padding = true;
 };
 
 // A loader for held-out shards: shuffle off, `global_batch_size` examples per global batch split over

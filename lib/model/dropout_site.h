@@ -16,10 +16,19 @@ struct DropoutContext {
   uint64_t seed = 0;
   uint64_t step = 0;
   uint64_t first_example = 0;  // global index of row 0 of this batch slice (Batch::global_row_offset)
+  int key_seq_length = 0;      // the batch's slots per row before trimming (Batch::slot_length()); 0: S
 
   float rate(float p) const { return training ? p : 0.0f; }
   DropoutKey key(uint32_t lane, uint64_t elements_per_example) const {
     return DropoutKey{seed, step, lane, first_example, elements_per_example};
+  }
+  // The key of an attention-probability site over S keys and `heads` heads, indexed as the untrimmed
+  // [heads, Sk, Sk] block of each example (DropoutKey::key_seq_length), so trimming keeps every bit.
+  DropoutKey attention_key(uint32_t lane, int heads, int S) const {
+    const int Sk = key_seq_length > 0 ? key_seq_length : S;
+    DropoutKey k = key(lane, static_cast<uint64_t>(heads) * Sk * Sk);
+    k.key_seq_length = Sk;
+    return k;
   }
 };
 

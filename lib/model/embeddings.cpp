@@ -22,7 +22,7 @@ Embeddings<T>::Embeddings(const EmbeddingSlots& slots, int embedding_size, int h
 template <typename T>
 void Embeddings<T>::plan(Backend<T>& be, int B, int S) {
   B_ = B;
-  S_ = S;
+  S_ = planned_S_ = S;
   const size_t n = static_cast<size_t>(B) * S;
   sum_.reset(be, n * E_);
   normed_.reset(be, n * E_);
@@ -38,8 +38,10 @@ void Embeddings<T>::plan(Backend<T>& be, int B, int S) {
 
 template <typename T>
 void Embeddings<T>::forward(Backend<T>& be, const T* params, const int32_t* ids, const int32_t* type_ids,
-                            const DropoutContext& dropout) {
+                            const DropoutContext& dropout, int S) {
   ELECTRA_CHECK(B_ > 0, "embeddings: forward before plan");
+  ELECTRA_CHECK(S <= planned_S_, "embeddings: forward over ", S, " positions, planned for ", planned_S_);
+  S_ = S > 0 ? S : planned_S_;
   ids_ = ids;
   type_ids_ = type_ids;
   const int N = B_ * S_;

@@ -21,13 +21,14 @@ class Embeddings {
   Embeddings(const EmbeddingSlots& slots, int embedding_size, int hidden_size, float dropout, float eps,
              uint32_t dropout_lane);
 
-  // Allocates the activations for B x S tokens (once per shape).
+  // Allocates the activations for B x S tokens (once per shape); forward may then run any S' <= S.
   void plan(Backend<T>& be, int B, int S);
 
-  // ids, type_ids: device [B,S], valid until backward. Positions are 0..S-1 (the caller checks S against
-  // the position table). Output [B*S, hidden].
+  // ids, type_ids: device [B,S], valid until backward, with S <= the planned length (0: the planned one;
+  // buffers hold [B,S] packed in their prefix). Positions are 0..S-1 (the caller checks S against the
+  // position table). Output [B*S, hidden].
   void forward(Backend<T>& be, const T* params, const int32_t* ids, const int32_t* type_ids,
-               const DropoutContext& dropout);
+               const DropoutContext& dropout, int S = 0);
   const T* output() const { return slots_.has_project ? projected_.data() : dropped_.data(); }
 
   // dout [B*S, hidden]: accumulates into the word/position/type tables, the LayerNorm and the projection
@@ -43,7 +44,7 @@ class Embeddings {
   float dropout_;
   W eps_;
   uint32_t lane_;
-  int B_ = 0, S_ = 0;
+  int B_ = 0, S_ = 0, planned_S_ = 0;  // S_: the last forward's
   float used_rate_ = 0.0f;
   const int32_t* ids_ = nullptr;
   const int32_t* type_ids_ = nullptr;

@@ -34,7 +34,7 @@ Encoder<T>::Encoder(const EncoderConfig& config, const EncoderSlots& slots, Netw
 template <typename T>
 void Encoder<T>::plan(Backend<T>& be, int B, int S, bool recompute_ffn, AttentionImpl attention) {
   B_ = B;
-  S_ = S;
+  planned_S_ = S;
   embeddings_.plan(be, B, S);
   bool materialized_attention = false;
   for (auto& layer : layers_) {
@@ -49,12 +49,12 @@ void Encoder<T>::plan(Backend<T>& be, int B, int S, bool recompute_ffn, Attentio
 
 template <typename T>
 void Encoder<T>::forward(Backend<T>& be, const T* params, const int32_t* ids, const int32_t* type_ids,
-                         const int32_t* mask, const DropoutContext& dropout) {
+                         const int32_t* mask, const DropoutContext& dropout, int S) {
   ELECTRA_CHECK(B_ > 0, "encoder: forward before plan");
-  embeddings_.forward(be, params, ids, type_ids, dropout);
+  embeddings_.forward(be, params, ids, type_ids, dropout, S);
   const T* x = embeddings_.output();
   for (auto& layer : layers_) {
-    layer.forward(be, params, x, mask, dropout, scratch_);
+    layer.forward(be, params, x, mask, dropout, scratch_, S);
     x = layer.output();
   }
 }

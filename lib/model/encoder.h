@@ -22,13 +22,15 @@ class Encoder {
   Encoder(const EncoderConfig& config, const EncoderSlots& slots, Network network);
 
   // recompute_ffn / attention: TransformerLayer::plan's recompute_activation / attention for every layer.
+  // Sized for B x S: forward may run any S' <= S on the buffers' prefixes.
   void plan(Backend<T>& be, int B, int S, bool recompute_ffn = false, AttentionImpl attention = AttentionImpl::kAuto);
   int planned_rows() const { return B_; }
-  int planned_seq() const { return S_; }
+  int planned_seq() const { return planned_S_; }
 
-  // ids, type_ids, mask: device [B,S] ints, valid until backward. Output [B*S, hidden].
+  // ids, type_ids, mask: device [B,S] ints, valid until backward; S <= planned_seq() (0: planned_seq()),
+  // and backward runs the same S. Output [B*S, hidden].
   void forward(Backend<T>& be, const T* params, const int32_t* ids, const int32_t* type_ids, const int32_t* mask,
-               const DropoutContext& dropout);
+               const DropoutContext& dropout, int S = 0);
   const T* output() const;
 
   // dout [B*S, hidden] (not modified): accumulates the gradients of every layer and the embeddings.
@@ -47,7 +49,7 @@ class Encoder {
   std::vector<TransformerLayer<T>> layers_;
   LayerScratch<T> scratch_;
   DeviceBuffer<T> grad_a_, grad_b_;  // [B*S, hidden] gradients flowing between layers
-  int B_ = 0, S_ = 0;
+  int B_ = 0, planned_S_ = 0;
 };
 
 }  // namespace electra

@@ -15,7 +15,7 @@ MlmHead<T>::MlmHead(const MlmHeadSlots& slots, int hidden, int embedding_size, A
 template <typename T>
 void MlmHead<T>::plan(Backend<T>& be, int B, int S, int P) {
   B_ = B;
-  S_ = S;
+  S_ = planned_S_ = S;
   P_ = P;
   const size_t M = static_cast<size_t>(B) * P;
   gathered_.reset(be, M * hidden_);
@@ -32,8 +32,10 @@ void MlmHead<T>::plan(Backend<T>& be, int B, int S, int P) {
 }
 
 template <typename T>
-void MlmHead<T>::forward(Backend<T>& be, const T* params, const T* x, const int32_t* positions) {
+void MlmHead<T>::forward(Backend<T>& be, const T* params, const T* x, const int32_t* positions, int S) {
   ELECTRA_CHECK(B_ > 0, "MLM head: forward before plan");
+  ELECTRA_CHECK(S <= planned_S_, "MLM head: forward over ", S, " positions, planned for ", planned_S_);
+  S_ = S > 0 ? S : planned_S_;
   positions_ = positions;
   const int M = B_ * P_, V = slots_.vocab_size;
   be.gather_rows(gathered_.data(), x, positions, B_, S_, P_, hidden_);
@@ -70,7 +72,7 @@ ClassificationHead<T>::ClassificationHead(const ClassificationHeadSlots& slots, 
 template <typename T>
 void ClassificationHead<T>::plan(Backend<T>& be, int B, int S) {
   B_ = B;
-  S_ = S;
+  S_ = planned_S_ = S;
   zeros_.reset(be, B);
   const std::vector<int32_t> zeros(B, 0);
   be.copy_ints_from_host(zeros_.data(), zeros.data(), zeros.size());
@@ -84,8 +86,10 @@ void ClassificationHead<T>::plan(Backend<T>& be, int B, int S) {
 }
 
 template <typename T>
-void ClassificationHead<T>::forward(Backend<T>& be, const T* params, const T* x) {
+void ClassificationHead<T>::forward(Backend<T>& be, const T* params, const T* x, int S) {
   ELECTRA_CHECK(B_ > 0, "classification head: forward before plan");
+  ELECTRA_CHECK(S <= planned_S_, "classification head: forward over ", S, " positions, planned for ", planned_S_);
+  S_ = S > 0 ? S : planned_S_;
   ran_ = true;
   be.gather_rows(cls_.data(), x, zeros_.data(), B_, S_, 1, hidden_);
   be.linear_forward(pre_.data(), cls_.data(), params + slots_.dense.weight, params + slots_.dense.bias, B_, hidden_,
@@ -115,7 +119,7 @@ DiscriminatorHead<T>::DiscriminatorHead(const DiscriminatorHeadSlots& slots, int
 
 template <typename T>
 void DiscriminatorHead<T>::plan(Backend<T>& be, int rows) {
-  rows_ = rows;
+  rows_ = planned_rows_ = rows;
   const size_t n = static_cast<size_t>(rows) * hidden_;
   pre_.reset(be, n);
   act_out_.reset(be, n);
@@ -125,8 +129,10 @@ void DiscriminatorHead<T>::plan(Backend<T>& be, int rows) {
 }
 
 template <typename T>
-void DiscriminatorHead<T>::forward(Backend<T>& be, const T* params, const T* x) {
-  ELECTRA_CHECK(rows_ > 0, "discriminator head: forward before plan");
+void DiscriminatorHead<T>::forward(Backend<T>& be, const T* params, const T* x, int rows) {
+  ELECTRA_CHECK(planned_rows_ > 0, "discriminator head: forward before plan");
+  ELECTRA_CHECK(rows <= planned_rows_, "discriminator head: forward over ", rows, " rows, planned for ", planned_rows_);
+  rows_ = rows > 0 ? rows : planned_rows_;
   x_ = x;
   be.linear_forward(pre_.data(), x, params + slots_.dense.weight, params + slots_.dense.bias, rows_, hidden_, hidden_);
   be.activation_forward(act_, act_out_.data(), pre_.data(), static_cast<size_t>(rows_) * hidden_);

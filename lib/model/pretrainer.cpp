@@ -89,11 +89,14 @@ std::string generator_hf_name(const std::string& name) {
 }
 
 // Everything one (B, S, P) shape needs: the networks' activations, device copies of the batch, the loss
-// buffers and host staging vectors. Allocated once per shape. Losses, their weights and gradient scales
-// are wide (allocated from the backend's wide()); logits and their gradients are activations (T).
+// buffers and host staging vectors. Allocated once for B rows of up to S_max positions: a forward over
+// S <= S_max (a batch trimmed of its padding) runs on the buffers' prefixes, every [B,S,...] tensor
+// packed with the active S (so results do not depend on S_max). Losses, their weights and gradient
+// scales are wide (allocated from the backend's wide()); logits and their gradients are activations (T).
 template <typename T>
 struct ElectraPretrainer<T>::Plan {
-  int B, S, P;
+  int B, S_max, P;
+  int S;      // the active length: the last forward's seq_length
   int chunk;  // which chunk of a forward this plan serves (see set_parallel_chunks)
   Encoder<T> generator, discriminator;
   MlmHead<T> mlm;
@@ -111,10 +114,11 @@ struct ElectraPretrainer<T>::Plan {
   std::vector<W> h_mlm_weights, h_mlm_scale, h_mlm_loss, h_disc_scale, h_disc_loss, h_nsp_scale, h_nsp_loss;
   std::vector<T> h_narrow;  // T != W: outputs on their way to the host (copy_to_host_wide)
 
-  Plan(ElectraPretrainer& m, int B_, int S_, int P_, int chunk_)
+  Plan(ElectraPretrainer& m, int B_, int S_max_, int P_, int chunk_)
       : B(B_),
-        S(S_),
+        S_max(S_max_),
         P(P_),
+        S(S_max_),
         chunk(chunk_),
         generator(m.config_.generator, m.layout_.slots.generator, Network::kGenerator),
         discriminator(m.config_.discriminator, m.layout_.slots.discriminator, Network::kDiscriminator),
@@ -124,12 +128,12 @@ struct ElectraPretrainer<T>::Plan {
         disc_head(m.layout_.slots.discriminator_head, m.config_.discriminator.hidden_size, m.config_.mlm_activation) {
     Backend<T>& be = m.backend_;
     Backend<W>& wide = be.wide();
-    const size_t N = static_cast<size_t>(B) * S, M = static_cast<size_t>(B) * P;
+    const size_t N = static_cast<size_t>(B) * S_max, M = static_cast<size_t>(B) * P;
     const size_t V = m.config_.vocab_size, C = m.config_.num_classes;
-    generator.plan(be, B, S, m.recompute_ffn_, m.attention_impl_);
-    discriminator.plan(be, B, S, m.recompute_ffn_, m.attention_impl_);
-    mlm.plan(be, B, S, P);
-    sentence.plan(be, B, S);
+    generator.plan(be, B, S_max, m.recompute_ffn_, m.attention_impl_);
+    discriminator.plan(be, B, S_max, m.recompute_ffn_, m.attention_impl_);
+    mlm.plan(be, B, S_max, P);
+    sentence.plan(be, B, S_max);
     disc_head.plan(be, static_cast<int>(N));
     for (auto* b : {&ids, &type_ids, &mask, &original, &corrupted, &disc_label}) b->reset(be, N);
     for (auto* b : {&positions, &mlm_labels, &samples, &mlm_argmax}) b->reset(be, M);
@@ -268,12 +272,14 @@ std::vector<NamedTensor<Wide<T>>> ElectraPretrainer<T>::checkpoint_items() {
 }
 
 template <typename T>
-typename ElectraPretrainer<T>::Plan& ElectraPretrainer<T>::plan_for(int B, int S, int P, int chunk) {
+typename ElectraPretrainer<T>::Plan& ElectraPretrainer<T>::plan_for(int B, int S, int S_max, int P, int chunk) {
+  // Any plan long enough serves: its prefixes hold the shorter shape, with the same results.
   for (size_t i = 0; i < plans_.size(); ++i) {
-    const Plan& p = *plans_[i];
-    if (p.B == B && p.S == S && p.P == P && p.chunk == chunk) {
+    Plan& p = *plans_[i];
+    if (p.B == B && p.S_max >= S && p.P == P && p.chunk == chunk) {
       std::rotate(plans_.begin(), plans_.begin() + i, plans_.begin() + i + 1);
-      return *plans_.front();
+      p.S = S;
+      return p;
     }
   }
   // Every chunk of the current forward was requested just before and sits at the front, so with room
@@ -283,7 +289,9 @@ typename ElectraPretrainer<T>::Plan& ElectraPretrainer<T>::plan_for(int B, int S
     if (std::find(last_.begin(), last_.end(), evicted) != last_.end()) last_.clear();
     plans_.pop_back();
   }
-  plans_.insert(plans_.begin(), std::make_unique<Plan>(*this, B, S, P, chunk));
+  plans_.insert(plans_.begin(), std::make_unique<Plan>(*this, B, std::max(S, S_max), P, chunk));
+  ++plans_made_;
+  plans_.front()->S = S;
   return *plans_.front();
 }
 
@@ -334,6 +342,11 @@ void ElectraPretrainer<T>::check_batch(const Batch& b) const {
   if (S > e.max_position_embeddings) {
     fail("batch: position id ", S - 1, " >= max_position_embeddings (", e.max_position_embeddings, "): seq_length ", S,
          " is too long");
+  }
+  // The untrimmed length keys attention dropout and sizes the plan (Batch::slot_seq_length).
+  if (b.slot_length() < S || b.slot_length() > e.max_position_embeddings) {
+    fail("batch: slot_seq_length ", b.slot_seq_length, " must be 0 or in [seq_length ", S, ", max_position_embeddings ",
+         e.max_position_embeddings, "]");
   }
   const int V = config_.vocab_size;
   for (size_t i = 0; i < N; ++i) {
@@ -453,7 +466,8 @@ const PretrainerOutputs<Wide<T>>& ElectraPretrainer<T>::forward(const Batch& bat
   const int K = std::min(chunks_, B);
   const auto row0 = [&](int k) { return static_cast<int>(static_cast<long long>(B) * k / K); };
   last_.clear();
-  for (int k = 0; k < K; ++k) last_.push_back(&plan_for(row0(k + 1) - row0(k), S, P, k));
+  // Plans for the untrimmed length: a trimmed batch (S < slot_length()) runs on their prefixes.
+  for (int k = 0; k < K; ++k) last_.push_back(&plan_for(row0(k + 1) - row0(k), S, batch.slot_length(), P, k));
   for (Plan* plan : last_) plan->ran = false;
   PretrainerOutputs<W>& out = outputs_;
   out.rows = B;
@@ -463,6 +477,11 @@ const PretrainerOutputs<Wide<T>>& ElectraPretrainer<T>::forward(const Batch& bat
   out.vocab_size = V;
   PretrainerLosses& L = out.losses;
   L = PretrainerLosses{};
+  // Room for untrimmed batches from the start: trimmed lengths vary from step to step.
+  const size_t slots = static_cast<size_t>(B) * batch.slot_length();
+  out.disc_label.reserve(slots);
+  out.disc_logits.reserve(slots);
+  if (ctx.copy_outputs) out.corrupted_ids.reserve(slots);
   out.sampled_ids.resize(M);
   out.corrupted_ids.resize(ctx.copy_outputs ? N : 0);
   out.disc_label.resize(N);
@@ -534,12 +553,12 @@ void ElectraPretrainer<T>::forward_generator(Plan& plan, const Batch& batch, int
   be.copy_ints_from_host(plan.mask.data(), batch.input_mask.data() + n0, N);
   be.copy_ints_from_host(plan.positions.data(), batch.masked_lm_positions.data() + m0, M);
   be.copy_ints_from_host(plan.mlm_labels.data(), batch.masked_lm_ids.data() + m0, M);
-  const DropoutContext dropout{ctx.training, ctx.seed, ctx.step, batch.global_row_offset + r0};
+  const DropoutContext dropout{ctx.training, ctx.seed, ctx.step, batch.global_row_offset + r0, batch.slot_length()};
 
-  plan.generator.forward(be, params, plan.ids.data(), plan.type_ids.data(), plan.mask.data(), dropout);
+  plan.generator.forward(be, params, plan.ids.data(), plan.type_ids.data(), plan.mask.data(), dropout, S);
   const T* gen_out = plan.generator.output();
-  plan.mlm.forward(be, params, gen_out, plan.positions.data());
-  plan.sentence.forward(be, params, gen_out);
+  plan.mlm.forward(be, params, gen_out, plan.positions.data(), S);
+  plan.sentence.forward(be, params, gen_out, S);
 
   // lm_outputs: the logits, or their log-softmax with output_type predictions. The MLM loss is taken
   // after sampling (forward_sampling), in place of the logits.
@@ -612,10 +631,10 @@ void ElectraPretrainer<T>::forward_discriminator(Plan& plan, const Batch& batch,
   const T* params = weights();
   PretrainerOutputs<W>& out = outputs_;
   const int32_t* input_mask = batch.input_mask.data() + n0;
-  const DropoutContext dropout{ctx.training, ctx.seed, ctx.step, batch.global_row_offset + r0};
+  const DropoutContext dropout{ctx.training, ctx.seed, ctx.step, batch.global_row_offset + r0, batch.slot_length()};
 
-  plan.discriminator.forward(be, params, plan.corrupted.data(), plan.type_ids.data(), plan.mask.data(), dropout);
-  plan.disc_head.forward(be, params, plan.discriminator.output());
+  plan.discriminator.forward(be, params, plan.corrupted.data(), plan.type_ids.data(), plan.mask.data(), dropout, S);
+  plan.disc_head.forward(be, params, plan.discriminator.output(), N);
   // RTD loss sum(mask * BCE) / (sum(mask) + 1e-6), weighted by disc_loss_weight in the total.
   for (int i = 0; i < N; ++i) {
     plan.h_disc_scale[i] =
@@ -760,7 +779,7 @@ void ElectraPretrainer<T>::backward_generator(Plan& plan, W* grads, const std::f
     if (ready) ready(ch.dense.weight, ch.out_proj.bias + ch.out_proj.out - ch.dense.weight);
   };
   if (!plan.has_sentence) sentence_ready();  // no NSP labels: the sentence head's gradient stays as it is
-  be.fill(plan.d_gen_seq.data(), plan.d_gen_seq.size(), T(0));
+  be.fill(plan.d_gen_seq.data(), static_cast<size_t>(plan.B) * plan.S * config_.generator.hidden_size, T(0));
   plan.mlm.backward(be, params, grads, plan.mlm.logits(), plan.d_gen_seq.data());  // d(logits), see forward
   if (ready) {
     const MlmHeadSlots& m = sl.mlm_head;  // dense, LayerNorm, lm bias (the tied table is shared)

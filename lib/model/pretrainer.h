@@ -13,7 +13,10 @@
 //
 // Memory: parameters and gradients live in two wide buffers of layout().total_size() elements (see
 // parameter_layout.h), plus, with bf16 storage, a bf16 copy of the parameters that the ops read;
-// activations (T) are allocated once per (rows, seq, predictions) shape and reused.
+// activations (T) are allocated once per (rows, seq, predictions) shape and reused. A batch trimmed of its
+// padding (Batch::slot_seq_length > seq_length, lib/core/batch.h) runs on the prefixes of the plan for its
+// untrimmed length, with attention dropout keyed by that length: the losses and gradients of the untrimmed
+// batch to rounding, and no allocation.
 #pragma once
 
 #include <cstddef>
@@ -63,7 +66,7 @@ struct StepHooks {
   // gradient is final for this backward (a layer, a head, finally the shared embeddings): every element
   // exactly once per backward, ranges never overlapping, mostly from the end of the buffer to its start
   // (backward runs the discriminator first). Lets a caller start the gradient allreduce of finished
-  // layers while backward goes on (dist::GradientReducer::mark_ready). With parallel chunks
+  // layers while backward goes on (dist::MpiReducer::mark_ready). With parallel chunks
   // (set_parallel_chunks) the discriminator's ranges come together, once its backward is over in every
   // chunk and before kGeneratorBackward begins, and the rest (generator, heads, shared embeddings) after
   // the generator's backward; always from the calling thread. With several micro-batches per optimizer
@@ -72,7 +75,7 @@ struct StepHooks {
   // With parallel chunks and on_gradients_ready set: called from the calling thread after each layer of
   // the generator's backward (by the chunk that runs on it), while the other chunks compute. MPI moves
   // non-blocking collectives forward only inside MPI calls, so this is where a caller lets the
-  // discriminator's allreduce progress (dist::BucketedReducer::progress). With one chunk,
+  // discriminator's allreduce progress (dist::GradientReducer::progress). With one chunk,
   // on_gradients_ready itself is called between layers and this is not called.
   std::function<void()> on_progress;
 };
@@ -263,6 +266,11 @@ class ElectraPretrainer final : public PretrainerModel<Wide<T>> {
   void set_attention_impl(AttentionImpl impl) override;
   AttentionImpl attention_impl() const override { return attention_impl_; }
 
+  // How many activation plans this model has allocated so far. Plans are sized for a batch's untrimmed
+  // length (Batch::slot_length()), so trimmed batches of any shorter length reuse them: once a shape has
+  // run, this stays put however the trimmed lengths vary (what tests check: nothing planned in the step).
+  size_t plans_made() const { return plans_made_; }
+
  private:
   struct Plan;
   // This forward's loss and metric sums of one chunk (added over chunks in chunk order).
@@ -274,7 +282,9 @@ class ElectraPretrainer final : public PretrainerModel<Wide<T>> {
   struct Normalizers {
     double mlm = 0.0, disc = 0.0, nsp = 0.0;
   };
-  Plan& plan_for(int B, int S, int P, int chunk);
+  // A plan of B rows and P predictions for chunk `chunk`, with room for S positions (one of at least S
+  // when there is one, else a new one for max(S, S_max)); its active length is set to S.
+  Plan& plan_for(int B, int S, int S_max, int P, int chunk);
   void check_batch(const Batch& batch) const;
   // The stages of forward and backward for the rows [r0, r0 + plan.B) of the batch (one chunk).
   void forward_generator(Plan& plan, const Batch& batch, int r0, const StepContext& ctx);
@@ -293,6 +303,7 @@ class ElectraPretrainer final : public PretrainerModel<Wide<T>> {
   DeviceBuffer<W> params_, grads_;
   DeviceBuffer<T> weights_;                   // T != W only: params_ rounded to T, refreshed at every forward
   std::vector<std::unique_ptr<Plan>> plans_;  // most recently used first
+  size_t plans_made_ = 0;                     // plans_made()
   std::vector<Plan*> last_;                   // the last forward's plans, one per chunk (for backward)
   StepHooks hooks_;                           // the last forward's hooks (for backward)
   int chunks_ = 1;                            // set_parallel_chunks

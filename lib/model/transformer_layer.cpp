@@ -31,7 +31,7 @@ TransformerLayer<T>::TransformerLayer(const TransformerLayerSlots& slots, const 
 template <typename T>
 void TransformerLayer<T>::plan(Backend<T>& be, int B, int S, bool recompute_activation, AttentionImpl attention) {
   B_ = B;
-  S_ = S;
+  S_ = planned_S_ = S;
   recompute_act_ = recompute_activation;
   const int H = shape_.num_heads, D = shape_.hidden / H;
   fused_attention_ = use_fused_attention(be, attention, B, S, H, D, shape_.attention_dropout);
@@ -60,8 +60,11 @@ void TransformerLayer<T>::plan(Backend<T>& be, int B, int S, bool recompute_acti
 
 template <typename T>
 void TransformerLayer<T>::forward(Backend<T>& be, const T* params, const T* x, const int32_t* mask,
-                                  const DropoutContext& dropout, LayerScratch<T>& scratch) {
+                                  const DropoutContext& dropout, LayerScratch<T>& scratch, int S) {
   ELECTRA_CHECK(B_ > 0, "transformer layer ", layer_, ": forward before plan");
+  ELECTRA_CHECK(S <= planned_S_, "transformer layer ", layer_, ": forward over ", S, " positions, planned for ",
+                planned_S_);
+  S_ = S > 0 ? S : planned_S_;
   x_ = x;
   mask_ = mask;
   const int N = B_ * S_, C = shape_.hidden, F = shape_.intermediate, H = shape_.num_heads, D = C / H;
@@ -73,8 +76,7 @@ void TransformerLayer<T>::forward(Backend<T>& be, const T* params, const T* x, c
 
   // Self-attention block.
   be.linear_forward(qkv_.data(), x, params + p.qkv.weight, params + p.qkv.bias, N, C, 3 * C);
-  attention_key_ =
-      dropout.key(dropout_lane(network_, layer_, DropoutSlot::kAttentionProbs), static_cast<uint64_t>(H) * S_ * S_);
+  attention_key_ = dropout.attention_key(dropout_lane(network_, layer_, DropoutSlot::kAttentionProbs), H, S_);
   if (fused_attention_) {
     be.fused_attention_forward(context_.data(), attention_stats_.data(), qkv_.data(), mask, B_, S_, H, D,
                                attention_rate_, attention_key_);

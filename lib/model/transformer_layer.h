@@ -20,7 +20,8 @@ namespace electra {
 // Buffers used only inside one layer's forward or backward, shared by all layers of an encoder.
 template <typename T>
 struct LayerScratch {
-  // materialized_attention: whether any layer runs attention_backward (needs `attention`).
+  // materialized_attention: whether any layer runs attention_backward (needs `attention`). Sized for
+  // B x S; a forward over fewer positions uses the prefixes.
   void plan(Backend<T>& be, int B, int S, int hidden, int ffn, int heads, bool materialized_attention = true);
   DeviceBuffer<T> tmp;                               // [N, C] pre-dropout dense outputs; dropout gradients
   DeviceBuffer<T> d_res1, d_res2, d_ln1, d_context;  // [N, C]
@@ -51,14 +52,17 @@ class TransformerLayer {
   // recompute_activation: do not keep act(x W1 + b1) from forward to backward (N x F values) but compute
   // it again in backward; the same numbers, less memory, one more activation pass.
   // attention: materialised or fused attention (use_fused_attention decides kAuto for this backend and
-  // shape, with the layer's attention dropout rate).
+  // shape, with the layer's attention dropout rate). Buffers are sized for B x S; forward may run any
+  // S' <= S on their prefixes, laid out as [B,S',...] (so trimmed batches need no plan of their own).
   void plan(Backend<T>& be, int B, int S, bool recompute_activation = false,
             AttentionImpl attention = AttentionImpl::kAuto);
   bool fused_attention() const { return fused_attention_; }
 
-  // x [B*S, C] (kept by pointer for backward), mask [B,S] device ints (1 = attend). Output [B*S, C].
+  // x [B*S, C] (kept by pointer for backward), mask [B,S] device ints (1 = attend), S <= the planned
+  // length (0: the planned one; backward uses the same). Attention dropout is keyed by
+  // dropout.key_seq_length (DropoutContext::attention_key). Output [B*S, C].
   void forward(Backend<T>& be, const T* params, const T* x, const int32_t* mask, const DropoutContext& dropout,
-               LayerScratch<T>& scratch);
+               LayerScratch<T>& scratch, int S = 0);
   const T* output() const { return out_.data(); }
 
   // dout [B*S, C] -> dx [B*S, C] (overwritten; must not alias dout); parameter gradients (wide) accumulate.
@@ -69,7 +73,7 @@ class TransformerLayer {
   TransformerLayerShape shape_;
   Network network_;
   int layer_;
-  int B_ = 0, S_ = 0;
+  int B_ = 0, S_ = 0, planned_S_ = 0;  // S_: the last forward's
   bool recompute_act_ = false;
   bool fused_attention_ = false;
   DropoutKey attention_key_;  // the last forward's attention dropout key (fused backward regenerates the bits)

@@ -20,6 +20,7 @@
 
 #include "data_pipeline/loader/loader.h"
 #include "lib/backend/backend.h"
+#include "lib/core/batch.h"
 #include "lib/core/error.h"
 #include "lib/core/log.h"
 #include "lib/dist/gradient_transport.h"
@@ -37,8 +38,8 @@
 #include "lib/train/checkpoint_manager.h"
 #include "lib/train/collapse_check.h"
 #include "lib/train/device.h"
-#include "lib/train/gradient_allreduce.h"
 #include "lib/train/metrics.h"
+#include "lib/train/rank_reducer.h"
 #include "lib/train/step_profile.h"
 #include "lib/train/tensorboard.h"
 
@@ -147,7 +148,9 @@ enum Metric {
   kDiscCorrect,
   kDiscTokens,
   kDiscFake,
-  kTokens,
+  kTokens,          // slots: rows x data.seq_length, padding included
+  kComputedTokens,  // slots computed on: rows x each micro-batch's (trimmed) length
+  kComputedFlops,   // model_flops_per_step of each micro-batch's computed shape
   kNumMetrics
 };
 
@@ -167,6 +170,9 @@ nlohmann::json default_run_config() {
       {"cache_mb", 1024},       // decompressed shard-chunk cache per rank
       {"verify_checksums", false},
       {"eval_dir", ""},  // held-out shards for train.eval_every ("": no evaluation)
+      // Each micro-batch (and evaluation batch) computes on its rows' longest real length (rounded up to a
+      // multiple of 8), not on data.seq_length: the same losses and gradients to float rounding
+      {"trim_padding", true},
   };
   config["train"] = {
       {"steps", 1000000},       // T: optimizer steps (the learning rate decays to 0 at T)
@@ -279,7 +285,7 @@ class Trainer {
   void warn_collapse(const StepMetrics& window);
   void run_eval();
   void log_profile();
-  std::unique_ptr<GradientAllreduce> make_reducer();
+  std::unique_ptr<dist::GradientReducer> make_reducer();
 
   const dist::Communicator& comm_;
   TrainOptions options_;
@@ -298,7 +304,8 @@ class Trainer {
   int ranks_on_gpu_ = 0;                           // set_ranks_on_gpu (0: estimated from the local ranks)
   dist::GradientTransport configured_transport_ = dist::GradientTransport::kAuto;  // dist.gradient_transport
   dist::GradientTransport transport_ = dist::GradientTransport::kHost;             // what it resolved to
-  std::unique_ptr<GradientAllreduce> reducer_;  // stages device gradients through the host when needed
+  std::unique_ptr<dist::GradientReducer> reducer_;  // over transport_ (make_rank_reducer)
+  bool reducer_stages_through_host_ = false;
   std::unique_ptr<CheckpointManager> checkpoints_;
   std::unique_ptr<MetricsWriter> metrics_;
   std::unique_ptr<TensorBoardWriter> tensorboard_;
@@ -313,6 +320,8 @@ class Trainer {
   int parallel_chunks_ = 1;
   AttentionImpl attention_impl_ = AttentionImpl::kAuto;  // train.attention
   int seq_length_ = 0;
+  bool trim_padding_ = true;  // data.trim_padding
+  Batch micro_;               // the step's micro-batch or trimmed batch (its vectors keep their capacity)
   uint64_t seed_ = 1;
   int log_every_ = 1;
   int checkpoint_every_ = 0;
@@ -375,6 +384,7 @@ std::optional<std::string> Trainer::setup() {
     total_steps_ = config_.get<int64_t>("train.steps");
     global_batch_ = config_.get<int>("train.batch_size");
     seq_length_ = config_.get<int>("data.seq_length");
+    trim_padding_ = config_.get<bool>("data.trim_padding");
     seed_ = config_.get<uint64_t>("train.seed");
     log_every_ = std::max(1, config_.get<int>("train.log_every"));
     checkpoint_every_ = config_.get<int>("train.checkpoint_every");
@@ -717,7 +727,7 @@ StepResult Trainer::train_step(double* metrics) {
   // Each rank checks its own gradient ranges for NaN/Inf as they become final (so the log can name the
   // rank), except when the allreduce runs on the device (NCCL, CUDA-aware MPI): there every check would
   // stall the GPU once per bucket, so the reduced gradient's norm decides instead (the same on every rank).
-  const bool check_ranges = backend_->device() == DeviceKind::kCpu || reducer_->stages_through_host();
+  const bool check_ranges = backend_->device() == DeviceKind::kCpu || reducer_stages_through_host_;
   reducer_->begin();
   // The last micro-batch's backward reports each range of the gradient buffer as it becomes final: the
   // range is checked for NaN/Inf, then its allreduce starts while backward goes on with earlier layers.
@@ -741,10 +751,16 @@ StepResult Trainer::train_step(double* metrics) {
   };
   const auto compute_start = prof ? Clock::now() : Clock::time_point{};
   for (int begin = 0; begin < batch.rows; begin += micro_rows_) {
-    const bool whole = micro_rows_ == batch.rows;
-    if (begin + micro_rows_ == batch.rows) context.hooks = last_micro_batch;
-    Batch micro = whole ? Batch{} : data::slice_rows(batch, begin, begin + micro_rows_);
-    const Batch& rows = whole ? batch : micro;
+    const int end = begin + micro_rows_;
+    if (end == batch.rows) context.hooks = last_micro_batch;
+    // data.trim_padding: the micro-batch computes on its longest row (a multiple of 8), its padding cut off;
+    // the model keys dropout and plans by the untrimmed length, so only float rounding changes.
+    const int seq = trim_padding_ ? needed_seq_length(batch, begin, end) : batch.seq_length;
+    const bool copy = end - begin < batch.rows || seq < batch.seq_length;
+    if (copy) copy_rows(batch, begin, end, seq, micro_);
+    const Batch& rows = copy ? micro_ : batch;
+    metrics[kComputedTokens] += static_cast<double>(rows.rows) * rows.seq_length;
+    metrics[kComputedFlops] += model_flops_per_step(model_config_, rows.rows, rows.seq_length);
     const PretrainerOutputs<float>& out = model_->forward(rows, context);
     model_->backward();
     for (size_t i = 0; i < rows.input_mask.size(); ++i) {
@@ -839,11 +855,15 @@ void Trainer::log_step(const double* metrics, int steps, double step_seconds, do
   m.disc_accuracy = metrics[kDiscTokens] > 0 ? metrics[kDiscCorrect] / metrics[kDiscTokens] : 0.0;
   m.lr = lr;
   m.grad_norm = grad_norm;
-  // Real (non-pad) tokens: what the model learns from. The slots (rows x seq_length) are what it computes on,
-  // and MFU counts the FLOPs of those.
+  // Real (non-pad) tokens: what the model learns from. Slots (rows x data.seq_length) are what the data holds;
+  // computed slots what the steps computed on (fewer with data.trim_padding). MFU counts the FLOPs of the
+  // computed slots; mfu_slots those of every slot, padding included (the figure before trimming).
   m.tokens_per_s = metrics[kDiscTokens] / steps / step_seconds;
   const double slots_per_s = metrics[kTokens] / step_seconds;
-  const double mfu = flops_per_step_ / step_seconds / (peak_gflops_ * 1e9 * comm_.world_size());
+  const double peak_flops = peak_gflops_ * 1e9 * comm_.world_size();
+  const double mfu = metrics[kComputedFlops] / step_seconds / peak_flops;
+  const double mfu_slots = flops_per_step_ / step_seconds / peak_flops;
+  const double computed_fraction = metrics[kComputedTokens] / metrics[kTokens];
   const double replaced_fraction = metrics[kDiscTokens] > 0 ? metrics[kDiscFake] / metrics[kDiscTokens] : 0.0;
   const double disc_gain = eval::discriminator_gain(m.disc_loss, replaced_fraction);
   const double disc_auc = eval::auc_from_histogram(window_scores_);  // NaN without both classes
@@ -853,8 +873,10 @@ void Trainer::log_step(const double* metrics, int steps, double step_seconds, do
              {"disc_auc", std::isfinite(disc_auc) ? nlohmann::json(disc_auc) : nlohmann::json(nullptr)},
              {"slot_tokens_per_s", slots_per_s},
              {"real_token_fraction", m.tokens_per_s / slots_per_s},
+             {"computed_slot_fraction", computed_fraction},
              {"step_seconds", step_seconds},
              {"mfu", mfu},
+             {"mfu_slots", mfu_slots},
              {"loss_scale", loss_scaler_->scale()}};  // the scale after the step (what the next one uses)
   if (metrics[kSentenceLoss] != 0) m.extra["sentence_loss"] = metrics[kSentenceLoss];
   const double eta = step_seconds * static_cast<double>(total_steps_ - step_);
@@ -864,8 +886,9 @@ void Trainer::log_step(const double* metrics, int steps, double step_seconds, do
        << std::noshowpos << " | disc_auc " << std::setprecision(3) << disc_auc << " | mlm_acc " << m.mlm_accuracy
        << " | disc_acc " << m.disc_accuracy << " | lr " << std::scientific << std::setprecision(2) << lr << std::fixed
        << " | gnorm " << std::setprecision(3) << grad_norm << " | " << std::setprecision(0) << m.tokens_per_s
-       << " tok/s (" << 100.0 * m.tokens_per_s / slots_per_s << "% of " << slots_per_s << " slots/s) | MFU "
-       << std::setprecision(1) << 100.0 * mfu << "% | ETA " << format_duration(eta);
+       << " tok/s (" << 100.0 * m.tokens_per_s / slots_per_s << "% of " << slots_per_s << " slots/s, "
+       << 100.0 * computed_fraction << "% computed) | MFU " << std::setprecision(1) << 100.0 * mfu << "% | ETA "
+       << format_duration(eta);
   if (loss_scaler_->enabled()) line << " | loss scale " << std::setprecision(0) << loss_scaler_->scale();
   ELECTRA_LOG(info) << line.str();
   metrics_->write(m);
@@ -914,6 +937,7 @@ void Trainer::run_eval() {
   eval::EvalOptions options;
   options.max_batches = config_.get<int64_t>("train.eval_batches");
   options.seed = seed_;
+  options.trim_padding = trim_padding_;
   const eval::EvalMetrics m = eval::evaluate(*model_, *eval_loader_, comm_, options);
   if (!comm_.is_root()) return;
   nlohmann::json record = {{"step", step_}};
@@ -934,8 +958,8 @@ void Trainer::run_eval() {
 }
 
 // The gradient allreduce of dist.gradient_transport (resolved in setup()). Collective.
-std::unique_ptr<GradientAllreduce> Trainer::make_reducer() {
-  GradientAllreduceOptions options;
+std::unique_ptr<dist::GradientReducer> Trainer::make_reducer() {
+  RankReducerOptions options;
   options.reducer.op = dist::ReduceOp::kSum;  // losses are already normalised by global counts
   // The discriminator's gradients are final first (its backward runs first): buckets of their own.
   options.reducer.boundaries = {model_->layout().first_element_of(Network::kDiscriminator)};
@@ -943,10 +967,11 @@ std::unique_ptr<GradientAllreduce> Trainer::make_reducer() {
       std::string(dist::kGradientTransportKey) + " = " + config_.get<std::string>(dist::kGradientTransportKey);
   // Half the step timeout: a hung NCCL is reported by name before the watchdog aborts the job.
   options.nccl_timeout_seconds = config_.get<double>("train.step_timeout") / 2;
-  auto allreduce = std::make_unique<GradientAllreduce>(comm_, configured_transport_, transport_, *backend_,
-                                                       model_->gradients(), model_->layout().total_size(), options);
-  transport_ = allreduce->transport();
-  return allreduce;
+  RankReducer made = make_rank_reducer(comm_, configured_transport_, transport_, *backend_, model_->gradients(),
+                                       model_->layout().total_size(), options);
+  transport_ = made.transport;
+  reducer_stages_through_host_ = made.stages_through_host;
+  return std::move(made.reducer);
 }
 
 int Trainer::train() {
@@ -1059,7 +1084,7 @@ int Trainer::train() {
       double averaged[kNumMetrics];
       for (int i = 0; i < kNumMetrics; ++i) averaged[i] = window[i];
       for (int i : {kTotalLoss, kMlmLoss, kDiscLoss, kSentenceLoss}) averaged[i] /= window_steps;
-      averaged[kTokens] = window[kTokens] / window_steps;
+      for (int i : {kTokens, kComputedTokens, kComputedFlops}) averaged[i] /= window_steps;
       const double step_seconds = seconds_since(window_start) / window_steps;
       if (root) log_step(averaged, window_steps, step_seconds, last_lr_, last_grad_norm_);
       std::fill(window, window + kNumMetrics, 0.0);

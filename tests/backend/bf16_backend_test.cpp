@@ -1,7 +1,8 @@
-// The bfloat16 type's conversions, and the CPU Backend<bfloat16> (make_cpu_bf16_backend): every op must give
-// bitwise the float CPU backend's result on the widened inputs, its bfloat16 outputs rounded to nearest-even
-// and its float (W) outputs unchanged; and on arbitrary float inputs it must stay within bf16 tolerance of
-// the float ops.
+// The bfloat16 type's conversions, and the CPU Backend<bfloat16> (make_cpu_bf16_backend) beyond parity: that
+// every op gives bitwise the float CPU backend's result on the widened inputs (bfloat16 outputs rounded to
+// nearest-even, float (W) outputs unchanged) is the parity table's cpu_bf16 column (tests/backend/parity).
+// Here: name and wide(), memory, refused calls and their messages, thread-count independence, concurrent
+// callers, and on arbitrary float inputs the distance to the float ops (bf16 tolerance).
 #include <gtest/gtest.h>
 #include <omp.h>
 
@@ -16,6 +17,7 @@
 #include "lib/backend/backend.h"
 #include "lib/core/bfloat16.h"
 #include "lib/core/error.h"
+#include "lib/model/device_buffer.h"
 #include "tests/backend/test_util.h"
 
 namespace electra::test {
@@ -183,21 +185,6 @@ std::vector<float> widened(const std::vector<bfloat16>& x) {
   return out;
 }
 
-// actual == expected rounded to bfloat16, bit for bit.
-::testing::AssertionResult narrowed_equal(const std::vector<bfloat16>& actual, const std::vector<float>& expected) {
-  if (actual.size() != expected.size()) {
-    return ::testing::AssertionFailure() << "size " << actual.size() << " != " << expected.size();
-  }
-  size_t mismatches = 0, first = 0;
-  for (size_t i = 0; i < actual.size(); ++i) {
-    if (actual[i].bits != bfloat16(expected[i]).bits && mismatches++ == 0) first = i;
-  }
-  if (mismatches == 0) return ::testing::AssertionSuccess();
-  return ::testing::AssertionFailure() << mismatches << " of " << actual.size() << " differ; element " << first << ": "
-                                       << static_cast<float>(actual[first]) << " (bits 0x" << std::hex
-                                       << actual[first].bits << ") expected " << std::dec << expected[first]
-                                       << " rounded (bits 0x" << std::hex << bfloat16(expected[first]).bits << ")";
-}
 // Bitwise equal floats (NaNs included).
 ::testing::AssertionResult bits_equal(const std::vector<float>& actual, const std::vector<float>& expected) {
   if (actual.size() != expected.size()) {
@@ -213,26 +200,18 @@ std::vector<float> widened(const std::vector<bfloat16>& x) {
 
 // A buffer allocated by a backend (so both backends see equally aligned memory), filled from the host.
 template <typename E>
-class Dev {
- public:
-  Dev(Backend<E>& be, const std::vector<E>& host) : be_(be), n_(host.size()), p_(be.allocate(n_)) {
-    be_.copy_from_host(p_, host.data(), n_);
+struct Dev : DeviceBuffer<E> {
+  Dev(Backend<E>& be, const std::vector<E>& host) : DeviceBuffer<E>(be, host.size()), backend(&be) {
+    be.copy_from_host(this->data(), host.data(), host.size());
   }
   Dev(Backend<E>& be, size_t n, E value) : Dev(be, std::vector<E>(n, value)) {}
-  ~Dev() { be_.deallocate(p_); }
-  Dev(const Dev&) = delete;
-  Dev& operator=(const Dev&) = delete;
-  E* get() { return p_; }
+  E* get() { return this->data(); }
   std::vector<E> host() const {
-    std::vector<E> out(n_);
-    be_.copy_to_host(out.data(), p_, n_);
+    std::vector<E> out(this->size());
+    backend->copy_to_host(out.data(), this->data(), out.size());
     return out;
   }
-
- private:
-  Backend<E>& be_;
-  size_t n_;
-  E* p_;
+  Backend<E>* backend;
 };
 
 // Outputs start from different values in the two backends, so an output an op fails to write shows.
@@ -260,489 +239,32 @@ TEST_F(Bf16Backend, NameDeviceAndWide) {
   EXPECT_NEAR(mean.host()[0], (x.wide[0] + x.wide[1] + x.wide[2] + x.wide[3]) / 4, 1e-6);
 }
 
-TEST_F(Bf16Backend, MemoryCopiesAndFill) {
+TEST_F(Bf16Backend, MemoryIsAlignedAndFillKeepsAnyBits) {
   bfloat16* buf = bf->allocate(1001);
   int32_t* ints = bf->allocate_ints(13);
   uint8_t* bytes = bf->allocate_bytes(7);
   EXPECT_EQ(reinterpret_cast<uintptr_t>(buf) % 64, 0u);
   EXPECT_EQ(reinterpret_cast<uintptr_t>(ints) % 64, 0u);
   EXPECT_EQ(reinterpret_cast<uintptr_t>(bytes) % 64, 0u);
-  const auto src = random_bf16(1001, 1).narrow;
-  bf->copy_from_host(buf, src.data(), src.size());
+  bf->fill(buf, 1001, bfloat16::from_bits(0x7fc1));  // any bits, a NaN payload included
   std::vector<bfloat16> back(1001);
   bf->copy_to_host(back.data(), buf, back.size());
-  EXPECT_EQ(std::memcmp(back.data(), src.data(), src.size() * sizeof(bfloat16)), 0);
-  bfloat16* other = bf->allocate(1001);
-  bf->copy(other, buf, 1001);
-  bf->copy_to_host(back.data(), other, back.size());
-  EXPECT_EQ(std::memcmp(back.data(), src.data(), src.size() * sizeof(bfloat16)), 0);
-  bf->fill(other, 1001, bfloat16::from_bits(0x7fc1));  // any bits, a NaN payload included
-  bf->copy_to_host(back.data(), other, back.size());
   for (bfloat16 v : back) ASSERT_EQ(v.bits, 0x7fc1);
-  const std::vector<int32_t> is = {1, -2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13};
-  std::vector<int32_t> is_back(13);
-  bf->copy_ints_from_host(ints, is.data(), 13);
-  bf->copy_ints_to_host(is_back.data(), ints, 13);
-  EXPECT_EQ(is, is_back);
-  bf->synchronize();
   bf->deallocate(buf);
-  bf->deallocate(other);
   bf->deallocate_ints(ints);
   bf->deallocate_bytes(bytes);
   EXPECT_EQ(bf->allocate(0), nullptr);
 }
 
-TEST_F(Bf16Backend, WidenIsExactAndNarrowRoundsToNearestEven) {
-  const size_t n = 100003;  // above the parallel threshold, odd tail
-  auto values = random_floats(n, 2, -300.0, 300.0);
-  values[0] = std::numeric_limits<float>::quiet_NaN();
-  values[1] = std::numeric_limits<float>::infinity();
-  values[2] = bits_float(0x3f808000u);  // a tie
-  values[3] = std::numeric_limits<float>::max();
-  Dev<float> src(*fp, values);
-  Dev<bfloat16> narrow = bf_out(n);
-  bf->narrow(narrow.get(), src.get(), n);
-  const auto narrowed = narrow.host();
-  EXPECT_TRUE(std::isnan(static_cast<float>(narrowed[0])));
-  EXPECT_TRUE(narrowed_equal({narrowed.begin() + 1, narrowed.end()}, {values.begin() + 1, values.end()}));
-  Dev<float> wide = fp_out(n);
-  bf->widen(wide.get(), narrow.get(), n);
-  EXPECT_TRUE(bits_equal(wide.host(), widened(narrowed)));
-}
-
-TEST_F(Bf16Backend, GemmAllTransposesLeadingDimensionsAndBeta) {
-  for (auto [m, n, k] : {std::tuple{7, 9, 11}, std::tuple{70, 90, 400}}) {
-    for (bool ta : {false, true}) {
-      for (bool tb : {false, true}) {
-        for (float beta : {0.0f, -0.5f}) {
-          const int lda = (ta ? m : k) + 3, ldb = (tb ? k : n) + 2, ldc = n + 5;
-          const auto a = random_bf16(static_cast<size_t>(ta ? k : m) * lda, 1);
-          const auto b = random_bf16(static_cast<size_t>(tb ? n : k) * ldb, 2);
-          auto c = random_bf16(static_cast<size_t>(m) * ldc, 3);
-          if (beta == 0.0f) {  // C is not read: garbage (NaN) must not matter
-            for (auto& v : c.narrow) v = bfloat16::from_bits(0x7fc0);
-            for (auto& v : c.wide) v = std::numeric_limits<float>::quiet_NaN();
-          }
-          Dev<bfloat16> ab(*bf, a.narrow), bb(*bf, b.narrow), cb(*bf, c.narrow);
-          Dev<float> af(*fp, a.wide), bff(*fp, b.wide), cf(*fp, c.wide);
-          const Transpose tra = ta ? Transpose::kYes : Transpose::kNo, trb = tb ? Transpose::kYes : Transpose::kNo;
-          bf->gemm(tra, trb, m, n, k, 0.75f, ab.get(), lda, bb.get(), ldb, beta, cb.get(), ldc);
-          fp->gemm(tra, trb, m, n, k, 0.75f, af.get(), lda, bff.get(), ldb, beta, cf.get(), ldc);
-          const auto cb_host = cb.host();
-          auto expected = cf.host();
-          // The gaps between rows are not the op's: they keep their bits (NaN payloads included).
-          for (int r = 0; r < m; ++r) {
-            for (int j = n; j < ldc && static_cast<size_t>(r) * ldc + j < expected.size(); ++j) {
-              const size_t i = static_cast<size_t>(r) * ldc + j;
-              ASSERT_EQ(cb_host[i].bits, c.narrow[i].bits) << "gap element " << i;
-              expected[i] = static_cast<float>(cb_host[i]);
-            }
-          }
-          EXPECT_TRUE(narrowed_equal(cb_host, expected))
-              << "ta=" << ta << " tb=" << tb << " m=" << m << " beta " << beta;
-        }
-      }
-    }
-  }
-}
-
-TEST_F(Bf16Backend, GemmStridedBatched) {
-  struct Shape {
-    int m, n, k, batch;
-    bool packed;     // C without gaps (one contiguous narrow)
-    bool broadcast;  // one A for every batch (stride 0)
-  };
-  for (const Shape& sh : {Shape{6, 4, 7, 5, false, false}, Shape{33, 17, 20, 3, true, false},
-                          Shape{70, 50, 40, 2, false, false}, Shape{9, 8, 5, 4, true, true}}) {
-    const int m = sh.m, n = sh.n, k = sh.k, batch = sh.batch;
-    const int lda = m, ldb = k, ldc = n;  // A and B transposed: stored [k, m] and [n, k]
-    const long long sa = sh.broadcast ? 0 : static_cast<long long>(k) * lda + 7,
-                    sb = static_cast<long long>(n) * ldb + 3,
-                    sc = static_cast<long long>(m) * ldc + (sh.packed ? 0 : 1);
-    const auto a = random_bf16(sh.broadcast ? k * lda : sa * batch, 4), b = random_bf16(sb * batch, 5);
-    const auto c = random_bf16(sc * batch, 6);
-    Dev<bfloat16> ab(*bf, a.narrow), bb(*bf, b.narrow), cb(*bf, c.narrow);
-    Dev<float> af(*fp, a.wide), bff(*fp, b.wide), cf(*fp, c.wide);
-    bf->gemm_strided_batched(Transpose::kYes, Transpose::kYes, m, n, k, 1.5f, ab.get(), lda, sa, bb.get(), ldb, sb,
-                             0.25f, cb.get(), ldc, sc, batch);
-    fp->gemm_strided_batched(Transpose::kYes, Transpose::kYes, m, n, k, 1.5f, af.get(), lda, sa, bff.get(), ldb, sb,
-                             0.25f, cf.get(), ldc, sc, batch);
-    EXPECT_TRUE(narrowed_equal(cb.host(), cf.host())) << "m " << m;  // the gaps widen and narrow exactly
-  }
-  Dev<bfloat16> x(*bf, 4, bfloat16(1.0f));
-  EXPECT_THROW(bf->gemm_strided_batched(Transpose::kNo, Transpose::kNo, 1, 1, 1, 1.0f, x.get(), 1, -1, x.get(), 1, 0,
-                                        0.0f, x.get(), 1, 1, 2),
-               Error);
-}
-
-TEST_F(Bf16Backend, LinearForwardAndBackwardAccumulateInFloat) {
-  const int rows = 37, in = 19, out = 70;
-  const auto x = random_bf16(rows * in, 1), w = random_bf16(out * in, 2), bias = random_bf16(out, 3);
-  const auto dy = random_bf16(rows * out, 4);
-  const auto dw0 = random_floats(out * in, 5), db0 = random_floats(out, 6);  // float gradients, not bf16 values
-  Dev<bfloat16> xb(*bf, x.narrow), wb(*bf, w.narrow), biasb(*bf, bias.narrow), dyb(*bf, dy.narrow);
-  Dev<float> xf(*fp, x.wide), wf(*fp, w.wide), biasf(*fp, bias.wide), dyf(*fp, dy.wide);
-  for (bool with_bias : {true, false}) {
-    auto yb = bf_out(rows * out);
-    auto yf = fp_out(rows * out);
-    bf->linear_forward(yb.get(), xb.get(), wb.get(), with_bias ? biasb.get() : nullptr, rows, in, out);
-    fp->linear_forward(yf.get(), xf.get(), wf.get(), with_bias ? biasf.get() : nullptr, rows, in, out);
-    EXPECT_TRUE(narrowed_equal(yb.host(), yf.host())) << "bias " << with_bias;
-  }
-  for (bool skip : {false, true}) {  // null dx and dbias are skipped; dW still accumulates
-    auto dxb = bf_out(rows * in);
-    auto dxf = fp_out(rows * in);
-    Dev<float> dwb(*fp, dw0), dbb(*fp, db0), dwf(*fp, dw0), dbf(*fp, db0);
-    bf->linear_backward(skip ? nullptr : dxb.get(), dwb.get(), skip ? nullptr : dbb.get(), dyb.get(), xb.get(),
-                        wb.get(), rows, in, out);
-    fp->linear_backward(skip ? nullptr : dxf.get(), dwf.get(), skip ? nullptr : dbf.get(), dyf.get(), xf.get(),
-                        wf.get(), rows, in, out);
-    EXPECT_TRUE(bits_equal(dwb.host(), dwf.host()));
-    EXPECT_FALSE(bits_equal(dwb.host(), dw0));
-    EXPECT_TRUE(bits_equal(dbb.host(), dbf.host()));
-    if (skip) {
-      EXPECT_TRUE(bits_equal(dbb.host(), db0));
-      for (bfloat16 v : dxb.host()) ASSERT_EQ(v.bits, kUnwrittenBf16.bits);
-    } else {
-      EXPECT_TRUE(narrowed_equal(dxb.host(), dxf.host()));
-    }
-  }
-}
-
-TEST_F(Bf16Backend, Activations) {
-  const size_t n = 70001;
-  const auto x = random_bf16(n, 1, -6.0, 6.0), dy = random_bf16(n, 2);
-  Dev<bfloat16> xb(*bf, x.narrow), dyb(*bf, dy.narrow);
-  Dev<float> xf(*fp, x.wide), dyf(*fp, dy.wide);
-  for (Activation act : {Activation::kNone, Activation::kGelu, Activation::kRelu, Activation::kTanh}) {
-    auto yb = bf_out(n), dxb = bf_out(n);
-    auto yf = fp_out(n), dxf = fp_out(n);
-    bf->activation_forward(act, yb.get(), xb.get(), n);
-    fp->activation_forward(act, yf.get(), xf.get(), n);
-    bf->activation_backward(act, dxb.get(), dyb.get(), xb.get(), n);
-    fp->activation_backward(act, dxf.get(), dyf.get(), xf.get(), n);
-    EXPECT_TRUE(narrowed_equal(yb.host(), yf.host())) << to_string(act);
-    EXPECT_TRUE(narrowed_equal(dxb.host(), dxf.host())) << to_string(act);
-  }
-}
-
-TEST_F(Bf16Backend, AddWithAliasingAccumulateAndScale) {
-  const size_t n = 70001;
-  const auto a = random_bf16(n, 1), b = random_bf16(n, 2);
-  std::vector<float> sum(n);
-  fp->add(sum.data(), a.wide.data(), b.wide.data(), n);
-  {
-    auto out = bf_out(n);
-    Dev<bfloat16> ab(*bf, a.narrow), bb(*bf, b.narrow);
-    bf->add(out.get(), ab.get(), bb.get(), n);
-    EXPECT_TRUE(narrowed_equal(out.host(), sum));
-    bf->add(ab.get(), ab.get(), bb.get(), n);  // out aliases a
-    EXPECT_TRUE(narrowed_equal(ab.host(), sum));
-  }
-  {
-    Dev<bfloat16> ab(*bf, a.narrow), bb(*bf, b.narrow);
-    bf->add(bb.get(), ab.get(), bb.get(), n);  // out aliases b
-    EXPECT_TRUE(narrowed_equal(bb.host(), sum));
-  }
-  {
-    // accumulate: the old value widened, added in float, rounded once.
-    Dev<bfloat16> yb(*bf, a.narrow), xb(*bf, b.narrow);
-    Dev<float> yf(*fp, a.wide), xf(*fp, b.wide);
-    bf->accumulate(yb.get(), xb.get(), n);
-    fp->accumulate(yf.get(), xf.get(), n);
-    EXPECT_TRUE(narrowed_equal(yb.host(), yf.host()));
-  }
-  {
-    Dev<bfloat16> xb(*bf, a.narrow);
-    Dev<float> xf(*fp, a.wide);
-    bf->scale(xb.get(), n, 0.3f);  // a float alpha that bfloat16 cannot hold
-    fp->scale(xf.get(), n, 0.3f);
-    EXPECT_TRUE(narrowed_equal(xb.host(), xf.host()));
-  }
-}
-
-TEST_F(Bf16Backend, DropoutSameKeepBits) {
-  const size_t n = 50001;
-  const auto x = random_bf16(n, 1), dy = random_bf16(n, 2);
-  const DropoutKey key{99, 4, 3, 10, 1000};
-  for (float p : {0.0f, 0.1f}) {
-    Dev<bfloat16> xb(*bf, x.narrow), dyb(*bf, dy.narrow);
-    Dev<float> xf(*fp, x.wide), dyf(*fp, dy.wide);
-    auto yb = bf_out(n), dxb = bf_out(n);
-    auto yf = fp_out(n), dxf = fp_out(n);
-    std::vector<uint8_t> keep_b(n, 7), keep_f(n, 9);
-    bf->dropout_forward(yb.get(), keep_b.data(), xb.get(), n, p, key);
-    fp->dropout_forward(yf.get(), keep_f.data(), xf.get(), n, p, key);
-    EXPECT_EQ(keep_b, keep_f) << "p " << p;
-    EXPECT_TRUE(narrowed_equal(yb.host(), yf.host())) << "p " << p;
-    bf->dropout_backward(dxb.get(), dyb.get(), keep_b.data(), n, p);
-    fp->dropout_backward(dxf.get(), dyf.get(), keep_f.data(), n, p);
-    EXPECT_TRUE(narrowed_equal(dxb.host(), dxf.host())) << "p " << p;
-    // In place (the kernel allows y == x).
-    std::vector<uint8_t> keep_in_place(n);
-    bf->dropout_forward(xb.get(), keep_in_place.data(), xb.get(), n, p, key);
-    EXPECT_TRUE(narrowed_equal(xb.host(), yf.host())) << "p " << p;
-  }
-}
-
-TEST_F(Bf16Backend, LayerNormStatisticsAndGradientsStayFloat) {
-  const int rows = 67, cols = 130;
-  const auto x = random_bf16(rows * cols, 1, -3.0, 3.0), gamma = random_bf16(cols, 2, 0.5, 1.5);
-  const auto beta = random_bf16(cols, 3), dy = random_bf16(rows * cols, 4);
-  const auto dgamma0 = random_floats(cols, 5), dbeta0 = random_floats(cols, 6);
-  Dev<bfloat16> xb(*bf, x.narrow), gb(*bf, gamma.narrow), bb(*bf, beta.narrow), dyb(*bf, dy.narrow);
-  Dev<float> xf(*fp, x.wide), gf(*fp, gamma.wide), bff(*fp, beta.wide), dyf(*fp, dy.wide);
-  auto yb = bf_out(rows * cols);
-  auto yf = fp_out(rows * cols);
-  Dev<float> mean_b(*fp, rows, 0.0f), rstd_b(*fp, rows, 0.0f), mean_f(*fp, rows, 1.0f), rstd_f(*fp, rows, 1.0f);
-  bf->layernorm_forward(yb.get(), mean_b.get(), rstd_b.get(), xb.get(), gb.get(), bb.get(), rows, cols, 1e-12f);
-  fp->layernorm_forward(yf.get(), mean_f.get(), rstd_f.get(), xf.get(), gf.get(), bff.get(), rows, cols, 1e-12f);
-  EXPECT_TRUE(narrowed_equal(yb.host(), yf.host()));
-  EXPECT_TRUE(bits_equal(mean_b.host(), mean_f.host()));
-  EXPECT_TRUE(bits_equal(rstd_b.host(), rstd_f.host()));
-  for (bool with_dx : {true, false}) {
-    auto dxb = bf_out(rows * cols);
-    auto dxf = fp_out(rows * cols);
-    Dev<float> dgb(*fp, dgamma0), dbb(*fp, dbeta0), dgf(*fp, dgamma0), dbf(*fp, dbeta0);
-    bf->layernorm_backward(with_dx ? dxb.get() : nullptr, dgb.get(), dbb.get(), dyb.get(), xb.get(), mean_b.get(),
-                           rstd_b.get(), gb.get(), rows, cols);
-    fp->layernorm_backward(with_dx ? dxf.get() : nullptr, dgf.get(), dbf.get(), dyf.get(), xf.get(), mean_f.get(),
-                           rstd_f.get(), gf.get(), rows, cols);
-    EXPECT_TRUE(bits_equal(dgb.host(), dgf.host()));
-    EXPECT_TRUE(bits_equal(dbb.host(), dbf.host()));
-    EXPECT_FALSE(bits_equal(dgb.host(), dgamma0));
-    if (with_dx) {
-      EXPECT_TRUE(narrowed_equal(dxb.host(), dxf.host()));
-    }
-  }
-}
-
-TEST_F(Bf16Backend, EmbeddingsGatherAndScatter) {
-  const int B = 3, S = 11, E = 40, V = 50, P = 4;
-  const auto ids = random_ints(B * S, 1, 0, V), type_ids = random_ints(B * S, 2, 0, 2);
-  const auto word = random_bf16(V * E, 3), position = random_bf16(S * E, 4), type = random_bf16(2 * E, 5);
-  Dev<bfloat16> wordb(*bf, word.narrow), posb(*bf, position.narrow), typeb(*bf, type.narrow);
-  Dev<float> wordf(*fp, word.wide), posf(*fp, position.wide), typef(*fp, type.wide);
-  // All terms, no type ids (type 0), no position table, no type table.
-  for (int variant = 0; variant < 4; ++variant) {
-    auto outb = bf_out(B * S * E);
-    auto outf = fp_out(B * S * E);
-    const int32_t* tids = variant == 1 ? nullptr : type_ids.data();
-    bf->embedding_forward(outb.get(), ids.data(), tids, wordb.get(), variant == 2 ? nullptr : posb.get(),
-                          variant == 3 ? nullptr : typeb.get(), B, S, E);
-    fp->embedding_forward(outf.get(), ids.data(), tids, wordf.get(), variant == 2 ? nullptr : posf.get(),
-                          variant == 3 ? nullptr : typef.get(), B, S, E);
-    EXPECT_TRUE(narrowed_equal(outb.host(), outf.host())) << "variant " << variant;
-  }
-  const auto dout = random_bf16(B * S * E, 6);
-  const auto dword0 = random_floats(V * E, 7), dpos0 = random_floats(S * E, 8), dtype0 = random_floats(2 * E, 9);
-  Dev<bfloat16> doutb(*bf, dout.narrow);
-  Dev<float> doutf(*fp, dout.wide);
-  Dev<float> dwb(*fp, dword0), dpb(*fp, dpos0), dtb(*fp, dtype0), dwf(*fp, dword0), dpf(*fp, dpos0), dtf(*fp, dtype0);
-  bf->embedding_backward(dwb.get(), dpb.get(), dtb.get(), doutb.get(), ids.data(), type_ids.data(), B, S, E);
-  fp->embedding_backward(dwf.get(), dpf.get(), dtf.get(), doutf.get(), ids.data(), type_ids.data(), B, S, E);
-  EXPECT_TRUE(bits_equal(dwb.host(), dwf.host()));
-  EXPECT_TRUE(bits_equal(dpb.host(), dpf.host()));
-  EXPECT_TRUE(bits_equal(dtb.host(), dtf.host()));
-  EXPECT_FALSE(bits_equal(dwb.host(), dword0));
-  bf->embedding_backward(nullptr, nullptr, dtb.get(), doutb.get(), ids.data(), type_ids.data(), B, S, E);
-  fp->embedding_backward(nullptr, nullptr, dtf.get(), doutf.get(), ids.data(), type_ids.data(), B, S, E);
-  EXPECT_TRUE(bits_equal(dtb.host(), dtf.host()));
-
-  // Rows gathered and scatter-added back (duplicate positions add up).
-  std::vector<int32_t> positions = random_ints(B * P, 10, 0, S);
-  positions[1] = positions[0];
-  const auto x = random_bf16(B * S * E, 11), g = random_bf16(B * P * E, 12);
-  Dev<bfloat16> xb(*bf, x.narrow), gb(*bf, g.narrow);
-  Dev<float> xf(*fp, x.wide), gf(*fp, g.wide);
-  auto gathered_b = bf_out(B * P * E);
-  auto gathered_f = fp_out(B * P * E);
-  bf->gather_rows(gathered_b.get(), xb.get(), positions.data(), B, S, P, E);
-  fp->gather_rows(gathered_f.get(), xf.get(), positions.data(), B, S, P, E);
-  EXPECT_TRUE(narrowed_equal(gathered_b.host(), gathered_f.host()));
-  bf->scatter_add_rows(xb.get(), gb.get(), positions.data(), B, S, P, E);
-  fp->scatter_add_rows(xf.get(), gf.get(), positions.data(), B, S, P, E);
-  EXPECT_TRUE(narrowed_equal(xb.host(), xf.host()));
-  EXPECT_FALSE(narrowed_equal(xb.host(), x.wide));
-}
-
-// Padding keys in example 0, a hole in example 1.
-std::vector<int32_t> attention_mask(int B, int S) {
-  std::vector<int32_t> mask(static_cast<size_t>(B) * S, 1);
-  for (int s = S - 3; s < S; ++s) mask[s] = 0;
-  if (B > 1) mask[S + 2] = 0;
-  return mask;
-}
-
-TEST_F(Bf16Backend, MaterialisedAttentionWithDropout) {
-  const int B = 2, S = 13, H = 3, D = 8;
-  const size_t nqkv = static_cast<size_t>(B) * S * 3 * H * D, nctx = static_cast<size_t>(B) * S * H * D,
-               nprobs = static_cast<size_t>(B) * H * S * S;
-  const auto qkv = random_bf16(nqkv, 1, -2.0, 2.0), dctx = random_bf16(nctx, 2);
-  const auto mask = attention_mask(B, S);
-  const DropoutKey key{5, 6, 7, 20, static_cast<uint64_t>(H) * S * S};
-  for (float p : {0.0f, 0.2f}) {
-    Dev<bfloat16> qkvb(*bf, qkv.narrow), dctxb(*bf, dctx.narrow);
-    auto ctxb = bf_out(nctx), probsb = bf_out(nprobs), dqkvb = bf_out(nqkv), scratchb = bf_out(nprobs);
-    std::vector<uint8_t> keep_b(nprobs, 3), keep_f(nprobs, 4);
-    bf->attention_forward(ctxb.get(), probsb.get(), keep_b.data(), qkvb.get(), mask.data(), B, S, H, D, p, key);
-    Dev<float> qkvf(*fp, qkv.wide), dctxf(*fp, dctx.wide);
-    auto ctxf = fp_out(nctx), probsf = fp_out(nprobs);
-    fp->attention_forward(ctxf.get(), probsf.get(), keep_f.data(), qkvf.get(), mask.data(), B, S, H, D, p, key);
-    EXPECT_EQ(keep_b, keep_f);
-    EXPECT_TRUE(narrowed_equal(ctxb.host(), ctxf.host())) << "p " << p;
-    const auto probs_narrow = probsb.host();
-    EXPECT_TRUE(narrowed_equal(probs_narrow, probsf.host())) << "p " << p;
-    // Backward reads the saved bf16 probabilities: the float op on their widening.
-    bf->attention_backward(dqkvb.get(), scratchb.get(), dctxb.get(), qkvb.get(), probsb.get(), keep_b.data(),
-                           mask.data(), B, S, H, D, p);
-    Dev<float> probs_w(*fp, widened(probs_narrow));
-    auto dqkvf = fp_out(nqkv), scratchf = fp_out(nprobs);
-    fp->attention_backward(dqkvf.get(), scratchf.get(), dctxf.get(), qkvf.get(), probs_w.get(), keep_f.data(),
-                           mask.data(), B, S, H, D, p);
-    EXPECT_TRUE(narrowed_equal(dqkvb.host(), dqkvf.host())) << "p " << p;
-  }
-}
-
-TEST_F(Bf16Backend, FusedAttentionWithDropoutStatsStayFloat) {
-  const int B = 2, S = 13, H = 3, D = 8;
-  const size_t nqkv = static_cast<size_t>(B) * S * 3 * H * D, nctx = static_cast<size_t>(B) * S * H * D,
-               nstats = static_cast<size_t>(B) * H * S;
-  for (auto [b, s, h, d, p] : {std::tuple{B, S, H, D, 0.1f}, std::tuple{0, 4, 1, 8, 0.0f}, std::tuple{2, 0, 1, 8, 0.0f},
-                               std::tuple{2, 4, 1, 8, 1.0f}}) {
+// Without a GPU's fused kernels the reference takes the float backend's answer, shape by shape.
+TEST_F(Bf16Backend, FusedAttentionSupportIsTheFloatBackends) {
+  for (auto [b, s, h, d, p] : {std::tuple{2, 13, 3, 8, 0.1f}, std::tuple{0, 4, 1, 8, 0.0f},
+                               std::tuple{2, 0, 1, 8, 0.0f}, std::tuple{2, 4, 1, 8, 1.0f}}) {
     EXPECT_EQ(bf->fused_attention_supported(b, s, h, d, p), fp->fused_attention_supported(b, s, h, d, p));
   }
-  const auto qkv = random_bf16(nqkv, 1, -2.0, 2.0), dctx = random_bf16(nctx, 2);
-  const auto mask = attention_mask(B, S);
-  const DropoutKey key{5, 6, 7, 20, static_cast<uint64_t>(H) * S * S};
-  for (float p : {0.0f, 0.2f}) {
-    Dev<bfloat16> qkvb(*bf, qkv.narrow), dctxb(*bf, dctx.narrow);
-    Dev<float> qkvf(*fp, qkv.wide), dctxf(*fp, dctx.wide);
-    auto ctxb = bf_out(nctx), dqkvb = bf_out(nqkv);
-    auto ctxf = fp_out(nctx), dqkvf = fp_out(nqkv);
-    Dev<float> stats_b(*fp, nstats, 1.0f), stats_f(*fp, nstats, 2.0f);
-    bf->fused_attention_forward(ctxb.get(), stats_b.get(), qkvb.get(), mask.data(), B, S, H, D, p, key);
-    fp->fused_attention_forward(ctxf.get(), stats_f.get(), qkvf.get(), mask.data(), B, S, H, D, p, key);
-    const auto ctx_narrow = ctxb.host();
-    EXPECT_TRUE(narrowed_equal(ctx_narrow, ctxf.host())) << "p " << p;
-    EXPECT_TRUE(bits_equal(stats_b.host(), stats_f.host())) << "p " << p;
-    bf->fused_attention_backward(dqkvb.get(), dctxb.get(), qkvb.get(), ctxb.get(), stats_b.get(), mask.data(), B, S, H,
-                                 D, p, key);
-    Dev<float> ctx_w(*fp, widened(ctx_narrow));
-    fp->fused_attention_backward(dqkvf.get(), dctxf.get(), qkvf.get(), ctx_w.get(), stats_f.get(), mask.data(), B, S, H,
-                                 D, p, key);
-    EXPECT_TRUE(narrowed_equal(dqkvb.host(), dqkvf.host())) << "p " << p;
-  }
 }
 
-TEST_F(Bf16Backend, SoftmaxCrossEntropyNullAndAliasedGradients) {
-  const int rows = 9, V = 301;
-  const auto logits = random_bf16(rows * V, 1, -5.0, 5.0);
-  const auto labels = random_ints(rows, 2, 0, V);
-  const auto scale = random_floats(rows, 3, 0.0, 2.0);
-  for (bool with_scale : {true, false}) {
-    Dev<bfloat16> lb(*bf, logits.narrow);
-    Dev<float> lf(*fp, logits.wide), scale_dev(*fp, scale);
-    const float* gs = with_scale ? scale_dev.get() : nullptr;
-    auto dlb = bf_out(rows * V);
-    auto dlf = fp_out(rows * V);
-    Dev<float> loss_b(*fp, rows, 0.0f), loss_f(*fp, rows, 1.0f);
-    std::vector<int32_t> argmax_b(rows, -1), argmax_f(rows, -2);
-    bf->softmax_cross_entropy(loss_b.get(), dlb.get(), argmax_b.data(), lb.get(), labels.data(), gs, rows, V);
-    fp->softmax_cross_entropy(loss_f.get(), dlf.get(), argmax_f.data(), lf.get(), labels.data(), gs, rows, V);
-    EXPECT_TRUE(bits_equal(loss_b.host(), loss_f.host()));
-    EXPECT_TRUE(narrowed_equal(dlb.host(), dlf.host()));
-    EXPECT_EQ(argmax_b, argmax_f);
-    // Without dlogits: the loss only.
-    Dev<float> loss_only(*fp, rows, 0.0f);
-    bf->softmax_cross_entropy(loss_only.get(), nullptr, nullptr, lb.get(), labels.data(), gs, rows, V);
-    EXPECT_TRUE(bits_equal(loss_only.host(), loss_f.host()));
-    // dlogits in place of the logits.
-    Dev<float> loss_alias(*fp, rows, 0.0f);
-    bf->softmax_cross_entropy(loss_alias.get(), lb.get(), nullptr, lb.get(), labels.data(), gs, rows, V);
-    EXPECT_TRUE(bits_equal(loss_alias.host(), loss_f.host()));
-    EXPECT_TRUE(narrowed_equal(lb.host(), dlf.host()));
-  }
-}
-
-TEST_F(Bf16Backend, LogSoftmaxInPlaceAndSigmoidCrossEntropy) {
-  const int rows = 5, V = 77;
-  const auto x = random_bf16(rows * V, 1, -4.0, 4.0);
-  Dev<bfloat16> xb(*bf, x.narrow);
-  Dev<float> xf(*fp, x.wide);
-  auto yb = bf_out(rows * V);
-  auto yf = fp_out(rows * V);
-  bf->log_softmax(yb.get(), xb.get(), rows, V);
-  fp->log_softmax(yf.get(), xf.get(), rows, V);
-  EXPECT_TRUE(narrowed_equal(yb.host(), yf.host()));
-  bf->log_softmax(xb.get(), xb.get(), rows, V);  // y aliases x
-  EXPECT_TRUE(narrowed_equal(xb.host(), yf.host()));
-
-  const size_t n = 1001;
-  const auto logit = random_bf16(n, 2, -8.0, 8.0);
-  const auto label = random_ints(n, 3, 0, 2);
-  const auto scale = random_floats(n, 4, 0.0, 50.0);
-  Dev<bfloat16> logit_b(*bf, logit.narrow);
-  Dev<float> logit_f(*fp, logit.wide), scale_dev(*fp, scale);
-  for (bool with_scale : {true, false}) {
-    const float* gs = with_scale ? scale_dev.get() : nullptr;
-    auto db = bf_out(n);
-    auto df = fp_out(n);
-    Dev<float> loss_b(*fp, n, 0.0f), loss_f(*fp, n, 1.0f);
-    bf->sigmoid_cross_entropy(loss_b.get(), db.get(), logit_b.get(), label.data(), gs, n);
-    fp->sigmoid_cross_entropy(loss_f.get(), df.get(), logit_f.get(), label.data(), gs, n);
-    EXPECT_TRUE(bits_equal(loss_b.host(), loss_f.host()));
-    EXPECT_TRUE(narrowed_equal(db.host(), df.host()));
-    bf->sigmoid_cross_entropy(loss_b.get(), nullptr, logit_b.get(), label.data(), gs, n);
-    EXPECT_TRUE(bits_equal(loss_b.host(), loss_f.host()));
-  }
-}
-
-TEST_F(Bf16Backend, GumbelSampleAndReplaceMaskedTokens) {
-  const int rows = 12, V = 97;
-  // Narrow logits with many ties between tokens: the samples must still be the float op's.
-  const auto logits = random_bf16(rows * V, 1, -3.0, 3.0);
-  std::vector<int32_t> disallow = random_ints(rows, 2, 0, V);
-  disallow[3] = -1;  // outside [0, V): disallows nothing
-  Dev<bfloat16> lb(*bf, logits.narrow);
-  Dev<float> lf(*fp, logits.wide);
-  for (float t : {1.0f, 0.5f}) {
-    std::vector<int32_t> sb(rows, -1), sf(rows, -2);
-    bf->gumbel_sample(sb.data(), lb.get(), disallow.data(), rows, V, t, 11, 12, 13, 4);
-    fp->gumbel_sample(sf.data(), lf.get(), disallow.data(), rows, V, t, 11, 12, 13, 4);
-    EXPECT_EQ(sb, sf) << "temperature " << t;
-    bf->gumbel_sample(sb.data(), lb.get(), nullptr, rows, V, t, 11, 12, 13, 4);
-    fp->gumbel_sample(sf.data(), lf.get(), nullptr, rows, V, t, 11, 12, 13, 4);
-    EXPECT_EQ(sb, sf) << "temperature " << t;
-  }
-
-  const int B = 3, S = 10, P = 4;
-  const auto original = random_ints(B * S, 3, 0, 30), input_mask = random_ints(B * S, 4, 0, 2);
-  auto positions = random_ints(B * P, 5, 0, S);
-  positions[1] = positions[0];  // a later duplicate wins
-  const auto samples = random_ints(B * P, 6, 0, 30);
-  auto weights = random_floats(B * P, 7, 0.0, 1.0);
-  weights[2] = 0.0f;
-  weights[5] = -1.0f;
-  positions[5] = S + 4;  // ignored: weight <= 0
-  std::vector<int32_t> cb(B * S, -1), lbl_b(B * S, -1), cf(B * S, -2), lbl_f(B * S, -2);
-  bf->replace_masked_tokens(cb.data(), lbl_b.data(), original.data(), input_mask.data(), positions.data(),
-                            weights.data(), samples.data(), B, S, P);
-  fp->replace_masked_tokens(cf.data(), lbl_f.data(), original.data(), input_mask.data(), positions.data(),
-                            weights.data(), samples.data(), B, S, P);
-  EXPECT_EQ(cb, cf);
-  EXPECT_EQ(lbl_b, lbl_f);
-}
-
-TEST_F(Bf16Backend, SumSquaresOfWidenedValuesAndNoOptimizer) {
-  const size_t n = 100003;
-  const auto x = random_bf16(n, 1, -10.0, 10.0);
-  Dev<bfloat16> xb(*bf, x.narrow);
-  Dev<float> xf(*fp, x.wide);
-  const double sb = bf->sum_squares(xb.get(), n), sf = fp->sum_squares(xf.get(), n);
-  EXPECT_EQ(std::memcmp(&sb, &sf, sizeof(double)), 0) << sb << " vs " << sf;
-  EXPECT_GT(sb, 0.0);
-
+TEST_F(Bf16Backend, NoOptimizerAndBadStridesAreRefused) {
   Dev<bfloat16> p(*bf, 4, bfloat16(1.0f));
   const auto expect_wide_hint = [](const std::function<void()>& call) {
     try {
@@ -759,6 +281,9 @@ TEST_F(Bf16Backend, SumSquaresOfWidenedValuesAndNoOptimizer) {
   expect_wide_hint([&] {
     bf->adamw_step_runs(p.get(), p.get(), p.get(), p.get(), &run, 1, 1e-3f, 0.9f, 0.999f, 1e-6f, 1, 1.0f, true);
   });
+  EXPECT_THROW(bf->gemm_strided_batched(Transpose::kNo, Transpose::kNo, 1, 1, 1, 1.0f, p.get(), 1, -1, p.get(), 1, 0,
+                                        0.0f, p.get(), 1, 1, 2),
+               Error);
 }
 
 // Errors of invalid arguments are the float kernels', word for word.

@@ -1,9 +1,9 @@
-// The fast CPU bf16 backend (make_onednn_bf16_backend) op by op against the bf16 reference
-// (make_cpu_bf16_backend) on the same bf16 inputs: the products (oneDNN: bf16 operands, float
-// accumulation) and attention within bf16 rounding, the other ops as the reference (their kernels have
-// their own tests in bf16_kernels_test.cpp); bitwise run to run, and inside parallel chunks as on one thread. And the
-// dispatch: with oneDNN limited to an ISA without bf16 instructions (ONEDNN_MAX_CPU_ISA, in a child
-// process) the products are the reference's, bitwise.
+// The fast CPU bf16 backend (make_onednn_bf16_backend) beyond the parity table (tests/backend/parity: its
+// cpu_bf16_onednn column checks every op against the bf16 reference, bit for bit but for the products):
+// its name and wide backend, parameter gradients that differ from the reference's only in the order of the
+// float sums, refusals, bitwise run to run and inside parallel chunks as on one thread. And the dispatch:
+// with oneDNN limited to an ISA without bf16 instructions (ONEDNN_MAX_CPU_ISA, in a child process) the
+// products are the reference's, bitwise.
 #include <gtest/gtest.h>
 #include <omp.h>
 
@@ -32,24 +32,7 @@ std::vector<bf16> random_bf16(size_t n, uint64_t id, double lo = -1.0, double hi
   for (size_t i = 0; i < n; ++i) out[i] = bf16(static_cast<float>(v[i]));
   return out;
 }
-std::vector<double> as_double(const std::vector<bf16>& x) {
-  std::vector<double> out(x.size());
-  for (size_t i = 0; i < x.size(); ++i) out[i] = static_cast<float>(x[i]);
-  return out;
-}
 std::vector<double> as_double(const std::vector<float>& x) { return std::vector<double>(x.begin(), x.end()); }
-
-// ||a - b|| / ||b||.
-template <typename A, typename B>
-double rel_l2(const std::vector<A>& a, const std::vector<B>& b) {
-  double d2 = 0, b2 = 0;
-  for (size_t i = 0; i < b.size(); ++i) {
-    const double x = static_cast<float>(a[i]), y = static_cast<float>(b[i]);
-    d2 += (x - y) * (x - y);
-    b2 += y * y;
-  }
-  return b2 == 0 ? std::sqrt(d2) : std::sqrt(d2 / b2);
-}
 
 class OnednnBf16Backend : public ::testing::Test {
  protected:
@@ -79,53 +62,12 @@ TEST_F(OnednnBf16Backend, NameDeviceAndWide) {
   std::printf("%s\n", cpu::cpu_bf16_support().summary().c_str());
 }
 
-TEST_F(OnednnBf16Backend, GemmEveryTransposeLeadingDimensionsAlphaBeta) {
-  const int m = 37, n = 45, k = 70;
-  for (Transpose ta : {Transpose::kNo, Transpose::kYes}) {
-    for (Transpose tb : {Transpose::kNo, Transpose::kYes}) {
-      const int lda = (ta == Transpose::kNo ? k : m) + 3, ldb = (tb == Transpose::kNo ? n : k) + 5, ldc = n + 2;
-      const std::vector<bf16> a = random_bf16(static_cast<size_t>(ta == Transpose::kNo ? m : k) * lda, 1);
-      const std::vector<bf16> b = random_bf16(static_cast<size_t>(tb == Transpose::kNo ? k : n) * ldb, 2);
-      const std::vector<bf16> c0 = random_bf16(static_cast<size_t>(m) * ldc, 3);
-      for (float beta : {0.0f, 0.5f}) {
-        auto [got, want] = both(c0, [&](Backend<bf16>& be, std::vector<bf16>& c) {
-          be.gemm(ta, tb, m, n, k, 0.75f, a.data(), lda, b.data(), ldb, beta, c.data(), ldc);
-        });
-        EXPECT_TRUE(test::all_near(as_double(got), as_double(want), 1e-2, 1e-2)) << "beta " << beta;
-        for (int r = 0; r < m; ++r) {  // the gap between rows is not the op's
-          for (int j = n; j < ldc; ++j) ASSERT_EQ(got[r * ldc + j], c0[r * ldc + j]);
-        }
-      }
-    }
-  }
-}
-
-TEST_F(OnednnBf16Backend, GemmStridedBatched) {
-  const int m = 16, n = 24, k = 40, batch = 3;
-  const long long sa = m * k + 8, sb = k * n + 4, sc = m * n + 16;
-  const std::vector<bf16> a = random_bf16(batch * sa, 4), b = random_bf16(batch * sb, 5);
-  const std::vector<bf16> c0 = random_bf16(batch * sc, 6);
-  auto [got, want] = both(c0, [&](Backend<bf16>& be, std::vector<bf16>& c) {
-    be.gemm_strided_batched(Transpose::kNo, Transpose::kYes, m, n, k, 1.0f, a.data(), k, sa, b.data(), k, k * n + 4,
-                            0.0f, c.data(), n, sc, batch);
-  });
-  (void)sb;
-  EXPECT_TRUE(test::all_near(as_double(got), as_double(want), 1e-2, 1e-2));
-}
-
-TEST_F(OnednnBf16Backend, LinearForwardAndBackwardAccumulateInFloat) {
+// The table holds dW and dbias to bf16's tolerance; they are sums of exact bf16 products in float, so only
+// the order of the float additions may differ from the reference's.
+TEST_F(OnednnBf16Backend, LinearParameterGradientsAccumulateInFloat) {
   const int rows = 130, in = 96, out = 72;
-  const std::vector<bf16> x = random_bf16(rows * in, 7), w = random_bf16(out * in, 8), bias = random_bf16(out, 9);
+  const std::vector<bf16> x = random_bf16(rows * in, 7), w = random_bf16(out * in, 8);
   const std::vector<bf16> dy = random_bf16(rows * out, 10);
-  auto [y_fast, y_ref] = both(std::vector<bf16>(rows * out), [&](Backend<bf16>& be, std::vector<bf16>& y) {
-    be.linear_forward(y.data(), x.data(), w.data(), bias.data(), rows, in, out);
-  });
-  EXPECT_TRUE(test::all_near(as_double(y_fast), as_double(y_ref), 1e-2, 1e-2));
-  auto [nb_fast, nb_ref] = both(std::vector<bf16>(rows * out), [&](Backend<bf16>& be, std::vector<bf16>& y) {
-    be.linear_forward(y.data(), x.data(), w.data(), nullptr, rows, in, out);
-  });
-  EXPECT_TRUE(test::all_near(as_double(nb_fast), as_double(nb_ref), 1e-2, 1e-2));
-
   // Parameter gradients accumulate (+=) into float buffers.
   const std::vector<double> dw0 = test::random_values(out * in, 11), db0 = test::random_values(out, 12);
   std::vector<float> dw_fast(dw0.begin(), dw0.end()), dw_ref = dw_fast, db_fast(db0.begin(), db0.end()),
@@ -133,18 +75,22 @@ TEST_F(OnednnBf16Backend, LinearForwardAndBackwardAccumulateInFloat) {
   std::vector<bf16> dx_fast(rows * in), dx_ref(rows * in);
   fast->linear_backward(dx_fast.data(), dw_fast.data(), db_fast.data(), dy.data(), x.data(), w.data(), rows, in, out);
   ref->linear_backward(dx_ref.data(), dw_ref.data(), db_ref.data(), dy.data(), x.data(), w.data(), rows, in, out);
-  EXPECT_TRUE(test::all_near(as_double(dx_fast), as_double(dx_ref), 1e-2, 1e-2));
-  // Sums of exact bf16 products in float: only the order of the float additions differs.
   EXPECT_TRUE(test::all_near(as_double(dw_fast), as_double(dw_ref), 1e-5, 1e-4));
   EXPECT_TRUE(test::all_near(as_double(db_fast), as_double(db_ref), 1e-5, 1e-4));
   // dx null: the parameter gradients only.
   fast->linear_backward(nullptr, dw_fast.data(), nullptr, dy.data(), x.data(), w.data(), rows, in, out);
   ref->linear_backward(nullptr, dw_ref.data(), nullptr, dy.data(), x.data(), w.data(), rows, in, out);
   EXPECT_TRUE(test::all_near(as_double(dw_fast), as_double(dw_ref), 1e-5, 1e-4));
-  EXPECT_THROW(fast->linear_forward(y_fast.data(), x.data(), w.data(), nullptr, rows, 0, out), Error);
 }
 
-// One attention forward + backward on both backends; returns {context, probs, dqkv} of each.
+TEST_F(OnednnBf16Backend, Refusals) {
+  std::vector<bf16> x(8), w(8), y(8);
+  EXPECT_THROW(fast->linear_forward(y.data(), x.data(), w.data(), nullptr, 2, 0, 4), Error);
+  // The optimizer runs on wide() (fp32 master weights), not on bf16 storage.
+  EXPECT_THROW(fast->adamw_step(nullptr, nullptr, nullptr, nullptr, 0, 0, 0, 0, 0, 0, 1, 1, true), Error);
+}
+
+// One attention forward + backward; returns context, probs, dqkv and the keep bits.
 struct AttentionRun {
   std::vector<bf16> context, probs, dqkv;
   std::vector<uint8_t> keep;
@@ -166,48 +112,6 @@ AttentionRun run_attention(Backend<bf16>& be, const std::vector<bf16>& qkv, cons
   be.attention_backward(r.dqkv.data(), scratch.data(), dcontext.data(), qkv.data(), r.probs.data(), r.keep.data(), m, B,
                         S, H, D, dropout);
   return r;
-}
-
-TEST_F(OnednnBf16Backend, MaterialisedAttentionWithMaskAndDropout) {
-  const int B = 3, S = 40, H = 4, D = 16;
-  const std::vector<bf16> qkv = random_bf16(static_cast<size_t>(B) * S * 3 * H * D, 13, -2.0, 2.0);
-  const std::vector<bf16> dcontext = random_bf16(static_cast<size_t>(B) * S * H * D, 14);
-  std::vector<int32_t> mask(B * S, 1);
-  for (int s = 25; s < S; ++s) mask[1 * S + s] = 0;  // row 1 padded
-  for (int s = 0; s < S; ++s) mask[2 * S + s] = 0;   // row 2 all padding
-  for (float dropout : {0.0f, 0.1f}) {
-    for (const std::vector<int32_t>* m :
-         {static_cast<const std::vector<int32_t>*>(&mask), static_cast<const std::vector<int32_t>*>(nullptr)}) {
-      const AttentionRun f = run_attention(*fast, qkv, dcontext, m, B, S, H, D, dropout);
-      const AttentionRun r = run_attention(*ref, qkv, dcontext, m, B, S, H, D, dropout);
-      const std::string what = "dropout " + std::to_string(dropout) + (m ? " mask" : " no mask");
-      EXPECT_EQ(f.keep, r.keep) << what;
-      EXPECT_TRUE(test::all_near(as_double(f.probs), as_double(r.probs), 1e-2, 1e-3)) << what;
-      EXPECT_TRUE(test::all_near(as_double(f.context), as_double(r.context), 2e-2, 2e-2)) << what;
-      EXPECT_LT(rel_l2(f.dqkv, r.dqkv), 2e-2) << what;
-      EXPECT_TRUE(test::all_near(as_double(f.dqkv), as_double(r.dqkv), 5e-2, 2e-2)) << what;
-      if (m != nullptr) {
-        for (int h = 0; h < H; ++h) {  // masked keys get exactly 0, an all-padding row all zeros
-          for (int i = 0; i < S; ++i) {
-            for (int j = 25; j < S; ++j) ASSERT_EQ(static_cast<float>(f.probs[((1 * H + h) * S + i) * S + j]), 0.0f);
-            for (int j = 0; j < S; ++j) ASSERT_EQ(static_cast<float>(f.probs[((2 * H + h) * S + i) * S + j]), 0.0f);
-          }
-        }
-      }
-    }
-  }
-}
-
-// ELECTRA-base's attention shape at S = 512 takes the one-row-at-a-time path (scores of one row fill the
-// 16 MB budget): the same results as the reference.
-TEST_F(OnednnBf16Backend, AttentionInRowGroups) {
-  const int B = 2, S = 512, H = 12, D = 8;
-  const std::vector<bf16> qkv = random_bf16(static_cast<size_t>(B) * S * 3 * H * D, 15);
-  const std::vector<bf16> dcontext = random_bf16(static_cast<size_t>(B) * S * H * D, 16);
-  const AttentionRun f = run_attention(*fast, qkv, dcontext, nullptr, B, S, H, D, 0.1f);
-  const AttentionRun r = run_attention(*ref, qkv, dcontext, nullptr, B, S, H, D, 0.1f);
-  EXPECT_TRUE(test::all_near(as_double(f.context), as_double(r.context), 2e-2, 2e-2));
-  EXPECT_LT(rel_l2(f.dqkv, r.dqkv), 2e-2);
 }
 
 TEST_F(OnednnBf16Backend, SameBitsRunToRunAndInsideParallelChunks) {
@@ -257,28 +161,6 @@ TEST_F(OnednnBf16Backend, SameBitsRunToRunAndInsideParallelChunks) {
     expect_same(run(), wide, "run to run, " + std::to_string(threads) + " threads");
   }
   omp_set_num_threads(saved);
-}
-
-// The ops outside the products go to the bf16 kernels: a few checked here through the backend (each
-// kernel's own tests are in bf16_kernels_test.cpp).
-TEST_F(OnednnBf16Backend, OtherOpsAreTheReferences) {
-  const size_t n = 3000;
-  const std::vector<bf16> x = random_bf16(n, 22, -3.0, 3.0), y0 = random_bf16(n, 23);
-  auto [g_fast, g_ref] = both(y0, [&](Backend<bf16>& be, std::vector<bf16>& y) {
-    be.activation_forward(Activation::kGelu, y.data(), x.data(), n);
-  });
-  EXPECT_EQ(g_fast, g_ref);
-  const int rows = 30, cols = 100;
-  const std::vector<bf16> gamma = random_bf16(cols, 24), beta = random_bf16(cols, 25);
-  std::vector<float> mf(rows), rf(rows), mr(rows), rr(rows);
-  std::vector<bf16> lf(rows * cols), lr(rows * cols);
-  fast->layernorm_forward(lf.data(), mf.data(), rf.data(), x.data(), gamma.data(), beta.data(), rows, cols, 1e-12f);
-  ref->layernorm_forward(lr.data(), mr.data(), rr.data(), x.data(), gamma.data(), beta.data(), rows, cols, 1e-12f);
-  EXPECT_EQ(lf, lr);
-  EXPECT_EQ(mf, mr);
-  EXPECT_EQ(rf, rr);
-  EXPECT_NEAR(fast->sum_squares(x.data(), n), ref->sum_squares(x.data(), n), 1e-9 * ref->sum_squares(x.data(), n));
-  EXPECT_THROW(fast->adamw_step(nullptr, nullptr, nullptr, nullptr, 0, 0, 0, 0, 0, 0, 1, 1, true), Error);
 }
 
 // Runs in a child process with ONEDNN_MAX_CPU_ISA set (read once per process by oneDNN): prints what the

@@ -1,7 +1,9 @@
 #!/bin/sh
 # electra-bench --lengths-from on a tiny corpus (BenchSmoke.ElectraBenchLengthsFrom): electra-preprocess makes
 # shards of short documents (blank lines separate them) in a temporary directory; the JSON must report real
-# tokens below the slots: real_token_fraction < 1 and tokens_per_s < slot_tokens_per_s.
+# tokens below the slots: real_token_fraction < 1 and tokens_per_s < slot_tokens_per_s. The steps are
+# trimmed to each batch's longest row (computed_slot_fraction < 1, fewer FLOPs than slot_flops_per_step),
+# and with --no-trim-padding they compute every slot, with the same first loss to float rounding.
 # Usage: lengths_smoke.sh ELECTRA_PREPROCESS ELECTRA_BENCH
 set -eu
 preprocess=$1
@@ -40,9 +42,28 @@ if [ -z "$real" ] || [ -z "$slots" ] || [ -z "$fraction" ]; then
   echo "FAIL: tokens_per_s, slot_tokens_per_s or real_token_fraction missing"
   exit 1
 fi
-if awk -v r="$real" -v s="$slots" -v f="$fraction" 'BEGIN { exit !(f > 0 && f < 1 && r > 0 && r < s) }'; then
-  echo "PASS: real_token_fraction $fraction < 1, tokens_per_s $real < slot_tokens_per_s $slots"
-else
+if ! awk -v r="$real" -v s="$slots" -v f="$fraction" 'BEGIN { exit !(f > 0 && f < 1 && r > 0 && r < s) }'; then
   echo "FAIL: real_token_fraction $fraction, tokens_per_s $real, slot_tokens_per_s $slots"
   exit 1
 fi
+computed=$(field computed_slot_fraction)
+flops=$(field flops_per_step)
+slot_flops=$(field slot_flops_per_step)
+loss=$(field first_loss)
+"$bench" --config tiny --batch 4 --seq 32 --steps 2 --warmup 1 --threads 1 --peak-gemm 64 \
+  --lengths-from "$tmp/shards" --no-trim-padding --json >"$tmp/bench.json"
+cat "$tmp/bench.json"
+untrimmed=$(field computed_slot_fraction)
+would=$(field trimmed_slot_fraction)
+untrimmed_loss=$(field first_loss)
+if ! awk -v c="$computed" -v f="$flops" -v s="$slot_flops" -v u="$untrimmed" -v w="$would" \
+  'BEGIN { exit !(c > 0 && c < 1 && f < s && u == 1 && w == c) }'; then
+  echo "FAIL: computed_slot_fraction $computed (untrimmed $untrimmed, would be $would), flops $flops of $slot_flops"
+  exit 1
+fi
+if ! awk -v a="$loss" -v b="$untrimmed_loss" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 1e-5 * b) }'; then
+  echo "FAIL: first_loss $loss trimmed, $untrimmed_loss untrimmed"
+  exit 1
+fi
+echo "PASS: real_token_fraction $fraction < 1, tokens_per_s $real < slot_tokens_per_s $slots;" \
+  "computed_slot_fraction $computed (1 with --no-trim-padding), first_loss $loss vs $untrimmed_loss"

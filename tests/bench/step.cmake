@@ -63,8 +63,9 @@ if(TARGET electra-bench)
   set_tests_properties(BenchSmoke.ElectraBenchBf16StorageJson PROPERTIES LABELS bench_smoke TIMEOUT 120
     PASS_REGULAR_EXPRESSION "\"storage\":\"bf16\".*\"tokens_per_s\":[0-9]")
   # --lengths-from: rows as long as a corpus's examples (shards of short documents made in the test), the rest
-  # padding; tokens/s counts the real tokens, below the slot tokens/s. A path that is not a shards directory
-  # is a usage error: exit code 2, naming the path.
+  # padding; tokens/s counts the real tokens, below the slot tokens/s; steps trimmed to the longest row unless
+  # --no-trim-padding (the same first loss). A path that is not a shards directory is a usage error: exit code 2,
+  # naming the path.
   if(TARGET electra-preprocess)
     add_test(NAME BenchSmoke.ElectraBenchLengthsFrom
       COMMAND sh ${CMAKE_CURRENT_LIST_DIR}/lengths_smoke.sh $<TARGET_FILE:electra-preprocess>

@@ -15,10 +15,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 build="${1:-build-cuda}"
 out=build-gpu-bundle
 cmake -S . -B "$build" -DELECTRA_CUDA=ON -DCMAKE_BUILD_TYPE=Release >/dev/null
-targets=(cuda_backend_tests cuda_host_tests dist_nccl_tests electra-bench)
+targets=(cuda_backend_tests cuda_host_tests backend_parity_tests dist_nccl_tests electra-bench)
 cmake --build "$build" --target "${targets[@]}" -j2
 rm -rf "$out" && mkdir -p "$out/bin" "$out/lib"
-cp "$build/tests/cuda_backend_tests" "$build/tests/cuda_host_tests" "$build/tests/dist_nccl_tests" "$out/bin/"
+cp "$build/tests/cuda_backend_tests" "$build/tests/cuda_host_tests" "$build/tests/backend_parity_tests" \
+  "$build/tests/dist_nccl_tests" "$out/bin/"
 cp "$build/bin/electra-bench" "$out/bin/"
 for binary in "$out"/bin/*; do
   ldd "$binary" | awk '$3 ~ /^\// {print $3}' | while read -r lib; do

@@ -1,7 +1,7 @@
-// The fixture shared by the CUDA op tests of both storage types (ops_test.cpp: CudaOps on float,
-// bf16_backend_test.cpp: CudaBf16Ops on bfloat16): host <-> device copies, random inputs in the storage
-// type, a bitwise comparison that names the first differing element, and the test bodies that are the
-// same for both types. The derived fixtures' SetUp makes the backends (and skips without a GPU).
+// The fixture shared by the CUDA backend tests of both storage types (ops_test.cpp: CudaOps on float,
+// bf16_backend_test.cpp: CudaBf16Ops on bfloat16) for what is not parity (that is the parity table,
+// tests/backend/parity): host <-> device copies, values in the storage type, a bitwise comparison that names
+// the first differing element. The derived fixtures' SetUp makes the backends (and skips without a GPU).
 #pragma once
 
 #include <gtest/gtest.h>
@@ -90,88 +90,6 @@ class CudaOpsFixture : public ::testing::Test {
       return *gpu;
     } else {
       return *gpu_float;
-    }
-  }
-
-  // Dropout forward and backward give the CPU's keep masks and values bitwise (per-example element
-  // counts that split a Philox group or not, in place too); p = 0 copies and sets every keep bit.
-  void expect_dropout_is_the_cpus() {
-    const size_t n = 10007;  // not a multiple of 4
-    const auto x = storage_values<E>(random_values(n, 1)), dy = storage_values<E>(random_values(n, 2));
-    for (uint64_t per : {1ull, 1001ull, 20000ull}) {
-      for (float p : {0.1f, 0.5f}) {
-        const DropoutKey key{.seed = 9, .step = 4, .lane = 3, .first_example = 5, .elements_per_example = per};
-        std::vector<E> y(n), dx(n);
-        std::vector<uint8_t> keep(n);
-        cpu->dropout_forward(y.data(), keep.data(), x.data(), n, p, key);
-        cpu->dropout_backward(dx.data(), dy.data(), keep.data(), n, p);
-        auto gx = up(x);
-        auto gdy = up(dy);
-        DeviceBuffer<E> gy(*gpu, n), gdx(*gpu, n);
-        auto gkeep = bytes(n);
-        gpu->dropout_forward(gy.data(), gkeep.data(), gx.data(), n, p, key);
-        gpu->dropout_backward(gdx.data(), gdy.data(), gkeep.data(), n, p);
-        EXPECT_EQ(down(gkeep), keep) << "per " << per << " p " << p;
-        EXPECT_TRUE(bitwise(down(gy), y));
-        EXPECT_TRUE(bitwise(down(gdx), dx));
-        gpu->dropout_forward(gx.data(), gkeep.data(), gx.data(), n, p, key);  // in place
-        EXPECT_TRUE(bitwise(down(gx), y));
-      }
-    }
-    auto gx = up(x);
-    DeviceBuffer<E> gy(*gpu, n);
-    auto gkeep = bytes(n);
-    gpu->dropout_forward(gy.data(), gkeep.data(), gx.data(), n, 0.0f, DropoutKey{});
-    EXPECT_TRUE(bitwise(down(gy), x));
-    EXPECT_EQ(down(gkeep), std::vector<uint8_t>(n, 1));
-  }
-
-  // Every activation forward and backward, and GELU in place; near(got, want) compares a GPU result with
-  // the CPU's.
-  template <typename Near>
-  void expect_activations_are_the_cpus(const Near& near) {
-    const size_t n = 100003;
-    const auto x = storage_values<E>(random_values(n, 1, -6.0, 6.0)), dy = storage_values<E>(random_values(n, 2));
-    auto gx = up(x);
-    auto gdy = up(dy);
-    for (Activation act : {Activation::kNone, Activation::kGelu, Activation::kRelu, Activation::kTanh}) {
-      std::vector<E> y(n), dx(n);
-      cpu->activation_forward(act, y.data(), x.data(), n);
-      cpu->activation_backward(act, dx.data(), dy.data(), x.data(), n);
-      DeviceBuffer<E> gy(*gpu, n), gdx(*gpu, n);
-      gpu->activation_forward(act, gy.data(), gx.data(), n);
-      gpu->activation_backward(act, gdx.data(), gdy.data(), gx.data(), n);
-      EXPECT_TRUE(near(down(gy), y)) << to_string(act);
-      EXPECT_TRUE(near(down(gdx), dx)) << to_string(act);
-    }
-    // In place.
-    auto inplace = up(x);
-    gpu->activation_forward(Activation::kGelu, inplace.data(), inplace.data(), n);
-    std::vector<E> y(n);
-    cpu->activation_forward(Activation::kGelu, y.data(), x.data(), n);
-    EXPECT_TRUE(near(down(inplace), y));
-  }
-
-  // Gumbel-max samples are the CPU's exactly (a small and a BERT-sized vocabulary, two temperatures, with
-  // and without a disallowed token per row).
-  void expect_gumbel_samples_are_the_cpus() {
-    for (int V : {777, 30522}) {
-      const int rows = 24, per = 4;
-      const auto logits = storage_values<E>(random_values(static_cast<size_t>(rows) * V, 1, -3.0, 3.0));
-      const auto disallow = random_ints(rows, 2, 0, V);
-      auto glogits = up(logits);
-      auto gdisallow = up(disallow);
-      for (float t : {1.0f, 0.7f}) {
-        for (bool with_disallow : {false, true}) {
-          std::vector<int32_t> want(rows);
-          cpu->gumbel_sample(want.data(), logits.data(), with_disallow ? disallow.data() : nullptr, rows, V, t, 21, 6,
-                             9, per);
-          DeviceBuffer<E, int32_t> got(*gpu, rows);
-          gpu->gumbel_sample(got.data(), glogits.data(), with_disallow ? gdisallow.data() : nullptr, rows, V, t, 21, 6,
-                             9, per);
-          EXPECT_EQ(down(got), want) << "V " << V << " t " << t << " disallow " << with_disallow;
-        }
-      }
     }
   }
 

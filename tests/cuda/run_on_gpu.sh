@@ -43,6 +43,7 @@ if [[ -n "$bundle" ]]; then
     export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
   fi
   tests="$bundle/bin/cuda_backend_tests"
+  parity="$bundle/bin/backend_parity_tests"
   bench="$bundle/bin/electra-bench"
   # The bundle carries no MPI launcher: the tests that drive electra-train under mpirun (checkpoint move,
   # train precision, eval, transports) need the full build above, on a GPU node with the build packages.
@@ -64,14 +65,20 @@ else
     exit 1
   fi
   tests=build-gpu/tests/cuda_backend_tests
+  parity=build-gpu/tests/backend_parity_tests
   bench=build-gpu/bin/electra-bench
   # Every test that needs a GPU (they skip themselves elsewhere): the CUDA backend and its host-side
   # parts, the bf16 storage backend (CudaBf16Ops), cuDNN SDPA, cuBLASLt precisions, electra-train --device cuda in every precision, checkpoints
   # moved between GPU and CPU, electra-eval on the GPU, the NCCL reducer and the gradient transports
-  # (electra-train's, and electra-bench's: BenchSmoke.ElectraBenchCudaNccl).
+  # (electra-train's, and electra-bench's: BenchSmoke.ElectraBenchCudaNccl). Every op on both CUDA backends
+  # against the CPU is the backend parity table (BackendParity, below).
   ctest --test-dir build-gpu -R "Cuda|Nccl|TransportConfig|EvalE2E|nccl" --output-on-failure 2>&1 |
     tee "$logs/cuda_tests.txt" || status=1
 fi
+
+# The backend parity table: every op of backend.h on every backend, the CUDA columns included, against its
+# reference (tests/backend/parity); the op x backend table goes to the log.
+ELECTRA_PARITY_TABLE=1 "$parity" --gtest_brief=1 2>&1 | tee "$logs/parity_table.txt" || status=1
 
 if [[ $sanitize -eq 1 ]]; then
   if command -v compute-sanitizer >/dev/null; then
@@ -79,6 +86,10 @@ if [[ $sanitize -eq 1 ]]; then
       compute-sanitizer --tool "$tool" --error-exitcode 9 "$tests" --gtest_filter='CudaOps.*:CudaBf16Ops.*:CudaFusedLayerNorm.*:-CudaOps.Tf32*' \
         > "$logs/sanitizer_$tool.txt" 2>&1 || { echo "compute-sanitizer $tool found problems"; status=1; }
       tail -3 "$logs/sanitizer_$tool.txt"
+      # The ops themselves: the parity table's CUDA columns.
+      compute-sanitizer --tool "$tool" --error-exitcode 9 "$parity" --gtest_brief=1 --gtest_filter='Parity/*.cuda_*' \
+        > "$logs/sanitizer_parity_$tool.txt" 2>&1 || { echo "compute-sanitizer $tool found problems (parity)"; status=1; }
+      tail -3 "$logs/sanitizer_parity_$tool.txt"
     done
   else
     echo "compute-sanitizer not found: skipped"

@@ -13,7 +13,7 @@
 #include "lib/core/error.h"
 #include "lib/core/log.h"
 #include "lib/dist/communicator.h"
-#include "lib/dist/gradient_reducer.h"
+#include "lib/dist/mpi_reducer.h"
 #include "lib/dist/rank_main.h"
 #include "lib/dist/watchdog.h"
 
@@ -44,7 +44,7 @@ int main(int argc, char** argv) {
     }
     if (mode == "throw_reducing") {
       std::vector<float> grads(4000, 1.0f);
-      dist::GradientReducer reducer(comm, grads, {.bucket_bytes = 1000 * sizeof(float)});
+      dist::MpiReducer reducer(comm, grads, {.bucket_bytes = 1000 * sizeof(float)});
       if (comm.rank() == target) {
         reducer.begin();
         reducer.mark_ready(3000, 1000);  // launches the last bucket: the others never will

@@ -1,4 +1,4 @@
-// NcclReducer against the host MPI reducer (GradientReducer) on the same random buffers, with random
+// NcclReducer against the host MPI reducer (MpiReducer) on the same random buffers, with random
 // per-rank mark orders, under mpirun -np 1 and 2. Needs one GPU per rank (NCCL refuses two ranks on one
 // GPU): every rank skips together otherwise, and everything skips without a GPU.
 #include "lib/dist/nccl_reducer.h"
@@ -16,8 +16,8 @@
 
 #include "lib/backend/cuda/cuda_backend.h"
 #include "lib/core/error.h"
-#include "lib/dist/gradient_reducer.h"
 #include "lib/dist/gradient_transport.h"
+#include "lib/dist/mpi_reducer.h"
 #include "tests/dist/mpi_test_common.h"
 
 namespace electra::dist {
@@ -60,7 +60,7 @@ std::vector<std::pair<size_t, size_t>> uneven_ranges(size_t total) {
   return ranges;
 }
 
-void mark_shuffled(BucketedReducer& reducer, std::vector<std::pair<size_t, size_t>> ranges, unsigned seed) {
+void mark_shuffled(GradientReducer& reducer, std::vector<std::pair<size_t, size_t>> ranges, unsigned seed) {
   std::mt19937 rng(seed);
   std::shuffle(ranges.begin(), ranges.end(), rng);
   for (const auto& [offset, count] : ranges) reducer.mark_ready(offset, count);
@@ -124,7 +124,7 @@ TEST_P(CudaNcclReducerCases, EqualsTheHostMpiReducerOnRandomBuffersAndMarkOrders
   GpuFloats device(*backend, zeros);
   NcclReducer reducer(*nccl, *backend, device.data(), count, options);
   std::vector<float> host(count);
-  GradientReducer host_reducer(world(), host, options);
+  MpiReducer host_reducer(world(), host, options);
   ASSERT_EQ(reducer.num_buckets(), host_reducer.num_buckets());
   for (size_t b = 0; b < reducer.num_buckets(); ++b) EXPECT_EQ(reducer.bucket_range(b), host_reducer.bucket_range(b));
 
@@ -213,7 +213,7 @@ TEST_F(CudaNcclReducer, RejectsMisuseAndHostBackends) {
   EXPECT_THROW(NcclReducer(*nccl, *backend, device.data(), 100, {.bucket_bytes = 2}), Error);
 }
 
-// dist.gradient_transport = cuda_aware_mpi: GradientReducer handed device memory, synchronising the
+// dist.gradient_transport = cuda_aware_mpi: MpiReducer handed device memory, synchronising the
 // backend before each launch. Needs a GPU and an MPI that is CUDA-aware (Debian's Open MPI is not).
 TEST(CudaAwareMpiReducer, EqualsTheHostReducerOnDeviceMemory) {
   const CudaAwareMpiSupport support = query_cuda_aware_mpi();
@@ -227,7 +227,7 @@ TEST(CudaAwareMpiReducer, EqualsTheHostReducerOnDeviceMemory) {
   world().allreduce_sum(std::span<float>(expected));
   GpuFloats device(*backend, mine);
   const GradientReducerOptions options{.bucket_bytes = 2048 * sizeof(float), .op = ReduceOp::kSum};
-  GradientReducer reducer(world(), std::span<float>(device.data(), count), options, [&] { backend->synchronize(); });
+  MpiReducer reducer(world(), std::span<float>(device.data(), count), options, [&] { backend->synchronize(); });
   reducer.begin();
   mark_shuffled(reducer, uneven_ranges(count), 5u + static_cast<unsigned>(world().rank()));
   reducer.wait_all();

@@ -135,7 +135,7 @@ void attention_forward(T* context, T* probs, uint8_t* keep, const T* qkv, const 
     const T* attend = p;
     if (dropout > 0.0f) {
       uint8_t* kb = keep + bh * SS;
-      dropout_keep_mask(kb, bh * SS, SS, dropout, key);
+      attention_keep_mask(kb, b, h, H, S, dropout, key);
       T* dropped = detail::thread_scratch<T, detail::kScratchAttention>(SS);
       apply_keep(dropped, p, kb, keep_scale, SS);
       attend = dropped;
@@ -196,7 +196,7 @@ void attention_backward(T* dqkv, T* scratch, const T* dcontext, const T* qkv, co
 
 // Fused attention: one (batch, head) pair per OpenMP iteration with O(S*S) per-thread scratch. The
 // scores come from the same GEMM and the probabilities from the same softmax code as attention_forward,
-// and the keep bits from the same dropout_keep_mask indices, so forward's context equals the
+// and the keep bits from the same attention_keep_mask indices, so forward's context equals the
 // materialised one; backward recomputes the probabilities from the scores and the saved log-sum-exp.
 template <typename T>
 void fused_attention_forward(T* context, T* stats, const T* qkv, const int32_t* mask, int B, int S, int H, int D,
@@ -223,7 +223,7 @@ void fused_attention_forward(T* context, T* stats, const T* qkv, const int32_t* 
     masked_softmax_rows(p, stats + static_cast<size_t>(bh) * S, mask_b, S, S);
     if (dropout > 0.0f) {
       uint8_t* kb = detail::thread_scratch<uint8_t, detail::kScratchAttentionKeep>(SS);
-      dropout_keep_mask(kb, bh * SS, SS, dropout, key);
+      attention_keep_mask(kb, b, h, H, S, dropout, key);
       apply_keep(p, p, kb, keep_scale, SS);
     }
     T* ctx = context + static_cast<size_t>(b) * S * ld_ctx + h * D;
@@ -267,7 +267,7 @@ void fused_attention_backward(T* dqkv, const T* dcontext, const T* qkv, const T*
     const uint8_t* kb = nullptr;
     if (dropout > 0.0f) {
       uint8_t* bits = detail::thread_scratch<uint8_t, detail::kScratchAttentionKeep>(SS);
-      dropout_keep_mask(bits, bh * SS, SS, dropout, key);
+      attention_keep_mask(bits, b, h, H, S, dropout, key);
       kb = bits;
       apply_keep(ds, p, kb, keep_scale, SS);  // ds holds the dropped probabilities until d(attend) below
       attend = ds;

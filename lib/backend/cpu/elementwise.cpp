@@ -104,6 +104,19 @@ void dropout_keep_mask(uint8_t* keep, size_t begin, size_t count, float p, const
   }
 }
 
+void attention_keep_mask(uint8_t* keep, int b, int h, int H, int S, float p, const DropoutKey& key) {
+  const int Sk = attention_key_seq(key, S);
+  ELECTRA_CHECK(Sk >= S, "attention dropout: key_seq_length ", Sk, " is shorter than the sequence (", S, ")");
+  const size_t pair = static_cast<size_t>(b) * H + h;
+  if (Sk == S) {  // the pair's block is contiguous in the key's index space
+    dropout_keep_mask(keep, pair * S * S, static_cast<size_t>(S) * S, p, key);
+    return;
+  }
+  for (int q = 0; q < S; ++q) {
+    dropout_keep_mask(keep + static_cast<size_t>(q) * S, (pair * Sk + q) * Sk, static_cast<size_t>(S), p, key);
+  }
+}
+
 template <typename T>
 void fill(T* x, size_t n, T value) {
 #pragma omp parallel for simd schedule(static) if (n > kParallelMin)

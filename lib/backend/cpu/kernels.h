@@ -74,6 +74,10 @@ void dropout_backward(T* dx, const T* dy, const uint8_t* keep, size_t n, float p
 // Only the keep mask of elements [begin, begin + count) of a dropout site: keep[j] is element begin + j.
 // Used by dropout_forward and attention; exposed for tests.
 void dropout_keep_mask(uint8_t* keep, size_t begin, size_t count, float p, const DropoutKey& key);
+// The keep mask [S,S] of attention pair (b, h) of H heads: keep[q*S + k] is element (b, h, q, k) of the
+// key, ((b*H + h)*Sk + q)*Sk + k with Sk = attention_key_seq(key, S) >= S (DropoutKey). Every attention
+// kernel draws its bits here, so a trimmed batch's bits are the untrimmed one's.
+void attention_keep_mask(uint8_t* keep, int b, int h, int H, int S, float p, const DropoutKey& key);
 
 // ---- normalisation (layernorm.cpp) ----
 // Biased variance, eps inside the square root (PyTorch): rstd = 1 / sqrt(var + eps).
@@ -107,7 +111,7 @@ void scatter_add_rows(T* dx, const T* dout, const int32_t* positions, int B, int
 // are all masked gets all-zero probabilities (and context 0). A null mask attends to every key.
 // With dropout == 0, keep may be null
 // (when given, it is set to all ones). The keep mask uses DropoutKey element indices of the
-// [B,H,S,S] probability tensor: element ((b*H + h)*S + i)*S + j.
+// [B,H,Sk,Sk] probability tensor: element ((b*H + h)*Sk + i)*Sk + j (attention_keep_mask).
 template <typename T>
 void attention_forward(T* context, T* probs, uint8_t* keep, const T* qkv, const int32_t* mask, int B, int S, int H,
                        int D, float dropout, const DropoutKey& key);
@@ -119,7 +123,7 @@ void attention_backward(T* dqkv, T* scratch, const T* dcontext, const T* qkv, co
 // per-thread scratch, nothing [B,H,S,S]. stats [B,H,S]: max + log(sum exp(score - max)) over the row's
 // valid keys (the sum taken in T as the softmax does, the log in double), +infinity for a row whose keys
 // are all masked (its probabilities recompute to 0). Forward's context equals attention_forward's (same
-// GEMMs, softmax code and keep bits: element ((b*H + h)*S + i)*S + j of the key, regenerated in backward);
+// GEMMs, softmax code and keep bits: attention_keep_mask's element of the key, regenerated in backward);
 // backward recomputes p = exp(score - stats) and agrees with attention_backward to rounding. A null mask
 // attends to every key. context is not read by this backward (it is part of the interface for libraries
 // that need it).

@@ -335,7 +335,7 @@ void OnednnBf16Backend::attention_forward(T* context, T* probs, uint8_t* keep, c
       const int32_t* mask_b = mask != nullptr ? mask + static_cast<size_t>(b) * S : all_keys;
       const size_t offset = static_cast<size_t>(pair) * hp.pair();
       const size_t global = static_cast<size_t>(b0) * H * hp.pair() + offset;
-      if (dropout > 0.0f) cpu::dropout_keep_mask(keep + global, global, hp.pair(), dropout, key);
+      if (dropout > 0.0f) cpu::attention_keep_mask(keep + global, b, pair % H, H, S, dropout, key);
       cpu::bf16::attention_softmax_rows(group_probs + offset, dropout > 0.0f ? attend + offset : nullptr,
                                         scores + offset, mask_b, dropout > 0.0f ? keep + global : nullptr, keep_scale,
                                         S, S);

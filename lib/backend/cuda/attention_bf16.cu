@@ -32,7 +32,8 @@ __global__ void bf16_softmax_forward_kernel(float* scores, __nv_bfloat16* probs,
   warp_masked_softmax_row(p, m, S, lane);
   ELECTRA_ATTENTION_KEYS(j, S, lane) probs[base + j] = __float2bfloat16_rn(p[j]);
   __nv_bfloat16* out = dropout > 0.0f ? attend + static_cast<size_t>(row) * S : nullptr;
-  warp_dropout_row(out, keep, p, key, base, S, lane, dropout, keep_scale);
+  warp_dropout_row(out, keep, p, key, base, math::attention_keep_index(key, b, H, h, S, i, 0), S, lane, dropout,
+                   keep_scale);
 }
 
 __global__ void bf16_apply_keep_kernel(__nv_bfloat16* attend, const __nv_bfloat16* probs, const uint8_t* keep, int B,

@@ -18,7 +18,7 @@ constexpr int kRowsPerBlock = kBlock / kWarp;
 __device__ inline void row_keep_bits(uint8_t* bits, const DropoutKey& key, float dropout, int b, int H, int h, int S,
                                      int i, int j0, int count) {
   if (dropout > 0.0f) {
-    math::dropout_keep_group(bits, key, math::attention_keep_index(b, H, h, S, i, j0), count, dropout);
+    math::dropout_keep_group(bits, key, math::attention_keep_index(key, b, H, h, S, i, j0), count, dropout);
   } else {
     for (int u = 0; u < count; ++u) bits[u] = 1;
   }

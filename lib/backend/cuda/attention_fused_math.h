@@ -4,8 +4,8 @@
 //
 // The contract is backend.h's fused_attention_*: stats [B,H,S] holds each query row's log-sum-exp of the
 // masked, scaled scores (+infinity for a row without a valid key, whose probabilities are all 0), and
-// the dropout keep bit of probability (b, h, i, j) is element ((b*H + h)*S + i)*S + j of the key, as
-// attention_forward draws it.
+// the dropout keep bit of probability (b, h, i, j) is element ((b*H + h)*Sk + i)*Sk + j of the key, as
+// attention_forward draws it (Sk = key.key_seq_length, or S when 0: the untrimmed length of a trimmed batch).
 #pragma once
 
 #include <math.h>
@@ -20,6 +20,11 @@ namespace electra::cuda::math {
 // Element index of probability (b, h, i, j) in the [B,H,S,S] tensor whose keep bits the key describes.
 ELECTRA_HD inline uint64_t attention_keep_index(int b, int H, int h, int S, int i, int j) {
   return ((static_cast<uint64_t>(b) * H + h) * S + i) * S + j;
+}
+// The same for a call over S keys with `key`: rows key_seq_length long when it is set (a trimmed batch,
+// DropoutKey), so a kept element draws the untrimmed batch's bit.
+ELECTRA_HD inline uint64_t attention_keep_index(const DropoutKey& key, int b, int H, int h, int S, int i, int j) {
+  return attention_keep_index(b, H, h, key.key_seq_length > 0 ? key.key_seq_length : S, i, j);
 }
 
 // A row's stats from its largest valid score and sum of exp(score - max): max + log(sum) in double (as

@@ -54,16 +54,17 @@ __device__ inline SoftmaxRowStats warp_masked_softmax_row(float* p, const int32_
 }
 
 // Dropout of one row of probabilities p [S]: with dropout > 0, draws the keep bits of elements
-// base + j of the key, stores them in keep[base + j] and the dropped probabilities in dropped [S]
-// (rounded to D once); without dropout, keep (when non-null) is all ones and dropped is not touched.
+// key_base + j of the key (math::attention_keep_index), stores them in keep[base + j] and the dropped
+// probabilities in dropped [S] (rounded to D once); without dropout, keep (when non-null) is all ones
+// and dropped is not touched.
 template <typename D>
 __device__ inline void warp_dropout_row(D* dropped, uint8_t* keep, const float* p, const DropoutKey& key, size_t base,
-                                        int S, int lane, float dropout, float keep_scale) {
+                                        uint64_t key_base, int S, int lane, float dropout, float keep_scale) {
   if (dropout > 0.0f) {
     for (int j0 = 4 * lane; j0 < S; j0 += 4 * kWarp) {
       const int count = S - j0 < 4 ? S - j0 : 4;
       uint8_t bits[4];
-      math::dropout_keep_group(bits, key, base + j0, count, dropout);
+      math::dropout_keep_group(bits, key, key_base + j0, count, dropout);
       for (int u = 0; u < count; ++u) {
         keep[base + j0 + u] = bits[u];
         dropped[j0 + u] = from_float<D>(math::dropped_probability(p[j0 + u], bits[u], keep_scale));

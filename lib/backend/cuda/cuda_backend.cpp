@@ -79,10 +79,6 @@ std::string cuda_device_pci_bus_id(int device) noexcept {
 }
 
 std::unique_ptr<Backend<float>> make_cuda_backend(int device, const CudaBackendOptions& options) {
-  if (options.tf32 && options.precision != CudaPrecision::kFp32 && options.precision != CudaPrecision::kTf32) {
-    fail("CudaBackendOptions: tf32 = true (the deprecated spelling of precision tf32) contradicts precision ",
-         to_string(options.precision));
-  }
   int count = 0;
   const cudaError_t error = cudaGetDeviceCount(&count);
   if (error != cudaSuccess || count == 0) {

@@ -45,9 +45,6 @@ std::string to_string(CudaPrecision precision);
 
 struct CudaBackendOptions {
   CudaPrecision precision = CudaPrecision::kFp32;
-  // Deprecated spelling of precision = kTf32 (kept for callers of the first version); with another
-  // precision than fp32/tf32 make_cuda_backend refuses the contradiction.
-  bool tf32 = false;
   // Device memory: every allocate* is served from one cudaMalloc'd arena (lib/backend/cuda/arena.h) of
   // arena_bytes, or, when 0, memory_fraction (in (0, 1]) of the memory cudaMemGetInfo reports free once
   // the stream and cuBLAS exist (read again and halved, up to 3 times, when another process took memory

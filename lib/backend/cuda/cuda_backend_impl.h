@@ -69,9 +69,12 @@ inline void check_attention_shape(int B, int S, int H, int D, float dropout, con
 inline void check_attention_keep(const uint8_t* keep, float dropout, const char* op) {
   ELECTRA_CHECK(dropout == 0.0f || keep != nullptr, op, ": keep mask is null with dropout ", dropout);
 }
-// With dropout, keep bits are drawn by element index: the key must know an example's element count.
-inline void check_attention_key(const DropoutKey& key, float dropout, const char* op) {
+// With dropout, keep bits are drawn by element index: the key must know an example's element count, and
+// a trimmed batch's key rows (key_seq_length) are at least as long as the call's S.
+inline void check_attention_key(const DropoutKey& key, float dropout, int S, const char* op) {
   ELECTRA_CHECK(dropout == 0.0f || key.elements_per_example > 0, op, ": elements_per_example is 0");
+  ELECTRA_CHECK(key.key_seq_length == 0 || key.key_seq_length >= S, op, ": key_seq_length ", key.key_seq_length,
+                " is shorter than the sequence (", S, ")");
 }
 
 // Head h's query, key and value in qkv [B,S,3,H,D], or their gradients in dqkv.
@@ -115,8 +118,7 @@ class CudaBackend final : public Backend<float> {
   friend class CudaBf16Backend;
 
  public:
-  CudaBackend(int device, const CudaBackendOptions& options)
-      : device_(device), precision_(options.tf32 ? CudaPrecision::kTf32 : options.precision) {
+  CudaBackend(int device, const CudaBackendOptions& options) : device_(device), precision_(options.precision) {
     try {
       initialize(options);
     } catch (...) {
@@ -423,7 +425,7 @@ class CudaBackend final : public Backend<float> {
                          int S, int H, int D, float dropout, const DropoutKey& key) override {
     check_attention_shape(B, S, H, D, dropout, "attention_forward");
     check_attention_keep(keep, dropout, "attention_forward");
-    check_attention_key(key, dropout, "attention_forward");
+    check_attention_key(key, dropout, S, "attention_forward");
     if (B == 0) return;
     activate();
     const HeadLayout a(B, S, H, D);
@@ -495,7 +497,7 @@ class CudaBackend final : public Backend<float> {
   void fused_attention_forward(float* context, float* stats, const float* qkv, const int32_t* mask, int B, int S, int H,
                                int D, float dropout, const DropoutKey& key) override {
     check_attention_shape(B, S, H, D, dropout, "fused_attention_forward");
-    check_attention_key(key, dropout, "fused_attention_forward");
+    check_attention_key(key, dropout, S, "fused_attention_forward");
     if (B == 0) return;
     activate();
     if (cuda::CudnnSdpa* sdpa = sdpa_for(B, S, H, D, dropout)) {
@@ -517,7 +519,7 @@ class CudaBackend final : public Backend<float> {
                                 const float* stats, const int32_t* mask, int B, int S, int H, int D, float dropout,
                                 const DropoutKey& key) override {
     check_attention_shape(B, S, H, D, dropout, "fused_attention_backward");
-    check_attention_key(key, dropout, "fused_attention_backward");
+    check_attention_key(key, dropout, S, "fused_attention_backward");
     if (B == 0) return;
     activate();
     if (cuda::CudnnSdpa* sdpa = sdpa_for(B, S, H, D, dropout)) {

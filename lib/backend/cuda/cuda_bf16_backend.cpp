@@ -282,7 +282,7 @@ class CudaBf16Backend final : public Backend<bfloat16> {
                          int B, int S, int H, int D, float dropout, const DropoutKey& key) override {
     check_attention_shape(B, S, H, D, dropout, "attention_forward");
     check_attention_keep(keep, dropout, "attention_forward");
-    check_attention_key(key, dropout, "attention_forward");
+    check_attention_key(key, dropout, S, "attention_forward");
     if (B == 0) return;
     f_.activate();
     const HeadLayout a(B, S, H, D);
@@ -348,7 +348,7 @@ class CudaBf16Backend final : public Backend<bfloat16> {
   void fused_attention_forward(bfloat16* context, float* stats, const bfloat16* qkv, const int32_t* mask, int B, int S,
                                int H, int D, float dropout, const DropoutKey& key) override {
     check_attention_shape(B, S, H, D, dropout, "fused_attention_forward");
-    check_attention_key(key, dropout, "fused_attention_forward");
+    check_attention_key(key, dropout, S, "fused_attention_forward");
     if (B == 0) return;
     f_.activate();
     // The float backend's choice (same arguments, same cached answer in forward and backward).
@@ -375,7 +375,7 @@ class CudaBf16Backend final : public Backend<bfloat16> {
                                 const float* stats, const int32_t* mask, int B, int S, int H, int D, float dropout,
                                 const DropoutKey& key) override {
     check_attention_shape(B, S, H, D, dropout, "fused_attention_backward");
-    check_attention_key(key, dropout, "fused_attention_backward");
+    check_attention_key(key, dropout, S, "fused_attention_backward");
     if (B == 0) return;
     f_.activate();
     if (cuda::CudnnSdpa* sdpa = f_.sdpa_for(B, S, H, D, dropout)) {

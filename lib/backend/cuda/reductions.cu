@@ -263,7 +263,8 @@ __global__ void attention_softmax_forward_kernel(float* probs, uint8_t* keep, fl
   const int32_t* m = mask != nullptr ? mask + static_cast<size_t>(b) * S : nullptr;
   warp_masked_softmax_row(p, m, S, lane);
   float* out = dropout > 0.0f ? dropped + (static_cast<size_t>(b) * S + i) * S : nullptr;
-  warp_dropout_row(out, keep, p, key, base, S, lane, dropout, keep_scale);
+  warp_dropout_row(out, keep, p, key, base, math::attention_keep_index(key, b, H, h, S, i, 0), S, lane, dropout,
+                   keep_scale);
 }
 
 __global__ void attention_apply_keep_kernel(float* dropped, const float* probs, const uint8_t* keep, int B, int H,

@@ -25,6 +25,12 @@
 // norm-wise relative error against the fp32 CPU backend (tests/cuda/sdpa_test.cpp). Engines that cuDNN
 // marks non-deterministic are used only when no deterministic engine serves the shape (logged once).
 //
+// Trimmed batches (data.trim_padding: S below the untrimmed length, DropoutKey::key_seq_length): with
+// dropout 0 nothing random is drawn, so a trimmed call is the untrimmed one to rounding. cuDNN's own
+// dropout (were supported() to accept it) would draw bits by the call's S, not by our key: trimmed and
+// untrimmed steps would then differ. Each trimmed length is its own shape, so its plan is built the first
+// time that length occurs (at most S/8 lengths, kTrimMultiple).
+//
 // Plans (operation graph, heuristics CUDNN_HEUR_MODE_A with a fallback mode, execution plan, workspace
 // size) are built once per (B, S, H, D, precision, direction) and cached; the workspace and the half
 // buffers grow and are never shrunk. Memory (cudaMalloc, outside the backend's arena, like cuBLAS's and

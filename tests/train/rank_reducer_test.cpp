@@ -1,9 +1,9 @@
-// GradientAllreduce (lib/train/gradient_allreduce.h) under mpirun -np 2 and 3: every transport it builds
+// make_rank_reducer (lib/train/rank_reducer.h) under mpirun -np 2 and 3: every transport it builds
 // leaves the exact sum over ranks in the gradient buffer, overlapped (ranges marked in a different order on
 // each rank) and blocking; ranks that resolve different transports all fail naming the setting. The values
 // are small integers, so every summation order gives the exact sum. On GPUs (skipped without one) the host
 // staging of a device buffer and auto (NCCL with one GPU per rank, else host) are checked the same way.
-#include "lib/train/gradient_allreduce.h"
+#include "lib/train/rank_reducer.h"
 
 #include <gtest/gtest.h>
 
@@ -47,8 +47,8 @@ std::vector<float> expected_sums(int round) {
   return sums;
 }
 
-GradientAllreduceOptions small_buckets() {
-  GradientAllreduceOptions options;
+RankReducerOptions small_buckets() {
+  RankReducerOptions options;
   options.reducer.op = dist::ReduceOp::kSum;
   options.reducer.bucket_bytes = 64 * sizeof(float);  // 16 buckets of 64 (the last shorter)
   options.setting = "--transport";
@@ -71,7 +71,7 @@ std::vector<std::pair<size_t, size_t>> shuffled_ranges(int rank) {
 
 // One overlapped step and one blocking step through `allreduce` over `gradients` (on `backend`); returns
 // the two results as read back to the host.
-std::pair<std::vector<float>, std::vector<float>> two_steps(GradientAllreduce& allreduce, Backend<float>& backend,
+std::pair<std::vector<float>, std::vector<float>> two_steps(dist::GradientReducer& allreduce, Backend<float>& backend,
                                                             float* gradients) {
   const int rank = world().rank();
   std::vector<float> overlapped(kCount), blocking(kCount);
@@ -89,25 +89,26 @@ std::pair<std::vector<float>, std::vector<float>> two_steps(GradientAllreduce& a
   return {overlapped, blocking};
 }
 
-TEST(GradientAllreduceCpu, HostAndAutoLeaveTheExactSumOverlappedAndBlocking) {
+TEST(RankReducerCpu, HostAndAutoLeaveTheExactSumOverlappedAndBlocking) {
   const std::unique_ptr<Backend<float>> backend = make_cpu_backend<float>();
   float* gradients = backend->allocate(kCount);
   for (const dist::GradientTransport configured : {dist::GradientTransport::kAuto, dist::GradientTransport::kHost}) {
     const dist::GradientTransport resolved =
         dist::resolve_gradient_transport(configured, {.gpu = false, .shared_gpu = ""});
-    GradientAllreduce allreduce(world(), configured, resolved, *backend, gradients, kCount, small_buckets());
-    EXPECT_EQ(allreduce.transport(), dist::GradientTransport::kHost);
-    EXPECT_FALSE(allreduce.stages_through_host()) << "host gradients are reduced in place";
-    EXPECT_EQ(allreduce.reducer().num_buckets(), 16u);
-    const auto [overlapped, blocking] = two_steps(allreduce, *backend, gradients);
+    RankReducer allreduce =
+        make_rank_reducer(world(), configured, resolved, *backend, gradients, kCount, small_buckets());
+    EXPECT_EQ(allreduce.transport, dist::GradientTransport::kHost);
+    EXPECT_FALSE(allreduce.stages_through_host) << "host gradients are reduced in place";
+    EXPECT_EQ(allreduce.reducer->num_buckets(), 16u);
+    const auto [overlapped, blocking] = two_steps(*allreduce.reducer, *backend, gradients);
     EXPECT_EQ(overlapped, expected_sums(0)) << dist::to_string(configured);
     EXPECT_EQ(blocking, expected_sums(1)) << dist::to_string(configured);
-    EXPECT_EQ(allreduce.reducer().stats().steps, 2);
+    EXPECT_EQ(allreduce.reducer->stats().steps, 2);
   }
   backend->deallocate(gradients);
 }
 
-TEST(GradientAllreduceCpu, RanksThatResolveDifferentTransportsAllFailNamingTheSetting) {
+TEST(RankReducerCpu, RanksThatResolveDifferentTransportsAllFailNamingTheSetting) {
   if (world().world_size() < 2) GTEST_SKIP() << "needs two ranks";
   const std::unique_ptr<Backend<float>> backend = make_cpu_backend<float>();
   float* gradients = backend->allocate(kCount);
@@ -115,7 +116,7 @@ TEST(GradientAllreduceCpu, RanksThatResolveDifferentTransportsAllFailNamingTheSe
   const dist::GradientTransport mine =
       world().rank() == 0 ? dist::GradientTransport::kHost : dist::GradientTransport::kCudaAwareMpi;
   try {
-    GradientAllreduce allreduce(world(), mine, mine, *backend, gradients, kCount, small_buckets());
+    RankReducer allreduce = make_rank_reducer(world(), mine, mine, *backend, gradients, kCount, small_buckets());
     ADD_FAILURE() << "rank " << world().rank() << " built a reducer";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("--transport: the ranks resolved different transports (rank " +
@@ -126,7 +127,7 @@ TEST(GradientAllreduceCpu, RanksThatResolveDifferentTransportsAllFailNamingTheSe
   backend->deallocate(gradients);
 }
 
-TEST(GradientAllreduceCpu, CudaAwareMpiIsCheckedOnlyWhenAskedFor) {
+TEST(RankReducerCpu, CudaAwareMpiIsCheckedOnlyWhenAskedFor) {
   EXPECT_NO_THROW(check_gradient_transport_available(dist::GradientTransport::kHost, "--transport"));
   EXPECT_NO_THROW(check_gradient_transport_available(dist::GradientTransport::kNccl, "--transport"));
   const dist::CudaAwareMpiSupport support = dist::query_cuda_aware_mpi();
@@ -154,7 +155,7 @@ std::unique_ptr<Backend<float>> rank_gpu_backend() {
 }
 #endif
 
-TEST(GradientAllreduceCuda, HostStagingAndAutoLeaveTheExactSumInTheDeviceBuffer) {
+TEST(RankReducerCuda, HostStagingAndAutoLeaveTheExactSumInTheDeviceBuffer) {
 #if defined(ELECTRA_TEST_HAVE_CUDA)
   if (!world().agree_all(cuda_device_count() > 0)) GTEST_SKIP() << "no usable CUDA GPU on some rank";
   const std::unique_ptr<Backend<float>> backend = rank_gpu_backend();
@@ -163,15 +164,16 @@ TEST(GradientAllreduceCuda, HostStagingAndAutoLeaveTheExactSumInTheDeviceBuffer)
   for (const dist::GradientTransport configured : {dist::GradientTransport::kHost, dist::GradientTransport::kAuto}) {
     const dist::GradientTransport resolved =
         dist::resolve_gradient_transport(configured, {.gpu = true, .shared_gpu = ""});
-    GradientAllreduce allreduce(world(), configured, resolved, *backend, gradients, kCount, small_buckets());
+    RankReducer allreduce =
+        make_rank_reducer(world(), configured, resolved, *backend, gradients, kCount, small_buckets());
     const dist::GradientTransport expected = configured == dist::GradientTransport::kAuto && shared.empty()
                                                  ? dist::GradientTransport::kNccl
                                                  : dist::GradientTransport::kHost;
-    EXPECT_EQ(allreduce.transport(), expected) << dist::to_string(configured) << "; " << shared;
-    EXPECT_EQ(allreduce.stages_through_host(), expected == dist::GradientTransport::kHost);
-    const auto [overlapped, blocking] = two_steps(allreduce, *backend, gradients);
-    EXPECT_EQ(overlapped, expected_sums(0)) << dist::to_string(allreduce.transport());
-    EXPECT_EQ(blocking, expected_sums(1)) << dist::to_string(allreduce.transport());
+    EXPECT_EQ(allreduce.transport, expected) << dist::to_string(configured) << "; " << shared;
+    EXPECT_EQ(allreduce.stages_through_host, expected == dist::GradientTransport::kHost);
+    const auto [overlapped, blocking] = two_steps(*allreduce.reducer, *backend, gradients);
+    EXPECT_EQ(overlapped, expected_sums(0)) << dist::to_string(allreduce.transport);
+    EXPECT_EQ(blocking, expected_sums(1)) << dist::to_string(allreduce.transport);
   }
   backend->deallocate(gradients);
 #else
@@ -179,7 +181,7 @@ TEST(GradientAllreduceCuda, HostStagingAndAutoLeaveTheExactSumInTheDeviceBuffer)
 #endif
 }
 
-TEST(GradientAllreduceCuda, ExplicitNcclFailsOnEveryRankWhenRanksShareAGpu) {
+TEST(RankReducerCuda, ExplicitNcclFailsOnEveryRankWhenRanksShareAGpu) {
 #if defined(ELECTRA_TEST_HAVE_CUDA)
   if (!world().agree_all(cuda_device_count() > 0)) GTEST_SKIP() << "no usable CUDA GPU on some rank";
   const std::unique_ptr<Backend<float>> backend = rank_gpu_backend();
@@ -187,15 +189,15 @@ TEST(GradientAllreduceCuda, ExplicitNcclFailsOnEveryRankWhenRanksShareAGpu) {
   const std::string shared = dist::find_shared_gpus(world(), cuda_device_pci_bus_id(cuda_device_of(*backend)));
   const dist::GradientTransport nccl = dist::GradientTransport::kNccl;
   if (shared.empty()) {
-    GradientAllreduce allreduce(world(), nccl, nccl, *backend, gradients, kCount, small_buckets());
-    EXPECT_EQ(allreduce.transport(), nccl);
-    EXPECT_FALSE(allreduce.stages_through_host());
-    const auto [overlapped, blocking] = two_steps(allreduce, *backend, gradients);
+    RankReducer allreduce = make_rank_reducer(world(), nccl, nccl, *backend, gradients, kCount, small_buckets());
+    EXPECT_EQ(allreduce.transport, nccl);
+    EXPECT_FALSE(allreduce.stages_through_host);
+    const auto [overlapped, blocking] = two_steps(*allreduce.reducer, *backend, gradients);
     EXPECT_EQ(overlapped, expected_sums(0));
     EXPECT_EQ(blocking, expected_sums(1));
   } else {
     try {
-      GradientAllreduce allreduce(world(), nccl, nccl, *backend, gradients, kCount, small_buckets());
+      RankReducer allreduce = make_rank_reducer(world(), nccl, nccl, *backend, gradients, kCount, small_buckets());
       ADD_FAILURE() << "nccl accepted while " << shared;
     } catch (const Error& e) {
       EXPECT_NE(std::string(e.what()).find("= nccl needs one GPU per rank, but " + shared), std::string::npos)

@@ -1,4 +1,4 @@
-#include "lib/dist/gradient_reducer.h"
+#include "lib/dist/mpi_reducer.h"
 
 #include <gtest/gtest.h>
 
@@ -47,22 +47,22 @@ std::vector<float> random_values(size_t count, int rank) {
 }
 
 // Marks `ranges` in an order that differs per rank (and per step).
-void mark_shuffled(GradientReducer& reducer, std::vector<std::pair<size_t, size_t>> ranges, unsigned seed) {
+void mark_shuffled(MpiReducer& reducer, std::vector<std::pair<size_t, size_t>> ranges, unsigned seed) {
   std::mt19937 rng(seed);
   std::shuffle(ranges.begin(), ranges.end(), rng);
   for (const auto& [offset, count] : ranges) reducer.mark_ready(offset, count);
 }
 
-TEST(GradientReducer, BucketsCoverTheBuffer) {
+TEST(MpiReducer, BucketsCoverTheBuffer) {
   std::vector<float> buffer(1000);
-  GradientReducer reducer(world(), buffer, {.bucket_bytes = 400 * sizeof(float)});
+  MpiReducer reducer(world(), buffer, {.bucket_bytes = 400 * sizeof(float)});
   ASSERT_EQ(reducer.num_buckets(), 3u);
   EXPECT_EQ(reducer.bucket_range(0), (std::pair<size_t, size_t>{0, 400}));
   EXPECT_EQ(reducer.bucket_range(1), (std::pair<size_t, size_t>{400, 400}));
   EXPECT_EQ(reducer.bucket_range(2), (std::pair<size_t, size_t>{800, 200}));
   std::vector<float> tiny(3);
-  EXPECT_EQ(GradientReducer(world(), tiny, {.bucket_bytes = 1 << 20}).num_buckets(), 1u);
-  EXPECT_THROW(GradientReducer(world(), tiny, {.bucket_bytes = 2}), Error);
+  EXPECT_EQ(MpiReducer(world(), tiny, {.bucket_bytes = 1 << 20}).num_buckets(), 1u);
+  EXPECT_THROW(MpiReducer(world(), tiny, {.bucket_bytes = 2}), Error);
 }
 
 class GradientReducerOrders : public ::testing::TestWithParam<std::tuple<ReduceOp, LaunchOrder>> {};
@@ -79,7 +79,7 @@ TEST_P(GradientReducerOrders, OutOfOrderMarksMatchBlockingAllreduceBitwise) {
     comm.allreduce_average(std::span<float>(expected));
   }
 
-  GradientReducer reducer(comm, grads, {.bucket_bytes = 1024 * sizeof(float), .op = op, .order = order});
+  MpiReducer reducer(comm, grads, {.bucket_bytes = 1024 * sizeof(float), .op = op, .order = order});
   EXPECT_EQ(reducer.num_buckets(), 10u);
   reducer.begin();
   mark_shuffled(reducer, uneven_ranges(count), 7 + 1000 * comm.rank());
@@ -96,11 +96,11 @@ INSTANTIATE_TEST_SUITE_P(All, GradientReducerOrders,
                          ::testing::Combine(::testing::Values(ReduceOp::kSum, ReduceOp::kAverage),
                                             ::testing::Values(LaunchOrder::kDescending, LaunchOrder::kAscending)));
 
-TEST(GradientReducer, RandomGradientsOverSeveralSteps) {
+TEST(MpiReducer, RandomGradientsOverSeveralSteps) {
   const Communicator& comm = world();
   const size_t count = 50000;
   std::vector<float> grads(count);
-  GradientReducer reducer(comm, grads, {.bucket_bytes = 4096 * sizeof(float)});
+  MpiReducer reducer(comm, grads, {.bucket_bytes = 4096 * sizeof(float)});
   for (int step = 0; step < 3; ++step) {
     std::vector<float> mine = random_values(count, comm.rank() + 10 * step);
     std::copy(mine.begin(), mine.end(), grads.begin());
@@ -124,26 +124,26 @@ TEST(GradientReducer, RandomGradientsOverSeveralSteps) {
   EXPECT_GE(reducer.stats().wait_seconds, reducer.stats().last_wait_seconds);
 }
 
-TEST(GradientReducer, ReduceAllIsTheBlockingPath) {
+TEST(MpiReducer, ReduceAllIsTheBlockingPath) {
   const Communicator& comm = world();
   std::vector<float> grads = exact_values(3001, comm.rank());
   std::vector<float> expected = grads;
   comm.allreduce_sum(std::span<float>(expected));
-  GradientReducer reducer(comm, grads, {.bucket_bytes = 1000 * sizeof(float), .op = ReduceOp::kSum});
+  MpiReducer reducer(comm, grads, {.bucket_bytes = 1000 * sizeof(float), .op = ReduceOp::kSum});
   reducer.reduce_all();
   EXPECT_EQ(std::memcmp(grads.data(), expected.data(), grads.size() * sizeof(float)), 0);
 
   std::vector<float> empty;
-  GradientReducer nothing(comm, empty);
+  MpiReducer nothing(comm, empty);
   EXPECT_EQ(nothing.num_buckets(), 0u);
   EXPECT_NO_THROW(nothing.reduce_all());
 }
 
 // Misuse is caught locally, before any collective is issued (ascending order, first bucket incomplete).
-TEST(GradientReducer, RejectsMisuse) {
+TEST(MpiReducer, RejectsMisuse) {
   std::vector<float> grads(100);
   {
-    GradientReducer reducer(world(), grads, {.bucket_bytes = 50 * sizeof(float), .order = LaunchOrder::kAscending});
+    MpiReducer reducer(world(), grads, {.bucket_bytes = 50 * sizeof(float), .order = LaunchOrder::kAscending});
     EXPECT_THROW(reducer.mark_ready(0, 10), Error) << "mark_ready before begin()";
     reducer.begin();
     reducer.mark_ready(0, 10);
@@ -164,15 +164,14 @@ TEST(GradientReducer, RejectsMisuse) {
 
 // The CUDA-aware MPI path (a device buffer handed to MPI) run on host memory: the hook runs before every
 // group of launches, after the marks that completed them, and the result is the blocking allreduce's.
-TEST(GradientReducer, DeviceBufferPathSynchronizesBeforeEachLaunch) {
+TEST(MpiReducer, DeviceBufferPathSynchronizesBeforeEachLaunch) {
   const Communicator& comm = world();
   const size_t count = 5003;
   std::vector<float> grads = exact_values(count, comm.rank());
   std::vector<float> expected = grads;
   comm.allreduce_sum(std::span<float>(expected));
   int hook_calls = 0;
-  GradientReducer reducer(comm, grads, {.bucket_bytes = 500 * sizeof(float), .op = ReduceOp::kSum},
-                          [&] { ++hook_calls; });
+  MpiReducer reducer(comm, grads, {.bucket_bytes = 500 * sizeof(float), .op = ReduceOp::kSum}, [&] { ++hook_calls; });
   reducer.begin();
   // Bucket by bucket in launch order (descending): each mark completes exactly one bucket.
   for (size_t b = reducer.num_buckets(); b-- > 0;) {
@@ -194,9 +193,9 @@ TEST(GradientReducer, DeviceBufferPathSynchronizesBeforeEachLaunch) {
   EXPECT_EQ(hook_calls, before + 1) << "one synchronisation for all the buckets one mark completes";
   reducer.wait_all();
 
-  EXPECT_THROW(GradientReducer(comm, grads, {.op = ReduceOp::kAverage}, [] {}), Error)
+  EXPECT_THROW(MpiReducer(comm, grads, {.op = ReduceOp::kAverage}, [] {}), Error)
       << "kAverage would scale device memory on the host";
-  EXPECT_THROW(GradientReducer(comm, grads, {.op = ReduceOp::kSum}, std::function<void()>()), Error);
+  EXPECT_THROW(MpiReducer(comm, grads, {.op = ReduceOp::kSum}, std::function<void()>()), Error);
 }
 
 }  // namespace

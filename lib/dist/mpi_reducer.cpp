@@ -1,4 +1,4 @@
-#include "lib/dist/gradient_reducer.h"
+#include "lib/dist/mpi_reducer.h"
 
 #include <chrono>
 #include <climits>
@@ -10,24 +10,24 @@
 namespace electra::dist {
 namespace {
 
-constexpr const char* kOwner = "GradientReducer";
+constexpr const char* kOwner = "MpiReducer";
 
 void check_mpi(int rc, const char* what) {
-  if (rc != MPI_SUCCESS) fail("GradientReducer: ", what, " failed with MPI error ", rc);
+  if (rc != MPI_SUCCESS) fail("MpiReducer: ", what, " failed with MPI error ", rc);
 }
 
 // Floats per bucket; one bucket must fit one MPI message (an int count).
 size_t floats_per_bucket(const GradientReducerOptions& options) {
   const size_t per_bucket = bucket_elements(options.bucket_bytes, sizeof(float), kOwner);
   if (per_bucket > static_cast<size_t>(INT_MAX)) {
-    fail("GradientReducer: bucket_bytes=", options.bucket_bytes, " exceeds one MPI message (INT_MAX floats)");
+    fail("MpiReducer: bucket_bytes=", options.bucket_bytes, " exceeds one MPI message (INT_MAX floats)");
   }
   return per_bucket;
 }
 
 }  // namespace
 
-GradientReducer::GradientReducer(const Communicator& comm, std::span<float> buffer, GradientReducerOptions options)
+MpiReducer::MpiReducer(const Communicator& comm, std::span<float> buffer, GradientReducerOptions options)
     : comm_(comm),
       buffer_(buffer),
       options_(options),
@@ -36,24 +36,24 @@ GradientReducer::GradientReducer(const Communicator& comm, std::span<float> buff
   finished_.assign(plan_.num_buckets(), false);
 }
 
-GradientReducer::GradientReducer(const Communicator& comm, std::span<float> device_buffer,
-                                 GradientReducerOptions options, std::function<void()> before_launch)
-    : GradientReducer(comm, device_buffer, options) {
-  if (!before_launch) fail("GradientReducer: a device buffer needs a before_launch hook (the backend's synchronize)");
+MpiReducer::MpiReducer(const Communicator& comm, std::span<float> device_buffer, GradientReducerOptions options,
+                       std::function<void()> before_launch)
+    : MpiReducer(comm, device_buffer, options) {
+  if (!before_launch) fail("MpiReducer: a device buffer needs a before_launch hook (the backend's synchronize)");
   if (options.op != ReduceOp::kSum) {
-    fail("GradientReducer: a device buffer (CUDA-aware MPI) supports ReduceOp::kSum only: kAverage scales on the host");
+    fail("MpiReducer: a device buffer (CUDA-aware MPI) supports ReduceOp::kSum only: kAverage scales on the host");
   }
   before_launch_ = std::move(before_launch);
 }
 
-GradientReducer::~GradientReducer() {
+MpiReducer::~MpiReducer() {
   size_t in_flight = 0;
   for (const MPI_Request& request : requests_) in_flight += request != MPI_REQUEST_NULL;
   if (in_flight == 0) return;
   if (std::uncaught_exceptions() > 0) {
     // Unwinding towards run_rank_main's abort: waiting could hang if the other ranks never issue the
     // matching collectives, and requests of collectives cannot be cancelled. Leave them to MPI_Abort.
-    ELECTRA_LOG(error) << "GradientReducer destroyed by an exception with " << in_flight
+    ELECTRA_LOG(error) << "MpiReducer destroyed by an exception with " << in_flight
                        << " reductions in flight; the job must be aborted";
     return;
   }
@@ -63,19 +63,19 @@ GradientReducer::~GradientReducer() {
   }
 }
 
-void GradientReducer::begin() {
+void MpiReducer::begin() {
   plan_.begin();
   finished_.assign(plan_.num_buckets(), false);
 }
 
-void GradientReducer::mark_ready(size_t offset, size_t count) {
+void MpiReducer::mark_ready(size_t offset, size_t count) {
   plan_.mark(offset, count);
   if (count == 0) return;
   launch_ready();
   poll();
 }
 
-void GradientReducer::launch_ready() {
+void MpiReducer::launch_ready() {
   bool synchronized = false;
   while (std::optional<size_t> index = plan_.next_launch()) {
     // CUDA-aware MPI reads device memory outside the backend's stream: the values must be written first.
@@ -91,7 +91,7 @@ void GradientReducer::launch_ready() {
   }
 }
 
-void GradientReducer::poll() {
+void MpiReducer::poll() {
   int flag = 0;
   for (size_t position = 0; position < plan_.launched(); ++position) {
     const size_t index = plan_.bucket_at(position);
@@ -101,7 +101,7 @@ void GradientReducer::poll() {
   }
 }
 
-void GradientReducer::finish(size_t index) {
+void MpiReducer::finish(size_t index) {
   if (options_.op == ReduceOp::kAverage) {
     const auto [offset, count] = plan_.bucket_range(index);
     const float scale = 1.0f / static_cast<float>(comm_.world_size());
@@ -111,7 +111,7 @@ void GradientReducer::finish(size_t index) {
   finished_[index] = true;
 }
 
-void GradientReducer::wait_all() {
+void MpiReducer::wait_all() {
   plan_.check_complete("wait_all");  // complete marks have launched every bucket
   const auto start = std::chrono::steady_clock::now();
   for (size_t position = 0; position < plan_.num_buckets(); ++position) {
@@ -127,7 +127,7 @@ void GradientReducer::wait_all() {
   plan_.end();
 }
 
-void GradientReducer::reduce_all() {
+void MpiReducer::reduce_all() {
   begin();
   mark_ready(0, buffer_.size());
   wait_all();
