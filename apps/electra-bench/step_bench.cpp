@@ -26,6 +26,7 @@
 #include "lib/optim/optimizer.h"
 #include "lib/train/device.h"
 #include "lib/train/rank_reducer.h"
+#include "lib/train/step.h"
 
 #ifdef ELECTRA_BENCH_HAVE_CUDA
 #include "lib/backend/cuda/cuda_backend.h"
@@ -328,6 +329,7 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
   // share a GPU. One rank needs none, unless a transport is named (NCCL over one GPU, for a smoke test).
   std::unique_ptr<dist::GradientReducer> reducer;
   std::string transport_name = "none";
+  bool stages_through_host = false;
   if (ranks > 1 || o.transport != "auto") {
     RankReducerOptions ro;
     ro.reducer.op = dist::ReduceOp::kSum;  // losses are normalised by global counts, as electra-train does
@@ -337,6 +339,7 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
     RankReducer made = make_rank_reducer(comm, dist::parse_gradient_transport(o.transport), transport, *backend,
                                          net.gradients(), n_params, ro);
     transport_name = dist::to_string(made.transport);
+    stages_through_host = made.stages_through_host;
     reducer = std::move(made.reducer);
   }
 
@@ -355,7 +358,6 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
   std::vector<Batch> batches;
   std::vector<GlobalNormalizers> globals;
   std::vector<double> real_tokens;  // per batch, global
-  std::vector<int> computed_seq;    // per batch, this rank's: the trimmed length, or S
   // Per batch, summed over ranks: slots trimmed to each rank's longest row, slots computed, FLOPs computed.
   std::vector<double> shape_sums;
   for (int i = 0; i < n_batches; ++i) {
@@ -372,20 +374,51 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
     real_tokens.push_back(real);
     const Batch& b = batches.back();
     const int needed = needed_seq_length(b, 0, b.rows);
-    computed_seq.push_back(o.trim_padding ? needed : S);
+    const int computed_seq = o.trim_padding ? needed : S;  // as the step trims (one micro-batch)
     shape_sums.push_back(static_cast<double>(b.rows) * needed);
-    shape_sums.push_back(static_cast<double>(b.rows) * computed_seq.back());
-    shape_sums.push_back(model_flops_per_step(model, b.rows, computed_seq.back()));
+    shape_sums.push_back(static_cast<double>(b.rows) * computed_seq);
+    shape_sums.push_back(model_flops_per_step(model, b.rows, computed_seq));
   }
   if (ranks > 1) comm.allreduce_sum(std::span<double>(shape_sums));
-  Batch trimmed;  // the step's trimmed batch, as electra-train's: its vectors keep their capacity
 
+  // electra-train's step (lib/train/step.h), on the whole slice as one micro-batch.
+  train::TrainStep train_step(train::StepParts{.model = &net,
+                                               .optimizer = &optimizer,
+                                               .loss_scaler = &loss_scaler,
+                                               .backend = backend.get(),
+                                               .comm = &comm,
+                                               .reducer = reducer.get()},
+                              train::StepOptions{.seed = o.seed,
+                                                 .micro_rows = 0,
+                                                 .trim_padding = o.trim_padding,
+                                                 .overlap = o.overlap,
+                                                 .stages_through_host = stages_through_host});
   PhaseClock clock(*backend);
   std::vector<std::pair<std::string, std::vector<double>>> phase_table;
   std::vector<double> step_times, reduce_times;
   double timed_real_tokens = 0.0, timed_trimmed_slots = 0.0, timed_computed_slots = 0.0, timed_flops = 0.0;
-  double reduce_in_hooks = 0.0;
   double cpu_start = 0.0;
+  // The wait for the allreduce after backward: from its "allreduce" phase to the next one.
+  Clock::time_point wait_start{};
+  double wait_s = 0.0;
+  train::StepCallbacks callbacks;
+  callbacks.on_phase = [&](const char* phase) {
+    const std::string name = phase;
+    if (name == "allreduce") {
+      if (o.breakdown) clock.mark(name);
+      backend->synchronize();
+      wait_start = Clock::now();
+      return;
+    }
+    if (name == "finite_check" && reducer) wait_s = seconds(wait_start, Clock::now());
+    if (o.breakdown) clock.mark(name);
+  };
+  if (o.breakdown) {
+    callbacks.on_model_phase = [&](StepPhase p) {
+      if (p != StepPhase::kForwardDone && p != StepPhase::kBackwardDone) clock.mark(to_string(p));
+      if (p == StepPhase::kForwardDone) clock.mark("other");
+    };
+  }
   comm.barrier();
   for (int i = 0; i < total; ++i) {
     const bool timed = i >= o.warmup;
@@ -393,67 +426,18 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
       comm.barrier();
       cpu_start = cpu_seconds();
     }
-    StepContext ctx;
-    ctx.seed = o.seed;
-    ctx.step = static_cast<uint64_t>(i);
-    ctx.training = true;
-    ctx.global = globals[i % batches.size()];
-    ctx.copy_outputs = false;
-    const double loss_scale = loss_scaler.scale();
-    ctx.loss_scale = static_cast<float>(loss_scale);
-    if (o.breakdown) {
-      clock.start_step();
-      ctx.hooks.on_phase = [&](StepPhase p) {
-        if (p != StepPhase::kForwardDone && p != StepPhase::kBackwardDone) clock.mark(to_string(p));
-        if (p == StepPhase::kForwardDone) clock.mark("other");
-      };
-    }
-    reduce_in_hooks = 0.0;
-    if (reducer && o.overlap) {
-      ctx.hooks.on_gradients_ready = [&](size_t offset, size_t count) {
-        const auto t0 = Clock::now();
-        reducer->mark_ready(offset, count);
-        reduce_in_hooks += seconds(t0, Clock::now());
-      };
-      ctx.hooks.on_progress = [&] {
-        const auto t0 = Clock::now();
-        reducer->progress();
-        reduce_in_hooks += seconds(t0, Clock::now());
-      };
-    }
+    if (o.breakdown) clock.start_step();
+    wait_s = 0.0;
     backend->synchronize();
     const auto start = Clock::now();
-    if (o.breakdown) clock.mark("zero_gradients");
-    net.zero_gradients();
-    if (reducer && o.overlap) reducer->begin();
-    const Batch& whole = batches[i % batches.size()];
-    const int seq = computed_seq[i % batches.size()];
-    if (seq < S) copy_rows(whole, 0, whole.rows, seq, trimmed);
-    const PretrainerOutputs<float>& out = net.forward(seq < S ? trimmed : whole, ctx);
-    if (i == 0) r.first_loss = out.losses.total_loss;
-    r.last_loss = out.losses.total_loss;
-    net.backward();
-    double reduce_s = 0.0;
-    if (reducer) {
-      if (o.breakdown) clock.mark("allreduce");
-      backend->synchronize();
-      const auto t0 = Clock::now();
-      if (o.overlap) {
-        reducer->wait_all();
-      } else {
-        reducer->reduce_all();
-      }
-      reduce_s = seconds(t0, Clock::now()) + reduce_in_hooks;
-    }
-    if (o.breakdown) clock.mark("optimizer");
-    const double norm = optimizer.gradient_norm(net.gradients()) / loss_scale;
-    // As electra-train: an overflow of the scaled gradients skips the update and lowers the scale.
-    if (loss_scaler.update(std::isfinite(norm)) == LossScaleOutcome::kApply) {
-      optimizer.step_with_norm(net.parameters(), net.gradients(), static_cast<long long>(i), norm, loss_scale);
-    }
+    const train::StepOutcome outcome =
+        train_step.run(batches[i % batches.size()], globals[i % batches.size()], i, callbacks);
     backend->synchronize();
     if (o.breakdown) clock.mark("end");
     const double local = seconds(start, Clock::now());
+    if (i == 0) r.first_loss = outcome.metrics.total_loss;
+    r.last_loss = outcome.metrics.total_loss;
+    const double reduce_s = reducer ? wait_s + outcome.reducer_seconds : 0.0;
     const double slowest = ranks > 1 ? comm.allreduce_max(local) : local;
     if (timed) {
       step_times.push_back(slowest);

@@ -1,8 +1,8 @@
-// electra-bench's body: times full ELECTRA pre-training steps (generator and discriminator forward and
-// backward with dropout on, Gumbel sampling, gradient allreduce across MPI ranks, global-norm clipping
-// and AdamW) on synthetic batches, and reports what docs/performance.md tabulates: median step time,
-// tokens/s, model GFLOP/s (model_flops_per_step of the shapes computed), the fraction of a measured sgemm
-// peak, peak RSS, and optionally the time per phase of the step.
+// electra-bench's body: times full ELECTRA pre-training steps (electra-train's TrainStep, lib/train/step.h:
+// generator and discriminator forward and backward with dropout on, Gumbel sampling, gradient allreduce
+// across MPI ranks, the finite check, global-norm clipping and AdamW) on synthetic batches, and reports what
+// docs/performance.md tabulates: median step time, tokens/s, model GFLOP/s (model_flops_per_step of the shapes
+// computed), the fraction of a measured sgemm peak, peak RSS, and optionally the time per phase of the step.
 //
 // The library (electra_step_bench) holds the logic; apps/electra-bench/main.cpp only parses flags.
 #pragma once

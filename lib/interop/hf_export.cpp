@@ -58,8 +58,8 @@ std::vector<fs::path> export_hf(const PretrainerBundle& model, const fs::path& o
     fs::create_directories(dir);
     std::vector<SafetensorsTensorRef> tensors;
     for (const HfTensor& t : hf_tensors(layout.layout, which)) {
-      tensors.push_back({t.hf_name, std::vector<int64_t>(t.view->shape.begin(), t.view->shape.end()),
-                         std::span<const float>(model.params.data() + t.view->offset, t.view->size)});
+      tensors.push_back(
+          {t.hf_name, t.slice->shape, std::span<const float>(model.params.data() + t.slice->offset, t.slice->size)});
     }
     write_safetensors(dir / kHfWeightsFile, std::move(tensors));
     written.push_back(dir / kHfWeightsFile);

@@ -15,7 +15,7 @@ const char* hf_subdir(HfModel model) { return model == HfModel::kDiscriminator ?
 
 std::vector<HfTensor> hf_tensors(const ParameterLayout& layout, HfModel model) {
   std::vector<HfTensor> out;
-  for (const ParameterView& v : layout.views()) {
+  for (const ParameterSlice& v : layout.slices()) {
     if (model == HfModel::kDiscriminator) {
       if (v.network != Network::kGenerator) out.push_back({v.name, &v});
     } else {

@@ -29,14 +29,14 @@ inline constexpr const char* kHfWeightsFile = "model.safetensors";
 inline constexpr const char* kHfWeightsIndexFile = "model.safetensors.index.json";
 inline constexpr const char* kHfTiedLmHead = "generator_lm_head.weight";
 
-// One tensor of a Hugging Face state dict and the layout view that holds its values.
+// One tensor of a Hugging Face state dict and the layout slice that holds its values.
 struct HfTensor {
   std::string hf_name;
-  const ParameterView* view = nullptr;
+  const ParameterSlice* slice = nullptr;
 };
 
 // The state-dict tensors of `model` in layout order. The generator's list ends with the tied
-// generator_lm_head.weight (view = the word embeddings).
+// generator_lm_head.weight (slice = the word embeddings).
 std::vector<HfTensor> hf_tensors(const ParameterLayout& layout, HfModel model);
 
 // HF buffers that older checkpoints saved with the weights (electra.embeddings.position_ids,

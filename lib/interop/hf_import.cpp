@@ -93,11 +93,10 @@ struct HfDir {
   }
 
   // The tensor's values, checked against the shape our layout gives it.
-  std::vector<float> read(const std::string& name, const std::vector<int>& shape) {
+  std::vector<float> read(const std::string& name, const std::vector<int64_t>& want) {
     const SafetensorsFile* file = file_of(name);
     if (file == nullptr) fail(dir.string(), ": missing tensor '", name, "'");
     const SafetensorsEntry& entry = *file->find(name);
-    const std::vector<int64_t> want(shape.begin(), shape.end());
     if (entry.shape != want) {
       fail(file->origin(), ": tensor '", name, "' has shape ", shape_text(entry.shape), ", but ", config_path,
            " implies ", shape_text(want));
@@ -163,24 +162,24 @@ HfPretrainer load_hf_pretrainer(const fs::path& discriminator_dir, const fs::pat
   out.params.assign(layout.layout.total_size(), 0.0f);
   std::set<std::string> loaded;
   for (const HfTensor& t : hf_tensors(layout.layout, HfModel::kDiscriminator)) {
-    const std::vector<float> values = disc.read(t.hf_name, t.view->shape);
-    std::copy(values.begin(), values.end(), out.params.begin() + t.view->offset);
-    loaded.insert(t.view->name);
+    const std::vector<float> values = disc.read(t.hf_name, t.slice->shape);
+    std::copy(values.begin(), values.end(), out.params.begin() + t.slice->offset);
+    loaded.insert(t.slice->name);
   }
   for (const HfTensor& t : hf_tensors(layout.layout, HfModel::kGenerator)) {
-    if (t.view->network != Network::kShared) {
-      const std::vector<float> values = gen.read(t.hf_name, t.view->shape);
-      std::copy(values.begin(), values.end(), out.params.begin() + t.view->offset);
-      loaded.insert(t.view->name);
+    if (t.slice->network != Network::kShared) {
+      const std::vector<float> values = gen.read(t.hf_name, t.slice->shape);
+      std::copy(values.begin(), values.end(), out.params.begin() + t.slice->offset);
+      loaded.insert(t.slice->name);
       continue;
     }
     // A second copy of a shared tensor: the discriminator's is kept. save_pretrained drops the tied LM
     // head weight, so it may be absent.
     if (t.hf_name == kHfTiedLmHead && gen.file_of(t.hf_name) == nullptr) continue;
-    const std::vector<float> values = gen.read(t.hf_name, t.view->shape);
+    const std::vector<float> values = gen.read(t.hf_name, t.slice->shape);
     double diff = 0;
     for (size_t i = 0; i < values.size(); ++i) {
-      const double delta = std::abs(static_cast<double>(values[i]) - out.params[t.view->offset + i]);
+      const double delta = std::abs(static_cast<double>(values[i]) - out.params[t.slice->offset + i]);
       diff = std::max(diff, std::isnan(delta) ? INFINITY : delta);
     }
     if (diff > 0) {
@@ -192,7 +191,7 @@ HfPretrainer load_hf_pretrainer(const fs::path& discriminator_dir, const fs::pat
   }
   disc.check_no_unexpected();
   gen.check_no_unexpected();
-  for (const ParameterView& v : layout.layout.views()) {
+  for (const ParameterSlice& v : layout.layout.slices()) {
     if (!loaded.count(v.name)) out.not_loaded.push_back(v.name);
   }
 
@@ -283,9 +282,9 @@ std::string init_from_hf(const fs::path& dir, const PretrainerConfig& run_config
   }
   const std::set<std::string> skip(hf.not_loaded.begin(), hf.not_loaded.end());
   size_t tensors = 0, values = 0;
-  for (const ParameterView& v : run_layout.layout.views()) {
+  for (const ParameterSlice& v : run_layout.layout.slices()) {
     if (skip.count(v.name)) continue;
-    const ParameterView& h = hf_layout.layout.find(v.name);
+    const ParameterSlice& h = hf_layout.layout.find(v.name);
     if (h.shape != v.shape) fail("--init-from ", dir.string(), ": tensor '", v.name, "' has another shape in the run");
     std::copy(hf.params.begin() + h.offset, hf.params.begin() + h.offset + h.size, params.begin() + v.offset);
     ++tensors;

@@ -23,14 +23,6 @@ std::string config_string(const nlohmann::json& config, const char* section, con
   return s.contains(key) && s.at(key).is_string() ? s.at(key).get<std::string>() : "";
 }
 
-train::TensorLayout checkpoint_layout(const ParameterLayout& layout) {
-  train::TensorLayout out;
-  for (const ParameterView& v : layout.views()) {
-    out.push_back(train::NamedTensor{v.name, std::vector<int64_t>(v.shape.begin(), v.shape.end()), v.offset, v.size});
-  }
-  return out;
-}
-
 }  // namespace
 
 fs::path resolve_checkpoint(const fs::path& path) {
@@ -62,7 +54,7 @@ PretrainerBundle load_checkpoint_bundle(const fs::path& run_dir_or_file, const s
   }
   const PretrainerLayout layout = build_pretrainer_layout(bundle.config);
   bundle.params.assign(layout.layout.total_size(), 0.0f);
-  file.read_into(train::Section::kParams, checkpoint_layout(layout.layout), bundle.params);
+  file.read_into(train::Section::kParams, layout.layout.tensor_slices(), bundle.params);
 
   // The vocabulary the run was trained with.
   const std::string data_dir = config_string(config, "data", "dir");

@@ -19,7 +19,7 @@
 //   generator.num_layers        int 12
 //   generator.num_heads         int 1
 //   generator.intermediate_size int 256
-//   num_classes             int    2      classes of the generator's sentence (NSP) head
+//   num_classes             int    2      classes of the generator's sentence head (next_sentence_labels)
 //   num_token_predictions   int    19     masked positions per example (P)
 //   mlm_activation          string "gelu" none|gelu|relu|tanh: MLM dense and discriminator dense
 //   mlm_initializer         string "truncated_normal"  glorot_uniform|truncated_normal (heads)

@@ -63,14 +63,14 @@ void MlmHead<T>::backward(Backend<T>& be, const T* params, W* grads, const T* dl
   be.scatter_add_rows(dx, d_gathered_.data(), positions_, B_, S_, P_, hidden_);
 }
 
-// ---- sentence classification head ----
+// ---- sentence head ----
 
 template <typename T>
-ClassificationHead<T>::ClassificationHead(const ClassificationHeadSlots& slots, int hidden, int num_classes)
+SentenceHead<T>::SentenceHead(const SentenceHeadSlots& slots, int hidden, int num_classes)
     : slots_(slots), hidden_(hidden), classes_(num_classes) {}
 
 template <typename T>
-void ClassificationHead<T>::plan(Backend<T>& be, int B, int S) {
+void SentenceHead<T>::plan(Backend<T>& be, int B, int S) {
   B_ = B;
   S_ = planned_S_ = S;
   zeros_.reset(be, B);
@@ -86,9 +86,9 @@ void ClassificationHead<T>::plan(Backend<T>& be, int B, int S) {
 }
 
 template <typename T>
-void ClassificationHead<T>::forward(Backend<T>& be, const T* params, const T* x, int S) {
-  ELECTRA_CHECK(B_ > 0, "classification head: forward before plan");
-  ELECTRA_CHECK(S <= planned_S_, "classification head: forward over ", S, " positions, planned for ", planned_S_);
+void SentenceHead<T>::forward(Backend<T>& be, const T* params, const T* x, int S) {
+  ELECTRA_CHECK(B_ > 0, "sentence head: forward before plan");
+  ELECTRA_CHECK(S <= planned_S_, "sentence head: forward over ", S, " positions, planned for ", planned_S_);
   S_ = S > 0 ? S : planned_S_;
   ran_ = true;
   be.gather_rows(cls_.data(), x, zeros_.data(), B_, S_, 1, hidden_);
@@ -100,8 +100,8 @@ void ClassificationHead<T>::forward(Backend<T>& be, const T* params, const T* x,
 }
 
 template <typename T>
-void ClassificationHead<T>::backward(Backend<T>& be, const T* params, W* grads, const T* dlogits, T* dx) {
-  ELECTRA_CHECK(ran_, "classification head: backward before forward");
+void SentenceHead<T>::backward(Backend<T>& be, const T* params, W* grads, const T* dlogits, T* dx) {
+  ELECTRA_CHECK(ran_, "sentence head: backward before forward");
   be.linear_backward(d_pooled_.data(), grads + slots_.out_proj.weight, grads + slots_.out_proj.bias, dlogits,
                      pooled_.data(), params + slots_.out_proj.weight, B_, hidden_, classes_);
   be.activation_backward(Activation::kTanh, d_pre_.data(), d_pooled_.data(), pre_.data(),
@@ -153,9 +153,9 @@ void DiscriminatorHead<T>::backward(Backend<T>& be, const T* params, W* grads, c
 template class MlmHead<float>;
 template class MlmHead<double>;
 template class MlmHead<bfloat16>;
-template class ClassificationHead<float>;
-template class ClassificationHead<double>;
-template class ClassificationHead<bfloat16>;
+template class SentenceHead<float>;
+template class SentenceHead<double>;
+template class SentenceHead<bfloat16>;
 template class DiscriminatorHead<float>;
 template class DiscriminatorHead<double>;
 template class DiscriminatorHead<bfloat16>;

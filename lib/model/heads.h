@@ -1,7 +1,8 @@
 // The pre-training heads on top of the encoders.
 //  MlmHead (generator, HF ElectraGeneratorPredictions + generator_lm_head, TF Model Garden MaskedLM):
 //    h = LayerNorm(act(gather(x, positions) Wd^T + bd)); logits = h word_embeddings^T + lm_bias.
-//  ClassificationHead (generator sentence head, TF Model Garden ClassificationHead):
+//  SentenceHead (the generator's next-sentence head; TF Model Garden's ClassificationHead, state-dict
+//  names generator_classification_head.*):
 //    logits = tanh(x[:, 0] Wd^T + bd) Wo^T + bo.
 //  DiscriminatorHead (HF ElectraDiscriminatorPredictions): logit = act(x Wd^T + bd) Wp^T + bp.
 // Each keeps pointers to its inputs for backward; backward accumulates parameter gradients.
@@ -44,11 +45,11 @@ class MlmHead {
 };
 
 template <typename T>
-class ClassificationHead {
+class SentenceHead {
  public:
   using W = Wide<T>;
 
-  ClassificationHead(const ClassificationHeadSlots& slots, int hidden, int num_classes);
+  SentenceHead(const SentenceHeadSlots& slots, int hidden, int num_classes);
   void plan(Backend<T>& be, int B, int S);
   // x [B,S,hidden] with S <= the planned length (0: the planned one); uses position 0 ([CLS]). logits
   // [B, num_classes].
@@ -58,7 +59,7 @@ class ClassificationHead {
   void backward(Backend<T>& be, const T* params, W* grads, const T* dlogits, T* dx);
 
  private:
-  ClassificationHeadSlots slots_;
+  SentenceHeadSlots slots_;
   int hidden_, classes_;
   int B_ = 0, S_ = 0, planned_S_ = 0;  // S_: the last forward's
   bool ran_ = false;

@@ -18,25 +18,26 @@ std::string to_string(Network network) {
   return "?";
 }
 
-size_t ParameterLayout::add(const std::string& name, std::vector<int> shape, bool weight_decay, Network network,
+size_t ParameterLayout::add(const std::string& name, std::vector<int64_t> shape, bool weight_decay, Network network,
                             ParamInit init) {
   if (index_.count(name)) fail("parameter layout: duplicate tensor name '", name, "'");
   size_t size = 1;
-  for (int d : shape) {
+  for (int64_t d : shape) {
     if (d <= 0) fail("parameter layout: tensor '", name, "' has a non-positive dimension ", d);
     size *= static_cast<size_t>(d);
   }
-  ParameterView view{name, std::move(shape), total_, size, weight_decay, network, init};
-  index_[name] = views_.size();
-  views_.push_back(std::move(view));
+  index_[name] = slices_.size();
+  slices_.push_back(ParameterSlice{{name, std::move(shape), total_, size}, weight_decay, network, init});
   total_ += size;
-  return views_.back().offset;
+  return slices_.back().offset;
 }
 
-const ParameterView& ParameterLayout::find(const std::string& name) const {
+std::vector<TensorSlice> ParameterLayout::tensor_slices() const { return {slices_.begin(), slices_.end()}; }
+
+const ParameterSlice& ParameterLayout::find(const std::string& name) const {
   const auto it = index_.find(name);
   if (it == index_.end()) fail("parameter layout: no tensor named '", name, "'");
-  return views_[it->second];
+  return slices_[it->second];
 }
 
 namespace {
@@ -107,8 +108,8 @@ EncoderSlots add_encoder(ParameterLayout& layout, const EncoderConfig& c, const 
 
 size_t ParameterLayout::first_element_of(Network network) const {
   size_t first = total_;
-  for (const ParameterView& view : views_) {
-    if (view.network == network) first = std::min(first, view.offset);
+  for (const ParameterSlice& slice : slices_) {
+    if (slice.network == network) first = std::min(first, slice.offset);
   }
   return first;
 }
@@ -128,10 +129,10 @@ PretrainerLayout build_pretrainer_layout(const PretrainerConfig& config) {
   s.mlm_head.word = shared.word;
   s.mlm_head.output_bias = layout.add("generator_lm_head.bias", {V}, false, Network::kGenerator, ParamInit::kZeros);
   s.mlm_head.vocab_size = V;
-  s.classification_head.dense =
+  s.sentence_head.dense =
       add_linear(layout, "generator_classification_head.dense", Cg, Cg, Network::kGenerator, ParamInit::kHead);
-  s.classification_head.out_proj = add_linear(layout, "generator_classification_head.out_proj", config.num_classes, Cg,
-                                              Network::kGenerator, ParamInit::kHead);
+  s.sentence_head.out_proj = add_linear(layout, "generator_classification_head.out_proj", config.num_classes, Cg,
+                                        Network::kGenerator, ParamInit::kHead);
 
   s.discriminator = add_encoder(layout, config.discriminator, "electra", Network::kDiscriminator, shared);
   s.discriminator_head.dense =

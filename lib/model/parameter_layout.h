@@ -1,9 +1,9 @@
 // The flat parameter buffer: every parameter of both networks lives in one contiguous allocation of
-// named views (Hugging Face ELECTRA state-dict names, linear weights [out, in]). Gradients and the AdamW
-// moments use the same layout in buffers of equal size, so the optimizer is one loop over views, the
-// gradient allreduce is a few large messages and a checkpoint is one dataset per view.
+// named slices (TensorSlice; Hugging Face ELECTRA state-dict names, linear weights [out, in]). Gradients and the AdamW
+// moments use the same layout in buffers of equal size, so the optimizer is one loop over slices, the
+// gradient allreduce is a few large messages and a checkpoint is one dataset per slice.
 //
-// Order (no padding between views, so a group can be addressed as one tensor):
+// Order (no padding between slices, so a group can be addressed as one tensor):
 //   shared embeddings   electra.embeddings.{word,position,token_type}_embeddings.weight, .LayerNorm.*
 //   generator encoder   generator.embeddings_project.* (when E != generator hidden),
 //                       generator.encoder.layer.{i}.* (query, key, value weights, then their biases, so the
@@ -22,6 +22,7 @@
 #include <unordered_map>
 #include <vector>
 
+#include "lib/core/tensor_slice.h"
 #include "lib/model/config.h"
 
 namespace electra {
@@ -33,12 +34,8 @@ std::string to_string(Network network);
 // (initializer_range); head weights by mlm_initializer; biases 0; LayerNorm gamma 1, beta 0.
 enum class ParamInit { kZeros, kOnes, kEncoder, kHead };
 
-// One named tensor in the flat buffers: elements [offset, offset + size).
-struct ParameterView {
-  std::string name;
-  std::vector<int> shape;
-  size_t offset = 0;
-  size_t size = 0;
+// One parameter tensor: its slice of the flat buffers and how training treats it.
+struct ParameterSlice : TensorSlice {
   bool weight_decay = true;  // false for LayerNorm parameters and all biases
   Network network = Network::kShared;
   ParamInit init = ParamInit::kEncoder;
@@ -46,20 +43,22 @@ struct ParameterView {
 
 class ParameterLayout {
  public:
-  // Appends a view at the end of the buffer and returns its offset. Names must be unique.
-  size_t add(const std::string& name, std::vector<int> shape, bool weight_decay, Network network, ParamInit init);
-  const std::vector<ParameterView>& views() const { return views_; }
-  // The view called `name`; fails naming it when there is none.
-  const ParameterView& find(const std::string& name) const;
+  // Appends a slice at the end of the buffer and returns its offset. Names must be unique.
+  size_t add(const std::string& name, std::vector<int64_t> shape, bool weight_decay, Network network, ParamInit init);
+  const std::vector<ParameterSlice>& slices() const { return slices_; }
+  // The slices alone, in layout order (what a checkpoint section is written and read by).
+  std::vector<TensorSlice> tensor_slices() const;
+  // The slice called `name`; fails naming it when there is none.
+  const ParameterSlice& find(const std::string& name) const;
   bool contains(const std::string& name) const { return index_.count(name) != 0; }
   size_t total_size() const { return total_; }
-  // The first element of the first view of `network`; total_size() when it has none. For a pretrainer
+  // The first element of the first slice of `network`; total_size() when it has none. For a pretrainer
   // layout and the discriminator: where the gradients its backward finishes first begin (a bucket
   // boundary of the gradient allreduce).
   size_t first_element_of(Network network) const;
 
  private:
-  std::vector<ParameterView> views_;
+  std::vector<ParameterSlice> slices_;
   std::unordered_map<std::string, size_t> index_;
   size_t total_ = 0;
 };
@@ -110,7 +109,7 @@ struct MlmHeadSlots {
   int vocab_size = 0;
 };
 
-struct ClassificationHeadSlots {
+struct SentenceHeadSlots {
   LinearSlots dense;     // generator_classification_head.dense [gen_hidden, gen_hidden], tanh
   LinearSlots out_proj;  // generator_classification_head.out_proj [num_classes, gen_hidden]
 };
@@ -124,7 +123,7 @@ struct PretrainerSlots {
   EncoderSlots generator;
   EncoderSlots discriminator;
   MlmHeadSlots mlm_head;
-  ClassificationHeadSlots classification_head;
+  SentenceHeadSlots sentence_head;
   DiscriminatorHeadSlots discriminator_head;
 };
 
@@ -136,7 +135,7 @@ struct PretrainerLayout {
 PretrainerLayout build_pretrainer_layout(const PretrainerConfig& config);
 
 // Appends one encoder (embeddings_project when E != hidden, then the layers) under `prefix`
-// ("electra" or "generator") using the shared embedding views already in the layout. Exposed for
+// ("electra" or "generator") using the shared embedding slices already in the layout. Exposed for
 // layer tests that build a single encoder.
 EncoderSlots add_encoder(ParameterLayout& layout, const EncoderConfig& config, const std::string& prefix,
                          Network network, const EmbeddingSlots& shared_embeddings);

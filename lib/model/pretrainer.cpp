@@ -100,18 +100,18 @@ struct ElectraPretrainer<T>::Plan {
   int chunk;  // which chunk of a forward this plan serves (see set_parallel_chunks)
   Encoder<T> generator, discriminator;
   MlmHead<T> mlm;
-  ClassificationHead<T> sentence;
+  SentenceHead<T> sentence_head;
   DiscriminatorHead<T> disc_head;
   DeviceBuffer<T, int32_t> ids, type_ids, mask, positions, mlm_labels, samples, mlm_argmax, original, corrupted,
-      disc_label, nsp_labels, nsp_argmax;
-  DeviceBuffer<W> mlm_weights, mlm_scale, mlm_loss, disc_scale, disc_loss, nsp_scale, nsp_loss;
-  DeviceBuffer<T> lm_outputs, d_disc_logits, d_nsp_logits, d_gen_seq, d_disc_seq;
+      disc_label, next_sentence_labels, sentence_argmax;
+  DeviceBuffer<W> mlm_weights, mlm_scale, mlm_loss, disc_scale, disc_loss, sentence_scale, sentence_loss;
+  DeviceBuffer<T> lm_outputs, d_disc_logits, d_sentence_logits, d_gen_seq, d_disc_seq;
   bool has_sentence = false;
   bool ran = false;
   ChunkSums sums;  // this chunk's loss and metric sums of the last forward
   // Host staging, sized once.
-  std::vector<int32_t> h_original, h_mlm_argmax, h_nsp_argmax;
-  std::vector<W> h_mlm_weights, h_mlm_scale, h_mlm_loss, h_disc_scale, h_disc_loss, h_nsp_scale, h_nsp_loss;
+  std::vector<int32_t> h_original, h_mlm_argmax, h_sentence_argmax;
+  std::vector<W> h_mlm_weights, h_mlm_scale, h_mlm_loss, h_disc_scale, h_disc_loss, h_sentence_scale, h_sentence_loss;
   std::vector<T> h_narrow;  // T != W: outputs on their way to the host (copy_to_host_wide)
 
   Plan(ElectraPretrainer& m, int B_, int S_max_, int P_, int chunk_)
@@ -124,7 +124,7 @@ struct ElectraPretrainer<T>::Plan {
         discriminator(m.config_.discriminator, m.layout_.slots.discriminator, Network::kDiscriminator),
         mlm(m.layout_.slots.mlm_head, m.config_.generator.hidden_size, m.config_.embedding_size(),
             m.config_.mlm_activation, m.config_.generator.layer_norm_eps),
-        sentence(m.layout_.slots.classification_head, m.config_.generator.hidden_size, m.config_.num_classes),
+        sentence_head(m.layout_.slots.sentence_head, m.config_.generator.hidden_size, m.config_.num_classes),
         disc_head(m.layout_.slots.discriminator_head, m.config_.discriminator.hidden_size, m.config_.mlm_activation) {
     Backend<T>& be = m.backend_;
     Backend<W>& wide = be.wide();
@@ -133,12 +133,12 @@ struct ElectraPretrainer<T>::Plan {
     generator.plan(be, B, S_max, m.recompute_ffn_, m.attention_impl_);
     discriminator.plan(be, B, S_max, m.recompute_ffn_, m.attention_impl_);
     mlm.plan(be, B, S_max, P);
-    sentence.plan(be, B, S_max);
+    sentence_head.plan(be, B, S_max);
     disc_head.plan(be, static_cast<int>(N));
     for (auto* b : {&ids, &type_ids, &mask, &original, &corrupted, &disc_label}) b->reset(be, N);
     for (auto* b : {&positions, &mlm_labels, &samples, &mlm_argmax}) b->reset(be, M);
-    nsp_labels.reset(be, B);
-    nsp_argmax.reset(be, B);
+    next_sentence_labels.reset(be, B);
+    sentence_argmax.reset(be, B);
     mlm_weights.reset(wide, M);
     mlm_scale.reset(wide, M);
     mlm_loss.reset(wide, M);
@@ -146,21 +146,21 @@ struct ElectraPretrainer<T>::Plan {
     disc_scale.reset(wide, N);
     disc_loss.reset(wide, N);
     d_disc_logits.reset(be, N);
-    nsp_scale.reset(wide, B);
-    nsp_loss.reset(wide, B);
-    d_nsp_logits.reset(be, B * C);
+    sentence_scale.reset(wide, B);
+    sentence_loss.reset(wide, B);
+    d_sentence_logits.reset(be, B * C);
     d_gen_seq.reset(be, N * m.config_.generator.hidden_size);
     d_disc_seq.reset(be, N * m.config_.discriminator.hidden_size);
     h_original.resize(N);
     h_mlm_argmax.resize(M);
-    h_nsp_argmax.resize(B);
+    h_sentence_argmax.resize(B);
     h_mlm_weights.resize(M);
     h_mlm_scale.resize(M);
     h_mlm_loss.resize(M);
     h_disc_scale.resize(N);
     h_disc_loss.resize(N);
-    h_nsp_scale.resize(B);
-    h_nsp_loss.resize(B);
+    h_sentence_scale.resize(B);
+    h_sentence_loss.resize(B);
   }
 };
 
@@ -205,7 +205,7 @@ template <typename T>
 void ElectraPretrainer<T>::init_parameters(uint64_t seed) {
   // Drawn as W: the master values are the same for every storage type with the same W.
   std::vector<W> host;
-  for (const ParameterView& v : layout_.layout.views()) {
+  for (const ParameterSlice& v : layout_.layout.slices()) {
     host.assign(v.size, W(0));
     PhiloxSequence rng(seed, RandomPurpose::kInit, 0, 0, fnv1a(v.name));
     switch (v.init) {
@@ -264,10 +264,10 @@ std::vector<Wide<T>> ElectraPretrainer<T>::gradients_to_host() const {
 }
 
 template <typename T>
-std::vector<NamedTensor<Wide<T>>> ElectraPretrainer<T>::checkpoint_items() {
-  std::vector<NamedTensor<W>> items;
-  items.reserve(layout_.layout.views().size());
-  for (const ParameterView& v : layout_.layout.views()) items.push_back({&v, params_.data() + v.offset});
+std::vector<BoundTensor<Wide<T>>> ElectraPretrainer<T>::checkpoint_items() {
+  std::vector<BoundTensor<W>> items;
+  items.reserve(layout_.layout.slices().size());
+  for (const ParameterSlice& v : layout_.layout.slices()) items.push_back({&v, params_.data() + v.offset});
   return items;
 }
 
@@ -501,8 +501,9 @@ const PretrainerOutputs<Wide<T>>& ElectraPretrainer<T>::forward(const Batch& bat
   if (ctx.global) {
     norms.mlm = ctx.global->masked_lm_weight_sum;
     norms.disc = ctx.global->input_mask_count;
-    norms.nsp = ctx.global->examples;
-    if (L.has_sentence && !(norms.nsp > 0)) fail("forward: GlobalNormalizers.examples must be > 0 with NSP labels");
+    norms.sentence = ctx.global->examples;
+    if (L.has_sentence && !(norms.sentence > 0))
+      fail("forward: GlobalNormalizers.examples must be > 0 with next_sentence_labels");
   }
 
   // The parameters may have changed since the last forward (an optimizer step, a load).
@@ -527,7 +528,7 @@ const PretrainerOutputs<Wide<T>>& ElectraPretrainer<T>::forward(const Batch& bat
   }
   if (L.has_sentence) {
     L.sentence_count = B;
-    L.sentence_loss = L.sentence_loss_sum / norms.nsp;
+    L.sentence_loss = L.sentence_loss_sum / norms.sentence;
     L.sentence_accuracy = L.sentence_correct_sum / B;
   }
   L.mlm_loss = L.mlm_loss_sum / (norms.mlm + kLossEps);
@@ -558,7 +559,7 @@ void ElectraPretrainer<T>::forward_generator(Plan& plan, const Batch& batch, int
   plan.generator.forward(be, params, plan.ids.data(), plan.type_ids.data(), plan.mask.data(), dropout, S);
   const T* gen_out = plan.generator.output();
   plan.mlm.forward(be, params, gen_out, plan.positions.data(), S);
-  plan.sentence.forward(be, params, gen_out, S);
+  plan.sentence_head.forward(be, params, gen_out, S);
 
   // lm_outputs: the logits, or their log-softmax with output_type predictions. The MLM loss is taken
   // after sampling (forward_sampling), in place of the logits.
@@ -644,14 +645,16 @@ void ElectraPretrainer<T>::forward_discriminator(Plan& plan, const Batch& batch,
   be.sigmoid_cross_entropy(plan.disc_loss.data(), plan.d_disc_logits.data(), plan.disc_head.logits(),
                            plan.disc_label.data(), plan.disc_scale.data(), N);
 
-  // ---- sentence loss (only with NSP labels): mean CE over examples ----
+  // ---- sentence loss (only with next_sentence_labels): mean CE over examples ----
   plan.has_sentence = !batch.next_sentence_labels.empty();
   if (plan.has_sentence) {
-    be.copy_ints_from_host(plan.nsp_labels.data(), batch.next_sentence_labels.data() + r0, B);
-    std::fill(plan.h_nsp_scale.begin(), plan.h_nsp_scale.end(), static_cast<W>(ctx.loss_scale / norms.nsp));
-    be.wide().copy_from_host(plan.nsp_scale.data(), plan.h_nsp_scale.data(), B);
-    be.softmax_cross_entropy(plan.nsp_loss.data(), plan.d_nsp_logits.data(), plan.nsp_argmax.data(),
-                             plan.sentence.logits(), plan.nsp_labels.data(), plan.nsp_scale.data(), B, NC);
+    be.copy_ints_from_host(plan.next_sentence_labels.data(), batch.next_sentence_labels.data() + r0, B);
+    std::fill(plan.h_sentence_scale.begin(), plan.h_sentence_scale.end(),
+              static_cast<W>(ctx.loss_scale / norms.sentence));
+    be.wide().copy_from_host(plan.sentence_scale.data(), plan.h_sentence_scale.data(), B);
+    be.softmax_cross_entropy(plan.sentence_loss.data(), plan.d_sentence_logits.data(), plan.sentence_argmax.data(),
+                             plan.sentence_head.logits(), plan.next_sentence_labels.data(), plan.sentence_scale.data(),
+                             B, NC);
   }
   plan.ran = true;
 
@@ -678,17 +681,98 @@ void ElectraPretrainer<T>::forward_discriminator(Plan& plan, const Batch& batch,
     sums.disc_loss_sum += static_cast<double>(plan.h_disc_loss[i]);
     if ((disc_logits[i] > 0) == (disc_label[i] == 1)) sums.disc_correct_sum += 1.0;
   }
-  copy_to_host_wide(be, out.sentence_outputs.data() + static_cast<size_t>(r0) * NC, plan.sentence.logits(),
+  copy_to_host_wide(be, out.sentence_outputs.data() + static_cast<size_t>(r0) * NC, plan.sentence_head.logits(),
                     static_cast<size_t>(B) * NC, plan.h_narrow);
   if (plan.has_sentence) {
-    be.wide().copy_to_host(plan.h_nsp_loss.data(), plan.nsp_loss.data(), B);
-    be.copy_ints_to_host(plan.h_nsp_argmax.data(), plan.nsp_argmax.data(), B);
+    be.wide().copy_to_host(plan.h_sentence_loss.data(), plan.sentence_loss.data(), B);
+    be.copy_ints_to_host(plan.h_sentence_argmax.data(), plan.sentence_argmax.data(), B);
     for (int b = 0; b < B; ++b) {
-      sums.sentence_loss_sum += static_cast<double>(plan.h_nsp_loss[b]);
-      if (plan.h_nsp_argmax[b] == batch.next_sentence_labels[r0 + b]) sums.sentence_correct_sum += 1.0;
+      sums.sentence_loss_sum += static_cast<double>(plan.h_sentence_loss[b]);
+      if (plan.h_sentence_argmax[b] == batch.next_sentence_labels[r0 + b]) sums.sentence_correct_sum += 1.0;
     }
   }
 }
+
+namespace {
+
+// Where backward's parallel chunks put their gradients and when ranges are reported (StepHooks). Chunk 0
+// accumulates into the gradient buffer, chunk k > 0 into its own zeroed buffer, added in chunk order (each
+// element: chunk 0's value + chunk 1's + ...). With one chunk, ranges are reported as backward finishes
+// them. With several, a range is final once every chunk's part is added: the discriminator region finishes
+// the same ranges in every chunk (chunk 0 records them; the shared embeddings are not among them), so they
+// are added and reported between the two regions, and their allreduce overlaps the generator's backward;
+// the rest is added and reported after it.
+template <typename W>
+class ChunkGradients {
+ public:
+  using Ready = std::function<void(size_t, size_t)>;
+
+  ChunkGradients(Backend<W>& wide, DeviceBuffer<W>& grads, std::vector<DeviceBuffer<W>>& extra, int chunks,
+                 const StepHooks& hooks)
+      : wide_(wide), grads_(grads), extra_(extra), chunks_(chunks), hook_(hooks.on_gradients_ready) {
+    for (int k = 1; k < chunks_; ++k) {
+      if (extra_[k - 1].size() != grads_.size()) extra_[k - 1].reset(wide_, grads_.size());
+    }
+    report_after_regions_ = chunks_ > 1 && static_cast<bool>(hook_);
+    // Chunk 0 runs on the calling thread (for_each_chunk's static schedule): between its generator layers
+    // it lets the caller progress the discriminator's allreduce (StepHooks::on_progress).
+    if (hooks.on_progress) progress_ = [on_progress = hooks.on_progress](size_t, size_t) { on_progress(); };
+  }
+
+  // Chunk k's gradient buffer (zeroed here for k > 0: call from chunk k's first stage).
+  W* buffer(int k) {
+    if (k == 0) return grads_.data();
+    if (!zeroed_[k]) wide_.fill(extra_[k - 1].data(), grads_.size(), W(0));
+    zeroed_[k] = true;
+    return extra_[k - 1].data();
+  }
+  const Ready& discriminator_hook(int k) const {
+    if (k > 0) return kNone;
+    return chunks_ == 1 ? hook_ : report_after_regions_ ? record_ : kNone;
+  }
+  const Ready& generator_hook(int k) const {
+    if (k > 0) return kNone;
+    return chunks_ == 1 ? hook_ : report_after_regions_ && progress_ ? progress_ : kNone;
+  }
+  // Between the two regions: the discriminator's ranges are added over chunks and reported.
+  void discriminator_done() {
+    if (!report_after_regions_) return;
+    discriminator_merged_ = merged_ranges(discriminator_ranges_, grads_.size());
+    for (const auto& [offset, count] : discriminator_merged_) add_chunks(offset, count);
+    for (const auto& [offset, count] : discriminator_ranges_) hook_(offset, count);
+  }
+  // After the generator: the rest is added (and reported).
+  void generator_done() {
+    if (!report_after_regions_) {
+      add_chunks(0, grads_.size());  // no hook: the whole buffers at once (nothing to add with one chunk)
+      return;
+    }
+    for (const auto& [offset, count] : gaps_from_the_end(discriminator_merged_, grads_.size())) {
+      add_chunks(offset, count);
+      hook_(offset, count);
+    }
+  }
+
+ private:
+  void add_chunks(size_t offset, size_t count) {
+    for (int k = 1; k < chunks_; ++k) wide_.accumulate(grads_.data() + offset, extra_[k - 1].data() + offset, count);
+  }
+
+  static inline const Ready kNone;
+  Backend<W>& wide_;
+  DeviceBuffer<W>& grads_;
+  std::vector<DeviceBuffer<W>>& extra_;
+  int chunks_;
+  const Ready& hook_;
+  bool report_after_regions_ = false;
+  Ready progress_;
+  std::vector<GradientRange> discriminator_ranges_;  // as chunk 0 reported them, in order
+  std::vector<GradientRange> discriminator_merged_;
+  const Ready record_ = [this](size_t offset, size_t count) { discriminator_ranges_.emplace_back(offset, count); };
+  std::vector<char> zeroed_ = std::vector<char>(static_cast<size_t>(chunks_), 0);
+};
+
+}  // namespace
 
 template <typename T>
 void ElectraPretrainer<T>::backward() {
@@ -699,55 +783,15 @@ void ElectraPretrainer<T>::backward() {
     if (hooks_.on_phase) hooks_.on_phase(p);
   };
   const int K = static_cast<int>(last_.size());
-  const size_t n = grads_.size();
-  // Chunk 0 accumulates into the gradient buffer, chunk k > 0 into its own zeroed buffer, added into it in
-  // chunk order (each element: chunk 0's value + chunk 1's + ...). With one chunk, ranges are reported as
-  // backward finishes them (see StepHooks). With several, a range is final once every chunk's part is
-  // added: the discriminator region finishes the same ranges in every chunk (chunk 0 records them; the
-  // shared embeddings are not among them), so they are added and reported between the two regions, and
-  // their allreduce overlaps the generator's backward; the rest is added and reported after it.
   if (K > 1 && extra_grads_.size() < static_cast<size_t>(K - 1)) extra_grads_.resize(K - 1);
-  Backend<W>& wide = backend_.wide();
-  for (int k = 1; k < K; ++k) {
-    if (extra_grads_[k - 1].size() != n) extra_grads_[k - 1].reset(wide, n);
-  }
-  const auto grads_of = [&](int k) { return k == 0 ? grads_.data() : extra_grads_[k - 1].data(); };
-  const auto add_chunks = [&](size_t offset, size_t count) {
-    for (int k = 1; k < K; ++k) wide.accumulate(grads_.data() + offset, extra_grads_[k - 1].data() + offset, count);
-  };
-  using Ready = std::function<void(size_t, size_t)>;
-  static const Ready kNoHook;
-  const Ready& hook = hooks_.on_gradients_ready;
-  const bool report_after_regions = K > 1 && static_cast<bool>(hook);
-  std::vector<GradientRange> discriminator_ranges;  // as chunk 0 reported them, in order
-  const Ready record = [&](size_t offset, size_t count) { discriminator_ranges.emplace_back(offset, count); };
-  const Ready& discriminator_ready = K == 1 ? hook : report_after_regions ? record : kNoHook;
-  // Chunk 0 runs on the calling thread (for_each_chunk's static schedule): between its generator layers
-  // it lets the caller progress the discriminator's allreduce (StepHooks::on_progress).
-  const Ready progress = [this](size_t, size_t) { hooks_.on_progress(); };
-  const Ready& generator_ready = K == 1 ? hook : report_after_regions && hooks_.on_progress ? progress : kNoHook;
+  ChunkGradients<W> chunks(backend_.wide(), grads_, extra_grads_, K, hooks_);
 
   phase(StepPhase::kDiscriminatorBackward);
-  for_each_chunk(K, [&](int k) {
-    if (k > 0) wide.fill(grads_of(k), n, W(0));
-    backward_discriminator(*last_[k], grads_of(k), k == 0 ? discriminator_ready : kNoHook);
-  });
-  std::vector<GradientRange> discriminator_merged;
-  if (report_after_regions) {
-    discriminator_merged = merged_ranges(discriminator_ranges, n);
-    for (const auto& [offset, count] : discriminator_merged) add_chunks(offset, count);
-    for (const auto& [offset, count] : discriminator_ranges) hook(offset, count);
-  }
+  for_each_chunk(K, [&](int k) { backward_discriminator(*last_[k], chunks.buffer(k), chunks.discriminator_hook(k)); });
+  chunks.discriminator_done();
   phase(StepPhase::kGeneratorBackward);
-  for_each_chunk(K, [&](int k) { backward_generator(*last_[k], grads_of(k), k == 0 ? generator_ready : kNoHook); });
-  if (report_after_regions) {
-    for (const auto& [offset, count] : gaps_from_the_end(discriminator_merged, n)) {
-      add_chunks(offset, count);
-      hook(offset, count);
-    }
-  } else {
-    add_chunks(0, n);  // no hook: the whole buffers at once (nothing to add with one chunk)
-  }
+  for_each_chunk(K, [&](int k) { backward_generator(*last_[k], chunks.buffer(k), chunks.generator_hook(k)); });
+  chunks.generator_done();
   for (Plan* plan : last_) plan->ran = false;  // a second backward would add the same gradient twice
   phase(StepPhase::kBackwardDone);
 }
@@ -774,11 +818,11 @@ void ElectraPretrainer<T>::backward_generator(Plan& plan, W* grads, const std::f
   Backend<T>& be = backend_;
   const T* params = weights();
   const PretrainerSlots& sl = layout_.slots;
-  const ClassificationHeadSlots& ch = sl.classification_head;
+  const SentenceHeadSlots& sh = sl.sentence_head;
   const auto sentence_ready = [&] {
-    if (ready) ready(ch.dense.weight, ch.out_proj.bias + ch.out_proj.out - ch.dense.weight);
+    if (ready) ready(sh.dense.weight, sh.out_proj.bias + sh.out_proj.out - sh.dense.weight);
   };
-  if (!plan.has_sentence) sentence_ready();  // no NSP labels: the sentence head's gradient stays as it is
+  if (!plan.has_sentence) sentence_ready();  // no next_sentence_labels: the sentence head's gradient stays as it is
   be.fill(plan.d_gen_seq.data(), static_cast<size_t>(plan.B) * plan.S * config_.generator.hidden_size, T(0));
   plan.mlm.backward(be, params, grads, plan.mlm.logits(), plan.d_gen_seq.data());  // d(logits), see forward
   if (ready) {
@@ -786,7 +830,7 @@ void ElectraPretrainer<T>::backward_generator(Plan& plan, W* grads, const std::f
     ready(m.dense.weight, m.output_bias + m.vocab_size - m.dense.weight);
   }
   if (plan.has_sentence) {
-    plan.sentence.backward(be, params, grads, plan.d_nsp_logits.data(), plan.d_gen_seq.data());
+    plan.sentence_head.backward(be, params, grads, plan.d_sentence_logits.data(), plan.d_gen_seq.data());
     sentence_ready();
   }
   plan.generator.backward(be, params, grads, plan.d_gen_seq.data(), ready);

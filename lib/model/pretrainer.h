@@ -41,7 +41,7 @@ namespace electra {
 struct GlobalNormalizers {
   double masked_lm_weight_sum = 0.0;  // sum of masked_lm_weights over the global batch
   double input_mask_count = 0.0;      // number of input_mask == 1 tokens over the global batch
-  double examples = 0.0;              // examples in the global batch (sentence loss; needed only with NSP labels)
+  double examples = 0.0;  // examples in the global batch (sentence loss; needed only with next_sentence_labels)
 };
 
 // Where a step is, for profilers (electra-bench --breakdown). Marked in this order: forward marks
@@ -100,7 +100,7 @@ struct StepContext {
 struct PretrainerLosses {
   double mlm_loss = 0.0;       // mlm_loss_sum / (normaliser + 1e-6)
   double disc_loss = 0.0;      // disc_loss_sum / (normaliser + 1e-6), unweighted
-  double sentence_loss = 0.0;  // sentence_loss_sum / normaliser (0 without NSP labels)
+  double sentence_loss = 0.0;  // sentence_loss_sum / normaliser (0 without next_sentence_labels)
   double total_loss = 0.0;     // mlm + disc_loss_weight * disc (+ sentence)
   double mlm_accuracy = 0.0;   // mlm_correct_sum / mlm_weight_sum (local)
   double disc_accuracy = 0.0;  // disc_correct_sum / disc_token_count (local)
@@ -133,10 +133,11 @@ struct PretrainerOutputs {
   PretrainerLosses losses;
 };
 
-// A parameter tensor to save: its layout entry and where its elements are (device memory).
+// A parameter tensor bound to its memory: its slice of the layout and where its elements are (the
+// parameter backend's memory, = parameters() + slice->offset).
 template <typename T>
-struct NamedTensor {
-  const ParameterView* view = nullptr;
+struct BoundTensor {
+  const TensorSlice* slice = nullptr;
   T* data = nullptr;
 };
 
@@ -168,7 +169,7 @@ class PretrainerModel {
   virtual std::vector<P> parameters_to_host() const = 0;
   virtual void parameters_from_host(const std::vector<P>& host) = 0;
   virtual std::vector<P> gradients_to_host() const = 0;
-  virtual std::vector<NamedTensor<P>> checkpoint_items() = 0;
+  virtual std::vector<BoundTensor<P>> checkpoint_items() = 0;
 
   virtual const PretrainerOutputs<P>& forward(const Batch& batch, const StepContext& context) = 0;
   virtual void backward() = 0;
@@ -225,7 +226,7 @@ class ElectraPretrainer final : public PretrainerModel<Wide<T>> {
 
   // Every parameter tensor (discriminator encoder, generator encoder, shared embeddings and all heads),
   // in layout order, with its device pointer: what a checkpoint saves. AdamW moments share the layout.
-  std::vector<NamedTensor<W>> checkpoint_items() override;
+  std::vector<BoundTensor<W>> checkpoint_items() override;
 
   // Runs the step's forward pass and computes the losses. Checks the batch (sizes, ids < vocab, type ids
   // < type_vocab_size, S <= max_position_embeddings, positions < S, labels < num_classes) and fails naming
@@ -280,7 +281,7 @@ class ElectraPretrainer final : public PretrainerModel<Wide<T>> {
   };
   // The loss denominators of this forward (the slice's own or the global ones).
   struct Normalizers {
-    double mlm = 0.0, disc = 0.0, nsp = 0.0;
+    double mlm = 0.0, disc = 0.0, sentence = 0.0;
   };
   // A plan of B rows and P predictions for chunk `chunk`, with room for S positions (one of at least S
   // when there is one, else a new one for max(S, S_max)); its active length is set to S.

@@ -128,7 +128,7 @@ OptimizerStepStats MomentOptimizer<T>::step_stats(long long step, double grad_no
 template <typename T>
 AdamW<T>::AdamW(const OptimizerConfig& config, const ParameterLayout& layout, Backend<T>& backend)
     : MomentOptimizer<T>(config, backend, layout.total_size()) {
-  for (const ParameterView& v : layout.views()) {
+  for (const ParameterSlice& v : layout.slices()) {
     const bool decay = v.weight_decay && config.weight_decay > 0;
     if (!runs_.empty() && runs_.back().decay == decay && runs_.back().offset + runs_.back().size == v.offset) {
       runs_.back().size += v.size;

@@ -96,7 +96,7 @@ class AdamW final : public MomentOptimizer<T> {
                                     double loss_scale = 1.0) override;
 
  private:
-  // Contiguous views with the same weight-decay flag, updated with one backend call each.
+  // Contiguous slices with the same weight-decay flag, updated with one backend call each.
   struct Run {
     size_t offset, size;
     bool decay;

@@ -11,8 +11,8 @@ Lamb<T>::Lamb(const OptimizerConfig& config, const ParameterLayout& layout, Back
     : MomentOptimizer<T>(config, backend, layout.total_size()) {
   // An empty call: a backend without LAMB fails here, at set-up, rather than at the first step.
   this->backend_.lamb_step_runs(nullptr, nullptr, nullptr, nullptr, nullptr, 0, 0.0f, 0.0f, 0.0f, 1.0f, 1, 1.0f);
-  for (const ParameterView& v : layout.views()) {
-    // The view's flag is the name rule (LayerNorm parameters and biases: false) whatever optim.weight_decay
+  for (const ParameterSlice& v : layout.slices()) {
+    // The slice's flag is the name rule (LayerNorm parameters and biases: false) whatever optim.weight_decay
     // is, as NVIDIA's exclusion lists are names.
     const float decay = v.weight_decay && config.weight_decay > 0 ? static_cast<float>(config.weight_decay) : 0.0f;
     runs_.push_back({v.offset, v.size, decay, v.weight_decay});

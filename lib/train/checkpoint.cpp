@@ -136,12 +136,12 @@ Handle write_json_dataset(hid_t file, const char* name, const nlohmann::json& va
   return dataset;
 }
 
-void write_section(hid_t file, Section section, std::span<const NamedTensor> layout, std::span<const float> data,
+void write_section(hid_t file, Section section, std::span<const TensorSlice> layout, std::span<const float> data,
                    const std::filesystem::path& path) {
   const std::string group_name = section_name(section);
   Handle group = checked(H5Gcreate2(file, group_name.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose, path,
                          "cannot create /" + group_name);
-  for (const NamedTensor& tensor : layout) {
+  for (const TensorSlice& tensor : layout) {
     const std::string where = "/" + group_name + "/" + tensor.name;
     std::vector<hsize_t> dims(tensor.shape.begin(), tensor.shape.end());
     Handle space = checked(
@@ -255,9 +255,9 @@ const char* section_name(Section section) {
   return "?";
 }
 
-void validate_layout(std::span<const NamedTensor> layout, size_t buffer_size) {
+void validate_layout(std::span<const TensorSlice> layout, size_t buffer_size) {
   std::unordered_set<std::string> names;
-  for (const NamedTensor& tensor : layout) {
+  for (const TensorSlice& tensor : layout) {
     if (tensor.name.empty() || tensor.name == "." || tensor.name == ".." ||
         tensor.name.find('/') != std::string::npos) {
       fail("tensor layout: invalid tensor name '", tensor.name, "' (must be non-empty, without '/')");
@@ -421,7 +421,7 @@ std::vector<StoredTensor> CheckpointFile::tensors(Section section) const {
   return result;
 }
 
-void CheckpointFile::read_into(Section section, std::span<const NamedTensor> layout, std::span<float> buffer) const {
+void CheckpointFile::read_into(Section section, std::span<const TensorSlice> layout, std::span<float> buffer) const {
   validate_layout(layout, buffer.size());
   const std::string group_name = section_name(section);
   std::map<std::string, std::vector<int64_t>> stored;
@@ -429,7 +429,7 @@ void CheckpointFile::read_into(Section section, std::span<const NamedTensor> lay
 
   // All names and shapes first, so a mismatch leaves the buffer untouched.
   std::unordered_set<std::string> expected;
-  for (const NamedTensor& tensor : layout) {
+  for (const TensorSlice& tensor : layout) {
     expected.insert(tensor.name);
     auto found = stored.find(tensor.name);
     if (found == stored.end()) {
@@ -451,7 +451,7 @@ void CheckpointFile::read_into(Section section, std::span<const NamedTensor> lay
   QuietErrors quiet;
   Handle group =
       checked(H5Gopen2(file_, group_name.c_str(), H5P_DEFAULT), H5Gclose, path_, "cannot open /" + group_name);
-  for (const NamedTensor& tensor : layout) {
+  for (const TensorSlice& tensor : layout) {
     const std::string where = "/" + group_name + "/" + tensor.name;
     Handle dataset =
         checked(H5Dopen2(group.get(), tensor.name.c_str(), H5P_DEFAULT), H5Dclose, path_, "cannot open " + where);

@@ -1,7 +1,7 @@
 // One training checkpoint = one HDF5 file, written atomically.
 //
 // Layout (format_version 1):
-//   /params/<name>, /adam_m/<name>, /adam_v/<name>   float32 datasets, the shape of each named view,
+//   /params/<name>, /adam_m/<name>, /adam_v/<name>   float32 datasets, the shape of each slice,
 //                                                    attribute crc32c (uint32) of the raw bytes; the
 //                                                    moments are those of the optimizer state names
 //   /state    JSON string (scalar dataset): step, tokens_seen, seed, skipped steps, loss_scale,
@@ -26,20 +26,15 @@
 #include <string>
 #include <vector>
 
+#include "lib/core/tensor_slice.h"
+
 namespace electra::train {
 
-// A named view into a flat float buffer; params, gradients and both Adam moments share one layout.
-struct NamedTensor {
-  std::string name;
-  std::vector<int64_t> shape;
-  size_t offset = 0;  // first element in the flat buffer
-  size_t size = 0;    // elements, the product of shape
-};
-using TensorLayout = std::vector<NamedTensor>;
-
+// A checkpoint section is written and read by a list of TensorSlice (lib/core/tensor_slice.h) into one
+// flat float buffer: params and both optimizer moments share that list.
 // Fails naming the first problem: empty name or one with '/', "." or "..", a duplicate name, a size
 // that is not the product of the shape, a range outside [0, buffer_size).
-void validate_layout(std::span<const NamedTensor> layout, size_t buffer_size);
+void validate_layout(std::span<const TensorSlice> layout, size_t buffer_size);
 
 std::string shape_string(const std::vector<int64_t>& shape);  // "[2, 3]"
 
@@ -49,7 +44,7 @@ const char* section_name(Section section);  // "params", "adam_m", "adam_v"
 inline constexpr int kCheckpointFormatVersion = 1;
 
 struct CheckpointContent {
-  std::span<const NamedTensor> layout;
+  std::span<const TensorSlice> layout;
   std::span<const float> params;
   // Empty: the section is not written (a weights-only file); else the size of params.
   std::span<const float> adam_m;
@@ -98,7 +93,7 @@ class CheckpointFile {
   // fails before reading anything naming the first difference (a tensor missing from the file, in the
   // layout's order; a shape mismatch; a tensor the layout does not have). Each tensor's CRC-32C is
   // verified after reading.
-  void read_into(Section section, std::span<const NamedTensor> layout, std::span<float> buffer) const;
+  void read_into(Section section, std::span<const TensorSlice> layout, std::span<float> buffer) const;
   // One tensor (export tools that use their own layout). Fails naming it when absent or corrupt.
   std::vector<float> read_tensor(Section section, const std::string& name, std::vector<int64_t>* shape = nullptr) const;
 

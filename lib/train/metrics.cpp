@@ -15,7 +15,7 @@ namespace electra::train {
 namespace {
 
 // The named fields in output order.
-std::vector<std::pair<const char*, double>> named_fields(const StepMetrics& m) {
+std::vector<std::pair<const char*, double>> named_fields(const MetricsRecord& m) {
   return {{"loss", m.loss},
           {"gen_loss", m.gen_loss},
           {"disc_loss", m.disc_loss},
@@ -61,7 +61,7 @@ bool ends_in_torn_line(const std::filesystem::path& path) {
 
 }  // namespace
 
-nlohmann::json StepMetrics::to_json() const {
+nlohmann::json MetricsRecord::to_json() const {
   nlohmann::json record = nlohmann::json::object();
   record["step"] = step;
   for (const auto& [name, value] : named_fields(*this)) {
@@ -73,7 +73,7 @@ nlohmann::json StepMetrics::to_json() const {
   return record;
 }
 
-std::vector<std::pair<std::string, double>> StepMetrics::scalars() const {
+std::vector<std::pair<std::string, double>> MetricsRecord::scalars() const {
   std::vector<std::pair<std::string, double>> result;
   for (const auto& [name, value] : named_fields(*this)) {
     if (!std::isnan(value)) result.emplace_back(name, value);
@@ -102,7 +102,7 @@ MetricsWriter::~MetricsWriter() {
   if (fd_ >= 0) ::close(fd_);
 }
 
-void MetricsWriter::write(const StepMetrics& metrics) { write(metrics.to_json()); }
+void MetricsWriter::write(const MetricsRecord& metrics) { write(metrics.to_json()); }
 
 void MetricsWriter::write(const nlohmann::json& record) {
   if (!record.is_object()) fail("MetricsWriter: a record must be a JSON object, got ", record.dump());

@@ -13,9 +13,10 @@
 
 namespace electra::train {
 
-// One step's numbers. NaN means "not measured" and is left out (non-finite values in `extra` become
-// JSON null, since JSON has no NaN).
-struct StepMetrics {
+// One metrics.jsonl line: the numbers logged at one step (electra-train: its log window's averages, made
+// from the StepMetrics sums of step.h). NaN means "not measured" and is left out (non-finite values in
+// `extra` become JSON null, since JSON has no NaN).
+struct MetricsRecord {
   static constexpr double kUnset = std::numeric_limits<double>::quiet_NaN();
   int64_t step = 0;
   double loss = kUnset;
@@ -45,7 +46,7 @@ class MetricsWriter {
   MetricsWriter(const MetricsWriter&) = delete;
   MetricsWriter& operator=(const MetricsWriter&) = delete;
 
-  void write(const StepMetrics& metrics);
+  void write(const MetricsRecord& metrics);
   // Any JSON object as one line.
   void write(const nlohmann::json& record);
 

@@ -145,7 +145,7 @@ void TensorBoardWriter::add_scalars(int64_t step, std::span<const std::pair<std:
   append(tfevents::encode_record(tfevents::encode_scalars_event(now_seconds(), step, values)));
 }
 
-void TensorBoardWriter::add_step_metrics(const StepMetrics& metrics, const std::string& prefix) {
+void TensorBoardWriter::add_step_metrics(const MetricsRecord& metrics, const std::string& prefix) {
   std::vector<std::pair<std::string, float>> values;
   for (const auto& [name, value] : metrics.scalars()) values.emplace_back(prefix + name, static_cast<float>(value));
   if (!values.empty()) add_scalars(metrics.step, values);

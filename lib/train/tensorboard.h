@@ -41,7 +41,7 @@ class TensorBoardWriter {
   void add_scalar(const std::string& tag, int64_t step, float value);
   void add_scalars(int64_t step, std::span<const std::pair<std::string, float>> values);
   // The metrics' set fields as "<prefix><name>" scalars, in one event.
-  void add_step_metrics(const StepMetrics& metrics, const std::string& prefix = "train/");
+  void add_step_metrics(const MetricsRecord& metrics, const std::string& prefix = "train/");
 
   const std::filesystem::path& file() const { return file_; }
 

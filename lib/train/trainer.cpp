@@ -38,10 +38,13 @@
 #include "lib/train/checkpoint_manager.h"
 #include "lib/train/collapse_check.h"
 #include "lib/train/device.h"
+#include "lib/train/log_window.h"
 #include "lib/train/metrics.h"
 #include "lib/train/rank_reducer.h"
+#include "lib/train/step.h"
 #include "lib/train/step_profile.h"
 #include "lib/train/tensorboard.h"
+#include "lib/train/train_settings.h"
 
 extern "C" void openblas_set_num_threads(int num_threads);
 
@@ -63,8 +66,7 @@ std::string format_duration(double seconds) {
 }
 
 // Per-rank threads: the machine's cores shared among the ranks on this node, unless set.
-int choose_threads(const Config& config, const dist::Communicator& comm) {
-  const int configured = config.get<int>("train.threads");
+int choose_threads(int configured, const dist::Communicator& comm) {
   if (configured > 0) return configured;
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   return std::max(1, cores / std::max(1, comm.local_size()));
@@ -115,44 +117,6 @@ std::optional<bool> data_lower_case(const fs::path& data_dir) {
     fail("manifest ", manifest.string(), ": cannot read tokenizer.lower_case: ", e.what());
   }
 }
-
-TensorLayout checkpoint_layout(const ParameterLayout& layout) {
-  TensorLayout out;
-  out.reserve(layout.views().size());
-  for (const ParameterView& view : layout.views()) {
-    out.push_back(
-        NamedTensor{view.name, std::vector<int64_t>(view.shape.begin(), view.shape.end()), view.offset, view.size});
-  }
-  return out;
-}
-
-// What became of one optimizer step.
-enum class StepResult {
-  kApplied,
-  kOverflow,  // loss scaling: the scaled gradients overflowed, the scale was lowered (an expected event)
-  kSkipped,   // a non-finite loss or gradient: counts toward train.max_skipped_steps
-};
-
-// Bins of the training line's running disc_auc: pairs in one bin count as ties, so the AUC of a collapsed
-// discriminator (scores differing in the sixth decimal) is 0.5, not float noise.
-constexpr int kRunningAucBins = 1000;
-
-// Counts of one step summed over micro-batches, then over ranks (fixed order: see kMetricNames).
-enum Metric {
-  kTotalLoss,
-  kMlmLoss,
-  kDiscLoss,
-  kSentenceLoss,
-  kMlmCorrect,
-  kMlmWeight,
-  kDiscCorrect,
-  kDiscTokens,
-  kDiscFake,
-  kTokens,          // slots: rows x data.seq_length, padding included
-  kComputedTokens,  // slots computed on: rows x each micro-batch's (trimmed) length
-  kComputedFlops,   // model_flops_per_step of each micro-batch's computed shape
-  kNumMetrics
-};
 
 }  // namespace
 
@@ -280,9 +244,9 @@ class Trainer {
   void check_vocabulary(const CheckpointFile& file);
   void save_checkpoint();
   void check_parameters_agree(const char* when);
-  StepResult train_step(double* metrics);
-  void log_step(const double* metrics, int steps, double step_seconds, double lr, double grad_norm);
-  void warn_collapse(const StepMetrics& window);
+  StepOutcome train_step();
+  void log_step(const LogWindow::Summary& window, double lr, double grad_norm);
+  void warn_collapse(const MetricsRecord& window);
   void run_eval();
   void log_profile();
   std::unique_ptr<dist::GradientReducer> make_reducer();
@@ -294,7 +258,6 @@ class Trainer {
   std::unique_ptr<Backend<float>> backend_;
   std::unique_ptr<data::Loader> loader_;
   PretrainerConfig model_config_;
-  OptimizerConfig optim_config_;
   std::unique_ptr<PretrainerModel<float>> model_;  // ElectraPretrainer<float> or <bfloat16> (train.storage)
   std::unique_ptr<Optimizer<float>> optimizer_;    // optim.name: AdamW or Lamb
   std::unique_ptr<LossScaler> loss_scaler_;        // optim.loss_scale (dynamic by default with fp16)
@@ -311,23 +274,14 @@ class Trainer {
   std::unique_ptr<TensorBoardWriter> tensorboard_;
   std::unique_ptr<data::Loader> eval_loader_;  // held-out shards (train.eval_every, data.eval_dir)
   std::optional<bool> lower_case_;             // the shards' tokenizer.lower_case (unknown without a manifest)
-  TensorLayout ckpt_layout_;
+  std::vector<TensorSlice> ckpt_layout_;
 
-  int64_t total_steps_ = 0;
-  int global_batch_ = 0;
-  int local_rows_ = 0;
-  int micro_rows_ = 0;
+  TrainSettings settings_;  // train.*, data.*, optim.*, device.* (TrainSettings::from_config)
   int parallel_chunks_ = 1;
-  AttentionImpl attention_impl_ = AttentionImpl::kAuto;  // train.attention
-  int seq_length_ = 0;
-  bool trim_padding_ = true;  // data.trim_padding
-  Batch micro_;               // the step's micro-batch or trimmed batch (its vectors keep their capacity)
-  uint64_t seed_ = 1;
-  int log_every_ = 1;
-  int checkpoint_every_ = 0;
-  int eval_every_ = 0;
-  int max_skipped_ = 10;
-  double peak_gflops_ = 0;
+  std::optional<TrainStep> stepper_;  // the optimizer step (step.h), made with the reducer
+  Periodic eval_schedule_;            // train.eval_every when data.eval_dir is set (else never)
+  Periodic checkpoint_schedule_;      // train.checkpoint_every
+  double peak_gflops_ = 0;            // train.peak_gflops, or measured
   double flops_per_step_ = 0;
 
   struct Faults {
@@ -341,9 +295,8 @@ class Trainer {
   int64_t last_checkpoint_step_ = -1;
   double last_lr_ = 0, last_grad_norm_ = 0;
   std::optional<CollapseCheck> collapse_check_;  // train.collapse_warning.*
-  // The discriminator's scores on real tokens, by class: this step's, and the log window's applied steps'
-  // (summed over ranks at log time: the window's running disc_auc).
-  eval::ScoreHistogram step_scores_{kRunningAucBins}, window_scores_{kRunningAucBins};
+  // The discriminator's scores on real tokens, by class, of this step (the log window's running disc_auc).
+  eval::ScoreHistogram step_scores_{kRunningAucBins};
   std::optional<StepProfile> profile_;  // train.profile
   StepProfile* profile() { return profile_ ? &*profile_ : nullptr; }
 };
@@ -361,16 +314,7 @@ std::optional<std::string> Trainer::setup() {
     if (options_.stop_after && *options_.stop_after <= 0) {
       fail("--stop-after must be a positive number of steps, got ", *options_.stop_after);
     }
-    for (const char* key : {"train.step_timeout", "train.checkpoint_timeout"}) {
-      const double timeout = config_.get<double>(key);
-      if (!(timeout > 0) || !std::isfinite(timeout)) {
-        fail("config key '", key, "' must be a positive number of seconds, got ", timeout);
-      }
-    }
-    if (config_.get<int64_t>("train.eval_batches") < 0) {
-      fail("config key 'train.eval_batches' must be >= 0 (0: all of data.eval_dir), got ",
-           config_.get<int64_t>("train.eval_batches"));
-    }
+    settings_ = TrainSettings::from_config(config_, comm_.world_size());
     if (options_.device != "cpu" && options_.device != "cuda")
       fail("--device must be cpu or cuda, got '", options_.device, "'");
     // Before the data: a transport that cannot work is a config error whatever the data (GPU cases below).
@@ -381,35 +325,15 @@ std::optional<std::string> Trainer::setup() {
     const std::string data_dir = config_.get<std::string>("data.dir");
     if (data_dir.empty()) fail("no data: pass --data SHARDS_DIR or set data.dir");
 
-    total_steps_ = config_.get<int64_t>("train.steps");
-    global_batch_ = config_.get<int>("train.batch_size");
-    seq_length_ = config_.get<int>("data.seq_length");
-    trim_padding_ = config_.get<bool>("data.trim_padding");
-    seed_ = config_.get<uint64_t>("train.seed");
-    log_every_ = std::max(1, config_.get<int>("train.log_every"));
-    checkpoint_every_ = config_.get<int>("train.checkpoint_every");
-    max_skipped_ = config_.get<int>("train.max_skipped_steps");
-    if (config_.get<bool>("train.profile")) profile_.emplace();
+    if (settings_.profile) profile_.emplace();
+    checkpoint_schedule_ = Periodic{settings_.checkpoint_every, settings_.total_steps};
     auto fault_step = [&](const char* what) {
       const std::string prefix = std::string("debug.") + what;
       return config_.get<int>(prefix + "_rank") == comm_.rank() ? config_.get<int64_t>(prefix + "_step") : int64_t{-1};
     };
     faults_ = Faults{fault_step("nan"), fault_step("hang"), fault_step("throw"), fault_step("hang_checkpoint")};
-    if (total_steps_ <= 0) fail("config key 'train.steps' must be positive, got ", total_steps_);
-    if (global_batch_ <= 0 || global_batch_ % comm_.world_size() != 0) {
-      fail("config key 'train.batch_size' (", global_batch_, ") must be a positive multiple of the number of ranks (",
-           comm_.world_size(), ")");
-    }
-    local_rows_ = global_batch_ / comm_.world_size();
-    const int micro = config_.get<int>("train.micro_batch_size");
-    micro_rows_ = micro > 0 ? micro : local_rows_;
-    attention_impl_ = parse_attention_impl(config_.get<std::string>("train.attention"), "config key 'train.attention'");
-    if (local_rows_ % micro_rows_ != 0) {
-      fail("config key 'train.micro_batch_size' (", micro_rows_, ") must divide the per-rank batch (", local_rows_,
-           " = train.batch_size / ranks)");
-    }
 
-    const int threads = choose_threads(config_, comm_);
+    const int threads = choose_threads(settings_.threads, comm_);
     omp_set_num_threads(threads);
     openblas_set_num_threads(threads);
     if (const int allowed = allowed_cpu_count(); allowed > 0 && threads > allowed) {
@@ -423,11 +347,11 @@ std::optional<std::string> Trainer::setup() {
     data::LoaderOptions loader_options;
     loader_options.data_dir = data_dir;
     loader_options.vocab_path = config_.get<std::string>("data.vocab");
-    loader_options.global_batch_size = global_batch_;
-    loader_options.seq_length = seq_length_;
+    loader_options.global_batch_size = settings_.global_batch;
+    loader_options.seq_length = settings_.seq_length;
     loader_options.mask_prob = config_.get<float>("data.mask_prob");
     loader_options.max_predictions = config_.get<int>("model.num_token_predictions");
-    loader_options.seed = seed_;
+    loader_options.seed = settings_.seed;
     loader_options.rank = comm_.rank();
     loader_options.world_size = comm_.world_size();
     loader_options.prefetch_batches = config_.get<int>("data.prefetch_batches");
@@ -440,72 +364,52 @@ std::optional<std::string> Trainer::setup() {
 
     model_config_ = pretrainer_config_from_json(config_.at("model"));
     const std::string eval_dir = config_.get<std::string>("data.eval_dir");
-    if (config_.get<int>("train.eval_every") > 0 && !eval_dir.empty()) {
-      eval_every_ = config_.get<int>("train.eval_every");
-      eval_loader_ =
-          eval::make_eval_loader(eval_dir, global_batch_, seq_length_, loader_options.mask_prob,
-                                 loader_options.max_predictions, seed_, comm_, config_.get<std::string>("data.vocab"));
+    if (settings_.eval_every > 0 && !eval_dir.empty()) {
+      eval_schedule_ = Periodic{settings_.eval_every, settings_.total_steps};
+      eval_loader_ = eval::make_eval_loader(eval_dir, settings_.global_batch, settings_.seq_length,
+                                            loader_options.mask_prob, loader_options.max_predictions, settings_.seed,
+                                            comm_, config_.get<std::string>("data.vocab"));
       if (eval_loader_->vocab().hash() != loader_->vocab().hash()) {
         fail("config key 'data.eval_dir': ", eval_dir, " was made with another vocabulary (",
              eval_loader_->vocab().origin(), ") than data.dir (", loader_->vocab().origin(), ")");
       }
-    } else if ((config_.get<int>("train.eval_every") > 0 || !eval_dir.empty()) && comm_.is_root()) {
+    } else if ((settings_.eval_every > 0 || !eval_dir.empty()) && comm_.is_root()) {
       ELECTRA_LOG(warning) << "held-out evaluation is off: it needs both train.eval_every > 0 and data.eval_dir";
     }
-    optim_config_ = optimizer_config_from_json(config_.at("optim"), total_steps_);
-    CollapseCheckOptions collapse;
-    collapse.min_gain = config_.get<double>("train.collapse_warning.min_gain");
-    collapse.windows = config_.get<int>("train.collapse_warning.windows");
-    collapse.warmup_steps = optim_config_.warmup_steps;
-    if (!std::isfinite(collapse.min_gain)) {
-      fail("config key 'train.collapse_warning.min_gain' must be a finite number of nats, got ", collapse.min_gain);
-    }
-    if (collapse.windows < 0) {
-      fail("config key 'train.collapse_warning.windows' must be >= 0 (0: off), got ", collapse.windows);
-    }
-    collapse_check_.emplace(collapse);
-    precision_ = config_.get<std::string>("train.precision");
+    collapse_check_.emplace(settings_.collapse);
+    precision_ = settings_.precision;
     check_precision(precision_, options_.device, "config key 'train.precision' =");
-    storage_ = resolve_storage(config_.get<std::string>("train.storage"), options_.device, precision_,
-                               "config key 'train.storage'");
-    loss_scaler_ = std::make_unique<LossScaler>(optim_config_.loss_scale, precision_ == "fp16");
+    storage_ = resolve_storage(settings_.storage, options_.device, precision_, "config key 'train.storage'");
+    loss_scaler_ = std::make_unique<LossScaler>(settings_.optim.loss_scale, precision_ == "fp16");
     device_options_.precision = precision_;
-    device_options_.memory_fraction = config_.get<double>("device.memory_fraction");
-    if (!(device_options_.memory_fraction > 0.0 && device_options_.memory_fraction <= 1.0)) {
-      fail("config key 'device.memory_fraction' must be in (0, 1], got ", device_options_.memory_fraction);
-    }
-    const int64_t arena_bytes = config_.get<int64_t>("device.arena_bytes");
-    if (arena_bytes < 0) {
-      fail("config key 'device.arena_bytes' must be >= 0 (0: use device.memory_fraction), got ", arena_bytes);
-    }
-    device_options_.arena_bytes = static_cast<size_t>(arena_bytes);
+    device_options_.memory_fraction = settings_.memory_fraction;
+    device_options_.arena_bytes = static_cast<size_t>(settings_.arena_bytes);
     device_options_.ranks_on_gpu = ranks_on_gpu_;
     device_options_.arena_size_hint =
         "config key device.arena_bytes (bytes) or device.memory_fraction (of the free GPU memory; now " +
         std::to_string(device_options_.memory_fraction) + ")";
-    if (seq_length_ > model_config_.discriminator.max_position_embeddings) {
-      fail("config key 'data.seq_length' (", seq_length_, ") exceeds model.max_position_embeddings (",
+    if (settings_.seq_length > model_config_.discriminator.max_position_embeddings) {
+      fail("config key 'data.seq_length' (", settings_.seq_length, ") exceeds model.max_position_embeddings (",
            model_config_.discriminator.max_position_embeddings, ")");
     }
     backend_ = make_backend();
     check_gradient_transport_available(transport_, std::string("config key '") + dist::kGradientTransportKey + "'");
     model_ = make_rank_model(model_config_, *backend_, storage_);
-    model_->set_attention_impl(attention_impl_);
+    model_->set_attention_impl(settings_.attention);
     // On the CPU, whole row slices per thread beat splitting every op across threads (electra-bench,
     // docs/performance.md); the gradient allreduce then starts after backward instead of during it.
-    const int configured_chunks = config_.get<int>("train.parallel_chunks");
+    const int configured_chunks = settings_.parallel_chunks;
     parallel_chunks_ = backend_->device() != DeviceKind::kCpu ? 1 : configured_chunks > 0 ? configured_chunks : threads;
-    parallel_chunks_ = std::min(parallel_chunks_, micro_rows_);
+    parallel_chunks_ = std::min(parallel_chunks_, settings_.micro_rows);
     if (parallel_chunks_ > 1) model_->set_parallel_chunks(parallel_chunks_);
-    optimizer_ = make_optimizer<float>(optim_config_, model_->layout(), *backend_);
-    model_->init_parameters(seed_);
-    ckpt_layout_ = checkpoint_layout(model_->layout());
-    flops_per_step_ = model_flops_per_step(model_config_, global_batch_, seq_length_);
-    const double configured_peak = config_.get<double>("train.peak_gflops");
-    peak_gflops_ = configured_peak > 0 ? configured_peak : measure_gemm_gflops(*backend_, storage_);
+    optimizer_ = make_optimizer<float>(settings_.optim, model_->layout(), *backend_);
+    model_->init_parameters(settings_.seed);
+    ckpt_layout_ = model_->layout().tensor_slices();
+    flops_per_step_ = model_flops_per_step(model_config_, settings_.global_batch, settings_.seq_length);
+    peak_gflops_ = settings_.peak_gflops > 0 ? settings_.peak_gflops : measure_gemm_gflops(*backend_, storage_);
 
-    checkpoints_ = std::make_unique<CheckpointManager>(run_dir_ / "checkpoints", config_.get<int>("train.keep_last"),
-                                                       config_.get<int64_t>("train.keep_every"));
+    checkpoints_ =
+        std::make_unique<CheckpointManager>(run_dir_ / "checkpoints", settings_.keep_last, settings_.keep_every);
     std::optional<fs::path> resume_path;
     if (options_.resume == "auto") {
       if (auto latest = checkpoints_->latest_complete()) {
@@ -588,15 +492,16 @@ void Trainer::resume_from(const fs::path& path) {
     ELECTRA_LOG(info) << "loss scale " << loss_scaler_->scale() << " (" << loss_scaler_->good_steps()
                       << " finite steps since its last change) from the checkpoint";
   }
-  const uint64_t saved_seed = state.value("seed", seed_);
-  if (saved_seed != seed_) {
-    ELECTRA_LOG(warning) << "checkpoint seed " << saved_seed << " differs from train.seed " << seed_
+  const uint64_t saved_seed = state.value("seed", settings_.seed);
+  if (saved_seed != settings_.seed) {
+    ELECTRA_LOG(warning) << "checkpoint seed " << saved_seed << " differs from train.seed " << settings_.seed
                          << ": masking, dropout and sampling continue with train.seed";
   }
-  const int saved_batch = saved.contains("train") ? saved["train"].value("batch_size", global_batch_) : global_batch_;
-  if (saved_batch != global_batch_) {
+  const int saved_batch =
+      saved.contains("train") ? saved["train"].value("batch_size", settings_.global_batch) : settings_.global_batch;
+  if (saved_batch != settings_.global_batch) {
     ELECTRA_LOG(warning) << "checkpoint global batch " << saved_batch << " differs from train.batch_size "
-                         << global_batch_ << ": the data order continues, but not exactly as before";
+                         << settings_.global_batch << ": the data order continues, but not exactly as before";
   }
   loader_->restore(data::LoaderState::from_json(file.loader()));
   last_checkpoint_step_ = step_;
@@ -673,7 +578,7 @@ void Trainer::save_checkpoint() {
     content.adam_v = v;
     content.state = {{"step", step_},
                      {"tokens_seen", tokens_seen_},
-                     {"seed", seed_},
+                     {"seed", settings_.seed},
                      {"skipped_steps", skipped_total_},
                      {"world_size", comm_.world_size()},
                      {"optimizer", optimizer_->name()}};  // optim.name: checked on resume
@@ -694,179 +599,92 @@ void Trainer::save_checkpoint() {
   log_device_memory("at a checkpoint");
 }
 
-// One optimizer step, top to bottom. Returns false when the step was skipped (non-finite somewhere).
-// `metrics` receives this rank's kNumMetrics sums.
-StepResult Trainer::train_step(double* metrics) {
+// One optimizer step: the batch, its global loss denominators, then TrainStep (step.h) with this trainer's
+// own concerns around it: fault injection (debug.*), the running AUC's scores, and naming the ranks of a
+// skipped step. `metrics` of the outcome are this rank's sums.
+StepOutcome Trainer::train_step() {
   StepProfile* const prof = profile();
   std::optional<ScopedPhase> loading(std::in_place, prof, TrainPhase::kLoader);
   Batch batch = loader_->next();
   loading.reset();
+  std::optional<ScopedPhase> counting(std::in_place, prof, TrainPhase::kCounts);
+  const GlobalNormalizers global = global_normalizers(batch, comm_);
+  counting.reset();
 
-  // Global loss denominators: the gradient summed over ranks is then the global batch's gradient.
-  double counts[3] = {0, 0, static_cast<double>(batch.rows)};
-  for (float w : batch.masked_lm_weights) counts[0] += w;
-  for (int32_t m : batch.input_mask) counts[1] += m;
-  {
-    ScopedPhase phase(prof, TrainPhase::kCounts);
-    comm_.allreduce_sum(std::span<double>(counts, 3));
-  }
-  StepContext context;
-  context.seed = seed_;
-  context.step = static_cast<uint64_t>(step_);
-  context.training = true;
-  context.global = GlobalNormalizers{counts[0], counts[1], counts[2]};
-  context.copy_outputs = false;
-  const double loss_scale = loss_scaler_->scale();
-  context.loss_scale = static_cast<float>(loss_scale);  // powers of two (or at least >= 1): exact in float
-
-  std::fill(metrics, metrics + kNumMetrics, 0.0);
   step_scores_.clear();
-  model_->zero_gradients();
-  float* gradients = model_->gradients();
-  bool gradients_finite = true;
-  // Each rank checks its own gradient ranges for NaN/Inf as they become final (so the log can name the
-  // rank), except when the allreduce runs on the device (NCCL, CUDA-aware MPI): there every check would
-  // stall the GPU once per bucket, so the reduced gradient's norm decides instead (the same on every rank).
-  const bool check_ranges = backend_->device() == DeviceKind::kCpu || reducer_stages_through_host_;
-  reducer_->begin();
-  // The last micro-batch's backward reports each range of the gradient buffer as it becomes final: the
-  // range is checked for NaN/Inf, then its allreduce starts while backward goes on with earlier layers.
-  StepHooks last_micro_batch;
-  double hook_seconds = 0;  // train.profile: the hook's share of backward, reported on its own
-  last_micro_batch.on_gradients_ready = [&](size_t offset, size_t count) {
-    const auto hook_start = prof ? Clock::now() : Clock::time_point{};
-    if (offset == 0 && step_ == faults_.nan_step) {
-      backend_->fill(gradients, 1, std::numeric_limits<float>::quiet_NaN());  // debug.nan_step
-    }
-    if (check_ranges) {
-      gradients_finite = gradients_finite && std::isfinite(backend_->sum_squares(gradients + offset, count));
-    }
-    reducer_->mark_ready(offset, count);  // copies the range to the host first when staging
-    if (prof) hook_seconds += seconds_since(hook_start);
-  };
-  last_micro_batch.on_progress = [&] {
-    const auto hook_start = prof ? Clock::now() : Clock::time_point{};
-    reducer_->progress();
-    if (prof) hook_seconds += seconds_since(hook_start);
-  };
-  const auto compute_start = prof ? Clock::now() : Clock::time_point{};
-  for (int begin = 0; begin < batch.rows; begin += micro_rows_) {
-    const int end = begin + micro_rows_;
-    if (end == batch.rows) context.hooks = last_micro_batch;
-    // data.trim_padding: the micro-batch computes on its longest row (a multiple of 8), its padding cut off;
-    // the model keys dropout and plans by the untrimmed length, so only float rounding changes.
-    const int seq = trim_padding_ ? needed_seq_length(batch, begin, end) : batch.seq_length;
-    const bool copy = end - begin < batch.rows || seq < batch.seq_length;
-    if (copy) copy_rows(batch, begin, end, seq, micro_);
-    const Batch& rows = copy ? micro_ : batch;
-    metrics[kComputedTokens] += static_cast<double>(rows.rows) * rows.seq_length;
-    metrics[kComputedFlops] += model_flops_per_step(model_config_, rows.rows, rows.seq_length);
-    const PretrainerOutputs<float>& out = model_->forward(rows, context);
-    model_->backward();
+  StepCallbacks callbacks;
+  callbacks.on_micro_batch = [&](const Batch& rows, const PretrainerOutputs<float>& out) {
     for (size_t i = 0; i < rows.input_mask.size(); ++i) {
       if (rows.input_mask[i]) step_scores_.add(eval::sigmoid(out.disc_logits[i]), out.disc_label[i] == 1);
     }
-    const PretrainerLosses& l = out.losses;
-    metrics[kTotalLoss] += l.total_loss;
-    metrics[kMlmLoss] += l.mlm_loss;
-    metrics[kDiscLoss] += l.disc_loss;
-    metrics[kSentenceLoss] += l.sentence_loss;
-    metrics[kMlmCorrect] += l.mlm_correct_sum;
-    metrics[kMlmWeight] += l.mlm_weight_sum;
-    metrics[kDiscCorrect] += l.disc_correct_sum;
-    metrics[kDiscTokens] += l.disc_token_count;
-    metrics[kDiscFake] += l.disc_fake_count;
-  }
-  metrics[kTokens] = static_cast<double>(batch.rows) * batch.seq_length;
-  if (prof) {
-    prof->add(TrainPhase::kForwardBackward, seconds_since(compute_start) - hook_seconds);
-    prof->add(TrainPhase::kGradientHook, hook_seconds);
-  }
-
+  };
   // Fault injection (debug.*), resolved once in setup(): the step at which this rank misbehaves, or -1.
-  if (step_ == faults_.hang_step) {
-    ELECTRA_LOG(warning) << "debug.hang_step: rank " << comm_.rank() << " stops making progress at step " << step_;
-    std::this_thread::sleep_for(std::chrono::hours(1));
+  if (step_ == faults_.nan_step) {
+    callbacks.on_gradients_ready = [&](size_t offset, size_t) {
+      if (offset == 0) backend_->fill(model_->gradients(), 1, std::numeric_limits<float>::quiet_NaN());
+    };
   }
-  if (step_ == faults_.throw_step) {
-    fail("debug.throw_step: injected failure on rank ", comm_.rank(), " at step ", step_);
-  }
-
-  {
-    ScopedPhase phase(prof, TrainPhase::kAllreduceWait);
-    reducer_->wait_all();  // and copies staged gradients back to the device
-  }
-  std::optional<double> reduced_norm;  // the (scaled) norm of the reduced gradient, when computed already
-  if (!check_ranges) {
-    reduced_norm = optimizer_->gradient_norm(model_->gradients());
-    gradients_finite = std::isfinite(*reduced_norm);
-  }
-
-  // Every rank must know whether anyone went non-finite before anyone updates.
-  const bool loss_finite = std::isfinite(metrics[kTotalLoss]);
-  const bool locally_finite = loss_finite && gradients_finite;
-  std::optional<ScopedPhase> finite_check(std::in_place, prof, TrainPhase::kFiniteCheck);
-  const bool all_finite = comm_.agree_all(locally_finite);
-  finite_check.reset();
-  if (!all_finite) {
-    // Loss scaling: finite losses everywhere but non-finite (scaled) gradients are an overflow: the scale
-    // goes down and the step is skipped, an expected event. A non-finite loss leaves the scale alone.
-    const bool losses_finite = comm_.agree_all(loss_finite);
-    const LossScaleOutcome outcome = losses_finite ? loss_scaler_->update(false) : LossScaleOutcome::kNonFinite;
-    if (outcome == LossScaleOutcome::kOverflow) {
-      if (comm_.is_root()) {
-        ELECTRA_LOG(info) << "step " << step_ + 1 << ": gradients overflowed at loss scale " << loss_scale
-                          << "; update skipped, loss scale now " << loss_scaler_->scale();
-      }
-      return StepResult::kOverflow;
+  callbacks.after_backward = [&] {
+    if (step_ == faults_.hang_step) {
+      ELECTRA_LOG(warning) << "debug.hang_step: rank " << comm_.rank() << " stops making progress at step " << step_;
+      std::this_thread::sleep_for(std::chrono::hours(1));
     }
-    const std::vector<std::string> flags = comm_.gather_strings(locally_finite ? "" : std::to_string(comm_.rank()));
+    if (step_ == faults_.throw_step) {
+      fail("debug.throw_step: injected failure on rank ", comm_.rank(), " at step ", step_);
+    }
+  };
+  const StepOutcome outcome = stepper_->run(batch, global, step_, callbacks, prof);
+
+  if (outcome.result == StepResult::kOverflow && comm_.is_root()) {
+    ELECTRA_LOG(info) << "step " << step_ + 1 << ": gradients overflowed at loss scale " << outcome.loss_scale
+                      << "; update skipped, loss scale now " << loss_scaler_->scale();
+  }
+  if (outcome.result == StepResult::kSkipped) {
+    const std::vector<std::string> flags =
+        comm_.gather_strings(outcome.locally_finite ? "" : std::to_string(comm_.rank()));
     if (comm_.is_root()) {
       std::string ranks;
       for (const std::string& f : flags) {
         if (!f.empty()) ranks += (ranks.empty() ? "" : ",") + f;
       }
       ELECTRA_LOG(warning) << "step " << step_ + 1 << ": non-finite loss or gradient on rank(s) " << ranks
-                           << (check_ranges ? "" : " (gradients checked after the device allreduce)")
+                           << (outcome.ranges_checked ? "" : " (gradients checked after the device allreduce)")
                            << "; all ranks skip the update";
     }
-    return StepResult::kSkipped;
   }
-
-  ScopedPhase optimizing(prof, TrainPhase::kOptimizer);
-  // Clipping is decided on the true gradient norm; the optimizer divides the loss scale out of the update.
-  const double grad_norm = (reduced_norm ? *reduced_norm : optimizer_->gradient_norm(model_->gradients())) / loss_scale;
-  const OptimizerStepStats stats =
-      optimizer_->step_with_norm(model_->parameters(), model_->gradients(), step_, grad_norm, loss_scale);
-  loss_scaler_->update(true);
-  last_lr_ = stats.lr;
-  last_grad_norm_ = grad_norm;
-  return StepResult::kApplied;
+  if (outcome.result == StepResult::kApplied) {
+    last_lr_ = outcome.lr;
+    last_grad_norm_ = outcome.grad_norm;
+  }
+  return outcome;
 }
 
-// `metrics`: the window's sums over steps and ranks, losses and kTokens averaged over its `steps`.
-void Trainer::log_step(const double* metrics, int steps, double step_seconds, double lr, double grad_norm) {
-  StepMetrics m;
+// Rank 0: the training line, metrics.jsonl and TensorBoard for a closed log window.
+void Trainer::log_step(const LogWindow::Summary& summary, double lr, double grad_norm) {
+  const StepMetrics& window = summary.average;
+  const int steps = summary.steps;
+  const double step_seconds = summary.step_seconds;
+  MetricsRecord m;
   m.step = step_;
-  m.loss = metrics[kTotalLoss];
-  m.gen_loss = metrics[kMlmLoss];
-  m.disc_loss = metrics[kDiscLoss];
-  m.mlm_accuracy = metrics[kMlmWeight] > 0 ? metrics[kMlmCorrect] / metrics[kMlmWeight] : 0.0;
-  m.disc_accuracy = metrics[kDiscTokens] > 0 ? metrics[kDiscCorrect] / metrics[kDiscTokens] : 0.0;
+  m.loss = window.total_loss;
+  m.gen_loss = window.mlm_loss;
+  m.disc_loss = window.disc_loss;
+  m.mlm_accuracy = window.mlm_weight > 0 ? window.mlm_correct / window.mlm_weight : 0.0;
+  m.disc_accuracy = window.disc_tokens > 0 ? window.disc_correct / window.disc_tokens : 0.0;
   m.lr = lr;
   m.grad_norm = grad_norm;
   // Real (non-pad) tokens: what the model learns from. Slots (rows x data.seq_length) are what the data holds;
   // computed slots what the steps computed on (fewer with data.trim_padding). MFU counts the FLOPs of the
   // computed slots; mfu_slots those of every slot, padding included (the figure before trimming).
-  m.tokens_per_s = metrics[kDiscTokens] / steps / step_seconds;
-  const double slots_per_s = metrics[kTokens] / step_seconds;
+  m.tokens_per_s = window.disc_tokens / steps / step_seconds;
+  const double slots_per_s = window.tokens / step_seconds;
   const double peak_flops = peak_gflops_ * 1e9 * comm_.world_size();
-  const double mfu = metrics[kComputedFlops] / step_seconds / peak_flops;
+  const double mfu = window.computed_flops / step_seconds / peak_flops;
   const double mfu_slots = flops_per_step_ / step_seconds / peak_flops;
-  const double computed_fraction = metrics[kComputedTokens] / metrics[kTokens];
-  const double replaced_fraction = metrics[kDiscTokens] > 0 ? metrics[kDiscFake] / metrics[kDiscTokens] : 0.0;
+  const double computed_fraction = window.computed_tokens / window.tokens;
+  const double replaced_fraction = window.disc_tokens > 0 ? window.disc_fake / window.disc_tokens : 0.0;
   const double disc_gain = eval::discriminator_gain(m.disc_loss, replaced_fraction);
-  const double disc_auc = eval::auc_from_histogram(window_scores_);  // NaN without both classes
+  const double disc_auc = summary.disc_auc;  // NaN without both classes
   m.extra = {{"replaced_fraction", replaced_fraction},
              {"disc_prior_entropy", eval::binary_entropy(replaced_fraction)},
              {"disc_gain", disc_gain},
@@ -878,10 +696,10 @@ void Trainer::log_step(const double* metrics, int steps, double step_seconds, do
              {"mfu", mfu},
              {"mfu_slots", mfu_slots},
              {"loss_scale", loss_scaler_->scale()}};  // the scale after the step (what the next one uses)
-  if (metrics[kSentenceLoss] != 0) m.extra["sentence_loss"] = metrics[kSentenceLoss];
-  const double eta = step_seconds * static_cast<double>(total_steps_ - step_);
+  if (window.sentence_loss != 0) m.extra["sentence_loss"] = window.sentence_loss;
+  const double eta = step_seconds * static_cast<double>(settings_.total_steps - step_);
   std::ostringstream line;
-  line << std::fixed << "step " << step_ << "/" << total_steps_ << " | loss " << std::setprecision(4) << m.loss
+  line << std::fixed << "step " << step_ << "/" << settings_.total_steps << " | loss " << std::setprecision(4) << m.loss
        << " | gen " << m.gen_loss << " | disc " << m.disc_loss << " | disc_gain " << std::showpos << disc_gain
        << std::noshowpos << " | disc_auc " << std::setprecision(3) << disc_auc << " | mlm_acc " << m.mlm_accuracy
        << " | disc_acc " << m.disc_accuracy << " | lr " << std::scientific << std::setprecision(2) << lr << std::fixed
@@ -897,7 +715,7 @@ void Trainer::log_step(const double* metrics, int steps, double step_seconds, do
 }
 
 // Rank 0: the discriminator has learned nothing beyond the base rate for several log windows.
-void Trainer::warn_collapse(const StepMetrics& window) {
+void Trainer::warn_collapse(const MetricsRecord& window) {
   const CollapseCheckOptions& o = collapse_check_->options();
   const double prior = window.extra.at("disc_prior_entropy").get<double>();
   std::ostringstream text;
@@ -908,11 +726,11 @@ void Trainer::warn_collapse(const StepMetrics& window) {
        << std::setprecision(3) << window.disc_accuracy
        << " is only the base rate. It predicts the prior for every token (a collapsed or dead discriminator). "
        << "Likely causes: a learning rate too high for the warm-up (optim.lr = " << std::defaultfloat
-       << optim_config_.lr << ", optim.warmup_steps = " << optim_config_.warmup_steps
+       << settings_.optim.lr << ", optim.warmup_steps = " << settings_.optim.warmup_steps
        << ": lower the first or lengthen the second), ";
-  if (optim_config_.name == "adamw") {  // LAMB always corrects
+  if (settings_.optim.name == "adamw") {  // LAMB always corrects
     text << "Adam's early steps without bias correction (optim.bias_correction = "
-         << (optim_config_.bias_correction ? "true" : "false") << "; true for short runs), ";
+         << (settings_.optim.bias_correction ? "true" : "false") << "; true for short runs), ";
   }
   text << "or a generator too strong or too weak for the discriminator (model.generator.* "
        << "hidden_size " << model_config_.generator.hidden_size << " against the discriminator's "
@@ -935,9 +753,9 @@ void Trainer::log_profile() {
 // batches; rank 0 logs them and writes them to metrics.jsonl and TensorBoard as "eval/<name>".
 void Trainer::run_eval() {
   eval::EvalOptions options;
-  options.max_batches = config_.get<int64_t>("train.eval_batches");
-  options.seed = seed_;
-  options.trim_padding = trim_padding_;
+  options.max_batches = settings_.eval_batches;
+  options.seed = settings_.seed;
+  options.trim_padding = settings_.trim_padding;
   const eval::EvalMetrics m = eval::evaluate(*model_, *eval_loader_, comm_, options);
   if (!comm_.is_root()) return;
   nlohmann::json record = {{"step", step_}};
@@ -966,7 +784,7 @@ std::unique_ptr<dist::GradientReducer> Trainer::make_reducer() {
   options.asked =
       std::string(dist::kGradientTransportKey) + " = " + config_.get<std::string>(dist::kGradientTransportKey);
   // Half the step timeout: a hung NCCL is reported by name before the watchdog aborts the job.
-  options.nccl_timeout_seconds = config_.get<double>("train.step_timeout") / 2;
+  options.nccl_timeout_seconds = settings_.step_timeout / 2;
   RankReducer made = make_rank_reducer(comm_, configured_transport_, transport_, *backend_, model_->gradients(),
                                        model_->layout().total_size(), options);
   transport_ = made.transport;
@@ -981,14 +799,14 @@ int Trainer::train() {
     fs::create_directories(run_dir_);
     write_file_atomically(run_dir_ / "config.json", config_.dump(2) + "\n");
     metrics_ = std::make_unique<MetricsWriter>(run_dir_, step_ > 0 ? std::optional<int64_t>(step_) : std::nullopt);
-    if (config_.get<bool>("train.tensorboard")) {
+    if (settings_.tensorboard) {
       tensorboard_ = std::make_unique<TensorBoardWriter>(run_dir_ / "tensorboard",
                                                          step_ > 0 ? std::optional<int64_t>(step_) : std::nullopt);
     }
     ELECTRA_LOG(info) << "resolved config:\n" << config_.dump(2);
     ELECTRA_LOG(info) << "model: " << model_->layout().total_size() << " parameters; " << comm_.world_size()
-                      << " rank(s) x " << local_rows_ << " rows (micro-batch " << micro_rows_ << ", "
-                      << parallel_chunks_ << " parallel chunk(s)), seq " << seq_length_ << "; "
+                      << " rank(s) x " << settings_.local_rows << " rows (micro-batch " << settings_.micro_rows << ", "
+                      << parallel_chunks_ << " parallel chunk(s)), seq " << settings_.seq_length << "; "
                       << loader_->num_examples() << " examples, " << loader_->batches_per_epoch()
                       << " steps per epoch; peak " << std::fixed << std::setprecision(1) << peak_gflops_
                       << " GFLOP/s per rank; optimizer " << optimizer_->name() << " (optim.name)";
@@ -1003,9 +821,20 @@ int Trainer::train() {
   log_device_memory("at start");
 
   reducer_ = make_reducer();
+  stepper_.emplace(StepParts{.model = model_.get(),
+                             .optimizer = optimizer_.get(),
+                             .loss_scaler = loss_scaler_.get(),
+                             .backend = backend_.get(),
+                             .comm = &comm_,
+                             .reducer = reducer_.get()},
+                   StepOptions{.seed = settings_.seed,
+                               .micro_rows = settings_.micro_rows,
+                               .trim_padding = settings_.trim_padding,
+                               .overlap = true,
+                               .stages_through_host = reducer_stages_through_host_});
 
-  const double step_timeout = config_.get<double>("train.step_timeout");
-  const double checkpoint_timeout = config_.get<double>("train.checkpoint_timeout");
+  const double step_timeout = settings_.step_timeout;
+  const double checkpoint_timeout = settings_.checkpoint_timeout;
   dist::Watchdog watchdog(step_timeout, comm_.rank(), dist::Watchdog::abort_action(comm_, kExitWatchdog));
   // Checkpoints and evaluations get their own deadline, not none: their collectives hang as a step's do.
   const auto longer_phase = [&](const std::string& phase) {
@@ -1014,11 +843,9 @@ int Trainer::train() {
   };
 
   int64_t steps_this_run = 0;
-  double window[kNumMetrics] = {};
-  int window_steps = 0;
-  auto window_start = Clock::now();
+  LogWindow window(Periodic{settings_.log_every, settings_.total_steps});
   if (profile_) profile_->start_window();
-  while (step_ < total_steps_) {
+  while (step_ < settings_.total_steps) {
     // Step boundary: everyone agrees on whether to stop before anyone starts the next step.
     const bool out_of_time = options_.max_time_s && seconds_since(run_start) >= *options_.max_time_s;
     const bool enough = options_.stop_after && steps_this_run >= *options_.stop_after;
@@ -1047,66 +874,50 @@ int Trainer::train() {
       return kExitStopped;
     }
 
-    double metrics[kNumMetrics];
     const auto step_start = Clock::now();
-    const StepResult result = train_step(metrics);
+    const StepOutcome outcome = train_step();
+    const StepResult result = outcome.result;
     if (profile_) profile_->count_step(seconds_since(step_start));
     ++step_;
     ++steps_this_run;
-    tokens_seen_ += static_cast<int64_t>(global_batch_) * seq_length_;
+    tokens_seen_ += static_cast<int64_t>(settings_.global_batch) * settings_.seq_length;
     watchdog.heartbeat(step_);
     if (result == StepResult::kApplied) {
       skipped_in_a_row_ = 0;
-      for (int i = 0; i < kNumMetrics; ++i) window[i] += metrics[i];
-      const std::span<const int64_t> step_counts = step_scores_.counts();
-      const std::span<int64_t> window_counts = window_scores_.counts();
-      for (size_t i = 0; i < window_counts.size(); ++i) window_counts[i] += step_counts[i];
-      ++window_steps;
+      window.add(outcome.metrics, step_scores_);
     } else {
       ++skipped_total_;
       // Overflow skips of dynamic loss scaling are expected and do not count toward max_skipped_steps.
-      if (result == StepResult::kSkipped && ++skipped_in_a_row_ > max_skipped_) {
+      if (result == StepResult::kSkipped && ++skipped_in_a_row_ > settings_.max_skipped) {
         if (root) {
           ELECTRA_LOG(error) << skipped_in_a_row_
-                             << " consecutive non-finite steps (train.max_skipped_steps = " << max_skipped_
+                             << " consecutive non-finite steps (train.max_skipped_steps = " << settings_.max_skipped
                              << "): stopping without saving the damaged state";
         }
         return kExitTooManySkips;
       }
     }
 
-    // A window of only skipped steps has nothing to report (all ranks know window_steps).
-    if ((step_ % log_every_ == 0 || step_ == total_steps_) && window_steps > 0) {
+    if (window.should_log(step_)) {
       ScopedPhase phase(profile(), TrainPhase::kLogging);
-      comm_.allreduce_sum(std::span<double>(window, kNumMetrics));
-      comm_.allreduce_sum(window_scores_.counts());
-      // Losses are per-step global values already (summed over ranks); average them over the window.
-      double averaged[kNumMetrics];
-      for (int i = 0; i < kNumMetrics; ++i) averaged[i] = window[i];
-      for (int i : {kTotalLoss, kMlmLoss, kDiscLoss, kSentenceLoss}) averaged[i] /= window_steps;
-      for (int i : {kTokens, kComputedTokens, kComputedFlops}) averaged[i] /= window_steps;
-      const double step_seconds = seconds_since(window_start) / window_steps;
-      if (root) log_step(averaged, window_steps, step_seconds, last_lr_, last_grad_norm_);
-      std::fill(window, window + kNumMetrics, 0.0);
-      window_scores_.clear();
-      window_steps = 0;
-      window_start = Clock::now();
+      const LogWindow::Summary summary = window.close(comm_);
+      if (root) log_step(summary, last_lr_, last_grad_norm_);
     }
-    if (eval_loader_ && (step_ % eval_every_ == 0 || step_ == total_steps_)) {
+    if (eval_loader_ && eval_schedule_.due(step_)) {
       longer_phase("the evaluation");
       ScopedPhase phase(profile(), TrainPhase::kEval);
       run_eval();
       watchdog.set_timeout(step_timeout);
-      window_start = Clock::now();
+      window.restart_clock();
     }
-    if ((checkpoint_every_ > 0 && step_ % checkpoint_every_ == 0) || step_ == total_steps_) {
+    if (checkpoint_schedule_.due(step_)) {
       longer_phase("the checkpoint");
       ScopedPhase phase(profile(), TrainPhase::kCheckpoint);
       save_checkpoint();
       watchdog.set_timeout(step_timeout);
-      window_start = Clock::now();
+      window.restart_clock();
     }
-    if (profile_ && (step_ % log_every_ == 0 || step_ == total_steps_)) log_profile();
+    if (profile_ && window.at_log_step(step_)) log_profile();
   }
   watchdog.stop();
   log_device_memory("at the end");

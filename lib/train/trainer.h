@@ -6,7 +6,7 @@
 // gradient of the global batch), and every rank applies the same clipped update (AdamW, or LAMB with
 // optim.name = lamb). Decisions that one rank could make alone (stop signal, time limit, non-finite
 // loss) are agreed at step boundaries, so all ranks stop, skip and checkpoint at the same step. The step
-// itself reads top to bottom in Trainer::train_step (trainer.cpp).
+// itself reads top to bottom in TrainStep::run (step.cpp), which electra-bench times as well.
 #pragma once
 
 #include <cstdint>

@@ -97,7 +97,7 @@ void expect_same_bf16_step(const PretrainerConfig& config, const Batch& batch,
   double worst = 0;
   std::string worst_name;
   size_t compared = 0;
-  for (const ParameterView& v : layout.layout.views()) {
+  for (const ParameterSlice& v : layout.layout.slices()) {
     if (v.name.find("attention.self.key.bias") != std::string::npos) continue;  // 0 up to rounding
     if (!same_input && !starts_with(v.name, "generator")) continue;
     double d2 = 0, r2 = 0;

@@ -20,12 +20,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-using electra::test::bin;
-using electra::test::log_of;
-using electra::test::mpirun;
-using electra::test::read_metrics;
-using electra::test::read_text;
-using electra::test::run;
+using namespace electra::test;  // tests/support/programs.h: run, mpirun, read_metrics, ...
 
 class TransportConfig : public ::testing::Test {
  protected:

@@ -24,12 +24,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-using electra::test::expect_same_trajectory;
-using electra::test::log_of;
-using electra::test::mpirun;
-using electra::test::read_metrics;
-using electra::test::read_text;
-using electra::test::run;
+using namespace electra::test;  // tests/support/programs.h: run, mpirun, read_metrics, ...
 
 // `command` run by /bin/sh in a child process, its output into `log`; the child's pid (-1: fork failed).
 pid_t start_in_background(const std::string& command, const fs::path& log) {

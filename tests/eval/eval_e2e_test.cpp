@@ -22,12 +22,7 @@ namespace {
 
 fs::path g_root;  // corpus, vocab, shards, runs
 
-using electra::test::bin;
-using electra::test::log_of;
-using electra::test::mpirun;
-using electra::test::read_metrics;
-using electra::test::read_text;
-using electra::test::run;
+using namespace electra::test;  // tests/support/programs.h: run, mpirun, read_metrics, ...
 
 std::string train_command(int np, const fs::path& run_dir, const std::string& extra = "") {
   return electra::test::small_train_command(mpirun(np), g_root / "shards", run_dir,

@@ -138,7 +138,7 @@ TEST(HfInterop, TransformersLoadsExportAndComputesOurLogits) {
   EXPECT_EQ(back.vocab->tokens(), run.vocab.tokens());
   EXPECT_TRUE(back.tokenizer.lower_case);
   const PretrainerLayout layout = build_pretrainer_layout(run.config);
-  for (const ParameterView& v : layout.layout.views()) {
+  for (const ParameterSlice& v : layout.layout.slices()) {
     if (v.name.rfind("generator_classification_head.", 0) == 0) continue;
     for (size_t i = 0; i < v.size; ++i) ASSERT_EQ(back.params[v.offset + i], run.params[v.offset + i]) << v.name;
   }
@@ -248,7 +248,7 @@ TEST(HfInterop, ExportImportExportIsByteIdentical) {
   EXPECT_EQ(imported.vocab.tokens(), run.vocab.tokens());
   // Every tensor Hugging Face holds comes back bit-exactly; the sentence head is not exported.
   const PretrainerLayout layout = build_pretrainer_layout(run.config);
-  for (const ParameterView& v : layout.layout.views()) {
+  for (const ParameterSlice& v : layout.layout.slices()) {
     const bool sentence_head = v.name.rfind("generator_classification_head.", 0) == 0;
     for (size_t i = 0; i < v.size; ++i) {
       const float want = sentence_head ? 0.0f : run.params[v.offset + i];
@@ -400,8 +400,8 @@ TEST(HfInterop, ImportRejectsInconsistentDirectoriesNamingTheProblem) {
   rewrite_weights(dir / "generator", [](auto& t) { t["electra.embeddings.LayerNorm.bias"].second[3] += 0.5f; });
   const HfPretrainer differ = load_hf_pretrainer(dir / "discriminator", dir / "generator");
   EXPECT_NEAR(differ.shared_embeddings_max_abs_diff, 0.5, 1e-6);
-  const ParameterView& ln = build_pretrainer_layout(differ.config).layout.find("electra.embeddings.LayerNorm.bias");
-  const ParameterView& ln_run = build_pretrainer_layout(run.config).layout.find("electra.embeddings.LayerNorm.bias");
+  const ParameterSlice& ln = build_pretrainer_layout(differ.config).layout.find("electra.embeddings.LayerNorm.bias");
+  const ParameterSlice& ln_run = build_pretrainer_layout(run.config).layout.find("electra.embeddings.LayerNorm.bias");
   EXPECT_EQ(differ.params[ln.offset + 3], run.params[ln_run.offset + 3]);
 
   auto edit_config = [&](const fs::path& d, const char* key, const nlohmann::json& value) {
@@ -498,7 +498,7 @@ TEST(HfInterop, ImportReadsShardedAndHalfPrecisionFiles) {
 
   const HfPretrainer hf = load_hf_pretrainer(d, g);
   const PretrainerLayout layout = build_pretrainer_layout(hf.config);
-  for (const ParameterView& v : layout.layout.views()) {
+  for (const ParameterSlice& v : layout.layout.slices()) {
     if (v.name.rfind("generator_classification_head.", 0) == 0) continue;
     for (size_t i = 0; i < v.size; ++i) {
       float want = run.params[v.offset + i];
@@ -532,9 +532,9 @@ TEST(HfInterop, InitFromHfChecksConfigAndVocabAndCopiesTensors) {
   const std::string summary = init_from_hf(dir, config, run.vocab, std::nullopt, params);
   EXPECT_NE(summary.find("keep their initialisation"), std::string::npos) << summary;
   const PretrainerLayout run_layout = build_pretrainer_layout(run.config);
-  for (const ParameterView& v : layout.layout.views()) {
+  for (const ParameterSlice& v : layout.layout.slices()) {
     const bool head = v.name.rfind("generator_classification_head.", 0) == 0;
-    const ParameterView* src = head ? nullptr : &run_layout.layout.find(v.name);
+    const ParameterSlice* src = head ? nullptr : &run_layout.layout.find(v.name);
     for (size_t i = 0; i < v.size; ++i) {
       ASSERT_EQ(params[v.offset + i], head ? before[v.offset + i] : run.params[src->offset + i]) << v.name;
     }

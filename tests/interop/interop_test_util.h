@@ -145,10 +145,7 @@ inline TinyRun make_tiny_run(const fs::path& root, bool lower_case = true, uint6
   run.params = random_params(run.config, seed);
 
   const PretrainerLayout layout = build_pretrainer_layout(run.config);
-  train::TensorLayout tensors;
-  for (const ParameterView& v : layout.layout.views()) {
-    tensors.push_back({v.name, std::vector<int64_t>(v.shape.begin(), v.shape.end()), v.offset, v.size});
-  }
+  const std::vector<TensorSlice> tensors = layout.layout.tensor_slices();
   train::CheckpointContent content;
   content.layout = tensors;
   content.params = run.params;

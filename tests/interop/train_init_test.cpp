@@ -137,7 +137,7 @@ std::pair<uint64_t, uint64_t> prepare_swapped_shards(const fs::path& root) {
 // or "tokenizer").
 void drop_vocabulary_record(const fs::path& path) {
   std::vector<std::vector<float>> sections;
-  train::TensorLayout layout;
+  std::vector<TensorSlice> layout;
   nlohmann::json state, loader, config;
   {
     const train::CheckpointFile file = train::CheckpointFile::open(path);

@@ -76,7 +76,7 @@ TYPED_TEST(AttentionImplStep, FusedStepEqualsMaterialisedStep) {
 
     // Gradients tensor by tensor: every element within rel of the tensor's largest element. The key
     // biases are left out: their gradient is 0 up to rounding (softmax ignores a per-row shift).
-    for (const ParameterView& v : model.layout().views()) {
+    for (const ParameterSlice& v : model.layout().slices()) {
       if (v.name.find("attention.self.key.bias") != std::string::npos) continue;
       double largest = 0.0;
       for (size_t i = v.offset; i < v.offset + v.size; ++i) {

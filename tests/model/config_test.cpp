@@ -142,7 +142,7 @@ TEST(ModelConfig, FlopsCountedByHand) {
 TEST(ModelLayout, DiscriminatorNamesAreHuggingFaceKeys) {
   const PretrainerConfig c = pretrainer_config_from_json(model_preset("small"));
   const PretrainerLayout pl = build_pretrainer_layout(c);
-  std::map<std::string, std::vector<int>> expected = {
+  std::map<std::string, std::vector<int64_t>> expected = {
       {"electra.embeddings.word_embeddings.weight", {30522, 128}},
       {"electra.embeddings.position_embeddings.weight", {512, 128}},
       {"electra.embeddings.token_type_embeddings.weight", {2, 128}},
@@ -172,9 +172,9 @@ TEST(ModelLayout, DiscriminatorNamesAreHuggingFaceKeys) {
     expected[p + "output.LayerNorm.weight"] = {256};
     expected[p + "output.LayerNorm.bias"] = {256};
   }
-  std::map<std::string, std::vector<int>> got;
+  std::map<std::string, std::vector<int64_t>> got;
   size_t params = 0;
-  for (const ParameterView& v : pl.layout.views()) {
+  for (const ParameterSlice& v : pl.layout.slices()) {
     if (v.network != Network::kGenerator) {
       got[v.name] = v.shape;
       params += v.size;
@@ -188,7 +188,7 @@ TEST(ModelLayout, WeightDecayFlagsAndContiguousQkv) {
   const PretrainerLayout pl = build_pretrainer_layout(pretrainer_config_from_json(model_preset("tiny", 50)));
   const std::regex no_decay(R"(.*(LayerNorm\.(weight|bias)|\.bias)$)");
   size_t offset = 0;
-  for (const ParameterView& v : pl.layout.views()) {
+  for (const ParameterSlice& v : pl.layout.slices()) {
     EXPECT_EQ(v.weight_decay, !std::regex_match(v.name, no_decay)) << v.name;
     EXPECT_EQ(v.offset, offset) << v.name;  // contiguous, in order
     offset += v.size;
@@ -197,10 +197,10 @@ TEST(ModelLayout, WeightDecayFlagsAndContiguousQkv) {
   for (const char* net : {"generator", "electra"}) {
     const std::string p = std::string(net) + ".encoder.layer.1.attention.self.";
     const ParameterLayout& l = pl.layout;
-    const ParameterView& q = l.find(p + "query.weight");
+    const ParameterSlice& q = l.find(p + "query.weight");
     EXPECT_EQ(l.find(p + "key.weight").offset, q.offset + q.size);
     EXPECT_EQ(l.find(p + "value.weight").offset, q.offset + 2 * q.size);
-    const ParameterView& qb = l.find(p + "query.bias");
+    const ParameterSlice& qb = l.find(p + "query.bias");
     EXPECT_EQ(l.find(p + "key.bias").offset, qb.offset + qb.size);
     EXPECT_EQ(l.find(p + "value.bias").offset, qb.offset + 2 * qb.size);
   }

@@ -62,16 +62,16 @@ TEST(ModelHuggingFaceNames, MatchTransformersStateDicts) {
     const nlohmann::json hf = nlohmann::json::parse(out);
     const PretrainerLayout pl = build_pretrainer_layout(pretrainer_config_from_json(model));
 
-    std::map<std::string, std::vector<int>> disc, gen, hf_disc, hf_gen;
-    for (const ParameterView& v : pl.layout.views()) {
+    std::map<std::string, std::vector<int64_t>> disc, gen, hf_disc, hf_gen;
+    for (const ParameterSlice& v : pl.layout.slices()) {
       if (v.network != Network::kGenerator) disc[v.name] = v.shape;
       const std::string g = generator_hf_name(v.name);
       if (!g.empty()) gen[g] = v.shape;
     }
     // generator_lm_head.weight is tied to the word embeddings in our layout.
     gen["generator_lm_head.weight"] = pl.layout.find("electra.embeddings.word_embeddings.weight").shape;
-    for (const auto& [k, v] : hf["discriminator"].items()) hf_disc[k] = v.get<std::vector<int>>();
-    for (const auto& [k, v] : hf["generator"].items()) hf_gen[k] = v.get<std::vector<int>>();
+    for (const auto& [k, v] : hf["discriminator"].items()) hf_disc[k] = v.get<std::vector<int64_t>>();
+    for (const auto& [k, v] : hf["generator"].items()) hf_gen[k] = v.get<std::vector<int64_t>>();
     EXPECT_EQ(disc, hf_disc) << preset;
     EXPECT_EQ(gen, hf_gen) << preset;
   }

@@ -28,7 +28,7 @@ struct Fixture {
 // Indices of every element of the views whose name starts with one of the prefixes.
 std::vector<size_t> view_indices(const ParameterLayout& layout, const std::vector<std::string>& prefixes) {
   std::vector<size_t> out;
-  for (const ParameterView& v : layout.views()) {
+  for (const ParameterSlice& v : layout.slices()) {
     for (const std::string& p : prefixes) {
       if (v.name.rfind(p, 0) == 0) {
         for (size_t i = 0; i < v.size; ++i) out.push_back(v.offset + i);
@@ -42,7 +42,7 @@ std::vector<size_t> view_indices(const ParameterLayout& layout, const std::vecto
 std::vector<double> random_params(const ParameterLayout& layout, uint64_t seed) {
   std::vector<double> p = test::random_values(layout.total_size(), seed, -0.5, 0.5);
   // LayerNorm gammas near 1, as after initialisation.
-  for (const ParameterView& v : layout.views()) {
+  for (const ParameterSlice& v : layout.slices()) {
     if (v.init == ParamInit::kOnes) {
       for (size_t i = 0; i < v.size; ++i) p[v.offset + i] += 1.0;
     }
@@ -105,7 +105,7 @@ void check_embeddings(int E, int hidden) {
   const auto r = finite_difference(params, grads, all_indices(layout.total_size()), loss);
   EXPECT_TRUE(fd_ok(r, kTol, "embeddings"));
   // Position rows >= S are unused and must get no gradient.
-  const ParameterView& pos = layout.find("electra.embeddings.position_embeddings.weight");
+  const ParameterSlice& pos = layout.find("electra.embeddings.position_embeddings.weight");
   for (size_t i = static_cast<size_t>(S) * E; i < pos.size; ++i) ASSERT_EQ(grads[pos.offset + i], 0.0);
 }
 
@@ -252,11 +252,11 @@ void check_mlm_head(Activation act) {
 TEST(ModelLayerGrad, MlmHeadGelu) { check_mlm_head(Activation::kGelu); }
 TEST(ModelLayerGrad, MlmHeadTanh) { check_mlm_head(Activation::kTanh); }
 
-TEST(ModelLayerGrad, ClassificationHead) {
+TEST(ModelLayerGrad, SentenceHead) {
   HeadCase h;
   Backend<double>& be = *h.fx.be;
   const int B = 3, S = 4, Cg = h.config.generator.hidden_size, NC = h.config.num_classes;
-  ClassificationHead<double> head(h.pl.slots.classification_head, Cg, NC);
+  SentenceHead<double> head(h.pl.slots.sentence_head, Cg, NC);
   head.plan(be, B, S);
   std::vector<double> x = test::random_values(static_cast<size_t>(B) * S * Cg, 11);
   const std::vector<double> R = test::random_values(static_cast<size_t>(B) * NC, 12);
@@ -275,8 +275,8 @@ TEST(ModelLayerGrad, ClassificationHead) {
   const std::vector<double> grads = h.grads(), dx = test::to_host(be, d_dx.data(), x.size());
   EXPECT_TRUE(
       fd_ok(finite_difference(h.params, grads, view_indices(h.pl.layout, {"generator_classification_head."}), loss),
-            kTol, "classification head parameters"));
-  EXPECT_TRUE(fd_ok(finite_difference(x, dx, all_indices(x.size()), loss), kTol, "classification head input"));
+            kTol, "sentence head parameters"));
+  EXPECT_TRUE(fd_ok(finite_difference(x, dx, all_indices(x.size()), loss), kTol, "sentence head input"));
   // Only position 0 of each row feeds the head.
   for (int b = 0; b < B; ++b) {
     for (int i = Cg; i < S * Cg; ++i) ASSERT_EQ(dx[static_cast<size_t>(b) * S * Cg + i], 0.0);

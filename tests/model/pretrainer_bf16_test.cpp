@@ -130,13 +130,13 @@ TEST_P(ModelBf16Storage, MasterWeightsAreTheFloatModels) {
   EXPECT_GT(not_bf16, pb.size() / 2);
 
   PretrainerModel<float>& model = *bf;  // through the interface the trainer uses
-  const std::vector<NamedTensor<float>> items = model.checkpoint_items();
-  ASSERT_EQ(items.size(), model.layout().views().size());
-  for (const NamedTensor<float>& item : items) {
-    ASSERT_EQ(item.data, model.parameters() + item.view->offset) << item.view->name;
-    std::vector<float> host(item.view->size);
+  const std::vector<BoundTensor<float>> items = model.checkpoint_items();
+  ASSERT_EQ(items.size(), model.layout().slices().size());
+  for (const BoundTensor<float>& item : items) {
+    ASSERT_EQ(item.data, model.parameters() + item.slice->offset) << item.slice->name;
+    std::vector<float> host(item.slice->size);
     model.parameter_backend().copy_to_host(host.data(), item.data, host.size());
-    EXPECT_TRUE(std::equal(host.begin(), host.end(), pf.begin() + item.view->offset)) << item.view->name;
+    EXPECT_TRUE(std::equal(host.begin(), host.end(), pf.begin() + item.slice->offset)) << item.slice->name;
   }
 }
 
@@ -173,7 +173,7 @@ TEST_P(ModelBf16Storage, AgreesWithFloatStorage) {
 
   double worst = 0;
   std::string worst_name;
-  for (const ParameterView& v : f.layout().views()) {
+  for (const ParameterSlice& v : f.layout().slices()) {
     if (v.name.find("attention.self.key.bias") != std::string::npos) continue;  // exactly 0 up to rounding
     const double err = rel_l2(rb.grads, rf.grads, v.offset, v.size);
     EXPECT_LT(err, 5e-2) << v.name;
@@ -378,7 +378,7 @@ TEST(ModelOnednnBf16, WholeStepAgreesWithTheReference) {
   EXPECT_LT(rel_mean_abs(rf.out.disc_logits, rr.out.disc_logits), 5e-2);
   double worst = 0;
   std::string worst_name;
-  for (const ParameterView& v : ref->layout().views()) {
+  for (const ParameterSlice& v : ref->layout().slices()) {
     if (v.name.find("attention.self.key.bias") != std::string::npos) continue;  // exactly 0 up to rounding
     const double err = rel_l2(rf.grads, rr.grads, v.offset, v.size);
     EXPECT_LT(err, 5e-2) << v.name;

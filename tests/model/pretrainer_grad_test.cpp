@@ -41,7 +41,7 @@ void check_total_loss_gradient(bool training, bool with_nsp) {
   };
   // Up to 24 entries of every tensor, spread over it (the layer tests check every entry).
   std::vector<size_t> indices;
-  for (const ParameterView& v : model.layout().views()) {
+  for (const ParameterSlice& v : model.layout().slices()) {
     const size_t stride = std::max<size_t>(1, v.size / 24);
     for (size_t i = 0; i < v.size; i += stride) indices.push_back(v.offset + i);
   }
@@ -49,7 +49,7 @@ void check_total_loss_gradient(bool training, bool with_nsp) {
   EXPECT_EQ(sample_changes, 0) << "a perturbation changed the generator's samples; pick another seed";
   EXPECT_TRUE(test::fd_ok(r, 1e-6, "total loss"));
   // Every tensor of both networks and all heads receives gradient.
-  for (const ParameterView& v : model.layout().views()) {
+  for (const ParameterSlice& v : model.layout().slices()) {
     if (!with_nsp && v.name.rfind("generator_classification_head", 0) == 0) continue;
     // softmax(q k^T) is invariant to the key bias (it shifts every score of a query equally).
     if (v.name.find("attention.self.key.bias") != std::string::npos) continue;

@@ -19,7 +19,7 @@ namespace {
 
 template <typename T>
 void set_tensor_value(ElectraPretrainer<T>& model, const std::string& name, size_t index, T value) {
-  const ParameterView& v = model.layout().find(name);
+  const ParameterSlice& v = model.layout().find(name);
   ASSERT_LT(index, v.size);
   model.backend().copy_from_host(model.parameters() + v.offset + index, &value, 1);
 }
@@ -211,7 +211,7 @@ TEST(ModelPretrainer, FloatAgreesWithDouble) {
   EXPECT_LT(rel_norm_diff(as_double(of.disc_logits), od.disc_logits, 0, od.disc_logits.size()), 1e-4);
   EXPECT_LT(rel_norm_diff(as_double(of.sentence_outputs), od.sentence_outputs, 0, od.sentence_outputs.size()), 1e-4);
   const std::vector<double> gf = as_double(mf.gradients_to_host()), gd = md.gradients_to_host();
-  for (const ParameterView& v : md.layout().views()) {
+  for (const ParameterSlice& v : md.layout().slices()) {
     if (v.name.find("attention.self.key.bias") != std::string::npos) continue;  // exactly 0 up to rounding
     EXPECT_LT(rel_norm_diff(gf, gd, v.offset, v.size), 1e-4) << v.name;
   }
@@ -414,7 +414,7 @@ TEST(ModelPretrainer, InitialisationFollowsTheInitialisers) {
 
   double sum = 0, sum2 = 0;
   size_t n = 0;
-  for (const ParameterView& v : model.layout().views()) {
+  for (const ParameterSlice& v : model.layout().slices()) {
     for (size_t i = 0; i < v.size; ++i) {
       const double x = p[v.offset + i];
       switch (v.init) {
@@ -453,15 +453,15 @@ TEST(ModelPretrainer, CheckpointItemsCoverEveryParameter) {
   const PretrainerConfig c = test::tiny_config();
   ElectraPretrainer<float> model(c, *be);
   const auto items = model.checkpoint_items();
-  ASSERT_EQ(items.size(), model.layout().views().size());
+  ASSERT_EQ(items.size(), model.layout().slices().size());
   size_t total = 0;
   bool gen = false, disc = false, heads = false;
   for (const auto& item : items) {
-    EXPECT_EQ(item.data, model.parameters() + item.view->offset);
-    total += item.view->size;
-    gen |= item.view->name.rfind("generator.encoder.", 0) == 0;
-    disc |= item.view->name.rfind("electra.encoder.", 0) == 0;
-    heads |= item.view->name == "generator_lm_head.bias";
+    EXPECT_EQ(item.data, model.parameters() + item.slice->offset);
+    total += item.slice->size;
+    gen |= item.slice->name.rfind("generator.encoder.", 0) == 0;
+    disc |= item.slice->name.rfind("electra.encoder.", 0) == 0;
+    heads |= item.slice->name == "generator_lm_head.bias";
   }
   EXPECT_EQ(total, model.layout().total_size());
   EXPECT_TRUE(gen && disc && heads);

@@ -125,7 +125,7 @@ void expect_same_step(const test::StepResult<W>& got, const test::StepResult<W>&
   ASSERT_GT(gmax, 0) << what;
   double worst = 0;
   std::string worst_name;
-  for (const ParameterView& v : layout.views()) {
+  for (const ParameterSlice& v : layout.slices()) {
     double err = rel_l2(got.grads, want.grads, v.offset, v.size);
     if (v.name.find("attention.self.key.bias") != std::string::npos) {
       double d = 0;

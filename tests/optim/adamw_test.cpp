@@ -178,7 +178,7 @@ TEST(OptimAdamW, NoWeightDecayOnLayerNormAndBiases) {
   std::vector<double> out(n);
   be->copy_to_host(out.data(), p.data(), n);
   int decayed = 0, kept = 0;
-  for (const ParameterView& v : pl.layout.views()) {
+  for (const ParameterSlice& v : pl.layout.slices()) {
     const bool no_decay =
         v.name.find("LayerNorm") != std::string::npos || v.name.compare(v.name.size() - 5, 5, ".bias") == 0;
     const double expected = no_decay ? 2.0 : 2.0 - 0.1 * 0.01 * 2.0;

@@ -79,12 +79,12 @@ void check_against_reference(double weight_decay, double clip_norm) {
   c.weight_decay = weight_decay;
   c.clip_norm = clip_norm;
   Lamb<double> lamb(c, layout, *be);
-  ASSERT_EQ(lamb.runs().size(), layout.views().size());  // one trust ratio per tensor
+  ASSERT_EQ(lamb.runs().size(), layout.slices().size());  // one trust ratio per tensor
 
   std::vector<double> p(n);
   for (size_t i = 0; i < n; ++i) p[i] = 0.3 * std::sin(1.7 * static_cast<double>(i) + 0.4);
   std::vector<ReferenceTensor> ref;
-  for (const ParameterView& v : layout.views()) {
+  for (const ParameterSlice& v : layout.slices()) {
     if (v.name.starts_with("enc.zero") || v.name.starts_with("enc.still")) {
       std::fill(p.begin() + v.offset, p.begin() + v.offset + v.size, 0.0);
     }
@@ -97,14 +97,14 @@ void check_against_reference(double weight_decay, double clip_norm) {
   for (long long step = 0; step < 5; ++step) {
     std::vector<double> g(n);
     for (size_t i = 0; i < n; ++i) g[i] = (0.2 + 0.5 * step) * std::cos(0.9 * static_cast<double>(i * (step + 1)));
-    const ParameterView& still = layout.find("enc.still.weight");
+    const ParameterSlice& still = layout.find("enc.still.weight");
     std::fill(g.begin() + still.offset, g.begin() + still.offset + still.size, 0.0);
     be->copy_from_host(d_g.data(), g.data(), n);
     const OptimizerStepStats s = lamb.step(d_p.data(), d_g.data(), step);
     EXPECT_DOUBLE_EQ(s.lr, learning_rate(c, step));
     clipped |= s.clip_factor < 1;
     for (size_t k = 0; k < ref.size(); ++k) {
-      const ParameterView& v = layout.views()[k];
+      const ParameterSlice& v = layout.slices()[k];
       ref[k].step(std::vector<double>(g.begin() + v.offset, g.begin() + v.offset + v.size), f32(s.clip_factor), s.lr, c,
                   step + 1);
     }
@@ -117,7 +117,7 @@ void check_against_reference(double weight_decay, double clip_norm) {
   be->copy_to_host(m.data(), lamb.first_moment(), n);
   be->copy_to_host(v.data(), lamb.second_moment(), n);
   for (size_t k = 0; k < ref.size(); ++k) {
-    const ParameterView& view = layout.views()[k];
+    const ParameterSlice& view = layout.slices()[k];
     for (size_t i = 0; i < view.size; ++i) {
       const size_t j = view.offset + i;
       EXPECT_NEAR(p[j], ref[k].p[i], 1e-12 * (1 + std::abs(ref[k].p[i]))) << view.name << " " << i;
@@ -126,11 +126,11 @@ void check_against_reference(double weight_decay, double clip_norm) {
     }
   }
   // Both norms zero: nothing moves. The trust ratio of the ordinary weight is not 1 (it was used).
-  const ParameterView& still = layout.find("enc.still.weight");
+  const ParameterSlice& still = layout.find("enc.still.weight");
   for (size_t i = 0; i < still.size; ++i) EXPECT_EQ(p[still.offset + i], 0.0);
   EXPECT_NE(ref[0].last_ratio, 1.0);
   // The weight that started at zero moved away from it (ratio 1 on its first step, then its own norm).
-  const ParameterView& zero = layout.find("enc.zero.weight");
+  const ParameterSlice& zero = layout.find("enc.zero.weight");
   EXPECT_NE(p[zero.offset], 0.0);
 }
 
@@ -160,7 +160,7 @@ TEST(OptimLamb, NoWeightDecayAndNoTrustRatioOnLayerNormAndBiases) {
   std::vector<double> out(n);
   be->copy_to_host(out.data(), p.data(), n);
   int decayed = 0, kept = 0;
-  for (const ParameterView& v : pl.layout.views()) {
+  for (const ParameterSlice& v : pl.layout.slices()) {
     const bool no_decay =
         v.name.find("LayerNorm") != std::string::npos || v.name.compare(v.name.size() - 5, 5, ".bias") == 0;
     const double expected = no_decay ? 2.0 : 2.0 - f32(0.1) * 2.0;
@@ -179,7 +179,7 @@ TEST(OptimLamb, NoWeightDecayAndNoTrustRatioOnLayerNormAndBiases) {
   be->copy_to_host(out.data(), p.data(), n);
   const double clip = clip_factor(std::sqrt(0.25 * static_cast<double>(n)), c.clip_norm);
   const double gc = 0.5 * f32(clip);
-  for (const ParameterView& v : pl.layout.views()) {
+  for (const ParameterSlice& v : pl.layout.slices()) {
     if (v.weight_decay) continue;
     for (size_t i = 0; i < v.size; ++i) {
       ASSERT_NEAR(out[v.offset + i], 100.0 - f32(0.1) * gc / (gc + f32(c.eps)), 1e-9) << v.name;

@@ -94,7 +94,7 @@ void compare_with_pytorch(double tolerance) {
       grads[s * n + i] = static_cast<float>(scale * (2 * random.uniform(n * (s + 1) + i) - 1));
   }
   std::string zero_name, still_name;
-  for (const ParameterView& v : layout.views()) {
+  for (const ParameterSlice& v : layout.slices()) {
     if (v.name.find("LayerNorm.weight") != std::string::npos) {
       for (size_t i = 0; i < v.size; ++i) params[v.offset + i] += 1.0f;
     }
@@ -137,7 +137,7 @@ void compare_with_pytorch(double tolerance) {
   fs::remove_all(dir);
   fs::create_directories(dir);
   nlohmann::json tensors = nlohmann::json::array();
-  for (const ParameterView& view : layout.views()) {
+  for (const ParameterSlice& view : layout.slices()) {
     tensors.push_back({{"name", view.name}, {"offset", view.offset}, {"size", view.size}});
   }
   const nlohmann::json spec = {{"n", n},
@@ -178,7 +178,7 @@ void compare_with_pytorch(double tolerance) {
   // Parameters and moments, tensor by tensor: the largest error relative to the tensor's largest magnitude.
   double worst = 0;
   std::string where;
-  for (const ParameterView& view : layout.views()) {
+  for (const ParameterSlice& view : layout.slices()) {
     for (const auto& [ours, theirs, what] :
          {std::tuple{&p, &ref_p, "params"}, std::tuple{&m, &ref_m, "m"}, std::tuple{&v, &ref_v, "v"}}) {
       double scale = 0;
@@ -195,7 +195,7 @@ void compare_with_pytorch(double tolerance) {
   }
   EXPECT_LE(worst, tolerance) << "largest relative error " << worst << " at " << where;
   // Both norms zero: it never moved.
-  const ParameterView& still = layout.find(still_name);
+  const ParameterSlice& still = layout.find(still_name);
   for (size_t i = 0; i < still.size; ++i) EXPECT_EQ(p[still.offset + i], T(0)) << still_name;
   fs::remove_all(dir);
 }

@@ -205,7 +205,7 @@ template <typename T>
 std::vector<T> random_parameters(const ParameterLayout& layout) {
   std::vector<T> host(layout.total_size());
   PhiloxSequence rng(99, RandomPurpose::kTest, 0, 0);
-  for (const ParameterView& view : layout.views()) {
+  for (const ParameterSlice& view : layout.slices()) {
     const bool is_gamma = view.name.ends_with("LayerNorm.weight");
     const bool is_bias = view.name.ends_with(".bias");
     const bool is_table = view.name.ends_with("_embeddings.weight");
@@ -340,7 +340,7 @@ bool run_case(const CaseSpec& spec, Comparison& result) {
       write_scalar_attribute<double>(file, "examples", global.examples);
     }
     bool perturbed = false;
-    for (const ParameterView& view : model.layout().views()) {
+    for (const ParameterSlice& view : model.layout().slices()) {
       std::vector<T> values(params.begin() + view.offset, params.begin() + view.offset + view.size);
       if (view.name == spec.perturb_name) {
         values[0] += static_cast<T>(spec.perturb_by);
@@ -405,7 +405,7 @@ bool run_case(const CaseSpec& spec, Comparison& result) {
   result.errors["loss:disc"] = scalar_error(out.losses.disc_loss, read_double_attribute(file, "disc_loss"));
   result.errors["loss:sentence"] = scalar_error(out.losses.sentence_loss, read_double_attribute(file, "sentence_loss"));
   std::map<std::string, std::vector<double>> want_grads;
-  for (const ParameterView& view : model.layout().views()) {
+  for (const ParameterSlice& view : model.layout().slices()) {
     std::vector<hsize_t> dims;
     want_grads[view.name] = read_dataset<double>(file, "grads/" + view.name, &dims);
     if (!std::equal(dims.begin(), dims.end(), view.shape.begin(), view.shape.end())) {
@@ -413,7 +413,7 @@ bool run_case(const CaseSpec& spec, Comparison& result) {
       want_grads.erase(view.name);
     }
   }
-  for (const ParameterView& view : model.layout().views()) {
+  for (const ParameterSlice& view : model.layout().slices()) {
     if (!want_grads.count(view.name)) continue;
     const std::vector<double>& want = want_grads[view.name];
     const std::vector<T> got(grads.begin() + view.offset, grads.begin() + view.offset + view.size);
@@ -439,9 +439,9 @@ bool run_case(const CaseSpec& spec, Comparison& result) {
     H5Id grads_group(H5Gopen2(file, "grads", H5P_DEFAULT), H5Gclose, "grads");
     H5G_info_t info;
     h5_ok(H5Gget_info(grads_group, &info), "grads info");
-    if (info.nlinks != model.layout().views().size()) {
+    if (info.nlinks != model.layout().slices().size()) {
       result.mismatches.push_back("the reference has " + std::to_string(info.nlinks) + " gradients, the layout " +
-                                  std::to_string(model.layout().views().size()) + " parameters");
+                                  std::to_string(model.layout().slices().size()) + " parameters");
     }
   }
   // Worst five, for the log.

@@ -38,7 +38,7 @@ class Saver {
 
  private:
   CheckpointManager& manager_;
-  TensorLayout layout_;
+  std::vector<TensorSlice> layout_;
 };
 
 std::set<int64_t> steps_of(const std::vector<CheckpointEntry>& entries) {

@@ -44,7 +44,7 @@ bool bitwise_equal(const std::vector<float>& a, const std::vector<float>& b) {
 }
 
 struct Saved {
-  TensorLayout layout = small_layout();
+  std::vector<TensorSlice> layout = small_layout();
   std::vector<float> params, m, v;
   CheckpointContent content() const {
     CheckpointContent c;
@@ -88,7 +88,7 @@ TEST(Checkpoint, RoundTripIsBitwise) {
   const auto stored = file.tensors(Section::kParams);
   ASSERT_EQ(stored.size(), saved.layout.size());
   for (size_t i = 1; i < stored.size(); ++i) EXPECT_LT(stored[i - 1].name, stored[i].name) << "sorted by name";
-  for (const NamedTensor& t : saved.layout) {
+  for (const TensorSlice& t : saved.layout) {
     auto it = std::find_if(stored.begin(), stored.end(), [&](const StoredTensor& s) { return s.name == t.name; });
     ASSERT_NE(it, stored.end()) << t.name;
     EXPECT_EQ(it->shape, t.shape) << t.name;
@@ -115,17 +115,17 @@ TEST(Checkpoint, ReadIntoAPermutedLayout) {
   TempDir dir;
   const Saved saved = make_saved();
   write_checkpoint(dir.path() / "c.h5", saved.content());
-  TensorLayout reversed = saved.layout;
+  std::vector<TensorSlice> reversed = saved.layout;
   std::reverse(reversed.begin(), reversed.end());
   size_t offset = 0;
-  for (NamedTensor& t : reversed) {
+  for (TensorSlice& t : reversed) {
     t.offset = offset;
     offset += t.size;
   }
   std::vector<float> buffer(offset);
   read_checkpoint(dir.path() / "c.h5").read_into(Section::kParams, reversed, buffer);
   for (size_t i = 0; i < reversed.size(); ++i) {
-    const NamedTensor& original = saved.layout[saved.layout.size() - 1 - i];
+    const TensorSlice& original = saved.layout[saved.layout.size() - 1 - i];
     EXPECT_EQ(std::memcmp(buffer.data() + reversed[i].offset, saved.params.data() + original.offset,
                           original.size * sizeof(float)),
               0)
@@ -133,7 +133,8 @@ TEST(Checkpoint, ReadIntoAPermutedLayout) {
   }
 }
 
-std::string read_into_error(const std::filesystem::path& path, const TensorLayout& layout, std::vector<float>& buffer) {
+std::string read_into_error(const std::filesystem::path& path, const std::vector<TensorSlice>& layout,
+                            std::vector<float>& buffer) {
   try {
     read_checkpoint(path).read_into(Section::kParams, layout, buffer);
   } catch (const Error& error) {
@@ -150,8 +151,8 @@ TEST(Checkpoint, MismatchesNameTheTensor) {
   const size_t n = layout_size(saved.layout);
 
   {  // The model has a tensor the file lacks.
-    TensorLayout layout = saved.layout;
-    layout.push_back(NamedTensor{"generator_lm_head.bias", {30}, n, 30});
+    std::vector<TensorSlice> layout = saved.layout;
+    layout.push_back(TensorSlice{"generator_lm_head.bias", {30}, n, 30});
     std::vector<float> buffer(n + 30, 7.0f);
     const std::string message = read_into_error(path, layout, buffer);
     EXPECT_NE(message.find("no tensor 'generator_lm_head.bias'"), std::string::npos) << message;
@@ -160,7 +161,7 @@ TEST(Checkpoint, MismatchesNameTheTensor) {
         << "nothing may be read before the names and shapes are checked";
   }
   {  // The file has a tensor the model lacks.
-    TensorLayout layout = saved.layout;
+    std::vector<TensorSlice> layout = saved.layout;
     layout.erase(layout.begin() + 1);
     std::vector<float> buffer(n);
     const std::string message = read_into_error(path, layout, buffer);
@@ -168,7 +169,7 @@ TEST(Checkpoint, MismatchesNameTheTensor) {
     EXPECT_NE(message.find("not a tensor of the model"), std::string::npos) << message;
   }
   {  // Same name, other shape.
-    TensorLayout layout = saved.layout;
+    std::vector<TensorSlice> layout = saved.layout;
     layout[0].shape = {24, 10};
     std::vector<float> buffer(n);
     const std::string message = read_into_error(path, layout, buffer);
@@ -209,18 +210,18 @@ TEST(Checkpoint, WriterRejectsBadInput) {
     }
     EXPECT_FALSE(std::filesystem::exists(path));
   };
-  TensorLayout slash = saved.layout;
+  std::vector<TensorSlice> slash = saved.layout;
   slash[1].name = "electra/embeddings";
   CheckpointContent c = saved.content();
   c.layout = slash;
   expect_error(c, "electra/embeddings");
 
-  TensorLayout duplicate = saved.layout;
+  std::vector<TensorSlice> duplicate = saved.layout;
   duplicate[1].name = duplicate[0].name;
   c.layout = duplicate;
   expect_error(c, "duplicate tensor name");
 
-  TensorLayout wrong_size = saved.layout;
+  std::vector<TensorSlice> wrong_size = saved.layout;
   wrong_size[3].size += 1;
   c.layout = wrong_size;
   expect_error(c, "query.bias");
@@ -262,7 +263,7 @@ TEST(Checkpoint, DetectsCorruptTensorData) {
   TempDir dir;
   Saved saved = make_saved();
   // A recognisable run of values in one tensor, to find its bytes in the file.
-  const NamedTensor& target = saved.layout[0];
+  const TensorSlice& target = saved.layout[0];
   for (size_t i = 0; i < target.size; ++i) saved.params[target.offset + i] = 1000.0f + static_cast<float>(i);
   const auto path = dir.path() / "c.h5";
   write_checkpoint(path, saved.content());
@@ -339,7 +340,7 @@ TEST(Checkpoint, ReadableByH5py) {
   EXPECT_EQ(got["state_step_attr"], 1200);
   EXPECT_EQ(got["state"], saved.content().state);
   EXPECT_EQ(got["groups"], nlohmann::json({"adam_m", "adam_v", "config", "loader", "params", "state"}));
-  for (const NamedTensor& t : saved.layout) EXPECT_EQ(got["shapes"][t.name], nlohmann::json(t.shape)) << t.name;
+  for (const TensorSlice& t : saved.layout) EXPECT_EQ(got["shapes"][t.name], nlohmann::json(t.shape)) << t.name;
 }
 
 }  // namespace

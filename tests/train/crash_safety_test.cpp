@@ -21,13 +21,13 @@ using testing::TempDir;
 
 constexpr int kKeepLast = 3;
 
-TensorLayout crash_layout() {
+std::vector<TensorSlice> crash_layout() {
   // ~0.8 M floats, 3 sections: ~10 MB per checkpoint, so a save takes long enough to be hit mid-way.
-  TensorLayout layout;
+  std::vector<TensorSlice> layout;
   size_t offset = 0;
   for (int i = 0; i < 4; ++i) {
     const size_t size = 200000 + 1000 * i;
-    layout.push_back(NamedTensor{"layer." + std::to_string(i) + ".weight", {static_cast<int64_t>(size)}, offset, size});
+    layout.push_back(TensorSlice{"layer." + std::to_string(i) + ".weight", {static_cast<int64_t>(size)}, offset, size});
     offset += size;
   }
   return layout;
@@ -42,7 +42,7 @@ float value_for(int64_t step, size_t i) { return static_cast<float>(step) + stat
     CheckpointManager manager(dir, kKeepLast);
     manager.remove_temp_files();
     const auto latest = manager.latest_complete();
-    const TensorLayout layout = crash_layout();
+    const std::vector<TensorSlice> layout = crash_layout();
     const size_t n = layout.back().offset + layout.back().size;
     std::vector<float> params(n);
     for (int64_t step = latest ? latest->step + 1 : 1;; ++step) {
@@ -65,7 +65,7 @@ float value_for(int64_t step, size_t i) { return static_cast<float>(step) + stat
 
 TEST(CheckpointCrashSafety, SigkillAtRandomMomentsNeverLosesTheNewestComplete) {
   TempDir dir;
-  const TensorLayout layout = crash_layout();
+  const std::vector<TensorSlice> layout = crash_layout();
   const size_t n = layout.back().offset + layout.back().size;
   std::mt19937 rng(20240611);
   std::uniform_int_distribution<int> delay_ms(0, 250);

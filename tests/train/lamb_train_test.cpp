@@ -16,13 +16,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-using electra::test::expect_same_checkpoint_tensors;
-using electra::test::expect_same_trajectory;
-using electra::test::log_of;
-using electra::test::mpirun;
-using electra::test::read_metrics;
-using electra::test::read_text;
-using electra::test::run;
+using namespace electra::test;  // tests/support/programs.h: run, mpirun, read_metrics, ...
 using electra::train::CheckpointFile;
 
 // LAMB's steps are relative to each tensor's norm: 1e-2 moves the small model's weights about 1% a step.

@@ -24,8 +24,8 @@ std::vector<nlohmann::json> read_lines(const std::filesystem::path& path) {
   return records;
 }
 
-StepMetrics full_metrics(int64_t step) {
-  StepMetrics m;
+MetricsRecord full_metrics(int64_t step) {
+  MetricsRecord m;
   m.step = step;
   m.loss = 10.5 - step;
   m.gen_loss = 2.25;
@@ -45,7 +45,7 @@ TEST(MetricsWriter, OneParsableObjectPerLine) {
     MetricsWriter writer(run_dir);
     EXPECT_EQ(writer.path(), run_dir / "metrics.jsonl");
     for (int64_t step = 1; step <= 3; ++step) writer.write(full_metrics(step));
-    StepMetrics partial;
+    MetricsRecord partial;
     partial.step = 4;
     partial.loss = 7.0;
     partial.grad_norm = std::numeric_limits<double>::infinity();
@@ -123,8 +123,8 @@ TEST(MetricsWriter, RejectsNonObjects) {
   EXPECT_THROW(writer.write(nlohmann::json::array({1, 2})), Error);
 }
 
-TEST(StepMetrics, ScalarsListSetFieldsAndNumericExtras) {
-  StepMetrics m;
+TEST(MetricsRecord, ScalarsListSetFieldsAndNumericExtras) {
+  MetricsRecord m;
   m.step = 3;
   m.loss = 1.0;
   m.lr = 2e-4;

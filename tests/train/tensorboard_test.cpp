@@ -98,7 +98,7 @@ TEST(TensorBoardWriter, FileNameAndRecords) {
     TensorBoardWriter writer(dir.path() / "tensorboard");
     file = writer.file();
     writer.add_scalar("train/loss", 1, 3.0f);
-    StepMetrics m;
+    MetricsRecord m;
     m.step = 2;
     m.loss = 2.5;
     m.lr = 1e-4;
@@ -166,7 +166,7 @@ TEST(TensorBoardWriter, TensorBoardReadsOurFiles) {
   {
     TensorBoardWriter writer(log_dir);
     for (int64_t step = 1; step <= 25; ++step) {
-      StepMetrics m;
+      MetricsRecord m;
       m.step = step * 10;
       m.loss = 11.0 / static_cast<double>(step);  // not exactly representable: checks float conversion
       m.lr = 5e-4 * static_cast<double>(step) / 25.0;

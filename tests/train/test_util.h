@@ -48,13 +48,13 @@ inline void write_bytes(const std::filesystem::path& path, const std::string& by
 }
 
 // A small model-like layout with Hugging Face style names (dots) and a scalar-free set of shapes.
-inline TensorLayout small_layout() {
-  TensorLayout layout;
+inline std::vector<TensorSlice> small_layout() {
+  std::vector<TensorSlice> layout;
   size_t offset = 0;
   auto add = [&](std::string name, std::vector<int64_t> shape) {
     size_t size = 1;
     for (int64_t d : shape) size *= static_cast<size_t>(d);
-    layout.push_back(NamedTensor{std::move(name), std::move(shape), offset, size});
+    layout.push_back(TensorSlice{std::move(name), std::move(shape), offset, size});
     offset += size;
   };
   add("electra.embeddings.word_embeddings.weight", {30, 8});
@@ -65,9 +65,9 @@ inline TensorLayout small_layout() {
   return layout;
 }
 
-inline size_t layout_size(const TensorLayout& layout) {
+inline size_t layout_size(const std::vector<TensorSlice>& layout) {
   size_t total = 0;
-  for (const NamedTensor& t : layout) total = std::max(total, t.offset + t.size);
+  for (const TensorSlice& t : layout) total = std::max(total, t.offset + t.size);
   return total;
 }
 

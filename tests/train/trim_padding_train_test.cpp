@@ -20,13 +20,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-using electra::test::bin;
-using electra::test::expect_same_trajectory;
-using electra::test::log_of;
-using electra::test::mpirun;
-using electra::test::read_metrics;
-using electra::test::read_text;
-using electra::test::run;
+using namespace electra::test;  // tests/support/programs.h: run, mpirun, read_metrics, ...
 
 // Documents of one or two short sentences, a blank line after each (the BERT layout): each example is one
 // document, 5 to 19 tokens of 32 slots (so a micro-batch trims to 8, 16 or 24).

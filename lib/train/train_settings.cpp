@@ -1,0 +1,78 @@
+#include "lib/train/train_settings.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "lib/core/error.h"
+
+namespace electra::train {
+
+TrainSettings TrainSettings::from_config(const Config& config, int ranks) {
+  TrainSettings s;
+  s.step_timeout = config.get<double>("train.step_timeout");
+  s.checkpoint_timeout = config.get<double>("train.checkpoint_timeout");
+  for (const auto& [key, timeout] :
+       {std::pair{"train.step_timeout", s.step_timeout}, std::pair{"train.checkpoint_timeout", s.checkpoint_timeout}}) {
+    if (!(timeout > 0) || !std::isfinite(timeout)) {
+      fail("config key '", key, "' must be a positive number of seconds, got ", timeout);
+    }
+  }
+  s.eval_batches = config.get<int64_t>("train.eval_batches");
+  if (s.eval_batches < 0) {
+    fail("config key 'train.eval_batches' must be >= 0 (0: all of data.eval_dir), got ", s.eval_batches);
+  }
+
+  s.total_steps = config.get<int64_t>("train.steps");
+  s.global_batch = config.get<int>("train.batch_size");
+  s.seq_length = config.get<int>("data.seq_length");
+  s.trim_padding = config.get<bool>("data.trim_padding");
+  s.seed = config.get<uint64_t>("train.seed");
+  s.log_every = std::max(1, config.get<int>("train.log_every"));
+  s.checkpoint_every = config.get<int>("train.checkpoint_every");
+  s.keep_last = config.get<int>("train.keep_last");
+  s.keep_every = config.get<int64_t>("train.keep_every");
+  s.eval_every = config.get<int>("train.eval_every");
+  s.max_skipped = config.get<int>("train.max_skipped_steps");
+  s.profile = config.get<bool>("train.profile");
+  s.tensorboard = config.get<bool>("train.tensorboard");
+  if (s.total_steps <= 0) fail("config key 'train.steps' must be positive, got ", s.total_steps);
+  if (s.global_batch <= 0 || s.global_batch % ranks != 0) {
+    fail("config key 'train.batch_size' (", s.global_batch, ") must be a positive multiple of the number of ranks (",
+         ranks, ")");
+  }
+  s.local_rows = s.global_batch / ranks;
+  const int micro = config.get<int>("train.micro_batch_size");
+  s.micro_rows = micro > 0 ? micro : s.local_rows;
+  s.attention = parse_attention_impl(config.get<std::string>("train.attention"), "config key 'train.attention'");
+  if (s.local_rows % s.micro_rows != 0) {
+    fail("config key 'train.micro_batch_size' (", s.micro_rows, ") must divide the per-rank batch (", s.local_rows,
+         " = train.batch_size / ranks)");
+  }
+  s.threads = config.get<int>("train.threads");
+  s.parallel_chunks = config.get<int>("train.parallel_chunks");
+  s.peak_gflops = config.get<double>("train.peak_gflops");
+
+  s.optim = optimizer_config_from_json(config.at("optim"), s.total_steps);
+  s.collapse.min_gain = config.get<double>("train.collapse_warning.min_gain");
+  s.collapse.windows = config.get<int>("train.collapse_warning.windows");
+  s.collapse.warmup_steps = s.optim.warmup_steps;
+  if (!std::isfinite(s.collapse.min_gain)) {
+    fail("config key 'train.collapse_warning.min_gain' must be a finite number of nats, got ", s.collapse.min_gain);
+  }
+  if (s.collapse.windows < 0) {
+    fail("config key 'train.collapse_warning.windows' must be >= 0 (0: off), got ", s.collapse.windows);
+  }
+  s.precision = config.get<std::string>("train.precision");
+  s.storage = config.get<std::string>("train.storage");
+  s.memory_fraction = config.get<double>("device.memory_fraction");
+  if (!(s.memory_fraction > 0.0 && s.memory_fraction <= 1.0)) {
+    fail("config key 'device.memory_fraction' must be in (0, 1], got ", s.memory_fraction);
+  }
+  s.arena_bytes = config.get<int64_t>("device.arena_bytes");
+  if (s.arena_bytes < 0) {
+    fail("config key 'device.arena_bytes' must be >= 0 (0: use device.memory_fraction), got ", s.arena_bytes);
+  }
+  return s;
+}
+
+}  // namespace electra::train

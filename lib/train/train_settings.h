@@ -1,0 +1,49 @@
+// The train.*, data.*, optim.* and device.* settings electra-train runs with, read and checked from the
+// resolved configuration in one pure function (no I/O, no MPI): a bad value fails naming its key.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "lib/core/config.h"
+#include "lib/model/attention_impl.h"
+#include "lib/optim/adamw.h"
+#include "lib/train/collapse_check.h"
+
+namespace electra::train {
+
+struct TrainSettings {
+  int64_t total_steps = 0;                         // train.steps (> 0)
+  int global_batch = 0;                            // train.batch_size: a positive multiple of the ranks
+  int local_rows = 0;                              // global_batch / ranks
+  int micro_rows = 0;                              // train.micro_batch_size (0: local_rows); divides local_rows
+  int seq_length = 0;                              // data.seq_length
+  bool trim_padding = true;                        // data.trim_padding
+  uint64_t seed = 1;                               // train.seed
+  int log_every = 1;                               // train.log_every (at least 1)
+  int checkpoint_every = 0;                        // train.checkpoint_every (0: only at the end and on stops)
+  int keep_last = 3;                               // train.keep_last
+  int64_t keep_every = 0;                          // train.keep_every
+  int eval_every = 0;                              // train.eval_every (0: off)
+  int64_t eval_batches = 0;                        // train.eval_batches (>= 0; 0: all of data.eval_dir)
+  int max_skipped = 10;                            // train.max_skipped_steps
+  double step_timeout = 0;                         // train.step_timeout, seconds (> 0)
+  double checkpoint_timeout = 0;                   // train.checkpoint_timeout, seconds (> 0)
+  int threads = 0;                                 // train.threads (0: cores / ranks on the node, chosen at set-up)
+  int parallel_chunks = 0;                         // train.parallel_chunks (0: = threads)
+  double peak_gflops = 0;                          // train.peak_gflops (0: measured)
+  bool profile = false;                            // train.profile
+  bool tensorboard = true;                         // train.tensorboard
+  AttentionImpl attention = AttentionImpl::kAuto;  // train.attention
+  std::string precision = "fp32";                  // train.precision (checked against the device at set-up)
+  std::string storage = "auto";                    // train.storage (resolved at set-up)
+  CollapseCheckOptions collapse;                   // train.collapse_warning.*, warm-up from optim.warmup_steps
+  OptimizerConfig optim;                           // optim.* (total_steps = train.steps)
+  double memory_fraction = 0.9;                    // device.memory_fraction, in (0, 1]
+  int64_t arena_bytes = 0;                         // device.arena_bytes (>= 0)
+
+  // Reads and checks the keys for a run over `ranks` ranks; fails (electra::Error) naming the key.
+  static TrainSettings from_config(const Config& config, int ranks);
+};
+
+}  // namespace electra::train

@@ -1,0 +1,132 @@
+// StepMetrics (step.h): sums with +=, one span for the allreduce, the log window's averages; and
+// TrainSettings::from_config (train_settings.h): the trainer's keys read from a config, bad values named.
+#include <gtest/gtest.h>
+
+#include <string>
+
+#include "lib/core/error.h"
+#include "lib/train/step.h"
+#include "lib/train/train_settings.h"
+#include "lib/train/trainer.h"
+
+namespace {
+
+using electra::Config;
+using electra::train::StepMetrics;
+using electra::train::TrainSettings;
+
+TEST(StepMetrics, AddsFieldByFieldAndSpansItsDoublesInOrder) {
+  StepMetrics a, b;
+  a.total_loss = 1.5;
+  a.disc_tokens = 10;
+  a.computed_flops = 3;
+  b.total_loss = 0.25;
+  b.disc_tokens = 6;
+  b.computed_flops = 1;
+  a += b;
+  EXPECT_EQ(a.total_loss, 1.75);
+  EXPECT_EQ(a.disc_tokens, 16);
+  EXPECT_EQ(a.computed_flops, 4);
+  const std::span<double> values = a.values();
+  ASSERT_EQ(values.size(), StepMetrics::kNumValues);
+  EXPECT_EQ(&values.front(), &a.total_loss);
+  EXPECT_EQ(&values.back(), &a.computed_flops);
+  values[7] = 42;  // disc_tokens, the eighth field
+  EXPECT_EQ(a.disc_tokens, 42);
+}
+
+TEST(StepMetrics, AddTakesAMicroBatchsLossesAndCounts) {
+  electra::PretrainerLosses l;
+  l.total_loss = 2;
+  l.mlm_loss = 1;
+  l.disc_loss = 0.5;
+  l.mlm_correct_sum = 3;
+  l.mlm_weight_sum = 4;
+  l.disc_correct_sum = 5;
+  l.disc_token_count = 6;
+  l.disc_fake_count = 1;
+  StepMetrics m;
+  m.add(l);
+  m.add(l);
+  EXPECT_EQ(m.total_loss, 4);
+  EXPECT_EQ(m.mlm_loss, 2);
+  EXPECT_EQ(m.disc_loss, 1);
+  EXPECT_EQ(m.mlm_correct, 6);
+  EXPECT_EQ(m.mlm_weight, 8);
+  EXPECT_EQ(m.disc_correct, 10);
+  EXPECT_EQ(m.disc_tokens, 12);
+  EXPECT_EQ(m.disc_fake, 2);
+  EXPECT_EQ(m.tokens, 0);
+}
+
+TEST(StepMetrics, WindowAverageDividesLossesAndSizesButNotCounts) {
+  StepMetrics m;
+  for (double& v : m.values()) v = 8;
+  const StepMetrics avg = m.window_average(4);
+  for (double v : {avg.total_loss, avg.mlm_loss, avg.disc_loss, avg.sentence_loss, avg.tokens, avg.computed_tokens,
+                   avg.computed_flops}) {
+    EXPECT_EQ(v, 2);
+  }
+  for (double v : {avg.mlm_correct, avg.mlm_weight, avg.disc_correct, avg.disc_tokens, avg.disc_fake}) EXPECT_EQ(v, 8);
+}
+
+Config defaults() { return Config(electra::train::default_run_config()); }
+
+std::string error_of(const Config& config, int ranks = 1) {
+  try {
+    TrainSettings::from_config(config, ranks);
+  } catch (const electra::Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(TrainSettings, ReadsTheDefaults) {
+  const TrainSettings s = TrainSettings::from_config(defaults(), 4);
+  EXPECT_EQ(s.total_steps, 1000000);
+  EXPECT_EQ(s.global_batch, 128);
+  EXPECT_EQ(s.local_rows, 32);
+  EXPECT_EQ(s.micro_rows, 32);
+  EXPECT_EQ(s.seq_length, 128);
+  EXPECT_TRUE(s.trim_padding);
+  EXPECT_EQ(s.log_every, 100);
+  EXPECT_EQ(s.optim.total_steps, 1000000);
+  EXPECT_EQ(s.collapse.warmup_steps, s.optim.warmup_steps);
+  EXPECT_EQ(s.collapse.windows, 5);
+}
+
+TEST(TrainSettings, ReadsOverrides) {
+  Config c = defaults();
+  c.set("train.micro_batch_size=8");
+  c.set("train.log_every=0");
+  c.set("data.trim_padding=false");
+  c.set("train.attention=fused");
+  const TrainSettings s = TrainSettings::from_config(c, 2);
+  EXPECT_EQ(s.micro_rows, 8);
+  EXPECT_EQ(s.log_every, 1);  // at least 1
+  EXPECT_FALSE(s.trim_padding);
+  EXPECT_EQ(s.attention, electra::AttentionImpl::kFused);
+}
+
+TEST(TrainSettings, BadValuesNameTheirKey) {
+  const std::pair<const char*, const char*> cases[] = {
+      {"train.steps=0", "train.steps"},
+      {"train.batch_size=6", "train.batch_size"},  // not a multiple of 4 ranks
+      {"train.micro_batch_size=5", "train.micro_batch_size"},
+      {"train.step_timeout=0", "train.step_timeout"},
+      {"train.checkpoint_timeout=-1", "train.checkpoint_timeout"},
+      {"train.eval_batches=-1", "train.eval_batches"},
+      {"train.attention=sparse", "train.attention"},
+      {"train.collapse_warning.windows=-1", "train.collapse_warning.windows"},
+      {"device.memory_fraction=1.5", "device.memory_fraction"},
+      {"device.arena_bytes=-1", "device.arena_bytes"},
+      {"optim.beta2=2", "optim.beta2"},
+  };
+  for (const auto& [assignment, key] : cases) {
+    Config c = defaults();
+    c.set(assignment);
+    EXPECT_NE(error_of(c, 4).find(key), std::string::npos) << assignment << ": " << error_of(c, 4);
+  }
+}
+
+}  // namespace
