@@ -36,6 +36,11 @@ const char* to_string(TrainPhase phase);
 double process_cpu_seconds();
 double thread_cpu_seconds();
 
+// Wall seconds since `start` (steady clock).
+inline double seconds_since(std::chrono::steady_clock::time_point start) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
 class StepProfile {
  public:
   using Clock = std::chrono::steady_clock;
