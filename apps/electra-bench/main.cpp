@@ -16,6 +16,7 @@
 int main(int argc, char** argv) {
   electra::bench::StepBenchOptions o;
   bool json = false, no_overlap = false, no_trim = false;
+  std::string device = "cpu", precision = "fp32", storage = "auto";
   CLI::App app{"electra-bench: ELECTRA pre-training step throughput on synthetic batches (CPU or CUDA backend)"};
   app.add_option("--config", o.config, "tiny|small|base|large or a JSON file (run config or model section)")
       ->capture_default_str();
@@ -28,7 +29,7 @@ int main(int argc, char** argv) {
                  "batch slices run concurrently, one per thread (ElectraPretrainer::set_parallel_chunks); "
                  "default: the thread count; 1: every op multi-threaded instead");
   app.add_option("--vocab", o.vocab, "vocabulary size (default: the config's, 30522 for the presets)");
-  app.add_option("--device", o.device, "cpu | cuda")->capture_default_str();
+  app.add_option("--device", device, "cpu | cuda")->capture_default_str();
   app.add_option("--dropout", o.dropout, "hidden and attention dropout (default: the config's, 0.1)");
   app.add_option("--seed", o.seed, "seed of parameters, data, dropout and sampling")->capture_default_str();
   app.add_option("--peak-gemm", o.peak_gemm_size, "n of the n^3 sgemm that measures the peak")->capture_default_str();
@@ -40,12 +41,12 @@ int main(int argc, char** argv) {
                  "except on the CPU)")
       ->check(CLI::IsMember({"auto", "materialized", "fused"}))
       ->capture_default_str();
-  app.add_option("--precision", o.precision,
+  app.add_option("--precision", precision,
                  "GEMM/attention arithmetic: fp32 | tf32 | bf16 | fp16 (the CPU: fp32 | bf16, bf16 being bf16 storage; "
                  "the peak GEMM runs in the same mode; fp16 uses dynamic loss scaling)")
       ->check(CLI::IsMember({"fp32", "tf32", "bf16", "fp16"}))
       ->capture_default_str();
-  app.add_option("--storage", o.storage,
+  app.add_option("--storage", storage,
                  "activations and weight copies: fp32 | bf16 | auto (bf16 with --precision bf16; bf16 mixed "
                  "precision keeps fp32 master weights, gradients and statistics)")
       ->check(CLI::IsMember({"auto", "fp32", "bf16"}))
@@ -72,12 +73,15 @@ int main(int argc, char** argv) {
   o.overlap = !no_overlap;
   o.trim_padding = !no_trim;
   try {  // before MPI starts, as the other flag errors
+    o.device = electra::parse_device_kind(device, "--device");
+    o.precision = electra::parse_cuda_precision(precision, "--precision");
+    o.storage = electra::parse_storage_type(storage, "--storage");
     electra::check_precision(o.precision, o.device, "--precision");
   } catch (const electra::Error& e) {
     std::cerr << "electra-bench: " << e.what() << "\n";
     return 2;
   }
-  if (o.device == "cuda") {
+  if (o.device == electra::DeviceKind::kCuda) {
     const std::string why = electra::bench::cuda_unavailable_reason();
     if (!why.empty()) {
       std::cerr << "electra-bench: --device cuda: " << why << "\n";

@@ -188,10 +188,10 @@ std::string cuda_unavailable_reason() {
 #endif
 }
 
-dist::GradientTransport resolve_transport(const std::string& transport, const std::string& device) {
+dist::GradientTransport resolve_transport(const std::string& transport, DeviceKind device) {
   try {
     return dist::resolve_gradient_transport(dist::parse_gradient_transport(transport),
-                                            {.gpu = device == "cuda", .shared_gpu = ""});
+                                            {.gpu = device == DeviceKind::kCuda, .shared_gpu = ""});
   } catch (const Error& e) {
     fail("--transport: ", e.what());
   }
@@ -271,8 +271,7 @@ void load_row_lengths(StepBenchOptions& o, int seq, size_t count) {
 }
 
 StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicator& comm) {
-  if (o.device != "cpu" && o.device != "cuda") fail("--device ", o.device, ": expected cpu or cuda");
-  const bool cuda = o.device == "cuda";
+  const bool cuda = o.device == DeviceKind::kCuda;
   if (cuda) {
     const std::string why = cuda_unavailable_reason();
     if (!why.empty()) fail("--device cuda: ", why);
@@ -280,7 +279,7 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
   const dist::GradientTransport transport = resolve_transport(o.transport, o.device);
   check_gradient_transport_available(transport, "--transport");
   check_precision(o.precision, o.device, "--precision");
-  const std::string storage = resolve_storage(o.storage, o.device, o.precision, "--storage");
+  const StorageType storage = resolve_storage(o.storage, o.device, o.precision, "--storage");
   if (o.steps <= 0 || o.warmup < 0) fail("--steps must be positive and --warmup >= 0");
   const int ranks = comm.world_size();
   if (o.batch <= 0 || o.batch % ranks != 0) {
@@ -322,7 +321,7 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
   optim.total_steps = 1000000;
   const std::unique_ptr<Optimizer<float>> owned_optimizer = make_optimizer(optim, net.layout(), *backend);
   Optimizer<float>& optimizer = *owned_optimizer;
-  LossScaler loss_scaler(LossScaleConfig{}, o.precision == "fp16");  // dynamic for fp16, else off
+  LossScaler loss_scaler(LossScaleConfig{}, o.precision == CudaPrecision::kFp16);  // dynamic for fp16, else off
   const size_t n_params = net.layout().total_size();
 
   // electra-train's allreduce (rank_reducer.h): NCCL on the device buffer, or host staging when ranks
@@ -518,8 +517,8 @@ std::string format_text(const StepBenchResult& r) {
     << r.parameters / 1e6 << "M parameters\n";
   s << "  batch " << r.batch << " x seq " << r.seq << ", " << r.predictions << " predictions per row; " << r.ranks
     << " rank(s) x " << r.threads << " thread(s), " << r.chunks << " parallel chunk(s), " << r.backend << ", precision "
-    << r.precision << ", storage " << r.storage << ", attention " << r.attention << ", optimizer " << r.optimizer
-    << "\n";
+    << to_string(r.precision) << ", storage " << to_string(r.storage) << ", attention " << r.attention << ", optimizer "
+    << r.optimizer << "\n";
   s << std::setprecision(1);
   s << "  step        median " << 1e3 * r.median_step_s << " ms (min " << 1e3 * r.min_step_s << ", max "
     << 1e3 * r.max_step_s << ") over " << r.steps << " steps after " << r.warmup << " warm-up; CPU "
@@ -545,7 +544,7 @@ std::string format_text(const StepBenchResult& r) {
   }
   s << ")\n";
   s << "  GEMM peak   " << std::setprecision(1) << r.peak_gflops_per_rank << " GFLOP/s per rank ("
-    << (r.storage == "bf16" ? std::string("bf16") : r.precision) << " GEMM, " << r.threads
+    << (r.storage == StorageType::kBf16 ? std::string("bf16") : to_string(r.precision)) << " GEMM, " << r.threads
     << " thread(s)): " << 100.0 * r.peak_fraction << "% of peak";
   if (r.computed_slot_fraction < 1.0) s << " (" << 100.0 * r.slot_peak_fraction << "% counting every slot)";
   s << "\n";
@@ -590,8 +589,8 @@ nlohmann::json to_json(const StepBenchResult& r) {
                         {"recompute_ffn", r.recompute_ffn},
                         {"trim_padding", r.trim_padding},
                         {"attention", r.attention},
-                        {"precision", r.precision},
-                        {"storage", r.storage},
+                        {"precision", to_string(r.precision)},
+                        {"storage", to_string(r.storage)},
                         {"optimizer", r.optimizer},
                         {"transport", r.transport},
                         {"loss_scale", r.loss_scale},

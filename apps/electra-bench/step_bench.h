@@ -9,9 +9,11 @@
 
 #include <cstdint>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <string>
 #include <vector>
 
+#include "lib/backend/backend.h"
 #include "lib/dist/communicator.h"
 #include "lib/dist/gradient_transport.h"
 #include "lib/model/config.h"
@@ -19,29 +21,29 @@
 namespace electra::bench {
 
 struct StepBenchOptions {
-  std::string config = "small";  // tiny|small|base|large or a JSON file (a run config or a model section)
-  int batch = 32;                // global batch (split evenly over the ranks)
-  int seq = 0;                   // 0: the file's data.seq_length, else 128 (512 for base/large)
-  int steps = 10;                // timed steps
-  int warmup = 3;                // untimed steps first (plans, page faults, caches)
-  int threads = 0;               // OpenMP threads per rank; 0: cores / ranks on the node
-  int chunks = 0;                // ElectraPretrainer::set_parallel_chunks; 0: the thread count
-  int vocab = 0;                 // vocabulary size; 0: the config's (30522 for the presets)
-  std::string device = "cpu";    // cpu | cuda
-  bool breakdown = false;        // time each phase of the step
-  bool overlap = true;           // start each bucket's allreduce during backward (else after it)
-  bool recompute_ffn = false;    // ElectraPretrainer::set_recompute_ffn_activations
-  float dropout = -1.0f;         // < 0: the config's (0.1)
+  std::string config = "small";          // tiny|small|base|large or a JSON file (a run config or a model section)
+  int batch = 32;                        // global batch (split evenly over the ranks)
+  int seq = 0;                           // 0: the file's data.seq_length, else 128 (512 for base/large)
+  int steps = 10;                        // timed steps
+  int warmup = 3;                        // untimed steps first (plans, page faults, caches)
+  int threads = 0;                       // OpenMP threads per rank; 0: cores / ranks on the node
+  int chunks = 0;                        // ElectraPretrainer::set_parallel_chunks; 0: the thread count
+  int vocab = 0;                         // vocabulary size; 0: the config's (30522 for the presets)
+  DeviceKind device = DeviceKind::kCpu;  // --device
+  bool breakdown = false;                // time each phase of the step
+  bool overlap = true;                   // start each bucket's allreduce during backward (else after it)
+  bool recompute_ffn = false;            // ElectraPretrainer::set_recompute_ffn_activations
+  float dropout = -1.0f;                 // < 0: the config's (0.1)
   uint64_t seed = 1;
   int peak_gemm_size = 2048;  // n of the n x n x n sgemm that measures the peak
   // ElectraPretrainer::set_attention_impl: auto | materialized | fused
   std::string attention = "auto";
-  // GEMM/attention arithmetic: fp32 | tf32 | bf16 | fp16 (the last three: --device cuda). The peak GEMM
+  // GEMM/attention arithmetic (tf32, fp16: --device cuda; bf16 on the CPU: bf16 storage). The peak GEMM
   // runs in the same mode, so the peak fraction is against that mode's dense peak. fp16 trains with
   // dynamic loss scaling, as electra-train does.
-  std::string precision = "fp32";
-  // Activations and weight copies: auto | fp32 | bf16 (auto: bf16 with precision bf16), as train.storage.
-  std::string storage = "auto";
+  CudaPrecision precision = CudaPrecision::kFp32;
+  // Activations and weight copies, as train.storage: nullopt (auto) is bf16 with precision bf16.
+  std::optional<StorageType> storage;
   // Gradient allreduce: auto | host | nccl | cuda_aware_mpi, as electra-train's dist.gradient_transport
   // (auto: nccl on GPUs when every rank has its own, else host). With one rank, auto measures no allreduce;
   // an explicit transport runs it anyway (NCCL over one GPU, for a smoke test).
@@ -74,12 +76,12 @@ struct StepBenchResult {
   int batch = 0, seq = 0, predictions = 0, ranks = 1, threads = 1, chunks = 1, steps = 0, warmup = 0;
   size_t parameters = 0;
   bool overlap = true, recompute_ffn = false, trim_padding = true;
-  std::string attention = "auto";   // the --attention asked for (auto: fused except on the CPU)
-  std::string precision = "fp32";   // the --precision
-  std::string storage = "fp32";     // the --storage, resolved
-  std::string optimizer = "adamw";  // --optimizer
-  std::string transport = "none";   // the --transport, resolved; "none" without an allreduce (one rank, auto)
-  double loss_scale = 1.0;          // the loss scale after the last step (fp16: dynamic)
+  std::string attention = "auto";                  // the --attention asked for (auto: fused except on the CPU)
+  CudaPrecision precision = CudaPrecision::kFp32;  // the --precision
+  StorageType storage = StorageType::kFp32;        // the --storage, resolved
+  std::string optimizer = "adamw";                 // --optimizer
+  std::string transport = "none";  // the --transport, resolved; "none" without an allreduce (one rank, auto)
+  double loss_scale = 1.0;         // the loss scale after the last step (fp16: dynamic)
   // Per step (the slowest rank's time at each step; medians over the timed steps).
   double median_step_s = 0.0, min_step_s = 0.0, max_step_s = 0.0;
   double cpu_s_per_step = 0.0;  // process CPU time (user + system) per timed step, summed over ranks
@@ -127,11 +129,11 @@ nlohmann::json to_json(const StepBenchResult& result);
 // "" when `--device cuda` can run here, else why not (this build has no CUDA backend, or no usable GPU).
 std::string cuda_unavailable_reason();
 
-// The --transport on `device` ("cpu" | "cuda") through electra-train's parse and resolve functions
+// The --transport on `device` through electra-train's parse and resolve functions
 // (lib/dist/gradient_transport.h), before anyone knows whether ranks share a GPU (the allreduce checks that
 // itself). Fails with their message, prefixed with "--transport: ": an unknown name, or nccl /
 // cuda_aware_mpi on the CPU.
-dist::GradientTransport resolve_transport(const std::string& transport, const std::string& device);
+dist::GradientTransport resolve_transport(const std::string& transport, DeviceKind device);
 
 // The model section and default sequence length of `config` (preset name or file); `vocab` > 0
 // replaces the vocabulary size.

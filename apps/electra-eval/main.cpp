@@ -41,8 +41,8 @@ struct Flags {
   int threads = 0;
   bool json = false;
   bool trim_padding = true;  // data.trim_padding
-  std::string device = "cpu";
-  std::string storage = "auto";
+  electra::DeviceKind device = electra::DeviceKind::kCpu;
+  std::optional<electra::StorageType> storage;  // nullopt: auto
   electra::DeviceOptions device_options;
 };
 
@@ -58,7 +58,7 @@ void setup(const Flags& flags, const electra::dist::Communicator& comm, Setup& s
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   omp_set_num_threads(flags.threads > 0 ? flags.threads : std::max(1, cores / std::max(1, comm.local_size())));
   // The device first: a missing GPU is reported before anything is read.
-  const std::string storage =
+  const electra::StorageType storage =
       electra::resolve_storage(flags.storage, flags.device, flags.device_options.precision, "--storage");
   s.backend = electra::make_rank_backend(flags.device, comm, flags.device_options);
 
@@ -116,6 +116,7 @@ void print_table(const electra::eval::EvalMetrics& m, const Flags& flags, const 
 
 int main(int argc, char** argv) {
   Flags flags;
+  std::string device = "cpu", precision = "fp32", storage = "auto";  // parsed into flags after the flags
   CLI::App app{
       "electra-eval: held-out masked-LM and replaced-token-detection metrics of an ELECTRA checkpoint "
       "(run under mpirun to split the batches over ranks)"};
@@ -148,14 +149,13 @@ int main(int argc, char** argv) {
                  "compute each batch on its longest row (rounded up to 8), as electra-train's data.trim_padding: the "
                  "same metrics to float rounding")
       ->capture_default_str();
-  app.add_option("--device", flags.device, "cpu | cuda (GPU local rank % visible GPUs)")
+  app.add_option("--device", device, "cpu | cuda (GPU local rank % visible GPUs)")
       ->capture_default_str()
       ->check(CLI::IsMember({"cpu", "cuda"}));
-  app.add_option("--precision", flags.device_options.precision, "cuda: fp32 | tf32 | bf16 | fp16 GEMM/attention")
+  app.add_option("--precision", precision, "cuda: fp32 | tf32 | bf16 | fp16 GEMM/attention")
       ->capture_default_str()
       ->check(CLI::IsMember({"fp32", "tf32", "bf16", "fp16"}));
-  app.add_option("--storage", flags.storage,
-                 "activations and weight copies: fp32 | bf16 | auto (bf16 with --precision bf16)")
+  app.add_option("--storage", storage, "activations and weight copies: fp32 | bf16 | auto (bf16 with --precision bf16)")
       ->capture_default_str()
       ->check(CLI::IsMember({"auto", "fp32", "bf16"}));
   app.add_option("--memory-fraction", flags.device_options.memory_fraction,
@@ -169,6 +169,10 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 2;
   }
+  // The names were checked by CLI::IsMember above.
+  flags.device = electra::parse_device_kind(device, "--device");
+  flags.device_options.precision = electra::parse_cuda_precision(precision, "--precision");
+  flags.storage = electra::parse_storage_type(storage, "--storage");
 
   electra::dist::Communicator comm = electra::dist::Communicator::init(argc, argv);
   electra::log::LogOptions log_options;

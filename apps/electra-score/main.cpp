@@ -16,9 +16,8 @@ int main(int argc, char** argv) {
   std::string model_path, vocab;
   bool no_lower_case = false;
   electra::interop::ScoreOptions options;
-  std::string device = "cpu";
+  std::string device = "cpu", precision = "fp32", storage = "auto";
   electra::DeviceOptions device_options;
-  std::string storage = "auto";
   CLI::App app{
       "electra-score: score lines of stdin with an ELECTRA discriminator (and fill [MASK]s with the "
       "generator)"};
@@ -31,7 +30,7 @@ int main(int argc, char** argv) {
   app.add_option("--device", device, "cpu | cuda (GPU 0, or the local rank's under mpirun)")
       ->capture_default_str()
       ->check(CLI::IsMember({"cpu", "cuda"}));
-  app.add_option("--precision", device_options.precision, "cuda: fp32 | tf32 | bf16 | fp16 GEMM/attention")
+  app.add_option("--precision", precision, "cuda: fp32 | tf32 | bf16 | fp16 GEMM/attention")
       ->capture_default_str()
       ->check(CLI::IsMember({"fp32", "tf32", "bf16", "fp16"}));
   app.add_option("--storage", storage, "activations and weight copies: fp32 | bf16 | auto (bf16 with --precision bf16)")
@@ -49,10 +48,14 @@ int main(int argc, char** argv) {
   log_options.console_level = boost::log::trivial::warning;  // stdout carries the JSON lines only
   electra::log::init(log_options);
   try {
+    // The names were checked by CLI::IsMember above.
+    const electra::DeviceKind device_kind = electra::parse_device_kind(device, "--device");
+    device_options.precision = electra::parse_cuda_precision(precision, "--precision");
     // The device first: a missing GPU is reported before the model is read.
-    const std::string resolved = electra::resolve_storage(storage, device, device_options.precision, "--storage");
+    const electra::StorageType resolved = electra::resolve_storage(electra::parse_storage_type(storage, "--storage"),
+                                                                   device_kind, device_options.precision, "--storage");
     std::unique_ptr<electra::Backend<float>> backend =
-        electra::make_rank_backend(device, electra::local_rank_from_environment(), device_options);
+        electra::make_rank_backend(device_kind, electra::local_rank_from_environment(), device_options);
     electra::interop::PretrainerBundle model = electra::interop::load_pretrainer_bundle(model_path, vocab);
     if (no_lower_case) {
       model.tokenizer.lower_case = false;

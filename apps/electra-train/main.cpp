@@ -19,6 +19,7 @@ int main(int argc, char** argv) {
   bool list_keys = false;
   double max_time_s = 0;
   int64_t stop_after = 0;
+  std::string device = "cpu";
   CLI::App app{"electra-train: pre-train an ELECTRA generator + discriminator on HDF5 shards (MPI data parallel)"};
   app.add_option("--config", options.config_path, "run config JSON (e.g. jobs/configs/small.json)");
   app.add_option("--data", options.data_dir, "shards directory (manifest.json) or NVIDIA BERT HDF5 directory");
@@ -26,7 +27,7 @@ int main(int argc, char** argv) {
   app.add_option("--set", options.sets, "override a config key: --set train.steps=1000 (repeatable)");
   app.add_option("--resume", options.resume, "auto (newest complete checkpoint, else fresh) | none | PATH")
       ->capture_default_str();
-  app.add_option("--device", options.device, "cpu | cuda")->capture_default_str();
+  app.add_option("--device", device, "cpu | cuda")->capture_default_str();
   CLI::Option* max_time_option = app.add_option(
       "--max-time", max_time_s, "seconds of wall time (> 0) after which the run checkpoints and exits with code 3");
   CLI::Option* stop_after_option = app.add_option(
@@ -51,6 +52,12 @@ int main(int argc, char** argv) {
       std::cerr << "electra-train: " << e.what() << "\n";
       return electra::train::kExitBadInput;
     }
+  }
+  try {  // a flag error: reported before MPI starts, exit 2 on every rank
+    options.device = electra::parse_device_kind(device, "--device");
+  } catch (const std::exception& e) {
+    std::cerr << "electra-train: " << e.what() << "\n";
+    return electra::train::kExitBadInput;
   }
 
   electra::dist::Communicator comm = electra::dist::Communicator::init(argc, argv);

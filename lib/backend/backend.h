@@ -14,6 +14,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 #include <type_traits>
 
@@ -37,7 +38,33 @@ struct WideOf<bfloat16> {
 template <typename T>
 using Wide = typename WideOf<T>::type;
 
+// The names below (parse_*, to_string) are the ones flags, config keys, logs and metrics use; each is
+// parsed once where its flag or key is read, and the code after that passes the enum.
 enum class DeviceKind { kCpu, kCuda };
+// "cpu" | "cuda"; fails "<what> must be cpu or cuda, got '<name>'" (`what` names the flag or key).
+DeviceKind parse_device_kind(const std::string& name, const std::string& what);
+std::string to_string(DeviceKind device);
+
+// The arithmetic of GEMMs and attention (train.precision, --precision). Parameters, gradients, optimizer
+// moments and the activations kept between ops are float32 in every mode (bf16 storage aside); the modes
+// differ in what the tensor cores compute with. The CPU takes kFp32, and kBf16 with bf16 storage.
+enum class CudaPrecision {
+  kFp32,  // exact float32 GEMMs (CUBLAS_COMPUTE_32F): matches the CPU backend to fp32 tolerances
+  kTf32,  // TF32 tensor cores (10 mantissa bits in products), fp32 accumulation
+  kBf16,  // bf16 tensor cores (GEMM inputs rounded to bf16), fp32 accumulation; cuDNN SDPA attention
+  kFp16,  // fp16 tensor cores, fp32 accumulation; cuDNN SDPA attention; needs loss scaling in training
+};
+// "fp32" | "tf32" | "bf16" | "fp16"; fails "<what> must be fp32, tf32, bf16 or fp16, got '<name>'".
+CudaPrecision parse_cuda_precision(const std::string& name, const std::string& what);
+std::string to_string(CudaPrecision precision);
+
+// What activations and weight copies are stored in (train.storage, --storage): Backend<float> or
+// Backend<bfloat16> under the model (lib/train/device.h's make_rank_model).
+enum class StorageType { kFp32, kBf16 };
+// "fp32" | "bf16", or "auto" (nullopt: chosen from the precision by resolve_storage); fails
+// "<what> must be auto, fp32 or bf16, got '<name>'".
+std::optional<StorageType> parse_storage_type(const std::string& name, const std::string& what);
+std::string to_string(StorageType storage);
 
 enum class Activation { kNone, kGelu, kRelu, kTanh };
 Activation parse_activation(const std::string& name);  // "none"|"linear"|"gelu"|"relu"|"tanh"

@@ -4,9 +4,9 @@
 //   /params/<name>, /adam_m/<name>, /adam_v/<name>   float32 datasets, the shape of each slice,
 //                                                    attribute crc32c (uint32) of the raw bytes; the
 //                                                    moments are those of the optimizer state names
-//   /state    JSON string (scalar dataset): step, tokens_seen, seed, skipped steps, loss_scale,
-//             loss_scale_mode and loss_scale_good_steps (LossScaler::state; older files: loss_scale 1 only),
-//             electra-train's vocab {hash, size} and tokenizer {lower_case} (older files: absent), optimizer
+//   /state    JSON string (scalar dataset): step, tokens_seen (real tokens; older files: slots), seed, skipped steps,
+//             loss_scale, loss_scale_mode and loss_scale_good_steps (LossScaler::state; older files: loss_scale 1
+//             only), electra-train's vocab {hash, size} and tokenizer {lower_case} (older files: absent), optimizer
 //             ("adamw" | "lamb", optim.name; older files: absent, meaning adamw)...;
 //             its top-level numbers are repeated as typed attributes of the dataset for h5py users
 //   /loader   JSON string: the loader state (global cursor, or per-rank states "rank_<r>")

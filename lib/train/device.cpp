@@ -26,10 +26,6 @@ bool cuda_backend_built() {
 #endif
 }
 
-void check_device_name(const std::string& device, const std::string& what) {
-  if (device != "cpu" && device != "cuda") fail(what, " must be cpu or cuda, got '", device, "'");
-}
-
 int ranks_sharing_gpu(int local_rank, int local_size, int gpus) {
   if (gpus <= 0 || local_size <= 0) return 1;
   const int gpu = std::max(0, local_rank) % gpus;
@@ -38,23 +34,17 @@ int ranks_sharing_gpu(int local_rank, int local_size, int gpus) {
   return std::max(1, sharing);
 }
 
-void check_precision(const std::string& precision, const std::string& device, const std::string& what) {
-  const std::string& p = precision;
-  if (p != "fp32" && p != "tf32" && p != "bf16" && p != "fp16") {
-    fail(what, " must be fp32, tf32, bf16 or fp16, got '", p, "'");
-  }
-  if (device == "cpu" && p != "fp32" && p != "bf16") {
-    fail(what, " ", p, " needs --device cuda (the CPU computes in fp32, or bf16 with bf16 storage)");
+void check_precision(CudaPrecision precision, DeviceKind device, const std::string& what) {
+  if (device == DeviceKind::kCpu && precision != CudaPrecision::kFp32 && precision != CudaPrecision::kBf16) {
+    fail(what, " ", to_string(precision), " needs --device cuda (the CPU computes in fp32, or bf16 with bf16 storage)");
   }
 }
 
-std::unique_ptr<Backend<float>> make_rank_backend(const std::string& device, int local_rank,
-                                                  const DeviceOptions& options, int local_size) {
-  check_device_name(device, "--device");
-  const std::string& p = options.precision;
-  check_precision(p, device, "precision");
+std::unique_ptr<Backend<float>> make_rank_backend(DeviceKind device, int local_rank, const DeviceOptions& options,
+                                                  int local_size) {
+  check_precision(options.precision, device, "precision");
   // The CPU's bf16 products are its bf16 storage backend's (make_bf16_backend); the float backend is fp32.
-  if (device == "cpu") return make_cpu_backend<float>();
+  if (device == DeviceKind::kCpu) return make_cpu_backend<float>();
   if (options.arena_bytes == 0 && !(options.memory_fraction > 0.0 && options.memory_fraction <= 1.0)) {
     fail("memory fraction ", options.memory_fraction, " outside (0, 1] (", options.arena_size_hint, ")");
   }
@@ -62,7 +52,7 @@ std::unique_ptr<Backend<float>> make_rank_backend(const std::string& device, int
   const int gpus = cuda_device_count();
   if (gpus == 0) fail("--device cuda: ", cuda_unavailable_reason());
   CudaBackendOptions cuda;
-  cuda.precision = parse_cuda_precision(p);
+  cuda.precision = options.precision;
   cuda.arena_bytes = options.arena_bytes;
   const int sharing = options.ranks_on_gpu > 0 ? options.ranks_on_gpu : ranks_sharing_gpu(local_rank, local_size, gpus);
   cuda.memory_fraction = options.memory_fraction / sharing;
@@ -74,17 +64,15 @@ std::unique_ptr<Backend<float>> make_rank_backend(const std::string& device, int
 #endif
 }
 
-std::string resolve_storage(const std::string& storage, const std::string& device, const std::string& precision,
+StorageType resolve_storage(std::optional<StorageType> storage, DeviceKind device, CudaPrecision precision,
                             const std::string& what) {
-  if (storage != "auto" && storage != "fp32" && storage != "bf16") {
-    fail(what, " must be auto, fp32 or bf16, got '", storage, "'");
+  const bool bf16_precision = precision == CudaPrecision::kBf16;
+  const StorageType resolved = storage.value_or(bf16_precision ? StorageType::kBf16 : StorageType::kFp32);
+  if (resolved == StorageType::kBf16 && device == DeviceKind::kCuda && !bf16_precision) {
+    fail(what, " = bf16 on a GPU computes its GEMMs on bf16 tensor cores: it needs precision bf16, not ",
+         to_string(precision), " (or storage fp32)");
   }
-  const std::string resolved = storage == "auto" ? (precision == "bf16" ? "bf16" : "fp32") : storage;
-  if (resolved == "bf16" && device == "cuda" && precision != "bf16") {
-    fail(what, " = bf16 on a GPU computes its GEMMs on bf16 tensor cores: it needs precision bf16, not ", precision,
-         " (or storage fp32)");
-  }
-  if (storage == "auto" && resolved == "bf16" && device == "cpu" && !cpu::cpu_bf16_support().native) {
+  if (!storage && resolved == StorageType::kBf16 && device == DeviceKind::kCpu && !cpu::cpu_bf16_support().native) {
     // Emulated bf16 products are slower than fp32 ones: precision bf16 asks for speed, so it gets fp32.
     static bool said = false;
     if (!said) {
@@ -92,9 +80,9 @@ std::string resolve_storage(const std::string& storage, const std::string& devic
       ELECTRA_LOG(warning) << "precision bf16 on the CPU: " << cpu::cpu_bf16_support().summary()
                            << "; computing in fp32 instead (set " << what << "=bf16 to store bf16 anyway)";
     }
-    return "fp32";
+    return StorageType::kFp32;
   }
-  if (resolved == "fp32" && device == "cpu" && precision == "bf16") {
+  if (resolved == StorageType::kFp32 && device == DeviceKind::kCpu && bf16_precision) {
     fail(what, " = fp32 contradicts precision bf16 on the CPU: its bf16 products are those of bf16 storage (set ", what,
          " to bf16 or auto, or precision to fp32)");
   }
@@ -154,8 +142,8 @@ double best_square_gemm_gflops(Backend<T>& backend, int n, int reps) {
 }
 }  // namespace
 
-double measure_gemm_gflops(Backend<float>& wide, const std::string& storage, int n, int reps) {
-  if (storage == "bf16") {
+double measure_gemm_gflops(Backend<float>& wide, StorageType storage, int n, int reps) {
+  if (storage == StorageType::kBf16) {
     const std::unique_ptr<Backend<bfloat16>> bf16 = make_bf16_backend(wide);
     return best_square_gemm_gflops(*bf16, n, reps);
   }
@@ -163,9 +151,8 @@ double measure_gemm_gflops(Backend<float>& wide, const std::string& storage, int
 }
 
 std::unique_ptr<PretrainerModel<float>> make_rank_model(const PretrainerConfig& config, Backend<float>& backend,
-                                                        const std::string& storage) {
-  if (storage == "fp32") return std::make_unique<ElectraPretrainer<float>>(config, backend);
-  ELECTRA_CHECK(storage == "bf16", "make_rank_model: storage must be fp32 or bf16, got '", storage, "'");
+                                                        StorageType storage) {
+  if (storage == StorageType::kFp32) return std::make_unique<ElectraPretrainer<float>>(config, backend);
   return std::make_unique<ElectraPretrainer<bfloat16>>(config, make_bf16_backend(backend));
 }
 
@@ -205,11 +192,10 @@ int count_ranks_on_my_gpu(const dist::Communicator& comm) {
   return std::max(1, mine);
 }
 
-std::unique_ptr<Backend<float>> make_rank_backend(const std::string& device, const dist::Communicator& comm,
+std::unique_ptr<Backend<float>> make_rank_backend(DeviceKind device, const dist::Communicator& comm,
                                                   const DeviceOptions& options) {
-  check_device_name(device, "--device");
   DeviceOptions counted = options;
-  if (device == "cuda" && counted.ranks_on_gpu == 0) counted.ranks_on_gpu = count_ranks_on_my_gpu(comm);
+  if (device == DeviceKind::kCuda && counted.ranks_on_gpu == 0) counted.ranks_on_gpu = count_ranks_on_my_gpu(comm);
   return make_rank_backend(device, comm.local_rank(), counted, comm.local_size());
 }
 

@@ -2,12 +2,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
 
 #include "lib/core/error.h"
 
 namespace electra::train {
 
-TrainSettings TrainSettings::from_config(const Config& config, int ranks) {
+TrainSettings TrainSettings::from_config(const Config& config, int ranks, int rank) {
   TrainSettings s;
   s.step_timeout = config.get<double>("train.step_timeout");
   s.checkpoint_timeout = config.get<double>("train.checkpoint_timeout");
@@ -62,8 +63,8 @@ TrainSettings TrainSettings::from_config(const Config& config, int ranks) {
   if (s.collapse.windows < 0) {
     fail("config key 'train.collapse_warning.windows' must be >= 0 (0: off), got ", s.collapse.windows);
   }
-  s.precision = config.get<std::string>("train.precision");
-  s.storage = config.get<std::string>("train.storage");
+  s.precision = parse_cuda_precision(config.get<std::string>("train.precision"), "config key 'train.precision' =");
+  s.storage = parse_storage_type(config.get<std::string>("train.storage"), "config key 'train.storage'");
   s.memory_fraction = config.get<double>("device.memory_fraction");
   if (!(s.memory_fraction > 0.0 && s.memory_fraction <= 1.0)) {
     fail("config key 'device.memory_fraction' must be in (0, 1], got ", s.memory_fraction);
@@ -72,6 +73,29 @@ TrainSettings TrainSettings::from_config(const Config& config, int ranks) {
   if (s.arena_bytes < 0) {
     fail("config key 'device.arena_bytes' must be >= 0 (0: use device.memory_fraction), got ", s.arena_bytes);
   }
+
+  data::LoaderOptions& loader = s.loader;
+  loader.data_dir = config.get<std::string>("data.dir");
+  loader.vocab_path = config.get<std::string>("data.vocab");
+  loader.global_batch_size = s.global_batch;
+  loader.seq_length = s.seq_length;
+  loader.mask_prob = config.get<float>("data.mask_prob");
+  loader.max_predictions = config.get<int>("model.num_token_predictions");
+  loader.seed = s.seed;
+  loader.rank = rank;
+  loader.world_size = ranks;
+  loader.prefetch_batches = config.get<int>("data.prefetch_batches");
+  loader.shuffle = config.get<bool>("data.shuffle");
+  loader.cache_bytes = static_cast<uint64_t>(config.get<int64_t>("data.cache_mb")) << 20;
+  loader.verify_checksums = config.get<bool>("data.verify_checksums");
+  s.eval_dir = config.get<std::string>("data.eval_dir");
+
+  // A fault's step is read only where its rank is this one.
+  auto fault_step = [&](const char* what) {
+    const std::string prefix = std::string("debug.") + what;
+    return config.get<int>(prefix + "_rank") == rank ? config.get<int64_t>(prefix + "_step") : int64_t{-1};
+  };
+  s.faults = InjectedFaults{fault_step("nan"), fault_step("hang"), fault_step("throw"), fault_step("hang_checkpoint")};
   return s;
 }
 

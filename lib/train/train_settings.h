@@ -1,16 +1,27 @@
-// The train.*, data.*, optim.* and device.* settings electra-train runs with, read and checked from the
-// resolved configuration in one pure function (no I/O, no MPI): a bad value fails naming its key.
+// The train.*, data.*, optim.*, device.* and debug.* settings electra-train runs with, read and checked from
+// the resolved configuration in one pure function (no I/O, no MPI): a bad value fails naming its key.
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 
+#include "data_pipeline/loader/loader.h"
+#include "lib/backend/backend.h"
 #include "lib/core/config.h"
 #include "lib/model/attention_impl.h"
 #include "lib/optim/adamw.h"
 #include "lib/train/collapse_check.h"
 
 namespace electra::train {
+
+// debug.*: the faults this rank injects for the distributed tests, each as the step it happens at (-1: none).
+struct InjectedFaults {
+  int64_t nan_step = -1;              // debug.nan_step: a non-finite loss gradient
+  int64_t hang_step = -1;             // debug.hang_step: no progress after backward (the watchdog's case)
+  int64_t throw_step = -1;            // debug.throw_step: an exception after backward
+  int64_t hang_checkpoint_step = -1;  // debug.hang_checkpoint_step: no progress in that step's checkpoint
+};
 
 struct TrainSettings {
   int64_t total_steps = 0;                         // train.steps (> 0)
@@ -35,15 +46,22 @@ struct TrainSettings {
   bool profile = false;                            // train.profile
   bool tensorboard = true;                         // train.tensorboard
   AttentionImpl attention = AttentionImpl::kAuto;  // train.attention
-  std::string precision = "fp32";                  // train.precision (checked against the device at set-up)
-  std::string storage = "auto";                    // train.storage (resolved at set-up)
+  CudaPrecision precision = CudaPrecision::kFp32;  // train.precision (checked against the device at set-up)
+  std::optional<StorageType> storage;              // train.storage; nullopt = auto (resolved at set-up)
   CollapseCheckOptions collapse;                   // train.collapse_warning.*, warm-up from optim.warmup_steps
   OptimizerConfig optim;                           // optim.* (total_steps = train.steps)
   double memory_fraction = 0.9;                    // device.memory_fraction, in (0, 1]
   int64_t arena_bytes = 0;                         // device.arena_bytes (>= 0)
+  // The training data for this rank: data.dir (may be empty: the trainer says how to pass it), data.vocab,
+  // data.mask_prob, model.num_token_predictions (max_predictions), data.prefetch_batches, data.shuffle,
+  // data.cache_mb, data.verify_checksums, with the batch, sequence length, seed, rank and rank count above.
+  data::LoaderOptions loader;
+  std::string eval_dir;   // data.eval_dir ("": no held-out evaluation)
+  InjectedFaults faults;  // debug.*, for this rank
 
-  // Reads and checks the keys for a run over `ranks` ranks; fails (electra::Error) naming the key.
-  static TrainSettings from_config(const Config& config, int ranks);
+  // Reads and checks the keys for rank `rank` of a run over `ranks` ranks; fails (electra::Error) naming the
+  // key.
+  static TrainSettings from_config(const Config& config, int ranks, int rank);
 };
 
 }  // namespace electra::train

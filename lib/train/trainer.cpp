@@ -34,13 +34,13 @@
 #include "lib/optim/loss_scaler.h"
 #include "lib/optim/optimizer.h"
 #include "lib/train/atomic_file.h"
-#include "lib/train/checkpoint.h"
-#include "lib/train/checkpoint_manager.h"
 #include "lib/train/collapse_check.h"
 #include "lib/train/device.h"
+#include "lib/train/held_out_eval.h"
 #include "lib/train/log_window.h"
 #include "lib/train/metrics.h"
 #include "lib/train/rank_reducer.h"
+#include "lib/train/run_checkpoints.h"
 #include "lib/train/step.h"
 #include "lib/train/step_profile.h"
 #include "lib/train/tensorboard.h"
@@ -53,7 +53,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 namespace fs = std::filesystem;
-
 
 std::string format_duration(double seconds) {
   if (!std::isfinite(seconds) || seconds < 0) return "?";
@@ -77,15 +76,6 @@ int allowed_cpu_count() {
   cpu_set_t cpus;
   CPU_ZERO(&cpus);
   return sched_getaffinity(0, sizeof(cpus), &cpus) == 0 ? CPU_COUNT(&cpus) : 0;
-}
-
-// FNV-1a over the parameter bytes: equal on every rank exactly when the parameters are bitwise equal.
-int64_t parameter_fingerprint(const PretrainerModel<float>& model) {
-  const std::vector<float> host = model.parameters_to_host();
-  const auto* bytes = reinterpret_cast<const unsigned char*>(host.data());
-  uint64_t hash = 1469598103934665603ull;
-  for (size_t i = 0; i < host.size() * sizeof(float); ++i) hash = (hash ^ bytes[i]) * 1099511628211ull;
-  return static_cast<int64_t>(hash >> 1);
 }
 
 // --output must be a directory this process can create or write into: checked at set-up, creating
@@ -239,14 +229,9 @@ class Trainer {
  private:
   std::unique_ptr<Backend<float>> make_backend() const;
   void log_device_memory(const char* when);
-  void resume_from(const fs::path& path);
-  void check_vocabulary(const CheckpointFile& file);
-  void save_checkpoint();
-  void check_parameters_agree(const char* when);
   StepOutcome train_step();
   void log_step(const LogWindow::Summary& window, double lr, double grad_norm);
   void warn_collapse(const MetricsRecord& window);
-  void run_eval();
   void log_profile();
   std::unique_ptr<dist::GradientReducer> make_reducer();
 
@@ -257,41 +242,32 @@ class Trainer {
   std::unique_ptr<Backend<float>> backend_;
   std::unique_ptr<data::Loader> loader_;
   PretrainerConfig model_config_;
-  std::unique_ptr<PretrainerModel<float>> model_;  // ElectraPretrainer<float> or <bfloat16> (train.storage)
-  std::unique_ptr<Optimizer<float>> optimizer_;    // optim.name: AdamW or Lamb
-  std::unique_ptr<LossScaler> loss_scaler_;        // optim.loss_scale (dynamic by default with fp16)
-  std::string precision_ = "fp32";                 // train.precision
-  std::string storage_ = "fp32";                   // train.storage, resolved
-  DeviceOptions device_options_;                   // train.precision, device.*
-  int ranks_on_gpu_ = 0;                           // set_ranks_on_gpu (0: estimated from the local ranks)
+  std::unique_ptr<PretrainerModel<float>> model_;   // ElectraPretrainer<float> or <bfloat16> (train.storage)
+  std::unique_ptr<Optimizer<float>> optimizer_;     // optim.name: AdamW or Lamb
+  std::unique_ptr<LossScaler> loss_scaler_;         // optim.loss_scale (dynamic by default with fp16)
+  CudaPrecision precision_ = CudaPrecision::kFp32;  // train.precision
+  StorageType storage_ = StorageType::kFp32;        // train.storage, resolved
+  DeviceOptions device_options_;                    // train.precision, device.*
+  int ranks_on_gpu_ = 0;                            // set_ranks_on_gpu (0: estimated from the local ranks)
   dist::GradientTransport configured_transport_ = dist::GradientTransport::kAuto;  // dist.gradient_transport
   dist::GradientTransport transport_ = dist::GradientTransport::kHost;             // what it resolved to
   std::unique_ptr<dist::GradientReducer> reducer_;  // over transport_ (make_rank_reducer)
   bool reducer_stages_through_host_ = false;
-  std::unique_ptr<CheckpointManager> checkpoints_;
+  std::unique_ptr<RunCheckpoints> checkpoints_;  // --resume, train.checkpoint_every, the stop checkpoint
   std::unique_ptr<MetricsWriter> metrics_;
   std::unique_ptr<TensorBoardWriter> tensorboard_;
-  std::unique_ptr<data::Loader> eval_loader_;  // held-out shards (train.eval_every, data.eval_dir)
-  std::optional<bool> lower_case_;             // the shards' tokenizer.lower_case (unknown without a manifest)
-  std::vector<TensorSlice> ckpt_layout_;
+  std::unique_ptr<HeldOutEval> held_out_;  // train.eval_every on data.eval_dir
+  std::optional<bool> lower_case_;         // the shards' tokenizer.lower_case (unknown without a manifest)
 
   TrainSettings settings_;  // train.*, data.*, optim.*, device.* (TrainSettings::from_config)
   int parallel_chunks_ = 1;
   std::optional<TrainStep> stepper_;  // the optimizer step (step.h), made with the reducer
-  Periodic eval_schedule_;            // train.eval_every when data.eval_dir is set (else never)
-  Periodic checkpoint_schedule_;      // train.checkpoint_every
   double peak_gflops_ = 0;            // train.peak_gflops, or measured
   double flops_per_step_ = 0;
 
-  struct Faults {
-    int64_t nan_step = -1, hang_step = -1, throw_step = -1, hang_checkpoint_step = -1;
-  } faults_;
-
-  int64_t step_ = 0;  // completed optimizer steps
-  int64_t tokens_seen_ = 0;
-  int64_t skipped_total_ = 0;
+  TrainingState progress_;  // step, tokens seen, skipped steps: what a checkpoint carries
   int64_t skipped_in_a_row_ = 0;
-  int64_t last_checkpoint_step_ = -1;
+  int64_t step_real_tokens_ = 0;  // real (non-pad) tokens of the global batch of the step just run
   double last_lr_ = 0, last_grad_norm_ = 0;
   std::optional<CollapseCheck> collapse_check_;  // train.collapse_warning.*
   // The discriminator's scores on real tokens, by class, of this step (the log window's running disc_auc).
@@ -313,24 +289,16 @@ std::optional<std::string> Trainer::setup() {
     if (options_.stop_after && *options_.stop_after <= 0) {
       fail("--stop-after must be a positive number of steps, got ", *options_.stop_after);
     }
-    settings_ = TrainSettings::from_config(config_, comm_.world_size());
-    if (options_.device != "cpu" && options_.device != "cuda")
-      fail("--device must be cpu or cuda, got '", options_.device, "'");
+    settings_ = TrainSettings::from_config(config_, comm_.world_size(), comm_.rank());
     // Before the data: a transport that cannot work is a config error whatever the data (GPU cases below).
     // On GPUs this is provisional: make_reducer() checks that no two ranks share a GPU (a collective).
     configured_transport_ = dist::parse_gradient_transport(config_.get<std::string>(dist::kGradientTransportKey));
-    transport_ =
-        dist::resolve_gradient_transport(configured_transport_, {.gpu = options_.device == "cuda", .shared_gpu = ""});
-    const std::string data_dir = config_.get<std::string>("data.dir");
+    transport_ = dist::resolve_gradient_transport(configured_transport_,
+                                                  {.gpu = options_.device == DeviceKind::kCuda, .shared_gpu = ""});
+    const std::string& data_dir = settings_.loader.data_dir;
     if (data_dir.empty()) fail("no data: pass --data SHARDS_DIR or set data.dir");
 
     if (settings_.profile) profile_.emplace();
-    checkpoint_schedule_ = Periodic{settings_.checkpoint_every, settings_.total_steps};
-    auto fault_step = [&](const char* what) {
-      const std::string prefix = std::string("debug.") + what;
-      return config_.get<int>(prefix + "_rank") == comm_.rank() ? config_.get<int64_t>(prefix + "_step") : int64_t{-1};
-    };
-    faults_ = Faults{fault_step("nan"), fault_step("hang"), fault_step("throw"), fault_step("hang_checkpoint")};
 
     const int threads = choose_threads(settings_.threads, comm_);
     omp_set_num_threads(threads);
@@ -343,43 +311,17 @@ std::optional<std::string> Trainer::setup() {
     }
 
     // The model section: the data's vocabulary decides vocab_size.
-    data::LoaderOptions loader_options;
-    loader_options.data_dir = data_dir;
-    loader_options.vocab_path = config_.get<std::string>("data.vocab");
-    loader_options.global_batch_size = settings_.global_batch;
-    loader_options.seq_length = settings_.seq_length;
-    loader_options.mask_prob = config_.get<float>("data.mask_prob");
-    loader_options.max_predictions = config_.get<int>("model.num_token_predictions");
-    loader_options.seed = settings_.seed;
-    loader_options.rank = comm_.rank();
-    loader_options.world_size = comm_.world_size();
-    loader_options.prefetch_batches = config_.get<int>("data.prefetch_batches");
-    loader_options.shuffle = config_.get<bool>("data.shuffle");
-    loader_options.cache_bytes = static_cast<uint64_t>(config_.get<int64_t>("data.cache_mb")) << 20;
-    loader_options.verify_checksums = config_.get<bool>("data.verify_checksums");
-    loader_ = std::make_unique<data::Loader>(loader_options);
+    loader_ = std::make_unique<data::Loader>(settings_.loader);
     config_.set("model.vocab_size", nlohmann::json(static_cast<int64_t>(loader_->vocab().size())));
     lower_case_ = data_lower_case(data_dir);
 
     model_config_ = pretrainer_config_from_json(config_.at("model"));
-    const std::string eval_dir = config_.get<std::string>("data.eval_dir");
-    if (settings_.eval_every > 0 && !eval_dir.empty()) {
-      eval_schedule_ = Periodic{settings_.eval_every, settings_.total_steps};
-      eval_loader_ = eval::make_eval_loader(eval_dir, settings_.global_batch, settings_.seq_length,
-                                            loader_options.mask_prob, loader_options.max_predictions, settings_.seed,
-                                            comm_, config_.get<std::string>("data.vocab"));
-      if (eval_loader_->vocab().hash() != loader_->vocab().hash()) {
-        fail("config key 'data.eval_dir': ", eval_dir, " was made with another vocabulary (",
-             eval_loader_->vocab().origin(), ") than data.dir (", loader_->vocab().origin(), ")");
-      }
-    } else if ((settings_.eval_every > 0 || !eval_dir.empty()) && comm_.is_root()) {
-      ELECTRA_LOG(warning) << "held-out evaluation is off: it needs both train.eval_every > 0 and data.eval_dir";
-    }
+    held_out_ = std::make_unique<HeldOutEval>(settings_, *loader_, comm_);
     collapse_check_.emplace(settings_.collapse);
     precision_ = settings_.precision;
     check_precision(precision_, options_.device, "config key 'train.precision' =");
     storage_ = resolve_storage(settings_.storage, options_.device, precision_, "config key 'train.storage'");
-    loss_scaler_ = std::make_unique<LossScaler>(settings_.optim.loss_scale, precision_ == "fp16");
+    loss_scaler_ = std::make_unique<LossScaler>(settings_.optim.loss_scale, precision_ == CudaPrecision::kFp16);
     device_options_.precision = precision_;
     device_options_.memory_fraction = settings_.memory_fraction;
     device_options_.arena_bytes = static_cast<size_t>(settings_.arena_bytes);
@@ -403,34 +345,21 @@ std::optional<std::string> Trainer::setup() {
     if (parallel_chunks_ > 1) model_->set_parallel_chunks(parallel_chunks_);
     optimizer_ = make_optimizer<float>(settings_.optim, model_->layout(), *backend_);
     model_->init_parameters(settings_.seed);
-    ckpt_layout_ = model_->layout().tensor_slices();
     flops_per_step_ = model_flops_per_step(model_config_, settings_.global_batch, settings_.seq_length);
     peak_gflops_ = settings_.peak_gflops > 0 ? settings_.peak_gflops : measure_gemm_gflops(*backend_, storage_);
 
-    checkpoints_ =
-        std::make_unique<CheckpointManager>(run_dir_ / "checkpoints", settings_.keep_last, settings_.keep_every);
-    std::optional<fs::path> resume_path;
-    if (options_.resume == "auto") {
-      if (auto latest = checkpoints_->latest_complete()) {
-        resume_path = latest->path;
-      } else if (const std::vector<CheckpointEntry> damaged = checkpoints_->list(); !damaged.empty()) {
-        // Starting afresh would write over the run's metrics and checkpoints as if they were not there.
-        fail("run directory ", run_dir_.string(), " has ", damaged.size(), " checkpoint(s) (",
-             damaged.front().path.filename().string(), damaged.size() > 1 ? " ... " : "",
-             damaged.size() > 1 ? damaged.back().path.filename().string() : "",
-             ") but none is complete and readable (the log names what is wrong with each): nothing to resume "
-             "from. Move them aside to start this run afresh, resume a file with --resume PATH, or use another "
-             "--output (nothing was overwritten)");
-      }
-    } else if (options_.resume != "none" && !options_.resume.empty()) {
-      resume_path = options_.resume;
-    } else if (!checkpoints_->list().empty()) {
-      fail("run directory ", run_dir_.string(), " already has checkpoints; use --resume auto to continue it or ",
-           "another --output (nothing was overwritten)");
-    }
-    if (resume_path) {
-      resume_from(*resume_path);
-      if (!options_.init_from.empty()) ELECTRA_LOG(info) << "--init-from ignored: resuming " << resume_path->string();
+    checkpoints_ = std::make_unique<RunCheckpoints>(CheckpointParts{.model = model_.get(),
+                                                                    .optimizer = optimizer_.get(),
+                                                                    .loss_scaler = loss_scaler_.get(),
+                                                                    .backend = backend_.get(),
+                                                                    .loader = loader_.get(),
+                                                                    .config = &config_,
+                                                                    .comm = &comm_},
+                                                    settings_, run_dir_, lower_case_);
+    const std::optional<RunCheckpoints::Resumed> resumed = checkpoints_->resume(options_.resume);
+    if (resumed) {
+      progress_ = resumed->state;
+      if (!options_.init_from.empty()) ELECTRA_LOG(info) << "--init-from ignored: resuming " << resumed->path.string();
     } else if (!options_.init_from.empty()) {
       // Hugging Face weights over the fresh initialisation; fails naming the config key or tensor that
       // does not fit. The generator's sentence head, which HF has no place for, keeps its initial values.
@@ -456,148 +385,6 @@ void Trainer::log_device_memory(const char* when) {
   if (!summary.empty()) ELECTRA_LOG(info) << summary << " (" << when << ")";
 }
 
-void Trainer::resume_from(const fs::path& path) {
-  CheckpointFile file = CheckpointFile::open(path);
-  const nlohmann::json& saved = file.config();
-  if (!saved.contains("model")) fail("checkpoint ", path.string(), " has no model configuration");
-  check_vocabulary(file);
-  if (auto diff = first_difference(saved.at("model"), config_.at("model"), "model")) {
-    fail("checkpoint ", path.string(), " was trained with another model configuration: ", *diff);
-  }
-  // The moments are the optimizer's own state: AdamW's and LAMB's mean different updates. A checkpoint from
-  // before the record is AdamW's (the only optimizer then).
-  const std::string saved_optimizer = file.state().value("optimizer", std::string("adamw"));
-  if (saved_optimizer != optimizer_->name()) {
-    fail("checkpoint ", path.string(), " was written by optimizer ", saved_optimizer,
-         " but config key 'optim.name' is ", optimizer_->name(),
-         ": its moments belong to the other optimizer. Resume with --set optim.name=", saved_optimizer,
-         ", or start a new run (another --output)");
-  }
-  std::vector<float> host(model_->layout().total_size());
-  file.read_into(Section::kParams, ckpt_layout_, host);
-  model_->parameters_from_host(host);
-  const bool has_moments = file.has_section(Section::kAdamM) && file.has_section(Section::kAdamV);
-  if (has_moments) {
-    file.read_into(Section::kAdamM, ckpt_layout_, host);
-    backend_->copy_from_host(optimizer_->first_moment(), host.data(), host.size());
-    file.read_into(Section::kAdamV, ckpt_layout_, host);
-    backend_->copy_from_host(optimizer_->second_moment(), host.data(), host.size());
-  }
-  const nlohmann::json& state = file.state();
-  step_ = state.at("step").get<int64_t>();
-  tokens_seen_ = state.value("tokens_seen", int64_t{0});
-  skipped_total_ = state.value("skipped_steps", int64_t{0});
-  if (loss_scaler_->restore(state)) {
-    ELECTRA_LOG(info) << "loss scale " << loss_scaler_->scale() << " (" << loss_scaler_->good_steps()
-                      << " finite steps since its last change) from the checkpoint";
-  }
-  const uint64_t saved_seed = state.value("seed", settings_.seed);
-  if (saved_seed != settings_.seed) {
-    ELECTRA_LOG(warning) << "checkpoint seed " << saved_seed << " differs from train.seed " << settings_.seed
-                         << ": masking, dropout and sampling continue with train.seed";
-  }
-  const int saved_batch =
-      saved.contains("train") ? saved["train"].value("batch_size", settings_.global_batch) : settings_.global_batch;
-  if (saved_batch != settings_.global_batch) {
-    ELECTRA_LOG(warning) << "checkpoint global batch " << saved_batch << " differs from train.batch_size "
-                         << settings_.global_batch << ": the data order continues, but not exactly as before";
-  }
-  loader_->restore(data::LoaderState::from_json(file.loader()));
-  last_checkpoint_step_ = step_;
-  ELECTRA_LOG(info) << "resumed from " << path.string() << " at step " << step_
-                    << (has_moments ? "" : " (no optimizer moments in the file: they start at zero)");
-}
-
-// The checkpoint's record of the vocabulary and tokenizer options it was trained with (state "vocab" and
-// "tokenizer") against the training data's: another vocabulary of the same size would pass every shape
-// check and silently relabel every token id.
-void Trainer::check_vocabulary(const CheckpointFile& file) {
-  const nlohmann::json& state = file.state();
-  const text::Vocab& vocab = loader_->vocab();
-  if (!state.contains("vocab")) {
-    if (comm_.is_root()) {
-      ELECTRA_LOG(warning) << "checkpoint " << file.path().string()
-                           << " records no vocabulary (written by an older electra-train): cannot check that the "
-                           << "training data's " << vocab.origin() << " (vocab_hash " << vocab.hash()
-                           << ") is the one it was trained with";
-    }
-    return;
-  }
-  uint64_t saved_hash = 0, saved_size = 0;
-  try {
-    saved_hash = state.at("vocab").at("hash").get<uint64_t>();
-    saved_size = state.at("vocab").at("size").get<uint64_t>();
-  } catch (const nlohmann::json::exception& e) {
-    fail("checkpoint ", file.path().string(),
-         ": cannot read its vocabulary record (state vocab.hash, vocab.size): ", e.what());
-  }
-  if (saved_hash != vocab.hash() || saved_size != vocab.size()) {
-    fail("checkpoint ", file.path().string(), " was trained with another vocabulary (vocab_hash ", saved_hash, ", ",
-         saved_size, " tokens) than the training data's ", vocab.origin(), " (vocab_hash ", vocab.hash(), ", ",
-         vocab.size(), " tokens): token ids would mean different words");
-  }
-  const nlohmann::json saved_lower =
-      state.contains("tokenizer") ? state.at("tokenizer").value("lower_case", nlohmann::json()) : nlohmann::json();
-  if (saved_lower.is_boolean() && lower_case_ && saved_lower.get<bool>() != *lower_case_) {
-    fail("checkpoint ", file.path().string(),
-         " was trained on text tokenized with tokenizer.lower_case = ", saved_lower.dump(),
-         ", but the training data's manifest says ", *lower_case_ ? "true" : "false");
-  }
-}
-
-void Trainer::check_parameters_agree(const char* when) {
-  const int64_t fingerprint = parameter_fingerprint(*model_);
-  if (comm_.allreduce_max(fingerprint) != comm_.allreduce_min(fingerprint)) {
-    fail("ranks hold different parameters ", when, " (step ", step_, ", fingerprint ", fingerprint, " on rank ",
-         comm_.rank(), ")");
-  }
-}
-
-void Trainer::save_checkpoint() {
-  if (last_checkpoint_step_ == step_) return;
-  // Data parallelism is only right while every rank holds the same weights; a checkpoint is the moment
-  // to prove it (one allreduce of a hash).
-  if (step_ == faults_.hang_checkpoint_step) {
-    ELECTRA_LOG(warning) << "debug.hang_checkpoint_step: rank " << comm_.rank()
-                         << " stops making progress in the checkpoint after step " << step_;
-    std::this_thread::sleep_for(std::chrono::hours(1));
-  }
-  check_parameters_agree("at a checkpoint");
-  // Loader state is global and identical on every rank, so rank 0 writes it alone.
-  if (comm_.is_root()) {
-    const size_t n = model_->layout().total_size();
-    std::vector<float> params = model_->parameters_to_host();
-    std::vector<float> m(n), v(n);
-    backend_->copy_to_host(m.data(), optimizer_->first_moment(), n);
-    backend_->copy_to_host(v.data(), optimizer_->second_moment(), n);
-    CheckpointContent content;
-    content.layout = ckpt_layout_;
-    content.params = params;
-    content.adam_m = m;
-    content.adam_v = v;
-    content.state = {{"step", step_},
-                     {"tokens_seen", tokens_seen_},
-                     {"seed", settings_.seed},
-                     {"skipped_steps", skipped_total_},
-                     {"world_size", comm_.world_size()},
-                     {"optimizer", optimizer_->name()}};  // optim.name: checked on resume
-    content.state.update(loss_scaler_->state());          // loss_scale, loss_scale_mode, loss_scale_good_steps
-    // What the token ids mean: checked on resume (check_vocabulary).
-    content.state["vocab"] = {{"hash", loader_->vocab().hash()}, {"size", loader_->vocab().size()}};
-    content.state["tokenizer"] = {{"lower_case", lower_case_ ? nlohmann::json(*lower_case_) : nlohmann::json()}};
-    content.loader = loader_->state().to_json();
-    content.config = config_.json();
-    const auto start = Clock::now();
-    const fs::path path = checkpoints_->save(content);
-    ELECTRA_LOG(info) << "checkpoint " << path.string() << " (" << std::fixed << std::setprecision(2)
-                      << seconds_since(start) << " s)";
-  }
-  // Nobody runs ahead of a checkpoint that is still being written: a stop right after must find it.
-  comm_.barrier();
-  last_checkpoint_step_ = step_;
-  log_device_memory("at a checkpoint");
-}
-
 // One optimizer step: the batch, its global loss denominators, then TrainStep (step.h) with this trainer's
 // own concerns around it: fault injection (debug.*), the running AUC's scores, and naming the ranks of a
 // skipped step. `metrics` of the outcome are this rank's sums.
@@ -609,6 +396,7 @@ StepOutcome Trainer::train_step() {
   std::optional<ScopedPhase> counting(std::in_place, prof, TrainPhase::kCounts);
   const GlobalNormalizers global = global_normalizers(batch, comm_);
   counting.reset();
+  step_real_tokens_ = static_cast<int64_t>(global.input_mask_count);
 
   step_scores_.clear();
   StepCallbacks callbacks;
@@ -617,25 +405,26 @@ StepOutcome Trainer::train_step() {
       if (rows.input_mask[i]) step_scores_.add(eval::sigmoid(out.disc_logits[i]), out.disc_label[i] == 1);
     }
   };
-  // Fault injection (debug.*), resolved once in setup(): the step at which this rank misbehaves, or -1.
-  if (step_ == faults_.nan_step) {
+  // Fault injection (debug.*, TrainSettings::faults): the step at which this rank misbehaves, or -1.
+  if (progress_.step == settings_.faults.nan_step) {
     callbacks.on_gradients_ready = [&](size_t offset, size_t) {
       if (offset == 0) backend_->fill(model_->gradients(), 1, std::numeric_limits<float>::quiet_NaN());
     };
   }
   callbacks.after_backward = [&] {
-    if (step_ == faults_.hang_step) {
-      ELECTRA_LOG(warning) << "debug.hang_step: rank " << comm_.rank() << " stops making progress at step " << step_;
+    if (progress_.step == settings_.faults.hang_step) {
+      ELECTRA_LOG(warning) << "debug.hang_step: rank " << comm_.rank() << " stops making progress at step "
+                           << progress_.step;
       std::this_thread::sleep_for(std::chrono::hours(1));
     }
-    if (step_ == faults_.throw_step) {
-      fail("debug.throw_step: injected failure on rank ", comm_.rank(), " at step ", step_);
+    if (progress_.step == settings_.faults.throw_step) {
+      fail("debug.throw_step: injected failure on rank ", comm_.rank(), " at step ", progress_.step);
     }
   };
-  const StepOutcome outcome = stepper_->run(batch, global, step_, callbacks, prof);
+  const StepOutcome outcome = stepper_->run(batch, global, progress_.step, callbacks, prof);
 
   if (outcome.result == StepResult::kOverflow && comm_.is_root()) {
-    ELECTRA_LOG(info) << "step " << step_ + 1 << ": gradients overflowed at loss scale " << outcome.loss_scale
+    ELECTRA_LOG(info) << "step " << progress_.step + 1 << ": gradients overflowed at loss scale " << outcome.loss_scale
                       << "; update skipped, loss scale now " << loss_scaler_->scale();
   }
   if (outcome.result == StepResult::kSkipped) {
@@ -646,7 +435,7 @@ StepOutcome Trainer::train_step() {
       for (const std::string& f : flags) {
         if (!f.empty()) ranks += (ranks.empty() ? "" : ",") + f;
       }
-      ELECTRA_LOG(warning) << "step " << step_ + 1 << ": non-finite loss or gradient on rank(s) " << ranks
+      ELECTRA_LOG(warning) << "step " << progress_.step + 1 << ": non-finite loss or gradient on rank(s) " << ranks
                            << (outcome.ranges_checked ? "" : " (gradients checked after the device allreduce)")
                            << "; all ranks skip the update";
     }
@@ -664,7 +453,7 @@ void Trainer::log_step(const LogWindow::Summary& summary, double lr, double grad
   const int steps = summary.steps;
   const double step_seconds = summary.step_seconds;
   MetricsRecord m;
-  m.step = step_;
+  m.step = progress_.step;
   m.loss = window.total_loss;
   m.gen_loss = window.mlm_loss;
   m.disc_loss = window.disc_loss;
@@ -696,10 +485,10 @@ void Trainer::log_step(const LogWindow::Summary& summary, double lr, double grad
              {"mfu_slots", mfu_slots},
              {"loss_scale", loss_scaler_->scale()}};  // the scale after the step (what the next one uses)
   if (window.sentence_loss != 0) m.extra["sentence_loss"] = window.sentence_loss;
-  const double eta = step_seconds * static_cast<double>(settings_.total_steps - step_);
+  const double eta = step_seconds * static_cast<double>(settings_.total_steps - progress_.step);
   std::ostringstream line;
-  line << std::fixed << "step " << step_ << "/" << settings_.total_steps << " | loss " << std::setprecision(4) << m.loss
-       << " | gen " << m.gen_loss << " | disc " << m.disc_loss << " | disc_gain " << std::showpos << disc_gain
+  line << std::fixed << "step " << progress_.step << "/" << settings_.total_steps << " | loss " << std::setprecision(4)
+       << m.loss << " | gen " << m.gen_loss << " | disc " << m.disc_loss << " | disc_gain " << std::showpos << disc_gain
        << std::noshowpos << " | disc_auc " << std::setprecision(3) << disc_auc << " | mlm_acc " << m.mlm_accuracy
        << " | disc_acc " << m.disc_accuracy << " | lr " << std::scientific << std::setprecision(2) << lr << std::fixed
        << " | gnorm " << std::setprecision(3) << grad_norm << " | " << std::setprecision(0) << m.tokens_per_s
@@ -710,7 +499,7 @@ void Trainer::log_step(const LogWindow::Summary& summary, double lr, double grad
   ELECTRA_LOG(info) << line.str();
   metrics_->write(m);
   if (tensorboard_) tensorboard_->add_step_metrics(m);
-  if (collapse_check_->observe(step_, disc_gain)) warn_collapse(m);
+  if (collapse_check_->observe(progress_.step, disc_gain)) warn_collapse(m);
 }
 
 // Rank 0: the discriminator has learned nothing beyond the base rate for several log windows.
@@ -719,7 +508,7 @@ void Trainer::warn_collapse(const MetricsRecord& window) {
   const double prior = window.extra.at("disc_prior_entropy").get<double>();
   std::ostringstream text;
   text << std::fixed << std::setprecision(4) << "the discriminator is not learning: for " << o.windows
-       << " log windows (steps " << collapse_check_->streak_start_step() << "-" << step_
+       << " log windows (steps " << collapse_check_->streak_start_step() << "-" << progress_.step
        << ") its gain over the prior (binary entropy of the replaced fraction, " << prior << " nats, minus disc_loss "
        << window.disc_loss << ") stayed under train.collapse_warning.min_gain = " << o.min_gain << " nats; disc_acc "
        << std::setprecision(3) << window.disc_accuracy
@@ -743,35 +532,10 @@ void Trainer::log_profile() {
   std::vector<double> values = profile_->window_values();
   comm_.allreduce_sum(std::span<double>(values));
   if (comm_.is_root()) {
-    ELECTRA_LOG(info) << StepProfile::format(values, comm_.world_size(), step_ - profile_->steps() + 1, step_);
+    ELECTRA_LOG(info) << StepProfile::format(values, comm_.world_size(), progress_.step - profile_->steps() + 1,
+                                             progress_.step);
   }
   profile_->start_window();
-}
-
-// Held-out metrics (lib/eval) of the current weights: every rank evaluates its slice of the same
-// batches; rank 0 logs them and writes them to metrics.jsonl and TensorBoard as "eval/<name>".
-void Trainer::run_eval() {
-  eval::EvalOptions options;
-  options.max_batches = settings_.eval_batches;
-  options.seed = settings_.seed;
-  options.trim_padding = settings_.trim_padding;
-  const eval::EvalMetrics m = eval::evaluate(*model_, *eval_loader_, comm_, options);
-  if (!comm_.is_root()) return;
-  nlohmann::json record = {{"step", step_}};
-  std::vector<std::pair<std::string, float>> scalars;
-  std::ostringstream line;
-  line << std::fixed << std::setprecision(4) << "eval step " << step_;
-  for (const auto& [name, value] : m.scalars("eval/")) {
-    record[name] = std::isfinite(value) ? nlohmann::json(value) : nlohmann::json(nullptr);
-    scalars.emplace_back(name, static_cast<float>(value));
-    line << " | " << name.substr(5) << " " << value;
-  }
-  record["eval/examples"] = m.sums.examples;
-  record["eval/seconds"] = m.seconds;
-  line << " | " << m.sums.examples << " examples, " << std::setprecision(1) << m.seconds << " s";
-  ELECTRA_LOG(info) << line.str();
-  metrics_->write(record);
-  if (tensorboard_) tensorboard_->add_scalars(step_, scalars);
 }
 
 // The gradient allreduce of dist.gradient_transport (resolved in setup()). Collective.
@@ -797,10 +561,11 @@ int Trainer::train() {
   if (root) {
     fs::create_directories(run_dir_);
     write_file_atomically(run_dir_ / "config.json", config_.dump(2) + "\n");
-    metrics_ = std::make_unique<MetricsWriter>(run_dir_, step_ > 0 ? std::optional<int64_t>(step_) : std::nullopt);
+    metrics_ = std::make_unique<MetricsWriter>(
+        run_dir_, progress_.step > 0 ? std::optional<int64_t>(progress_.step) : std::nullopt);
     if (settings_.tensorboard) {
-      tensorboard_ = std::make_unique<TensorBoardWriter>(run_dir_ / "tensorboard",
-                                                         step_ > 0 ? std::optional<int64_t>(step_) : std::nullopt);
+      tensorboard_ = std::make_unique<TensorBoardWriter>(
+          run_dir_ / "tensorboard", progress_.step > 0 ? std::optional<int64_t>(progress_.step) : std::nullopt);
     }
     ELECTRA_LOG(info) << "resolved config:\n" << config_.dump(2);
     ELECTRA_LOG(info) << "model: " << model_->layout().total_size() << " parameters; " << comm_.world_size()
@@ -812,11 +577,11 @@ int Trainer::train() {
     std::ostringstream scaling;
     scaling << to_string(loss_scaler_->mode());
     if (loss_scaler_->enabled()) scaling << ", scale " << std::fixed << std::setprecision(0) << loss_scaler_->scale();
-    ELECTRA_LOG(info) << "precision " << precision_ << ", storage " << storage_ << " (backend "
+    ELECTRA_LOG(info) << "precision " << to_string(precision_) << ", storage " << to_string(storage_) << " (backend "
                       << model_->backend_name() << "); loss scaling " << scaling.str();
   }
 
-  check_parameters_agree("at start");
+  check_parameters_agree(*model_, comm_, progress_.step, "at start");
   log_device_memory("at start");
 
   reducer_ = make_reducer();
@@ -838,13 +603,13 @@ int Trainer::train() {
   // Checkpoints and evaluations get their own deadline, not none: their collectives hang as a step's do.
   const auto longer_phase = [&](const std::string& phase) {
     watchdog.set_timeout(checkpoint_timeout,
-                         phase + " after step " + std::to_string(step_) + " (train.checkpoint_timeout)");
+                         phase + " after step " + std::to_string(progress_.step) + " (train.checkpoint_timeout)");
   };
 
   int64_t steps_this_run = 0;
   LogWindow window(Periodic{settings_.log_every, settings_.total_steps});
   if (profile_) profile_->start_window();
-  while (step_ < settings_.total_steps) {
+  while (progress_.step < settings_.total_steps) {
     // Step boundary: everyone agrees on whether to stop before anyone starts the next step.
     const bool out_of_time = options_.max_time_s && seconds_since(run_start) >= *options_.max_time_s;
     const bool enough = options_.stop_after && steps_this_run >= *options_.stop_after;
@@ -864,12 +629,12 @@ int Trainer::train() {
         for (size_t r = 0; r < reasons.size(); ++r) {
           if (!reasons[r].empty()) who += (who.empty() ? "" : ", ") + ("rank " + std::to_string(r) + ": " + reasons[r]);
         }
-        ELECTRA_LOG(warning) << "stopping at step " << step_ << " (" << who << ")"
+        ELECTRA_LOG(warning) << "stopping at step " << progress_.step << " (" << who << ")"
                              << (steps_this_run == 0 ? ", before the first step of this run" : "")
                              << "; writing a checkpoint, then exiting with code " << kExitStopped;
       }
       longer_phase("the stop checkpoint");
-      save_checkpoint();
+      checkpoints_->save(progress_);
       return kExitStopped;
     }
 
@@ -877,15 +642,15 @@ int Trainer::train() {
     const StepOutcome outcome = train_step();
     const StepResult result = outcome.result;
     if (profile_) profile_->count_step(seconds_since(step_start));
-    ++step_;
+    ++progress_.step;
     ++steps_this_run;
-    tokens_seen_ += static_cast<int64_t>(settings_.global_batch) * settings_.seq_length;
-    watchdog.heartbeat(step_);
+    progress_.tokens_seen += step_real_tokens_;  // real tokens, not slots (issue 13)
+    watchdog.heartbeat(progress_.step);
     if (result == StepResult::kApplied) {
       skipped_in_a_row_ = 0;
       window.add(outcome.metrics, step_scores_);
     } else {
-      ++skipped_total_;
+      ++progress_.skipped_steps;
       // Overflow skips of dynamic loss scaling are expected and do not count toward max_skipped_steps.
       if (result == StepResult::kSkipped && ++skipped_in_a_row_ > settings_.max_skipped) {
         if (root) {
@@ -897,32 +662,33 @@ int Trainer::train() {
       }
     }
 
-    if (window.should_log(step_)) {
+    if (window.should_log(progress_.step)) {
       ScopedPhase phase(profile(), TrainPhase::kLogging);
       const LogWindow::Summary summary = window.close(comm_);
       if (root) log_step(summary, last_lr_, last_grad_norm_);
     }
-    if (eval_loader_ && eval_schedule_.due(step_)) {
+    if (held_out_->should_evaluate(progress_.step)) {
       longer_phase("the evaluation");
       ScopedPhase phase(profile(), TrainPhase::kEval);
-      run_eval();
+      held_out_->evaluate(*model_, progress_.step, metrics_.get(), tensorboard_.get());
       watchdog.set_timeout(step_timeout);
       window.restart_clock();
     }
-    if (checkpoint_schedule_.due(step_)) {
+    if (checkpoints_->should_save(progress_.step)) {
       longer_phase("the checkpoint");
       ScopedPhase phase(profile(), TrainPhase::kCheckpoint);
-      save_checkpoint();
+      checkpoints_->save(progress_);
       watchdog.set_timeout(step_timeout);
       window.restart_clock();
     }
-    if (profile_ && window.at_log_step(step_)) log_profile();
+    if (profile_ && window.at_log_step(progress_.step)) log_profile();
   }
   watchdog.stop();
   log_device_memory("at the end");
   if (root) {
-    ELECTRA_LOG(info) << "done: " << step_ << " steps, " << tokens_seen_ << " tokens, " << skipped_total_
-                      << " skipped, " << format_duration(seconds_since(run_start)) << " wall";
+    ELECTRA_LOG(info) << "done: " << progress_.step << " steps, " << progress_.tokens_seen << " real tokens, "
+                      << progress_.skipped_steps << " skipped, " << format_duration(seconds_since(run_start))
+                      << " wall";
   }
   return kExitDone;
 }
@@ -935,7 +701,7 @@ int run_training(const dist::Communicator& comm, const TrainOptions& options) {
   dist::install_stop_signals();
   Trainer trainer(comm, options);
   // Before setup, which may fail on one rank only: a collective every rank reaches.
-  if (options.device == "cuda") trainer.set_ranks_on_gpu(count_ranks_on_my_gpu(comm));
+  if (options.device == DeviceKind::kCuda) trainer.set_ranks_on_gpu(count_ranks_on_my_gpu(comm));
   std::optional<std::string> error = trainer.setup();
   if (!comm.agree_all(!error.has_value())) {
     if (error) {

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "lib/backend/backend.h"
 #include "lib/core/config.h"
 #include "lib/dist/communicator.h"
 
@@ -38,18 +39,18 @@ enum ExitCode : int {
 nlohmann::json default_run_config();
 
 struct TrainOptions {
-  std::string config_path;            // a jobs/configs/*.json preset or any file; empty: defaults only
-  std::vector<std::string> sets;      // "key=value" overrides, applied after the file
-  std::string data_dir;               // overrides data.dir when non-empty
-  std::string output_dir;             // RUN_DIR
-  std::string resume = "auto";        // "auto" (newest complete checkpoint, else fresh), "none", or a path
-  std::string device = "cpu";         // "cpu" | "cuda"
-  std::optional<double> max_time_s;   // --max-time: stop (checkpoint, exit 3) before this much wall time has
-                                      // passed; must be > 0 when given
-  std::optional<int64_t> stop_after;  // --stop-after: stop (checkpoint, exit 3) after this many steps of this
-                                      // run; must be > 0 when given
-  std::string init_from;              // Hugging Face DIR (discriminator/ + generator/, as electra-export writes):
-                                      // initial weights of a fresh run (ignored when a checkpoint is resumed)
+  std::string config_path;               // a jobs/configs/*.json preset or any file; empty: defaults only
+  std::vector<std::string> sets;         // "key=value" overrides, applied after the file
+  std::string data_dir;                  // overrides data.dir when non-empty
+  std::string output_dir;                // RUN_DIR
+  std::string resume = "auto";           // "auto" (newest complete checkpoint, else fresh), "none", or a path
+  DeviceKind device = DeviceKind::kCpu;  // --device
+  std::optional<double> max_time_s;      // --max-time: stop (checkpoint, exit 3) before this much wall time has
+                                         // passed; must be > 0 when given
+  std::optional<int64_t> stop_after;     // --stop-after: stop (checkpoint, exit 3) after this many steps of this
+                                         // run; must be > 0 when given
+  std::string init_from;                 // Hugging Face DIR (discriminator/ + generator/, as electra-export writes):
+                                         // initial weights of a fresh run (ignored when a checkpoint is resumed)
 };
 
 // Resolves the configuration: defaults <- file <- --data <- --set. Fails naming the file or key.

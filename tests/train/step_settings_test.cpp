@@ -1,7 +1,9 @@
 // StepMetrics (step.h): sums with +=, one span for the allreduce, the log window's averages; and
-// TrainSettings::from_config (train_settings.h): the trainer's keys read from a config, bad values named.
+// TrainSettings::from_config (train_settings.h): the trainer's keys read from a config (the loader's and the
+// debug faults' for one rank too), bad values named.
 #include <gtest/gtest.h>
 
+#include <optional>
 #include <string>
 
 #include "lib/core/error.h"
@@ -74,7 +76,7 @@ Config defaults() { return Config(electra::train::default_run_config()); }
 
 std::string error_of(const Config& config, int ranks = 1) {
   try {
-    TrainSettings::from_config(config, ranks);
+    TrainSettings::from_config(config, ranks, /*rank=*/0);
   } catch (const electra::Error& e) {
     return e.what();
   }
@@ -82,7 +84,7 @@ std::string error_of(const Config& config, int ranks = 1) {
 }
 
 TEST(TrainSettings, ReadsTheDefaults) {
-  const TrainSettings s = TrainSettings::from_config(defaults(), 4);
+  const TrainSettings s = TrainSettings::from_config(defaults(), 4, 0);
   EXPECT_EQ(s.total_steps, 1000000);
   EXPECT_EQ(s.global_batch, 128);
   EXPECT_EQ(s.local_rows, 32);
@@ -93,6 +95,8 @@ TEST(TrainSettings, ReadsTheDefaults) {
   EXPECT_EQ(s.optim.total_steps, 1000000);
   EXPECT_EQ(s.collapse.warmup_steps, s.optim.warmup_steps);
   EXPECT_EQ(s.collapse.windows, 5);
+  EXPECT_EQ(s.precision, electra::CudaPrecision::kFp32);
+  EXPECT_EQ(s.storage, std::nullopt);  // auto
 }
 
 TEST(TrainSettings, ReadsOverrides) {
@@ -101,11 +105,72 @@ TEST(TrainSettings, ReadsOverrides) {
   c.set("train.log_every=0");
   c.set("data.trim_padding=false");
   c.set("train.attention=fused");
-  const TrainSettings s = TrainSettings::from_config(c, 2);
+  c.set("train.precision=bf16");
+  c.set("train.storage=fp32");
+  const TrainSettings s = TrainSettings::from_config(c, 2, 1);
   EXPECT_EQ(s.micro_rows, 8);
   EXPECT_EQ(s.log_every, 1);  // at least 1
   EXPECT_FALSE(s.trim_padding);
   EXPECT_EQ(s.attention, electra::AttentionImpl::kFused);
+  EXPECT_EQ(s.precision, electra::CudaPrecision::kBf16);
+  EXPECT_EQ(s.storage, electra::StorageType::kFp32);
+}
+
+TEST(TrainSettings, FillsTheLoaderOptionsOfItsRank) {
+  Config c = defaults();
+  c.set("data.dir=\"shards\"");
+  c.set("data.vocab=\"vocab.txt\"");
+  c.set("data.eval_dir=\"held_out\"");
+  c.set("data.mask_prob=0.2");
+  c.set("model.num_token_predictions=19");
+  c.set("data.prefetch_batches=2");
+  c.set("data.shuffle=false");
+  c.set("data.cache_mb=16");
+  c.set("data.verify_checksums=true");
+  c.set("train.seed=7");
+  const TrainSettings s = TrainSettings::from_config(c, 4, 3);
+  const electra::data::LoaderOptions& l = s.loader;
+  EXPECT_EQ(l.data_dir, "shards");
+  EXPECT_EQ(l.vocab_path, "vocab.txt");
+  EXPECT_EQ(s.eval_dir, "held_out");
+  EXPECT_FLOAT_EQ(l.mask_prob, 0.2f);
+  EXPECT_EQ(l.max_predictions, 19);
+  EXPECT_EQ(l.prefetch_batches, 2);
+  EXPECT_FALSE(l.shuffle);
+  EXPECT_EQ(l.cache_bytes, uint64_t{16} << 20);
+  EXPECT_TRUE(l.verify_checksums);
+  EXPECT_EQ(l.global_batch_size, 128);  // the global batch: the loader takes the rank's slice
+  EXPECT_EQ(l.seq_length, 128);
+  EXPECT_EQ(l.seed, 7u);
+  EXPECT_EQ(l.rank, 3);
+  EXPECT_EQ(l.world_size, 4);
+}
+
+TEST(TrainSettings, InjectsADebugFaultOnlyOnItsRank) {
+  const TrainSettings off = TrainSettings::from_config(defaults(), 2, 0);
+  for (int64_t step :
+       {off.faults.nan_step, off.faults.hang_step, off.faults.throw_step, off.faults.hang_checkpoint_step}) {
+    EXPECT_EQ(step, -1);
+  }
+  Config c = defaults();
+  c.set("debug.nan_rank=1");
+  c.set("debug.nan_step=5");
+  c.set("debug.throw_rank=1");
+  c.set("debug.throw_step=6");
+  c.set("debug.hang_rank=0");
+  c.set("debug.hang_step=8");
+  c.set("debug.hang_checkpoint_rank=0");
+  c.set("debug.hang_checkpoint_step=7");
+  const TrainSettings rank0 = TrainSettings::from_config(c, 2, 0);
+  const TrainSettings rank1 = TrainSettings::from_config(c, 2, 1);
+  EXPECT_EQ(rank0.faults.nan_step, -1);
+  EXPECT_EQ(rank0.faults.throw_step, -1);
+  EXPECT_EQ(rank0.faults.hang_step, 8);
+  EXPECT_EQ(rank0.faults.hang_checkpoint_step, 7);
+  EXPECT_EQ(rank1.faults.nan_step, 5);
+  EXPECT_EQ(rank1.faults.throw_step, 6);
+  EXPECT_EQ(rank1.faults.hang_step, -1);
+  EXPECT_EQ(rank1.faults.hang_checkpoint_step, -1);
 }
 
 TEST(TrainSettings, BadValuesNameTheirKey) {
@@ -117,6 +182,8 @@ TEST(TrainSettings, BadValuesNameTheirKey) {
       {"train.checkpoint_timeout=-1", "train.checkpoint_timeout"},
       {"train.eval_batches=-1", "train.eval_batches"},
       {"train.attention=sparse", "train.attention"},
+      {"train.precision=fp8", "config key 'train.precision' = must be fp32, tf32, bf16 or fp16, got 'fp8'"},
+      {"train.storage=fp16", "config key 'train.storage' must be auto, fp32 or bf16, got 'fp16'"},
       {"train.collapse_warning.windows=-1", "train.collapse_warning.windows"},
       {"device.memory_fraction=1.5", "device.memory_fraction"},
       {"device.arena_bytes=-1", "device.arena_bytes"},

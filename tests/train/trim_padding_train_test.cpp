@@ -1,7 +1,8 @@
 // data.trim_padding in electra-train and electra-eval under mpirun, on shards of short documents (rows
 // mostly padding): a run that trims each micro-batch to its longest row follows the untrimmed run's losses
 // within float rounding (2 ranks, whole slices and micro-batches of 2), computes fewer slots and reports its
-// MFU on them (mfu_slots keeps the padded figure); stopped and resumed it is bitwise the straight run;
+// MFU on them (mfu_slots keeps the padded figure); stopped and resumed it is bitwise the straight run, and
+// both count the same real tokens (tokens_seen);
 // electra-eval reports the same metrics with --trim-padding true and false.
 #include <gtest/gtest.h>
 
@@ -13,6 +14,7 @@
 #include <vector>
 
 #include "lib/core/philox.h"
+#include "lib/train/checkpoint.h"
 #include "tests/support/checkpoints.h"
 #include "tests/support/programs.h"
 
@@ -96,6 +98,22 @@ TEST_F(TrainTrimPadding, ResumeIsBitwiseExactWithTrimming) {
   expect_same_trajectory(read_metrics(straight), read_metrics(resumed), 0.0, "straight vs stopped+resumed");
   const fs::path final_name = fs::path("checkpoints") / "ckpt-00000008.h5";
   ASSERT_NO_FATAL_FAILURE(electra::test::expect_same_checkpoint_tensors(straight / final_name, resumed / final_name));
+
+  // tokens_seen counts real tokens, not slots: the per-step real fractions times the slots of a step, and
+  // the resumed run carries the count over.
+  const auto tokens_seen = [&](const fs::path& run) {
+    return electra::train::CheckpointFile::open(run / final_name).state().at("tokens_seen").get<int64_t>();
+  };
+  const nlohmann::json config = nlohmann::json::parse(read_text(straight / "config.json"));
+  const double slots_per_step =
+      config["train"]["batch_size"].get<double>() * config["data"]["seq_length"].get<double>();
+  double real_tokens = 0;
+  for (const nlohmann::json& step : read_metrics(straight)) {
+    real_tokens += step["real_token_fraction"].get<double>() * slots_per_step;
+  }
+  EXPECT_EQ(tokens_seen(straight), tokens_seen(resumed));
+  EXPECT_NEAR(static_cast<double>(tokens_seen(straight)), real_tokens, 1e-6 * real_tokens);
+  EXPECT_LT(static_cast<double>(tokens_seen(straight)), 0.9 * 8 * slots_per_step);  // short documents
 }
 
 TEST_F(TrainTrimPadding, EvalMetricsDoNotDependOnTrimming) {

@@ -9,28 +9,6 @@
 
 namespace electra {
 
-Activation parse_activation(const std::string& name) {
-  if (name == "none" || name == "linear") return Activation::kNone;
-  if (name == "gelu") return Activation::kGelu;
-  if (name == "relu") return Activation::kRelu;
-  if (name == "tanh") return Activation::kTanh;
-  fail("unknown activation '", name, "' (expected none, linear, gelu, relu or tanh)");
-}
-
-std::string to_string(Activation activation) {
-  switch (activation) {
-    case Activation::kNone:
-      return "none";
-    case Activation::kGelu:
-      return "gelu";
-    case Activation::kRelu:
-      return "relu";
-    case Activation::kTanh:
-      return "tanh";
-  }
-  fail("to_string: unknown activation ", static_cast<int>(activation));
-}
-
 void fail_fused_attention_unsupported(const std::string& name, int B, int S, int H, int D, float dropout) {
   fail("backend ", name, " has no fused attention for B=", B, " S=", S, " H=", H, " D=", D, " dropout=", dropout,
        " (use the materialised attention_forward / attention_backward)");

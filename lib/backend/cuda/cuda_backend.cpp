@@ -92,28 +92,6 @@ std::unique_ptr<Backend<float>> make_cuda_backend(int device, const CudaBackendO
   return std::make_unique<CudaBackend>(device, options);
 }
 
-CudaPrecision parse_cuda_precision(const std::string& name) {
-  if (name == "fp32") return CudaPrecision::kFp32;
-  if (name == "tf32") return CudaPrecision::kTf32;
-  if (name == "bf16") return CudaPrecision::kBf16;
-  if (name == "fp16") return CudaPrecision::kFp16;
-  fail("unknown CUDA precision '", name, "' (expected fp32, tf32, bf16 or fp16)");
-}
-
-std::string to_string(CudaPrecision precision) {
-  switch (precision) {
-    case CudaPrecision::kFp32:
-      return "fp32";
-    case CudaPrecision::kTf32:
-      return "tf32";
-    case CudaPrecision::kBf16:
-      return "bf16";
-    case CudaPrecision::kFp16:
-      return "fp16";
-  }
-  fail("to_string: unknown CUDA precision ", static_cast<int>(precision));
-}
-
 void* cuda_stream_of(Backend<float>& backend) { return as_cuda(backend).stream(); }
 int cuda_device_of(Backend<float>& backend) { return as_cuda(backend).device_index(); }
 CudaPrecision cuda_precision_of(Backend<float>& backend) { return as_cuda(backend).precision(); }

@@ -31,18 +31,6 @@
 
 namespace electra {
 
-// The arithmetic of GEMMs and attention. Parameters, gradients, optimizer moments and the activations
-// kept between ops are float32 in every mode; the modes differ in what the tensor cores compute with.
-enum class CudaPrecision {
-  kFp32,  // exact float32 GEMMs (CUBLAS_COMPUTE_32F): matches the CPU backend to fp32 tolerances
-  kTf32,  // TF32 tensor cores (10 mantissa bits in products), fp32 accumulation
-  kBf16,  // bf16 tensor cores (GEMM inputs rounded to bf16), fp32 accumulation; cuDNN SDPA attention
-  kFp16,  // fp16 tensor cores, fp32 accumulation; cuDNN SDPA attention; needs loss scaling in training
-};
-// "fp32" | "tf32" | "bf16" | "fp16"; fails naming the accepted values.
-CudaPrecision parse_cuda_precision(const std::string& name);
-std::string to_string(CudaPrecision precision);
-
 struct CudaBackendOptions {
   CudaPrecision precision = CudaPrecision::kFp32;
   // Device memory: every allocate* is served from one cudaMalloc'd arena (lib/backend/cuda/arena.h) of

@@ -1,0 +1,215 @@
+#include "lib/train/run_checkpoints.h"
+
+#include <chrono>
+#include <iomanip>
+#include <thread>
+#include <utility>
+
+#include "lib/core/error.h"
+#include "lib/core/log.h"
+#include "lib/train/device.h"
+#include "lib/train/step_profile.h"
+#include "lib/train/trainer.h"
+
+namespace electra::train {
+namespace {
+
+namespace fs = std::filesystem;
+
+// FNV-1a over the parameter bytes: equal on every rank exactly when the parameters are bitwise equal.
+int64_t parameter_fingerprint(const PretrainerModel<float>& model) {
+  const std::vector<float> host = model.parameters_to_host();
+  const auto* bytes = reinterpret_cast<const unsigned char*>(host.data());
+  uint64_t hash = 1469598103934665603ull;
+  for (size_t i = 0; i < host.size() * sizeof(float); ++i) hash = (hash ^ bytes[i]) * 1099511628211ull;
+  return static_cast<int64_t>(hash >> 1);
+}
+
+}  // namespace
+
+void check_parameters_agree(const PretrainerModel<float>& model, const dist::Communicator& comm, int64_t step,
+                            const char* when) {
+  const int64_t fingerprint = parameter_fingerprint(model);
+  if (comm.allreduce_max(fingerprint) != comm.allreduce_min(fingerprint)) {
+    fail("ranks hold different parameters ", when, " (step ", step, ", fingerprint ", fingerprint, " on rank ",
+         comm.rank(), ")");
+  }
+}
+
+RunCheckpoints::RunCheckpoints(const CheckpointParts& parts, const TrainSettings& settings, fs::path run_dir,
+                               std::optional<bool> lower_case)
+    : parts_(parts),
+      settings_(settings),
+      run_dir_(std::move(run_dir)),
+      lower_case_(lower_case),
+      files_(run_dir_ / "checkpoints", settings.keep_last, settings.keep_every),
+      layout_(parts.model->layout().tensor_slices()),
+      schedule_{settings.checkpoint_every, settings.total_steps} {}
+
+std::optional<RunCheckpoints::Resumed> RunCheckpoints::resume(const std::string& resume_option) {
+  std::optional<fs::path> resume_path;
+  if (resume_option == "auto") {
+    if (auto latest = files_.latest_complete()) {
+      resume_path = latest->path;
+    } else if (const std::vector<CheckpointEntry> damaged = files_.list(); !damaged.empty()) {
+      // Starting afresh would write over the run's metrics and checkpoints as if they were not there.
+      fail("run directory ", run_dir_.string(), " has ", damaged.size(), " checkpoint(s) (",
+           damaged.front().path.filename().string(), damaged.size() > 1 ? " ... " : "",
+           damaged.size() > 1 ? damaged.back().path.filename().string() : "",
+           ") but none is complete and readable (the log names what is wrong with each): nothing to resume "
+           "from. Move them aside to start this run afresh, resume a file with --resume PATH, or use another "
+           "--output (nothing was overwritten)");
+    }
+  } else if (resume_option != "none" && !resume_option.empty()) {
+    resume_path = resume_option;
+  } else if (!files_.list().empty()) {
+    fail("run directory ", run_dir_.string(), " already has checkpoints; use --resume auto to continue it or ",
+         "another --output (nothing was overwritten)");
+  }
+  if (!resume_path) return std::nullopt;
+  Resumed resumed{.state = {}, .path = *resume_path};
+  resume_from(resumed.path, resumed.state);
+  return resumed;
+}
+
+void RunCheckpoints::resume_from(const fs::path& path, TrainingState& state_out) {
+  CheckpointFile file = CheckpointFile::open(path);
+  const nlohmann::json& saved = file.config();
+  if (!saved.contains("model")) fail("checkpoint ", path.string(), " has no model configuration");
+  check_vocabulary(file);
+  if (auto diff = first_difference(saved.at("model"), parts_.config->at("model"), "model")) {
+    fail("checkpoint ", path.string(), " was trained with another model configuration: ", *diff);
+  }
+  Optimizer<float>& optimizer = *parts_.optimizer;
+  // The moments are the optimizer's own state: AdamW's and LAMB's mean different updates. A checkpoint from
+  // before the record is AdamW's (the only optimizer then).
+  const std::string saved_optimizer = file.state().value("optimizer", std::string("adamw"));
+  if (saved_optimizer != optimizer.name()) {
+    fail("checkpoint ", path.string(), " was written by optimizer ", saved_optimizer,
+         " but config key 'optim.name' is ", optimizer.name(),
+         ": its moments belong to the other optimizer. Resume with --set optim.name=", saved_optimizer,
+         ", or start a new run (another --output)");
+  }
+  std::vector<float> host(parts_.model->layout().total_size());
+  file.read_into(Section::kParams, layout_, host);
+  parts_.model->parameters_from_host(host);
+  const bool has_moments = file.has_section(Section::kAdamM) && file.has_section(Section::kAdamV);
+  if (has_moments) {
+    file.read_into(Section::kAdamM, layout_, host);
+    parts_.backend->copy_from_host(optimizer.first_moment(), host.data(), host.size());
+    file.read_into(Section::kAdamV, layout_, host);
+    parts_.backend->copy_from_host(optimizer.second_moment(), host.data(), host.size());
+  }
+  const nlohmann::json& state = file.state();
+  state_out.step = state.at("step").get<int64_t>();
+  state_out.tokens_seen = state.value("tokens_seen", int64_t{0});
+  state_out.skipped_steps = state.value("skipped_steps", int64_t{0});
+  LossScaler& loss_scaler = *parts_.loss_scaler;
+  if (loss_scaler.restore(state)) {
+    ELECTRA_LOG(info) << "loss scale " << loss_scaler.scale() << " (" << loss_scaler.good_steps()
+                      << " finite steps since its last change) from the checkpoint";
+  }
+  const uint64_t saved_seed = state.value("seed", settings_.seed);
+  if (saved_seed != settings_.seed) {
+    ELECTRA_LOG(warning) << "checkpoint seed " << saved_seed << " differs from train.seed " << settings_.seed
+                         << ": masking, dropout and sampling continue with train.seed";
+  }
+  const int saved_batch =
+      saved.contains("train") ? saved["train"].value("batch_size", settings_.global_batch) : settings_.global_batch;
+  if (saved_batch != settings_.global_batch) {
+    ELECTRA_LOG(warning) << "checkpoint global batch " << saved_batch << " differs from train.batch_size "
+                         << settings_.global_batch << ": the data order continues, but not exactly as before";
+  }
+  parts_.loader->restore(data::LoaderState::from_json(file.loader()));
+  last_saved_step_ = state_out.step;
+  ELECTRA_LOG(info) << "resumed from " << path.string() << " at step " << state_out.step
+                    << (has_moments ? "" : " (no optimizer moments in the file: they start at zero)");
+}
+
+// The checkpoint's record of the vocabulary and tokenizer options it was trained with (state "vocab" and
+// "tokenizer") against the training data's: another vocabulary of the same size would pass every shape
+// check and silently relabel every token id.
+void RunCheckpoints::check_vocabulary(const CheckpointFile& file) const {
+  const nlohmann::json& state = file.state();
+  const text::Vocab& vocab = parts_.loader->vocab();
+  if (!state.contains("vocab")) {
+    if (parts_.comm->is_root()) {
+      ELECTRA_LOG(warning) << "checkpoint " << file.path().string()
+                           << " records no vocabulary (written by an older electra-train): cannot check that the "
+                           << "training data's " << vocab.origin() << " (vocab_hash " << vocab.hash()
+                           << ") is the one it was trained with";
+    }
+    return;
+  }
+  uint64_t saved_hash = 0, saved_size = 0;
+  try {
+    saved_hash = state.at("vocab").at("hash").get<uint64_t>();
+    saved_size = state.at("vocab").at("size").get<uint64_t>();
+  } catch (const nlohmann::json::exception& e) {
+    fail("checkpoint ", file.path().string(),
+         ": cannot read its vocabulary record (state vocab.hash, vocab.size): ", e.what());
+  }
+  if (saved_hash != vocab.hash() || saved_size != vocab.size()) {
+    fail("checkpoint ", file.path().string(), " was trained with another vocabulary (vocab_hash ", saved_hash, ", ",
+         saved_size, " tokens) than the training data's ", vocab.origin(), " (vocab_hash ", vocab.hash(), ", ",
+         vocab.size(), " tokens): token ids would mean different words");
+  }
+  const nlohmann::json saved_lower =
+      state.contains("tokenizer") ? state.at("tokenizer").value("lower_case", nlohmann::json()) : nlohmann::json();
+  if (saved_lower.is_boolean() && lower_case_ && saved_lower.get<bool>() != *lower_case_) {
+    fail("checkpoint ", file.path().string(),
+         " was trained on text tokenized with tokenizer.lower_case = ", saved_lower.dump(),
+         ", but the training data's manifest says ", *lower_case_ ? "true" : "false");
+  }
+}
+
+void RunCheckpoints::save(const TrainingState& state) {
+  if (last_saved_step_ == state.step) return;
+  const dist::Communicator& comm = *parts_.comm;
+  // Data parallelism is only right while every rank holds the same weights; a checkpoint is the moment
+  // to prove it (one allreduce of a hash).
+  if (state.step == settings_.faults.hang_checkpoint_step) {
+    ELECTRA_LOG(warning) << "debug.hang_checkpoint_step: rank " << comm.rank()
+                         << " stops making progress in the checkpoint after step " << state.step;
+    std::this_thread::sleep_for(std::chrono::hours(1));
+  }
+  check_parameters_agree(*parts_.model, comm, state.step, "at a checkpoint");
+  // Loader state is global and identical on every rank, so rank 0 writes it alone.
+  if (comm.is_root()) {
+    const size_t n = parts_.model->layout().total_size();
+    std::vector<float> params = parts_.model->parameters_to_host();
+    std::vector<float> m(n), v(n);
+    parts_.backend->copy_to_host(m.data(), parts_.optimizer->first_moment(), n);
+    parts_.backend->copy_to_host(v.data(), parts_.optimizer->second_moment(), n);
+    CheckpointContent content;
+    content.layout = layout_;
+    content.params = params;
+    content.adam_m = m;
+    content.adam_v = v;
+    content.state = {{"step", state.step},
+                     {"tokens_seen", state.tokens_seen},
+                     {"seed", settings_.seed},
+                     {"skipped_steps", state.skipped_steps},
+                     {"world_size", comm.world_size()},
+                     {"optimizer", parts_.optimizer->name()}};  // optim.name: checked on resume
+    content.state.update(parts_.loss_scaler->state());          // loss_scale, loss_scale_mode, loss_scale_good_steps
+    // What the token ids mean: checked on resume (check_vocabulary).
+    const text::Vocab& vocab = parts_.loader->vocab();
+    content.state["vocab"] = {{"hash", vocab.hash()}, {"size", vocab.size()}};
+    content.state["tokenizer"] = {{"lower_case", lower_case_ ? nlohmann::json(*lower_case_) : nlohmann::json()}};
+    content.loader = parts_.loader->state().to_json();
+    content.config = parts_.config->json();
+    const auto start = std::chrono::steady_clock::now();
+    const fs::path path = files_.save(content);
+    ELECTRA_LOG(info) << "checkpoint " << path.string() << " (" << std::fixed << std::setprecision(2)
+                      << seconds_since(start) << " s)";
+  }
+  // Nobody runs ahead of a checkpoint that is still being written: a stop right after must find it.
+  comm.barrier();
+  last_saved_step_ = state.step;
+  if (const std::string memory = device_memory_summary(*parts_.backend); !memory.empty()) {
+    ELECTRA_LOG(info) << memory << " (at a checkpoint)";
+  }
+}
+
+}  // namespace electra::train

@@ -1,0 +1,88 @@
+// electra-train's checkpointing component: which checkpoint a run starts from (--resume), what a checkpoint
+// holds (parameters, the optimizer's moments, the loss scale, the global loader position, the vocabulary and
+// the run's counters) and when one is written (train.checkpoint_every, the last step, a stop). The files
+// themselves are CheckpointManager's (checkpoint_manager.h).
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "data_pipeline/loader/loader.h"
+#include "lib/backend/backend.h"
+#include "lib/core/config.h"
+#include "lib/core/tensor_slice.h"
+#include "lib/dist/communicator.h"
+#include "lib/model/pretrainer.h"
+#include "lib/optim/loss_scaler.h"
+#include "lib/optim/optimizer.h"
+#include "lib/train/checkpoint.h"
+#include "lib/train/checkpoint_manager.h"
+#include "lib/train/log_window.h"
+#include "lib/train/train_settings.h"
+
+namespace electra::train {
+
+// The run's counters a checkpoint carries besides the tensors (state "step", "tokens_seen", "skipped_steps").
+struct TrainingState {
+  int64_t step = 0;  // completed optimizer steps
+  int64_t tokens_seen = 0;
+  int64_t skipped_steps = 0;  // steps whose update was skipped (non-finite or overflowed), over the whole run
+};
+
+// What a checkpoint is read into and written from; all owned by the trainer and outliving RunCheckpoints.
+struct CheckpointParts {
+  PretrainerModel<float>* model = nullptr;
+  Optimizer<float>* optimizer = nullptr;
+  LossScaler* loss_scaler = nullptr;
+  Backend<float>* backend = nullptr;
+  data::Loader* loader = nullptr;  // its vocabulary and global position
+  const Config* config = nullptr;  // the resolved run configuration, stored in every checkpoint
+  const dist::Communicator* comm = nullptr;
+};
+
+class RunCheckpoints {
+ public:
+  // Checkpoints in run_dir/checkpoints, kept and scheduled by `settings` (train.keep_last, train.keep_every,
+  // train.checkpoint_every, train.steps; debug.hang_checkpoint_step hangs a save). `lower_case`: the shards'
+  // tokenizer.lower_case (unknown without a manifest).
+  RunCheckpoints(const CheckpointParts& parts, const TrainSettings& settings, std::filesystem::path run_dir,
+                 std::optional<bool> lower_case);
+
+  // --resume: "auto" (the newest complete checkpoint, else a fresh start), "none" or "" (a fresh start) or a
+  // path. Reads the checkpoint into the parts and returns its counters with the path it came from; nullopt
+  // for a fresh start. Fails when the checkpoint does not fit the run, when "auto" finds only damaged
+  // checkpoints, and when a fresh start would write over a run's checkpoints.
+  struct Resumed {
+    TrainingState state;
+    std::filesystem::path path;
+  };
+  std::optional<Resumed> resume(const std::string& resume_option);
+
+  bool should_save(int64_t step) const { return schedule_.due(step); }
+  // Writes the checkpoint of `state` (rank 0), unless that step already has one. Collective: every rank
+  // checks that all hold the same parameters and waits until the file is complete.
+  void save(const TrainingState& state);
+
+ private:
+  void resume_from(const std::filesystem::path& path, TrainingState& state);
+  void check_vocabulary(const CheckpointFile& file) const;
+
+  CheckpointParts parts_;
+  const TrainSettings& settings_;
+  std::filesystem::path run_dir_;
+  std::optional<bool> lower_case_;
+  CheckpointManager files_;
+  std::vector<TensorSlice> layout_;  // the model's tensors as the file stores them
+  Periodic schedule_;                // train.checkpoint_every, and the last step
+  int64_t last_saved_step_ = -1;     // the step the newest checkpoint (written or resumed) holds
+};
+
+// Fails when the ranks' parameters are not bitwise equal (data parallelism is only right while they are):
+// one allreduce of a hash each for max and min. Collective.
+void check_parameters_agree(const PretrainerModel<float>& model, const dist::Communicator& comm, int64_t step,
+                            const char* when);
+
+}  // namespace electra::train
