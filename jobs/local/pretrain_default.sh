@@ -109,9 +109,10 @@ python3 - "$run/eval.json" "$eval_data" << 'PY'
 import json, sys
 m = json.load(open(sys.argv[1]))
 print(f"electra-eval on {sys.argv[2]} ({m['examples']} examples, {m['tokens']} tokens):")
-for key in ("disc_auc", "disc_gain", "disc_loss", "disc_accuracy", "replaced_fraction", "masked_lm_accuracy",
-            "masked_lm_loss", "sampled_masked_lm_accuracy"):
-    note = " nats per token over the prior (> 0: the discriminator learned)" if key == "disc_gain" else ""
-    print(f"  {key:28s} {m[key]:.4f}{note}")
+notes = {"disc_gain": " nats per token over the prior (> 0: the discriminator learned)",
+         "disc_auc_unigram": " (against unigram replacements: does not fall as the generator learns)"}
+for key in ("disc_auc", "disc_auc_unigram", "disc_gain", "disc_loss", "disc_accuracy", "replaced_fraction",
+            "masked_lm_accuracy", "masked_lm_loss", "sampled_masked_lm_accuracy"):
+    print(f"  {key:28s} {m[key]:.4f}{notes.get(key, '')}")
 PY
 echo "done: run in $run, Hugging Face export in $run/export/{discriminator,generator}, held-out metrics in $run/eval.json"

@@ -15,6 +15,13 @@ bool compatible(const nlohmann::json& old_value, const nlohmann::json& new_value
   return old_value.type() == new_value.type();
 }
 
+// The value to store in `slot`: a number given to a real-valued key stays real-valued, so that "50" for
+// train.peak_gflops does not turn the key into an integer key that a later "12.5" would be refused by.
+nlohmann::json kept_kind(const nlohmann::json& slot, const nlohmann::json& value) {
+  if (slot.is_number_float() && value.is_number_integer()) return nlohmann::json(value.get<double>());
+  return value;
+}
+
 // What a key's default says it takes, for errors: "an integer" for integral defaults (JSON calls every
 // number "number", which reads wrong for "train.steps=3.7"), else the JSON type name.
 std::string expected_kind(const nlohmann::json& slot) {
@@ -34,7 +41,7 @@ void merge_into(nlohmann::json& target, const nlohmann::json& source, const std:
     } else if (slot.is_object() != value.is_object() || !compatible(slot, value)) {
       fail(origin, ": config key '", dotted, "' expects ", expected_kind(slot), ", got ", value.dump());
     } else {
-      slot = value;
+      slot = kept_kind(slot, value);
     }
   }
 }
@@ -100,7 +107,7 @@ void Config::set(std::string_view dotted_key, const nlohmann::json& value) {
   if (slot.is_object() || !compatible(slot, value)) {
     fail("config key '", dotted_key, "' expects ", expected_kind(slot), ", got ", value.dump());
   }
-  slot = value;
+  slot = kept_kind(slot, value);
 }
 
 bool Config::has(std::string_view dotted_key) const { return root_.contains(dotted_to_pointer(dotted_key)); }

@@ -17,12 +17,13 @@ namespace electra {
 
 // What a random stream is used for; part of the key, so streams for different purposes never overlap.
 enum class RandomPurpose : uint32_t {
-  kInit = 1,        // parameter initialisation
-  kDropout = 2,     // dropout masks (lane = layer/site)
-  kMasking = 3,     // dynamic MLM masking in the loader
-  kSampling = 4,    // generator Gumbel-max sampling
-  kShuffle = 5,     // epoch permutation
-  kPreprocess = 6,  // example building in electra-preprocess
+  kInit = 1,                // parameter initialisation
+  kDropout = 2,             // dropout masks (lane = layer/site)
+  kMasking = 3,             // dynamic MLM masking in the loader
+  kSampling = 4,            // generator Gumbel-max sampling
+  kShuffle = 5,             // epoch permutation
+  kPreprocess = 6,          // example building in electra-preprocess
+  kUnigramReplacement = 7,  // electra-eval's fixed replacements (EvalOptions::unigram_auc)
   kTest = 100,
 };
 
@@ -56,8 +57,7 @@ struct PhiloxStream {
   uint32_t key0, key1;
   uint32_t lane, example, step;
 
-  ELECTRA_HD PhiloxStream(uint64_t seed, RandomPurpose purpose, uint64_t step_, uint64_t example_,
-                          uint32_t lane_ = 0)
+  ELECTRA_HD PhiloxStream(uint64_t seed, RandomPurpose purpose, uint64_t step_, uint64_t example_, uint32_t lane_ = 0)
       : key0(static_cast<uint32_t>(seed)),
         key1(static_cast<uint32_t>(seed >> 32) ^ (static_cast<uint32_t>(purpose) * 0x9E3779B9u)),
         lane(lane_),

@@ -213,16 +213,19 @@ EvalMetrics finalize(const EvalSums& s, const ScoreHistogram& histogram) {
 }
 
 std::vector<std::pair<std::string, double>> EvalMetrics::scalars(const std::string& prefix) const {
-  return {{prefix + "masked_lm_accuracy", masked_lm_accuracy},
-          {prefix + "masked_lm_loss", masked_lm_loss},
-          {prefix + "sampled_masked_lm_accuracy", sampled_masked_lm_accuracy},
-          {prefix + "disc_loss", disc_loss},
-          {prefix + "disc_gain", disc_gain},
-          {prefix + "disc_auc", disc_auc},
-          {prefix + "disc_accuracy", disc_accuracy},
-          {prefix + "disc_precision", disc_precision},
-          {prefix + "disc_recall", disc_recall},
-          {prefix + "replaced_fraction", replaced_fraction}};
+  std::vector<std::pair<std::string, double>> values = {
+      {prefix + "masked_lm_accuracy", masked_lm_accuracy},
+      {prefix + "masked_lm_loss", masked_lm_loss},
+      {prefix + "sampled_masked_lm_accuracy", sampled_masked_lm_accuracy},
+      {prefix + "disc_loss", disc_loss},
+      {prefix + "disc_gain", disc_gain},
+      {prefix + "disc_auc", disc_auc},
+      {prefix + "disc_accuracy", disc_accuracy},
+      {prefix + "disc_precision", disc_precision},
+      {prefix + "disc_recall", disc_recall},
+      {prefix + "replaced_fraction", replaced_fraction}};
+  if (!std::isnan(disc_auc_unigram)) values.emplace_back(prefix + "disc_auc_unigram", disc_auc_unigram);
+  return values;
 }
 
 nlohmann::ordered_json EvalMetrics::to_json() const {

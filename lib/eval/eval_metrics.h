@@ -24,6 +24,7 @@
 #pragma once
 
 #include <cstdint>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <span>
 #include <string>
@@ -121,6 +122,10 @@ struct EvalMetrics {
   double disc_accuracy = 0.0;               // (TP + TN) / tokens
   double disc_precision = 0.0;              // TP / (TP + FP); 0 when nothing is predicted replaced
   double disc_recall = 0.0;                 // TP / (TP + FN); 0 when nothing was replaced
+  // ROC AUC against replacements drawn from the held-out tokens' unigram distribution instead of the
+  // generator's samples (EvalOptions::unigram_auc; NaN when not computed, and then left out of scalars()
+  // and to_json()). It does not fall as the generator learns, so it tracks the discriminator alone.
+  double disc_auc_unigram = std::numeric_limits<double>::quiet_NaN();
   // Context.
   double disc_auc_error_bound = 0.0;     // |disc_auc - exact AUC| <= this (0 for the exact method)
   std::string auc_method = "histogram";  // "exact" | "histogram"

@@ -4,12 +4,16 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <numeric>
+#include <optional>
+#include <span>
 #include <vector>
 
 #include "data_pipeline/preprocess/manifest.h"
 #include "lib/core/batch.h"
 #include "lib/core/error.h"
 #include "lib/core/log.h"
+#include "lib/core/philox.h"
 
 namespace electra::eval {
 
@@ -116,6 +120,92 @@ double gather_exact_auc(const ScoreStore& store, const dist::Communicator& comm)
   return auc;
 }
 
+// The AUC of a pass's scores over all ranks: exact while the evaluation's real tokens are within the
+// limit (every rank decides alike, from the global count), from the reduced histogram beyond. The histogram
+// must already be reduced over ranks; non-finite scores make it NaN either way.
+struct ReducedAuc {
+  double auc = 0.0;
+  double error_bound = 0.0;
+  bool exact = false;
+};
+ReducedAuc reduced_auc(const ScoreHistogram& histogram, const ScoreStore& store, int64_t tokens,
+                       const EvalOptions& options, const dist::Communicator& comm) {
+  if (options.exact_auc_max_tokens > 0 && tokens <= options.exact_auc_max_tokens && histogram.nonfinite() == 0) {
+    return {gather_exact_auc(store, comm), 0.0, true};
+  }
+  return {auc_from_histogram(histogram), auc_error_bound(histogram), false};
+}
+
+// The unigram distribution of the evaluated text: counts of the original tokens (masked positions hold
+// their masked_lm_ids) of real tokens, special tokens excluded.
+class UnigramTable {
+ public:
+  UnigramTable(const text::Vocab& vocab, size_t vocab_size)
+      : counts_(vocab_size, 0),
+        special_{vocab.pad_id(), vocab.unk_id(), vocab.cls_id(), vocab.sep_id(), vocab.mask_id()} {}
+
+  void count(const Batch& batch) {
+    const size_t S = static_cast<size_t>(batch.seq_length);
+    for (size_t r = 0; r < static_cast<size_t>(batch.rows); ++r) {
+      original_row(batch, r, row_);
+      for (size_t i = 0; i < S; ++i) {
+        if (batch.input_mask[r * S + i] != 0 && !is_special(row_[i])) ++counts_.at(static_cast<size_t>(row_[i]));
+      }
+    }
+  }
+  std::span<int64_t> counts() { return counts_; }
+  // Cumulative counts, after the counts are reduced over ranks. Fails without a single ordinary token.
+  void finish() {
+    cumulative_.resize(counts_.size());
+    std::partial_sum(counts_.begin(), counts_.end(), cumulative_.begin());
+    if (cumulative_.empty() || cumulative_.back() == 0) fail("evaluate: no ordinary tokens to draw replacements from");
+  }
+  // A token drawn in proportion to its count, from two 32-bit draws.
+  int32_t draw(PhiloxSequence& random) const {
+    const uint64_t bits = (uint64_t{random.next_u32()} << 32) | random.next_u32();
+    const int64_t target = static_cast<int64_t>(bits % static_cast<uint64_t>(cumulative_.back()));
+    return static_cast<int32_t>(std::upper_bound(cumulative_.begin(), cumulative_.end(), target) - cumulative_.begin());
+  }
+  // Row r of the batch with each weighted masked position back to its original token.
+  static void original_row(const Batch& batch, size_t r, std::vector<int32_t>& row) {
+    const size_t S = static_cast<size_t>(batch.seq_length), P = static_cast<size_t>(batch.num_predictions);
+    row.assign(batch.input_word_ids.begin() + static_cast<std::ptrdiff_t>(r * S),
+               batch.input_word_ids.begin() + static_cast<std::ptrdiff_t>((r + 1) * S));
+    for (size_t p = 0; p < P; ++p) {
+      if (batch.masked_lm_weights[r * P + p] != 0.0f) {
+        row[static_cast<size_t>(batch.masked_lm_positions[r * P + p])] = batch.masked_lm_ids[r * P + p];
+      }
+    }
+  }
+
+ private:
+  bool is_special(int32_t id) const { return std::find(special_.begin(), special_.end(), id) != special_.end(); }
+  std::vector<int64_t> counts_, cumulative_;
+  std::vector<int32_t> special_, row_;
+};
+
+// `batch` with every weighted masked position replaced by a unigram draw, weights zeroed (so the generator
+// replaces nothing), into `out`; `labels` [B,S]: 1 where a draw differs from the original token.
+void unigram_corrupted(const Batch& batch, const UnigramTable& table, uint64_t seed, uint64_t step, Batch& out,
+                       std::vector<uint8_t>& labels, std::vector<int32_t>& row) {
+  out = batch;
+  const size_t S = static_cast<size_t>(batch.seq_length), P = static_cast<size_t>(batch.num_predictions);
+  labels.assign(static_cast<size_t>(batch.rows) * S, 0);
+  for (size_t r = 0; r < static_cast<size_t>(batch.rows); ++r) {
+    UnigramTable::original_row(batch, r, row);
+    std::copy(row.begin(), row.end(), out.input_word_ids.begin() + static_cast<std::ptrdiff_t>(r * S));
+    PhiloxSequence random(seed, RandomPurpose::kUnigramReplacement, step, batch.global_row_offset + r);
+    for (size_t p = 0; p < P; ++p) {
+      if (batch.masked_lm_weights[r * P + p] == 0.0f) continue;
+      const size_t position = static_cast<size_t>(batch.masked_lm_positions[r * P + p]);
+      const int32_t drawn = table.draw(random);
+      out.input_word_ids[r * S + position] = drawn;
+      labels[r * S + position] = drawn != row[position] ? 1 : 0;
+    }
+  }
+  std::fill(out.masked_lm_weights.begin(), out.masked_lm_weights.end(), 0.0f);
+}
+
 }  // namespace
 
 EvalMetrics evaluate(PretrainerModel<float>& model, data::Loader& loader, const dist::Communicator& comm,
@@ -132,6 +222,9 @@ EvalMetrics evaluate(PretrainerModel<float>& model, data::Loader& loader, const 
          "): their loaders were built with different options");
   }
   if (options.rewind) loader.restore(data::LoaderState{});
+  const data::LoaderState first_batch = loader.state();  // where the unigram pass starts again
+  std::optional<UnigramTable> unigram;
+  if (options.unigram_auc) unigram.emplace(loader.vocab(), static_cast<size_t>(model.config().vocab_size));
 
   EvalSums sums;
   ScoreHistogram histogram(options.auc_bins);
@@ -150,6 +243,7 @@ EvalMetrics evaluate(PretrainerModel<float>& model, data::Loader& loader, const 
     if (seq < batch.seq_length) copy_rows(batch, 0, batch.rows, seq, trimmed);
     const Batch& rows = seq < batch.seq_length ? trimmed : batch;
     accumulate(rows, model.forward(rows, context), sums, histogram, store);
+    if (unigram) unigram->count(rows);
   }
   if (comm.is_root()) sums.batches = batches;
 
@@ -165,12 +259,40 @@ EvalMetrics evaluate(PretrainerModel<float>& model, data::Loader& loader, const 
   sums.disc_loss_sum = losses[1];
 
   EvalMetrics metrics = finalize(sums, histogram);
-  // Every rank decides alike: the global token count is the same everywhere, and when it is within the
-  // limit no rank's store overflowed. Non-finite scores make the AUC NaN either way.
-  if (options.exact_auc_max_tokens > 0 && sums.tokens <= options.exact_auc_max_tokens && histogram.nonfinite() == 0) {
-    metrics.disc_auc = gather_exact_auc(store, comm);
+  if (const ReducedAuc auc = reduced_auc(histogram, store, sums.tokens, options, comm); auc.exact) {
+    metrics.disc_auc = auc.auc;
     metrics.disc_auc_error_bound = 0.0;
     metrics.auc_method = "exact";
+  }
+  if (unigram) {
+    // The same batches and masks again, each masked position holding a unigram draw (EvalOptions::unigram_auc).
+    comm.allreduce_sum(unigram->counts());
+    unigram->finish();
+    loader.restore(first_batch);
+    ScoreHistogram unigram_histogram(options.auc_bins);
+    ScoreStore unigram_store;
+    unigram_store.limit = options.exact_auc_max_tokens;
+    unigram_store.overflow = options.exact_auc_max_tokens <= 0;
+    Batch corrupted;
+    std::vector<uint8_t> labels;
+    std::vector<int32_t> row;
+    for (int64_t k = 0; k < batches; ++k) {
+      const Batch batch = loader.next();
+      const int seq = options.trim_padding ? needed_seq_length(batch, 0, batch.rows) : batch.seq_length;
+      if (seq < batch.seq_length) copy_rows(batch, 0, batch.rows, seq, trimmed);
+      unigram_corrupted(seq < batch.seq_length ? trimmed : batch, *unigram, options.seed, static_cast<uint64_t>(k),
+                        corrupted, labels, row);
+      context.step = static_cast<uint64_t>(k);
+      const PretrainerOutputs<float>& out = model.forward(corrupted, context);
+      for (size_t i = 0; i < labels.size(); ++i) {
+        if (corrupted.input_mask[i] == 0) continue;
+        const float logit = out.disc_logits[i];
+        unigram_histogram.add(sigmoid(static_cast<double>(logit)), labels[i] == 1);
+        if (std::isfinite(logit)) unigram_store.add(logit, labels[i] == 1);
+      }
+    }
+    comm.allreduce_sum(unigram_histogram.counts());
+    metrics.disc_auc_unigram = reduced_auc(unigram_histogram, unigram_store, sums.tokens, options, comm).auc;
   }
   metrics.seconds = comm.allreduce_max(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   if (histogram.nonfinite() > 0 && comm.is_root()) {

@@ -34,6 +34,11 @@ struct EvalOptions {
   // Each rank's slice computes on its longest row (rounded up to a multiple of 8), not on every slot
   // (data.trim_padding, lib/core/batch.h): the same metrics to float rounding.
   bool trim_padding = true;
+  // Also disc_auc_unigram: a second pass over the same batches and masks in which every masked position
+  // holds a token drawn from the unigram distribution of the evaluated real tokens (special tokens
+  // excluded; keyed by seed, batch, global row and prediction, so any rank count draws the same) instead
+  // of the generator's sample. Twice the evaluation's time.
+  bool unigram_auc = false;
 };
 
 // A loader for held-out shards: shuffle off, `global_batch_size` examples per global batch split over

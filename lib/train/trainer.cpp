@@ -261,8 +261,9 @@ class Trainer {
 
   TrainSettings settings_;  // train.*, data.*, optim.*, device.* (TrainSettings::from_config)
   int parallel_chunks_ = 1;
-  std::optional<TrainStep> stepper_;  // the optimizer step (step.h), made with the reducer
-  double peak_gflops_ = 0;            // train.peak_gflops, or measured
+  std::optional<TrainStep> stepper_;   // the optimizer step (step.h), made with the reducer
+  double peak_gflops_ = 0;             // train.peak_gflops, or measured
+  bool warned_mfu_over_peak_ = false;  // MFU above 100% is reported once
   double flops_per_step_ = 0;
 
   TrainingState progress_;  // step, tokens seen, skipped steps: what a checkpoint carries
@@ -497,6 +498,17 @@ void Trainer::log_step(const LogWindow::Summary& summary, double lr, double grad
        << format_duration(eta);
   if (loss_scaler_->enabled()) line << " | loss scale " << std::setprecision(0) << loss_scaler_->scale();
   ELECTRA_LOG(info) << line.str();
+  if (mfu > 1.0 && !warned_mfu_over_peak_) {
+    // The peak is measured once at start-up: other work on the cores then makes it too low for the run.
+    warned_mfu_over_peak_ = true;
+    ELECTRA_LOG(warning) << "MFU " << std::setprecision(0) << 100.0 * mfu << "% is above 100%: the peak of "
+                         << std::setprecision(1) << peak_gflops_ << " GFLOP/s per rank"
+                         << (settings_.peak_gflops > 0 ? " (train.peak_gflops)"
+                                                       : " measured at start-up, probably while other work shared "
+                                                         "the cores,")
+                         << " is below what the steps achieve; set train.peak_gflops to this machine's peak for an "
+                            "MFU that compares across runs";
+  }
   metrics_->write(m);
   if (tensorboard_) tensorboard_->add_step_metrics(m);
   if (collapse_check_->observe(progress_.step, disc_gain)) warn_collapse(m);

@@ -26,6 +26,20 @@ TEST(Config, SetParsesValuesByType) {
   EXPECT_EQ(config.get<std::string>("data.dir"), "/tmp/shards");
 }
 
+// A real-valued key given an integer stays real-valued: a later fractional value (another --set, or a
+// --set after a config file that wrote "lr": 1) is still accepted.
+TEST(Config, ARealKeyGivenAnIntegerStaysReal) {
+  Config config = make_config();
+  config.set("optim.lr=1");
+  config.set("optim.lr=0.25");
+  EXPECT_DOUBLE_EQ(config.get<double>("optim.lr"), 0.25);
+  config.merge(nlohmann::json::parse(R"({"optim": {"lr": 3}})"), "test");
+  EXPECT_TRUE(config.at("optim.lr").is_number_float());
+  config.set("optim.lr=5e-4");
+  EXPECT_DOUBLE_EQ(config.get<double>("optim.lr"), 5e-4);
+  EXPECT_THROW(config.set("train.steps=1.5"), Error);  // integer keys stay integral
+}
+
 TEST(Config, RejectsUnknownKeysAndWrongTypesNamingTheKey) {
   Config config = make_config();
   try {

@@ -111,6 +111,24 @@ TEST_F(TrainE2E, OneTwoAndThreeRanksFollowTheSameLossTrajectory) {
   EXPECT_LT(runs[0].back()["loss"].get<double>(), runs[0].front()["loss"].get<double>());
 }
 
+// MFU above 100% means the peak is wrong (measured while other work shared the cores, or set too low): the
+// trainer says so once, and stays silent while MFU is below 100%.
+TEST_F(TrainE2E, MfuAboveThePeakIsReportedOnce) {
+  const std::string warning = "is above 100%: the peak of";
+  const fs::path low = run_dir("low_peak"), low_log = root() / "low_peak.log";
+  ASSERT_EQ(run(train_command(1, low, "--set train.peak_gflops=0.0001"), low_log), 0) << log_of(low_log);
+  const std::string text = read_text(low / "logs" / "rank_0.log");
+  const size_t first = text.find(warning);
+  ASSERT_NE(first, std::string::npos) << text;
+  EXPECT_EQ(text.find(warning, first + 1), std::string::npos) << text;
+  EXPECT_NE(text.find("(train.peak_gflops) is below what the steps achieve"), std::string::npos) << text;
+  EXPECT_GT(read_metrics(low).front()["mfu"].get<double>(), 1.0);
+
+  const fs::path normal = run_dir("normal_peak"), normal_log = root() / "normal_peak.log";
+  ASSERT_EQ(run(train_command(1, normal), normal_log), 0) << log_of(normal_log);  // train.peak_gflops=50
+  EXPECT_EQ(read_text(normal / "logs" / "rank_0.log").find(warning), std::string::npos) << log_of(normal_log);
+}
+
 TEST_F(TrainE2E, ResumeIsBitwiseExactOnTheSameWorldSize) {
   const fs::path straight = run_dir("straight");
   const fs::path log = root() / "straight.log";

@@ -4,6 +4,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <filesystem>
@@ -14,6 +15,7 @@
 #include <vector>
 
 #include "lib/eval/eval_metrics.h"
+#include "lib/train/checkpoint.h"
 #include "tests/support/programs.h"
 
 namespace fs = std::filesystem;
@@ -151,6 +153,7 @@ TEST_F(EvalE2E, OneTwoAndThreeRanksGiveTheSameNumbers) {
     EXPECT_EQ(one["disc_auc"], many["disc_auc"]);
     EXPECT_EQ(one["disc_accuracy"], many["disc_accuracy"]);
     EXPECT_EQ(one["masked_lm_accuracy"], many["masked_lm_accuracy"]);
+    EXPECT_EQ(one["disc_auc_unigram"], many["disc_auc_unigram"]);  // draws keyed by global row, exact AUC
   }
   // The histogram AUC: the same on 1 and 2 ranks, and within its stated bound of the exact one.
   const nlohmann::json h1 = evaluate(1, checkpoint(40), "--exact-auc-max-tokens 0");
@@ -165,6 +168,49 @@ TEST_F(EvalE2E, OneTwoAndThreeRanksGiveTheSameNumbers) {
   EXPECT_GT(coarse["disc_auc_error_bound"].get<double>(), 1e-3);
   EXPECT_LE(std::abs(coarse["disc_auc"].get<double>() - one["disc_auc"].get<double>()),
             coarse["disc_auc_error_bound"].get<double>() + 1e-15);
+}
+
+// disc_auc_unigram scores the discriminator alone: step 40's checkpoint with step 20's generator keeps step
+// 40's disc_auc_unigram bitwise, while what depends on the generator changes. --unigram-auc false leaves it out.
+TEST_F(EvalE2E, UnigramAucDependsOnTheDiscriminatorOnly) {
+  const electra::train::CheckpointFile late = electra::train::CheckpointFile::open(checkpoint(40));
+  const electra::train::CheckpointFile early = electra::train::CheckpointFile::open(checkpoint(20));
+  std::vector<electra::TensorSlice> layout;
+  size_t total = 0;
+  for (const electra::train::StoredTensor& tensor : late.tensors(electra::train::Section::kParams)) {
+    size_t size = 1;
+    for (int64_t d : tensor.shape) size *= static_cast<size_t>(d);
+    layout.push_back({tensor.name, tensor.shape, total, size});
+    total += size;
+  }
+  std::vector<float> params(total), early_params(total);
+  late.read_into(electra::train::Section::kParams, layout, params);
+  early.read_into(electra::train::Section::kParams, layout, early_params);
+  int swapped = 0;
+  for (const electra::TensorSlice& slice : layout) {
+    if (slice.name.rfind("generator", 0) != 0) continue;  // generator.*, generator_predictions.*, generator_lm_head.*
+    std::copy_n(early_params.begin() + static_cast<std::ptrdiff_t>(slice.offset), slice.size,
+                params.begin() + static_cast<std::ptrdiff_t>(slice.offset));
+    ++swapped;
+  }
+  ASSERT_GT(swapped, 0);
+  electra::train::CheckpointContent content;
+  content.layout = layout;
+  content.params = params;
+  content.state = late.state();
+  content.loader = late.loader();
+  content.config = late.config();
+  const fs::path mixed = g_root / "mixed" / "ckpt-00000040.h5";
+  fs::create_directories(mixed.parent_path());
+  electra::train::write_checkpoint(mixed, content);
+
+  const nlohmann::json a = evaluate(2, checkpoint(40)), b = evaluate(2, mixed.string());
+  ASSERT_TRUE(a["disc_auc_unigram"].is_number()) << a.dump();
+  EXPECT_GE(a["disc_auc_unigram"].get<double>(), 0.0);
+  EXPECT_LE(a["disc_auc_unigram"].get<double>(), 1.0);
+  EXPECT_EQ(a["disc_auc_unigram"], b["disc_auc_unigram"]);
+  EXPECT_NE(a["masked_lm_loss"], b["masked_lm_loss"]) << "the generators differ";
+  EXPECT_FALSE(evaluate(1, checkpoint(40), "--unigram-auc false").contains("disc_auc_unigram"));
 }
 
 TEST_F(EvalE2E, SeedKeysMaskingAndSamplingReproducibly) {
