@@ -37,6 +37,7 @@ void HeldOutEval::evaluate(PretrainerModel<float>& model, int64_t step, MetricsW
   options.max_batches = settings_.eval_batches;
   options.seed = settings_.seed;
   options.trim_padding = settings_.trim_padding;
+  options.unigram_auc = settings_.eval_unigram_auc;
   const eval::EvalMetrics m = eval::evaluate(model, *loader_, comm_, options);
   if (!comm_.is_root()) return;
   nlohmann::json record = {{"step", step}};

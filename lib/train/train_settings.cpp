@@ -33,6 +33,7 @@ TrainSettings TrainSettings::from_config(const Config& config, int ranks, int ra
   s.keep_last = config.get<int>("train.keep_last");
   s.keep_every = config.get<int64_t>("train.keep_every");
   s.eval_every = config.get<int>("train.eval_every");
+  s.eval_unigram_auc = config.get<bool>("train.eval_unigram_auc");
   s.max_skipped = config.get<int>("train.max_skipped_steps");
   s.profile = config.get<bool>("train.profile");
   s.tensorboard = config.get<bool>("train.tensorboard");

@@ -37,6 +37,7 @@ struct TrainSettings {
   int64_t keep_every = 0;                          // train.keep_every
   int eval_every = 0;                              // train.eval_every (0: off)
   int64_t eval_batches = 0;                        // train.eval_batches (>= 0; 0: all of data.eval_dir)
+  bool eval_unigram_auc = false;                   // train.eval_unigram_auc
   int max_skipped = 10;                            // train.max_skipped_steps
   double step_timeout = 0;                         // train.step_timeout, seconds (> 0)
   double checkpoint_timeout = 0;                   // train.checkpoint_timeout, seconds (> 0)

@@ -142,15 +142,16 @@ nlohmann::json default_run_config() {
       // seconds a checkpoint save or an evaluation may take before the watchdog aborts the job (their
       // collectives can hang as a step's can; a save may take longer than a step)
       {"checkpoint_timeout", 3600.0},
-      {"threads", 0},          // CPU threads per rank (0: cores / ranks on the node)
-      {"parallel_chunks", 0},  // CPU: batch slices run concurrently, one per thread (0: = threads; 1: off)
-      {"peak_gflops", 0.0},    // per-rank peak for MFU (0: measured with one large GEMM in train.precision)
-      {"precision", "fp32"},   // GEMM/attention arithmetic: fp32 | tf32 | bf16 | fp16 (cpu: fp32 | bf16)
-      {"storage", "auto"},     // activations + weight copies: fp32 | bf16 | auto (bf16 with precision bf16)
-      {"tensorboard", true},   // RUN_DIR/tensorboard event files
-      {"profile", false},      // log where each window's wall time went (phases, CPU time per step)
-      {"eval_every", 0},       // evaluate on data.eval_dir every this many steps and at the end (0: off)
-      {"eval_batches", 100},   // global batches (of train.batch_size) per evaluation (0: all of data.eval_dir)
+      {"threads", 0},               // CPU threads per rank (0: cores / ranks on the node)
+      {"parallel_chunks", 0},       // CPU: batch slices run concurrently, one per thread (0: = threads; 1: off)
+      {"peak_gflops", 0.0},         // per-rank peak for MFU (0: measured with one large GEMM in train.precision)
+      {"precision", "fp32"},        // GEMM/attention arithmetic: fp32 | tf32 | bf16 | fp16 (cpu: fp32 | bf16)
+      {"storage", "auto"},          // activations + weight copies: fp32 | bf16 | auto (bf16 with precision bf16)
+      {"tensorboard", true},        // RUN_DIR/tensorboard event files
+      {"profile", false},           // log where each window's wall time went (phases, CPU time per step)
+      {"eval_every", 0},            // evaluate on data.eval_dir every this many steps and at the end (0: off)
+      {"eval_unigram_auc", false},  // also eval/disc_auc_unigram (lib/eval/evaluate.h): twice the evaluation's time
+      {"eval_batches", 100},        // global batches (of train.batch_size) per evaluation (0: all of data.eval_dir)
       // Warn when the discriminator's gain over its prior (nats per token: the binary entropy of the replaced
       // fraction minus disc_loss) stays under min_gain for `windows` log windows in a row after warm-up
       // (collapse_check.h). windows = 0: off.

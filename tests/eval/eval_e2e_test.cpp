@@ -77,11 +77,13 @@ class EvalE2E : public ::testing::Test {
     ASSERT_NO_FATAL_FAILURE(electra::test::preprocess(g_root, "heldout_text", "heldout", mpirun(2)));
     // One run with held-out evaluation every 20 steps, one without (otherwise the same).
     const fs::path train_log = g_root / "train.log";
-    ASSERT_EQ(run(train_command(2, g_root / "trained",
-                                "--set train.eval_every=20 --set train.eval_batches=0 --set data.eval_dir=" +
-                                    (g_root / "heldout").string()),
-                  train_log),
-              0)
+    ASSERT_EQ(
+        run(train_command(2, g_root / "trained",
+                          "--set train.eval_every=20 --set train.eval_batches=0 --set train.eval_unigram_auc=true "
+                          "--set data.eval_dir=" +
+                              (g_root / "heldout").string()),
+            train_log),
+        0)
         << log_of(train_log);
     ASSERT_EQ(run(train_command(2, g_root / "plain"), train_log), 0) << log_of(train_log);
   }
@@ -235,6 +237,8 @@ TEST_F(EvalE2E, TrainerEvaluationEqualsElectraEvalAndLeavesTrainingAlone) {
     const int step = line["step"].get<int>();
     const nlohmann::json m = evaluate(1, checkpoint(step), "--seed 1");
     expect_same_metrics(m, line, 1e-9, "electra-train vs electra-eval at step " + std::to_string(step), "eval/");
+    ASSERT_TRUE(line.contains("eval/disc_auc_unigram")) << line.dump();  // train.eval_unigram_auc=true
+    EXPECT_NEAR(line["eval/disc_auc_unigram"].get<double>(), m["disc_auc_unigram"].get<double>(), 1e-9);
     EXPECT_EQ(line["eval/examples"], m["examples"]);
   }
   // Evaluating changes nothing about training: the same losses, bitwise, as the run without it.
