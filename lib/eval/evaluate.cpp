@@ -50,9 +50,10 @@ std::unique_ptr<data::Loader> make_eval_loader(const std::string& data_dir, int 
 
 namespace {
 
-// Adds one forward pass of this rank's slice to the sums and the histogram.
-// This rank's discriminator scores, kept for the exact AUC while there are at most `limit`.
+// This rank's discriminator scores, kept for the exact AUC while there are at most `limit` (none when
+// limit <= 0: the AUC then always comes from histograms).
 struct ScoreStore {
+  explicit ScoreStore(int64_t max_tokens) : limit(max_tokens), overflow(max_tokens <= 0) {}
   int64_t limit = 0;
   bool overflow = false;
   std::vector<float> logits;
@@ -70,6 +71,7 @@ struct ScoreStore {
   }
 };
 
+// Adds one forward pass of this rank's slice to the sums and the histogram.
 void accumulate(const Batch& batch, const PretrainerOutputs<float>& out, EvalSums& sums, ScoreHistogram& histogram,
                 ScoreStore& store) {
   const size_t M = static_cast<size_t>(batch.rows) * batch.num_predictions;
@@ -228,20 +230,23 @@ EvalMetrics evaluate(PretrainerModel<float>& model, data::Loader& loader, const 
 
   EvalSums sums;
   ScoreHistogram histogram(options.auc_bins);
-  ScoreStore store;
-  store.limit = options.exact_auc_max_tokens;
-  store.overflow = options.exact_auc_max_tokens <= 0;
+  ScoreStore store(options.exact_auc_max_tokens);
   StepContext context;
   context.seed = options.seed;
   context.training = false;      // dropout off
   context.copy_outputs = false;  // the LM logits are not needed; logits, labels and samples always come back
-  Batch trimmed;                 // reused: its vectors keep their capacity
-  for (int64_t k = 0; k < batches; ++k) {
-    const Batch batch = loader.next();
-    context.step = static_cast<uint64_t>(k);  // sampling keyed by (seed, batch, global row), as in training
+  Batch batch, trimmed;          // reused: their vectors keep their capacity
+  // The loader's next global-batch slice, cut to its longest row with options.trim_padding.
+  auto next_rows = [&]() -> const Batch& {
+    batch = loader.next();
     const int seq = options.trim_padding ? needed_seq_length(batch, 0, batch.rows) : batch.seq_length;
-    if (seq < batch.seq_length) copy_rows(batch, 0, batch.rows, seq, trimmed);
-    const Batch& rows = seq < batch.seq_length ? trimmed : batch;
+    if (seq == batch.seq_length) return batch;
+    copy_rows(batch, 0, batch.rows, seq, trimmed);
+    return trimmed;
+  };
+  for (int64_t k = 0; k < batches; ++k) {
+    context.step = static_cast<uint64_t>(k);  // sampling keyed by (seed, batch, global row), as in training
+    const Batch& rows = next_rows();
     accumulate(rows, model.forward(rows, context), sums, histogram, store);
     if (unigram) unigram->count(rows);
   }
@@ -270,18 +275,12 @@ EvalMetrics evaluate(PretrainerModel<float>& model, data::Loader& loader, const 
     unigram->finish();
     loader.restore(first_batch);
     ScoreHistogram unigram_histogram(options.auc_bins);
-    ScoreStore unigram_store;
-    unigram_store.limit = options.exact_auc_max_tokens;
-    unigram_store.overflow = options.exact_auc_max_tokens <= 0;
+    ScoreStore unigram_store(options.exact_auc_max_tokens);
     Batch corrupted;
     std::vector<uint8_t> labels;
     std::vector<int32_t> row;
     for (int64_t k = 0; k < batches; ++k) {
-      const Batch batch = loader.next();
-      const int seq = options.trim_padding ? needed_seq_length(batch, 0, batch.rows) : batch.seq_length;
-      if (seq < batch.seq_length) copy_rows(batch, 0, batch.rows, seq, trimmed);
-      unigram_corrupted(seq < batch.seq_length ? trimmed : batch, *unigram, options.seed, static_cast<uint64_t>(k),
-                        corrupted, labels, row);
+      unigram_corrupted(next_rows(), *unigram, options.seed, static_cast<uint64_t>(k), corrupted, labels, row);
       context.step = static_cast<uint64_t>(k);
       const PretrainerOutputs<float>& out = model.forward(corrupted, context);
       for (size_t i = 0; i < labels.size(); ++i) {
