@@ -33,6 +33,10 @@ int main(int argc, char** argv) {
                  "true: a blank line ends a document (BERT layout); false: a document is a file, blank lines "
                  "are skipped (text whose blank lines separate paragraphs: reStructuredText, Markdown)")
       ->capture_default_str();
+  app.add_option("--pack", options.pack,
+                 "true: pack several short examples into each row (example_ids in the shards, format 2; "
+                 "attention and positions stay within an example); false: one example per row")
+      ->capture_default_str();
   app.add_option("--seed", options.seed, "seed of the example builder's randomness")->capture_default_str();
   app.add_option("--rows-per-shard", options.rows_per_shard, "examples per shard file")->capture_default_str();
   app.add_option("--chunk-rows", options.chunk_rows, "rows per HDF5 chunk")->capture_default_str();

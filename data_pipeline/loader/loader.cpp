@@ -192,6 +192,8 @@ electra::Batch Loader::make_batch(const LoaderState& at) {
   batch.global_row_offset = static_cast<uint64_t>(options_.rank) * static_cast<uint64_t>(B);
   batch.global_batch_rows = options_.global_batch_size;
   batch.example_index.resize(static_cast<size_t>(B));
+  const bool packed = dataset_->packed();
+  if (packed) batch.position_ids.assign(static_cast<size_t>(B) * S, 0);
 
   std::optional<FeistelPermutation> permutation;
   if (options_.shuffle) permutation.emplace(num_examples_, options_.seed, at.epoch);
@@ -207,8 +209,16 @@ electra::Batch Loader::make_batch(const LoaderState& at) {
       const size_t row = static_cast<size_t>(i) * S;
       int length = 0;
       int32_t nsp = -1;
-      dataset_->read(example, original.data(), batch.input_type_ids.data() + row, &length, &nsp);
-      std::fill_n(batch.input_mask.data() + row, length, 1);
+      // input_mask is the example id of each token: 1 on every real token of an unpacked row.
+      int32_t* mask = batch.input_mask.data() + row;
+      dataset_->read(example, original.data(), batch.input_type_ids.data() + row, &length, &nsp, mask);
+      if (packed) {  // positions restart at each example's [CLS] (its example id changes there)
+        int32_t* positions = batch.position_ids.data() + row;
+        for (int s = 0, start = 0; s < length; ++s) {
+          if (s > 0 && mask[s] != mask[s - 1]) start = s;
+          positions[s] = s - start;
+        }
+      }
       if (!batch.next_sentence_labels.empty()) batch.next_sentence_labels[static_cast<size_t>(i)] = nsp;
       const size_t prow = static_cast<size_t>(i) * P;
       mask_example(original.data(), length, S, masking_, at.epoch, example, batch.input_word_ids.data() + row,
@@ -278,6 +288,7 @@ electra::Batch slice_rows(const electra::Batch& batch, int begin, int end) {
   out.input_word_ids = cut(batch.input_word_ids, S);
   out.input_mask = cut(batch.input_mask, S);
   out.input_type_ids = cut(batch.input_type_ids, S);
+  if (!batch.position_ids.empty()) out.position_ids = cut(batch.position_ids, S);
   out.masked_lm_positions = cut(batch.masked_lm_positions, P);
   out.masked_lm_ids = cut(batch.masked_lm_ids, P);
   out.masked_lm_weights = cut(batch.masked_lm_weights, P);

@@ -13,6 +13,12 @@
 // Masking. Each example is masked on the fly (masking.h) with Philox(seed, kMasking, epoch, example
 // index), independent of rank count and batch split.
 //
+// Packed data (electra-preprocess --pack true). An "example" above is then a shard row holding several
+// examples: it is sampled and masked as one (masking skips every [CLS]/[SEP] in it, and the number of
+// predictions follows the row's real tokens, at most max_predictions). Batch::input_mask holds the row's
+// example_ids (k on the k-th example's tokens, 0 on padding) and Batch::position_ids each token's position
+// within its example; unpacked data gives input_mask 0/1 and no position_ids, as before.
+//
 // Prefetch. A background thread reads and masks the next `prefetch_batches` batches into a bounded
 // queue (the rows of a batch spread over `reader_threads` threads); next() only waits when the thread
 // is behind. An exception in the thread is rethrown by next() (and by every later call).
@@ -78,6 +84,8 @@ class Loader {
   uint64_t num_examples() const { return num_examples_; }
   int batches_per_epoch() const { return batches_per_epoch_; }
   int max_predictions() const { return masking_.max_predictions; }
+  // Rows hold several examples: batches carry example ids in input_mask and position_ids.
+  bool packed() const { return dataset_->packed(); }
   const electra::text::Vocab& vocab() const { return dataset_->vocab(); }
   const ShardDataset& dataset() const { return *dataset_; }
 

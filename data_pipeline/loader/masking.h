@@ -6,7 +6,9 @@
 //   85% of them become [MASK] in the input, 15% keep their token (ELECTRA uses no random replacement);
 //   masked_lm_positions/ids/weights are padded to N with 0/0/0.
 // Random numbers come from Philox(seed, kMasking, epoch, example index), so an example is masked the
-// same way whatever the rank count, batch split or resume point.
+// same way whatever the rank count, batch split or resume point. A packed row is masked as one example:
+// candidates are chosen by token, so each of its examples' [CLS] and [SEP] is skipped, and n follows the
+// row's real tokens (capped by N per row).
 #pragma once
 
 #include <cstdint>

@@ -42,10 +42,11 @@ struct ShardDataset::Shard {
   uint64_t block_rows = kDefaultBlockRows;  // rows read (and cached) together: the HDF5 chunk height
   bool ids_uint16 = false;
   int predictions = 0;  // NVIDIA: masked_lm_positions width
-  // electra-mpi shards whose chunks we can inflate ourselves (ids, segments, lengths), else empty.
+  // electra-mpi shards whose chunks we can inflate ourselves (ids, segments, lengths[, example_ids]), else empty.
   std::vector<RawCodec> codecs;
   h5::Handle file;
-  std::vector<h5::Handle> datasets;  // electra: ids, segments, lengths; NVIDIA: the six above in order
+  // electra: ids, segments, lengths (and example_ids when packed); NVIDIA: the six above in order
+  std::vector<h5::Handle> datasets;
 };
 
 struct ShardDataset::Chunk {
@@ -54,9 +55,11 @@ struct ShardDataset::Chunk {
   std::vector<int32_t> ids32;
   std::vector<uint8_t> segments;
   std::vector<uint16_t> lengths;
+  std::vector<uint8_t> example_ids;  // packed shards only
   std::vector<int8_t> nsp;
   uint64_t bytes() const {
-    return ids16.size() * 2 + ids32.size() * 4 + segments.size() + lengths.size() * 2 + nsp.size() + sizeof(Chunk);
+    return ids16.size() * 2 + ids32.size() * 4 + segments.size() + lengths.size() * 2 + example_ids.size() +
+           nsp.size() + sizeof(Chunk);
   }
 };
 
@@ -201,6 +204,7 @@ void ShardDataset::open_electra(const std::string& manifest_path) {
     fail(manifest_path, ": the data has max_seq_length ", manifest.max_seq_length, " but seq_length ",
          options_.seq_length, " was requested");
   seq_length_ = manifest.max_seq_length;
+  packed_ = manifest.pack;
   const std::string vocab_path =
       options_.vocab_path.empty() ? (fs::path(options_.data_dir) / kVocabFileName).string() : options_.vocab_path;
   vocab_ = text::Vocab::load(vocab_path);
@@ -217,20 +221,28 @@ void ShardDataset::open_electra(const std::string& manifest_path) {
         fail(shard->path, ": CRC-32 ", crc32_hex(crc), " differs from the manifest's ", crc32_hex(info.crc32),
              " (corrupt or replaced file)");
     }
-    validate_electra_shard(*shard, info.rows, manifest.vocab_hash, manifest.vocab_size);
+    validate_electra_shard(*shard, info.rows, manifest.vocab_hash, manifest.vocab_size, manifest_path);
     shards_.push_back(std::move(shard));
   }
   ELECTRA_LOG(info) << "loader: " << options_.data_dir << ": " << shards_.size() << " electra-mpi shards, "
-                    << manifest.total_rows << " examples, seq " << seq_length_ << ", vocab " << vocab_->size();
+                    << manifest.total_rows << (packed_ ? " packed rows" : " examples") << ", seq " << seq_length_
+                    << ", vocab " << vocab_->size();
 }
 
 void ShardDataset::validate_electra_shard(Shard& shard, uint64_t expected_rows, uint64_t vocab_hash,
-                                          uint64_t vocab_size) {
+                                          uint64_t vocab_size, const std::string& manifest_path) {
   const std::string& path = shard.path;
   h5::Handle file = h5::open_read_only(path);
   const int64_t version = h5::read_attribute_i64(file, "format_version", path);
-  if (version != kShardFormatVersion)
-    fail(path, ": format_version ", version, " is not supported (expected ", kShardFormatVersion, ")");
+  const bool has_example_ids = h5::has_dataset(file, kExampleIds);
+  // A directory is packed or not as a whole: mixing would give rows whose attention and positions the
+  // manifest does not describe (and a packed shard read as unpacked trains across example boundaries).
+  if (has_example_ids != packed_)
+    fail(path, ": ", has_example_ids ? "has" : "lacks", " dataset '", kExampleIds, "' but ", manifest_path,
+         " says pack ", packed_ ? "true" : "false", "; packed and unpacked shards cannot share a data directory");
+  if (version != shard_format_version(packed_))
+    fail(path, ": format_version ", version, " is not supported", packed_ ? " for packed shards" : "", " (expected ",
+         shard_format_version(packed_), ")");
   const int64_t max_len = h5::read_attribute_i64(file, "max_seq_length", path);
   if (max_len != seq_length_)
     fail(path, ": attribute max_seq_length is ", max_len, ", the manifest says ", seq_length_);
@@ -255,7 +267,16 @@ void ShardDataset::validate_electra_shard(Shard& shard, uint64_t expected_rows, 
   const auto c_ids = raw_codec(ids, shard.block_rows, width, shard.ids_uint16 ? 2 : 4);
   const auto c_segments = raw_codec(segments, shard.block_rows, width, 1);
   const auto c_lengths = raw_codec(lengths, shard.block_rows, 1, 2);
-  if (c_ids && c_segments && c_lengths) shard.codecs = {*c_ids, *c_segments, *c_lengths};
+  if (packed_) {
+    h5::Handle example_ids = open_dataset(file, path, kExampleIds);
+    expect_type(example_ids, path, kExampleIds, false, 1);
+    expect_dims(example_ids, path, kExampleIds, {rows, width});
+    const auto c_example_ids = raw_codec(example_ids, shard.block_rows, width, 1);
+    if (c_ids && c_segments && c_lengths && c_example_ids)
+      shard.codecs = {*c_ids, *c_segments, *c_lengths, *c_example_ids};
+  } else if (c_ids && c_segments && c_lengths) {
+    shard.codecs = {*c_ids, *c_segments, *c_lengths};
+  }
 }
 
 void ShardDataset::open_nvidia() {
@@ -327,6 +348,7 @@ ShardDataset::Shard& ShardDataset::open_shard(size_t shard_index) {
   if (format_ == Format::kElectra) {
     for (const char* name : {kInputIds, kSegmentIds, kLengths})
       shard.datasets.push_back(open_dataset(shard.file, shard.path, name));
+    if (packed_) shard.datasets.push_back(open_dataset(shard.file, shard.path, kExampleIds));
   } else {
     for (const char* name : {kNvInputIds, kNvInputMask, kNvSegmentIds, kNvPositions, kNvMaskedIds, kNvNsp})
       shard.datasets.push_back(open_dataset(shard.file, shard.path, name));
@@ -354,6 +376,11 @@ std::shared_ptr<ShardDataset::Chunk> ShardDataset::read_chunk_hdf5(Shard& shard,
     read_rows(shard.datasets[1], H5T_NATIVE_UINT8, first, rows, L, 2, chunk->segments.data(), where(path, kSegmentIds));
     chunk->lengths.resize(rows);
     read_rows(shard.datasets[2], H5T_NATIVE_UINT16, first, rows, 1, 1, chunk->lengths.data(), where(path, kLengths));
+    if (packed_) {
+      chunk->example_ids.resize(rows * L);
+      read_rows(shard.datasets[3], H5T_NATIVE_UINT8, first, rows, L, 2, chunk->example_ids.data(),
+                where(path, kExampleIds));
+    }
     return chunk;
   }
 
@@ -409,22 +436,55 @@ std::shared_ptr<ShardDataset::Chunk> ShardDataset::read_chunk_hdf5(Shard& shard,
 void ShardDataset::check_electra_chunk(const Shard& shard, const Chunk& chunk, uint64_t first) const {
   const uint64_t L = static_cast<uint64_t>(seq_length_);
   const int64_t vocab_size = static_cast<int64_t>(vocab_->size());
+  const int64_t cls = vocab_->cls_id(), sep = vocab_->sep_id();
+  auto token = [&](uint64_t r, uint64_t c) -> int64_t {
+    return shard.ids_uint16 ? chunk.ids16[r * L + c] : chunk.ids32[r * L + c];
+  };
   for (uint64_t r = 0; r < chunk.rows; ++r) {
-    if (chunk.lengths[r] > L || chunk.lengths[r] < 2)
-      fail(where(shard.path, kLengths), ": row ", first + r, " has length ", chunk.lengths[r], " outside [2, ", L, "]");
+    const uint64_t length = chunk.lengths[r];
+    if (length > L || length < 2)
+      fail(where(shard.path, kLengths), ": row ", first + r, " has length ", length, " outside [2, ", L, "]");
     for (uint64_t c = 0; c < L; ++c) {
-      const int64_t id = shard.ids_uint16 ? chunk.ids16[r * L + c] : chunk.ids32[r * L + c];
+      const int64_t id = token(r, c);
       if (id < 0 || id >= vocab_size)
         fail(where(shard.path, kInputIds), ": row ", first + r, " holds token id ", id, " outside the vocabulary of ",
              vocab_size);
     }
+    if (!packed_) continue;
+    // Packed rows: examples 1, 2, ... one after another over the `length` real tokens, 0 after; each example
+    // is [CLS] ... [SEP] (what the example builder makes), so positions and attention blocks are well formed.
+    const uint8_t* ex = chunk.example_ids.data() + r * L;
+    const std::string what = where(shard.path, kExampleIds);
+    for (uint64_t c = 0; c < L; ++c) {
+      const int prev = c == 0 ? 0 : ex[c - 1];
+      if (c >= length) {
+        if (ex[c] != 0)
+          fail(what, ": row ", first + r, " has example id ", int{ex[c]}, " at slot ", c, ", past its length ", length,
+               " (padding must be 0)");
+        continue;
+      }
+      if (ex[c] != prev && ex[c] != prev + 1)
+        fail(what, ": row ", first + r, " has example id ", int{ex[c]}, " at slot ", c, " after ", prev,
+             " (ids must run 1, 2, ... without gaps over the ", length, " real tokens)");
+      if (ex[c] != prev) {  // an example starts here
+        if (token(r, c) != cls)
+          fail(what, ": row ", first + r, " example ", int{ex[c]}, " starts at slot ", c, " with token ", token(r, c),
+               ", not [CLS]");
+        if (c > 0 && token(r, c - 1) != sep)
+          fail(what, ": row ", first + r, " example ", prev, " ends at slot ", c - 1, " with token ", token(r, c - 1),
+               ", not [SEP]");
+      }
+    }
+    if (token(r, length - 1) != sep)
+      fail(what, ": row ", first + r, " example ", int{ex[length - 1]}, " ends at slot ", length - 1, " with token ",
+           token(r, length - 1), ", not [SEP]");
   }
 }
 
 // Compressed bytes of one chunk of each dataset, fetched under the lock and decoded outside it.
 struct ShardDataset::RawChunk {
-  std::vector<uint8_t> bytes[3];
-  uint32_t skipped[3] = {0, 0, 0};
+  std::vector<uint8_t> bytes[4];
+  uint32_t skipped[4] = {0, 0, 0, 0};
 };
 
 std::shared_ptr<const ShardDataset::Chunk> ShardDataset::load_chunk(size_t shard_index, uint64_t chunk_index) {
@@ -446,8 +506,8 @@ std::shared_ptr<const ShardDataset::Chunk> ShardDataset::load_chunk(size_t shard
     if (shard.codecs.empty()) {
       chunk = read_chunk_hdf5(shard, first, rows);
     } else {
-      const char* names[3] = {kInputIds, kSegmentIds, kLengths};
-      for (int d = 0; d < 3; ++d) {
+      const char* names[4] = {kInputIds, kSegmentIds, kLengths, kExampleIds};
+      for (int d = 0; d < static_cast<int>(shard.codecs.size()); ++d) {
         const hsize_t offset[2] = {first, 0};
         hsize_t size = 0;
         const std::string what = where(shard.path, names[d]) + ": chunk at row " + std::to_string(first);
@@ -463,9 +523,9 @@ std::shared_ptr<const ShardDataset::Chunk> ShardDataset::load_chunk(size_t shard
 
   if (!chunk) {  // inflate + unshuffle in parallel with other readers
     const uint64_t L = static_cast<uint64_t>(seq_length_), block = shard.block_rows;
-    const char* names[3] = {kInputIds, kSegmentIds, kLengths};
-    std::vector<uint8_t> plain[3];
-    for (int d = 0; d < 3; ++d) {
+    const char* names[4] = {kInputIds, kSegmentIds, kLengths, kExampleIds};
+    std::vector<uint8_t> plain[4];
+    for (int d = 0; d < static_cast<int>(shard.codecs.size()); ++d) {
       const RawCodec& codec = shard.codecs[static_cast<size_t>(d)];
       plain[d] =
           decode_raw_chunk(std::move(raw.bytes[d]), raw.skipped[d], codec, block * codec.width * codec.element_size,
@@ -483,6 +543,7 @@ std::shared_ptr<const ShardDataset::Chunk> ShardDataset::load_chunk(size_t shard
     chunk->segments.assign(plain[1].begin(), plain[1].begin() + static_cast<std::ptrdiff_t>(rows * L));
     chunk->lengths.resize(rows);
     std::memcpy(chunk->lengths.data(), plain[2].data(), rows * 2);
+    if (packed_) chunk->example_ids.assign(plain[3].begin(), plain[3].begin() + static_cast<std::ptrdiff_t>(rows * L));
   }
   if (format_ == Format::kElectra) check_electra_chunk(shard, *chunk, first);
 
@@ -501,7 +562,8 @@ std::shared_ptr<const ShardDataset::Chunk> ShardDataset::load_chunk(size_t shard
   return chunk;
 }
 
-void ShardDataset::read(uint64_t index, int32_t* ids, int32_t* segments, int* length, int32_t* next_sentence_label) {
+void ShardDataset::read(uint64_t index, int32_t* ids, int32_t* segments, int* length, int32_t* next_sentence_label,
+                        int32_t* example_ids) {
   ELECTRA_CHECK(index < num_examples_, "example index ", index, " out of range ", num_examples_);
   const size_t s =
       static_cast<size_t>(std::upper_bound(shard_begin_.begin(), shard_begin_.end(), index) - shard_begin_.begin() - 1);
@@ -527,6 +589,13 @@ void ShardDataset::read(uint64_t index, int32_t* ids, int32_t* segments, int* le
   }
   for (uint64_t c = 0; c < L; ++c) segments[c] = chunk->segments[r * L + c];
   *length = chunk->lengths[r];
+  if (example_ids != nullptr) {
+    if (!chunk->example_ids.empty()) {
+      for (uint64_t c = 0; c < L; ++c) example_ids[c] = chunk->example_ids[r * L + c];
+    } else {
+      for (uint64_t c = 0; c < L; ++c) example_ids[c] = c < static_cast<uint64_t>(*length) ? 1 : 0;
+    }
+  }
   *next_sentence_label = chunk->nsp.empty() ? -1 : chunk->nsp[r];
 }
 

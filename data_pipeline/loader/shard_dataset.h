@@ -1,11 +1,16 @@
 // Random access to the examples of a data directory, in one of two layouts:
-//   - electra-mpi shards (manifest.json + shard-*.h5, see data_pipeline/preprocess/shard_writer.h);
+//   - electra-mpi shards (manifest.json + shard-*.h5, see data_pipeline/preprocess/shard_writer.h), packed
+//     (several examples per row, example_ids, format 2) or not; one directory is all one or all the other,
+//     as its manifest's "pack" says (a shard that disagrees is refused at open);
 //   - NVIDIA DeepLearningExamples BERT shards (no manifest; *.hdf5 / *.h5 files with input_ids,
 //     input_mask, segment_ids, masked_lm_positions, masked_lm_ids, next_sentence_labels). Their static
 //     masking is undone (masked_lm_ids written back at masked_lm_positions up to the first 0 position)
 //     so that the loader can mask dynamically.
 // Everything is validated when the dataset is opened: every shard's datasets, element types, shapes,
-// attributes and row counts, so a bad file fails the job at start-up with its name, not hours later.
+// attributes and row counts, so a bad file fails the job at start-up with its name, not hours later. Row
+// contents are checked when their chunk is first read (token ids in the vocabulary, lengths; for packed
+// rows, example_ids against lengths and the [CLS] ... [SEP] bounds of each example), with the file,
+// dataset and row named.
 // Reading goes through an LRU cache of decompressed HDF5 chunks (rows are stored in chunks of e.g. 64
 // rows; a random row read costs one chunk decompression unless the chunk is cached). read() is
 // thread-safe: HDF5 calls and the cache are serialised by a mutex, but for electra-mpi shards the
@@ -52,10 +57,15 @@ class ShardDataset {
   size_t num_shards() const { return shards_.size(); }
   const text::Vocab& vocab() const { return *vocab_; }
   bool has_next_sentence_labels() const { return format_ == Format::kNvidia; }
+  // Rows hold several examples (electra-mpi shards written with --pack true).
+  bool packed() const { return packed_; }
 
-  // Example `index` (< num_examples()), thread-safe: the original tokens (seq_length, [PAD] after the real ones),
-  // segment ids, number of real tokens and next-sentence label (-1 when the data has none).
-  void read(uint64_t index, int32_t* ids, int32_t* segments, int* length, int32_t* next_sentence_label);
+  // Row `index` (< num_examples()), thread-safe: the original tokens (seq_length, [PAD] after the real ones),
+  // segment ids, number of real tokens and next-sentence label (-1 when the data has none). `example_ids`
+  // (seq_length entries, may be nullptr) receives each token's 1-based example within the row, 0 on padding:
+  // example_ids of a packed shard, else 1 on the real tokens.
+  void read(uint64_t index, int32_t* ids, int32_t* segments, int* length, int32_t* next_sentence_label,
+            int32_t* example_ids = nullptr);
 
   struct CacheStats {
     uint64_t hits = 0, misses = 0, bytes = 0, chunks = 0;
@@ -67,7 +77,8 @@ class ShardDataset {
   struct Chunk;
   void open_electra(const std::string& manifest_path);
   void open_nvidia();
-  void validate_electra_shard(Shard& shard, uint64_t expected_rows, uint64_t vocab_hash, uint64_t vocab_size);
+  void validate_electra_shard(Shard& shard, uint64_t expected_rows, uint64_t vocab_hash, uint64_t vocab_size,
+                              const std::string& manifest_path);
   void validate_nvidia_shard(Shard& shard);
   struct RawChunk;
   Shard& open_shard(size_t shard_index);
@@ -79,6 +90,7 @@ class ShardDataset {
   Format format_ = Format::kElectra;
   std::optional<text::Vocab> vocab_;
   int seq_length_ = 0;
+  bool packed_ = false;
   uint64_t num_examples_ = 0;
   std::vector<std::unique_ptr<Shard>> shards_;
   std::vector<uint64_t> shard_begin_;  // first example index of each shard (plus the total at the end)

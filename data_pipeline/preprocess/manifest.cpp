@@ -22,6 +22,7 @@ nlohmann::json Manifest::to_json() const {
           {"max_seq_length", max_seq_length},
           {"tokenizer", {{"lower_case", lower_case}}},
           {"blanks_separate_docs", blanks_separate_docs},
+          {"pack", pack},
           {"seed", seed},
           {"command_line", command_line},
           {"stats", stats}};
@@ -35,8 +36,10 @@ Manifest Manifest::from_json(const nlohmann::json& j, const std::string& where) 
   };
   try {
     m.format_version = field("format_version").get<int>();
-    if (m.format_version != kShardFormatVersion)
-      fail(where, ": format_version ", m.format_version, " is not supported (expected ", kShardFormatVersion, ")");
+    m.pack = j.value("pack", false);
+    if (m.format_version != shard_format_version(m.pack))
+      fail(where, ": format_version ", m.format_version, " is not supported with pack ", m.pack ? "true" : "false",
+           " (expected ", shard_format_version(m.pack), ")");
     m.total_rows = field("total_rows").get<uint64_t>();
     m.vocab_hash = field("vocab_hash").get<uint64_t>();
     m.vocab_size = field("vocab_size").get<uint64_t>();

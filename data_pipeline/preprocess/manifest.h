@@ -15,6 +15,7 @@ inline constexpr const char* kManifestName = "manifest.json";
 inline constexpr const char* kVocabFileName = "vocab.txt";
 
 struct Manifest {
+  // shard_format_version(pack): 2 when the shards are packed.
   int format_version = kShardFormatVersion;
   std::vector<ShardInfo> shards;  // in a fixed order (rank, then shard index); files relative to the dir
   uint64_t total_rows = 0;
@@ -23,9 +24,13 @@ struct Manifest {
   int max_seq_length = 0;
   bool lower_case = true;
   bool blanks_separate_docs = true;  // PreprocessOptions::blanks_separate_docs (absent in older manifests: true)
+  // PreprocessOptions::pack: every shard holds packed rows (example_ids). Absent in older manifests: false.
+  bool pack = false;
   uint64_t seed = 0;
   std::string command_line;
-  nlohmann::json stats = nlohmann::json::object();  // counts reported by electra-preprocess
+  // Counts reported by electra-preprocess; "examples" counts examples (several per row when packed) and
+  // "slot_fill" is the share of the total_rows x max_seq_length slots holding real tokens.
+  nlohmann::json stats = nlohmann::json::object();
 
   nlohmann::json to_json() const;
   // Parses and checks the fields; `where` names the file in errors.

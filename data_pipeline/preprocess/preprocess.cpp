@@ -11,6 +11,7 @@
 
 #include "data_pipeline/preprocess/example_builder.h"
 #include "data_pipeline/preprocess/file_util.h"
+#include "data_pipeline/preprocess/row_packer.h"
 #include "data_pipeline/tokenizer/bert_tokenizer.h"
 #include "lib/core/error.h"
 #include "lib/core/log.h"
@@ -72,6 +73,7 @@ void PreprocessStats::add(const PreprocessStats& o) {
   bytes += o.bytes;
   lines += o.lines;
   examples += o.examples;
+  rows += o.rows;
   tokens += o.tokens;
   invalid_utf8 += o.invalid_utf8;
   unknown_tokens += o.unknown_tokens;
@@ -84,6 +86,7 @@ nlohmann::json PreprocessStats::to_json() const {
           {"bytes", bytes},
           {"lines", lines},
           {"examples", examples},
+          {"rows", rows},
           {"tokens", tokens},
           {"invalid_utf8", invalid_utf8},
           {"unknown_tokens", unknown_tokens},
@@ -97,6 +100,7 @@ PreprocessStats PreprocessStats::from_json(const nlohmann::json& j) {
   s.bytes = j.at("bytes").get<uint64_t>();
   s.lines = j.at("lines").get<uint64_t>();
   s.examples = j.at("examples").get<uint64_t>();
+  s.rows = j.value("rows", s.examples);  // older manifests: one example per row
   s.tokens = j.at("tokens").get<uint64_t>();
   s.invalid_utf8 = j.at("invalid_utf8").get<uint64_t>();
   s.unknown_tokens = j.at("unknown_tokens").get<uint64_t>();
@@ -214,6 +218,7 @@ RankResult preprocess_rank(const PreprocessOptions& options, const text::Vocab& 
   writer_options.vocab_hash = vocab.hash();
   writer_options.chunk_rows = options.chunk_rows;
   writer_options.deflate_level = options.deflate_level;
+  writer_options.packed = options.pack;
 
   RankResult result;
   std::unique_ptr<ShardWriter> writer;
@@ -243,9 +248,25 @@ RankResult preprocess_rank(const PreprocessOptions& options, const text::Vocab& 
     const double mb = static_cast<double>(result.stats.bytes) / 1e6;
     ELECTRA_LOG(info) << (final_line ? "preprocess done: " : "preprocess: ") << result.stats.files << "/" << files_total
                       << " files, " << mb << "/" << static_cast<double>(bytes_total) / 1e6 << " MB, "
-                      << (seconds > 0 ? mb / seconds : 0.0) << " MB/s, " << result.stats.examples
-                      << " examples written, " << result.shards.size() << " shards";
+                      << (seconds > 0 ? mb / seconds : 0.0) << " MB/s, " << result.stats.examples << " examples written"
+                      << (options.pack ? " (packed into " : "")
+                      << (options.pack ? std::to_string(result.stats.rows) + " rows)" : std::string()) << ", "
+                      << result.shards.size() << " shards";
   };
+
+  // One row into the current shard (opened on demand); a full shard is finished at once.
+  auto write_row = [&](const int32_t* ids, const uint8_t* segments, int length, const uint8_t* example_ids) {
+    if (!writer) {
+      writer = std::make_unique<ShardWriter>((fs::path(options.output_dir) / shard_name(rank, shard_index)).string(),
+                                             writer_options);
+    }
+    writer->add(ids, segments, length, example_ids);
+    ++result.stats.rows;
+    if (writer->rows() >= options.rows_per_shard) finish_shard();
+  };
+  RowPacker packer(options.max_seq_length, special.pad, [&](const PackedRow& row) {
+    write_row(row.input_ids.data(), row.segment_ids.data(), row.length, row.example_ids.data());
+  });
 
   Example example;
   std::vector<int32_t> tokens;
@@ -257,14 +278,13 @@ RankResult preprocess_rank(const PreprocessOptions& options, const text::Vocab& 
       ExampleBuilder builder(options.max_seq_length, special,
                              PhiloxSequence(options.seed, RandomPurpose::kPreprocess, 0, i));
       auto emit = [&] {
-        if (!writer) {
-          writer = std::make_unique<ShardWriter>(
-              (fs::path(options.output_dir) / shard_name(rank, shard_index)).string(), writer_options);
-        }
-        writer->add(example.input_ids.data(), example.segment_ids.data(), example.length);
         ++result.stats.examples;
         result.stats.tokens += static_cast<uint64_t>(example.length);
-        if (writer->rows() >= options.rows_per_shard) finish_shard();
+        if (options.pack) {
+          packer.add(example);
+        } else {
+          write_row(example.input_ids.data(), example.segment_ids.data(), example.length, nullptr);
+        }
       };
       LineReader reader(path);
       std::string_view line;
@@ -287,6 +307,7 @@ RankResult preprocess_rank(const PreprocessOptions& options, const text::Vocab& 
         }
       }
       if (builder.flush(example)) emit();
+      packer.flush();  // rows never span files (see the top of preprocess.h)
       ++result.stats.files;
     } catch (const Error& e) {
       const std::string what = e.what();
@@ -498,19 +519,21 @@ Manifest run_preprocess(const PreprocessOptions& options, MPI_Comm comm) {
       manifest.max_seq_length = options.max_seq_length;
       manifest.lower_case = options.lower_case;
       manifest.blanks_separate_docs = options.blanks_separate_docs;
+      manifest.pack = options.pack;
+      manifest.format_version = shard_format_version(options.pack);
       manifest.seed = options.seed;
       manifest.command_line = options.command_line;
       manifest.stats = total.to_json();
       manifest.stats["ranks"] = world;
+      const double slots = static_cast<double>(manifest.total_rows) * options.max_seq_length;
+      const double slot_fill = slots > 0 ? static_cast<double>(total.tokens) / slots : 0.0;
+      manifest.stats["slot_fill"] = slot_fill;
       copy_file_atomic(options.vocab_path, (fs::path(options.output_dir) / kVocabFileName).string());
       manifest.save(options.output_dir);
-      ELECTRA_LOG(info) << "preprocess: wrote " << manifest.shards.size() << " shards, " << manifest.total_rows
-                        << " examples, " << total.tokens << " tokens ("
-                        << (manifest.total_rows > 0
-                                ? 100.0 * static_cast<double>(total.tokens) /
-                                      (static_cast<double>(manifest.total_rows) * options.max_seq_length)
-                                : 0.0)
-                        << "% of the sequence slots; blank lines "
+      ELECTRA_LOG(info) << "preprocess: wrote " << manifest.shards.size() << " shards, " << total.examples
+                        << " examples"
+                        << (options.pack ? " packed into " + std::to_string(manifest.total_rows) + " rows" : "") << ", "
+                        << total.tokens << " tokens (" << 100.0 * slot_fill << "% of the sequence slots; blank lines "
                         << (options.blanks_separate_docs ? "separate documents" : "skipped, a document per file")
                         << ") from " << total.bytes / 1e6 << " MB in " << total.seconds << " s ("
                         << (total.seconds > 0 ? total.bytes / 1e6 / total.seconds : 0.0) << " MB/s overall, " << world

@@ -6,6 +6,10 @@
 // Philox(seed, kPreprocess, 0, i), so the set of rows is the same for any number of ranks (only the
 // shard they land in differs). Rank 0 gathers the shard lists and writes manifest.json last.
 //
+// With PreprocessOptions::pack the examples of each input file are packed into rows (row_packer.h); the
+// rows of a file never take examples of another, which keeps the set of rows independent of the rank
+// count (at the price of up to RowPacker::kDefaultLookBack partly filled rows per file).
+//
 // The output directory must be missing or empty unless PreprocessOptions::force; with force, only what
 // electra-preprocess owns there is replaced (manifest.json, the shards it lists, vocab.txt, its temporary
 // files), and a shard-r*.h5 that manifest.json does not list is refused. Rank 0 decides before any rank
@@ -45,6 +49,8 @@ struct PreprocessOptions {
   // --blanks-separate-docs=False, for text whose blank lines separate paragraphs, such as
   // reStructuredText or Markdown): a document is a whole file and blank lines are skipped.
   bool blanks_separate_docs = true;
+  // Sequence packing (row_packer.h): several examples per row, recorded in example_ids (shard format 2).
+  bool pack = false;
   uint64_t seed = 1;
   uint64_t rows_per_shard = 65536;
   int chunk_rows = 64;  // rows per HDF5 chunk (see ShardWriterOptions)
@@ -70,7 +76,8 @@ struct PreprocessStats {
   uint64_t files = 0;
   uint64_t bytes = 0;
   uint64_t lines = 0;
-  uint64_t examples = 0;
+  uint64_t examples = 0;        // examples written (several per row when packed)
+  uint64_t rows = 0;            // shard rows written (= examples unless packed)
   uint64_t tokens = 0;          // real tokens in written examples, [CLS]/[SEP] included
   uint64_t invalid_utf8 = 0;    // lines (or sequences) the tokenizer found invalid
   uint64_t unknown_tokens = 0;  // words mapped to [UNK]

@@ -56,6 +56,10 @@ ShardWriter::ShardWriter(std::string path, ShardWriterOptions options)
                                   options_.deflate_level, tmp_path_);
   lengths_ =
       create_rows_dataset(file_, kLengths, H5T_STD_U16LE, 1, 1, options_.chunk_rows, options_.deflate_level, tmp_path_);
+  if (options_.packed) {
+    example_ids_ = create_rows_dataset(file_, kExampleIds, H5T_STD_U8LE, 2, width, options_.chunk_rows,
+                                       options_.deflate_level, tmp_path_);
+  }
   const size_t cells = static_cast<size_t>(options_.chunk_rows) * width;
   if (uint16_ids_) {
     buf_ids16_.resize(cells);
@@ -64,6 +68,7 @@ ShardWriter::ShardWriter(std::string path, ShardWriterOptions options)
   }
   buf_segments_.resize(cells);
   buf_lengths_.resize(static_cast<size_t>(options_.chunk_rows));
+  if (options_.packed) buf_example_ids_.resize(cells);
 }
 
 ShardWriter::~ShardWriter() {
@@ -71,14 +76,18 @@ ShardWriter::~ShardWriter() {
     ids_.reset();
     segments_.reset();
     lengths_.reset();
+    example_ids_.reset();
     file_.reset();
     std::error_code ec;
     std::filesystem::remove(tmp_path_, ec);
   }
 }
 
-void ShardWriter::add(const int32_t* ids, const uint8_t* segments, int length) {
+void ShardWriter::add(const int32_t* ids, const uint8_t* segments, int length, const uint8_t* example_ids) {
   ELECTRA_CHECK(!finished_, path_, ": add() after finish()");
+  ELECTRA_CHECK((example_ids != nullptr) == options_.packed, path_,
+                options_.packed ? ": a packed shard needs example_ids for every row"
+                                : ": example_ids given for a shard that is not packed");
   const int width = options_.max_seq_length;
   if (length < 0 || length > width) fail(path_, ": example length ", length, " outside [0, ", width, "]");
   const size_t base = static_cast<size_t>(buffered_) * static_cast<size_t>(width);
@@ -93,6 +102,8 @@ void ShardWriter::add(const int32_t* ids, const uint8_t* segments, int length) {
     }
   }
   std::copy(segments, segments + width, buf_segments_.begin() + static_cast<std::ptrdiff_t>(base));
+  if (example_ids != nullptr)
+    std::copy(example_ids, example_ids + width, buf_example_ids_.begin() + static_cast<std::ptrdiff_t>(base));
   buf_lengths_[static_cast<size_t>(buffered_)] = static_cast<uint16_t>(length);
   if (++buffered_ == options_.chunk_rows) flush_chunk();
 }
@@ -108,6 +119,10 @@ void ShardWriter::flush_chunk() {
   }
   append_rows(segments_, H5T_NATIVE_UINT8, buf_segments_.data(), rows_, n, 2, width, tmp_path_ + ": " + kSegmentIds);
   append_rows(lengths_, H5T_NATIVE_UINT16, buf_lengths_.data(), rows_, n, 1, 1, tmp_path_ + ": " + kLengths);
+  if (options_.packed) {
+    append_rows(example_ids_, H5T_NATIVE_UINT8, buf_example_ids_.data(), rows_, n, 2, width,
+                tmp_path_ + ": " + kExampleIds);
+  }
   rows_ += n;
   buffered_ = 0;
 }
@@ -115,13 +130,14 @@ void ShardWriter::flush_chunk() {
 ShardInfo ShardWriter::finish() {
   ELECTRA_CHECK(!finished_, path_, ": finish() called twice");
   flush_chunk();
-  h5::write_attribute_i64(file_, "format_version", kShardFormatVersion);
+  h5::write_attribute_i64(file_, "format_version", shard_format_version(options_.packed));
   h5::write_attribute_i64(file_, "max_seq_length", options_.max_seq_length);
   h5::write_attribute_u64(file_, "vocab_size", options_.vocab_size);
   h5::write_attribute_u64(file_, "vocab_hash", options_.vocab_hash);
   ids_.reset();
   segments_.reset();
   lengths_.reset();
+  example_ids_.reset();
   h5::check(H5Fflush(file_, H5F_SCOPE_GLOBAL), tmp_path_ + ": H5Fflush");
   file_.reset();
   ShardInfo info;

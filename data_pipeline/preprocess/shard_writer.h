@@ -1,9 +1,14 @@
-// Writer of electra-mpi shards (format version 1), one HDF5 file per shard:
+// Writer of electra-mpi shards, one HDF5 file per shard:
 //   input_ids   [N, L]  uint16 when the vocabulary has <= 65,536 entries, else int32
-//   segment_ids [N, L]  uint8
+//   segment_ids [N, L]  uint8 (per example: 0 for [CLS] A [SEP], 1 for B [SEP])
 //   lengths     [N]     uint16: real tokens including [CLS]/[SEP]; positions >= length hold [PAD]
-// chunked by rows and deflate-compressed; file attributes format_version, max_seq_length, vocab_size,
-// vocab_hash (uint64, Vocab::hash()). The file is written under a temporary name and renamed by finish().
+//   example_ids [N, L]  uint8, packed shards only: 1-based index of the token's example within its row,
+//                       0 on padding. A packed row holds up to 255 examples one after another from slot 0,
+//                       each [CLS] A [SEP] (B [SEP]); `lengths` is the row's total of real tokens.
+// chunked by rows and deflate-compressed; file attributes format_version (1, or 2 for packed shards, so that
+// a build that does not know packing refuses them instead of reading a row as one example), max_seq_length,
+// vocab_size, vocab_hash (uint64, Vocab::hash()). The file is written under a temporary name and renamed by
+// finish().
 #pragma once
 
 #include <cstdint>
@@ -15,9 +20,14 @@
 namespace electra::data {
 
 inline constexpr int kShardFormatVersion = 1;
+inline constexpr int kPackedShardFormatVersion = 2;  // version 1 plus example_ids
 inline constexpr const char* kInputIds = "input_ids";
 inline constexpr const char* kSegmentIds = "segment_ids";
 inline constexpr const char* kLengths = "lengths";
+inline constexpr const char* kExampleIds = "example_ids";
+inline constexpr int kMaxExamplesPerRow = 255;  // example_ids is uint8, 0 meaning padding
+
+inline int shard_format_version(bool packed) { return packed ? kPackedShardFormatVersion : kShardFormatVersion; }
 
 // Shards store token ids as uint16 when every id fits.
 inline bool shard_ids_are_uint16(uint64_t vocab_size) { return vocab_size <= 65536; }
@@ -30,6 +40,7 @@ struct ShardWriterOptions {
   // faster than 256 with a cold cache (tests/bench/data_bench.cpp) for ~8% larger files.
   int chunk_rows = 64;
   int deflate_level = 4;  // zlib level 1..9
+  bool packed = false;    // rows hold several examples: example_ids is written, format_version 2
 };
 
 // What a finished shard looks like, as the manifest lists it.
@@ -49,8 +60,9 @@ class ShardWriter {
   // Removes the temporary file when finish() was not reached (error paths).
   ~ShardWriter();
 
-  // One example: `ids` and `segments` have max_seq_length entries (padded), `length` real tokens.
-  void add(const int32_t* ids, const uint8_t* segments, int length);
+  // One row: `ids` and `segments` (and `example_ids` when packed, else nullptr) have max_seq_length entries
+  // (padded), `length` real tokens.
+  void add(const int32_t* ids, const uint8_t* segments, int length, const uint8_t* example_ids = nullptr);
   uint64_t rows() const { return rows_ + static_cast<uint64_t>(buffered_); }  // including unflushed rows
   const std::string& path() const { return path_; }
 
@@ -64,11 +76,12 @@ class ShardWriter {
   std::string path_, tmp_path_;
   ShardWriterOptions options_;
   bool uint16_ids_;
-  h5::Handle file_, ids_, segments_, lengths_;
+  h5::Handle file_, ids_, segments_, lengths_, example_ids_;
   std::vector<uint16_t> buf_ids16_;
   std::vector<int32_t> buf_ids32_;
   std::vector<uint8_t> buf_segments_;
   std::vector<uint16_t> buf_lengths_;
+  std::vector<uint8_t> buf_example_ids_;
   int buffered_ = 0;
   uint64_t rows_ = 0;
   bool finished_ = false;

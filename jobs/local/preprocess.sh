@@ -13,6 +13,8 @@
 #   BLANKS_SEPARATE_DOCS  true: a blank line ends a document (BERT layout); false: a document is a file,
 #                   blank lines are skipped (reStructuredText, Markdown: blank lines separate paragraphs)
 #                                                                                           (default true)
+#   PACK            true: pack several short examples into each row (--pack: example_ids in the shards,
+#                   attention and positions per example; for corpora of short documents)   (default false)
 #   NP              MPI ranks                                               (default: number of cores)
 #   MPIRUN_ARGS     more mpirun arguments, split on spaces
 #   ELECTRA_BIN     directory of electra-preprocess                   (default <repository>/build/bin)
@@ -41,7 +43,7 @@ if [ -n "${MPIRUN_ARGS:-}" ]; then
 fi
 read -r -a inputs <<< "$INPUT"
 args=(--input "${inputs[@]}" --vocab "$VOCAB" --output "$OUTPUT" --max-seq-length "${MAX_SEQ_LENGTH:-128}"
-      --blanks-separate-docs "${BLANKS_SEPARATE_DOCS:-true}" "$@")
+      --blanks-separate-docs "${BLANKS_SEPARATE_DOCS:-true}" --pack "${PACK:-false}" "$@")
 
 printf -v shown ' %q' "${launch[@]}" "$preprocess" "${args[@]}"
 log "running:$shown"

@@ -95,6 +95,12 @@ constexpr int attention_key_seq(const DropoutKey& key, int S) {
   return key.key_seq_length > 0 ? key.key_seq_length : S;
 }
 
+// Whether a query whose mask value is query_mask attends a key whose mask value is key_mask (the rule
+// of Backend::attention_forward's mask: block-diagonal over a row's packed examples).
+constexpr bool attends_key(int32_t query_mask, int32_t key_mask) {
+  return key_mask != 0 && (query_mask == 0 || query_mask == key_mask);
+}
+
 // Throws electra::Error: backend `name` has no fused attention for this shape.
 [[noreturn]] void fail_fused_attention_unsupported(const std::string& name, int B, int S, int H, int D, float dropout);
 // Throws electra::Error: backend `name` (narrow storage) does not override wide()/widen()/narrow().
@@ -195,12 +201,14 @@ class Backend {
                                           int cols, float p);
 
   // ---- embeddings ----
-  // out[b,s,:] = word[ids[b,s]] + position[s] + type[type_ids[b,s]]; width E.
-  virtual void embedding_forward(T* out, const int32_t* ids, const int32_t* type_ids, const T* word_table,
-                                 const T* position_table, const T* type_table, int B, int S, int E) = 0;
-  // Scatter-add of dout into the three tables.
+  // out[b,s,:] = word[ids[b,s]] + position[pos(b,s)] + type[type_ids[b,s]]; width E. pos(b,s) is
+  // position_ids[b,s] when given (packed rows, where each example's positions restart at 0), else s.
+  virtual void embedding_forward(T* out, const int32_t* ids, const int32_t* type_ids, const int32_t* position_ids,
+                                 const T* word_table, const T* position_table, const T* type_table, int B, int S,
+                                 int E) = 0;
+  // Scatter-add of dout into the three tables (position_ids as in forward; nullptr: position s).
   virtual void embedding_backward(W* dword, W* dposition, W* dtype, const T* dout, const int32_t* ids,
-                                  const int32_t* type_ids, int B, int S, int E) = 0;
+                                  const int32_t* type_ids, const int32_t* position_ids, int B, int S, int E) = 0;
   // out[b,p,:] = x[b, positions[b,p], :]   (x [B,S,C], out [B,P,C])
   virtual void gather_rows(T* out, const T* x, const int32_t* positions, int B, int S, int P, int C) = 0;
   // dx[b, positions[b,p], :] += dout[b,p,:]  (dx is accumulated; duplicates add up)
@@ -208,8 +216,12 @@ class Backend {
 
   // ---- attention ----
   // qkv [B,S,3,H,D] (query, key, value of each token side by side, as the fused projection writes them);
-  // mask [B,S] (1 = attend, 0 = padding key). probs [B,H,S,S] = softmax(q k^T / sqrt(D) over unmasked
-  // keys), saved for backward; dropout on probs with keep mask [B,H,S,S]; context [B,S,H,D].
+  // mask [B,S]: 0 = padding, k > 0 = the token belongs to the row's k-th example (1 everywhere real when
+  // a row holds one example; 1, 2, ... when examples are packed into a row). Query i attends key j when
+  // mask[j] != 0 and (mask[i] == mask[j] or mask[i] == 0): block-diagonal over a row's examples, and a
+  // padding query (whose output nothing reads) attends every real key, as it did with 0/1 masks.
+  // probs [B,H,S,S] = softmax(q k^T / sqrt(D) over the attended keys), saved for backward; dropout on
+  // probs with keep mask [B,H,S,S]; context [B,S,H,D].
   virtual void attention_forward(T* context, T* probs, uint8_t* keep, const T* qkv, const int32_t* mask, int B, int S,
                                  int H, int D, float dropout, const DropoutKey& key) = 0;
   // dqkv [B,S,3,H,D] overwritten. scratch: at least B*H*S*S elements.

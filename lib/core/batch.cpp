@@ -22,6 +22,10 @@ void check_rows(const Batch& batch, int begin, int end, const char* op) {
     fail(op, ": the batch's tensors do not have its ", batch.rows, " x ", batch.seq_length, " slots and ", batch.rows,
          " x ", batch.num_predictions, " predictions");
   }
+  if (!batch.position_ids.empty() && batch.position_ids.size() != N) {
+    fail(op, ": position_ids has ", batch.position_ids.size(), " entries, not the batch's ", batch.rows, " x ",
+         batch.seq_length, " slots (or none: unpacked rows)");
+  }
 }
 
 }  // namespace
@@ -63,6 +67,12 @@ void copy_rows(const Batch& batch, int begin, int end, int seq_length, Batch& ou
   out.input_word_ids.resize(rows * kept);
   out.input_mask.resize(rows * kept);
   out.input_type_ids.resize(rows * kept);
+  const bool packed = !batch.position_ids.empty();
+  if (packed) {
+    out.position_ids.resize(rows * kept);
+  } else {
+    out.position_ids.clear();
+  }
   for (size_t r = 0; r < rows; ++r) {
     const size_t from = (b + r) * S, to = r * kept;
     const int32_t* mask = batch.input_mask.data() + from;
@@ -72,6 +82,7 @@ void copy_rows(const Batch& batch, int begin, int end, int seq_length, Batch& ou
     std::copy_n(batch.input_word_ids.data() + from, kept, out.input_word_ids.data() + to);
     std::copy_n(mask, kept, out.input_mask.data() + to);
     std::copy_n(batch.input_type_ids.data() + from, kept, out.input_type_ids.data() + to);
+    if (packed) std::copy_n(batch.position_ids.data() + from, kept, out.position_ids.data() + to);
   }
   const auto cut = [&](auto& dst, const auto& src, size_t width) {
     dst.resize(rows * width);

@@ -18,9 +18,14 @@ struct Batch {
   int slot_seq_length = 0;
   int slot_length() const { return slot_seq_length > 0 ? slot_seq_length : seq_length; }
 
-  std::vector<int32_t> input_word_ids;        // [B,S] as the generator sees them: [MASK] (85%) or kept tokens
-  std::vector<int32_t> input_mask;            // [B,S] 1 = real token, 0 = padding
-  std::vector<int32_t> input_type_ids;        // [B,S] segment ids
+  std::vector<int32_t> input_word_ids;  // [B,S] as the generator sees them: [MASK] (85%) or kept tokens
+  // [B,S] 0 = padding, k > 0 = the token belongs to the row's k-th example (1-based). Unpacked rows hold
+  // one example: 1 = real token. Attention stays within an example (block-diagonal when packed).
+  std::vector<int32_t> input_mask;
+  std::vector<int32_t> input_type_ids;  // [B,S] segment ids (per example when packed)
+  // [B,S] when the rows are packed (several examples per row): each token's position within its own
+  // example (0 at its [CLS]); 0 on padding. Empty when rows are not packed: position = s.
+  std::vector<int32_t> position_ids;
   std::vector<int32_t> masked_lm_positions;   // [B,P] positions in [0,S); padding rows are 0
   std::vector<int32_t> masked_lm_ids;         // [B,P] original tokens at those positions; padding 0
   std::vector<float> masked_lm_weights;       // [B,P] 1 for a real prediction, 0 for padding
@@ -45,7 +50,8 @@ constexpr int kTrimMultiple = 8;
 int needed_seq_length(const Batch& batch, int begin, int end);
 
 // Rows [begin, end) of `batch`, cut to their first `seq_length` slots, into `out` (a micro-batch, or a
-// trimmed one with seq_length = needed_seq_length). out's vectors are reused: no allocation once they have
+// trimmed one with seq_length = needed_seq_length); position_ids are cut with the other [B,S] tensors when
+// present and left empty when not. out's vectors are reused: no allocation once they have
 // grown to the largest slice. out.slot_seq_length = batch.slot_length(); global_row_offset moves by begin.
 // Fails when the rows are outside the batch, seq_length is outside [1, batch.seq_length], or a dropped
 // slot holds a real token or a masked position.

@@ -7,7 +7,7 @@
 // ~1e-15 relative).
 //
 // ROC AUC (disc_auc) of the discriminator's scores sigmoid(disc_logit) against disc_label (1 = replaced)
-// over real tokens (input_mask = 1), ties counted 1/2 (the Mann-Whitney statistic), two ways:
+// over real tokens (input_mask != 0), ties counted 1/2 (the Mann-Whitney statistic), two ways:
 //  - exact: every rank compresses its float logits into sorted (score, positives, negatives) runs
 //    (compress_scores), rank 0 gathers and merges them and computes the AUC with 128-bit integer
 //    counts (auc_exact), so the result is the same bitwise for any number of ranks. Sigmoid is strictly
@@ -89,7 +89,7 @@ std::string pack_scores(const std::vector<ScoreCount>& runs);
 void unpack_scores(const std::string& bytes, std::vector<ScoreCount>& append_to);
 
 // Integer counts and loss sums over evaluated batches; add() them, reduce them over ranks, then
-// finalize(). The counts are over real tokens (input_mask = 1) and real predictions (weight 1).
+// finalize(). The counts are over real tokens (input_mask != 0) and real predictions (weight 1).
 struct EvalSums {
   int64_t batches = 0;          // global batches
   int64_t examples = 0;         // rows

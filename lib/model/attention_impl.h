@@ -37,6 +37,17 @@ inline std::string to_string(AttentionImpl impl) {
   fail("to_string: unknown attention implementation ", static_cast<int>(impl));
 }
 
+// The attention a run asks for, given its data. Packed rows (several examples per row, block-diagonal
+// masks) cannot go to cuDNN SDPA, which the CUDA backend's fused attention uses in bf16 and fp16 (its mask is a
+// key length per row; lib/backend/cuda/README.md). So with packed rows there, "auto" means materialised; an
+// explicit "fused" stays, and the backend refuses a packed row with a message naming train.attention.
+inline AttentionImpl attention_for_data(AttentionImpl requested, DeviceKind device, CudaPrecision precision,
+                                        bool packed_rows) {
+  const bool cudnn_attention =
+      device == DeviceKind::kCuda && (precision == CudaPrecision::kBf16 || precision == CudaPrecision::kFp16);
+  return requested == AttentionImpl::kAuto && packed_rows && cudnn_attention ? AttentionImpl::kMaterialized : requested;
+}
+
 // Whether a layer of this shape runs fused attention under `impl` on `be`. dropout is the training rate
 // (the one a plan must serve). kFused on a backend without fused attention for the shape fails.
 template <typename T>

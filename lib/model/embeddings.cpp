@@ -38,16 +38,17 @@ void Embeddings<T>::plan(Backend<T>& be, int B, int S) {
 
 template <typename T>
 void Embeddings<T>::forward(Backend<T>& be, const T* params, const int32_t* ids, const int32_t* type_ids,
-                            const DropoutContext& dropout, int S) {
+                            const int32_t* position_ids, const DropoutContext& dropout, int S) {
   ELECTRA_CHECK(B_ > 0, "embeddings: forward before plan");
   ELECTRA_CHECK(S <= planned_S_, "embeddings: forward over ", S, " positions, planned for ", planned_S_);
   S_ = S > 0 ? S : planned_S_;
   ids_ = ids;
   type_ids_ = type_ids;
+  position_ids_ = position_ids;
   const int N = B_ * S_;
   const size_t n = static_cast<size_t>(N) * E_;
-  be.embedding_forward(sum_.data(), ids, type_ids, params + slots_.word, params + slots_.position, params + slots_.type,
-                       B_, S_, E_);
+  be.embedding_forward(sum_.data(), ids, type_ids, position_ids, params + slots_.word, params + slots_.position,
+                       params + slots_.type, B_, S_, E_);
   be.layernorm_forward(normed_.data(), mean_.data(), rstd_.data(), sum_.data(), params + slots_.layer_norm.gamma,
                        params + slots_.layer_norm.beta, N, E_, eps_);
   used_rate_ = dropout.rate(dropout_);
@@ -76,7 +77,7 @@ void Embeddings<T>::backward(Backend<T>& be, const T* params, W* grads, const T*
                         d_normed_.data(), sum_.data(), mean_.data(), rstd_.data(), params + slots_.layer_norm.gamma, N,
                         E_);
   be.embedding_backward(grads + slots_.word, grads + slots_.position, grads + slots_.type, d_sum_.data(), ids_,
-                        type_ids_, B_, S_, E_);
+                        type_ids_, position_ids_, B_, S_, E_);
 }
 
 template class Embeddings<float>;

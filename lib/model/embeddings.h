@@ -24,11 +24,11 @@ class Embeddings {
   // Allocates the activations for B x S tokens (once per shape); forward may then run any S' <= S.
   void plan(Backend<T>& be, int B, int S);
 
-  // ids, type_ids: device [B,S], valid until backward, with S <= the planned length (0: the planned one;
-  // buffers hold [B,S] packed in their prefix). Positions are 0..S-1 (the caller checks S against the
-  // position table). Output [B*S, hidden].
+  // ids, type_ids, position_ids: device [B,S], valid until backward, with S <= the planned length (0: the
+  // planned one; buffers hold [B,S] in their prefix). position_ids null: positions 0..S-1 (the caller checks
+  // S, or the ids, against the position table). Output [B*S, hidden].
   void forward(Backend<T>& be, const T* params, const int32_t* ids, const int32_t* type_ids,
-               const DropoutContext& dropout, int S = 0);
+               const int32_t* position_ids, const DropoutContext& dropout, int S = 0);
   const T* output() const { return slots_.has_project ? projected_.data() : dropped_.data(); }
 
   // dout [B*S, hidden]: accumulates into the word/position/type tables, the LayerNorm and the projection
@@ -48,6 +48,7 @@ class Embeddings {
   float used_rate_ = 0.0f;
   const int32_t* ids_ = nullptr;
   const int32_t* type_ids_ = nullptr;
+  const int32_t* position_ids_ = nullptr;
   DeviceBuffer<T> sum_, normed_, dropped_, projected_;
   DeviceBuffer<W> mean_, rstd_;  // LayerNorm statistics (allocated from be.wide())
   DeviceBuffer<T, uint8_t> keep_;

@@ -49,9 +49,9 @@ void Encoder<T>::plan(Backend<T>& be, int B, int S, bool recompute_ffn, Attentio
 
 template <typename T>
 void Encoder<T>::forward(Backend<T>& be, const T* params, const int32_t* ids, const int32_t* type_ids,
-                         const int32_t* mask, const DropoutContext& dropout, int S) {
+                         const int32_t* position_ids, const int32_t* mask, const DropoutContext& dropout, int S) {
   ELECTRA_CHECK(B_ > 0, "encoder: forward before plan");
-  embeddings_.forward(be, params, ids, type_ids, dropout, S);
+  embeddings_.forward(be, params, ids, type_ids, position_ids, dropout, S);
   const T* x = embeddings_.output();
   for (auto& layer : layers_) {
     layer.forward(be, params, x, mask, dropout, scratch_, S);

@@ -27,10 +27,12 @@ class Encoder {
   int planned_rows() const { return B_; }
   int planned_seq() const { return planned_S_; }
 
-  // ids, type_ids, mask: device [B,S] ints, valid until backward; S <= planned_seq() (0: planned_seq()),
-  // and backward runs the same S. Output [B*S, hidden].
-  void forward(Backend<T>& be, const T* params, const int32_t* ids, const int32_t* type_ids, const int32_t* mask,
-               const DropoutContext& dropout, int S = 0);
+  // ids, type_ids, position_ids, mask: device [B,S] ints, valid until backward; S <= planned_seq()
+  // (0: planned_seq()), and backward runs the same S. position_ids may be null (positions 0..S-1); packed rows
+  // give each token its position in its own example, and mask its example's index (backend.h, attention).
+  // Output [B*S, hidden].
+  void forward(Backend<T>& be, const T* params, const int32_t* ids, const int32_t* type_ids,
+               const int32_t* position_ids, const int32_t* mask, const DropoutContext& dropout, int S = 0);
   const T* output() const;
 
   // dout [B*S, hidden] (not modified): accumulates the gradients of every layer and the embeddings.

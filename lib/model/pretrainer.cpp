@@ -102,8 +102,8 @@ struct ElectraPretrainer<T>::Plan {
   MlmHead<T> mlm;
   SentenceHead<T> sentence_head;
   DiscriminatorHead<T> disc_head;
-  DeviceBuffer<T, int32_t> ids, type_ids, mask, positions, mlm_labels, samples, mlm_argmax, original, corrupted,
-      disc_label, next_sentence_labels, sentence_argmax;
+  DeviceBuffer<T, int32_t> ids, type_ids, mask, position_ids, positions, mlm_labels, samples, mlm_argmax, original,
+      corrupted, disc_label, next_sentence_labels, sentence_argmax;
   DeviceBuffer<W> mlm_weights, mlm_scale, mlm_loss, disc_scale, disc_loss, sentence_scale, sentence_loss;
   DeviceBuffer<T> lm_outputs, d_disc_logits, d_sentence_logits, d_gen_seq, d_disc_seq;
   bool has_sentence = false;
@@ -135,7 +135,7 @@ struct ElectraPretrainer<T>::Plan {
     mlm.plan(be, B, S_max, P);
     sentence_head.plan(be, B, S_max);
     disc_head.plan(be, static_cast<int>(N));
-    for (auto* b : {&ids, &type_ids, &mask, &original, &corrupted, &disc_label}) b->reset(be, N);
+    for (auto* b : {&ids, &type_ids, &mask, &position_ids, &original, &corrupted, &disc_label}) b->reset(be, N);
     for (auto* b : {&positions, &mlm_labels, &samples, &mlm_argmax}) b->reset(be, M);
     next_sentence_labels.reset(be, B);
     sentence_argmax.reset(be, B);
@@ -338,6 +338,7 @@ void ElectraPretrainer<T>::check_batch(const Batch& b) const {
   size_is("masked_lm_ids", b.masked_lm_ids.size(), M);
   size_is("masked_lm_weights", b.masked_lm_weights.size(), M);
   if (!b.next_sentence_labels.empty()) size_is("next_sentence_labels", b.next_sentence_labels.size(), B);
+  if (!b.position_ids.empty()) size_is("position_ids", b.position_ids.size(), N);
   const EncoderConfig& e = config_.discriminator;
   if (S > e.max_position_embeddings) {
     fail("batch: position id ", S - 1, " >= max_position_embeddings (", e.max_position_embeddings, "): seq_length ", S,
@@ -358,8 +359,13 @@ void ElectraPretrainer<T>::check_batch(const Batch& b) const {
       fail("batch tensor input_type_ids: id ", b.input_type_ids[i], " at [", i / S, ",", i % S,
            "] is outside [0, type_vocab_size ", e.type_vocab_size, ")");
     }
-    if (b.input_mask[i] != 0 && b.input_mask[i] != 1) {
-      fail("batch tensor input_mask: value ", b.input_mask[i], " at [", i / S, ",", i % S, "] is not 0 or 1");
+    // 0 = padding, k > 0 = the row's k-th example (packed rows; 1 when a row holds one example).
+    if (b.input_mask[i] < 0) {
+      fail("batch tensor input_mask: value ", b.input_mask[i], " at [", i / S, ",", i % S, "] is negative");
+    }
+    if (!b.position_ids.empty() && (b.position_ids[i] < 0 || b.position_ids[i] >= e.max_position_embeddings)) {
+      fail("batch tensor position_ids: position ", b.position_ids[i], " at [", i / S, ",", i % S,
+           "] is outside [0, max_position_embeddings ", e.max_position_embeddings, ")");
     }
   }
   for (size_t i = 0; i < M; ++i) {
@@ -495,7 +501,7 @@ const PretrainerOutputs<Wide<T>>& ElectraPretrainer<T>::forward(const Batch& bat
 
   // Loss denominators: this slice's own sums, or the global ones.
   for (int i = 0; i < M; ++i) L.mlm_weight_sum += batch.masked_lm_weights[i];
-  for (int i = 0; i < N; ++i) L.disc_token_count += batch.input_mask[i];
+  for (int i = 0; i < N; ++i) L.disc_token_count += batch.input_mask[i] != 0 ? 1 : 0;
   L.has_sentence = !batch.next_sentence_labels.empty();
   Normalizers norms{L.mlm_weight_sum, L.disc_token_count, static_cast<double>(B)};
   if (ctx.global) {
@@ -552,11 +558,13 @@ void ElectraPretrainer<T>::forward_generator(Plan& plan, const Batch& batch, int
   be.copy_ints_from_host(plan.ids.data(), batch.input_word_ids.data() + n0, N);
   be.copy_ints_from_host(plan.type_ids.data(), batch.input_type_ids.data() + n0, N);
   be.copy_ints_from_host(plan.mask.data(), batch.input_mask.data() + n0, N);
+  if (!batch.position_ids.empty()) be.copy_ints_from_host(plan.position_ids.data(), batch.position_ids.data() + n0, N);
   be.copy_ints_from_host(plan.positions.data(), batch.masked_lm_positions.data() + m0, M);
   be.copy_ints_from_host(plan.mlm_labels.data(), batch.masked_lm_ids.data() + m0, M);
   const DropoutContext dropout{ctx.training, ctx.seed, ctx.step, batch.global_row_offset + r0, batch.slot_length()};
 
-  plan.generator.forward(be, params, plan.ids.data(), plan.type_ids.data(), plan.mask.data(), dropout, S);
+  plan.generator.forward(be, params, plan.ids.data(), plan.type_ids.data(),
+                         batch.position_ids.empty() ? nullptr : plan.position_ids.data(), plan.mask.data(), dropout, S);
   const T* gen_out = plan.generator.output();
   plan.mlm.forward(be, params, gen_out, plan.positions.data(), S);
   plan.sentence_head.forward(be, params, gen_out, S);
@@ -634,12 +642,14 @@ void ElectraPretrainer<T>::forward_discriminator(Plan& plan, const Batch& batch,
   const int32_t* input_mask = batch.input_mask.data() + n0;
   const DropoutContext dropout{ctx.training, ctx.seed, ctx.step, batch.global_row_offset + r0, batch.slot_length()};
 
-  plan.discriminator.forward(be, params, plan.corrupted.data(), plan.type_ids.data(), plan.mask.data(), dropout, S);
+  plan.discriminator.forward(be, params, plan.corrupted.data(), plan.type_ids.data(),
+                             batch.position_ids.empty() ? nullptr : plan.position_ids.data(), plan.mask.data(), dropout,
+                             S);
   plan.disc_head.forward(be, params, plan.discriminator.output(), N);
   // RTD loss sum(mask * BCE) / (sum(mask) + 1e-6), weighted by disc_loss_weight in the total.
   for (int i = 0; i < N; ++i) {
-    plan.h_disc_scale[i] =
-        static_cast<W>(config_.disc_loss_weight * input_mask[i] / (norms.disc + kLossEps) * ctx.loss_scale);
+    plan.h_disc_scale[i] = static_cast<W>(config_.disc_loss_weight * (input_mask[i] != 0 ? 1 : 0) /
+                                          (norms.disc + kLossEps) * ctx.loss_scale);
   }
   be.wide().copy_from_host(plan.disc_scale.data(), plan.h_disc_scale.data(), N);
   be.sigmoid_cross_entropy(plan.disc_loss.data(), plan.d_disc_logits.data(), plan.disc_head.logits(),

@@ -2,11 +2,11 @@
 // tfm.nlp.models.ElectraPretrainer, written llm.c style (explicit forward/backward, flat buffers).
 //
 // One step, top to bottom (pretrainer.cpp):
-//   generator encoder over input_word_ids
-//   MLM head at masked_lm_positions -> lm logits [B,P,V]; sentence head on [CLS] -> [B,num_classes]
+//   generator encoder over input_word_ids (packed rows: attention within each example, positions restart)
+//   MLM head at masked_lm_positions -> lm logits [B,P,V]; sentence head on the row's first [CLS] -> [B,num_classes]
 //   Gumbel-max samples from the lm logits (no gradient), keyed by (seed, step, global example)
 //   corrupted ids = original ids with the samples at masked positions (weight > 0)
-//   disc_label = input_mask * (corrupted != original)
+//   disc_label = (input_mask != 0) * (corrupted != original)
 //   discriminator encoder over the corrupted ids -> head -> disc_logits [B,S]
 //   loss = mlm + disc_loss_weight * rtd (+ sentence when next_sentence_labels are given)
 // backward() then accumulates d(loss)/d(parameters) into the flat gradient buffer.
@@ -40,7 +40,7 @@ namespace electra {
 // micro-batches gives exactly the gradient (and loss) of the whole global batch.
 struct GlobalNormalizers {
   double masked_lm_weight_sum = 0.0;  // sum of masked_lm_weights over the global batch
-  double input_mask_count = 0.0;      // number of input_mask == 1 tokens over the global batch
+  double input_mask_count = 0.0;      // number of input_mask != 0 (real) tokens over the global batch
   double examples = 0.0;  // examples in the global batch (sentence loss; needed only with next_sentence_labels)
 };
 
@@ -110,9 +110,9 @@ struct PretrainerLosses {
   double mlm_loss_sum = 0.0;      // sum w * CE
   double mlm_weight_sum = 0.0;    // sum w
   double mlm_correct_sum = 0.0;   // sum w * [argmax(logits) == masked_lm_ids]
-  double disc_loss_sum = 0.0;     // sum input_mask * BCE
-  double disc_token_count = 0.0;  // sum input_mask
-  double disc_correct_sum = 0.0;  // sum input_mask * [(logit > 0) == disc_label]
+  double disc_loss_sum = 0.0;     // sum (input_mask != 0) * BCE
+  double disc_token_count = 0.0;  // sum (input_mask != 0)
+  double disc_correct_sum = 0.0;  // sum (input_mask != 0) * [(logit > 0) == disc_label]
   double disc_fake_count = 0.0;   // sum disc_label (replaced tokens)
   double sentence_loss_sum = 0.0;
   double sentence_correct_sum = 0.0;

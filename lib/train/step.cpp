@@ -45,7 +45,7 @@ StepMetrics StepMetrics::window_average(int steps) const {
 GlobalNormalizers global_normalizers(const Batch& batch, const dist::Communicator& comm) {
   double counts[3] = {0, 0, static_cast<double>(batch.rows)};
   for (float w : batch.masked_lm_weights) counts[0] += w;
-  for (int32_t m : batch.input_mask) counts[1] += m;
+  for (int32_t m : batch.input_mask) counts[1] += m != 0 ? 1 : 0;  // packed rows hold example ids, not 1
   comm.allreduce_sum(std::span<double>(counts, 3));
   return GlobalNormalizers{counts[0], counts[1], counts[2]};
 }

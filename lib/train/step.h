@@ -31,7 +31,7 @@ struct StepMetrics {
   double mlm_correct = 0;
   double mlm_weight = 0;
   double disc_correct = 0;
-  double disc_tokens = 0;      // real (input_mask 1) tokens
+  double disc_tokens = 0;      // real (input_mask != 0) tokens
   double disc_fake = 0;        // replaced tokens
   double tokens = 0;           // slots: rows x data.seq_length, padding included
   double computed_tokens = 0;  // slots computed on: rows x each micro-batch's (trimmed) length

@@ -338,7 +338,13 @@ std::optional<std::string> Trainer::setup() {
     backend_ = make_backend();
     check_gradient_transport_available(transport_, std::string("config key '") + dist::kGradientTransportKey + "'");
     model_ = make_rank_model(model_config_, *backend_, storage_);
-    model_->set_attention_impl(settings_.attention);
+    const AttentionImpl attention =
+        attention_for_data(settings_.attention, options_.device, precision_, loader_->packed());
+    if (attention != settings_.attention && comm_.rank() == 0) {
+      ELECTRA_LOG(info) << "train.attention auto: materialized, since the shards hold packed rows (cuDNN's fused "
+                           "attention takes only padding masks)";
+    }
+    model_->set_attention_impl(attention);
     // On the CPU, whole row slices per thread beat splitting every op across threads (electra-bench,
     // docs/performance.md); the gradient allreduce then starts after backward instead of during it.
     const int configured_chunks = settings_.parallel_chunks;

@@ -300,15 +300,18 @@ TEST_F(Bf16Backend, ValidationErrorsAreTheFloatBackends) {
   Dev<bfloat16> tb(*bf, V * E, bfloat16(0.5f)), outb(*bf, B * S * E, bfloat16(0.0f));
   Dev<float> tf(*fp, V * E, 0.5f), outf(*fp, B * S * E, 0.0f), dtab(*fp, V * E, 0.0f);
   std::vector<int32_t> ids = {0, 1, -3, 2, 4, 1};
-  const std::string embedding =
-      message([&] { bf->embedding_forward(outb.get(), ids.data(), nullptr, tb.get(), nullptr, nullptr, B, S, E); });
+  const std::string embedding = message(
+      [&] { bf->embedding_forward(outb.get(), ids.data(), nullptr, nullptr, tb.get(), nullptr, nullptr, B, S, E); });
   EXPECT_EQ(embedding, message([&] {
-              fp->embedding_forward(outf.get(), ids.data(), nullptr, tf.get(), nullptr, nullptr, B, S, E);
+              fp->embedding_forward(outf.get(), ids.data(), nullptr, nullptr, tf.get(), nullptr, nullptr, B, S, E);
             }));
   EXPECT_NE(embedding.find("is negative"), std::string::npos) << embedding;
-  EXPECT_EQ(
-      message([&] { bf->embedding_backward(dtab.get(), nullptr, nullptr, outb.get(), ids.data(), nullptr, B, S, E); }),
-      message([&] { fp->embedding_backward(dtab.get(), nullptr, nullptr, outf.get(), ids.data(), nullptr, B, S, E); }));
+  EXPECT_EQ(message([&] {
+              bf->embedding_backward(dtab.get(), nullptr, nullptr, outb.get(), ids.data(), nullptr, nullptr, B, S, E);
+            }),
+            message([&] {
+              fp->embedding_backward(dtab.get(), nullptr, nullptr, outf.get(), ids.data(), nullptr, nullptr, B, S, E);
+            }));
   const std::vector<int32_t> labels = {0, V};
   const std::string ce =
       message([&] { bf->softmax_cross_entropy(nullptr, nullptr, nullptr, tb.get(), labels.data(), nullptr, 2, V); });

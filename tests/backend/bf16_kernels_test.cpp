@@ -434,8 +434,10 @@ std::vector<Case> embedding_cases() {
   for (const auto& d : dims3) {
     const int B = d[0], S = d[1], E = d[2];
     const size_t tokens = static_cast<size_t>(B) * S, n = tokens * E;
-    for (int variant : {0, 1, 2, 3, 4}) {  // all, no position, no type table, no type ids, word only
+    // all, no position, no type table, no type ids, word only, all with packed position ids
+    for (int variant : {0, 1, 2, 3, 4, 5}) {
       const bool pos = variant != 1 && variant != 4, type = variant != 2 && variant != 4, tids = variant != 3;
+      const std::vector<int32_t> position_ids = variant == 5 ? packed_rows(B, S).position_ids : std::vector<int32_t>{};
       cases.push_back({shape("embedding_forward", {B, S, E}, std::to_string(variant)), [=](Impl impl) {
                          const std::vector<int32_t> ids = random_ints(tokens, 40, 0, kVocab);
                          const std::vector<int32_t> type_ids = random_ints(tokens, 41, 0, kTypes);
@@ -444,12 +446,13 @@ std::vector<Case> embedding_cases() {
                          const std::vector<T> types = bf16_values(static_cast<size_t>(kTypes) * E, 44);
                          std::vector<T> out(n, kSentinel);
                          const int32_t* ti = tids ? type_ids.data() : nullptr;
+                         const int32_t* pids = variant == 5 ? position_ids.data() : nullptr;
                          const T* p = pos ? position.data() : nullptr;
                          const T* ty = type ? types.data() : nullptr;
                          if (impl == Impl::kFast)
-                           fast::embedding_forward(out.data(), ids.data(), ti, word.data(), p, ty, B, S, E);
+                           fast::embedding_forward(out.data(), ids.data(), ti, pids, word.data(), p, ty, B, S, E);
                          else
-                           reference().embedding_forward(out.data(), ids.data(), ti, word.data(), p, ty, B, S, E);
+                           reference().embedding_forward(out.data(), ids.data(), ti, pids, word.data(), p, ty, B, S, E);
                          return Outputs().add("out", out);
                        }});
       cases.push_back({shape("embedding_backward", {B, S, E}, std::to_string(variant)), [=](Impl impl) {
@@ -460,13 +463,14 @@ std::vector<Case> embedding_cases() {
                          std::vector<float> dposition = float_values(static_cast<size_t>(S) * E, 49);
                          std::vector<float> dtype = float_values(static_cast<size_t>(kTypes) * E, 50);
                          const int32_t* ti = tids ? type_ids.data() : nullptr;
+                         const int32_t* pids = variant == 5 ? position_ids.data() : nullptr;
                          float* p = pos ? dposition.data() : nullptr;
                          float* ty = type ? dtype.data() : nullptr;
                          float* w = variant == 4 ? nullptr : dword.data();
                          if (impl == Impl::kFast)
-                           fast::embedding_backward(w, p, ty, dout.data(), ids.data(), ti, B, S, E);
+                           fast::embedding_backward(w, p, ty, dout.data(), ids.data(), ti, pids, B, S, E);
                          else
-                           reference().embedding_backward(w, p, ty, dout.data(), ids.data(), ti, B, S, E);
+                           reference().embedding_backward(w, p, ty, dout.data(), ids.data(), ti, pids, B, S, E);
                          return Outputs().add("dword", dword).add("dposition", dposition).add("dtype", dtype);
                        }});
     }
@@ -787,27 +791,44 @@ TEST(Bf16Kernels, InvalidArgumentsFailLikeTheReference) {
        }},
       {"embedding_forward negative id",
        [&](Impl i) {
-         i == Impl::kFast
-             ? fast::embedding_forward(a.data(), negative.data(), ok.data(), b.data(), b.data(), b.data(), 2, 4, 2)
-             : ref()->embedding_forward(a.data(), negative.data(), ok.data(), b.data(), b.data(), b.data(), 2, 4, 2);
+         i == Impl::kFast ? fast::embedding_forward(a.data(), negative.data(), ok.data(), nullptr, b.data(), b.data(),
+                                                    b.data(), 2, 4, 2)
+                          : ref()->embedding_forward(a.data(), negative.data(), ok.data(), nullptr, b.data(), b.data(),
+                                                     b.data(), 2, 4, 2);
        }},
       {"embedding_forward negative type id",
        [&](Impl i) {
-         i == Impl::kFast
-             ? fast::embedding_forward(a.data(), ok.data(), negative.data(), b.data(), b.data(), b.data(), 2, 4, 2)
-             : ref()->embedding_forward(a.data(), ok.data(), negative.data(), b.data(), b.data(), b.data(), 2, 4, 2);
+         i == Impl::kFast ? fast::embedding_forward(a.data(), ok.data(), negative.data(), nullptr, b.data(), b.data(),
+                                                    b.data(), 2, 4, 2)
+                          : ref()->embedding_forward(a.data(), ok.data(), negative.data(), nullptr, b.data(), b.data(),
+                                                     b.data(), 2, 4, 2);
+       }},
+      {"embedding_forward negative position id",
+       [&](Impl i) {
+         i == Impl::kFast ? fast::embedding_forward(a.data(), ok.data(), ok.data(), negative.data(), b.data(), b.data(),
+                                                    b.data(), 2, 4, 2)
+                          : ref()->embedding_forward(a.data(), ok.data(), ok.data(), negative.data(), b.data(),
+                                                     b.data(), b.data(), 2, 4, 2);
        }},
       {"embedding_forward E = 0",
        [&](Impl i) {
          i == Impl::kFast
-             ? fast::embedding_forward(a.data(), ok.data(), ok.data(), b.data(), b.data(), b.data(), 2, 4, 0)
-             : ref()->embedding_forward(a.data(), ok.data(), ok.data(), b.data(), b.data(), b.data(), 2, 4, 0);
+             ? fast::embedding_forward(a.data(), ok.data(), ok.data(), nullptr, b.data(), b.data(), b.data(), 2, 4, 0)
+             : ref()->embedding_forward(a.data(), ok.data(), ok.data(), nullptr, b.data(), b.data(), b.data(), 2, 4, 0);
        }},
       {"embedding_backward negative id",
        [&](Impl i) {
-         i == Impl::kFast
-             ? fast::embedding_backward(f.data(), g.data(), h.data(), a.data(), negative.data(), ok.data(), 2, 4, 2)
-             : ref()->embedding_backward(f.data(), g.data(), h.data(), a.data(), negative.data(), ok.data(), 2, 4, 2);
+         i == Impl::kFast ? fast::embedding_backward(f.data(), g.data(), h.data(), a.data(), negative.data(), ok.data(),
+                                                     nullptr, 2, 4, 2)
+                          : ref()->embedding_backward(f.data(), g.data(), h.data(), a.data(), negative.data(),
+                                                      ok.data(), nullptr, 2, 4, 2);
+       }},
+      {"embedding_backward negative position id",
+       [&](Impl i) {
+         i == Impl::kFast ? fast::embedding_backward(f.data(), g.data(), h.data(), a.data(), ok.data(), ok.data(),
+                                                     negative.data(), 2, 4, 2)
+                          : ref()->embedding_backward(f.data(), g.data(), h.data(), a.data(), ok.data(), ok.data(),
+                                                      negative.data(), 2, 4, 2);
        }},
       {"gather_rows position = S",
        [&](Impl i) {

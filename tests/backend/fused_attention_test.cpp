@@ -100,6 +100,30 @@ TYPED_TEST(FusedAttention, MatchesMaterialisedWithAndWithoutDropout) {
   EXPECT_FALSE(near_materialised(r1.ctx_fused, r0.ctx_fused, 1e-3));
 }
 
+// Packed rows: block-diagonal over each row's examples; padding queries attend every real key.
+TYPED_TEST(FusedAttention, MatchesMaterialisedWithPackedRows) {
+  using T = TypeParam;
+  const int B = 3, S = 10, H = 2, D = 8;
+  const auto qkv = cast<T>(random_values(static_cast<size_t>(B) * S * 3 * H * D, 11, -2.0, 2.0));
+  const auto dctx = cast<T>(random_values(static_cast<size_t>(B) * S * H * D, 12));
+  const auto mask = packed_rows({{4, 1, 3}, {10}, {2, 5}}, S).mask;
+  const DropoutKey key{.seed = 5, .step = 2, .lane = 9, .first_example = 40, .elements_per_example = H * S * S};
+  for (float p : {0.0f, 0.1f}) {
+    const auto r = run_both(*this->be, qkv, dctx, mask, B, S, H, D, p, key);
+    EXPECT_TRUE(near_materialised(r.ctx_fused, r.ctx_mat, this->kRel)) << "context, p=" << p;
+    EXPECT_TRUE(near_materialised(r.dqkv_fused, r.dqkv_mat, this->kRel)) << "dqkv, p=" << p;
+    // The one-token example (row 0, position 4) attends to itself alone.
+    if (p == 0.0f) {
+      for (int hd = 0; hd < H * D; ++hd) ASSERT_EQ(r.ctx_fused[4 * H * D + hd], qkv[4 * 3 * H * D + 2 * H * D + hd]);
+    }
+    // Exact zeros outside each query's block: in row 2, query 1 (example 1) and key 3 (example 2).
+    for (int h = 0; h < H; ++h) {
+      ASSERT_EQ(r.probs[((2 * H + h) * S + 1) * S + 3], T(0));
+      ASSERT_EQ(r.probs[((2 * H + h) * S + 3) * S + 1], T(0));
+    }
+  }
+}
+
 TYPED_TEST(FusedAttention, WithoutMaskEqualsAllOnesMask) {
   using T = TypeParam;
   const int B = 2, S = 6, H = 3, D = 4;

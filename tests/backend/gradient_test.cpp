@@ -88,14 +88,37 @@ TEST_F(BackendGradients, Embeddings) {
   const auto R = random_values(B * S * E, 6);
   std::vector<double> out(B * S * E);
   auto loss = [&] {
-    be->embedding_forward(out.data(), ids.data(), tids.data(), word.data(), pos.data(), type.data(), B, S, E);
+    be->embedding_forward(out.data(), ids.data(), tids.data(), nullptr, word.data(), pos.data(), type.data(), B, S, E);
     return dot(out, R);
   };
   std::vector<double> dw(vocab * E, 0.0), dp(S * E, 0.0), dt(types * E, 0.0);
-  be->embedding_backward(dw.data(), dp.data(), dt.data(), R.data(), ids.data(), tids.data(), B, S, E);
+  be->embedding_backward(dw.data(), dp.data(), dt.data(), R.data(), ids.data(), tids.data(), nullptr, B, S, E);
   EXPECT_TRUE(gradient_matches(dw, numeric_gradient(word, loss)));
   EXPECT_TRUE(gradient_matches(dp, numeric_gradient(pos, loss)));
   EXPECT_TRUE(gradient_matches(dt, numeric_gradient(type, loss)));
+}
+
+// Packed rows: positions restart per example, so a position row sums tokens of several examples.
+TEST_F(BackendGradients, EmbeddingsWithPositionIds) {
+  const int B = 3, S = 7, E = 3, vocab = 4, types = 2;
+  const PackedRows packed = packed_rows({{3, 2, 1}, {6}, {1, 4}}, S);
+  auto word = random_values(vocab * E, 1), pos = random_values(S * E, 2), type = random_values(types * E, 3);
+  const auto ids = random_ints(B * S, 4, 0, vocab), tids = random_ints(B * S, 5, 0, types);
+  const auto R = random_values(B * S * E, 6);
+  std::vector<double> out(B * S * E);
+  auto loss = [&] {
+    be->embedding_forward(out.data(), ids.data(), tids.data(), packed.position_ids.data(), word.data(), pos.data(),
+                          type.data(), B, S, E);
+    return dot(out, R);
+  };
+  std::vector<double> dw(vocab * E, 0.0), dp(S * E, 0.0), dt(types * E, 0.0);
+  be->embedding_backward(dw.data(), dp.data(), dt.data(), R.data(), ids.data(), tids.data(), packed.position_ids.data(),
+                         B, S, E);
+  EXPECT_TRUE(gradient_matches(dw, numeric_gradient(word, loss)));
+  EXPECT_TRUE(gradient_matches(dp, numeric_gradient(pos, loss)));
+  EXPECT_TRUE(gradient_matches(dt, numeric_gradient(type, loss)));
+  // No token sits at the last position: its row gets nothing.
+  for (int c = 0; c < E; ++c) EXPECT_EQ(dp[(S - 1) * E + c], 0.0);
 }
 
 TEST_F(BackendGradients, GatherRows) {
@@ -136,6 +159,37 @@ TEST_F(BackendGradients, AttentionWithMaskAndDropout) {
     be->attention_backward(dqkv.data(), scratch.data(), R.data(), qkv.data(), probs.data(), keep.data(), mask.data(), B,
                            S, H, D, p);
     EXPECT_TRUE(gradient_matches(dqkv, numeric_gradient(qkv, loss))) << "dropout " << p;
+  }
+}
+
+// Packed rows (block-diagonal attention over each row's examples, padding queries attending every real
+// key) with dropout, materialised and fused.
+TEST_F(BackendGradients, AttentionWithPackedMask) {
+  const int B = 2, S = 7, H = 2, D = 3;
+  const PackedRows packed = packed_rows({{3, 1, 2}, {2, 3}}, S);
+  for (float p : {0.0f, 0.3f}) {
+    auto qkv = random_values(B * S * 3 * H * D, 1, -1.5, 1.5);
+    const DropoutKey key{.seed = 8, .step = 3, .lane = 1, .first_example = 2, .elements_per_example = H * S * S};
+    const auto R = random_values(B * S * H * D, 2);
+    std::vector<double> ctx(B * S * H * D), probs(B * H * S * S), stats(B * H * S);
+    std::vector<uint8_t> keep(B * H * S * S);
+    auto loss = [&] {
+      be->attention_forward(ctx.data(), probs.data(), keep.data(), qkv.data(), packed.mask.data(), B, S, H, D, p, key);
+      return dot(ctx, R);
+    };
+    auto fused_loss = [&] {
+      be->fused_attention_forward(ctx.data(), stats.data(), qkv.data(), packed.mask.data(), B, S, H, D, p, key);
+      return dot(ctx, R);
+    };
+    loss();
+    std::vector<double> dqkv(qkv.size()), scratch(B * H * S * S);
+    be->attention_backward(dqkv.data(), scratch.data(), R.data(), qkv.data(), probs.data(), keep.data(),
+                           packed.mask.data(), B, S, H, D, p);
+    EXPECT_TRUE(gradient_matches(dqkv, numeric_gradient(qkv, loss))) << "dropout " << p;
+    fused_loss();
+    be->fused_attention_backward(dqkv.data(), R.data(), qkv.data(), ctx.data(), stats.data(), packed.mask.data(), B, S,
+                                 H, D, p, key);
+    EXPECT_TRUE(gradient_matches(dqkv, numeric_gradient(qkv, fused_loss))) << "fused, dropout " << p;
   }
 }
 

@@ -56,8 +56,9 @@ TYPED_TEST(BackendOps, InvalidArgumentsAreRefused) {
   EXPECT_THROW(be.gemm(Transpose::kNo, Transpose::kNo, 4, 5, 3, T(1), nullptr, 2, nullptr, 5, T(0), out.data(), 5),
                Error);  // lda < k
   const std::vector<int32_t> ids = {0, 1, -1, 2}, types = {0, 0, 1, 1};
-  EXPECT_THROW(be.embedding_forward(out.data(), ids.data(), types.data(), table.data(), nullptr, nullptr, 1, 4, 8),
-               Error);
+  EXPECT_THROW(
+      be.embedding_forward(out.data(), ids.data(), types.data(), nullptr, table.data(), nullptr, nullptr, 1, 4, 8),
+      Error);
   const std::vector<int32_t> positions = {0, 4};
   EXPECT_THROW(be.gather_rows(out.data(), table.data(), positions.data(), 1, 4, 2, 8), Error);
   const std::vector<int32_t> labels = {0, 8};

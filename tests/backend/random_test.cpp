@@ -220,7 +220,7 @@ std::vector<std::vector<T>> run_everything(Backend<T>& be, double* sumsq) {
                         rows, E);
   outs.insert(outs.end(), {ln, dln, dg, dbeta});
   std::vector<T> dword(50 * E, T(0)), dpos(S * E, T(0)), dtype(2 * E, T(0));
-  be.embedding_backward(dword.data(), dpos.data(), dtype.data(), x.data(), ids.data(), tids.data(), B, S, E);
+  be.embedding_backward(dword.data(), dpos.data(), dtype.data(), x.data(), ids.data(), tids.data(), nullptr, B, S, E);
   outs.insert(outs.end(), {dword, dpos, dtype});
   const DropoutKey key{.seed = 3, .step = 1, .lane = 0, .first_example = 0, .elements_per_example = H * S * S};
   std::vector<T> ctx(rows * E), probs(B * H * S * S), dqkv(y.size()), scratch(probs.size());

@@ -85,6 +85,44 @@ template <typename A>
   return all_near(actual, expected, rel, rel * std::max(1.0, max_abs(expected)));
 }
 
+// ---- packed rows (sequence packing) ----
+// Rows of [B,S] holding several examples each (backend.h's attention mask and position ids): mask k > 0 on
+// the k-th example's tokens and 0 on padding, position_ids restarting at 0 per example (0 on padding).
+struct PackedRows {
+  std::vector<int32_t> mask, position_ids;
+};
+// Row b holds examples of lengths[b] one after another, then padding up to S.
+inline PackedRows packed_rows(const std::vector<std::vector<int>>& lengths, int S) {
+  PackedRows rows{std::vector<int32_t>(lengths.size() * S, 0), std::vector<int32_t>(lengths.size() * S, 0)};
+  for (size_t b = 0; b < lengths.size(); ++b) {
+    int s = 0;
+    for (size_t k = 0; k < lengths[b].size(); ++k) {
+      for (int i = 0; i < lengths[b][k] && s < S; ++i, ++s) {
+        rows.mask[b * S + s] = static_cast<int32_t>(k + 1);
+        rows.position_ids[b * S + s] = i;
+      }
+    }
+  }
+  return rows;
+}
+// A layout for any B and S: row b % 3 == 0 three examples of different lengths and padding, 1 one example
+// and padding (a 0/1 row), 2 a one-token example, a longer one, and padding.
+inline PackedRows packed_rows(int B, int S) {
+  std::vector<std::vector<int>> lengths(B);
+  for (int b = 0; b < B; ++b) {
+    const int pad = S / 8;
+    if (b % 3 == 0) {
+      const int a = std::max(1, 2 * S / 5), c = std::max(0, std::min(S - a, S / 4));
+      lengths[b] = {a, c, std::max(0, S - a - c - pad)};
+    } else if (b % 3 == 1) {
+      lengths[b] = {S - S / 3};
+    } else {
+      lengths[b] = {1, std::max(0, S - 1 - pad)};
+    }
+  }
+  return packed_rows(lengths, S);
+}
+
 // ---- finite differences ----
 // Central differences of a scalar function of x, one coordinate at a time (x is restored).
 inline std::vector<double> numeric_gradient(std::vector<double>& x, const std::function<double()>& loss,
@@ -193,7 +231,8 @@ inline LayerNormOut layernorm(const std::vector<double>& x, const std::vector<do
 struct AttentionOut {
   std::vector<double> context, probs;
 };
-// qkv [B,S,3,H,D], mask [B,S] (empty = all valid), keep [B,H,S,S] (empty = no dropout).
+// qkv [B,S,3,H,D], mask [B,S] (empty = all valid; query i attends key j when attends_key(mask[i], mask[j])),
+// keep [B,H,S,S] (empty = no dropout).
 inline AttentionOut attention(const std::vector<double>& qkv, const std::vector<int32_t>& mask,
                               const std::vector<uint8_t>& keep, int B, int S, int H, int D, double p) {
   AttentionOut out{std::vector<double>(static_cast<size_t>(B) * S * H * D, 0.0),
@@ -208,7 +247,7 @@ inline AttentionOut attention(const std::vector<double>& qkv, const std::vector<
         double mx = -std::numeric_limits<double>::infinity();
         bool any = false;
         for (int j = 0; j < S; ++j) {
-          const bool valid = mask.empty() || mask[b * S + j] != 0;
+          const bool valid = mask.empty() || attends_key(mask[b * S + i], mask[b * S + j]);
           if (!valid) continue;
           double s = 0;
           for (int d = 0; d < D; ++d) s += at(b, i, 0, h, d) * at(b, j, 1, h, d);
@@ -220,7 +259,7 @@ inline AttentionOut attention(const std::vector<double>& qkv, const std::vector<
         std::vector<double> prob(S, 0.0);
         if (any) {
           for (int j = 0; j < S; ++j) {
-            if (mask.empty() || mask[b * S + j] != 0) {
+            if (mask.empty() || attends_key(mask[b * S + i], mask[b * S + j])) {
               prob[j] = std::exp(score[j] - mx);
               sum += prob[j];
             }

@@ -278,9 +278,11 @@ void BM_Embedding(benchmark::State& state) {
   std::vector<float> out(dout.size()), dword(word.size()), dpos(pos.size()), dtype(type.size());
   for (auto _ : state) {
     if (backward) {
-      cpu().embedding_backward(dword.data(), dpos.data(), dtype.data(), dout.data(), ids.data(), tids.data(), B, S, E);
+      cpu().embedding_backward(dword.data(), dpos.data(), dtype.data(), dout.data(), ids.data(), tids.data(), nullptr,
+                               B, S, E);
     } else {
-      cpu().embedding_forward(out.data(), ids.data(), tids.data(), word.data(), pos.data(), type.data(), B, S, E);
+      cpu().embedding_forward(out.data(), ids.data(), tids.data(), nullptr, word.data(), pos.data(), type.data(), B, S,
+                              E);
     }
     benchmark::ClobberMemory();
   }

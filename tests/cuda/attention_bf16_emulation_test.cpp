@@ -4,7 +4,8 @@
 // dropped probabilities, score gradients), against the CPU bf16 reference (make_cpu_bf16_backend: widen,
 // float op, narrow), with the tolerances tests/cuda/bf16_backend_test.cpp holds the GPU to. Runs
 // everywhere: it checks that rounding those operands stays inside the bf16 tolerances, and that the keep
-// bits are the reference's; CudaBf16Ops runs the kernels themselves where there is a GPU.
+// bits are the reference's, with right padding and with packed rows (block-diagonal masks); CudaBf16Ops
+// and CudaFusedAttention run the kernels themselves where there is a GPU.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -68,15 +69,15 @@ std::vector<float> scores_of(const Shape& a, const Bf16& qkv, int b, int h) {
   return s;
 }
 
-// The row kernels' softmax (bf16_softmax_forward_kernel, fused_softmax_forward_kernel): probabilities in
-// place, the row's stats returned.
-float softmax_row(float* p, const int32_t* mask_row, int S) {
+// The row kernels' softmax (bf16_softmax_forward_kernel, fused_softmax_forward_kernel) of query i:
+// probabilities in place, the row's stats returned.
+float softmax_row(float* p, const int32_t* mask_row, int i, int S) {
   float mx = -INFINITY, sum = 0.0f;
   for (int j = 0; j < S; ++j) {
-    if (mask_row[j] != 0) mx = std::fmax(mx, p[j]);
+    if (m::attends_key(mask_row[i], mask_row[j])) mx = std::fmax(mx, p[j]);
   }
   for (int j = 0; j < S; ++j) {
-    p[j] = mx == -INFINITY || mask_row[j] == 0 ? 0.0f : m::exp_f(p[j] - mx);
+    p[j] = mx == -INFINITY || !m::attends_key(mask_row[i], mask_row[j]) ? 0.0f : m::exp_f(p[j] - mx);
     sum += p[j];
   }
   if (mx != -INFINITY) {
@@ -169,7 +170,7 @@ Materialised emulate_materialised(const Shape& a, const Bf16& qkv, const Bf16& d
       std::vector<float> p = scores_of(a, qkv, b, h), attend(p.size());
       for (int i = 0; i < S; ++i) {
         float* row = p.data() + static_cast<size_t>(i) * S;
-        softmax_row(row, mask.data() + static_cast<size_t>(b) * S, S);
+        softmax_row(row, mask.data() + static_cast<size_t>(b) * S, i, S);
         for (int j = 0; j < S; ++j) {
           const uint8_t bit = dropout > 0.0f ? kernel_keep_bit(key, dropout, b, a.H, h, S, i, j) : 1;
           r.keep[a.prob(b, h, i, j)] = bit;
@@ -227,7 +228,7 @@ Fused emulate_fused(const Shape& a, const Bf16& qkv, const Bf16& dctx, const std
       std::vector<float> p = scores, attend(p.size());
       for (int i = 0; i < S; ++i) {
         float* row = p.data() + static_cast<size_t>(i) * S;
-        r.stats[(static_cast<size_t>(b) * a.H + h) * S + i] = softmax_row(row, mask_row, S);
+        r.stats[(static_cast<size_t>(b) * a.H + h) * S + i] = softmax_row(row, mask_row, i, S);
         for (int j = 0; j < S; ++j) {
           const uint8_t bit = dropout > 0.0f ? kernel_keep_bit(key, dropout, b, a.H, h, S, i, j) : 1;
           attend[static_cast<size_t>(i) * S + j] =
@@ -240,7 +241,7 @@ Fused emulate_fused(const Shape& a, const Bf16& qkv, const Bf16& dctx, const std
         const float lse = r.stats[(static_cast<size_t>(b) * a.H + h) * S + i];
         for (int j = 0; j < S; ++j) {
           const size_t e = static_cast<size_t>(i) * S + j;
-          p[e] = m::recomputed_probability(scores[e], lse, mask_row[j] != 0);
+          p[e] = m::recomputed_probability(scores[e], lse, m::attends_key(mask_row[i], mask_row[j]));
           const uint8_t bit = dropout > 0.0f ? kernel_keep_bit(key, dropout, b, a.H, h, S, i, j) : 1;
           attend[e] = dropout > 0.0f ? m::dropped_probability(p[e], bit, keep_scale) : p[e];
         }
@@ -293,17 +294,22 @@ double normwise_error(const std::vector<double>& g, const std::vector<double>& w
 struct Case {
   Shape shape;
   float dropout;
+  bool packed = false;  // packed rows (tests/backend/test_util.h's packed_rows) instead of right padding
 };
+std::vector<int32_t> mask_of(const Case& c) {
+  return c.packed ? packed_rows(c.shape.B, c.shape.S).mask : right_padded_mask(c.shape.B, c.shape.S);
+}
 
 TEST(CudaBf16AttentionMath, EmulatedMaterialisedAttentionIsWithinTheBf16Tolerances) {
   auto cpu_float = make_cpu_backend<float>();
   auto cpu = make_cpu_bf16_backend(*cpu_float);
-  for (const Case& c : {Case{{3, 37, 2, 16}, 0.0f}, Case{{3, 37, 2, 16}, 0.1f}, Case{{2, 70, 3, 24}, 0.1f}}) {
+  for (const Case& c : {Case{{3, 37, 2, 16}, 0.0f}, Case{{3, 37, 2, 16}, 0.1f}, Case{{2, 70, 3, 24}, 0.1f},
+                        Case{{3, 37, 2, 16}, 0.0f, true}, Case{{3, 70, 3, 24}, 0.1f, true}}) {
     const Shape& a = c.shape;
     const size_t nqkv = static_cast<size_t>(a.B) * a.S * 3 * a.H * a.D, nctx = nqkv / 3,
                  np = static_cast<size_t>(a.B) * a.H * a.S * a.S;
     const Bf16 qkv = to_bf16(random_values(nqkv, 1, -2.0, 2.0)), dctx = to_bf16(random_values(nctx, 2));
-    const auto mask = right_padded_mask(a.B, a.S);
+    const auto mask = mask_of(c);
     const DropoutKey key{.seed = 4,
                          .step = 7,
                          .lane = 2,
@@ -316,7 +322,8 @@ TEST(CudaBf16AttentionMath, EmulatedMaterialisedAttentionIsWithinTheBf16Toleranc
     cpu->attention_backward(dqkv.data(), scratch.data(), dctx.data(), qkv.data(), probs.data(), keep.data(),
                             mask.data(), a.B, a.S, a.H, a.D, c.dropout);
     const Materialised e = emulate_materialised(a, qkv, dctx, probs, mask, c.dropout, key);
-    const std::string what = "S " + std::to_string(a.S) + " p " + std::to_string(c.dropout);
+    const std::string what =
+        "S " + std::to_string(a.S) + " p " + std::to_string(c.dropout) + (c.packed ? " packed" : "");
     EXPECT_EQ(e.keep, keep) << what;
     EXPECT_TRUE(close(e.probs, probs)) << what;
     EXPECT_TRUE(close(e.context, ctx, 1e-2, kOperandFloor)) << what;
@@ -334,12 +341,13 @@ TEST(CudaBf16AttentionMath, EmulatedMaterialisedAttentionIsWithinTheBf16Toleranc
 TEST(CudaBf16AttentionMath, EmulatedFusedAttentionIsWithinTheBf16Tolerances) {
   auto cpu_float = make_cpu_backend<float>();
   auto cpu = make_cpu_bf16_backend(*cpu_float);
-  for (const Case& c : {Case{{3, 37, 2, 16}, 0.1f}, Case{{3, 37, 2, 12}, 0.0f}, Case{{2, 70, 3, 24}, 0.1f}}) {
+  for (const Case& c : {Case{{3, 37, 2, 16}, 0.1f}, Case{{3, 37, 2, 12}, 0.0f}, Case{{2, 70, 3, 24}, 0.1f},
+                        Case{{3, 37, 2, 12}, 0.0f, true}, Case{{3, 70, 3, 24}, 0.1f, true}}) {
     const Shape& a = c.shape;
     const size_t nqkv = static_cast<size_t>(a.B) * a.S * 3 * a.H * a.D, nctx = nqkv / 3,
                  nstats = static_cast<size_t>(a.B) * a.H * a.S;
     const Bf16 qkv = to_bf16(random_values(nqkv, 1, -2.0, 2.0)), dctx = to_bf16(random_values(nctx, 2));
-    const auto mask = right_padded_mask(a.B, a.S);
+    const auto mask = mask_of(c);
     const DropoutKey key{.seed = 4,
                          .step = 7,
                          .lane = 2,
@@ -351,8 +359,8 @@ TEST(CudaBf16AttentionMath, EmulatedFusedAttentionIsWithinTheBf16Tolerances) {
     cpu->fused_attention_backward(dqkv.data(), dctx.data(), qkv.data(), ctx.data(), stats.data(), mask.data(), a.B, a.S,
                                   a.H, a.D, c.dropout, key);
     const Fused e = emulate_fused(a, qkv, dctx, mask, c.dropout, key);
-    const std::string what =
-        "S " + std::to_string(a.S) + " D " + std::to_string(a.D) + " p " + std::to_string(c.dropout);
+    const std::string what = "S " + std::to_string(a.S) + " D " + std::to_string(a.D) + " p " +
+                             std::to_string(c.dropout) + (c.packed ? " packed" : "");
     const double ctx_err = normwise_error(values(e.context), values(ctx)),
                  dqkv_err = normwise_error(values(e.dqkv), values(dqkv));
     EXPECT_LE(ctx_err, 1e-2) << what;

@@ -2,13 +2,16 @@
 // make_cpu_bf16_backend on the same random bf16 inputs is the parity table's cuda_bf16 column
 // (tests/backend/parity, with this file's former tolerances). Here: the factory's refusals, the shared float
 // backend, cuDNN SDPA on misaligned tensors (the aligned result, bit for bit), the arena use of native bf16
-// attention, and the optimizer refused on bf16 storage. Every test but the construction test skips without
+// attention, packed rows (attention on our kernels, refused by cuDNN; embeddings with position ids), and
+// the optimizer refused on bf16 storage. Every test but the construction test skips without
 // a GPU.
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <cstdio>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "lib/backend/backend.h"
@@ -136,6 +139,115 @@ TEST_F(CudaBf16Ops, AttentionTakesNoFp32ProbabilityScratch) {
   const size_t per_head = 2 * bss * sizeof(float) + bss * sizeof(bfloat16) + 3 * 256;
   EXPECT_LT(taken, np * sizeof(float)) << "an fp32 [B,H,S,S] tensor is " << np * sizeof(float) << " bytes";
   EXPECT_LE(taken, per_head * 3 / 2) << "one head's slices are " << per_head << " bytes";
+}
+
+// Packed rows (block-diagonal masks) on bf16 storage: our kernels, materialised (dropout off and on) and
+// fused with dropout (cuDNN does not take it), against the CPU bf16 reference, with the emulation's
+// tolerances (attention_bf16_emulation_test.cpp: 1e-2 relative elementwise with a floor of 5e-3 of the
+// largest value for the outputs of rounded GEMM operands, and 1e-2 norm-wise). The fused call cuDNN SDPA
+// serves (dropout 0) is refused at the next wait: its sequence lengths cannot express a packed row.
+TEST_F(CudaBf16Ops, PackedRowsRunOnOwnKernelsAndAreRefusedByCudnn) {
+  cpu_float = make_cpu_backend<float>();
+  cpu = make_cpu_bf16_backend(*cpu_float);
+  const int B = 3, S = 70, H = 2, D = 32;
+  const size_t nqkv = static_cast<size_t>(B) * S * 3 * H * D, nctx = nqkv / 3, np = static_cast<size_t>(B) * H * S * S,
+               nstats = static_cast<size_t>(B) * H * S;
+  const Bf16 qkv = to_bf16(random_values(nqkv, 61, -2.0, 2.0)), dctx = to_bf16(random_values(nctx, 62));
+  const std::vector<int32_t> mask = packed_rows({{20, 31, 9}, {50}, {1, 45, 12}}, S).mask;
+  const DropoutKey key{.seed = 3, .step = 8, .lane = 1, .first_example = 6, .elements_per_example = np / B};
+  auto g_qkv = up(qkv), g_dctx = up(dctx);
+  auto g_mask = up(mask);
+  auto close = [](const Bf16& got, const Bf16& want) {
+    const auto w = values(want);
+    return all_near(values(got), w, 1e-2, 5e-3 * max_abs(w));
+  };
+  for (const float dropout : {0.0f, 0.1f}) {
+    Bf16 ctx(nctx), probs(np), dqkv(nqkv), scratch(np);
+    std::vector<uint8_t> keep(np);
+    cpu->attention_forward(ctx.data(), probs.data(), keep.data(), qkv.data(), mask.data(), B, S, H, D, dropout, key);
+    cpu->attention_backward(dqkv.data(), scratch.data(), dctx.data(), qkv.data(), probs.data(), keep.data(),
+                            mask.data(), B, S, H, D, dropout);
+    DeviceBuffer<bfloat16> g_ctx(*gpu, nctx), g_probs(*gpu, np), g_dqkv(*gpu, nqkv), g_scratch(*gpu, np);
+    auto g_keep = bytes(np);
+    gpu->attention_forward(g_ctx.data(), g_probs.data(), g_keep.data(), g_qkv.data(), g_mask.data(), B, S, H, D,
+                           dropout, key);
+    gpu->attention_backward(g_dqkv.data(), g_scratch.data(), g_dctx.data(), g_qkv.data(), g_probs.data(), g_keep.data(),
+                            g_mask.data(), B, S, H, D, dropout);
+    EXPECT_EQ(down(g_keep), keep) << "dropout " << dropout;
+    EXPECT_TRUE(close(down(g_probs), probs)) << "probabilities, dropout " << dropout;
+    EXPECT_TRUE(close(down(g_ctx), ctx)) << "materialised context, dropout " << dropout;
+    EXPECT_TRUE(close(down(g_dqkv), dqkv)) << "materialised dqkv, dropout " << dropout;
+  }
+  Bf16 ctx(nctx), dqkv(nqkv);
+  std::vector<float> stats(nstats);
+  cpu->fused_attention_forward(ctx.data(), stats.data(), qkv.data(), mask.data(), B, S, H, D, 0.1f, key);
+  cpu->fused_attention_backward(dqkv.data(), dctx.data(), qkv.data(), ctx.data(), stats.data(), mask.data(), B, S, H, D,
+                                0.1f, key);
+  DeviceBuffer<bfloat16> g_ctx(*gpu, nctx), g_dqkv(*gpu, nqkv);
+  DeviceBuffer<float> g_stats(*gpu_float, nstats);
+  gpu->fused_attention_forward(g_ctx.data(), g_stats.data(), g_qkv.data(), g_mask.data(), B, S, H, D, 0.1f, key);
+  gpu->fused_attention_backward(g_dqkv.data(), g_dctx.data(), g_qkv.data(), g_ctx.data(), g_stats.data(), g_mask.data(),
+                                B, S, H, D, 0.1f, key);
+  EXPECT_TRUE(close(down(g_ctx), ctx)) << "fused context";
+  EXPECT_TRUE(close(down(g_dqkv), dqkv)) << "fused dqkv";
+  std::vector<float> got_stats(nstats);
+  gpu_float->copy_to_host(got_stats.data(), g_stats.data(), nstats);
+  EXPECT_TRUE(all_near(got_stats, to_double(stats), 1e-4, 1e-4 * max_abs(to_double(stats))));
+
+  ASSERT_TRUE(gpu->fused_attention_supported(B, S, H, D, 0.0f));
+  gpu->fused_attention_forward(g_ctx.data(), g_stats.data(), g_qkv.data(), g_mask.data(), B, S, H, D, 0.0f, key);
+  try {
+    gpu->synchronize();
+    // A GPU whose cuDNN declines this shape runs our kernels, which take packed rows.
+    std::printf("cuDNN SDPA did not serve B=%d S=%d H=%d D=%d here: nothing to refuse\n", B, S, H, D);
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("packed attention mask"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("train.attention = materialized"), std::string::npos) << e.what();
+  }
+}
+
+// ---- embeddings ----
+
+// Packed rows' position ids on bf16 tables: forward bitwise the CPU reference's (widen, sum in float,
+// round once), table gradients (fp32) to float rounding.
+TEST_F(CudaBf16Ops, EmbeddingWithPositionIdsMatchesTheCpuReference) {
+  cpu_float = make_cpu_backend<float>();
+  cpu = make_cpu_bf16_backend(*cpu_float);
+  const int B = 4, S = 40, E = 16, V = 30;
+  const PackedRows packed = packed_rows(B, S);
+  const auto ids = random_ints(B * S, 71, 0, V), type_ids = random_ints(B * S, 72, 0, 2);
+  const Bf16 word = to_bf16(random_values(static_cast<size_t>(V) * E, 73)),
+             position = to_bf16(random_values(static_cast<size_t>(S) * E, 74)),
+             type = to_bf16(random_values(2 * static_cast<size_t>(E), 75)),
+             dout = to_bf16(random_values(static_cast<size_t>(B) * S * E, 76));
+  auto g_ids = up(ids), g_types = up(type_ids), g_positions = up(packed.position_ids);
+  auto g_word = up(word), g_position = up(position), g_type = up(type), g_dout = up(dout);
+  Bf16 want(dout.size());
+  cpu->embedding_forward(want.data(), ids.data(), type_ids.data(), packed.position_ids.data(), word.data(),
+                         position.data(), type.data(), B, S, E);
+  DeviceBuffer<bfloat16> g_out(*gpu, dout.size());
+  gpu->embedding_forward(g_out.data(), g_ids.data(), g_types.data(), g_positions.data(), g_word.data(),
+                         g_position.data(), g_type.data(), B, S, E);
+  EXPECT_TRUE(bitwise(down(g_out), want));
+
+  const auto zeros = [](size_t n) { return std::vector<float>(n, 0.0f); };
+  auto dword = zeros(static_cast<size_t>(V) * E), dposition = zeros(static_cast<size_t>(S) * E),
+       dtype = zeros(2 * static_cast<size_t>(E));
+  cpu->embedding_backward(dword.data(), dposition.data(), dtype.data(), dout.data(), ids.data(), type_ids.data(),
+                          packed.position_ids.data(), B, S, E);
+  DeviceBuffer<float> g_dword(*gpu_float, dword.size()), g_dposition(*gpu_float, dposition.size()),
+      g_dtype(*gpu_float, dtype.size());
+  for (auto* d : {&g_dword, &g_dposition, &g_dtype}) gpu_float->fill(d->data(), d->size(), 0.0f);
+  gpu->embedding_backward(g_dword.data(), g_dposition.data(), g_dtype.data(), g_dout.data(), g_ids.data(),
+                          g_types.data(), g_positions.data(), B, S, E);
+  const std::pair<const DeviceBuffer<float>*, const std::vector<float>*> tables[] = {
+      {&g_dword, &dword}, {&g_dposition, &dposition}, {&g_dtype, &dtype}};
+  for (const auto& [g, w] : tables) {
+    std::vector<float> got(w->size());
+    gpu_float->copy_to_host(got.data(), g->data(), got.size());
+    const auto expected = to_double(*w);
+    EXPECT_TRUE(all_near(got, expected, 1e-5, 1e-5 * max_abs(expected)));
+  }
 }
 
 // ---- optimizer ----

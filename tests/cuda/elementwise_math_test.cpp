@@ -180,8 +180,35 @@ TEST(CudaMath, AdamwMatchesCpuBackend) {
   }
 }
 
-// embedding_backward's segment passes, run exactly as the kernels run them (every (chunk, column) of
-// pass 1, then of pass 2), against the CPU backend's scatter-add.
+// table[keys[t]] += rows[t] through embedding_backward's segment passes, run exactly as the kernels run
+// them (the stable sort on the host, then every (chunk, column) of pass 1, then of pass 2). Returns
+// whether a negative key was met.
+template <typename Row>
+bool segment_scatter_add(std::vector<float>& table, const std::vector<Row>& rows, const std::vector<int32_t>& keys,
+                         int E) {
+  namespace seg = electra::cuda::segments;
+  const int tokens = static_cast<int>(keys.size());
+  std::vector<int32_t> perm(tokens);
+  std::iota(perm.begin(), perm.end(), 0);
+  std::stable_sort(perm.begin(), perm.end(), [&](int a, int b) { return keys[a] < keys[b]; });
+  std::vector<int32_t> sorted(tokens);
+  for (int k = 0; k < tokens; ++k) sorted[k] = keys[perm[k]];
+  const int chunks = seg::chunk_count(tokens);
+  std::vector<float> head(static_cast<size_t>(chunks) * E, NAN), tail(head);
+  bool negative = false;
+  for (int q = 0; q < chunks; ++q) {
+    for (int c = 0; c < E; ++c) {
+      negative |= seg::chunk_pass(table.data(), head.data(), tail.data(), rows.data(), sorted.data(), perm.data(),
+                                  tokens, E, q, c);
+    }
+  }
+  for (int q = 0; q < chunks; ++q) {
+    for (int c = 0; c < E; ++c) seg::cross_pass(table.data(), head.data(), tail.data(), sorted.data(), tokens, E, q, c);
+  }
+  return negative;
+}
+
+// embedding_backward's segment passes against the CPU backend's scatter-add.
 TEST(CudaMath, SegmentSumsMatchCpuEmbeddingBackward) {
   namespace seg = electra::cuda::segments;
   auto cpu = make_cpu_backend<float>();
@@ -199,28 +226,11 @@ TEST(CudaMath, SegmentSumsMatchCpuEmbeddingBackward) {
   const auto pos0 = cast<float>(random_values(static_cast<size_t>(S) * E, 16));
   const auto type0 = cast<float>(random_values(2 * E, 17));
   auto word = word0, pos = pos0, type = type0;
-  cpu->embedding_backward(word.data(), pos.data(), type.data(), dout.data(), ids.data(), type_ids.data(), B, S, E);
+  cpu->embedding_backward(word.data(), pos.data(), type.data(), dout.data(), ids.data(), type_ids.data(), nullptr, B, S,
+                          E);
 
   auto segment_add = [&](std::vector<float>& table, const std::vector<int32_t>& keys) {
-    std::vector<int32_t> perm(tokens);
-    std::iota(perm.begin(), perm.end(), 0);
-    std::stable_sort(perm.begin(), perm.end(), [&](int a, int b) { return keys[a] < keys[b]; });
-    std::vector<int32_t> sorted(tokens);
-    for (int k = 0; k < tokens; ++k) sorted[k] = keys[perm[k]];
-    const int chunks = seg::chunk_count(tokens);
-    std::vector<float> head(static_cast<size_t>(chunks) * E, NAN), tail(head);
-    bool negative = false;
-    for (int q = 0; q < chunks; ++q) {
-      for (int c = 0; c < E; ++c) {
-        negative |= seg::chunk_pass(table.data(), head.data(), tail.data(), dout.data(), sorted.data(), perm.data(),
-                                    tokens, E, q, c);
-      }
-    }
-    for (int q = 0; q < chunks; ++q) {
-      for (int c = 0; c < E; ++c)
-        seg::cross_pass(table.data(), head.data(), tail.data(), sorted.data(), tokens, E, q, c);
-    }
-    return negative;
+    return segment_scatter_add(table, dout, keys, E);
   };
   // Bound: both sides sum at most `tokens` + 1 terms: |error| <= 2 (n + 1) 2^-24 sum |terms|.
   auto expect_close = [&](const std::vector<float>& got, const std::vector<float>& want, const std::vector<float>& init,
@@ -256,7 +266,7 @@ TEST(CudaMath, SegmentSumsMatchCpuEmbeddingBackward) {
   expect_close(got_type, type, type0, type_ids, "type table");
   // Without type ids every token is type 0: one run over all chunks.
   auto type_zero = type0, want_zero = type0;
-  cpu->embedding_backward(nullptr, nullptr, want_zero.data(), dout.data(), ids.data(), nullptr, B, S, E);
+  cpu->embedding_backward(nullptr, nullptr, want_zero.data(), dout.data(), ids.data(), nullptr, nullptr, B, S, E);
   const std::vector<int32_t> zeros(tokens, 0);
   EXPECT_FALSE(segment_add(type_zero, zeros));
   expect_close(type_zero, want_zero, type0, zeros, "type table without type ids");
@@ -292,7 +302,7 @@ TEST(CudaMath, SegmentSumsOfBf16RowsMatchCpuBf16EmbeddingBackward) {
   const auto word0 = cast<float>(random_values(static_cast<size_t>(V) * E, 24));
   const auto pos0 = cast<float>(random_values(static_cast<size_t>(S) * E, 25));
   auto word = word0, pos = pos0;
-  cpu->embedding_backward(word.data(), pos.data(), nullptr, dout.data(), ids.data(), nullptr, B, S, E);
+  cpu->embedding_backward(word.data(), pos.data(), nullptr, dout.data(), ids.data(), nullptr, nullptr, B, S, E);
 
   std::vector<int32_t> perm(tokens);
   std::iota(perm.begin(), perm.end(), 0);
@@ -343,6 +353,81 @@ TEST(CudaMath, SegmentSumsOfBf16RowsMatchCpuBf16EmbeddingBackward) {
     for (int c = 0; c < E; ++c) seg::position_sum(got_pos.data(), dout.data(), B, S, E, s, c);
   }
   EXPECT_EQ(std::memcmp(got_pos.data(), pos.data(), pos.size() * sizeof(float)), 0);
+}
+
+// Packed rows (position ids restarting per example): the position table's gradient is the same sorted
+// scatter-add keyed by position id, on float and on bf16 rows, against the CPU references. Positions
+// whose tokens fall inside one chunk of the sorted order are bitwise the CPU's (token order); the rest
+// within the fp32 summation bound. Position ids equal to s give the unpacked sums to that bound too.
+TEST(CudaMath, SegmentSumsOfPackedPositionIdsMatchCpuEmbeddingBackward) {
+  namespace seg = electra::cuda::segments;
+  auto cpu_float = make_cpu_backend<float>();
+  auto cpu_bf16 = make_cpu_bf16_backend(*cpu_float);
+  const int B = 7, S = 40, E = 5, tokens = B * S;
+  const PackedRows packed = packed_rows(B, S);
+  const auto& position_ids = packed.position_ids;
+  const auto ids = random_ints(tokens, 41, 0, 30);
+  const auto wide_dout = random_values(static_cast<size_t>(tokens) * E, 42);
+  const auto pos0 = cast<float>(random_values(static_cast<size_t>(S) * E, 43));
+  std::vector<bfloat16> bf16_dout(wide_dout.size());
+  for (size_t i = 0; i < wide_dout.size(); ++i) bf16_dout[i] = bfloat16(static_cast<float>(wide_dout[i]));
+  const auto float_dout = cast<float>(wide_dout);
+  // Position p's sorted positions are [first[p], first[p] + count[p]).
+  auto check = [&](const std::vector<float>& got, const std::vector<float>& want, const std::vector<double>& abs_sum,
+                   const std::vector<int32_t>& keys, const char* what) {
+    int single_chunk_rows = 0;
+    for (int p = 0, first = 0; p < S; ++p) {
+      const int count = static_cast<int>(std::count(keys.begin(), keys.end(), p));
+      const bool one_chunk = count > 0 && first / seg::kChunk == (first + count - 1) / seg::kChunk;
+      single_chunk_rows += one_chunk ? 1 : 0;
+      for (int c = 0; c < E; ++c) {
+        const size_t i = static_cast<size_t>(p) * E + c;
+        if (one_chunk) {
+          EXPECT_EQ(std::memcmp(&got[i], &want[i], sizeof(float)), 0) << what << " position " << p;
+        } else {
+          EXPECT_LE(std::abs(static_cast<double>(got[i]) - want[i]),
+                    2.0 * (tokens + 1) * std::ldexp(1.0, -24) * abs_sum[i])
+              << what << " position " << p;
+        }
+      }
+      first += count;
+    }
+    EXPECT_GT(single_chunk_rows, 3) << what;
+  };
+  auto abs_sums = [&](const std::vector<int32_t>& keys) {
+    std::vector<double> abs_sum(pos0.size());
+    for (size_t i = 0; i < pos0.size(); ++i) abs_sum[i] = std::abs(pos0[i]);
+    for (int t = 0; t < tokens; ++t) {
+      for (int c = 0; c < E; ++c) {
+        abs_sum[static_cast<size_t>(keys[t]) * E + c] += std::abs(float_dout[static_cast<size_t>(t) * E + c]);
+      }
+    }
+    return abs_sum;
+  };
+  // Position 0 starts every example (and pads): its run crosses chunks.
+  EXPECT_GT(std::count(position_ids.begin(), position_ids.end(), 0), seg::kChunk);
+  const std::vector<double> packed_abs = abs_sums(position_ids);
+
+  auto want = pos0, got = pos0;
+  cpu_float->embedding_backward(nullptr, want.data(), nullptr, float_dout.data(), ids.data(), nullptr,
+                                position_ids.data(), B, S, E);
+  EXPECT_FALSE(segment_scatter_add(got, float_dout, position_ids, E));
+  check(got, want, packed_abs, position_ids, "float rows");
+
+  auto want_bf16 = pos0, got_bf16 = pos0;
+  cpu_bf16->embedding_backward(nullptr, want_bf16.data(), nullptr, bf16_dout.data(), ids.data(), nullptr,
+                               position_ids.data(), B, S, E);
+  EXPECT_FALSE(segment_scatter_add(got_bf16, bf16_dout, position_ids, E));
+  check(got_bf16, want_bf16, packed_abs, position_ids, "bf16 rows");
+
+  // Position ids s (one example per row): the plain position sum's values, to the summation bound.
+  std::vector<int32_t> plain(tokens);
+  for (int t = 0; t < tokens; ++t) plain[t] = t % S;
+  auto want_plain = pos0, got_plain = pos0;
+  cpu_float->embedding_backward(nullptr, want_plain.data(), nullptr, float_dout.data(), ids.data(), nullptr, nullptr, B,
+                                S, E);
+  EXPECT_FALSE(segment_scatter_add(got_plain, float_dout, plain, E));
+  check(got_plain, want_plain, abs_sums(plain), plain, "position ids s");
 }
 
 // scatter_add_rows' per-thread function of the bf16 kernel, on bf16 rows, against the CPU bf16

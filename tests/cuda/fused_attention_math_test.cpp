@@ -5,6 +5,7 @@
 // will use; tests/cuda/fused_attention_test.cpp runs the kernels themselves where there is a GPU.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
@@ -43,7 +44,7 @@ Emulated emulate(const std::vector<float>& qkv, const std::vector<float>& dctx, 
   for (int h = 0; h < H; ++h) {
     for (int b = 0; b < B; ++b) {
       for (int i = 0; i < S; ++i) {
-        auto valid = [&](int j) { return mask.empty() || mask[b * S + j] != 0; };
+        auto valid = [&](int j) { return mask.empty() || m::attends_key(mask[b * S + i], mask[b * S + j]); };
         for (int j = 0; j < S; ++j) {
           float s = 0.0f;
           for (int d = 0; d < D; ++d) s += qkv[at(b, i, 0, h, d)] * qkv[at(b, j, 1, h, d)];
@@ -126,6 +127,71 @@ TEST(CudaFusedAttentionMath, EmulatedKernelsMatchTheCpuBackend) {
         ASSERT_NEAR(e.stats[r], stats[r], 1e-5 * (1.0 + std::abs(stats[r]))) << "row " << r;
       }
     }
+  }
+}
+
+// The kernels' rule is backend.h's, and on 0/1 masks the rule before packing (every real key).
+TEST(CudaFusedAttentionMath, AttendsKeyIsTheBackendsRule) {
+  for (int32_t query = -1; query <= 3; ++query) {
+    for (int32_t key = -1; key <= 3; ++key) {
+      EXPECT_EQ(cuda::math::attends_key(query, key), attends_key(query, key)) << query << " " << key;
+    }
+  }
+  for (int32_t query : {0, 1}) {
+    for (int32_t key : {0, 1}) EXPECT_EQ(cuda::math::attends_key(query, key), key != 0) << query << " " << key;
+  }
+}
+
+// Packed rows (several examples per row, block-diagonal attention; backend.h's mask), S = 40 so the
+// examples straddle the kernels' four-key groups: the emulated kernels against the CPU backend.
+TEST(CudaFusedAttentionMath, EmulatedKernelsMatchTheCpuBackendOnPackedRows) {
+  const int B = 3, S = 40, H = 2, D = 8;
+  const auto qkv = cast<float>(random_values(static_cast<size_t>(B) * S * 3 * H * D, 24, -2.0, 2.0));
+  const auto dctx = cast<float>(random_values(static_cast<size_t>(B) * S * H * D, 25));
+  const std::vector<int32_t> mask = packed_rows({{7, 13, 11}, {29}, {1, 30}}, S).mask;
+  const DropoutKey key{.seed = 8, .step = 2, .lane = 3, .first_example = 4, .elements_per_example = H * S * S};
+  auto cpu = make_cpu_backend<float>();
+  for (float dropout : {0.0f, 0.1f}) {
+    const Emulated e = emulate(qkv, dctx, mask, B, S, H, D, dropout, key);
+    std::vector<float> ctx(e.context.size()), stats(e.stats.size()), dqkv(qkv.size());
+    cpu->fused_attention_forward(ctx.data(), stats.data(), qkv.data(), mask.data(), B, S, H, D, dropout, key);
+    cpu->fused_attention_backward(dqkv.data(), dctx.data(), qkv.data(), ctx.data(), stats.data(), mask.data(), B, S, H,
+                                  D, dropout, key);
+    EXPECT_TRUE(near(e.context, ctx, 1e-5)) << "context, dropout " << dropout;
+    EXPECT_TRUE(near(e.dqkv, dqkv, 1e-5)) << "dqkv, dropout " << dropout;
+    EXPECT_TRUE(near(e.stats, stats, 1e-5)) << "stats, dropout " << dropout;
+  }
+}
+
+// Block-diagonal by construction: each example of a packed row gives, bit for bit, what it gives alone in
+// a row of its own length (keys outside its example add exact zeros). Padding queries attend every real
+// key, so their dcontext is 0 here (the model reads no padding output) to keep them out of the gradients.
+TEST(CudaFusedAttentionMath, PackedExamplesAreTheExamplesAlone) {
+  const int S = 24, H = 2, D = 4;
+  const std::vector<int> lengths = {5, 11, 6};  // then 2 padding tokens
+  const std::vector<int32_t> mask = packed_rows({lengths}, S).mask;
+  const size_t token_qkv = 3 * H * D, token_ctx = H * D;
+  const auto qkv = cast<float>(random_values(S * token_qkv, 26, -2.0, 2.0));
+  auto dctx = cast<float>(random_values(S * token_ctx, 27));
+  for (int s = 0; s < S; ++s) {
+    if (mask[s] == 0) std::fill(dctx.begin() + s * token_ctx, dctx.begin() + (s + 1) * token_ctx, 0.0f);
+  }
+  const Emulated packed = emulate(qkv, dctx, mask, 1, S, H, D, 0.0f, DropoutKey{});
+  int start = 0;
+  for (const int n : lengths) {
+    const std::vector<float> q(qkv.begin() + start * token_qkv, qkv.begin() + (start + n) * token_qkv),
+        d(dctx.begin() + start * token_ctx, dctx.begin() + (start + n) * token_ctx);
+    const Emulated alone = emulate(q, d, std::vector<int32_t>(n, 1), 1, n, H, D, 0.0f, DropoutKey{});
+    for (size_t e = 0; e < alone.context.size(); ++e) {
+      ASSERT_EQ(alone.context[e], packed.context[start * token_ctx + e]) << "example at " << start << ", element " << e;
+    }
+    for (size_t e = 0; e < alone.dqkv.size(); ++e) {
+      ASSERT_EQ(alone.dqkv[e], packed.dqkv[start * token_qkv + e]) << "example at " << start << ", element " << e;
+    }
+    for (int h = 0; h < H; ++h) {
+      for (int i = 0; i < n; ++i) ASSERT_EQ(alone.stats[h * n + i], packed.stats[h * S + start + i]);
+    }
+    start += n;
   }
 }
 

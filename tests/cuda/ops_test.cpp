@@ -2,7 +2,8 @@
 // backward, is the parity table's cuda_float column (tests/backend/parity, with these tests' tolerances).
 // Here: name and device, byte copies refused for another backend, missing devices and contradicting
 // options named, argument errors (at once, or at the next waiting call for indices found on the device),
-// and the TF32 option. Every test but CudaBackendErrors skips without a GPU.
+// embeddings with the position ids of packed rows, and the TF32 option. Every test but CudaBackendErrors
+// skips without a GPU.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -82,7 +83,7 @@ TEST_F(CudaOps, InvalidIndicesAreReportedAtTheNextWait) {
   auto gpos = up(positions);
   auto table = up(cast<float>(random_values(4 * E, 1)));
   DeviceBuffer<float> out(*gpu, B * S * E);
-  gpu->embedding_forward(out.data(), gids.data(), nullptr, table.data(), nullptr, nullptr, B, S, E);
+  gpu->embedding_forward(out.data(), gids.data(), nullptr, nullptr, table.data(), nullptr, nullptr, B, S, E);
   EXPECT_THROW(gpu->synchronize(), Error);
   gpu->synchronize();  // reported once
   gpu->gather_rows(out.data(), table.data(), gpos.data(), 1, S, 2, E);
@@ -97,6 +98,77 @@ TEST_F(CudaOps, InvalidIndicesAreReportedAtTheNextWait) {
   DeviceBuffer<float> loss(*gpu, 2);
   gpu->softmax_cross_entropy(loss.data(), nullptr, nullptr, table.data(), glabels.data(), nullptr, 2, 5);
   EXPECT_THROW(down(loss), Error);
+}
+
+// Packed rows: the position of token (b, s) is position_ids[b, s]. Forward is bitwise the CPU's (one sum
+// per element in the same order); position_ids equal to s give bitwise the null-position_ids result. The
+// table gradients agree with the CPU to float rounding (sorted scatter-adds, segment_sum.h; the
+// position table is now one too) and are bitwise the same from run to run. A negative position id is
+// reported at the next wait.
+TEST_F(CudaOps, EmbeddingWithPositionIdsMatchesTheCpu) {
+  const int B = 5, S = 48, E = 24, V = 40, P = 64;  // P position rows
+  const PackedRows packed = packed_rows(B, S);
+  const auto ids = random_ints(B * S, 51, 0, V), type_ids = random_ints(B * S, 52, 0, 2);
+  const auto word = cast<float>(random_values(static_cast<size_t>(V) * E, 53));
+  const auto position = cast<float>(random_values(static_cast<size_t>(P) * E, 54));
+  const auto type = cast<float>(random_values(2 * static_cast<size_t>(E), 55));
+  const auto dout = cast<float>(random_values(static_cast<size_t>(B) * S * E, 56));
+  auto g_ids = up(ids), g_types = up(type_ids), g_positions = up(packed.position_ids);
+  auto g_word = up(word), g_position = up(position), g_type = up(type), g_dout = up(dout);
+  DeviceBuffer<float> g_out(*gpu, dout.size());
+
+  std::vector<float> want(dout.size());
+  cpu->embedding_forward(want.data(), ids.data(), type_ids.data(), packed.position_ids.data(), word.data(),
+                         position.data(), type.data(), B, S, E);
+  gpu->embedding_forward(g_out.data(), g_ids.data(), g_types.data(), g_positions.data(), g_word.data(),
+                         g_position.data(), g_type.data(), B, S, E);
+  EXPECT_TRUE(bitwise(down(g_out), want));
+
+  std::vector<int32_t> plain(B * S);
+  for (int t = 0; t < B * S; ++t) plain[t] = t % S;
+  auto g_plain = up(plain);
+  gpu->embedding_forward(g_out.data(), g_ids.data(), g_types.data(), nullptr, g_word.data(), g_position.data(),
+                         g_type.data(), B, S, E);
+  const std::vector<float> null_positions = down(g_out);
+  gpu->embedding_forward(g_out.data(), g_ids.data(), g_types.data(), g_plain.data(), g_word.data(), g_position.data(),
+                         g_type.data(), B, S, E);
+  EXPECT_TRUE(bitwise(down(g_out), null_positions));
+
+  // Gradients accumulate onto the tables' values (word, position, type as initial values).
+  auto want_word = word, want_position = position, want_type = type;
+  cpu->embedding_backward(want_word.data(), want_position.data(), want_type.data(), dout.data(), ids.data(),
+                          type_ids.data(), packed.position_ids.data(), B, S, E);
+  auto backward = [&]() {
+    auto d_word = up(word), d_position = up(position), d_type = up(type);
+    gpu->embedding_backward(d_word.data(), d_position.data(), d_type.data(), g_dout.data(), g_ids.data(),
+                            g_types.data(), g_positions.data(), B, S, E);
+    return std::vector<std::vector<float>>{down(d_word), down(d_position), down(d_type)};
+  };
+  const auto got = backward(), again = backward();
+  const std::vector<float>* wants[] = {&want_word, &want_position, &want_type};
+  const char* names[] = {"word", "position", "type"};
+  for (int k = 0; k < 3; ++k) {
+    const auto w = to_double(*wants[k]);
+    EXPECT_TRUE(all_near(got[k], w, 1e-5, 1e-5 * max_abs(w))) << names[k];
+    EXPECT_TRUE(bitwise(again[k], got[k])) << names[k] << " differs between runs";
+  }
+  // Only the position gradient (the one table that needs the sort workspace just for position ids).
+  auto d_position = up(position);
+  gpu->embedding_backward(nullptr, d_position.data(), nullptr, g_dout.data(), g_ids.data(), nullptr, g_positions.data(),
+                          B, S, E);
+  EXPECT_TRUE(bitwise(down(d_position), got[1]));
+
+  auto bad = packed.position_ids;
+  bad[7] = -1;
+  auto g_bad = up(bad);
+  gpu->embedding_forward(g_out.data(), g_ids.data(), nullptr, g_bad.data(), g_word.data(), g_position.data(), nullptr,
+                         B, S, E);
+  try {
+    gpu->synchronize();
+    FAIL() << "a negative position id was not reported";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("position id"), std::string::npos) << e.what();
+  }
 }
 
 TEST_F(CudaOps, Tf32PrecisionIsCloseButNotExact) {

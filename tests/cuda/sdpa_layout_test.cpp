@@ -1,8 +1,10 @@
 // The plain logic behind cuDNN SDPA (lib/backend/cuda/sdpa_cudnn.h), run on the CPU: the strided views
-// cuDNN gets of our packed buffers, the mask -> sequence length rule and its right-padding check, which
-// dqkv elements are padding-key gradients, the support rules and the plan-cache key. Runs everywhere.
+// cuDNN gets of our packed buffers, the mask -> sequence length rule and its right-padding and
+// packed-row checks, which dqkv elements are padding-key gradients, the support rules and the plan-cache
+// key. Runs everywhere.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <set>
@@ -94,28 +96,31 @@ TEST(CudaSdpaLayout, KvLengthsStartAligned) {
   }
 }
 
-std::tuple<int, bool> length_of(const std::vector<int32_t>& row) {
-  bool ok = true;
-  const int n = cuda::sdpa::key_length(row.data(), static_cast<int>(row.size()), &ok);
-  return {n, ok};
+using cuda::sdpa::MaskRow;
+
+std::tuple<int, MaskRow> length_of(const std::vector<int32_t>& row) {
+  MaskRow kind = MaskRow::kRightPadded;
+  const int n = cuda::sdpa::key_length(row.data(), static_cast<int>(row.size()), &kind);
+  return {n, kind};
 }
+bool right_padded(const std::vector<int32_t>& row) { return std::get<1>(length_of(row)) == MaskRow::kRightPadded; }
 
 TEST(CudaSdpaLayout, KeyLengthOfRightPaddedMasks) {
-  EXPECT_EQ(length_of({1, 1, 1, 1}), std::make_tuple(4, true));
-  EXPECT_EQ(length_of({1, 1, 0, 0}), std::make_tuple(2, true));
-  EXPECT_EQ(length_of({1, 0, 0, 0}), std::make_tuple(1, true));
-  EXPECT_EQ(length_of({1}), std::make_tuple(1, true));
-  // Any non-zero value attends, as in the CPU backend.
-  EXPECT_EQ(length_of({2, -1, 7, 0}), std::make_tuple(3, true));
+  EXPECT_EQ(length_of({1, 1, 1, 1}), std::make_tuple(4, MaskRow::kRightPadded));
+  EXPECT_EQ(length_of({1, 1, 0, 0}), std::make_tuple(2, MaskRow::kRightPadded));
+  EXPECT_EQ(length_of({1, 0, 0, 0}), std::make_tuple(1, MaskRow::kRightPadded));
+  EXPECT_EQ(length_of({1}), std::make_tuple(1, MaskRow::kRightPadded));
+  // One example under another number is still one example.
+  EXPECT_EQ(length_of({3, 3, 3, 0}), std::make_tuple(3, MaskRow::kRightPadded));
 }
 
 TEST(CudaSdpaLayout, KeyLengthRejectsMasksThatAreNotRightPadding) {
-  EXPECT_FALSE(std::get<1>(length_of({0, 0, 0})));  // no key at all
-  EXPECT_FALSE(std::get<1>(length_of({0})));
-  EXPECT_FALSE(std::get<1>(length_of({1, 0, 1, 0})));  // a hole
-  EXPECT_FALSE(std::get<1>(length_of({0, 1, 1, 1})));  // left padding
-  EXPECT_FALSE(std::get<1>(length_of({1, 1, 1, 0, 0, 3})));
-  // Random rows: the answer agrees with a direct reading of the rule.
+  EXPECT_FALSE(right_padded({0, 0, 0}));  // no key at all
+  EXPECT_FALSE(right_padded({0}));
+  EXPECT_EQ(std::get<1>(length_of({1, 0, 1, 0})), MaskRow::kNotRightPadded);  // a hole
+  EXPECT_EQ(std::get<1>(length_of({0, 1, 1, 1})), MaskRow::kNotRightPadded);  // left padding
+  EXPECT_EQ(std::get<1>(length_of({1, 1, 1, 0, 0, 1})), MaskRow::kNotRightPadded);
+  // Random 0/1 rows: the answer agrees with a direct reading of the rule.
   const std::vector<int32_t> bits = random_ints(64 * 9, 7, 0, 2);
   for (int r = 0; r < 64; ++r) {
     const std::vector<int32_t> row(bits.begin() + r * 9, bits.begin() + (r + 1) * 9);
@@ -123,7 +128,26 @@ TEST(CudaSdpaLayout, KeyLengthRejectsMasksThatAreNotRightPadding) {
     while (prefix < 9 && row[prefix] != 0) ++prefix;
     int later_ones = 0;
     for (int j = prefix; j < 9; ++j) later_ones += row[j] != 0;
-    EXPECT_EQ(length_of(row), std::make_tuple(prefix, prefix > 0 && later_ones == 0)) << "row " << r;
+    const MaskRow want = prefix > 0 && later_ones == 0 ? MaskRow::kRightPadded : MaskRow::kNotRightPadded;
+    EXPECT_EQ(length_of(row), std::make_tuple(prefix, want)) << "row " << r;
+  }
+}
+
+// Several examples in a row (sequence packing): block-diagonal attention, which no key length expresses.
+// Flagged as packed even where the row would also fail as padding.
+TEST(CudaSdpaLayout, KeyLengthFlagsPackedRows) {
+  EXPECT_EQ(length_of({1, 1, 2, 2, 2, 0}), std::make_tuple(2, MaskRow::kPacked));
+  EXPECT_EQ(length_of({1, 2, 3, 3}), std::make_tuple(1, MaskRow::kPacked));
+  EXPECT_EQ(std::get<1>(length_of({1, 1, 0, 2})), MaskRow::kPacked);
+  EXPECT_EQ(std::get<1>(length_of({0, 1, 2})), MaskRow::kPacked);
+  EXPECT_EQ(std::get<1>(length_of({2, -1, 7, 0})), MaskRow::kPacked);
+  // The shared packed layout of the backend tests: every row with two or more examples is flagged.
+  const int B = 6, S = 40;
+  const PackedRows packed = packed_rows(B, S);
+  for (int b = 0; b < B; ++b) {
+    const std::vector<int32_t> row(packed.mask.begin() + b * S, packed.mask.begin() + (b + 1) * S);
+    const int32_t examples = *std::max_element(row.begin(), row.end());
+    EXPECT_EQ(std::get<1>(length_of(row)), examples > 1 ? MaskRow::kPacked : MaskRow::kRightPadded) << "row " << b;
   }
 }
 

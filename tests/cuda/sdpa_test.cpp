@@ -1,7 +1,7 @@
 // cuDNN SDPA (lib/backend/cuda/sdpa_cudnn.h) against the CPU backend's materialised attention with
 // dropout 0, in bf16 and fp16, with right padding: context, stats (checked against a double-precision
-// log-sum-exp) and dqkv agree norm-wise to 1e-2 (inputs are rounded to 8 or 11 mantissa bits inside).
-// Skips without a GPU.
+// log-sum-exp) and dqkv agree norm-wise to 1e-2 (inputs are rounded to 8 or 11 mantissa bits inside);
+// masks it cannot express (holes, empty rows, packed rows) are flagged. Skips without a GPU.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -199,6 +199,28 @@ TEST_P(CudaSdpa, FlagsMasksThatAreNotRightPadding) {
   DeviceBuffer<float, int32_t> empty_mask = up(empty);
   sdpa.forward(context.data(), stats.data(), qkv.data(), empty_mask.data(), B, S, H, D, 0.0f, DropoutKey{});
   EXPECT_THROW(sdpa.check_errors(), Error);
+}
+
+// A packed row (several examples: block-diagonal attention) has no key length: flagged as packed, and
+// named so in the error.
+TEST_P(CudaSdpa, FlagsPackedMasks) {
+  const int B = 2, S = 16, H = 1, D = 16;
+  cuda::CudnnSdpa sdpa(stream, GetParam());
+  ASSERT_TRUE(sdpa.forward_supported(B, S, H, D, 0.0f)) << sdpa.why_unsupported(false, B, S, H, D, 0.0f);
+  DeviceBuffer<float> qkv = up(cast<float>(random_values(3ull * B * S * H * D, 6)));
+  DeviceBuffer<float> context(*gpu, static_cast<size_t>(B) * S * H * D), stats(*gpu, static_cast<size_t>(B) * H * S);
+  DeviceBuffer<float, int32_t> packed = up(packed_rows({{5, 7}, {16}}, S).mask);
+  sdpa.forward(context.data(), stats.data(), qkv.data(), packed.data(), B, S, H, D, 0.0f, DropoutKey{});
+  try {
+    sdpa.check_errors();
+    FAIL() << "a packed mask was not flagged";
+  } catch (const Error& error) {
+    EXPECT_NE(std::string(error.what()).find("packed"), std::string::npos) << error.what();
+  }
+  // One example numbered 1 throughout is plain right padding.
+  DeviceBuffer<float, int32_t> single = up(packed_rows({{9}, {16}}, S).mask);
+  sdpa.forward(context.data(), stats.data(), qkv.data(), single.data(), B, S, H, D, 0.0f, DropoutKey{});
+  EXPECT_NO_THROW(sdpa.check_errors());
 }
 
 INSTANTIATE_TEST_SUITE_P(Precisions, CudaSdpa, ::testing::Values(CudaPrecision::kBf16, CudaPrecision::kFp16),

@@ -1,5 +1,5 @@
-// The electra-preprocess program end to end: plain, under mpirun -np 2, failing, and refusing or
-// replacing (--force) an existing output directory.
+// The electra-preprocess program end to end: plain, under mpirun -np 2, packed (--pack true), failing, and
+// refusing or replacing (--force) an existing output directory.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 
@@ -85,6 +85,26 @@ TEST_F(App, ErrorsNameTheFileAndExitNonZero) {
                 &output),
             1)
       << output;
+}
+
+TEST_F(App, PackPacksUnderMpirunAndRefusesABadValue) {
+  std::string output;
+  ASSERT_EQ(run(app() + args("plain"), &output), 0) << output;
+  const std::string mpirun = "mpirun -np 2 --oversubscribe --allow-run-as-root " + app();
+  ASSERT_EQ(run(mpirun + args("packed") + " --pack true", &output), 0) << output;
+  EXPECT_NE(output.find("packed into"), std::string::npos) << output;
+  const Manifest plain = Manifest::load(tmp / "plain/manifest.json");
+  const Manifest packed = Manifest::load(tmp / "packed/manifest.json");
+  EXPECT_FALSE(plain.pack);
+  EXPECT_TRUE(packed.pack);
+  EXPECT_EQ(packed.format_version, 2);
+  EXPECT_EQ(packed.stats.at("examples"), plain.stats.at("examples"));
+  EXPECT_LT(packed.total_rows, plain.total_rows);
+  EXPECT_GT(packed.stats.at("slot_fill").get<double>(), plain.stats.at("slot_fill").get<double>());
+
+  EXPECT_EQ(run(app() + args("bad") + " --pack maybe", &output), 2);
+  EXPECT_NE(output.find("--pack"), std::string::npos) << output;
+  EXPECT_FALSE(fs::exists(tmp / "bad"));
 }
 
 // The shard files in `dir`, sorted.

@@ -123,6 +123,24 @@ std::vector<Row> read_all_rows(const std::string& dir) {
   return rows;
 }
 
+std::vector<std::vector<uint8_t>> read_all_example_ids(const std::string& dir) {
+  const Manifest manifest = Manifest::load(dir + "/" + kManifestName);
+  std::vector<std::vector<uint8_t>> rows;
+  for (const ShardInfo& s : manifest.shards) {
+    const std::string path = dir + "/" + s.file;
+    h5::Handle file = h5::open_read_only(path);
+    h5::Handle ds(h5::check(H5Dopen2(file, kExampleIds, H5P_DEFAULT), path + ": example_ids"));
+    const std::vector<hsize_t> d = h5::dims(ds);
+    std::vector<uint8_t> all(d[0] * d[1]);
+    if (!all.empty())
+      h5::check(H5Dread(ds, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, all.data()), path + ": read example_ids");
+    for (size_t r = 0; r < d[0]; ++r)
+      rows.emplace_back(all.begin() + static_cast<std::ptrdiff_t>(r * d[1]),
+                        all.begin() + static_cast<std::ptrdiff_t>((r + 1) * d[1]));
+  }
+  return rows;
+}
+
 Row synthetic_row(uint64_t i, int seq_length, size_t vocab_size) {
   Row row;
   const uint64_t L = static_cast<uint64_t>(seq_length);

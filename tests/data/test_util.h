@@ -56,6 +56,8 @@ void PrintTo(const Row& row, std::ostream* out);
 std::vector<Row> read_shard_rows(const std::string& path);
 // All rows of a data directory in manifest order.
 std::vector<Row> read_all_rows(const std::string& dir);
+// example_ids of every row of a packed data directory in manifest order (one vector of L entries per row).
+std::vector<std::vector<uint8_t>> read_all_example_ids(const std::string& dir);
 
 // Synthetic example i: length 4 + (i * 37) % (seq - 4) real tokens, [CLS] t.. [SEP] with tokens
 // 5 + (i * 7919 + c * 1031) % (vocab_size - 5), segment 1 on the second half.

@@ -60,7 +60,9 @@ std::vector<int32_t> lengths_mask(int B, int S, const std::vector<int>& lengths)
 
 const DropoutContext kDropout{/*training=*/true, /*seed=*/11, /*step=*/3, /*first_example=*/5};
 
-void check_embeddings(int E, int hidden) {
+// packed: the rows hold examples of 2 and 3 tokens, their positions restarting (position_ids), so position
+// rows 0..2 take every gradient.
+void check_embeddings(int E, int hidden, bool packed = false) {
   Fixture fx;
   Backend<double>& be = *fx.be;
   EncoderConfig c = test::tiny_config().discriminator;
@@ -79,9 +81,14 @@ void check_embeddings(int E, int hidden) {
     types[i] = (i / 2) % 2;
   }
   ids[4] = ids[9];  // a repeated id: its table row sums two gradients
-  DeviceBuffer<double, int32_t> d_ids(be, N), d_types(be, N);
+  DeviceBuffer<double, int32_t> d_ids(be, N), d_types(be, N), d_positions(be, N);
   be.copy_ints_from_host(d_ids.data(), ids.data(), N);
   be.copy_ints_from_host(d_types.data(), types.data(), N);
+  std::vector<int32_t> positions(N);
+  for (int i = 0; i < N; ++i) positions[i] = i % S < 2 ? i % S : i % S - 2;
+  be.copy_ints_from_host(d_positions.data(), positions.data(), N);
+  const int32_t* position_ids = packed ? d_positions.data() : nullptr;
+  const int used_positions = packed ? 3 : S;
 
   std::vector<double> params = random_params(layout, 1);
   const std::vector<double> R = test::random_values(static_cast<size_t>(N) * hidden, 2);
@@ -92,7 +99,7 @@ void check_embeddings(int E, int hidden) {
 
   auto loss = [&]() {
     be.copy_from_host(d_params.data(), params.data(), params.size());
-    emb.forward(be, d_params.data(), d_ids.data(), d_types.data(), kDropout);
+    emb.forward(be, d_params.data(), d_ids.data(), d_types.data(), position_ids, kDropout);
     const std::vector<double> out = test::to_host(be, emb.output(), R.size());
     double l = 0;
     for (size_t i = 0; i < R.size(); ++i) l += out[i] * R[i];
@@ -104,13 +111,14 @@ void check_embeddings(int E, int hidden) {
   const std::vector<double> grads = test::to_host(be, d_grads.data(), layout.total_size());
   const auto r = finite_difference(params, grads, all_indices(layout.total_size()), loss);
   EXPECT_TRUE(fd_ok(r, kTol, "embeddings"));
-  // Position rows >= S are unused and must get no gradient.
+  // Position rows no token uses must get no gradient.
   const ParameterSlice& pos = layout.find("electra.embeddings.position_embeddings.weight");
-  for (size_t i = static_cast<size_t>(S) * E; i < pos.size; ++i) ASSERT_EQ(grads[pos.offset + i], 0.0);
+  for (size_t i = static_cast<size_t>(used_positions) * E; i < pos.size; ++i) ASSERT_EQ(grads[pos.offset + i], 0.0);
 }
 
 TEST(ModelLayerGrad, EmbeddingsWithProjection) { check_embeddings(8, 12); }
 TEST(ModelLayerGrad, EmbeddingsWithoutProjection) { check_embeddings(8, 8); }
+TEST(ModelLayerGrad, EmbeddingsOfPackedRows) { check_embeddings(8, 12, true); }
 
 TEST(ModelLayerGrad, TransformerLayerWithPadding) {
   Fixture fx;
@@ -184,7 +192,7 @@ TEST(ModelLayerGrad, EncoderTwoLayers) {
   be.copy_from_host(d_R.data(), R.data(), R.size());
   auto loss = [&]() {
     be.copy_from_host(d_params.data(), params.data(), params.size());
-    encoder.forward(be, d_params.data(), d_ids.data(), d_types.data(), d_mask.data(), kDropout);
+    encoder.forward(be, d_params.data(), d_ids.data(), d_types.data(), nullptr, d_mask.data(), kDropout);
     const std::vector<double> out = test::to_host(be, encoder.output(), R.size());
     double l = 0;
     for (size_t i = 0; i < R.size(); ++i) l += out[i] * R[i];

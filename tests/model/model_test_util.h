@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <functional>
 #include <string>
 #include <vector>
@@ -17,6 +18,15 @@
 #include "lib/model/pretrainer.h"
 
 namespace electra::test {
+
+// Whether this build has the fast oneDNN bf16 backend (the tests of it skip without).
+inline bool onednn_built() {
+#if defined(ELECTRA_HAVE_ONEDNN)
+  return true;
+#else
+  return false;
+#endif
+}
 
 // V 30, E 8; discriminator 12 wide, 2 heads, FFN 16; generator 6 wide, 2 heads, FFN 10; 2 layers each
 // (both networks project the embeddings). 3 sentence classes.
@@ -224,6 +234,58 @@ inline ::testing::AssertionResult fd_ok(const FdResult& r, double tol, const std
   return ::testing::AssertionFailure() << what << ": norm rel " << r.norm_rel << ", worst entry " << r.worst << " fd "
                                        << r.worst_fd << " analytic " << r.worst_an << " (rel " << r.max_rel << ") over "
                                        << r.checked << " entries";
+}
+
+// ||a - b|| / ||b|| over [offset, offset + n).
+template <typename W>
+double rel_l2(const std::vector<W>& a, const std::vector<W>& b, size_t offset, size_t n) {
+  double d2 = 0, b2 = 0;
+  for (size_t i = offset; i < offset + n; ++i) {
+    const double d = static_cast<double>(a[i]) - static_cast<double>(b[i]);
+    d2 += d * d;
+    b2 += static_cast<double>(b[i]) * static_cast<double>(b[i]);
+  }
+  return b2 == 0 ? std::sqrt(d2) : std::sqrt(d2 / b2);
+}
+
+// What a step on the same examples laid out another way (trimmed, packed) must match: the losses (relative `tol`),
+// every parameter tensor's gradient (relative L2 `tol`; the key biases, whose gradient is 0 up to rounding, against the
+// largest gradient), and at most `max_sample_diffs` different samples.
+template <typename W>
+void expect_same_step(const StepResult<W>& got, const StepResult<W>& want, const ParameterLayout& layout, double tol,
+                      size_t max_sample_diffs, const std::string& what) {
+  const PretrainerLosses& g = got.out.losses;
+  const PretrainerLosses& w = want.out.losses;
+  EXPECT_NEAR(g.total_loss, w.total_loss, tol * std::abs(w.total_loss)) << what;
+  EXPECT_NEAR(g.mlm_loss, w.mlm_loss, tol * std::abs(w.mlm_loss)) << what;
+  EXPECT_NEAR(g.disc_loss, w.disc_loss, tol * std::abs(w.disc_loss)) << what;
+  EXPECT_NEAR(g.sentence_loss, w.sentence_loss, tol * std::abs(w.sentence_loss)) << what;
+  EXPECT_EQ(g.mlm_weight_sum, w.mlm_weight_sum) << what;
+  EXPECT_EQ(g.disc_token_count, w.disc_token_count) << what;
+  size_t sample_diffs = 0;
+  ASSERT_EQ(got.out.sampled_ids.size(), want.out.sampled_ids.size()) << what;
+  for (size_t i = 0; i < want.out.sampled_ids.size(); ++i)
+    sample_diffs += got.out.sampled_ids[i] != want.out.sampled_ids[i];
+  EXPECT_LE(sample_diffs, max_sample_diffs) << what;
+  double gmax = 0;
+  for (W x : want.grads) gmax = std::max(gmax, std::abs(static_cast<double>(x)));
+  ASSERT_GT(gmax, 0) << what;
+  double worst = 0;
+  std::string worst_name;
+  for (const ParameterSlice& v : layout.slices()) {
+    double err = rel_l2(got.grads, want.grads, v.offset, v.size);
+    if (v.name.find("attention.self.key.bias") != std::string::npos) {
+      double d = 0;
+      for (size_t i = v.offset; i < v.offset + v.size; ++i) {
+        d = std::max(d, std::abs(static_cast<double>(got.grads[i]) - static_cast<double>(want.grads[i])));
+      }
+      err = d / gmax;
+    }
+    EXPECT_LE(err, tol) << what << ": " << v.name;
+    if (err > worst) worst = err, worst_name = v.name;
+  }
+  std::printf("%s: worst gradient error %.2e (%s), %zu of %zu samples differ, total loss %.9f vs %.9f\n", what.c_str(),
+              worst, worst_name.c_str(), sample_diffs, want.out.sampled_ids.size(), g.total_loss, w.total_loss);
 }
 
 }  // namespace electra::test

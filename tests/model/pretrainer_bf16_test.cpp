@@ -26,13 +26,6 @@ namespace {
 // The CPU backends of bf16 storage, by name.
 const char* const kReference = "reference";
 const char* const kOnednn = "onednn";
-bool onednn_built() {
-#if defined(ELECTRA_HAVE_ONEDNN)
-  return true;
-#else
-  return false;
-#endif
-}
 std::unique_ptr<Backend<bfloat16>> make_bf16(const std::string& which, Backend<float>& wide) {
   return which == kOnednn ? make_onednn_bf16_backend(wide) : make_cpu_bf16_backend(wide);
 }
@@ -54,16 +47,6 @@ StepContext training_context(uint64_t step = 3) {
   ctx.step = step;
   ctx.training = true;
   return ctx;
-}
-
-// ||a - b|| / ||b|| over [offset, offset + n).
-double rel_l2(const std::vector<float>& a, const std::vector<float>& b, size_t offset, size_t n) {
-  double d2 = 0, b2 = 0;
-  for (size_t i = offset; i < offset + n; ++i) {
-    d2 += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
-    b2 += double(b[i]) * b[i];
-  }
-  return b2 == 0 ? std::sqrt(d2) : std::sqrt(d2 / b2);
 }
 
 // mean |a - b| / mean |b|.
@@ -88,7 +71,7 @@ size_t count_different(const std::vector<int32_t>& a, const std::vector<int32_t>
 class ModelBf16Storage : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
-    if (GetParam() == kOnednn && !onednn_built()) GTEST_SKIP() << "this build has no oneDNN";
+    if (GetParam() == kOnednn && !test::onednn_built()) GTEST_SKIP() << "this build has no oneDNN";
   }
 };
 
@@ -175,7 +158,7 @@ TEST_P(ModelBf16Storage, AgreesWithFloatStorage) {
   std::string worst_name;
   for (const ParameterSlice& v : f.layout().slices()) {
     if (v.name.find("attention.self.key.bias") != std::string::npos) continue;  // exactly 0 up to rounding
-    const double err = rel_l2(rb.grads, rf.grads, v.offset, v.size);
+    const double err = test::rel_l2(rb.grads, rf.grads, v.offset, v.size);
     EXPECT_LT(err, 5e-2) << v.name;
     if (err > worst) worst = err, worst_name = v.name;
   }
@@ -205,7 +188,7 @@ TEST_P(ModelBf16Storage, DeterministicAndSplitsIntoChunks) {
   EXPECT_EQ(split.out.sampled_ids, a.out.sampled_ids);
   EXPECT_EQ(split.out.disc_label, a.out.disc_label);
   expect_losses_near(split.out.losses, a.out.losses, 1e-5, "chunks 2 vs 1");
-  EXPECT_LT(rel_l2(split.grads, a.grads, 0, a.grads.size()), 1e-5);
+  EXPECT_LT(test::rel_l2(split.grads, a.grads, 0, a.grads.size()), 1e-5);
 }
 
 // The memory options work with bf16 storage: recomputed FFN activations change no bit, fused attention
@@ -226,7 +209,7 @@ TEST_P(ModelBf16Storage, RecomputeAndFusedAttention) {
   const test::StepResult<float> fused = test::run_step(*bf, batch, ctx);
   expect_losses_near(fused.out.losses, base.out.losses, 2e-2, "fused vs materialised attention");
   EXPECT_EQ(count_different(fused.out.sampled_ids, base.out.sampled_ids), 0u);
-  const double err = rel_l2(fused.grads, base.grads, 0, base.grads.size());
+  const double err = test::rel_l2(fused.grads, base.grads, 0, base.grads.size());
   std::printf("fused vs materialised attention: gradient relative L2 error %.3e\n", err);
   EXPECT_LT(err, 5e-2);
 }
@@ -356,7 +339,7 @@ INSTANTIATE_TEST_SUITE_P(CpuBackends, ModelBf16Storage, ::testing::Values(kRefer
 // rounding, the same replaced tokens almost everywhere; bitwise run to run; with the model's parallel
 // chunks and any thread count as well.
 TEST(ModelOnednnBf16, WholeStepAgreesWithTheReference) {
-  if (!onednn_built()) GTEST_SKIP() << "this build has no oneDNN";
+  if (!test::onednn_built()) GTEST_SKIP() << "this build has no oneDNN";
   PretrainerConfig c = test::small_config();
   Bf16Model ref(c, kReference);
   Bf16Model fast(c, kOnednn);
@@ -380,7 +363,7 @@ TEST(ModelOnednnBf16, WholeStepAgreesWithTheReference) {
   std::string worst_name;
   for (const ParameterSlice& v : ref->layout().slices()) {
     if (v.name.find("attention.self.key.bias") != std::string::npos) continue;  // exactly 0 up to rounding
-    const double err = rel_l2(rf.grads, rr.grads, v.offset, v.size);
+    const double err = test::rel_l2(rf.grads, rr.grads, v.offset, v.size);
     EXPECT_LT(err, 5e-2) << v.name;
     if (err > worst) worst = err, worst_name = v.name;
   }

@@ -25,14 +25,6 @@
 namespace electra {
 namespace {
 
-bool onednn_built() {
-#if defined(ELECTRA_HAVE_ONEDNN)
-  return true;
-#else
-  return false;
-#endif
-}
-
 // B rows of S slots: row r has 4 + (Philox draw) % (max_length - 3) real tokens, then padding; P predictions at
 // distinct real positions (never [CLS]), the last one of odd rows padded (weight 0, position 0).
 Batch short_rows(int B, int S, int P, int V, uint64_t seed, int max_length, bool with_nsp = true, int classes = 2) {
@@ -87,58 +79,6 @@ StepContext training_context() {
   ctx.step = 5;
   ctx.training = true;  // dropout on: the keys must line up
   return ctx;
-}
-
-// ||a - b|| / ||b|| over [offset, offset + n).
-template <typename W>
-double rel_l2(const std::vector<W>& a, const std::vector<W>& b, size_t offset, size_t n) {
-  double d2 = 0, b2 = 0;
-  for (size_t i = offset; i < offset + n; ++i) {
-    const double d = static_cast<double>(a[i]) - static_cast<double>(b[i]);
-    d2 += d * d;
-    b2 += static_cast<double>(b[i]) * static_cast<double>(b[i]);
-  }
-  return b2 == 0 ? std::sqrt(d2) : std::sqrt(d2 / b2);
-}
-
-// What a trimmed step must match: the losses (relative `tol`), every parameter tensor's gradient (relative L2
-// `tol`; the key biases, whose gradient is 0 up to rounding, against the largest gradient), and at most
-// `max_sample_diffs` different samples.
-template <typename W>
-void expect_same_step(const test::StepResult<W>& got, const test::StepResult<W>& want, const ParameterLayout& layout,
-                      double tol, size_t max_sample_diffs, const std::string& what) {
-  const PretrainerLosses& g = got.out.losses;
-  const PretrainerLosses& w = want.out.losses;
-  EXPECT_NEAR(g.total_loss, w.total_loss, tol * std::abs(w.total_loss)) << what;
-  EXPECT_NEAR(g.mlm_loss, w.mlm_loss, tol * std::abs(w.mlm_loss)) << what;
-  EXPECT_NEAR(g.disc_loss, w.disc_loss, tol * std::abs(w.disc_loss)) << what;
-  EXPECT_NEAR(g.sentence_loss, w.sentence_loss, tol * std::abs(w.sentence_loss)) << what;
-  EXPECT_EQ(g.mlm_weight_sum, w.mlm_weight_sum) << what;
-  EXPECT_EQ(g.disc_token_count, w.disc_token_count) << what;
-  size_t sample_diffs = 0;
-  ASSERT_EQ(got.out.sampled_ids.size(), want.out.sampled_ids.size()) << what;
-  for (size_t i = 0; i < want.out.sampled_ids.size(); ++i)
-    sample_diffs += got.out.sampled_ids[i] != want.out.sampled_ids[i];
-  EXPECT_LE(sample_diffs, max_sample_diffs) << what;
-  double gmax = 0;
-  for (W x : want.grads) gmax = std::max(gmax, std::abs(static_cast<double>(x)));
-  ASSERT_GT(gmax, 0) << what;
-  double worst = 0;
-  std::string worst_name;
-  for (const ParameterSlice& v : layout.slices()) {
-    double err = rel_l2(got.grads, want.grads, v.offset, v.size);
-    if (v.name.find("attention.self.key.bias") != std::string::npos) {
-      double d = 0;
-      for (size_t i = v.offset; i < v.offset + v.size; ++i) {
-        d = std::max(d, std::abs(static_cast<double>(got.grads[i]) - static_cast<double>(want.grads[i])));
-      }
-      err = d / gmax;
-    }
-    EXPECT_LE(err, tol) << what << ": " << v.name;
-    if (err > worst) worst = err, worst_name = v.name;
-  }
-  std::printf("%s: worst gradient error %.2e (%s), %zu of %zu samples differ, total loss %.9f vs %.9f\n", what.c_str(),
-              worst, worst_name.c_str(), sample_diffs, want.out.sampled_ids.size(), g.total_loss, w.total_loss);
 }
 
 // The discriminator's logits and labels of the trimmed batch's real tokens are the untrimmed ones.
@@ -300,7 +240,7 @@ TEST(TrimPadding, AttentionKeepBitsAreTheUntrimmedOnes) {
   expect_trimmed_keep_bits(*d, "cpu-double");
   auto ref = make_cpu_bf16_backend(*f);
   expect_trimmed_keep_bits(*ref, "cpu-bf16");
-  if (onednn_built()) {
+  if (test::onednn_built()) {
     auto fast = make_onednn_bf16_backend(*f);
     expect_trimmed_keep_bits(*fast, "cpu-bf16-onednn");
   }
@@ -331,7 +271,7 @@ void expect_trimmed_step_matches(double tol, const std::string& what) {
       const test::StepResult<Wide<T>> want = test::run_step(model, full, ctx);
       const test::StepResult<Wide<T>> got = test::run_step(model, cut, ctx);
       EXPECT_EQ(got.out.seq_length, cut.seq_length) << label;
-      expect_same_step(got, want, model.layout(), tol, 0, label);
+      test::expect_same_step(got, want, model.layout(), tol, 0, label);
       expect_same_real_tokens(got.out, want.out, full, cut.seq_length, tol, label);
     }
   }
@@ -378,7 +318,7 @@ TEST(TrimPadding, MicroBatchesTrimmedOneByOne) {
   ASSERT_EQ(lengths.size(), 2u);
   EXPECT_LE(lengths[0], 24);
   EXPECT_EQ(lengths[1], 48);
-  expect_same_step(got, want, model.layout(), 1e-11, 0, "fp64, 2 micro-batches of 4");
+  test::expect_same_step(got, want, model.layout(), 1e-11, 0, "fp64, 2 micro-batches of 4");
 }
 
 // Both CPU backends of bf16 storage: a trimmed step against the untrimmed one on the same backend. Sums over
@@ -387,7 +327,7 @@ TEST(TrimPadding, MicroBatchesTrimmedOneByOne) {
 class TrimPaddingBf16 : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(TrimPaddingBf16, StepMatchesTheUntrimmedStep) {
-  if (GetParam() == "onednn" && !onednn_built()) GTEST_SKIP() << "this build has no oneDNN";
+  if (GetParam() == "onednn" && !test::onednn_built()) GTEST_SKIP() << "this build has no oneDNN";
   const PretrainerConfig c = test::small_config();
   auto wide = make_cpu_backend<float>();
   ElectraPretrainer<bfloat16> model(
@@ -403,7 +343,7 @@ TEST_P(TrimPaddingBf16, StepMatchesTheUntrimmedStep) {
     const std::string label = "bf16 " + GetParam() + ", " + std::to_string(chunks) + " chunk(s)";
     const test::StepResult<float> want = test::run_step(model, full, ctx);
     const test::StepResult<float> got = test::run_step(model, cut, ctx);
-    expect_same_step(got, want, model.layout(), 1e-2, want.out.sampled_ids.size() / 10, label);
+    test::expect_same_step(got, want, model.layout(), 1e-2, want.out.sampled_ids.size() / 10, label);
   }
 }
 

@@ -117,13 +117,13 @@ inline std::filesystem::path cleared(const std::filesystem::path& dir) {
 // started by `launcher` ("" or mpirun(n)); the log is ROOT/prepare.log. A failure is fatal: call it inside
 // ASSERT_NO_FATAL_FAILURE.
 inline void preprocess(const std::filesystem::path& root, const std::string& text_dir, const std::string& shards_dir,
-                       const std::string& launcher) {
+                       const std::string& launcher, const std::string& extra_args = "") {
   const std::filesystem::path log = root / "prepare.log";
-  ASSERT_EQ(
-      run(launcher + bin("electra-preprocess") + " --input " + (root / text_dir).string() + " --vocab " +
-              (root / "vocab.txt").string() + " --output " + (root / shards_dir).string() + " --max-seq-length 32",
-          log),
-      0)
+  ASSERT_EQ(run(launcher + bin("electra-preprocess") + " --input " + (root / text_dir).string() + " --vocab " +
+                    (root / "vocab.txt").string() + " --output " + (root / shards_dir).string() +
+                    " --max-seq-length 32 " + extra_args,
+                log),
+            0)
       << log_of(log);
 }
 

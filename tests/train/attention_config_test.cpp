@@ -27,6 +27,22 @@ TEST(TrainAttentionKey, DefaultIsAuto) {
   EXPECT_EQ(parse_attention_impl(config.at("train").at("attention").get<std::string>()), AttentionImpl::kAuto);
 }
 
+// Packed rows keep every choice except auto on CUDA bf16/fp16, whose fused attention is cuDNN's (padding masks).
+TEST(TrainAttentionKey, PackedRowsAvoidCudnnAttentionUnderAuto) {
+  using enum AttentionImpl;
+  for (AttentionImpl requested : {kAuto, kMaterialized, kFused}) {
+    for (CudaPrecision precision :
+         {CudaPrecision::kFp32, CudaPrecision::kTf32, CudaPrecision::kBf16, CudaPrecision::kFp16}) {
+      EXPECT_EQ(attention_for_data(requested, DeviceKind::kCuda, precision, false), requested);
+      EXPECT_EQ(attention_for_data(requested, DeviceKind::kCpu, precision, true), requested);
+      const bool cudnn = precision == CudaPrecision::kBf16 || precision == CudaPrecision::kFp16;
+      EXPECT_EQ(attention_for_data(requested, DeviceKind::kCuda, precision, true),
+                requested == kAuto && cudnn ? kMaterialized : requested)
+          << to_string(requested) << " " << to_string(precision);
+    }
+  }
+}
+
 TEST(TrainAttentionKey, BadValuesAreRefusedNamingTheKey) {
   const fs::path root = test::fresh_temp_dir("electra_attention_key");
   const fs::path log = root / "train.log";

@@ -3,7 +3,8 @@
 // within float rounding (2 ranks, whole slices and micro-batches of 2), computes fewer slots and reports its
 // MFU on them (mfu_slots keeps the padded figure); stopped and resumed it is bitwise the straight run, and
 // both count the same real tokens (tokens_seen);
-// electra-eval reports the same metrics with --trim-padding true and false.
+// electra-eval reports the same metrics with --trim-padding true and false. The same documents packed
+// (electra-preprocess --pack true) fill most slots, and a run on them resumes bitwise too.
 #include <gtest/gtest.h>
 
 #include <cstdint>
@@ -54,9 +55,11 @@ class TrainTrimPadding : public electra::test::TrainingDataSuite<TrainTrimPaddin
     root() = electra::test::fresh_temp_dir("electra_train_trim");
     write_short_documents(root() / "corpus", 3, 120, 23);
     ASSERT_NO_FATAL_FAILURE(electra::test::prepare_shards(root(), mpirun(1)));
+    ASSERT_NO_FATAL_FAILURE(electra::test::preprocess(root(), "corpus", "packed_shards", mpirun(1), "--pack true"));
   }
-  static std::string train_command(const fs::path& run_dir, const std::string& extra) {
-    return electra::test::small_train_command(mpirun(2), root() / "shards", run_dir,
+  static std::string train_command(const fs::path& run_dir, const std::string& extra,
+                                   const std::string& shards = "shards") {
+    return electra::test::small_train_command(mpirun(2), root() / shards, run_dir,
                                               "--set train.steps=8 --set train.checkpoint_every=4 " + extra);
   }
 };
@@ -114,6 +117,28 @@ TEST_F(TrainTrimPadding, ResumeIsBitwiseExactWithTrimming) {
   EXPECT_EQ(tokens_seen(straight), tokens_seen(resumed));
   EXPECT_NEAR(static_cast<double>(tokens_seen(straight)), real_tokens, 1e-6 * real_tokens);
   EXPECT_LT(static_cast<double>(tokens_seen(straight)), 0.9 * 8 * slots_per_step);  // short documents
+}
+
+// Packed rows under mpirun, with micro-batches: most slots hold real tokens (against under half unpacked), and
+// a stopped run resumes bitwise.
+TEST_F(TrainTrimPadding, PackedShardsFillTheRowsAndResumeBitwise) {
+  const fs::path straight = run_dir("packed_straight"), resumed = run_dir("packed_resumed");
+  const fs::path log = root() / "packed.log", log1 = root() / "packed1.log", log2 = root() / "packed2.log";
+  const std::string settings = "--set data.trim_padding=true --set train.micro_batch_size=3";
+  ASSERT_EQ(run(train_command(straight, settings, "packed_shards"), log), 0) << log_of(log);
+  ASSERT_EQ(run(train_command(resumed, settings + " --stop-after 3", "packed_shards"), log1), 3) << log_of(log1);
+  ASSERT_EQ(run(train_command(resumed, settings + " --resume auto", "packed_shards"), log2), 0) << log_of(log2);
+  const std::vector<nlohmann::json> packed = read_metrics(straight);
+  expect_same_trajectory(packed, read_metrics(resumed), 0.0, "packed: straight vs stopped+resumed");
+  const fs::path final_name = fs::path("checkpoints") / "ckpt-00000008.h5";
+  ASSERT_NO_FATAL_FAILURE(electra::test::expect_same_checkpoint_tensors(straight / final_name, resumed / final_name));
+  ASSERT_EQ(packed.size(), 8u);
+  for (const nlohmann::json& step : packed) EXPECT_GT(step["real_token_fraction"].get<double>(), 0.75);
+
+  // The unpacked shards' rows are mostly padding.
+  const fs::path unpacked = run_dir("unpacked_for_fill");
+  ASSERT_EQ(run(train_command(unpacked, settings), root() / "unpacked.log"), 0) << log_of(root() / "unpacked.log");
+  for (const nlohmann::json& step : read_metrics(unpacked)) EXPECT_LT(step["real_token_fraction"].get<double>(), 0.5);
 }
 
 TEST_F(TrainTrimPadding, EvalMetricsDoNotDependOnTrimming) {

@@ -22,17 +22,19 @@ void check_attention_shape(int B, int S, int H, int D, float dropout, const char
   ELECTRA_CHECK(dropout >= 0.0f && dropout < 1.0f, op, ": dropout ", dropout, " outside [0, 1)");
 }
 
-// Masked softmax of rows [S] in place: keys with mask 0 get exactly 0; no valid key -> all 0.
-// lse (may be null): per row, max + log(sum of exp(score - max)) over valid keys, +infinity for a row
-// with no valid key (so that exp(score - lse) is 0 for every key when the row is recomputed).
+// Masked softmax of the rows [S] of queries 0..rows-1 in place, mask the batch row's [S]: keys query i
+// does not attend (attends_key(mask[i], mask[j]) false) get exactly 0; no attended key -> all 0.
+// lse (may be null): per row, max + log(sum of exp(score - max)) over attended keys, +infinity for a row
+// with none (so that exp(score - lse) is 0 for every key when the row is recomputed).
 template <typename T>
 ELECTRA_CPU_CLONES void masked_softmax_rows(T* p, T* lse, const int32_t* mask, int rows, int S) {
   constexpr T kNegInf = -std::numeric_limits<T>::infinity();
   for (int i = 0; i < rows; ++i) {
     T* row = p + static_cast<size_t>(i) * S;
+    const int32_t query = mask[i];
     T max_score = kNegInf;
 #pragma omp simd reduction(max : max_score)
-    for (int j = 0; j < S; ++j) max_score = std::max(max_score, mask[j] != 0 ? row[j] : kNegInf);
+    for (int j = 0; j < S; ++j) max_score = std::max(max_score, attends_key(query, mask[j]) ? row[j] : kNegInf);
     if (max_score == kNegInf) {
       std::fill(row, row + S, T(0));
       if (lse != nullptr) lse[i] = std::numeric_limits<T>::infinity();
@@ -41,7 +43,7 @@ ELECTRA_CPU_CLONES void masked_softmax_rows(T* p, T* lse, const int32_t* mask, i
     T sum = 0;
 #pragma omp simd reduction(+ : sum)
     for (int j = 0; j < S; ++j) {
-      const T e = mask[j] != 0 ? vmath::exp_t(row[j] - max_score) : T(0);
+      const T e = attends_key(query, mask[j]) ? vmath::exp_t(row[j] - max_score) : T(0);
       row[j] = e;
       sum += e;
     }
@@ -54,18 +56,19 @@ ELECTRA_CPU_CLONES void masked_softmax_rows(T* p, T* lse, const int32_t* mask, i
 }
 
 // The probabilities of rows [S] again from their scores (in place) and forward's log-sum-exp:
-// p = exp(score - lse) for valid keys, exactly 0 for masked keys (and for rows with lse = +infinity).
+// p = exp(score - lse) for attended keys, exactly 0 for the others (and for rows with lse = +infinity).
 template <typename T>
 ELECTRA_CPU_CLONES void recompute_probability_rows(T* p, const T* lse, const int32_t* mask, int rows, int S) {
   for (int i = 0; i < rows; ++i) {
     T* row = p + static_cast<size_t>(i) * S;
     const T row_lse = lse[i];
+    const int32_t query = mask[i];
     if (!(row_lse < std::numeric_limits<T>::infinity())) {
       std::fill(row, row + S, T(0));
       continue;
     }
 #pragma omp simd
-    for (int j = 0; j < S; ++j) row[j] = mask[j] != 0 ? vmath::exp_t(row[j] - row_lse) : T(0);
+    for (int j = 0; j < S; ++j) row[j] = attends_key(query, mask[j]) ? vmath::exp_t(row[j] - row_lse) : T(0);
   }
 }
 
@@ -153,7 +156,7 @@ void attention_backward(T* dqkv, T* scratch, const T* dcontext, const T* qkv, co
                         const int32_t* mask, int B, int S, int H, int D, float dropout) {
   check_attention_shape(B, S, H, D, dropout, "attention_backward");
   ELECTRA_CHECK(dropout == 0.0f || keep != nullptr, "attention_backward: keep mask is null with dropout ", dropout);
-  (void)mask;  // masked keys have probability 0, so their score gradients vanish through probs alone
+  (void)mask;  // keys a query does not attend have probability 0: their score gradients vanish through probs
   const int ld_qkv = 3 * H * D, ld_ctx = H * D;
   const T score_scale = T(1) / std::sqrt(T(D));
   const T keep_scale = dropout > 0.0f ? T(1) / (T(1) - T(dropout)) : T(1);

@@ -247,21 +247,24 @@ class CpuBf16Backend final : public Backend<bfloat16> {
 
   // ---- embeddings ----
   // The table sizes are not passed: only the rows the ids can reach are widened.
-  void embedding_forward(T* out_values, const int32_t* ids, const int32_t* type_ids, const T* word_table,
-                         const T* position_table, const T* type_table, int B, int S, int E) override {
+  void embedding_forward(T* out_values, const int32_t* ids, const int32_t* type_ids, const int32_t* position_ids,
+                         const T* word_table, const T* position_table, const T* type_table, int B, int S,
+                         int E) override {
     const size_t tokens = count(B, S);
     const size_t type_rows = type_ids != nullptr ? rows_used(type_ids, tokens) : (tokens > 0 ? 1 : 0);
+    const size_t position_rows =
+        position_ids != nullptr ? rows_used(position_ids, tokens) : (tokens > 0 ? count(S) : 0);
     const float* wword = in(0, word_table, count(E) * rows_used(ids, tokens));
-    const float* wposition = in(1, position_table, tokens > 0 ? count(S, E) : 0);
+    const float* wposition = in(1, position_table, count(E) * position_rows);
     const float* wtype = in(2, type_table, count(E) * type_rows);
     float* wout = out(3, out_values, count(B, S, E));
-    cpu::embedding_forward(wout, ids, type_ids, wword, wposition, wtype, B, S, E);
+    cpu::embedding_forward(wout, ids, type_ids, position_ids, wword, wposition, wtype, B, S, E);
     store(out_values, wout, count(B, S, E));
   }
   void embedding_backward(W* dword, W* dposition, W* dtype, const T* dout, const int32_t* ids, const int32_t* type_ids,
-                          int B, int S, int E) override {
+                          const int32_t* position_ids, int B, int S, int E) override {
     const float* wdout = in(0, dout, count(B, S, E));
-    cpu::embedding_backward(dword, dposition, dtype, wdout, ids, type_ids, B, S, E);
+    cpu::embedding_backward(dword, dposition, dtype, wdout, ids, type_ids, position_ids, B, S, E);
   }
   void gather_rows(T* out_values, const T* x, const int32_t* positions, int B, int S, int P, int C) override {
     const float* wx = in(0, x, count(B, S, C));

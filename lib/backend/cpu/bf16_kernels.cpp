@@ -431,13 +431,14 @@ void check_positions(const int32_t* positions, int B, int P, int S, const char* 
 }
 
 // Tokens [t0, t1): summed in the order word + position + type, as embedding.cpp.
-ELECTRA_CPU_CLONES void embedding_tokens(T* out, const int32_t* ids, const int32_t* type_ids, const T* word_table,
-                                         const T* position_table, const T* type_table, size_t t0, size_t t1, int S,
-                                         int E) {
+ELECTRA_CPU_CLONES void embedding_tokens(T* out, const int32_t* ids, const int32_t* type_ids,
+                                         const int32_t* position_ids, const T* word_table, const T* position_table,
+                                         const T* type_table, size_t t0, size_t t1, int S, int E) {
   for (size_t t = t0; t < t1; ++t) {
     const T* w = word_table + static_cast<size_t>(ids[t]) * E;
     T* o = out + t * E;
-    const T* p = position_table != nullptr ? position_table + (t % S) * E : nullptr;
+    const size_t s = position_ids != nullptr ? static_cast<size_t>(position_ids[t]) : t % S;
+    const T* p = position_table != nullptr ? position_table + s * E : nullptr;
     const T* ty = type_table != nullptr ? type_table + static_cast<size_t>(type_ids ? type_ids[t] : 0) * E : nullptr;
     if (p != nullptr && ty != nullptr) {
 #pragma omp simd
@@ -457,8 +458,9 @@ ELECTRA_CPU_CLONES void embedding_tokens(T* out, const int32_t* ids, const int32
 
 // Columns [c0, c1) of every table, tokens in (b, s) order: embedding.cpp's order, so the same float sums.
 ELECTRA_CPU_CLONES void embedding_backward_columns(float* dword, float* dposition, float* dtype, const T* dout,
-                                                   const int32_t* ids, const int32_t* type_ids, size_t tokens, int S,
-                                                   int E, int c0, int c1) {
+                                                   const int32_t* ids, const int32_t* type_ids,
+                                                   const int32_t* position_ids, size_t tokens, int S, int E, int c0,
+                                                   int c1) {
   for (size_t t = 0; t < tokens; ++t) {
     const T* d = dout + t * E;
     if (dword != nullptr) {
@@ -467,7 +469,8 @@ ELECTRA_CPU_CLONES void embedding_backward_columns(float* dword, float* dpositio
       for (int c = c0; c < c1; ++c) w[c] += wide(d[c]);
     }
     if (dposition != nullptr) {
-      float* p = dposition + (t % S) * E;
+      const size_t s = position_ids != nullptr ? static_cast<size_t>(position_ids[t]) : t % S;
+      float* p = dposition + s * E;
 #pragma omp simd
       for (int c = c0; c < c1; ++c) p[c] += wide(d[c]);
     }
@@ -593,9 +596,10 @@ ELECTRA_CPU_CLONES void attention_softmax_row_block(T* probs, T* attend, float* 
   for (int i = 0; i < rows; ++i) {
     float* row = scores + static_cast<size_t>(i) * S;
     uint16_t* p = &probs[static_cast<size_t>(i) * S].bits;
+    const int32_t query = mask[i];
     float max_score = kNegInf;
 #pragma omp simd reduction(max : max_score)
-    for (int j = 0; j < S; ++j) max_score = std::max(max_score, mask[j] != 0 ? row[j] : kNegInf);
+    for (int j = 0; j < S; ++j) max_score = std::max(max_score, attends_key(query, mask[j]) ? row[j] : kNegInf);
     if (max_score == kNegInf) {
       std::fill(p, p + S, uint16_t{0});
       if (attend != nullptr)
@@ -605,7 +609,7 @@ ELECTRA_CPU_CLONES void attention_softmax_row_block(T* probs, T* attend, float* 
     float sum = 0.0f;
 #pragma omp simd reduction(+ : sum)
     for (int j = 0; j < S; ++j) {
-      const float e = mask[j] != 0 ? vmath::exp_t(row[j] - max_score) : 0.0f;
+      const float e = attends_key(query, mask[j]) ? vmath::exp_t(row[j] - max_score) : 0.0f;
       row[j] = e;
       sum += e;
     }
@@ -798,35 +802,37 @@ void layernorm_dropout_backward(T* d_res, T* dx, float* dgamma, float* dbeta, co
 
 // ---- embeddings ----
 
-void embedding_forward(T* out, const int32_t* ids, const int32_t* type_ids, const T* word_table,
-                       const T* position_table, const T* type_table, int B, int S, int E) {
+void embedding_forward(T* out, const int32_t* ids, const int32_t* type_ids, const int32_t* position_ids,
+                       const T* word_table, const T* position_table, const T* type_table, int B, int S, int E) {
   ELECTRA_CHECK(B >= 0 && S >= 0 && E > 0, "embedding_forward: bad shape B=", B, " S=", S, " E=", E);
   const size_t tokens = static_cast<size_t>(B) * S;
   check_non_negative(ids, tokens, "embedding_forward: ids");
   check_non_negative(type_ids, tokens, "embedding_forward: type_ids");
+  check_non_negative(position_ids, tokens, "embedding_forward: position_ids");
   // Blocks of 32 tokens: each token's row is independent, so any split gives the same bits.
   constexpr size_t kTokens = 32;
   const size_t blocks = (tokens + kTokens - 1) / kTokens;
 #pragma omp parallel for schedule(static) if (tokens * E > 16384)
   for (size_t blk = 0; blk < blocks; ++blk) {
-    embedding_tokens(out, ids, type_ids, word_table, position_table, type_table, blk * kTokens,
+    embedding_tokens(out, ids, type_ids, position_ids, word_table, position_table, type_table, blk * kTokens,
                      std::min(tokens, (blk + 1) * kTokens), S, E);
   }
 }
 
 void embedding_backward(float* dword, float* dposition, float* dtype, const T* dout, const int32_t* ids,
-                        const int32_t* type_ids, int B, int S, int E) {
+                        const int32_t* type_ids, const int32_t* position_ids, int B, int S, int E) {
   ELECTRA_CHECK(B >= 0 && S >= 0 && E > 0, "embedding_backward: bad shape B=", B, " S=", S, " E=", E);
   const size_t tokens = static_cast<size_t>(B) * S;
   check_non_negative(ids, tokens, "embedding_backward: ids");
   check_non_negative(type_ids, tokens, "embedding_backward: type_ids");
+  check_non_negative(position_ids, tokens, "embedding_backward: position_ids");
   // Each thread owns a block of columns of all three tables: no races, and every element sums its
   // tokens in (b, s) order whatever the split.
   const int blocks = (E + kEmbeddingColumnBlock - 1) / kEmbeddingColumnBlock;
 #pragma omp parallel for schedule(static) if (tokens * E > 16384)
   for (int blk = 0; blk < blocks; ++blk) {
     const int c0 = blk * kEmbeddingColumnBlock, c1 = std::min(E, c0 + kEmbeddingColumnBlock);
-    embedding_backward_columns(dword, dposition, dtype, dout, ids, type_ids, tokens, S, E, c0, c1);
+    embedding_backward_columns(dword, dposition, dtype, dout, ids, type_ids, position_ids, tokens, S, E, c0, c1);
   }
 }
 

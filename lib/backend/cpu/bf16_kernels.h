@@ -52,10 +52,10 @@ void layernorm_dropout_backward(T* d_res, T* dx, float* dgamma, float* dbeta, co
                                 int cols, float p);
 
 // ---- embeddings ----
-void embedding_forward(T* out, const int32_t* ids, const int32_t* type_ids, const T* word_table,
-                       const T* position_table, const T* type_table, int B, int S, int E);
+void embedding_forward(T* out, const int32_t* ids, const int32_t* type_ids, const int32_t* position_ids,
+                       const T* word_table, const T* position_table, const T* type_table, int B, int S, int E);
 void embedding_backward(float* dword, float* dposition, float* dtype, const T* dout, const int32_t* ids,
-                        const int32_t* type_ids, int B, int S, int E);
+                        const int32_t* type_ids, const int32_t* position_ids, int B, int S, int E);
 void gather_rows(T* out, const T* x, const int32_t* positions, int B, int S, int P, int C);
 void scatter_add_rows(T* dx, const T* dout, const int32_t* positions, int B, int S, int P, int C);
 
@@ -69,8 +69,9 @@ void gumbel_sample(int32_t* samples, const T* logits, const int32_t* disallow, i
                    uint64_t seed, uint64_t step, uint64_t first_example, int rows_per_example);
 
 // ---- attention's row work (the fast backend's attention runs its products in oneDNN) ----
-// Rows [S] of one (batch, head): probs = masked softmax of the float scores (keys with mask 0 get exactly
-// 0; a row without a valid key gets all zeros), rounded to bf16; when attend is non-null, also attend =
+// Rows [S] of queries 0..rows-1 of one (batch, head), mask the batch row's [S]: probs = masked softmax of
+// the float scores (keys the query does not attend, by attends_key, get exactly 0; a row without an
+// attended key gets all zeros), rounded to bf16; when attend is non-null, also attend =
 // round(probs * keep / (1 - p)) (keep: the row's dropout bits, keep_scale = 1 / (1 - p)). scores is
 // overwritten (scratch).
 void attention_softmax_rows(T* probs, T* attend, float* scores, const int32_t* mask, const uint8_t* keep,

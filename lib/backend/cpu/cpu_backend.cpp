@@ -103,13 +103,14 @@ class CpuBackend final : public Backend<T> {
     cpu::layernorm_backward(dx, dgamma, dbeta, dy, x, mean, rstd, gamma, rows, cols);
   }
 
-  void embedding_forward(T* out, const int32_t* ids, const int32_t* type_ids, const T* word_table,
-                         const T* position_table, const T* type_table, int B, int S, int E) override {
-    cpu::embedding_forward(out, ids, type_ids, word_table, position_table, type_table, B, S, E);
+  void embedding_forward(T* out, const int32_t* ids, const int32_t* type_ids, const int32_t* position_ids,
+                         const T* word_table, const T* position_table, const T* type_table, int B, int S,
+                         int E) override {
+    cpu::embedding_forward(out, ids, type_ids, position_ids, word_table, position_table, type_table, B, S, E);
   }
   void embedding_backward(T* dword, T* dposition, T* dtype, const T* dout, const int32_t* ids, const int32_t* type_ids,
-                          int B, int S, int E) override {
-    cpu::embedding_backward(dword, dposition, dtype, dout, ids, type_ids, B, S, E);
+                          const int32_t* position_ids, int B, int S, int E) override {
+    cpu::embedding_backward(dword, dposition, dtype, dout, ids, type_ids, position_ids, B, S, E);
   }
   void gather_rows(T* out, const T* x, const int32_t* positions, int B, int S, int P, int C) override {
     cpu::gather_rows(out, x, positions, B, S, P, C);

@@ -26,18 +26,19 @@ constexpr int kColumnBlock = 32;
 }  // namespace
 
 template <typename T>
-void embedding_forward(T* out, const int32_t* ids, const int32_t* type_ids, const T* word_table,
-                       const T* position_table, const T* type_table, int B, int S, int E) {
+void embedding_forward(T* out, const int32_t* ids, const int32_t* type_ids, const int32_t* position_ids,
+                       const T* word_table, const T* position_table, const T* type_table, int B, int S, int E) {
   ELECTRA_CHECK(B >= 0 && S >= 0 && E > 0, "embedding_forward: bad shape B=", B, " S=", S, " E=", E);
   const size_t tokens = static_cast<size_t>(B) * S;
   check_non_negative(ids, tokens, "embedding_forward: ids");
   check_non_negative(type_ids, tokens, "embedding_forward: type_ids");
+  check_non_negative(position_ids, tokens, "embedding_forward: position_ids");
 #pragma omp parallel for schedule(static) if (tokens * E > 16384)
   for (size_t t = 0; t < tokens; ++t) {
-    const int s = static_cast<int>(t % S);
+    const size_t s = position_ids != nullptr ? static_cast<size_t>(position_ids[t]) : t % S;
     const T* w = word_table + static_cast<size_t>(ids[t]) * E;
     T* o = out + t * E;
-    const T* p = position_table != nullptr ? position_table + static_cast<size_t>(s) * E : nullptr;
+    const T* p = position_table != nullptr ? position_table + s * E : nullptr;
     const T* ty = type_table != nullptr ? type_table + static_cast<size_t>(type_ids ? type_ids[t] : 0) * E : nullptr;
     // Summed in the order word + position + type, as Hugging Face does.
     if (p != nullptr && ty != nullptr) {
@@ -58,13 +59,15 @@ void embedding_forward(T* out, const int32_t* ids, const int32_t* type_ids, cons
 
 template <typename T>
 void embedding_backward(T* dword, T* dposition, T* dtype, const T* dout, const int32_t* ids, const int32_t* type_ids,
-                        int B, int S, int E) {
+                        const int32_t* position_ids, int B, int S, int E) {
   ELECTRA_CHECK(B >= 0 && S >= 0 && E > 0, "embedding_backward: bad shape B=", B, " S=", S, " E=", E);
   const size_t tokens = static_cast<size_t>(B) * S;
   check_non_negative(ids, tokens, "embedding_backward: ids");
   check_non_negative(type_ids, tokens, "embedding_backward: type_ids");
+  check_non_negative(position_ids, tokens, "embedding_backward: position_ids");
   // Each thread owns a block of columns of all three tables and walks the tokens in order: no two
-  // threads touch the same element, and every element sums its tokens in (b, s) order.
+  // threads touch the same element, and every element sums its tokens in (b, s) order (position ids
+  // repeat across a packed row's examples, so the position table is a scatter-add like the others).
   const int blocks = (E + kColumnBlock - 1) / kColumnBlock;
 #pragma omp parallel for schedule(static) if (tokens * E > 16384)
   for (int blk = 0; blk < blocks; ++blk) {
@@ -77,7 +80,8 @@ void embedding_backward(T* dword, T* dposition, T* dtype, const T* dout, const i
         for (int c = c0; c < c1; ++c) w[c] += d[c];
       }
       if (dposition != nullptr) {
-        T* p = dposition + static_cast<size_t>(t % S) * E;
+        const size_t s = position_ids != nullptr ? static_cast<size_t>(position_ids[t]) : t % S;
+        T* p = dposition + s * E;
 #pragma omp simd
         for (int c = c0; c < c1; ++c) p[c] += d[c];
       }
@@ -125,8 +129,10 @@ void scatter_add_rows(T* dx, const T* dout, const int32_t* positions, int B, int
 }
 
 #define ELECTRA_INSTANTIATE(T)                                                                                         \
-  template void embedding_forward<T>(T*, const int32_t*, const int32_t*, const T*, const T*, const T*, int, int, int); \
-  template void embedding_backward<T>(T*, T*, T*, const T*, const int32_t*, const int32_t*, int, int, int);            \
+  template void embedding_forward<T>(T*, const int32_t*, const int32_t*, const int32_t*, const T*, const T*, const T*, \
+                                     int, int, int);                                                                   \
+  template void embedding_backward<T>(T*, T*, T*, const T*, const int32_t*, const int32_t*, const int32_t*, int, int,  \
+                                      int);                                                                            \
   template void gather_rows<T>(T*, const T*, const int32_t*, int, int, int, int);                                      \
   template void scatter_add_rows<T>(T*, const T*, const int32_t*, int, int, int, int);
 ELECTRA_INSTANTIATE(float)

@@ -90,16 +90,17 @@ void layernorm_backward(T* dx, T* dgamma, T* dbeta, const T* dy, const T* x, con
                         const T* gamma, int rows, int cols);
 
 // ---- embeddings (embedding.cpp) ----
-// position_table / type_table may be null (that term is left out); type_ids may be null (type 0).
-// Ids must be non-negative (checked) and inside their tables (not checked: the sizes are not passed).
+// position_table / type_table may be null (that term is left out); type_ids may be null (type 0);
+// position_ids may be null (token (b, s) at position s). Ids must be non-negative (checked) and inside
+// their tables (not checked: the sizes are not passed).
 template <typename T>
-void embedding_forward(T* out, const int32_t* ids, const int32_t* type_ids, const T* word_table,
-                       const T* position_table, const T* type_table, int B, int S, int E);
+void embedding_forward(T* out, const int32_t* ids, const int32_t* type_ids, const int32_t* position_ids,
+                       const T* word_table, const T* position_table, const T* type_table, int B, int S, int E);
 // Each of dword / dposition / dtype may be null (skipped). Tokens are added in order (b, s) for every
 // table row: deterministic, and parallel over column blocks so there are no races.
 template <typename T>
 void embedding_backward(T* dword, T* dposition, T* dtype, const T* dout, const int32_t* ids, const int32_t* type_ids,
-                        int B, int S, int E);
+                        const int32_t* position_ids, int B, int S, int E);
 // Positions must lie in [0, S) (checked).
 template <typename T>
 void gather_rows(T* out, const T* x, const int32_t* positions, int B, int S, int P, int C);
@@ -107,8 +108,9 @@ template <typename T>
 void scatter_add_rows(T* dx, const T* dout, const int32_t* positions, int B, int S, int P, int C);
 
 // ---- attention (attention.cpp) ----
-// As Backend<T>::attention_forward. Keys with mask 0 get probability exactly 0; a query row whose keys
-// are all masked gets all-zero probabilities (and context 0). A null mask attends to every key.
+// As Backend<T>::attention_forward. Keys query i does not attend (attends_key(mask[i], mask[j]) false:
+// padding, or another packed example) get probability exactly 0; a query row with no attended key gets
+// all-zero probabilities (and context 0). A null mask attends to every key.
 // With dropout == 0, keep may be null
 // (when given, it is set to all ones). The keep mask uses DropoutKey element indices of the
 // [B,H,Sk,Sk] probability tensor: element ((b*H + h)*Sk + i)*Sk + j (attention_keep_mask).
@@ -121,8 +123,8 @@ void attention_backward(T* dqkv, T* scratch, const T* dcontext, const T* qkv, co
                         const int32_t* mask, int B, int S, int H, int D, float dropout);
 // As Backend<T>::fused_attention_forward / fused_attention_backward: per (batch, head) pair O(S*S)
 // per-thread scratch, nothing [B,H,S,S]. stats [B,H,S]: max + log(sum exp(score - max)) over the row's
-// valid keys (the sum taken in T as the softmax does, the log in double), +infinity for a row whose keys
-// are all masked (its probabilities recompute to 0). Forward's context equals attention_forward's (same
+// attended keys (the sum taken in T as the softmax does, the log in double), +infinity for a row with no
+// attended key (its probabilities recompute to 0). Forward's context equals attention_forward's (same
 // GEMMs, softmax code and keep bits: attention_keep_mask's element of the key, regenerated in backward);
 // backward recomputes p = exp(score - stats) and agrees with attention_backward to rounding. A null mask
 // attends to every key. context is not read by this backward (it is part of the interface for libraries

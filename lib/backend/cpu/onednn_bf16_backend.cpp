@@ -208,13 +208,14 @@ class OnednnBf16Backend final : public Backend<bfloat16> {
   }
 
   // ---- embeddings ----
-  void embedding_forward(T* out, const int32_t* ids, const int32_t* type_ids, const T* word_table,
-                         const T* position_table, const T* type_table, int B, int S, int E) override {
-    cpu::bf16::embedding_forward(out, ids, type_ids, word_table, position_table, type_table, B, S, E);
+  void embedding_forward(T* out, const int32_t* ids, const int32_t* type_ids, const int32_t* position_ids,
+                         const T* word_table, const T* position_table, const T* type_table, int B, int S,
+                         int E) override {
+    cpu::bf16::embedding_forward(out, ids, type_ids, position_ids, word_table, position_table, type_table, B, S, E);
   }
   void embedding_backward(W* dword, W* dposition, W* dtype, const T* dout, const int32_t* ids, const int32_t* type_ids,
-                          int B, int S, int E) override {
-    cpu::bf16::embedding_backward(dword, dposition, dtype, dout, ids, type_ids, B, S, E);
+                          const int32_t* position_ids, int B, int S, int E) override {
+    cpu::bf16::embedding_backward(dword, dposition, dtype, dout, ids, type_ids, position_ids, B, S, E);
   }
   void gather_rows(T* out, const T* x, const int32_t* positions, int B, int S, int P, int C) override {
     cpu::bf16::gather_rows(out, x, positions, B, S, P, C);
@@ -360,7 +361,7 @@ void OnednnBf16Backend::attention_backward(T* dqkv, T* scratch, const T* dcontex
   }
   check_attention("attention_backward", B, S, H, D, dropout);
   ELECTRA_CHECK(dropout == 0.0f || keep != nullptr, "attention_backward: keep mask is null with dropout ", dropout);
-  (void)mask;  // masked keys have probability 0, so their score gradients are 0 without it
+  (void)mask;  // keys a query does not attend have probability 0, so their score gradients are 0 without it
   const HeadProducts hp{S, H, D};
   const float keep_scale = dropout > 0.0f ? 1.0f / (1.0f - dropout) : 1.0f;
   const float score_scale = 1.0f / std::sqrt(static_cast<float>(D));

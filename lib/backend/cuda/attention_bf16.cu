@@ -29,7 +29,7 @@ __global__ void bf16_softmax_forward_kernel(float* scores, __nv_bfloat16* probs,
   const size_t base = math::attention_keep_index(b, H, h, S, i, 0);  // element (b, h, i, 0)
   float* p = scores + static_cast<size_t>(row) * S;
   const int32_t* m = mask != nullptr ? mask + static_cast<size_t>(b) * S : nullptr;
-  warp_masked_softmax_row(p, m, S, lane);
+  warp_masked_softmax_row(p, m, query_mask_of(m, i), S, lane);
   ELECTRA_ATTENTION_KEYS(j, S, lane) probs[base + j] = __float2bfloat16_rn(p[j]);
   __nv_bfloat16* out = dropout > 0.0f ? attend + static_cast<size_t>(row) * S : nullptr;
   warp_dropout_row(out, keep, p, key, base, math::attention_keep_index(key, b, H, h, S, i, 0), S, lane, dropout,

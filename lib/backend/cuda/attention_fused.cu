@@ -34,7 +34,7 @@ __global__ void fused_softmax_forward_kernel(float* p, float* stats, const int32
   const int b = static_cast<int>(row / S), i = static_cast<int>(row % S);
   float* pr = p + static_cast<size_t>(row) * S;
   const int32_t* m = mask != nullptr ? mask + static_cast<size_t>(b) * S : nullptr;
-  const SoftmaxRowStats row_stats = warp_masked_softmax_row(pr, m, S, lane);
+  const SoftmaxRowStats row_stats = warp_masked_softmax_row(pr, m, query_mask_of(m, i), S, lane);
   if (lane == 0) stats[(static_cast<size_t>(b) * H + h) * S + i] = math::row_log_sum_exp(row_stats.max, row_stats.sum);
   if (dropout > 0.0f) {
     for (int j0 = 4 * lane; j0 < S; j0 += 4 * kWarp) {
@@ -57,6 +57,7 @@ __global__ void fused_recompute_kernel(float* p, float* dropped, const float* st
   float* pr = p + static_cast<size_t>(row) * S;
   float* dr = dropped != nullptr ? dropped + static_cast<size_t>(row) * S : nullptr;
   const int32_t* m = mask != nullptr ? mask + static_cast<size_t>(b) * S : nullptr;
+  const int32_t query_mask = query_mask_of(m, i);
   const float lse = stats[(static_cast<size_t>(b) * H + h) * S + i];
   for (int j0 = 4 * lane; j0 < S; j0 += 4 * kWarp) {
     const int count = S - j0 < 4 ? S - j0 : 4;
@@ -64,7 +65,7 @@ __global__ void fused_recompute_kernel(float* p, float* dropped, const float* st
     if (dr != nullptr) row_keep_bits(bits, key, dropout, b, H, h, S, i, j0, count);
     for (int u = 0; u < count; ++u) {
       const int j = j0 + u;
-      const float pj = math::recomputed_probability(pr[j], lse, m == nullptr || m[j] != 0);
+      const float pj = math::recomputed_probability(pr[j], lse, key_valid(m, query_mask, j));
       pr[j] = pj;
       if (dr != nullptr) dr[j] = math::dropped_probability(pj, bits[u], keep_scale);
     }

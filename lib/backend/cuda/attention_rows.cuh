@@ -28,13 +28,26 @@ struct SoftmaxRowStats {
   float sum;
 };
 
+// The mask value of query i of a row (0 without a mask: then every key is valid anyway).
+__device__ inline int32_t query_mask_of(const int32_t* mask_row, int i) {
+  return mask_row != nullptr ? mask_row[i] : 0;
+}
+
+// Whether key j is valid for a query whose mask value is query_mask (backend.h's attends_key; every key
+// without a mask).
+__device__ inline bool key_valid(const int32_t* mask_row, int32_t query_mask, int j) {
+  return mask_row == nullptr || math::attends_key(query_mask, mask_row[j]);
+}
+
 // Masked softmax of one query row in place: p [S] holds the scaled scores, on return the probabilities
-// (all 0 when no key is valid). mask_row: the row's example's mask (nonzero = valid key), or null.
+// (all 0 when no key is valid). mask_row: the example's mask row [S] (0 padding, k the k-th packed
+// example), or null; query_mask: the query's own entry of it (query_mask_of).
 // Every lane of the warp must call it (it shuffles).
-__device__ inline SoftmaxRowStats warp_masked_softmax_row(float* p, const int32_t* mask_row, int S, int lane) {
+__device__ inline SoftmaxRowStats warp_masked_softmax_row(float* p, const int32_t* mask_row, int32_t query_mask, int S,
+                                                          int lane) {
   float mx = -INFINITY;
   ELECTRA_ATTENTION_KEYS(j, S, lane) {
-    if (mask_row == nullptr || mask_row[j] != 0) mx = fmaxf(mx, p[j]);
+    if (key_valid(mask_row, query_mask, j)) mx = fmaxf(mx, p[j]);
   }
   mx = warp_reduce(mx, MaxOp{});
   float sum = 0.0f;
@@ -42,7 +55,7 @@ __device__ inline SoftmaxRowStats warp_masked_softmax_row(float* p, const int32_
     ELECTRA_ATTENTION_KEYS(j, S, lane) p[j] = 0.0f;
   } else {
     ELECTRA_ATTENTION_KEYS(j, S, lane) {
-      const float e = (mask_row == nullptr || mask_row[j] != 0) ? math::exp_f(p[j] - mx) : 0.0f;
+      const float e = key_valid(mask_row, query_mask, j) ? math::exp_f(p[j] - mx) : 0.0f;
       p[j] = e;
       sum += e;
     }

@@ -12,14 +12,17 @@
 //    copy_ints_from_host return once the host buffer has been read (it may be reused at once).
 //  - Bad indices are found on the device: an op that meets a negative embedding id, a position outside
 //    [0, S) or a label outside [0, V) skips that element and the next waiting call throws electra::Error
-//    naming the problem (the CPU backend throws before running the op).
+//    naming the problem (the CPU backend throws before running the op). Likewise a packed attention mask
+//    (several examples in a row) in a fused attention call that cuDNN SDPA serves (bf16/fp16 modes,
+//    dropout 0): its sequence lengths cannot express it; train.attention = materialized runs packed rows.
+//    Every other attention path takes packed masks.
 //  - Results are bitwise reproducible from run to run on the same GPU model (same SM count) with the same
 //    build and CUDA libraries: no floating-point atomics; every reduction (bias / LayerNorm / embedding
 //    gradients, sum of squares, softmax rows) has a fixed order, and cuBLAS is deterministic on one
 //    stream. Against the CPU backend:
 //    dropout keep masks and Gumbel samples (for equal logits) are bitwise equal; embedding_forward,
-//    gather_rows, scatter_add_rows and the position-table gradient are bitwise equal; the rest agree to
-//    float rounding (different summation orders and fused multiply-adds).
+//    gather_rows, scatter_add_rows and the position-table gradient without position ids are bitwise
+//    equal; the rest agree to float rounding (different summation orders and fused multiply-adds).
 //  - The calling thread's current CUDA device is switched to the backend's device by every call.
 #pragma once
 

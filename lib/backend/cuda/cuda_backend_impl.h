@@ -386,14 +386,15 @@ class CudaBackend final : public Backend<float> {
   }
 
   // ---- embeddings ----
-  void embedding_forward(float* out, const int32_t* ids, const int32_t* type_ids, const float* word_table,
-                         const float* position_table, const float* type_table, int B, int S, int E) override {
+  void embedding_forward(float* out, const int32_t* ids, const int32_t* type_ids, const int32_t* position_ids,
+                         const float* word_table, const float* position_table, const float* type_table, int B, int S,
+                         int E) override {
     ELECTRA_CHECK(B >= 0 && S >= 0 && E > 0, "embedding_forward: bad shape B=", B, " S=", S, " E=", E);
     activate();
-    cuda::embedding_forward(stream_, out, ids, type_ids, word_table, position_table, type_table, B, S, E);
+    cuda::embedding_forward(stream_, out, ids, type_ids, position_ids, word_table, position_table, type_table, B, S, E);
   }
   void embedding_backward(float* dword, float* dposition, float* dtype, const float* dout, const int32_t* ids,
-                          const int32_t* type_ids, int B, int S, int E) override {
+                          const int32_t* type_ids, const int32_t* position_ids, int B, int S, int E) override {
     ELECTRA_CHECK(B >= 0 && S >= 0 && E > 0, "embedding_backward: bad shape B=", B, " S=", S, " E=", E);
     const long long tokens = static_cast<long long>(B) * S;
     ELECTRA_CHECK(tokens < (1LL << 31), "embedding_backward: ", tokens, " tokens is too many");
@@ -401,11 +402,11 @@ class CudaBackend final : public Backend<float> {
     activate();
     void* ws = nullptr;
     size_t bytes = 0;
-    if (dword != nullptr || dtype != nullptr) {
+    if (cuda::embedding_backward_sorts(dword, dposition, dtype, position_ids)) {
       bytes = cuda::embedding_backward_workspace(static_cast<int>(tokens), E);
       ws = workspace<char>(bytes);
     }
-    cuda::embedding_backward(stream_, dword, dposition, dtype, dout, ids, type_ids, B, S, E, ws, bytes);
+    cuda::embedding_backward(stream_, dword, dposition, dtype, dout, ids, type_ids, position_ids, B, S, E, ws, bytes);
   }
   void gather_rows(float* out, const float* x, const int32_t* positions, int B, int S, int P, int C) override {
     ELECTRA_CHECK(B >= 0 && S > 0 && P >= 0 && C > 0, "gather_rows: bad shape");
@@ -490,7 +491,8 @@ class CudaBackend final : public Backend<float> {
   // the workspace (the only quadratic memory, shared by every layer), the row kernels of
   // attention_fused.cu turn them into probabilities (and stats), and the dropout keep bits are drawn
   // again from the key, exactly attention_forward's. In the bf16/fp16 modes cuDNN SDPA takes the calls
-  // it supports instead (dropout 0; sdpa_cudnn.h).
+  // it supports instead (dropout 0; sdpa_cudnn.h); it cannot express packed masks and flags them (the
+  // next wait throws), as choosing per call would need the device mask on the host.
   bool fused_attention_supported(int B, int S, int H, int D, float dropout) const override {
     return B >= 0 && S > 0 && H > 0 && D > 0 && dropout >= 0.0f && dropout < 1.0f;
   }
@@ -746,13 +748,19 @@ class CudaBackend final : public Backend<float> {
     *host_errors_ = 0;
     ELECTRA_CUDA_CHECK(cudaMemsetAsync(stream_.errors, 0, sizeof(unsigned), stream_.stream));
     std::string what;
-    if (errors & cuda::kErrorNegativeId) what += " a negative embedding id or type id;";
+    if (errors & cuda::kErrorNegativeId) what += " a negative embedding id, type id or position id;";
     if (errors & cuda::kErrorPosition) what += " a gather/scatter position outside [0, S);";
     if (errors & cuda::kErrorLabel) what += " a softmax_cross_entropy label outside [0, V);";
     if (errors & cuda::kErrorAttentionMask) {
       what +=
           " an attention mask row that is not right padding (ones, then zeros, at least one 1), which cuDNN"
           " SDPA cannot express;";
+    }
+    if (errors & cuda::kErrorPackedMask) {
+      what +=
+          " a packed attention mask row (several examples in one row: values 1, 2, ...) in fused attention served by"
+          " cuDNN SDPA, whose sequence lengths cannot express block-diagonal attention: set train.attention ="
+          " materialized (the backend's own kernels) to train on packed rows in the bf16/fp16 modes;";
     }
     fail("cuda backend: an op since the last synchronisation got invalid input:", what,
          " those elements were skipped and the results are wrong (the CPU backend rejects such input up front)");

@@ -238,14 +238,15 @@ class CudaBf16Backend final : public Backend<bfloat16> {
   }
 
   // ---- embeddings: bf16 tables and activations, fp32 table gradients ----
-  void embedding_forward(bfloat16* out, const int32_t* ids, const int32_t* type_ids, const bfloat16* word_table,
-                         const bfloat16* position_table, const bfloat16* type_table, int B, int S, int E) override {
+  void embedding_forward(bfloat16* out, const int32_t* ids, const int32_t* type_ids, const int32_t* position_ids,
+                         const bfloat16* word_table, const bfloat16* position_table, const bfloat16* type_table, int B,
+                         int S, int E) override {
     ELECTRA_CHECK(B >= 0 && S >= 0 && E > 0, "embedding_forward: bad shape B=", B, " S=", S, " E=", E);
     f_.activate();
-    cuda::embedding_forward(s(), out, ids, type_ids, word_table, position_table, type_table, B, S, E);
+    cuda::embedding_forward(s(), out, ids, type_ids, position_ids, word_table, position_table, type_table, B, S, E);
   }
   void embedding_backward(float* dword, float* dposition, float* dtype, const bfloat16* dout, const int32_t* ids,
-                          const int32_t* type_ids, int B, int S, int E) override {
+                          const int32_t* type_ids, const int32_t* position_ids, int B, int S, int E) override {
     ELECTRA_CHECK(B >= 0 && S >= 0 && E > 0, "embedding_backward: bad shape B=", B, " S=", S, " E=", E);
     const long long tokens = static_cast<long long>(B) * S;
     ELECTRA_CHECK(tokens < (1LL << 31), "embedding_backward: ", tokens, " tokens is too many");
@@ -253,11 +254,11 @@ class CudaBf16Backend final : public Backend<bfloat16> {
     f_.activate();
     void* ws = nullptr;
     size_t bytes = 0;
-    if (dword != nullptr || dtype != nullptr) {
+    if (cuda::embedding_backward_sorts(dword, dposition, dtype, position_ids)) {
       bytes = cuda::embedding_backward_workspace(static_cast<int>(tokens), E);
       ws = f_.workspace<char>(bytes);
     }
-    cuda::embedding_backward(s(), dword, dposition, dtype, dout, ids, type_ids, B, S, E, ws, bytes);
+    cuda::embedding_backward(s(), dword, dposition, dtype, dout, ids, type_ids, position_ids, B, S, E, ws, bytes);
   }
   void gather_rows(bfloat16* out, const bfloat16* x, const int32_t* positions, int B, int S, int P, int C) override {
     ELECTRA_CHECK(B >= 0 && S > 0 && P >= 0 && C > 0, "gather_rows: bad shape");

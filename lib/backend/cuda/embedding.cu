@@ -1,5 +1,6 @@
-// Embedding lookups and their deterministic scatter-add gradients (segment_sum.h has the design), row
-// gathers and scatter-adds for the heads. Storage-typed kernels take D = float or __nv_bfloat16
+// Embedding lookups and their deterministic scatter-add gradients (segment_sum.h has the design; position
+// ids of packed rows go through the same sorted scatter-add as word ids), row gathers and scatter-adds
+// for the heads. Storage-typed kernels take D = float or __nv_bfloat16
 // (storage.cuh; the segment passes take float or electra::bfloat16 rows); launchers are instantiated for
 // float and electra::bfloat16 at the end of the file.
 #include <cub/device/device_radix_sort.cuh>
@@ -17,23 +18,25 @@ namespace {
 constexpr int kColumnsPerBlock = 128;  // threads (columns) per block of the segment passes
 
 template <typename D>
-__global__ void embedding_forward_kernel(D* out, const int32_t* ids, const int32_t* type_ids, const D* word_table,
-                                         const D* position_table, const D* type_table, int S, int E, size_t n,
-                                         unsigned* errors) {
+__global__ void embedding_forward_kernel(D* out, const int32_t* ids, const int32_t* type_ids,
+                                         const int32_t* position_ids, const D* word_table, const D* position_table,
+                                         const D* type_table, int S, int E, size_t n, unsigned* errors) {
   for (size_t i = blockIdx.x * static_cast<size_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<size_t>(blockDim.x) * gridDim.x) {
     const size_t t = i / E;
     const int c = static_cast<int>(i - t * E);
     const int id = ids[t];
     const int type = type_ids != nullptr ? type_ids[t] : 0;
-    if (id < 0 || type < 0) {
+    // Packed rows restart positions per example; otherwise token t of a row sits at position t % S.
+    const int position = position_ids != nullptr ? position_ids[t] : static_cast<int>(t % S);
+    if (id < 0 || type < 0 || position < 0) {
       report(errors, kErrorNegativeId);
       out[i] = from_float<D>(0.0f);
       continue;
     }
     // Summed in the order word + position + type, as the CPU backend (and Hugging Face).
     float v = to_float(word_table[static_cast<size_t>(id) * E + c]);
-    if (position_table != nullptr) v = v + to_float(position_table[(t % S) * E + c]);
+    if (position_table != nullptr) v = v + to_float(position_table[static_cast<size_t>(position) * E + c]);
     if (type_table != nullptr) v = v + to_float(type_table[static_cast<size_t>(type) * E + c]);
     out[i] = from_float<D>(v);
   }
@@ -180,11 +183,12 @@ void sorted_scatter_add(const Stream& s, float* table, const Row* rows, const in
 }  // namespace
 
 template <typename T>
-void embedding_forward(const Stream& s, T* out, const int32_t* ids, const int32_t* type_ids, const T* word_table,
-                       const T* position_table, const T* type_table, int B, int S, int E) {
+void embedding_forward(const Stream& s, T* out, const int32_t* ids, const int32_t* type_ids,
+                       const int32_t* position_ids, const T* word_table, const T* position_table, const T* type_table,
+                       int B, int S, int E) {
   const size_t n = static_cast<size_t>(B) * S * E;
   if (n == 0) return;
-  embedding_forward_kernel<<<grid_for(n, s), kBlock, 0, s.stream>>>(device_ptr(out), ids, type_ids,
+  embedding_forward_kernel<<<grid_for(n, s), kBlock, 0, s.stream>>>(device_ptr(out), ids, type_ids, position_ids,
                                                                     device_ptr(word_table), device_ptr(position_table),
                                                                     device_ptr(type_table), S, E, n, s.errors);
   ELECTRA_CUDA_CHECK_LAUNCH("embedding_forward_kernel");
@@ -194,11 +198,11 @@ size_t embedding_backward_workspace(int tokens, int E) { return carve(nullptr, t
 
 template <typename T>
 void embedding_backward(const Stream& s, float* dword, float* dposition, float* dtype, const T* dout,
-                        const int32_t* ids, const int32_t* type_ids, int B, int S, int E, void* workspace,
-                        size_t workspace_bytes) {
+                        const int32_t* ids, const int32_t* type_ids, const int32_t* position_ids, int B, int S, int E,
+                        void* workspace, size_t workspace_bytes) {
   const int tokens = B * S;
   if (tokens == 0) return;
-  if (dword != nullptr || dtype != nullptr) {
+  if (embedding_backward_sorts(dword, dposition, dtype, position_ids)) {
     const BackwardWorkspace w = carve(workspace, tokens, E);
     ELECTRA_CHECK(w.total <= workspace_bytes, "embedding_backward: workspace of ", workspace_bytes, " bytes, need ",
                   w.total);
@@ -212,8 +216,11 @@ void embedding_backward(const Stream& s, float* dword, float* dposition, float* 
       }
       sorted_scatter_add(s, dtype, dout, type_ids, tokens, E, w);
     }
+    // Packed rows: a position occurs anywhere in the batch, so it is a table key like a word id.
+    if (dposition != nullptr && position_ids != nullptr)
+      sorted_scatter_add(s, dposition, dout, position_ids, tokens, E, w);
   }
-  if (dposition != nullptr) {
+  if (dposition != nullptr && position_ids == nullptr) {
     const size_t n = static_cast<size_t>(S) * E;
     position_sum_kernel<<<grid_for(n, s), kBlock, 0, s.stream>>>(dposition, dout, B, S, E);
     ELECTRA_CUDA_CHECK_LAUNCH("position_sum_kernel");
@@ -238,10 +245,10 @@ void scatter_add_rows(const Stream& s, T* dx, const T* dout, const int32_t* posi
 }
 
 #define ELECTRA_INSTANTIATE_EMBEDDING(T)                                                                               \
-  template void embedding_forward<T>(const Stream&, T*, const int32_t*, const int32_t*, const T*, const T*, const T*,  \
-                                     int, int, int);                                                                   \
+  template void embedding_forward<T>(const Stream&, T*, const int32_t*, const int32_t*, const int32_t*, const T*,      \
+                                     const T*, const T*, int, int, int);                                               \
   template void embedding_backward<T>(const Stream&, float*, float*, float*, const T*, const int32_t*, const int32_t*, \
-                                      int, int, int, void*, size_t);                                                   \
+                                      const int32_t*, int, int, int, void*, size_t);                                   \
   template void gather_rows<T>(const Stream&, T*, const T*, const int32_t*, int, int, int, int);                       \
   template void scatter_add_rows<T>(const Stream&, T*, const T*, const int32_t*, int, int, int, int);
 ELECTRA_INSTANTIATE_EMBEDDING(float)

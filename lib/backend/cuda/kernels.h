@@ -20,10 +20,11 @@ namespace electra::cuda {
 // Bits of the device error word. A kernel that meets an index it must not use skips that element and
 // sets its bit; the backend turns the word into an electra::Error at its next blocking call.
 enum DeviceError : unsigned {
-  kErrorNegativeId = 1u,     // embedding ids / type ids / embedding_backward keys < 0
+  kErrorNegativeId = 1u,     // embedding ids / type ids / position ids / embedding_backward keys < 0
   kErrorPosition = 2u,       // gather_rows / scatter_add_rows position outside [0, S)
   kErrorLabel = 4u,          // softmax_cross_entropy label outside [0, V)
   kErrorAttentionMask = 8u,  // cuDNN SDPA: a mask row that is not ones-then-zeros with at least one 1
+  kErrorPackedMask = 16u,    // cuDNN SDPA: a mask row with several packed examples (values 1, 2, ...)
 };
 
 struct Stream {
@@ -97,6 +98,8 @@ void gumbel_sample(const Stream& s, int32_t* samples, const T* logits, const int
                    float temperature, uint64_t seed, uint64_t step, uint64_t first_example, int rows_per_example);
 // Attention, one head h at a time. probs and keep are the whole [B,H,S,S] tensors (keep may be null when
 // dropout == 0); `dropped` is [B,S,S] for head h (probs * keep / (1 - p)), null when dropout == 0.
+// mask [B,S] (or null) is backend.h's: 0 padding, k > 0 the row's k-th packed example; query i attends key
+// j when math::attends_key(mask[i], mask[j]) (attention_fused_math.h). The same in every attention kernel.
 // On entry probs holds head h's scaled scores; on return its masked softmax.
 void attention_softmax_forward(const Stream& s, float* probs, uint8_t* keep, float* dropped, const int32_t* mask, int B,
                                int H, int S, int h, float dropout, const DropoutKey& key);
@@ -145,16 +148,27 @@ void bf16_attention_softmax_backward(const Stream& s, bfloat16* ds, float* dp, c
                                      float score_scale);
 
 // ---- embedding.cu ----
+// position_ids [B,S] may be null (token (b, s) at position s); a negative id, type id or position id sets
+// kErrorNegativeId and writes a zero row.
 template <typename T>
-void embedding_forward(const Stream& s, T* out, const int32_t* ids, const int32_t* type_ids, const T* word_table,
-                       const T* position_table, const T* type_table, int B, int S, int E);
+void embedding_forward(const Stream& s, T* out, const int32_t* ids, const int32_t* type_ids,
+                       const int32_t* position_ids, const T* word_table, const T* position_table, const T* type_table,
+                       int B, int S, int E);
+// Whether embedding_backward needs its workspace for these gradients: for every sorted scatter-add (word,
+// type, and position when position_ids are given; the plain position sum needs none).
+inline bool embedding_backward_sorts(const float* dword, const float* dposition, const float* dtype,
+                                     const int32_t* position_ids) {
+  return dword != nullptr || dtype != nullptr || (dposition != nullptr && position_ids != nullptr);
+}
 // Bytes of workspace embedding_backward needs for B*S tokens of width E.
 size_t embedding_backward_workspace(int tokens, int E);
-// The table gradients are float for both storage types (dout is widened per element).
+// The table gradients are float for both storage types (dout is widened per element). Without
+// position_ids, dposition[s] sums the batch's rows s in order (bitwise the CPU's); with them, dposition is
+// a sorted scatter-add keyed by position id like dword (segment_sum.h), deterministic without atomics.
 template <typename T>
 void embedding_backward(const Stream& s, float* dword, float* dposition, float* dtype, const T* dout,
-                        const int32_t* ids, const int32_t* type_ids, int B, int S, int E, void* workspace,
-                        size_t workspace_bytes);
+                        const int32_t* ids, const int32_t* type_ids, const int32_t* position_ids, int B, int S, int E,
+                        void* workspace, size_t workspace_bytes);
 template <typename T>
 void gather_rows(const Stream& s, T* out, const T* x, const int32_t* positions, int B, int S, int P, int C);
 // For bfloat16 each destination row is rounded once: its old value plus all its predictions, summed in

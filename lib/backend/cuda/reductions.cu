@@ -261,7 +261,7 @@ __global__ void attention_softmax_forward_kernel(float* probs, uint8_t* keep, fl
   const size_t base = ((static_cast<size_t>(b) * H + h) * S + i) * S;  // element (b, h, i, 0)
   float* p = probs + base;
   const int32_t* m = mask != nullptr ? mask + static_cast<size_t>(b) * S : nullptr;
-  warp_masked_softmax_row(p, m, S, lane);
+  warp_masked_softmax_row(p, m, query_mask_of(m, i), S, lane);
   float* out = dropout > 0.0f ? dropped + (static_cast<size_t>(b) * S + i) * S : nullptr;
   warp_dropout_row(out, keep, p, key, base, math::attention_keep_index(key, b, H, h, S, i, 0), S, lane, dropout,
                    keep_scale);

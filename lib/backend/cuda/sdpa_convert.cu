@@ -33,9 +33,10 @@ __global__ void sequence_lengths_kernel(int32_t* q_lengths, int32_t* kv_lengths,
     kv_lengths[b] = S;
     return;
   }
-  bool right_padded = false;
-  const int length = key_length(mask + static_cast<size_t>(b) * S, S, &right_padded);
-  if (!right_padded) report(errors, kErrorAttentionMask);
+  MaskRow kind = MaskRow::kRightPadded;
+  const int length = key_length(mask + static_cast<size_t>(b) * S, S, &kind);
+  if (kind == MaskRow::kNotRightPadded) report(errors, kErrorAttentionMask);
+  if (kind == MaskRow::kPacked) report(errors, kErrorPackedMask);
   kv_lengths[b] = length > 0 ? length : 1;  // a length of 0 is flagged; keep cuDNN away from empty rows
 }
 

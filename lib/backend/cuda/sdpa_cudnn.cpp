@@ -661,6 +661,11 @@ void CudnnSdpa::check_errors() {
   // On our stream: the legacy stream's cudaMemset is not ordered before later kernels on a non-blocking
   // stream, so it could wipe a flag they set.
   ELECTRA_CUDA_CHECK(cudaMemsetAsync(own_errors_, 0, sizeof(unsigned), stream_));
+  if (errors & kErrorPackedMask) {
+    fail(
+        "CudnnSdpa: an attention mask row since the last check held several packed examples (values 1, 2, ...); "
+        "cuDNN SDPA's sequence lengths cannot express block-diagonal attention and those results are wrong");
+  }
   fail(
       "CudnnSdpa: an attention mask row since the last check was not right padding (ones, then zeros, at least "
       "one 1); cuDNN SDPA cannot express it and those results are wrong");

@@ -14,12 +14,17 @@
 // The scale is 1/sqrt(D); stats are fp32 [B,H,S], the natural-log log-sum-exp of each query row's masked,
 // scaled scores, written and read in the caller's buffer.
 //
-// Masks: cuDNN takes padding as per-sequence lengths, so a mask row must be right padding: ones (any
-// non-zero value), then zeros, with at least one 1. Every query row is computed (SEQ_LEN_Q = S), as the
-// CPU backend does for padding queries. A kernel derives the lengths from the mask on the device; a row
-// that is not right padding sets kErrorAttentionMask in the device error word (kernels.h), which the
-// backend's next waiting call turns into an electra::Error (results of that call are wrong). A null mask
-// attends to every key. dK and dV of padding keys are exactly 0, as on the CPU.
+// Masks: cuDNN takes padding as per-sequence lengths, so a mask row must be right padding of one example:
+// a run of one non-zero value (1), then zeros, with at least one key. Every query row is computed
+// (SEQ_LEN_Q = S), as the CPU backend does for padding queries. A kernel derives the lengths from the mask
+// on the device; a row that is not right padding sets kErrorAttentionMask in the device error word
+// (kernels.h), and a packed row (several examples: values 1, 2, ..., whose block-diagonal attention no
+// sequence length expresses) sets kErrorPackedMask; the backend's next waiting call turns either into an
+// electra::Error (results of that call are wrong). Packed masks are refused rather than routed to the
+// backend's own kernels because the mask is on the device: choosing per call would stall the stream on a
+// copy of it in every attention call. Packed batches run with train.attention = materialized (our own
+// kernels in every mode), or in the fp32/tf32 modes, or with attention dropout > 0. A null mask attends
+// to every key. dK and dV of padding keys are exactly 0, as on the CPU.
 //
 // Accuracy: inputs rounded to bf16/fp16, fp32 accumulation and softmax inside cuDNN; tested to 1e-2
 // norm-wise relative error against the fp32 CPU backend (tests/cuda/sdpa_test.cpp). Engines that cuDNN
@@ -101,14 +106,37 @@ struct PlanKey {
 };
 std::string to_string(const PlanKey& key);
 
-// Number of keys a mask row attends to: the length of its leading run of non-zero entries.
-// *right_padded is false when a non-zero entry follows a zero, or when the row has no non-zero entry.
-ELECTRA_HD inline int key_length(const int32_t* mask_row, int S, bool* right_padded) {
+// What a mask row is to cuDNN's per-sequence lengths.
+enum class MaskRow {
+  kRightPadded,     // one example's keys, then padding: a key length expresses it
+  kNotRightPadded,  // a key after padding, or no key at all
+  kPacked,          // several examples (different non-zero values): block-diagonal, no length expresses it
+};
+
+// Number of keys a mask row attends to: the length of its leading run of entries equal to its first,
+// non-zero entry (0 when the row starts with padding). *kind says whether that length expresses the row;
+// kPacked wins over kNotRightPadded.
+ELECTRA_HD inline int key_length(const int32_t* mask_row, int S, MaskRow* kind) {
+  const int32_t example = S > 0 ? mask_row[0] : 0;
   int length = 0;
-  while (length < S && mask_row[length] != 0) ++length;
-  bool ok = length > 0;
-  for (int j = length; j < S; ++j) ok = ok && mask_row[j] == 0;
-  *right_padded = ok;
+  if (example != 0) {
+    while (length < S && mask_row[length] == example) ++length;
+  }
+  bool packed = false, key_after_padding = false;
+  int32_t seen = example;  // the first non-zero value of the row (0: none yet)
+  for (int j = length; j < S; ++j) {
+    if (mask_row[j] == 0) continue;
+    if (seen == 0) seen = mask_row[j];
+    packed = packed || mask_row[j] != seen;
+    key_after_padding = true;
+  }
+  if (packed) {
+    *kind = MaskRow::kPacked;
+  } else if (key_after_padding || length == 0) {
+    *kind = MaskRow::kNotRightPadded;
+  } else {
+    *kind = MaskRow::kRightPadded;
+  }
   return length;
 }
 
@@ -124,7 +152,8 @@ ELECTRA_HD inline bool is_padding_key_gradient(size_t index, int S, int H, int D
 
 // ---- kernel launchers (sdpa_convert.cu); enqueue on s.stream, return without waiting ----
 // q_lengths[b] = S; kv_lengths[b] = key_length(mask row b) (S for a null mask); a row that is not right
-// padding sets kErrorAttentionMask in s.errors (its length is then taken as at least 1).
+// padding sets kErrorAttentionMask in s.errors, a packed row kErrorPackedMask (its length is then taken
+// as at least 1).
 void sequence_lengths(const Stream& s, int32_t* q_lengths, int32_t* kv_lengths, const int32_t* mask, int B, int S);
 // n floats to bf16 (kBf16) or fp16 (kFp16), round to nearest even, and back.
 void to_half(const Stream& s, void* out, const float* in, size_t n, CudaPrecision precision);
@@ -176,8 +205,9 @@ class CudnnSdpa {
                      const float* stats, const int32_t* mask, int B, int S, int H, int D, float dropout,
                      const DropoutKey& key);
 
-  // Waits for the stream; throws when a mask since the last check was not right padding. Only reads the
-  // word this object owns (no device_errors given); with the backend's word, the backend reports.
+  // Waits for the stream; throws when a mask since the last check was not right padding or was packed.
+  // Only reads the word this object owns (no device_errors given); with the backend's word, the backend
+  // reports.
   void check_errors();
 
  private:

@@ -1,4 +1,5 @@
-// Deterministic scatter-add of rows into a table (embedding_backward on CUDA) without atomics.
+// Deterministic scatter-add of rows into a table (embedding_backward on CUDA) without atomics: the word
+// and type tables, and the position table when packed rows give position ids (keys: those ids).
 //
 // Input: the n token rows sorted stably by key (table row): keys[k] ascending and perm[k] the token of
 // sorted position k, tokens of one key in their original order. The sorted positions are cut into
@@ -91,7 +92,8 @@ ELECTRA_HD inline void cross_pass(float* table, const float* head, const float* 
   table[static_cast<size_t>(key) * E + c] = acc;
 }
 
-// dposition[s, c] += sum over b of dout[b, s, c], b in order (the CPU backend's order: bitwise equal).
+// Without position ids: dposition[s, c] += sum over b of dout[b, s, c], b in order (the CPU backend's
+// order: bitwise equal).
 template <typename Row>
 ELECTRA_HD inline void position_sum(float* dposition, const Row* dout, int B, int S, int E, int s, int c) {
   float* target = dposition + static_cast<size_t>(s) * E + c;

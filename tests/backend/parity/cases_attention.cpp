@@ -1,5 +1,6 @@
 // Parity cases of attention: attention_forward / _backward (probabilities materialised) and
-// fused_attention_forward / _backward (log-sum-exp stats instead), with padding masks and dropout. The
+// fused_attention_forward / _backward (log-sum-exp stats instead), with padding masks, packed rows
+// (block-diagonal masks) and dropout. The
 // backward inputs forward saves (probabilities, keep bits, context, stats) come from the double loops,
 // rounded to the storage, so every backend differentiates the same values.
 #include <cmath>
@@ -23,9 +24,10 @@ enum class Mask {
                 // the last (of 3+): nothing to attend to
   kRight,       // right padding with at least one key (tests/cuda/attention_masks.h), which cuDNN SDPA takes
   kRightEmpty,  // right padding S - 5b, example 2 [CLS] only, example 3 nothing to attend to
+  kPacked,      // packed rows (test_util.h's packed_rows): 2-3 examples of different lengths, then padding
 };
 const char* to_string(Mask m) {
-  constexpr const char* kNames[] = {"no_mask", "holes", "right_padded", "right_padded_empty"};
+  constexpr const char* kNames[] = {"no_mask", "holes", "right_padded", "right_padded_empty", "packed_rows"};
   return kNames[static_cast<int>(m)];
 }
 std::vector<int32_t> make_mask(Mask kind, int B, int S) {
@@ -52,6 +54,8 @@ std::vector<int32_t> make_mask(Mask kind, int B, int S) {
         for (int s = std::max(0, length); s < S; ++s) set(b, s, 0);
       }
       return mask;
+    case Mask::kPacked:
+      return packed_rows(B, S).mask;
   }
   return mask;
 }
@@ -132,7 +136,8 @@ std::vector<double> attention_stats(const AttentionShape& a, const std::vector<d
       for (int i = 0; i < S; ++i) {
         std::vector<double> scores;
         for (int j = 0; j < S; ++j) {
-          if (!mask.empty() && mask[static_cast<size_t>(b) * S + j] == 0) continue;
+          if (!mask.empty() && !attends_key(mask[static_cast<size_t>(b) * S + i], mask[static_cast<size_t>(b) * S + j]))
+            continue;
           double s = 0;
           for (int d = 0; d < D; ++d) s += at(b, i, 0, h, d) * at(b, j, 1, h, d);
           scores.push_back(s / std::sqrt(static_cast<double>(D)));
@@ -326,24 +331,29 @@ class FusedAttention : public CaseOf<FusedAttention, AttentionIn> {
 void add_attention_cases(Cases& cases) {
   // Padding, holes and examples with nothing to attend to; S not a multiple of 8 and S past a warp's
   // 128-key pass; oneDNN's batch-wide groups with and without a mask, and its one-row-at-a-time groups
-  // (ELECTRA-base's heads at S = 512: one row's float scores fill its 16 MB budget); one key.
+  // (ELECTRA-base's heads at S = 512: one row's float scores fill its 16 MB budget); one key; packed rows
+  // (each query attends its own example's keys; padding queries every real key).
   const std::vector<std::pair<AttentionShape, std::vector<float>>> materialised = {
       {{3, 7, 2, 4, Mask::kHoles}, {0.0f, 0.25f}},  {{2, 13, 3, 8, Mask::kHoles}, {0.0f, 0.2f}},
       {{3, 37, 2, 16, Mask::kHoles}, {0.0f, 0.1f}}, {{3, 37, 2, 16, Mask::kRight}, {0.0f, 0.1f}},
       {{2, 130, 2, 8, Mask::kNone}, {0.1f}},        {{1, 5, 1, 4, Mask::kNone}, {0.3f}},
       {{3, 40, 4, 16, Mask::kNone}, {0.0f, 0.1f}},  {{3, 40, 4, 16, Mask::kHoles}, {0.0f, 0.1f}},
-      {{2, 512, 12, 8, Mask::kNone}, {0.1f}},       {{2, 1, 1, 4, Mask::kNone}, {0.0f}}};
+      {{2, 512, 12, 8, Mask::kNone}, {0.1f}},       {{2, 1, 1, 4, Mask::kNone}, {0.0f}},
+      {{3, 13, 2, 8, Mask::kPacked}, {0.0f, 0.2f}}, {{4, 40, 3, 16, Mask::kPacked}, {0.0f, 0.1f}},
+      {{3, 130, 2, 8, Mask::kPacked}, {0.1f}}};
   for (const auto& [a, ps] : materialised) {
     for (bool backward : {false, true}) cases.push_back(std::make_unique<Attention>(a, ps, backward));
   }
   // cuDNN SDPA's path on cuda_bf16 (dropout 0, head size a multiple of 8, right padding) and our kernels'
-  // (dropout, head size 12, masks with holes or empty rows).
+  // (dropout, head size 12, masks with holes or empty rows, packed rows).
   const std::vector<std::pair<AttentionShape, float>> fused = {
       {{4, 9, 2, 8, Mask::kHoles}, 0.0f},         {{4, 9, 2, 8, Mask::kHoles}, 0.1f},
       {{4, 150, 3, 16, Mask::kRightEmpty}, 0.0f}, {{4, 150, 3, 16, Mask::kRightEmpty}, 0.1f},
       {{3, 64, 2, 32, Mask::kRight}, 0.0f},       {{3, 37, 2, 16, Mask::kRight}, 0.1f},
       {{3, 37, 2, 12, Mask::kRight}, 0.0f},       {{2, 6, 3, 4, Mask::kNone}, 0.2f},
-      {{2, 13, 3, 8, Mask::kHoles}, 0.2f}};
+      {{2, 13, 3, 8, Mask::kHoles}, 0.2f},        {{4, 37, 2, 12, Mask::kPacked}, 0.0f},
+      {{4, 37, 2, 16, Mask::kPacked}, 0.1f},      {{3, 64, 2, 32, Mask::kPacked}, 0.0f},
+      {{3, 150, 3, 16, Mask::kPacked}, 0.1f}};
   for (const auto& [a, p] : fused) {
     for (bool backward : {false, true}) cases.push_back(std::make_unique<FusedAttention>(a, p, backward));
   }

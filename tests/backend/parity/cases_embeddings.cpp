@@ -15,17 +15,21 @@ namespace {
 struct EmbeddingShape {
   int B, S, E, V, T;
   bool long_runs = false;  // 40% of the ids are one token (as [MASK] or [PAD]): runs across the GPU's chunks
+  bool packed = false;     // position_ids of packed rows (restarting per example), else null (position s)
 };
 
 struct EmbeddingIn {
-  std::vector<int32_t> ids, type_ids;
+  std::vector<int32_t> ids, type_ids, position_ids;  // position_ids empty: null
   std::vector<double> word, position, type, dout, dword0, dposition0, dtype0;
+  // The position of token t (b, s).
+  size_t position_of(size_t t, int S) const { return position_ids.empty() ? t % S : position_ids[t]; }
 };
 
 EmbeddingIn embedding_inputs(const EmbeddingShape& sh, Storage s) {
   const size_t tokens = static_cast<size_t>(sh.B) * sh.S, E = sh.E;
   EmbeddingIn in{random_ints(tokens, 1, 0, sh.V),
                  random_ints(tokens, 2, 0, sh.T),
+                 sh.packed ? packed_rows(sh.B, sh.S).position_ids : std::vector<int32_t>{},
                  draw(sh.V * E, 3, s),
                  draw(sh.S * E, 4, s),
                  draw(sh.T * E, 5, s),
@@ -43,11 +47,12 @@ EmbeddingIn embedding_inputs(const EmbeddingShape& sh, Storage s) {
 }
 
 std::string embedding_shape(const EmbeddingShape& sh) {
-  return dims({{"B", sh.B}, {"S", sh.S}, {"E", sh.E}, {"V", sh.V}}) + (sh.long_runs ? "_long_runs" : "");
+  return dims({{"B", sh.B}, {"S", sh.S}, {"E", sh.E}, {"V", sh.V}}) + (sh.long_runs ? "_long_runs" : "") +
+         (sh.packed ? "_packed_rows" : "");
 }
 
-// out = word[id] + position[s] + type[type id]: every term, no type ids (type 0), no position table, no
-// type table. Bit for bit on other backends.
+// out = word[id] + position[pos] + type[type id]: every term, no type ids (type 0), no position table, no
+// type table; pos is s, or the packed rows' position ids. Bit for bit on other backends.
 class EmbeddingForward : public CaseOf<EmbeddingForward, EmbeddingIn> {
  public:
   explicit EmbeddingForward(EmbeddingShape s) : CaseOf("embedding_forward", embedding_shape(s)), s_(s) {}
@@ -56,12 +61,13 @@ class EmbeddingForward : public CaseOf<EmbeddingForward, EmbeddingIn> {
   EmbeddingIn make(Storage s) const { return embedding_inputs(s_, s); }
   template <typename E>
   Outputs run_on(Ctx<E>& c, const EmbeddingIn& in) const {
-    auto ids = c.in_ints(in.ids), type_ids = c.in_ints(in.type_ids);
+    auto ids = c.in_ints(in.ids), type_ids = c.in_ints(in.type_ids), position_ids = c.in_ints(in.position_ids);
+    const int32_t* pids = in.position_ids.empty() ? nullptr : position_ids.data();
     auto word = c.in(in.word), position = c.in(in.position), type = c.in(in.type);
     Outputs out;
     for (int variant = 0; variant < 4; ++variant) {
       auto o = c.out(in.dout.size());
-      c.be.embedding_forward(o.data(), ids.data(), variant == 1 ? nullptr : type_ids.data(), word.data(),
+      c.be.embedding_forward(o.data(), ids.data(), variant == 1 ? nullptr : type_ids.data(), pids, word.data(),
                              variant == 2 ? nullptr : position.data(), variant == 3 ? nullptr : type.data(), s_.B, s_.S,
                              s_.E);
       out.push_back(c.get(kLabels[variant], o));
@@ -74,7 +80,7 @@ class EmbeddingForward : public CaseOf<EmbeddingForward, EmbeddingIn> {
     for (int variant = 0; variant < 4; ++variant) {
       std::vector<double> o(in.dout.size());
       for (size_t t = 0; t < in.ids.size(); ++t) {
-        const size_t s = t % s_.S, tid = variant == 1 ? 0 : in.type_ids[t];
+        const size_t s = in.position_of(t, s_.S), tid = variant == 1 ? 0 : in.type_ids[t];
         for (size_t c = 0; c < E; ++c) {
           double v = in.word[in.ids[t] * E + c];
           if (variant != 2) v += in.position[s * E + c];
@@ -93,12 +99,14 @@ class EmbeddingForward : public CaseOf<EmbeddingForward, EmbeddingIn> {
 };
 
 // Scatter-adds of dout into the three tables (wide, accumulated onto random values); then with type ids
-// null (type 0), with the word table alone, and without it.
+// null (type 0), with the word table alone, and without it. Packed rows' position ids make the position
+// table a scatter-add with repeats like the others.
 class EmbeddingBackward : public CaseOf<EmbeddingBackward, EmbeddingIn> {
  public:
   explicit EmbeddingBackward(EmbeddingShape s) : CaseOf("embedding_backward", embedding_shape(s)), s_(s) {}
   Tolerance tolerance(const Output& o, Grade g) const override {
-    const bool position = o.name.starts_with("dposition");
+    // Without position ids a GPU sums a position's tokens in the CPU's order; with them it may not.
+    const bool position = o.name.starts_with("dposition") && !s_.packed;
     if (g == Grade::kFastFloat) return position ? bits() : sum_bound(static_cast<double>(s_.B) * s_.S + 1);
     if (g == Grade::kFastBf16 && position) return bits();
     return Case::tolerance(o, g);
@@ -108,13 +116,15 @@ class EmbeddingBackward : public CaseOf<EmbeddingBackward, EmbeddingIn> {
   template <typename E>
   Outputs run_on(Ctx<E>& c, const EmbeddingIn& in) const {
     auto ids = c.in_ints(in.ids), type_ids = c.in_ints(in.type_ids), dout = c.in(in.dout);
+    auto position_ids = c.in_ints(in.position_ids);
+    const int32_t* pids = in.position_ids.empty() ? nullptr : position_ids.data();
     Outputs out;
     for (int variant = 0; variant < 4; ++variant) {
       auto dword = c.in_wide(in.dword0), dposition = c.in_wide(in.dposition0), dtype = c.in_wide(in.dtype0);
       const bool word = variant != 3, position_and_type = variant != 2;
       c.be.embedding_backward(word ? dword.data() : nullptr, position_and_type ? dposition.data() : nullptr,
                               position_and_type ? dtype.data() : nullptr, dout.data(), ids.data(),
-                              variant == 0 || variant == 3 ? type_ids.data() : nullptr, s_.B, s_.S, s_.E);
+                              variant == 0 || variant == 3 ? type_ids.data() : nullptr, pids, s_.B, s_.S, s_.E);
       const std::string suffix = kSuffixes[variant];
       if (word) out.push_back(c.get_wide("dword" + suffix, dword));
       if (position_and_type) {
@@ -132,7 +142,7 @@ class EmbeddingBackward : public CaseOf<EmbeddingBackward, EmbeddingIn> {
       std::vector<double> word_abs = abs_of(in.dword0), position_abs = abs_of(in.dposition0),
                           type_abs = abs_of(in.dtype0);
       for (size_t t = 0; t < in.ids.size(); ++t) {
-        const size_t s = t % s_.S, tid = variant == 0 || variant == 3 ? in.type_ids[t] : 0;
+        const size_t s = in.position_of(t, s_.S), tid = variant == 0 || variant == 3 ? in.type_ids[t] : 0;
         for (size_t c = 0; c < E; ++c) {
           const double d = in.dout[t * E + c];
           dword[in.ids[t] * E + c] += d;
@@ -228,10 +238,11 @@ class Rows : public CaseOf<Rows, RowsIn> {
 
 void add_embedding_cases(Cases& cases) {
   // Few ids (many duplicates in the scatter-add); widths below and above a 128-column block; long runs of
-  // one id across 16 chunks of 32 sorted tokens.
+  // one id across 16 chunks of 32 sorted tokens; packed rows' position ids.
   for (const EmbeddingShape& s :
        {EmbeddingShape{3, 6, 70, 5, 2}, EmbeddingShape{3, 11, 40, 50, 2}, EmbeddingShape{3, 17, 40, 50, 2},
-        EmbeddingShape{3, 50, 40, 17, 2}, EmbeddingShape{8, 64, 130, 50, 2, true}, EmbeddingShape{1, 1, 3, 2, 2}}) {
+        EmbeddingShape{3, 50, 40, 17, 2}, EmbeddingShape{8, 64, 130, 50, 2, true}, EmbeddingShape{1, 1, 3, 2, 2},
+        EmbeddingShape{3, 17, 40, 50, 2, false, true}, EmbeddingShape{8, 64, 130, 50, 2, true, true}}) {
     cases.push_back(std::make_unique<EmbeddingForward>(s));
     cases.push_back(std::make_unique<EmbeddingBackward>(s));
   }
