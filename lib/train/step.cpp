@@ -67,6 +67,7 @@ StepOutcome TrainStep::run(const Batch& batch, const GlobalNormalizers& global, 
     if (callbacks.on_phase) callbacks.on_phase(name);
   };
   StepOutcome outcome;
+  outcome.real_tokens = static_cast<int64_t>(global.input_mask_count);
   outcome.ranges_checked = check_ranges_;
 
   StepContext context;

@@ -62,6 +62,7 @@ enum class StepResult {
 struct StepOutcome {
   StepResult result = StepResult::kApplied;
   StepMetrics metrics;          // this rank's sums (not yet over ranks)
+  int64_t real_tokens = 0;      // real (non-pad) tokens of the global batch, whatever became of the step
   bool locally_finite = true;   // this rank's loss and gradients (false names it in a skipped step's warning)
   bool ranges_checked = false;  // gradients checked per range before the allreduce (else the reduced norm decided)
   double loss_scale = 1;        // the scale the step ran with

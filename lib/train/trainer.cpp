@@ -269,7 +269,6 @@ class Trainer {
 
   TrainingState progress_;  // step, tokens seen, skipped steps: what a checkpoint carries
   int64_t skipped_in_a_row_ = 0;
-  int64_t step_real_tokens_ = 0;  // real (non-pad) tokens of the global batch of the step just run
   double last_lr_ = 0, last_grad_norm_ = 0;
   std::optional<CollapseCheck> collapse_check_;  // train.collapse_warning.*
   // The discriminator's scores on real tokens, by class, of this step (the log window's running disc_auc).
@@ -404,7 +403,6 @@ StepOutcome Trainer::train_step() {
   std::optional<ScopedPhase> counting(std::in_place, prof, TrainPhase::kCounts);
   const GlobalNormalizers global = global_normalizers(batch, comm_);
   counting.reset();
-  step_real_tokens_ = static_cast<int64_t>(global.input_mask_count);
 
   step_scores_.clear();
   StepCallbacks callbacks;
@@ -663,7 +661,7 @@ int Trainer::train() {
     if (profile_) profile_->count_step(seconds_since(step_start));
     ++progress_.step;
     ++steps_this_run;
-    progress_.tokens_seen += step_real_tokens_;  // real tokens, not slots (issue 13)
+    progress_.tokens_seen += outcome.real_tokens;  // real tokens, not slots (issue 13)
     watchdog.heartbeat(progress_.step);
     if (result == StepResult::kApplied) {
       skipped_in_a_row_ = 0;
