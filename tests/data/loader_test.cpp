@@ -44,17 +44,6 @@ Fixture& fixture() {
   return f;
 }
 
-// The original tokens of row i of a batch: input_word_ids with the masked positions put back.
-std::vector<int32_t> unmasked_row(const Batch& b, int i) {
-  std::vector<int32_t> ids(b.input_word_ids.begin() + i * b.seq_length,
-                           b.input_word_ids.begin() + (i + 1) * b.seq_length);
-  for (int k = 0; k < b.num_predictions; ++k) {
-    const size_t p = static_cast<size_t>(i) * b.num_predictions + k;
-    if (b.masked_lm_weights[p] > 0) ids[static_cast<size_t>(b.masked_lm_positions[p])] = b.masked_lm_ids[p];
-  }
-  return ids;
-}
-
 void expect_same_batch(const Batch& a, const Batch& b) {
   EXPECT_EQ(a.rows, b.rows);
   EXPECT_EQ(a.example_index, b.example_index);
@@ -117,7 +106,7 @@ TEST(Loader, ReadsEveryRowExactlyWithoutShuffle) {
       const uint64_t example = static_cast<uint64_t>(k) * 50 + static_cast<uint64_t>(i);
       ASSERT_EQ(b.example_index[static_cast<size_t>(i)], example);
       const testing::Row want = testing::synthetic_row(example, kSeq, fixture().vocab.size());
-      ASSERT_EQ(unmasked_row(b, i), want.ids) << "example " << example;
+      ASSERT_EQ(testing::unmasked_row(b, i), want.ids) << "example " << example;
       for (int c = 0; c < kSeq; ++c) {
         ASSERT_EQ(b.input_type_ids[static_cast<size_t>(i * kSeq + c)], want.segments[static_cast<size_t>(c)]);
         ASSERT_EQ(b.input_mask[static_cast<size_t>(i * kSeq + c)], c < want.length ? 1 : 0);
@@ -205,7 +194,7 @@ TEST(Loader, MaskingStatistics) {
     const Batch b = loader.next();
     ASSERT_EQ(b.num_predictions, 20);
     for (int i = 0; i < b.rows; ++i) {
-      const std::vector<int32_t> original = unmasked_row(b, i);
+      const std::vector<int32_t> original = testing::unmasked_row(b, i);
       int real = 0, n = 0;
       for (int c = 0; c < kSeq; ++c) {
         const int32_t t = original[static_cast<size_t>(c)];
@@ -357,7 +346,7 @@ TEST(Loader, Int32IdsAndContiguousShardsReadBack) {
     bool above_uint16 = false;
     for (int i = 0; i < count; ++i) {
       const testing::Row want = testing::synthetic_row(static_cast<uint64_t>(first + i), kSeq, big.size());
-      ASSERT_EQ(unmasked_row(b, i), want.ids) << dir << " row " << i;
+      ASSERT_EQ(testing::unmasked_row(b, i), want.ids) << dir << " row " << i;
       for (int32_t id : want.ids) above_uint16 |= id > 65535;
     }
     EXPECT_TRUE(above_uint16);

@@ -300,17 +300,6 @@ TEST(Packing, DeterministicAndIndependentOfTheRankCount) {
 // ---------------------------------------------------------------------------------------------------
 // Loading packed shards
 
-// The original tokens of row i of a batch: input_word_ids with the masked positions put back.
-std::vector<int32_t> unmasked_row(const Batch& b, int i) {
-  std::vector<int32_t> ids(b.input_word_ids.begin() + i * b.seq_length,
-                           b.input_word_ids.begin() + (i + 1) * b.seq_length);
-  for (int k = 0; k < b.num_predictions; ++k) {
-    const size_t p = static_cast<size_t>(i) * b.num_predictions + k;
-    if (b.masked_lm_weights[p] > 0) ids[static_cast<size_t>(b.masked_lm_positions[p])] = b.masked_lm_ids[p];
-  }
-  return ids;
-}
-
 TEST(Packing, LoaderGivesExampleIdsPositionsAndMasksEachRowAsOne) {
   const ShortDocs& d = short_docs();
   const std::vector<Row> rows = testing::read_all_rows(d.tmp / "packed");
@@ -328,7 +317,7 @@ TEST(Packing, LoaderGivesExampleIdsPositionsAndMasksEachRowAsOne) {
       const size_t g = static_cast<size_t>(k * G + i);  // no shuffle: batch row i is shard row k*G + i
       ASSERT_EQ(b.example_index[static_cast<size_t>(i)], g);
       const Row& row = rows[g];
-      const std::vector<int32_t> original = unmasked_row(b, i);
+      const std::vector<int32_t> original = testing::unmasked_row(b, i);
       int real = 0;
       for (int s = 0; s < kSeq; ++s) {
         const size_t at = static_cast<size_t>(i * kSeq + s);

@@ -182,4 +182,14 @@ void write_synthetic_dataset(const std::string& dir, const text::Vocab& vocab, c
   manifest.save(dir);
 }
 
+std::vector<int32_t> unmasked_row(const Batch& b, int i) {
+  std::vector<int32_t> ids(b.input_word_ids.begin() + i * b.seq_length,
+                           b.input_word_ids.begin() + (i + 1) * b.seq_length);
+  for (int k = 0; k < b.num_predictions; ++k) {
+    const size_t p = static_cast<size_t>(i) * b.num_predictions + k;
+    if (b.masked_lm_weights[p] > 0) ids[static_cast<size_t>(b.masked_lm_positions[p])] = b.masked_lm_ids[p];
+  }
+  return ids;
+}
+
 }  // namespace electra::data::testing

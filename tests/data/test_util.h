@@ -10,6 +10,7 @@
 
 #include "data_pipeline/preprocess/manifest.h"
 #include "data_pipeline/tokenizer/vocab.h"
+#include "lib/core/batch.h"
 
 namespace electra::data::testing {
 
@@ -66,5 +67,8 @@ Row synthetic_row(uint64_t i, int seq_length, size_t vocab_size);
 // and manifest.json into `dir`.
 void write_synthetic_dataset(const std::string& dir, const text::Vocab& vocab, const std::vector<uint64_t>& shard_rows,
                              int seq_length, int chunk_rows = 64);
+
+// The original tokens of row i of a batch: input_word_ids with the masked positions put back.
+std::vector<int32_t> unmasked_row(const Batch& b, int i);
 
 }  // namespace electra::data::testing
