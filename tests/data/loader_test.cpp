@@ -44,19 +44,6 @@ Fixture& fixture() {
   return f;
 }
 
-void expect_same_batch(const Batch& a, const Batch& b) {
-  EXPECT_EQ(a.rows, b.rows);
-  EXPECT_EQ(a.example_index, b.example_index);
-  EXPECT_EQ(a.input_word_ids, b.input_word_ids);
-  EXPECT_EQ(a.input_mask, b.input_mask);
-  EXPECT_EQ(a.input_type_ids, b.input_type_ids);
-  EXPECT_EQ(a.masked_lm_positions, b.masked_lm_positions);
-  EXPECT_EQ(a.masked_lm_ids, b.masked_lm_ids);
-  EXPECT_EQ(a.masked_lm_weights, b.masked_lm_weights);
-  EXPECT_EQ(a.global_row_offset, b.global_row_offset);
-  EXPECT_EQ(a.global_batch_rows, b.global_batch_rows);
-}
-
 TEST(Permutation, IsABijectionAndDependsOnSeedAndEpoch) {
   for (uint64_t n : {1ull, 2ull, 3ull, 17ull, 1000ull, 4097ull, 65536ull}) {
     FeistelPermutation p(n, 5, 0);
@@ -135,7 +122,7 @@ void check_epoch_coverage(int world) {
         ASSERT_EQ(b.global_batch_rows, G);
         for (uint64_t e : b.example_index) ++seen[e];
         // The rank's slice is exactly that part of the single-rank batch, masking included.
-        expect_same_batch(b, slice_rows(whole, r * G / world, (r + 1) * G / world));
+        testing::expect_same_batch(b, slice_rows(whole, r * G / world, (r + 1) * G / world));
       }
     }
     EXPECT_EQ(std::count(seen.begin(), seen.end(), 1), 1500) << "world " << world << " epoch " << epoch;
@@ -164,7 +151,7 @@ TEST(Loader, RestoreContinuesExactlyAcrossEpochsAndWorldSizes) {
   Loader resumed(fixture().options(G));
   resumed.next();  // some progress that restore() discards
   resumed.restore(round_trip);
-  for (int k = 23; k < 30; ++k) expect_same_batch(resumed.next(), expected[static_cast<size_t>(k)]);
+  for (int k = 23; k < 30; ++k) testing::expect_same_batch(resumed.next(), expected[static_cast<size_t>(k)]);
   EXPECT_EQ(resumed.state(), (LoaderState{1, 5 * 60}));
 
   // Three ranks resuming a one-rank run.
@@ -175,13 +162,13 @@ TEST(Loader, RestoreContinuesExactlyAcrossEpochsAndWorldSizes) {
   }
   for (int k = 23; k < 28; ++k)
     for (int r = 0; r < 3; ++r)
-      expect_same_batch(ranks[static_cast<size_t>(r)]->next(),
-                        slice_rows(expected[static_cast<size_t>(k)], r * 20, (r + 1) * 20));
+      testing::expect_same_batch(ranks[static_cast<size_t>(r)]->next(),
+                                 slice_rows(expected[static_cast<size_t>(k)], r * 20, (r + 1) * 20));
 
   // A state saved in epoch 1 resumes there.
   Loader late(fixture().options(G));
   late.restore(LoaderState{1, 10 * 60});
-  expect_same_batch(late.next(), expected[35]);
+  testing::expect_same_batch(late.next(), expected[35]);
 }
 
 TEST(Loader, MaskingStatistics) {
@@ -277,7 +264,7 @@ TEST(Loader, SmallCacheGivesTheSameBatches) {
   LoaderOptions small = big;
   small.cache_bytes = 1;  // every read decompresses its chunk again
   Loader a(big), b(small);
-  for (int k = 0; k < 20; ++k) expect_same_batch(a.next(), b.next());
+  for (int k = 0; k < 20; ++k) testing::expect_same_batch(a.next(), b.next());
   EXPECT_GT(b.dataset().cache_stats().misses, a.dataset().cache_stats().misses);
 }
 
@@ -288,7 +275,7 @@ TEST(Loader, ReaderThreadCountDoesNotChangeBatches) {
   four.reader_threads = 4;
   four.cache_bytes = 200'000;  // a few chunks: threads decode concurrently and evict each other's
   Loader a(one), b(four);
-  for (int k = 0; k < 60; ++k) expect_same_batch(a.next(), b.next());
+  for (int k = 0; k < 60; ++k) testing::expect_same_batch(a.next(), b.next());
 }
 
 // Int32 token ids (vocabulary > 65,536) and shards without chunking or compression (read through

@@ -422,12 +422,7 @@ TEST(Packing, ContiguousExampleIdsReadBackTheSame) {
   Loader raw(o);
   o.data_dir = dir;
   Loader plain_hdf5(o);
-  const Batch a = raw.next(), b = plain_hdf5.next();
-  EXPECT_EQ(a.input_word_ids, b.input_word_ids);
-  EXPECT_EQ(a.input_mask, b.input_mask);
-  EXPECT_EQ(a.position_ids, b.position_ids);
-  EXPECT_EQ(a.input_type_ids, b.input_type_ids);
-  EXPECT_EQ(a.masked_lm_positions, b.masked_lm_positions);
+  testing::expect_same_batch(raw.next(), plain_hdf5.next());
 }
 
 TEST(Packing, UnpackedDataKeepsZeroOneMaskAndNoPositions) {

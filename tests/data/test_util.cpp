@@ -1,5 +1,7 @@
 #include "tests/data/test_util.h"
 
+#include <gtest/gtest.h>
+
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -190,6 +192,21 @@ std::vector<int32_t> unmasked_row(const Batch& b, int i) {
     if (b.masked_lm_weights[p] > 0) ids[static_cast<size_t>(b.masked_lm_positions[p])] = b.masked_lm_ids[p];
   }
   return ids;
+}
+
+void expect_same_batch(const Batch& a, const Batch& b) {
+  EXPECT_EQ(a.rows, b.rows);
+  EXPECT_EQ(a.example_index, b.example_index);
+  EXPECT_EQ(a.input_word_ids, b.input_word_ids);
+  EXPECT_EQ(a.input_mask, b.input_mask);
+  EXPECT_EQ(a.input_type_ids, b.input_type_ids);
+  EXPECT_EQ(a.position_ids, b.position_ids);
+  EXPECT_EQ(a.next_sentence_labels, b.next_sentence_labels);
+  EXPECT_EQ(a.masked_lm_positions, b.masked_lm_positions);
+  EXPECT_EQ(a.masked_lm_ids, b.masked_lm_ids);
+  EXPECT_EQ(a.masked_lm_weights, b.masked_lm_weights);
+  EXPECT_EQ(a.global_row_offset, b.global_row_offset);
+  EXPECT_EQ(a.global_batch_rows, b.global_batch_rows);
 }
 
 }  // namespace electra::data::testing

@@ -70,5 +70,7 @@ void write_synthetic_dataset(const std::string& dir, const text::Vocab& vocab, c
 
 // The original tokens of row i of a batch: input_word_ids with the masked positions put back.
 std::vector<int32_t> unmasked_row(const Batch& b, int i);
+// Every tensor and key of two batches is equal (GoogleTest expectations).
+void expect_same_batch(const Batch& a, const Batch& b);
 
 }  // namespace electra::data::testing
