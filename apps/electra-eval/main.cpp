@@ -103,6 +103,8 @@ void print_table(const electra::eval::EvalMetrics& m, const Flags& flags, const 
                 << (value < 0.005 ? "; under 0.005: it learned next to nothing beyond the base rate)" : ")");
     }
     if (name == "disc_auc_unigram") std::cout << "  (against unigram replacements: does not move with the generator)";
+    if (name == "disc_auc_within_token")
+      std::cout << "  (among tokens of one id: 0.5 = it reads nothing from the context)";
     if (name == "disc_auc" && m.auc_method != "exact") {
       char bound[80];
       std::snprintf(bound, sizeof(bound), "  (histogram of %d bins: within %.1e of exact)", m.auc_bins,

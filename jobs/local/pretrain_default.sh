@@ -110,8 +110,9 @@ import json, sys
 m = json.load(open(sys.argv[1]))
 print(f"electra-eval on {sys.argv[2]} ({m['examples']} examples, {m['tokens']} tokens):")
 notes = {"disc_gain": " nats per token over the prior (> 0: the discriminator learned)",
-         "disc_auc_unigram": " (against unigram replacements: does not fall as the generator learns)"}
-for key in ("disc_auc", "disc_auc_unigram", "disc_gain", "disc_loss", "disc_accuracy", "replaced_fraction",
+         "disc_auc_unigram": " (against unigram replacements: does not fall as the generator learns)",
+         "disc_auc_within_token": " (among tokens of one id: 0.5 = it reads nothing from the context)"}
+for key in ("disc_auc", "disc_auc_unigram", "disc_auc_within_token", "disc_gain", "disc_loss", "disc_accuracy", "replaced_fraction",
             "masked_lm_accuracy", "masked_lm_loss", "sampled_masked_lm_accuracy"):
     print(f"  {key:28s} {m[key]:.4f}{notes.get(key, '')}")
 PY

@@ -150,19 +150,87 @@ double auc_exact(std::vector<ScoreCount> runs) {
   return ratio(twice, positives, negatives);
 }
 
-std::string pack_scores(const std::vector<ScoreCount>& runs) {
-  static_assert(sizeof(ScoreCount) == 12 && std::is_trivially_copyable_v<ScoreCount>);
-  std::string bytes(runs.size() * sizeof(ScoreCount), '\0');
+namespace {
+
+// Sorted by (token, score), equal pairs merged into one run.
+std::vector<TokenScoreCount> merge_token_runs(std::vector<TokenScoreCount> runs) {
+  std::sort(runs.begin(), runs.end(), [](const TokenScoreCount& a, const TokenScoreCount& b) {
+    return a.token != b.token ? a.token < b.token : a.score < b.score;
+  });
+  std::vector<TokenScoreCount> merged;
+  for (const TokenScoreCount& run : runs) {
+    if (merged.empty() || merged.back().token != run.token || merged.back().score != run.score) {
+      merged.push_back(TokenScoreCount{run.token, run.score, 0, 0});
+    }
+    merged.back().positives += run.positives;
+    merged.back().negatives += run.negatives;
+  }
+  return merged;
+}
+
+template <typename Run>
+std::string pack_runs(const std::vector<Run>& runs) {
+  static_assert(std::is_trivially_copyable_v<Run>);
+  std::string bytes(runs.size() * sizeof(Run), '\0');
   if (!runs.empty()) std::memcpy(bytes.data(), runs.data(), bytes.size());
   return bytes;
 }
 
-void unpack_scores(const std::string& bytes, std::vector<ScoreCount>& append_to) {
-  if (bytes.size() % sizeof(ScoreCount) != 0)
-    fail("unpack_scores: ", bytes.size(), " bytes is not a whole number of runs");
+template <typename Run>
+void unpack_runs(const std::string& bytes, std::vector<Run>& append_to) {
+  if (bytes.size() % sizeof(Run) != 0) fail("unpack_scores: ", bytes.size(), " bytes is not a whole number of runs");
   const size_t old = append_to.size();
-  append_to.resize(old + bytes.size() / sizeof(ScoreCount));
+  append_to.resize(old + bytes.size() / sizeof(Run));
   if (!bytes.empty()) std::memcpy(append_to.data() + old, bytes.data(), bytes.size());
+}
+
+}  // namespace
+
+std::string pack_scores(const std::vector<ScoreCount>& runs) {
+  static_assert(sizeof(ScoreCount) == 12);
+  return pack_runs(runs);
+}
+void unpack_scores(const std::string& bytes, std::vector<ScoreCount>& append_to) { unpack_runs(bytes, append_to); }
+
+std::string pack_scores(const std::vector<TokenScoreCount>& runs) {
+  static_assert(sizeof(TokenScoreCount) == 16);
+  return pack_runs(runs);
+}
+void unpack_scores(const std::string& bytes, std::vector<TokenScoreCount>& append_to) { unpack_runs(bytes, append_to); }
+
+std::vector<TokenScoreCount> compress_token_scores(std::span<const int32_t> tokens, std::span<const float> scores,
+                                                   std::span<const uint8_t> labels) {
+  if (tokens.size() != scores.size() || scores.size() != labels.size()) {
+    fail("compress_token_scores: ", tokens.size(), " tokens, ", scores.size(), " scores and ", labels.size(),
+         " labels");
+  }
+  std::vector<TokenScoreCount> runs(scores.size());
+  for (size_t i = 0; i < scores.size(); ++i) {
+    if (std::isnan(scores[i])) fail("compress_token_scores: score ", i, " is NaN");
+    runs[i] = TokenScoreCount{tokens[i], scores[i], labels[i] != 0 ? 1u : 0u, labels[i] != 0 ? 0u : 1u};
+  }
+  return merge_token_runs(std::move(runs));
+}
+
+double auc_within_token(std::vector<TokenScoreCount> runs) {
+  runs = merge_token_runs(std::move(runs));
+  // Per token id, the AUC sums of auc_exact over its runs (sorted by score), pooled over the ids.
+  Wide twice = 0, pairs = 0;
+  for (size_t i = 0; i < runs.size();) {
+    Wide below = 0, positives = 0, negatives = 0;
+    size_t j = i;
+    for (; j < runs.size() && runs[j].token == runs[i].token; ++j) {
+      twice += 2 * static_cast<Wide>(runs[j].positives) * below +
+               static_cast<Wide>(runs[j].positives) * static_cast<Wide>(runs[j].negatives);
+      below += runs[j].negatives;
+      positives += runs[j].positives;
+      negatives += runs[j].negatives;
+    }
+    pairs += positives * negatives;
+    i = j;
+  }
+  if (pairs == 0) return kNaN;
+  return static_cast<double>(twice) / (2.0 * static_cast<double>(pairs));
 }
 
 std::vector<int64_t> EvalSums::counts() const {
@@ -225,6 +293,7 @@ std::vector<std::pair<std::string, double>> EvalMetrics::scalars(const std::stri
       {prefix + "disc_recall", disc_recall},
       {prefix + "replaced_fraction", replaced_fraction}};
   if (!std::isnan(disc_auc_unigram)) values.emplace_back(prefix + "disc_auc_unigram", disc_auc_unigram);
+  if (!std::isnan(disc_auc_within_token)) values.emplace_back(prefix + "disc_auc_within_token", disc_auc_within_token);
   return values;
 }
 

@@ -88,6 +88,25 @@ double auc_exact(std::vector<ScoreCount> runs);
 std::string pack_scores(const std::vector<ScoreCount>& runs);
 void unpack_scores(const std::string& bytes, std::vector<ScoreCount>& append_to);
 
+// One distinct (token id, score) and how many replaced / original tokens have it (16 bytes, trivially
+// copyable: the unit the within-token AUC gathers).
+struct TokenScoreCount {
+  int32_t token = 0;
+  float score = 0.0f;
+  uint32_t positives = 0;
+  uint32_t negatives = 0;
+};
+// Sorted by (token, score), equal pairs merged. Scores must not be NaN.
+std::vector<TokenScoreCount> compress_token_scores(std::span<const int32_t> tokens, std::span<const float> scores,
+                                                   std::span<const uint8_t> labels);
+// The AUC within token ids: over all pairs (replaced, original) of tokens with the same id, pooled over the
+// ids, P(s+ > s-) + 0.5 * P(s+ == s-). Scores that depend on the token id alone give exactly 0.5, whatever
+// their disc_auc: it measures what the discriminator reads from the context. NaN when no id occurs both
+// replaced and original. Takes the union of any lists of runs (e.g. every rank's, in any order).
+double auc_within_token(std::vector<TokenScoreCount> runs);
+std::string pack_scores(const std::vector<TokenScoreCount>& runs);
+void unpack_scores(const std::string& bytes, std::vector<TokenScoreCount>& append_to);
+
 // Integer counts and loss sums over evaluated batches; add() them, reduce them over ranks, then
 // finalize(). The counts are over real tokens (input_mask != 0) and real predictions (weight 1).
 struct EvalSums {
@@ -126,6 +145,10 @@ struct EvalMetrics {
   // generator's samples (EvalOptions::unigram_auc; NaN when not computed, and then left out of scalars()
   // and to_json()). It does not fall as the generator learns, so it tracks the discriminator alone.
   double disc_auc_unigram = std::numeric_limits<double>::quiet_NaN();
+  // auc_within_token of the discriminator's scores against the generator's samples (computed with the
+  // exact AUC only; NaN otherwise, and then left out like disc_auc_unigram). 0.5 for a discriminator that
+  // learned only which tokens the generator tends to put in, however high its disc_auc.
+  double disc_auc_within_token = std::numeric_limits<double>::quiet_NaN();
   // Context.
   double disc_auc_error_bound = 0.0;     // |disc_auc - exact AUC| <= this (0 for the exact method)
   std::string auc_method = "histogram";  // "exact" | "histogram"

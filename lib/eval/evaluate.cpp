@@ -51,29 +51,35 @@ std::unique_ptr<data::Loader> make_eval_loader(const std::string& data_dir, int 
 namespace {
 
 // This rank's discriminator scores, kept for the exact AUC while there are at most `limit` (none when
-// limit <= 0: the AUC then always comes from histograms).
+// limit <= 0: the AUC then always comes from histograms); with_tokens also keeps the token id the
+// discriminator read at each, for the within-token AUC.
 struct ScoreStore {
-  explicit ScoreStore(int64_t max_tokens) : limit(max_tokens), overflow(max_tokens <= 0) {}
+  ScoreStore(int64_t max_tokens, bool with_tokens)
+      : limit(max_tokens), keep_tokens(with_tokens), overflow(max_tokens <= 0) {}
   int64_t limit = 0;
+  bool keep_tokens = false;
   bool overflow = false;
   std::vector<float> logits;
   std::vector<uint8_t> labels;
-  void add(float logit, bool replaced) {
+  std::vector<int32_t> tokens;
+  void add(int32_t token, float logit, bool replaced) {
     if (overflow) return;
     if (static_cast<int64_t>(logits.size()) >= limit) {
       overflow = true;
       logits = {};
       labels = {};
+      tokens = {};
       return;
     }
     logits.push_back(logit);
     labels.push_back(replaced ? 1 : 0);
+    if (keep_tokens) tokens.push_back(token);
   }
 };
 
 // Adds one forward pass of this rank's slice to the sums and the histogram.
 void accumulate(const Batch& batch, const PretrainerOutputs<float>& out, EvalSums& sums, ScoreHistogram& histogram,
-                ScoreStore& store) {
+                ScoreStore& store, std::vector<int32_t>& disc_tokens) {
   const size_t M = static_cast<size_t>(batch.rows) * batch.num_predictions;
   const size_t N = static_cast<size_t>(batch.rows) * batch.seq_length;
   if (out.sampled_ids.size() != M || out.disc_logits.size() != N || out.disc_label.size() != N) {
@@ -88,6 +94,19 @@ void accumulate(const Batch& batch, const PretrainerOutputs<float>& out, EvalSum
     if (w != 1.0f) fail("evaluate: masked_lm_weights must be 0 or 1, got ", w, " at [", i, "]");
     ++sums.masked;
     if (out.sampled_ids[i] == batch.masked_lm_ids[i]) ++sums.sampled_correct;
+  }
+  // The discriminator's input (the model's corrupted ids, not copied back): the batch's ids with the
+  // generator's sample at each weighted masked position. It must agree with the model's labels there.
+  disc_tokens.assign(batch.input_word_ids.begin(), batch.input_word_ids.end());
+  for (size_t i = 0; i < M; ++i) {
+    if (batch.masked_lm_weights[i] == 0.0f) continue;
+    const size_t row = i / static_cast<size_t>(batch.num_predictions);
+    const size_t at = row * static_cast<size_t>(batch.seq_length) + static_cast<size_t>(batch.masked_lm_positions[i]);
+    disc_tokens[at] = out.sampled_ids[i];
+    if (batch.input_mask[at] != 0 && out.disc_label[at] != (out.sampled_ids[i] != batch.masked_lm_ids[i] ? 1 : 0)) {
+      fail("evaluate: the discriminator's label at row ", row, " position ", batch.masked_lm_positions[i],
+           " disagrees with the generator's sample");
+    }
   }
   // With 0/1 weights these sums are integers (counts of correct argmaxes), exactly representable.
   sums.mlm_correct += std::llround(out.losses.mlm_correct_sum);
@@ -105,7 +124,7 @@ void accumulate(const Batch& batch, const PretrainerOutputs<float>& out, EvalSum
       ++(replaced ? sums.false_negative : sums.true_negative);
     }
     histogram.add(sigmoid(static_cast<double>(logit)), replaced);
-    if (std::isfinite(logit)) store.add(logit, replaced);
+    if (std::isfinite(logit)) store.add(disc_tokens[i], logit, replaced);
   }
 }
 
@@ -117,6 +136,20 @@ double gather_exact_auc(const ScoreStore& store, const dist::Communicator& comm)
     std::vector<ScoreCount> runs;
     for (const std::string& bytes : packed) unpack_scores(bytes, runs);
     auc = auc_exact(std::move(runs));
+  }
+  comm.broadcast(&auc, sizeof(auc));
+  return auc;
+}
+
+// auc_within_token of all ranks' stored (token, score) pairs, gathered to rank 0 like the exact AUC.
+double gather_auc_within_token(const ScoreStore& store, const dist::Communicator& comm) {
+  const std::vector<std::string> packed =
+      comm.gather_strings(pack_scores(compress_token_scores(store.tokens, store.logits, store.labels)));
+  double auc = 0.0;
+  if (comm.is_root()) {
+    std::vector<TokenScoreCount> runs;
+    for (const std::string& bytes : packed) unpack_scores(bytes, runs);
+    auc = auc_within_token(std::move(runs));
   }
   comm.broadcast(&auc, sizeof(auc));
   return auc;
@@ -230,7 +263,8 @@ EvalMetrics evaluate(PretrainerModel<float>& model, data::Loader& loader, const 
 
   EvalSums sums;
   ScoreHistogram histogram(options.auc_bins);
-  ScoreStore store(options.exact_auc_max_tokens);
+  ScoreStore store(options.exact_auc_max_tokens, /*with_tokens=*/true);
+  std::vector<int32_t> disc_tokens;
   StepContext context;
   context.seed = options.seed;
   context.training = false;      // dropout off
@@ -247,7 +281,7 @@ EvalMetrics evaluate(PretrainerModel<float>& model, data::Loader& loader, const 
   for (int64_t k = 0; k < batches; ++k) {
     context.step = static_cast<uint64_t>(k);  // sampling keyed by (seed, batch, global row), as in training
     const Batch& rows = next_rows();
-    accumulate(rows, model.forward(rows, context), sums, histogram, store);
+    accumulate(rows, model.forward(rows, context), sums, histogram, store, disc_tokens);
     if (unigram) unigram->count(rows);
   }
   if (comm.is_root()) sums.batches = batches;
@@ -268,6 +302,7 @@ EvalMetrics evaluate(PretrainerModel<float>& model, data::Loader& loader, const 
     metrics.disc_auc = auc.auc;
     metrics.disc_auc_error_bound = 0.0;
     metrics.auc_method = "exact";
+    metrics.disc_auc_within_token = gather_auc_within_token(store, comm);
   }
   if (unigram) {
     // The same batches and masks again, each masked position holding a unigram draw (EvalOptions::unigram_auc).
@@ -275,7 +310,7 @@ EvalMetrics evaluate(PretrainerModel<float>& model, data::Loader& loader, const 
     unigram->finish();
     loader.restore(first_batch);
     ScoreHistogram unigram_histogram(options.auc_bins);
-    ScoreStore unigram_store(options.exact_auc_max_tokens);
+    ScoreStore unigram_store(options.exact_auc_max_tokens, /*with_tokens=*/false);
     Batch corrupted;
     std::vector<uint8_t> labels;
     std::vector<int32_t> row;
@@ -287,7 +322,7 @@ EvalMetrics evaluate(PretrainerModel<float>& model, data::Loader& loader, const 
         if (corrupted.input_mask[i] == 0) continue;
         const float logit = out.disc_logits[i];
         unigram_histogram.add(sigmoid(static_cast<double>(logit)), labels[i] == 1);
-        if (std::isfinite(logit)) unigram_store.add(logit, labels[i] == 1);
+        if (std::isfinite(logit)) unigram_store.add(corrupted.input_word_ids[i], logit, labels[i] == 1);
       }
     }
     comm.allreduce_sum(unigram_histogram.counts());

@@ -119,6 +119,9 @@ TEST_F(EvalE2E, TrainedModelGivesFiniteMetricsAndBeatsChance) {
   EXPECT_GT(m["disc_loss"].get<double>(), 0.0);
   EXPECT_EQ(m["disc_auc_method"], "exact");
   EXPECT_EQ(m["disc_auc_error_bound"].get<double>(), 0.0);
+  ASSERT_TRUE(m["disc_auc_within_token"].is_number()) << m.dump();
+  EXPECT_GE(m["disc_auc_within_token"].get<double>(), 0.0);
+  EXPECT_LE(m["disc_auc_within_token"].get<double>(), 1.0);
   // One pass over the held-out examples in whole global batches of 12; ~15% of tokens masked.
   const int64_t examples = m["examples"].get<int64_t>();
   EXPECT_EQ(examples, 12 * m["batches"].get<int64_t>());
@@ -156,11 +159,13 @@ TEST_F(EvalE2E, OneTwoAndThreeRanksGiveTheSameNumbers) {
     EXPECT_EQ(one["disc_accuracy"], many["disc_accuracy"]);
     EXPECT_EQ(one["masked_lm_accuracy"], many["masked_lm_accuracy"]);
     EXPECT_EQ(one["disc_auc_unigram"], many["disc_auc_unigram"]);  // draws keyed by global row, exact AUC
+    EXPECT_EQ(one["disc_auc_within_token"], many["disc_auc_within_token"]);
   }
   // The histogram AUC: the same on 1 and 2 ranks, and within its stated bound of the exact one.
   const nlohmann::json h1 = evaluate(1, checkpoint(40), "--exact-auc-max-tokens 0");
   const nlohmann::json h2 = evaluate(2, checkpoint(40), "--exact-auc-max-tokens 0");
   EXPECT_EQ(h1["disc_auc_method"], "histogram");
+  EXPECT_FALSE(h1.contains("disc_auc_within_token")) << "computed with the exact AUC only";
   EXPECT_EQ(h1["disc_auc"], h2["disc_auc"]);
   EXPECT_EQ(h1["disc_auc_error_bound"], h2["disc_auc_error_bound"]);
   EXPECT_LE(std::abs(h1["disc_auc"].get<double>() - one["disc_auc"].get<double>()),

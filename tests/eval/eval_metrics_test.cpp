@@ -14,13 +14,16 @@ namespace {
 using electra::eval::auc_error_bound;
 using electra::eval::auc_exact;
 using electra::eval::auc_from_histogram;
+using electra::eval::auc_within_token;
 using electra::eval::binary_entropy;
 using electra::eval::compress_scores;
+using electra::eval::compress_token_scores;
 using electra::eval::discriminator_gain;
 using electra::eval::EvalSums;
 using electra::eval::finalize;
 using electra::eval::ScoreCount;
 using electra::eval::ScoreHistogram;
+using electra::eval::TokenScoreCount;
 
 // P(s+ > s-) + 0.5 P(s+ == s-) over all (positive, negative) pairs; sums of halves are exact in double.
 double brute_force_auc(const std::vector<double>& scores, const std::vector<int32_t>& labels) {
@@ -138,6 +141,76 @@ TEST(EvalMetrics, ExactAucFromRunsMergedOverRanksEqualsTheBruteForce) {
   EXPECT_DOUBLE_EQ(auc_exact(merged), expected);
   std::vector<uint8_t> all(labels.begin(), labels.end());
   EXPECT_EQ(auc_exact(compress_scores(f, all)), auc_exact(merged)) << "bitwise the same however it is split";
+}
+
+// Brute force over pairs (replaced, original) of the same token id, pooled over the ids.
+double brute_force_auc_within_token(const std::vector<int32_t>& tokens, const std::vector<float>& scores,
+                                    const std::vector<uint8_t>& labels) {
+  double wins = 0.0, pairs = 0.0;
+  for (size_t i = 0; i < scores.size(); ++i) {
+    for (size_t j = 0; j < scores.size(); ++j) {
+      if (labels[i] == 0 || labels[j] != 0 || tokens[i] != tokens[j]) continue;
+      pairs += 1.0;
+      wins += scores[i] > scores[j] ? 1.0 : scores[i] == scores[j] ? 0.5 : 0.0;
+    }
+  }
+  return wins / pairs;
+}
+
+TEST(EvalMetrics, WithinTokenAucPoolsPairsOfOneTokenAndMergesOverRanks) {
+  // 12 token ids; replaced tokens lean to the low ids and score higher within an id, with ties.
+  std::mt19937_64 rng(7);
+  std::uniform_real_distribution<double> u(0.0, 1.0);
+  std::vector<int32_t> tokens(1500);
+  std::vector<float> scores(tokens.size());
+  std::vector<uint8_t> labels(tokens.size());
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    labels[i] = u(rng) < 0.25 ? 1 : 0;
+    tokens[i] = static_cast<int32_t>(u(rng) * (labels[i] ? 6 : 12));
+    scores[i] = static_cast<float>(std::round((0.5 * u(rng) + (labels[i] ? 0.3 : 0.1)) * 40.0) / 40.0);
+  }
+  const double expected = brute_force_auc_within_token(tokens, scores, labels);
+  EXPECT_GT(expected, 0.6);
+  // Three "ranks" with uneven slices, packed and unpacked as electra-eval gathers them.
+  std::vector<TokenScoreCount> merged;
+  const size_t cuts[] = {0, 300, 1000, tokens.size()};
+  for (int r = 0; r < 3; ++r) {
+    const auto slice = [&](const auto& v) { return std::vector(v.begin() + cuts[r], v.begin() + cuts[r + 1]); };
+    const std::vector<TokenScoreCount> runs = compress_token_scores(slice(tokens), slice(scores), slice(labels));
+    for (size_t i = 1; i < runs.size(); ++i) {
+      ASSERT_TRUE(runs[i - 1].token < runs[i].token ||
+                  (runs[i - 1].token == runs[i].token && runs[i - 1].score < runs[i].score))
+          << "sorted by (token, score), merged";
+    }
+    electra::eval::unpack_scores(electra::eval::pack_scores(runs), merged);
+  }
+  EXPECT_DOUBLE_EQ(auc_within_token(merged), expected);
+  EXPECT_EQ(auc_within_token(compress_token_scores(tokens, scores, labels)), auc_within_token(merged))
+      << "bitwise the same however it is split";
+
+  // Scores that are a function of the token id alone: the plain AUC is high (replaced tokens lean to the low
+  // ids, which score high), the within-token AUC exactly 0.5.
+  std::vector<float> by_token(tokens.size());
+  for (size_t i = 0; i < tokens.size(); ++i) by_token[i] = static_cast<float>(12 - tokens[i]);
+  EXPECT_GT(auc_exact(compress_scores(by_token, labels)), 0.65);
+  EXPECT_EQ(auc_within_token(compress_token_scores(tokens, by_token, labels)), 0.5);
+}
+
+TEST(EvalMetrics, WithinTokenAucEdgeCases) {
+  // Token 1: replaced 0.9 against originals 0.2 and 0.95; token 2 only original, token 3 only replaced.
+  const std::vector<int32_t> tokens = {1, 1, 1, 2, 3};
+  const std::vector<float> scores = {0.9f, 0.2f, 0.95f, 0.1f, 0.99f};
+  const std::vector<uint8_t> labels = {1, 0, 0, 0, 1};
+  EXPECT_EQ(auc_within_token(compress_token_scores(tokens, scores, labels)), 0.5);  // 1 of 2 pairs
+  EXPECT_DOUBLE_EQ(auc_exact(compress_scores(scores, labels)), 5.0 / 6.0);
+  EXPECT_TRUE(std::isnan(auc_within_token(
+      compress_token_scores(std::vector<int32_t>{2, 3}, std::vector<float>{0.1f, 0.9f}, std::vector<uint8_t>{0, 1}))))
+      << "no token id both replaced and original";
+  EXPECT_TRUE(std::isnan(auc_within_token({})));
+  const std::vector<float> nan_score = {std::numeric_limits<float>::quiet_NaN()};
+  EXPECT_THROW(compress_token_scores(std::vector<int32_t>{1}, nan_score, std::vector<uint8_t>{1}), std::exception);
+  EXPECT_THROW(compress_token_scores(std::vector<int32_t>{1, 2}, std::vector<float>{0.5f}, std::vector<uint8_t>{1}),
+               std::exception);
 }
 
 TEST(EvalMetrics, AucEdgeCases) {
