@@ -48,6 +48,19 @@ std::unique_ptr<data::Loader> make_eval_loader(const std::string& data_dir, int 
   return std::make_unique<data::Loader>(o);
 }
 
+void discriminator_input_ids(const Batch& batch, std::span<const int32_t> sampled_ids, std::vector<int32_t>& out) {
+  const size_t M = static_cast<size_t>(batch.rows) * static_cast<size_t>(batch.num_predictions);
+  if (sampled_ids.size() != M)
+    fail("discriminator_input_ids: ", sampled_ids.size(), " samples for ", M, " predictions");
+  out.assign(batch.input_word_ids.begin(), batch.input_word_ids.end());
+  for (size_t i = 0; i < M; ++i) {
+    if (batch.masked_lm_weights[i] == 0.0f) continue;
+    const size_t row = i / static_cast<size_t>(batch.num_predictions);
+    out[row * static_cast<size_t>(batch.seq_length) + static_cast<size_t>(batch.masked_lm_positions[i])] =
+        sampled_ids[i];
+  }
+}
+
 namespace {
 
 // This rank's discriminator scores, kept for the exact AUC while there are at most `limit` (none when
@@ -95,19 +108,8 @@ void accumulate(const Batch& batch, const PretrainerOutputs<float>& out, EvalSum
     ++sums.masked;
     if (out.sampled_ids[i] == batch.masked_lm_ids[i]) ++sums.sampled_correct;
   }
-  // The discriminator's input (the model's corrupted ids, not copied back): the batch's ids with the
-  // generator's sample at each weighted masked position. It must agree with the model's labels there.
-  disc_tokens.assign(batch.input_word_ids.begin(), batch.input_word_ids.end());
-  for (size_t i = 0; i < M; ++i) {
-    if (batch.masked_lm_weights[i] == 0.0f) continue;
-    const size_t row = i / static_cast<size_t>(batch.num_predictions);
-    const size_t at = row * static_cast<size_t>(batch.seq_length) + static_cast<size_t>(batch.masked_lm_positions[i]);
-    disc_tokens[at] = out.sampled_ids[i];
-    if (batch.input_mask[at] != 0 && out.disc_label[at] != (out.sampled_ids[i] != batch.masked_lm_ids[i] ? 1 : 0)) {
-      fail("evaluate: the discriminator's label at row ", row, " position ", batch.masked_lm_positions[i],
-           " disagrees with the generator's sample");
-    }
-  }
+  // The token the discriminator read at each position (the corrupted ids are not copied back).
+  discriminator_input_ids(batch, out.sampled_ids, disc_tokens);
   // With 0/1 weights these sums are integers (counts of correct argmaxes), exactly representable.
   sums.mlm_correct += std::llround(out.losses.mlm_correct_sum);
   sums.mlm_loss_sum += out.losses.mlm_loss_sum;

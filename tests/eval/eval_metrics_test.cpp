@@ -9,6 +9,9 @@
 #include <random>
 #include <vector>
 
+#include "lib/eval/evaluate.h"
+#include "tests/model/model_test_util.h"
+
 namespace {
 
 using electra::eval::auc_error_bound;
@@ -194,6 +197,25 @@ TEST(EvalMetrics, WithinTokenAucPoolsPairsOfOneTokenAndMergesOverRanks) {
   for (size_t i = 0; i < tokens.size(); ++i) by_token[i] = static_cast<float>(12 - tokens[i]);
   EXPECT_GT(auc_exact(compress_scores(by_token, labels)), 0.65);
   EXPECT_EQ(auc_within_token(compress_token_scores(tokens, by_token, labels)), 0.5);
+}
+
+// The within-token AUC groups scores by the token the discriminator read: rebuilt from the batch and the
+// samples, it must be the model's own corrupted ids (copied back with copy_outputs), padding included.
+TEST(EvalMetrics, DiscriminatorInputIdsAreTheModelsCorruptedIds) {
+  auto backend = electra::make_cpu_backend<float>();
+  const electra::PretrainerConfig config = electra::test::tiny_config();
+  electra::ElectraPretrainer<float> model(config, *backend);
+  model.init_parameters(3);
+  const electra::Batch batch = electra::test::random_batch(12, 10, 3, config.vocab_size, 5);
+  electra::StepContext context;
+  context.seed = 7;
+  const auto& out = model.forward(batch, context);
+  std::vector<int32_t> ids;
+  electra::eval::discriminator_input_ids(batch, out.sampled_ids, ids);
+  EXPECT_EQ(ids, out.corrupted_ids);
+  int replaced = 0;
+  for (size_t i = 0; i < ids.size(); ++i) replaced += ids[i] != batch.input_word_ids[i];
+  EXPECT_GT(replaced, 12) << "the samples are in";
 }
 
 TEST(EvalMetrics, WithinTokenAucEdgeCases) {
