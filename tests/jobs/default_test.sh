@@ -25,7 +25,7 @@ python=${ELECTRA_PYTHON:-$root/.venv/bin/python}
 corpus=$(ls -d /usr/share/doc/python3*/html/_sources 2> /dev/null | head -1)
 # The default reaches about 0.74, 0.06 and 0.20 (README), and disc_auc_unigram about 0.68; a collapsed model
 # 0.5, 0 and ~0.2, and 0.5. disc_auc_unigram judges the discriminator against fixed unigram replacements, so
-# a generator made easy to catch (a high sampling temperature) cannot lift it. disc_auc_within_token (about 0.68)
+# a generator made easy to catch (a high sampling temperature) cannot lift it. disc_auc_within_token (0.682)
 # is 0.5 for a discriminator that scores tokens by their id alone, whatever its disc_auc.
 min_auc=0.70 min_gain=0.03 min_mlm_accuracy=0.15 min_over_majority=0.08 min_auc_unigram=0.62
 min_auc_within_token=0.62
