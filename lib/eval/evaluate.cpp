@@ -48,16 +48,14 @@ std::unique_ptr<data::Loader> make_eval_loader(const std::string& data_dir, int 
   return std::make_unique<data::Loader>(o);
 }
 
-void discriminator_input_ids(const Batch& batch, std::span<const int32_t> sampled_ids, std::vector<int32_t>& out) {
+void ids_with_predictions(const Batch& batch, std::span<const int32_t> values, std::vector<int32_t>& out) {
   const size_t M = static_cast<size_t>(batch.rows) * static_cast<size_t>(batch.num_predictions);
-  if (sampled_ids.size() != M)
-    fail("discriminator_input_ids: ", sampled_ids.size(), " samples for ", M, " predictions");
+  if (values.size() != M) fail("ids_with_predictions: ", values.size(), " values for ", M, " predictions");
   out.assign(batch.input_word_ids.begin(), batch.input_word_ids.end());
   for (size_t i = 0; i < M; ++i) {
     if (batch.masked_lm_weights[i] == 0.0f) continue;
     const size_t row = i / static_cast<size_t>(batch.num_predictions);
-    out[row * static_cast<size_t>(batch.seq_length) + static_cast<size_t>(batch.masked_lm_positions[i])] =
-        sampled_ids[i];
+    out[row * static_cast<size_t>(batch.seq_length) + static_cast<size_t>(batch.masked_lm_positions[i])] = values[i];
   }
 }
 
@@ -109,7 +107,7 @@ void accumulate(const Batch& batch, const PretrainerOutputs<float>& out, EvalSum
     if (out.sampled_ids[i] == batch.masked_lm_ids[i]) ++sums.sampled_correct;
   }
   // The token the discriminator read at each position (the corrupted ids are not copied back).
-  discriminator_input_ids(batch, out.sampled_ids, disc_tokens);
+  ids_with_predictions(batch, out.sampled_ids, disc_tokens);
   // With 0/1 weights these sums are integers (counts of correct argmaxes), exactly representable.
   sums.mlm_correct += std::llround(out.losses.mlm_correct_sum);
   sums.mlm_loss_sum += out.losses.mlm_loss_sum;
@@ -130,31 +128,23 @@ void accumulate(const Batch& batch, const PretrainerOutputs<float>& out, EvalSum
   }
 }
 
-// Exact AUC of all ranks' stored scores: runs gathered to rank 0, merged there, the result broadcast.
-double gather_exact_auc(const ScoreStore& store, const dist::Communicator& comm) {
-  const std::vector<std::string> packed = comm.gather_strings(pack_scores(compress_scores(store.logits, store.labels)));
-  double auc = 0.0;
+// auc(every rank's runs): this rank's runs gathered to rank 0, merged and scored there, the result broadcast.
+template <typename Run>
+double gather_auc(const std::vector<Run>& local_runs, double (*auc)(std::vector<Run>), const dist::Communicator& comm) {
+  const std::vector<std::string> packed = comm.gather_strings(pack_scores(local_runs));
+  double value = 0.0;
   if (comm.is_root()) {
-    std::vector<ScoreCount> runs;
+    std::vector<Run> runs;
     for (const std::string& bytes : packed) unpack_scores(bytes, runs);
-    auc = auc_exact(std::move(runs));
+    value = auc(std::move(runs));
   }
-  comm.broadcast(&auc, sizeof(auc));
-  return auc;
+  comm.broadcast(&value, sizeof(value));
+  return value;
 }
 
-// auc_within_token of all ranks' stored (token, score) pairs, gathered to rank 0 like the exact AUC.
-double gather_auc_within_token(const ScoreStore& store, const dist::Communicator& comm) {
-  const std::vector<std::string> packed =
-      comm.gather_strings(pack_scores(compress_token_scores(store.tokens, store.logits, store.labels)));
-  double auc = 0.0;
-  if (comm.is_root()) {
-    std::vector<TokenScoreCount> runs;
-    for (const std::string& bytes : packed) unpack_scores(bytes, runs);
-    auc = auc_within_token(std::move(runs));
-  }
-  comm.broadcast(&auc, sizeof(auc));
-  return auc;
+// Exact AUC of all ranks' stored scores.
+double gather_exact_auc(const ScoreStore& store, const dist::Communicator& comm) {
+  return gather_auc(compress_scores(store.logits, store.labels), &auc_exact, comm);
 }
 
 // The AUC of a pass's scores over all ranks: exact while the evaluation's real tokens are within the
@@ -182,12 +172,9 @@ class UnigramTable {
         special_{vocab.pad_id(), vocab.unk_id(), vocab.cls_id(), vocab.sep_id(), vocab.mask_id()} {}
 
   void count(const Batch& batch) {
-    const size_t S = static_cast<size_t>(batch.seq_length);
-    for (size_t r = 0; r < static_cast<size_t>(batch.rows); ++r) {
-      original_row(batch, r, row_);
-      for (size_t i = 0; i < S; ++i) {
-        if (batch.input_mask[r * S + i] != 0 && !is_special(row_[i])) ++counts_.at(static_cast<size_t>(row_[i]));
-      }
+    ids_with_predictions(batch, batch.masked_lm_ids, original_);
+    for (size_t i = 0; i < original_.size(); ++i) {
+      if (batch.input_mask[i] != 0 && !is_special(original_[i])) ++counts_.at(static_cast<size_t>(original_[i]));
     }
   }
   std::span<int64_t> counts() { return counts_; }
@@ -203,41 +190,30 @@ class UnigramTable {
     const int64_t target = static_cast<int64_t>(bits % static_cast<uint64_t>(cumulative_.back()));
     return static_cast<int32_t>(std::upper_bound(cumulative_.begin(), cumulative_.end(), target) - cumulative_.begin());
   }
-  // Row r of the batch with each weighted masked position back to its original token.
-  static void original_row(const Batch& batch, size_t r, std::vector<int32_t>& row) {
-    const size_t S = static_cast<size_t>(batch.seq_length), P = static_cast<size_t>(batch.num_predictions);
-    row.assign(batch.input_word_ids.begin() + static_cast<std::ptrdiff_t>(r * S),
-               batch.input_word_ids.begin() + static_cast<std::ptrdiff_t>((r + 1) * S));
-    for (size_t p = 0; p < P; ++p) {
-      if (batch.masked_lm_weights[r * P + p] != 0.0f) {
-        row[static_cast<size_t>(batch.masked_lm_positions[r * P + p])] = batch.masked_lm_ids[r * P + p];
-      }
-    }
-  }
 
  private:
   bool is_special(int32_t id) const { return std::find(special_.begin(), special_.end(), id) != special_.end(); }
   std::vector<int64_t> counts_, cumulative_;
-  std::vector<int32_t> special_, row_;
+  std::vector<int32_t> special_, original_;
 };
 
 // `batch` with every weighted masked position replaced by a unigram draw, weights zeroed (so the generator
 // replaces nothing), into `out`; `labels` [B,S]: 1 where a draw differs from the original token.
 void unigram_corrupted(const Batch& batch, const UnigramTable& table, uint64_t seed, uint64_t step, Batch& out,
-                       std::vector<uint8_t>& labels, std::vector<int32_t>& row) {
+                       std::vector<uint8_t>& labels, std::vector<int32_t>& original) {
   out = batch;
   const size_t S = static_cast<size_t>(batch.seq_length), P = static_cast<size_t>(batch.num_predictions);
   labels.assign(static_cast<size_t>(batch.rows) * S, 0);
+  ids_with_predictions(batch, batch.masked_lm_ids, original);
+  out.input_word_ids = original;
   for (size_t r = 0; r < static_cast<size_t>(batch.rows); ++r) {
-    UnigramTable::original_row(batch, r, row);
-    std::copy(row.begin(), row.end(), out.input_word_ids.begin() + static_cast<std::ptrdiff_t>(r * S));
     PhiloxSequence random(seed, RandomPurpose::kUnigramReplacement, step, batch.global_row_offset + r);
     for (size_t p = 0; p < P; ++p) {
       if (batch.masked_lm_weights[r * P + p] == 0.0f) continue;
       const size_t position = static_cast<size_t>(batch.masked_lm_positions[r * P + p]);
       const int32_t drawn = table.draw(random);
       out.input_word_ids[r * S + position] = drawn;
-      labels[r * S + position] = drawn != row[position] ? 1 : 0;
+      labels[r * S + position] = drawn != original[r * S + position] ? 1 : 0;
     }
   }
   std::fill(out.masked_lm_weights.begin(), out.masked_lm_weights.end(), 0.0f);
@@ -304,7 +280,8 @@ EvalMetrics evaluate(PretrainerModel<float>& model, data::Loader& loader, const 
     metrics.disc_auc = auc.auc;
     metrics.disc_auc_error_bound = 0.0;
     metrics.auc_method = "exact";
-    metrics.disc_auc_within_token = gather_auc_within_token(store, comm);
+    metrics.disc_auc_within_token =
+        gather_auc(compress_token_scores(store.tokens, store.logits, store.labels), &auc_within_token, comm);
   }
   if (unigram) {
     // The same batches and masks again, each masked position holding a unigram draw (EvalOptions::unigram_auc).
@@ -315,9 +292,9 @@ EvalMetrics evaluate(PretrainerModel<float>& model, data::Loader& loader, const 
     ScoreStore unigram_store(options.exact_auc_max_tokens, /*with_tokens=*/false);
     Batch corrupted;
     std::vector<uint8_t> labels;
-    std::vector<int32_t> row;
+    std::vector<int32_t> original;
     for (int64_t k = 0; k < batches; ++k) {
-      unigram_corrupted(next_rows(), *unigram, options.seed, static_cast<uint64_t>(k), corrupted, labels, row);
+      unigram_corrupted(next_rows(), *unigram, options.seed, static_cast<uint64_t>(k), corrupted, labels, original);
       context.step = static_cast<uint64_t>(k);
       const PretrainerOutputs<float>& out = model.forward(corrupted, context);
       for (size_t i = 0; i < labels.size(); ++i) {

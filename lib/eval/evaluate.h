@@ -53,9 +53,10 @@ std::unique_ptr<data::Loader> make_eval_loader(const std::string& data_dir, int 
 // The shards' max_seq_length from DATA_DIR/manifest.json; 0 when there is no manifest (NVIDIA shards).
 int manifest_seq_length(const std::string& data_dir);
 
-// The discriminator's input ids of a forward pass over `batch` ([B,S]: what PretrainerOutputs::corrupted_ids
-// holds with copy_outputs): the batch's ids with the generator's sample at each weighted masked position.
-void discriminator_input_ids(const Batch& batch, std::span<const int32_t> sampled_ids, std::vector<int32_t>& out);
+// The batch's ids ([B,S]) with values[i] at the position of each weighted masked prediction i ([B,P]). With
+// masked_lm_ids it is the original text; with the generator's samples the discriminator's input (what
+// PretrainerOutputs::corrupted_ids holds with copy_outputs).
+void ids_with_predictions(const Batch& batch, std::span<const int32_t> values, std::vector<int32_t>& out);
 
 // Evaluates `model` on min(max_batches, loader.batches_per_epoch()) global batches of `loader`.
 // Collective over `comm`: every rank calls it with the same options and a loader built with the same

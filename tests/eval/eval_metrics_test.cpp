@@ -211,7 +211,7 @@ TEST(EvalMetrics, DiscriminatorInputIdsAreTheModelsCorruptedIds) {
   context.seed = 7;
   const auto& out = model.forward(batch, context);
   std::vector<int32_t> ids;
-  electra::eval::discriminator_input_ids(batch, out.sampled_ids, ids);
+  electra::eval::ids_with_predictions(batch, out.sampled_ids, ids);
   EXPECT_EQ(ids, out.corrupted_ids);
   int replaced = 0;
   for (size_t i = 0; i < ids.size(); ++i) replaced += ids[i] != batch.input_word_ids[i];
