@@ -3,9 +3,13 @@
 // has, so a typo is an error that names the key instead of a silently ignored setting.
 #pragma once
 
+#include <cstdint>
+#include <limits>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <string_view>
+#include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "lib/core/error.h"
@@ -33,6 +37,13 @@ class Config {
   template <typename T>
   T get(std::string_view dotted_key) const {
     const nlohmann::json& node = at(dotted_key);
+    // nlohmann converts integers with a C cast: -1 would read as 2^64 - 1 into a uint64_t, 2^40 as 0 into an int.
+    if constexpr (std::is_integral_v<T> && !std::is_same_v<T, bool>) {
+      if (node.is_number_integer() && !fits<T>(node)) {
+        fail("config key '", dotted_key, "' must be an integer in [", std::numeric_limits<T>::min(), ", ",
+             std::numeric_limits<T>::max(), "], got ", node.dump());
+      }
+    }
     try {
       return node.get<T>();
     } catch (const nlohmann::json::exception&) {
@@ -47,6 +58,13 @@ class Config {
   std::vector<std::string> keys() const;
 
  private:
+  template <typename T>
+  static bool fits(const nlohmann::json& integer) {
+    if (integer.is_number_unsigned()) return integer.get<uint64_t>() <= uint64_t{std::numeric_limits<T>::max()};
+    const int64_t value = integer.get<int64_t>();
+    return std::in_range<T>(value);
+  }
+
   nlohmann::json root_ = nlohmann::json::object();
 };
 

@@ -28,13 +28,22 @@ TrainSettings TrainSettings::from_config(const Config& config, int ranks, int ra
   s.seq_length = config.get<int>("data.seq_length");
   s.trim_padding = config.get<bool>("data.trim_padding");
   s.seed = config.get<uint64_t>("train.seed");
-  s.log_every = std::max(1, config.get<int>("train.log_every"));
+  s.log_every = config.get<int>("train.log_every");
   s.checkpoint_every = config.get<int>("train.checkpoint_every");
   s.keep_last = config.get<int>("train.keep_last");
   s.keep_every = config.get<int64_t>("train.keep_every");
   s.eval_every = config.get<int>("train.eval_every");
   s.eval_unigram_auc = config.get<bool>("train.eval_unigram_auc");
   s.max_skipped = config.get<int>("train.max_skipped_steps");
+  if (s.log_every < 1) fail("config key 'train.log_every' must be positive, got ", s.log_every);
+  if (s.checkpoint_every < 0) {
+    fail("config key 'train.checkpoint_every' must be >= 0 (0: only at the end and when stopped), got ",
+         s.checkpoint_every);
+  }
+  if (s.keep_last < 2) fail("config key 'train.keep_last' must be at least 2, got ", s.keep_last);
+  if (s.keep_every < 0) fail("config key 'train.keep_every' must be >= 0 (0: none), got ", s.keep_every);
+  if (s.eval_every < 0) fail("config key 'train.eval_every' must be >= 0 (0: off), got ", s.eval_every);
+  if (s.max_skipped < 0) fail("config key 'train.max_skipped_steps' must be >= 0, got ", s.max_skipped);
   s.profile = config.get<bool>("train.profile");
   s.tensorboard = config.get<bool>("train.tensorboard");
   if (s.total_steps <= 0) fail("config key 'train.steps' must be positive, got ", s.total_steps);
@@ -44,6 +53,7 @@ TrainSettings TrainSettings::from_config(const Config& config, int ranks, int ra
   }
   s.local_rows = s.global_batch / ranks;
   const int micro = config.get<int>("train.micro_batch_size");
+  if (micro < 0) fail("config key 'train.micro_batch_size' must be >= 0 (0: the whole per-rank batch), got ", micro);
   s.micro_rows = micro > 0 ? micro : s.local_rows;
   s.attention = parse_attention_impl(config.get<std::string>("train.attention"), "config key 'train.attention'");
   if (s.local_rows % s.micro_rows != 0) {
@@ -53,6 +63,13 @@ TrainSettings TrainSettings::from_config(const Config& config, int ranks, int ra
   s.threads = config.get<int>("train.threads");
   s.parallel_chunks = config.get<int>("train.parallel_chunks");
   s.peak_gflops = config.get<double>("train.peak_gflops");
+  if (s.threads < 0) fail("config key 'train.threads' must be >= 0 (0: cores / ranks on the node), got ", s.threads);
+  if (s.parallel_chunks < 0) {
+    fail("config key 'train.parallel_chunks' must be >= 0 (0: one per thread), got ", s.parallel_chunks);
+  }
+  if (!(s.peak_gflops >= 0) || !std::isfinite(s.peak_gflops)) {
+    fail("config key 'train.peak_gflops' must be a finite number >= 0 (0: measured), got ", s.peak_gflops);
+  }
 
   s.optim = optimizer_config_from_json(config.at("optim"), s.total_steps);
   s.collapse.min_gain = config.get<double>("train.collapse_warning.min_gain");
@@ -87,8 +104,15 @@ TrainSettings TrainSettings::from_config(const Config& config, int ranks, int ra
   loader.world_size = ranks;
   loader.prefetch_batches = config.get<int>("data.prefetch_batches");
   loader.shuffle = config.get<bool>("data.shuffle");
-  loader.cache_bytes = static_cast<uint64_t>(config.get<int64_t>("data.cache_mb")) << 20;
+  const int64_t cache_mb = config.get<int64_t>("data.cache_mb");
+  if (cache_mb < 0 || cache_mb > (int64_t{1} << 40))
+    fail("config key 'data.cache_mb' must be in [0, 2^40], got ", cache_mb);
+  loader.cache_bytes = static_cast<uint64_t>(cache_mb) << 20;
   loader.verify_checksums = config.get<bool>("data.verify_checksums");
+  if (!(loader.mask_prob > 0 && loader.mask_prob < 1))
+    fail("config key 'data.mask_prob' must be in (0, 1), got ", loader.mask_prob);
+  if (loader.prefetch_batches < 1)
+    fail("config key 'data.prefetch_batches' must be at least 1, got ", loader.prefetch_batches);
   s.eval_dir = config.get<std::string>("data.eval_dir");
 
   // A fault's step is read only where its rank is this one.

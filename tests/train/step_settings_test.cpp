@@ -102,14 +102,14 @@ TEST(TrainSettings, ReadsTheDefaults) {
 TEST(TrainSettings, ReadsOverrides) {
   Config c = defaults();
   c.set("train.micro_batch_size=8");
-  c.set("train.log_every=0");
+  c.set("train.log_every=7");
   c.set("data.trim_padding=false");
   c.set("train.attention=fused");
   c.set("train.precision=bf16");
   c.set("train.storage=fp32");
   const TrainSettings s = TrainSettings::from_config(c, 2, 1);
   EXPECT_EQ(s.micro_rows, 8);
-  EXPECT_EQ(s.log_every, 1);  // at least 1
+  EXPECT_EQ(s.log_every, 7);  // 0 is refused (BadValuesNameTheirKey)
   EXPECT_FALSE(s.trim_padding);
   EXPECT_EQ(s.attention, electra::AttentionImpl::kFused);
   EXPECT_EQ(s.precision, electra::CudaPrecision::kBf16);
@@ -188,6 +188,21 @@ TEST(TrainSettings, BadValuesNameTheirKey) {
       {"device.memory_fraction=1.5", "device.memory_fraction"},
       {"device.arena_bytes=-1", "device.arena_bytes"},
       {"optim.beta2=2", "optim.beta2"},
+      {"train.log_every=0", "config key 'train.log_every' must be positive, got 0"},
+      {"train.checkpoint_every=-1", "config key 'train.checkpoint_every' must be >= 0"},
+      {"train.keep_last=1", "config key 'train.keep_last' must be at least 2, got 1"},
+      {"train.keep_every=-2", "config key 'train.keep_every' must be >= 0"},
+      {"train.eval_every=-1", "config key 'train.eval_every' must be >= 0"},
+      {"train.max_skipped_steps=-1", "config key 'train.max_skipped_steps' must be >= 0"},
+      {"train.micro_batch_size=-4", "config key 'train.micro_batch_size' must be >= 0"},
+      {"train.threads=-3", "config key 'train.threads' must be >= 0"},
+      {"train.parallel_chunks=-1", "config key 'train.parallel_chunks' must be >= 0"},
+      {"train.peak_gflops=-5", "config key 'train.peak_gflops' must be a finite number >= 0"},
+      {"train.seed=-1", "config key 'train.seed' must be an integer in [0, 18446744073709551615], got -1"},
+      {"train.log_every=4294967296", "config key 'train.log_every' must be an integer in [-2147483648, 2147483647]"},
+      {"data.cache_mb=-1", "config key 'data.cache_mb' must be in [0, 2^40], got -1"},
+      {"data.mask_prob=1.5", "config key 'data.mask_prob' must be in (0, 1), got 1.5"},
+      {"data.prefetch_batches=0", "config key 'data.prefetch_batches' must be at least 1, got 0"},
   };
   for (const auto& [assignment, key] : cases) {
     Config c = defaults();
