@@ -449,6 +449,10 @@ void ShardDataset::check_electra_chunk(const Shard& shard, const Chunk& chunk, u
       if (id < 0 || id >= vocab_size)
         fail(where(shard.path, kInputIds), ": row ", first + r, " holds token id ", id, " outside the vocabulary of ",
              vocab_size);
+      // The preprocessor writes segments 0 and 1 (padding 0), as the NVIDIA path checks above.
+      if (chunk.segments[r * L + c] > 1)
+        fail(where(shard.path, kSegmentIds), ": row ", first + r, " has segment id ", int{chunk.segments[r * L + c]},
+             " at slot ", c, " (segment ids are 0 or 1)");
     }
     if (!packed_) continue;
     // Packed rows: examples 1, 2, ... one after another over the `length` real tokens, 0 after; each example

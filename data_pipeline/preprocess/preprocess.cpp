@@ -288,7 +288,10 @@ RankResult preprocess_rank(const PreprocessOptions& options, const text::Vocab& 
       };
       LineReader reader(path);
       std::string_view line;
+      const uint64_t invalid_before = tstats.invalid_utf8;
+      uint64_t line_number = 0, first_invalid_line = 0;
       while (reader.next(line)) {
+        ++line_number;
         ++result.stats.lines;
         result.stats.bytes += line.size() + 1;
         bool done;
@@ -296,7 +299,9 @@ RankResult preprocess_rank(const PreprocessOptions& options, const text::Vocab& 
           done = options.blanks_separate_docs && builder.add_blank_line(example);
         } else {
           tokens.clear();
+          const uint64_t invalid_so_far = tstats.invalid_utf8;
           tokenizer.encode_append(line, tokens, &tstats);
+          if (first_invalid_line == 0 && tstats.invalid_utf8 > invalid_so_far) first_invalid_line = line_number;
           done = builder.add_sentence(tokens, example);
         }
         if (done) emit();
@@ -307,7 +312,12 @@ RankResult preprocess_rank(const PreprocessOptions& options, const text::Vocab& 
         }
       }
       if (builder.flush(example)) emit();
-      packer.flush();  // rows never span files (see the top of preprocess.h)
+      packer.flush();                              // rows never span files (see the top of preprocess.h)
+      if (tstats.invalid_utf8 > invalid_before) {  // a binary or non-UTF-8 file among the text (as electra-vocab)
+        ELECTRA_LOG(warning) << path << ": " << tstats.invalid_utf8 - invalid_before
+                             << " invalid UTF-8 sequence(s) replaced and dropped, the first on line "
+                             << first_invalid_line;
+      }
       ++result.stats.files;
     } catch (const Error& e) {
       const std::string what = e.what();
@@ -461,6 +471,7 @@ Manifest run_preprocess(const PreprocessOptions& options, MPI_Comm comm) {
       if (options.max_seq_length < 5 || options.max_seq_length > 65535)
         fail("--max-seq-length ", options.max_seq_length, " is outside [5, 65535]");
       const std::vector<InputFile> files = list_input_files(options.inputs);
+      text::Vocab::load(options.vocab_path);  // a missing or malformed vocabulary is bad input: nothing written
       prepare_output_directory(options.output_dir, options.force);
       plan["files"] = nlohmann::json::array();
       for (const InputFile& f : files) plan["files"].push_back({f.path, f.size});
@@ -514,6 +525,10 @@ Manifest run_preprocess(const PreprocessOptions& options, MPI_Comm comm) {
         total.add(PreprocessStats::from_json(j["stats"]));
       }
       if (!errors.empty()) fail(errors);
+      if (total.examples == 0) {
+        throw BadInputError(detail::concat("no examples: the ", files.size(), " input file(s) (", total.bytes,
+                                           " bytes) hold no text; nothing was written to ", options.output_dir));
+      }
       manifest.vocab_hash = vocab_hash;
       manifest.vocab_size = vocab_size;
       manifest.max_seq_length = options.max_seq_length;
@@ -540,11 +555,14 @@ Manifest run_preprocess(const PreprocessOptions& options, MPI_Comm comm) {
                         << " rank(s)); invalid UTF-8: " << total.invalid_utf8
                         << ", unknown tokens: " << total.unknown_tokens << " of " << total.words << " words";
       outcome = manifest.to_json().dump();
+    } catch (const BadInputError& e) {
+      outcome = nlohmann::json{{"error", e.what()}, {"bad_input", true}}.dump();
     } catch (const std::exception& e) {
       outcome = nlohmann::json{{"error", e.what()}}.dump();
     }
   }
   const nlohmann::json result = nlohmann::json::parse(broadcast_string(outcome, 0, comm));
+  if (result.contains("bad_input")) throw BadInputError(result["error"].get<std::string>());
   if (result.contains("error")) fail(result["error"].get<std::string>());
   return Manifest::from_json(result, (fs::path(options.output_dir) / kManifestName).string());
 }

@@ -79,12 +79,44 @@ TEST_F(App, ErrorsNameTheFileAndExitNonZero) {
   EXPECT_NE(output.find(tmp / "nope.txt"), std::string::npos) << output;
   EXPECT_FALSE(fs::exists(tmp / "out/manifest.json"));
   EXPECT_EQ(run(app() + " --vocab " + (tmp / "vocab.txt"), &output), 2);  // --input and --output missing
-  // An error while processing (the vocabulary cannot be read) is 1.
+  // A vocabulary that cannot be read is bad input too: refused before the output directory is made.
   EXPECT_EQ(run(app() + " --input " + (tmp / "corpus") + " --vocab " + (tmp / "nope-vocab.txt") + " --output " +
-                    (tmp / "out"),
+                    (tmp / "out2"),
                 &output),
-            1)
+            2)
       << output;
+  EXPECT_NE(output.find(tmp / "nope-vocab.txt"), std::string::npos) << output;
+  EXPECT_FALSE(fs::exists(tmp / "out2"));
+}
+
+TEST_F(App, InputWithoutTextIsRefused) {
+  fs::create_directories(tmp / "blank");
+  std::ofstream(tmp / "blank/empty.txt");
+  std::ofstream(tmp / "blank/blank_lines.txt") << "\n  \n\t\n";
+  std::string output;
+  const std::string command = " --input " + (tmp / "blank") + " --vocab " + (tmp / "vocab.txt") + " --output " +
+                              (tmp / "out") + " --max-seq-length 40";
+  EXPECT_EQ(run("mpirun -np 2 --oversubscribe --allow-run-as-root " + app() + command, &output), 2) << output;
+  EXPECT_NE(output.find("no examples: the 2 input file(s)"), std::string::npos) << output;
+  EXPECT_FALSE(fs::exists(tmp / "out/manifest.json"));
+}
+
+TEST_F(App, InvalidUtf8IsWarnedWithFileAndLine) {
+  fs::create_directories(tmp / "mixed");
+  std::ofstream(tmp / "mixed/a.txt") << "a clean line\n\nanother clean line\n";
+  std::ofstream(tmp / "mixed/b.txt") << "clean\nstill clean\nbroken \xff\xfe here\nand \xc3 again\n";
+  std::string output;
+  ASSERT_EQ(run(app() + " --input " + (tmp / "mixed") + " --vocab " + (tmp / "vocab.txt") + " --output " +
+                    (tmp / "out") + " --max-seq-length 40",
+                &output),
+            0)
+      << output;
+  EXPECT_NE(
+      output.find(tmp / "mixed/b.txt" + ": 3 invalid UTF-8 sequence(s) replaced and dropped, the first on line 3"),
+      std::string::npos)
+      << output;
+  EXPECT_EQ(output.find("a.txt: "), std::string::npos) << output;
+  EXPECT_EQ(Manifest::load(tmp / "out/manifest.json").stats.at("invalid_utf8"), 3);
 }
 
 TEST_F(App, PackPacksUnderMpirunAndRefusesABadValue) {

@@ -3,6 +3,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <optional>
 
 #include "data_pipeline/loader/loader.h"
 #include "data_pipeline/preprocess/h5.h"
@@ -134,28 +135,51 @@ TEST(ShardErrors, ChecksumMismatchWhenVerifying) {
   expect_mentions(construction_error(o), {b.shard, "CRC-32"});
 }
 
-TEST(ShardErrors, BadRowFailsNextWithFileAndDataset) {
-  Broken b;
-  {
-    h5::Handle f(H5Fopen(b.shard.c_str(), H5F_ACC_RDWR, H5P_DEFAULT));
-    h5::Handle ds(H5Dopen2(f, "lengths", H5P_DEFAULT));
-    h5::Handle space(H5Dget_space(ds));
-    hsize_t start = 5, count = 1;
-    H5Sselect_hyperslab(space, H5S_SELECT_SET, &start, nullptr, &count, nullptr);
-    h5::Handle mem(H5Screate_simple(1, &count, nullptr));
-    const uint16_t bad = 999;
-    ASSERT_GE(H5Dwrite(ds, H5T_NATIVE_UINT16, mem, space, H5P_DEFAULT, &bad), 0);
-  }
+// Overwrites one element of a shard's dataset (row, and column for 2-D datasets) with `value`.
+template <typename T>
+void overwrite(const std::string& shard, const char* dataset, hsize_t row, std::optional<hsize_t> column, T value) {
+  h5::Handle f(H5Fopen(shard.c_str(), H5F_ACC_RDWR, H5P_DEFAULT));
+  h5::Handle ds(H5Dopen2(f, dataset, H5P_DEFAULT));
+  h5::Handle space(H5Dget_space(ds));
+  const hsize_t start[2] = {row, column.value_or(0)}, count[2] = {1, 1};
+  H5Sselect_hyperslab(space, H5S_SELECT_SET, start, nullptr, count, nullptr);
+  h5::Handle mem(H5Screate_simple(1, count, nullptr));
+  const hid_t type = sizeof(T) == 1 ? H5T_NATIVE_UINT8 : H5T_NATIVE_UINT16;
+  ASSERT_GE(H5Dwrite(ds, type, mem, space, H5P_DEFAULT, &value), 0);
+}
+
+// Shapes and attributes stay fine, so the loader is built; the bad row fails the first batch that reads it
+// (every row: the batch is the whole data), naming file, dataset and value, and the loader stays failed.
+void expect_bad_row_fails_next(const Broken& b, std::initializer_list<std::string> parts) {
   LoaderOptions o = b.options();
   o.global_batch_size = 270;
-  Loader loader(o);  // shapes and attributes are fine: validation passes
+  Loader loader(o);
   try {
     loader.next();
     FAIL() << "no error";
   } catch (const Error& e) {
-    expect_mentions(e.what(), {b.shard, "lengths", "999"});
+    expect_mentions(e.what(), parts);
   }
-  EXPECT_THROW(loader.next(), Error);  // stays failed
+  EXPECT_THROW(loader.next(), Error);
+}
+
+TEST(ShardErrors, BadLengthFailsNextWithFileAndDataset) {
+  Broken b;
+  overwrite<uint16_t>(b.shard, "lengths", 5, std::nullopt, 999);
+  expect_bad_row_fails_next(b, {b.shard, "lengths", "row 5", "999"});
+}
+
+TEST(ShardErrors, TokenIdOutsideVocabularyFailsNext) {
+  Broken b;
+  const auto outside = static_cast<uint16_t>(b.vocab.size() + 7);
+  overwrite<uint16_t>(b.shard, "input_ids", 6, 3, outside);
+  expect_bad_row_fails_next(b, {b.shard, "input_ids", "row 6", std::to_string(outside)});
+}
+
+TEST(ShardErrors, SegmentIdAboveOneFailsNext) {
+  Broken b;
+  overwrite<uint8_t>(b.shard, "segment_ids", 7, 4, 7);
+  expect_bad_row_fails_next(b, {b.shard, "segment_ids", "row 7", "segment id 7", "slot 4"});
 }
 
 }  // namespace
