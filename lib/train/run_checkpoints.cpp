@@ -77,9 +77,10 @@ void RunCheckpoints::resume_from(const fs::path& path, TrainingState& state_out)
   const nlohmann::json& saved = file.config();
   if (!saved.contains("model")) fail("checkpoint ", path.string(), " has no model configuration");
   check_vocabulary(file);
-  if (auto diff = first_difference(saved.at("model"), parts_.config->at("model"), "model")) {
-    fail("checkpoint ", path.string(), " was trained with another model configuration: ", *diff);
+  if (const auto diff = config_differences(saved.at("model"), parts_.config->at("model"), "model"); !diff.empty()) {
+    fail("checkpoint ", path.string(), " was trained with another model configuration: ", diff.front());
   }
+  warn_of_changed_settings(path, saved);
   Optimizer<float>& optimizer = *parts_.optimizer;
   // The moments are the optimizer's own state: AdamW's and LAMB's mean different updates. A checkpoint from
   // before the record is AdamW's (the only optimizer then).
@@ -124,6 +125,25 @@ void RunCheckpoints::resume_from(const fs::path& path, TrainingState& state_out)
   last_saved_step_ = state_out.step;
   ELECTRA_LOG(info) << "resumed from " << path.string() << " at step " << state_out.step
                     << (has_moments ? "" : " (no optimizer moments in the file: they start at zero)");
+}
+
+// The settings that decide the updates from here on (the learning-rate schedule, the optimizer, the
+// masking), where they differ from the checkpoint's: the run goes on with its own values, allowed (a run
+// may be lengthened), but then it no longer continues exactly as the checkpointed run would have.
+// train.seed and train.batch_size have warnings of their own.
+void RunCheckpoints::warn_of_changed_settings(const fs::path& path, const nlohmann::json& saved) const {
+  if (!parts_.comm->is_root()) return;
+  std::string changed;
+  for (const char* key : {"train.steps", "optim", "data.mask_prob", "data.shuffle"}) {
+    const nlohmann::json::json_pointer pointer = dotted_to_pointer(key);
+    if (!saved.contains(pointer)) continue;  // a checkpoint from before the key
+    for (const std::string& difference : config_differences(saved.at(pointer), parts_.config->at(key), key))
+      changed += (changed.empty() ? "" : "; ") + difference;
+  }
+  if (changed.empty()) return;
+  ELECTRA_LOG(warning) << "resuming " << path.string() << " with settings that differ from its own: " << changed
+                       << ". The run continues with this run's values (the learning rate follows train.steps and "
+                       << "optim.*), not exactly as the checkpointed run would have";
 }
 
 // The checkpoint's record of the vocabulary and tokenizer options it was trained with (state "vocab" and

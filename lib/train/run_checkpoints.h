@@ -68,6 +68,7 @@ class RunCheckpoints {
 
  private:
   void resume_from(const std::filesystem::path& path, TrainingState& state);
+  void warn_of_changed_settings(const std::filesystem::path& path, const nlohmann::json& saved) const;
   void check_vocabulary(const CheckpointFile& file) const;
 
   CheckpointParts parts_;

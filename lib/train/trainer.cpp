@@ -191,26 +191,31 @@ Config resolve_config(const TrainOptions& options) {
   return config;
 }
 
-std::optional<std::string> first_difference(const nlohmann::json& expected, const nlohmann::json& actual,
+std::vector<std::string> config_differences(const nlohmann::json& expected, const nlohmann::json& actual,
                                             const std::string& prefix) {
+  std::vector<std::string> differences;
   if (expected.is_object() && actual.is_object()) {
     for (const auto& [key, value] : expected.items()) {
       const std::string path = prefix.empty() ? key : prefix + "." + key;
-      if (!actual.contains(key)) return path + ": checkpoint " + value.dump() + ", run has no such key";
-      if (auto diff = first_difference(value, actual.at(key), path)) return diff;
+      if (!actual.contains(key)) {
+        differences.push_back(path + ": checkpoint " + value.dump() + ", run has no such key");
+        continue;
+      }
+      for (std::string& difference : config_differences(value, actual.at(key), path))
+        differences.push_back(std::move(difference));
     }
     for (const auto& [key, value] : actual.items()) {
       if (!expected.contains(key)) {
-        return (prefix.empty() ? key : prefix + "." + key) + ": checkpoint has no such key, run " + value.dump();
+        differences.push_back((prefix.empty() ? key : prefix + "." + key) + ": checkpoint has no such key, run " +
+                              value.dump());
       }
     }
-    return std::nullopt;
+    return differences;
   }
   const bool both_numbers = expected.is_number() && actual.is_number();
-  if (both_numbers ? expected.get<double>() != actual.get<double>() : expected != actual) {
-    return prefix + ": checkpoint " + expected.dump() + ", run " + actual.dump();
-  }
-  return std::nullopt;
+  if (both_numbers ? expected.get<double>() != actual.get<double>() : expected != actual)
+    differences.push_back(prefix + ": checkpoint " + expected.dump() + ", run " + actual.dump());
+  return differences;
 }
 
 namespace {

@@ -61,8 +61,9 @@ Config resolve_config(const TrainOptions& options);
 // ranks; errors during training throw (the caller aborts the job, see dist::run_rank_main).
 int run_training(const dist::Communicator& comm, const TrainOptions& options);
 
-// "model.num_layers: checkpoint 12, run 4" for the first difference between two JSON trees, or nullopt.
-std::optional<std::string> first_difference(const nlohmann::json& expected, const nlohmann::json& actual,
+// Every difference between two JSON trees, one line each ("model.num_layers: checkpoint 12, run 4"), in
+// the order of `expected`'s keys, then keys only `actual` has. Numbers compare by value (5e-4 == 0.0005).
+std::vector<std::string> config_differences(const nlohmann::json& expected, const nlohmann::json& actual,
                                             const std::string& prefix = "");
 
 }  // namespace electra::train

@@ -140,6 +140,7 @@ TEST_F(TrainE2E, ResumeIsBitwiseExactOnTheSameWorldSize) {
   ASSERT_EQ(read_metrics(resumed).size(), 6u);
   ASSERT_EQ(run(train_command(2, resumed, "--resume auto"), log2), 0) << log_of(log2);
   EXPECT_NE(read_text(log2).find("resumed from"), std::string::npos) << log_of(log2);
+  EXPECT_EQ(read_text(log2).find("differ from its own"), std::string::npos) << log_of(log2);
   expect_same_trajectory(read_metrics(straight), read_metrics(resumed), 0.0, "straight vs stopped+resumed");
 
   // The final weights and optimizer moments are bitwise identical, and so is the loader position.
@@ -295,6 +296,15 @@ TEST_F(TrainE2E, BadInputIsReportedBeforeTrainingAndOverwritesNothing) {
   EXPECT_EQ(run(train_command(1, dir, "--set train.steps=8 --set model.num_layers=3"), log), 2) << log_of(log);
   EXPECT_NE(read_text(log).find("model.num_layers"), std::string::npos) << log_of(log);
   EXPECT_EQ(fs::last_write_time(dir / "checkpoints" / "ckpt-00000004.h5"), before);
+
+  // A finished run may be lengthened, and the learning rate changed: it resumes, and says what differs.
+  ASSERT_EQ(run(train_command(1, dir, "--set train.steps=6 --set optim.lr=0.002 --resume auto"), log), 0)
+      << log_of(log);
+  const std::string text = read_text(log);
+  EXPECT_NE(text.find("with settings that differ from its own: train.steps: checkpoint 4, run 6; optim.lr: checkpoint"),
+            std::string::npos)
+      << log_of(log);
+  EXPECT_NE(text.find("run 0.002"), std::string::npos) << log_of(log);
 }
 
 // Every checkpoint of a run unreadable: --resume auto used to start afresh and append steps 1..N to

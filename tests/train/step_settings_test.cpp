@@ -5,6 +5,7 @@
 
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "lib/core/error.h"
 #include "lib/train/step.h"
@@ -209,6 +210,24 @@ TEST(TrainSettings, BadValuesNameTheirKey) {
     c.set(assignment);
     EXPECT_NE(error_of(c, 4).find(key), std::string::npos) << assignment << ": " << error_of(c, 4);
   }
+}
+
+// What a resume compares against the checkpoint's configuration (run_checkpoints.cpp): every difference,
+// nested keys dotted, numbers by value.
+TEST(ConfigDifferences, ListsEveryDifferenceAndComparesNumbersByValue) {
+  const nlohmann::json saved = nlohmann::json::parse(
+      R"({"lr": 0.0005, "warmup_steps": 40, "loss_scale": {"init": 65536.0, "mode": "auto"}, "old": 1})");
+  const nlohmann::json run = nlohmann::json::parse(
+      R"({"lr": 5e-4, "warmup_steps": 80, "loss_scale": {"init": 65536, "mode": "off"}, "new": true})");
+  using electra::train::config_differences;
+  EXPECT_EQ(
+      config_differences(saved, run, "optim"),
+      (std::vector<std::string>{
+          "optim.loss_scale.mode: checkpoint \"auto\", run \"off\"", "optim.old: checkpoint 1, run has no such key",
+          "optim.warmup_steps: checkpoint 40, run 80", "optim.new: checkpoint has no such key, run true"}));
+  EXPECT_TRUE(config_differences(saved, saved).empty());
+  EXPECT_EQ(config_differences(nlohmann::json(4), nlohmann::json(8), "train.steps"),
+            std::vector<std::string>{"train.steps: checkpoint 4, run 8"});
 }
 
 }  // namespace
