@@ -24,7 +24,8 @@ int main(int argc, char** argv) {
   app.add_option("--seq", o.seq, "sequence length (default: the file's data.seq_length, 128; 512 for base/large)");
   app.add_option("--steps", o.steps, "timed steps")->capture_default_str();
   app.add_option("--warmup", o.warmup, "untimed steps first")->capture_default_str();
-  app.add_option("--threads", o.threads, "OpenMP threads per rank (default: cores / ranks on the node)");
+  app.add_option("--threads", o.threads, "OpenMP threads per rank (default: cores / ranks on the node)")
+      ->check(CLI::Range(0, 1 << 20));
   app.add_option("--chunks", o.chunks,
                  "batch slices run concurrently, one per thread (ElectraPretrainer::set_parallel_chunks); "
                  "default: the thread count; 1: every op multi-threaded instead");

@@ -136,7 +136,8 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   app.add_option("--seed", flags.seed, "keys masking and the generator's sampling")->capture_default_str();
   app.add_option("--seq-length", flags.seq_length, "the shards' sequence length (0: from manifest.json)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1 << 20));
   app.add_option("--mask-prob", flags.mask_prob, "masked fraction of tokens")->capture_default_str();
   app.add_option("--vocab", flags.vocab, "vocab.txt (default: the data's copy, else the model's)");
   app.add_option("--auc-bins", flags.auc_bins, "histogram bins of disc_auc")
@@ -147,7 +148,8 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   app.add_option("--threads", flags.threads, "CPU threads per rank (0: cores / ranks on the node)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1 << 20));
   app.add_flag("--json", flags.json, "print one JSON object instead of the table");
   app.add_option("--unigram-auc", flags.unigram_auc,
                  "also disc_auc_unigram: the AUC against replacements drawn from the data's unigram distribution, "
