@@ -1,7 +1,9 @@
 // electra-export: a training checkpoint -> Hugging Face directories (discriminator/ and generator/).
-// Exit codes: 0 written, 1 error (message on stderr), 2 bad flags.
+// Exit codes: 0 written, 1 error while writing (message on stderr), 2 bad flags or input (a checkpoint or
+// vocabulary that cannot be read or does not fit, an output directory that is not empty without --force).
 #include <CLI/CLI.hpp>
 #include <iostream>
+#include <optional>
 
 #include "lib/core/log.h"
 #include "lib/interop/hf_export.h"
@@ -23,11 +25,18 @@ int main(int argc, char** argv) {
     return app.exit(e) == 0 ? 0 : 2;
   }
   electra::log::init({});
+  std::optional<electra::interop::PretrainerBundle> model;
   try {
-    const electra::interop::PretrainerBundle model = electra::interop::load_checkpoint_bundle(checkpoint, vocab);
-    const auto files = electra::interop::export_hf(model, output, options);
-    std::cout << "exported " << model.source << " to " << output << " (" << files.size() << " files, vocab "
-              << model.vocab.size() << ", lower_case " << (model.tokenizer.lower_case ? "true" : "false") << ")\n";
+    model.emplace(electra::interop::load_checkpoint_bundle(checkpoint, vocab));
+    electra::interop::check_hf_export(*model, output, options);
+  } catch (const std::exception& e) {
+    std::cerr << "electra-export: " << e.what() << "\n";
+    return 2;
+  }
+  try {
+    const auto files = electra::interop::export_hf(*model, output, options);
+    std::cout << "exported " << model->source << " to " << output << " (" << files.size() << " files, vocab "
+              << model->vocab.size() << ", lower_case " << (model->tokenizer.lower_case ? "true" : "false") << ")\n";
     return 0;
   } catch (const std::exception& e) {
     std::cerr << "electra-export: " << e.what() << "\n";

@@ -10,7 +10,7 @@ namespace electra::interop {
 
 namespace fs = std::filesystem;
 
-std::vector<fs::path> export_hf(const PretrainerBundle& model, const fs::path& out_dir, const ExportOptions& options) {
+void check_hf_export(const PretrainerBundle& model, const fs::path& out_dir, const ExportOptions& options) {
   if (fs::exists(out_dir)) {
     if (!fs::is_directory(out_dir)) fail("output ", out_dir.string(), " exists and is not a directory");
     if (!fs::is_empty(out_dir) && !options.force) {
@@ -26,13 +26,20 @@ std::vector<fs::path> export_hf(const PretrainerBundle& model, const fs::path& o
     fail("export: vocabulary ", model.vocab.origin(), " has ", model.vocab.size(), " tokens, the model ",
          model.config.vocab_size);
   }
-  // Everything that can fail on the inputs is checked before the first file is written.
   // The special tokens the tokenizer files name must exist (each lookup fails naming the vocab file).
   const int pad_id = model.vocab.pad_id();
   model.vocab.unk_id();
   model.vocab.cls_id();
   model.vocab.sep_id();
   model.vocab.mask_id();
+  for (HfModel which : {HfModel::kDiscriminator, HfModel::kGenerator}) hf_model_config(model.config, which, pad_id);
+}
+
+std::vector<fs::path> export_hf(const PretrainerBundle& model, const fs::path& out_dir, const ExportOptions& options) {
+  // Everything that can fail on the inputs is checked before the first file is written.
+  check_hf_export(model, out_dir, options);
+  const PretrainerLayout layout = build_pretrainer_layout(model.config);
+  const int pad_id = model.vocab.pad_id();
   const nlohmann::json configs[2] = {hf_model_config(model.config, HfModel::kDiscriminator, pad_id),
                                      hf_model_config(model.config, HfModel::kGenerator, pad_id)};
 

@@ -17,9 +17,16 @@ struct ExportOptions {
   bool force = false;  // write into a non-empty output directory (replacing our files there)
 };
 
+// The checks of the inputs export_hf makes before it writes anything: `out_dir` is not a non-empty
+// directory (unless force), the parameters fit the config's layout, the vocabulary has the model's size and
+// every special token, and the model can be expressed as ElectraConfig (hf_model_config). Fails naming what
+// is wrong; electra-export exits 2 on these.
+void check_hf_export(const PretrainerBundle& model, const std::filesystem::path& out_dir,
+                     const ExportOptions& options = {});
+
 // Writes the two directories under `out_dir` (created when missing). Fails before writing anything
-// when `out_dir` is a non-empty directory and !force, when the vocabulary lacks a special token, or when
-// the model cannot be expressed as ElectraConfig (hf_model_config). Returns the files written.
+// when check_hf_export fails or a vocabulary token is not valid UTF-8 (tokenizer.json). Returns the files
+// written.
 std::vector<std::filesystem::path> export_hf(const PretrainerBundle& model, const std::filesystem::path& out_dir,
                                              const ExportOptions& options = {});
 

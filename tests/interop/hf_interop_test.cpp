@@ -310,7 +310,7 @@ TEST(HfInterop, ExportRefusesNonEmptyDirectoryWithoutForce) {
   const std::string cmd = shell_quote(program("electra-export")) + " --checkpoint " +
                           shell_quote(run.checkpoint.string()) + " --output " + shell_quote(out.string());
   const CommandResult refused = run_command(cmd + " 2>&1");
-  EXPECT_NE(refused.status, 0);
+  EXPECT_EQ(refused.status, 2) << refused.out;  // bad input: exit 2, as the other programs
   EXPECT_NE(refused.out.find("not empty"), std::string::npos) << refused.out;
   EXPECT_FALSE(fs::exists(out / "discriminator"));
   const CommandResult forced = run_command(cmd + " --force 2>&1");
@@ -322,7 +322,7 @@ TEST(HfInterop, ExportRefusesNonEmptyDirectoryWithoutForce) {
   const CommandResult no_vocab =
       run_command(shell_quote(program("electra-export")) + " --checkpoint " + shell_quote(run.checkpoint.string()) +
                   " --output " + shell_quote((tmp.path() / "x").string()) + " --vocab /nonexistent/vocab.txt 2>&1");
-  EXPECT_NE(no_vocab.status, 0);
+  EXPECT_EQ(no_vocab.status, 2) << no_vocab.out;
   EXPECT_NE(no_vocab.out.find("/nonexistent/vocab.txt"), std::string::npos) << no_vocab.out;
   EXPECT_FALSE(fs::exists(tmp.path() / "x"));
 
@@ -334,7 +334,7 @@ TEST(HfInterop, ExportRefusesNonEmptyDirectoryWithoutForce) {
       run_command(shell_quote(program("electra-export")) + " --checkpoint " + shell_quote(run.run_dir.string()) +
                   " --output " + shell_quote((tmp.path() / "y").string()) + " --vocab " +
                   shell_quote((tmp.path() / "other_vocab.txt").string()) + " 2>&1");
-  EXPECT_NE(other.status, 0);
+  EXPECT_EQ(other.status, 2) << other.out;
   EXPECT_NE(other.out.find("is not the one the training data was made with"), std::string::npos) << other.out;
   EXPECT_FALSE(fs::exists(tmp.path() / "y"));
 }
