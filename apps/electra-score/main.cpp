@@ -1,9 +1,11 @@
 // electra-score: one JSON line per input line with the discriminator's replaced-token probabilities
 // (and, with --fill-mask, the generator's top-k tokens for each [MASK]).
-// Exit codes: 0 done, 1 error (message on stderr), 2 bad flags.
+// Exit codes: 0 done, 1 error while scoring (message on stderr), 2 bad flags or input, found while setting up
+// (a model or vocabulary that cannot be read, no GPU for --device cuda), as electra-eval.
 #include <CLI/CLI.hpp>
 #include <iostream>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "lib/backend/backend.h"
@@ -47,6 +49,7 @@ int main(int argc, char** argv) {
   electra::log::LogOptions log_options;
   log_options.console_level = boost::log::trivial::warning;  // stdout carries the JSON lines only
   electra::log::init(log_options);
+  std::optional<electra::interop::Scorer> scorer;
   try {
     // The names were checked by CLI::IsMember above.
     const electra::DeviceKind device_kind = electra::parse_device_kind(device, "--device");
@@ -61,14 +64,19 @@ int main(int argc, char** argv) {
       model.tokenizer.lower_case = false;
       model.tokenizer.strip_accents.reset();  // cased: accents kept, as BERT does
     }
-    electra::interop::Scorer scorer(std::move(model), std::move(backend),
-                                    [&](const electra::PretrainerConfig& config, electra::Backend<float>& be) {
-                                      return electra::make_rank_model(config, be, resolved);
-                                    });
+    scorer.emplace(std::move(model), std::move(backend),
+                   [&](const electra::PretrainerConfig& config, electra::Backend<float>& be) {
+                     return electra::make_rank_model(config, be, resolved);
+                   });
+  } catch (const std::exception& e) {
+    std::cerr << "electra-score: " << e.what() << "\n";
+    return 2;
+  }
+  try {
     std::string line;
     while (std::getline(std::cin, line)) {
       if (!line.empty() && line.back() == '\r') line.pop_back();
-      const auto scored = scorer.score(line, options);
+      const auto scored = scorer->score(line, options);
       std::cout << electra::interop::to_json(scored, options.fill_mask)
                        .dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace)
                 << "\n";

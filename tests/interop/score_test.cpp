@@ -172,7 +172,7 @@ TEST_F(ScoreTest, LowerCasingFollowsTheModelUnlessTurnedOff) {
 
   const CommandResult bad = run_command(shell_quote(program("electra-score")) + " --model " +
                                         shell_quote((tmp_.path() / "missing").string()) + " < /dev/null 2>&1");
-  EXPECT_NE(bad.status, 0);
+  EXPECT_EQ(bad.status, 2) << bad.out;
   EXPECT_NE(bad.out.find("missing"), std::string::npos) << bad.out;
 }
 
