@@ -4,6 +4,8 @@
 
 #include <cstdio>
 #include <fstream>
+#include <limits>
+#include <string>
 
 namespace electra {
 namespace {
@@ -66,6 +68,38 @@ TEST(Config, RejectsUnknownKeysAndWrongTypesNamingTheKey) {
   EXPECT_THROW(config.set("train=3"), Error);
   EXPECT_THROW(config.set("novalue"), Error);
   EXPECT_EQ(config.get<int>("train.steps"), 10);
+}
+
+// nlohmann's get<T> casts: without the range check -1 reads as 2^64 - 1 into a uint64_t and 2^32 as 0 into an
+// int. Every integer outside T's range is refused naming the key; the extremes inside it read exactly.
+TEST(Config, IntegersOutsideTheTypesRangeAreRefusedNamingTheKey) {
+  Config config = make_config();
+  auto error_of = [&](auto read) -> std::string {
+    try {
+      read();
+    } catch (const Error& e) {
+      return e.what();
+    }
+    return "";
+  };
+  config.set("train.seed=-1");
+  EXPECT_EQ(config.get<int64_t>("train.seed"), -1);
+  EXPECT_EQ(error_of([&] { config.get<uint64_t>("train.seed"); }),
+            "config key 'train.seed' must be an integer in [0, 18446744073709551615], got -1");
+  config.set("train.steps=4294967296");
+  EXPECT_EQ(config.get<int64_t>("train.steps"), int64_t{1} << 32);
+  EXPECT_NE(error_of([&] { config.get<int>("train.steps"); })
+                .find("config key 'train.steps' must be an integer in "
+                      "[-2147483648, 2147483647], got 4294967296"),
+            std::string::npos);
+  config.set("train.steps=-2147483648");
+  EXPECT_EQ(config.get<int>("train.steps"), std::numeric_limits<int>::min());
+  config.set("train.steps=18446744073709551615");
+  EXPECT_EQ(config.get<uint64_t>("train.steps"), std::numeric_limits<uint64_t>::max());
+  EXPECT_NE(error_of([&] { config.get<int64_t>("train.steps"); }), "");
+  config.set("train.steps=9223372036854775807");
+  EXPECT_EQ(config.get<int64_t>("train.steps"), std::numeric_limits<int64_t>::max());
+  EXPECT_NE(error_of([&] { config.get<uint32_t>("train.steps"); }), "");
 }
 
 TEST(Config, MergesFilesAndNamesTheFileInErrors) {
