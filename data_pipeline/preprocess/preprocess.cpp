@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <cstring>
 #include <filesystem>
 #include <memory>
 #include <optional>
@@ -13,6 +12,7 @@
 #include "data_pipeline/preprocess/file_util.h"
 #include "data_pipeline/preprocess/row_packer.h"
 #include "data_pipeline/tokenizer/bert_tokenizer.h"
+#include "data_pipeline/tokenizer/text_files.h"
 #include "lib/core/error.h"
 #include "lib/core/log.h"
 #include "lib/core/philox.h"
@@ -113,59 +113,6 @@ PreprocessStats PreprocessStats::from_json(const nlohmann::json& j) {
 // Per-rank processing
 
 namespace {
-
-// Reads a file line by line through a fixed buffer (bounded memory whatever the file size; a single
-// line longer than the buffer grows it).
-class LineReader {
- public:
-  explicit LineReader(const std::string& path) : path_(path), file_(std::fopen(path.c_str(), "rb")) {
-    if (file_ == nullptr) fail(path, ": cannot open: ", std::strerror(errno));
-    buffer_.resize(1 << 20);
-  }
-  ~LineReader() {
-    if (file_ != nullptr) std::fclose(file_);
-  }
-  LineReader(const LineReader&) = delete;
-  LineReader& operator=(const LineReader&) = delete;
-
-  // The next line without its '\n'; false at end of file.
-  bool next(std::string_view& line) {
-    for (;;) {
-      const char* start = buffer_.data() + begin_;
-      const void* nl = std::memchr(start, '\n', end_ - begin_);
-      if (nl != nullptr) {
-        const size_t len = static_cast<size_t>(static_cast<const char*>(nl) - start);
-        line = std::string_view(start, len);
-        begin_ += len + 1;
-        return true;
-      }
-      if (eof_) {
-        if (begin_ == end_) return false;
-        line = std::string_view(start, end_ - begin_);
-        begin_ = end_;
-        return true;
-      }
-      // Move the partial line to the front and refill.
-      std::memmove(buffer_.data(), start, end_ - begin_);
-      end_ -= begin_;
-      begin_ = 0;
-      if (end_ == buffer_.size()) buffer_.resize(buffer_.size() * 2);
-      const size_t got = std::fread(buffer_.data() + end_, 1, buffer_.size() - end_, file_);
-      if (got == 0) {
-        if (std::ferror(file_)) fail(path_, ": read error");
-        eof_ = true;
-      }
-      end_ += got;
-    }
-  }
-
- private:
-  std::string path_;
-  std::FILE* file_;
-  std::vector<char> buffer_;
-  size_t begin_ = 0, end_ = 0;
-  bool eof_ = false;
-};
 
 // Python's str.strip(): ASCII whitespace and the Unicode spaces (U+0085, U+00A0, U+1680, U+2000..U+200A,
 // U+2028, U+2029, U+202F, U+205F, U+3000) and the separators U+001C..U+001F.
@@ -286,12 +233,11 @@ RankResult preprocess_rank(const PreprocessOptions& options, const text::Vocab& 
           write_row(example.input_ids.data(), example.segment_ids.data(), example.length, nullptr);
         }
       };
-      LineReader reader(path);
+      text::LineReader reader(path);
       std::string_view line;
       const uint64_t invalid_before = tstats.invalid_utf8;
-      uint64_t line_number = 0, first_invalid_line = 0;
+      uint64_t first_invalid_line = 0;
       while (reader.next(line)) {
-        ++line_number;
         ++result.stats.lines;
         result.stats.bytes += line.size() + 1;
         bool done;
@@ -301,7 +247,8 @@ RankResult preprocess_rank(const PreprocessOptions& options, const text::Vocab& 
           tokens.clear();
           const uint64_t invalid_so_far = tstats.invalid_utf8;
           tokenizer.encode_append(line, tokens, &tstats);
-          if (first_invalid_line == 0 && tstats.invalid_utf8 > invalid_so_far) first_invalid_line = line_number;
+          if (first_invalid_line == 0 && tstats.invalid_utf8 > invalid_so_far)
+            first_invalid_line = reader.line_number();
           done = builder.add_sentence(tokens, example);
         }
         if (done) emit();
