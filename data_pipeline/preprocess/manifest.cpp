@@ -5,6 +5,7 @@
 #include <sstream>
 
 #include "data_pipeline/preprocess/file_util.h"
+#include "lib/core/atomic_file.h"
 #include "lib/core/error.h"
 
 namespace electra::data {
@@ -85,7 +86,7 @@ Manifest Manifest::load(const std::string& path) {
 }
 
 void Manifest::save(const std::string& dir) const {
-  write_file_atomic((std::filesystem::path(dir) / kManifestName).string(), to_json().dump(2) + "\n");
+  write_file_atomically(std::filesystem::path(dir) / kManifestName, to_json().dump(2) + "\n");
 }
 
 }  // namespace electra::data

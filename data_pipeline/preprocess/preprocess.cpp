@@ -13,6 +13,7 @@
 #include "data_pipeline/preprocess/row_packer.h"
 #include "data_pipeline/tokenizer/bert_tokenizer.h"
 #include "data_pipeline/tokenizer/text_files.h"
+#include "lib/core/atomic_file.h"
 #include "lib/core/error.h"
 #include "lib/core/log.h"
 #include "lib/core/philox.h"
@@ -490,7 +491,7 @@ Manifest run_preprocess(const PreprocessOptions& options, MPI_Comm comm) {
       const double slots = static_cast<double>(manifest.total_rows) * options.max_seq_length;
       const double slot_fill = slots > 0 ? static_cast<double>(total.tokens) / slots : 0.0;
       manifest.stats["slot_fill"] = slot_fill;
-      copy_file_atomic(options.vocab_path, (fs::path(options.output_dir) / kVocabFileName).string());
+      copy_file_atomically(options.vocab_path, fs::path(options.output_dir) / kVocabFileName);
       manifest.save(options.output_dir);
       ELECTRA_LOG(info) << "preprocess: wrote " << manifest.shards.size() << " shards, " << total.examples
                         << " examples"

@@ -3,6 +3,7 @@
 #include <filesystem>
 
 #include "data_pipeline/preprocess/file_util.h"
+#include "lib/core/atomic_file.h"
 #include "lib/core/error.h"
 
 namespace electra::data {
@@ -38,7 +39,7 @@ void append_rows(hid_t dataset, hid_t mem_type, const void* data, hsize_t first_
 
 ShardWriter::ShardWriter(std::string path, ShardWriterOptions options)
     : path_(std::move(path)),
-      tmp_path_(temp_path_for(path_)),
+      tmp_path_(temp_path_for(path_).string()),
       options_(options),
       uint16_ids_(shard_ids_are_uint16(options.vocab_size)) {
   if (options_.max_seq_length < 2 || options_.max_seq_length > 65535)

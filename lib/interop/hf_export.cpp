@@ -1,10 +1,10 @@
 #include "lib/interop/hf_export.h"
 
+#include "lib/core/atomic_file.h"
 #include "lib/core/error.h"
 #include "lib/interop/hf_format.h"
 #include "lib/interop/safetensors.h"
 #include "lib/model/parameter_layout.h"
-#include "lib/train/atomic_file.h"
 
 namespace electra::interop {
 
@@ -78,7 +78,7 @@ std::vector<fs::path> export_hf(const PretrainerBundle& model, const fs::path& o
         {"tokenizer.json", tokenizer_json},
     };
     for (const auto& [name, contents] : files) {
-      train::write_file_atomically(dir / name, contents);
+      write_file_atomically(dir / name, contents);
       written.push_back(dir / name);
     }
   }

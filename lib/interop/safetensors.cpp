@@ -8,8 +8,8 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
+#include "lib/core/atomic_file.h"
 #include "lib/core/error.h"
-#include "lib/train/atomic_file.h"
 
 namespace electra::interop {
 
@@ -326,7 +326,7 @@ void write_safetensors(const std::filesystem::path& path, std::vector<Safetensor
   std::sort(tensors.begin(), tensors.end(),
             [](const SafetensorsTensorRef& a, const SafetensorsTensorRef& b) { return a.name < b.name; });
   const std::string header = safetensors_header(tensors, metadata);
-  const std::filesystem::path temp = train::temp_path_for(path);
+  const std::filesystem::path temp = temp_path_for(path);
   try {
     {
       std::ofstream out(temp, std::ios::binary | std::ios::trunc);
@@ -338,7 +338,7 @@ void write_safetensors(const std::filesystem::path& path, std::vector<Safetensor
       out.flush();
       if (!out) fail("write error on ", temp.string(), " (disk full?)");
     }
-    train::commit_file(temp, path);
+    commit_file(temp, path);
   } catch (...) {
     std::error_code ignored;
     std::filesystem::remove(temp, ignored);

@@ -8,7 +8,7 @@
 //
 // Writer: float32 only, tensors in sorted name order both in the header and in the buffer, metadata
 // {"format": "pt"} by default, so identical tensors always give identical bytes. The file is written to
-// a temporary name, fsynced and renamed (lib/train/atomic_file.h).
+// a temporary name, fsynced and renamed (lib/core/atomic_file.h).
 //
 // Reader: the whole file is read into memory and checked before anything is returned; every problem is
 // an electra::Error naming the file (and the tensor): header length beyond the file or above 100 MB

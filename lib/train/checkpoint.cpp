@@ -7,8 +7,8 @@
 #include <unordered_set>
 #include <utility>
 
+#include "lib/core/atomic_file.h"
 #include "lib/core/error.h"
-#include "lib/train/atomic_file.h"
 #include "lib/train/crc32c.h"
 
 namespace electra::train {

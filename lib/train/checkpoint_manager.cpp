@@ -7,9 +7,9 @@
 #include <set>
 #include <sstream>
 
+#include "lib/core/atomic_file.h"
 #include "lib/core/error.h"
 #include "lib/core/log.h"
-#include "lib/train/atomic_file.h"
 
 namespace electra::train {
 namespace {

@@ -8,8 +8,8 @@
 #include <cstring>
 #include <fstream>
 
+#include "lib/core/atomic_file.h"
 #include "lib/core/error.h"
-#include "lib/train/atomic_file.h"
 
 namespace electra::train {
 namespace {

@@ -20,6 +20,7 @@
 
 #include "data_pipeline/loader/loader.h"
 #include "lib/backend/backend.h"
+#include "lib/core/atomic_file.h"
 #include "lib/core/batch.h"
 #include "lib/core/error.h"
 #include "lib/core/log.h"
@@ -33,7 +34,6 @@
 #include "lib/optim/adamw.h"
 #include "lib/optim/loss_scaler.h"
 #include "lib/optim/optimizer.h"
-#include "lib/train/atomic_file.h"
 #include "lib/train/collapse_check.h"
 #include "lib/train/device.h"
 #include "lib/train/held_out_eval.h"

@@ -1,4 +1,4 @@
-#include "lib/train/atomic_file.h"
+#include "lib/core/atomic_file.h"
 
 #include <fcntl.h>
 #include <unistd.h>
@@ -9,7 +9,7 @@
 
 #include "lib/core/error.h"
 
-namespace electra::train {
+namespace electra {
 namespace {
 
 std::string errno_text() { return std::strerror(errno); }
@@ -18,9 +18,10 @@ void fsync_path(const std::filesystem::path& path, int flags, const char* what) 
   const int fd = ::open(path.c_str(), flags | O_CLOEXEC);
   if (fd < 0) fail("cannot open ", what, " ", path.string(), " to fsync it: ", errno_text());
   if (::fsync(fd) != 0) {
-    const std::string text = errno_text();
+    const int error = errno;
     ::close(fd);
-    fail("fsync of ", what, " ", path.string(), " failed: ", text);
+    if ((flags & O_DIRECTORY) != 0 && (error == EINVAL || error == EROFS)) return;
+    fail("fsync of ", what, " ", path.string(), " failed: ", std::strerror(error));
   }
   ::close(fd);
 }
@@ -53,27 +54,35 @@ void write_file_atomically(const std::filesystem::path& path, std::string_view c
   const auto temp = temp_path_for(path);
   const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) fail("cannot create ", temp.string(), ": ", errno_text());
+  auto give_up = [&](const char* what) {
+    const std::string text = errno_text();
+    ::close(fd);
+    ::unlink(temp.c_str());
+    fail(what, " ", temp.string(), ": ", text);
+  };
   size_t written = 0;
   while (written < contents.size()) {
     const ssize_t n = ::write(fd, contents.data() + written, contents.size() - written);
     if (n < 0 && errno == EINTR) continue;
-    if (n < 0) {
-      const std::string text = errno_text();
-      ::close(fd);
-      fail("cannot write ", temp.string(), ": ", text);
-    }
+    if (n < 0) give_up("cannot write");
     written += static_cast<size_t>(n);
   }
-  if (::fsync(fd) != 0) {
-    const std::string text = errno_text();
-    ::close(fd);
-    fail("fsync of ", temp.string(), " failed: ", text);
-  }
+  if (::fsync(fd) != 0) give_up("cannot fsync");
   ::close(fd);
   if (std::rename(temp.c_str(), path.c_str()) != 0) {
-    fail("cannot rename ", temp.string(), " to ", path.string(), ": ", errno_text());
+    const std::string text = errno_text();
+    ::unlink(temp.c_str());
+    fail("cannot rename ", temp.string(), " to ", path.string(), ": ", text);
   }
   fsync_directory(path.parent_path());
 }
 
-}  // namespace electra::train
+void copy_file_atomically(const std::filesystem::path& from, const std::filesystem::path& to) {
+  const auto temp = temp_path_for(to);
+  std::error_code error;
+  std::filesystem::copy_file(from, temp, std::filesystem::copy_options::overwrite_existing, error);
+  if (error) fail("cannot copy ", from.string(), " to ", temp.string(), ": ", error.message());
+  commit_file(temp, to);
+}
+
+}  // namespace electra
