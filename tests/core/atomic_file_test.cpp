@@ -1,0 +1,75 @@
+// lib/core/atomic_file.h: a write that fails leaves the old file and no temporary file behind.
+#include "lib/core/atomic_file.h"
+
+#include <gtest/gtest.h>
+#include <sys/resource.h>
+
+#include <csignal>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <string>
+
+#include "lib/core/error.h"
+
+namespace electra {
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string read_text(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  std::stringstream text;
+  text << in.rdbuf();
+  return text.str();
+}
+
+struct TempDir {
+  fs::path path;
+  TempDir() {
+    std::string pattern = (fs::temp_directory_path() / "electra-atomic-XXXXXX").string();
+    path = ::mkdtemp(pattern.data());
+  }
+  ~TempDir() { fs::remove_all(path); }
+};
+
+TEST(AtomicFile, WritesAndReplacesWithoutLeavingATemporaryFile) {
+  TempDir dir;
+  const fs::path file = dir.path / "vocab.txt";
+  write_file_atomically(file, "first\n");
+  write_file_atomically(file, "second\n");
+  EXPECT_EQ(read_text(file), "second\n");
+  copy_file_atomically(file, dir.path / "copy.txt");
+  EXPECT_EQ(read_text(dir.path / "copy.txt"), "second\n");
+  EXPECT_FALSE(fs::exists(temp_path_for(file)));
+  EXPECT_EQ(temp_path_for(file), dir.path / ".vocab.txt.tmp");
+}
+
+// A write the file system refuses (here the file-size limit, EFBIG): the old contents stay, the error names
+// the temporary file, and the temporary file is removed.
+TEST(AtomicFile, AFailedWriteKeepsTheOldFileAndRemovesTheTemporary) {
+  TempDir dir;
+  const fs::path file = dir.path / "manifest.json";
+  write_file_atomically(file, "old\n");
+  rlimit saved{};
+  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &saved), 0);
+  const auto previous_handler = std::signal(SIGXFSZ, SIG_IGN);  // EFBIG instead of the signal
+  rlimit small = saved;
+  small.rlim_cur = 16;
+  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &small), 0);
+  std::string message;
+  try {
+    write_file_atomically(file, std::string(4096, 'x'));
+  } catch (const Error& e) {
+    message = e.what();
+  }
+  ::setrlimit(RLIMIT_FSIZE, &saved);
+  std::signal(SIGXFSZ, previous_handler);
+  EXPECT_NE(message.find("cannot write " + temp_path_for(file).string()), std::string::npos) << message;
+  EXPECT_EQ(read_text(file), "old\n");
+  EXPECT_FALSE(fs::exists(temp_path_for(file)));
+}
+
+}  // namespace
+}  // namespace electra
