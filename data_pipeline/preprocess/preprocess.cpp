@@ -413,13 +413,14 @@ Manifest run_preprocess(const PreprocessOptions& options, MPI_Comm comm) {
   // 1. Rank 0 checks the arguments, lists the inputs and prepares the output directory (or refuses it);
   //    everyone gets the list, or the same BadInputError before any rank has written anything.
   nlohmann::json plan;
+  std::optional<text::Vocab> vocab;  // rank 0 reads it here (bad input), the others in step 2
   if (rank == 0) {
     try {
       if (options.output_dir.empty()) fail("--output is required");
       if (options.max_seq_length < 5 || options.max_seq_length > 65535)
         fail("--max-seq-length ", options.max_seq_length, " is outside [5, 65535]");
       const std::vector<InputFile> files = list_input_files(options.inputs);
-      text::Vocab::load(options.vocab_path);  // a missing or malformed vocabulary is bad input: nothing written
+      vocab.emplace(text::Vocab::load(options.vocab_path));  // missing or malformed: bad input, nothing written
       prepare_output_directory(options.output_dir, options.force);
       plan["files"] = nlohmann::json::array();
       for (const InputFile& f : files) plan["files"].push_back({f.path, f.size});
@@ -440,10 +441,10 @@ Manifest run_preprocess(const PreprocessOptions& options, MPI_Comm comm) {
   nlohmann::json mine;
   uint64_t vocab_hash = 0, vocab_size = 0;
   try {
-    const text::Vocab vocab = text::Vocab::load(options.vocab_path);
-    vocab_hash = vocab.hash();
-    vocab_size = vocab.size();
-    RankResult result = preprocess_rank(options, vocab, files, owner, rank);
+    if (!vocab) vocab.emplace(text::Vocab::load(options.vocab_path));
+    vocab_hash = vocab->hash();
+    vocab_size = vocab->size();
+    RankResult result = preprocess_rank(options, *vocab, files, owner, rank);
     mine["shards"] = nlohmann::json::array();
     for (const ShardInfo& s : result.shards) mine["shards"].push_back({s.file, s.rows, s.crc32});
     mine["stats"] = result.stats.to_json();
