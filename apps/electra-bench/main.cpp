@@ -70,7 +70,11 @@ int main(int argc, char** argv) {
                "compute every slot; by default each rank's batch computes on its longest row (rounded up to 8), as "
                "electra-train's data.trim_padding (matters only with --lengths-from)");
   app.add_flag("--json", json, "print one JSON line instead of text");
-  CLI11_PARSE(app, argc, argv);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;  // bad flags are exit 2, as in every program (CLI11's own codes are 100+)
+  }
   o.overlap = !no_overlap;
   o.trim_padding = !no_trim;
   try {  // before MPI starts, as the other flag errors

@@ -1,6 +1,7 @@
 #include "data_pipeline/tokenizer/text_files.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -45,6 +46,11 @@ LineReader::LineReader(const std::string& path) : buffer_(1 << 20) {
     fd_ = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
     if (fd_ < 0) fail("input ", path, ": cannot open: ", std::strerror(errno));
     owns_fd_ = true;
+    struct stat st {};
+    if (::fstat(fd_, &st) == 0 && S_ISDIR(st.st_mode)) {
+      ::close(fd_);
+      fail("input ", path, ": is a directory, not a text file");
+    }
   }
 }
 

@@ -1,6 +1,7 @@
 // The programs: electra-vocab writes a vocabulary of the requested size atomically, refuses an existing
 // output without --force and an input without words (exit 2); electra-tokenize
-// prints one line per input line, the same ids as the library, and names lines with invalid UTF-8.
+// prints one line per input line, the same ids as the library, names lines with invalid UTF-8, and exits
+// 2 on bad flags or inputs and 1 when writing fails.
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -158,6 +159,44 @@ TEST_F(Apps, TokenizeCasedKeepsCase) {
                          shell_quote(vocab_path) + " --no-lower-case --tokens > " + shell_quote(out)),
             0);
   EXPECT_EQ(merge_pieces(testing::read_file(out)), "Caf\u00e9 The\n");
+}
+
+// Exit codes as the README's: 2 for bad flags or an input that cannot be opened (nothing written), 1 for a
+// write that fails (here a full device), never CLI11's own 100+ codes.
+TEST_F(Apps, TokenizeExitCodes) {
+  const std::string vocab_path = dir_.file("vocab.txt");
+  ASSERT_EQ(testing::run(shell_quote(bin("electra-vocab")) + " --input " + shell_quote(dir_.file("corpus")) +
+                         " --vocab-size 200 --min-frequency 1 --output " + shell_quote(vocab_path) + " 2>/dev/null"),
+            0);
+  const std::string tokenize = shell_quote(bin("electra-tokenize"));
+  const std::string out = dir_.file("out.txt"), err = dir_.file("err.txt");
+  const auto run = [&](const std::string& args) {
+    return testing::run("echo 'The lazy fox.' | " + tokenize + args + " > " + shell_quote(out) + " 2>" +
+                        shell_quote(err));
+  };
+  EXPECT_EQ(run(""), 2);  // no --vocab
+  EXPECT_NE(testing::read_file(err).find("--vocab"), std::string::npos) << testing::read_file(err);
+  EXPECT_EQ(run(" --vocab " + shell_quote(vocab_path) + " --bogus"), 2);
+  EXPECT_EQ(run(" --vocab " + shell_quote(dir_.file("nope.txt"))), 2);
+  EXPECT_NE(testing::read_file(err).find(dir_.file("nope.txt")), std::string::npos) << testing::read_file(err);
+  EXPECT_EQ(run(" --vocab " + shell_quote(vocab_path) + " --input " + shell_quote(dir_.file("nope.txt"))), 2);
+  EXPECT_NE(testing::read_file(err).find(dir_.file("nope.txt")), std::string::npos) << testing::read_file(err);
+  EXPECT_EQ(run(" --vocab " + shell_quote(vocab_path) + " --input " + shell_quote(dir_.file("corpus"))), 2);
+  EXPECT_NE(testing::read_file(err).find("is a directory"), std::string::npos) << testing::read_file(err);
+  EXPECT_EQ(testing::read_file(out), "");
+  EXPECT_EQ(run(" --vocab " + shell_quote(vocab_path) + " --help"), 0);
+
+  if (std::filesystem::exists("/dev/full")) {
+    // A large input fills the program's own buffer (the write fails mid-stream), a short one only stdio's
+    // (it fails at the final flush): both must report it.
+    for (const std::string& input : {std::string("echo 'The lazy fox.'"), std::string("seq 1 300000")}) {
+      EXPECT_EQ(testing::run(input + " | " + tokenize + " --vocab " + shell_quote(vocab_path) + " > /dev/full 2>" +
+                             shell_quote(err)),
+                1)
+          << input;
+      EXPECT_NE(testing::read_file(err).find("stdout: write failed"), std::string::npos) << testing::read_file(err);
+    }
+  }
 }
 
 }  // namespace
