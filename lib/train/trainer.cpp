@@ -183,13 +183,27 @@ nlohmann::json default_run_config() {
   return config;
 }
 
-Config resolve_config(const TrainOptions& options) {
-  Config config(default_run_config());
+namespace {
+
+Config resolve_config_over(nlohmann::json defaults, const TrainOptions& options) {
+  Config config(std::move(defaults));
   if (!options.config_path.empty()) config.merge_file(options.config_path);
   if (!options.data_dir.empty()) config.set("data.dir", nlohmann::json(options.data_dir));
   for (const std::string& assignment : options.sets) config.set(assignment);
   return config;
 }
+
+// Whether the config file or a --set names model.vocab_size (the default preset has one too): resolved again
+// over a default no file can mean.
+bool names_vocab_size(const TrainOptions& options) {
+  nlohmann::json defaults = default_run_config();
+  defaults["model"]["vocab_size"] = -1;
+  return resolve_config_over(std::move(defaults), options).at("model.vocab_size") != -1;
+}
+
+}  // namespace
+
+Config resolve_config(const TrainOptions& options) { return resolve_config_over(default_run_config(), options); }
 
 std::vector<std::string> config_differences(const nlohmann::json& expected, const nlohmann::json& actual,
                                             const std::string& prefix) {
@@ -316,9 +330,19 @@ std::optional<std::string> Trainer::setup() {
                            << " --bind-to core";
     }
 
-    // The model section: the data's vocabulary decides vocab_size.
+    // The model section: the data's vocabulary decides vocab_size. A config that names another size (one
+    // copied from Hugging Face says 30522) is told so: the embeddings it gets are not the ones it named.
     loader_ = std::make_unique<data::Loader>(settings_.loader);
-    config_.set("model.vocab_size", nlohmann::json(static_cast<int64_t>(loader_->vocab().size())));
+    const auto data_vocab_size = static_cast<int64_t>(loader_->vocab().size());
+    if (comm_.is_root() && names_vocab_size(options_)) {
+      const nlohmann::json& named = config_.at("model.vocab_size");
+      if (!named.is_number_integer() || named.get<int64_t>() != data_vocab_size) {
+        ELECTRA_LOG(warning) << "config key 'model.vocab_size' = " << named.dump() << " is replaced by the size of "
+                             << data_dir << "'s vocabulary, " << data_vocab_size
+                             << ": the shards' token ids decide it (drop the key to silence this)";
+      }
+    }
+    config_.set("model.vocab_size", nlohmann::json(data_vocab_size));
     lower_case_ = data_lower_case(data_dir);
 
     model_config_ = pretrainer_config_from_json(config_.at("model"));

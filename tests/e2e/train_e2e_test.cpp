@@ -129,6 +129,22 @@ TEST_F(TrainE2E, MfuAboveThePeakIsReportedOnce) {
   EXPECT_EQ(read_text(normal / "logs" / "rank_0.log").find(warning), std::string::npos) << log_of(normal_log);
 }
 
+// The data's vocabulary decides model.vocab_size; a config naming another size trains anyway, and rank 0 says
+// which size it got. A config without the key (or with the data's size) hears nothing.
+TEST_F(TrainE2E, AConfigVocabSizeOtherThanTheDataIsNamed) {
+  const std::string warning = "config key 'model.vocab_size' = 30522 is replaced by the size of";
+  const fs::path named = run_dir("vocab_named"), named_log = root() / "vocab_named.log";
+  ASSERT_EQ(run(train_command(2, named, "--set train.steps=2 --set model.vocab_size=30522"), named_log), 0)
+      << log_of(named_log);
+  const std::string text = read_text(named / "logs" / "rank_0.log");
+  EXPECT_NE(text.find(warning), std::string::npos) << text;
+  EXPECT_EQ(read_text(named / "logs" / "rank_1.log").find(warning), std::string::npos);
+  const fs::path plain = run_dir("vocab_plain"), plain_log = root() / "vocab_plain.log";
+  ASSERT_EQ(run(train_command(1, plain, "--set train.steps=2"), plain_log), 0) << log_of(plain_log);
+  EXPECT_EQ(read_text(plain / "logs" / "rank_0.log").find("'model.vocab_size'"), std::string::npos)
+      << log_of(plain_log);
+}
+
 TEST_F(TrainE2E, ResumeIsBitwiseExactOnTheSameWorldSize) {
   const fs::path straight = run_dir("straight");
   const fs::path log = root() / "straight.log";
