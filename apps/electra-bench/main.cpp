@@ -4,7 +4,9 @@
 //   mpirun -np 2 electra-bench --device cuda --precision bf16   (one GPU per rank: gradients summed with NCCL)
 //   electra-bench --config tiny --lengths-from data/default/shards   (rows as long as that corpus's examples)
 #include <CLI/CLI.hpp>
+#include <cstdint>
 #include <iostream>
+#include <limits>
 
 #include "apps/electra-bench/step_bench.h"
 #include "lib/core/error.h"
@@ -32,7 +34,9 @@ int main(int argc, char** argv) {
   app.add_option("--vocab", o.vocab, "vocabulary size (default: the config's, 30522 for the presets)");
   app.add_option("--device", device, "cpu | cuda")->capture_default_str();
   app.add_option("--dropout", o.dropout, "hidden and attention dropout (default: the config's, 0.1)");
-  app.add_option("--seed", o.seed, "seed of parameters, data, dropout and sampling")->capture_default_str();
+  app.add_option("--seed", o.seed, "seed of parameters, data, dropout and sampling")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{0}, std::numeric_limits<int64_t>::max()));  // not -1 read as 2^64 - 1
   app.add_option("--peak-gemm", o.peak_gemm_size, "n of the n^3 sgemm that measures the peak")->capture_default_str();
   app.add_flag("--breakdown", o.breakdown, "time each phase of the step");
   app.add_flag("--recompute-ffn", o.recompute_ffn,
@@ -117,6 +121,13 @@ int main(int argc, char** argv) {
   log_options.rank = comm.rank();
   log_options.world_size = comm.world_size();
   electra::log::init(log_options);
+  try {  // the same options on every rank: all ranks refuse together, without an MPI abort
+    electra::bench::checked_bench_model(o, comm.world_size());
+  } catch (const electra::Error& e) {
+    if (comm.is_root()) std::cerr << "electra-bench: " << e.what() << "\n";
+    electra::log::shutdown();
+    return 2;
+  }
   const int code = electra::dist::run_rank_main(comm, [&] {
     const electra::bench::StepBenchResult result = electra::bench::run_step_bench(o, comm);
     if (comm.is_root()) {

@@ -229,6 +229,37 @@ int resolve_seq(const StepBenchOptions& o) {
   return o.seq > 0 ? o.seq : default_seq;
 }
 
+PretrainerConfig checked_bench_model(const StepBenchOptions& o, int ranks) {
+  if (o.steps <= 0 || o.warmup < 0) fail("--steps must be positive and --warmup >= 0");
+  if (o.batch <= 0 || o.batch % ranks != 0) {
+    fail("--batch ", o.batch, " must be a positive multiple of the number of ranks (", ranks, ")");
+  }
+  if (o.seq < 0) fail("--seq ", o.seq, " must be positive (0: the config's)");
+  if (o.vocab < 0) fail("--vocab ", o.vocab, " must be positive (0: the config's)");
+  if (o.chunks < 0) fail("--chunks ", o.chunks, " must be >= 0 (0: the thread count)");
+  if (o.peak_gemm_size <= 0) fail("--peak-gemm ", o.peak_gemm_size, " must be positive");
+  // The default (-1) means the config's; anything else must be a probability dropout can scale by 1/(1-p).
+  if (o.dropout != -1.0f && !(o.dropout >= 0.0f && o.dropout < 1.0f)) {
+    fail("--dropout ", o.dropout, " is outside [0, 1)");
+  }
+  int default_seq = 128;
+  PretrainerConfig model = resolve_model(o.config, o.vocab, &default_seq);
+  const int S = o.seq > 0 ? o.seq : default_seq;
+  if (S > model.discriminator.max_position_embeddings) {
+    fail("--seq ", S, " exceeds the model's max_position_embeddings (", model.discriminator.max_position_embeddings,
+         ")");
+  }
+  const int P = static_cast<int>((0.15 + 0.005) * S);  // google-research/electra: int((mask_prob + 0.005) * L)
+  if (P <= 0 || P > S - 2) fail("--seq ", S, " is too short for ", P, " masked positions");
+  model.num_token_predictions = P;
+  if (o.dropout >= 0.0f) {
+    model.discriminator.hidden_dropout = model.discriminator.attention_dropout = o.dropout;
+    model.generator.hidden_dropout = model.generator.attention_dropout = o.dropout;
+  }
+  validate(model);
+  return model;
+}
+
 size_t row_length_sample_size(const StepBenchOptions& o) {
   return static_cast<size_t>(distinct_batches(o)) * static_cast<size_t>(std::max(0, o.batch));
 }
@@ -280,25 +311,13 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
   check_gradient_transport_available(transport, "--transport");
   check_precision(o.precision, o.device, "--precision");
   const StorageType storage = resolve_storage(o.storage, o.device, o.precision, "--storage");
-  if (o.steps <= 0 || o.warmup < 0) fail("--steps must be positive and --warmup >= 0");
   const int ranks = comm.world_size();
-  if (o.batch <= 0 || o.batch % ranks != 0) {
-    fail("--batch ", o.batch, " must be a positive multiple of the number of ranks (", ranks, ")");
-  }
+  const PretrainerConfig model = checked_bench_model(o, ranks);
+  const int S = resolve_seq(o);
+  const int P = model.num_token_predictions;
 
   StepBenchResult r;
   r.config_name = o.config;
-  int default_seq = 128;
-  PretrainerConfig model = resolve_model(o.config, o.vocab, &default_seq);
-  const int S = o.seq > 0 ? o.seq : default_seq;
-  const int P = static_cast<int>((0.15 + 0.005) * S);  // google-research/electra: int((mask_prob + 0.005) * L)
-  if (P <= 0 || P > S - 2) fail("--seq ", S, " is too short for ", P, " masked positions");
-  model.num_token_predictions = P;
-  if (o.dropout >= 0.0f) {
-    model.discriminator.hidden_dropout = model.discriminator.attention_dropout = o.dropout;
-    model.generator.hidden_dropout = model.generator.attention_dropout = o.dropout;
-  }
-  validate(model);
 
   const int threads = o.threads > 0 ? o.threads
                                     : std::max(1, static_cast<int>(std::max(1u, std::thread::hardware_concurrency())) /

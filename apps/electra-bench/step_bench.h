@@ -33,7 +33,7 @@ struct StepBenchOptions {
   bool breakdown = false;                // time each phase of the step
   bool overlap = true;                   // start each bucket's allreduce during backward (else after it)
   bool recompute_ffn = false;            // ElectraPretrainer::set_recompute_ffn_activations
-  float dropout = -1.0f;                 // < 0: the config's (0.1)
+  float dropout = -1.0f;                 // -1: the config's (0.1); else in [0, 1)
   uint64_t seed = 1;
   int peak_gemm_size = 2048;  // n of the n x n x n sgemm that measures the peak
   // ElectraPretrainer::set_attention_impl: auto | materialized | fused
@@ -116,6 +116,10 @@ void load_row_lengths(StepBenchOptions& options, int seq, size_t count);
 
 // The sequence length a run of `options` uses (--seq, else the config's).
 int resolve_seq(const StepBenchOptions& options);
+
+// The model a run of `options` on `ranks` ranks measures, after checking every option that needs no device:
+// fails naming the flag (electra-bench exits 2 on every rank before any step).
+PretrainerConfig checked_bench_model(const StepBenchOptions& options, int ranks);
 
 // Examples load_row_lengths samples for run_step_bench: enough for every row of the distinct batches.
 size_t row_length_sample_size(const StepBenchOptions& options);

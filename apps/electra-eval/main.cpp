@@ -5,10 +5,12 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <cstdint>
 #include <cstdio>
 #include <filesystem>
 #include <iomanip>
 #include <iostream>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <sstream>
@@ -130,11 +132,14 @@ int main(int argc, char** argv) {
       ->required();
   app.add_option("--max-batches", flags.max_batches, "global batches to evaluate (0: all, one pass)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Range(int64_t{0}, std::numeric_limits<int64_t>::max()));
   app.add_option("--batch-size", flags.batch_size, "global batch (a multiple of the number of ranks)")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  app.add_option("--seed", flags.seed, "keys masking and the generator's sampling")->capture_default_str();
+      ->check(CLI::Range(1, std::numeric_limits<int>::max()));
+  app.add_option("--seed", flags.seed, "keys masking and the generator's sampling")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{0},
+                         std::numeric_limits<int64_t>::max()));  // CLI11 would read -1 into the uint64_t as 2^64 - 1
   app.add_option("--seq-length", flags.seq_length, "the shards' sequence length (0: from manifest.json)")
       ->capture_default_str()
       ->check(CLI::Range(0, 1 << 20));
@@ -142,11 +147,11 @@ int main(int argc, char** argv) {
   app.add_option("--vocab", flags.vocab, "vocab.txt (default: the data's copy, else the model's)");
   app.add_option("--auc-bins", flags.auc_bins, "histogram bins of disc_auc")
       ->capture_default_str()
-      ->check(CLI::PositiveNumber);
+      ->check(CLI::Range(1, std::numeric_limits<int>::max()));
   app.add_option("--exact-auc-max-tokens", flags.exact_auc_max_tokens,
                  "exact disc_auc (scores gathered to rank 0) up to this many tokens, histograms beyond (0: always)")
       ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
+      ->check(CLI::Range(int64_t{0}, std::numeric_limits<int64_t>::max()));
   app.add_option("--threads", flags.threads, "CPU threads per rank (0: cores / ranks on the node)")
       ->capture_default_str()
       ->check(CLI::Range(0, 1 << 20));

@@ -5,7 +5,9 @@
 #include <mpi.h>
 
 #include <CLI/CLI.hpp>
+#include <cstdint>
 #include <iostream>
+#include <limits>
 
 #include "data_pipeline/preprocess/preprocess.h"
 #include "lib/core/error.h"
@@ -37,8 +39,13 @@ int main(int argc, char** argv) {
                  "true: pack several short examples into each row (example_ids in the shards, format 2; "
                  "attention and positions stay within an example); false: one example per row")
       ->capture_default_str();
-  app.add_option("--seed", options.seed, "seed of the example builder's randomness")->capture_default_str();
-  app.add_option("--rows-per-shard", options.rows_per_shard, "examples per shard file")->capture_default_str();
+  // Unsigned options take a range check: CLI11 would read -1 as 2^64 - 1.
+  app.add_option("--seed", options.seed, "seed of the example builder's randomness")
+      ->check(CLI::Range(int64_t{0}, std::numeric_limits<int64_t>::max()))
+      ->capture_default_str();
+  app.add_option("--rows-per-shard", options.rows_per_shard, "examples per shard file")
+      ->check(CLI::Range(int64_t{1}, std::numeric_limits<int64_t>::max()))
+      ->capture_default_str();
   app.add_option("--chunk-rows", options.chunk_rows, "rows per HDF5 chunk")->capture_default_str();
   app.add_option("--deflate-level", options.deflate_level, "zlib level 0..9")->capture_default_str();
   app.add_option("--progress-interval", options.progress_interval_s, "seconds between progress lines")

@@ -4,6 +4,7 @@
 // (a model or vocabulary that cannot be read, no GPU for --device cuda), as electra-eval.
 #include <CLI/CLI.hpp>
 #include <iostream>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <string>
@@ -28,7 +29,9 @@ int main(int argc, char** argv) {
   app.add_option("--vocab", vocab, "vocab.txt (default: the model's)");
   app.add_flag("--no-lower-case", no_lower_case, "keep case (default: as the model's tokenizer settings say)");
   app.add_flag("--fill-mask", options.fill_mask, "also print the generator's top-k tokens for each [MASK]");
-  app.add_option("--top-k", options.top_k, "candidates per [MASK]")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--top-k", options.top_k, "candidates per [MASK]")
+      ->capture_default_str()
+      ->check(CLI::Range(1, std::numeric_limits<int>::max()));
   app.add_option("--device", device, "cpu | cuda (GPU 0, or the local rank's under mpirun)")
       ->capture_default_str()
       ->check(CLI::IsMember({"cpu", "cuda"}));

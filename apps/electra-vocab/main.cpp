@@ -4,8 +4,10 @@
 // input, an input without words, or an existing --output without --force (nothing written).
 #include <CLI/CLI.hpp>
 #include <chrono>
+#include <cstdint>
 #include <filesystem>
 #include <iostream>
+#include <limits>
 
 #include "data_pipeline/tokenizer/text_files.h"
 #include "data_pipeline/tokenizer/vocab_trainer.h"
@@ -20,12 +22,18 @@ int main(int argc, char** argv) {
   bool no_lower_case = false;
   bool force = false;
   app.add_option("--input", inputs, "text files or directories (recursed)")->required();
-  app.add_option("--vocab-size", options.vocab_size, "number of tokens, special tokens included")->required();
+  // Ranges checked as signed numbers: CLI11 would read -5 into a size_t as 2^64 - 5. Token ids are int32.
+  app.add_option("--vocab-size", options.vocab_size, "number of tokens, special tokens included")
+      ->required()
+      ->check(CLI::Range(int64_t{6}, int64_t{std::numeric_limits<int32_t>::max()}));
   app.add_option("--output", output, "vocab.txt to write (atomically); must not exist unless --force")->required();
   app.add_flag("--force", force, "replace an existing --output");
   app.add_flag("--no-lower-case", no_lower_case, "keep case and accents (cased vocabulary)");
-  app.add_option("--min-frequency", options.min_frequency, "never merge pairs seen fewer times")->capture_default_str();
+  app.add_option("--min-frequency", options.min_frequency, "never merge pairs seen fewer times")
+      ->check(CLI::Range(int64_t{0}, std::numeric_limits<int64_t>::max()))
+      ->capture_default_str();
   app.add_option("--limit-alphabet", options.limit_alphabet, "keep only the A most frequent characters (0: all)")
+      ->check(CLI::Range(int64_t{0}, std::numeric_limits<int64_t>::max()))
       ->capture_default_str();
   try {
     app.parse(argc, argv);

@@ -419,6 +419,10 @@ Manifest run_preprocess(const PreprocessOptions& options, MPI_Comm comm) {
       if (options.output_dir.empty()) fail("--output is required");
       if (options.max_seq_length < 5 || options.max_seq_length > 65535)
         fail("--max-seq-length ", options.max_seq_length, " is outside [5, 65535]");
+      if (options.rows_per_shard == 0) fail("--rows-per-shard must be positive");
+      if (options.chunk_rows < 1) fail("--chunk-rows ", options.chunk_rows, " must be positive");
+      if (options.deflate_level < 0 || options.deflate_level > 9)
+        fail("--deflate-level ", options.deflate_level, " is outside [0, 9]");
       const std::vector<InputFile> files = list_input_files(options.inputs);
       vocab.emplace(text::Vocab::load(options.vocab_path));  // missing or malformed: bad input, nothing written
       prepare_output_directory(options.output_dir, options.force);

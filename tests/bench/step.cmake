@@ -73,6 +73,14 @@ if(TARGET electra-bench)
     set_tests_properties(BenchSmoke.ElectraBenchLengthsFrom PROPERTIES LABELS bench_smoke TIMEOUT 120
       PASS_REGULAR_EXPRESSION "\"lengths_from\":\"[^\"]+/shards\".*PASS: real_token_fraction")
   endif()
+  # Option values out of range: exit 2 naming the flag, on every rank before any step (they ended in an MPI
+  # abort with exit 1, or ran: --vocab -5, --seq -8, --seed -1 read as 2^64 - 1).
+  add_test(NAME BenchSmoke.ElectraBenchBadValuesExitTwo
+    COMMAND sh -c "for a in '--batch 0' '--seq -8' '--steps 0' '--warmup -1' '--peak-gemm 0' '--chunks -1' '--vocab -5' '--dropout 1' '--seq 100000' '--seed -1'; do \"$0\" --config tiny $a; echo \"[$a] exit=$?\"; done"
+            $<TARGET_FILE:electra-bench>)
+  set_tests_properties(BenchSmoke.ElectraBenchBadValuesExitTwo PROPERTIES LABELS bench_smoke TIMEOUT 60
+    PASS_REGULAR_EXPRESSION "--batch 0 must be a positive multiple.*\\[--batch 0\\] exit=2.*--seq -8 must be positive.*exit=2.*--steps must be positive.*\\[--steps 0\\] exit=2.*\\[--warmup -1\\] exit=2.*--peak-gemm 0 must be positive.*exit=2.*--chunks -1 must be.*exit=2.*--vocab -5 must be positive.*exit=2.*--dropout 1 is outside \\[0, 1\\).*exit=2.*--seq 100000 exceeds the model's max_position_embeddings.*exit=2.*--seed: Value -1 not in range.*\\[--seed -1\\] exit=2"
+    FAIL_REGULAR_EXPRESSION "exit=[013-9]")
   add_test(NAME BenchSmoke.ElectraBenchLengthsFromBadPath
     COMMAND sh -c "\"$0\" --config tiny --lengths-from /nonexistent/electra-shards; echo \"exit=$?\""
             $<TARGET_FILE:electra-bench>)

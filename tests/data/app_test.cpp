@@ -89,6 +89,31 @@ TEST_F(App, ErrorsNameTheFileAndExitNonZero) {
   EXPECT_FALSE(fs::exists(tmp / "out2"));
 }
 
+// Flag values out of range: exit 2 naming the flag, before the output directory is made. The unsigned ones
+// (--seed, --rows-per-shard) would otherwise read -1 as 2^64 - 1.
+TEST_F(App, OutOfRangeFlagsAreRefusedBeforeAnythingIsWritten) {
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"--seed -1", "--seed"},
+      {"--rows-per-shard -1", "--rows-per-shard"},
+      {"--rows-per-shard 0", "--rows-per-shard"},
+      {"--chunk-rows 0", "--chunk-rows 0 must be positive"},
+      {"--chunk-rows -3", "--chunk-rows -3 must be positive"},
+      {"--deflate-level 10", "--deflate-level 10 is outside [0, 9]"},
+      {"--deflate-level -1", "--deflate-level -1 is outside [0, 9]"},
+      {"--max-seq-length 4", "--max-seq-length 4 is outside [5, 65535]"},
+  };
+  for (const auto& [flags, message] : cases) {
+    std::string output;
+    EXPECT_EQ(run(app() + " --input " + (tmp / "corpus") + " --vocab " + (tmp / "vocab.txt") + " --output " +
+                      (tmp / "out") + " " + flags,
+                  &output),
+              2)
+        << flags << ": " << output;
+    EXPECT_NE(output.find(message), std::string::npos) << flags << ": " << output;
+    EXPECT_FALSE(fs::exists(tmp / "out")) << flags;
+  }
+}
+
 TEST_F(App, InputWithoutTextIsRefused) {
   fs::create_directories(tmp / "blank");
   std::ofstream(tmp / "blank/empty.txt");

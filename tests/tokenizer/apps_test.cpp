@@ -71,6 +71,24 @@ TEST_F(Apps, VocabTrainerFailsOnMissingInput) {
   EXPECT_FALSE(std::filesystem::exists(out));
 }
 
+// Sizes outside [6, 2^31 - 1] (five special tokens and one more; token ids are int32) and negative counts
+// are refused as flags (exit 2, nothing written): -5 used to be read as 2^64 - 5 and train a vocabulary.
+TEST_F(Apps, VocabTrainerRefusesOutOfRangeFlags) {
+  const std::string out = dir_.file("vocab.txt");
+  const std::string err = dir_.file("err.txt");
+  for (const std::string flags : {"--vocab-size 5", "--vocab-size 0", "--vocab-size -5", "--vocab-size 2147483648",
+                                  "--vocab-size 100 --min-frequency -1", "--vocab-size 100 --limit-alphabet -2"}) {
+    EXPECT_EQ(testing::run(shell_quote(bin("electra-vocab")) + " --input " + shell_quote(dir_.file("corpus")) + " " +
+                           flags + " --output " + shell_quote(out) + " 2>" + shell_quote(err)),
+              2)
+        << flags;
+    const std::string message = testing::read_file(err);
+    EXPECT_NE(message.find(flags.substr(flags.rfind("--"), flags.rfind(' ') - flags.rfind("--"))), std::string::npos)
+        << flags << ": " << message;
+    EXPECT_FALSE(std::filesystem::exists(out)) << flags;
+  }
+}
+
 TEST_F(Apps, VocabTrainerRefusesAnExistingOutputUnlessForced) {
   const std::string out = dir_.file("vocab.txt");
   const std::string err = dir_.file("err.txt");
