@@ -3,6 +3,7 @@
 // Exit codes: 0 done, 1 error while scoring (message on stderr), 2 bad flags or input, found while setting up
 // (a model or vocabulary that cannot be read, no GPU for --device cuda), as electra-eval.
 #include <CLI/CLI.hpp>
+#include <cstdint>
 #include <iostream>
 #include <limits>
 #include <memory>
@@ -10,6 +11,7 @@
 #include <string>
 
 #include "lib/backend/backend.h"
+#include "lib/core/error.h"
 #include "lib/core/log.h"
 #include "lib/interop/model_source.h"
 #include "lib/interop/scorer.h"
@@ -77,14 +79,27 @@ int main(int argc, char** argv) {
   }
   try {
     std::string line;
+    uint64_t line_number = 0, truncated_lines = 0;
+    constexpr uint64_t kMaxWarnings = 20;
     while (std::getline(std::cin, line)) {
+      ++line_number;
       if (!line.empty() && line.back() == '\r') line.pop_back();
       const auto scored = scorer->score(line, options);
+      if (scored.dropped_pieces > 0 && ++truncated_lines <= kMaxWarnings) {
+        std::cerr << "electra-score: warning: line " << line_number << ": " << scored.dropped_pieces
+                  << " word pieces past the model's " << scored.ids.size() - 2
+                  << " were not scored (\"dropped_pieces\" in its output)\n";
+      }
       std::cout << electra::interop::to_json(scored, options.fill_mask)
                        .dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace)
                 << "\n";
     }
+    if (truncated_lines > kMaxWarnings) {
+      std::cerr << "electra-score: warning: " << truncated_lines << " lines were truncated; only the first "
+                << kMaxWarnings << " were named\n";
+    }
     std::cout.flush();
+    if (!std::cout) electra::fail("stdout: write failed");  // a full disk shows only here
     return 0;
   } catch (const std::exception& e) {
     std::cerr << "electra-score: " << e.what() << "\n";

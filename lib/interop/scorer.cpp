@@ -68,9 +68,10 @@ Scorer::Scorer(PretrainerBundle model, std::unique_ptr<Backend<float>> backend, 
 
 Scorer::~Scorer() = default;
 
-std::vector<int32_t> Scorer::encode(std::string_view line) const {
+std::vector<int32_t> Scorer::encode(std::string_view line, size_t* dropped_pieces) const {
   std::vector<int32_t> pieces = encode_keeping_special_tokens(*tokenizer_, line);
   const size_t max_pieces = static_cast<size_t>(std::max(0, model_.config.discriminator.max_position_embeddings - 2));
+  if (dropped_pieces != nullptr) *dropped_pieces = pieces.size() > max_pieces ? pieces.size() - max_pieces : 0;
   if (pieces.size() > max_pieces) pieces.resize(max_pieces);
   std::vector<int32_t> ids;
   ids.reserve(pieces.size() + 2);
@@ -81,7 +82,11 @@ std::vector<int32_t> Scorer::encode(std::string_view line) const {
 }
 
 ScoredLine Scorer::score(std::string_view line, const ScoreOptions& options) {
-  return score_ids(encode(line), options);
+  size_t dropped = 0;
+  const std::vector<int32_t> ids = encode(line, &dropped);
+  ScoredLine scored = score_ids(ids, options);
+  scored.dropped_pieces = dropped;
+  return scored;
 }
 
 ScoredLine Scorer::score_ids(const std::vector<int32_t>& ids, const ScoreOptions& options) {
@@ -154,6 +159,7 @@ nlohmann::ordered_json to_json(const ScoredLine& line, bool fill_mask) {
     }
     j["masks"] = masks;
   }
+  if (line.dropped_pieces > 0) j["dropped_pieces"] = line.dropped_pieces;  // only then: lines keep one shape
   return j;
 }
 

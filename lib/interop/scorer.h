@@ -50,6 +50,7 @@ struct ScoredLine {
   std::vector<float> disc_logits;     // one per token
   std::vector<double> replaced_prob;  // sigmoid(disc_logits)
   std::vector<MaskFill> masks;        // with fill_mask: one per [MASK], in order
+  size_t dropped_pieces = 0;          // word pieces past max_position_embeddings - 2, not scored
 };
 
 struct ScoreOptions {
@@ -71,8 +72,8 @@ class Scorer {
   Scorer(const Scorer&) = delete;
   Scorer& operator=(const Scorer&) = delete;
 
-  // [CLS] + pieces (truncated to max_position_embeddings - 2) + [SEP].
-  std::vector<int32_t> encode(std::string_view line) const;
+  // [CLS] + pieces (truncated to max_position_embeddings - 2; *dropped_pieces says how many were cut) + [SEP].
+  std::vector<int32_t> encode(std::string_view line, size_t* dropped_pieces = nullptr) const;
   ScoredLine score(std::string_view line, const ScoreOptions& options);
   ScoredLine score_ids(const std::vector<int32_t>& ids, const ScoreOptions& options);
 

@@ -54,7 +54,8 @@ TEST_F(ScoreTest, ReplacedProbIsSigmoidOfDiscriminatorLogits) {
   std::string text;
   for (const auto& l : lines) text += l + "\n";
   write_bytes(input, text);
-  const CommandResult r = score(export_dir_, input, "");
+  const fs::path warnings = tmp_.path() / "warnings.txt";
+  const CommandResult r = score(export_dir_, input, "2>" + shell_quote(warnings.string()));
   ASSERT_EQ(r.status, 0) << r.out;
   const std::vector<nlohmann::json> out = json_lines(r.out);
   ASSERT_EQ(out.size(), lines.size());
@@ -87,6 +88,16 @@ TEST_F(ScoreTest, ReplacedProbIsSigmoidOfDiscriminatorLogits) {
   }
   EXPECT_EQ(out[1]["ids"], nlohmann::json({2, 3}));  // an empty line is [CLS] [SEP]
   EXPECT_EQ(out[3]["ids"].size(), 40u);              // truncated to max_position_embeddings
+  // The truncated line says how much was cut, in its JSON and on stderr; the others have no such key.
+  size_t dropped = 0;
+  reference.encode(long_line, &dropped);
+  EXPECT_GT(dropped, 0u);
+  EXPECT_EQ(out[3].value("dropped_pieces", size_t{0}), dropped);
+  for (size_t i = 0; i < 3; ++i) EXPECT_FALSE(out[i].contains("dropped_pieces")) << out[i].dump();
+  const std::string warned = read_bytes(warnings);
+  EXPECT_NE(warned.find("line 4: " + std::to_string(dropped) + " word pieces past the model's 38"), std::string::npos)
+      << warned;
+  EXPECT_EQ(warned.find("line 1:"), std::string::npos) << warned;
   EXPECT_EQ(out[2]["tokens"], nlohmann::json({"[CLS]", "hello", "[MASK]", "world", "!", "[SEP]"}));
 
   // A run directory scores the same as its export.
