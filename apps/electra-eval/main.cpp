@@ -136,10 +136,10 @@ int main(int argc, char** argv) {
   app.add_option("--batch-size", flags.batch_size, "global batch (a multiple of the number of ranks)")
       ->capture_default_str()
       ->check(CLI::Range(1, std::numeric_limits<int>::max()));
+  // A signed range: CLI11 would read -1 into the uint64_t as 2^64 - 1.
   app.add_option("--seed", flags.seed, "keys masking and the generator's sampling")
       ->capture_default_str()
-      ->check(CLI::Range(int64_t{0},
-                         std::numeric_limits<int64_t>::max()));  // CLI11 would read -1 into the uint64_t as 2^64 - 1
+      ->check(CLI::Range(int64_t{0}, std::numeric_limits<int64_t>::max()));
   app.add_option("--seq-length", flags.seq_length, "the shards' sequence length (0: from manifest.json)")
       ->capture_default_str()
       ->check(CLI::Range(0, 1 << 20));
