@@ -403,8 +403,10 @@ std::shared_ptr<ShardDataset::Chunk> ShardDataset::read_chunk_hdf5(Shard& shard,
   chunk->lengths.resize(rows);
   chunk->nsp.resize(rows);
   const int32_t pad = vocab_->pad_id();
+  std::vector<uint8_t> restored(L);  // slots whose token came from masked_lm_ids: errors name that dataset
   for (uint64_t r = 0; r < rows; ++r) {
     int32_t* ids = chunk->ids32.data() + r * L;
+    std::fill(restored.begin(), restored.end(), uint8_t{0});
     uint64_t length = 0;
     for (uint64_t c = 0; c < L; ++c) length += mask[r * L + c] != 0 ? 1 : 0;
     for (uint64_t c = 0; c < length; ++c)
@@ -417,12 +419,13 @@ std::shared_ptr<ShardDataset::Chunk> ShardDataset::read_chunk_hdf5(Shard& shard,
         fail(where(path, kNvPositions), ": row ", first + r, " has position ", pos, " outside the ", length,
              " real tokens");
       ids[pos] = masked[r * static_cast<uint64_t>(P) + static_cast<uint64_t>(j)];
+      restored[static_cast<uint64_t>(pos)] = 1;
     }
     for (uint64_t c = 0; c < L; ++c) {
       if (c >= length) ids[c] = pad;
       if (ids[c] < 0 || ids[c] >= vocab_size)
-        fail(where(path, c >= length ? kNvInputIds : kNvMaskedIds), ": row ", first + r, " holds token id ", ids[c],
-             " outside the vocabulary of ", vocab_size);
+        fail(where(path, restored[c] ? kNvMaskedIds : kNvInputIds), ": row ", first + r, " slot ", c,
+             " holds token id ", ids[c], " outside the vocabulary of ", vocab_size);
       const int32_t seg = c < length ? segments[r * L + c] : 0;
       if (seg < 0 || seg > 1) fail(where(path, kNvSegmentIds), ": row ", first + r, " has segment id ", seg);
       chunk->segments[r * L + c] = static_cast<uint8_t>(seg);
@@ -447,8 +450,8 @@ void ShardDataset::check_electra_chunk(const Shard& shard, const Chunk& chunk, u
     for (uint64_t c = 0; c < L; ++c) {
       const int64_t id = token(r, c);
       if (id < 0 || id >= vocab_size)
-        fail(where(shard.path, kInputIds), ": row ", first + r, " holds token id ", id, " outside the vocabulary of ",
-             vocab_size);
+        fail(where(shard.path, kInputIds), ": row ", first + r, " slot ", c, " holds token id ", id,
+             " outside the vocabulary of ", vocab_size);
       // The preprocessor writes segments 0 and 1 (padding 0), as the NVIDIA path checks above.
       if (chunk.segments[r * L + c] > 1)
         fail(where(shard.path, kSegmentIds), ": row ", first + r, " has segment id ", int{chunk.segments[r * L + c]},

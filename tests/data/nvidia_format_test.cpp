@@ -162,5 +162,44 @@ TEST(NvidiaFormat, MissingDatasetAndWrongSequenceLength) {
   }
 }
 
+// Overwrites element [row, column] of a 2-D int32 dataset in place.
+void overwrite_element(const std::string& path, const char* dataset, hsize_t row, hsize_t column, int32_t value) {
+  h5::Handle file(H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT));
+  ASSERT_TRUE(file.valid()) << path;
+  h5::Handle ds(H5Dopen2(file, dataset, H5P_DEFAULT));
+  ASSERT_TRUE(ds.valid()) << dataset;
+  h5::Handle space(H5Dget_space(ds));
+  const hsize_t start[2] = {row, column}, count[2] = {1, 1};
+  ASSERT_GE(H5Sselect_hyperslab(space, H5S_SELECT_SET, start, nullptr, count, nullptr), 0);
+  h5::Handle one(H5Screate_simple(2, count, nullptr));
+  ASSERT_GE(H5Dwrite(ds, H5T_NATIVE_INT32, one, space, H5P_DEFAULT, &value), 0) << dataset;
+}
+
+// A token id outside the vocabulary names the dataset it came from: input_ids for a shown token,
+// masked_lm_ids for one restored at a statically masked position (the static masks use odd slots).
+TEST(NvidiaFormat, TokenIdsOutsideTheVocabularyNameTheirDataset) {
+  for (const bool in_masked_ids : {false, true}) {
+    NvidiaData data;
+    const std::string path = data.dir + "/training_shard_0.hdf5";
+    const auto bad = static_cast<int32_t>(data.vocab.size() + 5);
+    if (in_masked_ids) {
+      overwrite_element(path, "masked_lm_ids", 3, 0, bad);  // restored at slot 1
+    } else {
+      overwrite_element(path, "input_ids", 3, 2, bad);  // slot 2: shown, never statically masked
+    }
+    try {
+      Loader loader(data.options());
+      loader.next();
+      FAIL() << "no error";
+    } catch (const Error& e) {
+      const std::string message = e.what();
+      EXPECT_NE(message.find("training_shard_0.hdf5"), std::string::npos) << message;
+      EXPECT_NE(message.find(in_masked_ids ? "'masked_lm_ids'" : "'input_ids'"), std::string::npos) << message;
+      EXPECT_NE(message.find(in_masked_ids ? "row 3 slot 1 " : "row 3 slot 2 "), std::string::npos) << message;
+      EXPECT_NE(message.find("token id " + std::to_string(bad)), std::string::npos) << message;
+    }
+  }
+}
+
 }  // namespace
 }  // namespace electra::data

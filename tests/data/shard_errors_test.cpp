@@ -173,7 +173,7 @@ TEST(ShardErrors, TokenIdOutsideVocabularyFailsNext) {
   Broken b;
   const auto outside = static_cast<uint16_t>(b.vocab.size() + 7);
   overwrite<uint16_t>(b.shard, "input_ids", 6, 3, outside);
-  expect_bad_row_fails_next(b, {b.shard, "input_ids", "row 6", std::to_string(outside)});
+  expect_bad_row_fails_next(b, {b.shard, "input_ids", "row 6 slot 3", std::to_string(outside)});
 }
 
 TEST(ShardErrors, SegmentIdAboveOneFailsNext) {
