@@ -136,6 +136,10 @@ int main(int argc, char** argv) {
       } else {
         std::cout << electra::bench::format_text(result) << std::flush;
       }
+      if (!std::cout) {  // a full disk: the figures were not written
+        std::cerr << "electra-bench: stdout: write failed\n";
+        return 1;
+      }
     }
     return 0;
   });

@@ -231,6 +231,10 @@ int main(int argc, char** argv) {
       } else {
         print_table(metrics, flags, s, comm.world_size());
       }
+      if (!std::cout.flush()) {  // a full disk: the numbers were not written
+        std::cerr << "electra-eval: stdout: write failed\n";
+        return 1;
+      }
     }
     return 0;
   });

@@ -81,6 +81,14 @@ if(TARGET electra-bench)
   set_tests_properties(BenchSmoke.ElectraBenchBadValuesExitTwo PROPERTIES LABELS bench_smoke TIMEOUT 60
     PASS_REGULAR_EXPRESSION "--batch 0 must be a positive multiple.*\\[--batch 0\\] exit=2.*--seq -8 must be positive.*exit=2.*--steps must be positive.*\\[--steps 0\\] exit=2.*\\[--warmup -1\\] exit=2.*--peak-gemm 0 must be positive.*exit=2.*--chunks -1 must be.*exit=2.*--vocab -5 must be positive.*exit=2.*--dropout 1 is outside \\[0, 1\\).*exit=2.*--seq 100000 exceeds the model's max_position_embeddings.*exit=2.*--seed: Value -1 not in range.*\\[--seed -1\\] exit=2"
     FAIL_REGULAR_EXPRESSION "exit=[013-9]")
+  # Figures that cannot be written (a full disk) are an error: exit 1, not a silent success.
+  if(EXISTS /dev/full)
+    add_test(NAME BenchSmoke.ElectraBenchFullStdoutExitsOne
+      COMMAND sh -c "\"$0\" --config tiny --batch 2 --seq 32 --steps 1 --warmup 0 --threads 1 --peak-gemm 64 >/dev/full; echo \"exit=$?\""
+              $<TARGET_FILE:electra-bench>)
+    set_tests_properties(BenchSmoke.ElectraBenchFullStdoutExitsOne PROPERTIES LABELS bench_smoke TIMEOUT 60
+      PASS_REGULAR_EXPRESSION "stdout: write failed.*exit=1")
+  endif()
   add_test(NAME BenchSmoke.ElectraBenchLengthsFromBadPath
     COMMAND sh -c "\"$0\" --config tiny --lengths-from /nonexistent/electra-shards; echo \"exit=$?\""
             $<TARGET_FILE:electra-bench>)

@@ -318,6 +318,16 @@ TEST_F(EvalE2E, BadInputExitsWithTwoNamingTheProblem) {
     EXPECT_NE(read_text(log).find(flag.substr(0, flag.find(' ')) + ": Value"), std::string::npos)
         << flag << log_of(log);
   }
+  // Numbers that cannot be written (a full disk) are an error, not a success: exit 1.
+  if (fs::exists("/dev/full")) {
+    // The braces keep stdout on /dev/full inside run()'s own redirection to the log.
+    EXPECT_EQ(run("{ " + base + " --data " + (g_root / "heldout").string() +
+                      " --batch-size 8 --max-batches 1 --json >/dev/full; }",
+                  log),
+              1)
+        << log_of(log);
+    EXPECT_NE(read_text(log).find("stdout: write failed"), std::string::npos) << log_of(log);
+  }
 }
 
 // electra-train's device.* keys fail naming the key; --device cuda without a usable GPU fails before
