@@ -5,6 +5,16 @@
 #include "lib/core/error.h"
 
 namespace electra::h5 {
+namespace {
+
+// HDF5 1.10 closes what is still open when the process exits (H5_term_library, registered with atexit at
+// the library's first call) and crashes there (H5F__close_cb) on a file whose close failed, as it does on a
+// full disk: the program then dies with SIGSEGV instead of its exit code. Every file is closed explicitly
+// (Handle), so the handler is not needed; this runs before main, before any HDF5 call could register it.
+// lib/train/checkpoint.cpp, the other HDF5 writer, does the same.
+[[maybe_unused]] const bool kNoHdf5ExitHandler = H5dont_atexit() >= 0;
+
+}  // namespace
 
 void Handle::reset() {
   if (id_ < 0) return;

@@ -196,6 +196,13 @@ void RunCheckpoints::save(const TrainingState& state) {
   check_parameters_agree(*parts_.model, comm, state.step, "at a checkpoint");
   // Loader state is global and identical on every rank, so rank 0 writes it alone.
   if (comm.is_root()) {
+    if (!temp_files_removed_) {  // the partial files of a save a crash or a kill interrupted
+      temp_files_removed_ = true;
+      if (const int removed = files_.remove_temp_files(); removed > 0) {
+        ELECTRA_LOG(info) << "removed " << removed << " temporary file(s) an interrupted save left in "
+                          << files_.dir().string();
+      }
+    }
     const size_t n = parts_.model->layout().total_size();
     std::vector<float> params = parts_.model->parameters_to_host();
     std::vector<float> m(n), v(n);

@@ -78,6 +78,7 @@ class RunCheckpoints {
   CheckpointManager files_;
   std::vector<TensorSlice> layout_;  // the model's tensors as the file stores them
   Periodic schedule_;                // train.checkpoint_every, and the last step
+  bool temp_files_removed_ = false;  // rank 0 clears an interrupted save's files before its first save
   int64_t last_saved_step_ = -1;     // the step the newest checkpoint (written or resumed) holds
 };
 

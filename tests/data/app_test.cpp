@@ -114,6 +114,23 @@ TEST_F(App, OutOfRangeFlagsAreRefusedBeforeAnythingIsWritten) {
   }
 }
 
+// A write that fails (the shell's file-size limit standing in for a full disk; SIGXFSZ ignored, so write()
+// returns EFBIG) ends with exit 1 naming the file, and leaves no manifest and no temporary shard. HDF5's exit
+// handler used to crash on the shard whose close had failed (SIGSEGV instead of 1).
+TEST_F(App, AFullDiskExitsOneAndLeavesNoPartialShard) {
+  std::string output;
+  // PMIx's shared-memory store would hit the limit in MPI_Init: its hash store keeps to memory.
+  const int status =
+      run("PMIX_MCA_gds=hash sh -c \"trap '' XFSZ; ulimit -f 16; exec " + app() + args("full", 100000) + "\"", &output);
+  EXPECT_EQ(status, 1) << output;
+  EXPECT_NE(output.find("shard-r0000-00000.h5.tmp"), std::string::npos) << output;
+  EXPECT_EQ(output.find("Segmentation"), std::string::npos) << output;
+  EXPECT_FALSE(fs::exists(tmp / "full/manifest.json"));
+  if (fs::exists(tmp / "full")) {
+    for (const auto& entry : fs::directory_iterator(tmp / "full")) ADD_FAILURE() << "left " << entry.path();
+  }
+}
+
 TEST_F(App, InputWithoutTextIsRefused) {
   fs::create_directories(tmp / "blank");
   std::ofstream(tmp / "blank/empty.txt");

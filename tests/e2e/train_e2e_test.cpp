@@ -154,8 +154,15 @@ TEST_F(TrainE2E, ResumeIsBitwiseExactOnTheSameWorldSize) {
   const fs::path log1 = root() / "resumed1.log", log2 = root() / "resumed2.log";
   ASSERT_EQ(run(train_command(2, resumed, "--stop-after 6"), log1), 3) << log_of(log1);
   ASSERT_EQ(read_metrics(resumed).size(), 6u);
+  // What a kill during a save leaves (the save of step 8, say): a partial temporary file. The resumed run
+  // removes it before its first save and continues exactly.
+  const fs::path partial = resumed / "checkpoints" / ".ckpt-00000008.h5.tmp";
+  std::ofstream(partial) << "partial";
   ASSERT_EQ(run(train_command(2, resumed, "--resume auto"), log2), 0) << log_of(log2);
   EXPECT_NE(read_text(log2).find("resumed from"), std::string::npos) << log_of(log2);
+  EXPECT_FALSE(fs::exists(partial));
+  EXPECT_NE(read_text(log2).find("removed 1 temporary file(s) an interrupted save left"), std::string::npos)
+      << log_of(log2);
   EXPECT_EQ(read_text(log2).find("differ from its own"), std::string::npos) << log_of(log2);
   expect_same_trajectory(read_metrics(straight), read_metrics(resumed), 0.0, "straight vs stopped+resumed");
 

@@ -1,12 +1,15 @@
 #include "lib/train/checkpoint.h"
 
 #include <gtest/gtest.h>
+#include <sys/resource.h>
 
 #include <cmath>
+#include <csignal>
 #include <cstring>
 #include <limits>
 #include <random>
 
+#include "lib/core/atomic_file.h"
 #include "lib/core/error.h"
 #include "tests/train/test_util.h"
 
@@ -209,6 +212,7 @@ TEST(Checkpoint, WriterRejectsBadInput) {
       EXPECT_NE(std::string(error.what()).find(needle), std::string::npos) << error.what();
     }
     EXPECT_FALSE(std::filesystem::exists(path));
+    EXPECT_FALSE(std::filesystem::exists(temp_path_for(path)));
   };
   std::vector<TensorSlice> slash = saved.layout;
   slash[1].name = "electra/embeddings";
@@ -234,6 +238,38 @@ TEST(Checkpoint, WriterRejectsBadInput) {
   c = saved.content();
   c.state = {{"tokens_seen", 5}};
   expect_error(c, "\"step\"");
+}
+
+// A write that fails half-way (the file-size limit standing in for a full disk) leaves the previous checkpoint
+// as it was and removes its partial temporary file, which would otherwise keep the disk full.
+TEST(Checkpoint, AFailedWriteKeepsTheOldFileAndRemovesTheTemporary) {
+  TempDir dir;
+  const Saved saved = make_saved();
+  const auto path = dir.path() / "ckpt.h5";
+  write_checkpoint(path, saved.content());
+  const std::string before = read_bytes(path);
+  CheckpointContent next = saved.content();
+  next.state["step"] = 1300;
+
+  rlimit limits{};
+  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &limits), 0);
+  const auto previous_handler = std::signal(SIGXFSZ, SIG_IGN);  // EFBIG instead of the signal
+  rlimit small = limits;
+  small.rlim_cur = before.size() / 2;
+  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &small), 0);
+  std::string message;
+  try {
+    write_checkpoint(path, next);
+  } catch (const Error& e) {
+    message = e.what();
+  }
+  ::setrlimit(RLIMIT_FSIZE, &limits);
+  std::signal(SIGXFSZ, previous_handler);
+
+  EXPECT_NE(message.find(temp_path_for(path).string()), std::string::npos) << message;
+  EXPECT_EQ(read_bytes(path), before);
+  EXPECT_EQ(read_checkpoint(path).step(), 1200);
+  EXPECT_FALSE(std::filesystem::exists(temp_path_for(path)));
 }
 
 TEST(Checkpoint, DetectsTruncationAndGarbage) {
