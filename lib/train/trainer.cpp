@@ -41,6 +41,7 @@
 #include "lib/train/metrics.h"
 #include "lib/train/rank_reducer.h"
 #include "lib/train/run_checkpoints.h"
+#include "lib/train/run_lock.h"
 #include "lib/train/step.h"
 #include "lib/train/step_profile.h"
 #include "lib/train/tensorboard.h"
@@ -244,6 +245,9 @@ class Trainer {
   std::optional<std::string> setup();
   // How many ranks use this rank's GPU (count_ranks_on_my_gpu, a collective run before setup()).
   void set_ranks_on_gpu(int ranks) { ranks_on_gpu_ = ranks; }
+  // After a failed set-up (on any rank): gives up the run directory's lock, and removes the directory when
+  // this set-up made it, so that a refused run leaves nothing behind.
+  void abandon_run_dir();
   int train();
 
  private:
@@ -273,6 +277,8 @@ class Trainer {
   dist::GradientTransport transport_ = dist::GradientTransport::kHost;             // what it resolved to
   std::unique_ptr<dist::GradientReducer> reducer_;  // over transport_ (make_rank_reducer)
   bool reducer_stages_through_host_ = false;
+  std::optional<RunLock> run_lock_;              // rank 0: RUN_DIR/.lock, held for the whole run
+  bool made_run_dir_ = false;                    // rank 0: the set-up created RUN_DIR (for the lock)
   std::unique_ptr<RunCheckpoints> checkpoints_;  // --resume, train.checkpoint_every, the stop checkpoint
   std::unique_ptr<MetricsWriter> metrics_;
   std::unique_ptr<TensorBoardWriter> tensorboard_;
@@ -392,6 +398,13 @@ std::optional<std::string> Trainer::setup() {
                                                                     .config = &config_,
                                                                     .comm = &comm_},
                                                     settings_, run_dir_, lower_case_);
+    // One run per directory, decided before --resume looks at its checkpoints (run_lock.h). The last
+    // set-up step that can fail comes after it; a directory made here is removed again if it does.
+    if (comm_.is_root()) {
+      std::error_code ignored;
+      made_run_dir_ = !fs::exists(run_dir_, ignored);
+      run_lock_.emplace(run_dir_);
+    }
     const std::optional<RunCheckpoints::Resumed> resumed = checkpoints_->resume(options_.resume);
     if (resumed) {
       progress_ = resumed->state;
@@ -408,6 +421,15 @@ std::optional<std::string> Trainer::setup() {
   } catch (const std::exception& e) {
     return std::string(e.what());
   }
+}
+
+void Trainer::abandon_run_dir() {
+  if (!run_lock_) return;
+  run_lock_.reset();
+  if (!made_run_dir_) return;
+  std::error_code ignored;
+  fs::remove(RunLock::path_in(run_dir_), ignored);
+  fs::remove(run_dir_, ignored);  // only when empty: nothing else was written yet
 }
 
 // The rank's device: the CPU, or GPU local_rank % visible GPUs (one rank per GPU is the intended layout).
@@ -753,6 +775,7 @@ int run_training(const dist::Communicator& comm, const TrainOptions& options) {
     if (error) {
       ELECTRA_LOG(error) << *error;
     }
+    trainer.abandon_run_dir();
     return kExitBadInput;
   }
   log::open_deferred_file();  // RUN_DIR/logs/rank_<r>.log, with the set-up's records

@@ -194,6 +194,13 @@ TEST_F(TrainE2E, SigusrOnOneRankStopsAllRanksWithACheckpoint) {
   const pid_t rank1 =
       wait_for_rank(dir, 1, std::chrono::milliseconds(200), [&] { return read_metrics(dir).size() >= 3; });
   ASSERT_GT(rank1, 0) << log_of(log);
+  // A second run on the same directory while this one trains is refused (run_lock.h), naming the holder,
+  // before it writes anything.
+  const fs::path second_log = root() / "signal_second.log";
+  EXPECT_EQ(run(train_command(1, dir, "--set train.steps=100000 --resume auto"), second_log), 2) << log_of(second_log);
+  EXPECT_NE(read_text(second_log).find("is in use by another electra-train (pid "), std::string::npos)
+      << log_of(second_log);
+  EXPECT_EQ(read_text(dir / "logs" / "rank_0.log").find("is in use by another"), std::string::npos);
   ASSERT_EQ(kill(rank1, SIGUSR1), 0);
   EXPECT_EQ(exit_code_of(child), 3) << log_of(log);
   EXPECT_NE(read_text(log).find("rank 1: SIGUSR1"), std::string::npos) << log_of(log);
