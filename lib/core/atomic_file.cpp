@@ -14,6 +14,12 @@ namespace {
 
 std::string errno_text() { return std::strerror(errno); }
 
+// A failed write's temporary file goes: on a full disk it would keep the disk full.
+void remove_quietly(const std::filesystem::path& temp) {
+  std::error_code ignored;
+  std::filesystem::remove(temp, ignored);
+}
+
 void fsync_path(const std::filesystem::path& path, int flags, const char* what) {
   const int fd = ::open(path.c_str(), flags | O_CLOEXEC);
   if (fd < 0) fail("cannot open ", what, " ", path.string(), " to fsync it: ", errno_text());
@@ -35,9 +41,16 @@ void fsync_directory(const std::filesystem::path& dir) {
 }
 
 void commit_file(const std::filesystem::path& temp, const std::filesystem::path& final_path) {
-  fsync_file(temp);
+  try {
+    fsync_file(temp);
+  } catch (const Error&) {
+    remove_quietly(temp);
+    throw;
+  }
   if (std::rename(temp.c_str(), final_path.c_str()) != 0) {
-    fail("cannot rename ", temp.string(), " to ", final_path.string(), ": ", errno_text());
+    const std::string text = errno_text();
+    remove_quietly(temp);
+    fail("cannot rename ", temp.string(), " to ", final_path.string(), ": ", text);
   }
   fsync_directory(final_path.parent_path());
 }
@@ -81,7 +94,10 @@ void copy_file_atomically(const std::filesystem::path& from, const std::filesyst
   const auto temp = temp_path_for(to);
   std::error_code error;
   std::filesystem::copy_file(from, temp, std::filesystem::copy_options::overwrite_existing, error);
-  if (error) fail("cannot copy ", from.string(), " to ", temp.string(), ": ", error.message());
+  if (error) {
+    remove_quietly(temp);  // copy_file may leave a prefix behind
+    fail("cannot copy ", from.string(), " to ", temp.string(), ": ", error.message());
+  }
   commit_file(temp, to);
 }
 

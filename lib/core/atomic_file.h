@@ -13,13 +13,14 @@ void fsync_file(const std::filesystem::path& path);
 // fsync of a directory, making renames and creations in it durable. A file system that cannot fsync
 // directories (EINVAL, EROFS) is let through: the rename is still atomic there.
 void fsync_directory(const std::filesystem::path& dir);
-// fsync(temp), rename(temp -> final), fsync(final's directory). Both must be in the same directory.
+// fsync(temp), rename(temp -> final), fsync(final's directory). Both must be in the same directory. When the
+// fsync or the rename fails, temp is removed. Every writer below removes its temporary file on failure.
 void commit_file(const std::filesystem::path& temp, const std::filesystem::path& final_path);
 // "<dir>/.<name>.tmp": the temporary name for `final_path` (hidden, never matches a final-name pattern).
 std::filesystem::path temp_path_for(const std::filesystem::path& final_path);
 // Writes `contents` to temp_path_for(path) and commits it; on failure the temporary file is removed.
 void write_file_atomically(const std::filesystem::path& path, std::string_view contents);
-// Copies `from` to temp_path_for(to) and commits it.
+// Copies `from` to temp_path_for(to) and commits it; on failure the temporary file is removed.
 void copy_file_atomically(const std::filesystem::path& from, const std::filesystem::path& to);
 
 }  // namespace electra

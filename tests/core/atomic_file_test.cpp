@@ -2,9 +2,7 @@
 #include "lib/core/atomic_file.h"
 
 #include <gtest/gtest.h>
-#include <sys/resource.h>
 
-#include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
@@ -12,6 +10,7 @@
 #include <string>
 
 #include "lib/core/error.h"
+#include "tests/support/file_size_limit.h"
 
 namespace electra {
 namespace {
@@ -47,28 +46,27 @@ TEST(AtomicFile, WritesAndReplacesWithoutLeavingATemporaryFile) {
 }
 
 // A write the file system refuses (here the file-size limit, EFBIG): the old contents stay, the error names
-// the temporary file, and the temporary file is removed.
+// the temporary file, and the temporary file is removed. The same for a copy.
 TEST(AtomicFile, AFailedWriteKeepsTheOldFileAndRemovesTheTemporary) {
   TempDir dir;
   const fs::path file = dir.path / "manifest.json";
   write_file_atomically(file, "old\n");
-  rlimit saved{};
-  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &saved), 0);
-  const auto previous_handler = std::signal(SIGXFSZ, SIG_IGN);  // EFBIG instead of the signal
-  rlimit small = saved;
-  small.rlim_cur = 16;
-  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &small), 0);
-  std::string message;
-  try {
-    write_file_atomically(file, std::string(4096, 'x'));
-  } catch (const Error& e) {
-    message = e.what();
-  }
-  ::setrlimit(RLIMIT_FSIZE, &saved);
-  std::signal(SIGXFSZ, previous_handler);
+  const std::string message =
+      test::error_under_file_size_limit(16, [&] { write_file_atomically(file, std::string(4096, 'x')); });
   EXPECT_NE(message.find("cannot write " + temp_path_for(file).string()), std::string::npos) << message;
   EXPECT_EQ(read_text(file), "old\n");
   EXPECT_FALSE(fs::exists(temp_path_for(file)));
+}
+
+TEST(AtomicFile, AFailedCopyKeepsTheOldFileAndRemovesTheTemporary) {
+  TempDir dir;
+  const fs::path big = dir.path / "big.txt", copy = dir.path / "vocab.txt";
+  write_file_atomically(big, std::string(64 * 1024, 'x'));
+  write_file_atomically(copy, "old\n");
+  const std::string message = test::error_under_file_size_limit(4096, [&] { copy_file_atomically(big, copy); });
+  EXPECT_NE(message.find(temp_path_for(copy).string()), std::string::npos) << message;
+  EXPECT_EQ(read_text(copy), "old\n");
+  EXPECT_FALSE(fs::exists(temp_path_for(copy)));
 }
 
 }  // namespace

@@ -1,16 +1,15 @@
 #include "lib/train/checkpoint.h"
 
 #include <gtest/gtest.h>
-#include <sys/resource.h>
 
 #include <cmath>
-#include <csignal>
 #include <cstring>
 #include <limits>
 #include <random>
 
 #include "lib/core/atomic_file.h"
 #include "lib/core/error.h"
+#include "tests/support/file_size_limit.h"
 #include "tests/train/test_util.h"
 
 namespace electra::train {
@@ -251,21 +250,8 @@ TEST(Checkpoint, AFailedWriteKeepsTheOldFileAndRemovesTheTemporary) {
   CheckpointContent next = saved.content();
   next.state["step"] = 1300;
 
-  rlimit limits{};
-  ASSERT_EQ(::getrlimit(RLIMIT_FSIZE, &limits), 0);
-  const auto previous_handler = std::signal(SIGXFSZ, SIG_IGN);  // EFBIG instead of the signal
-  rlimit small = limits;
-  small.rlim_cur = before.size() / 2;
-  ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &small), 0);
-  std::string message;
-  try {
-    write_checkpoint(path, next);
-  } catch (const Error& e) {
-    message = e.what();
-  }
-  ::setrlimit(RLIMIT_FSIZE, &limits);
-  std::signal(SIGXFSZ, previous_handler);
-
+  const std::string message =
+      test::error_under_file_size_limit(before.size() / 2, [&] { write_checkpoint(path, next); });
   EXPECT_NE(message.find(temp_path_for(path).string()), std::string::npos) << message;
   EXPECT_EQ(read_bytes(path), before);
   EXPECT_EQ(read_checkpoint(path).step(), 1200);
