@@ -17,10 +17,12 @@
 #   MPIRUN_ARGS  more mpirun arguments, split on spaces (e.g. "--bind-to none")
 #   ELECTRA_BIN  directory of electra-train                           (default <repository>/build/bin)
 #
-# Stopping: SIGTERM or SIGUSR1 sent to this script (kill, a batch system) is passed to mpirun as SIGUSR1,
-# which mpirun forwards to every rank (Open MPI forwards SIGUSR1/SIGUSR2; on a SIGTERM of its own mpirun
-# terminates the ranks itself and exits 1). The ranks agree on a step, write a checkpoint and exit 3; running the script
-# again continues exactly from there (also when the stop came during set-up). Exit status: electra-train's
+# Stopping: SIGTERM or SIGUSR1 sent to this script (kill, a batch system), or Ctrl-C, is passed to mpirun as
+# SIGUSR1, which mpirun forwards to every rank (Open MPI forwards SIGUSR1/SIGUSR2; on a SIGTERM or SIGINT of
+# its own mpirun terminates the ranks itself and exits 1, so mpirun runs in a process group of its own, out of
+# the terminal's Ctrl-C). The ranks agree on a step, write a checkpoint and exit 3; running the script again
+# continues exactly from there (also when the stop came during set-up). A second Ctrl-C terminates the ranks
+# at once, without that checkpoint (the previous one stands). Exit status: electra-train's
 # (0 done, 1 failed, 2 bad input, 3 stopped with a checkpoint, 4 too many non-finite steps, 5 the watchdog
 # aborted a hung step: running the script again resumes from the last checkpoint; see README).
 set -uo pipefail
@@ -61,18 +63,33 @@ args+=("$@")
 
 mpirun_pid=
 stop_pending=0
-forward() {
-  log "received SIG$1; asking the ranks to checkpoint and stop (SIGUSR1 via mpirun)"
+forward() {  # signal [note]
+  log "received SIG$1; asking the ranks to checkpoint and stop (SIGUSR1 via mpirun)${2:-}"
   if [ -n "$mpirun_pid" ]; then kill -USR1 "$mpirun_pid" 2>/dev/null || true; else stop_pending=1; fi
+}
+interrupts=0
+interrupt() {
+  interrupts=$((interrupts + 1))
+  if [ $interrupts -eq 1 ]; then
+    forward INT "; Ctrl-C again terminates them at once, without this checkpoint"
+  elif [ -n "$mpirun_pid" ]; then
+    log "second Ctrl-C: mpirun terminates the ranks (SIGTERM)"
+    kill -TERM "$mpirun_pid" 2>/dev/null || true
+  fi
 }
 trap 'forward TERM' TERM
 trap 'forward USR1' USR1
+trap interrupt INT
 
 printf -v shown ' %q' "${launch[@]}" "$train" "${args[@]}"
 log "running:$shown"
 [ "$stop_pending" = 0 ] || exit 3
-"${launch[@]}" "$train" "${args[@]}" &
+# Job control gives mpirun a process group of its own, so that Ctrl-C reaches only this script (above);
+# stdin is /dev/null since a background process group may not read the terminal.
+set -m
+"${launch[@]}" "$train" "${args[@]}" < /dev/null &
 mpirun_pid=$!
+set +m
 # `wait` returns early (status > 128) whenever a trapped signal arrives; wait again until mpirun ends.
 while :; do
   wait "$mpirun_pid"

@@ -3,6 +3,7 @@
 #include <atomic>
 #include <csignal>
 #include <cstring>
+#include <mutex>
 
 #include "lib/core/error.h"
 
@@ -21,14 +22,26 @@ extern "C" void on_stop_signal(int signal) {
 }  // namespace
 
 void install_stop_signals() {
-  struct sigaction action;
-  std::memset(&action, 0, sizeof(action));
-  action.sa_handler = on_stop_signal;
-  sigemptyset(&action.sa_mask);
-  action.sa_flags = SA_RESTART;  // blocking reads/writes in the loop carry on rather than fail with EINTR
-  for (int signal : {SIGTERM, SIGUSR1}) {
-    if (sigaction(signal, &action, nullptr) != 0) fail("sigaction(", signal_name(signal), ") failed");
-  }
+  // Once per process: installing again would re-arm SIGINT's one-shot handler after a first Ctrl-C.
+  static std::once_flag installed;
+  std::call_once(installed, [] {
+    struct sigaction action;
+    std::memset(&action, 0, sizeof(action));
+    action.sa_handler = on_stop_signal;
+    sigemptyset(&action.sa_mask);
+    action.sa_flags = SA_RESTART;  // blocking reads/writes in the loop carry on rather than fail with EINTR
+    for (int signal : {SIGTERM, SIGUSR1}) {
+      if (sigaction(signal, &action, nullptr) != 0) fail("sigaction(", signal_name(signal), ") failed");
+    }
+    // Ctrl-C stops with a checkpoint as SIGTERM does, once: SA_RESETHAND restores the default action, so a
+    // second Ctrl-C ends the process at once. A SIGINT ignored at entry (a command started with `&` by a
+    // script) stays ignored, as shells expect of their background jobs.
+    struct sigaction current;
+    if (sigaction(SIGINT, nullptr, &current) != 0) fail("sigaction(SIGINT) failed");
+    if (current.sa_handler == SIG_IGN) return;
+    action.sa_flags = SA_RESTART | SA_RESETHAND;
+    if (sigaction(SIGINT, &action, nullptr) != 0) fail("sigaction(SIGINT) failed");
+  });
 }
 
 bool stop_requested() { return g_signal.load() != 0; }

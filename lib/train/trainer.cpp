@@ -697,9 +697,11 @@ int Trainer::train() {
         for (size_t r = 0; r < reasons.size(); ++r) {
           if (!reasons[r].empty()) who += (who.empty() ? "" : ", ") + ("rank " + std::to_string(r) + ": " + reasons[r]);
         }
+        const bool interrupted = std::find(reasons.begin(), reasons.end(), "SIGINT") != reasons.end();
         ELECTRA_LOG(warning) << "stopping at step " << progress_.step << " (" << who << ")"
                              << (steps_this_run == 0 ? ", before the first step of this run" : "")
-                             << "; writing a checkpoint, then exiting with code " << kExitStopped;
+                             << "; writing a checkpoint, then exiting with code " << kExitStopped
+                             << (interrupted ? " (Ctrl-C again quits at once, without it)" : "");
       }
       longer_phase("the stop checkpoint");
       checkpoints_->save(progress_);

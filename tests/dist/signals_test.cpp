@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdio>
 #include <thread>
 
 namespace electra::dist {
@@ -54,6 +55,38 @@ TEST(StopSignals, SignalFromAnotherProcess) {
   EXPECT_TRUE(stop_requested());
   EXPECT_EQ(stop_signal(), SIGUSR1);
   clear_stop_request();
+}
+
+// Ctrl-C: the first SIGINT is a stop request like SIGTERM; its handler is one-shot, so a second SIGINT
+// ends the process, also when install_stop_signals runs again in between (as electra-train's main and the
+// trainer both call it). Death tests re-run this binary ("threadsafe"), so the handlers start fresh.
+TEST(StopSignals, FirstSigintStopsAndTheSecondEndsTheProcess) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        signal(SIGINT, SIG_DFL);  // as in a terminal's foreground job
+        install_stop_signals();
+        raise(SIGINT);
+        if (stop_signal() != SIGINT) _exit(1);
+        std::fprintf(stderr, "the first SIGINT is a stop request\n");
+        install_stop_signals();
+        raise(SIGINT);
+        _exit(2);
+      },
+      ::testing::KilledBySignal(SIGINT), "the first SIGINT is a stop request");
+}
+
+// A command started with `&` by a script has SIGINT ignored; it stays ignored (shells rely on that).
+TEST(StopSignals, SigintIgnoredAtEntryStaysIgnored) {
+  GTEST_FLAG_SET(death_test_style, "threadsafe");
+  EXPECT_EXIT(
+      {
+        signal(SIGINT, SIG_IGN);
+        install_stop_signals();
+        raise(SIGINT);
+        _exit(stop_requested() ? 1 : 0);
+      },
+      ::testing::ExitedWithCode(0), "");
 }
 
 }  // namespace

@@ -27,10 +27,13 @@ namespace {
 using namespace electra::test;  // tests/support/programs.h: run, mpirun, read_metrics, ...
 
 // `command` run by /bin/sh in a child process, its output into `log`; the child's pid (-1: fork failed).
+// SIGINT takes its default action in the child, as in a terminal's foreground job, even where this test
+// was started with SIGINT ignored (a background job of a script).
 pid_t start_in_background(const std::string& command, const fs::path& log) {
   const std::string redirected = command + " > '" + log.string() + "' 2>&1";
   const pid_t child = fork();
   if (child == 0) {
+    signal(SIGINT, SIG_DFL);
     execl("/bin/sh", "sh", "-c", redirected.c_str(), static_cast<char*>(nullptr));
     _exit(127);
   }
@@ -44,9 +47,16 @@ int exit_code_of(pid_t child) {
   return WEXITSTATUS(status);
 }
 
+// Whether process `pid` has a handler for `signal` (its bit of SigCgt in /proc/PID/status).
+bool catches(pid_t pid, int signal) {
+  std::smatch caught;
+  const std::string status = read_text(fs::path("/proc") / std::to_string(pid) / "status");
+  if (!std::regex_search(status, caught, std::regex("SigCgt:\\s*([0-9a-f]+)"))) return false;
+  return (std::stoull(caught[1], nullptr, 16) >> (signal - 1)) & 1;
+}
+
 // The pid of the electra-train rank `rank` whose command line names run_dir (found in /proc by its
-// OMPI_COMM_WORLD_RANK), once its SIGUSR1 handler is installed (SIGUSR1's bit of SigCgt in /proc/PID/status);
-// 0 until then.
+// OMPI_COMM_WORLD_RANK), once its SIGUSR1 handler is installed; 0 until then.
 pid_t rank_catching_sigusr1(const fs::path& run_dir, int rank) {
   std::error_code ignored;
   for (const auto& entry : fs::directory_iterator("/proc", ignored)) {
@@ -58,10 +68,8 @@ pid_t rank_catching_sigusr1(const fs::path& run_dir, int rank) {
     const std::string environment = read_text(entry.path() / "environ");
     if (environment.find(std::string("OMPI_COMM_WORLD_RANK=") + std::to_string(rank) + '\0') == std::string::npos)
       continue;
-    std::smatch caught;
-    const std::string status = read_text(entry.path() / "status");
-    if (!std::regex_search(status, caught, std::regex("SigCgt:\\s*([0-9a-f]+)"))) continue;
-    if ((std::stoull(caught[1], nullptr, 16) >> (SIGUSR1 - 1)) & 1) return static_cast<pid_t>(std::stol(name));
+    const auto pid = static_cast<pid_t>(std::stol(name));
+    if (catches(pid, SIGUSR1)) return pid;
   }
   return 0;
 }
@@ -218,6 +226,63 @@ TEST_F(TrainE2E, SigusrOnOneRankStopsAllRanksWithACheckpoint) {
       << log_of(log2);
   const auto after = read_metrics(dir);
   EXPECT_EQ(after.back()["step"].get<int64_t>(), stopped_at + 2) << log_of(log2);
+}
+
+// Polls every 20 ms for up to 120 s until `done()` holds; whether it did.
+bool wait_until(const std::function<bool()>& done) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return true;
+}
+
+// Ctrl-C (SIGINT) used to kill electra-train on the spot, losing the steps since its last checkpoint. The
+// first Ctrl-C now stops it as SIGTERM does (a checkpoint, exit 3); a second, while it still works, ends it.
+// Under mpirun the ranks get SIGTERM from mpirun instead (jobs.local tests jobs/local/pretrain.sh's Ctrl-C).
+TEST_F(TrainE2E, CtrlCStopsWithACheckpointAndASecondCtrlCQuitsAtOnce) {
+  const fs::path dir = run_dir("ctrl_c");
+  const fs::path log = root() / "ctrl_c.log";
+  const pid_t train =
+      start_in_background("exec " + small_train_command("", root() / "shards", dir,
+                                                        "--set train.steps=100000 --set train.checkpoint_every=0"),
+                          log);
+  ASSERT_GT(train, 0);
+  ASSERT_TRUE(wait_until([&] { return read_metrics(dir).size() >= 3 && catches(train, SIGINT); })) << log_of(log);
+  ASSERT_EQ(kill(train, SIGINT), 0);
+  EXPECT_EQ(exit_code_of(train), 3) << log_of(log);
+  EXPECT_NE(read_text(log).find("(rank 0: SIGINT); writing a checkpoint, then exiting with code 3 (Ctrl-C again quits "
+                                "at once, without it)"),
+            std::string::npos)
+      << log_of(log);
+  const auto metrics = read_metrics(dir);
+  ASSERT_FALSE(metrics.empty());
+  char name[32];
+  std::snprintf(name, sizeof(name), "ckpt-%08lld.h5", static_cast<long long>(metrics.back()["step"].get<int64_t>()));
+  EXPECT_TRUE(fs::exists(dir / "checkpoints" / name)) << log_of(log);
+
+  // A step that never ends (debug.hang_step) keeps the first Ctrl-C waiting for a step boundary; the second
+  // ends the process with SIGINT's default action.
+  const fs::path hung_dir = run_dir("ctrl_c_twice");
+  const fs::path hung_log = root() / "ctrl_c_twice.log";
+  const pid_t hung = start_in_background(
+      "exec " + small_train_command("", root() / "shards", hung_dir,
+                                    "--set train.steps=100 --set train.checkpoint_every=0 --set debug.hang_step=2 "
+                                    "--set debug.hang_rank=0"),
+      hung_log);
+  ASSERT_GT(hung, 0);
+  ASSERT_TRUE(wait_until([&] {
+    return read_text(hung_log).find("stops making progress at step 2") != std::string::npos && catches(hung, SIGINT);
+  })) << log_of(hung_log);
+  ASSERT_EQ(kill(hung, SIGINT), 0);
+  // The handler has run once SIGINT's action is the default again.
+  ASSERT_TRUE(wait_until([&] { return !catches(hung, SIGINT); })) << log_of(hung_log);
+  ASSERT_EQ(kill(hung, SIGINT), 0);
+  int status = 0;
+  ASSERT_EQ(waitpid(hung, &status, 0), hung);
+  EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGINT) << "status " << status << "\n" << log_of(hung_log);
+  EXPECT_FALSE(fs::exists(hung_dir / "checkpoints" / "ckpt-00000002.h5"));
 }
 
 TEST_F(TrainE2E, NonFiniteGradientOnOneRankIsSkippedByAllRanks) {
