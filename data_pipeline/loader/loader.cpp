@@ -5,7 +5,7 @@
 #include <optional>
 
 #include "data_pipeline/loader/permutation.h"
-#include "data_pipeline/preprocess/h5.h"
+#include "lib/core/h5.h"
 #include "lib/core/error.h"
 #include "lib/core/log.h"
 

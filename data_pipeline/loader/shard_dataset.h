@@ -28,7 +28,7 @@
 #include <unordered_map>
 #include <vector>
 
-#include "data_pipeline/preprocess/h5.h"
+#include "lib/core/h5.h"
 #include "data_pipeline/tokenizer/vocab.h"
 
 namespace electra::data {

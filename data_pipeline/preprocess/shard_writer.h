@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "data_pipeline/preprocess/h5.h"
+#include "lib/core/h5.h"
 
 namespace electra::data {
 

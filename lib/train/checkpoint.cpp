@@ -9,6 +9,7 @@
 
 #include "lib/core/atomic_file.h"
 #include "lib/core/error.h"
+#include "lib/core/h5.h"
 #include "lib/train/crc32c.h"
 
 namespace electra::train {
@@ -18,122 +19,56 @@ static_assert(std::is_same_v<hid_t, int64_t>, "CheckpointFile stores hid_t as in
 
 constexpr const char* kFormat = "electra-mpi checkpoint";
 
-// No HDF5 exit handler: it crashes on a file whose close failed (a full disk). Why, and that every file is
-// closed explicitly: data_pipeline/preprocess/h5.cpp.
-[[maybe_unused]] const bool kNoHdf5ExitHandler = H5dont_atexit() >= 0;
-
-// HDF5 prints its error stack to stderr on every failed call; our messages say what failed instead,
-// with the innermost HDF5 reason appended.
-class QuietErrors {
- public:
-  QuietErrors() {
-    H5Eget_auto2(H5E_DEFAULT, &function_, &data_);
-    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
-  }
-  ~QuietErrors() { H5Eset_auto2(H5E_DEFAULT, function_, data_); }
-  QuietErrors(const QuietErrors&) = delete;
-  QuietErrors& operator=(const QuietErrors&) = delete;
-
- private:
-  H5E_auto2_t function_ = nullptr;
-  void* data_ = nullptr;
-};
-
+// HDF5's innermost reason for the last failed call, as " (HDF5: reason)", or "" (lib/core/h5.h).
 std::string hdf5_reason() {
-  std::string reason;
-  H5Ewalk2(
-      H5E_DEFAULT, H5E_WALK_UPWARD,
-      [](unsigned, const H5E_error2_t* error, void* out) -> herr_t {
-        auto* text = static_cast<std::string*>(out);
-        if (text->empty() && error->desc != nullptr) *text = error->desc;
-        return 0;
-      },
-      &reason);
+  const std::string reason = h5::last_error();
   H5Eclear2(H5E_DEFAULT);
   return reason.empty() ? std::string() : " (HDF5: " + reason + ")";
 }
 
-// Owns one HDF5 identifier.
-class Handle {
- public:
-  using Closer = herr_t (*)(hid_t);
-  Handle() = default;
-  Handle(hid_t id, Closer closer) : id_(id), closer_(closer) {}
-  Handle(Handle&& other) noexcept : id_(std::exchange(other.id_, H5I_INVALID_HID)), closer_(other.closer_) {}
-  Handle& operator=(Handle&& other) noexcept {
-    if (this != &other) {
-      reset();
-      id_ = std::exchange(other.id_, H5I_INVALID_HID);
-      closer_ = other.closer_;
-    }
-    return *this;
-  }
-  ~Handle() { reset(); }
-  void reset() {
-    if (id_ >= 0 && closer_ != nullptr) closer_(id_);
-    id_ = H5I_INVALID_HID;
-  }
-  hid_t get() const { return id_; }
-  hid_t release() { return std::exchange(id_, H5I_INVALID_HID); }
-
- private:
-  hid_t id_ = H5I_INVALID_HID;
-  Closer closer_ = nullptr;
-};
-
-Handle checked(hid_t id, Handle::Closer closer, const std::filesystem::path& path, const std::string& what) {
+h5::Handle checked(hid_t id, const std::filesystem::path& path, const std::string& what) {
   if (id < 0) fail("checkpoint ", path.string(), ": ", what, hdf5_reason());
-  return Handle(id, closer);
+  return h5::Handle(id);
 }
 
 void check_status(herr_t status, const std::filesystem::path& path, const std::string& what) {
   if (status < 0) fail("checkpoint ", path.string(), ": ", what, hdf5_reason());
 }
 
-// File access without HDF5's flock(): one writer per file (temporary name + rename) makes it
-// unnecessary, and on parallel file systems without flock support it makes every open fail.
-Handle file_access(const std::filesystem::path& path) {
-  Handle fapl = checked(H5Pcreate(H5P_FILE_ACCESS), H5Pclose, path, "H5Pcreate");
-#if H5_VERSION_GE(1, 10, 7)
-  check_status(H5Pset_file_locking(fapl.get(), false, true), path, "H5Pset_file_locking");
-#endif
-  return fapl;
-}
-
 // ---- writing ----
 
 void write_string_attribute(hid_t object, const char* name, const std::string& value,
                             const std::filesystem::path& path) {
-  Handle type = checked(H5Tcopy(H5T_C_S1), H5Tclose, path, "H5Tcopy");
+  h5::Handle type = checked(H5Tcopy(H5T_C_S1), path, "H5Tcopy");
   check_status(H5Tset_size(type.get(), std::max<size_t>(1, value.size())), path, "H5Tset_size");
   check_status(H5Tset_strpad(type.get(), H5T_STR_NULLPAD), path, "H5Tset_strpad");
   check_status(H5Tset_cset(type.get(), H5T_CSET_UTF8), path, "H5Tset_cset");
-  Handle space = checked(H5Screate(H5S_SCALAR), H5Sclose, path, "H5Screate");
-  Handle attr = checked(H5Acreate2(object, name, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose, path,
-                        std::string("cannot create attribute ") + name);
+  h5::Handle space = checked(H5Screate(H5S_SCALAR), path, "H5Screate");
+  h5::Handle attr = checked(H5Acreate2(object, name, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT), path,
+                            std::string("cannot create attribute ") + name);
   std::string padded = value.empty() ? std::string(1, '\0') : value;
   check_status(H5Awrite(attr.get(), type.get(), padded.data()), path, std::string("cannot write attribute ") + name);
 }
 
 template <typename T>
 void write_scalar_attribute(hid_t object, const char* name, hid_t type, T value, const std::filesystem::path& path) {
-  Handle space = checked(H5Screate(H5S_SCALAR), H5Sclose, path, "H5Screate");
-  Handle attr = checked(H5Acreate2(object, name, type, space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose, path,
-                        std::string("cannot create attribute ") + name);
+  h5::Handle space = checked(H5Screate(H5S_SCALAR), path, "H5Screate");
+  h5::Handle attr = checked(H5Acreate2(object, name, type, space.get(), H5P_DEFAULT, H5P_DEFAULT), path,
+                            std::string("cannot create attribute ") + name);
   check_status(H5Awrite(attr.get(), type, &value), path, std::string("cannot write attribute ") + name);
 }
 
 // A JSON document as a scalar fixed-length UTF-8 string dataset.
-Handle write_json_dataset(hid_t file, const char* name, const nlohmann::json& value,
-                          const std::filesystem::path& path) {
+h5::Handle write_json_dataset(hid_t file, const char* name, const nlohmann::json& value,
+                              const std::filesystem::path& path) {
   const std::string text = value.dump();
-  Handle type = checked(H5Tcopy(H5T_C_S1), H5Tclose, path, "H5Tcopy");
+  h5::Handle type = checked(H5Tcopy(H5T_C_S1), path, "H5Tcopy");
   check_status(H5Tset_size(type.get(), std::max<size_t>(1, text.size())), path, "H5Tset_size");
   check_status(H5Tset_strpad(type.get(), H5T_STR_NULLPAD), path, "H5Tset_strpad");
   check_status(H5Tset_cset(type.get(), H5T_CSET_UTF8), path, "H5Tset_cset");
-  Handle space = checked(H5Screate(H5S_SCALAR), H5Sclose, path, "H5Screate");
-  Handle dataset = checked(H5Dcreate2(file, name, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
-                           H5Dclose, path, std::string("cannot create /") + name);
+  h5::Handle space = checked(H5Screate(H5S_SCALAR), path, "H5Screate");
+  h5::Handle dataset = checked(H5Dcreate2(file, name, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT),
+                               path, std::string("cannot create /") + name);
   std::string padded = text.empty() ? std::string(1, '\0') : text;
   check_status(H5Dwrite(dataset.get(), type.get(), H5S_ALL, H5S_ALL, H5P_DEFAULT, padded.data()), path,
                std::string("cannot write /") + name);
@@ -143,17 +78,17 @@ Handle write_json_dataset(hid_t file, const char* name, const nlohmann::json& va
 void write_section(hid_t file, Section section, std::span<const TensorSlice> layout, std::span<const float> data,
                    const std::filesystem::path& path) {
   const std::string group_name = section_name(section);
-  Handle group = checked(H5Gcreate2(file, group_name.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), H5Gclose, path,
-                         "cannot create /" + group_name);
+  h5::Handle group = checked(H5Gcreate2(file, group_name.c_str(), H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), path,
+                             "cannot create /" + group_name);
   for (const TensorSlice& tensor : layout) {
     const std::string where = "/" + group_name + "/" + tensor.name;
     std::vector<hsize_t> dims(tensor.shape.begin(), tensor.shape.end());
-    Handle space = checked(
+    h5::Handle space = checked(
         dims.empty() ? H5Screate(H5S_SCALAR) : H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr),
-        H5Sclose, path, "cannot make the dataspace of " + where);
-    Handle dataset = checked(H5Dcreate2(group.get(), tensor.name.c_str(), H5T_IEEE_F32LE, space.get(), H5P_DEFAULT,
-                                        H5P_DEFAULT, H5P_DEFAULT),
-                             H5Dclose, path, "cannot create " + where);
+        path, "cannot make the dataspace of " + where);
+    h5::Handle dataset = checked(H5Dcreate2(group.get(), tensor.name.c_str(), H5T_IEEE_F32LE, space.get(), H5P_DEFAULT,
+                                            H5P_DEFAULT, H5P_DEFAULT),
+                                 path, "cannot create " + where);
     const float* begin = data.data() + tensor.offset;
     if (tensor.size > 0) {
       check_status(H5Dwrite(dataset.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, begin), path,
@@ -166,11 +101,9 @@ void write_section(hid_t file, Section section, std::span<const TensorSlice> lay
 
 // ---- reading ----
 
-bool has_attribute(hid_t object, const char* name) { return H5Aexists(object, name) > 0; }
-
 std::string read_string_attribute(hid_t object, const char* name, const std::filesystem::path& path) {
-  Handle attr = checked(H5Aopen(object, name, H5P_DEFAULT), H5Aclose, path, std::string("no attribute ") + name);
-  Handle type = checked(H5Aget_type(attr.get()), H5Tclose, path, "H5Aget_type");
+  h5::Handle attr = checked(H5Aopen(object, name, H5P_DEFAULT), path, std::string("no attribute ") + name);
+  h5::Handle type = checked(H5Aget_type(attr.get()), path, "H5Aget_type");
   if (H5Tget_class(type.get()) != H5T_STRING || H5Tis_variable_str(type.get()) > 0) {
     fail("checkpoint ", path.string(), ": attribute ", name, " is not a fixed-length string");
   }
@@ -181,15 +114,15 @@ std::string read_string_attribute(hid_t object, const char* name, const std::fil
 }
 
 int64_t read_int_attribute(hid_t object, const char* name, const std::filesystem::path& path) {
-  Handle attr = checked(H5Aopen(object, name, H5P_DEFAULT), H5Aclose, path, std::string("no attribute ") + name);
+  h5::Handle attr = checked(H5Aopen(object, name, H5P_DEFAULT), path, std::string("no attribute ") + name);
   int64_t value = 0;
   check_status(H5Aread(attr.get(), H5T_NATIVE_INT64, &value), path, std::string("cannot read attribute ") + name);
   return value;
 }
 
 nlohmann::json read_json_dataset(hid_t file, const char* name, const std::filesystem::path& path) {
-  Handle dataset = checked(H5Dopen2(file, name, H5P_DEFAULT), H5Dclose, path, std::string("no dataset /") + name);
-  Handle type = checked(H5Dget_type(dataset.get()), H5Tclose, path, "H5Dget_type");
+  h5::Handle dataset = checked(H5Dopen2(file, name, H5P_DEFAULT), path, std::string("no dataset /") + name);
+  h5::Handle type = checked(H5Dget_type(dataset.get()), path, "H5Dget_type");
   if (H5Tget_class(type.get()) != H5T_STRING || H5Tis_variable_str(type.get()) > 0) {
     fail("checkpoint ", path.string(), ": /", name, " is not a fixed-length string");
   }
@@ -205,7 +138,7 @@ nlohmann::json read_json_dataset(hid_t file, const char* name, const std::filesy
 }
 
 std::vector<int64_t> dataset_shape(hid_t dataset, const std::filesystem::path& path, const std::string& where) {
-  Handle space = checked(H5Dget_space(dataset), H5Sclose, path, "cannot get the dataspace of " + where);
+  h5::Handle space = checked(H5Dget_space(dataset), path, "cannot get the dataspace of " + where);
   const int rank = H5Sget_simple_extent_ndims(space.get());
   if (rank < 0) fail("checkpoint ", path.string(), ": cannot get the rank of ", where, hdf5_reason());
   std::vector<hsize_t> dims(static_cast<size_t>(rank));
@@ -222,15 +155,16 @@ int64_t element_count(const std::vector<int64_t>& shape) {
 // Reads `where` (a float32 dataset of `count` elements) into `out` and verifies its checksum.
 void read_dataset(hid_t dataset, float* out, size_t count, const std::filesystem::path& path,
                   const std::string& where) {
-  Handle type = checked(H5Dget_type(dataset), H5Tclose, path, "H5Dget_type");
+  h5::Handle type = checked(H5Dget_type(dataset), path, "H5Dget_type");
   if (H5Tget_class(type.get()) != H5T_FLOAT || H5Tget_size(type.get()) != sizeof(float)) {
     fail("checkpoint ", path.string(), ": ", where, " is not float32");
   }
   if (count > 0) {
     check_status(H5Dread(dataset, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, out), path, "cannot read " + where);
   }
-  if (!has_attribute(dataset, "crc32c")) fail("checkpoint ", path.string(), ": ", where, " has no crc32c attribute");
-  Handle attr = checked(H5Aopen(dataset, "crc32c", H5P_DEFAULT), H5Aclose, path, "cannot open crc32c of " + where);
+  if (!h5::has_attribute(dataset, "crc32c"))
+    fail("checkpoint ", path.string(), ": ", where, " has no crc32c attribute");
+  h5::Handle attr = checked(H5Aopen(dataset, "crc32c", H5P_DEFAULT), path, "cannot open crc32c of " + where);
   uint32_t stored = 0;
   check_status(H5Aread(attr.get(), H5T_NATIVE_UINT32, &stored), path, "cannot read crc32c of " + where);
   const uint32_t actual = crc32c(out, count * sizeof(float));
@@ -297,16 +231,16 @@ void write_checkpoint(const std::filesystem::path& path, const CheckpointContent
   }
   const int64_t step = content.state["step"].get<int64_t>();
 
-  QuietErrors quiet;
+  h5::quiet_errors();  // our messages say what failed, not HDF5's stack on stderr
   const std::filesystem::path temp = temp_path_for(path);
   try {
-    Handle file = checked(H5Fcreate(temp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, file_access(temp).get()), H5Fclose, temp,
-                          "cannot create the file");
+    h5::Handle file = checked(H5Fcreate(temp.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, h5::fapl_no_locking().get()), temp,
+                              "cannot create the file");
     write_string_attribute(file.get(), "format", kFormat, temp);
     write_scalar_attribute(file.get(), "format_version", H5T_NATIVE_INT32, int32_t{kCheckpointFormatVersion}, temp);
     write_scalar_attribute(file.get(), "step", H5T_NATIVE_INT64, step, temp);
     {
-      Handle state = write_json_dataset(file.get(), "state", content.state, temp);
+      h5::Handle state = write_json_dataset(file.get(), "state", content.state, temp);
       // Typed copies of the top-level numbers, for people reading the file with h5py.
       for (const auto& [key, value] : content.state.items()) {
         if (key.empty() || key.find('/') != std::string::npos) continue;
@@ -338,15 +272,15 @@ void write_checkpoint(const std::filesystem::path& path, const CheckpointContent
 }
 
 CheckpointFile CheckpointFile::open(const std::filesystem::path& path) {
-  QuietErrors quiet;
+  h5::quiet_errors();
   if (!std::filesystem::is_regular_file(path)) fail("checkpoint ", path.string(), ": no such file");
   CheckpointFile result;  // closes the file if a check below throws
   result.path_ = path;
-  result.file_ = checked(H5Fopen(path.c_str(), H5F_ACC_RDONLY, file_access(path).get()), H5Fclose, path,
+  result.file_ = checked(H5Fopen(path.c_str(), H5F_ACC_RDONLY, h5::fapl_no_locking().get()), path,
                          "cannot open as HDF5 (truncated, corrupt or not HDF5)")
                      .release();
   const hid_t id = result.file_;
-  if (!has_attribute(id, "format") || read_string_attribute(id, "format", path) != kFormat) {
+  if (!h5::has_attribute(id, "format") || read_string_attribute(id, "format", path) != kFormat) {
     fail("checkpoint ", path.string(), ": not an electra-mpi checkpoint (attribute format)");
   }
   result.format_version_ = static_cast<int>(read_int_attribute(id, "format_version", path));
@@ -354,7 +288,7 @@ CheckpointFile CheckpointFile::open(const std::filesystem::path& path) {
     fail("checkpoint ", path.string(), ": format_version ", result.format_version_, ", this build reads ",
          kCheckpointFormatVersion);
   }
-  if (!has_attribute(id, "complete") || read_int_attribute(id, "complete", path) != 1) {
+  if (!h5::has_attribute(id, "complete") || read_int_attribute(id, "complete", path) != 1) {
     fail("checkpoint ", path.string(), ": incomplete (no completion mark)");
   }
   result.step_ = read_int_attribute(id, "step", path);
@@ -398,18 +332,17 @@ void CheckpointFile::close() noexcept {
 }
 
 bool CheckpointFile::has_section(Section section) const {
-  QuietErrors quiet;
+  h5::quiet_errors();
   const bool exists = H5Lexists(file_, section_name(section), H5P_DEFAULT) > 0;
   H5Eclear2(H5E_DEFAULT);
   return exists;
 }
 
 std::vector<StoredTensor> CheckpointFile::tensors(Section section) const {
-  QuietErrors quiet;
+  h5::quiet_errors();
   const std::string group_name = section_name(section);
   if (!has_section(section)) fail("checkpoint ", path_.string(), ": no /", group_name, " group");
-  Handle group =
-      checked(H5Gopen2(file_, group_name.c_str(), H5P_DEFAULT), H5Gclose, path_, "cannot open /" + group_name);
+  h5::Handle group = checked(H5Gopen2(file_, group_name.c_str(), H5P_DEFAULT), path_, "cannot open /" + group_name);
   std::vector<std::string> names;
   hsize_t index = 0;
   check_status(H5Literate(
@@ -424,8 +357,7 @@ std::vector<StoredTensor> CheckpointFile::tensors(Section section) const {
   result.reserve(names.size());
   for (const std::string& name : names) {
     const std::string where = "/" + group_name + "/" + name;
-    Handle dataset =
-        checked(H5Dopen2(group.get(), name.c_str(), H5P_DEFAULT), H5Dclose, path_, where + " is not a dataset");
+    h5::Handle dataset = checked(H5Dopen2(group.get(), name.c_str(), H5P_DEFAULT), path_, where + " is not a dataset");
     result.push_back(StoredTensor{name, dataset_shape(dataset.get(), path_, where)});
   }
   return result;
@@ -458,27 +390,26 @@ void CheckpointFile::read_into(Section section, std::span<const TensorSlice> lay
     }
   }
 
-  QuietErrors quiet;
-  Handle group =
-      checked(H5Gopen2(file_, group_name.c_str(), H5P_DEFAULT), H5Gclose, path_, "cannot open /" + group_name);
+  h5::quiet_errors();
+  h5::Handle group = checked(H5Gopen2(file_, group_name.c_str(), H5P_DEFAULT), path_, "cannot open /" + group_name);
   for (const TensorSlice& tensor : layout) {
     const std::string where = "/" + group_name + "/" + tensor.name;
-    Handle dataset =
-        checked(H5Dopen2(group.get(), tensor.name.c_str(), H5P_DEFAULT), H5Dclose, path_, "cannot open " + where);
+    h5::Handle dataset =
+        checked(H5Dopen2(group.get(), tensor.name.c_str(), H5P_DEFAULT), path_, "cannot open " + where);
     read_dataset(dataset.get(), buffer.data() + tensor.offset, tensor.size, path_, where);
   }
 }
 
 std::vector<float> CheckpointFile::read_tensor(Section section, const std::string& name,
                                                std::vector<int64_t>* shape) const {
-  QuietErrors quiet;
+  h5::quiet_errors();
   const std::string where = std::string("/") + section_name(section) + "/" + name;
   if (name.empty() || name.find('/') != std::string::npos || !has_section(section) ||
       H5Lexists(file_, where.c_str(), H5P_DEFAULT) <= 0) {
     H5Eclear2(H5E_DEFAULT);
     fail("checkpoint ", path_.string(), ": no tensor ", where);
   }
-  Handle dataset = checked(H5Dopen2(file_, where.c_str(), H5P_DEFAULT), H5Dclose, path_, "cannot open " + where);
+  h5::Handle dataset = checked(H5Dopen2(file_, where.c_str(), H5P_DEFAULT), path_, "cannot open " + where);
   std::vector<int64_t> dims = dataset_shape(dataset.get(), path_, where);
   std::vector<float> data(static_cast<size_t>(element_count(dims)));
   read_dataset(dataset.get(), data.data(), data.size(), path_, where);

@@ -9,7 +9,7 @@
 #include <tuple>
 
 #include "data_pipeline/loader/permutation.h"
-#include "data_pipeline/preprocess/h5.h"
+#include "lib/core/h5.h"
 #include "lib/core/error.h"
 #include "tests/data/test_util.h"
 

@@ -6,7 +6,7 @@
 #include <filesystem>
 
 #include "data_pipeline/loader/loader.h"
-#include "data_pipeline/preprocess/h5.h"
+#include "lib/core/h5.h"
 #include "lib/core/error.h"
 #include "lib/core/philox.h"
 #include "tests/data/test_util.h"

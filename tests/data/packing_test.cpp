@@ -11,7 +11,7 @@
 #include <map>
 
 #include "data_pipeline/loader/loader.h"
-#include "data_pipeline/preprocess/h5.h"
+#include "lib/core/h5.h"
 #include "data_pipeline/preprocess/preprocess.h"
 #include "data_pipeline/preprocess/row_packer.h"
 #include "lib/core/batch.h"

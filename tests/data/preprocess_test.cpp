@@ -9,7 +9,7 @@
 #include <sstream>
 
 #include "data_pipeline/preprocess/file_util.h"
-#include "data_pipeline/preprocess/h5.h"
+#include "lib/core/h5.h"
 #include "data_pipeline/tokenizer/bert_tokenizer.h"
 #include "lib/core/error.h"
 #include "tests/data/test_util.h"

@@ -7,7 +7,7 @@
 #include <fstream>
 #include <set>
 
-#include "data_pipeline/preprocess/h5.h"
+#include "lib/core/h5.h"
 #include "data_pipeline/preprocess/shard_writer.h"
 #include "lib/core/error.h"
 #include "lib/core/philox.h"

@@ -1,4 +1,4 @@
-#include "data_pipeline/preprocess/h5.h"
+#include "lib/core/h5.h"
 
 #include <cstdlib>
 
@@ -11,7 +11,6 @@ namespace {
 // the library's first call) and crashes there (H5F__close_cb) on a file whose close failed, as it does on a
 // full disk: the program then dies with SIGSEGV instead of its exit code. Every file is closed explicitly
 // (Handle), so the handler is not needed; this runs before main, before any HDF5 call could register it.
-// lib/train/checkpoint.cpp, the other HDF5 writer, does the same.
 [[maybe_unused]] const bool kNoHdf5ExitHandler = H5dont_atexit() >= 0;
 
 }  // namespace

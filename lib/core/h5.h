@@ -1,6 +1,7 @@
-// Small RAII layer over the HDF5 C API shared by the shard writer and the loader. Every failing call
-// becomes an electra::Error whose message names the file (and dataset) and carries HDF5's own reason
-// (e.g. "truncated file"), instead of HDF5's error stack printed on stderr.
+// Small RAII layer over the HDF5 C API, shared by the shard writer, the loader and checkpoints. Every
+// failing call becomes an electra::Error whose message names the file (and dataset) and carries HDF5's own
+// reason (e.g. "truncated file"), instead of HDF5's error stack printed on stderr. Linking it also turns
+// off HDF5's exit handler (h5.cpp says why).
 #pragma once
 
 #include <hdf5.h>
@@ -33,6 +34,12 @@ class Handle {
   operator hid_t() const { return id_; }  // NOLINT: handles are passed straight to H5* calls
   bool valid() const { return id_ >= 0; }
   void reset();
+  // Gives up ownership: the caller closes the identifier.
+  hid_t release() {
+    const hid_t id = id_;
+    id_ = H5I_INVALID_HID;
+    return id;
+  }
 
  private:
   hid_t id_ = H5I_INVALID_HID;
