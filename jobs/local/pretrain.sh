@@ -17,14 +17,15 @@
 #   MPIRUN_ARGS  more mpirun arguments, split on spaces (e.g. "--bind-to none")
 #   ELECTRA_BIN  directory of electra-train                           (default <repository>/build/bin)
 #
-# Stopping: SIGTERM or SIGUSR1 sent to this script (kill, a batch system), or Ctrl-C, is passed to mpirun as
-# SIGUSR1, which mpirun forwards to every rank (Open MPI forwards SIGUSR1/SIGUSR2; on a SIGTERM or SIGINT of
-# its own mpirun terminates the ranks itself and exits 1, so mpirun runs in a process group of its own, out of
-# the terminal's Ctrl-C). The ranks agree on a step, write a checkpoint and exit 3; running the script again
-# continues exactly from there (also when the stop came during set-up). A second Ctrl-C terminates the ranks
-# at once, without that checkpoint (the previous one stands). Exit status: electra-train's
-# (0 done, 1 failed, 2 bad input, 3 stopped with a checkpoint, 4 too many non-finite steps, 5 the watchdog
-# aborted a hung step: running the script again resumes from the last checkpoint; see README).
+# Stopping: SIGTERM, SIGUSR1 or SIGHUP sent to this script (kill, a batch system, the terminal closing), or
+# Ctrl-C, is passed to mpirun as SIGUSR1, which mpirun forwards to every rank (Open MPI forwards
+# SIGUSR1/SIGUSR2; on a SIGTERM or SIGINT of its own mpirun terminates the ranks itself and exits 1, so mpirun
+# runs in a process group of its own, out of the terminal's reach). The ranks agree on a step, write a
+# checkpoint and exit 3; running the script again continues exactly from there (also when the stop came
+# during set-up). A second Ctrl-C terminates the ranks at once, without that checkpoint (the previous one
+# stands). Exit status: electra-train's (0 done, 1 failed, 2 bad input, 3 stopped with a checkpoint, 4 too
+# many non-finite steps, 5 the watchdog aborted a hung step: running the script again resumes from the last
+# checkpoint; see README).
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 bin=${ELECTRA_BIN:-$root/build/bin}
@@ -80,6 +81,9 @@ interrupt() {
 trap 'forward TERM' TERM
 trap 'forward USR1' USR1
 trap interrupt INT
+# The terminal closing (SIGHUP) would otherwise end this script and leave mpirun, in its own process group
+# (below), training on: it stops with a checkpoint instead.
+trap 'forward HUP' HUP
 
 printf -v shown ' %q' "${launch[@]}" "$train" "${args[@]}"
 log "running:$shown"

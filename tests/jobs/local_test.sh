@@ -7,8 +7,8 @@
 #      with the loss at every step equal to run (a)'s, bit for bit;
 #   c. a missing DATA is reported with exit code 2;
 #   d. a hung rank is aborted by the watchdog: exit 5, not reported as a stop with a checkpoint;
-#   e. Ctrl-C (SIGINT to the script's process group, as a terminal sends it) stops the ranks with a
-#      checkpoint (exit 3), not mpirun's own termination (exit 1).
+#   e. Ctrl-C or a closed terminal (SIGINT or SIGHUP to the script's process group, as a terminal sends
+#      them) stops the ranks with a checkpoint (exit 3), not mpirun's own termination (exit 1).
 # Usage: tests/jobs/local_test.sh [BUILD_DIR]   (default $ELECTRA_BUILD_DIR, else build/)
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -102,29 +102,33 @@ grep -q "the watchdog aborted a hung step" "$tmp/train_d.log" || fail "run d: no
 ! grep -q "stopped with a checkpoint" "$tmp/train_d.log" || fail "run d: a hang was reported as a stop"
 say "d. pretrain.sh with a hung rank: exit 5 (watchdog)"
 
-# e. Ctrl-C. The script runs as a terminal's foreground job would: in a process group of its own, with
-# SIGINT's default action (a background job of this script would have SIGINT ignored).
-python3 -c 'import os, signal, sys
+# e. Ctrl-C and a closed terminal: SIGINT or SIGHUP to the script's process group, as a terminal sends them.
+# The script runs as a terminal's foreground job would: in a process group of its own, with the signals'
+# default actions (a background job of this script would have SIGINT ignored).
+for signal in INT HUP; do
+  python3 -c 'import os, signal, sys
 signal.signal(signal.SIGINT, signal.SIG_DFL)
 os.setpgid(0, 0)
-os.execvp(sys.argv[1], sys.argv[1:])' env DATA="$tmp/shards" RUN_DIR="$tmp/run_e" NP=2 THREADS=1 \
-  CONFIG="$root/jobs/configs/tiny.json" "$root/jobs/local/pretrain.sh" "${args[@]}" > "$tmp/train_e.log" 2>&1 &
-pid=$!
-pids+=("$pid")
-deadline=$((SECONDS + 120))
-until [ "$(metric_lines "$tmp/run_e")" -ge 20 ]; do
-  kill -0 "$pid" 2> /dev/null || fail "run e: pretrain.sh ended before step 20"
-  [ $SECONDS -lt $deadline ] || fail "run e: no step 20 within 120 s"
-  sleep 0.05
+os.execvp(sys.argv[1], sys.argv[1:])' env DATA="$tmp/shards" RUN_DIR="$tmp/run_e$signal" NP=2 THREADS=1 \
+    CONFIG="$root/jobs/configs/tiny.json" "$root/jobs/local/pretrain.sh" "${args[@]}" > "$tmp/train_e$signal.log" 2>&1 &
+  pid=$!
+  pids+=("$pid")
+  deadline=$((SECONDS + 120))
+  until [ "$(metric_lines "$tmp/run_e$signal")" -ge 20 ]; do
+    kill -0 "$pid" 2> /dev/null || fail "run e: pretrain.sh ended before step 20"
+    [ $SECONDS -lt $deadline ] || fail "run e: no step 20 within 120 s"
+    sleep 0.05
+  done
+  kill "-$signal" -- "-$pid" || fail "kill -$signal -$pid failed"
+  wait "$pid"
+  code=$?
+  pids=()
+  [ $code = 3 ] || fail "run e: pretrain.sh exited $code after SIG$signal, expected 3 (see $tmp/train_e$signal.log)"
+  stop_line=$(grep -m1 "stopping at step" "$tmp/train_e$signal.log") || fail "run e: no 'stopping at step' line"
+  grep -q SIGUSR1 <<< "$stop_line" || fail "run e: the ranks did not get the forwarded SIGUSR1: $stop_line"
+  stopped_at=$(grep -oE 'stopping at step [0-9]+' <<< "$stop_line" | grep -oE '[0-9]+$')
+  [ -f "$tmp/run_e$signal/checkpoints/$(printf 'ckpt-%08d.h5' "$stopped_at")" ] ||
+    fail "run e: no checkpoint of step $stopped_at after SIG$signal"
+  say "e. pretrain.sh: SIG$signal to its process group -> stopped at step $stopped_at with a checkpoint (exit 3)"
 done
-kill -INT -- "-$pid" || fail "kill -INT -$pid failed"
-wait "$pid"
-code=$?
-pids=()
-[ $code = 3 ] || fail "run e: pretrain.sh exited $code after Ctrl-C, expected 3 (see $tmp/train_e.log)"
-stop_line=$(grep -m1 "stopping at step" "$tmp/train_e.log") || fail "run e: no 'stopping at step' line"
-grep -q SIGUSR1 <<< "$stop_line" || fail "run e: the ranks did not get the forwarded SIGUSR1: $stop_line"
-stopped_at=$(grep -oE 'stopping at step [0-9]+' <<< "$stop_line" | grep -oE '[0-9]+$')
-[ -f "$tmp/run_e/checkpoints/$(printf 'ckpt-%08d.h5' "$stopped_at")" ] || fail "run e: no checkpoint of step $stopped_at"
-say "e. pretrain.sh: Ctrl-C -> stopped at step $stopped_at with a checkpoint (exit 3)"
 say "PASSED"
