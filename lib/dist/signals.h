@@ -1,7 +1,7 @@
 // Graceful stop on SIGTERM and SIGUSR1 (Slurm's `--signal=USR1@120` before the time limit, or a
-// preemption), and on a first Ctrl-C (SIGINT; a second one ends the process at once). The handler only sets a flag; the
-// trainer reads it at step boundaries, ORs it across ranks with Communicator::agree_any, checkpoints and exits, so all
-// ranks stop at the same step.
+// preemption), and on a first Ctrl-C (SIGINT; a second one ends the process at once). The handler only
+// sets a flag; the trainer reads it at step boundaries, ORs it across ranks with
+// Communicator::agree_any, checkpoints and exits, so all ranks stop at the same step.
 #pragma once
 
 namespace electra::dist {

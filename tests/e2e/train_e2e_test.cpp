@@ -74,17 +74,23 @@ pid_t rank_catching_sigusr1(const fs::path& run_dir, int rank) {
   return 0;
 }
 
+// Polls every `poll` for up to 120 s until `done()` holds; whether it did.
+bool wait_until(const std::function<bool()>& done, std::chrono::milliseconds poll = std::chrono::milliseconds(20)) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
+  while (!done()) {
+    if (std::chrono::steady_clock::now() > deadline) return false;
+    std::this_thread::sleep_for(poll);
+  }
+  return true;
+}
+
 // Polls every `poll` until `ready()` holds and rank `rank` of the run in run_dir catches SIGUSR1; its pid,
 // or 0 after 120 s.
 pid_t wait_for_rank(const fs::path& run_dir, int rank, std::chrono::milliseconds poll,
                     const std::function<bool()>& ready) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-  while (std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(poll);
-    if (!ready()) continue;
-    if (const pid_t pid = rank_catching_sigusr1(run_dir, rank)) return pid;
-  }
-  return 0;
+  pid_t pid = 0;
+  wait_until([&] { return ready() && (pid = rank_catching_sigusr1(run_dir, rank)) != 0; }, poll);
+  return pid;
 }
 
 class TrainE2E : public electra::test::TrainingDataSuite<TrainE2E> {
@@ -226,16 +232,6 @@ TEST_F(TrainE2E, SigusrOnOneRankStopsAllRanksWithACheckpoint) {
       << log_of(log2);
   const auto after = read_metrics(dir);
   EXPECT_EQ(after.back()["step"].get<int64_t>(), stopped_at + 2) << log_of(log2);
-}
-
-// Polls every 20 ms for up to 120 s until `done()` holds; whether it did.
-bool wait_until(const std::function<bool()>& done) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(120);
-  while (!done()) {
-    if (std::chrono::steady_clock::now() > deadline) return false;
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
-  return true;
 }
 
 // Ctrl-C (SIGINT) used to kill electra-train on the spot, losing the steps since its last checkpoint. The
