@@ -13,6 +13,9 @@
 # blank line in reStructuredText separates paragraphs, not documents), MPIRUN_ARGS (more mpirun
 # arguments, split on spaces; default "--bind-to none", as in pretrain.sh), ELECTRA_BIN (directory of the
 # programs, default <repository>/build/bin). Arguments are passed to electra-train.
+#
+# Ctrl-C keeps what is done: training (through jobs/local/pretrain.sh) stops with a checkpoint, the script
+# exits 130, and running it again continues from there.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 bin=${ELECTRA_BIN:-$root/build/bin}
@@ -25,6 +28,8 @@ holdout_every=${HOLDOUT_EVERY:-20}
 blanks=${BLANKS_SEPARATE_DOCS:-false}
 config=$root/jobs/configs/tiny.json
 say() { echo "pretrain_default: $*"; }
+# Ctrl-C: every step keeps what it finished (the data in WORK; training stops with a checkpoint in RUN).
+trap 'say "interrupted; run the same command again to continue (the data in $work is kept, and training resumes from the last checkpoint in $run)" >&2; exit 130' INT
 mpirun_cmd=(mpirun -np "$np" --oversubscribe)
 [ "$(id -u)" -ne 0 ] || mpirun_cmd+=(--allow-run-as-root)
 # Open MPI binds each rank to one core when there are 2 ranks or fewer: with NP=1 electra-train's two
@@ -93,7 +98,9 @@ echo "$recipe" > "$work/recipe.txt"
 
 mkdir -p "$run"
 echo "$recipe" > "$run/recipe.txt"
-train=("${mpirun_cmd[@]}" "$bin/electra-train" --config "$config" --data "$work/shards" --output "$run" --resume auto)
+# Training goes through jobs/local/pretrain.sh, which turns Ctrl-C into a stop with a checkpoint (exit 3).
+train=(env DATA="$work/shards" RUN_DIR="$run" NP="$np" CONFIG="$config" ELECTRA_BIN="$bin"
+  MPIRUN_ARGS="--oversubscribe ${more_mpirun_args[*]}" "$root/jobs/local/pretrain.sh")
 [ -z "${STEPS:-}" ] || train+=(--set "train.steps=$STEPS")
 steps=${STEPS:-$(sed -n 's/.*"steps": *\([0-9]*\).*/\1/p' "$config")}
 # First half, then stop as a preempted job would (exit code 3 = checkpoint written), then resume to the end.
@@ -102,6 +109,7 @@ set +e
 code=$?
 set -e
 [ $code -eq 0 ] || [ $code -eq 3 ] || { echo "electra-train failed with exit code $code" >&2; exit $code; }
+[ $code -ne 3 ] || say "the first half stopped with a checkpoint, as a preempted job would; resuming it"
 "${train[@]}" "$@"
 "$bin/electra-export" --checkpoint "$run" --output "$run/export" --force
 "${mpirun_cmd[@]}" "$bin/electra-eval" --checkpoint "$run" --data "$eval_data" --json > "$run/eval.json"

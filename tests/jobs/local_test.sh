@@ -8,7 +8,9 @@
 #   c. a missing DATA is reported with exit code 2;
 #   d. a hung rank is aborted by the watchdog: exit 5, not reported as a stop with a checkpoint;
 #   e. Ctrl-C or a closed terminal (SIGINT or SIGHUP to the script's process group, as a terminal sends
-#      them) stops the ranks with a checkpoint (exit 3), not mpirun's own termination (exit 1).
+#      them) stops the ranks with a checkpoint (exit 3), not mpirun's own termination (exit 1);
+#   f. jobs/local/pretrain_default.sh (the README's main job) on Ctrl-C while training: a checkpoint, the
+#      data kept, exit 130.
 # Usage: tests/jobs/local_test.sh [BUILD_DIR]   (default $ELECTRA_BUILD_DIR, else build/)
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -102,14 +104,19 @@ grep -q "the watchdog aborted a hung step" "$tmp/train_d.log" || fail "run d: no
 ! grep -q "stopped with a checkpoint" "$tmp/train_d.log" || fail "run d: a hang was reported as a stop"
 say "d. pretrain.sh with a hung rank: exit 5 (watchdog)"
 
-# e. Ctrl-C and a closed terminal: SIGINT or SIGHUP to the script's process group, as a terminal sends them.
-# The script runs as a terminal's foreground job would: in a process group of its own, with the signals'
-# default actions (a background job of this script would have SIGINT ignored).
-for signal in INT HUP; do
-  python3 -c 'import os, signal, sys
+# Runs a command as a terminal's foreground job would: in a process group of its own, with SIGINT's default
+# action (a background job of this script would have SIGINT ignored). Start it with `&`: the subshell execs,
+# so $! is the group's id, and signals for the terminal go to -$!.
+foreground_job() {
+  exec python3 -c 'import os, signal, sys
 signal.signal(signal.SIGINT, signal.SIG_DFL)
 os.setpgid(0, 0)
-os.execvp(sys.argv[1], sys.argv[1:])' env DATA="$tmp/shards" RUN_DIR="$tmp/run_e$signal" NP=2 THREADS=1 \
+os.execvp(sys.argv[1], sys.argv[1:])' "$@"
+}
+
+# e. Ctrl-C and a closed terminal: SIGINT or SIGHUP to the script's process group, as a terminal sends them.
+for signal in INT HUP; do
+  foreground_job env DATA="$tmp/shards" RUN_DIR="$tmp/run_e$signal" NP=2 THREADS=1 \
     CONFIG="$root/jobs/configs/tiny.json" "$root/jobs/local/pretrain.sh" "${args[@]}" > "$tmp/train_e$signal.log" 2>&1 &
   pid=$!
   pids+=("$pid")
@@ -131,4 +138,29 @@ os.execvp(sys.argv[1], sys.argv[1:])' env DATA="$tmp/shards" RUN_DIR="$tmp/run_e
     fail "run e: no checkpoint of step $stopped_at after SIG$signal"
   say "e. pretrain.sh: SIG$signal to its process group -> stopped at step $stopped_at with a checkpoint (exit 3)"
 done
+
+# f. The README's main job, jobs/local/pretrain_default.sh, on Ctrl-C while it trains: the ranks stop with a
+# checkpoint (its training goes through pretrain.sh), the data stays, and the script says how to go on (130).
+foreground_job env CORPUS="$tmp/corpus" WORK="$tmp/work_f" RUN="$tmp/run_f" VOCAB_SIZE=120 HOLDOUT_EVERY=2 \
+  STEPS=100000 NP=2 "$root/jobs/local/pretrain_default.sh" > "$tmp/train_f.log" 2>&1 &
+pid=$!
+pids+=("$pid")
+deadline=$((SECONDS + 180))
+until [ "$(metric_lines "$tmp/run_f")" -ge 2 ]; do  # tiny.json logs every 10 steps
+  kill -0 "$pid" 2> /dev/null || fail "run f: pretrain_default.sh ended before step 20 (see $tmp/train_f.log)"
+  [ $SECONDS -lt $deadline ] || fail "run f: no step 20 within 180 s"
+  sleep 0.05
+done
+kill -INT -- "-$pid" || fail "kill -INT -$pid failed"
+wait "$pid"
+code=$?
+pids=()
+[ $code = 130 ] || fail "run f: pretrain_default.sh exited $code after Ctrl-C, expected 130 (see $tmp/train_f.log)"
+grep -q "interrupted; run the same command again to continue" "$tmp/train_f.log" ||
+  fail "run f: pretrain_default.sh did not say how to continue"
+stop_line=$(grep -m1 "stopping at step" "$tmp/train_f.log") || fail "run f: no 'stopping at step' line"
+stopped_at=$(grep -oE 'stopping at step [0-9]+' <<< "$stop_line" | grep -oE '[0-9]+$')
+[ -f "$tmp/run_f/checkpoints/$(printf 'ckpt-%08d.h5' "$stopped_at")" ] || fail "run f: no checkpoint of step $stopped_at"
+[ -f "$tmp/work_f/shards/manifest.json" ] || fail "run f: the shards were not kept"
+say "f. pretrain_default.sh: Ctrl-C -> stopped at step $stopped_at with a checkpoint, data kept (exit 130)"
 say "PASSED"
