@@ -13,6 +13,9 @@ namespace electra::data {
 
 inline constexpr const char* kManifestName = "manifest.json";
 inline constexpr const char* kVocabFileName = "vocab.txt";
+// Rank 0's lock on the output directory while a run writes it (lib/core/dir_lock.h), removed once the
+// manifest is written: found at the start of a run, it says that an earlier run did not finish.
+inline constexpr const char* kOutputLockName = ".electra-preprocess.lock";
 
 struct Manifest {
   // shard_format_version(pack): 2 when the shards are packed.

@@ -14,6 +14,7 @@
 #include "data_pipeline/tokenizer/bert_tokenizer.h"
 #include "data_pipeline/tokenizer/text_files.h"
 #include "lib/core/atomic_file.h"
+#include "lib/core/dir_lock.h"
 #include "lib/core/error.h"
 #include "lib/core/log.h"
 #include "lib/core/philox.h"
@@ -353,31 +354,40 @@ std::set<std::string> shards_listed_in_manifest(const fs::path& dir) {
 
 }  // namespace
 
-void prepare_output_directory(const std::string& dir, bool force) {
+void prepare_output_directory(const std::string& dir, bool force, bool unfinished_run) {
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) throw BadInputError(dir + ": cannot create output directory: " + ec.message());
   if (!fs::is_directory(dir, ec)) throw BadInputError(dir + ": --output is not a directory");
 
   std::vector<std::string> names;
-  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec))
-    names.push_back(it->path().filename().string());
+  for (fs::directory_iterator it(dir, ec), end; !ec && it != end; it.increment(ec)) {
+    if (it->path().filename() != kOutputLockName) names.push_back(it->path().filename().string());
+  }
   if (ec) throw BadInputError(dir + ": cannot list output directory: " + ec.message());
   if (names.empty()) return;
   std::sort(names.begin(), names.end());
   if (!force) {
     throw BadInputError(detail::concat(
-        dir, ": output directory is not empty (", names.size(), " entries, such as ", names.front(),
-        "); pass --force to replace what electra-preprocess wrote there (manifest.json, the shards it lists, "
-        "vocab.txt), or choose an empty or new --output"));
+        dir, ": output directory is not empty (", names.size(), " entries, such as ", names.front(), ")",
+        unfinished_run
+            ? std::string("; an electra-preprocess run into it did not finish (its ") + kOutputLockName + " remains)"
+            : std::string(),
+        "; pass --force to replace what electra-preprocess wrote there (manifest.json, the shards it lists, "
+        "vocab.txt",
+        unfinished_run ? ", the unfinished run's shards" : "", "), or choose an empty or new --output"));
   }
 
-  // --force: a shard file the manifest does not list may be another program's, so nothing is removed.
+  // --force: a shard file the manifest does not list may be another program's, so nothing is removed;
+  // after a run that did not finish, shard files are that run's.
   const std::set<std::string> listed = shards_listed_in_manifest(dir);
+  const auto ours = [&](const std::string& name) {
+    return listed.count(name) > 0 || (unfinished_run && is_shard_name(name));
+  };
   std::vector<std::string> unlisted;
   for (const std::string& name : names) {
     const bool regular_file = fs::is_regular_file(fs::path(dir) / name, ec);
-    if (is_shard_name(name) && !(listed.count(name) > 0 && regular_file)) unlisted.push_back(name);
+    if (is_shard_name(name) && !(ours(name) && regular_file)) unlisted.push_back(name);
   }
   if (!unlisted.empty()) {
     throw BadInputError(detail::concat(
@@ -391,18 +401,22 @@ void prepare_output_directory(const std::string& dir, bool force) {
   const fs::path manifest_path = fs::path(dir) / kManifestName;
   fs::remove(manifest_path, ec);  // first: no reader trusts the old shards from here on
   if (ec) fail(manifest_path.string(), ": cannot remove: ", ec.message());
-  size_t removed_shards = 0;
+  size_t removed_shards = 0, removed_unfinished = 0;
   for (const std::string& name : names) {
-    if (listed.count(name) == 0 && !is_own_temp_name(name)) continue;
+    if (!ours(name) && !is_own_temp_name(name)) continue;
     const fs::path path = fs::path(dir) / name;
     if (!fs::is_regular_file(path, ec)) continue;
     fs::remove(path, ec);
     if (ec) fail(path.string(), ": cannot remove: ", ec.message());
     removed_shards += listed.count(name);
+    removed_unfinished += listed.count(name) == 0 && is_shard_name(name);
   }
   fsync_directory(dir);
-  ELECTRA_LOG(info) << "--force: replacing " << dir << ": removed the old manifest.json (if any) and " << removed_shards
-                    << " shards it listed; vocab.txt is replaced at the end, other files are left alone";
+  ELECTRA_LOG(info) << "--force: replacing " << dir << ": removed the old manifest.json (if any), " << removed_shards
+                    << " shards it listed"
+                    << (unfinished_run ? " and " + std::to_string(removed_unfinished) + " of a run that did not finish"
+                                       : std::string())
+                    << "; vocab.txt is replaced at the end, other files are left alone";
 }
 
 Manifest run_preprocess(const PreprocessOptions& options, MPI_Comm comm) {
@@ -413,7 +427,8 @@ Manifest run_preprocess(const PreprocessOptions& options, MPI_Comm comm) {
   // 1. Rank 0 checks the arguments, lists the inputs and prepares the output directory (or refuses it);
   //    everyone gets the list, or the same BadInputError before any rank has written anything.
   nlohmann::json plan;
-  std::optional<text::Vocab> vocab;  // rank 0 reads it here (bad input), the others in step 2
+  std::optional<text::Vocab> vocab;          // rank 0 reads it here (bad input), the others in step 2
+  std::optional<DirectoryLock> output_lock;  // rank 0, from here until the manifest is written
   if (rank == 0) {
     try {
       if (options.output_dir.empty()) fail("--output is required");
@@ -425,10 +440,25 @@ Manifest run_preprocess(const PreprocessOptions& options, MPI_Comm comm) {
         fail("--deflate-level ", options.deflate_level, " is outside [0, 9]");
       const std::vector<InputFile> files = list_input_files(options.inputs);
       vocab.emplace(text::Vocab::load(options.vocab_path));  // missing or malformed: bad input, nothing written
-      prepare_output_directory(options.output_dir, options.force);
+      output_lock.emplace(options.output_dir, kOutputLockName);
+      if (output_lock->state() == DirectoryLock::State::kBusy) {
+        throw BadInputError(detail::concat(options.output_dir, " is being written by another electra-preprocess (",
+                                           output_lock->holder(), "; ", output_lock->path().string(),
+                                           "): wait for it to end or stop it, or choose another --output"));
+      }
+      if (output_lock->state() == DirectoryLock::State::kNoLocks) {
+        ELECTRA_LOG(warning) << output_lock->path().string() << ": cannot lock the output directory ("
+                             << output_lock->reason() << "): make sure no other electra-preprocess writes to "
+                             << options.output_dir;
+      }
+      prepare_output_directory(options.output_dir, options.force, output_lock->file_existed());
       plan["files"] = nlohmann::json::array();
       for (const InputFile& f : files) plan["files"].push_back({f.path, f.size});
     } catch (const Error& e) {
+      // Refused before anything was written: a lock file this run made goes again.
+      if (output_lock && output_lock->state() != DirectoryLock::State::kBusy && !output_lock->file_existed()) {
+        output_lock->remove_file();
+      }
       plan = {{"error", e.what()}};
     }
   }
@@ -498,6 +528,7 @@ Manifest run_preprocess(const PreprocessOptions& options, MPI_Comm comm) {
       manifest.stats["slot_fill"] = slot_fill;
       copy_file_atomically(options.vocab_path, fs::path(options.output_dir) / kVocabFileName);
       manifest.save(options.output_dir);
+      output_lock->remove_file();  // the run finished: nothing marks the directory as half-written
       ELECTRA_LOG(info) << "preprocess: wrote " << manifest.shards.size() << " shards, " << total.examples
                         << " examples"
                         << (options.pack ? " packed into " + std::to_string(manifest.total_rows) + " rows" : "") << ", "

@@ -100,9 +100,10 @@ RankResult preprocess_rank(const PreprocessOptions& options, const text::Vocab& 
 
 // Makes `dir` ready for a run (see the top of this file): creates it when missing; refuses a non-empty
 // one unless `force`; with `force` removes manifest.json first (so that no reader trusts old shards while
-// new ones are written), then the shards it listed and the program's temporary files. Refusals are
-// BadInputError naming the path; nothing is removed then.
-void prepare_output_directory(const std::string& dir, bool force);
+// new ones are written), then the shards it listed and the program's temporary files, and, when
+// `unfinished_run` (an earlier run's kOutputLockName was found), every shard file: that run's. Refusals are
+// BadInputError naming the path; nothing is removed then. The lock file itself does not count.
+void prepare_output_directory(const std::string& dir, bool force, bool unfinished_run = false);
 
 // The whole program on every rank of `comm` (collective). Returns the manifest on every rank once rank
 // 0 has written it. Any rank's failure is an electra::Error on every rank (no hang, no manifest); a

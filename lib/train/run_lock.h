@@ -6,7 +6,8 @@
 #pragma once
 
 #include <filesystem>
-#include <string>
+
+#include "lib/core/dir_lock.h"
 
 namespace electra::train {
 
@@ -15,16 +16,13 @@ class RunLock {
   // Creates run_dir (and RUN_DIR/.lock) when missing and takes the lock. Fails naming the holder (pid, host,
   // start time, as it wrote them into the file) when another process has it.
   explicit RunLock(const std::filesystem::path& run_dir);
-  ~RunLock();
-  RunLock(const RunLock&) = delete;
-  RunLock& operator=(const RunLock&) = delete;
 
-  bool held() const { return fd_ >= 0 && locked_; }
-  static std::filesystem::path path_in(const std::filesystem::path& run_dir) { return run_dir / ".lock"; }
+  bool held() const { return lock_.state() == DirectoryLock::State::kHeld; }
+  static constexpr const char* kFileName = ".lock";
+  static std::filesystem::path path_in(const std::filesystem::path& run_dir) { return run_dir / kFileName; }
 
  private:
-  int fd_ = -1;
-  bool locked_ = false;
+  DirectoryLock lock_;
 };
 
 }  // namespace electra::train

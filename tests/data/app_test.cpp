@@ -2,6 +2,7 @@
 // refusing or replacing (--force) an existing output directory.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -10,6 +11,7 @@
 #include <sstream>
 
 #include "data_pipeline/preprocess/manifest.h"
+#include "lib/core/dir_lock.h"
 #include "tests/data/test_util.h"
 
 namespace electra::data {
@@ -126,8 +128,11 @@ TEST_F(App, AFullDiskExitsOneAndLeavesNoPartialShard) {
   EXPECT_NE(output.find("shard-r0000-00000.h5.tmp"), std::string::npos) << output;
   EXPECT_EQ(output.find("Segmentation"), std::string::npos) << output;
   EXPECT_FALSE(fs::exists(tmp / "full/manifest.json"));
+  // Only the lock file stays: it marks the run as unfinished (ForceReplacesWhatARunThatDidNotFinishLeft).
   if (fs::exists(tmp / "full")) {
-    for (const auto& entry : fs::directory_iterator(tmp / "full")) ADD_FAILURE() << "left " << entry.path();
+    for (const auto& entry : fs::directory_iterator(tmp / "full")) {
+      if (entry.path().filename() != kOutputLockName) ADD_FAILURE() << "left " << entry.path();
+    }
   }
 }
 
@@ -261,6 +266,52 @@ TEST_F(App, ForceReplacesOnlyWhatThePreviousRunWrote) {
   EXPECT_EQ(read_text(tmp / "out/shard-r0007-00000.h5"), "someone else's\n");
   EXPECT_EQ(read_text(tmp / "out/manifest.json"), manifest_before);
   for (const std::string& name : listed_files(replaced)) EXPECT_TRUE(fs::exists(tmp / ("out/" + name))) << name;
+}
+
+// A run that did not finish (killed, preempted, a node lost) leaves its lock file, shards and temporary
+// files, and no manifest. Neither a rerun nor --force could use that directory: --force refused every shard
+// the (missing) manifest did not list. The lock file now says that an electra-preprocess run wrote them, so
+// --force replaces them; without it the refusal says what happened. A finished run leaves no lock file.
+TEST_F(App, ForceReplacesWhatARunThatDidNotFinishLeft) {
+  std::string output;
+  ASSERT_EQ(run(app() + args("done", 8), &output), 0) << output;
+  EXPECT_FALSE(fs::exists(fs::path(tmp / "done") / kOutputLockName));
+
+  // The state a killed run leaves: the kernel dropped its flock, the file with its pid stays.
+  fs::create_directories(tmp / "out");
+  for (const std::string& name : shard_files(tmp / "done"))
+    fs::copy_file(fs::path(tmp / "done") / name, fs::path(tmp / "out") / name);
+  std::ofstream(tmp / "out/.shard-r0001-00002.h5.tmp") << "half a shard\n";
+  std::ofstream(fs::path(tmp / "out") / kOutputLockName) << "pid 12345 on node7, started 2026-12-07 05:00:00 UTC\n";
+  std::ofstream(tmp / "out/notes.txt") << "mine\n";
+
+  EXPECT_EQ(run(app() + args("out"), &output), 2) << output;
+  EXPECT_NE(output.find("an electra-preprocess run into it did not finish"), std::string::npos) << output;
+  EXPECT_NE(output.find("--force"), std::string::npos) << output;
+  EXPECT_TRUE(fs::exists(fs::path(tmp / "out") / kOutputLockName));
+
+  const std::string mpirun = "mpirun -np 2 --oversubscribe --allow-run-as-root " + app();
+  ASSERT_EQ(run(mpirun + args("out", 32) + " --force", &output), 0) << output;
+  const Manifest replaced = Manifest::load(tmp / "out/manifest.json");
+  EXPECT_EQ(shard_files(tmp / "out"), listed_files(replaced));
+  EXPECT_FALSE(fs::exists(tmp / "out/.shard-r0001-00002.h5.tmp"));
+  EXPECT_FALSE(fs::exists(fs::path(tmp / "out") / kOutputLockName));
+  EXPECT_EQ(read_text(tmp / "out/notes.txt"), "mine\n");
+  EXPECT_EQ(testing::read_all_rows(tmp / "out").size(), replaced.total_rows);
+}
+
+// A second electra-preprocess into a directory another one is writing is refused, naming the holder, and
+// touches nothing (the lock is held here by the test, as a running rank 0 holds it).
+TEST_F(App, AnOutputBeingWrittenIsRefused) {
+  std::string output;
+  const DirectoryLock busy(tmp / "out", kOutputLockName);
+  ASSERT_EQ(busy.state(), DirectoryLock::State::kHeld);
+  EXPECT_EQ(run(app() + args("out") + " --force", &output), 2) << output;
+  EXPECT_NE(output.find("is being written by another electra-preprocess (pid " + std::to_string(::getpid())),
+            std::string::npos)
+      << output;
+  EXPECT_FALSE(fs::exists(tmp / "out/manifest.json"));
+  EXPECT_TRUE(shard_files(tmp / "out").empty());
 }
 
 }  // namespace
