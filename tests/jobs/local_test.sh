@@ -48,6 +48,14 @@ grep -q "running: mpirun -np 2" "$tmp/preprocess.log" || fail "preprocess.sh did
 say "0. preprocess.sh: $(ls "$tmp"/shards/*.h5 | wc -l) shards"
 
 args=("${small_model_args[@]}" --set "train.steps=$steps" --set train.checkpoint_every=100)
+wait_for_metrics() {  # run_dir lines pid label: until run_dir/metrics.jsonl has that many lines (180 s at most)
+  local deadline=$((SECONDS + 180))
+  until [ "$(metric_lines "$1")" -ge "$2" ]; do
+    kill -0 "$3" 2> /dev/null || fail "$4: it ended before $2 metrics lines"
+    [ $SECONDS -lt $deadline ] || fail "$4: no $2 metrics lines within 180 s"
+    sleep 0.05
+  done
+}
 pretrain() {  # run_dir log: runs (exec) the script in the foreground of the calling (sub)shell
   exec env DATA="$tmp/shards" RUN_DIR="$1" NP=2 THREADS=1 CONFIG="$root/jobs/configs/tiny.json" \
     "$root/jobs/local/pretrain.sh" "${args[@]}" > "$2" 2>&1
@@ -64,12 +72,7 @@ say "a. pretrain.sh: $steps steps"
 (pretrain "$tmp/run_b" "$tmp/train_b1.log") &
 pid=$!  # the script's pid: the subshell execs it
 pids+=("$pid")
-deadline=$((SECONDS + 120))
-until [ "$(metric_lines "$tmp/run_b")" -ge 20 ]; do
-  kill -0 "$pid" 2> /dev/null || fail "run b: pretrain.sh ended before step 20"
-  [ $SECONDS -lt $deadline ] || fail "run b: no step 20 within 120 s"
-  sleep 0.05
-done
+wait_for_metrics "$tmp/run_b" 20 "$pid" "run b"
 kill -TERM "$pid" || fail "kill -TERM $pid failed"
 wait "$pid"
 code=$?
@@ -120,12 +123,7 @@ for signal in INT HUP; do
     CONFIG="$root/jobs/configs/tiny.json" "$root/jobs/local/pretrain.sh" "${args[@]}" > "$tmp/train_e$signal.log" 2>&1 &
   pid=$!
   pids+=("$pid")
-  deadline=$((SECONDS + 120))
-  until [ "$(metric_lines "$tmp/run_e$signal")" -ge 20 ]; do
-    kill -0 "$pid" 2> /dev/null || fail "run e: pretrain.sh ended before step 20"
-    [ $SECONDS -lt $deadline ] || fail "run e: no step 20 within 120 s"
-    sleep 0.05
-  done
+  wait_for_metrics "$tmp/run_e$signal" 20 "$pid" "run e ($signal)"
   kill "-$signal" -- "-$pid" || fail "kill -$signal -$pid failed"
   wait "$pid"
   code=$?
@@ -145,12 +143,7 @@ foreground_job env CORPUS="$tmp/corpus" WORK="$tmp/work_f" RUN="$tmp/run_f" VOCA
   STEPS=100000 NP=2 "$root/jobs/local/pretrain_default.sh" > "$tmp/train_f.log" 2>&1 &
 pid=$!
 pids+=("$pid")
-deadline=$((SECONDS + 180))
-until [ "$(metric_lines "$tmp/run_f")" -ge 2 ]; do  # tiny.json logs every 10 steps
-  kill -0 "$pid" 2> /dev/null || fail "run f: pretrain_default.sh ended before step 20 (see $tmp/train_f.log)"
-  [ $SECONDS -lt $deadline ] || fail "run f: no step 20 within 180 s"
-  sleep 0.05
-done
+wait_for_metrics "$tmp/run_f" 2 "$pid" "run f (see $tmp/train_f.log)"  # tiny.json logs every 10 steps
 kill -INT -- "-$pid" || fail "kill -INT -$pid failed"
 wait "$pid"
 code=$?
