@@ -180,6 +180,7 @@ ShardDataset::ShardDataset(const DatasetOptions& options) : options_(options) {
   h5::quiet_errors();
   if (options_.seq_length <= 0) fail("seq_length must be positive");
   if (!fs::is_directory(options_.data_dir)) fail(options_.data_dir, ": data directory does not exist");
+  check_not_half_written(options_.data_dir);
   const std::string manifest = (fs::path(options_.data_dir) / kManifestName).string();
   if (fs::exists(manifest)) {
     format_ = Format::kElectra;

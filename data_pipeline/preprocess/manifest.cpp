@@ -73,6 +73,16 @@ Manifest Manifest::from_json(const nlohmann::json& j, const std::string& where) 
   return m;
 }
 
+void check_not_half_written(const std::string& dir) {
+  const std::filesystem::path lock = std::filesystem::path(dir) / kOutputLockName;
+  std::error_code ec;
+  if (std::filesystem::exists(std::filesystem::path(dir) / kManifestName, ec) || !std::filesystem::exists(lock, ec))
+    return;
+  fail(dir, ": electra-preprocess has not finished writing it (", lock.string(),
+       " is there, manifest.json is not: a run is still writing it, or it did not finish); wait for it, or run "
+       "electra-preprocess again with --force");
+}
+
 Manifest Manifest::load(const std::string& path) {
   std::ifstream in(path);
   if (!in) fail(path, ": cannot open manifest");

@@ -17,6 +17,10 @@ inline constexpr const char* kVocabFileName = "vocab.txt";
 // manifest is written: found at the start of a run, it says that an earlier run did not finish.
 inline constexpr const char* kOutputLockName = ".electra-preprocess.lock";
 
+// Fails naming `dir` when it has no manifest.json but electra-preprocess's kOutputLockName: a run is still
+// writing it or did not finish, so its shards are not to be read.
+void check_not_half_written(const std::string& dir);
+
 struct Manifest {
   // shard_format_version(pack): 2 when the shards are packed.
   int format_version = kShardFormatVersion;

@@ -20,6 +20,7 @@ namespace electra::eval {
 namespace fs = std::filesystem;
 
 int manifest_seq_length(const std::string& data_dir) {
+  data::check_not_half_written(data_dir);
   const fs::path manifest = fs::path(data_dir) / data::kManifestName;
   if (!fs::exists(manifest)) return 0;
   return data::Manifest::load(manifest.string()).max_seq_length;

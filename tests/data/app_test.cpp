@@ -10,8 +10,10 @@
 #include <fstream>
 #include <sstream>
 
+#include "data_pipeline/loader/shard_dataset.h"
 #include "data_pipeline/preprocess/manifest.h"
 #include "lib/core/dir_lock.h"
+#include "lib/core/error.h"
 #include "tests/data/test_util.h"
 
 namespace electra::data {
@@ -289,6 +291,17 @@ TEST_F(App, ForceReplacesWhatARunThatDidNotFinishLeft) {
   EXPECT_NE(output.find("an electra-preprocess run into it did not finish"), std::string::npos) << output;
   EXPECT_NE(output.find("--force"), std::string::npos) << output;
   EXPECT_TRUE(fs::exists(fs::path(tmp / "out") / kOutputLockName));
+  // Nor are its shards read (electra-train and electra-eval open data through ShardDataset): exit 2 there.
+  DatasetOptions half_written;
+  half_written.data_dir = tmp / "out";
+  half_written.seq_length = 40;
+  try {
+    ShardDataset dataset(half_written);
+    ADD_FAILURE() << "a half-written directory was opened";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("electra-preprocess has not finished writing it"), std::string::npos)
+        << e.what();
+  }
 
   const std::string mpirun = "mpirun -np 2 --oversubscribe --allow-run-as-root " + app();
   ASSERT_EQ(run(mpirun + args("out", 32) + " --force", &output), 0) << output;
