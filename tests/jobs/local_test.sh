@@ -56,6 +56,15 @@ wait_for_metrics() {  # run_dir lines pid label: until run_dir/metrics.jsonl has
     sleep 0.05
   done
 }
+# The step of LOG's "stopping at step" line, whose ranks got pretrain.sh's forwarded SIGUSR1. In $(...) a
+# failure ends only the subshell, and says so on stderr: call it as `step=$(stop_step LOG LABEL) || exit 1`.
+stop_step() {  # log label
+  local line
+  line=$(grep -m1 "stopping at step" "$1") || fail "$2: no 'stopping at step' line in $1" >&2
+  grep -q SIGUSR1 <<< "$line" || fail "$2: the ranks did not get the forwarded SIGUSR1: $line" >&2
+  grep -oE 'stopping at step [0-9]+' <<< "$line" | grep -oE '[0-9]+$'
+}
+checkpoint_of() { printf '%s/checkpoints/ckpt-%08d.h5' "$1" "$2"; }  # run_dir step
 pretrain() {  # run_dir log: runs (exec) the script in the foreground of the calling (sub)shell
   exec env DATA="$tmp/shards" RUN_DIR="$1" NP=2 THREADS=1 CONFIG="$root/jobs/configs/tiny.json" \
     "$root/jobs/local/pretrain.sh" "${args[@]}" > "$2" 2>&1
@@ -78,9 +87,7 @@ wait "$pid"
 code=$?
 pids=()
 [ $code = 3 ] || fail "run b: pretrain.sh exited $code after SIGTERM, expected 3"
-stop_line=$(grep -m1 "stopping at step" "$tmp/train_b1.log") || fail "run b: no 'stopping at step' line"
-grep -q SIGUSR1 <<< "$stop_line" || fail "run b: the ranks did not get the forwarded SIGUSR1: $stop_line"
-stopped_at=$(grep -oE 'stopping at step [0-9]+' <<< "$stop_line" | grep -oE '[0-9]+$')
+stopped_at=$(stop_step "$tmp/train_b1.log" "run b") || exit 1
 [ "$stopped_at" -lt $steps ] || fail "run b stopped at $stopped_at, not before the end"
 (pretrain "$tmp/run_b" "$tmp/train_b2.log")
 code=$?
@@ -129,11 +136,8 @@ for signal in INT HUP; do
   code=$?
   pids=()
   [ $code = 3 ] || fail "run e: pretrain.sh exited $code after SIG$signal, expected 3 (see $tmp/train_e$signal.log)"
-  stop_line=$(grep -m1 "stopping at step" "$tmp/train_e$signal.log") || fail "run e: no 'stopping at step' line"
-  grep -q SIGUSR1 <<< "$stop_line" || fail "run e: the ranks did not get the forwarded SIGUSR1: $stop_line"
-  stopped_at=$(grep -oE 'stopping at step [0-9]+' <<< "$stop_line" | grep -oE '[0-9]+$')
-  [ -f "$tmp/run_e$signal/checkpoints/$(printf 'ckpt-%08d.h5' "$stopped_at")" ] ||
-    fail "run e: no checkpoint of step $stopped_at after SIG$signal"
+  stopped_at=$(stop_step "$tmp/train_e$signal.log" "run e ($signal)") || exit 1
+  [ -f "$(checkpoint_of "$tmp/run_e$signal" "$stopped_at")" ] || fail "run e: no checkpoint of step $stopped_at after SIG$signal"
   say "e. pretrain.sh: SIG$signal to its process group -> stopped at step $stopped_at with a checkpoint (exit 3)"
 done
 
@@ -151,9 +155,8 @@ pids=()
 [ $code = 130 ] || fail "run f: pretrain_default.sh exited $code after Ctrl-C, expected 130 (see $tmp/train_f.log)"
 grep -q "interrupted; run the same command again to continue" "$tmp/train_f.log" ||
   fail "run f: pretrain_default.sh did not say how to continue"
-stop_line=$(grep -m1 "stopping at step" "$tmp/train_f.log") || fail "run f: no 'stopping at step' line"
-stopped_at=$(grep -oE 'stopping at step [0-9]+' <<< "$stop_line" | grep -oE '[0-9]+$')
-[ -f "$tmp/run_f/checkpoints/$(printf 'ckpt-%08d.h5' "$stopped_at")" ] || fail "run f: no checkpoint of step $stopped_at"
+stopped_at=$(stop_step "$tmp/train_f.log" "run f") || exit 1
+[ -f "$(checkpoint_of "$tmp/run_f" "$stopped_at")" ] || fail "run f: no checkpoint of step $stopped_at"
 [ -f "$tmp/work_f/shards/manifest.json" ] || fail "run f: the shards were not kept"
 say "f. pretrain_default.sh: Ctrl-C -> stopped at step $stopped_at with a checkpoint, data kept (exit 130)"
 say "PASSED"
