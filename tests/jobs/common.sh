@@ -44,6 +44,17 @@ metric_lines() {
   echo "$n"
 }
 
+# wait_for_metrics RUN_DIR N PID LABEL: until RUN_DIR/metrics.jsonl has N lines, while PID still runs (180 s
+# at most); fails naming LABEL.
+wait_for_metrics() {
+  local deadline=$((SECONDS + 180))
+  until [ "$(metric_lines "$1")" -ge "$2" ]; do
+    kill -0 "$3" 2> /dev/null || fail "$4: it ended before $2 metrics lines"
+    [ $SECONDS -lt $deadline ] || fail "$4: no $2 metrics lines within 180 s"
+    sleep 0.02
+  done
+}
+
 # trajectory RUN_DIR: one line per metrics.jsonl line, the step and the losses, accuracies and gradient
 # norm exactly as written (two runs are compared with `diff`: the values must be bitwise equal).
 trajectory() {

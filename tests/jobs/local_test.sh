@@ -48,14 +48,6 @@ grep -q "running: mpirun -np 2" "$tmp/preprocess.log" || fail "preprocess.sh did
 say "0. preprocess.sh: $(ls "$tmp"/shards/*.h5 | wc -l) shards"
 
 args=("${small_model_args[@]}" --set "train.steps=$steps" --set train.checkpoint_every=100)
-wait_for_metrics() {  # run_dir lines pid label: until run_dir/metrics.jsonl has that many lines (180 s at most)
-  local deadline=$((SECONDS + 180))
-  until [ "$(metric_lines "$1")" -ge "$2" ]; do
-    kill -0 "$3" 2> /dev/null || fail "$4: it ended before $2 metrics lines"
-    [ $SECONDS -lt $deadline ] || fail "$4: no $2 metrics lines within 180 s"
-    sleep 0.05
-  done
-}
 # The step of LOG's "stopping at step" line, whose ranks got pretrain.sh's forwarded SIGUSR1. In $(...) a
 # failure ends only the subshell, and says so on stderr: call it as `step=$(stop_step LOG LABEL) || exit 1`.
 stop_step() {  # log label

@@ -78,15 +78,6 @@ start_multihost_train() {
   mpirun_pid=$!
 }
 
-# wait_for_step RUN_DIR N: until metrics.jsonl has N lines (the run must still be going)
-wait_for_step() {
-  local deadline=$((SECONDS + 120))
-  until [ "$(metric_lines "$1")" -ge "$2" ]; do
-    kill -0 "$mpirun_pid" 2> /dev/null || fail "$1: the run ended before step $2"
-    [ $SECONDS -lt $deadline ] || fail "$1: no step $2 within 120 s"
-    sleep 0.02
-  done
-}
 
 # wait_for_end WHAT: waits for mpirun, at most $bound s from now; sets code and took (seconds)
 wait_for_end() {
@@ -178,7 +169,7 @@ say "b. electra-eval across the hosts: the one-host numbers"
 
 # --- c. cut host b's link ---------------------------------------------------------------------------------
 start_multihost_train "$tmp/run_cut" "$tmp/train_cut.log"
-wait_for_step "$tmp/run_cut" $cut_after
+wait_for_metrics "$tmp/run_cut" $cut_after "$mpirun_pid" "$tmp/run_cut"
 ip -n "$ns_b" link set $ifname down || fail "c: could not take $ifname down"
 at=$(metric_lines "$tmp/run_cut")
 wait_for_end "c: link cut at step $at"
@@ -195,7 +186,7 @@ say "c. link back up: resumed from step $resumed, the one-host losses bit for bi
 
 # --- d. kill host b's rank -------------------------------------------------------------------------------
 start_multihost_train "$tmp/run_kill" "$tmp/train_kill.log"
-wait_for_step "$tmp/run_kill" $cut_after
+wait_for_metrics "$tmp/run_kill" $cut_after "$mpirun_pid" "$tmp/run_kill"
 rank_pid=
 for pid in $(ip netns pids "$ns_b"); do
   [ "$(cat "/proc/$pid/comm" 2> /dev/null)" = electra-train ] && rank_pid=$pid
