@@ -456,9 +456,7 @@ Manifest run_preprocess(const PreprocessOptions& options, MPI_Comm comm) {
       for (const InputFile& f : files) plan["files"].push_back({f.path, f.size});
     } catch (const Error& e) {
       // Refused before anything was written: a lock file this run made goes again.
-      if (output_lock && output_lock->state() != DirectoryLock::State::kBusy && !output_lock->file_existed()) {
-        output_lock->remove_file();
-      }
+      if (output_lock && !output_lock->file_existed()) output_lock->remove_file();
       plan = {{"error", e.what()}};
     }
   }

@@ -38,7 +38,7 @@ std::string read_all(int fd) {
 
 DirectoryLock::DirectoryLock(const std::filesystem::path& dir, const std::string& name) : path_(dir / name) {
   std::error_code error;
-  std::filesystem::create_directories(dir, error);
+  made_dir_ = std::filesystem::create_directories(dir, error);
   if (error) fail("directory ", dir.string(), ": cannot create it: ", error.message());
   file_existed_ = std::filesystem::exists(path_, error);
   fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);

@@ -31,8 +31,11 @@ class DirectoryLock {
   const std::string& reason() const { return reason_; }
   // Whether dir/name was there before this object opened it (left by an earlier holder).
   bool file_existed() const { return file_existed_; }
+  // Whether this object created `dir`.
+  bool made_dir() const { return made_dir_; }
   const std::filesystem::path& path() const { return path_; }
-  // Removes the file, then lets the lock go: for a holder whose finished work should leave no trace.
+  // Removes the file, then lets the lock go: for a holder whose finished work should leave no trace. Does
+  // nothing when another process holds the lock.
   void remove_file();
 
  private:
@@ -41,6 +44,7 @@ class DirectoryLock {
   State state_ = State::kNoLocks;
   std::string holder_, reason_;
   bool file_existed_ = false;
+  bool made_dir_ = false;
 };
 
 }  // namespace electra

@@ -23,4 +23,11 @@ RunLock::RunLock(const std::filesystem::path& run_dir) : lock_(run_dir, kFileNam
   }
 }
 
+void RunLock::abandon() {
+  lock_.remove_file();
+  if (!lock_.made_dir()) return;
+  std::error_code ignored;
+  std::filesystem::remove(lock_.path().parent_path(), ignored);  // only when empty
+}
+
 }  // namespace electra::train

@@ -18,6 +18,9 @@ class RunLock {
   explicit RunLock(const std::filesystem::path& run_dir);
 
   bool held() const { return lock_.state() == DirectoryLock::State::kHeld; }
+  // After a refused set-up: removes the lock file, and the run directory when this lock made it (and it is
+  // still empty), so that the refused run leaves nothing behind; then lets the lock go.
+  void abandon();
   static constexpr const char* kFileName = ".lock";
   static std::filesystem::path path_in(const std::filesystem::path& run_dir) { return run_dir / kFileName; }
 

@@ -278,7 +278,6 @@ class Trainer {
   std::unique_ptr<dist::GradientReducer> reducer_;  // over transport_ (make_rank_reducer)
   bool reducer_stages_through_host_ = false;
   std::optional<RunLock> run_lock_;              // rank 0: RUN_DIR/.lock, held for the whole run
-  bool made_run_dir_ = false;                    // rank 0: the set-up created RUN_DIR (for the lock)
   std::unique_ptr<RunCheckpoints> checkpoints_;  // --resume, train.checkpoint_every, the stop checkpoint
   std::unique_ptr<MetricsWriter> metrics_;
   std::unique_ptr<TensorBoardWriter> tensorboard_;
@@ -400,11 +399,7 @@ std::optional<std::string> Trainer::setup() {
                                                     settings_, run_dir_, lower_case_);
     // One run per directory, decided before --resume looks at its checkpoints (run_lock.h). The last
     // set-up step that can fail comes after it; a directory made here is removed again if it does.
-    if (comm_.is_root()) {
-      std::error_code ignored;
-      made_run_dir_ = !fs::exists(run_dir_, ignored);
-      run_lock_.emplace(run_dir_);
-    }
+    if (comm_.is_root()) run_lock_.emplace(run_dir_);
     const std::optional<RunCheckpoints::Resumed> resumed = checkpoints_->resume(options_.resume);
     if (resumed) {
       progress_ = resumed->state;
@@ -425,11 +420,8 @@ std::optional<std::string> Trainer::setup() {
 
 void Trainer::abandon_run_dir() {
   if (!run_lock_) return;
+  run_lock_->abandon();
   run_lock_.reset();
-  if (!made_run_dir_) return;
-  std::error_code ignored;
-  fs::remove(RunLock::path_in(run_dir_), ignored);
-  fs::remove(run_dir_, ignored);  // only when empty: nothing else was written yet
 }
 
 // The rank's device: the CPU, or GPU local_rank % visible GPUs (one rank per GPU is the intended layout).

@@ -19,11 +19,13 @@ TEST(DirectoryLock, OneHolderTheOthersSeeWhoAndTheFileCanGo) {
   std::optional<DirectoryLock> first(std::in_place, dir, ".lock");
   ASSERT_EQ(first->state(), DirectoryLock::State::kHeld);
   EXPECT_FALSE(first->file_existed());
+  EXPECT_TRUE(first->made_dir());
   EXPECT_TRUE(fs::is_directory(dir));  // made when missing
   {
     const DirectoryLock second(dir, ".lock");  // flock() locks are per open file: one process conflicts too
     EXPECT_EQ(second.state(), DirectoryLock::State::kBusy);
     EXPECT_TRUE(second.file_existed());
+    EXPECT_FALSE(second.made_dir());
     EXPECT_NE(second.holder().find("pid " + std::to_string(::getpid()) + " on "), std::string::npos) << second.holder();
   }
   first.reset();  // the lock goes, the file stays

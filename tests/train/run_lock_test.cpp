@@ -35,5 +35,22 @@ TEST(RunLock, ASecondHolderIsRefusedUntilTheFirstLetsGo) {
   EXPECT_TRUE(third.held());
 }
 
+// A refused set-up abandons the run directory: the lock file goes, and the directory too when the lock made
+// it; a directory that was there stays.
+TEST(RunLock, AbandonRemovesWhatTheLockMade) {
+  testing::TempDir dir;
+  const std::filesystem::path made = dir.path() / "made";
+  RunLock fresh(made);
+  fresh.abandon();
+  EXPECT_FALSE(std::filesystem::exists(made));
+
+  const std::filesystem::path existing = dir.path() / "existing";
+  std::filesystem::create_directories(existing);
+  RunLock old(existing);
+  old.abandon();
+  EXPECT_FALSE(std::filesystem::exists(RunLock::path_in(existing)));
+  EXPECT_TRUE(std::filesystem::is_directory(existing));
+}
+
 }  // namespace
 }  // namespace electra::train
