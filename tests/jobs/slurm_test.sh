@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The Slurm recipes on a real one-node Slurm cluster started on this machine (munged, slurmctld, slurmd,
 # all configured in a temporary directory through SLURM_CONF; nothing system-wide is read or changed):
-#   0. jobs/slurm/preprocess.sbatch makes shards (2 tasks, srun) from a small generated corpus;
+#   0. jobs/slurm/preprocess.sbatch makes shards (2 tasks, srun) from a small generated corpus; requeued,
+#      a job that first refused an unfinished run's output (what a preempted job leaves) replaces it;
 #   a. jobs/slurm/pretrain.sbatch trains a very small model to N steps without interruption;
 #   b. the same job gets SIGUSR1 in its batch shell mid-training (`scancel --batch --signal=USR1`, what
 #      `#SBATCH --signal=B:USR1@120` does before the time limit): the script forwards it to the ranks,
@@ -242,6 +243,26 @@ grep -q "running: srun --mpi=pmix" "$tmp/preprocess.out" || fail "preprocess.sba
 [ -f "$data/shards/manifest.json" ] || fail "no manifest.json after preprocess.sbatch"
 [ "$(ls "$data"/shards/*.h5 | wc -l)" -ge 2 ] || fail "preprocess on 2 tasks wrote fewer than 2 shards"
 say "0. preprocess.sbatch: job $job COMPLETED, $(ls "$data"/shards/*.h5 | wc -l) shards"
+
+# 0r. What a killed preprocessing attempt leaves (the unfinished-run mark, a shard, no manifest) is
+# refused on a first start; the same job requeued (SLURM_RESTART_COUNT 1, as after a preemption) replaces it.
+left=$data/shards_left
+mkdir -p "$left" && touch "$left/.electra-preprocess.lock" && cp "$data/shards/shard-r0000-00000.h5" "$left/shard-r0000-00009.h5" ||
+  fail "cannot make $left"
+job=$(INPUT=$data/corpus VOCAB=$data/vocab.txt OUTPUT=$left MAX_SEQ_LENGTH=32 \
+  sbatch --parsable --ntasks-per-node=2 --cpus-per-task=1 --time=5 --output="$tmp/preprocess_left.out" \
+  jobs/slurm/preprocess.sbatch) || fail "sbatch preprocess.sbatch failed"
+state=$(wait_job "$job" 120)
+[ "$state" = FAILED ] || fail "preprocess job $job into an unfinished run's output ended $state, expected FAILED"
+grep -q "did not finish" "$tmp/preprocess_left.out" || fail "job $job: the refusal does not name the unfinished run"
+scontrol requeue "$job" || fail "scontrol requeue $job failed (preprocess.sbatch must allow requeueing)"
+state=$(wait_job "$job" 120)
+[ "$state" = COMPLETED ] || fail "requeued preprocess job $job ended $state (exit $(job_field "$job" ExitCode))"
+grep -q "(restart 1)" "$tmp/preprocess_left.out" || fail "job $job: no second start (restart 1) in the appended output"
+grep -q "replacing its files (--force)" "$tmp/preprocess_left.out" || fail "job $job: the restart did not pass --force"
+[ -f "$left/manifest.json" ] && [ ! -e "$left/.electra-preprocess.lock" ] && [ ! -e "$left/shard-r0000-00009.h5" ] ||
+  fail "job $job: $left is not a finished output: $(ls -A "$left" | tr '\n' ' ')"
+say "0r. preprocess.sbatch into an unfinished run's output: job $job FAILED, requeued, COMPLETED (replaced it)"
 
 # --- training jobs ---------------------------------------------------------------------------------
 # The small-model settings of tests/e2e/train_e2e_test.cpp, as script arguments; train.steps and
