@@ -174,21 +174,41 @@ void read_rows(hid_t dataset, hid_t mem_type, uint64_t first, uint64_t rows, uin
             what + ": read of rows " + std::to_string(first) + ".." + std::to_string(first + rows - 1) + " failed");
 }
 
+// The NVIDIA shard files of `dir`, sorted (hidden files left out).
+std::vector<std::string> nvidia_shard_files(const std::string& dir) {
+  std::vector<std::string> files;
+  for (const fs::directory_entry& e : fs::directory_iterator(dir)) {
+    const std::string ext = e.path().extension().string();
+    if (e.is_regular_file() && (ext == ".hdf5" || ext == ".h5") && e.path().filename().string()[0] != '.')
+      files.push_back(e.path().string());
+  }
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
 }  // namespace
+
+ShardFormat check_data_directory(const std::string& dir) {
+  std::error_code ec;
+  if (!fs::exists(dir, ec)) fail(dir, ": data directory does not exist");
+  if (!fs::is_directory(dir, ec)) fail(dir, ": not a directory: give the directory that holds the shards");
+  check_not_half_written(dir);
+  if (fs::exists(fs::path(dir) / kManifestName, ec)) return ShardFormat::kElectra;
+  if (nvidia_shard_files(dir).empty())
+    fail(dir,
+         ": no shards: neither manifest.json (electra-preprocess's shards) nor *.hdf5/*.h5 files (NVIDIA BERT "
+         "shards)");
+  return ShardFormat::kNvidia;
+}
 
 ShardDataset::ShardDataset(const DatasetOptions& options) : options_(options) {
   h5::quiet_errors();
   if (options_.seq_length <= 0) fail("seq_length must be positive");
-  if (!fs::is_directory(options_.data_dir)) fail(options_.data_dir, ": data directory does not exist");
-  check_not_half_written(options_.data_dir);
-  const std::string manifest = (fs::path(options_.data_dir) / kManifestName).string();
-  if (fs::exists(manifest)) {
-    format_ = Format::kElectra;
-    open_electra(manifest);
-  } else {
-    format_ = Format::kNvidia;
+  format_ = check_data_directory(options_.data_dir);
+  if (format_ == Format::kElectra)
+    open_electra((fs::path(options_.data_dir) / kManifestName).string());
+  else
     open_nvidia();
-  }
   shard_begin_.push_back(0);
   for (const auto& s : shards_) shard_begin_.push_back(shard_begin_.back() + s->rows);
   num_examples_ = shard_begin_.back();
@@ -281,18 +301,13 @@ void ShardDataset::validate_electra_shard(Shard& shard, uint64_t expected_rows, 
 }
 
 void ShardDataset::open_nvidia() {
+  const std::vector<std::string> files = nvidia_shard_files(options_.data_dir);
+  if (files.empty()) fail(options_.data_dir, ": no *.hdf5 or *.h5 files");
   if (options_.vocab_path.empty())
-    fail(options_.data_dir, ": no manifest.json, so this is read as NVIDIA BERT HDF5 shards, which need vocab_path");
+    fail(options_.data_dir,
+         ": no manifest.json, so this is read as NVIDIA BERT HDF5 shards, which need a vocabulary: "
+         "data.vocab (electra-train) or --vocab (electra-eval)");
   vocab_ = text::Vocab::load(options_.vocab_path);
-  std::vector<std::string> files;
-  for (const fs::directory_entry& e : fs::directory_iterator(options_.data_dir)) {
-    const std::string ext = e.path().extension().string();
-    if (e.is_regular_file() && (ext == ".hdf5" || ext == ".h5") && e.path().filename().string()[0] != '.')
-      files.push_back(e.path().string());
-  }
-  std::sort(files.begin(), files.end());
-  if (files.empty())
-    fail(options_.data_dir, ": neither manifest.json (electra-mpi shards) nor *.hdf5/*.h5 files (NVIDIA shards)");
   seq_length_ = options_.seq_length;
   for (const std::string& path : files) {
     auto shard = std::make_unique<Shard>();

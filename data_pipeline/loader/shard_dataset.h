@@ -28,8 +28,8 @@
 #include <unordered_map>
 #include <vector>
 
-#include "lib/core/h5.h"
 #include "data_pipeline/tokenizer/vocab.h"
+#include "lib/core/h5.h"
 
 namespace electra::data {
 
@@ -42,9 +42,16 @@ struct DatasetOptions {
   bool verify_checksums = false;  // electra-mpi: compare each shard's CRC-32 with the manifest at open
 };
 
+enum class ShardFormat { kElectra, kNvidia };
+
+// Fails naming `dir` unless it is a directory of shards: electra-mpi shards (manifest.json), not left
+// half-written by electra-preprocess (check_not_half_written), or NVIDIA shards (*.hdf5 / *.h5 files and
+// no manifest.json). Says which; the files themselves are checked when ShardDataset opens them.
+ShardFormat check_data_directory(const std::string& dir);
+
 class ShardDataset {
  public:
-  enum class Format { kElectra, kNvidia };
+  using Format = ShardFormat;
 
   explicit ShardDataset(const DatasetOptions& options);
   ~ShardDataset();

@@ -9,6 +9,7 @@
 #include <span>
 #include <vector>
 
+#include "data_pipeline/loader/shard_dataset.h"
 #include "data_pipeline/preprocess/manifest.h"
 #include "lib/core/batch.h"
 #include "lib/core/error.h"
@@ -20,10 +21,8 @@ namespace electra::eval {
 namespace fs = std::filesystem;
 
 int manifest_seq_length(const std::string& data_dir) {
-  data::check_not_half_written(data_dir);
-  const fs::path manifest = fs::path(data_dir) / data::kManifestName;
-  if (!fs::exists(manifest)) return 0;
-  return data::Manifest::load(manifest.string()).max_seq_length;
+  if (data::check_data_directory(data_dir) == data::ShardFormat::kNvidia) return 0;
+  return data::Manifest::load((fs::path(data_dir) / data::kManifestName).string()).max_seq_length;
 }
 
 std::unique_ptr<data::Loader> make_eval_loader(const std::string& data_dir, int global_batch_size, int seq_length,
@@ -31,7 +30,10 @@ std::unique_ptr<data::Loader> make_eval_loader(const std::string& data_dir, int 
                                                const dist::Communicator& comm, const std::string& vocab_path) {
   if (seq_length <= 0) {
     seq_length = manifest_seq_length(data_dir);
-    if (seq_length <= 0) fail(data_dir, ": no manifest.json to take the sequence length from; give it explicitly");
+    if (seq_length <= 0)
+      fail(data_dir,
+           ": NVIDIA BERT shards (no manifest.json) do not record their sequence length; give it "
+           "(electra-eval --seq-length)");
   }
   data::LoaderOptions o;
   o.data_dir = data_dir;

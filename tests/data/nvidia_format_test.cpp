@@ -6,8 +6,8 @@
 #include <filesystem>
 
 #include "data_pipeline/loader/loader.h"
-#include "lib/core/h5.h"
 #include "lib/core/error.h"
+#include "lib/core/h5.h"
 #include "lib/core/philox.h"
 #include "tests/data/test_util.h"
 
@@ -130,13 +130,15 @@ TEST(NvidiaFormat, RestoresOriginalTokensAndMasksDynamically) {
 
 TEST(NvidiaFormat, NeedsAVocabulary) {
   NvidiaData data;
+  EXPECT_EQ(check_data_directory(data.dir), ShardFormat::kNvidia);
   LoaderOptions o = data.options();
   o.vocab_path.clear();
   try {
     Loader loader(o);
     FAIL() << "no error";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("vocab_path"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("data.vocab"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("--vocab"), std::string::npos) << e.what();
   }
 }
 

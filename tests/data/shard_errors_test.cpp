@@ -6,8 +6,8 @@
 #include <optional>
 
 #include "data_pipeline/loader/loader.h"
-#include "lib/core/h5.h"
 #include "lib/core/error.h"
+#include "lib/core/h5.h"
 #include "tests/data/test_util.h"
 
 namespace electra::data {
@@ -69,6 +69,22 @@ TEST(ShardErrors, MissingShardFile) {
   Broken b;
   fs::remove(b.shard);
   expect_mentions(construction_error(b.options()), {b.shard, "does not exist"});
+}
+
+// What --data names must be a directory of shards; each refusal says which of the three it is not.
+TEST(ShardErrors, DataDirectoryThatIsNoneOfShards) {
+  Broken b;
+  LoaderOptions o = b.options();
+  o.data_dir = b.dir + "/missing";
+  expect_mentions(construction_error(o), {o.data_dir, "does not exist"});
+  o.data_dir = b.shard;
+  expect_mentions(construction_error(o), {b.shard, "not a directory"});
+  o.data_dir = b.tmp / "empty";
+  fs::create_directories(o.data_dir);
+  std::ofstream(o.data_dir + "/README.txt") << "no shards here\n";
+  expect_mentions(construction_error(o), {o.data_dir, "no shards", "manifest.json", "*.hdf5/*.h5"});
+  EXPECT_THROW(check_data_directory(o.data_dir), Error);
+  EXPECT_EQ(check_data_directory(b.dir), ShardFormat::kElectra);
 }
 
 TEST(ShardErrors, MissingDataset) {

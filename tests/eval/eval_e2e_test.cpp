@@ -299,6 +299,16 @@ TEST_F(EvalE2E, BadInputExitsWithTwoNamingTheProblem) {
   const std::string base = bin("electra-eval") + " --checkpoint " + checkpoint(40);
   EXPECT_EQ(run(base + " --data " + (g_root / "missing").string(), log), 2) << log_of(log);
   EXPECT_NE(read_text(log).find("missing"), std::string::npos) << log_of(log);
+  // A file, a directory without shards, and shards without manifest.json (NVIDIA's: no recorded length).
+  const fs::path no_shards = g_root / "no_shards", unlisted = g_root / "unlisted";
+  fs::create_directories(no_shards);
+  fs::create_directories(unlisted);
+  fs::copy_file(checkpoint(40), unlisted / "shard.h5", fs::copy_options::overwrite_existing);
+  for (const auto& [data, says] : {std::pair{fs::path(checkpoint(40)), "not a directory"},
+                                   std::pair{no_shards, "no shards"}, std::pair{unlisted, "--seq-length"}}) {
+    EXPECT_EQ(run(base + " --data " + data.string(), log), 2) << data << log_of(log);
+    EXPECT_NE(read_text(log).find(says), std::string::npos) << says << log_of(log);
+  }
   EXPECT_EQ(run(mpirun(2) + base + " --data " + (g_root / "heldout").string() + " --batch-size 5", log), 2)
       << log_of(log);
   EXPECT_NE(read_text(log).find("world size"), std::string::npos) << log_of(log);
