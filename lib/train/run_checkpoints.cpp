@@ -125,6 +125,14 @@ void RunCheckpoints::resume_from(const fs::path& path, TrainingState& state_out)
   last_saved_step_ = state_out.step;
   ELECTRA_LOG(info) << "resumed from " << path.string() << " at step " << state_out.step
                     << (has_moments ? "" : " (no optimizer moments in the file: they start at zero)");
+  if (parts_.comm->is_root() && state_out.step == settings_.total_steps) {
+    ELECTRA_LOG(info) << "the run is complete (train.steps " << settings_.total_steps
+                      << "): nothing is left to train; set train.steps higher to go on";
+  } else if (parts_.comm->is_root() && state_out.step > settings_.total_steps) {
+    // Lowering train.steps below a run's step trains nothing: say so rather than only "done".
+    ELECTRA_LOG(warning) << "the checkpoint is at step " << state_out.step << ", past train.steps ("
+                         << settings_.total_steps << "): nothing is left to train";
+  }
 }
 
 // The settings that decide the updates from here on (the learning-rate schedule, the optimizer, the

@@ -185,6 +185,15 @@ TEST_F(TrainE2E, ResumeIsBitwiseExactOnTheSameWorldSize) {
   ASSERT_NO_FATAL_FAILURE(electra::test::expect_same_checkpoint_tensors(straight / final_name, resumed / final_name));
   EXPECT_EQ(electra::train::CheckpointFile::open(straight / final_name).loader(),
             electra::train::CheckpointFile::open(resumed / final_name).loader());
+
+  // Resuming a finished run trains nothing and says so; below its step, with a warning.
+  const fs::path log3 = root() / "resumed3.log";
+  ASSERT_EQ(run(train_command(2, resumed, "--resume auto"), log3), 0) << log_of(log3);
+  EXPECT_NE(read_text(log3).find("the run is complete (train.steps 12)"), std::string::npos) << log_of(log3);
+  ASSERT_EQ(run(train_command(2, resumed, "--resume auto --set train.steps=8"), log3), 0) << log_of(log3);
+  EXPECT_NE(read_text(log3).find("[warning] the checkpoint is at step 12, past train.steps (8)"), std::string::npos)
+      << log_of(log3);
+  EXPECT_EQ(read_metrics(resumed).size(), 12u);
 }
 
 TEST_F(TrainE2E, ResumeWithAnotherRankCountContinuesTheSameRun) {
