@@ -2,10 +2,13 @@
 // per-thread scratch memory, OpenBLAS thread control, batched Philox words, fixed-chunk parallel loops.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <vector>
 
+#include "lib/core/error.h"
 #include "lib/core/philox.h"
 
 // Hot float loops are compiled three times (AVX-512, AVX2, baseline x86-64) and the best one for the
@@ -84,6 +87,43 @@ void parallel_chunks(size_t n, size_t chunk, size_t min_parallel, F&& f) {
   for (size_t c = 0; c < chunks; ++c) {
     const size_t begin = c * chunk;
     f(begin, begin + chunk < n ? begin + chunk : n);
+  }
+}
+
+// Gumbel-max sampling (backend.h's gumbel_sample) of `rows` rows of V logits: samples[r] = the token
+// with the highest score, where scores(score, stream, n0, x, count, banned, temperature) writes the
+// scores of `count` (<= 128) consecutive tokens x of one row whose first has stream offset n0 (the float
+// kernel's in losses.cpp, the bf16 one's in bf16_kernels.cpp). Each row's stream is keyed by its example,
+// so the samples do not depend on the thread count.
+template <typename T, typename Scores>
+void gumbel_sample_rows(int32_t* samples, const T* logits, const int32_t* disallow, int rows, int V, float temperature,
+                        uint64_t seed, uint64_t step, uint64_t first_example, int rows_per_example, Scores scores) {
+  ELECTRA_CHECK(rows >= 0 && V > 0, "gumbel_sample: bad shape rows=", rows, " V=", V);
+  ELECTRA_CHECK(rows_per_example > 0, "gumbel_sample: rows_per_example must be positive");
+  ELECTRA_CHECK(temperature > 0.0f, "gumbel_sample: temperature ", temperature, " must be positive");
+  const double t = temperature;
+  const bool parallel = static_cast<long long>(rows) * V > 4096;  // else not worth a thread team
+#pragma omp parallel for schedule(static) if (parallel)
+  for (int r = 0; r < rows; ++r) {
+    const T* x = logits + static_cast<size_t>(r) * V;
+    const PhiloxStream stream(seed, RandomPurpose::kSampling, step, first_example + r / rows_per_example);
+    const uint64_t base = static_cast<uint64_t>(r % rows_per_example) * V;
+    const int banned = disallow != nullptr ? disallow[r] : -1;
+    constexpr int kTokens = 128;
+    alignas(64) double score[kTokens];
+    double best = -std::numeric_limits<double>::infinity();
+    int best_v = 0;
+    for (int v0 = 0; v0 < V; v0 += kTokens) {
+      const int count = std::min(kTokens, V - v0);
+      scores(score, stream, base + v0, x + v0, count, banned - v0, t);
+      for (int i = 0; i < count; ++i) {
+        if (score[i] > best) {
+          best = score[i];
+          best_v = v0 + i;
+        }
+      }
+    }
+    samples[r] = best_v;
   }
 }
 

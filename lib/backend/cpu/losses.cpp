@@ -142,33 +142,10 @@ void sigmoid_cross_entropy(T* loss, T* dlogit, const T* logit, const int32_t* la
 template <typename T>
 void gumbel_sample(int32_t* samples, const T* logits, const int32_t* disallow, int rows, int V, float temperature,
                    uint64_t seed, uint64_t step, uint64_t first_example, int rows_per_example) {
-  ELECTRA_CHECK(rows >= 0 && V > 0, "gumbel_sample: bad shape rows=", rows, " V=", V);
-  ELECTRA_CHECK(rows_per_example > 0, "gumbel_sample: rows_per_example must be positive");
-  ELECTRA_CHECK(temperature > 0.0f, "gumbel_sample: temperature ", temperature, " must be positive");
-  const double t = temperature;
-  const bool parallel = static_cast<long long>(rows) * V > 4096;  // else not worth a thread team
-#pragma omp parallel for schedule(static) if (parallel)
-  for (int r = 0; r < rows; ++r) {
-    const T* x = logits + static_cast<size_t>(r) * V;
-    const PhiloxStream stream(seed, RandomPurpose::kSampling, step, first_example + r / rows_per_example);
-    const uint64_t base = static_cast<uint64_t>(r % rows_per_example) * V;
-    const int banned = disallow != nullptr ? disallow[r] : -1;
-    constexpr int kTokens = 128;
-    alignas(64) double score[kTokens];
-    double best = -std::numeric_limits<double>::infinity();
-    int best_v = 0;
-    for (int v0 = 0; v0 < V; v0 += kTokens) {
-      const int count = std::min(kTokens, V - v0);
-      gumbel_scores(score, stream, base + v0, x + v0, count, banned - v0, t);
-      for (int i = 0; i < count; ++i) {
-        if (score[i] > best) {
-          best = score[i];
-          best_v = v0 + i;
-        }
-      }
-    }
-    samples[r] = best_v;
-  }
+  detail::gumbel_sample_rows(samples, logits, disallow, rows, V, temperature, seed, step, first_example,
+                             rows_per_example,
+                             [](double* score, const PhiloxStream& stream, uint64_t n0, const T* x, int count,
+                                int banned, double t) { gumbel_scores(score, stream, n0, x, count, banned, t); });
 }
 
 #define ELECTRA_INSTANTIATE(T)                                                                                      \
