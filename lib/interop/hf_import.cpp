@@ -252,10 +252,11 @@ std::optional<std::string> hf_config_difference(const PretrainerConfig& run, con
   return std::nullopt;
 }
 
-std::string init_from_hf(const fs::path& dir, const PretrainerConfig& run_config, const text::Vocab& data_vocab,
+std::string init_from_hf(const fs::path& given, const PretrainerConfig& run_config, const text::Vocab& data_vocab,
                          std::optional<bool> data_lower_case, std::vector<float>& params) {
-  if (!is_hf_export_dir(dir)) {
-    fail("--init-from ", dir.string(),
+  const fs::path dir = export_dir_of(given);
+  if (dir.empty()) {
+    fail("--init-from ", given.string(),
          ": expected a directory with discriminator/ and generator/ (electra-export's "
          "layout)");
   }

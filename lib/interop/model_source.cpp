@@ -104,8 +104,29 @@ bool is_hf_export_dir(const fs::path& dir) {
   return fs::is_directory(dir / "discriminator") && fs::is_directory(dir / "generator");
 }
 
-PretrainerBundle load_pretrainer_bundle(const fs::path& path, const std::string& vocab_path) {
-  if (!is_hf_export_dir(path)) return load_checkpoint_bundle(path, vocab_path);
+fs::path export_dir_of(const fs::path& path) {
+  if (is_hf_export_dir(path)) return path;
+  fs::path half = path.lexically_normal();
+  if (!half.has_filename()) half = half.parent_path();  // "export/discriminator/"
+  const fs::path parent = half.has_parent_path() ? half.parent_path() : fs::path(".");
+  if ((half.filename() == "discriminator" || half.filename() == "generator") && is_hf_export_dir(parent)) {
+    ELECTRA_LOG(info) << path.string() << " is the " << half.filename().string() << " of the export directory "
+                      << parent.string() << ": loading both halves from there";
+    return parent;
+  }
+  return {};
+}
+
+PretrainerBundle load_pretrainer_bundle(const fs::path& given, const std::string& vocab_path) {
+  const fs::path path = export_dir_of(given);
+  if (path.empty()) {
+    if (fs::is_directory(given) && fs::exists(given / "config.json") && !fs::exists(given / "checkpoints"))
+      fail(given.string(),
+           " holds one Hugging Face model (config.json); the generator and the discriminator are "
+           "both needed: give an electra-export directory (discriminator/ and generator/), a run directory or a "
+           "checkpoint file");
+    return load_checkpoint_bundle(given, vocab_path);
+  }
   HfPretrainer hf = load_hf_pretrainer(path / "discriminator", path / "generator");
   PretrainerBundle bundle;
   bundle.config = hf.config;

@@ -37,8 +37,13 @@ PretrainerBundle load_checkpoint_bundle(const std::filesystem::path& run_dir_or_
 // True when `dir` has discriminator/ and generator/ subdirectories (an electra-export output).
 bool is_hf_export_dir(const std::filesystem::path& dir);
 
-// An export directory (load_hf_pretrainer on DIR/discriminator and DIR/generator, vocabulary from
-// there unless `vocab_path` is given), else a run directory or checkpoint file.
+// The electra-export directory `path` names: itself, or the parent of the discriminator/ or generator/
+// it names (the half Hugging Face loads is what users point at; the log says so). Empty when neither.
+std::filesystem::path export_dir_of(const std::filesystem::path& path);
+
+// An export directory or one of its halves (export_dir_of; load_hf_pretrainer on DIR/discriminator and
+// DIR/generator, vocabulary from there unless `vocab_path` is given), else a run directory or checkpoint
+// file. A lone Hugging Face model directory (config.json, no export around it) is refused by name.
 PretrainerBundle load_pretrainer_bundle(const std::filesystem::path& path, const std::string& vocab_path = "");
 
 }  // namespace electra::interop

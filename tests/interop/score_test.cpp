@@ -100,10 +100,21 @@ TEST_F(ScoreTest, ReplacedProbIsSigmoidOfDiscriminatorLogits) {
   EXPECT_EQ(warned.find("line 1:"), std::string::npos) << warned;
   EXPECT_EQ(out[2]["tokens"], nlohmann::json({"[CLS]", "hello", "[MASK]", "world", "!", "[SEP]"}));
 
-  // A run directory scores the same as its export.
+  // A run directory scores the same as its export, and so do the export's halves (what Hugging Face
+  // loads, so what users point at).
   const CommandResult from_run = score(run_.run_dir, input, "");
   ASSERT_EQ(from_run.status, 0);
   EXPECT_EQ(from_run.out, r.out);
+  for (const fs::path& half : {export_dir_ / "discriminator", export_dir_ / "generator/"}) {
+    const CommandResult from_half = score(half, input, "");
+    ASSERT_EQ(from_half.status, 0) << half;
+    EXPECT_EQ(from_half.out, r.out) << half;
+  }
+  // A Hugging Face model directory alone lacks the other half: refused by name (exit 2).
+  fs::copy(export_dir_ / "discriminator", tmp_.path() / "lone");
+  const CommandResult lone = score(tmp_.path() / "lone", input, "2>&1");
+  EXPECT_EQ(lone.status, 2) << lone.out;
+  EXPECT_NE(lone.out.find("holds one Hugging Face model"), std::string::npos) << lone.out;
 }
 
 TEST_F(ScoreTest, FillMaskGivesTopKSortedByProbability) {
