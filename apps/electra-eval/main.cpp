@@ -19,6 +19,7 @@
 
 #include "lib/backend/backend.h"
 #include "lib/core/error.h"
+#include "lib/core/fnv1a.h"
 #include "lib/core/log.h"
 #include "lib/dist/communicator.h"
 #include "lib/dist/rank_main.h"
@@ -55,7 +56,17 @@ struct Setup {
   std::unique_ptr<electra::Backend<float>> backend;
   std::unique_ptr<electra::PretrainerModel<float>> model;
   std::unique_ptr<electra::data::Loader> loader;
+  nlohmann::json identity;  // what this rank evaluates, compared across ranks (compare_with_rank0)
 };
+
+// A hash of the parameters' bytes: equal on two ranks when their models are.
+std::string parameters_hash(const std::vector<float>& params) {
+  char text[17];
+  std::snprintf(
+      text, sizeof(text), "%016llx",
+      static_cast<unsigned long long>(electra::Fnv1a().add(params.data(), params.size() * sizeof(float)).value()));
+  return text;
+}
 
 void setup(const Flags& flags, const electra::dist::Communicator& comm, Setup& s) {
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
@@ -81,6 +92,19 @@ void setup(const Flags& flags, const electra::dist::Communicator& comm, Setup& s
   }
   s.model = electra::make_rank_model(bundle.config, *s.backend, storage);
   s.model->parameters_from_host(bundle.params);
+  // Paths may differ per node (node-local copies); what they hold may not.
+  s.identity = {{"model", electra::to_json(bundle.config)},
+                {"parameters_hash", parameters_hash(bundle.params)},
+                {"data", s.loader->dataset().identity()},
+                {"flags",
+                 {{"batch_size", flags.batch_size},
+                  {"max_batches", flags.max_batches},
+                  {"mask_prob", flags.mask_prob},
+                  {"seed", flags.seed},
+                  {"trim_padding", flags.trim_padding},
+                  {"unigram_auc", flags.unigram_auc},
+                  {"auc_bins", flags.auc_bins},
+                  {"exact_auc_max_tokens", flags.exact_auc_max_tokens}}}};
 }
 
 std::string fixed(double value, int precision) {
@@ -206,6 +230,15 @@ int main(int argc, char** argv) {
   }
   if (!comm.agree_all(!error.has_value())) {
     if (error) std::cerr << "electra-eval: " << *error << "\n";
+    electra::log::shutdown();
+    return 2;
+  }
+  if (const auto agreement = electra::dist::compare_with_rank0(comm, s.identity); !agreement.agree) {
+    if (comm.is_root()) {
+      std::cerr << "electra-eval: the ranks would not evaluate the same model on the same data (node-local copies "
+                   "must be equal). Differences from rank 0:\n"
+                << agreement.differences << "\n";
+    }
     electra::log::shutdown();
     return 2;
   }

@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <iostream>
 
+#include "lib/core/host.h"
 #include "lib/core/log.h"
 #include "lib/dist/communicator.h"
 #include "lib/dist/rank_main.h"
@@ -72,10 +73,8 @@ int main(int argc, char** argv) {
             .string();
   }
   electra::log::init(log_options);
-  char host[256] = {};
-  gethostname(host, sizeof(host) - 1);
   ELECTRA_LOG(info) << "rank " << comm.rank() << " of " << comm.world_size() << " (local " << comm.local_rank()
-                    << ") on " << host << ", pid " << getpid();
+                    << ") on " << electra::host_name() << ", pid " << getpid();
   const int code = electra::dist::run_rank_main(comm, [&] { return electra::train::run_training(comm, options); });
   electra::log::shutdown();
   return code;

@@ -11,6 +11,7 @@
 #include "data_pipeline/preprocess/manifest.h"
 #include "data_pipeline/preprocess/shard_writer.h"
 #include "lib/core/error.h"
+#include "lib/core/fnv1a.h"
 #include "lib/core/log.h"
 
 namespace electra::data {
@@ -39,6 +40,7 @@ struct RawCodec {
 struct ShardDataset::Shard {
   std::string path;
   uint64_t rows = 0;
+  uint32_t crc32 = 0;  // electra-mpi: the manifest's record of the file; NVIDIA: 0 (none is recorded)
   uint64_t block_rows = kDefaultBlockRows;  // rows read (and cached) together: the HDF5 chunk height
   bool ids_uint16 = false;
   int predictions = 0;  // NVIDIA: masked_lm_positions width
@@ -219,6 +221,22 @@ ShardDataset::ShardDataset(const DatasetOptions& options) : options_(options) {
 
 ShardDataset::~ShardDataset() = default;
 
+nlohmann::json ShardDataset::identity() const {
+  Fnv1a shard_list;  // each shard's file name, rows and CRC-32
+  for (const auto& shard : shards_) {
+    const std::string name = fs::path(shard->path).filename().string();
+    shard_list.add(name.data(), name.size() + 1).add_value(shard->rows).add_value(shard->crc32);
+  }
+  const uint64_t hash = shard_list.value();
+  return {{"format", format_ == Format::kElectra ? "electra-mpi" : "nvidia"},
+          {"examples", num_examples_},
+          {"shards", shards_.size()},
+          {"seq_length", seq_length_},
+          {"packed", packed_},
+          {"vocab_hash", vocab_->hash()},
+          {"shard_list_hash", crc32_hex(static_cast<uint32_t>(hash ^ (hash >> 32)))}};
+}
+
 void ShardDataset::open_electra(const std::string& manifest_path) {
   const Manifest manifest = Manifest::load(manifest_path);
   if (manifest.max_seq_length != options_.seq_length)
@@ -235,6 +253,7 @@ void ShardDataset::open_electra(const std::string& manifest_path) {
   for (const ShardInfo& info : manifest.shards) {
     auto shard = std::make_unique<Shard>();
     shard->path = (fs::path(options_.data_dir) / info.file).string();
+    shard->crc32 = info.crc32;
     if (!fs::exists(shard->path)) fail(shard->path, ": shard listed in ", manifest_path, " does not exist");
     if (options_.verify_checksums) {
       const uint32_t crc = file_crc32(shard->path);

@@ -23,6 +23,7 @@
 #include <list>
 #include <memory>
 #include <mutex>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <unordered_map>
@@ -66,6 +67,10 @@ class ShardDataset {
   bool has_next_sentence_labels() const { return format_ == Format::kNvidia; }
   // Rows hold several examples (electra-mpi shards written with --pack true).
   bool packed() const { return packed_; }
+  // What the data is, to compare the ranks' views of it (node-local copies must be the same data): its
+  // layout, counts, vocabulary hash and a hash of every shard's file name, rows and recorded CRC-32. The
+  // directory's path is not part of it.
+  nlohmann::json identity() const;
 
   // Row `index` (< num_examples()), thread-safe: the original tokens (seq_length, [PAD] after the real ones),
   // segment ids, number of real tokens and next-sentence label (-1 when the data has none). `example_ids`

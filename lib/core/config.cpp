@@ -125,4 +125,34 @@ std::vector<std::string> Config::keys() const {
   return out;
 }
 
+std::vector<std::string> config_differences(const nlohmann::json& expected, const nlohmann::json& actual,
+                                            const std::string& prefix, const std::string& expected_name,
+                                            const std::string& actual_name) {
+  std::vector<std::string> differences;
+  if (expected.is_object() && actual.is_object()) {
+    for (const auto& [key, value] : expected.items()) {
+      const std::string path = prefix.empty() ? key : prefix + "." + key;
+      if (!actual.contains(key)) {
+        differences.push_back(path + ": " + expected_name + " " + value.dump() + ", " + actual_name +
+                              " has no such key");
+        continue;
+      }
+      for (std::string& difference : config_differences(value, actual.at(key), path, expected_name, actual_name))
+        differences.push_back(std::move(difference));
+    }
+    for (const auto& [key, value] : actual.items()) {
+      if (!expected.contains(key)) {
+        differences.push_back((prefix.empty() ? key : prefix + "." + key) + ": " + expected_name +
+                              " has no such key, " + actual_name + " " + value.dump());
+      }
+    }
+    return differences;
+  }
+  const bool both_numbers = expected.is_number() && actual.is_number();
+  if (both_numbers ? expected.get<double>() != actual.get<double>() : expected != actual)
+    differences.push_back(prefix + ": " + expected_name + " " + expected.dump() + ", " + actual_name + " " +
+                          actual.dump());
+  return differences;
+}
+
 }  // namespace electra

@@ -71,4 +71,12 @@ class Config {
 // Splits "a.b.c" into a JSON pointer "/a/b/c".
 nlohmann::json::json_pointer dotted_to_pointer(std::string_view dotted_key);
 
+// Every difference between two JSON trees, one line each ("model.num_layers: checkpoint 12, run 4", with
+// the names given), in the order of `expected`'s keys, then keys only `actual` has. Numbers compare by
+// value (5e-4 == 0.0005).
+std::vector<std::string> config_differences(const nlohmann::json& expected, const nlohmann::json& actual,
+                                            const std::string& prefix = "",
+                                            const std::string& expected_name = "checkpoint",
+                                            const std::string& actual_name = "run");
+
 }  // namespace electra

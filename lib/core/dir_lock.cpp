@@ -10,16 +10,11 @@
 #include <ctime>
 
 #include "lib/core/error.h"
+#include "lib/core/host.h"
 #include "lib/core/log.h"
 
 namespace electra {
 namespace {
-
-std::string host_name() {
-  char name[256] = {};
-  if (::gethostname(name, sizeof(name) - 1) != 0) return "unknown host";
-  return name;
-}
 
 std::string read_all(int fd) {
   std::string text;

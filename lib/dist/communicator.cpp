@@ -6,7 +6,9 @@
 #include <cstdlib>
 #include <utility>
 
+#include "lib/core/config.h"
 #include "lib/core/error.h"
+#include "lib/core/host.h"
 #include "lib/core/log.h"
 #include "lib/dist/launch_env.h"
 
@@ -216,6 +218,27 @@ std::vector<std::string> Communicator::gather_strings(const std::string& text, i
 }
 
 void Communicator::barrier() const { check_mpi(MPI_Barrier(comm_), "MPI_Barrier"); }
+
+RankAgreement compare_with_rank0(const Communicator& comm, const nlohmann::json& identity) {
+  const nlohmann::json rank0 = comm.broadcast_json(identity);
+  const std::string me = "rank " + std::to_string(comm.rank());
+  const std::vector<std::string> differences = config_differences(rank0, identity, "", "rank 0", me);
+  std::string line;
+  if (!differences.empty()) {
+    constexpr size_t kShown = 4;
+    line = me + " on " + host_name() + ": ";
+    for (size_t i = 0; i < differences.size() && i < kShown; ++i) line += (i > 0 ? "; " : "") + differences[i];
+    if (differences.size() > kShown) line += "; and " + std::to_string(differences.size() - kShown) + " more";
+  }
+  const std::vector<std::string> lines = comm.gather_strings(line);
+  RankAgreement agreement{.agree = comm.agree_all(differences.empty()), .differences = line};
+  if (comm.is_root()) {
+    agreement.differences.clear();
+    for (const std::string& l : lines)
+      if (!l.empty()) agreement.differences += (agreement.differences.empty() ? "" : "\n") + l;
+  }
+  return agreement;
+}
 
 bool Communicator::agree_any(bool flag) const {
   int value = flag ? 1 : 0;

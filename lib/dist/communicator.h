@@ -97,6 +97,16 @@ class Communicator {
   int num_nodes_ = 1;
 };
 
+// Collective: compares every rank's `identity` (what it is about to compute on: settings, data, model)
+// with rank 0's. `differences` is "" where all agree; otherwise, on rank 0, one line per differing rank
+// ("rank R on HOST: key: rank 0 A, rank R B; ...", config_differences), and this rank's own line
+// elsewhere. Paths that may differ per node do not belong in `identity`.
+struct RankAgreement {
+  bool agree = true;
+  std::string differences;
+};
+RankAgreement compare_with_rank0(const Communicator& comm, const nlohmann::json& identity);
+
 // Aborts the job from anywhere, before or without a Communicator (MPI_COMM_WORLD if MPI is up,
 // else std::_Exit). Logs `message` with the rank first.
 [[noreturn]] void abort_job(const std::string& message, int code = 1);

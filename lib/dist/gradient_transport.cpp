@@ -10,6 +10,7 @@
 #include <map>
 
 #include "lib/core/error.h"
+#include "lib/core/host.h"
 
 namespace electra::dist {
 
@@ -69,9 +70,7 @@ std::string describe_shared_gpu(const std::vector<std::string>& gpu_ids) {
 }
 
 std::string find_shared_gpus(const Communicator& comm, const std::string& pci_bus_id) {
-  char host[256] = {};
-  if (gethostname(host, sizeof(host) - 1) != 0) std::snprintf(host, sizeof(host), "?");
-  const std::vector<std::string> ids = comm.gather_strings(pci_bus_id + " on " + host);
+  const std::vector<std::string> ids = comm.gather_strings(pci_bus_id + " on " + host_name());
   std::string shared = comm.is_root() ? describe_shared_gpu(ids) : "";
   comm.broadcast(shared);
   return shared;

@@ -14,6 +14,7 @@
 #endif
 #include "lib/backend/cpu/onednn_matmul.h"
 #include "lib/core/error.h"
+#include "lib/core/host.h"
 #include "lib/core/log.h"
 
 namespace electra {
@@ -174,8 +175,7 @@ int count_ranks_on_my_gpu(const dist::Communicator& comm) {
   const int gpus = cuda_device_count();
   if (gpus > 0) {
     const std::string bus = cuda_device_pci_bus_id(std::max(0, comm.local_rank()) % gpus);
-    char host[256] = {};
-    if (!bus.empty() && gethostname(host, sizeof(host) - 1) == 0) id = std::string(host) + " " + bus;
+    if (!bus.empty()) id = host_name() + " " + bus;
   }
 #endif
   const std::vector<std::string> ids = comm.gather_strings(id);

@@ -25,6 +25,8 @@ class HeldOutEval {
   HeldOutEval(const TrainSettings& settings, const data::Loader& training_loader, const dist::Communicator& comm);
 
   bool should_evaluate(int64_t step) const { return loader_ && schedule_.due(step); }
+  // The held-out shards' identity (ShardDataset::identity), null when evaluation is off.
+  nlohmann::json data_identity() const { return loader_ ? loader_->dataset().identity() : nlohmann::json(); }
 
   // Evaluates `model` after `step` (collective: every rank its slice of the same batches). `metrics` and
   // `tensorboard` are rank 0's writers (null elsewhere; no TensorBoard with train.tensorboard off).

@@ -6,6 +6,7 @@
 #include <utility>
 
 #include "lib/core/error.h"
+#include "lib/core/fnv1a.h"
 #include "lib/core/log.h"
 #include "lib/train/device.h"
 #include "lib/train/step_profile.h"
@@ -16,13 +17,10 @@ namespace {
 
 namespace fs = std::filesystem;
 
-// FNV-1a over the parameter bytes: equal on every rank exactly when the parameters are bitwise equal.
+// A hash of the parameter bytes: equal on every rank when the parameters are bitwise equal.
 int64_t parameter_fingerprint(const PretrainerModel<float>& model) {
   const std::vector<float> host = model.parameters_to_host();
-  const auto* bytes = reinterpret_cast<const unsigned char*>(host.data());
-  uint64_t hash = 1469598103934665603ull;
-  for (size_t i = 0; i < host.size() * sizeof(float); ++i) hash = (hash ^ bytes[i]) * 1099511628211ull;
-  return static_cast<int64_t>(hash >> 1);
+  return static_cast<int64_t>(Fnv1a().add(host.data(), host.size() * sizeof(float)).value() >> 1);
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "lib/core/error.h"
+#include "lib/core/host.h"
 #include "lib/train/crc32c.h"
 
 namespace electra::train {
@@ -105,12 +106,6 @@ namespace {
 
 double now_seconds() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
-}
-
-std::string host_name() {
-  char name[256] = {};
-  if (::gethostname(name, sizeof(name) - 1) != 0 || name[0] == '\0') return "localhost";
-  return name;
 }
 
 }  // namespace

@@ -206,33 +206,6 @@ bool names_vocab_size(const TrainOptions& options) {
 
 Config resolve_config(const TrainOptions& options) { return resolve_config_over(default_run_config(), options); }
 
-std::vector<std::string> config_differences(const nlohmann::json& expected, const nlohmann::json& actual,
-                                            const std::string& prefix) {
-  std::vector<std::string> differences;
-  if (expected.is_object() && actual.is_object()) {
-    for (const auto& [key, value] : expected.items()) {
-      const std::string path = prefix.empty() ? key : prefix + "." + key;
-      if (!actual.contains(key)) {
-        differences.push_back(path + ": checkpoint " + value.dump() + ", run has no such key");
-        continue;
-      }
-      for (std::string& difference : config_differences(value, actual.at(key), path))
-        differences.push_back(std::move(difference));
-    }
-    for (const auto& [key, value] : actual.items()) {
-      if (!expected.contains(key)) {
-        differences.push_back((prefix.empty() ? key : prefix + "." + key) + ": checkpoint has no such key, run " +
-                              value.dump());
-      }
-    }
-    return differences;
-  }
-  const bool both_numbers = expected.is_number() && actual.is_number();
-  if (both_numbers ? expected.get<double>() != actual.get<double>() : expected != actual)
-    differences.push_back(prefix + ": checkpoint " + expected.dump() + ", run " + actual.dump());
-  return differences;
-}
-
 namespace {
 
 // Everything a rank holds during a run. Built in setup(), which reports bad input before training.
@@ -248,6 +221,8 @@ class Trainer {
   // After a failed set-up (on any rank): gives up the run directory's lock, and removes the directory when
   // this set-up made it, so that a refused run leaves nothing behind.
   void abandon_run_dir();
+  // What this rank will train, for comparing the ranks (run_identity below).
+  nlohmann::json run_identity() const;
   int train();
 
  private:
@@ -615,6 +590,21 @@ std::unique_ptr<dist::GradientReducer> Trainer::make_reducer() {
   return std::move(made.reducer);
 }
 
+// The ranks of a run must train the same run. A node whose copy of the config file or of the shards
+// differs (node-local copies), or that sees other checkpoints in RUN_DIR, would otherwise train on a mix
+// without a word, or fail at its first checkpoint ("ranks hold different parameters"). What is compared
+// (dist::compare_with_rank0): the resolved config less its paths (data.dir, data.eval_dir and data.vocab may
+// differ per node), the training and held-out data's identity (counts, vocabulary hash, shard list) and
+// the step resumed at.
+nlohmann::json Trainer::run_identity() const {
+  nlohmann::json identity = {{"config", config_.json()},
+                             {"data", loader_->dataset().identity()},
+                             {"eval_data", held_out_->data_identity()},
+                             {"resumed_step", progress_.step}};
+  for (const char* path_key : {"dir", "eval_dir", "vocab"}) identity["config"]["data"].erase(path_key);
+  return identity;
+}
+
 int Trainer::train() {
   const auto run_start = Clock::now();
   const bool root = comm_.is_root();
@@ -768,6 +758,16 @@ int run_training(const dist::Communicator& comm, const TrainOptions& options) {
   if (!comm.agree_all(!error.has_value())) {
     if (error) {
       ELECTRA_LOG(error) << *error;
+    }
+    trainer.abandon_run_dir();
+    return kExitBadInput;
+  }
+  if (const dist::RankAgreement agreement = dist::compare_with_rank0(comm, trainer.run_identity()); !agreement.agree) {
+    if (comm.is_root()) {
+      ELECTRA_LOG(error) << "the ranks would not train the same run: every rank must see the same config, the same "
+                            "shards and the same checkpoints (node-local copies must be equal). Differences from "
+                            "rank 0:\n"
+                         << agreement.differences;
     }
     trainer.abandon_run_dir();
     return kExitBadInput;

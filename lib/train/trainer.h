@@ -61,9 +61,4 @@ Config resolve_config(const TrainOptions& options);
 // ranks; errors during training throw (the caller aborts the job, see dist::run_rank_main).
 int run_training(const dist::Communicator& comm, const TrainOptions& options);
 
-// Every difference between two JSON trees, one line each ("model.num_layers: checkpoint 12, run 4"), in
-// the order of `expected`'s keys, then keys only `actual` has. Numbers compare by value (5e-4 == 0.0005).
-std::vector<std::string> config_differences(const nlohmann::json& expected, const nlohmann::json& actual,
-                                            const std::string& prefix = "");
-
 }  // namespace electra::train

@@ -457,6 +457,50 @@ TEST_F(TrainE2E, ASignalDuringSetUpStopsWithACheckpointBeforeTheFirstStep) {
 // anything in the run directory is written: train.step_timeout <= 0 used to fail with exit 1 after
 // config.json was rewritten; --max-time and --stop-after <= 0 were accepted; an unwritable --output failed
 // with exit 1 after loading the data; "train.steps=3.7" said "expects number".
+// The ranks of a run must train the same run. Started with other shards, another setting or another run
+// directory's checkpoints on one rank (what node-local copies that differ give), the job is refused at
+// set-up on every rank (exit 2, nothing written), naming the rank, its host and the difference. An equal
+// copy of the shards at another path trains.
+TEST_F(TrainE2E, RanksThatWouldTrainDifferentRunsAreRefusedAtSetUp) {
+  const auto two_ranks = [](const fs::path& run_dir0, const fs::path& shards1, const fs::path& run_dir1,
+                            const std::string& settings1) {
+    const std::string settings = "--set train.steps=4 --set train.checkpoint_every=4 ";
+    return mpirun(1) + electra::test::small_train_command("", root() / "shards", run_dir0, settings) + " : -np 1 " +
+           electra::test::small_train_command("", shards1, run_dir1, settings + settings1);
+  };
+  const fs::path log = root() / "ranks_differ.log";
+  const fs::path copy = root() / "shards_copy";
+  fs::copy(root() / "shards", copy, fs::copy_options::recursive | fs::copy_options::overwrite_existing);
+  const fs::path same = run_dir("same_data");
+  ASSERT_EQ(run(two_ranks(same, copy, same, ""), log), 0) << log_of(log);
+
+  ASSERT_NO_FATAL_FAILURE(electra::test::preprocess(root(), "corpus", "shards_other", mpirun(1), "--seed 2"));
+  const fs::path refused = root() / "refused";
+  fs::remove_all(refused);
+  const struct {
+    fs::path shards1, run_dir1;
+    std::string settings1, difference;
+  } cases[] = {
+      {root() / "shards_other", refused, "", "data.shards: rank 0 2, rank 1 1"},
+      {copy, refused, "--set optim.lr=0.01", "config.optim.lr: rank 0 "},
+      {copy, refused, "--set model.hidden_dropout=0", "config.model.hidden_dropout: rank 0 0.1, rank 1 0"},
+  };
+  for (const auto& c : cases) {
+    EXPECT_EQ(run(two_ranks(refused, c.shards1, c.run_dir1, c.settings1), log), 2) << c.difference << log_of(log);
+    const std::string text = read_text(log);
+    EXPECT_NE(text.find("the ranks would not train the same run"), std::string::npos) << log_of(log);
+    EXPECT_NE(text.find("rank 1 on "), std::string::npos) << log_of(log);
+    EXPECT_NE(text.find(c.difference), std::string::npos) << c.difference << log_of(log);
+    EXPECT_FALSE(fs::exists(refused)) << c.difference << ": the refused run wrote its directory";
+  }
+  // Rank 1 sees a run directory whose checkpoints rank 0's does not have.
+  const auto listing_before = read_text(same / "metrics.jsonl");
+  EXPECT_EQ(run(two_ranks(refused, copy, same, "--resume auto --set train.steps=8"), log), 2) << log_of(log);
+  EXPECT_NE(read_text(log).find("resumed_step: rank 0 0, rank 1 4"), std::string::npos) << log_of(log);
+  EXPECT_EQ(read_text(same / "metrics.jsonl"), listing_before);
+  EXPECT_FALSE(fs::exists(refused));
+}
+
 TEST_F(TrainE2E, BadSettingsAreRefusedBeforeAnythingIsWritten) {
   const fs::path dir = run_dir("bad_settings");
   const fs::path log = root() / "bad_settings.log";

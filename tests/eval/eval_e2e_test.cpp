@@ -309,6 +309,18 @@ TEST_F(EvalE2E, BadInputExitsWithTwoNamingTheProblem) {
     EXPECT_EQ(run(base + " --data " + data.string(), log), 2) << data << log_of(log);
     EXPECT_NE(read_text(log).find(says), std::string::npos) << says << log_of(log);
   }
+  // Ranks that see other data (node-local copies that differ) or take other flags: refused, naming both.
+  const std::string heldout = " --batch-size 16 --data " + (g_root / "heldout").string();
+  EXPECT_EQ(
+      run(mpirun(1) + base + heldout + " : -np 1 " + base + " --batch-size 16 --data " + (g_root / "shards").string(),
+          log),
+      2)
+      << log_of(log);
+  EXPECT_NE(read_text(log).find("the ranks would not evaluate the same model on the same data"), std::string::npos)
+      << log_of(log);
+  EXPECT_NE(read_text(log).find("data.examples: rank 0 "), std::string::npos) << log_of(log);
+  EXPECT_EQ(run(mpirun(1) + base + heldout + " : -np 1 " + base + heldout + " --seed 2", log), 2) << log_of(log);
+  EXPECT_NE(read_text(log).find("flags.seed: rank 0 1, rank 1 2"), std::string::npos) << log_of(log);
   EXPECT_EQ(run(mpirun(2) + base + " --data " + (g_root / "heldout").string() + " --batch-size 5", log), 2)
       << log_of(log);
   EXPECT_NE(read_text(log).find("world size"), std::string::npos) << log_of(log);

@@ -219,7 +219,7 @@ TEST(ConfigDifferences, ListsEveryDifferenceAndComparesNumbersByValue) {
       R"({"lr": 0.0005, "warmup_steps": 40, "loss_scale": {"init": 65536.0, "mode": "auto"}, "old": 1})");
   const nlohmann::json run = nlohmann::json::parse(
       R"({"lr": 5e-4, "warmup_steps": 80, "loss_scale": {"init": 65536, "mode": "off"}, "new": true})");
-  using electra::train::config_differences;
+  using electra::config_differences;
   EXPECT_EQ(
       config_differences(saved, run, "optim"),
       (std::vector<std::string>{
