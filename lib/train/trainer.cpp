@@ -593,16 +593,20 @@ std::unique_ptr<dist::GradientReducer> Trainer::make_reducer() {
 // The ranks of a run must train the same run. A node whose copy of the config file or of the shards
 // differs (node-local copies), or that sees other checkpoints in RUN_DIR, would otherwise train on a mix
 // without a word, or fail at its first checkpoint ("ranks hold different parameters"). What is compared
-// (dist::compare_with_rank0): the resolved config less its paths (data.dir, data.eval_dir and data.vocab may
-// differ per node), the training and held-out data's identity (counts, vocabulary hash, shard list) and
-// the step resumed at.
+// (dist::compare_with_rank0): the resolved config less what may differ per node (the paths, and the
+// resources: threads, caches, device memory, the GFLOP/s peak), the training and held-out data's identity
+// (counts, vocabulary hash, shard list) and the step resumed at.
 nlohmann::json Trainer::run_identity() const {
-  nlohmann::json identity = {{"config", config_.json()},
-                             {"data", loader_->dataset().identity()},
-                             {"eval_data", held_out_->data_identity()},
-                             {"resumed_step", progress_.step}};
-  for (const char* path_key : {"dir", "eval_dir", "vocab"}) identity["config"]["data"].erase(path_key);
-  return identity;
+  nlohmann::json config = config_.json();
+  for (const char* per_node : {"/data/dir", "/data/eval_dir", "/data/vocab", "/data/cache_mb", "/data/prefetch_batches",
+                               "/train/threads", "/train/peak_gflops", "/device"}) {
+    const nlohmann::json::json_pointer pointer(per_node);
+    if (config.contains(pointer)) config[pointer.parent_pointer()].erase(pointer.back());
+  }
+  return {{"config", std::move(config)},
+          {"data", loader_->dataset().identity()},
+          {"eval_data", held_out_->data_identity()},
+          {"resumed_step", progress_.step}};
 }
 
 int Trainer::train() {

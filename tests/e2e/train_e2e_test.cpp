@@ -460,7 +460,7 @@ TEST_F(TrainE2E, ASignalDuringSetUpStopsWithACheckpointBeforeTheFirstStep) {
 // The ranks of a run must train the same run. Started with other shards, another setting or another run
 // directory's checkpoints on one rank (what node-local copies that differ give), the job is refused at
 // set-up on every rank (exit 2, nothing written), naming the rank, its host and the difference. An equal
-// copy of the shards at another path trains.
+// copy of the shards at another path trains, and so do other thread counts and cache sizes.
 TEST_F(TrainE2E, RanksThatWouldTrainDifferentRunsAreRefusedAtSetUp) {
   const auto two_ranks = [](const fs::path& run_dir0, const fs::path& shards1, const fs::path& run_dir1,
                             const std::string& settings1) {
@@ -472,7 +472,8 @@ TEST_F(TrainE2E, RanksThatWouldTrainDifferentRunsAreRefusedAtSetUp) {
   const fs::path copy = root() / "shards_copy";
   fs::copy(root() / "shards", copy, fs::copy_options::recursive | fs::copy_options::overwrite_existing);
   const fs::path same = run_dir("same_data");
-  ASSERT_EQ(run(two_ranks(same, copy, same, ""), log), 0) << log_of(log);
+  // Per-node resources may differ too.
+  ASSERT_EQ(run(two_ranks(same, copy, same, "--set train.threads=1 --set data.cache_mb=64"), log), 0) << log_of(log);
 
   ASSERT_NO_FATAL_FAILURE(electra::test::preprocess(root(), "corpus", "shards_other", mpirun(1), "--seed 2"));
   const fs::path refused = root() / "refused";
