@@ -59,15 +59,6 @@ struct Setup {
   nlohmann::json identity;  // what this rank evaluates, compared across ranks (compare_with_rank0)
 };
 
-// A hash of the parameters' bytes: equal on two ranks when their models are.
-std::string parameters_hash(const std::vector<float>& params) {
-  char text[17];
-  std::snprintf(
-      text, sizeof(text), "%016llx",
-      static_cast<unsigned long long>(electra::Fnv1a().add(params.data(), params.size() * sizeof(float)).value()));
-  return text;
-}
-
 void setup(const Flags& flags, const electra::dist::Communicator& comm, Setup& s) {
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   omp_set_num_threads(flags.threads > 0 ? flags.threads : std::max(1, cores / std::max(1, comm.local_size())));
@@ -93,18 +84,19 @@ void setup(const Flags& flags, const electra::dist::Communicator& comm, Setup& s
   s.model = electra::make_rank_model(bundle.config, *s.backend, storage);
   s.model->parameters_from_host(bundle.params);
   // Paths may differ per node (node-local copies); what they hold may not.
-  s.identity = {{"model", electra::to_json(bundle.config)},
-                {"parameters_hash", parameters_hash(bundle.params)},
-                {"data", s.loader->dataset().identity()},
-                {"flags",
-                 {{"batch_size", flags.batch_size},
-                  {"max_batches", flags.max_batches},
-                  {"mask_prob", flags.mask_prob},
-                  {"seed", flags.seed},
-                  {"trim_padding", flags.trim_padding},
-                  {"unigram_auc", flags.unigram_auc},
-                  {"auc_bins", flags.auc_bins},
-                  {"exact_auc_max_tokens", flags.exact_auc_max_tokens}}}};
+  s.identity = {
+      {"model", electra::to_json(bundle.config)},
+      {"parameters_hash", electra::Fnv1a().add(bundle.params.data(), bundle.params.size() * sizeof(float)).hex()},
+      {"data", s.loader->dataset().identity()},
+      {"flags",
+       {{"batch_size", flags.batch_size},
+        {"max_batches", flags.max_batches},
+        {"mask_prob", flags.mask_prob},
+        {"seed", flags.seed},
+        {"trim_padding", flags.trim_padding},
+        {"unigram_auc", flags.unigram_auc},
+        {"auc_bins", flags.auc_bins},
+        {"exact_auc_max_tokens", flags.exact_auc_max_tokens}}}};
 }
 
 std::string fixed(double value, int precision) {

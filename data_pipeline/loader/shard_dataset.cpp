@@ -227,14 +227,13 @@ nlohmann::json ShardDataset::identity() const {
     const std::string name = fs::path(shard->path).filename().string();
     shard_list.add(name.data(), name.size() + 1).add_value(shard->rows).add_value(shard->crc32);
   }
-  const uint64_t hash = shard_list.value();
   return {{"format", format_ == Format::kElectra ? "electra-mpi" : "nvidia"},
           {"examples", num_examples_},
           {"shards", shards_.size()},
           {"seq_length", seq_length_},
           {"packed", packed_},
           {"vocab_hash", vocab_->hash()},
-          {"shard_list_hash", crc32_hex(static_cast<uint32_t>(hash ^ (hash >> 32)))}};
+          {"shard_list_hash", shard_list.hex()}};
 }
 
 void ShardDataset::open_electra(const std::string& manifest_path) {

@@ -4,6 +4,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <string>
 #include <type_traits>
 
 namespace electra {
@@ -21,6 +23,12 @@ class Fnv1a {
     return add(&value, sizeof(value));
   }
   uint64_t value() const { return value_; }
+  // 16 hex digits, for messages and comparisons across processes.
+  std::string hex() const {
+    char text[17];
+    std::snprintf(text, sizeof(text), "%016llx", static_cast<unsigned long long>(value_));
+    return text;
+  }
 
  private:
   uint64_t value_ = 14695981039346656037ull;
