@@ -38,8 +38,13 @@ mpirun_cmd=(mpirun -np "$np" --oversubscribe)
 read -r -a more_mpirun_args <<< "${MPIRUN_ARGS:---bind-to none}"
 mpirun_cmd+=("${more_mpirun_args[@]}")
 [ -n "$corpus" ] && [ -e "$corpus" ] || { echo "no corpus: install python3-doc or set CORPUS" >&2; exit 2; }
-[[ "$holdout_every" =~ ^[0-9]+$ ]] && [ "$holdout_every" -ge 2 ] ||
-  { echo "HOLDOUT_EVERY must be an integer >= 2, got '$holdout_every'" >&2; exit 2; }
+at_least() {  # NAME VALUE MIN: VALUE must be an integer >= MIN, else exit 2 naming NAME
+  [[ "$2" =~ ^[0-9]+$ ]] && [ "$2" -ge "$3" ] || { echo "$1 must be an integer >= $3, got '$2'" >&2; exit 2; }
+}
+at_least NP "$np" 1
+at_least VOCAB_SIZE "$vocab_size" 6  # electra-vocab's least: the special tokens and one more
+at_least HOLDOUT_EVERY "$holdout_every" 2
+[ -z "${STEPS:-}" ] || at_least STEPS "$STEPS" 2  # the run stops half-way and resumes
 [ "$blanks" = true ] || [ "$blanks" = false ] ||
   { echo "BLANKS_SEPARATE_DOCS must be true or false, got '$blanks'" >&2; exit 2; }
 

@@ -10,7 +10,8 @@
 #   e. Ctrl-C or a closed terminal (SIGINT or SIGHUP to the script's process group, as a terminal sends
 #      them) stops the ranks with a checkpoint (exit 3), not mpirun's own termination (exit 1);
 #   f. jobs/local/pretrain_default.sh (the README's main job) on Ctrl-C while training: a checkpoint, the
-#      data kept, exit 130.
+#      data kept, exit 130;
+#   g. pretrain_default.sh with a bad NP, STEPS, VOCAB_SIZE or HOLDOUT_EVERY: exit 2 naming it, nothing written.
 # Usage: tests/jobs/local_test.sh [BUILD_DIR]   (default $ELECTRA_BUILD_DIR, else build/)
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -151,4 +152,16 @@ stopped_at=$(stop_step "$tmp/train_f.log" "run f") || exit 1
 [ -f "$(checkpoint_of "$tmp/run_f" "$stopped_at")" ] || fail "run f: no checkpoint of step $stopped_at"
 [ -f "$tmp/work_f/shards/manifest.json" ] || fail "run f: the shards were not kept"
 say "f. pretrain_default.sh: Ctrl-C -> stopped at step $stopped_at with a checkpoint, data kept (exit 130)"
+
+# g. pretrain_default.sh refuses bad settings by name before it writes anything (NP=0 would be mpirun's "all
+# slots", STEPS=abc an arithmetic error).
+for setting in NP=0 NP=two STEPS=abc STEPS=1 VOCAB_SIZE=5 HOLDOUT_EVERY=1; do
+  env CORPUS="$tmp/corpus" WORK="$tmp/work_g" RUN="$tmp/run_g" "$setting" "$root/jobs/local/pretrain_default.sh" \
+    > "$tmp/train_g.log" 2>&1
+  code=$?
+  [ $code = 2 ] || fail "run g: pretrain_default.sh with $setting exited $code, expected 2 (see $tmp/train_g.log)"
+  grep -q "^${setting%%=*} must be an integer" "$tmp/train_g.log" || fail "run g: $setting not named: $(cat "$tmp/train_g.log")"
+  [ ! -e "$tmp/work_g" ] && [ ! -e "$tmp/run_g" ] || fail "run g: $setting wrote $tmp/work_g or $tmp/run_g"
+done
+say "g. pretrain_default.sh: bad NP, STEPS, VOCAB_SIZE and HOLDOUT_EVERY refused by name (exit 2), nothing written"
 say "PASSED"
