@@ -33,6 +33,9 @@ die() { log "error: $*" >&2; exit 2; }
 [ -n "${OUTPUT:-}" ] || die "set OUTPUT to the shards directory"
 command -v mpirun > /dev/null || die "mpirun not found (Debian: openmpi-bin)"
 np=${NP:-$(nproc)}
+# shellcheck source=jobs/local/checks.sh
+source "$root/jobs/local/checks.sh"
+at_least NP "$np" 1
 
 launch=(mpirun -np "$np" -x OMP_NUM_THREADS=1)
 [ "$(id -u)" -ne 0 ] || launch+=(--allow-run-as-root)

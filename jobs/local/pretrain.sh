@@ -37,6 +37,10 @@ die() { log "error: $*" >&2; exit 2; }
 [ -n "${DATA:-}" ] || die "set DATA to the shards directory"
 command -v mpirun > /dev/null || die "mpirun not found (Debian: openmpi-bin)"
 np=${NP:-2}
+# shellcheck source=jobs/local/checks.sh
+source "$root/jobs/local/checks.sh"
+at_least NP "$np" 1
+[ -z "${THREADS:-}" ] || at_least THREADS "$THREADS" 1
 config=${CONFIG:-$root/jobs/configs/small.json}
 run_dir=${RUN_DIR:-$root/runs/pretrain}
 

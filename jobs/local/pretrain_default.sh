@@ -38,9 +38,8 @@ mpirun_cmd=(mpirun -np "$np" --oversubscribe)
 read -r -a more_mpirun_args <<< "${MPIRUN_ARGS:---bind-to none}"
 mpirun_cmd+=("${more_mpirun_args[@]}")
 [ -n "$corpus" ] && [ -e "$corpus" ] || { echo "no corpus: install python3-doc or set CORPUS" >&2; exit 2; }
-at_least() {  # NAME VALUE MIN: VALUE must be an integer >= MIN, else exit 2 naming NAME
-  [[ "$2" =~ ^[0-9]+$ ]] && [ "$2" -ge "$3" ] || { echo "$1 must be an integer >= $3, got '$2'" >&2; exit 2; }
-}
+# shellcheck source=jobs/local/checks.sh
+source "$root/jobs/local/checks.sh"
 at_least NP "$np" 1
 at_least VOCAB_SIZE "$vocab_size" 6  # electra-vocab's least: the special tokens and one more
 at_least HOLDOUT_EVERY "$holdout_every" 2

@@ -5,7 +5,7 @@
 #   b. the same, but the script gets SIGTERM mid-training: it passes SIGUSR1 to mpirun, which forwards
 #      it to the ranks; they checkpoint and the script exits 3; running it again resumes and finishes,
 #      with the loss at every step equal to run (a)'s, bit for bit;
-#   c. a missing DATA is reported with exit code 2;
+#   c. a missing DATA, and a bad NP or THREADS (pretrain.sh, preprocess.sh), are reported with exit code 2;
 #   d. a hung rank is aborted by the watchdog: exit 5, not reported as a stop with a checkpoint;
 #   e. Ctrl-C or a closed terminal (SIGINT or SIGHUP to the script's process group, as a terminal sends
 #      them) stops the ranks with a checkpoint (exit 3), not mpirun's own termination (exit 1);
@@ -94,7 +94,19 @@ say "b. pretrain.sh: SIGTERM -> stopped at step $stopped_at (exit 3), resumed, e
 env -u DATA "$root/jobs/local/pretrain.sh" > "$tmp/bad.log" 2>&1
 code=$?
 [ $code = 2 ] || fail "pretrain.sh without DATA exited $code, expected 2"
-say "c. pretrain.sh without DATA: exit 2"
+# A bad NP or THREADS is named (NP=0 would be mpirun's "all slots"), before anything is written.
+for setting in NP=0 NP=two THREADS=0; do
+  for script in pretrain preprocess; do
+    [ "$script/$setting" != preprocess/THREADS=0 ] || continue
+    env DATA="$tmp/shards" RUN_DIR="$tmp/run_c" INPUT="$tmp/corpus" VOCAB="$tmp/vocab.txt" OUTPUT="$tmp/shards_c" \
+      "$setting" "$root/jobs/local/$script.sh" > "$tmp/bad.log" 2>&1
+    code=$?
+    [ $code = 2 ] || fail "$script.sh with $setting exited $code, expected 2 (see $tmp/bad.log)"
+    grep -q "^${setting%%=*} must be an integer >= 1" "$tmp/bad.log" || fail "$script.sh: $setting not named: $(cat "$tmp/bad.log")"
+    [ ! -e "$tmp/run_c" ] && [ ! -e "$tmp/shards_c" ] || fail "$script.sh with $setting wrote its output"
+  done
+done
+say "c. pretrain.sh without DATA, with NP=0, NP=two or THREADS=0, and preprocess.sh with NP=0 or NP=two: exit 2"
 
 # d. a hung rank: the watchdog aborts the job with its own code (5), which the script does not report as a
 # stop with a checkpoint
