@@ -16,6 +16,7 @@
 #include "lib/core/atomic_file.h"
 #include "lib/core/dir_lock.h"
 #include "lib/core/error.h"
+#include "lib/core/host.h"
 #include "lib/core/log.h"
 #include "lib/core/philox.h"
 
@@ -419,16 +420,63 @@ void prepare_output_directory(const std::string& dir, bool force, bool unfinishe
                     << "; vocab.txt is replaced at the end, other files are left alone";
 }
 
+namespace {
+
+// Every rank reads the vocabulary and its input files by the paths rank 0 listed. On nodes with their own
+// copies these must be the same, or one output's shards would disagree (the loader would refuse them, or
+// a rank would fail half-way): each rank checks its vocabulary's hash and its files' sizes against rank
+// 0's, and a difference is bad input on every rank before anything is written. Loads `vocab` where it is
+// not loaded yet. Collective.
+void check_ranks_see_the_plan(const PreprocessOptions& options, uint64_t vocab_hash,
+                              const std::vector<InputFile>& files, const std::vector<int>& owner,
+                              std::optional<text::Vocab>& vocab, int rank, MPI_Comm comm) {
+  std::string difference;
+  try {
+    if (!vocab) vocab.emplace(text::Vocab::load(options.vocab_path));
+    if (vocab->hash() != vocab_hash) {
+      difference = detail::concat("--vocab ", options.vocab_path, " has vocab_hash ", vocab->hash(), " here, ",
+                                  vocab_hash, " on rank 0");
+    }
+    for (size_t i = 0; i < files.size() && difference.empty(); ++i) {
+      if (owner[i] != rank) continue;
+      std::error_code ec;
+      const uintmax_t size = fs::file_size(files[i].path, ec);
+      if (ec) {
+        difference = detail::concat(files[i].path, ": cannot read it here (", ec.message(), ")");
+      } else if (size != files[i].size) {
+        difference = detail::concat(files[i].path, ": ", size, " bytes here, ", files[i].size, " on rank 0");
+      }
+    }
+  } catch (const std::exception& e) {
+    difference = e.what();
+  }
+  if (!difference.empty()) difference = detail::concat("rank ", rank, " on ", host_name(), ": ", difference);
+  std::string refusal;
+  if (const std::vector<std::string> lines = gather_strings(difference, comm); rank == 0) {
+    for (const std::string& line : lines)
+      if (!line.empty()) refusal += (refusal.empty() ? "" : "; ") + line;
+  }
+  refusal = broadcast_string(refusal, 0, comm);
+  if (!refusal.empty()) {
+    throw BadInputError(
+        "the ranks do not read the same vocabulary and input files as rank 0 (node-local copies "
+        "must be equal); nothing was written: " +
+        refusal);
+  }
+}
+
+}  // namespace
+
 Manifest run_preprocess(const PreprocessOptions& options, MPI_Comm comm) {
   int rank = 0, world = 1;
   MPI_Comm_rank(comm, &rank);
   MPI_Comm_size(comm, &world);
 
-  // 1. Rank 0 checks the arguments, lists the inputs and prepares the output directory (or refuses it);
-  //    everyone gets the list, or the same BadInputError before any rank has written anything.
+  // 1. Rank 0 checks the arguments, lists the inputs and reads the vocabulary; everyone gets the list, or
+  //    the same BadInputError before any rank has written anything. Then every rank checks that it reads
+  //    the same vocabulary and files, and rank 0 takes the output directory (or refuses it).
   nlohmann::json plan;
-  std::optional<text::Vocab> vocab;          // rank 0 reads it here (bad input), the others in step 2
-  std::optional<DirectoryLock> output_lock;  // rank 0, from here until the manifest is written
+  std::optional<text::Vocab> vocab;  // rank 0 reads it here (bad input), the others in check_ranks_see_the_plan
   if (rank == 0) {
     try {
       if (options.output_dir.empty()) fail("--output is required");
@@ -440,6 +488,24 @@ Manifest run_preprocess(const PreprocessOptions& options, MPI_Comm comm) {
         fail("--deflate-level ", options.deflate_level, " is outside [0, 9]");
       const std::vector<InputFile> files = list_input_files(options.inputs);
       vocab.emplace(text::Vocab::load(options.vocab_path));  // missing or malformed: bad input, nothing written
+      plan["files"] = nlohmann::json::array();
+      for (const InputFile& f : files) plan["files"].push_back({f.path, f.size});
+      plan["vocab_hash"] = vocab->hash();
+    } catch (const Error& e) {
+      plan = {{"error", e.what()}};
+    }
+  }
+  plan = nlohmann::json::parse(broadcast_string(rank == 0 ? plan.dump() : std::string(), 0, comm));
+  if (plan.contains("error")) throw BadInputError(plan["error"].get<std::string>());
+  std::vector<InputFile> files;
+  for (const auto& f : plan["files"]) files.push_back({f[0].get<std::string>(), f[1].get<uint64_t>()});
+  const std::vector<int> owner = assign_files_to_ranks(files, world);
+  check_ranks_see_the_plan(options, plan.at("vocab_hash").get<uint64_t>(), files, owner, vocab, rank, comm);
+
+  std::optional<DirectoryLock> output_lock;  // rank 0, from here until the manifest is written
+  std::string refused;
+  if (rank == 0) {
+    try {
       output_lock.emplace(options.output_dir, kOutputLockName);
       if (output_lock->state() == DirectoryLock::State::kBusy) {
         throw BadInputError(detail::concat(options.output_dir, " is being written by another electra-preprocess (",
@@ -452,19 +518,14 @@ Manifest run_preprocess(const PreprocessOptions& options, MPI_Comm comm) {
                              << options.output_dir;
       }
       prepare_output_directory(options.output_dir, options.force, output_lock->file_existed());
-      plan["files"] = nlohmann::json::array();
-      for (const InputFile& f : files) plan["files"].push_back({f.path, f.size});
     } catch (const Error& e) {
       // Refused before anything was written: a lock file this run made goes again.
       if (output_lock && !output_lock->file_existed()) output_lock->remove_file();
-      plan = {{"error", e.what()}};
+      refused = e.what();
     }
   }
-  plan = nlohmann::json::parse(broadcast_string(rank == 0 ? plan.dump() : std::string(), 0, comm));
-  if (plan.contains("error")) throw BadInputError(plan["error"].get<std::string>());
-  std::vector<InputFile> files;
-  for (const auto& f : plan["files"]) files.push_back({f[0].get<std::string>(), f[1].get<uint64_t>()});
-  const std::vector<int> owner = assign_files_to_ranks(files, world);
+  refused = broadcast_string(refused, 0, comm);
+  if (!refused.empty()) throw BadInputError(refused);
   if (rank == 0)
     ELECTRA_LOG(info) << "preprocess: " << files.size() << " input files over " << world << " rank(s) into "
                       << options.output_dir;
@@ -473,8 +534,7 @@ Manifest run_preprocess(const PreprocessOptions& options, MPI_Comm comm) {
   nlohmann::json mine;
   uint64_t vocab_hash = 0, vocab_size = 0;
   try {
-    if (!vocab) vocab.emplace(text::Vocab::load(options.vocab_path));
-    vocab_hash = vocab->hash();
+    vocab_hash = vocab->hash();  // every rank's is rank 0's (check_ranks_see_the_plan)
     vocab_size = vocab->size();
     RankResult result = preprocess_rank(options, *vocab, files, owner, rank);
     mine["shards"] = nlohmann::json::array();

@@ -138,6 +138,25 @@ TEST_F(App, AFullDiskExitsOneAndLeavesNoPartialShard) {
   }
 }
 
+// Ranks on nodes with their own copies must read the same vocabulary as rank 0 (an MPMD launch gives rank 1
+// another one): refused on every rank (exit 2) naming the rank and the hashes, before the output exists.
+TEST_F(App, RanksThatReadAnotherVocabularyAreRefused) {
+  fs::copy_file(tmp / "vocab.txt", tmp / "vocab_other.txt");
+  std::ofstream(tmp / "vocab_other.txt", std::ios::app) << "zzzextra\n";
+  std::string other_args = args("out");
+  other_args.replace(other_args.find(tmp / "vocab.txt"), (tmp / "vocab.txt").size(), tmp / "vocab_other.txt");
+  std::string output;
+  EXPECT_EQ(
+      run("mpirun --oversubscribe --allow-run-as-root -np 1 " + app() + args("out") + " : -np 1 " + app() + other_args,
+          &output),
+      2)
+      << output;
+  EXPECT_NE(output.find("do not read the same vocabulary and input files as rank 0"), std::string::npos) << output;
+  EXPECT_NE(output.find("rank 1 on "), std::string::npos) << output;
+  EXPECT_NE(output.find("has vocab_hash"), std::string::npos) << output;
+  EXPECT_FALSE(fs::exists(tmp / "out"));
+}
+
 TEST_F(App, InputWithoutTextIsRefused) {
   fs::create_directories(tmp / "blank");
   std::ofstream(tmp / "blank/empty.txt");
