@@ -26,7 +26,9 @@ int main(int argc, char** argv) {
   CLI::App app{
       "electra-score: score lines of stdin with an ELECTRA discriminator (and fill [MASK]s with the "
       "generator)"};
-  app.add_option("--model", model_path, "export DIR (discriminator/ + generator/), RUN_DIR or CHECKPOINT.h5")
+  app.add_option("--model", model_path,
+                 "export DIR (discriminator/ + generator/, or either half), RUN_DIR, CHECKPOINT.h5, or a Hugging Face "
+                 "discriminator DIR alone (no --fill-mask)")
       ->required();
   app.add_option("--vocab", vocab, "vocab.txt (default: the model's)");
   app.add_flag("--no-lower-case", no_lower_case, "keep case (default: as the model's tokenizer settings say)");
@@ -64,7 +66,12 @@ int main(int argc, char** argv) {
                                                                    device_kind, device_options.precision, "--storage");
     std::unique_ptr<electra::Backend<float>> backend =
         electra::make_rank_backend(device_kind, electra::local_rank_from_environment(), device_options);
-    electra::interop::PretrainerBundle model = electra::interop::load_pretrainer_bundle(model_path, vocab);
+    electra::interop::PretrainerBundle model = electra::interop::load_scoring_bundle(model_path, vocab);
+    if (options.fill_mask && !model.has_generator) {
+      electra::fail("--fill-mask needs the generator: ", model_path,
+                    " is a Hugging Face discriminator alone; give the electra-export directory (discriminator/ and "
+                    "generator/), a run directory or a checkpoint");
+    }
     if (no_lower_case) {
       model.tokenizer.lower_case = false;
       model.tokenizer.strip_accents.reset();  // cased: accents kept, as BERT does

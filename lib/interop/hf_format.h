@@ -28,6 +28,10 @@ const char* hf_subdir(HfModel model);        // "discriminator" | "generator"
 inline constexpr const char* kHfWeightsFile = "model.safetensors";
 inline constexpr const char* kHfWeightsIndexFile = "model.safetensors.index.json";
 inline constexpr const char* kHfTiedLmHead = "generator_lm_head.weight";
+// A tensor only the discriminator (ElectraForPreTraining) has, and one only the generator has: what tells
+// a lone model directory's kind.
+inline constexpr const char* kHfDiscriminatorHead = "discriminator_predictions.dense_prediction.weight";
+inline constexpr const char* kHfGeneratorHead = "generator_predictions.dense.weight";
 
 // One tensor of a Hugging Face state dict and the layout slice that holds its values.
 struct HfTensor {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <initializer_list>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -120,6 +121,24 @@ std::optional<text::Vocab> load_vocab_if_present(const fs::path& dir) {
   return text::Vocab::load(path.string());
 }
 
+// The tokenizer settings of the first of `dirs` with a tokenizer_config.json (BertTokenizer's defaults when
+// none has one).
+text::TokenizerOptions tokenizer_settings_of(std::initializer_list<fs::path> dirs) {
+  text::TokenizerOptions options;
+  for (const fs::path& dir : dirs) {
+    const fs::path tc = dir / "tokenizer_config.json";
+    if (fs::exists(tc)) {
+      options = tokenizer_options_from_hf(read_json(tc), tc.string());
+      // HF's fast tokenizer applies tokenizer.json's word limit (Google's converted models: 100; our
+      // exports: ours); without the file our default (google-research/bert's 200) stays.
+      const fs::path tj = dir / "tokenizer.json";
+      if (fs::exists(tj)) read_word_limit_from_hf_tokenizer_json(read_json(tj), tj.string(), options);
+      break;
+    }
+  }
+  return options;
+}
+
 }  // namespace
 
 HfPretrainer load_hf_pretrainer(const fs::path& discriminator_dir, const fs::path& generator_dir,
@@ -205,17 +224,51 @@ HfPretrainer load_hf_pretrainer(const fs::path& discriminator_dir, const fs::pat
     fail(out.vocab->origin(), " has ", out.vocab->size(), " tokens, but ", disc.config_path, " has vocab_size ",
          c.vocab_size);
   }
-  for (const fs::path& dir : {discriminator_dir, generator_dir}) {
-    const fs::path tc = dir / "tokenizer_config.json";
-    if (fs::exists(tc)) {
-      out.tokenizer = tokenizer_options_from_hf(read_json(tc), tc.string());
-      // HF's fast tokenizer applies tokenizer.json's word limit (Google's converted models: 100; our
-      // exports: ours); without the file our default (google-research/bert's 200) stays.
-      const fs::path tj = dir / "tokenizer.json";
-      if (fs::exists(tj)) read_word_limit_from_hf_tokenizer_json(read_json(tj), tj.string(), out.tokenizer);
-      break;
-    }
+  out.tokenizer = tokenizer_settings_of({discriminator_dir, generator_dir});
+  return out;
+}
+
+HfPretrainer load_hf_discriminator(const fs::path& dir) {
+  HfDir disc(dir);
+  if (disc.file_of(kHfDiscriminatorHead) == nullptr) {
+    const std::string what = disc.file_of(kHfGeneratorHead) != nullptr
+                                 ? " is an ELECTRA generator (ElectraForMaskedLM)"
+                                 : std::string(" has no discriminator head (no tensor '") + kHfDiscriminatorHead + "')";
+    fail(dir.string(), what,
+         ": scoring tokens needs the discriminator (ElectraForPreTraining); give its directory, or an "
+         "electra-export directory (discriminator/ and generator/)");
   }
+  const EncoderConfig d = encoder_from_hf_config(disc.config, disc.config_path);
+  HfPretrainer out;
+  PretrainerConfig& c = out.config;
+  c.discriminator = d;
+  c.generator = d;  // the placeholder (hf_import.h): one layer, one head, 64 units
+  c.generator.hidden_size = kPlaceholderGeneratorWidth;
+  c.generator.num_layers = 1;
+  c.generator.num_heads = 1;
+  c.generator.intermediate_size = kPlaceholderGeneratorWidth;
+  c.vocab_size = d.vocab_size;
+  c.mlm_activation = Activation::kGelu;
+  validate(c);
+  const PretrainerLayout layout = build_pretrainer_layout(c);
+  out.params.assign(layout.layout.total_size(), 0.0f);
+  std::set<std::string> loaded;
+  for (const HfTensor& t : hf_tensors(layout.layout, HfModel::kDiscriminator)) {
+    const std::vector<float> values = disc.read(t.hf_name, t.slice->shape);
+    std::copy(values.begin(), values.end(), out.params.begin() + t.slice->offset);
+    loaded.insert(t.slice->name);
+  }
+  disc.check_no_unexpected();
+  for (const ParameterSlice& v : layout.layout.slices()) {
+    if (!loaded.count(v.name)) out.not_loaded.push_back(v.name);
+  }
+  out.has_generator = false;
+  out.vocab = load_vocab_if_present(dir);
+  if (out.vocab && static_cast<int64_t>(out.vocab->size()) != c.vocab_size) {
+    fail(out.vocab->origin(), " has ", out.vocab->size(), " tokens, but ", disc.config_path, " has vocab_size ",
+         c.vocab_size);
+  }
+  out.tokenizer = tokenizer_settings_of({dir});
   return out;
 }
 

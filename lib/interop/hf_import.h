@@ -34,6 +34,7 @@ struct HfPretrainer {
   std::optional<text::Vocab> vocab;           // discriminator/vocab.txt, else generator/vocab.txt
   text::TokenizerOptions tokenizer;           // from tokenizer_config.json (BertTokenizer defaults when absent)
   double shared_embeddings_max_abs_diff = 0;  // generator copy vs discriminator copy
+  bool has_generator = true;                  // false: load_hf_discriminator's placeholder generator
 };
 
 // Reads both directories. Fails naming the file and the tensor or key on: a missing or unexpected
@@ -43,6 +44,15 @@ struct HfPretrainer {
 // that our model cannot express (encoder_from_hf_config), or two different vocabularies.
 HfPretrainer load_hf_pretrainer(const std::filesystem::path& discriminator_dir,
                                 const std::filesystem::path& generator_dir, const PretrainerConfig* base = nullptr);
+
+// A lone discriminator directory (ElectraForPreTraining: electra-export's discriminator/, or Google's
+// google/electra-*-discriminator), for scoring tokens. The network our model runs is a whole pretrainer, so
+// the generator is a placeholder of kPlaceholderGeneratorWidth units, one layer and one head, all zero
+// (has_generator = false; its slices are in not_loaded). Its outputs never reach the discriminator when
+// every prediction has weight 0, as electra-score's do. Fails naming the directory when it holds a
+// generator or an encoder without the discriminator head, and as load_hf_pretrainer on the rest.
+inline constexpr int kPlaceholderGeneratorWidth = 64;
+HfPretrainer load_hf_discriminator(const std::filesystem::path& dir);
 
 // First difference between the structure of a run's model config and an imported one, as
 // "model.hidden_size: run 128, Hugging Face 256", or nullopt. Compared: vocab_size, embedding_size,

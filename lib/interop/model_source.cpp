@@ -2,6 +2,7 @@
 
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 
 #include "lib/core/error.h"
 #include "lib/core/log.h"
@@ -104,23 +105,63 @@ bool is_hf_export_dir(const fs::path& dir) {
   return fs::is_directory(dir / "discriminator") && fs::is_directory(dir / "generator");
 }
 
-fs::path export_dir_of(const fs::path& path) {
-  if (is_hf_export_dir(path)) return path;
+namespace {
+
+// The export directory of which `path` is the discriminator/ or generator/ (named in *half_name), else empty.
+fs::path export_dir_around(const fs::path& path, std::string* half_name = nullptr) {
   fs::path half = path.lexically_normal();
   if (!half.has_filename()) half = half.parent_path();  // "export/discriminator/"
   const fs::path parent = half.has_parent_path() ? half.parent_path() : fs::path(".");
-  if ((half.filename() == "discriminator" || half.filename() == "generator") && is_hf_export_dir(parent)) {
-    ELECTRA_LOG(info) << path.string() << " is the " << half.filename().string() << " of the export directory "
-                      << parent.string() << ": loading both halves from there";
-    return parent;
-  }
-  return {};
+  const bool named_as_half = half.filename() == "discriminator" || half.filename() == "generator";
+  if (half_name != nullptr) *half_name = half.filename().string();
+  return named_as_half && is_hf_export_dir(parent) ? parent : fs::path();
 }
+
+}  // namespace
+
+fs::path export_dir_of(const fs::path& path) {
+  if (is_hf_export_dir(path)) return path;
+  std::string half;
+  const fs::path parent = export_dir_around(path, &half);
+  if (!parent.empty()) {
+    ELECTRA_LOG(info) << path.string() << " is the " << half << " of the export directory " << parent.string()
+                      << ": loading both halves from there";
+  }
+  return parent;
+}
+
+namespace {
+
+// A directory with a Hugging Face config.json that is neither a run directory nor part of an export.
+bool is_lone_hf_model_dir(const fs::path& path) {
+  return fs::is_directory(path) && fs::exists(path / "config.json") && !fs::exists(path / "checkpoints") &&
+         !is_hf_export_dir(path) && export_dir_around(path).empty();
+}
+
+// The vocabulary: `vocab_path` when given, else the Hugging Face directory's; it must fit the model.
+text::Vocab hf_vocab(const fs::path& dir, const std::optional<text::Vocab>& own, const std::string& vocab_path,
+                     int64_t vocab_size) {
+  text::Vocab vocab;
+  if (!vocab_path.empty()) {
+    vocab = text::Vocab::load(vocab_path);
+  } else if (own) {
+    vocab = *own;
+  } else {
+    fail(dir.string(), " has no vocab.txt; pass --vocab vocab.txt");
+  }
+  if (static_cast<int64_t>(vocab.size()) != vocab_size) {
+    fail("vocabulary ", vocab.origin(), " has ", vocab.size(), " tokens, but ", dir.string(), " has vocab_size ",
+         vocab_size);
+  }
+  return vocab;
+}
+
+}  // namespace
 
 PretrainerBundle load_pretrainer_bundle(const fs::path& given, const std::string& vocab_path) {
   const fs::path path = export_dir_of(given);
   if (path.empty()) {
-    if (fs::is_directory(given) && fs::exists(given / "config.json") && !fs::exists(given / "checkpoints"))
+    if (is_lone_hf_model_dir(given))
       fail(given.string(),
            " holds one Hugging Face model (config.json); the generator and the discriminator are "
            "both needed: give an electra-export directory (discriminator/ and generator/), a run directory or a "
@@ -132,18 +173,21 @@ PretrainerBundle load_pretrainer_bundle(const fs::path& given, const std::string
   bundle.config = hf.config;
   bundle.params = std::move(hf.params);
   bundle.tokenizer = hf.tokenizer;
-  if (!vocab_path.empty()) {
-    bundle.vocab = text::Vocab::load(vocab_path);
-  } else if (hf.vocab) {
-    bundle.vocab = *hf.vocab;
-  } else {
-    fail("export directory ", path.string(), " has no vocab.txt; pass --vocab vocab.txt");
-  }
-  if (static_cast<int64_t>(bundle.vocab.size()) != bundle.config.vocab_size) {
-    fail("vocabulary ", bundle.vocab.origin(), " has ", bundle.vocab.size(), " tokens, but ", path.string(),
-         " has vocab_size ", bundle.config.vocab_size);
-  }
+  bundle.vocab = hf_vocab(path, hf.vocab, vocab_path, bundle.config.vocab_size);
   bundle.source = "Hugging Face export " + path.string();
+  return bundle;
+}
+
+PretrainerBundle load_scoring_bundle(const fs::path& given, const std::string& vocab_path) {
+  if (!is_lone_hf_model_dir(given)) return load_pretrainer_bundle(given, vocab_path);
+  HfPretrainer hf = load_hf_discriminator(given);
+  PretrainerBundle bundle;
+  bundle.config = hf.config;
+  bundle.params = std::move(hf.params);
+  bundle.tokenizer = hf.tokenizer;
+  bundle.vocab = hf_vocab(given, hf.vocab, vocab_path, bundle.config.vocab_size);
+  bundle.has_generator = false;
+  bundle.source = "Hugging Face discriminator " + given.string();
   return bundle;
 }
 

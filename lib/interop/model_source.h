@@ -20,6 +20,7 @@ struct PretrainerBundle {
   text::Vocab vocab;                 // vocab.size() == config.vocab_size
   text::TokenizerOptions tokenizer;  // lower_case (and strip_accents) the data was made with
   std::string source;                // what it was loaded from, for messages
+  bool has_generator = true;         // false: a lone Hugging Face discriminator (load_scoring_bundle)
 };
 
 // RUN_DIR (a directory with checkpoints/): its newest complete checkpoint (CheckpointManager::
@@ -45,5 +46,9 @@ std::filesystem::path export_dir_of(const std::filesystem::path& path);
 // DIR/generator, vocabulary from there unless `vocab_path` is given), else a run directory or checkpoint
 // file. A lone Hugging Face model directory (config.json, no export around it) is refused by name.
 PretrainerBundle load_pretrainer_bundle(const std::filesystem::path& path, const std::string& vocab_path = "");
+
+// electra-score's --model: what load_pretrainer_bundle takes, or a lone Hugging Face discriminator directory
+// (load_hf_discriminator: has_generator false, so no --fill-mask).
+PretrainerBundle load_scoring_bundle(const std::filesystem::path& path, const std::string& vocab_path = "");
 
 }  // namespace electra::interop

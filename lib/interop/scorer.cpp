@@ -91,6 +91,9 @@ ScoredLine Scorer::score(std::string_view line, const ScoreOptions& options) {
 
 ScoredLine Scorer::score_ids(const std::vector<int32_t>& ids, const ScoreOptions& options) {
   if (options.fill_mask && options.top_k <= 0) fail("--top-k must be positive, got ", options.top_k);
+  if (options.fill_mask && !model_.has_generator) {
+    fail("--fill-mask needs the generator, and ", model_.source, " is a discriminator alone");
+  }
   const int S = static_cast<int>(ids.size());
   const int32_t mask_id = model_.vocab.mask_id();
   std::vector<int32_t> mask_positions;

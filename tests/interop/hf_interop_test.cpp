@@ -142,6 +142,14 @@ TEST(HfInterop, TransformersLoadsExportAndComputesOurLogits) {
     if (v.name.rfind("generator_classification_head.", 0) == 0) continue;
     for (size_t i = 0; i < v.size; ++i) ASSERT_EQ(back.params[v.offset + i], run.params[v.offset + i]) << v.name;
   }
+  // Hugging Face's discriminator alone (as google/electra-*-discriminator comes) scores every line as the
+  // export does, whose logits equal transformers' above.
+  fs::copy(saved / "discriminator", tmp.path() / "lone");
+  Scorer lone(load_scoring_bundle(tmp.path() / "lone"));
+  EXPECT_FALSE(lone.model().has_generator);
+  for (const std::string& line : lines) {
+    EXPECT_EQ(lone.score(line, {}).disc_logits, scorer.score(line, {}).disc_logits) << line;
+  }
 }
 
 // Lines where tokenizers part ways: accents and case, CJK and other scripts, punctuation, control, zero-width

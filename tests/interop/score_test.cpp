@@ -7,6 +7,7 @@
 
 #include "lib/interop/hf_export.h"
 #include "lib/interop/model_source.h"
+#include "lib/interop/safetensors.h"
 #include "lib/interop/scorer.h"
 #include "tests/interop/interop_test_util.h"
 
@@ -110,11 +111,43 @@ TEST_F(ScoreTest, ReplacedProbIsSigmoidOfDiscriminatorLogits) {
     ASSERT_EQ(from_half.status, 0) << half;
     EXPECT_EQ(from_half.out, r.out) << half;
   }
-  // A Hugging Face model directory alone lacks the other half: refused by name (exit 2).
-  fs::copy(export_dir_ / "discriminator", tmp_.path() / "lone");
-  const CommandResult lone = score(tmp_.path() / "lone", input, "2>&1");
-  EXPECT_EQ(lone.status, 2) << lone.out;
-  EXPECT_NE(lone.out.find("holds one Hugging Face model"), std::string::npos) << lone.out;
+  // A Hugging Face discriminator alone (no export around it, as google/electra-*-discriminator comes)
+  // scores the same to the bit: the placeholder generator never reaches the discriminator's input.
+  const fs::path lone = tmp_.path() / "lone";
+  fs::copy(export_dir_ / "discriminator", lone);
+  const CommandResult from_lone = score(lone, input, "");
+  ASSERT_EQ(from_lone.status, 0) << from_lone.out;
+  EXPECT_EQ(from_lone.out, r.out);
+  // ... but it cannot fill masks, and a generator alone cannot score: both refused by name (exit 2).
+  const CommandResult lone_fill = score(lone, input, "--fill-mask 2>&1");
+  EXPECT_EQ(lone_fill.status, 2) << lone_fill.out;
+  EXPECT_NE(lone_fill.out.find("--fill-mask needs the generator: " + lone.string()), std::string::npos)
+      << lone_fill.out;
+  fs::copy(export_dir_ / "generator", tmp_.path() / "lone_generator");
+  const CommandResult generator = score(tmp_.path() / "lone_generator", input, "2>&1");
+  EXPECT_EQ(generator.status, 2) << generator.out;
+  EXPECT_NE(generator.out.find("lone_generator is an ELECTRA generator (ElectraForMaskedLM): scoring tokens needs "
+                               "the discriminator"),
+            std::string::npos)
+      << generator.out;
+  // An encoder without the discriminator head (ElectraModel) is refused too.
+  const fs::path encoder = tmp_.path() / "encoder";
+  fs::create_directories(encoder);
+  fs::copy(export_dir_ / "discriminator" / "config.json", encoder / "config.json");
+  const std::vector<float> embeddings(16 * run_.config.vocab_size, 0.5f);
+  write_safetensors(encoder / "model.safetensors",
+                    {{"electra.embeddings.word_embeddings.weight", {run_.config.vocab_size, 16}, embeddings}});
+  const CommandResult headless = score(encoder, input, "2>&1");
+  EXPECT_EQ(headless.status, 2) << headless.out;
+  EXPECT_NE(headless.out.find("has no discriminator head (no tensor 'discriminator_predictions.dense_prediction"),
+            std::string::npos)
+      << headless.out;
+  // electra-eval needs both networks: a lone directory is refused there by name.
+  const CommandResult eval =
+      run_command(shell_quote(program("electra-eval")) + " --checkpoint " + shell_quote(lone.string()) + " --data " +
+                  shell_quote(run_.data_dir.string()) + " 2>&1");
+  EXPECT_EQ(eval.status, 2) << eval.out;
+  EXPECT_NE(eval.out.find("holds one Hugging Face model"), std::string::npos) << eval.out;
 }
 
 TEST_F(ScoreTest, FillMaskGivesTopKSortedByProbability) {
