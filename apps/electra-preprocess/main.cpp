@@ -5,6 +5,7 @@
 #include <mpi.h>
 
 #include <CLI/CLI.hpp>
+#include <cmath>
 #include <cstdint>
 #include <iostream>
 #include <limits>
@@ -48,7 +49,18 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--chunk-rows", options.chunk_rows, "rows per HDF5 chunk")->capture_default_str();
   app.add_option("--deflate-level", options.deflate_level, "zlib level 0..9")->capture_default_str();
-  app.add_option("--progress-interval", options.progress_interval_s, "seconds between progress lines")
+  app.add_option("--progress-interval", options.progress_interval_s, "seconds between progress lines (0: none)")
+      ->check(
+          [](const std::string& text) {
+            // CLI11's ranges let NaN through (every comparison with it is false).
+            double seconds = std::nan("");
+            try {
+              seconds = std::stod(text);
+            } catch (const std::exception&) {
+            }
+            return std::isfinite(seconds) && seconds >= 0 ? std::string() : "must be a number of seconds >= 0";
+          },
+          "SECONDS >= 0")
       ->capture_default_str();
   try {
     app.parse(argc, argv);

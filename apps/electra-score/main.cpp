@@ -23,6 +23,7 @@ int main(int argc, char** argv) {
   electra::interop::ScoreOptions options;
   std::string device = "cpu", precision = "fp32", storage = "auto";
   electra::DeviceOptions device_options;
+  device_options.arena_size_hint = "--memory-fraction";
   CLI::App app{
       "electra-score: score lines of stdin with an ELECTRA discriminator (and fill [MASK]s with the "
       "generator)"};

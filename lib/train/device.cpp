@@ -44,11 +44,12 @@ void check_precision(CudaPrecision precision, DeviceKind device, const std::stri
 std::unique_ptr<Backend<float>> make_rank_backend(DeviceKind device, int local_rank, const DeviceOptions& options,
                                                   int local_size) {
   check_precision(options.precision, device, "precision");
-  // The CPU's bf16 products are its bf16 storage backend's (make_bf16_backend); the float backend is fp32.
-  if (device == DeviceKind::kCpu) return make_cpu_backend<float>();
+  // Checked on the CPU too, where it is unused: a bad value is refused whatever the device.
   if (options.arena_bytes == 0 && !(options.memory_fraction > 0.0 && options.memory_fraction <= 1.0)) {
     fail("memory fraction ", options.memory_fraction, " outside (0, 1] (", options.arena_size_hint, ")");
   }
+  // The CPU's bf16 products are its bf16 storage backend's (make_bf16_backend); the float backend is fp32.
+  if (device == DeviceKind::kCpu) return make_cpu_backend<float>();
 #if defined(ELECTRA_HAVE_CUDA)
   const int gpus = cuda_device_count();
   if (gpus == 0) fail("--device cuda: ", cuda_unavailable_reason());

@@ -105,6 +105,8 @@ TEST_F(App, OutOfRangeFlagsAreRefusedBeforeAnythingIsWritten) {
       {"--deflate-level 10", "--deflate-level 10 is outside [0, 9]"},
       {"--deflate-level -1", "--deflate-level -1 is outside [0, 9]"},
       {"--max-seq-length 4", "--max-seq-length 4 is outside [5, 65535]"},
+      {"--progress-interval -5", "--progress-interval: must be a number of seconds >= 0"},
+      {"--progress-interval nan", "--progress-interval: must be a number of seconds >= 0"},
   };
   for (const auto& [flags, message] : cases) {
     std::string output;

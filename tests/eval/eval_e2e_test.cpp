@@ -340,6 +340,13 @@ TEST_F(EvalE2E, BadInputExitsWithTwoNamingTheProblem) {
     EXPECT_NE(read_text(log).find(flag.substr(0, flag.find(' ')) + ": Value"), std::string::npos)
         << flag << log_of(log);
   }
+  // A device-memory fraction outside (0, 1] is refused on the CPU too, where it is unused (NaN among them).
+  for (const std::string fraction : {"nan", "2", "0"}) {
+    EXPECT_EQ(run(base + " --data " + (g_root / "heldout").string() + " --memory-fraction " + fraction, log), 2)
+        << fraction << log_of(log);
+    EXPECT_NE(read_text(log).find("memory fraction " + fraction + " outside (0, 1]"), std::string::npos)
+        << fraction << log_of(log);
+  }
   // Numbers that cannot be written (a full disk) are an error, not a success: exit 1.
   if (fs::exists("/dev/full")) {
     // The braces keep stdout on /dev/full inside run()'s own redirection to the log.
