@@ -5,9 +5,13 @@
 #include <gtest/gtest.h>
 #include <omp.h>
 
+#include <algorithm>
 #include <cstring>
+#include <limits>
 
 #include "lib/backend/backend.h"
+#include "lib/backend/cpu/gumbel_bound.h"
+#include "lib/core/philox.h"
 #include "tests/backend/test_util.h"
 
 namespace electra::test {
@@ -184,6 +188,81 @@ TEST(BackendGumbelSample, DisallowedTokenNeverDrawnEvenWhenItDominates) {
   }
   be->gumbel_sample(samples.data(), logits.data(), disallow.data(), rows, V, 1.0f, 4, 4, 0, 1);
   for (int r = 0; r < rows; ++r) ASSERT_NE(samples[r], disallow[r]) << "row " << r;
+}
+
+// gumbel_sample_rows skips chunks of tokens that cannot win; the samples stay those of scoring every token
+// (backend.h's definition, here in double with libm), also on rows with infinite or NaN logits, huge ones,
+// one dominant token, and with the disallowed token the largest.
+TEST(BackendGumbelSample, SkippingChunksKeepsTheSamplesOfScoringEveryToken) {
+  auto be = make_cpu_backend<float>();
+  const int V = 1000, per = 2;
+  const float inf = std::numeric_limits<float>::infinity(), nan = std::numeric_limits<float>::quiet_NaN();
+  std::vector<std::vector<float>> rows;
+  rows.push_back(std::vector<float>(V, 0.0f));                   // flat
+  rows.push_back(cast<float>(random_values(V, 11, -5.0, 5.0)));  // spread
+  rows.push_back(cast<float>(random_values(V, 12, -5.0, 5.0)));  // one token far above the rest
+  rows.back()[517] = 45.0f;
+  rows.push_back(std::vector<float>(V, -inf));  // nothing finite: token 0
+  rows.push_back(std::vector<float>(V, -inf));  // a few finite tokens
+  for (int v : {3, 400, 999}) rows.back()[v] = static_cast<float>(v % 7);
+  rows.push_back(cast<float>(random_values(V, 13, -5.0, 5.0)));  // +inf: the first one wins
+  rows.back()[640] = inf;
+  rows.back()[900] = inf;
+  rows.push_back(cast<float>(random_values(V, 14, -5.0, 5.0)));  // NaN never wins
+  for (int v = 0; v < V; v += 37) rows.back()[v] = nan;
+  rows.push_back(cast<float>(random_values(V, 15, -1e6, 1e6)));    // huge logits
+  rows.push_back(cast<float>(random_values(V, 16, -40.0, 40.0)));  // peaked, disallowed token largest
+  const int R = static_cast<int>(rows.size());
+  std::vector<float> logits;
+  for (const auto& row : rows) logits.insert(logits.end(), row.begin(), row.end());
+  std::vector<int32_t> disallow(R, -1);
+  disallow[8] = static_cast<int32_t>(std::max_element(rows[8].begin(), rows[8].end()) - rows[8].begin());
+  disallow[2] = 517;
+  for (float t : {1.0f, 0.5f}) {
+    for (bool with_disallow : {false, true}) {
+      std::vector<int32_t> samples(R);
+      be->gumbel_sample(samples.data(), logits.data(), with_disallow ? disallow.data() : nullptr, R, V, t, 5, 6, 70,
+                        per);
+      for (int r = 0; r < R; ++r) {
+        const PhiloxStream stream(5, RandomPurpose::kSampling, 6, 70 + r / per);
+        double best = -std::numeric_limits<double>::infinity();
+        int want = 0;
+        for (int v = 0; v < V; ++v) {
+          const double z = static_cast<double>(rows[r][v]) - (with_disallow && v == disallow[r] ? 1000.0 : 0.0);
+          const double score = z / static_cast<double>(t) + stream.gumbel(static_cast<uint64_t>(r % per) * V + v);
+          if (score > best) {
+            best = score;
+            want = v;
+          }
+        }
+        EXPECT_EQ(samples[r], want) << "row " << r << " t=" << t << " disallow=" << with_disallow;
+      }
+    }
+  }
+}
+
+// The Philox bound gumbel_sample_rows skips chunks by: the largest high word of the uniforms of the
+// tokens' blocks, the same from the AVX-512 kernel (where the CPU has it) and the portable loop, across the
+// 32-bit block counter's wrap, odd first tokens and runs of 1 to 70 tokens.
+TEST(BackendGumbelSample, UniformBoundIsTheLargestHighWordOfTheBlocks) {
+  int checked = 0;
+  for (uint64_t example : {0ull, 3ull, 12345ull}) {
+    const PhiloxStream stream(99, RandomPurpose::kSampling, 7, example);
+    for (uint64_t n0 : {0ull, 1ull, 30ull, 8001ull, (1ull << 33) - 41, (1ull << 33) - 2}) {
+      for (int count = 1; count <= 70; ++count) {
+        uint32_t want = 0;
+        for (uint64_t block = n0 >> 1; block <= (n0 + count - 1) >> 1; ++block) {
+          want = std::max({want, stream.at(4 * block), stream.at(4 * block + 2)});
+        }
+        for (uint64_t n = n0; n < n0 + count; ++n) ASSERT_GE(want, stream.at(2 * n));  // each token's high word
+        ASSERT_EQ(cpu::detail::max_uniform_high_word_portable(stream, n0, count), want) << n0 << " " << count;
+        ASSERT_EQ(cpu::detail::max_uniform_high_word(stream, n0, count), want) << n0 << " " << count;
+        ++checked;
+      }
+    }
+  }
+  EXPECT_EQ(checked, 3 * 6 * 70);
+  if (!cpu::detail::max_uniform_high_word_uses_avx512()) GTEST_LOG_(INFO) << "no AVX-512: the portable loop only";
 }
 
 TEST(BackendGumbelSample, SplitIndependence) {

@@ -545,7 +545,7 @@ ELECTRA_CPU_CLONES ELECTRA_NO_FP_CONTRACT void gumbel_scores(double* score, cons
 #if defined(__clang__)
 #pragma clang fp contract(off)
 #endif
-  alignas(64) uint32_t block_words[2 * 128 + 4];
+  alignas(64) uint32_t block_words[2 * detail::kGumbelChunk + 4];
   const uint64_t first_block = n0 >> 1, last_block = ((n0 + count - 1) >> 1) + 1;
   detail::philox_words(block_words, stream, first_block, static_cast<int>(last_block - first_block));
   const uint32_t* words = block_words + (2 * n0 - 4 * first_block);

@@ -74,12 +74,12 @@ ELECTRA_CPU_CLONES void log_softmax_row(T* y, const T* x, int V) {
   for (int j = 0; j < V; ++j) y[j] = x[j] - lse;
 }
 
-// Gumbel-max scores of `count` (<= 128) tokens of one row whose first token has stream offset n0;
+// Gumbel-max scores of `count` (<= detail::kGumbelChunk) tokens of one row whose first token has stream offset n0;
 // gumbel(n) takes words 2n and 2n+1 of the stream, i.e. Philox block n / 2.
 template <typename T>
 ELECTRA_CPU_CLONES void gumbel_scores(double* score, const PhiloxStream& stream, uint64_t n0, const T* x, int count,
                                       int banned, double temperature) {
-  alignas(64) uint32_t block_words[2 * 128 + 4];
+  alignas(64) uint32_t block_words[2 * detail::kGumbelChunk + 4];
   const uint64_t first_block = n0 >> 1, last_block = ((n0 + count - 1) >> 1) + 1;
   detail::philox_words(block_words, stream, first_block, static_cast<int>(last_block - first_block));
   const uint32_t* words = block_words + (2 * n0 - 4 * first_block);

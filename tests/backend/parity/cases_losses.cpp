@@ -214,10 +214,16 @@ struct GumbelIn {
 };
 class GumbelSample : public CaseOf<GumbelSample, GumbelIn> {
  public:
-  GumbelSample(int rows, int V) : CaseOf("gumbel_sample", dims({{"rows", rows}, {"V", V}})), rows_(rows), V_(V) {}
+  // Logits in [-spread, spread]: flat rows (an untrained generator) and peaked ones (a trained one, where
+  // most chunks of a row cannot win and gumbel_sample_rows skips them).
+  GumbelSample(int rows, int V, double spread = 3.0)
+      : CaseOf("gumbel_sample", dims({{"rows", rows}, {"V", V}, {"spread", static_cast<int>(spread)}})),
+        rows_(rows),
+        V_(V),
+        spread_(spread) {}
 
   GumbelIn make(Storage s) const {
-    GumbelIn in{draw(static_cast<size_t>(rows_) * V_, 1, s, -3.0, 3.0), random_ints(rows_, 2, 0, V_)};
+    GumbelIn in{draw(static_cast<size_t>(rows_) * V_, 1, s, -spread_, spread_), random_ints(rows_, 2, 0, V_)};
     in.disallow[3 % rows_] = -1;
     return in;
   }
@@ -269,6 +275,7 @@ class GumbelSample : public CaseOf<GumbelSample, GumbelIn> {
     return "samples_t" + std::to_string(std::lround(t * 100)) + (with_disallow ? "_disallow" : "");
   }
   int rows_, V_;
+  double spread_;
 };
 
 // ELECTRA's replaced-token input and labels from the samples (backend.h's contract): duplicate positions
@@ -337,8 +344,9 @@ void add_loss_cases(Cases& cases) {
                                 SigmoidShape{1001, -30.0, 30.0, 2.0}, SigmoidShape{5001, -10.0, 10.0, 2.0}}) {
     cases.push_back(std::make_unique<SigmoidCrossEntropy>(s));
   }
-  for (auto [rows, V] : {std::pair{23, 301}, std::pair{12, 97}, std::pair{24, 777}, std::pair{24, 30522}}) {
-    cases.push_back(std::make_unique<GumbelSample>(rows, V));
+  for (auto [rows, V, spread] : {std::tuple{23, 301, 3.0}, std::tuple{12, 97, 3.0}, std::tuple{24, 777, 3.0},
+                                 std::tuple{24, 30522, 3.0}, std::tuple{16, 8000, 12.0}, std::tuple{16, 30522, 40.0}}) {
+    cases.push_back(std::make_unique<GumbelSample>(rows, V, spread));
   }
   for (auto [B, S, P] : {std::tuple{3, 10, 4}, std::tuple{4, 30, 6}}) {
     cases.push_back(std::make_unique<ReplaceMaskedTokens>(B, S, P));
