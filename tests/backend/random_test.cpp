@@ -10,7 +10,7 @@
 #include <limits>
 
 #include "lib/backend/backend.h"
-#include "lib/backend/cpu/gumbel_bound.h"
+#include "lib/backend/cpu/philox_simd.h"
 #include "lib/core/philox.h"
 #include "tests/backend/test_util.h"
 
@@ -262,7 +262,26 @@ TEST(BackendGumbelSample, UniformBoundIsTheLargestHighWordOfTheBlocks) {
     }
   }
   EXPECT_EQ(checked, 3 * 6 * 70);
-  if (!cpu::detail::max_uniform_high_word_uses_avx512()) GTEST_LOG_(INFO) << "no AVX-512: the portable loop only";
+  if (!cpu::detail::philox_uses_avx512()) GTEST_LOG_(INFO) << "no AVX-512: the portable loop only";
+}
+
+// Dropout's Philox words from the AVX-512 kernel (where the CPU has it) and the portable loop: the
+// stream's own words, in order, across the block counter's wrap and for 1 to 40 blocks.
+TEST(BackendPhiloxWords, SimdAndPortableGiveTheStreamsWords) {
+  std::vector<uint32_t> simd(4 * 40), portable(4 * 40);
+  for (uint64_t example : {0ull, 9ull}) {
+    const PhiloxStream stream(31, RandomPurpose::kDropout, 4, example, 2);
+    for (uint64_t first : {0ull, 5ull, 1000ull, (1ull << 32) - 20, (1ull << 32) + 3}) {
+      for (int count = 1; count <= 40; ++count) {
+        cpu::detail::philox_words_simd(simd.data(), stream, first, count);
+        cpu::detail::philox_words_portable(portable.data(), stream, first, count);
+        for (int i = 0; i < 4 * count; ++i) {
+          ASSERT_EQ(simd[i], stream.at(4 * first + i)) << first << " " << count << " " << i;
+          ASSERT_EQ(portable[i], simd[i]) << first << " " << count << " " << i;
+        }
+      }
+    }
+  }
 }
 
 TEST(BackendGumbelSample, SplitIndependence) {

@@ -10,7 +10,7 @@
 #include <type_traits>
 #include <vector>
 
-#include "lib/backend/cpu/gumbel_bound.h"
+#include "lib/backend/cpu/philox_simd.h"
 #include "lib/core/error.h"
 #include "lib/core/philox.h"
 
@@ -127,7 +127,7 @@ ELECTRA_CPU_CLONES void gumbel_chunk_maxima(double* maxima, const T* x, int V) {
 //
 // Scores are computed only where they can win. The chunk with the row's largest logit is scored first:
 // its best score is one the row reaches, and later the best so far is. A chunk is skipped when its largest
-// logit Z and a bound on its uniforms (max_uniform_high_word: Philox without logarithms; or, before
+// logit Z and a bound on its uniforms (max_uniform_high_word, philox_simd.h: Philox without logarithms; or, before
 // drawing them, the largest uniform there is, 1 - 2^-53) bound every score of it below the score reached:
 // Z / t + g(u_max) < reached - margin. The margin (1e-9
 // relative) is far above the rounding of the double arithmetic, so a skipped token's computed score is
@@ -164,7 +164,7 @@ void gumbel_sample_rows(int32_t* samples, const T* logits, const int32_t* disall
       const double below = reached - 1e-9 * (1.0 + std::abs(reached) + std::abs(z));  // NaN: never skipped
       if (z + kLargestGumbel < below) continue;
       if (std::isfinite(z) && std::isfinite(below)) {
-        // Every uniform of the chunk is below (hi + 1) 2^-32 (gumbel_bound.h).
+        // Every uniform of the chunk is below (hi + 1) 2^-32 (philox_simd.h).
         const uint32_t hi = max_uniform_high_word(stream, base + v0, count);
         const double u = (static_cast<double>(hi) + 1.0) * (1.0 / 4294967296.0);
         if (u < 1.0 && z - std::log(-std::log(u)) < below) continue;

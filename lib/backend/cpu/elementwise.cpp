@@ -5,6 +5,7 @@
 
 #include "lib/backend/cpu/detail.h"
 #include "lib/backend/cpu/kernels.h"
+#include "lib/backend/cpu/philox_simd.h"
 #include "lib/backend/cpu/vmath.h"
 #include "lib/core/error.h"
 
@@ -63,7 +64,7 @@ ELECTRA_CPU_CLONES void keep_run(uint8_t* keep, const PhiloxStream& stream, uint
   while (o < end) {
     const uint64_t first_block = o >> 2;
     const uint64_t last_block = std::min((end + 3) >> 2, first_block + kBlocks);  // exclusive
-    detail::philox_words(words, stream, first_block, static_cast<int>(last_block - first_block));
+    detail::philox_words_simd(words, stream, first_block, static_cast<int>(last_block - first_block));
     const uint64_t stop = std::min(end, last_block * 4);
     const uint32_t* w = words + (o - first_block * 4);  // the word of offset o
     uint8_t* k = keep + (o - offset);
