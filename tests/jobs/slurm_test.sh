@@ -3,6 +3,7 @@
 # all configured in a temporary directory through SLURM_CONF; nothing system-wide is read or changed):
 #   0. jobs/slurm/preprocess.sbatch makes shards (2 tasks, srun) from a small generated corpus; requeued,
 #      a job that first refused an unfinished run's output (what a preempted job leaves) replaces it;
+#   a0. pretrain.sbatch refuses THREADS=0 and a MAX_REQUEUES that is not a number (exit 2);
 #   a. jobs/slurm/pretrain.sbatch trains a very small model to N steps without interruption;
 #   b. the same job gets SIGUSR1 in its batch shell mid-training (`scancel --batch --signal=USR1`, what
 #      `#SBATCH --signal=B:USR1@120` does before the time limit): the script forwards it to the ranks,
@@ -274,6 +275,18 @@ submit_train() {  # run_dir output_file steps: prints the job id
     sbatch --parsable --nodes=1 --ntasks-per-node=2 --cpus-per-task=1 --gpus-per-node=0 --time=10 \
     --output="$2" jobs/slurm/pretrain.sbatch "${model_args[@]}"
 }
+
+# a0. settings the script checks itself: refused (exit 2) before anything runs
+for setting in THREADS=0 MAX_REQUEUES=many; do
+  # The command substitution's subshell keeps the export to this job (sbatch passes the environment on).
+  job=$(export "${setting?}"; submit_train "$tmp/run_bad" "$tmp/train_bad.out" 10) || fail "sbatch pretrain.sbatch failed"
+  state=$(wait_job "$job" 60)
+  [ "$state" = FAILED ] && [ "$(job_field "$job" ExitCode)" = 2:0 ] ||
+    fail "$setting: job $job ended $state (exit $(job_field "$job" ExitCode)), expected FAILED with exit 2"
+  grep -q "error: ${setting%%=*} must be an integer" "$tmp/train_bad.out" || fail "$setting: not named in the output"
+  [ ! -e "$tmp/run_bad" ] || fail "$setting: $tmp/run_bad was created"
+done
+say "a0. THREADS=0 and MAX_REQUEUES=many: FAILED with exit 2 naming them, nothing written"
 
 # a. uninterrupted
 run_a=$tmp/run_a
