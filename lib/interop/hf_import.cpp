@@ -139,6 +139,34 @@ text::TokenizerOptions tokenizer_settings_of(std::initializer_list<fs::path> dir
   return options;
 }
 
+// Our config for discriminator `d` and a generator of `g`'s hidden size, layers, heads and FFN width (the
+// rest is shared with the discriminator); the settings Hugging Face has no key for come from `base`, else
+// our defaults.
+PretrainerConfig pretrainer_config_of(const EncoderConfig& d, const EncoderConfig& g, const PretrainerConfig* base) {
+  PretrainerConfig c;
+  if (base != nullptr) c = *base;
+  c.discriminator = d;
+  c.generator = d;
+  c.generator.hidden_size = g.hidden_size;
+  c.generator.num_layers = g.num_layers;
+  c.generator.num_heads = g.num_heads;
+  c.generator.intermediate_size = g.intermediate_size;
+  c.vocab_size = d.vocab_size;
+  c.mlm_activation = Activation::kGelu;
+  validate(c);
+  return c;
+}
+
+// The discriminator's tensors (the shared embeddings among them) into `params`, in layout order.
+void read_discriminator(HfDir& disc, const ParameterLayout& layout, std::vector<float>& params,
+                        std::set<std::string>& loaded) {
+  for (const HfTensor& t : hf_tensors(layout, HfModel::kDiscriminator)) {
+    const std::vector<float> values = disc.read(t.hf_name, t.slice->shape);
+    std::copy(values.begin(), values.end(), params.begin() + t.slice->offset);
+    loaded.insert(t.slice->name);
+  }
+}
+
 }  // namespace
 
 HfPretrainer load_hf_pretrainer(const fs::path& discriminator_dir, const fs::path& generator_dir,
@@ -166,25 +194,11 @@ HfPretrainer load_hf_pretrainer(const fs::path& discriminator_dir, const fs::pat
 
   HfPretrainer out;
   PretrainerConfig& c = out.config;
-  if (base != nullptr) c = *base;
-  c.discriminator = d;
-  c.generator = d;
-  c.generator.hidden_size = g.hidden_size;
-  c.generator.num_layers = g.num_layers;
-  c.generator.num_heads = g.num_heads;
-  c.generator.intermediate_size = g.intermediate_size;
-  c.vocab_size = d.vocab_size;
-  c.mlm_activation = Activation::kGelu;
-  validate(c);
-
+  c = pretrainer_config_of(d, g, base);
   const PretrainerLayout layout = build_pretrainer_layout(c);
   out.params.assign(layout.layout.total_size(), 0.0f);
   std::set<std::string> loaded;
-  for (const HfTensor& t : hf_tensors(layout.layout, HfModel::kDiscriminator)) {
-    const std::vector<float> values = disc.read(t.hf_name, t.slice->shape);
-    std::copy(values.begin(), values.end(), out.params.begin() + t.slice->offset);
-    loaded.insert(t.slice->name);
-  }
+  read_discriminator(disc, layout.layout, out.params, loaded);
   for (const HfTensor& t : hf_tensors(layout.layout, HfModel::kGenerator)) {
     if (t.slice->network != Network::kShared) {
       const std::vector<float> values = gen.read(t.hf_name, t.slice->shape);
@@ -239,25 +253,18 @@ HfPretrainer load_hf_discriminator(const fs::path& dir) {
          "electra-export directory (discriminator/ and generator/)");
   }
   const EncoderConfig d = encoder_from_hf_config(disc.config, disc.config_path);
+  EncoderConfig placeholder = d;  // hf_import.h: one layer, one head, 64 units
+  placeholder.hidden_size = kPlaceholderGeneratorWidth;
+  placeholder.num_layers = 1;
+  placeholder.num_heads = 1;
+  placeholder.intermediate_size = kPlaceholderGeneratorWidth;
   HfPretrainer out;
   PretrainerConfig& c = out.config;
-  c.discriminator = d;
-  c.generator = d;  // the placeholder (hf_import.h): one layer, one head, 64 units
-  c.generator.hidden_size = kPlaceholderGeneratorWidth;
-  c.generator.num_layers = 1;
-  c.generator.num_heads = 1;
-  c.generator.intermediate_size = kPlaceholderGeneratorWidth;
-  c.vocab_size = d.vocab_size;
-  c.mlm_activation = Activation::kGelu;
-  validate(c);
+  c = pretrainer_config_of(d, placeholder, nullptr);
   const PretrainerLayout layout = build_pretrainer_layout(c);
   out.params.assign(layout.layout.total_size(), 0.0f);
   std::set<std::string> loaded;
-  for (const HfTensor& t : hf_tensors(layout.layout, HfModel::kDiscriminator)) {
-    const std::vector<float> values = disc.read(t.hf_name, t.slice->shape);
-    std::copy(values.begin(), values.end(), out.params.begin() + t.slice->offset);
-    loaded.insert(t.slice->name);
-  }
+  read_discriminator(disc, layout.layout, out.params, loaded);
   disc.check_no_unexpected();
   for (const ParameterSlice& v : layout.layout.slices()) {
     if (!loaded.count(v.name)) out.not_loaded.push_back(v.name);
