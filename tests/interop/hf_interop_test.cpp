@@ -10,6 +10,7 @@
 #include <functional>
 #include <map>
 #include <set>
+#include <sstream>
 
 #include "data_pipeline/tokenizer/bert_tokenizer.h"
 #include "lib/core/error.h"
@@ -150,6 +151,46 @@ TEST(HfInterop, TransformersLoadsExportAndComputesOurLogits) {
   for (const std::string& line : lines) {
     EXPECT_EQ(lone.score(line, {}).disc_logits, scorer.score(line, {}).disc_logits) << line;
   }
+}
+
+// A discriminator that transformers made and saved itself (its own config.json keys, its own tokenizer
+// files), alone in its directory as google/electra-*-discriminator comes: electra-score gives
+// transformers' ids and sigmoid(logits).
+TEST(HfInterop, ElectraScoreScoresADiscriminatorThatTransformersMade) {
+  std::string why;
+  const std::string python = python_with_transformers(&why);
+  if (python.empty()) GTEST_SKIP() << why;
+  TempDir tmp;
+  const TinyRun run = make_tiny_run(tmp.path());
+  const fs::path model = tmp.path() / "electra-discriminator", lines = tmp.path() / "lines.txt",
+                 want = tmp.path() / "transformers.json";
+  write_bytes(lines, "The quick brown fox jumps over the lazy dog.\nhello [MASK] world\n\ncats sat, on a MAT!\n");
+  const CommandResult made =
+      run_command(shell_quote(python) + " " + shell_quote(source_dir() + "/tests/interop/hf_discriminator.py") + " " +
+                  shell_quote((run.data_dir / "vocab.txt").string()) + " " + shell_quote(model.string()) + " " +
+                  shell_quote(lines.string()) + " " + shell_quote(want.string()) + " 2>&1");
+  ASSERT_EQ(made.status, 0) << made.out;
+  const CommandResult scored = run_command(shell_quote(program("electra-score")) + " --model " +
+                                           shell_quote(model.string()) + " < " + shell_quote(lines.string()));
+  ASSERT_EQ(scored.status, 0) << scored.out;
+  const nlohmann::json expected = nlohmann::json::parse(read_bytes(want));
+  std::istringstream ours(scored.out);
+  std::string line;
+  size_t n = 0;
+  for (; std::getline(ours, line); ++n) {
+    ASSERT_LT(n, expected.size()) << scored.out;
+    const nlohmann::json got = nlohmann::json::parse(line);
+    EXPECT_EQ(got["ids"], expected[n]["ids"]) << "line " << n;
+    const auto probs = got["replaced_prob"].get<std::vector<double>>();
+    const auto reference = expected[n]["replaced_prob"].get<std::vector<double>>();
+    ASSERT_EQ(probs.size(), reference.size()) << "line " << n;
+    for (size_t i = 0; i < probs.size(); ++i)
+      EXPECT_NEAR(probs[i], reference[i], 1e-6) << "line " << n << " token " << i;
+  }
+  EXPECT_EQ(n, expected.size());
+  // The comparison has teeth: the probabilities are not all alike.
+  const auto first = expected[0]["replaced_prob"].get<std::vector<double>>();
+  EXPECT_GT(*std::max_element(first.begin(), first.end()) - *std::min_element(first.begin(), first.end()), 1e-3);
 }
 
 // Lines where tokenizers part ways: accents and case, CJK and other scripts, punctuation, control, zero-width
