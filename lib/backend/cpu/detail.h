@@ -126,13 +126,14 @@ ELECTRA_CPU_CLONES void gumbel_chunk_maxima(double* maxima, const T* x, int V) {
 // thread count.
 //
 // Scores are computed only where they can win. The chunk with the row's largest logit is scored first:
-// its best score is one the row reaches, and later the best so far is. A chunk is skipped when its largest
-// logit Z and a bound on its uniforms (max_uniform_high_word, philox_simd.h: Philox without logarithms; or, before
-// drawing them, the largest uniform there is, 1 - 2^-53) bound every score of it below the score reached:
-// Z / t + g(u_max) < reached - margin. The margin (1e-9
-// relative) is far above the rounding of the double arithmetic, so a skipped token's computed score is
-// below one that some token has, and the samples are the full computation's, bit for bit. Of 8,000 tokens
-// a row scores 3% with flat logits (an untrained generator), 11% with normal logits of sd 3, 2% of sd 8.
+// its best score is one the row reaches, and later the best so far is. A chunk is skipped when its
+// largest logit Z and a bound on its uniforms keep every score of it below the score reached:
+// Z / t + g(u_max) < reached - margin. The bound is the largest uniform there is (1 - 2^-53) when that
+// suffices, else the chunk's largest Philox high word (max_uniform_high_word, philox_simd.h: Philox
+// without logarithms). The margin (1e-9 relative) is far above the rounding of the double arithmetic, so
+// a skipped token's computed score is below one that some token has, and the samples are the full
+// computation's, bit for bit. Of 8,000 tokens a row scores 3% with flat logits (an untrained generator),
+// 11% with normal logits of sd 3, 2% of sd 8.
 template <typename T, typename Scores>
 void gumbel_sample_rows(int32_t* samples, const T* logits, const int32_t* disallow, int rows, int V, float temperature,
                         uint64_t seed, uint64_t step, uint64_t first_example, int rows_per_example, Scores scores) {
