@@ -24,6 +24,40 @@ std::string config_string(const nlohmann::json& config, const char* section, con
   return s.contains(key) && s.at(key).is_string() ? s.at(key).get<std::string>() : "";
 }
 
+// The export directory of which `path` is the discriminator/ or generator/ (named in *half_name), else empty.
+fs::path export_dir_around(const fs::path& path, std::string* half_name = nullptr) {
+  fs::path half = path.lexically_normal();
+  if (!half.has_filename()) half = half.parent_path();  // "export/discriminator/"
+  const fs::path parent = half.has_parent_path() ? half.parent_path() : fs::path(".");
+  const bool named_as_half = half.filename() == "discriminator" || half.filename() == "generator";
+  if (half_name != nullptr) *half_name = half.filename().string();
+  return named_as_half && is_hf_export_dir(parent) ? parent : fs::path();
+}
+
+// A directory with a Hugging Face config.json that is neither a run directory nor part of an export.
+bool is_lone_hf_model_dir(const fs::path& path) {
+  return fs::is_directory(path) && fs::exists(path / "config.json") && !fs::exists(path / "checkpoints") &&
+         !is_hf_export_dir(path) && export_dir_around(path).empty();
+}
+
+// The vocabulary: `vocab_path` when given, else the Hugging Face directory's; it must fit the model.
+text::Vocab hf_vocab(const fs::path& dir, const std::optional<text::Vocab>& own, const std::string& vocab_path,
+                     int64_t vocab_size) {
+  text::Vocab vocab;
+  if (!vocab_path.empty()) {
+    vocab = text::Vocab::load(vocab_path);
+  } else if (own) {
+    vocab = *own;
+  } else {
+    fail(dir.string(), " has no vocab.txt; pass --vocab vocab.txt");
+  }
+  if (static_cast<int64_t>(vocab.size()) != vocab_size) {
+    fail("vocabulary ", vocab.origin(), " has ", vocab.size(), " tokens, but ", dir.string(), " has vocab_size ",
+         vocab_size);
+  }
+  return vocab;
+}
+
 }  // namespace
 
 fs::path resolve_checkpoint(const fs::path& path) {
@@ -105,20 +139,6 @@ bool is_hf_export_dir(const fs::path& dir) {
   return fs::is_directory(dir / "discriminator") && fs::is_directory(dir / "generator");
 }
 
-namespace {
-
-// The export directory of which `path` is the discriminator/ or generator/ (named in *half_name), else empty.
-fs::path export_dir_around(const fs::path& path, std::string* half_name = nullptr) {
-  fs::path half = path.lexically_normal();
-  if (!half.has_filename()) half = half.parent_path();  // "export/discriminator/"
-  const fs::path parent = half.has_parent_path() ? half.parent_path() : fs::path(".");
-  const bool named_as_half = half.filename() == "discriminator" || half.filename() == "generator";
-  if (half_name != nullptr) *half_name = half.filename().string();
-  return named_as_half && is_hf_export_dir(parent) ? parent : fs::path();
-}
-
-}  // namespace
-
 fs::path export_dir_of(const fs::path& path) {
   if (is_hf_export_dir(path)) return path;
   std::string half;
@@ -129,34 +149,6 @@ fs::path export_dir_of(const fs::path& path) {
   }
   return parent;
 }
-
-namespace {
-
-// A directory with a Hugging Face config.json that is neither a run directory nor part of an export.
-bool is_lone_hf_model_dir(const fs::path& path) {
-  return fs::is_directory(path) && fs::exists(path / "config.json") && !fs::exists(path / "checkpoints") &&
-         !is_hf_export_dir(path) && export_dir_around(path).empty();
-}
-
-// The vocabulary: `vocab_path` when given, else the Hugging Face directory's; it must fit the model.
-text::Vocab hf_vocab(const fs::path& dir, const std::optional<text::Vocab>& own, const std::string& vocab_path,
-                     int64_t vocab_size) {
-  text::Vocab vocab;
-  if (!vocab_path.empty()) {
-    vocab = text::Vocab::load(vocab_path);
-  } else if (own) {
-    vocab = *own;
-  } else {
-    fail(dir.string(), " has no vocab.txt; pass --vocab vocab.txt");
-  }
-  if (static_cast<int64_t>(vocab.size()) != vocab_size) {
-    fail("vocabulary ", vocab.origin(), " has ", vocab.size(), " tokens, but ", dir.string(), " has vocab_size ",
-         vocab_size);
-  }
-  return vocab;
-}
-
-}  // namespace
 
 PretrainerBundle load_pretrainer_bundle(const fs::path& given, const std::string& vocab_path) {
   const fs::path path = export_dir_of(given);

@@ -33,10 +33,7 @@ ELECTRA_CPU_CLONES uint32_t max_high_word_of_blocks(const PhiloxStream& s, uint3
 }
 
 ELECTRA_CPU_CLONES void words_of_blocks(uint32_t* words, const PhiloxStream& s, uint32_t first, int blocks) {
-  for (int j = 0; j < blocks; ++j) {
-    const Philox4x32 r = philox4x32_10(first + static_cast<uint32_t>(j), s.lane, s.example, s.step, s.key0, s.key1);
-    for (int w = 0; w < 4; ++w) words[4 * j + w] = r.v[w];
-  }
+  philox_words(words, s, first, blocks);  // detail.h's loop, vectorised in this leaf's ISA clones
 }
 
 #if defined(ELECTRA_PHILOX_AVX512)
