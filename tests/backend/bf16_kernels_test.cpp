@@ -68,6 +68,12 @@ std::vector<uint8_t> random_keep(size_t n, uint64_t id) {
   return std::vector<uint8_t>(k.begin(), k.end());
 }
 const T kSentinel = T::from_bits(0x4242);  // what an output holds before the op
+// Every bf16 bit pattern once, permuted (odd multiplier), then three more: 65,539 values.
+std::vector<T> every_bf16_value() {
+  std::vector<T> x(65539);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = T::from_bits(static_cast<uint16_t>(i * 40503 + 3));
+  return x;
+}
 
 DropoutKey test_key(uint64_t elements_per_example) {
   DropoutKey key;
@@ -201,9 +207,29 @@ std::string shape(const std::string& op, std::initializer_list<long long> dims, 
   return variant.empty() ? s : s + "/" + variant;
 }
 
-// GELU backward is bitwise only in the Release build (-O3): see bf16_kernels.cpp.
 std::vector<Case> elementwise_cases() {
   std::vector<Case> cases;
+  // GELU is a table lookup in the fast kernels: every bf16 bit pattern (NaNs, infinities, subnormals), in an
+  // order that puts none at its table index, against the reference's arithmetic.
+  cases.push_back({"activation_forward/gelu/every_bf16_value", [](Impl impl) {
+                     const std::vector<T> x = every_bf16_value();
+                     std::vector<T> y(x.size(), kSentinel);
+                     if (impl == Impl::kFast)
+                       fast::activation_forward(Activation::kGelu, y.data(), x.data(), x.size());
+                     else
+                       reference().activation_forward(Activation::kGelu, y.data(), x.data(), x.size());
+                     return Outputs().add("y", y);
+                   }});
+  cases.push_back({"activation_backward/gelu/every_bf16_value", [](Impl impl) {
+                     const std::vector<T> x = every_bf16_value();
+                     const std::vector<T> dy = bf16_with_specials(x.size(), 5);
+                     std::vector<T> dx(x.size(), kSentinel);
+                     if (impl == Impl::kFast)
+                       fast::activation_backward(Activation::kGelu, dx.data(), dy.data(), x.data(), x.size());
+                     else
+                       reference().activation_backward(Activation::kGelu, dx.data(), dy.data(), x.data(), x.size());
+                     return Outputs().add("dx", dx);
+                   }});
   const Activation acts[] = {Activation::kNone, Activation::kGelu, Activation::kRelu, Activation::kTanh};
   for (size_t n : {size_t{1}, size_t{15}, size_t{33}, size_t{1000}, size_t{8193}, size_t{40001}}) {
     const long long N = static_cast<long long>(n);

@@ -2,11 +2,8 @@
 //
 // How the bits stay the reference's (widen, float kernel, round):
 //  - Elementwise work widens and rounds in registers around the float kernels' own expressions, inside
-//    ELECTRA_CPU_CLONES leaves, so the same ISA clone fuses the same multiply-adds. One expression leaves
-//    the compiler a choice: gelu_grad_f adds two products and one of them is fused, picked by how the loop
-//    was compiled. In the Release build (-O3) GELU backward gives the reference's bits (tested); at -O2 a
-//    few elements differ in the last bit. (Running the float kernel on tiles would make it bitwise in every
-//    build, at 1.1x the reference's speed instead of 1.5x.)
+//    ELECTRA_CPU_CLONES leaves, so the same ISA clone fuses the same multiply-adds. GELU is looked up in
+//    tables of the float kernel's own results for every bf16 value (GeluTables below).
 //  - A reduction's partial sums follow the shape the compiler gives its vectorised loop (lanes, epilogue),
 //    chosen per loop. So a row that feeds a reduction is widened once into a per-thread float row (L1), and
 //    the float kernels' loops run on it unchanged; the row's later passes read it from there too.
@@ -18,12 +15,14 @@
 #include "lib/backend/cpu/bf16_kernels.h"
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <memory>
+#include <vector>
 
 #include "lib/backend/cpu/detail.h"
 #include "lib/backend/cpu/kernels.h"
@@ -106,17 +105,11 @@ size_t row_stride(int cols) { return (static_cast<size_t>(cols) + 15) / 16 * 16 
 struct Identity {
   ELECTRA_VMATH_INLINE static float f(float x) { return x; }
 };
-struct GeluForward {
-  ELECTRA_VMATH_INLINE static float f(float x) { return vmath::gelu_f(x); }
-};
 struct TanhForward {
   ELECTRA_VMATH_INLINE static float f(float x) { return vmath::tanh_f(x); }
 };
 struct ReluForward {
   ELECTRA_VMATH_INLINE static float f(float x) { return x > 0.0f ? x : 0.0f; }
-};
-struct GeluBackward {
-  ELECTRA_VMATH_INLINE static float f(float dy, float x) { return dy * vmath::gelu_grad_f(x); }
 };
 struct TanhBackward {
   ELECTRA_VMATH_INLINE static float f(float dy, float x) {
@@ -161,6 +154,40 @@ template <class Op>
 void map2(T* y, const T* a, const T* b, size_t n, size_t min_parallel) {
   detail::parallel_chunks(n, kChunk, min_parallel,
                           [&](size_t s, size_t e) { map2_chunk<Op>(y + s, a + s, b + s, e - s); });
+}
+
+// ---- GELU by lookup ----
+// A bf16 input takes one of 65,536 values, so GELU and its derivative are looked up rather than computed
+// (ggml does the same for fp16): the erf form costs about 35 vector operations per element, and was the
+// largest non-GEMM cost of a step. The tables hold the float kernels' own results (kernels.h) for every
+// bf16 bit pattern, NaNs included, so the results are the reference's bits on every CPU and in every build.
+// Backward: the float kernel computes dy * gelu'(x) with the multiply last, so dy times the kernel's result
+// for dy = 1 is the same float before rounding. 384 KiB, filled once (backend construction) in ~1 ms; a
+// step reads the few KiB of entries that activations near zero use.
+struct GeluTables {
+  static constexpr size_t kSize = size_t{1} << 16;
+  GeluTables() {
+    std::vector<float> x(kSize), y(kSize);
+    const std::vector<float> ones(kSize, 1.0f);
+    for (size_t bits = 0; bits < kSize; ++bits) x[bits] = wide_bits(static_cast<uint16_t>(bits));
+    cpu::activation_forward(Activation::kGelu, y.data(), x.data(), kSize);
+    for (size_t bits = 0; bits < kSize; ++bits) forward[bits] = narrow_bits(y[bits]);
+    cpu::activation_backward(Activation::kGelu, derivative.data(), ones.data(), x.data(), kSize);
+  }
+  alignas(64) std::array<uint16_t, kSize> forward;  // GELU(x), rounded to bf16
+  alignas(64) std::array<float, kSize> derivative;  // GELU'(x), float
+};
+const GeluTables& gelu_tables() {
+  static const GeluTables tables;  // static storage: nothing on the heap after construction
+  return tables;
+}
+
+ELECTRA_CPU_CLONES void gelu_forward_chunk(T* y, const T* x, size_t n, const uint16_t* table) {
+  for (size_t i = 0; i < n; ++i) y[i].bits = table[x[i].bits];
+}
+ELECTRA_CPU_CLONES void gelu_backward_chunk(T* dx, const T* dy, const T* x, size_t n, const float* table) {
+#pragma omp simd
+  for (size_t i = 0; i < n; ++i) dx[i] = narrow(wide(dy[i]) * table[x[i].bits]);
 }
 
 void check_dropout_p(float p, const char* op) {
@@ -665,6 +692,8 @@ ELECTRA_CPU_CLONES void attention_softmax_backward_block(T* ds, const float* d_a
 
 // ---- elementwise ----
 
+void prepare_tables() { gelu_tables(); }
+
 void fill(T* x, size_t n, T value) {
   detail::parallel_chunks(n, 2 * kChunk, 8 * kChunk, [&](size_t b, size_t e) { std::fill(x + b, x + e, value); });
 }
@@ -674,9 +703,12 @@ void activation_forward(Activation act, T* y, const T* x, size_t n) {
     case Activation::kNone:
       map<Identity>(y, x, n, kParallelMin);
       return;
-    case Activation::kGelu:
-      map<GeluForward>(y, x, n, kChunk);
+    case Activation::kGelu: {
+      const uint16_t* table = gelu_tables().forward.data();
+      detail::parallel_chunks(n, kChunk, kParallelMin,
+                              [&](size_t b, size_t e) { gelu_forward_chunk(y + b, x + b, e - b, table); });
       return;
+    }
     case Activation::kRelu:
       map<ReluForward>(y, x, n, kParallelMin);
       return;
@@ -692,9 +724,12 @@ void activation_backward(Activation act, T* dx, const T* dy, const T* x, size_t 
     case Activation::kNone:
       map<Identity>(dx, dy, n, kParallelMin);
       return;
-    case Activation::kGelu:
-      map2<GeluBackward>(dx, dy, x, n, kChunk);
+    case Activation::kGelu: {
+      const float* table = gelu_tables().derivative.data();
+      detail::parallel_chunks(n, kChunk, kParallelMin,
+                              [&](size_t b, size_t e) { gelu_backward_chunk(dx + b, dy + b, x + b, e - b, table); });
       return;
+    }
     case Activation::kRelu:
       map2<ReluBackward>(dx, dy, x, n, kParallelMin);
       return;

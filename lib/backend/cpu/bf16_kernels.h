@@ -9,8 +9,7 @@
 // Results: bitwise equal to the reference on the same CPU, reductions included: they keep the float
 // kernels' fixed orders (dgamma/dbeta over 32-row blocks, embedding tables and scatter-adds in token order,
 // sum_squares over kSumSquaresChunk chunks, column sums in row order). Exceptions: where both operands of an
-// operation are NaN, the result is a NaN that may carry the other operand's payload; GELU backward is bitwise
-// in the Release build (-O3) only (bf16_kernels.cpp says why). Every kernel is
+// operation are NaN, the result is a NaN that may carry the other operand's payload. Every kernel is
 // bitwise independent of the OpenMP thread count (fixed partitions, as in kernels.h).
 // Threading: as kernels.h (OpenMP only; inside the model's parallel chunks each call runs on one thread).
 #pragma once
@@ -24,6 +23,9 @@
 namespace electra::cpu::bf16 {
 
 using T = bfloat16;
+
+// Fills the lookup tables (GELU's, 384 KiB) now rather than in the first step that needs them.
+void prepare_tables();
 
 // ---- elementwise ----
 void fill(T* x, size_t n, T value);

@@ -77,7 +77,9 @@ class OnednnBf16Backend final : public Backend<bfloat16> {
   using T = bfloat16;
 
   OnednnBf16Backend(Backend<float>& wide, bool native)
-      : wide_(wide), reference_(make_cpu_bf16_backend(wide)), native_(native) {}
+      : wide_(wide), reference_(make_cpu_bf16_backend(wide)), native_(native) {
+    cpu::bf16::prepare_tables();  // not inside the first step
+  }
 
   DeviceKind device() const override { return DeviceKind::kCpu; }
   std::string name() const override { return "cpu-bf16-onednn"; }
