@@ -46,6 +46,12 @@ text::Vocab hf_vocab(const fs::path& dir, const std::optional<text::Vocab>& own,
   text::Vocab vocab;
   if (!vocab_path.empty()) {
     vocab = text::Vocab::load(vocab_path);
+    // The model's own vocab.txt says what its ids mean; another file would relabel them.
+    if (own && vocab.hash() != own->hash()) {
+      fail("vocabulary ", vocab.origin(), " is not ", own->origin(), ", the one ", dir.string(),
+           " was made with (vocab_hash ", vocab.hash(), " against ", own->hash(),
+           "): token ids would mean different words");
+    }
   } else if (own) {
     vocab = *own;
   } else {
@@ -108,16 +114,39 @@ PretrainerBundle load_checkpoint_bundle(const fs::path& run_dir_or_file, const s
     fail("vocabulary ", vocab.string(), " has ", bundle.vocab.size(), " tokens, but checkpoint ", path.string(),
          " has model.vocab_size ", bundle.config.vocab_size);
   }
+  // electra-train records the vocabulary's hash and the lower-casing in the checkpoint's state (older
+  // checkpoints do not: then the training manifest, when it is still there, is all there is to check).
+  const nlohmann::json& state = file.state();
+  if (state.contains("vocab")) {
+    const nlohmann::json& recorded = state.at("vocab");
+    if (!recorded.is_object() || !recorded.contains("hash") || !recorded.at("hash").is_number_unsigned()) {
+      fail("checkpoint ", path.string(), ": state vocab.hash is missing or not an unsigned integer");
+    }
+    const uint64_t hash = recorded.at("hash").get<uint64_t>();
+    if (hash != bundle.vocab.hash()) {
+      fail("vocabulary ", vocab.string(), " (from ", vocab_path.empty() ? "the checkpoint's config" : "--vocab",
+           ") is not the one checkpoint ", path.string(), " was trained with (vocab_hash ", bundle.vocab.hash(),
+           " against the recorded ", hash, "): token ids would mean different words");
+    }
+  }
+  std::optional<bool> recorded_lower_case;
+  if (state.contains("tokenizer") && state.at("tokenizer").is_object() &&
+      state.at("tokenizer").contains("lower_case")) {
+    const nlohmann::json& lower = state.at("tokenizer").at("lower_case");
+    if (!lower.is_boolean()) fail("checkpoint ", path.string(), ": state tokenizer.lower_case is not a boolean");
+    recorded_lower_case = lower.get<bool>();
+  }
 
-  // Lower-casing as the shards were made (electra-preprocess's manifest), else BERT's uncased default.
-  bundle.tokenizer.lower_case = true;
+  // Lower-casing as recorded, else as the shards were made (electra-preprocess's manifest), else BERT's
+  // uncased default.
+  bundle.tokenizer.lower_case = recorded_lower_case.value_or(true);
   const fs::path manifest = data_dir.empty() ? fs::path() : fs::path(data_dir) / "manifest.json";
   if (!manifest.empty() && fs::exists(manifest)) {
     std::ifstream in(manifest);
     nlohmann::json m;
     try {
       m = nlohmann::json::parse(in);
-      bundle.tokenizer.lower_case = m.at("tokenizer").at("lower_case").get<bool>();
+      if (!recorded_lower_case) bundle.tokenizer.lower_case = m.at("tokenizer").at("lower_case").get<bool>();
     } catch (const nlohmann::json::exception& e) {
       fail("manifest ", manifest.string(), ": cannot read tokenizer.lower_case: ", e.what());
     }
@@ -128,7 +157,7 @@ PretrainerBundle load_checkpoint_bundle(const fs::path& run_dir_or_file, const s
            " records vocab_hash ", m.at("vocab_hash").get<uint64_t>(), ", the file hashes to ", bundle.vocab.hash(),
            ")");
     }
-  } else {
+  } else if (!recorded_lower_case) {
     ELECTRA_LOG(info) << "no manifest.json next to the training data: assuming lower_case = true";
   }
   bundle.source = "checkpoint " + path.string() + " (step " + std::to_string(file.step()) + ")";

@@ -1,0 +1,115 @@
+// Where electra-eval, electra-export and electra-score find a model's vocabulary and lower-casing: the
+// checkpoint's own record (state vocab.hash, tokenizer.lower_case) wins over the training manifest, and a
+// vocabulary of the right size but other content (from --vocab or from the evaluation data) is refused,
+// for checkpoints and for Hugging Face directories alike.
+#include "lib/interop/model_source.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <functional>
+
+#include "lib/core/error.h"
+#include "lib/interop/hf_export.h"
+#include "lib/train/checkpoint_manager.h"
+#include "tests/interop/interop_test_util.h"
+
+namespace electra::interop {
+namespace {
+
+using namespace testing;
+
+// The tiny run's vocabulary with two tokens swapped: the same size, other ids.
+fs::path swapped_vocab(const fs::path& dir) {
+  std::vector<std::string> tokens = tiny_vocab_tokens();
+  std::swap(tokens[6], tokens[7]);
+  const fs::path path = dir / "swapped_vocab.txt";
+  text::Vocab::from_tokens(tokens).save(path.string());
+  return path;
+}
+
+// A checkpoint of the run's parameters as electra-train writes it now: with the vocabulary's hash and the
+// lower-casing in its state, and a data directory that no longer exists.
+fs::path checkpoint_with_record(const TinyRun& run, const fs::path& dir, bool lower_case) {
+  const PretrainerLayout layout = build_pretrainer_layout(run.config);
+  const std::vector<TensorSlice> tensors = layout.layout.tensor_slices();
+  train::CheckpointContent content;
+  content.layout = tensors;
+  content.params = run.params;
+  content.state = {{"step", 9},
+                   {"seed", 1},
+                   {"vocab", {{"hash", run.vocab.hash()}, {"size", run.vocab.size()}}},
+                   {"tokenizer", {{"lower_case", lower_case}}}};
+  content.config = {{"model", run.model_json}, {"data", {{"dir", (dir / "moved_data").string()}, {"vocab", ""}}}};
+  return train::CheckpointManager(dir / "checkpoints").save(content);
+}
+
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+TEST(ModelSource, CheckpointRefusesAVocabularyItWasNotTrainedWith) {
+  TempDir tmp;
+  const TinyRun run = make_tiny_run(tmp.path() / "a");
+  const fs::path checkpoint = checkpoint_with_record(run, tmp.path() / "b", /*lower_case=*/false);
+  const fs::path original = run.data_dir / "vocab.txt", swapped = swapped_vocab(tmp.path());
+
+  // The data directory is gone: --vocab is the only vocabulary, and the record says whether it fits.
+  const PretrainerBundle bundle = load_checkpoint_bundle(checkpoint, original.string());
+  EXPECT_EQ(bundle.vocab.hash(), run.vocab.hash());
+  EXPECT_FALSE(bundle.tokenizer.lower_case);  // recorded, not BERT's default
+  const std::string error = error_of([&] { load_checkpoint_bundle(checkpoint, swapped.string()); });
+  EXPECT_NE(error.find("swapped_vocab.txt"), std::string::npos) << error;
+  EXPECT_NE(error.find("token ids would mean different words"), std::string::npos) << error;
+  EXPECT_NE(error.find(std::to_string(run.vocab.hash())), std::string::npos) << error;
+}
+
+TEST(ModelSource, RecordedLowerCasingWinsOverTheManifest) {
+  TempDir tmp;
+  const TinyRun run = make_tiny_run(tmp.path() / "a", /*lower_case=*/true);
+  fs::path checkpoint = checkpoint_with_record(run, tmp.path() / "b", /*lower_case=*/false);
+  // Move the data back under the recorded path: its manifest says lower_case true, the record false.
+  fs::rename(run.data_dir, tmp.path() / "b" / "moved_data");
+  EXPECT_FALSE(load_checkpoint_bundle(checkpoint, "").tokenizer.lower_case);
+}
+
+TEST(ModelSource, ExportDirectoryRefusesAnotherVocabulary) {
+  TempDir tmp;
+  const TinyRun run = make_tiny_run(tmp.path() / "a");
+  const fs::path out = tmp.path() / "hf";
+  export_hf(load_checkpoint_bundle(run.run_dir), out);
+  EXPECT_EQ(load_pretrainer_bundle(out, (run.data_dir / "vocab.txt").string()).vocab.hash(), run.vocab.hash());
+  const std::string error = error_of([&] { load_pretrainer_bundle(out, swapped_vocab(tmp.path()).string()); });
+  EXPECT_NE(error.find("token ids would mean different words"), std::string::npos) << error;
+}
+
+// electra-eval reads the evaluation data's vocab.txt: data made with another vocabulary of the same size is
+// refused (exit 2) instead of being scored with the wrong words.
+TEST(ModelSource, ElectraEvalRefusesDataOfAnotherVocabulary) {
+  TempDir tmp;
+  const TinyRun run = make_tiny_run(tmp.path() / "a");
+  const fs::path checkpoint = checkpoint_with_record(run, tmp.path() / "b", true);
+  const fs::path corpus = tmp.path() / "corpus.txt";
+  write_bytes(corpus,
+              "the quick brown fox jumps over the lazy dog .\nhello world , it was good .\n\n"
+              "the cat sat on the mat and then it was good .\na b a b hello .\n");
+  const fs::path shards = tmp.path() / "shards";
+  const CommandResult pre =
+      run_command(shell_quote(program("electra-preprocess")) + " --input " + shell_quote(corpus.string()) +
+                  " --vocab " + shell_quote(swapped_vocab(tmp.path()).string()) + " --output " +
+                  shell_quote(shards.string()) + " --max-seq-length 32 2>&1");
+  ASSERT_EQ(pre.status, 0) << pre.out;
+  const CommandResult eval =
+      run_command(shell_quote(program("electra-eval")) + " --checkpoint " + shell_quote(checkpoint.string()) +
+                  " --data " + shell_quote(shards.string()) + " --seq-length 32 --batch-size 2 2>&1");
+  EXPECT_EQ(eval.status, 2) << eval.out;
+  EXPECT_NE(eval.out.find("token ids would mean different words"), std::string::npos) << eval.out;
+}
+
+}  // namespace
+}  // namespace electra::interop
