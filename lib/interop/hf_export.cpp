@@ -10,6 +10,51 @@ namespace electra::interop {
 
 namespace fs = std::filesystem;
 
+namespace {
+
+// Where a new export is written before it takes the place of the old one (inside out_dir: the same file
+// system, so the halves move by rename).
+constexpr const char* kStagingDir = ".electra-export-staging";
+
+// The text files of one half, keyed by name.
+struct HalfFiles {
+  std::vector<std::pair<std::string, std::string>> files;
+};
+
+// The text files of both halves (the same but config.json). Fails naming the vocabulary when a token
+// cannot be written: a line break in vocab.txt, invalid UTF-8 in tokenizer.json.
+std::vector<HalfFiles> text_files(const PretrainerBundle& model) {
+  const int pad_id = model.vocab.pad_id();
+  std::string vocab_text;
+  for (const std::string& token : model.vocab.tokens()) {
+    if (token.find_first_of("\r\n") != std::string::npos) {
+      fail("export: vocabulary ", model.vocab.origin(), " has a token with a line break");
+    }
+    vocab_text += token;
+    vocab_text += '\n';
+  }
+  const std::string tokenizer_config =
+      hf_tokenizer_config(model.tokenizer, model.config.discriminator.max_position_embeddings).dump(2) + "\n";
+  const std::string special_tokens = hf_special_tokens_map().dump(2) + "\n";
+  std::string tokenizer_json;
+  try {
+    tokenizer_json = hf_tokenizer_json(model.tokenizer, model.vocab).dump(2) + "\n";
+  } catch (const nlohmann::json::exception& e) {  // a token that is not valid UTF-8
+    fail("export: cannot write tokenizer.json for vocabulary ", model.vocab.origin(), ": ", e.what());
+  }
+  std::vector<HalfFiles> halves;
+  for (HfModel which : {HfModel::kDiscriminator, HfModel::kGenerator}) {
+    halves.push_back({{{"config.json", hf_model_config(model.config, which, pad_id).dump(2) + "\n"},
+                       {"vocab.txt", vocab_text},
+                       {"tokenizer_config.json", tokenizer_config},
+                       {"special_tokens_map.json", special_tokens},
+                       {"tokenizer.json", tokenizer_json}}});
+  }
+  return halves;
+}
+
+}  // namespace
+
 void check_hf_export(const PretrainerBundle& model, const fs::path& out_dir, const ExportOptions& options) {
   if (fs::exists(out_dir)) {
     if (!fs::is_directory(out_dir)) fail("output ", out_dir.string(), " exists and is not a directory");
@@ -27,61 +72,54 @@ void check_hf_export(const PretrainerBundle& model, const fs::path& out_dir, con
          model.config.vocab_size);
   }
   // The special tokens the tokenizer files name must exist (each lookup fails naming the vocab file).
-  const int pad_id = model.vocab.pad_id();
   model.vocab.unk_id();
   model.vocab.cls_id();
   model.vocab.sep_id();
   model.vocab.mask_id();
-  for (HfModel which : {HfModel::kDiscriminator, HfModel::kGenerator}) hf_model_config(model.config, which, pad_id);
+  text_files(model);  // every text file can be made (ElectraConfig, vocab.txt, tokenizer.json)
 }
 
 std::vector<fs::path> export_hf(const PretrainerBundle& model, const fs::path& out_dir, const ExportOptions& options) {
   // Everything that can fail on the inputs is checked before the first file is written.
   check_hf_export(model, out_dir, options);
   const PretrainerLayout layout = build_pretrainer_layout(model.config);
-  const int pad_id = model.vocab.pad_id();
-  const nlohmann::json configs[2] = {hf_model_config(model.config, HfModel::kDiscriminator, pad_id),
-                                     hf_model_config(model.config, HfModel::kGenerator, pad_id)};
+  const std::vector<HalfFiles> halves = text_files(model);
 
-  std::string vocab_text;
-  for (const std::string& token : model.vocab.tokens()) {
-    if (token.find_first_of("\r\n") != std::string::npos) fail("export: a vocabulary token contains a line break");
-    vocab_text += token;
-    vocab_text += '\n';
-  }
-  const std::string tokenizer_config =
-      hf_tokenizer_config(model.tokenizer, model.config.discriminator.max_position_embeddings).dump(2) + "\n";
-  const std::string special_tokens = hf_special_tokens_map().dump(2) + "\n";
-  std::string tokenizer_json;
-  try {
-    tokenizer_json = hf_tokenizer_json(model.tokenizer, model.vocab).dump(2) + "\n";
-  } catch (const nlohmann::json::exception& e) {  // a token that is not valid UTF-8
-    fail("export: cannot write tokenizer.json for vocabulary ", model.vocab.origin(), ": ", e.what());
-  }
-
+  // Both halves are written under the staging directory first, so a failure (a full disk) leaves an
+  // earlier export whole; then each replaces its old half by a rename. Only a crash between the two renames
+  // could leave halves of two exports.
+  const fs::path staging = out_dir / kStagingDir;
+  fs::remove_all(staging);  // a failed export's leftovers
+  fs::create_directories(staging);
   std::vector<fs::path> written;
-  for (HfModel which : {HfModel::kDiscriminator, HfModel::kGenerator}) {
-    const fs::path dir = out_dir / hf_subdir(which);
-    fs::create_directories(dir);
-    std::vector<SafetensorsTensorRef> tensors;
-    for (const HfTensor& t : hf_tensors(layout.layout, which)) {
-      tensors.push_back(
-          {t.hf_name, t.slice->shape, std::span<const float>(model.params.data() + t.slice->offset, t.slice->size)});
+  const HfModel kHalves[] = {HfModel::kDiscriminator, HfModel::kGenerator};
+  try {
+    for (size_t h = 0; h < 2; ++h) {
+      const fs::path dir = staging / hf_subdir(kHalves[h]);
+      fs::create_directories(dir);
+      std::vector<SafetensorsTensorRef> tensors;
+      for (const HfTensor& t : hf_tensors(layout.layout, kHalves[h])) {
+        tensors.push_back(
+            {t.hf_name, t.slice->shape, std::span<const float>(model.params.data() + t.slice->offset, t.slice->size)});
+      }
+      write_safetensors(dir / kHfWeightsFile, std::move(tensors));
+      written.push_back(out_dir / hf_subdir(kHalves[h]) / kHfWeightsFile);
+      for (const auto& [name, contents] : halves[h].files) {
+        write_file_atomically(dir / name, contents);
+        written.push_back(out_dir / hf_subdir(kHalves[h]) / name);
+      }
     }
-    write_safetensors(dir / kHfWeightsFile, std::move(tensors));
-    written.push_back(dir / kHfWeightsFile);
-    const std::pair<const char*, std::string> files[] = {
-        {"config.json", configs[which == HfModel::kDiscriminator ? 0 : 1].dump(2) + "\n"},
-        {"vocab.txt", vocab_text},
-        {"tokenizer_config.json", tokenizer_config},
-        {"special_tokens_map.json", special_tokens},
-        {"tokenizer.json", tokenizer_json},
-    };
-    for (const auto& [name, contents] : files) {
-      write_file_atomically(dir / name, contents);
-      written.push_back(dir / name);
-    }
+  } catch (...) {
+    std::error_code ignored;
+    fs::remove_all(staging, ignored);
+    throw;
   }
+  for (HfModel which : kHalves) {
+    const fs::path target = out_dir / hf_subdir(which), old = staging / (std::string("old-") + hf_subdir(which));
+    if (fs::exists(target)) fs::rename(target, old);
+    fs::rename(staging / hf_subdir(which), target);
+  }
+  fs::remove_all(staging);
   return written;
 }
 

@@ -2,7 +2,8 @@
 //   OUT/discriminator/  ElectraForPreTraining      model.safetensors config.json vocab.txt
 //   OUT/generator/      ElectraForMaskedLM         tokenizer_config.json special_tokens_map.json tokenizer.json
 // model.safetensors holds float32 tensors under the state-dict names of hf_format.h, sorted, so the same
-// model always gives the same bytes. Every file is written atomically (temporary name, fsync, rename).
+// model always gives the same bytes. Every file is written atomically (temporary name, fsync, rename), and
+// both directories are written under OUT/.electra-export-staging/ before they replace an earlier export's.
 #pragma once
 
 #include <filesystem>
@@ -19,14 +20,15 @@ struct ExportOptions {
 
 // The checks of the inputs export_hf makes before it writes anything: `out_dir` is not a non-empty
 // directory (unless force), the parameters fit the config's layout, the vocabulary has the model's size and
-// every special token, and the model can be expressed as ElectraConfig (hf_model_config). Fails naming what
-// is wrong; electra-export exits 2 on these.
+// every special token, the model can be expressed as ElectraConfig (hf_model_config), and every token can
+// be written (no line break; valid UTF-8 for tokenizer.json). Fails naming what is wrong; electra-export
+// exits 2 on these.
 void check_hf_export(const PretrainerBundle& model, const std::filesystem::path& out_dir,
                      const ExportOptions& options = {});
 
 // Writes the two directories under `out_dir` (created when missing). Fails before writing anything
-// when check_hf_export fails or a vocabulary token is not valid UTF-8 (tokenizer.json). Returns the files
-// written.
+// when check_hf_export fails. A failure while writing leaves an earlier export in `out_dir` as it was.
+// Returns the files written (their final paths).
 std::vector<std::filesystem::path> export_hf(const PretrainerBundle& model, const std::filesystem::path& out_dir,
                                              const ExportOptions& options = {});
 

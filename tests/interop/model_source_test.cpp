@@ -7,7 +7,9 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <fstream>
 #include <functional>
+#include <iterator>
 
 #include "lib/core/error.h"
 #include "lib/interop/hf_export.h"
@@ -109,6 +111,44 @@ TEST(ModelSource, ElectraEvalRefusesDataOfAnotherVocabulary) {
                   " --data " + shell_quote(shards.string()) + " --seq-length 32 --batch-size 2 2>&1");
   EXPECT_EQ(eval.status, 2) << eval.out;
   EXPECT_NE(eval.out.find("token ids would mean different words"), std::string::npos) << eval.out;
+}
+
+std::string file_bytes(const fs::path& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::string(std::istreambuf_iterator<char>(in), {});
+}
+
+// electra-export --force writes the new export aside and swaps it in: a write that fails (here the file
+// size limit, as a full disk would) leaves the earlier export whole, never half old and half new.
+TEST(ExportReplace, AFailedWriteLeavesTheEarlierExportWhole) {
+  TempDir tmp;
+  const TinyRun first = make_tiny_run(tmp.path() / "a", true, /*seed=*/7);
+  const TinyRun second = make_tiny_run(tmp.path() / "b", true, /*seed=*/8);
+  const fs::path out = tmp.path() / "hf";
+  const std::string exporter = shell_quote(program("electra-export"));
+  const auto export_to_out = [&](const TinyRun& run, const std::string& prefix) {
+    return run_command(prefix + exporter + " --checkpoint " + shell_quote(run.run_dir.string()) + " --output " +
+                       shell_quote(out.string()) + " --force 2>&1");
+  };
+  ASSERT_EQ(export_to_out(first, "").status, 0);
+  const fs::path disc = out / "discriminator" / "model.safetensors", gen = out / "generator" / "model.safetensors";
+  const std::string disc_before = file_bytes(disc), gen_before = file_bytes(gen);
+
+  // A file size limit of at most half the discriminator's weights (ulimit -f counts 512- or 1024-byte
+  // blocks), with SIGXFSZ ignored so that the write fails instead of killing the process.
+  const size_t blocks = disc_before.size() / 2 / 1024;
+  ASSERT_GT(blocks, 0u);
+  const CommandResult failed = export_to_out(second, "trap '' XFSZ; ulimit -f " + std::to_string(blocks) + "; ");
+  EXPECT_EQ(failed.status, 1) << failed.out;
+  EXPECT_EQ(file_bytes(disc), disc_before);
+  EXPECT_EQ(file_bytes(gen), gen_before);
+  EXPECT_FALSE(fs::exists(out / ".electra-export-staging"));
+
+  const CommandResult replaced = export_to_out(second, "");
+  ASSERT_EQ(replaced.status, 0) << replaced.out;
+  EXPECT_NE(file_bytes(disc), disc_before);
+  EXPECT_NE(file_bytes(gen), gen_before);
+  EXPECT_FALSE(fs::exists(out / ".electra-export-staging"));
 }
 
 }  // namespace
