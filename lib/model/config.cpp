@@ -2,6 +2,7 @@
 
 #include <charconv>
 #include <cmath>
+#include <limits>
 #include <set>
 
 #include "lib/core/error.h"
@@ -73,9 +74,19 @@ void read(const nlohmann::json& node, const std::string& prefix, const char* key
     out = value.get<bool>();
   } else if constexpr (std::is_integral_v<V>) {
     if (!value.is_number_integer()) fail("config key '", dotted, "': expected an integer, got ", value.dump());
+    // get<V>() would wrap a value outside V's range (4294967424 -> 128 for an int).
+    const bool fits = value.is_number_unsigned()
+                          ? value.get<uint64_t>() <= static_cast<uint64_t>(std::numeric_limits<V>::max())
+                          : value.get<int64_t>() >= static_cast<int64_t>(std::numeric_limits<V>::min()) &&
+                                value.get<int64_t>() <= static_cast<int64_t>(std::numeric_limits<V>::max());
+    if (!fits) fail("config key '", dotted, "': ", value.dump(), " is out of range");
     out = value.get<V>();
   } else if constexpr (std::is_floating_point_v<V>) {
     if (!value.is_number()) fail("config key '", dotted, "': expected a number, got ", value.dump());
+    // A double beyond V's range (1e39 for a float) would become infinity.
+    if (!std::isfinite(static_cast<V>(value.get<double>()))) {
+      fail("config key '", dotted, "': ", value.dump(), " is not a finite number");
+    }
     out = value.get<V>();
   } else {
     if (!value.is_string()) fail("config key '", dotted, "': expected a string, got ", value.dump());

@@ -14,8 +14,10 @@ TrainSettings TrainSettings::from_config(const Config& config, int ranks, int ra
   s.checkpoint_timeout = config.get<double>("train.checkpoint_timeout");
   for (const auto& [key, timeout] :
        {std::pair{"train.step_timeout", s.step_timeout}, std::pair{"train.checkpoint_timeout", s.checkpoint_timeout}}) {
-    if (!(timeout > 0) || !std::isfinite(timeout)) {
-      fail("config key '", key, "' must be a positive number of seconds, got ", timeout);
+    // The watchdog counts in nanoseconds (int64: 292 years); a year is more than any step or save needs.
+    constexpr double kYear = 365.25 * 24 * 3600;
+    if (!(timeout > 0) || !(timeout <= kYear)) {
+      fail("config key '", key, "' must be a positive number of seconds up to a year (", kYear, "), got ", timeout);
     }
   }
   s.eval_batches = config.get<int64_t>("train.eval_batches");
@@ -63,7 +65,12 @@ TrainSettings TrainSettings::from_config(const Config& config, int ranks, int ra
   s.threads = config.get<int>("train.threads");
   s.parallel_chunks = config.get<int>("train.parallel_chunks");
   s.peak_gflops = config.get<double>("train.peak_gflops");
-  if (s.threads < 0) fail("config key 'train.threads' must be >= 0 (0: cores / ranks on the node), got ", s.threads);
+  // An upper bound before OpenMP tries to start the threads (tens of thousands fail or crash libgomp).
+  constexpr int kMaxThreads = 4096;
+  if (s.threads < 0 || s.threads > kMaxThreads) {
+    fail("config key 'train.threads' must be in [0, ", kMaxThreads, "] (0: cores / ranks on the node), got ",
+         s.threads);
+  }
   if (s.parallel_chunks < 0) {
     fail("config key 'train.parallel_chunks' must be >= 0 (0: one per thread), got ", s.parallel_chunks);
   }

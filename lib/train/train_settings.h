@@ -24,28 +24,28 @@ struct InjectedFaults {
 };
 
 struct TrainSettings {
-  int64_t total_steps = 0;                         // train.steps (> 0)
-  int global_batch = 0;                            // train.batch_size: a positive multiple of the ranks
-  int local_rows = 0;                              // global_batch / ranks
-  int micro_rows = 0;                              // train.micro_batch_size (0: local_rows); divides local_rows
-  int seq_length = 0;                              // data.seq_length
-  bool trim_padding = true;                        // data.trim_padding
-  uint64_t seed = 1;                               // train.seed
-  int log_every = 1;                               // train.log_every (at least 1)
-  int checkpoint_every = 0;                        // train.checkpoint_every (0: only at the end and on stops)
-  int keep_last = 3;                               // train.keep_last
-  int64_t keep_every = 0;                          // train.keep_every
-  int eval_every = 0;                              // train.eval_every (0: off)
-  int64_t eval_batches = 0;                        // train.eval_batches (>= 0; 0: all of data.eval_dir)
-  bool eval_unigram_auc = false;                   // train.eval_unigram_auc
-  int max_skipped = 10;                            // train.max_skipped_steps
-  double step_timeout = 0;                         // train.step_timeout, seconds (> 0)
-  double checkpoint_timeout = 0;                   // train.checkpoint_timeout, seconds (> 0)
-  int threads = 0;                                 // train.threads (0: cores / ranks on the node, chosen at set-up)
-  int parallel_chunks = 0;                         // train.parallel_chunks (0: = threads)
-  double peak_gflops = 0;                          // train.peak_gflops (0: measured)
-  bool profile = false;                            // train.profile
-  bool tensorboard = true;                         // train.tensorboard
+  int64_t total_steps = 0;        // train.steps (> 0)
+  int global_batch = 0;           // train.batch_size: a positive multiple of the ranks
+  int local_rows = 0;             // global_batch / ranks
+  int micro_rows = 0;             // train.micro_batch_size (0: local_rows); divides local_rows
+  int seq_length = 0;             // data.seq_length
+  bool trim_padding = true;       // data.trim_padding
+  uint64_t seed = 1;              // train.seed
+  int log_every = 1;              // train.log_every (at least 1)
+  int checkpoint_every = 0;       // train.checkpoint_every (0: only at the end and on stops)
+  int keep_last = 3;              // train.keep_last
+  int64_t keep_every = 0;         // train.keep_every
+  int eval_every = 0;             // train.eval_every (0: off)
+  int64_t eval_batches = 0;       // train.eval_batches (>= 0; 0: all of data.eval_dir)
+  bool eval_unigram_auc = false;  // train.eval_unigram_auc
+  int max_skipped = 10;           // train.max_skipped_steps
+  double step_timeout = 0;        // train.step_timeout, seconds (> 0, at most a year)
+  double checkpoint_timeout = 0;  // train.checkpoint_timeout, seconds (> 0, at most a year)
+  int threads = 0;                // train.threads (0: cores / ranks on the node, chosen at set-up; at most 4096)
+  int parallel_chunks = 0;        // train.parallel_chunks (0: = threads)
+  double peak_gflops = 0;         // train.peak_gflops (0: measured)
+  bool profile = false;           // train.profile
+  bool tensorboard = true;        // train.tensorboard
   AttentionImpl attention = AttentionImpl::kAuto;  // train.attention
   CudaPrecision precision = CudaPrecision::kFp32;  // train.precision (checked against the device at set-up)
   std::optional<StorageType> storage;              // train.storage; nullopt = auto (resolved at set-up)

@@ -115,6 +115,13 @@ TEST(ModelConfig, InvalidValuesNameTheKey) {
   expect_error_naming({{"disallow_correct", 1}}, "model.disallow_correct");
   expect_error_naming({{"hiden_size", 256}}, "model.hiden_size");
   expect_error_naming({{"generator", {{"embedding_size", 64}}}}, "model.generator.embedding_size");
+  // Out of the field's range: refused, not wrapped (4294967424 would be 128) or overflowed to infinity.
+  expect_error_naming({{"hidden_size", 4294967424LL}}, "model.hidden_size");
+  expect_error_naming({{"generator", {{"num_layers", 4294967298LL}}}}, "model.generator.num_layers");
+  expect_error_naming({{"num_heads", -4294967292LL}}, "model.num_heads");
+  expect_error_naming({{"initializer_range", 1e39}}, "model.initializer_range");
+  expect_error_naming({{"temperature", 1e39}}, "model.temperature");
+  expect_error_naming({{"layer_norm_eps", -1e300}}, "model.layer_norm_eps");
 }
 
 TEST(ModelConfig, FlopsCountedByHand) {
