@@ -67,8 +67,12 @@ int main(int argc, char** argv) {
   // Bad input: refused before anything is written.
   std::optional<electra::text::Vocab> vocab;
   std::optional<electra::text::LineReader> reader;
+  std::optional<electra::text::BertTokenizer> tokenizer_slot;
   try {
     vocab.emplace(electra::text::Vocab::load(vocab_path));
+    electra::text::TokenizerOptions options;
+    options.lower_case = !no_lower_case;
+    tokenizer_slot.emplace(*vocab, options);  // a vocabulary without [UNK] is refused here
     reader.emplace(input);
   } catch (const electra::Error& e) {
     std::cerr << "electra-tokenize: error: " << e.what() << "\n";
@@ -76,9 +80,7 @@ int main(int argc, char** argv) {
   }
 
   try {
-    electra::text::TokenizerOptions options;
-    options.lower_case = !no_lower_case;
-    const electra::text::BertTokenizer tokenizer(*vocab, options);
+    const electra::text::BertTokenizer& tokenizer = *tokenizer_slot;
 
     Output out;
     std::vector<int32_t> ids;

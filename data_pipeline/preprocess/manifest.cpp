@@ -68,7 +68,9 @@ Manifest Manifest::from_json(const nlohmann::json& j, const std::string& where) 
   } catch (const nlohmann::json::exception& e) {
     fail(where, ": malformed manifest: ", e.what());
   } catch (const std::invalid_argument&) {
-    fail(where, ": malformed crc32 value");
+    fail(where, ": malformed crc32 value (expected 8 hex digits)");
+  } catch (const std::out_of_range&) {
+    fail(where, ": crc32 value out of range (expected 8 hex digits)");
   }
   return m;
 }

@@ -4,9 +4,11 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
 #include <memory>
 #include <optional>
 #include <set>
+#include <string_view>
 
 #include "data_pipeline/preprocess/example_builder.h"
 #include "data_pipeline/preprocess/file_util.h"
@@ -36,11 +38,20 @@ std::vector<InputFile> list_input_files(const std::vector<std::string>& inputs) 
       for (fs::recursive_directory_iterator it(input, fs::directory_options::follow_directory_symlink, ec), end;
            it != end; it.increment(ec)) {
         if (ec) fail(input, ": cannot list directory: ", ec.message());
-        if (it->is_regular_file()) files.push_back({it->path().string(), static_cast<uint64_t>(it->file_size())});
+        // The error-code forms: a symbolic-link loop or a vanished file is bad input, not an exception that
+        // rank 0 could not hand to the other ranks.
+        const bool regular = it->is_regular_file(ec);
+        if (ec) fail(it->path().string(), ": ", ec.message());
+        if (!regular) continue;
+        const uintmax_t size = it->file_size(ec);
+        if (ec) fail(it->path().string(), ": ", ec.message());
+        files.push_back({it->path().string(), static_cast<uint64_t>(size)});
       }
       if (ec) fail(input, ": cannot list directory: ", ec.message());
     } else if (fs::is_regular_file(status)) {
-      files.push_back({input, static_cast<uint64_t>(fs::file_size(input))});
+      const uintmax_t size = fs::file_size(input, ec);
+      if (ec) fail(input, ": ", ec.message());
+      files.push_back({input, static_cast<uint64_t>(size)});
     } else {
       fail(input, ": not a regular file or directory");
     }
@@ -467,6 +478,29 @@ void check_ranks_see_the_plan(const PreprocessOptions& options, uint64_t vocab_h
 
 }  // namespace
 
+namespace {
+
+// Whether any input file holds a byte other than ASCII whitespace: reads until the first one (usually the
+// first block of the first file), so inputs of blank lines are refused before the output is touched.
+bool any_text(const std::vector<InputFile>& files) {
+  std::vector<char> block(1 << 16);
+  for (const InputFile& f : files) {
+    std::ifstream in(f.path, std::ios::binary);
+    if (!in) fail(f.path, ": cannot open input file");
+    while (in) {
+      in.read(block.data(), static_cast<std::streamsize>(block.size()));
+      const auto n = static_cast<size_t>(in.gcount());
+      for (size_t i = 0; i < n; ++i) {
+        const char c = block[i];
+        if (c != ' ' && c != '\t' && c != '\n' && c != '\r' && c != '\v' && c != '\f') return true;
+      }
+    }
+  }
+  return false;
+}
+
+}  // namespace
+
 Manifest run_preprocess(const PreprocessOptions& options, MPI_Comm comm) {
   int rank = 0, world = 1;
   MPI_Comm_rank(comm, &rank);
@@ -484,14 +518,34 @@ Manifest run_preprocess(const PreprocessOptions& options, MPI_Comm comm) {
         fail("--max-seq-length ", options.max_seq_length, " is outside [5, 65535]");
       if (options.rows_per_shard == 0) fail("--rows-per-shard must be positive");
       if (options.chunk_rows < 1) fail("--chunk-rows ", options.chunk_rows, " must be positive");
+      // HDF5 refuses chunks of 4 GiB or more (input_ids of int32 for the largest vocabularies).
+      if (static_cast<uint64_t>(options.chunk_rows) * static_cast<uint64_t>(options.max_seq_length) * 4 >=
+          (uint64_t{1} << 32)) {
+        fail("--chunk-rows ", options.chunk_rows, " x --max-seq-length ", options.max_seq_length,
+             " makes HDF5 chunks of 4 GiB or more");
+      }
       if (options.deflate_level < 0 || options.deflate_level > 9)
         fail("--deflate-level ", options.deflate_level, " is outside [0, 9]");
       const std::vector<InputFile> files = list_input_files(options.inputs);
       vocab.emplace(text::Vocab::load(options.vocab_path));  // missing or malformed: bad input, nothing written
+      // The special tokens the examples and the tokenizer need, before the output is touched.
+      for (const std::string_view token : {text::kPadToken, text::kUnkToken, text::kClsToken, text::kSepToken}) {
+        if (vocab->id(token) < 0) {
+          fail(options.vocab_path, ": the vocabulary lacks the special token ", token,
+               vocab->size() > 0 && vocab->tokens().front().rfind("\xEF\xBB\xBF", 0) == 0
+                   ? " (its first line starts with a UTF-8 byte-order mark)"
+                   : "");
+        }
+      }
+      if (!any_text(files)) {
+        throw BadInputError(detail::concat("no examples: the ", files.size(),
+                                           " input file(s) hold no text (only blank lines); nothing was written to ",
+                                           options.output_dir));
+      }
       plan["files"] = nlohmann::json::array();
       for (const InputFile& f : files) plan["files"].push_back({f.path, f.size});
       plan["vocab_hash"] = vocab->hash();
-    } catch (const Error& e) {
+    } catch (const std::exception& e) {  // every rank must hear of it, or the others wait for the plan forever
       plan = {{"error", e.what()}};
     }
   }
@@ -518,7 +572,7 @@ Manifest run_preprocess(const PreprocessOptions& options, MPI_Comm comm) {
                              << options.output_dir;
       }
       prepare_output_directory(options.output_dir, options.force, output_lock->file_existed());
-    } catch (const Error& e) {
+    } catch (const std::exception& e) {
       // Refused before anything was written: a lock file this run made goes again.
       if (output_lock && !output_lock->file_existed()) output_lock->remove_file();
       refused = e.what();

@@ -348,5 +348,55 @@ TEST_F(App, AnOutputBeingWrittenIsRefused) {
   EXPECT_TRUE(shard_files(tmp / "out").empty());
 }
 
+// Inputs that used to be found only after the output directory was taken (--force had then already removed
+// the previous run's manifest and shards) or that threw past rank 0's refusal (a symbolic-link loop: exit 1 on
+// one rank while the other waited for ever) are refused on every rank, before the output is touched: a
+// vocabulary without a special token, inputs of blank lines, an unlistable input, HDF5 chunks too large.
+TEST_F(App, BadInputsAreRefusedBeforeAnEarlierOutputIsTouched) {
+  std::string output;
+  ASSERT_EQ(run(app() + args("good"), &output), 0) << output;
+  const std::string manifest = read_text(tmp / "good/manifest.json");
+  const auto expect_good_untouched = [&](const std::string& what) {
+    EXPECT_EQ(read_text(tmp / "good/manifest.json"), manifest) << what;
+    EXPECT_FALSE(fs::exists(tmp / ("good/" + std::string(kOutputLockName)))) << what;
+    for (const std::string& name : listed_files(Manifest::load(tmp / "good/manifest.json")))
+      EXPECT_TRUE(fs::exists(tmp / ("good/" + name))) << what << ": " << name;
+  };
+  const std::string mpirun = "timeout 120 mpirun -np 2 --oversubscribe --allow-run-as-root " + app();
+  const auto preprocess = [&](const std::string& input, const std::string& vocab, const std::string& more) {
+    return run(mpirun + " --input " + input + " --vocab " + vocab + " --output " + (tmp / "good") +
+                   " --max-seq-length 40 --force " + more,
+               &output);
+  };
+
+  const std::string vocab = read_text(tmp / "vocab.txt");
+  std::ofstream(tmp / "no_cls.txt") << vocab.substr(0, vocab.find("[CLS]\n")) + vocab.substr(vocab.find("[CLS]\n") + 6);
+  EXPECT_EQ(preprocess(tmp / "corpus", tmp / "no_cls.txt", ""), 2) << output;
+  EXPECT_NE(output.find("no_cls.txt: the vocabulary lacks the special token [CLS]"), std::string::npos) << output;
+  expect_good_untouched("no [CLS]");
+
+  std::ofstream(tmp / "bom.txt") << "\xEF\xBB\xBF" + vocab;
+  EXPECT_EQ(preprocess(tmp / "corpus", tmp / "bom.txt", ""), 2) << output;
+  EXPECT_NE(output.find("byte-order mark"), std::string::npos) << output;
+  expect_good_untouched("byte-order mark");
+
+  fs::create_directories(tmp / "blank");
+  std::ofstream(tmp / "blank/blank_lines.txt") << "\n \n\t\n";
+  EXPECT_EQ(preprocess(tmp / "blank", tmp / "vocab.txt", ""), 2) << output;
+  EXPECT_NE(output.find("hold no text"), std::string::npos) << output;
+  expect_good_untouched("blank input");
+
+  fs::create_directories(tmp / "loop");
+  std::ofstream(tmp / "loop/a.txt") << "some words\n";
+  fs::create_directory_symlink("../loop", tmp / "loop/self");
+  EXPECT_EQ(preprocess(tmp / "loop", tmp / "vocab.txt", ""), 2) << output;
+  EXPECT_NE(output.find("symbolic links"), std::string::npos) << output;
+  expect_good_untouched("symbolic-link loop");
+
+  EXPECT_EQ(preprocess(tmp / "corpus", tmp / "vocab.txt", "--chunk-rows 100000000"), 2) << output;
+  EXPECT_NE(output.find("makes HDF5 chunks of 4 GiB or more"), std::string::npos) << output;
+  expect_good_untouched("--chunk-rows");
+}
+
 }  // namespace
 }  // namespace electra::data
