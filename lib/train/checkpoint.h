@@ -7,7 +7,8 @@
 //   /state    JSON string (scalar dataset): step, tokens_seen (real tokens; older files: slots), seed, skipped steps,
 //             loss_scale, loss_scale_mode and loss_scale_good_steps (LossScaler::state; older files: loss_scale 1
 //             only), electra-train's vocab {hash, size} and tokenizer {lower_case} (older files: absent), optimizer
-//             ("adamw" | "lamb", optim.name; older files: absent, meaning adamw)...;
+//             ("adamw" | "lamb", optim.name; older files: absent, meaning adamw), log_windows (each rank's open
+//             LogWindow::state(); older files: absent)...;
 //             its top-level numbers are repeated as typed attributes of the dataset for h5py users
 //   /loader   JSON string: the loader state (global cursor, or per-rank states "rank_<r>")
 //   /config   JSON string: the run configuration

@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <nlohmann/json.hpp>
 
 #include "lib/dist/communicator.h"
 #include "lib/eval/eval_metrics.h"
@@ -50,6 +51,13 @@ class LogWindow {
   };
   // Sums the window over ranks (collective: two allreduces) and starts the next one.
   Summary close(const dist::Communicator& comm);
+
+  // This rank's open window (its steps, sums and score counts; not its clock), for a checkpoint: a run
+  // stopped between training lines and resumed then logs the same numbers at the next line as a run that
+  // did not stop. `state` of one rank; restore() adds its sums and scores to the window (a resume on another
+  // number of ranks merges them all on rank 0). Every rank's window holds the same steps.
+  nlohmann::json state() const;
+  void restore(const nlohmann::json& state);
 
  private:
   Periodic schedule_;

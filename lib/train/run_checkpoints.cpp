@@ -65,12 +65,12 @@ std::optional<RunCheckpoints::Resumed> RunCheckpoints::resume(const std::string&
          "another --output (nothing was overwritten)");
   }
   if (!resume_path) return std::nullopt;
-  Resumed resumed{.state = {}, .path = *resume_path};
-  resume_from(resumed.path, resumed.state);
+  Resumed resumed{.state = {}, .path = *resume_path, .log_windows = nullptr};
+  resume_from(resumed.path, resumed.state, resumed.log_windows);
   return resumed;
 }
 
-void RunCheckpoints::resume_from(const fs::path& path, TrainingState& state_out) {
+void RunCheckpoints::resume_from(const fs::path& path, TrainingState& state_out, nlohmann::json& log_windows_out) {
   CheckpointFile file = CheckpointFile::open(path);
   const nlohmann::json& saved = file.config();
   if (!saved.contains("model")) fail("checkpoint ", path.string(), " has no model configuration");
@@ -101,6 +101,16 @@ void RunCheckpoints::resume_from(const fs::path& path, TrainingState& state_out)
   }
   const nlohmann::json& state = file.state();
   state_out.step = state.at("step").get<int64_t>();
+  log_windows_out = state.value("log_windows", nlohmann::json());
+  if (!log_windows_out.is_null()) {
+    try {
+      if (!log_windows_out.is_array()) fail("not an array");
+      LogWindow check(Periodic{});
+      for (const nlohmann::json& w : log_windows_out) check.restore(w);
+    } catch (const Error& e) {
+      fail("checkpoint ", path.string(), ": state log_windows: ", e.what());
+    }
+  }
   state_out.tokens_seen = state.value("tokens_seen", int64_t{0});
   state_out.skipped_steps = state.value("skipped_steps", int64_t{0});
   LossScaler& loss_scaler = *parts_.loss_scaler;
@@ -189,7 +199,7 @@ void RunCheckpoints::check_vocabulary(const CheckpointFile& file) const {
   }
 }
 
-void RunCheckpoints::save(const TrainingState& state) {
+void RunCheckpoints::save(const TrainingState& state, const LogWindow& window) {
   if (last_saved_step_ == state.step) return;
   const dist::Communicator& comm = *parts_.comm;
   // Data parallelism is only right while every rank holds the same weights; a checkpoint is the moment
@@ -200,6 +210,7 @@ void RunCheckpoints::save(const TrainingState& state) {
     std::this_thread::sleep_for(std::chrono::hours(1));
   }
   check_parameters_agree(*parts_.model, comm, state.step, "at a checkpoint");
+  const std::vector<std::string> windows = comm.gather_strings(window.state().dump());
   // Loader state is global and identical on every rank, so rank 0 writes it alone.
   if (comm.is_root()) {
     if (!temp_files_removed_) {  // the partial files of a save a crash or a kill interrupted
@@ -226,6 +237,8 @@ void RunCheckpoints::save(const TrainingState& state) {
                      {"world_size", comm.world_size()},
                      {"optimizer", parts_.optimizer->name()}};  // optim.name: checked on resume
     content.state.update(parts_.loss_scaler->state());          // loss_scale, loss_scale_mode, loss_scale_good_steps
+    content.state["log_windows"] = nlohmann::json::array();
+    for (const std::string& w : windows) content.state["log_windows"].push_back(nlohmann::json::parse(w));
     // What the token ids mean: checked on resume (check_vocabulary).
     const text::Vocab& vocab = parts_.loader->vocab();
     content.state["vocab"] = {{"hash", vocab.hash()}, {"size", vocab.size()}};

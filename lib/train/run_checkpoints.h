@@ -58,16 +58,18 @@ class RunCheckpoints {
   struct Resumed {
     TrainingState state;
     std::filesystem::path path;
+    nlohmann::json log_windows;  // the saved ranks' LogWindow::state(), by rank (null in older checkpoints)
   };
   std::optional<Resumed> resume(const std::string& resume_option);
 
   bool should_save(int64_t step) const { return schedule_.due(step); }
-  // Writes the checkpoint of `state` (rank 0), unless that step already has one. Collective: every rank
-  // checks that all hold the same parameters and waits until the file is complete.
-  void save(const TrainingState& state);
+  // Writes the checkpoint of `state` (rank 0), with every rank's open log window (state "log_windows"),
+  // unless that step already has one. Collective: every rank checks that all hold the same parameters,
+  // hands its window to rank 0, and waits until the file is complete.
+  void save(const TrainingState& state, const LogWindow& window);
 
  private:
-  void resume_from(const std::filesystem::path& path, TrainingState& state);
+  void resume_from(const std::filesystem::path& path, TrainingState& state, nlohmann::json& log_windows);
   void warn_of_changed_settings(const std::filesystem::path& path, const nlohmann::json& saved) const;
   void check_vocabulary(const CheckpointFile& file) const;
 

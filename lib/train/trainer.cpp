@@ -254,6 +254,7 @@ class Trainer {
   bool reducer_stages_through_host_ = false;
   std::optional<RunLock> run_lock_;              // rank 0: RUN_DIR/.lock, held for the whole run
   std::unique_ptr<RunCheckpoints> checkpoints_;  // --resume, train.checkpoint_every, the stop checkpoint
+  nlohmann::json resumed_log_windows_;           // the resumed checkpoint's open log windows, by rank
   std::unique_ptr<MetricsWriter> metrics_;
   std::unique_ptr<TensorBoardWriter> tensorboard_;
   std::unique_ptr<HeldOutEval> held_out_;  // train.eval_every on data.eval_dir
@@ -378,6 +379,7 @@ std::optional<std::string> Trainer::setup() {
     const std::optional<RunCheckpoints::Resumed> resumed = checkpoints_->resume(options_.resume);
     if (resumed) {
       progress_ = resumed->state;
+      resumed_log_windows_ = resumed->log_windows;
       if (!options_.init_from.empty()) ELECTRA_LOG(info) << "--init-from ignored: resuming " << resumed->path.string();
     } else if (!options_.init_from.empty()) {
       // Hugging Face weights over the fresh initialisation; fails naming the config key or tensor that
@@ -662,6 +664,15 @@ int Trainer::train() {
 
   int64_t steps_this_run = 0;
   LogWindow window(Periodic{settings_.log_every, settings_.total_steps});
+  // The stopped run's open window: on as many ranks, each its own (the same lines as without the stop); on
+  // another number, rank 0 takes them all (the same sums, added in another order).
+  if (resumed_log_windows_.is_array()) {
+    const auto ranks = static_cast<size_t>(comm_.world_size());
+    for (size_t r = 0; r < resumed_log_windows_.size(); ++r) {
+      const bool mine = resumed_log_windows_.size() == ranks ? r == static_cast<size_t>(comm_.rank()) : root;
+      if (mine) window.restore(resumed_log_windows_[r]);
+    }
+  }
   if (profile_) profile_->start_window();
   while (progress_.step < settings_.total_steps) {
     // Step boundary: everyone agrees on whether to stop before anyone starts the next step.
@@ -690,7 +701,7 @@ int Trainer::train() {
                              << (interrupted ? " (Ctrl-C again quits at once, without it)" : "");
       }
       longer_phase("the stop checkpoint");
-      checkpoints_->save(progress_);
+      checkpoints_->save(progress_, window);
       return kExitStopped;
     }
 
@@ -733,7 +744,7 @@ int Trainer::train() {
     if (checkpoints_->should_save(progress_.step)) {
       longer_phase("the checkpoint");
       ScopedPhase phase(profile(), TrainPhase::kCheckpoint);
-      checkpoints_->save(progress_);
+      checkpoints_->save(progress_, window);
       watchdog.set_timeout(step_timeout);
       window.restart_clock();
     }

@@ -196,6 +196,26 @@ TEST_F(TrainE2E, ResumeIsBitwiseExactOnTheSameWorldSize) {
   EXPECT_EQ(read_metrics(resumed).size(), 12u);
 }
 
+// A stop between two training lines: the stop checkpoint keeps every rank's open log window, so the resumed
+// run's next line averages the same steps as the straight run's (it averaged only the steps after the
+// resume, and the steps before it were never logged). On another rank count rank 0 takes the windows.
+TEST_F(TrainE2E, AStopBetweenTrainingLinesLogsTheSameLines) {
+  const std::string every5 = "--set train.log_every=5 ";
+  const fs::path straight = run_dir("lines_straight"), log = root() / "lines_straight.log";
+  ASSERT_EQ(run(train_command(2, straight, every5), log), 0) << log_of(log);
+  const std::vector<std::string> keys = {"loss",          "gen_loss",  "disc_loss", "mlm_accuracy",
+                                         "disc_accuracy", "grad_norm", "disc_auc",  "disc_gain"};
+  for (int np : {2, 3}) {
+    const fs::path resumed = run_dir("lines_resumed" + std::to_string(np));
+    const fs::path log1 = root() / "lines1.log", log2 = root() / "lines2.log";
+    ASSERT_EQ(run(train_command(2, resumed, every5 + "--stop-after 7"), log1), 3) << log_of(log1);
+    ASSERT_EQ(read_metrics(resumed).size(), 1u);  // step 5
+    ASSERT_EQ(run(train_command(np, resumed, every5 + "--resume auto"), log2), 0) << log_of(log2);
+    expect_same_trajectory(read_metrics(straight), read_metrics(resumed), np == 2 ? 0.0 : 1e-4,
+                           "straight vs stopped at 7 and resumed on " + std::to_string(np) + " ranks", keys);
+  }
+}
+
 TEST_F(TrainE2E, ResumeWithAnotherRankCountContinuesTheSameRun) {
   const fs::path straight = run_dir("straight2");
   const fs::path log = root() / "straight2.log";
