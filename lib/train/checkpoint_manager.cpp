@@ -107,17 +107,22 @@ std::filesystem::path CheckpointManager::save(const CheckpointContent& content) 
   const int64_t step = content.state["step"].get<int64_t>();
   std::filesystem::create_directories(dir_);
   const std::filesystem::path path = path_for(step);
-  write_checkpoint(path, content);
-  write_latest_pointer(step, path);
-
+  // Checkpoints at this step or later belong to a run that went on from an earlier checkpoint (a resume
+  // of an older file): they are set aside, never written over, whether or not the steps line up.
   for (const CheckpointEntry& entry : list()) {
-    if (entry.step <= step) continue;
+    if (entry.step < step) continue;
     std::filesystem::path moved = entry.path;
     moved += ".abandoned";
-    ELECTRA_LOG(warning) << "checkpoint " << entry.path.string() << " is newer than the one just saved (step " << step
-                         << "): renaming it to " << moved.filename().string();
+    for (int n = 1; std::filesystem::exists(moved); ++n) {  // an earlier abandoned file of that step stays
+      moved = entry.path;
+      moved += ".abandoned." + std::to_string(n);
+    }
+    ELECTRA_LOG(warning) << "checkpoint " << entry.path.string() << " is from a later point of the run than step "
+                         << step << ", which this run continues from: renaming it to " << moved.filename().string();
     std::filesystem::rename(entry.path, moved);
   }
+  write_checkpoint(path, content);
+  write_latest_pointer(step, path);
   prune();
   return path;
 }

@@ -17,7 +17,8 @@ TrainSettings TrainSettings::from_config(const Config& config, int ranks, int ra
     // The watchdog counts in nanoseconds (int64: 292 years); a year is more than any step or save needs.
     constexpr double kYear = 365.25 * 24 * 3600;
     if (!(timeout > 0) || !(timeout <= kYear)) {
-      fail("config key '", key, "' must be a positive number of seconds up to a year (", kYear, "), got ", timeout);
+      fail("config key '", key, "' must be a positive number of seconds up to a year (", static_cast<long long>(kYear),
+           "), got ", timeout);
     }
   }
   s.eval_batches = config.get<int64_t>("train.eval_batches");

@@ -532,10 +532,12 @@ TEST_F(TrainE2E, BadSettingsAreRefusedBeforeAnythingIsWritten) {
   const struct {
     std::string flags, message;
   } cases[] = {
-      {"--set train.step_timeout=0", "config key 'train.step_timeout' must be a positive number of seconds, got 0"},
-      {"--set train.step_timeout=-5", "config key 'train.step_timeout' must be a positive number of seconds, got -5"},
+      {"--set train.step_timeout=0",
+       "config key 'train.step_timeout' must be a positive number of seconds up to a year (31557600), got 0"},
+      {"--set train.step_timeout=-5",
+       "config key 'train.step_timeout' must be a positive number of seconds up to a year (31557600), got -5"},
       {"--set train.checkpoint_timeout=0",
-       "config key 'train.checkpoint_timeout' must be a positive number of seconds, got 0"},
+       "config key 'train.checkpoint_timeout' must be a positive number of seconds up to a year (31557600), got 0"},
       {"--max-time 0", "--max-time must be a positive number of seconds, got 0"},
       {"--stop-after 0", "--stop-after must be a positive number of steps, got 0"},
       {"--set train.steps=3.7", "config key 'train.steps' expects an integer, got 3.7"},

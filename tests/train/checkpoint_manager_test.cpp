@@ -196,11 +196,19 @@ TEST(CheckpointManager, SavingAnOlderStepSetsNewerOnesAside) {
   CheckpointManager manager(dir.path(), 3);
   Saver saver(manager);
   for (int64_t step = 1; step <= 4; ++step) saver.save(step);
+  const std::string old_step3 = read_bytes(manager.path_for(3));
   saver.save(3);
   EXPECT_EQ(steps_of(manager.list()), (std::set<int64_t>{2, 3}));
   EXPECT_TRUE(std::filesystem::exists(dir.path() / "ckpt-00000004.h5.abandoned"));
+  // The branch's own step-3 file is set aside too, not written over (the steps line up here).
+  ASSERT_TRUE(std::filesystem::exists(dir.path() / "ckpt-00000003.h5.abandoned"));
+  EXPECT_EQ(read_bytes(dir.path() / "ckpt-00000003.h5.abandoned"), old_step3);
   ASSERT_TRUE(manager.latest_complete().has_value());
   EXPECT_EQ(manager.latest_complete()->step, 3);
+  // A second restart keeps the first branch's file under another name.
+  saver.save(3);
+  EXPECT_TRUE(std::filesystem::exists(dir.path() / "ckpt-00000003.h5.abandoned"));
+  EXPECT_TRUE(std::filesystem::exists(dir.path() / "ckpt-00000003.h5.abandoned.1"));
 }
 
 }  // namespace
