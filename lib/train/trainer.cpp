@@ -93,6 +93,19 @@ void check_output_writable(const fs::path& run_dir) {
     fail("--output ", run_dir.string(), " is not writable: cannot write into ", probe.string(), " (",
          std::strerror(errno), ")");
   }
+  // What the run writes into an existing directory must be able to go where it goes: a file named
+  // checkpoints would only fail the first save, after the steps before it had trained.
+  const std::pair<const char*, bool> entries[] = {
+      {"checkpoints", true}, {"tensorboard", true}, {"logs", true}, {"metrics.jsonl", false}, {"config.json", false}};
+  for (const auto& [name, is_directory] : entries) {
+    const fs::path path = run_dir / name;
+    const fs::file_status status = fs::status(path, error);
+    if (!fs::exists(status)) continue;
+    if (is_directory ? !fs::is_directory(status) : !fs::is_regular_file(status)) {
+      fail("--output ", run_dir.string(), ": ", path.string(), " exists and is not a ",
+           is_directory ? "directory" : "regular file", ": the run writes its ", name, " there");
+    }
+  }
 }
 
 // tokenizer.lower_case of the shards (electra-preprocess's manifest.json in the data directory); nullopt for

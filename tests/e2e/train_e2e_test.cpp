@@ -561,6 +561,23 @@ TEST_F(TrainE2E, BadSettingsAreRefusedBeforeAnythingIsWritten) {
                                 " is not a directory"),
             std::string::npos)
       << log_of(log);
+
+  // Entries of an existing --output that the run could not write: refused at set-up, not at the first save
+  // after the steps before it (checkpoints) or after config.json and the logs (metrics.jsonl).
+  for (const auto& [name, make_dir] : {std::pair{"checkpoints", false}, std::pair{"metrics.jsonl", true}}) {
+    const fs::path odd = run_dir(std::string("odd_") + name);
+    fs::create_directories(odd);
+    if (make_dir) {
+      fs::create_directories(odd / name);
+    } else {
+      std::ofstream(odd / name) << "a file\n";
+    }
+    EXPECT_EQ(run(train_command(2, odd, "--set train.steps=2"), log), 2) << name << log_of(log);
+    EXPECT_NE(read_text(log).find((odd / name).string() + " exists and is not a "), std::string::npos)
+        << name << log_of(log);
+    EXPECT_FALSE(fs::exists(odd / "config.json")) << name;
+    EXPECT_FALSE(fs::exists(odd / "logs")) << name;
+  }
 }
 
 }  // namespace
