@@ -1,7 +1,10 @@
 #include "lib/core/config.h"
 
 #include <algorithm>
+#include <filesystem>
 #include <fstream>
+#include <set>
+#include <vector>
 
 namespace electra {
 namespace {
@@ -74,12 +77,29 @@ nlohmann::json::json_pointer dotted_to_pointer(std::string_view dotted_key) {
 }
 
 void Config::merge_file(const std::string& path) {
+  std::error_code error;
+  if (std::filesystem::is_directory(path, error)) fail("config file ", path, " is a directory");
   std::ifstream in(path);
   if (!in) fail("cannot open config file ", path);
+  // A key twice in one object: JSON parsers keep the last, so half of a repeated section would vanish.
+  std::vector<std::set<std::string>> open_objects;
+  const nlohmann::json::parser_callback_t no_repeated_keys = [&](int, nlohmann::json::parse_event_t event,
+                                                                 nlohmann::json& parsed) {
+    using Event = nlohmann::json::parse_event_t;
+    if (event == Event::object_start) {
+      open_objects.emplace_back();
+    } else if (event == Event::object_end) {
+      open_objects.pop_back();
+    } else if (event == Event::key && !open_objects.back().insert(parsed.get<std::string>()).second) {
+      fail("config file ", path, ": key '", parsed.get<std::string>(),
+           "' appears twice in one object (a JSON parser would keep only the last)");
+    }
+    return true;
+  };
   nlohmann::json parsed;
   try {
-    parsed = nlohmann::json::parse(in, nullptr, true, /*ignore_comments=*/true);
-  } catch (const nlohmann::json::parse_error& e) {
+    parsed = nlohmann::json::parse(in, no_repeated_keys, true, /*ignore_comments=*/true);
+  } catch (const nlohmann::json::exception& e) {  // parse errors, and numbers beyond double (1e400)
     fail("config file ", path, ": ", e.what());
   }
   if (!parsed.is_object()) fail("config file ", path, ": top level must be a JSON object");

@@ -38,6 +38,7 @@ TrainSettings TrainSettings::from_config(const Config& config, int ranks, int ra
   s.eval_every = config.get<int>("train.eval_every");
   s.eval_unigram_auc = config.get<bool>("train.eval_unigram_auc");
   s.max_skipped = config.get<int>("train.max_skipped_steps");
+  if (s.seq_length < 1) fail("config key 'data.seq_length' must be positive, got ", s.seq_length);
   if (s.log_every < 1) fail("config key 'train.log_every' must be positive, got ", s.log_every);
   if (s.checkpoint_every < 0) {
     fail("config key 'train.checkpoint_every' must be >= 0 (0: only at the end and when stopped), got ",

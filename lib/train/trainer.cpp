@@ -324,6 +324,10 @@ std::optional<std::string> Trainer::setup() {
                            << " --bind-to core";
     }
 
+    if (const int predictions = config_.get<int>("model.num_token_predictions"); predictions > settings_.seq_length) {
+      fail("config key 'model.num_token_predictions' (", predictions, ") exceeds data.seq_length (",
+           settings_.seq_length, "): a row has no room for that many predictions");
+    }
     // The model section: the data's vocabulary decides vocab_size. A config that names another size (one
     // copied from Hugging Face says 30522) is told so: the embeddings it gets are not the ones it named.
     loader_ = std::make_unique<data::Loader>(settings_.loader);

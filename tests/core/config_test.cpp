@@ -125,7 +125,31 @@ TEST(Config, MergesFilesAndNamesTheFileInErrors) {
     EXPECT_NE(what.find(path), std::string::npos) << what;
     EXPECT_NE(what.find("train.bogus"), std::string::npos) << what;
   }
+  // A key twice in one object (a repeated section would drop the first's keys), a number beyond double,
+  // a directory: each refused naming the file.
+  const std::pair<std::string, std::string> bad[] = {
+      {R"({"train": {"steps": 3, "seed": 2}, "train": {"name": "x"}})", "key 'train' appears twice in one object"},
+      {R"({"train": {"steps": 3, "steps": 4}})", "key 'steps' appears twice in one object"},
+      {R"({"train": {"steps": 1e400}})", "number overflow"},
+  };
+  for (const auto& [text, message] : bad) {
+    std::ofstream(path) << text;
+    try {
+      config.merge_file(path);
+      ADD_FAILURE() << text;
+    } catch (const Error& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find(path), std::string::npos) << what;
+      EXPECT_NE(what.find(message), std::string::npos) << what;
+    }
+  }
   std::remove(path.c_str());
+  try {
+    config.merge_file(::testing::TempDir());
+    ADD_FAILURE();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("is a directory"), std::string::npos) << e.what();
+  }
   EXPECT_THROW(config.merge_file("/nonexistent/config.json"), Error);
   EXPECT_EQ(config.keys(),
             (std::vector<std::string>{"data.dir", "optim.lr", "train.name", "train.seed", "train.steps"}));

@@ -541,6 +541,7 @@ TEST_F(TrainE2E, BadSettingsAreRefusedBeforeAnythingIsWritten) {
       {"--max-time 0", "--max-time must be a positive number of seconds, got 0"},
       {"--stop-after 0", "--stop-after must be a positive number of steps, got 0"},
       {"--set train.steps=3.7", "config key 'train.steps' expects an integer, got 3.7"},
+      {"--set model.num_token_predictions=100000", "config key 'model.num_token_predictions' (100000) exceeds"},
   };
   for (const auto& c : cases) {
     EXPECT_EQ(run(train_command(1, dir, "--set train.steps=4 " + c.flags), log), 2) << c.flags << log_of(log);

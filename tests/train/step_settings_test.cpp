@@ -198,6 +198,7 @@ TEST(TrainSettings, BadValuesNameTheirKey) {
       {"train.micro_batch_size=-4", "config key 'train.micro_batch_size' must be >= 0"},
       {"train.threads=-3", "config key 'train.threads' must be in [0, 4096]"},
       {"train.threads=100000", "config key 'train.threads' must be in [0, 4096]"},
+      {"data.seq_length=0", "config key 'data.seq_length' must be positive, got 0"},
       {"train.step_timeout=1e10", "config key 'train.step_timeout' must be a positive number of seconds up to a year"},
       {"train.checkpoint_timeout=1e300", "train.checkpoint_timeout"},
       {"train.parallel_chunks=-1", "config key 'train.parallel_chunks' must be >= 0"},
