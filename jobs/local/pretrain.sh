@@ -5,7 +5,9 @@
 #   DATA=shards/ RUN_DIR=runs/small NP=4 jobs/local/pretrain.sh [--set train.steps=10000 --max-time 3600 ...]
 #
 # Arguments are passed to electra-train after the ones this script sets, so they win (a later --set of
-# the same key overrides an earlier one). Environment:
+# the same key overrides an earlier one); --resume replaces the script's --resume auto. The flags the
+# environment sets (--config, --data, --output, --device) are refused as arguments, naming the variable.
+# Environment:
 #   DATA         shards directory (manifest.json) or NVIDIA BERT HDF5 directory            (required)
 #   RUN_DIR      run directory: checkpoints, logs, metrics.jsonl               (default runs/pretrain)
 #   CONFIG       run config JSON                                     (default jobs/configs/small.json)
@@ -48,7 +50,18 @@ launch=(mpirun -np "$np")
 [ "$(id -u)" -ne 0 ] || launch+=(--allow-run-as-root)
 # More ranks than cores is allowed (slow, but useful for testing).
 [ "$np" -le "$(nproc)" ] || launch+=(--oversubscribe)
-args=(--config "$config" --data "$DATA" --output "$run_dir" --resume auto --device "${DEVICE:-cpu}")
+# The user's arguments: electra-train takes each of these flags once.
+resume=(--resume auto)
+for arg in "$@"; do
+  case $arg in
+    --config | --config=*) die "$arg: set CONFIG instead (this script passes --config \$CONFIG)" ;;
+    --data | --data=*) die "$arg: set DATA instead (this script passes --data \$DATA)" ;;
+    --output | --output=*) die "$arg: set RUN_DIR instead (this script passes --output \$RUN_DIR)" ;;
+    --device | --device=*) die "$arg: set DEVICE instead (this script passes --device \$DEVICE)" ;;
+    --resume | --resume=*) resume=() ;;
+  esac
+done
+args=(--config "$config" --data "$DATA" --output "$run_dir" "${resume[@]}" --device "${DEVICE:-cpu}")
 precision=${PRECISION:-$([ "${DEVICE:-cpu}" = cuda ] && echo bf16 || true)}
 [ -z "$precision" ] || args+=(--set "train.precision=$precision")
 if [ -n "${THREADS:-}" ]; then

@@ -106,7 +106,24 @@ for setting in NP=0 NP=two THREADS=0; do
     [ ! -e "$tmp/run_c" ] && [ ! -e "$tmp/shards_c" ] || fail "$script.sh with $setting wrote its output"
   done
 done
-say "c. pretrain.sh without DATA, with NP=0, NP=two or THREADS=0, and preprocess.sh with NP=0 or NP=two: exit 2"
+# Flags the environment sets are refused as arguments, naming the variable; --resume replaces the script's
+# --resume auto (electra-train takes each once: "--resume none" failed with CLI11's "At Most 1").
+for flag in --output --data=x; do
+  env DATA="$tmp/shards" RUN_DIR="$tmp/run_c" "$root/jobs/local/pretrain.sh" "$flag" x > "$tmp/bad.log" 2>&1
+  code=$?
+  [ $code = 2 ] || fail "pretrain.sh $flag exited $code, expected 2 (see $tmp/bad.log)"
+  grep -q "set $([ "$flag" = --output ] && echo RUN_DIR || echo DATA) instead" "$tmp/bad.log" ||
+    fail "pretrain.sh $flag: the variable is not named: $(cat "$tmp/bad.log")"
+  [ ! -e "$tmp/run_c" ] || fail "pretrain.sh $flag wrote its output"
+done
+env DATA="$tmp/shards" RUN_DIR="$tmp/run_c" NP=1 THREADS=1 CONFIG="$root/jobs/configs/tiny.json" \
+  "$root/jobs/local/pretrain.sh" --resume none --set train.steps=1 --set data.seq_length=32 \
+  --set model.generator.num_layers=1 > "$tmp/resume_none.log" 2>&1
+code=$?
+[ $code = 0 ] || fail "pretrain.sh --resume none exited $code, expected 0: $(grep -m3 error "$tmp/resume_none.log")"
+rm -rf "$tmp/run_c"
+say "c. pretrain.sh without DATA, with NP=0, NP=two or THREADS=0, and preprocess.sh with NP=0 or NP=two: exit 2;" \
+  "--output and --data as arguments: exit 2 naming RUN_DIR and DATA; --resume none replaces --resume auto"
 
 # d. a hung rank: the watchdog aborts the job with its own code (5), which the script does not report as a
 # stop with a checkpoint
