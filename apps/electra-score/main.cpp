@@ -2,6 +2,9 @@
 // (and, with --fill-mask, the generator's top-k tokens for each [MASK]).
 // Exit codes: 0 done, 1 error while scoring (message on stderr), 2 bad flags or input, found while setting up
 // (a model or vocabulary that cannot be read, no GPU for --device cuda), as electra-eval.
+#include <sys/stat.h>
+#include <unistd.h>
+
 #include <CLI/CLI.hpp>
 #include <cstdint>
 #include <iostream>
@@ -83,6 +86,11 @@ int main(int argc, char** argv) {
                    });
   } catch (const std::exception& e) {
     std::cerr << "electra-score: " << e.what() << "\n";
+    return 2;
+  }
+  // A directory as stdin reads as an empty input (the stream takes EISDIR for the end): refused instead.
+  if (struct stat st{}; fstat(STDIN_FILENO, &st) == 0 && S_ISDIR(st.st_mode)) {
+    std::cerr << "electra-score: stdin is a directory; give the text lines on stdin\n";
     return 2;
   }
   try {

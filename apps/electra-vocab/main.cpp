@@ -48,6 +48,8 @@ int main(int argc, char** argv) {
   std::vector<std::string> files;
   try {
     std::error_code ec;
+    if (output.empty()) electra::fail("--output is empty: name the vocab.txt to write");
+    if (std::filesystem::is_directory(output, ec)) electra::fail(output, ": --output is a directory");
     if (std::filesystem::exists(output, ec) && !force) {
       electra::fail(output, ": --output already exists; pass --force to replace it");
     }

@@ -2,6 +2,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <set>
 #include <sstream>
 
 #include "data_pipeline/preprocess/file_util.h"
@@ -51,6 +52,7 @@ Manifest Manifest::from_json(const nlohmann::json& j, const std::string& where) 
     m.command_line = j.value("command_line", std::string());
     m.stats = j.value("stats", nlohmann::json::object());
     uint64_t sum = 0;
+    std::set<std::string> files;
     for (const nlohmann::json& s : field("shards")) {
       ShardInfo info;
       info.file = s.at("file").get<std::string>();
@@ -61,6 +63,9 @@ Manifest Manifest::from_json(const nlohmann::json& j, const std::string& where) 
       if (info.file.empty() || std::filesystem::path(info.file).is_absolute() ||
           info.file.find("..") != std::string::npos)
         fail(where, ": shard file name '", info.file, "' must be relative to the data directory");
+      // Listed twice, a shard's rows would be read twice per epoch (and counted twice by electra-eval).
+      if (!files.insert(std::filesystem::path(info.file).lexically_normal().string()).second)
+        fail(where, ": shard '", info.file, "' is listed twice");
       sum += info.rows;
       m.shards.push_back(std::move(info));
     }
@@ -90,7 +95,7 @@ Manifest Manifest::load(const std::string& path) {
   if (!in) fail(path, ": cannot open manifest");
   nlohmann::json j;
   try {
-    in >> j;
+    j = nlohmann::json::parse(in);  // the whole file: text after the object is an error too
   } catch (const nlohmann::json::exception& e) {
     fail(path, ": not valid JSON: ", e.what());
   }

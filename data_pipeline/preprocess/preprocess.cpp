@@ -438,7 +438,21 @@ namespace {
 // a rank would fail half-way): each rank checks its vocabulary's hash and its files' sizes against rank
 // 0's, and a difference is bad input on every rank before anything is written. Loads `vocab` where it is
 // not loaded yet. Collective.
-void check_ranks_see_the_plan(const PreprocessOptions& options, uint64_t vocab_hash,
+// The flags that decide what the shards hold, by flag name.
+nlohmann::json shaping_flags(const PreprocessOptions& o) {
+  return {{"max-seq-length", o.max_seq_length},
+          {"lower-case", o.lower_case},
+          {"blanks-separate-docs", o.blanks_separate_docs},
+          {"pack", o.pack},
+          {"seed", o.seed},
+          {"rows-per-shard", o.rows_per_shard},
+          {"chunk-rows", o.chunk_rows},
+          {"deflate-level", o.deflate_level},
+          {"force", o.force},
+          {"output", o.output_dir}};
+}
+
+void check_ranks_see_the_plan(const PreprocessOptions& options, const nlohmann::json& plan, uint64_t vocab_hash,
                               const std::vector<InputFile>& files, const std::vector<int>& owner,
                               std::optional<text::Vocab>& vocab, int rank, MPI_Comm comm) {
   std::string difference;
@@ -447,6 +461,15 @@ void check_ranks_see_the_plan(const PreprocessOptions& options, uint64_t vocab_h
     if (vocab->hash() != vocab_hash) {
       difference = detail::concat("--vocab ", options.vocab_path, " has vocab_hash ", vocab->hash(), " here, ",
                                   vocab_hash, " on rank 0");
+    }
+    // The flags that shape the shards (an MPMD launch can give each rank its own): rank 0's go into the
+    // manifest, so another rank's shards must be made the same way.
+    const nlohmann::json mine = shaping_flags(options), rank0 = plan.at("flags");
+    for (auto it = rank0.begin(); it != rank0.end() && difference.empty(); ++it) {
+      if (mine.value(it.key(), nlohmann::json()) != it.value()) {
+        difference = detail::concat("--", it.key(), " is ", mine.value(it.key(), nlohmann::json()).dump(), " here, ",
+                                    it.value().dump(), " on rank 0");
+      }
     }
     for (size_t i = 0; i < files.size() && difference.empty(); ++i) {
       if (owner[i] != rank) continue;
@@ -545,6 +568,7 @@ Manifest run_preprocess(const PreprocessOptions& options, MPI_Comm comm) {
       plan["files"] = nlohmann::json::array();
       for (const InputFile& f : files) plan["files"].push_back({f.path, f.size});
       plan["vocab_hash"] = vocab->hash();
+      plan["flags"] = shaping_flags(options);
     } catch (const std::exception& e) {  // every rank must hear of it, or the others wait for the plan forever
       plan = {{"error", e.what()}};
     }
@@ -554,7 +578,7 @@ Manifest run_preprocess(const PreprocessOptions& options, MPI_Comm comm) {
   std::vector<InputFile> files;
   for (const auto& f : plan["files"]) files.push_back({f[0].get<std::string>(), f[1].get<uint64_t>()});
   const std::vector<int> owner = assign_files_to_ranks(files, world);
-  check_ranks_see_the_plan(options, plan.at("vocab_hash").get<uint64_t>(), files, owner, vocab, rank, comm);
+  check_ranks_see_the_plan(options, plan, plan.at("vocab_hash").get<uint64_t>(), files, owner, vocab, rank, comm);
 
   std::optional<DirectoryLock> output_lock;  // rank 0, from here until the manifest is written
   std::string refused;

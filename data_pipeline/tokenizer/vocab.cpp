@@ -17,6 +17,8 @@ uint64_t slot_of(uint64_t hash, uint64_t mask) { return (hash * 0x9E3779B97F4A7C
 }  // namespace
 
 Vocab Vocab::load(const std::string& path) {
+  std::error_code error;
+  if (std::filesystem::is_directory(path, error)) fail("vocab ", path, ": is a directory (expected vocab.txt)");
   std::ifstream in(path, std::ios::binary);
   if (!in) fail("vocab ", path, ": cannot open: ", std::strerror(errno));
   std::ostringstream buffer;

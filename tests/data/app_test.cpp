@@ -159,6 +159,21 @@ TEST_F(App, RanksThatReadAnotherVocabularyAreRefused) {
   EXPECT_FALSE(fs::exists(tmp / "out"));
 }
 
+// The same for the flags that shape the shards: rank 1's --max-seq-length 32 would write rows of another
+// length than the manifest (rank 0's) records.
+TEST_F(App, RanksWithOtherShardFlagsAreRefused) {
+  std::string other_args = args("out");
+  other_args.replace(other_args.find("--max-seq-length 40"), 19, "--max-seq-length 32");
+  std::string output;
+  EXPECT_EQ(
+      run("mpirun --oversubscribe --allow-run-as-root -np 1 " + app() + args("out") + " : -np 1 " + app() + other_args,
+          &output),
+      2)
+      << output;
+  EXPECT_NE(output.find("--max-seq-length is 32 here, 40 on rank 0"), std::string::npos) << output;
+  EXPECT_FALSE(fs::exists(tmp / "out"));
+}
+
 TEST_F(App, InputWithoutTextIsRefused) {
   fs::create_directories(tmp / "blank");
   std::ofstream(tmp / "blank/empty.txt");

@@ -119,6 +119,29 @@ TEST(ShardErrors, WrongShape) {
   expect_mentions(construction_error(b.options()), {b.shard, "input_ids", "[90, 32]", "[91, 32]"});
 }
 
+// A manifest that lists a shard twice (its rows would be read twice an epoch), one with text after its
+// object, and a crc32 beyond 64 bits: each refused naming the manifest.
+TEST(ShardErrors, MalformedManifests) {
+  Broken b;
+  const std::string path = b.dir + "/manifest.json";
+  std::ifstream in(path);
+  const nlohmann::json good = nlohmann::json::parse(in);
+  in.close();
+  nlohmann::json twice = good;
+  twice["shards"].push_back(good["shards"][0]);
+  twice["total_rows"] = good["total_rows"].get<uint64_t>() + good["shards"][0]["rows"].get<uint64_t>();
+  std::ofstream(path, std::ios::trunc) << twice.dump();
+  expect_mentions(construction_error(b.options()), {path, "is listed twice"});
+  std::ofstream(path, std::ios::trunc) << good.dump() << "}}";
+  expect_mentions(construction_error(b.options()), {path, "not valid JSON"});
+  nlohmann::json long_crc = good;
+  long_crc["shards"][0]["crc32"] = "1ffffffffffffffffffff";
+  std::ofstream(path, std::ios::trunc) << long_crc.dump();
+  expect_mentions(construction_error(b.options()), {path, "crc32 value out of range"});
+  std::ofstream(path, std::ios::trunc) << good.dump();
+  EXPECT_EQ(construction_error(b.options()), "");
+}
+
 TEST(ShardErrors, VocabularyMismatch) {
   Broken b;
   std::vector<std::string> tokens = b.vocab.tokens();

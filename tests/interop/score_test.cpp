@@ -229,6 +229,11 @@ TEST_F(ScoreTest, LowerCasingFollowsTheModelUnlessTurnedOff) {
                                         shell_quote((tmp_.path() / "missing").string()) + " < /dev/null 2>&1");
   EXPECT_EQ(bad.status, 2) << bad.out;
   EXPECT_NE(bad.out.find("missing"), std::string::npos) << bad.out;
+
+  // A directory as stdin read as an empty input (exit 0, no output).
+  const CommandResult directory = score(export_dir_, tmp_.path(), "2>&1");
+  EXPECT_EQ(directory.status, 2) << directory.out;
+  EXPECT_NE(directory.out.find("stdin is a directory"), std::string::npos) << directory.out;
 }
 
 }  // namespace

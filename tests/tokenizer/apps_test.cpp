@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <filesystem>
+#include <fstream>
 
 #include "data_pipeline/tokenizer/bert_tokenizer.h"
 #include "tests/tokenizer/edge_lines.h"
@@ -105,6 +106,14 @@ TEST_F(Apps, VocabTrainerRefusesAnExistingOutputUnlessForced) {
 
   ASSERT_EQ(testing::run(train + " --vocab-size 120 --force 2>/dev/null"), 0);
   EXPECT_EQ(Vocab::load(out).size(), 120u);
+
+  // An empty --output, or a directory, is refused before the corpus is read (it was exit 1 after it).
+  const std::string base = shell_quote(bin("electra-vocab")) + " --input " + shell_quote(dir_.file("corpus")) +
+                           " --vocab-size 120 --force --output ";
+  EXPECT_EQ(testing::run(base + "'' 2>" + shell_quote(err)), 2);
+  EXPECT_NE(testing::read_file(err).find("--output is empty"), std::string::npos) << testing::read_file(err);
+  EXPECT_EQ(testing::run(base + shell_quote(dir_.file("corpus")) + " 2>" + shell_quote(err)), 2);
+  EXPECT_NE(testing::read_file(err).find("--output is a directory"), std::string::npos) << testing::read_file(err);
 }
 
 TEST_F(Apps, VocabTrainerRefusesAnInputWithoutWords) {
@@ -202,6 +211,15 @@ TEST_F(Apps, TokenizeExitCodes) {
   EXPECT_EQ(run(" --vocab " + shell_quote(vocab_path) + " --input " + shell_quote(dir_.file("corpus"))), 2);
   EXPECT_NE(testing::read_file(err).find("is a directory"), std::string::npos) << testing::read_file(err);
   EXPECT_EQ(testing::read_file(out), "");
+  // A vocabulary that is a directory, and one without [UNK] (the tokenizer needs it): exit 2, named.
+  EXPECT_EQ(run(" --vocab " + shell_quote(dir_.file("corpus"))), 2);
+  EXPECT_NE(testing::read_file(err).find("is a directory (expected vocab.txt)"), std::string::npos)
+      << testing::read_file(err);
+  std::string tokens = testing::read_file(vocab_path);
+  tokens.erase(tokens.find("[UNK]\n"), 6);
+  std::ofstream(dir_.file("no_unk.txt")) << tokens;
+  EXPECT_EQ(run(" --vocab " + shell_quote(dir_.file("no_unk.txt"))), 2);
+  EXPECT_NE(testing::read_file(err).find("missing special token [UNK]"), std::string::npos) << testing::read_file(err);
   EXPECT_EQ(run(" --vocab " + shell_quote(vocab_path) + " --help"), 0);
 
   if (std::filesystem::exists("/dev/full")) {
