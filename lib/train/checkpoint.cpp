@@ -159,8 +159,8 @@ void read_dataset(hid_t dataset, float* out, size_t count, const std::filesystem
   if (H5Tget_class(type.get()) != H5T_FLOAT || H5Tget_size(type.get()) != sizeof(float)) {
     fail("checkpoint ", path.string(), ": ", where, " is not float32");
   }
-  if (count > 0) {
-    check_status(H5Dread(dataset, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, out), path, "cannot read " + where);
+  if (count > 0 && H5Dread(dataset, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, out) < 0) {
+    throw CorruptCheckpointError(detail::concat("checkpoint ", path.string(), ": cannot read ", where));
   }
   if (!h5::has_attribute(dataset, "crc32c"))
     fail("checkpoint ", path.string(), ": ", where, " has no crc32c attribute");
@@ -169,7 +169,8 @@ void read_dataset(hid_t dataset, float* out, size_t count, const std::filesystem
   check_status(H5Aread(attr.get(), H5T_NATIVE_UINT32, &stored), path, "cannot read crc32c of " + where);
   const uint32_t actual = crc32c(out, count * sizeof(float));
   if (stored != actual) {
-    fail("checkpoint ", path.string(), ": ", where, " is corrupt (CRC-32C ", actual, ", stored ", stored, ")");
+    throw CorruptCheckpointError(detail::concat("checkpoint ", path.string(), ": ", where, " is corrupt (CRC-32C ",
+                                                actual, ", stored ", stored, ")"));
   }
 }
 

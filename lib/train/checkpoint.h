@@ -27,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "lib/core/error.h"
 #include "lib/core/tensor_slice.h"
 
 namespace electra::train {
@@ -38,6 +39,13 @@ namespace electra::train {
 void validate_layout(std::span<const TensorSlice> layout, size_t buffer_size);
 
 std::string shape_string(const std::vector<int64_t>& shape);  // "[2, 3]"
+
+// A tensor whose bytes do not match its crc32c, or cannot be read: the file is damaged, not the run's
+// settings wrong (electra-train's --resume auto then tries an older checkpoint).
+class CorruptCheckpointError : public Error {
+ public:
+  using Error::Error;
+};
 
 enum class Section { kParams, kAdamM, kAdamV };
 const char* section_name(Section section);  // "params", "adam_m", "adam_v"

@@ -78,6 +78,12 @@ std::optional<CheckpointEntry> CheckpointManager::latest_pointer() const {
 }
 
 std::optional<CheckpointEntry> CheckpointManager::latest_complete() const {
+  const std::vector<CheckpointEntry> complete = complete_newest_first();
+  if (complete.empty()) return std::nullopt;
+  return complete.front();
+}
+
+std::vector<CheckpointEntry> CheckpointManager::complete_newest_first() const {
   // Candidates newest first. `latest` is normally the newest; a newer file exists only when a crash
   // came between its rename and the pointer update, and it is complete (renamed after fsync).
   std::vector<CheckpointEntry> candidates = list();
@@ -87,12 +93,15 @@ std::optional<CheckpointEntry> CheckpointManager::latest_complete() const {
     if (!listed) candidates.push_back(*pointer);
   }
   std::stable_sort(candidates.begin(), candidates.end(), [](const auto& a, const auto& b) { return a.step > b.step; });
+  std::vector<CheckpointEntry> complete;
   for (const CheckpointEntry& candidate : candidates) {
-    auto problem = CheckpointFile::check(candidate.path);
-    if (!problem) return candidate;
-    ELECTRA_LOG(warning) << "skipping checkpoint " << candidate.path.string() << ": " << *problem;
+    if (auto problem = CheckpointFile::check(candidate.path)) {
+      ELECTRA_LOG(warning) << "skipping checkpoint " << candidate.path.string() << ": " << *problem;
+    } else {
+      complete.push_back(candidate);
+    }
   }
-  return std::nullopt;
+  return complete;
 }
 
 void CheckpointManager::write_latest_pointer(int64_t step, const std::filesystem::path& path) {

@@ -42,6 +42,9 @@ class CheckpointManager {
   // The newest complete checkpoint, or nullopt when there is none. Damaged candidates are skipped with
   // a warning in the log.
   std::optional<CheckpointEntry> latest_complete() const;
+  // Every complete checkpoint, newest first (latest_complete() is the first). Complete means it opens
+  // and carries its completion mark; its tensors' checksums are checked only when they are read.
+  std::vector<CheckpointEntry> complete_newest_first() const;
   // The entry `latest` names, unvalidated; nullopt when the pointer is missing or unreadable.
   std::optional<CheckpointEntry> latest_pointer() const;
   // Files named ckpt-<step>.h5, ascending by step, unvalidated.

@@ -47,9 +47,26 @@ RunCheckpoints::RunCheckpoints(const CheckpointParts& parts, const TrainSettings
 std::optional<RunCheckpoints::Resumed> RunCheckpoints::resume(const std::string& resume_option) {
   std::optional<fs::path> resume_path;
   if (resume_option == "auto") {
-    if (auto latest = files_.latest_complete()) {
-      resume_path = latest->path;
-    } else if (const std::vector<CheckpointEntry> damaged = files_.list(); !damaged.empty()) {
+    // The newest checkpoint whose tensors read back intact; a corrupt one (a flipped bit on disk) is skipped
+    // with a warning, as truncated ones are. Every rank reads the same files, so all take the same one.
+    const std::vector<CheckpointEntry> complete = files_.complete_newest_first();
+    for (const CheckpointEntry& candidate : complete) {
+      Resumed resumed{.state = {}, .path = candidate.path, .log_windows = nullptr};
+      try {
+        resume_from(resumed.path, resumed.state, resumed.log_windows);
+        return resumed;
+      } catch (const CorruptCheckpointError& e) {
+        ELECTRA_LOG(warning) << "skipping checkpoint " << candidate.path.string() << ": " << e.what()
+                             << "; trying an older one";
+      }
+    }
+    if (!complete.empty()) {
+      fail("run directory ", run_dir_.string(),
+           ": every complete checkpoint is corrupt (the log names each); "
+           "nothing to resume from. Move them aside to start afresh, or use another --output (nothing was "
+           "overwritten)");
+    }
+    if (const std::vector<CheckpointEntry> damaged = files_.list(); !damaged.empty()) {
       // Starting afresh would write over the run's metrics and checkpoints as if they were not there.
       fail("run directory ", run_dir_.string(), " has ", damaged.size(), " checkpoint(s) (",
            damaged.front().path.filename().string(), damaged.size() > 1 ? " ... " : "",

@@ -1,6 +1,7 @@
 // electra-train as users run it: real programs under mpirun on a small preprocessed corpus.
 // Each training run is a few seconds (a very small model, 12-example global batches, seq 32).
 #include <gtest/gtest.h>
+#include <hdf5.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -444,6 +445,44 @@ TEST_F(TrainE2E, ResumeAutoRefusesARunWhoseCheckpointsAreAllDamaged) {
   EXPECT_EQ(run(train_command(2, dir, "--set train.steps=12 --resume auto"), log), 2) << log_of(log);
   EXPECT_NE(read_text(log).find("none is complete and readable"), std::string::npos) << log_of(log);
   EXPECT_EQ(read_text(dir / "metrics.jsonl"), metrics);
+}
+
+// Changes one value of a checkpoint's first parameter tensor in place, leaving its crc32c as it was (a bit
+// that flipped on disk).
+void corrupt_first_parameter(const fs::path& path) {
+  const std::string name = electra::train::CheckpointFile::open(path).tensors(electra::train::Section::kParams)[0].name;
+  const hid_t file = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  ASSERT_GE(file, 0) << path;
+  const hid_t dataset = H5Dopen2(file, ("/params/" + name).c_str(), H5P_DEFAULT);
+  ASSERT_GE(dataset, 0) << name;
+  const hid_t space = H5Dget_space(dataset);
+  std::vector<float> values(static_cast<size_t>(H5Sget_simple_extent_npoints(space)));
+  ASSERT_GE(H5Dread(dataset, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, values.data()), 0);
+  values[0] += 1.0f;
+  ASSERT_GE(H5Dwrite(dataset, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, values.data()), 0);
+  H5Sclose(space);
+  H5Dclose(dataset);
+  H5Fclose(file);
+}
+
+// The newest checkpoint's tensor changed on disk: --resume auto skips it with a warning (it stopped the run
+// with exit 2) and continues from the one before, ending as the run that never stopped.
+TEST_F(TrainE2E, ResumeAutoSkipsACorruptCheckpoint) {
+  const fs::path straight = run_dir("corrupt_straight"), log = root() / "corrupt.log";
+  ASSERT_EQ(run(train_command(2, straight), log), 0) << log_of(log);
+  const fs::path dir = run_dir("corrupt");
+  ASSERT_EQ(run(train_command(2, dir, "--stop-after 6"), log), 3) << log_of(log);
+  const fs::path newest = dir / "checkpoints" / "ckpt-00000006.h5";
+  ASSERT_NO_FATAL_FAILURE(corrupt_first_parameter(newest));
+  ASSERT_EQ(run(train_command(2, dir, "--resume auto"), log), 0) << log_of(log);
+  const std::string text = read_text(log);
+  EXPECT_NE(text.find("skipping checkpoint " + newest.string()), std::string::npos) << log_of(log);
+  EXPECT_NE(text.find("is corrupt (CRC-32C"), std::string::npos) << log_of(log);
+  EXPECT_NE(text.find("resumed from " + (dir / "checkpoints" / "ckpt-00000004.h5").string()), std::string::npos)
+      << log_of(log);
+  const fs::path final_name = fs::path("checkpoints") / "ckpt-00000012.h5";
+  ASSERT_NO_FATAL_FAILURE(electra::test::expect_same_checkpoint_tensors(straight / final_name, dir / final_name));
+  expect_same_trajectory(read_metrics(straight), read_metrics(dir), 0.0, "straight vs resumed past a corrupt file");
 }
 
 // SIGUSR1 while the ranks are still setting up (data, model, checkpoint) used to kill them (exit 138):
