@@ -33,7 +33,14 @@ std::string read_all(int fd) {
 
 DirectoryLock::DirectoryLock(const std::filesystem::path& dir, const std::string& name) : path_(dir / name) {
   std::error_code error;
+  // The topmost directory that is missing: what create_directories makes (abandoning the work removes it).
+  for (std::filesystem::path p = std::filesystem::absolute(dir, error);
+       !p.empty() && !std::filesystem::exists(p, error); p = p.parent_path()) {
+    first_made_ = p;
+    if (p == p.parent_path()) break;
+  }
   made_dir_ = std::filesystem::create_directories(dir, error);
+  if (!made_dir_) first_made_.clear();
   if (error) fail("directory ", dir.string(), ": cannot create it: ", error.message());
   file_existed_ = std::filesystem::exists(path_, error);
   fd_ = ::open(path_.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);

@@ -31,8 +31,10 @@ class DirectoryLock {
   const std::string& reason() const { return reason_; }
   // Whether dir/name was there before this object opened it (left by an earlier holder).
   bool file_existed() const { return file_existed_; }
-  // Whether this object created `dir`.
+  // Whether this object created `dir`, and the topmost directory it created for it (absolute; `dir` or an
+  // ancestor; empty when it created none).
   bool made_dir() const { return made_dir_; }
+  const std::filesystem::path& first_made() const { return first_made_; }
   const std::filesystem::path& path() const { return path_; }
   // Removes the file, then lets the lock go: for a holder whose finished work should leave no trace. Does
   // nothing when another process holds the lock.
@@ -45,6 +47,7 @@ class DirectoryLock {
   std::string holder_, reason_;
   bool file_existed_ = false;
   bool made_dir_ = false;
+  std::filesystem::path first_made_;
 };
 
 }  // namespace electra

@@ -26,8 +26,14 @@ RunLock::RunLock(const std::filesystem::path& run_dir) : lock_(run_dir, kFileNam
 void RunLock::abandon() {
   lock_.remove_file();
   if (!lock_.made_dir()) return;
-  std::error_code ignored;
-  std::filesystem::remove(lock_.path().parent_path(), ignored);  // only when empty
+  // The run directory and the parents made for it, each only when empty.
+  std::error_code error;
+  const std::filesystem::path top = lock_.first_made();
+  for (std::filesystem::path dir = std::filesystem::absolute(lock_.path().parent_path(), error);
+       !error && !top.empty() && dir.string().size() >= top.string().size(); dir = dir.parent_path()) {
+    if (!std::filesystem::remove(dir, error) || error) return;
+    if (dir == top) return;
+  }
 }
 
 }  // namespace electra::train

@@ -324,6 +324,11 @@ std::optional<std::string> Trainer::setup() {
                            << " --bind-to core";
     }
 
+    // The shards' examples are sentence pairs: segment ids 0 and 1 (the first step would fail on id 1).
+    if (const int types = config_.get<int>("model.type_vocab_size"); types < 2) {
+      fail("config key 'model.type_vocab_size' (", types,
+           ") must be at least 2: the training examples are sentence pairs, with segment ids 0 and 1");
+    }
     if (const int predictions = config_.get<int>("model.num_token_predictions"); predictions > settings_.seq_length) {
       fail("config key 'model.num_token_predictions' (", predictions, ") exceeds data.seq_length (",
            settings_.seq_length, "): a row has no room for that many predictions");

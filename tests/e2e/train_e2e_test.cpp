@@ -581,6 +581,7 @@ TEST_F(TrainE2E, BadSettingsAreRefusedBeforeAnythingIsWritten) {
       {"--stop-after 0", "--stop-after must be a positive number of steps, got 0"},
       {"--set train.steps=3.7", "config key 'train.steps' expects an integer, got 3.7"},
       {"--set model.num_token_predictions=100000", "config key 'model.num_token_predictions' (100000) exceeds"},
+      {"--set model.type_vocab_size=1", "config key 'model.type_vocab_size' (1) must be at least 2"},
   };
   for (const auto& c : cases) {
     EXPECT_EQ(run(train_command(1, dir, "--set train.steps=4 " + c.flags), log), 2) << c.flags << log_of(log);

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <fstream>
 #include <optional>
 #include <string>
 
@@ -50,6 +51,18 @@ TEST(RunLock, AbandonRemovesWhatTheLockMade) {
   old.abandon();
   EXPECT_FALSE(std::filesystem::exists(RunLock::path_in(existing)));
   EXPECT_TRUE(std::filesystem::is_directory(existing));
+
+  // The parents made for a deeper run directory go too, up to the first that was there; one that gained
+  // other entries meanwhile stays.
+  RunLock deep(existing / "a" / "b" / "run");
+  deep.abandon();
+  EXPECT_FALSE(std::filesystem::exists(existing / "a"));
+  EXPECT_TRUE(std::filesystem::is_directory(existing));
+  RunLock shared(existing / "c" / "run");
+  std::ofstream(existing / "c" / "notes.txt") << "someone else's\n";
+  shared.abandon();
+  EXPECT_FALSE(std::filesystem::exists(existing / "c" / "run"));
+  EXPECT_TRUE(std::filesystem::exists(existing / "c" / "notes.txt"));
 }
 
 }  // namespace
