@@ -122,15 +122,18 @@ std::optional<text::Vocab> load_vocab_if_present(const fs::path& dir) {
 }
 
 // The tokenizer settings of the first of `dirs` with a tokenizer_config.json (BertTokenizer's defaults when
-// none has one).
+// none has one), as transformers would tokenize with that directory.
 text::TokenizerOptions tokenizer_settings_of(std::initializer_list<fs::path> dirs) {
   text::TokenizerOptions options;
+  // transformers' word limit: tokenizer.json's (Google's converted models: 100; our exports: ours, 200),
+  // else the slow BertTokenizer's fixed 100, which AutoTokenizer also uses when it converts such a directory.
+  constexpr uint32_t kTransformersWordLimit = 100;
+  options.max_input_chars_per_word = kTransformersWordLimit;
   for (const fs::path& dir : dirs) {
     const fs::path tc = dir / "tokenizer_config.json";
     if (fs::exists(tc)) {
       options = tokenizer_options_from_hf(read_json(tc), tc.string());
-      // HF's fast tokenizer applies tokenizer.json's word limit (Google's converted models: 100; our
-      // exports: ours); without the file our default (google-research/bert's 200) stays.
+      options.max_input_chars_per_word = kTransformersWordLimit;
       const fs::path tj = dir / "tokenizer.json";
       if (fs::exists(tj)) read_word_limit_from_hf_tokenizer_json(read_json(tj), tj.string(), options);
       break;

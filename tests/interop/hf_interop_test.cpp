@@ -483,7 +483,8 @@ TEST(HfInterop, ImportRejectsInconsistentDirectoriesNamingTheProblem) {
   expect_import_error(dir, "model.safetensors");
 
   // The word limit comes from tokenizer.json when there is one (what HF's fast tokenizer applies: 100 in
-  // Google's converted models), else our default; a bad value is named.
+  // Google's converted models), else transformers' BertTokenizer's 100 (what AutoTokenizer gives such a
+  // directory, fast or slow); a bad value is named.
   EXPECT_EQ(load_hf_pretrainer(good / "discriminator", good / "generator").tokenizer.max_input_chars_per_word, 200u);
   auto edit_word_limit = [&](const fs::path& d, const nlohmann::json& value) {
     nlohmann::json t = nlohmann::json::parse(read_bytes(d / "tokenizer.json"));
@@ -496,7 +497,7 @@ TEST(HfInterop, ImportRejectsInconsistentDirectoriesNamingTheProblem) {
   dir = fresh();
   fs::remove(dir / "discriminator/tokenizer.json");
   fs::remove(dir / "generator/tokenizer.json");
-  EXPECT_EQ(load_hf_pretrainer(dir / "discriminator", dir / "generator").tokenizer.max_input_chars_per_word, 200u);
+  EXPECT_EQ(load_hf_pretrainer(dir / "discriminator", dir / "generator").tokenizer.max_input_chars_per_word, 100u);
   dir = fresh();
   edit_word_limit(dir / "discriminator", -5);
   expect_import_error(dir, "model.max_input_chars_per_word");
