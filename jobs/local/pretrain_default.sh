@@ -47,14 +47,23 @@ at_least HOLDOUT_EVERY "$holdout_every" 2
 [ "$blanks" = true ] || [ "$blanks" = false ] ||
   { echo "BLANKS_SEPARATE_DOCS must be true or false, got '$blanks'" >&2; exit 2; }
 
-# What the data in WORK is made from. When it changes (or WORK predates this recipe), the split, the
-# vocabulary and the shards are made again; a run of other data is never resumed.
+# What the data in WORK is made from. When it changes, the split, the vocabulary and the shards this
+# script made are made again; a run of other data is never resumed. Data in WORK without recipe.txt is not
+# this script's, and is never removed.
 recipe="corpus=$(realpath "$corpus") vocab_size=$vocab_size holdout_every=$holdout_every blanks_separate_docs=$blanks seq=128 layout=2"
+if [ ! -e "$work/recipe.txt" ]; then
+  for entry in split split.tmp shards heldout_shards vocab.txt; do
+    [ ! -e "$work/$entry" ] ||
+      { echo "$work/$entry is not data this script made (no $work/recipe.txt): remove it or set WORK" >&2; exit 2; }
+  done
+fi
 mkdir -p "$work"
 if [ "$(cat "$work/recipe.txt" 2> /dev/null)" != "$recipe" ]; then
   [ ! -e "$work/vocab.txt" ] || say "data in $work was made by another recipe: making it again"
-  rm -rf "$work/split" "$work/shards" "$work/heldout_shards" "$work/vocab.txt" "$work/recipe.txt"
+  rm -rf "$work/split" "$work/split.tmp" "$work/shards" "$work/heldout_shards" "$work/vocab.txt" "$work/recipe.txt"
 fi
+# Written before the data: it marks what follows as this script's (an interrupted run continues it).
+echo "$recipe" > "$work/recipe.txt"
 if [ -d "$run/checkpoints" ] && [ "$(cat "$run/recipe.txt" 2> /dev/null)" != "$recipe" ]; then
   echo "$run holds a run made from other data (or by an older recipe): remove it or set RUN" >&2
   exit 2
@@ -96,10 +105,8 @@ if [ "$heldout_files" -gt 0 ]; then
   preprocess "$work/split/heldout" "$work/heldout_shards"
   eval_data=$work/heldout_shards
 else
-  say "CORPUS is one file: nothing is held out, so the evaluation below is on the training shards"
+  say "no file of CORPUS is held out (one file, or fewer than HOLDOUT_EVERY / 2 + 1): the evaluation below is on the training shards"
 fi
-echo "$recipe" > "$work/recipe.txt"
-
 mkdir -p "$run"
 echo "$recipe" > "$run/recipe.txt"
 # Training goes through jobs/local/pretrain.sh, which turns Ctrl-C into a stop with a checkpoint (exit 3).
@@ -116,7 +123,14 @@ set -e
 [ $code -ne 3 ] || say "the first half stopped with a checkpoint, as a preempted job would; resuming it"
 "${train[@]}" "$@"
 "$bin/electra-export" --checkpoint "$run" --output "$run/export" --force
-"${mpirun_cmd[@]}" "$bin/electra-eval" --checkpoint "$run" --data "$eval_data" --json > "$run/eval.json"
+# One global batch at most as large as the held-out data (a small CORPUS holds out a few examples); the
+# numbers go to eval.json only once electra-eval has finished.
+eval_rows=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["total_rows"])' "$eval_data/manifest.json")
+eval_batch=$((eval_rows < 128 ? eval_rows / np * np : 128))
+[ "$eval_batch" -ge "$np" ] || { echo "$eval_data holds $eval_rows examples: too few to evaluate on $np ranks" >&2; exit 2; }
+"${mpirun_cmd[@]}" "$bin/electra-eval" --checkpoint "$run" --data "$eval_data" --batch-size "$eval_batch" --json \
+  > "$run/eval.json.tmp"
+mv "$run/eval.json.tmp" "$run/eval.json"
 python3 - "$run/eval.json" "$eval_data" << 'PY'
 import json, sys
 m = json.load(open(sys.argv[1]))

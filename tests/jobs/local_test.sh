@@ -193,4 +193,16 @@ for setting in NP=0 NP=two STEPS=abc STEPS=1 VOCAB_SIZE=5 HOLDOUT_EVERY=1; do
   [ ! -e "$tmp/work_g" ] && [ ! -e "$tmp/run_g" ] || fail "run g: $setting wrote $tmp/work_g or $tmp/run_g"
 done
 say "g. pretrain_default.sh: bad NP, STEPS, VOCAB_SIZE and HOLDOUT_EVERY refused by name (exit 2), nothing written"
+
+# h. A WORK holding data this script did not make (no recipe.txt) is refused, not remade over: it used to
+# remove WORK/shards (and whatever the user kept there) without --force.
+mkdir -p "$tmp/work_h/shards"
+echo "mine" > "$tmp/work_h/shards/NOTES.md"
+env CORPUS="$tmp/corpus" WORK="$tmp/work_h" RUN="$tmp/run_h" "$root/jobs/local/pretrain_default.sh" > "$tmp/train_h.log" 2>&1
+code=$?
+[ $code = 2 ] || fail "run h: pretrain_default.sh on foreign data exited $code, expected 2 (see $tmp/train_h.log)"
+grep -q "is not data this script made" "$tmp/train_h.log" || fail "run h: not said: $(cat "$tmp/train_h.log")"
+[ "$(cat "$tmp/work_h/shards/NOTES.md")" = mine ] || fail "run h: the user's file in WORK/shards is gone"
+[ ! -e "$tmp/run_h" ] || fail "run h: wrote $tmp/run_h"
+say "h. pretrain_default.sh: data in WORK without recipe.txt refused (exit 2), left as it was"
 say "PASSED"
