@@ -136,13 +136,18 @@ Batch synthetic_batch(std::mt19937_64& rng, int global_rows, int rank, int ranks
 }
 
 nlohmann::json read_json_file(const std::string& path) {
+  std::error_code error;
+  if (std::filesystem::is_directory(path, error)) fail("--config ", path, " is a directory");
   std::ifstream in(path);
   if (!in) fail("--config ", path, ": cannot open (expected tiny|small|base|large or a JSON file)");
+  nlohmann::json parsed;
   try {
-    return nlohmann::json::parse(in, nullptr, true, /*ignore_comments=*/true);
+    parsed = nlohmann::json::parse(in, nullptr, true, /*ignore_comments=*/true);
   } catch (const nlohmann::json::exception& e) {
     fail("--config ", path, ": not valid JSON: ", e.what());
   }
+  if (!parsed.is_object()) fail("--config ", path, ": top level must be a JSON object");
+  return parsed;
 }
 
 // Records the start of each phase of a step; the time of a phase runs to the next mark.
@@ -205,8 +210,18 @@ PretrainerConfig resolve_model(const std::string& config, int vocab, int* defaul
     if (config == "base" || config == "large") seq = 512;
   } else {
     const nlohmann::json file = read_json_file(config);
-    model = file.contains("model") ? file.at("model") : file;
-    if (file.contains("data") && file.at("data").contains("seq_length")) seq = file.at("data").at("seq_length");
+    // A run config (any of its sections present) or a model section alone.
+    const bool run_config = file.contains("model") || file.contains("data") || file.contains("train") ||
+                            file.contains("optim") || file.contains("dist") || file.contains("device");
+    model = run_config ? file.value("model", nlohmann::json::object()) : file;
+    if (!model.is_object()) fail("--config ", config, ": 'model' must be a JSON object");
+    if (file.contains("data") && file.at("data").is_object() && file.at("data").contains("seq_length")) {
+      const nlohmann::json& value = file.at("data").at("seq_length");
+      if (!value.is_number_integer() || value.get<int64_t>() < 1 || value.get<int64_t>() > (1 << 20)) {
+        fail("--config ", config, ": data.seq_length must be an integer in [1, 1048576], got ", value.dump());
+      }
+      seq = value.get<int>();
+    }
     if (vocab > 0) model["vocab_size"] = vocab;
   }
   if (default_seq != nullptr) *default_seq = seq;
@@ -231,6 +246,7 @@ int resolve_seq(const StepBenchOptions& o) {
 
 PretrainerConfig checked_bench_model(const StepBenchOptions& o, int ranks) {
   if (o.steps <= 0 || o.warmup < 0) fail("--steps must be positive and --warmup >= 0");
+  if (static_cast<int64_t>(o.steps) + o.warmup > 1'000'000'000) fail("--steps + --warmup must be at most 1e9");
   if (o.batch <= 0 || o.batch % ranks != 0) {
     fail("--batch ", o.batch, " must be a positive multiple of the number of ranks (", ranks, ")");
   }
@@ -252,6 +268,9 @@ PretrainerConfig checked_bench_model(const StepBenchOptions& o, int ranks) {
   const int P = static_cast<int>((0.15 + 0.005) * S);  // google-research/electra: int((mask_prob + 0.005) * L)
   if (P <= 0 || P > S - 2) fail("--seq ", S, " is too short for ", P, " masked positions");
   model.num_token_predictions = P;
+  // The synthetic rows hold BERT's [CLS] 101, [SEP] 102 and [MASK] 103 (make_batch).
+  if (model.vocab_size < 104)
+    fail("vocabulary size ", model.vocab_size, " must be at least 104 (--vocab or model.vocab_size)");
   if (o.dropout >= 0.0f) {
     model.discriminator.hidden_dropout = model.discriminator.attention_dropout = o.dropout;
     model.generator.hidden_dropout = model.generator.attention_dropout = o.dropout;

@@ -81,6 +81,15 @@ if(TARGET electra-bench)
   set_tests_properties(BenchSmoke.ElectraBenchBadValuesExitTwo PROPERTIES LABELS bench_smoke TIMEOUT 60
     PASS_REGULAR_EXPRESSION "--batch 0 must be a positive multiple.*\\[--batch 0\\] exit=2.*--seq -8 must be positive.*exit=2.*--steps must be positive.*\\[--steps 0\\] exit=2.*\\[--warmup -1\\] exit=2.*--peak-gemm 0 must be positive.*exit=2.*--chunks -1 must be.*exit=2.*--vocab -5 must be positive.*exit=2.*--dropout 1 is outside \\[0, 1\\).*exit=2.*--seq 100000 exceeds the model's max_position_embeddings.*exit=2.*--seed: Value -1 not in range.*\\[--seed -1\\] exit=2"
     FAIL_REGULAR_EXPRESSION "exit=[013-9]")
+  # Values that crashed it (exit 139 or 134): a thread count libgomp cannot start, --steps + --warmup beyond
+  # int, config files that are not a JSON object or have a non-integer seq_length, a directory; and a
+  # vocabulary below the synthetic rows' [MASK] id (103), which ended in an MPI abort (exit 1).
+  add_test(NAME BenchSmoke.ElectraBenchCrashingValuesExitTwo
+    COMMAND sh -c "d=$(mktemp -d); echo '[]' > $d/arr.json; echo '{\"data\": {\"seq_length\": \"abc\"}}' > $d/seq.json; for a in '--threads 1048576' '--steps 2147483647 --warmup 1' \"--config $d/arr.json\" \"--config $d/seq.json\" \"--config $d\" '--vocab 103'; do \"$0\" --batch 2 --seq 16 --peak-gemm 64 $a; echo \"[$a] exit=$?\"; done; rm -rf $d"
+            $<TARGET_FILE:electra-bench>)
+  set_tests_properties(BenchSmoke.ElectraBenchCrashingValuesExitTwo PROPERTIES LABELS bench_smoke TIMEOUT 60
+    PASS_REGULAR_EXPRESSION "not in range 0 to 4096.*exit=2.*--steps \\+ --warmup must be at most 1e9.*exit=2.*top level must be a JSON object.*exit=2.*data.seq_length must be an integer.*exit=2.*is a directory.*exit=2.*vocabulary size 103 must be at least 104.*exit=2"
+    FAIL_REGULAR_EXPRESSION "exit=[013-9]")
   # Figures that cannot be written (a full disk) are an error: exit 1, not a silent success.
   if(EXISTS /dev/full)
     add_test(NAME BenchSmoke.ElectraBenchFullStdoutExitsOne
