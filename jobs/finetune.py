@@ -65,8 +65,12 @@ def read_examples(path):
                 line = raw.decode("utf-8").rstrip("\r\n")
             except UnicodeDecodeError:
                 raise DataError(f"{where}: not valid UTF-8") from None
+            if number == 1:
+                line = line.lstrip("\ufeff")  # a byte-order mark (files saved by spreadsheets)
             if not line.strip() or (kind == ".tsv" and number == 1 and line.strip() == "text\tlabel"):
                 continue
+            if kind == ".tsv" and number == 1 and line.strip() == "label\ttext":
+                raise DataError(f"{where}: the header says label<TAB>text; the columns must be text<TAB>label")
             if kind == ".tsv":
                 fields = line.split("\t")
                 if len(fields) != 2:
@@ -156,9 +160,34 @@ def parse_args():
         p.error("give either --train and --dev, or --data")
     if not 0 < args.dev_fraction < 1 or min(args.epochs, args.batch_size) < 1 or args.max_length < 2:
         p.error("need 0 < --dev-fraction < 1, --epochs >= 1, --batch-size >= 1 and --max-length >= 2")
+    if not (0 < args.lr < float("inf")):  # also false for NaN
+        p.error(f"--lr must be a positive finite number, got {args.lr}")
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads must be >= 1, got {args.threads}")
+    if not 0 <= args.seed < 2 ** 63:
+        p.error(f"--seed must be in [0, 2^63), got {args.seed}")
     if not os.path.isfile(os.path.join(args.model, "config.json")):
         p.error(f"{args.model} has no config.json (expected an electra-export discriminator directory)")
     return args
+
+
+def load_model_config(args, labels, label_ids):
+    """The discriminator's config with the classification labels; exits 2 on a directory that is not one."""
+    where = os.path.join(args.model, "config.json")
+    try:
+        config = AutoConfig.from_pretrained(args.model, num_labels=len(labels), label2id=label_ids,
+                                            id2label=dict(enumerate(labels)))
+    except (OSError, ValueError, KeyError, AttributeError, TypeError) as e:
+        fail(f"{where}: not a Hugging Face ELECTRA config ({type(e).__name__}: {e})")
+    if getattr(config, "model_type", None) != "electra":
+        fail(f"{where}: model_type is {getattr(config, 'model_type', None)!r}, expected 'electra'")
+    architectures = getattr(config, "architectures", None) or []
+    if "ElectraForMaskedLM" in architectures:
+        fail(f"{args.model} is a generator (ElectraForMaskedLM); give the export's discriminator/ directory")
+    if args.max_length > config.max_position_embeddings:
+        fail(f"--max-length {args.max_length} exceeds the model's max_position_embeddings "
+             f"({config.max_position_embeddings})")
+    return config
 
 
 def main():
@@ -185,15 +214,20 @@ def main():
         fail("--device cuda but no CUDA device is available")
     torch.manual_seed(args.seed)  # the classifier's (or, --from-scratch, every) initial weight, dropout
     label_ids = {label: i for i, label in enumerate(labels)}
-    tokenizer = AutoTokenizer.from_pretrained(args.model)
+    config = load_model_config(args, labels, label_ids)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(args.model)
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        fail(f"{args.model}: cannot load its tokenizer (vocab.txt, tokenizer_config.json): {e}")
     train = encode(tokenizer, train_examples, label_ids, args.max_length)
     dev = encode(tokenizer, dev_examples, label_ids, args.max_length)
-    config = AutoConfig.from_pretrained(args.model, num_labels=len(labels), label2id=label_ids,
-                                        id2label=dict(enumerate(labels)))
     if args.from_scratch:
         model = ElectraForSequenceClassification(config)
     else:
-        model = ElectraForSequenceClassification.from_pretrained(args.model, config=config)
+        try:
+            model = ElectraForSequenceClassification.from_pretrained(args.model, config=config)
+        except (OSError, ValueError, RuntimeError) as e:
+            fail(f"{args.model}: cannot load its weights (model.safetensors): {e}")
     model.to(args.device).train()
 
     def decayed(name):

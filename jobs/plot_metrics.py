@@ -47,15 +47,15 @@ def read_metrics(run_dir):
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} does not exist (is {run_dir} an electra-train run directory?)")
     train, evals = {}, {}
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            line = line.strip()
-            if not line:
-                continue
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
             try:
+                line = raw.decode("utf-8").strip()
+                if not line:
+                    continue
                 record = json.loads(line)
                 step = int(record["step"])
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, OverflowError):  # UnicodeDecodeError is a ValueError
                 print(f"plot_metrics: {path}:{number}: skipping a line that is not a metrics record",
                       file=sys.stderr)
                 continue
@@ -67,8 +67,12 @@ def read_metrics(run_dir):
 
 def series(records, key, smooth=1):
     """Sorted (steps, values) of the finite values of `key`, with a trailing moving average of `smooth`."""
-    points = [(s, r[key]) for s, r in sorted(records.items())
-              if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
+    def finite(value):
+        try:
+            return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        except OverflowError:  # an integer beyond float
+            return False
+    points = [(s, r[key]) for s, r in sorted(records.items()) if finite(r.get(key))]
     steps = [p[0] for p in points]
     values = [p[1] for p in points]
     if smooth > 1 and values:
@@ -156,9 +160,16 @@ def main(argv=None):
             ax.legend(fontsize=8)
     axes[3].set_ylim(bottom=0)
     fig.suptitle(args.title or "electra-train: " + ", ".join(labels_for(args.runs)))
-    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
-    fig.savefig(output, dpi=100)
-    plt.close(fig)
+    if not os.path.splitext(output)[1]:
+        output += ".png"  # what matplotlib writes for a name without a format
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+        fig.savefig(output, dpi=100)
+    except (OSError, ValueError) as e:  # an unwritable place, a format matplotlib does not know (.txt)
+        print(f"plot_metrics: cannot write {output}: {e}", file=sys.stderr)
+        return 2
+    finally:
+        plt.close(fig)
     print(output)
     return 0
 

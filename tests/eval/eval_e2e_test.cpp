@@ -440,7 +440,10 @@ TEST_F(EvalE2E, PlotScriptDrawsAPngOfTwoRuns) {
   // A third run directory whose metrics.jsonl ends in a torn line (a killed run): skipped with a warning.
   fs::create_directories(g_root / "torn");
   fs::copy_file(g_root / "plain" / "metrics.jsonl", g_root / "torn" / "metrics.jsonl");
-  std::ofstream(g_root / "torn" / "metrics.jsonl", std::ios::app) << "{\"step\": 41, \"loss\": 1";
+  // Lines that used to end it in a traceback: invalid UTF-8, a step beyond float, a value beyond float.
+  std::ofstream(g_root / "torn" / "metrics.jsonl", std::ios::app)
+      << "{\"step\": 38, \"loss\": \"\xff\"}\n{\"step\": 1e400}\n{\"step\": 39, \"loss\": 1" << std::string(400, '0')
+      << "}\n{\"step\": 41, \"loss\": 1";
   const fs::path png = g_root / "plots" / "curves.png";
   ASSERT_EQ(run(py + " jobs/plot_metrics.py " + (g_root / "trained").string() + " " + (g_root / "plain").string() +
                     " " + (g_root / "torn").string() + " --output " + png.string(),
@@ -453,6 +456,11 @@ TEST_F(EvalE2E, PlotScriptDrawsAPngOfTwoRuns) {
   EXPECT_NE(read_text(log).find("skipping"), std::string::npos) << log_of(log);
   EXPECT_EQ(run(py + " jobs/plot_metrics.py " + (g_root / "missing").string() + " --output " + png.string(), log), 2)
       << log_of(log);
+  // A format matplotlib does not write: exit 2 naming the file, not a traceback.
+  const fs::path txt = g_root / "plots" / "curves.txt";
+  EXPECT_EQ(run(py + " jobs/plot_metrics.py " + (g_root / "plain").string() + " --output " + txt.string(), log), 2)
+      << log_of(log);
+  EXPECT_NE(read_text(log).find("cannot write " + txt.string()), std::string::npos) << log_of(log);
 }
 
 }  // namespace

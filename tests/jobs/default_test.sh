@@ -115,7 +115,18 @@ for case in "$tmp/bad.tsv:3" "$tmp/missing.tsv:no such file" "$tmp/unknown_label
   [ $code = 2 ] || fail "finetune.py on $file exited $code, expected 2"
   grep -q "$file.*${case##*:}" "$tmp/finetune_bad.log" || fail "finetune.py's error does not name $file (${case##*:})"
 done
-say "c. finetune.py on bad data: exit 2, naming the file and line"
+# Bad models and values: exit 2 naming them (they were Python tracebacks, exit 1, or a generator fine-tuned).
+for case in "--model $tmp/run:not a Hugging Face ELECTRA config" \
+  "--model $tmp/run/export/generator:is a generator" "--lr nan:--lr must be a positive finite number" \
+  "--max-length 100000:exceeds the model's max_position_embeddings"; do
+  read -r -a flags <<< "${case%%:*}"
+  "$python" "$root/jobs/finetune.py" --model "$tmp/run/export/discriminator" --train "$tmp/task/train.tsv" \
+    --dev "$tmp/task/dev.tsv" "${flags[@]}" > "$tmp/finetune_bad.log" 2>&1
+  code=$?
+  [ $code = 2 ] || fail "finetune.py ${case%%:*} exited $code, expected 2: $(tail -3 "$tmp/finetune_bad.log")"
+  grep -q -- "${case#*:}" "$tmp/finetune_bad.log" || fail "finetune.py ${case%%:*}: not said: $(tail -3 "$tmp/finetune_bad.log")"
+done
+say "c. finetune.py on bad data, models and values: exit 2, naming the file, line or flag"
 
 # d. bf16 storage follows fp32 on the same shards, steps and seed
 mpirun -np 2 --oversubscribe --bind-to none $([ "$(id -u)" -ne 0 ] || echo --allow-run-as-root) \
