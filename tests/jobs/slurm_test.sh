@@ -287,6 +287,20 @@ for setting in THREADS=0 MAX_REQUEUES=many; do
   [ ! -e "$tmp/run_bad" ] || fail "$setting: $tmp/run_bad was created"
 done
 say "a0. THREADS=0 and MAX_REQUEUES=many: FAILED with exit 2 naming them, nothing written"
+# LAUNCHER=mpirun takes the task count from SLURM_NTASKS: missing or 0, it is named (exit 2), not bash's
+# "parameter null or not set" (exit 1) or mpirun -np 0. Run directly, outside a job.
+for script in pretrain preprocess; do
+  for tasks in unset 0; do
+    env $([ $tasks = unset ] && echo -u SLURM_NTASKS || echo SLURM_NTASKS=0) SLURM_JOB_ID=1 DATA="$tmp/shards" \
+      RUN_DIR="$tmp/run_bad" INPUT="$tmp/corpus" VOCAB="$tmp/vocab.txt" OUTPUT="$tmp/out_bad" LAUNCHER=mpirun \
+      bash "$root/jobs/slurm/$script.sbatch" > "$tmp/ntasks.out" 2>&1
+    code=$?
+    [ $code = 2 ] || fail "$script.sbatch, LAUNCHER=mpirun, SLURM_NTASKS $tasks: exit $code, expected 2"
+    grep -q "needs SLURM_NTASKS" "$tmp/ntasks.out" || fail "$script.sbatch: SLURM_NTASKS not named: $(cat "$tmp/ntasks.out")"
+    [ ! -e "$tmp/run_bad" ] && [ ! -e "$tmp/out_bad" ] || fail "$script.sbatch with SLURM_NTASKS $tasks wrote its output"
+  done
+done
+say "a0. LAUNCHER=mpirun without SLURM_NTASKS (or 0): exit 2 naming it, nothing written"
 
 # a. uninterrupted
 run_a=$tmp/run_a
