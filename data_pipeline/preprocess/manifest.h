@@ -16,6 +16,8 @@ inline constexpr const char* kVocabFileName = "vocab.txt";
 // Rank 0's lock on the output directory while a run writes it (lib/core/dir_lock.h), removed once the
 // manifest is written: found at the start of a run, it says that an earlier run did not finish.
 inline constexpr const char* kOutputLockName = ".electra-preprocess.lock";
+// Where a run writes its shards before they replace an earlier output (electra-preprocess --force).
+inline constexpr const char* kStagingDirName = ".electra-preprocess-staging";
 
 // Fails naming `dir` when it has no manifest.json but electra-preprocess's kOutputLockName: a run is still
 // writing it or did not finish, so its shards are not to be read.

@@ -366,7 +366,7 @@ std::set<std::string> shards_listed_in_manifest(const fs::path& dir) {
 
 }  // namespace
 
-void prepare_output_directory(const std::string& dir, bool force, bool unfinished_run) {
+std::vector<std::string> prepare_output_directory(const std::string& dir, bool force, bool unfinished_run) {
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) throw BadInputError(dir + ": cannot create output directory: " + ec.message());
@@ -377,7 +377,7 @@ void prepare_output_directory(const std::string& dir, bool force, bool unfinishe
     if (it->path().filename() != kOutputLockName) names.push_back(it->path().filename().string());
   }
   if (ec) throw BadInputError(dir + ": cannot list output directory: " + ec.message());
-  if (names.empty()) return;
+  if (names.empty()) return {};
   std::sort(names.begin(), names.end());
   if (!force) {
     throw BadInputError(detail::concat(
@@ -410,25 +410,49 @@ void prepare_output_directory(const std::string& dir, bool force, bool unfinishe
         "only such files: remove it yourself or choose another --output"));
   }
 
+  // What the new output replaces once it is complete (install_staged_output); until then the old output
+  // stays whole and readable. Temporary files are nobody's and go now, as does an earlier run's staging.
+  std::vector<std::string> replaced;
+  for (const std::string& name : names) {
+    const fs::path path = fs::path(dir) / name;
+    if (name == kStagingDirName) {
+      fs::remove_all(path, ec);
+      if (ec) fail(path.string(), ": cannot remove: ", ec.message());
+    } else if (is_own_temp_name(name) && fs::is_regular_file(path, ec)) {
+      fs::remove(path, ec);
+      if (ec) fail(path.string(), ": cannot remove: ", ec.message());
+    } else if (ours(name) && fs::is_regular_file(path, ec)) {
+      replaced.push_back(name);
+    }
+  }
+  const size_t unfinished_shards = static_cast<size_t>(std::count_if(
+      replaced.begin(), replaced.end(), [&](const std::string& name) { return listed.count(name) == 0; }));
+  ELECTRA_LOG(info) << "--force: replacing " << dir << " once the new output is complete: manifest.json (if any), "
+                    << replaced.size() - unfinished_shards << " shards it lists"
+                    << (unfinished_run ? " and " + std::to_string(unfinished_shards) + " of a run that did not finish"
+                                       : std::string())
+                    << " and vocab.txt; other files are left alone";
+  return replaced;
+}
+
+void install_staged_output(const std::string& dir, const std::vector<std::string>& staged_shards,
+                           const std::vector<std::string>& replaced) {
+  const fs::path staging = fs::path(dir) / kStagingDirName;
+  std::error_code ec;
   const fs::path manifest_path = fs::path(dir) / kManifestName;
   fs::remove(manifest_path, ec);  // first: no reader trusts the old shards from here on
   if (ec) fail(manifest_path.string(), ": cannot remove: ", ec.message());
-  size_t removed_shards = 0, removed_unfinished = 0;
-  for (const std::string& name : names) {
-    if (!ours(name) && !is_own_temp_name(name)) continue;
-    const fs::path path = fs::path(dir) / name;
-    if (!fs::is_regular_file(path, ec)) continue;
-    fs::remove(path, ec);
-    if (ec) fail(path.string(), ": cannot remove: ", ec.message());
-    removed_shards += listed.count(name);
-    removed_unfinished += listed.count(name) == 0 && is_shard_name(name);
+  for (const std::string& name : replaced) {
+    fs::remove(fs::path(dir) / name, ec);
+    if (ec) fail((fs::path(dir) / name).string(), ": cannot remove: ", ec.message());
   }
+  for (const std::string& name : staged_shards) {
+    fs::rename(staging / name, fs::path(dir) / name, ec);
+    if (ec) fail((staging / name).string(), ": cannot move into ", dir, ": ", ec.message());
+  }
+  fs::remove_all(staging, ec);
+  if (ec) fail(staging.string(), ": cannot remove: ", ec.message());
   fsync_directory(dir);
-  ELECTRA_LOG(info) << "--force: replacing " << dir << ": removed the old manifest.json (if any), " << removed_shards
-                    << " shards it listed"
-                    << (unfinished_run ? " and " + std::to_string(removed_unfinished) + " of a run that did not finish"
-                                       : std::string())
-                    << "; vocab.txt is replaced at the end, other files are left alone";
 }
 
 namespace {
@@ -581,6 +605,8 @@ Manifest run_preprocess(const PreprocessOptions& options, MPI_Comm comm) {
   check_ranks_see_the_plan(options, plan, plan.at("vocab_hash").get<uint64_t>(), files, owner, vocab, rank, comm);
 
   std::optional<DirectoryLock> output_lock;  // rank 0, from here until the manifest is written
+  std::vector<std::string> replaced;         // rank 0: the earlier output's entries the new one replaces
+  const fs::path staging = fs::path(options.output_dir) / kStagingDirName;
   std::string refused;
   if (rank == 0) {
     try {
@@ -595,7 +621,8 @@ Manifest run_preprocess(const PreprocessOptions& options, MPI_Comm comm) {
                              << output_lock->reason() << "): make sure no other electra-preprocess writes to "
                              << options.output_dir;
       }
-      prepare_output_directory(options.output_dir, options.force, output_lock->file_existed());
+      replaced = prepare_output_directory(options.output_dir, options.force, output_lock->file_existed());
+      fs::create_directories(staging);
     } catch (const std::exception& e) {
       // Refused before anything was written: a lock file this run made goes again.
       if (output_lock && !output_lock->file_existed()) output_lock->remove_file();
@@ -614,7 +641,9 @@ Manifest run_preprocess(const PreprocessOptions& options, MPI_Comm comm) {
   try {
     vocab_hash = vocab->hash();  // every rank's is rank 0's (check_ranks_see_the_plan)
     vocab_size = vocab->size();
-    RankResult result = preprocess_rank(options, *vocab, files, owner, rank);
+    PreprocessOptions staged = options;  // the shards go under the staging directory until the run succeeds
+    staged.output_dir = staging.string();
+    RankResult result = preprocess_rank(staged, *vocab, files, owner, rank);
     mine["shards"] = nlohmann::json::array();
     for (const ShardInfo& s : result.shards) mine["shards"].push_back({s.file, s.rows, s.crc32});
     mine["stats"] = result.stats.to_json();
@@ -626,6 +655,7 @@ Manifest run_preprocess(const PreprocessOptions& options, MPI_Comm comm) {
   // 3. Rank 0 writes vocab.txt and the manifest (last), then tells everyone the outcome.
   std::string outcome;
   if (rank == 0) {
+    bool installing = false;  // from the removal of the old manifest on, a failure leaves a half-replaced output
     try {
       std::string errors;
       Manifest manifest;
@@ -662,6 +692,10 @@ Manifest run_preprocess(const PreprocessOptions& options, MPI_Comm comm) {
       const double slots = static_cast<double>(manifest.total_rows) * options.max_seq_length;
       const double slot_fill = slots > 0 ? static_cast<double>(total.tokens) / slots : 0.0;
       manifest.stats["slot_fill"] = slot_fill;
+      std::vector<std::string> staged_shards;
+      for (const ShardInfo& shard : manifest.shards) staged_shards.push_back(shard.file);
+      installing = true;
+      install_staged_output(options.output_dir, staged_shards, replaced);
       copy_file_atomically(options.vocab_path, fs::path(options.output_dir) / kVocabFileName);
       manifest.save(options.output_dir);
       output_lock->remove_file();  // the run finished: nothing marks the directory as half-written
@@ -679,6 +713,14 @@ Manifest run_preprocess(const PreprocessOptions& options, MPI_Comm comm) {
       outcome = nlohmann::json{{"error", e.what()}, {"bad_input", true}}.dump();
     } catch (const std::exception& e) {
       outcome = nlohmann::json{{"error", e.what()}}.dump();
+    }
+    // A run that failed before replacing anything leaves the directory as it found it: its staged shards
+    // go, and so does a lock file it made (the earlier output, if any, is whole). Every rank is past its
+    // writes (the gather above).
+    if (!outcome.empty() && nlohmann::json::parse(outcome).contains("error") && !installing) {
+      std::error_code ignored;
+      fs::remove_all(staging, ignored);
+      if (!output_lock->file_existed()) output_lock->remove_file();
     }
   }
   const nlohmann::json result = nlohmann::json::parse(broadcast_string(outcome, 0, comm));

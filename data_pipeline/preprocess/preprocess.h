@@ -13,7 +13,9 @@
 // The output directory must be missing or empty unless PreprocessOptions::force; with force, only what
 // electra-preprocess owns there is replaced (manifest.json, the shards it lists, vocab.txt, its temporary
 // files), and a shard-r*.h5 that manifest.json does not list is refused. Rank 0 decides before any rank
-// writes, and every rank throws the same BadInputError when it refuses.
+// writes, and every rank throws the same BadInputError when it refuses. The ranks write their shards under
+// OUTPUT/.electra-preprocess-staging/; only a run that succeeded replaces the earlier output with them, so a
+// run that fails (a full disk, a rank lost) leaves an earlier output whole.
 #pragma once
 
 #include <mpi.h>
@@ -99,11 +101,17 @@ RankResult preprocess_rank(const PreprocessOptions& options, const text::Vocab& 
                            const std::vector<InputFile>& files, const std::vector<int>& owner, int rank);
 
 // Makes `dir` ready for a run (see the top of this file): creates it when missing; refuses a non-empty
-// one unless `force`; with `force` removes manifest.json first (so that no reader trusts old shards while
-// new ones are written), then the shards it listed and the program's temporary files, and, when
-// `unfinished_run` (an earlier run's kOutputLockName was found), every shard file: that run's. Refusals are
-// BadInputError naming the path; nothing is removed then. The lock file itself does not count.
-void prepare_output_directory(const std::string& dir, bool force, bool unfinished_run = false);
+// one unless `force`. With `force` it removes only temporary files and an earlier run's staging
+// directory, and returns the entries the new output will replace: the shards manifest.json lists and,
+// when `unfinished_run` (an earlier run's kOutputLockName was found), every shard file (that run's).
+// Refusals are BadInputError naming the path; nothing is removed then. The lock file itself does not count.
+std::vector<std::string> prepare_output_directory(const std::string& dir, bool force, bool unfinished_run = false);
+
+// Replaces an output by the shards written under dir/kStagingDirName: removes manifest.json first (no
+// reader trusts the old shards from then on), then `replaced`, moves the staged shards in by rename and
+// removes the staging directory. manifest.json is written after it.
+void install_staged_output(const std::string& dir, const std::vector<std::string>& staged_shards,
+                           const std::vector<std::string>& replaced);
 
 // The whole program on every rank of `comm` (collective). Returns the manifest on every rank once rank
 // 0 has written it. Any rank's failure is an electra::Error on every rank (no hang, no manifest); a

@@ -132,11 +132,9 @@ TEST_F(App, AFullDiskExitsOneAndLeavesNoPartialShard) {
   EXPECT_NE(output.find("shard-r0000-00000.h5.tmp"), std::string::npos) << output;
   EXPECT_EQ(output.find("Segmentation"), std::string::npos) << output;
   EXPECT_FALSE(fs::exists(tmp / "full/manifest.json"));
-  // Only the lock file stays: it marks the run as unfinished (ForceReplacesWhatARunThatDidNotFinishLeft).
+  // Nothing stays: the shards were staged, and the lock file this run made goes with them.
   if (fs::exists(tmp / "full")) {
-    for (const auto& entry : fs::directory_iterator(tmp / "full")) {
-      if (entry.path().filename() != kOutputLockName) ADD_FAILURE() << "left " << entry.path();
-    }
+    for (const auto& entry : fs::directory_iterator(tmp / "full")) ADD_FAILURE() << "left " << entry.path();
   }
 }
 
@@ -411,6 +409,25 @@ TEST_F(App, BadInputsAreRefusedBeforeAnEarlierOutputIsTouched) {
   EXPECT_EQ(preprocess(tmp / "corpus", tmp / "vocab.txt", "--chunk-rows 100000000"), 2) << output;
   EXPECT_NE(output.find("makes HDF5 chunks of 4 GiB or more"), std::string::npos) << output;
   expect_good_untouched("--chunk-rows");
+}
+
+// --force writes the new shards under .electra-preprocess-staging/ and replaces the earlier output only once
+// they are complete: a run that fails part-way (a full disk) leaves the earlier output whole and readable
+// (it used to remove its manifest and shards first, and end with neither).
+TEST_F(App, AFailedForceRunLeavesTheEarlierOutputWhole) {
+  std::string output;
+  ASSERT_EQ(run(app() + args("out", 8), &output), 0) << output;
+  const std::string manifest = read_text(tmp / "out/manifest.json");
+  const Manifest before = Manifest::load(tmp / "out/manifest.json");
+  const int status =
+      run("PMIX_MCA_gds=hash sh -c \"trap '' XFSZ; ulimit -f 16; exec " + app() + args("out", 100000) + " --force\"",
+          &output);
+  EXPECT_EQ(status, 1) << output;
+  EXPECT_EQ(read_text(tmp / "out/manifest.json"), manifest);
+  for (const std::string& name : listed_files(before)) EXPECT_TRUE(fs::exists(tmp / ("out/" + name))) << name;
+  EXPECT_FALSE(fs::exists(tmp / ("out/" + std::string(kStagingDirName))));
+  EXPECT_FALSE(fs::exists(tmp / ("out/" + std::string(kOutputLockName))));
+  EXPECT_EQ(testing::read_all_rows(tmp / "out").size(), before.total_rows);
 }
 
 }  // namespace
