@@ -174,6 +174,15 @@ def parse_args():
 def load_model_config(args, labels, label_ids):
     """The discriminator's config with the classification labels; exits 2 on a directory that is not one."""
     where = os.path.join(args.model, "config.json")
+    # Read first: AutoConfig would guess the type of a config without model_type from the path's name.
+    try:
+        with open(where, encoding="utf-8") as f:
+            raw = json.load(f)
+    except (OSError, ValueError) as e:
+        fail(f"{where}: not readable JSON ({e})")
+    if not isinstance(raw, dict) or raw.get("model_type") != "electra":
+        fail(f"{where}: not a Hugging Face ELECTRA config (model_type "
+             f"{raw.get('model_type') if isinstance(raw, dict) else None!r}, expected 'electra')")
     try:
         config = AutoConfig.from_pretrained(args.model, num_labels=len(labels), label2id=label_ids,
                                             id2label=dict(enumerate(labels)))
