@@ -1,6 +1,8 @@
 #include "lib/train/log_window.h"
 
 #include <span>
+#include <utility>
+#include <vector>
 
 #include "lib/core/error.h"
 
@@ -50,19 +52,21 @@ void LogWindow::restore(const nlohmann::json& state) {
       fail("the log window's layout differs from this build's (", StepMetrics::kNumValues, " sums, ", scores_.bins(),
            " bins)");
     }
-    StepMetrics saved;
-    const std::span<double> values = saved.values();
-    for (size_t i = 0; i < values.size(); ++i) values[i] = saved_sums[i].get<double>();
-    for (const nlohmann::json& pair : state.at("score_counts")) {
-      const size_t index = pair.at(0).get<size_t>();
-      if (index >= counts.size()) fail("the log window's score bin ", index, " is out of range");
-      counts[index] += pair.at(1).get<int64_t>();
-    }
     // Every rank applies the same steps: the windows of several ranks merge into one of as many steps.
     const int steps = state.at("steps").get<int>();
     if (steps < 0 || (steps_ != 0 && steps != steps_)) {
       fail("the log window holds ", steps, " steps where another rank's holds ", steps_);
     }
+    StepMetrics saved;
+    const std::span<double> values = saved.values();
+    for (size_t i = 0; i < values.size(); ++i) values[i] = saved_sums[i].get<double>();
+    std::vector<std::pair<size_t, int64_t>> bins;  // all read before any is added
+    for (const nlohmann::json& pair : state.at("score_counts")) {
+      const size_t index = pair.at(0).get<size_t>();
+      if (index >= counts.size()) fail("the log window's score bin ", index, " is out of range");
+      bins.emplace_back(index, pair.at(1).get<int64_t>());
+    }
+    for (const auto& [index, count] : bins) counts[index] += count;
     sums_ += saved;
     steps_ = steps;
   } catch (const nlohmann::json::exception& e) {

@@ -162,7 +162,7 @@ void map2(T* y, const T* a, const T* b, size_t n, size_t min_parallel) {
 // largest non-GEMM cost of a step. The tables hold the float kernels' own results (kernels.h) for every
 // bf16 bit pattern, NaNs included, so the results are the reference's bits on every CPU and in every build.
 // Backward: the float kernel computes dy * gelu'(x) with the multiply last, so dy times the kernel's result
-// for dy = 1 is the same float before rounding. 384 KiB, filled once (backend construction) in ~1 ms; a
+// for dy = 1 is the same float before rounding. 384 KiB, filled once (backend construction); a
 // step reads the few KiB of entries that activations near zero use.
 struct GeluTables {
   static constexpr size_t kSize = size_t{1} << 16;
