@@ -83,8 +83,9 @@ int main(int argc, char** argv) {
     vocab.save(output);
     const double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     ELECTRA_LOG(info) << "wrote " << output << ": " << vocab.size() << " tokens (alphabet " << report.alphabet << ", "
-                      << report.merges << " merges, " << report.dropped_chars << " rare characters left out), hash "
-                      << std::hex << vocab.hash() << std::dec << ", " << total_s << " s";
+                      << report.merges << " merges, " << report.dropped_chars
+                      << " rare characters left out), vocab_hash " << vocab.hash()  // decimal, as manifests print it
+                      << ", " << total_s << " s";
   } catch (const std::exception& e) {
     std::cerr << "electra-vocab: error: " << e.what() << "\n";
     return 1;
