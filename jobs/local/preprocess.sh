@@ -36,6 +36,13 @@ np=${NP:-$(nproc)}
 # shellcheck source=jobs/local/checks.sh
 source "$root/jobs/local/checks.sh"
 at_least NP "$np" 1
+# The settings that become flags, named here rather than by the flag electra-preprocess would name.
+at_least MAX_SEQ_LENGTH "${MAX_SEQ_LENGTH:-128}" 5
+for setting in BLANKS_SEPARATE_DOCS PACK; do
+  value=${!setting:-}
+  [ -z "$value" ] || [ "$value" = true ] || [ "$value" = false ] ||
+    { echo "$setting must be true or false, got '$value'" >&2; exit 2; }
+done
 
 launch=(mpirun -np "$np" -x OMP_NUM_THREADS=1)
 [ "$(id -u)" -ne 0 ] || launch+=(--allow-run-as-root)

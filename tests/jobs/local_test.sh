@@ -95,14 +95,15 @@ env -u DATA "$root/jobs/local/pretrain.sh" > "$tmp/bad.log" 2>&1
 code=$?
 [ $code = 2 ] || fail "pretrain.sh without DATA exited $code, expected 2"
 # A bad NP or THREADS is named (NP=0 would be mpirun's "all slots"), before anything is written.
-for setting in NP=0 NP=two THREADS=0; do
+for setting in NP=0 NP=two THREADS=0 MAX_SEQ_LENGTH=4 MAX_SEQ_LENGTH=long; do
   for script in pretrain preprocess; do
     [ "$script/$setting" != preprocess/THREADS=0 ] || continue
+    [ "$script/${setting%%=*}" != pretrain/MAX_SEQ_LENGTH ] || continue
     env DATA="$tmp/shards" RUN_DIR="$tmp/run_c" INPUT="$tmp/corpus" VOCAB="$tmp/vocab.txt" OUTPUT="$tmp/shards_c" \
       "$setting" "$root/jobs/local/$script.sh" > "$tmp/bad.log" 2>&1
     code=$?
     [ $code = 2 ] || fail "$script.sh with $setting exited $code, expected 2 (see $tmp/bad.log)"
-    grep -q "^${setting%%=*} must be an integer >= 1" "$tmp/bad.log" || fail "$script.sh: $setting not named: $(cat "$tmp/bad.log")"
+    grep -q "^${setting%%=*} must be an integer >= " "$tmp/bad.log" || fail "$script.sh: $setting not named: $(cat "$tmp/bad.log")"
     [ ! -e "$tmp/run_c" ] && [ ! -e "$tmp/shards_c" ] || fail "$script.sh with $setting wrote its output"
   done
 done
@@ -122,6 +123,14 @@ env DATA="$tmp/shards" RUN_DIR="$tmp/run_c" NP=1 THREADS=1 CONFIG="$root/jobs/co
 code=$?
 [ $code = 0 ] || fail "pretrain.sh --resume none exited $code, expected 0: $(grep -m3 error "$tmp/resume_none.log")"
 rm -rf "$tmp/run_c"
+for setting in PACK=yes BLANKS_SEPARATE_DOCS=no; do
+  env INPUT="$tmp/corpus" VOCAB="$tmp/vocab.txt" OUTPUT="$tmp/shards_c" "$setting" "$root/jobs/local/preprocess.sh" \
+    > "$tmp/bad.log" 2>&1
+  code=$?
+  [ $code = 2 ] || fail "preprocess.sh with $setting exited $code, expected 2 (see $tmp/bad.log)"
+  grep -q "^${setting%%=*} must be true or false" "$tmp/bad.log" || fail "preprocess.sh: $setting not named"
+  [ ! -e "$tmp/shards_c" ] || fail "preprocess.sh with $setting wrote its output"
+done
 say "c. pretrain.sh without DATA, with NP=0, NP=two or THREADS=0, and preprocess.sh with NP=0 or NP=two: exit 2;" \
   "--output and --data as arguments: exit 2 naming RUN_DIR and DATA; --resume none replaces --resume auto"
 
