@@ -393,8 +393,11 @@ std::vector<std::string> prepare_output_directory(const std::string& dir, bool f
   // --force: a shard file the manifest does not list may be another program's, so nothing is removed;
   // after a run that did not finish, shard files are that run's.
   const std::set<std::string> listed = shards_listed_in_manifest(dir);
+  // An unfinished run writes its shards under the staging directory; shard files beside the lock file and
+  // no staging directory are what a run of an older version (which wrote in place) left.
+  const bool unfinished_in_place = unfinished_run && !fs::exists(fs::path(dir) / kStagingDirName, ec);
   const auto ours = [&](const std::string& name) {
-    return listed.count(name) > 0 || (unfinished_run && is_shard_name(name));
+    return listed.count(name) > 0 || (unfinished_in_place && is_shard_name(name));
   };
   std::vector<std::string> unlisted;
   for (const std::string& name : names) {
@@ -429,8 +432,9 @@ std::vector<std::string> prepare_output_directory(const std::string& dir, bool f
       replaced.begin(), replaced.end(), [&](const std::string& name) { return listed.count(name) == 0; }));
   ELECTRA_LOG(info) << "--force: replacing " << dir << " once the new output is complete: manifest.json (if any), "
                     << replaced.size() - unfinished_shards << " shards it lists"
-                    << (unfinished_run ? " and " + std::to_string(unfinished_shards) + " of a run that did not finish"
-                                       : std::string())
+                    << (unfinished_in_place
+                            ? " and " + std::to_string(unfinished_shards) + " of a run that did not finish"
+                            : std::string())
                     << " and vocab.txt; other files are left alone";
   return replaced;
 }
@@ -439,6 +443,8 @@ void install_staged_output(const std::string& dir, const std::vector<std::string
                            const std::vector<std::string>& replaced) {
   const fs::path staging = fs::path(dir) / kStagingDirName;
   std::error_code ec;
+  // Everything is in staging before anything of the old output goes (a full disk fails above, not here):
+  // from the removal of the old manifest on there are only removals and renames.
   const fs::path manifest_path = fs::path(dir) / kManifestName;
   fs::remove(manifest_path, ec);  // first: no reader trusts the old shards from here on
   if (ec) fail(manifest_path.string(), ": cannot remove: ", ec.message());
@@ -447,6 +453,10 @@ void install_staged_output(const std::string& dir, const std::vector<std::string
     if (ec) fail((fs::path(dir) / name).string(), ": cannot remove: ", ec.message());
   }
   for (const std::string& name : staged_shards) {
+    fs::rename(staging / name, fs::path(dir) / name, ec);
+    if (ec) fail((staging / name).string(), ": cannot move into ", dir, ": ", ec.message());
+  }
+  for (const char* name : {kVocabFileName, kManifestName}) {  // the manifest last: it makes the output whole
     fs::rename(staging / name, fs::path(dir) / name, ec);
     if (ec) fail((staging / name).string(), ": cannot move into ", dir, ": ", ec.message());
   }
@@ -694,10 +704,10 @@ Manifest run_preprocess(const PreprocessOptions& options, MPI_Comm comm) {
       manifest.stats["slot_fill"] = slot_fill;
       std::vector<std::string> staged_shards;
       for (const ShardInfo& shard : manifest.shards) staged_shards.push_back(shard.file);
+      copy_file_atomically(options.vocab_path, staging / kVocabFileName);
+      manifest.save(staging.string());
       installing = true;
       install_staged_output(options.output_dir, staged_shards, replaced);
-      copy_file_atomically(options.vocab_path, fs::path(options.output_dir) / kVocabFileName);
-      manifest.save(options.output_dir);
       output_lock->remove_file();  // the run finished: nothing marks the directory as half-written
       ELECTRA_LOG(info) << "preprocess: wrote " << manifest.shards.size() << " shards, " << total.examples
                         << " examples"

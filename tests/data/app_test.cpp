@@ -430,5 +430,25 @@ TEST_F(App, AFailedForceRunLeavesTheEarlierOutputWhole) {
   EXPECT_EQ(testing::read_all_rows(tmp / "out").size(), before.total_rows);
 }
 
+// A run of this version that was killed leaves its lock file and staging directory, never shards beside
+// them: a shard file there is another program's, refused even with --force (it used to be taken for the
+// unfinished run's and removed).
+TEST_F(App, AfterAKilledRunAnUnlistedShardIsStillRefused) {
+  std::string output;
+  ASSERT_EQ(run(app() + args("out", 8), &output), 0) << output;
+  fs::create_directories(fs::path(tmp / "out") / kStagingDirName);
+  std::ofstream(fs::path(tmp / "out") / kStagingDirName / "shard-r0000-00000.h5") << "half of it\n";
+  std::ofstream(fs::path(tmp / "out") / kOutputLockName) << "pid 12345 on node7, started 2026-12-07 05:00:00 UTC\n";
+  std::ofstream(tmp / "out/shard-r0009-00000.h5") << "precious\n";
+  EXPECT_EQ(run(app() + args("out") + " --force", &output), 2) << output;
+  EXPECT_NE(output.find(tmp / "out/shard-r0009-00000.h5"), std::string::npos) << output;
+  EXPECT_EQ(read_text(tmp / "out/shard-r0009-00000.h5"), "precious\n");
+  fs::remove(tmp / "out/shard-r0009-00000.h5");
+  ASSERT_EQ(run(app() + args("out") + " --force", &output), 0) << output;  // the killed run's leftovers go
+  EXPECT_FALSE(fs::exists(fs::path(tmp / "out") / kStagingDirName));
+  EXPECT_FALSE(fs::exists(fs::path(tmp / "out") / kOutputLockName));
+  EXPECT_EQ(shard_files(tmp / "out"), listed_files(Manifest::load(tmp / "out/manifest.json")));
+}
+
 }  // namespace
 }  // namespace electra::data
