@@ -124,8 +124,8 @@ PretrainerBundle load_checkpoint_bundle(const fs::path& run_dir_or_file, const s
     }
     const uint64_t hash = recorded.at("hash").get<uint64_t>();
     if (hash != bundle.vocab.hash()) {
-      fail("vocabulary ", vocab.string(), " (from ", vocab_path.empty() ? "the checkpoint's config" : "--vocab",
-           ") is not the one checkpoint ", path.string(), " was trained with (vocab_hash ", bundle.vocab.hash(),
+      fail("vocabulary ", vocab.string(), vocab_path.empty() ? " (named by the checkpoint's config)" : "",
+           " is not the one checkpoint ", path.string(), " was trained with (vocab_hash ", bundle.vocab.hash(),
            " against the recorded ", hash, "): token ids would mean different words");
     }
   }

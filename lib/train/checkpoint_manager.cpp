@@ -126,8 +126,9 @@ std::filesystem::path CheckpointManager::save(const CheckpointContent& content) 
       moved = entry.path;
       moved += ".abandoned." + std::to_string(n);
     }
-    ELECTRA_LOG(warning) << "checkpoint " << entry.path.string() << " is from a later point of the run than step "
-                         << step << ", which this run continues from: renaming it to " << moved.filename().string();
+    ELECTRA_LOG(warning) << "checkpoint " << entry.path.string() << " is at or past step " << step
+                         << ", which this run saves now: it belongs to the course the run left when it resumed an "
+                         << "earlier checkpoint; renaming it to " << moved.filename().string();
     std::filesystem::rename(entry.path, moved);
   }
   write_checkpoint(path, content);

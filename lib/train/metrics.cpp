@@ -7,9 +7,11 @@
 #include <cmath>
 #include <cstring>
 #include <fstream>
+#include <optional>
 
 #include "lib/core/atomic_file.h"
 #include "lib/core/error.h"
+#include "lib/train/checkpoint_manager.h"
 
 namespace electra::train {
 namespace {
@@ -48,6 +50,31 @@ void drop_lines_after(const std::filesystem::path& path, int64_t resume_step) {
   }
   in.close();
   write_file_atomically(path, kept);
+}
+
+// Whether run_dir/checkpoints holds a checkpoint past `step`: the run went further once, and a resume of
+// `step` leaves that course (its checkpoints are set aside at the first save, CheckpointManager::save).
+bool has_checkpoint_after(const std::filesystem::path& run_dir, int64_t step) {
+  std::error_code error;
+  for (std::filesystem::directory_iterator it(run_dir / "checkpoints", error), end; !error && it != end;
+       it.increment(error)) {
+    const std::optional<int64_t> saved = checkpoint_step_from_name(it->path().filename().string());
+    if (saved && *saved > step) return true;
+  }
+  return false;
+}
+
+// Copies `path` to `path`.abandoned (or .abandoned.N, the first free name).
+void keep_abandoned_copy(const std::filesystem::path& path) {
+  std::filesystem::path copy = path;
+  copy += ".abandoned";
+  for (int n = 1; std::filesystem::exists(copy); ++n) {
+    copy = path;
+    copy += ".abandoned." + std::to_string(n);
+  }
+  std::error_code error;
+  std::filesystem::copy_file(path, copy, error);
+  if (error) fail("cannot keep ", path.string(), " as ", copy.string(), ": ", error.message());
 }
 
 bool ends_in_torn_line(const std::filesystem::path& path) {
@@ -90,6 +117,10 @@ MetricsWriter::MetricsWriter(const std::filesystem::path& run_dir, std::optional
     : path_(run_dir / "metrics.jsonl") {
   std::filesystem::create_directories(run_dir);
   if (resume_step) {
+    // Resuming an earlier checkpoint than the run's newest: the lines of the course it leaves are kept
+    // aside, as its checkpoints are, before they are cut (a run that dies before its first save would
+    // otherwise lose them while their checkpoints stay).
+    if (std::filesystem::exists(path_) && has_checkpoint_after(run_dir, *resume_step)) keep_abandoned_copy(path_);
     drop_lines_after(path_, *resume_step);
   } else if (ends_in_torn_line(path_)) {
     drop_lines_after(path_, std::numeric_limits<int64_t>::max());  // else the next line would be glued on

@@ -104,6 +104,29 @@ TEST(MetricsWriter, AppendsAcrossWritersAndDropsStepsAfterTheResumePoint) {
   EXPECT_EQ(read_lines(dir.path() / "metrics.jsonl").size(), 6u);
 }
 
+// Resuming an earlier checkpoint than the run's newest (a checkpoint past the resume step exists): the
+// lines of the course it leaves are kept in metrics.jsonl.abandoned[.N] before they are cut. A resume
+// after a crash (no later checkpoint) keeps no copy.
+TEST(MetricsWriter, AResumeOfAnEarlierCheckpointKeepsTheLaterLinesAside) {
+  TempDir dir;
+  {
+    MetricsWriter writer(dir.path());
+    for (int64_t step = 1; step <= 6; ++step) writer.write(full_metrics(step));
+  }
+  const std::string all = read_bytes(dir.path() / "metrics.jsonl");
+  { MetricsWriter writer(dir.path(), int64_t{4}); }  // no checkpoint past 4: a crash, nothing kept
+  EXPECT_FALSE(std::filesystem::exists(dir.path() / "metrics.jsonl.abandoned"));
+  write_bytes(dir.path() / "metrics.jsonl", all);
+  std::filesystem::create_directories(dir.path() / "checkpoints");
+  write_bytes(dir.path() / "checkpoints" / "ckpt-00000006.h5", "the later course");
+  { MetricsWriter writer(dir.path(), int64_t{2}); }
+  EXPECT_EQ(read_bytes(dir.path() / "metrics.jsonl.abandoned"), all);
+  EXPECT_EQ(read_lines(dir.path() / "metrics.jsonl").size(), 2u);
+  write_bytes(dir.path() / "metrics.jsonl", all);
+  { MetricsWriter writer(dir.path(), int64_t{3}); }
+  EXPECT_EQ(read_bytes(dir.path() / "metrics.jsonl.abandoned.1"), all);
+}
+
 TEST(MetricsWriter, RepairsATornLastLineOnPlainAppend) {
   TempDir dir;
   write_bytes(dir.path() / "metrics.jsonl", "{\"step\": 1}\n{\"step\": 2, \"lo");
