@@ -101,4 +101,14 @@ void copy_file_atomically(const std::filesystem::path& from, const std::filesyst
   commit_file(temp, to);
 }
 
+std::filesystem::path abandoned_name(const std::filesystem::path& path) {
+  std::filesystem::path name = path;
+  name += ".abandoned";
+  for (int n = 1; std::filesystem::exists(name); ++n) {
+    name = path;
+    name += ".abandoned." + std::to_string(n);
+  }
+  return name;
+}
+
 }  // namespace electra

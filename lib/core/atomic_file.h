@@ -23,4 +23,8 @@ void write_file_atomically(const std::filesystem::path& path, std::string_view c
 // Copies `from` to temp_path_for(to) and commits it; on failure the temporary file is removed.
 void copy_file_atomically(const std::filesystem::path& from, const std::filesystem::path& to);
 
+// Where to keep `path` aside without replacing anything: "<path>.abandoned", else the first free
+// "<path>.abandoned.<n>" (n = 1, 2, ...). For what a run leaves when it resumes an earlier checkpoint.
+std::filesystem::path abandoned_name(const std::filesystem::path& path);
+
 }  // namespace electra

@@ -120,12 +120,7 @@ std::filesystem::path CheckpointManager::save(const CheckpointContent& content) 
   // of an older file): they are set aside, never written over, whether or not the steps line up.
   for (const CheckpointEntry& entry : list()) {
     if (entry.step < step) continue;
-    std::filesystem::path moved = entry.path;
-    moved += ".abandoned";
-    for (int n = 1; std::filesystem::exists(moved); ++n) {  // an earlier abandoned file of that step stays
-      moved = entry.path;
-      moved += ".abandoned." + std::to_string(n);
-    }
+    const std::filesystem::path moved = abandoned_name(entry.path);  // an earlier abandoned file of that step stays
     ELECTRA_LOG(warning) << "checkpoint " << entry.path.string() << " is at or past step " << step
                          << ", which this run saves now: it belongs to the course the run left when it resumed an "
                          << "earlier checkpoint; renaming it to " << moved.filename().string();

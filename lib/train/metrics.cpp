@@ -64,14 +64,9 @@ bool has_checkpoint_after(const std::filesystem::path& run_dir, int64_t step) {
   return false;
 }
 
-// Copies `path` to `path`.abandoned (or .abandoned.N, the first free name).
+// Copies `path` to abandoned_name(path).
 void keep_abandoned_copy(const std::filesystem::path& path) {
-  std::filesystem::path copy = path;
-  copy += ".abandoned";
-  for (int n = 1; std::filesystem::exists(copy); ++n) {
-    copy = path;
-    copy += ".abandoned." + std::to_string(n);
-  }
+  const std::filesystem::path copy = abandoned_name(path);
   std::error_code error;
   std::filesystem::copy_file(path, copy, error);
   if (error) fail("cannot keep ", path.string(), " as ", copy.string(), ": ", error.message());
