@@ -14,6 +14,7 @@
 #include "lib/dist/communicator.h"
 #include "lib/dist/rank_main.h"
 #include "lib/train/device.h"
+#include "lib/train/train_settings.h"
 
 int main(int argc, char** argv) {
   electra::bench::StepBenchOptions o;
@@ -27,7 +28,7 @@ int main(int argc, char** argv) {
   app.add_option("--steps", o.steps, "timed steps")->capture_default_str();
   app.add_option("--warmup", o.warmup, "untimed steps first")->capture_default_str();
   app.add_option("--threads", o.threads, "OpenMP threads per rank (default: cores / ranks on the node)")
-      ->check(CLI::Range(0, 4096));  // tens of thousands crash libgomp
+      ->check(CLI::Range(0, electra::train::kMaxThreadsPerRank));
   app.add_option("--chunks", o.chunks,
                  "batch slices run concurrently, one per thread (ElectraPretrainer::set_parallel_chunks); "
                  "default: the thread count; 1: every op multi-threaded instead");

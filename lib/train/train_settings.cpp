@@ -67,10 +67,8 @@ TrainSettings TrainSettings::from_config(const Config& config, int ranks, int ra
   s.threads = config.get<int>("train.threads");
   s.parallel_chunks = config.get<int>("train.parallel_chunks");
   s.peak_gflops = config.get<double>("train.peak_gflops");
-  // An upper bound before OpenMP tries to start the threads (tens of thousands fail or crash libgomp).
-  constexpr int kMaxThreads = 4096;
-  if (s.threads < 0 || s.threads > kMaxThreads) {
-    fail("config key 'train.threads' must be in [0, ", kMaxThreads, "] (0: cores / ranks on the node), got ",
+  if (s.threads < 0 || s.threads > kMaxThreadsPerRank) {
+    fail("config key 'train.threads' must be in [0, ", kMaxThreadsPerRank, "] (0: cores / ranks on the node), got ",
          s.threads);
   }
   if (s.parallel_chunks < 0) {

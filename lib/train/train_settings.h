@@ -15,6 +15,10 @@
 
 namespace electra::train {
 
+// The most OpenMP threads a rank may ask for (train.threads, electra-bench --threads): tens of thousands
+// fail to start or crash libgomp.
+inline constexpr int kMaxThreadsPerRank = 4096;
+
 // debug.*: the faults this rank injects for the distributed tests, each as the step it happens at (-1: none).
 struct InjectedFaults {
   int64_t nan_step = -1;              // debug.nan_step: a non-finite loss gradient
@@ -41,11 +45,11 @@ struct TrainSettings {
   int max_skipped = 10;           // train.max_skipped_steps
   double step_timeout = 0;        // train.step_timeout, seconds (> 0, at most a year)
   double checkpoint_timeout = 0;  // train.checkpoint_timeout, seconds (> 0, at most a year)
-  int threads = 0;                // train.threads (0: cores / ranks on the node, chosen at set-up; at most 4096)
-  int parallel_chunks = 0;        // train.parallel_chunks (0: = threads)
-  double peak_gflops = 0;         // train.peak_gflops (0: measured)
-  bool profile = false;           // train.profile
-  bool tensorboard = true;        // train.tensorboard
+  int threads = 0;  // train.threads (0: cores / ranks on the node, chosen at set-up; at most kMaxThreadsPerRank)
+  int parallel_chunks = 0;                         // train.parallel_chunks (0: = threads)
+  double peak_gflops = 0;                          // train.peak_gflops (0: measured)
+  bool profile = false;                            // train.profile
+  bool tensorboard = true;                         // train.tensorboard
   AttentionImpl attention = AttentionImpl::kAuto;  // train.attention
   CudaPrecision precision = CudaPrecision::kFp32;  // train.precision (checked against the device at set-up)
   std::optional<StorageType> storage;              // train.storage; nullopt = auto (resolved at set-up)
