@@ -81,6 +81,20 @@ void setup(const Flags& flags, const electra::dist::Communicator& comm, Setup& s
     electra::fail("the data's vocabulary ", s.loader->vocab().origin(), " is not the model's (", bundle.vocab.origin(),
                   "): token ids would mean different words");
   }
+  // The held-out text must be tokenized as the training text was: cased shards scored by an uncased model
+  // (or the reverse) give wrong metrics with nothing to show it. A model that does not record its casing
+  // (checkpoints of older versions whose training data has moved) is taken to match, and the log says so.
+  if (const std::optional<bool> data_lower = s.loader->dataset().lower_case()) {
+    if (!bundle.tokenizer_recorded) {
+      if (comm.is_root())
+        ELECTRA_LOG(warning) << bundle.source << " does not record its tokenizer's lower_case: assuming the "
+                             << flags.data_dir << " shards' (" << (*data_lower ? "true" : "false") << ")";
+    } else if (*data_lower != bundle.tokenizer.lower_case) {
+      electra::fail("the held-out shards ", flags.data_dir, " were tokenized with lower_case ",
+                    *data_lower ? "true" : "false", " (their manifest.json), but the model was trained on lower_case ",
+                    bundle.tokenizer.lower_case ? "true" : "false", " text (", bundle.source, ")");
+    }
+  }
   s.model = electra::make_rank_model(bundle.config, *s.backend, storage);
   s.model->parameters_from_host(bundle.params);
   // Paths may differ per node (node-local copies); what they hold may not.

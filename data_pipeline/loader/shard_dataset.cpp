@@ -243,6 +243,7 @@ void ShardDataset::open_electra(const std::string& manifest_path) {
          options_.seq_length, " was requested");
   seq_length_ = manifest.max_seq_length;
   packed_ = manifest.pack;
+  lower_case_ = manifest.lower_case;
   const std::string vocab_path =
       options_.vocab_path.empty() ? (fs::path(options_.data_dir) / kVocabFileName).string() : options_.vocab_path;
   vocab_ = text::Vocab::load(vocab_path);

@@ -67,6 +67,8 @@ class ShardDataset {
   bool has_next_sentence_labels() const { return format_ == Format::kNvidia; }
   // Rows hold several examples (electra-mpi shards written with --pack true).
   bool packed() const { return packed_; }
+  // The manifest's tokenizer.lower_case: how the text was tokenized. Unknown (nullopt) for NVIDIA shards.
+  std::optional<bool> lower_case() const { return lower_case_; }
   // What the data is, to compare the ranks' views of it (node-local copies must be the same data): its
   // layout, counts, vocabulary hash and a hash of every shard's file name, rows and recorded CRC-32. The
   // directory's path is not part of it.
@@ -103,6 +105,7 @@ class ShardDataset {
   std::optional<text::Vocab> vocab_;
   int seq_length_ = 0;
   bool packed_ = false;
+  std::optional<bool> lower_case_;
   uint64_t num_examples_ = 0;
   std::vector<std::unique_ptr<Shard>> shards_;
   std::vector<uint64_t> shard_begin_;  // first example index of each shard (plus the total at the end)

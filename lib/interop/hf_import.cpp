@@ -122,8 +122,9 @@ std::optional<text::Vocab> load_vocab_if_present(const fs::path& dir) {
 }
 
 // The tokenizer settings of the first of `dirs` with a tokenizer_config.json (BertTokenizer's defaults when
-// none has one), as transformers would tokenize with that directory.
-text::TokenizerOptions tokenizer_settings_of(std::initializer_list<fs::path> dirs) {
+// none has one: `recorded` is then false), as transformers would tokenize with that directory.
+text::TokenizerOptions tokenizer_settings_of(std::initializer_list<fs::path> dirs, bool& recorded) {
+  recorded = false;
   text::TokenizerOptions options;
   // transformers' word limit: tokenizer.json's (Google's converted models: 100; our exports: ours, 200),
   // else the slow BertTokenizer's fixed 100, which AutoTokenizer also uses when it converts such a directory.
@@ -136,6 +137,7 @@ text::TokenizerOptions tokenizer_settings_of(std::initializer_list<fs::path> dir
       options.max_input_chars_per_word = kTransformersWordLimit;
       const fs::path tj = dir / "tokenizer.json";
       if (fs::exists(tj)) read_word_limit_from_hf_tokenizer_json(read_json(tj), tj.string(), options);
+      recorded = true;
       break;
     }
   }
@@ -241,7 +243,7 @@ HfPretrainer load_hf_pretrainer(const fs::path& discriminator_dir, const fs::pat
     fail(out.vocab->origin(), " has ", out.vocab->size(), " tokens, but ", disc.config_path, " has vocab_size ",
          c.vocab_size);
   }
-  out.tokenizer = tokenizer_settings_of({discriminator_dir, generator_dir});
+  out.tokenizer = tokenizer_settings_of({discriminator_dir, generator_dir}, out.tokenizer_recorded);
   return out;
 }
 
@@ -278,7 +280,7 @@ HfPretrainer load_hf_discriminator(const fs::path& dir) {
     fail(out.vocab->origin(), " has ", out.vocab->size(), " tokens, but ", disc.config_path, " has vocab_size ",
          c.vocab_size);
   }
-  out.tokenizer = tokenizer_settings_of({dir});
+  out.tokenizer = tokenizer_settings_of({dir}, out.tokenizer_recorded);
   return out;
 }
 
@@ -332,9 +334,7 @@ std::string init_from_hf(const fs::path& given, const PretrainerConfig& run_conf
          hf.vocab->size(), " tokens) differs from the training data's ", data_vocab.origin(), " (vocab_hash ",
          data_vocab.hash(), ", ", data_vocab.size(), " tokens)");
   }
-  const bool has_tokenizer_config = fs::exists(dir / "discriminator" / "tokenizer_config.json") ||
-                                    fs::exists(dir / "generator" / "tokenizer_config.json");
-  if (has_tokenizer_config && data_lower_case && hf.tokenizer.lower_case != *data_lower_case) {
+  if (hf.tokenizer_recorded && data_lower_case && hf.tokenizer.lower_case != *data_lower_case) {
     fail("--init-from ", dir.string(), ": its tokenizer_config.json has do_lower_case ",
          hf.tokenizer.lower_case ? "true" : "false", ", but the training data was tokenized with lower_case ",
          *data_lower_case ? "true" : "false");

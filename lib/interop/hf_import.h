@@ -33,6 +33,7 @@ struct HfPretrainer {
                                               // head); 0 in params
   std::optional<text::Vocab> vocab;           // discriminator/vocab.txt, else generator/vocab.txt
   text::TokenizerOptions tokenizer;           // from tokenizer_config.json (BertTokenizer defaults when absent)
+  bool tokenizer_recorded = false;            // a tokenizer_config.json gave `tokenizer`
   double shared_embeddings_max_abs_diff = 0;  // generator copy vs discriminator copy
   bool has_generator = true;                  // false: load_hf_discriminator's placeholder generator
 };

@@ -140,6 +140,7 @@ PretrainerBundle load_checkpoint_bundle(const fs::path& run_dir_or_file, const s
   // Lower-casing as recorded, else as the shards were made (electra-preprocess's manifest), else BERT's
   // uncased default.
   bundle.tokenizer.lower_case = recorded_lower_case.value_or(true);
+  bundle.tokenizer_recorded = recorded_lower_case.has_value();
   const fs::path manifest = data_dir.empty() ? fs::path() : fs::path(data_dir) / "manifest.json";
   if (!manifest.empty() && fs::exists(manifest)) {
     std::ifstream in(manifest);
@@ -147,6 +148,7 @@ PretrainerBundle load_checkpoint_bundle(const fs::path& run_dir_or_file, const s
     try {
       m = nlohmann::json::parse(in);
       if (!recorded_lower_case) bundle.tokenizer.lower_case = m.at("tokenizer").at("lower_case").get<bool>();
+      bundle.tokenizer_recorded = true;
     } catch (const nlohmann::json::exception& e) {
       fail("manifest ", manifest.string(), ": cannot read tokenizer.lower_case: ", e.what());
     }
@@ -194,6 +196,7 @@ PretrainerBundle load_pretrainer_bundle(const fs::path& given, const std::string
   bundle.config = hf.config;
   bundle.params = std::move(hf.params);
   bundle.tokenizer = hf.tokenizer;
+  bundle.tokenizer_recorded = hf.tokenizer_recorded;
   bundle.vocab = hf_vocab(path, hf.vocab, vocab_path, bundle.config.vocab_size);
   bundle.source = "Hugging Face export " + path.string();
   return bundle;
@@ -206,6 +209,7 @@ PretrainerBundle load_scoring_bundle(const fs::path& given, const std::string& v
   bundle.config = hf.config;
   bundle.params = std::move(hf.params);
   bundle.tokenizer = hf.tokenizer;
+  bundle.tokenizer_recorded = hf.tokenizer_recorded;
   bundle.vocab = hf_vocab(given, hf.vocab, vocab_path, bundle.config.vocab_size);
   bundle.has_generator = false;
   bundle.source = "Hugging Face discriminator " + given.string();

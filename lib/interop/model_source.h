@@ -19,8 +19,11 @@ struct PretrainerBundle {
   std::vector<float> params;         // build_pretrainer_layout(config) order, float32
   text::Vocab vocab;                 // vocab.size() == config.vocab_size
   text::TokenizerOptions tokenizer;  // lower_case (and strip_accents) the data was made with
-  std::string source;                // what it was loaded from, for messages
-  bool has_generator = true;         // false: a lone Hugging Face discriminator (load_scoring_bundle)
+  // True when `tokenizer` was read from a record (the checkpoint's state, its training data's manifest.json, a
+  // Hugging Face tokenizer_config.json); false when it is BERT's uncased default, assumed.
+  bool tokenizer_recorded = false;
+  std::string source;         // what it was loaded from, for messages
+  bool has_generator = true;  // false: a lone Hugging Face discriminator (load_scoring_bundle)
 };
 
 // RUN_DIR (a directory with checkpoints/): its newest complete checkpoint (CheckpointManager::
@@ -29,7 +32,8 @@ std::filesystem::path resolve_checkpoint(const std::filesystem::path& run_dir_or
 
 // Loads a checkpoint (RUN_DIR or file). The model config is the checkpoint's `model` section. The
 // vocabulary is `vocab_path` when non-empty, else the run config's data.vocab, else data.dir/vocab.txt;
-// lower_case comes from data.dir/manifest.json (tokenizer.lower_case) when it exists, else true.
+// lower_case comes from the checkpoint's record, else data.dir/manifest.json (tokenizer.lower_case) when it
+// exists, else true (tokenizer_recorded false).
 // Fails naming the file when the vocabulary cannot be found, its size differs from model.vocab_size, or
 // the manifest's vocab_hash says the shards were made with another vocabulary.
 PretrainerBundle load_checkpoint_bundle(const std::filesystem::path& run_dir_or_file,

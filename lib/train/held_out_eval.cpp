@@ -3,6 +3,7 @@
 #include <cmath>
 #include <iomanip>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 #include <utility>
 #include <vector>
@@ -25,6 +26,13 @@ HeldOutEval::HeldOutEval(const TrainSettings& settings, const data::Loader& trai
     if (loader_->vocab().hash() != training_loader.vocab().hash()) {
       fail("config key 'data.eval_dir': ", eval_dir, " was made with another vocabulary (", loader_->vocab().origin(),
            ") than data.dir (", training_loader.vocab().origin(), ")");
+    }
+    const std::optional<bool> eval_lower = loader_->dataset().lower_case();
+    const std::optional<bool> training_lower = training_loader.dataset().lower_case();
+    if (eval_lower && training_lower && *eval_lower != *training_lower) {
+      fail("config key 'data.eval_dir': ", eval_dir, " was tokenized with lower_case ", *eval_lower ? "true" : "false",
+           ", data.dir with lower_case ", *training_lower ? "true" : "false",
+           " (their manifest.json files): the held-out text would not read as the training text did");
     }
   } else if ((settings.eval_every > 0 || !eval_dir.empty()) && comm.is_root()) {
     ELECTRA_LOG(warning) << "held-out evaluation is off: it needs both train.eval_every > 0 and data.eval_dir";

@@ -108,19 +108,6 @@ void check_output_writable(const fs::path& run_dir) {
   }
 }
 
-// tokenizer.lower_case of the shards (electra-preprocess's manifest.json in the data directory); nullopt for
-// data without a manifest (NVIDIA BERT shards), whose tokenizer options are unknown.
-std::optional<bool> data_lower_case(const fs::path& data_dir) {
-  const fs::path manifest = data_dir / "manifest.json";
-  if (!fs::is_regular_file(manifest)) return std::nullopt;
-  std::ifstream in(manifest);
-  try {
-    return nlohmann::json::parse(in).at("tokenizer").at("lower_case").get<bool>();
-  } catch (const nlohmann::json::exception& e) {
-    fail("manifest ", manifest.string(), ": cannot read tokenizer.lower_case: ", e.what());
-  }
-}
-
 }  // namespace
 
 nlohmann::json default_run_config() {
@@ -346,7 +333,7 @@ std::optional<std::string> Trainer::setup() {
       }
     }
     config_.set("model.vocab_size", nlohmann::json(data_vocab_size));
-    lower_case_ = data_lower_case(data_dir);
+    lower_case_ = loader_->dataset().lower_case();
 
     model_config_ = pretrainer_config_from_json(config_.at("model"));
     held_out_ = std::make_unique<HeldOutEval>(settings_, *loader_, comm_);

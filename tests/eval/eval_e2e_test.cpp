@@ -359,6 +359,28 @@ TEST_F(EvalE2E, BadInputExitsWithTwoNamingTheProblem) {
   }
 }
 
+// Held-out shards tokenized with other casing than the training text (--no-lower-case) would be scored as
+// if they read the same: electra-eval and electra-train's data.eval_dir refuse them (exit 2), naming both.
+TEST_F(EvalE2E, HeldOutShardsOfOtherCasingAreRefused) {
+  ASSERT_NO_FATAL_FAILURE(electra::test::preprocess(g_root, "heldout_text", "heldout_cased", "", "--no-lower-case"));
+  const fs::path log = g_root / "cased.log";
+  const std::string cased = (g_root / "heldout_cased").string();
+  EXPECT_EQ(run(bin("electra-eval") + " --checkpoint " + checkpoint(40) + " --data " + cased + " --batch-size 12", log),
+            2)
+      << log_of(log);
+  EXPECT_NE(read_text(log).find("tokenized with lower_case false"), std::string::npos) << log_of(log);
+  EXPECT_NE(read_text(log).find("trained on lower_case true text"), std::string::npos) << log_of(log);
+  EXPECT_EQ(
+      run(train_command(1, cleared(g_root / "cased_run"), "--set train.eval_every=20 --set data.eval_dir=" + cased),
+          log),
+      2)
+      << log_of(log);
+  EXPECT_NE(read_text(log).find("config key 'data.eval_dir': " + cased + " was tokenized with lower_case false"),
+            std::string::npos)
+      << log_of(log);
+  EXPECT_FALSE(fs::exists(g_root / "cased_run" / "checkpoints")) << "refused before training";
+}
+
 // electra-train's device.* keys fail naming the key; --device cuda without a usable GPU fails before
 // training, naming what is missing (exit 2 like every set-up error).
 TEST_F(EvalE2E, TrainerDeviceKeysAreCheckedAndCudaNamesWhatIsMissing) {

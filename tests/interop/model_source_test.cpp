@@ -77,7 +77,38 @@ TEST(ModelSource, RecordedLowerCasingWinsOverTheManifest) {
   fs::path checkpoint = checkpoint_with_record(run, tmp.path() / "b", /*lower_case=*/false);
   // Move the data back under the recorded path: its manifest says lower_case true, the record false.
   fs::rename(run.data_dir, tmp.path() / "b" / "moved_data");
-  EXPECT_FALSE(load_checkpoint_bundle(checkpoint, "").tokenizer.lower_case);
+  const PretrainerBundle bundle = load_checkpoint_bundle(checkpoint, "");
+  EXPECT_FALSE(bundle.tokenizer.lower_case);
+  EXPECT_TRUE(bundle.tokenizer_recorded);
+}
+
+// Whether the lower-casing is known (electra-eval compares it with the held-out shards') or assumed: an older
+// checkpoint without the record, whose training data has moved, has only BERT's default.
+TEST(ModelSource, SaysWhetherTheLowerCasingWasRecordedOrAssumed) {
+  TempDir tmp;
+  const TinyRun run = make_tiny_run(tmp.path() / "a", /*lower_case=*/false);
+  EXPECT_TRUE(load_checkpoint_bundle(run.run_dir).tokenizer_recorded);  // the manifest beside the data
+  const PretrainerLayout layout = build_pretrainer_layout(run.config);
+  const std::vector<TensorSlice> tensors = layout.layout.tensor_slices();  // content.layout is a view
+  train::CheckpointContent content;
+  content.layout = tensors;
+  content.params = run.params;
+  content.state = {{"step", 9}, {"seed", 1}};
+  content.config = {{"model", run.model_json},
+                    {"data", {{"dir", (tmp.path() / "moved_data").string()}, {"vocab", ""}}}};
+  const fs::path older = train::CheckpointManager(tmp.path() / "b" / "checkpoints").save(content);
+  const PretrainerBundle assumed = load_checkpoint_bundle(older, (run.data_dir / "vocab.txt").string());
+  EXPECT_FALSE(assumed.tokenizer_recorded);
+  EXPECT_TRUE(assumed.tokenizer.lower_case);
+  // An export writes tokenizer_config.json: recorded, and false as trained.
+  const fs::path out = tmp.path() / "hf";
+  export_hf(load_checkpoint_bundle(run.run_dir), out);
+  const PretrainerBundle exported = load_pretrainer_bundle(out);
+  EXPECT_TRUE(exported.tokenizer_recorded);
+  EXPECT_FALSE(exported.tokenizer.lower_case);
+  fs::remove(out / "discriminator" / "tokenizer_config.json");
+  fs::remove(out / "generator" / "tokenizer_config.json");
+  EXPECT_FALSE(load_pretrainer_bundle(out).tokenizer_recorded);
 }
 
 TEST(ModelSource, ExportDirectoryRefusesAnotherVocabulary) {
