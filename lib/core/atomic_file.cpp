@@ -1,11 +1,13 @@
 #include "lib/core/atomic_file.h"
 
 #include <fcntl.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <vector>
 
 #include "lib/core/error.h"
 
@@ -30,6 +32,18 @@ void fsync_path(const std::filesystem::path& path, int flags, const char* what) 
     fail("fsync of ", what, " ", path.string(), " failed: ", std::strerror(error));
   }
   ::close(fd);
+}
+
+// Writes all `size` bytes; false (errno set) on an error such as ENOSPC.
+bool write_all(int fd, const char* data, size_t size) {
+  size_t written = 0;
+  while (written < size) {
+    const ssize_t n = ::write(fd, data + written, size - written);
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) return false;
+    written += static_cast<size_t>(n);
+  }
+  return true;
 }
 
 }  // namespace
@@ -73,13 +87,7 @@ void write_file_atomically(const std::filesystem::path& path, std::string_view c
     ::unlink(temp.c_str());
     fail(what, " ", temp.string(), ": ", text);
   };
-  size_t written = 0;
-  while (written < contents.size()) {
-    const ssize_t n = ::write(fd, contents.data() + written, contents.size() - written);
-    if (n < 0 && errno == EINTR) continue;
-    if (n < 0) give_up("cannot write");
-    written += static_cast<size_t>(n);
-  }
+  if (!write_all(fd, contents.data(), contents.size())) give_up("cannot write");
   if (::fsync(fd) != 0) give_up("cannot fsync");
   ::close(fd);
   if (std::rename(temp.c_str(), path.c_str()) != 0) {
@@ -91,12 +99,38 @@ void write_file_atomically(const std::filesystem::path& path, std::string_view c
 }
 
 void copy_file_atomically(const std::filesystem::path& from, const std::filesystem::path& to) {
+  // read/write rather than std::filesystem::copy_file, whose sendfile path reports a full disk as EIO.
+  const int in = ::open(from.c_str(), O_RDONLY | O_CLOEXEC);
+  if (in < 0) fail("cannot open ", from.string(), ": ", errno_text());
+  struct stat status {};
+  const mode_t mode = ::fstat(in, &status) == 0 ? (status.st_mode & 07777) : 0644;
   const auto temp = temp_path_for(to);
-  std::error_code error;
-  std::filesystem::copy_file(from, temp, std::filesystem::copy_options::overwrite_existing, error);
-  if (error) {
-    remove_quietly(temp);  // copy_file may leave a prefix behind
-    fail("cannot copy ", from.string(), " to ", temp.string(), ": ", error.message());
+  const int out = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+  if (out < 0) {
+    const std::string text = errno_text();
+    ::close(in);
+    fail("cannot create ", temp.string(), ": ", text);
+  }
+  auto give_up = [&](const char* what, const std::filesystem::path& path) {
+    const std::string text = errno_text();
+    ::close(in);
+    ::close(out);
+    remove_quietly(temp);  // a prefix on a full disk would keep it full
+    fail("cannot copy ", from.string(), " to ", temp.string(), ": ", what, " ", path.string(), ": ", text);
+  };
+  std::vector<char> buffer(size_t{1} << 20);
+  for (;;) {
+    const ssize_t n = ::read(in, buffer.data(), buffer.size());
+    if (n < 0 && errno == EINTR) continue;
+    if (n < 0) give_up("cannot read", from);
+    if (n == 0) break;
+    if (!write_all(out, buffer.data(), static_cast<size_t>(n))) give_up("cannot write", temp);
+  }
+  ::close(in);
+  if (::close(out) != 0) {
+    const std::string text = errno_text();
+    remove_quietly(temp);
+    fail("cannot write ", temp.string(), ": ", text);
   }
   commit_file(temp, to);
 }

@@ -3,7 +3,9 @@
 
 #include <gtest/gtest.h>
 
+#include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -41,6 +43,12 @@ TEST(AtomicFile, WritesAndReplacesWithoutLeavingATemporaryFile) {
   EXPECT_EQ(read_text(file), "second\n");
   copy_file_atomically(file, dir.path / "copy.txt");
   EXPECT_EQ(read_text(dir.path / "copy.txt"), "second\n");
+  // Larger than the copy's buffer, with bytes of every value.
+  std::string bytes(3 * 1024 * 1024 + 5, '\0');
+  for (size_t i = 0; i < bytes.size(); ++i) bytes[i] = static_cast<char>((i * 131) % 256);
+  write_file_atomically(dir.path / "big.bin", bytes);
+  copy_file_atomically(dir.path / "big.bin", dir.path / "big_copy.bin");
+  EXPECT_EQ(read_text(dir.path / "big_copy.bin"), bytes);
   EXPECT_FALSE(fs::exists(temp_path_for(file)));
   EXPECT_EQ(temp_path_for(file), dir.path / ".vocab.txt.tmp");
 }
@@ -65,6 +73,7 @@ TEST(AtomicFile, AFailedCopyKeepsTheOldFileAndRemovesTheTemporary) {
   write_file_atomically(copy, "old\n");
   const std::string message = test::error_under_file_size_limit(4096, [&] { copy_file_atomically(big, copy); });
   EXPECT_NE(message.find(temp_path_for(copy).string()), std::string::npos) << message;
+  EXPECT_NE(message.find(std::strerror(EFBIG)), std::string::npos) << "the cause, not EIO: " << message;
   EXPECT_EQ(read_text(copy), "old\n");
   EXPECT_FALSE(fs::exists(temp_path_for(copy)));
 }
