@@ -81,6 +81,15 @@ void setup(const Flags& flags, const electra::dist::Communicator& comm, Setup& s
     electra::fail("the data's vocabulary ", s.loader->vocab().origin(), " is not the model's (", bundle.vocab.origin(),
                   "): token ids would mean different words");
   }
+  // Masking as in training: at most the model's num_token_predictions per row (google-research/electra's
+  // max_predictions_per_seq), so a larger --mask-prob masks fewer than it says on long rows.
+  if (const int seq = s.loader->dataset().seq_length();
+      comm.is_root() && static_cast<double>(flags.mask_prob) * seq > bundle.config.num_token_predictions) {
+    ELECTRA_LOG(warning) << "--mask-prob " << flags.mask_prob << " of " << seq << " tokens is more than the model's "
+                         << bundle.config.num_token_predictions
+                         << " predictions per row (model.num_token_predictions): longer rows get "
+                         << bundle.config.num_token_predictions << " masked positions";
+  }
   // The held-out text must be tokenized as the training text was: cased shards scored by an uncased model
   // (or the reverse) give wrong metrics with nothing to show it. A model that does not record its casing
   // (checkpoints of older versions whose training data has moved) is taken to match, and the log says so.

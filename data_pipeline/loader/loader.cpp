@@ -5,8 +5,8 @@
 #include <optional>
 
 #include "data_pipeline/loader/permutation.h"
-#include "lib/core/h5.h"
 #include "lib/core/error.h"
+#include "lib/core/h5.h"
 #include "lib/core/log.h"
 
 namespace electra::data {
@@ -124,8 +124,10 @@ Loader::Loader(LoaderOptions options) : options_(std::move(options)) {
   num_examples_ = dataset_->num_examples();
   if (num_examples_ < static_cast<uint64_t>(o.global_batch_size))
     fail(o.data_dir, ": ", num_examples_, " examples are fewer than one global batch of ", o.global_batch_size);
-  batches_per_epoch_ = static_cast<int>(
-      std::min<uint64_t>(num_examples_ / static_cast<uint64_t>(o.global_batch_size), static_cast<uint64_t>(INT32_MAX)));
+  if (o.pad_last_batch && o.shuffle) fail("loader: pad_last_batch is for evaluation, with shuffle off");
+  const uint64_t G = static_cast<uint64_t>(o.global_batch_size);
+  const uint64_t batches = o.pad_last_batch ? (num_examples_ + G - 1) / G : num_examples_ / G;
+  batches_per_epoch_ = static_cast<int>(std::min<uint64_t>(batches, static_cast<uint64_t>(INT32_MAX)));
   rows_per_rank_ = o.global_batch_size / o.world_size;
 
   const text::Vocab& vocab = dataset_->vocab();
@@ -204,9 +206,20 @@ electra::Batch Loader::make_batch(const LoaderState& at) {
     std::vector<int32_t> original(static_cast<size_t>(S));
     for (int i = part * B / parts; i < (part + 1) * B / parts; ++i) {
       const uint64_t position = at.cursor + batch.global_row_offset + static_cast<uint64_t>(i);
+      const size_t row = static_cast<size_t>(i) * S;
+      const size_t prow = static_cast<size_t>(i) * P;
+      if (position >= num_examples_) {  // pad_last_batch: an empty row (input_mask stays 0)
+        batch.example_index[static_cast<size_t>(i)] = kNoExample;
+        std::fill_n(batch.input_word_ids.begin() + static_cast<std::ptrdiff_t>(row), S, masking_.pad_id);
+        std::fill_n(batch.input_type_ids.begin() + static_cast<std::ptrdiff_t>(row), S, 0);
+        std::fill_n(batch.masked_lm_positions.begin() + static_cast<std::ptrdiff_t>(prow), P, 0);
+        std::fill_n(batch.masked_lm_ids.begin() + static_cast<std::ptrdiff_t>(prow), P, 0);
+        std::fill_n(batch.masked_lm_weights.begin() + static_cast<std::ptrdiff_t>(prow), P, 0.0f);
+        if (!batch.next_sentence_labels.empty()) batch.next_sentence_labels[static_cast<size_t>(i)] = 0;
+        continue;
+      }
       const uint64_t example = permutation ? (*permutation)(position) : position;
       batch.example_index[static_cast<size_t>(i)] = example;
-      const size_t row = static_cast<size_t>(i) * S;
       int length = 0;
       int32_t nsp = -1;
       // input_mask is the example id of each token: 1 on every real token of an unpacked row.
@@ -220,7 +233,6 @@ electra::Batch Loader::make_batch(const LoaderState& at) {
         }
       }
       if (!batch.next_sentence_labels.empty()) batch.next_sentence_labels[static_cast<size_t>(i)] = nsp;
-      const size_t prow = static_cast<size_t>(i) * P;
       mask_example(original.data(), length, S, masking_, at.epoch, example, batch.input_word_ids.data() + row,
                    batch.masked_lm_positions.data() + prow, batch.masked_lm_ids.data() + prow,
                    batch.masked_lm_weights.data() + prow);
@@ -240,7 +252,8 @@ void Loader::produce(LoaderState at) {
     }
     Item item;
     try {
-      if (at.cursor + G > num_examples_) {  // drop the epoch's tail: a batch never mixes epochs
+      // Drop the epoch's tail (a batch never mixes epochs), unless it was padded into a batch of its own.
+      if (options_.pad_last_batch ? at.cursor >= num_examples_ : at.cursor + G > num_examples_) {
         ++at.epoch;
         at.cursor = 0;
       }

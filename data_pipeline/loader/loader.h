@@ -56,6 +56,9 @@ struct LoaderOptions {
   uint64_t cache_bytes = uint64_t{1} << 30;  // decompressed-chunk cache of the shard reader
   int reader_threads = 2;                    // threads that read, inflate and mask one batch together
   bool verify_checksums = false;             // CRC-32 of every shard against the manifest at start-up
+  // Evaluation (shuffle off): the epoch's tail, instead of being dropped, is one more batch completed by
+  // empty rows (no tokens: input_mask 0, no predictions), so one epoch reads every example once.
+  bool pad_last_batch = false;
 };
 
 struct LoaderState {

@@ -8,6 +8,9 @@
 
 namespace electra {
 
+// Batch::example_index of a row that holds no example.
+inline constexpr uint64_t kNoExample = UINT64_MAX;
+
 struct Batch {
   int rows = 0;             // examples in this slice (B)
   int seq_length = 0;       // S: the slots per row computed on
@@ -36,7 +39,8 @@ struct Batch {
   // micro-batches does not change any random number.
   uint64_t global_row_offset = 0;
   int global_batch_rows = 0;
-  std::vector<uint64_t> example_index;  // [B] index of each row's example in the dataset (for diagnostics)
+  std::vector<uint64_t> example_index;  // [B] index of each row's example in the dataset (for diagnostics);
+                                        // kNoExample on an empty row (LoaderOptions::pad_last_batch)
 };
 
 // Trimmed lengths are multiples of this: GEMM shapes that suit SIMD and tensor cores, and at most S / 8

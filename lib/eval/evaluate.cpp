@@ -47,6 +47,7 @@ std::unique_ptr<data::Loader> make_eval_loader(const std::string& data_dir, int 
   o.world_size = comm.world_size();
   o.shuffle = false;
   o.prefetch_batches = 2;
+  o.pad_last_batch = true;  // every held-out example, the tail in a last batch completed by empty rows
   o.cache_bytes = uint64_t{256} << 20;
   return std::make_unique<data::Loader>(o);
 }
@@ -101,7 +102,9 @@ void accumulate(const Batch& batch, const PretrainerOutputs<float>& out, EvalSum
          " discriminator logits and ", out.disc_label.size(), " labels for a batch of ", batch.rows, " x ",
          batch.seq_length, " with ", batch.num_predictions, " predictions");
   }
-  sums.examples += batch.rows;
+  for (int row = 0; row < batch.rows; ++row) {  // an empty row (pad_last_batch) has no [CLS]
+    if (batch.input_mask[static_cast<size_t>(row) * batch.seq_length] != 0) ++sums.examples;
+  }
   for (size_t i = 0; i < M; ++i) {
     const float w = batch.masked_lm_weights[i];
     if (w == 0.0f) continue;

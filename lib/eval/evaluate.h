@@ -44,7 +44,8 @@ struct EvalOptions {
 };
 
 // A loader for held-out shards: shuffle off, `global_batch_size` examples per global batch split over
-// the ranks of `comm`, masking keyed by `seed`. `max_predictions` is the model's num_token_predictions;
+// the ranks of `comm`, the last batch completed by empty rows (pad_last_batch: one epoch reads every
+// example), masking keyed by `seed`. `max_predictions` is the model's num_token_predictions;
 // `seq_length` must equal the shards' max_seq_length (0: read it from DATA_DIR/manifest.json).
 std::unique_ptr<data::Loader> make_eval_loader(const std::string& data_dir, int global_batch_size, int seq_length,
                                                float mask_prob, int max_predictions, uint64_t seed,

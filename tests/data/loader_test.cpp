@@ -6,11 +6,12 @@
 #include <filesystem>
 #include <map>
 #include <set>
+#include <span>
 #include <tuple>
 
 #include "data_pipeline/loader/permutation.h"
-#include "lib/core/h5.h"
 #include "lib/core/error.h"
+#include "lib/core/h5.h"
 #include "tests/data/test_util.h"
 
 namespace electra::data {
@@ -103,6 +104,41 @@ TEST(Loader, ReadsEveryRowExactlyWithoutShuffle) {
   EXPECT_EQ(loader.state(), (LoaderState{0, 1500}));
   EXPECT_EQ(loader.next().example_index.front(), 0u);  // epoch 1 starts over; the tail row 1500 is dropped
   EXPECT_EQ(loader.state(), (LoaderState{1, 50}));
+}
+
+// Evaluation's loader (pad_last_batch): the tail of 1501 = 15 x 96 + 61 examples is a 16th batch whose last 35
+// rows are empty (no tokens, no predictions), split over 2 ranks like any batch; the real rows are as without it.
+TEST(Loader, PadLastBatchReadsTheTailAndCompletesItWithEmptyRows) {
+  LoaderOptions o = fixture().options(96, 1, 2);
+  o.shuffle = false;
+  LoaderOptions plain = o;
+  o.pad_last_batch = true;
+  Loader padded(o), dropped(plain);
+  EXPECT_EQ(padded.batches_per_epoch(), 16);
+  EXPECT_EQ(dropped.batches_per_epoch(), 15);
+  for (int k = 0; k < 15; ++k) testing::expect_same_batch(padded.next(), dropped.next());
+  const Batch last = padded.next();  // rank 1: global rows 48..95 of the batch, examples 1488..1535
+  ASSERT_EQ(last.rows, 48);
+  for (int i = 0; i < last.rows; ++i) {
+    const uint64_t example = 1488 + static_cast<uint64_t>(i);
+    const auto mask = std::span(last.input_mask).subspan(static_cast<size_t>(i) * kSeq, kSeq);
+    const auto weights =
+        std::span(last.masked_lm_weights)
+            .subspan(static_cast<size_t>(i) * last.num_predictions, static_cast<size_t>(last.num_predictions));
+    if (example < 1501) {
+      ASSERT_EQ(last.example_index[static_cast<size_t>(i)], example);
+      EXPECT_EQ(testing::unmasked_row(last, i), testing::synthetic_row(example, kSeq, fixture().vocab.size()).ids);
+      EXPECT_GT(std::count(weights.begin(), weights.end(), 1.0f), 0) << example;
+    } else {
+      EXPECT_EQ(last.example_index[static_cast<size_t>(i)], kNoExample);
+      EXPECT_EQ(std::count(mask.begin(), mask.end(), 0), kSeq) << example;
+      EXPECT_EQ(std::count(weights.begin(), weights.end(), 0.0f), last.num_predictions) << example;
+    }
+  }
+  EXPECT_EQ(padded.next().example_index.front(), 48u);  // epoch 1 starts over
+  EXPECT_EQ(padded.state(), (LoaderState{1, 96}));
+  o.shuffle = true;
+  EXPECT_THROW(Loader{o}, Error);  // the empty rows would land in the middle of a shuffled epoch
 }
 
 // The union of an epoch's rows over W ranks is every example exactly once (but the dropped tail).
