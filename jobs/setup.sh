@@ -13,11 +13,19 @@ cuda_flag=()
 jobs=$(nproc)
 while [ $# -gt 0 ]; do
   case "$1" in
+    --build-dir | --cuda | --jobs)
+      [ $# -ge 2 ] && [ -n "$2" ] || { echo "setup.sh: $1 needs a value" >&2; exit 2; } ;;
+  esac
+  case "$1" in
     --no-build) do_build=0 ;;
     --no-venv) do_venv=0 ;;
     --build-dir) build_dir=$2; shift ;;
-    --cuda) cuda_flag=(-DELECTRA_CUDA="$2"); shift ;;
-    --jobs) jobs=$2; shift ;;
+    --cuda)
+      case "$2" in ON | OFF) ;; *) echo "setup.sh: --cuda takes ON or OFF, got '$2'" >&2; exit 2 ;; esac
+      cuda_flag=(-DELECTRA_CUDA="$2"); shift ;;
+    --jobs)
+      case "$2" in *[!0-9]* | 0*) echo "setup.sh: --jobs takes a positive integer, got '$2'" >&2; exit 2 ;; esac
+      jobs=$2; shift ;;
     *) echo "setup.sh: unknown option $1" >&2; exit 2 ;;
   esac
   shift

@@ -266,7 +266,10 @@ PretrainerConfig checked_bench_model(const StepBenchOptions& o, int ranks) {
          ")");
   }
   const int P = static_cast<int>((0.15 + 0.005) * S);  // google-research/electra: int((mask_prob + 0.005) * L)
-  if (P <= 0 || P > S - 2) fail("--seq ", S, " is too short for ", P, " masked positions");
+  if (P <= 0 || P > S - 2) {
+    fail("--seq ", S, " is too short: a row needs room for [CLS], [SEP] and at least one masked position (",
+         "int(0.155 x seq) of them; --seq 7 or more)");
+  }
   model.num_token_predictions = P;
   // The synthetic rows hold BERT's [CLS] 101, [SEP] 102 and [MASK] 103 (make_batch).
   if (model.vocab_size < 104)
@@ -489,6 +492,13 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
         clock.next_step();
       }
     }
+  }
+  // Each rank's loss is its share (normalized by the global counts): the step's loss is their sum.
+  if (ranks > 1) {
+    double losses[2] = {r.first_loss, r.last_loss};
+    comm.allreduce_sum(std::span<double>(losses, 2));
+    r.first_loss = losses[0];
+    r.last_loss = losses[1];
   }
   const double cpu_used = cpu_seconds() - cpu_start;
   r.peak_rss_mib = ranks > 1 ? comm.allreduce_max(peak_rss_mib()) : peak_rss_mib();

@@ -43,7 +43,8 @@ int main(int argc, char** argv) {
   app.add_option("--device", device, "cpu | cuda (GPU 0, or the local rank's under mpirun)")
       ->capture_default_str()
       ->check(CLI::IsMember({"cpu", "cuda"}));
-  app.add_option("--precision", precision, "cuda: fp32 | tf32 | bf16 | fp16 GEMM/attention")
+  app.add_option("--precision", precision,
+                 "GEMM/attention arithmetic: fp32 | tf32 | bf16 | fp16 (the CPU: fp32 | bf16, bf16 being bf16 storage)")
       ->capture_default_str()
       ->check(CLI::IsMember({"fp32", "tf32", "bf16", "fp16"}));
   app.add_option("--storage", storage, "activations and weight copies: fp32 | bf16 | auto (bf16 with --precision bf16)")

@@ -85,14 +85,24 @@ forward() {  # signal [note]
   log "received SIG$1; asking the ranks to checkpoint and stop (SIGUSR1 via mpirun)${2:-}"
   if [ -n "$mpirun_pid" ]; then kill -USR1 "$mpirun_pid" 2>/dev/null || true; else stop_pending=1; fi
 }
+# True while mpirun has children (the ranks), or when that cannot be read. Once the ranks have exited, a
+# SIGTERM would only reach mpirun's own shutdown, where Open MPI 4.1's mpirun can crash (exit 139) and hide
+# the ranks' exit status: their checkpoint is written by then.
+ranks_running() {
+  local children
+  children=$(cat /proc/"$mpirun_pid"/task/*/children 2> /dev/null) || return 0
+  [ -n "${children// /}" ]
+}
 interrupts=0
 interrupt() {
   interrupts=$((interrupts + 1))
   if [ $interrupts -eq 1 ]; then
     forward INT "; Ctrl-C again terminates them at once, without this checkpoint"
-  elif [ -n "$mpirun_pid" ]; then
+  elif [ -n "$mpirun_pid" ] && ranks_running; then
     log "second Ctrl-C: mpirun terminates the ranks (SIGTERM)"
     kill -TERM "$mpirun_pid" 2>/dev/null || true
+  elif [ -n "$mpirun_pid" ]; then
+    log "second Ctrl-C: the ranks have already stopped; waiting for mpirun to finish"
   fi
 }
 trap 'forward TERM' TERM

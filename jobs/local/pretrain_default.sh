@@ -58,16 +58,17 @@ if [ ! -e "$work/recipe.txt" ]; then
   done
 fi
 mkdir -p "$work"
+# Before anything in WORK is removed: a run of other data is refused, and the data it was made from stays.
+if [ -d "$run/checkpoints" ] && [ "$(cat "$run/recipe.txt" 2> /dev/null)" != "$recipe" ]; then
+  echo "$run holds a run made from other data (or by an older recipe): remove it or set RUN" >&2
+  exit 2
+fi
 if [ "$(cat "$work/recipe.txt" 2> /dev/null)" != "$recipe" ]; then
   [ ! -e "$work/vocab.txt" ] || say "data in $work was made by another recipe: making it again"
   rm -rf "$work/split" "$work/split.tmp" "$work/shards" "$work/heldout_shards" "$work/vocab.txt" "$work/recipe.txt"
 fi
 # Written before the data: it marks what follows as this script's (an interrupted run continues it).
 echo "$recipe" > "$work/recipe.txt"
-if [ -d "$run/checkpoints" ] && [ "$(cat "$run/recipe.txt" 2> /dev/null)" != "$recipe" ]; then
-  echo "$run holds a run made from other data (or by an older recipe): remove it or set RUN" >&2
-  exit 2
-fi
 
 # Whole files are held out: every HOLDOUT_EVERY-th file of the sorted list, starting with the
 # (HOLDOUT_EVERY/2)-th, so that the held-out text comes from across the corpus.

@@ -124,7 +124,11 @@ void Config::set(std::string_view dotted_key, const nlohmann::json& value) {
   const auto pointer = dotted_to_pointer(dotted_key);
   if (!root_.contains(pointer)) fail("unknown config key '", dotted_key, "'");
   nlohmann::json& slot = root_[pointer];
-  if (slot.is_object() || !compatible(slot, value)) {
+  if (slot.is_object()) {
+    fail("config key '", dotted_key, "' is a section: set its keys one by one (e.g. ", dotted_key, ".",
+         slot.begin().key(), "=...), or give a config file");
+  }
+  if (!compatible(slot, value)) {
     fail("config key '", dotted_key, "' expects ", expected_kind(slot), ", got ", value.dump());
   }
   slot = kept_kind(slot, value);

@@ -14,6 +14,12 @@ if(TARGET electra-bench)
   set_tests_properties(BenchSmoke.ElectraBenchTwoRanks PROPERTIES LABELS bench_smoke TIMEOUT 120
     ENVIRONMENT "OMPI_MCA_rmaps_base_oversubscribe=1;ELECTRA_SKIP_SLURM_CHECK=1"
     PASS_REGULAR_EXPRESSION "2 rank\\(s\\) x 1 thread.*allreduce +[0-9.]+ ms per step \\([0-9.]+% of the step; overlapped with backward; transport host\\)")
+  # The loss it reports is the step's, summed over the ranks' shares.
+  add_test(NAME BenchSmoke.ElectraBenchLossIsTheWholeStepsOnTwoRanks
+    COMMAND sh ${CMAKE_CURRENT_LIST_DIR}/ranks_loss_smoke.sh ${MPIEXEC_EXECUTABLE} $<TARGET_FILE:electra-bench>)
+  set_tests_properties(BenchSmoke.ElectraBenchLossIsTheWholeStepsOnTwoRanks PROPERTIES LABELS bench_smoke
+    TIMEOUT 120 ENVIRONMENT "OMPI_MCA_rmaps_base_oversubscribe=1;ELECTRA_SKIP_SLURM_CHECK=1"
+    PASS_REGULAR_EXPRESSION "PASS: the same loss")
   # --transport (electra-train's dist.gradient_transport): the device transports are refused on the CPU with
   # exit code 2 and the trainer's message; host runs on two CPU ranks, after backward here.
   add_test(NAME BenchSmoke.ElectraBenchDeviceTransportsNeedCuda

@@ -66,6 +66,14 @@ TEST(Config, RejectsUnknownKeysAndWrongTypesNamingTheKey) {
   }
   EXPECT_THROW(config.set("train.steps=abc"), Error);
   EXPECT_THROW(config.set("train=3"), Error);
+  try {
+    config.set("train={}");  // a section is not a value, even an object one
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("config key 'train' is a section: set its keys one by one (e.g. train."),
+              std::string::npos)
+        << e.what();
+  }
   EXPECT_THROW(config.set("novalue"), Error);
   EXPECT_EQ(config.get<int>("train.steps"), 10);
 }

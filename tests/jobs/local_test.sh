@@ -172,6 +172,37 @@ for signal in INT HUP; do
   say "e. pretrain.sh: SIG$signal to its process group -> stopped at step $stopped_at with a checkpoint (exit 3)"
 done
 
+# e2. A second Ctrl-C after the ranks have stopped with their checkpoint (mpirun still finishing) is not
+# passed on: a SIGTERM then can crash Open MPI 4.1's mpirun (exit 139 instead of the ranks' 3). A fake mpirun
+# without children plays that moment: it "trains" until SIGUSR1, then finishes for a few seconds, exits 3,
+# and on a SIGTERM while finishing exits 139 as the crash did.
+mkdir -p "$tmp/fake_mpirun"
+cat > "$tmp/fake_mpirun/mpirun" << 'EOF'
+#!/bin/bash
+finishing=0
+trap 'finishing=1' USR1
+trap '[ $finishing = 1 ] && exit 139; exit 1' TERM
+fifo=$(mktemp -u "${TMPDIR:-/tmp}/fake-mpirun.XXXXXX") && mkfifo "$fifo" && exec 3<> "$fifo" && rm -f "$fifo"
+touch "$FAKE_MPIRUN_STARTED"
+until [ $finishing = 1 ]; do read -r -t 0.1 -u 3 || true; done
+for _ in $(seq 40); do read -r -t 0.1 -u 3 || true; done  # 4 s of shutdown, no child process
+exit 3
+EOF
+chmod +x "$tmp/fake_mpirun/mpirun"
+foreground_job env PATH="$tmp/fake_mpirun:$PATH" FAKE_MPIRUN_STARTED="$tmp/fake_started" DATA="$tmp/shards" \
+  RUN_DIR="$tmp/run_e2" "$root/jobs/local/pretrain.sh" > "$tmp/train_e2.log" 2>&1 &
+pid=$!
+pids+=("$pid")
+for _ in $(seq 100); do [ -e "$tmp/fake_started" ] && break; sleep 0.1; done
+[ -e "$tmp/fake_started" ] || fail "run e2: the fake mpirun did not start (see $tmp/train_e2.log)"
+kill -INT -- "-$pid" && sleep 1 && kill -INT -- "-$pid" || fail "kill -INT -$pid failed"
+wait "$pid"
+code=$?
+pids=()
+[ $code = 3 ] || fail "run e2: pretrain.sh exited $code after a second Ctrl-C while mpirun finished, expected 3 (see $tmp/train_e2.log)"
+grep -q "the ranks have already stopped" "$tmp/train_e2.log" || fail "run e2: not said: $(cat "$tmp/train_e2.log")"
+say "e2. pretrain.sh: a second Ctrl-C once the ranks have stopped is not passed to mpirun (exit 3)"
+
 # f. The README's main job, jobs/local/pretrain_default.sh, on Ctrl-C while it trains: the ranks stop with a
 # checkpoint (its training goes through pretrain.sh), the data stays, and the script says how to go on (130).
 foreground_job env CORPUS="$tmp/corpus" WORK="$tmp/work_f" RUN="$tmp/run_f" VOCAB_SIZE=120 HOLDOUT_EVERY=2 \
@@ -214,4 +245,17 @@ grep -q "is not data this script made" "$tmp/train_h.log" || fail "run h: not sa
 [ "$(cat "$tmp/work_h/shards/NOTES.md")" = mine ] || fail "run h: the user's file in WORK/shards is gone"
 [ ! -e "$tmp/run_h" ] || fail "run h: wrote $tmp/run_h"
 say "h. pretrain_default.sh: data in WORK without recipe.txt refused (exit 2), left as it was"
+
+# i. Another recipe (here VOCAB_SIZE) over the WORK and RUN of run f: the run of the earlier data is refused
+# before the data it was made from is removed (the data went first, leaving WORK empty and nothing to run).
+recipe_f=$(cat "$tmp/work_f/recipe.txt")
+env CORPUS="$tmp/corpus" WORK="$tmp/work_f" RUN="$tmp/run_f" VOCAB_SIZE=130 HOLDOUT_EVERY=2 NP=2 \
+  "$root/jobs/local/pretrain_default.sh" > "$tmp/train_i.log" 2>&1
+code=$?
+[ $code = 2 ] || fail "run i: pretrain_default.sh with another recipe exited $code, expected 2 (see $tmp/train_i.log)"
+grep -q "holds a run made from other data" "$tmp/train_i.log" || fail "run i: not said: $(cat "$tmp/train_i.log")"
+[ -f "$tmp/work_f/shards/manifest.json" ] && [ -f "$tmp/work_f/vocab.txt" ] ||
+  fail "run i: the data of run f was removed before the refusal"
+[ "$(cat "$tmp/work_f/recipe.txt")" = "$recipe_f" ] || fail "run i: WORK's recipe.txt was rewritten"
+say "i. pretrain_default.sh: another recipe over an existing run refused (exit 2) before its data is touched"
 say "PASSED"
