@@ -111,19 +111,21 @@ nlohmann::json LossScaler::state() const {
 }
 
 bool LossScaler::restore(const nlohmann::json& state) {
-  if (!dynamic() || !state.is_object() || !state.contains("loss_scale") || !state.contains("loss_scale_good_steps") ||
-      !state.contains("loss_scale_mode") || state.at("loss_scale_mode") != "dynamic") {
+  // Only a state saved in the same mode continues (an older checkpoint has none of these keys).
+  if (!state.is_object() || !state.contains("loss_scale_good_steps") || !state.contains("loss_scale_mode") ||
+      state.at("loss_scale_mode") != to_string(mode_)) {
     return false;
   }
-  const nlohmann::json& scale = state.at("loss_scale");
   const nlohmann::json& good = state.at("loss_scale_good_steps");
-  if (!scale.is_number() || !good.is_number_integer()) {
-    fail("checkpoint state: loss_scale ", scale.dump(), " / loss_scale_good_steps ", good.dump(), " are not numbers");
-  }
+  if (!good.is_number_integer()) fail("checkpoint state: loss_scale_good_steps ", good.dump(), " is not an integer");
+  // Without a dynamic scale the count is all there is (it counts finite steps); the scale stays as configured.
+  good_steps_ = std::max<int64_t>(0, good.get<int64_t>());
+  if (!dynamic() || !state.contains("loss_scale")) return false;
+  const nlohmann::json& scale = state.at("loss_scale");
+  if (!scale.is_number()) fail("checkpoint state: loss_scale ", scale.dump(), " is not a number");
   const double saved = scale.get<double>();
   if (!std::isfinite(saved)) fail("checkpoint state: loss_scale ", saved, " is not finite");
   scale_ = std::clamp(saved, LossScaleConfig::kMinScale, LossScaleConfig::kMaxScale);
-  good_steps_ = std::max<int64_t>(0, good.get<int64_t>());
   return true;
 }
 

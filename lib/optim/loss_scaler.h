@@ -66,9 +66,9 @@ class LossScaler {
   // {"loss_scale": scale, "loss_scale_mode": "dynamic", "loss_scale_good_steps": n}: keys of a
   // checkpoint's /state JSON.
   nlohmann::json state() const;
-  // Continues from a checkpoint's /state. Only a dynamic scaler restores, and only from a state saved by
-  // a dynamic scaler (scale clamped to the bounds); otherwise (an older checkpoint without these keys,
-  // another mode) it keeps its start values. Returns whether it restored.
+  // Continues from a checkpoint's /state saved in the same mode: the count of finite steps, and a dynamic
+  // scaler's scale (clamped to the bounds); otherwise (an older checkpoint without these keys, another
+  // mode) it keeps its start values. Returns whether it restored a dynamic scale.
   bool restore(const nlohmann::json& state);
 
  private:

@@ -274,6 +274,9 @@ void write_checkpoint(const std::filesystem::path& path, const CheckpointContent
 
 CheckpointFile CheckpointFile::open(const std::filesystem::path& path) {
   h5::quiet_errors();
+  if (std::filesystem::is_directory(path)) {
+    fail("checkpoint ", path.string(), ": is a directory, not a checkpoint file (ckpt-*.h5)");
+  }
   if (!std::filesystem::is_regular_file(path)) fail("checkpoint ", path.string(), ": no such file");
   CheckpointFile result;  // closes the file if a check below throws
   result.path_ = path;

@@ -118,18 +118,31 @@ std::filesystem::path CheckpointManager::save(const CheckpointContent& content) 
   const std::filesystem::path path = path_for(step);
   // Checkpoints at this step or later belong to a run that went on from an earlier checkpoint (a resume
   // of an older file): they are set aside, never written over, whether or not the steps line up.
-  for (const CheckpointEntry& entry : list()) {
-    if (entry.step < step) continue;
-    const std::filesystem::path moved = abandoned_name(entry.path);  // an earlier abandoned file of that step stays
-    ELECTRA_LOG(warning) << "checkpoint " << entry.path.string() << " is at or past step " << step
-                         << ", which this run saves now: it belongs to the course the run left when it resumed an "
-                         << "earlier checkpoint; renaming it to " << moved.filename().string();
-    std::filesystem::rename(entry.path, moved);
-  }
+  set_aside(step, "which this run saves now");
   write_checkpoint(path, content);
   write_latest_pointer(step, path);
   prune();
   return path;
+}
+
+int CheckpointManager::set_aside(int64_t first_step, const char* why) {
+  int moved_count = 0;
+  for (const CheckpointEntry& entry : list()) {
+    if (entry.step < first_step) continue;
+    const std::filesystem::path moved = abandoned_name(entry.path);  // an earlier abandoned file of that step stays
+    ELECTRA_LOG(warning) << "checkpoint " << entry.path.string() << " is at or past step " << first_step << ", " << why
+                         << ": it belongs to the course the run left when it resumed an earlier checkpoint; renaming "
+                         << "it to " << moved.filename().string();
+    std::filesystem::rename(entry.path, moved);
+    ++moved_count;
+  }
+  return moved_count;
+}
+
+int CheckpointManager::set_aside_after(int64_t step) {
+  const int moved = set_aside(step + 1, "after the checkpoint this run resumed");
+  if (moved > 0 && std::filesystem::is_regular_file(path_for(step))) write_latest_pointer(step, path_for(step));
+  return moved;
 }
 
 void CheckpointManager::prune() {

@@ -38,6 +38,10 @@ class CheckpointManager {
   // older checkpoint) are renamed to "<name>.abandoned", out of the way of latest_complete().
   // Returns the new file's path.
   std::filesystem::path save(const CheckpointContent& content);
+  // A run that resumed `step` (an earlier checkpoint than the newest) sets the later ones aside at once, as
+  // save() would at its first save: a run that ends before that save must leave `--resume auto` the step it
+  // resumed, not the course it left. Points `latest` at path_for(step) when that exists. Returns how many.
+  int set_aside_after(int64_t step);
 
   // The newest complete checkpoint, or nullopt when there is none. Damaged candidates are skipped with
   // a warning in the log.
@@ -57,6 +61,8 @@ class CheckpointManager {
 
  private:
   void write_latest_pointer(int64_t step, const std::filesystem::path& path);
+  // Renames every checkpoint of step >= first_step to abandoned_name(); `why` completes the warning.
+  int set_aside(int64_t first_step, const char* why);
 
   std::filesystem::path dir_;
   int keep_last_;

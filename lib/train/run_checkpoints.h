@@ -62,6 +62,10 @@ class RunCheckpoints {
   };
   std::optional<Resumed> resume(const std::string& resume_option);
 
+  // Rank 0, once the run has resumed `step`: the run directory's later checkpoints are set aside
+  // (CheckpointManager::set_aside_after).
+  void set_aside_after(int64_t step) { files_.set_aside_after(step); }
+
   bool should_save(int64_t step) const { return schedule_.due(step); }
   // Writes the checkpoint of `state` (rank 0), with every rank's open log window (state "log_windows"),
   // unless that step already has one. Collective: every rank checks that all hold the same parameters,

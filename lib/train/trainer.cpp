@@ -254,6 +254,7 @@ class Trainer {
   bool reducer_stages_through_host_ = false;
   std::optional<RunLock> run_lock_;              // rank 0: RUN_DIR/.lock, held for the whole run
   std::unique_ptr<RunCheckpoints> checkpoints_;  // --resume, train.checkpoint_every, the stop checkpoint
+  bool resumed_ = false;                         // progress_ came from a checkpoint (--resume)
   nlohmann::json resumed_log_windows_;           // the resumed checkpoint's open log windows, by rank
   std::unique_ptr<MetricsWriter> metrics_;
   std::unique_ptr<TensorBoardWriter> tensorboard_;
@@ -387,6 +388,7 @@ std::optional<std::string> Trainer::setup() {
     if (comm_.is_root()) run_lock_.emplace(run_dir_);
     const std::optional<RunCheckpoints::Resumed> resumed = checkpoints_->resume(options_.resume);
     if (resumed) {
+      resumed_ = true;
       progress_ = resumed->state;
       resumed_log_windows_ = resumed->log_windows;
       if (!options_.init_from.empty()) ELECTRA_LOG(info) << "--init-from ignored: resuming " << resumed->path.string();
@@ -626,11 +628,14 @@ int Trainer::train() {
   if (root) {
     fs::create_directories(run_dir_);
     write_file_atomically(run_dir_ / "config.json", config_.dump(2) + "\n");
-    metrics_ = std::make_unique<MetricsWriter>(
-        run_dir_, progress_.step > 0 ? std::optional<int64_t>(progress_.step) : std::nullopt);
+    metrics_ =
+        std::make_unique<MetricsWriter>(run_dir_, resumed_ ? std::optional<int64_t>(progress_.step) : std::nullopt);
+    // After the metrics lines of a course this resume leaves are kept aside (MetricsWriter looks for its
+    // later checkpoints), its checkpoints go aside too: `--resume auto` must not return to it.
+    if (resumed_) checkpoints_->set_aside_after(progress_.step);
     if (settings_.tensorboard) {
       tensorboard_ = std::make_unique<TensorBoardWriter>(
-          run_dir_ / "tensorboard", progress_.step > 0 ? std::optional<int64_t>(progress_.step) : std::nullopt);
+          run_dir_ / "tensorboard", resumed_ ? std::optional<int64_t>(progress_.step) : std::nullopt);
     }
     ELECTRA_LOG(info) << "resolved config:\n" << config_.dump(2);
     ELECTRA_LOG(info) << "model: " << model_->layout().total_size() << " parameters; " << comm_.world_size()

@@ -485,6 +485,33 @@ TEST_F(TrainE2E, ResumeAutoSkipsACorruptCheckpoint) {
   expect_same_trajectory(read_metrics(straight), read_metrics(dir), 0.0, "straight vs resumed past a corrupt file");
 }
 
+// --resume of an earlier checkpoint, then a run that ends before its first save (a rank throws): the later
+// checkpoints go aside at start-up, with the metrics lines of their course, so `--resume auto` returns to
+// the resumed step (it took the abandoned newest, and metrics.jsonl lost the lines between) and the run ends
+// as one that never left it.
+TEST_F(TrainE2E, AResumeOfAnEarlierCheckpointSetsTheLaterOnesAsideAtOnce) {
+  const fs::path straight = run_dir("aside_straight"), dir = run_dir("aside"), log = root() / "aside.log";
+  ASSERT_EQ(run(train_command(2, straight), log), 0) << log_of(log);
+  ASSERT_EQ(run(train_command(2, dir), log), 0) << log_of(log);
+  const fs::path checkpoints = dir / "checkpoints";
+  EXPECT_NE(run(train_command(2, dir,
+                              "--resume " + (checkpoints / "ckpt-00000004.h5").string() +
+                                  " --set debug.throw_step=6 --set debug.throw_rank=0"),
+                log),
+            0)
+      << log_of(log);
+  EXPECT_FALSE(fs::exists(checkpoints / "ckpt-00000008.h5"));
+  EXPECT_TRUE(fs::exists(checkpoints / "ckpt-00000008.h5.abandoned"));
+  EXPECT_TRUE(fs::exists(checkpoints / "ckpt-00000012.h5.abandoned"));
+  EXPECT_TRUE(fs::exists(dir / "metrics.jsonl.abandoned"));
+  ASSERT_EQ(run(train_command(2, dir, "--resume auto"), log), 0) << log_of(log);
+  EXPECT_NE(read_text(log).find("resumed from " + (checkpoints / "ckpt-00000004.h5").string()), std::string::npos)
+      << log_of(log);
+  const fs::path final_name = fs::path("checkpoints") / "ckpt-00000012.h5";
+  ASSERT_NO_FATAL_FAILURE(electra::test::expect_same_checkpoint_tensors(straight / final_name, dir / final_name));
+  expect_same_trajectory(read_metrics(straight), read_metrics(dir), 0.0, "straight vs back from a resume that failed");
+}
+
 // SIGUSR1 while the ranks are still setting up (data, model, checkpoint) used to kill them (exit 138):
 // the handlers are installed first, and a stop before the first step writes a checkpoint of the start
 // state and exits 3; the run then continues exactly as one that was never stopped.

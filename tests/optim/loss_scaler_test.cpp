@@ -121,6 +121,21 @@ TEST(LossScaler, StateRoundTripContinuesExactly) {
   }
 }
 
+// Loss scaling off (fp32, bf16): the counter of finite steps still continues, so a resumed run's state is the
+// uninterrupted run's (it restarted from 0 at every resume).
+TEST(LossScaler, WithoutScalingTheFiniteStepCountContinues) {
+  LossScaleConfig c;
+  c.mode = LossScaleMode::kOff;
+  LossScaler a(c, false);
+  for (int i = 0; i < 5; ++i) a.update(true);
+  LossScaler b(c, false);
+  EXPECT_FALSE(b.restore(nlohmann::json::parse(a.state().dump())));  // no scale restored
+  EXPECT_EQ(b.good_steps(), 5);
+  a.update(true);
+  b.update(true);
+  EXPECT_EQ(a.state(), b.state());
+}
+
 TEST(LossScaler, OldOrOtherStatesKeepTheDefaults) {
   LossScaler s(dynamic_config(65536, 4), true);
   // A checkpoint written before loss scaling: "loss_scale": 1 as a placeholder, no counter.

@@ -211,5 +211,23 @@ TEST(CheckpointManager, SavingAnOlderStepSetsNewerOnesAside) {
   EXPECT_TRUE(std::filesystem::exists(dir.path() / "ckpt-00000003.h5.abandoned.1"));
 }
 
+// A run that resumed step 2 sets 3 and 4 aside at start-up and points `latest` back at 2 (set_aside_after);
+// nothing happens when it resumed the newest.
+TEST(CheckpointManager, SetAsideAfterTheResumedStep) {
+  TempDir dir;
+  CheckpointManager manager(dir.path(), 5);
+  Saver saver(manager);
+  for (int64_t step = 1; step <= 4; ++step) saver.save(step);
+  EXPECT_EQ(manager.set_aside_after(4), 0);
+  EXPECT_EQ(manager.set_aside_after(2), 2);
+  EXPECT_EQ(steps_of(manager.list()), (std::set<int64_t>{1, 2}));
+  EXPECT_TRUE(std::filesystem::exists(dir.path() / "ckpt-00000003.h5.abandoned"));
+  EXPECT_TRUE(std::filesystem::exists(dir.path() / "ckpt-00000004.h5.abandoned"));
+  ASSERT_TRUE(manager.latest_pointer().has_value());
+  EXPECT_EQ(manager.latest_pointer()->step, 2);
+  ASSERT_TRUE(manager.latest_complete().has_value());
+  EXPECT_EQ(manager.latest_complete()->step, 2);
+}
+
 }  // namespace
 }  // namespace electra::train

@@ -279,6 +279,9 @@ TEST(Checkpoint, DetectsTruncationAndGarbage) {
   write_bytes(path, "");
   EXPECT_TRUE(CheckpointFile::check(path).has_value());
   EXPECT_TRUE(CheckpointFile::check(dir.path() / "missing.h5").has_value());
+  problem = CheckpointFile::check(dir.path());  // --resume RUN/checkpoints: said, not "no such file"
+  ASSERT_TRUE(problem.has_value());
+  EXPECT_NE(problem->find("is a directory, not a checkpoint file"), std::string::npos) << *problem;
 }
 
 TEST(Checkpoint, DetectsCorruptTensorData) {
