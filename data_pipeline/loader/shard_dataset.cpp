@@ -110,10 +110,15 @@ uint64_t chunk_height(hid_t dataset) {
   return chunk[0];
 }
 
-// The codec of a dataset whose chunks are whole [block_rows, width] row blocks filtered by at most
-// shuffle then deflate (what ShardWriter writes); nullopt for anything else (read through H5Dread).
+// The codec of a dataset whose chunks are whole [block_rows, width] row blocks of little-endian integers
+// filtered by at most shuffle then deflate (what ShardWriter writes); nullopt for anything else (read through
+// H5Dread, which converts, e.g., big-endian values that raw bytes would misread).
 std::optional<RawCodec> raw_codec(hid_t dataset, uint64_t block_rows, uint64_t width, size_t element_size) {
-  if constexpr (std::endian::native != std::endian::little) return std::nullopt;  // files are little-endian
+  if constexpr (std::endian::native != std::endian::little) return std::nullopt;
+  if (element_size > 1) {
+    h5::Handle type(h5::check(H5Dget_type(dataset), "H5Dget_type"));
+    if (H5Tget_order(type) != H5T_ORDER_LE) return std::nullopt;
+  }
   h5::Handle dcpl(h5::check(H5Dget_create_plist(dataset), "H5Dget_create_plist"));
   if (H5Pget_layout(dcpl) != H5D_CHUNKED) return std::nullopt;
   const int rank = static_cast<int>(h5::dims(dataset).size());

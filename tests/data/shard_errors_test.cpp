@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <fstream>
 #include <optional>
+#include <vector>
 
 #include "data_pipeline/loader/loader.h"
 #include "lib/core/error.h"
@@ -200,6 +201,47 @@ void expect_bad_row_fails_next(const Broken& b, std::initializer_list<std::strin
     expect_mentions(e.what(), parts);
   }
   EXPECT_THROW(loader.next(), Error);
+}
+
+// Rewrites a uint16 dataset of `shard` as big-endian uint16 with the same values, chunking and filters.
+void rewrite_big_endian(const std::string& shard, const char* dataset) {
+  h5::Handle f(H5Fopen(shard.c_str(), H5F_ACC_RDWR, H5P_DEFAULT));
+  std::vector<uint16_t> values;
+  std::vector<hsize_t> dims;
+  h5::Handle dcpl;
+  {
+    h5::Handle ds(H5Dopen2(f, dataset, H5P_DEFAULT));
+    dims = h5::dims(ds);
+    hsize_t n = 1;
+    for (hsize_t d : dims) n *= d;
+    values.resize(n);
+    ASSERT_GE(H5Dread(ds, H5T_NATIVE_UINT16, H5S_ALL, H5S_ALL, H5P_DEFAULT, values.data()), 0);
+    dcpl = h5::Handle(H5Dget_create_plist(ds));
+  }
+  ASSERT_GE(H5Ldelete(f, dataset, H5P_DEFAULT), 0);
+  h5::Handle space(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr));
+  h5::Handle ds(H5Dcreate2(f, dataset, H5T_STD_U16BE, space, H5P_DEFAULT, dcpl, H5P_DEFAULT));
+  ASSERT_TRUE(ds.valid());
+  ASSERT_GE(H5Dwrite(ds, H5T_NATIVE_UINT16, H5S_ALL, H5S_ALL, H5P_DEFAULT, values.data()), 0);
+}
+
+// Big-endian datasets (written by another tool) hold the same numbers: read as such, not as raw bytes.
+TEST(ShardErrors, BigEndianDatasetsReadTheSameValues) {
+  Broken b;
+  rewrite_big_endian(b.shard, "input_ids");
+  rewrite_big_endian(b.shard, "lengths");
+  LoaderOptions o = b.options();
+  o.shuffle = false;
+  o.global_batch_size = 270;
+  Loader loader(o);
+  const Batch batch = loader.next();
+  for (int i = 100; i < 190; ++i) {  // shard-1's rows
+    const testing::Row want = testing::synthetic_row(static_cast<uint64_t>(i), kSeq, b.vocab.size());
+    ASSERT_EQ(testing::unmasked_row(batch, i), want.ids) << "example " << i;
+    int length = 0;
+    for (int c = 0; c < kSeq; ++c) length += batch.input_mask[static_cast<size_t>(i * kSeq + c)] != 0;
+    ASSERT_EQ(length, want.length) << "example " << i;
+  }
 }
 
 TEST(ShardErrors, BadLengthFailsNextWithFileAndDataset) {
