@@ -479,7 +479,7 @@ std::shared_ptr<ShardDataset::Chunk> ShardDataset::read_chunk_hdf5(Shard& shard,
 void ShardDataset::check_electra_chunk(const Shard& shard, const Chunk& chunk, uint64_t first) const {
   const uint64_t L = static_cast<uint64_t>(seq_length_);
   const int64_t vocab_size = static_cast<int64_t>(vocab_->size());
-  const int64_t cls = vocab_->cls_id(), sep = vocab_->sep_id();
+  const int64_t cls = vocab_->cls_id(), sep = vocab_->sep_id(), pad = vocab_->pad_id();
   auto token = [&](uint64_t r, uint64_t c) -> int64_t {
     return shard.ids_uint16 ? chunk.ids16[r * L + c] : chunk.ids32[r * L + c];
   };
@@ -496,7 +496,18 @@ void ShardDataset::check_electra_chunk(const Shard& shard, const Chunk& chunk, u
       if (chunk.segments[r * L + c] > 1)
         fail(where(shard.path, kSegmentIds), ": row ", first + r, " has segment id ", int{chunk.segments[r * L + c]},
              " at slot ", c, " (segment ids are 0 or 1)");
+      // Lengths that disagree with the ids would make padding real tokens (or real tokens padding).
+      if (c >= length && id != pad)
+        fail(where(shard.path, kInputIds), ": row ", first + r, " slot ", c, " holds token id ", id,
+             " past the row's length ", length, " (", kLengths, "): padding must be [PAD] (", pad, ")");
     }
+    // Every row is [CLS] ... [SEP] (the example builder's), packed rows too: their last example ends the row.
+    if (token(r, 0) != cls)
+      fail(where(shard.path, kInputIds), ": row ", first + r, " starts with token id ", token(r, 0), ", not [CLS] (",
+           cls, ")");
+    if (token(r, length - 1) != sep)
+      fail(where(shard.path, kInputIds), ": row ", first + r, " ends (at its length ", length, ") with token id ",
+           token(r, length - 1), ", not [SEP] (", sep, ")");
     if (!packed_) continue;
     // Packed rows: examples 1, 2, ... one after another over the `length` real tokens, 0 after; each example
     // is [CLS] ... [SEP] (what the example builder makes), so positions and attention blocks are well formed.
@@ -513,6 +524,9 @@ void ShardDataset::check_electra_chunk(const Shard& shard, const Chunk& chunk, u
       if (ex[c] != prev && ex[c] != prev + 1)
         fail(what, ": row ", first + r, " has example id ", int{ex[c]}, " at slot ", c, " after ", prev,
              " (ids must run 1, 2, ... without gaps over the ", length, " real tokens)");
+      if (ex[c] == prev && token(r, c) == cls)  // two examples under one id would attend to each other
+        fail(what, ": row ", first + r, " has [CLS] at slot ", c, " inside example ", prev,
+             " (each example has an id of its own)");
       if (ex[c] != prev) {  // an example starts here
         if (token(r, c) != cls)
           fail(what, ": row ", first + r, " example ", int{ex[c]}, " starts at slot ", c, " with token ", token(r, c),

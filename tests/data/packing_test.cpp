@@ -11,11 +11,11 @@
 #include <map>
 
 #include "data_pipeline/loader/loader.h"
-#include "lib/core/h5.h"
 #include "data_pipeline/preprocess/preprocess.h"
 #include "data_pipeline/preprocess/row_packer.h"
 #include "lib/core/batch.h"
 #include "lib/core/error.h"
+#include "lib/core/h5.h"
 #include "tests/data/test_util.h"
 
 namespace electra::data {
@@ -499,7 +499,8 @@ TEST(Packing, BadExampleIdsNameFileDatasetAndRow) {
     expect_mentions(e.read_error(), {e.shard, "example_ids", "row " + std::to_string(r) + " ", "padding"});
   }
   {
-    // Move the boundary of example 2 one slot later: example 2 then starts after its [CLS].
+    // Move the boundary of example 2 one slot later: its [CLS] is then inside example 1 (the two would attend
+    // to each other), and example 2 starts after it.
     Edited e;
     size_t r = 0;
     uint64_t boundary = 0;
@@ -512,7 +513,8 @@ TEST(Packing, BadExampleIdsNameFileDatasetAndRow) {
     ASSERT_GT(boundary, 0u);
     --r;
     e.set(r, boundary, 1);
-    expect_mentions(e.read_error(), {e.shard, "example_ids", "row " + std::to_string(r) + " ", "not [CLS]"});
+    expect_mentions(e.read_error(), {e.shard, "example_ids", "row " + std::to_string(r) + " ",
+                                     "has [CLS] at slot " + std::to_string(boundary) + " inside example 1"});
   }
 }
 

@@ -9,9 +9,9 @@
 #include <sstream>
 
 #include "data_pipeline/preprocess/file_util.h"
-#include "lib/core/h5.h"
 #include "data_pipeline/tokenizer/bert_tokenizer.h"
 #include "lib/core/error.h"
+#include "lib/core/h5.h"
 #include "tests/data/test_util.h"
 
 namespace electra::data {

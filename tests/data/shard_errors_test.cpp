@@ -257,6 +257,27 @@ TEST(ShardErrors, TokenIdOutsideVocabularyFailsNext) {
   expect_bad_row_fails_next(b, {b.shard, "input_ids", "row 6 slot 3", std::to_string(outside)});
 }
 
+// Rows whose lengths disagree with their ids: a token past the length (padding that is not [PAD]), a length
+// that takes in padding (the row then ends in [PAD], not [SEP]), a row that does not start with [CLS].
+TEST(ShardErrors, LengthsThatDisagreeWithTheIdsFailNext) {
+  {
+    Broken b;  // shard-1's row 5 (example 105) has length 25 (synthetic_row)
+    overwrite<uint16_t>(b.shard, "input_ids", 5, 28, 7);
+    expect_bad_row_fails_next(
+        b, {b.shard, "input_ids", "row 5 slot 28", "past the row's length 25", "padding must be [PAD]"});
+  }
+  {
+    Broken b;
+    overwrite<uint16_t>(b.shard, "lengths", 5, std::nullopt, 27);
+    expect_bad_row_fails_next(b, {b.shard, "input_ids", "row 5 ends (at its length 27)", "not [SEP]"});
+  }
+  {
+    Broken b;
+    overwrite<uint16_t>(b.shard, "input_ids", 5, 0, 7);
+    expect_bad_row_fails_next(b, {b.shard, "input_ids", "row 5 starts with token id 7, not [CLS]"});
+  }
+}
+
 TEST(ShardErrors, SegmentIdAboveOneFailsNext) {
   Broken b;
   overwrite<uint8_t>(b.shard, "segment_ids", 7, 4, 7);

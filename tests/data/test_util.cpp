@@ -7,9 +7,9 @@
 #include <fstream>
 #include <set>
 
-#include "lib/core/h5.h"
 #include "data_pipeline/preprocess/shard_writer.h"
 #include "lib/core/error.h"
+#include "lib/core/h5.h"
 #include "lib/core/philox.h"
 
 namespace electra::data::testing {
