@@ -81,6 +81,13 @@ void setup(const Flags& flags, const electra::dist::Communicator& comm, Setup& s
     electra::fail("the data's vocabulary ", s.loader->vocab().origin(), " is not the model's (", bundle.vocab.origin(),
                   "): token ids would mean different words");
   }
+  // Rows longer than the model's positions would fail mid-evaluation (exit 1); refused here, as training does.
+  const int positions =
+      std::min(bundle.config.discriminator.max_position_embeddings, bundle.config.generator.max_position_embeddings);
+  if (s.loader->dataset().seq_length() > positions) {
+    electra::fail("the held-out shards ", flags.data_dir, " have rows of ", s.loader->dataset().seq_length(),
+                  " tokens, more than the model's max_position_embeddings (", positions, ", ", bundle.source, ")");
+  }
   // Masking as in training: at most the model's num_token_predictions per row (google-research/electra's
   // max_predictions_per_seq), so a larger --mask-prob masks fewer than it says on long rows.
   if (const int seq = s.loader->dataset().seq_length();

@@ -260,6 +260,9 @@ void ShardDataset::open_electra(const std::string& manifest_path) {
     shard->path = (fs::path(options_.data_dir) / info.file).string();
     shard->crc32 = info.crc32;
     if (!fs::exists(shard->path)) fail(shard->path, ": shard listed in ", manifest_path, " does not exist");
+    // A FIFO or a device would hang the checksum or the HDF5 open instead of failing.
+    if (!fs::is_regular_file(shard->path))
+      fail(shard->path, ": shard listed in ", manifest_path, " is not a regular file");
     if (options_.verify_checksums) {
       const uint32_t crc = file_crc32(shard->path);
       if (crc != info.crc32)
@@ -471,6 +474,8 @@ std::shared_ptr<ShardDataset::Chunk> ShardDataset::read_chunk_hdf5(Shard& shard,
       chunk->segments[r * L + c] = static_cast<uint8_t>(seg);
     }
     chunk->lengths[r] = static_cast<uint16_t>(length);
+    if (nsp[r] != 0 && nsp[r] != 1)  // checked before the narrowing: 300 would read as 44
+      fail(where(path, kNvNsp), ": row ", first + r, " has label ", nsp[r], " (next-sentence labels are 0 or 1)");
     chunk->nsp[r] = static_cast<int8_t>(nsp[r]);
   }
   return chunk;

@@ -46,6 +46,7 @@ Manifest Manifest::from_json(const nlohmann::json& j, const std::string& where) 
     m.vocab_hash = field("vocab_hash").get<uint64_t>();
     m.vocab_size = field("vocab_size").get<uint64_t>();
     m.max_seq_length = field("max_seq_length").get<int>();
+    if (m.max_seq_length <= 0) fail(where, ": max_seq_length ", m.max_seq_length, " must be positive");
     m.lower_case = field("tokenizer").at("lower_case").get<bool>();
     m.blanks_separate_docs = j.value("blanks_separate_docs", true);
     m.seed = field("seed").get<uint64_t>();
@@ -57,7 +58,10 @@ Manifest Manifest::from_json(const nlohmann::json& j, const std::string& where) 
       ShardInfo info;
       info.file = s.at("file").get<std::string>();
       info.rows = s.at("rows").get<uint64_t>();
+      // Exactly what crc32_hex writes: std::stoul alone took "-1", 9 digits and trailing letters.
       const std::string crc = s.at("crc32").get<std::string>();
+      if (crc.size() != 8 || crc.find_first_not_of("0123456789abcdefABCDEF") != std::string::npos)
+        fail(where, ": shard '", info.file, "' has crc32 \"", crc, "\" (expected 8 hex digits)");
       info.crc32 = static_cast<uint32_t>(std::stoul(crc, nullptr, 16));
       info.rank = s.value("rank", 0);
       if (info.file.empty() || std::filesystem::path(info.file).is_absolute() ||
@@ -72,10 +76,6 @@ Manifest Manifest::from_json(const nlohmann::json& j, const std::string& where) 
     if (sum != m.total_rows) fail(where, ": total_rows ", m.total_rows, " but the shards add up to ", sum);
   } catch (const nlohmann::json::exception& e) {
     fail(where, ": malformed manifest: ", e.what());
-  } catch (const std::invalid_argument&) {
-    fail(where, ": malformed crc32 value (expected 8 hex digits)");
-  } catch (const std::out_of_range&) {
-    fail(where, ": crc32 value out of range (expected 8 hex digits)");
   }
   return m;
 }

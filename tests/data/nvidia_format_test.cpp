@@ -203,5 +203,31 @@ TEST(NvidiaFormat, TokenIdsOutsideTheVocabularyNameTheirDataset) {
   }
 }
 
+// A next-sentence label other than 0 or 1 names the file, dataset and row (a wider dataset's 300 used to be
+// narrowed to 44 and fail later, naming neither).
+TEST(NvidiaFormat, NextSentenceLabelsOutsideZeroOrOneNameTheirDataset) {
+  NvidiaData data;
+  const std::string path = data.dir + "/training_shard_0.hdf5";
+  {
+    h5::Handle file(H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT));
+    h5::Handle ds(H5Dopen2(file, "next_sentence_labels", H5P_DEFAULT));
+    h5::Handle space(H5Dget_space(ds));
+    const hsize_t start[1] = {4}, count[1] = {1};
+    ASSERT_GE(H5Sselect_hyperslab(space, H5S_SELECT_SET, start, nullptr, count, nullptr), 0);
+    h5::Handle one(H5Screate_simple(1, count, nullptr));
+    const int8_t label = 5;
+    ASSERT_GE(H5Dwrite(ds, H5T_NATIVE_INT8, one, space, H5P_DEFAULT, &label), 0);
+  }
+  try {
+    Loader loader(data.options());
+    loader.next();
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    const std::string message = e.what();
+    EXPECT_NE(message.find("training_shard_0.hdf5"), std::string::npos) << message;
+    EXPECT_NE(message.find("'next_sentence_labels': row 4 has label 5"), std::string::npos) << message;
+  }
+}
+
 }  // namespace
 }  // namespace electra::data

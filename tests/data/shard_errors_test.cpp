@@ -1,5 +1,6 @@
 // Start-up validation and read-time errors: each names the file (and the dataset).
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <filesystem>
 #include <fstream>
@@ -72,6 +73,19 @@ TEST(ShardErrors, MissingShardFile) {
   expect_mentions(construction_error(b.options()), {b.shard, "does not exist"});
 }
 
+// A listed shard that is a FIFO (or a link to a device) is refused; reading it hung set-up.
+TEST(ShardErrors, ShardThatIsNotARegularFile) {
+  Broken b;
+  fs::remove(b.shard);
+  ASSERT_EQ(::mkfifo(b.shard.c_str(), 0644), 0);
+  LoaderOptions o = b.options();
+  o.verify_checksums = true;
+  expect_mentions(construction_error(o), {b.shard, "is not a regular file"});
+  fs::remove(b.shard);
+  fs::create_symlink("/dev/zero", b.shard);
+  expect_mentions(construction_error(o), {b.shard, "is not a regular file"});
+}
+
 // What --data names must be a directory of shards; each refusal says which of the three it is not.
 TEST(ShardErrors, DataDirectoryThatIsNoneOfShards) {
   Broken b;
@@ -121,7 +135,7 @@ TEST(ShardErrors, WrongShape) {
 }
 
 // A manifest that lists a shard twice (its rows would be read twice an epoch), one with text after its
-// object, and a crc32 beyond 64 bits: each refused naming the manifest.
+// object, a crc32 other than 8 hex digits, a max_seq_length not positive: each refused naming the manifest.
 TEST(ShardErrors, MalformedManifests) {
   Broken b;
   const std::string path = b.dir + "/manifest.json";
@@ -135,10 +149,18 @@ TEST(ShardErrors, MalformedManifests) {
   expect_mentions(construction_error(b.options()), {path, "is listed twice"});
   std::ofstream(path, std::ios::trunc) << good.dump() << "}}";
   expect_mentions(construction_error(b.options()), {path, "not valid JSON"});
-  nlohmann::json long_crc = good;
-  long_crc["shards"][0]["crc32"] = "1ffffffffffffffffffff";
-  std::ofstream(path, std::ios::trunc) << long_crc.dump();
-  expect_mentions(construction_error(b.options()), {path, "crc32 value out of range"});
+  for (const std::string crc : {"1ffffffffffffffffffff", "f1474dcf1", "1474dcf1zz", "-1", "1474dcf"}) {
+    nlohmann::json bad_crc = good;
+    bad_crc["shards"][0]["crc32"] = crc;
+    std::ofstream(path, std::ios::trunc) << bad_crc.dump();
+    expect_mentions(construction_error(b.options()), {path, "crc32 \"" + crc + "\" (expected 8 hex digits)"});
+  }
+  for (const int length : {0, -5}) {  // not "NVIDIA BERT shards (no manifest.json)", as electra-eval said
+    nlohmann::json bad_length = good;
+    bad_length["max_seq_length"] = length;
+    std::ofstream(path, std::ios::trunc) << bad_length.dump();
+    expect_mentions(construction_error(b.options()), {path, "max_seq_length " + std::to_string(length)});
+  }
   std::ofstream(path, std::ios::trunc) << good.dump();
   EXPECT_EQ(construction_error(b.options()), "");
 }

@@ -385,6 +385,25 @@ TEST_F(EvalE2E, HeldOutShardsOfOtherCasingAreRefused) {
   EXPECT_FALSE(fs::exists(g_root / "cased_run" / "checkpoints")) << "refused before training";
 }
 
+// Rows longer than the model's 512 positions: refused at set-up (exit 2) like training does, not an MPI abort
+// (exit 1) at the first batch.
+TEST_F(EvalE2E, RowsLongerThanTheModelsPositionsAreRefusedAtSetUp) {
+  const fs::path log = g_root / "long.log", shards = g_root / "heldout_600";
+  ASSERT_EQ(run(bin("electra-preprocess") + " --input " + (g_root / "heldout_text").string() + " --vocab " +
+                    (g_root / "vocab.txt").string() + " --output " + cleared(shards).string() + " --max-seq-length 600",
+                log),
+            0)
+      << log_of(log);
+  EXPECT_EQ(run(mpirun(2) + bin("electra-eval") + " --checkpoint " + checkpoint(40) + " --data " + shards.string() +
+                    " --batch-size 2",
+                log),
+            2)
+      << log_of(log);
+  EXPECT_NE(read_text(log).find("have rows of 600 tokens, more than the model's max_position_embeddings (512"),
+            std::string::npos)
+      << log_of(log);
+}
+
 // electra-train's device.* keys fail naming the key; --device cuda without a usable GPU fails before
 // training, naming what is missing (exit 2 like every set-up error).
 TEST_F(EvalE2E, TrainerDeviceKeysAreCheckedAndCudaNamesWhatIsMissing) {
