@@ -130,6 +130,7 @@ void RunCheckpoints::resume_from(const fs::path& path, TrainingState& state_out,
   }
   state_out.tokens_seen = state.value("tokens_seen", int64_t{0});
   state_out.skipped_steps = state.value("skipped_steps", int64_t{0});
+  state_out.parallel_chunks = state.value("parallel_chunks", 0);
   LossScaler& loss_scaler = *parts_.loss_scaler;
   if (loss_scaler.restore(state)) {
     ELECTRA_LOG(info) << "loss scale " << loss_scaler.scale() << " (" << loss_scaler.good_steps()
@@ -251,6 +252,7 @@ void RunCheckpoints::save(const TrainingState& state, const LogWindow& window) {
                      {"tokens_seen", state.tokens_seen},
                      {"seed", settings_.seed},
                      {"skipped_steps", state.skipped_steps},
+                     {"parallel_chunks", state.parallel_chunks},
                      {"world_size", comm.world_size()},
                      {"optimizer", parts_.optimizer->name()}};  // optim.name: checked on resume
     content.state.update(parts_.loss_scaler->state());          // loss_scale, loss_scale_mode, loss_scale_good_steps

@@ -30,6 +30,9 @@ struct TrainingState {
   int64_t step = 0;  // completed optimizer steps
   int64_t tokens_seen = 0;
   int64_t skipped_steps = 0;  // steps whose update was skipped (non-finite or overflowed), over the whole run
+  // The CPU's parallel chunks (train.parallel_chunks as resolved): they fix the order of the gradient sums, so
+  // a resume with the same count continues bitwise. 0: not a CPU run, or a checkpoint that did not say.
+  int parallel_chunks = 0;
 };
 
 // What a checkpoint is read into and written from; all owned by the trainer and outliving RunCheckpoints.

@@ -221,6 +221,9 @@ class Trainer {
   // After a failed set-up (on any rank): gives up the run directory's lock, and removes the directory when
   // this set-up made it, so that a refused run leaves nothing behind.
   void abandon_run_dir();
+  // After a resume: the checkpoint's parallel chunks when train.parallel_chunks is 0 (auto), else a warning
+  // when they differ (TrainingState::parallel_chunks).
+  void keep_resumed_parallel_chunks(int saved);
   // What this rank will train, for comparing the ranks (run_identity below).
   nlohmann::json run_identity() const;
   int train();
@@ -390,6 +393,7 @@ std::optional<std::string> Trainer::setup() {
     if (resumed) {
       resumed_ = true;
       progress_ = resumed->state;
+      keep_resumed_parallel_chunks(resumed->state.parallel_chunks);
       resumed_log_windows_ = resumed->log_windows;
       if (!options_.init_from.empty()) ELECTRA_LOG(info) << "--init-from ignored: resuming " << resumed->path.string();
     } else if (!options_.init_from.empty()) {
@@ -400,9 +404,28 @@ std::optional<std::string> Trainer::setup() {
                                                  host);
       model_->parameters_from_host(host);
     }
+    progress_.parallel_chunks = backend_->device() == DeviceKind::kCpu ? parallel_chunks_ : 0;
     return std::nullopt;
   } catch (const std::exception& e) {
     return std::string(e.what());
+  }
+}
+
+void Trainer::keep_resumed_parallel_chunks(int saved) {
+  if (saved <= 0 || saved == parallel_chunks_ || backend_->device() != DeviceKind::kCpu) return;
+  if (settings_.parallel_chunks == 0 && saved <= settings_.micro_rows) {
+    if (comm_.is_root()) {
+      ELECTRA_LOG(info) << "train.parallel_chunks = 0 would give " << parallel_chunks_ << " chunk(s) with "
+                        << "these threads; keeping the checkpoint's " << saved
+                        << ", which fix the order of the gradient sums, so the run continues bitwise (set "
+                        << "train.parallel_chunks to choose)";
+    }
+    parallel_chunks_ = saved;
+    model_->set_parallel_chunks(parallel_chunks_);
+  } else if (comm_.is_root()) {
+    ELECTRA_LOG(warning) << "the checkpoint was trained with " << saved << " parallel chunk(s), this run uses "
+                         << parallel_chunks_ << " (train.parallel_chunks, train.micro_batch_size): it continues "
+                         << "correctly, but its sums differ in the last bits from an uninterrupted run's";
   }
 }
 

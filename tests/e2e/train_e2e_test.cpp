@@ -197,6 +197,21 @@ TEST_F(TrainE2E, ResumeIsBitwiseExactOnTheSameWorldSize) {
   EXPECT_EQ(read_metrics(resumed).size(), 12u);
 }
 
+// The thread count may change on resume: train.parallel_chunks = 0 (one chunk per thread) keeps the
+// checkpoint's chunk count, which fixes the order of the gradient sums, so the run still ends bitwise as one
+// never stopped (with 1 thread it took 1 chunk, and every tensor differed in the last bits).
+TEST_F(TrainE2E, ResumeWithAnotherThreadCountKeepsTheChunksAndTheBits) {
+  const fs::path straight = run_dir("threads_straight"), resumed = run_dir("threads_resumed");
+  const fs::path log = root() / "threads.log";
+  ASSERT_EQ(run(train_command(1, straight, "--set train.threads=2"), log), 0) << log_of(log);
+  ASSERT_EQ(run(train_command(1, resumed, "--set train.threads=2 --stop-after 6"), log), 3) << log_of(log);
+  ASSERT_EQ(run(train_command(1, resumed, "--set train.threads=1 --resume auto"), log), 0) << log_of(log);
+  EXPECT_NE(read_text(log).find("keeping the checkpoint's 2"), std::string::npos) << log_of(log);
+  const fs::path final_name = fs::path("checkpoints") / "ckpt-00000012.h5";
+  ASSERT_NO_FATAL_FAILURE(electra::test::expect_same_checkpoint_tensors(straight / final_name, resumed / final_name));
+  expect_same_trajectory(read_metrics(straight), read_metrics(resumed), 0.0, "2 threads vs 2 then 1");
+}
+
 // A stop between two training lines: the stop checkpoint keeps every rank's open log window, so the resumed
 // run's next line averages the same steps as the straight run's (it averaged only the steps after the
 // resume, and the steps before it were never logged). On another rank count rank 0 takes the windows.
