@@ -1,5 +1,7 @@
 #include "lib/core/log.h"
 
+#include <unistd.h>
+
 #include <boost/core/null_deleter.hpp>
 #include <boost/log/attributes/constant.hpp>
 #include <boost/log/core.hpp>
@@ -9,10 +11,13 @@
 #include <boost/log/support/date_time.hpp>
 #include <boost/log/utility/setup/common_attributes.hpp>
 #include <boost/smart_ptr/make_shared_object.hpp>
+#include <cerrno>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
 #include <sstream>
+#include <streambuf>
+#include <string>
 
 namespace electra::log {
 namespace {
@@ -26,6 +31,41 @@ BOOST_LOG_ATTRIBUTE_KEYWORD(rank_kw, "Rank", int)
 int g_rank = 0;
 
 using TextSink = sinks::synchronous_sink<sinks::text_ostream_backend>;
+
+// The console stream: stderr, one write(2) per record at the sink's flush. std::clog is unbuffered, so a
+// record and its newline left as two writes, and the ranks sharing mpirun's stderr glued lines together
+// ("...run 0.0[2026-... ] [rank 0] [error] ..."). A write of up to PIPE_BUF bytes to a pipe is atomic.
+class RecordPerWrite : public std::streambuf {
+ protected:
+  int_type overflow(int_type c) override {
+    if (!traits_type::eq_int_type(c, traits_type::eof())) record_.push_back(traits_type::to_char_type(c));
+    return traits_type::not_eof(c);
+  }
+  std::streamsize xsputn(const char* text, std::streamsize n) override {
+    record_.append(text, static_cast<size_t>(n));
+    return n;
+  }
+  int sync() override {
+    size_t written = 0;
+    while (written < record_.size()) {
+      const ssize_t n = ::write(STDERR_FILENO, record_.data() + written, record_.size() - written);
+      if (n < 0 && errno == EINTR) continue;
+      if (n <= 0) break;  // nowhere to report a failed write to stderr
+      written += static_cast<size_t>(n);
+    }
+    record_.clear();
+    return 0;
+  }
+
+ private:
+  std::string record_;
+};
+
+std::ostream& stderr_records() {
+  static RecordPerWrite buffer;
+  static std::ostream stream(&buffer);
+  return stream;
+}
 
 // LogOptions::defer_file: the records held in memory, and where they go.
 struct DeferredFile {
@@ -65,7 +105,7 @@ void init(const LogOptions& options) {
 
   g_deferred = DeferredFile{};
   const Severity console_level = options.rank == 0 ? options.console_level : boost::log::trivial::warning;
-  core->add_sink(make_sink(boost::shared_ptr<std::ostream>(&std::clog, boost::null_deleter()), console_level));
+  core->add_sink(make_sink(boost::shared_ptr<std::ostream>(&stderr_records(), boost::null_deleter()), console_level));
 
   if (options.file.empty()) return;
   if (options.defer_file) {
