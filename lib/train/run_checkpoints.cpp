@@ -147,6 +147,19 @@ void RunCheckpoints::resume_from(const fs::path& path, TrainingState& state_out,
     ELECTRA_LOG(warning) << "checkpoint global batch " << saved_batch << " differs from train.batch_size "
                          << settings_.global_batch << ": the data order continues, but not exactly as before";
   }
+  // Other shards (same vocabulary) are allowed, but the loader's position then means other examples.
+  const nlohmann::json saved_data = state.value("data", nlohmann::json());
+  const nlohmann::json data = parts_.loader->dataset().identity();
+  if (parts_.comm->is_root() && saved_data.is_object() && saved_data != data) {
+    std::string changed;
+    for (const auto& [key, value] : data.items()) {
+      if (saved_data.contains(key) && saved_data.at(key) != value)
+        changed += (changed.empty() ? "" : ", ") + key + " " + saved_data.at(key).dump() + " -> " + value.dump();
+    }
+    ELECTRA_LOG(warning) << "checkpoint " << path.string() << " was trained on other shards than data.dir "
+                         << settings_.loader.data_dir << " (" << changed
+                         << "): its data position (epoch and examples read) goes on over these";
+  }
   parts_.loader->restore(data::LoaderState::from_json(file.loader()));
   last_saved_step_ = state_out.step;
   ELECTRA_LOG(info) << "resumed from " << path.string() << " at step " << state_out.step
@@ -262,6 +275,8 @@ void RunCheckpoints::save(const TrainingState& state, const LogWindow& window) {
     const text::Vocab& vocab = parts_.loader->vocab();
     content.state["vocab"] = {{"hash", vocab.hash()}, {"size", vocab.size()}};
     content.state["tokenizer"] = {{"lower_case", lower_case_ ? nlohmann::json(*lower_case_) : nlohmann::json()}};
+    // What the loader's position counts in (compared on resume): the shards' counts and list, not their path.
+    content.state["data"] = parts_.loader->dataset().identity();
     content.loader = parts_.loader->state().to_json();
     content.config = parts_.config->json();
     const auto start = std::chrono::steady_clock::now();

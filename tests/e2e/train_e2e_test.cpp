@@ -212,6 +212,27 @@ TEST_F(TrainE2E, ResumeWithAnotherThreadCountKeepsTheChunksAndTheBits) {
   expect_same_trajectory(read_metrics(straight), read_metrics(resumed), 0.0, "2 threads vs 2 then 1");
 }
 
+// Resuming on other shards of the same vocabulary is allowed, and said: the checkpoint records the data's
+// identity (counts, shard list), and the loader's position then counts other examples.
+TEST_F(TrainE2E, ResumeOnOtherShardsIsNamedInAWarning) {
+  const fs::path dir = run_dir("other_data"), log = root() / "other_data.log";
+  fs::create_directories(root() / "corpus_one");
+  const fs::path first = fs::directory_iterator(root() / "corpus")->path();
+  fs::copy_file(first, root() / "corpus_one" / first.filename(), fs::copy_options::overwrite_existing);
+  fs::remove_all(root() / "shards_one");
+  ASSERT_NO_FATAL_FAILURE(electra::test::preprocess(root(), "corpus_one", "shards_one", ""));
+  ASSERT_EQ(run(train_command(1, dir, "--stop-after 2"), log), 3) << log_of(log);
+  ASSERT_EQ(run(train_command(1, dir, "--resume auto --set train.steps=3"), log), 0) << log_of(log);
+  EXPECT_EQ(read_text(log).find("was trained on other shards"), std::string::npos) << log_of(log);
+  const std::string other = electra::test::small_train_command(
+      "", root() / "shards_one", dir, "--set train.steps=4 --set train.checkpoint_every=4 --resume auto");
+  ASSERT_EQ(run(other, log), 0) << log_of(log);
+  EXPECT_NE(read_text(log).find("was trained on other shards than data.dir " + (root() / "shards_one").string()),
+            std::string::npos)
+      << log_of(log);
+  EXPECT_NE(read_text(log).find("examples "), std::string::npos) << log_of(log);
+}
+
 // A stop between two training lines: the stop checkpoint keeps every rank's open log window, so the resumed
 // run's next line averages the same steps as the straight run's (it averaged only the steps after the
 // resume, and the steps before it were never logged). On another rank count rank 0 takes the windows.
