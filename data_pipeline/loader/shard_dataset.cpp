@@ -579,6 +579,12 @@ std::shared_ptr<const ShardDataset::Chunk> ShardDataset::load_chunk(size_t shard
         const std::string what = where(shard.path, names[d]) + ": chunk at row " + std::to_string(first);
         h5::check(H5Dget_chunk_storage_size(shard.datasets[static_cast<size_t>(d)], offset, &size), what);
         if (size == 0) fail(what, ": chunk not stored");
+        // A damaged chunk index can claim gigabytes; deflate never grows a chunk beyond compressBound.
+        const RawCodec& codec = shard.codecs[static_cast<size_t>(d)];
+        const uLong plain = static_cast<uLong>(shard.block_rows * codec.width * codec.element_size);
+        if (size > compressBound(plain) + 64)
+          fail(what, ": stored as ", size, " bytes, more than its ", plain,
+               " bytes can take compressed (a damaged chunk index)");
         raw.bytes[d].resize(size);
         h5::check(H5Dread_chunk(shard.datasets[static_cast<size_t>(d)], H5P_DEFAULT, offset, &raw.skipped[d],
                                 raw.bytes[d].data()),

@@ -2,9 +2,12 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "data_pipeline/loader/loader.h"
@@ -264,6 +267,36 @@ TEST(ShardErrors, BigEndianDatasetsReadTheSameValues) {
     for (int c = 0; c < kSeq; ++c) length += batch.input_mask[static_cast<size_t>(i * kSeq + c)] != 0;
     ASSERT_EQ(length, want.length) << "example " << i;
   }
+}
+
+// A damaged chunk index (here the v1 B-tree key of input_ids' chunk at row 16) that claims a stored size of
+// 4 GB: refused naming the file, not a 4 GB allocation (a bare std::bad_alloc under a memory limit).
+TEST(ShardErrors, ChunkIndexClaimingGigabytesFailsNext) {
+  Broken b;
+  hsize_t stored = 0;
+  {
+    h5::Handle f(H5Fopen(b.shard.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT));
+    h5::Handle ds(H5Dopen2(f, "input_ids", H5P_DEFAULT));
+    const hsize_t offset[2] = {16, 0};
+    ASSERT_GE(H5Dget_chunk_storage_size(ds, offset, &stored), 0);
+  }
+  std::string bytes;
+  {
+    std::ifstream in(b.shard, std::ios::binary);
+    bytes.assign(std::istreambuf_iterator<char>(in), {});
+  }
+  std::string key(32, '\0');  // size (u32), filter mask (u32), then the chunk's offsets (u64 each)
+  const auto size32 = static_cast<uint32_t>(stored);
+  const uint64_t row = 16;
+  std::memcpy(key.data(), &size32, 4);
+  std::memcpy(key.data() + 8, &row, 8);
+  const size_t at = bytes.find(key);
+  ASSERT_NE(at, std::string::npos) << "no v1 B-tree key for the chunk";
+  ASSERT_EQ(bytes.find(key, at + 1), std::string::npos);
+  const uint32_t huge = 0xFFFFFFF0u;
+  std::memcpy(bytes.data() + at, &huge, 4);
+  std::ofstream(b.shard, std::ios::binary | std::ios::trunc) << bytes;
+  expect_bad_row_fails_next(b, {b.shard, "input_ids", "chunk at row 16", "a damaged chunk index"});
 }
 
 TEST(ShardErrors, BadLengthFailsNextWithFileAndDataset) {
