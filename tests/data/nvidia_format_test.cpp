@@ -177,6 +177,18 @@ void overwrite_element(const std::string& path, const char* dataset, hsize_t row
   ASSERT_GE(H5Dwrite(ds, H5T_NATIVE_INT32, one, space, H5P_DEFAULT, &value), 0) << dataset;
 }
 
+// The error of the loader's first batch ("" and a test failure when there is none).
+std::string first_batch_error(const NvidiaData& data) {
+  try {
+    Loader loader(data.options());
+    loader.next();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "no error";
+  return "";
+}
+
 // A token id outside the vocabulary names the dataset it came from: input_ids for a shown token,
 // masked_lm_ids for one restored at a statically masked position (the static masks use odd slots).
 TEST(NvidiaFormat, TokenIdsOutsideTheVocabularyNameTheirDataset) {
@@ -189,17 +201,11 @@ TEST(NvidiaFormat, TokenIdsOutsideTheVocabularyNameTheirDataset) {
     } else {
       overwrite_element(path, "input_ids", 3, 2, bad);  // slot 2: shown, never statically masked
     }
-    try {
-      Loader loader(data.options());
-      loader.next();
-      FAIL() << "no error";
-    } catch (const Error& e) {
-      const std::string message = e.what();
-      EXPECT_NE(message.find("training_shard_0.hdf5"), std::string::npos) << message;
-      EXPECT_NE(message.find(in_masked_ids ? "'masked_lm_ids'" : "'input_ids'"), std::string::npos) << message;
-      EXPECT_NE(message.find(in_masked_ids ? "row 3 slot 1 " : "row 3 slot 2 "), std::string::npos) << message;
-      EXPECT_NE(message.find("token id " + std::to_string(bad)), std::string::npos) << message;
-    }
+    const std::string message = first_batch_error(data);
+    EXPECT_NE(message.find("training_shard_0.hdf5"), std::string::npos) << message;
+    EXPECT_NE(message.find(in_masked_ids ? "'masked_lm_ids'" : "'input_ids'"), std::string::npos) << message;
+    EXPECT_NE(message.find(in_masked_ids ? "row 3 slot 1 " : "row 3 slot 2 "), std::string::npos) << message;
+    EXPECT_NE(message.find("token id " + std::to_string(bad)), std::string::npos) << message;
   }
 }
 
@@ -218,15 +224,9 @@ TEST(NvidiaFormat, NextSentenceLabelsOutsideZeroOrOneNameTheirDataset) {
     const int8_t label = 5;
     ASSERT_GE(H5Dwrite(ds, H5T_NATIVE_INT8, one, space, H5P_DEFAULT, &label), 0);
   }
-  try {
-    Loader loader(data.options());
-    loader.next();
-    FAIL() << "no error";
-  } catch (const Error& e) {
-    const std::string message = e.what();
-    EXPECT_NE(message.find("training_shard_0.hdf5"), std::string::npos) << message;
-    EXPECT_NE(message.find("'next_sentence_labels': row 4 has label 5"), std::string::npos) << message;
-  }
+  const std::string message = first_batch_error(data);
+  EXPECT_NE(message.find("training_shard_0.hdf5"), std::string::npos) << message;
+  EXPECT_NE(message.find("'next_sentence_labels': row 4 has label 5"), std::string::npos) << message;
 }
 
 }  // namespace
