@@ -91,6 +91,7 @@ class Loader {
   bool packed() const { return dataset_->packed(); }
   const electra::text::Vocab& vocab() const { return dataset_->vocab(); }
   const ShardDataset& dataset() const { return *dataset_; }
+  void check_every_row() { dataset_->check_every_row(); }  // ShardDataset::check_every_row
 
  private:
   struct Item {

@@ -634,6 +634,13 @@ std::shared_ptr<const ShardDataset::Chunk> ShardDataset::load_chunk(size_t shard
   return chunk;
 }
 
+void ShardDataset::check_every_row() {
+  for (size_t s = 0; s < shards_.size(); ++s) {
+    const uint64_t block = shards_[s]->block_rows, rows = shards_[s]->rows;
+    for (uint64_t chunk = 0; chunk * block < rows; ++chunk) load_chunk(s, chunk);
+  }
+}
+
 void ShardDataset::read(uint64_t index, int32_t* ids, int32_t* segments, int* length, int32_t* next_sentence_label,
                         int32_t* example_ids) {
   ELECTRA_CHECK(index < num_examples_, "example index ", index, " out of range ", num_examples_);

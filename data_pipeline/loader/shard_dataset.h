@@ -74,6 +74,11 @@ class ShardDataset {
   // directory's path is not part of it.
   nlohmann::json identity() const;
 
+  // Reads every chunk once, so that a bad row (each is checked when its chunk is first read) fails now,
+  // naming file, dataset and row, rather than when a batch reaches it. For small data read up front
+  // (held-out shards during training).
+  void check_every_row();
+
   // Row `index` (< num_examples()), thread-safe: the original tokens (seq_length, [PAD] after the real ones),
   // segment ids, number of real tokens and next-sentence label (-1 when the data has none). `example_ids`
   // (seq_length entries, may be nullptr) receives each token's 1-based example within the row, 0 on padding:

@@ -27,6 +27,8 @@ HeldOutEval::HeldOutEval(const TrainSettings& settings, const data::Loader& trai
       fail("config key 'data.eval_dir': ", eval_dir, " was made with another vocabulary (", loader_->vocab().origin(),
            ") than data.dir (", training_loader.vocab().origin(), ")");
     }
+    // Held-out data is small: a bad row fails set-up (exit 2), not the first evaluation hours later (exit 1).
+    loader_->check_every_row();
     const std::optional<bool> eval_lower = loader_->dataset().lower_case();
     const std::optional<bool> training_lower = training_loader.dataset().lower_case();
     if (eval_lower && training_lower && *eval_lower != *training_lower) {

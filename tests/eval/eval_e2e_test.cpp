@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "lib/core/h5.h"
 #include "lib/eval/eval_metrics.h"
 #include "lib/train/checkpoint.h"
 #include "tests/support/programs.h"
@@ -399,6 +400,37 @@ TEST_F(EvalE2E, HeldOutShardsOfOtherCasingAreRefused) {
             std::string::npos)
       << log_of(log);
   EXPECT_FALSE(fs::exists(g_root / "cased_run" / "checkpoints")) << "refused before training";
+}
+
+// A bad row in data.eval_dir (here the last one, far from the first batches) fails electra-train's set-up
+// (exit 2, naming the file), not the first evaluation after training for train.eval_every steps (exit 1).
+TEST_F(EvalE2E, ABadHeldOutRowFailsTrainingAtSetUp) {
+  const fs::path bad = g_root / "heldout_bad", log = g_root / "bad_row.log";
+  fs::remove_all(bad);
+  fs::copy(g_root / "heldout", bad, fs::copy_options::recursive);
+  fs::path shard;
+  for (const auto& entry : fs::directory_iterator(bad))
+    if (entry.path().extension() == ".h5") shard = entry.path();
+  ASSERT_FALSE(shard.empty());
+  {
+    electra::h5::Handle file(H5Fopen(shard.c_str(), H5F_ACC_RDWR, H5P_DEFAULT));
+    electra::h5::Handle ds(H5Dopen2(file, "input_ids", H5P_DEFAULT));
+    ASSERT_TRUE(ds.valid());
+    electra::h5::Handle space(H5Dget_space(ds));
+    const hsize_t start[2] = {electra::h5::dims(ds)[0] - 1, 0}, count[2] = {1, 1};
+    ASSERT_GE(H5Sselect_hyperslab(space, H5S_SELECT_SET, start, nullptr, count, nullptr), 0);
+    electra::h5::Handle one(H5Screate_simple(2, count, nullptr));
+    const uint16_t not_cls = 7;
+    ASSERT_GE(H5Dwrite(ds, H5T_NATIVE_UINT16, one, space, H5P_DEFAULT, &not_cls), 0);
+  }
+  EXPECT_EQ(run(train_command(2, cleared(g_root / "bad_row_run"),
+                              "--set train.eval_every=20 --set data.eval_dir=" + bad.string()),
+                log),
+            2)
+      << log_of(log);
+  EXPECT_NE(read_text(log).find(shard.string() + ": dataset 'input_ids': row "), std::string::npos) << log_of(log);
+  EXPECT_NE(read_text(log).find("not [CLS]"), std::string::npos) << log_of(log);
+  EXPECT_FALSE(fs::exists(g_root / "bad_row_run" / "checkpoints")) << "refused before training";
 }
 
 // Rows longer than the model's 512 positions: refused at set-up (exit 2) like training does, not an MPI abort
