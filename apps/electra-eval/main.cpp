@@ -5,6 +5,7 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
@@ -89,9 +90,11 @@ void setup(const Flags& flags, const electra::dist::Communicator& comm, Setup& s
                   " tokens, more than the model's max_position_embeddings (", positions, ", ", bundle.source, ")");
   }
   // Masking as in training: at most the model's num_token_predictions per row (google-research/electra's
-  // max_predictions_per_seq), so a larger --mask-prob masks fewer than it says on long rows.
+  // max_predictions_per_seq), so a larger --mask-prob masks fewer than it says on long rows. A full row has
+  // seq - 2 maskable tokens ([CLS] and a [SEP] never are), rounded as mask_example rounds.
   if (const int seq = s.loader->dataset().seq_length();
-      comm.is_root() && static_cast<double>(flags.mask_prob) * seq > bundle.config.num_token_predictions) {
+      comm.is_root() && std::nearbyint(static_cast<float>(seq - 2) * flags.mask_prob) >
+                            static_cast<float>(bundle.config.num_token_predictions)) {
     ELECTRA_LOG(warning) << "--mask-prob " << flags.mask_prob << " of " << seq << " tokens is more than the model's "
                          << bundle.config.num_token_predictions
                          << " predictions per row (model.num_token_predictions): longer rows get "
@@ -137,7 +140,7 @@ std::string fixed(double value, int precision) {
 
 void print_table(const electra::eval::EvalMetrics& m, const Flags& flags, const Setup& s, int ranks) {
   std::cout << "electra-eval: " << s.source << "\n"
-            << "data: " << flags.data_dir << ": " << m.sums.batches << " batches x " << flags.batch_size
+            << "data: " << flags.data_dir << ": " << m.sums.batches << " batches x " << s.loader->global_batch_size()
             << " examples, " << m.sums.masked << " masked positions, " << m.sums.tokens << " tokens; " << ranks
             << " rank(s), seed " << flags.seed << ", " << fixed(m.seconds, 1) << " s ("
             << fixed(m.seconds > 0 ? static_cast<double>(m.sums.tokens) / m.seconds : 0.0, 0) << " real tokens/s)\n\n";
@@ -280,7 +283,7 @@ int main(int argc, char** argv) {
         nlohmann::ordered_json j = metrics.to_json();
         j["model"] = s.source;
         j["data"] = flags.data_dir;
-        j["batch_size"] = flags.batch_size;
+        j["batch_size"] = s.loader->global_batch_size();
         j["seed"] = flags.seed;
         j["ranks"] = comm.world_size();
         std::cout << j.dump() << std::endl;

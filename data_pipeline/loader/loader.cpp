@@ -103,7 +103,7 @@ LoaderState LoaderState::from_json(const nlohmann::json& j) {
 }
 
 Loader::Loader(LoaderOptions options) : options_(std::move(options)) {
-  const LoaderOptions& o = options_;
+  LoaderOptions& o = options_;
   if (o.global_batch_size <= 0) fail("loader: global_batch_size must be positive, got ", o.global_batch_size);
   if (o.world_size <= 0 || o.rank < 0 || o.rank >= o.world_size)
     fail("loader: rank ", o.rank, " is outside world size ", o.world_size);
@@ -122,9 +122,18 @@ Loader::Loader(LoaderOptions options) : options_(std::move(options)) {
   d.verify_checksums = o.verify_checksums;
   dataset_ = std::make_unique<ShardDataset>(d);
   num_examples_ = dataset_->num_examples();
-  if (num_examples_ < static_cast<uint64_t>(o.global_batch_size))
-    fail(o.data_dir, ": ", num_examples_, " examples are fewer than one global batch of ", o.global_batch_size);
   if (o.pad_last_batch && o.shuffle) fail("loader: pad_last_batch is for evaluation, with shuffle off");
+  if (num_examples_ < static_cast<uint64_t>(o.global_batch_size)) {
+    if (!o.pad_last_batch || num_examples_ == 0)
+      fail(o.data_dir, ": ", num_examples_, " examples are fewer than one global batch of ", o.global_batch_size);
+    // Evaluation of less data than a batch: one batch of the data, rounded up to whole rows per rank.
+    const auto ranks = static_cast<uint64_t>(o.world_size);
+    const int fitted = static_cast<int>((num_examples_ + ranks - 1) / ranks * ranks);
+    if (o.rank == 0)
+      ELECTRA_LOG(warning) << "loader: " << o.data_dir << " holds " << num_examples_
+                           << " examples, fewer than a batch of " << o.global_batch_size << ": one batch of " << fitted;
+    o.global_batch_size = fitted;
+  }
   const uint64_t G = static_cast<uint64_t>(o.global_batch_size);
   const uint64_t batches = o.pad_last_batch ? (num_examples_ + G - 1) / G : num_examples_ / G;
   batches_per_epoch_ = static_cast<int>(std::min<uint64_t>(batches, static_cast<uint64_t>(INT32_MAX)));

@@ -57,7 +57,8 @@ struct LoaderOptions {
   int reader_threads = 2;                    // threads that read, inflate and mask one batch together
   bool verify_checksums = false;             // CRC-32 of every shard against the manifest at start-up
   // Evaluation (shuffle off): the epoch's tail, instead of being dropped, is one more batch completed by
-  // empty rows (no tokens: input_mask 0, no predictions), so one epoch reads every example once.
+  // empty rows (no tokens: input_mask 0, no predictions), so one epoch reads every example once. Data smaller
+  // than a global batch is one batch of its size (rounded up to whole rows per rank): global_batch_size().
   bool pad_last_batch = false;
 };
 
@@ -91,6 +92,7 @@ class Loader {
   bool packed() const { return dataset_->packed(); }
   const electra::text::Vocab& vocab() const { return dataset_->vocab(); }
   const ShardDataset& dataset() const { return *dataset_; }
+  int global_batch_size() const { return options_.global_batch_size; }
   void check_every_row() { dataset_->check_every_row(); }  // ShardDataset::check_every_row
 
  private:

@@ -91,6 +91,8 @@ void check_not_half_written(const std::string& dir) {
 }
 
 Manifest Manifest::load(const std::string& path) {
+  // A FIFO would block the open below for good.
+  if (std::filesystem::exists(path) && !std::filesystem::is_regular_file(path)) fail(path, ": not a regular file");
   std::ifstream in(path);
   if (!in) fail(path, ": cannot open manifest");
   nlohmann::json j;

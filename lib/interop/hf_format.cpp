@@ -169,6 +169,22 @@ nlohmann::json hf_strip_accents(const text::TokenizerOptions& options) {
   return options.strips_accents();
 }
 
+// tokenizer.json's normalizer. BERT's, as BertTokenizerFast builds it, when accents are stripped (NFD then
+// dropping marks gives what our NFC first gives). Text that keeps its accents is composed first (NFC), as
+// ours and the slow BertTokenizer do: decomposed accents would otherwise make other words. transformers then
+// keeps the Sequence as written, so its do_lower_case/strip_accents overrides do not reach it (it rebuilds
+// only a bare BertNormalizer). Unassigned code points (Cn) stay as BertNormalizer has them: a Replace of
+// \p{Cn} would use the regex engine's older Unicode tables and delete characters new in Unicode 15.
+nlohmann::ordered_json hf_normalizer(const text::TokenizerOptions& options) {
+  nlohmann::ordered_json bert = {{"type", "BertNormalizer"},
+                                 {"clean_text", true},
+                                 {"handle_chinese_chars", options.tokenize_chinese_chars},
+                                 {"strip_accents", hf_strip_accents(options)},
+                                 {"lowercase", options.lower_case}};
+  if (options.strips_accents()) return bert;
+  return {{"type", "Sequence"}, {"normalizers", nlohmann::ordered_json::array({{{"type", "NFC"}}, bert})}};
+}
+
 }  // namespace
 
 nlohmann::json hf_tokenizer_config(const text::TokenizerOptions& options, int model_max_length) {
@@ -238,20 +254,7 @@ nlohmann::ordered_json hf_tokenizer_json(const text::TokenizerOptions& options, 
       {"truncation", nullptr},
       {"padding", nullptr},
       {"added_tokens", std::move(added_tokens)},
-      // BertNormalizer alone keeps unassigned code points (Cn: the word around one becomes [UNK]) and does
-      // not compose (cased text with decomposed accents differs): ours, and the slow BertTokenizer, drop Cn
-      // and apply NFC first. transformers keeps a Sequence as written (it rebuilds only a BertNormalizer whose
-      // settings differ from tokenizer_config.json).
-      {"normalizer",
-       {{"type", "Sequence"},
-        {"normalizers",
-         {{{"type", "Replace"}, {"pattern", {{"Regex", "\\p{Cn}"}}}, {"content", ""}},
-          {{"type", "NFC"}},
-          {{"type", "BertNormalizer"},
-           {"clean_text", true},
-           {"handle_chinese_chars", options.tokenize_chinese_chars},
-           {"strip_accents", hf_strip_accents(options)},
-           {"lowercase", options.lower_case}}}}}},
+      {"normalizer", hf_normalizer(options)},
       {"pre_tokenizer", {{"type", "BertPreTokenizer"}}},
       {"post_processor", std::move(post_processor)},
       {"decoder", {{"type", "WordPiece"}, {"prefix", "##"}, {"cleanup", true}}},

@@ -61,8 +61,8 @@ EncoderConfig encoder_from_hf_config(const nlohmann::json& config, const std::st
 nlohmann::json hf_tokenizer_config(const text::TokenizerOptions& options, int model_max_length);
 nlohmann::json hf_special_tokens_map();
 // tokenizer.json (the `tokenizers` library format, as BertTokenizerFast saves it) of the same tokenizer:
-// a normalizer that drops unassigned code points and applies NFC before BertNormalizer (as ours and the slow
-// BertTokenizer do), BertPreTokenizer, WordPiece with our max_input_chars_per_word (HF's default is 100),
+// BertNormalizer (preceded by NFC when accents are kept, as ours and the slow BertTokenizer compose),
+// BertPreTokenizer, WordPiece with our max_input_chars_per_word (HF's default is 100),
 // [CLS] A [SEP] (B [SEP]) and the special tokens as added tokens. AutoTokenizer's fast tokenizer
 // reads it instead of vocab.txt; keys in the order the library writes them.
 nlohmann::ordered_json hf_tokenizer_json(const text::TokenizerOptions& options, const text::Vocab& vocab);

@@ -140,7 +140,7 @@ AdamW<T>::AdamW(const OptimizerConfig& config, const ParameterLayout& layout, Ba
 
 template <typename T>
 OptimizerStepStats AdamW<T>::step_with_norm(T* params, const T* grads, long long step, double grad_norm,
-                                            double loss_scale) {
+                                            double loss_scale, long long updates_before) {
   const OptimizerStepStats stats = this->step_stats(step, grad_norm, loss_scale);
   const OptimizerConfig& c = this->config_;
   // One call for all runs (weights and biases alternate: hundreds of runs), the same numbers as one
@@ -150,7 +150,7 @@ OptimizerStepStats AdamW<T>::step_with_norm(T* params, const T* grads, long long
   for (const Run& r : runs_) runs.push_back({r.offset, r.size, r.decay ? static_cast<float>(c.weight_decay) : 0.0f});
   this->backend_.adamw_step_runs(params, grads, this->m_.data(), this->v_.data(), runs.data(), runs.size(),
                                  static_cast<float>(stats.lr), static_cast<float>(c.beta1), static_cast<float>(c.beta2),
-                                 static_cast<float>(c.eps), step + 1,
+                                 static_cast<float>(c.eps), (updates_before < 0 ? step : updates_before) + 1,
                                  static_cast<float>(stats.clip_factor / loss_scale), c.bias_correction);
   return stats;
 }

@@ -93,7 +93,7 @@ class AdamW final : public MomentOptimizer<T> {
   const char* name() const override { return "adamw"; }
   // See Optimizer::step_with_norm; the backend's grad_scale is clip_factor / loss_scale.
   OptimizerStepStats step_with_norm(T* params, const T* grads, long long step, double grad_norm,
-                                    double loss_scale = 1.0) override;
+                                    double loss_scale = 1.0, long long updates_before = -1) override;
 
  private:
   // Contiguous slices with the same weight-decay flag, updated with one backend call each.

@@ -21,12 +21,12 @@ Lamb<T>::Lamb(const OptimizerConfig& config, const ParameterLayout& layout, Back
 
 template <typename T>
 OptimizerStepStats Lamb<T>::step_with_norm(T* params, const T* grads, long long step, double grad_norm,
-                                           double loss_scale) {
+                                           double loss_scale, long long updates_before) {
   const OptimizerStepStats stats = this->step_stats(step, grad_norm, loss_scale);
   const OptimizerConfig& c = this->config_;
   this->backend_.lamb_step_runs(params, grads, this->m_.data(), this->v_.data(), runs_.data(), runs_.size(),
                                 static_cast<float>(stats.lr), static_cast<float>(c.beta1), static_cast<float>(c.beta2),
-                                static_cast<float>(c.eps), step + 1,
+                                static_cast<float>(c.eps), (updates_before < 0 ? step : updates_before) + 1,
                                 static_cast<float>(stats.clip_factor / loss_scale));
   return stats;
 }

@@ -27,7 +27,7 @@ class Lamb final : public MomentOptimizer<T> {
   const char* name() const override { return "lamb"; }
   // See Optimizer::step_with_norm: one backend call, the gradients scaled by clip_factor / loss_scale.
   OptimizerStepStats step_with_norm(T* params, const T* grads, long long step, double grad_norm,
-                                    double loss_scale = 1.0) override;
+                                    double loss_scale = 1.0, long long updates_before = -1) override;
   // One run per layout slice (trust ratios are per tensor), in layout order.
   const std::vector<typename Backend<T>::LambRun>& runs() const { return runs_; }
 

@@ -29,12 +29,14 @@ class Optimizer {
   // sqrt(sum of squares) of the whole flat gradient buffer (deterministic order).
   virtual double gradient_norm(const T* grads) = 0;
   // One update of params with grads (device buffers in the layout). `step` is the number of completed
-  // optimizer steps: the learning rate is learning_rate(step) and Adam's t = step + 1. With loss scaling,
+  // optimizer steps: the learning rate is learning_rate(step). `updates_before` is how many of them updated
+  // (step less the skipped ones; -1: all): Adam's t = updates_before + 1, since the moments hold only those
+  // updates (PyTorch's GradScaler and TF's LossScaleOptimizer leave a skipped step out of t). With loss scaling,
   // `grads` hold loss_scale * the true gradients and `grad_norm` is the norm of the TRUE (unscaled)
   // gradients: clipping is decided on it, and the gradients are scaled by clip_factor / loss_scale (grads
   // are not modified).
   virtual OptimizerStepStats step_with_norm(T* params, const T* grads, long long step, double grad_norm,
-                                            double loss_scale = 1.0) = 0;
+                                            double loss_scale = 1.0, long long updates_before = -1) = 0;
   // First and second moments (device, layout order, size() elements each).
   virtual T* first_moment() = 0;
   virtual T* second_moment() = 0;

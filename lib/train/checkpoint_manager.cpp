@@ -139,9 +139,19 @@ int CheckpointManager::set_aside(int64_t first_step, const char* why) {
   return moved_count;
 }
 
-int CheckpointManager::set_aside_after(int64_t step) {
-  const int moved = set_aside(step + 1, "after the checkpoint this run resumed");
-  if (moved > 0 && std::filesystem::is_regular_file(path_for(step))) write_latest_pointer(step, path_for(step));
+int CheckpointManager::adopt_resumed(int64_t step, const std::filesystem::path& file) {
+  int moved = set_aside(step + 1, "after the checkpoint this run resumed");
+  const std::filesystem::path own = path_for(step);
+  std::error_code error;
+  if (!std::filesystem::equivalent(own, file, error)) {  // also false (with `error`) when `own` is missing
+    if (std::filesystem::exists(own)) moved += set_aside(step, "the step of the checkpoint this run resumed");
+    copy_file_atomically(file, own);
+    ELECTRA_LOG(info) << "copied the resumed checkpoint " << file.string() << " to " << own.string()
+                      << ": the run directory resumes from it until its next save";
+  } else if (moved == 0) {
+    return 0;  // the newest: nothing changes
+  }
+  write_latest_pointer(step, own);
   return moved;
 }
 

@@ -38,10 +38,11 @@ class CheckpointManager {
   // older checkpoint) are renamed to "<name>.abandoned", out of the way of latest_complete().
   // Returns the new file's path.
   std::filesystem::path save(const CheckpointContent& content);
-  // A run that resumed `step` (an earlier checkpoint than the newest) sets the later ones aside at once, as
-  // save() would at its first save: a run that ends before that save must leave `--resume auto` the step it
-  // resumed, not the course it left. Points `latest` at path_for(step) when that exists. Returns how many.
-  int set_aside_after(int64_t step);
+  // A run that resumed `file` (of `step`) settles the directory at once, as save() would at its first save:
+  // a run that ends before that save must leave `--resume auto` the step it resumed, not the course it left.
+  // Later checkpoints are set aside; a file from elsewhere is copied in as path_for(step) (a different
+  // file of that step here is set aside first); `latest` points at it. Returns how many were set aside.
+  int adopt_resumed(int64_t step, const std::filesystem::path& file);
 
   // The newest complete checkpoint, or nullopt when there is none. Damaged candidates are skipped with
   // a warning in the log.

@@ -65,9 +65,8 @@ class RunCheckpoints {
   };
   std::optional<Resumed> resume(const std::string& resume_option);
 
-  // Rank 0, once the run has resumed `step`: the run directory's later checkpoints are set aside
-  // (CheckpointManager::set_aside_after).
-  void set_aside_after(int64_t step) { files_.set_aside_after(step); }
+  // Rank 0, once the run has resumed `file` (of `step`): CheckpointManager::adopt_resumed.
+  void adopt_resumed(int64_t step, const std::filesystem::path& file) { files_.adopt_resumed(step, file); }
 
   bool should_save(int64_t step) const { return schedule_.due(step); }
   // Writes the checkpoint of `state` (rank 0), with every rank's open log window (state "log_windows"),

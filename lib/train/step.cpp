@@ -56,7 +56,7 @@ TrainStep::TrainStep(const StepParts& parts, const StepOptions& options) : parts
   check_ranges_ = parts.backend->device() == DeviceKind::kCpu || options.stages_through_host;
 }
 
-StepOutcome TrainStep::run(const Batch& batch, const GlobalNormalizers& global, int64_t step,
+StepOutcome TrainStep::run(const Batch& batch, const GlobalNormalizers& global, int64_t step, int64_t skipped_before,
                            const StepCallbacks& callbacks, StepProfile* prof) {
   PretrainerModel<float>& model = *parts_.model;
   Backend<float>& backend = *parts_.backend;
@@ -172,8 +172,8 @@ StepOutcome TrainStep::run(const Batch& batch, const GlobalNormalizers& global, 
   // Clipping is decided on the true gradient norm; the optimizer divides the loss scale out of the update.
   const double grad_norm =
       (reduced_norm ? *reduced_norm : parts_.optimizer->gradient_norm(model.gradients())) / outcome.loss_scale;
-  const OptimizerStepStats stats =
-      parts_.optimizer->step_with_norm(model.parameters(), model.gradients(), step, grad_norm, outcome.loss_scale);
+  const OptimizerStepStats stats = parts_.optimizer->step_with_norm(
+      model.parameters(), model.gradients(), step, grad_norm, outcome.loss_scale, step - skipped_before);
   parts_.loss_scaler->update(true);
   outcome.grad_norm = grad_norm;
   outcome.lr = stats.lr;

@@ -113,9 +113,11 @@ class TrainStep {
   TrainStep(const StepParts& parts, const StepOptions& options);
 
   // One optimizer step on this rank's slice `batch`; `step` is the number of completed optimizer steps
-  // (keys dropout and the learning rate). Collective over the communicator. `profile` (train.profile)
-  // gets the forward/backward, gradient hook, allreduce wait, finite check and optimizer phases.
-  StepOutcome run(const Batch& batch, const GlobalNormalizers& global, int64_t step,
+  // (keys dropout and the learning rate), `skipped_before` how many of them were skipped (non-finite or
+  // overflowed: Adam's t counts only the updates, Optimizer::step_with_norm). Collective over the communicator.
+  // `profile` (train.profile) gets the forward/backward, gradient hook, allreduce wait, finite check and optimizer
+  // phases.
+  StepOutcome run(const Batch& batch, const GlobalNormalizers& global, int64_t step, int64_t skipped_before,
                   const StepCallbacks& callbacks = {}, StepProfile* profile = nullptr);
 
   // NaN/Inf is checked per gradient range on this rank as backward finishes it (so a log can name the

@@ -258,6 +258,7 @@ class Trainer {
   std::optional<RunLock> run_lock_;              // rank 0: RUN_DIR/.lock, held for the whole run
   std::unique_ptr<RunCheckpoints> checkpoints_;  // --resume, train.checkpoint_every, the stop checkpoint
   bool resumed_ = false;                         // progress_ came from a checkpoint (--resume)
+  fs::path resumed_path_;                        // ... this one
   nlohmann::json resumed_log_windows_;           // the resumed checkpoint's open log windows, by rank
   std::unique_ptr<MetricsWriter> metrics_;
   std::unique_ptr<TensorBoardWriter> tensorboard_;
@@ -392,6 +393,7 @@ std::optional<std::string> Trainer::setup() {
     const std::optional<RunCheckpoints::Resumed> resumed = checkpoints_->resume(options_.resume);
     if (resumed) {
       resumed_ = true;
+      resumed_path_ = resumed->path;
       progress_ = resumed->state;
       keep_resumed_parallel_chunks(resumed->state.parallel_chunks);
       resumed_log_windows_ = resumed->log_windows;
@@ -481,7 +483,7 @@ StepOutcome Trainer::train_step() {
       fail("debug.throw_step: injected failure on rank ", comm_.rank(), " at step ", progress_.step);
     }
   };
-  const StepOutcome outcome = stepper_->run(batch, global, progress_.step, callbacks, prof);
+  const StepOutcome outcome = stepper_->run(batch, global, progress_.step, progress_.skipped_steps, callbacks, prof);
 
   if (outcome.result == StepResult::kOverflow && comm_.is_root()) {
     ELECTRA_LOG(info) << "step " << progress_.step + 1 << ": gradients overflowed at loss scale " << outcome.loss_scale
@@ -655,7 +657,7 @@ int Trainer::train() {
         std::make_unique<MetricsWriter>(run_dir_, resumed_ ? std::optional<int64_t>(progress_.step) : std::nullopt);
     // After the metrics lines of a course this resume leaves are kept aside (MetricsWriter looks for its
     // later checkpoints), its checkpoints go aside too: `--resume auto` must not return to it.
-    if (resumed_) checkpoints_->set_aside_after(progress_.step);
+    if (resumed_) checkpoints_->adopt_resumed(progress_.step, resumed_path_);
     if (settings_.tensorboard) {
       tensorboard_ = std::make_unique<TensorBoardWriter>(
           run_dir_ / "tensorboard", resumed_ ? std::optional<int64_t>(progress_.step) : std::nullopt);

@@ -87,6 +87,14 @@ TEST(ShardErrors, ShardThatIsNotARegularFile) {
   fs::remove(b.shard);
   fs::create_symlink("/dev/zero", b.shard);
   expect_mentions(construction_error(o), {b.shard, "is not a regular file"});
+  // The manifest and the directory's vocab.txt as FIFOs: refused, where opening them waited for a writer.
+  for (const std::string name : {"manifest.json", "vocab.txt"}) {
+    Broken fifo;
+    const std::string path = fifo.dir + "/" + name;
+    fs::remove(path);
+    ASSERT_EQ(::mkfifo(path.c_str(), 0644), 0);
+    expect_mentions(construction_error(fifo.options()), {path, "not a regular file"});
+  }
 }
 
 // What --data names must be a directory of shards; each refusal says which of the three it is not.

@@ -351,8 +351,11 @@ TEST_F(EvalE2E, BadInputExitsWithTwoNamingTheProblem) {
             2)
       << log_of(log);
   EXPECT_NE(read_text(log).find("nowhere"), std::string::npos) << log_of(log);
-  EXPECT_EQ(run(base + " --data " + (g_root / "heldout").string() + " --batch-size 100000", log), 2) << log_of(log);
-  EXPECT_NE(read_text(log).find("fewer than one global batch"), std::string::npos) << log_of(log);
+  // Less data than a batch is one batch of the data (it was refused), whole rows per rank.
+  EXPECT_EQ(run(mpirun(2) + base + " --data " + (g_root / "heldout").string() + " --batch-size 100000 --json", log), 0)
+      << log_of(log);
+  EXPECT_NE(read_text(log).find("fewer than a batch of 100000: one batch of"), std::string::npos) << log_of(log);
+  EXPECT_NE(read_text(log).find("\"batches\":1,"), std::string::npos) << log_of(log);
   EXPECT_EQ(run(base, log), 2) << "--data is required" << log_of(log);
   // Out-of-range flags name themselves (--seed is unsigned: -1 would read as 2^64 - 1).
   for (const std::string flag : {"--seed -1", "--max-batches -1", "--batch-size 0", "--auc-bins 0",
@@ -431,6 +434,20 @@ TEST_F(EvalE2E, ABadHeldOutRowFailsTrainingAtSetUp) {
   EXPECT_NE(read_text(log).find(shard.string() + ": dataset 'input_ids': row "), std::string::npos) << log_of(log);
   EXPECT_NE(read_text(log).find("not [CLS]"), std::string::npos) << log_of(log);
   EXPECT_FALSE(fs::exists(g_root / "bad_row_run" / "checkpoints")) << "refused before training";
+}
+
+// --mask-prob beyond what the model's 5 predictions per row allow (rows of 32: 30 maskable tokens) is said;
+// the default 0.15 (round(4.5) = 4 tokens) is not capped and says nothing.
+TEST_F(EvalE2E, AMaskProbThePredictionsCapIsSaidOnlyWhenItBinds) {
+  const fs::path log = g_root / "mask_prob.log";
+  const std::string base = bin("electra-eval") + " --checkpoint " + checkpoint(40) + " --data " +
+                           (g_root / "heldout").string() + " --batch-size 12 --max-batches 1";
+  ASSERT_EQ(run(base, log), 0) << log_of(log);
+  EXPECT_EQ(read_text(log).find("predictions per row"), std::string::npos) << log_of(log);
+  ASSERT_EQ(run(base + " --mask-prob 0.5", log), 0) << log_of(log);
+  EXPECT_NE(read_text(log).find("--mask-prob 0.5 of 32 tokens is more than the model's 5 predictions per row"),
+            std::string::npos)
+      << log_of(log);
 }
 
 // Rows longer than the model's 512 positions: refused at set-up (exit 2) like training does, not an MPI abort

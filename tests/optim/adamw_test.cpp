@@ -82,6 +82,36 @@ void check_against_reference(bool bias_correction) {
 TEST(OptimAdamW, MatchesHandComputationWithoutBiasCorrection) { check_against_reference(false); }
 TEST(OptimAdamW, MatchesHandComputationWithBiasCorrection) { check_against_reference(true); }
 
+// A skipped step (non-finite, overflow) is left out of Adam's t: after one update, step 2 with one update before
+// is the moments' second update (t = 2), bitwise as step 1 of a run that skipped nothing, under a constant
+// learning rate; counting the skipped step (t = 3) gives another update. The same for LAMB's call.
+TEST(OptimAdamW, ASkippedStepIsLeftOutOfTheBiasCorrection) {
+  auto be = make_cpu_backend<double>();
+  const ParameterLayout layout = small_layout();
+  OptimizerConfig c;
+  c.lr = 0.1;
+  c.warmup_steps = 0;
+  c.decay_power = 0.0;  // lr(step) = lr: only t differs
+  c.total_steps = 10;
+  c.clip_norm = 0;
+  c.bias_correction = true;  // without it t is not used
+  const std::vector<double> g1 = {0.1, -0.3, 0.2, 1.0, -0.5}, g2 = {0.4, 0.1, -0.2, 0.3, 0.6};
+  auto after = [&](long long second_step, long long updates_before) {
+    AdamW<double> adam(c, layout, *be);
+    std::vector<double> p = {0.5, -1.0, 2.0, 0.3, -0.2};
+    DeviceBuffer<double> d_p(*be, 5), d_g(*be, 5);
+    be->copy_from_host(d_p.data(), p.data(), 5);
+    be->copy_from_host(d_g.data(), g1.data(), 5);
+    adam.step(d_p.data(), d_g.data(), 0);
+    be->copy_from_host(d_g.data(), g2.data(), 5);
+    adam.step_with_norm(d_p.data(), d_g.data(), second_step, adam.gradient_norm(d_g.data()), 1.0, updates_before);
+    be->copy_to_host(p.data(), d_p.data(), 5);
+    return p;
+  };
+  EXPECT_EQ(after(2, 1), after(1, -1));
+  EXPECT_NE(after(2, -1), after(1, -1));
+}
+
 TEST(OptimAdamW, FirstStepByHand) {
   // One element, g = 2, no decay, no bias correction: m = 0.2, v = 0.004, p -= lr * 0.2 / (sqrt(0.004) + eps).
   auto be = make_cpu_backend<double>();

@@ -211,15 +211,16 @@ TEST(CheckpointManager, SavingAnOlderStepSetsNewerOnesAside) {
   EXPECT_TRUE(std::filesystem::exists(dir.path() / "ckpt-00000003.h5.abandoned.1"));
 }
 
-// A run that resumed step 2 sets 3 and 4 aside at start-up and points `latest` back at 2 (set_aside_after);
-// nothing happens when it resumed the newest.
-TEST(CheckpointManager, SetAsideAfterTheResumedStep) {
+// A run that resumed step 2 sets 3 and 4 aside at start-up and points `latest` back at 2 (adopt_resumed);
+// nothing happens when it resumed the newest. A checkpoint resumed from elsewhere is copied in, so a run
+// that ends before its first save still resumes there (with nothing left here, `--resume auto` started over).
+TEST(CheckpointManager, AdoptResumedSetsLaterOnesAsideAndCopiesAnOutsideFileIn) {
   TempDir dir;
   CheckpointManager manager(dir.path(), 5);
   Saver saver(manager);
   for (int64_t step = 1; step <= 4; ++step) saver.save(step);
-  EXPECT_EQ(manager.set_aside_after(4), 0);
-  EXPECT_EQ(manager.set_aside_after(2), 2);
+  EXPECT_EQ(manager.adopt_resumed(4, manager.path_for(4)), 0);
+  EXPECT_EQ(manager.adopt_resumed(2, manager.path_for(2)), 2);
   EXPECT_EQ(steps_of(manager.list()), (std::set<int64_t>{1, 2}));
   EXPECT_TRUE(std::filesystem::exists(dir.path() / "ckpt-00000003.h5.abandoned"));
   EXPECT_TRUE(std::filesystem::exists(dir.path() / "ckpt-00000004.h5.abandoned"));
@@ -227,6 +228,18 @@ TEST(CheckpointManager, SetAsideAfterTheResumedStep) {
   EXPECT_EQ(manager.latest_pointer()->step, 2);
   ASSERT_TRUE(manager.latest_complete().has_value());
   EXPECT_EQ(manager.latest_complete()->step, 2);
+
+  TempDir other;
+  CheckpointManager elsewhere(other.path(), 5);
+  Saver other_saver(elsewhere);
+  for (int64_t step = 1; step <= 3; ++step) other_saver.save(step);
+  const std::string outside = read_bytes(elsewhere.path_for(1));
+  EXPECT_EQ(manager.adopt_resumed(1, elsewhere.path_for(1)), 2);  // 2 goes aside, and 1 (another file)
+  EXPECT_EQ(read_bytes(manager.path_for(1)), outside);
+  EXPECT_EQ(steps_of(manager.list()), (std::set<int64_t>{1}));
+  ASSERT_TRUE(manager.latest_complete().has_value());
+  EXPECT_EQ(manager.latest_complete()->step, 1);
+  EXPECT_EQ(manager.latest_pointer()->step, 1);
 }
 
 }  // namespace
