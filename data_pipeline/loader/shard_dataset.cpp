@@ -251,8 +251,6 @@ void ShardDataset::open_electra(const std::string& manifest_path) {
   lower_case_ = manifest.lower_case;
   const std::string vocab_path =
       options_.vocab_path.empty() ? (fs::path(options_.data_dir) / kVocabFileName).string() : options_.vocab_path;
-  if (options_.vocab_path.empty() && fs::exists(vocab_path) && !fs::is_regular_file(vocab_path))
-    fail(vocab_path, ": not a regular file (the data directory's vocabulary)");  // a FIFO would block
   vocab_ = text::Vocab::load(vocab_path);
   if (vocab_->hash() != manifest.vocab_hash || vocab_->size() != manifest.vocab_size)
     fail(vocab_path, ": vocabulary mismatch: its hash/size ", vocab_->hash(), "/", vocab_->size(), " differ from ",

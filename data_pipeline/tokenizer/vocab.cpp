@@ -19,6 +19,9 @@ uint64_t slot_of(uint64_t hash, uint64_t mask) { return (hash * 0x9E3779B97F4A7C
 Vocab Vocab::load(const std::string& path) {
   std::error_code error;
   if (std::filesystem::is_directory(path, error)) fail("vocab ", path, ": is a directory (expected vocab.txt)");
+  // A FIFO (or a device) would block the open below, or never end: every program reads vocab.txt here.
+  if (std::filesystem::exists(path, error) && !std::filesystem::is_regular_file(path, error))
+    fail("vocab ", path, ": not a regular file (expected vocab.txt)");
   std::ifstream in(path, std::ios::binary);
   if (!in) fail("vocab ", path, ": cannot open: ", std::strerror(errno));
   std::ostringstream buffer;

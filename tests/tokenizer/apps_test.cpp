@@ -3,6 +3,7 @@
 // prints one line per input line, the same ids as the library, names lines with invalid UTF-8, and exits
 // 2 on bad flags or inputs and 1 when writing fails.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 
 #include <filesystem>
 #include <fstream>
@@ -214,6 +215,11 @@ TEST_F(Apps, TokenizeExitCodes) {
   // A vocabulary that is a directory, and one without [UNK] (the tokenizer needs it): exit 2, named.
   EXPECT_EQ(run(" --vocab " + shell_quote(dir_.file("corpus"))), 2);
   EXPECT_NE(testing::read_file(err).find("is a directory (expected vocab.txt)"), std::string::npos)
+      << testing::read_file(err);
+  // A FIFO without a writer (every program reads vocab.txt through Vocab::load): refused, where it hung.
+  ASSERT_EQ(::mkfifo(dir_.file("fifo_vocab").c_str(), 0644), 0);
+  EXPECT_EQ(run(" --vocab " + shell_quote(dir_.file("fifo_vocab"))), 2);
+  EXPECT_NE(testing::read_file(err).find("not a regular file (expected vocab.txt)"), std::string::npos)
       << testing::read_file(err);
   std::string tokens = testing::read_file(vocab_path);
   tokens.erase(tokens.find("[UNK]\n"), 6);
