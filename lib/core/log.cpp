@@ -61,10 +61,11 @@ class RecordPerWrite : public std::streambuf {
   std::string record_;
 };
 
+// Never destroyed, as std::clog is not: a record logged during static destruction still has a stream.
 std::ostream& stderr_records() {
-  static RecordPerWrite buffer;
-  static std::ostream stream(&buffer);
-  return stream;
+  static auto* const buffer = new RecordPerWrite;
+  static auto* const stream = new std::ostream(buffer);
+  return *stream;
 }
 
 // LogOptions::defer_file: the records held in memory, and where they go.
