@@ -56,6 +56,17 @@ std::vector<HalfFiles> text_files(const PretrainerBundle& model) {
 }  // namespace
 
 void check_hf_export(const PretrainerBundle& model, const fs::path& out_dir, const ExportOptions& options) {
+  // "" would be the working directory, unchecked: its discriminator/ and generator/ replaced without --force.
+  if (out_dir.empty()) fail("output directory is empty: give the directory to export to");
+  // A missing output whose parents cannot hold a directory (a regular file among them) is refused here,
+  // before anything is written, not by the first filesystem call below.
+  for (fs::path above = out_dir.parent_path(); !above.empty(); above = above.parent_path()) {
+    if (fs::exists(above)) {
+      if (!fs::is_directory(above)) fail("output ", out_dir.string(), ": ", above.string(), " is not a directory");
+      break;
+    }
+    if (above == above.parent_path()) break;
+  }
   if (fs::exists(out_dir)) {
     if (!fs::is_directory(out_dir)) fail("output ", out_dir.string(), " exists and is not a directory");
     if (!fs::is_empty(out_dir) && !options.force) {

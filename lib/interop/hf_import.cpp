@@ -23,6 +23,7 @@ namespace fs = std::filesystem;
 namespace {
 
 nlohmann::json read_json(const fs::path& path) {
+  if (fs::is_directory(path)) fail(path.string(), ": is a directory");  // the read would not name it
   std::ifstream in(path);
   if (!in) fail(path.string(), ": cannot open");
   try {

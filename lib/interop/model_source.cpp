@@ -1,8 +1,10 @@
 #include "lib/interop/model_source.h"
 
+#include <cmath>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <optional>
+#include <utility>
 
 #include "lib/core/error.h"
 #include "lib/core/log.h"
@@ -62,6 +64,20 @@ text::Vocab hf_vocab(const fs::path& dir, const std::optional<text::Vocab>& own,
          vocab_size);
   }
   return vocab;
+}
+
+// Parameters are used as the file holds them: a NaN or infinity (a damaged or edited file whose checksum, if
+// any, still fits) made every score NaN with exit 0. Returns the bundle, or fails naming the tensor.
+PretrainerBundle checked_finite(PretrainerBundle bundle) {
+  const PretrainerLayout layout = build_pretrainer_layout(bundle.config);
+  for (const ParameterSlice& tensor : layout.layout.slices()) {
+    for (size_t i = 0; i < tensor.size; ++i) {
+      const float value = bundle.params[tensor.offset + i];
+      if (!std::isfinite(value))
+        fail(bundle.source, ": tensor ", tensor.name, " holds ", value, " at element ", i, ": the file is damaged");
+    }
+  }
+  return bundle;
 }
 
 }  // namespace
@@ -163,7 +179,7 @@ PretrainerBundle load_checkpoint_bundle(const fs::path& run_dir_or_file, const s
     ELECTRA_LOG(info) << "no manifest.json next to the training data: assuming lower_case = true";
   }
   bundle.source = "checkpoint " + path.string() + " (step " + std::to_string(file.step()) + ")";
-  return bundle;
+  return checked_finite(std::move(bundle));
 }
 
 bool is_hf_export_dir(const fs::path& dir) {
@@ -199,7 +215,7 @@ PretrainerBundle load_pretrainer_bundle(const fs::path& given, const std::string
   bundle.tokenizer_recorded = hf.tokenizer_recorded;
   bundle.vocab = hf_vocab(path, hf.vocab, vocab_path, bundle.config.vocab_size);
   bundle.source = "Hugging Face export " + path.string();
-  return bundle;
+  return checked_finite(std::move(bundle));
 }
 
 PretrainerBundle load_scoring_bundle(const fs::path& given, const std::string& vocab_path) {
@@ -213,7 +229,7 @@ PretrainerBundle load_scoring_bundle(const fs::path& given, const std::string& v
   bundle.vocab = hf_vocab(given, hf.vocab, vocab_path, bundle.config.vocab_size);
   bundle.has_generator = false;
   bundle.source = "Hugging Face discriminator " + given.string();
-  return bundle;
+  return checked_finite(std::move(bundle));
 }
 
 }  // namespace electra::interop

@@ -99,6 +99,8 @@ uint64_t SafetensorsEntry::elements() const {
 }
 
 SafetensorsFile SafetensorsFile::load(const std::filesystem::path& path) {
+  // A directory opens, then fails the read with a message that names no file.
+  if (std::filesystem::is_directory(path)) fail("safetensors file ", path.string(), ": is a directory");
   std::ifstream in(path, std::ios::binary);
   if (!in) fail("safetensors file ", path.string(), ": cannot open");
   std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());

@@ -372,6 +372,21 @@ TEST(HfInterop, ExportRefusesNonEmptyDirectoryWithoutForce) {
   EXPECT_TRUE(fs::exists(out / "generator/model.safetensors"));
   EXPECT_EQ(read_bytes(out / "keep.txt"), "mine");
 
+  // --output '' was the working directory, unchecked: its discriminator/ was replaced without --force. And an
+  // output below a regular file failed at the first write (exit 1). Both are refused up front (exit 2).
+  const std::string export_cmd =
+      shell_quote(program("electra-export")) + " --checkpoint " + shell_quote(run.checkpoint.string());
+  const CommandResult empty_output =
+      run_command("cd " + shell_quote(out.string()) + " && " + export_cmd + " --output '' 2>&1");
+  EXPECT_EQ(empty_output.status, 2) << empty_output.out;
+  EXPECT_NE(empty_output.out.find("output directory is empty"), std::string::npos) << empty_output.out;
+  EXPECT_TRUE(fs::exists(out / "generator/model.safetensors"));
+  const CommandResult below_file =
+      run_command(export_cmd + " --output " + shell_quote((out / "keep.txt" / "sub" / "out").string()) + " 2>&1");
+  EXPECT_EQ(below_file.status, 2) << below_file.out;
+  EXPECT_NE(below_file.out.find((out / "keep.txt").string() + " is not a directory"), std::string::npos)
+      << below_file.out;
+
   // No vocabulary to be found: a clear error, nothing written.
   const CommandResult no_vocab =
       run_command(shell_quote(program("electra-export")) + " --checkpoint " + shell_quote(run.checkpoint.string()) +

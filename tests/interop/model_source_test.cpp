@@ -10,6 +10,7 @@
 #include <fstream>
 #include <functional>
 #include <iterator>
+#include <limits>
 
 #include "lib/core/error.h"
 #include "lib/interop/hf_export.h"
@@ -119,6 +120,39 @@ TEST(ModelSource, ExportDirectoryRefusesAnotherVocabulary) {
   EXPECT_EQ(load_pretrainer_bundle(out, (run.data_dir / "vocab.txt").string()).vocab.hash(), run.vocab.hash());
   const std::string error = error_of([&] { load_pretrainer_bundle(out, swapped_vocab(tmp.path()).string()); });
   EXPECT_NE(error.find("token ids would mean different words"), std::string::npos) << error;
+}
+
+// Parameters that are not finite (a damaged or edited file whose checksum still fits) are refused naming
+// the tensor: a NaN made electra-score print null for every token with exit 0. The same for an export, and a
+// file of an export half that is a directory is named too.
+TEST(ModelSource, NonFiniteParametersAndDirectoriesForFilesAreNamed) {
+  TempDir tmp;
+  TinyRun run = make_tiny_run(tmp.path() / "a");
+  const fs::path out = tmp.path() / "hf";
+  export_hf(load_checkpoint_bundle(run.run_dir), out);
+  const PretrainerLayout layout = build_pretrainer_layout(run.config);
+  const ParameterSlice& tensor = layout.layout.slices()[3];
+  run.params[tensor.offset + 1] = std::numeric_limits<float>::quiet_NaN();
+  const fs::path checkpoint = checkpoint_with_record(run, tmp.path() / "b", /*lower_case=*/true);
+  std::string error = error_of([&] { load_checkpoint_bundle(checkpoint, (run.data_dir / "vocab.txt").string()); });
+  EXPECT_NE(error.find("tensor " + tensor.name + " holds nan at element 1"), std::string::npos) << error;
+  PretrainerBundle damaged = load_checkpoint_bundle(run.run_dir);
+  damaged.params[tensor.offset] = std::numeric_limits<float>::infinity();
+  const fs::path damaged_out = tmp.path() / "hf_damaged";
+  export_hf(damaged, damaged_out);
+  error = error_of([&] { load_pretrainer_bundle(damaged_out); });
+  EXPECT_NE(error.find("holds inf at element 0"), std::string::npos) << error;
+  fs::remove(out / "discriminator" / "config.json");
+  fs::create_directory(out / "discriminator" / "config.json");
+  error = error_of([&] { load_pretrainer_bundle(out); });
+  EXPECT_NE(error.find((out / "discriminator" / "config.json").string() + ": is a directory"), std::string::npos)
+      << error;
+  fs::remove(damaged_out / "generator" / "model.safetensors");
+  fs::create_directory(damaged_out / "generator" / "model.safetensors");
+  error = error_of([&] { load_pretrainer_bundle(damaged_out); });
+  EXPECT_NE(error.find((damaged_out / "generator" / "model.safetensors").string() + ": is a directory"),
+            std::string::npos)
+      << error;
 }
 
 // electra-eval reads the evaluation data's vocab.txt: data made with another vocabulary of the same size is
