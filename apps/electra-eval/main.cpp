@@ -5,7 +5,6 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
-#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <filesystem>
@@ -18,6 +17,7 @@
 #include <string>
 #include <thread>
 
+#include "data_pipeline/loader/masking.h"
 #include "lib/backend/backend.h"
 #include "lib/core/error.h"
 #include "lib/core/fnv1a.h"
@@ -91,10 +91,10 @@ void setup(const Flags& flags, const electra::dist::Communicator& comm, Setup& s
   }
   // Masking as in training: at most the model's num_token_predictions per row (google-research/electra's
   // max_predictions_per_seq), so a larger --mask-prob masks fewer than it says on long rows. A full row has
-  // seq - 2 maskable tokens ([CLS] and a [SEP] never are), rounded as mask_example rounds.
+  // seq - 2 maskable tokens ([CLS] and a [SEP] never are).
   if (const int seq = s.loader->dataset().seq_length();
-      comm.is_root() && std::nearbyint(static_cast<float>(seq - 2) * flags.mask_prob) >
-                            static_cast<float>(bundle.config.num_token_predictions)) {
+      comm.is_root() && electra::data::masked_count(seq - 2, flags.mask_prob, bundle.config.num_token_predictions) <
+                            electra::data::masked_count(seq - 2, flags.mask_prob, seq)) {
     ELECTRA_LOG(warning) << "--mask-prob " << flags.mask_prob << " of " << seq << " tokens is more than the model's "
                          << bundle.config.num_token_predictions
                          << " predictions per row (model.num_token_predictions): longer rows get "

@@ -8,6 +8,12 @@
 
 namespace electra::data {
 
+int masked_count(int candidates, float mask_prob, int max_predictions) {
+  if (candidates <= 0 || max_predictions <= 0) return 0;
+  const int rounded = static_cast<int>(std::nearbyint(static_cast<float>(candidates) * mask_prob));
+  return std::min(candidates, std::max(1, std::min(max_predictions, rounded)));
+}
+
 int mask_example(const int32_t* original, int length, int seq_length, const MaskingOptions& options, uint64_t epoch,
                  uint64_t example_index, int32_t* input_word_ids, int32_t* positions, int32_t* ids, float* weights) {
   const int N = options.max_predictions;
@@ -24,9 +30,8 @@ int mask_example(const int32_t* original, int length, int seq_length, const Mask
       candidates.push_back(p);
   }
   const int n_tokens = static_cast<int>(candidates.size());
-  if (n_tokens == 0 || N <= 0) return 0;
-  const int rounded = static_cast<int>(std::nearbyint(static_cast<float>(n_tokens) * options.mask_prob));
-  const int n = std::min(n_tokens, std::max(1, std::min(N, rounded)));
+  const int n = masked_count(n_tokens, options.mask_prob, N);
+  if (n == 0) return 0;
 
   PhiloxSequence rng(options.seed, RandomPurpose::kMasking, epoch, example_index,
                      static_cast<uint32_t>(example_index >> 32));

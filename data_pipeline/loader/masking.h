@@ -23,6 +23,9 @@ struct MaskingOptions {
   float mask_token_prob = 0.85f;  // share of chosen positions replaced by [MASK]
 };
 
+// n above for `candidates` maskable tokens (0 when there are none, or N is 0).
+int masked_count(int candidates, float mask_prob, int max_predictions);
+
 // Masks one example. `original` has seq_length tokens of which the first `length` are real.
 // Outputs: input_word_ids [seq_length]; positions, ids [max_predictions]; weights [max_predictions].
 // Returns the number of predictions made.
