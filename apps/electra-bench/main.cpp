@@ -8,6 +8,7 @@
 #include <iostream>
 #include <limits>
 
+#include "apps/cli_checks.h"
 #include "apps/electra-bench/step_bench.h"
 #include "lib/core/error.h"
 #include "lib/core/log.h"
@@ -66,7 +67,8 @@ int main(int argc, char** argv) {
   app.add_option("--lengths-from", o.lengths_from,
                  "shards directory (electra-preprocess output) whose examples' lengths the rows take: a sample drawn "
                  "with --seed, real tokens then padding (input_mask 0); tokens/s counts real tokens, slot tokens/s "
-                 "all rows x seq (computed on each rank's longest row unless --no-trim-padding). Default: full rows");
+                 "all rows x seq (computed on each rank's longest row unless --no-trim-padding). Default: full rows")
+      ->check(electra::cli::non_empty_path());
   app.add_option("--optimizer", o.optimizer, "adamw | lamb, as electra-train's optim.name")
       ->check(CLI::IsMember({"adamw", "lamb"}))
       ->capture_default_str();

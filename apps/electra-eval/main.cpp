@@ -17,6 +17,7 @@
 #include <string>
 #include <thread>
 
+#include "apps/cli_checks.h"
 #include "data_pipeline/loader/masking.h"
 #include "lib/backend/backend.h"
 #include "lib/core/error.h"
@@ -176,9 +177,11 @@ int main(int argc, char** argv) {
       "electra-eval: held-out masked-LM and replaced-token-detection metrics of an ELECTRA checkpoint "
       "(run under mpirun to split the batches over ranks)"};
   app.add_option("--checkpoint", flags.checkpoint, "RUN_DIR (newest complete checkpoint), CHECKPOINT.h5 or export DIR")
-      ->required();
+      ->required()
+      ->check(electra::cli::non_empty_path());
   app.add_option("--data", flags.data_dir, "held-out shards directory (manifest.json) or NVIDIA BERT HDF5 directory")
-      ->required();
+      ->required()
+      ->check(electra::cli::non_empty_path());
   app.add_option("--max-batches", flags.max_batches, "global batches to evaluate (0: all, one pass)")
       ->capture_default_str()
       ->check(CLI::Range(int64_t{0}, std::numeric_limits<int64_t>::max()));
@@ -193,7 +196,8 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::Range(0, 1 << 20));
   app.add_option("--mask-prob", flags.mask_prob, "masked fraction of tokens")->capture_default_str();
-  app.add_option("--vocab", flags.vocab, "vocab.txt (default: the data's copy, else the model's)");
+  app.add_option("--vocab", flags.vocab, "vocab.txt (default: the data's copy, else the model's)")
+      ->check(electra::cli::non_empty_path());
   app.add_option("--auc-bins", flags.auc_bins, "histogram bins of disc_auc")
       ->capture_default_str()
       ->check(CLI::Range(1, std::numeric_limits<int>::max()));

@@ -5,6 +5,7 @@
 #include <iostream>
 #include <optional>
 
+#include "apps/cli_checks.h"
 #include "lib/core/log.h"
 #include "lib/interop/hf_export.h"
 #include "lib/interop/model_source.h"
@@ -15,9 +16,12 @@ int main(int argc, char** argv) {
   CLI::App app{
       "electra-export: write a checkpoint as Hugging Face ElectraForPreTraining (discriminator/) and "
       "ElectraForMaskedLM (generator/) directories"};
-  app.add_option("--checkpoint", checkpoint, "RUN_DIR (its newest complete checkpoint) or CHECKPOINT.h5")->required();
+  app.add_option("--checkpoint", checkpoint, "RUN_DIR (its newest complete checkpoint) or CHECKPOINT.h5")
+      ->required()
+      ->check(electra::cli::non_empty_path());
   app.add_option("--output", output, "output directory (must be empty or missing unless --force)")->required();
-  app.add_option("--vocab", vocab, "vocab.txt (default: the run's data.vocab or data.dir/vocab.txt)");
+  app.add_option("--vocab", vocab, "vocab.txt (default: the run's data.vocab or data.dir/vocab.txt)")
+      ->check(electra::cli::non_empty_path());
   app.add_flag("--force", options.force, "write into a non-empty output directory");
   try {
     app.parse(argc, argv);

@@ -10,6 +10,7 @@
 #include <iostream>
 #include <limits>
 
+#include "apps/cli_checks.h"
 #include "data_pipeline/preprocess/preprocess.h"
 #include "lib/core/error.h"
 #include "lib/core/log.h"
@@ -21,10 +22,13 @@ int main(int argc, char** argv) {
       "ELECTRA pre-training shards."};
   electra::data::PreprocessOptions options;
   bool no_lower_case = false;
-  app.add_option("--input", options.inputs, "text files or directories (recursed)")->required();
-  app.add_option("--vocab", options.vocab_path, "vocab.txt")->required();
+  app.add_option("--input", options.inputs, "text files or directories (recursed)")
+      ->required()
+      ->check(electra::cli::non_empty_path());
+  app.add_option("--vocab", options.vocab_path, "vocab.txt")->required()->check(electra::cli::non_empty_path());
   app.add_option("--output", options.output_dir,
                  "output directory (shards, manifest.json, vocab.txt); must be empty or missing unless --force")
+      ->check(electra::cli::non_empty_path())
       ->required();
   app.add_flag("--force", options.force,
                "replace what electra-preprocess wrote in a non-empty --output (manifest.json, the shards it lists, "

@@ -13,6 +13,7 @@
 #include <optional>
 #include <string>
 
+#include "apps/cli_checks.h"
 #include "lib/backend/backend.h"
 #include "lib/core/error.h"
 #include "lib/core/log.h"
@@ -34,7 +35,7 @@ int main(int argc, char** argv) {
                  "export DIR (discriminator/ + generator/, or either half), RUN_DIR, CHECKPOINT.h5, or a Hugging Face "
                  "discriminator DIR alone (no --fill-mask)")
       ->required();
-  app.add_option("--vocab", vocab, "vocab.txt (default: the model's)");
+  app.add_option("--vocab", vocab, "vocab.txt (default: the model's)")->check(electra::cli::non_empty_path());
   app.add_flag("--no-lower-case", no_lower_case, "keep case (default: as the model's tokenizer settings say)");
   app.add_flag("--fill-mask", options.fill_mask, "also print the generator's top-k tokens for each [MASK]");
   app.add_option("--top-k", options.top_k, "candidates per [MASK]")
@@ -96,7 +97,7 @@ int main(int argc, char** argv) {
   }
   try {
     std::string line;
-    uint64_t line_number = 0, truncated_lines = 0;
+    uint64_t line_number = 0, truncated_lines = 0, invalid_utf8_lines = 0;
     constexpr uint64_t kMaxWarnings = 20;
     while (std::getline(std::cin, line)) {
       ++line_number;
@@ -107,12 +108,21 @@ int main(int argc, char** argv) {
                   << " word pieces past the model's " << scored.ids.size() - 2
                   << " were not scored (\"dropped_pieces\" in its output)\n";
       }
+      // BERT replaces invalid UTF-8 by U+FFFD and drops it: the line is scored without those bytes.
+      if (scored.invalid_utf8 > 0 && ++invalid_utf8_lines <= kMaxWarnings) {
+        std::cerr << "electra-score: warning: line " << line_number << ": " << scored.invalid_utf8
+                  << " invalid UTF-8 sequence(s) replaced and dropped\n";
+      }
       std::cout << electra::interop::to_json(scored, options.fill_mask)
                        .dump(-1, ' ', false, nlohmann::ordered_json::error_handler_t::replace)
                 << "\n";
     }
     if (truncated_lines > kMaxWarnings) {
       std::cerr << "electra-score: warning: " << truncated_lines << " lines were truncated; only the first "
+                << kMaxWarnings << " were named\n";
+    }
+    if (invalid_utf8_lines > kMaxWarnings) {
+      std::cerr << "electra-score: warning: " << invalid_utf8_lines << " lines had invalid UTF-8; only the first "
                 << kMaxWarnings << " were named\n";
     }
     std::cout.flush();

@@ -10,6 +10,7 @@
 #include <iostream>
 #include <optional>
 
+#include "apps/cli_checks.h"
 #include "data_pipeline/tokenizer/bert_tokenizer.h"
 #include "data_pipeline/tokenizer/text_files.h"
 #include "lib/core/error.h"
@@ -53,8 +54,10 @@ int main(int argc, char** argv) {
   CLI::App app{"Tokenizes text with a BERT WordPiece vocabulary: one output line per input line."};
   std::string vocab_path, input = "-";
   bool no_lower_case = false, tokens = false;
-  app.add_option("--vocab", vocab_path, "vocab.txt (one token per line)")->required();
-  app.add_option("--input", input, "text file (default: stdin)");
+  app.add_option("--vocab", vocab_path, "vocab.txt (one token per line)")
+      ->required()
+      ->check(electra::cli::non_empty_path());
+  app.add_option("--input", input, "text file (default: stdin)")->check(electra::cli::non_empty_path());
   app.add_flag("--no-lower-case", no_lower_case, "keep case and accents (cased vocabularies)");
   app.add_flag("--tokens", tokens, "print word pieces instead of ids");
   try {

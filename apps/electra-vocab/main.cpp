@@ -9,6 +9,7 @@
 #include <iostream>
 #include <limits>
 
+#include "apps/cli_checks.h"
 #include "data_pipeline/tokenizer/text_files.h"
 #include "data_pipeline/tokenizer/vocab_trainer.h"
 #include "lib/core/error.h"
@@ -21,7 +22,9 @@ int main(int argc, char** argv) {
   electra::text::VocabTrainerOptions options;
   bool no_lower_case = false;
   bool force = false;
-  app.add_option("--input", inputs, "text files or directories (recursed)")->required();
+  app.add_option("--input", inputs, "text files or directories (recursed)")
+      ->required()
+      ->check(electra::cli::non_empty_path());
   // Ranges checked as signed numbers: CLI11 would read -5 into a size_t as 2^64 - 5. Token ids are int32.
   app.add_option("--vocab-size", options.vocab_size, "number of tokens, special tokens included")
       ->required()

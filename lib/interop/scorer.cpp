@@ -11,7 +11,8 @@
 
 namespace electra::interop {
 
-std::vector<int32_t> encode_keeping_special_tokens(const text::BertTokenizer& tokenizer, std::string_view text) {
+std::vector<int32_t> encode_keeping_special_tokens(const text::BertTokenizer& tokenizer, std::string_view text,
+                                                   text::TokenizeStats* stats) {
   const text::Vocab& vocab = tokenizer.vocab();
   struct Special {
     std::string_view token;
@@ -35,7 +36,7 @@ std::vector<int32_t> encode_keeping_special_tokens(const text::BertTokenizer& to
       }
     }
     tokenizer.encode_append(text.substr(pos, best == std::string_view::npos ? std::string_view::npos : best - pos),
-                            ids);
+                            ids, stats);
     if (found == nullptr) break;
     ids.push_back(found->id);
     pos = best + found->token.size();
@@ -68,8 +69,8 @@ Scorer::Scorer(PretrainerBundle model, std::unique_ptr<Backend<float>> backend, 
 
 Scorer::~Scorer() = default;
 
-std::vector<int32_t> Scorer::encode(std::string_view line, size_t* dropped_pieces) const {
-  std::vector<int32_t> pieces = encode_keeping_special_tokens(*tokenizer_, line);
+std::vector<int32_t> Scorer::encode(std::string_view line, size_t* dropped_pieces, text::TokenizeStats* stats) const {
+  std::vector<int32_t> pieces = encode_keeping_special_tokens(*tokenizer_, line, stats);
   const size_t max_pieces = static_cast<size_t>(std::max(0, model_.config.discriminator.max_position_embeddings - 2));
   if (dropped_pieces != nullptr) *dropped_pieces = pieces.size() > max_pieces ? pieces.size() - max_pieces : 0;
   if (pieces.size() > max_pieces) pieces.resize(max_pieces);
@@ -83,9 +84,11 @@ std::vector<int32_t> Scorer::encode(std::string_view line, size_t* dropped_piece
 
 ScoredLine Scorer::score(std::string_view line, const ScoreOptions& options) {
   size_t dropped = 0;
-  const std::vector<int32_t> ids = encode(line, &dropped);
+  text::TokenizeStats stats;
+  const std::vector<int32_t> ids = encode(line, &dropped, &stats);
   ScoredLine scored = score_ids(ids, options);
   scored.dropped_pieces = dropped;
+  scored.invalid_utf8 = stats.invalid_utf8;
   return scored;
 }
 

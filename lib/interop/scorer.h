@@ -31,7 +31,8 @@ namespace electra::interop {
 // Word pieces of `text` with literal special tokens ([CLS], [SEP], [PAD], [UNK], [MASK], exact case)
 // kept whole, as Hugging Face's BertTokenizer does for its special tokens (never_split): the text
 // between them goes through the BERT tokenizer. No [CLS]/[SEP] are added.
-std::vector<int32_t> encode_keeping_special_tokens(const text::BertTokenizer& tokenizer, std::string_view text);
+std::vector<int32_t> encode_keeping_special_tokens(const text::BertTokenizer& tokenizer, std::string_view text,
+                                                   text::TokenizeStats* stats = nullptr);
 
 struct FillCandidate {
   std::string token;
@@ -51,6 +52,7 @@ struct ScoredLine {
   std::vector<double> replaced_prob;  // sigmoid(disc_logits)
   std::vector<MaskFill> masks;        // with fill_mask: one per [MASK], in order
   size_t dropped_pieces = 0;          // word pieces past max_position_embeddings - 2, not scored
+  uint64_t invalid_utf8 = 0;          // invalid UTF-8 sequences, each replaced by U+FFFD and dropped as BERT does
 };
 
 struct ScoreOptions {
@@ -73,7 +75,9 @@ class Scorer {
   Scorer& operator=(const Scorer&) = delete;
 
   // [CLS] + pieces (truncated to max_position_embeddings - 2; *dropped_pieces says how many were cut) + [SEP].
-  std::vector<int32_t> encode(std::string_view line, size_t* dropped_pieces = nullptr) const;
+  // *stats counts what the tokenizer replaced (invalid UTF-8).
+  std::vector<int32_t> encode(std::string_view line, size_t* dropped_pieces = nullptr,
+                              text::TokenizeStats* stats = nullptr) const;
   ScoredLine score(std::string_view line, const ScoreOptions& options);
   ScoredLine score_ids(const std::vector<int32_t>& ids, const ScoreOptions& options);
 

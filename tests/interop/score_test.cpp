@@ -50,7 +50,7 @@ TEST_F(ScoreTest, ReplacedProbIsSigmoidOfDiscriminatorLogits) {
   std::string long_line = std::string(200, 'a');
   for (int i = 0; i < 60; ++i) long_line += " the";
   const std::vector<std::string> lines = {"The quick brown fox jumps over the lazy dog.", "", "hello [MASK] world !",
-                                          long_line};
+                                          long_line, "hello \xff\xfe world"};
   const fs::path input = tmp_.path() / "in.txt";
   std::string text;
   for (const auto& l : lines) text += l + "\n";
@@ -99,6 +99,10 @@ TEST_F(ScoreTest, ReplacedProbIsSigmoidOfDiscriminatorLogits) {
   EXPECT_NE(warned.find("line 4: " + std::to_string(dropped) + " word pieces past the model's 38"), std::string::npos)
       << warned;
   EXPECT_EQ(warned.find("line 1:"), std::string::npos) << warned;
+  // Invalid UTF-8 is dropped as BERT drops it (U+FFFD is a control-like character to BERT), and said.
+  EXPECT_EQ(out[4]["tokens"], nlohmann::json({"[CLS]", "hello", "world", "[SEP]"}));
+  EXPECT_NE(warned.find("line 5: 2 invalid UTF-8 sequence(s) replaced and dropped"), std::string::npos) << warned;
+  EXPECT_EQ(warned.find("line 4: 0 invalid"), std::string::npos) << warned;
   EXPECT_EQ(out[2]["tokens"], nlohmann::json({"[CLS]", "hello", "[MASK]", "world", "!", "[SEP]"}));
 
   // A run directory scores the same as its export, and so do the export's halves (what Hugging Face

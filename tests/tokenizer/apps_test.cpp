@@ -7,6 +7,9 @@
 
 #include <filesystem>
 #include <fstream>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "data_pipeline/tokenizer/bert_tokenizer.h"
 #include "tests/tokenizer/edge_lines.h"
@@ -191,6 +194,28 @@ TEST_F(Apps, TokenizeCasedKeepsCase) {
 
 // Exit codes as the README's: 2 for bad flags or an input that cannot be opened (nothing written), 1 for a
 // write that fails (here a full device), never CLI11's own 100+ codes.
+// A path given as '' (an unset shell variable: --config "$CONFIG") is a usage error in every program, named,
+// where electra-train trained its defaults without --config, ignored --init-from and started afresh for
+// --resume, and electra-score/export/eval took the model's vocabulary.
+TEST_F(Apps, EveryProgramRefusesAnEmptyPath) {
+  const std::string err = dir_.file("err.txt");
+  const std::vector<std::pair<std::string, std::string>> cases = {
+      {"electra-train", "--config"},     {"electra-train", "--data"},        {"electra-train", "--output"},
+      {"electra-train", "--init-from"},  {"electra-train", "--resume"},      {"electra-eval", "--checkpoint"},
+      {"electra-eval", "--data"},        {"electra-eval", "--vocab"},        {"electra-export", "--checkpoint"},
+      {"electra-export", "--vocab"},     {"electra-score", "--vocab"},       {"electra-preprocess", "--input"},
+      {"electra-preprocess", "--vocab"}, {"electra-preprocess", "--output"}, {"electra-vocab", "--input"},
+      {"electra-tokenize", "--vocab"},   {"electra-tokenize", "--input"},    {"electra-bench", "--lengths-from"}};
+  for (const auto& [program, flag] : cases) {
+    ASSERT_TRUE(std::filesystem::exists(bin(program))) << bin(program) << " is not built";
+    const int status =
+        testing::run(shell_quote(bin(program)) + " " + flag + " '' < /dev/null > /dev/null 2>" + shell_quote(err));
+    EXPECT_EQ(status, 2) << program << " " << flag;
+    EXPECT_NE(testing::read_file(err).find(flag + ": is empty"), std::string::npos)
+        << program << " " << flag << ": " << testing::read_file(err);
+  }
+}
+
 TEST_F(Apps, TokenizeExitCodes) {
   const std::string vocab_path = dir_.file("vocab.txt");
   ASSERT_EQ(testing::run(shell_quote(bin("electra-vocab")) + " --input " + shell_quote(dir_.file("corpus")) +
