@@ -15,13 +15,12 @@ bool CollapseCheck::observe(int64_t step, double gain) {
   // A non-finite gain (a skipped window has none) is not evidence either way.
   if (!std::isfinite(gain)) return false;
   if (gain >= options_.min_gain) {
-    streak_ = 0;
-    reported_ = false;
+    streak_ = Streak{};
     return false;
   }
-  if (streak_++ == 0) streak_start_ = step;
-  if (streak_ >= options_.windows && !reported_) {
-    reported_ = true;
+  if (streak_.windows++ == 0) streak_.start_step = step;
+  if (streak_.windows >= options_.windows && !streak_.reported) {
+    streak_.reported = true;
     return true;
   }
   return false;

@@ -21,6 +21,15 @@ struct CollapseCheckOptions {
 
 class CollapseCheck {
  public:
+  // The streak so far: checkpoints carry it (state "collapse_streak"), so a run stopped and resumed every
+  // few windows still warns, as the run without stops does.
+  struct Streak {
+    int windows = 0;         // judged windows in a row under min_gain
+    int64_t start_step = 0;  // the last step of the streak's first window
+    bool reported = false;   // this streak has warned
+    bool operator==(const Streak&) const = default;
+  };
+
   explicit CollapseCheck(const CollapseCheckOptions& options);
 
   // One log window ending at `step` (completed optimizer steps) with its gain. Returns true when this
@@ -28,15 +37,15 @@ class CollapseCheck {
   // above min_gain ends the streak, and a new streak may fire again).
   bool observe(int64_t step, double gain);
   // The last step of the streak's first window (meaningful while streak_windows() > 0).
-  int64_t streak_start_step() const { return streak_start_; }
-  int streak_windows() const { return streak_; }
+  int64_t streak_start_step() const { return streak_.start_step; }
+  int streak_windows() const { return streak_.windows; }
+  const Streak& streak() const { return streak_; }
+  void restore(const Streak& streak) { streak_ = streak; }
   const CollapseCheckOptions& options() const { return options_; }
 
  private:
   CollapseCheckOptions options_;
-  int streak_ = 0;
-  int64_t streak_start_ = 0;
-  bool reported_ = false;
+  Streak streak_;
 };
 
 }  // namespace electra::train

@@ -14,8 +14,8 @@
 namespace electra::train {
 
 // One metrics.jsonl line: the numbers logged at one step (electra-train: its log window's averages, made
-// from the StepMetrics sums of step.h; `lr` and `grad_norm` are the window's last step's). NaN means "not measured" and is left out (non-finite values in
-// `extra` become JSON null, since JSON has no NaN).
+// from the StepMetrics sums of step.h; `lr` and `grad_norm` are the window's last step's). NaN means "not measured" and
+// is left out (non-finite values in `extra` become JSON null, since JSON has no NaN).
 struct MetricsRecord {
   static constexpr double kUnset = std::numeric_limits<double>::quiet_NaN();
   int64_t step = 0;

@@ -131,6 +131,15 @@ void RunCheckpoints::resume_from(const fs::path& path, TrainingState& state_out,
   state_out.tokens_seen = state.value("tokens_seen", int64_t{0});
   state_out.skipped_steps = state.value("skipped_steps", int64_t{0});
   state_out.parallel_chunks = state.value("parallel_chunks", 0);
+  if (const nlohmann::json streak = state.value("collapse_streak", nlohmann::json()); !streak.is_null()) {
+    try {
+      state_out.collapse_streak = {.windows = streak.at("windows").get<int>(),
+                                   .start_step = streak.at("start_step").get<int64_t>(),
+                                   .reported = streak.at("reported").get<bool>()};
+    } catch (const nlohmann::json::exception& e) {
+      fail("checkpoint ", path.string(), ": state collapse_streak: ", e.what());
+    }
+  }
   LossScaler& loss_scaler = *parts_.loss_scaler;
   if (loss_scaler.restore(state)) {
     ELECTRA_LOG(info) << "loss scale " << loss_scaler.scale() << " (" << loss_scaler.good_steps()
@@ -269,6 +278,9 @@ void RunCheckpoints::save(const TrainingState& state, const LogWindow& window) {
                      {"world_size", comm.world_size()},
                      {"optimizer", parts_.optimizer->name()}};  // optim.name: checked on resume
     content.state.update(parts_.loss_scaler->state());          // loss_scale, loss_scale_mode, loss_scale_good_steps
+    content.state["collapse_streak"] = {{"windows", state.collapse_streak.windows},
+                                        {"start_step", state.collapse_streak.start_step},
+                                        {"reported", state.collapse_streak.reported}};
     content.state["log_windows"] = nlohmann::json::array();
     for (const std::string& w : windows) content.state["log_windows"].push_back(nlohmann::json::parse(w));
     // What the token ids mean: checked on resume (check_vocabulary).

@@ -20,6 +20,7 @@
 #include "lib/optim/optimizer.h"
 #include "lib/train/checkpoint.h"
 #include "lib/train/checkpoint_manager.h"
+#include "lib/train/collapse_check.h"
 #include "lib/train/log_window.h"
 #include "lib/train/train_settings.h"
 
@@ -33,6 +34,7 @@ struct TrainingState {
   // The CPU's parallel chunks (train.parallel_chunks as resolved): they fix the order of the gradient sums, so
   // a resume with the same count continues bitwise. 0: not a CPU run, or a checkpoint that did not say.
   int parallel_chunks = 0;
+  CollapseCheck::Streak collapse_streak;  // rank 0's (the one that judges the log windows)
 };
 
 // What a checkpoint is read into and written from; all owned by the trainer and outliving RunCheckpoints.

@@ -397,6 +397,7 @@ std::optional<std::string> Trainer::setup() {
       progress_ = resumed->state;
       keep_resumed_parallel_chunks(resumed->state.parallel_chunks);
       resumed_log_windows_ = resumed->log_windows;
+      collapse_check_->restore(resumed->state.collapse_streak);
       if (!options_.init_from.empty()) ELECTRA_LOG(info) << "--init-from ignored: resuming " << resumed->path.string();
     } else if (!options_.init_from.empty()) {
       // Hugging Face weights over the fresh initialisation; fails naming the config key or tensor that
@@ -573,6 +574,7 @@ void Trainer::log_step(const LogWindow::Summary& summary, double lr, double grad
   metrics_->write(m);
   if (tensorboard_) tensorboard_->add_step_metrics(m);
   if (collapse_check_->observe(progress_.step, disc_gain)) warn_collapse(m);
+  progress_.collapse_streak = collapse_check_->streak();  // checkpointed: the streak survives a resume
 }
 
 // Rank 0: the discriminator has learned nothing beyond the base rate for several log windows.

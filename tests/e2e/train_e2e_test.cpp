@@ -233,6 +233,23 @@ TEST_F(TrainE2E, ResumeOnOtherShardsIsNamedInAWarning) {
   EXPECT_NE(read_text(log).find("examples "), std::string::npos) << log_of(log);
 }
 
+// The collapse warning's streak of flat log windows is checkpointed: a run stopped and resumed every few
+// windows warns as the run without stops does (it was lost at each resume, so requeued jobs never warned).
+// min_gain 10 nats makes every judged window "flat": windows end at 4, 6, 8, 10, 12; the fifth warns.
+TEST_F(TrainE2E, TheCollapseWarningsStreakSurvivesAResume) {
+  const std::string flat =
+      "--set train.log_every=2 --set optim.warmup_steps=2 --set train.collapse_warning.min_gain=10 ";
+  const std::string warning = "the discriminator is not learning: for 5 log windows (steps 4-12)";
+  const fs::path straight = run_dir("collapse_straight"), log = root() / "collapse.log";
+  ASSERT_EQ(run(train_command(1, straight, flat), log), 0) << log_of(log);
+  EXPECT_NE(read_text(log).find(warning), std::string::npos) << log_of(log);
+  const fs::path resumed = run_dir("collapse_resumed");
+  ASSERT_EQ(run(train_command(1, resumed, flat + "--stop-after 7"), log), 3) << log_of(log);  // windows 4 and 6
+  EXPECT_EQ(read_text(log).find("is not learning"), std::string::npos) << log_of(log);
+  ASSERT_EQ(run(train_command(1, resumed, flat + "--resume auto"), log), 0) << log_of(log);
+  EXPECT_NE(read_text(log).find(warning), std::string::npos) << log_of(log);
+}
+
 // A stop between two training lines: the stop checkpoint keeps every rank's open log window, so the resumed
 // run's next line averages the same steps as the straight run's (it averaged only the steps after the
 // resume, and the steps before it were never logged). On another rank count rank 0 takes the windows.
