@@ -3,12 +3,17 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
+#include <fstream>
+#include <iterator>
 
+#include "lib/core/atomic_file.h"
 #include "lib/core/error.h"
 #include "lib/core/host.h"
+#include "lib/core/log.h"
 #include "lib/train/crc32c.h"
 
 namespace electra::train {
@@ -54,7 +59,66 @@ void put_bytes(std::string& out, uint32_t field, std::string_view bytes) {
   out.append(bytes);
 }
 
+// Reads a varint at data[*pos]; false when it runs past the end or over 10 bytes.
+bool get_varint(std::string_view data, size_t* pos, uint64_t* value) {
+  *value = 0;
+  for (int shift = 0; shift < 70 && *pos < data.size(); shift += 7) {
+    const auto byte = static_cast<unsigned char>(data[(*pos)++]);
+    *value |= static_cast<uint64_t>(byte & 0x7F) << shift;
+    if ((byte & 0x80) == 0) return true;
+  }
+  return false;
+}
+
+template <typename T>
+T get_little_endian(const char* bytes) {
+  T value;
+  std::memcpy(&value, bytes, sizeof(T));
+  return value;
+}
+
 }  // namespace
+
+std::vector<std::string> read_events(const std::filesystem::path& file) {
+  std::ifstream in(file, std::ios::binary);
+  if (!in) fail("cannot read TensorBoard event file ", file.string(), ": ", std::strerror(errno));
+  const std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::vector<std::string> events;
+  size_t pos = 0;
+  while (bytes.size() - pos >= 12) {
+    const auto length = get_little_endian<uint64_t>(bytes.data() + pos);
+    if (get_little_endian<uint32_t>(bytes.data() + pos + 8) != mask_crc32c(crc32c(bytes.data() + pos, 8))) break;
+    if (length > bytes.size() - pos - 16) break;  // torn
+    const char* data = bytes.data() + pos + 12;
+    if (get_little_endian<uint32_t>(data + length) != mask_crc32c(crc32c(data, length))) break;
+    events.emplace_back(data, length);
+    pos += 16 + length;
+  }
+  return events;
+}
+
+EventFields parse_event(std::string_view event) {
+  EventFields fields;
+  size_t pos = 0;
+  while (pos < event.size()) {
+    uint64_t key = 0, value = 0;
+    if (!get_varint(event, &pos, &key)) break;
+    const uint64_t field = key >> 3, wire_type = key & 7;
+    if (wire_type == 0) {
+      if (!get_varint(event, &pos, &value)) break;
+      if (field == 2) fields.step = static_cast<int64_t>(value);
+    } else if (wire_type == 1 || wire_type == 5) {
+      pos += wire_type == 1 ? 8 : 4;
+    } else if (wire_type == 2) {
+      if (!get_varint(event, &pos, &value) || value > event.size() - pos) break;
+      if (field == 5) fields.summary = true;
+      pos += value;
+    } else {
+      break;  // groups: not in an Event
+    }
+  }
+  return fields;
+}
 
 std::string encode_record(std::string_view data) {
   std::string out;
@@ -110,8 +174,43 @@ double now_seconds() {
 
 }  // namespace
 
+namespace {
+
+// The event files of `dir` (names holding "tfevents", as TensorBoard takes them), in name order: by time.
+std::vector<std::filesystem::path> event_files(const std::filesystem::path& dir) {
+  std::vector<std::filesystem::path> files;
+  for (const auto& entry : std::filesystem::directory_iterator(dir)) {
+    if (entry.is_regular_file() && entry.path().filename().string().find("tfevents") != std::string::npos) {
+      files.push_back(entry.path());
+    }
+  }
+  std::sort(files.begin(), files.end());
+  return files;
+}
+
+}  // namespace
+
 TensorBoardWriter::TensorBoardWriter(const std::filesystem::path& dir, std::optional<int64_t> resume_step) {
   std::filesystem::create_directories(dir);
+  // A resume: the summaries of steps <= resume_step, when the directory also holds later ones to drop.
+  std::vector<std::filesystem::path> left_course;
+  std::vector<std::string> kept;
+  if (resume_step) {
+    bool later_steps = false;
+    left_course = event_files(dir);
+    for (const std::filesystem::path& file : left_course) {
+      for (std::string& event : tfevents::read_events(file)) {
+        const tfevents::EventFields fields = tfevents::parse_event(event);
+        if (!fields.summary) continue;  // file_version and session logs: the new file has its own
+        if (fields.step > *resume_step) {
+          later_steps = true;
+        } else {
+          kept.push_back(std::move(event));
+        }
+      }
+    }
+    if (!later_steps) left_course.clear();
+  }
   const double wall_time = now_seconds();
   const std::string base = "events.out.tfevents." + std::to_string(static_cast<int64_t>(wall_time)) + "." +
                            host_name() + "." + std::to_string(::getpid());
@@ -124,6 +223,18 @@ TensorBoardWriter::TensorBoardWriter(const std::filesystem::path& dir, std::opti
     }
   }
   append(tfevents::encode_record(tfevents::encode_file_version_event(wall_time)));
+  if (!left_course.empty()) {
+    std::string events;
+    for (const std::string& event : kept) events += tfevents::encode_record(event);
+    append(events);
+    // Only once the kept steps are in the new file: a failure before leaves the directory as it was.
+    const std::filesystem::path aside = abandoned_name(dir);
+    std::filesystem::create_directories(aside);
+    for (const std::filesystem::path& file : left_course) std::filesystem::rename(file, aside / file.filename());
+    ELECTRA_LOG(info) << "TensorBoard: the steps logged after step " << *resume_step << " by the course this resume "
+                      << "leaves are dropped from " << dir.string() << "; its event files are kept in "
+                      << aside.string();
+  }
   if (resume_step) append(tfevents::encode_record(tfevents::encode_session_start_event(wall_time, *resume_step + 1)));
 }
 

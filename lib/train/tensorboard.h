@@ -25,13 +25,27 @@ std::string encode_scalars_event(double wall_time, int64_t step, std::span<const
 // Event{wall_time, step, session_log = 7 {status = 1: START}}: TensorBoard drops the events of this run
 // directory with a step >= `step` read before it (the steps a crashed run logged after its checkpoint).
 std::string encode_session_start_event(double wall_time, int64_t step);
+
+// The events (record data) of a file of encode_record framing, in order. Reading stops at a torn or damaged
+// record: a crash mid-write leaves at most the last one so.
+std::vector<std::string> read_events(const std::filesystem::path& file);
+// Of an Event: its step (field 2; 0 when absent), and whether it holds a summary (field 5).
+struct EventFields {
+  int64_t step = 0;
+  bool summary = false;
+};
+EventFields parse_event(std::string_view event);
 }  // namespace tfevents
 
 class TensorBoardWriter {
  public:
   // Creates `dir` and a new file events.out.tfevents.<unix time>.<host>.<pid> in it, starting with the
-  // file_version event. With `resume_step`, a session START at resume_step + 1 follows, so TensorBoard
-  // forgets what an earlier run logged after that checkpoint.
+  // file_version event. With `resume_step`, the steps an earlier course logged after that checkpoint (a
+  // crash, or a resume of an earlier checkpoint) leave the directory: when `dir` holds any, its event files
+  // move to abandoned_name(dir) (RUN_DIR/tensorboard.abandoned, as metrics.jsonl's lines go aside) and the
+  // new file starts with their summaries of steps <= resume_step. TensorBoard's session START marker alone
+  // is not enough: its Rust loader ignores it, and its Python loader ignores the first one in a directory.
+  // A session START at resume_step + 1 still follows, for older TensorBoards reading a copy.
   explicit TensorBoardWriter(const std::filesystem::path& dir, std::optional<int64_t> resume_step = std::nullopt);
   ~TensorBoardWriter();
   TensorBoardWriter(const TensorBoardWriter&) = delete;

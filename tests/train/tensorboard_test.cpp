@@ -5,6 +5,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <iterator>
 #include <thread>
 
 #include "lib/train/crc32c.h"
@@ -213,6 +216,59 @@ TEST(TensorBoardWriter, ResumeMakesTensorBoardForgetTheCrashedRunsLaterSteps) {
   EXPECT_EQ(series(*seen, "train/loss"),
             (std::vector<std::pair<int64_t, float>>{{1, 101.0f}, {2, 102.0f}, {3, 103.0f}, {4, 204.0f}, {5, 205.0f}}))
       << seen->dump();
+}
+
+// A resume of an earlier checkpoint that logs nothing more (stopped at once), or a crash's later steps: the
+// event files go aside and the directory keeps the steps up to the checkpoint. TensorBoard's session START
+// alone left them: its Python loader takes the first START as the run's start, its Rust loader ignores it.
+TEST(TensorBoardWriter, AResumeMovesTheLeftCoursesFilesAsideAndKeepsItsEarlierSteps) {
+  TempDir dir;
+  const auto log_dir = dir.path() / "tensorboard";
+  {
+    TensorBoardWriter first(log_dir);
+    for (int64_t step = 1; step <= 6; ++step) first.add_scalar("train/loss", step, 100.0f + step);
+    first.add_scalar("eval/disc_auc", 4, 0.75f);
+  }
+  {
+    // A resume of step 6's checkpoint leaves nothing behind: the files stay as they are.
+    TensorBoardWriter same_course(log_dir, int64_t{6});
+  }
+  EXPECT_FALSE(std::filesystem::exists(dir.path() / "tensorboard.abandoned"));
+  ASSERT_EQ(std::distance(std::filesystem::directory_iterator(log_dir), std::filesystem::directory_iterator()), 2);
+  std::filesystem::path resumed_file;
+  {
+    TensorBoardWriter earlier(log_dir, int64_t{4});
+    resumed_file = earlier.file();
+  }
+  // The two files of the left course are kept aside whole; the directory holds the new file alone.
+  const auto aside = dir.path() / "tensorboard.abandoned";
+  ASSERT_TRUE(std::filesystem::is_directory(aside));
+  EXPECT_EQ(std::distance(std::filesystem::directory_iterator(aside), std::filesystem::directory_iterator()), 2);
+  std::vector<std::filesystem::path> left;
+  for (const auto& entry : std::filesystem::directory_iterator(log_dir)) left.push_back(entry.path());
+  ASSERT_EQ(left, std::vector<std::filesystem::path>{resumed_file});
+  std::vector<std::pair<int64_t, bool>> steps;  // (step, summary) of each event in the new file
+  for (const std::string& event : tfevents::read_events(resumed_file)) {
+    const tfevents::EventFields fields = tfevents::parse_event(event);
+    steps.emplace_back(fields.step, fields.summary);
+  }
+  // file_version, steps 1-4 of train/loss, eval at 4, the session START at 5.
+  EXPECT_EQ(steps, (std::vector<std::pair<int64_t, bool>>{
+                       {0, false}, {1, true}, {2, true}, {3, true}, {4, true}, {4, true}, {5, false}}));
+  // A torn last record (a crash mid-write) ends the reading there.
+  const std::string bytes = read_bytes(resumed_file);
+  std::ofstream(resumed_file, std::ios::binary | std::ios::trunc) << bytes.substr(0, bytes.size() - 3);
+  EXPECT_EQ(tfevents::read_events(resumed_file).size(), steps.size() - 1);
+  std::ofstream(resumed_file, std::ios::binary | std::ios::trunc) << bytes;
+
+  std::string reason;
+  const auto seen = read_with_tensorboard(log_dir, &reason);
+  if (!seen) GTEST_SKIP() << reason;
+  ASSERT_FALSE(seen->is_null());
+  EXPECT_EQ(series(*seen, "train/loss"),
+            (std::vector<std::pair<int64_t, float>>{{1, 101.0f}, {2, 102.0f}, {3, 103.0f}, {4, 104.0f}}))
+      << seen->dump();
+  EXPECT_EQ(series(*seen, "eval/disc_auc"), (std::vector<std::pair<int64_t, float>>{{4, 0.75f}})) << seen->dump();
 }
 
 }  // namespace
