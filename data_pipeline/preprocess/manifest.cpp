@@ -105,7 +105,9 @@ Manifest Manifest::load(const std::string& path) {
 }
 
 void Manifest::save(const std::string& dir) const {
-  write_file_atomically(std::filesystem::path(dir) / kManifestName, to_json().dump(2) + "\n");
+  // Replacement, not an exception, for a command line that is not UTF-8: the run is done by now.
+  write_file_atomically(std::filesystem::path(dir) / kManifestName,
+                        to_json().dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n");
 }
 
 }  // namespace electra::data

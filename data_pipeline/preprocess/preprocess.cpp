@@ -1,10 +1,15 @@
 #include "data_pipeline/preprocess/preprocess.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <memory>
 #include <optional>
 #include <set>
@@ -15,6 +20,7 @@
 #include "data_pipeline/preprocess/row_packer.h"
 #include "data_pipeline/tokenizer/bert_tokenizer.h"
 #include "data_pipeline/tokenizer/text_files.h"
+#include "data_pipeline/tokenizer/unicode.h"
 #include "lib/core/atomic_file.h"
 #include "lib/core/dir_lock.h"
 #include "lib/core/error.h"
@@ -28,38 +34,120 @@ namespace fs = std::filesystem;
 // ---------------------------------------------------------------------------------------------------
 // Input listing and assignment
 
-std::vector<InputFile> list_input_files(const std::vector<std::string>& inputs) {
-  std::vector<InputFile> files;
+std::string printable_path(std::string_view path, bool* invalid_utf8) {
+  std::string out;
+  bool invalid = false;
+  const auto* p = reinterpret_cast<const unsigned char*>(path.data());
+  const auto* end = p + path.size();
+  while (p < end) {
+    const text::unicode::Decoded d = text::unicode::decode_utf8(p, end);
+    if (d.invalid) {
+      invalid = true;
+      for (uint32_t i = 0; i < d.len; ++i) {
+        char hex[5];
+        std::snprintf(hex, sizeof(hex), "\\x%02X", p[i]);
+        out += hex;
+      }
+    } else {
+      out.append(reinterpret_cast<const char*>(p), d.len);
+    }
+    p += d.len;
+  }
+  if (invalid_utf8 != nullptr) *invalid_utf8 = invalid;
+  return out;
+}
+
+namespace {
+
+// The path, refused when it is not UTF-8: the manifest and the plan the ranks share are JSON.
+const std::string& checked_utf8(const std::string& path, std::string_view what) {
+  bool invalid = false;
+  const std::string shown = printable_path(path, &invalid);
+  if (invalid) {
+    fail(shown, ": ", what, " is not valid UTF-8 (shown with \\xNN for its other bytes); rename it");
+  }
+  return path;
+}
+
+// Whether `path` is `dir` or lies below it (both made absolute and free of "..", links resolved).
+bool is_within(const fs::path& path, const fs::path& dir) {
+  std::error_code ec;
+  const fs::path p = fs::weakly_canonical(path, ec);
+  const fs::path d = fs::weakly_canonical(dir, ec);
+  if (ec) return false;
+  const auto [d_end, p_at] = std::mismatch(d.begin(), d.end(), p.begin(), p.end());
+  return d_end == d.end() || (std::next(d_end) == d.end() && d_end->empty());  // "dir/" ends in an empty part
+}
+
+}  // namespace
+
+std::vector<InputFile> list_input_files(const std::vector<std::string>& inputs, const std::string& skip_dir) {
+  struct Found {
+    InputFile file;
+    dev_t device;
+    ino_t inode;
+  };
+  std::vector<Found> found;
+  const auto add = [&](const std::string& path, uint64_t size) {
+    struct stat st {};
+    if (::stat(path.c_str(), &st) != 0) fail(path, ": ", std::strerror(errno));
+    found.push_back({{checked_utf8(path, "an input file's path"), size}, st.st_dev, st.st_ino});
+  };
   for (const std::string& input : inputs) {
+    checked_utf8(input, "--input");
     std::error_code ec;
     const fs::file_status status = fs::status(input, ec);
     if (ec || !fs::exists(status)) fail(input, ": input does not exist");
+    if (!skip_dir.empty() && is_within(input, skip_dir)) {
+      fail(input, ": --input lies inside --output ", skip_dir, ", where the shards are written");
+    }
     if (fs::is_directory(status)) {
       for (fs::recursive_directory_iterator it(input, fs::directory_options::follow_directory_symlink, ec), end;
            it != end; it.increment(ec)) {
         if (ec) fail(input, ": cannot list directory: ", ec.message());
         // The error-code forms: a symbolic-link loop or a vanished file is bad input, not an exception that
         // rank 0 could not hand to the other ranks.
+        const bool directory = it->is_directory(ec);
+        if (ec) fail(printable_path(it->path().string()), ": ", ec.message());
+        if (directory && !skip_dir.empty() && is_within(it->path(), skip_dir)) {
+          // An earlier run's shards, manifest and vocab.txt are not text to read.
+          ELECTRA_LOG(info) << printable_path(it->path().string()) << ": not read, it is the --output directory";
+          it.disable_recursion_pending();
+          continue;
+        }
         const bool regular = it->is_regular_file(ec);
-        if (ec) fail(it->path().string(), ": ", ec.message());
+        if (ec) fail(printable_path(it->path().string()), ": ", ec.message());
         if (!regular) continue;
         const uintmax_t size = it->file_size(ec);
-        if (ec) fail(it->path().string(), ": ", ec.message());
-        files.push_back({it->path().string(), static_cast<uint64_t>(size)});
+        if (ec) fail(printable_path(it->path().string()), ": ", ec.message());
+        add(it->path().string(), static_cast<uint64_t>(size));
       }
       if (ec) fail(input, ": cannot list directory: ", ec.message());
     } else if (fs::is_regular_file(status)) {
       const uintmax_t size = fs::file_size(input, ec);
       if (ec) fail(input, ": ", ec.message());
-      files.push_back({input, static_cast<uint64_t>(size)});
+      add(input, static_cast<uint64_t>(size));
     } else {
       fail(input, ": not a regular file or directory");
     }
   }
-  std::sort(files.begin(), files.end(), [](const InputFile& a, const InputFile& b) { return a.path < b.path; });
-  files.erase(
-      std::unique(files.begin(), files.end(), [](const InputFile& a, const InputFile& b) { return a.path == b.path; }),
-      files.end());
+  std::stable_sort(found.begin(), found.end(),
+                   [](const Found& a, const Found& b) { return a.file.path < b.file.path; });
+  // The same file under two paths (`--input dir dir/a.txt`, a link to a directory) is read once: its first.
+  std::set<std::pair<dev_t, ino_t>> seen;
+  std::vector<InputFile> files;
+  uint64_t repeated = 0;
+  for (const Found& f : found) {
+    if (seen.insert({f.device, f.inode}).second) {
+      files.push_back(f.file);
+    } else if (files.empty() || files.back().path != f.file.path) {
+      ++repeated;
+    }
+  }
+  if (repeated > 0) {
+    ELECTRA_LOG(info) << repeated << " input file(s) reached under a second path (a link, or a file inside a "
+                      << "directory also given) are read once";
+  }
   if (files.empty()) fail("no input files found under the given --input paths");
   return files;
 }
@@ -567,6 +655,7 @@ Manifest run_preprocess(const PreprocessOptions& options, MPI_Comm comm) {
   //    the same BadInputError before any rank has written anything. Then every rank checks that it reads
   //    the same vocabulary and files, and rank 0 takes the output directory (or refuses it).
   nlohmann::json plan;
+  std::string plan_text;             // rank 0: the plan as JSON, or the error that ends the run on every rank
   std::optional<text::Vocab> vocab;  // rank 0 reads it here (bad input), the others in check_ranks_see_the_plan
   if (rank == 0) {
     try {
@@ -583,7 +672,9 @@ Manifest run_preprocess(const PreprocessOptions& options, MPI_Comm comm) {
       }
       if (options.deflate_level < 0 || options.deflate_level > 9)
         fail("--deflate-level ", options.deflate_level, " is outside [0, 9]");
-      const std::vector<InputFile> files = list_input_files(options.inputs);
+      checked_utf8(options.output_dir, "--output");
+      checked_utf8(options.vocab_path, "--vocab");
+      const std::vector<InputFile> files = list_input_files(options.inputs, options.output_dir);
       vocab.emplace(text::Vocab::load(options.vocab_path));  // missing or malformed: bad input, nothing written
       // The special tokens the examples and the tokenizer need, before the output is touched.
       for (const std::string_view token : {text::kPadToken, text::kUnkToken, text::kClsToken, text::kSepToken}) {
@@ -603,11 +694,12 @@ Manifest run_preprocess(const PreprocessOptions& options, MPI_Comm comm) {
       for (const InputFile& f : files) plan["files"].push_back({f.path, f.size});
       plan["vocab_hash"] = vocab->hash();
       plan["flags"] = shaping_flags(options);
+      plan_text = plan.dump();
     } catch (const std::exception& e) {  // every rank must hear of it, or the others wait for the plan forever
-      plan = {{"error", e.what()}};
+      plan_text = nlohmann::json{{"error", e.what()}}.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
     }
   }
-  plan = nlohmann::json::parse(broadcast_string(rank == 0 ? plan.dump() : std::string(), 0, comm));
+  plan = nlohmann::json::parse(broadcast_string(plan_text, 0, comm));
   if (plan.contains("error")) throw BadInputError(plan["error"].get<std::string>());
   std::vector<InputFile> files;
   for (const auto& f : plan["files"]) files.push_back({f[0].get<std::string>(), f[1].get<uint64_t>()});
@@ -660,7 +752,8 @@ Manifest run_preprocess(const PreprocessOptions& options, MPI_Comm comm) {
   } catch (const std::exception& e) {
     mine = {{"error", std::string("rank ") + std::to_string(rank) + ": " + e.what()}};
   }
-  const std::vector<std::string> gathered = gather_strings(mine.dump(), comm);
+  const std::vector<std::string> gathered =
+      gather_strings(mine.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), comm);
 
   // 3. Rank 0 writes vocab.txt and the manifest (last), then tells everyone the outcome.
   std::string outcome;
@@ -718,11 +811,12 @@ Manifest run_preprocess(const PreprocessOptions& options, MPI_Comm comm) {
                         << (total.seconds > 0 ? total.bytes / 1e6 / total.seconds : 0.0) << " MB/s overall, " << world
                         << " rank(s)); invalid UTF-8: " << total.invalid_utf8
                         << ", unknown tokens: " << total.unknown_tokens << " of " << total.words << " words";
-      outcome = manifest.to_json().dump();
+      outcome = manifest.to_json().dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
     } catch (const BadInputError& e) {
-      outcome = nlohmann::json{{"error", e.what()}, {"bad_input", true}}.dump();
+      outcome = nlohmann::json{{"error", e.what()}, {"bad_input", true}}.dump(-1, ' ', false,
+                                                                              nlohmann::json::error_handler_t::replace);
     } catch (const std::exception& e) {
-      outcome = nlohmann::json{{"error", e.what()}}.dump();
+      outcome = nlohmann::json{{"error", e.what()}}.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
     }
     // A run that failed before replacing anything leaves the directory as it found it: its staged shards
     // go, and so does a lock file it made (the earlier output, if any, is whole). Every rank is past its

@@ -66,9 +66,14 @@ struct InputFile {
   uint64_t size = 0;
 };
 
-// All regular files under `inputs` (directories recursed), sorted by path, duplicates removed.
-// Errors name a missing input. An empty result is an error.
-std::vector<InputFile> list_input_files(const std::vector<std::string>& inputs);
+// All regular files under `inputs` (directories recursed), sorted by path; a file reached twice (two
+// spellings, a link) is read once, under its first path. Files under `skip_dir` (the output directory, when
+// it lies inside an input) are left out; an input inside it is an error. Errors name a missing input and a
+// path that is not UTF-8 (the manifest is JSON). An empty result is an error.
+std::vector<InputFile> list_input_files(const std::vector<std::string>& inputs, const std::string& skip_dir = "");
+
+// `path` with the bytes that are not UTF-8 written as \xNN, and whether there were any.
+std::string printable_path(std::string_view path, bool* invalid_utf8 = nullptr);
 
 // Owner rank of each file: largest files first, each to the rank with the fewest bytes so far (ties:
 // lowest rank). Deterministic.

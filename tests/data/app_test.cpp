@@ -409,6 +409,51 @@ TEST_F(App, BadInputsAreRefusedBeforeAnEarlierOutputIsTouched) {
   EXPECT_EQ(preprocess(tmp / "corpus", tmp / "vocab.txt", "--chunk-rows 100000000"), 2) << output;
   EXPECT_NE(output.find("makes HDF5 chunks of 4 GiB or more"), std::string::npos) << output;
   expect_good_untouched("--chunk-rows");
+
+  // A path that is not UTF-8 (a Latin-1 file name): the manifest and the ranks' plan are JSON. Rank 0 threw
+  // while encoding the plan, outside the error hand-over, and rank 1 waited for it forever.
+  fs::create_directories(tmp / "latin1");
+  std::ofstream(tmp / "latin1/caf\xE9.txt") << "some words\n";
+  EXPECT_EQ(preprocess(tmp / "latin1", tmp / "vocab.txt", ""), 2) << output;
+  EXPECT_NE(output.find("latin1/caf\\xE9.txt: an input file's path is not valid UTF-8"), std::string::npos) << output;
+  expect_good_untouched("Latin-1 file name");
+  fs::copy_file(tmp / "vocab.txt", tmp / "v\xE9.txt");
+  EXPECT_EQ(preprocess(tmp / "corpus", tmp / "v\xE9.txt", ""), 2) << output;  // failed after the whole run
+  EXPECT_NE(output.find("--vocab is not valid UTF-8"), std::string::npos) << output;
+  expect_good_untouched("Latin-1 --vocab");
+}
+
+// An --output inside an --input directory is not read back: a --force rerun read the first run's shards,
+// manifest.json and vocab.txt as text. A file reached twice (a directory and a file in it, a link to a
+// directory) is read once.
+TEST_F(App, TheOutputAndRepeatedFilesAreNotReadAsInput) {
+  std::string output;
+  ASSERT_EQ(run(app() + args("once"), &output), 0) << output;
+  const Manifest once = Manifest::load(tmp / "once/manifest.json");
+  const std::string inside = " --vocab " + (tmp / "vocab.txt") + " --output " + (tmp / "corpus/shards") +
+                             " --max-seq-length 40 --seed 5 --rows-per-shard 16";
+  ASSERT_EQ(run(app() + " --input " + (tmp / "corpus") + inside, &output), 0) << output;
+  ASSERT_EQ(run(app() + " --input " + (tmp / "corpus") + inside + " --force", &output), 0) << output;
+  EXPECT_NE(output.find("not read, it is the --output directory"), std::string::npos) << output;
+  const Manifest rerun = Manifest::load(tmp / "corpus/shards/manifest.json");
+  EXPECT_EQ(rerun.stats["files"], once.stats["files"]);
+  EXPECT_EQ(rerun.stats["examples"], once.stats["examples"]);
+  EXPECT_EQ(run(app() + " --input " + (tmp / "corpus/shards/manifest.json") + inside + " --force", &output), 2)
+      << output;
+  EXPECT_NE(output.find("--input lies inside --output"), std::string::npos) << output;
+
+  fs::remove_all(tmp / "corpus/shards");
+  fs::create_directory_symlink(tmp / "corpus", tmp / "alias");
+  const std::string first = fs::directory_iterator(tmp / "corpus")->path().string();
+  ASSERT_EQ(run(app() + " --input " + (tmp / "corpus") + " " + (tmp / "alias") + " " + first + " --vocab " +
+                    (tmp / "vocab.txt") + " --output " + (tmp / "twice") + " --max-seq-length 40 --seed 5",
+                &output),
+            0)
+      << output;
+  const Manifest twice = Manifest::load(tmp / "twice/manifest.json");
+  EXPECT_EQ(twice.stats["files"], once.stats["files"]);
+  EXPECT_EQ(twice.stats["examples"], once.stats["examples"]);
+  EXPECT_NE(output.find("reached under a second path"), std::string::npos) << output;
 }
 
 // --force writes the new shards under .electra-preprocess-staging/ and replaces the earlier output only once
