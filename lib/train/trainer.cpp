@@ -19,6 +19,7 @@
 #include <thread>
 
 #include "data_pipeline/loader/loader.h"
+#include "data_pipeline/loader/masking.h"
 #include "lib/backend/backend.h"
 #include "lib/core/atomic_file.h"
 #include "lib/core/batch.h"
@@ -234,6 +235,7 @@ class Trainer {
   StepOutcome train_step();
   void log_step(const LogWindow::Summary& window, double lr, double grad_norm);
   void warn_collapse(const MetricsRecord& window);
+  void warn_of_capped_masking() const;
   void log_profile();
   std::unique_ptr<dist::GradientReducer> make_reducer();
 
@@ -341,6 +343,7 @@ std::optional<std::string> Trainer::setup() {
     lower_case_ = loader_->dataset().lower_case();
 
     model_config_ = pretrainer_config_from_json(config_.at("model"));
+    warn_of_capped_masking();
     held_out_ = std::make_unique<HeldOutEval>(settings_, *loader_, comm_);
     collapse_check_.emplace(settings_.collapse);
     precision_ = settings_.precision;
@@ -575,6 +578,23 @@ void Trainer::log_step(const LogWindow::Summary& summary, double lr, double grad
   if (tensorboard_) tensorboard_->add_step_metrics(m);
   if (collapse_check_->observe(progress_.step, disc_gain)) warn_collapse(m);
   progress_.collapse_streak = collapse_check_->streak();  // checkpointed: the streak survives a resume
+}
+
+// Rank 0: masking takes at most model.num_token_predictions positions per row (google-research/electra's
+// max_predictions_per_seq), so a data.mask_prob above it masks fewer tokens than it says on long rows.
+void Trainer::warn_of_capped_masking() const {
+  const int seq = settings_.seq_length, cap = model_config_.num_token_predictions;
+  const float mask_prob = settings_.loader.mask_prob;
+  // A full row has seq - 2 maskable tokens: [CLS] and a [SEP] never are.
+  const int wanted = data::masked_count(seq - 2, mask_prob, seq), capped = data::masked_count(seq - 2, mask_prob, cap);
+  if (!comm_.is_root() || capped >= wanted) return;
+  ELECTRA_LOG(warning) << "config key 'data.mask_prob' = " << mask_prob << " asks for " << wanted
+                       << " masked positions in a full row of " << seq
+                       << " tokens, more than 'model.num_token_predictions' = " << cap << ": full rows get " << cap
+                       << " (" << std::fixed << std::setprecision(1) << 100.0 * cap / (seq - 2)
+                       << "% of their tokens). google-research/electra derives it: set "
+                       << "model.num_token_predictions=" << static_cast<int>((mask_prob + 0.005) * seq)
+                       << " (a new run: it is part of the model)";
 }
 
 // Rank 0: the discriminator has learned nothing beyond the base rate for several log windows.

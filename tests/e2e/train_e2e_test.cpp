@@ -233,6 +233,21 @@ TEST_F(TrainE2E, ResumeOnOtherShardsIsNamedInAWarning) {
   EXPECT_NE(read_text(log).find("examples "), std::string::npos) << log_of(log);
 }
 
+// data.mask_prob above what model.num_token_predictions holds was capped without a word (Google's large
+// recipe, 0.25, on the small preset trained at 15%): set-up warns, naming both keys and the value to set.
+TEST_F(TrainE2E, MaskingCappedByTheModelsPredictionsIsWarned) {
+  const fs::path log = root() / "mask_prob.log";
+  ASSERT_EQ(run(train_command(1, run_dir("mask_half"), "--set train.steps=1 --set data.mask_prob=0.5"), log), 0)
+      << log_of(log);
+  EXPECT_NE(read_text(log).find("config key 'data.mask_prob' = 0.5 asks for 15 masked positions in a full row of 32 "
+                                "tokens, more than 'model.num_token_predictions' = 5: full rows get 5 (16.7% of their "
+                                "tokens). google-research/electra derives it: set model.num_token_predictions=16"),
+            std::string::npos)
+      << log_of(log);
+  ASSERT_EQ(run(train_command(1, run_dir("mask_default"), "--set train.steps=1"), log), 0) << log_of(log);
+  EXPECT_EQ(read_text(log).find("data.mask_prob"), std::string::npos) << log_of(log);
+}
+
 // The collapse warning's streak of flat log windows is checkpointed: a run stopped and resumed every few
 // windows warns as the run without stops does (it was lost at each resume, so requeued jobs never warned).
 // min_gain 10 nats makes every judged window "flat": windows end at 4, 6, 8, 10, 12; the fifth warns.
