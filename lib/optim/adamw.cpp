@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <limits>
 #include <set>
 #include <string>
 
@@ -21,8 +23,14 @@ void read(const nlohmann::json& node, const char* key, V& out) {
     if (!value.is_boolean()) fail("config key 'optim.", key, "': expected true/false, got ", value.dump());
   } else if constexpr (std::is_integral_v<V>) {
     if (!value.is_number_integer()) fail("config key 'optim.", key, "': expected an integer, got ", value.dump());
+    // An unsigned value past the signed range would wrap (2^64 - 1 read as -1).
+    if (value.is_number_unsigned() && value.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<V>::max()))
+      fail("config key 'optim.", key, "': ", value.dump(), " is too large");
   } else {
     if (!value.is_number()) fail("config key 'optim.", key, "': expected a number, got ", value.dump());
+    // The optimizer computes in float: a value that float cannot hold would be infinity in every step.
+    if (!std::isfinite(static_cast<float>(value.get<double>())))
+      fail("config key 'optim.", key, "': ", value.dump(), " is not a finite float");
   }
   out = value.get<V>();
 }

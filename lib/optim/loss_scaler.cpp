@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <set>
 
 #include "lib/core/error.h"
@@ -68,6 +69,10 @@ LossScaleConfig loss_scale_config_from_json(const nlohmann::json& section) {
     const nlohmann::json& value = section.at("growth_interval");
     if (!value.is_number_integer()) {
       fail("config key 'optim.loss_scale.growth_interval': expected an integer, got ", value.dump());
+    }
+    if (value.is_number_unsigned() &&
+        value.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+      fail("config key 'optim.loss_scale.growth_interval': ", value.dump(), " is too large");
     }
     c.growth_interval = value.get<int64_t>();
   }

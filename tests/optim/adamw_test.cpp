@@ -242,6 +242,13 @@ TEST(OptimConfig, FromJson) {
   expect_error({{"warmup_steps", 1.5}}, "optim.warmup_steps");
   expect_error({{"learning_rate", 1e-3}}, "optim.learning_rate");
   expect_error({{"eps", 0}}, "optim.eps");
+  // Values that float (the optimizer's arithmetic) cannot hold: lr 1e39 made every parameter NaN with exit 0,
+  // eps 1e39 trained nothing. An unsigned value past int64 wrapped to -1 in the message.
+  expect_error({{"lr", 1e39}}, "'optim.lr': 1e+39 is not a finite float");
+  expect_error({{"eps", 1e39}}, "'optim.eps': 1e+39 is not a finite float");
+  expect_error({{"weight_decay", 1e39}}, "'optim.weight_decay'");
+  expect_error({{"warmup_steps", nlohmann::json(uint64_t{18446744073709551615u})}},
+               "'optim.warmup_steps': 18446744073709551615 is too large");
   EXPECT_THROW(optimizer_config_from_json(nlohmann::json::object(), 0), Error);
 }
 

@@ -186,6 +186,7 @@ TEST(LossScaler, ConfigKeysRoundTripAndBadValuesNameTheKey) {
   EXPECT_NE(message({{"backoff", 1.0}}).find("optim.loss_scale.backoff"), std::string::npos);
   EXPECT_NE(message({{"growth_interval", 0}}).find("optim.loss_scale.growth_interval"), std::string::npos);
   EXPECT_NE(message({{"growth_interval", 1.5}}).find("optim.loss_scale.growth_interval"), std::string::npos);
+  EXPECT_NE(message({{"growth_interval", nlohmann::json(uint64_t{1} << 63)}}).find("is too large"), std::string::npos);
   EXPECT_NE(message({{"factor", 2}}).find("optim.loss_scale.factor"), std::string::npos);
   EXPECT_NE(message(nlohmann::json("dynamic")).find("optim.loss_scale"), std::string::npos);
 }
