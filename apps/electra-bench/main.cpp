@@ -11,6 +11,7 @@
 #include "apps/cli_checks.h"
 #include "apps/electra-bench/step_bench.h"
 #include "lib/core/error.h"
+#include "lib/core/host.h"
 #include "lib/core/log.h"
 #include "lib/dist/communicator.h"
 #include "lib/dist/rank_main.h"
@@ -18,6 +19,7 @@
 #include "lib/train/train_settings.h"
 
 int main(int argc, char** argv) {
+  electra::ignore_file_size_signal();
   electra::bench::StepBenchOptions o;
   bool json = false, no_overlap = false, no_trim = false;
   std::string device = "cpu", precision = "fp32", storage = "auto";

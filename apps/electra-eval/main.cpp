@@ -22,6 +22,7 @@
 #include "lib/backend/backend.h"
 #include "lib/core/error.h"
 #include "lib/core/fnv1a.h"
+#include "lib/core/host.h"
 #include "lib/core/log.h"
 #include "lib/dist/communicator.h"
 #include "lib/dist/rank_main.h"
@@ -171,6 +172,7 @@ void print_table(const electra::eval::EvalMetrics& m, const Flags& flags, const 
 }  // namespace
 
 int main(int argc, char** argv) {
+  electra::ignore_file_size_signal();
   Flags flags;
   std::string device = "cpu", precision = "fp32", storage = "auto";  // parsed into flags after the flags
   CLI::App app{

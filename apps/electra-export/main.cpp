@@ -6,11 +6,13 @@
 #include <optional>
 
 #include "apps/cli_checks.h"
+#include "lib/core/host.h"
 #include "lib/core/log.h"
 #include "lib/interop/hf_export.h"
 #include "lib/interop/model_source.h"
 
 int main(int argc, char** argv) {
+  electra::ignore_file_size_signal();
   std::string checkpoint, output, vocab;
   electra::interop::ExportOptions options;
   CLI::App app{

@@ -13,10 +13,12 @@
 #include "apps/cli_checks.h"
 #include "data_pipeline/preprocess/preprocess.h"
 #include "lib/core/error.h"
+#include "lib/core/host.h"
 #include "lib/core/log.h"
 #include "lib/dist/launch_env.h"
 
 int main(int argc, char** argv) {
+  electra::ignore_file_size_signal();
   CLI::App app{
       "Packs BERT-layout text (one sentence per line, blank line between documents) into "
       "ELECTRA pre-training shards."};

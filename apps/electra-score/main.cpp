@@ -16,12 +16,14 @@
 #include "apps/cli_checks.h"
 #include "lib/backend/backend.h"
 #include "lib/core/error.h"
+#include "lib/core/host.h"
 #include "lib/core/log.h"
 #include "lib/interop/model_source.h"
 #include "lib/interop/scorer.h"
 #include "lib/train/device.h"
 
 int main(int argc, char** argv) {
+  electra::ignore_file_size_signal();
   std::string model_path, vocab;
   bool no_lower_case = false;
   electra::interop::ScoreOptions options;

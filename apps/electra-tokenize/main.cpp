@@ -14,6 +14,7 @@
 #include "data_pipeline/tokenizer/bert_tokenizer.h"
 #include "data_pipeline/tokenizer/text_files.h"
 #include "lib/core/error.h"
+#include "lib/core/host.h"
 #include "lib/core/log.h"
 
 namespace {
@@ -51,6 +52,7 @@ class Output {
 }  // namespace
 
 int main(int argc, char** argv) {
+  electra::ignore_file_size_signal();
   CLI::App app{"Tokenizes text with a BERT WordPiece vocabulary: one output line per input line."};
   std::string vocab_path, input = "-";
   bool no_lower_case = false, tokens = false;

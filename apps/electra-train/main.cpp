@@ -14,6 +14,7 @@
 #include "lib/train/trainer.h"
 
 int main(int argc, char** argv) {
+  electra::ignore_file_size_signal();
   // First of all: a stop signal (SIGUSR1/SIGTERM/Ctrl-C) that arrives while the ranks set up must not kill them
   // (the default action); the trainer sees it at its first step boundary and stops with a checkpoint.
   electra::dist::install_stop_signals();

@@ -13,9 +13,11 @@
 #include "data_pipeline/tokenizer/text_files.h"
 #include "data_pipeline/tokenizer/vocab_trainer.h"
 #include "lib/core/error.h"
+#include "lib/core/host.h"
 #include "lib/core/log.h"
 
 int main(int argc, char** argv) {
+  electra::ignore_file_size_signal();
   CLI::App app{"Trains a BERT WordPiece vocabulary from raw text."};
   std::vector<std::string> inputs;
   std::string output;

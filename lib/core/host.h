@@ -9,4 +9,9 @@ namespace electra {
 // gethostname(); "unknown-host" when it cannot be read.
 std::string host_name();
 
+// Every program calls this first: a write past the file-size limit (`ulimit -f`, a Slurm job's limit) then
+// fails with EFBIG, which the writers report naming the file, instead of SIGXFSZ killing the process without
+// a word (exit 153) and leaving its temporary files.
+void ignore_file_size_signal();
+
 }  // namespace electra

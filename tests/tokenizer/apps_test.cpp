@@ -216,6 +216,21 @@ TEST_F(Apps, EveryProgramRefusesAnEmptyPath) {
   }
 }
 
+// A write past the file-size limit (ulimit -f, a batch job's limit) is an error naming the file (exit 1),
+// with the temporary file gone: SIGXFSZ killed the programs without a word (exit 153) and left it.
+TEST_F(Apps, AFileSizeLimitIsAnErrorNamingTheFile) {
+  const std::string err = dir_.file("err.txt");
+  const int status = testing::run("ulimit -f 1; " + shell_quote(bin("electra-vocab")) + " --input " +
+                                  shell_quote(dir_.file("corpus")) + " --vocab-size 400 --min-frequency 1 --output " +
+                                  shell_quote(dir_.file("limited.txt")) + " 2>" + shell_quote(err));
+  EXPECT_EQ(status, 1) << testing::read_file(err);
+  EXPECT_NE(testing::read_file(err).find("limited.txt.tmp: File too large"), std::string::npos)
+      << testing::read_file(err);
+  for (const auto& entry : std::filesystem::directory_iterator(dir_.path())) {
+    EXPECT_EQ(entry.path().filename().string().find("limited"), std::string::npos) << entry.path();
+  }
+}
+
 TEST_F(Apps, TokenizeExitCodes) {
   const std::string vocab_path = dir_.file("vocab.txt");
   ASSERT_EQ(testing::run(shell_quote(bin("electra-vocab")) + " --input " + shell_quote(dir_.file("corpus")) +
