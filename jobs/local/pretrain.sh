@@ -81,9 +81,14 @@ args+=("$@")
 
 mpirun_pid=
 stop_pending=0
+stop_sent=0
+send_stop() {
+  stop_sent=1
+  kill -USR1 "$mpirun_pid" 2>/dev/null || true
+}
 forward() {  # signal [note]
   log "received SIG$1; asking the ranks to checkpoint and stop (SIGUSR1 via mpirun)${2:-}"
-  if [ -n "$mpirun_pid" ]; then kill -USR1 "$mpirun_pid" 2>/dev/null || true; else stop_pending=1; fi
+  if [ -n "$mpirun_pid" ]; then send_stop; else stop_pending=1; fi
 }
 # True while mpirun has children (the ranks), or when that cannot be read. Once the ranks have exited, a
 # SIGTERM would only reach mpirun's own shutdown, where Open MPI 4.1's mpirun can crash (exit 139) and hide
@@ -121,12 +126,22 @@ set -m
 "${launch[@]}" "$train" "${args[@]}" < /dev/null &
 mpirun_pid=$!
 set +m
-# `wait` returns early (status > 128) whenever a trapped signal arrives; wait again until mpirun ends.
+[ "$stop_pending" = 0 ] || send_stop  # a stop that came while mpirun was being started
+# `wait` returns early (status > 128) whenever a trapped signal arrives; wait again until mpirun ends, then
+# once more for its own status (a wait that a trap cut short as mpirun ended returned 128+signal).
 while :; do
   wait "$mpirun_pid"
   code=$?
-  kill -0 "$mpirun_pid" 2>/dev/null || break
+  kill -0 "$mpirun_pid" 2>/dev/null && continue
+  wait "$mpirun_pid"
+  code=$?
+  break
 done
+if [ "$stop_sent" = 1 ] && [ "$interrupts" -lt 2 ] && [ "$code" = 138 ]; then
+  # Killed by the SIGUSR1 before electra-train could catch it: the ranks were still loading their libraries.
+  log "the ranks were stopped while starting, before they could take the signal; the last checkpoint stands"
+  code=3
+fi
 case "$code" in
   0) log "training finished: $run_dir" ;;
   3) log "stopped with a checkpoint; run the same command again to continue from $run_dir" ;;
