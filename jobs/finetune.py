@@ -15,8 +15,8 @@ linear decay to zero, gradient clipping at 1.0, the dropout of config.json. --fr
 same architecture from config.json with random weights, so pre-trained and random initialisation can
 be compared with the same recipe. Everything is seeded (--seed): initialisation, dropout, shuffling.
 
-Data: a .tsv file holds one example a line, "text<TAB>label", with an optional header line
-"text<TAB>label"; a .jsonl file holds one {"text": ..., "label": ...} object a line. Blank lines are
+Data: a .tsv file holds one example a line, "text<TAB>label", with an optional header line whose
+second column is "label" ("text<TAB>label", GLUE's "sentence<TAB>label"); a .jsonl file holds one {"text": ..., "label": ...} object a line. Blank lines are
 skipped. Labels are strings (JSON numbers are read as strings); the classes are the labels of the
 training data, and a dev label not among them is an error. --data splits one file into train and dev,
 stratified by label, reproducibly for a given --seed.
@@ -67,10 +67,11 @@ def read_examples(path):
                 raise DataError(f"{where}: not valid UTF-8") from None
             if number == 1:
                 line = line.lstrip("\ufeff")  # a byte-order mark (files saved by spreadsheets)
-            if not line.strip() or (kind == ".tsv" and number == 1 and line.strip() == "text\tlabel"):
-                continue
-            if kind == ".tsv" and number == 1 and line.strip() == "label\ttext":
+            header = line.strip().lower().split("\t") if kind == ".tsv" and number == 1 else []
+            if header == ["label", "text"] or header == ["label", "sentence"]:
                 raise DataError(f"{where}: the header says label<TAB>text; the columns must be text<TAB>label")
+            if not line.strip() or (len(header) == 2 and header[1] == "label"):
+                continue  # blank, or a header (text<TAB>label, GLUE's sentence<TAB>label)
             if kind == ".tsv":
                 fields = line.split("\t")
                 if len(fields) != 2:
@@ -235,7 +236,7 @@ def main():
     else:
         try:
             model = ElectraForSequenceClassification.from_pretrained(args.model, config=config)
-        except (OSError, ValueError, RuntimeError) as e:
+        except Exception as e:  # noqa: BLE001 (also safetensors' SafetensorError, a damaged file)
             fail(f"{args.model}: cannot load its weights (model.safetensors): {e}")
     model.to(args.device).train()
 

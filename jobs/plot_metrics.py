@@ -136,7 +136,9 @@ def main(argv=None):
             for key, suffix, style in keys:
                 steps, values = series(train, key, args.smooth)
                 if steps:
-                    ax.plot(steps, values, style, color=color, linewidth=1.4, label=label + suffix)
+                    # A single point has no line to draw: a marker shows it (a run that logged once).
+                    ax.plot(steps, values, style, color=color, linewidth=1.4, label=label + suffix,
+                            marker="o" if len(steps) == 1 else None)
             for key, suffix, marker in EVAL_ON_PANEL.get(panel, []):
                 steps, values = series(evals, key)
                 if steps:

@@ -126,6 +126,19 @@ for case in "--model $tmp/run:not a Hugging Face ELECTRA config" \
   [ $code = 2 ] || fail "finetune.py ${case%%:*} exited $code, expected 2: $(tail -3 "$tmp/finetune_bad.log")"
   grep -q -- "${case#*:}" "$tmp/finetune_bad.log" || fail "finetune.py ${case%%:*}: not said: $(tail -3 "$tmp/finetune_bad.log")"
 done
+# A damaged model.safetensors: exit 2 naming it (safetensors' own error was a traceback, exit 1).
+mkdir -p "$tmp/damaged" && cp "$tmp/run/export/discriminator/"* "$tmp/damaged/"
+truncate -s 100 "$tmp/damaged/model.safetensors"
+"$python" "$root/jobs/finetune.py" --model "$tmp/damaged" --train "$tmp/task/train.tsv" --dev "$tmp/task/dev.tsv" \
+  > "$tmp/finetune_bad.log" 2>&1
+code=$?
+[ $code = 2 ] && grep -q "cannot load its weights" "$tmp/finetune_bad.log" ||
+  fail "finetune.py on a damaged model.safetensors exited $code: $(tail -3 "$tmp/finetune_bad.log")"
+# GLUE's header (sentence<TAB>label) is a header, not an example of class "label".
+printf 'sentence\tlabel\nsome text\ta\n' > "$tmp/glue.tsv"
+(cd "$root/jobs" && "$python" -c 'import finetune, sys; print(finetune.read_examples(sys.argv[1]))' "$tmp/glue.tsv") \
+  > "$tmp/glue.log" 2>&1 || fail "read_examples failed: $(tail -3 "$tmp/glue.log")"
+grep -q "^\[('some text', 'a', '$tmp/glue.tsv:2')\]$" "$tmp/glue.log" || fail "GLUE's header read as data: $(cat "$tmp/glue.log")"
 say "c. finetune.py on bad data, models and values: exit 2, naming the file, line or flag"
 
 # d. bf16 storage follows fp32 on the same shards, steps and seed
