@@ -118,6 +118,13 @@ void RunCheckpoints::resume_from(const fs::path& path, TrainingState& state_out,
   }
   const nlohmann::json& state = file.state();
   state_out.step = state.at("step").get<int64_t>();
+  // Lowering train.steps below a run's step would train nothing, end with exit 0 and no final checkpoint,
+  // and leave config.json saying fewer steps than the checkpoints hold: refused before anything is written.
+  if (state_out.step > settings_.total_steps) {
+    fail("checkpoint ", path.string(), " is at step ", state_out.step, ", past config key 'train.steps' (",
+         settings_.total_steps, "): nothing would be trained. Set train.steps to ", state_out.step,
+         " or more to go on (nothing was written)");
+  }
   log_windows_out = state.value("log_windows", nlohmann::json());
   if (!log_windows_out.is_null()) {
     try {
@@ -176,10 +183,6 @@ void RunCheckpoints::resume_from(const fs::path& path, TrainingState& state_out,
   if (parts_.comm->is_root() && state_out.step == settings_.total_steps) {
     ELECTRA_LOG(info) << "the run is complete (train.steps " << settings_.total_steps
                       << "): nothing is left to train; set train.steps higher to go on";
-  } else if (parts_.comm->is_root() && state_out.step > settings_.total_steps) {
-    // Lowering train.steps below a run's step trains nothing: say so rather than only "done".
-    ELECTRA_LOG(warning) << "the checkpoint is at step " << state_out.step << ", past train.steps ("
-                         << settings_.total_steps << "): nothing is left to train";
   }
 }
 

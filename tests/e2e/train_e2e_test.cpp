@@ -187,13 +187,17 @@ TEST_F(TrainE2E, ResumeIsBitwiseExactOnTheSameWorldSize) {
   EXPECT_EQ(electra::train::CheckpointFile::open(straight / final_name).loader(),
             electra::train::CheckpointFile::open(resumed / final_name).loader());
 
-  // Resuming a finished run trains nothing and says so; below its step, with a warning.
+  // Resuming a finished run trains nothing and says so; below its step is refused (exit 2, config.json as
+  // it was: it was rewritten with the lower step count, and the run ended 0 without a final checkpoint).
   const fs::path log3 = root() / "resumed3.log";
   ASSERT_EQ(run(train_command(2, resumed, "--resume auto"), log3), 0) << log_of(log3);
   EXPECT_NE(read_text(log3).find("the run is complete (train.steps 12)"), std::string::npos) << log_of(log3);
-  ASSERT_EQ(run(train_command(2, resumed, "--resume auto --set train.steps=8"), log3), 0) << log_of(log3);
-  EXPECT_NE(read_text(log3).find("[warning] the checkpoint is at step 12, past train.steps (8)"), std::string::npos)
+  const std::string config = read_text(resumed / "config.json");
+  ASSERT_EQ(run(train_command(2, resumed, "--resume auto --set train.steps=8"), log3), 2) << log_of(log3);
+  EXPECT_NE(read_text(log3).find("is at step 12, past config key 'train.steps' (8): nothing would be trained"),
+            std::string::npos)
       << log_of(log3);
+  EXPECT_EQ(read_text(resumed / "config.json"), config);
   EXPECT_EQ(read_metrics(resumed).size(), 12u);
 }
 
