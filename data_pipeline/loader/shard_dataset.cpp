@@ -244,8 +244,8 @@ nlohmann::json ShardDataset::identity() const {
 void ShardDataset::open_electra(const std::string& manifest_path) {
   const Manifest manifest = Manifest::load(manifest_path);
   if (manifest.max_seq_length != options_.seq_length)
-    fail(manifest_path, ": the data has max_seq_length ", manifest.max_seq_length, " but seq_length ",
-         options_.seq_length, " was requested");
+    fail(manifest_path, ": the data has max_seq_length ", manifest.max_seq_length, " but ", options_.seq_length,
+         " was asked for (electra-train: config key 'data.seq_length'; electra-eval: --seq-length)");
   seq_length_ = manifest.max_seq_length;
   packed_ = manifest.pack;
   lower_case_ = manifest.lower_case;
@@ -360,8 +360,8 @@ void ShardDataset::validate_nvidia_shard(Shard& shard) {
   const std::vector<hsize_t> d = h5::dims(ds[0]);
   if (d.size() != 2) fail(where(path, kNvInputIds), ": expected 2 dimensions, found ", d.size());
   if (d[1] != static_cast<hsize_t>(seq_length_))
-    fail(where(path, kNvInputIds), ": the data has sequence length ", d[1], " but seq_length ", seq_length_,
-         " was requested");
+    fail(where(path, kNvInputIds), ": the data has sequence length ", d[1], " but ", seq_length_,
+         " was asked for (electra-train: config key 'data.seq_length'; electra-eval: --seq-length)");
   const hsize_t rows = d[0];
   expect_dims(ds[1], path, kNvInputMask, {rows, d[1]});
   expect_dims(ds[2], path, kNvSegmentIds, {rows, d[1]});

@@ -21,8 +21,12 @@ HeldOutEval::HeldOutEval(const TrainSettings& settings, const data::Loader& trai
   const data::LoaderOptions& training = settings.loader;
   if (settings.eval_every > 0 && !eval_dir.empty()) {
     schedule_ = Periodic{settings.eval_every, settings.total_steps};
-    loader_ = eval::make_eval_loader(eval_dir, settings.global_batch, settings.seq_length, training.mask_prob,
-                                     training.max_predictions, settings.seed, comm, training.vocab_path);
+    try {  // the same messages as data.dir's: they must say which directory is meant
+      loader_ = eval::make_eval_loader(eval_dir, settings.global_batch, settings.seq_length, training.mask_prob,
+                                       training.max_predictions, settings.seed, comm, training.vocab_path);
+    } catch (const std::exception& e) {
+      fail("config key 'data.eval_dir': ", e.what());
+    }
     if (loader_->vocab().hash() != training_loader.vocab().hash()) {
       fail("config key 'data.eval_dir': ", eval_dir, " was made with another vocabulary (", loader_->vocab().origin(),
            ") than data.dir (", training_loader.vocab().origin(), ")");

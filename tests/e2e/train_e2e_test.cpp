@@ -473,6 +473,15 @@ TEST_F(TrainE2E, BadInputIsReportedBeforeTrainingAndOverwritesNothing) {
   EXPECT_EQ(run(train_command(2, dir, "--set train.stpes=5"), log), 2);
   EXPECT_NE(read_text(log).find("train.stpes"), std::string::npos) << log_of(log);
   EXPECT_EQ(run(train_command(1, dir, "--set train.batch_size=0"), log), 2) << log_of(log);
+  // A missing data.eval_dir said word for word what a missing data.dir says; a sequence length the shards do
+  // not have did not name its key.
+  EXPECT_EQ(run(train_command(1, dir, "--set data.eval_dir=/nonexistent --set train.eval_every=2"), log), 2);
+  EXPECT_NE(read_text(log).find("config key 'data.eval_dir': /nonexistent: data directory does not exist"),
+            std::string::npos)
+      << log_of(log);
+  EXPECT_EQ(run(train_command(1, dir, "--set data.seq_length=40"), log), 2);
+  EXPECT_NE(read_text(log).find("but 40 was asked for (electra-train: config key 'data.seq_length'"), std::string::npos)
+      << log_of(log);
   EXPECT_EQ(run(train_command(1, dir, "--set data.dir=" + (root() / "missing").string()), log), 2) << log_of(log);
   EXPECT_NE(read_text(log).find("missing"), std::string::npos) << log_of(log);
   EXPECT_EQ(run(train_command(1, dir, "--set train.collapse_warning.windows=-1"), log), 2) << log_of(log);
