@@ -85,6 +85,12 @@ int main(int argc, char** argv) {
 
     electra::text::VocabTrainerReport report;
     const electra::text::Vocab vocab = electra::text::train_wordpiece_vocab(counter, options, &report, output);
+    if (report.alphabet == 0) {  // every word would be [UNK]
+      std::cerr << "electra-vocab: error: --vocab-size " << options.vocab_size
+                << " leaves no room beyond the special tokens for the input's characters (the most frequent "
+                   "needs itself and its ## form); nothing was written\n";
+      return 2;
+    }
     vocab.save(output);
     const double total_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     ELECTRA_LOG(info) << "wrote " << output << ": " << vocab.size() << " tokens (alphabet " << report.alphabet << ", "

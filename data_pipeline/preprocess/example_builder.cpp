@@ -49,9 +49,11 @@ void ExampleBuilder::create_example(Example& out) {
     begin = end;
   }
   // Trim to max_length, counting the [CLS]/[SEP] tokens still to come.
+  const size_t before = first_.size() + second_.size();
   if (static_cast<int>(first_.size()) > max_length_ - 2) first_.resize(static_cast<size_t>(max_length_ - 2));
   const int second_room = std::max(0, max_length_ - static_cast<int>(first_.size()) - 3);
   if (static_cast<int>(second_.size()) > second_room) second_.resize(static_cast<size_t>(second_room));
+  truncated_tokens_ += before - first_.size() - second_.size();
 
   tokens_.clear();
   sentence_ends_.clear();

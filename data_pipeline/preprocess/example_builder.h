@@ -42,6 +42,9 @@ class ExampleBuilder {
   bool flush(Example& out) { return add_blank_line(out); }
 
   int target_length() const { return target_length_; }
+  // Word pieces cut off so far: segments longer than the example (google-research/electra's builder keeps
+  // a sentence's start only; a 10 MB line without breaks is one example).
+  uint64_t truncated_tokens() const { return truncated_tokens_; }
 
  private:
   void create_example(Example& out);
@@ -53,6 +56,7 @@ class ExampleBuilder {
   std::vector<int32_t> tokens_;        // pending sentences, concatenated
   std::vector<size_t> sentence_ends_;  // end offset of each pending sentence in tokens_
   std::vector<int32_t> first_, second_;
+  uint64_t truncated_tokens_ = 0;
 };
 
 }  // namespace electra::data

@@ -89,6 +89,9 @@ struct PreprocessStats {
   uint64_t invalid_utf8 = 0;    // lines (or sequences) the tokenizer found invalid
   uint64_t unknown_tokens = 0;  // words mapped to [UNK]
   uint64_t words = 0;
+  uint64_t truncated_tokens = 0;  // word pieces cut off segments longer than an example (ExampleBuilder)
+  uint64_t long_lines = 0;        // lines of more word pieces than an example holds (max_seq_length - 2)
+  uint64_t long_line_tokens = 0;  // their word pieces past that: never in any example
   double seconds = 0;
 
   void add(const PreprocessStats& other);

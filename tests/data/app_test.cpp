@@ -202,6 +202,48 @@ TEST_F(App, InvalidUtf8IsWarnedWithFileAndLine) {
   EXPECT_EQ(Manifest::load(tmp / "out/manifest.json").stats.at("invalid_utf8"), 3);
 }
 
+// Text the examples lose or cannot read is said: a line longer than an example (google-research/electra's
+// builder keeps its start only: a 10 MB line was one example, exit 0, without a word), and words that the
+// vocabulary turns into [UNK] (shards of nothing but [UNK] were written without a warning).
+TEST_F(App, LongLinesAndUnknownWordsAreWarned) {
+  std::string output;
+  ASSERT_EQ(run(app() + args("plain"), &output), 0) << output;
+  EXPECT_EQ(output.find("held more word pieces"), std::string::npos) << output;
+  EXPECT_EQ(output.find("became [UNK]"), std::string::npos) << output;
+  const Manifest plain = Manifest::load(tmp / "plain/manifest.json");
+  EXPECT_EQ(plain.stats.at("long_lines"), 0);
+  EXPECT_EQ(plain.stats.at("long_line_tokens"), 0);
+
+  fs::create_directories(tmp / "long");
+  std::string line;
+  for (int i = 0; i < 400; ++i) line += "kaka lolo ";
+  std::ofstream(tmp / "long/a.txt") << "a short line\n" << line << "\n";
+  ASSERT_EQ(run(app() + " --input " + (tmp / "long") + " --vocab " + (tmp / "vocab.txt") + " --output " +
+                    (tmp / "long_out") + " --max-seq-length 40",
+                &output),
+            0)
+      << output;
+  const Manifest manifest = Manifest::load(tmp / "long_out/manifest.json");
+  EXPECT_EQ(manifest.stats.at("long_lines"), 1);
+  const uint64_t past = manifest.stats.at("long_line_tokens").get<uint64_t>();
+  EXPECT_GT(past, 700u);
+  EXPECT_NE(output.find("1 line(s) held more word pieces than an example of 40 tokens; " + std::to_string(past) +
+                        " word pieces past that"),
+            std::string::npos)
+      << output;
+
+  fs::create_directories(tmp / "foreign");
+  std::ofstream(tmp / "foreign/a.txt") << "\u4e2d\u6587 \u6587\u4e2d\n\u4e2d \u6587\n";
+  ASSERT_EQ(run(app() + " --input " + (tmp / "foreign") + " --vocab " + (tmp / "vocab.txt") + " --output " +
+                    (tmp / "foreign_out") + " --max-seq-length 40",
+                &output),
+            0)
+      << output;
+  EXPECT_NE(output.find("100% of the words became [UNK]: " + (tmp / "vocab.txt") + " does not fit this text"),
+            std::string::npos)
+      << output;
+}
+
 TEST_F(App, PackPacksUnderMpirunAndRefusesABadValue) {
   std::string output;
   ASSERT_EQ(run(app() + args("plain"), &output), 0) << output;

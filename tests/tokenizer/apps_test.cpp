@@ -82,7 +82,9 @@ TEST_F(Apps, VocabTrainerRefusesOutOfRangeFlags) {
   const std::string out = dir_.file("vocab.txt");
   const std::string err = dir_.file("err.txt");
   for (const std::string flags : {"--vocab-size 5", "--vocab-size 0", "--vocab-size -5", "--vocab-size 2147483648",
-                                  "--vocab-size 100 --min-frequency -1", "--vocab-size 100 --limit-alphabet -2"}) {
+                                  "--vocab-size 100 --min-frequency -1", "--vocab-size 100 --limit-alphabet -2",
+                                  // in range, but no room beyond the special tokens: every word would be [UNK]
+                                  "--vocab-size 6"}) {
     EXPECT_EQ(testing::run(shell_quote(bin("electra-vocab")) + " --input " + shell_quote(dir_.file("corpus")) + " " +
                            flags + " --output " + shell_quote(out) + " 2>" + shell_quote(err)),
               2)
