@@ -28,7 +28,11 @@ void* cpu::detail::aligned_allocate(size_t bytes) {
   if (bytes == 0) return nullptr;
   const size_t rounded = (bytes + kAlignment - 1) / kAlignment * kAlignment;
   void* p = std::aligned_alloc(kAlignment, rounded);
-  if (p == nullptr) fail("cpu backend: out of memory allocating ", bytes, " bytes");
+  if (p == nullptr) {
+    fail("cpu backend: out of memory allocating ", bytes, " bytes (", bytes >> 20,
+         " MiB): the model, the batch or the sequence length is too large for this machine's memory (electra-train: "
+         "model.*, train.batch_size, train.micro_batch_size, data.seq_length)");
+  }
   return p;
 }
 
