@@ -1,6 +1,7 @@
 #include "data_pipeline/preprocess/preprocess.h"
 
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
@@ -90,7 +91,12 @@ std::vector<InputFile> list_input_files(const std::vector<std::string>& inputs, 
   std::vector<Found> found;
   const auto add = [&](const std::string& path, uint64_t size) {
     struct stat st {};
-    if (::stat(path.c_str(), &st) != 0) fail(path, ": ", std::strerror(errno));
+    if (::stat(path.c_str(), &st) != 0) fail(printable_path(path), ": ", std::strerror(errno));
+    // Unreadable: refused here, whichever file it is (the first one read was bad input, a later one an error
+    // in the middle of the run).
+    if (::access(path.c_str(), R_OK) != 0) {
+      fail(printable_path(path), ": cannot read input file: ", std::strerror(errno));
+    }
     found.push_back({{checked_utf8(path, "an input file's path"), size}, st.st_dev, st.st_ino});
   };
   for (const std::string& input : inputs) {
@@ -645,7 +651,7 @@ bool any_text(const std::vector<InputFile>& files) {
   std::vector<char> block(1 << 16);
   for (const InputFile& f : files) {
     std::ifstream in(f.path, std::ios::binary);
-    if (!in) fail(f.path, ": cannot open input file");
+    if (!in) fail(f.path, ": cannot open input file: ", std::strerror(errno));
     while (in) {
       in.read(block.data(), static_cast<std::streamsize>(block.size()));
       const auto n = static_cast<size_t>(in.gcount());

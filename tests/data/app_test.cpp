@@ -202,6 +202,35 @@ TEST_F(App, InvalidUtf8IsWarnedWithFileAndLine) {
   EXPECT_EQ(Manifest::load(tmp / "out/manifest.json").stats.at("invalid_utf8"), 3);
 }
 
+// An unreadable input file is bad input (exit 2, the reason named) wherever it sorts: it was exit 2 without
+// a reason as the first file read, and exit 1 part-way through the run as a later one. As root (whom
+// permissions do not stop) the program runs as nobody through setpriv.
+TEST_F(App, AnUnreadableInputIsRefusedWhereverItSorts) {
+  std::string runner;
+  if (::getuid() == 0) {
+    if (run("setpriv --reuid=nobody --regid=nogroup --clear-groups true", &runner) != 0) {
+      GTEST_SKIP() << "root without setpriv: permissions cannot be tested";
+    }
+    runner = "setpriv --reuid=nobody --regid=nogroup --clear-groups ";
+  }
+  fs::permissions(tmp.path(), fs::perms::all);
+  for (const std::string bad : {"a.txt", "b.txt"}) {
+    const fs::path dir = fs::path(tmp / ("unreadable_" + bad));
+    fs::create_directories(dir);
+    std::ofstream(dir / "a.txt") << "some words here\n";
+    std::ofstream(dir / "b.txt") << "more words there\n";
+    fs::permissions(dir / bad, fs::perms::none);
+    std::string output;
+    EXPECT_EQ(run(runner + app() + " --input " + dir.string() + " --vocab " + (tmp / "vocab.txt") + " --output " +
+                      (tmp / ("out_" + bad)) + " --max-seq-length 40",
+                  &output),
+              2)
+        << output;
+    EXPECT_NE(output.find((dir / bad).string() + ": cannot read input file: Permission denied"), std::string::npos)
+        << output;
+  }
+}
+
 // Text the examples lose or cannot read is said: a line longer than an example (google-research/electra's
 // builder keeps its start only: a 10 MB line was one example, exit 0, without a word), and words that the
 // vocabulary turns into [UNK] (shards of nothing but [UNK] were written without a warning).
