@@ -5,6 +5,7 @@
 #include <mpi.h>
 
 #include <CLI/CLI.hpp>
+#include <charconv>
 #include <cmath>
 #include <cstdint>
 #include <iostream>
@@ -47,8 +48,17 @@ int main(int argc, char** argv) {
                  "attention and positions stay within an example); false: one example per row")
       ->capture_default_str();
   // Unsigned options take a range check: CLI11 would read -1 as 2^64 - 1.
-  app.add_option("--seed", options.seed, "seed of the example builder's randomness")
-      ->check(CLI::Range(int64_t{0}, std::numeric_limits<int64_t>::max()))
+  app.add_option("--seed", options.seed, "seed of the example builder's randomness, 0 to 2^64 - 1")
+      ->check(CLI::Validator(
+          [](std::string& text) {
+            // Digits only, within uint64: CLI11 read 2^64 and 1e23 as 2^64 - 1, so other seeds gave equal shards.
+            uint64_t value = 0;
+            const auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+            return !text.empty() && error == std::errc() && end == text.data() + text.size()
+                       ? std::string()
+                       : std::string("must be an integer from 0 to 18446744073709551615, got ") + text;
+          },
+          "UINT64", "uint64"))
       ->capture_default_str();
   app.add_option("--rows-per-shard", options.rows_per_shard, "examples per shard file")
       ->check(CLI::Range(int64_t{1}, std::numeric_limits<int64_t>::max()))

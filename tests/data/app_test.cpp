@@ -98,6 +98,8 @@ TEST_F(App, ErrorsNameTheFileAndExitNonZero) {
 TEST_F(App, OutOfRangeFlagsAreRefusedBeforeAnythingIsWritten) {
   const std::vector<std::pair<std::string, std::string>> cases = {
       {"--seed -1", "--seed"},
+      {"--seed 18446744073709551616", "--seed"},  // was read as 2^64 - 1, as was 1e23
+      {"--seed 1e23", "--seed"},
       {"--rows-per-shard -1", "--rows-per-shard"},
       {"--rows-per-shard 0", "--rows-per-shard"},
       {"--chunk-rows 0", "--chunk-rows 0 must be positive"},
