@@ -19,6 +19,7 @@
 #include "data_pipeline/loader/shard_dataset.h"
 #include "lib/backend/backend.h"
 #include "lib/core/batch.h"
+#include "lib/core/config.h"
 #include "lib/core/error.h"
 #include "lib/model/pretrainer.h"
 #include "lib/optim/adamw.h"
@@ -136,18 +137,11 @@ Batch synthetic_batch(std::mt19937_64& rng, int global_rows, int rank, int ranks
 }
 
 nlohmann::json read_json_file(const std::string& path) {
-  std::error_code error;
-  if (std::filesystem::is_directory(path, error)) fail("--config ", path, " is a directory");
-  std::ifstream in(path);
-  if (!in) fail("--config ", path, ": cannot open (expected tiny|small|base|large or a JSON file)");
-  nlohmann::json parsed;
   try {
-    parsed = nlohmann::json::parse(in, nullptr, true, /*ignore_comments=*/true);
-  } catch (const nlohmann::json::exception& e) {
-    fail("--config ", path, ": not valid JSON: ", e.what());
+    return read_config_file(path);  // electra-train's reader: a repeated key is refused, as there
+  } catch (const Error& e) {
+    fail("--config ", path, " (expected tiny|small|base|large or a JSON file): ", e.what());
   }
-  if (!parsed.is_object()) fail("--config ", path, ": top level must be a JSON object");
-  return parsed;
 }
 
 // Records the start of each phase of a step; the time of a phase runs to the next mark.

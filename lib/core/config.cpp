@@ -76,7 +76,7 @@ nlohmann::json::json_pointer dotted_to_pointer(std::string_view dotted_key) {
   return nlohmann::json::json_pointer(pointer);
 }
 
-void Config::merge_file(const std::string& path) {
+nlohmann::json read_config_file(const std::string& path) {
   std::error_code error;
   if (std::filesystem::is_directory(path, error)) fail("config file ", path, " is a directory");
   std::ifstream in(path);
@@ -103,8 +103,10 @@ void Config::merge_file(const std::string& path) {
     fail("config file ", path, ": ", e.what());
   }
   if (!parsed.is_object()) fail("config file ", path, ": top level must be a JSON object");
-  merge(parsed, "config file " + path);
+  return parsed;
 }
+
+void Config::merge_file(const std::string& path) { merge(read_config_file(path), "config file " + path); }
 
 void Config::merge(const nlohmann::json& overrides, const std::string& origin) {
   merge_into(root_, overrides, "", origin);

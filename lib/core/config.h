@@ -16,6 +16,10 @@
 
 namespace electra {
 
+// A config file as JSON: comments allowed, a key twice in one object refused (parsers keep the last, so
+// half of a repeated section would vanish), the top level an object. Errors name the file.
+nlohmann::json read_config_file(const std::string& path);
+
 class Config {
  public:
   Config() = default;

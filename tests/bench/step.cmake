@@ -36,6 +36,13 @@ if(TARGET electra-bench)
     PASS_REGULAR_EXPRESSION "\"allreduce_s\":[0-9].*\"overlap\":false.*\"ranks\":2.*\"transport\":\"host\"")
   # TF32 and fp16 are tensor-core precisions: refused on the CPU with exit code 2 (bf16 is the CPU's
   # bf16 storage); fp32 is reported.
+  # A --config file is read as electra-train reads it: a key twice in one object is refused (it was taken,
+  # the last one winning), naming the file and the key.
+  add_test(NAME BenchSmoke.ElectraBenchConfigWithARepeatedKey
+    COMMAND sh -c "f=$(mktemp); printf '{\"model\": {\"hidden_size\": 64, \"hidden_size\": 128}}' > \"$f\"; \"$0\" --config \"$f\" --steps 1; echo \"exit=$?\"; rm -f \"$f\""
+            $<TARGET_FILE:electra-bench>)
+  set_tests_properties(BenchSmoke.ElectraBenchConfigWithARepeatedKey PROPERTIES LABELS bench_smoke TIMEOUT 60
+    PASS_REGULAR_EXPRESSION "key 'hidden_size' appears twice in one object.*exit=2")
   add_test(NAME BenchSmoke.ElectraBenchPrecisionNeedsCuda
     COMMAND sh -c "\"$0\" --precision tf32; echo \"exit=$?\"" $<TARGET_FILE:electra-bench>)
   set_tests_properties(BenchSmoke.ElectraBenchPrecisionNeedsCuda PROPERTIES LABELS bench_smoke TIMEOUT 60
