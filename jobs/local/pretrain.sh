@@ -35,6 +35,56 @@ train=$bin/electra-train
 log() { echo "pretrain.sh: $(date '+%F %T'): $*"; }
 die() { log "error: $*" >&2; exit 2; }
 
+# Signals first: a stop while the settings are checked must not end this script without a word.
+mpirun_pid=
+stop_pending=0
+stop_sent=0
+resender=
+send_stop() {
+  stop_sent=1
+  kill -USR1 "$mpirun_pid" 2>/dev/null || true
+  # mpirun forwards SIGUSR1 to the ranks it has: one that came before they were spawned reaches nobody.
+  # Repeat it every 2 s while they run (electra-train takes it again as the same request), not after: a
+  # signal during mpirun's own shutdown can crash it (below).
+  if [ -z "$resender" ]; then
+    (while sleep 2 && kill -0 "$mpirun_pid" 2> /dev/null; do
+      ! ranks_running || kill -USR1 "$mpirun_pid" 2> /dev/null
+    done) &
+    resender=$!
+  fi
+}
+forward() {  # signal [note]
+  log "received SIG$1; asking the ranks to checkpoint and stop (SIGUSR1 via mpirun)${2:-}"
+  if [ -n "$mpirun_pid" ]; then send_stop; else stop_pending=1; fi
+}
+# True while mpirun has children (the ranks), or when that cannot be read. Once the ranks have exited, a
+# SIGTERM would only reach mpirun's own shutdown, where Open MPI 4.1's mpirun can crash (exit 139) and hide
+# the ranks' exit status: their checkpoint is written by then.
+ranks_running() {
+  local children
+  children=$(cat /proc/"$mpirun_pid"/task/*/children 2> /dev/null) || return 0
+  [ -n "${children// /}" ]
+}
+interrupts=0
+interrupt() {
+  interrupts=$((interrupts + 1))
+  if [ $interrupts -eq 1 ]; then
+    forward INT "; Ctrl-C again terminates them at once, without this checkpoint"
+  elif [ -n "$mpirun_pid" ] && ranks_running; then
+    log "second Ctrl-C: mpirun terminates the ranks (SIGTERM)"
+    kill -TERM "$mpirun_pid" 2>/dev/null || true
+  elif [ -n "$mpirun_pid" ]; then
+    log "second Ctrl-C: the ranks have already stopped; waiting for mpirun to finish"
+  fi
+}
+trap 'forward TERM' TERM
+trap 'forward USR1' USR1
+trap interrupt INT
+# The terminal closing (SIGHUP) would otherwise end this script and leave mpirun, in its own process group
+# (below), training on: it stops with a checkpoint instead.
+trap 'forward HUP' HUP
+
+
 [ -x "$train" ] || die "$train not found: build first (jobs/setup.sh) or set ELECTRA_BIN"
 [ -n "${DATA:-}" ] || die "set DATA to the shards directory"
 command -v mpirun > /dev/null || die "mpirun not found (Debian: openmpi-bin)"
@@ -79,44 +129,6 @@ else
 fi
 args+=("$@")
 
-mpirun_pid=
-stop_pending=0
-stop_sent=0
-send_stop() {
-  stop_sent=1
-  kill -USR1 "$mpirun_pid" 2>/dev/null || true
-}
-forward() {  # signal [note]
-  log "received SIG$1; asking the ranks to checkpoint and stop (SIGUSR1 via mpirun)${2:-}"
-  if [ -n "$mpirun_pid" ]; then send_stop; else stop_pending=1; fi
-}
-# True while mpirun has children (the ranks), or when that cannot be read. Once the ranks have exited, a
-# SIGTERM would only reach mpirun's own shutdown, where Open MPI 4.1's mpirun can crash (exit 139) and hide
-# the ranks' exit status: their checkpoint is written by then.
-ranks_running() {
-  local children
-  children=$(cat /proc/"$mpirun_pid"/task/*/children 2> /dev/null) || return 0
-  [ -n "${children// /}" ]
-}
-interrupts=0
-interrupt() {
-  interrupts=$((interrupts + 1))
-  if [ $interrupts -eq 1 ]; then
-    forward INT "; Ctrl-C again terminates them at once, without this checkpoint"
-  elif [ -n "$mpirun_pid" ] && ranks_running; then
-    log "second Ctrl-C: mpirun terminates the ranks (SIGTERM)"
-    kill -TERM "$mpirun_pid" 2>/dev/null || true
-  elif [ -n "$mpirun_pid" ]; then
-    log "second Ctrl-C: the ranks have already stopped; waiting for mpirun to finish"
-  fi
-}
-trap 'forward TERM' TERM
-trap 'forward USR1' USR1
-trap interrupt INT
-# The terminal closing (SIGHUP) would otherwise end this script and leave mpirun, in its own process group
-# (below), training on: it stops with a checkpoint instead.
-trap 'forward HUP' HUP
-
 printf -v shown ' %q' "${launch[@]}" "$train" "${args[@]}"
 log "running:$shown"
 [ "$stop_pending" = 0 ] || exit 3
@@ -137,6 +149,7 @@ while :; do
   code=$?
   break
 done
+[ -z "$resender" ] || kill "$resender" 2> /dev/null
 if [ "$stop_sent" = 1 ] && [ "$interrupts" -lt 2 ] && [ "$code" = 138 ]; then
   # Killed by the SIGUSR1 before electra-train could catch it: the ranks were still loading their libraries.
   log "the ranks were stopped while starting, before they could take the signal; the last checkpoint stands"

@@ -138,7 +138,8 @@ void copy_file_atomically(const std::filesystem::path& from, const std::filesyst
 std::filesystem::path abandoned_name(const std::filesystem::path& path) {
   std::filesystem::path name = path;
   name += ".abandoned";
-  for (int n = 1; std::filesystem::exists(name); ++n) {
+  // symlink_status: a dangling link is taken too (exists() follows it and says free).
+  for (int n = 1; std::filesystem::exists(std::filesystem::symlink_status(name)); ++n) {
     name = path;
     name += ".abandoned." + std::to_string(n);
   }

@@ -62,9 +62,12 @@ OptimizerConfig optimizer_config_from_json(const nlohmann::json& optim, long lon
   if (!(c.lr >= 0)) fail("config key 'optim.lr' must be >= 0, got ", c.lr);
   if (c.warmup_steps < 0) fail("config key 'optim.warmup_steps' must be >= 0, got ", c.warmup_steps);
   if (!(c.decay_power >= 0)) fail("config key 'optim.decay_power' must be >= 0, got ", c.decay_power);
-  if (!(c.beta1 >= 0 && c.beta1 < 1)) fail("config key 'optim.beta1' must be in [0, 1), got ", c.beta1);
-  if (!(c.beta2 >= 0 && c.beta2 < 1)) fail("config key 'optim.beta2' must be in [0, 1), got ", c.beta2);
-  if (!(c.eps > 0)) fail("config key 'optim.eps' must be > 0, got ", c.eps);
+  // Judged as the float the step computes with: 1e-50 is 0 there, and 0.99999999999 is 1.
+  if (!(c.beta1 >= 0 && static_cast<float>(c.beta1) < 1.0f))
+    fail("config key 'optim.beta1' must be in [0, 1) as a float, got ", c.beta1);
+  if (!(c.beta2 >= 0 && static_cast<float>(c.beta2) < 1.0f))
+    fail("config key 'optim.beta2' must be in [0, 1) as a float, got ", c.beta2);
+  if (!(static_cast<float>(c.eps) > 0.0f)) fail("config key 'optim.eps' must be > 0 as a float, got ", c.eps);
   if (!(c.weight_decay >= 0)) fail("config key 'optim.weight_decay' must be >= 0, got ", c.weight_decay);
   if (std::isnan(c.clip_norm)) fail("config key 'optim.clip_norm' is NaN");
   if (total_steps <= 0) fail("optimizer: total steps (train.steps) must be positive, got ", total_steps);

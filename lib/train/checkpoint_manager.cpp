@@ -145,6 +145,7 @@ int CheckpointManager::adopt_resumed(int64_t step, const std::filesystem::path& 
   std::error_code error;
   if (!std::filesystem::equivalent(own, file, error)) {  // also false (with `error`) when `own` is missing
     if (std::filesystem::exists(own)) moved += set_aside(step, "the step of the checkpoint this run resumed");
+    std::filesystem::create_directories(own.parent_path());  // a new --output has no checkpoints/ yet
     copy_file_atomically(file, own);
     ELECTRA_LOG(info) << "copied the resumed checkpoint " << file.string() << " to " << own.string()
                       << ": the run directory resumes from it until its next save";

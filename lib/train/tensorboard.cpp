@@ -222,20 +222,36 @@ TensorBoardWriter::TensorBoardWriter(const std::filesystem::path& dir, std::opti
       fail("cannot create TensorBoard event file ", file_.string(), ": ", std::strerror(errno));
     }
   }
-  append(tfevents::encode_record(tfevents::encode_file_version_event(wall_time)));
-  if (!left_course.empty()) {
-    std::string events;
-    for (const std::string& event : kept) events += tfevents::encode_record(event);
-    append(events);
-    // Only once the kept steps are in the new file: a failure before leaves the directory as it was.
-    const std::filesystem::path aside = abandoned_name(dir);
-    std::filesystem::create_directories(aside);
-    for (const std::filesystem::path& file : left_course) std::filesystem::rename(file, aside / file.filename());
-    ELECTRA_LOG(info) << "TensorBoard: the steps logged after step " << *resume_step << " by the course this resume "
-                      << "leaves are dropped from " << dir.string() << "; its event files are kept in "
-                      << aside.string();
+  // A failure leaves the directory as it was: the new file goes, the files already moved come back (else a
+  // retry would find the kept steps twice).
+  std::vector<std::filesystem::path> moved;
+  try {
+    append(tfevents::encode_record(tfevents::encode_file_version_event(wall_time)));
+    if (!left_course.empty()) {
+      std::string events;
+      for (const std::string& event : kept) events += tfevents::encode_record(event);
+      append(events);
+      const std::filesystem::path aside = abandoned_name(dir);
+      std::filesystem::create_directories(aside);
+      for (const std::filesystem::path& file : left_course) {
+        std::filesystem::rename(file, aside / file.filename());
+        moved.push_back(aside / file.filename());
+      }
+      ELECTRA_LOG(info) << "TensorBoard: the steps logged after step " << *resume_step
+                        << " by the course this resume leaves are dropped from " << dir.string()
+                        << "; its event files are kept in " << aside.string();
+    }
+    if (resume_step) {
+      append(tfevents::encode_record(tfevents::encode_session_start_event(wall_time, *resume_step + 1)));
+    }
+  } catch (const std::exception& e) {
+    ::close(fd_);
+    fd_ = -1;
+    std::error_code ignored;
+    std::filesystem::remove(file_, ignored);
+    for (const std::filesystem::path& file : moved) std::filesystem::rename(file, dir / file.filename(), ignored);
+    fail("TensorBoard directory ", dir.string(), ": ", e.what());
   }
-  if (resume_step) append(tfevents::encode_record(tfevents::encode_session_start_event(wall_time, *resume_step + 1)));
 }
 
 TensorBoardWriter::~TensorBoardWriter() {

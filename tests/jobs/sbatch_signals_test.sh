@@ -7,13 +7,16 @@
 #   2. the stop reaches ranks still loading their libraries, which die of SIGUSR1 (exit 138): the last
 #      checkpoint stands, so it counts as a stop;
 #   3. the step exits 3 while the shell is still in its trap (scancel is slow to return): the interrupted
-#      `wait` gave 128+signal and the script reported "training failed" instead of requeueing.
+#      `wait` gave 128+signal and the script reported "training failed" instead of requeueing;
+#   4. the launcher passes the stop to nobody (mpirun before it spawned the ranks): the ranks trained on to
+#      the end; the stop is now repeated every 2 s until the step ends.
 # Case 2 for jobs/local/pretrain.sh too (exit 3). And the flags the script sets are refused in the
 # arguments, naming the variable (exit 2).
 set -uo pipefail
 test_name=sbatch_signals
 tmp=$(mktemp -d)
-trap 'rm -rf "$tmp"' EXIT
+# Removed at the end (kept after a failure): no EXIT trap, since bash runs one in a child killed between
+# fork and exec, as the early stops below may do.
 # shellcheck source=tests/jobs/common.sh
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 script=$PWD/jobs/slurm/pretrain.sbatch
@@ -76,6 +79,12 @@ FAKE_SCANCEL_DELAY=3 FAKE_STEP='trap "exit 3" USR1; sleep 30 & wait' run_case sl
 grep -q "electra-train exited with 3" "$tmp/slow_scancel.log" || fail "slow_scancel: the step's status was lost"
 say "3. a step that exits 3 while the trap still runs: its status kept, requeued"
 
+# 4. A stop the launcher passes to nobody (mpirun before it spawned the ranks, scancel before Slurm
+# registered the step): it is repeated until the step ends. The fake step ignores the first second's USR1.
+FAKE_STEP='trap "" USR1; sleep 1; trap "exit 3" USR1; sleep 30 & wait' run_case lost_stop 0.5
+grep -q "electra-train exited with 3" "$tmp/lost_stop.log" || fail "lost_stop: the stop was not repeated"
+say "4. a stop the ranks did not get the first time: repeated, exit 3, requeued"
+
 # jobs/local/pretrain.sh, the same case 2 (a fake mpirun whose ranks die of the SIGUSR1): exit 3.
 printf '#!/usr/bin/env bash\nexec bash -c "$FAKE_STEP"\n' > "$tmp/fake/mpirun"
 chmod +x "$tmp/fake/mpirun"
@@ -87,6 +96,20 @@ wait "$pid"
 code=$?
 [ "$code" = 3 ] && grep -q "the ranks were stopped while starting" "$tmp/local.log" || fail "pretrain.sh: exit $code"
 say "2l. pretrain.sh: ranks that die of the stop while loading: exit 3"
+# A stop in pretrain.sh's first milliseconds (its traps came after its checks): exit 3, said, nothing run.
+for attempt in 1 2 3; do
+  FAKE_STEP='exit 0' bash jobs/local/pretrain.sh > "$tmp/local_early.log" 2>&1 &
+  pid=$!
+  sleep 0.005
+  kill -TERM "$pid"
+  wait "$pid"
+  code=$?
+  # 143 with no output: killed before bash ran the script's first line, not ours to catch.
+  if [ "$code" != 3 ] && { [ "$code" != 143 ] || [ -s "$tmp/local_early.log" ]; }; then
+    fail "pretrain.sh, an early stop: exit $code: $(cat "$tmp/local_early.log")"
+  fi
+done
+say "1l. pretrain.sh: a stop while it checks its settings: exit 3"
 
 # Flags the script passes itself, in the arguments or EXTRA_ARGS: refused naming the variable.
 bash "$script" --resume "$tmp/x.h5" > "$tmp/flags.log" 2>&1
@@ -97,3 +120,4 @@ THREADS=08 bash "$script" > "$tmp/flags.log" 2>&1
 [ $? = 2 ] && grep -q "THREADS must be an integer >= 1, got '08'" "$tmp/flags.log" || fail "THREADS=08 taken"
 say "the script's own flags in the arguments, and THREADS=08, are refused naming the variable"
 say "passed"
+rm -rf "$tmp"

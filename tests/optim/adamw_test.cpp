@@ -247,6 +247,9 @@ TEST(OptimConfig, FromJson) {
   expect_error({{"lr", 1e39}}, "'optim.lr': 1e+39 is not a finite float");
   expect_error({{"eps", 1e39}}, "'optim.eps': 1e+39 is not a finite float");
   expect_error({{"weight_decay", 1e39}}, "'optim.weight_decay'");
+  // And values that float rounds to what is refused: every update was non-finite, exit 0.
+  expect_error({{"eps", 1e-50}}, "'optim.eps' must be > 0 as a float");
+  expect_error({{"beta2", 0.99999999999}}, "'optim.beta2' must be in [0, 1) as a float");
   expect_error({{"warmup_steps", nlohmann::json(uint64_t{18446744073709551615u})}},
                "'optim.warmup_steps': 18446744073709551615 is too large");
   EXPECT_THROW(optimizer_config_from_json(nlohmann::json::object(), 0), Error);

@@ -240,6 +240,13 @@ TEST(CheckpointManager, AdoptResumedSetsLaterOnesAsideAndCopiesAnOutsideFileIn) 
   ASSERT_TRUE(manager.latest_complete().has_value());
   EXPECT_EQ(manager.latest_complete()->step, 1);
   EXPECT_EQ(manager.latest_pointer()->step, 1);
+
+  // Into a new run directory, whose checkpoints/ does not exist yet (the copy failed: "cannot create").
+  TempDir fresh;
+  CheckpointManager empty(fresh.path() / "checkpoints", 5);
+  EXPECT_EQ(empty.adopt_resumed(3, elsewhere.path_for(3)), 0);
+  EXPECT_EQ(read_bytes(empty.path_for(3)), read_bytes(elsewhere.path_for(3)));
+  EXPECT_EQ(empty.latest_pointer()->step, 3);
 }
 
 }  // namespace

@@ -233,15 +233,18 @@ TEST(TensorBoardWriter, AResumeMovesTheLeftCoursesFilesAsideAndKeepsItsEarlierSt
     // A resume of step 6's checkpoint leaves nothing behind: the files stay as they are.
     TensorBoardWriter same_course(log_dir, int64_t{6});
   }
-  EXPECT_FALSE(std::filesystem::exists(dir.path() / "tensorboard.abandoned"));
+  EXPECT_FALSE(std::filesystem::exists(std::filesystem::symlink_status(dir.path() / "tensorboard.abandoned")));
   ASSERT_EQ(std::distance(std::filesystem::directory_iterator(log_dir), std::filesystem::directory_iterator()), 2);
   std::filesystem::path resumed_file;
+  // A dangling link where the first aside name would go: taken as used (exists() said free, and the resume
+  // failed with its new file left behind, so a retry showed the kept steps twice).
+  std::filesystem::create_symlink(dir.path() / "nowhere", dir.path() / "tensorboard.abandoned");
   {
     TensorBoardWriter earlier(log_dir, int64_t{4});
     resumed_file = earlier.file();
   }
   // The two files of the left course are kept aside whole; the directory holds the new file alone.
-  const auto aside = dir.path() / "tensorboard.abandoned";
+  const auto aside = dir.path() / "tensorboard.abandoned.1";
   ASSERT_TRUE(std::filesystem::is_directory(aside));
   EXPECT_EQ(std::distance(std::filesystem::directory_iterator(aside), std::filesystem::directory_iterator()), 2);
   std::vector<std::filesystem::path> left;
