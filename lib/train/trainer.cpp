@@ -675,14 +675,15 @@ int Trainer::train() {
   if (root) {
     fs::create_directories(run_dir_);
     write_file_atomically(run_dir_ / "config.json", config_.dump(2) + "\n");
-    metrics_ =
-        std::make_unique<MetricsWriter>(run_dir_, resumed_ ? std::optional<int64_t>(progress_.step) : std::nullopt);
+    // A fresh start is a resume of step 0: a run that crashed before its first checkpoint logged steps that
+    // this run logs again (they were kept, twice over).
+    metrics_ = std::make_unique<MetricsWriter>(run_dir_, std::optional<int64_t>(progress_.step));
     // After the metrics lines of a course this resume leaves are kept aside (MetricsWriter looks for its
     // later checkpoints), its checkpoints go aside too: `--resume auto` must not return to it.
     if (resumed_) checkpoints_->adopt_resumed(progress_.step, resumed_path_);
     if (settings_.tensorboard) {
-      tensorboard_ = std::make_unique<TensorBoardWriter>(
-          run_dir_ / "tensorboard", resumed_ ? std::optional<int64_t>(progress_.step) : std::nullopt);
+      tensorboard_ =
+          std::make_unique<TensorBoardWriter>(run_dir_ / "tensorboard", std::optional<int64_t>(progress_.step));
     }
     ELECTRA_LOG(info) << "resolved config:\n" << config_.dump(2);
     ELECTRA_LOG(info) << "model: " << model_->layout().total_size() << " parameters; " << comm_.world_size()

@@ -419,6 +419,14 @@ TEST_F(TrainE2E, ARankThatThrowsEndsTheJobWithinSeconds) {
   EXPECT_NE(code, 124) << "timed out: the job hung" << log_of(log);
   EXPECT_LT(seconds, 60.0);
   EXPECT_NE(read_text(log).find("injected failure on rank 1"), std::string::npos) << log_of(log);
+
+  // It failed before its first checkpoint (step 4): run again, it starts afresh and logs steps 1-2 again. They
+  // were kept from the crashed run too, in metrics.jsonl and TensorBoard: 1, 2, 1, 2, 3, 4.
+  ASSERT_EQ(run(train_command(1, dir, "--set train.steps=4 --resume auto"), log), 0) << log_of(log);
+  std::vector<int64_t> steps;
+  for (const nlohmann::json& line : read_metrics(dir)) steps.push_back(line["step"].get<int64_t>());
+  EXPECT_EQ(steps, (std::vector<int64_t>{1, 2, 3, 4}));
+  EXPECT_TRUE(fs::is_directory(dir / "tensorboard.abandoned")) << "the crashed course's event file, set aside";
 }
 
 TEST_F(TrainE2E, AStuckRankIsAbortedByTheWatchdog) {
