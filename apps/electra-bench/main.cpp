@@ -70,7 +70,7 @@ int main(int argc, char** argv) {
                  "shards directory (electra-preprocess output) whose examples' lengths the rows take: a sample drawn "
                  "with --seed, real tokens then padding (input_mask 0); tokens/s counts real tokens, slot tokens/s "
                  "all rows x seq (computed on each rank's longest row unless --no-trim-padding). Default: full rows")
-      ->check(electra::cli::non_empty_path());
+      ->check(electra::cli::checked_path());
   app.add_option("--optimizer", o.optimizer, "adamw | lamb, as electra-train's optim.name")
       ->check(CLI::IsMember({"adamw", "lamb"}))
       ->capture_default_str();
@@ -80,6 +80,7 @@ int main(int argc, char** argv) {
                "electra-train's data.trim_padding (matters only with --lengths-from)");
   app.add_flag("--json", json, "print one JSON line instead of text");
   try {
+    electra::cli::refuse_empty_values(argc, argv);
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 2;  // bad flags are exit 2, as in every program (CLI11's own codes are 100+)

@@ -180,10 +180,10 @@ int main(int argc, char** argv) {
       "(run under mpirun to split the batches over ranks)"};
   app.add_option("--checkpoint", flags.checkpoint, "RUN_DIR (newest complete checkpoint), CHECKPOINT.h5 or export DIR")
       ->required()
-      ->check(electra::cli::non_empty_path());
+      ->check(electra::cli::checked_path());
   app.add_option("--data", flags.data_dir, "held-out shards directory (manifest.json) or NVIDIA BERT HDF5 directory")
       ->required()
-      ->check(electra::cli::non_empty_path());
+      ->check(electra::cli::checked_path());
   app.add_option("--max-batches", flags.max_batches, "global batches to evaluate (0: all, one pass)")
       ->capture_default_str()
       ->check(CLI::Range(int64_t{0}, std::numeric_limits<int64_t>::max()));
@@ -199,7 +199,7 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(0, 1 << 20));
   app.add_option("--mask-prob", flags.mask_prob, "masked fraction of tokens")->capture_default_str();
   app.add_option("--vocab", flags.vocab, "vocab.txt (default: the data's copy, else the model's)")
-      ->check(electra::cli::non_empty_path());
+      ->check(electra::cli::checked_path());
   app.add_option("--auc-bins", flags.auc_bins, "histogram bins of disc_auc")
       ->capture_default_str()
       ->check(CLI::Range(1, std::numeric_limits<int>::max()));
@@ -236,6 +236,7 @@ int main(int argc, char** argv) {
                  "cuda: device-memory arena size (0: use the fraction)")
       ->capture_default_str();
   try {
+    electra::cli::refuse_empty_values(argc, argv);
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 2;

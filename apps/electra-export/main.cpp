@@ -20,12 +20,15 @@ int main(int argc, char** argv) {
       "ElectraForMaskedLM (generator/) directories"};
   app.add_option("--checkpoint", checkpoint, "RUN_DIR (its newest complete checkpoint) or CHECKPOINT.h5")
       ->required()
-      ->check(electra::cli::non_empty_path());
-  app.add_option("--output", output, "output directory (must be empty or missing unless --force)")->required();
+      ->check(electra::cli::checked_path());
+  app.add_option("--output", output, "output directory (must be empty or missing unless --force)")
+      ->required()
+      ->check(electra::cli::checked_path());
   app.add_option("--vocab", vocab, "vocab.txt (default: the run's data.vocab or data.dir/vocab.txt)")
-      ->check(electra::cli::non_empty_path());
+      ->check(electra::cli::checked_path());
   app.add_flag("--force", options.force, "write into a non-empty output directory");
   try {
+    electra::cli::refuse_empty_values(argc, argv);
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 2;

@@ -27,11 +27,11 @@ int main(int argc, char** argv) {
   bool no_lower_case = false;
   app.add_option("--input", options.inputs, "text files or directories (recursed)")
       ->required()
-      ->check(electra::cli::non_empty_path());
-  app.add_option("--vocab", options.vocab_path, "vocab.txt")->required()->check(electra::cli::non_empty_path());
+      ->check(electra::cli::checked_path());
+  app.add_option("--vocab", options.vocab_path, "vocab.txt")->required()->check(electra::cli::checked_path());
   app.add_option("--output", options.output_dir,
                  "output directory (shards, manifest.json, vocab.txt); must be empty or missing unless --force")
-      ->check(electra::cli::non_empty_path())
+      ->check(electra::cli::checked_path())
       ->required();
   app.add_flag("--force", options.force,
                "replace what electra-preprocess wrote in a non-empty --output (manifest.json, the shards it lists, "
@@ -79,6 +79,7 @@ int main(int argc, char** argv) {
           "SECONDS >= 0")
       ->capture_default_str();
   try {
+    electra::cli::refuse_empty_values(argc, argv);
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 2;

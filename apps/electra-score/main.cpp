@@ -36,8 +36,9 @@ int main(int argc, char** argv) {
   app.add_option("--model", model_path,
                  "export DIR (discriminator/ + generator/, or either half), RUN_DIR, CHECKPOINT.h5, or a Hugging Face "
                  "discriminator DIR alone (no --fill-mask)")
-      ->required();
-  app.add_option("--vocab", vocab, "vocab.txt (default: the model's)")->check(electra::cli::non_empty_path());
+      ->required()
+      ->check(electra::cli::checked_path());
+  app.add_option("--vocab", vocab, "vocab.txt (default: the model's)")->check(electra::cli::checked_path());
   app.add_flag("--no-lower-case", no_lower_case, "keep case (default: as the model's tokenizer settings say)");
   app.add_flag("--fill-mask", options.fill_mask, "also print the generator's top-k tokens for each [MASK]");
   app.add_option("--top-k", options.top_k, "candidates per [MASK]")
@@ -57,6 +58,7 @@ int main(int argc, char** argv) {
                  "cuda: device-memory arena as a fraction of the free GPU memory")
       ->capture_default_str();
   try {
+    electra::cli::refuse_empty_values(argc, argv);
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 2;

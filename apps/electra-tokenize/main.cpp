@@ -58,11 +58,12 @@ int main(int argc, char** argv) {
   bool no_lower_case = false, tokens = false;
   app.add_option("--vocab", vocab_path, "vocab.txt (one token per line)")
       ->required()
-      ->check(electra::cli::non_empty_path());
-  app.add_option("--input", input, "text file (default: stdin)")->check(electra::cli::non_empty_path());
+      ->check(electra::cli::checked_path());
+  app.add_option("--input", input, "text file (default: stdin)")->check(electra::cli::checked_path());
   app.add_flag("--no-lower-case", no_lower_case, "keep case and accents (cased vocabularies)");
   app.add_flag("--tokens", tokens, "print word pieces instead of ids");
   try {
+    electra::cli::refuse_empty_values(argc, argv);
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 2;

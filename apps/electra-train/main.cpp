@@ -25,15 +25,15 @@ int main(int argc, char** argv) {
   std::string device = "cpu";
   CLI::App app{"electra-train: pre-train an ELECTRA generator + discriminator on HDF5 shards (MPI data parallel)"};
   app.add_option("--config", options.config_path, "run config JSON (e.g. jobs/configs/small.json)")
-      ->check(electra::cli::non_empty_path());
+      ->check(electra::cli::checked_path());
   app.add_option("--data", options.data_dir, "shards directory (manifest.json) or NVIDIA BERT HDF5 directory")
-      ->check(electra::cli::non_empty_path());
+      ->check(electra::cli::checked_path());
   app.add_option("--output", options.output_dir, "run directory: checkpoints, logs, metrics.jsonl, tensorboard/")
-      ->check(electra::cli::non_empty_path());
+      ->check(electra::cli::checked_path());
   app.add_option("--set", options.sets, "override a config key: --set train.steps=1000 (repeatable)");
   app.add_option("--resume", options.resume, "auto (newest complete checkpoint, else fresh) | none | PATH")
       ->capture_default_str()
-      ->check(electra::cli::non_empty_path());
+      ->check(electra::cli::checked_path());
   app.add_option("--device", device, "cpu | cuda")->capture_default_str();
   CLI::Option* max_time_option = app.add_option(
       "--max-time", max_time_s, "seconds of wall time (> 0) after which the run checkpoints and exits with code 3");
@@ -42,9 +42,10 @@ int main(int argc, char** argv) {
   app.add_option("--init-from", options.init_from,
                  "start a fresh run from Hugging Face weights: DIR with discriminator/ and generator/ "
                  "(electra-export's layout); the model config must match")
-      ->check(electra::cli::non_empty_path());
+      ->check(electra::cli::checked_path());
   app.add_flag("--print-config", list_keys, "print the resolved config and exit");
   try {
+    electra::cli::refuse_empty_values(argc, argv);
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : electra::train::kExitBadInput;

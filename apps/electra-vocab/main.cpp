@@ -26,12 +26,14 @@ int main(int argc, char** argv) {
   bool force = false;
   app.add_option("--input", inputs, "text files or directories (recursed)")
       ->required()
-      ->check(electra::cli::non_empty_path());
+      ->check(electra::cli::checked_path());
   // Ranges checked as signed numbers: CLI11 would read -5 into a size_t as 2^64 - 5. Token ids are int32.
   app.add_option("--vocab-size", options.vocab_size, "number of tokens, special tokens included")
       ->required()
       ->check(CLI::Range(int64_t{6}, int64_t{std::numeric_limits<int32_t>::max()}));
-  app.add_option("--output", output, "vocab.txt to write (atomically); must not exist unless --force")->required();
+  app.add_option("--output", output, "vocab.txt to write (atomically); must not exist unless --force")
+      ->required()
+      ->check(electra::cli::checked_path());
   app.add_flag("--force", force, "replace an existing --output");
   app.add_flag("--no-lower-case", no_lower_case, "keep case and accents (cased vocabulary)");
   app.add_option("--min-frequency", options.min_frequency, "never merge pairs seen fewer times")
@@ -41,6 +43,7 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(int64_t{0}, std::numeric_limits<int64_t>::max()))
       ->capture_default_str();
   try {
+    electra::cli::refuse_empty_values(argc, argv);
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 2;

@@ -119,6 +119,11 @@ void Config::set(std::string_view assignment) {
   const std::string text(assignment.substr(eq + 1));
   nlohmann::json value = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (value.is_discarded()) value = text;
+  try {  // the config is written as JSON (config.json, checkpoints): a value that is not UTF-8 cannot be
+    (void)value.dump();
+  } catch (const nlohmann::json::exception&) {
+    fail("config key '", key, "': the value is not valid UTF-8");
+  }
   set(key, value);
 }
 

@@ -44,6 +44,13 @@ TEST(Config, ARealKeyGivenAnIntegerStaysReal) {
 
 TEST(Config, RejectsUnknownKeysAndWrongTypesNamingTheKey) {
   Config config = make_config();
+  try {  // a Latin-1 path: the config is written as JSON, where it failed (exit 1, after set-up)
+    config.set("train.name=caf\xe9");
+    FAIL() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("config key 'train.name': the value is not valid UTF-8"), std::string::npos)
+        << e.what();
+  }
   try {
     config.set("train.stpes=5");
     FAIL() << "expected an error";

@@ -379,7 +379,7 @@ TEST(HfInterop, ExportRefusesNonEmptyDirectoryWithoutForce) {
   const CommandResult empty_output =
       run_command("cd " + shell_quote(out.string()) + " && " + export_cmd + " --output '' 2>&1");
   EXPECT_EQ(empty_output.status, 2) << empty_output.out;
-  EXPECT_NE(empty_output.out.find("output directory is empty"), std::string::npos) << empty_output.out;
+  EXPECT_NE(empty_output.out.find("--output: is empty"), std::string::npos) << empty_output.out;
   EXPECT_TRUE(fs::exists(out / "generator/model.safetensors"));
   const CommandResult below_file =
       run_command(export_cmd + " --output " + shell_quote((out / "keep.txt" / "sub" / "out").string()) + " 2>&1");

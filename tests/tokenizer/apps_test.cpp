@@ -117,7 +117,7 @@ TEST_F(Apps, VocabTrainerRefusesAnExistingOutputUnlessForced) {
   const std::string base = shell_quote(bin("electra-vocab")) + " --input " + shell_quote(dir_.file("corpus")) +
                            " --vocab-size 120 --force --output ";
   EXPECT_EQ(testing::run(base + "'' 2>" + shell_quote(err)), 2);
-  EXPECT_NE(testing::read_file(err).find("--output is empty"), std::string::npos) << testing::read_file(err);
+  EXPECT_NE(testing::read_file(err).find("--output: is empty"), std::string::npos) << testing::read_file(err);
   EXPECT_EQ(testing::run(base + shell_quote(dir_.file("corpus")) + " 2>" + shell_quote(err)), 2);
   EXPECT_NE(testing::read_file(err).find("--output is a directory"), std::string::npos) << testing::read_file(err);
 }
@@ -207,13 +207,34 @@ TEST_F(Apps, EveryProgramRefusesAnEmptyPath) {
       {"electra-eval", "--data"},        {"electra-eval", "--vocab"},        {"electra-export", "--checkpoint"},
       {"electra-export", "--vocab"},     {"electra-score", "--vocab"},       {"electra-preprocess", "--input"},
       {"electra-preprocess", "--vocab"}, {"electra-preprocess", "--output"}, {"electra-vocab", "--input"},
-      {"electra-tokenize", "--vocab"},   {"electra-tokenize", "--input"},    {"electra-bench", "--lengths-from"}};
+      {"electra-tokenize", "--vocab"},   {"electra-tokenize", "--input"},    {"electra-bench", "--lengths-from"},
+      {"electra-score", "--model"},      {"electra-export", "--output"},     {"electra-vocab", "--output"}};
   for (const auto& [program, flag] : cases) {
     ASSERT_TRUE(std::filesystem::exists(bin(program))) << bin(program) << " is not built";
     const int status =
         testing::run(shell_quote(bin(program)) + " " + flag + " '' < /dev/null > /dev/null 2>" + shell_quote(err));
     EXPECT_EQ(status, 2) << program << " " << flag;
     EXPECT_NE(testing::read_file(err).find(flag + ": is empty"), std::string::npos)
+        << program << " " << flag << ": " << testing::read_file(err);
+  }
+  // The equals form, "--flag=": CLI11 filled it with the next argument ("--config= --print-config" read a
+  // config file named --print-config).
+  for (const auto& [program, flag] : std::vector<std::pair<std::string, std::string>>{
+           {"electra-train", "--config"}, {"electra-export", "--vocab"}, {"electra-tokenize", "--input"}}) {
+    const int status =
+        testing::run(shell_quote(bin(program)) + " " + flag + "= --help < /dev/null > /dev/null 2>" + shell_quote(err));
+    EXPECT_EQ(status, 2) << program << " " << flag << "=";
+    EXPECT_NE(testing::read_file(err).find(flag + ": is empty"), std::string::npos)
+        << program << " " << flag << "=: " << testing::read_file(err);
+  }
+  // A path that is not UTF-8 (Latin-1): configs, manifests and metrics are JSON. electra-train failed at its
+  // first dump (exit 1, RUN_DIR/logs left), electra-eval --json after the whole evaluation.
+  for (const auto& [program, flag] : std::vector<std::pair<std::string, std::string>>{
+           {"electra-train", "--data"}, {"electra-eval", "--checkpoint"}, {"electra-vocab", "--input"}}) {
+    const int status = testing::run(shell_quote(bin(program)) + " " + flag +
+                                    " \"caf$(printf '\\351')\" < /dev/null > " + "/dev/null 2>" + shell_quote(err));
+    EXPECT_EQ(status, 2) << program << " " << flag;
+    EXPECT_NE(testing::read_file(err).find(flag + ": is not valid UTF-8"), std::string::npos)
         << program << " " << flag << ": " << testing::read_file(err);
   }
 }
