@@ -115,7 +115,11 @@ MetricsWriter::MetricsWriter(const std::filesystem::path& run_dir, std::optional
     // Resuming an earlier checkpoint than the run's newest: the lines of the course it leaves are kept
     // aside, as its checkpoints are, before they are cut (a run that dies before its first save would
     // otherwise lose them while their checkpoints stay).
-    if (std::filesystem::exists(path_) && has_checkpoint_after(run_dir, *resume_step)) keep_abandoned_copy(path_);
+    // A fresh start (step 0) over lines is kept aside too: a run that died before its first checkpoint, or
+    // one whose checkpoints were removed by hand to start over.
+    std::error_code error;
+    const bool lines = std::filesystem::file_size(path_, error) > 0 && !error;
+    if (lines && (*resume_step == 0 || has_checkpoint_after(run_dir, *resume_step))) keep_abandoned_copy(path_);
     drop_lines_after(path_, *resume_step);
   } else if (ends_in_torn_line(path_)) {
     drop_lines_after(path_, std::numeric_limits<int64_t>::max());  // else the next line would be glued on

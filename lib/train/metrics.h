@@ -39,8 +39,9 @@ class MetricsWriter {
  public:
   // Appends to RUN_DIR/metrics.jsonl (creating RUN_DIR). With `resume_step`, lines of later steps
   // (written after that checkpoint by the run that crashed, about to be written again) and a torn last
-  // line are dropped first; the file is rewritten atomically. Without it only a torn last line is
-  // dropped.
+  // line are dropped first; the file is rewritten atomically. The file as it was is kept in
+  // metrics.jsonl.abandoned[.N] when the run leaves a course (checkpoints past resume_step) or starts afresh
+  // (resume_step 0) over lines. Without it only a torn last line is dropped.
   explicit MetricsWriter(const std::filesystem::path& run_dir, std::optional<int64_t> resume_step = std::nullopt);
   ~MetricsWriter();
   MetricsWriter(const MetricsWriter&) = delete;

@@ -492,7 +492,7 @@ TEST_F(App, BadInputsAreRefusedBeforeAnEarlierOutputIsTouched) {
   expect_good_untouched("Latin-1 file name");
   fs::copy_file(tmp / "vocab.txt", tmp / "v\xE9.txt");
   EXPECT_EQ(preprocess(tmp / "corpus", tmp / "v\xE9.txt", ""), 2) << output;  // failed after the whole run
-  EXPECT_NE(output.find("--vocab is not valid UTF-8"), std::string::npos) << output;
+  EXPECT_NE(output.find("--vocab: is not valid UTF-8"), std::string::npos) << output;
   expect_good_untouched("Latin-1 --vocab");
 }
 

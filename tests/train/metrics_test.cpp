@@ -125,6 +125,13 @@ TEST(MetricsWriter, AResumeOfAnEarlierCheckpointKeepsTheLaterLinesAside) {
   write_bytes(dir.path() / "metrics.jsonl", all);
   { MetricsWriter writer(dir.path(), int64_t{3}); }
   EXPECT_EQ(read_bytes(dir.path() / "metrics.jsonl.abandoned.1"), all);
+  // A fresh start (step 0) over lines: a run that died before its first checkpoint, or one whose checkpoints
+  // were removed to start over. Its lines go, kept aside.
+  std::filesystem::remove_all(dir.path() / "checkpoints");
+  write_bytes(dir.path() / "metrics.jsonl", all);
+  { MetricsWriter writer(dir.path(), int64_t{0}); }
+  EXPECT_EQ(read_bytes(dir.path() / "metrics.jsonl.abandoned.2"), all);
+  EXPECT_TRUE(read_lines(dir.path() / "metrics.jsonl").empty());
 }
 
 TEST(MetricsWriter, RepairsATornLastLineOnPlainAppend) {
