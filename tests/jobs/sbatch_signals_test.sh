@@ -85,25 +85,25 @@ FAKE_STEP='trap "" USR1; sleep 1; trap "exit 3" USR1; sleep 30 & wait' run_case 
 grep -q "electra-train exited with 3" "$tmp/lost_stop.log" || fail "lost_stop: the stop was not repeated"
 say "4. a stop the ranks did not get the first time: repeated, exit 3, requeued"
 
+# stop_local STEP DELAY LOG: runs jobs/local/pretrain.sh with a fake mpirun running STEP, sends it SIGTERM
+# after DELAY seconds; its exit status in $code.
+stop_local() {
+  FAKE_STEP=$1 bash jobs/local/pretrain.sh > "$3" 2>&1 &
+  local pid=$!
+  sleep "$2"
+  kill -TERM "$pid"
+  wait "$pid"
+  code=$?
+}
 # jobs/local/pretrain.sh, the same case 2 (a fake mpirun whose ranks die of the SIGUSR1): exit 3.
 printf '#!/usr/bin/env bash\nexec bash -c "$FAKE_STEP"\n' > "$tmp/fake/mpirun"
 chmod +x "$tmp/fake/mpirun"
-FAKE_STEP='sleep 30' bash jobs/local/pretrain.sh > "$tmp/local.log" 2>&1 &
-pid=$!
-sleep 1
-kill -TERM "$pid"
-wait "$pid"
-code=$?
+stop_local 'sleep 30' 1 "$tmp/local.log"
 [ "$code" = 3 ] && grep -q "the ranks were stopped while starting" "$tmp/local.log" || fail "pretrain.sh: exit $code"
 say "2l. pretrain.sh: ranks that die of the stop while loading: exit 3"
 # A stop in pretrain.sh's first milliseconds (its traps came after its checks): exit 3, said, nothing run.
 for attempt in 1 2 3; do
-  FAKE_STEP='exit 0' bash jobs/local/pretrain.sh > "$tmp/local_early.log" 2>&1 &
-  pid=$!
-  sleep 0.005
-  kill -TERM "$pid"
-  wait "$pid"
-  code=$?
+  stop_local 'exit 0' 0.005 "$tmp/local_early.log"
   # 143 with no output: killed before bash ran the script's first line, not ours to catch.
   if [ "$code" != 3 ] && { [ "$code" != 143 ] || [ -s "$tmp/local_early.log" ]; }; then
     fail "pretrain.sh, an early stop: exit $code: $(cat "$tmp/local_early.log")"
