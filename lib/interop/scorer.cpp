@@ -35,8 +35,8 @@ std::vector<int32_t> encode_keeping_special_tokens(const text::BertTokenizer& to
         found = &s;
       }
     }
-    tokenizer.encode_append(text.substr(pos, best == std::string_view::npos ? std::string_view::npos : best - pos),
-                            ids, stats);
+    tokenizer.encode_append(text.substr(pos, best == std::string_view::npos ? std::string_view::npos : best - pos), ids,
+                            stats);
     if (found == nullptr) break;
     ids.push_back(found->id);
     pos = best + found->token.size();
