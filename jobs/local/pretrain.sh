@@ -47,9 +47,17 @@ send_stop() {
   # Repeat it every 2 s while they run (electra-train takes it again as the same request), not after: a
   # signal during mpirun's own shutdown can crash it (below).
   if [ -z "$resender" ]; then
-    (while sleep 2 && kill -0 "$mpirun_pid" 2> /dev/null; do
-      ! ranks_running || kill -USR1 "$mpirun_pid" 2> /dev/null
-    done) &
+    (
+      # Its sleep goes with it: a sleep left behind would hold this script's stdout open (a pipe's end late).
+      trap 'kill "${nap:-}" 2> /dev/null; exit 0' TERM
+      while :; do
+        sleep 2 &
+        nap=$!
+        wait "$nap"
+        kill -0 "$mpirun_pid" 2> /dev/null || exit 0
+        ! ranks_running || kill -USR1 "$mpirun_pid" 2> /dev/null
+      done
+    ) &
     resender=$!
   fi
 }
@@ -61,9 +69,14 @@ forward() {  # signal [note]
 # SIGTERM would only reach mpirun's own shutdown, where Open MPI 4.1's mpirun can crash (exit 139) and hide
 # the ranks' exit status: their checkpoint is written by then.
 ranks_running() {
-  local children
+  local children pid state
   children=$(cat /proc/"$mpirun_pid"/task/*/children 2> /dev/null) || return 0
-  [ -n "${children// /}" ]
+  for pid in $children; do
+    # A rank that has exited stays listed until mpirun reaps it, in mpirun's shutdown: only a live one counts.
+    state=$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' /proc/"$pid"/status 2> /dev/null)
+    [ -z "$state" ] || [ "$state" = Z ] || return 0
+  done
+  return 1
 }
 interrupts=0
 interrupt() {
@@ -131,7 +144,10 @@ args+=("$@")
 
 printf -v shown ' %q' "${launch[@]}" "$train" "${args[@]}"
 log "running:$shown"
-[ "$stop_pending" = 0 ] || exit 3
+if [ "$stop_pending" = 1 ]; then
+  log "stopped before mpirun started; the last checkpoint stands (run the same command again to continue)"
+  exit 3
+fi
 # Job control gives mpirun a process group of its own, so that Ctrl-C reaches only this script (above);
 # stdin is /dev/null since a background process group may not read the terminal.
 set -m
