@@ -97,7 +97,6 @@ trap interrupt INT
 # (below), training on: it stops with a checkpoint instead.
 trap 'forward HUP' HUP
 
-
 [ -x "$train" ] || die "$train not found: build first (jobs/setup.sh) or set ELECTRA_BIN"
 [ -n "${DATA:-}" ] || die "set DATA to the shards directory"
 command -v mpirun > /dev/null || die "mpirun not found (Debian: openmpi-bin)"
