@@ -190,6 +190,18 @@ std::vector<std::filesystem::path> event_files(const std::filesystem::path& dir)
 
 }  // namespace
 
+bool TensorBoardWriter::holds_steps_after(const std::filesystem::path& dir, int64_t step) {
+  std::error_code error;
+  if (!std::filesystem::is_directory(dir, error)) return false;
+  for (const std::filesystem::path& file : event_files(dir)) {
+    for (const std::string& event : tfevents::read_events(file)) {
+      const tfevents::EventFields fields = tfevents::parse_event(event);
+      if (fields.summary && fields.step > step) return true;
+    }
+  }
+  return false;
+}
+
 TensorBoardWriter::TensorBoardWriter(const std::filesystem::path& dir, std::optional<int64_t> resume_step) {
   std::filesystem::create_directories(dir);
   // A resume: the summaries of steps <= resume_step, when the directory also holds later ones to drop.

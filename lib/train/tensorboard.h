@@ -59,6 +59,11 @@ class TensorBoardWriter {
 
   const std::filesystem::path& file() const { return file_; }
 
+  // Whether `dir`'s event files hold a summary of a step after `step`: what a writer opened with
+  // resume_step = step sets aside. A run with train.tensorboard=false opens one only then, so that turning
+  // TensorBoard on again later does not show the steps of a course that run left.
+  static bool holds_steps_after(const std::filesystem::path& dir, int64_t step);
+
  private:
   void append(const std::string& record);
 

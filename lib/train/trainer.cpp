@@ -684,6 +684,9 @@ int Trainer::train() {
     if (settings_.tensorboard) {
       tensorboard_ =
           std::make_unique<TensorBoardWriter>(run_dir_ / "tensorboard", std::optional<int64_t>(progress_.step));
+    } else if (TensorBoardWriter::holds_steps_after(run_dir_ / "tensorboard", progress_.step)) {
+      // Off now, on before: the left course's steps still go aside (a writer opened and closed does it).
+      const TensorBoardWriter setting_aside(run_dir_ / "tensorboard", std::optional<int64_t>(progress_.step));
     }
     ELECTRA_LOG(info) << "resolved config:\n" << config_.dump(2);
     ELECTRA_LOG(info) << "model: " << model_->layout().total_size() << " parameters; " << comm_.world_size()

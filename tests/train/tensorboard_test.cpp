@@ -229,6 +229,11 @@ TEST(TensorBoardWriter, AResumeMovesTheLeftCoursesFilesAsideAndKeepsItsEarlierSt
     for (int64_t step = 1; step <= 6; ++step) first.add_scalar("train/loss", step, 100.0f + step);
     first.add_scalar("eval/disc_auc", 4, 0.75f);
   }
+  // What a run with train.tensorboard=false asks before it sets a left course's steps aside all the same
+  // (TensorBoard turned on again later showed them).
+  EXPECT_TRUE(TensorBoardWriter::holds_steps_after(log_dir, 5));
+  EXPECT_FALSE(TensorBoardWriter::holds_steps_after(log_dir, 6));
+  EXPECT_FALSE(TensorBoardWriter::holds_steps_after(dir.path() / "missing", 0));
   {
     // A resume of step 6's checkpoint leaves nothing behind: the files stay as they are.
     TensorBoardWriter same_course(log_dir, int64_t{6});
