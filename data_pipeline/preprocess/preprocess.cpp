@@ -70,14 +70,14 @@ const std::string& checked_utf8(const std::string& path, std::string_view what) 
   return path;
 }
 
-// Whether `path` is `dir` or lies below it (both made absolute and free of "..", links resolved).
+// Whether `path` is `dir` or lies below it; `dir` is weakly_canonical already, `path` is made so (absolute,
+// free of "..", links resolved).
 bool is_within(const fs::path& path, const fs::path& dir) {
   std::error_code ec;
   const fs::path p = fs::weakly_canonical(path, ec);
-  const fs::path d = fs::weakly_canonical(dir, ec);
-  if (ec) return false;
-  const auto [d_end, p_at] = std::mismatch(d.begin(), d.end(), p.begin(), p.end());
-  return d_end == d.end() || (std::next(d_end) == d.end() && d_end->empty());  // "dir/" ends in an empty part
+  if (ec || dir.empty()) return false;
+  const auto d_end = std::mismatch(dir.begin(), dir.end(), p.begin(), p.end()).first;
+  return d_end == dir.end() || (std::next(d_end) == dir.end() && d_end->empty());  // "dir/" ends in an empty part
 }
 
 }  // namespace
@@ -89,6 +89,8 @@ std::vector<InputFile> list_input_files(const std::vector<std::string>& inputs, 
     ino_t inode;
   };
   std::vector<Found> found;
+  std::error_code canonical_error;
+  const fs::path output = skip_dir.empty() ? fs::path() : fs::weakly_canonical(skip_dir, canonical_error);
   const auto add = [&](const std::string& path, uint64_t size) {
     struct stat st {};
     if (::stat(path.c_str(), &st) != 0) fail(printable_path(path), ": ", std::strerror(errno));
@@ -104,7 +106,7 @@ std::vector<InputFile> list_input_files(const std::vector<std::string>& inputs, 
     std::error_code ec;
     const fs::file_status status = fs::status(input, ec);
     if (ec || !fs::exists(status)) fail(input, ": input does not exist");
-    if (!skip_dir.empty() && is_within(input, skip_dir)) {
+    if (is_within(input, output)) {
       fail(input, ": --input lies inside --output ", skip_dir, ", where the shards are written");
     }
     if (fs::is_directory(status)) {
@@ -115,7 +117,7 @@ std::vector<InputFile> list_input_files(const std::vector<std::string>& inputs, 
         // rank 0 could not hand to the other ranks.
         const bool directory = it->is_directory(ec);
         if (ec) fail(printable_path(it->path().string()), ": ", ec.message());
-        if (directory && !skip_dir.empty() && is_within(it->path(), skip_dir)) {
+        if (directory && is_within(it->path(), output)) {
           // An earlier run's shards, manifest and vocab.txt are not text to read.
           ELECTRA_LOG(info) << printable_path(it->path().string()) << ": not read, it is the --output directory";
           it.disable_recursion_pending();

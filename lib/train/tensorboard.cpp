@@ -188,18 +188,36 @@ std::vector<std::filesystem::path> event_files(const std::filesystem::path& dir)
   return files;
 }
 
+// What a resume of `step` finds in `dir`: its event files, their summaries of steps <= step (in order), and
+// whether any summary is of a later step (then the files are set aside).
+struct EventScan {
+  std::vector<std::filesystem::path> files;
+  std::vector<std::string> kept;
+  bool later_steps = false;
+};
+
+EventScan scan_event_files(const std::filesystem::path& dir, int64_t step) {
+  EventScan scan;
+  scan.files = event_files(dir);
+  for (const std::filesystem::path& file : scan.files) {
+    for (std::string& event : tfevents::read_events(file)) {
+      const tfevents::EventFields fields = tfevents::parse_event(event);
+      if (!fields.summary) continue;  // file_version and session logs: a new file has its own
+      if (fields.step > step) {
+        scan.later_steps = true;
+      } else {
+        scan.kept.push_back(std::move(event));
+      }
+    }
+  }
+  return scan;
+}
+
 }  // namespace
 
 bool TensorBoardWriter::holds_steps_after(const std::filesystem::path& dir, int64_t step) {
   std::error_code error;
-  if (!std::filesystem::is_directory(dir, error)) return false;
-  for (const std::filesystem::path& file : event_files(dir)) {
-    for (const std::string& event : tfevents::read_events(file)) {
-      const tfevents::EventFields fields = tfevents::parse_event(event);
-      if (fields.summary && fields.step > step) return true;
-    }
-  }
-  return false;
+  return std::filesystem::is_directory(dir, error) && scan_event_files(dir, step).later_steps;
 }
 
 TensorBoardWriter::TensorBoardWriter(const std::filesystem::path& dir, std::optional<int64_t> resume_step) {
@@ -208,20 +226,11 @@ TensorBoardWriter::TensorBoardWriter(const std::filesystem::path& dir, std::opti
   std::vector<std::filesystem::path> left_course;
   std::vector<std::string> kept;
   if (resume_step) {
-    bool later_steps = false;
-    left_course = event_files(dir);
-    for (const std::filesystem::path& file : left_course) {
-      for (std::string& event : tfevents::read_events(file)) {
-        const tfevents::EventFields fields = tfevents::parse_event(event);
-        if (!fields.summary) continue;  // file_version and session logs: the new file has its own
-        if (fields.step > *resume_step) {
-          later_steps = true;
-        } else {
-          kept.push_back(std::move(event));
-        }
-      }
+    EventScan scan = scan_event_files(dir, *resume_step);
+    if (scan.later_steps) {
+      left_course = std::move(scan.files);
+      kept = std::move(scan.kept);
     }
-    if (!later_steps) left_course.clear();
   }
   const double wall_time = now_seconds();
   const std::string base = "events.out.tfevents." + std::to_string(static_cast<int64_t>(wall_time)) + "." +
