@@ -19,6 +19,8 @@ h5::Handle create_rows_dataset(hid_t file, const char* name, hid_t type, int ran
   h5::check(H5Pset_chunk(dcpl, rank, chunk), where + ": H5Pset_chunk");
   h5::check(H5Pset_shuffle(dcpl), where + ": H5Pset_shuffle");
   h5::check(H5Pset_deflate(dcpl, static_cast<unsigned>(deflate_level)), where + ": H5Pset_deflate");
+  // No modification times in the object headers: the same input gives byte-identical shards (and CRCs).
+  h5::check(H5Pset_obj_track_times(dcpl, false), where + ": H5Pset_obj_track_times");
   return h5::Handle(h5::check(H5Dcreate2(file, name, type, space, H5P_DEFAULT, dcpl, H5P_DEFAULT),
                               where + ": creating dataset " + name));
 }
@@ -48,8 +50,10 @@ ShardWriter::ShardWriter(std::string path, ShardWriterOptions options)
   if (options_.deflate_level < 0 || options_.deflate_level > 9) fail(path_, ": deflate level must be in [0, 9]");
   // No file locking: Lustre and some NFS mounts refuse the locks (the temporary name is private anyway).
   const h5::Handle fapl = h5::fapl_no_locking();
+  const h5::Handle fcpl(h5::check(H5Pcreate(H5P_FILE_CREATE), path_ + ": fcpl"));
+  h5::check(H5Pset_obj_track_times(fcpl, false), path_ + ": H5Pset_obj_track_times");
   file_ = h5::Handle(
-      h5::check(H5Fcreate(tmp_path_.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl), tmp_path_ + ": cannot create"));
+      h5::check(H5Fcreate(tmp_path_.c_str(), H5F_ACC_TRUNC, fcpl, fapl), tmp_path_ + ": cannot create"));
   const hsize_t width = static_cast<hsize_t>(options_.max_seq_length);
   ids_ = create_rows_dataset(file_, kInputIds, uint16_ids_ ? H5T_STD_U16LE : H5T_STD_I32LE, 2, width,
                              options_.chunk_rows, options_.deflate_level, tmp_path_);

@@ -6,7 +6,9 @@
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <sstream>
+#include <thread>
 
 #include "data_pipeline/preprocess/file_util.h"
 #include "data_pipeline/tokenizer/bert_tokenizer.h"
@@ -302,6 +304,29 @@ TEST(Preprocess, SameRowsWhateverTheRankCount) {
   std::vector<Row> other = testing::read_all_rows(tmp / "seed4");
   std::sort(other.begin(), other.end());
   EXPECT_TRUE(one != other);
+}
+
+// HDF5 stamps each object with its modification time unless told not to: two runs a second apart then
+// gave different bytes and CRCs, so a rerun could not be checked against an earlier output with cmp.
+TEST(Preprocess, TheSameInputGivesByteIdenticalShards) {
+  TempDir tmp("pre-bytes");
+  testing::write_corpus(tmp / "corpus", testing::CorpusOptions{});
+  testing::corpus_vocab().save(tmp / "vocab.txt");
+  const auto bytes = [](const fs::path& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  };
+  const Manifest first = preprocess_single(options_for(tmp / "corpus", tmp / "vocab.txt", tmp / "first"));
+  std::this_thread::sleep_for(std::chrono::milliseconds(1100));  // the stamps count seconds
+  const Manifest second = preprocess_single(options_for(tmp / "corpus", tmp / "vocab.txt", tmp / "second"));
+  ASSERT_EQ(first.shards.size(), second.shards.size());
+  ASSERT_FALSE(first.shards.empty());
+  for (size_t i = 0; i < first.shards.size(); ++i) {
+    EXPECT_EQ(first.shards[i].crc32, second.shards[i].crc32) << first.shards[i].file;
+    EXPECT_TRUE(bytes(fs::path(tmp / "first") / first.shards[i].file) ==
+                bytes(fs::path(tmp / "second") / second.shards[i].file))
+        << first.shards[i].file;
+  }
 }
 
 TEST(ShardWriter, AbandonedOrFailedWriterLeavesNothing) {
