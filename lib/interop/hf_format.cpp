@@ -83,8 +83,9 @@ namespace {
 
 template <typename V>
 void read_key(const nlohmann::json& j, const std::string& origin, const char* key, V& out) {
-  if (!j.contains(key) || j.at(key).is_null()) return;
+  if (!j.contains(key)) return;
   const nlohmann::json& v = j.at(key);
+  if (v.is_null()) fail(origin, ": key '", key, "' is null; give its value or leave the key out (the default)");
   if constexpr (std::is_integral_v<V>) {
     if (!v.is_number_integer()) fail(origin, ": key '", key, "' must be an integer, got ", v.dump());
   } else if constexpr (std::is_floating_point_v<V>) {
@@ -97,7 +98,7 @@ void read_key(const nlohmann::json& j, const std::string& origin, const char* ke
 
 }  // namespace
 
-EncoderConfig encoder_from_hf_config(const nlohmann::json& j, const std::string& origin) {
+EncoderConfig encoder_from_hf_config(const nlohmann::json& j, const std::string& origin, HfModel model) {
   if (!j.is_object()) fail(origin, ": not a JSON object");
   std::string text = "electra";
   read_key(j, origin, "model_type", text);
@@ -107,13 +108,25 @@ EncoderConfig encoder_from_hf_config(const nlohmann::json& j, const std::string&
   if (text != "gelu") {
     fail(origin, ": key 'hidden_act' is '", text, "'; only 'gelu' (exact, erf form) is supported");
   }
+  if (j.contains("position_embedding_type") && j.at("position_embedding_type").is_null()) {
+    fail(origin, ": key 'position_embedding_type' is null, which transformers reads as no position embeddings; "
+         "only 'absolute' is supported");
+  }
   text = "absolute";
   read_key(j, origin, "position_embedding_type", text);
   if (text != "absolute") {
     fail(origin, ": key 'position_embedding_type' is '", text, "'; only 'absolute' is supported");
   }
-  if (j.contains("tie_word_embeddings") && j.at("tie_word_embeddings") == false) {
-    fail(origin, ": key 'tie_word_embeddings' is false; the generator's LM head must be tied to the word embeddings");
+  // transformers gives a decoder causal attention (and cross-attention layers): not the ELECTRA encoder.
+  for (const char* key : {"is_decoder", "add_cross_attention"}) {
+    if (!j.contains(key) || j.at(key).is_null() || j.at(key) == false) continue;
+    fail(origin, ": key '", key, "' is ", j.at(key).dump(),
+         "; only an encoder (bidirectional attention, no cross-attention) is supported");
+  }
+  // Only the generator has an LM head; transformers unties it for false and for null.
+  if (model == HfModel::kGenerator && j.contains("tie_word_embeddings") && j.at("tie_word_embeddings") != true) {
+    fail(origin, ": key 'tie_word_embeddings' is ", j.at("tie_word_embeddings").dump(),
+         "; the generator's LM head must be tied to the word embeddings");
   }
   // Hugging Face ElectraConfig defaults for absent keys.
   EncoderConfig e;

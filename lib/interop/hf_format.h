@@ -53,9 +53,11 @@ bool is_hf_buffer_name(const std::string& name);
 nlohmann::json hf_model_config(const PretrainerConfig& config, HfModel model, int pad_token_id);
 
 // One ElectraConfig read back: the encoder it describes (HF's defaults for absent keys), checked:
-// model_type "electra", hidden_act "gelu", position_embedding_type "absolute", a tied LM head. `origin`
-// names the file in errors, e.g. "DIR/config.json: key 'hidden_act' is 'relu'...".
-EncoderConfig encoder_from_hf_config(const nlohmann::json& config, const std::string& origin);
+// model_type "electra", hidden_act "gelu", position_embedding_type "absolute", an encoder (no is_decoder,
+// no add_cross_attention) and, for the generator, a tied LM head. A key we read may not be null: transformers
+// takes null for some as "off" (no position embeddings, an untied head). `origin` names the file in errors,
+// e.g. "DIR/config.json: key 'hidden_act' is 'relu'...".
+EncoderConfig encoder_from_hf_config(const nlohmann::json& config, const std::string& origin, HfModel model);
 
 // tokenizer_config.json and special_tokens_map.json of a BERT WordPiece tokenizer.
 nlohmann::json hf_tokenizer_config(const text::TokenizerOptions& options, int model_max_length);

@@ -178,8 +178,8 @@ void read_discriminator(HfDir& disc, const ParameterLayout& layout, std::vector<
 HfPretrainer load_hf_pretrainer(const fs::path& discriminator_dir, const fs::path& generator_dir,
                                 const PretrainerConfig* base) {
   HfDir disc(discriminator_dir), gen(generator_dir);
-  const EncoderConfig d = encoder_from_hf_config(disc.config, disc.config_path);
-  const EncoderConfig g = encoder_from_hf_config(gen.config, gen.config_path);
+  const EncoderConfig d = encoder_from_hf_config(disc.config, disc.config_path, HfModel::kDiscriminator);
+  const EncoderConfig g = encoder_from_hf_config(gen.config, gen.config_path, HfModel::kGenerator);
   // One set of embeddings: everything it depends on must agree.
   auto same = [&](const char* key, double dv, double gv) {
     if (dv != gv) {
@@ -258,7 +258,7 @@ HfPretrainer load_hf_discriminator(const fs::path& dir) {
          ": scoring tokens needs the discriminator (ElectraForPreTraining); give its directory, or an "
          "electra-export directory (discriminator/ and generator/)");
   }
-  const EncoderConfig d = encoder_from_hf_config(disc.config, disc.config_path);
+  const EncoderConfig d = encoder_from_hf_config(disc.config, disc.config_path, HfModel::kDiscriminator);
   EncoderConfig placeholder = d;  // hf_import.h: one layer, one head, 64 units
   placeholder.hidden_size = kPlaceholderGeneratorWidth;
   placeholder.num_layers = 1;
@@ -340,6 +340,27 @@ std::string init_from_hf(const fs::path& given, const PretrainerConfig& run_conf
          hf.tokenizer.lower_case ? "true" : "false", ", but the training data was tokenized with lower_case ",
          *data_lower_case ? "true" : "false");
   }
+  // What could not be checked, and the settings the run's config decides over the directory's.
+  if (!hf.vocab) {
+    ELECTRA_LOG(warning) << "--init-from " << dir.string()
+                         << ": no vocab.txt in discriminator/ or generator/, so its vocabulary cannot be checked "
+                            "against the training data's";
+  }
+  if (!hf.tokenizer_recorded && data_lower_case) {
+    ELECTRA_LOG(warning) << "--init-from " << dir.string()
+                         << ": no tokenizer_config.json, so its lower-casing cannot be checked against the training "
+                            "data's (lower_case "
+                         << (*data_lower_case ? "true" : "false") << "; transformers assumes true)";
+  }
+  const auto rate_differs = [&](const char* key, const char* hf_key, float run, float from_hf) {
+    if (run == from_hf) return;
+    ELECTRA_LOG(warning) << "--init-from " << dir.string() << ": its " << hf_key << " is " << json_float(from_hf)
+                         << ", the run's model." << key << " " << json_float(run) << ": training uses the run's";
+  };
+  rate_differs("hidden_dropout", "hidden_dropout_prob", run_config.discriminator.hidden_dropout,
+               hf.config.discriminator.hidden_dropout);
+  rate_differs("attention_dropout", "attention_probs_dropout_prob", run_config.discriminator.attention_dropout,
+               hf.config.discriminator.attention_dropout);
   const PretrainerLayout run_layout = build_pretrainer_layout(run_config);
   const PretrainerLayout hf_layout = build_pretrainer_layout(hf.config);
   if (params.size() != run_layout.layout.total_size()) {

@@ -484,6 +484,28 @@ TEST(HfInterop, ImportRejectsInconsistentDirectoriesNamingTheProblem) {
   dir = fresh();
   edit_config(dir / "discriminator", "hidden_act", "relu");
   expect_import_error(dir, "key 'hidden_act' is 'relu'");
+  // Keys transformers reads as another model than ours: refused, naming them.
+  dir = fresh();
+  edit_config(dir / "discriminator", "position_embedding_type", nullptr);  // transformers: no positions
+  expect_import_error(dir, "key 'position_embedding_type' is null");
+  dir = fresh();
+  edit_config(dir / "generator", "is_decoder", true);  // causal attention
+  expect_import_error(dir, "key 'is_decoder' is true");
+  dir = fresh();
+  edit_config(dir / "discriminator", "add_cross_attention", true);
+  expect_import_error(dir, "key 'add_cross_attention' is true");
+  dir = fresh();
+  edit_config(dir / "generator", "tie_word_embeddings", nullptr);  // transformers unties the LM head
+  expect_import_error(dir, "key 'tie_word_embeddings' is null");
+  dir = fresh();
+  edit_config(dir / "discriminator", "layer_norm_eps", nullptr);
+  expect_import_error(dir, "key 'layer_norm_eps' is null");
+  // The discriminator has no LM head to tie; a null is_decoder is an encoder for transformers too.
+  dir = fresh();
+  edit_config(dir / "discriminator", "tie_word_embeddings", false);
+  edit_config(dir / "discriminator", "is_decoder", nullptr);
+  EXPECT_NO_THROW(load_hf_pretrainer(dir / "discriminator", dir / "generator"));
+  EXPECT_NO_THROW(load_hf_discriminator(dir / "discriminator"));
   dir = fresh();
   edit_config(dir / "discriminator", "num_hidden_layers", 3);
   expect_import_error(dir, "missing tensor 'electra.encoder.layer.2.");
