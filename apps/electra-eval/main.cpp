@@ -41,7 +41,7 @@ struct Flags {
   int batch_size = 128;
   int seq_length = 0;
   float mask_prob = 0.15f;
-  uint64_t seed = 1;
+  uint64_t seed = electra::eval::kEvalSeed;
   int auc_bins = 10000;
   int64_t exact_auc_max_tokens = int64_t{1} << 24;
   int threads = 0;

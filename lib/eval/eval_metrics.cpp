@@ -292,7 +292,7 @@ std::vector<std::pair<std::string, double>> EvalMetrics::scalars(const std::stri
       {prefix + "disc_precision", disc_precision},
       {prefix + "disc_recall", disc_recall},
       {prefix + "replaced_fraction", replaced_fraction}};
-  if (!std::isnan(disc_auc_unigram)) values.emplace_back(prefix + "disc_auc_unigram", disc_auc_unigram);
+  if (unigram_auc_computed) values.emplace_back(prefix + "disc_auc_unigram", disc_auc_unigram);
   if (!std::isnan(disc_auc_within_token)) values.emplace_back(prefix + "disc_auc_within_token", disc_auc_within_token);
   return values;
 }

@@ -142,9 +142,11 @@ struct EvalMetrics {
   double disc_precision = 0.0;              // TP / (TP + FP); 0 when nothing is predicted replaced
   double disc_recall = 0.0;                 // TP / (TP + FN); 0 when nothing was replaced
   // ROC AUC against replacements drawn from the held-out tokens' unigram distribution instead of the
-  // generator's samples (EvalOptions::unigram_auc; NaN when not computed, and then left out of scalars()
-  // and to_json()). It does not fall as the generator learns, so it tracks the discriminator alone.
+  // generator's samples (EvalOptions::unigram_auc; left out of scalars() and to_json() when not computed;
+  // NaN, JSON null, when computed without both classes or without ordinary tokens to draw). It does not
+  // fall as the generator learns, so it tracks the discriminator alone.
   double disc_auc_unigram = std::numeric_limits<double>::quiet_NaN();
+  bool unigram_auc_computed = false;
   // auc_within_token of the discriminator's scores against the generator's samples (computed with the
   // exact AUC only; NaN otherwise, and then left out like disc_auc_unigram). 0.5 for a discriminator that
   // learned only which tokens the generator tends to put in, however high its disc_auc.

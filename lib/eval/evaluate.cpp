@@ -184,11 +184,11 @@ class UnigramTable {
     }
   }
   std::span<int64_t> counts() { return counts_; }
-  // Cumulative counts, after the counts are reduced over ranks. Fails without a single ordinary token.
-  void finish() {
+  // Cumulative counts, after the counts are reduced over ranks. False without a single ordinary token.
+  bool finish() {
     cumulative_.resize(counts_.size());
     std::partial_sum(counts_.begin(), counts_.end(), cumulative_.begin());
-    if (cumulative_.empty() || cumulative_.back() == 0) fail("evaluate: no ordinary tokens to draw replacements from");
+    return !cumulative_.empty() && cumulative_.back() > 0;
   }
   // A token drawn in proportion to its count, from two 32-bit draws.
   int32_t draw(PhiloxSequence& random) const {
@@ -205,7 +205,7 @@ class UnigramTable {
 
 // `batch` with every weighted masked position replaced by a unigram draw, weights zeroed (so the generator
 // replaces nothing), into `out`; `labels` [B,S]: 1 where a draw differs from the original token.
-void unigram_corrupted(const Batch& batch, const UnigramTable& table, uint64_t seed, uint64_t step, Batch& out,
+void unigram_corrupted(const Batch& batch, const UnigramTable& table, uint64_t seed, Batch& out,
                        std::vector<uint8_t>& labels, std::vector<int32_t>& original) {
   out = batch;
   const size_t S = static_cast<size_t>(batch.seq_length), P = static_cast<size_t>(batch.num_predictions);
@@ -213,7 +213,7 @@ void unigram_corrupted(const Batch& batch, const UnigramTable& table, uint64_t s
   ids_with_predictions(batch, batch.masked_lm_ids, original);
   out.input_word_ids = original;
   for (size_t r = 0; r < static_cast<size_t>(batch.rows); ++r) {
-    PhiloxSequence random(seed, RandomPurpose::kUnigramReplacement, step, batch.global_row_offset + r);
+    PhiloxSequence random(seed, RandomPurpose::kUnigramReplacement, 0, batch.global_row_offset + r);
     for (size_t p = 0; p < P; ++p) {
       if (batch.masked_lm_weights[r * P + p] == 0.0f) continue;
       const size_t position = static_cast<size_t>(batch.masked_lm_positions[r * P + p]);
@@ -254,16 +254,20 @@ EvalMetrics evaluate(PretrainerModel<float>& model, data::Loader& loader, const 
   context.training = false;      // dropout off
   context.copy_outputs = false;  // the LM logits are not needed; logits, labels and samples always come back
   Batch batch, trimmed;          // reused: their vectors keep their capacity
-  // The loader's next global-batch slice, cut to its longest row with options.trim_padding.
+  // The loader's next global-batch slice, cut to its longest row with options.trim_padding. Its rows are keyed
+  // by their position in the held-out epoch (global_row_offset moved on by the batch's first position, with
+  // step 0 below), so the generator's samples and unigram draws of an example do not depend on the batch size.
   auto next_rows = [&]() -> const Batch& {
+    const uint64_t cursor = loader.state().cursor;
     batch = loader.next();
+    batch.global_row_offset += cursor;
     const int seq = options.trim_padding ? needed_seq_length(batch, 0, batch.rows) : batch.seq_length;
     if (seq == batch.seq_length) return batch;
     copy_rows(batch, 0, batch.rows, seq, trimmed);
     return trimmed;
   };
+  context.step = 0;  // sampling keyed by (seed, example position): see next_rows
   for (int64_t k = 0; k < batches; ++k) {
-    context.step = static_cast<uint64_t>(k);  // sampling keyed by (seed, batch, global row), as in training
     const Batch& rows = next_rows();
     accumulate(rows, model.forward(rows, context), sums, histogram, store, disc_tokens);
     if (unigram) unigram->count(rows);
@@ -292,7 +296,16 @@ EvalMetrics evaluate(PretrainerModel<float>& model, data::Loader& loader, const 
   if (unigram) {
     // The same batches and masks again, each masked position holding a unigram draw (EvalOptions::unigram_auc).
     comm.allreduce_sum(unigram->counts());
-    unigram->finish();
+    if (!unigram->finish()) {
+      if (comm.is_root()) {
+        ELECTRA_LOG(warning) << "evaluate: the held-out text has no ordinary tokens (only [UNK] and special "
+                                "tokens) to draw unigram replacements from; disc_auc_unigram is null";
+      }
+      unigram.reset();
+      metrics.unigram_auc_computed = true;
+    }
+  }
+  if (unigram) {
     loader.restore(first_batch);
     ScoreHistogram unigram_histogram(options.auc_bins);
     ScoreStore unigram_store(options.exact_auc_max_tokens, /*with_tokens=*/false);
@@ -300,8 +313,7 @@ EvalMetrics evaluate(PretrainerModel<float>& model, data::Loader& loader, const 
     std::vector<uint8_t> labels;
     std::vector<int32_t> original;
     for (int64_t k = 0; k < batches; ++k) {
-      unigram_corrupted(next_rows(), *unigram, options.seed, static_cast<uint64_t>(k), corrupted, labels, original);
-      context.step = static_cast<uint64_t>(k);
+      unigram_corrupted(next_rows(), *unigram, options.seed, corrupted, labels, original);
       const PretrainerOutputs<float>& out = model.forward(corrupted, context);
       for (size_t i = 0; i < labels.size(); ++i) {
         if (corrupted.input_mask[i] == 0) continue;
@@ -312,6 +324,7 @@ EvalMetrics evaluate(PretrainerModel<float>& model, data::Loader& loader, const 
     }
     comm.allreduce_sum(unigram_histogram.counts());
     metrics.disc_auc_unigram = reduced_auc(unigram_histogram, unigram_store, sums.tokens, options, comm).auc;
+    metrics.unigram_auc_computed = true;
   }
   metrics.seconds = comm.allreduce_max(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
   if (histogram.nonfinite() > 0 && comm.is_root()) {

@@ -25,9 +25,13 @@
 
 namespace electra::eval {
 
+// electra-eval's --seed default, and the seed of electra-train's held-out evaluation whatever train.seed: every
+// run is evaluated on the same masks, and electra-eval's defaults reproduce the numbers in metrics.jsonl.
+inline constexpr uint64_t kEvalSeed = 1;
+
 struct EvalOptions {
-  int64_t max_batches = 0;  // global batches to evaluate; 0 or more than an epoch: one epoch of the loader
-  uint64_t seed = 1;        // keys the generator's sampling (masking is keyed by the loader's seed)
+  int64_t max_batches = 0;   // global batches to evaluate; 0 or more than an epoch: one epoch of the loader
+  uint64_t seed = kEvalSeed;  // keys the generator's sampling (masking is keyed by the loader's seed)
   int auc_bins = 10000;     // histogram bins of the AUC (see eval_metrics.h for the error bound)
   // The AUC is exact (scores gathered to rank 0) up to this many real tokens in the whole evaluation,
   // from histograms beyond (0: always histograms). 2^24 tokens: at most 192 MiB gathered.

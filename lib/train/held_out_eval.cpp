@@ -23,7 +23,7 @@ HeldOutEval::HeldOutEval(const TrainSettings& settings, const data::Loader& trai
     schedule_ = Periodic{settings.eval_every, settings.total_steps};
     try {  // the same messages as data.dir's: they must say which directory is meant
       loader_ = eval::make_eval_loader(eval_dir, settings.global_batch, settings.seq_length, training.mask_prob,
-                                       training.max_predictions, settings.seed, comm, training.vocab_path);
+                                       training.max_predictions, eval::kEvalSeed, comm, training.vocab_path);
     } catch (const std::exception& e) {
       fail("config key 'data.eval_dir': ", e.what());
     }
@@ -49,7 +49,7 @@ void HeldOutEval::evaluate(PretrainerModel<float>& model, int64_t step, MetricsW
                            TensorBoardWriter* tensorboard) {
   eval::EvalOptions options;
   options.max_batches = settings_.eval_batches;
-  options.seed = settings_.seed;
+  options.seed = eval::kEvalSeed;
   options.trim_padding = settings_.trim_padding;
   options.unigram_auc = settings_.eval_unigram_auc;
   const eval::EvalMetrics m = eval::evaluate(model, *loader_, comm_, options);

@@ -29,7 +29,9 @@ using namespace electra::test;  // tests/support/programs.h: run, mpirun, read_m
 
 std::string train_command(int np, const fs::path& run_dir, const std::string& extra = "") {
   return electra::test::small_train_command(mpirun(np), g_root / "shards", run_dir,
-                                            "--set train.steps=40 --set train.checkpoint_every=20 " + extra);
+                                            "--set train.steps=40 --set train.checkpoint_every=20 "
+                                            "--set train.seed=5 " +
+                                                extra);
 }
 
 // electra-eval --json on the held-out shards; the parsed object (the last line of stdout).
@@ -146,6 +148,13 @@ TEST_F(EvalE2E, TrainedModelGivesFiniteMetricsAndBeatsChance) {
   EXPECT_EQ(partial["examples"].get<int64_t>(), rows) << "batch " << batch;
   EXPECT_EQ(partial["batches"].get<int64_t>(), (rows + batch - 1) / batch) << "batch " << batch;
   EXPECT_EQ(partial["tokens"], m["tokens"]) << "the same tokens, whatever the batch";
+  // The same masks and generator samples too (keyed by each example's position, not by batch and row): the
+  // same counts, and the same metrics to float rounding (trimming and summation follow the batches).
+  for (const char* key : {"masked_positions", "replaced_tokens"}) EXPECT_EQ(partial[key], m[key]) << key;
+  for (const std::string& key : kMetrics) {
+    EXPECT_NEAR(partial[key].get<double>(), m[key].get<double>(), 1e-5) << key << " at batch " << batch;
+  }
+  EXPECT_NEAR(partial["disc_auc_unigram"].get<double>(), m["disc_auc_unigram"].get<double>(), 1e-5);
   EXPECT_GT(m["batches"].get<int64_t>(), 3);
   const double tokens = m["tokens"].get<double>();
   EXPECT_GT(tokens, examples * 5.0);
@@ -257,11 +266,11 @@ TEST_F(EvalE2E, TrainerEvaluationEqualsElectraEvalAndLeavesTrainingAlone) {
   ASSERT_EQ(eval_lines.size(), 2u);
   EXPECT_EQ(eval_lines[0]["step"], 20);
   EXPECT_EQ(eval_lines[1]["step"], 40);
-  // electra-train evaluated its in-memory weights with train.seed (1) on batches of train.batch_size:
-  // electra-eval on the checkpoints of those steps gives the same numbers.
+  // electra-train evaluated its in-memory weights with electra-eval's default seed (not train.seed, 5 here) on
+  // batches of train.batch_size: electra-eval on the checkpoints of those steps gives the same numbers.
   for (const nlohmann::json& line : eval_lines) {
     const int step = line["step"].get<int>();
-    const nlohmann::json m = evaluate(1, checkpoint(step), "--seed 1");
+    const nlohmann::json m = evaluate(1, checkpoint(step));
     expect_same_metrics(m, line, 1e-9, "electra-train vs electra-eval at step " + std::to_string(step), "eval/");
     ASSERT_TRUE(line.contains("eval/disc_auc_unigram")) << line.dump();  // train.eval_unigram_auc=true
     EXPECT_NEAR(line["eval/disc_auc_unigram"].get<double>(), m["disc_auc_unigram"].get<double>(), 1e-9);
@@ -434,6 +443,35 @@ TEST_F(EvalE2E, ABadHeldOutRowFailsTrainingAtSetUp) {
   EXPECT_NE(read_text(log).find(shard.string() + ": dataset 'input_ids': row "), std::string::npos) << log_of(log);
   EXPECT_NE(read_text(log).find("not [CLS]"), std::string::npos) << log_of(log);
   EXPECT_FALSE(fs::exists(g_root / "bad_row_run" / "checkpoints")) << "refused before training";
+}
+
+// Held-out text of words the vocabulary lacks (all [UNK]) leaves nothing to draw unigram replacements from:
+// disc_auc_unigram is null with a warning, and the evaluation (and a training run's) goes on. It aborted them.
+TEST_F(EvalE2E, HeldOutTextWithoutOrdinaryTokensGivesANullUnigramAuc) {
+  const fs::path text = g_root / "unknown_text", log = g_root / "unknown.log";
+  fs::create_directories(cleared(text));
+  {
+    std::ofstream out(text / "thai.txt");
+    for (int doc = 0; doc < 12; ++doc) out << "\u0e2a\u0e27\u0e31\u0e2a\u0e14\u0e35 \u0e04\u0e23\u0e31\u0e1a\n\u0e20\u0e32\u0e29\u0e32\u0e44\u0e17\u0e22\n\n";
+  }
+  cleared(g_root / "unknown_shards");
+  ASSERT_NO_FATAL_FAILURE(electra::test::preprocess(g_root, "unknown_text", "unknown_shards", ""));
+  const std::string eval = bin("electra-eval") + " --checkpoint " + checkpoint(40) + " --data " +
+                           (g_root / "unknown_shards").string() + " --batch-size 12 --json";
+  ASSERT_EQ(run(eval, log), 0) << log_of(log);
+  EXPECT_NE(read_text(log).find("no ordinary tokens"), std::string::npos) << log_of(log);
+  EXPECT_NE(read_text(log).find("\"disc_auc_unigram\":null"), std::string::npos) << log_of(log);
+  EXPECT_EQ(run(train_command(1, cleared(g_root / "unknown_run"),
+                              "--set train.steps=2 --set train.eval_every=1 --set train.eval_unigram_auc=true "
+                              "--set data.eval_dir=" +
+                                  (g_root / "unknown_shards").string()),
+                log),
+            0)
+      << log_of(log);
+  const std::vector<nlohmann::json> lines = read_metrics(g_root / "unknown_run");
+  ASSERT_FALSE(lines.empty());
+  EXPECT_TRUE(lines.back().contains("eval/disc_auc_unigram") && lines.back()["eval/disc_auc_unigram"].is_null())
+      << lines.back().dump();
 }
 
 // --mask-prob beyond what the model's 5 predictions per row allow (rows of 32: 30 maskable tokens) is said;
