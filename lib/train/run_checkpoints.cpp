@@ -137,6 +137,9 @@ void RunCheckpoints::resume_from(const fs::path& path, TrainingState& state_out,
   }
   state_out.tokens_seen = state.value("tokens_seen", int64_t{0});
   state_out.skipped_steps = state.value("skipped_steps", int64_t{0});
+  state_out.skipped_in_a_row = state.value("skipped_in_a_row", int64_t{0});
+  state_out.last_lr = state.value("last_lr", 0.0);
+  state_out.last_grad_norm = state.value("last_grad_norm", 0.0);
   state_out.parallel_chunks = state.value("parallel_chunks", 0);
   if (const nlohmann::json streak = state.value("collapse_streak", nlohmann::json()); !streak.is_null()) {
     try {
@@ -277,6 +280,9 @@ void RunCheckpoints::save(const TrainingState& state, const LogWindow& window) {
                      {"tokens_seen", state.tokens_seen},
                      {"seed", settings_.seed},
                      {"skipped_steps", state.skipped_steps},
+                     {"skipped_in_a_row", state.skipped_in_a_row},
+                     {"last_lr", state.last_lr},
+                     {"last_grad_norm", state.last_grad_norm},
                      {"parallel_chunks", state.parallel_chunks},
                      {"world_size", comm.world_size()},
                      {"optimizer", parts_.optimizer->name()}};  // optim.name: checked on resume

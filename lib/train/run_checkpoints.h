@@ -31,6 +31,12 @@ struct TrainingState {
   int64_t step = 0;  // completed optimizer steps
   int64_t tokens_seen = 0;
   int64_t skipped_steps = 0;  // steps whose update was skipped (non-finite or overflowed), over the whole run
+  // Non-finite steps in a row (overflows of dynamic loss scaling excluded): train.max_skipped_steps stops
+  // the run at the same step however often it is stopped and resumed.
+  int64_t skipped_in_a_row = 0;
+  // The last applied step's learning rate and gradient norm: a log window whose steps were all skipped
+  // reports them, after a resume as before.
+  double last_lr = 0, last_grad_norm = 0;
   // The CPU's parallel chunks (train.parallel_chunks as resolved): they fix the order of the gradient sums, so
   // a resume with the same count continues bitwise. 0: not a CPU run, or a checkpoint that did not say.
   int parallel_chunks = 0;

@@ -275,8 +275,6 @@ class Trainer {
   double flops_per_step_ = 0;
 
   TrainingState progress_;  // step, tokens seen, skipped steps: what a checkpoint carries
-  int64_t skipped_in_a_row_ = 0;
-  double last_lr_ = 0, last_grad_norm_ = 0;
   std::optional<CollapseCheck> collapse_check_;  // train.collapse_warning.*
   // The discriminator's scores on real tokens, by class, of this step (the log window's running disc_auc).
   eval::ScoreHistogram step_scores_{kRunningAucBins};
@@ -507,8 +505,8 @@ StepOutcome Trainer::train_step() {
     }
   }
   if (outcome.result == StepResult::kApplied) {
-    last_lr_ = outcome.lr;
-    last_grad_norm_ = outcome.grad_norm;
+    progress_.last_lr = outcome.lr;
+    progress_.last_grad_norm = outcome.grad_norm;
   }
   return outcome;
 }
@@ -779,14 +777,14 @@ int Trainer::train() {
     progress_.tokens_seen += outcome.real_tokens;  // real tokens, not slots (issue 13)
     watchdog.heartbeat(progress_.step);
     if (result == StepResult::kApplied) {
-      skipped_in_a_row_ = 0;
+      progress_.skipped_in_a_row = 0;
       window.add(outcome.metrics, step_scores_);
     } else {
       ++progress_.skipped_steps;
       // Overflow skips of dynamic loss scaling are expected and do not count toward max_skipped_steps.
-      if (result == StepResult::kSkipped && ++skipped_in_a_row_ > settings_.max_skipped) {
+      if (result == StepResult::kSkipped && ++progress_.skipped_in_a_row > settings_.max_skipped) {
         if (root) {
-          ELECTRA_LOG(error) << skipped_in_a_row_
+          ELECTRA_LOG(error) << progress_.skipped_in_a_row
                              << " consecutive non-finite steps (train.max_skipped_steps = " << settings_.max_skipped
                              << "): stopping without saving the damaged state";
         }
@@ -797,7 +795,7 @@ int Trainer::train() {
     if (window.should_log(progress_.step)) {
       ScopedPhase phase(profile(), TrainPhase::kLogging);
       const LogWindow::Summary summary = window.close(comm_);
-      if (root) log_step(summary, last_lr_, last_grad_norm_);
+      if (root) log_step(summary, progress_.last_lr, progress_.last_grad_norm);
     }
     if (held_out_->should_evaluate(progress_.step)) {
       longer_phase("the evaluation");

@@ -125,6 +125,38 @@ TEST_F(LossScaleTraining, ResumeWithADynamicScaleIsBitwiseExact) {
   EXPECT_EQ(end_a.state()["loss_scale_good_steps"], end_b.state()["loss_scale_good_steps"]);
 }
 
+// What a skipped step leaves behind survives a resume too. A window whose steps were all skipped reports the
+// last applied step's lr and gradient norm (they were 0 after a resume); a run of non-finite steps ends at
+// the same step (train.max_skipped_steps) however it is stopped and resumed (the streak restarted at 0).
+TEST_F(LossScaleTraining, SkippedStepsCountTheSameAcrossAResume) {
+  // Windows of 2 steps; the 4th is skipped, so the window 3-4 is open at the stop after step 3.
+  const std::string skip =
+      "--set optim.loss_scale.mode=dynamic --set debug.nan_step=3 --set train.steps=6 --set train.log_every=2";
+  const fs::path straight = run_dir("skip_straight"), resumed = run_dir("skip_resumed");
+  const fs::path log = root() / "skip.log";
+  ASSERT_EQ(run(train_command(1, straight, skip), log), 0) << log_of(log);
+  ASSERT_EQ(run(train_command(1, resumed, skip + " --stop-after 3"), log), 3) << log_of(log);
+  ASSERT_EQ(run(train_command(1, resumed, skip + " --resume auto"), log), 0) << log_of(log);
+  const auto a = read_metrics(straight), b = read_metrics(resumed);
+  expect_same_trajectory(a, b, 0.0, "straight vs stopped+resumed", {"loss", "grad_norm", "lr", "loss_scale"});
+  ASSERT_EQ(steps(a), (std::vector<int64_t>{2, 4, 6}));
+  EXPECT_GT(b[1]["lr"].get<double>(), 0.0) << b[1].dump();  // step 3's, in the window resumed
+
+  // Diverging: every step from the second is non-finite; 3 in a row are allowed, the 4th ends the run.
+  const std::string diverge =
+      "--set optim.lr=1e30 --set optim.clip_norm=0 --set optim.warmup_steps=0 --set train.max_skipped_steps=3 "
+      "--set train.steps=10";
+  const fs::path log_a = root() / "diverge_straight.log", log_b = root() / "diverge_resumed.log";
+  ASSERT_EQ(run(train_command(1, run_dir("diverge_straight"), diverge), log_a), 4) << log_of(log_a);
+  const fs::path stopped = run_dir("diverge_resumed");
+  ASSERT_EQ(run(train_command(1, stopped, diverge + " --stop-after 3"), log_b), 3) << log_of(log_b);
+  ASSERT_EQ(run(train_command(1, stopped, diverge + " --resume auto"), log_b), 4) << log_of(log_b);
+  EXPECT_NE(read_text(log_a).find("step 5: non-finite"), std::string::npos) << log_of(log_a);
+  EXPECT_EQ(read_text(log_a).find("step 6: non-finite"), std::string::npos) << log_of(log_a);
+  EXPECT_NE(read_text(log_b).find("step 5: non-finite"), std::string::npos) << log_of(log_b);
+  EXPECT_EQ(read_text(log_b).find("step 6: non-finite"), std::string::npos) << log_of(log_b);
+}
+
 // TF32 and fp16 are tensor-core precisions (bf16 is the CPU's bf16 storage: StorageTraining).
 TEST_F(LossScaleTraining, TensorCorePrecisionsAreRefusedOnTheCpu) {
   for (const char* precision : {"fp16", "tf32", "fp64"}) {
