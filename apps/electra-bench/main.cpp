@@ -92,6 +92,7 @@ int main(int argc, char** argv) {
     o.precision = electra::parse_cuda_precision(precision, "--precision");
     o.storage = electra::parse_storage_type(storage, "--storage");
     electra::check_precision(o.precision, o.device, "--precision");
+    electra::resolve_storage(o.storage, o.device, o.precision, "--storage");  // --storage contradicting --precision
   } catch (const electra::Error& e) {
     std::cerr << "electra-bench: " << e.what() << "\n";
     return 2;

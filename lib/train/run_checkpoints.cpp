@@ -95,7 +95,6 @@ void RunCheckpoints::resume_from(const fs::path& path, TrainingState& state_out,
   if (const auto diff = config_differences(saved.at("model"), parts_.config->at("model"), "model"); !diff.empty()) {
     fail("checkpoint ", path.string(), " was trained with another model configuration: ", diff.front());
   }
-  warn_of_changed_settings(path, saved);
   Optimizer<float>& optimizer = *parts_.optimizer;
   // The moments are the optimizer's own state: AdamW's and LAMB's mean different updates. A checkpoint from
   // before the record is AdamW's (the only optimizer then).
@@ -125,6 +124,7 @@ void RunCheckpoints::resume_from(const fs::path& path, TrainingState& state_out,
          settings_.total_steps, "): nothing would be trained. Set train.steps to ", state_out.step,
          " or more to go on (nothing was written)");
   }
+  warn_of_changed_settings(path, saved);  // after the refusals: a refused resume does not "continue"
   log_windows_out = state.value("log_windows", nlohmann::json());
   if (!log_windows_out.is_null()) {
     try {

@@ -564,8 +564,9 @@ void Trainer::log_step(const LogWindow::Summary& summary, double lr, double grad
   if (mfu > 1.0 && !warned_mfu_over_peak_) {
     // The peak is measured once at start-up: other work on the cores then makes it too low for the run.
     warned_mfu_over_peak_ = true;
-    ELECTRA_LOG(warning) << "MFU " << std::setprecision(0) << 100.0 * mfu << "% is above 100%: the peak of "
-                         << std::setprecision(1) << peak_gflops_ << " GFLOP/s per rank"
+    ELECTRA_LOG(warning) << "MFU " << std::fixed << std::setprecision(0) << 100.0 * mfu
+                         << "% is above 100%: the peak of " << std::defaultfloat << std::setprecision(4) << peak_gflops_
+                         << " GFLOP/s per rank"
                          << (settings_.peak_gflops > 0 ? " (train.peak_gflops)"
                                                        : " measured at start-up, probably while other work shared "
                                                          "the cores,")

@@ -34,8 +34,6 @@ if(TARGET electra-bench)
   set_tests_properties(BenchSmoke.ElectraBenchTwoRanksHostTransport PROPERTIES LABELS bench_smoke TIMEOUT 120
     ENVIRONMENT "OMPI_MCA_rmaps_base_oversubscribe=1;ELECTRA_SKIP_SLURM_CHECK=1"
     PASS_REGULAR_EXPRESSION "\"allreduce_s\":[0-9].*\"overlap\":false.*\"ranks\":2.*\"transport\":\"host\"")
-  # TF32 and fp16 are tensor-core precisions: refused on the CPU with exit code 2 (bf16 is the CPU's
-  # bf16 storage); fp32 is reported.
   # A --config file is read as electra-train reads it: a key twice in one object is refused (it was taken,
   # the last one winning), naming the file and the key.
   add_test(NAME BenchSmoke.ElectraBenchConfigWithARepeatedKey
@@ -43,10 +41,14 @@ if(TARGET electra-bench)
             $<TARGET_FILE:electra-bench>)
   set_tests_properties(BenchSmoke.ElectraBenchConfigWithARepeatedKey PROPERTIES LABELS bench_smoke TIMEOUT 60
     PASS_REGULAR_EXPRESSION "key 'hidden_size' appears twice in one object.*exit=2")
+  # TF32 and fp16 are tensor-core precisions: refused on the CPU with exit code 2 (bf16 is the CPU's
+  # bf16 storage, so --storage fp32 contradicts it: exit 2 before MPI starts, not an MPI abort); fp32 is
+  # reported.
   add_test(NAME BenchSmoke.ElectraBenchPrecisionNeedsCuda
-    COMMAND sh -c "\"$0\" --precision tf32; echo \"exit=$?\"" $<TARGET_FILE:electra-bench>)
+    COMMAND sh -c "\"$0\" --precision tf32; echo \"exit=$?\"; \"$0\" --precision bf16 --storage fp32; echo \"exit=$?\""
+            $<TARGET_FILE:electra-bench>)
   set_tests_properties(BenchSmoke.ElectraBenchPrecisionNeedsCuda PROPERTIES LABELS bench_smoke TIMEOUT 60
-    PASS_REGULAR_EXPRESSION "--precision tf32 needs --device cuda.*exit=2")
+    PASS_REGULAR_EXPRESSION "--precision tf32 needs --device cuda.*exit=2.*--storage = fp32 contradicts precision bf16.*exit=2")
   add_test(NAME BenchSmoke.ElectraBenchReportsPrecision
     COMMAND $<TARGET_FILE:electra-bench> --config tiny --batch 2 --seq 32 --steps 1 --warmup 0 --threads 1
             --peak-gemm 64 --precision fp32)

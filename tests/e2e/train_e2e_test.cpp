@@ -136,7 +136,9 @@ TEST_F(TrainE2E, MfuAboveThePeakIsReportedOnce) {
   const size_t first = text.find(warning);
   ASSERT_NE(first, std::string::npos) << text;
   EXPECT_EQ(text.find(warning, first + 1), std::string::npos) << text;
-  EXPECT_NE(text.find("(train.peak_gflops) is below what the steps achieve"), std::string::npos) << text;
+  EXPECT_NE(text.find("the peak of 0.0001 GFLOP/s per rank (train.peak_gflops) is below what the steps achieve"),
+            std::string::npos)
+      << text;
   EXPECT_GT(read_metrics(low).front()["mfu"].get<double>(), 1.0);
 
   const fs::path normal = run_dir("normal_peak"), normal_log = root() / "normal_peak.log";
@@ -197,6 +199,7 @@ TEST_F(TrainE2E, ResumeIsBitwiseExactOnTheSameWorldSize) {
   EXPECT_NE(read_text(log3).find("is at step 12, past config key 'train.steps' (8): nothing would be trained"),
             std::string::npos)
       << log_of(log3);
+  EXPECT_EQ(read_text(log3).find("The run continues"), std::string::npos) << "a refused resume does not continue";
   EXPECT_EQ(read_text(resumed / "config.json"), config);
   EXPECT_EQ(read_metrics(resumed).size(), 12u);
 }
