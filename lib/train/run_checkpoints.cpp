@@ -141,6 +141,12 @@ void RunCheckpoints::resume_from(const fs::path& path, TrainingState& state_out,
   state_out.last_lr = state.value("last_lr", 0.0);
   state_out.last_grad_norm = state.value("last_grad_norm", 0.0);
   state_out.parallel_chunks = state.value("parallel_chunks", 0);
+  if (const nlohmann::json by_rank = state.value("rank_parallel_chunks", nlohmann::json());
+      by_rank.is_array() && by_rank.size() == static_cast<size_t>(parts_.comm->world_size())) {
+    const nlohmann::json& mine = by_rank.at(static_cast<size_t>(parts_.comm->rank()));
+    if (!mine.is_number_integer()) fail("checkpoint ", path.string(), ": state rank_parallel_chunks: not integers");
+    state_out.parallel_chunks = mine.get<int>();
+  }
   if (const nlohmann::json streak = state.value("collapse_streak", nlohmann::json()); !streak.is_null()) {
     try {
       state_out.collapse_streak = {.windows = streak.at("windows").get<int>(),
@@ -284,6 +290,7 @@ void RunCheckpoints::save(const TrainingState& state, const LogWindow& window) {
                      {"last_lr", state.last_lr},
                      {"last_grad_norm", state.last_grad_norm},
                      {"parallel_chunks", state.parallel_chunks},
+                     {"rank_parallel_chunks", state.rank_parallel_chunks},
                      {"world_size", comm.world_size()},
                      {"optimizer", parts_.optimizer->name()}};  // optim.name: checked on resume
     content.state.update(parts_.loss_scaler->state());          // loss_scale, loss_scale_mode, loss_scale_good_steps

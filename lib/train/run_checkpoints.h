@@ -40,6 +40,9 @@ struct TrainingState {
   // The CPU's parallel chunks (train.parallel_chunks as resolved): they fix the order of the gradient sums, so
   // a resume with the same count continues bitwise. 0: not a CPU run, or a checkpoint that did not say.
   int parallel_chunks = 0;
+  // Each rank's parallel_chunks (rank 0's list; ranks may run other thread counts). On resume with as many
+  // ranks, parallel_chunks above is this rank's entry.
+  std::vector<int> rank_parallel_chunks;
   CollapseCheck::Streak collapse_streak;  // rank 0's (the one that judges the log windows)
 };
 

@@ -703,6 +703,11 @@ int Trainer::train() {
 
   check_parameters_agree(*model_, comm_, progress_.step, "at start");
   log_device_memory("at start");
+  // Every rank's chunk count for the checkpoints: ranks of other thread counts (nodes of other sizes) each
+  // keep their own on resume, so the sums stay bitwise.
+  const std::vector<std::string> rank_chunks = comm_.gather_strings(std::to_string(progress_.parallel_chunks));
+  progress_.rank_parallel_chunks.clear();
+  for (const std::string& chunks : rank_chunks) progress_.rank_parallel_chunks.push_back(std::stoi(chunks));
 
   reducer_ = make_reducer();
   stepper_.emplace(StepParts{.model = model_.get(),

@@ -219,6 +219,26 @@ TEST_F(TrainE2E, ResumeWithAnotherThreadCountKeepsTheChunksAndTheBits) {
   expect_same_trajectory(read_metrics(straight), read_metrics(resumed), 0.0, "2 threads vs 2 then 1");
 }
 
+// Ranks of other thread counts (nodes of other sizes) run other chunk counts; each keeps its own on resume
+// (checkpoints list them per rank), so the run still ends bitwise. Every rank took rank 0's count before.
+TEST_F(TrainE2E, RanksOfOtherThreadCountsResumeBitwise) {
+  const auto two_ranks = [](const fs::path& dir, const std::string& extra) {
+    const std::string settings = "--set train.steps=8 --set train.checkpoint_every=4 " + extra;
+    return mpirun(1) + small_train_command("", root() / "shards", dir, settings + " --set train.threads=1") +
+           " : -np 1 " + small_train_command("", root() / "shards", dir, settings + " --set train.threads=2");
+  };
+  const fs::path straight = run_dir("mixed_straight"), resumed = run_dir("mixed_resumed");
+  const fs::path log = root() / "mixed_threads.log";
+  ASSERT_EQ(run(two_ranks(straight, ""), log), 0) << log_of(log);
+  ASSERT_EQ(run(two_ranks(resumed, "--stop-after 3"), log), 3) << log_of(log);
+  ASSERT_EQ(run(two_ranks(resumed, "--resume auto"), log), 0) << log_of(log);
+  const fs::path final_name = fs::path("checkpoints") / "ckpt-00000008.h5";
+  ASSERT_NO_FATAL_FAILURE(electra::test::expect_same_checkpoint_tensors(straight / final_name, resumed / final_name));
+  expect_same_trajectory(read_metrics(straight), read_metrics(resumed), 0.0, "mixed threads, straight vs resumed");
+  EXPECT_EQ(electra::train::CheckpointFile::open(straight / final_name).state()["rank_parallel_chunks"],
+            nlohmann::json::array({1, 2}));
+}
+
 // Resuming on other shards of the same vocabulary is allowed, and said: the checkpoint records the data's
 // identity (counts, shard list), and the loader's position then counts other examples.
 TEST_F(TrainE2E, ResumeOnOtherShardsIsNamedInAWarning) {
