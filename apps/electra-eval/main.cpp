@@ -63,6 +63,11 @@ struct Setup {
 };
 
 void setup(const Flags& flags, const electra::dist::Communicator& comm, Setup& s) {
+  if (const int ranks = comm.world_size(); flags.batch_size % ranks != 0) {
+    electra::fail("--batch-size ", flags.batch_size, " is not a multiple of the ", ranks,
+                  " ranks, which split each global batch evenly (", (flags.batch_size + ranks - 1) / ranks * ranks,
+                  " is)");
+  }
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   omp_set_num_threads(flags.threads > 0 ? flags.threads : std::max(1, cores / std::max(1, comm.local_size())));
   // The device first: a missing GPU is reported before anything is read.
@@ -187,8 +192,10 @@ int main(int argc, char** argv) {
   app.add_option("--max-batches", flags.max_batches, "global batches to evaluate (0: all, one pass)")
       ->capture_default_str()
       ->check(CLI::Range(int64_t{0}, std::numeric_limits<int64_t>::max()));
-  app.add_option("--batch-size", flags.batch_size, "global batch (a multiple of the number of ranks)")
-      ->capture_default_str()
+  CLI::Option* batch_option =
+      app.add_option("--batch-size", flags.batch_size,
+                     "global batch, a multiple of the number of ranks (the default is rounded up to one)")
+          ->capture_default_str()
       ->check(CLI::Range(1, std::numeric_limits<int>::max()));
   // A signed range: CLI11 would read -1 into the uint64_t as 2^64 - 1.
   app.add_option("--seed", flags.seed, "keys masking and the generator's sampling")
@@ -247,6 +254,10 @@ int main(int argc, char** argv) {
   flags.storage = electra::parse_storage_type(storage, "--storage");
 
   electra::dist::Communicator comm = electra::dist::Communicator::init(argc, argv);
+  // The ranks split each global batch evenly: the default is rounded up for any rank count (the numbers do
+  // not depend on the batch size); a --batch-size given is checked in setup().
+  const int ranks = comm.world_size();
+  if (batch_option->count() == 0) flags.batch_size = (flags.batch_size + ranks - 1) / ranks * ranks;
   electra::log::LogOptions log_options;
   log_options.rank = comm.rank();
   log_options.world_size = comm.world_size();
