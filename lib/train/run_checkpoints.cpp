@@ -185,7 +185,18 @@ void RunCheckpoints::resume_from(const fs::path& path, TrainingState& state_out,
                          << settings_.loader.data_dir << " (" << changed
                          << "): its data position (epoch and examples read) goes on over these";
   }
-  parts_.loader->restore(data::LoaderState::from_json(file.loader()));
+  data::LoaderState position = data::LoaderState::from_json(file.loader());
+  if (const uint64_t examples = parts_.loader->num_examples(); position.cursor > examples) {
+    // Other shards, fewer examples than the checkpoint's epoch had read: that epoch is over here.
+    if (parts_.comm->is_root()) {
+      ELECTRA_LOG(warning) << "checkpoint " << path.string() << " had read " << position.cursor
+                           << " examples of its epoch " << position.epoch << ", more than the " << examples
+                           << " of data.dir " << settings_.loader.data_dir << ": training goes on with epoch "
+                           << position.epoch + 1;
+    }
+    position.cursor = examples;  // the loader starts the next epoch at its next batch
+  }
+  parts_.loader->restore(position);
   last_saved_step_ = state_out.step;
   ELECTRA_LOG(info) << "resumed from " << path.string() << " at step " << state_out.step
                     << (has_moments ? "" : " (no optimizer moments in the file: they start at zero)");

@@ -260,6 +260,35 @@ TEST_F(TrainE2E, ResumeOnOtherShardsIsNamedInAWarning) {
   EXPECT_NE(read_text(log).find("examples "), std::string::npos) << log_of(log);
 }
 
+// Other shards with fewer examples than the checkpoint's epoch had read: that epoch is over, and training goes
+// on with the next one, with a warning (it was refused: "state cursor ... is past the ... examples").
+TEST_F(TrainE2E, ResumeOnFewerExamplesThanReadStartsTheNextEpoch) {
+  const fs::path dir = run_dir("fewer_examples"), log = root() / "fewer_examples.log";
+  const fs::path small = root() / "shards_fewer";
+  fs::create_directories(root() / "corpus_fewer");
+  const fs::path first = fs::directory_iterator(root() / "corpus")->path();
+  fs::copy_file(first, root() / "corpus_fewer" / first.filename(), fs::copy_options::overwrite_existing);
+  fs::remove_all(small);
+  ASSERT_NO_FATAL_FAILURE(electra::test::preprocess(root(), "corpus_fewer", "shards_fewer", ""));
+  const int64_t rows = nlohmann::json::parse(read_text(small / "manifest.json"))["total_rows"].get<int64_t>();
+  const int64_t all = nlohmann::json::parse(read_text(root() / "shards" / "manifest.json"))["total_rows"];
+  const int64_t stop = rows / 12 + 1;  // batches of 12: past the small set's examples, within the full set's epoch
+  ASSERT_GE(rows, 12);
+  ASSERT_LE(12 * stop, all);
+  ASSERT_EQ(run(train_command(1, dir, "--stop-after " + std::to_string(stop)), log), 3) << log_of(log);
+  const std::string other = electra::test::small_train_command(
+      "", small, dir, "--set train.steps=" + std::to_string(stop + 2) + " --set train.checkpoint_every=4 --resume auto");
+  ASSERT_EQ(run(other, log), 0) << log_of(log);
+  EXPECT_NE(read_text(log).find("examples of its epoch 0, more than the " + std::to_string(rows) +
+                                " of data.dir " + small.string() + ": training goes on with epoch 1"),
+            std::string::npos)
+      << log_of(log);
+  const std::string last = nlohmann::json::parse(read_text(dir / "checkpoints" / "latest"))["checkpoint"];
+  const electra::train::CheckpointFile end = electra::train::CheckpointFile::open(dir / "checkpoints" / last);
+  EXPECT_EQ(end.loader()["epoch"], 1);
+  EXPECT_EQ(end.loader()["cursor"], 24);
+}
+
 // data.mask_prob above what model.num_token_predictions holds was capped without a word (Google's large
 // recipe, 0.25, on the small preset trained at 15%): set-up warns, naming both keys and the value to set.
 TEST_F(TrainE2E, MaskingCappedByTheModelsPredictionsIsWarned) {
