@@ -119,7 +119,9 @@ EncoderConfig encoder_from_hf_config(const nlohmann::json& j, const std::string&
   }
   // transformers gives a decoder causal attention (and cross-attention layers): not the ELECTRA encoder.
   for (const char* key : {"is_decoder", "add_cross_attention"}) {
-    if (!j.contains(key) || j.at(key).is_null() || j.at(key) == false) continue;
+    if (!j.contains(key)) continue;
+    const nlohmann::json& v = j.at(key);  // Python's truth: null, false and 0 are an encoder's
+    if (v.is_null() || (v.is_boolean() && !v.get<bool>()) || (v.is_number() && v.get<double>() == 0)) continue;
     fail(origin, ": key '", key, "' is ", j.at(key).dump(),
          "; only an encoder (bidirectional attention, no cross-attention) is supported");
   }
