@@ -17,7 +17,7 @@ be compared with the same recipe. Everything is seeded (--seed): initialisation,
 
 Data: a .tsv file holds one example a line, "text<TAB>label", with an optional header line whose
 second column is "label" ("text<TAB>label", GLUE's "sentence<TAB>label"); a .jsonl file holds one {"text": ..., "label": ...} object a line. Blank lines are
-skipped. Labels are strings (JSON numbers are read as strings); the classes are the labels of the
+skipped. Labels are strings or integers (JSON 1 and 1.0 both read as "1"); the classes are the labels of the
 training data, and a dev label not among them is an error. --data splits one file into train and dev,
 stratified by label, reproducibly for a given --seed.
 
@@ -70,8 +70,8 @@ def read_examples(path):
             header = line.strip().lower().split("\t") if kind == ".tsv" and number == 1 else []
             if header == ["label", "text"] or header == ["label", "sentence"]:
                 raise DataError(f"{where}: the header says label<TAB>text; the columns must be text<TAB>label")
-            if not line.strip() or (len(header) == 2 and header[1] == "label"):
-                continue  # blank, or a header (text<TAB>label, GLUE's sentence<TAB>label)
+            if (not line.strip() and "\t" not in line) or (len(header) == 2 and header[1] == "label"):
+                continue  # blank (a tab is a row of empty fields), or a header (GLUE's sentence<TAB>label)
             if kind == ".tsv":
                 fields = line.split("\t")
                 if len(fields) != 2:
@@ -86,6 +86,8 @@ def read_examples(path):
                 if not isinstance(record, dict) or not {"text", "label"} <= record.keys():
                     raise DataError(f'{where}: expected an object with "text" and "label" fields')
                 text, label = record["text"], record["label"]
+                if isinstance(label, float) and label.is_integer():
+                    label = int(label)  # 1.0 (pandas writes integer columns with gaps as floats) is class 1
                 if not isinstance(text, str) or not isinstance(label, (str, int)) or isinstance(label, bool):
                     raise DataError(f'{where}: "text" must be a string and "label" a string or an integer')
             if not text.strip():

@@ -139,6 +139,15 @@ printf 'sentence\tlabel\nsome text\ta\n' > "$tmp/glue.tsv"
 (cd "$root/jobs" && "$python" -c 'import finetune, sys; print(finetune.read_examples(sys.argv[1]))' "$tmp/glue.tsv") \
   > "$tmp/glue.log" 2>&1 || fail "read_examples failed: $(tail -3 "$tmp/glue.log")"
 grep -q "^\[('some text', 'a', '$tmp/glue.tsv:2')\]$" "$tmp/glue.log" || fail "GLUE's header read as data: $(cat "$tmp/glue.log")"
+# A row of empty fields (a lone tab) is an error naming its line, not a blank line skipped; JSON 1.0 is class 1.
+printf 'some text\ta\n\t\nmore\tb\n' > "$tmp/tab.tsv"
+(cd "$root/jobs" && "$python" -c 'import finetune, sys; finetune.read_examples(sys.argv[1])' "$tmp/tab.tsv") \
+  > "$tmp/tab.log" 2>&1 && fail "a row of empty fields was skipped"
+grep -q "tab.tsv:2: empty text" "$tmp/tab.log" || fail "a row of empty fields: $(tail -2 "$tmp/tab.log")"
+printf '{"text": "x", "label": 1.0}\n{"text": "y", "label": 1}\n' > "$tmp/float.jsonl"
+(cd "$root/jobs" && "$python" -c 'import finetune, sys; print({l for _, l, _ in finetune.read_examples(sys.argv[1])})' \
+  "$tmp/float.jsonl") > "$tmp/float.log" 2>&1 || fail "an integral JSON label was refused: $(tail -2 "$tmp/float.log")"
+grep -qx "{'1'}" "$tmp/float.log" || fail "JSON labels 1.0 and 1 are not one class: $(cat "$tmp/float.log")"
 say "c. finetune.py on bad data, models and values: exit 2, naming the file, line or flag"
 
 # d. bf16 storage follows fp32 on the same shards, steps and seed
