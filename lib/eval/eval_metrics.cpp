@@ -293,7 +293,7 @@ std::vector<std::pair<std::string, double>> EvalMetrics::scalars(const std::stri
       {prefix + "disc_recall", disc_recall},
       {prefix + "replaced_fraction", replaced_fraction}};
   if (unigram_auc_computed) values.emplace_back(prefix + "disc_auc_unigram", disc_auc_unigram);
-  if (!std::isnan(disc_auc_within_token)) values.emplace_back(prefix + "disc_auc_within_token", disc_auc_within_token);
+  if (auc_method == "exact") values.emplace_back(prefix + "disc_auc_within_token", disc_auc_within_token);
   return values;
 }
 

@@ -148,8 +148,9 @@ struct EvalMetrics {
   double disc_auc_unigram = std::numeric_limits<double>::quiet_NaN();
   bool unigram_auc_computed = false;
   // auc_within_token of the discriminator's scores against the generator's samples (computed with the
-  // exact AUC only; NaN otherwise, and then left out like disc_auc_unigram). 0.5 for a discriminator that
-  // learned only which tokens the generator tends to put in, however high its disc_auc.
+  // exact AUC only, and left out of scalars() otherwise; NaN, JSON null, without a token id seen both
+  // replaced and not). 0.5 for a discriminator that learned only which tokens the generator tends to put in,
+  // however high its disc_auc.
   double disc_auc_within_token = std::numeric_limits<double>::quiet_NaN();
   // Context.
   double disc_auc_error_bound = 0.0;     // |disc_auc - exact AUC| <= this (0 for the exact method)

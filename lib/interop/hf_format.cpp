@@ -96,6 +96,15 @@ void read_key(const nlohmann::json& j, const std::string& origin, const char* ke
   out = v.get<V>();
 }
 
+// What `if value:` gives in Python, as transformers reads flags such as is_decoder.
+bool python_truth(const nlohmann::json& v) {
+  if (v.is_null()) return false;
+  if (v.is_boolean()) return v.get<bool>();
+  if (v.is_number()) return v.get<double>() != 0;
+  if (v.is_string()) return !v.get_ref<const std::string&>().empty();
+  return !v.empty();  // an array or object
+}
+
 }  // namespace
 
 EncoderConfig encoder_from_hf_config(const nlohmann::json& j, const std::string& origin, HfModel model) {
@@ -119,14 +128,12 @@ EncoderConfig encoder_from_hf_config(const nlohmann::json& j, const std::string&
   }
   // transformers gives a decoder causal attention (and cross-attention layers): not the ELECTRA encoder.
   for (const char* key : {"is_decoder", "add_cross_attention"}) {
-    if (!j.contains(key)) continue;
-    const nlohmann::json& v = j.at(key);  // Python's truth: null, false and 0 are an encoder's
-    if (v.is_null() || (v.is_boolean() && !v.get<bool>()) || (v.is_number() && v.get<double>() == 0)) continue;
+    if (!j.contains(key) || !python_truth(j.at(key))) continue;
     fail(origin, ": key '", key, "' is ", j.at(key).dump(),
          "; only an encoder (bidirectional attention, no cross-attention) is supported");
   }
-  // Only the generator has an LM head; transformers unties it for false and for null.
-  if (model == HfModel::kGenerator && j.contains("tie_word_embeddings") && j.at("tie_word_embeddings") != true) {
+  // Only the generator has an LM head; transformers unties it for a false value (null, false, 0).
+  if (model == HfModel::kGenerator && j.contains("tie_word_embeddings") && !python_truth(j.at("tie_word_embeddings"))) {
     fail(origin, ": key 'tie_word_embeddings' is ", j.at("tie_word_embeddings").dump(),
          "; the generator's LM head must be tied to the word embeddings");
   }

@@ -415,18 +415,17 @@ std::optional<std::string> Trainer::setup() {
   }
 }
 
+// Every rank judges its own count (ranks may run other thread counts) and says so in its own log line.
 void Trainer::keep_resumed_parallel_chunks(int saved) {
   if (saved <= 0 || saved == parallel_chunks_ || backend_->device() != DeviceKind::kCpu) return;
   if (settings_.parallel_chunks == 0 && saved <= settings_.micro_rows) {
-    if (comm_.is_root()) {
-      ELECTRA_LOG(info) << "train.parallel_chunks = 0 would give " << parallel_chunks_ << " chunk(s) with "
-                        << "these threads; keeping the checkpoint's " << saved
-                        << ", which fix the order of the gradient sums, so the run continues bitwise (set "
-                        << "train.parallel_chunks to choose)";
-    }
+    ELECTRA_LOG(info) << "train.parallel_chunks = 0 would give " << parallel_chunks_ << " chunk(s) with "
+                      << "these threads; keeping the checkpoint's " << saved
+                      << ", which fix the order of the gradient sums, so the run continues bitwise (set "
+                      << "train.parallel_chunks to choose)";
     parallel_chunks_ = saved;
     model_->set_parallel_chunks(parallel_chunks_);
-  } else if (comm_.is_root()) {
+  } else {
     ELECTRA_LOG(warning) << "the checkpoint was trained with " << saved << " parallel chunk(s), this run uses "
                          << parallel_chunks_ << " (train.parallel_chunks, train.micro_batch_size): it continues "
                          << "correctly, but its sums differ in the last bits from an uninterrupted run's";
@@ -542,7 +541,8 @@ void Trainer::log_step(const LogWindow::Summary& summary, double lr, double grad
              {"disc_gain", disc_gain},
              {"disc_auc", std::isfinite(disc_auc) ? nlohmann::json(disc_auc) : nlohmann::json(nullptr)},
              {"slot_tokens_per_s", slots_per_s},
-             {"real_token_fraction", m.tokens_per_s / slots_per_s},
+             // From the counts, not the two rates: the same in every run of the same steps, to the last bit.
+             {"real_token_fraction", window.disc_tokens / steps / window.tokens},
              {"computed_slot_fraction", computed_fraction},
              {"step_seconds", step_seconds},
              {"mfu", mfu},

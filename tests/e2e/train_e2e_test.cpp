@@ -237,6 +237,15 @@ TEST_F(TrainE2E, RanksOfOtherThreadCountsResumeBitwise) {
   expect_same_trajectory(read_metrics(straight), read_metrics(resumed), 0.0, "mixed threads, straight vs resumed");
   EXPECT_EQ(electra::train::CheckpointFile::open(straight / final_name).state()["rank_parallel_chunks"],
             nlohmann::json::array({1, 2}));
+  // A count the run cannot keep is said by the rank it concerns (here only rank 1 ran 2 chunks).
+  ASSERT_EQ(run(two_ranks(straight, "--resume auto --set train.steps=9 --set train.parallel_chunks=1"), log), 0)
+      << log_of(log);
+  EXPECT_NE(read_text(log).find("[rank 1] [warning] the checkpoint was trained with 2 parallel chunk(s), this run "
+                                "uses 1"),
+            std::string::npos)
+      << log_of(log);
+  EXPECT_EQ(read_text(log).find("[rank 0] [warning] the checkpoint was trained with"), std::string::npos)
+      << log_of(log);
 }
 
 // Resuming on other shards of the same vocabulary is allowed, and said: the checkpoint records the data's

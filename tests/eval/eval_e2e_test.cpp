@@ -466,6 +466,7 @@ TEST_F(EvalE2E, HeldOutTextWithoutOrdinaryTokensGivesANullUnigramAuc) {
   ASSERT_EQ(run(eval, log), 0) << log_of(log);
   EXPECT_NE(read_text(log).find("no ordinary tokens"), std::string::npos) << log_of(log);
   EXPECT_NE(read_text(log).find("\"disc_auc_unigram\":null"), std::string::npos) << log_of(log);
+  EXPECT_NE(read_text(log).find("\"disc_auc_within_token\":null"), std::string::npos) << log_of(log);
   EXPECT_EQ(run(train_command(1, cleared(g_root / "unknown_run"),
                               "--set train.steps=2 --set train.eval_every=1 --set train.eval_unigram_auc=true "
                               "--set data.eval_dir=" +

@@ -504,6 +504,8 @@ TEST(HfInterop, ImportRejectsInconsistentDirectoriesNamingTheProblem) {
   dir = fresh();
   edit_config(dir / "discriminator", "tie_word_embeddings", false);
   edit_config(dir / "discriminator", "is_decoder", nullptr);
+  edit_config(dir / "generator", "is_decoder", 0);
+  edit_config(dir / "generator", "tie_word_embeddings", 1);
   EXPECT_NO_THROW(load_hf_pretrainer(dir / "discriminator", dir / "generator"));
   EXPECT_NO_THROW(load_hf_discriminator(dir / "discriminator"));
   dir = fresh();
