@@ -25,7 +25,8 @@ int main(int argc, char** argv) {
   std::string device = "cpu", precision = "fp32", storage = "auto";
   CLI::App app{"electra-bench: ELECTRA pre-training step throughput on synthetic batches (CPU or CUDA backend)"};
   app.add_option("--config", o.config, "tiny|small|base|large or a JSON file (run config or model section)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(electra::cli::checked_path());
   app.add_option("--batch", o.batch, "global batch (split over MPI ranks)")->capture_default_str();
   app.add_option("--seq", o.seq, "sequence length (default: the file's data.seq_length, 128; 512 for base/large)");
   app.add_option("--steps", o.steps, "timed steps")->capture_default_str();
@@ -37,11 +38,15 @@ int main(int argc, char** argv) {
                  "default: the thread count; 1: every op multi-threaded instead");
   app.add_option("--vocab", o.vocab, "vocabulary size (default: the config's, 30522 for the presets)");
   app.add_option("--device", device, "cpu | cuda")->capture_default_str();
-  app.add_option("--dropout", o.dropout, "hidden and attention dropout (default: the config's, 0.1)");
+  float dropout = 0;
+  CLI::Option* dropout_option =
+      app.add_option("--dropout", dropout, "hidden and attention dropout, in [0, 1) (default: the config's, 0.1)");
   app.add_option("--seed", o.seed, "seed of parameters, data, dropout and sampling")
       ->capture_default_str()
       ->check(CLI::Range(int64_t{0}, std::numeric_limits<int64_t>::max()));  // not -1 read as 2^64 - 1
-  app.add_option("--peak-gemm", o.peak_gemm_size, "n of the n^3 sgemm that measures the peak")->capture_default_str();
+  app.add_option("--peak-gemm", o.peak_gemm_size, "n of the n^3 sgemm that measures the peak (at most 16384)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, electra::bench::kMaxPeakGemmSize));
   app.add_flag("--breakdown", o.breakdown, "time each phase of the step");
   app.add_flag("--recompute-ffn", o.recompute_ffn,
                "recompute each layer's FFN activation in backward instead of keeping it (less memory)");
@@ -85,6 +90,7 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 2;  // bad flags are exit 2, as in every program (CLI11's own codes are 100+)
   }
+  if (dropout_option->count() > 0) o.dropout = dropout;
   o.overlap = !no_overlap;
   o.trim_padding = !no_trim;
   try {  // before MPI starts, as the other flag errors

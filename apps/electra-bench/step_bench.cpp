@@ -247,11 +247,10 @@ PretrainerConfig checked_bench_model(const StepBenchOptions& o, int ranks) {
   if (o.seq < 0) fail("--seq ", o.seq, " must be positive (0: the config's)");
   if (o.vocab < 0) fail("--vocab ", o.vocab, " must be positive (0: the config's)");
   if (o.chunks < 0) fail("--chunks ", o.chunks, " must be >= 0 (0: the thread count)");
-  if (o.peak_gemm_size <= 0) fail("--peak-gemm ", o.peak_gemm_size, " must be positive");
-  // The default (-1) means the config's; anything else must be a probability dropout can scale by 1/(1-p).
-  if (o.dropout != -1.0f && !(o.dropout >= 0.0f && o.dropout < 1.0f)) {
-    fail("--dropout ", o.dropout, " is outside [0, 1)");
-  }
+  if (o.peak_gemm_size <= 0 || o.peak_gemm_size > kMaxPeakGemmSize)
+    fail("--peak-gemm ", o.peak_gemm_size, " is outside [1, ", kMaxPeakGemmSize, "]");
+  // A probability dropout can scale by 1/(1-p).
+  if (o.dropout && !(*o.dropout >= 0.0f && *o.dropout < 1.0f)) fail("--dropout ", *o.dropout, " is outside [0, 1)");
   int default_seq = 128;
   PretrainerConfig model = resolve_model(o.config, o.vocab, &default_seq);
   const int S = o.seq > 0 ? o.seq : default_seq;
@@ -268,9 +267,9 @@ PretrainerConfig checked_bench_model(const StepBenchOptions& o, int ranks) {
   // The synthetic rows hold BERT's [CLS] 101, [SEP] 102 and [MASK] 103 (make_batch).
   if (model.vocab_size < 104)
     fail("vocabulary size ", model.vocab_size, " must be at least 104 (--vocab or model.vocab_size)");
-  if (o.dropout >= 0.0f) {
-    model.discriminator.hidden_dropout = model.discriminator.attention_dropout = o.dropout;
-    model.generator.hidden_dropout = model.generator.attention_dropout = o.dropout;
+  if (o.dropout) {
+    model.discriminator.hidden_dropout = model.discriminator.attention_dropout = *o.dropout;
+    model.generator.hidden_dropout = model.generator.attention_dropout = *o.dropout;
   }
   validate(model);
   return model;

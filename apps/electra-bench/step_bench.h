@@ -20,6 +20,9 @@
 
 namespace electra::bench {
 
+// --peak-gemm's largest n: three n x n fp32 matrices of 16384 are 3 GiB.
+inline constexpr int kMaxPeakGemmSize = 16384;
+
 struct StepBenchOptions {
   std::string config = "small";          // tiny|small|base|large or a JSON file (a run config or a model section)
   int batch = 32;                        // global batch (split evenly over the ranks)
@@ -33,7 +36,7 @@ struct StepBenchOptions {
   bool breakdown = false;                // time each phase of the step
   bool overlap = true;                   // start each bucket's allreduce during backward (else after it)
   bool recompute_ffn = false;            // ElectraPretrainer::set_recompute_ffn_activations
-  float dropout = -1.0f;                 // -1: the config's (0.1); else in [0, 1)
+  std::optional<float> dropout;          // nullopt: the config's (0.1); else in [0, 1)
   uint64_t seed = 1;
   int peak_gemm_size = 2048;  // n of the n x n x n sgemm that measures the peak
   // ElectraPretrainer::set_attention_impl: auto | materialized | fused

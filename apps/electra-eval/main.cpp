@@ -237,11 +237,13 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::IsMember({"auto", "fp32", "bf16"}));
   app.add_option("--memory-fraction", flags.device_options.memory_fraction,
-                 "cuda: device-memory arena as a fraction of the free GPU memory")
-      ->capture_default_str();
+                 "cuda: device-memory arena as a fraction of the free GPU memory, in (0, 1]")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0));
   app.add_option("--arena-bytes", flags.device_options.arena_bytes,
                  "cuda: device-memory arena size (0: use the fraction)")
-      ->capture_default_str();
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{0}, std::numeric_limits<int64_t>::max()));  // not -1 read as 2^64 - 1
   try {
     electra::cli::refuse_empty_values(argc, argv);
     app.parse(argc, argv);
