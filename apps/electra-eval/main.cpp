@@ -238,8 +238,7 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"auto", "fp32", "bf16"}));
   app.add_option("--memory-fraction", flags.device_options.memory_fraction,
                  "cuda: device-memory arena as a fraction of the free GPU memory, in (0, 1]")
-      ->capture_default_str()
-      ->check(CLI::Range(0.0, 1.0));
+      ->capture_default_str();
   app.add_option("--arena-bytes", flags.device_options.arena_bytes,
                  "cuda: device-memory arena size (0: use the fraction)")
       ->capture_default_str()

@@ -56,8 +56,7 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"auto", "fp32", "bf16"}));
   app.add_option("--memory-fraction", device_options.memory_fraction,
                  "cuda: device-memory arena as a fraction of the free GPU memory, in (0, 1]")
-      ->capture_default_str()
-      ->check(CLI::Range(0.0, 1.0));
+      ->capture_default_str();
   try {
     electra::cli::refuse_empty_values(argc, argv);
     app.parse(argc, argv);

@@ -36,6 +36,13 @@ if(TARGET electra-bench)
     PASS_REGULAR_EXPRESSION "\"allreduce_s\":[0-9].*\"overlap\":false.*\"ranks\":2.*\"transport\":\"host\"")
   # A --config file is read as electra-train reads it: a key twice in one object is refused (it was taken,
   # the last one winning), naming the file and the key.
+  # --dropout -1 was a sentinel for the config's rate, and a --peak-gemm too large for memory ran every step
+  # before bad_alloc (exit 1): both are refused before the first step.
+  add_test(NAME BenchSmoke.ElectraBenchRefusesOutOfRangeFlags
+    COMMAND sh -c "\"$0\" --config tiny --dropout -1; echo \"exit=$?\"; \"$0\" --config tiny --peak-gemm 100000; echo \"exit=$?\""
+            $<TARGET_FILE:electra-bench>)
+  set_tests_properties(BenchSmoke.ElectraBenchRefusesOutOfRangeFlags PROPERTIES LABELS bench_smoke TIMEOUT 60
+    PASS_REGULAR_EXPRESSION "--dropout -1 is outside \\[0, 1\\).*exit=2.*--peak-gemm: Value 100000 not in range 1 to 16384.*exit=2")
   add_test(NAME BenchSmoke.ElectraBenchConfigWithARepeatedKey
     COMMAND sh -c "f=$(mktemp); printf '{\"model\": {\"hidden_size\": 64, \"hidden_size\": 128}}' > \"$f\"; \"$0\" --config \"$f\" --steps 1; echo \"exit=$?\"; rm -f \"$f\""
             $<TARGET_FILE:electra-bench>)

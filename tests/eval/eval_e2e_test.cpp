@@ -373,7 +373,8 @@ TEST_F(EvalE2E, BadInputExitsWithTwoNamingTheProblem) {
   EXPECT_EQ(run(base, log), 2) << "--data is required" << log_of(log);
   // Out-of-range flags name themselves (--seed is unsigned: -1 would read as 2^64 - 1).
   for (const std::string flag : {"--seed -1", "--max-batches -1", "--batch-size 0", "--auc-bins 0",
-                                 "--exact-auc-max-tokens -1", "--threads -1", "--seq-length -1"}) {
+                                 "--exact-auc-max-tokens -1", "--threads -1", "--seq-length -1",
+                                 "--arena-bytes -1"}) {
     EXPECT_EQ(run(base + " --data " + (g_root / "heldout").string() + " " + flag, log), 2) << flag << log_of(log);
     EXPECT_NE(read_text(log).find(flag.substr(0, flag.find(' ')) + ": Value"), std::string::npos)
         << flag << log_of(log);

@@ -208,7 +208,8 @@ TEST_F(Apps, EveryProgramRefusesAnEmptyPath) {
       {"electra-export", "--vocab"},     {"electra-score", "--vocab"},       {"electra-preprocess", "--input"},
       {"electra-preprocess", "--vocab"}, {"electra-preprocess", "--output"}, {"electra-vocab", "--input"},
       {"electra-tokenize", "--vocab"},   {"electra-tokenize", "--input"},    {"electra-bench", "--lengths-from"},
-      {"electra-score", "--model"},      {"electra-export", "--output"},     {"electra-vocab", "--output"}};
+      {"electra-score", "--model"},      {"electra-export", "--output"},     {"electra-vocab", "--output"},
+      {"electra-bench", "--config"}};
   for (const auto& [program, flag] : cases) {
     ASSERT_TRUE(std::filesystem::exists(bin(program))) << bin(program) << " is not built";
     const int status =
@@ -230,7 +231,10 @@ TEST_F(Apps, EveryProgramRefusesAnEmptyPath) {
   // A path that is not UTF-8 (Latin-1): configs, manifests and metrics are JSON. electra-train failed at its
   // first dump (exit 1, RUN_DIR/logs left), electra-eval --json after the whole evaluation.
   for (const auto& [program, flag] : std::vector<std::pair<std::string, std::string>>{
-           {"electra-train", "--data"}, {"electra-eval", "--checkpoint"}, {"electra-vocab", "--input"}}) {
+           {"electra-train", "--data"},
+           {"electra-eval", "--checkpoint"},
+           {"electra-vocab", "--input"},
+           {"electra-bench", "--config"}}) {
     const int status = testing::run(shell_quote(bin(program)) + " " + flag +
                                     " \"caf$(printf '\\351')\" < /dev/null > " + "/dev/null 2>" + shell_quote(err));
     EXPECT_EQ(status, 2) << program << " " << flag;
