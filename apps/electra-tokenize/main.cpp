@@ -114,7 +114,8 @@ int main(int argc, char** argv) {
       out.end_line();
     }
     out.flush();
-    // stdio buffers too: a full disk or a closed pipe shows only here.
+    // stdio buffers too: a full disk shows only here (a reader that closed the pipe ends the
+    // program with SIGPIPE first, as any Unix filter).
     if (std::fflush(stdout) != 0) electra::fail("stdout: write failed: ", std::strerror(errno));
     if (bad_lines > kMaxWarnings) {
       ELECTRA_LOG(warning) << reader->name() << ": " << bad_lines << " lines had invalid UTF-8 (" << total.invalid_utf8
