@@ -31,9 +31,9 @@ int main(int argc, char** argv) {
   app.add_option("--seq", o.seq, "sequence length (default: the file's data.seq_length, 128; 512 for base/large)");
   app.add_option("--steps", o.steps, "timed steps")->capture_default_str();
   app.add_option("--warmup", o.warmup, "untimed steps first")->capture_default_str();
-  app.add_option("--threads", o.threads, "OpenMP threads per rank (default: cores / ranks on the node)")
+  CLI::Option* threads_option = app.add_option("--threads", o.threads, "OpenMP threads per rank (default: cores / ranks on the node)")
       ->check(CLI::Range(0, electra::train::kMaxThreadsPerRank));
-  app.add_option("--chunks", o.chunks,
+  CLI::Option* chunks_option = app.add_option("--chunks", o.chunks,
                  "batch slices run concurrently, one per thread (ElectraPretrainer::set_parallel_chunks); "
                  "default: the thread count; 1: every op multi-threaded instead");
   app.add_option("--vocab", o.vocab, "vocabulary size (default: the config's, 30522 for the presets)");
@@ -50,22 +50,22 @@ int main(int argc, char** argv) {
   app.add_flag("--breakdown", o.breakdown, "time each phase of the step");
   app.add_flag("--recompute-ffn", o.recompute_ffn,
                "recompute each layer's FFN activation in backward instead of keeping it (less memory)");
-  app.add_option("--attention", o.attention,
+  CLI::Option* attention_option = app.add_option("--attention", o.attention,
                  "auto | materialized | fused (fused keeps [B,H,S] per layer instead of [B,H,S,S]; auto: fused "
                  "except on the CPU)")
       ->check(CLI::IsMember({"auto", "materialized", "fused"}))
       ->capture_default_str();
-  app.add_option("--precision", precision,
+  CLI::Option* precision_option = app.add_option("--precision", precision,
                  "GEMM/attention arithmetic: fp32 | tf32 | bf16 | fp16 (the CPU: fp32 | bf16, bf16 being bf16 storage; "
                  "the peak GEMM runs in the same mode; fp16 uses dynamic loss scaling)")
       ->check(CLI::IsMember({"fp32", "tf32", "bf16", "fp16"}))
       ->capture_default_str();
-  app.add_option("--storage", storage,
+  CLI::Option* storage_option = app.add_option("--storage", storage,
                  "activations and weight copies: fp32 | bf16 | auto (bf16 with --precision bf16; bf16 mixed "
                  "precision keeps fp32 master weights, gradients and statistics)")
       ->check(CLI::IsMember({"auto", "fp32", "bf16"}))
       ->capture_default_str();
-  app.add_option("--transport", o.transport,
+  CLI::Option* transport_option = app.add_option("--transport", o.transport,
                  "gradient allreduce, as electra-train's dist.gradient_transport: auto (nccl on --device cuda when "
                  "every rank has its own GPU, else host) | host (MPI on host memory; device gradients are copied) | "
                  "nccl | cuda_aware_mpi; with one rank auto runs none, a named transport runs anyway")
@@ -76,11 +76,11 @@ int main(int argc, char** argv) {
                  "with --seed, real tokens then padding (input_mask 0); tokens/s counts real tokens, slot tokens/s "
                  "all rows x seq (computed on each rank's longest row unless --no-trim-padding). Default: full rows")
       ->check(electra::cli::checked_path());
-  app.add_option("--optimizer", o.optimizer, "adamw | lamb, as electra-train's optim.name")
+  CLI::Option* optimizer_option = app.add_option("--optimizer", o.optimizer, "adamw | lamb, as electra-train's optim.name")
       ->check(CLI::IsMember({"adamw", "lamb"}))
       ->capture_default_str();
   app.add_flag("--no-overlap", no_overlap, "allreduce after backward instead of overlapping it with backward");
-  app.add_flag("--no-trim-padding", no_trim,
+  CLI::Option* trim_option = app.add_flag("--no-trim-padding", no_trim,
                "compute every slot; by default each rank's batch computes on its longest row (rounded up to 8), as "
                "electra-train's data.trim_padding (matters only with --lengths-from)");
   app.add_flag("--json", json, "print one JSON line instead of text");
@@ -91,6 +91,44 @@ int main(int argc, char** argv) {
     return app.exit(e) == 0 ? 0 : 2;  // bad flags are exit 2, as in every program (CLI11's own codes are 100+)
   }
   if (dropout_option->count() > 0) o.dropout = dropout;
+  try {  // a run config's settings of the step, for the flags not given: the bench measures the run it describes
+    const nlohmann::json settings = electra::bench::resolve_model(o.config, o.vocab).run_settings;
+    const auto take = [&](const char* key, CLI::Option* flag) -> const nlohmann::json* {
+      return flag->count() == 0 && settings.contains(key) ? &settings.at(key) : nullptr;
+    };
+    const auto name_in = [&](const char* key, const nlohmann::json& value,
+                             std::initializer_list<const char*> names) -> std::string {
+      for (const char* name : names) {
+        if (value.is_string() && value.get<std::string>() == name) return name;
+      }
+      std::string expected;
+      for (const char* name : names) expected += (expected.empty() ? "" : " | ") + std::string(name);
+      electra::fail("--config ", o.config, ": config key '", key, "' is ", value.dump(), "; expected ", expected);
+    };
+    const auto count_of = [&](const char* key, const nlohmann::json& value) {
+      if (!value.is_number_integer() || value.get<int64_t>() < 0 || value.get<int64_t>() > (1 << 20))
+        electra::fail("--config ", o.config, ": config key '", key, "' must be an integer >= 0, got ", value.dump());
+      return value.get<int>();
+    };
+    if (const auto* v = take("train.precision", precision_option))
+      precision = name_in("train.precision", *v, {"fp32", "tf32", "bf16", "fp16"});
+    if (const auto* v = take("train.storage", storage_option))
+      storage = name_in("train.storage", *v, {"auto", "fp32", "bf16"});
+    if (const auto* v = take("train.attention", attention_option))
+      o.attention = name_in("train.attention", *v, {"auto", "materialized", "fused"});
+    if (const auto* v = take("optim.name", optimizer_option)) o.optimizer = name_in("optim.name", *v, {"adamw", "lamb"});
+    if (const auto* v = take("dist.gradient_transport", transport_option))
+      o.transport = name_in("dist.gradient_transport", *v, {"auto", "host", "nccl", "cuda_aware_mpi"});
+    if (const auto* v = take("train.parallel_chunks", chunks_option)) o.chunks = count_of("train.parallel_chunks", *v);
+    if (const auto* v = take("train.threads", threads_option)) o.threads = count_of("train.threads", *v);
+    if (const auto* v = take("data.trim_padding", trim_option)) {
+      if (!v->is_boolean()) electra::fail("--config ", o.config, ": config key 'data.trim_padding' must be a boolean");
+      no_trim = !v->get<bool>();
+    }
+  } catch (const electra::Error& e) {
+    std::cerr << "electra-bench: " << e.what() << "\n";
+    return 2;
+  }
   o.overlap = !no_overlap;
   o.trim_padding = !no_trim;
   try {  // before MPI starts, as the other flag errors

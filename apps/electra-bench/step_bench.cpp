@@ -68,18 +68,18 @@ double peak_rss_mib() {
 constexpr int32_t kCls = 101, kSep = 102, kMask = 103;
 
 // Masked positions of a row of `length` real tokens ([CLS] and [SEP] included) with at most P: the loader's
-// rule (masking.h), max(1, min(P, round((length - 2) * 0.15))), never more than there are candidates.
-int row_predictions(int length, int P) {
-  return std::min({P, length - 2, std::max(1, static_cast<int>(std::nearbyint(0.15 * (length - 2))))});
+// rule (masking.h), max(1, min(P, round((length - 2) * mask_prob))), never more than there are candidates.
+int row_predictions(int length, int P, double mask_prob) {
+  return std::min({P, length - 2, std::max(1, static_cast<int>(std::nearbyint(mask_prob * (length - 2))))});
 }
 
 // One rank's slice of a synthetic global batch: rows of random tokens, [CLS] ... [SEP], two segments.
 // Without `lengths` every row is full and has P distinct masked positions (never [CLS]/[SEP]), all with
 // weight 1. With `lengths` (one per global row, [CLS] and [SEP] included) row g has lengths[g] real tokens
-// and [PAD] (input_mask 0) after them, and max(1, min(P, round((lengths[g] - 2) * 0.15))) masked positions
+// and [PAD] (input_mask 0) after them, and max(1, min(P, round((lengths[g] - 2) * mask_prob))) masked positions
 // among its real tokens, padded to P with position 0, weight 0 (the loader's rule, masking.h). 85% of the
 // masked positions become [MASK], 15% are left as they are (ELECTRA's masking).
-Batch synthetic_batch(std::mt19937_64& rng, int global_rows, int rank, int ranks, int S, int P, int V,
+Batch synthetic_batch(std::mt19937_64& rng, int global_rows, int rank, int ranks, int S, int P, double mask_prob, int V,
                       const int* lengths) {
   const int rows = global_rows / ranks;
   Batch b;
@@ -102,7 +102,7 @@ Batch synthetic_batch(std::mt19937_64& rng, int global_rows, int rank, int ranks
   std::vector<int> candidates;
   for (int g = 0; g < global_rows; ++g) {
     const int L = lengths != nullptr ? std::clamp(lengths[g], 2, S) : S;
-    const int n = lengths == nullptr ? P : row_predictions(L, P);
+    const int n = lengths == nullptr ? P : row_predictions(L, P, mask_prob);
     std::vector<int32_t> ids(L), positions;
     for (int s = 0; s < L; ++s) ids[s] = token(rng);
     ids[0] = kCls;
@@ -196,12 +196,14 @@ dist::GradientTransport resolve_transport(const std::string& transport, DeviceKi
   }
 }
 
-PretrainerConfig resolve_model(const std::string& config, int vocab, int* default_seq) {
+BenchConfig resolve_model(const std::string& config, int vocab) {
+  BenchConfig out;
   nlohmann::json model;
-  int seq = 128;
   if (config == "tiny" || config == "small" || config == "base" || config == "large") {
     model = model_preset(config, vocab);
-    if (config == "base" || config == "large") seq = 512;
+    if (config == "base" || config == "large") out.seq = 512;
+    if (config == "large") out.mask_prob = 0.25;  // google-research/electra's large recipe
+    out.predictions_given = true;
   } else {
     const nlohmann::json file = read_json_file(config);
     // A run config (any of its sections present) or a model section alone.
@@ -209,17 +211,32 @@ PretrainerConfig resolve_model(const std::string& config, int vocab, int* defaul
                             file.contains("optim") || file.contains("dist") || file.contains("device");
     model = run_config ? file.value("model", nlohmann::json::object()) : file;
     if (!model.is_object()) fail("--config ", config, ": 'model' must be a JSON object");
-    if (file.contains("data") && file.at("data").is_object() && file.at("data").contains("seq_length")) {
-      const nlohmann::json& value = file.at("data").at("seq_length");
+    const nlohmann::json data = file.contains("data") && file.at("data").is_object() ? file.at("data") : nlohmann::json();
+    if (data.contains("seq_length")) {
+      const nlohmann::json& value = data.at("seq_length");
       if (!value.is_number_integer() || value.get<int64_t>() < 1 || value.get<int64_t>() > (1 << 20)) {
         fail("--config ", config, ": data.seq_length must be an integer in [1, 1048576], got ", value.dump());
       }
-      seq = value.get<int>();
+      out.seq = value.get<int>();
     }
+    if (data.contains("mask_prob")) {
+      const nlohmann::json& value = data.at("mask_prob");
+      if (!value.is_number() || !(value.get<double>() > 0 && value.get<double>() < 1)) {
+        fail("--config ", config, ": data.mask_prob must be a number in (0, 1), got ", value.dump());
+      }
+      out.mask_prob = value.get<double>();
+    }
+    out.predictions_given = model.contains("num_token_predictions");
     if (vocab > 0) model["vocab_size"] = vocab;
+    if (run_config) {
+      for (const auto& [key, flag] : kRunConfigSettings) {
+        const nlohmann::json::json_pointer pointer = dotted_to_pointer(key);
+        if (file.contains(pointer)) out.run_settings[key] = file.at(pointer);
+      }
+    }
   }
-  if (default_seq != nullptr) *default_seq = seq;
-  return pretrainer_config_from_json(model);
+  out.model = pretrainer_config_from_json(model);
+  return out;
 }
 
 namespace {
@@ -232,11 +249,7 @@ int distinct_batches(const StepBenchOptions& o) {
 
 }  // namespace
 
-int resolve_seq(const StepBenchOptions& o) {
-  int default_seq = 128;
-  resolve_model(o.config, o.vocab, &default_seq);
-  return o.seq > 0 ? o.seq : default_seq;
-}
+int resolve_seq(const StepBenchOptions& o) { return o.seq > 0 ? o.seq : resolve_model(o.config, o.vocab).seq; }
 
 PretrainerConfig checked_bench_model(const StepBenchOptions& o, int ranks) {
   if (o.steps <= 0 || o.warmup < 0) fail("--steps must be positive and --warmup >= 0");
@@ -251,17 +264,20 @@ PretrainerConfig checked_bench_model(const StepBenchOptions& o, int ranks) {
     fail("--peak-gemm ", o.peak_gemm_size, " is outside [1, ", kMaxPeakGemmSize, "]");
   // A probability dropout can scale by 1/(1-p).
   if (o.dropout && !(*o.dropout >= 0.0f && *o.dropout < 1.0f)) fail("--dropout ", *o.dropout, " is outside [0, 1)");
-  int default_seq = 128;
-  PretrainerConfig model = resolve_model(o.config, o.vocab, &default_seq);
-  const int S = o.seq > 0 ? o.seq : default_seq;
+  const BenchConfig config = resolve_model(o.config, o.vocab);
+  PretrainerConfig model = config.model;
+  const int S = o.seq > 0 ? o.seq : config.seq;
   if (S > model.discriminator.max_position_embeddings) {
     fail("--seq ", S, " exceeds the model's max_position_embeddings (", model.discriminator.max_position_embeddings,
          ")");
   }
-  const int P = static_cast<int>((0.15 + 0.005) * S);  // google-research/electra: int((mask_prob + 0.005) * L)
+  // The config's predictions when it gives them for this length, else google-research/electra's
+  // int((mask_prob + 0.005) * L) with the config's mask_prob.
+  const int P = config.predictions_given && S == config.seq ? model.num_token_predictions
+                                                            : static_cast<int>((config.mask_prob + 0.005) * S);
   if (P <= 0 || P > S - 2) {
-    fail("--seq ", S, " is too short: a row needs room for [CLS], [SEP] and at least one masked position (",
-         "int(0.155 x seq) of them; --seq 7 or more)");
+    fail("--seq ", S, ": ", P, " masked positions per row (model.num_token_predictions, or int((data.mask_prob + ",
+         "0.005) x seq)) do not fit between [CLS] and [SEP]; a row needs at least one");
   }
   model.num_token_predictions = P;
   // The synthetic rows hold BERT's [CLS] 101, [SEP] 102 and [MASK] 103 (make_batch).
@@ -310,7 +326,7 @@ void load_row_lengths(StepBenchOptions& o, int seq, size_t count) {
       dataset.read(index, ids.data(), segments.data(), &length, &next_sentence);
       o.row_lengths[slot] = length;
     }
-    o.corpus_examples = n;
+    o.corpus_rows = n;
   } catch (const Error& e) {
     fail("--lengths-from ", dir, ": ", e.what());
   }
@@ -330,6 +346,7 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
   const PretrainerConfig model = checked_bench_model(o, ranks);
   const int S = resolve_seq(o);
   const int P = model.num_token_predictions;
+  const double mask_prob = resolve_model(o.config, o.vocab).mask_prob;  // data.mask_prob: rows of --lengths-from
 
   StepBenchResult r;
   r.config_name = o.config;
@@ -345,7 +362,8 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
   const std::unique_ptr<PretrainerModel<float>> owned_net = make_rank_model(model, *backend, storage);
   PretrainerModel<float>& net = *owned_net;
   net.init_parameters(o.seed);
-  const int chunks = cuda ? 1 : o.chunks > 0 ? o.chunks : threads;  // chunks are a CPU strategy
+  // Chunks are a CPU strategy, at most one per row of the rank's batch (as electra-train's).
+  const int chunks = cuda ? 1 : std::min(o.chunks > 0 ? o.chunks : threads, o.batch / ranks);
   net.set_parallel_chunks(chunks);
   net.set_recompute_ffn_activations(o.recompute_ffn);
   net.set_attention_impl(parse_attention_impl(o.attention, "--attention"));
@@ -378,13 +396,13 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
 
   // A few distinct batches, cycled. With --lengths-from the rows take the sampled corpus lengths in turn.
   std::vector<int> lengths = o.row_lengths;
-  uint64_t corpus_examples = o.corpus_examples;
+  uint64_t corpus_rows = o.corpus_rows;
   const int n_batches = distinct_batches(o);
   if (!o.lengths_from.empty() && lengths.size() < static_cast<size_t>(n_batches) * o.batch) {
     StepBenchOptions with_lengths = o;
     load_row_lengths(with_lengths, S, row_length_sample_size(o));
     lengths = std::move(with_lengths.row_lengths);
-    corpus_examples = with_lengths.corpus_examples;
+    corpus_rows = with_lengths.corpus_rows;
   }
   std::mt19937_64 rng(o.seed);
   const int total = o.warmup + o.steps;
@@ -395,13 +413,14 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
   std::vector<double> shape_sums;
   for (int i = 0; i < n_batches; ++i) {
     const int* row_lengths = lengths.empty() ? nullptr : lengths.data() + static_cast<size_t>(i) * o.batch;
-    batches.push_back(synthetic_batch(rng, o.batch, comm.rank(), ranks, S, P, model.vocab_size, row_lengths));
+    batches.push_back(
+        synthetic_batch(rng, o.batch, comm.rank(), ranks, S, P, mask_prob, model.vocab_size, row_lengths));
     // The global counts, as the loader's allreduce would give them: every rank knows every row's length.
     double real = 0.0, predictions = 0.0;
     for (int g = 0; g < o.batch; ++g) {
       const int L = row_lengths != nullptr ? std::clamp(row_lengths[g], 2, S) : S;
       real += L;
-      predictions += row_lengths == nullptr ? P : row_predictions(L, P);
+      predictions += row_lengths == nullptr ? P : row_predictions(L, P, mask_prob);
     }
     globals.push_back(GlobalNormalizers{predictions, real, static_cast<double>(o.batch)});
     real_tokens.push_back(real);
@@ -533,7 +552,7 @@ StepBenchResult run_step_bench(const StepBenchOptions& o, const dist::Communicat
   r.trimmed_slot_fraction = timed_trimmed_slots / (slots * o.steps);
   r.computed_slot_fraction = timed_computed_slots / (slots * o.steps);
   r.lengths_from = o.lengths_from;
-  r.corpus_examples = corpus_examples;
+  r.corpus_rows = corpus_rows;
   r.flops_per_step = timed_flops / o.steps;
   r.slot_flops_per_step = model_flops_per_step(model, o.batch, S);
   r.model_gflops = r.flops_per_step / r.median_step_s / 1e9;
@@ -567,7 +586,7 @@ std::string format_text(const StepBenchResult& r) {
     << 1e3 * r.max_step_s << ") over " << r.steps << " steps after " << r.warmup << " warm-up; CPU "
     << 1e3 * r.cpu_s_per_step << " ms per step\n";
   if (!r.lengths_from.empty()) {
-    s << "  lengths     of " << r.corpus_examples << " examples of " << r.lengths_from << ": real tokens fill "
+    s << "  lengths     of " << r.corpus_rows << " rows of " << r.lengths_from << ": real tokens fill "
       << std::setprecision(1) << 100.0 * r.real_token_fraction << "% of the slots; trimmed to each rank's longest row "
       << "(a multiple of 8) a step computes " << 100.0 * r.trimmed_slot_fraction << "% of them"
       << (r.trim_padding ? "" : " (--no-trim-padding: every slot is computed)") << "\n";
@@ -647,7 +666,7 @@ nlohmann::json to_json(const StepBenchResult& r) {
                         {"trimmed_slot_fraction", r.trimmed_slot_fraction},
                         {"computed_slot_fraction", r.computed_slot_fraction},
                         {"lengths_from", r.lengths_from},
-                        {"corpus_examples", r.corpus_examples},
+                        {"corpus_rows", r.corpus_rows},
                         {"flops_per_step", r.flops_per_step},
                         {"slot_flops_per_step", r.slot_flops_per_step},
                         {"model_gflops_per_s", r.model_gflops},

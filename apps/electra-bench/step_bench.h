@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <utility>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
@@ -59,7 +60,7 @@ struct StepBenchOptions {
   // run_step_bench calls it when row_lengths is empty.
   std::string lengths_from;
   std::vector<int> row_lengths;  // lengths of the sampled examples, [CLS] and [SEP] included
-  uint64_t corpus_examples = 0;  // examples in lengths_from
+  uint64_t corpus_rows = 0;  // rows in lengths_from (examples, or packed rows of several)
   // Each rank's batch computes on its longest row (rounded up to a multiple of 8), as electra-train's
   // data.trim_padding does (copy_rows in the timed step); false: on every slot. Full rows are never trimmed.
   bool trim_padding = true;
@@ -97,7 +98,7 @@ struct StepBenchResult {
   double trimmed_slot_fraction = 1.0;
   double computed_slot_fraction = 1.0;  // slots the timed steps computed on / all slots (trimmed_slot_fraction or 1)
   std::string lengths_from;             // --lengths-from ("" for full rows)
-  uint64_t corpus_examples = 0;
+  uint64_t corpus_rows = 0;
   double flops_per_step = 0.0;       // model_flops_per_step of the shapes computed (mean over the timed steps)
   double slot_flops_per_step = 0.0;  // model_flops_per_step over all slots, padding included
   double model_gflops = 0.0;         // flops_per_step / median step: the FLOPs actually computed
@@ -142,8 +143,22 @@ std::string cuda_unavailable_reason();
 // cuda_aware_mpi on the CPU.
 dist::GradientTransport resolve_transport(const std::string& transport, DeviceKind device);
 
-// The model section and default sequence length of `config` (preset name or file); `vocab` > 0
-// replaces the vocabulary size.
-PretrainerConfig resolve_model(const std::string& config, int vocab, int* default_seq);
+// What `config` (a preset name, or a file: a run config or a model section) says of the step measured.
+struct BenchConfig {
+  PretrainerConfig model;  // `vocab` > 0 replaces its vocabulary size
+  int seq = 128;           // data.seq_length (512 for base and large)
+  double mask_prob = 0.15;  // data.mask_prob (0.25 for large): the predictions of another --seq
+  bool predictions_given = false;  // model.num_token_predictions set for `seq` (always in a preset)
+  // A run config's settings of the step: the flags not given take them (the flags win). Values unchecked.
+  nlohmann::json run_settings = nlohmann::json::object();  // dotted key -> value, of kRunConfigSettings
+};
+BenchConfig resolve_model(const std::string& config, int vocab);
+
+// The run-config keys electra-bench takes for its flags, and the flag each stands for.
+inline constexpr std::pair<const char*, const char*> kRunConfigSettings[] = {
+    {"train.precision", "--precision"},        {"train.storage", "--storage"},
+    {"train.attention", "--attention"},        {"train.parallel_chunks", "--chunks"},
+    {"train.threads", "--threads"},            {"optim.name", "--optimizer"},
+    {"data.trim_padding", "--no-trim-padding"}, {"dist.gradient_transport", "--transport"}};
 
 }  // namespace electra::bench

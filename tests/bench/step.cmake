@@ -43,6 +43,13 @@ if(TARGET electra-bench)
             $<TARGET_FILE:electra-bench>)
   set_tests_properties(BenchSmoke.ElectraBenchRefusesOutOfRangeFlags PROPERTIES LABELS bench_smoke TIMEOUT 60
     PASS_REGULAR_EXPRESSION "--dropout -1 is outside \\[0, 1\\).*exit=2.*--peak-gemm: Value 100000 not in range 1 to 16384.*exit=2")
+  # A run config is measured as electra-train would run it: its step settings for the flags not given, and
+  # its model.num_token_predictions at its length (they were ignored: adamw, fp32 and int(0.155 x seq)).
+  add_test(NAME BenchSmoke.ElectraBenchMeasuresTheRunConfigsStep
+    COMMAND sh -c "f=$(mktemp); printf '{\"model\": {\"embedding_size\": 32, \"hidden_size\": 32, \"num_layers\": 1, \"num_heads\": 2, \"intermediate_size\": 64, \"num_token_predictions\": 8, \"generator\": {\"hidden_size\": 16, \"num_layers\": 1, \"num_heads\": 1, \"intermediate_size\": 32}}, \"data\": {\"seq_length\": 32, \"trim_padding\": false}, \"train\": {\"parallel_chunks\": 1}, \"optim\": {\"name\": \"lamb\"}}' > \"$f\"; \"$0\" --config \"$f\" --batch 4 --steps 1 --warmup 0 --peak-gemm 64 --threads 2 --json; \"$0\" --config \"$f\" --batch 4 --steps 1 --warmup 0 --peak-gemm 64 --threads 2 --optimizer adamw --json; rm -f \"$f\""
+            $<TARGET_FILE:electra-bench>)
+  set_tests_properties(BenchSmoke.ElectraBenchMeasuresTheRunConfigsStep PROPERTIES LABELS bench_smoke TIMEOUT 120
+    PASS_REGULAR_EXPRESSION "\"chunks\":1,.*\"optimizer\":\"lamb\",.*\"predictions\":8,.*\"trim_padding\":false.*\"optimizer\":\"adamw\"")
   add_test(NAME BenchSmoke.ElectraBenchConfigWithARepeatedKey
     COMMAND sh -c "f=$(mktemp); printf '{\"model\": {\"hidden_size\": 64, \"hidden_size\": 128}}' > \"$f\"; \"$0\" --config \"$f\" --steps 1; echo \"exit=$?\"; rm -f \"$f\""
             $<TARGET_FILE:electra-bench>)
@@ -101,7 +108,7 @@ if(TARGET electra-bench)
     COMMAND sh -c "for a in '--batch 0' '--seq -8' '--steps 0' '--warmup -1' '--peak-gemm 0' '--chunks -1' '--vocab -5' '--dropout 1' '--seq 100000' '--seed -1'; do \"$0\" --config tiny $a; echo \"[$a] exit=$?\"; done"
             $<TARGET_FILE:electra-bench>)
   set_tests_properties(BenchSmoke.ElectraBenchBadValuesExitTwo PROPERTIES LABELS bench_smoke TIMEOUT 60
-    PASS_REGULAR_EXPRESSION "--batch 0 must be a positive multiple.*\\[--batch 0\\] exit=2.*--seq -8 must be positive.*exit=2.*--steps must be positive.*\\[--steps 0\\] exit=2.*\\[--warmup -1\\] exit=2.*--peak-gemm 0 must be positive.*exit=2.*--chunks -1 must be.*exit=2.*--vocab -5 must be positive.*exit=2.*--dropout 1 is outside \\[0, 1\\).*exit=2.*--seq 100000 exceeds the model's max_position_embeddings.*exit=2.*--seed: Value -1 not in range.*\\[--seed -1\\] exit=2"
+    PASS_REGULAR_EXPRESSION "--batch 0 must be a positive multiple.*\\[--batch 0\\] exit=2.*--seq -8 must be positive.*exit=2.*--steps must be positive.*\\[--steps 0\\] exit=2.*\\[--warmup -1\\] exit=2.*--peak-gemm: Value 0 not in range 1 to 16384.*exit=2.*--chunks -1 must be.*exit=2.*--vocab -5 must be positive.*exit=2.*--dropout 1 is outside \\[0, 1\\).*exit=2.*--seq 100000 exceeds the model's max_position_embeddings.*exit=2.*--seed: Value -1 not in range.*\\[--seed -1\\] exit=2"
     FAIL_REGULAR_EXPRESSION "exit=[013-9]")
   # Values that crashed it (exit 139 or 134): a thread count libgomp cannot start, --steps + --warmup beyond
   # int, config files that are not a JSON object or have a non-integer seq_length, a directory; and a
