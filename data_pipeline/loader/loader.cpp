@@ -123,6 +123,10 @@ Loader::Loader(LoaderOptions options) : options_(std::move(options)) {
   dataset_ = std::make_unique<ShardDataset>(d);
   num_examples_ = dataset_->num_examples();
   if (o.pad_last_batch && o.shuffle) fail("loader: pad_last_batch is for evaluation, with shuffle off");
+  if (o.use_next_sentence_labels && !dataset_->has_next_sentence_labels()) {
+    fail(o.data_dir, ": its shards have no next_sentence_labels (only NVIDIA BERT shards do), but "
+         "config key 'data.use_next_sentence_label' is true");
+  }
   if (num_examples_ < static_cast<uint64_t>(o.global_batch_size)) {
     if (!o.pad_last_batch || num_examples_ == 0)
       fail(o.data_dir, ": ", num_examples_, " examples are fewer than one global batch of ", o.global_batch_size);
@@ -199,7 +203,7 @@ electra::Batch Loader::make_batch(const LoaderState& at) {
   batch.masked_lm_positions.resize(static_cast<size_t>(B) * P);
   batch.masked_lm_ids.resize(static_cast<size_t>(B) * P);
   batch.masked_lm_weights.resize(static_cast<size_t>(B) * P);
-  if (dataset_->has_next_sentence_labels()) batch.next_sentence_labels.resize(static_cast<size_t>(B));
+  if (options_.use_next_sentence_labels) batch.next_sentence_labels.resize(static_cast<size_t>(B));
   batch.global_row_offset = static_cast<uint64_t>(options_.rank) * static_cast<uint64_t>(B);
   batch.global_batch_rows = options_.global_batch_size;
   batch.example_index.resize(static_cast<size_t>(B));

@@ -56,6 +56,10 @@ struct LoaderOptions {
   uint64_t cache_bytes = uint64_t{1} << 30;  // decompressed-chunk cache of the shard reader
   int reader_threads = 2;                    // threads that read, inflate and mask one batch together
   bool verify_checksums = false;             // CRC-32 of every shard against the manifest at start-up
+  // Batch::next_sentence_labels from the shards' (NVIDIA BERT shards carry them): the model then adds the
+  // next-sentence loss, as TF Model Garden's ELECTRA task does with use_next_sentence_label. Shards without
+  // them are refused.
+  bool use_next_sentence_labels = false;
   // Evaluation (shuffle off): the epoch's tail, instead of being dropped, is one more batch completed by
   // empty rows (no tokens: input_mask 0, no predictions), so one epoch reads every example once. Data smaller
   // than a global batch is one batch of its size (rounded up to whole rows per rank): global_batch_size().

@@ -71,7 +71,22 @@ std::string where(const std::string& path, const char* dataset) { return path + 
 
 h5::Handle open_dataset(hid_t file, const std::string& path, const char* name) {
   if (!h5::has_dataset(file, name)) fail(path, ": missing dataset '", name, "'");
-  return h5::Handle(h5::check(H5Dopen2(file, name, H5P_DEFAULT), where(path, name) + ": cannot open"));
+  h5::Handle dataset(h5::check(H5Dopen2(file, name, H5P_DEFAULT), where(path, name) + ": cannot open"));
+  // A filter this HDF5 cannot decode (h5py's lzf, a plugin not installed) fails every read: said at set-up.
+  const h5::Handle dcpl(h5::check(H5Dget_create_plist(dataset), where(path, name) + ": creation properties"));
+  const int filters = H5Pget_nfilters(dcpl);
+  for (int i = 0; i < filters; ++i) {
+    unsigned flags = 0, config = 0;
+    size_t values = 0;
+    char filter_name[64] = {};
+    const H5Z_filter_t id =
+        H5Pget_filter2(dcpl, static_cast<unsigned>(i), &flags, &values, nullptr, sizeof(filter_name), filter_name, &config);
+    if (id < 0 || H5Zfilter_avail(id) <= 0) {
+      fail(where(path, name), ": compressed with HDF5 filter ", id, " (", filter_name,
+           "), which this HDF5 library cannot decode; rewrite the file with gzip (deflate) or no compression");
+    }
+  }
+  return dataset;
 }
 
 // Element class and size of a dataset.
@@ -346,6 +361,11 @@ void ShardDataset::open_nvidia() {
   for (const auto& s : shards_) total += s->rows;
   ELECTRA_LOG(info) << "loader: " << options_.data_dir << ": " << shards_.size() << " NVIDIA BERT shards, " << total
                     << " examples, seq " << seq_length_ << ", vocab " << vocab_->size();
+  if (options_.verify_checksums) {
+    ELECTRA_LOG(warning) << "loader: " << options_.data_dir
+                         << ": NVIDIA BERT shards carry no checksums (no manifest.json): data.verify_checksums has "
+                            "nothing to compare";
+  }
 }
 
 void ShardDataset::validate_nvidia_shard(Shard& shard) {

@@ -213,7 +213,7 @@ void RunCheckpoints::resume_from(const fs::path& path, TrainingState& state_out,
 void RunCheckpoints::warn_of_changed_settings(const fs::path& path, const nlohmann::json& saved) const {
   if (!parts_.comm->is_root()) return;
   std::string changed;
-  for (const char* key : {"train.steps", "optim", "data.mask_prob", "data.shuffle"}) {
+  for (const char* key : {"train.steps", "optim", "data.mask_prob", "data.shuffle", "data.use_next_sentence_label"}) {
     const nlohmann::json::json_pointer pointer = dotted_to_pointer(key);
     if (!saved.contains(pointer)) continue;  // a checkpoint from before the key
     for (const std::string& difference : config_differences(saved.at(pointer), parts_.config->at(key), key))

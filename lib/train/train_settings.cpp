@@ -116,6 +116,7 @@ TrainSettings TrainSettings::from_config(const Config& config, int ranks, int ra
     fail("config key 'data.cache_mb' must be in [0, 2^40], got ", cache_mb);
   loader.cache_bytes = static_cast<uint64_t>(cache_mb) << 20;
   loader.verify_checksums = config.get<bool>("data.verify_checksums");
+  loader.use_next_sentence_labels = config.get<bool>("data.use_next_sentence_label");
   if (!(loader.mask_prob > 0 && loader.mask_prob < 1))
     fail("config key 'data.mask_prob' must be in (0, 1), got ", loader.mask_prob);
   if (loader.prefetch_batches < 1)

@@ -124,6 +124,8 @@ nlohmann::json default_run_config() {
       {"prefetch_batches", 4},  // batches assembled ahead by the loader thread
       {"cache_mb", 1024},       // decompressed shard-chunk cache per rank
       {"verify_checksums", false},
+      // NVIDIA BERT shards' next-sentence labels: true adds TF Model Garden's next-sentence loss to MLM + RTD
+      {"use_next_sentence_label", false},
       {"eval_dir", ""},  // held-out shards for train.eval_every ("": no evaluation)
       // Each micro-batch (and evaluation batch) computes on its rows' longest real length (rounded up to a
       // multiple of 8), not on data.seq_length: the same losses and gradients to float rounding
