@@ -488,7 +488,9 @@ std::shared_ptr<ShardDataset::Chunk> ShardDataset::read_chunk_hdf5(Shard& shard,
       if (c >= length) ids[c] = pad;
       if (ids[c] < 0 || ids[c] >= vocab_size)
         fail(where(path, restored[c] ? kNvMaskedIds : kNvInputIds), ": row ", first + r, " slot ", c,
-             " holds token id ", ids[c], " outside the vocabulary of ", vocab_size);
+             " holds token id ", ids[c], " outside the vocabulary of ", vocab_size,
+             // HDF5 clamps a wider integer to the int32 it is read as.
+             ids[c] == INT32_MAX || ids[c] == INT32_MIN ? " (or beyond: a wider value reads clamped to int32)" : "");
       const int32_t seg = c < length ? segments[r * L + c] : 0;
       if (seg < 0 || seg > 1) fail(where(path, kNvSegmentIds), ": row ", first + r, " has segment id ", seg);
       chunk->segments[r * L + c] = static_cast<uint8_t>(seg);
