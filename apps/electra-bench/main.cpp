@@ -31,11 +31,13 @@ int main(int argc, char** argv) {
   app.add_option("--seq", o.seq, "sequence length (default: the file's data.seq_length, 128; 512 for base/large)");
   app.add_option("--steps", o.steps, "timed steps")->capture_default_str();
   app.add_option("--warmup", o.warmup, "untimed steps first")->capture_default_str();
-  CLI::Option* threads_option = app.add_option("--threads", o.threads, "OpenMP threads per rank (default: cores / ranks on the node)")
-      ->check(CLI::Range(0, electra::train::kMaxThreadsPerRank));
-  CLI::Option* chunks_option = app.add_option("--chunks", o.chunks,
-                 "batch slices run concurrently, one per thread (ElectraPretrainer::set_parallel_chunks); "
-                 "default: the thread count; 1: every op multi-threaded instead");
+  CLI::Option* threads_option =
+      app.add_option("--threads", o.threads, "OpenMP threads per rank (default: cores / ranks on the node)")
+          ->check(CLI::Range(0, electra::train::kMaxThreadsPerRank));
+  CLI::Option* chunks_option =
+      app.add_option("--chunks", o.chunks,
+                     "batch slices run concurrently, one per thread (ElectraPretrainer::set_parallel_chunks); "
+                     "default: the thread count; 1: every op multi-threaded instead");
   app.add_option("--vocab", o.vocab, "vocabulary size (default: the config's, 30522 for the presets)");
   app.add_option("--device", device, "cpu | cuda")->capture_default_str();
   float dropout = 0;
@@ -50,39 +52,47 @@ int main(int argc, char** argv) {
   app.add_flag("--breakdown", o.breakdown, "time each phase of the step");
   app.add_flag("--recompute-ffn", o.recompute_ffn,
                "recompute each layer's FFN activation in backward instead of keeping it (less memory)");
-  CLI::Option* attention_option = app.add_option("--attention", o.attention,
-                 "auto | materialized | fused (fused keeps [B,H,S] per layer instead of [B,H,S,S]; auto: fused "
-                 "except on the CPU)")
-      ->check(CLI::IsMember({"auto", "materialized", "fused"}))
-      ->capture_default_str();
-  CLI::Option* precision_option = app.add_option("--precision", precision,
-                 "GEMM/attention arithmetic: fp32 | tf32 | bf16 | fp16 (the CPU: fp32 | bf16, bf16 being bf16 storage; "
-                 "the peak GEMM runs in the same mode; fp16 uses dynamic loss scaling)")
-      ->check(CLI::IsMember({"fp32", "tf32", "bf16", "fp16"}))
-      ->capture_default_str();
-  CLI::Option* storage_option = app.add_option("--storage", storage,
-                 "activations and weight copies: fp32 | bf16 | auto (bf16 with --precision bf16; bf16 mixed "
-                 "precision keeps fp32 master weights, gradients and statistics)")
-      ->check(CLI::IsMember({"auto", "fp32", "bf16"}))
-      ->capture_default_str();
-  CLI::Option* transport_option = app.add_option("--transport", o.transport,
-                 "gradient allreduce, as electra-train's dist.gradient_transport: auto (nccl on --device cuda when "
-                 "every rank has its own GPU, else host) | host (MPI on host memory; device gradients are copied) | "
-                 "nccl | cuda_aware_mpi; with one rank auto runs none, a named transport runs anyway")
-      ->check(CLI::IsMember({"auto", "host", "nccl", "cuda_aware_mpi"}))
-      ->capture_default_str();
+  CLI::Option* attention_option =
+      app.add_option("--attention", o.attention,
+                     "auto | materialized | fused (fused keeps [B,H,S] per layer instead of [B,H,S,S]; auto: fused "
+                     "except on the CPU)")
+          ->check(CLI::IsMember({"auto", "materialized", "fused"}))
+          ->capture_default_str();
+  CLI::Option* precision_option =
+      app.add_option(
+             "--precision", precision,
+             "GEMM/attention arithmetic: fp32 | tf32 | bf16 | fp16 (the CPU: fp32 | bf16, bf16 being bf16 storage; "
+             "the peak GEMM runs in the same mode; fp16 uses dynamic loss scaling)")
+          ->check(CLI::IsMember({"fp32", "tf32", "bf16", "fp16"}))
+          ->capture_default_str();
+  CLI::Option* storage_option =
+      app.add_option("--storage", storage,
+                     "activations and weight copies: fp32 | bf16 | auto (bf16 with --precision bf16; bf16 mixed "
+                     "precision keeps fp32 master weights, gradients and statistics)")
+          ->check(CLI::IsMember({"auto", "fp32", "bf16"}))
+          ->capture_default_str();
+  CLI::Option* transport_option =
+      app.add_option(
+             "--transport", o.transport,
+             "gradient allreduce, as electra-train's dist.gradient_transport: auto (nccl on --device cuda when "
+             "every rank has its own GPU, else host) | host (MPI on host memory; device gradients are copied) | "
+             "nccl | cuda_aware_mpi; with one rank auto runs none, a named transport runs anyway")
+          ->check(CLI::IsMember({"auto", "host", "nccl", "cuda_aware_mpi"}))
+          ->capture_default_str();
   app.add_option("--lengths-from", o.lengths_from,
                  "shards directory (electra-preprocess output) whose examples' lengths the rows take: a sample drawn "
                  "with --seed, real tokens then padding (input_mask 0); tokens/s counts real tokens, slot tokens/s "
                  "all rows x seq (computed on each rank's longest row unless --no-trim-padding). Default: full rows")
       ->check(electra::cli::checked_path());
-  CLI::Option* optimizer_option = app.add_option("--optimizer", o.optimizer, "adamw | lamb, as electra-train's optim.name")
-      ->check(CLI::IsMember({"adamw", "lamb"}))
-      ->capture_default_str();
+  CLI::Option* optimizer_option =
+      app.add_option("--optimizer", o.optimizer, "adamw | lamb, as electra-train's optim.name")
+          ->check(CLI::IsMember({"adamw", "lamb"}))
+          ->capture_default_str();
   app.add_flag("--no-overlap", no_overlap, "allreduce after backward instead of overlapping it with backward");
-  CLI::Option* trim_option = app.add_flag("--no-trim-padding", no_trim,
-               "compute every slot; by default each rank's batch computes on its longest row (rounded up to 8), as "
-               "electra-train's data.trim_padding (matters only with --lengths-from)");
+  CLI::Option* trim_option =
+      app.add_flag("--no-trim-padding", no_trim,
+                   "compute every slot; by default each rank's batch computes on its longest row (rounded up to 8), as "
+                   "electra-train's data.trim_padding (matters only with --lengths-from)");
   app.add_flag("--json", json, "print one JSON line instead of text");
   try {
     electra::cli::refuse_empty_values(argc, argv);
@@ -116,7 +126,8 @@ int main(int argc, char** argv) {
       storage = name_in("train.storage", *v, {"auto", "fp32", "bf16"});
     if (const auto* v = take("train.attention", attention_option))
       o.attention = name_in("train.attention", *v, {"auto", "materialized", "fused"});
-    if (const auto* v = take("optim.name", optimizer_option)) o.optimizer = name_in("optim.name", *v, {"adamw", "lamb"});
+    if (const auto* v = take("optim.name", optimizer_option))
+      o.optimizer = name_in("optim.name", *v, {"adamw", "lamb"});
     if (const auto* v = take("dist.gradient_transport", transport_option))
       o.transport = name_in("dist.gradient_transport", *v, {"auto", "host", "nccl", "cuda_aware_mpi"});
     if (const auto* v = take("train.parallel_chunks", chunks_option)) o.chunks = count_of("train.parallel_chunks", *v);

@@ -211,7 +211,8 @@ BenchConfig resolve_model(const std::string& config, int vocab) {
                             file.contains("optim") || file.contains("dist") || file.contains("device");
     model = run_config ? file.value("model", nlohmann::json::object()) : file;
     if (!model.is_object()) fail("--config ", config, ": 'model' must be a JSON object");
-    const nlohmann::json data = file.contains("data") && file.at("data").is_object() ? file.at("data") : nlohmann::json();
+    const nlohmann::json data =
+        file.contains("data") && file.at("data").is_object() ? file.at("data") : nlohmann::json();
     if (data.contains("seq_length")) {
       const nlohmann::json& value = data.at("seq_length");
       if (!value.is_number_integer() || value.get<int64_t>() < 1 || value.get<int64_t>() > (1 << 20)) {

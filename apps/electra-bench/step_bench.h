@@ -8,10 +8,10 @@
 #pragma once
 
 #include <cstdint>
-#include <utility>
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "lib/backend/backend.h"
@@ -60,7 +60,7 @@ struct StepBenchOptions {
   // run_step_bench calls it when row_lengths is empty.
   std::string lengths_from;
   std::vector<int> row_lengths;  // lengths of the sampled examples, [CLS] and [SEP] included
-  uint64_t corpus_rows = 0;  // rows in lengths_from (examples, or packed rows of several)
+  uint64_t corpus_rows = 0;      // rows in lengths_from (examples, or packed rows of several)
   // Each rank's batch computes on its longest row (rounded up to a multiple of 8), as electra-train's
   // data.trim_padding does (copy_rows in the timed step); false: on every slot. Full rows are never trimmed.
   bool trim_padding = true;
@@ -145,9 +145,9 @@ dist::GradientTransport resolve_transport(const std::string& transport, DeviceKi
 
 // What `config` (a preset name, or a file: a run config or a model section) says of the step measured.
 struct BenchConfig {
-  PretrainerConfig model;  // `vocab` > 0 replaces its vocabulary size
-  int seq = 128;           // data.seq_length (512 for base and large)
-  double mask_prob = 0.15;  // data.mask_prob (0.25 for large): the predictions of another --seq
+  PretrainerConfig model;          // `vocab` > 0 replaces its vocabulary size
+  int seq = 128;                   // data.seq_length (512 for base and large)
+  double mask_prob = 0.15;         // data.mask_prob (0.25 for large): the predictions of another --seq
   bool predictions_given = false;  // model.num_token_predictions set for `seq` (always in a preset)
   // A run config's settings of the step: the flags not given take them (the flags win). Values unchecked.
   nlohmann::json run_settings = nlohmann::json::object();  // dotted key -> value, of kRunConfigSettings
@@ -156,9 +156,13 @@ BenchConfig resolve_model(const std::string& config, int vocab);
 
 // The run-config keys electra-bench takes for its flags, and the flag each stands for.
 inline constexpr std::pair<const char*, const char*> kRunConfigSettings[] = {
-    {"train.precision", "--precision"},        {"train.storage", "--storage"},
-    {"train.attention", "--attention"},        {"train.parallel_chunks", "--chunks"},
-    {"train.threads", "--threads"},            {"optim.name", "--optimizer"},
-    {"data.trim_padding", "--no-trim-padding"}, {"dist.gradient_transport", "--transport"}};
+    {"train.precision", "--precision"},
+    {"train.storage", "--storage"},
+    {"train.attention", "--attention"},
+    {"train.parallel_chunks", "--chunks"},
+    {"train.threads", "--threads"},
+    {"optim.name", "--optimizer"},
+    {"data.trim_padding", "--no-trim-padding"},
+    {"dist.gradient_transport", "--transport"}};
 
 }  // namespace electra::bench

@@ -196,7 +196,7 @@ int main(int argc, char** argv) {
       app.add_option("--batch-size", flags.batch_size,
                      "global batch, a multiple of the number of ranks (the default is rounded up to one)")
           ->capture_default_str()
-      ->check(CLI::Range(1, std::numeric_limits<int>::max()));
+          ->check(CLI::Range(1, std::numeric_limits<int>::max()));
   // A signed range: CLI11 would read -1 into the uint64_t as 2^64 - 1.
   app.add_option("--seed", flags.seed, "keys masking and the generator's sampling")
       ->capture_default_str()

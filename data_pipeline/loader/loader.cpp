@@ -124,7 +124,8 @@ Loader::Loader(LoaderOptions options) : options_(std::move(options)) {
   num_examples_ = dataset_->num_examples();
   if (o.pad_last_batch && o.shuffle) fail("loader: pad_last_batch is for evaluation, with shuffle off");
   if (o.use_next_sentence_labels && !dataset_->has_next_sentence_labels()) {
-    fail(o.data_dir, ": its shards have no next_sentence_labels (only NVIDIA BERT shards do), but "
+    fail(o.data_dir,
+         ": its shards have no next_sentence_labels (only NVIDIA BERT shards do), but "
          "config key 'data.use_next_sentence_label' is true");
   }
   if (num_examples_ < static_cast<uint64_t>(o.global_batch_size)) {

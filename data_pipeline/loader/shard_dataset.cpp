@@ -79,8 +79,8 @@ h5::Handle open_dataset(hid_t file, const std::string& path, const char* name) {
     unsigned flags = 0, config = 0;
     size_t values = 0;
     char filter_name[64] = {};
-    const H5Z_filter_t id =
-        H5Pget_filter2(dcpl, static_cast<unsigned>(i), &flags, &values, nullptr, sizeof(filter_name), filter_name, &config);
+    const H5Z_filter_t id = H5Pget_filter2(dcpl, static_cast<unsigned>(i), &flags, &values, nullptr,
+                                           sizeof(filter_name), filter_name, &config);
     if (id < 0 || H5Zfilter_avail(id) <= 0) {
       fail(where(path, name), ": compressed with HDF5 filter ", id, " (", filter_name,
            "), which this HDF5 library cannot decode; rewrite the file with gzip (deflate) or no compression");

@@ -52,8 +52,7 @@ ShardWriter::ShardWriter(std::string path, ShardWriterOptions options)
   const h5::Handle fapl = h5::fapl_no_locking();
   const h5::Handle fcpl(h5::check(H5Pcreate(H5P_FILE_CREATE), path_ + ": fcpl"));
   h5::check(H5Pset_obj_track_times(fcpl, false), path_ + ": H5Pset_obj_track_times");
-  file_ = h5::Handle(
-      h5::check(H5Fcreate(tmp_path_.c_str(), H5F_ACC_TRUNC, fcpl, fapl), tmp_path_ + ": cannot create"));
+  file_ = h5::Handle(h5::check(H5Fcreate(tmp_path_.c_str(), H5F_ACC_TRUNC, fcpl, fapl), tmp_path_ + ": cannot create"));
   const hsize_t width = static_cast<hsize_t>(options_.max_seq_length);
   ids_ = create_rows_dataset(file_, kInputIds, uint16_ids_ ? H5T_STD_U16LE : H5T_STD_I32LE, 2, width,
                              options_.chunk_rows, options_.deflate_level, tmp_path_);

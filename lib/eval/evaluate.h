@@ -30,9 +30,9 @@ namespace electra::eval {
 inline constexpr uint64_t kEvalSeed = 1;
 
 struct EvalOptions {
-  int64_t max_batches = 0;   // global batches to evaluate; 0 or more than an epoch: one epoch of the loader
+  int64_t max_batches = 0;    // global batches to evaluate; 0 or more than an epoch: one epoch of the loader
   uint64_t seed = kEvalSeed;  // keys the generator's sampling (masking is keyed by the loader's seed)
-  int auc_bins = 10000;     // histogram bins of the AUC (see eval_metrics.h for the error bound)
+  int auc_bins = 10000;       // histogram bins of the AUC (see eval_metrics.h for the error bound)
   // The AUC is exact (scores gathered to rank 0) up to this many real tokens in the whole evaluation,
   // from histograms beyond (0: always histograms). 2^24 tokens: at most 192 MiB gathered.
   int64_t exact_auc_max_tokens = int64_t{1} << 24;

@@ -118,7 +118,8 @@ EncoderConfig encoder_from_hf_config(const nlohmann::json& j, const std::string&
     fail(origin, ": key 'hidden_act' is '", text, "'; only 'gelu' (exact, erf form) is supported");
   }
   if (j.contains("position_embedding_type") && j.at("position_embedding_type").is_null()) {
-    fail(origin, ": key 'position_embedding_type' is null, which transformers reads as no position embeddings; "
+    fail(origin,
+         ": key 'position_embedding_type' is null, which transformers reads as no position embeddings; "
          "only 'absolute' is supported");
   }
   text = "absolute";

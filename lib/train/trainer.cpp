@@ -276,7 +276,7 @@ class Trainer {
   bool warned_mfu_over_peak_ = false;  // MFU above 100% is reported once
   double flops_per_step_ = 0;
 
-  TrainingState progress_;  // step, tokens seen, skipped steps: what a checkpoint carries
+  TrainingState progress_;                       // step, tokens seen, skipped steps: what a checkpoint carries
   std::optional<CollapseCheck> collapse_check_;  // train.collapse_warning.*
   // The discriminator's scores on real tokens, by class, of this step (the log window's running disc_auc).
   eval::ScoreHistogram step_scores_{kRunningAucBins};

@@ -220,10 +220,15 @@ void overwrite_element(const std::string& path, const char* dataset, hsize_t row
 TEST(NvidiaFormat, AFilterThisHdf5CannotDecodeIsRefusedAtSetUp) {
   NvidiaData data;
   const H5Z_filter_t id = 32123;
-  const H5Z_class2_t pass_through = {H5Z_CLASS_T_VERS, id, 1, 1, "electra-test pass-through", nullptr, nullptr,
-                                     [](unsigned, size_t, const unsigned[], size_t bytes, size_t*, void**) {
-                                       return bytes;
-                                     }};
+  const H5Z_class2_t pass_through = {
+      H5Z_CLASS_T_VERS,
+      id,
+      1,
+      1,
+      "electra-test pass-through",
+      nullptr,
+      nullptr,
+      [](unsigned, size_t, const unsigned[], size_t bytes, size_t*, void**) { return bytes; }};
   ASSERT_GE(H5Zregister(&pass_through), 0);
   g_extra_filter = id;
   write_nvidia_file(data.dir + "/training_shard_2.hdf5", 2, 10, data.vocab.size(), data.vocab.mask_id());

@@ -286,10 +286,11 @@ TEST_F(TrainE2E, ResumeOnFewerExamplesThanReadStartsTheNextEpoch) {
   ASSERT_LE(12 * stop, all);
   ASSERT_EQ(run(train_command(1, dir, "--stop-after " + std::to_string(stop)), log), 3) << log_of(log);
   const std::string other = electra::test::small_train_command(
-      "", small, dir, "--set train.steps=" + std::to_string(stop + 2) + " --set train.checkpoint_every=4 --resume auto");
+      "", small, dir,
+      "--set train.steps=" + std::to_string(stop + 2) + " --set train.checkpoint_every=4 --resume auto");
   ASSERT_EQ(run(other, log), 0) << log_of(log);
-  EXPECT_NE(read_text(log).find("examples of its epoch 0, more than the " + std::to_string(rows) +
-                                " of data.dir " + small.string() + ": training goes on with epoch 1"),
+  EXPECT_NE(read_text(log).find("examples of its epoch 0, more than the " + std::to_string(rows) + " of data.dir " +
+                                small.string() + ": training goes on with epoch 1"),
             std::string::npos)
       << log_of(log);
   const std::string last = nlohmann::json::parse(read_text(dir / "checkpoints" / "latest"))["checkpoint"];

@@ -373,8 +373,7 @@ TEST_F(EvalE2E, BadInputExitsWithTwoNamingTheProblem) {
   EXPECT_EQ(run(base, log), 2) << "--data is required" << log_of(log);
   // Out-of-range flags name themselves (--seed is unsigned: -1 would read as 2^64 - 1).
   for (const std::string flag : {"--seed -1", "--max-batches -1", "--batch-size 0", "--auc-bins 0",
-                                 "--exact-auc-max-tokens -1", "--threads -1", "--seq-length -1",
-                                 "--arena-bytes -1"}) {
+                                 "--exact-auc-max-tokens -1", "--threads -1", "--seq-length -1", "--arena-bytes -1"}) {
     EXPECT_EQ(run(base + " --data " + (g_root / "heldout").string() + " " + flag, log), 2) << flag << log_of(log);
     EXPECT_NE(read_text(log).find(flag.substr(0, flag.find(' ')) + ": Value"), std::string::npos)
         << flag << log_of(log);
@@ -458,7 +457,9 @@ TEST_F(EvalE2E, HeldOutTextWithoutOrdinaryTokensGivesANullUnigramAuc) {
   fs::create_directories(cleared(text));
   {
     std::ofstream out(text / "thai.txt");
-    for (int doc = 0; doc < 12; ++doc) out << "\u0e2a\u0e27\u0e31\u0e2a\u0e14\u0e35 \u0e04\u0e23\u0e31\u0e1a\n\u0e20\u0e32\u0e29\u0e32\u0e44\u0e17\u0e22\n\n";
+    for (int doc = 0; doc < 12; ++doc)
+      out << "\u0e2a\u0e27\u0e31\u0e2a\u0e14\u0e35 "
+             "\u0e04\u0e23\u0e31\u0e1a\n\u0e20\u0e32\u0e29\u0e32\u0e44\u0e17\u0e22\n\n";
   }
   cleared(g_root / "unknown_shards");
   ASSERT_NO_FATAL_FAILURE(electra::test::preprocess(g_root, "unknown_text", "unknown_shards", ""));

@@ -108,15 +108,13 @@ TEST(TrainInitFrom, StartsFromExportedWeightsAndChecksTheConfig) {
     config["hidden_dropout_prob"] = 0.0;
     std::ofstream(root / "hf_bare" / half / "config.json") << config.dump(2);
   }
-  r = run_command(train_command(root, root / "bare",
-                                "--set train.steps=1 --set optim.lr=0 --init-from " +
-                                    shell_quote((root / "hf_bare").string())));
+  r = run_command(
+      train_command(root, root / "bare",
+                    "--set train.steps=1 --set optim.lr=0 --init-from " + shell_quote((root / "hf_bare").string())));
   ASSERT_EQ(r.status, 0) << r.out;
   EXPECT_NE(r.out.find("no vocab.txt in discriminator/ or generator/"), std::string::npos) << r.out;
-  EXPECT_NE(r.out.find("no tokenizer_config.json, so its lower-casing cannot be checked"), std::string::npos)
-      << r.out;
-  EXPECT_NE(r.out.find("its hidden_dropout_prob is 0, the run's model.hidden_dropout 0.1"), std::string::npos)
-      << r.out;
+  EXPECT_NE(r.out.find("no tokenizer_config.json, so its lower-casing cannot be checked"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("its hidden_dropout_prob is 0, the run's model.hidden_dropout 0.1"), std::string::npos) << r.out;
   EXPECT_EQ(r.out.find("attention_probs_dropout_prob is"), std::string::npos) << r.out;
 
   // Another depth: refused before training (exit 2), naming the key; nothing trained.

@@ -230,11 +230,10 @@ TEST_F(Apps, EveryProgramRefusesAnEmptyPath) {
   }
   // A path that is not UTF-8 (Latin-1): configs, manifests and metrics are JSON. electra-train failed at its
   // first dump (exit 1, RUN_DIR/logs left), electra-eval --json after the whole evaluation.
-  for (const auto& [program, flag] : std::vector<std::pair<std::string, std::string>>{
-           {"electra-train", "--data"},
-           {"electra-eval", "--checkpoint"},
-           {"electra-vocab", "--input"},
-           {"electra-bench", "--config"}}) {
+  for (const auto& [program, flag] : std::vector<std::pair<std::string, std::string>>{{"electra-train", "--data"},
+                                                                                      {"electra-eval", "--checkpoint"},
+                                                                                      {"electra-vocab", "--input"},
+                                                                                      {"electra-bench", "--config"}}) {
     const int status = testing::run(shell_quote(bin(program)) + " " + flag +
                                     " \"caf$(printf '\\351')\" < /dev/null > " + "/dev/null 2>" + shell_quote(err));
     EXPECT_EQ(status, 2) << program << " " << flag;
