@@ -43,21 +43,47 @@ resender=
 send_stop() {
   stop_sent=1
   kill -USR1 "$mpirun_pid" 2>/dev/null || true
-  # Repeated every 2 s while the ranks run (one sent before mpirun spawned them reached nobody), not after.
-  [ -n "$resender" ] || repeat_stop "$mpirun_pid" resend_stop
+  # mpirun forwards SIGUSR1 to the ranks it has: one that came before they were spawned reaches nobody.
+  # Repeat it every 2 s while they run (electra-train takes it again as the same request), not after: a
+  # signal during mpirun's own shutdown can crash it (below).
+  if [ -z "$resender" ]; then
+    (
+      # Its sleep goes with it: a sleep left behind would hold this script's stdout open (a pipe's end late).
+      trap 'kill "${nap:-}" 2> /dev/null; exit 0' TERM
+      while :; do
+        sleep 2 &
+        nap=$!
+        wait "$nap"
+        kill -0 "$mpirun_pid" 2> /dev/null || exit 0
+        ! ranks_running || kill -USR1 "$mpirun_pid" 2> /dev/null
+      done
+    ) &
+    resender=$!
+  fi
 }
-resend_stop() { ! ranks_running "$mpirun_pid" || kill -USR1 "$mpirun_pid" 2> /dev/null; }
 forward() {  # signal [note]
   log "received SIG$1; asking the ranks to checkpoint and stop (SIGUSR1 via mpirun)${2:-}"
   if [ -n "$mpirun_pid" ]; then send_stop; else stop_pending=1; fi
+}
+# True while mpirun has children (the ranks), or when that cannot be read. Once the ranks have exited, a
+# SIGTERM would only reach mpirun's own shutdown, where Open MPI 4.1's mpirun can crash (exit 139) and hide
+# the ranks' exit status: their checkpoint is written by then.
+ranks_running() {
+  local children pid state
+  children=$(cat /proc/"$mpirun_pid"/task/*/children 2> /dev/null) || return 0
+  for pid in $children; do
+    # A rank that has exited stays listed until mpirun reaps it, in mpirun's shutdown: only a live one counts.
+    state=$(sed -n 's/^State:[[:space:]]*\([A-Z]\).*/\1/p' /proc/"$pid"/status 2> /dev/null)
+    [ -z "$state" ] || [ "$state" = Z ] || return 0
+  done
+  return 1
 }
 interrupts=0
 interrupt() {
   interrupts=$((interrupts + 1))
   if [ $interrupts -eq 1 ]; then
     forward INT "; Ctrl-C again terminates them at once, without this checkpoint"
-  elif [ -n "$mpirun_pid" ] && ranks_running "$mpirun_pid"; then
-    # Once the ranks have exited, a SIGTERM would only reach mpirun's shutdown (jobs/stop_signals.sh).
+  elif [ -n "$mpirun_pid" ] && ranks_running; then
     log "second Ctrl-C: mpirun terminates the ranks (SIGTERM)"
     kill -TERM "$mpirun_pid" 2>/dev/null || true
   elif [ -n "$mpirun_pid" ]; then
@@ -70,9 +96,6 @@ trap interrupt INT
 # The terminal closing (SIGHUP) would otherwise end this script and leave mpirun, in its own process group
 # (below), training on: it stops with a checkpoint instead.
 trap 'forward HUP' HUP
-# ranks_running and repeat_stop (the traps call them once mpirun runs): jobs/stop_signals.sh.
-# shellcheck source=jobs/stop_signals.sh
-source "$root/jobs/stop_signals.sh"
 
 [ -x "$train" ] || die "$train not found: build first (jobs/setup.sh) or set ELECTRA_BIN"
 [ -n "${DATA:-}" ] || die "set DATA to the shards directory"
