@@ -70,8 +70,9 @@ def read_examples(path):
             header = line.strip().lower().split("\t") if kind == ".tsv" and number == 1 else []
             if header == ["label", "text"] or header == ["label", "sentence"]:
                 raise DataError(f"{where}: the header says label<TAB>text; the columns must be text<TAB>label")
-            if (not line.strip() and "\t" not in line) or (len(header) == 2 and header[1] == "label"):
-                continue  # blank (a tab is a row of empty fields), or a header (GLUE's sentence<TAB>label)
+            blank = not line.strip() and (kind != ".tsv" or "\t" not in line)  # a TSV tab: empty fields
+            if blank or (len(header) == 2 and header[1] == "label"):
+                continue  # a blank line, or a header (text<TAB>label, GLUE's sentence<TAB>label)
             if kind == ".tsv":
                 fields = line.split("\t")
                 if len(fields) != 2:

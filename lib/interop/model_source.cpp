@@ -148,9 +148,11 @@ PretrainerBundle load_checkpoint_bundle(const fs::path& run_dir_or_file, const s
   std::optional<bool> recorded_lower_case;
   if (state.contains("tokenizer") && state.at("tokenizer").is_object() &&
       state.at("tokenizer").contains("lower_case")) {
+    // null: trained on shards without a manifest (NVIDIA BERT shards), so not recorded.
     const nlohmann::json& lower = state.at("tokenizer").at("lower_case");
-    if (!lower.is_boolean()) fail("checkpoint ", path.string(), ": state tokenizer.lower_case is not a boolean");
-    recorded_lower_case = lower.get<bool>();
+    if (!lower.is_boolean() && !lower.is_null())
+      fail("checkpoint ", path.string(), ": state tokenizer.lower_case is not a boolean or null");
+    if (lower.is_boolean()) recorded_lower_case = lower.get<bool>();
   }
 
   // Lower-casing as recorded, else as the shards were made (electra-preprocess's manifest), else BERT's

@@ -101,6 +101,13 @@ TEST(ModelSource, SaysWhetherTheLowerCasingWasRecordedOrAssumed) {
   const PretrainerBundle assumed = load_checkpoint_bundle(older, (run.data_dir / "vocab.txt").string());
   EXPECT_FALSE(assumed.tokenizer_recorded);
   EXPECT_TRUE(assumed.tokenizer.lower_case);
+  // A run on NVIDIA shards (no manifest) records null: not recorded either. It was refused as "not a boolean",
+  // so such a run could not be exported or evaluated.
+  content.state["tokenizer"] = {{"lower_case", nullptr}};
+  const fs::path nvidia = train::CheckpointManager(tmp.path() / "c" / "checkpoints").save(content);
+  const PretrainerBundle unrecorded = load_checkpoint_bundle(nvidia, (run.data_dir / "vocab.txt").string());
+  EXPECT_FALSE(unrecorded.tokenizer_recorded);
+  EXPECT_TRUE(unrecorded.tokenizer.lower_case);
   // An export writes tokenizer_config.json: recorded, and false as trained.
   const fs::path out = tmp.path() / "hf";
   export_hf(load_checkpoint_bundle(run.run_dir), out);

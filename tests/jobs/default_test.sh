@@ -144,7 +144,7 @@ printf 'some text\ta\n\t\nmore\tb\n' > "$tmp/tab.tsv"
 (cd "$root/jobs" && "$python" -c 'import finetune, sys; finetune.read_examples(sys.argv[1])' "$tmp/tab.tsv") \
   > "$tmp/tab.log" 2>&1 && fail "a row of empty fields was skipped"
 grep -q "tab.tsv:2: empty text" "$tmp/tab.log" || fail "a row of empty fields: $(tail -2 "$tmp/tab.log")"
-printf '{"text": "x", "label": 1.0}\n{"text": "y", "label": 1}\n' > "$tmp/float.jsonl"
+printf '{"text": "x", "label": 1.0}\n \t \n{"text": "y", "label": 1}\n' > "$tmp/float.jsonl"  # and a blank line
 (cd "$root/jobs" && "$python" -c 'import finetune, sys; print({l for _, l, _ in finetune.read_examples(sys.argv[1])})' \
   "$tmp/float.jsonl") > "$tmp/float.log" 2>&1 || fail "an integral JSON label was refused: $(tail -2 "$tmp/float.log")"
 grep -qx "{'1'}" "$tmp/float.log" || fail "JSON labels 1.0 and 1 are not one class: $(cat "$tmp/float.log")"
