@@ -125,6 +125,14 @@ void RunCheckpoints::resume_from(const fs::path& path, TrainingState& state_out,
          " or more to go on (nothing was written)");
   }
   warn_of_changed_settings(path, saved);  // after the refusals: a refused resume does not "continue"
+  // Before data.use_next_sentence_label, NVIDIA shards' labels always added the next-sentence loss.
+  if (parts_.comm->is_root() && !saved.contains(dotted_to_pointer("data.use_next_sentence_label")) &&
+      state.value("data", nlohmann::json::object()).value("format", "") == "nvidia" &&
+      !parts_.config->at("data.use_next_sentence_label").get<bool>()) {
+    ELECTRA_LOG(warning) << "checkpoint " << path.string() << " is from before data.use_next_sentence_label: its "
+                         << "run trained the NVIDIA shards' next-sentence loss, which this run leaves out; set "
+                         << "data.use_next_sentence_label=true to continue it exactly";
+  }
   log_windows_out = state.value("log_windows", nlohmann::json());
   if (!log_windows_out.is_null()) {
     try {
