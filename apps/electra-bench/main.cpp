@@ -101,6 +101,7 @@ int main(int argc, char** argv) {
     return app.exit(e) == 0 ? 0 : 2;  // bad flags are exit 2, as in every program (CLI11's own codes are 100+)
   }
   if (dropout_option->count() > 0) o.dropout = dropout;
+  std::string precision_named = "--precision", storage_named = "--storage";  // where each value came from
   try {  // a run config's settings of the step, for the flags not given: the bench measures the run it describes
     const nlohmann::json settings = electra::bench::resolve_model(o.config, o.vocab).run_settings;
     const auto take = [&](const char* key, CLI::Option* flag) -> const nlohmann::json* {
@@ -115,23 +116,31 @@ int main(int argc, char** argv) {
       for (const char* name : names) expected += (expected.empty() ? "" : " | ") + std::string(name);
       electra::fail("--config ", o.config, ": config key '", key, "' is ", value.dump(), "; expected ", expected);
     };
-    const auto count_of = [&](const char* key, const nlohmann::json& value) {
-      if (!value.is_number_integer() || value.get<int64_t>() < 0 || value.get<int64_t>() > (1 << 20))
-        electra::fail("--config ", o.config, ": config key '", key, "' must be an integer >= 0, got ", value.dump());
+    const auto count_of = [&](const char* key, const nlohmann::json& value, int64_t most) {
+      if (!value.is_number_integer() || value.get<int64_t>() < 0 || value.get<int64_t>() > most) {
+        electra::fail("--config ", o.config, ": config key '", key, "' must be an integer in [0, ", most, "], got ",
+                      value.dump());
+      }
       return value.get<int>();
     };
-    if (const auto* v = take("train.precision", precision_option))
+    if (const auto* v = take("train.precision", precision_option)) {
       precision = name_in("train.precision", *v, {"fp32", "tf32", "bf16", "fp16"});
-    if (const auto* v = take("train.storage", storage_option))
+      precision_named = "config key 'train.precision'";
+    }
+    if (const auto* v = take("train.storage", storage_option)) {
       storage = name_in("train.storage", *v, {"auto", "fp32", "bf16"});
+      storage_named = "config key 'train.storage'";
+    }
     if (const auto* v = take("train.attention", attention_option))
       o.attention = name_in("train.attention", *v, {"auto", "materialized", "fused"});
     if (const auto* v = take("optim.name", optimizer_option))
       o.optimizer = name_in("optim.name", *v, {"adamw", "lamb"});
     if (const auto* v = take("dist.gradient_transport", transport_option))
       o.transport = name_in("dist.gradient_transport", *v, {"auto", "host", "nccl", "cuda_aware_mpi"});
-    if (const auto* v = take("train.parallel_chunks", chunks_option)) o.chunks = count_of("train.parallel_chunks", *v);
-    if (const auto* v = take("train.threads", threads_option)) o.threads = count_of("train.threads", *v);
+    if (const auto* v = take("train.parallel_chunks", chunks_option))
+      o.chunks = count_of("train.parallel_chunks", *v, std::numeric_limits<int>::max());
+    if (const auto* v = take("train.threads", threads_option))
+      o.threads = count_of("train.threads", *v, electra::train::kMaxThreadsPerRank);
     if (const auto* v = take("data.trim_padding", trim_option)) {
       if (!v->is_boolean()) electra::fail("--config ", o.config, ": config key 'data.trim_padding' must be a boolean");
       no_trim = !v->get<bool>();
@@ -144,10 +153,10 @@ int main(int argc, char** argv) {
   o.trim_padding = !no_trim;
   try {  // before MPI starts, as the other flag errors
     o.device = electra::parse_device_kind(device, "--device");
-    o.precision = electra::parse_cuda_precision(precision, "--precision");
-    o.storage = electra::parse_storage_type(storage, "--storage");
-    electra::check_precision(o.precision, o.device, "--precision");
-    electra::resolve_storage(o.storage, o.device, o.precision, "--storage");  // --storage contradicting --precision
+    o.precision = electra::parse_cuda_precision(precision, precision_named);
+    o.storage = electra::parse_storage_type(storage, storage_named);
+    electra::check_precision(o.precision, o.device, precision_named);
+    electra::resolve_storage(o.storage, o.device, o.precision, storage_named);  // a storage contradicting precision
   } catch (const electra::Error& e) {
     std::cerr << "electra-bench: " << e.what() << "\n";
     return 2;

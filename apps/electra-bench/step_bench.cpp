@@ -203,13 +203,18 @@ BenchConfig resolve_model(const std::string& config, int vocab) {
     model = model_preset(config, vocab);
     if (config == "base" || config == "large") out.seq = 512;
     if (config == "large") out.mask_prob = 0.25;  // google-research/electra's large recipe
-    out.predictions_given = true;
   } else {
     const nlohmann::json file = read_json_file(config);
     // A run config (any of its sections present) or a model section alone.
     const bool run_config = file.contains("model") || file.contains("data") || file.contains("train") ||
                             file.contains("optim") || file.contains("dist") || file.contains("device");
     model = run_config ? file.value("model", nlohmann::json::object()) : file;
+    if (run_config) {
+      for (const char* section : {"model", "data", "train", "optim", "dist", "device"}) {
+        if (file.contains(section) && !file.at(section).is_object())
+          fail("--config ", config, ": '", section, "' must be a JSON object");
+      }
+    }
     if (!model.is_object()) fail("--config ", config, ": 'model' must be a JSON object");
     const nlohmann::json data =
         file.contains("data") && file.at("data").is_object() ? file.at("data") : nlohmann::json();
@@ -227,7 +232,6 @@ BenchConfig resolve_model(const std::string& config, int vocab) {
       }
       out.mask_prob = value.get<double>();
     }
-    out.predictions_given = model.contains("num_token_predictions");
     if (vocab > 0) model["vocab_size"] = vocab;
     if (run_config) {
       for (const auto& [key, flag] : kRunConfigSettings) {
@@ -272,10 +276,9 @@ PretrainerConfig checked_bench_model(const StepBenchOptions& o, int ranks) {
     fail("--seq ", S, " exceeds the model's max_position_embeddings (", model.discriminator.max_position_embeddings,
          ")");
   }
-  // The config's predictions when it gives them for this length, else google-research/electra's
-  // int((mask_prob + 0.005) * L) with the config's mask_prob.
-  const int P = config.predictions_given && S == config.seq ? model.num_token_predictions
-                                                            : static_cast<int>((config.mask_prob + 0.005) * S);
+  // At the config's length, its model.num_token_predictions (given or the default, as electra-train takes it);
+  // at another --seq, google-research/electra's int((mask_prob + 0.005) * L) with the config's mask_prob.
+  const int P = S == config.seq ? model.num_token_predictions : static_cast<int>((config.mask_prob + 0.005) * S);
   if (P <= 0 || P > S - 2) {
     fail("--seq ", S, ": ", P, " masked positions per row (model.num_token_predictions, or int((data.mask_prob + ",
          "0.005) x seq)) do not fit between [CLS] and [SEP]; a row needs at least one");

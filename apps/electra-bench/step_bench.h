@@ -148,7 +148,6 @@ struct BenchConfig {
   PretrainerConfig model;          // `vocab` > 0 replaces its vocabulary size
   int seq = 128;                   // data.seq_length (512 for base and large)
   double mask_prob = 0.15;         // data.mask_prob (0.25 for large): the predictions of another --seq
-  bool predictions_given = false;  // model.num_token_predictions set for `seq` (always in a preset)
   // A run config's settings of the step: the flags not given take them (the flags win). Values unchecked.
   nlohmann::json run_settings = nlohmann::json::object();  // dotted key -> value, of kRunConfigSettings
 };

@@ -39,6 +39,7 @@ struct Flags {
   std::string checkpoint, data_dir, vocab;
   int64_t max_batches = 0;
   int batch_size = 128;
+  bool batch_given = false;  // --batch-size on the command line (else the default, which may be rounded up)
   int seq_length = 0;
   float mask_prob = 0.15f;
   uint64_t seed = electra::eval::kEvalSeed;
@@ -64,9 +65,12 @@ struct Setup {
 
 void setup(const Flags& flags, const electra::dist::Communicator& comm, Setup& s) {
   if (const int ranks = comm.world_size(); flags.batch_size % ranks != 0) {
+    const int64_t multiple = (int64_t{flags.batch_size} + ranks - 1) / ranks * ranks;
     electra::fail("--batch-size ", flags.batch_size, " is not a multiple of the ", ranks,
-                  " ranks, which split each global batch evenly (", (flags.batch_size + ranks - 1) / ranks * ranks,
-                  " is)");
+                  " ranks, which split each global batch evenly (", multiple, " is",
+                  flags.batch_given ? ")"
+                                    : "; with --max-batches the default 128 is not rounded up, since the batch "
+                                      "decides which examples are read: give --batch-size)");
   }
   const int cores = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   omp_set_num_threads(flags.threads > 0 ? flags.threads : std::max(1, cores / std::max(1, comm.local_size())));
@@ -255,10 +259,13 @@ int main(int argc, char** argv) {
   flags.storage = electra::parse_storage_type(storage, "--storage");
 
   electra::dist::Communicator comm = electra::dist::Communicator::init(argc, argv);
-  // The ranks split each global batch evenly: the default is rounded up for any rank count (the numbers do
-  // not depend on the batch size); a --batch-size given is checked in setup().
+  // The ranks split each global batch evenly: reading every example, the default is rounded up for any rank
+  // count (the numbers do not depend on the batch size). With --max-batches the batch decides which examples
+  // are read, so it stays 128 on every rank count; setup() refuses one the ranks do not divide.
   const int ranks = comm.world_size();
-  if (batch_option->count() == 0) flags.batch_size = (flags.batch_size + ranks - 1) / ranks * ranks;
+  flags.batch_given = batch_option->count() > 0;
+  if (!flags.batch_given && flags.max_batches == 0)
+    flags.batch_size = (flags.batch_size + ranks - 1) / ranks * ranks;
   electra::log::LogOptions log_options;
   log_options.rank = comm.rank();
   log_options.world_size = comm.world_size();

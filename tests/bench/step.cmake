@@ -50,6 +50,13 @@ if(TARGET electra-bench)
             $<TARGET_FILE:electra-bench>)
   set_tests_properties(BenchSmoke.ElectraBenchMeasuresTheRunConfigsStep PROPERTIES LABELS bench_smoke TIMEOUT 120
     PASS_REGULAR_EXPRESSION "\"chunks\":1,.*\"optimizer\":\"lamb\",.*\"predictions\":8,.*\"trim_padding\":false.*\"optimizer\":\"adamw\"")
+  # A run config's step settings are checked as the flags are, and named as config keys (train.threads 100000
+  # segfaulted; a bad train.precision was called --precision; "optim": "lamb" was ignored).
+  add_test(NAME BenchSmoke.ElectraBenchChecksTheRunConfigsSettings
+    COMMAND sh -c "f=$(mktemp); for c in '{\"train\": {\"threads\": 100000}}' '{\"train\": {\"precision\": \"fp16\"}}' '{\"optim\": \"lamb\"}'; do printf '%s' \"$c\" > \"$f\"; \"$0\" --config \"$f\" --steps 1; echo \"exit=$?\"; done; rm -f \"$f\""
+            $<TARGET_FILE:electra-bench>)
+  set_tests_properties(BenchSmoke.ElectraBenchChecksTheRunConfigsSettings PROPERTIES LABELS bench_smoke TIMEOUT 60
+    PASS_REGULAR_EXPRESSION "config key 'train.threads' must be an integer in \\[0, 4096\\], got 100000.*exit=2.*config key 'train.precision' fp16 needs --device cuda.*exit=2.*'optim' must be a JSON object.*exit=2")
   add_test(NAME BenchSmoke.ElectraBenchConfigWithARepeatedKey
     COMMAND sh -c "f=$(mktemp); printf '{\"model\": {\"hidden_size\": 64, \"hidden_size\": 128}}' > \"$f\"; \"$0\" --config \"$f\" --steps 1; echo \"exit=$?\"; rm -f \"$f\""
             $<TARGET_FILE:electra-bench>)

@@ -356,9 +356,13 @@ TEST_F(EvalE2E, BadInputExitsWithTwoNamingTheProblem) {
   EXPECT_NE(read_text(log).find("--batch-size 5 is not a multiple of the 2 ranks"), std::string::npos) << log_of(log);
   // The default batch (128) is rounded up to a multiple of the ranks rather than refused on 3 (here more than
   // the 108 held-out examples: one batch of them).
-  EXPECT_EQ(run(mpirun(3) + base + " --data " + (g_root / "heldout").string() + " --max-batches 1 --json", log), 0)
-      << log_of(log);
+  EXPECT_EQ(run(mpirun(3) + base + " --data " + (g_root / "heldout").string() + " --json", log), 0) << log_of(log);
   EXPECT_NE(read_text(log).find("fewer than a batch of 129: one batch of 108"), std::string::npos) << log_of(log);
+  // With --max-batches the batch decides which examples are read: not rounded (1 and 3 ranks would read others).
+  EXPECT_EQ(run(mpirun(3) + base + " --data " + (g_root / "heldout").string() + " --max-batches 1", log), 2)
+      << log_of(log);
+  EXPECT_NE(read_text(log).find("with --max-batches the default 128 is not rounded up"), std::string::npos)
+      << log_of(log);
   EXPECT_EQ(run(bin("electra-eval") + " --checkpoint " + (g_root / "nowhere").string() + " --data " +
                     (g_root / "heldout").string(),
                 log),
