@@ -47,6 +47,9 @@ int main(int argc, char** argv) {
     std::cout << "exported " << model->source << " to " << output << " (" << files.size() << " files, vocab "
               << model->vocab.size() << ", lower_case " << (model->tokenizer.lower_case ? "true" : "false") << ")\n";
     return 0;
+  } catch (const electra::interop::ExportRefused& e) {  // another export writing the directory: nothing written
+    std::cerr << "electra-export: " << e.what() << "\n";
+    return 2;
   } catch (const std::exception& e) {
     std::cerr << "electra-export: " << e.what() << "\n";
     return 1;

@@ -1,6 +1,7 @@
 #include "lib/interop/hf_export.h"
 
 #include "lib/core/atomic_file.h"
+#include "lib/core/dir_lock.h"
 #include "lib/core/error.h"
 #include "lib/interop/hf_format.h"
 #include "lib/interop/safetensors.h"
@@ -55,7 +56,9 @@ std::vector<HalfFiles> text_files(const PretrainerBundle& model) {
 
 }  // namespace
 
-void check_hf_export(const PretrainerBundle& model, const fs::path& out_dir, const ExportOptions& options) {
+namespace {
+
+void check_inputs(const PretrainerBundle& model, const fs::path& out_dir, const ExportOptions& options) {
   // "" would be the working directory, unchecked: its discriminator/ and generator/ replaced without --force.
   if (out_dir.empty()) fail("output directory is empty: give the directory to export to");
   // A missing output whose parents cannot hold a directory (a regular file among them) is refused here,
@@ -69,9 +72,10 @@ void check_hf_export(const PretrainerBundle& model, const fs::path& out_dir, con
   }
   if (fs::exists(out_dir)) {
     if (!fs::is_directory(out_dir)) fail("output ", out_dir.string(), " exists and is not a directory");
-    if (!fs::is_empty(out_dir) && !options.force) {
-      fail("output directory ", out_dir.string(), " is not empty; pass --force to write into it");
-    }
+    bool empty = true;  // the export lock's file does not count
+    for (const fs::directory_entry& entry : fs::directory_iterator(out_dir))
+      if (entry.path().filename() != kExportLockName) empty = false;
+    if (!empty && !options.force) fail("output directory ", out_dir.string(), " is not empty; pass --force to write into it");
   }
   const PretrainerLayout layout = build_pretrainer_layout(model.config);
   if (model.params.size() != layout.layout.total_size()) {
@@ -90,8 +94,42 @@ void check_hf_export(const PretrainerBundle& model, const fs::path& out_dir, con
   text_files(model);  // every text file can be made (ElectraConfig, vocab.txt, tokenizer.json)
 }
 
+}  // namespace
+
+void check_hf_export(const PretrainerBundle& model, const fs::path& out_dir, const ExportOptions& options) {
+  try {
+    check_inputs(model, out_dir, options);
+  } catch (const ExportRefused&) {
+    throw;
+  } catch (const Error& e) {
+    throw ExportRefused(e.what());
+  }
+}
+
 std::vector<fs::path> export_hf(const PretrainerBundle& model, const fs::path& out_dir, const ExportOptions& options) {
-  // Everything that can fail on the inputs is checked before the first file is written.
+  // Everything that can fail on the inputs is checked before the first file is written, and checked again
+  // under the lock (another export may have written the directory meanwhile).
+  check_hf_export(model, out_dir, options);
+  DirectoryLock lock(out_dir, kExportLockName);
+  // The lock file goes when this export ends, and so does a directory the lock made for an export refused.
+  struct Release {
+    DirectoryLock& lock;
+    ~Release() {
+      if (lock.state() != DirectoryLock::State::kBusy) lock.remove_file();
+      if (!lock.made_dir()) return;
+      // The directories it made, from the output up to the first one made, each only when empty (as RunLock).
+      std::error_code error;
+      const fs::path top = lock.first_made();
+      for (fs::path dir = fs::absolute(lock.path().parent_path(), error);
+           !error && !top.empty() && dir.string().size() >= top.string().size(); dir = dir.parent_path()) {
+        if (!fs::remove(dir, error) || error || dir == top) return;
+      }
+    }
+  } release{lock};
+  if (lock.state() == DirectoryLock::State::kBusy) {
+    throw ExportRefused("output directory " + out_dir.string() + " is being written by another electra-export (" +
+                        lock.holder() + "); nothing was written");
+  }
   check_hf_export(model, out_dir, options);
   const PretrainerLayout layout = build_pretrainer_layout(model.config);
   const std::vector<HalfFiles> halves = text_files(model);

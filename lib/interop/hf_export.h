@@ -10,9 +10,20 @@
 #include <string>
 #include <vector>
 
+#include "lib/core/error.h"
 #include "lib/interop/model_source.h"
 
 namespace electra::interop {
+
+// An export refused before anything was written (electra-export exits 2): check_hf_export's failures, and an
+// output directory another export is writing.
+class ExportRefused : public Error {
+ public:
+  using Error::Error;
+};
+
+// The lock export_hf holds on its output directory while it writes (lib/core/dir_lock.h), removed after.
+inline constexpr const char* kExportLockName = ".electra-export.lock";
 
 struct ExportOptions {
   bool force = false;  // write into a non-empty output directory (replacing our files there)
@@ -21,13 +32,15 @@ struct ExportOptions {
 // The checks of the inputs export_hf makes before it writes anything: `out_dir` is not a non-empty
 // directory (unless force), the parameters fit the config's layout, the vocabulary has the model's size and
 // every special token, the model can be expressed as ElectraConfig (hf_model_config), and every token can
-// be written (no line break; valid UTF-8 for tokenizer.json). Fails naming what is wrong; electra-export
-// exits 2 on these.
+// be written (no line break; valid UTF-8 for tokenizer.json). Fails (ExportRefused) naming what is wrong;
+// the export lock's file does not count as content.
 void check_hf_export(const PretrainerBundle& model, const std::filesystem::path& out_dir,
                      const ExportOptions& options = {});
 
-// Writes the two directories under `out_dir` (created when missing). Fails before writing anything
-// when check_hf_export fails. A failure while writing leaves an earlier export in `out_dir` as it was.
+// Writes the two directories under `out_dir` (created when missing), holding kExportLockName there: a second
+// export into the same directory meanwhile is refused (ExportRefused, naming the holder), since the two would
+// share the staging directory. Fails before writing anything when check_hf_export fails. A failure while
+// writing leaves an earlier export in `out_dir` as it was.
 // Returns the files written (their final paths).
 std::vector<std::filesystem::path> export_hf(const PretrainerBundle& model, const std::filesystem::path& out_dir,
                                              const ExportOptions& options = {});

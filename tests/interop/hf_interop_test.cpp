@@ -13,6 +13,7 @@
 #include <sstream>
 
 #include "data_pipeline/tokenizer/bert_tokenizer.h"
+#include "lib/core/dir_lock.h"
 #include "lib/core/error.h"
 #include "lib/interop/hf_export.h"
 #include "lib/interop/hf_format.h"
@@ -353,6 +354,30 @@ TEST(HfInterop, ExportImportExportIsByteIdentical) {
   const SafetensorsFile d = SafetensorsFile::load(first / "discriminator/model.safetensors");
   EXPECT_TRUE(d.contains("electra.embeddings_project.weight"));
   EXPECT_FALSE(d.contains("generator_predictions.dense.weight"));
+}
+
+// Two exports into one directory share its staging directory: the second one is refused (exit 2, naming the
+// holder) while the first writes. Two at once could both exit 0 with a discriminator/ without weights.
+TEST(HfInterop, AnExportIntoADirectoryBeingWrittenIsRefused) {
+  TempDir tmp;
+  const TinyRun run = make_tiny_run(tmp.path());
+  const fs::path out = tmp.path() / "out";
+  const std::string cmd = shell_quote(program("electra-export")) + " --checkpoint " +
+                          shell_quote(run.checkpoint.string()) + " --output " + shell_quote(out.string()) + " 2>&1";
+  {
+    const DirectoryLock writing(out, kExportLockName);  // another export, as far as electra-export can tell
+    ASSERT_EQ(writing.state(), DirectoryLock::State::kHeld);
+    const CommandResult refused = run_command(cmd);
+    EXPECT_EQ(refused.status, 2) << refused.out;
+    EXPECT_NE(refused.out.find("is being written by another electra-export"), std::string::npos) << refused.out;
+    EXPECT_FALSE(fs::exists(out / "discriminator"));
+  }
+  fs::remove(out / kExportLockName);
+  fs::remove(out);
+  const CommandResult done = run_command(cmd);
+  ASSERT_EQ(done.status, 0) << done.out;
+  EXPECT_TRUE(fs::exists(out / "discriminator" / "model.safetensors"));
+  EXPECT_FALSE(fs::exists(out / kExportLockName)) << "the lock file goes with the export";
 }
 
 TEST(HfInterop, ExportRefusesNonEmptyDirectoryWithoutForce) {
