@@ -194,6 +194,14 @@ Config resolve_config_over(nlohmann::json defaults, const TrainOptions& options)
   if (!options.config_path.empty()) config.merge_file(options.config_path);
   if (!options.data_dir.empty()) config.set("data.dir", nlohmann::json(options.data_dir));
   for (const std::string& assignment : options.sets) config.set(assignment);
+  // Paths are recorded absolute (config.json, checkpoints): the tools that read them later (electra-export,
+  // electra-score, a resume) may run from another directory.
+  for (const char* key : {"data.dir", "data.vocab", "data.eval_dir"}) {
+    const nlohmann::json& value = config.at(key);
+    if (!value.is_string() || value.get<std::string>().empty()) continue;
+    const std::filesystem::path path(value.get<std::string>());
+    if (path.is_relative()) config.set(key, nlohmann::json(std::filesystem::absolute(path).lexically_normal().string()));
+  }
   return config;
 }
 

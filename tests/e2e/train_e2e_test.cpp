@@ -299,6 +299,25 @@ TEST_F(TrainE2E, ResumeOnFewerExamplesThanReadStartsTheNextEpoch) {
   EXPECT_EQ(end.loader()["cursor"], 24);
 }
 
+// Paths given relative are recorded absolute: electra-export (which finds the vocabulary through the recorded
+// data.dir) from another directory failed with "vocabulary shards/vocab.txt ... does not exist".
+TEST_F(TrainE2E, RelativeDataPathsAreRecordedAbsolute) {
+  const fs::path log = root() / "relative.log";
+  cleared(root() / "relative_run");
+  std::string command = small_train_command("", "shards", "relative_run", "--set train.steps=1 --set data.eval_dir=shards");
+  const std::string preset = "jobs/configs/tiny.json";  // kSmallModelFlags' path, relative to the tests' cwd
+  command.replace(command.find(preset), preset.size(), (fs::current_path() / preset).string());
+  ASSERT_EQ(run("cd '" + root().string() + "' && " + command, log), 0) << log_of(log);
+  const nlohmann::json config = nlohmann::json::parse(read_text(root() / "relative_run" / "config.json"));
+  EXPECT_EQ(config["data"]["dir"], (root() / "shards").string());
+  EXPECT_EQ(config["data"]["eval_dir"], (root() / "shards").string());
+  EXPECT_EQ(run("cd / && " + bin("electra-export") + " --checkpoint '" + (root() / "relative_run").string() +
+                    "' --output '" + cleared(root() / "relative_export").string() + "' --force",
+                log),
+            0)
+      << log_of(log);
+}
+
 // data.mask_prob above what model.num_token_predictions holds was capped without a word (Google's large
 // recipe, 0.25, on the small preset trained at 15%): set-up warns, naming both keys and the value to set.
 TEST_F(TrainE2E, MaskingCappedByTheModelsPredictionsIsWarned) {
