@@ -271,6 +271,19 @@ int main(int argc, char** argv) {
   log_options.world_size = comm.world_size();
   log_options.console_level = boost::log::trivial::warning;  // stdout carries the table / JSON only
   electra::log::init(log_options);
+  // Rank 0 picks a run directory's newest checkpoint for every rank: a run still training saves and prunes
+  // checkpoints between the ranks' own looks, and they would evaluate different ones. Every rank takes part
+  // in the broadcast; "" (not a run directory, or nothing to pick) leaves each rank to its own look.
+  std::string chosen;
+  if (comm.is_root() && fs::is_directory(fs::path(flags.checkpoint) / "checkpoints")) {
+    try {
+      chosen = electra::interop::resolve_checkpoint(flags.checkpoint).string();
+    } catch (const std::exception&) {
+      chosen.clear();  // each rank reports it in setup()
+    }
+  }
+  comm.broadcast(chosen);
+  if (!chosen.empty()) flags.checkpoint = chosen;
 
   // Bad input is reported before any collective of the evaluation, and every rank exits with 2.
   Setup s;
