@@ -145,9 +145,9 @@ dist::GradientTransport resolve_transport(const std::string& transport, DeviceKi
 
 // What `config` (a preset name, or a file: a run config or a model section) says of the step measured.
 struct BenchConfig {
-  PretrainerConfig model;          // `vocab` > 0 replaces its vocabulary size
-  int seq = 128;                   // data.seq_length (512 for base and large)
-  double mask_prob = 0.15;         // data.mask_prob (0.25 for large): the predictions of another --seq
+  PretrainerConfig model;   // `vocab` > 0 replaces its vocabulary size
+  int seq = 128;            // data.seq_length (512 for base and large)
+  double mask_prob = 0.15;  // data.mask_prob (0.25 for large): the predictions of another --seq
   // A run config's settings of the step: the flags not given take them (the flags win). Values unchecked.
   nlohmann::json run_settings = nlohmann::json::object();  // dotted key -> value, of kRunConfigSettings
 };

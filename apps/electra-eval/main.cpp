@@ -264,8 +264,7 @@ int main(int argc, char** argv) {
   // are read, so it stays 128 on every rank count; setup() refuses one the ranks do not divide.
   const int ranks = comm.world_size();
   flags.batch_given = batch_option->count() > 0;
-  if (!flags.batch_given && flags.max_batches == 0)
-    flags.batch_size = (flags.batch_size + ranks - 1) / ranks * ranks;
+  if (!flags.batch_given && flags.max_batches == 0) flags.batch_size = (flags.batch_size + ranks - 1) / ranks * ranks;
   electra::log::LogOptions log_options;
   log_options.rank = comm.rank();
   log_options.world_size = comm.world_size();

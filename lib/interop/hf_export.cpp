@@ -75,7 +75,8 @@ void check_inputs(const PretrainerBundle& model, const fs::path& out_dir, const 
     bool empty = true;  // the export lock's file does not count
     for (const fs::directory_entry& entry : fs::directory_iterator(out_dir))
       if (entry.path().filename() != kExportLockName) empty = false;
-    if (!empty && !options.force) fail("output directory ", out_dir.string(), " is not empty; pass --force to write into it");
+    if (!empty && !options.force)
+      fail("output directory ", out_dir.string(), " is not empty; pass --force to write into it");
   }
   const PretrainerLayout layout = build_pretrainer_layout(model.config);
   if (model.params.size() != layout.layout.total_size()) {

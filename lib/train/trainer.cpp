@@ -200,7 +200,8 @@ Config resolve_config_over(nlohmann::json defaults, const TrainOptions& options)
     const nlohmann::json& value = config.at(key);
     if (!value.is_string() || value.get<std::string>().empty()) continue;
     const std::filesystem::path path(value.get<std::string>());
-    if (path.is_relative()) config.set(key, nlohmann::json(std::filesystem::absolute(path).lexically_normal().string()));
+    if (path.is_relative())
+      config.set(key, nlohmann::json(std::filesystem::absolute(path).lexically_normal().string()));
   }
   return config;
 }

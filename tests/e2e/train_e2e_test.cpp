@@ -304,7 +304,8 @@ TEST_F(TrainE2E, ResumeOnFewerExamplesThanReadStartsTheNextEpoch) {
 TEST_F(TrainE2E, RelativeDataPathsAreRecordedAbsolute) {
   const fs::path log = root() / "relative.log";
   cleared(root() / "relative_run");
-  std::string command = small_train_command("", "shards", "relative_run", "--set train.steps=1 --set data.eval_dir=shards");
+  std::string command =
+      small_train_command("", "shards", "relative_run", "--set train.steps=1 --set data.eval_dir=shards");
   const std::string preset = "jobs/configs/tiny.json";  // kSmallModelFlags' path, relative to the tests' cwd
   command.replace(command.find(preset), preset.size(), (fs::current_path() / preset).string());
   ASSERT_EQ(run("cd '" + root().string() + "' && " + command, log), 0) << log_of(log);
