@@ -271,18 +271,21 @@ int main(int argc, char** argv) {
   log_options.console_level = boost::log::trivial::warning;  // stdout carries the table / JSON only
   electra::log::init(log_options);
   // Rank 0 picks a run directory's newest checkpoint for every rank: a run still training saves and prunes
-  // checkpoints between the ranks' own looks, and they would evaluate different ones. Every rank takes part
-  // in the broadcast; "" (not a run directory, or nothing to pick) leaves each rank to its own look.
+  // checkpoints between the ranks' own looks, and they would evaluate different ones. It sends the file's
+  // name; a rank given a run directory (its own copy: node-local paths may differ) takes that file of it, any
+  // other rank keeps its argument. Every rank takes part in the broadcast; "" leaves each to its own look.
   std::string chosen;
-  if (comm.is_root() && fs::is_directory(fs::path(flags.checkpoint) / "checkpoints")) {
+  const auto is_run_dir = [](const std::string& path) { return fs::is_directory(fs::path(path) / "checkpoints"); };
+  if (comm.is_root() && is_run_dir(flags.checkpoint)) {
     try {
-      chosen = electra::interop::resolve_checkpoint(flags.checkpoint).string();
+      chosen = electra::interop::resolve_checkpoint(flags.checkpoint).filename().string();
     } catch (const std::exception&) {
       chosen.clear();  // each rank reports it in setup()
     }
   }
   comm.broadcast(chosen);
-  if (!chosen.empty()) flags.checkpoint = chosen;
+  if (!chosen.empty() && is_run_dir(flags.checkpoint))
+    flags.checkpoint = (fs::path(flags.checkpoint) / "checkpoints" / chosen).string();
 
   // Bad input is reported before any collective of the evaluation, and every rank exits with 2.
   Setup s;

@@ -70,6 +70,8 @@ void check_inputs(const PretrainerBundle& model, const fs::path& out_dir, const 
     }
     if (above == above.parent_path()) break;
   }
+  if (fs::is_symlink(out_dir) && !fs::exists(out_dir))
+    fail("output ", out_dir.string(), " is a symbolic link to nothing (", fs::read_symlink(out_dir).string(), ")");
   if (fs::exists(out_dir)) {
     if (!fs::is_directory(out_dir)) fail("output ", out_dir.string(), " exists and is not a directory");
     bool empty = true;  // the export lock's file does not count

@@ -351,6 +351,19 @@ TEST_F(EvalE2E, BadInputExitsWithTwoNamingTheProblem) {
   EXPECT_NE(read_text(log).find("data.examples: rank 0 "), std::string::npos) << log_of(log);
   EXPECT_EQ(run(mpirun(1) + base + heldout + " : -np 1 " + base + heldout + " --seed 2", log), 2) << log_of(log);
   EXPECT_NE(read_text(log).find("flags.seed: rank 0 1, rank 1 2"), std::string::npos) << log_of(log);
+  // Copies of one run directory at other paths (node-local copies): rank 0 picks the checkpoint by name, each
+  // rank reads it from its own copy (rank 0's whole path reached every rank, and was not there).
+  for (const char* node : {"node_a/run_a", "node_b/run_b"}) {
+    fs::remove_all(g_root / node);
+    fs::create_directories(g_root / node);
+    fs::copy(g_root / "trained", g_root / node, fs::copy_options::recursive);
+  }
+  const std::string own = bin("electra-eval") + heldout + " --max-batches 1 --json --checkpoint ";
+  EXPECT_EQ(run(mpirun(1) + "-wdir " + (g_root / "node_a").string() + " " + own + "run_a : -np 1 -wdir " +
+                    (g_root / "node_b").string() + " " + own + "run_b",
+                log),
+            0)
+      << log_of(log);
   EXPECT_EQ(run(mpirun(2) + base + " --data " + (g_root / "heldout").string() + " --batch-size 5", log), 2)
       << log_of(log);
   EXPECT_NE(read_text(log).find("--batch-size 5 is not a multiple of the 2 ranks"), std::string::npos) << log_of(log);

@@ -378,6 +378,15 @@ TEST(HfInterop, AnExportIntoADirectoryBeingWrittenIsRefused) {
   ASSERT_EQ(done.status, 0) << done.out;
   EXPECT_TRUE(fs::exists(out / "discriminator" / "model.safetensors"));
   EXPECT_FALSE(fs::exists(out / kExportLockName)) << "the lock file goes with the export";
+  // An output that is a link to nothing is refused before anything is written (exit 1 when the lock's
+  // create_directories failed on it).
+  const fs::path dangling = tmp.path() / "dangling";
+  fs::create_symlink(tmp.path() / "nowhere", dangling);
+  const CommandResult refused =
+      run_command(shell_quote(program("electra-export")) + " --checkpoint " + shell_quote(run.checkpoint.string()) +
+                  " --output " + shell_quote(dangling.string()) + " 2>&1");
+  EXPECT_EQ(refused.status, 2) << refused.out;
+  EXPECT_NE(refused.out.find("is a symbolic link to nothing"), std::string::npos) << refused.out;
 }
 
 TEST(HfInterop, ExportRefusesNonEmptyDirectoryWithoutForce) {
