@@ -87,6 +87,8 @@ std::vector<CheckpointEntry> CheckpointManager::complete_newest_first() const {
   // Candidates newest first. `latest` is normally the newest; a newer file exists only when a crash
   // came between its rename and the pointer update, and it is complete (renamed after fsync).
   std::vector<CheckpointEntry> candidates = list();
+  std::set<std::filesystem::path> seen;  // the files in the directory now; the pointer's may be missing
+  for (const CheckpointEntry& entry : candidates) seen.insert(entry.path);
   if (auto pointer = latest_pointer()) {
     const bool listed = std::any_of(candidates.begin(), candidates.end(),
                                     [&](const CheckpointEntry& e) { return e.path == pointer->path; });
@@ -96,7 +98,13 @@ std::vector<CheckpointEntry> CheckpointManager::complete_newest_first() const {
   std::vector<CheckpointEntry> complete;
   for (const CheckpointEntry& candidate : candidates) {
     if (auto problem = CheckpointFile::check(candidate.path)) {
-      ELECTRA_LOG(warning) << "skipping checkpoint " << candidate.path.string() << ": " << *problem;
+      std::error_code ignored;
+      if (seen.count(candidate.path) && !std::filesystem::exists(candidate.path, ignored)) {
+        // Gone since the listing: a run still training removed it (train.keep_last), not damage.
+        ELECTRA_LOG(info) << "skipping checkpoint " << candidate.path.string() << ": removed while looked at";
+      } else {
+        ELECTRA_LOG(warning) << "skipping checkpoint " << candidate.path.string() << ": " << *problem;
+      }
     } else {
       complete.push_back(candidate);
     }
