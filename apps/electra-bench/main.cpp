@@ -10,6 +10,7 @@
 
 #include "apps/cli_checks.h"
 #include "apps/electra-bench/step_bench.h"
+#include "lib/core/config.h"
 #include "lib/core/error.h"
 #include "lib/core/host.h"
 #include "lib/core/log.h"
@@ -103,9 +104,10 @@ int main(int argc, char** argv) {
   if (dropout_option->count() > 0) o.dropout = dropout;
   std::string precision_named = "--precision", storage_named = "--storage";  // where each value came from
   try {  // a run config's settings of the step, for the flags not given: the bench measures the run it describes
-    const nlohmann::json settings = electra::bench::resolve_model(o.config, o.vocab).run_settings;
+    const nlohmann::json run_config = electra::bench::resolve_model(o.config, o.vocab).run_config;
     const auto take = [&](const char* key, CLI::Option* flag) -> const nlohmann::json* {
-      return flag->count() == 0 && settings.contains(key) ? &settings.at(key) : nullptr;
+      const nlohmann::json::json_pointer pointer = electra::dotted_to_pointer(key);
+      return flag->count() == 0 && run_config.contains(pointer) ? &run_config.at(pointer) : nullptr;
     };
     const auto name_in = [&](const char* key, const nlohmann::json& value,
                              std::initializer_list<const char*> names) -> std::string {

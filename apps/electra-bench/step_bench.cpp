@@ -233,12 +233,7 @@ BenchConfig resolve_model(const std::string& config, int vocab) {
       out.mask_prob = value.get<double>();
     }
     if (vocab > 0) model["vocab_size"] = vocab;
-    if (run_config) {
-      for (const auto& [key, flag] : kRunConfigSettings) {
-        const nlohmann::json::json_pointer pointer = dotted_to_pointer(key);
-        if (file.contains(pointer)) out.run_settings[key] = file.at(pointer);
-      }
-    }
+    if (run_config) out.run_config = file;
   }
   out.model = pretrainer_config_from_json(model);
   return out;

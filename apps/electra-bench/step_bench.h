@@ -11,7 +11,6 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
-#include <utility>
 #include <vector>
 
 #include "lib/backend/backend.h"
@@ -148,20 +147,10 @@ struct BenchConfig {
   PretrainerConfig model;   // `vocab` > 0 replaces its vocabulary size
   int seq = 128;            // data.seq_length (512 for base and large)
   double mask_prob = 0.15;  // data.mask_prob (0.25 for large): the predictions of another --seq
-  // A run config's settings of the step: the flags not given take them (the flags win). Values unchecked.
-  nlohmann::json run_settings = nlohmann::json::object();  // dotted key -> value, of kRunConfigSettings
+  // A run config's sections (empty for a preset or a model section): electra-bench's main takes the step's
+  // settings from it for the flags not given (the flags win). Values unchecked.
+  nlohmann::json run_config = nlohmann::json::object();
 };
 BenchConfig resolve_model(const std::string& config, int vocab);
-
-// The run-config keys electra-bench takes for its flags, and the flag each stands for.
-inline constexpr std::pair<const char*, const char*> kRunConfigSettings[] = {
-    {"train.precision", "--precision"},
-    {"train.storage", "--storage"},
-    {"train.attention", "--attention"},
-    {"train.parallel_chunks", "--chunks"},
-    {"train.threads", "--threads"},
-    {"optim.name", "--optimizer"},
-    {"data.trim_padding", "--no-trim-padding"},
-    {"dist.gradient_transport", "--transport"}};
 
 }  // namespace electra::bench
