@@ -547,6 +547,37 @@ MatmulProblem attention_context(int B, int S, int H, int D) {
   return p;
 }
 
+// Attention's products as the fast backend issues them: on dense per-head copies [B, H, S, D] and dense
+// [B, H, S, S] scores (onednn_bf16_backend.cpp, HeadProducts). m x k is A as stored when trans_a.
+MatmulProblem dense_heads(int B, int H, int m, int n, int k, Transpose trans_a, Transpose trans_b) {
+  MatmulProblem p;
+  p.trans_a = trans_a, p.trans_b = trans_b;
+  p.m = m, p.n = n, p.k = k;
+  p.lda = trans_a == kYes ? m : k;
+  p.ldb = trans_b == kYes ? k : n;
+  p.ldc = n;
+  p.batch_outer = B, p.batch_inner = H;
+  p.stride_a_inner = 1LL * m * k, p.stride_a_outer = H * p.stride_a_inner;
+  p.stride_b_inner = 1LL * k * n, p.stride_b_outer = H * p.stride_b_inner;
+  p.stride_c_inner = 1LL * m * n, p.stride_c_outer = H * p.stride_c_inner;
+  return p;
+}
+struct HeadProblems {
+  MatmulProblem scores, context, dvalue, dquery, dkey;
+};
+HeadProblems head_problems(int B, int S, int H, int D) {
+  HeadProblems h;
+  h.scores = dense_heads(B, H, S, S, D, kNo, kYes);  // q k^T into float scores
+  h.scores.output = MatmulOutput::kF32;
+  h.context = dense_heads(B, H, S, D, S, kNo, kNo);  // P v (and ds k for dq)
+  h.dvalue = dense_heads(B, H, S, D, S, kYes, kNo);  // P^T dcontext (and ds^T q for dk)
+  h.dquery = h.context;
+  h.dquery.alpha = 0.125f;
+  h.dkey = h.dvalue;
+  h.dkey.alpha = 0.125f;
+  return h;
+}
+
 // The products of a linear layer with rows x in -> out on [rows, in] activations.
 struct LinearProblems {
   MatmulProblem forward, dx, dweight;
@@ -621,6 +652,26 @@ TEST(OnednnMatmul, ThreadCountDeterminismSurvey) {
   }
 }
 
+// Why the fast backend copies attention's heads dense: oneDNN 2.6 serves batched products with wider leading
+// dimensions (heads read in place from qkv) with gemm:jit, which never uses AMX tiles, and dense ones with
+// brgemm (AMX where the CPU has it). Checks both the results and that brgemm serves every dense product, at
+// one thread (inside the model's parallel chunks) and at two. A newer oneDNN that dispatches otherwise
+// fails here, which is the moment to measure again.
+TEST(OnednnMatmul, DenseHeadProductsRunOnBrgemm) {
+  SKIP_WITHOUT_BF16_PRODUCTS();
+  const HeadProblems small = head_problems(16, 128, 4, 64), odd = head_problems(3, 37, 2, 16);
+  for (const MatmulProblem* p : {&small.scores, &small.context, &small.dvalue, &small.dquery, &small.dkey, &odd.scores,
+                                 &odd.context, &odd.dvalue}) {
+    EXPECT_TRUE(p->output == MatmulOutput::kF32 ? run_random<float>(*p, 610) : run_random<bfloat16>(*p, 610))
+        << label(*p);
+    for (int threads : {1, 2}) {
+      OmpThreads t(threads);
+      const std::string impl = cpu::onednn_matmul_implementation(*p);
+      EXPECT_EQ(impl.rfind("brg:", 0), 0u) << label(*p) << " at " << threads << " threads runs on " << impl;
+    }
+  }
+}
+
 // ---- speed (printed, not asserted) ----
 
 TEST(OnednnMatmul, Speed) {
@@ -629,7 +680,9 @@ TEST(OnednnMatmul, Speed) {
   for (auto [name, p] :
        {std::pair{"forward", hidden.forward}, std::pair{"dx", hidden.dx}, std::pair{"dW", hidden.dweight},
         std::pair{"forward", ffn.forward}, std::pair{"dW", ffn.dweight},
-        std::pair{"Q K^T", attention_scores(32, 128, 4, 64)}, std::pair{"P V", attention_context(32, 128, 4, 64)}}) {
+        std::pair{"Q K^T", attention_scores(32, 128, 4, 64)}, std::pair{"P V", attention_context(32, 128, 4, 64)},
+        std::pair{"QK^T dn", head_problems(32, 128, 4, 64).scores},
+        std::pair{"P V dn", head_problems(32, 128, 4, 64).context}}) {
     const Bf16Values a = random_bf16(a_extent(p), 1), b = random_bf16(b_extent(p), 2);
     const Bf16Values bias = random_bf16(p.n, 3);
     std::vector<float> c(c_extent(p), 0.0f);  // big enough for either output
@@ -679,6 +732,8 @@ TEST(OnednnMatmulIsa, ReportsSupport) {
     EXPECT_TRUE(run_random<float>(p, 1000));
     EXPECT_TRUE(run_random<bfloat16>(p, 1010));
     std::printf("ELECTRA_BF16_MATMUL ok %s\n", cpu::onednn_matmul_implementation(p).c_str());
+    std::printf("ELECTRA_BF16_DENSE %s\n",
+                cpu::onednn_matmul_implementation(problem_2d(kNo, kYes, 64, 64, 64)).c_str());
   } else {
     try {
       EXPECT_TRUE(run_random<float>(p, 1000)) << "oneDNN ISA " << s.onednn_isa << " unexpectedly has bf16 products";
@@ -731,6 +786,21 @@ TEST(OnednnMatmulIsa, MaxCpuIsaLimitsTheDispatch) {
       here.cpu_flags.find("avx512_bf16") != std::string::npos || here.cpu_flags.find("amx_bf16") != std::string::npos;
   EXPECT_NE(free.find(std::string("native=") + (cpu_has_bf16 ? "1" : "0")), std::string::npos) << free;
   EXPECT_NE(free.find("[  PASSED  ] 1 test"), std::string::npos) << free;
+  // With AMX: tiles in effect, and brgemm on them serves the products.
+  if (here.onednn_isa.rfind("avx512_core_amx", 0) == 0) {
+    EXPECT_NE(free.find(" amx=1"), std::string::npos) << free;
+    EXPECT_NE(free.find("ELECTRA_BF16_DENSE brg:avx512_core_amx"), std::string::npos) << free;
+  }
+
+  // AVX512_CORE_BF16 on an AMX CPU: native AVX512_BF16 products without the tiles (the Zen 4 path).
+  if (here.amx) {
+    const std::string bf16 = child_report("AVX512_CORE_BF16");
+    EXPECT_NE(bf16.find("isa=avx512_core_bf16 native=1 amx=0"), std::string::npos) << bf16;
+    EXPECT_NE(bf16.find("ELECTRA_BF16_MATMUL ok"), std::string::npos) << bf16;
+    EXPECT_NE(bf16.find("ELECTRA_BF16_DENSE brg:avx512_core_bf16"), std::string::npos) << bf16;
+    EXPECT_NE(bf16.find("[  PASSED  ] 1 test"), std::string::npos) << bf16;
+    std::printf("child %s\n", line_with(bf16, "summary:").c_str());
+  }
 
   // AVX512_CORE: bf16 products emulated (not native) and still correct.
   const std::string avx512 = child_report("AVX512_CORE");

@@ -28,33 +28,46 @@ namespace {
 using cpu::MatmulOutput;
 using cpu::MatmulProblem;
 
-// Per-thread scratch of attention (slots of detail::thread_scratch not used by the float kernels).
-enum AttentionScratch : int { kScores = 40, kAttend = 41 };
+// Per-thread scratch of attention (slots of detail::thread_scratch not used by the float kernels): float
+// scores, dropped probabilities, and the dense per-head copies of q, k, v and of a context-shaped operand.
+enum AttentionScratch : int {
+  kScores = 40,
+  kAttend = 41,
+  kHeadsQ = 42,
+  kHeadsK = 43,
+  kHeadsV = 44,
+  kHeadsOther = 45,
+  kHeadsGrad = 46
+};
 // Attention works on groups of batch rows whose float scores [g, H, S, S] fit this many elements (16 MB):
 // the whole chunk for ELECTRA-small at S = 128, one row at a time for base at S = 512.
 constexpr size_t kScoreBudget = size_t{4} << 20;
 
 // The per-head products of attention over batch rows [b0, b0 + g) of qkv [B,S,3,H,D]: each is one oneDNN
-// call over g x H products, operands read in place through strides.
+// call over g x H products. The operands are dense per-head copies [g, H, S, D] of q, k, v, context and
+// their gradients: oneDNN 2.6 serves products read in place from qkv through strides (leading dimension
+// 3HD) with gemm:jit, which does not use AMX tiles (61 against ~500 GFLOP/s for brgemm on ELECTRA-small's
+// heads on a Xeon with AMX; on Zen 4 about even). A copy costs one memory pass.
 struct HeadProducts {
   int S, H, D;
   long long row_stride() const { return 3LL * H * D; }  // between tokens in qkv
   long long qkv_batch() const { return static_cast<long long>(S) * row_stride(); }
   long long ctx_batch() const { return static_cast<long long>(S) * H * D; }
   long long pair() const { return static_cast<long long>(S) * S; }
+  long long head_block() const { return static_cast<long long>(S) * D; }
 
-  // [S, x] blocks of one (batch, head) of qkv (lda 3HD) or of context / dcontext (lda HD), and dense [S, S].
-  void set_a_qkv(MatmulProblem& p) const {
-    p.lda = static_cast<int>(row_stride());
-    p.stride_a_outer = qkv_batch(), p.stride_a_inner = D;
+  // Dense [S, D] blocks of [g, H, S, D] and dense [S, S] blocks of [g, H, S, S].
+  void set_a_heads(MatmulProblem& p) const {
+    p.lda = D;
+    p.stride_a_outer = H * head_block(), p.stride_a_inner = head_block();
   }
-  void set_b_qkv(MatmulProblem& p) const {
-    p.ldb = static_cast<int>(row_stride());
-    p.stride_b_outer = qkv_batch(), p.stride_b_inner = D;
+  void set_b_heads(MatmulProblem& p) const {
+    p.ldb = D;
+    p.stride_b_outer = H * head_block(), p.stride_b_inner = head_block();
   }
-  void set_c_qkv(MatmulProblem& p) const {
-    p.ldc = static_cast<int>(row_stride());
-    p.stride_c_outer = qkv_batch(), p.stride_c_inner = D;
+  void set_c_heads(MatmulProblem& p) const {
+    p.ldc = D;
+    p.stride_c_outer = H * head_block(), p.stride_c_inner = head_block();
   }
   void set_a_dense(MatmulProblem& p) const {
     p.lda = S;
@@ -69,6 +82,33 @@ struct HeadProducts {
     p.m = m, p.n = n, p.k = k;
     p.batch_outer = g, p.batch_inner = H;
     return p;
+  }
+
+  // Copies the heads of g rows of tokens [g, S, ld] (columns [0, H D) of each token's row) into dense
+  // [g, H, S, D], or back (to_rows). The tokens of qkv hold q, k and v at columns 0, HD and 2HD (ld 3HD);
+  // context and its gradient are [g, S, HD].
+  template <bool kToRows, typename Heads, typename Rows>
+  void copy_heads(Heads* heads, Rows* rows, long long ld, int g) const {
+    const size_t bytes = static_cast<size_t>(D) * sizeof(bfloat16);
+#pragma omp parallel for schedule(static)
+    for (int bh = 0; bh < g * H; ++bh) {
+      const int b = bh / H, h = bh % H;
+      Heads* dense = heads + bh * head_block();
+      Rows* row = rows + b * S * ld + static_cast<long long>(h) * D;
+      for (int s = 0; s < S; ++s, dense += D, row += ld) {
+        if constexpr (kToRows) {
+          std::memcpy(row, dense, bytes);
+        } else {
+          std::memcpy(dense, row, bytes);
+        }
+      }
+    }
+  }
+  void gather(bfloat16* heads, const bfloat16* rows, long long ld, int g) const {
+    copy_heads<false>(heads, rows, ld, g);
+  }
+  void scatter(bfloat16* rows, const bfloat16* heads, long long ld, int g) const {
+    copy_heads<true>(heads, rows, ld, g);
   }
 };
 
@@ -314,6 +354,11 @@ void OnednnBf16Backend::attention_forward(T* context, T* probs, uint8_t* keep, c
   float* scores = cpu::detail::thread_scratch<float, kScores>(static_cast<size_t>(g_max) * H * hp.pair());
   T* attend =
       dropout > 0.0f ? cpu::detail::thread_scratch<T, kAttend>(static_cast<size_t>(g_max) * H * hp.pair()) : nullptr;
+  const size_t heads = static_cast<size_t>(g_max) * H * hp.head_block();
+  T* q_heads = cpu::detail::thread_scratch<T, kHeadsQ>(heads);
+  T* k_heads = cpu::detail::thread_scratch<T, kHeadsK>(heads);
+  T* v_heads = cpu::detail::thread_scratch<T, kHeadsV>(heads);
+  T* context_heads = cpu::detail::thread_scratch<T, kHeadsOther>(heads);
   // The mask when none is given: this (calling) thread's, grown once, read by the region's threads.
   thread_local std::vector<int32_t> all_valid;
   if (mask == nullptr && all_valid.size() < static_cast<size_t>(S)) all_valid.assign(static_cast<size_t>(S), 1);
@@ -322,13 +367,16 @@ void OnednnBf16Backend::attention_forward(T* context, T* probs, uint8_t* keep, c
   for (int b0 = 0; b0 < B; b0 += g_max) {
     const int g = std::min(g_max, B - b0);
     const T* q = qkv + b0 * hp.qkv_batch();
+    hp.gather(q_heads, q, hp.row_stride(), g);
+    hp.gather(k_heads, q + H * D, hp.row_stride(), g);
+    hp.gather(v_heads, q + 2 * H * D, hp.row_stride(), g);
     // scores = q k^T / sqrt(D), float
     MatmulProblem qk = hp.base(g, S, S, D);
     qk.trans_b = Transpose::kYes;
-    hp.set_a_qkv(qk), hp.set_b_qkv(qk), hp.set_c_dense(qk);
+    hp.set_a_heads(qk), hp.set_b_heads(qk), hp.set_c_dense(qk);
     qk.output = MatmulOutput::kF32;
     qk.alpha = 1.0f / std::sqrt(static_cast<float>(D));
-    cpu::onednn_matmul(qk, q, q + H * D, nullptr, scores);
+    cpu::onednn_matmul(qk, q_heads, k_heads, nullptr, scores);
 
     const int pairs = g * H;
     T* group_probs = probs + static_cast<size_t>(b0) * H * hp.pair();
@@ -348,10 +396,9 @@ void OnednnBf16Backend::attention_forward(T* context, T* probs, uint8_t* keep, c
     }
     // context = attend v
     MatmulProblem pv = hp.base(g, S, D, S);
-    hp.set_a_dense(pv), hp.set_b_qkv(pv);
-    pv.ldc = H * D, pv.stride_c_outer = hp.ctx_batch(), pv.stride_c_inner = D;
-    cpu::onednn_matmul(pv, dropout > 0.0f ? attend : group_probs, q + 2 * H * D, nullptr,
-                       context + b0 * hp.ctx_batch());
+    hp.set_a_dense(pv), hp.set_b_heads(pv), hp.set_c_heads(pv);
+    cpu::onednn_matmul(pv, dropout > 0.0f ? attend : group_probs, v_heads, nullptr, context_heads);
+    hp.scatter(context + b0 * hp.ctx_batch(), context_heads, static_cast<long long>(H) * D, g);
   }
 }
 
@@ -369,6 +416,12 @@ void OnednnBf16Backend::attention_backward(T* dqkv, T* scratch, const T* dcontex
   const float score_scale = 1.0f / std::sqrt(static_cast<float>(D));
   const int g_max = group_rows(B, S, H);
   float* d_attend = cpu::detail::thread_scratch<float, kScores>(static_cast<size_t>(g_max) * H * hp.pair());
+  const size_t heads = static_cast<size_t>(g_max) * H * hp.head_block();
+  T* q_heads = cpu::detail::thread_scratch<T, kHeadsQ>(heads);
+  T* k_heads = cpu::detail::thread_scratch<T, kHeadsK>(heads);
+  T* v_heads = cpu::detail::thread_scratch<T, kHeadsV>(heads);
+  T* dcontext_heads = cpu::detail::thread_scratch<T, kHeadsOther>(heads);
+  T* grad_heads = cpu::detail::thread_scratch<T, kHeadsGrad>(heads);  // dv, dq, dk in turn
 
   for (int b0 = 0; b0 < B; b0 += g_max) {
     const int g = std::min(g_max, B - b0);
@@ -380,13 +433,17 @@ void OnednnBf16Backend::attention_backward(T* dqkv, T* scratch, const T* dcontex
     // The caller's scratch [B,H,S,S] holds this group's attend (forward's dropped probabilities), then ds.
     T* attend_ds = scratch + first;
 
+    hp.gather(q_heads, q, hp.row_stride(), g);
+    hp.gather(k_heads, q + H * D, hp.row_stride(), g);
+    hp.gather(v_heads, q + 2 * H * D, hp.row_stride(), g);
+    hp.gather(dcontext_heads, dctx, static_cast<long long>(H) * D, g);
+
     // d(attend) = dcontext v^T, float
     MatmulProblem dpv = hp.base(g, S, S, D);
     dpv.trans_b = Transpose::kYes;
-    dpv.lda = H * D, dpv.stride_a_outer = hp.ctx_batch(), dpv.stride_a_inner = D;
-    hp.set_b_qkv(dpv), hp.set_c_dense(dpv);
+    hp.set_a_heads(dpv), hp.set_b_heads(dpv), hp.set_c_dense(dpv);
     dpv.output = MatmulOutput::kF32;
-    cpu::onednn_matmul(dpv, dctx, q + 2 * H * D, nullptr, d_attend);
+    cpu::onednn_matmul(dpv, dcontext_heads, v_heads, nullptr, d_attend);
 
     // dv = attend^T dcontext
     const T* attend = probs + first;
@@ -397,9 +454,9 @@ void OnednnBf16Backend::attention_backward(T* dqkv, T* scratch, const T* dcontex
     }
     MatmulProblem dv = hp.base(g, S, D, S);
     dv.trans_a = Transpose::kYes;
-    hp.set_a_dense(dv), hp.set_c_qkv(dv);
-    dv.ldb = H * D, dv.stride_b_outer = hp.ctx_batch(), dv.stride_b_inner = D;
-    cpu::onednn_matmul(dv, attend, dctx, nullptr, dq + 2 * H * D);
+    hp.set_a_dense(dv), hp.set_b_heads(dv), hp.set_c_heads(dv);
+    cpu::onednn_matmul(dv, attend, dcontext_heads, nullptr, grad_heads);
+    hp.scatter(dq + 2 * H * D, grad_heads, hp.row_stride(), g);
 
     // ds = softmax backward (bf16), then dq = ds k / sqrt(D) and dk = ds^T q / sqrt(D)
 #pragma omp parallel for schedule(static)
@@ -409,12 +466,14 @@ void OnednnBf16Backend::attention_backward(T* dqkv, T* scratch, const T* dcontex
                                                  dropout > 0.0f ? keep + first + offset : nullptr, keep_scale, S, S);
     }
     MatmulProblem dqp = hp.base(g, S, D, S);
-    hp.set_a_dense(dqp), hp.set_b_qkv(dqp), hp.set_c_qkv(dqp);
+    hp.set_a_dense(dqp), hp.set_b_heads(dqp), hp.set_c_heads(dqp);
     dqp.alpha = score_scale;
-    cpu::onednn_matmul(dqp, attend_ds, q + H * D, nullptr, dq);
+    cpu::onednn_matmul(dqp, attend_ds, k_heads, nullptr, grad_heads);
+    hp.scatter(dq, grad_heads, hp.row_stride(), g);
     MatmulProblem dkp = dqp;
     dkp.trans_a = Transpose::kYes;
-    cpu::onednn_matmul(dkp, attend_ds, q, nullptr, dq + H * D);
+    cpu::onednn_matmul(dkp, attend_ds, q_heads, nullptr, grad_heads);
+    hp.scatter(dq + H * D, grad_heads, hp.row_stride(), g);
   }
 }
 

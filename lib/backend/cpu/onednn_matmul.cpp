@@ -12,6 +12,7 @@
 #include <string>
 #include <tuple>
 #include <unordered_map>
+#include <vector>
 
 #include "lib/backend/cpu/detail.h"
 #include "lib/core/error.h"
@@ -276,6 +277,21 @@ std::string onednn_matmul_implementation(const MatmulProblem& p) {
 
 size_t onednn_matmul_cached_primitives() { return thread_state().cache.size(); }
 
+std::vector<std::string> onednn_matmul_cached_implementations() {
+  std::vector<std::string> out;
+  for (const auto& [key, entry] : thread_state().cache) {
+    std::string line = std::string(entry.pd.impl_info_str()) + ":";
+    for (const memory::desc& md : {entry.pd.src_desc(), entry.pd.weights_desc(), entry.pd.dst_desc()}) {
+      line += " ";
+      const memory::dims dims = md.dims();
+      for (size_t i = 0; i < dims.size(); ++i) line += std::string(i > 0 ? "x" : "") + std::to_string(dims[i]);
+    }
+    out.push_back(std::move(line));
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
 #else  // !ELECTRA_HAVE_ONEDNN
 
 namespace {
@@ -289,6 +305,7 @@ void onednn_matmul(const MatmulProblem& p, const bfloat16*, const bfloat16*, con
 }
 std::string onednn_matmul_implementation(const MatmulProblem& p) { fail_no_onednn(p); }
 size_t onednn_matmul_cached_primitives() { return 0; }
+std::vector<std::string> onednn_matmul_cached_implementations() { return {}; }
 
 #endif  // ELECTRA_HAVE_ONEDNN
 
